@@ -1,0 +1,101 @@
+// The typed surface of the native addon: only the syscalls Node lacks. Everything above this
+// file is TypeScript. Every fd the addon creates is O_CLOEXEC, and every socket/pipe/eventfd
+// it creates is O_NONBLOCK (the host never blocks an event loop on an fd).
+//
+// Errors: a failing syscall throws an Error whose `code` is the errno name ('EBADF'),
+// with `errno` (number) and `syscall` ('recvmsg') set, like Node's own fs errors.
+// "Would block" is never an exception: calls that can hit EAGAIN return the documented
+// sentinel instead.
+
+export interface RecvResult {
+  /** Bytes received; 0 means the peer closed the connection (EOF). */
+  bytes: number;
+  /** Fds received with these bytes (SCM_RIGHTS, MSG_CMSG_CLOEXEC), in order. */
+  fds: number[];
+  /**
+   * True when the kernel truncated the ancillary data (MSG_CTRUNC): the peer sent more fds
+   * than `maxFds`. The fds that did arrive are still returned and must be closed.
+   */
+  fdsTruncated: boolean;
+}
+
+/** A shared mapping of (part of) a file, mapped once, exposed as windows of at most 1 GiB. */
+export interface Mapping {
+  /** Length of the mapping in bytes (may exceed 4 GiB). */
+  readonly size: number;
+  /**
+   * An ArrayBuffer over [offset, offset+length) of the mapping; length <= MAX_WINDOW.
+   * Windows are detached (byteLength becomes 0) when the mapping is unmapped, so a stale
+   * view reads nothing instead of faulting.
+   */
+  window(offset: number, length: number): ArrayBuffer;
+  /** munmap; detaches every window created from this mapping. Idempotent. */
+  unmap(): void;
+}
+
+export interface Watcher {
+  /** Change the interest set. */
+  update(events: WatchEvents): void;
+  /** Stop watching and release the handle. Idempotent. Does not close the fd. */
+  close(): void;
+}
+
+export type WatchEvents = 'r' | 'w' | 'rw';
+
+export interface Native {
+  /** Largest window Mapping.window() hands out (1 GiB). */
+  readonly MAX_WINDOW: number;
+
+  // Unix stream sockets.
+  /** socket+bind+listen at `path` (does not unlink an existing file: EADDRINUSE). */
+  listenUnix(path: string, backlog: number): number;
+  /** Connect to a listening socket (blocking connect, then switched to non-blocking). */
+  connectUnix(path: string): number;
+  /** accept4(SOCK_CLOEXEC|SOCK_NONBLOCK); -1 when no connection is pending. */
+  accept(fd: number): number;
+  /** A connected AF_UNIX SOCK_STREAM pair. */
+  socketpair(): [number, number];
+  /** True when fd is a listening AF_UNIX stream socket (validates --fd). */
+  isListeningUnixSocket(fd: number): boolean;
+  /** recvmsg into buf (up to buf.length bytes) accepting at most maxFds fds; null on EAGAIN. */
+  recvMsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
+  /** sendmsg of buf with fds attached (SCM_RIGHTS) to its first byte; returns bytes sent, -1 on EAGAIN. MSG_NOSIGNAL. */
+  sendMsg(fd: number, buf: Uint8Array, fds: number[]): number;
+
+  // Plain fd I/O (non-blocking fds).
+  /** read(2) into buf; -1 on EAGAIN, 0 at EOF. */
+  read(fd: number, buf: Uint8Array): number;
+  /** write(2) of buf; -1 on EAGAIN. */
+  write(fd: number, buf: Uint8Array): number;
+  /** pread(2)/pwrite(2) at a 64-bit offset (files and memfds). */
+  pread(fd: number, buf: Uint8Array, offset: number): number;
+  pwrite(fd: number, buf: Uint8Array, offset: number): number;
+  close(fd: number): void;
+  /** dup with O_CLOEXEC. */
+  dup(fd: number): number;
+  setNonBlocking(fd: number, on: boolean): void;
+  /** fstat: file type and size. */
+  fstat(fd: number): { size: number; isFile: boolean; isFifo: boolean; isSocket: boolean };
+
+  // eventfd
+  eventfd(initval: number): number;
+  /** Reads and clears the counter; -1 when it was zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Adds n (default 1). */
+  eventfdWrite(fd: number, n?: number): void;
+
+  // memfd / pipes
+  memfdCreate(name: string, allowSealing: boolean): number;
+  ftruncate(fd: number, size: number): void;
+  pipe2(): [readFd: number, writeFd: number];
+
+  /** mmap(MAP_SHARED) of [offset, offset+size) of fd, 64-bit sizes and offsets. */
+  mmap(fd: number, size: number, offset: number, writable: boolean): Mapping;
+
+  /**
+   * Watch fd for readiness on the calling thread's own event loop (uv_poll), so it works
+   * inside worker_threads. The callback gets what is ready; `error` is set on POLLERR.
+   * Handles still open when a worker exits are closed by a cleanup hook.
+   */
+  watch(fd: number, events: WatchEvents, cb: (readable: boolean, writable: boolean, error: boolean) => void): Watcher;
+}
