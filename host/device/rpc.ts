@@ -1,0 +1,83 @@
+// Messages between the session (main thread) and a device worker. Few and never per request:
+// ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers: they
+// are process-wide, and the main thread stays their owner (see worker-client.ts).
+
+import type { DeviceInfo } from './device.ts';
+import type { LogLevel } from '../log/logger.ts';
+
+/** What a worker loads: a TypeScript/JS device module, or a WebAssembly plugin. */
+export type DeviceSource =
+  | { kind: 'module'; url: string; options?: Record<string, unknown> }
+  | { kind: 'plugin'; path: string; options?: Record<string, unknown> };
+
+export interface WorkerInit {
+  source: DeviceSource;
+  logLevel: LogLevel;
+  /** Name for log lines ("blk0", the socket path, ...). */
+  label: string;
+  /** Int32Array over a SharedArrayBuffer: [0] = ms since `epoch` when the current device call started, 0 when idle. */
+  watchdog: SharedArrayBuffer;
+  epoch: number;
+}
+
+export interface RegionMsg {
+  guestPhysAddr: number;
+  size: number;
+  userspaceAddr: number;
+  mmapOffset: number;
+  fd: number;
+}
+
+export interface VringAddrMsg {
+  descUserAddr: number;
+  availUserAddr: number;
+  usedUserAddr: number;
+  /** VHOST_VRING_F_LOG was set: log used-ring writes against logGuestAddr. */
+  log: boolean;
+  logGuestAddr: number;
+}
+
+/** Every call the session makes into a worker. */
+export type WorkerCall =
+  | { op: 'readConfig'; offset: number; size: number }
+  | { op: 'writeConfig'; offset: number; data: Uint8Array }
+  | { op: 'setFeatures'; features: bigint; protocolFeatures: boolean }
+  | { op: 'setMemTable'; regions: RegionMsg[] }
+  | { op: 'addMemRegion'; region: RegionMsg }
+  | { op: 'removeMemRegion'; guestPhysAddr: number; size: number; userspaceAddr: number }
+  | { op: 'ringNum'; index: number; num: number }
+  | { op: 'ringAddr'; index: number; addr: VringAddrMsg }
+  | { op: 'ringBase'; index: number; base: number }
+  | { op: 'ringKick'; index: number; fd: number | null }
+  | { op: 'ringCall'; index: number; fd: number | null }
+  | { op: 'ringErr'; index: number; fd: number | null }
+  | { op: 'ringEnable'; index: number; enable: boolean }
+  | { op: 'ringInbandKick'; index: number }
+  | { op: 'ringStop'; index: number }
+  | { op: 'reset' }
+  | { op: 'status' };
+
+export interface WorkerStatus {
+  running: number[];
+  failed: string | null;
+  brokenQueues: number[];
+}
+
+/** worker -> main */
+export type WorkerToMain =
+  | { type: 'ready'; info: DeviceInfo }
+  | { type: 'init-failed'; error: string }
+  | { type: 'reply'; id: number; ok: true; value: unknown }
+  | { type: 'reply'; id: number; ok: false; error: string }
+  /** A ring broke (guest fault); the device needs a reset. */
+  | { type: 'ring-broken'; index: number; reason: string }
+  /** The device itself failed (plugin trap, bad return value): every ring stopped. */
+  | { type: 'device-failed'; reason: string }
+  /** Used buffers were returned on a ring that has no call fd (in-band notifications). */
+  | { type: 'inband-call'; index: number };
+
+/** main -> worker */
+export interface MainToWorker {
+  id: number;
+  call: WorkerCall;
+}

@@ -1,0 +1,381 @@
+// The data plane of one device, run inside that device's worker: guest memory mappings, the
+// rings, kick watchers and the device itself. The session on the main thread owns every fd
+// it passes in here (memory, kick, call, err); the runner only borrows them and never closes
+// them, so a worker that is killed mid-call leaks nothing the main thread cannot close.
+
+import { native } from '../native/index.ts';
+import type { Mapping, Watcher } from '../native/api.ts';
+import { GuestMemory, type RegionSpec, type Backing } from '../memory/guest-memory.ts';
+import { SplitQueue, QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
+import type { DeviceRequest, VirtioDevice } from './device.ts';
+import type { RegionMsg, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import { VirtioFeature, hasFeature } from './features.ts';
+import { createLogger, errorText, type Logger } from '../log/logger.ts';
+
+const PAGE = 4096;
+
+export interface RunnerHooks {
+  /** The guest broke a ring: tell the session (NEEDS_RESET, config-change notification). */
+  ringBroken(index: number, reason: string): void;
+  /** The device failed: every ring is halted until reset. */
+  deviceFailed(reason: string): void;
+  /** A ring without a call fd returned buffers (in-band notification via the session). */
+  inbandCall(index: number): void;
+  /** Brackets every call into device code, for the watchdog on the main thread. */
+  enterDevice(): void;
+  leaveDevice(): void;
+}
+
+interface Vring {
+  num: number;
+  addr: VringAddrMsg | null;
+  base: number;
+  /** fd -1: not set yet; null: the front-end said "no fd" (in-band kicks / no calls). */
+  kickFd: number | null | -1;
+  callFd: number | null;
+  errFd: number | null;
+  enabled: boolean;
+  queue: SplitQueue | null;
+  watcher: Watcher | null;
+}
+
+/** Maps a region once at a page-aligned offset and hands out windows relative to the region. */
+function mapRegion(r: RegionMsg): { backing: Backing; mapping: Mapping } {
+  const delta = r.mmapOffset % PAGE;
+  const mapping = native.mmap(r.fd, r.size + delta, r.mmapOffset - delta, true);
+  const backing: Backing =
+    delta === 0
+      ? mapping
+      : { size: r.size, window: (offset: number, length: number) => mapping.window(offset + delta, length) };
+  return { backing, mapping };
+}
+
+function regionSpec(r: RegionMsg): RegionSpec {
+  const { backing, mapping } = mapRegion(r);
+  return {
+    guestPhysAddr: r.guestPhysAddr,
+    size: r.size,
+    userspaceAddr: r.userspaceAddr,
+    mmapOffset: r.mmapOffset,
+    backing,
+    release: () => mapping.unmap(),
+  };
+}
+
+export class DeviceRunner {
+  readonly memory = new GuestMemory();
+  private readonly rings: Vring[];
+  private features = 0n;
+  private protocolFeatures = false;
+  private failed: string | null = null;
+  private readonly log: Logger;
+  /** Requests handed to the device per call: bounded so one kick cannot monopolise the worker. */
+  private readonly maxBatch: number;
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly hooks: RunnerHooks,
+    label: string,
+  ) {
+    this.log = createLogger(`device ${label}`);
+    this.rings = Array.from({ length: device.info.numQueues }, () => this.freshRing());
+    this.maxBatch = Math.max(1, Math.min(256, device.info.maxQueueSize));
+  }
+
+  private freshRing(): Vring {
+    return { num: 0, addr: null, base: 0, kickFd: -1, callFd: null, errFd: null, enabled: false, queue: null, watcher: null };
+  }
+
+  private ring(index: number): Vring {
+    const r = this.rings[index];
+    if (r === undefined) {
+      throw new Error(`ring index ${index} is out of range: this device has ${this.rings.length} queue(s)`);
+    }
+    return r;
+  }
+
+  // --- device calls, bracketed for the watchdog -------------------------------------------
+
+  private call<T>(fn: () => T): T {
+    this.hooks.enterDevice();
+    try {
+      return fn();
+    } finally {
+      this.hooks.leaveDevice();
+    }
+  }
+
+  readConfig(offset: number, size: number): Uint8Array {
+    const cs = this.device.info.configSize;
+    if (!Number.isInteger(offset) || !Number.isInteger(size) || offset < 0 || size < 0 || offset + size > cs) {
+      throw new Error(`config read [${offset}, +${size}) is outside the device's ${cs}-byte config space`);
+    }
+    const data = this.call(() => this.device.readConfig(offset, size));
+    if (!(data instanceof Uint8Array) || data.length !== size) {
+      this.fail(`device returned ${data instanceof Uint8Array ? data.length : typeof data} config bytes for a ${size}-byte read`);
+      throw new Error('device returned a config read of the wrong size');
+    }
+    return data;
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    const cs = this.device.info.configSize;
+    if (offset < 0 || offset + data.length > cs) {
+      throw new Error(`config write [${offset}, +${data.length}) is outside the device's ${cs}-byte config space`);
+    }
+    this.call(() => this.device.writeConfig(offset, data));
+  }
+
+  setFeatures(features: bigint, protocolFeatures: boolean): void {
+    this.features = features;
+    this.protocolFeatures = protocolFeatures;
+    this.call(() => this.device.activate(features));
+  }
+
+  // --- memory ----------------------------------------------------------------------------
+
+  setMemTable(regions: RegionMsg[]): void {
+    // Map everything first: a bad region leaves the old table in place.
+    const specs: RegionSpec[] = [];
+    try {
+      for (const r of regions) specs.push(regionSpec(r));
+      new GuestMemory(specs.map((s) => ({ ...s, release: undefined }))); // validates overlap/bounds only
+    } catch (e) {
+      for (const s of specs) s.release?.();
+      throw e;
+    }
+    // Rings hold views into the old table; the queue re-resolves them on the next access.
+    for (const old of [...this.memory.regions]) this.memory.removeRegion(old);
+    for (const s of specs) this.memory.addRegion(s);
+  }
+
+  addMemRegion(r: RegionMsg): void {
+    const spec = regionSpec(r);
+    try {
+      this.memory.addRegion(spec);
+    } catch (e) {
+      spec.release?.();
+      throw e;
+    }
+  }
+
+  removeMemRegion(m: { guestPhysAddr: number; size: number; userspaceAddr: number }): void {
+    this.memory.removeRegion(m);
+  }
+
+  // --- rings -------------------------------------------------------------------------------
+
+  ringNum(index: number, num: number): void {
+    const r = this.ring(index);
+    if (r.queue) throw new Error(`SET_VRING_NUM on ring ${index} while it is running`);
+    const max = this.device.info.maxQueueSize;
+    if (!Number.isInteger(num) || num < 1 || num > max || (num & (num - 1)) !== 0) {
+      throw new Error(`ring ${index}: size ${num} is not a power of two between 1 and the device maximum ${max}`);
+    }
+    r.num = num;
+  }
+
+  ringAddr(index: number, addr: VringAddrMsg): void {
+    const r = this.ring(index);
+    if (r.queue) throw new Error(`SET_VRING_ADDR on ring ${index} while it is running`);
+    r.addr = addr;
+  }
+
+  ringBase(index: number, base: number): void {
+    const r = this.ring(index);
+    if (r.queue) throw new Error(`SET_VRING_BASE on ring ${index} while it is running`);
+    if (!Number.isInteger(base) || base < 0 || base > 0xffff) {
+      throw new Error(`ring ${index}: base ${base} is not a 16-bit ring index`);
+    }
+    r.base = base;
+  }
+
+  ringKick(index: number, fd: number | null): void {
+    const r = this.ring(index);
+    this.stopWatching(r);
+    r.kickFd = fd;
+    this.maybeStart(index);
+  }
+
+  ringCall(index: number, fd: number | null): void {
+    this.ring(index).callFd = fd;
+  }
+
+  ringErr(index: number, fd: number | null): void {
+    this.ring(index).errFd = fd;
+  }
+
+  ringEnable(index: number, enable: boolean): void {
+    const r = this.ring(index);
+    r.enabled = enable;
+    if (enable) this.maybeStart(index);
+    else this.stopWatching(r); // keep the queue (and its indexes); resume on re-enable
+  }
+
+  ringInbandKick(index: number): void {
+    const r = this.ring(index);
+    if (r.queue && r.enabled) this.drain(index, r);
+  }
+
+  /** GET_VRING_BASE: stop the ring and return the next avail index to process. */
+  ringStop(index: number): number {
+    const r = this.ring(index);
+    this.stopWatching(r);
+    // Requests are processed synchronously within one kick, so nothing is in flight here.
+    const base = r.queue ? r.queue.nextAvail : r.base;
+    r.queue = null;
+    r.kickFd = -1;
+    r.base = base;
+    // Without protocol features a ring is enabled by starting; a stopped ring starts over.
+    if (!this.protocolFeatures) r.enabled = false;
+    return base;
+  }
+
+  reset(): void {
+    for (let i = 0; i < this.rings.length; i++) {
+      this.stopWatching(this.rings[i]);
+      this.rings[i] = this.freshRing();
+    }
+    this.features = 0n;
+    this.failed = null;
+    this.call(() => this.device.reset());
+  }
+
+  status(): WorkerStatus {
+    return {
+      running: this.rings.flatMap((r, i) => (r.queue && r.watcher ? [i] : [])),
+      failed: this.failed,
+      brokenQueues: this.rings.flatMap((r, i) => (r.queue?.broken ? [i] : [])),
+    };
+  }
+
+  close(): void {
+    for (const r of this.rings) this.stopWatching(r);
+    this.memory.close();
+    this.device.close?.();
+  }
+
+  private stopWatching(r: Vring): void {
+    r.watcher?.close();
+    r.watcher = null;
+  }
+
+  private maybeStart(index: number): void {
+    const r = this.rings[index];
+    if (r.kickFd === -1) return;
+    // Without F_PROTOCOL_FEATURES a ring is enabled as soon as it has a kick fd (spec).
+    if (!this.protocolFeatures) r.enabled = true;
+    if (!r.enabled || this.failed) return;
+    if (!r.queue) {
+      if (r.num === 0 || r.addr === null) {
+        throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
+      }
+      const a = r.addr;
+      r.queue = new SplitQueue({
+        index,
+        memory: this.memory,
+        size: r.num,
+        descGpa: this.memory.uvaToGpa(a.descUserAddr),
+        availGpa: this.memory.uvaToGpa(a.availUserAddr),
+        usedGpa: this.memory.uvaToGpa(a.usedUserAddr),
+        eventIdx: hasFeature(this.features, VirtioFeature.RING_EVENT_IDX),
+        indirectDesc: hasFeature(this.features, VirtioFeature.RING_INDIRECT_DESC),
+        nextAvail: r.base,
+        usedLogGpa: a.log ? a.logGuestAddr : undefined,
+      });
+    }
+    if (r.kickFd !== null && r.watcher === null) {
+      const fd = r.kickFd;
+      r.watcher = native.watch(fd, 'r', () => {
+        native.eventfdRead(fd);
+        this.drain(index, r);
+      });
+    }
+    // Buffers may have been queued before the kick fd arrived (or while disabled).
+    this.drain(index, r);
+  }
+
+  /** Processes everything available on a ring, in batches, notifying once per batch. */
+  private drain(index: number, r: Vring): void {
+    const q = r.queue;
+    if (!q || q.broken || this.failed) return;
+    try {
+      for (;;) {
+        q.disableNotifications();
+        const batch: DescriptorChain[] = [];
+        let chain: DescriptorChain | null;
+        while (batch.length < this.maxBatch && (chain = q.pop()) !== null) batch.push(chain);
+        if (batch.length === 0) {
+          if (q.enableNotifications()) continue;
+          return;
+        }
+        this.complete(index, q, batch);
+        this.notify(index, r, q);
+      }
+    } catch (e) {
+      if (e instanceof QueueFault) this.breakRing(index, r, e.message);
+      else if (!this.failed) this.fail(errorText(e));
+    }
+  }
+
+  private complete(index: number, q: SplitQueue, batch: DescriptorChain[]): void {
+    const requests: DeviceRequest[] = batch.map((c) => ({ readable: c.readable, writableLen: c.writableLen }));
+    let responses;
+    try {
+      responses = this.call(() => this.device.process(index, requests));
+    } catch (e) {
+      throw new DeviceError(`${this.device.info.name}: process() on queue ${index} failed: ${errorText(e)}`);
+    }
+    if (!Array.isArray(responses) || responses.length !== batch.length) {
+      throw new DeviceError(
+        `${this.device.info.name}: process() returned ${Array.isArray(responses) ? responses.length : typeof responses} responses for ${batch.length} requests on queue ${index}`,
+      );
+    }
+    // Validate the whole batch before touching guest memory: a bad answer fails the device, not the guest.
+    for (let i = 0; i < batch.length; i++) {
+      const data = responses[i]?.data;
+      if (!(data instanceof Uint8Array)) throw new DeviceError(`${this.device.info.name}: response ${i} on queue ${index} has no data bytes`);
+      if (data.length > batch[i].writableLen) {
+        throw new DeviceError(
+          `${this.device.info.name}: response ${i} on queue ${index} is ${data.length} bytes but the request has room for ${batch[i].writableLen}`,
+        );
+      }
+    }
+    for (let i = 0; i < batch.length; i++) {
+      const written = q.writeChain(batch[i], responses[i].data);
+      q.pushUsed(batch[i].head, written);
+    }
+  }
+
+  private notify(index: number, r: Vring, q: SplitQueue): void {
+    if (!q.needsNotification()) return;
+    if (r.callFd !== null) native.eventfdWrite(r.callFd);
+    else this.hooks.inbandCall(index);
+  }
+
+  private breakRing(index: number, r: Vring, reason: string): void {
+    this.stopWatching(r);
+    this.log.error(`ring ${index} is broken, the device needs a reset: ${reason}`);
+    if (r.errFd !== null) {
+      try {
+        native.eventfdWrite(r.errFd);
+      } catch (e) {
+        this.log.warn(`ring ${index}: could not signal the error eventfd: ${errorText(e)}`);
+      }
+    }
+    this.hooks.ringBroken(index, reason);
+  }
+
+  private fail(reason: string): void {
+    if (this.failed) return;
+    this.failed = reason;
+    for (const r of this.rings) this.stopWatching(r);
+    this.log.error(`device failed, every ring halted until the front-end resets it: ${reason}`);
+    this.hooks.deviceFailed(reason);
+  }
+}
+
+/** The device (not the guest) misbehaved. */
+export class DeviceError extends Error {
+  override name = 'DeviceError';
+}

@@ -1,0 +1,92 @@
+// Entry point of a device worker: one per device, running that device's rings and its device
+// instance (a TypeScript module or a WebAssembly plugin). The control socket stays on the main
+// thread; this thread only ever blocks inside device code, where the main thread's watchdog
+// can see it (the shared `watchdog` slot) and terminate us.
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { DeviceRunner } from './runner.ts';
+import type { VirtioDevice, DeviceFactory } from './device.ts';
+import type { MainToWorker, WorkerCall, WorkerInit, WorkerToMain } from './rpc.ts';
+import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+
+const init = workerData as WorkerInit;
+const port = parentPort!;
+setLogLevel(init.logLevel);
+const log = createLogger(`device ${init.label}`);
+const slot = new Int32Array(init.watchdog);
+
+function post(msg: WorkerToMain): void {
+  port.postMessage(msg);
+}
+
+async function loadDevice(): Promise<VirtioDevice> {
+  const src = init.source;
+  if (src.kind === 'module') {
+    const mod = (await import(src.url)) as { default?: DeviceFactory };
+    if (typeof mod.default !== 'function') {
+      throw new Error(`device module ${src.url} has no default export building a device`);
+    }
+    return mod.default(src.options ?? {});
+  }
+  const { loadPluginDevice } = await import('../plugin/device-source.ts');
+  return loadPluginDevice(src.path, src.options ?? {}, init.label);
+}
+
+function dispatch(runner: DeviceRunner, c: WorkerCall): unknown {
+  switch (c.op) {
+    case 'readConfig': return runner.readConfig(c.offset, c.size);
+    case 'writeConfig': return runner.writeConfig(c.offset, c.data);
+    case 'setFeatures': return runner.setFeatures(c.features, c.protocolFeatures);
+    case 'setMemTable': return runner.setMemTable(c.regions);
+    case 'addMemRegion': return runner.addMemRegion(c.region);
+    case 'removeMemRegion': return runner.removeMemRegion(c);
+    case 'ringNum': return runner.ringNum(c.index, c.num);
+    case 'ringAddr': return runner.ringAddr(c.index, c.addr);
+    case 'ringBase': return runner.ringBase(c.index, c.base);
+    case 'ringKick': return runner.ringKick(c.index, c.fd);
+    case 'ringCall': return runner.ringCall(c.index, c.fd);
+    case 'ringErr': return runner.ringErr(c.index, c.fd);
+    case 'ringEnable': return runner.ringEnable(c.index, c.enable);
+    case 'ringInbandKick': return runner.ringInbandKick(c.index);
+    case 'ringStop': return runner.ringStop(c.index);
+    case 'reset': return runner.reset();
+    case 'status': return runner.status();
+  }
+}
+
+async function main(): Promise<void> {
+  let device: VirtioDevice;
+  try {
+    device = await loadDevice();
+  } catch (e) {
+    post({ type: 'init-failed', error: errorText(e) });
+    return;
+  }
+  const runner = new DeviceRunner(
+    device,
+    {
+      ringBroken: (index, reason) => post({ type: 'ring-broken', index, reason }),
+      deviceFailed: (reason) => post({ type: 'device-failed', reason }),
+      inbandCall: (index) => post({ type: 'inband-call', index }),
+      // 0 means idle, so a call that starts in the epoch's first millisecond records 1.
+      enterDevice: () => Atomics.store(slot, 0, Math.max(1, Date.now() - init.epoch)),
+      leaveDevice: () => Atomics.store(slot, 0, 0),
+    },
+    init.label,
+  );
+  port.on('message', (m: MainToWorker) => {
+    try {
+      const value = dispatch(runner, m.call);
+      post({ type: 'reply', id: m.id, ok: true, value });
+    } catch (e) {
+      post({ type: 'reply', id: m.id, ok: false, error: errorText(e) });
+    }
+  });
+  port.on('close', () => runner.close());
+  post({ type: 'ready', info: device.info });
+}
+
+main().catch((e) => {
+  log.error(`worker crashed: ${errorText(e)}`);
+  post({ type: 'init-failed', error: errorText(e) });
+});

@@ -1,0 +1,35 @@
+// vhost_native: the syscalls Node lacks (SCM_RIGHTS, eventfd, memfd, pipe2 flags, mmap,
+// uv_poll on the calling thread's loop). Everything above this layer is TypeScript; the
+// contract is host/native/api.ts. Loaded once per thread: each worker gets its own state.
+#include "src/common.h"
+
+#include <stdlib.h>
+
+static void free_addon_env(napi_env env, void *data, void *hint) {
+  // The constructor references die with the environment itself.
+  free(data);
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  addon_env *ae = calloc(1, sizeof *ae);
+  if (!ae) {
+    napi_throw_error(env, "ENOMEM", "vhost_native: out of memory while loading");
+    return NULL;
+  }
+  ae->env = env;
+  if (napi_set_instance_data(env, ae, free_addon_env, NULL) != napi_ok) {
+    free(ae);
+    napi_throw_error(env, "ERR_NAPI", "vhost_native: napi_set_instance_data failed");
+    return NULL;
+  }
+  if (!init_sock(env, exports) || !init_fdio(env, exports) || !init_mapping(env, exports, ae) ||
+      !init_watch(env, exports, ae)) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_error(env, "ERR_NAPI", "vhost_native: failed to set up the module's exports");
+    return NULL;
+  }
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

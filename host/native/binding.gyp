@@ -1,0 +1,19 @@
+{
+  "targets": [
+    {
+      "target_name": "vhost_native",
+      "sources": [
+        "addon.c",
+        "src/common.c",
+        "src/sock.c",
+        "src/fdio.c",
+        "src/mapping.c",
+        "src/watch.c"
+      ],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"]
+    }
+  ]
+}

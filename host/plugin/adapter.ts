@@ -1,0 +1,206 @@
+// Turns the raw functions jco's glue exposes into a VirtioDevice that can be trusted:
+// every answer is checked against the contract in docs/plugin-abi.md, and every failure
+// becomes a PluginError naming the plugin and the call. After a trap or a contract
+// violation the instance is not called again (its memory may be half-updated).
+import type {
+  DeviceInfo,
+  DeviceRequest,
+  DeviceResponse,
+  StateChunk,
+  VirtioDevice,
+} from '../device/device.ts';
+import { CapabilityError } from './imports.ts';
+import { PluginError, type PluginErrorKind } from './errors.ts';
+import { checkIdentity, checkInfo, type PluginIdentity } from './validate.ts';
+
+/** The device interface as jco lifts it (types per wit/device.wit). */
+export interface RawDevice {
+  identity(): unknown;
+  info(): unknown;
+  readConfig(offset: number, size: number): Uint8Array;
+  writeConfig(offset: number, data: Uint8Array): void;
+  activate(acked: bigint): void;
+  reset(): void;
+  process(queue: number, requests: { readable: Uint8Array; writableLen: number }[]): unknown;
+  getState(offset: bigint, size: number): { bytes: Uint8Array; remaining: bigint };
+  setState(offset: bigint, chunk: Uint8Array): void;
+  finishLoad(): void;
+}
+
+export interface PluginDevice extends VirtioDevice {
+  /** Name and version the plugin reports: the tag its saved state carries. */
+  readonly identity: PluginIdentity;
+  /** Current size of the plugin's linear memory, in bytes. */
+  memoryBytes(): number;
+}
+
+export interface AdapterContext {
+  label: string;
+  memory: () => WebAssembly.Memory | undefined;
+  memoryLimitBytes: number;
+}
+
+const MAX_U32 = 0xffffffff;
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  return Buffer.concat(parts);
+}
+
+export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
+  let plugin = ctx.label;
+  let dead: string | null = null;
+
+  const memoryNote = (): string => {
+    const mem = ctx.memory();
+    if (!mem) return '';
+    const used = mem.buffer.byteLength;
+    // malloc failing at the cap is the usual way a capped plugin dies.
+    return used + 65536 > ctx.memoryLimitBytes
+      ? ` (memory ${used} bytes, at its limit of ${ctx.memoryLimitBytes}: out of memory?)`
+      : '';
+  };
+
+  const die = (call: string, kind: PluginErrorKind, detail: string, cause?: unknown): never => {
+    dead = `${kind} in ${call}`;
+    throw new PluginError(plugin, call, kind, detail, { cause });
+  };
+
+  /** Run one plugin call; `error` results (thrown strings) leave the instance usable. */
+  function call<T>(name: string, fn: () => T): T {
+    if (dead) throw new PluginError(plugin, name, 'trap', `not called: instance unusable after ${dead}`);
+    try {
+      return fn();
+    } catch (e) {
+      if (typeof e === 'string') throw new PluginError(plugin, name, 'error', e);
+      if (e instanceof PluginError) throw e;
+      if (e instanceof CapabilityError) return die(name, 'trap', `host import refused: ${e.message}`, e);
+      if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) {
+        return die(name, 'trap', `trapped: ${e.message}${memoryNote()}`, e);
+      }
+      // The glue rejects malformed lifts (bad discriminant, misaligned list) with TypeError.
+      return die(name, 'invalid', `returned a malformed value: ${String(e)}`, e);
+    }
+  }
+  const invalid = (name: string, detail: string): never => die(name, 'invalid', detail);
+
+  let identity: PluginIdentity;
+  let info: DeviceInfo;
+  try {
+    identity = checkIdentity(call('identity', () => raw.identity()));
+    plugin = identity.name;
+    info = checkInfo(call('info', () => raw.info()), identity.name);
+  } catch (e) {
+    if (e instanceof PluginError) throw new PluginError(e.plugin, e.call, 'load', e.message, { cause: e });
+    throw new PluginError(plugin, 'load', 'load', (e as Error).message, { cause: e });
+  }
+
+  // Save and load progress, to hold the plugin to one consistent state per transfer.
+  let saveTotal: number | null = null;
+  let loadOffset = 0;
+
+  const checkConfigRange = (offset: number, size: number): void => {
+    if (!Number.isInteger(offset) || !Number.isInteger(size) || offset < 0 || size < 0 || offset + size > info.configSize) {
+      throw new RangeError(`config access ${offset}+${size} outside ${info.configSize} bytes`);
+    }
+  };
+
+  return {
+    info,
+    identity,
+    memoryBytes: () => ctx.memory()?.buffer.byteLength ?? 0,
+
+    readConfig(offset: number, size: number): Uint8Array {
+      checkConfigRange(offset, size);
+      const data = call('read-config', () => raw.readConfig(offset, size));
+      if (!(data instanceof Uint8Array) || data.length !== size) {
+        invalid('read-config', `returned ${data?.length} bytes for a ${size}-byte read`);
+      }
+      return data;
+    },
+
+    writeConfig(offset: number, data: Uint8Array): void {
+      checkConfigRange(offset, data.length);
+      call('write-config', () => raw.writeConfig(offset, data));
+    },
+
+    activate(ackedFeatures: bigint): void {
+      // The plugin only ever hears about bits it offered (QEMU may pass others through).
+      call('activate', () => raw.activate(ackedFeatures & info.features));
+    },
+
+    reset(): void {
+      saveTotal = null;
+      loadOffset = 0;
+      call('reset', () => raw.reset());
+    },
+
+    process(queueIndex: number, requests: readonly DeviceRequest[]): DeviceResponse[] {
+      if (!Number.isInteger(queueIndex) || queueIndex < 0 || queueIndex >= info.numQueues) {
+        throw new RangeError(`queue ${queueIndex} outside the device's ${info.numQueues} queues`);
+      }
+      const lowered = requests.map((r) => ({ readable: concat(r.readable), writableLen: r.writableLen }));
+      const out = call('process', () => raw.process(queueIndex, lowered));
+      if (!Array.isArray(out) || out.length !== requests.length) {
+        invalid('process', `returned ${Array.isArray(out) ? out.length : 'no'} responses for ${requests.length} requests on queue ${queueIndex}`);
+      }
+      const responses = out as unknown[];
+      return responses.map((data, i) => {
+        if (!(data instanceof Uint8Array)) return invalid('process', `response ${i} is not bytes`);
+        if (data.length > requests[i].writableLen) {
+          invalid(
+            'process',
+            `response ${i} on queue ${queueIndex} has ${data.length} bytes but the request can hold only ${requests[i].writableLen}`,
+          );
+        }
+        return { data };
+      });
+    },
+
+    getState(offset: number, size: number): StateChunk {
+      if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isInteger(size) || size < 1 || size > MAX_U32) {
+        throw new RangeError(`getState(${offset}, ${size}): bad arguments`);
+      }
+      if (offset === 0) saveTotal = null;
+      const chunk = call('get-state', () => raw.getState(BigInt(offset), size));
+      const { bytes, remaining } = chunk;
+      if (!(bytes instanceof Uint8Array) || typeof remaining !== 'bigint') invalid('get-state', 'malformed chunk');
+      if (bytes.length > size) invalid('get-state', `returned ${bytes.length} bytes when asked for at most ${size}`);
+      if (remaining > BigInt(Number.MAX_SAFE_INTEGER)) invalid('get-state', `claims ${remaining} bytes remaining`);
+      const rest = Number(remaining);
+      if (bytes.length < size && rest > 0) {
+        invalid('get-state', `returned a short chunk (${bytes.length} of ${size} bytes) with ${rest} bytes still remaining`);
+      }
+      const total = offset + bytes.length + rest;
+      if (saveTotal !== null && total !== saveTotal) {
+        invalid('get-state', `state size changed between calls: ${saveTotal} bytes, now ${total} at offset ${offset}`);
+      }
+      saveTotal = total;
+      return { bytes, remaining: rest };
+    },
+
+    setState(offset: number, chunk: Uint8Array): void {
+      if (offset === 0) loadOffset = 0;
+      if (offset !== loadOffset) {
+        throw new RangeError(`setState at offset ${offset}, expected ${loadOffset}: chunks must arrive in order`);
+      }
+      call('set-state', () => raw.setState(BigInt(offset), chunk));
+      loadOffset = offset + chunk.length;
+    },
+
+    finishLoad(): string | null {
+      loadOffset = 0;
+      try {
+        call('finish-load', () => raw.finishLoad());
+        return null;
+      } catch (e) {
+        if (e instanceof PluginError && e.kind === 'error') return e.message;
+        throw e;
+      }
+    },
+
+    close(): void {
+      dead = dead ?? 'close';
+    },
+  };
+}

@@ -1,0 +1,83 @@
+// Component bytes -> a running, validated VirtioDevice. The async entry transpiles on a
+// cache miss; the sync one only reads the cache, for a worker that must build its device
+// without awaiting (preparePlugin on the main thread first).
+import { PluginError } from './errors.ts';
+import { evaluateGlue } from './glue.ts';
+import { hostImports, type PluginGrants } from './imports.ts';
+import {
+  defaultCacheDir,
+  labelFor,
+  preparePlugin,
+  readPrepared,
+  validateKind,
+  componentHash,
+  type PreparedPlugin,
+} from './prepare.ts';
+import { capMemory } from './wasm-binary.ts';
+import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
+import { DEVICE_FUNCTIONS, DEVICE_INTERFACE } from './world.ts';
+
+export const DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024;
+
+export interface LoadOptions {
+  grants: PluginGrants;
+  /** Ceiling on the plugin's linear memory (default 64 MiB). */
+  memoryLimitBytes?: number;
+  /** Where transpiled plugins are cached (default: a folder under the OS temp dir). */
+  cacheDir?: string;
+}
+
+export async function loadPlugin(bytes: Uint8Array, options: LoadOptions): Promise<PluginDevice> {
+  return instantiatePrepared(await preparePlugin(bytes, options.cacheDir), options);
+}
+
+export function loadPluginSync(bytes: Uint8Array, options: LoadOptions): PluginDevice {
+  const label = labelFor(componentHash(bytes));
+  validateKind(bytes, label);
+  const prepared = readPrepared(bytes, options.cacheDir ?? defaultCacheDir());
+  if (!prepared) {
+    throw new PluginError(label, 'load', 'load', 'not in the transpile cache: call preparePlugin(bytes, cacheDir) first');
+  }
+  return instantiatePrepared(prepared, options);
+}
+
+export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptions): PluginDevice {
+  const label = labelFor(prepared.hash);
+  const limit = options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT;
+  const loadError = (detail: string, cause?: unknown): PluginError =>
+    new PluginError(label, 'load', 'load', detail, { cause });
+
+  let memory: WebAssembly.Memory | undefined;
+  const getCoreModule = (name: string): WebAssembly.Module => {
+    const bytes = prepared.coreModules[name];
+    if (!bytes) throw loadError(`glue asked for unknown core module ${name}`);
+    try {
+      return new WebAssembly.Module(capMemory(bytes, limit) as Uint8Array<ArrayBuffer>);
+    } catch (e) {
+      throw loadError(`core module ${name}: ${(e as Error).message}`, e);
+    }
+  };
+  const instantiateCore = (module: WebAssembly.Module, imports?: WebAssembly.Imports): WebAssembly.Instance => {
+    const instance = new WebAssembly.Instance(module, imports);
+    for (const value of Object.values(instance.exports)) {
+      if (value instanceof WebAssembly.Memory) memory = value;
+    }
+    return instance;
+  };
+
+  let exported: Record<string, unknown>;
+  try {
+    const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`);
+    exported = instantiate(getCoreModule, hostImports(options.grants), instantiateCore);
+  } catch (e) {
+    if (e instanceof PluginError) throw e;
+    throw loadError(`instantiation failed: ${(e as Error).message ?? String(e)}`, e);
+  }
+
+  const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;
+  const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');
+  if (!device || missing.length) {
+    throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
+  }
+  return adaptDevice(device as unknown as RawDevice, { label, memory: () => memory, memoryLimitBytes: limit });
+}

@@ -1,0 +1,27 @@
+// What this host speaks: the names in wit/device.wit as they appear in a component and
+// in jco's generated glue. Kept in one place so a WIT version bump is one edit here.
+
+export const WIT_PACKAGE = 'vhost:device';
+export const WIT_VERSION = '0.1.0';
+export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
+
+/** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
+export const IMPORTABLE = ['log', 'entropy'] as const;
+export type Importable = (typeof IMPORTABLE)[number];
+
+/** The device interface's functions, in jco's camelCase spelling. */
+export const DEVICE_FUNCTIONS = [
+  'identity',
+  'info',
+  'readConfig',
+  'writeConfig',
+  'activate',
+  'reset',
+  'process',
+  'getState',
+  'setState',
+  'finishLoad',
+] as const;
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];

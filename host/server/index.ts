@@ -1,0 +1,56 @@
+// The host: a set of devices, each on its own socket and in its own worker, in one process.
+
+import { DeviceSlot } from './device-slot.ts';
+import { Listener, type ListenAddress } from './listener.ts';
+import type { DeviceSource } from '../device/rpc.ts';
+
+export interface DeviceConfig {
+  label: string;
+  listen: ListenAddress;
+  source: DeviceSource;
+  /** Per-call CPU deadline for this device's code (ms). */
+  callDeadlineMs?: number;
+}
+
+export const DEFAULT_CALL_DEADLINE_MS = 100;
+
+export class Host {
+  private constructor(readonly devices: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[]) {}
+
+  /**
+   * Starts every device's worker first (so a plugin that fails to load is reported at start-up,
+   * not when QEMU connects), then opens the sockets.
+   */
+  static async start(configs: DeviceConfig[]): Promise<Host> {
+    const started: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[] = [];
+    try {
+      for (const config of configs) {
+        const slot = new DeviceSlot(config.source, { label: config.label, callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS });
+        try {
+          await slot.acquire();
+          started.push({ config, slot, listener: new Listener(config.listen, slot) });
+        } catch (e) {
+          await slot.close();
+          throw e;
+        }
+      }
+    } catch (e) {
+      for (const d of started) {
+        await d.listener.close();
+        await d.slot.close();
+      }
+      throw e;
+    }
+    return new Host(started);
+  }
+
+  async close(): Promise<void> {
+    for (const d of this.devices) await d.listener.close();
+    for (const d of this.devices) await d.slot.close();
+  }
+}
+
+/** The benchmark's entry: one TypeScript device module on one socket. */
+export async function startHostForBench(socketPath: string, moduleUrl: string, options: Record<string, unknown> = {}): Promise<Host> {
+  return Host.start([{ label: 'bench', listen: { path: socketPath }, source: { kind: 'module', url: moduleUrl, options }, callDeadlineMs: 10_000 }]);
+}

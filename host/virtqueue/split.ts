@@ -1,0 +1,487 @@
+// Device side of a split virtqueue. Everything read from the rings is guest-controlled: every
+// index, address and length is checked before use, and the first violation breaks the queue
+// (a QueueFault; the session then reports DEVICE_NEEDS_RESET) instead of being worked around.
+
+import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import type { DirtyLog } from '../memory/dirty-log.ts';
+import {
+  DESC_SIZE,
+  MAX_INDIRECT_ENTRIES,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_USED_F_NO_NOTIFY,
+  availBytes,
+  descTableBytes,
+  isValidQueueSize,
+  usedBytes,
+  vringNeedEvent,
+} from './layout.ts';
+
+/** The guest broke the virtqueue protocol; the queue refuses further work. */
+export class QueueFault extends Error {
+  override name = 'QueueFault';
+  constructor(
+    readonly queue: number,
+    readonly reason: string,
+    readonly availIndex?: number,
+    readonly head?: number,
+    readonly descIndex?: number,
+  ) {
+    const where: string[] = [];
+    if (availIndex !== undefined) where.push(`avail index ${availIndex}`);
+    if (head !== undefined) where.push(`head ${head}`);
+    if (descIndex !== undefined) where.push(`descriptor ${descIndex}`);
+    super(`virtqueue ${queue}: ${reason}${where.length ? ` (${where.join(', ')})` : ''}`);
+  }
+}
+
+/** The ring addresses/size given at setup are unusable (SET_VRING_NUM/ADDR); nothing started. */
+export class QueueSetupError extends Error {
+  override name = 'QueueSetupError';
+  constructor(
+    readonly queue: number,
+    reason: string,
+  ) {
+    super(`virtqueue ${queue}: ${reason}`);
+  }
+}
+
+export interface GuestRange {
+  gpa: number;
+  len: number;
+}
+
+export interface DescriptorChain {
+  head: number;
+  /** The avail ring index this chain was taken from. */
+  availIndex: number;
+  /** Device-readable buffers in chain order, split at mapping boundaries; zero-length ones omitted. */
+  readable: Uint8Array[];
+  writable: Uint8Array[];
+  readableLen: number;
+  writableLen: number;
+  /** The writable descriptors as guest ranges, in order (dirty logging). */
+  writableRanges: GuestRange[];
+}
+
+export interface SplitQueueConfig {
+  /** Queue index, only for messages. */
+  index: number;
+  memory: GuestMemory;
+  size: number;
+  descGpa: number;
+  availGpa: number;
+  usedGpa: number;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  /** SET_VRING_BASE: first avail index to process (default 0). */
+  nextAvail?: number;
+  /** Next used index; default: used.idx as found in guest memory (the ring's history survives a reconnect). */
+  nextUsed?: number;
+  /** VHOST_F_LOG_ALL: log every write to guest memory here. */
+  log?: DirtyLog | null;
+  /** GPA to log used-ring writes against (log_guest_addr of SET_VRING_ADDR); default usedGpa. */
+  usedLogGpa?: number;
+}
+
+const ADDR_HI_LIMIT = 0x200000; // high u32 of 2^53
+
+export class SplitQueue {
+  readonly index: number;
+  readonly size: number;
+  readonly eventIdx: boolean;
+  readonly indirectDesc: boolean;
+  readonly descGpa: number;
+  readonly availGpa: number;
+  readonly usedGpa: number;
+
+  private readonly memory: GuestMemory;
+  private readonly mask: number;
+  private memGen = -1;
+  private desc!: DataView;
+  /** [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event. */
+  private avail!: Uint16Array;
+  /** [0] flags, [1] idx. */
+  private usedHdr!: Uint16Array;
+  /** [2 * i] id, [2 * i + 1] len. */
+  private usedRing!: Uint32Array;
+  /** [0] avail_event; only with EVENT_IDX. */
+  private availEvent: Uint16Array | undefined;
+
+  private nextAvailIdx: number;
+  private nextUsedIdx: number;
+  private shadowAvail: number;
+  private signalledUsed: number;
+  private readonly inflight: (DescriptorChain | undefined)[];
+  private inflightCount = 0;
+  private faultErr: QueueFault | undefined;
+  private log: DirtyLog | null;
+  private usedLogGpa: number;
+
+  constructor(cfg: SplitQueueConfig) {
+    this.index = cfg.index;
+    if (!isValidQueueSize(cfg.size)) {
+      throw new QueueSetupError(cfg.index, `queue size ${cfg.size} is not a power of two in [1, 32768]`);
+    }
+    this.size = cfg.size;
+    this.mask = cfg.size - 1;
+    this.memory = cfg.memory;
+    this.eventIdx = cfg.eventIdx;
+    this.indirectDesc = cfg.indirectDesc;
+    this.descGpa = cfg.descGpa;
+    this.availGpa = cfg.availGpa;
+    this.usedGpa = cfg.usedGpa;
+    // virtio 1.x alignment; also what lets us use aligned typed arrays below.
+    if (cfg.descGpa % 16 !== 0) throw new QueueSetupError(cfg.index, `descriptor table GPA ${hex(cfg.descGpa)} is not 16-byte aligned`);
+    if (cfg.availGpa % 2 !== 0) throw new QueueSetupError(cfg.index, `avail ring GPA ${hex(cfg.availGpa)} is not 2-byte aligned`);
+    if (cfg.usedGpa % 4 !== 0) throw new QueueSetupError(cfg.index, `used ring GPA ${hex(cfg.usedGpa)} is not 4-byte aligned`);
+    this.resolveViews(true);
+    const base = cfg.nextAvail ?? 0;
+    if (!Number.isInteger(base) || base < 0 || base > 0xffff) throw new QueueSetupError(cfg.index, `vring base ${base} is not a u16`);
+    this.nextAvailIdx = base;
+    this.shadowAvail = base;
+    const used = cfg.nextUsed ?? this.usedHdr[1];
+    if (!Number.isInteger(used) || used < 0 || used > 0xffff) throw new QueueSetupError(cfg.index, `next used ${used} is not a u16`);
+    this.nextUsedIdx = used;
+    this.signalledUsed = used;
+    this.inflight = new Array(cfg.size);
+    this.log = cfg.log ?? null;
+    this.usedLogGpa = cfg.usedLogGpa ?? cfg.usedGpa;
+  }
+
+  get nextAvail(): number {
+    return this.nextAvailIdx;
+  }
+  get nextUsed(): number {
+    return this.nextUsedIdx;
+  }
+  /** Chains popped and not yet returned with pushUsed. */
+  get inFlight(): number {
+    return this.inflightCount;
+  }
+  get broken(): boolean {
+    return this.faultErr !== undefined;
+  }
+  /** The fault that broke the queue, if any. */
+  get fault(): QueueFault | undefined {
+    return this.faultErr;
+  }
+
+  /** VHOST_F_LOG_ALL switched on/off, or a new log area (SET_LOG_BASE). */
+  setLog(log: DirtyLog | null, usedLogGpa: number = this.usedGpa): void {
+    this.log = log;
+    this.usedLogGpa = usedLogGpa;
+  }
+
+  /** Heads currently in flight (for GET_VRING_BASE accounting / inflight tracking). */
+  inFlightHeads(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.size; i++) if (this.inflight[i] !== undefined) out.push(i);
+    return out;
+  }
+
+  /**
+   * The next available chain, or null when the driver has published nothing new.
+   * Throws QueueFault on a protocol violation, and on every call once broken.
+   */
+  pop(): DescriptorChain | null {
+    this.check();
+    if (this.shadowAvail === this.nextAvailIdx) {
+      // Acquire: ring entries and descriptors are read only after the idx that published them.
+      this.shadowAvail = Atomics.load(this.avail, 1);
+      const pending = (this.shadowAvail - this.nextAvailIdx) & 0xffff;
+      if (pending > this.size) {
+        const seen = this.shadowAvail;
+        this.shadowAvail = this.nextAvailIdx;
+        this.fail(`avail idx jumped to ${seen}, ${pending} entries ahead of ${this.nextAvailIdx} (queue size ${this.size})`, this.nextAvailIdx);
+      }
+      if (pending === 0) return null;
+    }
+    const availIndex = this.nextAvailIdx;
+    const head = this.avail[2 + (availIndex & this.mask)];
+    if (head >= this.size) this.fail(`head descriptor index ${head} >= queue size ${this.size}`, availIndex, head, head);
+    if (this.inflight[head] !== undefined) this.fail(`head ${head} is already in flight`, availIndex, head, head);
+    const chain = this.walk(head, availIndex);
+    this.nextAvailIdx = (availIndex + 1) & 0xffff;
+    this.inflight[head] = chain;
+    this.inflightCount++;
+    return chain;
+  }
+
+  private walk(head: number, availIndex: number): DescriptorChain {
+    const readable: Uint8Array[] = [];
+    const writable: Uint8Array[] = [];
+    const writableRanges: GuestRange[] = [];
+    let readableLen = 0;
+    let writableLen = 0;
+    let table = this.desc;
+    let tableSize = this.size;
+    let inIndirect = false;
+    let idx = head;
+    let count = 0;
+    const where = (i: number) => (inIndirect ? `indirect table entry ${i}` : `descriptor ${i}`);
+    for (;;) {
+      if (++count > tableSize) {
+        this.fail(
+          inIndirect
+            ? `indirect chain longer than its table's ${tableSize} entries (loop?)`
+            : `descriptor chain longer than queue size ${this.size} (loop?)`,
+          availIndex,
+          head,
+          idx,
+        );
+      }
+      const o = idx * DESC_SIZE;
+      const lo = table.getUint32(o, true);
+      const hi = table.getUint32(o + 4, true);
+      const len = table.getUint32(o + 8, true);
+      const flags = table.getUint16(o + 12, true);
+      const next = table.getUint16(o + 14, true);
+      const addr = hi * 0x100000000 + lo;
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirectDesc) this.fail(`${where(idx)} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, availIndex, head, idx);
+        if (inIndirect) this.fail(`indirect descriptor inside an indirect table (entry ${idx})`, availIndex, head, idx);
+        if (flags & VIRTQ_DESC_F_NEXT) this.fail(`descriptor ${idx} has both INDIRECT and NEXT`, availIndex, head, idx);
+        if (len === 0 || len % DESC_SIZE !== 0 || len > MAX_INDIRECT_ENTRIES * DESC_SIZE) {
+          this.fail(`indirect table length ${len} is not a multiple of 16 in [16, ${MAX_INDIRECT_ENTRIES * DESC_SIZE}]`, availIndex, head, idx);
+        }
+        if (hi >= ADDR_HI_LIMIT) this.fail(`indirect table address ${hex(addr)} outside guest memory`, availIndex, head, idx);
+        table = this.indirectTable(addr, len, availIndex, head, idx);
+        tableSize = len / DESC_SIZE;
+        inIndirect = true;
+        idx = 0;
+        count = 0;
+        continue;
+      }
+      if (hi >= ADDR_HI_LIMIT) this.fail(`${where(idx)}: address ${hex(addr)} outside guest memory`, availIndex, head, idx);
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        this.slices(addr, len, writable, availIndex, head, idx, where(idx));
+        writableLen += len;
+        if (writableLen > 0xffffffff) this.fail(`writable length of the chain overflows u32`, availIndex, head, idx);
+        writableRanges.push({ gpa: addr, len });
+      } else {
+        if (writableRanges.length > 0) this.fail(`${where(idx)} is device-readable after a writable descriptor`, availIndex, head, idx);
+        this.slices(addr, len, readable, availIndex, head, idx, where(idx));
+        readableLen += len;
+        if (readableLen > 0xffffffff) this.fail(`readable length of the chain overflows u32`, availIndex, head, idx);
+      }
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      if (next >= tableSize) {
+        this.fail(`${where(idx)}: next index ${next} >= ${inIndirect ? 'indirect table size' : 'queue size'} ${tableSize}`, availIndex, head, idx);
+      }
+      idx = next;
+    }
+    return { head, availIndex, readable, writable, readableLen, writableLen, writableRanges };
+  }
+
+  private slices(addr: number, len: number, out: Uint8Array[], availIndex: number, head: number, idx: number, what: string): void {
+    if (len === 0) return;
+    try {
+      this.memory.appendSlices(addr, len, out);
+    } catch (e) {
+      if (e instanceof MemoryFault) this.fail(`${what}: buffer [${hex(addr)}, +${len}) outside guest memory`, availIndex, head, idx);
+      throw e;
+    }
+  }
+
+  private indirectTable(addr: number, len: number, availIndex: number, head: number, idx: number): DataView {
+    const parts: Uint8Array[] = [];
+    try {
+      this.memory.appendSlices(addr, len, parts);
+    } catch (e) {
+      if (e instanceof MemoryFault) this.fail(`indirect table [${hex(addr)}, +${len}) outside guest memory`, availIndex, head, idx);
+      throw e;
+    }
+    if (parts.length === 1) return new DataView(parts[0].buffer, parts[0].byteOffset, len);
+    // Guest-contiguous but split across mappings: read a private copy (it is only read once).
+    const copy = new Uint8Array(len);
+    let at = 0;
+    for (const p of parts) {
+      copy.set(p, at);
+      at += p.length;
+    }
+    return new DataView(copy.buffer);
+  }
+
+  /**
+   * Returns a popped chain to the driver with `writtenLen` bytes written, and publishes it.
+   * Marks the written buffer bytes and the used-ring entry/idx in the dirty log when logging.
+   */
+  pushUsed(head: number, writtenLen: number): void {
+    this.check();
+    const chain = Number.isInteger(head) && head >= 0 && head < this.size ? this.inflight[head] : undefined;
+    if (chain === undefined) throw new Error(`virtqueue ${this.index}: pushUsed of head ${head}, which is not in flight`);
+    if (!Number.isInteger(writtenLen) || writtenLen < 0 || writtenLen > chain.writableLen) {
+      throw new RangeError(`virtqueue ${this.index}: pushUsed(head ${head}) written length ${writtenLen} exceeds the chain's ${chain.writableLen} writable bytes`);
+    }
+    const slot = this.nextUsedIdx & this.mask;
+    this.usedRing[2 * slot] = head;
+    this.usedRing[2 * slot + 1] = writtenLen;
+    this.nextUsedIdx = (this.nextUsedIdx + 1) & 0xffff;
+    // The element must be visible before the idx that publishes it. x86 keeps stores in order
+    // anyway; the seq-cst store also keeps the JIT from sinking the element stores below it,
+    // and (a locked xchg) doubles as the store->load fence needNotification relies on.
+    Atomics.store(this.usedHdr, 1, this.nextUsedIdx);
+    this.inflight[head] = undefined;
+    this.inflightCount--;
+    const log = this.log;
+    if (log !== null) {
+      let left = writtenLen;
+      for (const r of chain.writableRanges) {
+        if (left === 0) break;
+        const n = Math.min(left, r.len);
+        log.mark(r.gpa, n);
+        left -= n;
+      }
+      log.mark(this.usedLogGpa + 4 + 8 * slot, 8);
+      log.mark(this.usedLogGpa + 2, 2);
+    }
+  }
+
+  /**
+   * Copies `data` into the chain's writable buffers starting `offset` bytes in; returns the
+   * bytes copied (bounded by writableLen). Logs the touched guest pages when logging.
+   */
+  writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
+    let skip = offset;
+    let src = 0;
+    for (const buf of chain.writable) {
+      if (src === data.length) break;
+      if (skip >= buf.length) {
+        skip -= buf.length;
+        continue;
+      }
+      const n = Math.min(buf.length - skip, data.length - src);
+      buf.set(data.subarray(src, src + n), skip);
+      src += n;
+      skip = 0;
+    }
+    const log = this.log;
+    if (log !== null && src > 0) {
+      let skipR = offset;
+      let left = src;
+      for (const r of chain.writableRanges) {
+        if (left === 0) break;
+        if (skipR >= r.len) {
+          skipR -= r.len;
+          continue;
+        }
+        const n = Math.min(r.len - skipR, left);
+        log.mark(r.gpa + skipR, n);
+        left -= n;
+        skipR = 0;
+      }
+    }
+    return src;
+  }
+
+  /**
+   * After a batch of pushUsed: whether the driver wants a used-buffer notification (call fd).
+   * EVENT_IDX: only if used idx moved past used_event since the last notification decision.
+   */
+  needsNotification(): boolean {
+    this.check();
+    const now = this.nextUsedIdx;
+    const old = this.signalledUsed;
+    this.signalledUsed = now;
+    if (now === old) return false;
+    // pushUsed's seq-cst store of used idx orders this load after it (store->load), so a
+    // driver that re-enabled interrupts after reading the old idx is not missed.
+    if (this.eventIdx) return vringNeedEvent(Atomics.load(this.avail, 2 + this.size), now, old);
+    return (Atomics.load(this.avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /**
+   * Ask the driver for kicks again. Returns true when buffers arrived meanwhile: the driver may
+   * have published them while notifications were off and will not kick for them, so the caller
+   * must keep processing instead of sleeping.
+   */
+  enableNotifications(): boolean {
+    this.check();
+    if (this.eventIdx) {
+      Atomics.store(this.availEvent!, 0, this.nextAvailIdx);
+      this.logUsed(4 + 8 * this.size, 2);
+    } else {
+      Atomics.store(this.usedHdr, 0, this.usedHdr[0] & ~VRING_USED_F_NO_NOTIFY);
+      this.logUsed(0, 2);
+    }
+    // The seq-cst store above is a full fence: this idx read cannot be satisfied before it.
+    return Atomics.load(this.avail, 1) !== this.nextAvailIdx;
+  }
+
+  /** Ask the driver not to kick while we are busy draining (a hint; EVENT_IDX needs no write). */
+  disableNotifications(): void {
+    this.check();
+    if (this.eventIdx) return; // avail_event stays behind: the driver will not kick until it is moved
+    Atomics.store(this.usedHdr, 0, this.usedHdr[0] | VRING_USED_F_NO_NOTIFY);
+    this.logUsed(0, 2);
+  }
+
+  /** Whether the driver has published chains not yet popped (no side effects). */
+  hasAvailable(): boolean {
+    this.check();
+    return Atomics.load(this.avail, 1) !== this.nextAvailIdx;
+  }
+
+  private logUsed(offset: number, len: number): void {
+    if (this.log !== null) this.log.mark(this.usedLogGpa + offset, len);
+  }
+
+  private check(): void {
+    if (this.faultErr !== undefined) {
+      const f = this.faultErr;
+      throw new QueueFault(this.index, `queue is broken: ${f.reason}`, f.availIndex, f.head, f.descIndex);
+    }
+    if (this.memGen !== this.memory.generation) this.resolveViews(false);
+  }
+
+  /** (Re)derive ring views; the memory table changed (ADD/REM_MEM_REG) or this is setup. */
+  private resolveViews(setup: boolean): void {
+    const view = (gpa: number, len: number, what: string): Uint8Array => {
+      try {
+        return this.memory.gpaToView(gpa, len);
+      } catch (e) {
+        if (!(e instanceof MemoryFault)) throw e;
+        const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
+        if (setup) throw new QueueSetupError(this.index, reason);
+        this.fail(reason);
+      }
+    };
+    const d = view(this.descGpa, descTableBytes(this.size), 'descriptor table');
+    const a = view(this.availGpa, availBytes(this.size), 'avail ring');
+    const u = view(this.usedGpa, usedBytes(this.size), 'used ring');
+    if (a.byteOffset % 2 !== 0 || u.byteOffset % 4 !== 0) {
+      // Only if a region starts at an odd host offset: the typed arrays below need alignment.
+      const reason = 'ring is misaligned in its host mapping';
+      if (setup) throw new QueueSetupError(this.index, reason);
+      this.fail(reason);
+    }
+    this.desc = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    this.avail = new Uint16Array(a.buffer, a.byteOffset, 3 + this.size);
+    this.usedHdr = new Uint16Array(u.buffer, u.byteOffset, 2);
+    this.usedRing = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * this.size);
+    this.availEvent = this.eventIdx ? new Uint16Array(u.buffer, u.byteOffset + 4 + 8 * this.size, 1) : undefined;
+    this.memGen = this.memory.generation;
+  }
+
+  private fail(reason: string, availIndex?: number, head?: number, descIndex?: number): never {
+    const f = new QueueFault(this.index, reason, availIndex, head, descIndex);
+    this.faultErr = f;
+    throw f;
+  }
+}
+
+/** Gathers a chain's readable bytes into one buffer (copies; for small headers and tests). */
+export function readChain(chain: DescriptorChain, maxLen = chain.readableLen): Uint8Array {
+  const out = new Uint8Array(Math.min(maxLen, chain.readableLen));
+  let at = 0;
+  for (const b of chain.readable) {
+    if (at === out.length) break;
+    const n = Math.min(b.length, out.length - at);
+    out.set(n === b.length ? b : b.subarray(0, n), at);
+    at += n;
+  }
+  return out;
+}

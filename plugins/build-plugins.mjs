@@ -1,0 +1,148 @@
+// Builds every C plugin under plugins/ (each folder but sdk/) into a WebAssembly
+// component at OUT/NAME.wasm: clang-16 -> core module -> embed wit/device.wit -> component.
+//
+// The WIT embedding and component wrapping use the wasm-tools that ships inside
+// @bytecodealliance/jco-transpile, in this process (the same code as `jco embed` and
+// `jco new`, minus a node start per step and minus preview2-shim's filesystem, which
+// needs preopens to read --wit paths). With only malloc/memcpy from wasi-libc the core
+// module imports nothing from WASI, so no adapter is involved.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const CLANG = process.env.VHOST_WASM_CLANG || 'clang-16';
+const SYSROOT = '/usr';
+const LIBC = join(SYSROOT, 'lib', 'wasm32-wasi', 'libc.a');
+export const WORLD = 'virtio-device';
+
+// -nodefaultlibs + -lc: clang would otherwise link libclang_rt.builtins-wasm32.a, which
+// Debian ships in a separate package (libclang-rt-16-dev-wasm32); nothing here needs it.
+const CFLAGS = [
+  '--target=wasm32-wasi',
+  `--sysroot=${SYSROOT}`,
+  '-O2',
+  '-mexec-model=reactor',
+  '-nodefaultlibs',
+  '-std=c11',
+  '-Wall',
+  '-Wextra',
+  '-Werror',
+  '-Wl,--strip-all',
+];
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function checkToolchain() {
+  let ok = existsSync(LIBC);
+  try {
+    execFileSync(CLANG, ['--version'], { stdio: 'ignore' });
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new Error(
+      `building plugins needs ${CLANG} with the wasm32 linker and wasi-libc (${LIBC}): ` +
+        'apt-get install clang-16 lld-16 wasi-libc',
+    );
+  }
+}
+
+function inputsHash(parts) {
+  const h = createHash('sha256');
+  for (const [name, data] of parts) h.update(`${name}\0${data.length}\0`).update(data);
+  return h.digest('hex');
+}
+
+function cFiles(dir) {
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.c'))
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+/** Byte-for-byte replacement, so a reader never sees a half-written plugin. */
+function writeAtomic(file, data) {
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, file);
+}
+
+/**
+ * Build one plugin. Skips the work when the sources, flags and WIT are unchanged since
+ * the last build of outFile. Returns { outFile, built } (built false = up to date).
+ *
+ * options: sources (C files, the SDK is added unless sdk === false), defines (["X=1"]),
+ * witSource (default wit/device.wit), world, coreOnly (write the core module: tests use
+ * it as a not-a-component fixture).
+ */
+export async function buildPlugin({
+  root,
+  sources,
+  outFile,
+  defines = [],
+  witSource,
+  world = WORLD,
+  sdk = true,
+  coreOnly = false,
+}) {
+  const sdkDir = join(root, 'plugins', 'sdk', 'c');
+  const wit = witSource ?? readFileSync(join(root, 'wit', 'device.wit'), 'utf8');
+  const allSources = sdk ? [...sources, join(sdkDir, 'vhost_device.c')] : sources;
+  const flags = [...CFLAGS, `-I${sdkDir}`, ...defines.map((d) => `-D${d}`)];
+  const stampFile = `${outFile}.inputs`;
+  const parts = [
+    ['flags', Buffer.from(JSON.stringify({ flags, world, coreOnly, clang: CLANG }))],
+    ['wit', Buffer.from(wit)],
+    ['build-plugins.mjs', readFileSync(fileURLToPath(import.meta.url))],
+    ...allSources.map((f) => [relative(root, f), readFileSync(f)]),
+    ...(sdk ? [['vhost_device.h', readFileSync(join(sdkDir, 'vhost_device.h'))]] : []),
+  ];
+  for (const f of sources) {
+    // Local headers of the plugin count too.
+    for (const h of readdirSync(dirname(f)).filter((n) => n.endsWith('.h')).sort()) {
+      parts.push([relative(root, join(dirname(f), h)), readFileSync(join(dirname(f), h))]);
+    }
+  }
+  const stamp = inputsHash(parts);
+  if (existsSync(outFile) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) {
+    return { outFile, built: false };
+  }
+
+  checkToolchain();
+  mkdirSync(dirname(outFile), { recursive: true });
+  const coreFile = `${outFile}.core.tmp-${process.pid}`;
+  execFileSync(CLANG, [...flags, ...allSources, '-lc', '-o', coreFile], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const core = readFileSync(coreFile);
+  unlinkSync(coreFile);
+
+  let out = core;
+  if (!coreOnly) {
+    const { componentEmbed, componentNew } = await import('@bytecodealliance/jco-transpile/wasm-tools');
+    const embedded = await componentEmbed({ binary: core, witSource: wit, world });
+    out = await componentNew(embedded, []);
+  }
+  writeAtomic(outFile, out);
+  writeFileSync(stampFile, stamp);
+  return { outFile, built: true };
+}
+
+/** Every plugins/NAME/ folder except sdk/ -> outDir/NAME.wasm. */
+export async function buildPlugins({ root = dirname(here), outDir }) {
+  const pluginsDir = join(root, 'plugins');
+  const names = readdirSync(pluginsDir)
+    .filter((n) => n !== 'sdk' && statSync(join(pluginsDir, n)).isDirectory())
+    .sort();
+  const results = [];
+  for (const name of names) {
+    const sources = cFiles(join(pluginsDir, name));
+    if (sources.length === 0) continue;
+    const started = performance.now();
+    const r = await buildPlugin({ root, sources, outFile: join(outDir, `${name}.wasm`) });
+    const ms = Math.round(performance.now() - started);
+    console.log(`plugin ${name}: ${r.built ? `built in ${ms} ms` : 'up to date'} -> ${relative(root, r.outFile)}`);
+    results.push(r);
+  }
+  return results;
+}

@@ -1,0 +1,224 @@
+/*
+ * Canonical ABI glue for the vhost:device@0.1.0 world (wasm32, one linear memory).
+ *
+ * Ownership rules this file follows (Component Model canonical ABI):
+ *  - Lists and strings the host passes in were allocated in our memory through
+ *    cabi_realloc and now belong to us: free them once the callback returns.
+ *  - Lists and strings we return stay alive until the host has copied them; the host
+ *    then calls the matching cabi_post_* export, which frees them.
+ *  - Results wider than one core value go through a static return area; the host reads
+ *    it before the next call, so one area serves every export.
+ */
+#include "vhost_device.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Overridable only so tests can build a plugin for a version the host does not speak. */
+#ifndef VD_WIT_VERSION
+#define VD_WIT_VERSION "0.1.0"
+#endif
+#define VD_IFACE(name) "vhost:device/" name "@" VD_WIT_VERSION
+#define VD_EXPORT(fn) __attribute__((export_name(VD_IFACE("device") "#" fn)))
+#define VD_POST(fn) __attribute__((export_name("cabi_post_" VD_IFACE("device") "#" fn)))
+
+/* ---- Memory ---- */
+
+__attribute__((export_name("cabi_realloc"))) void *cabi_realloc(void *old, size_t old_size,
+                                                                  size_t align, size_t new_size) {
+  (void)old_size;
+  (void)align; /* malloc aligns to 16, more than any type in this world needs */
+  void *p = old ? realloc(old, new_size) : malloc(new_size ? new_size : 1);
+  /* The ABI has no way to report failure: a null here would be written through. */
+  if (!p) __builtin_trap();
+  return p;
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) __builtin_trap();
+  return p;
+}
+
+static _Alignas(8) uint8_t ret_area[24];
+
+static void put_u32(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
+static void put_u64(uint8_t *at, uint64_t v) { memcpy(at, &v, 8); }
+static uint32_t get_u32(const uint8_t *at) {
+  uint32_t v;
+  memcpy(&v, at, 4);
+  return v;
+}
+
+static void put_list(uint8_t *at, const void *ptr, size_t len) {
+  put_u32(at, (uint32_t)(uintptr_t)ptr);
+  put_u32(at + 4, (uint32_t)len);
+}
+
+/* result<_, string> at offset 0, payload at 4: the layout activate/set-state/finish-load share. */
+static uint8_t *unit_result(const char *err) {
+  memset(ret_area, 0, 12);
+  if (err) {
+    size_t n = strlen(err);
+    char *copy = xmalloc(n);
+    memcpy(copy, err, n);
+    ret_area[0] = 1;
+    put_list(ret_area + 4, copy, n);
+  }
+  return ret_area;
+}
+
+static void free_unit_result(uint8_t *ret) {
+  if (ret[0] == 1) free((void *)(uintptr_t)get_u32(ret + 4));
+}
+
+/* ---- Imports ---- */
+
+__attribute__((import_module(VD_IFACE("log")), import_name("write"))) extern void
+vd_import_log_write(int32_t level, const char *msg, size_t len);
+
+__attribute__((import_module(VD_IFACE("entropy")), import_name("fill"))) extern void
+vd_import_entropy_fill(uint32_t len, uint8_t *ret);
+
+void vd_log(enum vd_log_level level, const char *message) {
+  vd_import_log_write((int32_t)level, message, strlen(message));
+}
+
+void vd_entropy_fill(uint8_t *dst, uint32_t len) {
+  _Alignas(4) uint8_t ret[8];
+  vd_import_entropy_fill(len, ret);
+  uint8_t *got = (uint8_t *)(uintptr_t)get_u32(ret);
+  uint32_t got_len = get_u32(ret + 4);
+  /* A short answer would leave predictable bytes in dst: never pass that on. */
+  if (got_len != len) __builtin_trap();
+  memcpy(dst, got, len);
+  free(got);
+}
+
+/* ---- Exports ---- */
+
+VD_EXPORT("identity") uint8_t *vd_export_identity(void) {
+  const char *name = vd_name(), *version = vd_version();
+  put_list(ret_area, name, strlen(name));
+  put_list(ret_area + 8, version, strlen(version));
+  return ret_area;
+}
+
+VD_EXPORT("info") uint8_t *vd_export_info(void) {
+  vd_info info = {0};
+  vd_get_info(&info);
+  memset(ret_area, 0, 24);
+  put_u32(ret_area, info.device_id);
+  memcpy(ret_area + 4, &info.num_queues, 2);
+  memcpy(ret_area + 6, &info.max_queue_size, 2);
+  put_u64(ret_area + 8, info.features);
+  put_u32(ret_area + 16, info.config_size);
+  return ret_area;
+}
+
+VD_EXPORT("read-config") uint8_t *vd_export_read_config(uint32_t offset, uint32_t size) {
+  uint8_t *out = xmalloc(size);
+  memset(out, 0, size);
+  vd_read_config(offset, out, size);
+  put_list(ret_area, out, size);
+  return ret_area;
+}
+
+VD_POST("read-config") void vd_post_read_config(uint8_t *ret) {
+  free((void *)(uintptr_t)get_u32(ret));
+}
+
+VD_EXPORT("write-config") void vd_export_write_config(uint32_t offset, uint8_t *data, size_t len) {
+  vd_write_config(offset, data, len);
+  free(data);
+}
+
+VD_EXPORT("activate") uint8_t *vd_export_activate(uint64_t acked) {
+  return unit_result(vd_activate(acked));
+}
+VD_POST("activate") void vd_post_activate(uint8_t *ret) { free_unit_result(ret); }
+
+VD_EXPORT("reset") void vd_export_reset(void) { vd_reset(); }
+
+/* A request record in the lowered list: readable (ptr, len) then writable-len. */
+#define REQ_SIZE 12
+
+VD_EXPORT("process") uint8_t *vd_export_process(uint32_t queue, uint8_t *reqs, size_t n) {
+  vd_request *requests = xmalloc(n * sizeof *requests);
+  vd_buf *responses = xmalloc(n * sizeof *responses);
+  memset(responses, 0, n * sizeof *responses);
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *r = reqs + i * REQ_SIZE;
+    requests[i].readable = (const uint8_t *)(uintptr_t)get_u32(r);
+    requests[i].readable_len = get_u32(r + 4);
+    requests[i].writable_len = get_u32(r + 8);
+  }
+  const char *err = vd_process((uint16_t)queue, requests, n, responses);
+  for (size_t i = 0; i < n; i++) free((void *)requests[i].readable);
+  free(requests);
+  free(reqs);
+  if (err) {
+    for (size_t i = 0; i < n; i++) free(responses[i].data);
+    free(responses);
+    return unit_result(err);
+  }
+  /* list<list<u8>>: each element is (ptr, len); reuse the vd_buf array in place since
+   * both are 8 bytes on wasm32 with the pointer first. */
+  _Static_assert(sizeof(vd_buf) == 8, "vd_buf must match the lowered list<u8> layout");
+  for (size_t i = 0; i < n; i++) {
+    uint8_t *slot = (uint8_t *)&responses[i];
+    vd_buf b = responses[i];
+    put_list(slot, b.data, b.len);
+  }
+  memset(ret_area, 0, 12);
+  put_list(ret_area + 4, responses, n);
+  return ret_area;
+}
+
+VD_POST("process") void vd_post_process(uint8_t *ret) {
+  if (ret[0] != 0) {
+    free_unit_result(ret);
+    return;
+  }
+  uint8_t *list = (uint8_t *)(uintptr_t)get_u32(ret + 4);
+  uint32_t n = get_u32(ret + 8);
+  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)get_u32(list + i * 8));
+  free(list);
+}
+
+/* result<state-chunk, string>: tag at 0, payload at 8 (state-chunk aligns to 8):
+ * ok = bytes (ptr, len) at 8, remaining u64 at 16; err = string (ptr, len) at 8. */
+VD_EXPORT("get-state") uint8_t *vd_export_get_state(uint64_t offset, uint32_t size) {
+  vd_buf out = {0};
+  uint64_t remaining = 0;
+  const char *err = vd_get_state(offset, size, &out, &remaining);
+  memset(ret_area, 0, 24);
+  if (err) {
+    free(out.data);
+    size_t n = strlen(err);
+    char *copy = xmalloc(n);
+    memcpy(copy, err, n);
+    ret_area[0] = 1;
+    put_list(ret_area + 8, copy, n);
+  } else {
+    put_list(ret_area + 8, out.data, out.len);
+    put_u64(ret_area + 16, remaining);
+  }
+  return ret_area;
+}
+
+VD_POST("get-state") void vd_post_get_state(uint8_t *ret) {
+  free((void *)(uintptr_t)get_u32(ret + 8));
+}
+
+VD_EXPORT("set-state") uint8_t *vd_export_set_state(uint64_t offset, uint8_t *chunk, size_t len) {
+  const char *err = vd_set_state(offset, chunk, len);
+  free(chunk);
+  return unit_result(err);
+}
+VD_POST("set-state") void vd_post_set_state(uint8_t *ret) { free_unit_result(ret); }
+
+VD_EXPORT("finish-load") uint8_t *vd_export_finish_load(void) {
+  return unit_result(vd_finish_load());
+}
+VD_POST("finish-load") void vd_post_finish_load(uint8_t *ret) { free_unit_result(ret); }

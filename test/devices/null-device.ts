@@ -1,0 +1,75 @@
+// A TypeScript device for exercising the host core: device id 2 shape (one queue), answers
+// every request with `reply` bytes: by default the request's readable bytes echoed back (so
+// tests can check data moved both ways), or zeros of the writable length ("null").
+import type { DeviceFactory, DeviceRequest, DeviceResponse, VirtioDevice } from '../../host/device/device.ts';
+
+export interface NullDeviceOptions {
+  mode?: 'echo' | 'zero' | 'none';
+  numQueues?: number;
+  maxQueueSize?: number;
+  /** Milliseconds to spin inside process() (watchdog tests). */
+  spinMs?: number;
+  /** Throw from process() (device-failure tests). */
+  throwOnProcess?: boolean;
+  /** Return more bytes than the writable space (validation tests). */
+  overflow?: boolean;
+}
+
+const factory: DeviceFactory = (raw) => {
+  const o = raw as NullDeviceOptions;
+  const mode = o.mode ?? 'echo';
+  const config = new Uint8Array(16);
+  new DataView(config.buffer).setUint32(0, 0xc0ffee, true);
+  let processed = 0;
+  const dev: VirtioDevice = {
+    info: {
+      deviceId: 2,
+      name: 'null-test',
+      numQueues: o.numQueues ?? 1,
+      maxQueueSize: o.maxQueueSize ?? 256,
+      features: 0n,
+      configSize: config.length,
+    },
+    readConfig: (offset, size) => config.slice(offset, offset + size),
+    writeConfig: (offset, data) => config.set(data, offset),
+    activate: () => {},
+    reset: () => {
+      processed = 0;
+    },
+    process(_q: number, reqs: readonly DeviceRequest[]): DeviceResponse[] {
+      if (o.spinMs) {
+        const until = Date.now() + o.spinMs;
+        while (Date.now() < until) {
+          // burn CPU like a plugin stuck in a loop
+        }
+      }
+      if (o.throwOnProcess) throw new Error('null-test device was told to fail');
+      processed += reqs.length;
+      return reqs.map((r) => {
+        if (o.overflow) return { data: new Uint8Array(r.writableLen + 1) };
+        if (mode === 'none') return { data: new Uint8Array(0) };
+        if (mode === 'zero') return { data: new Uint8Array(r.writableLen) };
+        const out = new Uint8Array(r.writableLen);
+        let off = 0;
+        for (const b of r.readable) {
+          if (off >= out.length) break;
+          const n = Math.min(b.length, out.length - off);
+          out.set(b.subarray(0, n), off);
+          off += n;
+        }
+        return { data: out.subarray(0, Math.min(off, out.length)) };
+      });
+    },
+    getState: (offset, size) => {
+      const all = new Uint8Array(8);
+      new DataView(all.buffer).setUint32(0, processed, true);
+      const bytes = all.slice(offset, offset + size);
+      return { bytes, remaining: Math.max(0, all.length - offset - bytes.length) };
+    },
+    setState: () => {},
+    finishLoad: () => null,
+  };
+  return dev;
+};
+
+export default factory;

@@ -1,0 +1,130 @@
+// Plugins that break the contract, one way each: every one must end in a clear error
+// that names the plugin and the call, never in a hung or poisoned host.
+import test from 'ava';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
+import { buildFixtures, type Fixture } from './fixtures/plugins/build-fixtures.ts';
+
+const root = join(import.meta.dirname, '..');
+const cacheDir = mkdtempSync(join(tmpdir(), 'plugin-bad-test-'));
+let files: Record<Fixture, string>;
+
+test.before(async () => {
+  files = await buildFixtures(root, join(root, 'dist', 'test-plugins'));
+});
+
+function load(fixture: Fixture, memoryLimitBytes?: number): Promise<PluginDevice> {
+  return loadPlugin(readFileSync(files[fixture]), { grants: { log() {} }, cacheDir, memoryLimitBytes });
+}
+
+async function loadError(fixture: Fixture | Uint8Array): Promise<PluginError> {
+  const bytes = fixture instanceof Uint8Array ? fixture : readFileSync(files[fixture]);
+  const err = await (async () => {
+    try {
+      await loadPlugin(bytes, { grants: { log() {} }, cacheDir });
+    } catch (e) {
+      return e;
+    }
+    return null;
+  })();
+  if (!(err instanceof PluginError)) throw new Error(`expected a PluginError, got ${String(err)}`);
+  return err;
+}
+
+const one = [{ readable: [], writableLen: 8 }];
+
+test('the control fixture passes every check', async (t) => {
+  const dev = await load('good');
+  t.like(dev.info, { deviceId: 42, name: 'bad', numQueues: 1, maxQueueSize: 256, features: 1n, configSize: 4 });
+  t.deepEqual([...dev.readConfig(1, 3)], [2, 3, 4]);
+  t.deepEqual(dev.process(0, one)[0].data, new Uint8Array(8).fill(0x5a));
+  t.deepEqual(dev.getState(0, 5), { bytes: new Uint8Array(5).fill(7), remaining: 3 });
+  t.deepEqual(dev.getState(5, 5), { bytes: new Uint8Array(3).fill(7), remaining: 0 });
+  // The host masks acked bits to the offered ones before the plugin sees them.
+  t.notThrows(() => dev.activate((1n << 32n) | 1n));
+  t.throws(() => dev.readConfig(2, 3), { instanceOf: RangeError });
+});
+
+test('garbage is not a component', async (t) => {
+  const err = await loadError(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9]));
+  t.is(err.kind, 'load');
+  t.regex(err.message, /not a WebAssembly component/);
+});
+
+test('a core module is told to become a component', async (t) => {
+  const err = await loadError('core-module');
+  t.regex(err.message, /core wasm module, not a component: run `jco new`/);
+});
+
+test('a plugin built for another WIT version is refused with both versions named', async (t) => {
+  const err = await loadError('version');
+  t.is(err.kind, 'load');
+  t.regex(err.message, /exports vhost:device\/device@0\.2\.0 but this host speaks vhost:device\/device@0\.1\.0/);
+});
+
+test('a component of another world is refused, naming what it exports', async (t) => {
+  const err = await loadError('other-world');
+  t.regex(err.message, /does not export vhost:device\/device@0\.1\.0 \(exports: run/);
+});
+
+test('a malformed identity or transport feature bits fail the load', async (t) => {
+  t.regex((await loadError('name')).message, /identity name "Not A Name!"/);
+  const features = await loadError('features');
+  t.regex(features.message, /^plugin bad: .*transport feature bits 0x100000000/);
+});
+
+test('a trap names plugin and call, and the instance is not used again', async (t) => {
+  const dev = await load('trap');
+  const err = t.throws(() => dev.process(0, one), { instanceOf: PluginError }) as PluginError;
+  t.is(err.kind, 'trap');
+  t.is(err.call, 'process');
+  t.regex(err.message, /^plugin bad: process: trapped: unreachable/);
+  t.throws(() => dev.getState(0, 16), { message: /plugin bad: get-state: not called: instance unusable after trap in process/ });
+});
+
+test('growing memory past the cap traps instead of taking the host with it', async (t) => {
+  const limit = 8 * 1024 * 1024;
+  const dev = await load('grow', limit);
+  const err = t.throws(() => dev.process(0, one), { instanceOf: PluginError }) as PluginError;
+  t.is(err.kind, 'trap');
+  t.regex(err.message, /at its limit of 8388608: out of memory\?/);
+  t.true(dev.memoryBytes() <= limit, `memory ${dev.memoryBytes()} stayed under the cap`);
+  t.true(dev.memoryBytes() > limit / 2, 'it did grow until the cap');
+});
+
+test('a memory cap below what the plugin starts with fails the load', async (t) => {
+  const err = await (async () => {
+    try {
+      await load('good', 64 * 1024);
+    } catch (e) {
+      return e as PluginError;
+    }
+  })();
+  t.true(err instanceof PluginError);
+  t.regex(err!.message, /needs \d+ bytes of memory at start, limit is 65536/);
+});
+
+test('a response longer than the request can hold is refused', async (t) => {
+  const dev = await load('overflow');
+  const err = t.throws(() => dev.process(0, [{ readable: [], writableLen: 4 }, ...one]), {
+    instanceOf: PluginError,
+  }) as PluginError;
+  t.is(err.kind, 'invalid');
+  t.regex(err.message, /^plugin bad: process: response 0 on queue 0 has 5 bytes but the request can hold only 4/);
+});
+
+test('a state whose size changes between chunks is refused', async (t) => {
+  const dev = await load('state-size');
+  const first = dev.getState(0, 4);
+  t.deepEqual(first.remaining, 4);
+  const err = t.throws(() => dev.getState(4, 4), { instanceOf: PluginError }) as PluginError;
+  t.is(err.kind, 'invalid');
+  t.regex(err.message, /^plugin bad: get-state: .*state size changed between calls: 8 bytes, now 11/);
+});
+
+test('the infinite-loop fixture loads (stopping it is the worker watchdog\'s job)', async (t) => {
+  const dev = await load('loop');
+  t.is(dev.info.deviceId, 42);
+});

@@ -1,0 +1,365 @@
+import test from 'ava';
+import { readdirSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { native } from '../host/native/index.ts';
+import { MessageChannel, type ChannelOptions } from '../host/protocol/channel.ts';
+import { decodeReply, decodeRequest, encodeRequest, encodeU64Reply, frame } from '../host/protocol/codec.ts';
+import { HEADER_SIZE, Req, VERSION } from '../host/protocol/constants.ts';
+import type { RawMessage } from '../host/protocol/messages.ts';
+
+// fd counting needs the file to run one test at a time.
+const fdCount = () => readdirSync('/proc/self/fd').length;
+
+interface Harness {
+  channel: MessageChannel;
+  peer: number;
+  messages: RawMessage[];
+  closed: Promise<string | null>;
+  closeCalls: () => number;
+}
+
+function harness(opts: Partial<ChannelOptions> = {}): Harness {
+  const [ours, peer] = native.socketpair();
+  const messages: RawMessage[] = [];
+  let calls = 0;
+  let onClosed!: (r: string | null) => void;
+  const closed = new Promise<string | null>((r) => (onClosed = r));
+  const channel = new MessageChannel(ours, {
+    onMessage: (m) => {
+      messages.push(m);
+    },
+    ...opts,
+    onClose: (reason) => {
+      calls++;
+      onClosed(reason);
+    },
+  });
+  return { channel, peer, messages, closed, closeCalls: () => calls };
+}
+
+/** Resolves once cond() holds, failing after a second. */
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (cond()) return;
+    await sleep(5);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function sendAll(fd: number, bytes: Uint8Array, fds: number[] = []): void {
+  const n = native.sendMsg(fd, bytes, fds);
+  if (n !== bytes.length) throw new Error(`short write ${n} of ${bytes.length}`);
+}
+
+/** An eventfd whose counter identifies it once received on the other side. */
+const tagged = (tag: number) => native.eventfd(tag);
+const tagOf = (fd: number) => native.eventfdRead(fd);
+
+function closeAll(fds: number[]): void {
+  for (const fd of fds) native.close(fd);
+}
+
+test.serial('message boundaries: each message gets the fds sent with it', async (t) => {
+  const h = harness();
+  const a = [tagged(11), tagged(12)];
+  const b = [tagged(21)];
+  // Three messages queued in the socket before the channel reads any of them.
+  sendAll(h.peer, encodeRequest({ code: Req.GET_FEATURES }).bytes);
+  const k = encodeRequest({ code: Req.SET_VRING_KICK, index: 1, fd: a[0] });
+  sendAll(h.peer, k.bytes, a); // two fds: the decoder will reject this later, but framing keeps them together
+  const c = encodeRequest({ code: Req.SET_VRING_CALL, index: 1, fd: b[0] });
+  sendAll(h.peer, c.bytes, b);
+  sendAll(h.peer, encodeRequest({ code: Req.SET_FEATURES, features: 5n }).bytes);
+  await until(() => h.messages.length === 4, 'four messages');
+  t.deepEqual(h.messages.map((m) => m.header.request), [Req.GET_FEATURES, Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_FEATURES]);
+  t.deepEqual(h.messages.map((m) => m.fds.length), [0, 2, 1, 0]);
+  t.deepEqual(h.messages[1].fds.map(tagOf), [11, 12]);
+  t.deepEqual(h.messages[2].fds.map(tagOf), [21]);
+  const call = decodeRequest(h.messages[2].header, h.messages[2].payload, h.messages[2].fds);
+  t.like(call, { code: Req.SET_VRING_CALL, index: 1 });
+  t.like(decodeRequest(h.messages[3].header, h.messages[3].payload, []), { features: 5n });
+  for (const m of h.messages) closeAll(m.fds);
+  closeAll([...a, ...b]);
+  native.close(h.peer);
+  t.is(await h.closed, null);
+  t.is(h.closeCalls(), 1);
+});
+
+test.serial('a message split into 1-byte writes across many wake-ups', async (t) => {
+  const h = harness();
+  const ev = tagged(77);
+  const table = encodeRequest({
+    code: Req.SET_MEM_TABLE,
+    regions: [{ guestPhysAddr: 0n, memorySize: 1n << 20n, userspaceAddr: 0x7f0000000000n, mmapOffset: 0n, fd: ev }],
+  });
+  for (let i = 0; i < table.bytes.length; i++) {
+    sendAll(h.peer, table.bytes.subarray(i, i + 1), i === 0 ? table.fds : []);
+    if (i % 4 === 0) await sleep(1);
+  }
+  await until(() => h.messages.length === 1, 'the reassembled message');
+  const m = h.messages[0];
+  t.is(m.payload.length, table.bytes.length - HEADER_SIZE);
+  const d = decodeRequest(m.header, m.payload, m.fds);
+  t.like(d, { code: Req.SET_MEM_TABLE });
+  t.is(m.fds.length, 1);
+  t.is(tagOf(m.fds[0]), 77);
+  closeAll([...m.fds, ev, h.peer]);
+  t.is(await h.closed, null);
+});
+
+test.serial('EOF mid-header closes, names the spot, and closes the fds that came with it', async (t) => {
+  const before = fdCount();
+  const h = harness();
+  const evs = [tagged(1), tagged(2)];
+  sendAll(h.peer, encodeRequest({ code: Req.GET_FEATURES }).bytes.subarray(0, 5), evs);
+  closeAll(evs);
+  await sleep(10);
+  native.close(h.peer);
+  t.is(await h.closed, 'peer closed the connection mid-header (5 of 12 bytes)');
+  t.true(h.channel.closed);
+  t.is(h.messages.length, 0);
+  t.is(fdCount(), before);
+});
+
+test.serial('EOF mid-payload closes and closes the fds', async (t) => {
+  const before = fdCount();
+  const h = harness();
+  const ev = tagged(3);
+  const log = encodeRequest({ code: Req.SET_LOG_BASE, log: { mmapSize: 4096n, mmapOffset: 0n }, fd: ev });
+  sendAll(h.peer, log.bytes.subarray(0, HEADER_SIZE + 4), log.fds);
+  native.close(ev);
+  native.close(h.peer);
+  t.is(await h.closed, 'peer closed the connection mid-payload of SET_LOG_BASE (6) (4 of 16 bytes)');
+  t.is(fdCount(), before);
+});
+
+test.serial('more than 8 fds on one message is a protocol error; every fd is closed', async (t) => {
+  const before = fdCount();
+  const h = harness();
+  const evs = Array.from({ length: 9 }, (_, i) => tagged(i + 1));
+  const table = frame(Req.SET_MEM_TABLE, VERSION, new Uint8Array(8));
+  sendAll(h.peer, table, evs);
+  closeAll(evs);
+  const reason = await h.closed;
+  t.is(reason, 'a message carried more than 8 fds (mid-header (0 of 12 bytes)); all of them were closed');
+  native.close(h.peer);
+  t.is(h.messages.length, 0);
+  t.is(fdCount(), before);
+});
+
+test.serial('fds arriving mid-message are refused', async (t) => {
+  const before = fdCount();
+  const h = harness();
+  const ev = tagged(5);
+  const bytes = encodeRequest({ code: Req.SET_FEATURES, features: 1n }).bytes;
+  sendAll(h.peer, bytes.subarray(0, HEADER_SIZE));
+  await sleep(10);
+  sendAll(h.peer, bytes.subarray(HEADER_SIZE), [ev]);
+  native.close(ev);
+  t.is(await h.closed, '1 fd(s) arrived mid-payload of SET_FEATURES (2) (0 of 8 bytes), not with the first byte of a message');
+  native.close(h.peer);
+  t.is(fdCount(), before);
+});
+
+test.serial('a bad header closes the channel with the codec error and closes its fds', async (t) => {
+  const before = fdCount();
+  const h = harness();
+  const ev = tagged(6);
+  const bad = frame(Req.SET_OWNER, VERSION | 0x40);
+  sendAll(h.peer, bad, [ev]);
+  native.close(ev);
+  t.regex((await h.closed) ?? '', /^SET_OWNER \(3\): reserved header flag bits 0x40 are set/);
+  native.close(h.peer);
+  t.is(fdCount(), before);
+});
+
+test.serial('an oversized size field is refused before any payload is awaited', async (t) => {
+  const h = harness();
+  const bad = frame(Req.SET_CONFIG, VERSION);
+  new DataView(bad.buffer).setUint32(8, 1 << 30, true);
+  sendAll(h.peer, bad);
+  t.is(await h.closed, `SET_CONFIG (25): payload size ${1 << 30} exceeds the 4096-byte limit`);
+  native.close(h.peer);
+});
+
+test.serial('backpressure: a slow async handler sees messages one at a time, in order', async (t) => {
+  let active = 0;
+  let maxActive = 0;
+  const seen: number[] = [];
+  const h = harness({
+    onMessage: async (m) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      await sleep(15);
+      const d = decodeRequest(m.header, m.payload, m.fds);
+      seen.push(!d.unknown && d.code === Req.SET_VRING_NUM ? d.state.num : -1);
+      active--;
+    },
+  });
+  for (let i = 0; i < 6; i++) sendAll(h.peer, encodeRequest({ code: Req.SET_VRING_NUM, state: { index: 0, num: i } }).bytes);
+  await until(() => seen.length === 6, 'six handled messages');
+  t.deepEqual(seen, [0, 1, 2, 3, 4, 5]);
+  t.is(maxActive, 1);
+  native.close(h.peer);
+  t.is(await h.closed, null);
+});
+
+test.serial('the socket is not read while the handler runs', async (t) => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const got: number[] = [];
+  const h = harness({
+    onMessage: async (m) => {
+      got.push(m.header.request);
+      if (got.length === 1) await gate;
+    },
+  });
+  sendAll(h.peer, encodeRequest({ code: Req.GET_FEATURES }).bytes);
+  await until(() => got.length === 1, 'the first message');
+  // A second message whose fd would be received (and counted) if the channel kept reading.
+  const ev = tagged(9);
+  const before = fdCount();
+  sendAll(h.peer, encodeRequest({ code: Req.SET_LOG_FD, fd: ev }).bytes, [ev]);
+  await sleep(30);
+  t.is(got.length, 1);
+  t.is(fdCount(), before, 'the second message (and its fd) is still in the socket');
+  release();
+  await until(() => got.length === 2, 'the second message');
+  t.deepEqual(got, [Req.GET_FEATURES, Req.SET_LOG_FD]);
+  native.close(ev);
+  h.channel.close();
+  t.is(await h.closed, null);
+  native.close(h.peer);
+});
+
+test.serial('a handler that rejects closes the channel with its error', async (t) => {
+  const h = harness({
+    onMessage: async () => {
+      throw new Error('device exploded');
+    },
+  });
+  sendAll(h.peer, encodeRequest({ code: Req.RESET_DEVICE }).bytes);
+  t.is(await h.closed, 'handler for RESET_DEVICE (34) failed: device exploded');
+  native.close(h.peer);
+});
+
+test.serial('request/reply between a front-end channel and a back-end channel, fds both ways', async (t) => {
+  const [fe, be] = native.socketpair();
+  const inflightFd = native.memfdCreate('inflight', false);
+  const backend = new MessageChannel(be, {
+    onMessage: async (m) => {
+      const req = decodeRequest(m.header, m.payload, m.fds);
+      if (req.unknown) throw new Error('unknown');
+      if (req.code === Req.GET_FEATURES) await backend.send(encodeU64Reply(req.code, 1n << 30n));
+      else if (req.code === Req.SET_LOG_FD) {
+        t.is(tagOf(req.fd), 33);
+        native.close(req.fd);
+        if (req.needReply) await backend.send(encodeU64Reply(req.code, 0n));
+      } else if (req.code === Req.GET_INFLIGHT_FD) {
+        await backend.send(encodeU64Reply(Req.GET_INFLIGHT_FD, 0n), [inflightFd]);
+      }
+    },
+  });
+  let feClosed: string | null | undefined;
+  const frontend = new MessageChannel(fe, { onClose: (r) => (feClosed = r), label: 'front-end' });
+
+  const features = await frontend.request(encodeRequest({ code: Req.GET_FEATURES }).bytes);
+  t.like(decodeReply(Req.GET_FEATURES, features!.header, features!.payload), { value: 1n << 30n });
+
+  const ev = tagged(33);
+  const setLog = encodeRequest({ code: Req.SET_LOG_FD, fd: ev }, true);
+  // Pipelined: the second request goes out before the first reply arrives.
+  const [ack, none] = await Promise.all([
+    frontend.request(setLog.bytes, setLog.fds),
+    frontend.request(encodeRequest({ code: Req.SET_OWNER }).bytes, [], false),
+  ]);
+  native.close(ev);
+  t.like(decodeReply(Req.SET_LOG_FD, ack!.header, ack!.payload), { value: 0n });
+  t.is(none, null);
+
+  // A reply with the wrong shape for the request (u64 where an inflight description belongs)
+  // still frames fine: the channel only matches codes, decodeReply judges the payload.
+  const r = await frontend.request(encodeRequest({ code: Req.GET_INFLIGHT_FD, inflight: { mmapSize: 0n, mmapOffset: 0n, numQueues: 1, queueSize: 8 } }).bytes);
+  t.is(r!.fds.length, 1);
+  t.throws(() => decodeReply(Req.GET_INFLIGHT_FD, r!.header, r!.payload, r!.fds), { message: /shorter than its 24-byte inflight description/ });
+  t.true(native.fstat(r!.fds[0]).isFile);
+  closeAll([...r!.fds, inflightFd]);
+
+  backend.close();
+  await until(() => feClosed !== undefined, 'front-end close');
+  t.is(feClosed, null);
+});
+
+test.serial('a reply to the wrong request closes the front-end channel and fails the request', async (t) => {
+  const [fe, be] = native.socketpair();
+  const backend = new MessageChannel(be, {
+    onMessage: () => void backend.send(encodeU64Reply(Req.GET_PROTOCOL_FEATURES, 0n)),
+  });
+  let reason: string | null | undefined;
+  const frontend = new MessageChannel(fe, { onClose: (r) => (reason = r), label: 'front-end' });
+  const err = await t.throwsAsync(frontend.request(encodeRequest({ code: Req.GET_FEATURES }).bytes));
+  t.is(reason, 'expected the reply to GET_FEATURES (1), got a reply to GET_PROTOCOL_FEATURES (15)');
+  t.regex(err.message, /^front-end closed: expected the reply .* before the reply to GET_FEATURES \(1\) arrived$/);
+  backend.close();
+});
+
+test.serial('a channel without a handler refuses unsolicited requests', async (t) => {
+  const h = harness({ onMessage: undefined });
+  sendAll(h.peer, encodeRequest({ code: Req.GET_FEATURES }).bytes);
+  t.is(await h.closed, 'unexpected GET_FEATURES (1): this channel accepts only replies');
+  native.close(h.peer);
+});
+
+test.serial('back-end requests on the back-end request channel are named as such', async (t) => {
+  const h = harness({ onMessage: undefined, codes: 'backend' });
+  sendAll(h.peer, frame(2, VERSION | 0x8));
+  t.is(await h.closed, 'unexpected BACKEND_CONFIG_CHANGE_MSG (2): this channel accepts only replies');
+  native.close(h.peer);
+});
+
+test.serial('close() is idempotent, closes the socket and fails pending work', async (t) => {
+  const before = fdCount();
+  const h = harness({ onMessage: undefined });
+  const pending = h.channel.request(encodeRequest({ code: Req.GET_STATUS }).bytes);
+  h.channel.close();
+  h.channel.close();
+  t.is(await h.closed, null);
+  t.is(h.closeCalls(), 1);
+  await t.throwsAsync(pending, { message: 'vhost-user socket closed before the reply to GET_STATUS (40) arrived' });
+  await t.throwsAsync(h.channel.send(frame(Req.GET_STATUS, VERSION)), { message: 'vhost-user socket is closed' });
+  // The peer sees EOF: our end is really closed.
+  const buf = new Uint8Array(64);
+  let r = native.recvMsg(h.peer, buf, 8);
+  t.truthy(r);
+  t.is(r!.bytes, HEADER_SIZE, 'the request went out before the close');
+  r = native.recvMsg(h.peer, buf, 8);
+  t.is(r!.bytes, 0);
+  native.close(h.peer);
+  t.is(fdCount(), before);
+});
+
+test.serial('large queued sends complete across writable wake-ups with fds on the first byte only', async (t) => {
+  const [a, b] = native.socketpair();
+  const received: RawMessage[] = [];
+  const rx = new MessageChannel(b, { onMessage: (m) => void received.push(m) });
+  const tx = new MessageChannel(a);
+  const ev = tagged(44);
+  // Far more than a socket buffer holds, so sends must wait for writability.
+  const msgs = 2000;
+  const sends: Promise<void>[] = [];
+  for (let i = 0; i < msgs; i++) {
+    const cfg = encodeRequest({ code: Req.SET_CONFIG, config: { offset: i, flags: 0, data: new Uint8Array(256).fill(i & 0xff) } });
+    sends.push(tx.send(cfg.bytes, i % 50 === 0 ? [ev] : []));
+  }
+  await Promise.all(sends);
+  await until(() => received.length === msgs, 'all messages');
+  for (let i = 0; i < msgs; i++) {
+    const d = decodeRequest(received[i].header, received[i].payload, received[i].fds);
+    t.like(d, { code: Req.SET_CONFIG, config: { offset: i } });
+    t.is(received[i].fds.length, i % 50 === 0 ? 1 : 0, `message ${i}`);
+    closeAll(received[i].fds);
+  }
+  native.close(ev);
+  tx.close();
+  rx.close();
+});
