@@ -34,13 +34,18 @@ const CFLAGS = [
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-function checkToolchain() {
-  let ok = existsSync(LIBC);
+function runs(cmd) {
   try {
-    execFileSync(CLANG, ['--version'], { stdio: 'ignore' });
+    execFileSync(cmd, ['--version'], { stdio: 'ignore' });
+    return true;
   } catch {
-    ok = false;
+    return false;
   }
+}
+
+function checkToolchain() {
+  // clang-16 links wasm through lld-16's wasm-ld; without it clang fails late and vaguely.
+  const ok = existsSync(LIBC) && runs(CLANG) && runs(process.env.VHOST_WASM_LD || 'wasm-ld-16');
   if (!ok) {
     throw new Error(
       `building plugins needs ${CLANG} with the wasm32 linker and wasi-libc (${LIBC}): ` +

@@ -1,11 +1,11 @@
 // The real virtio-rng plugin, built by the real build, under the real jco runtime.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { loadPlugin, loadPluginSync, PluginError, type PluginDevice } from '../host/plugin/index.ts';
+import { loadPlugin, loadPluginSync, preparePlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'plugin-rng-test-'));
@@ -15,6 +15,8 @@ const logs: string[] = [];
 async function load(grantEntropy = true): Promise<PluginDevice> {
   return loadPlugin(bytes, { grants: { entropy: grantEntropy, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
 }
+
+test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
 
 test.before(() => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: root, stdio: 'inherit' });
@@ -27,9 +29,16 @@ test('reports itself as virtio-rng', async (t) => {
   t.like(dev.info, { deviceId: 4, name: 'rng', numQueues: 1, maxQueueSize: 1024, features: 0n, configSize: 0 });
 });
 
+test('the cached glue no longer reads process.env on every call', async (t) => {
+  const prepared = await preparePlugin(bytes, cacheDir);
+  t.true(prepared.debugHookRemoved);
+  t.false(prepared.glue.includes('JCO_DEBUG'));
+});
+
 test('fills every request of a batch to its capacity with random bytes', async (t) => {
   const dev = await load();
   dev.activate(0n);
+  t.true(logs.includes('info: virtio-rng activated'), 'the log import reaches the granted logger');
   const caps = [16, 0, 4096, 1, 70_000];
   const responses = dev.process(
     0,
@@ -152,7 +161,7 @@ test('a prepared plugin loads synchronously inside a worker_thread', async (t) =
 
 test('loadPluginSync refuses a component that was never prepared', (t) => {
   const err = t.throws(
-    () => loadPluginSync(bytes, { grants: { log() {} }, cacheDir: mkdtempSync(join(tmpdir(), 'empty-cache-')) }),
+    () => loadPluginSync(bytes, { grants: { log() {} }, cacheDir: join(cacheDir, 'never-filled') }),
     { instanceOf: PluginError },
   );
   t.regex(err!.message, /preparePlugin/);

@@ -178,6 +178,15 @@ export class DeviceRunner {
   ringAddr(index: number, addr: VringAddrMsg): void {
     const r = this.ring(index);
     if (r.queue) throw new Error(`SET_VRING_ADDR on ring ${index} while it is running`);
+    // Check now, where the front-end can still be told (the ring only starts later, on a kick
+    // or enable); they are checked again at start in case the memory table changed.
+    for (const [what, uva] of [['descriptor table', addr.descUserAddr], ['avail ring', addr.availUserAddr], ['used ring', addr.usedUserAddr]] as const) {
+      try {
+        this.memory.uvaToGpa(uva);
+      } catch (e) {
+        throw new Error(`ring ${index}: ${what} address 0x${uva.toString(16)} is outside guest memory (${errorText(e)})`);
+      }
+    }
     r.addr = addr;
   }
 

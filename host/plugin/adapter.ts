@@ -52,13 +52,12 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   let dead: string | null = null;
 
   const memoryNote = (): string => {
-    const mem = ctx.memory();
-    if (!mem) return '';
-    const used = mem.buffer.byteLength;
-    // malloc failing at the cap is the usual way a capped plugin dies.
-    return used + 65536 > ctx.memoryLimitBytes
-      ? ` (memory ${used} bytes, at its limit of ${ctx.memoryLimitBytes}: out of memory?)`
-      : '';
+    const used = ctx.memory()?.buffer.byteLength;
+    if (used === undefined) return '';
+    // Memory cannot be watched failing to grow; a trap near the cap is the usual sign
+    // (malloc returned NULL and the plugin or the SDK's cabi_realloc gave up).
+    const near = used >= ctx.memoryLimitBytes * 0.75 ? ': likely out of memory' : '';
+    return ` (memory ${used} bytes of its limit of ${ctx.memoryLimitBytes}${near})`;
   };
 
   const die = (call: string, kind: PluginErrorKind, detail: string, cause?: unknown): never => {
@@ -91,7 +90,8 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     plugin = identity.name;
     info = checkInfo(call('info', () => raw.info()), identity.name);
   } catch (e) {
-    if (e instanceof PluginError) throw new PluginError(e.plugin, e.call, 'load', e.message, { cause: e });
+    // Whatever went wrong, a device that cannot describe itself did not load.
+    if (e instanceof PluginError) throw new PluginError(e.plugin, e.call, 'load', e.detail, { cause: e });
     throw new PluginError(plugin, 'load', 'load', (e as Error).message, { cause: e });
   }
 

@@ -17,7 +17,8 @@ export class PluginError extends Error {
     readonly plugin: string,
     readonly call: string,
     readonly kind: PluginErrorKind,
-    detail: string,
+    /** The message without the "plugin X: call:" prefix. */
+    readonly detail: string,
     options?: { cause?: unknown },
   ) {
     super(`plugin ${plugin}: ${call}: ${detail}`, options);

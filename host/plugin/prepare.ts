@@ -77,10 +77,29 @@ export function readPrepared(bytes: Uint8Array, cacheDir = defaultCacheDir()): P
   };
 }
 
+type JcoTranspile = typeof import('@bytecodealliance/jco-transpile');
+type JcoWasmTools = typeof import('@bytecodealliance/jco-transpile/wasm-tools');
+
+// Specifiers in variables: esbuild leaves such imports alone, so the bundled host loads
+// jco-transpile from node_modules, where its own .wasm files sit (bundled, it looks for
+// them next to the bundle and fails). Loaded lazily too: a worker that only reads the
+// cache never pays for jco's compiler.
+const JCO = '@bytecodealliance/jco-transpile';
+const JCO_WASM_TOOLS = '@bytecodealliance/jco-transpile/wasm-tools';
+
+async function loadJco(): Promise<{
+  transpileBytes: JcoTranspile['transpileBytes'];
+  componentWit: JcoWasmTools['componentWit'];
+}> {
+  const [{ transpileBytes }, { componentWit }] = await Promise.all([
+    import(JCO) as Promise<JcoTranspile>,
+    import(JCO_WASM_TOOLS) as Promise<JcoWasmTools>,
+  ]);
+  return { transpileBytes, componentWit };
+}
+
 async function transpile(bytes: Uint8Array, label: string): Promise<{ files: Record<string, Uint8Array> }> {
-  // Loaded lazily: a worker that only reads the cache never pays for jco's compiler.
-  const { transpileBytes } = await import('@bytecodealliance/jco-transpile');
-  const { componentWit } = await import('@bytecodealliance/jco-transpile/wasm-tools');
+  const { transpileBytes, componentWit } = await loadJco();
   let wit: string;
   try {
     wit = await componentWit(bytes);

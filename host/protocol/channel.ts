@@ -161,7 +161,7 @@ export class MessageChannel {
 
   private updateInterest(): void {
     if (this.isClosed) return;
-    const r = !this.handlerRunning;
+    const r = true;
     const w = this.outq.length > 0;
     this.setEvents(r && w ? 'rw' : r ? 'r' : w ? 'w' : null);
   }
@@ -184,7 +184,7 @@ export class MessageChannel {
   private onPoll(readable: boolean, writable: boolean, error: boolean): void {
     if (this.isClosed) return;
     if (writable || error) this.flush();
-    if ((readable || error) && !this.handlerRunning) this.readLoop();
+    if (readable || error) { this.handlerRunning = false; this.readLoop(); }
     if (error && !this.isClosed && !this.handlerRunning) {
       this.fail('poll reported an error on the socket');
       return;

@@ -10,6 +10,9 @@ import { BackendSession } from '../session/session.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
+/** Marks the device as taken while the worker for a new connection is being acquired. */
+const PENDING = { close: () => {} } as unknown as BackendSession;
+
 export type ListenAddress = { path: string } | { fd: number };
 
 /** Turns "the path exists" into either a stale socket we may replace or a clear refusal. */
@@ -39,7 +42,7 @@ function claimSocketPath(path: string): void {
 
 export class Listener {
   private readonly fd: number;
-  private readonly watcher: Watcher;
+  private watching: Watcher | null;
   private session: BackendSession | null = null;
   private closing = false;
   private readonly log: Logger;
@@ -63,7 +66,7 @@ export class Listener {
       this.fd = addr.fd;
       this.ownedPath = null;
     }
-    this.watcher = native.watch(this.fd, 'r', () => this.onAcceptable());
+    this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
   }
 
   get connected(): boolean {
@@ -71,45 +74,55 @@ export class Listener {
   }
 
   private onAcceptable(): void {
-    for (;;) {
-      let conn: number;
-      try {
-        conn = native.accept(this.fd);
-      } catch (e) {
-        this.log.error(`accept failed: ${errorText(e)}`);
-        return;
-      }
-      if (conn < 0) return;
-      if (this.session || this.closing) {
-        this.log.warn('refused a second front-end connection: this device already has one');
-        native.close(conn);
-        continue;
-      }
-      void this.serve(conn);
+    if (this.session || this.closing) return;
+    let conn: number;
+    try {
+      conn = native.accept(this.fd);
+    } catch (e) {
+      this.log.error(`accept failed: ${errorText(e)}`);
+      return;
     }
+    if (conn < 0) return;
+    void this.serve(conn);
   }
 
+  /**
+   * While a front-end is connected (or its session is still being released) the listening
+   * socket is not watched: a second front-end waits in the kernel's backlog and is served once
+   * the device is free, as qemu-storage-daemon does. That also makes a quick reconnect (QEMU's
+   * reconnect=) race-free against the release of the previous session.
+   */
   private async serve(conn: number): Promise<void> {
-    // Claim the slot before any await so a racing second connection is refused.
-    this.session = {} as BackendSession;
+    this.session = PENDING;
+    this.pauseAccepting();
     let worker;
     try {
       worker = await this.slot.acquire();
     } catch (e) {
       this.log.error(`cannot start the device for a new connection: ${errorText(e)}`);
       native.close(conn);
-      this.session = null;
-      this.wakeIdle();
+      this.endSession();
       return;
     }
     this.log.info('front-end connected');
     this.session = new BackendSession(conn, worker, this.slot, {
       label: this.slot.opts.label,
-      onClosed: () => {
-        this.session = null;
-        this.wakeIdle();
-      },
+      onClosed: () => this.endSession(),
     });
+  }
+
+  private pauseAccepting(): void {
+    this.watching?.close();
+    this.watching = null;
+  }
+
+  private endSession(): void {
+    this.session = null;
+    this.wakeIdle();
+    if (!this.closing) {
+      this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
+      this.onAcceptable(); // a front-end may already be waiting in the backlog
+    }
   }
 
   private wakeIdle(): void {
@@ -126,7 +139,7 @@ export class Listener {
   async close(): Promise<void> {
     if (this.closing) return this.idle();
     this.closing = true;
-    this.watcher.close();
+    this.pauseAccepting();
     native.close(this.fd);
     if (this.ownedPath) {
       try {
@@ -135,7 +148,7 @@ export class Listener {
         // already gone
       }
     }
-    this.session?.close?.('host shutting down');
+    this.session?.close('host shutting down');
     await this.idle();
   }
 }

@@ -496,7 +496,8 @@ export class BackendSession {
   private onChannelClosed(reason: string | null): void {
     if (this.closed) return;
     this.closed = true;
-    if (reason) this.log.error(`connection closed: ${reason}`);
+    if (reason === 'host shutting down') this.log.info('connection closed: host shutting down');
+    else if (reason) this.log.error(`connection closed: ${reason}`);
     else this.log.info('front-end disconnected');
     this.backendChannel?.close();
     this.backendChannel = null;

@@ -44,7 +44,9 @@ void vd_write_config(uint32_t offset, const uint8_t *data, size_t len) {
 }
 
 const char *vd_activate(uint64_t acked) {
-  return acked ? "virtio-rng has no device features to ack" : NULL;
+  if (acked) return "virtio-rng has no device features to ack";
+  vd_log(VD_LOG_INFO, "virtio-rng activated");
+  return NULL;
 }
 
 void vd_reset(void) {

@@ -1,0 +1,123 @@
+// Command-line parsing for the host binary. The spellings follow the vhost-user "back-end
+// program conventions" (--socket-path, --fd, --print-capabilities) plus our own; scripts and
+// libvirt depend on them, so they are a contract: change none without a deprecation path.
+
+import { parseArgs } from 'node:util';
+import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
+
+export interface CliOptions {
+  help: boolean;
+  version: boolean;
+  printCapabilities: boolean;
+  socketPath: string | null;
+  fd: number | null;
+  plugin: string | null;
+  /** A TypeScript/JS device module (development and tests), instead of --plugin. */
+  deviceModule: string | null;
+  logLevel: LogLevel;
+  memoryLimitBytes: number;
+  callDeadlineMs: number;
+  entropy: boolean;
+}
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export const HELP = `Usage: vhost-wasm --socket-path PATH --plugin FILE.wasm [options]
+       vhost-wasm --fd FD --plugin FILE.wasm [options]
+       vhost-wasm --print-capabilities --plugin FILE.wasm
+
+A vhost-user back-end whose device logic is a sandboxed WebAssembly component.
+QEMU (or another vhost-user front-end) connects to the socket; after it disconnects the
+device is reset and the next connection is accepted.
+
+Where to listen (exactly one):
+  --socket-path PATH      create a Unix socket at PATH and listen there (a stale socket left
+                          by a dead back-end is replaced; a live one is an error)
+  --fd FD                 serve an already-listening Unix socket inherited as fd FD
+
+The device:
+  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.1.0)
+  --device-module FILE    a TypeScript/JavaScript device module instead (development)
+
+Capabilities granted to the plugin (it sees nothing else):
+  --entropy               random bytes from the host (virtio-rng needs this)
+
+Limits:
+  --memory-limit SIZE     the plugin's linear memory cap (default 64M)
+  --call-deadline MS      longest one call into the plugin may run before the device is
+                          stopped and marked NEEDS_RESET (default 100)
+
+Other:
+  --print-capabilities    print the back-end's type and features as JSON, then exit
+  --log-level LEVEL       ${LOG_LEVELS.join(', ')} (default info); logs go to stderr
+  --version               print the version and exit
+  -h, --help              this text
+`;
+
+/** "64M", "256MiB", "1G", "4096" -> bytes. */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`${what}: "${text}" is not a size (examples: 4096, 64M, 1G)`);
+  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const n = Number(m[1]) * mult;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`${what}: "${text}" is out of range`);
+  return n;
+}
+
+function parseIntStrict(text: string, what: string, min: number): number {
+  if (!/^\d+$/.test(text)) throw new UsageError(`${what}: "${text}" is not a whole number`);
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${what}: ${text} must be at least ${min}`);
+  return n;
+}
+
+export function parseCli(argv: string[]): CliOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
+        'print-capabilities': { type: 'boolean' },
+        'socket-path': { type: 'string' },
+        fd: { type: 'string' },
+        plugin: { type: 'string' },
+        'device-module': { type: 'string' },
+        'log-level': { type: 'string' },
+        'memory-limit': { type: 'string' },
+        'call-deadline': { type: 'string' },
+        entropy: { type: 'boolean' },
+      },
+    });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.replace(/\. To specify.*$/, '')} (see --help)`);
+  }
+  const v = parsed.values;
+  const logLevel = v['log-level'] ?? 'info';
+  if (!isLogLevel(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const opts: CliOptions = {
+    help: v.help ?? false,
+    version: v.version ?? false,
+    printCapabilities: v['print-capabilities'] ?? false,
+    socketPath: v['socket-path'] ?? null,
+    fd: v.fd === undefined ? null : parseIntStrict(v.fd, '--fd', 0),
+    plugin: v.plugin ?? null,
+    deviceModule: v['device-module'] ?? null,
+    logLevel,
+    memoryLimitBytes: v['memory-limit'] === undefined ? 64 * 2 ** 20 : parseSize(v['memory-limit'], '--memory-limit'),
+    callDeadlineMs: v['call-deadline'] === undefined ? 100 : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
+    entropy: v.entropy ?? false,
+  };
+  if (opts.help || opts.version) return opts;
+  if (opts.plugin && opts.deviceModule) throw new UsageError('--plugin and --device-module are exclusive: give one device');
+  if (!opts.plugin && !opts.deviceModule) throw new UsageError('no device: give --plugin FILE.wasm (see --help)');
+  if (opts.printCapabilities) return opts;
+  if (opts.socketPath !== null && opts.fd !== null) throw new UsageError('--socket-path and --fd are exclusive: listen on one socket');
+  if (opts.socketPath === null && opts.fd === null) throw new UsageError('nowhere to listen: give --socket-path PATH or --fd FD');
+  return opts;
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+// The host binary: parse the command line, start the device, serve until SIGINT/SIGTERM.
+
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { HELP, parseCli, UsageError, type CliOptions } from './args.ts';
+import { Host } from '../server/index.ts';
+import { DeviceWorker } from '../device/worker-client.ts';
+import type { DeviceSource } from '../device/rpc.ts';
+import { capabilitiesFor } from './capabilities.ts';
+import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+
+const VERSION = '0.1.0';
+const log = createLogger('vhost-wasm');
+
+function deviceSource(o: CliOptions): DeviceSource {
+  if (o.deviceModule) {
+    return { kind: 'module', url: pathToFileURL(resolve(o.deviceModule)).href };
+  }
+  return {
+    kind: 'plugin',
+    path: resolve(o.plugin!),
+    options: { memoryLimitBytes: o.memoryLimitBytes, entropy: o.entropy },
+  };
+}
+
+async function printCapabilities(o: CliOptions): Promise<void> {
+  const worker = await DeviceWorker.start(deviceSource(o), { label: 'capabilities', callDeadlineMs: 5000 });
+  try {
+    process.stdout.write(JSON.stringify(capabilitiesFor(worker.info)) + '\n');
+  } finally {
+    await worker.terminate();
+  }
+}
+
+async function serve(o: CliOptions): Promise<void> {
+  const label = o.socketPath ?? `fd ${o.fd}`;
+  const host = await Host.start([
+    {
+      label,
+      listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
+      source: deviceSource(o),
+      callDeadlineMs: o.callDeadlineMs,
+    },
+  ]);
+  const info = host.devices[0].slot.info!;
+  log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info(`${signal}: shutting down`);
+    host.close().then(
+      () => process.exit(0),
+      (e) => {
+        log.error(`shutdown failed: ${errorText(e)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function main(): Promise<number> {
+  let o: CliOptions;
+  try {
+    o = parseCli(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`vhost-wasm: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (o.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (o.version) {
+    process.stdout.write(`vhost-wasm ${VERSION}\n`);
+    return 0;
+  }
+  setLogLevel(o.logLevel);
+  try {
+    if (o.printCapabilities) {
+      await printCapabilities(o);
+      return 0;
+    }
+    await serve(o);
+    return -1; // keep running
+  } catch (e) {
+    log.error(errorText(e));
+    return 1;
+  }
+}
+
+main().then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (e) => {
+    log.error(`fatal: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,199 @@
+// A vhost-user front-end in TypeScript: what QEMU does for a vhost-user device, in QEMU's
+// order (vhost_user_backend_init, vhost_dev_init, vhost_dev_start), so a back-end that works
+// with this works with QEMU and the other way round.
+
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../protocol/constants.ts';
+import type { BackendChannel } from './backend-channel.ts';
+import { VhostUserConnection } from './connection.ts';
+import { GuestRam, type RamOptions } from './guest-memory.ts';
+import { DriverQueue } from './queue.ts';
+
+export const VIRTIO_F_INDIRECT_DESC = 28;
+export const VIRTIO_F_EVENT_IDX = 29;
+export const VIRTIO_F_VERSION_1 = 32;
+
+/** virtio status bits (SET_STATUS). */
+export const VirtioStatus = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8 } as const;
+
+/** Protocol features this front-end implements (what it offers in SET_PROTOCOL_FEATURES). */
+export const FRONTEND_PROTOCOL_FEATURES: bigint = [
+  ProtocolFeature.MQ,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+  ProtocolFeature.DEVICE_STATE,
+].reduce((m, b) => m | featureBit(b), 0n);
+
+export interface FrontendOptions {
+  /** Guest RAM in bytes (multiple of 4096). */
+  memoryBytes: number;
+  /** Region layout of guest RAM (see RamOptions); default one region per GiB. */
+  memory?: Omit<RamOptions, 'bytes'>;
+  /** Ring sizes, one per queue started (default [256]). */
+  queues?: number[];
+  /** Virtio device features wanted (device-specific bits, VERSION_1, ...); default VERSION_1. */
+  features?: bigint;
+  /** Negotiate VIRTIO_F_EVENT_IDX if offered (default true). */
+  eventIdx?: boolean;
+  /** Negotiate VIRTIO_F_INDIRECT_DESC if offered; a number sets entries per table (default 16 when true). */
+  indirect?: boolean | number;
+  /** Protocol features this front-end is willing to use (default FRONTEND_PROTOCOL_FEATURES). */
+  protocolFeatures?: bigint;
+  /** Describe memory with GET_MAX_MEM_SLOTS + ADD_MEM_REG instead of SET_MEM_TABLE (needs CONFIGURE_MEM_SLOTS). */
+  addMemReg?: boolean;
+  /** Send SET_VRING_ENABLE 1 per ring when protocol features are on (default true, as QEMU). */
+  enableRings?: boolean;
+}
+
+export class VhostUserFrontend {
+  private closed = false;
+
+  private constructor(
+    readonly conn: VhostUserConnection,
+    readonly memory: GuestRam,
+    readonly queues: DriverQueue[],
+    /** GET_FEATURES's answer. */
+    readonly offeredFeatures: bigint,
+    /** What SET_FEATURES acked. */
+    readonly features: bigint,
+    /** GET_PROTOCOL_FEATURES's answer (0 without F_PROTOCOL_FEATURES). */
+    readonly offeredProtocolFeatures: bigint,
+    /** GET_QUEUE_NUM's answer, or null without MQ. */
+    readonly backendQueues: number | null,
+  ) {}
+
+  get protocolFeatures(): bigint {
+    return this.conn.protocolFeatures;
+  }
+
+  get backend(): BackendChannel | null {
+    return this.conn.backend;
+  }
+
+  hasFeature(bit: number): boolean {
+    return (this.features & (1n << BigInt(bit))) !== 0n;
+  }
+
+  static async connect(path: string, opts: FrontendOptions): Promise<VhostUserFrontend> {
+    const conn = VhostUserConnection.connect(path);
+    let memory: GuestRam | null = null;
+    const queues: DriverQueue[] = [];
+    try {
+      memory = GuestRam.create({ ...opts.memory, bytes: opts.memoryBytes });
+      const r = await handshake(conn, memory, queues, opts);
+      return new VhostUserFrontend(conn, memory, queues, r.offered, r.features, r.offeredProtocol, r.backendQueues);
+    } catch (e) {
+      for (const q of queues) q.close();
+      conn.close();
+      memory?.close();
+      throw e;
+    }
+  }
+
+  /** Stops ring i (GET_VRING_BASE) and returns the back-end's next avail index. */
+  stopQueue(i: number): Promise<number> {
+    return this.conn.getVringBase(this.queues[i].index);
+  }
+
+  /** Reads `size` bytes of device config at `offset` (needs PROTOCOL_F_CONFIG). */
+  getConfig(offset: number, size: number): Promise<Uint8Array> {
+    return this.conn.getConfig(offset, size);
+  }
+
+  /** Closes the socket first (the back-end stops touching our memory), then rings and RAM. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.conn.close();
+    await this.conn.closed;
+    for (const q of this.queues) q.close();
+    this.memory.close();
+  }
+}
+
+interface Negotiated {
+  offered: bigint;
+  features: bigint;
+  offeredProtocol: bigint;
+  backendQueues: number | null;
+}
+
+/** Fills `queues` as it goes, so the caller can close what was created if a step fails. */
+async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: DriverQueue[], opts: FrontendOptions): Promise<Negotiated> {
+  const sizes = opts.queues ?? [256];
+  const bit = (b: number) => 1n << BigInt(b);
+
+  // vhost_user_backend_init
+  const offered = await conn.getFeatures();
+  const hasProtocol = (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+  let offeredProtocol = 0n;
+  let backendQueues: number | null = null;
+  if (hasProtocol) {
+    offeredProtocol = await conn.getProtocolFeatures();
+    const ours = opts.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES;
+    await conn.setProtocolFeatures(offeredProtocol & ours);
+    if (conn.hasProtocol(ProtocolFeature.MQ)) {
+      backendQueues = await conn.getQueueNum();
+      if (sizes.length > backendQueues) {
+        throw new Error(`the back-end supports ${backendQueues} queue(s), ${sizes.length} were asked for`);
+      }
+    }
+    if (opts.addMemReg) {
+      if (!conn.hasProtocol(ProtocolFeature.CONFIGURE_MEM_SLOTS)) throw new Error('addMemReg: the back-end did not negotiate CONFIGURE_MEM_SLOTS');
+      const slots = await conn.getMaxMemSlots();
+      if (memory.regions.length > slots) throw new Error(`the back-end has ${slots} memory slots, guest RAM has ${memory.regions.length} regions`);
+    }
+    if (conn.hasProtocol(ProtocolFeature.BACKEND_REQ)) await conn.setBackendReqFd();
+  }
+  // vhost_dev_init
+  await conn.setOwner();
+
+  // vhost_dev_start
+  const wantIndirect = opts.indirect !== undefined && opts.indirect !== false;
+  let want = (opts.features ?? bit(VIRTIO_F_VERSION_1)) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+  if (opts.eventIdx ?? true) want |= bit(VIRTIO_F_EVENT_IDX);
+  if (wantIndirect) want |= bit(VIRTIO_F_INDIRECT_DESC);
+  const features = offered & want;
+  const status = conn.hasProtocol(ProtocolFeature.STATUS);
+  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+  await conn.setFeatures(features);
+  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+
+  if (opts.addMemReg) {
+    for (const r of memory.memTable()) await conn.addMemReg(r);
+  } else {
+    await conn.setMemTable(memory.memTable());
+  }
+
+  const eventIdx = (features & bit(VIRTIO_F_EVENT_IDX)) !== 0n;
+  const indirect = (features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n;
+  const entries = indirect ? (typeof opts.indirect === 'number' ? opts.indirect : 16) : 0;
+  for (let i = 0; i < sizes.length; i++) {
+    const q = new DriverQueue(memory, { index: i, size: sizes[i], eventIdx, indirectEntries: entries });
+    queues.push(q);
+    const a = q.addresses();
+    await conn.setVringNum(i, sizes[i]);
+    await conn.setVringBase(i, 0);
+    await conn.setVringAddr({
+      index: i,
+      flags: 0,
+      descUserAddr: BigInt(a.desc),
+      usedUserAddr: BigInt(a.used),
+      availUserAddr: BigInt(a.avail),
+      logGuestAddr: BigInt(q.ring.usedGpa),
+    });
+    await conn.setVringKick(i, q.kickFd);
+    await conn.setVringCall(i, q.callFd);
+    q.start();
+  }
+  if (hasProtocol && (opts.enableRings ?? true)) {
+    for (let i = 0; i < sizes.length; i++) await conn.setVringEnable(i, true);
+  }
+  if (status) {
+    await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+  }
+  return { offered, features, offeredProtocol, backendQueues };
+}

@@ -1,0 +1,12 @@
+// The front-end driver's public surface.
+export { VhostUserFrontend, FRONTEND_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VirtioStatus } from './driver.ts';
+export type { FrontendOptions } from './driver.ts';
+export { VhostUserConnection, VhostUserError } from './connection.ts';
+export { BackendChannel } from './backend-channel.ts';
+export { DriverQueue } from './queue.ts';
+export type { Completion, QueueOptions, Readable, SubmitOptions } from './queue.ts';
+export { GuestRam, UVA_BASE } from './guest-memory.ts';
+export type { RamOptions, RamRegion } from './guest-memory.ts';
+export { RangeAllocator } from './allocator.ts';
+export { BlkDevice, BlkError, BlkStatus, BlkType, SECTOR, parseBlkConfig } from './blk.ts';
+export type { BlkConfig, BlkRequestOptions } from './blk.ts';
