@@ -114,6 +114,7 @@ export class MessageChannel {
     if (bytes.length < HEADER_SIZE) throw new RangeError(`request: ${bytes.length} bytes is shorter than a header`);
     if (!expectReply) return this.send(bytes, fds).then(() => null);
     const code = view(bytes).getUint32(0, LE);
+    if (this.isClosed) return Promise.reject(new Error(`${this.label} is closed; cannot send ${this.nameOf(code)}`));
     const p = new Promise<RawMessage>((resolve, reject) => this.waiters.push({ code, resolve, reject }));
     void this.send(bytes, fds);
     return p;
@@ -161,7 +162,7 @@ export class MessageChannel {
 
   private updateInterest(): void {
     if (this.isClosed) return;
-    const r = true;
+    const r = !this.handlerRunning;
     const w = this.outq.length > 0;
     this.setEvents(r && w ? 'rw' : r ? 'r' : w ? 'w' : null);
   }
@@ -184,7 +185,7 @@ export class MessageChannel {
   private onPoll(readable: boolean, writable: boolean, error: boolean): void {
     if (this.isClosed) return;
     if (writable || error) this.flush();
-    if (readable || error) { this.handlerRunning = false; this.readLoop(); }
+    if ((readable || error) && !this.handlerRunning) this.readLoop();
     if (error && !this.isClosed && !this.handlerRunning) {
       this.fail('poll reported an error on the socket');
       return;

@@ -86,6 +86,27 @@ export function backendRequestName(code: number): string {
   return name === undefined ? `unknown back-end request ${code}` : `BACKEND_${name} (${code})`;
 }
 
+/**
+ * Requests that always have a reply, NEED_REPLY or not (SET_LOG_BASE: in its LOG_SHMFD form,
+ * the only one we accept). With REPLY_ACK, NEED_REPLY on these changes nothing: they still get
+ * exactly one reply, their own; every other request gets a u64 ack only when NEED_REPLY is set.
+ */
+const withReply: ReadonlySet<number> = new Set<number>([
+  Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_VRING_BASE, Req.SET_LOG_BASE,
+  Req.GET_QUEUE_NUM, Req.IOTLB_MSG, Req.GET_CONFIG, Req.CREATE_CRYPTO_SESSION,
+  Req.POSTCOPY_ADVISE, Req.POSTCOPY_END, Req.GET_INFLIGHT_FD, Req.GET_MAX_MEM_SLOTS,
+  Req.GET_STATUS, Req.GET_SHARED_OBJECT, Req.SET_DEVICE_STATE_FD, Req.CHECK_DEVICE_STATE,
+]);
+
+export function hasReply(code: number): boolean {
+  return withReply.has(code);
+}
+
+/** Back-end requests that always have a reply (the rest only with NEED_REPLY). */
+export function backendHasReply(code: number): boolean {
+  return code === BackendReq.SHARED_OBJECT_LOOKUP;
+}
+
 // Header.
 export const HEADER_SIZE = 12;
 export const VERSION = 0x1;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what vhost-wasm needs on a fresh Debian 12 machine (as root), then the npm packages.
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages:
+#   qemu-system-x86 qemu-system-common qemu-utils qemu-block-extra  QEMU 7.2, qemu-storage-daemon (peer back-end)
+#   linux-image-amd64 kmod busybox-static xz-utils cpio        the test guest (kernel, modules, initramfs)
+#   clang-16 lld-16 wasi-libc                                   building the C plugins to wasm32
+#   e2fsprogs                                                   host-side checks of guest filesystems
+APT_PACKAGES=(qemu-system-x86 qemu-system-common qemu-utils qemu-block-extra linux-image-amd64 kmod
+  busybox-static xz-utils cpio clang-16 lld-16 wasi-libc e2fsprogs)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "vhost-wasm: missing Debian packages: ${missing[*]}" >&2
+    echo "install them as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund
+fi
