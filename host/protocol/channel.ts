@@ -230,7 +230,8 @@ export class MessageChannel {
         const atStart = inHeader && this.headerGot === 0;
         if (r.fdsTruncated) {
           this.closeFds(r.fds);
-          this.fail(`a message carried more than ${MAX_FDS} fds (${this.where()}); all of them were closed`);
+          const at = atStart ? '' : ` (${this.where()})`;
+          this.fail(`a message carried more than ${MAX_FDS} fds${at}; the ones received were closed`);
           return;
         }
         if (!atStart) {
