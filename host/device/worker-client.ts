@@ -184,7 +184,7 @@ export class DeviceWorker {
     if (started === 0 || this.deathReason !== null) return;
     const ran = Date.now() - this.epoch - started;
     if (ran <= this.opts.callDeadlineMs) return;
-    const reason = `a device call ran ${ran} ms, past its ${this.opts.callDeadlineMs} ms deadline; worker terminated`;
+    const reason = `${this.info.name}: a device call ran ${ran} ms, past its ${this.opts.callDeadlineMs} ms deadline; worker terminated`;
     this.log.error(reason);
     this.die(reason);
     void this.worker.terminate();

@@ -32,6 +32,8 @@ export interface PluginDevice extends VirtioDevice {
   readonly identity: PluginIdentity;
   /** Current size of the plugin's linear memory, in bytes. */
   memoryBytes(): number;
+  /** Why this instance may not be called again (a trap or a contract violation), or null. */
+  unusable(): string | null;
 }
 
 export interface AdapterContext {
@@ -109,6 +111,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     info,
     identity,
     memoryBytes: () => ctx.memory()?.buffer.byteLength ?? 0,
+    unusable: () => dead,
 
     readConfig(offset: number, size: number): Uint8Array {
       checkConfigRange(offset, size);

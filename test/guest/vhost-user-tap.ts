@@ -112,7 +112,16 @@ function sendAll(fd: number, bytes: Uint8Array, fds: number[]): void {
   }
 }
 
-export function startTap(backendPath: string, path: string): VhostUserTap {
+export interface TapOptions {
+  /**
+   * Protocol feature bits to hide from the front-end: cleared in the back-end's
+   * GET_PROTOCOL_FEATURES reply (the record keeps the back-end's real value). E.g. hiding
+   * CONFIGURE_MEM_SLOTS (bit 15) makes QEMU send SET_MEM_TABLE instead of ADD_MEM_REG.
+   */
+  hideProtocolFeatures?: bigint;
+}
+
+export function startTap(backendPath: string, path: string, opts: TapOptions = {}): VhostUserTap {
   const records: TapRecord[] = [];
   const listenFd = native.listenUnix(path, 4);
   const open = new Set<() => void>();
@@ -148,7 +157,7 @@ export function startTap(backendPath: string, path: string): VhostUserTap {
           const msgs = framer.drain();
           for (const m of msgs ?? []) {
             const rec: TapRecord = {
-              connection, dir, code: m.header.request, name: requestName(m.header.request),
+              connection, dir, code: m.header.request, name: requestName(m.header.request).replace(/ \(\d+\)$/, ''),
               header: m.header, payload: m.payload, fdCount: m.fds.length,
             };
             try {
@@ -158,6 +167,10 @@ export function startTap(backendPath: string, path: string): VhostUserTap {
               rec.decodeError = (e as Error).message;
             }
             records.push(rec);
+            if (dir === 'reply' && rec.name === 'GET_PROTOCOL_FEATURES' && opts.hideProtocolFeatures && m.payload.length === 8) {
+              const dv = new DataView(m.bytes.buffer, m.bytes.byteOffset + HEADER_SIZE, 8);
+              dv.setBigUint64(0, dv.getBigUint64(0, true) & ~opts.hideProtocolFeatures, true);
+            }
             try {
               sendAll(to, m.bytes, m.fds);
             } finally {

@@ -26,7 +26,8 @@ export interface HostProcess {
 
 export async function startHost(args: string[], opts: { socketName?: string; env?: NodeJS.ProcessEnv } = {}): Promise<HostProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-test-'));
-  const socketPath = join(dir, opts.socketName ?? 'dev.sock');
+  const given = args.indexOf('--socket-path');
+  const socketPath = given >= 0 && args[given + 1] !== '{socket}' ? args[given + 1] : join(dir, opts.socketName ?? 'dev.sock');
   const full = args.map((a) => a.replace('{socket}', socketPath));
   const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), ...full], {
     cwd: REPO,

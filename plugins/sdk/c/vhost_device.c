@@ -95,6 +95,72 @@ void vd_entropy_fill(uint8_t *dst, uint32_t len) {
   free(got);
 }
 
+/* storage: results wider than one core value come back through `ret`:
+ * result<list<u8>, storage-error> = tag u8 at 0, ok (ptr, len) at 4/8, err enum at 4;
+ * result<_, storage-error> = tag u8 at 0, err enum u8 at 1. */
+#define VD_STORAGE_IMPORT(name) \
+  __attribute__((import_module(VD_IFACE("storage")), import_name(name))) extern
+
+VD_STORAGE_IMPORT("size") int64_t vd_import_storage_size(void);
+VD_STORAGE_IMPORT("read-only") int32_t vd_import_storage_read_only(void);
+VD_STORAGE_IMPORT("read") void vd_import_storage_read(int64_t offset, int32_t len, uint8_t *ret);
+VD_STORAGE_IMPORT("write") void vd_import_storage_write(int64_t offset, const uint8_t *data,
+                                                         size_t len, uint8_t *ret);
+VD_STORAGE_IMPORT("flush") void vd_import_storage_flush(uint8_t *ret);
+VD_STORAGE_IMPORT("discard") void vd_import_storage_discard(int64_t offset, int64_t len, uint8_t *ret);
+VD_STORAGE_IMPORT("write-zeroes") void vd_import_storage_write_zeroes(int64_t offset, int64_t len,
+                                                                      uint8_t *ret);
+
+/* WIT enum case n (io, out-of-range, read-only) is status n + 1. */
+static vd_storage_status storage_status(const uint8_t *ret, size_t err_at) {
+  if (ret[0] == 0) return VD_STORAGE_OK;
+  uint8_t e = ret[err_at];
+  /* The host only sends the three cases; anything else means the ABI is broken. */
+  if (e > 2) __builtin_trap();
+  return (vd_storage_status)(e + 1);
+}
+
+uint64_t vd_storage_size(void) { return (uint64_t)vd_import_storage_size(); }
+int vd_storage_read_only(void) { return vd_import_storage_read_only() != 0; }
+
+vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
+  _Alignas(4) uint8_t ret[12];
+  vd_import_storage_read((int64_t)offset, (int32_t)len, ret);
+  vd_storage_status st = storage_status(ret, 4);
+  if (st != VD_STORAGE_OK) return st;
+  uint8_t *got = (uint8_t *)(uintptr_t)get_u32(ret + 4);
+  uint32_t got_len = get_u32(ret + 8);
+  /* A short answer would hand the guest stale bytes from our heap: never. */
+  if (got_len != len) __builtin_trap();
+  memcpy(dst, got, len);
+  free(got);
+  return VD_STORAGE_OK;
+}
+
+vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len) {
+  _Alignas(4) uint8_t ret[2];
+  vd_import_storage_write((int64_t)offset, src, len, ret);
+  return storage_status(ret, 1);
+}
+
+vd_storage_status vd_storage_flush(void) {
+  _Alignas(4) uint8_t ret[2];
+  vd_import_storage_flush(ret);
+  return storage_status(ret, 1);
+}
+
+vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len) {
+  _Alignas(4) uint8_t ret[2];
+  vd_import_storage_discard((int64_t)offset, (int64_t)len, ret);
+  return storage_status(ret, 1);
+}
+
+vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len) {
+  _Alignas(4) uint8_t ret[2];
+  vd_import_storage_write_zeroes((int64_t)offset, (int64_t)len, ret);
+  return storage_status(ret, 1);
+}
+
 /* ---- Exports ---- */
 
 VD_EXPORT("identity") uint8_t *vd_export_identity(void) {

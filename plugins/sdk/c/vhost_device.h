@@ -67,6 +67,25 @@ void vd_log(enum vd_log_level level, const char *message);
 /* Fill `dst` with `len` random bytes from the host. Traps if entropy was not granted. */
 void vd_entropy_fill(uint8_t *dst, uint32_t len);
 
+/* Block storage (wit `storage`). Every call traps if the operator granted no storage;
+ * the host checks every range against vd_storage_size(). */
+typedef enum vd_storage_status {
+  VD_STORAGE_OK = 0,
+  VD_STORAGE_IO = 1,           /* the backing failed; the host logged why */
+  VD_STORAGE_OUT_OF_RANGE = 2, /* past the end, or more than one call may move */
+  VD_STORAGE_READ_ONLY = 3,    /* a modifying call through a read-only grant */
+} vd_storage_status;
+
+uint64_t vd_storage_size(void);
+int vd_storage_read_only(void);
+/* Exactly `len` bytes from `offset` into `dst` (untouched unless VD_STORAGE_OK). */
+vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len);
+vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len);
+/* Makes every write that returned VD_STORAGE_OK before it durable. */
+vd_storage_status vd_storage_flush(void);
+vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len);
+vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,31 @@
+// A section of a saved device state: one named, sized run of bytes inside the container.
+// Section 1 is always the device's own bytes (a plugin's get-state/set-state chunks); host-held
+// resources the device uses (a memory disk's contents, later) are further sections next to it,
+// each implementing this interface where the resource lives. The container never holds a whole
+// section in memory: it pulls or pushes chunks of at most the size it asks for.
+
+export interface StateSection {
+  /** Stable numeric id written in the container (1 = device bytes, 0x100+ = host resources). */
+  readonly id: number;
+  /** Human-readable name, also written in the container (≤ 64 bytes of ASCII). */
+  readonly name: string;
+  /** SAVE: total bytes this section will produce. Called once, before the first read. */
+  size(): Promise<number>;
+  /** SAVE: bytes [offset, offset+len); must return exactly len bytes (offsets arrive in order). */
+  read(offset: number, len: number): Promise<Uint8Array>;
+  /** LOAD: the section will receive `size` bytes (called before the first write). */
+  beginLoad(size: number): Promise<void>;
+  /** LOAD: append bytes at offset (in order, contiguous, starting at 0). Ownership of chunk passes. */
+  write(offset: number, chunk: Uint8Array): Promise<void>;
+  /** LOAD: all bytes arrived and the stream checked out; apply. Returns an error message or null. */
+  finish(): Promise<string | null>;
+  /** LOAD failed after beginLoad: drop whatever was loaded so far. */
+  abort(): Promise<void>;
+}
+
+/** Section ids. */
+export const SectionId = {
+  DEVICE: 1,
+  /** First id for host-held resources (storage backings, ...). */
+  HOST_BASE: 0x100,
+} as const;

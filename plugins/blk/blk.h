@@ -1,0 +1,60 @@
+/* virtio-blk constants (virtio 1.2, 5.2) and this device's limits. */
+#ifndef BLK_H
+#define BLK_H
+
+#define BIT(n) (1ull << (n))
+
+/* Feature bits */
+#define F_SEG_MAX 2
+#define F_RO 5
+#define F_BLK_SIZE 6
+#define F_FLUSH 9
+#define F_MQ 12
+#define F_DISCARD 13
+#define F_WRITE_ZEROES 14
+
+/* Request types and status bytes */
+#define T_IN 0
+#define T_OUT 1
+#define T_FLUSH 4
+#define T_GET_ID 8
+#define T_DISCARD 11
+#define T_WRITE_ZEROES 13
+#define S_OK 0
+#define S_IOERR 1
+#define S_UNSUPP 2
+
+#define SECTOR 512
+#define HDR_SIZE 16
+#define ID_BYTES 20
+/* struct virtio_blk_discard_write_zeroes: sector u64, num_sectors u32, flags u32 */
+#define SEG_SIZE 16
+#define WZ_FLAG_UNMAP 1u
+#define BLK_SERIAL "vhost-wasm-blk"
+
+/* struct virtio_blk_config offsets, up to write_zeroes_may_unmap and its padding */
+#define CFG_CAPACITY 0
+#define CFG_SEG_MAX 12
+#define CFG_BLK_SIZE 20
+#define CFG_NUM_QUEUES 34
+#define CFG_MAX_DISCARD_SECTORS 36
+#define CFG_MAX_DISCARD_SEG 40
+#define CFG_DISCARD_ALIGNMENT 44
+#define CFG_MAX_WZ_SECTORS 48
+#define CFG_MAX_WZ_SEG 52
+#define CONFIG_SIZE 60
+
+/* Limits. Every response of a batch lives in our capped linear memory until the host
+ * copies them out, so one request's data is bounded (Linux splits bigger I/O). */
+#define NUM_QUEUES 4
+#define MAX_QUEUE_SIZE 1024
+#define SEG_MAX 126
+#define MAX_IO (4u << 20)
+/* 32 MiB per discard/write-zeroes segment: a file backing writes real zeroes for it. */
+#define MAX_DISCARD_SECTORS (65536u)
+#define MAX_DISCARD_SEG 8
+
+#define STATE_VERSION 1
+#define STATE_SIZE 16
+
+#endif

@@ -1,0 +1,120 @@
+// The host binary as an operator (or libvirt) uses it: back-end program conventions, usage
+// errors, socket-path hygiene, clean shutdown.
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native } from '../host/native/index.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { REPO, NULL_DEVICE, startHost } from './helpers/host-process.ts';
+
+const MAIN = join(REPO, 'host', 'cli', 'main.ts');
+const run = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: REPO, encoding: 'utf8', timeout: 30_000 });
+const feOpts = { memoryBytes: 4 << 20, queues: [16], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
+
+test('--help documents the back-end program conventions and exits 0', (t) => {
+  const r = run(['--help']);
+  t.is(r.status, 0);
+  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit']) {
+    t.true(r.stdout.includes(flag), `--help lacks ${flag}`);
+  }
+});
+
+test('usage errors say what was wrong and exit 2', (t) => {
+  const cases: [string[], RegExp][] = [
+    [['--socket-path', '/tmp/x.sock'], /no device: give --plugin/],
+    [['--plugin', 'x.wasm'], /nowhere to listen/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--fd', '3'], /exclusive/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--bogus'], /bogus/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--log-level', 'loud'], /--log-level: "loud"/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--memory-limit', 'lots'], /--memory-limit: "lots" is not a size/],
+    [['--plugin', 'x.wasm', '--fd', '-1'], /--fd/],
+  ];
+  for (const [args, re] of cases) {
+    const r = run(args);
+    t.is(r.status, 2, args.join(' '));
+    t.regex(r.stderr, re);
+  }
+});
+
+test('a plugin file that does not exist fails at start-up with exit 1', (t) => {
+  const r = run(['--socket-path', join(tmpdir(), `nope-${process.pid}.sock`), '--plugin', '/nonexistent/dev.wasm']);
+  t.is(r.status, 1);
+  t.regex(r.stderr, /\/nonexistent\/dev\.wasm/);
+});
+
+test('--print-capabilities prints the vhost-user.json object and exits', (t) => {
+  const r = run(['--print-capabilities', '--device-module', NULL_DEVICE]);
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(JSON.parse(r.stdout), { type: 'block', features: [] });
+});
+
+test('--fd serves an inherited listening socket', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-fd-'));
+  const path = join(dir, 'inherited.sock');
+  const lfd = native.listenUnix(path, 4);
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, '--fd', '3', '--device-module', NULL_DEVICE], {
+    cwd: REPO,
+    stdio: ['ignore', 'ignore', 'pipe', lfd],
+  });
+  native.close(lfd); // the child has its own copy
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  try {
+    for (let i = 0; i < 200 && !/serving/.test(stderr); i++) await new Promise((r) => setTimeout(r, 50));
+    t.regex(stderr, /serving .* on fd 3/);
+    const fe = await VhostUserFrontend.connect(path, feOpts);
+    const r = await fe.queues[0].submit([Buffer.from('via fd')], 16);
+    t.is(r.len, 6);
+    await fe.close();
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--fd that is not a listening socket is refused clearly', (t) => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', MAIN, '--fd', '0', '--device-module', NULL_DEVICE], {
+    cwd: REPO,
+    encoding: 'utf8',
+    stdio: ['pipe', 'pipe', 'pipe'],
+    timeout: 30_000,
+  });
+  t.is(r.status, 1);
+  t.regex(r.stderr, /--fd 0 is not a listening Unix stream socket/);
+});
+
+test('SIGTERM shuts down cleanly and removes the socket file', async (t) => {
+  const h = await startHost(['--socket-path', '{socket}', '--device-module', NULL_DEVICE]);
+  t.true(existsSync(h.socketPath));
+  const code = await h.stop('SIGTERM');
+  t.is(code, 0);
+  t.regex(h.log(), /SIGTERM: shutting down/);
+  t.false(existsSync(h.socketPath));
+});
+
+test('a stale socket file is replaced; a live one or a non-socket is refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-sock-'));
+  try {
+    // Stale: a socket nobody listens on any more.
+    const stale = join(dir, 'stale.sock');
+    native.close(native.listenUnix(stale, 1));
+    const h = await startHost(['--socket-path', stale, '--device-module', NULL_DEVICE]);
+    // Live: a second host on the same path.
+    const second = run(['--socket-path', stale, '--device-module', NULL_DEVICE]);
+    t.is(second.status, 1);
+    t.regex(second.stderr, /another back-end is already listening/);
+    await h.stop();
+    // Not a socket: never deleted.
+    const file = join(dir, 'file');
+    writeFileSync(file, 'precious');
+    const r = run(['--socket-path', file, '--device-module', NULL_DEVICE]);
+    t.is(r.status, 1);
+    t.regex(r.stderr, /exists and is not a socket/);
+    t.true(existsSync(file));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
