@@ -55,7 +55,41 @@ export type WorkerCall =
   | { op: 'ringInbandKick'; index: number }
   | { op: 'ringStop'; index: number }
   | { op: 'reset' }
-  | { op: 'status' };
+  | { op: 'status' }
+  // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).
+  | { op: 'stateBegin' }
+  | { op: 'stateRead'; offset: number; size: number }
+  | { op: 'stateWrite'; offset: number; chunk: Uint8Array }
+  | { op: 'stateFinish' }
+  | { op: 'stateAbort' }
+  | { op: 'setLogBase'; fd: number; size: number; offset: number }
+  | { op: 'setLogAll'; on: boolean }
+  | { op: 'logStatus' };
+
+/** stateBegin's answer: what the container is tagged with, and which rings still run. */
+export interface StateBeginInfo {
+  /** Rings that are started (must all be stopped with GET_VRING_BASE before a transfer). */
+  started: number[];
+  /** The plugin's identity (name + version); TypeScript devices report their info.name and "0". */
+  name: string;
+  version: string;
+}
+
+/** stateRead's answer (the bytes' buffer is transferred, not copied). */
+export interface StateReadResult {
+  bytes: Uint8Array;
+  remaining: number;
+}
+
+export interface LogStatus {
+  /** A log area is mapped (SET_LOG_BASE). */
+  mapped: boolean;
+  size: number;
+  /** VHOST_F_LOG_ALL is on: writes are being marked. */
+  logging: boolean;
+  /** Marks that fell beyond the log's end. */
+  outOfRange: number;
+}
 
 export interface WorkerStatus {
   running: number[];

@@ -5,7 +5,7 @@
 
 import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import type { DeviceSource, MainToWorker, WorkerCall, WorkerInit, WorkerToMain, WorkerStatus, RegionMsg, VringAddrMsg } from './rpc.ts';
+import type { DeviceSource, MainToWorker, WorkerCall, WorkerInit, WorkerToMain, WorkerStatus, RegionMsg, VringAddrMsg, StateBeginInfo, StateReadResult, LogStatus } from './rpc.ts';
 import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
@@ -121,14 +121,14 @@ export class DeviceWorker {
     return this.deathReason;
   }
 
-  call<T = unknown>(call: WorkerCall): Promise<T> {
+  call<T = unknown>(call: WorkerCall, transfer?: ArrayBuffer[]): Promise<T> {
     if (this.deathReason !== null) {
       return Promise.reject(new Error(`device ${this.opts.label} is not running (${this.deathReason}); reset the device`));
     }
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.worker.postMessage({ id, call } satisfies MainToWorker);
+      this.worker.postMessage({ id, call } satisfies MainToWorker, transfer);
     });
   }
 
@@ -152,6 +152,19 @@ export class DeviceWorker {
   ringStop(index: number) { return this.call<number>({ op: 'ringStop', index }); }
   reset() { return this.call<void>({ op: 'reset' }); }
   status() { return this.call<WorkerStatus>({ op: 'status' }); }
+  // Device-state transfer and dirty logging.
+  stateBegin() { return this.call<StateBeginInfo>({ op: 'stateBegin' }); }
+  stateRead(offset: number, size: number) { return this.call<StateReadResult>({ op: 'stateRead', offset, size }); }
+  /** Moves chunk's buffer to the worker when chunk owns all of it, else copies. */
+  stateWrite(offset: number, chunk: Uint8Array) {
+    const own = chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer;
+    return this.call<void>({ op: 'stateWrite', offset, chunk }, own ? [chunk.buffer as ArrayBuffer] : undefined);
+  }
+  stateFinish() { return this.call<string | null>({ op: 'stateFinish' }); }
+  stateAbort() { return this.call<void>({ op: 'stateAbort' }); }
+  setLogBase(fd: number, size: number, offset: number) { return this.call<void>({ op: 'setLogBase', fd, size, offset }); }
+  setLogAll(on: boolean) { return this.call<void>({ op: 'setLogAll', on }); }
+  logStatus() { return this.call<LogStatus>({ op: 'logStatus' }); }
 
   async terminate(): Promise<void> {
     clearInterval(this.timer);

@@ -51,6 +51,14 @@ function dispatch(runner: DeviceRunner, c: WorkerCall): unknown {
     case 'ringStop': return runner.ringStop(c.index);
     case 'reset': return runner.reset();
     case 'status': return runner.status();
+    case 'stateBegin': return runner.stateBegin();
+    case 'stateRead': return runner.stateRead(c.offset, c.size);
+    case 'stateWrite': return runner.stateWrite(c.offset, c.chunk);
+    case 'stateFinish': return runner.stateFinish();
+    case 'stateAbort': return runner.stateAbort();
+    case 'setLogBase': return runner.setLogBase(c.fd, c.size, c.offset);
+    case 'setLogAll': return runner.setLogAll(c.on);
+    case 'logStatus': return runner.logStatus();
   }
 }
 
@@ -77,7 +85,13 @@ async function main(): Promise<void> {
   port.on('message', (m: MainToWorker) => {
     try {
       const value = dispatch(runner, m.call);
-      post({ type: 'reply', id: m.id, ok: true, value });
+      if (m.call.op === 'stateRead') {
+        // State chunks are fresh buffers (see DeviceRunner.stateRead): move, do not copy.
+        const r = value as { bytes: Uint8Array };
+        port.postMessage({ type: 'reply', id: m.id, ok: true, value } satisfies WorkerToMain, [r.bytes.buffer as ArrayBuffer]);
+      } else {
+        post({ type: 'reply', id: m.id, ok: true, value });
+      }
     } catch (e) {
       post({ type: 'reply', id: m.id, ok: false, error: errorText(e) });
     }

@@ -3,10 +3,14 @@
 // function that throws, which surfaces as a trap in the plugin call that used it.
 import { randomFillSync } from 'node:crypto';
 import { LOG_LEVELS, type LogLevel } from './world.ts';
+import type { Backing } from '../storage/backing.ts';
+import { storageImports } from './storage-imports.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
   entropy?: boolean;
+  /** The block store behind `storage`; the grant owns nothing, the caller closes it. */
+  storage?: Backing;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
 }
@@ -60,5 +64,12 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
         return pool.take(len);
       },
     },
+    'vhost:device/storage': storageImports(
+      grants.storage,
+      () => {
+        throw new CapabilityError('storage was not granted to this device (give --storage)');
+      },
+      (message) => grants.log('error', `storage: ${message}`),
+    ),
   };
 }

@@ -15,7 +15,27 @@ import {
 } from './prepare.ts';
 import { capMemory } from './wasm-binary.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
-import { DEVICE_FUNCTIONS, DEVICE_INTERFACE } from './world.ts';
+import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+
+const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
+
+/** The glue takes each interface it imports from this object once, at instantiation. */
+function trackImports(
+  imports: Record<string, Record<string, unknown>>,
+  seen: Set<string>,
+): Record<string, Record<string, unknown>> {
+  const tracked: Record<string, Record<string, unknown>> = {};
+  for (const [name, value] of Object.entries(imports)) {
+    Object.defineProperty(tracked, name, {
+      enumerable: true,
+      get: () => {
+        seen.add(name);
+        return value;
+      },
+    });
+  }
+  return tracked;
+}
 import { createLogger } from '../log/logger.ts';
 
 const log = createLogger('plugin runtime');
@@ -113,14 +133,20 @@ function instantiateOnce(prepared: PreparedPlugin, options: LoadOptions): Plugin
   };
 
   let exported: Record<string, unknown>;
+  const imported = new Set<string>();
   try {
     const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`);
-    exported = instantiate(getCoreModule, hostImports(options.grants), instantiateCore);
+    exported = instantiate(getCoreModule, trackImports(hostImports(options.grants), imported), instantiateCore);
   } catch (e) {
     if (e instanceof PluginError) throw e;
     throw loadError(`instantiation failed: ${(e as Error).message ?? String(e)}`, e);
   }
 
+  // A disk handed to a plugin that cannot use it is an operator mistake (the wrong
+  // --plugin, most likely): refuse rather than serve a device without its disk.
+  if (options.grants.storage && !imported.has(STORAGE_IMPORT)) {
+    throw loadError(`was granted storage (${options.grants.storage.describe}) but does not import ${WIT_PACKAGE}/storage@${WIT_VERSION}: it is not a block device; drop --storage or use another plugin`);
+  }
   const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;
   const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');
   if (!device || missing.length) {

@@ -1,0 +1,161 @@
+// The SET_DEVICE_STATE_FD channel, back-end side: whatever fd the front-end handed over, as a
+// byte sink (SAVE) or a byte source (LOAD), without ever blocking the event loop.
+//
+// - A pipe or a socket is a stream: written to with non-blocking write(2), waiting for POLLOUT on
+//   EAGAIN; read to EOF. Closing our end is the end-of-data signal.
+// - A regular file (a memfd) is written at offsets from 0 and truncated to the state's length, so
+//   a front-end that reads it after CHECK_DEVICE_STATE sees exactly the state; on LOAD it is read
+//   from offset 0 up to its size (st_size is the end of data: a file has no writer to wait for).
+//
+// fd ownership: the channel owns the fd it is given and closes it on end() / abort().
+
+import { native } from '../native/index.ts';
+import type { Watcher } from '../native/api.ts';
+import type { ByteSink } from './container.ts';
+
+export type ChannelKind = 'pipe' | 'file';
+
+export function channelKind(fd: number): ChannelKind {
+  const st = native.fstat(fd);
+  if (st.isFifo || st.isSocket) return 'pipe';
+  if (st.isFile) return 'file';
+  throw new Error('the state fd is neither a pipe, a socket nor a regular file (memfd)');
+}
+
+class Closable {
+  protected closed = false;
+  protected watcher: Watcher | null = null;
+  protected waiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+
+  constructor(readonly fd: number) {}
+
+  /** Waits for readiness on our own loop; rejects if the channel is aborted meanwhile. */
+  protected wait(events: 'r' | 'w'): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.closed) {
+        reject(new Error('state channel closed'));
+        return;
+      }
+      this.waiter = { resolve, reject };
+      this.watcher = native.watch(this.fd, events, () => {
+        this.stopWatching();
+        const w = this.waiter;
+        this.waiter = null;
+        w?.resolve();
+      });
+    });
+  }
+
+  private stopWatching(): void {
+    this.watcher?.close();
+    this.watcher = null;
+  }
+
+  /** Closes the fd (idempotent); a pending wait rejects with `reason`. */
+  close(reason: Error | null = null): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopWatching();
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(reason ?? new Error('state channel closed'));
+    try {
+      native.close(this.fd);
+    } catch {
+      // Already gone: nothing left to release.
+    }
+  }
+}
+
+/** SAVE: the back-end writes. */
+export class StateWriter extends Closable implements ByteSink {
+  readonly kind: ChannelKind;
+  private offset = 0;
+
+  constructor(fd: number) {
+    super(fd);
+    this.kind = channelKind(fd);
+    if (this.kind === 'pipe') native.setNonBlocking(fd, true);
+  }
+
+  get written(): number {
+    return this.offset;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < bytes.length) {
+      if (this.closed) throw new Error('state channel closed');
+      const part = done === 0 ? bytes : bytes.subarray(done);
+      let n: number;
+      try {
+        n = this.kind === 'file' ? native.pwrite(this.fd, part, this.offset) : native.write(this.fd, part);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EPIPE') throw new Error('the front-end closed its end of the state channel (EPIPE)');
+        throw e;
+      }
+      if (n < 0) {
+        await this.wait('w');
+        continue;
+      }
+      done += n;
+      this.offset += n;
+    }
+  }
+
+  /** End of data: a file is cut to what was written; then our end closes. */
+  end(): void {
+    if (this.closed) return;
+    if (this.kind === 'file') native.ftruncate(this.fd, this.offset);
+    this.close();
+  }
+}
+
+/** LOAD: the back-end reads. */
+export class StateReader extends Closable {
+  readonly kind: ChannelKind;
+  private offset = 0;
+  private readonly size: number;
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
+
+  constructor(fd: number, private readonly chunkSize = 1 << 20) {
+    super(fd);
+    this.kind = channelKind(fd);
+    this.size = this.kind === 'file' ? native.fstat(fd).size : -1;
+    if (this.kind === 'pipe') native.setNonBlocking(fd, true);
+  }
+
+  /** Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. */
+  async read(): Promise<Uint8Array | null> {
+    for (;;) {
+      if (this.closed) throw new Error('state channel closed');
+      if (this.kind === 'file') {
+        const left = this.size - this.offset;
+        if (left <= 0) return null;
+        const buf = Buffer.allocUnsafe(Math.min(this.chunkSize, left));
+        const n = native.pread(this.fd, buf, this.offset);
+        if (n <= 0) return null; // shrank under us: the end is where the data ends
+        this.offset += n;
+        return buf.subarray(0, n);
+      }
+      // Reads from a pipe are at most its capacity (64 KiB by default): carve them out of a
+      // slab rather than allocating chunkSize per read.
+      if (this.slab.length - this.slabUsed < 65536) {
+        this.slab = Buffer.allocUnsafe(this.chunkSize);
+        this.slabUsed = 0;
+      }
+      const view = this.slab.subarray(this.slabUsed);
+      const n = native.read(this.fd, view);
+      if (n === 0) return null;
+      if (n < 0) {
+        await this.wait('r');
+        continue;
+      }
+      this.slabUsed += n;
+      this.offset += n;
+      return view.subarray(0, n);
+    }
+  }
+}

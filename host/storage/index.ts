@@ -1,0 +1,19 @@
+// host/storage: the backings behind a device's `storage` grant.
+import { BackingError, type Backing, type StorageSpec } from './backing.ts';
+import { FileBacking } from './file.ts';
+import { MemoryBacking } from './memory.ts';
+
+export { BackingError, FileBacking, MemoryBacking, type Backing, type StorageSpec };
+
+/** Opens what the operator granted (in the device worker: the backing lives there). */
+export function openBacking(spec: StorageSpec): Backing {
+  return spec.kind === 'memory' ? new MemoryBacking(spec.size, spec.readOnly) : FileBacking.open(spec.path, spec.readOnly);
+}
+
+export function isStorageSpec(v: unknown): v is StorageSpec {
+  if (typeof v !== 'object' || v === null) return false;
+  const s = v as Record<string, unknown>;
+  if (typeof s.readOnly !== 'boolean') return false;
+  if (s.kind === 'file') return typeof s.path === 'string' && s.path.length > 0;
+  return s.kind === 'memory' && Number.isSafeInteger(s.size) && (s.size as number) >= 0;
+}
