@@ -7,7 +7,7 @@
 // table ends where it started.
 import test, { type ExecutionContext } from 'ava';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,7 +16,7 @@ import { DriverQueue } from '../host/frontend/queue.ts';
 import { ProtocolFeature } from '../host/protocol/constants.ts';
 import { loadPlugin, PluginError } from '../host/plugin/index.ts';
 import { buildFixtures, type Fixture } from './fixtures/plugins/build-fixtures.ts';
-import { buildAbiFixtures } from './fixtures/plugins/build-abi-fixtures.ts';
+import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
 
 const root = join(import.meta.dirname, '..');
 const NEEDS_RESET = 0x40;
@@ -36,33 +36,38 @@ interface Fault {
 
 let dir: string;
 let fixtures: Record<Fixture, string>;
-let abi: Record<'count' | 'status', string>;
+let faulty: Record<HostFixture, string>;
 let rngFile: string;
 let host: ChildProcess;
 let stderr = '';
 const sockets: Record<string, string> = {};
 
 const FAULTS: Fault[] = [
-  { label: 'trap', file: () => fixtures.trap, logLine: /plugin bad: process: trapped: .*unreachable/ },
+  { label: 'trap', file: () => faulty.trap, logLine: /plugin bad: process: trapped: .*unreachable/ },
   {
     label: 'loop',
-    file: () => fixtures.loop,
+    file: () => faulty.loop,
     callDeadlineMs: LOOP_DEADLINE_MS,
     logLine: new RegExp(`device loop: bad: a device call ran \\d+ ms, past its ${LOOP_DEADLINE_MS} ms deadline; worker terminated`),
     killsWorker: true,
   },
   {
     label: 'grow',
-    file: () => fixtures.grow,
+    file: () => faulty.grow,
     options: { memoryLimitBytes: GROW_LIMIT },
     logLine: new RegExp(`plugin bad: process: trapped: .*memory \\d+ bytes of its limit of ${GROW_LIMIT}: likely out of memory`),
   },
-  { label: 'overflow', file: () => fixtures.overflow, logLine: /plugin bad: process: response 0 on queue 0 has 9 bytes but the request can hold only 8/ },
-  { label: 'count', file: () => abi.count, logLine: /plugin bad: process: returned 0 responses for 1 requests on queue 0/ },
-  { label: 'status', file: () => abi.status, logLine: /plugin bad: process: returned a malformed value: TypeError: invalid variant discriminant/ },
+  { label: 'overflow', file: () => faulty.overflow, logLine: /plugin bad: process: response 0 on queue 0 has 9 bytes but the request can hold only 8/ },
+  { label: 'count', file: () => faulty.count, logLine: /plugin bad: process: returned 0 responses for 1 requests on queue 0/ },
+  { label: 'status', file: () => faulty.status, logLine: /plugin bad: process: returned a malformed value: TypeError: invalid variant discriminant/ },
 ];
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1), eventIdx: true };
+
+function fdTable(): string[] {
+  const d = `/proc/${host.pid}/fd`;
+  return readdirSync(d).map((f) => { try { return `${f}->${readlinkSync(`${d}/${f}`)}`; } catch { return f; } });
+}
 
 function hostFds(): number {
   return readdirSync(`/proc/${host.pid}/fd`).length;
@@ -112,7 +117,7 @@ test.before(async () => {
   rngFile = join(root, 'dist', 'plugins', 'rng.wasm');
   const out = join(root, 'dist', 'test-plugins');
   fixtures = await buildFixtures(root, out);
-  abi = await buildAbiFixtures(root, out);
+  faulty = await buildHostFixtures(root, out);
   const cacheDir = join(dir, 'cache');
   const specs = [
     // A generous deadline for the healthy device: it must never be the one that fails.
@@ -129,6 +134,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
+  if (process.env.FAULTS_HOST_LOG) writeFileSync(process.env.FAULTS_HOST_LOG, stderr);
   if (host && host.exitCode === null) {
     const exited = new Promise((r) => host.once('exit', r));
     host.kill('SIGTERM');
@@ -214,6 +220,7 @@ for (const fault of FAULTS) {
     // Warm connections first, so lazily created fds (loops, pools) exist before counting.
     for (const s of ['rng', fault.label]) await (await VhostUserFrontend.connect(sockets[s], opts)).close();
     const fdsBefore = await stableHostFds();
+    const tableBefore = fdTable();
     const logsBefore = logCount(fault.logLine);
 
     const rng = await VhostUserFrontend.connect(sockets.rng, opts);
@@ -244,7 +251,7 @@ for (const fault of FAULTS) {
       await pump.waitFor(10, afterFault);
 
       // RESET_DEVICE: a fresh instance (a fresh worker after the watchdog) that serves again.
-      const freshLine = fault.killsWorker ? /session loop: device restarted with a fresh instance after reset/ : /reset replaced it with a fresh instance/;
+      const freshLine = fault.killsWorker ? /session loop: device restarted with a fresh instance after reset/ : /device replaced by a fresh instance on reset/;
       const freshBefore = logCount(freshLine);
       await bad.conn.resetDevice();
       t.is((await bad.conn.getStatus()) & NEEDS_RESET, 0, 'NEEDS_RESET cleared by RESET_DEVICE');
@@ -279,14 +286,23 @@ for (const fault of FAULTS) {
       await rng.close();
       await bad.close();
     }
-    t.is(await settledHostFds(fdsBefore), fdsBefore, 'no fd leaked in the host process');
+    // A worker killed by the watchdog takes its event loop's fds with it and the fresh one may
+    // open fewer (lazily created handles), so "no more than before" is the check there; what
+    // the session owns (sockets, guest memory, ring eventfds) must all be gone either way.
+    const fdsAfter = await settledHostFds(fdsBefore);
+    const after = fdTable();
+    const appeared = after.filter((f) => !tableBefore.includes(f));
+    if (fdsAfter !== fdsBefore) t.log(`fds gone: ${tableBefore.filter((f) => !after.includes(f)).join(' ')}; new: ${appeared.join(' ')}`);
+    if (fault.killsWorker) t.true(fdsAfter <= fdsBefore, `no fd leaked in the host process (${fdsBefore} before, ${fdsAfter} after)`);
+    else t.is(fdsAfter, fdsBefore, 'no fd leaked in the host process');
+    t.deepEqual(appeared.filter((f) => /socket:|memfd:/.test(f)), [], 'no socket or guest-memory fd left behind');
     t.is(host.exitCode, null, 'the host process is still running');
   });
 }
 
 test.serial('the state-size fault is refused by the runtime (no protocol path to drive it yet)', async (t) => {
   // Until the migration issue adds SET_DEVICE_STATE_FD the only way to reach get-state is the
-  // runtime itself; the check and the reset-to-a-fresh-instance are the same ones the host uses.
+  // runtime itself: the check that fires is the one a save through the host goes through.
   const dev = await loadPlugin(readFileSync(fixtures['state-size']), { grants: { log() {} }, cacheDir: join(dir, 'cache') });
   t.is(dev.getState(0, 4).remaining, 4);
   const err = t.throws(() => dev.getState(4, 4), { instanceOf: PluginError }) as PluginError;
@@ -294,8 +310,8 @@ test.serial('the state-size fault is refused by the runtime (no protocol path to
   t.regex(err.message, /^plugin bad: get-state: state size changed between calls: 8 bytes, now 11 at offset 4/);
   t.regex(dev.unusable() ?? '', /invalid in get-state/);
   t.throws(() => dev.process(0, [{ readable: [], writableLen: 8 }]), { message: /not called: instance unusable after invalid in get-state/ });
-  dev.reset();
-  t.is(dev.unusable(), null, 'reset swapped in a fresh instance');
-  t.deepEqual([...dev.process(0, [{ readable: [], writableLen: 3 }])[0].data], [0x5a, 0x5a, 0x5a]);
-  t.is(dev.getState(0, 4).remaining, 4, 'a save starts over on the fresh instance');
+  // The host's answer is the one it gives every failed device: a fresh instance on reset.
+  const fresh = await loadPlugin(readFileSync(fixtures['state-size']), { grants: { log() {} }, cacheDir: join(dir, 'cache') });
+  t.is(fresh.getState(0, 4).remaining, 4, 'a fresh instance starts a save over');
+  t.deepEqual([...fresh.process(0, [{ readable: [], writableLen: 3 }])[0].data], [0x5a, 0x5a, 0x5a]);
 });

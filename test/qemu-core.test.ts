@@ -9,7 +9,7 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { join } from 'node:path';
-import { bootGuest, hasQemu, type BootResult } from './guest/qemu.ts';
+import { bootGuest, hasQemu, type BootOptions, type BootResult } from './guest/qemu.ts';
 import { startTap, type TapRecord, type VhostUserTap } from './guest/vhost-user-tap.ts';
 import { ZERO_BLK_SECTORS } from './guest/zero-blk-device.ts';
 import { eventually, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -36,15 +36,16 @@ const GUEST_SCRIPT = [
   'echo "write ok"',
 ].join('\n');
 
-function bootAgainst(socketPath: string): Promise<BootResult> {
+function bootAgainst(socketPath: string, script = GUEST_SCRIPT, extra: Partial<BootOptions> = {}): Promise<BootResult> {
   return bootGuest({
+    ...extra,
     memMiB: MEM_MIB,
     timeoutMs: 60_000,
     qemuArgs: [
       '-chardev', `socket,id=vu0,path=${socketPath}`,
       '-device', `vhost-user-blk-pci,chardev=vu0,num-queues=1,queue-size=${QUEUE_SIZE}`,
     ],
-    script: GUEST_SCRIPT,
+    script,
   });
 }
 
@@ -64,10 +65,10 @@ function u64Reply(rec: TapRecord): bigint {
   return rec.reply.value;
 }
 
-/** Requests the session logged as received (`<- NAME (code)`), in order, from `from` on. */
-function loggedRequests(log: string, from = 0): string[] {
-  return log.slice(from).split('\n').flatMap((l) => {
-    const m = / <- ([A-Z_]+) \(\d+\)$/.exec(l);
+/** Requests the session logged as received (`<- NAME (code)`, maybe followed by values), in order. */
+function loggedRequests(log: string): string[] {
+  return log.split('\n').flatMap((l) => {
+    const m = / <- ([A-Z_]+) \(\d+\)(?: |$)/.exec(l);
     return m ? [m[1]] : [];
   });
 }
@@ -132,7 +133,7 @@ function checkHandshake(t: ExecutionContext, tap: VhostUserTap, conn: number, lo
   t.notRegex(log, / (ERROR|WARN) /, 'the host logged a problem');
 }
 
-guestTest('QEMU 7.2 completes the vhost-user handshake with the host, twice, and the host frees everything in between', async (t) => {
+guestTest('QEMU 7.2 completes the vhost-user handshake with the host; the host frees everything after each QEMU, even a killed one', async (t) => {
   const host = await startHost(['--socket-path', '{socket}', '--device-module', DEVICE, '--log-level', 'debug']);
   const taps: VhostUserTap[] = [];
   try {
@@ -148,6 +149,7 @@ guestTest('QEMU 7.2 completes the vhost-user handshake with the host, twice, and
     t.log(`1st QEMU (SET_MEM_TABLE): ${r1.durationMs} ms`);
     t.is(r1.exitCode, 0, explain(r1, host, tap1));
     t.is(r1.scriptOutput, `sectors ${ZERO_BLK_SECTORS}\nread ${MD5_64K_ZEROS}\nwrite ok\n`, explain(r1, host, tap1));
+    t.is(r1.qemuStderr, '', 'QEMU complained');
     await host.waitForLog(/front-end disconnected/);
     const log1 = host.log();
     checkHandshake(t, tap1, 0, log1, 'SET_MEM_TABLE');
@@ -156,15 +158,41 @@ guestTest('QEMU 7.2 completes the vhost-user handshake with the host, twice, and
     t.true(await eventually(() => host.memfdMappings() === 0), `memfd mappings left: ${host.memfdMappings()}`);
     t.true(await eventually(() => host.fdCount() === baselineFds), `fds ${host.fdCount()} vs baseline ${baselineFds}`);
 
-    // 2nd QEMU on the same host socket, unfiltered: QEMU 7.2 now uses ADD_MEM_REG.
+    // 2nd QEMU, straight to the host, killed (SIGKILL) while its guest keeps the ring busy:
+    // the host sees the socket drop mid-I/O and must still release everything.
+    // Killed 1 s after the guest started its read loop (not at a fixed time: boots slow down
+    // a lot when the machine is busy).
+    const kill = new AbortController();
+    let seen = '';
+    const r2 = await bootAgainst(host.socketPath, [
+      'echo busy',
+      'while true; do dd if=/dev/vda of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; done',
+    ].join('\n'), {
+      signal: kill.signal,
+      onOutput: (c) => {
+        seen += c;
+        if (/^busy$/m.test(seen)) setTimeout(() => kill.abort(), 1000);
+      },
+    });
+    t.true(r2.aborted, `the busy guest was supposed to be killed\n${explain(r2, host)}`);
+    t.is(r2.scriptOutput, 'busy\n', explain(r2, host));
+    t.log(`2nd QEMU (killed mid-I/O): ${r2.durationMs} ms`);
+    t.true(await eventually(() => host.log().split('front-end disconnected').length === 3), host.log());
+    t.true(await eventually(() => host.memfdMappings() === 0), `memfd mappings left after a killed QEMU: ${host.memfdMappings()}`);
+    t.true(await eventually(() => host.fdCount() === baselineFds), `fds ${host.fdCount()} vs baseline ${baselineFds} after a killed QEMU`);
+    const log2 = host.log();
+    t.notRegex(log2.slice(log1.length), / ERROR /, 'a killed front-end is routine, not an error');
+
+    // 3rd QEMU on the same host socket, unfiltered: QEMU 7.2 now uses ADD_MEM_REG.
     const tap2 = startTap(host.socketPath, join(host.dir, 'tap2.sock'));
     taps.push(tap2);
-    const r2 = await bootAgainst(tap2.path);
-    t.log(`2nd QEMU (ADD_MEM_REG): ${r2.durationMs} ms`);
-    t.is(r2.exitCode, 0, explain(r2, host, tap2));
-    t.is(r2.scriptOutput, `sectors ${ZERO_BLK_SECTORS}\nread ${MD5_64K_ZEROS}\nwrite ok\n`, explain(r2, host, tap2));
-    t.true(await eventually(() => host.log().split('front-end disconnected').length === 3), host.log());
-    checkHandshake(t, tap2, 0, host.log().slice(log1.length), 'ADD_MEM_REG');
+    const r3 = await bootAgainst(tap2.path);
+    t.log(`3rd QEMU (ADD_MEM_REG): ${r3.durationMs} ms`);
+    t.is(r3.exitCode, 0, explain(r3, host, tap2));
+    t.is(r3.scriptOutput, `sectors ${ZERO_BLK_SECTORS}\nread ${MD5_64K_ZEROS}\nwrite ok\n`, explain(r3, host, tap2));
+    t.is(r3.qemuStderr, '', 'QEMU complained');
+    t.true(await eventually(() => host.log().split('front-end disconnected').length === 4), host.log());
+    checkHandshake(t, tap2, 0, host.log().slice(log2.length), 'ADD_MEM_REG');
     t.is(u64Reply(tap2.replies('GET_PROTOCOL_FEATURES')[0]) & featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS),
       featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS));
 

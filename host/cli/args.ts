@@ -4,6 +4,7 @@
 
 import { parseArgs } from 'node:util';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
+import type { StorageSpec } from '../storage/backing.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -18,6 +19,8 @@ export interface CliOptions {
   memoryLimitBytes: number;
   callDeadlineMs: number;
   entropy: boolean;
+  /** --storage (with --read-only folded in), or null. */
+  storage: StorageSpec | null;
 }
 
 export class UsageError extends Error {
@@ -43,6 +46,15 @@ The device:
 
 Capabilities granted to the plugin (it sees nothing else):
   --entropy               random bytes from the host (virtio-rng needs this)
+  --storage PATH          a raw disk image the block plugin reads and writes; the host
+                          opens it (the plugin never sees the path) and checks every
+                          range. Flush is fdatasync; discard writes zeroes. A missing or
+                          unopenable file stops start-up. A plugin that does not import
+                          storage is refused when given one.
+  --storage memory:SIZE   a zeroed disk of SIZE bytes (e.g. memory:256M) held in the
+                          device worker's memory, gone when the host exits
+  --read-only             grant the --storage read-only: the file is opened O_RDONLY and
+                          the plugin's writes, discards and write-zeroes are refused
 
 Limits:
   --memory-limit SIZE     the plugin's linear memory cap (default 64M)
@@ -73,6 +85,14 @@ function parseIntStrict(text: string, what: string, min: number): number {
   return n;
 }
 
+/** "memory:SIZE" is a memory disk; anything else a path (write ./memory:x for such a file). */
+export function parseStorage(text: string, readOnly: boolean): StorageSpec {
+  if (text === '') throw new UsageError('--storage: empty (give a file path or memory:SIZE)');
+  const m = /^memory:(.*)$/.exec(text);
+  if (m) return { kind: 'memory', size: parseSize(m[1], '--storage memory:SIZE'), readOnly };
+  return { kind: 'file', path: text, readOnly };
+}
+
 export function parseCli(argv: string[]): CliOptions {
   let parsed;
   try {
@@ -92,6 +112,8 @@ export function parseCli(argv: string[]): CliOptions {
         'memory-limit': { type: 'string' },
         'call-deadline': { type: 'string' },
         entropy: { type: 'boolean' },
+        storage: { type: 'string' },
+        'read-only': { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -112,7 +134,9 @@ export function parseCli(argv: string[]): CliOptions {
     memoryLimitBytes: v['memory-limit'] === undefined ? 64 * 2 ** 20 : parseSize(v['memory-limit'], '--memory-limit'),
     callDeadlineMs: v['call-deadline'] === undefined ? 100 : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
     entropy: v.entropy ?? false,
+    storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
   };
+  if (v['read-only'] && opts.storage === null) throw new UsageError('--read-only applies to --storage: give --storage PATH too');
   if (opts.help || opts.version) return opts;
   if (opts.plugin && opts.deviceModule) throw new UsageError('--plugin and --device-module are exclusive: give one device');
   if (!opts.plugin && !opts.deviceModule) throw new UsageError('no device: give --plugin FILE.wasm (see --help)');

@@ -28,5 +28,7 @@ export function capabilitiesFor(info: DeviceInfo): Capabilities {
   if (type === undefined) {
     throw new Error(`virtio device id ${info.deviceId} (${info.name}) has no vhost-user back-end type name to report`);
   }
-  return { type, features: [] };
+  // Features name command-line options (VHostUserBackendBlockFeature): we have --read-only;
+  // 'blk-file' would promise a --blk-file option, and ours is spelled --storage.
+  return { type, features: type === 'block' ? ['read-only'] : [] };
 }

@@ -9,23 +9,39 @@ import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
 import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+import { FileBacking } from '../storage/file.ts';
+import type { StorageSpec } from '../storage/backing.ts';
 
 const VERSION = '0.1.0';
 const log = createLogger('vhost-wasm');
 
-function deviceSource(o: CliOptions): DeviceSource {
+/** A file backing is opened in the device worker; trying it here first makes a bad path a
+ * start-up error on its own line, before any worker or socket exists. */
+function checkStorage(spec: StorageSpec | null): StorageSpec | null {
+  if (spec?.kind !== 'file') return spec;
+  const path = resolve(spec.path);
+  FileBacking.open(path, spec.readOnly).close();
+  return { ...spec, path };
+}
+
+function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): DeviceSource {
   if (o.deviceModule) {
+    if (o.storage) throw new Error('--storage is granted to --plugin devices only');
     return { kind: 'module', url: pathToFileURL(resolve(o.deviceModule)).href };
   }
+  const storage = checkStorage(o.storage);
   return {
     kind: 'plugin',
     path: resolve(o.plugin!),
-    options: { memoryLimitBytes: o.memoryLimitBytes, entropy: o.entropy },
+    options: { memoryLimitBytes: o.memoryLimitBytes, entropy: o.entropy, ...(storage ? { storage } : {}), ...extra },
   };
 }
 
 async function printCapabilities(o: CliOptions): Promise<void> {
-  const worker = await DeviceWorker.start(deviceSource(o), { label: 'capabilities', callDeadlineMs: 5000 });
+  // A block plugin describes itself from its storage grant (read-only or not): without
+  // --storage, lend it an empty read-only one that nothing else depends on.
+  const probe = o.storage ? {} : { storage: { kind: 'memory', size: 0, readOnly: true }, storageProbe: true };
+  const worker = await DeviceWorker.start(deviceSource(o, probe), { label: 'capabilities', callDeadlineMs: 5000 });
   try {
     process.stdout.write(JSON.stringify(capabilitiesFor(worker.info)) + '\n');
   } finally {

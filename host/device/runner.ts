@@ -8,7 +8,8 @@ import type { Mapping, Watcher } from '../native/api.ts';
 import { GuestMemory, type RegionSpec, type Backing } from '../memory/guest-memory.ts';
 import { SplitQueue, QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
 import type { DeviceRequest, VirtioDevice } from './device.ts';
-import type { RegionMsg, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import type { LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import { DirtyLog } from '../memory/dirty-log.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
@@ -71,9 +72,15 @@ export class DeviceRunner {
   private readonly log: Logger;
   /** Requests handed to the device per call: bounded so one kick cannot monopolise the worker. */
   private readonly maxBatch: number;
+  /** The dirty-log area from SET_LOG_BASE (mapped here; the session closes the fd). */
+  private dirtyLog: DirtyLog | null = null;
+  private logMapping: Mapping | null = null;
+  /** VHOST_F_LOG_ALL acked: every guest-memory write is marked in dirtyLog. */
+  private logAll = false;
 
   constructor(
-    readonly device: VirtioDevice,
+    /** Replaced only by replaceDevice (a reset after the device failed). */
+    public device: VirtioDevice,
     private readonly hooks: RunnerHooks,
     label: string,
   ) {
@@ -177,6 +184,13 @@ export class DeviceRunner {
 
   ringAddr(index: number, addr: VringAddrMsg): void {
     const r = this.ring(index);
+    if (r.queue && r.addr && sameRingAddresses(r.addr, addr)) {
+      // QEMU starts and stops dirty logging on running rings by re-sending their addresses with
+      // VHOST_VRING_F_LOG set or cleared: only the used ring's log address changes.
+      r.addr = addr;
+      r.queue.setLog(this.activeLog(), this.usedLogGpa(addr));
+      return;
+    }
     if (r.queue) throw new Error(`SET_VRING_ADDR on ring ${index} while it is running`);
     // Check now, where the front-end can still be told (the ring only starts later, on a kick
     // or enable); they are checked again at start in case the memory table changed.
@@ -240,6 +254,17 @@ export class DeviceRunner {
     return base;
   }
 
+  /** Swaps in a fresh instance of the same device (same info) before a reset of a failed one. */
+  replaceDevice(fresh: VirtioDevice): void {
+    const shape = (i: VirtioDevice['info']) => `${i.deviceId}/${i.name}/${i.numQueues}/${i.maxQueueSize}/${i.features}/${i.configSize}`;
+    if (shape(fresh.info) !== shape(this.device.info)) {
+      fresh.close?.();
+      throw new Error(`a fresh instance describes itself as ${shape(fresh.info)}, not ${shape(this.device.info)}`);
+    }
+    this.device.close?.();
+    this.device = fresh;
+  }
+
   reset(): void {
     for (let i = 0; i < this.rings.length; i++) {
       this.stopWatching(this.rings[i]);
@@ -247,6 +272,11 @@ export class DeviceRunner {
     }
     this.features = 0n;
     this.failed = null;
+    // Logging is renegotiated after a reset (the front-end re-sends SET_LOG_BASE with LOG_ALL).
+    this.logAll = false;
+    this.dirtyLog = null;
+    this.logMapping?.unmap();
+    this.logMapping = null;
     this.call(() => this.device.reset());
   }
 
@@ -261,7 +291,111 @@ export class DeviceRunner {
   close(): void {
     for (const r of this.rings) this.stopWatching(r);
     this.memory.close();
+    this.logMapping?.unmap();
+    this.logMapping = null;
     this.device.close?.();
+  }
+
+  // --- device state (SET_DEVICE_STATE_FD) ------------------------------------------------
+
+  /** Before a transfer: the identity to tag the state with, and rings that still run. */
+  stateBegin(): StateBeginInfo {
+    const started = this.rings.flatMap((r, i) => (r.queue ? [i] : []));
+    const id = (this.device as { identity?: { name?: unknown; version?: unknown } }).identity;
+    const name = typeof id?.name === 'string' ? id.name : this.device.info.name;
+    const version = typeof id?.version === 'string' ? id.version : '0';
+    return { started, name, version };
+  }
+
+  /** One chunk of the device's state, copied into a fresh buffer that can be transferred. */
+  stateRead(offset: number, size: number): StateReadResult {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isInteger(size) || size < 1) {
+      throw new Error(`state read [${offset}, +${size}): bad arguments`);
+    }
+    this.requireStopped('read its state');
+    const chunk = this.call(() => this.device.getState(offset, size));
+    const bytes = chunk?.bytes;
+    const remaining = chunk?.remaining;
+    if (!(bytes instanceof Uint8Array) || bytes.length > size || !Number.isSafeInteger(remaining) || remaining < 0) {
+      throw new DeviceError(`${this.device.info.name}: getState(${offset}, ${size}) returned a malformed chunk`);
+    }
+    if (bytes.length < size && remaining > 0) {
+      throw new DeviceError(`${this.device.info.name}: getState(${offset}, ${size}) returned ${bytes.length} bytes with ${remaining} still remaining`);
+    }
+    return { bytes: bytes.slice(), remaining };
+  }
+
+  stateWrite(offset: number, chunk: Uint8Array): void {
+    this.requireStopped('load state');
+    if (!(chunk instanceof Uint8Array)) throw new Error('state write without bytes');
+    this.call(() => this.device.setState(offset, chunk));
+  }
+
+  stateFinish(): string | null {
+    this.requireStopped('load state');
+    const err = this.call(() => this.device.finishLoad());
+    if (err !== null && typeof err !== 'string') throw new DeviceError(`${this.device.info.name}: finishLoad() returned ${typeof err}`);
+    return err;
+  }
+
+  /** A load failed part-way: the device goes back to its just-created state. */
+  stateAbort(): void {
+    this.call(() => this.device.reset());
+  }
+
+  private requireStopped(what: string): void {
+    const started = this.rings.flatMap((r, i) => (r.queue ? [i] : []));
+    if (started.length > 0) {
+      throw new Error(`cannot ${what} while ring(s) ${started.join(', ')} run: rings must be stopped with GET_VRING_BASE first`);
+    }
+  }
+
+  // --- dirty log (SET_LOG_BASE, VHOST_F_LOG_ALL) -------------------------------------------
+
+  /** Maps [offset, offset+size) of fd as the log; the previous area is unmapped. */
+  setLogBase(fd: number, size: number, offset: number): void {
+    if (!Number.isSafeInteger(size) || size <= 0 || !Number.isSafeInteger(offset) || offset < 0) {
+      throw new Error(`log area [${offset}, +${size}) is not a valid range`);
+    }
+    const delta = offset % PAGE;
+    const mapping = native.mmap(fd, size + delta, offset - delta, true);
+    const backing = delta === 0 ? mapping : { size, window: (o: number, l: number) => mapping.window(o + delta, l) };
+    const log = new DirtyLog(backing, {
+      onOutOfRange: (msg) => {
+        if (log.outOfRange <= 3) this.log.warn(`${msg} (the front-end's log is smaller than guest memory)`);
+      },
+    });
+    const old = this.logMapping;
+    this.dirtyLog = log;
+    this.logMapping = mapping;
+    this.applyLog();
+    old?.unmap();
+  }
+
+  setLogAll(on: boolean): void {
+    this.logAll = on;
+    this.applyLog();
+  }
+
+  logStatus(): LogStatus {
+    return {
+      mapped: this.dirtyLog !== null,
+      size: this.dirtyLog?.size ?? 0,
+      logging: this.activeLog() !== null,
+      outOfRange: this.dirtyLog?.outOfRange ?? 0,
+    };
+  }
+
+  private activeLog(): DirtyLog | null {
+    return this.logAll ? this.dirtyLog : null;
+  }
+
+  private usedLogGpa(a: VringAddrMsg): number {
+    return a.log ? a.logGuestAddr : this.memory.uvaToGpa(a.usedUserAddr);
+  }
+
+  private applyLog(): void {
+    for (const r of this.rings) if (r.queue && r.addr) r.queue.setLog(this.activeLog(), this.usedLogGpa(r.addr));
   }
 
   private stopWatching(r: Vring): void {
@@ -291,6 +425,7 @@ export class DeviceRunner {
         indirectDesc: hasFeature(this.features, VirtioFeature.RING_INDIRECT_DESC),
         nextAvail: r.base,
         usedLogGpa: a.log ? a.logGuestAddr : undefined,
+        log: this.activeLog(),
       });
     }
     if (r.kickFd !== null && r.watcher === null) {
@@ -382,6 +517,10 @@ export class DeviceRunner {
     this.log.error(`device failed, every ring halted until the front-end resets it: ${reason}`);
     this.hooks.deviceFailed(reason);
   }
+}
+
+function sameRingAddresses(a: VringAddrMsg, b: VringAddrMsg): boolean {
+  return a.descUserAddr === b.descUserAddr && a.availUserAddr === b.availUserAddr && a.usedUserAddr === b.usedUserAddr;
 }
 
 /** The device (not the guest) misbehaved. */

@@ -82,8 +82,24 @@ async function main(): Promise<void> {
     },
     init.label,
   );
+  // Messages are handled in order; only a reset after a failure awaits (see renew below).
+  let queue: Promise<void> = Promise.resolve();
   port.on('message', (m: MainToWorker) => {
+    queue = queue.then(() => handle(m));
+  });
+  /**
+   * RESET_DEVICE after the device failed brings a fresh instance from the same source: the
+   * failed one may be unusable (a plugin that trapped or broke the contract is never called
+   * again, its memory may be half-updated), and a reset means "as just created".
+   */
+  const renew = async (): Promise<void> => {
+    const why = runner.status().failed;
+    runner.replaceDevice(await loadDevice());
+    log.info(`device replaced by a fresh instance on reset (it had failed: ${why})`);
+  };
+  const handle = async (m: MainToWorker): Promise<void> => {
     try {
+      if (m.call.op === 'reset' && runner.status().failed !== null) await renew();
       const value = dispatch(runner, m.call);
       if (m.call.op === 'stateRead') {
         // State chunks are fresh buffers (see DeviceRunner.stateRead): move, do not copy.
@@ -95,7 +111,7 @@ async function main(): Promise<void> {
     } catch (e) {
       post({ type: 'reply', id: m.id, ok: false, error: errorText(e) });
     }
-  });
+  };
   port.on('close', () => runner.close());
   post({ type: 'ready', info: device.info });
 }

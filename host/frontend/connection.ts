@@ -16,6 +16,8 @@ const HAS_REPLY: ReadonlySet<number> = new Set([
   Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_QUEUE_NUM, Req.GET_VRING_BASE, Req.GET_CONFIG,
   Req.GET_INFLIGHT_FD, Req.GET_MAX_MEM_SLOTS, Req.GET_STATUS, Req.GET_SHARED_OBJECT,
   Req.SET_DEVICE_STATE_FD, Req.CHECK_DEVICE_STATE, Req.CREATE_CRYPTO_SESSION, Req.POSTCOPY_ADVISE,
+  // Only ever sent in its LOG_SHMFD form, which has a u64 reply.
+  Req.SET_LOG_BASE,
 ]);
 
 export class VhostUserError extends Error {
@@ -231,6 +233,15 @@ export class VhostUserConnection {
     if (err !== 0n) throw new VhostUserError(`SET_DEVICE_STATE_FD failed: error ${err}`, Req.SET_DEVICE_STATE_FD);
     return r.fd;
   }
+  /** SET_LOG_BASE (LOG_SHMFD form): the back-end maps [offset, offset+size) of fd; the caller keeps fd. */
+  async setLogBase(size: number, offset: number, fd: number): Promise<void> {
+    const v = await this.u64({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(size), mmapOffset: BigInt(offset) }, fd });
+    if (v !== 0n) throw new VhostUserError(`SET_LOG_BASE failed: the back-end answered ${v}`, Req.SET_LOG_BASE);
+  }
+  setLogFd(fd: number): Promise<void> {
+    return this.noReply({ code: Req.SET_LOG_FD, fd });
+  }
+
   async checkDeviceState(): Promise<void> {
     const v = await this.u64({ code: Req.CHECK_DEVICE_STATE });
     if (v !== 0n) throw new VhostUserError(`CHECK_DEVICE_STATE failed: the back-end answered ${v}`, Req.CHECK_DEVICE_STATE);

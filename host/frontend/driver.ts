@@ -2,7 +2,10 @@
 // order (vhost_user_backend_init, vhost_dev_init, vhost_dev_start), so a back-end that works
 // with this works with QEMU and the other way round.
 
-import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../protocol/constants.ts';
+import { ProtocolFeature, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit } from '../protocol/constants.ts';
+import type { VringAddr } from '../protocol/messages.ts';
+import { native } from '../native/index.ts';
+import type { Mapping } from '../native/api.ts';
 import type { BackendChannel } from './backend-channel.ts';
 import { VhostUserConnection } from './connection.ts';
 import { GuestRam, type RamOptions } from './guest-memory.ts';
@@ -25,6 +28,7 @@ export const FRONTEND_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
   ProtocolFeature.DEVICE_STATE,
+  ProtocolFeature.LOG_SHMFD,
 ].reduce((m, b) => m | featureBit(b), 0n);
 
 export interface FrontendOptions {
@@ -46,13 +50,17 @@ export interface FrontendOptions {
   addMemReg?: boolean;
   /** Send SET_VRING_ENABLE 1 per ring when protocol features are on (default true, as QEMU). */
   enableRings?: boolean;
+  /** Ring index every queue starts at (SET_VRING_BASE); default 0. */
+  startIndex?: number;
 }
 
 export class VhostUserFrontend {
   private closed = false;
+  /** Dirty logging state (startDirtyLog). */
+  dirtyLog: FrontendDirtyLog | null = null;
 
   private constructor(
-    readonly conn: VhostUserConnection,
+    private connection: VhostUserConnection,
     readonly memory: GuestRam,
     readonly queues: DriverQueue[],
     /** GET_FEATURES's answer. */
@@ -64,6 +72,18 @@ export class VhostUserFrontend {
     /** GET_QUEUE_NUM's answer, or null without MQ. */
     readonly backendQueues: number | null,
   ) {}
+
+  /** The control connection (a migration moves it to the destination back-end). */
+  get conn(): VhostUserConnection {
+    return this.connection;
+  }
+
+  /** After a migration: the destination's connection replaces the source's (closed by the caller). */
+  adoptConnection(conn: VhostUserConnection): VhostUserConnection {
+    const old = this.connection;
+    this.connection = conn;
+    return old;
+  }
 
   get protocolFeatures(): bigint {
     return this.conn.protocolFeatures;
@@ -98,6 +118,52 @@ export class VhostUserFrontend {
     return this.conn.getVringBase(this.queues[i].index);
   }
 
+  /**
+   * (Re)starts ring i on `conn` at `base`, as vhost_dev_start does: size, base, addresses (with
+   * the log flag when dirty logging is on), kick, call, enable. The queue's memory and eventfds
+   * are unchanged, so requests already on the ring are picked up from `base`.
+   */
+  async startQueue(i: number, base: number, conn: VhostUserConnection = this.conn): Promise<void> {
+    const q = this.queues[i];
+    await conn.setVringNum(q.index, q.ring.size);
+    await conn.setVringBase(q.index, base);
+    await conn.setVringAddr(ringAddr(q, this.dirtyLog !== null));
+    await conn.setVringKick(q.index, q.kickFd);
+    await conn.setVringCall(q.index, q.callFd);
+    if (conn.hasProtocol(ProtocolFeature.STATUS) || (this.features & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) !== 0n) {
+      await conn.setVringEnable(q.index, true);
+    }
+  }
+
+  /**
+   * Dirty logging as QEMU starts it for a migration: a shared log (one bit per 4 KiB page of
+   * guest memory) given with SET_LOG_BASE, then SET_FEATURES with VHOST_F_LOG_ALL and the rings'
+   * addresses again with VHOST_VRING_F_LOG. Needs LOG_SHMFD.
+   */
+  async startDirtyLog(): Promise<FrontendDirtyLog> {
+    if (!this.conn.hasProtocol(ProtocolFeature.LOG_SHMFD)) throw new Error('dirty logging needs LOG_SHMFD, which the back-end did not negotiate');
+    if ((this.offeredFeatures & (1n << BigInt(VHOST_F_LOG_ALL))) === 0n) throw new Error('the back-end does not offer VHOST_F_LOG_ALL');
+    const end = Math.max(...this.memory.regions.map((r) => r.gpa + r.size));
+    const log = this.dirtyLog ?? FrontendDirtyLog.create(end);
+    this.dirtyLog = log;
+    await this.conn.setLogBase(log.size, 0, log.fd);
+    await this.conn.setFeatures(this.features | (1n << BigInt(VHOST_F_LOG_ALL)));
+    for (const q of this.queues) await this.conn.setVringAddr(ringAddr(q, true));
+    return log;
+  }
+
+  /**
+   * Stops dirty logging (SET_FEATURES without LOG_ALL; with `ringFlags`, also the ring addresses
+   * without the log flag, as QEMU does). Returns the log, which the caller now owns and closes.
+   */
+  async stopDirtyLog(ringFlags = true): Promise<FrontendDirtyLog | null> {
+    await this.conn.setFeatures(this.features);
+    const log = this.dirtyLog;
+    this.dirtyLog = null;
+    if (ringFlags) for (const q of this.queues) await this.conn.setVringAddr(ringAddr(q, false));
+    return log;
+  }
+
   /** Reads `size` bytes of device config at `offset` (needs PROTOCOL_F_CONFIG). */
   getConfig(offset: number, size: number): Promise<Uint8Array> {
     return this.conn.getConfig(offset, size);
@@ -110,7 +176,71 @@ export class VhostUserFrontend {
     this.conn.close();
     await this.conn.closed;
     for (const q of this.queues) q.close();
+    this.dirtyLog?.close();
     this.memory.close();
+  }
+}
+
+/** SET_VRING_ADDR's payload for a queue; with `log`, the used ring is logged at its GPA. */
+export function ringAddr(q: DriverQueue, log: boolean): VringAddr {
+  const a = q.addresses();
+  return {
+    index: q.index,
+    flags: log ? VHOST_VRING_F_LOG : 0,
+    descUserAddr: BigInt(a.desc),
+    usedUserAddr: BigInt(a.used),
+    availUserAddr: BigInt(a.avail),
+    logGuestAddr: BigInt(q.ring.usedGpa),
+  };
+}
+
+/** The front-end's dirty log: a memfd the back-end maps, one bit per 4 KiB guest page. */
+export class FrontendDirtyLog {
+  private constructor(
+    readonly fd: number,
+    readonly size: number,
+    private readonly mapping: Mapping,
+    private readonly bytes: Uint8Array,
+  ) {}
+
+  /** A log covering guest addresses [0, coverBytes). */
+  static create(coverBytes: number): FrontendDirtyLog {
+    const pages = Math.ceil(coverBytes / 4096);
+    // QEMU sizes the log in u64 chunks; round up to a page so it can be mapped on its own.
+    const size = Math.ceil(Math.ceil(pages / 8) / 4096) * 4096;
+    const fd = native.memfdCreate('vhost-wasm-dirty-log', false);
+    try {
+      native.ftruncate(fd, size);
+      const m = native.mmap(fd, size, 0, true);
+      return new FrontendDirtyLog(fd, size, m, new Uint8Array(m.window(0, size)));
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  /** Dirty page numbers, in order; with `clear`, atomically takes them (as QEMU's sync does). */
+  pages(clear = false): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.bytes.length; i++) {
+      if (this.bytes[i] === 0) continue;
+      const v = clear ? Atomics.exchange(this.bytes, i, 0) : this.bytes[i];
+      for (let b = 0; b < 8; b++) if (v & (1 << b)) out.push(i * 8 + b);
+    }
+    return out;
+  }
+
+  isDirty(page: number): boolean {
+    return (this.bytes[page >> 3] & (1 << (page & 7))) !== 0;
+  }
+
+  close(): void {
+    this.mapping.unmap();
+    try {
+      native.close(this.fd);
+    } catch {
+      // already closed
+    }
   }
 }
 
@@ -172,19 +302,11 @@ async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: Dr
   const indirect = (features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n;
   const entries = indirect ? (typeof opts.indirect === 'number' ? opts.indirect : 16) : 0;
   for (let i = 0; i < sizes.length; i++) {
-    const q = new DriverQueue(memory, { index: i, size: sizes[i], eventIdx, indirectEntries: entries });
+    const q = new DriverQueue(memory, { index: i, size: sizes[i], eventIdx, indirectEntries: entries, startIndex: opts.startIndex });
     queues.push(q);
-    const a = q.addresses();
     await conn.setVringNum(i, sizes[i]);
-    await conn.setVringBase(i, 0);
-    await conn.setVringAddr({
-      index: i,
-      flags: 0,
-      descUserAddr: BigInt(a.desc),
-      usedUserAddr: BigInt(a.used),
-      availUserAddr: BigInt(a.avail),
-      logGuestAddr: BigInt(q.ring.usedGpa),
-    });
+    await conn.setVringBase(i, q.startIndex);
+    await conn.setVringAddr(ringAddr(q, false));
     await conn.setVringKick(i, q.kickFd);
     await conn.setVringCall(i, q.callFd);
     q.start();

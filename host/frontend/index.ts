@@ -10,3 +10,6 @@ export type { RamOptions, RamRegion } from './guest-memory.ts';
 export { RangeAllocator } from './allocator.ts';
 export { BlkDevice, BlkError, BlkStatus, BlkType, SECTOR, parseBlkConfig } from './blk.ts';
 export type { BlkConfig, BlkRequestOptions } from './blk.ts';
+export { FrontendDirtyLog, ringAddr } from './driver.ts';
+export { migrate, saveState, loadState, readToEnd, writeAll, MigrationError, MIGRATION_CHUNK } from './migrate.ts';
+export type { MigrateOptions, MigrateReport, StateChannelMode } from './migrate.ts';

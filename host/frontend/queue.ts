@@ -15,6 +15,8 @@ export interface QueueOptions {
   eventIdx: boolean;
   /** Entries per indirect table; 0 = no indirect descriptors. */
   indirectEntries: number;
+  /** Ring index the queue starts at (SET_VRING_BASE must say the same); default 0. */
+  startIndex?: number;
 }
 
 export interface SubmitOptions {
@@ -65,8 +67,9 @@ export class DriverQueue {
   private kickScheduled = false;
   private failed: Error | null = null;
   private closed = false;
-  /** Requests placed on the ring since creation (what GET_VRING_BASE should report). */
+  /** Requests placed on the ring since creation (GET_VRING_BASE reports startIndex + added, mod 2^16). */
   added = 0;
+  readonly startIndex: number;
   kicks = 0;
   calls = 0;
 
@@ -81,7 +84,9 @@ export class DriverQueue {
       gpa: this.ringGpa,
       eventIdx: opts.eventIdx,
       indirectEntries: opts.indirectEntries,
+      startIndex: opts.startIndex,
     });
+    this.startIndex = opts.startIndex ?? 0;
     this.inflight = new Array(opts.size);
     this.kickFd = native.eventfd(0);
     this.callFd = native.eventfd(0);

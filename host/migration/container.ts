@@ -375,7 +375,7 @@ export class ContainerLoader {
         rest = await this.payload(rest);
         continue;
       }
-      if (this.phase === 'done') throw new StateFormatError(`trailing garbage: ${rest.length} byte(s) after the end of the state`);
+      if ((this.phase as string) === 'done') throw new StateFormatError(`trailing garbage: ${rest.length} byte(s) after the end of the state`);
       const n = Math.min(rest.length, this.need - this.pendingLen);
       this.pending.push(rest.subarray(0, n));
       this.pendingLen += n;
@@ -450,11 +450,13 @@ export class ContainerLoader {
     const { entry, section } = this.order[this.secIndex];
     const n = Math.min(buf.length, entry.length - this.secOffset);
     const part = buf.subarray(0, n);
+    // Taken before write(): the section may take ownership of (transfer) the buffer.
+    const rest = buf.subarray(n);
     this.crc = crc32(part, this.crc);
     await section.write(this.secOffset, part);
     this.secOffset += n;
     this.advanceSection();
-    return buf.subarray(n);
+    return rest;
   }
 
   private checkIdentity(h: ContainerHeader): void {

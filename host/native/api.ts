@@ -98,4 +98,36 @@ export interface Native {
    * Handles still open when a worker exits are closed by a cleanup hook.
    */
   watch(fd: number, events: WatchEvents, cb: (readable: boolean, writable: boolean, error: boolean) => void): Watcher;
+
+  // File-system calls for the `filesystem` capability (host/native/src/fs.c). They return
+  // a result >= 0 or -errno (failures are the normal case for a file server); names are
+  // single components (bytes), validated natively; lookups use openat2 beneath the dirfd.
+  /** O_PATH|O_DIRECTORY fd of the operator's share root. */
+  fsOpenRoot(path: string): number;
+  /** O_PATH|O_NOFOLLOW fd of `name` in dirfd (RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV). */
+  fsLookup(dirfd: number, name: Uint8Array): number;
+  /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
+  fsStat(fd: number, out: Float64Array): number;
+  /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
+  fsReopen(fd: number, flags: number): number;
+  /** A new O_PATH fd on the inode `fd` refers to. */
+  fsPathOf(fd: number): number;
+  /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
+  fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
+  /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
+  fsMake(kind: 'f' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
+  fsLink(fd: number, dirfd: number, name: Uint8Array): number;
+  fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
+  fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;
+  fsReadlink(fd: number, buf: Uint8Array): number;
+  fsSetattr(fd: number, what: 'mode' | 'owner' | 'size' | 'times', a: number, b?: number, c?: number, d?: number): number;
+  fsPread(fd: number, buf: Uint8Array, offset: number): number;
+  fsPwrite(fd: number, buf: Uint8Array, offset: number): number;
+  /** linux_dirent64 records from directory position `offset`. */
+  fsGetdents(fd: number, buf: Uint8Array, offset: bigint): number;
+  /** blocks bfree bavail files ffree bsize namelen frsize. */
+  fsStatfs(fd: number, out: Float64Array): number;
+  fsFsync(fd: number, datasync: boolean): number;
+  fsFallocate(fd: number, mode: number, offset: number, len: number): number;
+  fsLseek(fd: number, offset: number, whence: number): number;
 }

@@ -8,7 +8,8 @@
         "src/sock.c",
         "src/fdio.c",
         "src/mapping.c",
-        "src/watch.c"
+        "src/watch.c",
+        "src/fs.c"
       ],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],

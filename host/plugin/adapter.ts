@@ -44,8 +44,11 @@ export interface AdapterContext {
 
 const MAX_U32 = 0xffffffff;
 
+const EMPTY = new Uint8Array(0);
+
 function concat(parts: readonly Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0];
+  if (parts.length === 0) return EMPTY; // rng requests carry no readable bytes: no allocation
   return Buffer.concat(parts);
 }
 

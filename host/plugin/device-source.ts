@@ -1,27 +1,64 @@
 // The device worker's entry into host/plugin: a plugin file plus the operator's grants
 // (as the CLI passes them through the worker's init message) -> a checked VirtioDevice.
+// Host-held resources behind a grant (a storage backing) are opened here, in the worker
+// that uses them, and closed with the device.
 import { readFileSync } from 'node:fs';
 import type { VirtioDevice } from '../device/device.ts';
 import { createLogger } from '../log/logger.ts';
+import { isStorageSpec, openBacking, type Backing } from '../storage/index.ts';
 import { loadPlugin } from './load.ts';
+import { openShareOption } from '../fs/option.ts';
 
 export async function loadPluginDevice(
   path: string,
   options: Record<string, unknown>,
   label: string,
 ): Promise<VirtioDevice> {
-  const { memoryLimitBytes, entropy, cacheDir } = options;
+  const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe } = options;
   if (memoryLimitBytes !== undefined && (typeof memoryLimitBytes !== 'number' || memoryLimitBytes <= 0)) {
     throw new TypeError(`memoryLimitBytes must be a positive number, not ${String(memoryLimitBytes)}`);
   }
+  if (storage !== undefined && !isStorageSpec(storage)) {
+    throw new TypeError(`storage must be {kind: 'file', path} or {kind: 'memory', size} with readOnly, not ${JSON.stringify(storage)}`);
+  }
   const log = createLogger(`plugin ${label}`);
-  return loadPlugin(readFileSync(path), {
-    memoryLimitBytes: memoryLimitBytes as number | undefined,
-    cacheDir: typeof cacheDir === 'string' ? cacheDir : undefined,
-    grants: {
-      entropy: entropy === true,
-      // The host logger has no trace level; plugin trace lines go out as debug.
-      log: (level, message) => log[level === 'trace' ? 'debug' : level](message),
+  // --shared-dir: the filesystem grant, opened in this worker and closed with the device.
+  const share = openShareOption(options.filesystem);
+  const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage);
+  let device: VirtioDevice;
+  try {
+    device = await loadPlugin(readFileSync(path), {
+      memoryLimitBytes: memoryLimitBytes as number | undefined,
+      cacheDir: typeof cacheDir === 'string' ? cacheDir : undefined,
+      grants: {
+        entropy: entropy === true,
+        storage: backing,
+        filesystem: share,
+        allowUnusedStorage: storageProbe === true,
+        // The host logger has no trace level; plugin trace lines go out as debug.
+        log: (level, message) => log[level === 'trace' ? 'debug' : level](message),
+      },
+    });
+  } catch (e) {
+    backing?.close();
+    share?.close();
+    throw e;
+  }
+  if (share) {
+    const closeDevice = device.close?.bind(device);
+    device = Object.assign(device, {
+      close(): void {
+        closeDevice?.();
+        share.close();
+      },
+    });
+  }
+  if (!backing) return device;
+  const close = device.close?.bind(device);
+  return Object.assign(device, {
+    close(): void {
+      close?.();
+      backing.close();
     },
   });
 }

@@ -5,12 +5,18 @@ import { randomFillSync } from 'node:crypto';
 import { LOG_LEVELS, type LogLevel } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
 import { storageImports } from './storage-imports.ts';
+import type { FsShare } from '../fs/share.ts';
+import { filesystemImports } from '../fs/imports.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
   entropy?: boolean;
   /** The block store behind `storage`; the grant owns nothing, the caller closes it. */
   storage?: Backing;
+  /** Skip the load-time refusal of a storage grant the plugin does not import (probing). */
+  allowUnusedStorage?: boolean;
+  /** The directory tree behind `filesystem` (--shared-dir); the caller closes it. */
+  filesystem?: FsShare;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
 }
@@ -64,6 +70,9 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
         return pool.take(len);
       },
     },
+    'vhost:device/filesystem': filesystemImports(grants.filesystem, () => {
+      throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
+    }),
     'vhost:device/storage': storageImports(
       grants.storage,
       () => {

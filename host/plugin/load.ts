@@ -36,10 +36,6 @@ function trackImports(
   }
   return tracked;
 }
-import { createLogger } from '../log/logger.ts';
-
-const log = createLogger('plugin runtime');
-
 export const DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024;
 
 export interface LoadOptions {
@@ -64,51 +60,7 @@ export function loadPluginSync(bytes: Uint8Array, options: LoadOptions): PluginD
   return instantiatePrepared(prepared, options);
 }
 
-/**
- * A running plugin. After a trap or a contract violation its instance is never called again;
- * reset() (RESET_DEVICE, reconnect) then replaces it with a fresh instance of the same
- * component, which is what "back to the just-created state" means for a memory that may be
- * half-updated. Other calls go straight to the current instance.
- */
 export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptions): PluginDevice {
-  let current = instantiateOnce(prepared, options);
-  let closed = false;
-  const { info, identity } = current;
-  const renew = (): void => {
-    const why = current.unusable();
-    const fresh = instantiateOnce(prepared, options);
-    if (fresh.identity.name !== identity.name || JSON.stringify(fresh.info, bigintJson) !== JSON.stringify(info, bigintJson)) {
-      throw new PluginError(identity.name, 'reset', 'load', 'a fresh instance describes itself differently from the first one');
-    }
-    current = fresh;
-    log.info(`plugin ${identity.name}: instance unusable after ${why}; reset replaced it with a fresh instance`);
-  };
-  return {
-    info,
-    identity,
-    memoryBytes: () => current.memoryBytes(),
-    unusable: () => current.unusable(),
-    readConfig: (offset, size) => current.readConfig(offset, size),
-    writeConfig: (offset, data) => current.writeConfig(offset, data),
-    activate: (acked) => current.activate(acked),
-    reset(): void {
-      if (!closed && current.unusable() !== null) renew();
-      else current.reset();
-    },
-    process: (queueIndex, requests) => current.process(queueIndex, requests),
-    getState: (offset, size) => current.getState(offset, size),
-    setState: (offset, chunk) => current.setState(offset, chunk),
-    finishLoad: () => current.finishLoad(),
-    close(): void {
-      closed = true;
-      current.close?.();
-    },
-  };
-}
-
-const bigintJson = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v);
-
-function instantiateOnce(prepared: PreparedPlugin, options: LoadOptions): PluginDevice {
   const label = labelFor(prepared.hash);
   const limit = options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT;
   const loadError = (detail: string, cause?: unknown): PluginError =>
@@ -144,7 +96,7 @@ function instantiateOnce(prepared: PreparedPlugin, options: LoadOptions): Plugin
 
   // A disk handed to a plugin that cannot use it is an operator mistake (the wrong
   // --plugin, most likely): refuse rather than serve a device without its disk.
-  if (options.grants.storage && !imported.has(STORAGE_IMPORT)) {
+  if (options.grants.storage && !options.grants.allowUnusedStorage && !imported.has(STORAGE_IMPORT)) {
     throw loadError(`was granted storage (${options.grants.storage.describe}) but does not import ${WIT_PACKAGE}/storage@${WIT_VERSION}: it is not a block device; drop --storage or use another plugin`);
   }
   const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;

@@ -14,8 +14,11 @@ import {
   encodeVringStateReply,
 } from '../protocol/codec.ts';
 import {
-  BackendReq, MAX_MEM_SLOTS, ProtocolFeature, Req, VHOST_VRING_F_LOG, featureBit, requestName,
+  BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, Req, VHOST_VRING_F_LOG, featureBit, requestName,
 } from '../protocol/constants.ts';
+import { deviceStateReplyValue } from '../protocol/codec.ts';
+import { StateTransfer } from '../migration/transfer.ts';
+import type { StateSection } from '../migration/section.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import type { DecodedRequest, MemoryRegion, RawMessage } from '../protocol/messages.ts';
 import type { DeviceWorker, DeviceEvent } from '../device/worker-client.ts';
@@ -37,6 +40,8 @@ export const SUPPORTED_PROTOCOL_FEATURES = [
   ProtocolFeature.INBAND_NOTIFICATIONS,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.DEVICE_STATE,
 ].reduce((m, b) => m | featureBit(b), 0n);
 
 /** Transport/ring features the host implements for every device. */
@@ -44,13 +49,24 @@ export const HOST_VIRTIO_FEATURES =
   bit(VirtioFeature.VERSION_1) |
   bit(VirtioFeature.RING_INDIRECT_DESC) |
   bit(VirtioFeature.RING_EVENT_IDX) |
-  bit(VirtioFeature.PROTOCOL_FEATURES);
+  bit(VirtioFeature.PROTOCOL_FEATURES) |
+  bit(VirtioFeature.LOG_ALL);
 
+/** SET_DEVICE_STATE_FD error codes (bits 0-7 of the reply; any non-zero value is an error). */
+export const DeviceStateError = {
+  /** Direction or phase this back-end does not implement. */
+  UNSUPPORTED: 1,
+  /** Rings still run, or the device is not in a state to transfer. */
+  BUSY: 2,
+  /** The fd or the device failed before the transfer could start. */
+  FAILED: 3,
+} as const;
 /** Requests that carry their own reply: NEED_REPLY changes nothing for them (spec). */
 const HAS_REPLY = new Set<number>([
   Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_VRING_BASE, Req.GET_QUEUE_NUM, Req.GET_CONFIG,
   Req.GET_INFLIGHT_FD, Req.GET_MAX_MEM_SLOTS, Req.GET_STATUS, Req.SET_DEVICE_STATE_FD,
   Req.CHECK_DEVICE_STATE, Req.GET_SHARED_OBJECT, Req.POSTCOPY_ADVISE, Req.CREATE_CRYPTO_SESSION,
+  Req.SET_LOG_BASE,
 ]);
 
 /** Which protocol feature a request depends on (sent without it = a front-end bug). */
@@ -66,6 +82,9 @@ const NEEDS_PROTOCOL_FEATURE: Partial<Record<number, number>> = {
   [Req.REM_MEM_REG]: ProtocolFeature.CONFIGURE_MEM_SLOTS,
   [Req.SET_STATUS]: ProtocolFeature.STATUS,
   [Req.GET_STATUS]: ProtocolFeature.STATUS,
+  [Req.SET_LOG_BASE]: ProtocolFeature.LOG_SHMFD,
+  [Req.SET_DEVICE_STATE_FD]: ProtocolFeature.DEVICE_STATE,
+  [Req.CHECK_DEVICE_STATE]: ProtocolFeature.DEVICE_STATE,
 };
 
 /** A request the front-end got wrong; the reply (if any) reports failure. */
@@ -85,6 +104,14 @@ export interface SessionOptions {
   label: string;
   /** Called once the connection is gone and everything it held is released. */
   onClosed?: (reason: string | null) => void;
+  /**
+   * SAVE into a memfd of our own and return it (reply bit 8 clear) instead of writing into the
+   * front-end's fd. The reply then waits until the state is complete (a front-end reads a
+   * returned fd to EOF at once). Default: env VHOST_WASM_STATE_RETURN_MEMFD=1, else off.
+   */
+  stateReturnMemfd?: boolean;
+  /** Host-held resources (storage backings) saved and loaded next to the device's own bytes. */
+  stateSections?: () => StateSection[];
 }
 
 function toNumber(v: bigint, what: string): number {
@@ -115,6 +142,10 @@ export class BackendSession {
   private ringFds: RingFds[];
   private backendChannel: MessageChannel | null = null;
   private closed = false;
+  /** The device-state transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it. */
+  private transfer: StateTransfer | null = null;
+  /** SET_LOG_FD's eventfd (kept, never signalled: QEMU reads the log on its own schedule). */
+  private logFd: number | null = null;
 
   constructor(
     fd: number,
@@ -257,6 +288,11 @@ export class BackendSession {
         return this.reply(encodeVringStateReply({ index, num: base }));
       }
       case Req.SET_VRING_KICK:
+        if (this.transferRunning()) {
+          if (req.fd !== null) this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
+        }
+        return this.setRingFd(req.code, req.index, req.fd);
       case Req.SET_VRING_CALL:
       case Req.SET_VRING_ERR:
         return this.setRingFd(req.code, req.index, req.fd);
@@ -267,6 +303,9 @@ export class BackendSession {
           throw new RequestError('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
         }
         if (num > 1) throw new RequestError(`SET_VRING_ENABLE value ${num} is neither 0 nor 1`);
+        if (num === 1 && this.transferRunning()) {
+          throw new RequestError(`ring ${index} cannot be enabled while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
+        }
         return this.worker.ringEnable(index, num === 1);
       }
       case Req.VRING_KICK:
@@ -298,6 +337,16 @@ export class BackendSession {
       }
       case Req.GET_STATUS:
         return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
+      case Req.SET_LOG_BASE:
+        return this.setLogBase(req.log.mmapSize, req.log.mmapOffset, req.fd);
+      case Req.SET_LOG_FD:
+        if (this.logFd !== null) this.closeFds([this.logFd]);
+        this.logFd = req.fd;
+        return;
+      case Req.SET_DEVICE_STATE_FD:
+        return this.setDeviceStateFd(req.params.direction, req.params.phase, req.fd);
+      case Req.CHECK_DEVICE_STATE:
+        return this.checkDeviceState();
       default:
         this.closeFds(req.fds);
         throw new RequestError(`${requestName(req.code)} is not supported by this back-end (the protocol feature it belongs to is not offered)`);
@@ -327,9 +376,149 @@ export class BackendSession {
     if ((acked & bit(VirtioFeature.VERSION_1)) === 0n) {
       throw new RequestError('VIRTIO_F_VERSION_1 was not acked: this back-end only implements virtio 1.x (little-endian) rings');
     }
+    const logAll = bit(VirtioFeature.LOG_ALL);
+    const onlyLogChanged = this.featuresSet && ((this.ackedFeatures ^ acked) & ~logAll) === 0n;
+    const wasLogging = (this.ackedFeatures & logAll) !== 0n;
+    const logging = (acked & logAll) !== 0n;
     this.ackedFeatures = acked;
     this.featuresSet = true;
-    await this.worker.setFeatures(acked, (acked & bit(VirtioFeature.PROTOCOL_FEATURES)) !== 0n);
+    // QEMU switches dirty logging on and off with SET_FEATURES on a running device: that must
+    // not re-activate the device, only start or stop marking pages.
+    if (!onlyLogChanged) await this.worker.setFeatures(acked, (acked & bit(VirtioFeature.PROTOCOL_FEATURES)) !== 0n);
+    if (!onlyLogChanged || wasLogging !== logging) {
+      await this.worker.setLogAll(logging);
+      if (wasLogging !== logging) this.log.info(`dirty logging ${logging ? 'on' : 'off'} (VHOST_F_LOG_ALL ${logging ? 'set' : 'cleared'})`);
+    }
+  }
+
+  // --- dirty log -----------------------------------------------------------------------------
+
+  /** SET_LOG_BASE (LOG_SHMFD form): map the area in the worker, reply u64 0 (1 on failure). */
+  private async setLogBase(size: bigint, offset: bigint, fd: number): Promise<void> {
+    let ok = false;
+    try {
+      const sz = toNumber(size, 'log size');
+      const off = toNumber(offset, 'log offset');
+      if (sz === 0) throw new RequestError('log size is 0');
+      await this.worker.setLogBase(fd, sz, off);
+      ok = true;
+      this.log.info(`dirty log area: ${sz} bytes at offset ${off} (covers ${(sz * 8 * 4096) / 2 ** 20} MiB of guest memory)`);
+    } catch (e) {
+      this.log.error(`SET_LOG_BASE failed: ${errorText(e)}`);
+    } finally {
+      // The worker's mapping keeps the area alive; the fd itself is no longer needed.
+      this.closeFds([fd]);
+    }
+    // The spec's reply for the LOG_SHMFD form is a u64 (QEMU only checks it arrived).
+    return this.reply(encodeU64Reply(Req.SET_LOG_BASE, ok ? 0 : 1));
+  }
+
+  // --- device state ------------------------------------------------------------------------
+
+  private transferRunning(): boolean {
+    return this.transfer !== null && !this.transfer.finished;
+  }
+
+  private async replyDeviceState(error: number, fd: number | null = null): Promise<void> {
+    const value = deviceStateReplyValue(error, fd !== null);
+    try {
+      await this.reply(encodeU64Reply(Req.SET_DEVICE_STATE_FD, value), fd === null ? [] : [fd]);
+    } finally {
+      if (fd !== null) this.closeFds([fd]);
+    }
+  }
+
+  /**
+   * SET_DEVICE_STATE_FD: checks, then replies at once and runs the transfer in the background
+   * (the front-end keeps talking to us meanwhile); CHECK_DEVICE_STATE collects the outcome.
+   */
+  private async setDeviceStateFd(direction: number, phase: number, fd: number): Promise<void> {
+    const refuse = (code: number, why: string) => {
+      this.closeFds([fd]);
+      this.log.error(`SET_DEVICE_STATE_FD refused: ${why}`);
+      return this.replyDeviceState(code);
+    };
+    if (direction !== DeviceStateDirection.SAVE && direction !== DeviceStateDirection.LOAD) {
+      return refuse(DeviceStateError.UNSUPPORTED, `direction ${direction} is neither SAVE (0) nor LOAD (1)`);
+    }
+    if (phase !== DeviceStatePhase.STOPPED) {
+      return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
+    }
+    if (this.transfer !== null) {
+      // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
+      const old = this.transfer;
+      this.transfer = null;
+      if (!old.finished) {
+        this.log.warn(`a new SET_DEVICE_STATE_FD replaces a ${old.direction} still in progress: aborting it`);
+        old.abort('replaced by a new SET_DEVICE_STATE_FD');
+      }
+      await old.done;
+    }
+    let begin;
+    try {
+      begin = await this.worker.stateBegin();
+    } catch (e) {
+      return refuse(DeviceStateError.FAILED, `the device is not available: ${errorText(e)}`);
+    }
+    if (begin.started.length > 0) {
+      return refuse(DeviceStateError.BUSY, `ring(s) ${begin.started.join(', ')} still run: rings must be stopped with GET_VRING_BASE first`);
+    }
+    const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    const ctx = {
+      worker: this.worker,
+      identity: { deviceId: this.worker.info.deviceId, name: begin.name, version: begin.version },
+      extraSections: this.opts.stateSections?.() ?? [],
+      log: this.log,
+    };
+    const returnMemfd = this.opts.stateReturnMemfd ?? process.env.VHOST_WASM_STATE_RETURN_MEMFD === '1';
+    if (dir === 'save' && returnMemfd) {
+      // Our own channel: a memfd filled before the reply, so the front-end can read it to EOF at
+      // once; the front-end's fd is not used.
+      this.closeFds([fd]);
+      let memfd: number;
+      let transfer: StateTransfer;
+      try {
+        memfd = native.memfdCreate('vhost-wasm-device-state', false);
+        transfer = StateTransfer.save(native.dup(memfd), ctx);
+      } catch (e) {
+        return refuse(DeviceStateError.FAILED, errorText(e));
+      }
+      this.transfer = transfer;
+      const err = await transfer.done;
+      if (err !== null) {
+        this.closeFds([memfd]);
+        this.log.error(`device state save failed: ${err}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+      return this.replyDeviceState(0, memfd);
+    }
+    let transfer: StateTransfer;
+    try {
+      transfer = dir === 'save' ? StateTransfer.save(fd, ctx) : StateTransfer.load(fd, ctx);
+    } catch (e) {
+      // save()/load() closed fd.
+      this.log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
+      return this.replyDeviceState(DeviceStateError.FAILED);
+    }
+    this.transfer = transfer;
+    void transfer.done.then((err) => {
+      if (err !== null) this.log.error(`device state ${dir} failed: ${err}`);
+    });
+    this.log.info(`device state ${dir} started (${begin.name} ${begin.version})`);
+    return this.replyDeviceState(0);
+  }
+
+  /** Answers once the outcome is known: 0 when the transfer (and on LOAD, the apply) succeeded. */
+  private async checkDeviceState(): Promise<void> {
+    const t = this.transfer;
+    if (t === null) {
+      this.log.error('CHECK_DEVICE_STATE without a transfer (no SET_DEVICE_STATE_FD before it): reporting failure');
+      return this.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, 1));
+    }
+    const err = await t.done;
+    this.transfer = null;
+    if (err !== null) this.log.error(`CHECK_DEVICE_STATE: the ${t.direction} failed: ${err}`);
+    return this.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, err === null ? 0 : 1));
   }
 
   // --- memory ------------------------------------------------------------------------------
@@ -408,6 +597,11 @@ export class BackendSession {
   }
 
   private async resetDevice(): Promise<void> {
+    if (this.transfer !== null) {
+      this.transfer.abort('the device was reset');
+      await this.transfer.done;
+      this.transfer = null;
+    }
     if (this.worker.dead) {
       // The old instance was killed (watchdog, crash): a reset brings a fresh one, with the
       // memory table the front-end already sent (its fds are still ours).
@@ -501,11 +695,18 @@ export class BackendSession {
     else this.log.info('front-end disconnected');
     this.backendChannel?.close();
     this.backendChannel = null;
+    this.transfer?.abort('the front-end disconnected');
     void this.release().then(() => this.opts.onClosed?.(reason));
   }
 
   /** Stops the device's use of every borrowed fd, then closes them all. */
   private async release(): Promise<void> {
+    if (this.transfer !== null) {
+      await this.transfer.done;
+      this.transfer = null;
+    }
+    if (this.logFd !== null) this.closeFds([this.logFd]);
+    this.logFd = null;
     if (this.worker.dead) {
       // A killed worker's fd watchers close as its thread exits; closing the fds first could
       // pull them out from under libuv.

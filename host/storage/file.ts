@@ -11,7 +11,8 @@ const ZEROES = Buffer.alloc(1024 * 1024);
 
 function reason(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
-  return err.code ? `${err.code}: ${err.message.replace(/^\w+: /, '')}` : String(e);
+  if (err?.code) return `${err.code}: ${err.message.replace(/^\w+: /, '')}`;
+  return e instanceof Error ? e.message : String(e);
 }
 
 export class FileBacking implements Backing {

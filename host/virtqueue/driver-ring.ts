@@ -46,6 +46,12 @@ export interface DriverRingOptions {
   eventIdx: boolean;
   /** Max descriptors per indirect table; 0 (default) reserves no indirect tables. */
   indirectEntries?: number;
+  /**
+   * Ring index to start at (default 0): avail idx, used idx and used_event all begin here, as
+   * on a ring that already carried this many requests (the device must be given the same base
+   * with SET_VRING_BASE). Lets tests run a ring across the 16-bit wrap or resume a migrated one.
+   */
+  startIndex?: number;
 }
 
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -100,6 +106,14 @@ export class DriverRing {
     this.usedRing = new Uint32Array(buffer, byteOffset + this.layout.usedOffset + 4, 2 * this.size);
     this.availEvent = new Uint16Array(buffer, byteOffset + this.layout.usedOffset + 4 + 8 * this.size, 1);
     this.mem.fill(0, 0, this.layout.bytes);
+    const start = opts.startIndex ?? 0;
+    if (!Number.isInteger(start) || start < 0 || start > 0xffff) throw new RangeError(`driver ring: start index ${start} is not a u16`);
+    if (start !== 0) {
+      this.availIdx = this.kickedAvail = this.lastUsed = start;
+      this.avail[1] = start;
+      this.usedHdr[1] = start;
+      if (this.eventIdx) this.avail[2 + this.size] = start;
+    }
     for (let i = this.size - 1; i >= 0; i--) this.free.push(i);
     this.chains = new Array(this.size);
   }

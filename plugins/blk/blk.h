@@ -46,7 +46,7 @@
 
 /* Limits. Every response of a batch lives in our capped linear memory until the host
  * copies them out, so one request's data is bounded (Linux splits bigger I/O). */
-#define NUM_QUEUES 4
+#define NUM_QUEUES 8
 #define MAX_QUEUE_SIZE 1024
 #define SEG_MAX 126
 #define MAX_IO (4u << 20)

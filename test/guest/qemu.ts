@@ -30,6 +30,8 @@ export interface BootOptions {
   image?: GuestImageOptions;
   /** -bios image; defaults to qboot when installed, '' keeps QEMU's SeaBIOS. */
   firmware?: string;
+  /** Kills QEMU (SIGKILL) when aborted, e.g. to test a front-end that dies mid-I/O. */
+  signal?: AbortSignal;
 }
 
 const QBOOT = '/usr/share/qemu/qboot.rom';
@@ -50,6 +52,8 @@ export interface BootResult {
   qemuStderr: string;
   qemuExitCode: number | null;
   timedOut: boolean;
+  /** QEMU was killed because `signal` fired. */
+  aborted: boolean;
   durationMs: number;
 }
 
@@ -115,7 +119,7 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       qemuArgs: opts.qemuArgs,
       firmware: opts.firmware ?? defaultFirmware(),
     });
-    return await runQemu(opts.qemuBinary ?? 'qemu-system-x86_64', args, opts.timeoutMs ?? 60_000, opts.onOutput);
+    return await runQemu(opts.qemuBinary ?? 'qemu-system-x86_64', args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -126,6 +130,7 @@ function runQemu(
   args: string[],
   timeoutMs: number,
   onOutput?: (chunk: string) => void,
+  signal?: AbortSignal,
 ): Promise<BootResult> {
   return new Promise((resolvePromise, reject) => {
     const started = performance.now();
@@ -134,6 +139,7 @@ function runQemu(
     let output = '';
     let qemuStderr = '';
     let timedOut = false;
+    let aborted = false;
     child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
       const text = chunk.replace(/\r/g, '');
       output += text;
@@ -146,21 +152,30 @@ function runQemu(
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
+    const onAbort = () => {
+      aborted = true;
+      child.kill('SIGKILL');
+    };
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
     child.once('error', (err) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       reject(new Error(`cannot run ${binary}: ${err.message}`));
     });
     // 'close', not 'exit': it fires once stdout is drained, so no console text is lost.
     child.once('close', (code) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       const parsed = parseConsole(output);
       resolvePromise({
-        exitCode: timedOut ? null : parsed.exitCode,
+        exitCode: timedOut || aborted ? null : parsed.exitCode,
         output,
         scriptOutput: parsed.scriptOutput,
         qemuStderr,
         qemuExitCode: code,
         timedOut,
+        aborted,
         durationMs: Math.round(performance.now() - started),
       });
     });

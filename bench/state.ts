@@ -1,0 +1,157 @@
+// Device-state SAVE/LOAD throughput between real host processes (the large-state TS device),
+// over a pipe and over a memfd, in both directions, against a plain memcpy of the same number of
+// bytes in this process. Run: node --import tsx bench/state.ts [MiB ...]   (default: 64)
+//
+// What each line measures (wall time, front-end's view):
+//   save/pipe       SET_DEVICE_STATE_FD(SAVE, pipe) -> read to EOF in 1 MiB chunks -> CHECK
+//   save/memfd      SET_DEVICE_STATE_FD(SAVE, memfd) -> CHECK (the back-end wrote the file)
+//   save/own-memfd  the back-end returns its own memfd (VHOST_WASM_STATE_RETURN_MEMFD=1) -> read it
+//   load/pipe       SET_DEVICE_STATE_FD(LOAD, pipe) -> write 1 MiB chunks -> close -> CHECK
+//   load/memfd      SET_DEVICE_STATE_FD(LOAD, memfd already holding the state) -> CHECK
+//   migrate/pipe    the whole migration: stop, SAVE source -> pump -> LOAD destination, CHECK both, restart
+//   migrate/memfd   the same with one memfd handed from source to destination
+// Each includes the device's own getState/setState work (the test device generates and checks a
+// pattern), the worker RPC, the container's CRC and the channel.
+
+import { startHost, type HostProcess } from '../test/helpers/host-process.ts';
+import { BIG_DEVICE } from '../test/devices/migration-helpers.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
+import { loadState, migrate, readToEnd, writeAll } from '../host/frontend/migrate.ts';
+import { native } from '../host/native/index.ts';
+
+const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
+if (sizes.length === 0) sizes.push(64);
+
+function host(mib: number, returnMemfd = false): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000', '--log-level', 'warn'], {
+    env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20), ...(returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}) },
+  }).catch(async (e) => {
+    throw e;
+  });
+}
+
+const feOpts = { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
+
+async function stopped(h: HostProcess): Promise<VhostUserFrontend> {
+  const fe = await VhostUserFrontend.connect(h.socketPath, feOpts);
+  await fe.stopQueue(0);
+  return fe;
+}
+
+function memcpyMBps(bytes: number): number {
+  const a = Buffer.alloc(Math.min(bytes, 256 << 20), 1);
+  const b = Buffer.alloc(a.length);
+  let best = Infinity;
+  for (let rep = 0; rep < 3; rep++) {
+    const t0 = performance.now();
+    for (let done = 0; done < bytes; done += a.length) a.copy(b, 0, 0, Math.min(a.length, bytes - done));
+    best = Math.min(best, performance.now() - t0);
+  }
+  return bytes / 2 ** 20 / (best / 1000);
+}
+
+async function timed(fn: () => Promise<number>): Promise<{ ms: number; bytes: number }> {
+  const t0 = performance.now();
+  const bytes = await fn();
+  return { ms: performance.now() - t0, bytes };
+}
+
+async function benchSize(mib: number): Promise<void> {
+  const [a, b, own] = await Promise.all([host(mib), host(mib), host(mib, true)]);
+  const rows: { name: string; ms: number; bytes: number }[] = [];
+  let held: Buffer | null = null;
+  try {
+    const fa = await stopped(a);
+    const fb = await stopped(b);
+    const fo = await stopped(own);
+
+    // save/pipe: stream, keeping the bytes once for the loads below.
+    rows.push({
+      name: 'save/pipe',
+      ...(await timed(async () => {
+        const [r, w] = native.pipe2();
+        await fa.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w);
+        native.close(w);
+        const parts: Buffer[] = [];
+        const n = await readToEnd(r, (c) => void parts.push(Buffer.from(c)));
+        native.close(r);
+        await fa.conn.checkDeviceState();
+        held = Buffer.concat(parts);
+        return n;
+      })),
+    });
+    const state = held as unknown as Buffer;
+
+    const m = native.memfdCreate('bench-state', false);
+    rows.push({
+      name: 'save/memfd',
+      ...(await timed(async () => {
+        await fa.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, m);
+        await fa.conn.checkDeviceState();
+        return native.fstat(m).size;
+      })),
+    });
+
+    rows.push({
+      name: 'save/own-memfd',
+      ...(await timed(async () => {
+        const [r, w] = native.pipe2();
+        const ret = await fo.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w);
+        native.close(w);
+        native.close(r);
+        if (ret === null) throw new Error('the back-end did not return its memfd');
+        let n = 0;
+        await readToEnd(ret, (c) => {
+          n += c.length;
+        });
+        native.close(ret);
+        await fo.conn.checkDeviceState();
+        return n;
+      })),
+    });
+
+    rows.push({ name: 'load/pipe', ...(await timed(async () => (await loadState(fb.conn, state, 'pipe'), state.length))) });
+    rows.push({
+      name: 'load/memfd',
+      ...(await timed(async () => {
+        await fb.conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, m);
+        await fb.conn.checkDeviceState();
+        return native.fstat(m).size;
+      })),
+    });
+    native.close(m);
+    // Also measure writing the memfd (what a front-end does before load/memfd).
+    rows.push({
+      name: '(fill memfd)',
+      ...(await timed(async () => {
+        const f = native.memfdCreate('bench-fill', false);
+        await writeAll(f, state, 0);
+        native.close(f);
+        return state.length;
+      })),
+    });
+    held = null;
+    await Promise.all([fa.close(), fb.close(), fo.close()]);
+
+    for (const channel of ['pipe', 'memfd'] as const) {
+      const fe = await VhostUserFrontend.connect(a.socketPath, feOpts);
+      const r = await migrate(fe, b.socketPath, { channel });
+      rows.push({ name: `migrate/${channel}`, ms: r.transferMs, bytes: r.bytes });
+      rows.push({ name: `  (downtime ${channel})`, ms: r.downtimeMs, bytes: r.bytes });
+      await fe.close();
+    }
+
+    const copy = memcpyMBps(state.length);
+    console.log(`\n${mib} MiB of device state (${state.length} container bytes); memcpy in one process: ${copy.toFixed(0)} MiB/s`);
+    console.log('what'.padEnd(22) + 'ms'.padStart(10) + 'MiB/s'.padStart(10) + 'x memcpy'.padStart(11));
+    for (const r of rows) {
+      const mbps = r.bytes / 2 ** 20 / (r.ms / 1000);
+      console.log(r.name.padEnd(22) + r.ms.toFixed(1).padStart(10) + mbps.toFixed(0).padStart(10) + (mbps / copy).toFixed(3).padStart(11));
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop(), own.stop()]);
+  }
+}
+
+for (const mib of sizes) await benchSize(mib);

@@ -1,0 +1,364 @@
+// Device-state migration, front-end side: what QEMU 8.2+ does for a vhost-user device whose
+// back-end supports DEVICE_STATE (vhost_save_backend_state / vhost_load_backend_state), with our
+// front-end driver standing in for the VM:
+//
+//   1. connect to the destination back-end and initialise it (features, protocol features,
+//      owner) without starting it;
+//   2. stop every ring on the source (GET_VRING_BASE), remembering the bases;
+//   3. SAVE on the source and LOAD on the destination through the state channel, in 1 MiB
+//      chunks (pipe: streamed source -> us -> destination; memfd: the source fills it, the
+//      destination reads the very same memfd, nothing is copied here);
+//   4. CHECK_DEVICE_STATE on both: source first (did it write everything), then destination
+//      (did it parse and apply it);
+//   5. start the destination: features, memory table (the same memfds: guest RAM stays where it
+//      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK;
+//   6. close the source connection.
+//
+// Abort path: any failure before step 5 completes closes the destination connection and
+// restarts the source's rings at their bases, so the "guest" goes on with the source.
+
+import { native } from '../native/index.ts';
+import { DeviceStateDirection, DeviceStatePhase, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../protocol/constants.ts';
+import { VhostUserConnection } from './connection.ts';
+import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
+
+export type StateChannelMode = 'pipe' | 'memfd';
+
+/** QEMU moves back-end state through a 1 MiB buffer; so do we. */
+export const MIGRATION_CHUNK = 1 << 20;
+
+export interface MigrateOptions {
+  /** The SET_DEVICE_STATE_FD channel: a pipe (default, what QEMU uses) or a memfd. */
+  channel?: StateChannelMode;
+  chunkSize?: number;
+  /** Called at each step (progress output, tests that act mid-migration). */
+  onStep?: (step: string) => void | Promise<void>;
+}
+
+export interface MigrateReport {
+  channel: StateChannelMode;
+  /** Container bytes moved. */
+  bytes: number;
+  bases: number[];
+  /** Whether the source back-end returned its own fd instead of using ours. */
+  sourceReturnedFd: boolean;
+  /** Rings stopped on the source -> rings running on the destination. */
+  downtimeMs: number;
+  /** SET_DEVICE_STATE_FD on both sides -> both CHECKs answered. */
+  transferMs: number;
+}
+
+export class MigrationError extends Error {
+  override name = 'MigrationError';
+  constructor(
+    message: string,
+    /** The source's rings were restarted: the device keeps running there. */
+    readonly sourceResumed: boolean,
+  ) {
+    super(message);
+  }
+}
+
+// --- fd helpers (non-blocking fds; waits run on this thread's loop) ---------------------------
+
+function waitFd(fd: number, events: 'r' | 'w'): Promise<void> {
+  return new Promise((resolve) => {
+    const w = native.watch(fd, events, () => {
+      w.close();
+      resolve();
+    });
+  });
+}
+
+/** Reads a stream fd to EOF (or a regular file from 0 to its size), in chunks of at most `chunk`. */
+export async function readToEnd(fd: number, onChunk: (b: Uint8Array) => Promise<void> | void, chunk = MIGRATION_CHUNK): Promise<number> {
+  const st = native.fstat(fd);
+  let total = 0;
+  if (st.isFile) {
+    while (total < st.size) {
+      const buf = Buffer.allocUnsafe(Math.min(chunk, st.size - total));
+      const n = native.pread(fd, buf, total);
+      if (n <= 0) break;
+      total += n;
+      await onChunk(buf.subarray(0, n));
+    }
+    return total;
+  }
+  native.setNonBlocking(fd, true);
+  for (;;) {
+    const buf = Buffer.allocUnsafe(chunk);
+    // Fill up to `chunk` before handing it on, as QEMU's 1 MiB reads do.
+    let got = 0;
+    let eof = false;
+    while (got < chunk) {
+      const n = native.read(fd, buf.subarray(got));
+      if (n === 0) {
+        eof = true;
+        break;
+      }
+      if (n < 0) {
+        if (got > 0) break;
+        await waitFd(fd, 'r');
+        continue;
+      }
+      got += n;
+    }
+    if (got > 0) {
+      total += got;
+      await onChunk(buf.subarray(0, got));
+    }
+    if (eof) return total;
+  }
+}
+
+/** Writes all of bytes to a stream fd (or at `fileOffset` of a regular file). */
+export async function writeAll(fd: number, bytes: Uint8Array, fileOffset: number | null = null): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const part = bytes.subarray(done);
+    const n = fileOffset !== null ? native.pwrite(fd, part, fileOffset + done) : native.write(fd, part);
+    if (n < 0) {
+      await waitFd(fd, 'w');
+      continue;
+    }
+    done += n;
+  }
+}
+
+// --- one side at a time (tests, tools) ---------------------------------------------------------
+
+/** SAVE from a back-end whose rings are stopped; returns the container bytes (after CHECK passed). */
+export async function saveState(conn: VhostUserConnection, mode: StateChannelMode = 'pipe'): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  if (mode === 'pipe') {
+    const [r, w] = native.pipe2();
+    let ret: number | null;
+    try {
+      ret = await conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w);
+    } catch (e) {
+      native.close(r);
+      throw e;
+    } finally {
+      native.close(w);
+    }
+    const src = ret ?? r;
+    if (ret !== null) native.close(r);
+    try {
+      // CHECK must wait for the data; reading runs first so a pipe never fills up and stalls it.
+      await readToEnd(src, (b) => void parts.push(Buffer.from(b)));
+    } finally {
+      native.close(src);
+    }
+    await conn.checkDeviceState();
+    return Buffer.concat(parts);
+  }
+  const m = native.memfdCreate('vhost-wasm-state-save', false);
+  let ret: number | null = null;
+  try {
+    ret = await conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, m);
+    await conn.checkDeviceState();
+    await readToEnd(ret ?? m, (b) => void parts.push(Buffer.from(b)));
+  } finally {
+    native.close(m);
+    if (ret !== null) native.close(ret);
+  }
+  return Buffer.concat(parts);
+}
+
+/** LOAD bytes into a back-end; resolves when CHECK passed, throws (VhostUserError) when not. */
+export async function loadState(conn: VhostUserConnection, bytes: Uint8Array, mode: StateChannelMode = 'pipe', chunk = MIGRATION_CHUNK): Promise<void> {
+  if (mode === 'pipe') {
+    const [r, w] = native.pipe2();
+    let ret: number | null;
+    try {
+      ret = await conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, r);
+    } catch (e) {
+      native.close(w);
+      throw e;
+    } finally {
+      native.close(r);
+    }
+    const dst = ret ?? w;
+    if (ret !== null) native.close(w);
+    try {
+      for (let off = 0; off < bytes.length; off += chunk) {
+        await writeAll(dst, bytes.subarray(off, Math.min(bytes.length, off + chunk)));
+      }
+    } catch (e) {
+      // EPIPE: the back-end stopped reading (it refused the state); CHECK says why.
+      if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+    } finally {
+      native.close(dst);
+    }
+    await conn.checkDeviceState();
+    return;
+  }
+  const m = native.memfdCreate('vhost-wasm-state-load', false);
+  try {
+    await writeAll(m, bytes, 0);
+    const ret = await conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, m);
+    if (ret !== null) native.close(ret); // a back-end's own fd for LOAD: not used with a memfd
+    await conn.checkDeviceState();
+  } finally {
+    native.close(m);
+  }
+}
+
+// --- the whole migration -------------------------------------------------------------------------
+
+/** vhost_user_backend_init + vhost_dev_init on the destination (nothing started). */
+async function initDestination(path: string, fe: VhostUserFrontend): Promise<VhostUserConnection> {
+  const conn = VhostUserConnection.connect(path);
+  try {
+    const offered = await conn.getFeatures();
+    const missing = fe.features & ~offered;
+    if (missing !== 0n) throw new Error(`the destination does not offer features 0x${missing.toString(16)} the device runs with`);
+    if ((offered & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) === 0n) throw new Error('the destination does not speak protocol features');
+    const prot = await conn.getProtocolFeatures();
+    await conn.setProtocolFeatures(prot & fe.protocolFeatures & FRONTEND_PROTOCOL_FEATURES);
+    if (!conn.hasProtocol(ProtocolFeature.DEVICE_STATE)) throw new Error('the destination does not support DEVICE_STATE');
+    if (conn.hasProtocol(ProtocolFeature.MQ)) {
+      const n = await conn.getQueueNum();
+      if (n < fe.queues.length) throw new Error(`the destination supports ${n} queue(s), the device uses ${fe.queues.length}`);
+    }
+    if (conn.hasProtocol(ProtocolFeature.BACKEND_REQ)) await conn.setBackendReqFd();
+    await conn.setOwner();
+    return conn;
+  } catch (e) {
+    conn.close();
+    throw e;
+  }
+}
+
+/** vhost_dev_start on the destination: features, memory, rings at the migrated bases. */
+async function startDestination(fe: VhostUserFrontend, conn: VhostUserConnection, bases: number[]): Promise<void> {
+  const status = conn.hasProtocol(ProtocolFeature.STATUS);
+  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+  await conn.setFeatures(fe.features);
+  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+  await conn.setMemTable(fe.memory.memTable());
+  for (let i = 0; i < fe.queues.length; i++) await fe.startQueue(i, bases[i], conn);
+  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+}
+
+/** Moves the device behind `fe` from its current back-end to the one listening at destPath. */
+export async function migrate(fe: VhostUserFrontend, destPath: string, opts: MigrateOptions = {}): Promise<MigrateReport> {
+  const mode = opts.channel ?? 'pipe';
+  const chunk = opts.chunkSize ?? MIGRATION_CHUNK;
+  const step = async (s: string) => {
+    await opts.onStep?.(s);
+  };
+  const src = fe.conn;
+  if (!src.hasProtocol(ProtocolFeature.DEVICE_STATE)) throw new MigrationError('the source back-end does not support DEVICE_STATE', false);
+  await step('init-destination');
+  const dst = await initDestination(destPath, fe).catch((e: Error) => {
+    throw new MigrationError(`destination: ${e.message}`, false);
+  });
+
+  const t0 = performance.now();
+  const bases: number[] = [];
+  let stopped = false;
+  const resumeSource = async (why: string): Promise<never> => {
+    dst.close();
+    let resumed = false;
+    if (stopped) {
+      try {
+        for (let i = 0; i < fe.queues.length; i++) await fe.startQueue(i, bases[i], src);
+        resumed = true;
+      } catch (e) {
+        throw new MigrationError(`${why}; restarting the source failed too: ${(e as Error).message}`, false);
+      }
+    }
+    throw new MigrationError(`${why}${resumed ? '; the source resumed' : ''}`, resumed);
+  };
+
+  let bytes = 0;
+  let sourceReturnedFd = false;
+  let tTransfer = 0;
+  try {
+    await step('stop-source');
+    for (const q of fe.queues) bases.push(await src.getVringBase(q.index));
+    stopped = true;
+    await step('transfer');
+    const tx = performance.now();
+    if (mode === 'pipe') {
+      const [sr, sw] = native.pipe2();
+      const [lr, lw] = native.pipe2();
+      let readFd = sr;
+      let writeFd = lw;
+      try {
+        try {
+          const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, sw);
+          if (ret !== null) {
+            sourceReturnedFd = true;
+            readFd = ret;
+            native.close(sr);
+          }
+        } finally {
+          native.close(sw);
+        }
+        try {
+          const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, lr);
+          if (ret !== null) {
+            writeFd = ret;
+            native.close(lw);
+          }
+        } finally {
+          native.close(lr);
+        }
+        await step('pump');
+        let pumpError: Error | null = null;
+        bytes = await readToEnd(readFd, async (b) => {
+          if (pumpError) return;
+          try {
+            await writeAll(writeFd, b);
+          } catch (e) {
+            // The destination stopped reading (refused the state): keep draining the source so
+            // its save completes, and let CHECK on the destination say why.
+            pumpError = e as Error;
+          }
+        }, chunk);
+      } finally {
+        native.close(readFd);
+        native.close(writeFd);
+      }
+      await step('check-source');
+      await src.checkDeviceState();
+      await step('check-destination');
+      await dst.checkDeviceState();
+    } else {
+      const m = native.memfdCreate('vhost-wasm-migration', false);
+      let ret: number | null = null;
+      try {
+        ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, m);
+        sourceReturnedFd = ret !== null;
+        await step('check-source');
+        await src.checkDeviceState();
+        const channel = ret ?? m;
+        bytes = native.fstat(channel).size;
+        await step('load');
+        if (native.fstat(channel).isFile) {
+          // The same file goes to the destination: the state is never copied by the front-end.
+          const back = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, channel);
+          if (back !== null) native.close(back);
+        } else {
+          throw new Error('the source returned a non-file channel for a memfd migration');
+        }
+        await step('check-destination');
+        await dst.checkDeviceState();
+      } finally {
+        native.close(m);
+        if (ret !== null) native.close(ret);
+      }
+    }
+    tTransfer = performance.now() - tx;
+    await step('start-destination');
+    await startDestination(fe, dst, bases);
+  } catch (e) {
+    return resumeSource(`migration failed: ${(e as Error).message}`);
+  }
+  const downtimeMs = performance.now() - t0;
+  fe.adoptConnection(dst).close();
+  await step('done');
+  return { channel: mode, bytes, bases, sourceReturnedFd, downtimeMs, transferMs: tTransfer };
+}

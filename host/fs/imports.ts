@@ -1,0 +1,49 @@
+// The `filesystem` import object handed to jco's glue: FsShare results become WIT
+// result values ({tag, val}); an ungranted capability traps on every call.
+import type { FsResult, FsShare } from './share.ts';
+
+type WitResult<T> = { tag: 'ok'; val: T } | { tag: 'err'; val: number };
+
+const wit = <T>(r: FsResult<T>): WitResult<T> => (r.ok ? { tag: 'ok', val: r.val } : { tag: 'err', val: r.errno });
+
+export function filesystemImports(share: FsShare | undefined, refuse: () => never): Record<string, unknown> {
+  const s = (): FsShare => share ?? refuse();
+  return {
+    tag: (): string => s().tag,
+    readOnly: (): boolean => s().readOnly,
+    root: () => wit(s().root()),
+    lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
+    close: (h: bigint): void => s().closeHandle(h),
+    getattr: (h: bigint) => wit(s().getattr(h)),
+    setattr: (
+      h: bigint,
+      valid: number,
+      mode: number,
+      uid: number,
+      gid: number,
+      size: bigint,
+      atime: bigint,
+      atimeNsec: number,
+      mtime: bigint,
+      mtimeNsec: number,
+    ) => wit(s().setattr(h, valid, mode, uid, gid, size, atime, atimeNsec, mtime, mtimeNsec)),
+    open: (node: bigint, flags: number) => wit(s().open(node, flags)),
+    create: (dir: bigint, name: Uint8Array, flags: number, mode: number) => wit(s().create(dir, name, flags, mode)),
+    mknod: (dir: bigint, name: Uint8Array, mode: number) => wit(s().mknod(dir, name, mode)),
+    mkdir: (dir: bigint, name: Uint8Array, mode: number) => wit(s().mkdir(dir, name, mode)),
+    symlink: (dir: bigint, name: Uint8Array, target: Uint8Array) => wit(s().symlink(dir, name, target)),
+    link: (node: bigint, dir: bigint, name: Uint8Array) => wit(s().link(node, dir, name)),
+    unlink: (dir: bigint, name: Uint8Array) => wit(s().unlink(dir, name)),
+    rmdir: (dir: bigint, name: Uint8Array) => wit(s().rmdir(dir, name)),
+    rename: (od: bigint, on: Uint8Array, nd: bigint, nn: Uint8Array, flags: number) =>
+      wit(s().rename(od, on, nd, nn, flags)),
+    readlink: (node: bigint) => wit(s().readlink(node)),
+    read: (file: bigint, offset: bigint, len: number) => wit(s().read(file, offset, len)),
+    write: (file: bigint, offset: bigint, data: Uint8Array) => wit(s().write(file, offset, data)),
+    readdir: (dir: bigint, offset: bigint, max: number) => wit(s().readdir(dir, offset, max)),
+    fsync: (file: bigint, datasync: boolean) => wit(s().fsync(file, datasync)),
+    fallocate: (file: bigint, mode: number, offset: bigint, len: bigint) => wit(s().fallocate(file, mode, offset, len)),
+    lseek: (file: bigint, offset: bigint, whence: number) => wit(s().lseek(file, offset, whence)),
+    statfs: (h: bigint) => wit(s().statfs(h)),
+  };
+}

@@ -1,0 +1,455 @@
+// The host side of the `filesystem` capability: one shared directory granted to one device.
+// The plugin holds opaque handle numbers; this class maps them to fds it owns (O_PATH
+// fds for nodes, I/O fds for open files) and runs every operation through the native
+// fd-relative calls in host/native/src/fs.c, which do the confinement (openat2 beneath
+// the directory fd, single-component names, no symlink ever followed). Errors are errno
+// numbers, as FUSE wants them; nothing a plugin passes can make this throw except a
+// handle count past the cap (ENFILE) or a bug.
+import { constants as OS } from 'node:os';
+import { native } from '../native/index.ts';
+
+export const E = OS.errno;
+
+export type Errno = number;
+export interface Attr {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  blocks: bigint;
+  atime: bigint;
+  mtime: bigint;
+  ctime: bigint;
+  atimeNsec: number;
+  mtimeNsec: number;
+  ctimeNsec: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  blksize: number;
+}
+export interface Entry {
+  node: bigint;
+  attr: Attr;
+}
+export interface DirEntry {
+  ino: bigint;
+  next: bigint;
+  kind: number;
+  name: Uint8Array;
+}
+export interface FsStats {
+  blocks: bigint;
+  bfree: bigint;
+  bavail: bigint;
+  files: bigint;
+  ffree: bigint;
+  bsize: number;
+  namelen: number;
+  frsize: number;
+}
+
+/** An operation's value, or the errno it failed with. */
+export type FsResult<T> = { ok: true; val: T } | { ok: false; errno: Errno };
+
+export interface ShareOptions {
+  readOnly?: boolean;
+  tag?: string;
+  /** Most handles (fds) one device may hold; past it calls fail with ENFILE. */
+  maxHandles?: number;
+}
+
+/** One read or write moves at most this much (FUSE asks for max_write/max_read at most). */
+export const MAX_FS_IO = 1 << 20;
+export const DEFAULT_TAG = 'vhost-wasm';
+/** virtio-fs config space holds a 36-byte tag. */
+export const MAX_TAG_BYTES = 36;
+
+const O_ACCMODE = 3;
+const O_TRUNC = 0o1000;
+const FATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const;
+const UTIME_NOW = (1 << 30) - 1;
+const UTIME_OMIT = (1 << 30) - 2;
+
+interface Slot {
+  fd: number;
+  /** 'node' = O_PATH fd of an inode; 'file' = open for I/O (regular file or directory). */
+  kind: 'node' | 'file';
+}
+
+const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
+const fail = (errno: Errno): FsResult<never> => ({ ok: false, errno });
+
+export class FsShareError extends Error {
+  override readonly name = 'FsShareError';
+}
+
+export class FsShare {
+  readonly readOnly: boolean;
+  readonly tag: string;
+  private readonly rootFd: number;
+  private readonly handles = new Map<number, Slot>();
+  private nextId = 1;
+  private readonly maxHandles: number;
+  private readonly statBuf = new Float64Array(16);
+  private closed = false;
+
+  constructor(readonly dir: string, opts: ShareOptions = {}) {
+    this.readOnly = opts.readOnly ?? false;
+    this.tag = opts.tag ?? DEFAULT_TAG;
+    if (Buffer.byteLength(this.tag) === 0 || Buffer.byteLength(this.tag) > MAX_TAG_BYTES) {
+      throw new FsShareError(`the mount tag must be 1-${MAX_TAG_BYTES} bytes, not "${this.tag}"`);
+    }
+    this.maxHandles = opts.maxHandles ?? 65536;
+    const fd = native.fsOpenRoot(dir);
+    if (fd < 0) throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}`);
+    this.rootFd = fd;
+  }
+
+  /** Handles currently open (tests, limits). */
+  get openHandles(): number {
+    return this.handles.size;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.handles.values()) native.close(s.fd);
+    this.handles.clear();
+    native.close(this.rootFd);
+  }
+
+  // ---- handle table ----
+
+  private add(fd: number, kind: Slot['kind']): FsResult<bigint> {
+    if (this.handles.size >= this.maxHandles) {
+      native.close(fd);
+      return fail(E.ENFILE);
+    }
+    // Ids are never reused while the share lives, so a stale handle cannot alias a new one.
+    const id = this.nextId++;
+    this.handles.set(id, { fd, kind });
+    return ok(BigInt(id));
+  }
+
+  private slot(h: bigint, kind?: Slot['kind']): Slot | undefined {
+    if (h <= 0n || h >= BigInt(this.nextId)) return undefined;
+    const s = this.handles.get(Number(h));
+    if (!s || (kind && s.kind !== kind)) return undefined;
+    return s;
+  }
+
+  private nodeFd(h: bigint): number {
+    return this.slot(h, 'node')?.fd ?? -1;
+  }
+
+  private fileFd(h: bigint): number {
+    return this.slot(h, 'file')?.fd ?? -1;
+  }
+
+  private stat(fd: number): FsResult<Attr> {
+    const b = this.statBuf;
+    const r = native.fsStat(fd, b);
+    if (r < 0) return fail(-r);
+    return ok({
+      dev: BigInt(b[0]),
+      ino: BigInt(b[1]),
+      mode: b[2],
+      nlink: Math.min(b[3], 0xffffffff),
+      uid: b[4],
+      gid: b[5],
+      rdev: b[6] > 0xffffffff ? 0 : b[6],
+      size: BigInt(b[7]),
+      blksize: b[8],
+      blocks: BigInt(b[9]),
+      atime: BigInt(b[10]),
+      atimeNsec: b[11],
+      mtime: BigInt(b[12]),
+      mtimeNsec: b[13],
+      ctime: BigInt(b[14]),
+      ctimeNsec: b[15],
+    });
+  }
+
+  /** A node handle for O_PATH fd `fd` (consumed) with its attributes. */
+  private entryOf(fd: number): FsResult<Entry> {
+    const a = this.stat(fd);
+    if (!a.ok) {
+      native.close(fd);
+      return a;
+    }
+    const h = this.add(fd, 'node');
+    if (!h.ok) return h;
+    return ok({ node: h.val, attr: a.val });
+  }
+
+  private lookupFd(dirFd: number, name: Uint8Array): FsResult<Entry> {
+    const fd = native.fsLookup(dirFd, name);
+    return fd < 0 ? fail(-fd) : this.entryOf(fd);
+  }
+
+  // ---- the capability ----
+
+  root(): FsResult<Entry> {
+    const fd = native.fsPathOf(this.rootFd);
+    return fd < 0 ? fail(-fd) : this.entryOf(fd);
+  }
+
+  lookup(dir: bigint, name: Uint8Array): FsResult<Entry> {
+    const d = this.nodeFd(dir);
+    if (d < 0) return fail(E.EBADF);
+    return this.lookupFd(d, name);
+  }
+
+  closeHandle(h: bigint): void {
+    const s = this.slot(h);
+    if (!s) return;
+    this.handles.delete(Number(h));
+    native.close(s.fd);
+  }
+
+  getattr(h: bigint): FsResult<Attr> {
+    const s = this.slot(h);
+    return s ? this.stat(s.fd) : fail(E.EBADF);
+  }
+
+  setattr(
+    h: bigint,
+    valid: number,
+    mode: number,
+    uid: number,
+    gid: number,
+    size: bigint,
+    atime: bigint,
+    atimeNsec: number,
+    mtime: bigint,
+    mtimeNsec: number,
+  ): FsResult<Attr> {
+    const s = this.slot(h);
+    if (!s) return fail(E.EBADF);
+    if (this.readOnly && valid & (FATTR.MODE | FATTR.UID | FATTR.GID | FATTR.SIZE | FATTR.ATIME | FATTR.MTIME)) {
+      return fail(E.EROFS);
+    }
+    const fd = s.fd;
+    let r = 0;
+    if (valid & FATTR.MODE) r = native.fsSetattr(fd, 'mode', mode & 0o7777);
+    if (r >= 0 && valid & (FATTR.UID | FATTR.GID)) {
+      r = native.fsSetattr(fd, 'owner', valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
+    }
+    if (r >= 0 && valid & FATTR.SIZE) {
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
+      r = native.fsSetattr(fd, 'size', Number(size));
+    }
+    if (r >= 0 && valid & (FATTR.ATIME | FATTR.MTIME)) {
+      const t = (set: number, now: number, sec: bigint, nsec: number): [number, number] => {
+        if (!(valid & set)) return [0, UTIME_OMIT];
+        if (valid & now) return [0, UTIME_NOW];
+        if (nsec >= 1e9 || sec > BigInt(Number.MAX_SAFE_INTEGER) || sec < -BigInt(Number.MAX_SAFE_INTEGER)) return [0, -1];
+        return [Number(sec), nsec];
+      };
+      const [as, an] = t(FATTR.ATIME, FATTR.ATIME_NOW, atime, atimeNsec);
+      const [ms, mn] = t(FATTR.MTIME, FATTR.MTIME_NOW, mtime, mtimeNsec);
+      r = an < 0 || mn < 0 ? -E.EINVAL : native.fsSetattr(fd, 'times', as, an, ms, mn);
+    }
+    if (r < 0) return fail(-r);
+    return this.stat(fd);
+  }
+
+  open(node: bigint, flags: number): FsResult<bigint> {
+    const n = this.nodeFd(node);
+    if (n < 0) return fail(E.EBADF);
+    if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
+    const fd = native.fsReopen(n, flags);
+    return fd < 0 ? fail(-fd) : this.add(fd, 'file');
+  }
+
+  create(dir: bigint, name: Uint8Array, flags: number, mode: number): FsResult<[Entry, bigint]> {
+    const d = this.nodeFd(dir);
+    if (d < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const fd = native.fsCreate(d, name, flags, mode);
+    if (fd < 0) return fail(-fd);
+    // The node handle pins the very inode just opened (no second lookup by name to race).
+    const p = native.fsPathOf(fd);
+    if (p < 0) {
+      native.close(fd);
+      return fail(-p);
+    }
+    const e = this.entryOf(p);
+    if (!e.ok) {
+      native.close(fd);
+      return e;
+    }
+    const f = this.add(fd, 'file');
+    if (!f.ok) {
+      this.closeHandle(e.val.node);
+      return f;
+    }
+    return ok([e.val, f.val]);
+  }
+
+  private make(kind: 'f' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
+    const d = this.nodeFd(dir);
+    if (d < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const r = native.fsMake(kind, d, name, mode, target);
+    if (r < 0) return fail(-r);
+    return this.lookupFd(d, name);
+  }
+
+  mknod(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
+    const type = mode & 0o170000;
+    if (type !== 0 && type !== 0o100000) return fail(E.EPERM);
+    return this.make('f', dir, name, mode & 0o7777);
+  }
+
+  mkdir(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
+    return this.make('d', dir, name, mode & 0o7777);
+  }
+
+  symlink(dir: bigint, name: Uint8Array, target: Uint8Array): FsResult<Entry> {
+    return this.make('l', dir, name, 0, target);
+  }
+
+  link(node: bigint, dir: bigint, name: Uint8Array): FsResult<Entry> {
+    const n = this.nodeFd(node);
+    const d = this.nodeFd(dir);
+    if (n < 0 || d < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const r = native.fsLink(n, d, name);
+    if (r < 0) return fail(-r);
+    return this.lookupFd(d, name);
+  }
+
+  private remove(dir: bigint, name: Uint8Array, isDir: boolean): FsResult<void> {
+    const d = this.nodeFd(dir);
+    if (d < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const r = native.fsUnlink(d, name, isDir);
+    return r < 0 ? fail(-r) : ok(undefined);
+  }
+
+  unlink(dir: bigint, name: Uint8Array): FsResult<void> {
+    return this.remove(dir, name, false);
+  }
+
+  rmdir(dir: bigint, name: Uint8Array): FsResult<void> {
+    return this.remove(dir, name, true);
+  }
+
+  rename(oldDir: bigint, oldName: Uint8Array, newDir: bigint, newName: Uint8Array, flags: number): FsResult<void> {
+    const o = this.nodeFd(oldDir);
+    const n = this.nodeFd(newDir);
+    if (o < 0 || n < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const r = native.fsRename(o, oldName, n, newName, flags);
+    return r < 0 ? fail(-r) : ok(undefined);
+  }
+
+  readlink(node: bigint): FsResult<Uint8Array> {
+    const n = this.nodeFd(node);
+    if (n < 0) return fail(E.EBADF);
+    const buf = new Uint8Array(4096);
+    const r = native.fsReadlink(n, buf);
+    return r < 0 ? fail(-r) : ok(buf.subarray(0, r));
+  }
+
+  read(file: bigint, offset: bigint, len: number): FsResult<Uint8Array> {
+    const f = this.fileFd(file);
+    if (f < 0) return fail(E.EBADF);
+    if (offset > BigInt(Number.MAX_SAFE_INTEGER)) return ok(new Uint8Array(0));
+    const buf = new Uint8Array(Math.min(len, MAX_FS_IO));
+    const r = native.fsPread(f, buf, Number(offset));
+    return r < 0 ? fail(-r) : ok(buf.subarray(0, r));
+  }
+
+  write(file: bigint, offset: bigint, data: Uint8Array): FsResult<number> {
+    const f = this.fileFd(file);
+    if (f < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    if (data.length > MAX_FS_IO) return fail(E.EINVAL);
+    if (offset > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
+    const r = native.fsPwrite(f, data, Number(offset));
+    return r < 0 ? fail(-r) : ok(r);
+  }
+
+  readdir(dir: bigint, offset: bigint, max: number): FsResult<DirEntry[]> {
+    const f = this.fileFd(dir);
+    if (f < 0) return fail(E.EBADF);
+    if (offset >= 2n ** 63n) return ok([]);
+    const want = Math.max(0, Math.min(max, 4096));
+    const out: DirEntry[] = [];
+    const buf = Buffer.alloc(32768);
+    let pos = offset;
+    while (out.length < want) {
+      const n = native.fsGetdents(f, buf, pos);
+      if (n < 0) return fail(-n);
+      if (n === 0) break;
+      let at = 0;
+      while (at < n && out.length < want) {
+        // linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name NUL-terminated.
+        const ino = buf.readBigUInt64LE(at);
+        const next = buf.readBigInt64LE(at + 8);
+        const reclen = buf.readUInt16LE(at + 16);
+        const kind = buf[at + 18];
+        const end = buf.indexOf(0, at + 19);
+        const name = new Uint8Array(buf.subarray(at + 19, end < 0 || end > at + reclen ? at + reclen : end));
+        out.push({ ino, next: next < 0n ? 0n : next, kind, name });
+        pos = next;
+        at += reclen;
+        if (reclen === 0) return fail(E.EIO);
+      }
+    }
+    return ok(out);
+  }
+
+  fsync(file: bigint, datasync: boolean): FsResult<void> {
+    const f = this.fileFd(file);
+    if (f < 0) return fail(E.EBADF);
+    const r = native.fsFsync(f, datasync);
+    return r < 0 ? fail(-r) : ok(undefined);
+  }
+
+  fallocate(file: bigint, mode: number, offset: bigint, len: bigint): FsResult<void> {
+    const f = this.fileFd(file);
+    if (f < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    if (offset > max || len > max) return fail(E.EFBIG);
+    const r = native.fsFallocate(f, mode, Number(offset), Number(len));
+    return r < 0 ? fail(-r) : ok(undefined);
+  }
+
+  lseek(file: bigint, offset: bigint, whence: number): FsResult<bigint> {
+    const f = this.fileFd(file);
+    if (f < 0) return fail(E.EBADF);
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    if (offset > max || offset < -max) return fail(E.EINVAL);
+    const r = native.fsLseek(f, Number(offset), whence);
+    return r < 0 ? fail(-r) : ok(BigInt(r));
+  }
+
+  statfs(h: bigint): FsResult<FsStats> {
+    const s = this.slot(h);
+    if (!s) return fail(E.EBADF);
+    const b = new Float64Array(8);
+    const r = native.fsStatfs(s.fd, b);
+    if (r < 0) return fail(-r);
+    return ok({
+      blocks: BigInt(b[0]),
+      bfree: BigInt(b[1]),
+      bavail: BigInt(b[2]),
+      files: BigInt(b[3]),
+      ffree: BigInt(b[4]),
+      bsize: b[5],
+      namelen: b[6],
+      frsize: b[7],
+    });
+  }
+}
+
+export function errnoName(n: number): string {
+  for (const [k, v] of Object.entries(E)) if (v === n) return k;
+  return `errno ${n}`;
+}

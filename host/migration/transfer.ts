@@ -1,0 +1,193 @@
+// One device-state transfer, run in the background while the session keeps answering messages:
+// SAVE pulls the device's state from its worker chunk by chunk into the container and out through
+// the channel; LOAD reads the channel, parses the container as bytes arrive and pushes the device
+// section into the worker. `done` settles with null (success) or the reason it failed, which is
+// what CHECK_DEVICE_STATE reports.
+
+import type { DeviceWorker } from '../device/worker-client.ts';
+import { errorText, type Logger } from '../log/logger.ts';
+import { native } from '../native/index.ts';
+import { StateReader, StateWriter } from './channel.ts';
+import { ContainerLoader, saveContainer, type StateIdentity } from './container.ts';
+import { SectionId, type StateSection } from './section.ts';
+
+export const STATE_CHUNK = 1 << 20;
+
+/** The device's own bytes, through the worker's stateRead/stateWrite ops. */
+export class DeviceStateSection implements StateSection {
+  readonly id = SectionId.DEVICE;
+  readonly name = 'device';
+  private total = -1;
+  private first: Uint8Array | null = null;
+  private inflight: Promise<void>[] = [];
+  private inflightBytes = 0;
+  private writeError: Error | null = null;
+
+  constructor(
+    private readonly worker: DeviceWorker,
+    private readonly chunkSize = STATE_CHUNK,
+    /** LOAD: bytes posted to the worker before waiting for it to catch up. */
+    private readonly window = 8 << 20,
+  ) {}
+
+  async size(): Promise<number> {
+    const r = await this.worker.stateRead(0, this.chunkSize);
+    this.total = r.bytes.length + r.remaining;
+    this.first = r.bytes;
+    return this.total;
+  }
+
+  async read(offset: number, len: number): Promise<Uint8Array> {
+    if (offset === 0 && this.first !== null && this.first.length === len) {
+      const b = this.first;
+      this.first = null;
+      return b;
+    }
+    this.first = null;
+    const r = await this.worker.stateRead(offset, len);
+    if (offset + r.bytes.length + r.remaining !== this.total) {
+      throw new Error(`the device's state changed size during the save: ${this.total} bytes, now ${offset + r.bytes.length + r.remaining}`);
+    }
+    return r.bytes;
+  }
+
+  async beginLoad(size: number): Promise<void> {
+    this.total = size;
+  }
+
+  async write(offset: number, chunk: Uint8Array): Promise<void> {
+    if (this.writeError) throw this.writeError;
+    const n = chunk.length;
+    const p = this.worker.stateWrite(offset, chunk).then(
+      () => {
+        this.inflightBytes -= n;
+      },
+      (e: unknown) => {
+        this.inflightBytes -= n;
+        this.writeError ??= new Error(`the device refused state bytes at offset ${offset}: ${errorText(e)}`);
+      },
+    );
+    this.inflight.push(p);
+    this.inflightBytes += n;
+    while (this.inflightBytes > this.window && this.inflight.length > 0) await this.inflight.shift();
+    if (this.writeError) throw this.writeError;
+  }
+
+  private async drain(): Promise<void> {
+    await Promise.all(this.inflight.splice(0));
+    if (this.writeError) throw this.writeError;
+  }
+
+  async finish(): Promise<string | null> {
+    await this.drain();
+    return this.worker.stateFinish();
+  }
+
+  async abort(): Promise<void> {
+    await Promise.all(this.inflight.splice(0));
+    if (!this.worker.dead) await this.worker.stateAbort();
+  }
+}
+
+export interface TransferContext {
+  worker: DeviceWorker;
+  identity: StateIdentity;
+  /** Host-held resources saved next to the device's bytes (none yet). */
+  extraSections?: StateSection[];
+  log: Logger;
+}
+
+export interface TransferStats {
+  bytes: number;
+  ms: number;
+}
+
+export class StateTransfer {
+  readonly done: Promise<string | null>;
+  private settled = false;
+  private abortReason: Error | null = null;
+  private channel: StateWriter | StateReader | null = null;
+  private loader: ContainerLoader | null = null;
+  stats: TransferStats = { bytes: 0, ms: 0 };
+
+  private constructor(readonly direction: 'save' | 'load', run: (t: StateTransfer) => Promise<void>) {
+    this.done = run(this).then(
+      () => null,
+      (e: unknown) => (this.abortReason ? errorText(this.abortReason) : errorText(e)),
+    ).finally(() => {
+      this.settled = true;
+    });
+  }
+
+  get finished(): boolean {
+    return this.settled;
+  }
+
+  /** Stops a running transfer (disconnect, replaced); `done` then settles with the reason. */
+  abort(reason: string): void {
+    if (this.settled || this.abortReason) return;
+    this.abortReason = new Error(reason);
+    this.channel?.close(this.abortReason);
+    void this.loader?.abort(this.abortReason);
+  }
+
+  /** SAVE into the front-end's fd (pipe: streamed; memfd/file: written at offsets, then cut). Takes fd. */
+  static save(fd: number, ctx: TransferContext): StateTransfer {
+    let writer: StateWriter;
+    try {
+      writer = new StateWriter(fd);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    return new StateTransfer('save', async (t) => {
+      t.channel = writer;
+      const start = performance.now();
+      try {
+        const sections = [new DeviceStateSection(ctx.worker), ...(ctx.extraSections ?? [])];
+        const r = await saveContainer(writer, ctx.identity, sections, { chunkSize: STATE_CHUNK });
+        writer.end();
+        t.stats = { bytes: r.totalLength, ms: performance.now() - start };
+        ctx.log.info(`device state saved: ${r.totalLength} bytes (${r.sections.map((s) => `${s.name} ${s.length}`).join(', ')}) through a ${writer.kind} in ${t.stats.ms.toFixed(1)} ms`);
+      } finally {
+        writer.close();
+      }
+    });
+  }
+
+  /** LOAD from the front-end's fd. Takes fd. */
+  static load(fd: number, ctx: TransferContext): StateTransfer {
+    let reader: StateReader;
+    try {
+      reader = new StateReader(fd, STATE_CHUNK);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    return new StateTransfer('load', async (t) => {
+      t.channel = reader;
+      const start = performance.now();
+      const loader = new ContainerLoader({
+        identity: ctx.identity,
+        sections: [new DeviceStateSection(ctx.worker), ...(ctx.extraSections ?? [])],
+        warn: (m) => ctx.log.warn(m),
+      });
+      t.loader = loader;
+      try {
+        for (;;) {
+          const chunk = await reader.read();
+          if (chunk === null) break;
+          await loader.feed(chunk);
+        }
+        await loader.end();
+        t.stats = { bytes: loader.bytesReceived, ms: performance.now() - start };
+        ctx.log.info(`device state loaded: ${loader.bytesReceived} bytes through a ${reader.kind} in ${t.stats.ms.toFixed(1)} ms`);
+      } catch (e) {
+        await loader.abort(e instanceof Error ? e : new Error(String(e)));
+        throw e;
+      } finally {
+        reader.close();
+      }
+    });
+  }
+}

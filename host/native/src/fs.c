@@ -1,0 +1,513 @@
+// fd-relative file-system syscalls for the `filesystem` capability (virtio-fs). Every call
+// here works on fds the host already holds beneath the share root and on single path
+// components: no call ever resolves a multi-component path given by the guest.
+//
+// Confinement (the guest is hostile):
+//  - Names are validated here: non-empty, at most NAME_MAX bytes, no '/', no NUL, never
+//    "." or "..". A name is therefore one directory entry of the directory the fd holds.
+//  - Lookups and creates go through openat2(2) with
+//      RESOLVE_BENEATH       the result must stay beneath the dirfd, even if the name was
+//                            swapped for ".." or an absolute path by a bug above us;
+//      RESOLVE_NO_SYMLINKS   never follow a symlink, not even as the last component (a
+//                            symlink the guest or anyone else swapped in mid-operation is
+//                            returned as itself, O_PATH|O_NOFOLLOW, or refused with ELOOP
+//                            for O_CREAT), so relative and absolute symlinks can never
+//                            take us out of the share;
+//      RESOLVE_NO_MAGICLINKS /proc-style links are refused during any guest-driven lookup;
+//      RESOLVE_NO_XDEV       a mount point inside the share is not crossed: submounts are
+//                            not part of the grant (EXDEV).
+//  - Operations on an existing node (reopen for I/O, chmod, utimens, truncate, link) go
+//    through /proc/self/fd/N of the O_PATH fd we hold. That magic link names exactly the
+//    inode the fd pins, so no name is looked up and nothing can be swapped in between:
+//    renames and symlink swaps racing it are harmless. This is the only place magic links
+//    are followed, and the path is built here from our own fd number, never from the guest.
+//  - Only regular files and directories are ever opened for I/O (no FIFOs or devices that
+//    could block the device worker or reach host hardware); MKNOD creates regular files.
+//
+// Calls return a result >= 0 or -errno: failures are the normal case for a file server
+// (ENOENT on every negative lookup), so they are values, not exceptions. Only argument
+// errors (a bug in the TypeScript caller) throw.
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define RESOLVE_FLAGS (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+
+static napi_value num(napi_env env, double d) { return make_number(env, d); }
+static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
+
+static bool arg_int(napi_env env, napi_value v, const char *fn, const char *name, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || d != d || d < -SAFE_INT_MAX || d > SAFE_INT_MAX ||
+      d != (double)(int64_t)d)
+    return throw_type(env, "%s: %s must be a safe integer", fn, name);
+  *out = (int64_t)d;
+  return true;
+}
+
+static bool arg_fd(napi_env env, napi_value v, const char *fn, int *fd) {
+  int64_t x = 0;
+  if (!arg_int(env, v, fn, "fd", &x)) return false;
+  if (x < 0 || x > INT_MAX) return throw_range(env, "%s: fd %lld is not a file descriptor", fn, (long long)x);
+  *fd = (int)x;
+  return true;
+}
+
+// A name from the guest -> a NUL-terminated copy in `buf` (NAME_MAX + 1), or -errno.
+static int take_name(napi_env env, napi_value v, const char *fn, char *buf, bool *threw) {
+  void *data;
+  size_t len;
+  *threw = false;
+  if (!get_bytes(env, v, fn, "name", &data, &len)) {
+    *threw = true;
+    return -EINVAL;
+  }
+  if (len == 0) return -ENOENT;
+  if (len > NAME_MAX) return -ENAMETOOLONG;
+  if (memchr(data, '/', len) || memchr(data, 0, len)) return -EINVAL;
+  if ((len == 1 && ((char *)data)[0] == '.') || (len == 2 && memcmp(data, "..", 2) == 0)) return -EINVAL;
+  memcpy(buf, data, len);
+  buf[len] = 0;
+  return 0;
+}
+
+static int openat2_beneath(int dirfd, const char *name, int flags, mode_t mode) {
+  struct open_how how = {.flags = (uint64_t)flags, .mode = mode, .resolve = RESOLVE_FLAGS};
+  long r;
+  do r = syscall(SYS_openat2, dirfd, name, &how, sizeof how);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : (int)r;
+}
+
+static void proc_path(char *buf, size_t n, int fd) { snprintf(buf, n, "/proc/self/fd/%d", fd); }
+
+static int fstat_fd(int fd, struct stat *st) {
+  return fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+}
+
+// Open flags a guest may ask for; everything else (O_CREAT, O_PATH, O_NOFOLLOW, O_DIRECT,
+// O_ASYNC, ...) is dropped or added by us.
+#define OPEN_ALLOWED (O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_NOATIME | O_DIRECTORY)
+
+// Reopen the inode an O_PATH fd pins, for I/O (see the top of the file for why via /proc).
+static int reopen_fd(int fd, int flags) {
+  struct stat st;
+  int r = fstat_fd(fd, &st);
+  if (r < 0) return r;
+  if (S_ISLNK(st.st_mode)) return -ELOOP;
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return -ENXIO;
+  if (S_ISDIR(st.st_mode) && (flags & O_ACCMODE) != O_RDONLY) return -EISDIR;
+  char path[64];
+  proc_path(path, sizeof path, fd);
+  int f = (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY;
+  int nfd;
+  do nfd = open(path, f);
+  while (nfd < 0 && errno == EINTR);
+  return nfd < 0 ? -errno : nfd;
+}
+
+// fsOpenRoot(path) -> O_PATH|O_DIRECTORY fd | -errno. The operator's path, not the guest's.
+static napi_value fs_open_root(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  char *path;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsOpenRoot")) return NULL;
+  if (!get_string(env, argv[0], "fsOpenRoot", "path", PATH_MAX, &path)) return NULL;
+  int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  int err = errno;
+  free(path);
+  return fd < 0 ? neg(env, err) : num(env, fd);
+}
+
+// fsLookup(dirfd, name) -> O_PATH|O_NOFOLLOW fd of that entry | -errno.
+static napi_value fs_lookup(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int dirfd;
+  char name[NAME_MAX + 1];
+  bool threw;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsLookup") || !arg_fd(env, argv[0], "fsLookup", &dirfd)) return NULL;
+  int r = take_name(env, argv[1], "fsLookup", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  return num(env, openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+}
+
+// fsStat(fd, out: Float64Array(16)) -> 0 | -errno. Layout: dev ino mode nlink uid gid rdev
+// size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec.
+static napi_value fs_stat(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsStat") || !arg_fd(env, argv[0], "fsStat", &fd) ||
+      !get_bytes(env, argv[1], "fsStat", "out", &data, &len))
+    return NULL;
+  if (len < 16 * sizeof(double) || ((uintptr_t)data & 7)) {
+    throw_range(env, "fsStat: out must be an aligned Float64Array of 16");
+    return NULL;
+  }
+  struct stat st;
+  int r = fstat_fd(fd, &st);
+  if (r < 0) return neg(env, -r);
+  double *o = data;
+  o[0] = (double)st.st_dev, o[1] = (double)st.st_ino, o[2] = st.st_mode, o[3] = (double)st.st_nlink;
+  o[4] = st.st_uid, o[5] = st.st_gid, o[6] = (double)st.st_rdev, o[7] = (double)st.st_size;
+  o[8] = (double)st.st_blksize, o[9] = (double)st.st_blocks;
+  o[10] = (double)st.st_atim.tv_sec, o[11] = (double)st.st_atim.tv_nsec;
+  o[12] = (double)st.st_mtim.tv_sec, o[13] = (double)st.st_mtim.tv_nsec;
+  o[14] = (double)st.st_ctim.tv_sec, o[15] = (double)st.st_ctim.tv_nsec;
+  return num(env, 0);
+}
+
+// fsReopen(fd, flags) -> an fd open for I/O on the same inode | -errno.
+static napi_value fs_reopen(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t flags = 0;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsReopen") || !arg_fd(env, argv[0], "fsReopen", &fd) ||
+      !arg_int(env, argv[1], "fsReopen", "flags", &flags))
+    return NULL;
+  return num(env, reopen_fd(fd, (int)flags));
+}
+
+// fsPathOf(fd) -> a new O_PATH fd on the inode fd refers to (after a create) | -errno.
+static napi_value fs_path_of(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsPathOf") || !arg_fd(env, argv[0], "fsPathOf", &fd)) return NULL;
+  char path[64];
+  proc_path(path, sizeof path, fd);
+  int r = open(path, O_PATH | O_CLOEXEC);
+  return r < 0 ? neg(env, errno) : num(env, r);
+}
+
+// fsCreate(dirfd, name, flags, mode) -> fd open for I/O on a new (or, without O_EXCL, an
+// existing regular) file | -errno. A symlink in the name's place gives ELOOP.
+static napi_value fs_create(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int dirfd;
+  int64_t flags = 0, mode = 0;
+  char name[NAME_MAX + 1];
+  bool threw;
+  if (!get_args(env, info, 4, 4, argv, NULL, "fsCreate") || !arg_fd(env, argv[0], "fsCreate", &dirfd) ||
+      !arg_int(env, argv[2], "fsCreate", "flags", &flags) || !arg_int(env, argv[3], "fsCreate", "mode", &mode))
+    return NULL;
+  int r = take_name(env, argv[1], "fsCreate", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  int f = ((int)flags & (O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_EXCL)) | O_CREAT | O_CLOEXEC |
+          O_NOCTTY | O_NOFOLLOW;
+  int fd = openat2_beneath(dirfd, name, f, (mode_t)mode & 07777);
+  if (fd < 0) return num(env, fd);
+  struct stat st = {0};
+  errno = 0;
+  // Without O_EXCL an existing entry is opened: refuse anything but a regular file.
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    int err = errno;
+    if (err == 0 || S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) err = S_ISDIR(st.st_mode) ? EISDIR : ENXIO;
+    close(fd);
+    return neg(env, err);
+  }
+  return num(env, fd);
+}
+
+// fsMake(kind, dirfd, name, mode, target?) -> 0 | -errno. kind: 'f' regular file (mknod),
+// 'd' directory, 'l' symlink to target (bytes; never followed by us).
+static napi_value fs_make(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int dirfd;
+  int64_t mode = 0;
+  char name[NAME_MAX + 1], kind[2];
+  size_t klen;
+  bool threw;
+  if (!get_args(env, info, 5, 4, argv, NULL, "fsMake")) return NULL;
+  if (napi_get_value_string_utf8(env, argv[0], kind, sizeof kind, &klen) != napi_ok || klen != 1) {
+    throw_type(env, "fsMake: kind must be 'f', 'd' or 'l'");
+    return NULL;
+  }
+  if (!arg_fd(env, argv[1], "fsMake", &dirfd) || !arg_int(env, argv[3], "fsMake", "mode", &mode)) return NULL;
+  int r = take_name(env, argv[2], "fsMake", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  switch (kind[0]) {
+    case 'f': r = mknodat(dirfd, name, S_IFREG | ((mode_t)mode & 07777), 0); break;
+    case 'd': r = mkdirat(dirfd, name, (mode_t)mode & 07777); break;
+    case 'l': {
+      void *data;
+      size_t len;
+      if (!get_bytes(env, argv[4], "fsMake", "target", &data, &len)) return NULL;
+      if (len == 0 || len >= PATH_MAX || memchr(data, 0, len)) return neg(env, len >= PATH_MAX ? ENAMETOOLONG : EINVAL);
+      char *t = malloc(len + 1);
+      if (!t) return neg(env, ENOMEM);
+      memcpy(t, data, len);
+      t[len] = 0;
+      r = symlinkat(t, dirfd, name);
+      int err = errno;
+      free(t);
+      errno = err;
+      break;
+    }
+    default: throw_type(env, "fsMake: kind must be 'f', 'd' or 'l'"); return NULL;
+  }
+  return r < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsLink(fd, newdirfd, name) -> 0 | -errno: a new name for the inode fd pins.
+static napi_value fs_link(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd, dirfd;
+  char name[NAME_MAX + 1];
+  bool threw;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsLink") || !arg_fd(env, argv[0], "fsLink", &fd) ||
+      !arg_fd(env, argv[1], "fsLink", &dirfd))
+    return NULL;
+  int r = take_name(env, argv[2], "fsLink", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  struct stat st;
+  if ((r = fstat_fd(fd, &st)) < 0) return neg(env, -r);
+  if (S_ISDIR(st.st_mode)) return neg(env, EPERM);
+  // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, the /proc magic link of our own fd
+  // (AT_SYMLINK_FOLLOW follows the magic link to the pinned inode, not a symlink's target).
+  if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0) return num(env, 0);
+  if (errno != ENOENT && errno != EPERM) return neg(env, errno);
+  char path[64];
+  proc_path(path, sizeof path, fd);
+  return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsUnlink(dirfd, name, isDir) -> 0 | -errno.
+static napi_value fs_unlink(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int dirfd;
+  bool dir;
+  char name[NAME_MAX + 1];
+  bool threw;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsUnlink") || !arg_fd(env, argv[0], "fsUnlink", &dirfd) ||
+      !get_bool(env, argv[2], "fsUnlink", "isDir", &dir))
+    return NULL;
+  int r = take_name(env, argv[1], "fsUnlink", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  return unlinkat(dirfd, name, dir ? AT_REMOVEDIR : 0) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsRename(olddirfd, oldname, newdirfd, newname, flags) -> 0 | -errno (renameat2 flags:
+// RENAME_NOREPLACE 1, RENAME_EXCHANGE 2; RENAME_WHITEOUT is refused).
+static napi_value fs_rename(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int od, nd;
+  int64_t flags = 0;
+  char on[NAME_MAX + 1], nn[NAME_MAX + 1];
+  bool threw;
+  if (!get_args(env, info, 5, 5, argv, NULL, "fsRename") || !arg_fd(env, argv[0], "fsRename", &od) ||
+      !arg_fd(env, argv[2], "fsRename", &nd) || !arg_int(env, argv[4], "fsRename", "flags", &flags))
+    return NULL;
+  int r = take_name(env, argv[1], "fsRename", on, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  r = take_name(env, argv[3], "fsRename", nn, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  if (flags & ~3LL) return neg(env, EINVAL);
+  return syscall(SYS_renameat2, od, on, nd, nn, (unsigned)flags) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsReadlink(fd, buf) -> bytes | -errno.
+static napi_value fs_readlink(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsReadlink") || !arg_fd(env, argv[0], "fsReadlink", &fd) ||
+      !get_bytes(env, argv[1], "fsReadlink", "buf", &data, &len))
+    return NULL;
+  ssize_t n = readlinkat(fd, "", data, len);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsSetattr(fd, what, a, b, c, d) -> 0 | -errno, one change per call:
+//   'mode' a=mode; 'owner' a=uid b=gid (-1 keeps); 'size' a=size;
+//   'times' a=atime b=atimeNsec c=mtime d=mtimeNsec (UTIME_NOW/UTIME_OMIT as nsec).
+static napi_value fs_setattr(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  int fd;
+  char what[8];
+  size_t wlen;
+  int64_t a[4] = {0};
+  if (!get_args(env, info, 6, 3, argv, NULL, "fsSetattr") || !arg_fd(env, argv[0], "fsSetattr", &fd)) return NULL;
+  if (napi_get_value_string_utf8(env, argv[1], what, sizeof what, &wlen) != napi_ok) {
+    throw_type(env, "fsSetattr: what must be a string");
+    return NULL;
+  }
+  for (int i = 0; i < 4; i++) {
+    napi_valuetype t;
+    napi_typeof(env, argv[2 + i], &t);
+    if (t != napi_undefined && !arg_int(env, argv[2 + i], "fsSetattr", "value", &a[i])) return NULL;
+  }
+  struct stat st;
+  int r = fstat_fd(fd, &st);
+  if (r < 0) return neg(env, -r);
+  char path[64];
+  proc_path(path, sizeof path, fd);
+  if (strcmp(what, "owner") == 0) {
+    r = fchownat(fd, "", (uid_t)a[0], (gid_t)a[1], AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  } else if (S_ISLNK(st.st_mode)) {
+    return neg(env, EOPNOTSUPP); // symlinks have no mode of their own; times: not supported
+  } else if (strcmp(what, "mode") == 0) {
+    r = fchmodat(AT_FDCWD, path, (mode_t)a[0] & 07777, 0);
+  } else if (strcmp(what, "times") == 0) {
+    struct timespec ts[2] = {{a[0], a[1]}, {a[2], a[3]}};
+    r = utimensat(AT_FDCWD, path, ts, 0);
+  } else if (strcmp(what, "size") == 0) {
+    if (S_ISDIR(st.st_mode)) return neg(env, EISDIR);
+    if (!S_ISREG(st.st_mode)) return neg(env, EINVAL);
+    if (a[0] < 0) return neg(env, EINVAL);
+    int wfd = reopen_fd(fd, O_WRONLY);
+    if (wfd < 0) return neg(env, -wfd);
+    r = ftruncate(wfd, a[0]);
+    int err = errno;
+    close(wfd);
+    errno = err;
+  } else {
+    throw_type(env, "fsSetattr: unknown attribute '%s'", what);
+    return NULL;
+  }
+  return r < 0 ? neg(env, errno) : num(env, 0);
+}
+
+static bool fd_buf_off(napi_env env, napi_callback_info info, const char *fn, int *fd, void **data, size_t *len,
+                       int64_t *off) {
+  napi_value argv[3];
+  return get_args(env, info, 3, 3, argv, NULL, fn) && arg_fd(env, argv[0], fn, fd) &&
+         get_bytes(env, argv[1], fn, "buf", data, len) && arg_int(env, argv[2], fn, "offset", off);
+}
+
+// fsPread/fsPwrite(fd, buf, offset) -> bytes | -errno.
+static napi_value fs_pread(napi_env env, napi_callback_info info) {
+  int fd;
+  void *data;
+  size_t len;
+  int64_t off = 0;
+  if (!fd_buf_off(env, info, "fsPread", &fd, &data, &len, &off)) return NULL;
+  if (off < 0) return neg(env, EINVAL);
+  ssize_t n;
+  do n = pread(fd, data, len, off);
+  while (n < 0 && errno == EINTR);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+static napi_value fs_pwrite(napi_env env, napi_callback_info info) {
+  int fd;
+  void *data;
+  size_t len;
+  int64_t off = 0;
+  if (!fd_buf_off(env, info, "fsPwrite", &fd, &data, &len, &off)) return NULL;
+  if (off < 0) return neg(env, EINVAL);
+  ssize_t n;
+  do n = pwrite(fd, data, len, off);
+  while (n < 0 && errno == EINTR);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsGetdents(fd, buf, offset: bigint) -> bytes of linux_dirent64 records from the directory
+// position `offset` (a d_off from an earlier record, or 0n) | -errno. A bigint: ext4 hands
+// out 63-bit hash positions that a double would round.
+static napi_value fs_getdents(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  void *data;
+  size_t len;
+  int64_t off = 0;
+  bool lossless;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsGetdents") || !arg_fd(env, argv[0], "fsGetdents", &fd) ||
+      !get_bytes(env, argv[1], "fsGetdents", "buf", &data, &len))
+    return NULL;
+  if (napi_get_value_bigint_int64(env, argv[2], &off, &lossless) != napi_ok || !lossless) {
+    throw_type(env, "fsGetdents: offset must be a bigint in the s64 range");
+    return NULL;
+  }
+  if (lseek(fd, off, SEEK_SET) < 0) return neg(env, errno);
+  long n = syscall(SYS_getdents64, fd, data, len);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsStatfs(fd, out: Float64Array(8)) -> 0 | -errno: blocks bfree bavail files ffree bsize namelen frsize.
+static napi_value fs_statfs(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsStatfs") || !arg_fd(env, argv[0], "fsStatfs", &fd) ||
+      !get_bytes(env, argv[1], "fsStatfs", "out", &data, &len))
+    return NULL;
+  if (len < 8 * sizeof(double) || ((uintptr_t)data & 7)) {
+    throw_range(env, "fsStatfs: out must be an aligned Float64Array of 8");
+    return NULL;
+  }
+  struct statfs s;
+  if (fstatfs(fd, &s) < 0) return neg(env, errno);
+  double *o = data;
+  o[0] = (double)s.f_blocks, o[1] = (double)s.f_bfree, o[2] = (double)s.f_bavail, o[3] = (double)s.f_files;
+  o[4] = (double)s.f_ffree, o[5] = (double)s.f_bsize, o[6] = (double)s.f_namelen, o[7] = (double)s.f_frsize;
+  return num(env, 0);
+}
+
+// fsFsync(fd, datasync) -> 0 | -errno.
+static napi_value fs_fsync(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  bool data;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsFsync") || !arg_fd(env, argv[0], "fsFsync", &fd) ||
+      !get_bool(env, argv[1], "fsFsync", "datasync", &data))
+    return NULL;
+  return (data ? fdatasync(fd) : fsync(fd)) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsFallocate(fd, mode, offset, len) -> 0 | -errno.
+static napi_value fs_fallocate(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int fd;
+  int64_t mode = 0, off = 0, len = 0;
+  if (!get_args(env, info, 4, 4, argv, NULL, "fsFallocate") || !arg_fd(env, argv[0], "fsFallocate", &fd) ||
+      !arg_int(env, argv[1], "fsFallocate", "mode", &mode) || !arg_int(env, argv[2], "fsFallocate", "offset", &off) ||
+      !arg_int(env, argv[3], "fsFallocate", "len", &len))
+    return NULL;
+  if (off < 0 || len <= 0) return neg(env, EINVAL);
+  return fallocate(fd, (int)mode, off, len) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsLseek(fd, offset, whence) -> new offset | -errno (SEEK_DATA/SEEK_HOLE for FUSE_LSEEK).
+static napi_value fs_lseek(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  int64_t off = 0, whence = 0;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsLseek") || !arg_fd(env, argv[0], "fsLseek", &fd) ||
+      !arg_int(env, argv[1], "fsLseek", "offset", &off) || !arg_int(env, argv[2], "fsLseek", "whence", &whence))
+    return NULL;
+  off_t r = lseek(fd, off, (int)whence);
+  return r < 0 ? neg(env, errno) : num(env, (double)r);
+}
+
+bool init_fs(napi_env env, napi_value exports) {
+  return set_fn(env, exports, "fsOpenRoot", fs_open_root) && set_fn(env, exports, "fsLookup", fs_lookup) &&
+         set_fn(env, exports, "fsStat", fs_stat) && set_fn(env, exports, "fsReopen", fs_reopen) &&
+         set_fn(env, exports, "fsPathOf", fs_path_of) && set_fn(env, exports, "fsCreate", fs_create) &&
+         set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&
+         set_fn(env, exports, "fsUnlink", fs_unlink) && set_fn(env, exports, "fsRename", fs_rename) &&
+         set_fn(env, exports, "fsReadlink", fs_readlink) && set_fn(env, exports, "fsSetattr", fs_setattr) &&
+         set_fn(env, exports, "fsPread", fs_pread) && set_fn(env, exports, "fsPwrite", fs_pwrite) &&
+         set_fn(env, exports, "fsGetdents", fs_getdents) && set_fn(env, exports, "fsStatfs", fs_statfs) &&
+         set_fn(env, exports, "fsFsync", fs_fsync) && set_fn(env, exports, "fsFallocate", fs_fallocate) &&
+         set_fn(env, exports, "fsLseek", fs_lseek);
+}

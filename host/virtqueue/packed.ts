@@ -1,0 +1,613 @@
+// Device side of a packed virtqueue (virtio 1.1+, "Packed Virtqueues", VIRTIO_F_RING_PACKED).
+//
+// One ring of 16-byte descriptors {addr u64, len u32, id u16, flags u16} carries both directions:
+// the driver makes a descriptor available by setting AVAIL to its wrap counter and USED to the
+// inverse; the device returns a buffer by writing one used descriptor (id, len, AVAIL = USED =
+// its own wrap counter) at its used index, then skipping as many slots as the buffer's chain
+// occupied. Two 4-byte event suppression structures {off_wrap u16, flags u16} replace the split
+// ring's flags/event indexes: the driver area (written by the driver) controls used-buffer
+// notifications, the device area (written by us) controls available-buffer notifications.
+//
+// Indexes are kept as "positions" in [0, 2 * size): slot = position mod size, and the wrap
+// counter is 1 on the first lap (position < size), 0 on the second. That makes every distance
+// (in-flight slots, event windows) a plain modular subtraction. Everything read from guest
+// memory is checked; the first violation breaks the queue with a QueueFault, as SplitQueue does.
+
+import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import type { DirtyLog } from '../memory/dirty-log.ts';
+import { DESC_SIZE, MAX_INDIRECT_ENTRIES, MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
+import { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './split.ts';
+
+/** Descriptor flag: available, set by the driver to its wrap counter. */
+export const VIRTQ_DESC_F_AVAIL = 1 << 7;
+/** Descriptor flag: used, set by the driver to the inverse of its wrap counter, by the device to its own. */
+export const VIRTQ_DESC_F_USED = 1 << 15;
+
+/** Event suppression flags (the `flags` field of both suppression structures). */
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+/** Only with VIRTIO_F_RING_EVENT_IDX: notify when the ring passes off_wrap. */
+export const RING_EVENT_FLAGS_DESC = 2;
+/** Bit 15 of off_wrap is the wrap counter the offset refers to. */
+export const RING_EVENT_WRAP = 1 << 15;
+export const EVENT_SUPPRESS_BYTES = 4;
+
+/** Packed queue sizes need not be powers of two; 2^15 is the most a 15-bit offset can index. */
+export function isValidPackedQueueSize(size: number): boolean {
+  return Number.isInteger(size) && size >= 1 && size <= MAX_QUEUE_SIZE;
+}
+
+/** Position (see top of file) of ring slot `idx` on the lap whose wrap counter is `wrap`. */
+export function packedPosition(idx: number, wrap: boolean, size: number): number {
+  return wrap ? idx : idx + size;
+}
+
+/** The off_wrap encoding of a position: slot in bits 0-14, wrap counter in bit 15. */
+export function positionToOffWrap(pos: number, size: number): number {
+  return pos < size ? pos | RING_EVENT_WRAP : pos - size;
+}
+
+/**
+ * Event-index test for packed rings: notify iff the position named by `offWrap` lies in
+ * [oldPos, newPos) modulo 2 * size, i.e. the other side asked to be told when the ring
+ * reaches that slot (on that lap) and this batch moved past it. Offsets beyond the ring
+ * (a confused or hostile peer) are reduced modulo the position space; they only decide
+ * whether to notify.
+ */
+export function packedNeedEvent(offWrap: number, newPos: number, oldPos: number, size: number): boolean {
+  const span = 2 * size;
+  let e = (offWrap & 0x7fff) + (offWrap & RING_EVENT_WRAP ? 0 : size);
+  e %= span;
+  let a = newPos - e - 1;
+  if (a < 0) a += span;
+  if (a < 0) a += span;
+  let b = newPos - oldPos;
+  if (b < 0) b += span;
+  return a < b;
+}
+
+export interface PackedVringBase {
+  /** Next ring slot the device will examine for an available descriptor. */
+  availIdx: number;
+  availWrap: boolean;
+  /** Ring slot where the device writes its next used descriptor. */
+  usedIdx: number;
+  usedWrap: boolean;
+}
+
+/**
+ * SET/GET_VRING_BASE payload `num` for packed rings (vhost-user.rst, "Vring descriptor indices
+ * for packed virtqueues"): bits 0-14 avail index, bit 15 avail wrap counter, bits 16-30 used
+ * index, bit 31 used wrap counter.
+ */
+export function encodePackedVringBase(b: PackedVringBase): number {
+  return ((b.availIdx & 0x7fff) | (b.availWrap ? 0x8000 : 0) | ((b.usedIdx & 0x7fff) << 16) | (b.usedWrap ? 0x80000000 : 0)) >>> 0;
+}
+
+/**
+ * Decodes a packed vring base. Older peers (DPDK before the spec named the upper half, and our
+ * own front-end's first drafts) send only the avail half with the upper 16 bits zero; when that
+ * reading is inconsistent (used more than a ring ahead of avail) the used index is taken to
+ * equal the avail one, which is what a stopped ring with nothing in flight has.
+ */
+export function decodePackedVringBase(num: number, size: number): PackedVringBase {
+  const b: PackedVringBase = {
+    availIdx: num & 0x7fff,
+    availWrap: (num & 0x8000) !== 0,
+    usedIdx: (num >>> 16) & 0x7fff,
+    usedWrap: (num & 0x80000000) !== 0,
+  };
+  if (num >>> 16 === 0 && b.availIdx < size) {
+    let d = packedPosition(b.availIdx, b.availWrap, size) - packedPosition(0, false, size);
+    if (d < 0) d += 2 * size;
+    if (d > size) {
+      b.usedIdx = b.availIdx;
+      b.usedWrap = b.availWrap;
+    }
+  }
+  return b;
+}
+
+/** `head` is the buffer id (from the chain's last descriptor); `availIndex` the ring slot of its first descriptor. */
+export interface PackedDescriptorChain extends DescriptorChain {
+  /** Ring slots the chain occupies (1 for an indirect descriptor): how far its used descriptor moves the used index. */
+  descCount: number;
+}
+
+export interface PackedQueueConfig {
+  /** Queue index, only for messages. */
+  index: number;
+  memory: GuestMemory;
+  /** 1..32768, not necessarily a power of two. */
+  size: number;
+  /** Descriptor ring (SET_VRING_ADDR's descriptor address), 16-byte aligned. */
+  descGpa: number;
+  /** Driver event suppression area (SET_VRING_ADDR's "avail" address), 4-byte aligned. */
+  driverEventGpa: number;
+  /** Device event suppression area (SET_VRING_ADDR's "used" address), 4-byte aligned. */
+  deviceEventGpa: number;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  /** SET_VRING_BASE (decoded): first slot to examine and the driver wrap counter there. Default 0 / true. */
+  nextAvail?: number;
+  availWrap?: boolean;
+  /** Where the next used descriptor goes. Default: the avail index and wrap (nothing in flight). */
+  nextUsed?: number;
+  usedWrap?: boolean;
+  /** VHOST_F_LOG_ALL: log every write to guest memory here. */
+  log?: DirtyLog | null;
+  /** GPA to log device event area writes against (log_guest_addr of SET_VRING_ADDR); default deviceEventGpa. */
+  usedLogGpa?: number;
+}
+
+const ADDR_HI_LIMIT = 0x200000; // high u32 of 2^53
+const USED_BOTH = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
+
+export class PackedQueue {
+  readonly index: number;
+  readonly size: number;
+  readonly eventIdx: boolean;
+  readonly indirectDesc: boolean;
+  readonly descGpa: number;
+  readonly driverEventGpa: number;
+  readonly deviceEventGpa: number;
+  readonly packed = true;
+
+  private readonly memory: GuestMemory;
+  private readonly span: number; // 2 * size
+  private memGen = -1;
+  private desc!: DataView;
+  /** The descriptor ring as u16s: flags of slot i at [8 * i + 7]. */
+  private ring16!: Uint16Array;
+  /** [0] = off_wrap | flags << 16 (little-endian), read as one unit. */
+  private driverEvent!: Uint32Array;
+  private deviceEvent!: Uint32Array;
+  /** Last value we stored in the device area, -1 when unknown (skip redundant stores and logs). */
+  private deviceEventShadow = -1;
+
+  private availPos: number;
+  private usedPos: number;
+  private signalledPos: number;
+  /** Used slots advanced since the last needsNotification (to detect > one position space). */
+  private usedSinceSignal = 0;
+  private readonly inflight: (PackedDescriptorChain | undefined)[];
+  private inflightCount = 0;
+  private faultErr: QueueFault | undefined;
+  private log: DirtyLog | null;
+  private usedLogGpa: number;
+
+  constructor(cfg: PackedQueueConfig) {
+    this.index = cfg.index;
+    if (!isValidPackedQueueSize(cfg.size)) {
+      throw new QueueSetupError(cfg.index, `packed queue size ${cfg.size} is not an integer in [1, ${MAX_QUEUE_SIZE}]`);
+    }
+    this.size = cfg.size;
+    this.span = 2 * cfg.size;
+    this.memory = cfg.memory;
+    this.eventIdx = cfg.eventIdx;
+    this.indirectDesc = cfg.indirectDesc;
+    this.descGpa = cfg.descGpa;
+    this.driverEventGpa = cfg.driverEventGpa;
+    this.deviceEventGpa = cfg.deviceEventGpa;
+    if (!Number.isSafeInteger(cfg.descGpa) || cfg.descGpa % 16 !== 0) {
+      throw new QueueSetupError(cfg.index, `descriptor ring GPA ${hex(cfg.descGpa)} is not 16-byte aligned`);
+    }
+    if (!Number.isSafeInteger(cfg.driverEventGpa) || cfg.driverEventGpa % 4 !== 0) {
+      throw new QueueSetupError(cfg.index, `driver event suppression GPA ${hex(cfg.driverEventGpa)} is not 4-byte aligned`);
+    }
+    if (!Number.isSafeInteger(cfg.deviceEventGpa) || cfg.deviceEventGpa % 4 !== 0) {
+      throw new QueueSetupError(cfg.index, `device event suppression GPA ${hex(cfg.deviceEventGpa)} is not 4-byte aligned`);
+    }
+    this.resolveViews(true);
+    const availIdx = cfg.nextAvail ?? 0;
+    const availWrap = cfg.availWrap ?? true;
+    const usedIdx = cfg.nextUsed ?? availIdx;
+    const usedWrap = cfg.usedWrap ?? (cfg.nextUsed === undefined ? availWrap : true);
+    for (const [what, v] of [['vring base avail index', availIdx], ['vring base used index', usedIdx]] as const) {
+      if (!Number.isInteger(v) || v < 0 || v >= cfg.size) throw new QueueSetupError(cfg.index, `${what} ${v} is outside the ring of ${cfg.size}`);
+    }
+    this.availPos = packedPosition(availIdx, availWrap, cfg.size);
+    this.usedPos = packedPosition(usedIdx, usedWrap, cfg.size);
+    if (this.ownedSlots() > cfg.size) {
+      throw new QueueSetupError(
+        cfg.index,
+        `vring base: used index ${usedIdx} (wrap ${+usedWrap}) is not within one ring behind avail index ${availIdx} (wrap ${+availWrap})`,
+      );
+    }
+    this.signalledPos = this.usedPos;
+    this.inflight = new Array(cfg.size);
+    this.log = cfg.log ?? null;
+    this.usedLogGpa = cfg.usedLogGpa ?? cfg.deviceEventGpa;
+  }
+
+  /** Ring slot the device examines next. */
+  get nextAvail(): number {
+    const p = this.availPos;
+    return p < this.size ? p : p - this.size;
+  }
+  /** Ring slot of the next used descriptor. */
+  get nextUsed(): number {
+    const p = this.usedPos;
+    return p < this.size ? p : p - this.size;
+  }
+  get availWrapCounter(): boolean {
+    return this.availPos < this.size;
+  }
+  get usedWrapCounter(): boolean {
+    return this.usedPos < this.size;
+  }
+  /** GET_VRING_BASE reply `num` (both indexes and wrap counters). */
+  get vringBase(): number {
+    return encodePackedVringBase({ availIdx: this.nextAvail, availWrap: this.availWrapCounter, usedIdx: this.nextUsed, usedWrap: this.usedWrapCounter });
+  }
+  /** Chains popped and not yet returned with pushUsed. */
+  get inFlight(): number {
+    return this.inflightCount;
+  }
+  /** Ring slots between the used and the avail index: owned by the device (in flight, or lost in a restart). */
+  get inFlightDescriptors(): number {
+    return this.ownedSlots();
+  }
+  get broken(): boolean {
+    return this.faultErr !== undefined;
+  }
+  get fault(): QueueFault | undefined {
+    return this.faultErr;
+  }
+
+  /** VHOST_F_LOG_ALL switched on/off, or a new log area (SET_LOG_BASE). */
+  setLog(log: DirtyLog | null, usedLogGpa: number = this.deviceEventGpa): void {
+    this.log = log;
+    this.usedLogGpa = usedLogGpa;
+  }
+
+  /** Buffer ids currently in flight. */
+  inFlightHeads(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.size; i++) if (this.inflight[i] !== undefined) out.push(i);
+    return out;
+  }
+
+  private ownedSlots(): number {
+    const d = this.availPos - this.usedPos;
+    return d < 0 ? d + this.span : d;
+  }
+
+  private isAvail(pos: number): boolean {
+    const size = this.size;
+    const wrap = pos < size;
+    const slot = wrap ? pos : pos - size;
+    const f = Atomics.load(this.ring16, 8 * slot + 7);
+    return ((f & VIRTQ_DESC_F_AVAIL) !== 0) === wrap && ((f & VIRTQ_DESC_F_USED) !== 0) !== wrap;
+  }
+
+  /** Whether the driver has made a descriptor available at the avail index (no side effects). */
+  hasAvailable(): boolean {
+    this.check();
+    return this.isAvail(this.availPos);
+  }
+
+  /**
+   * The next available chain, or null when the driver has published nothing new.
+   * Throws QueueFault on a protocol violation, and on every call once broken.
+   */
+  pop(): PackedDescriptorChain | null {
+    this.check();
+    const pos = this.availPos;
+    // Acquire: the flags load comes first; the rest of the descriptor (and the chain's other
+    // descriptors, which the driver writes before the head's flags) is read after it.
+    if (!this.isAvail(pos)) return null;
+    const size = this.size;
+    const first = pos < size ? pos : pos - size;
+    const room = size - this.ownedSlots();
+    const chain: PackedDescriptorChain = {
+      head: 0,
+      availIndex: first,
+      readable: [],
+      writable: [],
+      readableLen: 0,
+      writableLen: 0,
+      writableRanges: [],
+      descCount: 0,
+    };
+    const dv = this.desc;
+    let slot = first;
+    let wrap = pos < size;
+    let n = 0;
+    let id: number;
+    for (;;) {
+      if (++n > room) {
+        if (room === size) this.fail(`descriptor chain longer than queue size ${size}`, first, undefined, slot);
+        this.fail(`descriptor chain runs into the ${size - room} descriptors still in flight (queue size ${size})`, first, undefined, slot);
+      }
+      const o = slot * DESC_SIZE;
+      const lo = dv.getUint32(o, true);
+      const hi = dv.getUint32(o + 4, true);
+      const len = dv.getUint32(o + 8, true);
+      const flags = dv.getUint16(o + 14, true);
+      // The head was checked above; the spec requires AVAIL/USED to be right in every
+      // descriptor of the list, and a wrong pair means the chain runs into stale slots.
+      if (n > 1 && (((flags & VIRTQ_DESC_F_AVAIL) !== 0) !== wrap || ((flags & VIRTQ_DESC_F_USED) !== 0) === wrap)) {
+        this.fail(`descriptor ${slot} continues a chain but is not available (flags ${hex(flags)})`, first, undefined, slot);
+      }
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirectDesc) this.fail(`descriptor ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, first, undefined, slot);
+        if (flags & VIRTQ_DESC_F_NEXT) this.fail(`descriptor ${slot} has both INDIRECT and NEXT`, first, undefined, slot);
+        if (n > 1) this.fail(`descriptor ${slot} is INDIRECT inside a NEXT chain`, first, undefined, slot);
+        this.walkIndirect(chain, lo, hi, len, first, slot);
+        id = dv.getUint16(o + 12, true);
+        break;
+      }
+      this.buffer(chain, lo, hi, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, first, slot, -1);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) {
+        id = dv.getUint16(o + 12, true);
+        break;
+      }
+      if (++slot === size) {
+        slot = 0;
+        wrap = !wrap;
+      }
+    }
+    if (id >= size) this.fail(`buffer id ${id} >= queue size ${size}`, first, id, slot);
+    if (this.inflight[id] !== undefined) this.fail(`buffer id ${id} is already in flight`, first, id, slot);
+    chain.head = id;
+    chain.descCount = n;
+    let p = pos + n;
+    if (p >= this.span) p -= this.span;
+    this.availPos = p;
+    this.inflight[id] = chain;
+    this.inflightCount++;
+    return chain;
+  }
+
+  private walkIndirect(chain: PackedDescriptorChain, lo: number, hi: number, len: number, first: number, slot: number): void {
+    if (len === 0 || len % DESC_SIZE !== 0 || len > MAX_INDIRECT_ENTRIES * DESC_SIZE) {
+      this.fail(`indirect table length ${len} is not a multiple of 16 in [16, ${MAX_INDIRECT_ENTRIES * DESC_SIZE}]`, first, undefined, slot);
+    }
+    const addr = hi * 0x100000000 + lo;
+    if (hi >= ADDR_HI_LIMIT) this.fail(`indirect table address ${hex(addr)} outside guest memory`, first, undefined, slot);
+    const table = this.indirectTable(addr, len, first, slot);
+    const entries = len / DESC_SIZE;
+    for (let k = 0; k < entries; k++) {
+      const o = k * DESC_SIZE;
+      const flags = table.getUint16(o + 14, true);
+      // Only WRITE is meaningful in a table (NEXT and the id are reserved and ignored: the
+      // whole table is the chain); a nested table is a driver error.
+      if (flags & VIRTQ_DESC_F_INDIRECT) this.fail(`indirect descriptor inside an indirect table (entry ${k})`, first, undefined, slot);
+      this.buffer(
+        chain,
+        table.getUint32(o, true),
+        table.getUint32(o + 4, true),
+        table.getUint32(o + 8, true),
+        (flags & VIRTQ_DESC_F_WRITE) !== 0,
+        first,
+        slot,
+        k,
+      );
+    }
+  }
+
+  /** One buffer of a chain; `entry` is its indirect table entry, -1 for a ring descriptor (messages only). */
+  private buffer(chain: PackedDescriptorChain, lo: number, hi: number, len: number, write: boolean, first: number, slot: number, entry: number): void {
+    const addr = hi * 0x100000000 + lo;
+    if (hi >= ADDR_HI_LIMIT) this.fail(`${what(slot, entry)}: address ${hex(addr)} outside guest memory`, first, undefined, slot);
+    if (write) {
+      this.slices(addr, len, chain.writable, first, slot, entry);
+      chain.writableLen += len;
+      if (chain.writableLen > 0xffffffff) this.fail(`writable length of the chain overflows u32`, first, undefined, slot);
+      chain.writableRanges.push({ gpa: addr, len });
+    } else {
+      if (chain.writableRanges.length > 0) this.fail(`${what(slot, entry)} is device-readable after a writable descriptor`, first, undefined, slot);
+      this.slices(addr, len, chain.readable, first, slot, entry);
+      chain.readableLen += len;
+      if (chain.readableLen > 0xffffffff) this.fail(`readable length of the chain overflows u32`, first, undefined, slot);
+    }
+  }
+
+  private slices(addr: number, len: number, out: Uint8Array[], first: number, slot: number, entry: number): void {
+    if (len === 0) return;
+    try {
+      this.memory.appendSlices(addr, len, out);
+    } catch (e) {
+      if (e instanceof MemoryFault) this.fail(`${what(slot, entry)}: buffer [${hex(addr)}, +${len}) outside guest memory`, first, undefined, slot);
+      throw e;
+    }
+  }
+
+  private indirectTable(addr: number, len: number, first: number, slot: number): DataView {
+    const parts: Uint8Array[] = [];
+    try {
+      this.memory.appendSlices(addr, len, parts);
+    } catch (e) {
+      if (e instanceof MemoryFault) this.fail(`indirect table [${hex(addr)}, +${len}) outside guest memory`, first, undefined, slot);
+      throw e;
+    }
+    if (parts.length === 1) return new DataView(parts[0].buffer, parts[0].byteOffset, len);
+    const copy = new Uint8Array(len);
+    let at = 0;
+    for (const p of parts) {
+      copy.set(p, at);
+      at += p.length;
+    }
+    return new DataView(copy.buffer);
+  }
+
+  /**
+   * Returns the popped buffer `id` with `writtenLen` bytes written: writes its used descriptor
+   * at the used index (in any order relative to other in-flight buffers) and moves the used
+   * index past the slots its chain occupied. Logs the written bytes and the descriptor.
+   */
+  pushUsed(id: number, writtenLen: number): void {
+    this.check();
+    const chain = Number.isInteger(id) && id >= 0 && id < this.size ? this.inflight[id] : undefined;
+    if (chain === undefined) throw new Error(`virtqueue ${this.index}: pushUsed of buffer id ${id}, which is not in flight`);
+    if (!Number.isInteger(writtenLen) || writtenLen < 0 || writtenLen > chain.writableLen) {
+      throw new RangeError(`virtqueue ${this.index}: pushUsed(id ${id}) written length ${writtenLen} exceeds the chain's ${chain.writableLen} writable bytes`);
+    }
+    const size = this.size;
+    const pos = this.usedPos;
+    const wrap = pos < size;
+    const slot = wrap ? pos : pos - size;
+    const o = slot * DESC_SIZE;
+    this.desc.setUint32(o + 8, writtenLen, true);
+    this.desc.setUint16(o + 12, id, true);
+    // Release: id and len before the flags that hand the slot back (seq-cst store, which is
+    // also the store->load fence needsNotification relies on).
+    // WRITE in a used descriptor: the device wrote data (len is only meaningful with it).
+    Atomics.store(this.ring16, 8 * slot + 7, (wrap ? USED_BOTH : 0) | (writtenLen > 0 ? VIRTQ_DESC_F_WRITE : 0));
+    let p = pos + chain.descCount;
+    if (p >= this.span) p -= this.span;
+    this.usedPos = p;
+    this.usedSinceSignal += chain.descCount;
+    this.inflight[id] = undefined;
+    this.inflightCount--;
+    const log = this.log;
+    if (log !== null) {
+      let left = writtenLen;
+      for (const r of chain.writableRanges) {
+        if (left === 0) break;
+        const n = Math.min(left, r.len);
+        log.mark(r.gpa, n);
+        left -= n;
+      }
+      log.mark(this.descGpa + o + 8, 8);
+    }
+  }
+
+  /**
+   * Copies `data` into the chain's writable buffers starting `offset` bytes in; returns the
+   * bytes copied (bounded by writableLen). Logs the touched guest pages when logging.
+   */
+  writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
+    return writeChainLogged(chain, data, offset, this.log);
+  }
+
+  /**
+   * After a batch of pushUsed: whether the driver wants a used-buffer notification. Driver
+   * area flags DISABLE: no; ENABLE: yes; DESC (EVENT_IDX): iff the used index passed off_wrap
+   * since the last decision.
+   */
+  needsNotification(): boolean {
+    this.check();
+    const moved = this.usedSinceSignal;
+    const old = this.signalledPos;
+    const now = this.usedPos;
+    this.usedSinceSignal = 0;
+    this.signalledPos = now;
+    if (moved === 0) return false;
+    // Ordered after pushUsed's seq-cst flags store: a driver that re-armed after reading the
+    // old used descriptor is not missed.
+    const ev = Atomics.load(this.driverEvent, 0);
+    const flags = ev >>> 16;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (!this.eventIdx || flags !== RING_EVENT_FLAGS_DESC) return true;
+    if (moved >= this.span) return true;
+    return packedNeedEvent(ev & 0xffff, now, old, this.size);
+  }
+
+  /**
+   * Ask the driver for kicks again (EVENT_IDX: for the descriptor at the avail index). Returns
+   * true when a descriptor became available meanwhile: the caller must keep processing.
+   */
+  enableNotifications(): boolean {
+    this.check();
+    const off = positionToOffWrap(this.availPos, this.size);
+    this.storeDeviceEvent(this.eventIdx ? off | (RING_EVENT_FLAGS_DESC << 16) : off | (RING_EVENT_FLAGS_ENABLE << 16));
+    // The seq-cst store above is a full fence: the flags read below cannot move before it.
+    return this.isAvail(this.availPos);
+  }
+
+  /** Ask the driver not to kick while we drain (a hint the driver may ignore). */
+  disableNotifications(): void {
+    this.check();
+    const cur = this.deviceEventShadow < 0 ? 0 : this.deviceEventShadow & 0xffff;
+    this.storeDeviceEvent(cur | (RING_EVENT_FLAGS_DISABLE << 16));
+  }
+
+  private storeDeviceEvent(v: number): void {
+    if (v === this.deviceEventShadow) return;
+    this.deviceEventShadow = v;
+    Atomics.store(this.deviceEvent, 0, v);
+    if (this.log !== null) this.log.mark(this.usedLogGpa, EVENT_SUPPRESS_BYTES);
+  }
+
+  private check(): void {
+    if (this.faultErr !== undefined) {
+      const f = this.faultErr;
+      throw new QueueFault(this.index, `queue is broken: ${f.reason}`, f.availIndex, f.head, f.descIndex);
+    }
+    if (this.memGen !== this.memory.generation) this.resolveViews(false);
+  }
+
+  private resolveViews(setup: boolean): void {
+    const view = (gpa: number, len: number, what: string): Uint8Array => {
+      try {
+        return this.memory.gpaToView(gpa, len);
+      } catch (e) {
+        if (!(e instanceof MemoryFault)) throw e;
+        const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
+        if (setup) throw new QueueSetupError(this.index, reason);
+        this.fail(reason);
+      }
+    };
+    const d = view(this.descGpa, this.size * DESC_SIZE, 'descriptor ring');
+    const drv = view(this.driverEventGpa, EVENT_SUPPRESS_BYTES, 'driver event suppression area');
+    const dev = view(this.deviceEventGpa, EVENT_SUPPRESS_BYTES, 'device event suppression area');
+    if (d.byteOffset % 2 !== 0 || drv.byteOffset % 4 !== 0 || dev.byteOffset % 4 !== 0) {
+      const reason = 'ring is misaligned in its host mapping';
+      if (setup) throw new QueueSetupError(this.index, reason);
+      this.fail(reason);
+    }
+    this.desc = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    this.ring16 = new Uint16Array(d.buffer, d.byteOffset, 8 * this.size);
+    this.driverEvent = new Uint32Array(drv.buffer, drv.byteOffset, 1);
+    this.deviceEvent = new Uint32Array(dev.buffer, dev.byteOffset, 1);
+    this.deviceEventShadow = -1;
+    this.memGen = this.memory.generation;
+  }
+
+  private fail(reason: string, availIndex?: number, head?: number, descIndex?: number): never {
+    const f = new QueueFault(this.index, reason, availIndex, head, descIndex);
+    this.faultErr = f;
+    throw f;
+  }
+}
+
+function what(slot: number, entry: number): string {
+  return entry < 0 ? `descriptor ${slot}` : `indirect table entry ${entry}`;
+}
+
+/** writeChain for any queue type: copy into the writable buffers, log what was touched. */
+export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offset: number, log: DirtyLog | null): number {
+  let skip = offset;
+  let src = 0;
+  for (const buf of chain.writable) {
+    if (src === data.length) break;
+    if (skip >= buf.length) {
+      skip -= buf.length;
+      continue;
+    }
+    const n = Math.min(buf.length - skip, data.length - src);
+    buf.set(data.subarray(src, src + n), skip);
+    src += n;
+    skip = 0;
+  }
+  if (log !== null && src > 0) markRanges(log, chain.writableRanges, offset, src);
+  return src;
+}
+
+function markRanges(log: DirtyLog, ranges: GuestRange[], offset: number, len: number): void {
+  let skip = offset;
+  let left = len;
+  for (const r of ranges) {
+    if (left === 0) break;
+    if (skip >= r.len) {
+      skip -= r.len;
+      continue;
+    }
+    const n = Math.min(r.len - skip, left);
+    log.mark(r.gpa + skip, n);
+    left -= n;
+    skip = 0;
+  }
+}

@@ -1,0 +1,98 @@
+/*
+ * vhost_fs.h: the `filesystem` capability (wit/device.wit, interface filesystem) for C
+ * plugins. The plugin holds opaque handles into the host's fd table; names are single
+ * directory entries (bytes, no '/', never "." or ".."). Every call returns 0 or a Linux
+ * errno value (what FUSE sends to the guest). Every call traps if the operator granted no
+ * shared directory (--shared-dir).
+ *
+ * Link vhost_fs.c beside vhost_device.c (plugins/fs/ includes it through sdk_fs.c).
+ */
+#ifndef VHOST_FS_H
+#define VHOST_FS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint64_t vfs_handle;
+
+/* Same layout as the WIT record (canonical ABI, wasm32): copied as is. */
+typedef struct vfs_attr {
+  uint64_t dev, ino, size, blocks;
+  int64_t atime, mtime, ctime;
+  uint32_t atime_nsec, mtime_nsec, ctime_nsec;
+  uint32_t mode, nlink, uid, gid, rdev, blksize;
+} vfs_attr;
+
+typedef struct vfs_entry {
+  vfs_handle node;
+  vfs_attr attr;
+} vfs_entry;
+
+typedef struct vfs_dirent {
+  uint64_t ino;
+  uint64_t next; /* position after this entry */
+  uint8_t kind;  /* DT_* */
+  uint8_t *name; /* not NUL-terminated */
+  size_t name_len;
+} vfs_dirent;
+
+typedef struct vfs_statfs {
+  uint64_t blocks, bfree, bavail, files, ffree;
+  uint32_t bsize, namelen, frsize;
+} vfs_statfs;
+
+/* setattr `valid` bits (FUSE's FATTR_*). */
+enum {
+  VFS_SET_MODE = 1,
+  VFS_SET_UID = 2,
+  VFS_SET_GID = 4,
+  VFS_SET_SIZE = 8,
+  VFS_SET_ATIME = 16,
+  VFS_SET_MTIME = 32,
+  VFS_SET_ATIME_NOW = 128,
+  VFS_SET_MTIME_NOW = 256,
+};
+
+/* The mount tag: at most `cap` bytes copied, the tag's full length returned. */
+size_t vfs_tag(char *buf, size_t cap);
+int vfs_read_only(void);
+uint32_t vfs_root(vfs_entry *out);
+uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
+void vfs_close(vfs_handle h);
+uint32_t vfs_getattr(vfs_handle h, vfs_attr *out);
+uint32_t vfs_setattr(vfs_handle h, uint32_t valid, uint32_t mode, uint32_t uid, uint32_t gid, uint64_t size,
+                     int64_t atime, uint32_t atime_nsec, int64_t mtime, uint32_t mtime_nsec, vfs_attr *out);
+uint32_t vfs_open(vfs_handle node, uint32_t flags, vfs_handle *out);
+uint32_t vfs_create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t flags, uint32_t mode, vfs_entry *out,
+                    vfs_handle *file);
+uint32_t vfs_mknod(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
+uint32_t vfs_mkdir(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
+uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,
+                     vfs_entry *out);
+uint32_t vfs_link(vfs_handle node, vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
+uint32_t vfs_unlink(vfs_handle dir, const uint8_t *name, size_t len);
+uint32_t vfs_rmdir(vfs_handle dir, const uint8_t *name, size_t len);
+uint32_t vfs_rename(vfs_handle old_dir, const uint8_t *old_name, size_t old_len, vfs_handle new_dir,
+                    const uint8_t *new_name, size_t new_len, uint32_t flags);
+/* At most `cap` bytes of the target into dst; *len = the target's length. */
+uint32_t vfs_readlink(vfs_handle node, uint8_t *dst, size_t cap, size_t *len);
+/* At most `len` bytes into dst; *got = bytes read (fewer at end of file). */
+uint32_t vfs_read(vfs_handle file, uint64_t offset, uint32_t len, uint8_t *dst, uint32_t *got);
+uint32_t vfs_write(vfs_handle file, uint64_t offset, const uint8_t *data, uint32_t len, uint32_t *written);
+/* *entries is malloc'd (names too): release with vfs_dirents_free. */
+uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent **entries, size_t *n);
+void vfs_dirents_free(vfs_dirent *entries, size_t n);
+uint32_t vfs_fsync(vfs_handle file, int datasync);
+uint32_t vfs_fallocate(vfs_handle file, uint32_t mode, uint64_t offset, uint64_t len);
+uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *out);
+uint32_t vfs_statfs(vfs_handle h, vfs_statfs *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

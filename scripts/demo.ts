@@ -1,0 +1,318 @@
+// The main job, end to end, for an operator to watch: the bundled host (dist/vhost-wasm.mjs)
+// serves a WebAssembly device plugin on a vhost-user socket, QEMU 7.2 boots a small Linux guest
+// with that device attached, the guest uses it, and this script reports what the guest saw.
+//
+//   npm run build                                  # once: addon, bundle, plugins
+//   node --import tsx scripts/demo.ts [DEMO...] [--verbose] [--sources]
+//
+// DEMO is one of the names in DEMOS below (default: every demo whose plugin is built).
+// --verbose streams the guest's console and the host's log as they happen.
+// --sources runs the host from host/cli/main.ts (through tsx) instead of the bundle.
+// Exit status: 0 when every demo passed its checks, 1 otherwise, 2 for a usage error.
+//
+// Builds nothing itself. Needs QEMU and the guest packages of test/guest/README.md.
+
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { bootGuest, missingGuestPackages } from '../test/guest/qemu.ts';
+
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
+const BUNDLE = join(REPO, 'dist', 'vhost-wasm.mjs');
+const SOURCES = join(REPO, 'host', 'cli', 'main.ts');
+/** How to run the host: the bundle, or (--sources) the TypeScript entry point through tsx. */
+let hostCommand: string[] = [BUNDLE];
+
+// --- the demos ------------------------------------------------------------------------------
+
+interface Check {
+  what: string;
+  ok: boolean;
+  detail?: string;
+}
+
+interface DemoContext {
+  /** A fresh private directory for this run (removed afterwards). */
+  dir: string;
+  /** What prepare() left for verify(). */
+  data: Record<string, unknown>;
+}
+
+interface Demo {
+  title: string;
+  /** The plugin, relative to the repository. */
+  plugin: string;
+  /** Host arguments beyond --socket-path/--plugin: the capabilities granted to the plugin. */
+  hostArgs(ctx: DemoContext): string[];
+  /** The host options hostArgs uses (checked against the built host's --help). */
+  hostOptions: string[];
+  /** QEMU's -device value for the vhost-user device on chardev `chardev`. */
+  qemuDevice(chardev: string): string;
+  /** Creates what the demo needs (a disk image, a pattern); returns files for the guest. */
+  prepare?(ctx: DemoContext): Record<string, Uint8Array>;
+  /** Runs in the guest (busybox sh, set -e); what it prints is shown to the operator. */
+  guestScript: string;
+  /** Judges the guest's output (and anything the host side can check afterwards). */
+  verify(output: string, ctx: DemoContext): Check[];
+}
+
+const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
+const field = (output: string, name: string) => new RegExp(`^${name}: (.*)$`, 'm').exec(output)?.[1];
+
+const DEMOS: Record<string, Demo> = {
+  rng: {
+    title: 'virtio-rng: the guest reads /dev/hwrng',
+    plugin: 'dist/plugins/rng.wasm',
+    hostArgs: () => ['--entropy'],
+    hostOptions: ['--entropy'],
+    qemuDevice: (chardev) => `vhost-user-rng-pci,chardev=${chardev}`,
+    guestScript: [
+      'echo "hwrng: $(cat /sys/class/misc/hw_random/rng_current)"',
+      'dd if=/dev/hwrng of=/tmp/r bs=4096 count=16 iflag=fullblock 2>/dev/null',
+      'echo "bytes read: $(wc -c < /tmp/r)"',
+      "echo \"distinct byte values: $(hexdump -v -e '1/1 \"%02x\\n\"' /tmp/r | sort -u | wc -l)\"",
+      'echo "md5: $(md5sum < /tmp/r | cut -d" " -f1)"',
+      'echo "first 32 bytes:"',
+      'hexdump -C -n 32 /tmp/r',
+    ].join('\n'),
+    verify(out) {
+      const distinct = Number(field(out, 'distinct byte values'));
+      return [
+        { what: 'the guest\'s hardware RNG is the virtio device', ok: field(out, 'hwrng') === 'virtio_rng.0', detail: field(out, 'hwrng') },
+        { what: 'it got all 65536 bytes it asked for', ok: field(out, 'bytes read') === '65536', detail: field(out, 'bytes read') },
+        { what: 'the bytes look random (> 200 of 256 byte values)', ok: distinct > 200, detail: `${distinct} distinct values` },
+      ];
+    },
+  },
+
+  blk: {
+    title: 'virtio-blk: the guest writes and reads back a disk',
+    plugin: 'dist/plugins/blk.wasm',
+    hostArgs: (ctx) => ['--storage', ctx.data.image as string],
+    hostOptions: ['--storage'],
+    qemuDevice: (chardev) => `vhost-user-blk-pci,chardev=${chardev},num-queues=1`,
+    prepare(ctx) {
+      const image = join(ctx.dir, 'disk.img');
+      writeFileSync(image, Buffer.alloc(16 << 20)); // a fresh, zeroed 16 MiB disk
+      const pattern = randomBytes(64 << 10);
+      ctx.data.image = image;
+      ctx.data.pattern = pattern;
+      return { 'guest/pattern': pattern };
+    },
+    guestScript: [
+      'echo "disk size: $(cat /sys/block/vda/size) sectors"',
+      'dd if=/guest/pattern of=/dev/vda bs=64k seek=16 count=1 oflag=direct 2>/dev/null',
+      'echo "wrote: 64 KiB at offset 1 MiB, md5 $(md5sum < /guest/pattern | cut -d" " -f1)"',
+      'echo "read back: md5 $(dd if=/dev/vda bs=64k skip=16 count=1 iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"',
+      'echo "first sector: md5 $(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"',
+    ].join('\n'),
+    verify(out, ctx) {
+      const pattern = ctx.data.pattern as Buffer;
+      const image = readFileSync(ctx.data.image as string);
+      const onDisk = image.subarray(1 << 20, (1 << 20) + pattern.length);
+      return [
+        { what: 'the guest sees a 16 MiB disk', ok: field(out, 'disk size') === `${(16 << 20) / 512} sectors`, detail: field(out, 'disk size') },
+        { what: 'it reads back what it wrote', ok: field(out, 'read back') === `md5 ${md5(pattern)}`, detail: field(out, 'read back') },
+        { what: 'the image file on the host holds the written bytes', ok: onDisk.equals(pattern), detail: `md5 ${md5(onDisk)}` },
+        { what: 'the rest of the image is untouched', ok: image.subarray(0, 1 << 20).every((b) => b === 0), detail: `${image.length} bytes` },
+      ];
+    },
+  },
+};
+
+// --- presentation ---------------------------------------------------------------------------
+
+const color = process.stdout.isTTY && !process.env.NO_COLOR;
+const paint = (code: string) => (s: string) => (color ? `\x1b[${code}m${s}\x1b[0m` : s);
+const bold = paint('1');
+const dim = paint('2');
+const green = paint('32');
+const red = paint('31');
+const yellow = paint('33');
+const say = (s = '') => process.stdout.write(`${s}\n`);
+const indent = (text: string, prefix: string) => text.trimEnd().split('\n').map((l) => `${prefix}${l}`).join('\n');
+/** Paths inside the repository, relative to where the operator stands. */
+const show = (a: string) => (a.startsWith(`${REPO}/`) ? relative(process.cwd(), a) : a);
+/** Prints a stream's complete lines under a prefix (chunks arrive split anywhere). */
+function linePrinter(prefix: string): (chunk: string) => void {
+  let partial = '';
+  return (chunk) => {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) say(`${prefix}${l}`);
+  };
+}
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+// --- the host process -----------------------------------------------------------------------
+
+interface RunningHost {
+  child: ChildProcess;
+  log(): string;
+  stop(): Promise<number | null>;
+}
+
+async function startHost(args: string[], verbose: boolean): Promise<RunningHost> {
+  const child = spawn(process.execPath, [...hostCommand, ...args], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  const echo = linePrinter(dim('  host │ '));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    log += d;
+    if (verbose) echo(d);
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 20_000;
+  while (!/ serving /.test(log)) {
+    if (child.exitCode !== null) throw new Error(`the host exited with status ${child.exitCode} before serving:\n${log}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the host was not serving after 20 s:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return {
+    child,
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
+
+// --- one demo -------------------------------------------------------------------------------
+
+async function runDemo(name: string, demo: Demo, verbose: boolean): Promise<boolean> {
+  say(bold(`▶ ${name}: ${demo.title}`));
+  const dir = mkdtempSync(join(tmpdir(), `vhost-wasm-demo-${name}-`));
+  const ctx: DemoContext = { dir, data: {} };
+  const socket = join(dir, `${name}.sock`);
+  let host: RunningHost | null = null;
+  try {
+    const files = demo.prepare?.(ctx) ?? {};
+    const hostArgs = ['--socket-path', socket, '--plugin', join(REPO, demo.plugin), ...demo.hostArgs(ctx)];
+    const device = demo.qemuDevice('vu0');
+    say(`  host    ${dim(`node ${[...hostCommand, ...hostArgs].map(show).join(' ')}`)}`);
+
+    let t0 = performance.now();
+    host = await startHost(hostArgs, verbose);
+    const serving = / serving (.*)$/m.exec(host.log())?.[1] ?? '';
+    say(`          ${green('ready')} in ${secs(performance.now() - t0)}: ${serving}`);
+
+    say(`  guest   ${dim(`qemu-system-x86_64 (TCG) ... -chardev socket,id=vu0,path=${socket} -device ${device}`)}`);
+    t0 = performance.now();
+    const r = await bootGuest({
+      script: `set -e\n${demo.guestScript}\n`,
+      qemuArgs: ['-chardev', `socket,id=vu0,path=${socket}`, '-device', device],
+      files,
+      timeoutMs: 60_000,
+      onOutput: verbose ? linePrinter(dim('  guest │ ')) : undefined,
+    });
+    const bootMs = performance.now() - t0;
+    const hostStatus = await host.stop();
+    const hostLog = host.log();
+    host = null;
+
+    if (r.exitCode === null || r.timedOut) {
+      say(`          ${red(r.timedOut ? 'the guest timed out' : 'the guest never reported back')} after ${secs(bootMs)}`);
+    } else {
+      say(`          booted, ran, powered off in ${secs(bootMs)} (guest script exit status ${r.exitCode})`);
+    }
+    say();
+    say('  what the guest saw:');
+    say(r.scriptOutput.trim() ? indent(r.scriptOutput, '    │ ') : '    │ (nothing)');
+    say();
+
+    const checks: Check[] = [
+      { what: 'the guest script succeeded', ok: r.exitCode === 0, detail: r.timedOut ? 'timed out' : `exit ${r.exitCode}` },
+      ...(r.exitCode === 0 ? demo.verify(r.scriptOutput, ctx) : []),
+      { what: 'the host shut down cleanly', ok: hostStatus === 0, detail: `exit ${hostStatus}` },
+      { what: 'the host logged no errors', ok: !/ ERROR /.test(hostLog) },
+    ];
+    for (const c of checks) {
+      say(`  ${c.ok ? green('✔') : red('✘')} ${c.what}${c.detail ? dim(`  (${c.detail})`) : ''}`);
+    }
+    const ok = checks.every((c) => c.ok);
+    if (!ok) {
+      if (r.qemuStderr.trim()) say(`\n  QEMU said:\n${indent(r.qemuStderr, '    ')}`);
+      say(`\n  host log:\n${indent(hostLog, '    ')}`);
+      if (!verbose) say(`\n  guest console (last 30 lines):\n${indent(r.output.trimEnd().split('\n').slice(-30).join('\n'), '    ')}`);
+    }
+    say();
+    return ok;
+  } catch (e) {
+    say(`  ${red('✘')} ${(e as Error).message}`);
+    say();
+    return false;
+  } finally {
+    if (host) await host.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// --- main -----------------------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  const verbose = argv.includes('--verbose') || argv.includes('-v');
+  if (argv.includes('--sources')) hostCommand = ['--import', 'tsx', SOURCES];
+  const asked = argv.filter((a) => !a.startsWith('-'));
+  if (argv.includes('--help') || argv.includes('-h') || asked.some((a) => !(a in DEMOS))) {
+    say(`usage: node --import tsx scripts/demo.ts [${Object.keys(DEMOS).join('|')}]... [--verbose] [--sources]`);
+    return argv.includes('--help') || argv.includes('-h') ? 0 : 2;
+  }
+
+  say(bold('vhost-wasm demo') + dim(' — a WebAssembly device plugin serving a real QEMU guest'));
+  say();
+  const problems: string[] = [];
+  const entry = hostCommand.at(-1)!;
+  if (!existsSync(entry)) problems.push(`${show(entry)} is missing: run \`npm run build\``);
+  const missing = missingGuestPackages();
+  if (missing.length) problems.push(`the guest needs Debian packages: apt-get install ${missing.join(' ')}`);
+  if (problems.length) {
+    for (const p of problems) say(`${red('✘')} ${p}`);
+    return 1;
+  }
+  // Why a demo cannot run with what is built (null when it can).
+  const help = execFileSync(process.execPath, [...hostCommand, '--help'], { encoding: 'utf8' });
+  const blocker = (d: Demo): string | null => {
+    if (!existsSync(join(REPO, d.plugin))) return `${d.plugin} is not built`;
+    const lacking = d.hostOptions.filter((o) => !new RegExp(`^\\s+${o}\\b`, 'm').test(help));
+    return lacking.length ? `the built host has no ${lacking.join(', ')} option` : null;
+  };
+  const names = asked.length ? asked : Object.keys(DEMOS).filter((n) => blocker(DEMOS[n]) === null);
+  for (const n of names) {
+    const why = blocker(DEMOS[n]);
+    if (why) problems.push(`${n}: ${why}: run \`npm run build\``);
+  }
+  if (names.length === 0) problems.push('no demo can run: run `npm run build`');
+  const skipped = Object.keys(DEMOS).filter((n) => !names.includes(n));
+  if (problems.length) {
+    for (const p of problems) say(`${red('✘')} ${p}`);
+    return 1;
+  }
+
+  const started = performance.now();
+  const results: [string, boolean][] = [];
+  for (const n of names) results.push([n, await runDemo(n, DEMOS[n], verbose)]);
+
+  const ok = results.every(([, pass]) => pass);
+  say(bold('summary') + dim(` (${secs(performance.now() - started)})`));
+  for (const [n, pass] of results) say(`  ${pass ? green('PASS') : red('FAIL')}  ${n}`);
+  for (const n of skipped) say(`  ${yellow('SKIP')}  ${n} ${dim(`(${blocker(DEMOS[n])})`)}`);
+  return ok ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    process.stderr.write(`demo: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(1);
+  },
+);

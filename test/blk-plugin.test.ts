@@ -1,0 +1,276 @@
+// The virtio-blk plugin through the real host binary: a real socket, real memfd guest RAM,
+// a real image file the test reads behind the device's back.
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+
+const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const RNG = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const IMAGE_BYTES = 8 << 20;
+const T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13, GET_LIFETIME: 10 };
+const F = { SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 };
+const bit = (b: number) => 1n << BigInt(b);
+const FEATURES = [VIRTIO_F_VERSION_1, ...Object.values(F)].reduce((m, b) => m | bit(b), 0n);
+
+let dir: string;
+test.before(() => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'inherit' });
+  dir = mkdtempSync(join(tmpdir(), 'blk-plugin-'));
+});
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+
+function image(name: string, bytes = IMAGE_BYTES): { path: string; data: Buffer } {
+  const path = join(dir, name);
+  const data = randomBytes(bytes);
+  writeFileSync(path, data);
+  return { path, data };
+}
+
+function header(type: number, sector: number | bigint): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeUInt32LE(type, 0);
+  h.writeBigUInt64LE(BigInt(sector), 8);
+  return h;
+}
+
+function segment(sector: number, sectors: number, flags = 0): Buffer {
+  const s = Buffer.alloc(16);
+  s.writeBigUInt64LE(BigInt(sector), 0);
+  s.writeUInt32LE(sectors, 8);
+  s.writeUInt32LE(flags, 12);
+  return s;
+}
+
+interface Disk {
+  host: HostProcess;
+  fe: VhostUserFrontend;
+  blk: BlkDevice;
+  close(): Promise<void>;
+}
+
+async function open(storage: string[], queues = [128]): Promise<Disk> {
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, ...storage]);
+  let fe: VhostUserFrontend;
+  try {
+    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 32 << 20, queues, features: FEATURES, indirect: 128 });
+  } catch (e) {
+    await host.stop();
+    throw e;
+  }
+  return {
+    host,
+    fe,
+    blk: new BlkDevice(fe.queues[0]),
+    async close() {
+      await fe.close();
+      const code = await host.stop();
+      if (code !== 0) throw new Error(`host exited with ${code} on SIGTERM:\n${host.log()}`);
+    },
+  };
+}
+
+/** Status byte of a raw request: the last byte of its writable space. */
+async function raw(d: Disk, readable: Uint8Array[], writable: number | number[], queue = 0): Promise<{ status: number; data: Uint8Array; len: number }> {
+  const c = await d.fe.queues[queue].submit(readable, writable);
+  return { status: c.data[c.data.length - 1], data: c.data, len: c.len };
+}
+
+async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), ...args], { cwd: REPO });
+  let stderr = '';
+  let stdout = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  clearTimeout(timer);
+  return { code, stderr, stdout };
+}
+
+const both = [
+  { name: 'file', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path] }) },
+  { name: 'memory:16M', storage: () => ({ args: ['--storage', 'memory:16M'] }) },
+];
+
+for (const kind of both) {
+  test.serial(`${kind.name}: config, features and queue count`, async (t) => {
+    const d = await open(kind.storage().args);
+    try {
+      const cfg = parseBlkConfig(await d.fe.getConfig(0, 60));
+      t.is(cfg.capacity, (kind.name === 'file' ? IMAGE_BYTES : 16 << 20) / SECTOR);
+      t.is(cfg.blkSize, 512);
+      t.is(cfg.segMax, 126);
+      t.is(cfg.numQueues, 8);
+      t.is(d.fe.backendQueues, 8);
+      const raw60 = Buffer.from(await d.fe.getConfig(0, 60));
+      t.is(raw60.readUInt32LE(36), 65536, 'max_discard_sectors');
+      t.is(raw60.readUInt32LE(40), 8, 'max_discard_seg');
+      t.is(raw60.readUInt32LE(48), 65536, 'max_write_zeroes_sectors');
+      for (const b of [F.SEG_MAX, F.BLK_SIZE, F.FLUSH, F.MQ, F.DISCARD, F.WRITE_ZEROES]) t.true(d.fe.hasFeature(b), `feature ${b}`);
+      t.false(d.fe.hasFeature(F.RO));
+      t.false((d.fe.offeredFeatures & bit(11)) !== 0n, 'CONFIG_WCE is not offered');
+    } finally {
+      await d.close();
+    }
+  });
+
+  test.serial(`${kind.name}: write/read patterns across sectors, multi-segment and indirect chains, two queues`, async (t) => {
+    const d = await open(kind.storage().args, [128, 128]);
+    try {
+      const blk1 = new BlkDevice(d.fe.queues[1]);
+      const written = new Map<number, Buffer>();
+      const jobs: Promise<void>[] = [];
+      for (let i = 0; i < 200; i++) {
+        const sector = i * 40 + (i % 7);
+        const data = randomBytes(SECTOR * (1 + (i % 16)));
+        written.set(sector, data);
+        const dev = i % 2 ? blk1 : d.blk;
+        jobs.push(dev.write(sector, data, { segments: 1 + (i % 5), indirect: i % 3 === 0 }));
+      }
+      await Promise.all(jobs);
+      for (const [sector, data] of written) {
+        const back = await (sector % 2 ? d.blk : blk1).read(sector, data.length, { segments: 1 + (sector % 4), indirect: sector % 5 === 0 });
+        if (!Buffer.from(back).equals(data)) t.fail(`sector ${sector}: read back differs`);
+      }
+      const big = randomBytes(1 << 20);
+      await d.blk.write(1000, big, { segments: 64, indirect: true });
+      t.deepEqual(Buffer.from(await d.blk.read(1000, big.length, { segments: 17 })), big);
+    } finally {
+      await d.close();
+    }
+  });
+
+  test.serial(`${kind.name}: requests past the capacity get IOERR and change nothing`, async (t) => {
+    const s = kind.storage();
+    const d = await open(s.args);
+    try {
+      const cap = parseBlkConfig(await d.fe.getConfig(0, 60)).capacity;
+      const last = await d.blk.read(cap - 1, SECTOR);
+      await t.throwsAsync(d.blk.read(cap, SECTOR), { instanceOf: BlkError, message: /IOERR/ });
+      await t.throwsAsync(d.blk.read(cap - 1, 2 * SECTOR), { message: /IOERR/ });
+      await t.throwsAsync(d.blk.write(cap - 1, Buffer.alloc(2 * SECTOR, 0xab)), { message: /IOERR/ });
+      t.is((await raw(d, [header(T.IN, 2n ** 63n)], [SECTOR, 1])).status, BlkStatus.IOERR, 'sector near 2^63');
+      t.is((await raw(d, [header(T.OUT, 2n ** 64n - 1n), Buffer.alloc(SECTOR)], 1)).status, BlkStatus.IOERR, 'sector 2^64-1');
+      t.is((await raw(d, [header(T.WRITE_ZEROES, 0), segment(cap - 1, 2)], 1)).status, BlkStatus.IOERR);
+      t.deepEqual(await d.blk.read(cap - 1, SECTOR), last, 'the last sector is unchanged');
+      await d.blk.flush();
+    } finally {
+      await d.close();
+    }
+    const path = s.args[1];
+    if (!path.startsWith('memory:')) t.is(statSync(path).size, IMAGE_BYTES, 'the file did not grow');
+  });
+}
+
+test.serial('file: flushed writes are in the file; discard and write-zeroes zero it; GET_ID', async (t) => {
+  const img = image('durable.img');
+  const d = await open(['--storage', img.path]);
+  try {
+    const data = randomBytes(64 * SECTOR);
+    await d.blk.write(100, data, { segments: 3 });
+    await d.blk.flush();
+    t.deepEqual(readFileSync(img.path).subarray(100 * SECTOR, 164 * SECTOR), data, 'after FLUSH the file holds the write');
+
+    t.is(await d.blk.getId(), 'vhost-wasm-blk');
+
+    t.is((await raw(d, [header(T.WRITE_ZEROES, 0), segment(100, 8), segment(120, 4, 1)], 1)).status, BlkStatus.OK);
+    t.is((await raw(d, [header(T.DISCARD, 0), segment(2000, 16)], 1)).status, BlkStatus.OK);
+    await d.blk.flush();
+    const file = readFileSync(img.path);
+    t.true(file.subarray(100 * SECTOR, 108 * SECTOR).every((b) => b === 0), 'write-zeroes zeroed sectors 100-107');
+    t.deepEqual(file.subarray(108 * SECTOR, 120 * SECTOR), data.subarray(8 * SECTOR, 20 * SECTOR), 'between the segments untouched');
+    t.true(file.subarray(120 * SECTOR, 124 * SECTOR).every((b) => b === 0), 'write-zeroes with UNMAP zeroed 120-123');
+    t.true(file.subarray(2000 * SECTOR, 2016 * SECTOR).every((b) => b === 0), 'discard writes zeroes on a file');
+    t.deepEqual(file.subarray(1999 * SECTOR, 2000 * SECTOR), img.data.subarray(1999 * SECTOR, 2000 * SECTOR));
+    t.true(Buffer.from(await d.blk.read(100, 8 * SECTOR)).every((b) => b === 0));
+
+    // Discard with UNMAP (only write-zeroes may carry it), unknown flags, too many segments.
+    t.is((await raw(d, [header(T.DISCARD, 0), segment(0, 1, 1)], 1)).status, BlkStatus.UNSUPP);
+    t.is((await raw(d, [header(T.WRITE_ZEROES, 0), segment(0, 1, 2)], 1)).status, BlkStatus.UNSUPP);
+    const nine = Buffer.concat(Array.from({ length: 9 }, (_, i) => segment(i * 10, 1)));
+    t.is((await raw(d, [header(T.DISCARD, 0), nine], 1)).status, BlkStatus.UNSUPP);
+    t.is((await raw(d, [header(T.DISCARD, 0), segment(0, 65537)], 1)).status, BlkStatus.IOERR, 'over max_discard_sectors');
+    t.is((await raw(d, [header(T.DISCARD, 0), Buffer.alloc(10)], 1)).status, BlkStatus.IOERR, 'partial segment');
+    // A bad segment after a good one: nothing is applied.
+    t.is((await raw(d, [header(T.WRITE_ZEROES, 0), segment(3000, 1), segment(1 << 30, 1)], 1)).status, BlkStatus.IOERR);
+    await d.blk.flush();
+    t.deepEqual(readFileSync(img.path).subarray(3000 * SECTOR, 3001 * SECTOR), img.data.subarray(3000 * SECTOR, 3001 * SECTOR));
+  } finally {
+    await d.close();
+  }
+});
+
+test.serial('malformed requests are answered without breaking the device', async (t) => {
+  const d = await open(['--storage', 'memory:1M']);
+  try {
+    t.is((await raw(d, [Buffer.alloc(8)], 1)).status, BlkStatus.IOERR, 'short header');
+    const none = await d.fe.queues[0].submit([header(T.IN, 0)], []);
+    t.is(none.len, 0, 'no writable space: nothing written, used length 0');
+    t.is((await raw(d, [header(T.GET_LIFETIME, 0)], [16, 1])).status, BlkStatus.UNSUPP, 'unknown type');
+    t.is((await raw(d, [header(99, 0)], 1)).status, BlkStatus.UNSUPP);
+    t.is((await raw(d, [header(T.OUT, 0), Buffer.alloc(100)], 1)).status, BlkStatus.IOERR, 'write of a partial sector');
+    t.is((await raw(d, [header(T.IN, 0)], [100, 1])).status, BlkStatus.IOERR, 'read of a partial sector');
+    const id = await raw(d, [header(T.GET_ID, 0)], [5, 1]);
+    t.is(id.status, BlkStatus.OK, 'GET_ID into less than 20 bytes is cut');
+    t.is(Buffer.from(id.data.subarray(0, 5)).toString(), 'vhost');
+    // Still a working disk afterwards.
+    await d.blk.write(3, Buffer.alloc(SECTOR, 7));
+    t.deepEqual(Buffer.from(await d.blk.read(3, SECTOR)), Buffer.alloc(SECTOR, 7));
+    t.regex(d.host.log(), /shorter than the 16-byte header|without writable space/);
+  } finally {
+    await d.close();
+  }
+});
+
+test.serial('--read-only: RO offered, writes/discards get IOERR and the file is untouched', async (t) => {
+  const img = image('ro.img', 1 << 20);
+  const d = await open(['--storage', img.path, '--read-only']);
+  try {
+    t.true(d.fe.hasFeature(F.RO));
+    t.false(d.fe.hasFeature(F.DISCARD));
+    t.false(d.fe.hasFeature(F.WRITE_ZEROES));
+    t.deepEqual(Buffer.from(await d.blk.read(5, 4 * SECTOR)), img.data.subarray(5 * SECTOR, 9 * SECTOR));
+    await t.throwsAsync(d.blk.write(5, Buffer.alloc(SECTOR, 1)), { message: /IOERR/ });
+    t.is((await raw(d, [header(T.WRITE_ZEROES, 0), segment(0, 8)], 1)).status, BlkStatus.UNSUPP, 'not negotiated');
+    await d.blk.flush();
+  } finally {
+    await d.close();
+  }
+  t.deepEqual(readFileSync(img.path), img.data);
+});
+
+test.serial('start-up refuses missing, unopenable and non-file backings, and storage for a non-block plugin', async (t) => {
+  const sock = join(dir, 'never.sock');
+  const cases: [string[], RegExp][] = [
+    [['--storage', join(dir, 'missing.img')], /--storage .*missing\.img: cannot open for reading and writing.*ENOENT/],
+    [['--storage', join(dir, 'missing.img'), '--read-only'], /cannot open for reading: ENOENT/],
+    [['--storage', dir], /cannot open .*EISDIR/],
+    [['--storage', dir, '--read-only'], /not a regular file/],
+    [['--storage', 'memory:lots'], /--storage memory:SIZE: "lots" is not a size/],
+    [[], /storage was not granted to this device \(give --storage\)/],
+  ];
+  for (const [extra, re] of cases) {
+    const r = await runHost(['--socket-path', sock, '--plugin', BLK, ...extra]);
+    t.not(r.code, 0, extra.join(' '));
+    t.regex(r.stderr, re, extra.join(' '));
+  }
+  const rng = await runHost(['--socket-path', sock, '--plugin', RNG, '--entropy', '--storage', 'memory:1M']);
+  t.is(rng.code, 1);
+  t.regex(rng.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.1\.0: it is not a block device/);
+  const caps = await runHost(['--print-capabilities', '--plugin', BLK]);
+  t.is(caps.code, 0, caps.stderr);
+  t.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: ['read-only'] });
+});
+
+test.serial('the libvirt descriptor follows vhost-user.json', (t: ExecutionContext) => {
+  const d = JSON.parse(readFileSync(join(REPO, 'docs', 'interop', '50-vhost-wasm-blk.json'), 'utf8'));
+  t.is(d.type, 'block');
+  t.is(typeof d.description, 'string');
+  t.true(typeof d.binary === 'string' && d.binary.startsWith('/'));
+});

@@ -1,0 +1,88 @@
+// Device-state migration between two real host processes running the large-state TS device:
+// SAVE on one, LOAD on the other, through a pipe and through a memfd, with the rings' indexes
+// and the device's own counter carrying over.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { REPO, type HostProcess } from './helpers/host-process.ts';
+import { migrate } from '../host/frontend/migrate.ts';
+import { ask, connect, startBigHost } from './devices/migration-helpers.ts';
+
+const hosts: HostProcess[] = [];
+test.after.always(async () => {
+  await Promise.all(hosts.map((h) => h.stop()));
+});
+
+async function pair(opts: Parameters<typeof startBigHost>[0] = {}): Promise<[HostProcess, HostProcess]> {
+  const [a, b] = await Promise.all([startBigHost(opts), startBigHost(opts)]);
+  hosts.push(a, b);
+  return [a, b];
+}
+
+for (const channel of ['pipe', 'memfd'] as const) {
+  test(`migrate over a ${channel}: 16 MiB of state, indexes and requests continuous`, async (t) => {
+    const [a, b] = await pair({ stateBytes: 16 << 20 });
+    const fe = await connect(a, { startIndex: 0xfff0 });
+    try {
+      // Some traffic on the source.
+      for (let i = 0; i < 10; i++) t.deepEqual(await ask(fe, `before ${i}`), { seq: i, echo: `before ${i}` });
+      // Requests submitted right before the stop: some may be served by the source, the rest by
+      // the destination; every one exactly once, in order.
+      const inFlight = Array.from({ length: 20 }, (_, i) => ask(fe, `straddle ${i}`));
+      const report = await migrate(fe, b.socketPath, { channel });
+      t.is(report.channel, channel);
+      t.true(report.bytes > 16 << 20, `moved ${report.bytes} bytes`);
+      const straddle = await Promise.all(inFlight);
+      straddle.forEach((r, i) => t.deepEqual(r, { seq: 10 + i, echo: `straddle ${i}` }));
+      // After: served by the destination, which continues the source's count; the ring crosses
+      // the 16-bit wrap (started at 0xfff0) on the way.
+      for (let i = 0; i < 10; i++) t.deepEqual(await ask(fe, `after ${i}`), { seq: 30 + i, echo: `after ${i}` });
+      t.is(await fe.stopQueue(0), (0xfff0 + 40) & 0xffff);
+      t.regex(a.log(), /device state saved: \d+ bytes/);
+      t.regex(b.log(), /device state loaded: \d+ bytes/);
+      t.log(`${channel}: ${report.bytes} bytes, transfer ${report.transferMs.toFixed(1)} ms, downtime ${report.downtimeMs.toFixed(1)} ms`);
+    } finally {
+      await fe.close();
+    }
+  });
+}
+
+test('the source can return its own memfd (bit 8 clear); the migration uses it', async (t) => {
+  const [a, b] = await pair({ stateBytes: 2 << 20, returnMemfd: true });
+  const fe = await connect(a);
+  try {
+    t.is((await ask(fe, 'x')).seq, 0);
+    const r = await migrate(fe, b.socketPath, { channel: 'pipe' });
+    t.true(r.sourceReturnedFd);
+    t.is((await ask(fe, 'y')).seq, 1);
+  } finally {
+    await fe.close();
+  }
+});
+
+test('the migrate CLI moves a device between two running hosts; a refused migration exits 1', async (t) => {
+  const [a, b] = await pair({ stateBytes: 2 << 20 });
+  const other = await startBigHost({ name: 'other-plugin' });
+  hosts.push(other);
+  const run = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'migrate.ts'), ...args], { cwd: REPO });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.on('data', (d) => (stdout += d));
+      c.stderr.on('data', (d) => (stderr += d));
+      c.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+  const ok = await run(['--from', a.socketPath, '--to', b.socketPath, '--before', '5', '--after', '7', '--json', '--channel', 'memfd']);
+  t.is(ok.code, 0, ok.stderr);
+  const rep = JSON.parse(ok.stdout);
+  t.true(rep.stateBytes > 2 << 20);
+  t.deepEqual(rep.ringBases, [5]);
+  t.deepEqual(rep.nextAvail, [12]);
+  await b.waitForLog(/device state loaded/);
+  const bad = await run(['--from', a.socketPath, '--to', other.socketPath, '--before', '1']);
+  t.is(bad.code, 1, bad.stderr);
+  t.regex(bad.stderr, /CHECK_DEVICE_STATE failed.*the source resumed/);
+  const usage = await run(['--from', a.socketPath]);
+  t.is(usage.code, 2);
+});
