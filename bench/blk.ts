@@ -101,6 +101,23 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
   }
 }
 
+/** The socket file appears at bind(), a moment before listen(): retry a refused connect. */
+async function connect(socketPath: string): Promise<VhostUserFrontend> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await VhostUserFrontend.connect(socketPath, {
+        memoryBytes: 64 << 20,
+        queues: [256],
+        features: 1n << BigInt(VIRTIO_F_VERSION_1),
+        eventIdx: true,
+      });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || attempt >= 100) throw e;
+      await sleep(50);
+    }
+  }
+}
+
 async function stop(b: Backend): Promise<void> {
   if (b.child.exitCode === null) {
     const gone = new Promise((r) => b.child.once('close', r));
@@ -150,12 +167,7 @@ async function measure(target: Target, dir: string): Promise<Map<string, number>
   let fe: VhostUserFrontend | null = null;
   try {
     await waitForSocket(socketPath, backend.child);
-    fe = await VhostUserFrontend.connect(socketPath, {
-      memoryBytes: 64 << 20,
-      queues: [256],
-      features: 1n << BigInt(VIRTIO_F_VERSION_1),
-      eventIdx: true,
-    });
+    fe = await connect(socketPath);
     const blk = new BlkDevice(fe.queues[0]);
     const capacity = parseBlkConfig(await fe.getConfig(0, 36)).capacity;
     for (const w of WORKLOADS) {

@@ -112,12 +112,13 @@ async function e2e(rngWasm: string, cacheDir: string): Promise<void> {
     { label: 'rng-ts', listen: { path: join(dir, 'ts.sock') }, source: { kind: 'module', url: new URL('./ts-rng-device.ts', import.meta.url).href }, callDeadlineMs: 10_000 },
   ]);
   try {
-    console.log(`\nEnd to end: front-end driver -> socket -> host (in this process) -> device worker, ${secs} s per cell`);
+    console.log(`\nEnd to end: front-end driver -> socket -> host (in this process) -> device worker; wall time, best of 2 interleaved runs of ${secs} s per side`);
     console.log(['size', 'depth', 'TS req/s', 'WASM req/s', 'TS us/req', 'WASM us/req', 'ratio'].map((h, i) => pad(h, [6, 6, 12, 12, 10, 12, 7][i])).join(' '));
     for (const size of sizes) {
       for (const depth of batches) {
-        const rate: Record<string, number> = {};
-        for (const name of ['ts', 'wasm']) {
+        const rate: Record<string, number> = { ts: 0, wasm: 0 };
+        // ts, wasm, wasm, ts: each side gets an early and a late slot; keep its best.
+        for (const name of ['ts', 'wasm', 'wasm', 'ts']) {
           const fe = await VhostUserFrontend.connect(join(dir, `${name}.sock`), {
             memoryBytes: 64 << 20,
             queues: [256],
@@ -145,7 +146,7 @@ async function e2e(rngWasm: string, cacheDir: string): Promise<void> {
             counting = false;
             stop = true;
             await Promise.all(loops);
-            rate[name] = (done / ms) * 1000;
+            rate[name] = Math.max(rate[name], (done / ms) * 1000);
           } finally {
             await fe.close();
           }

@@ -24,7 +24,7 @@ const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
 if (sizes.length === 0) sizes.push(64);
 
 function host(mib: number, returnMemfd = false): Promise<HostProcess> {
-  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000', '--log-level', 'warn'], {
+  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000'], {
     env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20), ...(returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}) },
   }).catch(async (e) => {
     throw e;

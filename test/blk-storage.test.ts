@@ -32,7 +32,8 @@ const E = (val: string) => ({ tag: 'err', val });
 
 test('hostile ranges are refused before the backing sees them', (t) => {
   const mem = new MemoryBacking(1 << 20, false);
-  const s = grant(mem);
+  const logs: string[] = [];
+  const s = grant(mem, logs);
   t.is(s.size(), 1048576n);
   t.deepEqual(s.read(1048576n, 1), E('out-of-range'));
   t.deepEqual(s.read(1048575n, 2), E('out-of-range'));
@@ -42,6 +43,8 @@ test('hostile ranges are refused before the backing sees them', (t) => {
   t.deepEqual(s.discard(0n, 2n ** 64n - 1n), E('out-of-range'));
   t.deepEqual(s.writeZeroes(2n ** 63n, 1n), E('out-of-range'));
   t.is((s.read(1048575n, 1) as Uint8Array).length, 1, 'the last byte is readable');
+  t.is(logs.length, 1, 'one warning however many refusals');
+  t.regex(logs[0], /read of 1 bytes at 1048576 is outside the 1048576-byte store/);
   t.is((s.read(1048576n, 0) as Uint8Array).length, 0, 'an empty read at the end is in range');
 });
 

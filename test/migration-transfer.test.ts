@@ -86,3 +86,33 @@ test('the migrate CLI moves a device between two running hosts; a refused migrat
   const usage = await run(['--from', a.socketPath]);
   t.is(usage.code, 2);
 });
+
+test('host-held resources travel as extra sections next to the device bytes', async (t) => {
+  const env = { VHOST_WASM_TEST_EXTRA_SECTION_BYTES: String(5 << 20) };
+  const [a, b] = await pair({ stateBytes: 1 << 20, env });
+  const fe = await connect(a);
+  try {
+    t.is((await ask(fe, 'x')).seq, 0);
+    const r = await migrate(fe, b.socketPath, { channel: 'pipe' });
+    t.true(r.bytes > 6 << 20);
+    t.regex(a.log(), /device state saved: \d+ bytes \(device \d+, scratch 5242880\)/);
+    t.is((await ask(fe, 'y')).seq, 1);
+  } finally {
+    await fe.close();
+  }
+  // A destination without that resource, or with one of another size, refuses.
+  const none = await startBigHost({ stateBytes: 1 << 20 });
+  const small = await startBigHost({ stateBytes: 1 << 20, env: { VHOST_WASM_TEST_EXTRA_SECTION_BYTES: String(1 << 20) } });
+  const src = await startBigHost({ stateBytes: 1 << 20, env });
+  hosts.push(none, small, src);
+  const fe2 = await connect(src);
+  try {
+    await t.throwsAsync(migrate(fe2, none.socketPath), { message: /CHECK_DEVICE_STATE failed/ });
+    t.regex(none.log(), /section 256 \(scratch\) is not one this device has/);
+    await t.throwsAsync(migrate(fe2, small.socketPath, { channel: 'memfd' }), { message: /CHECK_DEVICE_STATE failed/ });
+    t.regex(small.log(), /scratch is 1048576 bytes here, the state has 5242880/);
+    t.is((await ask(fe2, 'source still serves')).seq, 0);
+  } finally {
+    await fe2.close();
+  }
+});

@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
+import type { FilesystemSpec } from '../fs/option.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -21,6 +22,8 @@ export interface CliOptions {
   entropy: boolean;
   /** --storage (with --read-only folded in), or null. */
   storage: StorageSpec | null;
+  /** --shared-dir (with --read-only and --tag folded in), or null. */
+  filesystem: FilesystemSpec | null;
 }
 
 export class UsageError extends Error {
@@ -55,6 +58,11 @@ Capabilities granted to the plugin (it sees nothing else):
                           device worker's memory, gone when the host exits
   --read-only             grant the --storage read-only: the file is opened O_RDONLY and
                           the plugin's writes, discards and write-zeroes are refused
+  --shared-dir DIR        a directory tree for virtio-fs (the fs plugin): the plugin gets
+                          opaque handles, never paths; every lookup stays beneath DIR
+                          (openat2 RESOLVE_BENEATH, symlinks never followed, no submounts).
+                          With --read-only every change is refused with EROFS.
+  --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
 
 Limits:
   --memory-limit SIZE     the plugin's linear memory cap (default 64M)
@@ -93,6 +101,15 @@ export function parseStorage(text: string, readOnly: boolean): StorageSpec {
   return { kind: 'file', path: text, readOnly };
 }
 
+export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined): FilesystemSpec {
+  if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
+  if (tag !== undefined) {
+    const n = Buffer.byteLength(tag);
+    if (n === 0 || n > 36) throw new UsageError(`--tag: "${tag}" must be 1-36 bytes (virtio-fs config space)`);
+  }
+  return { dir, readOnly, ...(tag === undefined ? {} : { tag }) };
+}
+
 export function parseCli(argv: string[]): CliOptions {
   let parsed;
   try {
@@ -114,6 +131,8 @@ export function parseCli(argv: string[]): CliOptions {
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
+        'shared-dir': { type: 'string' },
+        tag: { type: 'string' },
       },
     });
   } catch (e) {
@@ -135,8 +154,12 @@ export function parseCli(argv: string[]): CliOptions {
     callDeadlineMs: v['call-deadline'] === undefined ? 100 : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag),
   };
-  if (v['read-only'] && opts.storage === null) throw new UsageError('--read-only applies to --storage: give --storage PATH too');
+  if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');
+  if (v['read-only'] && opts.storage === null && opts.filesystem === null) {
+    throw new UsageError('--read-only applies to --storage or --shared-dir: give one of them too');
+  }
   if (opts.help || opts.version) return opts;
   if (opts.plugin && opts.deviceModule) throw new UsageError('--plugin and --device-module are exclusive: give one device');
   if (!opts.plugin && !opts.deviceModule) throw new UsageError('no device: give --plugin FILE.wasm (see --help)');

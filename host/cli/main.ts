@@ -11,6 +11,8 @@ import { capabilitiesFor } from './capabilities.ts';
 import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
 import { FileBacking } from '../storage/file.ts';
 import type { StorageSpec } from '../storage/backing.ts';
+import { FsShare } from '../fs/share.ts';
+import type { FilesystemSpec } from '../fs/option.ts';
 
 const VERSION = '0.1.0';
 const log = createLogger('vhost-wasm');
@@ -24,6 +26,14 @@ function checkStorage(spec: StorageSpec | null): StorageSpec | null {
   return { ...spec, path };
 }
 
+/** The shared directory is opened in the device worker; trying it here first makes a bad
+ * path a start-up error, before any worker or socket exists. */
+function checkSharedDir(spec: FilesystemSpec): FilesystemSpec {
+  const dir = resolve(spec.dir);
+  new FsShare(dir, { readOnly: spec.readOnly, tag: spec.tag }).close();
+  return { ...spec, dir };
+}
+
 function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): DeviceSource {
   if (o.deviceModule) {
     if (o.storage) throw new Error('--storage is granted to --plugin devices only');
@@ -33,7 +43,13 @@ function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): Devic
   return {
     kind: 'plugin',
     path: resolve(o.plugin!),
-    options: { memoryLimitBytes: o.memoryLimitBytes, entropy: o.entropy, ...(storage ? { storage } : {}), ...extra },
+    options: {
+      memoryLimitBytes: o.memoryLimitBytes,
+      entropy: o.entropy,
+      ...(storage ? { storage } : {}),
+      ...(o.filesystem ? { filesystem: checkSharedDir(o.filesystem) } : {}),
+      ...extra,
+    },
   };
 }
 

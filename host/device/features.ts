@@ -16,8 +16,11 @@ export const VirtioFeature = {
   SR_IOV: 37,
   NOTIFICATION_DATA: 38,
   RING_RESET: 40,
-  /** VHOST_F_LOG_ALL. */
-  LOG_ALL: 42,
+  /**
+   * VHOST_F_LOG_ALL: bit 26 (linux/vhost.h, libvhost-user, QEMU). Not 42: a back-end offering
+   * bit 42 instead gets "Migration disabled: vhost lacks VHOST_F_LOG_ALL feature" from QEMU.
+   */
+  LOG_ALL: 26,
 } as const;
 
 export function bit(n: number): bigint {

@@ -58,10 +58,12 @@ export type WorkerCall =
   | { op: 'status' }
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).
   | { op: 'stateBegin' }
-  | { op: 'stateRead'; offset: number; size: number }
-  | { op: 'stateWrite'; offset: number; chunk: Uint8Array }
-  | { op: 'stateFinish' }
-  | { op: 'stateAbort' }
+  // `section` absent: the device's own bytes; else a worker-side section (WorkerStateSection).
+  | { op: 'stateRead'; offset: number; size: number; section?: number }
+  | { op: 'stateBeginLoad'; section: number; size: number }
+  | { op: 'stateWrite'; offset: number; chunk: Uint8Array; section?: number }
+  | { op: 'stateFinish'; section?: number }
+  | { op: 'stateAbort'; section?: number }
   | { op: 'setLogBase'; fd: number; size: number; offset: number }
   | { op: 'setLogAll'; on: boolean }
   | { op: 'logStatus' };
@@ -73,6 +75,8 @@ export interface StateBeginInfo {
   /** The plugin's identity (name + version); TypeScript devices report their info.name and "0". */
   name: string;
   version: string;
+  /** Worker-side sections (host-held resources) saved next to the device's bytes. */
+  sections: { id: number; name: string; size: number }[];
 }
 
 /** stateRead's answer (the bytes' buffer is transferred, not copied). */

@@ -10,6 +10,7 @@ import { SplitQueue, QueueFault, type DescriptorChain } from '../virtqueue/split
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import type { LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
+import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
@@ -304,7 +305,54 @@ export class DeviceRunner {
     const id = (this.device as { identity?: { name?: unknown; version?: unknown } }).identity;
     const name = typeof id?.name === 'string' ? id.name : this.device.info.name;
     const version = typeof id?.version === 'string' ? id.version : '0';
-    return { started, name, version };
+    const sections = this.workerSections().map((s) => ({ id: s.id, name: s.name, size: this.call(() => s.size()) }));
+    return { started, name, version, sections };
+  }
+
+  /** Host-held resources the device exposes as state sections (see WorkerStateSection). */
+  private workerSections(): WorkerStateSection[] {
+    const fn = (this.device as { stateSections?: () => WorkerStateSection[] }).stateSections;
+    return typeof fn === 'function' ? fn.call(this.device) : [];
+  }
+
+  private section(id: number): WorkerStateSection {
+    const s = this.workerSections().find((x) => x.id === id);
+    if (!s) throw new Error(`the device has no state section ${id}`);
+    return s;
+  }
+
+  sectionRead(id: number, offset: number, size: number): StateReadResult {
+    this.requireStopped('read its state');
+    const s = this.section(id);
+    const total = this.call(() => s.size());
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isInteger(size) || size < 1 || offset + size > total) {
+      throw new Error(`section ${s.name}: read [${offset}, +${size}) is outside its ${total} bytes`);
+    }
+    const bytes = this.call(() => s.read(offset, size));
+    if (!(bytes instanceof Uint8Array) || bytes.length !== size) throw new Error(`section ${s.name}: read returned the wrong number of bytes`);
+    return { bytes: bytes.slice(), remaining: total - offset - size };
+  }
+
+  sectionBeginLoad(id: number, size: number): void {
+    this.requireStopped('load state');
+    const s = this.section(id);
+    this.call(() => s.beginLoad(size));
+  }
+
+  sectionWrite(id: number, offset: number, chunk: Uint8Array): void {
+    this.requireStopped('load state');
+    const s = this.section(id);
+    this.call(() => s.write(offset, chunk));
+  }
+
+  sectionFinish(id: number): string | null {
+    const s = this.section(id);
+    return this.call(() => s.finish());
+  }
+
+  sectionAbort(id: number): void {
+    const s = this.section(id);
+    this.call(() => s.abort());
   }
 
   /** One chunk of the device's state, copied into a fresh buffer that can be transferred. */

@@ -154,14 +154,15 @@ export class DeviceWorker {
   status() { return this.call<WorkerStatus>({ op: 'status' }); }
   // Device-state transfer and dirty logging.
   stateBegin() { return this.call<StateBeginInfo>({ op: 'stateBegin' }); }
-  stateRead(offset: number, size: number) { return this.call<StateReadResult>({ op: 'stateRead', offset, size }); }
+  stateRead(offset: number, size: number, section?: number) { return this.call<StateReadResult>({ op: 'stateRead', offset, size, section }); }
+  stateBeginLoad(section: number, size: number) { return this.call<void>({ op: 'stateBeginLoad', section, size }); }
   /** Moves chunk's buffer to the worker when chunk owns all of it, else copies. */
-  stateWrite(offset: number, chunk: Uint8Array) {
+  stateWrite(offset: number, chunk: Uint8Array, section?: number) {
     const own = chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer;
-    return this.call<void>({ op: 'stateWrite', offset, chunk }, own ? [chunk.buffer as ArrayBuffer] : undefined);
+    return this.call<void>({ op: 'stateWrite', offset, chunk, section }, own ? [chunk.buffer as ArrayBuffer] : undefined);
   }
-  stateFinish() { return this.call<string | null>({ op: 'stateFinish' }); }
-  stateAbort() { return this.call<void>({ op: 'stateAbort' }); }
+  stateFinish(section?: number) { return this.call<string | null>({ op: 'stateFinish', section }); }
+  stateAbort(section?: number) { return this.call<void>({ op: 'stateAbort', section }); }
   setLogBase(fd: number, size: number, offset: number) { return this.call<void>({ op: 'setLogBase', fd, size, offset }); }
   setLogAll(on: boolean) { return this.call<void>({ op: 'setLogAll', on }); }
   logStatus() { return this.call<LogStatus>({ op: 'logStatus' }); }

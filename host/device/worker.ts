@@ -52,10 +52,11 @@ function dispatch(runner: DeviceRunner, c: WorkerCall): unknown {
     case 'reset': return runner.reset();
     case 'status': return runner.status();
     case 'stateBegin': return runner.stateBegin();
-    case 'stateRead': return runner.stateRead(c.offset, c.size);
-    case 'stateWrite': return runner.stateWrite(c.offset, c.chunk);
-    case 'stateFinish': return runner.stateFinish();
-    case 'stateAbort': return runner.stateAbort();
+    case 'stateRead': return c.section === undefined ? runner.stateRead(c.offset, c.size) : runner.sectionRead(c.section, c.offset, c.size);
+    case 'stateBeginLoad': return runner.sectionBeginLoad(c.section, c.size);
+    case 'stateWrite': return c.section === undefined ? runner.stateWrite(c.offset, c.chunk) : runner.sectionWrite(c.section, c.offset, c.chunk);
+    case 'stateFinish': return c.section === undefined ? runner.stateFinish() : runner.sectionFinish(c.section);
+    case 'stateAbort': return c.section === undefined ? runner.stateAbort() : runner.sectionAbort(c.section);
     case 'setLogBase': return runner.setLogBase(c.fd, c.size, c.offset);
     case 'setLogAll': return runner.setLogAll(c.on);
     case 'logStatus': return runner.logStatus();

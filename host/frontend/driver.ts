@@ -2,7 +2,11 @@
 // order (vhost_user_backend_init, vhost_dev_init, vhost_dev_start), so a back-end that works
 // with this works with QEMU and the other way round.
 
-import { ProtocolFeature, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit } from '../protocol/constants.ts';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit } from '../protocol/constants.ts';
+import { VirtioFeature } from '../device/features.ts';
+
+/** VHOST_F_LOG_ALL is bit 26 (linux/vhost.h); protocol/constants.ts's 42 is wrong. */
+const VHOST_F_LOG_ALL = VirtioFeature.LOG_ALL;
 import type { VringAddr } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
 import type { Mapping } from '../native/api.ts';

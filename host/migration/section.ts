@@ -23,6 +23,26 @@ export interface StateSection {
   abort(): Promise<void>;
 }
 
+/**
+ * A section that lives in the device worker, next to the resource it saves (a storage backing
+ * opened there). A device (or the plugin loader, for the backings it opened) lists them in a
+ * `stateSections()` method on the device object; the runner serves them through the stateRead /
+ * stateWrite RPC ops with a section id, and the session wraps each one as a StateSection.
+ * Calls are synchronous (they run in the worker, under the same watchdog as device calls).
+ */
+export interface WorkerStateSection {
+  readonly id: number;
+  readonly name: string;
+  size(): number;
+  /** Exactly len bytes at offset (the runner copies them out). */
+  read(offset: number, len: number): Uint8Array;
+  /** Throw to refuse (a size that does not match this resource, ...). */
+  beginLoad(size: number): void;
+  write(offset: number, chunk: Uint8Array): void;
+  finish(): string | null;
+  abort(): void;
+}
+
 /** Section ids. */
 export const SectionId = {
   DEVICE: 1,

@@ -89,6 +89,55 @@ export class DeviceStateSection implements StateSection {
   }
 }
 
+/** A section that lives in the device worker (WorkerStateSection), reached through the RPC. */
+export class WorkerSectionProxy implements StateSection {
+  private inflight: Promise<void>[] = [];
+  private writeError: Error | null = null;
+
+  constructor(
+    private readonly worker: DeviceWorker,
+    readonly id: number,
+    readonly name: string,
+    /** Size reported by stateBegin (SAVE). */
+    private readonly total: number,
+  ) {}
+
+  async size(): Promise<number> {
+    return this.total;
+  }
+
+  async read(offset: number, len: number): Promise<Uint8Array> {
+    const r = await this.worker.stateRead(offset, len, this.id);
+    return r.bytes;
+  }
+
+  beginLoad(size: number): Promise<void> {
+    return this.worker.stateBeginLoad(this.id, size);
+  }
+
+  async write(offset: number, chunk: Uint8Array): Promise<void> {
+    if (this.writeError) throw this.writeError;
+    this.inflight.push(
+      this.worker.stateWrite(offset, chunk, this.id).catch((e: unknown) => {
+        this.writeError ??= new Error(`section ${this.name} refused bytes at offset ${offset}: ${errorText(e)}`);
+      }),
+    );
+    if (this.inflight.length > 8) await this.inflight.shift();
+    if (this.writeError) throw this.writeError;
+  }
+
+  async finish(): Promise<string | null> {
+    await Promise.all(this.inflight.splice(0));
+    if (this.writeError) throw this.writeError;
+    return this.worker.stateFinish(this.id);
+  }
+
+  async abort(): Promise<void> {
+    await Promise.all(this.inflight.splice(0));
+    if (!this.worker.dead) await this.worker.stateAbort(this.id);
+  }
+}
+
 export interface TransferContext {
   worker: DeviceWorker;
   identity: StateIdentity;

@@ -17,6 +17,7 @@ const err = (val: StorageError) => ({ tag: 'err' as const, val });
 export function storageImports(
   backing: Backing | undefined,
   refuse: () => never,
+  /** Backing failures and plugin range bugs, for the operator's log. */
   logIoError: (message: string) => void,
 ): Record<string, unknown> {
   // Offsets arrive as u64 bigints; anything past 2^53 is past any backing we can open.
@@ -28,6 +29,16 @@ export function storageImports(
     if (n > max || n > b.size - off) return null;
     return [off, n];
   };
+  // A well-behaved plugin checks ranges itself; reaching ours means it did not. Said once
+  // per grant, so a plugin looping on it cannot flood the log.
+  let warned = false;
+  const outOfRange = (what: string, offset: bigint, len: number | bigint): { tag: 'err'; val: StorageError } => {
+    if (!warned) {
+      warned = true;
+      logIoError(`${what} of ${len} bytes at ${offset} is outside the ${backing!.size}-byte store or over the per-call limit: refused (out-of-range; later ones are not logged)`);
+    }
+    return err('out-of-range');
+  };
   const guarded = <T>(fn: () => T): Result<T> => {
     try {
       return fn();
@@ -38,11 +49,11 @@ export function storageImports(
     }
   };
   const need = (): Backing => backing ?? refuse();
-  const modifying = (offset: bigint, len: number | bigint, max: number, op: (off: number, n: number) => void): Result<void> => {
+  const modifying = (what: string, offset: bigint, len: number | bigint, max: number, op: (off: number, n: number) => void): Result<void> => {
     const b = need();
     if (b.readOnly) return err('read-only');
     const r = range(offset, len, max);
-    if (r === null) return err('out-of-range');
+    if (r === null) return outOfRange(what, offset, len);
     return guarded(() => op(r[0], r[1]));
   };
   return {
@@ -51,11 +62,11 @@ export function storageImports(
     read(offset: bigint, len: number): Result<Uint8Array> {
       const b = need();
       const r = range(offset, len, MAX_STORAGE_IO);
-      if (r === null) return err('out-of-range');
+      if (r === null) return outOfRange('read', offset, len);
       return guarded(() => b.read(r[0], r[1]));
     },
     write: (offset: bigint, data: Uint8Array): Result<void> =>
-      modifying(offset, data.length, MAX_STORAGE_IO, (off) => backing!.write(off, data)),
+      modifying('write', offset, data.length, MAX_STORAGE_IO, (off) => backing!.write(off, data)),
     flush(): Result<void> {
       const b = need();
       // Read-only: nothing of ours to make durable, and fdatasync on O_RDONLY is pointless.
@@ -63,8 +74,8 @@ export function storageImports(
       return guarded(() => b.flush());
     },
     discard: (offset: bigint, len: bigint): Result<void> =>
-      modifying(offset, len, MAX_STORAGE_ZERO, (off, n) => backing!.discard(off, n)),
+      modifying('discard', offset, len, MAX_STORAGE_ZERO, (off, n) => backing!.discard(off, n)),
     writeZeroes: (offset: bigint, len: bigint): Result<void> =>
-      modifying(offset, len, MAX_STORAGE_ZERO, (off, n) => backing!.writeZeroes(off, n)),
+      modifying('write-zeroes', offset, len, MAX_STORAGE_ZERO, (off, n) => backing!.writeZeroes(off, n)),
   };
 }

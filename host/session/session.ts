@@ -17,7 +17,7 @@ import {
   BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, Req, VHOST_VRING_F_LOG, featureBit, requestName,
 } from '../protocol/constants.ts';
 import { deviceStateReplyValue } from '../protocol/codec.ts';
-import { StateTransfer } from '../migration/transfer.ts';
+import { StateTransfer, WorkerSectionProxy } from '../migration/transfer.ts';
 import type { StateSection } from '../migration/section.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import type { DecodedRequest, MemoryRegion, RawMessage } from '../protocol/messages.ts';
@@ -233,6 +233,7 @@ export class BackendSession {
   private async handle(req: DecodedRequest): Promise<void> {
     switch (req.code) {
       case Req.GET_FEATURES:
+        if (this.log.enabled('debug')) this.log.debug(`-> features 0x${this.offeredFeatures.toString(16)}`);
         return this.reply(encodeU64Reply(req.code, this.offeredFeatures));
       case Req.SET_FEATURES:
         return this.setFeatures(req.features);
@@ -467,7 +468,10 @@ export class BackendSession {
     const ctx = {
       worker: this.worker,
       identity: { deviceId: this.worker.info.deviceId, name: begin.name, version: begin.version },
-      extraSections: this.opts.stateSections?.() ?? [],
+      extraSections: [
+        ...begin.sections.map((s) => new WorkerSectionProxy(this.worker, s.id, s.name, s.size)),
+        ...(this.opts.stateSections?.() ?? []),
+      ],
       log: this.log,
     };
     const returnMemfd = this.opts.stateReturnMemfd ?? process.env.VHOST_WASM_STATE_RETURN_MEMFD === '1';

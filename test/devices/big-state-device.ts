@@ -15,7 +15,10 @@
 //   VHOST_WASM_TEST_DEVICE_VERSION identity version (default 1.0.0)
 //   VHOST_WASM_TEST_DEVICE_ID     virtio device id (default 2)
 //   VHOST_WASM_TEST_SEED          pattern seed (default 1)
+//   VHOST_WASM_TEST_EXTRA_SECTION_BYTES  if set, a host-held-resource-style worker section
+//                                 "scratch" (id 0x100) of that many pattern bytes (seed + 1000)
 import type { DeviceFactory, DeviceRequest, DeviceResponse, StateChunk, VirtioDevice } from '../../host/device/device.ts';
+import type { WorkerStateSection } from '../../host/migration/section.ts';
 
 const HEADER = 32;
 const BLOCK = 4096;
@@ -88,7 +91,40 @@ const factory: DeviceFactory = () => {
     loadPatternLen = -1;
   };
 
-  const dev: VirtioDevice & { identity: { name: string; version: string } } = {
+  const extraBytes = process.env.VHOST_WASM_TEST_EXTRA_SECTION_BYTES === undefined ? -1 : envInt('VHOST_WASM_TEST_EXTRA_SECTION_BYTES', 0);
+  const xSeed = seed + 1000;
+  const xBase = patternBase(xSeed);
+  let xMismatch = 0;
+  let xLoaded = 0;
+  const scratchSection: WorkerStateSection = {
+    id: 0x100,
+    name: 'scratch',
+    size: () => extraBytes,
+    read(offset, len) {
+      const out = new Uint8Array(len);
+      patternInto(out, offset, xSeed, xBase, scratch);
+      return out;
+    },
+    beginLoad(size) {
+      if (size !== extraBytes) throw new Error(`scratch is ${extraBytes} bytes here, the state has ${size}`);
+      xMismatch = 0;
+      xLoaded = 0;
+    },
+    write(offset, chunk) {
+      const expected = new Uint8Array(chunk.length);
+      patternInto(expected, offset, xSeed, xBase, scratch);
+      if (Buffer.compare(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length), Buffer.from(expected.buffer)) !== 0) xMismatch++;
+      xLoaded = offset + chunk.length;
+    },
+    finish: () => (xMismatch > 0 ? 'scratch pattern mismatch' : xLoaded !== extraBytes ? 'scratch incomplete' : null),
+    abort: () => {
+      xMismatch = 0;
+      xLoaded = 0;
+    },
+  };
+
+  const dev: VirtioDevice & { identity: { name: string; version: string }; stateSections(): WorkerStateSection[] } = {
+    stateSections: () => (extraBytes >= 0 ? [scratchSection] : []),
     identity: {
       name: process.env.VHOST_WASM_TEST_DEVICE_NAME || 'big-state-test',
       version: process.env.VHOST_WASM_TEST_DEVICE_VERSION || '1.0.0',

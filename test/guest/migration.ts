@@ -223,11 +223,11 @@ async function sendLine(path: string, line: string): Promise<void> {
     const s = connect(path);
     s.once('error', reject);
     s.once('connect', () => {
-      // Keep the connection open a moment: closing at once may drop the bytes before QEMU reads them.
-      s.write(line + '\n', () => setTimeout(() => {
-        s.destroy();
+      // Keep the connection open a while: closing at once may drop the bytes before QEMU reads them.
+      s.write(line + '\n', () => {
+        setTimeout(() => s.destroy(), 2000).unref();
         resolve();
-      }, 200));
+      });
     });
   });
 }
@@ -321,7 +321,7 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRes
         ? `source QEMU exited (${src.exitCode()}) before the migration point${exit !== null ? `; script status ${exit}` : ''}: ${src.stderr().trim().slice(-500)}`
         : !dst.alive()
           ? `destination QEMU exited (${dst.exitCode()}) while waiting for the migration: ${dst.stderr().trim().slice(-500)}`
-          : 'the source guest did not reach the migration point in time';
+          : `the source guest did not reach the migration point in time${src.stderr().trim() ? `; source QEMU says: ${src.stderr().trim().split('\n').slice(-3).join(' | ')}` : ''}`;
       return finish();
     }
     if (opts.migrateDelayMs) await sleep(opts.migrateDelayMs);
@@ -357,9 +357,13 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRes
     migrateError ??= migrateInfo?.['error-desc'];
     if (migrateStatus !== 'completed') {
       verdict = 'migration-failed';
+      // The cause is often on the destination (it refused the stream and hung up): give it a moment to say so.
+      await waitUntil(() => !dst.alive(), 1000);
+      const dstErr = dst.stderr().trim().split('\n').slice(-3).join(' | ');
       diagnosis = `migration ${migrateStatus}${migrateError ? `: ${migrateError}` : ''}` +
+        (dstErr ? `; destination${dst.alive() ? '' : ` exited (${dst.exitCode()})`}: ${dstErr}` : '') +
         (/vhost|backend|back-end/i.test(`${migrateError} ${src.stderr()} ${dst.stderr()}`)
-          ? ' (the vhost-user device/back-end is involved: see the QEMUs\' stderr)'
+          ? ' (a vhost-user device or back-end is involved: see the QEMUs\' stderr)'
           : '');
       return finish();
     }

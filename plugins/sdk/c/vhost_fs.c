@@ -22,7 +22,7 @@
 _Static_assert(sizeof(vfs_attr) == 96, "vfs_attr must match the WIT record layout");
 _Static_assert(sizeof(vfs_entry) == 104, "vfs_entry must match the WIT record layout");
 _Static_assert(sizeof(vfs_dirent) == 32 && offsetof(vfs_dirent, name) == 20, "vfs_dirent layout");
-_Static_assert(sizeof(vfs_statfs) == 56, "vfs_statfs layout");
+_Static_assert(sizeof(vfs_fsstats) == 56, "vfs_fsstats layout");
 
 typedef uint8_t *R;
 VFS_IMPORT("tag") void imp_tag(R ret);
@@ -227,7 +227,7 @@ uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *o
   return 0;
 }
 
-uint32_t vfs_statfs(vfs_handle h, vfs_statfs *out) {
+uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out) {
   imp_statfs((int64_t)h, ret_area);
   if (ret_area[0]) return err_at(ret_area + 8);
   memcpy(out, ret_area + 8, sizeof *out);

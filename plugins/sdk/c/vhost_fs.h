@@ -43,7 +43,7 @@ typedef struct vfs_dirent {
 typedef struct vfs_statfs {
   uint64_t blocks, bfree, bavail, files, ffree;
   uint32_t bsize, namelen, frsize;
-} vfs_statfs;
+} vfs_fsstats;
 
 /* setattr `valid` bits (FUSE's FATTR_*). */
 enum {
@@ -89,7 +89,7 @@ void vfs_dirents_free(vfs_dirent *entries, size_t n);
 uint32_t vfs_fsync(vfs_handle file, int datasync);
 uint32_t vfs_fallocate(vfs_handle file, uint32_t mode, uint64_t offset, uint64_t len);
 uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *out);
-uint32_t vfs_statfs(vfs_handle h, vfs_statfs *out);
+uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out);
 
 #ifdef __cplusplus
 }

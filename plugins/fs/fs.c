@@ -1,0 +1,970 @@
+/*
+ * virtio-fs (device id 26): a FUSE server over the host's `filesystem` capability.
+ *
+ * Queues: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1 = the one request queue. Config
+ * space: tag[36] (the operator's --tag) and num_request_queues (1). No device features.
+ *
+ * Every request is untrusted: each header and argument is bounds-checked against the bytes
+ * the guest supplied; a malformed one gets EINVAL (or, if it is too short to carry a
+ * `unique`, an empty answer), an unknown opcode ENOSYS. Nothing a guest sends makes a
+ * callback return an error, so the device is never marked broken by a guest.
+ *
+ * Tables: nodeids index `inodes` (1 = the share root); each holds a host node handle and
+ * the kernel's lookup count; the same host inode (dev, ino) is always the same nodeid (a
+ * hard link looked up twice is one inode). FUSE file handles index `files`, each an open
+ * host handle. Both are capped, so a guest cannot exhaust our memory; the host caps fds.
+ *
+ * Not implemented (answered ENOSYS, which the kernel remembers): xattrs (GETXATTR,
+ * LISTXATTR, SETXATTR, REMOVEXATTR: getfattr fails with EOPNOTSUPP), POSIX/BSD locks (the
+ * guest kernel then keeps locks local), COPY_FILE_RANGE, IOCTL, POLL, DAX mappings. MKNOD
+ * creates regular files only (EPERM otherwise). Requests' uid/gid are not applied: files
+ * belong to the host process's credentials.
+ */
+#include "fuse.h"
+#include "state.h"
+#include "vhost_device.h"
+#include "vhost_fs.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ENOENT 2
+#define EIO 5
+#define EBADF 9
+#define ENOMEM 12
+#define EINVAL 22
+#define ENFILE 23
+#define ERANGE 34
+#define ENOSYS 38
+#define EPROTO 71
+#define EPERM 1
+
+#define O_CREAT 0100
+#define O_EXCL 0200
+#define O_NOCTTY 0400
+#define O_DIRECTORY 0200000
+
+#define MAX_WRITE (128 * 1024)
+#define MAX_INODES (1u << 20)
+#define MAX_FILES (1u << 16)
+#define HASH_BUCKETS 4096
+#define OUR_MINOR 31
+
+/* ---- Tables ---- */
+
+fs_inode *inodes;   /* [0] unused, [1] root */
+uint32_t n_inodes;  /* slots in use (high-water mark) */
+static uint32_t cap_inodes;
+static uint32_t free_inode; /* head of the free list through .hnext, 0 = none */
+static uint32_t buckets[HASH_BUCKETS];
+
+fs_file *files; /* fh = index + 1 */
+uint32_t n_files;
+static uint32_t cap_files;
+
+fs_session session;
+
+static uint32_t hash_of(uint64_t dev, uint64_t ino) {
+  uint64_t h = (dev * 0x9E3779B97F4A7C15ull) ^ (ino * 0xC2B2AE3D27D4EB4Full);
+  return (uint32_t)(h >> 40) % HASH_BUCKETS;
+}
+
+static void hash_insert(uint32_t id) {
+  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
+  inodes[id].hnext = buckets[b];
+  buckets[b] = id;
+}
+
+static void hash_remove(uint32_t id) {
+  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
+  for (uint32_t *p = &buckets[b]; *p; p = &inodes[*p].hnext) {
+    if (*p == id) {
+      *p = inodes[id].hnext;
+      return;
+    }
+  }
+}
+
+static uint32_t hash_find(uint64_t dev, uint64_t ino) {
+  for (uint32_t id = buckets[hash_of(dev, ino)]; id; id = inodes[id].hnext) {
+    if (inodes[id].dev == dev && inodes[id].ino == ino) return id;
+  }
+  return 0;
+}
+
+static fs_inode *inode_get(uint64_t nodeid) {
+  if (nodeid == 0 || nodeid >= n_inodes || !inodes[nodeid].used) return NULL;
+  return &inodes[nodeid];
+}
+
+/* A slot for a new inode, or 0 when the table is full. */
+static uint32_t inode_alloc(void) {
+  if (free_inode) {
+    uint32_t id = free_inode;
+    free_inode = inodes[id].hnext;
+    return id;
+  }
+  if (n_inodes >= MAX_INODES) return 0;
+  if (n_inodes == cap_inodes) {
+    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
+    fs_inode *p = realloc(inodes, nc * sizeof *p);
+    if (!p) return 0;
+    inodes = p;
+    cap_inodes = nc;
+  }
+  return n_inodes++;
+}
+
+static void inode_free(uint32_t id) {
+  fs_inode *in = &inodes[id];
+  hash_remove(id);
+  vfs_close(in->handle);
+  free(in->name);
+  memset(in, 0, sizeof *in);
+  in->hnext = free_inode;
+  free_inode = id;
+}
+
+static void set_name(fs_inode *in, uint64_t parent, const uint8_t *name, size_t len) {
+  uint8_t *copy = malloc(len ? len : 1);
+  if (!copy) return; /* the name is only a hint for state; keep the old one */
+  memcpy(copy, name, len);
+  free(in->name);
+  in->name = copy;
+  in->name_len = len;
+  in->parent = parent;
+}
+
+/*
+ * Take a fresh host entry into the table: the same host inode becomes the same nodeid (the
+ * new handle is closed), otherwise a new nodeid. Counts one kernel lookup. 0 = full (the
+ * handle is closed).
+ */
+static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *name, size_t len) {
+  uint32_t id = hash_find(e->attr.dev, e->attr.ino);
+  if (id) {
+    vfs_close(e->node);
+    inodes[id].nlookup++;
+    if (name) set_name(&inodes[id], parent, name, len);
+    return id;
+  }
+  id = inode_alloc();
+  if (!id) {
+    vfs_close(e->node);
+    return 0;
+  }
+  fs_inode *in = &inodes[id];
+  memset(in, 0, sizeof *in);
+  in->used = 1;
+  in->handle = e->node;
+  in->dev = e->attr.dev;
+  in->ino = e->attr.ino;
+  in->mode = e->attr.mode;
+  in->nlookup = 1;
+  hash_insert(id);
+  if (name) set_name(in, parent, name, len);
+  return id;
+}
+
+static int name_is(const fs_inode *in, uint64_t parent, const uint8_t *name, size_t len) {
+  return in->used && in->name && in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0;
+}
+
+/* Keep the (parent, name) hints that migration re-resolves in step with renames/unlinks. */
+static void names_renamed(uint64_t od, const uint8_t *on, size_t ol, uint64_t nd, const uint8_t *nn, size_t nl,
+                          uint32_t flags) {
+  uint32_t a = 0, b = 0;
+  for (uint32_t i = 1; i < n_inodes; i++) {
+    if (!a && name_is(&inodes[i], od, on, ol)) a = i;
+    else if (!b && name_is(&inodes[i], nd, nn, nl)) b = i;
+  }
+  if (flags & 2) { /* RENAME_EXCHANGE */
+    if (a) set_name(&inodes[a], nd, nn, nl);
+    if (b) set_name(&inodes[b], od, on, ol);
+    return;
+  }
+  if (b) { /* replaced: no longer reachable by that name */
+    free(inodes[b].name);
+    inodes[b].name = NULL;
+    inodes[b].name_len = 0;
+  }
+  if (a) set_name(&inodes[a], nd, nn, nl);
+}
+
+static void names_unlinked(uint64_t dir, const uint8_t *name, size_t len) {
+  for (uint32_t i = 1; i < n_inodes; i++) {
+    if (name_is(&inodes[i], dir, name, len)) {
+      free(inodes[i].name);
+      inodes[i].name = NULL;
+      inodes[i].name_len = 0;
+    }
+  }
+}
+
+static void forget(uint64_t nodeid, uint64_t n) {
+  fs_inode *in = inode_get(nodeid);
+  if (!in || nodeid == FUSE_ROOT_ID) return;
+  in->nlookup = n >= in->nlookup ? 0 : in->nlookup - n;
+  if (in->nlookup == 0) inode_free((uint32_t)nodeid);
+}
+
+static uint64_t file_alloc(vfs_handle h, uint32_t flags, uint64_t nodeid) {
+  uint32_t i;
+  for (i = 0; i < n_files; i++)
+    if (!files[i].used) break;
+  if (i == n_files) {
+    if (n_files >= MAX_FILES) return 0;
+    if (n_files == cap_files) {
+      uint32_t nc = cap_files ? cap_files * 2 : 64;
+      fs_file *p = realloc(files, nc * sizeof *p);
+      if (!p) return 0;
+      files = p;
+      cap_files = nc;
+    }
+    n_files++;
+  }
+  files[i] = (fs_file){.used = 1, .handle = h, .flags = flags, .nodeid = nodeid};
+  return (uint64_t)i + 1;
+}
+
+static fs_file *file_get(uint64_t fh) {
+  if (fh == 0 || fh > n_files || !files[fh - 1].used) return NULL;
+  return &files[fh - 1];
+}
+
+void fs_tables_clear(void) {
+  for (uint32_t i = 1; i < n_inodes; i++)
+    if (inodes[i].used) {
+      vfs_close(inodes[i].handle);
+      free(inodes[i].name);
+    }
+  for (uint32_t i = 0; i < n_files; i++)
+    if (files[i].used) vfs_close(files[i].handle);
+  free(inodes);
+  free(files);
+  inodes = NULL;
+  files = NULL;
+  n_inodes = cap_inodes = free_inode = 0;
+  n_files = cap_files = 0;
+  memset(buckets, 0, sizeof buckets);
+  memset(&session, 0, sizeof session);
+}
+
+/* The root as nodeid 1 (slot 0 is never used). */
+static uint32_t setup_root(void) {
+  vfs_entry e;
+  uint32_t err = vfs_root(&e);
+  if (err) return err;
+  if (inode_alloc() != 0 || inode_alloc() != FUSE_ROOT_ID) {
+    vfs_close(e.node);
+    return ENOMEM;
+  }
+  memset(&inodes[0], 0, sizeof inodes[0]);
+  fs_inode *r = &inodes[FUSE_ROOT_ID];
+  memset(r, 0, sizeof *r);
+  r->used = 1;
+  r->handle = e.node;
+  r->dev = e.attr.dev;
+  r->ino = e.attr.ino;
+  r->mode = e.attr.mode;
+  r->nlookup = 1;
+  hash_insert(FUSE_ROOT_ID);
+  return 0;
+}
+
+/* ---- Restore (state.c): rebuild the tables with the saved ids ---- */
+
+/* Grow the inode table so `id` is a slot; new slots are unused. */
+static int ensure_inode_slot(uint32_t id) {
+  if (id >= MAX_INODES) return 0;
+  while (id >= cap_inodes) {
+    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
+    fs_inode *p = realloc(inodes, nc * sizeof *p);
+    if (!p) return 0;
+    inodes = p;
+    cap_inodes = nc;
+  }
+  while (n_inodes <= id) memset(&inodes[n_inodes++], 0, sizeof(fs_inode));
+  return 1;
+}
+
+/* Root as nodeid 1. 0 or an errno. */
+uint32_t fs_restore_root(void) {
+  fs_tables_clear();
+  return setup_root();
+}
+
+/*
+ * Re-resolve saved inode `id` as `name` in directory `parent` (already restored). With no
+ * name, or when the lookup fails (the file is gone, or was open but unlinked), the slot is
+ * kept with handle 0: the guest's later requests on it fail (EBADF) instead of reaching
+ * another file. Returns 0, or a message when the saved table itself is inconsistent.
+ */
+const char *fs_restore_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
+                             uint32_t mode) {
+  if (id <= FUSE_ROOT_ID || !ensure_inode_slot(id)) return "inode id out of range";
+  if (inodes[id].used) return "inode id saved twice";
+  vfs_entry e;
+  memset(&e, 0, sizeof e);
+  uint32_t err = ENOENT;
+  fs_inode *p = parent ? inode_get(parent) : NULL;
+  if (name && p && p->handle) err = vfs_lookup(p->handle, name, len, &e);
+  if (!err && (e.attr.mode & 0170000) != (mode & 0170000)) {
+    vfs_close(e.node); /* another kind of file took the name: not ours */
+    err = ENOENT;
+  }
+  if (!err && hash_find(e.attr.dev, e.attr.ino)) {
+    vfs_close(e.node); /* already restored under another id (a hard link): keep this one dead */
+    err = ENOENT;
+  }
+  fs_inode *in = &inodes[id];
+  memset(in, 0, sizeof *in);
+  in->used = 1;
+  in->nlookup = nlookup ? nlookup : 1;
+  in->mode = mode;
+  if (!err) {
+    in->handle = e.node;
+    in->dev = e.attr.dev;
+    in->ino = e.attr.ino;
+    hash_insert(id);
+  } else {
+    /* A dead inode: no host identity, never found by hash. */
+    in->dev = ~0ull;
+    in->ino = ~0ull - id;
+  }
+  if (name) set_name(in, parent, name, len);
+  return NULL;
+}
+
+/* Reopen saved file handle `fh` on inode `nodeid` with `flags` (never O_TRUNC again). */
+const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
+  if (fh == 0 || fh > MAX_FILES) return "file handle out of range";
+  while (cap_files < fh) {
+    uint32_t nc = cap_files ? cap_files * 2 : 64;
+    fs_file *p = realloc(files, nc * sizeof *p);
+    if (!p) return "out of memory";
+    files = p;
+    cap_files = nc;
+  }
+  while (n_files < fh) memset(&files[n_files++], 0, sizeof(fs_file));
+  fs_file *f = &files[fh - 1];
+  if (f->used) return "file handle saved twice";
+  fs_inode *in = inode_get(nodeid);
+  vfs_handle h = 0;
+  uint32_t of = flags & ~(uint32_t)(O_CREAT | O_EXCL | O_NOCTTY | 01000 /* O_TRUNC */);
+  if (in && in->handle && vfs_open(in->handle, of, &h) != 0) h = 0;
+  *f = (fs_file){.used = 1, .handle = h, .flags = flags, .nodeid = nodeid};
+  return NULL;
+}
+
+/* Every unused slot below the high-water mark goes on the free list. */
+void fs_restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
+  free_inode = 0;
+  for (uint32_t i = n_inodes; i-- > 2;) {
+    if (!inodes[i].used) {
+      inodes[i].hnext = free_inode;
+      free_inode = i;
+    }
+  }
+  session.initialized = 1;
+  session.minor = minor;
+  session.flags = flags;
+  session.max_readahead = max_readahead;
+}
+
+/* ---- Replies ---- */
+
+typedef struct reply {
+  uint8_t *buf;
+  uint32_t len, cap;
+  uint64_t unique;
+  int32_t error; /* 0 or -errno, written by reply_finish */
+} reply;
+
+/* Reserve `n` payload bytes after the header; NULL if the guest's buffer is too small. */
+static void *reply_alloc(reply *r, uint32_t n) {
+  uint32_t need = (uint32_t)sizeof(struct fuse_out_header) + n;
+  if (need > r->cap) return NULL;
+  r->buf = calloc(1, need);
+  if (!r->buf) return NULL;
+  r->len = need;
+  return r->buf + sizeof(struct fuse_out_header);
+}
+
+static void reply_error(reply *r, uint32_t err) {
+  free(r->buf);
+  r->buf = NULL;
+  r->len = 0;
+  if (r->cap < sizeof(struct fuse_out_header)) return;
+  r->buf = calloc(1, sizeof(struct fuse_out_header));
+  if (!r->buf) return;
+  r->len = sizeof(struct fuse_out_header);
+  r->error = -(int32_t)err;
+}
+
+static void reply_finish(reply *r) {
+  if (!r->buf) return;
+  struct fuse_out_header h = {.len = r->len, .error = r->error, .unique = r->unique};
+  memcpy(r->buf, &h, sizeof h);
+}
+
+static void *reply_or_erange(reply *r, uint32_t n) {
+  void *p = reply_alloc(r, n);
+  if (!p) reply_error(r, r->cap < sizeof(struct fuse_out_header) + n ? ERANGE : ENOMEM);
+  return p;
+}
+
+static void fill_attr(struct fuse_attr *a, const vfs_attr *v) {
+  a->ino = v->ino;
+  a->size = v->size;
+  a->blocks = v->blocks;
+  a->atime = (uint64_t)v->atime;
+  a->mtime = (uint64_t)v->mtime;
+  a->ctime = (uint64_t)v->ctime;
+  a->atimensec = v->atime_nsec;
+  a->mtimensec = v->mtime_nsec;
+  a->ctimensec = v->ctime_nsec;
+  a->mode = v->mode;
+  a->nlink = v->nlink;
+  a->uid = v->uid;
+  a->gid = v->gid;
+  a->rdev = v->rdev;
+  a->blksize = v->blksize;
+}
+
+static void fill_entry(struct fuse_entry_out *o, uint64_t nodeid, const vfs_attr *v) {
+  memset(o, 0, sizeof *o);
+  o->nodeid = nodeid;
+  o->entry_valid = 1;
+  o->attr_valid = 1;
+  fill_attr(&o->attr, v);
+}
+
+static void reply_attr(reply *r, const vfs_attr *v) {
+  struct fuse_attr_out *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->attr_valid = 1;
+  fill_attr(&o->attr, v);
+}
+
+/* A new entry from the host: into the table, then the reply. */
+static void reply_new_entry(reply *r, uint32_t err, const vfs_entry *e, uint64_t parent, const uint8_t *name,
+                            size_t len) {
+  if (err) return reply_error(r, err);
+  struct fuse_entry_out *o = reply_alloc(r, sizeof *o);
+  if (!o) {
+    /* Do not count a lookup the kernel will never hear about. */
+    vfs_close(e->node);
+    return reply_error(r, ERANGE);
+  }
+  uint32_t id = inode_take(e, parent, name, len);
+  if (!id) return reply_error(r, ENFILE);
+  fill_entry(o, id, &e->attr);
+}
+
+/* ---- Argument parsing ---- */
+
+typedef struct args {
+  const uint8_t *p;
+  size_t len;
+} args;
+
+static const void *take(args *a, size_t n) {
+  if (a->len < n) return NULL;
+  const void *p = a->p;
+  a->p += n;
+  a->len -= n;
+  return p;
+}
+
+/* Copy a fixed struct out (the request bytes need not be aligned). */
+#define TAKE(a, type, var)                 \
+  type var;                                \
+  do {                                     \
+    const void *src_ = take(a, sizeof var); \
+    if (!src_) return reply_error(r, EINVAL); \
+    memcpy(&var, src_, sizeof var);        \
+  } while (0)
+
+/* A NUL-terminated name: its bytes (without the NUL) or NULL. */
+static const uint8_t *take_name(args *a, size_t *len) {
+  const uint8_t *nul = memchr(a->p, 0, a->len);
+  if (!nul) return NULL;
+  *len = (size_t)(nul - a->p);
+  const uint8_t *s = a->p;
+  a->p = nul + 1;
+  a->len -= *len + 1;
+  return s;
+}
+
+#define NAME(a, var, lenvar)                    \
+  size_t lenvar;                                \
+  const uint8_t *var = take_name(a, &lenvar);   \
+  if (!var) return reply_error(r, EINVAL)
+
+#define INODE(id, var)                          \
+  fs_inode *var = inode_get(id);                \
+  if (!var) return reply_error(r, ENOENT)
+
+/* ---- Operations ---- */
+
+static void op_init(reply *r, args *a) {
+  TAKE(a, struct fuse_init_in, in);
+  if (in.major < 7) return reply_error(r, EPROTO);
+  struct fuse_init_out *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->major = 7;
+  if (in.major > 7) return; /* the kernel retries with our major */
+  if (!inode_get(FUSE_ROOT_ID)) {
+    uint32_t err = setup_root();
+    if (err) return reply_error(r, err);
+  }
+  uint32_t ours = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+  o->minor = in.minor < OUR_MINOR ? in.minor : OUR_MINOR;
+  o->max_readahead = in.max_readahead;
+  o->flags = in.flags & ours;
+  o->max_background = 64;
+  o->congestion_threshold = 48;
+  o->max_write = MAX_WRITE;
+  o->time_gran = 1;
+  session.initialized = 1;
+  session.minor = o->minor;
+  session.flags = o->flags;
+  session.max_readahead = o->max_readahead;
+}
+
+static void op_destroy(reply *r) {
+  fs_tables_clear();
+  reply_alloc(r, 0);
+}
+
+static void op_lookup(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  NAME(a, name, len);
+  vfs_entry e;
+  uint32_t err = vfs_lookup(dir->handle, name, len, &e);
+  reply_new_entry(r, err, &e, nodeid, name, len);
+}
+
+static void op_getattr(reply *r, uint64_t nodeid) {
+  INODE(nodeid, in);
+  vfs_attr v;
+  uint32_t err = vfs_getattr(in->handle, &v);
+  if (err) return reply_error(r, err);
+  reply_attr(r, &v);
+}
+
+static void op_setattr(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, in);
+  TAKE(a, struct fuse_setattr_in, s);
+  uint32_t valid = s.valid & (VFS_SET_MODE | VFS_SET_UID | VFS_SET_GID | VFS_SET_SIZE | VFS_SET_ATIME | VFS_SET_MTIME |
+                              VFS_SET_ATIME_NOW | VFS_SET_MTIME_NOW);
+  vfs_attr v;
+  uint32_t err = vfs_setattr(in->handle, valid, s.mode, s.uid, s.gid, s.size, (int64_t)s.atime, s.atimensec,
+                             (int64_t)s.mtime, s.mtimensec, &v);
+  if (err) return reply_error(r, err);
+  reply_attr(r, &v);
+}
+
+static void reply_open(reply *r, vfs_handle h, uint32_t flags, uint64_t nodeid) {
+  struct fuse_open_out *o = reply_alloc(r, sizeof *o);
+  if (!o) {
+    vfs_close(h);
+    return reply_error(r, ERANGE);
+  }
+  uint64_t fh = file_alloc(h, flags, nodeid);
+  if (!fh) {
+    vfs_close(h);
+    return reply_error(r, ENFILE);
+  }
+  o->fh = fh;
+}
+
+static void op_open(reply *r, uint64_t nodeid, args *a, int dir) {
+  INODE(nodeid, in);
+  TAKE(a, struct fuse_open_in, o);
+  uint32_t flags = o.flags & ~(uint32_t)(O_CREAT | O_EXCL | O_NOCTTY);
+  if (dir) flags = O_DIRECTORY; /* read-only, whatever the guest asked */
+  vfs_handle h;
+  uint32_t err = vfs_open(in->handle, flags, &h);
+  if (err) return reply_error(r, err);
+  reply_open(r, h, flags, nodeid);
+}
+
+static void op_create(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  TAKE(a, struct fuse_create_in, c);
+  NAME(a, name, len);
+  vfs_entry e;
+  vfs_handle h;
+  uint32_t flags = c.flags & ~(uint32_t)(O_CREAT | O_NOCTTY);
+  uint32_t err = vfs_create(dir->handle, name, len, flags, c.mode, &e, &h);
+  if (err) return reply_error(r, err);
+  uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
+  if (!o) {
+    vfs_close(e.node);
+    vfs_close(h);
+    return reply_error(r, ERANGE);
+  }
+  uint32_t id = inode_take(&e, nodeid, name, len);
+  if (!id) {
+    vfs_close(h);
+    return reply_error(r, ENFILE);
+  }
+  uint64_t fh = file_alloc(h, flags, id);
+  if (!fh) {
+    vfs_close(h);
+    forget(id, 1);
+    return reply_error(r, ENFILE);
+  }
+  struct fuse_entry_out eo;
+  fill_entry(&eo, id, &e.attr);
+  struct fuse_open_out oo = {.fh = fh};
+  memcpy(o, &eo, sizeof eo);
+  memcpy(o + sizeof eo, &oo, sizeof oo);
+}
+
+static void op_mknod(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  TAKE(a, struct fuse_mknod_in, m);
+  NAME(a, name, len);
+  if ((m.mode & 0170000) != 0100000) return reply_error(r, EPERM);
+  vfs_entry e;
+  reply_new_entry(r, vfs_mknod(dir->handle, name, len, m.mode, &e), &e, nodeid, name, len);
+}
+
+static void op_mkdir(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  TAKE(a, struct fuse_mkdir_in, m);
+  NAME(a, name, len);
+  vfs_entry e;
+  reply_new_entry(r, vfs_mkdir(dir->handle, name, len, m.mode, &e), &e, nodeid, name, len);
+}
+
+static void op_symlink(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  NAME(a, name, len);
+  NAME(a, target, tlen);
+  vfs_entry e;
+  reply_new_entry(r, vfs_symlink(dir->handle, name, len, target, tlen, &e), &e, nodeid, name, len);
+}
+
+static void op_link(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  TAKE(a, struct fuse_link_in, l);
+  NAME(a, name, len);
+  INODE(l.oldnodeid, old);
+  vfs_entry e;
+  reply_new_entry(r, vfs_link(old->handle, dir->handle, name, len, &e), &e, nodeid, name, len);
+}
+
+static void op_unlink(reply *r, uint64_t nodeid, args *a, int dir) {
+  INODE(nodeid, d);
+  NAME(a, name, len);
+  uint32_t err = dir ? vfs_rmdir(d->handle, name, len) : vfs_unlink(d->handle, name, len);
+  if (err) return reply_error(r, err);
+  names_unlinked(nodeid, name, len);
+  reply_alloc(r, 0);
+}
+
+static void op_rename(reply *r, uint64_t nodeid, args *a, int v2) {
+  INODE(nodeid, od);
+  uint64_t newdir;
+  uint32_t flags = 0;
+  if (v2) {
+    TAKE(a, struct fuse_rename2_in, in);
+    newdir = in.newdir;
+    flags = in.flags;
+  } else {
+    TAKE(a, struct fuse_rename_in, in);
+    newdir = in.newdir;
+  }
+  NAME(a, oldname, olen);
+  NAME(a, newname, nlen);
+  INODE(newdir, nd);
+  if (flags & ~3u) return reply_error(r, EINVAL); /* no RENAME_WHITEOUT */
+  uint32_t err = vfs_rename(od->handle, oldname, olen, nd->handle, newname, nlen, flags);
+  if (err) return reply_error(r, err);
+  names_renamed(nodeid, oldname, olen, newdir, newname, nlen, flags);
+  reply_alloc(r, 0);
+}
+
+static void op_readlink(reply *r, uint64_t nodeid) {
+  INODE(nodeid, in);
+  uint8_t buf[4096];
+  size_t n;
+  uint32_t err = vfs_readlink(in->handle, buf, sizeof buf, &n);
+  if (err) return reply_error(r, err);
+  if (n > sizeof buf) return reply_error(r, ERANGE);
+  uint8_t *o = reply_or_erange(r, (uint32_t)n);
+  if (o) memcpy(o, buf, n);
+}
+
+static void op_read(reply *r, args *a) {
+  TAKE(a, struct fuse_read_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
+  uint32_t want = in.size < room ? in.size : room;
+  if (want > 1024 * 1024) want = 1024 * 1024;
+  uint8_t *o = reply_or_erange(r, want);
+  if (!o) return;
+  uint32_t got = 0;
+  uint32_t err = vfs_read(f->handle, in.offset, want, o, &got);
+  if (err) return reply_error(r, err);
+  r->len = (uint32_t)sizeof(struct fuse_out_header) + got;
+}
+
+static void op_write(reply *r, args *a) {
+  TAKE(a, struct fuse_write_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  if (in.size > a->len || in.size > MAX_WRITE) return reply_error(r, EINVAL);
+  uint32_t n = 0;
+  uint32_t err = vfs_write(f->handle, in.offset, a->p, in.size, &n);
+  if (err) return reply_error(r, err);
+  struct fuse_write_out *o = reply_or_erange(r, sizeof *o);
+  if (o) o->size = n;
+}
+
+static void op_release(reply *r, args *a) {
+  TAKE(a, struct fuse_release_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  vfs_close(f->handle);
+  memset(f, 0, sizeof *f);
+  reply_alloc(r, 0);
+}
+
+static void op_flush(reply *r, args *a) {
+  TAKE(a, struct fuse_release_in, in); /* fuse_flush_in has the same size and fh first */
+  if (!file_get(in.fh)) return reply_error(r, EBADF);
+  reply_alloc(r, 0); /* nothing is buffered here */
+}
+
+static void op_fsync(reply *r, args *a) {
+  TAKE(a, struct fuse_fsync_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  uint32_t err = vfs_fsync(f->handle, in.fsync_flags & FUSE_FSYNC_FDATASYNC);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
+static uint32_t align8(uint32_t n) { return (n + 7) & ~7u; }
+
+static void op_readdir(reply *r, args *a, int plus) {
+  TAKE(a, struct fuse_read_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  /* Copy what we need: inode_take below may grow (move) the inode table. */
+  fs_inode *dir = inode_get(f->nodeid);
+  if (plus && !dir) return reply_error(r, ENOENT);
+  vfs_handle dir_handle = dir ? dir->handle : 0;
+  uint64_t dir_id = f->nodeid;
+  uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
+  uint32_t size = in.size < room ? in.size : room;
+  if (size > 1024 * 1024) size = 1024 * 1024;
+  uint32_t per = plus ? sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) + 8 : sizeof(struct fuse_dirent) + 8;
+  uint32_t max = size / per + 1;
+  vfs_dirent *ents = NULL;
+  size_t n = 0;
+  uint32_t err = vfs_readdir(f->handle, in.offset, max, &ents, &n);
+  if (err) return reply_error(r, err);
+  uint8_t *o = reply_alloc(r, size);
+  if (!o) {
+    vfs_dirents_free(ents, n);
+    return reply_error(r, size ? ENOMEM : ERANGE);
+  }
+  uint32_t used = 0;
+  for (size_t i = 0; i < n; i++) {
+    vfs_dirent *d = &ents[i];
+    uint32_t rec = align8((uint32_t)(sizeof(struct fuse_dirent) + d->name_len));
+    if (plus) rec += sizeof(struct fuse_entry_out);
+    if (used + rec > size) break;
+    uint8_t *at = o + used;
+    struct fuse_dirent de = {.ino = d->ino, .off = d->next, .namelen = (uint32_t)d->name_len, .type = d->kind};
+    if (plus) {
+      struct fuse_entry_out eo;
+      memset(&eo, 0, sizeof eo);
+      int dots = (d->name_len == 1 && d->name[0] == '.') || (d->name_len == 2 && d->name[0] == '.' && d->name[1] == '.');
+      vfs_entry e;
+      if (!dots && vfs_lookup(dir_handle, d->name, d->name_len, &e) == 0) {
+        uint32_t id = inode_take(&e, dir_id, d->name, d->name_len);
+        if (id) fill_entry(&eo, id, &e.attr);
+      }
+      if (!eo.nodeid) eo.attr.ino = d->ino, eo.attr.mode = (uint32_t)d->kind << 12;
+      memcpy(at, &eo, sizeof eo);
+      at += sizeof eo;
+    }
+    memcpy(at, &de, sizeof de);
+    memcpy(at + sizeof de, d->name, d->name_len);
+    used += rec;
+  }
+  vfs_dirents_free(ents, n);
+  r->len = (uint32_t)sizeof(struct fuse_out_header) + used;
+}
+
+static void op_statfs(reply *r, uint64_t nodeid) {
+  INODE(nodeid, in);
+  vfs_fsstats s;
+  uint32_t err = vfs_statfs(in->handle, &s);
+  if (err) return reply_error(r, err);
+  struct fuse_kstatfs *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->blocks = s.blocks;
+  o->bfree = s.bfree;
+  o->bavail = s.bavail;
+  o->files = s.files;
+  o->ffree = s.ffree;
+  o->bsize = s.bsize;
+  o->namelen = s.namelen;
+  o->frsize = s.frsize;
+}
+
+static void op_access(reply *r, uint64_t nodeid) {
+  /* virtiofs mounts with default_permissions: the guest kernel checks modes itself. */
+  INODE(nodeid, in);
+  (void)in;
+  reply_alloc(r, 0);
+}
+
+static void op_fallocate(reply *r, args *a) {
+  TAKE(a, struct fuse_fallocate_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  uint32_t err = vfs_fallocate(f->handle, in.mode, in.offset, in.length);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
+static void op_lseek(reply *r, args *a) {
+  TAKE(a, struct fuse_lseek_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  uint64_t pos;
+  uint32_t err = vfs_lseek(f->handle, (int64_t)in.offset, in.whence, &pos);
+  if (err) return reply_error(r, err);
+  struct fuse_lseek_out *o = reply_or_erange(r, sizeof *o);
+  if (o) o->offset = pos;
+}
+
+static void op_forget(args *a, uint64_t nodeid) {
+  const struct fuse_forget_in *p = take(a, sizeof(struct fuse_forget_in));
+  if (!p) return;
+  struct fuse_forget_in in;
+  memcpy(&in, p, sizeof in);
+  forget(nodeid, in.nlookup);
+}
+
+static void op_batch_forget(args *a) {
+  const void *p = take(a, sizeof(struct fuse_batch_forget_in));
+  if (!p) return;
+  struct fuse_batch_forget_in in;
+  memcpy(&in, p, sizeof in);
+  for (uint32_t i = 0; i < in.count; i++) {
+    const void *q = take(a, sizeof(struct fuse_forget_one));
+    if (!q) return;
+    struct fuse_forget_one one;
+    memcpy(&one, q, sizeof one);
+    forget(one.nodeid, one.nlookup);
+  }
+}
+
+/* One request -> its reply (possibly empty: FORGET, BATCH_FORGET, INTERRUPT). */
+static void handle(const vd_request *req, vd_buf *out) {
+  reply r = {.cap = req->writable_len};
+  struct fuse_in_header h;
+  if (req->readable_len < sizeof h) {
+    /* Too short for a header: answer EINVAL with whatever `unique` we can see. */
+    if (req->readable_len >= 16) memcpy(&r.unique, req->readable + 8, 8);
+    reply_error(&r, EINVAL);
+    goto finish;
+  }
+  memcpy(&h, req->readable, sizeof h);
+  r.unique = h.unique;
+  if (h.len < sizeof h || h.len > req->readable_len) {
+    reply_error(&r, EINVAL);
+    goto finish;
+  }
+  args a = {req->readable + sizeof h, h.len - sizeof h};
+  if (!session.initialized && h.opcode != FUSE_INIT) {
+    if (h.opcode != FUSE_FORGET && h.opcode != FUSE_BATCH_FORGET && h.opcode != FUSE_INTERRUPT) reply_error(&r, EIO);
+    goto finish;
+  }
+  switch (h.opcode) {
+    case FUSE_INIT: op_init(&r, &a); break;
+    case FUSE_DESTROY: op_destroy(&r); break;
+    case FUSE_LOOKUP: op_lookup(&r, h.nodeid, &a); break;
+    case FUSE_FORGET: op_forget(&a, h.nodeid); break;
+    case FUSE_BATCH_FORGET: op_batch_forget(&a); break;
+    case FUSE_INTERRUPT: break; /* requests complete synchronously: nothing to interrupt */
+    case FUSE_GETATTR: op_getattr(&r, h.nodeid); break;
+    case FUSE_SETATTR: op_setattr(&r, h.nodeid, &a); break;
+    case FUSE_OPEN: op_open(&r, h.nodeid, &a, 0); break;
+    case FUSE_OPENDIR: op_open(&r, h.nodeid, &a, 1); break;
+    case FUSE_READ: op_read(&r, &a); break;
+    case FUSE_WRITE: op_write(&r, &a); break;
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR: op_release(&r, &a); break;
+    case FUSE_FLUSH: op_flush(&r, &a); break;
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR: op_fsync(&r, &a); break;
+    case FUSE_READDIR: op_readdir(&r, &a, 0); break;
+    case FUSE_READDIRPLUS: op_readdir(&r, &a, 1); break;
+    case FUSE_CREATE: op_create(&r, h.nodeid, &a); break;
+    case FUSE_MKNOD: op_mknod(&r, h.nodeid, &a); break;
+    case FUSE_MKDIR: op_mkdir(&r, h.nodeid, &a); break;
+    case FUSE_UNLINK: op_unlink(&r, h.nodeid, &a, 0); break;
+    case FUSE_RMDIR: op_unlink(&r, h.nodeid, &a, 1); break;
+    case FUSE_RENAME: op_rename(&r, h.nodeid, &a, 0); break;
+    case FUSE_RENAME2: op_rename(&r, h.nodeid, &a, 1); break;
+    case FUSE_LINK: op_link(&r, h.nodeid, &a); break;
+    case FUSE_SYMLINK: op_symlink(&r, h.nodeid, &a); break;
+    case FUSE_READLINK: op_readlink(&r, h.nodeid); break;
+    case FUSE_STATFS: op_statfs(&r, h.nodeid); break;
+    case FUSE_ACCESS: op_access(&r, h.nodeid); break;
+    case FUSE_FALLOCATE: op_fallocate(&r, &a); break;
+    case FUSE_LSEEK: op_lseek(&r, &a); break;
+    default: reply_error(&r, ENOSYS); break;
+  }
+finish:
+  reply_finish(&r);
+  out->data = r.buf;
+  out->len = r.buf ? r.len : 0;
+}
+
+/* ---- Device callbacks ---- */
+
+const char *vd_name(void) { return "fs"; }
+const char *vd_version(void) { return "0.1.0"; }
+
+void vd_get_info(vd_info *out) {
+  out->device_id = 26;
+  out->num_queues = 2; /* hiprio + one request queue */
+  out->max_queue_size = 1024;
+  out->features = 0;
+  out->config_size = 40; /* tag[36], num_request_queues */
+}
+
+void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
+  uint8_t cfg[40] = {0};
+  vfs_tag((char *)cfg, 36);
+  cfg[36] = 1; /* num_request_queues, le32 */
+  for (uint32_t i = 0; i < size && offset + i < sizeof cfg; i++) out[i] = cfg[offset + i];
+}
+
+void vd_write_config(uint32_t offset, const uint8_t *data, size_t len) { (void)offset, (void)data, (void)len; }
+
+const char *vd_activate(uint64_t acked) {
+  if (acked) return "virtio-fs offers no device features";
+  return NULL;
+}
+
+void vd_reset(void) { fs_tables_clear(); }
+
+const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
+  (void)queue;
+  for (size_t i = 0; i < n; i++) handle(&requests[i], &responses[i]);
+  return NULL;
+}

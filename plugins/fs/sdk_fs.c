@@ -1,0 +1,3 @@
+/* The SDK's filesystem glue, compiled into this plugin (plugins/build-plugins.mjs links
+ * only vhost_device.c from the SDK). */
+#include "vhost_fs.c"

@@ -1,0 +1,115 @@
+/*
+ * A minimal vhost-wasm device plugin, to copy and edit. It builds as it is and runs: a
+ * device with one queue that answers each request with its readable bytes reversed, counts
+ * the requests it served, exposes that count in its config space and carries it across a
+ * live migration as its state.
+ *
+ * The C SDK (plugins/sdk/c/vhost_device.h) does the canonical-ABI work: you implement the
+ * vd_* callbacks below and never see a pointer the host owns. Rules that matter:
+ *  - responses[i].data must come from malloc and hold at most requests[i].writable_len bytes
+ *    (the host refuses more and marks the device NEEDS_RESET);
+ *  - return NULL for success or a message for failure (the host logs it, names your plugin
+ *    and marks the device NEEDS_RESET);
+ *  - a trap (abort, out-of-bounds access, malloc failure past --memory-limit, running past
+ *    --call-deadline) costs this device a reset, never the host or another device.
+ * See docs/writing-a-plugin.md and docs/plugin-abi.md.
+ */
+#include "vhost_device.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* TODO: your device's virtio id. 4 = entropy (what QEMU's vhost-user-rng-pci expects), 2 =
+ * block, 26 = fs; the host itself serves any id to its own front-end driver. */
+#define DEVICE_ID 42
+#define CONFIG_SIZE 8
+#define STATE_SIZE 12 /* "MYDV" + served as a little-endian u64 */
+
+static uint64_t served;
+static uint8_t saving[STATE_SIZE], loading[STATE_SIZE];
+static uint64_t loaded;
+
+/* The name tags saved state; keep it stable across versions (lower-case, digits, '-'). */
+const char *vd_name(void) { return "my-device"; }
+const char *vd_version(void) { return "0.1.0"; }
+
+void vd_get_info(vd_info *out) {
+  out->device_id = DEVICE_ID;
+  out->num_queues = 1;
+  out->max_queue_size = 256; /* a power of two */
+  out->features = 0;         /* device feature bits (0-23) you offer */
+  out->config_size = CONFIG_SIZE;
+}
+
+static void put_u64(uint8_t *at, uint64_t v) {
+  for (int i = 0; i < 8; i++) at[i] = (uint8_t)(v >> (8 * i));
+}
+
+void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
+  uint8_t config[CONFIG_SIZE];
+  put_u64(config, served);
+  memcpy(out, config + offset, size); /* the host already checked offset + size */
+}
+void vd_write_config(uint32_t offset, const uint8_t *data, size_t len) { (void)offset, (void)data, (void)len; }
+
+const char *vd_activate(uint64_t acked_features) {
+  (void)acked_features;
+  vd_log(VD_LOG_INFO, "my-device activated");
+  return NULL;
+}
+
+void vd_reset(void) {
+  served = 0;
+  loaded = 0;
+}
+
+const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
+  (void)queue;
+  for (size_t i = 0; i < n; i++) {
+    size_t len = requests[i].readable_len;
+    if (len > requests[i].writable_len) len = requests[i].writable_len;
+    if (len == 0) continue; /* an empty response: data NULL, len 0 */
+    uint8_t *out = malloc(len);
+    if (!out) return "out of memory";
+    for (size_t k = 0; k < len; k++) out[k] = requests[i].readable[requests[i].readable_len - 1 - k];
+    responses[i].data = out;
+    responses[i].len = len;
+  }
+  served += n;
+  return NULL;
+}
+
+/* State, in chunks: freeze it at offset 0 so every chunk of one save agrees. */
+const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining) {
+  if (offset == 0) {
+    memcpy(saving, "MYDV", 4);
+    put_u64(saving + 4, served);
+  }
+  if (offset > STATE_SIZE) return "state offset past the end";
+  uint64_t left = STATE_SIZE - offset;
+  uint32_t len = left < size ? (uint32_t)left : size;
+  if (len) {
+    out->data = malloc(len);
+    if (!out->data) return "out of memory";
+    memcpy(out->data, saving + offset, len);
+  }
+  out->len = len;
+  *remaining = left - len;
+  return NULL;
+}
+
+const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
+  if (offset == 0) loaded = 0;
+  if (offset != loaded || len > STATE_SIZE - loaded) return "state chunk out of order or too long";
+  memcpy(loading + loaded, chunk, len);
+  loaded += len;
+  return NULL;
+}
+
+const char *vd_finish_load(void) {
+  if (loaded != STATE_SIZE || memcmp(loading, "MYDV", 4) != 0) return "not a my-device state";
+  served = 0;
+  for (int i = 0; i < 8; i++) served |= (uint64_t)loading[4 + i] << (8 * i);
+  loaded = 0;
+  return NULL;
+}

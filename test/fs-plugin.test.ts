@@ -1,0 +1,375 @@
+// The virtio-fs plugin (dist/plugins/fs.wasm) driven directly with FUSE requests under the
+// real jco runtime and a real FsShare: the FUSE semantics it implements, and that nothing a
+// hostile guest sends (short or lying headers, unknown opcodes, bogus node ids and file
+// handles, names without NUL, huge forget counts, random bytes) can trap the plugin.
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FsShare } from '../host/fs/index.ts';
+import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
+
+const root = join(import.meta.dirname, '..');
+const cacheDir = mkdtempSync(join(tmpdir(), 'fs-plugin-test-'));
+let bytes: Buffer;
+
+test.before(() => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: root, stdio: 'inherit' });
+  bytes = readFileSync(join(root, 'dist', 'plugins', 'fs.wasm'));
+});
+test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
+
+const OP = {
+  LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, READLINK: 5, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11,
+  RENAME: 12, LINK: 13, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17, RELEASE: 18, FSYNC: 20, GETXATTR: 22, FLUSH: 25,
+  INIT: 26, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29, ACCESS: 34, CREATE: 35, DESTROY: 38, BATCH_FORGET: 42,
+  FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45, LSEEK: 46,
+} as const;
+const ERR = { EPERM: 1, ENOENT: 2, EIO: 5, EBADF: 9, EEXIST: 17, EINVAL: 22, EROFS: 30, ENOSYS: 38, ENOTEMPTY: 39 };
+
+/** A little-endian struct writer. */
+class W {
+  private parts: Buffer[] = [];
+  u32(v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v >>> 0);
+    this.parts.push(b);
+    return this;
+  }
+  u64(v: bigint | number): this {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)));
+    this.parts.push(b);
+    return this;
+  }
+  str(s: string): this {
+    this.parts.push(Buffer.from(`${s}\0`));
+    return this;
+  }
+  raw(b: Uint8Array): this {
+    this.parts.push(Buffer.from(b));
+    return this;
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+interface Reply {
+  len: number;
+  error: number;
+  unique: bigint;
+  body: Buffer;
+}
+
+class Client {
+  private unique = 1n;
+  constructor(readonly dev: PluginDevice) {}
+
+  raw(readable: Uint8Array, writableLen = 1 << 20, queue = 1): Buffer {
+    const [r] = this.dev.process(queue, [{ readable: [readable], writableLen }]);
+    return Buffer.from(r.data);
+  }
+
+  req(opcode: number, nodeid: bigint | number, args: Buffer = Buffer.alloc(0), writableLen = 1 << 20): Reply {
+    const unique = this.unique++;
+    const hdr = new W().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(0).u32(0).done();
+    const out = this.raw(Buffer.concat([hdr, args]), writableLen);
+    if (out.length === 0) return { len: 0, error: 0, unique: 0n, body: out };
+    const r = { len: out.readUInt32LE(0), error: -out.readInt32LE(4) || 0, unique: out.readBigUInt64LE(8), body: out.subarray(16) };
+    if (r.len !== out.length || r.unique !== unique) throw new Error(`bad reply header ${JSON.stringify({ ...r, unique: String(r.unique) })}`);
+    return r;
+  }
+
+  init(): Reply {
+    return this.req(OP.INIT, 0, new W().u32(7).u32(38).u32(65536).u32(0xffffffff).done());
+  }
+  lookup(dir: bigint | number, name: string): Reply {
+    return this.req(OP.LOOKUP, dir, new W().str(name).done());
+  }
+  create(dir: bigint | number, name: string, flags = 0o102, mode = 0o644): Reply {
+    return this.req(OP.CREATE, dir, new W().u32(flags).u32(mode).u32(0).u32(0).str(name).done());
+  }
+  write(fh: bigint, off: number, data: Buffer): Reply {
+    return this.req(OP.WRITE, 0, new W().u64(fh).u64(off).u32(data.length).u32(0).u64(0).u32(0).u32(0).raw(data).done());
+  }
+  read(fh: bigint, off: number, size: number, op: number = OP.READ): Reply {
+    return this.req(op, 0, new W().u64(fh).u64(off).u32(size).u32(0).u64(0).u32(0).u32(0).done());
+  }
+}
+
+const nodeOf = (r: Reply) => r.body.readBigUInt64LE(0);
+const fhOfCreate = (r: Reply) => r.body.readBigUInt64LE(128);
+
+function fixture(readOnly = false) {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-plugin-share-'));
+  mkdirSync(join(dir, 'sub'));
+  writeFileSync(join(dir, 'hello.txt'), 'hello\n');
+  const share = new FsShare(dir, { readOnly, tag: 'mytag' });
+  return { dir, share };
+}
+
+async function setup(t: import('ava').ExecutionContext, readOnly = false) {
+  const f = fixture(readOnly);
+  const logs: string[] = [];
+  const dev = await loadPlugin(bytes, { grants: { filesystem: f.share, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
+  t.teardown(() => {
+    f.share.close();
+    rmSync(f.dir, { recursive: true, force: true });
+  });
+  return { ...f, dev, c: new Client(dev), logs };
+}
+
+test('describes itself as virtio-fs with the operator tag in config space', async (t) => {
+  const { dev } = await setup(t);
+  t.deepEqual(dev.identity, { name: 'fs', version: '0.1.0' });
+  t.like(dev.info, { deviceId: 26, numQueues: 2, features: 0n, configSize: 40 });
+  const cfg = Buffer.from(dev.readConfig(0, 40));
+  t.is(cfg.subarray(0, 36).toString().replace(/\0+$/, ''), 'mytag');
+  t.is(cfg.readUInt32LE(36), 1, 'one request queue');
+});
+
+test('INIT negotiates only flags it implements; a request before INIT is EIO', async (t) => {
+  const { c } = await setup(t);
+  t.is(c.lookup(1, 'hello.txt').error, ERR.EIO);
+  const r = c.init();
+  t.is(r.error, 0);
+  t.is(r.body.readUInt32LE(0), 7);
+  t.is(r.body.readUInt32LE(4), 31, 'minor capped at what we implement');
+  const flags = r.body.readUInt32LE(12);
+  t.is(flags & ~((1 << 0) | (1 << 3) | (1 << 5) | (1 << 13) | (1 << 14)), 0, `unexpected flags ${flags.toString(16)}`);
+  t.is(r.body.readUInt32LE(20), 128 * 1024, 'max_write');
+  // Only flags the kernel offered come back.
+  const r2 = c.req(OP.INIT, 0, new W().u32(7).u32(38).u32(0).u32(1 << 3).done());
+  t.is(r2.body.readUInt32LE(12), 1 << 3);
+});
+
+test('file operations: create, write, read, readdirplus, rename, link, symlink, unlink, forget', async (t) => {
+  const { c, dir, share } = await setup(t);
+  c.init();
+  const base = share.openHandles;
+  const cr = c.create(1, 'new.txt');
+  t.is(cr.error, 0);
+  const node = nodeOf(cr);
+  const fh = fhOfCreate(cr);
+  t.is(c.write(fh, 0, Buffer.from('abcdef')).body.readUInt32LE(0), 6);
+  t.is(c.read(fh, 2, 100).body.toString(), 'cdef');
+  t.is(readFileSync(join(dir, 'new.txt'), 'utf8'), 'abcdef');
+  // The same inode looked up again is the same node id.
+  t.is(nodeOf(c.lookup(1, 'new.txt')), node);
+  t.is(c.lookup(1, 'missing').error, ERR.ENOENT);
+  t.is(c.lookup(1, '..').error, ERR.EINVAL);
+  // GETATTR: size 6, regular file.
+  const ga = c.req(OP.GETATTR, node, new W().u32(0).u32(0).u64(0).done());
+  t.is(ga.body.readBigUInt64LE(16 + 8), 6n);
+  // READDIRPLUS of the root lists everything with attributes.
+  const dh = c.req(OP.OPENDIR, 1, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  const rd = c.read(dh, 0, 8192, OP.READDIRPLUS);
+  const names: string[] = [];
+  for (let at = 0; at < rd.body.length; ) {
+    const namelen = rd.body.readUInt32LE(at + 128 + 16);
+    names.push(rd.body.subarray(at + 128 + 24, at + 128 + 24 + namelen).toString());
+    at += 128 + ((24 + namelen + 7) & ~7);
+  }
+  t.deepEqual(names.sort(), ['.', '..', 'hello.txt', 'new.txt', 'sub']);
+  t.is(c.req(OP.RELEASEDIR, 1, new W().u64(dh).u32(0).u32(0).u64(0).done()).error, 0);
+  // rename into sub, hard link back, symlink, readlink.
+  const sub = nodeOf(c.lookup(1, 'sub'));
+  t.is(c.req(OP.RENAME, 1, new W().u64(sub).str('new.txt').str('moved.txt').done()).error, 0);
+  t.is(readFileSync(join(dir, 'sub', 'moved.txt'), 'utf8'), 'abcdef');
+  const ln = c.req(OP.LINK, 1, new W().u64(node).str('again.txt').done());
+  t.is(nodeOf(ln), node, 'a hard link is the same inode');
+  const sl = c.req(OP.SYMLINK, 1, new W().str('sl').str('/etc/shadow').done());
+  t.is(c.req(OP.READLINK, nodeOf(sl)).body.toString(), '/etc/shadow');
+  t.is(c.req(OP.RMDIR, 1, new W().str('sub').done()).error, ERR.ENOTEMPTY);
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o010644).u32(0).u32(0).u32(0).str('fifo').done()).error, ERR.EPERM);
+  t.is(c.req(OP.RELEASE, 1, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0);
+  t.is(c.read(fh, 0, 10).error, ERR.EBADF, 'released');
+  // FORGET every lookup: the host handles go back to the baseline.
+  // Lookup counts: READDIRPLUS counted one per listed entry (not "." and "..").
+  const hello = nodeOf(c.lookup(1, 'hello.txt'));
+  const lookups = new Map<bigint, number>([
+    [node, 4], // create, lookup, readdirplus, link
+    [sub, 2], // readdirplus, lookup
+    [hello, 2], // readdirplus, lookup
+    [nodeOf(sl), 1],
+  ]);
+  const bf = new W().u32(lookups.size).u32(0);
+  for (const [n, k] of lookups) bf.u64(n).u64(k);
+  t.is(c.req(OP.BATCH_FORGET, 0, bf.done()).len, 0, 'no reply to BATCH_FORGET');
+  t.is(share.openHandles, base, 'every handle was released');
+});
+
+test('a read-only grant answers mutations with EROFS', async (t) => {
+  const { c, dir } = await setup(t, true);
+  c.init();
+  t.is(c.create(1, 'x').error, ERR.EROFS);
+  t.is(c.req(OP.MKDIR, 1, new W().u32(0o755).u32(0).str('d').done()).error, ERR.EROFS);
+  t.is(c.req(OP.UNLINK, 1, new W().str('hello.txt').done()).error, ERR.EROFS);
+  const node = nodeOf(c.lookup(1, 'hello.txt'));
+  t.is(c.req(OP.OPEN, node, new W().u32(1).u32(0).done()).error, ERR.EROFS);
+  const fh = c.req(OP.OPEN, node, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  t.is(c.read(fh, 0, 100).body.toString(), 'hello\n');
+  t.is(c.write(fh, 0, Buffer.from('x')).error, ERR.EROFS);
+  t.true(existsSync(join(dir, 'hello.txt')));
+});
+
+test('malformed requests get EINVAL, unknown opcodes ENOSYS, bogus ids ENOENT/EBADF', async (t) => {
+  const { c } = await setup(t);
+  c.init();
+  // Shorter than a header: EINVAL with the unique we could see, or nothing at all.
+  const short = c.raw(new W().u32(16).u32(OP.GETATTR).u64(77).done());
+  t.is(short.readInt32LE(4), -ERR.EINVAL);
+  t.is(short.readBigUInt64LE(8), 77n);
+  t.is(c.raw(Buffer.from([1, 2, 3])).length, 16);
+  t.is(c.raw(Buffer.alloc(0)).length, 16);
+  t.is(c.raw(Buffer.alloc(64), 8).length, 0, 'no room for even a header: empty answer');
+  // A header whose len is larger than what was sent, or smaller than a header.
+  const lying = new W().u32(4000).u32(OP.GETATTR).u64(5).u64(1).u32(0).u32(0).u32(0).u32(0).done();
+  t.is(c.raw(lying).readInt32LE(4), -ERR.EINVAL);
+  const tiny = new W().u32(8).u32(OP.GETATTR).u64(5).u64(1).u32(0).u32(0).u32(0).u32(0).done();
+  t.is(c.raw(tiny).readInt32LE(4), -ERR.EINVAL);
+  t.is(c.req(9999, 1).error, ERR.ENOSYS);
+  t.is(c.req(OP.GETXATTR, 1, new W().u32(0).u32(0).str('user.x').done()).error, ERR.ENOSYS);
+  t.is(c.req(OP.GETATTR, 123456, new W().u32(0).u32(0).u64(0).done()).error, ERR.ENOENT);
+  t.is(c.req(OP.GETATTR, 2n ** 64n - 1n, new W().u32(0).u32(0).u64(0).done()).error, ERR.ENOENT);
+  t.is(c.read(999n, 0, 10).error, ERR.EBADF);
+  t.is(c.read(0n, 0, 10).error, ERR.EBADF);
+  t.is(c.req(OP.LOOKUP, 1, Buffer.from('no-nul')).error, ERR.EINVAL);
+  t.is(c.req(OP.SETATTR, 1, Buffer.alloc(10)).error, ERR.EINVAL, 'truncated argument struct');
+  // WRITE claiming more data than it carries.
+  const cr = c.create(1, 'w');
+  const lie = new W().u64(fhOfCreate(cr)).u64(0).u32(1000).u32(0).u64(0).u32(0).u32(0).raw(Buffer.alloc(10)).done();
+  t.is(c.req(OP.WRITE, 0, lie).error, ERR.EINVAL);
+  // BATCH_FORGET claiming 2^32-1 entries but carrying one.
+  t.is(c.req(OP.BATCH_FORGET, 0, new W().u32(0xffffffff).u32(0).u64(nodeOf(cr)).u64(1).done()).len, 0);
+  // A reply that cannot fit: ERANGE rather than an overlong answer.
+  t.is(c.req(OP.LOOKUP, 1, new W().str('hello.txt').done(), 40).error, 34);
+  // Still healthy.
+  t.is(c.lookup(1, 'hello.txt').error, 0);
+});
+
+test('random and mutated requests never trap the plugin', async (t) => {
+  const { c, share } = await setup(t);
+  c.init();
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const valid = [
+    new W().u32(0).u32(OP.LOOKUP).u64(1).u64(1).u32(0).u32(0).u32(0).u32(0).str('hello.txt').done(),
+    new W().u32(0).u32(OP.READDIRPLUS).u64(1).u64(1).u32(0).u32(0).u32(0).u32(0).u64(1).u64(0).u32(4096).u32(0).u64(0).u32(0).u32(0).done(),
+    new W().u32(0).u32(OP.SETATTR).u64(1).u64(1).u32(0).u32(0).u32(0).u32(0).raw(Buffer.alloc(88)).done(),
+    new W().u32(0).u32(OP.RENAME2).u64(1).u64(1).u32(0).u32(0).u32(0).u32(0).u64(1).u32(7).u32(0).str('a').str('b').done(),
+  ];
+  for (const v of valid) v.writeUInt32LE(v.length, 0);
+  let replies = 0;
+  for (let i = 0; i < 3000; i++) {
+    let req: Buffer;
+    if (i % 3 === 0) {
+      req = Buffer.from(Array.from({ length: Math.floor(rnd() * 200) }, () => Math.floor(rnd() * 256)));
+    } else {
+      req = Buffer.from(valid[i % valid.length]);
+      for (let k = 0; k < 1 + Math.floor(rnd() * 4); k++) req[Math.floor(rnd() * req.length)] = Math.floor(rnd() * 256);
+      // Keep the opcode small sometimes so the mutation reaches argument parsing.
+      if (rnd() < 0.7) req.writeUInt32LE(1 + Math.floor(rnd() * 50), 4);
+      if (rnd() < 0.5) req.writeUInt32LE(req.length, 0);
+    }
+    const out = c.raw(req, Math.floor(rnd() * 9000));
+    if (out.length) {
+      replies++;
+      t.is(out.readUInt32LE(0), out.length);
+    }
+  }
+  t.true(replies > 1000);
+  // A mutated DESTROY may have ended the session: a fresh INIT must bring it back.
+  t.is(c.init().error, 0);
+  t.is(c.lookup(1, 'hello.txt').error, 0, 'still serving');
+  t.true(share.openHandles < 200, `handles: ${share.openHandles}`);
+});
+
+test('without the filesystem grant INIT traps loudly', async (t) => {
+  const dev = await loadPlugin(bytes, { grants: { log: () => {} }, cacheDir });
+  const c = new Client(dev);
+  const err = t.throws(() => c.init(), { instanceOf: PluginError });
+  t.regex(err!.message, /filesystem was not granted/);
+});
+
+function saveState(dev: PluginDevice, chunk = 7): Buffer {
+  const parts: Buffer[] = [];
+  let off = 0;
+  for (;;) {
+    const c = dev.getState(off, chunk);
+    parts.push(Buffer.from(c.bytes));
+    off += c.bytes.length;
+    if (c.remaining === 0) break;
+  }
+  return Buffer.concat(parts);
+}
+
+function loadState(dev: PluginDevice, state: Buffer, chunk = 5): string | null {
+  for (let off = 0; off < state.length; off += chunk) dev.setState(off, state.subarray(off, off + chunk));
+  return dev.finishLoad();
+}
+
+test('state: node ids and open files survive a save on one instance and a load on another', async (t) => {
+  const src = await setup(t);
+  const c = src.c;
+  c.init();
+  const sub = nodeOf(c.lookup(1, 'sub'));
+  const cr = c.create(sub, 'f.txt');
+  const fnode = nodeOf(cr);
+  const fh = fhOfCreate(cr);
+  c.write(fh, 0, Buffer.from('0123456789'));
+  // A rename after the lookup: the saved name must follow it.
+  t.is(c.req(OP.RENAME, sub, new W().u64(1).str('f.txt').str('g.txt').done()).error, 0);
+  const hello = nodeOf(c.lookup(1, 'hello.txt'));
+  const hfh = c.req(OP.OPEN, hello, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  // An open file whose name is then removed cannot be found again on the destination.
+  const gone = c.create(1, 'gone.txt');
+  t.is(c.req(OP.UNLINK, 1, new W().str('gone.txt').done()).error, 0);
+  const dh = c.req(OP.OPENDIR, sub, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+
+  const state = saveState(src.dev);
+  t.is(state.subarray(0, 4).toString(), 'VFSS');
+  t.deepEqual(saveState(src.dev, 1 << 20), state, 'chunking does not change the state');
+
+  // The destination: a fresh instance on its own FsShare of the same tree.
+  const dstShare = new FsShare(src.dir, { tag: 'mytag' });
+  t.teardown(() => dstShare.close());
+  const dst = await loadPlugin(bytes, { grants: { filesystem: dstShare, log: () => {} }, cacheDir });
+  t.is(loadState(dst, state), null);
+  const d = new Client(dst);
+  // No INIT needed: the session came with the state. Same ids, same files.
+  t.is(d.read(fh, 0, 100).body.toString(), '0123456789');
+  t.is(d.write(fh, 10, Buffer.from('AB')).error, 0);
+  t.is(readFileSync(join(src.dir, 'g.txt'), 'utf8'), '0123456789AB');
+  t.is(d.req(OP.GETATTR, fnode, new W().u32(0).u32(0).u64(0).done()).body.readBigUInt64LE(24), 12n);
+  t.is(d.read(hfh, 0, 100).body.toString(), 'hello\n');
+  t.is(nodeOf(d.lookup(1, 'hello.txt')), hello, 'a fresh lookup finds the same node id');
+  t.is(d.read(fhOfCreate(gone), 0, 10).error, ERR.EBADF, 'the unlinked file is not reachable');
+  t.is(d.req(OP.GETATTR, nodeOf(gone), new W().u32(0).u32(0).u64(0).done()).error, ERR.EBADF);
+  t.is(d.read(dh, 0, 4096, OP.READDIR).error, 0, 'the directory handle was reopened');
+  // The source keeps running after a save.
+  t.is(c.read(fh, 0, 4).body.toString(), '0123');
+  // New ids on the destination do not collide with restored ones.
+  const fresh = nodeOf(d.create(1, 'fresh.txt'));
+  t.not(fresh, fnode);
+  t.not(fresh, hello);
+});
+
+test('state: foreign, truncated and newer states are refused', async (t) => {
+  const { c, dev } = await setup(t);
+  c.init();
+  c.lookup(1, 'hello.txt');
+  const state = saveState(dev);
+  const { dev: dst } = await setup(t);
+  t.regex(loadState(dst, Buffer.from('VRNG\x01\0\0\0' + '\0'.repeat(40)))!, /bad magic/);
+  t.regex(loadState(dst, state.subarray(0, state.length - 3))!, /truncated|does not end|bad name length/);
+  const newer = Buffer.from(state);
+  newer[5] = 9;
+  t.regex(loadState(dst, newer)!, /newer/);
+  const lying = Buffer.from(state);
+  lying.writeUInt32LE(0x7fffffff, 24);
+  t.regex(loadState(dst, lying)!, /inode count/);
+  t.is(loadState(dst, state), null, 'the real one still loads');
+});

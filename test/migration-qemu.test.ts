@@ -1,0 +1,122 @@
+// A real QEMU (10, -smp 1) live-migrates a guest whose disk is served by OUR host (the blk
+// plugin over a shared image file) on both sides. QEMU refuses to migrate a vhost-user device
+// whose back-end lacks LOG_SHMFD / VHOST_F_LOG_ALL, and relies on the dirty log for every
+// page the back-end writes while RAM is being copied: the guest's I/O loop must carry on on the
+// destination with every block intact, and the source back-end must have logged.
+import test from 'ava';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeMigration, runMigration } from './guest/migration.ts';
+import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+
+const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !existsSync(join(REPO, 'dist', 'plugins', 'blk.wasm'));
+const guestTest = skip ? test.serial.skip : test.serial;
+
+const BS = 65536;
+const AFTER = 4;
+const SCRIPT = `set -e
+BS=${BS}
+i=0; after=0
+while [ $after -lt ${AFTER} ]; do
+  i=$((i+1))
+  [ $i -le 1000 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
+  yes "blk $i" | head -c $BS > /tmp/p
+  dd if=/tmp/p of=/dev/vda bs=$BS seek=$i count=1 oflag=direct conv=notrunc 2>/dev/null
+  want=$(md5sum < /tmp/p)
+  got=$(dd if=/dev/vda bs=$BS skip=$i count=1 iflag=direct 2>/dev/null | md5sum)
+  [ "$want" = "$got" ] || { echo "MISMATCH $i"; exit 3; }
+  if migrated; then after=$((after+1)); echo "ITER $i ok dest"; else echo "ITER $i ok"; fi
+done
+j=1
+while [ $j -le $i ]; do
+  want=$(yes "blk $j" | head -c $BS | md5sum)
+  got=$(dd if=/dev/vda bs=$BS skip=$j count=1 iflag=direct 2>/dev/null | md5sum)
+  [ "$want" = "$got" ] || { echo "VERIFY-MISMATCH $j"; exit 5; }
+  j=$((j+1))
+done
+echo "VERIFIED $i"
+`;
+
+const blkArgs = (sock: string) => ['-chardev', `socket,id=blk0,path=${sock}`, '-device', 'vhost-user-blk-pci,id=vblk0,chardev=blk0,num-queues=1'];
+
+guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty log used, data intact', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mig-ours-'));
+  const image = join(dir, 'disk.raw');
+  writeFileSync(image, Buffer.alloc(64 << 20));
+  const hosts: HostProcess[] = [];
+  try {
+    const args = ['--socket-path', '{socket}', '--plugin', join(REPO, 'dist', 'plugins', 'blk.wasm'), '--storage', image, '--log-level', 'debug'];
+    hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
+    const [src, dst] = hosts;
+    const r = await runMigration({
+      script: SCRIPT,
+      sourceArgs: blkArgs(src.socketPath),
+      destArgs: blkArgs(dst.socketPath),
+      migrateWhen: '\nITER 4 ok\n',
+    });
+    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").filter((l) => /features|LOG|log/.test(l)).join("\n")}\n--- destination host ---\n${dst.log().slice(-4000)}`;
+    t.is(r.migrateStatus, 'completed', why);
+    t.is(r.verdict, 'ok', why);
+    t.is(r.exitCode, 0, why);
+    t.regex(r.destOutput, /\nVERIFIED \d+\n/, why);
+    // QEMU turned dirty logging on in our source back-end (SET_LOG_BASE + LOG_ALL) for the RAM copy.
+    t.regex(src.log(), /dirty log area: \d+ bytes/, why);
+    t.regex(src.log(), /dirty logging on/, why);
+    t.notRegex(src.log(), /log is smaller than guest memory/, why);
+    const verified = Number(/\nVERIFIED (\d+)\n/.exec(r.destOutput)?.[1] ?? 0);
+    const img = readFileSync(image);
+    let bad = 0;
+    for (let s = 1; s <= verified; s++) {
+      if (!img.subarray(s * BS, (s + 1) * BS).equals(Buffer.alloc(BS, Buffer.from(`blk ${s}\n`)))) bad++;
+    }
+    t.is(bad, 0, `${bad} of ${verified} blocks differ in the image file`);
+    t.log(`QEMU ${r.qemuVersion}: migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
+  } finally {
+    await Promise.all(hosts.map((h) => h.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// vhost-user-fs is the device QEMU (8.2+) migrates back-end state for: during the switch-over it
+// sends SET_DEVICE_STATE_FD (SAVE) to the source back-end, reads the state through the pipe into
+// the migration stream, and on the destination sends SET_DEVICE_STATE_FD (LOAD) + CHECK.
+const FS_SCRIPT = `set -e
+mount -t virtiofs mig /mnt
+i=0; after=0
+while [ $after -lt 3 ]; do
+  i=$((i+1))
+  [ $i -le 1000 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
+  echo "line $i" > /mnt/f$i
+  [ "$(cat /mnt/f$i)" = "line $i" ] || { echo "MISMATCH $i"; exit 3; }
+  if migrated; then after=$((after+1)); echo "FS $i ok dest"; else echo "FS $i ok"; fi
+done
+ls /mnt | wc -l
+echo "FS-DONE $i"
+`;
+
+const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
+const fsTest = skip || !existsSync(FS_PLUGIN) ? test.serial.skip : test.serial;
+
+fsTest('QEMU 10 live-migrates a guest using our vhost-user-fs: the back-end state goes through SET_DEVICE_STATE_FD', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mig-fs-'));
+  const hosts: HostProcess[] = [];
+  try {
+    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig'];
+    hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
+    const [src, dst] = hosts;
+    const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
+    const r = await runMigration({ script: FS_SCRIPT, sourceArgs: fsArgs(src.socketPath), destArgs: fsArgs(dst.socketPath), migrateWhen: '\nFS 3 ok\n' });
+    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").filter((l) => !l.includes("DEBUG")).join("\n")}\n--- destination host ---\n${dst.log().split("\n").filter((l) => !l.includes("DEBUG")).join("\n")}`;
+    t.log(`QEMU ${r.qemuVersion}: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
+    t.regex(src.log(), /device state save started/, why);
+    t.regex(src.log(), /device state saved: \d+ bytes/, why);
+    t.regex(dst.log(), /device state loaded: \d+ bytes/, why);
+    t.is(r.migrateStatus, 'completed', why);
+    t.is(r.verdict, 'ok', why);
+    t.regex(r.destOutput, /FS-DONE \d+/, why);
+  } finally {
+    await Promise.all(hosts.map((h) => h.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

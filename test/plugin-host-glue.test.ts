@@ -1,0 +1,50 @@
+// The per-call glue rewrites of host/plugin/glue.ts (cached views over the plugin's memory
+// instead of an ArrayBuffer per byte list) must apply to what this jco emits, and must stay
+// correct when the plugin's memory grows (the cached view's buffer is then detached).
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadPlugin, preparePlugin } from '../host/plugin/index.ts';
+import { patchGlue } from '../host/plugin/glue.ts';
+
+const root = join(import.meta.dirname, '..');
+const cacheDir = mkdtempSync(join(tmpdir(), 'plugin-host-glue-'));
+let rng: Buffer;
+
+test.before(() => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: root, stdio: 'ignore' });
+  rng = readFileSync(join(root, 'dist', 'plugins', 'rng.wasm'));
+});
+test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
+
+test('the byte-list rewrites apply to the glue this jco emits', async (t) => {
+  const prepared = await preparePlugin(rng, cacheDir);
+  t.true(prepared.debugHookRemoved);
+  t.false(/\.buffer\.slice\(/.test(prepared.glue), 'no list<u8> is lifted through ArrayBuffer#slice any more');
+  t.regex(prepared.glue, /u8View\(memory0\)\.slice\(/);
+  t.regex(prepared.glue, /u8View\(memory0\)\.set\(/);
+  // A glue without the anchor is left alone (correct, just slower).
+  t.is(patchGlue('function instantiate() {}\n').bytesCopiesRewritten, 0);
+});
+
+test('answers stay right while the plugin memory grows under the cached views', async (t) => {
+  const dev = await loadPlugin(rng, { grants: { entropy: true, log() {} }, cacheDir });
+  const small = () => dev.process(0, [{ readable: [new Uint8Array([9, 9])], writableLen: 64 }, { readable: [], writableLen: 1 }]);
+  const before = dev.memoryBytes();
+  t.deepEqual(small().map((r) => r.data.length), [64, 1]);
+  // 64 requests of 64 KiB: 4 MiB of responses at once, far past the initial memory.
+  const big = dev.process(0, Array.from({ length: 64 }, () => ({ readable: [new Uint8Array(4096).fill(1)], writableLen: 65536 })));
+  t.true(dev.memoryBytes() > before, `memory grew (${before} -> ${dev.memoryBytes()})`);
+  t.true(big.every((r) => r.data.length === 65536));
+  t.true(new Set(big[63].data).size > 250, 'the last response is random bytes, not stale memory');
+  t.notDeepEqual(big[0].data.subarray(0, 64), big[1].data.subarray(0, 64));
+  const after = small();
+  t.deepEqual(after.map((r) => r.data.length), [64, 1]);
+  t.true(new Set(after[0].data).size > 16);
+  // Results are copies: the next call must not change an earlier answer.
+  const copy = Uint8Array.from(after[0].data);
+  small();
+  t.deepEqual(after[0].data, copy);
+});
