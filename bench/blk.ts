@@ -79,6 +79,9 @@ const TARGETS: Target[] = [
         ...prof, '--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'),
         '--socket-path', socketPath, '--plugin', join(REPO, 'dist', 'plugins', 'blk.wasm'),
         '--storage', `memory:${argv.size}`, '--log-level', 'warn',
+        // The default 100 ms watchdog is for guests; a busy 2-core machine (other QEMUs)
+        // can stall a batch that long and turn a benchmark into a device reset.
+        '--call-deadline', '1000',
       ], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
       return { child };
     },
@@ -163,6 +166,8 @@ async function run(blk: BlkDevice, capacity: number, w: Workload, seconds: numbe
 async function measure(target: Target, dir: string): Promise<Map<string, number>> {
   const socketPath = join(dir, `${target.id}.sock`);
   const backend = target.start(socketPath);
+  running.add(backend.child);
+  backend.child.once('exit', () => running.delete(backend.child));
   const out = new Map<string, number>();
   let fe: VhostUserFrontend | null = null;
   try {
@@ -175,6 +180,7 @@ async function measure(target: Target, dir: string): Promise<Map<string, number>
       const t0 = performance.now();
       const n = await run(blk, capacity, w, SECONDS);
       out.set(w.name, n / ((performance.now() - t0) / 1000));
+      process.stderr.write(`  ${target.id}: ${w.name} done\n`);
     }
   } finally {
     await fe?.close();
@@ -208,6 +214,12 @@ function summariseProfiles(dir: string): void {
     for (const [k, v] of top) console.log(`  ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
   }
 }
+
+/** Back-ends still running: killed however the bench ends, so none outlives it. */
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
 
 async function main(): Promise<void> {
   const budget = (TARGETS.length * WORKLOADS.length * (SECONDS + WARMUP) + 60) * 1000;

@@ -30,3 +30,7 @@ fi
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund
 fi
+
+# QEMU 10 from Debian trixie in a private folder (.cache/qemu10), never installed system-wide:
+# Debian 12's QEMU 7.2 cannot send SET_DEVICE_STATE_FD, and live-migration tests run on 10.
+bash scripts/qemu10.sh --quiet

@@ -45,7 +45,8 @@ print_result() {
 }
 
 works() {
-  [[ -f $STAMP && -x $BIN/qemu-system-x86_64 ]] && "$BIN/qemu-system-x86_64" --version >/dev/null 2>&1
+  [[ -f $STAMP && -x $BIN/qemu-system-x86_64 ]] && grep -qF "$ROOT/usr/bin/" "$BIN/qemu-system-x86_64" &&
+    "$BIN/qemu-system-x86_64" --version >/dev/null 2>&1
 }
 
 if works; then print_result; exit 0; fi

@@ -258,3 +258,19 @@ function snapshot(dir: string): string[] {
   walk(dir, '');
   return out;
 }
+
+test('a guest cannot plant set-user-id or set-group-id files', (t) => {
+  const f = fixture();
+  const s = new FsShare(f.share);
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const [e] = val(s.create(root, enc('suid'), 0o101, 0o6755));
+  t.is(e.attr.mode & 0o7777, 0o755);
+  t.is(val(s.setattr(e.node, 1, 0o4755, 0, 0, 0n, 0n, 0, 0n, 0)).mode & 0o7777, 0o755);
+  t.is(val(s.setattr(e.node, 1, 0o2755, 0, 0, 0n, 0n, 0, 0n, 0)).mode & 0o7777, 0o755);
+  t.is(val(s.mknod(root, enc('suid2'), 0o104755)).attr.mode & 0o7777, 0o755);
+  // Directories keep set-group-id (group inheritance) but never set-user-id.
+  const d = val(s.mkdir(root, enc('d'), 0o6775));
+  t.is(d.attr.mode & 0o7777, 0o2775);
+  t.is(statSync(join(f.share, 'suid')).mode & 0o7777, 0o755);
+});

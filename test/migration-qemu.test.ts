@@ -40,7 +40,7 @@ echo "VERIFIED $i"
 
 const blkArgs = (sock: string) => ['-chardev', `socket,id=blk0,path=${sock}`, '-device', 'vhost-user-blk-pci,id=vblk0,chardev=blk0,num-queues=1'];
 
-guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty log used, data intact', async (t) => {
+async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' | 'system'): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'mig-ours-'));
   const image = join(dir, 'disk.raw');
   writeFileSync(image, Buffer.alloc(64 << 20));
@@ -50,12 +50,13 @@ guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty 
     hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
     const [src, dst] = hosts;
     const r = await runMigration({
+      qemu,
       script: SCRIPT,
       sourceArgs: blkArgs(src.socketPath),
       destArgs: blkArgs(dst.socketPath),
       migrateWhen: '\nITER 4 ok\n',
     });
-    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").filter((l) => /features|LOG|log/.test(l)).join("\n")}\n--- destination host ---\n${dst.log().slice(-4000)}`;
+    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").slice(-40).join("\n")}\n--- destination host ---\n${dst.log().slice(-4000)}`;
     t.is(r.migrateStatus, 'completed', why);
     t.is(r.verdict, 'ok', why);
     t.is(r.exitCode, 0, why);
@@ -76,7 +77,14 @@ guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty 
     await Promise.all(hosts.map((h) => h.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
-});
+}
+
+guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty log used, data intact', (t) => migrateOurBlk(t, 'qemu10'));
+
+// QEMU 7.2 (the system's) refuses to migrate vhost-user without LOG_SHMFD; with it, it migrates.
+// Opt-in like the harness's own 7.2 test: 7.2 + TCG + shared RAM hangs ~1 destination guest in 8.
+const qemu72Test = !skip && process.env.VHOST_WASM_MIGRATION_QEMU72 === '1' ? test.serial : test.serial.skip;
+qemu72Test('QEMU 7.2 live-migrates a guest doing I/O on our vhost-user-blk', (t) => migrateOurBlk(t, 'system'));
 
 // vhost-user-fs is the device QEMU (8.2+) migrates back-end state for: during the switch-over it
 // sends SET_DEVICE_STATE_FD (SAVE) to the source back-end, reads the state through the pipe into
@@ -102,13 +110,16 @@ fsTest('QEMU 10 live-migrates a guest using our vhost-user-fs: the back-end stat
   const dir = mkdtempSync(join(tmpdir(), 'mig-fs-'));
   const hosts: HostProcess[] = [];
   try {
-    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig'];
+    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--log-level', 'debug'];
     hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
     const [src, dst] = hosts;
     const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
     const r = await runMigration({ script: FS_SCRIPT, sourceArgs: fsArgs(src.socketPath), destArgs: fsArgs(dst.socketPath), migrateWhen: '\nFS 3 ok\n' });
+    // The hosts' last log lines (why a transfer failed) may still be in their stderr pipes.
+    await new Promise((res) => setTimeout(res, 500));
     const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").filter((l) => !l.includes("DEBUG")).join("\n")}\n--- destination host ---\n${dst.log().split("\n").filter((l) => !l.includes("DEBUG")).join("\n")}`;
     t.log(`QEMU ${r.qemuVersion}: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
+    if (process.env.SHOW_FS_LOG) t.log(src.log().split('\n').slice(-30).join('\n'));
     t.regex(src.log(), /device state save started/, why);
     t.regex(src.log(), /device state saved: \d+ bytes/, why);
     t.regex(dst.log(), /device state loaded: \d+ bytes/, why);

@@ -225,3 +225,26 @@ test.serial('destination refuses (another plugin): the migration fails and the s
     await fe.close();
   }
 });
+
+test.serial('a channel that is neither pipe, socket nor file is refused; a new transfer replaces an unfinished one', async (t) => {
+  const fe = await connect(dst);
+  try {
+    const base = await fe.stopQueue(0);
+    const efd = native.eventfd(0);
+    await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, efd), { message: /error 3/ });
+    native.close(efd);
+    t.regex(dst.log(), /neither a pipe, a socket nor a regular file/);
+    // A LOAD whose writer never writes nor closes...
+    const [r, w] = native.pipe2();
+    await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, r);
+    native.close(r);
+    // ...is replaced by the next SET_DEVICE_STATE_FD, which then succeeds on its own.
+    await loadState(fe.conn, good, 'pipe');
+    native.close(w);
+    t.regex(dst.log(), /a new SET_DEVICE_STATE_FD replaces a load still in progress/);
+    await fe.startQueue(0, base);
+    t.is((await ask(fe, 'replaced')).seq, 5);
+  } finally {
+    await fe.close();
+  }
+});

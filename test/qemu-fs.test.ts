@@ -54,6 +54,9 @@ echo tail >> big.bin
 stat -c '%n %s' big.bin
 md5sum big.bin
 dd if=big.bin bs=1000 skip=1200 count=1 2>/dev/null | md5sum
+dd if=/dev/zero of=synced.bin bs=4096 count=3 conv=fsync 2>/dev/null
+sync
+stat -c '%n %s' synced.bin
 echo "== mkdir -p and rename across dirs"
 mkdir -p d1/d2/d3 other
 mv a.txt d1/d2/b.txt
@@ -80,6 +83,12 @@ echo "== chmod"
 chmod 640 hard.txt
 chmod 711 d1
 stat -c '%n %a' hard.txt d1/d2/d3/other/c.txt d1
+umask 000
+mkdir wide
+echo x > wide/f
+chmod 2775 wide
+stat -c '%n %a' wide wide/f
+umask 022
 echo "== readdir of 1000 entries"
 mkdir many
 i=0; while [ $i -lt 1000 ]; do echo $i > many/f$i; i=$((i+1)); done

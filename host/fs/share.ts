@@ -69,6 +69,32 @@ export const MAX_TAG_BYTES = 36;
 const O_ACCMODE = 3;
 const O_TRUNC = 0o1000;
 const FATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+
+/**
+ * Permission bits a guest may set: never set-user-id, and set-group-id only on directories
+ * (where it means "inherit the group"). The host process often runs as root, so a guest
+ * that could plant a set-user-id file in a share would hand a root shell to anyone on the
+ * host who can run it. (virtiofsd leaves this to its --killpriv/--sandbox options.)
+ */
+export function safeMode(fileMode: number, mode: number): number {
+  const allowed = (fileMode & S_IFMT) === S_IFDIR ? 0o3777 : 0o1777;
+  return mode & allowed;
+}
+
+const O_EXCL = 0o200;
+
+/**
+ * The guest's kernel already applied the guest's umask; the host process's own umask (often
+ * 022) must not apply a second time, so a new file gets exactly the mode asked for. (Setting
+ * umask(0) instead would change it for the whole host process.)
+ */
+function exactMode(fd: number, mode: number): boolean {
+  return native.fsSetattr(fd, 'mode', mode) === 0;
+}
+
 const UTIME_NOW = (1 << 30) - 1;
 const UTIME_OMIT = (1 << 30) - 2;
 
@@ -233,7 +259,11 @@ export class FsShare {
     }
     const fd = s.fd;
     let r = 0;
-    if (valid & FATTR.MODE) r = native.fsSetattr(fd, 'mode', mode & 0o7777);
+    if (valid & FATTR.MODE) {
+      const cur = this.stat(fd);
+      if (!cur.ok) return cur;
+      r = native.fsSetattr(fd, 'mode', safeMode(cur.val.mode, mode));
+    }
     if (r >= 0 && valid & (FATTR.UID | FATTR.GID)) {
       r = native.fsSetattr(fd, 'owner', valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
     }
@@ -268,7 +298,14 @@ export class FsShare {
     const d = this.nodeFd(dir);
     if (d < 0) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    const fd = native.fsCreate(d, name, flags, mode);
+    // Exclusive first, so we know whether we made the file (and may set its mode).
+    const want = safeMode(S_IFREG, mode);
+    let fd = native.fsCreate(d, name, flags | O_EXCL, want);
+    if (fd >= 0) {
+      exactMode(fd, want);
+    } else if (fd === -E.EEXIST && !(flags & O_EXCL)) {
+      fd = native.fsCreate(d, name, flags, want);
+    }
     if (fd < 0) return fail(-fd);
     // The node handle pins the very inode just opened (no second lookup by name to race).
     const p = native.fsPathOf(fd);
@@ -295,17 +332,22 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     const r = native.fsMake(kind, d, name, mode, target);
     if (r < 0) return fail(-r);
-    return this.lookupFd(d, name);
+    const e = this.lookupFd(d, name);
+    if (e.ok && kind !== 'l' && (e.val.attr.mode & 0o7777) !== mode) {
+      const fd = this.nodeFd(e.val.node);
+      if (exactMode(fd, mode)) return ok({ node: e.val.node, attr: { ...e.val.attr, mode: (e.val.attr.mode & S_IFMT) | mode } });
+    }
+    return e;
   }
 
   mknod(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
     const type = mode & 0o170000;
     if (type !== 0 && type !== 0o100000) return fail(E.EPERM);
-    return this.make('f', dir, name, mode & 0o7777);
+    return this.make('f', dir, name, safeMode(S_IFREG, mode));
   }
 
   mkdir(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
-    return this.make('d', dir, name, mode & 0o7777);
+    return this.make('d', dir, name, safeMode(S_IFDIR, mode));
   }
 
   symlink(dir: bigint, name: Uint8Array, target: Uint8Array): FsResult<Entry> {

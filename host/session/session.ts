@@ -333,7 +333,13 @@ export class BackendSession {
         const s = Number(req.status & 0xffn);
         if (req.status > 0xffn) throw new RequestError(`status 0x${req.status.toString(16)} does not fit the 8-bit device status`);
         this.status = s;
-        if (s === 0) await this.resetDevice();
+        // Status 0 is a virtio reset, but QEMU 7.2 sends it while stopping a device BEFORE
+        // GET_VRING_BASE (and QEMU 8.2+ may stop, then save the device state): wiping the rings
+        // or the device here would answer GET_VRING_BASE with 0 (the destination then refuses
+        // the migration: "VQ 0 size 0x80 < last_avail_idx 0x0 - used_idx 0x21") and lose the
+        // state a SAVE is about to read. Rings restart from SET_VRING_BASE anyway, and
+        // RESET_DEVICE resets. Only a device that needs a reset gets one here.
+        if (s === 0 && (this.needsReset !== null || this.worker.dead)) await this.resetDevice();
         return;
       }
       case Req.GET_STATUS:

@@ -26,7 +26,7 @@ const factory: DeviceFactory = (raw) => {
       deviceId: 2,
       name: 'null-test',
       numQueues: o.numQueues ?? 1,
-      maxQueueSize: o.maxQueueSize ?? 256,
+      maxQueueSize: o.maxQueueSize ?? 1024,
       features: 0n,
       configSize: config.length,
     },

@@ -75,7 +75,10 @@ export interface MigrationOptions {
 export type MigrationVerdict =
   /** Migration completed, the guest answered on the destination, the script exited 0. */
   | 'ok'
-  /** The source never reached `migrateWhen` (boot failed, script failed early, QEMU refused the devices). */
+  /**
+   * The run never got to migrate: a QEMU did not start (either side; see diagnosis), or the
+   * source never reached `migrateWhen` (boot failed, script failed early, a device failed).
+   */
   | 'source-failed'
   /**
    * query-migrate ended failed/cancelled or did not finish in time, or the destination refused
@@ -299,7 +302,9 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRes
         Qmp.connect(paths.dstQmp, { timeoutMs: left(20_000), alive: dst.alive }),
       ]);
     } catch (err) {
-      diagnosis = `a QEMU did not start: ${(err as Error).message}`;
+      const tail = (r: Running): string => r.stderr().trim().split('\n').slice(-3).join(' | ');
+      diagnosis = `a QEMU did not start: ${(err as Error).message}` +
+        (tail(src) ? `; source QEMU says: ${tail(src)}` : '') + (tail(dst) ? `; destination QEMU says: ${tail(dst)}` : '');
       throw err;
     }
     qemuVersion = `${srcQmp.version.major}.${srcQmp.version.minor}.${srcQmp.version.micro}`;

@@ -40,6 +40,8 @@ export function qemu10(): Qemu10 | null {
   const bin = join(base, 'bin');
   if (!existsSync(stamp) || !existsSync(join(bin, 'qemu-system-x86_64'))) return null;
   const root = join(base, 'root');
+  // The wrappers hold absolute paths: a copied or moved cache needs the script to run again.
+  if (!readFileSync(join(bin, 'qemu-system-x86_64'), 'utf8').includes(`${root}/usr/bin/`)) return null;
   const libdir = join(root, 'usr/lib/x86_64-linux-gnu');
   return {
     version: readFileSync(stamp, 'utf8').trim(),

@@ -1,0 +1,23 @@
+// The filesystem grant's command line: --shared-dir DIR [--read-only] [--tag NAME].
+import test from 'ava';
+import { parseCli, UsageError } from '../host/cli/args.ts';
+
+const base = ['--socket-path', '/tmp/s', '--plugin', 'fs.wasm'];
+
+test('--shared-dir with --read-only and --tag', (t) => {
+  t.deepEqual(parseCli([...base, '--shared-dir', '/srv/share']).filesystem, { dir: '/srv/share', readOnly: false });
+  t.deepEqual(parseCli([...base, '--shared-dir', '/srv/share', '--read-only', '--tag', 'data']).filesystem, {
+    dir: '/srv/share',
+    readOnly: true,
+    tag: 'data',
+  });
+  t.is(parseCli(base).filesystem, null);
+});
+
+test('a tag without a share, a bad tag, --read-only with nothing to apply to', (t) => {
+  t.throws(() => parseCli([...base, '--tag', 'x']), { instanceOf: UsageError, message: /--tag names a --shared-dir/ });
+  t.throws(() => parseCli([...base, '--shared-dir', '/s', '--tag', 'x'.repeat(37)]), { instanceOf: UsageError, message: /1-36 bytes/ });
+  t.throws(() => parseCli([...base, '--shared-dir', '/s', '--tag', '']), { instanceOf: UsageError, message: /1-36 bytes/ });
+  t.throws(() => parseCli([...base, '--shared-dir', '']), { instanceOf: UsageError, message: /empty/ });
+  t.throws(() => parseCli([...base, '--read-only']), { instanceOf: UsageError, message: /--read-only applies to --storage or --shared-dir/ });
+});
