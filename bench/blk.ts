@@ -79,9 +79,6 @@ const TARGETS: Target[] = [
         ...prof, '--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'),
         '--socket-path', socketPath, '--plugin', join(REPO, 'dist', 'plugins', 'blk.wasm'),
         '--storage', `memory:${argv.size}`, '--log-level', 'warn',
-        // The default 100 ms watchdog is for guests; a busy 2-core machine (other QEMUs)
-        // can stall a batch that long and turn a benchmark into a device reset.
-        '--call-deadline', '1000',
       ], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
       return { child };
     },

@@ -230,6 +230,42 @@ test.serial('malformed requests are answered without breaking the device', async
   }
 });
 
+test.serial('a request with more writable space than a device answers fails the device, not the host; a new connection works', async (t) => {
+  const d = await open(['--storage', 'memory:8M']);
+  try {
+    const pending = d.fe.queues[0].submit([header(T.IN, 0)], [5 << 20, 1]);
+    pending.catch(() => undefined); // rejected when the queue closes below
+    t.regex(await d.host.waitForLog(/writable space exceeds 4 MiB/), /blk/);
+    await d.fe.close();
+    const fe = await VhostUserFrontend.connect(d.host.socketPath, { memoryBytes: 16 << 20, queues: [64], features: FEATURES });
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await blk.write(1, Buffer.alloc(SECTOR, 3));
+      t.deepEqual(Buffer.from(await blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await d.close();
+  }
+});
+
+test.serial('100 queued 1 MiB writes and reads fit the default memory cap of a block plugin', async (t) => {
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:128M']);
+  const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 256 << 20, queues: [256], features: FEATURES });
+  try {
+    const blk = new BlkDevice(fe.queues[0]);
+    const data = (i: number) => Buffer.alloc(1 << 20, i + 1);
+    await Promise.all(Array.from({ length: 100 }, (_, i) => blk.write(i * 2048, data(i))));
+    const back = await Promise.all(Array.from({ length: 100 }, (_, i) => blk.read(i * 2048, 1 << 20)));
+    t.true(back.every((b, i) => Buffer.from(b).equals(data(i))));
+    t.notRegex(host.log(), /out of memory|trapped/);
+  } finally {
+    await fe.close();
+    await host.stop();
+  }
+});
+
 test.serial('--read-only: RO offered, writes/discards get IOERR and the file is untouched', async (t) => {
   const img = image('ro.img', 1 << 20);
   const d = await open(['--storage', img.path, '--read-only']);

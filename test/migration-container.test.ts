@@ -173,3 +173,26 @@ test('identity: another device type or name is refused; another version only war
   await l.end();
   t.regex(warnings.join('\n'), /from blk 1.2.3, loading into 2.0.0/);
 });
+
+test('a memory:SIZE disk travels as the storage section; a file backing has none; size and read-only are checked', async (t) => {
+  const { MemoryBacking } = await import('../host/storage/memory.ts');
+  const { storageStateSections, asAsyncSection } = await import('../host/migration/storage-section.ts');
+  const size = 3 * 1024 * 1024 + 512;
+  const src = new MemoryBacking(size, false);
+  const block = Buffer.alloc(4096, 0xab);
+  for (const off of [0, 65536, 1 << 20, size - 4096]) src.write(off, block);
+  const dev = new MemSection(1, 'device', Buffer.from('device bytes'));
+  const parts: Buffer[] = [];
+  await saveContainer({ write: async (b) => void parts.push(Buffer.from(b)) }, ID, [dev, ...storageStateSections(src).map(asAsyncSection)], { chunkSize: 1 << 20 });
+  const stream = Buffer.concat(parts);
+  const dst = new MemoryBacking(size, false);
+  const l = new ContainerLoader({ identity: ID, sections: [new MemSection(1, 'device', Buffer.from('device bytes')), ...storageStateSections(dst).map(asAsyncSection)] });
+  await l.feed(stream);
+  await l.end();
+  for (const off of [0, 65536, 1 << 20, size - 4096, 8192]) t.true(Buffer.from(dst.read(off, 4096)).equals(Buffer.from(src.read(off, 4096))), `offset ${off}`);
+  t.deepEqual(storageStateSections({ ...dst, describe: '/some/file.img' } as never), []);
+  for (const [other, re] of [[new MemoryBacking(size - 512, false), /storage is \d+ bytes here/], [new MemoryBacking(size, true), /read-only/]] as const) {
+    const l2 = new ContainerLoader({ identity: ID, sections: [new MemSection(1, 'device', Buffer.from('device bytes')), ...storageStateSections(other).map(asAsyncSection)] });
+    await t.throwsAsync(l2.feed(stream), { message: re });
+  }
+});

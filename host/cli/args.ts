@@ -56,8 +56,9 @@ Capabilities granted to the plugin (it sees nothing else):
                           storage is refused when given one.
   --storage memory:SIZE   a zeroed disk of SIZE bytes (e.g. memory:256M) held in the
                           device worker's memory, gone when the host exits
-  --read-only             grant the --storage read-only: the file is opened O_RDONLY and
-                          the plugin's writes, discards and write-zeroes are refused
+  --read-only             grant --storage (or --shared-dir) read-only: a disk image is
+                          opened O_RDONLY and the plugin's writes, discards and
+                          write-zeroes are refused
   --shared-dir DIR        a directory tree for virtio-fs (the fs plugin): the plugin gets
                           opaque handles, never paths; every lookup stays beneath DIR
                           (openat2 RESOLVE_BENEATH, symlinks never followed, no submounts).
@@ -65,9 +66,11 @@ Capabilities granted to the plugin (it sees nothing else):
   --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
 
 Limits:
-  --memory-limit SIZE     the plugin's linear memory cap (default 64M)
+  --memory-limit SIZE     the plugin's linear memory cap (default 64M; 256M with --storage,
+                          since a block device holds a whole batch of request data)
   --call-deadline MS      longest one call into the plugin may run before the device is
-                          stopped and marked NEEDS_RESET (default 100)
+                          stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
+                          since a batch of large block requests takes a while to copy)
 
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
@@ -91,6 +94,15 @@ function parseIntStrict(text: string, what: string, min: number): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${what}: ${text} must be at least ${min}`);
   return n;
+}
+
+/**
+ * A block device holds a whole batch of request data in its linear memory at once (up to
+ * 256 requests, which Linux makes up to 1.25 MiB each): 64 MiB ran out at ~60 queued 1 MiB
+ * writes. Memory is only taken as it is used.
+ */
+function defaultMemoryLimit(storage: boolean): number {
+  return (storage ? 256 : 64) * 2 ** 20;
 }
 
 /** "memory:SIZE" is a memory disk; anything else a path (write ./memory:x for such a file). */
@@ -150,8 +162,10 @@ export function parseCli(argv: string[]): CliOptions {
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
-    memoryLimitBytes: v['memory-limit'] === undefined ? 64 * 2 ** 20 : parseSize(v['memory-limit'], '--memory-limit'),
-    callDeadlineMs: v['call-deadline'] === undefined ? 100 : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
+    memoryLimitBytes: v['memory-limit'] === undefined ? defaultMemoryLimit(v.storage !== undefined) : parseSize(v['memory-limit'], '--memory-limit'),
+    // A batch of large block requests is legitimately slow to copy (100 x 1 MiB writes took
+    // ~115 ms): block devices get a longer default before the watchdog calls them hung.
+    callDeadlineMs: v['call-deadline'] === undefined ? (v.storage !== undefined ? 1000 : 100) : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag),

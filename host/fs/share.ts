@@ -131,6 +131,14 @@ export class FsShare {
     const fd = native.fsOpenRoot(dir);
     if (fd < 0) throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}`);
     this.rootFd = fd;
+    // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
+    // /proc every open would fail later, so refuse now with the reason.
+    const probe = native.fsPathOf(fd);
+    if (probe < 0) {
+      native.close(fd);
+      throw new FsShareError(`the filesystem grant needs /proc mounted (reopening through /proc/self/fd failed: ${errnoName(-probe)})`);
+    }
+    native.close(probe);
   }
 
   /** Handles currently open (tests, limits). */

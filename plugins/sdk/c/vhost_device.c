@@ -123,7 +123,7 @@ static vd_storage_status storage_status(const uint8_t *ret, size_t err_at) {
 uint64_t vd_storage_size(void) { return (uint64_t)vd_import_storage_size(); }
 int vd_storage_read_only(void) { return vd_import_storage_read_only() != 0; }
 
-vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
+vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out) {
   _Alignas(4) uint8_t ret[12];
   vd_import_storage_read((int64_t)offset, (int32_t)len, ret);
   vd_storage_status st = storage_status(ret, 4);
@@ -132,8 +132,17 @@ vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
   uint32_t got_len = get_u32(ret + 8);
   /* A short answer would hand the guest stale bytes from our heap: never. */
   if (got_len != len) __builtin_trap();
-  memcpy(dst, got, len);
-  free(got);
+  out->data = got;
+  out->len = len;
+  return VD_STORAGE_OK;
+}
+
+vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
+  vd_buf b = {0};
+  vd_storage_status st = vd_storage_read_buf(offset, len, &b);
+  if (st != VD_STORAGE_OK) return st;
+  memcpy(dst, b.data, len);
+  free(b.data);
   return VD_STORAGE_OK;
 }
 

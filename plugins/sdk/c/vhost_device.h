@@ -80,6 +80,10 @@ uint64_t vd_storage_size(void);
 int vd_storage_read_only(void);
 /* Exactly `len` bytes from `offset` into `dst` (untouched unless VD_STORAGE_OK). */
 vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len);
+/* The same without the copy: on VD_STORAGE_OK `out` holds a malloc'd buffer of exactly
+ * `len` bytes (the one the host wrote into), which the caller now owns. Hand it on as a
+ * response, or realloc it a little larger (dlmalloc usually grows it in place). */
+vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out);
 vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len);
 /* Makes every write that returned VD_STORAGE_OK before it durable. */
 vd_storage_status vd_storage_flush(void);

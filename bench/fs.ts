@@ -1,0 +1,96 @@
+// The fs plugin's request path without a guest: FUSE requests through PluginDevice.process
+// (jco glue + C FUSE server + filesystem import + native fd syscalls), against the same
+// syscalls made directly through FsShare. Run: node --import tsx bench/fs.ts
+//
+//   lookup+getattr   LOOKUP of an existing name (deduplicated onto one nodeid) + GETATTR, per pair
+//   read 4K / 128K   READ of an open file, bytes per second
+//   write 128K       WRITE to an open file
+//   readdirplus      READDIRPLUS of a 1000-entry directory, 64 KiB replies, per listing
+//   share lookup     FsShare.lookup + closeHandle directly (the host side alone)
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FsShare } from '../host/fs/index.ts';
+import { loadPlugin } from '../host/plugin/index.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'bench-fs-'));
+mkdirSync(join(dir, 'many'));
+for (let i = 0; i < 1000; i++) writeFileSync(join(dir, 'many', `f${i}`), `${i}`);
+writeFileSync(join(dir, 'big'), Buffer.alloc(1 << 20, 1));
+const share = new FsShare(dir);
+const dev = await loadPlugin(readFileSync(new URL('../dist/plugins/fs.wasm', import.meta.url)), {
+  grants: { filesystem: share, log: () => {} },
+});
+
+let unique = 1n;
+function req(opcode: number, nodeid: bigint, args: Buffer, writableLen = 1 << 20): Buffer {
+  const h = Buffer.alloc(40);
+  h.writeUInt32LE(40 + args.length, 0);
+  h.writeUInt32LE(opcode, 4);
+  h.writeBigUInt64LE(unique++, 8);
+  h.writeBigUInt64LE(nodeid, 16);
+  const [r] = dev.process(1, [{ readable: [Buffer.concat([h, args])], writableLen }]);
+  const out = Buffer.from(r.data);
+  if (out.readInt32LE(4) !== 0) throw new Error(`opcode ${opcode}: errno ${-out.readInt32LE(4)}`);
+  return out.subarray(16);
+}
+const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
+const readIn = (fh: bigint, off: number, size: number) => {
+  const b = Buffer.alloc(40);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeBigUInt64LE(BigInt(off), 8);
+  b.writeUInt32LE(size, 16);
+  return b;
+};
+
+req(26, 0n, u32s(7, 31, 65536, 0xffffffff));
+const big = req(1, 1n, Buffer.from('big\0')).readBigUInt64LE(0);
+const fh = req(14, big, u32s(2, 0)).readBigUInt64LE(0);
+const many = req(1, 1n, Buffer.from('many\0')).readBigUInt64LE(0);
+
+function bench(name: string, n: number, fn: () => void, bytesPer = 0): void {
+  for (let i = 0; i < Math.min(n, 200); i++) fn();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) fn();
+  const ms = performance.now() - t0;
+  const per = (ms * 1000) / n;
+  const rate = bytesPer ? `  ${((bytesPer * n) / (ms / 1000) / 2 ** 20).toFixed(0)} MiB/s` : '';
+  console.log(`${name.padEnd(18)} ${per.toFixed(1).padStart(8)} us/op${rate}`);
+}
+
+bench('lookup+getattr', 5000, () => {
+  const id = req(1, 1n, Buffer.from('big\0')).readBigUInt64LE(0);
+  req(3, id, Buffer.alloc(16));
+});
+bench('read 4K', 5000, () => req(15, 0n, readIn(fh, 0, 4096)), 4096);
+bench('read 128K', 2000, () => req(15, 0n, readIn(fh, 0, 131072)), 131072);
+const data = Buffer.alloc(131072, 2);
+bench('write 128K', 2000, () => req(16, 0n, Buffer.concat([readIn(fh, 0, 131072), data])), 131072);
+bench('readdirplus 1000', 50, () => {
+  const dh = req(27, many, u32s(0, 0)).readBigUInt64LE(0);
+  let off = 0n;
+  for (;;) {
+    const out = req(44, 0n, readIn(dh, Number(off), 65536));
+    if (out.length === 0) break;
+    // The last entry's offset is where the next listing continues.
+    let at = 0;
+    while (at < out.length) {
+      const namelen = out.readUInt32LE(at + 128 + 16);
+      off = out.readBigUInt64LE(at + 128 + 8);
+      at += 128 + ((24 + namelen + 7) & ~7);
+    }
+  }
+  const rel = Buffer.alloc(24);
+  rel.writeBigUInt64LE(dh, 0);
+  req(29, 0n, rel);
+});
+const root = share.root();
+if (!root.ok) throw new Error('root');
+const name = Buffer.from('big');
+bench('share lookup', 20000, () => {
+  const e = share.lookup(root.val.node, name);
+  if (e.ok) share.closeHandle(e.val.node);
+});
+
+share.close();
+rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,1 @@
+../sdk/c/vhost_fs.h
