@@ -4,7 +4,7 @@
 // handles, names without NUL, huge forget counts, random bytes) can trap the plugin.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
@@ -372,4 +372,59 @@ test('state: foreign, truncated and newer states are refused', async (t) => {
   lying.writeUInt32LE(0x7fffffff, 24);
   t.regex(loadState(dst, lying)!, /inode count/);
   t.is(loadState(dst, state), null, 'the real one still loads');
+});
+
+test('less common operations: fallocate, lseek data/hole, utimens, rename2, statfs, fsync, access', async (t) => {
+  const { c, dir } = await setup(t);
+  c.init();
+  const cr = c.create(1, 'sparse');
+  const node = nodeOf(cr);
+  const fh = fhOfCreate(cr);
+  // FALLOCATE mode 0 grows the file.
+  const fa = new W().u64(fh).u64(0).u64(8192).u32(0).u32(0).done();
+  t.is(c.req(OP.FALLOCATE, 0, fa).error, 0);
+  t.is(statSync(join(dir, 'sparse')).size, 8192);
+  // A hole then data at 1 MiB: SEEK_DATA from 0 finds data at or before 1 MiB, SEEK_HOLE
+  // from 1 MiB finds the end of that data.
+  t.is(c.write(fh, 1 << 20, Buffer.alloc(4096, 1)).error, 0);
+  const seek = (off: number, whence: number) => c.req(OP.LSEEK, 0, new W().u64(fh).u64(off).u32(whence).u32(0).done());
+  const data = seek(20000, 3);
+  t.is(data.error, 0);
+  t.true(data.body.readBigUInt64LE(0) <= BigInt(1 << 20));
+  t.is(seek(1 << 20, 4).body.readBigUInt64LE(0), BigInt((1 << 20) + 4096));
+  t.is(seek((1 << 20) + 10000, 3).error, 6, 'SEEK_DATA past the end is ENXIO');
+  // SETATTR times: explicit atime/mtime.
+  const sa = Buffer.alloc(88);
+  sa.writeUInt32LE(16 | 32, 0);
+  sa.writeBigUInt64LE(1_000_000_000n, 40); // atime
+  sa.writeBigUInt64LE(1_500_000_000n, 48); // mtime
+  sa.writeUInt32LE(123, 64); // atimensec
+  sa.writeUInt32LE(456, 68); // mtimensec
+  const r = c.req(OP.SETATTR, node, sa);
+  t.is(r.error, 0);
+  t.is(r.body.readBigUInt64LE(16 + 32), 1_500_000_000n, 'mtime in the reply');
+  t.is(statSync(join(dir, 'sparse')).mtimeMs, 1_500_000_000_000);
+  // RENAME2: NOREPLACE refuses an existing target; EXCHANGE swaps.
+  c.create(1, 'other');
+  writeFileSync(join(dir, 'other'), 'OTHER');
+  const r2 = (flags: number) => c.req(OP.RENAME2, 1, new W().u64(1).u32(flags).u32(0).str('sparse').str('other').done());
+  t.is(r2(1).error, ERR.EEXIST);
+  t.is(r2(2).error, 0);
+  t.is(readFileSync(join(dir, 'sparse'), 'utf8'), 'OTHER');
+  t.is(r2(4).error, ERR.EINVAL, 'RENAME_WHITEOUT is refused');
+  // STATFS, FSYNC, FSYNCDIR, FLUSH, ACCESS.
+  const sf = c.req(OP.STATFS, 1);
+  t.is(sf.error, 0);
+  t.true(sf.body.readBigUInt64LE(0) > 0n);
+  t.is(sf.body.readUInt32LE(44), 255, 'namelen');
+  t.is(c.req(OP.FSYNC, 0, new W().u64(fh).u32(1).u32(0).done()).error, 0);
+  const dh = c.req(OP.OPENDIR, 1, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  t.is(c.req(30, 0, new W().u64(dh).u32(0).u32(0).done()).error, 0, 'FSYNCDIR');
+  t.is(c.req(OP.FLUSH, 0, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0);
+  t.is(c.req(OP.ACCESS, 1, new W().u32(4).u32(0).done()).error, 0);
+  // MKDIR + RMDIR, and a write through a directory handle is EBADF.
+  const d = c.req(OP.MKDIR, 1, new W().u32(0o750).u32(0).str('dd').done());
+  t.is(d.body.readUInt32LE(40 + 60) & 0o7777, 0o750, 'mode of the new directory');
+  t.is(c.req(OP.RMDIR, 1, new W().str('dd').done()).error, 0);
+  t.is(c.write(dh, 0, Buffer.from('x')).error, ERR.EBADF);
 });

@@ -6,7 +6,8 @@
 import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
 import { GuestMemory, type RegionSpec, type Backing } from '../memory/guest-memory.ts';
-import { SplitQueue, QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
+import { QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
+import { createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import type { LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
@@ -31,13 +32,14 @@ export interface RunnerHooks {
 interface Vring {
   num: number;
   addr: VringAddrMsg | null;
-  base: number;
+  /** SET_VRING_BASE's value; undefined until sent (a packed ring's fresh base is not 0). */
+  base: number | undefined;
   /** fd -1: not set yet; null: the front-end said "no fd" (in-band kicks / no calls). */
   kickFd: number | null | -1;
   callFd: number | null;
   errFd: number | null;
   enabled: boolean;
-  queue: SplitQueue | null;
+  queue: DeviceQueue | null;
   watcher: Watcher | null;
 }
 
@@ -91,7 +93,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: 0, kickFd: -1, callFd: null, errFd: null, enabled: false, queue: null, watcher: null };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, errFd: null, enabled: false, queue: null, watcher: null };
   }
 
   private ring(index: number): Vring {
@@ -177,8 +179,11 @@ export class DeviceRunner {
     const r = this.ring(index);
     if (r.queue) throw new Error(`SET_VRING_NUM on ring ${index} while it is running`);
     const max = this.device.info.maxQueueSize;
-    if (!Number.isInteger(num) || num < 1 || num > max || (num & (num - 1)) !== 0) {
-      throw new Error(`ring ${index}: size ${num} is not a power of two between 1 and the device maximum ${max}`);
+    const packed = this.packed;
+    if (!Number.isInteger(num) || num > max || !isValidRingSize(packed, num)) {
+      throw new Error(
+        `ring ${index}: size ${num} is not ${packed ? 'between 1' : 'a power of two between 1'} and the device maximum ${max}${packed ? ' (packed ring)' : ''}`,
+      );
     }
     r.num = num;
   }
@@ -208,9 +213,8 @@ export class DeviceRunner {
   ringBase(index: number, base: number): void {
     const r = this.ring(index);
     if (r.queue) throw new Error(`SET_VRING_BASE on ring ${index} while it is running`);
-    if (!Number.isInteger(base) || base < 0 || base > 0xffff) {
-      throw new Error(`ring ${index}: base ${base} is not a 16-bit ring index`);
-    }
+    const err = vringBaseError(this.packed, base);
+    if (err !== null) throw new Error(`ring ${index}: ${err}`);
     r.base = base;
   }
 
@@ -246,7 +250,7 @@ export class DeviceRunner {
     const r = this.ring(index);
     this.stopWatching(r);
     // Requests are processed synchronously within one kick, so nothing is in flight here.
-    const base = r.queue ? r.queue.nextAvail : r.base;
+    const base = r.queue ? vringBaseOf(r.queue) : (r.base ?? this.freshBase());
     r.queue = null;
     r.kickFd = -1;
     r.base = base;
@@ -451,6 +455,16 @@ export class DeviceRunner {
     r.watcher = null;
   }
 
+  /** VIRTIO_F_RING_PACKED was acked: every ring of this device is packed. */
+  private get packed(): boolean {
+    return hasFeature(this.features, VirtioFeature.RING_PACKED);
+  }
+
+  /** The base of a ring the front-end never positioned: index 0, and for packed both wrap counters set. */
+  private freshBase(): number {
+    return this.packed ? PACKED_INITIAL_VRING_BASE : 0;
+  }
+
   private maybeStart(index: number): void {
     const r = this.rings[index];
     if (r.kickFd === -1) return;
@@ -462,8 +476,9 @@ export class DeviceRunner {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
       }
       const a = r.addr;
-      r.queue = new SplitQueue({
+      r.queue = createDeviceQueue({
         index,
+        packed: this.packed,
         memory: this.memory,
         size: r.num,
         descGpa: this.memory.uvaToGpa(a.descUserAddr),
@@ -471,7 +486,7 @@ export class DeviceRunner {
         usedGpa: this.memory.uvaToGpa(a.usedUserAddr),
         eventIdx: hasFeature(this.features, VirtioFeature.RING_EVENT_IDX),
         indirectDesc: hasFeature(this.features, VirtioFeature.RING_INDIRECT_DESC),
-        nextAvail: r.base,
+        vringBase: r.base ?? this.freshBase(),
         usedLogGpa: a.log ? a.logGuestAddr : undefined,
         log: this.activeLog(),
       });
@@ -510,7 +525,7 @@ export class DeviceRunner {
     }
   }
 
-  private complete(index: number, q: SplitQueue, batch: DescriptorChain[]): void {
+  private complete(index: number, q: DeviceQueue, batch: DescriptorChain[]): void {
     const requests: DeviceRequest[] = batch.map((c) => ({ readable: c.readable, writableLen: c.writableLen }));
     let responses;
     try {
@@ -539,7 +554,7 @@ export class DeviceRunner {
     }
   }
 
-  private notify(index: number, r: Vring, q: SplitQueue): void {
+  private notify(index: number, r: Vring, q: DeviceQueue): void {
     if (!q.needsNotification()) return;
     if (r.callFd !== null) native.eventfdWrite(r.callFd);
     else this.hooks.inbandCall(index);

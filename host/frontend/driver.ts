@@ -5,7 +5,7 @@
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit } from '../protocol/constants.ts';
 import { VirtioFeature } from '../device/features.ts';
 
-/** VHOST_F_LOG_ALL is bit 26 (linux/vhost.h); protocol/constants.ts's 42 is wrong. */
+/** VHOST_F_LOG_ALL is bit 26 (linux/vhost.h). */
 const VHOST_F_LOG_ALL = VirtioFeature.LOG_ALL;
 import type { VringAddr } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';

@@ -148,8 +148,11 @@ export function featureBit(bit: number): bigint {
 
 /** Virtio feature bit 30: the back-end speaks GET/SET_PROTOCOL_FEATURES. */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
-/** Virtio feature bit 42: dirty logging of every guest-memory write. */
-export const VHOST_F_LOG_ALL = 42;
+/**
+ * Feature bit 26 (linux/vhost.h): dirty logging of every guest-memory write. It reuses a bit
+ * from the transport range; our shared notes once said 42, which QEMU does not recognise.
+ */
+export const VHOST_F_LOG_ALL = 26;
 /** SET_VRING_ADDR flags bit 0: log writes to the used ring at log_guest_addr. */
 export const VHOST_VRING_F_LOG = 0x1;
 /** Dirty-log granularity. */

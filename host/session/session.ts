@@ -49,6 +49,7 @@ export const HOST_VIRTIO_FEATURES =
   bit(VirtioFeature.VERSION_1) |
   bit(VirtioFeature.RING_INDIRECT_DESC) |
   bit(VirtioFeature.RING_EVENT_IDX) |
+  bit(VirtioFeature.RING_PACKED) |
   bit(VirtioFeature.PROTOCOL_FEATURES) |
   bit(VirtioFeature.LOG_ALL);
 
@@ -86,6 +87,43 @@ const NEEDS_PROTOCOL_FEATURE: Partial<Record<number, number>> = {
   [Req.SET_DEVICE_STATE_FD]: ProtocolFeature.DEVICE_STATE,
   [Req.CHECK_DEVICE_STATE]: ProtocolFeature.DEVICE_STATE,
 };
+
+const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+
+/** The values of a request, for debug logs (operators and tests read what the front-end sent). */
+function describeRequest(req: DecodedRequest): string {
+  switch (req.code) {
+    case Req.SET_FEATURES:
+    case Req.SET_PROTOCOL_FEATURES:
+      return ` ${hex(req.features)}`;
+    case Req.SET_MEM_TABLE:
+      return ' ' + req.regions.map((r) => `[gpa ${hex(r.guestPhysAddr)} size ${hex(r.memorySize)} uva ${hex(r.userspaceAddr)} off ${hex(r.mmapOffset)}]`).join(' ');
+    case Req.ADD_MEM_REG:
+    case Req.REM_MEM_REG:
+      return ` [gpa ${hex(req.region.guestPhysAddr)} size ${hex(req.region.memorySize)} uva ${hex(req.region.userspaceAddr)} off ${hex(req.region.mmapOffset)}]`;
+    case Req.SET_VRING_NUM:
+    case Req.SET_VRING_BASE:
+    case Req.GET_VRING_BASE:
+    case Req.SET_VRING_ENABLE:
+    case Req.VRING_KICK:
+      return ` ring ${req.state.index} num ${req.state.num}`;
+    case Req.SET_VRING_ADDR:
+      return ` ring ${req.addr.index} desc ${hex(req.addr.descUserAddr)} avail ${hex(req.addr.availUserAddr)} used ${hex(req.addr.usedUserAddr)} flags ${req.addr.flags} log ${hex(req.addr.logGuestAddr)}`;
+    case Req.SET_VRING_KICK:
+    case Req.SET_VRING_CALL:
+    case Req.SET_VRING_ERR:
+      return ` ring ${req.index} ${req.fd === null ? 'no fd' : 'fd'}`;
+    case Req.GET_CONFIG:
+    case Req.SET_CONFIG:
+      return ` offset ${req.config.offset} size ${req.config.data.length}`;
+    case Req.SET_STATUS:
+      return ` ${hex(req.status)}`;
+    case Req.SET_DEVICE_STATE_FD:
+      return ` direction ${req.params.direction} phase ${req.params.phase}`;
+    default:
+      return '';
+  }
+}
 
 /** A request the front-end got wrong; the reply (if any) reports failure. */
 class RequestError extends Error {}
@@ -163,6 +201,11 @@ export class BackendSession {
     });
   }
 
+  /** CONFIG only for a device that has a config space: QEMU warns about it otherwise. */
+  get offeredProtocolFeatures(): bigint {
+    return this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+  }
+
   get offeredFeatures(): bigint {
     return (this.worker.info.features & DEVICE_FEATURE_MASK) | HOST_VIRTIO_FEATURES;
   }
@@ -210,7 +253,7 @@ export class BackendSession {
       if (req.needReply) await this.ack(code, false);
       return;
     }
-    if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(code)}`);
+    if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(code)}${describeRequest(req)}`);
     try {
       await this.handle(req);
       if (req.needReply && !HAS_REPLY.has(code)) await this.ack(code, true);
@@ -245,9 +288,9 @@ export class BackendSession {
         this.owned = false;
         return this.resetDevice();
       case Req.GET_PROTOCOL_FEATURES:
-        return this.reply(encodeU64Reply(req.code, SUPPORTED_PROTOCOL_FEATURES));
+        return this.reply(encodeU64Reply(req.code, this.offeredProtocolFeatures));
       case Req.SET_PROTOCOL_FEATURES: {
-        const extra = req.features & ~SUPPORTED_PROTOCOL_FEATURES;
+        const extra = req.features & ~this.offeredProtocolFeatures;
         if (extra !== 0n) throw new RequestError(`front-end set protocol features 0x${extra.toString(16)} that were not offered`);
         this.protocolFeatures = req.features;
         return;
@@ -314,8 +357,15 @@ export class BackendSession {
         return this.worker.ringInbandKick(req.state.index);
       case Req.GET_CONFIG: {
         const { offset, data } = req.config;
+        const size = this.worker.info.configSize;
         try {
-          const bytes = await this.worker.readConfig(offset, data.length);
+          // Front-ends read the whole struct they know (QEMU 7.2's vhost-user-blk asks for 57
+          // bytes whatever the device has): bytes past the device's config space read as zero,
+          // as they do on a virtio-pci transport.
+          const inside = Math.max(0, Math.min(data.length, size - offset));
+          const bytes = new Uint8Array(data.length);
+          if (inside > 0) bytes.set(await this.worker.readConfig(offset, inside));
+          if (inside < data.length) this.log.debug(`GET_CONFIG [${offset}, +${data.length}) extends past the ${size}-byte config space; padded with zeros`);
           return this.reply(encodeConfigReply({ offset, flags: req.config.flags, data: bytes }));
         } catch (e) {
           // An empty payload is the spec's failure answer for GET_CONFIG.
