@@ -14,7 +14,7 @@ const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const RNG = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const IMAGE_BYTES = 8 << 20;
 const T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13, GET_LIFETIME: 10 };
-const F = { SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 };
+const F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 };
 const bit = (b: number) => 1n << BigInt(b);
 const FEATURES = [VIRTIO_F_VERSION_1, ...Object.values(F)].reduce((m, b) => m | bit(b), 0n);
 
@@ -106,13 +106,15 @@ for (const kind of both) {
       t.is(cfg.capacity, (kind.name === 'file' ? IMAGE_BYTES : 16 << 20) / SECTOR);
       t.is(cfg.blkSize, 512);
       t.is(cfg.segMax, 126);
+      t.is(cfg.sizeMax, 32768);
+      t.true(cfg.segMax * cfg.sizeMax < 4 << 20, 'a conforming driver never exceeds the 4 MiB request limit');
       t.is(cfg.numQueues, 8);
       t.is(d.fe.backendQueues, 8);
       const raw60 = Buffer.from(await d.fe.getConfig(0, 60));
       t.is(raw60.readUInt32LE(36), 65536, 'max_discard_sectors');
       t.is(raw60.readUInt32LE(40), 8, 'max_discard_seg');
       t.is(raw60.readUInt32LE(48), 65536, 'max_write_zeroes_sectors');
-      for (const b of [F.SEG_MAX, F.BLK_SIZE, F.FLUSH, F.MQ, F.DISCARD, F.WRITE_ZEROES]) t.true(d.fe.hasFeature(b), `feature ${b}`);
+      for (const b of [F.SIZE_MAX, F.SEG_MAX, F.BLK_SIZE, F.FLUSH, F.MQ, F.DISCARD, F.WRITE_ZEROES]) t.true(d.fe.hasFeature(b), `feature ${b}`);
       t.false(d.fe.hasFeature(F.RO));
       t.false((d.fe.offeredFeatures & bit(11)) !== 0n, 'CONFIG_WCE is not offered');
     } finally {

@@ -33,6 +33,7 @@ export class UsageError extends Error {
 export const HELP = `Usage: vhost-wasm --socket-path PATH --plugin FILE.wasm [options]
        vhost-wasm --fd FD --plugin FILE.wasm [options]
        vhost-wasm --print-capabilities --plugin FILE.wasm
+       vhost-wasm migrate --from SRC.sock --to DST.sock [options]   (see: vhost-wasm migrate --help)
 
 A vhost-user back-end whose device logic is a sandboxed WebAssembly component.
 QEMU (or another vhost-user front-end) connects to the socket; after it disconnects the

@@ -95,6 +95,11 @@ async function serve(o: CliOptions): Promise<void> {
 }
 
 async function main(): Promise<number> {
+  if (process.argv[2] === 'migrate') {
+    // A front-end tool, not the back-end: see host/cli/migrate.ts.
+    const { runMigrateCli } = await import('./migrate.ts');
+    return runMigrateCli(process.argv.slice(3));
+  }
   let o: CliOptions;
   try {
     o = parseCli(process.argv.slice(2));

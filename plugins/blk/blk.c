@@ -33,7 +33,7 @@ static void learn_storage(void) {
 }
 
 static uint64_t offered(void) {
-  uint64_t f = BIT(F_SEG_MAX) | BIT(F_BLK_SIZE) | BIT(F_FLUSH) | BIT(F_MQ);
+  uint64_t f = BIT(F_SIZE_MAX) | BIT(F_SEG_MAX) | BIT(F_BLK_SIZE) | BIT(F_FLUSH) | BIT(F_MQ);
   /* Discard and write-zeroes modify the disk: a read-only grant gets neither. */
   f |= read_only ? BIT(F_RO) : BIT(F_DISCARD) | BIT(F_WRITE_ZEROES);
   return f;
@@ -65,6 +65,7 @@ static uint64_t get64(const uint8_t *p) {
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
   uint8_t cfg[CONFIG_SIZE] = {0};
   put64(cfg + CFG_CAPACITY, capacity);
+  put32(cfg + CFG_SIZE_MAX, SIZE_MAX_BYTES);
   put32(cfg + CFG_SEG_MAX, SEG_MAX);
   put32(cfg + CFG_BLK_SIZE, SECTOR);
   put16(cfg + CFG_NUM_QUEUES, NUM_QUEUES);

@@ -5,6 +5,7 @@
 #define BIT(n) (1ull << (n))
 
 /* Feature bits */
+#define F_SIZE_MAX 1
 #define F_SEG_MAX 2
 #define F_RO 5
 #define F_BLK_SIZE 6
@@ -34,6 +35,7 @@
 
 /* struct virtio_blk_config offsets, up to write_zeroes_may_unmap and its padding */
 #define CFG_CAPACITY 0
+#define CFG_SIZE_MAX 8
 #define CFG_SEG_MAX 12
 #define CFG_BLK_SIZE 20
 #define CFG_NUM_QUEUES 34
@@ -49,6 +51,9 @@
 #define NUM_QUEUES 8
 #define MAX_QUEUE_SIZE 1024
 #define SEG_MAX 126
+/* SEG_MAX x SIZE_MAX (3.9 MiB) stays under MAX_IO: a conforming driver never sends a
+ * request we would have to refuse for its size. */
+#define SIZE_MAX_BYTES (32u * 1024)
 #define MAX_IO (4u << 20)
 /* 32 MiB per discard/write-zeroes segment: a file backing writes real zeroes for it. */
 #define MAX_DISCARD_SECTORS (65536u)
