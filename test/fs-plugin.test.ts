@@ -396,14 +396,15 @@ test('less common operations: fallocate, lseek data/hole, utimens, rename2, stat
   // SETATTR times: explicit atime/mtime.
   const sa = Buffer.alloc(88);
   sa.writeUInt32LE(16 | 32, 0);
-  sa.writeBigUInt64LE(1_000_000_000n, 40); // atime
-  sa.writeBigUInt64LE(1_500_000_000n, 48); // mtime
-  sa.writeUInt32LE(123, 64); // atimensec
-  sa.writeUInt32LE(456, 68); // mtimensec
+  sa.writeBigUInt64LE(1_000_000_000n, 32); // atime
+  sa.writeBigUInt64LE(1_500_000_000n, 40); // mtime
+  sa.writeUInt32LE(123, 56); // atimensec
+  sa.writeUInt32LE(456, 60); // mtimensec
   const r = c.req(OP.SETATTR, node, sa);
   t.is(r.error, 0);
   t.is(r.body.readBigUInt64LE(16 + 32), 1_500_000_000n, 'mtime in the reply');
-  t.is(statSync(join(dir, 'sparse')).mtimeMs, 1_500_000_000_000);
+  t.is(statSync(join(dir, 'sparse'), { bigint: true }).mtimeNs, 1_500_000_000_000_000_456n);
+  t.is(statSync(join(dir, 'sparse'), { bigint: true }).atimeNs, 1_000_000_000_000_000_123n);
   // RENAME2: NOREPLACE refuses an existing target; EXCHANGE swaps.
   c.create(1, 'other');
   writeFileSync(join(dir, 'other'), 'OTHER');

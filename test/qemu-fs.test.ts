@@ -4,6 +4,9 @@
 // with QEMU (/usr/lib/qemu/virtiofsd) on a copy of the same starting tree. The guest's
 // outputs must match line for line and the host-side trees must end up identical.
 //
+// --call-deadline 2000: the watchdog is for hung plugins; on this 2-core machine, with other
+// TCG guests running, a worker can be descheduled for longer than the default 100 ms.
+//
 // Normalised: nothing in the script prints inode numbers, timestamps, free-space counts
 // or device numbers (they legitimately differ between two shares); `stat -f` prints only
 // the total block count, block size and name length, which both servers take from the
@@ -199,7 +202,7 @@ guestTest('a guest mounts the fs plugin share and its file operations match virt
   writeFileSync(join(top, 'outside'), 'outside the share\n');
   t.teardown(() => rmSync(top, { recursive: true, force: true }));
 
-  const host: HostProcess = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', ours, '--tag', TAG]);
+  const host: HostProcess = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', ours, '--tag', TAG, '--call-deadline', '2000']);
   let ourOut: string;
   try {
     const baselineFds = host.fdCount();
@@ -255,7 +258,7 @@ guestTest('a --read-only share refuses every change the guest attempts', async (
   t.teardown(() => rmSync(top, { recursive: true, force: true }));
   seedTree(top);
   const before = treeOf(top);
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', top, '--tag', TAG, '--read-only']);
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', top, '--tag', TAG, '--read-only', '--call-deadline', '2000']);
   try {
     const r = await bootGuest({ timeoutMs: 60_000, qemuArgs: qemuArgs(host.socketPath), script: READ_ONLY_SCRIPT });
     t.is(r.exitCode, 0, explain(r, host.log()));

@@ -16,6 +16,12 @@ import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
 const PAGE = 4096;
+/**
+ * Bytes of requests (readable + writable) handed to a device in one call. A plugin copies a
+ * whole batch into its capped linear memory and must answer within the call deadline, so a
+ * ring full of 1 MiB requests is split into several calls rather than one that cannot fit.
+ */
+const MAX_BATCH_BYTES = 16 * 2 ** 20;
 
 export interface RunnerHooks {
   /** The guest broke a ring: tell the session (NEEDS_RESET, config-change notification). */
@@ -511,7 +517,11 @@ export class DeviceRunner {
         q.disableNotifications();
         const batch: DescriptorChain[] = [];
         let chain: DescriptorChain | null;
-        while (batch.length < this.maxBatch && (chain = q.pop()) !== null) batch.push(chain);
+        let bytes = 0;
+        while (batch.length < this.maxBatch && bytes < MAX_BATCH_BYTES && (chain = q.pop()) !== null) {
+          batch.push(chain);
+          bytes += chain.readableLen + chain.writableLen;
+        }
         if (batch.length === 0) {
           if (q.enableNotifications()) continue;
           return;

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import type { VirtioDevice } from '../device/device.ts';
 import { createLogger } from '../log/logger.ts';
 import { isStorageSpec, openBacking, type Backing } from '../storage/index.ts';
+import { storageStateSections } from '../migration/storage-section.ts';
 import { loadPlugin } from './load.ts';
 import { openShareOption } from '../fs/option.ts';
 
@@ -60,5 +61,7 @@ export async function loadPluginDevice(
       close?.();
       backing.close();
     },
+    // A memory:SIZE disk is device state: it travels in the same stream as the plugin's bytes.
+    stateSections: () => storageStateSections(backing),
   });
 }

@@ -38,6 +38,7 @@
 #define ENOSYS 38
 #define EPROTO 71
 #define EPERM 1
+#define EEXIST 17
 
 #define O_CREAT 0100
 #define O_EXCL 0200
@@ -447,6 +448,25 @@ static void reply_attr(reply *r, const vfs_attr *v) {
   fill_attr(&o->attr, v);
 }
 
+/* The request being served (its uid/gid own what it creates). */
+static const struct fuse_in_header *current;
+
+/*
+ * A file the guest just created belongs to the requesting uid/gid, as with a local file
+ * system (the host created it with its own credentials). The group stays the directory's
+ * when that directory is set-group-id. Best effort: a host without the privilege to chown
+ * leaves its own ids (the guest then sees them).
+ */
+static void own_new(vfs_entry *e, const fs_inode *dir) {
+  if (!current) return;
+  uint32_t valid = 0;
+  if (e->attr.uid != current->uid) valid |= VFS_SET_UID;
+  if (e->attr.gid != current->gid && !(dir && (dir->mode & 02000))) valid |= VFS_SET_GID;
+  if (!valid) return;
+  vfs_attr v;
+  if (vfs_setattr(e->node, valid, 0, current->uid, current->gid, 0, 0, 0, 0, 0, &v) == 0) e->attr = v;
+}
+
 /* A new entry from the host: into the table, then the reply. */
 static void reply_new_entry(reply *r, uint32_t err, const vfs_entry *e, uint64_t parent, const uint8_t *name,
                             size_t len) {
@@ -598,7 +618,11 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   vfs_entry e;
   vfs_handle h;
   uint32_t flags = c.flags & ~(uint32_t)(O_CREAT | O_NOCTTY);
-  uint32_t err = vfs_create(dir->handle, name, len, flags, c.mode, &e, &h);
+  /* Exclusive first: only a file this request made is given to the requester (O_CREAT
+   * without O_EXCL may open someone else's file, which must keep its owner). */
+  uint32_t err = vfs_create(dir->handle, name, len, flags | O_EXCL, c.mode, &e, &h);
+  if (!err) own_new(&e, dir);
+  else if (err == EEXIST && !(flags & O_EXCL)) err = vfs_create(dir->handle, name, len, flags, c.mode, &e, &h);
   if (err) return reply_error(r, err);
   uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
   if (!o) {
@@ -630,7 +654,9 @@ static void op_mknod(reply *r, uint64_t nodeid, args *a) {
   NAME(a, name, len);
   if ((m.mode & 0170000) != 0100000) return reply_error(r, EPERM);
   vfs_entry e;
-  reply_new_entry(r, vfs_mknod(dir->handle, name, len, m.mode, &e), &e, nodeid, name, len);
+  uint32_t err = vfs_mknod(dir->handle, name, len, m.mode, &e);
+  if (!err) own_new(&e, dir);
+  reply_new_entry(r, err, &e, nodeid, name, len);
 }
 
 static void op_mkdir(reply *r, uint64_t nodeid, args *a) {
@@ -638,7 +664,9 @@ static void op_mkdir(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_mkdir_in, m);
   NAME(a, name, len);
   vfs_entry e;
-  reply_new_entry(r, vfs_mkdir(dir->handle, name, len, m.mode, &e), &e, nodeid, name, len);
+  uint32_t err = vfs_mkdir(dir->handle, name, len, m.mode, &e);
+  if (!err) own_new(&e, dir);
+  reply_new_entry(r, err, &e, nodeid, name, len);
 }
 
 static void op_symlink(reply *r, uint64_t nodeid, args *a) {
@@ -646,7 +674,9 @@ static void op_symlink(reply *r, uint64_t nodeid, args *a) {
   NAME(a, name, len);
   NAME(a, target, tlen);
   vfs_entry e;
-  reply_new_entry(r, vfs_symlink(dir->handle, name, len, target, tlen, &e), &e, nodeid, name, len);
+  uint32_t err = vfs_symlink(dir->handle, name, len, target, tlen, &e);
+  if (!err) own_new(&e, dir);
+  reply_new_entry(r, err, &e, nodeid, name, len);
 }
 
 static void op_link(reply *r, uint64_t nodeid, args *a) {
@@ -883,6 +913,7 @@ static void handle(const vd_request *req, vd_buf *out) {
   }
   memcpy(&h, req->readable, sizeof h);
   r.unique = h.unique;
+  current = &h;
   if (h.len < sizeof h || h.len > req->readable_len) {
     reply_error(&r, EINVAL);
     goto finish;
@@ -929,6 +960,7 @@ static void handle(const vd_request *req, vd_buf *out) {
     default: reply_error(&r, ENOSYS); break;
   }
 finish:
+  current = NULL;
   reply_finish(&r);
   out->data = r.buf;
   out->len = r.buf ? r.len : 0;
