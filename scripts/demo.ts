@@ -5,7 +5,8 @@
 //   npm run build                                  # once: addon, bundle, plugins
 //   node --import tsx scripts/demo.ts [DEMO...] [--verbose] [--sources]
 //
-// DEMO is one of the names in DEMOS below (default: every demo whose plugin is built).
+// DEMO is one of the names in DEMOS below (default: every demo whose plugin is built, blk first:
+// a fresh 32 MiB raw image, O_DIRECT pattern, ext2 filesystem and files checked from the host).
 // --verbose streams the guest's console and the host's log as they happen.
 // --sources runs the host from host/cli/main.ts (through tsx) instead of the bundle.
 // Exit status: 0 when every demo passed its checks, 1 otherwise, 2 for a usage error.
@@ -62,7 +63,76 @@ interface Demo {
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 const field = (output: string, name: string) => new RegExp(`^${name}: (.*)$`, 'm').exec(output)?.[1];
 
+const BLK_DISK = 32 << 20;
+const BLK_PATTERN_AT = 24 << 20; // above the filesystem
+const BLK_PATTERN_BYTES = 256 << 10;
+const BLK_FS_KIB = 16 << 10;
+const BLK_FILES: Record<string, Buffer> = {
+  'hello.txt': Buffer.from('Hello from a vhost-wasm demo: this file went guest -> virtio-blk -> WebAssembly plugin -> disk.img\n'),
+  'random.bin': randomBytes(200 << 10),
+};
+
+// Order matters: with no DEMO named, every buildable demo runs in this order (blk first).
 const DEMOS: Record<string, Demo> = {
+  blk: {
+    title: 'virtio-blk: the guest writes a disk image, makes a filesystem on it, the host reads it back',
+    plugin: 'dist/plugins/blk.wasm',
+    hostArgs: (ctx) => ['--storage', ctx.data.image as string],
+    hostOptions: ['--storage'],
+    qemuDevice: (chardev) => `vhost-user-blk-pci,chardev=${chardev},num-queues=1`,
+    prepare(ctx) {
+      const image = join(ctx.dir, 'disk.img');
+      writeFileSync(image, Buffer.alloc(BLK_DISK)); // a fresh, zeroed 32 MiB raw image
+      const pattern = randomBytes(BLK_PATTERN_BYTES);
+      ctx.data.image = image;
+      ctx.data.pattern = pattern;
+      const files: Record<string, Uint8Array> = { 'guest/pattern': pattern };
+      for (const [name, content] of Object.entries(BLK_FILES)) files[`guest/files/${name}`] = content;
+      return files;
+    },
+    guestScript: [
+      'echo "disk: /dev/vda, $(cat /sys/block/vda/size) sectors ($(( $(cat /sys/block/vda/size) / 2048 )) MiB), read-only $(cat /sys/block/vda/ro)"',
+      `dd if=/guest/pattern of=/dev/vda bs=64k seek=${BLK_PATTERN_AT / (64 << 10)} count=${BLK_PATTERN_BYTES / (64 << 10)} oflag=direct 2>/dev/null`,
+      `echo "pattern written: ${BLK_PATTERN_BYTES >> 10} KiB at ${BLK_PATTERN_AT >> 20} MiB with O_DIRECT, md5 $(md5sum < /guest/pattern | cut -d" " -f1)"`,
+      `echo "pattern read back: md5 $(dd if=/dev/vda bs=64k skip=${BLK_PATTERN_AT / (64 << 10)} count=${BLK_PATTERN_BYTES / (64 << 10)} iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"`,
+      `mke2fs -F -L vhost-wasm /dev/vda ${BLK_FS_KIB} >/dev/null`,
+      'mount -t ext2 /dev/vda /mnt',
+      'mkdir /mnt/demo && cp /guest/files/* /mnt/demo/ && sync',
+      `echo "filesystem: ext2 on the first ${BLK_FS_KIB >> 10} MiB, $(df -k /mnt | awk 'NR==2 {print $3}') KiB used"`,
+      'echo "files:"',
+      "cd /mnt/demo && for f in *; do echo \"  /demo/$f  $(wc -c < $f) bytes  md5 $(md5sum < $f | cut -d' ' -f1)\"; done && cd /",
+      'umount /mnt',
+      'echo "unmounted: yes"',
+    ].join('\n'),
+    verify(out, ctx) {
+      const pattern = ctx.data.pattern as Buffer;
+      const imagePath = ctx.data.image as string;
+      const image = readFileSync(imagePath);
+      const onDisk = image.subarray(BLK_PATTERN_AT, BLK_PATTERN_AT + pattern.length);
+      const checks: Check[] = [
+        { what: 'the guest sees a 32 MiB writable disk', ok: field(out, 'disk') === `/dev/vda, ${BLK_DISK / 512} sectors (32 MiB), read-only 0`, detail: field(out, 'disk') },
+        { what: 'it reads back the pattern it wrote', ok: field(out, 'pattern read back') === `md5 ${md5(pattern)}`, detail: field(out, 'pattern read back') },
+        { what: 'the image file on the host holds the pattern at its offset', ok: onDisk.equals(pattern), detail: `md5 ${md5(onDisk)} at ${BLK_PATTERN_AT} in ${show(imagePath)}` },
+        { what: 'the image file kept its size', ok: image.length === BLK_DISK, detail: `${image.length} bytes` },
+        { what: 'the guest unmounted the filesystem cleanly', ok: field(out, 'unmounted') === 'yes' },
+      ];
+      // The files, read from the image on the host by e2fsprogs' debugfs (when installed).
+      let debugfs = '';
+      for (const d of ['/usr/sbin/debugfs', '/sbin/debugfs']) if (existsSync(d)) debugfs = d;
+      for (const [name, content] of Object.entries(BLK_FILES)) {
+        const inGuest = new RegExp(`^  /demo/${name.replace('.', '\\.')}  (\\d+) bytes  md5 ([0-9a-f]{32})$`, 'm').exec(out);
+        checks.push({ what: `the guest's /demo/${name} has the content it was given`, ok: inGuest?.[2] === md5(content), detail: inGuest ? `${inGuest[1]} bytes` : 'not listed' });
+        if (!debugfs) continue;
+        let got: Buffer | null = null;
+        try {
+          got = execFileSync(debugfs, ['-R', `cat /demo/${name}`, imagePath], { stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 64 << 20 });
+        } catch { /* reported below */ }
+        checks.push({ what: `debugfs on the host reads /demo/${name} byte-identical from the image`, ok: got !== null && got.equals(content), detail: got ? `${got.length} bytes, md5 ${md5(got)}` : 'debugfs failed' });
+      }
+      return checks;
+    },
+  },
+
   rng: {
     title: 'virtio-rng: the guest reads /dev/hwrng',
     plugin: 'dist/plugins/rng.wasm',
@@ -88,39 +158,6 @@ const DEMOS: Record<string, Demo> = {
     },
   },
 
-  blk: {
-    title: 'virtio-blk: the guest writes and reads back a disk',
-    plugin: 'dist/plugins/blk.wasm',
-    hostArgs: (ctx) => ['--storage', ctx.data.image as string],
-    hostOptions: ['--storage'],
-    qemuDevice: (chardev) => `vhost-user-blk-pci,chardev=${chardev},num-queues=1`,
-    prepare(ctx) {
-      const image = join(ctx.dir, 'disk.img');
-      writeFileSync(image, Buffer.alloc(16 << 20)); // a fresh, zeroed 16 MiB disk
-      const pattern = randomBytes(64 << 10);
-      ctx.data.image = image;
-      ctx.data.pattern = pattern;
-      return { 'guest/pattern': pattern };
-    },
-    guestScript: [
-      'echo "disk size: $(cat /sys/block/vda/size) sectors"',
-      'dd if=/guest/pattern of=/dev/vda bs=64k seek=16 count=1 oflag=direct 2>/dev/null',
-      'echo "wrote: 64 KiB at offset 1 MiB, md5 $(md5sum < /guest/pattern | cut -d" " -f1)"',
-      'echo "read back: md5 $(dd if=/dev/vda bs=64k skip=16 count=1 iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"',
-      'echo "first sector: md5 $(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"',
-    ].join('\n'),
-    verify(out, ctx) {
-      const pattern = ctx.data.pattern as Buffer;
-      const image = readFileSync(ctx.data.image as string);
-      const onDisk = image.subarray(1 << 20, (1 << 20) + pattern.length);
-      return [
-        { what: 'the guest sees a 16 MiB disk', ok: field(out, 'disk size') === `${(16 << 20) / 512} sectors`, detail: field(out, 'disk size') },
-        { what: 'it reads back what it wrote', ok: field(out, 'read back') === `md5 ${md5(pattern)}`, detail: field(out, 'read back') },
-        { what: 'the image file on the host holds the written bytes', ok: onDisk.equals(pattern), detail: `md5 ${md5(onDisk)}` },
-        { what: 'the rest of the image is untouched', ok: image.subarray(0, 1 << 20).every((b) => b === 0), detail: `${image.length} bytes` },
-      ];
-    },
-  },
 };
 
 // --- presentation ---------------------------------------------------------------------------

@@ -47,7 +47,8 @@ test('a plugin file that does not exist fails at start-up with exit 1', (t) => {
 test('--print-capabilities prints the vhost-user.json object and exits', (t) => {
   const r = run(['--print-capabilities', '--device-module', NULL_DEVICE]);
   t.is(r.status, 0, r.stderr);
-  t.deepEqual(JSON.parse(r.stdout), { type: 'block', features: [] });
+  // The null test device has the block device id; block back-ends advertise --read-only.
+  t.deepEqual(JSON.parse(r.stdout), { type: 'block', features: ['read-only'] });
 });
 
 test('--fd serves an inherited listening socket', async (t) => {
@@ -114,6 +115,21 @@ test('a stale socket file is replaced; a live one or a non-socket is refused', a
     t.is(r.status, 1);
     t.regex(r.stderr, /exists and is not a socket/);
     t.true(existsSync(file));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a capability the plugin cannot use is refused at start-up, not silently dropped', (t) => {
+  const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
+  const dir = mkdtempSync(join(tmpdir(), 'cli-grant-'));
+  try {
+    const fs = run(['--socket-path', join(dir, 's'), '--plugin', rng, '--entropy', '--shared-dir', dir]);
+    t.is(fs.status, 1);
+    t.regex(fs.stderr, /granted a shared directory but does not import .*filesystem/);
+    const disk = run(['--socket-path', join(dir, 's'), '--plugin', rng, '--entropy', '--storage', 'memory:1M']);
+    t.is(disk.status, 1);
+    t.regex(disk.stderr, /granted storage .* does not import .*storage/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -4,7 +4,7 @@
 // handles, names without NUL, huge forget counts, random bytes) can trap the plugin.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
@@ -72,9 +72,12 @@ class Client {
     return Buffer.from(r.data);
   }
 
+  /** uid/gid of the requests sent (the FUSE header's caller). */
+  as = { uid: 0, gid: 0 };
+
   req(opcode: number, nodeid: bigint | number, args: Buffer = Buffer.alloc(0), writableLen = 1 << 20): Reply {
     const unique = this.unique++;
-    const hdr = new W().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(0).u32(0).done();
+    const hdr = new W().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(this.as.uid).u32(this.as.gid).u32(0).u32(0).done();
     const out = this.raw(Buffer.concat([hdr, args]), writableLen);
     if (out.length === 0) return { len: 0, error: 0, unique: 0n, body: out };
     const r = { len: out.readUInt32LE(0), error: -out.readInt32LE(4) || 0, unique: out.readBigUInt64LE(8), body: out.subarray(16) };
@@ -428,4 +431,31 @@ test('less common operations: fallocate, lseek data/hole, utimens, rename2, stat
   t.is(d.body.readUInt32LE(40 + 60) & 0o7777, 0o750, 'mode of the new directory');
   t.is(c.req(OP.RMDIR, 1, new W().str('dd').done()).error, 0);
   t.is(c.write(dh, 0, Buffer.from('x')).error, ERR.EBADF);
+});
+
+test('new files belong to the requesting uid/gid; an existing file keeps its owner', async (t) => {
+  const { c, dir } = await setup(t);
+  if (process.getuid?.() !== 0) return t.pass('needs root to chown');
+  c.init();
+  writeFileSync(join(dir, 'rootfile'), '');
+  c.as = { uid: 1000, gid: 1001 };
+  const cr = c.create(1, 'mine');
+  t.is(cr.body.readUInt32LE(40 + 68), 1000, 'uid in the reply');
+  t.like(statSync(join(dir, 'mine')), { uid: 1000, gid: 1001 });
+  c.req(OP.MKDIR, 1, new W().u32(0o2775).u32(0).str('d').done());
+  t.like(statSync(join(dir, 'd')), { uid: 1000, gid: 1001 });
+  c.req(OP.SYMLINK, 1, new W().str('l').str('mine').done());
+  t.like(lstatSync(join(dir, 'l')), { uid: 1000, gid: 1001 });
+  // O_CREAT without O_EXCL on an existing (empty, root-owned) file: opened, not taken over.
+  t.is(c.create(1, 'rootfile', 0o102).error, 0);
+  t.like(statSync(join(dir, 'rootfile')), { uid: 0, gid: 0 });
+  // In a set-group-id directory the group is the directory's.
+  c.as = { uid: 0, gid: 0 };
+  mkdirSync(join(dir, 'sg'));
+  chownSync(join(dir, 'sg'), 0, 1234);
+  chmodSync(join(dir, 'sg'), 0o2777);
+  const sg = nodeOf(c.lookup(1, 'sg'));
+  c.as = { uid: 1000, gid: 1001 };
+  c.create(sg, 'inherit');
+  t.like(statSync(join(dir, 'sg', 'inherit')), { uid: 1000, gid: 1234 });
 });

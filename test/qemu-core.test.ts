@@ -9,13 +9,13 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { join } from 'node:path';
-import { bootGuest, hasQemu, type BootOptions, type BootResult } from './guest/qemu.ts';
+import { bootGuest, type BootOptions, type BootResult } from './guest/qemu.ts';
 import { startTap, type TapRecord, type VhostUserTap } from './guest/vhost-user-tap.ts';
 import { ZERO_BLK_SECTORS } from './guest/zero-blk-device.ts';
 import { eventually, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { ProtocolFeature, featureBit } from '../host/protocol/constants.ts';
 
-const guestTest = process.env.VHOST_WASM_SKIP_GUEST === '1' || !hasQemu() ? test.serial.skip : test.serial;
+const guestTest = process.env.VHOST_WASM_SKIP_GUEST === '1' ? test.serial.skip : test.serial;
 
 const DEVICE = join(REPO, 'test', 'guest', 'zero-blk-device.ts');
 const MEM_MIB = 160; // not the harness default, so the sizes below cannot match by accident

@@ -24,7 +24,8 @@ import { track } from './guest/reaper.ts';
 const skipGuest = process.env.VHOST_WASM_SKIP_GUEST === '1';
 // Serial: each guest takes a whole emulated CPU and the machine has two.
 const guestTest = skipGuest ? test.serial.skip : test.serial;
-const qemu72Test = !skipGuest && process.env.VHOST_WASM_MIGRATION_QEMU72 === '1' ? test.serial : test.serial.skip;
+// The 7.2 variant is registered only when asked for: the default suite neither runs nor skips it.
+const qemu72Test = !skipGuest && process.env.VHOST_WASM_MIGRATION_QEMU72 === '1' ? test.serial : () => {};
 
 const BS = 65536;
 const MiB = 1 << 20;

@@ -18,6 +18,7 @@ import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
+const FILESYSTEM_IMPORT = `${WIT_PACKAGE}/filesystem`;
 
 /** The glue takes each interface it imports from this object once, at instantiation. */
 function trackImports(
@@ -98,6 +99,10 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   // --plugin, most likely): refuse rather than serve a device without its disk.
   if (options.grants.storage && !options.grants.allowUnusedStorage && !imported.has(STORAGE_IMPORT)) {
     throw loadError(`was granted storage (${options.grants.storage.describe}) but does not import ${WIT_PACKAGE}/storage@${WIT_VERSION}: it is not a block device; drop --storage or use another plugin`);
+  }
+  // The same for a shared directory given to a plugin that is not a filesystem device.
+  if (options.grants.filesystem && !imported.has(FILESYSTEM_IMPORT)) {
+    throw loadError(`was granted a shared directory but does not import ${WIT_PACKAGE}/filesystem@${WIT_VERSION}: it is not a virtio-fs device; drop --shared-dir or use another plugin`);
   }
   const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;
   const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');

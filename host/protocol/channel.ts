@@ -222,6 +222,12 @@ export class MessageChannel {
       try {
         r = native.recvMsg(this.fd, target, MAX_FDS);
       } catch (e) {
+        // A peer that exits with unread data in its queue resets the connection instead of
+        // closing it (QEMU does when killed): at a message boundary that is just a hang-up.
+        if ((e as { code?: string }).code === 'ECONNRESET') {
+          this.onEof();
+          return;
+        }
         this.fail(`recvmsg failed: ${errText(e)}`);
         return;
       }

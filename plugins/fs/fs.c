@@ -17,8 +17,8 @@
  * Not implemented (answered ENOSYS, which the kernel remembers): xattrs (GETXATTR,
  * LISTXATTR, SETXATTR, REMOVEXATTR: getfattr fails with EOPNOTSUPP), POSIX/BSD locks (the
  * guest kernel then keeps locks local), COPY_FILE_RANGE, IOCTL, POLL, DAX mappings. MKNOD
- * creates regular files only (EPERM otherwise). Requests' uid/gid are not applied: files
- * belong to the host process's credentials.
+ * creates regular files only (EPERM otherwise). What a request creates is given to the
+ * request's uid/gid afterwards (own_new); permission checks are the guest kernel's.
  */
 #include "fuse.h"
 #include "state.h"

@@ -8,6 +8,8 @@ import { track } from './reaper.ts';
 
 export interface StorageDaemon {
   socketPath: string;
+  /** The daemon's process id (e.g. to read its CPU time from /proc). */
+  pid: number;
   /** SIGTERM, then SIGKILL after 5 s; resolves once the process is gone. */
   stop(): Promise<void>;
   stderr(): string;
@@ -62,5 +64,5 @@ export async function startStorageDaemon(opts: StorageDaemonOptions): Promise<St
     }
     await sleep(10);
   }
-  return { socketPath: opts.socketPath, stop, stderr: () => stderr };
+  return { socketPath: opts.socketPath, pid: child.pid!, stop, stderr: () => stderr };
 }
