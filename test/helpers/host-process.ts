@@ -48,7 +48,8 @@ export async function startHost(args: string[], opts: { socketName?: string; env
     }
   });
   child.stdout!.resume();
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close' (not 'exit'): stderr is fully read by then, so the last log lines are in log().
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const h: HostProcess = {
     child,
     socketPath,
