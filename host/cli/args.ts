@@ -19,6 +19,8 @@ export interface CliOptions {
   logLevel: LogLevel;
   memoryLimitBytes: number;
   callDeadlineMs: number;
+  /** SAVE answers SET_DEVICE_STATE_FD with our own memfd holding the state (bit 8 clear). */
+  stateReturnMemfd: boolean;
   entropy: boolean;
   /** --storage (with --read-only folded in), or null. */
   storage: StorageSpec | null;
@@ -72,6 +74,11 @@ Limits:
   --call-deadline MS      longest one call into the plugin may run before the device is
                           stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
                           since a batch of large block requests takes a while to copy)
+
+Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
+  --state-return-memfd    on SAVE, answer with our own memfd holding the whole state instead of
+                          writing into the front-end's pipe (measured: no faster; see
+                          docs/BENCHMARKS.md)
 
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
@@ -141,6 +148,7 @@ export function parseCli(argv: string[]): CliOptions {
         'log-level': { type: 'string' },
         'memory-limit': { type: 'string' },
         'call-deadline': { type: 'string' },
+        'state-return-memfd': { type: 'boolean' },
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
@@ -167,6 +175,7 @@ export function parseCli(argv: string[]): CliOptions {
     // A batch of large block requests is legitimately slow to copy (100 x 1 MiB writes took
     // ~115 ms): block devices get a longer default before the watchdog calls them hung.
     callDeadlineMs: v['call-deadline'] === undefined ? (v.storage !== undefined ? 1000 : 100) : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
+    stateReturnMemfd: v['state-return-memfd'] ?? false,
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag),

@@ -73,6 +73,7 @@ async function serve(o: CliOptions): Promise<void> {
       listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
       source: deviceSource(o),
       callDeadlineMs: o.callDeadlineMs,
+      session: { stateReturnMemfd: o.stateReturnMemfd },
     },
   ]);
   const info = host.devices[0].slot.info!;

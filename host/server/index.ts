@@ -3,6 +3,7 @@
 import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
+import type { SessionOptions } from '../session/session.ts';
 
 export interface DeviceConfig {
   label: string;
@@ -10,6 +11,8 @@ export interface DeviceConfig {
   source: DeviceSource;
   /** Per-call CPU deadline for this device's code (ms). */
   callDeadlineMs?: number;
+  /** Session settings (device-state channel options). */
+  session?: Partial<Omit<SessionOptions, 'label' | 'onClosed'>>;
 }
 
 export const DEFAULT_CALL_DEADLINE_MS = 100;
@@ -28,7 +31,7 @@ export class Host {
         const slot = new DeviceSlot(config.source, { label: config.label, callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS });
         try {
           await slot.acquire();
-          started.push({ config, slot, listener: new Listener(config.listen, slot) });
+          started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
         } catch (e) {
           await slot.close();
           throw e;

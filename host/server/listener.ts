@@ -6,7 +6,7 @@
 import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { lstatSync, unlinkSync } from 'node:fs';
-import { BackendSession } from '../session/session.ts';
+import { BackendSession, type SessionOptions } from '../session/session.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
@@ -52,6 +52,8 @@ export class Listener {
   constructor(
     addr: ListenAddress,
     private readonly slot: DeviceSlot,
+    /** Per-device session settings from the command line (state channel options). */
+    private readonly sessionOptions: Partial<Omit<SessionOptions, 'label' | 'onClosed'>> = {},
   ) {
     this.log = createLogger(`listener ${slot.opts.label}`);
     if ('path' in addr) {
@@ -106,6 +108,7 @@ export class Listener {
     }
     this.log.info('front-end connected');
     this.session = new BackendSession(conn, worker, this.slot, {
+      ...this.sessionOptions,
       label: this.slot.opts.label,
       onClosed: () => this.endSession(),
     });
