@@ -10,6 +10,14 @@
 //   load/memfd      SET_DEVICE_STATE_FD(LOAD, memfd already holding the state) -> CHECK
 //   migrate/pipe    the whole migration: stop, SAVE source -> pump -> LOAD destination, CHECK both, restart
 //   migrate/memfd   the same with one memfd handed from source to destination
+//   save/rfc-shm    EXPERIMENTAL RFC extension: RFC_SET_STATE_AREA(SAVE, 1 MiB memfd) -> GET_STATE
+//                   chunk by chunk, copying each out of the area -> detach (= the final check)
+//   load/rfc-shm    RFC_SET_STATE_AREA(LOAD) -> copy 1 MiB into the area + SET_STATE, repeated -> detach
+//   migrate/rfc-shm the whole migration, one area attached to both back-ends (no front-end copy),
+//                   GET_STATE on the source / SET_STATE on the destination in turn; also with a 16 MiB area
+// Then (unless --no-blk) the blk plugin with a 256 MiB memory disk (every MiB written first), one
+// migration per channel: stop-to-resume time (rings stopped on the source -> running on the
+// destination), the disk travelling as section 0x100.
 // Each includes the device's own getState/setState work (the test device generates and checks a
 // pattern), the worker RPC, the container's CRC and the channel.
 
@@ -17,21 +25,36 @@ import { startHost, type HostProcess } from '../test/helpers/host-process.ts';
 import { BIG_DEVICE } from '../test/devices/migration-helpers.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
-import { loadState, migrate, readToEnd, writeAll } from '../host/frontend/migrate.ts';
+import { loadState, migrate, readToEnd, saveState, writeAll, type StateChannelMode } from '../host/frontend/migrate.ts';
 import { native } from '../host/native/index.ts';
+import { FRONTEND_PROTOCOL_FEATURES } from '../host/frontend/driver.ts';
+import { BlkDevice } from '../host/frontend/blk.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../host/protocol/constants.ts';
+import { join } from 'node:path';
+import { REPO } from '../test/helpers/host-process.ts';
 
-const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
-if (sizes.length === 0) sizes.push(64);
+const args = process.argv.slice(2);
+const noBlk = args.includes('--no-blk');
+const onlyBlk = args.includes('--only-blk');
+const sizes = args.map(Number).filter((n) => n > 0);
+if (sizes.length === 0 && !onlyBlk) sizes.push(64);
+
+const RFC_ENV = { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' };
 
 function host(mib: number, returnMemfd = false): Promise<HostProcess> {
   return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000'], {
-    env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20), ...(returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}) },
+    env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20), ...RFC_ENV, ...(returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}) },
   }).catch(async (e) => {
     throw e;
   });
 }
 
-const feOpts = { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
+const feOpts = {
+  memoryBytes: 4 << 20,
+  queues: [64],
+  features: 1n << BigInt(VIRTIO_F_VERSION_1),
+  protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE),
+};
 
 async function stopped(h: HostProcess): Promise<VhostUserFrontend> {
   const fe = await VhostUserFrontend.connect(h.socketPath, feOpts);
@@ -121,6 +144,8 @@ async function benchSize(mib: number): Promise<void> {
       })),
     });
     native.close(m);
+    rows.push({ name: 'save/rfc-shm', ...(await timed(async () => (await saveState(fa.conn, 'rfc-shm')).length)) });
+    rows.push({ name: 'load/rfc-shm', ...(await timed(async () => (await loadState(fb.conn, state, 'rfc-shm'), state.length))) });
     // Also measure writing the memfd (what a front-end does before load/memfd).
     rows.push({
       name: '(fill memfd)',
@@ -134,11 +159,17 @@ async function benchSize(mib: number): Promise<void> {
     held = null;
     await Promise.all([fa.close(), fb.close(), fo.close()]);
 
-    for (const channel of ['pipe', 'memfd'] as const) {
+    const runs: { channel: StateChannelMode; label: string; area?: number }[] = [
+      { channel: 'pipe', label: 'pipe' },
+      { channel: 'memfd', label: 'memfd' },
+      { channel: 'rfc-shm', label: 'rfc-shm' },
+      { channel: 'rfc-shm', label: 'rfc-shm 16M', area: 16 << 20 },
+    ];
+    for (const run of runs) {
       const fe = await VhostUserFrontend.connect(a.socketPath, feOpts);
-      const r = await migrate(fe, b.socketPath, { channel });
-      rows.push({ name: `migrate/${channel}`, ms: r.transferMs, bytes: r.bytes });
-      rows.push({ name: `  (downtime ${channel})`, ms: r.downtimeMs, bytes: r.bytes });
+      const r = await migrate(fe, b.socketPath, { channel: run.channel, rfcAreaSize: run.area });
+      rows.push({ name: `migrate/${run.label}`, ms: r.transferMs, bytes: r.bytes });
+      rows.push({ name: `  (downtime ${run.label})`, ms: r.downtimeMs, bytes: r.bytes });
       await fe.close();
     }
 
@@ -154,4 +185,43 @@ async function benchSize(mib: number): Promise<void> {
   }
 }
 
+async function benchBlk(): Promise<void> {
+  const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+  const DISK = 256 << 20;
+  const runs: { name: string; channel: StateChannelMode; srcEnv?: NodeJS.ProcessEnv }[] = [
+    { name: 'pipe', channel: 'pipe' },
+    { name: 'front-end memfd', channel: 'memfd' },
+    { name: 'back-end memfd', channel: 'pipe', srcEnv: { VHOST_WASM_STATE_RETURN_MEMFD: '1' } },
+    { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
+  ];
+  console.log('\nblk plugin, 256 MiB memory disk (fully written), one migration per channel');
+  console.log('channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8));
+  for (const run of runs) {
+    const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
+    const [a, b] = await Promise.all([startHost(args, { env: { ...RFC_ENV, ...run.srcEnv } }), startHost(args, { env: RFC_ENV })]);
+    try {
+      const fe = await VhostUserFrontend.connect(a.socketPath, { ...feOpts, memoryBytes: 32 << 20, queues: [128] });
+      const blk = new BlkDevice(fe.queues[0]);
+      const mib = Buffer.alloc(1 << 20, 'disk');
+      let next = 0;
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        while (next < DISK) {
+          const o = next;
+          next += 1 << 20;
+          await blk.write(o / 512, mib);
+        }
+      }));
+      const r = await migrate(fe, b.socketPath, { channel: run.channel });
+      console.log(
+        run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
+          (r.bytes / 2 ** 20 / (r.transferMs / 1000)).toFixed(0).padStart(8),
+      );
+      await fe.close();
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  }
+}
+
 for (const mib of sizes) await benchSize(mib);
+if (!noBlk) await benchBlk();

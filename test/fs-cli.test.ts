@@ -21,3 +21,18 @@ test('a tag without a share, a bad tag, --read-only with nothing to apply to', (
   t.throws(() => parseCli([...base, '--shared-dir', '']), { instanceOf: UsageError, message: /empty/ });
   t.throws(() => parseCli([...base, '--read-only']), { instanceOf: UsageError, message: /--read-only applies to --storage or --shared-dir/ });
 });
+
+test('--migration-on-error abort|guest-error (default abort) needs --shared-dir', (t) => {
+  t.deepEqual(parseCli([...base, '--shared-dir', '/s', '--migration-on-error', 'guest-error']).filesystem, {
+    dir: '/s',
+    readOnly: false,
+    migrationOnError: 'guest-error',
+  });
+  t.like(parseCli([...base, '--shared-dir', '/s', '--migration-on-error', 'abort']).filesystem, { migrationOnError: 'abort' });
+  t.is(parseCli([...base, '--shared-dir', '/s']).filesystem?.migrationOnError, undefined, 'unset: the share defaults to abort');
+  t.throws(() => parseCli([...base, '--shared-dir', '/s', '--migration-on-error', 'guest_error']), {
+    instanceOf: UsageError,
+    message: /--migration-on-error: "guest_error" is not one of abort, guest-error/,
+  });
+  t.throws(() => parseCli([...base, '--migration-on-error', 'abort']), { instanceOf: UsageError, message: /applies to --shared-dir/ });
+});

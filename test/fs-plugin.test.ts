@@ -349,8 +349,9 @@ test('state: node ids and open files survive a save on one instance and a load o
   t.is(d.req(OP.GETATTR, fnode, new W().u32(0).u32(0).u64(0).done()).body.readBigUInt64LE(24), 12n);
   t.is(d.read(hfh, 0, 100).body.toString(), 'hello\n');
   t.is(nodeOf(d.lookup(1, 'hello.txt')), hello, 'a fresh lookup finds the same node id');
-  t.is(d.read(fhOfCreate(gone), 0, 10).error, ERR.EBADF, 'the unlinked file is not reachable');
-  t.is(d.req(OP.GETATTR, nodeOf(gone), new W().u32(0).u32(0).u64(0).done()).error, ERR.EBADF);
+  // Unlinked through the server while open: no destination can find it, in either policy.
+  t.is(d.read(fhOfCreate(gone), 0, 10).error, ERR.EIO, 'the unlinked file is not reachable');
+  t.is(d.req(OP.GETATTR, nodeOf(gone), new W().u32(0).u32(0).u64(0).done()).error, ERR.EIO);
   t.is(d.read(dh, 0, 4096, OP.READDIR).error, 0, 'the directory handle was reopened');
   // The source keeps running after a save.
   t.is(c.read(fh, 0, 4).body.toString(), '0123');
@@ -358,6 +359,57 @@ test('state: node ids and open files survive a save on one instance and a load o
   const fresh = nodeOf(d.create(1, 'fresh.txt'));
   t.not(fresh, fnode);
   t.not(fresh, hello);
+});
+
+test('state: a file gone from the destination fails the load (abort), or answers EIO (guest-error)', async (t) => {
+  const src = await setup(t);
+  const c = src.c;
+  c.init();
+  const sub = nodeOf(c.lookup(1, 'sub'));
+  const cr = c.create(sub, 'kept.txt');
+  const kept = nodeOf(cr);
+  const fh = fhOfCreate(cr);
+  c.write(fh, 0, Buffer.from('kept data'));
+  const hello = nodeOf(c.lookup(1, 'hello.txt'));
+  const hfh = c.req(OP.OPEN, hello, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  const state = saveState(src.dev);
+  // The destination's share lacks sub/kept.txt (deleted behind the server's back).
+  const dstDir = mkdtempSync(join(tmpdir(), 'fs-plugin-dst-'));
+  t.teardown(() => rmSync(dstDir, { recursive: true, force: true }));
+  execFileSync('cp', ['-a', `${src.dir}/.`, dstDir]);
+  rmSync(join(dstDir, 'sub', 'kept.txt'));
+
+  const abortShare = new FsShare(dstDir, {});
+  t.teardown(() => abortShare.close());
+  t.is(abortShare.migrationOnError, 'abort', 'abort is the default');
+  const strict = await loadPlugin(bytes, { grants: { filesystem: abortShare, log: () => {} }, cacheDir });
+  const msg = loadState(strict, state);
+  t.regex(msg ?? '', /cannot find "sub\/kept\.txt" \(node \d+\) in the destination's share: ENOENT \(--migration-on-error abort\)/);
+  // Nothing was half-loaded: the device is back to its fresh state (requests before INIT are EIO).
+  t.is(new Client(strict).lookup(1, 'hello.txt').error, ERR.EIO);
+  t.is(abortShare.openHandles, 0, 'every handle the failed load opened was closed');
+
+  const logs: string[] = [];
+  const tolerantShare = new FsShare(dstDir, { migrationOnError: 'guest-error' });
+  t.teardown(() => tolerantShare.close());
+  const tolerant = await loadPlugin(bytes, { grants: { filesystem: tolerantShare, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
+  t.is(loadState(tolerant, state), null);
+  t.true(logs.some((l) => /cannot find "sub\/kept\.txt".*the guest gets EIO/.test(l)), logs.join('\n'));
+  const d = new Client(tolerant);
+  t.is(d.read(fh, 0, 10).error, ERR.EIO, 'READ on the lost file handle');
+  t.is(d.write(fh, 0, Buffer.from('x')).error, ERR.EIO, 'WRITE on the lost file handle');
+  t.is(d.req(OP.GETATTR, kept, new W().u32(0).u32(0).u64(0).done()).error, ERR.EIO, 'GETATTR on the lost node id');
+  t.is(d.req(OP.OPEN, kept, new W().u32(0).u32(0).done()).error, ERR.EIO, 'OPEN of the lost node id');
+  t.is(d.req(OP.FLUSH, 0, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0, 'close() itself succeeds');
+  t.is(d.req(OP.RELEASE, 0, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0, 'RELEASE frees it');
+  t.is(d.read(fh, 0, 10).error, ERR.EBADF, 'released');
+  // What was found keeps working; the name is free for a new file.
+  t.is(d.read(hfh, 0, 100).body.toString(), 'hello\n');
+  t.is(d.lookup(sub, 'kept.txt').error, ERR.ENOENT);
+  const again = d.create(sub, 'kept.txt');
+  t.is(again.error, 0);
+  t.not(nodeOf(again), kept);
+  t.true(existsSync(join(dstDir, 'sub', 'kept.txt')));
 });
 
 test('state: foreign, truncated and newer states are refused', async (t) => {

@@ -10,38 +10,18 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DISK_LOOP_BS, diskLoopBlock, diskLoopScript, vhostUserBlkArgs } from './guest/disk-loop.ts';
 import { describeMigration, runMigration } from './guest/migration.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const skip = process.env.VHOST_WASM_SKIP_GUEST === '1';
 const guestTest = skip ? test.serial.skip : test.serial;
 
-const BS = 65536;
+const BS = DISK_LOOP_BS;
 const AFTER = 4;
-const SCRIPT = `set -e
-BS=${BS}
-i=0; after=0
-while [ $after -lt ${AFTER} ]; do
-  i=$((i+1))
-  [ $i -le 1000 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
-  yes "blk $i" | head -c $BS > /tmp/p
-  dd if=/tmp/p of=/dev/vda bs=$BS seek=$i count=1 oflag=direct conv=notrunc 2>/dev/null
-  want=$(md5sum < /tmp/p)
-  got=$(dd if=/dev/vda bs=$BS skip=$i count=1 iflag=direct 2>/dev/null | md5sum)
-  [ "$want" = "$got" ] || { echo "MISMATCH $i"; exit 3; }
-  if migrated; then after=$((after+1)); echo "ITER $i ok dest"; else echo "ITER $i ok"; fi
-done
-j=1
-while [ $j -le $i ]; do
-  want=$(yes "blk $j" | head -c $BS | md5sum)
-  got=$(dd if=/dev/vda bs=$BS skip=$j count=1 iflag=direct 2>/dev/null | md5sum)
-  [ "$want" = "$got" ] || { echo "VERIFY-MISMATCH $j"; exit 5; }
-  j=$((j+1))
-done
-echo "VERIFIED $i"
-`;
+const SCRIPT = diskLoopScript(AFTER);
 
-const blkArgs = (sock: string) => ['-chardev', `socket,id=blk0,path=${sock}`, '-device', 'vhost-user-blk-pci,id=vblk0,chardev=blk0,num-queues=1'];
+const blkArgs = vhostUserBlkArgs;
 
 async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' | 'system'): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'mig-ours-'));
@@ -72,7 +52,7 @@ async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' |
     const img = readFileSync(image);
     let bad = 0;
     for (let s = 1; s <= verified; s++) {
-      if (!img.subarray(s * BS, (s + 1) * BS).equals(Buffer.alloc(BS, Buffer.from(`blk ${s}\n`)))) bad++;
+      if (!img.subarray(s * BS, (s + 1) * BS).equals(diskLoopBlock(s))) bad++;
     }
     t.is(bad, 0, `${bad} of ${verified} blocks differ in the image file`);
     t.log(`QEMU ${r.qemuVersion}: migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);

@@ -122,7 +122,7 @@ test.serial('another version of the same plugin: loaded, with a warning (the dev
   extra.push(newer);
   const { error, fe } = await tryLoad(newer, good);
   t.is(error, null);
-  t.regex(newer.log(), /state is from big-state-test 1.0.0, loading into 1.1.0/);
+  t.truthy(await newer.waitForLog(/state is from big-state-test 1.0.0, loading into 1.1.0/));
   t.is((await ask(fe, 'v')).seq, 5);
   await fe.close();
 });
@@ -136,10 +136,10 @@ test.serial('phase other than STOPPED, unknown direction, CHECK without a transf
     await t.throwsAsync(fe.conn.setDeviceStateFd(7, DeviceStatePhase.STOPPED, w), { message: /error 1/ });
     native.close(r);
     native.close(w);
-    t.regex(dst.log(), /phase 1 is not STOPPED \(0\), the only phase this back-end implements/);
-    t.regex(dst.log(), /direction 7 is neither SAVE \(0\) nor LOAD \(1\)/);
+    t.truthy(await dst.waitForLog(/phase 1 is not STOPPED \(0\), the only phase this back-end implements/));
+    t.truthy(await dst.waitForLog(/direction 7 is neither SAVE \(0\) nor LOAD \(1\)/));
     await t.throwsAsync(fe.conn.checkDeviceState(), { message: /answered 1/ });
-    t.regex(dst.log(), /CHECK_DEVICE_STATE without a transfer/);
+    t.truthy(await dst.waitForLog(/CHECK_DEVICE_STATE without a transfer/));
   } finally {
     await fe.close();
   }
@@ -153,7 +153,7 @@ test.serial('a transfer while a ring runs is refused; the ring keeps serving', a
     await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w), { message: /error 2/ });
     native.close(r);
     native.close(w);
-    t.regex(src.log(), /ring\(s\) 0 still run: rings must be stopped with GET_VRING_BASE first/);
+    t.truthy(await src.waitForLog(/ring\(s\) 0 still run: rings must be stopped with GET_VRING_BASE first/));
     t.is((await ask(fe, 'b')).seq, 1);
   } finally {
     await fe.close();
@@ -233,7 +233,7 @@ test.serial('a channel that is neither pipe, socket nor file is refused; a new t
     const efd = native.eventfd(0);
     await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, efd), { message: /error 3/ });
     native.close(efd);
-    t.regex(dst.log(), /neither a pipe, a socket nor a regular file/);
+    t.truthy(await dst.waitForLog(/neither a pipe, a socket nor a regular file/));
     // A LOAD whose writer never writes nor closes...
     const [r, w] = native.pipe2();
     await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, r);
@@ -241,7 +241,7 @@ test.serial('a channel that is neither pipe, socket nor file is refused; a new t
     // ...is replaced by the next SET_DEVICE_STATE_FD, which then succeeds on its own.
     await loadState(fe.conn, good, 'pipe');
     native.close(w);
-    t.regex(dst.log(), /a new SET_DEVICE_STATE_FD replaces a load still in progress/);
+    t.truthy(await dst.waitForLog(/a new SET_DEVICE_STATE_FD replaces a load still in progress/));
     await fe.startQueue(0, base);
     t.is((await ask(fe, 'replaced')).seq, 5);
   } finally {

@@ -4,10 +4,11 @@
 // reopens them. fd 3 (read) and fd 4 (append) are opened on the source, used on both sides;
 // the shell's working directory is inside the mount.
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeMigration, runMigration } from './guest/migration.ts';
+import { ensureQemu10 } from './guest/qemu10.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
@@ -70,5 +71,203 @@ guestTest('files opened before a QEMU 10 live migration keep working on the dest
   } finally {
     await Promise.all(hosts.map((h) => h.stop()));
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// The failure path. Source and destination serve their own copies of one tree; the file the
+// guest holds open is deleted from the destination's copy just before the migration. QEMU 10
+// sends our state through SET_DEVICE_STATE_FD; the destination back-end's LOAD/CHECK fails
+// (--migration-on-error abort, the default) with a log line naming the path; the destination
+// QEMU refuses the stream, the migration fails (return-path on: the source hears of it) and
+// the source guest runs on: its loop keeps reading the open file and appending to another.
+//
+// runMigration stops both QEMUs at most ~1 s after a failed migration (it waits that long for
+// the destination QEMU to exit). So that the source is watched for that second, the
+// destination runs under a wrapper that lingers 2 s after its QEMU exited; the source runs
+// as is.
+const LOOP_SCRIPT = `set -e
+mount -t virtiofs mig /mnt
+exec 3< /mnt/dir/sub/keep
+exec 4>> /mnt/dir/log
+i=0
+while :; do
+  i=$((i+1))
+  [ $i -le 19900 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
+  read -r k <&3
+  echo "w $i" >&4
+  echo "SRC $i $k"
+done
+`;
+
+function lingeringDestination(dir: string, qemu: string): { binary: string; pidFile: string } {
+  const binary = join(dir, 'qemu-linger.sh');
+  const pidFile = join(dir, 'dest-qemu.pid');
+  writeFileSync(binary, `#!/bin/sh
+case " $* " in
+*" -incoming "*)
+  "${qemu}" "$@" &
+  echo $! > "${pidFile}"
+  wait $!
+  st=$?
+  sleep 2
+  exit $st;;
+*) exec "${qemu}" "$@";;
+esac
+`);
+  chmodSync(binary, 0o755);
+  return { binary, pidFile };
+}
+
+guestTest('a file missing on the destination share fails a QEMU 10 migration; the source guest runs on', async (t) => {
+  t.timeout(240_000);
+  const work = mkdtempSync(join(tmpdir(), 'qemu-fs-migfail-'));
+  const srcDir = join(work, 'src');
+  const dstDir = join(work, 'dst');
+  const keep = Array.from({ length: 20000 }, (_, i) => `k ${i + 1}\n`).join('');
+  for (const d of [srcDir, dstDir]) {
+    mkdirSync(join(d, 'dir', 'sub'), { recursive: true });
+    writeFileSync(join(d, 'dir', 'sub', 'keep'), keep);
+  }
+  const hosts: HostProcess[] = [];
+  const wrapper = lingeringDestination(work, (await ensureQemu10()).binary);
+  try {
+    const args = (dir: string) => ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--call-deadline', '2000'];
+    hosts.push(...(await Promise.all([startHost(args(srcDir), { socketName: 'src.sock' }), startHost(args(dstDir), { socketName: 'dst.sock' })])));
+    const [src, dst] = hosts;
+    const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
+    const srcChunks: { at: number; text: string }[] = [];
+    let deleted = false;
+    const r = await runMigration({
+      script: LOOP_SCRIPT,
+      qemu: { binary: wrapper.binary },
+      sourceArgs: fsArgs(src.socketPath),
+      destArgs: fsArgs(dst.socketPath),
+      capabilities: { 'return-path': true },
+      onSourceOutput: (text) => srcChunks.push({ at: performance.now(), text }),
+      migrateWhen: (out) => {
+        if (!out.includes('\nSRC 3 k 3\n')) return false;
+        if (!deleted) rmSync(join(dstDir, 'dir', 'sub', 'keep'));
+        deleted = true;
+        return true;
+      },
+    });
+    await new Promise((res) => setTimeout(res, 300));
+    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().slice(-3000)}\n--- destination host ---\n${dst.log().slice(-3000)}`;
+    t.log(`QEMU ${r.qemuVersion}: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms: ${r.diagnosis}`);
+    t.true(deleted, why);
+    // The destination back-end refused the state, and said which file it could not find.
+    t.regex(dst.log(), /cannot find "dir\/sub\/keep" \(node \d+\) in the destination's share: ENOENT \(--migration-on-error abort\)/, why);
+    t.notRegex(dst.log(), /device state loaded/, why);
+    t.is(r.verdict, 'migration-failed', why);
+    t.is(r.migrateStatus, 'failed', why);
+    t.regex(r.destStderr, /Back-end failed to process its internal state|vhost-user-fs|load of migration failed/i, why);
+    // The source guest resumed (RESUME after the failure) and its loop went on: lines printed
+    // after the RESUME event, each with the next line of the file it held open.
+    const failedAt = r.events.source.find((e) => e.event === 'MIGRATION' && e.data?.status === 'failed')?.receivedAt;
+    const resumedAt = r.events.source.find((e) => e.event === 'RESUME' && failedAt !== undefined && e.receivedAt >= failedAt)?.receivedAt;
+    t.truthy(failedAt, why);
+    t.truthy(resumedAt, `the source never resumed\n${why}`);
+    // (The last line may be cut short where the harness stopped the source QEMU.)
+    const lines = r.sourceOutput.split('\n').slice(0, -1).filter((l) => /^SRC \d+ /.test(l));
+    const bad = lines.find((l, n) => l !== `SRC ${n + 1} k ${n + 1}`);
+    t.is(bad, undefined, `the source guest's loop, reading its open file, went wrong at: ${bad}\n${why}`);
+    const after = srcChunks.filter((c) => resumedAt !== undefined && c.at > resumedAt).map((c) => c.text).join('');
+    const afterIters = after.split('\n').filter((l) => /^SRC \d+ /.test(l)).length;
+    const last = lines.length ? Number(/^SRC (\d+)/.exec(lines[lines.length - 1])![1]) : 0;
+    t.log(`source: ${last} iterations, ${afterIters} after the failed migration (${Math.round(performance.now() - (resumedAt ?? 0))} ms ago)`);
+    t.true(afterIters >= 2, `the source guest's loop did not go on after the failure\n${why}`);
+    t.notRegex(r.sourceOutput, /TOO-MANY|Input\/output error|Bad file descriptor/, why);
+    // Every append the source guest made landed, in order (the source host served them all).
+    const log = readFileSync(join(srcDir, 'dir', 'log'), 'utf8');
+    const n = log.split('\n').length - 1;
+    t.true(n >= last, `log has ${n} lines, the guest printed ${last}`);
+    t.is(log, Array.from({ length: n }, (_, i) => `w ${i + 1}\n`).join(''), why);
+    t.is(readFileSync(join(srcDir, 'dir', 'sub', 'keep'), 'utf8'), keep, 'the source share is untouched');
+    const problems = src.log().split('\n').filter((l) => / (ERROR|WARN) /.test(l) && !/ECONNRESET/.test(l));
+    t.deepEqual(problems, [], why);
+  } finally {
+    // The destination QEMU normally exited by itself; never leave it behind.
+    try {
+      const pid = Number(readFileSync(wrapper.pidFile, 'utf8'));
+      if (pid > 1 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system-x86_64')) process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await Promise.all(hosts.map((h) => h.stop()));
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+// --migration-on-error guest-error on the destination: the same loss (a file the guest holds
+// open for appending is deleted from the destination's copy) no longer fails the migration;
+// the guest's writes to that file fail with EIO on the destination, everything else (another
+// open file, the mount) keeps working.
+const GUEST_ERROR_SCRIPT = `set -e
+mount -t virtiofs mig /mnt
+exec 4>> /mnt/dir/log
+exec 5>> /mnt/dir/sub/gone
+i=0; after=0
+while [ $after -lt 3 ]; do
+  i=$((i+1))
+  [ $i -le 5000 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
+  echo "w $i" >&4
+  # (busybox's echo ignores write errors; cat reports them)
+  g=$(echo "g $i" | cat 2>&1 >&5) && g=ok || g="failed: $g"
+  if migrated; then after=$((after+1)); echo "DST $i gone $g"; else echo "SRC $i gone $g"; fi
+done
+echo "log: $(wc -l < /mnt/dir/log) lines of $i"
+echo "new file: $(echo fresh > /mnt/dir/fresh && cat /mnt/dir/fresh)"
+exec 4>&- 5>&-
+echo "FS-MIG-DONE $i"
+`;
+
+guestTest('--migration-on-error guest-error: the QEMU 10 migration succeeds and the lost file answers EIO', async (t) => {
+  t.timeout(240_000);
+  const work = mkdtempSync(join(tmpdir(), 'qemu-fs-migerr-'));
+  const srcDir = join(work, 'src');
+  const dstDir = join(work, 'dst');
+  for (const d of [srcDir, dstDir]) mkdirSync(join(d, 'dir', 'sub'), { recursive: true });
+  // The log is one file in both shares (a hard link): appends from both sides land in it.
+  // "gone" is created by the guest on the source and never exists in the destination's share.
+  writeFileSync(join(srcDir, 'dir', 'log'), '');
+  linkSync(join(srcDir, 'dir', 'log'), join(dstDir, 'dir', 'log'));
+  const hosts: HostProcess[] = [];
+  try {
+    const args = (dir: string) => ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--call-deadline', '2000'];
+    hosts.push(...(await Promise.all([
+      startHost(args(srcDir), { socketName: 'src.sock' }),
+      startHost([...args(dstDir), '--migration-on-error', 'guest-error'], { socketName: 'dst.sock' }),
+    ])));
+    const [src, dst] = hosts;
+    const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
+    const r = await runMigration({
+      script: GUEST_ERROR_SCRIPT,
+      sourceArgs: fsArgs(src.socketPath),
+      destArgs: fsArgs(dst.socketPath),
+      capabilities: { 'return-path': true },
+      migrateWhen: '\nSRC 3 gone ok\n',
+    });
+    await new Promise((res) => setTimeout(res, 300));
+    const why = `${describeMigration(r)}\n--- source host ---\n${src.log().slice(-3000)}\n--- destination host ---\n${dst.log().slice(-3000)}`;
+    t.log(`QEMU ${r.qemuVersion}: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
+    t.is(r.migrateStatus, 'completed', why);
+    t.regex(dst.log(), /cannot find "dir\/sub\/gone" \(node \d+\) in the destination's share: ENOENT; the guest gets EIO for it/, why);
+    t.regex(dst.log(), /device state loaded: \d+ bytes/, why);
+    t.is(r.verdict, 'ok', why);
+    const dstLines = r.destOutput.split('\n').filter((l) => /^DST \d+ gone /.test(l));
+    t.is(dstLines.length, 3, why);
+    for (const l of dstLines) t.regex(l, /^DST \d+ gone failed: .*(I\/O error|Input\/output error)/, why);
+    const m = /\nFS-MIG-DONE (\d+)/.exec(r.destOutput);
+    t.truthy(m, why);
+    const n = Number(m?.[1]);
+    t.regex(r.destOutput, new RegExp(`\\nlog: ${n} lines of ${n}\\n`), why);
+    t.regex(r.destOutput, /\nnew file: fresh\n/, why);
+    t.false(existsSync(join(dstDir, 'dir', 'sub', 'gone')), 'nothing recreated the lost file');
+    const srcGone = readFileSync(join(srcDir, 'dir', 'sub', 'gone'), 'utf8');
+    t.is(srcGone, Array.from({ length: n - 3 }, (_, i) => `g ${i + 1}\n`).join(''), 'the source got every write before the switch-over');
+    t.is(readFileSync(join(dstDir, 'dir', 'log'), 'utf8'), Array.from({ length: n }, (_, i) => `w ${i + 1}\n`).join(''));
+  } finally {
+    await Promise.all(hosts.map((h) => h.stop()));
+    rmSync(work, { recursive: true, force: true });
   }
 });

@@ -15,6 +15,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { DISK_LOOP_BS, diskLoopBlock, diskLoopScript, vhostUserBlkArgs } from './guest/disk-loop.ts';
 import { describeMigration, runMigration, type MigrationResult } from './guest/migration.ts';
 import { bootGuest } from './guest/qemu.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
@@ -27,14 +28,10 @@ const guestTest = skipGuest ? test.serial.skip : test.serial;
 // The 7.2 variant is registered only when asked for: the default suite neither runs nor skips it.
 const qemu72Test = !skipGuest && process.env.VHOST_WASM_MIGRATION_QEMU72 === '1' ? test.serial : () => {};
 
-const BS = 65536;
+const BS = DISK_LOOP_BS;
 const MiB = 1 << 20;
-
-/** What the guest writes to block `slot`: "blk <slot>\n" repeated, cut at BS (busybox `yes | head -c`). */
-function pattern(slot: number): Buffer {
-  const line = Buffer.from(`blk ${slot}\n`);
-  return Buffer.alloc(BS, line);
-}
+const pattern = diskLoopBlock;
+const blkArgs = vhostUserBlkArgs;
 
 interface Export {
   pid: number;
@@ -79,36 +76,9 @@ async function exportImage(binary: string, image: string, socketPath: string): P
   return { pid: child.pid!, stop, stderr: () => stderr };
 }
 
-function blkArgs(socketPath: string): string[] {
-  return ['-chardev', `socket,id=blk0,path=${socketPath}`, '-device', 'vhost-user-blk-pci,id=vblk0,chardev=blk0,num-queues=1'];
-}
-
-// Iteration i writes block i, reads it back (O_DIRECT both ways) and compares; once the
-// guest knows it runs on the destination it does AFTER more iterations, then re-reads
-// every block written since boot, the pre-migration ones included.
+// Iteration i writes block i and reads it back; AFTER iterations on the destination, then every block is re-read (see disk-loop.ts).
 const AFTER = 5;
-const LOOP_SCRIPT = `set -e
-BS=${BS}
-i=0; after=0
-while [ $after -lt ${AFTER} ]; do
-  i=$((i+1))
-  [ $i -le 1000 ] || { echo "TOO-MANY-ITERATIONS"; exit 4; }
-  yes "blk $i" | head -c $BS > /tmp/p
-  dd if=/tmp/p of=/dev/vda bs=$BS seek=$i count=1 oflag=direct conv=notrunc 2>/dev/null
-  want=$(md5sum < /tmp/p)
-  got=$(dd if=/dev/vda bs=$BS skip=$i count=1 iflag=direct 2>/dev/null | md5sum)
-  [ "$want" = "$got" ] || { echo "MISMATCH $i"; exit 3; }
-  if migrated; then after=$((after+1)); echo "ITER $i ok dest"; else echo "ITER $i ok"; fi
-done
-j=1
-while [ $j -le $i ]; do
-  want=$(yes "blk $j" | head -c $BS | md5sum)
-  got=$(dd if=/dev/vda bs=$BS skip=$j count=1 iflag=direct 2>/dev/null | md5sum)
-  [ "$want" = "$got" ] || { echo "VERIFY-MISMATCH $j"; exit 5; }
-  j=$((j+1))
-done
-echo "VERIFIED $i"
-`;
+const LOOP_SCRIPT = diskLoopScript(AFTER);
 
 async function migrateBlk(qemu: 'qemu10' | 'system', qsdBinary: string, log: (s: string) => void): Promise<{ r: MigrationResult; image: Buffer; qsd: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'mig-blk-'));

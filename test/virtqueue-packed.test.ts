@@ -1,6 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
-import { GuestMemory, arrayBufferBacking, type Backing, type RegionSpec } from '../host/memory/guest-memory.ts';
+import { GuestMemory, type Backing, type RegionSpec } from '../host/memory/guest-memory.ts';
 import { DirtyLog } from '../host/memory/dirty-log.ts';
+import { DATA, MEM, Q, RING, bytes, dirtyLog, guestRam, page, popFaults, region } from './helpers/ring-memory.ts';
 import { QueueFault, QueueSetupError, SplitQueue, readChain } from '../host/virtqueue/split.ts';
 import {
   PackedQueue,
@@ -18,15 +19,6 @@ import { DriverRing } from '../host/virtqueue/driver-ring.ts';
 import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf } from '../host/virtqueue/queue.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
 
-const MEM = 0x100000; // 1 MiB at GPA 0
-const RING = 0x10000;
-const DATA = 0x40000;
-const Q = 3;
-
-function region(gpa: number, buf: ArrayBuffer, uva = 0x7f0000000000 + gpa): RegionSpec {
-  return { guestPhysAddr: gpa, size: buf.byteLength, userspaceAddr: uva, mmapOffset: 0, backing: arrayBufferBacking(buf) };
-}
-
 interface Pair {
   buf: ArrayBuffer;
   mem: GuestMemory;
@@ -36,8 +28,7 @@ interface Pair {
 
 function pair(opts: { size?: number; eventIdx?: boolean; indirectEntries?: number; log?: DirtyLog; usedLogGpa?: number } = {}): Pair {
   const size = opts.size ?? 8;
-  const buf = new ArrayBuffer(MEM);
-  const mem = new GuestMemory([region(0, buf)]);
+  const { buf, mem } = guestRam();
   const drv = new PackedDriverRing({
     size,
     memory: new Uint8Array(buf, RING, PackedDriverRing.layoutFor(size, opts.indirectEntries ?? 0).bytes),
@@ -59,8 +50,6 @@ function pair(opts: { size?: number; eventIdx?: boolean; indirectEntries?: numbe
   });
   return { buf, mem, drv, q };
 }
-
-const bytes = (p: { buf: ArrayBuffer }, gpa: number, len: number) => new Uint8Array(p.buf, gpa, len);
 
 /** Deterministic PRNG (xorshift32) so failures reproduce. */
 function rng(seed: number): (n: number) => number {
@@ -162,9 +151,8 @@ test('packed: indirect descriptors round trip', (t) => {
 
 test('packed: ring full; buffers spanning two regions give two slices', (t) => {
   const size = 4;
-  const buf = new ArrayBuffer(MEM);
   const hi = new ArrayBuffer(0x1000);
-  const mem = new GuestMemory([region(0, buf), region(MEM, hi)]);
+  const { buf, mem } = guestRam([region(MEM, hi)]);
   const drv = new PackedDriverRing({ size, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = new PackedQueue({ index: Q, memory: mem, size, descGpa: drv.descGpa, driverEventGpa: drv.driverEventGpa, deviceEventGpa: drv.deviceEventGpa, eventIdx: false, indirectDesc: false });
   t.not(drv.add([], [{ gpa: MEM - 2, len: 6 }]), null);
@@ -411,8 +399,7 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
   t.deepEqual(decodePackedVringBase(0x0000, 8), { availIdx: 0, availWrap: false, usedIdx: 0, usedWrap: false }, 'a literal all-zero state is consistent');
 
   const size = 6;
-  const buf = new ArrayBuffer(MEM);
-  const mem = new GuestMemory([region(0, buf)]);
+  const { buf, mem } = guestRam();
   const drv = new PackedDriverRing({ size, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: true });
   const make = (vringBase?: number) =>
     createDeviceQueue({ index: Q, memory: mem, packed: true, size, descGpa: drv.descGpa, availGpa: drv.driverEventGpa, usedGpa: drv.deviceEventGpa, eventIdx: true, indirectDesc: false, vringBase });
@@ -447,8 +434,7 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
 });
 
 test('queue.ts: split through the same factory; sizes and bases per ring type', (t) => {
-  const buf = new ArrayBuffer(MEM);
-  const mem = new GuestMemory([region(0, buf)]);
+  const { buf, mem } = guestRam();
   const drv = new DriverRing({ size: 8, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = createDeviceQueue({ index: Q, memory: mem, packed: false, size: 8, descGpa: drv.descGpa, availGpa: drv.availGpa, usedGpa: drv.usedGpa, eventIdx: false, indirectDesc: false, vringBase: 0 });
   t.true(q instanceof SplitQueue);
@@ -482,9 +468,8 @@ interface Raw {
 
 function raw(opts: { size?: number; indirectDesc?: boolean; extra?: RegionSpec[]; q?: Partial<ConstructorParameters<typeof PackedQueue>[0]> } = {}): Raw {
   const size = opts.size ?? 8;
-  const buf = new ArrayBuffer(MEM);
+  const { buf, mem } = guestRam(opts.extra);
   const dv = new DataView(buf);
-  const mem = new GuestMemory([region(0, buf), ...(opts.extra ?? [])]);
   const q = new PackedQueue({
     index: Q,
     memory: mem,
@@ -519,14 +504,7 @@ function raw(opts: { size?: number; indirectDesc?: boolean; extra?: RegionSpec[]
 }
 
 function faults(t: ExecutionContext, r: Raw, re: RegExp): QueueFault {
-  const e = t.throws(() => r.q.pop(), { instanceOf: QueueFault })!;
-  t.regex(e.message, /^virtqueue 3: /);
-  t.regex(e.message, re);
-  t.is(e.queue, Q);
-  t.true(r.q.broken);
-  t.is(r.q.fault, e);
-  t.throws(() => r.q.pop(), { instanceOf: QueueFault, message: /virtqueue 3: queue is broken/ });
-  t.throws(() => r.q.pushUsed(0, 0), { instanceOf: QueueFault });
+  const e = popFaults(t, r.q, re);
   t.throws(() => r.q.needsNotification(), { instanceOf: QueueFault });
   t.throws(() => r.q.enableNotifications(), { instanceOf: QueueFault });
   return e;
@@ -724,8 +702,7 @@ test('packed: zero-length descriptors are accepted and produce no slices', (t) =
 // ---- Setup, memory changes, dirty logging ----
 
 test('packed setup errors: size, alignment, rings outside memory, base', (t) => {
-  const buf = new ArrayBuffer(MEM);
-  const memory = new GuestMemory([region(0, buf)]);
+  const { mem: memory } = guestRam();
   const base = { index: Q, memory, size: 8, descGpa: RING, driverEventGpa: RING + 128, deviceEventGpa: RING + 132, eventIdx: true, indirectDesc: false };
   t.notThrows(() => new PackedQueue(base));
   t.notThrows(() => new PackedQueue({ ...base, size: 5 }), 'any size');
@@ -745,8 +722,7 @@ test('packed setup errors: size, alignment, rings outside memory, base', (t) => 
 });
 
 test('packed: removing the region under a running ring breaks the queue with a clear fault', (t) => {
-  const buf = new ArrayBuffer(MEM);
-  const memory = new GuestMemory([region(0, buf), region(MEM, new ArrayBuffer(0x1000))]);
+  const { mem: memory } = guestRam([region(MEM, new ArrayBuffer(0x1000))]);
   const q = new PackedQueue({ index: Q, memory, size: 8, descGpa: RING, driverEventGpa: RING + 128, deviceEventGpa: RING + 132, eventIdx: false, indirectDesc: false });
   t.is(q.pop(), null);
   memory.removeRegion({ guestPhysAddr: MEM, size: 0x1000 });
@@ -757,11 +733,9 @@ test('packed: removing the region under a running ring breaks the queue with a c
 });
 
 test('packed dirty logging: written buffers, used descriptors, device event area', (t) => {
-  const logArea = new ArrayBuffer(MEM / 4096 / 8);
-  const log = new DirtyLog(arrayBufferBacking(logArea));
+  const { log, logArea } = dirtyLog();
   const USED_LOG = 0x80000; // log_guest_addr differs from where we found the device area
   const p = pair({ eventIdx: true, log, usedLogGpa: USED_LOG });
-  const page = (gpa: number) => Math.floor(gpa / 4096);
   p.drv.add([{ gpa: DATA, len: 4 }], [{ gpa: DATA + 0x1ffe, len: 4 }, { gpa: DATA + 0x5000, len: 8 }]);
   const c = p.q.pop()!;
   t.deepEqual([...new Uint8Array(logArea)].filter((b) => b !== 0), [], 'popping writes nothing');

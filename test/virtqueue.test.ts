@@ -1,18 +1,10 @@
 import test, { type ExecutionContext } from 'ava';
-import { GuestMemory, arrayBufferBacking, type Backing, type RegionSpec } from '../host/memory/guest-memory.ts';
+import { GuestMemory, type Backing, type RegionSpec } from '../host/memory/guest-memory.ts';
 import { DirtyLog } from '../host/memory/dirty-log.ts';
+import { DATA, MEM, Q, RING, bytes, dirtyLog, guestRam, page, popFaults, region } from './helpers/ring-memory.ts';
 import { QueueFault, QueueSetupError, SplitQueue, readChain } from '../host/virtqueue/split.ts';
 import { DriverRing } from '../host/virtqueue/driver-ring.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
-
-const MEM = 0x100000; // 1 MiB at GPA 0
-const RING = 0x10000;
-const DATA = 0x40000;
-const Q = 3; // queue index that every message must name
-
-function region(gpa: number, buf: ArrayBuffer, uva = 0x7f0000000000 + gpa): RegionSpec {
-  return { guestPhysAddr: gpa, size: buf.byteLength, userspaceAddr: uva, mmapOffset: 0, backing: arrayBufferBacking(buf) };
-}
 
 interface Pair {
   buf: ArrayBuffer;
@@ -23,8 +15,7 @@ interface Pair {
 
 function pair(opts: { size?: number; eventIdx?: boolean; indirectEntries?: number; log?: DirtyLog; usedLogGpa?: number } = {}): Pair {
   const size = opts.size ?? 8;
-  const buf = new ArrayBuffer(MEM);
-  const mem = new GuestMemory([region(0, buf)]);
+  const { buf, mem } = guestRam();
   const drv = new DriverRing({
     size,
     memory: new Uint8Array(buf, RING, DriverRing.layoutFor(size, opts.indirectEntries ?? 0).bytes),
@@ -46,8 +37,6 @@ function pair(opts: { size?: number; eventIdx?: boolean; indirectEntries?: numbe
   });
   return { buf, mem, drv, q };
 }
-
-const bytes = (p: Pair, gpa: number, len: number) => new Uint8Array(p.buf, gpa, len);
 
 test('simple readable chain round trip', (t) => {
   const p = pair();
@@ -104,9 +93,8 @@ test('readable + writable chain: scatter, used len, driver sees bytes', (t) => {
 
 test('ring full: add returns null; buffers spanning two regions give two slices', (t) => {
   const size = 4;
-  const buf = new ArrayBuffer(MEM);
   const hi = new ArrayBuffer(0x1000);
-  const mem = new GuestMemory([region(0, buf), region(MEM, hi)]);
+  const { buf, mem } = guestRam([region(MEM, hi)]);
   const drv = new DriverRing({ size, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = new SplitQueue({ index: Q, memory: mem, size, descGpa: drv.descGpa, availGpa: drv.availGpa, usedGpa: drv.usedGpa, eventIdx: false, indirectDesc: false });
   t.not(drv.add([], [{ gpa: MEM - 2, len: 6 }]), null);
@@ -240,9 +228,8 @@ interface Raw {
 
 function raw(opts: { size?: number; indirectDesc?: boolean; base?: number; extra?: RegionSpec[] } = {}): Raw {
   const size = opts.size ?? 8;
-  const buf = new ArrayBuffer(MEM);
+  const { buf, mem } = guestRam(opts.extra);
   const dv = new DataView(buf);
-  const mem = new GuestMemory([region(0, buf), ...(opts.extra ?? [])]);
   const lay = DriverRing.layoutFor(size);
   const availGpa = RING + lay.availOffset;
   let idx = opts.base ?? 0;
@@ -288,15 +275,7 @@ function raw(opts: { size?: number; indirectDesc?: boolean; base?: number; extra
 }
 
 function faults(t: ExecutionContext, r: Raw, re: RegExp): QueueFault {
-  const e = t.throws(() => r.q.pop(), { instanceOf: QueueFault })!;
-  t.regex(e.message, /^virtqueue 3: /);
-  t.regex(e.message, re);
-  t.is(e.queue, Q);
-  t.true(r.q.broken);
-  t.is(r.q.fault, e);
-  t.throws(() => r.q.pop(), { instanceOf: QueueFault, message: /virtqueue 3: queue is broken/ });
-  t.throws(() => r.q.pushUsed(0, 0), { instanceOf: QueueFault });
-  return e;
+  return popFaults(t, r.q, re);
 }
 
 test('fault: descriptor loop', (t) => {
@@ -469,8 +448,7 @@ test('zero-length descriptors are accepted and produce no slices', (t) => {
 // ---- Setup, memory changes, dirty logging ----
 
 test('setup errors: size, alignment, rings outside memory', (t) => {
-  const buf = new ArrayBuffer(MEM);
-  const memory = new GuestMemory([region(0, buf)]);
+  const { mem: memory } = guestRam();
   const base = { index: Q, memory, size: 8, descGpa: RING, availGpa: RING + 128, usedGpa: RING + 256, eventIdx: true, indirectDesc: false };
   t.notThrows(() => new SplitQueue(base));
   t.throws(() => new SplitQueue({ ...base, size: 12 }), { instanceOf: QueueSetupError, message: /virtqueue 3: queue size 12/ });
@@ -483,8 +461,7 @@ test('setup errors: size, alignment, rings outside memory', (t) => {
 });
 
 test('removing the region under a running ring breaks the queue with a clear fault', (t) => {
-  const buf = new ArrayBuffer(MEM);
-  const memory = new GuestMemory([region(0, buf), region(MEM, new ArrayBuffer(0x1000))]);
+  const { mem: memory } = guestRam([region(MEM, new ArrayBuffer(0x1000))]);
   const q = new SplitQueue({ index: Q, memory, size: 8, descGpa: RING, availGpa: RING + 128, usedGpa: RING + 256, eventIdx: false, indirectDesc: false });
   t.is(q.pop(), null);
   memory.removeRegion({ guestPhysAddr: MEM, size: 0x1000 });
@@ -495,11 +472,9 @@ test('removing the region under a running ring breaks the queue with a clear fau
 });
 
 test('dirty logging: written buffers and used ring (at log_guest_addr) are marked', (t) => {
-  const logArea = new ArrayBuffer(MEM / 4096 / 8);
-  const log = new DirtyLog(arrayBufferBacking(logArea));
+  const { log, logArea } = dirtyLog();
   const USED_LOG = 0x80000; // log_guest_addr differs from where we found the ring
   const p = pair({ eventIdx: true, log, usedLogGpa: USED_LOG });
-  const page = (gpa: number) => Math.floor(gpa / 4096);
   p.drv.add([{ gpa: DATA, len: 4 }], [{ gpa: DATA + 0x1ffe, len: 4 }, { gpa: DATA + 0x5000, len: 8 }]);
   const c = p.q.pop()!;
   t.deepEqual([...new Uint8Array(logArea)].filter((b) => b !== 0), [], 'popping writes nothing');

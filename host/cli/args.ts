@@ -21,6 +21,8 @@ export interface CliOptions {
   callDeadlineMs: number;
   /** SAVE answers SET_DEVICE_STATE_FD with our own memfd holding the state (bit 8 clear). */
   stateReturnMemfd: boolean;
+  /** Serve the 2023 RFC's shared-memory state protocol (experimental, off by default). */
+  experimentalRfcStateShm: boolean;
   entropy: boolean;
   /** --storage (with --read-only folded in), or null. */
   storage: StorageSpec | null;
@@ -67,6 +69,11 @@ Capabilities granted to the plugin (it sees nothing else):
                           (openat2 RESOLVE_BENEATH, symlinks never followed, no submounts).
                           With --read-only every change is refused with EROFS.
   --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
+  --migration-on-error abort|guest-error
+                          when a migration destination cannot find a file the guest holds
+                          open or looked up: fail the migration (abort, the default; the
+                          source keeps running) or load anyway and answer the guest's
+                          requests on what was lost with EIO (guest-error)
 
 Limits:
   --memory-limit SIZE     the plugin's linear memory cap (default 64M; 256M with --storage,
@@ -79,6 +86,9 @@ Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
   --state-return-memfd    on SAVE, answer with our own memfd holding the whole state instead of
                           writing into the front-end's pipe (measured: no faster; see
                           docs/BENCHMARKS.md)
+  --experimental-rfc-state-shm
+                          also offer the 2023 RFC's shared-memory chunk protocol (our own
+                          protocol feature bit 63, requests 1000-1002; docs/migration.md)
 
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
@@ -121,13 +131,16 @@ export function parseStorage(text: string, readOnly: boolean): StorageSpec {
   return { kind: 'file', path: text, readOnly };
 }
 
-export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined): FilesystemSpec {
+export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string): FilesystemSpec {
   if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
+  if (onError !== undefined && onError !== 'abort' && onError !== 'guest-error') {
+    throw new UsageError(`--migration-on-error: "${onError}" is not one of abort, guest-error`);
+  }
   if (tag !== undefined) {
     const n = Buffer.byteLength(tag);
     if (n === 0 || n > 36) throw new UsageError(`--tag: "${tag}" must be 1-36 bytes (virtio-fs config space)`);
   }
-  return { dir, readOnly, ...(tag === undefined ? {} : { tag }) };
+  return { dir, readOnly, ...(tag === undefined ? {} : { tag }), ...(onError === undefined ? {} : { migrationOnError: onError }) };
 }
 
 export function parseCli(argv: string[]): CliOptions {
@@ -149,11 +162,13 @@ export function parseCli(argv: string[]): CliOptions {
         'memory-limit': { type: 'string' },
         'call-deadline': { type: 'string' },
         'state-return-memfd': { type: 'boolean' },
+        'experimental-rfc-state-shm': { type: 'boolean' },
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
         'shared-dir': { type: 'string' },
         tag: { type: 'string' },
+        'migration-on-error': { type: 'string' },
       },
     });
   } catch (e) {
@@ -176,10 +191,14 @@ export function parseCli(argv: string[]): CliOptions {
     // ~115 ms): block devices get a longer default before the watchdog calls them hung.
     callDeadlineMs: v['call-deadline'] === undefined ? (v.storage !== undefined ? 1000 : 100) : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
     stateReturnMemfd: v['state-return-memfd'] ?? false,
+    experimentalRfcStateShm: v['experimental-rfc-state-shm'] ?? false,
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error']),
   };
+  if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
+    throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');
+  }
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');
   if (v['read-only'] && opts.storage === null && opts.filesystem === null) {
     throw new UsageError('--read-only applies to --storage or --shared-dir: give one of them too');

@@ -73,7 +73,11 @@ async function serve(o: CliOptions): Promise<void> {
       listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
       source: deviceSource(o),
       callDeadlineMs: o.callDeadlineMs,
-      session: { stateReturnMemfd: o.stateReturnMemfd },
+      // Only options given on the command line are passed: unset ones keep the session's default.
+      session: {
+        ...(o.stateReturnMemfd ? { stateReturnMemfd: true } : {}),
+        ...(o.experimentalRfcStateShm ? { experimentalRfcStateShm: true } : {}),
+      },
     },
   ]);
   const info = host.devices[0].slot.info!;

@@ -14,7 +14,8 @@
 
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
+import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../protocol/constants.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
 import { parseSize } from './args.ts';
 
@@ -29,8 +30,11 @@ indexes on the destination), and reports. A device a QEMU is driving cannot be t
 Options:
   --from PATH            the source host's socket
   --to PATH              the destination host's socket
-  --channel pipe|memfd   state channel (default pipe, as QEMU; memfd: the destination reads
-                         the same memfd the source wrote, no copy through this tool)
+  --channel pipe|memfd|rfc-shm
+                         state channel (default pipe, as QEMU; memfd: the destination reads
+                         the same memfd the source wrote, no copy through this tool;
+                         rfc-shm: EXPERIMENTAL, the 2023 RFC's shared-memory chunks, both
+                         hosts need --experimental-rfc-state-shm)
   --memory SIZE          guest RAM this front-end gives the device (default 64M)
   --queue-size N         ring size (default 256)
   --queues N             queues to start (default 1)
@@ -91,7 +95,7 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
   if (v.help) return 'help';
   if (!v.from || !v.to) throw new MigrateUsageError('give both --from SOURCE.sock and --to DEST.sock');
   const channel = v.channel ?? 'pipe';
-  if (channel !== 'pipe' && channel !== 'memfd') throw new MigrateUsageError(`--channel: "${channel}" is neither pipe nor memfd`);
+  if (channel !== 'pipe' && channel !== 'memfd' && channel !== 'rfc-shm') throw new MigrateUsageError(`--channel: "${channel}" is not pipe, memfd or rfc-shm`);
   let memoryBytes = 64 << 20;
   if (v.memory !== undefined) {
     try {
@@ -149,6 +153,8 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       memoryBytes: o.memoryBytes,
       queues: Array.from({ length: o.queues }, () => o.queueSize),
       features: 1n << BigInt(VIRTIO_F_VERSION_1),
+      // The experimental extension is negotiated only when asked for.
+      protocolFeatures: FRONTEND_PROTOCOL_FEATURES | (o.channel === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n),
     });
   } catch (e) {
     process.stderr.write(`vhost-wasm migrate: cannot bring up the device on ${o.from}: ${(e as Error).message}\n`);

@@ -4,7 +4,8 @@
 
 import { native } from '../native/index.ts';
 import { MessageChannel } from '../protocol/channel.ts';
-import { decodeReply, encodeRequest } from '../protocol/codec.ts';
+import { decodeReply, decodeRfcStateReply, encodeRfcStateRequest, encodeRequest, type RfcStateRequest } from '../protocol/codec.ts';
+import { RfcStateReq } from '../protocol/constants.ts';
 import { ProtocolFeature, Req, featureBit, requestName } from '../protocol/constants.ts';
 import type {
   FrontendRequest, MemoryRegion, MemoryRegionWithFd, RawMessage, Reply, VringAddr,
@@ -245,6 +246,50 @@ export class VhostUserConnection {
   async checkDeviceState(): Promise<void> {
     const v = await this.u64({ code: Req.CHECK_DEVICE_STATE });
     if (v !== 0n) throw new VhostUserError(`CHECK_DEVICE_STATE failed: the back-end answered ${v}`, Req.CHECK_DEVICE_STATE);
+  }
+
+  // --- experimental: the RFC's shared-memory state chunks (protocol feature 63) -------------
+
+  private async rfcRequest(req: RfcStateRequest): Promise<ReturnType<typeof decodeRfcStateReply>> {
+    const enc = encodeRfcStateRequest(req);
+    const raw = await this.sendRaw(enc.bytes, enc.fds, true);
+    if (raw === null) throw new VhostUserError(`${requestName(req.code)}: no reply`, req.code);
+    try {
+      return decodeRfcStateReply(req.code, raw.header, raw.payload, raw.fds);
+    } catch (e) {
+      closeAll(raw.fds);
+      this.channel.close(`bad reply to ${requestName(req.code)}: ${(e as Error).message}`);
+      throw new VhostUserError(`${requestName(req.code)}: ${(e as Error).message}`, req.code);
+    }
+  }
+
+  /** RFC_SET_STATE_AREA: attach `fd` (the caller keeps it) as the state area for `direction`. */
+  async rfcSetStateArea(direction: number, size: number, fd: number, mmapOffset = 0): Promise<void> {
+    const v = await this.rfcRequest({ code: RfcStateReq.SET_STATE_AREA, size: BigInt(size), mmapOffset: BigInt(mmapOffset), direction, flags: 0, fd });
+    if (v !== 0n) throw new VhostUserError(`RFC_SET_STATE_AREA failed: error ${v}`, RfcStateReq.SET_STATE_AREA);
+  }
+
+  /** RFC_SET_STATE_AREA size 0: detach; throws when the back-end reports the transfer failed. */
+  async rfcDetachStateArea(): Promise<void> {
+    const v = await this.rfcRequest({ code: RfcStateReq.SET_STATE_AREA, size: 0n, mmapOffset: 0n, direction: 0, flags: 0, fd: null });
+    if (v !== 0n) throw new VhostUserError(`RFC_SET_STATE_AREA (detach) failed: the back-end answered ${v}`, RfcStateReq.SET_STATE_AREA);
+  }
+
+  /** RFC_GET_STATE: the back-end put `length` bytes at area offset 0; `remaining` are left after them. */
+  async rfcGetState(offset: number, size: number): Promise<{ length: number; remaining: number }> {
+    const r = await this.rfcRequest({ code: RfcStateReq.GET_STATE, offset: BigInt(offset), size: BigInt(size) });
+    if (typeof r === 'bigint') throw new VhostUserError('RFC_GET_STATE: no chunk reply', RfcStateReq.GET_STATE);
+    if (r.status !== 0n) throw new VhostUserError(`RFC_GET_STATE failed: error ${r.status}`, RfcStateReq.GET_STATE);
+    if (r.length > BigInt(size) || r.remaining > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new VhostUserError(`RFC_GET_STATE: length ${r.length} / remaining ${r.remaining} make no sense for a ${size}-byte request`, RfcStateReq.GET_STATE);
+    }
+    return { length: Number(r.length), remaining: Number(r.remaining) };
+  }
+
+  /** RFC_SET_STATE: the back-end consumes area[0, size) as state bytes [offset, offset+size). */
+  async rfcSetState(offset: number, size: number): Promise<void> {
+    const v = await this.rfcRequest({ code: RfcStateReq.SET_STATE, offset: BigInt(offset), size: BigInt(size) });
+    if (v !== 0n) throw new VhostUserError(`RFC_SET_STATE failed: error ${v}`, RfcStateReq.SET_STATE);
   }
 
   /**

@@ -14,15 +14,25 @@
 //      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK;
 //   6. close the source connection.
 //
+// Channel `rfc-shm` (experimental, both back-ends must offer protocol feature 63, host flag
+// --experimental-rfc-state-shm): step 3 goes through the 2023 RFC's shared-memory protocol
+// instead: one memfd area attached to BOTH back-ends (SAVE on the source, LOAD on the
+// destination), then RFC_GET_STATE on the source / RFC_SET_STATE on the destination in turn,
+// chunk by chunk, until the source answers remaining = 0; step 4 is detaching the area on both
+// (its reply is the final check). The front-end never copies a byte: both map the same memfd.
+//
 // Abort path: any failure before step 5 completes closes the destination connection and
 // restarts the source's rings at their bases, so the "guest" goes on with the source.
 
 import { native } from '../native/index.ts';
-import { DeviceStateDirection, DeviceStatePhase, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../protocol/constants.ts';
+import {
+  DeviceStateDirection, DeviceStatePhase, ProtocolFeature, RFC_STATE_SHM_PROTOCOL_FEATURE, VHOST_USER_F_PROTOCOL_FEATURES, featureBit,
+} from '../protocol/constants.ts';
 import { VhostUserConnection } from './connection.ts';
+import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
 
-export type StateChannelMode = 'pipe' | 'memfd';
+export type StateChannelMode = 'pipe' | 'memfd' | 'rfc-shm';
 
 /** QEMU moves back-end state through a 1 MiB buffer; so do we. */
 export const MIGRATION_CHUNK = 1 << 20;
@@ -31,6 +41,8 @@ export interface MigrateOptions {
   /** The SET_DEVICE_STATE_FD channel: a pipe (default, what QEMU uses) or a memfd. */
   channel?: StateChannelMode;
   chunkSize?: number;
+  /** rfc-shm: size of the shared state area, i.e. the bytes moved per GET_STATE/SET_STATE (default 1 MiB). */
+  rfcAreaSize?: number;
   /** Called at each step (progress output, tests that act mid-migration). */
   onStep?: (step: string) => void | Promise<void>;
 }
@@ -128,8 +140,12 @@ export async function writeAll(fd: number, bytes: Uint8Array, fileOffset: number
 // --- one side at a time (tests, tools) ---------------------------------------------------------
 
 /** SAVE from a back-end whose rings are stopped; returns the container bytes (after CHECK passed). */
-export async function saveState(conn: VhostUserConnection, mode: StateChannelMode = 'pipe'): Promise<Buffer> {
+export async function saveState(conn: VhostUserConnection, mode: StateChannelMode = 'pipe', areaSize = MIGRATION_CHUNK): Promise<Buffer> {
   const parts: Buffer[] = [];
+  if (mode === 'rfc-shm') {
+    await rfcPump(conn, null, areaSize, (b) => void parts.push(Buffer.from(b)));
+    return Buffer.concat(parts);
+  }
   if (mode === 'pipe') {
     const [r, w] = native.pipe2();
     let ret: number | null;
@@ -167,6 +183,30 @@ export async function saveState(conn: VhostUserConnection, mode: StateChannelMod
 
 /** LOAD bytes into a back-end; resolves when CHECK passed, throws (VhostUserError) when not. */
 export async function loadState(conn: VhostUserConnection, bytes: Uint8Array, mode: StateChannelMode = 'pipe', chunk = MIGRATION_CHUNK): Promise<void> {
+  if (mode === 'rfc-shm') {
+    const area = native.memfdCreate('vhost-wasm-rfc-state-load', false);
+    let map: ReturnType<typeof native.mmap> | null = null;
+    try {
+      native.ftruncate(area, chunk);
+      map = native.mmap(area, chunk, 0, true);
+      const view = new Uint8Array(map.window(0, chunk));
+      await conn.rfcSetStateArea(DeviceStateDirection.LOAD, chunk, area);
+      try {
+        for (let off = 0; off < bytes.length; off += chunk) {
+          const n = Math.min(chunk, bytes.length - off);
+          view.set(bytes.subarray(off, off + n));
+          await conn.rfcSetState(off, n);
+        }
+      } finally {
+        // Detach even after a refused chunk: its answer is the transfer's outcome (and ends it).
+        await conn.rfcDetachStateArea();
+      }
+    } finally {
+      map?.unmap();
+      native.close(area);
+    }
+    return;
+  }
   if (mode === 'pipe') {
     const [r, w] = native.pipe2();
     let ret: number | null;
@@ -204,10 +244,72 @@ export async function loadState(conn: VhostUserConnection, bytes: Uint8Array, mo
   }
 }
 
+// --- the RFC's shared-memory chunks (experimental) ------------------------------------------------
+
+/**
+ * SAVE from `src` through one memfd area, chunk by chunk: RFC_GET_STATE(offset, areaSize) on the
+ * source, then (migration) RFC_SET_STATE(offset, length) on `dst` attached to the same area, or
+ * (one side) onChunk with the area's bytes. Detaches the area on both at the end: the answers are
+ * the final checks (source first). Returns the bytes moved.
+ */
+export async function rfcPump(
+  src: VhostUserConnection,
+  dst: VhostUserConnection | null,
+  areaSize: number,
+  onChunk?: (b: Uint8Array) => void,
+  step: (s: string) => Promise<void> = async () => {},
+): Promise<number> {
+  const area = native.memfdCreate('vhost-wasm-rfc-state', false);
+  let map: ReturnType<typeof native.mmap> | null = null;
+  let total = 0;
+  try {
+    native.ftruncate(area, areaSize);
+    if (onChunk) map = native.mmap(area, areaSize, 0, false);
+    const view = map ? new Uint8Array(map.window(0, areaSize)) : null;
+    await src.rfcSetStateArea(DeviceStateDirection.SAVE, areaSize, area);
+    let srcAttached = true;
+    let dstAttached = false;
+    try {
+      if (dst) {
+        await dst.rfcSetStateArea(DeviceStateDirection.LOAD, areaSize, area);
+        dstAttached = true;
+      }
+      await step('pump');
+      for (;;) {
+        const r = await src.rfcGetState(total, areaSize);
+        if (r.length > 0) {
+          if (view && onChunk) onChunk(view.subarray(0, r.length));
+          if (dst) await dst.rfcSetState(total, r.length);
+        }
+        total += r.length;
+        if (r.remaining === 0) break;
+        if (r.length === 0) throw new Error(`the source answered an empty chunk with ${r.remaining} bytes remaining`);
+      }
+      await step('check-source');
+      srcAttached = false;
+      await src.rfcDetachStateArea();
+      if (dst) {
+        await step('check-destination');
+        dstAttached = false;
+        await dst.rfcDetachStateArea();
+      }
+    } catch (e) {
+      // End both transfers (best effort) so neither back-end keeps the area mapped.
+      if (srcAttached) await src.rfcDetachStateArea().catch(() => {});
+      if (dstAttached && dst) await dst.rfcDetachStateArea().catch(() => {});
+      throw e;
+    }
+  } finally {
+    map?.unmap();
+    native.close(area);
+  }
+  return total;
+}
+
 // --- the whole migration -------------------------------------------------------------------------
 
 /** vhost_user_backend_init + vhost_dev_init on the destination (nothing started). */
-async function initDestination(path: string, fe: VhostUserFrontend): Promise<VhostUserConnection> {
+async function initDestination(path: string, fe: VhostUserFrontend, mode: StateChannelMode): Promise<VhostUserConnection> {
   const conn = VhostUserConnection.connect(path);
   try {
     const offered = await conn.getFeatures();
@@ -215,8 +317,12 @@ async function initDestination(path: string, fe: VhostUserFrontend): Promise<Vho
     if (missing !== 0n) throw new Error(`the destination does not offer features 0x${missing.toString(16)} the device runs with`);
     if ((offered & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) === 0n) throw new Error('the destination does not speak protocol features');
     const prot = await conn.getProtocolFeatures();
-    await conn.setProtocolFeatures(prot & fe.protocolFeatures & FRONTEND_PROTOCOL_FEATURES);
+    const rfc = mode === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n;
+    await conn.setProtocolFeatures(prot & fe.protocolFeatures & (FRONTEND_PROTOCOL_FEATURES | rfc));
     if (!conn.hasProtocol(ProtocolFeature.DEVICE_STATE)) throw new Error('the destination does not support DEVICE_STATE');
+    if (rfc !== 0n && !conn.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
+      throw new Error('the destination does not offer the experimental RFC state shm extension (protocol feature 63; host flag --experimental-rfc-state-shm)');
+    }
     if (conn.hasProtocol(ProtocolFeature.MQ)) {
       const n = await conn.getQueueNum();
       if (n < fe.queues.length) throw new Error(`the destination supports ${n} queue(s), the device uses ${fe.queues.length}`);
@@ -250,8 +356,11 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   };
   const src = fe.conn;
   if (!src.hasProtocol(ProtocolFeature.DEVICE_STATE)) throw new MigrationError('the source back-end does not support DEVICE_STATE', false);
+  if (mode === 'rfc-shm' && !src.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
+    throw new MigrationError('the source back-end did not negotiate the experimental RFC state shm extension (protocol feature 63)', false);
+  }
   await step('init-destination');
-  const dst = await initDestination(destPath, fe).catch((e: Error) => {
+  const dst = await initDestination(destPath, fe, mode).catch((e: Error) => {
     throw new MigrationError(`destination: ${e.message}`, false);
   });
 
@@ -284,6 +393,9 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     if (mode === 'pipe') {
       const [sr, sw] = native.pipe2();
       const [lr, lw] = native.pipe2();
+      // Both back-ends grow the pipes they get too; doing it here covers back-ends that do not.
+      growPipe(sw);
+      growPipe(lw);
       let readFd = sr;
       let writeFd = lw;
       try {
@@ -326,6 +438,8 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       await src.checkDeviceState();
       await step('check-destination');
       await dst.checkDeviceState();
+    } else if (mode === 'rfc-shm') {
+      bytes = await rfcPump(src, dst, opts.rfcAreaSize ?? MIGRATION_CHUNK, undefined, step);
     } else {
       const m = native.memfdCreate('vhost-wasm-migration', false);
       let ret: number | null = null;

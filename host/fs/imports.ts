@@ -11,6 +11,7 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
   return {
     tag: (): string => s().tag,
     readOnly: (): boolean => s().readOnly,
+    migrationOnError: (): string => s().migrationOnError,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
     close: (h: bigint): void => s().closeHandle(h),

@@ -1,6 +1,6 @@
 // The filesystem grant as it travels from the CLI to the device worker (structured-clone
 // friendly), and its opening inside the worker.
-import { FsShare } from './share.ts';
+import { FsShare, MIGRATION_ON_ERROR, type MigrationOnError } from './share.ts';
 
 export interface FilesystemSpec {
   /** The operator's --shared-dir. */
@@ -8,17 +8,20 @@ export interface FilesystemSpec {
   readOnly: boolean;
   /** virtio-fs mount tag (--tag). */
   tag?: string;
+  /** --migration-on-error (default abort). */
+  migrationOnError?: MigrationOnError;
 }
 
 export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
   if (typeof v !== 'object' || v === null) return false;
   const o = v as Record<string, unknown>;
-  return typeof o.dir === 'string' && typeof o.readOnly === 'boolean' && (o.tag === undefined || typeof o.tag === 'string');
+  return typeof o.dir === 'string' && typeof o.readOnly === 'boolean' && (o.tag === undefined || typeof o.tag === 'string') &&
+    (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError));
 }
 
 /** Open the share named by a worker option, or undefined when none was granted. */
 export function openShareOption(v: unknown): FsShare | undefined {
   if (v === undefined) return undefined;
-  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?}, not ${JSON.stringify(v)}`);
-  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag });
+  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?}, not ${JSON.stringify(v)}`);
+  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError });
 }

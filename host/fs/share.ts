@@ -50,12 +50,18 @@ export interface FsStats {
   frsize: number;
 }
 
+/** --migration-on-error (the WIT enum's spelling): fail the load, or load and answer EIO. */
+export type MigrationOnError = 'abort' | 'guest-error';
+export const MIGRATION_ON_ERROR: readonly MigrationOnError[] = ['abort', 'guest-error'];
+
 /** An operation's value, or the errno it failed with. */
 export type FsResult<T> = { ok: true; val: T } | { ok: false; errno: Errno };
 
 export interface ShareOptions {
   readOnly?: boolean;
   tag?: string;
+  /** --migration-on-error: what a migration destination does with a file it cannot find again. */
+  migrationOnError?: MigrationOnError;
   /** Most handles (fds) one device may hold; past it calls fail with ENFILE. */
   maxHandles?: number;
 }
@@ -114,6 +120,7 @@ export class FsShareError extends Error {
 export class FsShare {
   readonly readOnly: boolean;
   readonly tag: string;
+  readonly migrationOnError: MigrationOnError;
   private readonly rootFd: number;
   private readonly handles = new Map<number, Slot>();
   private nextId = 1;
@@ -124,6 +131,10 @@ export class FsShare {
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
     this.tag = opts.tag ?? DEFAULT_TAG;
+    this.migrationOnError = opts.migrationOnError ?? 'abort';
+    if (!MIGRATION_ON_ERROR.includes(this.migrationOnError)) {
+      throw new FsShareError(`migration-on-error must be ${MIGRATION_ON_ERROR.join(' or ')}, not "${String(this.migrationOnError)}"`);
+    }
     if (Buffer.byteLength(this.tag) === 0 || Buffer.byteLength(this.tag) > MAX_TAG_BYTES) {
       throw new FsShareError(`the mount tag must be 1-${MAX_TAG_BYTES} bytes, not "${this.tag}"`);
     }

@@ -22,6 +22,24 @@ export function channelKind(fd: number): ChannelKind {
   throw new Error('the state fd is neither a pipe, a socket nor a regular file (memfd)');
 }
 
+/**
+ * Capacity asked for a state pipe (F_SETPIPE_SZ): the default 64 KiB pipe makes a 1 MiB chunk
+ * take 16 wake-ups on each side; 1 MiB is the unprivileged maximum (/proc/sys/fs/pipe-max-size).
+ * env VHOST_WASM_STATE_PIPE_SIZE overrides it (0 leaves the pipe alone). Best effort: a refusal
+ * (EPERM over the limit) or an addon without setPipeSize leaves the pipe as it is.
+ */
+export const STATE_PIPE_SIZE = 1 << 20;
+
+export function growPipe(fd: number, bytes = Number(process.env.VHOST_WASM_STATE_PIPE_SIZE ?? STATE_PIPE_SIZE)): number | null {
+  if (!(bytes > 0) || typeof native.setPipeSize !== 'function') return null;
+  try {
+    if (!native.fstat(fd).isFifo) return null;
+    return native.setPipeSize(fd, bytes);
+  } catch {
+    return null;
+  }
+}
+
 class Closable {
   protected closed = false;
   protected watcher: Watcher | null = null;
@@ -75,7 +93,10 @@ export class StateWriter extends Closable implements ByteSink {
   constructor(fd: number) {
     super(fd);
     this.kind = channelKind(fd);
-    if (this.kind === 'pipe') native.setNonBlocking(fd, true);
+    if (this.kind === 'pipe') {
+      native.setNonBlocking(fd, true);
+      growPipe(fd);
+    }
   }
 
   get written(): number {
@@ -124,7 +145,10 @@ export class StateReader extends Closable {
     super(fd);
     this.kind = channelKind(fd);
     this.size = this.kind === 'file' ? native.fstat(fd).size : -1;
-    if (this.kind === 'pipe') native.setNonBlocking(fd, true);
+    if (this.kind === 'pipe') {
+      native.setNonBlocking(fd, true);
+      growPipe(fd);
+    }
   }
 
   /** Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. */

@@ -15,9 +15,18 @@ import { SectionId, type WorkerStateSection } from './section.ts';
 
 export const STORAGE_SECTION_ID = SectionId.HOST_BASE;
 
+// The runner asks the device for its sections on every state op: one section object per backing,
+// so the LOAD progress (`loaded`) survives between beginLoad and the writes.
+const sectionsByBacking = new WeakMap<Backing, WorkerStateSection>();
+
 export function storageStateSections(backing: Backing | undefined): WorkerStateSection[] {
   if (backing === undefined || !backing.describe.startsWith('memory:')) return [];
-  return [backingSection(backing)];
+  let s = sectionsByBacking.get(backing);
+  if (s === undefined) {
+    s = backingSection(backing);
+    sectionsByBacking.set(backing, s);
+  }
+  return [s];
 }
 
 export function backingSection(b: Backing, id: number = STORAGE_SECTION_ID): WorkerStateSection {
@@ -26,8 +35,10 @@ export function backingSection(b: Backing, id: number = STORAGE_SECTION_ID): Wor
     id,
     name: 'storage',
     size: () => b.size,
-    // A backing's read may return a view it reuses: copy.
-    read: (offset, len) => b.read(offset, len).slice(),
+    // A backing's read may return a view of its own memory (a memory disk returns a Buffer view of
+    // a 64 MiB chunk, and Buffer#slice is a view too): copy into a fresh ArrayBuffer, since the
+    // runner transfers the result's buffer to the main thread (which would detach the disk's).
+    read: (offset, len) => new Uint8Array(b.read(offset, len)),
     beginLoad(size) {
       if (b.readOnly) throw new Error(`storage ${b.describe} is read-only here: it cannot load a disk`);
       if (size !== b.size) throw new Error(`storage is ${b.size} bytes here (${b.describe}), the state's disk is ${size} bytes`);

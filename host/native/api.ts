@@ -88,6 +88,11 @@ export interface Native {
   memfdCreate(name: string, allowSealing: boolean): number;
   ftruncate(fd: number, size: number): void;
   pipe2(): [readFd: number, writeFd: number];
+  /**
+   * fcntl(F_SETPIPE_SZ): the pipe's capacity in bytes (rounded up by the kernel); returns the new
+   * capacity. Optional: an addon built before it existed lacks it (callers check).
+   */
+  setPipeSize?(fd: number, bytes: number): number;
 
   /** mmap(MAP_SHARED) of [offset, offset+size) of fd, 64-bit sizes and offsets. */
   mmap(fd: number, size: number, offset: number, writable: boolean): Mapping;

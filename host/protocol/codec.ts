@@ -8,6 +8,7 @@ import {
   SIZE_SHARED_UUID, SIZE_U64, SIZE_VRING_ADDR, SIZE_VRING_AREA, SIZE_VRING_STATE, VERSION,
   VRING_IDX_MASK, VRING_NOFD_MASK, DEVICE_STATE_REPLY_ERROR_MASK, DEVICE_STATE_REPLY_NOFD,
   backendRequestName, isBackendReqCode, isReqCode, requestName,
+  RfcStateReq, SIZE_RFC_STATE_AREA, SIZE_RFC_STATE_CHUNK, SIZE_RFC_GET_STATE_REPLY, isRfcStateReqCode,
 } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import {
@@ -640,4 +641,92 @@ export function decodeBackendReply(code: number, header: Header, payload: Uint8A
   }
   c.fdCount(0);
   return { kind: 'u64', code, value: c.u64(), fd: null, fds: [] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Experimental extension: the RFC's shared-memory state chunks (constants.ts RfcStateReq). Not
+// part of decodeRequest: those numbers are unknown requests unless the extension was negotiated,
+// and the session decodes them with decodeRfcStateRequest only then.
+
+export type RfcStateRequest =
+  /** size 0 and fd null: detach (ends the transfer; the reply is its outcome). */
+  | { code: typeof RfcStateReq.SET_STATE_AREA; size: bigint; mmapOffset: bigint; direction: number; flags: number; fd: number | null }
+  | { code: typeof RfcStateReq.GET_STATE | typeof RfcStateReq.SET_STATE; offset: bigint; size: bigint };
+
+export interface RfcGetStateReply {
+  /** 0 = success; otherwise length and remaining are 0. */
+  status: bigint;
+  /** Bytes the back-end placed at offset 0 of the area. */
+  length: bigint;
+  /** Bytes of state left after this chunk (0: this was the last one). */
+  remaining: bigint;
+}
+
+export function encodeRfcStateRequest(req: RfcStateRequest, needReply = false): Encoded {
+  const flags = VERSION | (needReply ? FLAG_NEED_REPLY : 0);
+  if (req.code === RfcStateReq.SET_STATE_AREA) {
+    if ((req.size === 0n) !== (req.fd === null)) throw new RangeError('RFC_SET_STATE_AREA: an fd exactly when size > 0');
+    const payload = sized(SIZE_RFC_STATE_AREA, (dv) => {
+      dv.setBigUint64(0, req.size, LE);
+      dv.setBigUint64(8, req.mmapOffset, LE);
+      dv.setUint32(16, req.direction, LE);
+      dv.setUint32(20, req.flags, LE);
+    });
+    return { bytes: frame(req.code, flags, payload), fds: req.fd === null ? [] : [req.fd] };
+  }
+  const payload = sized(SIZE_RFC_STATE_CHUNK, (dv) => {
+    dv.setBigUint64(0, req.offset, LE);
+    dv.setBigUint64(8, req.size, LE);
+  });
+  return { bytes: frame(req.code, flags, payload), fds: [] };
+}
+
+/** Decodes one of the extension's requests; throws ProtocolError (the caller closes the fds). */
+export function decodeRfcStateRequest(header: Header, payload: Uint8Array, fds: number[]): RfcStateRequest & { needReply: boolean } {
+  const code = header.request;
+  const name = requestName(code);
+  checkFraming(name, header, payload, fds);
+  checkRequestFlags(name, header);
+  if (!isRfcStateReqCode(code)) throw new ProtocolError(`${name} is not a request of the RFC state extension`, code);
+  const c = new Check(name, code, payload, fds);
+  if (code === RfcStateReq.SET_STATE_AREA) {
+    c.size(SIZE_RFC_STATE_AREA, 'state area description');
+    const size = c.dv.getBigUint64(0, LE);
+    const mmapOffset = c.dv.getBigUint64(8, LE);
+    const direction = c.dv.getUint32(16, LE);
+    const flags = c.dv.getUint32(20, LE);
+    if (flags !== 0) c.fail(`flags 0x${flags.toString(16)} are reserved (must be 0)`);
+    if (size === 0n) {
+      c.fdCount(0, ' (size 0 detaches the area)');
+      return { code, size, mmapOffset, direction, flags, fd: null, needReply: header.needReply };
+    }
+    c.fdCount(1, ' (the area\'s memfd)');
+    return { code, size, mmapOffset, direction, flags, fd: c.fds[0], needReply: header.needReply };
+  }
+  c.size(SIZE_RFC_STATE_CHUNK, 'chunk description');
+  c.fdCount(0);
+  return { code, offset: c.dv.getBigUint64(0, LE), size: c.dv.getBigUint64(8, LE), needReply: header.needReply };
+}
+
+export function encodeRfcGetStateReply(r: RfcGetStateReply): Uint8Array {
+  return encodeReply(RfcStateReq.GET_STATE, sized(SIZE_RFC_GET_STATE_REPLY, (dv) => {
+    dv.setBigUint64(0, r.status, LE);
+    dv.setBigUint64(8, r.length, LE);
+    dv.setBigUint64(16, r.remaining, LE);
+  }));
+}
+
+/** Reply to RFC_SET_STATE_AREA / RFC_SET_STATE: a u64 (0 = success); to RFC_GET_STATE: its struct. */
+export function decodeRfcStateReply(code: number, header: Header, payload: Uint8Array, fds: number[] = []): bigint | RfcGetStateReply {
+  const name = requestName(code);
+  checkFraming(name, header, payload, fds);
+  checkReplyHeader(code, name, header, 'frontend');
+  const c = new Check(`reply to ${name}`, code, payload, fds);
+  c.fdCount(0);
+  if (code === RfcStateReq.GET_STATE) {
+    c.size(SIZE_RFC_GET_STATE_REPLY, 'chunk answer');
+    return { status: c.dv.getBigUint64(0, LE), length: c.dv.getBigUint64(8, LE), remaining: c.dv.getBigUint64(16, LE) };
+  }
+  c.size(SIZE_U64, 'u64');
+  return c.u64();
 }

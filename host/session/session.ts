@@ -16,8 +16,10 @@ import {
 import {
   BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, Req, VHOST_VRING_F_LOG, featureBit, requestName,
 } from '../protocol/constants.ts';
-import { deviceStateReplyValue } from '../protocol/codec.ts';
-import { StateTransfer, WorkerSectionProxy } from '../migration/transfer.ts';
+import { deviceStateReplyValue, decodeRfcStateRequest, encodeRfcGetStateReply, type RfcStateRequest } from '../protocol/codec.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE, RfcStateReq, isRfcStateReqCode } from '../protocol/constants.ts';
+import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
+import { RfcShmLoad, RfcShmSave, RfcShmTransfer, StateArea } from '../migration/rfc-shm.ts';
 import type { StateSection } from '../migration/section.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import type { DecodedRequest, MemoryRegion, RawMessage } from '../protocol/messages.ts';
@@ -145,11 +147,17 @@ export interface SessionOptions {
   /**
    * SAVE into a memfd of our own and return it (reply bit 8 clear) instead of writing into the
    * front-end's fd. The reply then waits until the state is complete (a front-end reads a
-   * returned fd to EOF at once). Default: env VHOST_WASM_STATE_RETURN_MEMFD=1, else off.
+   * returned fd to EOF at once). Also on with env VHOST_WASM_STATE_RETURN_MEMFD=1.
    */
   stateReturnMemfd?: boolean;
   /** Host-held resources (storage backings) saved and loaded next to the device's own bytes. */
   stateSections?: () => StateSection[];
+  /**
+   * Experimental: offer the 2023 RFC's shared-memory state protocol (protocol feature bit 63,
+   * requests 1000-1002; docs/migration.md). CLI flag: --experimental-rfc-state-shm. Also on with
+   * env VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM=1; off otherwise.
+   */
+  experimentalRfcStateShm?: boolean;
 }
 
 function toNumber(v: bigint, what: string): number {
@@ -180,8 +188,11 @@ export class BackendSession {
   private ringFds: RingFds[];
   private backendChannel: MessageChannel | null = null;
   private closed = false;
-  /** The device-state transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it. */
-  private transfer: StateTransfer | null = null;
+  /**
+   * The device-state transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it;
+   * or the experimental RFC shm transfer RFC_SET_STATE_AREA started, until the area is detached.
+   */
+  private transfer: StateTransfer | RfcShmTransfer | null = null;
   /** SET_LOG_FD's eventfd (kept, never signalled: QEMU reads the log on its own schedule). */
   private logFd: number | null = null;
 
@@ -203,7 +214,12 @@ export class BackendSession {
 
   /** CONFIG only for a device that has a config space: QEMU warns about it otherwise. */
   get offeredProtocolFeatures(): bigint {
-    return this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+    const base = this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+    return this.rfcStateShmEnabled ? base | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : base;
+  }
+
+  private get rfcStateShmEnabled(): boolean {
+    return this.opts.experimentalRfcStateShm === true || process.env.VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM === '1';
   }
 
   get offeredFeatures(): bigint {
@@ -235,6 +251,18 @@ export class BackendSession {
       }
       // Without a way to report failure the connection's state is now unknown: end it.
       throw new Error(`malformed message: ${why}`);
+    }
+    if (req.unknown && isRfcStateReqCode(req.code) && this.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
+      let rfc;
+      try {
+        rfc = decodeRfcStateRequest(m.header, m.payload, m.fds);
+      } catch (e) {
+        this.closeFds(m.fds);
+        // Every extension request has a reply: without one the front-end would wait forever.
+        throw new Error(`malformed message: ${errorText(e)}`);
+      }
+      if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(rfc.code)}${rfc.code === RfcStateReq.SET_STATE_AREA ? ` size ${rfc.size} direction ${rfc.direction}` : ` offset ${rfc.offset} size ${rfc.size}`}`);
+      return this.handleRfcState(rfc);
     }
     if (req.unknown) {
       this.closeFds(req.fds);
@@ -530,7 +558,8 @@ export class BackendSession {
       ],
       log: this.log,
     };
-    const returnMemfd = this.opts.stateReturnMemfd ?? process.env.VHOST_WASM_STATE_RETURN_MEMFD === '1';
+    // The CLI always passes its flag (false when absent): the env variable still switches it on.
+    const returnMemfd = this.opts.stateReturnMemfd === true || process.env.VHOST_WASM_STATE_RETURN_MEMFD === '1';
     if (dir === 'save' && returnMemfd) {
       // Our own channel: a memfd filled before the reply, so the front-end can read it to EOF at
       // once; the front-end's fd is not used.
@@ -568,9 +597,111 @@ export class BackendSession {
     return this.replyDeviceState(0);
   }
 
+  // --- experimental: the RFC's shared-memory state chunks ---------------------------------
+
+  /** Checks and the transfer context shared by both channels; a string is the refusal. */
+  private async beginTransfer(): Promise<TransferContext | { refuse: number; why: string }> {
+    if (this.transfer !== null) {
+      // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
+      const old = this.transfer;
+      this.transfer = null;
+      if (!old.finished) {
+        this.log.warn(`a new transfer replaces a ${old.direction} still in progress: aborting it`);
+        old.abort('replaced by a new transfer');
+      }
+      await old.done;
+    }
+    let begin;
+    try {
+      begin = await this.worker.stateBegin();
+    } catch (e) {
+      return { refuse: DeviceStateError.FAILED, why: `the device is not available: ${errorText(e)}` };
+    }
+    if (begin.started.length > 0) {
+      return { refuse: DeviceStateError.BUSY, why: `ring(s) ${begin.started.join(', ')} still run: rings must be stopped with GET_VRING_BASE first` };
+    }
+    return {
+      worker: this.worker,
+      identity: { deviceId: this.worker.info.deviceId, name: begin.name, version: begin.version },
+      extraSections: [
+        ...begin.sections.map((s) => new WorkerSectionProxy(this.worker, s.id, s.name, s.size)),
+        ...(this.opts.stateSections?.() ?? []),
+      ],
+      log: this.log,
+    };
+  }
+
+  private async handleRfcState(req: RfcStateRequest): Promise<void> {
+    const u64 = (v: number) => this.reply(encodeU64Reply(req.code, v));
+    if (req.code === RfcStateReq.SET_STATE_AREA) {
+      if (req.fd === null) {
+        // Detach: ends the transfer; the answer is its outcome (the RFC's final check).
+        const t = this.transfer;
+        if (!(t instanceof RfcShmTransfer)) {
+          this.log.error('RFC_SET_STATE_AREA detach without an attached state area: reporting failure');
+          return u64(DeviceStateError.FAILED);
+        }
+        const err = await t.detach();
+        this.transfer = null;
+        if (err !== null) this.log.error(`RFC state ${t.direction} failed: ${err}`);
+        else this.log.info(`device state ${t.direction === 'save' ? 'saved' : 'loaded'}: ${t.stats.bytes} bytes through the RFC shm area in ${t.stats.ms.toFixed(1)} ms`);
+        return u64(err === null ? 0 : DeviceStateError.FAILED);
+      }
+      const fd = req.fd;
+      const refuse = (code: number, why: string) => {
+        this.log.error(`RFC_SET_STATE_AREA refused: ${why}`);
+        return u64(code);
+      };
+      if (req.direction !== DeviceStateDirection.SAVE && req.direction !== DeviceStateDirection.LOAD) {
+        this.closeFds([fd]);
+        return refuse(DeviceStateError.UNSUPPORTED, `direction ${req.direction} is neither SAVE (0) nor LOAD (1)`);
+      }
+      const ctx = await this.beginTransfer();
+      if ('refuse' in ctx) {
+        this.closeFds([fd]);
+        return refuse(ctx.refuse, ctx.why);
+      }
+      const save = req.direction === DeviceStateDirection.SAVE;
+      let area: StateArea;
+      try {
+        area = new StateArea(fd, toNumber(req.size, 'state area size'), toNumber(req.mmapOffset, 'state area offset'), save);
+      } catch (e) {
+        return refuse(DeviceStateError.FAILED, errorText(e)); // StateArea closed fd
+      }
+      this.transfer = save ? new RfcShmSave(area, ctx) : new RfcShmLoad(area, ctx);
+      this.log.info(`device state ${save ? 'save' : 'load'} started through an RFC shm area of ${area.size} bytes (${ctx.identity.name} ${ctx.identity.version})`);
+      return u64(0);
+    }
+    const t = this.transfer;
+    const offset = Number(req.offset);
+    const size = Number(req.size);
+    if (req.code === RfcStateReq.GET_STATE) {
+      try {
+        if (!(t instanceof RfcShmSave)) throw new Error('no SAVE state area is attached');
+        const r = await t.getState(offset, size);
+        return this.reply(encodeRfcGetStateReply({ status: 0n, length: BigInt(r.length), remaining: BigInt(r.remaining) }));
+      } catch (e) {
+        this.log.error(`RFC_GET_STATE offset ${req.offset} size ${req.size} failed: ${errorText(e)}`);
+        return this.reply(encodeRfcGetStateReply({ status: BigInt(DeviceStateError.FAILED), length: 0n, remaining: 0n }));
+      }
+    }
+    try {
+      if (!(t instanceof RfcShmLoad)) throw new Error('no LOAD state area is attached');
+      await t.setState(offset, size);
+      return u64(0);
+    } catch (e) {
+      this.log.error(`RFC_SET_STATE offset ${req.offset} size ${req.size} failed: ${errorText(e)}`);
+      return u64(DeviceStateError.FAILED);
+    }
+  }
+
   /** Answers once the outcome is known: 0 when the transfer (and on LOAD, the apply) succeeded. */
   private async checkDeviceState(): Promise<void> {
     const t = this.transfer;
+    if (t instanceof RfcShmTransfer) {
+      this.log.error('CHECK_DEVICE_STATE during an RFC shm transfer: its outcome is the answer to the detach (RFC_SET_STATE_AREA size 0); reporting failure');
+      return this.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, 1));
+    }
     if (t === null) {
       this.log.error('CHECK_DEVICE_STATE without a transfer (no SET_DEVICE_STATE_FD before it): reporting failure');
       return this.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, 1));

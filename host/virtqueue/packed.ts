@@ -13,10 +13,20 @@
 // (in-flight slots, event windows) a plain modular subtraction. Everything read from guest
 // memory is checked; the first violation breaks the queue with a QueueFault, as SplitQueue does.
 
-import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import { GuestMemory, hex } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
-import { DESC_SIZE, MAX_INDIRECT_ENTRIES, MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
-import { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './split.ts';
+import { DESC_SIZE, MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
+import {
+  QueueFault,
+  QueueSetupError,
+  appendBuffer,
+  indirectTable,
+  markRanges,
+  ringView,
+  writeChainLogged,
+  type DescriptorChain,
+  type Fail,
+} from './chain.ts';
 
 /** Descriptor flag: available, set by the driver to its wrap counter. */
 export const VIRTQ_DESC_F_AVAIL = 1 << 7;
@@ -140,7 +150,6 @@ export interface PackedQueueConfig {
   usedLogGpa?: number;
 }
 
-const ADDR_HI_LIMIT = 0x200000; // high u32 of 2^53
 const USED_BOTH = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
 export class PackedQueue {
@@ -311,14 +320,17 @@ export class PackedQueue {
       descCount: 0,
     };
     const dv = this.desc;
+    const memory = this.memory;
     let slot = first;
     let wrap = pos < size;
     let n = 0;
     let id: number;
+    // Reads slot when called: faults name the ring descriptor being looked at.
+    const fail: Fail = (reason) => this.fail(reason, first, undefined, slot);
     for (;;) {
       if (++n > room) {
-        if (room === size) this.fail(`descriptor chain longer than queue size ${size}`, first, undefined, slot);
-        this.fail(`descriptor chain runs into the ${size - room} descriptors still in flight (queue size ${size})`, first, undefined, slot);
+        if (room === size) fail(`descriptor chain longer than queue size ${size}`);
+        fail(`descriptor chain runs into the ${size - room} descriptors still in flight (queue size ${size})`);
       }
       const o = slot * DESC_SIZE;
       const lo = dv.getUint32(o, true);
@@ -328,17 +340,17 @@ export class PackedQueue {
       // The head was checked above; the spec requires AVAIL/USED to be right in every
       // descriptor of the list, and a wrong pair means the chain runs into stale slots.
       if (n > 1 && (((flags & VIRTQ_DESC_F_AVAIL) !== 0) !== wrap || ((flags & VIRTQ_DESC_F_USED) !== 0) === wrap)) {
-        this.fail(`descriptor ${slot} continues a chain but is not available (flags ${hex(flags)})`, first, undefined, slot);
+        fail(`descriptor ${slot} continues a chain but is not available (flags ${hex(flags)})`);
       }
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirectDesc) this.fail(`descriptor ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, first, undefined, slot);
-        if (flags & VIRTQ_DESC_F_NEXT) this.fail(`descriptor ${slot} has both INDIRECT and NEXT`, first, undefined, slot);
-        if (n > 1) this.fail(`descriptor ${slot} is INDIRECT inside a NEXT chain`, first, undefined, slot);
-        this.walkIndirect(chain, lo, hi, len, first, slot);
+        if (!this.indirectDesc) fail(`descriptor ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`);
+        if (flags & VIRTQ_DESC_F_NEXT) fail(`descriptor ${slot} has both INDIRECT and NEXT`);
+        if (n > 1) fail(`descriptor ${slot} is INDIRECT inside a NEXT chain`);
+        walkIndirect(memory, chain, indirectTable(memory, lo, hi, len, fail), slot, fail);
         id = dv.getUint16(o + 12, true);
         break;
       }
-      this.buffer(chain, lo, hi, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, first, slot, -1);
+      appendBuffer(memory, chain, lo, hi, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, slot, -1, fail);
       if (!(flags & VIRTQ_DESC_F_NEXT)) {
         id = dv.getUint16(o + 12, true);
         break;
@@ -358,78 +370,6 @@ export class PackedQueue {
     this.inflight[id] = chain;
     this.inflightCount++;
     return chain;
-  }
-
-  private walkIndirect(chain: PackedDescriptorChain, lo: number, hi: number, len: number, first: number, slot: number): void {
-    if (len === 0 || len % DESC_SIZE !== 0 || len > MAX_INDIRECT_ENTRIES * DESC_SIZE) {
-      this.fail(`indirect table length ${len} is not a multiple of 16 in [16, ${MAX_INDIRECT_ENTRIES * DESC_SIZE}]`, first, undefined, slot);
-    }
-    const addr = hi * 0x100000000 + lo;
-    if (hi >= ADDR_HI_LIMIT) this.fail(`indirect table address ${hex(addr)} outside guest memory`, first, undefined, slot);
-    const table = this.indirectTable(addr, len, first, slot);
-    const entries = len / DESC_SIZE;
-    for (let k = 0; k < entries; k++) {
-      const o = k * DESC_SIZE;
-      const flags = table.getUint16(o + 14, true);
-      // Only WRITE is meaningful in a table (NEXT and the id are reserved and ignored: the
-      // whole table is the chain); a nested table is a driver error.
-      if (flags & VIRTQ_DESC_F_INDIRECT) this.fail(`indirect descriptor inside an indirect table (entry ${k})`, first, undefined, slot);
-      this.buffer(
-        chain,
-        table.getUint32(o, true),
-        table.getUint32(o + 4, true),
-        table.getUint32(o + 8, true),
-        (flags & VIRTQ_DESC_F_WRITE) !== 0,
-        first,
-        slot,
-        k,
-      );
-    }
-  }
-
-  /** One buffer of a chain; `entry` is its indirect table entry, -1 for a ring descriptor (messages only). */
-  private buffer(chain: PackedDescriptorChain, lo: number, hi: number, len: number, write: boolean, first: number, slot: number, entry: number): void {
-    const addr = hi * 0x100000000 + lo;
-    if (hi >= ADDR_HI_LIMIT) this.fail(`${what(slot, entry)}: address ${hex(addr)} outside guest memory`, first, undefined, slot);
-    if (write) {
-      this.slices(addr, len, chain.writable, first, slot, entry);
-      chain.writableLen += len;
-      if (chain.writableLen > 0xffffffff) this.fail(`writable length of the chain overflows u32`, first, undefined, slot);
-      chain.writableRanges.push({ gpa: addr, len });
-    } else {
-      if (chain.writableRanges.length > 0) this.fail(`${what(slot, entry)} is device-readable after a writable descriptor`, first, undefined, slot);
-      this.slices(addr, len, chain.readable, first, slot, entry);
-      chain.readableLen += len;
-      if (chain.readableLen > 0xffffffff) this.fail(`readable length of the chain overflows u32`, first, undefined, slot);
-    }
-  }
-
-  private slices(addr: number, len: number, out: Uint8Array[], first: number, slot: number, entry: number): void {
-    if (len === 0) return;
-    try {
-      this.memory.appendSlices(addr, len, out);
-    } catch (e) {
-      if (e instanceof MemoryFault) this.fail(`${what(slot, entry)}: buffer [${hex(addr)}, +${len}) outside guest memory`, first, undefined, slot);
-      throw e;
-    }
-  }
-
-  private indirectTable(addr: number, len: number, first: number, slot: number): DataView {
-    const parts: Uint8Array[] = [];
-    try {
-      this.memory.appendSlices(addr, len, parts);
-    } catch (e) {
-      if (e instanceof MemoryFault) this.fail(`indirect table [${hex(addr)}, +${len}) outside guest memory`, first, undefined, slot);
-      throw e;
-    }
-    if (parts.length === 1) return new DataView(parts[0].buffer, parts[0].byteOffset, len);
-    const copy = new Uint8Array(len);
-    let at = 0;
-    for (const p of parts) {
-      copy.set(p, at);
-      at += p.length;
-    }
-    return new DataView(copy.buffer);
   }
 
   /**
@@ -463,13 +403,7 @@ export class PackedQueue {
     this.inflightCount--;
     const log = this.log;
     if (log !== null) {
-      let left = writtenLen;
-      for (const r of chain.writableRanges) {
-        if (left === 0) break;
-        const n = Math.min(left, r.len);
-        log.mark(r.gpa, n);
-        left -= n;
-      }
+      markRanges(log, chain.writableRanges, 0, writtenLen);
       log.mark(this.descGpa + o + 8, 8);
     }
   }
@@ -540,16 +474,7 @@ export class PackedQueue {
   }
 
   private resolveViews(setup: boolean): void {
-    const view = (gpa: number, len: number, what: string): Uint8Array => {
-      try {
-        return this.memory.gpaToView(gpa, len);
-      } catch (e) {
-        if (!(e instanceof MemoryFault)) throw e;
-        const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
-        if (setup) throw new QueueSetupError(this.index, reason);
-        this.fail(reason);
-      }
-    };
+    const view = (gpa: number, len: number, what: string) => ringView(this.memory, this.index, gpa, len, what, setup, (r) => this.fail(r));
     const d = view(this.descGpa, this.size * DESC_SIZE, 'descriptor ring');
     const drv = view(this.driverEventGpa, EVENT_SUPPRESS_BYTES, 'driver event suppression area');
     const dev = view(this.deviceEventGpa, EVENT_SUPPRESS_BYTES, 'device event suppression area');
@@ -573,41 +498,17 @@ export class PackedQueue {
   }
 }
 
-function what(slot: number, entry: number): string {
-  return entry < 0 ? `descriptor ${slot}` : `indirect table entry ${entry}`;
-}
-
-/** writeChain for any queue type: copy into the writable buffers, log what was touched. */
-export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offset: number, log: DirtyLog | null): number {
-  let skip = offset;
-  let src = 0;
-  for (const buf of chain.writable) {
-    if (src === data.length) break;
-    if (skip >= buf.length) {
-      skip -= buf.length;
-      continue;
-    }
-    const n = Math.min(buf.length - skip, data.length - src);
-    buf.set(data.subarray(src, src + n), skip);
-    src += n;
-    skip = 0;
-  }
-  if (log !== null && src > 0) markRanges(log, chain.writableRanges, offset, src);
-  return src;
-}
-
-function markRanges(log: DirtyLog, ranges: GuestRange[], offset: number, len: number): void {
-  let skip = offset;
-  let left = len;
-  for (const r of ranges) {
-    if (left === 0) break;
-    if (skip >= r.len) {
-      skip -= r.len;
-      continue;
-    }
-    const n = Math.min(r.len - skip, left);
-    log.mark(r.gpa + skip, n);
-    left -= n;
-    skip = 0;
+/**
+ * A packed indirect table is the whole chain: every entry is a buffer in order. Only WRITE is
+ * meaningful in an entry (NEXT and the id are reserved and ignored); a nested table is a driver
+ * error. `slot` is the ring descriptor that pointed at the table (messages only).
+ */
+function walkIndirect(memory: GuestMemory, chain: PackedDescriptorChain, table: DataView, slot: number, fail: Fail): void {
+  const entries = table.byteLength / DESC_SIZE;
+  for (let k = 0; k < entries; k++) {
+    const o = k * DESC_SIZE;
+    const flags = table.getUint16(o + 14, true);
+    if (flags & VIRTQ_DESC_F_INDIRECT) fail(`indirect descriptor inside an indirect table (entry ${k})`);
+    appendBuffer(memory, chain, table.getUint32(o, true), table.getUint32(o + 4, true), table.getUint32(o + 8, true), (flags & VIRTQ_DESC_F_WRITE) !== 0, slot, k, fail);
   }
 }

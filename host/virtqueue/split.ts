@@ -2,11 +2,10 @@
 // index, address and length is checked before use, and the first violation breaks the queue
 // (a QueueFault; the session then reports DEVICE_NEEDS_RESET) instead of being worked around.
 
-import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import { GuestMemory, hex } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import {
   DESC_SIZE,
-  MAX_INDIRECT_ENTRIES,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
@@ -18,53 +17,21 @@ import {
   usedBytes,
   vringNeedEvent,
 } from './layout.ts';
+import {
+  QueueFault,
+  QueueSetupError,
+  appendBuffer,
+  descriptorName,
+  indirectTable,
+  markRanges,
+  ringView,
+  writeChainLogged,
+  type DescriptorChain,
+  type Fail,
+} from './chain.ts';
 
-/** The guest broke the virtqueue protocol; the queue refuses further work. */
-export class QueueFault extends Error {
-  override name = 'QueueFault';
-  constructor(
-    readonly queue: number,
-    readonly reason: string,
-    readonly availIndex?: number,
-    readonly head?: number,
-    readonly descIndex?: number,
-  ) {
-    const where: string[] = [];
-    if (availIndex !== undefined) where.push(`avail index ${availIndex}`);
-    if (head !== undefined) where.push(`head ${head}`);
-    if (descIndex !== undefined) where.push(`descriptor ${descIndex}`);
-    super(`virtqueue ${queue}: ${reason}${where.length ? ` (${where.join(', ')})` : ''}`);
-  }
-}
-
-/** The ring addresses/size given at setup are unusable (SET_VRING_NUM/ADDR); nothing started. */
-export class QueueSetupError extends Error {
-  override name = 'QueueSetupError';
-  constructor(
-    readonly queue: number,
-    reason: string,
-  ) {
-    super(`virtqueue ${queue}: ${reason}`);
-  }
-}
-
-export interface GuestRange {
-  gpa: number;
-  len: number;
-}
-
-export interface DescriptorChain {
-  head: number;
-  /** The avail ring index this chain was taken from. */
-  availIndex: number;
-  /** Device-readable buffers in chain order, split at mapping boundaries; zero-length ones omitted. */
-  readable: Uint8Array[];
-  writable: Uint8Array[];
-  readableLen: number;
-  writableLen: number;
-  /** The writable descriptors as guest ranges, in order (dirty logging). */
-  writableRanges: GuestRange[];
-}
+// They moved to chain.ts (shared with the packed queue); importers of this module keep working.
+export { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './chain.ts';
 
 export interface SplitQueueConfig {
   /** Queue index, only for messages. */
@@ -85,8 +52,6 @@ export interface SplitQueueConfig {
   /** GPA to log used-ring writes against (log_guest_addr of SET_VRING_ADDR); default usedGpa. */
   usedLogGpa?: number;
 }
-
-const ADDR_HI_LIMIT = 0x200000; // high u32 of 2^53
 
 export class SplitQueue {
   readonly index: number;
@@ -211,27 +176,18 @@ export class SplitQueue {
   }
 
   private walk(head: number, availIndex: number): DescriptorChain {
-    const readable: Uint8Array[] = [];
-    const writable: Uint8Array[] = [];
-    const writableRanges: GuestRange[] = [];
-    let readableLen = 0;
-    let writableLen = 0;
+    const chain: DescriptorChain = { head, availIndex, readable: [], writable: [], readableLen: 0, writableLen: 0, writableRanges: [] };
+    const memory = this.memory;
     let table = this.desc;
     let tableSize = this.size;
     let inIndirect = false;
     let idx = head;
     let count = 0;
-    const where = (i: number) => (inIndirect ? `indirect table entry ${i}` : `descriptor ${i}`);
+    // Reads idx when called: faults name the descriptor being looked at.
+    const fail: Fail = (reason) => this.fail(reason, availIndex, head, idx);
     for (;;) {
       if (++count > tableSize) {
-        this.fail(
-          inIndirect
-            ? `indirect chain longer than its table's ${tableSize} entries (loop?)`
-            : `descriptor chain longer than queue size ${this.size} (loop?)`,
-          availIndex,
-          head,
-          idx,
-        );
+        fail(inIndirect ? `indirect chain longer than its table's ${tableSize} entries (loop?)` : `descriptor chain longer than queue size ${this.size} (loop?)`);
       }
       const o = idx * DESC_SIZE;
       const lo = table.getUint32(o, true);
@@ -239,70 +195,25 @@ export class SplitQueue {
       const len = table.getUint32(o + 8, true);
       const flags = table.getUint16(o + 12, true);
       const next = table.getUint16(o + 14, true);
-      const addr = hi * 0x100000000 + lo;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirectDesc) this.fail(`${where(idx)} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, availIndex, head, idx);
-        if (inIndirect) this.fail(`indirect descriptor inside an indirect table (entry ${idx})`, availIndex, head, idx);
-        if (flags & VIRTQ_DESC_F_NEXT) this.fail(`descriptor ${idx} has both INDIRECT and NEXT`, availIndex, head, idx);
-        if (len === 0 || len % DESC_SIZE !== 0 || len > MAX_INDIRECT_ENTRIES * DESC_SIZE) {
-          this.fail(`indirect table length ${len} is not a multiple of 16 in [16, ${MAX_INDIRECT_ENTRIES * DESC_SIZE}]`, availIndex, head, idx);
-        }
-        if (hi >= ADDR_HI_LIMIT) this.fail(`indirect table address ${hex(addr)} outside guest memory`, availIndex, head, idx);
-        table = this.indirectTable(addr, len, availIndex, head, idx);
+        if (!this.indirectDesc) fail(`${descriptorName(idx, inIndirect ? idx : -1)} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`);
+        if (inIndirect) fail(`indirect descriptor inside an indirect table (entry ${idx})`);
+        if (flags & VIRTQ_DESC_F_NEXT) fail(`descriptor ${idx} has both INDIRECT and NEXT`);
+        table = indirectTable(memory, lo, hi, len, fail);
         tableSize = len / DESC_SIZE;
         inIndirect = true;
         idx = 0;
         count = 0;
         continue;
       }
-      if (hi >= ADDR_HI_LIMIT) this.fail(`${where(idx)}: address ${hex(addr)} outside guest memory`, availIndex, head, idx);
-      if (flags & VIRTQ_DESC_F_WRITE) {
-        this.slices(addr, len, writable, availIndex, head, idx, where(idx));
-        writableLen += len;
-        if (writableLen > 0xffffffff) this.fail(`writable length of the chain overflows u32`, availIndex, head, idx);
-        writableRanges.push({ gpa: addr, len });
-      } else {
-        if (writableRanges.length > 0) this.fail(`${where(idx)} is device-readable after a writable descriptor`, availIndex, head, idx);
-        this.slices(addr, len, readable, availIndex, head, idx, where(idx));
-        readableLen += len;
-        if (readableLen > 0xffffffff) this.fail(`readable length of the chain overflows u32`, availIndex, head, idx);
-      }
+      appendBuffer(memory, chain, lo, hi, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, idx, inIndirect ? idx : -1, fail);
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= tableSize) {
-        this.fail(`${where(idx)}: next index ${next} >= ${inIndirect ? 'indirect table size' : 'queue size'} ${tableSize}`, availIndex, head, idx);
+        fail(`${descriptorName(idx, inIndirect ? idx : -1)}: next index ${next} >= ${inIndirect ? 'indirect table size' : 'queue size'} ${tableSize}`);
       }
       idx = next;
     }
-    return { head, availIndex, readable, writable, readableLen, writableLen, writableRanges };
-  }
-
-  private slices(addr: number, len: number, out: Uint8Array[], availIndex: number, head: number, idx: number, what: string): void {
-    if (len === 0) return;
-    try {
-      this.memory.appendSlices(addr, len, out);
-    } catch (e) {
-      if (e instanceof MemoryFault) this.fail(`${what}: buffer [${hex(addr)}, +${len}) outside guest memory`, availIndex, head, idx);
-      throw e;
-    }
-  }
-
-  private indirectTable(addr: number, len: number, availIndex: number, head: number, idx: number): DataView {
-    const parts: Uint8Array[] = [];
-    try {
-      this.memory.appendSlices(addr, len, parts);
-    } catch (e) {
-      if (e instanceof MemoryFault) this.fail(`indirect table [${hex(addr)}, +${len}) outside guest memory`, availIndex, head, idx);
-      throw e;
-    }
-    if (parts.length === 1) return new DataView(parts[0].buffer, parts[0].byteOffset, len);
-    // Guest-contiguous but split across mappings: read a private copy (it is only read once).
-    const copy = new Uint8Array(len);
-    let at = 0;
-    for (const p of parts) {
-      copy.set(p, at);
-      at += p.length;
-    }
-    return new DataView(copy.buffer);
+    return chain;
   }
 
   /**
@@ -328,13 +239,7 @@ export class SplitQueue {
     this.inflightCount--;
     const log = this.log;
     if (log !== null) {
-      let left = writtenLen;
-      for (const r of chain.writableRanges) {
-        if (left === 0) break;
-        const n = Math.min(left, r.len);
-        log.mark(r.gpa, n);
-        left -= n;
-      }
+      markRanges(log, chain.writableRanges, 0, writtenLen);
       log.mark(this.usedLogGpa + 4 + 8 * slot, 8);
       log.mark(this.usedLogGpa + 2, 2);
     }
@@ -345,36 +250,7 @@ export class SplitQueue {
    * bytes copied (bounded by writableLen). Logs the touched guest pages when logging.
    */
   writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
-    let skip = offset;
-    let src = 0;
-    for (const buf of chain.writable) {
-      if (src === data.length) break;
-      if (skip >= buf.length) {
-        skip -= buf.length;
-        continue;
-      }
-      const n = Math.min(buf.length - skip, data.length - src);
-      buf.set(data.subarray(src, src + n), skip);
-      src += n;
-      skip = 0;
-    }
-    const log = this.log;
-    if (log !== null && src > 0) {
-      let skipR = offset;
-      let left = src;
-      for (const r of chain.writableRanges) {
-        if (left === 0) break;
-        if (skipR >= r.len) {
-          skipR -= r.len;
-          continue;
-        }
-        const n = Math.min(r.len - skipR, left);
-        log.mark(r.gpa + skipR, n);
-        left -= n;
-        skipR = 0;
-      }
-    }
-    return src;
+    return writeChainLogged(chain, data, offset, this.log);
   }
 
   /**
@@ -439,16 +315,7 @@ export class SplitQueue {
 
   /** (Re)derive ring views; the memory table changed (ADD/REM_MEM_REG) or this is setup. */
   private resolveViews(setup: boolean): void {
-    const view = (gpa: number, len: number, what: string): Uint8Array => {
-      try {
-        return this.memory.gpaToView(gpa, len);
-      } catch (e) {
-        if (!(e instanceof MemoryFault)) throw e;
-        const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
-        if (setup) throw new QueueSetupError(this.index, reason);
-        this.fail(reason);
-      }
-    };
+    const view = (gpa: number, len: number, what: string) => ringView(this.memory, this.index, gpa, len, what, setup, (r) => this.fail(r));
     const d = view(this.descGpa, descTableBytes(this.size), 'descriptor table');
     const a = view(this.availGpa, availBytes(this.size), 'avail ring');
     const u = view(this.usedGpa, usedBytes(this.size), 'used ring');

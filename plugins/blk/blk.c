@@ -48,33 +48,19 @@ void vd_get_info(vd_info *out) {
   out->config_size = CONFIG_SIZE;
 }
 
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint32_t get32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, 4);
-  return v;
-}
-static uint64_t get64(const uint8_t *p) {
-  uint64_t v;
-  memcpy(&v, p, 8);
-  return v;
-}
-
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
   uint8_t cfg[CONFIG_SIZE] = {0};
-  put64(cfg + CFG_CAPACITY, capacity);
-  put32(cfg + CFG_SIZE_MAX, SIZE_MAX_BYTES);
-  put32(cfg + CFG_SEG_MAX, SEG_MAX);
-  put32(cfg + CFG_BLK_SIZE, SECTOR);
-  put16(cfg + CFG_NUM_QUEUES, NUM_QUEUES);
+  vd_put_u64(cfg + CFG_CAPACITY, capacity);
+  vd_put_u32(cfg + CFG_SIZE_MAX, SIZE_MAX_BYTES);
+  vd_put_u32(cfg + CFG_SEG_MAX, SEG_MAX);
+  vd_put_u32(cfg + CFG_BLK_SIZE, SECTOR);
+  vd_put_u16(cfg + CFG_NUM_QUEUES, NUM_QUEUES);
   if (!read_only) {
-    put32(cfg + CFG_MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
-    put32(cfg + CFG_MAX_DISCARD_SEG, MAX_DISCARD_SEG);
-    put32(cfg + CFG_DISCARD_ALIGNMENT, 1);
-    put32(cfg + CFG_MAX_WZ_SECTORS, MAX_DISCARD_SECTORS);
-    put32(cfg + CFG_MAX_WZ_SEG, MAX_DISCARD_SEG);
+    vd_put_u32(cfg + CFG_MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
+    vd_put_u32(cfg + CFG_MAX_DISCARD_SEG, MAX_DISCARD_SEG);
+    vd_put_u32(cfg + CFG_DISCARD_ALIGNMENT, 1);
+    vd_put_u32(cfg + CFG_MAX_WZ_SECTORS, MAX_DISCARD_SECTORS);
+    vd_put_u32(cfg + CFG_MAX_WZ_SEG, MAX_DISCARD_SEG);
   }
   memcpy(out, cfg + offset, size);
 }
@@ -170,15 +156,15 @@ static uint8_t do_ranges(const vd_request *r, uint32_t type) {
   size_t n = len / SEG_SIZE;
   if (n > MAX_DISCARD_SEG) return S_UNSUPP;
   for (size_t i = 0; i < n; i++) {
-    uint32_t num = get32(seg + i * SEG_SIZE + 8), flags = get32(seg + i * SEG_SIZE + 12);
+    uint32_t num = vd_get_u32(seg + i * SEG_SIZE + 8), flags = vd_get_u32(seg + i * SEG_SIZE + 12);
     uint32_t allowed = type == T_WRITE_ZEROES ? WZ_FLAG_UNMAP : 0;
     if (flags & ~allowed) return S_UNSUPP;
     if (num > MAX_DISCARD_SECTORS) return S_IOERR;
-    if (!range_ok(get64(seg + i * SEG_SIZE), (uint64_t)num * SECTOR)) return S_IOERR;
+    if (!range_ok(vd_get_u64(seg + i * SEG_SIZE), (uint64_t)num * SECTOR)) return S_IOERR;
   }
   for (size_t i = 0; i < n; i++) {
-    uint64_t off = get64(seg + i * SEG_SIZE) * SECTOR;
-    uint64_t bytes = (uint64_t)get32(seg + i * SEG_SIZE + 8) * SECTOR;
+    uint64_t off = vd_get_u64(seg + i * SEG_SIZE) * SECTOR;
+    uint64_t bytes = (uint64_t)vd_get_u32(seg + i * SEG_SIZE + 8) * SECTOR;
     vd_storage_status st =
         type == T_DISCARD ? vd_storage_discard(off, bytes) : vd_storage_write_zeroes(off, bytes);
     if (st != VD_STORAGE_OK) return S_IOERR;
@@ -195,8 +181,8 @@ static const char *one(const vd_request *r, vd_buf *out) {
   /* Only the status and at most MAX_IO bytes of data: anything larger cannot be a request
    * we offered to serve, and answering it would mean allocating all of it. */
   if (r->writable_len > MAX_IO + 1) return "blk: a request's writable space exceeds 4 MiB + 1 status byte";
-  uint32_t type = r->readable_len >= HDR_SIZE ? get32(r->readable) : UINT32_MAX;
-  uint64_t sector = r->readable_len >= HDR_SIZE ? get64(r->readable + 8) : 0;
+  uint32_t type = r->readable_len >= HDR_SIZE ? vd_get_u32(r->readable) : UINT32_MAX;
+  uint64_t sector = r->readable_len >= HDR_SIZE ? vd_get_u64(r->readable + 8) : 0;
   if (type == T_IN && try_in(r, sector, out)) return NULL;
   uint8_t *buf = response(r, out);
   if (!buf) return "out of memory";
@@ -231,50 +217,30 @@ const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_
 
 static uint8_t saving[STATE_SIZE];
 static uint8_t loading[STATE_SIZE];
-static uint64_t loaded;
-static int load_overflow;
+static vd_state_loader loader = {.data = loading, .max = STATE_SIZE};
 
 const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining) {
   if (offset == 0) {
     memset(saving, 0, STATE_SIZE);
-    memcpy(saving, "VBLK", 4);
-    saving[4] = STATE_VERSION;
-    put64(saving + 8, acked);
+    vd_state_put_header(saving, "VBLK", STATE_VERSION);
+    vd_put_u64(saving + 8, acked);
   }
-  if (offset > STATE_SIZE) return "state offset past the end";
-  uint64_t left = STATE_SIZE - offset;
-  uint32_t n = left < size ? (uint32_t)left : size;
-  if (n) {
-    out->data = malloc(n);
-    if (!out->data) return "out of memory";
-    memcpy(out->data, saving + offset, n);
-  }
-  out->len = n;
-  *remaining = left - n;
-  return NULL;
+  return vd_state_serve(saving, STATE_SIZE, offset, size, out, remaining);
 }
 
 const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
-  if (offset == 0) loaded = 0, load_overflow = 0;
-  if (offset != loaded) return "state chunk out of order";
-  if (len > STATE_SIZE - loaded) {
-    load_overflow = 1;
-    return "state longer than the blk state format";
-  }
-  memcpy(loading + loaded, chunk, len);
-  loaded += len;
-  return NULL;
+  return vd_state_accept(&loader, offset, chunk, len, "state longer than the blk state format");
 }
 
 const char *vd_finish_load(void) {
-  if (load_overflow) return "state longer than the blk state format";
-  if (loaded != STATE_SIZE) return "state truncated";
-  if (memcmp(loading, "VBLK", 4) != 0) return "not a blk state (bad magic)";
-  if (loading[4] != STATE_VERSION) return "unsupported blk state version";
-  if (loading[5] | loading[6] | loading[7]) return "reserved state bytes are not zero";
-  uint64_t f = get64(loading + 8);
+  if (loader.overflow) return "state longer than the blk state format";
+  if (loader.len != STATE_SIZE) return "state truncated";
+  const char *err = vd_state_check_header(loading, "VBLK", STATE_VERSION, "not a blk state (bad magic)",
+                                          "unsupported blk state version");
+  if (err) return err;
+  uint64_t f = vd_get_u64(loading + 8);
   if (f & ~offered()) return "state acks features this device does not offer";
   acked = f;
-  loaded = 0;
+  loader.len = 0;
   return NULL;
 }

@@ -289,17 +289,84 @@ static int ensure_inode_slot(uint32_t id) {
   return 1;
 }
 
+/* --migration-on-error guest-error for the load in progress (else abort). */
+static int restore_tolerant;
+static char restore_msg[1024];
+
+/* A tiny string builder (no stdio in the plugin: it would import WASI). */
+static size_t msg_at;
+static void msg_s(const char *t) {
+  while (*t && msg_at + 1 < sizeof restore_msg) restore_msg[msg_at++] = *t++;
+  restore_msg[msg_at] = 0;
+}
+static void msg_u(uint64_t v) {
+  char d[24];
+  int n = 0;
+  do d[n++] = (char)('0' + v % 10), v /= 10;
+  while (v);
+  char t[24];
+  for (int i = 0; i < n; i++) t[i] = d[n - 1 - i];
+  t[n] = 0;
+  msg_s(t);
+}
+
+static const char *errno_name(uint32_t e) {
+  switch (e) {
+    case 1: return "EPERM";
+    case 2: return "ENOENT";
+    case 13: return "EACCES";
+    case 20: return "ENOTDIR";
+    case 21: return "EISDIR";
+    case 23: return "ENFILE";
+    case 24: return "EMFILE";
+    case 30: return "EROFS";
+    case 40: return "ELOOP";
+    case 18: return "EXDEV";
+    case 6: return "ENXIO";
+    default: return "error";
+  }
+}
+
+/* "dir/sub/name" of a (restored) inode, from the share root; "?" for unnamed parts. */
+static void path_of(uint32_t parent, const uint8_t *name, size_t len, char *buf, size_t cap) {
+  const uint8_t *parts[64];
+  size_t lens[64];
+  int n = 0;
+  if (name) parts[n] = name, lens[n++] = len;
+  for (uint64_t p = parent; p > FUSE_ROOT_ID && n < 64;) {
+    fs_inode *in = inode_get(p);
+    if (!in || !in->name) {
+      parts[n] = (const uint8_t *)"?", lens[n++] = 1;
+      break;
+    }
+    parts[n] = in->name, lens[n++] = in->name_len;
+    p = in->parent;
+  }
+  size_t at = 0;
+  for (int i = n; i-- > 0;) {
+    for (size_t j = 0; j < lens[i] && at + 2 < cap; j++) {
+      uint8_t c = parts[i][j];
+      buf[at++] = (c < 32 || c == 127) ? '?' : (char)c; /* one log line */
+    }
+    if (i && at + 2 < cap) buf[at++] = '/';
+  }
+  buf[at] = 0;
+}
+
 /* Root as nodeid 1. 0 or an errno. */
 uint32_t fs_restore_root(void) {
   fs_tables_clear();
+  restore_tolerant = vfs_migration_guest_error();
   return setup_root();
 }
 
 /*
- * Re-resolve saved inode `id` as `name` in directory `parent` (already restored). With no
- * name, or when the lookup fails (the file is gone, or was open but unlinked), the slot is
- * kept with handle 0: the guest's later requests on it fail (EBADF) instead of reaching
- * another file. Returns 0, or a message when the saved table itself is inconsistent.
+ * Re-resolve saved inode `id` as `name` in directory `parent` (already restored). A name that
+ * no longer resolves fails the load with a message naming the path (--migration-on-error
+ * abort), or (guest-error) keeps the slot with handle 0, logged. With no name (unlinked
+ * through us while held), under a lost parent, or resolving to an inode already restored
+ * under another id, the slot is kept with handle 0 in both modes. Handle 0 = the guest's
+ * later requests on it answer EIO instead of reaching another file. Returns 0, or a message.
  */
 const char *fs_restore_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
                              uint32_t mode) {
@@ -308,11 +375,30 @@ const char *fs_restore_inode(uint32_t id, uint32_t parent, const uint8_t *name, 
   vfs_entry e;
   memset(&e, 0, sizeof e);
   uint32_t err = ENOENT;
+  const char *why = NULL;
   fs_inode *p = parent ? inode_get(parent) : NULL;
   if (name && p && p->handle) err = vfs_lookup(p->handle, name, len, &e);
   if (!err && (e.attr.mode & 0170000) != (mode & 0170000)) {
     vfs_close(e.node); /* another kind of file took the name: not ours */
     err = ENOENT;
+    why = "another kind of file has that name now";
+  }
+  /* A name that no longer leads to it: the operator's --migration-on-error decides. (An
+   * inode saved without a name was unlinked through this server while the guest held it: no
+   * destination can find it, it stays dead in both modes.) */
+  if (err && name && !(p && !p->handle)) {
+    char path[768];
+    path_of(parent, name, len, path, sizeof path);
+    msg_at = 0;
+    msg_s("cannot find \"");
+    msg_s(path);
+    msg_s("\" (node ");
+    msg_u(id);
+    msg_s(") in the destination's share: ");
+    msg_s(why ? why : errno_name(err));
+    msg_s(restore_tolerant ? "; the guest gets EIO for it" : " (--migration-on-error abort)");
+    if (!restore_tolerant) return restore_msg;
+    vd_log(VD_LOG_WARN, restore_msg);
   }
   if (!err && hash_find(e.attr.dev, e.attr.ino)) {
     vfs_close(e.node); /* already restored under another id (a hard link): keep this one dead */
@@ -353,7 +439,26 @@ const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
   fs_inode *in = inode_get(nodeid);
   vfs_handle h = 0;
   uint32_t of = flags & ~(uint32_t)(O_CREAT | O_EXCL | O_NOCTTY | 01000 /* O_TRUNC */);
-  if (in && in->handle && vfs_open(in->handle, of, &h) != 0) h = 0;
+  if (in && in->handle) {
+    uint32_t err = vfs_open(in->handle, of, &h);
+    if (err) {
+      h = 0;
+      char path[768];
+      path_of((uint32_t)in->parent, in->name, in->name_len, path, sizeof path);
+      msg_at = 0;
+      msg_s("cannot reopen \"");
+      msg_s(path);
+      msg_s("\" (node ");
+      msg_u(nodeid);
+      msg_s(", file handle ");
+      msg_u(fh);
+      msg_s(") in the destination's share: ");
+      msg_s(errno_name(err));
+      msg_s(restore_tolerant ? "; the guest gets EIO for it" : " (--migration-on-error abort)");
+      if (!restore_tolerant) return restore_msg;
+      vd_log(VD_LOG_WARN, restore_msg);
+    }
+  }
   *f = (fs_file){.used = 1, .handle = h, .flags = flags, .nodeid = nodeid};
   return NULL;
 }
@@ -522,9 +627,11 @@ static const uint8_t *take_name(args *a, size_t *len) {
   const uint8_t *var = take_name(a, &lenvar);   \
   if (!var) return reply_error(r, EINVAL)
 
+/* A node id the guest holds that a migration could not find again (no host handle): EIO. */
 #define INODE(id, var)                          \
   fs_inode *var = inode_get(id);                \
-  if (!var) return reply_error(r, ENOENT)
+  if (!var) return reply_error(r, ENOENT);      \
+  if (!var->handle) return reply_error(r, EIO)
 
 /* ---- Operations ---- */
 
@@ -734,6 +841,7 @@ static void op_read(reply *r, args *a) {
   TAKE(a, struct fuse_read_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
   uint32_t want = in.size < room ? in.size : room;
   if (want > 1024 * 1024) want = 1024 * 1024;
@@ -749,6 +857,7 @@ static void op_write(reply *r, args *a) {
   TAKE(a, struct fuse_write_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   if (in.size > a->len || in.size > MAX_WRITE) return reply_error(r, EINVAL);
   uint32_t n = 0;
   uint32_t err = vfs_write(f->handle, in.offset, a->p, in.size, &n);
@@ -776,6 +885,7 @@ static void op_fsync(reply *r, args *a) {
   TAKE(a, struct fuse_fsync_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   uint32_t err = vfs_fsync(f->handle, in.fsync_flags & FUSE_FSYNC_FDATASYNC);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);
@@ -787,6 +897,7 @@ static void op_readdir(reply *r, args *a, int plus) {
   TAKE(a, struct fuse_read_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   /* Copy what we need: inode_take below may grow (move) the inode table. */
   fs_inode *dir = inode_get(f->nodeid);
   if (plus && !dir) return reply_error(r, ENOENT);
@@ -863,6 +974,7 @@ static void op_fallocate(reply *r, args *a) {
   TAKE(a, struct fuse_fallocate_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   uint32_t err = vfs_fallocate(f->handle, in.mode, in.offset, in.length);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);
@@ -872,6 +984,7 @@ static void op_lseek(reply *r, args *a) {
   TAKE(a, struct fuse_lseek_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
   uint64_t pos;
   uint32_t err = vfs_lseek(f->handle, (int64_t)in.offset, in.whence, &pos);
   if (err) return reply_error(r, err);

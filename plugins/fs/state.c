@@ -14,9 +14,12 @@
  *      files:  u64 fh, u32 node id, u32 open flags
  * The root (node id 1) is not listed: it is always the share root.
  *
- * An inode that cannot be found again on load (renamed behind our back, unlinked while
- * open, another kind of file now at its name) keeps its id but no host handle: the guest's
- * requests on it fail with EBADF instead of reaching another file.
+ * An inode that cannot be found again on load (renamed or deleted behind our back, missing
+ * from the destination's share, another kind of file now at its name) or a file that cannot
+ * be reopened fails the load with a message naming its path (--migration-on-error abort, the
+ * default), or (guest-error) keeps its id with no host handle: the guest's requests on it
+ * answer EIO instead of reaching another file. Inodes unlinked through the server while held
+ * (saved without a name) are kept that way in both modes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -37,22 +40,7 @@ void fs_restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead);
 
 static uint8_t *saving;
 static size_t saving_len;
-static uint8_t *loading;
-static size_t loading_len, loading_cap;
-static int load_failed;
-
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint32_t get32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, 4);
-  return v;
-}
-static uint64_t get64(const uint8_t *p) {
-  uint64_t v;
-  memcpy(&v, p, 8);
-  return v;
-}
+static vd_state_loader loader = {.max = MAX_STATE, .grow = 1};
 
 static const char *snapshot(void) {
   size_t size = HEADER;
@@ -71,30 +59,30 @@ static const char *snapshot(void) {
   memcpy(saving, "VFSS", 4);
   saving[4] = STATE_VERSION;
   saving[5] = 1;
-  put32(saving + 8, session.initialized);
-  put32(saving + 12, session.minor);
-  put32(saving + 16, session.flags);
-  put32(saving + 20, session.max_readahead);
-  put32(saving + 24, ni);
-  put32(saving + 28, nf);
+  vd_put_u32(saving + 8, session.initialized);
+  vd_put_u32(saving + 12, session.minor);
+  vd_put_u32(saving + 16, session.flags);
+  vd_put_u32(saving + 20, session.max_readahead);
+  vd_put_u32(saving + 24, ni);
+  vd_put_u32(saving + 28, nf);
   uint8_t *p = saving + HEADER;
   if (!session.initialized) return NULL;
   for (uint32_t i = 2; i < n_inodes; i++) {
     fs_inode *in = &inodes[i];
     if (!in->used) continue;
-    put32(p, i);
-    put32(p + 4, (uint32_t)in->parent);
-    put64(p + 8, in->nlookup);
-    put32(p + 16, in->mode);
-    put32(p + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
+    vd_put_u32(p, i);
+    vd_put_u32(p + 4, (uint32_t)in->parent);
+    vd_put_u64(p + 8, in->nlookup);
+    vd_put_u32(p + 16, in->mode);
+    vd_put_u32(p + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
     if (in->name) memcpy(p + 24, in->name, in->name_len);
     p += 24 + in->name_len;
   }
   for (uint32_t i = 0; i < n_files; i++) {
     if (!files[i].used) continue;
-    put64(p, (uint64_t)i + 1);
-    put32(p + 8, (uint32_t)files[i].nodeid);
-    put32(p + 12, files[i].flags);
+    vd_put_u64(p, (uint64_t)i + 1);
+    vd_put_u32(p + 8, (uint32_t)files[i].nodeid);
+    vd_put_u32(p + 12, files[i].flags);
     p += 16;
   }
   return NULL;
@@ -105,40 +93,11 @@ const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *
     const char *err = snapshot();
     if (err) return err;
   }
-  if (!saving || offset > saving_len) return "state offset past the end";
-  size_t left = saving_len - (size_t)offset;
-  size_t n = left < size ? left : size;
-  if (n) {
-    out->data = malloc(n);
-    if (!out->data) return "out of memory";
-    memcpy(out->data, saving + offset, n);
-  }
-  out->len = n;
-  *remaining = left - n;
-  return NULL;
+  return vd_state_serve(saving, saving_len, offset, size, out, remaining);
 }
 
 const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
-  if (offset == 0) {
-    loading_len = 0;
-    load_failed = 0;
-  }
-  if (offset != loading_len) return "state chunk out of order";
-  if (len > MAX_STATE - loading_len) {
-    load_failed = 1;
-    return "fs state larger than 256 MiB";
-  }
-  if (loading_len + len > loading_cap) {
-    size_t nc = loading_cap ? loading_cap : 4096;
-    while (nc < loading_len + len) nc *= 2;
-    uint8_t *p = realloc(loading, nc);
-    if (!p) return "out of memory";
-    loading = p;
-    loading_cap = nc;
-  }
-  memcpy(loading + loading_len, chunk, len);
-  loading_len += len;
-  return NULL;
+  return vd_state_accept(&loader, offset, chunk, len, "fs state larger than 256 MiB");
 }
 
 typedef struct saved_inode {
@@ -148,15 +107,15 @@ typedef struct saved_inode {
 } saved_inode;
 
 static const char *load(void) {
-  const uint8_t *s = loading;
-  size_t n = loading_len;
-  if (load_failed) return "fs state larger than 256 MiB";
+  const uint8_t *s = loader.data;
+  size_t n = loader.len;
+  if (loader.overflow) return "fs state larger than 256 MiB";
   if (n < HEADER) return "fs state truncated";
   if (memcmp(s, "VFSS", 4) != 0) return "not an fs state (bad magic)";
   if (s[5] > STATE_VERSION) return "fs state from a newer plugin this version cannot read";
   if (s[4] < 1) return "unsupported fs state version";
-  uint32_t initialized = get32(s + 8), minor = get32(s + 12), flags = get32(s + 16), readahead = get32(s + 20);
-  uint32_t ni = get32(s + 24), nf = get32(s + 28);
+  uint32_t initialized = vd_get_u32(s + 8), minor = vd_get_u32(s + 12), flags = vd_get_u32(s + 16), readahead = vd_get_u32(s + 20);
+  uint32_t ni = vd_get_u32(s + 24), nf = vd_get_u32(s + 28);
   if (initialized > 1) return "fs state: bad session flag";
   /* Parse and check everything before touching the live tables. */
   if (ni > (n - HEADER) / 24) return "fs state: inode count larger than the state";
@@ -166,11 +125,11 @@ static const char *load(void) {
   for (uint32_t i = 0; i < ni; i++) {
     if (n - at < 24) return free(saved), "fs state truncated in the inode table";
     saved_inode *x = &saved[i];
-    x->id = get32(s + at);
-    x->parent = get32(s + at + 4);
-    x->nlookup = get64(s + at + 8);
-    x->mode = get32(s + at + 16);
-    x->name_len = get32(s + at + 20);
+    x->id = vd_get_u32(s + at);
+    x->parent = vd_get_u32(s + at + 4);
+    x->nlookup = vd_get_u64(s + at + 8);
+    x->mode = vd_get_u32(s + at + 16);
+    x->name_len = vd_get_u32(s + at + 20);
     at += 24;
     x->name = NULL;
     if (x->name_len != NO_NAME) {
@@ -210,7 +169,7 @@ static const char *load(void) {
   free(saved);
   for (uint32_t i = 0; i < nf && !msg; i++) {
     const uint8_t *f = s + at + (size_t)i * 16;
-    msg = fs_restore_file(get64(f), get32(f + 8), get32(f + 12));
+    msg = fs_restore_file(vd_get_u64(f), vd_get_u32(f + 8), vd_get_u32(f + 12));
   }
   if (msg) {
     fs_tables_clear();
@@ -222,9 +181,6 @@ static const char *load(void) {
 
 const char *vd_finish_load(void) {
   const char *err = load();
-  free(loading);
-  loading = NULL;
-  loading_len = loading_cap = 0;
-  load_failed = 0;
+  vd_state_loader_reset(&loader);
   return err;
 }

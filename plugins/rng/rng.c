@@ -22,8 +22,7 @@ static uint64_t served;
 static uint8_t saving[STATE_SIZE];
 /* Load: chunks accumulate here until finish-load validates them. */
 static uint8_t loading[STATE_SIZE];
-static uint64_t loaded;
-static int load_overflow;
+static vd_state_loader loader = {.data = loading, .max = STATE_SIZE};
 
 const char *vd_name(void) { return "rng"; }
 const char *vd_version(void) { return "0.1.0"; }
@@ -51,8 +50,7 @@ const char *vd_activate(uint64_t acked) {
 
 void vd_reset(void) {
   served = 0;
-  loaded = 0;
-  load_overflow = 0;
+  vd_state_loader_reset(&loader);
 }
 
 /* One entropy import per batch rather than per request: crossing into the host costs
@@ -109,50 +107,28 @@ const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_
 
 static void encode(uint8_t out[STATE_SIZE]) {
   memset(out, 0, STATE_SIZE);
-  memcpy(out, "VRNG", 4);
-  out[4] = STATE_VERSION;
+  vd_state_put_header(out, "VRNG", STATE_VERSION);
   for (int i = 0; i < 8; i++) out[8 + i] = (uint8_t)(served >> (8 * i));
 }
 
 const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining) {
   if (offset == 0) encode(saving);
-  if (offset > STATE_SIZE) return "state offset past the end";
-  uint64_t left = STATE_SIZE - offset;
-  uint32_t n = left < size ? (uint32_t)left : size;
-  if (n) {
-    out->data = malloc(n);
-    if (!out->data) return "out of memory";
-    memcpy(out->data, saving + offset, n);
-  }
-  out->len = n;
-  *remaining = left - n;
-  return NULL;
+  return vd_state_serve(saving, STATE_SIZE, offset, size, out, remaining);
 }
 
 const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
-  if (offset == 0) {
-    loaded = 0;
-    load_overflow = 0;
-  }
-  if (offset != loaded) return "state chunk out of order";
-  if (len > STATE_SIZE - loaded) {
-    load_overflow = 1;
-    return "state longer than the rng state format";
-  }
-  memcpy(loading + loaded, chunk, len);
-  loaded += len;
-  return NULL;
+  return vd_state_accept(&loader, offset, chunk, len, "state longer than the rng state format");
 }
 
 const char *vd_finish_load(void) {
-  if (load_overflow) return "state longer than the rng state format";
-  if (loaded != STATE_SIZE) return "state truncated";
-  if (memcmp(loading, "VRNG", 4) != 0) return "not an rng state (bad magic)";
-  if (loading[4] != STATE_VERSION) return "unsupported rng state version";
-  if (loading[5] | loading[6] | loading[7]) return "reserved state bytes are not zero";
+  if (loader.overflow) return "state longer than the rng state format";
+  if (loader.len != STATE_SIZE) return "state truncated";
+  const char *err = vd_state_check_header(loading, "VRNG", STATE_VERSION, "not an rng state (bad magic)",
+                                          "unsupported rng state version");
+  if (err) return err;
   uint64_t v = 0;
   for (int i = 0; i < 8; i++) v |= (uint64_t)loading[8 + i] << (8 * i);
   served = v;
-  loaded = 0;
+  loader.len = 0;
   return NULL;
 }

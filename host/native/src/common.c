@@ -228,6 +228,36 @@ napi_value make_undefined(napi_env env) {
   return v;
 }
 
+void *ctor_external(napi_env env, napi_callback_info info, napi_value *self, const char *cls, const char *factory) {
+  napi_value argv[1];
+  size_t argc = 1;
+  napi_valuetype t = napi_undefined;
+  void *p = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, self, NULL) != napi_ok) return NULL;
+  if (argc == 1) napi_typeof(env, argv[0], &t);
+  if (t != napi_external || napi_get_value_external(env, argv[0], &p) != napi_ok || !p) {
+    throw_type(env, "%s cannot be constructed directly; use %s", cls, factory);
+    return NULL;
+  }
+  return p;
+}
+
+bool wrap_tagged(napi_env env, napi_value self, const napi_type_tag *tag, void *p, napi_finalize fin, const char *what) {
+  if (napi_type_tag_object(env, self, tag) != napi_ok || napi_wrap(env, self, p, fin, NULL, NULL) != napi_ok)
+    return throw_napi(env, napi_generic_failure, what);
+  return true;
+}
+
+void *unwrap_this(napi_env env, napi_value self, const napi_type_tag *tag, const char *fn, const char *what) {
+  bool ok = false;
+  void *p = NULL;
+  if (napi_check_object_type_tag(env, self, tag, &ok) != napi_ok || !ok || napi_unwrap(env, self, &p) != napi_ok || !p) {
+    throw_type(env, "%s: `this` is not %s", fn, what);
+    return NULL;
+  }
+  return p;
+}
+
 bool set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb) {
   napi_value f;
   if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &f) != napi_ok) return false;

@@ -57,6 +57,16 @@ napi_value make_fd_pair(napi_env env, int a, int b);
 
 bool set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb);
 
+// Classes the addon wraps (Mapping, Watcher) are made only by the addon: their JS constructor
+// takes one External holding the native object. ctor_external returns that pointer, or NULL
+// with a TypeError ("<cls> cannot be constructed directly; use <factory>").
+void *ctor_external(napi_env env, napi_callback_info info, napi_value *self, const char *cls, const char *factory);
+// Type-tags `self` and wraps `p` in it; false with an exception naming `what` if N-API refuses.
+bool wrap_tagged(napi_env env, napi_value self, const napi_type_tag *tag, void *p, napi_finalize fin, const char *what);
+// The native object behind `this` of a method (`fn`), or NULL with a TypeError saying `this` is
+// not `what` (e.g. "a Mapping returned by native.mmap()").
+void *unwrap_this(napi_env env, napi_value self, const napi_type_tag *tag, const char *fn, const char *what);
+
 addon_env *get_addon_env(napi_env env);
 
 // Module parts, called once per environment from addon.c.

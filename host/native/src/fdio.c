@@ -17,79 +17,55 @@ static bool fd_and_buf(napi_env env, napi_callback_info info, size_t nargs, cons
   return get_bytes(env, argv[1], fn, "buf", buf, len);
 }
 
-static napi_value do_read(napi_env env, napi_callback_info info) {
+// The result of a read(2)/write(2)-like call (already retried on EINTR; errno still its own):
+// the byte count, -1 for EAGAIN when `would_block` allows it (non-blocking fds), else throws.
+static napi_value io_count(napi_env env, ssize_t n, const char *fn, bool would_block) {
+  if (n < 0) {
+    if (would_block && (errno == EAGAIN || errno == EWOULDBLOCK)) return make_number(env, -1);
+    throw_errno(env, fn, errno);
+    return NULL;
+  }
+  return make_number(env, (double)n);
+}
+
+// read(2)/write(2): the fd may be non-blocking, so "would block" is a result (-1), not an error.
+static napi_value stream_io(napi_env env, napi_callback_info info, bool writing) {
+  const char *fn = writing ? "write" : "read";
   napi_value argv[2];
   int fd;
   void *buf;
   size_t len;
-  if (!fd_and_buf(env, info, 2, "read", argv, &fd, &buf, &len)) return NULL;
-  if (len == 0) {
+  if (!fd_and_buf(env, info, 2, fn, argv, &fd, &buf, &len)) return NULL;
+  if (!writing && len == 0) {
     throw_range(env, "read: buf is empty (length 0); a zero-byte read cannot be told apart from EOF");
     return NULL;
   }
   ssize_t n;
-  do n = read(fd, buf, len);
+  do n = writing ? write(fd, buf, len) : read(fd, buf, len);
   while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_number(env, -1);
-    throw_errno(env, "read", errno);
-    return NULL;
-  }
-  return make_number(env, (double)n);
+  return io_count(env, n, fn, true);
 }
 
-static napi_value do_write(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  int fd;
-  void *buf;
-  size_t len;
-  if (!fd_and_buf(env, info, 2, "write", argv, &fd, &buf, &len)) return NULL;
-  ssize_t n;
-  do n = write(fd, buf, len);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_number(env, -1);
-    throw_errno(env, "write", errno);
-    return NULL;
-  }
-  return make_number(env, (double)n);
-}
-
-static napi_value do_pread(napi_env env, napi_callback_info info) {
+// pread(2)/pwrite(2) at a 64-bit offset (files and block devices: EAGAIN is an error here).
+static napi_value positional_io(napi_env env, napi_callback_info info, bool writing) {
+  const char *fn = writing ? "pwrite" : "pread";
   napi_value argv[3];
   int fd;
   void *buf;
   size_t len;
   uint64_t off;
-  if (!fd_and_buf(env, info, 3, "pread", argv, &fd, &buf, &len)) return NULL;
-  if (!get_u64(env, argv[2], "pread", "offset", &off)) return NULL;
+  if (!fd_and_buf(env, info, 3, fn, argv, &fd, &buf, &len)) return NULL;
+  if (!get_u64(env, argv[2], fn, "offset", &off)) return NULL;
   ssize_t n;
-  do n = pread(fd, buf, len, (off_t)off);
+  do n = writing ? pwrite(fd, buf, len, (off_t)off) : pread(fd, buf, len, (off_t)off);
   while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    throw_errno(env, "pread", errno);
-    return NULL;
-  }
-  return make_number(env, (double)n);
+  return io_count(env, n, fn, false);
 }
 
-static napi_value do_pwrite(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  int fd;
-  void *buf;
-  size_t len;
-  uint64_t off;
-  if (!fd_and_buf(env, info, 3, "pwrite", argv, &fd, &buf, &len)) return NULL;
-  if (!get_u64(env, argv[2], "pwrite", "offset", &off)) return NULL;
-  ssize_t n;
-  do n = pwrite(fd, buf, len, (off_t)off);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    throw_errno(env, "pwrite", errno);
-    return NULL;
-  }
-  return make_number(env, (double)n);
-}
+static napi_value do_read(napi_env env, napi_callback_info info) { return stream_io(env, info, false); }
+static napi_value do_write(napi_env env, napi_callback_info info) { return stream_io(env, info, true); }
+static napi_value do_pread(napi_env env, napi_callback_info info) { return positional_io(env, info, false); }
+static napi_value do_pwrite(napi_env env, napi_callback_info info) { return positional_io(env, info, true); }
 
 static bool one_fd(napi_env env, napi_callback_info info, const char *fn, int *fd) {
   napi_value argv[1];
@@ -256,6 +232,29 @@ static napi_value do_pipe2(napi_env env, napi_callback_info info) {
   return make_fd_pair(env, p[0], p[1]);
 }
 
+// setPipeSize(fd, bytes): fcntl(F_SETPIPE_SZ); returns the pipe's capacity afterwards (the kernel
+// rounds up to a power-of-two number of pages). EPERM above /proc/sys/fs/pipe-max-size for an
+// unprivileged process, EBUSY when shrinking below what the pipe holds.
+static napi_value set_pipe_size(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  uint64_t want;
+  if (!get_args(env, info, 2, 2, argv, NULL, "setPipeSize")) return NULL;
+  if (!get_fd(env, argv[0], "setPipeSize", "fd", &fd)) return NULL;
+  if (!get_u64(env, argv[1], "setPipeSize", "bytes", &want)) return NULL;
+  if (want > INT32_MAX) {
+    errno = EINVAL;
+    throw_errno(env, "fcntl", errno);
+    return NULL;
+  }
+  int r = fcntl(fd, F_SETPIPE_SZ, (int)want);
+  if (r < 0) {
+    throw_errno(env, "fcntl", errno);
+    return NULL;
+  }
+  return make_number(env, r);
+}
+
 bool init_fdio(napi_env env, napi_value exports) {
   return set_fn(env, exports, "read", do_read) && set_fn(env, exports, "write", do_write) &&
          set_fn(env, exports, "pread", do_pread) && set_fn(env, exports, "pwrite", do_pwrite) &&
@@ -263,5 +262,6 @@ bool init_fdio(napi_env env, napi_value exports) {
          set_fn(env, exports, "setNonBlocking", set_nonblocking) && set_fn(env, exports, "fstat", do_fstat) &&
          set_fn(env, exports, "eventfd", do_eventfd) && set_fn(env, exports, "eventfdRead", eventfd_rd) &&
          set_fn(env, exports, "eventfdWrite", eventfd_wr) && set_fn(env, exports, "memfdCreate", memfd) &&
-         set_fn(env, exports, "ftruncate", do_ftruncate) && set_fn(env, exports, "pipe2", do_pipe2);
+         set_fn(env, exports, "ftruncate", do_ftruncate) && set_fn(env, exports, "pipe2", do_pipe2) &&
+         set_fn(env, exports, "setPipeSize", set_pipe_size);
 }

@@ -55,36 +55,20 @@ static void mapping_finalize(napi_env env, void *data, void *hint) {
 }
 
 static mapping *this_mapping(napi_env env, napi_value self, const char *fn) {
-  bool ok = false;
-  void *p = NULL;
-  if (napi_check_object_type_tag(env, self, &MAPPING_TAG, &ok) != napi_ok || !ok ||
-      napi_unwrap(env, self, &p) != napi_ok || !p) {
-    throw_type(env, "%s: `this` is not a Mapping returned by native.mmap()", fn);
-    return NULL;
-  }
-  return p;
+  return unwrap_this(env, self, &MAPPING_TAG, fn, "a Mapping returned by native.mmap()");
 }
 
 static napi_value mapping_ctor(napi_env env, napi_callback_info info) {
-  napi_value argv[1], self;
-  size_t argc = 1;
-  napi_valuetype t = napi_undefined;
-  void *p = NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, &self, NULL) != napi_ok) return NULL;
-  if (argc == 1) napi_typeof(env, argv[0], &t);
-  if (t != napi_external || napi_get_value_external(env, argv[0], &p) != napi_ok || !p) {
-    throw_type(env, "Mapping cannot be constructed directly; use native.mmap()");
-    return NULL;
-  }
-  mapping *m = p;
+  napi_value self;
+  mapping *m = ctor_external(env, info, &self, "Mapping", "native.mmap()");
+  if (!m) return NULL;
   napi_property_descriptor size = {"size", NULL, NULL, NULL, NULL, make_number(env, (double)m->size),
                                    napi_enumerable, NULL};
-  if (napi_define_properties(env, self, 1, &size) != napi_ok ||
-      napi_type_tag_object(env, self, &MAPPING_TAG) != napi_ok ||
-      napi_wrap(env, self, m, mapping_finalize, NULL, NULL) != napi_ok) {
+  if (napi_define_properties(env, self, 1, &size) != napi_ok) {
     throw_napi(env, napi_generic_failure, "Mapping constructor");
     return NULL;
   }
+  if (!wrap_tagged(env, self, &MAPPING_TAG, m, mapping_finalize, "Mapping constructor")) return NULL;
   m->wrapped = true;
   return self;
 }

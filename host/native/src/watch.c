@@ -100,14 +100,7 @@ static bool parse_events(napi_env env, napi_value v, const char *fn, int *out) {
 }
 
 static watcher *this_watcher(napi_env env, napi_value self, const char *fn) {
-  bool ok = false;
-  void *p = NULL;
-  if (napi_check_object_type_tag(env, self, &WATCHER_TAG, &ok) != napi_ok || !ok ||
-      napi_unwrap(env, self, &p) != napi_ok || !p) {
-    throw_type(env, "%s: `this` is not a Watcher returned by native.watch()", fn);
-    return NULL;
-  }
-  return p;
+  return unwrap_this(env, self, &WATCHER_TAG, fn, "a Watcher returned by native.watch()");
 }
 
 static void watcher_finalize(napi_env env, void *data, void *hint) {
@@ -117,22 +110,10 @@ static void watcher_finalize(napi_env env, void *data, void *hint) {
 }
 
 static napi_value watcher_ctor(napi_env env, napi_callback_info info) {
-  napi_value argv[1], self;
-  size_t argc = 1;
-  napi_valuetype t = napi_undefined;
-  void *p = NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, &self, NULL) != napi_ok) return NULL;
-  if (argc == 1) napi_typeof(env, argv[0], &t);
-  if (t != napi_external || napi_get_value_external(env, argv[0], &p) != napi_ok || !p) {
-    throw_type(env, "Watcher cannot be constructed directly; use native.watch()");
-    return NULL;
-  }
-  watcher *w = p;
-  if (napi_type_tag_object(env, self, &WATCHER_TAG) != napi_ok ||
-      napi_wrap(env, self, w, watcher_finalize, NULL, NULL) != napi_ok) {
-    throw_napi(env, napi_generic_failure, "Watcher constructor");
-    return NULL;
-  }
+  napi_value self;
+  watcher *w = ctor_external(env, info, &self, "Watcher", "native.watch()");
+  if (!w) return NULL;
+  if (!wrap_tagged(env, self, &WATCHER_TAG, w, watcher_finalize, "Watcher constructor")) return NULL;
   w->wrapped = true;
   return self;
 }

@@ -42,17 +42,9 @@ static void *xmalloc(size_t n) {
 
 static _Alignas(8) uint8_t ret_area[24];
 
-static void put_u32(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
-static void put_u64(uint8_t *at, uint64_t v) { memcpy(at, &v, 8); }
-static uint32_t get_u32(const uint8_t *at) {
-  uint32_t v;
-  memcpy(&v, at, 4);
-  return v;
-}
-
 static void put_list(uint8_t *at, const void *ptr, size_t len) {
-  put_u32(at, (uint32_t)(uintptr_t)ptr);
-  put_u32(at + 4, (uint32_t)len);
+  vd_put_u32(at, (uint32_t)(uintptr_t)ptr);
+  vd_put_u32(at + 4, (uint32_t)len);
 }
 
 /* result<_, string> at offset 0, payload at 4: the layout activate/set-state/finish-load share. */
@@ -69,7 +61,7 @@ static uint8_t *unit_result(const char *err) {
 }
 
 static void free_unit_result(uint8_t *ret) {
-  if (ret[0] == 1) free((void *)(uintptr_t)get_u32(ret + 4));
+  if (ret[0] == 1) free((void *)(uintptr_t)vd_get_u32(ret + 4));
 }
 
 /* ---- Imports ---- */
@@ -87,8 +79,8 @@ void vd_log(enum vd_log_level level, const char *message) {
 void vd_entropy_fill(uint8_t *dst, uint32_t len) {
   _Alignas(4) uint8_t ret[8];
   vd_import_entropy_fill(len, ret);
-  uint8_t *got = (uint8_t *)(uintptr_t)get_u32(ret);
-  uint32_t got_len = get_u32(ret + 4);
+  uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret);
+  uint32_t got_len = vd_get_u32(ret + 4);
   /* A short answer would leave predictable bytes in dst: never pass that on. */
   if (got_len != len) __builtin_trap();
   memcpy(dst, got, len);
@@ -128,8 +120,8 @@ vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out
   vd_import_storage_read((int64_t)offset, (int32_t)len, ret);
   vd_storage_status st = storage_status(ret, 4);
   if (st != VD_STORAGE_OK) return st;
-  uint8_t *got = (uint8_t *)(uintptr_t)get_u32(ret + 4);
-  uint32_t got_len = get_u32(ret + 8);
+  uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret + 4);
+  uint32_t got_len = vd_get_u32(ret + 8);
   /* A short answer would hand the guest stale bytes from our heap: never. */
   if (got_len != len) __builtin_trap();
   out->data = got;
@@ -183,11 +175,11 @@ VD_EXPORT("info") uint8_t *vd_export_info(void) {
   vd_info info = {0};
   vd_get_info(&info);
   memset(ret_area, 0, 24);
-  put_u32(ret_area, info.device_id);
+  vd_put_u32(ret_area, info.device_id);
   memcpy(ret_area + 4, &info.num_queues, 2);
   memcpy(ret_area + 6, &info.max_queue_size, 2);
-  put_u64(ret_area + 8, info.features);
-  put_u32(ret_area + 16, info.config_size);
+  vd_put_u64(ret_area + 8, info.features);
+  vd_put_u32(ret_area + 16, info.config_size);
   return ret_area;
 }
 
@@ -200,7 +192,7 @@ VD_EXPORT("read-config") uint8_t *vd_export_read_config(uint32_t offset, uint32_
 }
 
 VD_POST("read-config") void vd_post_read_config(uint8_t *ret) {
-  free((void *)(uintptr_t)get_u32(ret));
+  free((void *)(uintptr_t)vd_get_u32(ret));
 }
 
 VD_EXPORT("write-config") void vd_export_write_config(uint32_t offset, uint8_t *data, size_t len) {
@@ -224,9 +216,9 @@ VD_EXPORT("process") uint8_t *vd_export_process(uint32_t queue, uint8_t *reqs, s
   memset(responses, 0, n * sizeof *responses);
   for (size_t i = 0; i < n; i++) {
     const uint8_t *r = reqs + i * REQ_SIZE;
-    requests[i].readable = (const uint8_t *)(uintptr_t)get_u32(r);
-    requests[i].readable_len = get_u32(r + 4);
-    requests[i].writable_len = get_u32(r + 8);
+    requests[i].readable = (const uint8_t *)(uintptr_t)vd_get_u32(r);
+    requests[i].readable_len = vd_get_u32(r + 4);
+    requests[i].writable_len = vd_get_u32(r + 8);
   }
   const char *err = vd_process((uint16_t)queue, requests, n, responses);
   for (size_t i = 0; i < n; i++) free((void *)requests[i].readable);
@@ -255,9 +247,9 @@ VD_POST("process") void vd_post_process(uint8_t *ret) {
     free_unit_result(ret);
     return;
   }
-  uint8_t *list = (uint8_t *)(uintptr_t)get_u32(ret + 4);
-  uint32_t n = get_u32(ret + 8);
-  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)get_u32(list + i * 8));
+  uint8_t *list = (uint8_t *)(uintptr_t)vd_get_u32(ret + 4);
+  uint32_t n = vd_get_u32(ret + 8);
+  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)vd_get_u32(list + i * 8));
   free(list);
 }
 
@@ -277,13 +269,13 @@ VD_EXPORT("get-state") uint8_t *vd_export_get_state(uint64_t offset, uint32_t si
     put_list(ret_area + 8, copy, n);
   } else {
     put_list(ret_area + 8, out.data, out.len);
-    put_u64(ret_area + 16, remaining);
+    vd_put_u64(ret_area + 16, remaining);
   }
   return ret_area;
 }
 
 VD_POST("get-state") void vd_post_get_state(uint8_t *ret) {
-  free((void *)(uintptr_t)get_u32(ret + 8));
+  free((void *)(uintptr_t)vd_get_u32(ret + 8));
 }
 
 VD_EXPORT("set-state") uint8_t *vd_export_set_state(uint64_t offset, uint8_t *chunk, size_t len) {
@@ -297,3 +289,69 @@ VD_EXPORT("finish-load") uint8_t *vd_export_finish_load(void) {
   return unit_result(vd_finish_load());
 }
 VD_POST("finish-load") void vd_post_finish_load(uint8_t *ret) { free_unit_result(ret); }
+
+/* ---- State helpers (see vhost_device.h) ---- */
+
+const char *vd_state_serve(const uint8_t *blob, uint64_t len, uint64_t offset, uint32_t size, vd_buf *out,
+                           uint64_t *remaining) {
+  if (!blob || offset > len) return "state offset past the end";
+  uint64_t left = len - offset;
+  uint32_t n = left < size ? (uint32_t)left : size;
+  if (n) {
+    out->data = malloc(n);
+    if (!out->data) return "out of memory";
+    memcpy(out->data, blob + offset, n);
+  }
+  out->len = n;
+  *remaining = left - n;
+  return NULL;
+}
+
+const char *vd_state_accept(vd_state_loader *l, uint64_t offset, const uint8_t *chunk, size_t len,
+                            const char *too_long) {
+  if (offset == 0) {
+    l->len = 0;
+    l->overflow = 0;
+  }
+  if (offset != l->len) return "state chunk out of order";
+  if (len > l->max - l->len) {
+    l->overflow = 1;
+    return too_long;
+  }
+  if (l->grow && l->len + len > l->cap) {
+    /* Doubling from one page: a few reallocs for any state, never one per chunk. */
+    size_t nc = l->cap ? l->cap : 4096;
+    while (nc < l->len + len) nc *= 2;
+    uint8_t *p = realloc(l->data, nc);
+    if (!p) return "out of memory";
+    l->data = p;
+    l->cap = nc;
+  }
+  memcpy(l->data + l->len, chunk, len);
+  l->len += len;
+  return NULL;
+}
+
+void vd_state_loader_reset(vd_state_loader *l) {
+  if (l->grow) {
+    free(l->data);
+    l->data = NULL;
+    l->cap = 0;
+  }
+  l->len = 0;
+  l->overflow = 0;
+}
+
+void vd_state_put_header(uint8_t *out, const char magic[4], uint8_t version) {
+  memcpy(out, magic, 4);
+  out[4] = version;
+  out[5] = out[6] = out[7] = 0;
+}
+
+const char *vd_state_check_header(const uint8_t *in, const char magic[4], uint8_t version, const char *bad_magic,
+                                  const char *bad_version) {
+  if (memcmp(in, magic, 4) != 0) return bad_magic;
+  if (in[4] != version) return bad_version;
+  if (in[5] | in[6] | in[7]) return "reserved state bytes are not zero";
+  return NULL;
+}

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -89,6 +90,59 @@ vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t
 vd_storage_status vd_storage_flush(void);
 vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len);
 vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len);
+
+/* ---- Little-endian fields (wasm32 is little-endian; memcpy keeps unaligned access defined) ---- */
+
+static inline void vd_put_u16(uint8_t *at, uint16_t v) { memcpy(at, &v, 2); }
+static inline void vd_put_u32(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
+static inline void vd_put_u64(uint8_t *at, uint64_t v) { memcpy(at, &v, 8); }
+static inline uint32_t vd_get_u32(const uint8_t *at) {
+  uint32_t v;
+  memcpy(&v, at, 4);
+  return v;
+}
+static inline uint64_t vd_get_u64(const uint8_t *at) {
+  uint64_t v;
+  memcpy(&v, at, 8);
+  return v;
+}
+
+/* ---- State helpers (plain C; no host call, nothing in the WIT) ----
+ * vd_get_state/vd_set_state move a device's state in chunks, in order. A device that
+ * serializes its state into one blob at offset 0 can hand both ends to these. */
+
+/* vd_get_state for a serialized blob of `len` bytes: the chunk at `offset` (at most `size`
+ * bytes, malloc'd into `out`) and how many bytes follow it. NULL on success. */
+const char *vd_state_serve(const uint8_t *blob, uint64_t len, uint64_t offset, uint32_t size, vd_buf *out,
+                           uint64_t *remaining);
+
+/* Collects vd_set_state chunks. Either a fixed buffer (`data` of `max` bytes, `grow` 0) or,
+ * with `grow` 1, a malloc'd one grown as chunks arrive, up to `max` bytes (vd_state_loader_reset
+ * releases it). `len` counts the bytes accepted since the last offset 0; `overflow` is set
+ * when a chunk would have passed `max`, so finish-load can refuse the state too. */
+typedef struct vd_state_loader {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+  size_t max;
+  int overflow;
+  int grow;
+} vd_state_loader;
+
+/* Accepts the chunk at `offset`: offset 0 starts over; any other offset must continue the
+ * previous chunk ("state chunk out of order"); a chunk past `max` returns `too_long`. */
+const char *vd_state_accept(vd_state_loader *l, uint64_t offset, const uint8_t *chunk, size_t len,
+                            const char *too_long);
+/* Empties the loader (len and overflow back to 0); a growing one also frees its buffer. */
+void vd_state_loader_reset(vd_state_loader *l);
+
+/* The 8-byte header several formats share: 4-byte magic, u8 version, 3 zero bytes. */
+#define VD_STATE_HEADER 8
+void vd_state_put_header(uint8_t *out, const char magic[4], uint8_t version);
+/* NULL when `in` starts with that header, else `bad_magic`, `bad_version` or the message for
+ * non-zero reserved bytes. */
+const char *vd_state_check_header(const uint8_t *in, const char magic[4], uint8_t version, const char *bad_magic,
+                                  const char *bad_version);
 
 #ifdef __cplusplus
 }

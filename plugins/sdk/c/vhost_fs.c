@@ -27,6 +27,7 @@ _Static_assert(sizeof(vfs_fsstats) == 56, "vfs_fsstats layout");
 typedef uint8_t *R;
 VFS_IMPORT("tag") void imp_tag(R ret);
 VFS_IMPORT("read-only") int32_t imp_read_only(void);
+VFS_IMPORT("migration-on-error") int32_t imp_migration_on_error(void);
 VFS_IMPORT("root") void imp_root(R ret);
 VFS_IMPORT("lookup") void imp_lookup(int64_t dir, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("close") void imp_close(int64_t h);
@@ -76,6 +77,7 @@ size_t vfs_tag(char *buf, size_t cap) {
 }
 
 int vfs_read_only(void) { return imp_read_only() != 0; }
+int vfs_migration_guest_error(void) { return imp_migration_on_error() == 1; }
 
 static uint32_t entry_result(vfs_entry *out) {
   if (ret_area[0]) return err_at(ret_area + 8);

@@ -60,6 +60,8 @@ enum {
 /* The mount tag: at most `cap` bytes copied, the tag's full length returned. */
 size_t vfs_tag(char *buf, size_t cap);
 int vfs_read_only(void);
+/* --migration-on-error: 1 for guest-error (load what can be found, EIO for the rest), 0 for abort. */
+int vfs_migration_guest_error(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 void vfs_close(vfs_handle h);

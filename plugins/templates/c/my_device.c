@@ -27,7 +27,8 @@
 
 static uint64_t served;
 static uint8_t saving[STATE_SIZE], loading[STATE_SIZE];
-static uint64_t loaded;
+/* Collects set-state chunks in order into `loading` (SDK helper). */
+static vd_state_loader loader = {.data = loading, .max = STATE_SIZE};
 
 /* The name tags saved state; keep it stable across versions (lower-case, digits, '-'). */
 const char *vd_name(void) { return "my-device"; }
@@ -60,7 +61,7 @@ const char *vd_activate(uint64_t acked_features) {
 
 void vd_reset(void) {
   served = 0;
-  loaded = 0;
+  vd_state_loader_reset(&loader);
 }
 
 const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
@@ -85,31 +86,17 @@ const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *
     memcpy(saving, "MYDV", 4);
     put_u64(saving + 4, served);
   }
-  if (offset > STATE_SIZE) return "state offset past the end";
-  uint64_t left = STATE_SIZE - offset;
-  uint32_t len = left < size ? (uint32_t)left : size;
-  if (len) {
-    out->data = malloc(len);
-    if (!out->data) return "out of memory";
-    memcpy(out->data, saving + offset, len);
-  }
-  out->len = len;
-  *remaining = left - len;
-  return NULL;
+  return vd_state_serve(saving, STATE_SIZE, offset, size, out, remaining);
 }
 
 const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
-  if (offset == 0) loaded = 0;
-  if (offset != loaded || len > STATE_SIZE - loaded) return "state chunk out of order or too long";
-  memcpy(loading + loaded, chunk, len);
-  loaded += len;
-  return NULL;
+  return vd_state_accept(&loader, offset, chunk, len, "state chunk out of order or too long");
 }
 
 const char *vd_finish_load(void) {
-  if (loaded != STATE_SIZE || memcmp(loading, "MYDV", 4) != 0) return "not a my-device state";
+  if (loader.len != STATE_SIZE || memcmp(loading, "MYDV", 4) != 0) return "not a my-device state";
   served = 0;
   for (int i = 0; i < 8; i++) served |= (uint64_t)loading[4 + i] << (8 * i);
-  loaded = 0;
+  loader.len = 0;
   return NULL;
 }

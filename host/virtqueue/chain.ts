@@ -1,0 +1,189 @@
+// What the split and the packed device-side virtqueues share: the chain they hand out, their
+// errors, and the checks on one descriptor's buffer or indirect table. The two ring layouts
+// find descriptors differently, but a descriptor's {addr, len, WRITE} and an indirect table mean
+// the same in both, so they are checked (and worded) in one place. Every helper that rejects
+// guest input does so through the caller's `fail`, which breaks that queue.
+
+import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import type { DirtyLog } from '../memory/dirty-log.ts';
+import { DESC_SIZE, MAX_INDIRECT_ENTRIES } from './layout.ts';
+
+/** The guest broke the virtqueue protocol; the queue refuses further work. */
+export class QueueFault extends Error {
+  override name = 'QueueFault';
+  constructor(
+    readonly queue: number,
+    readonly reason: string,
+    readonly availIndex?: number,
+    readonly head?: number,
+    readonly descIndex?: number,
+  ) {
+    const where: string[] = [];
+    if (availIndex !== undefined) where.push(`avail index ${availIndex}`);
+    if (head !== undefined) where.push(`head ${head}`);
+    if (descIndex !== undefined) where.push(`descriptor ${descIndex}`);
+    super(`virtqueue ${queue}: ${reason}${where.length ? ` (${where.join(', ')})` : ''}`);
+  }
+}
+
+/** The ring addresses/size given at setup are unusable (SET_VRING_NUM/ADDR); nothing started. */
+export class QueueSetupError extends Error {
+  override name = 'QueueSetupError';
+  constructor(
+    readonly queue: number,
+    reason: string,
+  ) {
+    super(`virtqueue ${queue}: ${reason}`);
+  }
+}
+
+export interface GuestRange {
+  gpa: number;
+  len: number;
+}
+
+export interface DescriptorChain {
+  head: number;
+  /** The avail ring index this chain was taken from. */
+  availIndex: number;
+  /** Device-readable buffers in chain order, split at mapping boundaries; zero-length ones omitted. */
+  readable: Uint8Array[];
+  writable: Uint8Array[];
+  readableLen: number;
+  writableLen: number;
+  /** The writable descriptors as guest ranges, in order (dirty logging). */
+  writableRanges: GuestRange[];
+}
+
+/** Breaks the queue with `reason` (the caller adds where in the ring it happened). */
+export type Fail = (reason: string) => never;
+
+const ADDR_HI_LIMIT = 0x200000; // high u32 of 2^53
+
+/** How messages name a descriptor: ring slot `slot`, or entry `entry` of an indirect table (entry >= 0). */
+export function descriptorName(slot: number, entry: number): string {
+  return entry < 0 ? `descriptor ${slot}` : `indirect table entry ${entry}`;
+}
+
+/**
+ * Appends one descriptor's buffer (address `hi:lo`, `len` bytes, device-writable or not) to
+ * `chain`: its host slices, its length, and for a writable one its guest range. Refuses an
+ * address beyond 2^53 or outside guest memory, a readable buffer after a writable one, and
+ * chain lengths that overflow the u32 the used ring reports.
+ */
+export function appendBuffer(
+  memory: GuestMemory,
+  chain: DescriptorChain,
+  lo: number,
+  hi: number,
+  len: number,
+  write: boolean,
+  slot: number,
+  entry: number,
+  fail: Fail,
+): void {
+  const addr = hi * 0x100000000 + lo;
+  if (hi >= ADDR_HI_LIMIT) fail(`${descriptorName(slot, entry)}: address ${hex(addr)} outside guest memory`);
+  if (write) {
+    appendSlices(memory, addr, len, chain.writable, slot, entry, fail);
+    chain.writableLen += len;
+    if (chain.writableLen > 0xffffffff) fail(`writable length of the chain overflows u32`);
+    chain.writableRanges.push({ gpa: addr, len });
+  } else {
+    if (chain.writableRanges.length > 0) fail(`${descriptorName(slot, entry)} is device-readable after a writable descriptor`);
+    appendSlices(memory, addr, len, chain.readable, slot, entry, fail);
+    chain.readableLen += len;
+    if (chain.readableLen > 0xffffffff) fail(`readable length of the chain overflows u32`);
+  }
+}
+
+function appendSlices(memory: GuestMemory, addr: number, len: number, out: Uint8Array[], slot: number, entry: number, fail: Fail): void {
+  if (len === 0) return;
+  try {
+    memory.appendSlices(addr, len, out);
+  } catch (e) {
+    if (e instanceof MemoryFault) fail(`${descriptorName(slot, entry)}: buffer [${hex(addr)}, +${len}) outside guest memory`);
+    throw e;
+  }
+}
+
+/**
+ * The indirect table an INDIRECT descriptor (address `hi:lo`, `len` bytes) points at, after
+ * checking its length and address. The flag checks around it differ by ring layout and stay
+ * with the caller.
+ */
+export function indirectTable(memory: GuestMemory, lo: number, hi: number, len: number, fail: Fail): DataView {
+  if (len === 0 || len % DESC_SIZE !== 0 || len > MAX_INDIRECT_ENTRIES * DESC_SIZE) {
+    fail(`indirect table length ${len} is not a multiple of 16 in [16, ${MAX_INDIRECT_ENTRIES * DESC_SIZE}]`);
+  }
+  const addr = hi * 0x100000000 + lo;
+  if (hi >= ADDR_HI_LIMIT) fail(`indirect table address ${hex(addr)} outside guest memory`);
+  const parts: Uint8Array[] = [];
+  try {
+    memory.appendSlices(addr, len, parts);
+  } catch (e) {
+    if (e instanceof MemoryFault) fail(`indirect table [${hex(addr)}, +${len}) outside guest memory`);
+    throw e;
+  }
+  if (parts.length === 1) return new DataView(parts[0].buffer, parts[0].byteOffset, len);
+  // Guest-contiguous but split across mappings: read a private copy (it is only read once).
+  const copy = new Uint8Array(len);
+  let at = 0;
+  for (const p of parts) {
+    copy.set(p, at);
+    at += p.length;
+  }
+  return new DataView(copy.buffer);
+}
+
+/**
+ * A ring part (`len` bytes at `gpa`) as one host view; rings are accessed in place, so a part
+ * that is not contiguous in one mapping is refused: at setup with a QueueSetupError, later (the
+ * memory table changed under a running queue) by breaking the queue.
+ */
+export function ringView(memory: GuestMemory, queue: number, gpa: number, len: number, what: string, setup: boolean, fail: Fail): Uint8Array {
+  try {
+    return memory.gpaToView(gpa, len);
+  } catch (e) {
+    if (!(e instanceof MemoryFault)) throw e;
+    const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
+    if (setup) throw new QueueSetupError(queue, reason);
+    fail(reason);
+  }
+}
+
+/** writeChain for any queue type: copy into the writable buffers, log what was touched. */
+export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offset: number, log: DirtyLog | null): number {
+  let skip = offset;
+  let src = 0;
+  for (const buf of chain.writable) {
+    if (src === data.length) break;
+    if (skip >= buf.length) {
+      skip -= buf.length;
+      continue;
+    }
+    const n = Math.min(buf.length - skip, data.length - src);
+    buf.set(data.subarray(src, src + n), skip);
+    src += n;
+    skip = 0;
+  }
+  if (log !== null && src > 0) markRanges(log, chain.writableRanges, offset, src);
+  return src;
+}
+
+/** Marks `len` bytes of `ranges` dirty, starting `offset` bytes into them (pushUsed: offset 0, the bytes the device wrote). */
+export function markRanges(log: DirtyLog, ranges: GuestRange[], offset: number, len: number): void {
+  let skip = offset;
+  let left = len;
+  for (const r of ranges) {
+    if (left === 0) break;
+    if (skip >= r.len) {
+      skip -= r.len;
+      continue;
+    }
+    const n = Math.min(r.len - skip, left);
+    log.mark(r.gpa + skip, n);
+    left -= n;
+    skip = 0;
+  }
+}
