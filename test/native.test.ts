@@ -414,12 +414,15 @@ setTimeout(() => n.eventfdWrite(e, 9), 5);
 test.serial('watch works inside a worker_thread', (t) =>
   noLeak(t, async () => {
     const worker = new Worker(workerWatch, { eval: true });
+    const exited = new Promise((res) => worker.once('exit', res));
     const msg = await new Promise((res, rej) => {
       worker.once('message', res);
       worker.once('error', rej);
+      // A worker that ends without answering must fail the test, not leave it hanging.
+      void exited.then((code) => rej(new Error(`worker exited with code ${code} before the watcher fired`)));
     });
     t.deepEqual(msg, { r: true, wr: false, err: false, v: 9 });
-    await new Promise((res) => worker.once('exit', res));
+    await exited;
   }));
 
 // In a separate process: if teardown with open watchers aborted, it would take ava's

@@ -48,20 +48,30 @@ const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
  */
 export function extractVmlinux(bzImage: string): Buffer {
   const image = readFileSync(bzImage);
-  for (let at = image.indexOf(XZ_MAGIC); at >= 0; at = image.indexOf(XZ_MAGIC, at + 1)) {
-    let out: Buffer;
-    try {
-      out = execFileSync('xz', ['-dc', '--single-stream'], {
-        input: image.subarray(at),
-        maxBuffer: 1 << 30,
-        stdio: ['pipe', 'pipe', 'ignore'],
-      });
-    } catch {
-      continue;
+  // Seen once on a cold cache with the whole suite starting at once: every candidate failed.
+  // Retry, and keep what xz said so a persistent failure explains itself.
+  let lastError = '';
+  for (let attempt = 0; attempt < 3; attempt++) {
+    for (let at = image.indexOf(XZ_MAGIC); at >= 0; at = image.indexOf(XZ_MAGIC, at + 1)) {
+      let out: Buffer;
+      try {
+        out = execFileSync('xz', ['-dc', '--single-stream'], {
+          input: image.subarray(at),
+          maxBuffer: 1 << 30,
+          stdio: ['pipe', 'pipe', 'pipe'],
+        });
+      } catch (e) {
+        const err = e as { message?: string; stderr?: Buffer };
+        lastError = `${err.message ?? String(e)} ${err.stderr?.toString().trim() ?? ''}`.trim();
+        continue;
+      }
+      if (out.subarray(0, 4).equals(ELF_MAGIC)) return out;
     }
-    if (out.subarray(0, 4).equals(ELF_MAGIC)) return out;
   }
-  throw new Error(`${bzImage}: no xz-compressed ELF payload found (is xz-utils installed, is the kernel xz-compressed?)`);
+  throw new Error(
+    `${bzImage}: no xz-compressed ELF payload found (is xz-utils installed, is the kernel xz-compressed?)` +
+      (lastError ? `; last xz error: ${lastError}` : ''),
+  );
 }
 
 /** True when the ELF carries the Xen PVH entry note (type 18) that QEMU's -kernel needs for an ELF. */
