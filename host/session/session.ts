@@ -529,35 +529,9 @@ export class BackendSession {
     if (phase !== DeviceStatePhase.STOPPED) {
       return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
     }
-    if (this.transfer !== null) {
-      // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
-      const old = this.transfer;
-      this.transfer = null;
-      if (!old.finished) {
-        this.log.warn(`a new SET_DEVICE_STATE_FD replaces a ${old.direction} still in progress: aborting it`);
-        old.abort('replaced by a new SET_DEVICE_STATE_FD');
-      }
-      await old.done;
-    }
-    let begin;
-    try {
-      begin = await this.worker.stateBegin();
-    } catch (e) {
-      return refuse(DeviceStateError.FAILED, `the device is not available: ${errorText(e)}`);
-    }
-    if (begin.started.length > 0) {
-      return refuse(DeviceStateError.BUSY, `ring(s) ${begin.started.join(', ')} still run: rings must be stopped with GET_VRING_BASE first`);
-    }
+    const ctx = await this.beginTransfer('SET_DEVICE_STATE_FD');
+    if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
     const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
-    const ctx = {
-      worker: this.worker,
-      identity: { deviceId: this.worker.info.deviceId, name: begin.name, version: begin.version },
-      extraSections: [
-        ...begin.sections.map((s) => new WorkerSectionProxy(this.worker, s.id, s.name, s.size)),
-        ...(this.opts.stateSections?.() ?? []),
-      ],
-      log: this.log,
-    };
     // The CLI always passes its flag (false when absent): the env variable still switches it on.
     const returnMemfd = this.opts.stateReturnMemfd === true || process.env.VHOST_WASM_STATE_RETURN_MEMFD === '1';
     if (dir === 'save' && returnMemfd) {
@@ -593,21 +567,21 @@ export class BackendSession {
     void transfer.done.then((err) => {
       if (err !== null) this.log.error(`device state ${dir} failed: ${err}`);
     });
-    this.log.info(`device state ${dir} started (${begin.name} ${begin.version})`);
+    this.log.info(`device state ${dir} started (${ctx.identity.name} ${ctx.identity.version})`);
     return this.replyDeviceState(0);
   }
 
   // --- experimental: the RFC's shared-memory state chunks ---------------------------------
 
   /** Checks and the transfer context shared by both channels; a string is the refusal. */
-  private async beginTransfer(): Promise<TransferContext | { refuse: number; why: string }> {
+  private async beginTransfer(what = 'transfer'): Promise<TransferContext | { refuse: number; why: string }> {
     if (this.transfer !== null) {
       // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
       const old = this.transfer;
       this.transfer = null;
       if (!old.finished) {
-        this.log.warn(`a new transfer replaces a ${old.direction} still in progress: aborting it`);
-        old.abort('replaced by a new transfer');
+        this.log.warn(`a new ${what} replaces a ${old.direction} still in progress: aborting it`);
+        old.abort(`replaced by a new ${what}`);
       }
       await old.done;
     }
