@@ -10,14 +10,13 @@
 import { native } from '../native/index.ts';
 import { MessageChannel } from '../protocol/channel.ts';
 import {
-  decodeRequest, encodeBackendRequest, encodeConfigReply, encodeMemSlotsReply, encodeU64Reply,
-  encodeVringStateReply,
+  decodeRequest, decodeRfcStateRequest, deviceStateReplyValue, encodeBackendRequest, encodeConfigReply,
+  encodeMemSlotsReply, encodeRfcGetStateReply, encodeU64Reply, encodeVringStateReply, type RfcStateRequest,
 } from '../protocol/codec.ts';
 import {
-  BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, Req, VHOST_VRING_F_LOG, featureBit, requestName,
+  BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, RFC_STATE_SHM_PROTOCOL_FEATURE,
+  Req, RfcStateReq, VHOST_VRING_F_LOG, featureBit, hasReply, isRfcStateReqCode, requestName,
 } from '../protocol/constants.ts';
-import { deviceStateReplyValue, decodeRfcStateRequest, encodeRfcGetStateReply, type RfcStateRequest } from '../protocol/codec.ts';
-import { RFC_STATE_SHM_PROTOCOL_FEATURE, RfcStateReq, isRfcStateReqCode } from '../protocol/constants.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmLoad, RfcShmSave, RfcShmTransfer, StateArea } from '../migration/rfc-shm.ts';
 import type { StateSection } from '../migration/section.ts';
@@ -64,13 +63,6 @@ export const DeviceStateError = {
   /** The fd or the device failed before the transfer could start. */
   FAILED: 3,
 } as const;
-/** Requests that carry their own reply: NEED_REPLY changes nothing for them (spec). */
-const HAS_REPLY = new Set<number>([
-  Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_VRING_BASE, Req.GET_QUEUE_NUM, Req.GET_CONFIG,
-  Req.GET_INFLIGHT_FD, Req.GET_MAX_MEM_SLOTS, Req.GET_STATUS, Req.SET_DEVICE_STATE_FD,
-  Req.CHECK_DEVICE_STATE, Req.GET_SHARED_OBJECT, Req.POSTCOPY_ADVISE, Req.CREATE_CRYPTO_SESSION,
-  Req.SET_LOG_BASE,
-]);
 
 /** Which protocol feature a request depends on (sent without it = a front-end bug). */
 const NEEDS_PROTOCOL_FEATURE: Partial<Record<number, number>> = {
@@ -178,7 +170,6 @@ function regionMsg(r: MemoryRegion & { fd: number }): RegionMsg {
 export class BackendSession {
   private readonly channel: MessageChannel;
   private readonly log: Logger;
-  private owned = false;
   private ackedFeatures = 0n;
   private featuresSet = false;
   private protocolFeatures = 0n;
@@ -244,7 +235,7 @@ export class BackendSession {
     } catch (e) {
       this.closeFds(m.fds);
       const why = errorText(e);
-      if (e instanceof ProtocolError && m.header.needReply && !HAS_REPLY.has(m.header.request)) {
+      if (e instanceof ProtocolError && m.header.needReply && !hasReply(m.header.request)) {
         this.log.error(`rejected a malformed message: ${why}`);
         await this.ack(m.header.request, false);
         return;
@@ -276,7 +267,7 @@ export class BackendSession {
       this.closeFds(req.fds);
       const name = Object.entries(ProtocolFeature).find(([, v]) => v === gate)?.[0];
       const why = `${requestName(code)} needs protocol feature ${name} (bit ${gate}), which was not negotiated`;
-      if (HAS_REPLY.has(code)) throw new Error(why);
+      if (hasReply(code)) throw new Error(why);
       this.log.error(`${why}; refused`);
       if (req.needReply) await this.ack(code, false);
       return;
@@ -284,10 +275,10 @@ export class BackendSession {
     if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(code)}${describeRequest(req)}`);
     try {
       await this.handle(req);
-      if (req.needReply && !HAS_REPLY.has(code)) await this.ack(code, true);
+      if (req.needReply && !hasReply(code)) await this.ack(code, true);
     } catch (e) {
       const why = `${requestName(code)} failed: ${errorText(e)}`;
-      if (HAS_REPLY.has(code)) throw new Error(why); // no defined failure reply: drop the connection
+      if (hasReply(code)) throw new Error(why); // no defined failure reply: drop the connection
       this.log.error(why);
       if (req.needReply) await this.ack(code, false);
     }
@@ -309,11 +300,10 @@ export class BackendSession {
       case Req.SET_FEATURES:
         return this.setFeatures(req.features);
       case Req.SET_OWNER:
-        this.owned = true;
+        // Nothing to record: one connection is one owner, and nothing here depends on it.
         return;
       case Req.RESET_OWNER:
-        // Deprecated and ambiguous in the spec; treated as RESET_DEVICE minus ownership.
-        this.owned = false;
+        // Deprecated and ambiguous in the spec; treated as RESET_DEVICE.
         return this.resetDevice();
       case Req.GET_PROTOCOL_FEATURES:
         return this.reply(encodeU64Reply(req.code, this.offeredProtocolFeatures));
@@ -888,6 +878,5 @@ export class BackendSession {
     this.ringFds = this.ringFds.map(() => ({ kick: null, call: null, err: null }));
     this.closeFds(this.regions.map((r) => r.msg.fd));
     this.regions = [];
-    void this.owned;
   }
 }
