@@ -1,28 +1,12 @@
 // virtio-rng written in plain TypeScript behind the same seam as the rng plugin
 // (plugins/rng/rng.c): same info, same per-request cap, same entropy source shape (one draw
-// per batch from a 64 KiB CSPRNG pool, as the host's entropy import does), same state format.
+// per batch from the host's own entropy pool), same state format.
 // bench/plugin-call.ts compares the two; it also loads as a --device-module.
-import { randomFillSync } from 'node:crypto';
+import { EntropyPool } from '../host/plugin/entropy-pool.ts';
 import type { DeviceFactory, DeviceRequest, DeviceResponse, StateChunk, VirtioDevice } from '../host/device/device.ts';
 
 const MAX_RESPONSE = 64 * 1024;
 const STATE_SIZE = 16;
-
-class EntropyPool {
-  private readonly pool = new Uint8Array(64 * 1024);
-  private pos = this.pool.length;
-
-  take(len: number): Uint8Array {
-    if (len > this.pool.length) return randomFillSync(new Uint8Array(len));
-    if (this.pos + len > this.pool.length) {
-      randomFillSync(this.pool);
-      this.pos = 0;
-    }
-    const out = this.pool.subarray(this.pos, this.pos + len);
-    this.pos += len;
-    return out;
-  }
-}
 
 const factory: DeviceFactory = () => {
   const pool = new EntropyPool();

@@ -1,12 +1,12 @@
 // The host side of the plugin's imports. Every importable interface is always present
 // (the glue refuses to instantiate with one missing); an ungranted capability is a
 // function that throws, which surfaces as a trap in the plugin call that used it.
-import { randomFillSync } from 'node:crypto';
 import { LOG_LEVELS, type LogLevel } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
+import { EntropyPool } from './entropy-pool.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
@@ -30,26 +30,6 @@ export class CapabilityError extends Error {
   override readonly name = 'CapabilityError';
 }
 
-/**
- * Random bytes drawn from the CSPRNG in blocks: randomFillSync costs ~2.5 us per call
- * whatever the size, more than the plugin call itself. Each byte is handed out once.
- */
-class EntropyPool {
-  private pool = new Uint8Array(64 * 1024);
-  private pos = this.pool.length;
-
-  take(len: number): Uint8Array {
-    if (len > this.pool.length) return randomFillSync(new Uint8Array(len));
-    if (this.pos + len > this.pool.length) {
-      randomFillSync(this.pool);
-      this.pos = 0;
-    }
-    // A view is enough: the glue copies it into the plugin's memory before we refill.
-    const out = this.pool.subarray(this.pos, this.pos + len);
-    this.pos += len;
-    return out;
-  }
-}
 
 export function hostImports(grants: PluginGrants): Record<string, Record<string, unknown>> {
   const pool = new EntropyPool();
