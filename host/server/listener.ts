@@ -10,9 +10,6 @@ import { BackendSession, type SessionOptions } from '../session/session.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
-/** Marks the device as taken while the worker for a new connection is being acquired. */
-const PENDING = { close: () => {} } as unknown as BackendSession;
-
 export type ListenAddress = { path: string } | { fd: number };
 
 /** Turns "the path exists" into either a stale socket we may replace or a clear refusal. */
@@ -71,12 +68,16 @@ export class Listener {
     this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
   }
 
-  get connected(): boolean {
-    return this.session !== null;
+  /** A worker is being acquired for a connection: the device is taken, though no session exists yet. */
+  private starting = false;
+
+  /** The device has a front-end, or is about to. */
+  private get busy(): boolean {
+    return this.session !== null || this.starting;
   }
 
   private onAcceptable(): void {
-    if (this.session || this.closing) return;
+    if (this.busy || this.closing) return;
     let conn: number;
     try {
       conn = native.accept(this.fd);
@@ -95,13 +96,20 @@ export class Listener {
    * reconnect=) race-free against the release of the previous session.
    */
   private async serve(conn: number): Promise<void> {
-    this.session = PENDING;
+    this.starting = true;
     this.pauseAccepting();
     let worker;
     try {
       worker = await this.slot.acquire();
     } catch (e) {
       this.log.error(`cannot start the device for a new connection: ${errorText(e)}`);
+      native.close(conn);
+      this.endSession();
+      return;
+    }
+    this.starting = false;
+    if (this.closing) {
+      // Shutdown began while the device was being started: do not serve a new front-end.
       native.close(conn);
       this.endSession();
       return;
@@ -121,6 +129,7 @@ export class Listener {
 
   private endSession(): void {
     this.session = null;
+    this.starting = false;
     this.wakeIdle();
     if (!this.closing) {
       this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
@@ -134,7 +143,7 @@ export class Listener {
 
   /** Resolves when no session is active (tests, shutdown). */
   idle(): Promise<void> {
-    if (!this.session) return Promise.resolve();
+    if (!this.busy) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
