@@ -15,6 +15,8 @@ for (const [from, to] of [[child.stdout, process.stdout], [child.stderr, process
 }
 child.on('close', (code, signal) => {
   const count = (re) => Number(re.exec(out)?.[1] ?? 0);
-  process.stdout.write(`ava: ${count(/^ *(\d+) tests? passed/m)} passed, ${count(/^ *(\d+) tests? failed/m)} failed\n`);
+  // ava prints "N tests passed" only when nothing failed; otherwise count its per-test ticks.
+  const passed = /^ *\d+ tests? passed/m.test(out) ? count(/^ *(\d+) tests? passed/m) : (out.match(/^ *✔ /gm) ?? []).length;
+  process.stdout.write(`ava: ${passed} passed, ${count(/^ *(\d+) tests? failed/m)} failed\n`);
   process.exit(code ?? (signal ? 1 : 0));
 });
