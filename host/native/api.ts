@@ -118,6 +118,8 @@ export interface Native {
    * killing the process.
    */
   mmap(fd: number, size: number, offset: number, writable: boolean): Mapping;
+  /** fcntl(F_ADD_SEALS) on a memfd created with allowSealing (F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4). */
+  memfdAddSeals(fd: number, seals: number): void;
   /** fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own. */
   memoryFdInfo(fd: number): MemoryFdInfo;
   /** Faults contained in any guarded mapping of this process so far (cheap: poll it per batch). */

@@ -357,6 +357,26 @@ static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+// fcntl(F_ADD_SEALS): what QEMU's memory-backend-memfd does to guest RAM (F_SEAL_SHRINK|
+// F_SEAL_GROW|F_SEAL_SEAL by default); our own front-end and tests use it to behave the same.
+static napi_value memfd_add_seals(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  uint64_t seals;
+  if (!get_args(env, info, 2, 2, argv, NULL, "memfdAddSeals")) return NULL;
+  if (!get_fd(env, argv[0], "memfdAddSeals", "fd", &fd)) return NULL;
+  if (!get_u64(env, argv[1], "memfdAddSeals", "seals", &seals)) return NULL;
+  if (seals > 0xffff) {
+    throw_range(env, "memfdAddSeals: seals 0x%llx has bits outside F_SEAL_*", (unsigned long long)seals);
+    return NULL;
+  }
+  if (fcntl(fd, F_ADD_SEALS, (int)seals) < 0) {
+    throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
+    return NULL;
+  }
+  return make_undefined(env);
+}
+
 static napi_value do_mmap(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int fd;
@@ -466,6 +486,6 @@ bool init_mapping(napi_env env, napi_value exports, addon_env *ae) {
       {"MAX_WINDOW", NULL, NULL, NULL, NULL, mw, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, 1, props) == napi_ok && set_fn(env, exports, "mmap", do_mmap) &&
-         set_fn(env, exports, "memoryFdInfo", memory_fd_info) &&
+         set_fn(env, exports, "memoryFdInfo", memory_fd_info) && set_fn(env, exports, "memfdAddSeals", memfd_add_seals) &&
          set_fn(env, exports, "mappingFaultCount", mapping_fault_count);
 }
