@@ -234,6 +234,14 @@ test.serial('SET_BACKEND_REQ_FD: every refused fd is closed (100 messages)', asy
     ['regular file', () => openSync(file, 'r')],
     ['directory', () => openSync(join(dir, 'a-dir'), 'r')],
     ['/dev/null', () => openSync('/dev/null', 'r')],
+    [
+      'pipe',
+      () => {
+        const [r, w] = native.pipe2();
+        native.close(w);
+        return r;
+      },
+    ],
   ];
   for (let i = 0; i < 100; i++) {
     const [name, open] = kinds[i % kinds.length];
@@ -242,7 +250,8 @@ test.serial('SET_BACKEND_REQ_FD: every refused fd is closed (100 messages)', asy
     native.close(fd);
     t.not(u64Of(reply), 0n, `${name} must be refused`);
   }
-  await waitForLogSince(mark, /SET_BACKEND_REQ_FD \(21\) failed: the back-end request fd cannot be used as a socket/);
+  await waitForLogSince(mark, /SET_BACKEND_REQ_FD \(21\) failed: the back-end request fd is not a socket it can use: it is a regular file or memfd/);
+  await waitForLogSince(mark, /SET_BACKEND_REQ_FD \(21\) failed: the back-end request fd is not a socket it can use: it is a directory or device/);
   // Still connected, and holding none of the 100 fds (only its socket beyond the idle count).
   t.truthy(await c.request({ code: Req.GET_FEATURES }));
   t.true(await eventually(() => host.fdCount() === baseFds + 1), `host holds ${host.fdCount() - baseFds - 1} refused fds`);

@@ -843,8 +843,13 @@ export class BackendSession {
   private setBackendChannel(fd: number): void {
     let ch: MessageChannel;
     try {
-      // Watching the fd is the first thing the channel does: an fd that cannot be polled (a
-      // regular file, a directory, /dev/null) is refused here, before the old channel goes.
+      // Refused before the old channel goes: anything but a socket (a memfd, a regular file,
+      // a directory, /dev/null, a pipe) cannot carry back-end requests and their replies.
+      const st = native.fstat(fd);
+      if (!st.isSocket) {
+        const what = st.isFile ? 'a regular file or memfd' : st.isFifo ? 'a pipe or FIFO' : 'a directory or device';
+        throw new Error(`it is ${what}`);
+      }
       ch = new MessageChannel(fd, {
         label: `back-end request channel (${this.opts.label})`,
         codes: 'frontend',
@@ -854,7 +859,7 @@ export class BackendSession {
       });
     } catch (e) {
       this.closeFds([fd]);
-      throw new RequestError(`the back-end request fd cannot be used as a socket: ${errorText(e)}`);
+      throw new RequestError(`the back-end request fd is not a socket it can use: ${errorText(e)}`);
     }
     this.backendChannel?.close('replaced by a new SET_BACKEND_REQ_FD');
     this.backendChannel = ch;
