@@ -350,3 +350,21 @@ test.serial('unsupported requests that always have a reply get the spec failure 
   await bystanderServes(t);
   await backToIdle(t);
 });
+
+test.serial('an always-reply request refused without a failure form closes only that connection, saying why', async (t) => {
+  const mark = host.log().length;
+  const c = connect();
+  await handshake(c); // STATUS and CONFIG not negotiated
+  // GET_CONFIG has a failure form (an empty payload): answered, the connection stays.
+  const cfgReq = new Uint8Array(12 + 4); // offset 0, size 4, flags 0, 4 bytes
+  new DataView(cfgReq.buffer).setUint32(4, 4, true);
+  const cfg = await c.ch.request(frame(Req.GET_CONFIG, VERSION, cfgReq), [], true);
+  t.is(cfg?.payload.length, 0);
+  await waitForLogSince(mark, /GET_CONFIG \(24\) needs protocol feature CONFIG .*answered with empty config payload/);
+  // GET_STATUS's reply is a bare status byte: no value could say "refused".
+  await c.ch.send(frame(Req.GET_STATUS, VERSION));
+  await c.closed;
+  await waitForLogSince(mark, /connection closed: .*GET_STATUS \(40\) needs protocol feature STATUS .*no failure form, so the connection is closed/);
+  await bystanderServes(t);
+  await backToIdle(t);
+});
