@@ -65,7 +65,7 @@ static void guard_chain(int sig, siginfo_t *si, void *uctx) {
   raise(SIGBUS);
 }
 
-// Async-signal-safe: atomics, mmap, sigaction and raise only.
+// Async-signal-safe: atomics, mmap (a plain system call on Linux), sigaction and raise only.
 static void guard_on_sigbus(int sig, siginfo_t *si, void *uctx) {
   int saved = errno;
   if (si->si_code == BUS_ADRERR) {
