@@ -90,6 +90,9 @@ guestTest('a guest reads random bytes from /dev/hwrng served by the rng plugin, 
     // The plugin was really started for each guest, and nothing went wrong on the host's side.
     t.is(host.log().split('virtio-rng activated').length - 1, 2, host.log());
     t.notRegex(host.log(), / (ERROR|WARN) /, host.log());
+    // QEMU's memory-backend-memfd seals guest RAM against shrinking (docs/security.md,
+    // "Front-ends"): the size check at SET_MEM_TABLE holds for the mapping's life.
+    t.notRegex(host.log(), /not sealed against shrinking/, host.log());
     t.true(await eventually(() => host.memfdMappings() === 0), `memfd mappings left: ${host.memfdMappings()}`);
     t.true(await eventually(() => host.fdCount() === baselineFds), `fds ${host.fdCount()} vs baseline ${baselineFds}`);
   } finally {

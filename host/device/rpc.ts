@@ -112,7 +112,9 @@ export type WorkerToMain =
   /** The device itself failed (plugin trap, bad return value): every ring stopped. */
   | { type: 'device-failed'; reason: string }
   /** Used buffers were returned on a ring that has no call fd (in-band notifications). */
-  | { type: 'inband-call'; index: number };
+  | { type: 'inband-call'; index: number }
+  /** The front-end shrank a file behind guest memory or the dirty log: end its connection. */
+  | { type: 'memory-fault'; reason: string };
 
 /** main -> worker */
 export interface MainToWorker {

@@ -5,7 +5,8 @@
 
 import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
-import { GuestMemory, type RegionSpec, type Backing } from '../memory/guest-memory.ts';
+import { GuestMemory, type RegionSpec } from '../memory/guest-memory.ts';
+import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { DeviceRequest, VirtioDevice } from './device.ts';
@@ -15,7 +16,6 @@ import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
-const PAGE = 4096;
 /**
  * Bytes of requests (readable + writable) handed to a device in one call. A plugin copies a
  * whole batch into its capped linear memory and must answer within the call deadline, so a
@@ -30,6 +30,11 @@ export interface RunnerHooks {
   deviceFailed(reason: string): void;
   /** A ring without a call fd returned buffers (in-band notification via the session). */
   inbandCall(index: number): void;
+  /**
+   * The front-end shrank a file behind guest memory or the dirty log after we mapped it: the
+   * fault guard contained the access, every ring is halted, and the connection must end.
+   */
+  memoryFault(reason: string): void;
   /** Brackets every call into device code, for the watchdog on the main thread. */
   enterDevice(): void;
   leaveDevice(): void;
@@ -49,19 +54,8 @@ interface Vring {
   watcher: Watcher | null;
 }
 
-/** Maps a region once at a page-aligned offset and hands out windows relative to the region. */
-function mapRegion(r: RegionMsg): { backing: Backing; mapping: Mapping } {
-  const delta = r.mmapOffset % PAGE;
-  const mapping = native.mmap(r.fd, r.size + delta, r.mmapOffset - delta, true);
-  const backing: Backing =
-    delta === 0
-      ? mapping
-      : { size: r.size, window: (offset: number, length: number) => mapping.window(offset + delta, length) };
-  return { backing, mapping };
-}
-
 function regionSpec(r: RegionMsg): RegionSpec {
-  const { backing, mapping } = mapRegion(r);
+  const { backing, mapping } = mapFdRange(r.fd, r.size, r.mmapOffset, true);
   return {
     guestPhysAddr: r.guestPhysAddr,
     size: r.size,
@@ -86,6 +80,10 @@ export class DeviceRunner {
   private logMapping: Mapping | null = null;
   /** VHOST_F_LOG_ALL acked: every guest-memory write is marked in dirtyLog. */
   private logAll = false;
+  /** native.mappingFaultCount() when last looked at: it moves when any guarded mapping faulted. */
+  private seenFaults = native.mappingFaultCount();
+  /** Set once a memory fault was reported: nothing runs again in this worker's memory table. */
+  private memoryFaulted: string | null = null;
 
   constructor(
     /** Replaced only by replaceDevice (a reset after the device failed). */
@@ -228,7 +226,15 @@ export class DeviceRunner {
     const r = this.ring(index);
     this.stopWatching(r);
     r.kickFd = fd;
-    this.maybeStart(index);
+    try {
+      this.maybeStart(index);
+    } catch (e) {
+      // Refused: the session closes `fd`, so neither its number nor a watcher on it may stay
+      // here (a later fd would reuse the number). The ring is left without a kick fd.
+      this.stopWatching(r);
+      r.kickFd = -1;
+      throw e;
+    }
   }
 
   ringCall(index: number, fd: number | null): void {
@@ -283,6 +289,9 @@ export class DeviceRunner {
     }
     this.features = 0n;
     this.failed = null;
+    // The session drops the connection on a memory fault and resets; the next front-end
+    // sends a new memory table.
+    this.memoryFaulted = null;
     // Logging is renegotiated after a reset (the front-end re-sends SET_LOG_BASE with LOG_ALL).
     this.logAll = false;
     this.dirtyLog = null;
@@ -415,9 +424,7 @@ export class DeviceRunner {
     if (!Number.isSafeInteger(size) || size <= 0 || !Number.isSafeInteger(offset) || offset < 0) {
       throw new Error(`log area [${offset}, +${size}) is not a valid range`);
     }
-    const delta = offset % PAGE;
-    const mapping = native.mmap(fd, size + delta, offset - delta, true);
-    const backing = delta === 0 ? mapping : { size, window: (o: number, l: number) => mapping.window(o + delta, l) };
+    const { backing, mapping } = mapFdRange(fd, size, offset, true);
     const log = new DirtyLog(backing, {
       onOutOfRange: (msg) => {
         if (log.outOfRange <= 3) this.log.warn(`${msg} (the front-end's log is smaller than guest memory)`);
@@ -476,7 +483,7 @@ export class DeviceRunner {
     if (r.kickFd === -1) return;
     // Without F_PROTOCOL_FEATURES a ring is enabled as soon as it has a kick fd (spec).
     if (!this.protocolFeatures) r.enabled = true;
-    if (!r.enabled || this.failed) return;
+    if (!r.enabled || this.failed || this.memoryFaulted) return;
     if (!r.queue) {
       if (r.num === 0 || r.addr === null) {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
@@ -508,10 +515,34 @@ export class DeviceRunner {
     this.drain(index, r);
   }
 
+  /**
+   * After guest-memory accesses: did the fault guard contain a fault in one of our mappings?
+   * Then the front-end shrank a file under us; report it once and halt everything.
+   */
+  private checkMemoryFaults(): boolean {
+    if (this.memoryFaulted !== null) return true;
+    const count = native.mappingFaultCount();
+    if (count === this.seenFaults) return false;
+    this.seenFaults = count; // another device's mapping may have faulted instead
+    const region = this.memory.faultedRegion();
+    const logFaults = this.dirtyLog?.faults() ?? 0;
+    if (region === null && logFaults === 0) return false;
+    const reason =
+      region !== null
+        ? `front-end shrank memory region ${region.index} (GPA 0x${region.spec.guestPhysAddr.toString(16)}, size 0x${region.spec.size.toString(16)}) behind our back: ` +
+          `the file behind it no longer covers the region (${region.faults} page fault(s) contained)`
+        : `front-end shrank the dirty log area (${this.dirtyLog!.size} bytes) behind our back: the file behind it no longer covers it (${logFaults} page fault(s) contained)`;
+    this.memoryFaulted = reason;
+    for (const ring of this.rings) this.stopWatching(ring);
+    this.log.error(`${reason}; halting every ring`);
+    this.hooks.memoryFault(reason);
+    return true;
+  }
+
   /** Processes everything available on a ring, in batches, notifying once per batch. */
   private drain(index: number, r: Vring): void {
     const q = r.queue;
-    if (!q || q.broken || this.failed) return;
+    if (!q || q.broken || this.failed || this.memoryFaulted) return;
     try {
       for (;;) {
         q.disableNotifications();
@@ -523,13 +554,18 @@ export class DeviceRunner {
           bytes += chain.readableLen + chain.writableLen;
         }
         if (batch.length === 0) {
+          if (this.checkMemoryFaults()) return;
           if (q.enableNotifications()) continue;
           return;
         }
         this.complete(index, q, batch);
+        // Zero pages stood in for a shrunk file: what the batch read or wrote is not what the
+        // guest has, so the guest is not told about it.
+        if (this.checkMemoryFaults()) return;
         this.notify(index, r, q);
       }
     } catch (e) {
+      if (this.checkMemoryFaults()) return;
       if (e instanceof QueueFault) this.breakRing(index, r, e.message);
       else if (!this.failed) this.fail(errorText(e));
     }

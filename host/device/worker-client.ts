@@ -19,7 +19,8 @@ export interface DeviceWorkerOptions {
 export type DeviceEvent =
   | { type: 'ring-broken'; index: number; reason: string }
   | { type: 'device-failed'; reason: string }
-  | { type: 'inband-call'; index: number };
+  | { type: 'inband-call'; index: number }
+  | { type: 'memory-fault'; reason: string };
 
 function workerUrl(): URL {
   // From source (tests via tsx) the worker is a .ts file beside this one; in the esbuild
@@ -186,6 +187,7 @@ export class DeviceWorker {
       case 'ring-broken':
       case 'device-failed':
       case 'inband-call':
+      case 'memory-fault':
         this.onEvent(m);
         return;
       default:

@@ -77,6 +77,7 @@ async function main(): Promise<void> {
       ringBroken: (index, reason) => post({ type: 'ring-broken', index, reason }),
       deviceFailed: (reason) => post({ type: 'device-failed', reason }),
       inbandCall: (index) => post({ type: 'inband-call', index }),
+      memoryFault: (reason) => post({ type: 'memory-fault', reason }),
       // 0 means idle, so a call that starts in the epoch's first millisecond records 1.
       enterDevice: () => Atomics.store(slot, 0, Math.max(1, Date.now() - init.epoch)),
       leaveDevice: () => Atomics.store(slot, 0, 0),

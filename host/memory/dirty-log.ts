@@ -36,6 +36,11 @@ export class DirtyLog {
     this.onOutOfRange = opts.onOutOfRange ?? (() => {});
   }
 
+  /** Faults the native guard contained in the log's mapping (the log file shrank under us). */
+  faults(): number {
+    return this.backing.faults?.() ?? 0;
+  }
+
   /** Pages the log can describe. */
   get pages(): number {
     return this.size * 8;

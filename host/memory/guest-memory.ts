@@ -11,6 +11,11 @@ export interface Backing {
   readonly size: number;
   /** An ArrayBuffer aliasing [offset, offset+length) of the mapping. */
   window(offset: number, length: number): ArrayBuffer;
+  /**
+   * Faults the native fault guard contained in this mapping: the file behind it shrank after
+   * it was mapped, so some pages read as zeros that the front-end never sees. Absent: cannot fault.
+   */
+  faults?(): number;
 }
 
 export interface RegionSpec {
@@ -212,6 +217,19 @@ export class GuestMemory {
       }
     }
     return undefined;
+  }
+
+  /**
+   * The first region (by GPA; `index` counts from 0) whose mapping took a contained fault, or
+   * null. Regions with faulted pages no longer share those pages with the front-end.
+   */
+  faultedRegion(): { index: number; spec: RegionSpec; faults: number } | null {
+    for (let i = 0; i < this.byGpa.length; i++) {
+      const spec = this.byGpa[i].spec;
+      const faults = spec.backing.faults?.() ?? 0;
+      if (faults > 0) return { index: i, spec, faults };
+    }
+    return null;
   }
 
   /** True when every byte of [gpa, gpa+len) is mapped (possibly across regions). */

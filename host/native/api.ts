@@ -31,6 +31,22 @@ export interface Mapping {
   window(offset: number, length: number): ArrayBuffer;
   /** munmap; detaches every window created from this mapping. Idempotent. */
   unmap(): void;
+  /**
+   * How many faults the SIGBUS guard contained inside this mapping (the file behind it shrank
+   * under us; the faulting pages now read as private zeros). Latched: never goes back to 0.
+   */
+  faults(): number;
+}
+
+/** What memoryFdInfo() reports about a front-end's memory fd. */
+export interface MemoryFdInfo {
+  type: 'file' | 'directory' | 'char' | 'block' | 'fifo' | 'socket' | 'other';
+  /** st_size (0 for anything but a regular file). */
+  size: number;
+  /** F_GET_SEALS of a memfd (F_SEAL_SHRINK = 0x2); -1 when the fd cannot carry seals. */
+  seals: number;
+  /** The unit a contained fault replaces: the page size, or a hugetlbfs file's huge page size. */
+  pageSize: number;
 }
 
 export interface Watcher {
@@ -94,8 +110,20 @@ export interface Native {
    */
   setPipeSize?(fd: number, bytes: number): number;
 
-  /** mmap(MAP_SHARED) of [offset, offset+size) of fd, 64-bit sizes and offsets. */
+  /**
+   * mmap(MAP_SHARED) of [offset, offset+size) of fd, 64-bit sizes and offsets. Refuses
+   * (ERR_MAPPING_NOT_FILE) anything but a regular file or memfd, and (ERR_MAPPING_BEYOND_FILE)
+   * a range the file does not cover. The mapping is guarded: a SIGBUS inside it (the file
+   * shrank later) is contained and counted (Mapping.faults(), mappingFaultCount()) instead of
+   * killing the process.
+   */
   mmap(fd: number, size: number, offset: number, writable: boolean): Mapping;
+  /** fcntl(F_ADD_SEALS) on a memfd created with allowSealing (F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4). */
+  memfdAddSeals(fd: number, seals: number): void;
+  /** fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own. */
+  memoryFdInfo(fd: number): MemoryFdInfo;
+  /** Faults contained in any guarded mapping of this process so far (cheap: poll it per batch). */
+  mappingFaultCount(): number;
 
   /**
    * Watch fd for readiness on the calling thread's own event loop (uv_poll), so it works

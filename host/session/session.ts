@@ -27,6 +27,8 @@ import type { DeviceSlot } from '../server/device-slot.ts';
 import type { RegionMsg } from '../device/rpc.ts';
 import { VirtioFeature, bit, describeBits, DEVICE_FEATURE_MASK } from '../device/features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
+import { checkMemoryFd } from '../memory/memory-fd.ts';
+import { failureReply } from './failure-replies.ts';
 
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
 const STATUS_NEEDS_RESET = 0x40;
@@ -186,6 +188,8 @@ export class BackendSession {
   private transfer: StateTransfer | RfcShmTransfer | null = null;
   /** SET_LOG_FD's eventfd (kept, never signalled: QEMU reads the log on its own schedule). */
   private logFd: number | null = null;
+  /** NEED_REPLY seen without REPLY_ACK negotiated (logged once per connection). */
+  private strayNeedReplyLogged = false;
 
   constructor(
     fd: number,
@@ -228,6 +232,34 @@ export class BackendSession {
 
   // --- dispatch ------------------------------------------------------------------------------
 
+  /**
+   * Whether a request without a reply of its own gets the REPLY_ACK u64. NEED_REPLY means
+   * nothing until REPLY_ACK is negotiated (spec, "REPLY_ACK"): a front-end that did not
+   * negotiate it reads no ack, and an unexpected one would be taken as the answer to its next
+   * request. Checked after the request ran, so SET_PROTOCOL_FEATURES enabling REPLY_ACK is acked.
+   */
+  private wantsAck(needReply: boolean): boolean {
+    if (!needReply) return false;
+    if (this.hasProtocol(ProtocolFeature.REPLY_ACK)) return true;
+    if (!this.strayNeedReplyLogged) {
+      this.strayNeedReplyLogged = true;
+      this.log.warn('front-end set NEED_REPLY without negotiating REPLY_ACK: no ack is sent (the flag means nothing until REPLY_ACK is negotiated)');
+    }
+    return false;
+  }
+
+  /**
+   * A request that always has a reply failed or is not supported: send its failure form if
+   * the spec defines one, else end the connection (the front-end waits for an answer we cannot
+   * give truthfully).
+   */
+  private async refuseWithReply(req: DecodedRequest, why: string): Promise<void> {
+    const f = failureReply(req);
+    if (f === null) throw new Error(`${why}; its reply has no failure form, so the connection is closed`);
+    this.log.error(`${why}; answered with ${f.meaning}`);
+    await this.reply(f.bytes);
+  }
+
   private async onMessage(m: RawMessage): Promise<void> {
     let req;
     try {
@@ -235,7 +267,7 @@ export class BackendSession {
     } catch (e) {
       this.closeFds(m.fds);
       const why = errorText(e);
-      if (e instanceof ProtocolError && m.header.needReply && !hasReply(m.header.request)) {
+      if (e instanceof ProtocolError && !hasReply(m.header.request) && this.wantsAck(m.header.needReply)) {
         this.log.error(`rejected a malformed message: ${why}`);
         await this.ack(m.header.request, false);
         return;
@@ -257,8 +289,9 @@ export class BackendSession {
     }
     if (req.unknown) {
       this.closeFds(req.fds);
-      this.log.warn(`${requestName(req.code)} is not a request this back-end knows; ignored${req.needReply ? ' (failure reply sent)' : ''}`);
-      if (req.needReply) await this.ack(req.code, false);
+      const ack = this.wantsAck(req.needReply);
+      this.log.warn(`${requestName(req.code)} is not a request this back-end knows; ignored${ack ? ' (failure reply sent)' : ''}`);
+      if (ack) await this.ack(req.code, false);
       return;
     }
     const code = req.code;
@@ -267,20 +300,20 @@ export class BackendSession {
       this.closeFds(req.fds);
       const name = Object.entries(ProtocolFeature).find(([, v]) => v === gate)?.[0];
       const why = `${requestName(code)} needs protocol feature ${name} (bit ${gate}), which was not negotiated`;
-      if (hasReply(code)) throw new Error(why);
+      if (hasReply(code)) return this.refuseWithReply(req, why);
       this.log.error(`${why}; refused`);
-      if (req.needReply) await this.ack(code, false);
+      if (this.wantsAck(req.needReply)) await this.ack(code, false);
       return;
     }
     if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(code)}${describeRequest(req)}`);
     try {
       await this.handle(req);
-      if (req.needReply && !hasReply(code)) await this.ack(code, true);
+      if (!hasReply(code) && this.wantsAck(req.needReply)) await this.ack(code, true);
     } catch (e) {
       const why = `${requestName(code)} failed: ${errorText(e)}`;
-      if (hasReply(code)) throw new Error(why); // no defined failure reply: drop the connection
+      if (hasReply(code)) return this.refuseWithReply(req, why);
       this.log.error(why);
-      if (req.needReply) await this.ack(code, false);
+      if (this.wantsAck(req.needReply)) await this.ack(code, false);
     }
   }
 
@@ -475,6 +508,8 @@ export class BackendSession {
       const sz = toNumber(size, 'log size');
       const off = toNumber(offset, 'log offset');
       if (sz === 0) throw new RequestError('log size is 0');
+      const { sealed } = checkMemoryFd(fd, off, sz, 'dirty log area');
+      if (!sealed) this.log.info('dirty log area: not sealed against shrinking (F_SEAL_SHRINK); if the front-end shrinks it, this connection is closed');
       await this.worker.setLogBase(fd, sz, off);
       ok = true;
       this.log.info(`dirty log area: ${sz} bytes at offset ${off} (covers ${(sz * 8 * 4096) / 2 ** 20} MiB of guest memory)`);
@@ -678,11 +713,27 @@ export class BackendSession {
 
   // --- memory ------------------------------------------------------------------------------
 
+  /**
+   * Each region's fd must be a file covering the region (else the first access past its end
+   * would SIGBUS). Says which regions can still shrink under us: those are covered by the
+   * fault guard, which ends this connection if it happens (docs/security.md, "Front-ends").
+   */
+  private checkRegionFds(msgs: RegionMsg[], names: string[]): void {
+    const unsealed: string[] = [];
+    msgs.forEach((r, i) => {
+      if (!checkMemoryFd(r.fd, r.mmapOffset, r.size, names[i]).sealed) unsealed.push(names[i]);
+    });
+    if (unsealed.length > 0) {
+      this.log.info(`${unsealed.join(', ')}: not sealed against shrinking (F_SEAL_SHRINK); if the front-end shrinks ${unsealed.length > 1 ? 'them' : 'it'}, this connection is closed`);
+    }
+  }
+
   private async setMemTable(regions: (MemoryRegion & { fd: number })[]): Promise<void> {
     let msgs: RegionMsg[];
     try {
       msgs = regions.map(regionMsg);
       for (const r of msgs) if (r.size === 0) throw new RequestError(`region at GPA 0x${r.guestPhysAddr.toString(16)} has size 0`);
+      this.checkRegionFds(msgs, msgs.map((r, i) => `memory region ${i} (GPA 0x${r.guestPhysAddr.toString(16)})`));
       await this.worker.setMemTable(msgs);
     } catch (e) {
       this.closeFds(regions.map((r) => r.fd));
@@ -697,6 +748,7 @@ export class BackendSession {
     try {
       const msg = regionMsg(region);
       if (msg.size === 0) throw new RequestError('ADD_MEM_REG region has size 0');
+      this.checkRegionFds([msg], [`added memory region (GPA 0x${msg.guestPhysAddr.toString(16)})`]);
       await this.worker.addMemRegion(msg);
       this.regions.push({ msg });
     } catch (e) {
@@ -737,6 +789,10 @@ export class BackendSession {
       else if (kind === 'call') await this.worker.ringCall(index, fd);
       else await this.worker.ringErr(index, fd);
     } catch (e) {
+      // A refusing worker has dropped the fd (DeviceRunner.ringKick); a worker that died in the
+      // call may still watch it until its thread is gone. Only then is the fd ours to close:
+      // closed earlier, its number could be reused by the next fd and read by a stale watcher.
+      if (this.worker.dead) await this.worker.exited;
       if (fd !== null) this.closeFds([fd]);
       throw e;
     }
@@ -785,14 +841,28 @@ export class BackendSession {
   // --- back-end -> front-end ---------------------------------------------------------------
 
   private setBackendChannel(fd: number): void {
+    let ch: MessageChannel;
+    try {
+      // Refused before the old channel goes: anything but a socket (a memfd, a regular file,
+      // a directory, /dev/null, a pipe) cannot carry back-end requests and their replies.
+      const st = native.fstat(fd);
+      if (!st.isSocket) {
+        const what = st.isFile ? 'a regular file or memfd' : st.isFifo ? 'a pipe or FIFO' : 'a directory or device';
+        throw new Error(`it is ${what}`);
+      }
+      ch = new MessageChannel(fd, {
+        label: `back-end request channel (${this.opts.label})`,
+        codes: 'frontend',
+        onClose: (reason) => {
+          if (reason) this.log.warn(`back-end request channel closed: ${reason}`);
+        },
+      });
+    } catch (e) {
+      this.closeFds([fd]);
+      throw new RequestError(`the back-end request fd is not a socket it can use: ${errorText(e)}`);
+    }
     this.backendChannel?.close('replaced by a new SET_BACKEND_REQ_FD');
-    this.backendChannel = new MessageChannel(fd, {
-      label: `back-end request channel (${this.opts.label})`,
-      codes: 'frontend',
-      onClose: (reason) => {
-        if (reason) this.log.warn(`back-end request channel closed: ${reason}`);
-      },
-    });
+    this.backendChannel = ch;
   }
 
   private async sendBackendRequest(code: number, build: () => ReturnType<typeof encodeBackendRequest>): Promise<void> {
@@ -814,6 +884,13 @@ export class BackendSession {
   }
 
   private onDeviceEvent(e: DeviceEvent): void {
+    if (e.type === 'memory-fault') {
+      // The worker halted every ring; the pages it touched are no longer the guest's. Nothing
+      // this connection does can be trusted to reach the guest now: end it (release() resets
+      // the device and unmaps the table, as for any disconnect).
+      this.channel.close(e.reason);
+      return;
+    }
     if (e.type === 'inband-call') {
       void this.sendBackendRequest(BackendReq.VRING_CALL, () =>
         encodeBackendRequest({ code: BackendReq.VRING_CALL, state: { index: e.index, num: 0 } }, this.hasProtocol(ProtocolFeature.REPLY_ACK)),
@@ -872,6 +949,8 @@ export class BackendSession {
         await this.worker.setMemTable([]);
       } catch (e) {
         this.log.warn(`device reset after disconnect failed: ${errorText(e)}`);
+        // Killed during the reset: its watchers go with its thread, then the fds can close.
+        if (this.worker.dead) await this.worker.exited;
       }
     }
     for (const r of this.ringFds) this.closeFds([r.kick, r.call, r.err]);

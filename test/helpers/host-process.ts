@@ -24,12 +24,16 @@ export interface HostProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export async function startHost(args: string[], opts: { socketName?: string; env?: NodeJS.ProcessEnv } = {}): Promise<HostProcess> {
+export async function startHost(
+  args: string[],
+  /** `entry`: a script to run instead of the CLI (a fixture serving several devices). */
+  opts: { socketName?: string; env?: NodeJS.ProcessEnv; entry?: string } = {},
+): Promise<HostProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-test-'));
   const given = args.indexOf('--socket-path');
   const socketPath = given >= 0 && args[given + 1] !== '{socket}' ? args[given + 1] : join(dir, opts.socketName ?? 'dev.sock');
   const full = args.map((a) => a.replace('{socket}', socketPath));
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), ...full], {
+  const child = spawn(process.execPath, ['--import', 'tsx', opts.entry ?? join(REPO, 'host', 'cli', 'main.ts'), ...full], {
     cwd: REPO,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },

@@ -2,12 +2,137 @@
 // memory-safe: the pages stay mapped while any window can still reach them. unmap()
 // detaches every live window before munmap; if the Mapping object is collected instead,
 // the munmap waits until the last window's backing store is released too.
+//
+// The file behind a mapping belongs to the front-end, which can shrink it after we mapped it;
+// touching a page past the new end raises SIGBUS, which would kill every device in the process.
+// mmap() refuses a range the file does not cover at map time, and every mapping is registered
+// in a process-wide table that a SIGBUS handler consults: a fault inside a registered mapping
+// gets anonymous zero pages mapped over the faulting page (so the access completes) and is
+// counted, and the owner of the mapping (the device worker) fails that one connection when it
+// sees the count move. Faults anywhere else go to the handler that was there before us.
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
+
+// --- the fault guard -------------------------------------------------------------------------
+
+// Regions of every device in the process (QEMU's ceiling is 509 per device) plus dirty logs.
+#define GUARD_SLOTS 8192
+
+typedef struct {
+  _Atomic uintptr_t base; // 0: free
+  _Atomic size_t size;
+  _Atomic size_t page;    // unit to replace on a fault (hugetlbfs: the huge page size)
+  _Atomic unsigned long faults;
+} guard_slot;
+
+static guard_slot guard_table[GUARD_SLOTS];
+static _Atomic size_t guard_high;            // slots [0, guard_high) may be in use
+static _Atomic unsigned long guard_faults;   // faults contained, process-wide
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction guard_previous;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static int guard_install_errno;
+
+static void guard_chain(int sig, siginfo_t *si, void *uctx) {
+  if (guard_previous.sa_flags & SA_SIGINFO) {
+    guard_previous.sa_sigaction(sig, si, uctx);
+    return;
+  }
+  if (guard_previous.sa_handler == SIG_IGN && si->si_code <= 0) return; // sent by kill(), ignored before us
+  if (guard_previous.sa_handler != SIG_DFL && guard_previous.sa_handler != SIG_IGN) {
+    guard_previous.sa_handler(sig);
+    return;
+  }
+  // Default action (a real fault cannot be ignored: it would recur for ever): die as we would
+  // have without this handler. The signal is blocked while we run, so it lands on return.
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, NULL);
+  raise(SIGBUS);
+}
+
+// Async-signal-safe: atomics, mmap (a plain system call on Linux), sigaction and raise only.
+static void guard_on_sigbus(int sig, siginfo_t *si, void *uctx) {
+  int saved = errno;
+  if (si->si_code == BUS_ADRERR) {
+    uintptr_t a = (uintptr_t)si->si_addr;
+    size_t high = atomic_load_explicit(&guard_high, memory_order_acquire);
+    for (size_t i = 0; i < high; i++) {
+      guard_slot *g = &guard_table[i];
+      uintptr_t b = atomic_load_explicit(&g->base, memory_order_acquire);
+      if (b == 0 || a < b) continue;
+      size_t sz = atomic_load_explicit(&g->size, memory_order_relaxed);
+      size_t pg = atomic_load_explicit(&g->page, memory_order_relaxed);
+      // The slot may have been recycled by another thread while we read it: size and page
+      // belong to `b` only if base did not change meanwhile.
+      if (atomic_load_explicit(&g->base, memory_order_acquire) != b || a - b >= sz) continue;
+      uintptr_t page = b + ((a - b) & ~(uintptr_t)(pg - 1));
+      uintptr_t end = (b + sz + 4095) & ~(uintptr_t)4095;
+      size_t len = page + pg > end ? end - page : pg;
+      if (mmap((void *)page, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+        break; // cannot contain it: behave as if we were not here
+      atomic_fetch_add_explicit(&g->faults, 1, memory_order_release);
+      atomic_fetch_add_explicit(&guard_faults, 1, memory_order_release);
+      errno = saved;
+      return;
+    }
+  }
+  errno = saved;
+  guard_chain(sig, si, uctx);
+}
+
+static void guard_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = guard_on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &guard_previous) < 0) guard_install_errno = errno;
+}
+
+// Returns the slot index, or -1 when the table is full.
+static int guard_register(void *base, size_t size, size_t page) {
+  pthread_mutex_lock(&guard_lock);
+  int slot = -1;
+  for (size_t i = 0; i < GUARD_SLOTS; i++) {
+    if (atomic_load_explicit(&guard_table[i].base, memory_order_relaxed) == 0) {
+      slot = (int)i;
+      break;
+    }
+  }
+  if (slot >= 0) {
+    guard_slot *g = &guard_table[slot];
+    atomic_store_explicit(&g->size, size, memory_order_relaxed);
+    atomic_store_explicit(&g->page, page, memory_order_relaxed);
+    atomic_store_explicit(&g->faults, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->base, (uintptr_t)base, memory_order_release);
+    if ((size_t)slot + 1 > atomic_load(&guard_high)) atomic_store_explicit(&guard_high, (size_t)slot + 1, memory_order_release);
+  }
+  pthread_mutex_unlock(&guard_lock);
+  return slot;
+}
+
+// Before munmap: once the pages are gone the addresses may be reused by anyone.
+static void guard_unregister(int slot) {
+  if (slot < 0) return;
+  pthread_mutex_lock(&guard_lock);
+  atomic_store_explicit(&guard_table[slot].base, 0, memory_order_release);
+  pthread_mutex_unlock(&guard_lock);
+}
 
 typedef struct mapping mapping;
 
@@ -25,13 +150,23 @@ struct mapping {
   bool object_gone;
   size_t live_windows;
   window_entry *windows;
+  int guard; // slot in guard_table, -1 once unregistered
+  unsigned long faults_at_unmap;
 };
+
+static void mapping_unguard(mapping *m) {
+  if (m->guard < 0) return;
+  m->faults_at_unmap = atomic_load_explicit(&guard_table[m->guard].faults, memory_order_acquire);
+  guard_unregister(m->guard);
+  m->guard = -1;
+}
 
 // Distinguishes Mapping objects from other wrapped objects (a Watcher passed as `this`).
 static const napi_type_tag MAPPING_TAG = {0x7668f57b4d617070ULL, 0x6d6170706e67a001ULL};
 
 static void release_if_unreachable(mapping *m) {
   if (!m->object_gone || m->live_windows > 0) return;
+  mapping_unguard(m);
   if (m->mapped) munmap(m->base, m->size);
   free(m);
 }
@@ -143,11 +278,102 @@ static napi_value mapping_unmap(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
+  mapping_unguard(m);
   if (munmap(m->base, m->size) < 0) {
     throw_errno(env, "munmap", errno);
     return NULL;
   }
   m->mapped = false;
+  return make_undefined(env);
+}
+
+// Faults the guard contained inside this mapping (pages of it that now read as zeros and are no
+// longer shared with the front-end). Latched: it never goes back to 0.
+static napi_value mapping_faults(napi_env env, napi_callback_info info) {
+  napi_value self;
+  if (!get_args(env, info, 0, 0, NULL, &self, "Mapping.faults")) return NULL;
+  mapping *m = this_mapping(env, self, "Mapping.faults");
+  if (!m) return NULL;
+  if (m->guard < 0) return make_number(env, (double)m->faults_at_unmap);
+  return make_number(env, (double)atomic_load_explicit(&guard_table[m->guard].faults, memory_order_acquire));
+}
+
+static napi_value mapping_fault_count(napi_env env, napi_callback_info info) {
+  return make_number(env, (double)atomic_load_explicit(&guard_faults, memory_order_acquire));
+}
+
+static const char *file_type_name(mode_t mode) {
+  if (S_ISREG(mode)) return "file";
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISCHR(mode)) return "char";
+  if (S_ISBLK(mode)) return "block";
+  if (S_ISFIFO(mode)) return "fifo";
+  if (S_ISSOCK(mode)) return "socket";
+  return "other";
+}
+
+// What a front-end's memory fd is: type, size, seals (memfd), and the page size that
+// faults are contained in (hugetlbfs files fault a whole huge page).
+static const char *file_type_text(mode_t mode) {
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISFIFO(mode)) return "pipe or FIFO";
+  if (S_ISSOCK(mode)) return "socket";
+  return "special file";
+}
+
+static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, 1, argv, NULL, "memoryFdInfo")) return NULL;
+  if (!get_fd(env, argv[0], "memoryFdInfo", "fd", &fd)) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    throw_errno(env, "fstat", errno);
+    return NULL;
+  }
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) seals = -1; // not a memfd (EINVAL): nothing stops a shrink
+  double page = (double)sysconf(_SC_PAGESIZE);
+  struct statfs sf;
+  if (fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC) page = (double)sf.f_bsize;
+  napi_value obj, type;
+  if (napi_create_object(env, &obj) != napi_ok ||
+      napi_create_string_utf8(env, file_type_name(st.st_mode), NAPI_AUTO_LENGTH, &type) != napi_ok) {
+    throw_napi(env, napi_generic_failure, "memoryFdInfo");
+    return NULL;
+  }
+  napi_property_descriptor props[] = {
+      {"type", NULL, NULL, NULL, NULL, type, napi_enumerable, NULL},
+      {"size", NULL, NULL, NULL, NULL, make_number(env, (double)st.st_size), napi_enumerable, NULL},
+      {"seals", NULL, NULL, NULL, NULL, make_number(env, (double)seals), napi_enumerable, NULL},
+      {"pageSize", NULL, NULL, NULL, NULL, make_number(env, page), napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, obj, 4, props) != napi_ok) {
+    throw_napi(env, napi_generic_failure, "memoryFdInfo");
+    return NULL;
+  }
+  return obj;
+}
+
+// fcntl(F_ADD_SEALS): what QEMU's memory-backend-memfd does to guest RAM (F_SEAL_SHRINK|
+// F_SEAL_GROW|F_SEAL_SEAL by default); our own front-end and tests use it to behave the same.
+static napi_value memfd_add_seals(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  uint64_t seals;
+  if (!get_args(env, info, 2, 2, argv, NULL, "memfdAddSeals")) return NULL;
+  if (!get_fd(env, argv[0], "memfdAddSeals", "fd", &fd)) return NULL;
+  if (!get_u64(env, argv[1], "memfdAddSeals", "seals", &seals)) return NULL;
+  if (seals > 0xffff) {
+    throw_range(env, "memfdAddSeals: seals 0x%llx has bits outside F_SEAL_*", (unsigned long long)seals);
+    return NULL;
+  }
+  if (fcntl(fd, F_ADD_SEALS, (int)seals) < 0) {
+    throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
+    return NULL;
+  }
   return make_undefined(env);
 }
 
@@ -176,6 +402,35 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
                 (unsigned long long)size);
     return NULL;
   }
+  // Only a regular file (memfd, tmpfs, hugetlbfs, a disk file) is memory two processes share
+  // with a size we can check: a shared mapping of /dev/zero is private to us, and other
+  // devices have no size fstat reports.
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    throw_errno(env, "fstat", errno);
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw_plain(env, "ERR_MAPPING_NOT_FILE",
+                "mmap: the fd is a %s, not a regular file or memfd; only those can back shared memory",
+                file_type_text(st.st_mode));
+    return NULL;
+  }
+  if ((uint64_t)st.st_size < off || size > (uint64_t)st.st_size - off) {
+    throw_plain(env, "ERR_MAPPING_BEYOND_FILE",
+                "mmap: [offset %llu, +size %llu) ends past the end of the %llu-byte file behind the fd; "
+                "touching that part would fault (SIGBUS)",
+                (unsigned long long)off, (unsigned long long)size, (unsigned long long)st.st_size);
+    return NULL;
+  }
+  size_t fault_unit = page;
+  struct statfs sf;
+  if (fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC) fault_unit = (size_t)sf.f_bsize;
+  pthread_once(&guard_once, guard_install);
+  if (guard_install_errno != 0) {
+    throw_errno(env, "sigaction(SIGBUS)", guard_install_errno);
+    return NULL;
+  }
   void *base = mmap(NULL, (size_t)size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, (off_t)off);
   if (base == MAP_FAILED) {
     throw_errno(env, "mmap", errno);
@@ -190,6 +445,15 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
   m->base = base;
   m->size = size;
   m->mapped = true;
+  m->guard = guard_register(base, (size_t)size, fault_unit);
+  if (m->guard < 0) {
+    munmap(base, (size_t)size);
+    free(m);
+    throw_plain(env, "ERR_MAPPING_LIMIT",
+                "mmap: this process already maps %d shared memory areas, the most its fault guard tracks",
+                GUARD_SLOTS);
+    return NULL;
+  }
 
   addon_env *ae = get_addon_env(env);
   napi_value ctor, ext, obj = NULL;
@@ -197,6 +461,7 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
       napi_create_external(env, m, NULL, NULL, &ext) != napi_ok ||
       napi_new_instance(env, ctor, 1, &ext, &obj) != napi_ok) {
     if (!m->wrapped) { // otherwise the wrap's finalizer owns m
+      mapping_unguard(m);
       munmap(base, (size_t)size);
       free(m);
     }
@@ -210,14 +475,17 @@ bool init_mapping(napi_env env, napi_value exports, addon_env *ae) {
   napi_property_descriptor methods[] = {
       {"window", NULL, mapping_window, NULL, NULL, NULL, napi_default_method, NULL},
       {"unmap", NULL, mapping_unmap, NULL, NULL, NULL, napi_default_method, NULL},
+      {"faults", NULL, mapping_faults, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_value cls;
-  if (napi_define_class(env, "Mapping", NAPI_AUTO_LENGTH, mapping_ctor, NULL, 2, methods, &cls) != napi_ok)
+  if (napi_define_class(env, "Mapping", NAPI_AUTO_LENGTH, mapping_ctor, NULL, 3, methods, &cls) != napi_ok)
     return false;
   if (napi_create_reference(env, cls, 1, &ae->mapping_ctor) != napi_ok) return false;
   napi_value mw = make_number(env, (double)MAX_WINDOW);
   napi_property_descriptor props[] = {
       {"MAX_WINDOW", NULL, NULL, NULL, NULL, mw, napi_enumerable, NULL},
   };
-  return napi_define_properties(env, exports, 1, props) == napi_ok && set_fn(env, exports, "mmap", do_mmap);
+  return napi_define_properties(env, exports, 1, props) == napi_ok && set_fn(env, exports, "mmap", do_mmap) &&
+         set_fn(env, exports, "memoryFdInfo", memory_fd_info) && set_fn(env, exports, "memfdAddSeals", memfd_add_seals) &&
+         set_fn(env, exports, "mappingFaultCount", mapping_fault_count);
 }

@@ -1,0 +1,61 @@
+// The fds a front-end sends for guest memory and the dirty log, checked before anything maps
+// them. A mapping that reaches past the end of its file raises SIGBUS on first touch, which
+// would take down every device in the process, so a range the file does not cover is refused
+// here with the sizes named; and whether the file can still shrink later is reported, because
+// that decides how a later shrink is handled (docs/security.md, "Front-ends").
+
+import { native } from '../native/index.ts';
+import { hex } from './guest-memory.ts';
+
+/** F_SEAL_SHRINK (linux/fcntl.h): the memfd can no longer be made smaller. */
+export const F_SEAL_SHRINK = 0x2;
+
+export class MemoryFdError extends Error {
+  override name = 'MemoryFdError';
+}
+
+export interface MemoryFdCheck {
+  /** Size of the file behind the fd when checked. */
+  fileSize: number;
+  /**
+   * Sealed against shrinking (a memfd with F_SEAL_SHRINK, as QEMU's memory-backend-memfd makes
+   * by default): the check above holds for the mapping's whole life. Otherwise a later shrink
+   * is contained by the fault guard and fails the connection.
+   */
+  sealed: boolean;
+}
+
+const TYPE_TEXT: Record<string, string> = {
+  directory: 'a directory',
+  char: 'a character device (such as /dev/zero, whose shared mappings are private to each process)',
+  block: 'a block device',
+  fifo: 'a pipe or FIFO',
+  socket: 'a socket',
+  other: 'a special file',
+};
+
+/**
+ * Checks that `fd` is a regular file or memfd covering [offset, offset+size). `what` names the
+ * region in the error ("memory region 2 (GPA 0x100000)").
+ */
+export function checkMemoryFd(fd: number, offset: number, size: number, what: string): MemoryFdCheck {
+  let info;
+  try {
+    info = native.memoryFdInfo(fd);
+  } catch (e) {
+    throw new MemoryFdError(`${what}: cannot inspect its fd: ${(e as Error).message}`);
+  }
+  if (info.type !== 'file') {
+    throw new MemoryFdError(
+      `${what}: its fd is ${TYPE_TEXT[info.type] ?? info.type}, not a memfd or regular file; ` +
+        'guest memory must be shared through one (QEMU: memory-backend-memfd or memory-backend-file with share=on)',
+    );
+  }
+  if (offset > info.size || size > info.size - offset) {
+    throw new MemoryFdError(
+      `${what}: needs bytes [${hex(offset)}, ${hex(offset + size)}) of its fd (mmap offset ${hex(offset)}, size ${hex(size)}), ` +
+        `but the file behind it has only ${hex(info.size)} bytes; the front-end described more memory than it shared`,
+    );
+  }
+  return { fileSize: info.size, sealed: info.seals >= 0 && (info.seals & F_SEAL_SHRINK) !== 0 };
+}
