@@ -14,7 +14,8 @@
 
 import { parseArgs } from 'node:util';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
-import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../protocol/constants.ts';
+import { featureBit } from '../protocol/constants.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
 import { parseSize } from './args.ts';
 
