@@ -121,7 +121,8 @@ export function decodeWithEntry(
   const meta = { flags: header.flags, needReply: header.needReply, fds: fds.slice() };
   if (entry === undefined) return { unknown: true, code, payload: payload.slice(), ...meta };
   const body = decodeBody(entry, new PayloadReader(name, code, payload, fds), { name, xen: opts.xenMmap ?? false });
-  return { code, ...body, ...meta, unknown: false };
+  // Body after meta: an extension's body may name a field `flags` (its own); no spec body does.
+  return { ...meta, code, ...body, unknown: false };
 }
 
 /** Bytes and fds of a request, from its typed form. */
