@@ -108,7 +108,6 @@ export interface RequestEntry extends RequestDef<unknown, unknown> {
 export type BodyOf<U, C> = U extends { code: C } ? Omit<U, 'code'> : never;
 
 // Entries are checked against the typed unions: P ties payload and fd rule, B the union member.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Def<B> = RequestDef<any, B>;
 const def = <P, B>(d: RequestDef<P, B>): RequestDef<P, B> => d;
 
