@@ -29,7 +29,8 @@ import { loadState, migrate, readToEnd, saveState, writeAll, type StateChannelMo
 import { native } from '../host/native/index.ts';
 import { FRONTEND_PROTOCOL_FEATURES } from '../host/frontend/driver.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
-import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../host/protocol/constants.ts';
+import { featureBit } from '../host/protocol/constants.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
 import { join } from 'node:path';
 import { REPO } from '../test/helpers/host-process.ts';
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const RNG = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -82,7 +82,7 @@ async function raw(d: Disk, readable: Uint8Array[], writable: number | number[],
 }
 
 async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), ...args], { cwd: REPO });
+  const child = spawn(...hostCommand(args), { cwd: REPO });
   let stderr = '';
   let stdout = '';
   child.stderr.on('data', (d) => (stderr += d));

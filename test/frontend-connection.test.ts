@@ -6,10 +6,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { native } from '../host/native/index.ts';
 import { MessageChannel } from '../host/protocol/channel.ts';
-import {
-  decodeBackendReply, decodeRequest, encodeBackendRequest, encodeReply, encodeU64Reply, encodeVringStateReply, frame,
-} from '../host/protocol/codec.ts';
-import { BackendReq, ProtocolFeature, Req, VERSION, featureBit } from '../host/protocol/constants.ts';
+import { decodeBackendReply, decodeRequest, encodeBackendRequest, encodeReply, encodeU64Reply, encodeVringStateReply, frame } from '../host/protocol/codec.ts';
+import { ProtocolFeature, VERSION, featureBit } from '../host/protocol/constants.ts';
+import { BackendReq, Req } from '../host/protocol/requests.ts';
 import type { AnyDecodedRequest, RawMessage } from '../host/protocol/messages.ts';
 
 const fdCount = () => readdirSync('/proc/self/fd').length;

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1, VirtioStatus, type FrontendOptions } from '../host/frontend/driver.ts';
 import { frame } from '../host/protocol/codec.ts';
-import { ProtocolFeature, Req, VERSION } from '../host/protocol/constants.ts';
+import { ProtocolFeature, VERSION } from '../host/protocol/constants.ts';
+import { Req } from '../host/protocol/requests.ts';
 import { Host } from '../host/server/index.ts';
 
 const fdCount = () => readdirSync('/proc/self/fd').length;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlkDevice, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
-import { Req } from '../host/protocol/constants.ts';
+import { Req } from '../host/protocol/requests.ts';
 import { startStorageDaemon, type StorageDaemon } from './guest/storage-daemon.ts';
 
 const IMAGE_BYTES = 8 << 20;

@@ -17,7 +17,8 @@ import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate, MigrationError, type StateChannelMode } from '../host/frontend/migrate.ts';
-import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../host/protocol/constants.ts';
+import { featureBit } from '../host/protocol/constants.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;

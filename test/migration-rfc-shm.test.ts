@@ -4,10 +4,11 @@
 // Real host processes (the large-state TS device), real memfds.
 import test from 'ava';
 import { native } from '../host/native/index.ts';
-import {
-  decodeHeader, decodeRfcStateReply, decodeRfcStateRequest, encodeRfcGetStateReply, encodeRfcStateRequest, encodeU64Reply,
-} from '../host/protocol/codec.ts';
-import { DeviceStateDirection, HEADER_SIZE, RFC_STATE_SHM_PROTOCOL_FEATURE, RfcStateReq, featureBit, requestName } from '../host/protocol/constants.ts';
+import { decodeHeader, encodeU64Reply } from '../host/protocol/codec.ts';
+import { decodeRfcStateReply, decodeRfcStateRequest, encodeRfcGetStateReply, encodeRfcStateRequest } from '../host/protocol/rfc-state-shm.ts';
+import { DeviceStateDirection, HEADER_SIZE, featureBit } from '../host/protocol/constants.ts';
+import { requestName } from '../host/protocol/requests.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE, RfcStateReq } from '../host/protocol/rfc-state-shm.ts';
 import { FRONTEND_PROTOCOL_FEATURES } from '../host/frontend/driver.ts';
 import { loadState, migrate, MigrationError, saveState } from '../host/frontend/migrate.ts';
 import type { HostProcess } from './helpers/host-process.ts';

@@ -3,8 +3,7 @@
 // and the device's own counter carrying over.
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
-import { REPO, type HostProcess } from './helpers/host-process.ts';
+import { REPO, hostCommand, type HostProcess } from './helpers/host-process.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { ask, connect, startBigHost } from './devices/migration-helpers.ts';
 
@@ -66,7 +65,7 @@ test('the migrate CLI moves a device between two running hosts; a refused migrat
   hosts.push(other);
   const run = (args: string[]) =>
     new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const c = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'host', 'cli', 'migrate.ts'), ...args], { cwd: REPO });
+      const c = spawn(...hostCommand(['migrate', ...args]), { cwd: REPO });
       let stdout = '';
       let stderr = '';
       c.stdout.on('data', (d) => (stdout += d));

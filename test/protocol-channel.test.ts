@@ -7,14 +7,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { MessageChannel, type ChannelOptions } from '../host/protocol/channel.ts';
 import { call, callBackend } from '../host/protocol/client.ts';
-import {
-  decodeBackendRequest, decodeReply, decodeRequest, encodeConfigReply, encodeMemSlotsReply, encodeRequest, encodeU64Reply,
-  encodeVringStateReply, frame,
-} from '../host/protocol/codec.ts';
+import { decodeBackendRequest, decodeReply, decodeRequest, encodeConfigReply, encodeMemSlotsReply, encodeRequest, encodeU64Reply, encodeVringStateReply, frame } from '../host/protocol/codec.ts';
 import { ProtocolError } from '../host/protocol/errors.ts';
-import {
-  BackendReq, HEADER_SIZE, Req, VERSION, backendHasReply, backendRequestName, requestName,
-} from '../host/protocol/constants.ts';
+import { HEADER_SIZE, VERSION } from '../host/protocol/constants.ts';
+import { BackendReq, Req, backendHasReply, backendRequestName, requestName } from '../host/protocol/requests.ts';
 import type { DecodedRequest, RawMessage } from '../host/protocol/messages.ts';
 
 // fd counting needs the file to run one test at a time.

@@ -1,12 +1,7 @@
 import test from 'ava';
-import {
-  BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, MAX_PAYLOAD_SIZE, Req, VERSION, requestName,
-} from '../host/protocol/constants.ts';
-import {
-  decodeBackendReply, decodeBackendRequest, decodeHeader, decodeReply, decodeRequest,
-  deviceStateReplyValue, encodeBackendRequest, encodeConfigReply, encodeInflightReply,
-  encodeMemSlotsReply, encodeReply, encodeRequest, encodeU64Reply, encodeVringStateReply, frame,
-} from '../host/protocol/codec.ts';
+import { FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, MAX_PAYLOAD_SIZE, VERSION } from '../host/protocol/constants.ts';
+import { BackendReq, Req, requestName } from '../host/protocol/requests.ts';
+import { decodeBackendReply, decodeBackendRequest, decodeHeader, decodeReply, decodeRequest, deviceStateReplyValue, encodeBackendRequest, encodeConfigReply, encodeInflightReply, encodeMemSlotsReply, encodeReply, encodeRequest, encodeU64Reply, encodeVringStateReply, frame } from '../host/protocol/codec.ts';
 import { ProtocolError } from '../host/protocol/errors.ts';
 import type { BackendRequest, FrontendRequest, Header } from '../host/protocol/messages.ts';
 

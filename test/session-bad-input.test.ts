@@ -4,7 +4,8 @@ import test from 'ava';
 import { native } from '../host/native/index.ts';
 import { MessageChannel } from '../host/protocol/channel.ts';
 import { encodeRequest, frame } from '../host/protocol/codec.ts';
-import { FLAG_NEED_REPLY, ProtocolFeature, Req, VERSION, featureBit } from '../host/protocol/constants.ts';
+import { FLAG_NEED_REPLY, ProtocolFeature, VERSION, featureBit } from '../host/protocol/constants.ts';
+import { Req } from '../host/protocol/requests.ts';
 import type { FrontendRequest, RawMessage } from '../host/protocol/messages.ts';
 import { startHost, eventually, NULL_DEVICE, type HostProcess } from './helpers/host-process.ts';
 

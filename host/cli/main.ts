@@ -1,5 +1,8 @@
 #!/usr/bin/env node
-// The host binary: parse the command line, start the device, serve until SIGINT/SIGTERM.
+// The one entry point of the vhost-wasm binary (dist/vhost-wasm.mjs is this file bundled):
+// subcommands are dispatched here, and no other module checks whether it is the program being
+// run. Inside the bundle every module shares one file, so such a check fires in all of them.
+// Without a subcommand: parse the command line, start the device, serve until SIGINT/SIGTERM.
 
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -103,7 +106,13 @@ async function main(): Promise<number> {
   if (process.argv[2] === 'migrate') {
     // A front-end tool, not the back-end: see host/cli/migrate.ts.
     const { runMigrateCli } = await import('./migrate.ts');
-    return runMigrateCli(process.argv.slice(3));
+    try {
+      return await runMigrateCli(process.argv.slice(3));
+    } catch (e) {
+      // A bug, not a refused migration: whether the source still runs is unknown (exit 3).
+      process.stderr.write(`vhost-wasm migrate: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+      return 3;
+    }
   }
   let o: CliOptions;
   try {

@@ -13,9 +13,9 @@
 // resume; 2 usage error.
 
 import { parseArgs } from 'node:util';
-import { pathToFileURL } from 'node:url';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
-import { RFC_STATE_SHM_PROTOCOL_FEATURE, featureBit } from '../protocol/constants.ts';
+import { featureBit } from '../protocol/constants.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
 import { parseSize } from './args.ts';
 
@@ -206,15 +206,4 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
   } finally {
     await fe.close();
   }
-}
-
-// Runnable on its own too: `node --import tsx host/cli/migrate.ts --from ... --to ...`.
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runMigrateCli(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (e) => {
-      process.stderr.write(`vhost-wasm migrate: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-      process.exit(3);
-    },
-  );
 }

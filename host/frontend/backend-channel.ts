@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { native } from '../native/index.ts';
 import { MessageChannel } from '../protocol/channel.ts';
 import { decodeBackendRequest, encodeU64Reply } from '../protocol/codec.ts';
-import { BackendReq, backendRequestName } from '../protocol/constants.ts';
+import { BackendReq, backendRequestName } from '../protocol/requests.ts';
 import type { AnyDecodedBackendRequest, RawMessage } from '../protocol/messages.ts';
 
 export interface BackendChannelEvents {

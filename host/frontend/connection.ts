@@ -4,22 +4,14 @@
 
 import { native } from '../native/index.ts';
 import { MessageChannel } from '../protocol/channel.ts';
-import { decodeReply, decodeRfcStateReply, encodeRfcStateRequest, encodeRequest, type RfcStateRequest } from '../protocol/codec.ts';
-import { RfcStateReq } from '../protocol/constants.ts';
-import { ProtocolFeature, Req, featureBit, requestName } from '../protocol/constants.ts';
+import { decodeReply, encodeRequest } from '../protocol/codec.ts';
+import { RfcStateReq, decodeRfcStateReply, encodeRfcStateRequest, type RfcStateRequest } from '../protocol/rfc-state-shm.ts';
+import { ProtocolFeature, featureBit } from '../protocol/constants.ts';
+import { Req, hasReply, requestName } from '../protocol/requests.ts';
 import type {
   FrontendRequest, MemoryRegion, MemoryRegionWithFd, RawMessage, Reply, VringAddr,
 } from '../protocol/messages.ts';
 import { BackendChannel } from './backend-channel.ts';
-
-/** Requests whose reply is defined by the spec; NEED_REPLY is never set on them. */
-const HAS_REPLY: ReadonlySet<number> = new Set([
-  Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_QUEUE_NUM, Req.GET_VRING_BASE, Req.GET_CONFIG,
-  Req.GET_INFLIGHT_FD, Req.GET_MAX_MEM_SLOTS, Req.GET_STATUS, Req.GET_SHARED_OBJECT,
-  Req.SET_DEVICE_STATE_FD, Req.CHECK_DEVICE_STATE, Req.CREATE_CRYPTO_SESSION, Req.POSTCOPY_ADVISE,
-  // Only ever sent in its LOG_SHMFD form, which has a u64 reply.
-  Req.SET_LOG_BASE,
-]);
 
 export class VhostUserError extends Error {
   override name = 'VhostUserError';
@@ -91,14 +83,15 @@ export class VhostUserConnection {
 
   private async send(req: FrontendRequest): Promise<Reply | null> {
     const code = req.code;
-    const hasReply = HAS_REPLY.has(code);
-    const ack = !hasReply && this.hasProtocol(ProtocolFeature.REPLY_ACK);
+    // A request with a reply of its own never sets NEED_REPLY (QEMU does not either).
+    const own = hasReply(code);
+    const ack = !own && this.hasProtocol(ProtocolFeature.REPLY_ACK);
     const enc = encodeRequest(req, ack);
     // MessageChannel.request() on a closed channel never settles when a reply is expected
     // (its waiter is queued after close() ran), so fail here instead of hanging.
     this.throwIfClosed(code);
     this.history.push(code);
-    const raw = await this.channel.request(enc.bytes, enc.fds, hasReply || ack);
+    const raw = await this.channel.request(enc.bytes, enc.fds, own || ack);
     if (raw === null) return null;
     let reply: Reply;
     try {

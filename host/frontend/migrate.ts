@@ -25,9 +25,8 @@
 // restarts the source's rings at their bases, so the "guest" goes on with the source.
 
 import { native } from '../native/index.ts';
-import {
-  DeviceStateDirection, DeviceStatePhase, ProtocolFeature, RFC_STATE_SHM_PROTOCOL_FEATURE, VHOST_USER_F_PROTOCOL_FEATURES, featureBit,
-} from '../protocol/constants.ts';
+import { DeviceStateDirection, DeviceStatePhase, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../protocol/constants.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { VhostUserConnection } from './connection.ts';
 import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';

@@ -1,5 +1,5 @@
 // The 2023 RFC's shared-memory state protocol, back-end side (experimental extension, off by
-// default; wire format in host/protocol/constants.ts RfcStateReq, design in docs/migration.md).
+// default; wire format in host/protocol/rfc-state-shm.ts, design in docs/migration.md).
 //
 // The front-end hands over a memfd "state area" (RFC_SET_STATE_AREA with a direction), then moves
 // the state through it chunk by chunk:

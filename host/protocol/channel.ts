@@ -8,7 +8,8 @@
 
 import { native } from '../native/index.ts';
 import type { Watcher, WatchEvents } from '../native/api.ts';
-import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD_SIZE, backendRequestName, requestName } from './constants.ts';
+import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD_SIZE } from './constants.ts';
+import { backendRequestName, requestName } from './requests.ts';
 import { decodeHeader, type CodeSpace } from './codec.ts';
 import { ProtocolError } from './errors.ts';
 import { LE, view } from './layout.ts';

@@ -3,7 +3,7 @@
 
 import type { MessageChannel } from './channel.ts';
 import { decodeBackendReply, decodeReply, encodeBackendRequest, encodeRequest, type DecodeOptions } from './codec.ts';
-import { backendHasReply, hasReply } from './constants.ts';
+import { backendHasReply, hasReply } from './requests.ts';
 import type { BackendRequest, FrontendRequest, RawMessage, Reply } from './messages.ts';
 import { native } from '../native/index.ts';
 

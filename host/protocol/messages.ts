@@ -1,7 +1,7 @@
 // Typed wire payloads and the decoded forms of every vhost-user message.
 // u64 fields are bigint (addresses and feature masks use all 64 bits); u32 and smaller are number.
 
-import type { Req, BackendReq } from './constants.ts';
+import type { Req, BackendReq } from './requests.ts';
 
 export interface Header {
   request: number;

@@ -5,7 +5,7 @@
 // as the truth, so there is no reply and the session ends the connection instead.
 
 import { deviceStateReplyValue, encodeConfigReply, encodeInflightReply, encodeReply, encodeU64Reply } from '../protocol/codec.ts';
-import { Req } from '../protocol/constants.ts';
+import { Req } from '../protocol/requests.ts';
 import type { DecodedRequest } from '../protocol/messages.ts';
 
 /** Non-zero: the REPLY_ACK convention for "failed", used by every u64 status reply. */

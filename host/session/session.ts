@@ -10,13 +10,19 @@
 import { native } from '../native/index.ts';
 import { MessageChannel } from '../protocol/channel.ts';
 import {
-  decodeRequest, decodeRfcStateRequest, deviceStateReplyValue, encodeBackendRequest, encodeConfigReply,
-  encodeMemSlotsReply, encodeRfcGetStateReply, encodeU64Reply, encodeVringStateReply, type RfcStateRequest,
+  decodeRequest, deviceStateReplyValue, encodeBackendRequest, encodeConfigReply, encodeMemSlotsReply, encodeU64Reply,
+  encodeVringStateReply,
 } from '../protocol/codec.ts';
 import {
-  BackendReq, DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, RFC_STATE_SHM_PROTOCOL_FEATURE,
-  Req, RfcStateReq, VHOST_VRING_F_LOG, featureBit, hasReply, isRfcStateReqCode, requestName,
+  DeviceStateDirection, DeviceStatePhase, MAX_MEM_SLOTS, ProtocolFeature, VHOST_VRING_F_LOG, featureBit,
 } from '../protocol/constants.ts';
+import {
+  BackendReq, Req, describeRequest, hasReply, protocolFeatureName, requestName, requiredFeature,
+} from '../protocol/requests.ts';
+import {
+  RFC_STATE_SHM_PROTOCOL_FEATURE, RfcStateReq, decodeRfcStateRequest, encodeRfcGetStateReply, isRfcStateReqCode,
+  type RfcStateRequest,
+} from '../protocol/rfc-state-shm.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmLoad, RfcShmSave, RfcShmTransfer, StateArea } from '../migration/rfc-shm.ts';
 import type { StateSection } from '../migration/section.ts';
@@ -65,61 +71,6 @@ export const DeviceStateError = {
   /** The fd or the device failed before the transfer could start. */
   FAILED: 3,
 } as const;
-
-/** Which protocol feature a request depends on (sent without it = a front-end bug). */
-const NEEDS_PROTOCOL_FEATURE: Partial<Record<number, number>> = {
-  [Req.GET_QUEUE_NUM]: ProtocolFeature.MQ,
-  [Req.SET_BACKEND_REQ_FD]: ProtocolFeature.BACKEND_REQ,
-  [Req.GET_CONFIG]: ProtocolFeature.CONFIG,
-  [Req.SET_CONFIG]: ProtocolFeature.CONFIG,
-  [Req.RESET_DEVICE]: ProtocolFeature.RESET_DEVICE,
-  [Req.VRING_KICK]: ProtocolFeature.INBAND_NOTIFICATIONS,
-  [Req.GET_MAX_MEM_SLOTS]: ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  [Req.ADD_MEM_REG]: ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  [Req.REM_MEM_REG]: ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  [Req.SET_STATUS]: ProtocolFeature.STATUS,
-  [Req.GET_STATUS]: ProtocolFeature.STATUS,
-  [Req.SET_LOG_BASE]: ProtocolFeature.LOG_SHMFD,
-  [Req.SET_DEVICE_STATE_FD]: ProtocolFeature.DEVICE_STATE,
-  [Req.CHECK_DEVICE_STATE]: ProtocolFeature.DEVICE_STATE,
-};
-
-const hex = (v: bigint | number) => `0x${v.toString(16)}`;
-
-/** The values of a request, for debug logs (operators and tests read what the front-end sent). */
-function describeRequest(req: DecodedRequest): string {
-  switch (req.code) {
-    case Req.SET_FEATURES:
-    case Req.SET_PROTOCOL_FEATURES:
-      return ` ${hex(req.features)}`;
-    case Req.SET_MEM_TABLE:
-      return ' ' + req.regions.map((r) => `[gpa ${hex(r.guestPhysAddr)} size ${hex(r.memorySize)} uva ${hex(r.userspaceAddr)} off ${hex(r.mmapOffset)}]`).join(' ');
-    case Req.ADD_MEM_REG:
-    case Req.REM_MEM_REG:
-      return ` [gpa ${hex(req.region.guestPhysAddr)} size ${hex(req.region.memorySize)} uva ${hex(req.region.userspaceAddr)} off ${hex(req.region.mmapOffset)}]`;
-    case Req.SET_VRING_NUM:
-    case Req.SET_VRING_BASE:
-    case Req.GET_VRING_BASE:
-    case Req.SET_VRING_ENABLE:
-    case Req.VRING_KICK:
-      return ` ring ${req.state.index} num ${req.state.num}`;
-    case Req.SET_VRING_ADDR:
-      return ` ring ${req.addr.index} desc ${hex(req.addr.descUserAddr)} avail ${hex(req.addr.availUserAddr)} used ${hex(req.addr.usedUserAddr)} flags ${req.addr.flags} log ${hex(req.addr.logGuestAddr)}`;
-    case Req.SET_VRING_KICK:
-    case Req.SET_VRING_CALL:
-    case Req.SET_VRING_ERR:
-      return ` ring ${req.index} ${req.fd === null ? 'no fd' : 'fd'}`;
-    case Req.GET_CONFIG:
-    case Req.SET_CONFIG:
-      return ` offset ${req.config.offset} size ${req.config.data.length}`;
-    case Req.SET_STATUS:
-      return ` ${hex(req.status)}`;
-    case Req.SET_DEVICE_STATE_FD:
-      return ` direction ${req.params.direction} phase ${req.params.phase}`;
-    default:
-      return '';
-  }
-}
 
 /** A request the front-end got wrong; the reply (if any) reports failure. */
 class RequestError extends Error {}
@@ -284,7 +235,7 @@ export class BackendSession {
         // Every extension request has a reply: without one the front-end would wait forever.
         throw new Error(`malformed message: ${errorText(e)}`);
       }
-      if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(rfc.code)}${rfc.code === RfcStateReq.SET_STATE_AREA ? ` size ${rfc.size} direction ${rfc.direction}` : ` offset ${rfc.offset} size ${rfc.size}`}`);
+      if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(rfc.code)}${describeRequest(rfc)}`);
       return this.handleRfcState(rfc);
     }
     if (req.unknown) {
@@ -295,10 +246,10 @@ export class BackendSession {
       return;
     }
     const code = req.code;
-    const gate = NEEDS_PROTOCOL_FEATURE[code];
+    const gate = requiredFeature(code);
     if (gate !== undefined && !this.hasProtocol(gate)) {
       this.closeFds(req.fds);
-      const name = Object.entries(ProtocolFeature).find(([, v]) => v === gate)?.[0];
+      const name = protocolFeatureName(gate);
       const why = `${requestName(code)} needs protocol feature ${name} (bit ${gate}), which was not negotiated`;
       if (hasReply(code)) return this.refuseWithReply(req, why);
       this.log.error(`${why}; refused`);

@@ -10,7 +10,8 @@
 import { native } from '../../host/native/index.ts';
 import type { Watcher } from '../../host/native/api.ts';
 import { decodeReply, decodeRequest } from '../../host/protocol/codec.ts';
-import { FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, requestName } from '../../host/protocol/constants.ts';
+import { FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE } from '../../host/protocol/constants.ts';
+import { requestName } from '../../host/protocol/requests.ts';
 import type { AnyDecodedRequest, Header, Reply } from '../../host/protocol/messages.ts';
 
 export interface TapRecord {

@@ -1,13 +1,82 @@
-// Runs the real host binary (from the TypeScript sources, so tests need no bundle step) as a
-// child process: tests then talk to it over its real socket and inspect its real fd table.
+// Runs the host binary users run, the bundle package.json `bin` names (dist/vhost-wasm.mjs;
+// `npm test` builds it first), as a child process: tests then talk to it over its real socket
+// and inspect its real fd table. Test devices written in TypeScript are bundled to plain ES
+// modules first, because that is what --device-module takes from a user.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
+import { basename, join, dirname, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildSync } from 'esbuild';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const NULL_DEVICE = join(REPO, 'test', 'devices', 'null-device.ts');
+
+const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+/** The binary, as package.json `bin` names it. */
+export const BIN = join(REPO, pkg.bin['vhost-wasm']);
+/** What the binary is built from: the bundle (and its device worker) from host/'s TypeScript,
+ * the addon it loads from beside itself from host/native's C. */
+const BUILT_FROM: { parts: string[]; dir: string; exts: RegExp }[] = [
+  { parts: [BIN, join(dirname(BIN), 'device-worker.mjs')], dir: join(REPO, 'host'), exts: /\.ts$/ },
+  { parts: [join(dirname(BIN), 'vhost_native.node')], dir: join(REPO, 'host', 'native'), exts: /\.(c|h|gyp)$/ },
+];
+
+function newestUnder(dir: string, exts: RegExp): { path: string; mtimeMs: number } {
+  let best = { path: dir, mtimeMs: 0 };
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile() || !exts.test(e.name) || relative(dir, e.parentPath).split('/').includes('build')) continue; // node-gyp's output
+    const path = join(e.parentPath, e.name);
+    const m = statSync(path).mtimeMs;
+    if (m > best.mtimeMs) best = { path, mtimeMs: m };
+  }
+  return best;
+}
+
+let builtChecked = false;
+/**
+ * Fails (does not rebuild: parallel test processes would race on dist/) when the binary is
+ * missing or older than a source it is built from, so a test never passes against an old build.
+ */
+export function assertBuilt(): void {
+  if (builtChecked) return;
+  const how = 'run `node build.mjs` (npm test does) before tests that start the host';
+  for (const { parts, dir, exts } of BUILT_FROM) {
+    for (const part of parts) {
+      if (!existsSync(part)) throw new Error(`${relative(REPO, part)} is missing: ${how}`);
+    }
+    const oldest = Math.min(...parts.map((p) => statSync(p).mtimeMs));
+    const newest = newestUnder(dir, exts);
+    if (newest.mtimeMs > oldest) throw new Error(`${relative(REPO, newest.path)} is newer than the built binary in dist/: ${how}`);
+  }
+  builtChecked = true;
+}
+
+let modulesDir: string | null = null;
+const built = new Map<string, string>();
+/** A TypeScript device module bundled to one .mjs (once per test process); JS paths pass through. */
+export function deviceModule(path: string): string {
+  if (!path.endsWith('.ts')) return path;
+  let out = built.get(path);
+  if (out === undefined) {
+    if (modulesDir === null) {
+      const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-test-devices-'));
+      modulesDir = dir;
+      process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    }
+    out = join(modulesDir, `${built.size}-${basename(path, '.ts')}.mjs`);
+    buildSync({ entryPoints: [path], outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
+    built.set(path, out);
+  }
+  return out;
+}
+
+/** node and its arguments to run the binary with `args` (device modules made runnable). */
+export function hostCommand(args: string[]): [string, string[]] {
+  assertBuilt();
+  const full = args.map((a, i) => (args[i - 1] === '--device-module' ? deviceModule(a) : a));
+  return [process.execPath, [BIN, ...full]];
+}
 
 export interface HostProcess {
   child: ChildProcess;
@@ -33,7 +102,10 @@ export async function startHost(
   const given = args.indexOf('--socket-path');
   const socketPath = given >= 0 && args[given + 1] !== '{socket}' ? args[given + 1] : join(dir, opts.socketName ?? 'dev.sock');
   const full = args.map((a) => a.replace('{socket}', socketPath));
-  const child = spawn(process.execPath, ['--import', 'tsx', opts.entry ?? join(REPO, 'host', 'cli', 'main.ts'), ...full], {
+  // A fixture entry (several devices in one process, which the CLI cannot express) runs from
+  // source through tsx; everything else starts the built binary users run.
+  const [node, argv] = opts.entry ? [process.execPath, ['--import', 'tsx', opts.entry, ...full]] : hostCommand(full);
+  const child = spawn(node, argv, {
     cwd: REPO,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
