@@ -10,12 +10,26 @@ export type DeviceSource =
   | { kind: 'module'; url: string; options?: Record<string, unknown> }
   | { kind: 'plugin'; path: string; options?: Record<string, unknown> };
 
+/**
+ * What a worker is doing while its watchdog slot is set; each has its own deadline.
+ * - call: a call into device code (process, reset, state, config, ...): the call deadline.
+ * - load: device code run while the device is built (a plugin's instantiation, identity, info):
+ *   the load deadline (it includes compiling the plugin's core modules).
+ * - prepare: host work before that (importing a module, transpiling a component): the start timeout.
+ * - notify: a write to a front-end's call or err eventfd: the call deadline.
+ */
+export const WatchdogPhase = { call: 1, load: 2, prepare: 3, notify: 4 } as const;
+export type WatchdogPhase = (typeof WatchdogPhase)[keyof typeof WatchdogPhase];
+
 export interface WorkerInit {
   source: DeviceSource;
   logLevel: LogLevel;
   /** Name for log lines ("blk0", the socket path, ...). */
   label: string;
-  /** Int32Array over a SharedArrayBuffer: [0] = ms since `epoch` when the current device call started, 0 when idle. */
+  /**
+   * Int32Array over a SharedArrayBuffer: [0] = ms since `epoch` when what the worker is doing
+   * started, 0 when idle; [1] = its WatchdogPhase.
+   */
   watchdog: SharedArrayBuffer;
   epoch: number;
 }

@@ -11,6 +11,8 @@ export interface DeviceConfig {
   source: DeviceSource;
   /** Per-call CPU deadline for this device's code (ms). */
   callDeadlineMs?: number;
+  /** Deadline for the device's own code while it is built, at start and on a reset (ms). */
+  loadDeadlineMs?: number;
   /** Session settings (device-state channel options). */
   session?: Partial<Omit<SessionOptions, 'label' | 'onClosed'>>;
 }
@@ -28,7 +30,11 @@ export class Host {
     const started: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[] = [];
     try {
       for (const config of configs) {
-        const slot = new DeviceSlot(config.source, { label: config.label, callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS });
+        const slot = new DeviceSlot(config.source, {
+          label: config.label,
+          callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
+          loadDeadlineMs: config.loadDeadlineMs,
+        });
         try {
           await slot.acquire();
           started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
@@ -47,9 +53,13 @@ export class Host {
     return new Host(started);
   }
 
+  /**
+   * Closes every listener at once (each removes its socket before it waits for its session),
+   * so one device slow to let go does not keep the others' sockets around; then the workers.
+   */
   async close(): Promise<void> {
-    for (const d of this.devices) await d.listener.close();
-    for (const d of this.devices) await d.slot.close();
+    await Promise.all(this.devices.map((d) => d.listener.close()));
+    await Promise.all(this.devices.map((d) => d.slot.close()));
   }
 }
 
