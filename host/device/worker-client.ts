@@ -112,7 +112,7 @@ export class DeviceWorker {
   }
 
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
-    const sab = new SharedArrayBuffer(4);
+    const sab = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const init: WorkerInit = { source, logLevel: getLogLevel(), label: opts.label, watchdog: sab, epoch };
     const url = workerUrl();

@@ -54,12 +54,19 @@ export class Host {
   }
 
   /**
-   * Closes every listener at once (each removes its socket before it waits for its session),
-   * so one device slow to let go does not keep the others' sockets around; then the workers.
+   * Closes every listener at once (each removes its socket first, then ends its session, which
+   * resets the device), so one device slow to let go keeps no other socket around. Sessions
+   * get `graceMs` to finish; then every worker is terminated, which also answers a session
+   * still waiting on a device that loops (its calls fail), so the shutdown never waits on
+   * plugin code. A worker stuck in a system call never exits: see shutdown.ts.
    */
-  async close(): Promise<void> {
-    await Promise.all(this.devices.map((d) => d.listener.close()));
+  async close(graceMs = 1000): Promise<void> {
+    const listeners = Promise.all(this.devices.map((d) => d.listener.close()));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([listeners, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
     await Promise.all(this.devices.map((d) => d.slot.close()));
+    await listeners;
   }
 }
 
