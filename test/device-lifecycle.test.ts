@@ -122,7 +122,7 @@ test.serial('a plugin that loops in identity() once re-instantiated: its device 
       t.log(await log.waitFor(deadlineLine, before));
       t.true(pump.between(tReset) >= 3, 'rng served while the fresh instance spun');
       t.true(await needsReset(bad), 'NEEDS_RESET stays set: the device is still not usable');
-      await log.waitFor(/RESET_DEVICE failed: .*past its 1000 ms deadline/);
+      await log.waitFor(/RESET_DEVICE \(34\) failed: .*past its 1000 ms deadline/);
 
       // Again: a fresh worker this time, which spins at load too. Still refused, still serving.
       await t.throwsAsync(bad.conn.resetDevice(), { instanceOf: VhostUserError });
@@ -211,9 +211,9 @@ test.serial('call, err and kick fds that are not eventfds are refused; a saturat
       };
       await rngAnswer('before');
       for (const [what, send, line] of [
-        ['call', () => fe.conn.setVringCall(0, pw), /SET_VRING_CALL failed: ring 0: the call fd is a pipe, not an eventfd/],
-        ['err', () => fe.conn.setVringErr(0, pw), /SET_VRING_ERR failed: ring 0: the err fd is a pipe, not an eventfd/],
-        ['kick', () => fe.conn.setVringKick(0, pr), /SET_VRING_KICK failed: ring 0: the kick fd is a pipe, not an eventfd/],
+        ['call', () => fe.conn.setVringCall(0, pw), /SET_VRING_CALL \(13\) failed: ring 0: the call fd is a pipe, not an eventfd/],
+        ['err', () => fe.conn.setVringErr(0, pw), /SET_VRING_ERR \(14\) failed: ring 0: the err fd is a pipe, not an eventfd/],
+        ['kick', () => fe.conn.setVringKick(0, pr), /SET_VRING_KICK \(12\) failed: ring 0: the kick fd is a pipe, not an eventfd/],
       ] as const) {
         const before = log.count(line);
         await t.throwsAsync(send(), { instanceOf: VhostUserError }, `a pipe as ${what} fd is refused`);
