@@ -47,7 +47,8 @@ class Watchdog {
     return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
   }
 
-  overdue(name: string): string | null {
+  /** Why the worker must go (prefixed with `name` when one is given), or null. */
+  overdue(name?: string): string | null {
     const started = Atomics.load(this.slot, 0);
     if (started === 0) return null;
     const phase = Atomics.load(this.slot, 1) as WatchdogPhase;
@@ -61,7 +62,7 @@ class Watchdog {
             ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
             : ['a device call', this.opts.callDeadlineMs];
     if (ran <= limit) return null;
-    return `${name}: ${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
+    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
   }
 }
 
@@ -83,6 +84,8 @@ export class DeviceWorker {
   private readonly watchdog: Watchdog;
   private readonly timer: NodeJS.Timeout;
   private exitedYet = false;
+  /** exitedWithin() already gave up on this worker once. */
+  private stuck = false;
   private readonly log: Logger;
   /** Settles once the worker thread is gone (its watchers closed): only then may borrowed fds be closed. */
   readonly exited: Promise<void>;
@@ -137,12 +140,12 @@ export class DeviceWorker {
       }, timeoutMs);
       // The device's code runs while it loads (a plugin's identity() can loop): time it.
       const check = setInterval(() => {
-        const reason = watchdog.overdue(opts.label);
+        const reason = watchdog.overdue();
         if (reason === null) return;
         done();
         log.error(reason);
         void worker.terminate();
-        reject(new Error(`device ${reason}`));
+        reject(new Error(`device ${opts.label}: ${reason}`));
       }, watchdog.period);
       const done = () => {
         clearTimeout(timer);
@@ -245,11 +248,15 @@ export class DeviceWorker {
    */
   async exitedWithin(ms = EXIT_GRACE_MS): Promise<boolean> {
     if (this.exitedYet) return true;
+    if (this.stuck) return false;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
     const ok = await Promise.race([this.exited.then(() => true as const), late]);
     clearTimeout(timer);
-    if (!ok) this.log.error(`the worker did not exit within ${ms} ms of being terminated (blocked in a system call?); going on without it`);
+    if (!ok && !this.stuck) {
+      this.stuck = true;
+      this.log.error(`the worker did not exit within ${ms} ms of being terminated (blocked in a system call?); going on without it`);
+    }
     return ok;
   }
 
