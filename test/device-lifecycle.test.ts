@@ -57,7 +57,7 @@ test.before(async () => {
     },
     { label: 'state-long', plugin: faulty['state-long'], options: { cacheDir }, callDeadlineMs: 10_000 },
     { label: 'state-huge', plugin: faulty['state-huge'], options: { cacheDir }, callDeadlineMs: 10_000 },
-    { label: 'block', module: join(root, 'test', 'devices', 'fifo-blocker.ts'), options: { fifo }, callDeadlineMs: BLOCK_DEADLINE_MS },
+    { label: 'block', module: join(root, 'test', 'devices', 'hostile-device.ts'), options: { fifo }, callDeadlineMs: BLOCK_DEADLINE_MS },
   ].map((s) => ({ ...s, socket: (sockets[s.label] = join(dir, `${s.label}.sock`)) }));
   host = spawn(process.execPath, ['--import', 'tsx', join(root, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)], {
     cwd: root,
@@ -255,6 +255,28 @@ test.serial('call, err and kick fds that are not eventfds are refused; a saturat
   });
 });
 
+test.serial('a worker that crashes (an exception nothing catches): its device needs a reset, a reset brings a fresh worker', async (t) => {
+  await withBystander(t, async () => {
+    const fe = await VhostUserFrontend.connect(sockets.block, opts);
+    try {
+      await servesAgain(t, fe, 'before the crash');
+      const change = new Promise<void>((resolve) => fe.backend!.once('config-change', () => resolve()));
+      await withTimeout(fe.queues[0].submit([Buffer.from('crash')], 8), 5000, 'the request before the crash');
+      await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the crash');
+      t.log(await log.waitFor(/device block: worker crashed: .*hostile device crashed its worker/));
+      t.true(await needsReset(fe), 'GET_STATUS reports NEEDS_RESET, not 0');
+      const restarted = log.count(/session block: device restarted with a fresh instance after reset/);
+      await fe.conn.resetDevice();
+      await log.waitFor(/session block: device restarted with a fresh instance after reset/, restarted);
+      t.false(await needsReset(fe));
+      await restartQueue(fe, QUEUE_SIZE);
+      await servesAgain(t, fe, 'after RESET_DEVICE');
+    } finally {
+      await fe.close();
+    }
+  });
+});
+
 test.serial('a worker stuck in open() of a FIFO: the device fails alone and is served again by a fresh worker', async (t) => {
   await withBystander(t, async (pump) => {
     const fe = await VhostUserFrontend.connect(sockets.block, opts);
@@ -264,7 +286,7 @@ test.serial('a worker stuck in open() of a FIFO: the device fails alone and is s
       const tFault = performance.now();
       fe.queues[0].submit([Buffer.from('boom')], 8).catch(() => {});
       await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the deadline');
-      t.log(await log.waitFor(new RegExp(`device block: fifo-blocker: a device call ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`)));
+      t.log(await log.waitFor(new RegExp(`device block: hostile: a device call ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`)));
       t.true(await needsReset(fe), 'NEEDS_RESET');
       t.true(pump.between(tFault) >= 3, 'rng served while the block device was stuck');
       // The terminated worker never exits (it is still in open()); a reset goes on without it.

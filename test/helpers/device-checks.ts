@@ -79,7 +79,7 @@ export async function restartQueue(fe: VhostUserFrontend, size: number): Promise
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 }
 
-/** The fixtures' healthy answer (bad.c, test/devices/fifo-blocker.ts): the writable length filled with 0x5a. */
+/** The fixtures' healthy answer (bad.c, test/devices/hostile-device.ts): the writable length filled with 0x5a. */
 export async function servesAgain(t: ExecutionContext, fe: VhostUserFrontend, what: string): Promise<void> {
   const r = await withTimeout(fe.queues[0].submit([Buffer.from('ping')], 8), 5000, what);
   t.is(r.len, 8, what);
