@@ -5,7 +5,7 @@
 
 import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import { WatchdogPhase, type DeviceSource, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain, type WorkerStatus, type RegionMsg, type VringAddrMsg, type StateBeginInfo, type StateReadResult, type LogStatus } from './rpc.ts';
+import { WatchdogPhase, readWatchdogWord, type DeviceSource, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain, type WorkerStatus, type RegionMsg, type VringAddrMsg, type StateBeginInfo, type StateReadResult, type LogStatus } from './rpc.ts';
 import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
@@ -49,10 +49,9 @@ class Watchdog {
 
   /** Why the worker must go (prefixed with `name` when one is given), or null. */
   overdue(name?: string): string | null {
-    const started = Atomics.load(this.slot, 0);
-    if (started === 0) return null;
-    const phase = Atomics.load(this.slot, 1) as WatchdogPhase;
-    const ran = Date.now() - this.epoch - started;
+    const word = Atomics.load(this.slot, 0);
+    if (word === 0) return null;
+    const { phase, ran } = readWatchdogWord(word, Date.now() - this.epoch);
     const [what, limit] =
       phase === WatchdogPhase.load
         ? ['loading the device (its instantiation, identity or info)', loadDeadline(this.opts)]
@@ -115,7 +114,7 @@ export class DeviceWorker {
   }
 
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
-    const sab = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
+    const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const init: WorkerInit = { source, logLevel: getLogLevel(), label: opts.label, watchdog: sab, epoch };
     const url = workerUrl();

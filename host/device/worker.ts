@@ -6,7 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import { WatchdogPhase, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WatchdogPhase, watchdogWord, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
 
 const init = workerData as WorkerInit;
@@ -21,9 +21,7 @@ function post(msg: WorkerToMain): void {
 
 /** Marks the start of something the main thread's watchdog times (see WatchdogPhase). */
 function enter(phase: WatchdogPhase): void {
-  // 0 means idle, so a start in the epoch's first millisecond records 1.
-  Atomics.store(slot, 1, phase);
-  Atomics.store(slot, 0, Math.max(1, Date.now() - init.epoch));
+  Atomics.store(slot, 0, watchdogWord(phase, Date.now() - init.epoch));
 }
 
 function leave(): void {
