@@ -17,6 +17,7 @@ import { native } from '../host/native/index.ts';
 import { FORCED_EXIT_CODE } from '../host/server/shutdown.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
 import { LogWatch, RngPump, restartQueue, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { startHost } from './helpers/host-process.ts';
 
 const root = join(import.meta.dirname, '..');
 const NEEDS_RESET = 0x40;
@@ -311,4 +312,32 @@ test.serial('SIGTERM ends the host although a worker is stuck in a system call, 
   t.is(code, FORCED_EXIT_CODE, 'the forced exit');
   t.regex(log.text, /forcing the exit: the worker of device\(s\) block would not stop/);
   for (const [label, path] of Object.entries(sockets)) t.false(existsSync(path), `socket of ${label} removed`);
+});
+
+test.serial('the CLI: SIGTERM ends the host although its device worker is stuck in open(), and removes the socket', async (t) => {
+  const fifo2 = join(dir, 'cli-fifo');
+  execFileSync('mkfifo', [fifo2]);
+  const h = await startHost(['--socket-path', '{socket}', '--device-module', join(root, 'test', 'devices', 'hostile-device.ts'), '--call-deadline', '300'], {
+    env: { VHOST_WASM_TEST_FIFO: fifo2 },
+  });
+  try {
+    const fe = await VhostUserFrontend.connect(h.socketPath, opts);
+    await servesAgain(t, fe, 'before the fault');
+    fe.queues[0].submit([Buffer.from('boom')], 8).catch(() => {});
+    await h.waitForLog(/hostile: a device call ran \d+ ms, past its 300 ms deadline; worker terminated/);
+    t.true(await needsReset(fe));
+    // The front-end stays connected: the host has to end its session and the stuck worker both.
+    const code = await withTimeout(h.stop('SIGTERM'), 10_000, 'CLI exit after SIGTERM');
+    t.is(code, FORCED_EXIT_CODE);
+    t.regex(h.log(), /vhost-wasm: .*forcing the exit: the worker of device\(s\) .* would not stop/);
+    t.false(existsSync(h.socketPath), 'socket removed');
+    await fe.close().catch(() => {});
+  } finally {
+    try {
+      closeSync(openSync(fifo2, fsc.O_RDWR | fsc.O_NONBLOCK));
+    } catch {
+      // gone
+    }
+    await h.stop('SIGKILL');
+  }
 });

@@ -11,8 +11,9 @@ import { openSync } from 'node:fs';
 import type { DeviceFactory, DeviceRequest, DeviceResponse } from '../../host/device/device.ts';
 
 const factory: DeviceFactory = (raw) => {
-  const fifo = (raw as { fifo?: unknown }).fifo;
-  if (typeof fifo !== 'string') throw new Error('hostile-device needs options.fifo, the path of a FIFO');
+  // From the options (multi-device-host.ts), or the environment (the CLI passes modules none).
+  const fifo = (raw as { fifo?: unknown }).fifo ?? process.env.VHOST_WASM_TEST_FIFO;
+  if (typeof fifo !== 'string') throw new Error('hostile-device needs options.fifo or VHOST_WASM_TEST_FIFO, the path of a FIFO');
   const starts = (r: DeviceRequest, word: string) => r.readable.length > 0 && Buffer.from(r.readable[0].subarray(0, word.length)).toString() === word;
   return {
     info: { deviceId: 42, name: 'hostile', numQueues: 1, maxQueueSize: 256, features: 1n, configSize: 4 },
