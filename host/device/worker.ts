@@ -1,7 +1,8 @@
 // Entry point of a device worker: one per device, running that device's rings and its device
 // instance (a TypeScript module or a WebAssembly plugin). The control socket stays on the main
-// thread; this thread only ever blocks inside device code, where the main thread's watchdog
-// can see it (the shared `watchdog` slot) and terminate us.
+// thread; this thread only ever blocks inside device code (building the device included) or a
+// notification write, where the main thread's watchdog can see it (the shared `watchdog` slot)
+// and terminate us.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
