@@ -341,3 +341,21 @@ test.serial('the CLI: SIGTERM ends the host although its device worker is stuck 
     await h.stop('SIGKILL');
   }
 });
+
+test.serial('the CLI: SIGTERM ends the host cleanly while a plugin spins in process() far from its deadline', async (t) => {
+  const h = await startHost(['--socket-path', '{socket}', '--plugin', faulty.loop, '--call-deadline', '60000']);
+  try {
+    const fe = await VhostUserFrontend.connect(h.socketPath, opts);
+    await servesAgain(t, fe, 'before the loop');
+    fe.queues[0].submit([Buffer.from('boom')], 8).catch(() => {}); // spins for a minute
+    await fe.conn.getStatus(); // the session still answers while the worker spins
+    // The session's reset waits on the spinning worker; after its grace the host terminates it.
+    const code = await withTimeout(h.stop('SIGTERM'), 10_000, 'CLI exit after SIGTERM');
+    t.is(code, 0, 'a clean exit: terminate() reaches a spinning plugin');
+    t.notRegex(h.log(), /forcing the exit/);
+    t.false(existsSync(h.socketPath), 'socket removed');
+    await fe.close().catch(() => {});
+  } finally {
+    await h.stop('SIGKILL');
+  }
+});
