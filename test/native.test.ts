@@ -5,7 +5,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { constants as fsc, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -195,6 +195,49 @@ test.serial('eventfd: reads return and clear the counter, -1 when zero', (t) =>
     const m = n.memfdCreate('not-eventfd', false);
     t.throws(() => n.eventfdRead(m), { message: /is it an eventfd/ });
     closeAll(e, m);
+  }));
+
+test.serial('eventfd: reads and writes never block, even on a blocking eventfd (a front-end may send one)', (t) =>
+  noLeak(t, () => {
+    const e = n.eventfd(0);
+    // Fill the counter to its maximum, 2^64-2, in steps a JS number can carry.
+    for (let i = 0; i < 2048; i++) t.true(n.eventfdWrite(e, 2 ** 53 - 1));
+    t.true(n.eventfdWrite(e, 2046));
+    t.false(n.eventfdWrite(e), 'a full counter refuses the write instead of blocking');
+    n.setNonBlocking(e, false);
+    t.false(n.eventfdWrite(e), 'also when the fd is blocking');
+    t.true(n.eventfdRead(e) > 2 ** 53, 'the read takes the counter');
+    t.is(n.eventfdRead(e), -1, 'an empty blocking eventfd reads -1 instead of blocking');
+    t.throws(() => n.eventfdWrite(e, 2), { message: /blocking/ }, 'n > 1 is refused on a blocking fd (only 1 is sure to fit)');
+    t.true(n.eventfdWrite(e));
+    t.is(n.eventfdRead(e), 1);
+    closeAll(e);
+  }));
+
+test.serial('fdKind: eventfd, memfd, pipe, fifo, socket, file, directory, device', (t) =>
+  noLeak(t, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fdkind-'));
+    try {
+      const e = n.eventfd(0);
+      const m = n.memfdCreate('kind', false);
+      const [r, w] = n.pipe2();
+      const [s1, s2] = n.socketpair();
+      await new Promise<void>((resolve, reject) => execFile('mkfifo', [join(dir, 'fifo')], (err) => (err ? reject(err) : resolve())));
+      const fifo = openSync(join(dir, 'fifo'), fsc.O_RDWR | fsc.O_NONBLOCK);
+      writeFileSync(join(dir, 'file'), 'x');
+      const file = openSync(join(dir, 'file'), 'r');
+      const memfdNamed = openSync(join(dir, 'memfd:x'), 'w'); // a file named like a memfd is not one
+      const d = openSync(dir, 'r');
+      const nul = openSync('/dev/null', 'r');
+      t.deepEqual(
+        [e, m, r, w, s1, fifo, file, memfdNamed, d, nul].map((fd) => n.fdKind(fd)),
+        ['eventfd', 'memfd', 'pipe', 'pipe', 'socket', 'fifo', 'file', 'file', 'directory', 'char-device'],
+      );
+      closeAll(e, m, r, w, s1, s2, fifo, file, memfdNamed, d, nul);
+      t.throws(() => n.fdKind(e), { code: 'EBADF' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }));
 
 test.serial('pipe2: -1 when empty, data, then 0 at EOF; dup and setNonBlocking', (t) =>

@@ -80,7 +80,9 @@ Limits:
                           since a block device holds a whole batch of request data)
   --call-deadline MS      longest one call into the plugin may run before the device is
                           stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
-                          since a batch of large block requests takes a while to copy)
+                          since a batch of large block requests takes a while to copy);
+                          the plugin's code at load (identity, info, also when a reset
+                          rebuilds it) gets this deadline too, but at least 5 s
 
 Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
   --state-return-memfd    on SAVE, answer with our own memfd holding the whole state instead of

@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { HELP, parseCli, UsageError, type CliOptions } from './args.ts';
 import { Host } from '../server/index.ts';
+import { stopOnSignals } from '../server/shutdown.ts';
 import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
@@ -85,21 +86,7 @@ async function serve(o: CliOptions): Promise<void> {
   ]);
   const info = host.devices[0].slot.info!;
   log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}`);
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info(`${signal}: shutting down`);
-    host.close().then(
-      () => process.exit(0),
-      (e) => {
-        log.error(`shutdown failed: ${errorText(e)}`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  stopOnSignals(host, log);
 }
 
 async function main(): Promise<number> {

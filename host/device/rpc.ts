@@ -10,12 +10,40 @@ export type DeviceSource =
   | { kind: 'module'; url: string; options?: Record<string, unknown> }
   | { kind: 'plugin'; path: string; options?: Record<string, unknown> };
 
+/**
+ * What a worker is doing while its watchdog slot is set; each has its own deadline.
+ * - call: a call into device code (process, reset, state, config, ...): the call deadline.
+ * - load: device code run while the device is built (a plugin's instantiation, identity, info):
+ *   the load deadline (it includes compiling the plugin's core modules).
+ * - prepare: host work before that (importing a module, transpiling a component): the start timeout.
+ * - notify: a write to a front-end's call or err eventfd: the call deadline.
+ */
+export const WatchdogPhase = { call: 1, load: 2, prepare: 3, notify: 4 } as const;
+export type WatchdogPhase = (typeof WatchdogPhase)[keyof typeof WatchdogPhase];
+
+/**
+ * The watchdog slot is one Int32, so the main thread never reads a start time and a phase that
+ * belong to different brackets: 0 when idle, else the phase in bits 28-30 and the start in bits
+ * 0-27, as ms since the epoch modulo 2^28 (3 days: far beyond any deadline, and a worker may
+ * run longer than an Int32 of milliseconds, 24 days, so elapsed time is taken modulo it too).
+ */
+export const WATCHDOG_MS_MASK = 2 ** 28 - 1;
+
+export function watchdogWord(phase: WatchdogPhase, msSinceEpoch: number): number {
+  return (phase << 28) | (msSinceEpoch & WATCHDOG_MS_MASK);
+}
+
+/** The phase and the ms it has run, from a non-zero watchdog word. */
+export function readWatchdogWord(word: number, msSinceEpoch: number): { phase: WatchdogPhase; ran: number } {
+  return { phase: (word >>> 28) as WatchdogPhase, ran: (msSinceEpoch - (word & WATCHDOG_MS_MASK)) & WATCHDOG_MS_MASK };
+}
+
 export interface WorkerInit {
   source: DeviceSource;
   logLevel: LogLevel;
   /** Name for log lines ("blk0", the socket path, ...). */
   label: string;
-  /** Int32Array over a SharedArrayBuffer: [0] = ms since `epoch` when the current device call started, 0 when idle. */
+  /** One Int32 over a SharedArrayBuffer: what the worker is doing and since when (watchdogWord), 0 when idle. */
   watchdog: SharedArrayBuffer;
   epoch: number;
 }

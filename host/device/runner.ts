@@ -10,7 +10,7 @@ import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { DeviceRequest, VirtioDevice } from './device.ts';
-import type { LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
@@ -35,8 +35,11 @@ export interface RunnerHooks {
    * fault guard contained the access, every ring is halted, and the connection must end.
    */
   memoryFault(reason: string): void;
-  /** Brackets every call into device code, for the watchdog on the main thread. */
-  enterDevice(): void;
+  /**
+   * Brackets every call into device code (and every notification write to a front-end's fd),
+   * for the watchdog on the main thread: whatever runs past its deadline gets the worker killed.
+   */
+  enterDevice(phase?: WatchdogPhase): void;
   leaveDevice(): void;
 }
 
@@ -111,9 +114,16 @@ export class DeviceRunner {
   // --- device calls, bracketed for the watchdog -------------------------------------------
 
   private call<T>(fn: () => T): T {
-    this.hooks.enterDevice();
+    this.hooks.enterDevice(WatchdogPhase.call);
     try {
       return fn();
+    } catch (e) {
+      // A device that trapped or broke its contract is never called again (a plugin marks
+      // itself unusable): fail it now, so the front-end sees NEEDS_RESET and a reset brings a
+      // fresh instance, instead of a device that refuses every later call, reset included.
+      const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
+      if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
+      throw e;
     } finally {
       this.hooks.leaveDevice();
     }
@@ -126,8 +136,7 @@ export class DeviceRunner {
     }
     const data = this.call(() => this.device.readConfig(offset, size));
     if (!(data instanceof Uint8Array) || data.length !== size) {
-      this.fail(`device returned ${data instanceof Uint8Array ? data.length : typeof data} config bytes for a ${size}-byte read`);
-      throw new Error('device returned a config read of the wrong size');
+      throw this.deviceFault(`device returned ${data instanceof Uint8Array ? data.length : typeof data} config bytes for a ${size}-byte read`);
     }
     return data;
   }
@@ -224,13 +233,15 @@ export class DeviceRunner {
 
   ringKick(index: number, fd: number | null): void {
     const r = this.ring(index);
+    if (fd !== null) requireEventfd(fd, index, 'kick');
+    // The old fd is the session's to close once this returns: stop watching it first.
     this.stopWatching(r);
     r.kickFd = fd;
     try {
       this.maybeStart(index);
     } catch (e) {
-      // Refused: the session closes `fd`, so neither its number nor a watcher on it may stay
-      // here (a later fd would reuse the number). The ring is left without a kick fd.
+      // Refused: the session closes fd, and its number may come back as another fd. Forget it,
+      // so a later enable never watches (and reads) whatever reuses the number.
       this.stopWatching(r);
       r.kickFd = -1;
       throw e;
@@ -238,11 +249,15 @@ export class DeviceRunner {
   }
 
   ringCall(index: number, fd: number | null): void {
-    this.ring(index).callFd = fd;
+    const r = this.ring(index);
+    if (fd !== null) requireEventfd(fd, index, 'call');
+    r.callFd = fd;
   }
 
   ringErr(index: number, fd: number | null): void {
-    this.ring(index).errFd = fd;
+    const r = this.ring(index);
+    if (fd !== null) requireEventfd(fd, index, 'err');
+    r.errFd = fd;
   }
 
   ringEnable(index: number, enable: boolean): void {
@@ -384,10 +399,10 @@ export class DeviceRunner {
     const bytes = chunk?.bytes;
     const remaining = chunk?.remaining;
     if (!(bytes instanceof Uint8Array) || bytes.length > size || !Number.isSafeInteger(remaining) || remaining < 0) {
-      throw new DeviceError(`${this.device.info.name}: getState(${offset}, ${size}) returned a malformed chunk`);
+      throw this.deviceFault(`${this.device.info.name}: getState(${offset}, ${size}) returned a malformed chunk`);
     }
     if (bytes.length < size && remaining > 0) {
-      throw new DeviceError(`${this.device.info.name}: getState(${offset}, ${size}) returned ${bytes.length} bytes with ${remaining} still remaining`);
+      throw this.deviceFault(`${this.device.info.name}: getState(${offset}, ${size}) returned ${bytes.length} bytes with ${remaining} still remaining`);
     }
     return { bytes: bytes.slice(), remaining };
   }
@@ -401,7 +416,7 @@ export class DeviceRunner {
   stateFinish(): string | null {
     this.requireStopped('load state');
     const err = this.call(() => this.device.finishLoad());
-    if (err !== null && typeof err !== 'string') throw new DeviceError(`${this.device.info.name}: finishLoad() returned ${typeof err}`);
+    if (err !== null && typeof err !== 'string') throw this.deviceFault(`${this.device.info.name}: finishLoad() returned ${typeof err}`);
     return err;
   }
 
@@ -506,8 +521,16 @@ export class DeviceRunner {
     }
     if (r.kickFd !== null && r.watcher === null) {
       const fd = r.kickFd;
-      r.watcher = native.watch(fd, 'r', () => {
-        native.eventfdRead(fd);
+      r.watcher = native.watch(fd, 'r', (_readable, _writable, error) => {
+        // Nothing thrown here may escape: it would kill the worker (and every ring with it)
+        // for what is the front-end's fault on one ring.
+        try {
+          if (error) throw new Error('the kick fd reported an error (POLLERR)');
+          native.eventfdRead(fd);
+        } catch (e) {
+          this.breakRing(index, r, `reading kick fd ${fd} failed: ${errorText(e)}`);
+          return;
+        }
         this.drain(index, r);
       });
     }
@@ -602,21 +625,43 @@ export class DeviceRunner {
 
   private notify(index: number, r: Vring, q: DeviceQueue): void {
     if (!q.needsNotification()) return;
-    if (r.callFd !== null) native.eventfdWrite(r.callFd);
-    else this.hooks.inbandCall(index);
+    if (r.callFd === null) {
+      this.hooks.inbandCall(index);
+      return;
+    }
+    // eventfdWrite never blocks on the counter (a full one means a notification is already
+    // pending: dropping this one loses nothing). It is still bracketed: a blocking eventfd that
+    // another writer fills between the check and the write is the one way it could block.
+    this.hooks.enterDevice(WatchdogPhase.notify);
+    try {
+      native.eventfdWrite(r.callFd);
+    } catch (e) {
+      throw new QueueFault(index, `signalling the call fd failed: ${errorText(e)}`);
+    } finally {
+      this.hooks.leaveDevice();
+    }
   }
 
   private breakRing(index: number, r: Vring, reason: string): void {
     this.stopWatching(r);
     this.log.error(`ring ${index} is broken, the device needs a reset: ${reason}`);
     if (r.errFd !== null) {
+      this.hooks.enterDevice(WatchdogPhase.notify);
       try {
         native.eventfdWrite(r.errFd);
       } catch (e) {
         this.log.warn(`ring ${index}: could not signal the error eventfd: ${errorText(e)}`);
+      } finally {
+        this.hooks.leaveDevice();
       }
     }
     this.hooks.ringBroken(index, reason);
+  }
+
+  /** The device broke its contract in what it returned: fail it, and hand back the error to throw. */
+  private deviceFault(reason: string): DeviceError {
+    this.fail(reason);
+    return new DeviceError(reason);
   }
 
   private fail(reason: string): void {
@@ -625,6 +670,19 @@ export class DeviceRunner {
     for (const r of this.rings) this.stopWatching(r);
     this.log.error(`device failed, every ring halted until the front-end resets it: ${reason}`);
     this.hooks.deviceFailed(reason);
+  }
+}
+
+/** vhost-user kick, call and err fds are eventfds; anything else could block or break the worker. */
+function requireEventfd(fd: number, index: number, what: 'kick' | 'call' | 'err'): void {
+  let kind: string;
+  try {
+    kind = native.fdKind(fd);
+  } catch (e) {
+    throw new Error(`ring ${index}: the ${what} fd cannot be checked: ${errorText(e)}`);
+  }
+  if (kind !== 'eventfd') {
+    throw new Error(`ring ${index}: the ${what} fd is a ${kind}, not an eventfd; vhost-user ${what} fds must be eventfds (send one made with eventfd(2))`);
   }
 }
 

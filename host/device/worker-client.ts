@@ -5,15 +5,64 @@
 
 import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import type { DeviceSource, MainToWorker, WorkerCall, WorkerInit, WorkerToMain, WorkerStatus, RegionMsg, VringAddrMsg, StateBeginInfo, StateReadResult, LogStatus } from './rpc.ts';
+import { WatchdogPhase, readWatchdogWord, type DeviceSource, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain, type WorkerStatus, type RegionMsg, type VringAddrMsg, type StateBeginInfo, type StateReadResult, type LogStatus } from './rpc.ts';
 import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
   label: string;
   /** Longest a single device call may run before the worker is killed (ms). */
   callDeadlineMs: number;
-  /** Longest the device may take to load (transpile + instantiate) (ms). */
+  /**
+   * Longest the device's own code may run while it is built (a plugin's instantiation, identity,
+   * info), at start and when a reset rebuilds it (ms). Default: the call deadline, at least 5 s
+   * (it includes compiling the plugin's core modules).
+   */
+  loadDeadlineMs?: number;
+  /** Longest the device may take to load as a whole, transpiling included (ms). */
   startTimeoutMs?: number;
+}
+
+/** How long a terminated worker gets to exit before it is reported as stuck (ms). */
+export const EXIT_GRACE_MS = 1000;
+
+const DEFAULT_START_TIMEOUT_MS = 30_000;
+
+function loadDeadline(opts: DeviceWorkerOptions): number {
+  return opts.loadDeadlineMs ?? Math.max(5000, opts.callDeadlineMs);
+}
+
+/**
+ * The main thread's side of the watchdog: reads what the worker is doing from the shared slot
+ * and says why it must be killed, or null. Runs on a timer here, so a worker spinning in device
+ * code cannot delay it.
+ */
+class Watchdog {
+  constructor(
+    private readonly slot: Int32Array,
+    private readonly epoch: number,
+    private readonly opts: DeviceWorkerOptions,
+  ) {}
+
+  get period(): number {
+    return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
+  }
+
+  /** Why the worker must go (prefixed with `name` when one is given), or null. */
+  overdue(name?: string): string | null {
+    const word = Atomics.load(this.slot, 0);
+    if (word === 0) return null;
+    const { phase, ran } = readWatchdogWord(word, Date.now() - this.epoch);
+    const [what, limit] =
+      phase === WatchdogPhase.load
+        ? ['loading the device (its instantiation, identity or info)', loadDeadline(this.opts)]
+        : phase === WatchdogPhase.prepare
+          ? ['preparing the device (import or transpile)', this.opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS]
+          : phase === WatchdogPhase.notify
+            ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
+            : ['a device call', this.opts.callDeadlineMs];
+    if (ran <= limit) return null;
+    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
+  }
 }
 
 export type DeviceEvent =
@@ -32,9 +81,11 @@ export class DeviceWorker {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private deathReason: string | null = null;
-  private readonly slot: Int32Array;
-  private readonly epoch: number;
+  private readonly watchdog: Watchdog;
   private readonly timer: NodeJS.Timeout;
+  private exitedYet = false;
+  /** exitedWithin() already gave up on this worker once. */
+  private stuck = false;
   private readonly log: Logger;
   /** Settles once the worker thread is gone (its watchers closed): only then may borrowed fds be closed. */
   readonly exited: Promise<void>;
@@ -43,30 +94,28 @@ export class DeviceWorker {
   private constructor(
     private readonly worker: Worker,
     readonly info: DeviceInfo,
-    slot: Int32Array,
-    epoch: number,
+    watchdog: Watchdog,
     private readonly opts: DeviceWorkerOptions,
   ) {
-    this.slot = slot;
-    this.epoch = epoch;
+    this.watchdog = watchdog;
     this.log = createLogger(`device ${opts.label}`);
     worker.on('message', (m: WorkerToMain) => this.onMessage(m));
-    worker.on('error', (e) => this.die(`worker error: ${errorText(e)}`));
-    this.exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    worker.on('exit', (code) => {
-      if (this.deathReason !== null) return;
-      const reason = `worker exited unexpectedly with code ${code}`;
-      this.log.error(reason);
-      this.die(reason);
-      this.onEvent({ type: 'device-failed', reason });
-    });
-    const period = Math.max(5, Math.min(50, Math.floor(opts.callDeadlineMs / 4)));
-    this.timer = setInterval(() => this.checkDeadline(), period);
+    // An exception nothing in the worker caught ends the worker: the device has failed, and the
+    // front-end must hear it (NEEDS_RESET), not find out from requests that are never answered.
+    worker.on('error', (e) => this.failed(`worker crashed: ${errorText(e)}`));
+    this.exited = new Promise<void>((resolve) =>
+      worker.once('exit', () => {
+        this.exitedYet = true;
+        resolve();
+      }),
+    );
+    worker.on('exit', (code) => this.failed(`worker exited unexpectedly with code ${code}`));
+    this.timer = setInterval(() => this.checkDeadline(), watchdog.period);
     this.timer.unref();
   }
 
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
-    const sab = new SharedArrayBuffer(4);
+    const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const init: WorkerInit = { source, logLevel: getLogLevel(), label: opts.label, watchdog: sab, epoch };
     const url = workerUrl();
@@ -80,14 +129,27 @@ export class DeviceWorker {
     } else {
       worker = new Worker(url, { workerData: init, stdout: false, stderr: false });
     }
-    const timeoutMs = opts.startTimeoutMs ?? 30_000;
+    const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+    const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);
+    const log = createLogger(`device ${opts.label}`);
     const info = await new Promise<DeviceInfo>((resolve, reject) => {
       const timer = setTimeout(() => {
+        done();
         void worker.terminate();
         reject(new Error(`device ${opts.label} did not load within ${timeoutMs} ms`));
       }, timeoutMs);
+      // The device's code runs while it loads (a plugin's identity() can loop): time it.
+      const check = setInterval(() => {
+        const reason = watchdog.overdue();
+        if (reason === null) return;
+        done();
+        log.error(reason);
+        void worker.terminate();
+        reject(new Error(`device ${opts.label}: ${reason}`));
+      }, watchdog.period);
       const done = () => {
         clearTimeout(timer);
+        clearInterval(check);
         worker.off('message', onMsg);
         worker.off('error', onErr);
         worker.off('exit', onExit);
@@ -114,7 +176,7 @@ export class DeviceWorker {
       worker.on('error', onErr);
       worker.on('exit', onExit);
     });
-    return new DeviceWorker(worker, info, new Int32Array(sab), epoch, opts);
+    return new DeviceWorker(worker, info, watchdog, opts);
   }
 
   /** Why the worker is gone, or null while it runs. */
@@ -174,6 +236,30 @@ export class DeviceWorker {
     await this.worker.terminate();
   }
 
+  /** The worker thread has exited (false while it runs, or while it is stuck after terminate()). */
+  get hasExited(): boolean {
+    return this.exitedYet;
+  }
+
+  /**
+   * Waits for the thread to exit, at most EXIT_GRACE_MS; false when it did not. A thread blocked
+   * in a system call (open() of a FIFO, say) ignores terminate() until the call returns, which
+   * may be never: callers then go on without it rather than wait for ever.
+   */
+  async exitedWithin(ms = EXIT_GRACE_MS): Promise<boolean> {
+    if (this.exitedYet) return true;
+    if (this.stuck) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const ok = await Promise.race([this.exited.then(() => true as const), late]);
+    clearTimeout(timer);
+    if (!ok && !this.stuck) {
+      this.stuck = true;
+      this.log.error(`the worker did not exit within ${ms} ms of being terminated (blocked in a system call?); going on without it`);
+    }
+    return ok;
+  }
+
   private onMessage(m: WorkerToMain): void {
     switch (m.type) {
       case 'reply': {
@@ -196,14 +282,20 @@ export class DeviceWorker {
   }
 
   private checkDeadline(): void {
-    const started = Atomics.load(this.slot, 0);
-    if (started === 0 || this.deathReason !== null) return;
-    const ran = Date.now() - this.epoch - started;
-    if (ran <= this.opts.callDeadlineMs) return;
-    const reason = `${this.info.name}: a device call ran ${ran} ms, past its ${this.opts.callDeadlineMs} ms deadline; worker terminated`;
+    if (this.deathReason !== null) return;
+    const reason = this.watchdog.overdue(this.info.name);
+    if (reason === null) return;
     this.log.error(reason);
     this.die(reason);
     void this.worker.terminate();
+    this.onEvent({ type: 'device-failed', reason });
+  }
+
+  /** The worker died on its own (crash, exit): report it once, as a failed device. */
+  private failed(reason: string): void {
+    if (this.deathReason !== null) return;
+    this.log.error(reason);
+    this.die(reason);
     this.onEvent({ type: 'device-failed', reason });
   }
 

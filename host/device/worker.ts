@@ -1,12 +1,13 @@
 // Entry point of a device worker: one per device, running that device's rings and its device
 // instance (a TypeScript module or a WebAssembly plugin). The control socket stays on the main
-// thread; this thread only ever blocks inside device code, where the main thread's watchdog
-// can see it (the shared `watchdog` slot) and terminate us.
+// thread; this thread only ever blocks inside device code (building the device included) or a
+// notification write, where the main thread's watchdog can see it (the shared `watchdog` slot)
+// and terminate us.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import type { MainToWorker, WorkerCall, WorkerInit, WorkerToMain } from './rpc.ts';
+import { WatchdogPhase, watchdogWord, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
 
 const init = workerData as WorkerInit;
@@ -19,17 +20,47 @@ function post(msg: WorkerToMain): void {
   port.postMessage(msg);
 }
 
+/** Marks the start of something the main thread's watchdog times (see WatchdogPhase). */
+function enter(phase: WatchdogPhase): void {
+  Atomics.store(slot, 0, watchdogWord(phase, Date.now() - init.epoch));
+}
+
+function leave(): void {
+  Atomics.store(slot, 0, 0);
+}
+
+/** Runs device code that builds the device under the load deadline, then goes back to `prepare`. */
+function underLoadDeadline<T>(fn: () => T): T {
+  enter(WatchdogPhase.load);
+  try {
+    return fn();
+  } finally {
+    enter(WatchdogPhase.prepare);
+  }
+}
+
+/**
+ * Builds the device, at start and again on a reset after it failed. Every step is timed by the
+ * watchdog: a plugin that loops in its start function, identity() or info() (on a fresh
+ * instance as much as on the first) gets the worker killed like one that loops in process().
+ */
 async function loadDevice(): Promise<VirtioDevice> {
   const src = init.source;
-  if (src.kind === 'module') {
-    const mod = (await import(src.url)) as { default?: DeviceFactory };
-    if (typeof mod.default !== 'function') {
-      throw new Error(`device module ${src.url} has no default export building a device`);
+  enter(WatchdogPhase.prepare);
+  try {
+    if (src.kind === 'module') {
+      const mod = (await import(src.url)) as { default?: DeviceFactory };
+      if (typeof mod.default !== 'function') {
+        throw new Error(`device module ${src.url} has no default export building a device`);
+      }
+      const factory = mod.default;
+      return underLoadDeadline(() => factory(src.options ?? {}));
     }
-    return mod.default(src.options ?? {});
+    const { loadPluginDevice } = await import('../plugin/device-source.ts');
+    return await loadPluginDevice(src.path, src.options ?? {}, init.label, underLoadDeadline);
+  } finally {
+    leave();
   }
-  const { loadPluginDevice } = await import('../plugin/device-source.ts');
-  return loadPluginDevice(src.path, src.options ?? {}, init.label);
 }
 
 function dispatch(runner: DeviceRunner, c: WorkerCall): unknown {
@@ -78,9 +109,8 @@ async function main(): Promise<void> {
       deviceFailed: (reason) => post({ type: 'device-failed', reason }),
       inbandCall: (index) => post({ type: 'inband-call', index }),
       memoryFault: (reason) => post({ type: 'memory-fault', reason }),
-      // 0 means idle, so a call that starts in the epoch's first millisecond records 1.
-      enterDevice: () => Atomics.store(slot, 0, Math.max(1, Date.now() - init.epoch)),
-      leaveDevice: () => Atomics.store(slot, 0, 0),
+      enterDevice: (phase = WatchdogPhase.call) => enter(phase),
+      leaveDevice: leave,
     },
     init.label,
   );

@@ -26,7 +26,7 @@ static napi_value init(napi_env env, napi_value exports) {
     return NULL;
   }
   if (!init_sock(env, exports) || !init_fdio(env, exports) || !init_mapping(env, exports, ae) ||
-      !init_watch(env, exports, ae) || !init_fs(env, exports)) {
+      !init_watch(env, exports, ae) || !init_fs(env, exports) || !init_proc(env, exports)) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) napi_throw_error(env, "ERR_NAPI", "vhost_native: failed to set up the module's exports");

@@ -58,6 +58,20 @@ export interface Watcher {
 
 export type WatchEvents = 'r' | 'w' | 'rw';
 
+/** native.fdKind's answer. 'pipe' is anonymous, 'fifo' a named pipe; 'other' covers timerfd, signalfd, epoll, ... */
+export type FdKind =
+  | 'eventfd'
+  | 'memfd'
+  | 'file'
+  | 'directory'
+  | 'pipe'
+  | 'fifo'
+  | 'socket'
+  | 'char-device'
+  | 'block-device'
+  | 'symlink'
+  | 'other';
+
 export interface Native {
   /** Largest window Mapping.window() hands out (1 GiB). */
   readonly MAX_WINDOW: number;
@@ -93,12 +107,22 @@ export interface Native {
   /** fstat: file type and size. */
   fstat(fd: number): { size: number; isFile: boolean; isFifo: boolean; isSocket: boolean };
 
-  // eventfd
+  /**
+   * What fd is (fstat + its /proc/self/fd link), to check an fd a peer sent before using it:
+   * a vhost-user kick, call or err fd must be an 'eventfd'.
+   */
+  fdKind(fd: number): FdKind;
+
+  // eventfd. Neither call ever blocks, whatever the fd's O_NONBLOCK flag (a front-end's
+  // eventfd may be blocking, and its flags are shared with the front-end, so never changed).
   eventfd(initval: number): number;
-  /** Reads and clears the counter; -1 when it was zero (EAGAIN). */
+  /** Reads and clears the counter; -1 when it was zero. */
   eventfdRead(fd: number): number;
-  /** Adds n (default 1). */
-  eventfdWrite(fd: number, n?: number): void;
+  /**
+   * Adds n (default 1); false when the counter has no room for it (its reader stopped reading:
+   * a notification is already pending). n > 1 needs an O_NONBLOCK fd.
+   */
+  eventfdWrite(fd: number, n?: number): boolean;
 
   // memfd / pipes
   memfdCreate(name: string, allowSealing: boolean): number;
@@ -163,4 +187,11 @@ export interface Native {
   fsFsync(fd: number, datasync: boolean): number;
   fsFallocate(fd: number, mode: number, offset: number, len: number): number;
   fsLseek(fd: number, offset: number, whence: number): number;
+
+  /**
+   * _exit(code): ends the process and every thread at once. Only for the host's last-resort
+   * shutdown: process.exit() waits for every worker thread, and one blocked in a system call
+   * never comes back.
+   */
+  exitNow(code: number): never;
 }

@@ -14,6 +14,8 @@ export async function loadPluginDevice(
   path: string,
   options: Record<string, unknown>,
   label: string,
+  /** Runs the plugin's own code at load (instantiation, identity, info): the worker times it. */
+  guard?: <T>(fn: () => T) => T,
 ): Promise<VirtioDevice> {
   const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe } = options;
   if (memoryLimitBytes !== undefined && (typeof memoryLimitBytes !== 'number' || memoryLimitBytes <= 0)) {
@@ -31,6 +33,7 @@ export async function loadPluginDevice(
     device = await loadPlugin(readFileSync(path), {
       memoryLimitBytes: memoryLimitBytes as number | undefined,
       cacheDir: typeof cacheDir === 'string' ? cacheDir : undefined,
+      guard,
       grants: {
         entropy: entropy === true,
         storage: backing,

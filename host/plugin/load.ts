@@ -45,10 +45,17 @@ export interface LoadOptions {
   memoryLimitBytes?: number;
   /** Where transpiled plugins are cached (default: a folder under the OS temp dir). */
   cacheDir?: string;
+  /**
+   * Wraps the part that runs plugin code (instantiation, identity, info), so a caller can put
+   * it under a deadline (the device worker's watchdog); transpiling is host work and is not in it.
+   */
+  guard?: <T>(fn: () => T) => T;
 }
 
 export async function loadPlugin(bytes: Uint8Array, options: LoadOptions): Promise<PluginDevice> {
-  return instantiatePrepared(await preparePlugin(bytes, options.cacheDir), options);
+  const prepared = await preparePlugin(bytes, options.cacheDir);
+  const instantiate = () => instantiatePrepared(prepared, options);
+  return options.guard ? options.guard(instantiate) : instantiate();
 }
 
 export function loadPluginSync(bytes: Uint8Array, options: LoadOptions): PluginDevice {

@@ -9,11 +9,16 @@ import type { DeviceInfo } from '../device/device.ts';
 export interface DeviceSlotOptions {
   label: string;
   callDeadlineMs: number;
+  /** Deadline for the device's own code while it is built (see DeviceWorkerOptions). */
+  loadDeadlineMs?: number;
 }
 
 export class DeviceSlot {
   private worker: DeviceWorker | null = null;
   private starting: Promise<DeviceWorker> | null = null;
+  /** Workers that were terminated but whose thread has not exited (blocked in a system call). */
+  private readonly stuck = new Set<DeviceWorker>();
+  private closed = false;
 
   constructor(
     readonly source: DeviceSource,
@@ -22,27 +27,55 @@ export class DeviceSlot {
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
   async acquire(): Promise<DeviceWorker> {
+    if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     if (this.worker && !this.worker.dead) return this.worker;
     if (this.worker) {
-      await this.worker.exited;
+      const old = this.worker;
       this.worker = null;
+      // A dead worker's thread normally exits at once; one that does not is left behind (and
+      // reported at shutdown) so that the device can be served again by a fresh one.
+      if (!(await old.exitedWithin())) this.keepStuck(old);
     }
     if (!this.starting) {
-      this.starting = DeviceWorker.start(this.source, { label: this.opts.label, callDeadlineMs: this.opts.callDeadlineMs }).finally(() => {
+      this.starting = DeviceWorker.start(this.source, {
+        label: this.opts.label,
+        callDeadlineMs: this.opts.callDeadlineMs,
+        loadDeadlineMs: this.opts.loadDeadlineMs,
+      }).finally(() => {
         this.starting = null;
       });
     }
-    this.worker = await this.starting;
-    return this.worker;
+    const w = await this.starting;
+    if (this.closed) {
+      // Shutdown began while it loaded: it is nobody's to serve.
+      void w.terminate();
+      throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    }
+    this.worker = w;
+    return w;
+  }
+
+  private keepStuck(w: DeviceWorker): void {
+    this.stuck.add(w);
+    void w.exited.then(() => this.stuck.delete(w));
   }
 
   get info(): DeviceInfo | null {
     return this.worker?.info ?? null;
   }
 
+  /** Worker threads of this device still alive (the running one, or stuck ones): shutdown reports them. */
+  get liveThreads(): number {
+    return [...this.stuck, ...(this.worker ? [this.worker] : [])].filter((w) => !w.hasExited).length;
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
     const w = this.worker;
+    if (w) {
+      // Stays the slot's worker until it has exited, so a stuck one is still counted by liveThreads.
+      await w.terminate();
+    }
     this.worker = null;
-    if (w) await w.terminate();
   }
 }

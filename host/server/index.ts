@@ -11,6 +11,8 @@ export interface DeviceConfig {
   source: DeviceSource;
   /** Per-call CPU deadline for this device's code (ms). */
   callDeadlineMs?: number;
+  /** Deadline for the device's own code while it is built, at start and on a reset (ms). */
+  loadDeadlineMs?: number;
   /** Session settings (device-state channel options). */
   session?: Partial<Omit<SessionOptions, 'label' | 'onClosed'>>;
 }
@@ -28,7 +30,11 @@ export class Host {
     const started: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[] = [];
     try {
       for (const config of configs) {
-        const slot = new DeviceSlot(config.source, { label: config.label, callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS });
+        const slot = new DeviceSlot(config.source, {
+          label: config.label,
+          callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
+          loadDeadlineMs: config.loadDeadlineMs,
+        });
         try {
           await slot.acquire();
           started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
@@ -47,9 +53,20 @@ export class Host {
     return new Host(started);
   }
 
-  async close(): Promise<void> {
-    for (const d of this.devices) await d.listener.close();
-    for (const d of this.devices) await d.slot.close();
+  /**
+   * Closes every listener at once (each removes its socket first, then ends its session, which
+   * resets the device), so one device slow to let go keeps no other socket around. Sessions
+   * get `graceMs` to finish; then every worker is terminated, which also answers a session
+   * still waiting on a device that loops (its calls fail), so the shutdown never waits on
+   * plugin code. A worker stuck in a system call never exits: see shutdown.ts.
+   */
+  async close(graceMs = 1000): Promise<void> {
+    const listeners = Promise.all(this.devices.map((d) => d.listener.close()));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([listeners, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
+    await Promise.all(this.devices.map((d) => d.slot.close()));
+    await listeners;
   }
 }
 

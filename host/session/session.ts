@@ -767,8 +767,8 @@ export class BackendSession {
     if (this.worker.dead) {
       // The old instance was killed (watchdog, crash): a reset brings a fresh one, with the
       // memory table the front-end already sent (its fds are still ours).
-      await this.worker.exited;
-      this.closeRingFds();
+      if (await this.worker.exitedWithin()) this.closeRingFds();
+      else this.abandonRingFds();
       this.worker = await this.slot.acquire();
       this.worker.onEvent = (e) => this.onDeviceEvent(e);
       await this.worker.setMemTable(this.regions.map((r) => r.msg));
@@ -781,6 +781,17 @@ export class BackendSession {
     this.featuresSet = false;
     this.needsReset = null;
     this.status = 0;
+  }
+
+  /**
+   * The killed worker's thread will not exit (blocked in a system call): it may still watch or
+   * write these fds, so they are left open rather than closed under it (their numbers could be
+   * reused while it holds them). A leak, bounded by one set per stuck worker, and logged.
+   */
+  private abandonRingFds(): void {
+    const fds = this.ringFds.flatMap((r) => [r.kick, r.call, r.err]).filter((fd) => fd !== null);
+    if (fds.length > 0) this.log.warn(`leaving ${fds.length} ring fd(s) open: the device's old worker has not exited and may still use them`);
+    this.ringFds = this.ringFds.map(() => ({ kick: null, call: null, err: null }));
   }
 
   private closeRingFds(): void {
@@ -893,7 +904,7 @@ export class BackendSession {
     if (this.worker.dead) {
       // A killed worker's fd watchers close as its thread exits; closing the fds first could
       // pull them out from under libuv.
-      await this.worker.exited;
+      if (!(await this.worker.exitedWithin())) this.abandonRingFds();
     } else {
       try {
         await this.worker.reset();

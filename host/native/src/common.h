@@ -74,5 +74,6 @@ bool init_sock(napi_env env, napi_value exports);
 bool init_fdio(napi_env env, napi_value exports);
 bool init_mapping(napi_env env, napi_value exports, addon_env *ae);
 bool init_watch(napi_env env, napi_value exports, addon_env *ae);
+bool init_proc(napi_env env, napi_value exports);
 
 #endif

@@ -3,11 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 static bool fd_and_buf(napi_env env, napi_callback_info info, size_t nargs, const char *fn, napi_value *argv, int *fd,
@@ -144,13 +149,28 @@ static napi_value do_eventfd(napi_env env, napi_callback_info info) {
   return make_number(env, fd);
 }
 
+// Reads and clears an eventfd's counter without ever blocking, whatever the fd's own O_NONBLOCK
+// flag says: a front-end's eventfds may be blocking, and it may drain one between our poll
+// wake-up and our read. RWF_NOWAIT makes the read non-blocking on this call only (the flag
+// lives in the open file description, shared with the front-end, so it is not touched);
+// kernels without it for eventfds fall back to poll() first.
 static napi_value eventfd_rd(napi_env env, napi_callback_info info) {
   int fd;
   if (!one_fd(env, info, "eventfdRead", &fd)) return NULL;
   uint64_t v;
+  struct iovec iov = {&v, sizeof v};
   ssize_t n;
-  do n = read(fd, &v, sizeof v);
+  do n = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
   while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EOPNOTSUPP) {
+    struct pollfd p = {fd, POLLIN, 0};
+    int r;
+    do r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r == 0 || (r > 0 && !(p.revents & POLLIN))) return make_number(env, -1);
+    do n = read(fd, &v, sizeof v);
+    while (n < 0 && errno == EINTR);
+  }
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_number(env, -1);
     throw_errno(env, "eventfdRead", errno);
@@ -164,6 +184,11 @@ static napi_value eventfd_rd(napi_env env, napi_callback_info info) {
   return make_number(env, (double)v);
 }
 
+// Adds n to an eventfd's counter without ever blocking: returns false when the counter has no
+// room for n (a reader that stopped reading; the notification it would carry is already
+// pending, so dropping it loses nothing). An eventfd write blocks only when the counter would
+// pass 2^64-2, which poll() reports as "not writable"; RWF_NOWAIT does not apply to eventfd
+// writes, and the fd's O_NONBLOCK flag is the front-end's, so poll first, then write.
 static napi_value eventfd_wr(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd;
@@ -173,10 +198,33 @@ static napi_value eventfd_wr(napi_env env, napi_callback_info info) {
   napi_valuetype t;
   napi_typeof(env, argv[1], &t);
   if (t != napi_undefined && !get_u64(env, argv[1], "eventfdWrite", "n", &v)) return NULL;
+  struct pollfd p = {fd, POLLOUT, 0};
+  int r;
+  do r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    throw_errno(env, "poll", errno);
+    return NULL;
+  }
+  if (p.revents & POLLNVAL) {
+    throw_errno(env, "eventfdWrite", EBADF);
+    return NULL;
+  }
+  // POLLOUT means room for 1; a larger n may still not fit: only then can write() block, so
+  // such writes need an O_NONBLOCK fd (the host's own eventfds all are).
+  if (!(p.revents & POLLOUT)) return make_bool(env, false);
+  if (v > 1) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || !(fl & O_NONBLOCK)) {
+      throw_range(env, "eventfdWrite: fd %d is blocking; only n = 1 can be written to it without blocking", fd);
+      return NULL;
+    }
+  }
   ssize_t n;
   do n = write(fd, &v, sizeof v);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_bool(env, false);
     throw_errno(env, "eventfdWrite", errno);
     return NULL;
   }
@@ -184,7 +232,57 @@ static napi_value eventfd_wr(napi_env env, napi_callback_info info) {
     throw_plain(env, "ERR_NOT_EVENTFD", "eventfdWrite: fd %d took %zd bytes instead of 8; is it an eventfd?", fd, n);
     return NULL;
   }
-  return make_undefined(env);
+  return make_bool(env, true);
+}
+
+// What an fd is, from fstat() and its /proc/self/fd link, for checking what a front-end sent
+// before using it: 'eventfd', 'memfd', 'file', 'directory', 'pipe' (anonymous), 'fifo' (named),
+// 'socket', 'char-device', 'block-device', 'symlink' (an O_PATH fd) or 'other' (timerfd,
+// signalfd, epoll, ...). Anonymous-inode fds have no file type in st_mode; the link names them
+// ("anon_inode:[eventfd]") and their file system (anon_inodefs) tells them from path-based files.
+static napi_value fd_kind(napi_env env, napi_callback_info info) {
+  int fd;
+  if (!one_fd(env, info, "fdKind", &fd)) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    throw_errno(env, "fdKind", errno);
+    return NULL;
+  }
+  char path[64], link[256];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n < 0) {
+    throw_errno_path(env, "readlink", errno, path);
+    return NULL;
+  }
+  link[n] = 0;
+  struct statfs fs;
+  bool have_fs = fstatfs(fd, &fs) == 0;
+  const char *kind = "other";
+  if (have_fs && fs.f_type == ANON_INODE_FS_MAGIC) {
+    // Anonymous inodes (eventfd, timerfd, signalfd, epoll, ...) are told apart by their link;
+    // their st_mode carries no dependable file type.
+    if (strcmp(link, "anon_inode:[eventfd]") == 0) kind = "eventfd";
+  } else {
+    switch (st.st_mode & S_IFMT) {
+    case S_IFREG:
+      // memfd_create names its files "/memfd:NAME (deleted)" on tmpfs or hugetlbfs; a file a
+      // user named like that elsewhere is not on one of those.
+      kind = have_fs && (fs.f_type == TMPFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC) && strncmp(link, "/memfd:", 7) == 0
+                 ? "memfd"
+                 : "file";
+      break;
+    case S_IFDIR: kind = "directory"; break;
+    case S_IFIFO: kind = link[0] == '/' ? "fifo" : "pipe"; break;
+    case S_IFSOCK: kind = "socket"; break;
+    case S_IFCHR: kind = "char-device"; break;
+    case S_IFBLK: kind = "block-device"; break;
+    case S_IFLNK: kind = "symlink"; break;
+    }
+  }
+  napi_value out;
+  if (napi_create_string_utf8(env, kind, NAPI_AUTO_LENGTH, &out) != napi_ok) return NULL;
+  return out;
 }
 
 static napi_value memfd(napi_env env, napi_callback_info info) {
@@ -263,5 +361,5 @@ bool init_fdio(napi_env env, napi_value exports) {
          set_fn(env, exports, "eventfd", do_eventfd) && set_fn(env, exports, "eventfdRead", eventfd_rd) &&
          set_fn(env, exports, "eventfdWrite", eventfd_wr) && set_fn(env, exports, "memfdCreate", memfd) &&
          set_fn(env, exports, "ftruncate", do_ftruncate) && set_fn(env, exports, "pipe2", do_pipe2) &&
-         set_fn(env, exports, "setPipeSize", set_pipe_size);
+         set_fn(env, exports, "setPipeSize", set_pipe_size) && set_fn(env, exports, "fdKind", fd_kind);
 }
