@@ -260,33 +260,30 @@ test.serial('SET_BACKEND_REQ_FD: every refused fd is closed (100 messages)', asy
   await backToIdle(t);
 });
 
-test.serial('a refused kick fd is dropped by the worker: its reused number is never watched', async (t) => {
+test.serial('a refused kick fd changes nothing: the ring keeps its kick fd and the refused number is never watched', async (t) => {
   const mark = host.log().length;
   const fe = await VhostUserFrontend.connect(host.socketPath, opts);
   try {
     const q = fe.queues[0];
     t.is((await q.submit([Buffer.from('one')], 16)).len, 3);
-    // A kick fd the worker cannot poll, on an enabled ring: refused.
+    // A kick fd the worker cannot poll, on an enabled ring: refused, and the host closes it.
     const bad = memfd(4096);
     await t.throwsAsync(fe.conn.setVringKick(0, bad), { message: /SET_VRING_KICK.*failed/ });
     native.close(bad);
     await waitForLogSince(mark, /SET_VRING_KICK \(12\) failed/);
-    // A request is queued while the ring has no kick fd (the kick goes to the old eventfd).
-    const pending = q.submit([Buffer.from('two')], 16);
-    pending.catch(() => {}); // awaited below; a failing assertion before that must not leave it unhandled
-    const usedIdx = () => new DataView(fe.memory.view(q.ring.usedGpa, 4).buffer, fe.memory.view(q.ring.usedGpa, 4).byteOffset).getUint16(2, true);
-    const before = usedIdx();
+    // A refused message leaves the ring as it was: the previous kick fd still starts it.
+    const two = await q.submit([Buffer.from('two')], 16);
+    t.is(Buffer.from(two.data.subarray(0, two.len)).toString(), 'two');
     // The next fd the host receives takes the lowest free number: the refused fd's. Had the
-    // worker kept that number as the kick fd, re-enabling the ring would watch this call fd,
-    // start the ring and process the request right away.
+    // worker kept that number as a kick fd, re-enabling the ring would watch this call fd and
+    // read (swallow) the notifications the host itself writes to it.
     await fe.conn.setVringCall(0, q.callFd);
     await fe.conn.setVringEnable(0, false);
     await fe.conn.setVringEnable(0, true);
-    t.is(usedIdx(), before, 'the ring did not run on a stale kick fd number');
-    // A proper kick fd starts it again and the queued request completes.
-    await fe.conn.setVringKick(0, q.kickFd);
-    const r = await pending;
-    t.is(Buffer.from(r.data.subarray(0, r.len)).toString(), 'two');
+    for (const word of ['three', 'four']) {
+      const r = await q.submit([Buffer.from(word)], 16);
+      t.is(Buffer.from(r.data.subarray(0, r.len)).toString(), word);
+    }
   } finally {
     await fe.close();
   }
