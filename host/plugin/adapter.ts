@@ -30,7 +30,7 @@ export interface RawDevice {
 export interface PluginDevice extends VirtioDevice {
   /** Name and version the plugin reports: the tag its saved state carries. */
   readonly identity: PluginIdentity;
-  /** Current size of the plugin's linear memory, in bytes. */
+  /** Current size of all of the plugin's linear memories together, in bytes. */
   memoryBytes(): number;
   /** Why this instance may not be called again (a trap or a contract violation), or null. */
   unusable(): string | null;
@@ -38,7 +38,8 @@ export interface PluginDevice extends VirtioDevice {
 
 export interface AdapterContext {
   label: string;
-  memory: () => WebAssembly.Memory | undefined;
+  /** Sum of the current sizes of every linear memory of every core instance. */
+  memoryBytes: () => number;
   memoryLimitBytes: number;
 }
 
@@ -57,8 +58,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   let dead: string | null = null;
 
   const memoryNote = (): string => {
-    const used = ctx.memory()?.buffer.byteLength;
-    if (used === undefined) return '';
+    const used = ctx.memoryBytes();
     // Memory cannot be watched failing to grow; a trap near the cap is the usual sign
     // (malloc returned NULL and the plugin or the SDK's cabi_realloc gave up).
     const near = used >= ctx.memoryLimitBytes * 0.75 ? ': likely out of memory' : '';
@@ -113,7 +113,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   return {
     info,
     identity,
-    memoryBytes: () => ctx.memory()?.buffer.byteLength ?? 0,
+    memoryBytes: ctx.memoryBytes,
     unusable: () => dead,
 
     readConfig(offset: number, size: number): Uint8Array {
