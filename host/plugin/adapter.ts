@@ -11,6 +11,7 @@ import type {
 } from '../device/device.ts';
 import { CapabilityError } from './imports.ts';
 import { PluginError, type PluginErrorKind } from './errors.ts';
+import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
 import { checkIdentity, checkInfo, type PluginIdentity } from './validate.ts';
 
 /** The device interface as jco lifts it (types per wit/device.wit). */
@@ -41,6 +42,8 @@ export interface AdapterContext {
   /** Sum of the current sizes of every linear memory of every core instance. */
   memoryBytes: () => number;
   memoryLimitBytes: number;
+  /** Bounds what each call may make the host copy out of plugin memory. */
+  guard: LiftGuard;
 }
 
 const MAX_U32 = 0xffffffff;
@@ -71,8 +74,9 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   };
 
   /** Run one plugin call; `error` results (thrown strings) leave the instance usable. */
-  function call<T>(name: string, fn: () => T): T {
+  function call<T>(name: string, fn: () => T, budget?: CallBudget): T {
     if (dead) throw new PluginError(plugin, name, 'trap', `not called: instance unusable after ${dead}`);
+    ctx.guard.arm(name, budget);
     try {
       return fn();
     } catch (e) {
@@ -82,6 +86,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) {
         return die(name, 'trap', `trapped: ${e.message}${memoryNote()}`, e);
       }
+      if (e instanceof LiftError) return die(name, 'invalid', e.message.replace(`${name}: `, ''), e);
       // The glue rejects malformed lifts (bad discriminant, misaligned list) with TypeError.
       return die(name, 'invalid', `returned a malformed value: ${String(e)}`, e);
     }
@@ -118,7 +123,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
 
     readConfig(offset: number, size: number): Uint8Array {
       checkConfigRange(offset, size);
-      const data = call('read-config', () => raw.readConfig(offset, size));
+      const data = call('read-config', () => raw.readConfig(offset, size), { bytes: size, items: 0 });
       if (!(data instanceof Uint8Array) || data.length !== size) {
         invalid('read-config', `returned ${data?.length} bytes for a ${size}-byte read`);
       }
@@ -145,8 +150,17 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       if (!Number.isInteger(queueIndex) || queueIndex < 0 || queueIndex >= info.numQueues) {
         throw new RangeError(`queue ${queueIndex} outside the device's ${info.numQueues} queues`);
       }
-      const lowered = requests.map((r) => ({ readable: concat(r.readable), writableLen: r.writableLen }));
-      const out = call('process', () => raw.process(queueIndex, lowered));
+      let room = 0;
+      const lowered = requests.map((r) => {
+        room += r.writableLen;
+        return { readable: concat(r.readable), writableLen: r.writableLen };
+      });
+      // The answer can hold no more than the requests' writable room, and one entry each.
+      const out = call('process', () => raw.process(queueIndex, lowered), {
+        bytes: room,
+        items: requests.length,
+        entry: { limit: (i) => requests[i]?.writableLen ?? 0, name: (i) => `response ${i} on queue ${queueIndex}` },
+      });
       if (!Array.isArray(out) || out.length !== requests.length) {
         invalid('process', `returned ${Array.isArray(out) ? out.length : 'no'} responses for ${requests.length} requests on queue ${queueIndex}`);
       }
@@ -168,7 +182,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
         throw new RangeError(`getState(${offset}, ${size}): bad arguments`);
       }
       if (offset === 0) saveTotal = null;
-      const chunk = call('get-state', () => raw.getState(BigInt(offset), size));
+      const chunk = call('get-state', () => raw.getState(BigInt(offset), size), { bytes: size, items: 0 });
       const { bytes, remaining } = chunk;
       if (!(bytes instanceof Uint8Array) || typeof remaining !== 'bigint') invalid('get-state', 'malformed chunk');
       if (bytes.length > size) invalid('get-state', `returned ${bytes.length} bytes when asked for at most ${size}`);

@@ -15,6 +15,7 @@ import {
 } from './prepare.ts';
 import { capModule, MEMORY_EXPORT_PREFIX } from './wasm-binary.ts';
 import { planAllocations, type AllocationPlan } from './limits.ts';
+import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
@@ -107,10 +108,12 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
     return instance;
   };
 
+  const guard = new LiftGuard();
+  guard.arm('load');
   let exported: Record<string, unknown>;
   const imported = new Set<string>();
   try {
-    const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`);
+    const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`, guard);
     exported = instantiate(getCoreModule, trackImports(hostImports(options.grants), imported), instantiateCore);
   } catch (e) {
     if (e instanceof PluginError) throw e;
@@ -135,5 +138,6 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
     label,
     memoryBytes: () => memories.reduce((sum, m) => sum + m.buffer.byteLength, 0),
     memoryLimitBytes: limit,
+    guard,
   });
 }

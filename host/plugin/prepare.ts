@@ -12,7 +12,7 @@ import { patchGlue } from './glue.ts';
 import { checkWorld, parseWorld } from './world-check.ts';
 
 /** Bump when what we store or how we patch changes, so old cache entries are ignored. */
-const CACHE_FORMAT = 3;
+const CACHE_FORMAT = 4;
 
 export interface PreparedPlugin {
   /** Content hash of the component (hex sha256). */
