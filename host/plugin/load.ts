@@ -45,7 +45,7 @@ export interface LoadOptions {
   grants: PluginGrants;
   /** Ceiling on all of the plugin's linear memories together (default 64 MiB). */
   memoryLimitBytes?: number;
-  /** Where transpiled plugins are cached (default: a folder under the OS temp dir). */
+  /** Where transpiled plugins are cached (default: $XDG_CACHE_HOME/vhost-wasm, see cache-dir.ts). */
   cacheDir?: string;
 }
 
