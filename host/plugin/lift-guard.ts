@@ -11,6 +11,8 @@
 // Arguments a plugin passes to host imports (storage writes, file names, log lines) are
 // checked against the memory and a per-argument cap; they are not charged to the export's budget.
 
+import { cutMarker } from '../log/logger.ts';
+
 /** The plugin broke the canonical ABI in what it handed the host; the adapter fails the device. */
 export class LiftError extends TypeError {
   override readonly name = 'LiftError';
@@ -33,10 +35,6 @@ export interface CallBudget {
 const NOTHING: CallBudget = { bytes: 0, items: 0 };
 const decoder = new TextDecoder();
 
-/** Marks a cut string so a reader sees it was cut and by how much. */
-export function cutMarker(cut: number): string {
-  return `…(${cut} bytes cut)`;
-}
 
 export class LiftGuard {
   private budget: CallBudget = NOTHING;
