@@ -47,7 +47,16 @@ function untrustedAncestor(st: Stats, path: string): string | null {
  * UntrustedCacheError saying what is wrong and how to fix it otherwise.
  */
 export function trustedCacheDir(dir: string): string {
-  const target = resolve(dir);
+  try {
+    return checkCacheDir(resolve(dir));
+  } catch (e) {
+    if (e instanceof UntrustedCacheError) throw e;
+    // EACCES, EROFS, ENOTDIR...: a folder we cannot make or inspect is one we cannot use.
+    throw new UntrustedCacheError(`transpile cache ${resolve(dir)}: ${(e as Error).message}; not using it (point XDG_CACHE_HOME at a folder this user can create)`);
+  }
+}
+
+function checkCacheDir(target: string): string {
   // Walk down from the first folder that exists: those above are checked as ancestors,
   // the cache folder and everything we create on the way must be ours alone.
   const missing: string[] = [];

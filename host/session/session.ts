@@ -823,8 +823,7 @@ export class BackendSession {
     const reason = e.type === 'ring-broken' ? `ring ${e.index}: ${e.reason}` : e.reason;
     if (this.needsReset === null) {
       this.needsReset = reason;
-      // The device's own line (worker or watchdog) already says why: plugin text is logged once.
-      this.log.error('DEVICE_NEEDS_RESET set and the front-end notified (the device logged why)');
+      this.log.error(`device needs a reset (DEVICE_NEEDS_RESET set): ${reason}`);
       // Drivers re-read status on a config-change interrupt: that is how they learn of it.
       this.notifyConfigChange();
     }
