@@ -23,8 +23,9 @@ const DEBUG_HOOK = /const _debugLog = \(\.\.\.args\) => \{\s*if \(!globalThis\?\
 // which allocates an off-heap ArrayBuffer per list (~1 us each, plus GC pressure: most of a
 // batch's cost for small responses), and lowers each one through two fresh views. Both go
 // through one cached Uint8Array over the memory instead (refreshed when memory.grow detaches
-// the old buffer), and a lift becomes TypedArray#slice, which keeps small results on the V8
-// heap. Same bytes, same ownership: the result is still a copy the host owns.
+// the old buffer); lifts go through the LiftGuard below, which slices a cached view the same
+// way (TypedArray#slice keeps small results on the V8 heap). Same bytes, same ownership: the
+// result is still a copy the host owns.
 const U8_VIEW_ANCHOR = /^(\s*)const dataView = mem => dv\.buffer === mem\.buffer \? dv : dv = new DataView\(mem\.buffer\);$/m;
 // The memory's `buffer` getter is a call into C++ (~40 ns) that the glue makes several times per
 // list element. A non-shared memory's buffer changes only when memory.grow detaches it, and a
