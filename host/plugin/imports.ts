@@ -22,12 +22,18 @@ export interface PluginGrants {
   filesystem?: FsShare;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
+  /** The device's log budget, kept across fresh instances of it (default: one per instance). */
+  logRate?: LogRateLimit;
 }
 
 /** One entropy call may ask for this much; virtio-rng asks for one buffer's worth. */
 export const MAX_ENTROPY_PER_CALL = 1 << 20;
 /** Longer log lines are cut (the glue already decodes no more than this, see lift-guard.ts). */
 export const MAX_LOG_MESSAGE = MAX_PLUGIN_STRING;
+
+export function droppedLines(n: number): string {
+  return `dropped ${n} plugin log lines (a device may log ${PLUGIN_LOG_RATE} lines a second, ${PLUGIN_LOG_BURST} at once)`;
+}
 
 export class CapabilityError extends Error {
   override readonly name = 'CapabilityError';
@@ -36,9 +42,7 @@ export class CapabilityError extends Error {
 
 export function hostImports(grants: PluginGrants): Record<string, Record<string, unknown>> {
   const pool = new EntropyPool();
-  const rate = new LogRateLimit((n) =>
-    grants.log('warn', `dropped ${n} plugin log lines (a device may log ${PLUGIN_LOG_RATE} lines a second, ${PLUGIN_LOG_BURST} at once)`),
-  );
+  const rate = grants.logRate ?? new LogRateLimit((n) => grants.log('warn', droppedLines(n)));
   return {
     'vhost:device/log': {
       write(level: unknown, message: unknown): void {
