@@ -111,7 +111,7 @@ test('a memory cap below what the plugin starts with fails the load', async (t) 
     }
   })();
   t.true(err instanceof PluginError);
-  t.regex(err!.message, /needs \d+ bytes of memory at start, limit is 65536/);
+  t.regex(err!.message, /needs \d+ bytes of linear memory at start \(1 memories in \d core instances\), more than the memory limit of 65536 bytes/);
 });
 
 test('a response longer than the request can hold is refused', async (t) => {

@@ -76,8 +76,9 @@ Capabilities granted to the plugin (it sees nothing else):
                           requests on what was lost with EIO (guest-error)
 
 Limits:
-  --memory-limit SIZE     the plugin's linear memory cap (default 64M; 256M with --storage,
-                          since a block device holds a whole batch of request data)
+  --memory-limit SIZE     cap on all of the plugin's linear memory together, every core
+                          instance's (default 64M; 256M with --storage, since a block
+                          device holds a whole batch of request data)
   --call-deadline MS      longest one call into the plugin may run before the device is
                           stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
                           since a batch of large block requests takes a while to copy);

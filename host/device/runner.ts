@@ -668,7 +668,8 @@ export class DeviceRunner {
     if (this.failed) return;
     this.failed = reason;
     for (const r of this.rings) this.stopWatching(r);
-    this.log.error(`device failed, every ring halted until the front-end resets it: ${reason}`);
+    // The session logs the reason with NEEDS_RESET: a plugin's error text is logged once.
+    this.log.error('device failed, every ring halted until the front-end resets it');
     this.hooks.deviceFailed(reason);
   }
 }

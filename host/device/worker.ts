@@ -125,9 +125,9 @@ async function main(): Promise<void> {
    * again, its memory may be half-updated), and a reset means "as just created".
    */
   const renew = async (): Promise<void> => {
-    const why = runner.status().failed;
     runner.replaceDevice(await loadDevice());
-    log.info(`device replaced by a fresh instance on reset (it had failed: ${why})`);
+    // Why it failed was logged when it failed: plugin text is logged once.
+    log.info('device replaced by a fresh instance on reset after its failure');
   };
   const handle = async (m: MainToWorker): Promise<void> => {
     try {

@@ -1,16 +1,27 @@
 // One log format for the whole host, main thread and device workers alike. Lines go to fd 2
 // with a synchronous write: a worker that is about to be terminated, or a host that is about
 // to crash, still leaves its last line behind, and lines from different threads never
-// interleave mid-line (each is one write(2) under PIPE_BUF for typical lengths).
+// interleave mid-line (each is one write(2) of at most MAX_LINE bytes, under PIPE_BUF, which
+// a pipe takes whole or not at all).
+//
+// Messages carry text from untrusted places (plugin log lines and error strings, names a
+// front-end sent): every control character is shown escaped (\n, \x1b, ...), so one message
+// is always exactly one line and cannot forge another line's timestamp or level, nor drive
+// the reader's terminal; and a message is cut to fit one atomic write, with a marker.
 import { writeSync } from 'node:fs';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
+/** Longest line written (bytes, newline included): below PIPE_BUF (4096) so a pipe write is atomic. */
+export const MAX_LINE = 4000;
+
 const rank: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
 let threshold: LogLevel = (process.env.VHOST_WASM_LOG_LEVEL as LogLevel) in rank ? (process.env.VHOST_WASM_LOG_LEVEL as LogLevel) : 'info';
 let sink: ((line: string) => void) | null = null;
+/** Lines this thread could not write because stderr was full (a non-blocking pipe nobody drained). */
+let droppedOnFullStderr = 0;
 
 export function isLogLevel(s: string): s is LogLevel {
   return s in rank;
@@ -38,16 +49,92 @@ export interface Logger {
   child(scope: string): Logger;
 }
 
+const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * `text` on one line: C0 and C1 controls, DEL, the Unicode line/paragraph separators and the
+ * bidirectional overrides (which reorder what a terminal shows) as escapes: \n, \r, \t,
+ * \xNN, \u2028.
+ */
+export function escapeControls(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => {
+    const named = NAMED[c];
+    if (named) return named;
+    const code = c.charCodeAt(0);
+    return code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, '0')}`;
+  });
+}
+
+/** Marks a cut message so a reader sees it was cut and by how much. */
+export function cutMarker(bytes: number): string {
+  return `…(${bytes} bytes cut)`;
+}
+
+/** `text` cut to at most `max` UTF-8 bytes (on a character boundary), marker included. */
+export function cutToBytes(text: string, max: number): string {
+  const total = Buffer.byteLength(text);
+  if (total <= max) return text;
+  const room = max - 24; // the marker's longest form
+  let bytes = 0;
+  let end = 0;
+  for (const ch of text) {
+    const n = Buffer.byteLength(ch);
+    if (bytes + n > room) break;
+    bytes += n;
+    end += ch.length;
+  }
+  return text.slice(0, end) + cutMarker(total - bytes);
+}
+
+function write(line: string): boolean {
+  try {
+    writeSync(2, line);
+    return true;
+  } catch (e) {
+    // EAGAIN: a non-blocking stderr pipe is full. Blocking here would stall a device on its
+    // log reader, so the line is dropped, and counted. EPIPE: stderr is gone; logging must
+    // never take the host down.
+    if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+      droppedOnFullStderr++;
+      scheduleDropNote();
+    }
+    return false;
+  }
+}
+
+// The count goes out at most once a second (a nearly full pipe must not get a note per
+// line), after a line got through or from a timer, so it is never lost while the thread runs.
+let lastDropNote = -Infinity;
+let dropNoteTimer: NodeJS.Timeout | null = null;
+
+function scheduleDropNote(): void {
+  if (dropNoteTimer !== null) return;
+  dropNoteTimer = setTimeout(() => {
+    dropNoteTimer = null;
+    writeDropNote();
+  }, 1000);
+  dropNoteTimer.unref?.();
+}
+
+function writeDropNote(): void {
+  if (droppedOnFullStderr === 0) return;
+  const now = Date.now();
+  if (now - lastDropNote < 1000) return scheduleDropNote();
+  const n = droppedOnFullStderr;
+  const note = `${new Date(now).toISOString()} WARN  log: ${n} log lines of this thread were dropped: stderr was full\n`;
+  if (!write(note)) return;
+  droppedOnFullStderr -= n;
+  lastDropNote = now;
+}
+
 export function createLogger(scope: string): Logger {
   const emit = (level: LogLevel, msg: string) => {
     if (rank[level] > rank[threshold]) return;
-    const line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${scope}: ${msg}\n`;
+    const head = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${escapeControls(scope)}: `;
+    const line = `${head}${cutToBytes(escapeControls(msg), MAX_LINE - Buffer.byteLength(head) - 1)}\n`;
     if (sink) sink(line);
-    try {
-      writeSync(2, line);
-    } catch {
-      // stderr closed (EPIPE): logging must never take the host down.
-    }
+    if (write(line) && droppedOnFullStderr > 0) writeDropNote();
   };
   return {
     error: (m) => emit('error', m),

@@ -11,6 +11,7 @@ import type {
 } from '../device/device.ts';
 import { CapabilityError } from './imports.ts';
 import { PluginError, type PluginErrorKind } from './errors.ts';
+import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
 import { checkIdentity, checkInfo, type PluginIdentity } from './validate.ts';
 
 /** The device interface as jco lifts it (types per wit/device.wit). */
@@ -30,7 +31,7 @@ export interface RawDevice {
 export interface PluginDevice extends VirtioDevice {
   /** Name and version the plugin reports: the tag its saved state carries. */
   readonly identity: PluginIdentity;
-  /** Current size of the plugin's linear memory, in bytes. */
+  /** Current size of all of the plugin's linear memories together, in bytes. */
   memoryBytes(): number;
   /** Why this instance may not be called again (a trap or a contract violation), or null. */
   unusable(): string | null;
@@ -38,8 +39,11 @@ export interface PluginDevice extends VirtioDevice {
 
 export interface AdapterContext {
   label: string;
-  memory: () => WebAssembly.Memory | undefined;
+  /** Sum of the current sizes of every linear memory of every core instance. */
+  memoryBytes: () => number;
   memoryLimitBytes: number;
+  /** Bounds what each call may make the host copy out of plugin memory. */
+  guard: LiftGuard;
 }
 
 const MAX_U32 = 0xffffffff;
@@ -57,8 +61,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   let dead: string | null = null;
 
   const memoryNote = (): string => {
-    const used = ctx.memory()?.buffer.byteLength;
-    if (used === undefined) return '';
+    const used = ctx.memoryBytes();
     // Memory cannot be watched failing to grow; a trap near the cap is the usual sign
     // (malloc returned NULL and the plugin or the SDK's cabi_realloc gave up).
     const near = used >= ctx.memoryLimitBytes * 0.75 ? ': likely out of memory' : '';
@@ -71,8 +74,9 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   };
 
   /** Run one plugin call; `error` results (thrown strings) leave the instance usable. */
-  function call<T>(name: string, fn: () => T): T {
+  function call<T>(name: string, fn: () => T, budget?: CallBudget): T {
     if (dead) throw new PluginError(plugin, name, 'trap', `not called: instance unusable after ${dead}`);
+    ctx.guard.arm(name, budget);
     try {
       return fn();
     } catch (e) {
@@ -82,6 +86,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) {
         return die(name, 'trap', `trapped: ${e.message}${memoryNote()}`, e);
       }
+      if (e instanceof LiftError) return die(name, 'invalid', e.message.replace(`${name}: `, ''), e);
       // The glue rejects malformed lifts (bad discriminant, misaligned list) with TypeError.
       return die(name, 'invalid', `returned a malformed value: ${String(e)}`, e);
     }
@@ -113,12 +118,12 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   return {
     info,
     identity,
-    memoryBytes: () => ctx.memory()?.buffer.byteLength ?? 0,
+    memoryBytes: ctx.memoryBytes,
     unusable: () => dead,
 
     readConfig(offset: number, size: number): Uint8Array {
       checkConfigRange(offset, size);
-      const data = call('read-config', () => raw.readConfig(offset, size));
+      const data = call('read-config', () => raw.readConfig(offset, size), { bytes: size, items: 0 });
       if (!(data instanceof Uint8Array) || data.length !== size) {
         invalid('read-config', `returned ${data?.length} bytes for a ${size}-byte read`);
       }
@@ -145,8 +150,17 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       if (!Number.isInteger(queueIndex) || queueIndex < 0 || queueIndex >= info.numQueues) {
         throw new RangeError(`queue ${queueIndex} outside the device's ${info.numQueues} queues`);
       }
-      const lowered = requests.map((r) => ({ readable: concat(r.readable), writableLen: r.writableLen }));
-      const out = call('process', () => raw.process(queueIndex, lowered));
+      let room = 0;
+      const lowered = requests.map((r) => {
+        room += r.writableLen;
+        return { readable: concat(r.readable), writableLen: r.writableLen };
+      });
+      // The answer can hold no more than the requests' writable room, and one entry each.
+      const out = call('process', () => raw.process(queueIndex, lowered), {
+        bytes: room,
+        items: requests.length,
+        entry: { limit: (i) => requests[i]?.writableLen ?? 0, name: (i) => `response ${i} on queue ${queueIndex}` },
+      });
       if (!Array.isArray(out) || out.length !== requests.length) {
         invalid('process', `returned ${Array.isArray(out) ? out.length : 'no'} responses for ${requests.length} requests on queue ${queueIndex}`);
       }
@@ -168,7 +182,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
         throw new RangeError(`getState(${offset}, ${size}): bad arguments`);
       }
       if (offset === 0) saveTotal = null;
-      const chunk = call('get-state', () => raw.getState(BigInt(offset), size));
+      const chunk = call('get-state', () => raw.getState(BigInt(offset), size), { bytes: size, items: 0 });
       const { bytes, remaining } = chunk;
       if (!(bytes instanceof Uint8Array) || typeof remaining !== 'bigint') invalid('get-state', 'malformed chunk');
       if (bytes.length > size) invalid('get-state', `returned ${bytes.length} bytes when asked for at most ${size}`);

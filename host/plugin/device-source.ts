@@ -9,6 +9,11 @@ import { isStorageSpec, openBacking, type Backing } from '../storage/index.ts';
 import { storageStateSections } from '../migration/storage-section.ts';
 import { loadPlugin } from './load.ts';
 import { openShareOption } from '../fs/option.ts';
+import { LogRateLimit } from './log-limit.ts';
+import { droppedLines } from './imports.ts';
+
+// One log budget per device, not per instance: a reset brings a fresh instance, not a fresh burst.
+const logRates = new Map<string, LogRateLimit>();
 
 export async function loadPluginDevice(
   path: string,
@@ -25,6 +30,8 @@ export async function loadPluginDevice(
     throw new TypeError(`storage must be {kind: 'file', path} or {kind: 'memory', size} with readOnly, not ${JSON.stringify(storage)}`);
   }
   const log = createLogger(`plugin ${label}`);
+  let logRate = logRates.get(label);
+  if (!logRate) logRates.set(label, (logRate = new LogRateLimit((n) => log.warn(droppedLines(n)))));
   // --shared-dir: the filesystem grant, opened in this worker and closed with the device.
   const share = openShareOption(options.filesystem);
   const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage);
@@ -41,6 +48,7 @@ export async function loadPluginDevice(
         allowUnusedStorage: storageProbe === true,
         // The host logger has no trace level; plugin trace lines go out as debug.
         log: (level, message) => log[level === 'trace' ? 'debug' : level](message),
+        logRate,
       },
     });
   } catch (e) {

@@ -4,6 +4,7 @@
 // process.env.JCO_DEBUG (a getter that crosses into C++) on every call, which was
 // measured at ~40% of a small call's CPU.
 import { runInThisContext } from 'node:vm';
+import type { LiftGuard } from './lift-guard.ts';
 
 export type CoreModuleGetter = (name: string) => WebAssembly.Module;
 export type CoreInstantiator = (
@@ -22,8 +23,9 @@ const DEBUG_HOOK = /const _debugLog = \(\.\.\.args\) => \{\s*if \(!globalThis\?\
 // which allocates an off-heap ArrayBuffer per list (~1 us each, plus GC pressure: most of a
 // batch's cost for small responses), and lowers each one through two fresh views. Both go
 // through one cached Uint8Array over the memory instead (refreshed when memory.grow detaches
-// the old buffer), and a lift becomes TypedArray#slice, which keeps small results on the V8
-// heap. Same bytes, same ownership: the result is still a copy the host owns.
+// the old buffer); lifts go through the LiftGuard below, which slices a cached view the same
+// way (TypedArray#slice keeps small results on the V8 heap). Same bytes, same ownership: the
+// result is still a copy the host owns.
 const U8_VIEW_ANCHOR = /^(\s*)const dataView = mem => dv\.buffer === mem\.buffer \? dv : dv = new DataView\(mem\.buffer\);$/m;
 // The memory's `buffer` getter is a call into C++ (~40 ns) that the glue makes several times per
 // list element. A non-shared memory's buffer changes only when memory.grow detaches it, and a
@@ -33,7 +35,6 @@ const U8_VIEW_HELPERS = [
   'const u8View = mem => (_vhMem === mem && _vhU8.length !== 0) ? _vhU8 : (_vhMem = mem, _vhU8 = new Uint8Array(mem.buffer));',
   'const dataView = mem => (_vhDvMem === mem && dv.buffer.byteLength !== 0) ? dv : (_vhDvMem = mem, dv = new DataView(mem.buffer));',
 ];
-const LIFT_BYTES = /new Uint8Array\((memory\d+)\.buffer\.slice\((\w+), \2 \+ (\w+) \* 1\)\)/g;
 const LOWER_BYTES =
   /(valData\d+) = new Uint8Array\((val\d+)\.buffer \|\| \2, \2\.byteOffset, (valLenBytes\d+)\);\s*const (out\d+) = new Uint8Array\((memory\d+)\.buffer, (ptr\d+), \3\);\s*\4\.set\(\1\);/g;
 
@@ -41,8 +42,63 @@ export interface PatchedGlue {
   source: string;
   /** False when this jco version emits the hook differently: still correct, just slower. */
   debugHookRemoved: boolean;
-  /** How many list<u8> lifts and lowers were rewritten to the cached view (0: pattern not found, still correct). */
+  /** How many list<u8> lowers were rewritten to the cached view (0: pattern not found, still correct). */
   bytesCopiesRewritten: number;
+  /** How many lifts out of plugin memory now go through the LiftGuard. */
+  liftsGuarded: number;
+}
+
+// Lifts: every read of a list or string out of plugin memory becomes a LiftGuard call
+// (lift-guard.ts), which checks it against the memory and a budget before copying. Unlike
+// the speed-ups above this rewrite is not optional: a lift left as jco wrote it copies
+// whatever the plugin points at, so an unrecognised glue is refused, not loaded.
+const LIFT_BYTES = /new Uint8Array\((memory\d+)\.buffer\.slice\((\w+), \2 \+ (\w+) \* 1\)\)/g;
+const LIFT_STRING = /TEXT_DECODER_UTF8\.decode\(new Uint8Array\((memory\d+)\.buffer, (\w+), (\w+)\)\)/g;
+const LIFT_LIST =
+  /(var (base\d+) = dataView\((memory\d+)\)\.getUint32\([^;]*\);\s*if \(\2 % \d+ !== 0\) throw new TypeError\(`list pointer \[\$\{\2\}\] is not aligned to \d+`\);)(\s*var result\d+ = \[\];\s*for \(let i = 0; i < (len\d+); i\+\+\) \{\s*const base = \2 \+ i \* (\d+);)/g;
+const LIST_LOOP = /const base = base\d+ \+ i \* \d+;/g;
+/** Import trampolines (arguments the plugin passes to the host) and export wrappers (what it returns). */
+const FUNCTION_HEADER = /const _trampoline\d+ = function\s*\(|^\s*function [\w$]+\(/gm;
+/** After rewriting, plugin memory may be touched only by these (lowering into memory the plugin allocated). */
+const MEMORY_USE = /(memory\d+)\.buffer/g;
+const ALLOWED_MEMORY_USE = [/new Uint8Array\(memory\d+\.buffer, ptr\d+, valLenBytes\d+\)/g, /new DataView\(memory\d+\.buffer\)/g];
+
+function guardLifts(source: string): { source: string; guarded: number } {
+  const headers = [...source.matchAll(FUNCTION_HEADER)].map((m) => ({ at: m.index!, isImport: m[0].includes('_trampoline') }));
+  const inImport = (at: number): boolean => {
+    let found: boolean | null = null;
+    for (const h of headers) {
+      if (h.at > at) break;
+      found = h.isImport;
+    }
+    if (found === null) throw new Error(`glue lifts from plugin memory outside any import or export (offset ${at})`);
+    return found;
+  };
+  let guarded = 0;
+  let lists = 0;
+  // Offsets shift as we replace, so classify against the source each regex runs on.
+  let out = source.replace(LIFT_LIST, (_m, head: string, base: string, mem: string, loop: string, len: string, size: string, at: number) => {
+    if (inImport(at)) throw new Error('glue lifts a list of lists from an import argument: not expected for this world');
+    guarded++;
+    lists++;
+    return `${head} _vhLift.resultList(${mem}, ${base}, ${len}, ${size});${loop}`;
+  });
+  if ((out.match(LIST_LOOP) ?? []).length !== lists) throw new Error('glue lifts a list this host cannot guard: unexpected jco output');
+  const classify = [...out.matchAll(FUNCTION_HEADER)].map((m) => ({ at: m.index!, isImport: m[0].includes('_trampoline') }));
+  headers.splice(0, headers.length, ...classify);
+  out = out.replace(LIFT_BYTES, (_m, mem: string, ptr: string, len: string, at: number) => {
+    guarded++;
+    return `_vhLift.${inImport(at) ? 'argBytes' : 'resultBytes'}(${mem}, ${ptr}, ${len})`;
+  });
+  out = out.replace(LIFT_STRING, (_m, mem: string, ptr: string, len: string) => {
+    guarded++;
+    return `_vhLift.string(${mem}, ${ptr}, ${len})`;
+  });
+  // Each allowed use names the memory once: any other use is one we did not rewrite.
+  const uses = (out.match(MEMORY_USE) ?? []).length;
+  const allowed = ALLOWED_MEMORY_USE.reduce((n, re) => n + (out.match(re) ?? []).length, 0);
+  if (uses !== allowed) throw new Error(`glue reads plugin memory in ${uses - allowed} place(s) the host does not guard: unexpected jco output`);
+  return { source: out, guarded };
 }
 
 export function patchGlue(moduleSource: string): PatchedGlue {
@@ -53,26 +109,24 @@ export function patchGlue(moduleSource: string): PatchedGlue {
   let bytesCopiesRewritten = 0;
   if (U8_VIEW_ANCHOR.test(source)) {
     source = source.replace(U8_VIEW_ANCHOR, (_line, indent: string) => U8_VIEW_HELPERS.map((l) => indent + l).join('\n'));
-    source = source.replace(LIFT_BYTES, (_m, mem: string, ptr: string, len: string) => {
-      bytesCopiesRewritten++;
-      return `u8View(${mem}).slice(${ptr}, ${ptr} + ${len})`;
-    });
     source = source.replace(LOWER_BYTES, (m, _data: string, val: string, _len: string, _out: string, mem: string, ptr: string) => {
       bytesCopiesRewritten++;
       return `if (${val} instanceof Uint8Array) u8View(${mem}).set(${val}, ${ptr}); else { ${m} }`;
     });
   }
+  const lifts = guardLifts(source);
+  source = lifts.source;
   const exportsSeen = (source.match(/^export /gm) ?? []).length;
   source = source.replace(/^export function instantiate\(/m, 'function instantiate(');
   source = source.replace(/^export const _util\b/m, 'const _util');
   if (/^export /m.test(source) || /^import /m.test(source)) {
     throw new Error(`unexpected glue shape: ${exportsSeen} exports, imports present`);
   }
-  return { source, debugHookRemoved, bytesCopiesRewritten };
+  return { source, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
 }
 
-export function evaluateGlue(patchedSource: string, filename: string): Instantiate {
-  const wrapped = `(function () {\n'use strict';\n${patchedSource}\nreturn instantiate;\n})`;
-  const factory = runInThisContext(wrapped, { filename }) as () => Instantiate;
-  return factory();
+export function evaluateGlue(patchedSource: string, filename: string, guard: LiftGuard): Instantiate {
+  const wrapped = `(function (_vhLift) {\n'use strict';\n${patchedSource}\nreturn instantiate;\n})`;
+  const factory = runInThisContext(wrapped, { filename }) as (guard: LiftGuard) => Instantiate;
+  return factory(guard);
 }

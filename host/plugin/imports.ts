@@ -7,6 +7,9 @@ import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
 import { EntropyPool } from './entropy-pool.ts';
+import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts';
+import { MAX_PLUGIN_STRING } from './lift-guard.ts';
+import { cutToBytes } from '../log/logger.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
@@ -19,12 +22,18 @@ export interface PluginGrants {
   filesystem?: FsShare;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
+  /** The device's log budget, kept across fresh instances of it (default: one per instance). */
+  logRate?: LogRateLimit;
 }
 
 /** One entropy call may ask for this much; virtio-rng asks for one buffer's worth. */
 export const MAX_ENTROPY_PER_CALL = 1 << 20;
-/** Longer log lines are cut: a plugin must not be able to flood the host's log. */
-export const MAX_LOG_MESSAGE = 4096;
+/** Longer log lines are cut (the glue already decodes no more than this, see lift-guard.ts). */
+export const MAX_LOG_MESSAGE = MAX_PLUGIN_STRING;
+
+export function droppedLines(n: number): string {
+  return `dropped ${n} plugin log lines (a device may log ${PLUGIN_LOG_RATE} lines a second, ${PLUGIN_LOG_BURST} at once)`;
+}
 
 export class CapabilityError extends Error {
   override readonly name = 'CapabilityError';
@@ -33,12 +42,14 @@ export class CapabilityError extends Error {
 
 export function hostImports(grants: PluginGrants): Record<string, Record<string, unknown>> {
   const pool = new EntropyPool();
+  const rate = grants.logRate ?? new LogRateLimit((n) => grants.log('warn', droppedLines(n)));
   return {
     'vhost:device/log': {
       write(level: unknown, message: unknown): void {
+        if (!rate.take()) return;
         const lvl = LOG_LEVELS.includes(level as LogLevel) ? (level as LogLevel) : 'error';
-        const text = String(message);
-        grants.log(lvl, text.length > MAX_LOG_MESSAGE ? `${text.slice(0, MAX_LOG_MESSAGE)}...` : text);
+        // The logger escapes control characters; the glue already cut the text (room here for its marker).
+        grants.log(lvl, cutToBytes(String(message), MAX_LOG_MESSAGE + 32));
       },
     },
     'vhost:device/entropy': {

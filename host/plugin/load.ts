@@ -13,7 +13,9 @@ import {
   componentHash,
   type PreparedPlugin,
 } from './prepare.ts';
-import { capMemory } from './wasm-binary.ts';
+import { capModule, MEMORY_EXPORT_PREFIX } from './wasm-binary.ts';
+import { planAllocations, type AllocationPlan } from './limits.ts';
+import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
@@ -41,9 +43,9 @@ export const DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024;
 
 export interface LoadOptions {
   grants: PluginGrants;
-  /** Ceiling on the plugin's linear memory (default 64 MiB). */
+  /** Ceiling on all of the plugin's linear memories together (default 64 MiB). */
   memoryLimitBytes?: number;
-  /** Where transpiled plugins are cached (default: a folder under the OS temp dir). */
+  /** Where transpiled plugins are cached (default: $XDG_CACHE_HOME/vhost-wasm, see cache-dir.ts). */
   cacheDir?: string;
   /**
    * Wraps the part that runs plugin code (instantiation, identity, info), so a caller can put
@@ -74,28 +76,51 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   const loadError = (detail: string, cause?: unknown): PluginError =>
     new PluginError(label, 'load', 'load', detail, { cause });
 
-  let memory: WebAssembly.Memory | undefined;
+  // The whole component's allocations are planned before the first instance exists; a
+  // component that cannot fit is refused here, with nothing allocated.
+  let plan: AllocationPlan;
+  try {
+    plan = planAllocations(prepared.coreModules, prepared.glue, limit);
+  } catch (e) {
+    throw loadError((e as Error).message, e);
+  }
+  const compiled = new Map<WebAssembly.Module, { name: string; instances: number }>();
   const getCoreModule = (name: string): WebAssembly.Module => {
     const bytes = prepared.coreModules[name];
-    if (!bytes) throw loadError(`glue asked for unknown core module ${name}`);
+    const caps = plan.modules.get(name);
+    if (!bytes || !caps) throw loadError(`glue asked for unknown core module ${name}`);
     try {
-      return new WebAssembly.Module(capMemory(bytes, limit) as Uint8Array<ArrayBuffer>);
+      const module = new WebAssembly.Module(capModule(bytes, caps.memoryPages, caps.tableElements) as Uint8Array<ArrayBuffer>);
+      compiled.set(module, { name, instances: 0 });
+      return module;
     } catch (e) {
       throw loadError(`core module ${name}: ${(e as Error).message}`, e);
     }
   };
+  // Every memory any instance defines (capModule exports each one under our prefix), so the
+  // reported size is the plugin's, not just that of the memory the glue talks to.
+  const memories: WebAssembly.Memory[] = [];
+  let instances = 0;
   const instantiateCore = (module: WebAssembly.Module, imports?: WebAssembly.Imports): WebAssembly.Instance => {
+    const entry = compiled.get(module);
+    const caps = entry && plan.modules.get(entry.name);
+    if (!entry || !caps) throw loadError('glue instantiated a core module the host did not compile');
+    if (++entry.instances > caps.instances || ++instances > plan.instances) {
+      throw loadError(`glue instantiated ${entry.name} more often than planned (${caps.instances}): refused`);
+    }
     const instance = new WebAssembly.Instance(module, imports);
-    for (const value of Object.values(instance.exports)) {
-      if (value instanceof WebAssembly.Memory) memory = value;
+    for (const [name, value] of Object.entries(instance.exports)) {
+      if (name.startsWith(MEMORY_EXPORT_PREFIX) && value instanceof WebAssembly.Memory) memories.push(value);
     }
     return instance;
   };
 
+  const guard = new LiftGuard();
+  guard.arm('load');
   let exported: Record<string, unknown>;
   const imported = new Set<string>();
   try {
-    const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`);
+    const instantiate = evaluateGlue(prepared.glue, `vhost-plugin-${prepared.hash.slice(0, 12)}.js`, guard);
     exported = instantiate(getCoreModule, trackImports(hostImports(options.grants), imported), instantiateCore);
   } catch (e) {
     if (e instanceof PluginError) throw e;
@@ -116,5 +141,10 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   if (!device || missing.length) {
     throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
   }
-  return adaptDevice(device as unknown as RawDevice, { label, memory: () => memory, memoryLimitBytes: limit });
+  return adaptDevice(device as unknown as RawDevice, {
+    label,
+    memoryBytes: () => memories.reduce((sum, m) => sum + m.buffer.byteLength, 0),
+    memoryLimitBytes: limit,
+    guard,
+  });
 }
