@@ -29,6 +29,8 @@ import { MAX_WAITING_CONNECTIONS } from '../resources/fd-budget.ts';
 const RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 1000;
+/** Room for a burst of connects between two turns of the loop (the kernel caps it at somaxconn). */
+const LISTEN_BACKLOG = 128;
 /** Connections accepted per readiness callback, so one busy socket cannot starve the loop. */
 const ACCEPT_BATCH = 16;
 /** Refused ("busy") connections are logged at most this often, with a count of the rest. */
@@ -88,7 +90,7 @@ export class Listener {
     this.busyLog = new LogThrottle(this.log, 'warn', BUSY_LOG_INTERVAL_MS);
     if ('path' in addr) {
       claimSocketPath(addr.path);
-      this.fd = native.listenUnix(addr.path, 16);
+      this.fd = native.listenUnix(addr.path, LISTEN_BACKLOG);
       this.ownedPath = addr.path;
     } else {
       if (!native.isListeningUnixSocket(addr.fd)) {
