@@ -140,8 +140,6 @@ export interface Native {
   fsLseek(fd: number, offset: number, whence: number): number;
   /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
   fsClose(fd: number): number;
-  /** Share fds the calling thread holds. */
-  fsOwnedCount(): number;
 
   // The process-wide fd budget for share handles (host/native/src/fd_budget.c), one for
   // every thread. host/resources/fd-budget.ts is the policy; these are the mechanism.

@@ -61,7 +61,6 @@
 typedef struct fs_env {
   uint8_t *owned;
   size_t cap;
-  long count;
 } fs_env;
 
 static bool own(fs_env *fe, int fd) {
@@ -75,16 +74,12 @@ static bool own(fs_env *fe, int fd) {
     fe->cap = cap;
   }
   fe->owned[fd] = 1;
-  fe->count++;
   return true;
 }
 
 static bool owns(fs_env *fe, int fd) { return fd >= 0 && (size_t)fd < fe->cap && fe->owned[fd]; }
 
-static void disown(fs_env *fe, int fd) {
-  fe->owned[fd] = 0;
-  fe->count--;
-}
+static void disown(fs_env *fe, int fd) { fe->owned[fd] = 0; }
 
 static void fs_env_teardown(void *arg) {
   fs_env *fe = arg;
@@ -643,11 +638,6 @@ static napi_value fs_close(napi_env env, napi_callback_info info) {
   return num(env, 0);
 }
 
-// fsOwnedCount() -> share fds this thread holds (tests, diagnostics).
-static napi_value fs_owned_count(napi_env env, napi_callback_info info) {
-  return num(env, (double)env_of(env, info)->count);
-}
-
 static bool set_fs_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe) {
   napi_value f;
   if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, fe, &f) != napi_ok) return false;
@@ -665,7 +655,7 @@ bool init_fs(napi_env env, napi_value exports) {
   return set_fs_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && set_fs_fn(env, exports, "fsLookup", fs_lookup, fe) &&
          set_fn(env, exports, "fsStat", fs_stat) && set_fs_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          set_fs_fn(env, exports, "fsPathOf", fs_path_of, fe) && set_fs_fn(env, exports, "fsCreate", fs_create, fe) &&
-         set_fs_fn(env, exports, "fsClose", fs_close, fe) && set_fs_fn(env, exports, "fsOwnedCount", fs_owned_count, fe) &&
+         set_fs_fn(env, exports, "fsClose", fs_close, fe) &&
          set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&
          set_fn(env, exports, "fsUnlink", fs_unlink) && set_fn(env, exports, "fsRename", fs_rename) &&
          set_fn(env, exports, "fsReadlink", fs_readlink) && set_fn(env, exports, "fsSetattr", fs_setattr) &&
