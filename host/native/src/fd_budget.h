@@ -2,7 +2,9 @@
 // shares of all devices together may hold. Devices run in worker threads of one process and
 // share one fd table, so the count lives here, in the addon's process-global memory (the
 // shared object is loaded once per process; every thread's environment sees the same
-// counter), not in any one thread's JavaScript heap.
+// counter), not in any one thread's JavaScript heap. That holds as long as every thread
+// loads the addon from the same file (host/native/index.ts resolves one path for all, in the
+// sources and in the bundle alike): two copies of the .node file would be two counters.
 #ifndef VHOST_NATIVE_FD_BUDGET_H
 #define VHOST_NATIVE_FD_BUDGET_H
 
