@@ -48,7 +48,7 @@ test.after.always(async () => {
 
 test('OPEN and CREATE of a FIFO, a socket or a device node are refused without blocking; the device keeps serving; SIGTERM ends the host', async (t) => {
   const rngFe = await VhostUserFrontend.connect(join(dir, 'rng.sock'), { memoryBytes: 4 << 20, queues: [64] });
-  const pump = new RngPump(rngFe);
+  const pump = RngPump.start(t, rngFe);
   const fe = await VhostUserFrontend.connect(join(dir, 'fs.sock'), { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
   const fuse = new FuseClient(fe);
   t.is((await fuse.init()).error, 0, 'INIT');

@@ -53,13 +53,13 @@ function rawConnection(path: string): { connected: Promise<void>; closedByHost: 
 
 test('a busy device queues a few connections, closes the rest at once, and serves the queued ones in order', async (t) => {
   const other = await VhostUserFrontend.connect(sock('other'), opts);
-  const pump = new RngPump(other);
+  const pump = RngPump.start(t, other);
   await pump.more(3);
   await sleep(100);
   const baseline = host.fdCount();
 
   const first = await VhostUserFrontend.connect(sock('busy'), opts);
-  const firstPump = new RngPump(first);
+  const firstPump = RngPump.start(t, first);
   await firstPump.more(3);
 
   // These wait: connect() works, the handshake is answered once it is their turn.

@@ -9,6 +9,13 @@ export class RngPump {
   private error: Error | null = null;
   private readonly loop: Promise<void>;
 
+  /** A pump that the test's teardown stops even if the test fails half-way. */
+  static start(t: { teardown(fn: () => unknown): void }, fe: VhostUserFrontend): RngPump {
+    const p = new RngPump(fe);
+    t.teardown(() => p.stop().catch(() => {}));
+    return p;
+  }
+
   constructor(private readonly fe: VhostUserFrontend) {
     this.loop = this.run().catch((e: Error) => {
       this.error = e;
