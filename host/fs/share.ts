@@ -203,8 +203,10 @@ export class FsShare {
 
   private noteSpent(): void {
     const b = fdBudgetInfo();
+    // ENFILE also comes from the kernel when the whole system's file table is full.
+    const what = this.handles.size >= this.maxHandles || b.used >= b.budget ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
     this.spentLog.hit(
-      `fd budget spent: this share holds ${this.handles.size} handles (at most ${this.maxHandles}), all devices ${b.used} of ${b.budget}; ` +
+      `${what}: this share holds ${this.handles.size} handles (at most ${this.maxHandles}), all devices ${b.used} of ${b.budget}; ` +
         'the guest gets ENFILE for new lookups, opens and creates until it releases some (or the device is reset)',
     );
   }
