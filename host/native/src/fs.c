@@ -100,28 +100,26 @@ static fs_env *env_of(napi_env env, napi_callback_info info) {
   return data;
 }
 
-// Runs `open_expr` (an expression yielding an fd or -errno) with one fd taken from the budget
-// first; the fd it yields is owned by fe. -ENFILE when the budget is spent.
-#define BUDGETED(env, fe, open_expr)                                                                   \
-  ({                                                                                                  \
-    int _r;                                                                                           \
-    fd_budget_take_result _t = fd_budget_take();                                                      \
-    if (_t == FD_BUDGET_UNSET) {                                                                      \
-      throw_plain(env, "ERR_FD_BUDGET_UNSET", "the fd budget was never set up (fdBudgetInit)");       \
-      return NULL;                                                                                    \
-    }                                                                                                 \
-    if (_t == FD_BUDGET_SPENT) {                                                                      \
-      _r = -ENFILE;                                                                                   \
-    } else {                                                                                          \
-      _r = (open_expr);                                                                               \
-      if (_r >= 0 && !own(fe, _r)) {                                                                  \
-        close(_r);                                                                                    \
-        _r = -ENOMEM;                                                                                 \
-      }                                                                                               \
-      if (_r < 0) fd_budget_give(1);                                                                  \
-    }                                                                                                 \
-    _r;                                                                                               \
-  })
+// Before a call that hands out a share fd: one fd from the budget. false (exception pending)
+// if the budget was never set up, a bug; otherwise *r is 0, or -ENFILE when it is spent.
+static bool take_budget(napi_env env, int *r) {
+  *r = 0;
+  switch (fd_budget_take()) {
+    case FD_BUDGET_OK: return true;
+    case FD_BUDGET_SPENT: *r = -ENFILE; return true;
+    default: return throw_plain(env, "ERR_FD_BUDGET_UNSET", "the fd budget was never set up (fdBudgetInit)");
+  }
+}
+
+// After it: the fd it opened is owned by fe; on failure the budget taken is given back.
+static int keep(fs_env *fe, int r) {
+  if (r >= 0 && !own(fe, r)) {
+    close(r);
+    r = -ENOMEM;
+  }
+  if (r < 0) fd_budget_give(1);
+  return r;
+}
 
 static napi_value num(napi_env env, double d) { return make_number(env, d); }
 static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
@@ -227,7 +225,12 @@ static napi_value fs_open_root(napi_env env, napi_callback_info info) {
   char *path;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsOpenRoot")) return NULL;
   if (!get_string(env, argv[0], "fsOpenRoot", "path", PATH_MAX, &path)) return NULL;
-  int fd = BUDGETED(env, env_of(env, info), open_root(path));
+  int fd;
+  if (!take_budget(env, &fd)) {
+    free(path);
+    return NULL;
+  }
+  if (fd == 0) fd = keep(env_of(env, info), open_root(path));
   free(path);
   return num(env, fd);
 }
@@ -242,7 +245,10 @@ static napi_value fs_lookup(napi_env env, napi_callback_info info) {
   int r = take_name(env, argv[1], "fsLookup", name, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  return num(env, BUDGETED(env, env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0)));
+  int fd;
+  if (!take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = keep(env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  return num(env, fd);
 }
 
 // fsStat(fd, out: Float64Array(16)) -> 0 | -errno. Layout: dev ino mode nlink uid gid rdev
@@ -280,7 +286,10 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 2, 2, argv, NULL, "fsReopen") || !arg_fd(env, argv[0], "fsReopen", &fd) ||
       !arg_int(env, argv[1], "fsReopen", "flags", &flags))
     return NULL;
-  return num(env, BUDGETED(env, env_of(env, info), reopen_fd(fd, (int)flags)));
+  int nfd;
+  if (!take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = keep(env_of(env, info), reopen_fd(fd, (int)flags));
+  return num(env, nfd);
 }
 
 static int path_of(int fd) {
@@ -295,7 +304,10 @@ static napi_value fs_path_of(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsPathOf") || !arg_fd(env, argv[0], "fsPathOf", &fd)) return NULL;
-  return num(env, BUDGETED(env, env_of(env, info), path_of(fd)));
+  int nfd;
+  if (!take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = keep(env_of(env, info), path_of(fd));
+  return num(env, nfd);
 }
 
 // A new regular file `name` in dirfd, or (without O_EXCL in flags) the existing regular file
@@ -342,7 +354,10 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
   int r = take_name(env, argv[1], "fsCreate", name, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  return num(env, BUDGETED(env, env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777)));
+  int fd;
+  if (!take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = keep(env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777));
+  return num(env, fd);
 }
 
 // fsMake(kind, dirfd, name, mode, target?) -> 0 | -errno. kind: 'f' regular file (mknod),
