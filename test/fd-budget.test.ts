@@ -120,14 +120,14 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   t.regex(line, new RegExp(`fd budget: ${budget} share handles for all devices \\(RLIMIT_NOFILE ${HARD}[;,]`));
   t.regex(readFileSync(`/proc/${host.pid}/limits`, 'utf8'), new RegExp(`Max open files +${HARD} +${HARD} `), 'soft limit raised to the hard one');
 
-  let rngFe = await VhostUserFrontend.connect(sock('rng'), rngOpts);
+  let rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   let pump = RngPump.start(t, rngFe);
-  const fe = await VhostUserFrontend.connect(sock('fs'), fsOpts);
+  const fe = await host.within(VhostUserFrontend.connect(sock('fs'), fsOpts), 'connect to fs');
   t.true(fe.conn.hasProtocol(ProtocolFeature.RESET_DEVICE));
   const fuse = new FuseClient(fe);
   t.is((await fuse.init()).error, 0, 'INIT');
   t.is((await fuse.lookup(1n, 'f0')).error, 0);
-  const other = await VhostUserFrontend.connect(sock('fs2'), fsOpts);
+  const other = await host.within(VhostUserFrontend.connect(sock('fs2'), fsOpts), 'connect to fs2');
   const fuse2 = new FuseClient(other);
   t.is((await fuse2.init()).error, 0, 'INIT of the second fs device');
   const baseline = await stableFds();
@@ -150,7 +150,7 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   await pump.more(5);
   await pump.stop();
   await rngFe.close();
-  rngFe = await VhostUserFrontend.connect(sock('rng'), rngOpts);
+  rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   pump = RngPump.start(t, rngFe);
   await pump.more(5);
   t.is(host.lines(/accept failed/).length, 0, 'no listener ever failed to accept');
@@ -178,7 +178,7 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
 test.serial('accept failing with EMFILE backs off with one log line and serves the waiting front-end once fds are back', async (t) => {
   // Whatever the last test's disconnects started (resets, releases) is over before fds run out.
   await stableFds();
-  const rngFe = await VhostUserFrontend.connect(sock('rng'), rngOpts);
+  const rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   const pump = RngPump.start(t, rngFe);
   await pump.more(3);
 
@@ -193,10 +193,7 @@ test.serial('accept failing with EMFILE backs off with one log line and serves t
   await pump.more(5); // the rng device serves meanwhile
 
   host.setFdLimit(HARD, HARD);
-  const fe = await Promise.race([
-    pending,
-    sleep(15_000).then(() => Promise.reject(new Error(`the waiting front-end was not served; host log:\n${host.log()}`))),
-  ]);
+  const fe = await host.within(pending, 'the waiting front-end served once fds are back');
   const recovered = await host.waitForLog(/accepting again after \d+ failed accept attempt/);
   const attempts = Number(/after (\d+) failed/.exec(recovered)![1]);
   t.log(recovered.replace(/^\S+ /, ''));
@@ -210,10 +207,10 @@ test.serial('accept failing with EMFILE backs off with one log line and serves t
 });
 
 test.serial('a worker killed by the call deadline while holding share handles gives them all back', async (t) => {
-  const rngFe = await VhostUserFrontend.connect(sock('rng'), rngOpts);
+  const rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   const pump = RngPump.start(t, rngFe);
   const baseline = await stableFds();
-  const fe = await VhostUserFrontend.connect(sock('spin'), fsOpts);
+  const fe = await host.within(VhostUserFrontend.connect(sock('spin'), fsOpts), 'connect to spin');
   const fuse = new FuseClient(fe);
   const spinBefore = host.lines(/past its 3000 ms deadline; worker terminated/).length;
   t.is((await fuse.init()).error, 0, 'INIT');
@@ -227,7 +224,7 @@ test.serial('a worker killed by the call deadline while holding share handles gi
   await pump.more(5);
   await fe.close().catch(() => {});
   // A fresh worker takes handles from the budget again.
-  const fe2 = await VhostUserFrontend.connect(sock('spin'), fsOpts);
+  const fe2 = await host.within(VhostUserFrontend.connect(sock('spin'), fsOpts), 'connect to spin');
   const fuse2 = new FuseClient(fe2);
   t.is((await fuse2.init()).error, 0);
   const again = await lookupAll(fuse2, 0, 300);

@@ -28,6 +28,8 @@ export interface MultiHost {
   cpuTicks(): number;
   /** Sets the running host's RLIMIT_NOFILE (prlimit --pid). */
   setFdLimit(soft: number, hard: number): void;
+  /** p, or a rejection carrying the host's log if it does not settle within ms (no test hangs silently). */
+  within<T>(p: Promise<T>, what: string, ms?: number): Promise<T>;
   /** SIGTERM, resolves with the exit code (SIGKILL after 10 s counts as a failure: null). */
   stop(): Promise<number | null>;
 }
@@ -61,6 +63,13 @@ export async function startMultiHost(specs: DeviceSpec[], opts: { nofile?: [soft
       const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       return Number(f[11]) + Number(f[12]);
+    },
+    within(p, what, ms = 15_000) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms; host log:\n${stderr}`)), ms);
+      });
+      return Promise.race([p, late]).finally(() => clearTimeout(timer));
     },
     setFdLimit(soft, hard) {
       execFileSync('prlimit', ['--pid', String(child.pid), `--nofile=${soft}:${hard}`]);
