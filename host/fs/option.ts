@@ -20,8 +20,8 @@ export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
 }
 
 /** Open the share named by a worker option, or undefined when none was granted. */
-export function openShareOption(v: unknown): FsShare | undefined {
+export function openShareOption(v: unknown, label?: string): FsShare | undefined {
   if (v === undefined) return undefined;
   if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?}, not ${JSON.stringify(v)}`);
-  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError });
+  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError, label });
 }

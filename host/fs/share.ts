@@ -3,10 +3,17 @@
 // fds for nodes, I/O fds for open files) and runs every operation through the native
 // fd-relative calls in host/native/src/fs.c, which do the confinement (openat2 beneath
 // the directory fd, single-component names, no symlink ever followed). Errors are errno
-// numbers, as FUSE wants them; nothing a plugin passes can make this throw except a
-// handle count past the cap (ENFILE) or a bug.
+// numbers, as FUSE wants them; nothing a plugin passes can make this throw except a bug.
+//
+// Every fd the share holds is taken from the process-wide fd budget (host/resources/
+// fd-budget.ts), shared with every other device of the process: past it (or past this
+// share's own maxHandles) lookups, opens and creates answer ENFILE, with one log line per
+// episode. releaseAll() gives every handle back (device reset), close() also the root.
 import { constants as OS } from 'node:os';
 import { native } from '../native/index.ts';
+import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
+import { createLogger } from '../log/logger.ts';
+import { LogThrottle } from '../log/throttle.ts';
 
 export const E = OS.errno;
 
@@ -64,7 +71,12 @@ export interface ShareOptions {
   migrationOnError?: MigrationOnError;
   /** Most handles (fds) one device may hold; past it calls fail with ENFILE. */
   maxHandles?: number;
+  /** Names the device in log lines. */
+  label?: string;
 }
+
+/** A spent fd budget is logged at most this often per share (with a count of the rest). */
+const SPENT_LOG_INTERVAL_MS = 10_000;
 
 /** One read or write moves at most this much (FUSE asks for max_write/max_read at most). */
 export const MAX_FS_IO = 1 << 20;
@@ -127,6 +139,7 @@ export class FsShare {
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
   private closed = false;
+  private readonly spentLog: LogThrottle;
 
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
@@ -139,17 +152,22 @@ export class FsShare {
       throw new FsShareError(`the mount tag must be 1-${MAX_TAG_BYTES} bytes, not "${this.tag}"`);
     }
     this.maxHandles = opts.maxHandles ?? 65536;
+    this.spentLog = new LogThrottle(createLogger(`fs ${opts.label ?? dir}`), 'warn', SPENT_LOG_INTERVAL_MS);
+    ensureFdBudget();
     const fd = native.fsOpenRoot(dir);
-    if (fd < 0) throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}`);
+    if (fd < 0) {
+      const why = fd === -E.ENFILE ? ' (the process-wide fd budget for shared directories is spent)' : '';
+      throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
+    }
     this.rootFd = fd;
     // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
     // /proc every open would fail later, so refuse now with the reason.
     const probe = native.fsPathOf(fd);
     if (probe < 0) {
-      native.close(fd);
+      native.fsClose(fd);
       throw new FsShareError(`the filesystem grant needs /proc mounted (reopening through /proc/self/fd failed: ${errnoName(-probe)})`);
     }
-    native.close(probe);
+    native.fsClose(probe);
   }
 
   /** Handles currently open (tests, limits). */
@@ -157,19 +175,48 @@ export class FsShare {
     return this.handles.size;
   }
 
+  /**
+   * Closes every handle (the root stays): the device was reset, so whatever the plugin held
+   * is gone with its state, whether or not the plugin closed it itself. Ids are not reused,
+   * so a handle the plugin kept answers EBADF.
+   */
+  releaseAll(): number {
+    const n = this.handles.size;
+    for (const s of this.handles.values()) native.fsClose(s.fd);
+    this.handles.clear();
+    this.spentLog.reset();
+    return n;
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const s of this.handles.values()) native.close(s.fd);
-    this.handles.clear();
-    native.close(this.rootFd);
+    this.releaseAll();
+    native.fsClose(this.rootFd);
+  }
+
+  /** A budgeted native call's result: a spent budget is logged (once per episode). */
+  private budgeted(fd: number): number {
+    if (fd === -E.ENFILE) this.noteSpent();
+    return fd;
+  }
+
+  private noteSpent(): void {
+    const b = fdBudgetInfo();
+    // ENFILE also comes from the kernel when the whole system's file table is full.
+    const what = this.handles.size >= this.maxHandles || b.used >= b.budget ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
+    this.spentLog.hit(
+      `${what}: this share holds ${this.handles.size} handles (at most ${this.maxHandles}), all devices ${b.used} of ${b.budget}; ` +
+        'the guest gets ENFILE for new lookups, opens and creates until it releases some (or the device is reset)',
+    );
   }
 
   // ---- handle table ----
 
   private add(fd: number, kind: Slot['kind']): FsResult<bigint> {
     if (this.handles.size >= this.maxHandles) {
-      native.close(fd);
+      native.fsClose(fd);
+      this.noteSpent();
       return fail(E.ENFILE);
     }
     // Ids are never reused while the share lives, so a stale handle cannot alias a new one.
@@ -221,7 +268,7 @@ export class FsShare {
   private entryOf(fd: number): FsResult<Entry> {
     const a = this.stat(fd);
     if (!a.ok) {
-      native.close(fd);
+      native.fsClose(fd);
       return a;
     }
     const h = this.add(fd, 'node');
@@ -230,14 +277,14 @@ export class FsShare {
   }
 
   private lookupFd(dirFd: number, name: Uint8Array): FsResult<Entry> {
-    const fd = native.fsLookup(dirFd, name);
+    const fd = this.budgeted(native.fsLookup(dirFd, name));
     return fd < 0 ? fail(-fd) : this.entryOf(fd);
   }
 
   // ---- the capability ----
 
   root(): FsResult<Entry> {
-    const fd = native.fsPathOf(this.rootFd);
+    const fd = this.budgeted(native.fsPathOf(this.rootFd));
     return fd < 0 ? fail(-fd) : this.entryOf(fd);
   }
 
@@ -251,7 +298,7 @@ export class FsShare {
     const s = this.slot(h);
     if (!s) return;
     this.handles.delete(Number(h));
-    native.close(s.fd);
+    native.fsClose(s.fd);
   }
 
   getattr(h: bigint): FsResult<Attr> {
@@ -309,7 +356,7 @@ export class FsShare {
     const n = this.nodeFd(node);
     if (n < 0) return fail(E.EBADF);
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
-    const fd = native.fsReopen(n, flags);
+    const fd = this.budgeted(native.fsReopen(n, flags));
     return fd < 0 ? fail(-fd) : this.add(fd, 'file');
   }
 
@@ -319,22 +366,24 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     // Exclusive first, so we know whether we made the file (and may set its mode).
     const want = safeMode(S_IFREG, mode);
-    let fd = native.fsCreate(d, name, flags | O_EXCL, want);
+    let fd = this.budgeted(native.fsCreate(d, name, flags | O_EXCL, want));
     if (fd >= 0) {
       exactMode(fd, want);
     } else if (fd === -E.EEXIST && !(flags & O_EXCL)) {
-      fd = native.fsCreate(d, name, flags, want);
+      // An existing entry: fsCreate opens it only if it is a regular file (never a FIFO,
+      // socket or device: ENXIO), through the inode it pinned, so this cannot block.
+      fd = this.budgeted(native.fsCreate(d, name, flags, want));
     }
     if (fd < 0) return fail(-fd);
     // The node handle pins the very inode just opened (no second lookup by name to race).
-    const p = native.fsPathOf(fd);
+    const p = this.budgeted(native.fsPathOf(fd));
     if (p < 0) {
-      native.close(fd);
+      native.fsClose(fd);
       return fail(-p);
     }
     const e = this.entryOf(p);
     if (!e.ok) {
-      native.close(fd);
+      native.fsClose(fd);
       return e;
     }
     const f = this.add(fd, 'file');

@@ -159,6 +159,9 @@ export interface Native {
   // File-system calls for the `filesystem` capability (host/native/src/fs.c). They return
   // a result >= 0 or -errno (failures are the normal case for a file server); names are
   // single components (bytes), validated natively; lookups use openat2 beneath the dirfd.
+  // Every fd fsOpenRoot/fsLookup/fsReopen/fsPathOf/fsCreate return is taken from the
+  // process-wide fd budget first (-ENFILE when it is spent) and owned by the calling thread
+  // until fsClose; a thread that ends closes what it still owns.
   /** O_PATH|O_DIRECTORY fd of the operator's share root. */
   fsOpenRoot(path: string): number;
   /** O_PATH|O_NOFOLLOW fd of `name` in dirfd (RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV). */
@@ -194,4 +197,28 @@ export interface Native {
    * never comes back.
    */
   exitNow(code: number): never;
+
+  /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
+  fsClose(fd: number): number;
+
+  // The process-wide fd budget for share handles (host/native/src/fd_budget.c), one for
+  // every thread. host/resources/fd-budget.ts is the policy; these are the mechanism.
+  /** First call: raise RLIMIT_NOFILE's soft limit to the hard one, budget = limit - reserve. Later calls only report. */
+  fdBudgetInit(reserve: number): FdBudgetInfo;
+  /** Moves n fds from the budget to the host's reserve (a device started). */
+  fdBudgetReserve(n: number): FdBudgetInfo;
+  fdBudgetInfo(): FdBudgetInfo;
+}
+
+export interface FdBudgetInfo {
+  /** Share fds all devices together may hold; -1 before fdBudgetInit. */
+  budget: number;
+  /** Share fds held now, across all threads. */
+  used: number;
+  /** RLIMIT_NOFILE soft limit now, and before the host raised it; the hard limit. */
+  limit: number;
+  limitBefore: number;
+  hardLimit: number;
+  /** Fds kept out of the budget for the host itself. */
+  reserve: number;
 }

@@ -10,7 +10,8 @@
         "src/mapping.c",
         "src/watch.c",
         "src/fs.c",
-        "src/proc.c"
+        "src/proc.c",
+        "src/fd_budget.c"
       ],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],

@@ -33,7 +33,7 @@ export async function loadPluginDevice(
   let logRate = logRates.get(label);
   if (!logRate) logRates.set(label, (logRate = new LogRateLimit((n) => log.warn(droppedLines(n)))));
   // --shared-dir: the filesystem grant, opened in this worker and closed with the device.
-  const share = openShareOption(options.filesystem);
+  const share = openShareOption(options.filesystem, label);
   const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage);
   let device: VirtioDevice;
   try {
@@ -58,7 +58,19 @@ export async function loadPluginDevice(
   }
   if (share) {
     const closeDevice = device.close?.bind(device);
+    const resetDevice = device.reset.bind(device);
     device = Object.assign(device, {
+      // A reset (RESET_DEVICE, a disconnect, an aborted state load) ends every file the guest
+      // had: the host closes the share's handles itself rather than trust the plugin to, so
+      // a plugin that forgets (or traps in reset) cannot keep fds from the process budget.
+      reset(): void {
+        try {
+          resetDevice();
+        } finally {
+          const n = share.releaseAll();
+          if (n > 0) log.debug(`device reset: released ${n} share handles`);
+        }
+      },
       close(): void {
         closeDevice?.();
         share.close();

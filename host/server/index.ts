@@ -4,6 +4,8 @@ import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionOptions } from '../session/session.ts';
+import { describeFdBudget, ensureFdBudget, reserveForDevice } from '../resources/fd-budget.ts';
+import { createLogger } from '../log/logger.ts';
 
 export interface DeviceConfig {
   label: string;
@@ -28,6 +30,8 @@ export class Host {
    */
   static async start(configs: DeviceConfig[]): Promise<Host> {
     const started: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[] = [];
+    // The fd budget first (it raises RLIMIT_NOFILE), before any worker opens a share.
+    ensureFdBudget();
     try {
       for (const config of configs) {
         const slot = new DeviceSlot(config.source, {
@@ -36,7 +40,9 @@ export class Host {
           loadDeadlineMs: config.loadDeadlineMs,
         });
         try {
-          await slot.acquire();
+          const worker = await slot.acquire();
+          // What this device and its front-end may hold besides share handles stays out of the budget.
+          reserveForDevice(worker.info.numQueues);
           started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
         } catch (e) {
           await slot.close();
@@ -50,6 +56,7 @@ export class Host {
       }
       throw e;
     }
+    createLogger('host').info(describeFdBudget(ensureFdBudget()));
     return new Host(started);
   }
 

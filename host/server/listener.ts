@@ -1,7 +1,20 @@
 // One listening vhost-user socket serving one device: accepts a front-end, runs a session
-// with it, and after it disconnects (device reset, everything it sent released) accepts the
-// next, as qemu-storage-daemon does. vhost-user has one front-end per device, so a second
-// concurrent connection is refused with a log line rather than queued behind the first.
+// with it, and after it disconnects (device reset, everything it sent released) serves the
+// next, as qemu-storage-daemon does.
+//
+// One front-end at a time, and the socket is always drained: vhost-user has one front-end per
+// device and no message to say "busy", and a listener that stopped accepting while busy let
+// the kernel's backlog fill, after which every connect() failed with EAGAIN. So a connection
+// that arrives while the device is taken is accepted at once and either waits (up to
+// MAX_WAITING_CONNECTIONS, served in order when the device is free: this is what makes
+// QEMU's reconnect, which often arrives before the previous session is released, just work)
+// or, past that, is closed straight away with a log line saying the device is busy (a peer
+// sees EOF, not a hang). See docs/security.md.
+//
+// accept() failing for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) leaves the
+// connection in the backlog and the socket readable: retrying at once would spin. The
+// listener stops watching for 100 ms, doubling to 1 s while it keeps failing, and logs one
+// line when such an episode starts and one with the count when accepting works again.
 
 import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
@@ -9,6 +22,19 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import { BackendSession, type SessionOptions } from '../session/session.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
+import { LogThrottle } from '../log/throttle.ts';
+import { MAX_WAITING_CONNECTIONS } from '../resources/fd-budget.ts';
+
+/** accept4 errors that mean "no resources now", not "this connection is bad". */
+const RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+const BACKOFF_FIRST_MS = 100;
+const BACKOFF_MAX_MS = 1000;
+/** Room for a burst of connects between two turns of the loop (the kernel caps it at somaxconn). */
+const LISTEN_BACKLOG = 128;
+/** Connections accepted per readiness callback, so one busy socket cannot starve the loop. */
+const ACCEPT_BATCH = 16;
+/** Refused ("busy") connections are logged at most this often, with a count of the rest. */
+const BUSY_LOG_INTERVAL_MS = 5000;
 
 export type ListenAddress = { path: string } | { fd: number };
 
@@ -39,12 +65,20 @@ function claimSocketPath(path: string): void {
 
 export class Listener {
   private readonly fd: number;
-  private watching: Watcher | null;
+  private watching: Watcher | null = null;
   private session: BackendSession | null = null;
   private closing = false;
   private readonly log: Logger;
   private readonly ownedPath: string | null;
   private idleWaiters: (() => void)[] = [];
+  /** Accepted connections waiting for the device, oldest first. */
+  private readonly waiting: number[] = [];
+  private readonly busyLog: LogThrottle;
+  /** Current accept backoff (0: none), its timer, and the failures of this episode. */
+  private backoffMs = 0;
+  private backoffTimer: NodeJS.Timeout | null = null;
+  private acceptFailures = 0;
+  private backoffStarted = 0;
 
   constructor(
     addr: ListenAddress,
@@ -53,9 +87,10 @@ export class Listener {
     private readonly sessionOptions: Partial<Omit<SessionOptions, 'label' | 'onClosed'>> = {},
   ) {
     this.log = createLogger(`listener ${slot.opts.label}`);
+    this.busyLog = new LogThrottle(this.log, 'warn', BUSY_LOG_INTERVAL_MS);
     if ('path' in addr) {
       claimSocketPath(addr.path);
-      this.fd = native.listenUnix(addr.path, 16);
+      this.fd = native.listenUnix(addr.path, LISTEN_BACKLOG);
       this.ownedPath = addr.path;
     } else {
       if (!native.isListeningUnixSocket(addr.fd)) {
@@ -65,7 +100,7 @@ export class Listener {
       this.fd = addr.fd;
       this.ownedPath = null;
     }
-    this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
+    this.resumeAccepting();
   }
 
   /** A worker is being acquired for a connection: the device is taken, though no session exists yet. */
@@ -77,27 +112,66 @@ export class Listener {
   }
 
   private onAcceptable(): void {
-    if (this.busy || this.closing) return;
-    let conn: number;
-    try {
-      conn = native.accept(this.fd);
-    } catch (e) {
-      this.log.error(`accept failed: ${errorText(e)}`);
-      return;
+    for (let i = 0; i < ACCEPT_BATCH && !this.closing && this.backoffTimer === null; i++) {
+      let conn: number;
+      try {
+        conn = native.accept(this.fd);
+      } catch (e) {
+        this.acceptFailed(e);
+        return;
+      }
+      if (conn < 0) return; // the backlog is empty
+      this.acceptWorked();
+      this.admit(conn);
     }
-    if (conn < 0) return;
-    void this.serve(conn);
   }
 
-  /**
-   * While a front-end is connected (or its session is still being released) the listening
-   * socket is not watched: a second front-end waits in the kernel's backlog and is served once
-   * the device is free, as qemu-storage-daemon does. That also makes a quick reconnect (QEMU's
-   * reconnect=) race-free against the release of the previous session.
-   */
+  /** A new connection: served now, queued behind the current front-end, or refused. */
+  private admit(conn: number): void {
+    if (!this.busy && this.waiting.length === 0) {
+      void this.serve(conn);
+    } else if (this.waiting.length < MAX_WAITING_CONNECTIONS) {
+      this.waiting.push(conn);
+      this.log.info(`a front-end connected while the device is busy with another; it waits and is served when that one disconnects (${this.waiting.length} waiting)`);
+    } else {
+      native.close(conn);
+      this.busyLog.hit(
+        `device busy: closed a new front-end connection (the device has a front-end and ${this.waiting.length} more waiting; vhost-user serves one front-end per device)`,
+      );
+    }
+  }
+
+  private acceptFailed(e: unknown): void {
+    const code = errnoCode(e);
+    this.acceptFailures++;
+    this.backoffMs = this.backoffMs === 0 ? BACKOFF_FIRST_MS : Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+    if (this.acceptFailures === 1) {
+      this.backoffStarted = performance.now();
+      const why = code !== undefined && RESOURCE_ERRORS.has(code) ? 'the process is out of a resource' : 'unexpected error';
+      this.log.warn(
+        `accept failed (${why}): ${errorText(e)}; pausing the listener ${BACKOFF_FIRST_MS} ms, doubling up to ${BACKOFF_MAX_MS} ms while it fails ` +
+          '(no further lines until it recovers; pending front-ends wait in the backlog)',
+      );
+    }
+    this.pauseAccepting();
+    this.backoffTimer = setTimeout(() => {
+      this.backoffTimer = null;
+      if (this.closing) return;
+      this.resumeAccepting();
+      this.onAcceptable();
+    }, this.backoffMs);
+  }
+
+  private acceptWorked(): void {
+    if (this.acceptFailures === 0) return;
+    const ms = Math.round(performance.now() - this.backoffStarted);
+    this.log.info(`accepting again after ${this.acceptFailures} failed accept attempt(s) over ${ms} ms`);
+    this.acceptFailures = 0;
+    this.backoffMs = 0;
+  }
+
   private async serve(conn: number): Promise<void> {
     this.starting = true;
-    this.pauseAccepting();
     let worker;
     try {
       worker = await this.slot.acquire();
@@ -122,6 +196,11 @@ export class Listener {
     });
   }
 
+  private resumeAccepting(): void {
+    if (this.watching || this.closing) return;
+    this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
+  }
+
   private pauseAccepting(): void {
     this.watching?.close();
     this.watching = null;
@@ -130,10 +209,17 @@ export class Listener {
   private endSession(): void {
     this.session = null;
     this.starting = false;
-    this.wakeIdle();
-    if (!this.closing) {
-      this.watching = native.watch(this.fd, 'r', () => this.onAcceptable());
-      this.onAcceptable(); // a front-end may already be waiting in the backlog
+    if (this.closing) {
+      this.wakeIdle();
+      return;
+    }
+    // The device is free (reset and released by the session): the oldest waiting front-end is next.
+    const next = this.waiting.shift();
+    if (next !== undefined) {
+      this.log.info(`serving a waiting front-end (${this.waiting.length} still waiting)`);
+      void this.serve(next);
+    } else {
+      this.wakeIdle();
     }
   }
 
@@ -152,6 +238,9 @@ export class Listener {
     if (this.closing) return this.idle();
     this.closing = true;
     this.pauseAccepting();
+    if (this.backoffTimer) clearTimeout(this.backoffTimer);
+    this.backoffTimer = null;
+    for (const c of this.waiting.splice(0)) native.close(c);
     native.close(this.fd);
     if (this.ownedPath) {
       try {

@@ -23,11 +23,23 @@
 //    are followed, and the path is built here from our own fd number, never from the guest.
 //  - Only regular files and directories are ever opened for I/O (no FIFOs or devices that
 //    could block the device worker or reach host hardware); MKNOD creates regular files.
+//    No open here can block: lookups are O_PATH (which never opens the file itself), the type
+//    of an existing inode is checked on its O_PATH fd before it is reopened, a create opens
+//    only what it made itself (O_EXCL; an existing entry goes through the O_PATH check), and
+//    every open for I/O carries O_NONBLOCK (a lease held by another process answers
+//    EWOULDBLOCK instead of stalling the worker until the lease breaks), cleared afterwards.
+//
+// File descriptors: every fd these calls hand out (the share's handles) is taken from the
+// process-wide fd budget (fd_budget.c) before it is opened, answering ENFILE when it is
+// spent, and is recorded as owned by this thread's environment. fsClose gives it back. When
+// the environment ends (a device worker exits or is terminated mid-call) a cleanup hook
+// closes whatever it still owns, so a killed worker cannot leak share fds or budget.
 //
 // Calls return a result >= 0 or -errno: failures are the normal case for a file server
 // (ENOENT on every negative lookup), so they are values, not exceptions. Only argument
 // errors (a bug in the TypeScript caller) throw.
 #include "common.h"
+#include "fd_budget.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +55,71 @@
 #include <unistd.h>
 
 #define RESOLVE_FLAGS (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+
+// This environment's (thread's) share fds: owned[fd] != 0. A byte per fd number: fds are
+// dense small numbers below RLIMIT_NOFILE.
+typedef struct fs_env {
+  uint8_t *owned;
+  size_t cap;
+} fs_env;
+
+static bool own(fs_env *fe, int fd) {
+  if ((size_t)fd >= fe->cap) {
+    size_t cap = fe->cap ? fe->cap : 1024;
+    while (cap <= (size_t)fd) cap *= 2;
+    uint8_t *p = realloc(fe->owned, cap);
+    if (!p) return false;
+    memset(p + fe->cap, 0, cap - fe->cap);
+    fe->owned = p;
+    fe->cap = cap;
+  }
+  fe->owned[fd] = 1;
+  return true;
+}
+
+static bool owns(fs_env *fe, int fd) { return fd >= 0 && (size_t)fd < fe->cap && fe->owned[fd]; }
+
+static void disown(fs_env *fe, int fd) { fe->owned[fd] = 0; }
+
+static void fs_env_teardown(void *arg) {
+  fs_env *fe = arg;
+  long n = 0;
+  for (size_t fd = 0; fd < fe->cap; fd++) {
+    if (!fe->owned[fd]) continue;
+    close((int)fd);
+    n++;
+  }
+  fd_budget_give(n);
+  free(fe->owned);
+  free(fe);
+}
+
+static fs_env *env_of(napi_env env, napi_callback_info info) {
+  void *data = NULL;
+  napi_get_cb_info(env, info, NULL, NULL, NULL, &data);
+  return data;
+}
+
+// Before a call that hands out a share fd: one fd from the budget. false (exception pending)
+// if the budget was never set up, a bug; otherwise *r is 0, or -ENFILE when it is spent.
+static bool take_budget(napi_env env, int *r) {
+  *r = 0;
+  switch (fd_budget_take()) {
+    case FD_BUDGET_OK: return true;
+    case FD_BUDGET_SPENT: *r = -ENFILE; return true;
+    default: return throw_plain(env, "ERR_FD_BUDGET_UNSET", "the fd budget was never set up (fdBudgetInit)");
+  }
+}
+
+// After it: the fd it opened is owned by fe; on failure the budget taken is given back.
+static int keep(fs_env *fe, int r) {
+  if (r >= 0 && !own(fe, r)) {
+    close(r);
+    r = -ENOMEM;
+  }
+  if (r < 0) fd_budget_give(1);
+  return r;
+}
 
 static napi_value num(napi_env env, double d) { return make_number(env, d); }
 static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
@@ -100,21 +177,46 @@ static int fstat_fd(int fd, struct stat *st) {
 // O_ASYNC, ...) is dropped or added by us.
 #define OPEN_ALLOWED (O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_NOATIME | O_DIRECTORY)
 
+// O_NONBLOCK was only for the open itself: I/O on the share is synchronous. -> fd | -errno (fd closed).
+static int clear_nonblock(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+    int err = errno;
+    close(fd);
+    return -err;
+  }
+  return fd;
+}
+
+// The type check every open for I/O goes through (virtiofsd refuses the same set with EBADF;
+// ENXIO is what the kernel itself answers for a FIFO without a peer or a device without a
+// driver, and says "this object cannot do I/O" to the guest's program).
+static int io_type_check(const struct stat *st, int flags) {
+  if (S_ISLNK(st->st_mode)) return -ELOOP;
+  if (!S_ISREG(st->st_mode) && !S_ISDIR(st->st_mode)) return -ENXIO;
+  if (S_ISDIR(st->st_mode) && (flags & O_ACCMODE) != O_RDONLY) return -EISDIR;
+  return 0;
+}
+
 // Reopen the inode an O_PATH fd pins, for I/O (see the top of the file for why via /proc).
 static int reopen_fd(int fd, int flags) {
   struct stat st;
   int r = fstat_fd(fd, &st);
   if (r < 0) return r;
-  if (S_ISLNK(st.st_mode)) return -ELOOP;
-  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return -ENXIO;
-  if (S_ISDIR(st.st_mode) && (flags & O_ACCMODE) != O_RDONLY) return -EISDIR;
+  if ((r = io_type_check(&st, flags)) < 0) return r;
   char path[64];
   proc_path(path, sizeof path, fd);
-  int f = (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY;
+  int f = (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   int nfd;
   do nfd = open(path, f);
   while (nfd < 0 && errno == EINTR);
-  return nfd < 0 ? -errno : nfd;
+  if (nfd < 0) return -errno;
+  return clear_nonblock(nfd);
+}
+
+static int open_root(const char *path) {
+  int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  return fd < 0 ? -errno : fd;
 }
 
 // fsOpenRoot(path) -> O_PATH|O_DIRECTORY fd | -errno. The operator's path, not the guest's.
@@ -123,10 +225,14 @@ static napi_value fs_open_root(napi_env env, napi_callback_info info) {
   char *path;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsOpenRoot")) return NULL;
   if (!get_string(env, argv[0], "fsOpenRoot", "path", PATH_MAX, &path)) return NULL;
-  int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-  int err = errno;
+  int fd;
+  if (!take_budget(env, &fd)) {
+    free(path);
+    return NULL;
+  }
+  if (fd == 0) fd = keep(env_of(env, info), open_root(path));
   free(path);
-  return fd < 0 ? neg(env, err) : num(env, fd);
+  return num(env, fd);
 }
 
 // fsLookup(dirfd, name) -> O_PATH|O_NOFOLLOW fd of that entry | -errno.
@@ -139,7 +245,10 @@ static napi_value fs_lookup(napi_env env, napi_callback_info info) {
   int r = take_name(env, argv[1], "fsLookup", name, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  return num(env, openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  int fd;
+  if (!take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = keep(env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  return num(env, fd);
 }
 
 // fsStat(fd, out: Float64Array(16)) -> 0 | -errno. Layout: dev ino mode nlink uid gid rdev
@@ -177,7 +286,17 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 2, 2, argv, NULL, "fsReopen") || !arg_fd(env, argv[0], "fsReopen", &fd) ||
       !arg_int(env, argv[1], "fsReopen", "flags", &flags))
     return NULL;
-  return num(env, reopen_fd(fd, (int)flags));
+  int nfd;
+  if (!take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = keep(env_of(env, info), reopen_fd(fd, (int)flags));
+  return num(env, nfd);
+}
+
+static int path_of(int fd) {
+  char path[64];
+  proc_path(path, sizeof path, fd);
+  int r = open(path, O_PATH | O_CLOEXEC);
+  return r < 0 ? -errno : r;
 }
 
 // fsPathOf(fd) -> a new O_PATH fd on the inode fd refers to (after a create) | -errno.
@@ -185,14 +304,44 @@ static napi_value fs_path_of(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsPathOf") || !arg_fd(env, argv[0], "fsPathOf", &fd)) return NULL;
-  char path[64];
-  proc_path(path, sizeof path, fd);
-  int r = open(path, O_PATH | O_CLOEXEC);
-  return r < 0 ? neg(env, errno) : num(env, r);
+  int nfd;
+  if (!take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = keep(env_of(env, info), path_of(fd));
+  return num(env, nfd);
+}
+
+// A new regular file `name` in dirfd, or (without O_EXCL in flags) the existing regular file
+// of that name, open for I/O -> fd | -errno. O_CREAT alone would open whatever already has
+// the name, and opening a FIFO blocks until a peer appears (a device node may do worse), so
+// an existing entry is never opened by name: it is pinned with O_PATH, its type checked on
+// that fd, and exactly that inode reopened (reopen_fd), as OPEN does.
+static int create_at(int dirfd, const char *name, int flags, mode_t mode) {
+  int io = flags & (O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC);
+  int r = -EEXIST;
+  // An entry that vanishes between the two steps (a host-side rename/unlink racing us) is
+  // created afresh; one that keeps flapping is not worth more than a few tries.
+  for (int attempt = 0; attempt < 4; attempt++) {
+    r = openat2_beneath(dirfd, name, io | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK, mode);
+    if (r >= 0) return clear_nonblock(r);
+    if (r != -EEXIST || (flags & O_EXCL)) return r;
+    int p = openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (p == -ENOENT) continue;
+    if (p < 0) return p;
+    struct stat st;
+    r = fstat_fd(p, &st);
+    // Creating over an existing directory is EISDIR even for O_RDONLY.
+    if (r == 0 && S_ISDIR(st.st_mode)) r = -EISDIR;
+    if (r == 0) r = io_type_check(&st, io);
+    if (r == 0) r = reopen_fd(p, io);
+    close(p);
+    return r;
+  }
+  return r;
 }
 
 // fsCreate(dirfd, name, flags, mode) -> fd open for I/O on a new (or, without O_EXCL, an
-// existing regular) file | -errno. A symlink in the name's place gives ELOOP.
+// existing regular) file | -errno. A symlink in the name's place gives ELOOP, a directory
+// EISDIR, a FIFO, socket or device node ENXIO (never opened).
 static napi_value fs_create(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int dirfd;
@@ -205,19 +354,9 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
   int r = take_name(env, argv[1], "fsCreate", name, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  int f = ((int)flags & (O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_EXCL)) | O_CREAT | O_CLOEXEC |
-          O_NOCTTY | O_NOFOLLOW;
-  int fd = openat2_beneath(dirfd, name, f, (mode_t)mode & 07777);
-  if (fd < 0) return num(env, fd);
-  struct stat st = {0};
-  errno = 0;
-  // Without O_EXCL an existing entry is opened: refuse anything but a regular file.
-  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-    int err = errno;
-    if (err == 0 || S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) err = S_ISDIR(st.st_mode) ? EISDIR : ENXIO;
-    close(fd);
-    return neg(env, err);
-  }
+  int fd;
+  if (!take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = keep(env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777));
   return num(env, fd);
 }
 
@@ -499,10 +638,39 @@ static napi_value fs_lseek(napi_env env, napi_callback_info info) {
   return r < 0 ? neg(env, errno) : num(env, (double)r);
 }
 
+// fsClose(fd) -> 0 | -EBADF: closes a share fd this thread's calls handed out and gives it
+// back to the budget. Any other fd is refused (never closed), so a confused caller cannot
+// close a socket or a memfd through it, nor return budget it never took.
+static napi_value fs_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsClose") || !arg_fd(env, argv[0], "fsClose", &fd)) return NULL;
+  fs_env *fe = env_of(env, info);
+  if (!owns(fe, fd)) return neg(env, EBADF);
+  disown(fe, fd);
+  close(fd);
+  fd_budget_give(1);
+  return num(env, 0);
+}
+
+static bool set_fs_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe) {
+  napi_value f;
+  if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, fe, &f) != napi_ok) return false;
+  return napi_set_named_property(env, obj, name, f) == napi_ok;
+}
+
 bool init_fs(napi_env env, napi_value exports) {
-  return set_fn(env, exports, "fsOpenRoot", fs_open_root) && set_fn(env, exports, "fsLookup", fs_lookup) &&
-         set_fn(env, exports, "fsStat", fs_stat) && set_fn(env, exports, "fsReopen", fs_reopen) &&
-         set_fn(env, exports, "fsPathOf", fs_path_of) && set_fn(env, exports, "fsCreate", fs_create) &&
+  fs_env *fe = calloc(1, sizeof *fe);
+  if (!fe) return false;
+  if (napi_add_env_cleanup_hook(env, fs_env_teardown, fe) != napi_ok) {
+    free(fe);
+    return false;
+  }
+  // The calls that hand out (or take back) share fds carry this environment's record.
+  return set_fs_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && set_fs_fn(env, exports, "fsLookup", fs_lookup, fe) &&
+         set_fn(env, exports, "fsStat", fs_stat) && set_fs_fn(env, exports, "fsReopen", fs_reopen, fe) &&
+         set_fs_fn(env, exports, "fsPathOf", fs_path_of, fe) && set_fs_fn(env, exports, "fsCreate", fs_create, fe) &&
+         set_fs_fn(env, exports, "fsClose", fs_close, fe) &&
          set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&
          set_fn(env, exports, "fsUnlink", fs_unlink) && set_fn(env, exports, "fsRename", fs_rename) &&
          set_fn(env, exports, "fsReadlink", fs_readlink) && set_fn(env, exports, "fsSetattr", fs_setattr) &&

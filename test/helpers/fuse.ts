@@ -1,0 +1,55 @@
+// FUSE requests over a real virtio-fs request queue (queue 1) of our front-end driver.
+import type { VhostUserFrontend } from '../../host/frontend/driver.ts';
+
+export const OP = { LOOKUP: 1, GETATTR: 3, OPEN: 14, READ: 15, RELEASE: 18, INIT: 26, CREATE: 35 } as const;
+export const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, EXCL: 0o200 } as const;
+
+export interface FuseReply {
+  error: number;
+  body: Buffer;
+}
+
+export class FuseClient {
+  private unique = 1n;
+  constructor(private readonly fe: VhostUserFrontend) {}
+
+  async req(opcode: number, nodeid: bigint, args: Buffer, writable = 8192): Promise<FuseReply> {
+    const h = Buffer.alloc(40);
+    h.writeUInt32LE(40 + args.length, 0);
+    h.writeUInt32LE(opcode, 4);
+    h.writeBigUInt64LE(this.unique++, 8);
+    h.writeBigUInt64LE(nodeid, 16);
+    const r = await this.fe.queues[1].submit([Buffer.concat([h, args])], writable);
+    const out = Buffer.from(r.data.subarray(0, r.len));
+    return { error: -out.readInt32LE(4) || 0, body: out.subarray(16) };
+  }
+
+  init(): Promise<FuseReply> {
+    return this.req(OP.INIT, 0n, u32s(7, 31, 65536, 0xffffffff));
+  }
+  lookup(dir: bigint, name: string): Promise<FuseReply> {
+    return this.req(OP.LOOKUP, dir, Buffer.from(`${name}\0`));
+  }
+  open(node: bigint, flags: number): Promise<FuseReply> {
+    return this.req(OP.OPEN, node, u32s(flags, 0));
+  }
+  create(dir: bigint, name: string, flags: number, mode = 0o644): Promise<FuseReply> {
+    return this.req(OP.CREATE, dir, Buffer.concat([u32s(flags, mode, 0, 0), Buffer.from(`${name}\0`)]));
+  }
+  getattr(node: bigint): Promise<FuseReply> {
+    return this.req(OP.GETATTR, node, Buffer.alloc(16));
+  }
+  read(fh: bigint, off: number, size: number): Promise<FuseReply> {
+    const b = Buffer.alloc(40);
+    b.writeBigUInt64LE(fh, 0);
+    b.writeBigUInt64LE(BigInt(off), 8);
+    b.writeUInt32LE(size, 16);
+    return this.req(OP.READ, 0n, b);
+  }
+}
+
+export const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
+/** The node id of a LOOKUP/CREATE entry reply; the fh of an OPEN reply. */
+export const nodeOf = (r: FuseReply) => r.body.readBigUInt64LE(0);
+export const fhOfOpen = (r: FuseReply) => r.body.readBigUInt64LE(0);
+export const ERRNO = { ENOENT: 2, EBADF: 9, EEXIST: 17, ENXIO: 6, EISDIR: 21, ENFILE: 23, ELOOP: 40 } as const;

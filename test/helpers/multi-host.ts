@@ -1,0 +1,97 @@
+// Runs test/fixtures/plugins/multi-device-host.ts (several devices, one process, each on its
+// own socket and in its own worker) as a child, optionally under `prlimit` so its
+// RLIMIT_NOFILE is what the test says; its log and fd table are the test's to inspect.
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO } from './host-process.ts';
+
+export interface DeviceSpec {
+  label: string;
+  socket: string;
+  plugin: string;
+  options?: Record<string, unknown>;
+  callDeadlineMs?: number;
+}
+
+export interface MultiHost {
+  child: ChildProcess;
+  pid: number;
+  log(): string;
+  /** Lines matching re. */
+  lines(re: RegExp): string[];
+  /** Resolves with the (after+1)-th line matching re. */
+  waitForLog(re: RegExp, after?: number, timeoutMs?: number): Promise<string>;
+  fdCount(): number;
+  /** CPU time (user + system) the process has used, in clock ticks. */
+  cpuTicks(): number;
+  /** Sets the running host's RLIMIT_NOFILE (prlimit --pid). */
+  setFdLimit(soft: number, hard: number): void;
+  /** p, or a rejection carrying the host's log if it does not settle within ms (no test hangs silently). */
+  within<T>(p: Promise<T>, what: string, ms?: number): Promise<T>;
+  /** SIGTERM, resolves with the exit code (SIGKILL after 10 s counts as a failure: null). */
+  stop(): Promise<number | null>;
+}
+
+export async function startMultiHost(specs: DeviceSpec[], opts: { nofile?: [soft: number, hard: number] } = {}): Promise<MultiHost> {
+  const node = [process.execPath, '--import', 'tsx', join(REPO, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)];
+  const [cmd, ...args] = opts.nofile ? ['prlimit', `--nofile=${opts.nofile[0]}:${opts.nofile[1]}`, '--', ...node] : node;
+  const child = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  const lines = (re: RegExp) => stderr.split('\n').filter((l) => re.test(l));
+  const h: MultiHost = {
+    child,
+    pid: child.pid!,
+    log: () => stderr,
+    lines,
+    async waitForLog(re, after = 0, timeoutMs = 15_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const hits = lines(re);
+        if (hits.length > after) return hits[after];
+        if (child.exitCode !== null) throw new Error(`host exited (${child.exitCode}) before logging ${re}; its log:\n${stderr}`);
+        if (Date.now() > end) throw new Error(`host never logged ${re}; its log:\n${stderr}`);
+        await sleep(20);
+      }
+    },
+    fdCount: () => readdirSync(`/proc/${child.pid}/fd`).length,
+    cpuTicks() {
+      // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return Number(f[11]) + Number(f[12]);
+    },
+    within(p, what, ms = 15_000) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms; host log:\n${stderr}`)), ms);
+      });
+      return Promise.race([p, late]).finally(() => clearTimeout(timer));
+    },
+    setFdLimit(soft, hard) {
+      execFileSync('prlimit', ['--pid', String(child.pid), `--nofile=${soft}:${hard}`]);
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return child.signalCode === 'SIGKILL' ? null : code;
+    },
+  };
+  await h.waitForLog(/multi-device-host: serving /, 0, 60_000);
+  for (const s of specs) if (!existsSync(s.socket)) throw new Error(`no socket ${s.socket}:\n${stderr}`);
+  return h;
+}
+
+/** Polls until fn() is true. */
+export async function until(fn: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
