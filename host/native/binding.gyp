@@ -9,8 +9,10 @@
         "src/fdio.c",
         "src/mapping.c",
         "src/watch.c",
-        "src/fs.c"
+        "src/fs.c",
+        "src/uring.c"
       ],
+      "libraries": ["-luring"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "cflags!": ["-fno-exceptions"],
