@@ -102,7 +102,7 @@ struct blk_hdr {
 struct opts {
   const char *socket;
   unsigned depth, bs, queues, ring;
-  bool write, random, poll, event_idx;
+  bool write, random, poll, event_idx, verify;
   double seconds, warmup;
   uint64_t size; // bytes of the device the requests range over (0: capacity from GET_CONFIG)
   uint64_t mem; // extra bytes of guest memory beyond what the queues need (to mimic a bigger guest)
@@ -198,6 +198,7 @@ static void set_u64(struct conn *c, uint32_t req, uint64_t v) { send_msg(c, req,
 struct slot {
   struct blk_hdr *hdr;
   volatile uint8_t *status;
+  uint8_t *buf;
   uint64_t issued_ns;
 };
 
@@ -214,7 +215,7 @@ struct queue {
   uint64_t seq_next; // next sequential byte offset
   struct run *run;
   // results
-  uint64_t ios, bytes, errors, kicks, waits, lat_sum_ns, lat_max_ns;
+  uint64_t ios, bytes, errors, kicks, waits, lat_sum_ns, lat_max_ns, verify_failures;
   pthread_t thread;
 };
 
@@ -245,6 +246,9 @@ static inline bool need_event(uint16_t event, uint16_t new_idx, uint16_t old) {
   return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
 }
 
+#define POISON 0xdeadbeefdeadbeefull
+static inline uint64_t stamp(uint64_t off) { return off ^ 0x5eed5eed00000000ull; }
+
 static inline void prepare(struct queue *q, const struct run *r, unsigned s) {
   const struct opts *o = r->o;
   uint64_t off;
@@ -257,6 +261,20 @@ static inline void prepare(struct queue *q, const struct run *r, unsigned s) {
   }
   q->slots[s].hdr->sector = off >> 9;
   *q->slots[s].status = 0xff;
+  if (o->verify) {
+    // --verify: a write stamps its first and last 8 bytes with its own offset; a read poisons
+    // them, so a read that returns neither the stamp nor zeros (never written) is caught.
+    uint64_t v = o->write ? stamp(off) : POISON;
+    memcpy(q->slots[s].buf, &v, 8);
+    memcpy(q->slots[s].buf + o->bs - 8, &v, 8);
+  }
+}
+
+static inline bool verified(const struct opts *o, const struct slot *sl) {
+  uint64_t a, b, want = stamp(sl->hdr->sector << 9);
+  memcpy(&a, sl->buf, 8);
+  memcpy(&b, sl->buf + o->bs - 8, 8);
+  return (a == want && b == want) || (a == 0 && b == 0);
 }
 
 static inline void publish(struct queue *q, bool event_idx, bool measuring) {
@@ -344,6 +362,7 @@ static void *queue_thread(void *arg) {
       if (id % 3 != 0 || s >= q->depth) die("queue %u: the back-end returned descriptor %u, which is not a request head", q->index, id);
       if (measuring) {
         if (*q->slots[s].status != 0) q->errors++;
+        else if (o->verify && !o->write && !verified(o, &q->slots[s])) q->verify_failures++;
         q->ios++;
         q->bytes += o->bs;
         uint64_t lat = now - q->slots[s].issued_ns;
@@ -392,6 +411,8 @@ static void usage(FILE *f) {
         "      --no-event-idx   do not negotiate VIRTIO_RING_F_EVENT_IDX even if offered\n"
         "      --size SIZE      bytes of the device to range over (default: its capacity, from GET_CONFIG)\n"
         "      --mem SIZE       extra guest memory to share beyond the rings and buffers (default 0)\n"
+        "      --verify         writes stamp each request with its offset; reads check the stamp (or zeros);\n"
+        "                       a mismatch counts as a verify failure (exit status 5). Use the same --bs.\n"
         "Prints a summary on stderr and one JSON line on stdout.\n",
         f);
 }
@@ -404,7 +425,7 @@ int main(int argc, char **argv) {
       {"socket", 1, 0, 's'}, {"depth", 1, 0, 'd'}, {"bs", 1, 0, 'b'}, {"rw", 1, 0, 'w'},
       {"queues", 1, 0, 'q'}, {"ring", 1, 0, 'r'}, {"seconds", 1, 0, 't'}, {"warmup", 1, 0, 'W'},
       {"mode", 1, 0, 'm'}, {"no-event-idx", 0, 0, 'E'}, {"size", 1, 0, 'S'}, {"mem", 1, 0, 'M'},
-      {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+      {"verify", 0, 0, 'V'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "s:d:b:w:q:r:t:m:h", lo, NULL)) != -1) {
     switch (c) {
@@ -424,6 +445,7 @@ int main(int argc, char **argv) {
     case 'E': o.event_idx = false; break;
     case 'S': o.size = parse_size(optarg, "--size"); break;
     case 'M': o.mem = parse_size(optarg, "--mem"); break;
+    case 'V': o.verify = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -549,6 +571,7 @@ int main(int argc, char **argv) {
       if (o.write) memset(buf, 0x5a ^ (int)s, o.bs);
       q->slots[s].hdr = h;
       q->slots[s].status = st;
+      q->slots[s].buf = buf;
       struct vring_desc *d = &q->desc[3 * s];
       d[0] = (struct vring_desc){(uint64_t)((uint8_t *)h - mem), 16, VRING_DESC_F_NEXT, (uint16_t)(3 * s + 1)};
       d[1] = (struct vring_desc){(uint64_t)(buf - mem), o.bs,
@@ -589,6 +612,8 @@ int main(int argc, char **argv) {
   for (unsigned i = 0; i < o.queues; i++) pthread_join(qs[i].thread, NULL);
   getrusage(RUSAGE_SELF, &ru1);
 
+  uint64_t verify_failures = 0;
+  for (unsigned i = 0; i < o.queues; i++) verify_failures += qs[i].verify_failures;
   uint64_t ios = 0, bytes = 0, errors = 0, kicks = 0, waits = 0, lat_sum = 0, lat_max = 0;
   for (unsigned i = 0; i < o.queues; i++) {
     ios += qs[i].ios, bytes += qs[i].bytes, errors += qs[i].errors, kicks += qs[i].kicks, waits += qs[i].waits;
@@ -602,15 +627,18 @@ int main(int argc, char **argv) {
   double lat_avg_us = ios ? lat_sum / (double)ios / 1e3 : 0;
   fprintf(stderr,
           "%s bs=%u depth=%u queues=%u mode=%s event_idx=%s: %.0f IOPS, %.1f MB/s, avg latency %.1f us (max %.1f), "
-          "%" PRIu64 " errors, %.3f kicks/io, client CPU %.2f s (%.2f us/io incl. warm-up)\n",
+          "%" PRIu64 " errors, %" PRIu64 " verify failures, %.3f kicks/io, client CPU %.2f s (%.2f us/io incl. warm-up)\n",
           rw, o.bs, o.depth, o.queues, o.poll ? "poll" : "event", o.event_idx ? "on" : "off", iops, mbps, lat_avg_us,
-          lat_max / 1e3, errors, ios ? (double)kicks / ios : 0, cpu, ios ? cpu / (ios * elapsed / o.seconds) * 1e6 : 0);
+          lat_max / 1e3, errors, verify_failures, ios ? (double)kicks / ios : 0, cpu, ios ? cpu / (ios * elapsed / o.seconds) * 1e6 : 0);
   printf("{\"tool\":\"vhost-blk-load\",\"rw\":\"%s\",\"bs\":%u,\"depth\":%u,\"queues\":%u,\"ring\":%u,\"mode\":\"%s\","
          "\"event_idx\":%s,\"seconds\":%g,\"ios\":%" PRIu64 ",\"iops\":%.0f,\"mbps\":%.2f,\"lat_avg_us\":%.2f,"
-         "\"lat_max_us\":%.1f,\"errors\":%" PRIu64 ",\"kicks\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"client_cpu_s\":%.3f}\n",
+         "\"lat_max_us\":%.1f,\"errors\":%" PRIu64 ",\"kicks\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"client_cpu_s\":%.3f,"
+         "\"verify\":%s,\"verify_failures\":%" PRIu64 ",\"stalled\":%s}\n",
          rw, o.bs, o.depth, o.queues, o.ring, o.poll ? "poll" : "event", o.event_idx ? "true" : "false", o.seconds, ios,
-         iops, mbps, lat_avg_us, lat_max / 1e3, errors, kicks, waits, cpu);
+         iops, mbps, lat_avg_us, lat_max / 1e3, errors, kicks, waits, cpu, o.verify ? "true" : "false", verify_failures,
+         atomic_load(&run.stalled) ? "true" : "false");
   close(cn.fd);
   if (atomic_load(&run.stalled)) return 4;
+  if (verify_failures) return 5;
   return errors ? 3 : 0;
 }
