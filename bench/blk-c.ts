@@ -196,7 +196,9 @@ async function measureAll(): Promise<void> {
   console.log('IOPS (MB/s for 128K); in brackets: back-end CPU us per request');
   const ids = targets.map((t) => t.id);
   const ratios = RATIOS.filter(([a, b]) => ids.includes(a) && ids.includes(b));
-  const head = ['workload', 'mode', ...ids, ...ratios.map(([a, b]) => `${a}/${b}`)];
+  // Throughput ratios, then CPU-per-request ratios (ours / theirs; above 1 means we spend more):
+  // on a loaded machine the CPU a back-end spends per request moves far less than its IOPS.
+  const head = ['workload', 'mode', ...ids, ...ratios.map(([a, b]) => `${a}/${b}`), ...ratios.map(([a, b]) => `cpu ${a}/${b}`)];
   const rows: string[][] = [];
   for (const w of workloads) {
     for (const mode of modes) {
@@ -204,7 +206,8 @@ async function measureAll(): Promise<void> {
       const fmt = (c: Cell | undefined) => c === undefined ? '-' :
         `${w.bs >= 65536 ? `${c.mbps.toFixed(0)} MB/s` : Math.round(c.iops).toString()} [${c.backendUsPerIo.toFixed(1)}]`;
       rows.push([w.name, mode, ...ids.map((id) => fmt(cell(id))),
-        ...ratios.map(([a, b]) => (cell(a) && cell(b) ? (cell(a)!.iops / cell(b)!.iops).toFixed(2) : '-'))]);
+        ...ratios.map(([a, b]) => (cell(a) && cell(b) ? (cell(a)!.iops / cell(b)!.iops).toFixed(2) : '-')),
+        ...ratios.map(([a, b]) => (cell(a) && cell(b) ? (cell(a)!.backendUsPerIo / cell(b)!.backendUsPerIo).toFixed(1) : '-'))]);
     }
   }
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
