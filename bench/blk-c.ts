@@ -95,6 +95,21 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
+/** CPU seconds used so far by each thread of a process. */
+function threadCpu(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(tid, (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return out;
+}
+
 function loadgen(socket: string, w: Workload, mode: string, seconds: number): LoadResult {
   const out = execFileSync(LOADGEN, ['--socket', socket, '--rw', w.rw, '--bs', String(w.bs), '--depth', String(w.depth),
     '--queues', String(w.queues), '--mode', mode, '--seconds', String(seconds), '--warmup', '0', '--size', String(DISK_BYTES)],
@@ -327,9 +342,14 @@ async function profile(dir: string): Promise<void> {
   const prof = ['--cpu-prof', '--cpu-prof-dir', resolve(dir), '--cpu-prof-interval', '100'];
   const child = await start(TARGETS[0], sockDir, prof);
   let r: LoadResult;
+  let workerCpuUs: number;
   try {
     loadgen(join(sockDir, 'host-mem.sock'), w, 'event', Number(argv.warmup));
+    const t0 = threadCpu(child.pid!);
     r = loadgen(join(sockDir, 'host-mem.sock'), w, 'event', seconds);
+    const t1 = threadCpu(child.pid!);
+    // The busiest thread over the measured run is the device worker.
+    workerCpuUs = Math.max(...[...t1].map(([tid, c]) => c - (t0.get(tid) ?? 0))) * 1e6;
   } finally {
     await stop(child);
     rmSync(sockDir, { recursive: true, force: true });
@@ -338,18 +358,22 @@ async function profile(dir: string): Promise<void> {
   const requests = r.ios * (1 + Number(argv.warmup) / seconds);
   const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   if (files.length === 0) throw new Error(`no .cpuprofile in ${dir}: did the host exit cleanly on SIGTERM?`);
+  const cpuPerReq = workerCpuUs / r.ios;
   console.log(`bench/blk-c --profile: host-mem, ${w.name}, event mode: ${Math.round(r.iops)} IOPS under the profiler; ` +
     `${Math.round(requests)} requests profiled; load average ${loadavg()[0].toFixed(1)}`);
+  console.log(`device worker thread CPU (/proc, measured run): ${cpuPerReq.toFixed(2)} us per request. The profiler samples ` +
+    `wall time, so a preempted thread still counts as busy: its shares are right, its absolute time is not; ` +
+    `"us" below is each stage's share of the /proc figure.`);
   for (const f of files) {
     const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Profile;
     const { us, top } = stageBreakdown(p);
     const busy = [...us].filter(([s]) => s !== '(idle)').reduce((a, [, v]) => a + v, 0);
     if (busy < 0.2 * (p.endTime - p.startTime)) continue; // a thread that mostly slept (the main thread)
-    console.log(`\n${f}: busy ${(busy / 1e6).toFixed(2)} s of ${((p.endTime - p.startTime) / 1e6).toFixed(2)} s; ` +
-      `${(busy / requests).toFixed(2)} us of CPU per request:`);
+    console.log(`\n${f}: busy ${(busy / 1e6).toFixed(2)} s of ${((p.endTime - p.startTime) / 1e6).toFixed(2)} s ` +
+      `(${(busy / requests).toFixed(2)} us sampled per request):`);
     for (const [s, v] of [...us].filter(([s]) => s !== '(idle)').sort((a, b) => b[1] - a[1])) {
       const fns = [...top.get(s)!].sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, t]) => `${k} ${((100 * t) / v).toFixed(0)}%`);
-      console.log(`  ${s.padEnd(42)} ${(v / requests).toFixed(2).padStart(6)} us  ${((100 * v) / busy).toFixed(1).padStart(5)}%   ${fns.join('; ')}`);
+      console.log(`  ${s.padEnd(42)} ${((cpuPerReq * v) / busy).toFixed(2).padStart(6)} us  ${((100 * v) / busy).toFixed(1).padStart(5)}%   ${fns.join('; ')}`);
     }
   }
 }
