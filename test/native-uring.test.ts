@@ -4,11 +4,13 @@
 // EIO. Serial: scenarios count the process's fds to catch leaks.
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { closeSync, constants, fstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { native as n, type Uring } from '../host/native/index.ts';
 
+const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const EIO = 5;
 const EINVAL = 22;
 const ENOSPC = 28;
@@ -277,4 +279,51 @@ test.serial('bad iovecs are refused before anything is queued', (t) => {
   } finally {
     ring.close();
   }
+});
+
+// In a separate process: a crash at worker teardown would take ava's worker down instead of
+// failing one test. Each worker leaves a read pending on a pipe, into a window of a mapping,
+// with the ring's eventfd watched, and then exits (or is terminated) without closing anything.
+const addonPath = join(REPO_ROOT, 'host', 'native', 'build', 'Release', 'vhost_native.node');
+const teardownScript = `
+const { Worker } = require('node:worker_threads');
+const { readdirSync, readlinkSync, readFileSync } = require('node:fs');
+const body = (how) => \`
+  const { parentPort } = require('node:worker_threads');
+  const n = require(\${JSON.stringify(${JSON.stringify(addonPath)})});
+  const fd = n.memfdCreate('vhost-uring-worker-map', false);
+  n.ftruncate(fd, 65536);
+  const m = n.mmap(fd, 65536, 0, true);
+  const [pr, pw] = n.pipe2();
+  const ring = n.uringCreate(8);
+  n.watch(ring.eventFd, 'r', () => {});
+  ring.readv(pr, 0, 1, [m.window(0, 65536), 0, 4096]);
+  ring.submit();
+  parentPort.postMessage(ring.inflight);
+  parentPort.once('message', () => process.exit(0));
+\`;
+async function run(how) {
+  const w = new Worker(body(how), { eval: true });
+  const inflight = await new Promise((res) => w.once('message', res));
+  const exited = new Promise((res) => w.once('exit', res));
+  if (how === 'terminate') await w.terminate();
+  else w.postMessage('exit now');
+  return [inflight, await exited];
+}
+(async () => {
+  const results = [await run('exit'), await run('terminate')];
+  await new Promise((r) => setTimeout(r, 200));
+  const rings = readdirSync('/proc/self/fd').filter((f) => { try { return readlinkSync('/proc/self/fd/' + f).includes('io_uring'); } catch { return false; } }).length;
+  const maps = readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('vhost-uring-worker-map')).length;
+  console.log(JSON.stringify({ results, rings, maps }));
+})();
+`;
+
+test.serial('workers that exit with I/O in flight into a mapping do not crash or leak rings and maps', async (t) => {
+  const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((res) => {
+    execFile(process.execPath, ['-e', teardownScript], { timeout: 30_000 }, (err, stdout, stderr) =>
+      res({ code: err ? (err as { code?: number }).code ?? 1 : 0, stdout, stderr }));
+  });
+  t.is(out.code, 0, out.stderr);
+  t.deepEqual(JSON.parse(out.stdout), { results: [[1, 0], [1, 1]], rings: 0, maps: 0 });
 });

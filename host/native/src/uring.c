@@ -44,6 +44,7 @@ typedef struct uring {
   struct io_uring ring;
   bool open;
   bool wrapped; // once wrapped, the wrap's finalizer owns the struct
+  bool hook_registered;
   int event_fd;
   uint32_t entries, capacity, inflight;
   op *ops;
@@ -70,13 +71,15 @@ static void put_op(napi_env env, uring *u, uint32_t id) {
   u->inflight--;
 }
 
-// Cancels what can be cancelled and waits for every operation still in flight, so no buffer is
-// released (and no mapping can go) while the kernel may still write into it. Returns how many
-// completions were dropped.
-static uint32_t drain_and_exit(napi_env env, uring *u) {
+// Cancels what can be cancelled and waits for every operation still in flight, then closes the
+// ring: after it returns the kernel touches none of the buffers. It does not release them (no
+// N-API calls: it also runs from the environment's cleanup hook). Returns how many completions
+// were dropped.
+static uint32_t drain_kernel(uring *u) {
   if (!u->open) return 0;
   uint32_t dropped = u->inflight;
-  if (u->inflight > 0) {
+  uint32_t outstanding = u->inflight;
+  if (outstanding > 0) {
     // Anything queued but not yet submitted goes in now, so every op produces a completion.
     io_uring_submit(&u->ring);
     struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -85,14 +88,14 @@ static uint32_t drain_and_exit(napi_env env, uring *u) {
       io_uring_sqe_set_data64(sqe, UINT64_MAX);
       io_uring_submit(&u->ring);
     }
-    while (u->inflight > 0) {
+    while (outstanding > 0) {
       struct io_uring_cqe *cqe;
       int r = io_uring_wait_cqe(&u->ring, &cqe);
       if (r == -EINTR) continue;
       if (r < 0) break; // the ring is broken; exiting it below makes the kernel cancel the rest
       uint64_t id = cqe->user_data;
       io_uring_cqe_seen(&u->ring, cqe);
-      if (id < u->capacity && u->ops[id].busy) put_op(env, u, (uint32_t)id);
+      if (id < u->capacity && u->ops[id].busy) outstanding--;
     }
   }
   io_uring_queue_exit(&u->ring);
@@ -101,10 +104,39 @@ static uint32_t drain_and_exit(napi_env env, uring *u) {
   return dropped;
 }
 
+// After drain_kernel: drop the buffers' references and make every slot free again.
+static void release_all(napi_env env, uring *u) {
+  u->nfree = 0;
+  for (uint32_t i = 0; i < u->capacity; i++) {
+    if (u->ops[i].busy) op_release(env, &u->ops[i]);
+    u->free_ids[u->nfree++] = u->capacity - 1 - i;
+  }
+  u->inflight = 0;
+}
+
+// Runs when the thread's environment tears down (a worker exits), before N-API finalizers do:
+// a mapping's window may be unmapped by its finalizer, so the ring must be quiet by then.
+static void uring_env_cleanup(void *arg) {
+  uring *u = arg;
+  u->hook_registered = false;
+  drain_kernel(u);
+}
+
+static void unregister_hook(napi_env env, uring *u) {
+  if (!u->hook_registered) return;
+  napi_remove_env_cleanup_hook(env, uring_env_cleanup, u);
+  u->hook_registered = false;
+}
+
+static uint32_t drain_and_exit(napi_env env, uring *u) {
+  unregister_hook(env, u);
+  uint32_t dropped = drain_kernel(u);
+  release_all(env, u);
+  return dropped;
+}
+
 static void uring_free(napi_env env, uring *u) {
   drain_and_exit(env, u);
-  for (uint32_t i = 0; i < u->capacity; i++)
-    if (u->ops[i].busy) op_release(env, &u->ops[i]);
   free(u->ops);
   free(u->free_ids);
   free(u);
@@ -427,6 +459,12 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
   }
   u->nfree = u->capacity;
   u->open = true;
+  if (napi_add_env_cleanup_hook(env, uring_env_cleanup, u) != napi_ok) {
+    uring_free(env, u);
+    throw_napi(env, napi_generic_failure, "uringCreate: registering the thread-exit cleanup");
+    return NULL;
+  }
+  u->hook_registered = true;
 
   uring_env *ue = NULL;
   napi_value ctor, ext, obj = NULL;
