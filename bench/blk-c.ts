@@ -9,8 +9,9 @@
 //
 // --disk adds qemu-storage-daemon on a real-disk file opened O_DIRECT (aio=io_uring,cache.direct=on)
 // as a reference; our host has no direct-I/O option yet, so that row has no ratio.
-// --profile DIR runs only our host (memory disk, 4K randread QD64, event mode) under
-// `node --cpu-prof` and prints the device worker's CPU per request by stage.
+// --profile DIR runs only our host (--profile-target host-mem (default), host-null or host-tmpfs;
+// 4K randread QD64, event mode) under `node --cpu-prof` and prints the device worker's CPU per
+// request by stage.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { SourceMap } from 'node:module';
@@ -35,6 +36,7 @@ const { values: argv } = parseArgs({
     workloads: { type: 'string' },
     disk: { type: 'boolean', default: false },
     profile: { type: 'string' },
+    'profile-target': { type: 'string', default: 'host-mem' },
   },
 });
 
@@ -56,20 +58,28 @@ const WORKLOADS: Workload[] = [
 interface Target {
   id: string;
   name: string;
-  args(socket: string, file: string): { cmd: string; args: string[] };
+  args(socket: string, file: string, prof: string[]): { cmd: string; args: string[] };
 }
 const qsd = (blockdev: string, socket: string) => ({
   cmd: 'qemu-storage-daemon',
   args: ['--blockdev', blockdev, '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on`],
 });
-const hostArgs = (socket: string, storage: string, prof: string[] = []) => ({
+const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
   args: [...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
 });
+// The host core with the TypeScript null device. From source under tsx: the bundle's device
+// worker cannot load a .ts device module (workers it starts do not get the tsx loader).
+const NULL_DEVICE = join(REPO, 'bench', 'null-blk-device.ts');
+const hostNullArgs = (socket: string, prof: string[]) => ({
+  cmd: process.execPath,
+  args: [...prof, '--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), '--socket-path', socket, '--device-module', NULL_DEVICE, '--log-level', 'warn'],
+});
 const TARGETS: Target[] = [
-  { id: 'host-mem', name: 'vhost-wasm blk.wasm --storage memory:256M', args: (s) => hostArgs(s, 'memory:256M') },
+  { id: 'host-null', name: 'vhost-wasm host core alone (from source, tsx): TypeScript null device, bench/null-blk-device.ts', args: (s, _f, p) => hostNullArgs(s, p) },
+  { id: 'host-mem', name: 'vhost-wasm blk.wasm --storage memory:256M', args: (s, _f, p) => hostArgs(s, 'memory:256M', p) },
   { id: 'qsd-null', name: 'qemu-storage-daemon null-co,read-zeroes=on (256M)', args: (s) => qsd(`driver=null-co,node-name=n,read-zeroes=on,size=${DISK_BYTES}`, s) },
-  { id: 'host-tmpfs', name: 'vhost-wasm blk.wasm --storage FILE (256M file in /dev/shm)', args: (s, f) => hostArgs(s, f) },
+  { id: 'host-tmpfs', name: 'vhost-wasm blk.wasm --storage FILE (256M file in /dev/shm)', args: (s, f, p) => hostArgs(s, f, p) },
   { id: 'qsd-tmpfs', name: 'qemu-storage-daemon file aio=io_uring (the same /dev/shm file)', args: (s, f) => qsd(`driver=file,node-name=n,filename=${f},aio=io_uring`, s) },
 ];
 const DISK_TARGET: Target = {
@@ -77,7 +87,7 @@ const DISK_TARGET: Target = {
   name: 'qemu-storage-daemon file aio=io_uring,cache.direct=on (256M file in /var/tmp)',
   args: (s) => qsd(`driver=file,node-name=n,filename=${diskFile},aio=io_uring,cache.direct=on`, s),
 };
-const RATIOS: [string, string][] = [['host-mem', 'qsd-null'], ['host-tmpfs', 'qsd-tmpfs']];
+const RATIOS: [string, string][] = [['host-null', 'qsd-null'], ['host-mem', 'qsd-null'], ['host-tmpfs', 'qsd-tmpfs']];
 
 interface LoadResult {
   iops: number;
@@ -133,7 +143,7 @@ function loadgen(socket: string, w: Workload, mode: string, seconds: number): Lo
 
 async function start(t: Target, dir: string, prof: string[] = []): Promise<ChildProcess> {
   const socket = join(dir, `${t.id}.sock`);
-  const { cmd, args } = t.id.startsWith('host') && prof.length ? hostArgs(socket, 'memory:256M', prof) : t.args(socket, tmpfsFile);
+  const { cmd, args } = t.args(socket, tmpfsFile, prof);
   const child = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
   running.add(child);
   child.once('exit', () => running.delete(child));
@@ -276,6 +286,7 @@ const STAGES: [stage: string, test: (f: CallFrame, src: string) => boolean][] = 
   ['used-ring update', (f) => /^(writeChain|pushUsed|writeChainLogged|logUsed|markDirty)$/.test(f.functionName)],
   ['pop (descriptor walk)', (_f, src) => /host\/virtqueue\/|host\/memory\//.test(src)],
   ['plugin call (export glue + wasm)', (f, src) => /host\/plugin\//.test(src) || /vhost-plugin-[0-9a-f]+\.js/.test(f.url) || f.functionName.startsWith('wasm-function') || f.url.startsWith('wasm://')],
+  ['device (TypeScript null device)', (_f, src) => /test\/devices\/|bench\/null-blk-device/.test(src)],
   ['batch (runner)', (_f, src) => /host\/device\//.test(src)],
 ];
 
@@ -351,26 +362,31 @@ async function profile(dir: string): Promise<void> {
   for (const f of readdirSync(dir)) if (f.endsWith('.cpuprofile')) rmSync(join(dir, f));
   const sockDir = mkdtempSync(join(tmpdir(), 'bench-blk-c-'));
   const prof = ['--cpu-prof', '--cpu-prof-dir', resolve(dir), '--cpu-prof-interval', '100'];
-  const child = await start(TARGETS[0], sockDir, prof);
+  const target = TARGETS.find((t) => t.id === argv['profile-target'] && t.id.startsWith('host'));
+  if (!target) throw new Error(`--profile-target: '${argv['profile-target']}' is not one of our targets (host-null, host-mem, host-tmpfs)`);
+  if (target.id === 'host-tmpfs') fillFile(tmpfsFile);
+  const child = await start(target, sockDir, prof);
+  const sock = join(sockDir, `${target.id}.sock`);
   let r: LoadResult;
   let workerCpuUs: number;
   try {
-    loadgen(join(sockDir, 'host-mem.sock'), w, 'event', Number(argv.warmup));
+    loadgen(sock, w, 'event', Number(argv.warmup));
     const t0 = threadCpu(child.pid!);
-    r = loadgen(join(sockDir, 'host-mem.sock'), w, 'event', seconds);
+    r = loadgen(sock, w, 'event', seconds);
     const t1 = threadCpu(child.pid!);
     // The busiest thread over the measured run is the device worker.
     workerCpuUs = Math.max(...[...t1].map(([tid, c]) => c - (t0.get(tid) ?? 0))) * 1e6;
   } finally {
     await stop(child);
     rmSync(sockDir, { recursive: true, force: true });
+    rmSync(tmpfsFile, { force: true });
   }
   // Both runs were profiled; attribute the profile to every request both runs made.
   const requests = r.ios * (1 + Number(argv.warmup) / seconds);
   const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   if (files.length === 0) throw new Error(`no .cpuprofile in ${dir}: did the host exit cleanly on SIGTERM?`);
   const cpuPerReq = workerCpuUs / r.ios;
-  console.log(`bench/blk-c --profile: host-mem, ${w.name}, event mode: ${Math.round(r.iops)} IOPS under the profiler; ` +
+  console.log(`bench/blk-c --profile: ${target.id}, ${w.name}, event mode: ${Math.round(r.iops)} IOPS under the profiler; ` +
     `${Math.round(requests)} requests profiled; load average ${loadavg()[0].toFixed(1)}`);
   console.log(`device worker thread CPU (/proc, measured run): ${cpuPerReq.toFixed(2)} us per request. The profiler samples ` +
     `wall time, so a preempted thread still counts as busy: its shares are right, its absolute time is not; ` +
