@@ -1,6 +1,6 @@
 // Builds everything a fresh clone needs to run: the native addon (node-gyp, offline against
 // the system's Node headers), the bundled host (esbuild) and the example plugins.
-// Usage: node build.mjs [--only addon|host|plugins]...
+// Usage: node build.mjs [--only addon|host|plugins|loadgen]...
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -51,4 +51,9 @@ if (want('host')) {
 if (want('plugins') && existsSync(join(root, 'plugins', 'build-plugins.mjs'))) {
   const { buildPlugins } = await import('./plugins/build-plugins.mjs');
   await buildPlugins({ root, outDir: join(dist, 'plugins') });
+}
+
+if (want('loadgen')) {
+  // The C vhost-user-blk load generator for bench/ (a benchmark client, not part of the host).
+  execFileSync('sh', [join(root, 'bench', 'loadgen', 'build.sh')], { stdio: 'inherit' });
 }

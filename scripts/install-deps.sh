@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 #   linux-image-amd64 kmod busybox-static xz-utils cpio        the test guest (kernel, modules, initramfs)
 #   clang-16 lld-16 wasi-libc                                   building the C plugins to wasm32
 #   e2fsprogs                                                   host-side checks of guest filesystems
+#   liburing-dev                                                io_uring for the addon's asynchronous storage I/O
+#                                                               (host/native/src/uring.c links -luring)
 APT_PACKAGES=(qemu-system-x86 qemu-system-common qemu-utils qemu-block-extra linux-image-amd64 kmod
-  busybox-static xz-utils cpio clang-16 lld-16 wasi-libc e2fsprogs)
+  busybox-static xz-utils cpio clang-16 lld-16 wasi-libc e2fsprogs liburing-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

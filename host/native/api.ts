@@ -72,6 +72,71 @@ export type FdKind =
   | 'symlink'
   | 'other';
 
+// ---- io_uring (host/native/src/uring.c) ----
+
+/**
+ * Segments of one read or write, flattened: [buffer, offset, length, buffer, offset, length, ...].
+ * `buffer` is an ArrayBuffer (a Mapping window) or a view of one; offset/length are relative to it.
+ * Flat so that queueing a request allocates no object per segment.
+ */
+export type UringIov = Array<ArrayBuffer | ArrayBufferView | number>;
+
+/**
+ * An io_uring owned by the thread that created it. Operations are queued by readv/writev/fsync/
+ * fallocate, handed to the kernel by submit(), and complete in any order: reap() returns
+ * (userData, result) pairs, result being bytes moved (possibly fewer than asked: a short read at
+ * the end of a file) or -errno (-5 EIO, -28 ENOSPC, -22 EINVAL for misaligned O_DIRECT).
+ *
+ * The kernel reads and writes the buffers after the queueing call has returned: the ring holds
+ * them (strong references) until their completion is reaped, so the GC cannot free them, but an
+ * explicit Mapping.unmap() would pull guest memory from under in-flight I/O. Drain first:
+ * unmap only when `inflight` is 0 (or after close()).
+ */
+export interface Uring {
+  /** Submission queue entries (the kernel may round `entries` up to a power of two). */
+  readonly entries: number;
+  /** Most operations in flight at once (queued, submitted or completed but not reaped). */
+  readonly capacity: number;
+  /**
+   * Registered eventfd (IORING_REGISTER_EVENTFD, O_NONBLOCK): readable when completions were
+   * posted. Watch it with native.watch; on wake-up, eventfdRead it first, then reap() until it
+   * returns 0, so a completion that lands in between wakes the loop again.
+   */
+  readonly eventFd: number;
+  /** Operations queued and not yet reaped. */
+  readonly inflight: number;
+  /** Queue a preadv at `position` into the segments; false when `capacity` ops are in flight (reap first). */
+  readv(fd: number, position: number, userData: number, iov: UringIov): boolean;
+  /** Queue a pwritev at `position` from the segments; false at capacity. */
+  writev(fd: number, position: number, userData: number, iov: UringIov): boolean;
+  /**
+   * Queue fsync/fdatasync. `drain` (IOSQE_IO_DRAIN): it starts only after every operation
+   * submitted before it on this ring has completed, the ordering a virtio flush needs.
+   */
+  fsync(fd: number, userData: number, datasync: boolean, drain: boolean): boolean;
+  /** Queue fallocate(mode, offset, length); mode is a combination of FALLOC_FL flags. */
+  fallocate(fd: number, mode: number, offset: number, length: number, userData: number): boolean;
+  /** Hand queued operations to the kernel; returns how many (0 when the kernel said busy: reap, retry). */
+  submit(): number;
+  /** Fill out with (userData, result) pairs, at most out.length/2; returns the number of pairs. Never blocks. */
+  reap(out: Float64Array): number;
+  /**
+   * Cancel what can be cancelled, wait for every operation still in flight (their results are
+   * dropped), release the buffers, close the ring and its eventfd. Returns how many were
+   * dropped. Idempotent; a collected ring does the same.
+   */
+  close(): number;
+}
+
+/** The size and direct-I/O alignment of a storage backing. */
+export interface BackingInfo {
+  /** Bytes: st_size of a regular file, BLKGETSIZE64 of a block device (a loop device). */
+  size: number;
+  blockDevice: boolean;
+  /** Alignment O_DIRECT needs: BLKSSZGET of a block device, STATX_DIOALIGN of a file; 0 if unknown. */
+  directAlign: number;
+}
+
 export interface Native {
   /** Largest window Mapping.window() hands out (1 GiB). */
   readonly MAX_WINDOW: number;
@@ -208,6 +273,15 @@ export interface Native {
   /** Moves n fds from the budget to the host's reserve (a device started). */
   fdBudgetReserve(n: number): FdBudgetInfo;
   fdBudgetInfo(): FdBudgetInfo;
+
+  // ---- io_uring (host/native/src/uring.c) ----
+  /** A new ring for the calling thread with `entries` submission entries (1..4096). */
+  uringCreate(entries: number): Uring;
+  /** Size and O_DIRECT alignment of an open regular file or block device. */
+  backingInfo(fd: number): BackingInfo;
+  /** fallocate mode flags for Uring.fallocate (linux/falloc.h). */
+  readonly FALLOC_FL: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
+  // ---- end io_uring ----
 }
 
 export interface FdBudgetInfo {
@@ -221,4 +295,13 @@ export interface FdBudgetInfo {
   hardLimit: number;
   /** Fds kept out of the budget for the host itself. */
   reserve: number;
+
+  // ---- io_uring (host/native/src/uring.c) ----
+  /** A new ring for the calling thread with `entries` submission entries (1..4096). */
+  uringCreate(entries: number): Uring;
+  /** Size and O_DIRECT alignment of an open regular file or block device. */
+  backingInfo(fd: number): BackingInfo;
+  /** fallocate mode flags for Uring.fallocate (linux/falloc.h). */
+  readonly FALLOC_FL: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
+  // ---- end io_uring ----
 }

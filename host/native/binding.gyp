@@ -11,8 +11,10 @@
         "src/watch.c",
         "src/fs.c",
         "src/proc.c",
-        "src/fd_budget.c"
+        "src/fd_budget.c",
+        "src/uring.c"
       ],
+      "libraries": ["-luring"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "cflags!": ["-fno-exceptions"],

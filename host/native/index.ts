@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Native } from './api.ts';
 
-export type { Native, Mapping, MemoryFdInfo, RecvResult, Watcher, WatchEvents, FdKind } from './api.ts';
+export type { Native, Mapping, MemoryFdInfo, RecvResult, Watcher, WatchEvents, FdKind, Uring, UringIov, BackingInfo } from './api.ts';
 
 /** Where the addon may live, in the order they are tried. */
 export const addonCandidates: readonly string[] = [
