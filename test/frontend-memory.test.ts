@@ -65,5 +65,7 @@ test.serial('guest RAM: regions share one memfd at offsets; the mapping is the m
   t.throws(() => ram.view((1 << 20) - 2, 4), { message: /crosses the end/ });
   t.throws(() => ram.view(1 << 20, 1), { message: /in no region/ });
   ram.close();
-  t.is(fdCount(), before);
+  // At most as many as before: a leak adds fds, while the process may close one of its own
+  // meanwhile (seen once under load: 28 after, 29 before).
+  t.true(fdCount() <= before, `${fdCount() - before} more fds after close()`);
 });
