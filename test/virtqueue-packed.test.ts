@@ -14,8 +14,8 @@ import {
   encodePackedVringBase,
   packedNeedEvent,
 } from '../host/virtqueue/packed.ts';
-import { PackedDriverRing } from '../host/virtqueue/packed-driver.ts';
-import { DriverRing } from '../host/virtqueue/driver-ring.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
+import { SplitDriverRing } from '../host/frontend/rings/split.ts';
 import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError } from '../host/virtqueue/queue.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
 
@@ -435,7 +435,7 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
 
 test('queue.ts: split through the same factory; sizes and bases per ring type', (t) => {
   const { buf, mem } = guestRam();
-  const drv = new DriverRing({ size: 8, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
+  const drv = new SplitDriverRing({ size: 8, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = createDeviceQueue({ index: Q, memory: mem, packed: false, size: 8, descGpa: drv.descGpa, availGpa: drv.availGpa, usedGpa: drv.usedGpa, eventIdx: false, indirectDesc: false, vringBase: 0 });
   t.true(q instanceof SplitQueue);
   drv.add([{ gpa: DATA, len: 1 }], []);

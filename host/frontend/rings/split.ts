@@ -1,4 +1,4 @@
-// Driver (guest) side of a split virtqueue, for our own front-end driver, tests and benchmarks.
+// Driver (guest) side of a split virtqueue, for our own front-end driver (host/frontend) and tests.
 // It owns the layout of desc/avail/used (and optional indirect tables) inside memory it is
 // given as a Uint8Array whose first byte is at guest address `gpa`; it knows nothing about how
 // the device maps that memory. It trusts nothing the device writes back either.
@@ -15,7 +15,7 @@ import {
   isValidQueueSize,
   usedBytes,
   vringNeedEvent,
-} from './layout.ts';
+} from '../../virtqueue/layout.ts';
 
 export interface DriverBuffer {
   gpa: number;
@@ -27,7 +27,7 @@ export interface UsedElem {
   len: number;
 }
 
-export interface DriverRingLayout {
+export interface SplitDriverLayout {
   descOffset: number;
   availOffset: number;
   usedOffset: number;
@@ -37,7 +37,7 @@ export interface DriverRingLayout {
   bytes: number;
 }
 
-export interface DriverRingOptions {
+export interface SplitDriverOptions {
   size: number;
   /** Ring memory; byteOffset must be 4-aligned. */
   memory: Uint8Array;
@@ -56,11 +56,11 @@ export interface DriverRingOptions {
 
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
 
-export class DriverRing {
+export class SplitDriverRing {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectEntries: number;
-  readonly layout: DriverRingLayout;
+  readonly layout: SplitDriverLayout;
   readonly gpa: number;
   private readonly mem: Uint8Array;
   private readonly dv: DataView;
@@ -79,7 +79,7 @@ export class DriverRing {
   private interruptsOn = true;
   private inflight = 0;
 
-  static layoutFor(size: number, indirectEntries = 0): DriverRingLayout {
+  static layoutFor(size: number, indirectEntries = 0): SplitDriverLayout {
     const descOffset = 0;
     const availOffset = descTableBytes(size);
     const usedOffset = align(availOffset + availBytes(size), 4);
@@ -87,12 +87,12 @@ export class DriverRing {
     return { descOffset, availOffset, usedOffset, indirectOffset, bytes: indirectOffset + size * indirectEntries * DESC_SIZE };
   }
 
-  constructor(opts: DriverRingOptions) {
+  constructor(opts: SplitDriverOptions) {
     if (!isValidQueueSize(opts.size)) throw new RangeError(`driver ring: size ${opts.size} is not a power of two in [1, 32768]`);
     this.size = opts.size;
     this.eventIdx = opts.eventIdx;
     this.indirectEntries = opts.indirectEntries ?? 0;
-    this.layout = DriverRing.layoutFor(opts.size, this.indirectEntries);
+    this.layout = SplitDriverRing.layoutFor(opts.size, this.indirectEntries);
     if (opts.memory.length < this.layout.bytes) {
       throw new RangeError(`driver ring: needs ${this.layout.bytes} bytes of ring memory, got ${opts.memory.length}`);
     }

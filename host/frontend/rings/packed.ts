@@ -1,9 +1,9 @@
-// Driver (guest) side of a packed virtqueue, for our own front-end driver, tests and benchmarks.
+// Driver (guest) side of a packed virtqueue, for our own front-end driver (host/frontend) and tests.
 // It owns the descriptor ring, both event suppression structures and optional per-buffer-id
 // indirect tables inside memory it is given as a Uint8Array whose first byte is at guest
 // address `gpa`. It trusts nothing the device writes back.
 
-import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
+import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../virtqueue/layout.ts';
 import {
   EVENT_SUPPRESS_BYTES,
   RING_EVENT_FLAGS_DESC,
@@ -14,8 +14,8 @@ import {
   isValidPackedQueueSize,
   packedNeedEvent,
   positionToOffWrap,
-} from './packed.ts';
-import type { DriverBuffer, UsedElem } from './driver-ring.ts';
+} from '../../virtqueue/packed.ts';
+import type { DriverBuffer, UsedElem } from './split.ts';
 
 export type { DriverBuffer, UsedElem };
 
