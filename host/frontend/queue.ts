@@ -6,7 +6,8 @@
 
 import { native } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
-import { SplitDriverRing, type DriverBuffer } from './rings/split.ts';
+import type { DriverBuffer } from './rings/common.ts';
+import { SplitDriverRing } from './rings/split.ts';
 import type { GuestRam } from './guest-memory.ts';
 
 export interface QueueOptions {

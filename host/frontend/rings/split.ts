@@ -16,16 +16,7 @@ import {
   usedBytes,
   vringNeedEvent,
 } from '../../virtqueue/layout.ts';
-
-export interface DriverBuffer {
-  gpa: number;
-  len: number;
-}
-
-export interface UsedElem {
-  head: number;
-  len: number;
-}
+import { align, ringMemory, writeDescriptor, type DriverBuffer, type DriverRingOptions, type UsedElem } from './common.ts';
 
 export interface SplitDriverLayout {
   descOffset: number;
@@ -37,15 +28,7 @@ export interface SplitDriverLayout {
   bytes: number;
 }
 
-export interface SplitDriverOptions {
-  size: number;
-  /** Ring memory; byteOffset must be 4-aligned. */
-  memory: Uint8Array;
-  /** Guest address of memory[0]; must be 16-aligned. */
-  gpa: number;
-  eventIdx: boolean;
-  /** Max descriptors per indirect table; 0 (default) reserves no indirect tables. */
-  indirectEntries?: number;
+export interface SplitDriverOptions extends DriverRingOptions {
   /**
    * Ring index to start at (default 0): avail idx, used idx and used_event all begin here, as
    * on a ring that already carried this many requests (the device must be given the same base
@@ -54,15 +37,12 @@ export interface SplitDriverOptions {
   startIndex?: number;
 }
 
-const align = (n: number, a: number) => Math.ceil(n / a) * a;
-
 export class SplitDriverRing {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectEntries: number;
   readonly layout: SplitDriverLayout;
   readonly gpa: number;
-  private readonly mem: Uint8Array;
   private readonly dv: DataView;
   /** [0] flags, [1] idx, [2 + i] ring, [2 + size] used_event */
   private readonly avail: Uint16Array;
@@ -93,19 +73,13 @@ export class SplitDriverRing {
     this.eventIdx = opts.eventIdx;
     this.indirectEntries = opts.indirectEntries ?? 0;
     this.layout = SplitDriverRing.layoutFor(opts.size, this.indirectEntries);
-    if (opts.memory.length < this.layout.bytes) {
-      throw new RangeError(`driver ring: needs ${this.layout.bytes} bytes of ring memory, got ${opts.memory.length}`);
-    }
-    if (opts.gpa % 16 !== 0 || opts.memory.byteOffset % 4 !== 0) throw new RangeError('driver ring: memory must be 16-aligned (GPA) and 4-aligned (view)');
+    this.dv = ringMemory('driver ring', opts, this.layout.bytes);
     this.gpa = opts.gpa;
-    this.mem = opts.memory;
     const { buffer, byteOffset } = opts.memory;
-    this.dv = new DataView(buffer, byteOffset, this.layout.bytes);
     this.avail = new Uint16Array(buffer, byteOffset + this.layout.availOffset, 3 + this.size);
     this.usedHdr = new Uint16Array(buffer, byteOffset + this.layout.usedOffset, 2);
     this.usedRing = new Uint32Array(buffer, byteOffset + this.layout.usedOffset + 4, 2 * this.size);
     this.availEvent = new Uint16Array(buffer, byteOffset + this.layout.usedOffset + 4 + 8 * this.size, 1);
-    this.mem.fill(0, 0, this.layout.bytes);
     const start = opts.startIndex ?? 0;
     if (!Number.isInteger(start) || start < 0 || start > 0xffff) throw new RangeError(`driver ring: start index ${start} is not a u16`);
     if (start !== 0) {
@@ -183,11 +157,7 @@ export class SplitDriverRing {
   }
 
   private writeDesc(off: number, b: DriverBuffer, flags: number, next: number, hasNext: boolean): void {
-    this.dv.setUint32(off, b.gpa % 0x100000000, true);
-    this.dv.setUint32(off + 4, Math.floor(b.gpa / 0x100000000), true);
-    this.dv.setUint32(off + 8, b.len, true);
-    this.dv.setUint16(off + 12, flags | (hasNext ? VIRTQ_DESC_F_NEXT : 0), true);
-    this.dv.setUint16(off + 14, hasNext ? next : 0, true);
+    writeDescriptor(this.dv, off, b.gpa, b.len, flags | (hasNext ? VIRTQ_DESC_F_NEXT : 0), hasNext ? next : 0);
   }
 
   /** Whether the device wants a kick for what was added since the last call. */
