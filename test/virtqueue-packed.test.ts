@@ -3,21 +3,21 @@ import { GuestMemory, type Backing, type RegionSpec } from '../host/memory/guest
 import { DirtyLog } from '../host/memory/dirty-log.ts';
 import { DATA, MEM, Q, RING, bytes, dirtyLog, guestRam, page, popFaults, region } from './helpers/ring-memory.ts';
 import { QueueFault, QueueSetupError, SplitQueue, readChain } from '../host/virtqueue/split.ts';
+import { PackedQueue, decodePackedVringBase, encodePackedVringBase } from '../host/virtqueue/packed.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
+import { SplitDriverRing } from '../host/frontend/rings/split.ts';
+import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError } from '../host/virtqueue/queue.ts';
 import {
-  PackedQueue,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
   VIRTQ_DESC_F_AVAIL as AVAIL,
+  VIRTQ_DESC_F_INDIRECT as INDIRECT,
+  VIRTQ_DESC_F_NEXT as NEXT,
   VIRTQ_DESC_F_USED as USED,
-  decodePackedVringBase,
-  encodePackedVringBase,
+  VIRTQ_DESC_F_WRITE as WRITE,
   packedNeedEvent,
-} from '../host/virtqueue/packed.ts';
-import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
-import { SplitDriverRing } from '../host/frontend/rings/split.ts';
-import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError } from '../host/virtqueue/queue.ts';
-import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
+} from '../host/virtqueue/layout.ts';
 
 interface Pair {
   buf: ArrayBuffer;

@@ -8,63 +8,30 @@
 // ring's flags/event indexes: the driver area (written by the driver) controls used-buffer
 // notifications, the device area (written by us) controls available-buffer notifications.
 //
-// Indexes are kept as "positions" in [0, 2 * size): slot = position mod size, and the wrap
-// counter is 1 on the first lap (position < size), 0 on the second. That makes every distance
-// (in-flight slots, event windows) a plain modular subtraction. Everything read from guest
-// memory is checked; the first violation breaks the queue with a QueueFault, as SplitQueue does.
+// Indexes are kept as positions (layout.ts, packedPosition), so every distance is a plain
+// modular subtraction. Everything read from guest memory is checked; the first violation
+// breaks the queue with a QueueFault, as SplitQueue does.
 
 import { GuestMemory, hex } from '../memory/guest-memory.ts';
-import { DESC_SIZE, MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
+import {
+  DESC_SIZE,
+  EVENT_SUPPRESS_BYTES,
+  MAX_QUEUE_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  isValidPackedQueueSize,
+  packedNeedEvent,
+  packedPosition,
+  positionToOffWrap,
+} from './layout.ts';
 import { QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
-
-/** Descriptor flag: available, set by the driver to its wrap counter. */
-export const VIRTQ_DESC_F_AVAIL = 1 << 7;
-/** Descriptor flag: used, set by the driver to the inverse of its wrap counter, by the device to its own. */
-export const VIRTQ_DESC_F_USED = 1 << 15;
-
-/** Event suppression flags (the `flags` field of both suppression structures). */
-export const RING_EVENT_FLAGS_ENABLE = 0;
-export const RING_EVENT_FLAGS_DISABLE = 1;
-/** Only with VIRTIO_F_RING_EVENT_IDX: notify when the ring passes off_wrap. */
-export const RING_EVENT_FLAGS_DESC = 2;
-/** Bit 15 of off_wrap is the wrap counter the offset refers to. */
-export const RING_EVENT_WRAP = 1 << 15;
-export const EVENT_SUPPRESS_BYTES = 4;
-
-/** Packed queue sizes need not be powers of two; 2^15 is the most a 15-bit offset can index. */
-export function isValidPackedQueueSize(size: number): boolean {
-  return Number.isInteger(size) && size >= 1 && size <= MAX_QUEUE_SIZE;
-}
-
-/** Position (see top of file) of ring slot `idx` on the lap whose wrap counter is `wrap`. */
-export function packedPosition(idx: number, wrap: boolean, size: number): number {
-  return wrap ? idx : idx + size;
-}
-
-/** The off_wrap encoding of a position: slot in bits 0-14, wrap counter in bit 15. */
-export function positionToOffWrap(pos: number, size: number): number {
-  return pos < size ? pos | RING_EVENT_WRAP : pos - size;
-}
-
-/**
- * Event-index test for packed rings: notify iff the position named by `offWrap` lies in
- * [oldPos, newPos) modulo 2 * size, i.e. the other side asked to be told when the ring
- * reaches that slot (on that lap) and this batch moved past it. Offsets beyond the ring
- * (a confused or hostile peer) are reduced modulo the position space; they only decide
- * whether to notify.
- */
-export function packedNeedEvent(offWrap: number, newPos: number, oldPos: number, size: number): boolean {
-  const span = 2 * size;
-  let e = (offWrap & 0x7fff) + (offWrap & RING_EVENT_WRAP ? 0 : size);
-  e %= span;
-  let a = newPos - e - 1;
-  if (a < 0) a += span;
-  if (a < 0) a += span;
-  let b = newPos - oldPos;
-  if (b < 0) b += span;
-  return a < b;
-}
 
 export interface PackedVringBase {
   /** Next ring slot the device will examine for an available descriptor. */

@@ -5,9 +5,9 @@
 
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import type { QueueCoreConfig } from './core.ts';
-import { isValidQueueSize } from './layout.ts';
+import { isValidPackedQueueSize, isValidQueueSize } from './layout.ts';
 import { QueueSetupError, SplitQueue, type DescriptorChain, type QueueFault } from './split.ts';
-import { PackedQueue, decodePackedVringBase, isValidPackedQueueSize } from './packed.ts';
+import { PackedQueue, decodePackedVringBase } from './packed.ts';
 
 export const VIRTIO_F_RING_PACKED = 34;
 

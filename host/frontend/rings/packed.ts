@@ -3,18 +3,21 @@
 // indirect tables inside memory it is given as a Uint8Array whose first byte is at guest
 // address `gpa`. It trusts nothing the device writes back.
 
-import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../virtqueue/layout.ts';
 import {
+  DESC_SIZE,
   EVENT_SUPPRESS_BYTES,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
   VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
   isValidPackedQueueSize,
   packedNeedEvent,
   positionToOffWrap,
-} from '../../virtqueue/packed.ts';
+} from '../../virtqueue/layout.ts';
 import { align, ringMemory, writeDescriptor, type DriverBuffer, type DriverRingOptions, type UsedElem } from './common.ts';
 
 export interface PackedDriverLayout {
