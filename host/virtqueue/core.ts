@@ -4,8 +4,7 @@
 // when the memory table changes. SplitQueue and PackedQueue extend it with how their layout
 // finds available descriptors and publishes used ones; nothing here knows a ring's layout.
 
-import type { GuestMemory } from '../memory/guest-memory.ts';
-import { MemoryFault, hex } from '../memory/guest-memory.ts';
+import { MemoryFault, hex, type GuestMemory } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import { QueueFault, QueueSetupError, markRanges, writeChainLogged, type DescriptorChain } from './chain.ts';
 
