@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { GuestRam } from '../host/frontend/guest-memory.ts';
-import { PackedDriverRing } from '../host/virtqueue/packed-driver.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
 import { decodePackedVringBase } from '../host/virtqueue/packed.ts';
 import { VirtioFeature, bit } from '../host/device/features.ts';
 import { Host } from '../host/server/index.ts';

@@ -3,21 +3,21 @@ import { GuestMemory, type Backing, type RegionSpec } from '../host/memory/guest
 import { DirtyLog } from '../host/memory/dirty-log.ts';
 import { DATA, MEM, Q, RING, bytes, dirtyLog, guestRam, page, popFaults, region } from './helpers/ring-memory.ts';
 import { QueueFault, QueueSetupError, SplitQueue, readChain } from '../host/virtqueue/split.ts';
+import { PackedQueue, decodePackedVringBase, encodePackedVringBase } from '../host/virtqueue/packed.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
+import { SplitDriverRing } from '../host/frontend/rings/split.ts';
+import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError } from '../host/virtqueue/queue.ts';
 import {
-  PackedQueue,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
   VIRTQ_DESC_F_AVAIL as AVAIL,
+  VIRTQ_DESC_F_INDIRECT as INDIRECT,
+  VIRTQ_DESC_F_NEXT as NEXT,
   VIRTQ_DESC_F_USED as USED,
-  decodePackedVringBase,
-  encodePackedVringBase,
+  VIRTQ_DESC_F_WRITE as WRITE,
   packedNeedEvent,
-} from '../host/virtqueue/packed.ts';
-import { PackedDriverRing } from '../host/virtqueue/packed-driver.ts';
-import { DriverRing } from '../host/virtqueue/driver-ring.ts';
-import { PACKED_INITIAL_VRING_BASE, createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf } from '../host/virtqueue/queue.ts';
-import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
+} from '../host/virtqueue/layout.ts';
 
 interface Pair {
   buf: ArrayBuffer;
@@ -405,7 +405,7 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
     createDeviceQueue({ index: Q, memory: mem, packed: true, size, descGpa: drv.descGpa, availGpa: drv.driverEventGpa, usedGpa: drv.deviceEventGpa, eventIdx: true, indirectDesc: false, vringBase });
   let q = make();
   t.true(q instanceof PackedQueue);
-  t.is(vringBaseOf(q), PACKED_INITIAL_VRING_BASE, 'no SET_VRING_BASE: the initial state');
+  t.is(q.vringBase, PACKED_INITIAL_VRING_BASE, 'no SET_VRING_BASE: the initial state');
   const step = (n: number) => {
     for (let i = 0; i < n; i++) {
       const id = drv.add([{ gpa: DATA, len: 1 }], [{ gpa: DATA + 8, len: 1 }, { gpa: DATA + 16, len: 1 }])!;
@@ -416,16 +416,16 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
     }
   };
   step(5); // 15 slots: 2.5 laps
-  const base = vringBaseOf(q);
+  const base = q.vringBase;
   t.is(base, encodePackedVringBase({ availIdx: 3, availWrap: true, usedIdx: 3, usedWrap: true }));
   q = make(base);
   t.is(q.nextAvail, 3);
   step(7);
-  t.is(vringBaseOf(q), encodePackedVringBase({ availIdx: 0, availWrap: true, usedIdx: 0, usedWrap: true }), '36 slots: 6 laps');
+  t.is(q.vringBase, encodePackedVringBase({ availIdx: 0, availWrap: true, usedIdx: 0, usedWrap: true }), '36 slots: 6 laps');
   // Stopped with a buffer popped but not returned: used stays behind; the base records both.
   drv.add([{ gpa: DATA, len: 1 }], []);
   const c = q.pop()!;
-  const mid = vringBaseOf(q);
+  const mid = q.vringBase;
   t.deepEqual(decodePackedVringBase(mid, size), { availIdx: 1, availWrap: true, usedIdx: 0, usedWrap: true });
   const q2 = make(mid) as PackedQueue;
   t.is(q2.inFlightDescriptors, 1, 'the lost chain keeps its slot');
@@ -435,12 +435,12 @@ test('packed: vring base encoding and a restart that continues the ring', (t) =>
 
 test('queue.ts: split through the same factory; sizes and bases per ring type', (t) => {
   const { buf, mem } = guestRam();
-  const drv = new DriverRing({ size: 8, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
+  const drv = new SplitDriverRing({ size: 8, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = createDeviceQueue({ index: Q, memory: mem, packed: false, size: 8, descGpa: drv.descGpa, availGpa: drv.availGpa, usedGpa: drv.usedGpa, eventIdx: false, indirectDesc: false, vringBase: 0 });
   t.true(q instanceof SplitQueue);
   drv.add([{ gpa: DATA, len: 1 }], []);
   q.pushUsed(q.pop()!.head, 0);
-  t.is(vringBaseOf(q), 1);
+  t.is(q.vringBase, 1);
   t.true(isValidRingSize(true, 6));
   t.false(isValidRingSize(false, 6));
   t.false(isValidRingSize(true, 0));

@@ -3,22 +3,22 @@ import { GuestMemory, type Backing, type RegionSpec } from '../host/memory/guest
 import { DirtyLog } from '../host/memory/dirty-log.ts';
 import { DATA, MEM, Q, RING, bytes, dirtyLog, guestRam, page, popFaults, region } from './helpers/ring-memory.ts';
 import { QueueFault, QueueSetupError, SplitQueue, readChain } from '../host/virtqueue/split.ts';
-import { DriverRing } from '../host/virtqueue/driver-ring.ts';
+import { SplitDriverRing } from '../host/frontend/rings/split.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../host/virtqueue/layout.ts';
 
 interface Pair {
   buf: ArrayBuffer;
   mem: GuestMemory;
-  drv: DriverRing;
+  drv: SplitDriverRing;
   q: SplitQueue;
 }
 
 function pair(opts: { size?: number; eventIdx?: boolean; indirectEntries?: number; log?: DirtyLog; usedLogGpa?: number } = {}): Pair {
   const size = opts.size ?? 8;
   const { buf, mem } = guestRam();
-  const drv = new DriverRing({
+  const drv = new SplitDriverRing({
     size,
-    memory: new Uint8Array(buf, RING, DriverRing.layoutFor(size, opts.indirectEntries ?? 0).bytes),
+    memory: new Uint8Array(buf, RING, SplitDriverRing.layoutFor(size, opts.indirectEntries ?? 0).bytes),
     gpa: RING,
     eventIdx: opts.eventIdx ?? false,
     indirectEntries: opts.indirectEntries,
@@ -95,7 +95,7 @@ test('ring full: add returns null; buffers spanning two regions give two slices'
   const size = 4;
   const hi = new ArrayBuffer(0x1000);
   const { buf, mem } = guestRam([region(MEM, hi)]);
-  const drv = new DriverRing({ size, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
+  const drv = new SplitDriverRing({ size, memory: new Uint8Array(buf, RING, 0x1000), gpa: RING, eventIdx: false });
   const q = new SplitQueue({ index: Q, memory: mem, size, descGpa: drv.descGpa, availGpa: drv.availGpa, usedGpa: drv.usedGpa, eventIdx: false, indirectDesc: false });
   t.not(drv.add([], [{ gpa: MEM - 2, len: 6 }]), null);
   t.not(drv.add([{ gpa: DATA, len: 1 }], [{ gpa: DATA, len: 1 }, { gpa: DATA, len: 1 }]), null);
@@ -230,7 +230,7 @@ function raw(opts: { size?: number; indirectDesc?: boolean; base?: number; extra
   const size = opts.size ?? 8;
   const { buf, mem } = guestRam(opts.extra);
   const dv = new DataView(buf);
-  const lay = DriverRing.layoutFor(size);
+  const lay = SplitDriverRing.layoutFor(size);
   const availGpa = RING + lay.availOffset;
   let idx = opts.base ?? 0;
   dv.setUint16(availGpa + 2, idx, true);
@@ -432,7 +432,7 @@ test('a full queue of avail entries is fine; SET_VRING_BASE near the wrap', (t) 
   t.is(r.q.pop(), null);
   t.is(r.q.nextAvail, 6);
   t.is(r.q.nextUsed, 6);
-  t.is(r.dv.getUint16(RING + DriverRing.layoutFor(8).usedOffset + 2, true), 6);
+  t.is(r.dv.getUint16(RING + SplitDriverRing.layoutFor(8).usedOffset + 2, true), 6);
   t.false(r.q.broken);
 });
 

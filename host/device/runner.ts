@@ -8,7 +8,7 @@ import type { Mapping, Watcher } from '../native/api.ts';
 import { GuestMemory, type RegionSpec } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, type DescriptorChain } from '../virtqueue/split.ts';
-import { createDeviceQueue, isValidRingSize, vringBaseError, vringBaseOf, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
+import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
@@ -277,7 +277,7 @@ export class DeviceRunner {
     const r = this.ring(index);
     this.stopWatching(r);
     // Requests are processed synchronously within one kick, so nothing is in flight here.
-    const base = r.queue ? vringBaseOf(r.queue) : (r.base ?? this.freshBase());
+    const base = r.queue ? r.queue.vringBase : (r.base ?? this.freshBase());
     r.queue = null;
     r.kickFd = -1;
     r.base = base;

@@ -6,7 +6,8 @@
 
 import { native } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
-import { DriverRing, type DriverBuffer } from '../virtqueue/driver-ring.ts';
+import type { DriverBuffer } from './rings/common.ts';
+import { SplitDriverRing } from './rings/split.ts';
 import type { GuestRam } from './guest-memory.ts';
 
 export interface QueueOptions {
@@ -55,7 +56,7 @@ const roundUp = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
 export class DriverQueue {
   readonly index: number;
-  readonly ring: DriverRing;
+  readonly ring: SplitDriverRing;
   readonly kickFd: number;
   readonly callFd: number;
   private readonly mem: GuestRam;
@@ -76,9 +77,9 @@ export class DriverQueue {
   constructor(mem: GuestRam, opts: QueueOptions) {
     this.index = opts.index;
     this.mem = mem;
-    const layout = DriverRing.layoutFor(opts.size, opts.indirectEntries);
+    const layout = SplitDriverRing.layoutFor(opts.size, opts.indirectEntries);
     this.ringGpa = mem.alloc(layout.bytes, 4096);
-    this.ring = new DriverRing({
+    this.ring = new SplitDriverRing({
       size: opts.size,
       memory: mem.view(this.ringGpa, layout.bytes),
       gpa: this.ringGpa,

@@ -136,22 +136,6 @@ export function indirectTable(memory: GuestMemory, lo: number, hi: number, len: 
   return new DataView(copy.buffer);
 }
 
-/**
- * A ring part (`len` bytes at `gpa`) as one host view; rings are accessed in place, so a part
- * that is not contiguous in one mapping is refused: at setup with a QueueSetupError, later (the
- * memory table changed under a running queue) by breaking the queue.
- */
-export function ringView(memory: GuestMemory, queue: number, gpa: number, len: number, what: string, setup: boolean, fail: Fail): Uint8Array {
-  try {
-    return memory.gpaToView(gpa, len);
-  } catch (e) {
-    if (!(e instanceof MemoryFault)) throw e;
-    const reason = `${what} [${hex(gpa)}, +${len}) is not contiguous guest memory: ${e.reason}`;
-    if (setup) throw new QueueSetupError(queue, reason);
-    fail(reason);
-  }
-}
-
 /** writeChain for any queue type: copy into the writable buffers, log what was touched. */
 export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offset: number, log: DirtyLog | null): number {
   let skip = offset;

@@ -8,73 +8,30 @@
 // ring's flags/event indexes: the driver area (written by the driver) controls used-buffer
 // notifications, the device area (written by us) controls available-buffer notifications.
 //
-// Indexes are kept as "positions" in [0, 2 * size): slot = position mod size, and the wrap
-// counter is 1 on the first lap (position < size), 0 on the second. That makes every distance
-// (in-flight slots, event windows) a plain modular subtraction. Everything read from guest
-// memory is checked; the first violation breaks the queue with a QueueFault, as SplitQueue does.
+// Indexes are kept as positions (layout.ts, packedPosition), so every distance is a plain
+// modular subtraction. Everything read from guest memory is checked; the first violation
+// breaks the queue with a QueueFault, as SplitQueue does.
 
 import { GuestMemory, hex } from '../memory/guest-memory.ts';
-import type { DirtyLog } from '../memory/dirty-log.ts';
-import { DESC_SIZE, MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
 import {
-  QueueFault,
-  QueueSetupError,
-  appendBuffer,
-  indirectTable,
-  markRanges,
-  ringView,
-  writeChainLogged,
-  type DescriptorChain,
-  type Fail,
-} from './chain.ts';
-
-/** Descriptor flag: available, set by the driver to its wrap counter. */
-export const VIRTQ_DESC_F_AVAIL = 1 << 7;
-/** Descriptor flag: used, set by the driver to the inverse of its wrap counter, by the device to its own. */
-export const VIRTQ_DESC_F_USED = 1 << 15;
-
-/** Event suppression flags (the `flags` field of both suppression structures). */
-export const RING_EVENT_FLAGS_ENABLE = 0;
-export const RING_EVENT_FLAGS_DISABLE = 1;
-/** Only with VIRTIO_F_RING_EVENT_IDX: notify when the ring passes off_wrap. */
-export const RING_EVENT_FLAGS_DESC = 2;
-/** Bit 15 of off_wrap is the wrap counter the offset refers to. */
-export const RING_EVENT_WRAP = 1 << 15;
-export const EVENT_SUPPRESS_BYTES = 4;
-
-/** Packed queue sizes need not be powers of two; 2^15 is the most a 15-bit offset can index. */
-export function isValidPackedQueueSize(size: number): boolean {
-  return Number.isInteger(size) && size >= 1 && size <= MAX_QUEUE_SIZE;
-}
-
-/** Position (see top of file) of ring slot `idx` on the lap whose wrap counter is `wrap`. */
-export function packedPosition(idx: number, wrap: boolean, size: number): number {
-  return wrap ? idx : idx + size;
-}
-
-/** The off_wrap encoding of a position: slot in bits 0-14, wrap counter in bit 15. */
-export function positionToOffWrap(pos: number, size: number): number {
-  return pos < size ? pos | RING_EVENT_WRAP : pos - size;
-}
-
-/**
- * Event-index test for packed rings: notify iff the position named by `offWrap` lies in
- * [oldPos, newPos) modulo 2 * size, i.e. the other side asked to be told when the ring
- * reaches that slot (on that lap) and this batch moved past it. Offsets beyond the ring
- * (a confused or hostile peer) are reduced modulo the position space; they only decide
- * whether to notify.
- */
-export function packedNeedEvent(offWrap: number, newPos: number, oldPos: number, size: number): boolean {
-  const span = 2 * size;
-  let e = (offWrap & 0x7fff) + (offWrap & RING_EVENT_WRAP ? 0 : size);
-  e %= span;
-  let a = newPos - e - 1;
-  if (a < 0) a += span;
-  if (a < 0) a += span;
-  let b = newPos - oldPos;
-  if (b < 0) b += span;
-  return a < b;
-}
+  DESC_SIZE,
+  EVENT_SUPPRESS_BYTES,
+  MAX_QUEUE_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  isValidPackedQueueSize,
+  packedNeedEvent,
+  packedPosition,
+  positionToOffWrap,
+} from './layout.ts';
+import { QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { QueueCore, type QueueCoreConfig } from './core.ts';
 
 export interface PackedVringBase {
   /** Next ring slot the device will examine for an available descriptor. */
@@ -124,47 +81,32 @@ export interface PackedDescriptorChain extends DescriptorChain {
   descCount: number;
 }
 
-export interface PackedQueueConfig {
-  /** Queue index, only for messages. */
-  index: number;
-  memory: GuestMemory;
+export interface PackedQueueConfig extends QueueCoreConfig {
   /** 1..32768, not necessarily a power of two. */
   size: number;
   /** Descriptor ring (SET_VRING_ADDR's descriptor address), 16-byte aligned. */
   descGpa: number;
   /** Driver event suppression area (SET_VRING_ADDR's "avail" address), 4-byte aligned. */
   driverEventGpa: number;
-  /** Device event suppression area (SET_VRING_ADDR's "used" address), 4-byte aligned. */
+  /** Device event suppression area (SET_VRING_ADDR's "used" address), 4-byte aligned; also what usedLogGpa defaults to. */
   deviceEventGpa: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
   /** SET_VRING_BASE (decoded): first slot to examine and the driver wrap counter there. Default 0 / true. */
   nextAvail?: number;
   availWrap?: boolean;
   /** Where the next used descriptor goes. Default: the avail index and wrap (nothing in flight). */
   nextUsed?: number;
   usedWrap?: boolean;
-  /** VHOST_F_LOG_ALL: log every write to guest memory here. */
-  log?: DirtyLog | null;
-  /** GPA to log device event area writes against (log_guest_addr of SET_VRING_ADDR); default deviceEventGpa. */
-  usedLogGpa?: number;
 }
 
 const USED_BOTH = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
-export class PackedQueue {
-  readonly index: number;
-  readonly size: number;
-  readonly eventIdx: boolean;
-  readonly indirectDesc: boolean;
+export class PackedQueue extends QueueCore<PackedDescriptorChain> {
   readonly descGpa: number;
   readonly driverEventGpa: number;
   readonly deviceEventGpa: number;
   readonly packed = true;
 
-  private readonly memory: GuestMemory;
   private readonly span: number; // 2 * size
-  private memGen = -1;
   private desc!: DataView;
   /** The descriptor ring as u16s: flags of slot i at [8 * i + 7]. */
   private ring16!: Uint16Array;
@@ -179,22 +121,13 @@ export class PackedQueue {
   private signalledPos: number;
   /** Used slots advanced since the last needsNotification (to detect > one position space). */
   private usedSinceSignal = 0;
-  private readonly inflight: (PackedDescriptorChain | undefined)[];
-  private inflightCount = 0;
-  private faultErr: QueueFault | undefined;
-  private log: DirtyLog | null;
-  private usedLogGpa: number;
 
   constructor(cfg: PackedQueueConfig) {
-    this.index = cfg.index;
     if (!isValidPackedQueueSize(cfg.size)) {
       throw new QueueSetupError(cfg.index, `packed queue size ${cfg.size} is not an integer in [1, ${MAX_QUEUE_SIZE}]`);
     }
-    this.size = cfg.size;
+    super(cfg, cfg.deviceEventGpa);
     this.span = 2 * cfg.size;
-    this.memory = cfg.memory;
-    this.eventIdx = cfg.eventIdx;
-    this.indirectDesc = cfg.indirectDesc;
     this.descGpa = cfg.descGpa;
     this.driverEventGpa = cfg.driverEventGpa;
     this.deviceEventGpa = cfg.deviceEventGpa;
@@ -207,7 +140,7 @@ export class PackedQueue {
     if (!Number.isSafeInteger(cfg.deviceEventGpa) || cfg.deviceEventGpa % 4 !== 0) {
       throw new QueueSetupError(cfg.index, `device event suppression GPA ${hex(cfg.deviceEventGpa)} is not 4-byte aligned`);
     }
-    this.resolveViews(true);
+    this.mapRings(true);
     const availIdx = cfg.nextAvail ?? 0;
     const availWrap = cfg.availWrap ?? true;
     const usedIdx = cfg.nextUsed ?? availIdx;
@@ -224,9 +157,6 @@ export class PackedQueue {
       );
     }
     this.signalledPos = this.usedPos;
-    this.inflight = new Array(cfg.size);
-    this.log = cfg.log ?? null;
-    this.usedLogGpa = cfg.usedLogGpa ?? cfg.deviceEventGpa;
   }
 
   /** Ring slot the device examines next. */
@@ -246,35 +176,12 @@ export class PackedQueue {
     return this.usedPos < this.size;
   }
   /** GET_VRING_BASE reply `num` (both indexes and wrap counters). */
-  get vringBase(): number {
+  override get vringBase(): number {
     return encodePackedVringBase({ availIdx: this.nextAvail, availWrap: this.availWrapCounter, usedIdx: this.nextUsed, usedWrap: this.usedWrapCounter });
-  }
-  /** Chains popped and not yet returned with pushUsed. */
-  get inFlight(): number {
-    return this.inflightCount;
   }
   /** Ring slots between the used and the avail index: owned by the device (in flight, or lost in a restart). */
   get inFlightDescriptors(): number {
     return this.ownedSlots();
-  }
-  get broken(): boolean {
-    return this.faultErr !== undefined;
-  }
-  get fault(): QueueFault | undefined {
-    return this.faultErr;
-  }
-
-  /** VHOST_F_LOG_ALL switched on/off, or a new log area (SET_LOG_BASE). */
-  setLog(log: DirtyLog | null, usedLogGpa: number = this.deviceEventGpa): void {
-    this.log = log;
-    this.usedLogGpa = usedLogGpa;
-  }
-
-  /** Buffer ids currently in flight. */
-  inFlightHeads(): number[] {
-    const out: number[] = [];
-    for (let i = 0; i < this.size; i++) if (this.inflight[i] !== undefined) out.push(i);
-    return out;
   }
 
   private ownedSlots(): number {
@@ -361,14 +268,13 @@ export class PackedQueue {
       }
     }
     if (id >= size) this.fail(`buffer id ${id} >= queue size ${size}`, first, id, slot);
-    if (this.inflight[id] !== undefined) this.fail(`buffer id ${id} is already in flight`, first, id, slot);
+    if (this.isInFlight(id)) this.fail(`buffer id ${id} is already in flight`, first, id, slot);
     chain.head = id;
     chain.descCount = n;
     let p = pos + n;
     if (p >= this.span) p -= this.span;
     this.availPos = p;
-    this.inflight[id] = chain;
-    this.inflightCount++;
+    this.track(id, chain);
     return chain;
   }
 
@@ -378,12 +284,7 @@ export class PackedQueue {
    * index past the slots its chain occupied. Logs the written bytes and the descriptor.
    */
   pushUsed(id: number, writtenLen: number): void {
-    this.check();
-    const chain = Number.isInteger(id) && id >= 0 && id < this.size ? this.inflight[id] : undefined;
-    if (chain === undefined) throw new Error(`virtqueue ${this.index}: pushUsed of buffer id ${id}, which is not in flight`);
-    if (!Number.isInteger(writtenLen) || writtenLen < 0 || writtenLen > chain.writableLen) {
-      throw new RangeError(`virtqueue ${this.index}: pushUsed(id ${id}) written length ${writtenLen} exceeds the chain's ${chain.writableLen} writable bytes`);
-    }
+    const chain = this.retire(id, writtenLen, 'buffer id');
     const size = this.size;
     const pos = this.usedPos;
     const wrap = pos < size;
@@ -399,21 +300,7 @@ export class PackedQueue {
     if (p >= this.span) p -= this.span;
     this.usedPos = p;
     this.usedSinceSignal += chain.descCount;
-    this.inflight[id] = undefined;
-    this.inflightCount--;
-    const log = this.log;
-    if (log !== null) {
-      markRanges(log, chain.writableRanges, 0, writtenLen);
-      log.mark(this.descGpa + o + 8, 8);
-    }
-  }
-
-  /**
-   * Copies `data` into the chain's writable buffers starting `offset` bytes in; returns the
-   * bytes copied (bounded by writableLen). Logs the touched guest pages when logging.
-   */
-  writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
-    return writeChainLogged(chain, data, offset, this.log);
+    this.logRing(this.descGpa + o + 8, 8);
   }
 
   /**
@@ -462,39 +349,19 @@ export class PackedQueue {
     if (v === this.deviceEventShadow) return;
     this.deviceEventShadow = v;
     Atomics.store(this.deviceEvent, 0, v);
-    if (this.log !== null) this.log.mark(this.usedLogGpa, EVENT_SUPPRESS_BYTES);
+    this.logUsedArea(0, EVENT_SUPPRESS_BYTES);
   }
 
-  private check(): void {
-    if (this.faultErr !== undefined) {
-      const f = this.faultErr;
-      throw new QueueFault(this.index, `queue is broken: ${f.reason}`, f.availIndex, f.head, f.descIndex);
-    }
-    if (this.memGen !== this.memory.generation) this.resolveViews(false);
-  }
-
-  private resolveViews(setup: boolean): void {
-    const view = (gpa: number, len: number, what: string) => ringView(this.memory, this.index, gpa, len, what, setup, (r) => this.fail(r));
-    const d = view(this.descGpa, this.size * DESC_SIZE, 'descriptor ring');
-    const drv = view(this.driverEventGpa, EVENT_SUPPRESS_BYTES, 'driver event suppression area');
-    const dev = view(this.deviceEventGpa, EVENT_SUPPRESS_BYTES, 'device event suppression area');
-    if (d.byteOffset % 2 !== 0 || drv.byteOffset % 4 !== 0 || dev.byteOffset % 4 !== 0) {
-      const reason = 'ring is misaligned in its host mapping';
-      if (setup) throw new QueueSetupError(this.index, reason);
-      this.fail(reason);
-    }
+  protected override resolveViews(setup: boolean): void {
+    const d = this.ringView(this.descGpa, this.size * DESC_SIZE, 'descriptor ring', setup);
+    const drv = this.ringView(this.driverEventGpa, EVENT_SUPPRESS_BYTES, 'driver event suppression area', setup);
+    const dev = this.ringView(this.deviceEventGpa, EVENT_SUPPRESS_BYTES, 'device event suppression area', setup);
+    if (d.byteOffset % 2 !== 0 || drv.byteOffset % 4 !== 0 || dev.byteOffset % 4 !== 0) this.setupFault(setup, 'ring is misaligned in its host mapping');
     this.desc = new DataView(d.buffer, d.byteOffset, d.byteLength);
     this.ring16 = new Uint16Array(d.buffer, d.byteOffset, 8 * this.size);
     this.driverEvent = new Uint32Array(drv.buffer, drv.byteOffset, 1);
     this.deviceEvent = new Uint32Array(dev.buffer, dev.byteOffset, 1);
     this.deviceEventShadow = -1;
-    this.memGen = this.memory.generation;
-  }
-
-  private fail(reason: string, availIndex?: number, head?: number, descIndex?: number): never {
-    const f = new QueueFault(this.index, reason, availIndex, head, descIndex);
-    this.faultErr = f;
-    throw f;
   }
 }
 

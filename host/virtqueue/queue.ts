@@ -1,13 +1,13 @@
 // What the runner needs from a device-side virtqueue, whichever ring layout the driver chose
-// (VIRTIO_F_RING_PACKED, bit 34). SplitQueue and PackedQueue both satisfy it structurally;
-// createDeviceQueue builds the right one from SET_VRING_NUM/ADDR/BASE values, and the vring
-// base helpers speak the two SET/GET_VRING_BASE payload formats.
+// (VIRTIO_F_RING_PACKED, bit 34). SplitQueue and PackedQueue both satisfy it (what they share
+// is QueueCore, core.ts); createDeviceQueue builds the right one from SET_VRING_NUM/ADDR/BASE
+// values, and each queue answers GET_VRING_BASE in its own layout's format (vringBase).
 
-import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
-import { isValidQueueSize } from './layout.ts';
+import type { QueueCoreConfig } from './core.ts';
+import { isValidPackedQueueSize, isValidQueueSize } from './layout.ts';
 import { QueueSetupError, SplitQueue, type DescriptorChain, type QueueFault } from './split.ts';
-import { PackedQueue, decodePackedVringBase, isValidPackedQueueSize } from './packed.ts';
+import { PackedQueue, decodePackedVringBase } from './packed.ts';
 
 export const VIRTIO_F_RING_PACKED = 34;
 
@@ -20,9 +20,15 @@ export interface DeviceQueue {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectDesc: boolean;
-  /** Split: free-running u16 avail index. Packed: ring slot (see PackedQueue.vringBase for the wire value). */
+  /** Split: free-running u16 avail index. Packed: ring slot (vringBase has the wire value). */
   readonly nextAvail: number;
   readonly nextUsed: number;
+  /**
+   * GET_VRING_BASE reply `num`. Split: the next avail index (u16). Packed: avail index in bits
+   * 0-14, avail wrap counter in bit 15, and the used index and wrap counter likewise in bits
+   * 16-31. SET_VRING_BASE's value goes in as DeviceQueueConfig.vringBase, in the same format.
+   */
+  readonly vringBase: number;
   /** Chains popped and not yet returned with pushUsed. */
   readonly inFlight: number;
   readonly broken: boolean;
@@ -44,25 +50,18 @@ export interface DeviceQueue {
   setLog(log: DirtyLog | null, usedLogGpa?: number): void;
 }
 
-export interface DeviceQueueConfig {
-  index: number;
-  memory: GuestMemory;
+export interface DeviceQueueConfig extends QueueCoreConfig {
   packed: boolean;
-  size: number;
   /** The three SET_VRING_ADDR addresses as GPAs. Packed: descriptor ring, driver event area, device event area. */
   descGpa: number;
   availGpa: number;
   usedGpa: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
   /**
    * SET_VRING_BASE `num` as received (split: u16 avail index; packed: both indexes and wrap
    * counters). Omit it when the front-end sent none: for a packed ring 0 is NOT the initial
    * state (that is 0x80008000: both indexes 0, both wrap counters 1), it means "one lap done".
    */
   vringBase?: number;
-  log?: DirtyLog | null;
-  usedLogGpa?: number;
 }
 
 /** SET_VRING_NUM: split sizes are powers of two, packed sizes any integer; both at most 32768. */
@@ -115,9 +114,4 @@ export function createDeviceQueue(cfg: DeviceQueueConfig): DeviceQueue {
     usedLogGpa: cfg.usedLogGpa,
   });
   return q;
-}
-
-/** GET_VRING_BASE reply `num` for a running queue (split: next avail index; packed: the full state). */
-export function vringBaseOf(q: DeviceQueue): number {
-  return q instanceof PackedQueue ? q.vringBase : q.nextAvail;
 }

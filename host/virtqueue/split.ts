@@ -2,8 +2,7 @@
 // index, address and length is checked before use, and the first violation breaks the queue
 // (a QueueFault; the session then reports DEVICE_NEEDS_RESET) instead of being worked around.
 
-import { GuestMemory, hex } from '../memory/guest-memory.ts';
-import type { DirtyLog } from '../memory/dirty-log.ts';
+import { hex } from '../memory/guest-memory.ts';
 import {
   DESC_SIZE,
   VIRTQ_DESC_F_INDIRECT,
@@ -17,54 +16,29 @@ import {
   usedBytes,
   vringNeedEvent,
 } from './layout.ts';
-import {
-  QueueFault,
-  QueueSetupError,
-  appendBuffer,
-  descriptorName,
-  indirectTable,
-  markRanges,
-  ringView,
-  writeChainLogged,
-  type DescriptorChain,
-  type Fail,
-} from './chain.ts';
+import { QueueSetupError, appendBuffer, descriptorName, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { QueueCore, type QueueCoreConfig } from './core.ts';
 
 // They moved to chain.ts (shared with the packed queue); importers of this module keep working.
 export { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './chain.ts';
 
-export interface SplitQueueConfig {
-  /** Queue index, only for messages. */
-  index: number;
-  memory: GuestMemory;
-  size: number;
+export interface SplitQueueConfig extends QueueCoreConfig {
   descGpa: number;
   availGpa: number;
+  /** Also what usedLogGpa defaults to. */
   usedGpa: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
   /** SET_VRING_BASE: first avail index to process (default 0). */
   nextAvail?: number;
   /** Next used index; default: used.idx as found in guest memory (the ring's history survives a reconnect). */
   nextUsed?: number;
-  /** VHOST_F_LOG_ALL: log every write to guest memory here. */
-  log?: DirtyLog | null;
-  /** GPA to log used-ring writes against (log_guest_addr of SET_VRING_ADDR); default usedGpa. */
-  usedLogGpa?: number;
 }
 
-export class SplitQueue {
-  readonly index: number;
-  readonly size: number;
-  readonly eventIdx: boolean;
-  readonly indirectDesc: boolean;
+export class SplitQueue extends QueueCore<DescriptorChain> {
   readonly descGpa: number;
   readonly availGpa: number;
   readonly usedGpa: number;
 
-  private readonly memory: GuestMemory;
   private readonly mask: number;
-  private memGen = -1;
   private desc!: DataView;
   /** [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event. */
   private avail!: Uint16Array;
@@ -79,22 +53,13 @@ export class SplitQueue {
   private nextUsedIdx: number;
   private shadowAvail: number;
   private signalledUsed: number;
-  private readonly inflight: (DescriptorChain | undefined)[];
-  private inflightCount = 0;
-  private faultErr: QueueFault | undefined;
-  private log: DirtyLog | null;
-  private usedLogGpa: number;
 
   constructor(cfg: SplitQueueConfig) {
-    this.index = cfg.index;
     if (!isValidQueueSize(cfg.size)) {
       throw new QueueSetupError(cfg.index, `queue size ${cfg.size} is not a power of two in [1, 32768]`);
     }
-    this.size = cfg.size;
+    super(cfg, cfg.usedGpa);
     this.mask = cfg.size - 1;
-    this.memory = cfg.memory;
-    this.eventIdx = cfg.eventIdx;
-    this.indirectDesc = cfg.indirectDesc;
     this.descGpa = cfg.descGpa;
     this.availGpa = cfg.availGpa;
     this.usedGpa = cfg.usedGpa;
@@ -102,7 +67,7 @@ export class SplitQueue {
     if (cfg.descGpa % 16 !== 0) throw new QueueSetupError(cfg.index, `descriptor table GPA ${hex(cfg.descGpa)} is not 16-byte aligned`);
     if (cfg.availGpa % 2 !== 0) throw new QueueSetupError(cfg.index, `avail ring GPA ${hex(cfg.availGpa)} is not 2-byte aligned`);
     if (cfg.usedGpa % 4 !== 0) throw new QueueSetupError(cfg.index, `used ring GPA ${hex(cfg.usedGpa)} is not 4-byte aligned`);
-    this.resolveViews(true);
+    this.mapRings(true);
     const base = cfg.nextAvail ?? 0;
     if (!Number.isInteger(base) || base < 0 || base > 0xffff) throw new QueueSetupError(cfg.index, `vring base ${base} is not a u16`);
     this.nextAvailIdx = base;
@@ -111,9 +76,6 @@ export class SplitQueue {
     if (!Number.isInteger(used) || used < 0 || used > 0xffff) throw new QueueSetupError(cfg.index, `next used ${used} is not a u16`);
     this.nextUsedIdx = used;
     this.signalledUsed = used;
-    this.inflight = new Array(cfg.size);
-    this.log = cfg.log ?? null;
-    this.usedLogGpa = cfg.usedLogGpa ?? cfg.usedGpa;
   }
 
   get nextAvail(): number {
@@ -122,29 +84,9 @@ export class SplitQueue {
   get nextUsed(): number {
     return this.nextUsedIdx;
   }
-  /** Chains popped and not yet returned with pushUsed. */
-  get inFlight(): number {
-    return this.inflightCount;
-  }
-  get broken(): boolean {
-    return this.faultErr !== undefined;
-  }
-  /** The fault that broke the queue, if any. */
-  get fault(): QueueFault | undefined {
-    return this.faultErr;
-  }
-
-  /** VHOST_F_LOG_ALL switched on/off, or a new log area (SET_LOG_BASE). */
-  setLog(log: DirtyLog | null, usedLogGpa: number = this.usedGpa): void {
-    this.log = log;
-    this.usedLogGpa = usedLogGpa;
-  }
-
-  /** Heads currently in flight (for GET_VRING_BASE accounting / inflight tracking). */
-  inFlightHeads(): number[] {
-    const out: number[] = [];
-    for (let i = 0; i < this.size; i++) if (this.inflight[i] !== undefined) out.push(i);
-    return out;
+  /** GET_VRING_BASE reply `num`: the next avail index to process (a free-running u16). */
+  override get vringBase(): number {
+    return this.nextAvailIdx;
   }
 
   /**
@@ -167,11 +109,10 @@ export class SplitQueue {
     const availIndex = this.nextAvailIdx;
     const head = this.avail[2 + (availIndex & this.mask)];
     if (head >= this.size) this.fail(`head descriptor index ${head} >= queue size ${this.size}`, availIndex, head, head);
-    if (this.inflight[head] !== undefined) this.fail(`head ${head} is already in flight`, availIndex, head, head);
+    if (this.isInFlight(head)) this.fail(`head ${head} is already in flight`, availIndex, head, head);
     const chain = this.walk(head, availIndex);
     this.nextAvailIdx = (availIndex + 1) & 0xffff;
-    this.inflight[head] = chain;
-    this.inflightCount++;
+    this.track(head, chain);
     return chain;
   }
 
@@ -221,12 +162,7 @@ export class SplitQueue {
    * Marks the written buffer bytes and the used-ring entry/idx in the dirty log when logging.
    */
   pushUsed(head: number, writtenLen: number): void {
-    this.check();
-    const chain = Number.isInteger(head) && head >= 0 && head < this.size ? this.inflight[head] : undefined;
-    if (chain === undefined) throw new Error(`virtqueue ${this.index}: pushUsed of head ${head}, which is not in flight`);
-    if (!Number.isInteger(writtenLen) || writtenLen < 0 || writtenLen > chain.writableLen) {
-      throw new RangeError(`virtqueue ${this.index}: pushUsed(head ${head}) written length ${writtenLen} exceeds the chain's ${chain.writableLen} writable bytes`);
-    }
+    this.retire(head, writtenLen, 'head');
     const slot = this.nextUsedIdx & this.mask;
     this.usedRing[2 * slot] = head;
     this.usedRing[2 * slot + 1] = writtenLen;
@@ -235,22 +171,8 @@ export class SplitQueue {
     // anyway; the seq-cst store also keeps the JIT from sinking the element stores below it,
     // and (a locked xchg) doubles as the store->load fence needNotification relies on.
     Atomics.store(this.usedHdr, 1, this.nextUsedIdx);
-    this.inflight[head] = undefined;
-    this.inflightCount--;
-    const log = this.log;
-    if (log !== null) {
-      markRanges(log, chain.writableRanges, 0, writtenLen);
-      log.mark(this.usedLogGpa + 4 + 8 * slot, 8);
-      log.mark(this.usedLogGpa + 2, 2);
-    }
-  }
-
-  /**
-   * Copies `data` into the chain's writable buffers starting `offset` bytes in; returns the
-   * bytes copied (bounded by writableLen). Logs the touched guest pages when logging.
-   */
-  writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
-    return writeChainLogged(chain, data, offset, this.log);
+    this.logUsedArea(4 + 8 * slot, 8);
+    this.logUsedArea(2, 2);
   }
 
   /**
@@ -278,10 +200,10 @@ export class SplitQueue {
     this.check();
     if (this.eventIdx) {
       Atomics.store(this.availEvent!, 0, this.nextAvailIdx);
-      this.logUsed(4 + 8 * this.size, 2);
+      this.logUsedArea(4 + 8 * this.size, 2);
     } else {
       Atomics.store(this.usedHdr, 0, this.usedHdr[0] & ~VRING_USED_F_NO_NOTIFY);
-      this.logUsed(0, 2);
+      this.logUsedArea(0, 2);
     }
     // The seq-cst store above is a full fence: this idx read cannot be satisfied before it.
     return Atomics.load(this.avail, 1) !== this.nextAvailIdx;
@@ -292,7 +214,7 @@ export class SplitQueue {
     this.check();
     if (this.eventIdx) return; // avail_event stays behind: the driver will not kick until it is moved
     Atomics.store(this.usedHdr, 0, this.usedHdr[0] | VRING_USED_F_NO_NOTIFY);
-    this.logUsed(0, 2);
+    this.logUsedArea(0, 2);
   }
 
   /** Whether the driver has published chains not yet popped (no side effects). */
@@ -301,42 +223,17 @@ export class SplitQueue {
     return Atomics.load(this.avail, 1) !== this.nextAvailIdx;
   }
 
-  private logUsed(offset: number, len: number): void {
-    if (this.log !== null) this.log.mark(this.usedLogGpa + offset, len);
-  }
-
-  private check(): void {
-    if (this.faultErr !== undefined) {
-      const f = this.faultErr;
-      throw new QueueFault(this.index, `queue is broken: ${f.reason}`, f.availIndex, f.head, f.descIndex);
-    }
-    if (this.memGen !== this.memory.generation) this.resolveViews(false);
-  }
-
-  /** (Re)derive ring views; the memory table changed (ADD/REM_MEM_REG) or this is setup. */
-  private resolveViews(setup: boolean): void {
-    const view = (gpa: number, len: number, what: string) => ringView(this.memory, this.index, gpa, len, what, setup, (r) => this.fail(r));
-    const d = view(this.descGpa, descTableBytes(this.size), 'descriptor table');
-    const a = view(this.availGpa, availBytes(this.size), 'avail ring');
-    const u = view(this.usedGpa, usedBytes(this.size), 'used ring');
-    if (a.byteOffset % 2 !== 0 || u.byteOffset % 4 !== 0) {
-      // Only if a region starts at an odd host offset: the typed arrays below need alignment.
-      const reason = 'ring is misaligned in its host mapping';
-      if (setup) throw new QueueSetupError(this.index, reason);
-      this.fail(reason);
-    }
+  protected override resolveViews(setup: boolean): void {
+    const d = this.ringView(this.descGpa, descTableBytes(this.size), 'descriptor table', setup);
+    const a = this.ringView(this.availGpa, availBytes(this.size), 'avail ring', setup);
+    const u = this.ringView(this.usedGpa, usedBytes(this.size), 'used ring', setup);
+    // Only if a region starts at an odd host offset: the typed arrays below need alignment.
+    if (a.byteOffset % 2 !== 0 || u.byteOffset % 4 !== 0) this.setupFault(setup, 'ring is misaligned in its host mapping');
     this.desc = new DataView(d.buffer, d.byteOffset, d.byteLength);
     this.avail = new Uint16Array(a.buffer, a.byteOffset, 3 + this.size);
     this.usedHdr = new Uint16Array(u.buffer, u.byteOffset, 2);
     this.usedRing = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * this.size);
     this.availEvent = this.eventIdx ? new Uint16Array(u.buffer, u.byteOffset + 4 + 8 * this.size, 1) : undefined;
-    this.memGen = this.memory.generation;
-  }
-
-  private fail(reason: string, availIndex?: number, head?: number, descIndex?: number): never {
-    const f = new QueueFault(this.index, reason, availIndex, head, descIndex);
-    this.faultErr = f;
-    throw f;
   }
 }
 

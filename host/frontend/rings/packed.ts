@@ -1,23 +1,24 @@
-// Driver (guest) side of a packed virtqueue, for our own front-end driver, tests and benchmarks.
+// Driver (guest) side of a packed virtqueue, for our own front-end driver (host/frontend) and tests.
 // It owns the descriptor ring, both event suppression structures and optional per-buffer-id
 // indirect tables inside memory it is given as a Uint8Array whose first byte is at guest
 // address `gpa`. It trusts nothing the device writes back.
 
-import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.ts';
 import {
+  DESC_SIZE,
   EVENT_SUPPRESS_BYTES,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
   VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
   isValidPackedQueueSize,
   packedNeedEvent,
   positionToOffWrap,
-} from './packed.ts';
-import type { DriverBuffer, UsedElem } from './driver-ring.ts';
-
-export type { DriverBuffer, UsedElem };
+} from '../../virtqueue/layout.ts';
+import { align, ringMemory, writeDescriptor, type DriverBuffer, type DriverRingOptions, type UsedElem } from './common.ts';
 
 export interface PackedDriverLayout {
   descOffset: number;
@@ -30,19 +31,8 @@ export interface PackedDriverLayout {
   bytes: number;
 }
 
-export interface PackedDriverOptions {
-  /** 1..32768, any integer. */
-  size: number;
-  /** Ring memory; byteOffset must be 4-aligned. */
-  memory: Uint8Array;
-  /** Guest address of memory[0]; must be 16-aligned. */
-  gpa: number;
-  eventIdx: boolean;
-  /** Max descriptors per indirect table; 0 (default) reserves none. */
-  indirectEntries?: number;
-}
-
-const align = (n: number, a: number) => Math.ceil(n / a) * a;
+/** `size`: 1..32768, any integer. */
+export type PackedDriverOptions = DriverRingOptions;
 
 export class PackedDriverRing {
   readonly size: number;
@@ -82,14 +72,9 @@ export class PackedDriverRing {
     this.eventIdx = opts.eventIdx;
     this.indirectEntries = opts.indirectEntries ?? 0;
     this.layout = PackedDriverRing.layoutFor(opts.size, this.indirectEntries);
-    if (opts.memory.length < this.layout.bytes) {
-      throw new RangeError(`packed driver ring: needs ${this.layout.bytes} bytes of ring memory, got ${opts.memory.length}`);
-    }
-    if (opts.gpa % 16 !== 0 || opts.memory.byteOffset % 4 !== 0) throw new RangeError('packed driver ring: memory must be 16-aligned (GPA) and 4-aligned (view)');
+    this.dv = ringMemory('packed driver ring', opts, this.layout.bytes);
     this.gpa = opts.gpa;
     const { buffer, byteOffset } = opts.memory;
-    opts.memory.fill(0, 0, this.layout.bytes);
-    this.dv = new DataView(buffer, byteOffset, this.layout.bytes);
     this.ring16 = new Uint16Array(buffer, byteOffset, 8 * this.size);
     this.driverEvent = new Uint32Array(buffer, byteOffset + this.layout.driverEventOffset, 1);
     this.deviceEvent = new Uint32Array(buffer, byteOffset + this.layout.deviceEventOffset, 1);
@@ -143,7 +128,7 @@ export class PackedDriverRing {
     const start = this.availPos;
     if (opts.indirect) {
       const tableOff = this.layout.indirectOffset + id * this.indirectEntries * DESC_SIZE;
-      bufs.forEach(([b, f], i) => this.writeDesc(tableOff + i * DESC_SIZE, b.gpa, b.len, 0, f));
+      bufs.forEach(([b, f], i) => writeDescriptor(this.dv, tableOff + i * DESC_SIZE, b.gpa, b.len, 0, f));
       this.publish(start, this.gpa + tableOff, n * DESC_SIZE, id, VIRTQ_DESC_F_INDIRECT);
     } else {
       // Every descriptor but the head first; the head's flags last make the whole chain available.
@@ -165,20 +150,12 @@ export class PackedDriverRing {
     return p >= this.span ? p - this.span : p;
   }
 
-  private writeDesc(off: number, gpa: number, len: number, id: number, flags: number): void {
-    this.dv.setUint32(off, gpa % 0x100000000, true);
-    this.dv.setUint32(off + 4, Math.floor(gpa / 0x100000000), true);
-    this.dv.setUint32(off + 8, len, true);
-    this.dv.setUint16(off + 12, id, true);
-    this.dv.setUint16(off + 14, flags, true);
-  }
-
   /** Writes ring descriptor at `pos`, its AVAIL/USED bits set for that position's lap; flags last (release). */
   private publish(pos: number, gpa: number, len: number, id: number, flags: number): void {
     const wrap = pos < this.size;
     const slot = wrap ? pos : pos - this.size;
     const off = this.layout.descOffset + slot * DESC_SIZE;
-    this.writeDesc(off, gpa, len, id, 0);
+    writeDescriptor(this.dv, off, gpa, len, id, 0);
     Atomics.store(this.ring16, 8 * slot + 7, flags | (wrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED));
   }
 

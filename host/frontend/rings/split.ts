@@ -1,4 +1,4 @@
-// Driver (guest) side of a split virtqueue, for our own front-end driver, tests and benchmarks.
+// Driver (guest) side of a split virtqueue, for our own front-end driver (host/frontend) and tests.
 // It owns the layout of desc/avail/used (and optional indirect tables) inside memory it is
 // given as a Uint8Array whose first byte is at guest address `gpa`; it knows nothing about how
 // the device maps that memory. It trusts nothing the device writes back either.
@@ -15,19 +15,10 @@ import {
   isValidQueueSize,
   usedBytes,
   vringNeedEvent,
-} from './layout.ts';
+} from '../../virtqueue/layout.ts';
+import { align, ringMemory, writeDescriptor, type DriverBuffer, type DriverRingOptions, type UsedElem } from './common.ts';
 
-export interface DriverBuffer {
-  gpa: number;
-  len: number;
-}
-
-export interface UsedElem {
-  head: number;
-  len: number;
-}
-
-export interface DriverRingLayout {
+export interface SplitDriverLayout {
   descOffset: number;
   availOffset: number;
   usedOffset: number;
@@ -37,15 +28,7 @@ export interface DriverRingLayout {
   bytes: number;
 }
 
-export interface DriverRingOptions {
-  size: number;
-  /** Ring memory; byteOffset must be 4-aligned. */
-  memory: Uint8Array;
-  /** Guest address of memory[0]; must be 16-aligned. */
-  gpa: number;
-  eventIdx: boolean;
-  /** Max descriptors per indirect table; 0 (default) reserves no indirect tables. */
-  indirectEntries?: number;
+export interface SplitDriverOptions extends DriverRingOptions {
   /**
    * Ring index to start at (default 0): avail idx, used idx and used_event all begin here, as
    * on a ring that already carried this many requests (the device must be given the same base
@@ -54,15 +37,12 @@ export interface DriverRingOptions {
   startIndex?: number;
 }
 
-const align = (n: number, a: number) => Math.ceil(n / a) * a;
-
-export class DriverRing {
+export class SplitDriverRing {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectEntries: number;
-  readonly layout: DriverRingLayout;
+  readonly layout: SplitDriverLayout;
   readonly gpa: number;
-  private readonly mem: Uint8Array;
   private readonly dv: DataView;
   /** [0] flags, [1] idx, [2 + i] ring, [2 + size] used_event */
   private readonly avail: Uint16Array;
@@ -79,7 +59,7 @@ export class DriverRing {
   private interruptsOn = true;
   private inflight = 0;
 
-  static layoutFor(size: number, indirectEntries = 0): DriverRingLayout {
+  static layoutFor(size: number, indirectEntries = 0): SplitDriverLayout {
     const descOffset = 0;
     const availOffset = descTableBytes(size);
     const usedOffset = align(availOffset + availBytes(size), 4);
@@ -87,25 +67,19 @@ export class DriverRing {
     return { descOffset, availOffset, usedOffset, indirectOffset, bytes: indirectOffset + size * indirectEntries * DESC_SIZE };
   }
 
-  constructor(opts: DriverRingOptions) {
+  constructor(opts: SplitDriverOptions) {
     if (!isValidQueueSize(opts.size)) throw new RangeError(`driver ring: size ${opts.size} is not a power of two in [1, 32768]`);
     this.size = opts.size;
     this.eventIdx = opts.eventIdx;
     this.indirectEntries = opts.indirectEntries ?? 0;
-    this.layout = DriverRing.layoutFor(opts.size, this.indirectEntries);
-    if (opts.memory.length < this.layout.bytes) {
-      throw new RangeError(`driver ring: needs ${this.layout.bytes} bytes of ring memory, got ${opts.memory.length}`);
-    }
-    if (opts.gpa % 16 !== 0 || opts.memory.byteOffset % 4 !== 0) throw new RangeError('driver ring: memory must be 16-aligned (GPA) and 4-aligned (view)');
+    this.layout = SplitDriverRing.layoutFor(opts.size, this.indirectEntries);
+    this.dv = ringMemory('driver ring', opts, this.layout.bytes);
     this.gpa = opts.gpa;
-    this.mem = opts.memory;
     const { buffer, byteOffset } = opts.memory;
-    this.dv = new DataView(buffer, byteOffset, this.layout.bytes);
     this.avail = new Uint16Array(buffer, byteOffset + this.layout.availOffset, 3 + this.size);
     this.usedHdr = new Uint16Array(buffer, byteOffset + this.layout.usedOffset, 2);
     this.usedRing = new Uint32Array(buffer, byteOffset + this.layout.usedOffset + 4, 2 * this.size);
     this.availEvent = new Uint16Array(buffer, byteOffset + this.layout.usedOffset + 4 + 8 * this.size, 1);
-    this.mem.fill(0, 0, this.layout.bytes);
     const start = opts.startIndex ?? 0;
     if (!Number.isInteger(start) || start < 0 || start > 0xffff) throw new RangeError(`driver ring: start index ${start} is not a u16`);
     if (start !== 0) {
@@ -183,11 +157,7 @@ export class DriverRing {
   }
 
   private writeDesc(off: number, b: DriverBuffer, flags: number, next: number, hasNext: boolean): void {
-    this.dv.setUint32(off, b.gpa % 0x100000000, true);
-    this.dv.setUint32(off + 4, Math.floor(b.gpa / 0x100000000), true);
-    this.dv.setUint32(off + 8, b.len, true);
-    this.dv.setUint16(off + 12, flags | (hasNext ? VIRTQ_DESC_F_NEXT : 0), true);
-    this.dv.setUint16(off + 14, hasNext ? next : 0, true);
+    writeDescriptor(this.dv, off, b.gpa, b.len, flags | (hasNext ? VIRTQ_DESC_F_NEXT : 0), hasNext ? next : 0);
   }
 
   /** Whether the device wants a kick for what was added since the last call. */
