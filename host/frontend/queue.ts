@@ -7,7 +7,7 @@
 import { native } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { DriverRing, type DriverBuffer } from '../virtqueue/driver-ring.ts';
-import type { GuestRam } from './guest-memory.ts';
+import type { GuestRam } from './driver-memory.ts';
 
 export interface QueueOptions {
   index: number;
