@@ -75,10 +75,24 @@ function writeAtomic(file, data) {
 }
 
 /**
+ * Every .c and .h of the C SDK. A plugin is linked with all of the SDK's .c files and -I to
+ * its folder, rather than each plugin naming (or symlinking) the parts it uses: wasm-ld drops
+ * every function nothing reaches (--gc-sections is its default), and an import nothing calls
+ * is never emitted, so rng and blk come out the same as without vhost_fs.c.
+ */
+function sdkFiles(sdkDir) {
+  const all = readdirSync(sdkDir).sort();
+  return {
+    sources: all.filter((f) => f.endsWith('.c')).map((f) => join(sdkDir, f)),
+    headers: all.filter((f) => f.endsWith('.h')).map((f) => join(sdkDir, f)),
+  };
+}
+
+/**
  * Build one plugin. Skips the work when the sources, flags and WIT are unchanged since
  * the last build of outFile. Returns { outFile, built } (built false = up to date).
  *
- * options: sources (C files, the SDK is added unless sdk === false), defines (["X=1"]),
+ * options: sources (C files; every SDK .c is added unless sdk === false), defines (["X=1"]),
  * witSource (default wit/device.wit), world, coreOnly (write the core module: tests use
  * it as a not-a-component fixture).
  */
@@ -94,7 +108,8 @@ export async function buildPlugin({
 }) {
   const sdkDir = join(root, 'plugins', 'sdk', 'c');
   const wit = witSource ?? readFileSync(join(root, 'wit', 'device.wit'), 'utf8');
-  const allSources = sdk ? [...sources, join(sdkDir, 'vhost_device.c')] : sources;
+  const sdkParts = sdk ? sdkFiles(sdkDir) : { sources: [], headers: [] };
+  const allSources = [...sources, ...sdkParts.sources];
   const flags = [...CFLAGS, `-I${sdkDir}`, ...defines.map((d) => `-D${d}`)];
   const stampFile = `${outFile}.inputs`;
   const parts = [
@@ -102,7 +117,7 @@ export async function buildPlugin({
     ['wit', Buffer.from(wit)],
     ['build-plugins.mjs', readFileSync(fileURLToPath(import.meta.url))],
     ...allSources.map((f) => [relative(root, f), readFileSync(f)]),
-    ...(sdk ? [['vhost_device.h', readFileSync(join(sdkDir, 'vhost_device.h'))]] : []),
+    ...sdkParts.headers.map((f) => [relative(root, f), readFileSync(f)]),
   ];
   for (const f of sources) {
     // Local headers of the plugin count too.

@@ -2,7 +2,7 @@
 import test from 'ava';
 import { readdirSync } from 'node:fs';
 import { RangeAllocator } from '../host/frontend/allocator.ts';
-import { GuestRam, UVA_BASE } from '../host/frontend/guest-memory.ts';
+import { GuestRam, UVA_BASE } from '../host/frontend/driver-memory.ts';
 import { native } from '../host/native/index.ts';
 
 const fdCount = () => readdirSync('/proc/self/fd').length;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
-import { GuestRam } from '../host/frontend/guest-memory.ts';
+import { GuestRam } from '../host/frontend/driver-memory.ts';
 import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
 import { decodePackedVringBase } from '../host/virtqueue/packed.ts';
 import { VirtioFeature, bit } from '../host/device/features.ts';

@@ -12,7 +12,7 @@ import { native } from '../native/index.ts';
 import type { Mapping } from '../native/api.ts';
 import type { BackendChannel } from './backend-channel.ts';
 import { VhostUserConnection } from './connection.ts';
-import { GuestRam, type RamOptions } from './guest-memory.ts';
+import { GuestRam, type RamOptions } from './driver-memory.ts';
 import { DriverQueue } from './queue.ts';
 
 export const VIRTIO_F_INDIRECT_DESC = 28;

@@ -8,7 +8,7 @@ import { native } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import type { DriverBuffer } from './rings/common.ts';
 import { SplitDriverRing } from './rings/split.ts';
-import type { GuestRam } from './guest-memory.ts';
+import type { GuestRam } from './driver-memory.ts';
 
 export interface QueueOptions {
   index: number;

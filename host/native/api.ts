@@ -1,11 +1,15 @@
-// The typed surface of the native addon: only the syscalls Node lacks. Everything above this
-// file is TypeScript. Every fd the addon creates is O_CLOEXEC, and every socket/pipe/eventfd
+// The typed surface of the native addon's system calls Node lacks: SCM_RIGHTS, eventfd, memfd,
+// pipes, guarded mmap windows, poll, io_uring. The share's confined file-system calls and the
+// fd budget are NativeFs (fs-api.ts), which Native extends. Everything above this file is
+// TypeScript. Every fd the addon creates is O_CLOEXEC, and every socket/pipe/eventfd
 // it creates is O_NONBLOCK (the host never blocks an event loop on an fd).
 //
 // Errors: a failing syscall throws an Error whose `code` is the errno name ('EBADF'),
 // with `errno` (number) and `syscall` ('recvmsg') set, like Node's own fs errors.
 // "Would block" is never an exception: calls that can hit EAGAIN return the documented
 // sentinel instead.
+
+import type { NativeFs } from './fs-api.ts';
 
 export interface RecvResult {
   /** Bytes received; 0 means the peer closed the connection (EOF). */
@@ -137,7 +141,7 @@ export interface BackingInfo {
   directAlign: number;
 }
 
-export interface Native {
+export interface Native extends NativeFs {
   /** Largest window Mapping.window() hands out (1 GiB). */
   readonly MAX_WINDOW: number;
 
@@ -221,80 +225,12 @@ export interface Native {
    */
   watch(fd: number, events: WatchEvents, cb: (readable: boolean, writable: boolean, error: boolean) => void): Watcher;
 
-  // File-system calls for the `filesystem` capability (host/native/src/fs.c). They return
-  // a result >= 0 or -errno (failures are the normal case for a file server); names are
-  // single components (bytes), validated natively; lookups use openat2 beneath the dirfd.
-  // Every fd fsOpenRoot/fsLookup/fsReopen/fsPathOf/fsCreate return is taken from the
-  // process-wide fd budget first (-ENFILE when it is spent) and owned by the calling thread
-  // until fsClose; a thread that ends closes what it still owns.
-  /** O_PATH|O_DIRECTORY fd of the operator's share root. */
-  fsOpenRoot(path: string): number;
-  /** O_PATH|O_NOFOLLOW fd of `name` in dirfd (RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV). */
-  fsLookup(dirfd: number, name: Uint8Array): number;
-  /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
-  fsStat(fd: number, out: Float64Array): number;
-  /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
-  fsReopen(fd: number, flags: number): number;
-  /** A new O_PATH fd on the inode `fd` refers to. */
-  fsPathOf(fd: number): number;
-  /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
-  fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
-  /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
-  fsMake(kind: 'f' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
-  fsLink(fd: number, dirfd: number, name: Uint8Array): number;
-  fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
-  fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;
-  fsReadlink(fd: number, buf: Uint8Array): number;
-  fsSetattr(fd: number, what: 'mode' | 'owner' | 'size' | 'times', a: number, b?: number, c?: number, d?: number): number;
-  fsPread(fd: number, buf: Uint8Array, offset: number): number;
-  fsPwrite(fd: number, buf: Uint8Array, offset: number): number;
-  /** linux_dirent64 records from directory position `offset`. */
-  fsGetdents(fd: number, buf: Uint8Array, offset: bigint): number;
-  /** blocks bfree bavail files ffree bsize namelen frsize. */
-  fsStatfs(fd: number, out: Float64Array): number;
-  fsFsync(fd: number, datasync: boolean): number;
-  fsFallocate(fd: number, mode: number, offset: number, len: number): number;
-  fsLseek(fd: number, offset: number, whence: number): number;
-
   /**
    * _exit(code): ends the process and every thread at once. Only for the host's last-resort
    * shutdown: process.exit() waits for every worker thread, and one blocked in a system call
    * never comes back.
    */
   exitNow(code: number): never;
-
-  /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
-  fsClose(fd: number): number;
-
-  // The process-wide fd budget for share handles (host/native/src/fd_budget.c), one for
-  // every thread. host/resources/fd-budget.ts is the policy; these are the mechanism.
-  /** First call: raise RLIMIT_NOFILE's soft limit to the hard one, budget = limit - reserve. Later calls only report. */
-  fdBudgetInit(reserve: number): FdBudgetInfo;
-  /** Moves n fds from the budget to the host's reserve (a device started). */
-  fdBudgetReserve(n: number): FdBudgetInfo;
-  fdBudgetInfo(): FdBudgetInfo;
-
-  // ---- io_uring (host/native/src/uring.c) ----
-  /** A new ring for the calling thread with `entries` submission entries (1..4096). */
-  uringCreate(entries: number): Uring;
-  /** Size and O_DIRECT alignment of an open regular file or block device. */
-  backingInfo(fd: number): BackingInfo;
-  /** fallocate mode flags for Uring.fallocate (linux/falloc.h). */
-  readonly FALLOC_FL: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
-  // ---- end io_uring ----
-}
-
-export interface FdBudgetInfo {
-  /** Share fds all devices together may hold; -1 before fdBudgetInit. */
-  budget: number;
-  /** Share fds held now, across all threads. */
-  used: number;
-  /** RLIMIT_NOFILE soft limit now, and before the host raised it; the hard limit. */
-  limit: number;
-  limitBefore: number;
-  hardLimit: number;
-  /** Fds kept out of the budget for the host itself. */
-  reserve: number;
 
   // ---- io_uring (host/native/src/uring.c) ----
   /** A new ring for the calling thread with `entries` submission entries (1..4096). */

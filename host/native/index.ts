@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Native } from './api.ts';
+export type { NativeFs, FdBudgetInfo } from './fs-api.ts';
 
 export type { Native, Mapping, MemoryFdInfo, RecvResult, Watcher, WatchEvents, FdKind, Uring, UringIov, BackingInfo } from './api.ts';
 

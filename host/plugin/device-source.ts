@@ -46,8 +46,7 @@ export async function loadPluginDevice(
         storage: backing,
         filesystem: share,
         allowUnusedStorage: storageProbe === true,
-        // The host logger has no trace level; plugin trace lines go out as debug.
-        log: (level, message) => log[level === 'trace' ? 'debug' : level](message),
+        log: (level, message) => log[level](message),
         logRate,
       },
     });

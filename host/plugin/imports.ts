@@ -1,7 +1,7 @@
 // The host side of the plugin's imports. Every importable interface is always present
 // (the glue refuses to instantiate with one missing); an ungranted capability is a
 // function that throws, which surfaces as a trap in the plugin call that used it.
-import { LOG_LEVELS, type LogLevel } from './world.ts';
+import { WIT_LOG_LEVELS } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
@@ -9,7 +9,7 @@ import { filesystemImports } from '../fs/imports.ts';
 import { EntropyPool } from './entropy-pool.ts';
 import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts';
 import { MAX_PLUGIN_STRING } from './lift-guard.ts';
-import { cutToBytes } from '../log/logger.ts';
+import { cutToBytes, type LogLevel } from '../log/logger.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
@@ -40,6 +40,15 @@ export class CapabilityError extends Error {
 }
 
 
+/**
+ * The host level of a plugin's log line: the host logger has no trace level, so trace lines
+ * go out as debug; anything that is not a WIT level (a broken glue) is an error line.
+ */
+export function pluginLogLevel(level: unknown): LogLevel {
+  if (level === 'trace') return 'debug';
+  return WIT_LOG_LEVELS.includes(level as (typeof WIT_LOG_LEVELS)[number]) ? (level as LogLevel) : 'error';
+}
+
 export function hostImports(grants: PluginGrants): Record<string, Record<string, unknown>> {
   const pool = new EntropyPool();
   const rate = grants.logRate ?? new LogRateLimit((n) => grants.log('warn', droppedLines(n)));
@@ -47,9 +56,8 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
     'vhost:device/log': {
       write(level: unknown, message: unknown): void {
         if (!rate.take()) return;
-        const lvl = LOG_LEVELS.includes(level as LogLevel) ? (level as LogLevel) : 'error';
         // The logger escapes control characters; the glue already cut the text (room here for its marker).
-        grants.log(lvl, cutToBytes(String(message), MAX_LOG_MESSAGE + 32));
+        grants.log(pluginLogLevel(level), cutToBytes(String(message), MAX_LOG_MESSAGE + 32));
       },
     },
     'vhost:device/entropy': {

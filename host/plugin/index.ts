@@ -5,4 +5,4 @@ export { PluginError, type PluginErrorKind } from './errors.ts';
 export type { PluginDevice } from './adapter.ts';
 export type { PluginGrants } from './imports.ts';
 export type { PluginIdentity } from './validate.ts';
-export { WIT_VERSION, DEVICE_INTERFACE, type LogLevel } from './world.ts';
+export { WIT_VERSION, DEVICE_INTERFACE } from './world.ts';

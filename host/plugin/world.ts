@@ -23,5 +23,8 @@ export const DEVICE_FUNCTIONS = [
   'finishLoad',
 ] as const;
 
-export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
+/**
+ * The cases of the WIT's `log.level` enum, as the glue lifts them. The host's own levels are
+ * host/log's `LogLevel`; pluginLogLevel (imports.ts) maps one onto the other.
+ */
+export const WIT_LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const;

@@ -20,10 +20,10 @@
 // handles. When the budget is spent the share answers ENFILE (the guest sees "too many open
 // files in system"), never EMFILE somewhere else.
 import { native } from '../native/index.ts';
-import type { FdBudgetInfo } from '../native/api.ts';
+import type { FdBudgetInfo } from '../native/fs-api.ts';
 import { MAX_MEM_SLOTS } from '../protocol/constants.ts';
 
-export type { FdBudgetInfo } from '../native/api.ts';
+export type { FdBudgetInfo } from '../native/fs-api.ts';
 
 export const RESERVE_BASE = 128;
 /** Accepted connections a busy device keeps waiting for it (host/server/listener.ts). */

@@ -76,8 +76,3 @@ export class Host {
     await listeners;
   }
 }
-
-/** The benchmark's entry: one TypeScript device module on one socket. */
-export async function startHostForBench(socketPath: string, moduleUrl: string, options: Record<string, unknown> = {}): Promise<Host> {
-  return Host.start([{ label: 'bench', listen: { path: socketPath }, source: { kind: 'module', url: moduleUrl, options }, callDeadlineMs: 10_000 }]);
-}

@@ -10,6 +10,7 @@
  *    it before the next call, so one area serves every export.
  */
 #include "vhost_device.h"
+#include "vhost_abi.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -40,28 +41,42 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static _Alignas(8) uint8_t ret_area[24];
+/* One return area for every export: as large as the largest, aligned for any of them. */
+#define RET_AREA_SIZE VD_ABI_SIZEOF_DEVICE_GET_STATE_RET
+static _Alignas(8) uint8_t ret_area[RET_AREA_SIZE];
+_Static_assert(VD_ABI_SIZEOF_DEVICE_INFO_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_IDENTITY_RET <= RET_AREA_SIZE &&
+                   VD_ABI_SIZEOF_DEVICE_PROCESS_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET <= RET_AREA_SIZE &&
+                   VD_ABI_SIZEOF_DEVICE_READ_CONFIG_RET <= RET_AREA_SIZE,
+               "ret_area must hold every export's return area");
+_Static_assert(VD_ABI_ALIGNOF_DEVICE_INFO <= 8 && VD_ABI_ALIGNOF_STATE_CHUNK <= 8, "ret_area alignment");
 
 static void put_list(uint8_t *at, const void *ptr, size_t len) {
   vd_put_u32(at, (uint32_t)(uintptr_t)ptr);
-  vd_put_u32(at + 4, (uint32_t)len);
+  vd_put_u32(at + VD_ABI_LIST_LEN, (uint32_t)len);
 }
 
-/* result<_, string> at offset 0, payload at 4: the layout activate/set-state/finish-load share. */
+/* result<_, string>: the layout activate, set-state, finish-load (and a failed process) share. */
+#define UNIT_RESULT_SIZE VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET
+#define UNIT_RESULT_ERR VD_ABI_DEVICE_ACTIVATE_RET_ERR
+_Static_assert(VD_ABI_SIZEOF_DEVICE_SET_STATE_RET == UNIT_RESULT_SIZE && VD_ABI_DEVICE_SET_STATE_RET_ERR == UNIT_RESULT_ERR &&
+                   VD_ABI_SIZEOF_DEVICE_FINISH_LOAD_RET == UNIT_RESULT_SIZE &&
+                   VD_ABI_DEVICE_FINISH_LOAD_RET_ERR == UNIT_RESULT_ERR && VD_ABI_DEVICE_PROCESS_RET_ERR == UNIT_RESULT_ERR,
+               "activate, set-state, finish-load and process share the result<_, string> layout");
+
 static uint8_t *unit_result(const char *err) {
-  memset(ret_area, 0, 12);
+  memset(ret_area, 0, UNIT_RESULT_SIZE);
   if (err) {
     size_t n = strlen(err);
     char *copy = xmalloc(n);
     memcpy(copy, err, n);
     ret_area[0] = 1;
-    put_list(ret_area + 4, copy, n);
+    put_list(ret_area + UNIT_RESULT_ERR, copy, n);
   }
   return ret_area;
 }
 
 static void free_unit_result(uint8_t *ret) {
-  if (ret[0] == 1) free((void *)(uintptr_t)vd_get_u32(ret + 4));
+  if (ret[0] == 1) free((void *)(uintptr_t)vd_get_u32(ret + UNIT_RESULT_ERR));
 }
 
 /* ---- Imports ---- */
@@ -72,24 +87,27 @@ vd_import_log_write(int32_t level, const char *msg, size_t len);
 __attribute__((import_module(VD_IFACE("entropy")), import_name("fill"))) extern void
 vd_import_entropy_fill(uint32_t len, uint8_t *ret);
 
+_Static_assert(VD_LOG_ERROR == VD_ABI_LEVEL_ERROR && VD_LOG_WARN == VD_ABI_LEVEL_WARN && VD_LOG_INFO == VD_ABI_LEVEL_INFO &&
+                   VD_LOG_DEBUG == VD_ABI_LEVEL_DEBUG && VD_LOG_TRACE == VD_ABI_LEVEL_TRACE,
+               "enum vd_log_level is the WIT log level, case for case");
+
 void vd_log(enum vd_log_level level, const char *message) {
   vd_import_log_write((int32_t)level, message, strlen(message));
 }
 
 void vd_entropy_fill(uint8_t *dst, uint32_t len) {
-  _Alignas(4) uint8_t ret[8];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_ENTROPY_FILL_RET];
   vd_import_entropy_fill(len, ret);
   uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret);
-  uint32_t got_len = vd_get_u32(ret + 4);
+  uint32_t got_len = vd_get_u32(ret + VD_ABI_LIST_LEN);
   /* A short answer would leave predictable bytes in dst: never pass that on. */
   if (got_len != len) __builtin_trap();
   memcpy(dst, got, len);
   free(got);
 }
 
-/* storage: results wider than one core value come back through `ret`:
- * result<list<u8>, storage-error> = tag u8 at 0, ok (ptr, len) at 4/8, err enum at 4;
- * result<_, storage-error> = tag u8 at 0, err enum u8 at 1. */
+/* storage: results wider than one core value come back through `ret` (vhost_abi.h):
+ * result<list<u8>, storage-error> and result<_, storage-error>, tag u8 at 0. */
 #define VD_STORAGE_IMPORT(name) \
   __attribute__((import_module(VD_IFACE("storage")), import_name(name))) extern
 
@@ -103,25 +121,27 @@ VD_STORAGE_IMPORT("discard") void vd_import_storage_discard(int64_t offset, int6
 VD_STORAGE_IMPORT("write-zeroes") void vd_import_storage_write_zeroes(int64_t offset, int64_t len,
                                                                       uint8_t *ret);
 
-/* WIT enum case n (io, out-of-range, read-only) is status n + 1. */
 static vd_storage_status storage_status(const uint8_t *ret, size_t err_at) {
   if (ret[0] == 0) return VD_STORAGE_OK;
-  uint8_t e = ret[err_at];
+  switch (ret[err_at]) {
+    case VD_ABI_STORAGE_ERROR_IO: return VD_STORAGE_IO;
+    case VD_ABI_STORAGE_ERROR_OUT_OF_RANGE: return VD_STORAGE_OUT_OF_RANGE;
+    case VD_ABI_STORAGE_ERROR_READ_ONLY: return VD_STORAGE_READ_ONLY;
+  }
   /* The host only sends the three cases; anything else means the ABI is broken. */
-  if (e > 2) __builtin_trap();
-  return (vd_storage_status)(e + 1);
+  __builtin_trap();
 }
 
 uint64_t vd_storage_size(void) { return (uint64_t)vd_import_storage_size(); }
 int vd_storage_read_only(void) { return vd_import_storage_read_only() != 0; }
 
 vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out) {
-  _Alignas(4) uint8_t ret[12];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_READ_RET];
   vd_import_storage_read((int64_t)offset, (int32_t)len, ret);
-  vd_storage_status st = storage_status(ret, 4);
+  vd_storage_status st = storage_status(ret, VD_ABI_STORAGE_READ_RET_ERR);
   if (st != VD_STORAGE_OK) return st;
-  uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret + 4);
-  uint32_t got_len = vd_get_u32(ret + 8);
+  uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret + VD_ABI_STORAGE_READ_RET_OK);
+  uint32_t got_len = vd_get_u32(ret + VD_ABI_STORAGE_READ_RET_OK + VD_ABI_LIST_LEN);
   /* A short answer would hand the guest stale bytes from our heap: never. */
   if (got_len != len) __builtin_trap();
   out->data = got;
@@ -139,47 +159,47 @@ vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
 }
 
 vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len) {
-  _Alignas(4) uint8_t ret[2];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_WRITE_RET];
   vd_import_storage_write((int64_t)offset, src, len, ret);
-  return storage_status(ret, 1);
+  return storage_status(ret, VD_ABI_STORAGE_WRITE_RET_ERR);
 }
 
 vd_storage_status vd_storage_flush(void) {
-  _Alignas(4) uint8_t ret[2];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_FLUSH_RET];
   vd_import_storage_flush(ret);
-  return storage_status(ret, 1);
+  return storage_status(ret, VD_ABI_STORAGE_FLUSH_RET_ERR);
 }
 
 vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len) {
-  _Alignas(4) uint8_t ret[2];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_DISCARD_RET];
   vd_import_storage_discard((int64_t)offset, (int64_t)len, ret);
-  return storage_status(ret, 1);
+  return storage_status(ret, VD_ABI_STORAGE_DISCARD_RET_ERR);
 }
 
 vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len) {
-  _Alignas(4) uint8_t ret[2];
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_WRITE_ZEROES_RET];
   vd_import_storage_write_zeroes((int64_t)offset, (int64_t)len, ret);
-  return storage_status(ret, 1);
+  return storage_status(ret, VD_ABI_STORAGE_WRITE_ZEROES_RET_ERR);
 }
 
 /* ---- Exports ---- */
 
 VD_EXPORT("identity") uint8_t *vd_export_identity(void) {
   const char *name = vd_name(), *version = vd_version();
-  put_list(ret_area, name, strlen(name));
-  put_list(ret_area + 8, version, strlen(version));
+  put_list(ret_area + VD_ABI_PLUGIN_IDENTITY_NAME, name, strlen(name));
+  put_list(ret_area + VD_ABI_PLUGIN_IDENTITY_VERSION, version, strlen(version));
   return ret_area;
 }
 
 VD_EXPORT("info") uint8_t *vd_export_info(void) {
   vd_info info = {0};
   vd_get_info(&info);
-  memset(ret_area, 0, 24);
-  vd_put_u32(ret_area, info.device_id);
-  memcpy(ret_area + 4, &info.num_queues, 2);
-  memcpy(ret_area + 6, &info.max_queue_size, 2);
-  vd_put_u64(ret_area + 8, info.features);
-  vd_put_u32(ret_area + 16, info.config_size);
+  memset(ret_area, 0, VD_ABI_SIZEOF_DEVICE_INFO);
+  vd_put_u32(ret_area + VD_ABI_DEVICE_INFO_DEVICE_ID, info.device_id);
+  memcpy(ret_area + VD_ABI_DEVICE_INFO_NUM_QUEUES, &info.num_queues, 2);
+  memcpy(ret_area + VD_ABI_DEVICE_INFO_MAX_QUEUE_SIZE, &info.max_queue_size, 2);
+  vd_put_u64(ret_area + VD_ABI_DEVICE_INFO_FEATURES, info.features);
+  vd_put_u32(ret_area + VD_ABI_DEVICE_INFO_CONFIG_SIZE, info.config_size);
   return ret_area;
 }
 
@@ -207,18 +227,15 @@ VD_POST("activate") void vd_post_activate(uint8_t *ret) { free_unit_result(ret);
 
 VD_EXPORT("reset") void vd_export_reset(void) { vd_reset(); }
 
-/* A request record in the lowered list: readable (ptr, len) then writable-len. */
-#define REQ_SIZE 12
-
 VD_EXPORT("process") uint8_t *vd_export_process(uint32_t queue, uint8_t *reqs, size_t n) {
   vd_request *requests = xmalloc(n * sizeof *requests);
   vd_buf *responses = xmalloc(n * sizeof *responses);
   memset(responses, 0, n * sizeof *responses);
   for (size_t i = 0; i < n; i++) {
-    const uint8_t *r = reqs + i * REQ_SIZE;
-    requests[i].readable = (const uint8_t *)(uintptr_t)vd_get_u32(r);
-    requests[i].readable_len = vd_get_u32(r + 4);
-    requests[i].writable_len = vd_get_u32(r + 8);
+    const uint8_t *r = reqs + i * VD_ABI_SIZEOF_REQUEST;
+    requests[i].readable = (const uint8_t *)(uintptr_t)vd_get_u32(r + VD_ABI_REQUEST_READABLE);
+    requests[i].readable_len = vd_get_u32(r + VD_ABI_REQUEST_READABLE + VD_ABI_LIST_LEN);
+    requests[i].writable_len = vd_get_u32(r + VD_ABI_REQUEST_WRITABLE_LEN);
   }
   const char *err = vd_process((uint16_t)queue, requests, n, responses);
   for (size_t i = 0; i < n; i++) free((void *)requests[i].readable);
@@ -231,14 +248,15 @@ VD_EXPORT("process") uint8_t *vd_export_process(uint32_t queue, uint8_t *reqs, s
   }
   /* list<list<u8>>: each element is (ptr, len); reuse the vd_buf array in place since
    * both are 8 bytes on wasm32 with the pointer first. */
-  _Static_assert(sizeof(vd_buf) == 8, "vd_buf must match the lowered list<u8> layout");
+  _Static_assert(sizeof(vd_buf) == VD_ABI_SIZEOF_LIST && offsetof(vd_buf, len) == VD_ABI_LIST_LEN,
+                 "vd_buf must match the lowered list<u8> layout");
   for (size_t i = 0; i < n; i++) {
     uint8_t *slot = (uint8_t *)&responses[i];
     vd_buf b = responses[i];
     put_list(slot, b.data, b.len);
   }
-  memset(ret_area, 0, 12);
-  put_list(ret_area + 4, responses, n);
+  memset(ret_area, 0, VD_ABI_SIZEOF_DEVICE_PROCESS_RET);
+  put_list(ret_area + VD_ABI_DEVICE_PROCESS_RET_OK, responses, n);
   return ret_area;
 }
 
@@ -247,35 +265,38 @@ VD_POST("process") void vd_post_process(uint8_t *ret) {
     free_unit_result(ret);
     return;
   }
-  uint8_t *list = (uint8_t *)(uintptr_t)vd_get_u32(ret + 4);
-  uint32_t n = vd_get_u32(ret + 8);
-  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)vd_get_u32(list + i * 8));
+  uint8_t *list = (uint8_t *)(uintptr_t)vd_get_u32(ret + VD_ABI_DEVICE_PROCESS_RET_OK);
+  uint32_t n = vd_get_u32(ret + VD_ABI_DEVICE_PROCESS_RET_OK + VD_ABI_LIST_LEN);
+  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)vd_get_u32(list + i * VD_ABI_SIZEOF_LIST));
   free(list);
 }
 
-/* result<state-chunk, string>: tag at 0, payload at 8 (state-chunk aligns to 8):
- * ok = bytes (ptr, len) at 8, remaining u64 at 16; err = string (ptr, len) at 8. */
+/* result<state-chunk, string>: tag at 0; ok = state-chunk, err = string (vhost_abi.h). */
 VD_EXPORT("get-state") uint8_t *vd_export_get_state(uint64_t offset, uint32_t size) {
   vd_buf out = {0};
   uint64_t remaining = 0;
   const char *err = vd_get_state(offset, size, &out, &remaining);
-  memset(ret_area, 0, 24);
+  memset(ret_area, 0, VD_ABI_SIZEOF_DEVICE_GET_STATE_RET);
   if (err) {
     free(out.data);
     size_t n = strlen(err);
     char *copy = xmalloc(n);
     memcpy(copy, err, n);
     ret_area[0] = 1;
-    put_list(ret_area + 8, copy, n);
+    put_list(ret_area + VD_ABI_DEVICE_GET_STATE_RET_ERR, copy, n);
   } else {
-    put_list(ret_area + 8, out.data, out.len);
-    vd_put_u64(ret_area + 16, remaining);
+    uint8_t *chunk = ret_area + VD_ABI_DEVICE_GET_STATE_RET_OK;
+    put_list(chunk + VD_ABI_STATE_CHUNK_BYTES, out.data, out.len);
+    vd_put_u64(chunk + VD_ABI_STATE_CHUNK_REMAINING, remaining);
   }
   return ret_area;
 }
 
 VD_POST("get-state") void vd_post_get_state(uint8_t *ret) {
-  free((void *)(uintptr_t)vd_get_u32(ret + 8));
+  /* The ok chunk's bytes and the err string are both a list at the payload: free either. */
+  _Static_assert(VD_ABI_DEVICE_GET_STATE_RET_OK + VD_ABI_STATE_CHUNK_BYTES == VD_ABI_DEVICE_GET_STATE_RET_ERR,
+                 "get-state's chunk bytes and error string share an offset");
+  free((void *)(uintptr_t)vd_get_u32(ret + VD_ABI_DEVICE_GET_STATE_RET_ERR));
 }
 
 VD_EXPORT("set-state") uint8_t *vd_export_set_state(uint64_t offset, uint8_t *chunk, size_t len) {

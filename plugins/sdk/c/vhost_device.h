@@ -5,7 +5,7 @@
  * (wit/device.wit) by hand: it owns every allocation that crosses the boundary, so a
  * device author never sees pointers into lifted/lowered buffers, only the callbacks
  * below. Build with clang --target=wasm32-wasi -mexec-model=reactor and link
- * vhost_device.c beside the device's own file; see plugins/build-plugins.mjs.
+ * the SDK's .c files beside the device's own files; see plugins/build-plugins.mjs.
  *
  * Error convention: a callback returning `const char *` returns NULL on success or a
  * message describing the failure (any lifetime: the SDK copies it before returning).

@@ -1,14 +1,12 @@
 /*
  * Canonical ABI glue for the `filesystem` import of vhost:device@0.1.0 (wasm32).
  *
- * Results wider than one core value come back through a return area we pass (`ret`).
- * Layouts (bytes): result<entry|attr|u64|fs-stats|tuple<entry,handle>, errno> = tag u8 at 0,
- * payload (or the errno) at 8; result<_|u32|list<u8>|list<dir-entry>, errno> = tag at 0,
- * payload (or the errno) at 4. entry = node u64 at 0, attr at 8 (96 bytes); the tuple's
- * handle follows the entry at 104. Lists the host returns were allocated in our memory
- * through cabi_realloc and are ours to free.
+ * Results wider than one core value come back through a return area we pass (`ret_area`):
+ * a result's tag u8 at 0, its payload (or the errno) where vhost_abi.h says. Lists the host
+ * returns were allocated in our memory through cabi_realloc and are ours to free.
  */
 #include "vhost_fs.h"
+#include "vhost_abi.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +17,36 @@
 #define VFS_IMPORT(name) \
   __attribute__((import_module("vhost:device/filesystem@" VD_WIT_VERSION), import_name(name))) extern
 
-_Static_assert(sizeof(vfs_attr) == 96, "vfs_attr must match the WIT record layout");
-_Static_assert(sizeof(vfs_entry) == 104, "vfs_entry must match the WIT record layout");
-_Static_assert(sizeof(vfs_dirent) == 32 && offsetof(vfs_dirent, name) == 20, "vfs_dirent layout");
-_Static_assert(sizeof(vfs_fsstats) == 56, "vfs_fsstats layout");
+/* The host's records are copied into these structs whole: their C layout is the WIT's. */
+#define SAME_AT(type, field, abi) (offsetof(type, field) == (abi))
+_Static_assert(sizeof(vfs_attr) == VD_ABI_SIZEOF_ATTR && SAME_AT(vfs_attr, dev, VD_ABI_ATTR_DEV) &&
+                   SAME_AT(vfs_attr, ino, VD_ABI_ATTR_INO) && SAME_AT(vfs_attr, size, VD_ABI_ATTR_SIZE) &&
+                   SAME_AT(vfs_attr, blocks, VD_ABI_ATTR_BLOCKS) && SAME_AT(vfs_attr, atime, VD_ABI_ATTR_ATIME) &&
+                   SAME_AT(vfs_attr, mtime, VD_ABI_ATTR_MTIME) && SAME_AT(vfs_attr, ctime, VD_ABI_ATTR_CTIME) &&
+                   SAME_AT(vfs_attr, atime_nsec, VD_ABI_ATTR_ATIME_NSEC) &&
+                   SAME_AT(vfs_attr, mtime_nsec, VD_ABI_ATTR_MTIME_NSEC) &&
+                   SAME_AT(vfs_attr, ctime_nsec, VD_ABI_ATTR_CTIME_NSEC) && SAME_AT(vfs_attr, mode, VD_ABI_ATTR_MODE) &&
+                   SAME_AT(vfs_attr, nlink, VD_ABI_ATTR_NLINK) && SAME_AT(vfs_attr, uid, VD_ABI_ATTR_UID) &&
+                   SAME_AT(vfs_attr, gid, VD_ABI_ATTR_GID) && SAME_AT(vfs_attr, rdev, VD_ABI_ATTR_RDEV) &&
+                   SAME_AT(vfs_attr, blksize, VD_ABI_ATTR_BLKSIZE),
+               "vfs_attr must match the WIT record attr");
+_Static_assert(sizeof(vfs_entry) == VD_ABI_SIZEOF_ENTRY && SAME_AT(vfs_entry, node, VD_ABI_ENTRY_NODE) &&
+                   SAME_AT(vfs_entry, attr, VD_ABI_ENTRY_ATTR),
+               "vfs_entry must match the WIT record entry");
+_Static_assert(sizeof(vfs_dirent) == VD_ABI_SIZEOF_DIR_ENTRY && SAME_AT(vfs_dirent, ino, VD_ABI_DIR_ENTRY_INO) &&
+                   SAME_AT(vfs_dirent, next, VD_ABI_DIR_ENTRY_NEXT) && SAME_AT(vfs_dirent, kind, VD_ABI_DIR_ENTRY_KIND) &&
+                   SAME_AT(vfs_dirent, name, VD_ABI_DIR_ENTRY_NAME) &&
+                   SAME_AT(vfs_dirent, name_len, VD_ABI_DIR_ENTRY_NAME + VD_ABI_LIST_LEN),
+               "vfs_dirent must match the WIT record dir-entry");
+_Static_assert(sizeof(vfs_fsstats) == VD_ABI_SIZEOF_FS_STATS && SAME_AT(vfs_fsstats, blocks, VD_ABI_FS_STATS_BLOCKS) &&
+                   SAME_AT(vfs_fsstats, bfree, VD_ABI_FS_STATS_BFREE) &&
+                   SAME_AT(vfs_fsstats, bavail, VD_ABI_FS_STATS_BAVAIL) &&
+                   SAME_AT(vfs_fsstats, files, VD_ABI_FS_STATS_FILES) &&
+                   SAME_AT(vfs_fsstats, ffree, VD_ABI_FS_STATS_FFREE) &&
+                   SAME_AT(vfs_fsstats, bsize, VD_ABI_FS_STATS_BSIZE) &&
+                   SAME_AT(vfs_fsstats, namelen, VD_ABI_FS_STATS_NAMELEN) &&
+                   SAME_AT(vfs_fsstats, frsize, VD_ABI_FS_STATS_FRSIZE),
+               "vfs_fsstats must match the WIT record fs-stats");
 
 typedef uint8_t *R;
 VFS_IMPORT("tag") void imp_tag(R ret);
@@ -53,7 +77,11 @@ VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t o
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
 VFS_IMPORT("statfs") void imp_statfs(int64_t h, R ret);
 
-static _Alignas(8) uint8_t ret_area[128];
+/* One return area for every call: create's (result<tuple<entry, handle>, errno>) is the largest. */
+static _Alignas(8) uint8_t ret_area[VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET];
+_Static_assert(VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET <= sizeof ret_area && VD_ABI_SIZEOF_FILESYSTEM_STATFS_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area,
+               "ret_area holds every filesystem return area");
 
 static uint32_t u32_at(const uint8_t *p) {
   uint32_t v;
@@ -70,39 +98,41 @@ static uint32_t err_at(const uint8_t *p) {
 size_t vfs_tag(char *buf, size_t cap) {
   imp_tag(ret_area);
   char *p = (char *)(uintptr_t)u32_at(ret_area);
-  size_t n = u32_at(ret_area + 4);
+  size_t n = u32_at(ret_area + VD_ABI_LIST_LEN);
   memcpy(buf, p, n < cap ? n : cap);
   free(p);
   return n;
 }
 
 int vfs_read_only(void) { return imp_read_only() != 0; }
-int vfs_migration_guest_error(void) { return imp_migration_on_error() == 1; }
+int vfs_migration_guest_error(void) { return imp_migration_on_error() == VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR; }
 
-static uint32_t entry_result(vfs_entry *out) {
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, sizeof *out);
+/* result<entry, errno>, with the payload offsets of the call that filled ret_area. */
+static uint32_t entry_result(vfs_entry *out, size_t ok, size_t err) {
+  if (ret_area[0]) return err_at(ret_area + err);
+  memcpy(out, ret_area + ok, sizeof *out);
   return 0;
 }
 
-static uint32_t unit_result(void) { return ret_area[0] ? err_at(ret_area + 4) : 0; }
+/* result<_, errno>. */
+static uint32_t unit_result(size_t err) { return ret_area[0] ? err_at(ret_area + err) : 0; }
 
 uint32_t vfs_root(vfs_entry *out) {
   imp_root(ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_ROOT_RET_OK, VD_ABI_FILESYSTEM_ROOT_RET_ERR);
 }
 
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out) {
   imp_lookup((int64_t)dir, name, len, ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_LOOKUP_RET_OK, VD_ABI_FILESYSTEM_LOOKUP_RET_ERR);
 }
 
 void vfs_close(vfs_handle h) { imp_close((int64_t)h); }
 
 uint32_t vfs_getattr(vfs_handle h, vfs_attr *out) {
   imp_getattr((int64_t)h, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, sizeof *out);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_GETATTR_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_GETATTR_RET_OK, sizeof *out);
   return 0;
 }
 
@@ -110,69 +140,69 @@ uint32_t vfs_setattr(vfs_handle h, uint32_t valid, uint32_t mode, uint32_t uid, 
                      int64_t atime, uint32_t atime_nsec, int64_t mtime, uint32_t mtime_nsec, vfs_attr *out) {
   imp_setattr((int64_t)h, (int32_t)valid, (int32_t)mode, (int32_t)uid, (int32_t)gid, (int64_t)size, atime,
               (int32_t)atime_nsec, mtime, (int32_t)mtime_nsec, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, sizeof *out);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_SETATTR_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_SETATTR_RET_OK, sizeof *out);
   return 0;
 }
 
 uint32_t vfs_open(vfs_handle node, uint32_t flags, vfs_handle *out) {
   imp_open((int64_t)node, (int32_t)flags, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_OPEN_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_OPEN_RET_OK, 8);
   return 0;
 }
 
 uint32_t vfs_create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t flags, uint32_t mode, vfs_entry *out,
                     vfs_handle *file) {
   imp_create((int64_t)dir, name, len, (int32_t)flags, (int32_t)mode, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, sizeof *out);
-  memcpy(file, ret_area + 8 + sizeof *out, 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_CREATE_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_CREATE_RET_OK_0, sizeof *out);
+  memcpy(file, ret_area + VD_ABI_FILESYSTEM_CREATE_RET_OK_1, 8);
   return 0;
 }
 
 uint32_t vfs_mknod(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out) {
   imp_mknod((int64_t)dir, name, len, (int32_t)mode, ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_MKNOD_RET_OK, VD_ABI_FILESYSTEM_MKNOD_RET_ERR);
 }
 
 uint32_t vfs_mkdir(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out) {
   imp_mkdir((int64_t)dir, name, len, (int32_t)mode, ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_MKDIR_RET_OK, VD_ABI_FILESYSTEM_MKDIR_RET_ERR);
 }
 
 uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,
                      vfs_entry *out) {
   imp_symlink((int64_t)dir, name, len, target, target_len, ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_SYMLINK_RET_OK, VD_ABI_FILESYSTEM_SYMLINK_RET_ERR);
 }
 
 uint32_t vfs_link(vfs_handle node, vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out) {
   imp_link((int64_t)node, (int64_t)dir, name, len, ret_area);
-  return entry_result(out);
+  return entry_result(out, VD_ABI_FILESYSTEM_LINK_RET_OK, VD_ABI_FILESYSTEM_LINK_RET_ERR);
 }
 
 uint32_t vfs_unlink(vfs_handle dir, const uint8_t *name, size_t len) {
   imp_unlink((int64_t)dir, name, len, ret_area);
-  return unit_result();
+  return unit_result(VD_ABI_FILESYSTEM_UNLINK_RET_ERR);
 }
 
 uint32_t vfs_rmdir(vfs_handle dir, const uint8_t *name, size_t len) {
   imp_rmdir((int64_t)dir, name, len, ret_area);
-  return unit_result();
+  return unit_result(VD_ABI_FILESYSTEM_RMDIR_RET_ERR);
 }
 
 uint32_t vfs_rename(vfs_handle old_dir, const uint8_t *old_name, size_t old_len, vfs_handle new_dir,
                     const uint8_t *new_name, size_t new_len, uint32_t flags) {
   imp_rename((int64_t)old_dir, old_name, old_len, (int64_t)new_dir, new_name, new_len, (int32_t)flags, ret_area);
-  return unit_result();
+  return unit_result(VD_ABI_FILESYSTEM_RENAME_RET_ERR);
 }
 
 uint32_t vfs_readlink(vfs_handle node, uint8_t *dst, size_t cap, size_t *len) {
   imp_readlink((int64_t)node, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 4);
-  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + 4);
-  size_t n = u32_at(ret_area + 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READLINK_RET_ERR);
+  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READLINK_RET_OK);
+  size_t n = u32_at(ret_area + VD_ABI_FILESYSTEM_READLINK_RET_OK + VD_ABI_LIST_LEN);
   memcpy(dst, p, n < cap ? n : cap);
   free(p);
   *len = n;
@@ -181,9 +211,9 @@ uint32_t vfs_readlink(vfs_handle node, uint8_t *dst, size_t cap, size_t *len) {
 
 uint32_t vfs_read(vfs_handle file, uint64_t offset, uint32_t len, uint8_t *dst, uint32_t *got) {
   imp_read((int64_t)file, (int64_t)offset, (int32_t)len, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 4);
-  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + 4);
-  uint32_t n = u32_at(ret_area + 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_ERR);
+  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_OK);
+  uint32_t n = u32_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_OK + VD_ABI_LIST_LEN);
   /* The host never answers with more than asked; if it did, the guest gets no heap bytes. */
   if (n > len) n = len;
   memcpy(dst, p, n);
@@ -194,16 +224,16 @@ uint32_t vfs_read(vfs_handle file, uint64_t offset, uint32_t len, uint8_t *dst, 
 
 uint32_t vfs_write(vfs_handle file, uint64_t offset, const uint8_t *data, uint32_t len, uint32_t *written) {
   imp_write((int64_t)file, (int64_t)offset, data, len, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 4);
-  *written = u32_at(ret_area + 4);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_WRITE_RET_ERR);
+  *written = u32_at(ret_area + VD_ABI_FILESYSTEM_WRITE_RET_OK);
   return 0;
 }
 
 uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent **entries, size_t *n) {
   imp_readdir((int64_t)dir, (int64_t)offset, (int32_t)max, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 4);
-  *entries = (vfs_dirent *)(uintptr_t)u32_at(ret_area + 4);
-  *n = u32_at(ret_area + 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RET_ERR);
+  *entries = (vfs_dirent *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RET_OK);
+  *n = u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RET_OK + VD_ABI_LIST_LEN);
   return 0;
 }
 
@@ -214,24 +244,24 @@ void vfs_dirents_free(vfs_dirent *entries, size_t n) {
 
 uint32_t vfs_fsync(vfs_handle file, int datasync) {
   imp_fsync((int64_t)file, datasync != 0, ret_area);
-  return unit_result();
+  return unit_result(VD_ABI_FILESYSTEM_FSYNC_RET_ERR);
 }
 
 uint32_t vfs_fallocate(vfs_handle file, uint32_t mode, uint64_t offset, uint64_t len) {
   imp_fallocate((int64_t)file, (int32_t)mode, (int64_t)offset, (int64_t)len, ret_area);
-  return unit_result();
+  return unit_result(VD_ABI_FILESYSTEM_FALLOCATE_RET_ERR);
 }
 
 uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *out) {
   imp_lseek((int64_t)file, offset, (int32_t)whence, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, 8);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_LSEEK_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_LSEEK_RET_OK, 8);
   return 0;
 }
 
 uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out) {
   imp_statfs((int64_t)h, ret_area);
-  if (ret_area[0]) return err_at(ret_area + 8);
-  memcpy(out, ret_area + 8, sizeof *out);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_STATFS_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_STATFS_RET_OK, sizeof *out);
   return 0;
 }

@@ -5,7 +5,7 @@
  * errno value (what FUSE sends to the guest). Every call traps if the operator granted no
  * shared directory (--shared-dir).
  *
- * Link vhost_fs.c beside vhost_device.c (plugins/fs/ includes it through sdk_fs.c).
+ * plugins/build-plugins.mjs links vhost_fs.c (with every SDK .c) into each plugin.
  */
 #ifndef VHOST_FS_H
 #define VHOST_FS_H

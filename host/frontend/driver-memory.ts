@@ -1,6 +1,8 @@
-// The front-end's guest RAM: memfds mapped into this process, described to the back-end as a
-// region table. Each region is at most one mapping window (1 GiB), so a GPA range inside a
-// region is always one Uint8Array and no request straddles regions.
+// The front-end driver's own memory, the RAM it plays the guest with: memfds it creates and maps,
+// described to the back-end as a region table. (The back-end's view of a front-end's memory, the
+// translation table a device reads rings through, is host/memory/guest-memory.ts.) Each region
+// is at most one mapping window (1 GiB), so a GPA range inside a region is always one
+// Uint8Array and no request straddles regions.
 //
 // Back-ends translate ring addresses through `userspace_addr`; we never hand out real pointers,
 // only a fake but consistent UVA (UVA_BASE + gpa), which is all QEMU's contract promises too.

@@ -1,0 +1,67 @@
+// The typed surface of the native addon's calls for the `filesystem` capability (host/native/src/fs.c)
+// and the process-wide fd budget they draw from (src/fd_budget.c). fs.c is not just system
+// calls: it holds the share's confinement policy (every lookup is openat2 beneath the dirfd with
+// RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV, names are single validated components, and
+// every fd it hands out is charged to the budget and owned by its thread).
+//
+// Errors: these return a result >= 0 or -errno (failures are the normal case for a file server),
+// except fdBudget*, which throw like the rest of the addon.
+
+export interface NativeFs {
+  // Every fd fsOpenRoot/fsLookup/fsReopen/fsPathOf/fsCreate return is taken from the
+  // process-wide fd budget first (-ENFILE when it is spent) and owned by the calling thread
+  // until fsClose; a thread that ends closes what it still owns.
+  /** O_PATH|O_DIRECTORY fd of the operator's share root. */
+  fsOpenRoot(path: string): number;
+  /** O_PATH|O_NOFOLLOW fd of `name` in dirfd (RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV). */
+  fsLookup(dirfd: number, name: Uint8Array): number;
+  /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
+  fsStat(fd: number, out: Float64Array): number;
+  /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
+  fsReopen(fd: number, flags: number): number;
+  /** A new O_PATH fd on the inode `fd` refers to. */
+  fsPathOf(fd: number): number;
+  /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
+  fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
+  /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
+  fsMake(kind: 'f' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
+  fsLink(fd: number, dirfd: number, name: Uint8Array): number;
+  fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
+  fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;
+  fsReadlink(fd: number, buf: Uint8Array): number;
+  fsSetattr(fd: number, what: 'mode' | 'owner' | 'size' | 'times', a: number, b?: number, c?: number, d?: number): number;
+  fsPread(fd: number, buf: Uint8Array, offset: number): number;
+  fsPwrite(fd: number, buf: Uint8Array, offset: number): number;
+  /** linux_dirent64 records from directory position `offset`. */
+  fsGetdents(fd: number, buf: Uint8Array, offset: bigint): number;
+  /** blocks bfree bavail files ffree bsize namelen frsize. */
+  fsStatfs(fd: number, out: Float64Array): number;
+  fsFsync(fd: number, datasync: boolean): number;
+  fsFallocate(fd: number, mode: number, offset: number, len: number): number;
+  fsLseek(fd: number, offset: number, whence: number): number;
+
+
+  /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
+  fsClose(fd: number): number;
+
+  // The process-wide fd budget for share handles (host/native/src/fd_budget.c), one for
+  // every thread. host/resources/fd-budget.ts is the policy; these are the mechanism.
+  /** First call: raise RLIMIT_NOFILE's soft limit to the hard one, budget = limit - reserve. Later calls only report. */
+  fdBudgetInit(reserve: number): FdBudgetInfo;
+  /** Moves n fds from the budget to the host's reserve (a device started). */
+  fdBudgetReserve(n: number): FdBudgetInfo;
+  fdBudgetInfo(): FdBudgetInfo;
+}
+
+export interface FdBudgetInfo {
+  /** Share fds all devices together may hold; -1 before fdBudgetInit. */
+  budget: number;
+  /** Share fds held now, across all threads. */
+  used: number;
+  /** RLIMIT_NOFILE soft limit now, and before the host raised it; the hard limit. */
+  limit: number;
+  limitBefore: number;
+  hardLimit: number;
+  /** Fds kept out of the budget for the host itself. */
+  reserve: number;
+}

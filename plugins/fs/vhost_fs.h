@@ -1,1 +1,0 @@
-../sdk/c/vhost_fs.h

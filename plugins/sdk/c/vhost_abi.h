@@ -1,0 +1,271 @@
+/*
+ * vhost_abi.h: where the canonical ABI puts every value of wit/device.wit in linear memory
+ * (wasm32), as the C SDK reads and writes it: record sizes, alignments and field offsets,
+ * enum case numbers, and the layout of each function's return area.
+ *
+ * Every number here follows from wit/device.wit by the rules of the Component Model's
+ * CanonicalABI.md; test/sdk-abi.test.ts computes them from the WIT and fails naming the
+ * constant that drifted. Change the WIT, then change the number the test names.
+ *
+ * Names: VD_ABI_SIZEOF_<RECORD>, VD_ABI_ALIGNOF_<RECORD>, VD_ABI_<RECORD>_<FIELD> (offset);
+ * VD_ABI_<ENUM>_<CASE> (case number); VD_ABI_SIZEOF_<IFACE>_<FUNC>_RET (its return area) and
+ * VD_ABI_<IFACE>_<FUNC>_RET_OK / _ERR (where the result's payload starts), _OK_<i> (tuple
+ * element i of it). A list or string is lowered as (pointer u32, length u32).
+ */
+#ifndef VHOST_ABI_H
+#define VHOST_ABI_H
+
+/* list<T> and string, lowered */
+#define VD_ABI_SIZEOF_LIST 8
+#define VD_ABI_LIST_LEN 4
+
+/* log.level */
+#define VD_ABI_LEVEL_ERROR 0
+#define VD_ABI_LEVEL_WARN 1
+#define VD_ABI_LEVEL_INFO 2
+#define VD_ABI_LEVEL_DEBUG 3
+#define VD_ABI_LEVEL_TRACE 4
+
+/* entropy.fill */
+#define VD_ABI_SIZEOF_ENTROPY_FILL_RET 8
+
+/* storage.storage-error */
+#define VD_ABI_STORAGE_ERROR_IO 0
+#define VD_ABI_STORAGE_ERROR_OUT_OF_RANGE 1
+#define VD_ABI_STORAGE_ERROR_READ_ONLY 2
+
+/* storage.read */
+#define VD_ABI_SIZEOF_STORAGE_READ_RET 12
+#define VD_ABI_STORAGE_READ_RET_OK 4
+#define VD_ABI_STORAGE_READ_RET_ERR 4
+
+/* storage.write */
+#define VD_ABI_SIZEOF_STORAGE_WRITE_RET 2
+#define VD_ABI_STORAGE_WRITE_RET_ERR 1
+
+/* storage.flush */
+#define VD_ABI_SIZEOF_STORAGE_FLUSH_RET 2
+#define VD_ABI_STORAGE_FLUSH_RET_ERR 1
+
+/* storage.discard */
+#define VD_ABI_SIZEOF_STORAGE_DISCARD_RET 2
+#define VD_ABI_STORAGE_DISCARD_RET_ERR 1
+
+/* storage.write-zeroes */
+#define VD_ABI_SIZEOF_STORAGE_WRITE_ZEROES_RET 2
+#define VD_ABI_STORAGE_WRITE_ZEROES_RET_ERR 1
+
+/* filesystem.attr */
+#define VD_ABI_SIZEOF_ATTR 96
+#define VD_ABI_ALIGNOF_ATTR 8
+#define VD_ABI_ATTR_DEV 0
+#define VD_ABI_ATTR_INO 8
+#define VD_ABI_ATTR_SIZE 16
+#define VD_ABI_ATTR_BLOCKS 24
+#define VD_ABI_ATTR_ATIME 32
+#define VD_ABI_ATTR_MTIME 40
+#define VD_ABI_ATTR_CTIME 48
+#define VD_ABI_ATTR_ATIME_NSEC 56
+#define VD_ABI_ATTR_MTIME_NSEC 60
+#define VD_ABI_ATTR_CTIME_NSEC 64
+#define VD_ABI_ATTR_MODE 68
+#define VD_ABI_ATTR_NLINK 72
+#define VD_ABI_ATTR_UID 76
+#define VD_ABI_ATTR_GID 80
+#define VD_ABI_ATTR_RDEV 84
+#define VD_ABI_ATTR_BLKSIZE 88
+
+/* filesystem.entry */
+#define VD_ABI_SIZEOF_ENTRY 104
+#define VD_ABI_ALIGNOF_ENTRY 8
+#define VD_ABI_ENTRY_NODE 0
+#define VD_ABI_ENTRY_ATTR 8
+
+/* filesystem.dir-entry */
+#define VD_ABI_SIZEOF_DIR_ENTRY 32
+#define VD_ABI_ALIGNOF_DIR_ENTRY 8
+#define VD_ABI_DIR_ENTRY_INO 0
+#define VD_ABI_DIR_ENTRY_NEXT 8
+#define VD_ABI_DIR_ENTRY_KIND 16
+#define VD_ABI_DIR_ENTRY_NAME 20
+
+/* filesystem.fs-stats */
+#define VD_ABI_SIZEOF_FS_STATS 56
+#define VD_ABI_ALIGNOF_FS_STATS 8
+#define VD_ABI_FS_STATS_BLOCKS 0
+#define VD_ABI_FS_STATS_BFREE 8
+#define VD_ABI_FS_STATS_BAVAIL 16
+#define VD_ABI_FS_STATS_FILES 24
+#define VD_ABI_FS_STATS_FFREE 32
+#define VD_ABI_FS_STATS_BSIZE 40
+#define VD_ABI_FS_STATS_NAMELEN 44
+#define VD_ABI_FS_STATS_FRSIZE 48
+
+/* filesystem.migration-error-policy */
+#define VD_ABI_MIGRATION_ERROR_POLICY_ABORT 0
+#define VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR 1
+
+/* filesystem.tag */
+#define VD_ABI_SIZEOF_FILESYSTEM_TAG_RET 8
+
+/* filesystem.root */
+#define VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET 112
+#define VD_ABI_FILESYSTEM_ROOT_RET_OK 8
+#define VD_ABI_FILESYSTEM_ROOT_RET_ERR 8
+
+/* filesystem.lookup */
+#define VD_ABI_SIZEOF_FILESYSTEM_LOOKUP_RET 112
+#define VD_ABI_FILESYSTEM_LOOKUP_RET_OK 8
+#define VD_ABI_FILESYSTEM_LOOKUP_RET_ERR 8
+
+/* filesystem.getattr */
+#define VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET 104
+#define VD_ABI_FILESYSTEM_GETATTR_RET_OK 8
+#define VD_ABI_FILESYSTEM_GETATTR_RET_ERR 8
+
+/* filesystem.setattr */
+#define VD_ABI_SIZEOF_FILESYSTEM_SETATTR_RET 104
+#define VD_ABI_FILESYSTEM_SETATTR_RET_OK 8
+#define VD_ABI_FILESYSTEM_SETATTR_RET_ERR 8
+
+/* filesystem.open */
+#define VD_ABI_SIZEOF_FILESYSTEM_OPEN_RET 16
+#define VD_ABI_FILESYSTEM_OPEN_RET_OK 8
+#define VD_ABI_FILESYSTEM_OPEN_RET_ERR 8
+
+/* filesystem.create */
+#define VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET 120
+#define VD_ABI_FILESYSTEM_CREATE_RET_OK 8
+#define VD_ABI_FILESYSTEM_CREATE_RET_OK_0 8
+#define VD_ABI_FILESYSTEM_CREATE_RET_OK_1 112
+#define VD_ABI_FILESYSTEM_CREATE_RET_ERR 8
+
+/* filesystem.mknod */
+#define VD_ABI_SIZEOF_FILESYSTEM_MKNOD_RET 112
+#define VD_ABI_FILESYSTEM_MKNOD_RET_OK 8
+#define VD_ABI_FILESYSTEM_MKNOD_RET_ERR 8
+
+/* filesystem.mkdir */
+#define VD_ABI_SIZEOF_FILESYSTEM_MKDIR_RET 112
+#define VD_ABI_FILESYSTEM_MKDIR_RET_OK 8
+#define VD_ABI_FILESYSTEM_MKDIR_RET_ERR 8
+
+/* filesystem.symlink */
+#define VD_ABI_SIZEOF_FILESYSTEM_SYMLINK_RET 112
+#define VD_ABI_FILESYSTEM_SYMLINK_RET_OK 8
+#define VD_ABI_FILESYSTEM_SYMLINK_RET_ERR 8
+
+/* filesystem.link */
+#define VD_ABI_SIZEOF_FILESYSTEM_LINK_RET 112
+#define VD_ABI_FILESYSTEM_LINK_RET_OK 8
+#define VD_ABI_FILESYSTEM_LINK_RET_ERR 8
+
+/* filesystem.unlink */
+#define VD_ABI_SIZEOF_FILESYSTEM_UNLINK_RET 8
+#define VD_ABI_FILESYSTEM_UNLINK_RET_ERR 4
+
+/* filesystem.rmdir */
+#define VD_ABI_SIZEOF_FILESYSTEM_RMDIR_RET 8
+#define VD_ABI_FILESYSTEM_RMDIR_RET_ERR 4
+
+/* filesystem.rename */
+#define VD_ABI_SIZEOF_FILESYSTEM_RENAME_RET 8
+#define VD_ABI_FILESYSTEM_RENAME_RET_ERR 4
+
+/* filesystem.readlink */
+#define VD_ABI_SIZEOF_FILESYSTEM_READLINK_RET 12
+#define VD_ABI_FILESYSTEM_READLINK_RET_OK 4
+#define VD_ABI_FILESYSTEM_READLINK_RET_ERR 4
+
+/* filesystem.read */
+#define VD_ABI_SIZEOF_FILESYSTEM_READ_RET 12
+#define VD_ABI_FILESYSTEM_READ_RET_OK 4
+#define VD_ABI_FILESYSTEM_READ_RET_ERR 4
+
+/* filesystem.write */
+#define VD_ABI_SIZEOF_FILESYSTEM_WRITE_RET 8
+#define VD_ABI_FILESYSTEM_WRITE_RET_OK 4
+#define VD_ABI_FILESYSTEM_WRITE_RET_ERR 4
+
+/* filesystem.readdir */
+#define VD_ABI_SIZEOF_FILESYSTEM_READDIR_RET 12
+#define VD_ABI_FILESYSTEM_READDIR_RET_OK 4
+#define VD_ABI_FILESYSTEM_READDIR_RET_ERR 4
+
+/* filesystem.fsync */
+#define VD_ABI_SIZEOF_FILESYSTEM_FSYNC_RET 8
+#define VD_ABI_FILESYSTEM_FSYNC_RET_ERR 4
+
+/* filesystem.fallocate */
+#define VD_ABI_SIZEOF_FILESYSTEM_FALLOCATE_RET 8
+#define VD_ABI_FILESYSTEM_FALLOCATE_RET_ERR 4
+
+/* filesystem.lseek */
+#define VD_ABI_SIZEOF_FILESYSTEM_LSEEK_RET 16
+#define VD_ABI_FILESYSTEM_LSEEK_RET_OK 8
+#define VD_ABI_FILESYSTEM_LSEEK_RET_ERR 8
+
+/* filesystem.statfs */
+#define VD_ABI_SIZEOF_FILESYSTEM_STATFS_RET 64
+#define VD_ABI_FILESYSTEM_STATFS_RET_OK 8
+#define VD_ABI_FILESYSTEM_STATFS_RET_ERR 8
+
+/* device.plugin-identity */
+#define VD_ABI_SIZEOF_PLUGIN_IDENTITY 16
+#define VD_ABI_ALIGNOF_PLUGIN_IDENTITY 4
+#define VD_ABI_PLUGIN_IDENTITY_NAME 0
+#define VD_ABI_PLUGIN_IDENTITY_VERSION 8
+
+/* device.device-info */
+#define VD_ABI_SIZEOF_DEVICE_INFO 24
+#define VD_ABI_ALIGNOF_DEVICE_INFO 8
+#define VD_ABI_DEVICE_INFO_DEVICE_ID 0
+#define VD_ABI_DEVICE_INFO_NUM_QUEUES 4
+#define VD_ABI_DEVICE_INFO_MAX_QUEUE_SIZE 6
+#define VD_ABI_DEVICE_INFO_FEATURES 8
+#define VD_ABI_DEVICE_INFO_CONFIG_SIZE 16
+
+/* device.request */
+#define VD_ABI_SIZEOF_REQUEST 12
+#define VD_ABI_ALIGNOF_REQUEST 4
+#define VD_ABI_REQUEST_READABLE 0
+#define VD_ABI_REQUEST_WRITABLE_LEN 8
+
+/* device.state-chunk */
+#define VD_ABI_SIZEOF_STATE_CHUNK 16
+#define VD_ABI_ALIGNOF_STATE_CHUNK 8
+#define VD_ABI_STATE_CHUNK_BYTES 0
+#define VD_ABI_STATE_CHUNK_REMAINING 8
+
+/* device.identity */
+#define VD_ABI_SIZEOF_DEVICE_IDENTITY_RET 16
+
+/* device.info */
+#define VD_ABI_SIZEOF_DEVICE_INFO_RET 24
+
+/* device.read-config */
+#define VD_ABI_SIZEOF_DEVICE_READ_CONFIG_RET 8
+
+/* device.activate */
+#define VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET 12
+#define VD_ABI_DEVICE_ACTIVATE_RET_ERR 4
+
+/* device.process */
+#define VD_ABI_SIZEOF_DEVICE_PROCESS_RET 12
+#define VD_ABI_DEVICE_PROCESS_RET_OK 4
+#define VD_ABI_DEVICE_PROCESS_RET_ERR 4
+
+/* device.get-state */
+#define VD_ABI_SIZEOF_DEVICE_GET_STATE_RET 24
+#define VD_ABI_DEVICE_GET_STATE_RET_OK 8
+#define VD_ABI_DEVICE_GET_STATE_RET_ERR 8
+
+/* device.set-state */
+#define VD_ABI_SIZEOF_DEVICE_SET_STATE_RET 12
+#define VD_ABI_DEVICE_SET_STATE_RET_ERR 4
+
+/* device.finish-load */
+#define VD_ABI_SIZEOF_DEVICE_FINISH_LOAD_RET 12
+#define VD_ABI_DEVICE_FINISH_LOAD_RET_ERR 4
+
+#endif
