@@ -80,6 +80,7 @@ async function serve(o: CliOptions): Promise<void> {
       session: {
         stateReturnMemfd: o.stateReturnMemfd,
         experimentalRfcStateShm: o.experimentalRfcStateShm,
+        statePipeBytes: o.statePipeBytes,
       },
     },
   ]);

@@ -97,6 +97,7 @@ export class DeviceStateTransfers {
         ...(this.host.settings.stateSections?.() ?? []),
       ],
       log,
+      pipeBytes: this.host.settings.statePipeBytes,
     };
   }
 

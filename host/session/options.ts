@@ -4,6 +4,7 @@
 // one process can differ.
 
 import type { StateSection } from '../migration/section.ts';
+import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 
 /** Per-device settings: the CLI's flags, or a Host embedder's DeviceConfig.session. */
 export interface SessionSettings {
@@ -18,6 +19,11 @@ export interface SessionSettings {
    * feature bit 63, requests 1000-1002; docs/migration.md). Off unless asked for.
    */
   experimentalRfcStateShm: boolean;
+  /**
+   * --state-pipe-size: capacity asked for each state pipe the front-end hands us
+   * (F_SETPIPE_SZ; 0 leaves the pipe as it came).
+   */
+  statePipeBytes: number;
   /** Host-held resources (storage backings) saved and loaded next to the device's own bytes. */
   stateSections?: () => StateSection[];
 }
@@ -26,6 +32,7 @@ export interface SessionSettings {
 export const DEFAULT_SESSION_SETTINGS: SessionSettings = {
   stateReturnMemfd: false,
   experimentalRfcStateShm: false,
+  statePipeBytes: STATE_PIPE_SIZE,
 };
 
 export interface SessionOptions extends SessionSettings {
