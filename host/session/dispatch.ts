@@ -59,12 +59,6 @@ export const HOST_VIRTIO_FEATURES =
   bit(VirtioFeature.PROTOCOL_FEATURES) |
   bit(VirtioFeature.LOG_ALL);
 
-const RING_FD_KIND: Partial<Record<number, RingFdKind>> = {
-  [Req.SET_VRING_KICK]: 'kick',
-  [Req.SET_VRING_CALL]: 'call',
-  [Req.SET_VRING_ERR]: 'err',
-};
-
 export class BackendSession {
   private readonly channel: MessageChannel;
   private readonly log: Logger;
@@ -294,10 +288,11 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
         }
-        return this.setRingFd(req.code, req.index, req.fd);
+        return this.setRingFd('kick', req.index, req.fd);
       case Req.SET_VRING_CALL:
+        return this.setRingFd('call', req.index, req.fd);
       case Req.SET_VRING_ERR:
-        return this.setRingFd(req.code, req.index, req.fd);
+        return this.setRingFd('err', req.index, req.fd);
       case Req.SET_VRING_ENABLE: {
         const { index, num } = req.state;
         this.rings.check(index);
@@ -369,8 +364,7 @@ export class BackendSession {
     }
   }
 
-  private setRingFd(code: number, index: number, fd: number | null): Promise<void> {
-    const kind = RING_FD_KIND[code]!;
+  private setRingFd(kind: RingFdKind, index: number, fd: number | null): Promise<void> {
     return this.rings.set(this.worker, kind, index, fd, this.hasProtocol(ProtocolFeature.INBAND_NOTIFICATIONS));
   }
 
