@@ -67,7 +67,8 @@ test('codec: malformed extension requests are refused', (t) => {
 // --- against a host ----------------------------------------------------------------------------
 
 test('off by default: feature 63 is offered only with the extension on, and a migration asking for it refuses before stopping anything', async (t) => {
-  const off = await host();
+  // Only the flag switches it on: the environment variable that once did is ignored.
+  const off = await host({ env: { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' } });
   const on = await host({ rfc: true });
   const offDest = await host();
   const feOff = await connect(off, { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC });
