@@ -45,34 +45,48 @@ export class DeviceStateTransfers {
    * The transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it; or the RFC
    * shm transfer RFC_SET_STATE_AREA started, until the area is detached.
    */
-  current: StateTransfer | RfcShmTransfer | null = null;
+  private transfer: StateTransfer | RfcShmTransfer | null = null;
 
   constructor(private readonly host: TransferHost) {}
 
+  get current(): StateTransfer | RfcShmTransfer | null {
+    return this.transfer;
+  }
+
+  /** A transfer begin() cleared the way for takes the slot. */
+  adopt(t: StateTransfer | RfcShmTransfer): void {
+    this.transfer = t;
+  }
+
+  /** The transfer's outcome was collected: the slot is free. */
+  collected(): void {
+    this.transfer = null;
+  }
+
   /** A transfer still moves bytes: rings must not start meanwhile. */
   get running(): boolean {
-    return this.current !== null && !this.current.finished;
+    return this.transfer !== null && !this.transfer.finished;
   }
 
   /** Stops the transfer in progress (reset, disconnect); settle() waits for it. */
   abort(reason: string): void {
-    this.current?.abort(reason);
+    this.transfer?.abort(reason);
   }
 
   /** Waits for the transfer in progress to let go of the worker and its fd, and forgets it. */
   async settle(): Promise<void> {
-    if (this.current === null) return;
-    await this.current.done;
-    this.current = null;
+    if (this.transfer === null) return;
+    await this.transfer.done;
+    this.transfer = null;
   }
 
   /** Checks and the transfer context shared by both channels, or why it cannot start. */
   async begin(what = 'transfer'): Promise<TransferContext | Refusal> {
     const { log } = this.host;
-    if (this.current !== null) {
+    if (this.transfer !== null) {
       // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
-      const old = this.current;
-      this.current = null;
+      const old = this.transfer;
+      this.transfer = null;
       if (!old.finished) {
         log.warn(`a new ${what} replaces a ${old.direction} still in progress: aborting it`);
         old.abort(`replaced by a new ${what}`);
@@ -139,7 +153,7 @@ export class DeviceStateTransfers {
       } catch (e) {
         return refuse(DeviceStateError.FAILED, errorText(e));
       }
-      this.current = transfer;
+      this.adopt(transfer);
       const err = await transfer.done;
       if (err !== null) {
         closeFds([memfd], log);
@@ -156,7 +170,7 @@ export class DeviceStateTransfers {
       log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
       return this.replyDeviceState(DeviceStateError.FAILED);
     }
-    this.current = transfer;
+    this.adopt(transfer);
     void transfer.done.then((err) => {
       if (err !== null) log.error(`device state ${dir} failed: ${err}`);
     });
@@ -168,7 +182,7 @@ export class DeviceStateTransfers {
   async check(): Promise<void> {
     const { log } = this.host;
     const answer = (v: number) => this.host.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, v));
-    const t = this.current;
+    const t = this.transfer;
     if (t instanceof RfcShmTransfer) {
       log.error('CHECK_DEVICE_STATE during an RFC shm transfer: its outcome is the answer to the detach (RFC_SET_STATE_AREA size 0); reporting failure');
       return answer(1);
@@ -178,7 +192,7 @@ export class DeviceStateTransfers {
       return answer(1);
     }
     const err = await t.done;
-    this.current = null;
+    this.transfer = null;
     if (err !== null) log.error(`CHECK_DEVICE_STATE: the ${t.direction} failed: ${err}`);
     return answer(err === null ? 0 : 1);
   }

@@ -49,7 +49,7 @@ export class RfcStateShmChannel {
       } catch (e) {
         return refuse(DeviceStateError.FAILED, errorText(e)); // StateArea closed fd
       }
-      this.transfers.current = save ? new RfcShmSave(area, ctx) : new RfcShmLoad(area, ctx);
+      this.transfers.adopt(save ? new RfcShmSave(area, ctx) : new RfcShmLoad(area, ctx));
       log.info(`device state ${save ? 'save' : 'load'} started through an RFC shm area of ${area.size} bytes (${ctx.identity.name} ${ctx.identity.version})`);
       return u64(0);
     }
@@ -85,7 +85,7 @@ export class RfcStateShmChannel {
       return u64(DeviceStateError.FAILED);
     }
     const err = await t.detach();
-    this.transfers.current = null;
+    this.transfers.collected();
     if (err !== null) log.error(`RFC state ${t.direction} failed: ${err}`);
     else log.info(`device state ${t.direction === 'save' ? 'saved' : 'loaded'}: ${t.stats.bytes} bytes through the RFC shm area in ${t.stats.ms.toFixed(1)} ms`);
     return u64(err === null ? 0 : DeviceStateError.FAILED);
