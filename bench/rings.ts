@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { Host } from '../host/server/index.ts';
+import { setLogLevel } from '../host/log/logger.ts';
 
 const { values: argv } = parseArgs({
   options: {
@@ -169,7 +170,7 @@ async function measure(target: Target, dir: string): Promise<Result | null> {
 
 async function main(): Promise<void> {
   // The host's per-connection INFO lines would interleave with the table.
-  process.env.VHOST_WASM_LOG_LEVEL ??= 'warn';
+  setLogLevel('warn');
   const watchdog = setTimeout(() => {
     console.error('bench: still running after the time budget; giving up');
     process.exit(2);

@@ -5,7 +5,7 @@
 // What each line measures (wall time, front-end's view):
 //   save/pipe       SET_DEVICE_STATE_FD(SAVE, pipe) -> read to EOF in 1 MiB chunks -> CHECK
 //   save/memfd      SET_DEVICE_STATE_FD(SAVE, memfd) -> CHECK (the back-end wrote the file)
-//   save/own-memfd  the back-end returns its own memfd (VHOST_WASM_STATE_RETURN_MEMFD=1) -> read it
+//   save/own-memfd  the back-end returns its own memfd (--state-return-memfd) -> read it
 //   load/pipe       SET_DEVICE_STATE_FD(LOAD, pipe) -> write 1 MiB chunks -> close -> CHECK
 //   load/memfd      SET_DEVICE_STATE_FD(LOAD, memfd already holding the state) -> CHECK
 //   migrate/pipe    the whole migration: stop, SAVE source -> pump -> LOAD destination, CHECK both, restart
@@ -40,11 +40,12 @@ const onlyBlk = args.includes('--only-blk');
 const sizes = args.map(Number).filter((n) => n > 0);
 if (sizes.length === 0 && !onlyBlk) sizes.push(64);
 
-const RFC_ENV = { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' };
+const RFC_FLAGS = ['--experimental-rfc-state-shm'];
 
 function host(mib: number, returnMemfd = false): Promise<HostProcess> {
-  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000'], {
-    env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20), ...RFC_ENV, ...(returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}) },
+  const flags = [...RFC_FLAGS, ...(returnMemfd ? ['--state-return-memfd'] : [])];
+  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '10000', ...flags], {
+    env: { VHOST_WASM_TEST_STATE_BYTES: String(mib << 20) },
   }).catch(async (e) => {
     throw e;
   });
@@ -189,17 +190,17 @@ async function benchSize(mib: number): Promise<void> {
 async function benchBlk(): Promise<void> {
   const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
   const DISK = 256 << 20;
-  const runs: { name: string; channel: StateChannelMode; srcEnv?: NodeJS.ProcessEnv }[] = [
+  const runs: { name: string; channel: StateChannelMode; srcFlags?: string[] }[] = [
     { name: 'pipe', channel: 'pipe' },
     { name: 'front-end memfd', channel: 'memfd' },
-    { name: 'back-end memfd', channel: 'pipe', srcEnv: { VHOST_WASM_STATE_RETURN_MEMFD: '1' } },
+    { name: 'back-end memfd', channel: 'pipe', srcFlags: ['--state-return-memfd'] },
     { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
   ];
   console.log('\nblk plugin, 256 MiB memory disk (fully written), one migration per channel');
   console.log('channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8));
   for (const run of runs) {
     const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
-    const [a, b] = await Promise.all([startHost(args, { env: { ...RFC_ENV, ...run.srcEnv } }), startHost(args, { env: RFC_ENV })]);
+    const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
     try {
       const fe = await VhostUserFrontend.connect(a.socketPath, { ...feOpts, memoryBytes: 32 << 20, queues: [128] });
       const blk = new BlkDevice(fe.queues[0]);

@@ -16,7 +16,7 @@ const feOpts = { memoryBytes: 4 << 20, queues: [16], features: 1n << BigInt(VIRT
 test('--help documents the back-end program conventions and exits 0', (t) => {
   const r = run(['--help']);
   t.is(r.status, 0);
-  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit']) {
+  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit', '--state-pipe-size']) {
     t.true(r.stdout.includes(flag), `--help lacks ${flag}`);
   }
 });
@@ -27,7 +27,7 @@ test('migrate is a subcommand of the binary: --help documents it, usage errors e
   const help = run(['migrate', '--help']);
   t.is(help.status, 0, help.stderr);
   t.regex(help.stdout, /^Usage: vhost-wasm migrate --from SOURCE\.sock --to DEST\.sock/);
-  for (const flag of ['--from', '--to', '--channel', '--json']) t.true(help.stdout.includes(flag), `migrate --help lacks ${flag}`);
+  for (const flag of ['--from', '--to', '--channel', '--state-pipe-size', '--json']) t.true(help.stdout.includes(flag), `migrate --help lacks ${flag}`);
   t.regex(run(['--help']).stdout, /vhost-wasm migrate --from/);
   const bad = run(['migrate', '--from', 'a.sock']);
   t.is(bad.status, 2);
@@ -43,6 +43,8 @@ test('usage errors say what was wrong and exit 2', (t) => {
     [['--plugin', 'x.wasm', '--socket-path', 's', '--bogus'], /bogus/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--log-level', 'loud'], /--log-level: "loud"/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--memory-limit', 'lots'], /--memory-limit: "lots" is not a size/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--state-pipe-size', 'big'], /--state-pipe-size: "big" is not a size/],
+    [['migrate', '--from', 'a.sock', '--to', 'b.sock', '--state-pipe-size', 'lots'], /--state-pipe-size: "lots" is not a size/],
     [['--plugin', 'x.wasm', '--fd', '-1'], /--fd/],
   ];
   for (const [args, re] of cases) {

@@ -31,8 +31,8 @@ const BLOCKS_PER_WRITER = 24;
 const AFTER = 4;
 const START_INDEX = 0xff80; // the ring's 16-bit index wraps during the run
 
-function blkHost(storage: string, env: NodeJS.ProcessEnv = {}): Promise<HostProcess> {
-  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage], { env });
+function blkHost(storage: string, flags: string[] = []): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, ...flags]);
 }
 
 /** The fill pattern of MiB m (version 0): a text line naming it, repeated. */
@@ -47,30 +47,31 @@ function blockPattern(block: number, version: number): Buffer {
 interface Channel {
   name: string;
   mode: StateChannelMode;
-  srcEnv?: NodeJS.ProcessEnv;
-  dstEnv?: NodeJS.ProcessEnv;
+  /** Host flags of the source and the destination. */
+  srcFlags?: string[];
+  dstFlags?: string[];
   rfc?: boolean;
   /** What the source logs about the channel it wrote. */
   srcLog: RegExp;
   dstLog: RegExp;
 }
 
-const RFC_ENV = { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' };
+const RFC_FLAGS = ['--experimental-rfc-state-shm'];
 const CHANNELS: Channel[] = [
   { name: 'pipe', mode: 'pipe', srcLog: /device state saved: \d+ bytes .* through a pipe/, dstLog: /device state loaded: \d+ bytes through a pipe/ },
   { name: 'front-end memfd', mode: 'memfd', srcLog: /device state saved: \d+ bytes .* through a file/, dstLog: /device state loaded: \d+ bytes through a file/ },
   {
     name: 'back-end memfd',
     mode: 'pipe',
-    srcEnv: { VHOST_WASM_STATE_RETURN_MEMFD: '1' },
+    srcFlags: ['--state-return-memfd'],
     srcLog: /device state saved: \d+ bytes .* through a file/,
     dstLog: /device state loaded: \d+ bytes through a pipe/,
   },
   {
     name: 'RFC shm',
     mode: 'rfc-shm',
-    srcEnv: RFC_ENV,
-    dstEnv: RFC_ENV,
+    srcFlags: RFC_FLAGS,
+    dstFlags: RFC_FLAGS,
     rfc: true,
     srcLog: /device state saved: \d+ bytes through the RFC shm area/,
     dstLog: /device state loaded: \d+ bytes through the RFC shm area/,
@@ -98,7 +99,7 @@ async function parallel(n: number, lanes: number, job: (i: number) => Promise<vo
 for (const ch of CHANNELS) {
   maybe(`blk, 256 MiB memory disk, over a ${ch.name}: byte-identical, every acked write present, rings continuous`, async (t) => {
     t.timeout(120_000);
-    const [a, b] = await Promise.all([blkHost('memory:256M', ch.srcEnv), blkHost('memory:256M', ch.dstEnv)]);
+    const [a, b] = await Promise.all([blkHost('memory:256M', ch.srcFlags), blkHost('memory:256M', ch.dstFlags)]);
     const fe = await connect(a, ch.rfc);
     try {
       const blk = new BlkDevice(fe.queues[0]);
@@ -197,7 +198,7 @@ for (const ch of CHANNELS) {
 
 maybe('RFC shm: a destination whose disk has another size refuses at the detach; the source resumes with its data', async (t) => {
   t.timeout(60_000);
-  const [a, b] = await Promise.all([blkHost('memory:64M', RFC_ENV), blkHost('memory:32M', RFC_ENV)]);
+  const [a, b] = await Promise.all([blkHost('memory:64M', RFC_FLAGS), blkHost('memory:32M', RFC_FLAGS)]);
   const fe = await connect(a, true);
   try {
     const blk = new BlkDevice(fe.queues[0]);

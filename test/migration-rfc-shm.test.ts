@@ -15,7 +15,6 @@ import type { HostProcess } from './helpers/host-process.ts';
 import { ask, connect, startBigHost } from './devices/migration-helpers.ts';
 
 const RFC = featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE);
-const RFC_ENV = { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' };
 const hosts: HostProcess[] = [];
 test.after.always(async () => {
   await Promise.all(hosts.map((h) => h.stop()));
@@ -68,8 +67,9 @@ test('codec: malformed extension requests are refused', (t) => {
 // --- against a host ----------------------------------------------------------------------------
 
 test('off by default: feature 63 is offered only with the extension on, and a migration asking for it refuses before stopping anything', async (t) => {
-  const off = await host();
-  const on = await host({ env: RFC_ENV });
+  // Only the flag switches it on: the environment variable that once did is ignored.
+  const off = await host({ env: { VHOST_WASM_EXPERIMENTAL_RFC_STATE_SHM: '1' } });
+  const on = await host({ rfc: true });
   const offDest = await host();
   const feOff = await connect(off, { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC });
   const feOn = await connect(on, { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC });
@@ -92,8 +92,8 @@ test('off by default: feature 63 is offered only with the extension on, and a mi
 });
 
 test('the RFC shm area carries byte for byte the container SET_DEVICE_STATE_FD carries; LOAD validates it the same way', async (t) => {
-  const a = await host({ stateBytes: 3 << 20, env: RFC_ENV });
-  const b = await host({ stateBytes: 3 << 20, env: RFC_ENV });
+  const a = await host({ stateBytes: 3 << 20, rfc: true });
+  const b = await host({ stateBytes: 3 << 20, rfc: true });
   const opts = { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC };
   const fa = await connect(a, opts);
   const fb = await connect(b, opts);
@@ -130,7 +130,7 @@ test('the RFC shm area carries byte for byte the container SET_DEVICE_STATE_FD c
 });
 
 test('the back-end refuses RFC transfers while rings run, out-of-order chunks, and CHECK_DEVICE_STATE in their middle', async (t) => {
-  const a = await host({ stateBytes: 2 << 20, env: RFC_ENV });
+  const a = await host({ stateBytes: 2 << 20, rfc: true });
   const fe = await connect(a, { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC });
   const area = native.memfdCreate('test-area', false);
   native.ftruncate(area, 1 << 20);
@@ -166,8 +166,8 @@ test('the back-end refuses RFC transfers while rings run, out-of-order chunks, a
 });
 
 test('migrate over rfc-shm: 24 MiB of state, requests straddling the stop served once, in order', async (t) => {
-  const a = await host({ stateBytes: 24 << 20, env: RFC_ENV });
-  const b = await host({ stateBytes: 24 << 20, env: RFC_ENV });
+  const a = await host({ stateBytes: 24 << 20, rfc: true });
+  const b = await host({ stateBytes: 24 << 20, rfc: true });
   const fe = await connect(a, { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | RFC, startIndex: 0xfff8 });
   try {
     for (let i = 0; i < 4; i++) t.is((await ask(fe, `b${i}`)).seq, i);

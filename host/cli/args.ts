@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
+import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -23,6 +24,8 @@ export interface CliOptions {
   stateReturnMemfd: boolean;
   /** Serve the 2023 RFC's shared-memory state protocol (experimental, off by default). */
   experimentalRfcStateShm: boolean;
+  /** --state-pipe-size: F_SETPIPE_SZ for state pipes (0: leave them alone). */
+  statePipeBytes: number;
   entropy: boolean;
   /** --storage (with --read-only folded in), or null. */
   storage: StorageSpec | null;
@@ -92,6 +95,8 @@ Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
   --experimental-rfc-state-shm
                           also offer the 2023 RFC's shared-memory chunk protocol (our own
                           protocol feature bit 63, requests 1000-1002; docs/migration.md)
+  --state-pipe-size SIZE  grow each state pipe the front-end hands us to SIZE (default 1M, the
+                          unprivileged maximum; 0 leaves pipes as they come)
 
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
@@ -108,6 +113,17 @@ export function parseSize(text: string, what: string): number {
   const n = Number(m[1]) * mult;
   if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`${what}: "${text}" is out of range`);
   return n;
+}
+
+/** A state pipe size: a size, or 0 for "leave the pipe alone"; default STATE_PIPE_SIZE. */
+export function parsePipeSize(text: string | undefined, what: string, Err: new (m: string) => Error): number {
+  if (text === undefined) return STATE_PIPE_SIZE;
+  if (text.trim() === '0') return 0;
+  try {
+    return parseSize(text, what);
+  } catch (e) {
+    throw new Err((e as Error).message);
+  }
 }
 
 function parseIntStrict(text: string, what: string, min: number): number {
@@ -166,6 +182,7 @@ export function parseCli(argv: string[]): CliOptions {
         'call-deadline': { type: 'string' },
         'state-return-memfd': { type: 'boolean' },
         'experimental-rfc-state-shm': { type: 'boolean' },
+        'state-pipe-size': { type: 'string' },
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
@@ -195,6 +212,7 @@ export function parseCli(argv: string[]): CliOptions {
     callDeadlineMs: v['call-deadline'] === undefined ? (v.storage !== undefined ? 1000 : 100) : parseIntStrict(v['call-deadline'], '--call-deadline', 1),
     stateReturnMemfd: v['state-return-memfd'] ?? false,
     experimentalRfcStateShm: v['experimental-rfc-state-shm'] ?? false,
+    statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error']),

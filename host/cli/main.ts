@@ -77,10 +77,10 @@ async function serve(o: CliOptions): Promise<void> {
       listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
       source: deviceSource(o),
       callDeadlineMs: o.callDeadlineMs,
-      // Only options given on the command line are passed: unset ones keep the session's default.
       session: {
-        ...(o.stateReturnMemfd ? { stateReturnMemfd: true } : {}),
-        ...(o.experimentalRfcStateShm ? { experimentalRfcStateShm: true } : {}),
+        stateReturnMemfd: o.stateReturnMemfd,
+        experimentalRfcStateShm: o.experimentalRfcStateShm,
+        statePipeBytes: o.statePipeBytes,
       },
     },
   ]);

@@ -17,7 +17,7 @@ import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } fro
 import { featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
-import { parseSize } from './args.ts';
+import { parsePipeSize, parseSize } from './args.ts';
 
 export const MIGRATE_HELP = `Usage: vhost-wasm migrate --from SOURCE.sock --to DEST.sock [options]
 
@@ -35,6 +35,8 @@ Options:
                          the same memfd the source wrote, no copy through this tool;
                          rfc-shm: EXPERIMENTAL, the 2023 RFC's shared-memory chunks, both
                          hosts need --experimental-rfc-state-shm)
+  --state-pipe-size SIZE with --channel pipe: grow the state pipes to SIZE (default 1M; 0
+                         leaves them at the kernel's 64 KiB)
   --memory SIZE          guest RAM this front-end gives the device (default 64M)
   --queue-size N         ring size (default 256)
   --queues N             queues to start (default 1)
@@ -58,6 +60,7 @@ interface MigrateCliOptions {
   after: number;
   requestSize: number;
   json: boolean;
+  pipeBytes: number;
 }
 
 function int(text: string | undefined, what: string, dflt: number, min: number, max: number): number {
@@ -86,6 +89,7 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
         after: { type: 'string' },
         'request-size': { type: 'string' },
         json: { type: 'boolean' },
+        'state-pipe-size': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }).values;
@@ -118,6 +122,7 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
     after: int(v.after, '--after', 0, 0, 1_000_000),
     requestSize: int(v['request-size'], '--request-size', 64, 1, 1 << 20),
     json: v.json ?? false,
+    pipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', MigrateUsageError),
   };
 }
 
@@ -166,6 +171,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
     try {
       report = await migrate(fe, o.to, {
         channel: o.channel,
+        pipeBytes: o.pipeBytes,
         onStep: (s) => {
           if (!o.json) process.stderr.write(`migrate: ${s}\n`);
         },

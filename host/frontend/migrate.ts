@@ -42,6 +42,8 @@ export interface MigrateOptions {
   chunkSize?: number;
   /** rfc-shm: size of the shared state area, i.e. the bytes moved per GET_STATE/SET_STATE (default 1 MiB). */
   rfcAreaSize?: number;
+  /** pipe: capacity asked for the state pipes (F_SETPIPE_SZ; 0 leaves them alone; default 1 MiB). */
+  pipeBytes?: number;
   /** Called at each step (progress output, tests that act mid-migration). */
   onStep?: (step: string) => void | Promise<void>;
 }
@@ -393,8 +395,8 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       const [sr, sw] = native.pipe2();
       const [lr, lw] = native.pipe2();
       // Both back-ends grow the pipes they get too; doing it here covers back-ends that do not.
-      growPipe(sw);
-      growPipe(lw);
+      growPipe(sw, opts.pipeBytes);
+      growPipe(lw, opts.pipeBytes);
       let readFd = sr;
       let writeFd = lw;
       try {

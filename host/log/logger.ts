@@ -18,7 +18,8 @@ export const MAX_LINE = 4000;
 
 const rank: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
-let threshold: LogLevel = (process.env.VHOST_WASM_LOG_LEVEL as LogLevel) in rank ? (process.env.VHOST_WASM_LOG_LEVEL as LogLevel) : 'info';
+/** Set by the CLI (--log-level) or an embedder (setLogLevel); workers get it in their init. */
+let threshold: LogLevel = 'info';
 let sink: ((line: string) => void) | null = null;
 /** Lines this thread could not write because stderr was full (a non-blocking pipe nobody drained). */
 let droppedOnFullStderr = 0;

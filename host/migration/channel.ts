@@ -25,12 +25,13 @@ export function channelKind(fd: number): ChannelKind {
 /**
  * Capacity asked for a state pipe (F_SETPIPE_SZ): the default 64 KiB pipe makes a 1 MiB chunk
  * take 16 wake-ups on each side; 1 MiB is the unprivileged maximum (/proc/sys/fs/pipe-max-size).
- * env VHOST_WASM_STATE_PIPE_SIZE overrides it (0 leaves the pipe alone). Best effort: a refusal
- * (EPERM over the limit) or an addon without setPipeSize leaves the pipe as it is.
+ * The host's --state-pipe-size and the migrate tool's option of that name override it (0 leaves
+ * the pipe alone). Best effort: a refusal (EPERM over the limit) or an addon without
+ * setPipeSize leaves the pipe as it is.
  */
 export const STATE_PIPE_SIZE = 1 << 20;
 
-export function growPipe(fd: number, bytes = Number(process.env.VHOST_WASM_STATE_PIPE_SIZE ?? STATE_PIPE_SIZE)): number | null {
+export function growPipe(fd: number, bytes = STATE_PIPE_SIZE): number | null {
   if (!(bytes > 0) || typeof native.setPipeSize !== 'function') return null;
   try {
     if (!native.fstat(fd).isFifo) return null;
@@ -90,12 +91,12 @@ export class StateWriter extends Closable implements ByteSink {
   readonly kind: ChannelKind;
   private offset = 0;
 
-  constructor(fd: number) {
+  constructor(fd: number, pipeBytes = STATE_PIPE_SIZE) {
     super(fd);
     this.kind = channelKind(fd);
     if (this.kind === 'pipe') {
       native.setNonBlocking(fd, true);
-      growPipe(fd);
+      growPipe(fd, pipeBytes);
     }
   }
 
@@ -141,13 +142,13 @@ export class StateReader extends Closable {
   private slab = Buffer.alloc(0);
   private slabUsed = 0;
 
-  constructor(fd: number, private readonly chunkSize = 1 << 20) {
+  constructor(fd: number, private readonly chunkSize = 1 << 20, pipeBytes = STATE_PIPE_SIZE) {
     super(fd);
     this.kind = channelKind(fd);
     this.size = this.kind === 'file' ? native.fstat(fd).size : -1;
     if (this.kind === 'pipe') {
       native.setNonBlocking(fd, true);
-      growPipe(fd);
+      growPipe(fd, pipeBytes);
     }
   }
 

@@ -144,6 +144,8 @@ export interface TransferContext {
   /** Host-held resources saved next to the device's bytes (none yet). */
   extraSections?: StateSection[];
   log: Logger;
+  /** Capacity asked for a state pipe (F_SETPIPE_SZ; 0 leaves it alone); default STATE_PIPE_SIZE. */
+  pipeBytes?: number;
 }
 
 export interface TransferStats {
@@ -184,7 +186,7 @@ export class StateTransfer {
   static save(fd: number, ctx: TransferContext): StateTransfer {
     let writer: StateWriter;
     try {
-      writer = new StateWriter(fd);
+      writer = new StateWriter(fd, ctx.pipeBytes);
     } catch (e) {
       native.close(fd);
       throw e;
@@ -208,7 +210,7 @@ export class StateTransfer {
   static load(fd: number, ctx: TransferContext): StateTransfer {
     let reader: StateReader;
     try {
-      reader = new StateReader(fd, STATE_CHUNK);
+      reader = new StateReader(fd, STATE_CHUNK, ctx.pipeBytes);
     } catch (e) {
       native.close(fd);
       throw e;

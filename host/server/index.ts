@@ -3,7 +3,7 @@
 import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
-import type { SessionOptions } from '../session/session.ts';
+import type { SessionSettings } from '../session/options.ts';
 import { describeFdBudget, ensureFdBudget, reserveForDevice } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 
@@ -15,8 +15,8 @@ export interface DeviceConfig {
   callDeadlineMs?: number;
   /** Deadline for the device's own code while it is built, at start and on a reset (ms). */
   loadDeadlineMs?: number;
-  /** Session settings (device-state channel options). */
-  session?: Partial<Omit<SessionOptions, 'label' | 'onClosed'>>;
+  /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
+  session?: Partial<SessionSettings>;
 }
 
 export const DEFAULT_CALL_DEADLINE_MS = 100;

@@ -19,7 +19,8 @@
 import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { lstatSync, unlinkSync } from 'node:fs';
-import { BackendSession, type SessionOptions } from '../session/session.ts';
+import { BackendSession } from '../session/dispatch.ts';
+import { DEFAULT_SESSION_SETTINGS, type SessionSettings } from '../session/options.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
@@ -84,7 +85,7 @@ export class Listener {
     addr: ListenAddress,
     private readonly slot: DeviceSlot,
     /** Per-device session settings from the command line (state channel options). */
-    private readonly sessionOptions: Partial<Omit<SessionOptions, 'label' | 'onClosed'>> = {},
+    private readonly sessionOptions: Partial<SessionSettings> = {},
   ) {
     this.log = createLogger(`listener ${slot.opts.label}`);
     this.busyLog = new LogThrottle(this.log, 'warn', BUSY_LOG_INTERVAL_MS);
@@ -190,6 +191,7 @@ export class Listener {
     }
     this.log.info('front-end connected');
     this.session = new BackendSession(conn, worker, this.slot, {
+      ...DEFAULT_SESSION_SETTINGS,
       ...this.sessionOptions,
       label: this.slot.opts.label,
       onClosed: () => this.endSession(),

@@ -10,7 +10,10 @@ export interface BigHostOptions {
   name?: string;
   version?: string;
   deviceId?: number;
+  /** --state-return-memfd */
   returnMemfd?: boolean;
+  /** --experimental-rfc-state-shm */
+  rfc?: boolean;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -20,10 +23,10 @@ export function startBigHost(o: BigHostOptions = {}): Promise<HostProcess> {
     ...(o.name ? { VHOST_WASM_TEST_DEVICE_NAME: o.name } : {}),
     ...(o.version ? { VHOST_WASM_TEST_DEVICE_VERSION: o.version } : {}),
     ...(o.deviceId !== undefined ? { VHOST_WASM_TEST_DEVICE_ID: String(o.deviceId) } : {}),
-    ...(o.returnMemfd ? { VHOST_WASM_STATE_RETURN_MEMFD: '1' } : {}),
     ...o.env,
   };
-  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '5000'], { env });
+  const flags = [...(o.returnMemfd ? ['--state-return-memfd'] : []), ...(o.rfc ? ['--experimental-rfc-state-shm'] : [])];
+  return startHost(['--socket-path', '{socket}', '--device-module', BIG_DEVICE, '--call-deadline', '5000', ...flags], { env });
 }
 
 export const FE_OPTS: FrontendOptions = {

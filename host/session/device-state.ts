@@ -1,0 +1,199 @@
+// Device state transfer (SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE) and the one transfer a
+// connection may run at a time, whichever channel started it (this one, or the experimental
+// RFC shm channel in rfc-state-shm.ts). SET_DEVICE_STATE_FD replies at once and the transfer
+// runs in the background while the front-end keeps talking to us; CHECK_DEVICE_STATE collects
+// the outcome. With stateReturnMemfd a SAVE fills a memfd of our own before replying instead.
+
+import { native } from '../native/index.ts';
+import { deviceStateReplyValue, encodeU64Reply } from '../protocol/codec.ts';
+import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts';
+import { Req } from '../protocol/requests.ts';
+import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
+import { RfcShmTransfer } from '../migration/rfc-shm.ts';
+import type { DeviceWorker } from '../device/worker-client.ts';
+import { errorText, type Logger } from '../log/logger.ts';
+import { closeFds } from './fds.ts';
+import type { SessionSettings } from './options.ts';
+
+/** SET_DEVICE_STATE_FD error codes (bits 0-7 of the reply; any non-zero value is an error). */
+export const DeviceStateError = {
+  /** Direction or phase this back-end does not implement. */
+  UNSUPPORTED: 1,
+  /** Rings still run, or the device is not in a state to transfer. */
+  BUSY: 2,
+  /** The fd or the device failed before the transfer could start. */
+  FAILED: 3,
+} as const;
+
+/** Why a transfer cannot start: the error code for the reply, and the text for the log. */
+export interface Refusal {
+  refuse: number;
+  why: string;
+}
+
+/** What a transfer channel needs from the session it runs in. */
+export interface TransferHost {
+  readonly log: Logger;
+  readonly settings: SessionSettings;
+  /** The device's current worker (a reset may replace it). */
+  worker(): DeviceWorker;
+  reply(bytes: Uint8Array, fds?: number[]): Promise<void>;
+}
+
+export class DeviceStateTransfers {
+  /**
+   * The transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it; or the RFC
+   * shm transfer RFC_SET_STATE_AREA started, until the area is detached.
+   */
+  private transfer: StateTransfer | RfcShmTransfer | null = null;
+
+  constructor(private readonly host: TransferHost) {}
+
+  get current(): StateTransfer | RfcShmTransfer | null {
+    return this.transfer;
+  }
+
+  /** A transfer begin() cleared the way for takes the slot. */
+  adopt(t: StateTransfer | RfcShmTransfer): void {
+    this.transfer = t;
+  }
+
+  /** The transfer's outcome was collected: the slot is free. */
+  collected(): void {
+    this.transfer = null;
+  }
+
+  /** A transfer still moves bytes: rings must not start meanwhile. */
+  get running(): boolean {
+    return this.transfer !== null && !this.transfer.finished;
+  }
+
+  /** Stops the transfer in progress (reset, disconnect); settle() waits for it. */
+  abort(reason: string): void {
+    this.transfer?.abort(reason);
+  }
+
+  /** Waits for the transfer in progress to let go of the worker and its fd, and forgets it. */
+  async settle(): Promise<void> {
+    if (this.transfer === null) return;
+    await this.transfer.done;
+    this.transfer = null;
+  }
+
+  /** Checks and the transfer context shared by both channels, or why it cannot start. */
+  async begin(what = 'transfer'): Promise<TransferContext | Refusal> {
+    const { log } = this.host;
+    if (this.transfer !== null) {
+      // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
+      const old = this.transfer;
+      this.transfer = null;
+      if (!old.finished) {
+        log.warn(`a new ${what} replaces a ${old.direction} still in progress: aborting it`);
+        old.abort(`replaced by a new ${what}`);
+      }
+      await old.done;
+    }
+    const worker = this.host.worker();
+    let begin;
+    try {
+      begin = await worker.stateBegin();
+    } catch (e) {
+      return { refuse: DeviceStateError.FAILED, why: `the device is not available: ${errorText(e)}` };
+    }
+    if (begin.started.length > 0) {
+      return { refuse: DeviceStateError.BUSY, why: `ring(s) ${begin.started.join(', ')} still run: rings must be stopped with GET_VRING_BASE first` };
+    }
+    return {
+      worker,
+      identity: { deviceId: worker.info.deviceId, name: begin.name, version: begin.version },
+      extraSections: [
+        ...begin.sections.map((s) => new WorkerSectionProxy(worker, s.id, s.name, s.size)),
+        ...(this.host.settings.stateSections?.() ?? []),
+      ],
+      log,
+      pipeBytes: this.host.settings.statePipeBytes,
+    };
+  }
+
+  private async replyDeviceState(error: number, fd: number | null = null): Promise<void> {
+    const value = deviceStateReplyValue(error, fd !== null);
+    try {
+      await this.host.reply(encodeU64Reply(Req.SET_DEVICE_STATE_FD, value), fd === null ? [] : [fd]);
+    } finally {
+      closeFds([fd], this.host.log);
+    }
+  }
+
+  /** SET_DEVICE_STATE_FD: checks, then starts the transfer (see the top of this file). */
+  async setFd(direction: number, phase: number, fd: number): Promise<void> {
+    const { log } = this.host;
+    const refuse = (code: number, why: string) => {
+      closeFds([fd], log);
+      log.error(`SET_DEVICE_STATE_FD refused: ${why}`);
+      return this.replyDeviceState(code);
+    };
+    if (direction !== DeviceStateDirection.SAVE && direction !== DeviceStateDirection.LOAD) {
+      return refuse(DeviceStateError.UNSUPPORTED, `direction ${direction} is neither SAVE (0) nor LOAD (1)`);
+    }
+    if (phase !== DeviceStatePhase.STOPPED) {
+      return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
+    }
+    const ctx = await this.begin('SET_DEVICE_STATE_FD');
+    if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
+    const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    if (dir === 'save' && this.host.settings.stateReturnMemfd) {
+      // Our own channel: a memfd filled before the reply, so the front-end can read it to EOF at
+      // once; the front-end's fd is not used.
+      closeFds([fd], log);
+      let memfd: number;
+      let transfer: StateTransfer;
+      try {
+        memfd = native.memfdCreate('vhost-wasm-device-state', false);
+        transfer = StateTransfer.save(native.dup(memfd), ctx);
+      } catch (e) {
+        return refuse(DeviceStateError.FAILED, errorText(e));
+      }
+      this.adopt(transfer);
+      const err = await transfer.done;
+      if (err !== null) {
+        closeFds([memfd], log);
+        log.error(`device state save failed: ${err}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+      return this.replyDeviceState(0, memfd);
+    }
+    let transfer: StateTransfer;
+    try {
+      transfer = dir === 'save' ? StateTransfer.save(fd, ctx) : StateTransfer.load(fd, ctx);
+    } catch (e) {
+      // save()/load() closed fd.
+      log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
+      return this.replyDeviceState(DeviceStateError.FAILED);
+    }
+    this.adopt(transfer);
+    void transfer.done.then((err) => {
+      if (err !== null) log.error(`device state ${dir} failed: ${err}`);
+    });
+    log.info(`device state ${dir} started (${ctx.identity.name} ${ctx.identity.version})`);
+    return this.replyDeviceState(0);
+  }
+
+  /** CHECK_DEVICE_STATE: answers once the outcome is known, 0 when the transfer (and on LOAD, the apply) succeeded. */
+  async check(): Promise<void> {
+    const { log } = this.host;
+    const answer = (v: number) => this.host.reply(encodeU64Reply(Req.CHECK_DEVICE_STATE, v));
+    const t = this.transfer;
+    if (t instanceof RfcShmTransfer) {
+      log.error('CHECK_DEVICE_STATE during an RFC shm transfer: its outcome is the answer to the detach (RFC_SET_STATE_AREA size 0); reporting failure');
+      return answer(1);
+    }
+    if (t === null) {
+      log.error('CHECK_DEVICE_STATE without a transfer (no SET_DEVICE_STATE_FD before it): reporting failure');
+      return answer(1);
+    }
+    const err = await t.done;
+    this.transfer = null;
+    if (err !== null) log.error(`CHECK_DEVICE_STATE: the ${t.direction} failed: ${err}`);
+    return answer(err === null ? 0 : 1);
+  }
+}

@@ -1,0 +1,481 @@
+// One vhost-user connection, back-end side: the message loop, feature negotiation and the
+// reply rules (which request gets an ack, what a refusal answers). What each request does is
+// in its own module: the memory table (memory-table.ts), ring fds (rings.ts), device state
+// (device-state.ts, rfc-state-shm.ts), the back-end request channel (backend-channel.ts).
+// Requests are handled strictly one at a time (the channel does not read the next message
+// until the previous handler settled), which is what makes "GET_VRING_BASE replies after the
+// ring stopped" hold.
+//
+// Fd ownership: every fd a front-end sends is owned by the session. The device worker only
+// borrows memory, kick, call and err fds; they are closed once the worker stopped using them,
+// or when the session ends (also when the worker died).
+
+import { MessageChannel } from '../protocol/channel.ts';
+import { decodeRequest, encodeConfigReply, encodeMemSlotsReply, encodeU64Reply, encodeVringStateReply } from '../protocol/codec.ts';
+import { MAX_MEM_SLOTS, ProtocolFeature, VHOST_VRING_F_LOG, featureBit } from '../protocol/constants.ts';
+import {
+  BackendReq, Req, describeRequest, hasReply, protocolFeatureName, requestName, requiredFeature,
+} from '../protocol/requests.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE, decodeRfcStateRequest, isRfcStateReqCode } from '../protocol/rfc-state-shm.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import type { DecodedRequest, RawMessage } from '../protocol/messages.ts';
+import type { DeviceWorker, DeviceEvent } from '../device/worker-client.ts';
+import type { DeviceSlot } from '../server/device-slot.ts';
+import { VirtioFeature, bit, describeBits, DEVICE_FEATURE_MASK } from '../device/features.ts';
+import { createLogger, errorText, type Logger } from '../log/logger.ts';
+import { failureReply } from './failure-replies.ts';
+import { closeFds } from './fds.ts';
+import { RequestError, toNumber } from './request-error.ts';
+import { MemoryTable } from './memory-table.ts';
+import { RingFdTable, type RingFdKind } from './rings.ts';
+import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
+import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
+import { BackendChannel } from './backend-channel.ts';
+import type { SessionOptions } from './options.ts';
+
+/** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
+const STATUS_NEEDS_RESET = 0x40;
+
+/** Protocol features this back-end implements. */
+export const SUPPORTED_PROTOCOL_FEATURES = [
+  ProtocolFeature.MQ,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.INBAND_NOTIFICATIONS,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+  ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.DEVICE_STATE,
+].reduce((m, b) => m | featureBit(b), 0n);
+
+/** Transport/ring features the host implements for every device. */
+export const HOST_VIRTIO_FEATURES =
+  bit(VirtioFeature.VERSION_1) |
+  bit(VirtioFeature.RING_INDIRECT_DESC) |
+  bit(VirtioFeature.RING_EVENT_IDX) |
+  bit(VirtioFeature.RING_PACKED) |
+  bit(VirtioFeature.PROTOCOL_FEATURES) |
+  bit(VirtioFeature.LOG_ALL);
+
+export class BackendSession {
+  private readonly channel: MessageChannel;
+  private readonly log: Logger;
+  private ackedFeatures = 0n;
+  private featuresSet = false;
+  private protocolFeatures = 0n;
+  private status = 0;
+  private needsReset: string | null = null;
+  private readonly memory: MemoryTable;
+  private readonly rings: RingFdTable;
+  private readonly state: DeviceStateTransfers;
+  private readonly rfcState: RfcStateShmChannel;
+  private readonly backend: BackendChannel;
+  private closed = false;
+  /** NEED_REPLY seen without REPLY_ACK negotiated (logged once per connection). */
+  private strayNeedReplyLogged = false;
+
+  constructor(
+    fd: number,
+    private worker: DeviceWorker,
+    private readonly slot: DeviceSlot,
+    private readonly opts: SessionOptions,
+  ) {
+    this.log = createLogger(`session ${opts.label}`);
+    this.memory = new MemoryTable(this.log);
+    this.rings = new RingFdTable(worker.info.numQueues, this.log);
+    const transferHost: TransferHost = {
+      log: this.log,
+      settings: opts,
+      worker: () => this.worker,
+      reply: (bytes, fds) => this.reply(bytes, fds),
+    };
+    this.state = new DeviceStateTransfers(transferHost);
+    this.rfcState = new RfcStateShmChannel(transferHost, this.state);
+    this.backend = new BackendChannel(opts.label, this.log);
+    worker.onEvent = (e) => this.onDeviceEvent(e);
+    this.channel = new MessageChannel(fd, {
+      label: `front-end connection (${opts.label})`,
+      onMessage: (m) => this.onMessage(m),
+      onClose: (reason) => this.onChannelClosed(reason),
+    });
+  }
+
+  /** CONFIG only for a device that has a config space: QEMU warns about it otherwise. */
+  get offeredProtocolFeatures(): bigint {
+    const base = this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+    return this.opts.experimentalRfcStateShm ? base | RFC_STATE_SHM_FEATURE : base;
+  }
+
+  get offeredFeatures(): bigint {
+    return (this.worker.info.features & DEVICE_FEATURE_MASK) | HOST_VIRTIO_FEATURES;
+  }
+
+  /** Ends the connection (host shutdown); resolves when everything is released. */
+  close(reason: string | null = null): void {
+    this.channel.close(reason);
+  }
+
+  private hasProtocol(bitNo: number): boolean {
+    return (this.protocolFeatures & featureBit(bitNo)) !== 0n;
+  }
+
+  private hasFeature(bitNo: number): boolean {
+    return (this.ackedFeatures & bit(bitNo)) !== 0n;
+  }
+
+  private closeFds(fds: readonly (number | null)[]): void {
+    closeFds(fds, this.log);
+  }
+
+  // --- reply rules ---------------------------------------------------------------------------
+
+  /**
+   * Whether a request without a reply of its own gets the REPLY_ACK u64. NEED_REPLY means
+   * nothing until REPLY_ACK is negotiated (spec, "REPLY_ACK"): a front-end that did not
+   * negotiate it reads no ack, and an unexpected one would be taken as the answer to its next
+   * request. Checked after the request ran, so SET_PROTOCOL_FEATURES enabling REPLY_ACK is acked.
+   */
+  private wantsAck(needReply: boolean): boolean {
+    if (!needReply) return false;
+    if (this.hasProtocol(ProtocolFeature.REPLY_ACK)) return true;
+    if (!this.strayNeedReplyLogged) {
+      this.strayNeedReplyLogged = true;
+      this.log.warn('front-end set NEED_REPLY without negotiating REPLY_ACK: no ack is sent (the flag means nothing until REPLY_ACK is negotiated)');
+    }
+    return false;
+  }
+
+  /**
+   * A request that always has a reply failed or is not supported: send its failure form if
+   * the spec defines one, else end the connection (the front-end waits for an answer we cannot
+   * give truthfully).
+   */
+  private async refuseWithReply(req: DecodedRequest, why: string): Promise<void> {
+    const f = failureReply(req);
+    if (f === null) throw new Error(`${why}; its reply has no failure form, so the connection is closed`);
+    this.log.error(`${why}; answered with ${f.meaning}`);
+    await this.reply(f.bytes);
+  }
+
+  private ack(code: number, ok: boolean): Promise<void> {
+    return this.channel.send(encodeU64Reply(code, ok ? 0 : 1));
+  }
+
+  private reply(bytes: Uint8Array, fds: number[] = []): Promise<void> {
+    return this.channel.send(bytes, fds);
+  }
+
+  // --- message loop --------------------------------------------------------------------------
+
+  private async onMessage(m: RawMessage): Promise<void> {
+    let req;
+    try {
+      req = decodeRequest(m.header, m.payload, m.fds);
+    } catch (e) {
+      this.closeFds(m.fds);
+      const why = errorText(e);
+      if (e instanceof ProtocolError && !hasReply(m.header.request) && this.wantsAck(m.header.needReply)) {
+        this.log.error(`rejected a malformed message: ${why}`);
+        await this.ack(m.header.request, false);
+        return;
+      }
+      // Without a way to report failure the connection's state is now unknown: end it.
+      throw new Error(`malformed message: ${why}`);
+    }
+    if (req.unknown && isRfcStateReqCode(req.code) && this.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
+      let rfc;
+      try {
+        rfc = decodeRfcStateRequest(m.header, m.payload, m.fds);
+      } catch (e) {
+        this.closeFds(m.fds);
+        // Every extension request has a reply: without one the front-end would wait forever.
+        throw new Error(`malformed message: ${errorText(e)}`);
+      }
+      if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(rfc.code)}${describeRequest(rfc)}`);
+      return this.rfcState.handle(rfc);
+    }
+    if (req.unknown) {
+      this.closeFds(req.fds);
+      const ack = this.wantsAck(req.needReply);
+      this.log.warn(`${requestName(req.code)} is not a request this back-end knows; ignored${ack ? ' (failure reply sent)' : ''}`);
+      if (ack) await this.ack(req.code, false);
+      return;
+    }
+    const code = req.code;
+    const gate = requiredFeature(code);
+    if (gate !== undefined && !this.hasProtocol(gate)) {
+      this.closeFds(req.fds);
+      const name = protocolFeatureName(gate);
+      const why = `${requestName(code)} needs protocol feature ${name} (bit ${gate}), which was not negotiated`;
+      if (hasReply(code)) return this.refuseWithReply(req, why);
+      this.log.error(`${why}; refused`);
+      if (this.wantsAck(req.needReply)) await this.ack(code, false);
+      return;
+    }
+    if (this.log.enabled('debug')) this.log.debug(`<- ${requestName(code)}${describeRequest(req)}`);
+    try {
+      await this.handle(req);
+      if (!hasReply(code) && this.wantsAck(req.needReply)) await this.ack(code, true);
+    } catch (e) {
+      const why = `${requestName(code)} failed: ${errorText(e)}`;
+      if (hasReply(code)) return this.refuseWithReply(req, why);
+      this.log.error(why);
+      if (this.wantsAck(req.needReply)) await this.ack(code, false);
+    }
+  }
+
+  private async handle(req: DecodedRequest): Promise<void> {
+    switch (req.code) {
+      case Req.GET_FEATURES:
+        if (this.log.enabled('debug')) this.log.debug(`-> features 0x${this.offeredFeatures.toString(16)}`);
+        return this.reply(encodeU64Reply(req.code, this.offeredFeatures));
+      case Req.SET_FEATURES:
+        return this.setFeatures(req.features);
+      case Req.SET_OWNER:
+        // Nothing to record: one connection is one owner, and nothing here depends on it.
+        return;
+      case Req.RESET_OWNER:
+        // Deprecated and ambiguous in the spec; treated as RESET_DEVICE.
+        return this.resetDevice();
+      case Req.GET_PROTOCOL_FEATURES:
+        return this.reply(encodeU64Reply(req.code, this.offeredProtocolFeatures));
+      case Req.SET_PROTOCOL_FEATURES: {
+        const extra = req.features & ~this.offeredProtocolFeatures;
+        if (extra !== 0n) throw new RequestError(`front-end set protocol features 0x${extra.toString(16)} that were not offered`);
+        this.protocolFeatures = req.features;
+        return;
+      }
+      case Req.GET_QUEUE_NUM:
+        return this.reply(encodeU64Reply(req.code, this.worker.info.numQueues));
+      case Req.SET_MEM_TABLE:
+        return this.memory.set(this.worker, req.regions);
+      case Req.GET_MAX_MEM_SLOTS:
+        return this.reply(encodeMemSlotsReply(MAX_MEM_SLOTS));
+      case Req.ADD_MEM_REG:
+        return this.memory.add(this.worker, req.region);
+      case Req.REM_MEM_REG:
+        this.closeFds(req.fds); // the spec allows a stray fd here; it is never used
+        return this.memory.remove(this.worker, req.region);
+      case Req.SET_VRING_NUM:
+        this.rings.check(req.state.index);
+        return this.worker.ringNum(req.state.index, req.state.num);
+      case Req.SET_VRING_ADDR: {
+        const a = req.addr;
+        this.rings.check(a.index);
+        return this.worker.ringAddr(a.index, {
+          descUserAddr: toNumber(a.descUserAddr, 'descriptor table address'),
+          availUserAddr: toNumber(a.availUserAddr, 'avail ring address'),
+          usedUserAddr: toNumber(a.usedUserAddr, 'used ring address'),
+          log: (a.flags & VHOST_VRING_F_LOG) !== 0,
+          logGuestAddr: toNumber(a.logGuestAddr, 'log guest address'),
+        });
+      }
+      case Req.SET_VRING_BASE:
+        this.rings.check(req.state.index);
+        return this.worker.ringBase(req.state.index, req.state.num);
+      case Req.GET_VRING_BASE: {
+        const index = req.state.index;
+        this.rings.check(index);
+        const base = await this.worker.ringStop(index);
+        // The kick fd is spent: a restart comes with a new SET_VRING_KICK.
+        this.rings.replace(index, 'kick', null);
+        return this.reply(encodeVringStateReply({ index, num: base }));
+      }
+      case Req.SET_VRING_KICK:
+        if (this.state.running) {
+          this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
+        }
+        return this.setRingFd('kick', req.index, req.fd);
+      case Req.SET_VRING_CALL:
+        return this.setRingFd('call', req.index, req.fd);
+      case Req.SET_VRING_ERR:
+        return this.setRingFd('err', req.index, req.fd);
+      case Req.SET_VRING_ENABLE: {
+        const { index, num } = req.state;
+        this.rings.check(index);
+        if (!this.hasFeature(VirtioFeature.PROTOCOL_FEATURES) && this.featuresSet) {
+          throw new RequestError('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
+        }
+        if (num > 1) throw new RequestError(`SET_VRING_ENABLE value ${num} is neither 0 nor 1`);
+        if (num === 1 && this.state.running) {
+          throw new RequestError(`ring ${index} cannot be enabled while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
+        }
+        return this.worker.ringEnable(index, num === 1);
+      }
+      case Req.VRING_KICK:
+        this.rings.check(req.state.index);
+        return this.worker.ringInbandKick(req.state.index);
+      case Req.GET_CONFIG: {
+        const { offset, data } = req.config;
+        const size = this.worker.info.configSize;
+        try {
+          // Front-ends read the whole struct they know (QEMU 7.2's vhost-user-blk asks for 57
+          // bytes whatever the device has): bytes past the device's config space read as zero,
+          // as they do on a virtio-pci transport.
+          const inside = Math.max(0, Math.min(data.length, size - offset));
+          const bytes = new Uint8Array(data.length);
+          if (inside > 0) bytes.set(await this.worker.readConfig(offset, inside));
+          if (inside < data.length) this.log.debug(`GET_CONFIG [${offset}, +${data.length}) extends past the ${size}-byte config space; padded with zeros`);
+          return this.reply(encodeConfigReply({ offset, flags: req.config.flags, data: bytes }));
+        } catch (e) {
+          // An empty payload is the spec's failure answer for GET_CONFIG.
+          this.log.error(`GET_CONFIG [${offset}, +${data.length}) failed: ${errorText(e)}`);
+          return this.reply(encodeConfigReply(null));
+        }
+      }
+      case Req.SET_CONFIG:
+        return this.worker.writeConfig(req.config.offset, req.config.data);
+      case Req.SET_BACKEND_REQ_FD:
+        return this.backend.set(req.fd);
+      case Req.RESET_DEVICE:
+        return this.resetDevice();
+      case Req.SET_STATUS: {
+        const s = Number(req.status & 0xffn);
+        if (req.status > 0xffn) throw new RequestError(`status 0x${req.status.toString(16)} does not fit the 8-bit device status`);
+        this.status = s;
+        // Status 0 is a virtio reset, but QEMU 7.2 sends it while stopping a device BEFORE
+        // GET_VRING_BASE (and QEMU 8.2+ may stop, then save the device state): wiping the rings
+        // or the device here would answer GET_VRING_BASE with 0 (the destination then refuses
+        // the migration: "VQ 0 size 0x80 < last_avail_idx 0x0 - used_idx 0x21") and lose the
+        // state a SAVE is about to read. Rings restart from SET_VRING_BASE anyway, and
+        // RESET_DEVICE resets. Only a device that needs a reset gets one here.
+        if (s === 0 && (this.needsReset !== null || this.worker.dead)) await this.resetDevice();
+        return;
+      }
+      case Req.GET_STATUS:
+        return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
+      case Req.SET_LOG_BASE: {
+        const ok = await this.memory.setLogBase(this.worker, req.log.mmapSize, req.log.mmapOffset, req.fd);
+        // The spec's reply for the LOG_SHMFD form is a u64 (QEMU only checks it arrived).
+        return this.reply(encodeU64Reply(Req.SET_LOG_BASE, ok ? 0 : 1));
+      }
+      case Req.SET_LOG_FD:
+        return this.memory.setLogFd(req.fd);
+      case Req.SET_DEVICE_STATE_FD:
+        return this.state.setFd(req.params.direction, req.params.phase, req.fd);
+      case Req.CHECK_DEVICE_STATE:
+        return this.state.check();
+      default:
+        this.closeFds(req.fds);
+        throw new RequestError(`${requestName(req.code)} is not supported by this back-end (the protocol feature it belongs to is not offered)`);
+    }
+  }
+
+  private setRingFd(kind: RingFdKind, index: number, fd: number | null): Promise<void> {
+    return this.rings.set(this.worker, kind, index, fd, this.hasProtocol(ProtocolFeature.INBAND_NOTIFICATIONS));
+  }
+
+  // --- feature negotiation -------------------------------------------------------------------
+
+  private async setFeatures(features: bigint): Promise<void> {
+    const offered = this.offeredFeatures;
+    const extra = features & ~offered;
+    let acked = features;
+    if (extra !== 0n) {
+      // QEMU 7.2's vhost-user-rng passes the guest's features through unmasked; refusing would
+      // leave it with a half-configured device, so the stray bits are dropped, loudly.
+      this.log.warn(`front-end acked features the back-end never offered (${describeBits(extra)}); ignoring them`);
+      acked = features & offered;
+    }
+    if ((acked & bit(VirtioFeature.VERSION_1)) === 0n) {
+      throw new RequestError('VIRTIO_F_VERSION_1 was not acked: this back-end only implements virtio 1.x (little-endian) rings');
+    }
+    const logAll = bit(VirtioFeature.LOG_ALL);
+    const onlyLogChanged = this.featuresSet && ((this.ackedFeatures ^ acked) & ~logAll) === 0n;
+    const wasLogging = (this.ackedFeatures & logAll) !== 0n;
+    const logging = (acked & logAll) !== 0n;
+    this.ackedFeatures = acked;
+    this.featuresSet = true;
+    // QEMU switches dirty logging on and off with SET_FEATURES on a running device: that must
+    // not re-activate the device, only start or stop marking pages.
+    if (!onlyLogChanged) await this.worker.setFeatures(acked, (acked & bit(VirtioFeature.PROTOCOL_FEATURES)) !== 0n);
+    if (!onlyLogChanged || wasLogging !== logging) {
+      await this.worker.setLogAll(logging);
+      if (wasLogging !== logging) this.log.info(`dirty logging ${logging ? 'on' : 'off'} (VHOST_F_LOG_ALL ${logging ? 'set' : 'cleared'})`);
+    }
+  }
+
+  // --- device lifecycle ----------------------------------------------------------------------
+
+  private async resetDevice(): Promise<void> {
+    this.state.abort('the device was reset');
+    await this.state.settle();
+    if (this.worker.dead) {
+      // The old instance was killed (watchdog, crash): a reset brings a fresh one, with the
+      // memory table the front-end already sent (its fds are still ours).
+      if (await this.worker.exitedWithin()) this.rings.closeAll();
+      else this.rings.abandon();
+      this.worker = await this.slot.acquire();
+      this.worker.onEvent = (e) => this.onDeviceEvent(e);
+      await this.worker.setMemTable(this.memory.current);
+      this.log.info('device restarted with a fresh instance after reset');
+    } else {
+      await this.worker.reset();
+      this.rings.closeAll();
+    }
+    this.ackedFeatures = 0n;
+    this.featuresSet = false;
+    this.needsReset = null;
+    this.status = 0;
+  }
+
+  private onDeviceEvent(e: DeviceEvent): void {
+    const replyAck = this.hasProtocol(ProtocolFeature.REPLY_ACK);
+    if (e.type === 'memory-fault') {
+      // The worker halted every ring; the pages it touched are no longer the guest's. Nothing
+      // this connection does can be trusted to reach the guest now: end it (release() resets
+      // the device and unmaps the table, as for any disconnect).
+      this.channel.close(e.reason);
+      return;
+    }
+    if (e.type === 'inband-call') {
+      void this.backend.send({ code: BackendReq.VRING_CALL, state: { index: e.index, num: 0 } }, replyAck);
+      return;
+    }
+    const reason = e.type === 'ring-broken' ? `ring ${e.index}: ${e.reason}` : e.reason;
+    if (this.needsReset === null) {
+      this.needsReset = reason;
+      this.log.error(`device needs a reset (DEVICE_NEEDS_RESET set): ${reason}`);
+      // Drivers re-read status on a config-change interrupt: that is how they learn of it.
+      void this.backend.send({ code: BackendReq.CONFIG_CHANGE_MSG }, replyAck);
+    }
+  }
+
+  // --- teardown ------------------------------------------------------------------------------
+
+  private onChannelClosed(reason: string | null): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (reason === 'host shutting down') this.log.info('connection closed: host shutting down');
+    else if (reason) this.log.error(`connection closed: ${reason}`);
+    else this.log.info('front-end disconnected');
+    this.backend.close();
+    this.state.abort('the front-end disconnected');
+    void this.release().then(() => this.opts.onClosed?.(reason));
+  }
+
+  /** Stops the device's use of every borrowed fd, then closes them all. */
+  private async release(): Promise<void> {
+    await this.state.settle();
+    this.memory.closeLogFd();
+    if (this.worker.dead) {
+      // A killed worker's fd watchers close as its thread exits; closing the fds first could
+      // pull them out from under libuv.
+      if (!(await this.worker.exitedWithin())) this.rings.abandon();
+    } else {
+      try {
+        await this.worker.reset();
+        await this.worker.setMemTable([]);
+      } catch (e) {
+        this.log.warn(`device reset after disconnect failed: ${errorText(e)}`);
+        // Killed during the reset: its watchers go with its thread, then the fds can close.
+        if (this.worker.dead) await this.worker.exited;
+      }
+    }
+    this.rings.closeAll();
+    this.memory.closeRegions();
+  }
+}
