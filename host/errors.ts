@@ -80,11 +80,12 @@ export function serializeError(e: unknown, depth = 0): SerializedError {
 /**
  * Rebuilds an error on this thread: an instance of the class in `classes` whose code matches
  * (instanceof works, its properties are back), else a plain Error carrying the name and code.
- * The constructor is not run: subclasses take different arguments, and the message is final.
+ * The class's constructor is not run (subclasses take different arguments, and the message is
+ * final): Error's is, with the class as new.target, so the result is a real Error of that class.
  */
 export function deserializeError(s: SerializedError, classes: readonly VhostWasmErrorClass[]): Error {
   const cls = s.code === undefined ? undefined : classes.find((c) => c.code === s.code || c.codes?.includes(s.code!));
-  const e: Error = cls ? (Object.create(cls.prototype) as Error) : new Error(s.message);
+  const e: Error = cls ? (Reflect.construct(Error, [s.message], cls as unknown as NewableFunction) as Error) : new Error(s.message);
   for (const [k, v] of Object.entries(s.props ?? {})) {
     Object.defineProperty(e, k, { value: v, enumerable: true, writable: true, configurable: true });
   }
