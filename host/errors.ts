@@ -44,6 +44,13 @@ export function errorCode(e: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
+/** An error for a log line: its message, then its code when it has one ("... [ERR_PLUGIN_LOAD]"). */
+export function describeError(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  const code = errorCode(e);
+  return code === undefined ? message : `${message} [${code}]`;
+}
+
 // --- across a thread boundary ------------------------------------------------------------------
 
 /** An error as it crosses between threads (structured-cloneable, no class needed to read it). */

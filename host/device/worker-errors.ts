@@ -9,6 +9,7 @@ import { MemoryFault, MemoryTableError } from '../memory/guest-memory.ts';
 import { MemoryFdError } from '../memory/memory-fd.ts';
 import { PluginError } from '../plugin/errors.ts';
 import { CapabilityError } from '../plugin/imports.ts';
+import { LiftError } from '../plugin/lift-guard.ts';
 import { UntrustedCacheError } from '../plugin/cache-dir.ts';
 import { FsShareError } from '../fs/share.ts';
 import { BackingError } from '../storage/backing.ts';
@@ -23,6 +24,7 @@ export const WORKER_ERROR_CLASSES: readonly VhostWasmErrorClass[] = [
   MemoryFdError,
   PluginError,
   CapabilityError,
+  LiftError,
   UntrustedCacheError,
   FsShareError,
   BackingError,
