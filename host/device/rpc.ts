@@ -1,6 +1,6 @@
-// Calls and messages between the session (main thread) and a device worker. Few and never per request:
-// ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers: they
-// are process-wide, and the main thread stays their owner (see worker-client.ts).
+// Calls and messages between the session (main thread) and a device worker. Few and never per
+// request: ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers:
+// they are process-wide, and the main thread stays their owner (see worker-client.ts).
 
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
