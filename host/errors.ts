@@ -63,6 +63,8 @@ export interface SerializedError {
   props?: Record<string, Primitive>;
   details?: Record<string, Primitive>;
   cause?: SerializedError;
+  /** Where it was thrown, in the other thread: what a bug report needs. */
+  stack?: string;
 }
 
 /** How deep a chain of causes is carried: a cycle or a pathological chain stops here. */
@@ -71,6 +73,7 @@ const MAX_CAUSE_DEPTH = 4;
 export function serializeError(e: unknown, depth = 0): SerializedError {
   if (!(e instanceof Error)) return { name: 'Error', message: String(e) };
   const out: SerializedError = { name: e.name, message: e.message };
+  if (typeof e.stack === 'string') out.stack = e.stack;
   const code = errorCode(e);
   if (code !== undefined) out.code = code;
   const props: Record<string, Primitive> = {};
@@ -99,9 +102,10 @@ export function deserializeError(s: SerializedError, classes: readonly VhostWasm
   const own = (k: string, value: unknown) => Object.defineProperty(e, k, { value, enumerable: false, writable: true, configurable: true });
   own('message', s.message);
   own('name', s.name);
+  // The stack of this thread would point at the reply handler; the other thread's says where.
+  own('stack', s.stack ?? `${s.name}: ${s.message}\n    (thrown in another thread)`);
   if (cls) {
     Object.defineProperty(e, 'details', { value: s.details, enumerable: true, writable: true, configurable: true });
-    own('stack', `${s.name}: ${s.message}\n    (thrown in another thread)`);
   } else if (s.code !== undefined) {
     Object.defineProperty(e, 'code', { value: s.code, enumerable: true, writable: true, configurable: true });
   }

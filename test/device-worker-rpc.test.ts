@@ -13,6 +13,7 @@ import { PluginError } from '../host/plugin/errors.ts';
 import { QueueFault } from '../host/virtqueue/chain.ts';
 import { VhostWasmError, deserializeError, serializeError } from '../host/errors.ts';
 import { WORKER_ERROR_CLASSES } from '../host/device/worker-errors.ts';
+import { installRemote, op } from '../host/device/typed-rpc.ts';
 
 const nullDevice = pathToFileURL(join(import.meta.dirname, 'devices', 'null-device.ts')).href;
 const opts = { label: 'rpc-test', callDeadlineMs: 10_000 };
@@ -36,6 +37,8 @@ test('operations answer typed values, and an error thrown in the worker keeps it
     t.is((e as MemoryTableError).code, 'ERR_MEMORY_TABLE');
     t.is(e?.name, 'MemoryTableError');
     t.regex(e?.message ?? '', /no region at GPA 0x10000 size 0x1000 to remove/);
+    // Its stack is the worker's, where it was thrown, not this thread's reply handler.
+    t.regex(e?.stack ?? '', /guest-memory\.ts/);
 
     // A plain Error stays a plain Error, message intact, no code invented.
     const plain = await t.throwsAsync(() => w.ringNum(7, 8));
@@ -94,4 +97,16 @@ test('serialized errors keep their own properties, details and causes, and stop 
   let depth = 0;
   for (let s: { cause?: unknown } | undefined = serializeError(cyclic); s; s = s.cause as typeof s) depth++;
   t.true(depth <= 5);
+});
+
+test('an operation named like a member of the client object is refused, not silently installed', (t) => {
+  class Client {
+    status(): string {
+      return 'own';
+    }
+  }
+  const ops = { status: op<() => number>(), other: op<() => void>() };
+  const c = new Client();
+  t.throws(() => installRemote(c, ops, async () => 0), { message: /operation status would replace Client\.status/ });
+  t.is(c.status(), 'own');
 });
