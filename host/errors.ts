@@ -24,11 +24,12 @@ export class VhostWasmError extends Error {
   static readonly code: string = 'ERR_VHOST_WASM';
   static readonly codes?: readonly string[];
   override name = 'VhostWasmError';
-  readonly details: Record<string, Primitive> | undefined;
+  /** Set only when given, so an error without details prints without the key. */
+  declare readonly details?: Record<string, Primitive>;
 
   constructor(message: string, options?: VhostWasmErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.details = options?.details;
+    if (options?.details !== undefined) Object.defineProperty(this, 'details', { value: options.details, enumerable: true });
   }
 
   /** The stable code of this error's class (see docs/errors.md). */
@@ -104,9 +105,9 @@ export function deserializeError(s: SerializedError, classes: readonly VhostWasm
   own('name', s.name);
   // The stack of this thread would point at the reply handler; the other thread's says where.
   own('stack', s.stack ?? `${s.name}: ${s.message}\n    (thrown in another thread)`);
-  if (cls) {
-    Object.defineProperty(e, 'details', { value: s.details, enumerable: true, writable: true, configurable: true });
-  } else if (s.code !== undefined) {
+  if (cls && s.details !== undefined) {
+    Object.defineProperty(e, 'details', { value: s.details, enumerable: true });
+  } else if (!cls && s.code !== undefined) {
     Object.defineProperty(e, 'code', { value: s.code, enumerable: true, writable: true, configurable: true });
   }
   if (s.cause !== undefined) own('cause', deserializeError(s.cause, classes));
