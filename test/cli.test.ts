@@ -92,6 +92,20 @@ test('--fd serves an inherited listening socket', async (t) => {
   }
 });
 
+test('a start-up failure is logged with its error code', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-code-'));
+  try {
+    const notPlugin = join(dir, 'not-a-plugin.wasm');
+    writeFileSync(notPlugin, 'not a component');
+    const r = run(['--socket-path', join(dir, 's'), '--plugin', notPlugin]);
+    t.is(r.status, 1);
+    // Thrown in the device worker, rebuilt on the main thread with its code (docs/errors.md).
+    t.regex(r.stderr, /not a WebAssembly component.*\[ERR_PLUGIN_LOAD\]/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('--fd that is not a listening socket is refused clearly', (t) => {
   const r = spawnSync(...hostCommand(['--fd', '0', '--device-module', NULL_DEVICE]), {
     cwd: REPO,

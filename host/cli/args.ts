@@ -7,6 +7,7 @@ import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -33,7 +34,8 @@ export interface CliOptions {
   filesystem: FilesystemSpec | null;
 }
 
-export class UsageError extends Error {
+export class UsageError extends VhostWasmError {
+  static override readonly code = 'ERR_USAGE';
   override name = 'UsageError';
 }
 

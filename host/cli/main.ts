@@ -12,7 +12,8 @@ import { stopOnSignals } from '../server/shutdown.ts';
 import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
-import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+import { createLogger, setLogLevel } from '../log/logger.ts';
+import { describeError } from '../errors.ts';
 import { FileBacking } from '../storage/file.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import { FsShare } from '../fs/share.ts';
@@ -128,7 +129,8 @@ async function main(): Promise<number> {
     await serve(o);
     return -1; // keep running
   } catch (e) {
-    log.error(errorText(e));
+    // With its code, so a supervisor can tell a bad plugin from a busy socket without parsing prose.
+    log.error(describeError(e));
     return 1;
   }
 }

@@ -17,7 +17,7 @@ import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } fro
 import { featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
-import { parsePipeSize, parseSize } from './args.ts';
+import { parsePipeSize, parseSize, UsageError } from './args.ts';
 
 export const MIGRATE_HELP = `Usage: vhost-wasm migrate --from SOURCE.sock --to DEST.sock [options]
 
@@ -47,7 +47,10 @@ Options:
   -h, --help             this text
 `;
 
-class MigrateUsageError extends Error {}
+/** A usage error of the migrate subcommand (ERR_USAGE, like the back-end's). */
+class MigrateUsageError extends UsageError {
+  override name = 'MigrateUsageError';
+}
 
 interface MigrateCliOptions {
   from: string;

@@ -1,9 +1,11 @@
-// Messages between the session (main thread) and a device worker. Few and never per request:
-// ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers: they
-// are process-wide, and the main thread stays their owner (see worker-client.ts).
+// Calls and messages between the session (main thread) and a device worker. Few and never per
+// request: ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers:
+// they are process-wide, and the main thread stays their owner (see worker-client.ts).
 
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
+import type { SerializedError } from '../errors.ts';
+import { op, type ApiOf, type RpcReply, type RpcRequest } from './typed-rpc.ts';
 
 /** What a worker loads: a TypeScript/JS device module, or a WebAssembly plugin. */
 export type DeviceSource =
@@ -65,36 +67,55 @@ export interface VringAddrMsg {
   logGuestAddr: number;
 }
 
-/** Every call the session makes into a worker. */
-export type WorkerCall =
-  | { op: 'readConfig'; offset: number; size: number }
-  | { op: 'writeConfig'; offset: number; data: Uint8Array }
-  | { op: 'setFeatures'; features: bigint; protocolFeatures: boolean }
-  | { op: 'setMemTable'; regions: RegionMsg[] }
-  | { op: 'addMemRegion'; region: RegionMsg }
-  | { op: 'removeMemRegion'; guestPhysAddr: number; size: number; userspaceAddr: number }
-  | { op: 'ringNum'; index: number; num: number }
-  | { op: 'ringAddr'; index: number; addr: VringAddrMsg }
-  | { op: 'ringBase'; index: number; base: number }
-  | { op: 'ringKick'; index: number; fd: number | null }
-  | { op: 'ringCall'; index: number; fd: number | null }
-  | { op: 'ringErr'; index: number; fd: number | null }
-  | { op: 'ringEnable'; index: number; enable: boolean }
-  | { op: 'ringInbandKick'; index: number }
-  | { op: 'ringStop'; index: number }
-  | { op: 'reset' }
-  | { op: 'status' }
+/**
+ * Every call the session makes into a worker, with its signature: the one place an operation
+ * is declared. DeviceWorker (worker-client.ts) gets a method per entry, and the worker's
+ * WorkerOperations (worker.ts) must implement each one (see typed-rpc.ts).
+ */
+export const deviceWorkerOps = {
+  readConfig: op<(offset: number, size: number) => Uint8Array>(),
+  writeConfig: op<(offset: number, data: Uint8Array) => void>(),
+  setFeatures: op<(features: bigint, protocolFeatures: boolean) => void>(),
+  setMemTable: op<(regions: RegionMsg[]) => void>(),
+  addMemRegion: op<(region: RegionMsg) => void>(),
+  removeMemRegion: op<(guestPhysAddr: number, size: number, userspaceAddr: number) => void>(),
+  ringNum: op<(index: number, num: number) => void>(),
+  ringAddr: op<(index: number, addr: VringAddrMsg) => void>(),
+  ringBase: op<(index: number, base: number) => void>(),
+  /** fd null: the front-end said "no fd" (in-band kicks); likewise for call and err. */
+  ringKick: op<(index: number, fd: number | null) => void>(),
+  ringCall: op<(index: number, fd: number | null) => void>(),
+  ringErr: op<(index: number, fd: number | null) => void>(),
+  ringEnable: op<(index: number, enable: boolean) => void>(),
+  ringInbandKick: op<(index: number) => void>(),
+  /** GET_VRING_BASE: stops the ring; answers the next avail index to process. */
+  ringStop: op<(index: number) => number>(),
+  /** After the device failed, the worker first swaps in a fresh instance (see worker.ts). */
+  reset: op<() => void>(),
+  status: op<() => WorkerStatus>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).
-  | { op: 'stateBegin' }
-  // `section` absent: the device's own bytes; else a worker-side section (WorkerStateSection).
-  | { op: 'stateRead'; offset: number; size: number; section?: number }
-  | { op: 'stateBeginLoad'; section: number; size: number }
-  | { op: 'stateWrite'; offset: number; chunk: Uint8Array; section?: number }
-  | { op: 'stateFinish'; section?: number }
-  | { op: 'stateAbort'; section?: number }
-  | { op: 'setLogBase'; fd: number; size: number; offset: number }
-  | { op: 'setLogAll'; on: boolean }
-  | { op: 'logStatus' };
+  stateBegin: op<() => StateBeginInfo>(),
+  /** `section` absent: the device's own bytes; else a worker-side section (WorkerStateSection). */
+  stateRead: op<(offset: number, size: number, section?: number) => StateReadResult>({
+    // State chunks are fresh buffers (see DeviceRunner.stateRead): move, do not copy.
+    transferResult: (r) => [r.bytes.buffer as ArrayBuffer],
+  }),
+  stateBeginLoad: op<(section: number, size: number) => void>(),
+  stateWrite: op<(offset: number, chunk: Uint8Array, section?: number) => void>({
+    // Moves chunk's buffer to the worker when chunk owns all of it, else copies.
+    transferArgs: (_offset, chunk) =>
+      chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer ? [chunk.buffer] : [],
+  }),
+  /** Answers the device's refusal (a message) or null when the loaded state was accepted. */
+  stateFinish: op<(section?: number) => string | null>(),
+  stateAbort: op<(section?: number) => void>(),
+  setLogBase: op<(fd: number, size: number, offset: number) => void>(),
+  setLogAll: op<(on: boolean) => void>(),
+  logStatus: op<() => LogStatus>(),
+};
+
+/** The worker's operations as an interface (from deviceWorkerOps). */
+export type DeviceWorkerApi = ApiOf<typeof deviceWorkerOps>;
 
 /** stateBegin's answer: what the container is tagged with, and which rings still run. */
 export interface StateBeginInfo {
@@ -132,9 +153,8 @@ export interface WorkerStatus {
 /** worker -> main */
 export type WorkerToMain =
   | { type: 'ready'; info: DeviceInfo }
-  | { type: 'init-failed'; error: string }
-  | { type: 'reply'; id: number; ok: true; value: unknown }
-  | { type: 'reply'; id: number; ok: false; error: string }
+  | { type: 'init-failed'; error: SerializedError }
+  | RpcReply
   /** A ring broke (guest fault); the device needs a reset. */
   | { type: 'ring-broken'; index: number; reason: string }
   /** The device itself failed (plugin trap, bad return value): every ring stopped. */
@@ -144,8 +164,5 @@ export type WorkerToMain =
   /** The front-end shrank a file behind guest memory or the dirty log: end its connection. */
   | { type: 'memory-fault'; reason: string };
 
-/** main -> worker */
-export interface MainToWorker {
-  id: number;
-  call: WorkerCall;
-}
+/** main -> worker: a call of one of deviceWorkerOps. */
+export type MainToWorker = RpcRequest;

@@ -15,6 +15,10 @@ import { DirtyLog } from '../memory/dirty-log.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
+import { DeviceError } from './errors.ts';
+
+// Thrown from here; its home is errors.ts.
+export { DeviceError };
 
 /**
  * Bytes of requests (readable + writable) handed to a device in one call. A plugin copies a
@@ -689,9 +693,4 @@ function requireEventfd(fd: number, index: number, what: 'kick' | 'call' | 'err'
 
 function sameRingAddresses(a: VringAddrMsg, b: VringAddrMsg): boolean {
   return a.descUserAddr === b.descUserAddr && a.availUserAddr === b.availUserAddr && a.usedUserAddr === b.usedUserAddr;
-}
-
-/** The device (not the guest) misbehaved. */
-export class DeviceError extends Error {
-  override name = 'DeviceError';
 }

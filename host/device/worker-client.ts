@@ -5,7 +5,11 @@
 
 import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import { WatchdogPhase, readWatchdogWord, type DeviceSource, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain, type WorkerStatus, type RegionMsg, type VringAddrMsg, type StateBeginInfo, type StateReadResult, type LogStatus } from './rpc.ts';
+import { WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
+import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
+import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
+import { deserializeError } from '../errors.ts';
 import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
@@ -77,9 +81,14 @@ function workerUrl(): URL {
   return import.meta.url.endsWith('.ts') ? new URL('./worker.ts', import.meta.url) : new URL('./device-worker.mjs', import.meta.url);
 }
 
+/**
+ * Every operation of deviceWorkerOps is a method of DeviceWorker answering a typed promise
+ * (`worker.ringStop(0)`: Promise<number>); the constructor installs them from the table.
+ */
+export interface DeviceWorker extends Remote<DeviceWorkerApi> {}
+
 export class DeviceWorker {
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly calls = new PendingCalls(WORKER_ERROR_CLASSES);
   private deathReason: string | null = null;
   private readonly watchdog: Watchdog;
   private readonly timer: NodeJS.Timeout;
@@ -99,6 +108,7 @@ export class DeviceWorker {
   ) {
     this.watchdog = watchdog;
     this.log = createLogger(`device ${opts.label}`);
+    installRemote(this, deviceWorkerOps, (method, args, transfer) => this.invoke(method, args, transfer));
     worker.on('message', (m: WorkerToMain) => this.onMessage(m));
     // An exception nothing in the worker caught ends the worker: the device has failed, and the
     // front-end must hear it (NEEDS_RESET), not find out from requests that are never answered.
@@ -136,7 +146,7 @@ export class DeviceWorker {
       const timer = setTimeout(() => {
         done();
         void worker.terminate();
-        reject(new Error(`device ${opts.label} did not load within ${timeoutMs} ms`));
+        reject(new DeviceLoadError(`device ${opts.label} did not load within ${timeoutMs} ms`));
       }, timeoutMs);
       // The device's code runs while it loads (a plugin's identity() can loop): time it.
       const check = setInterval(() => {
@@ -145,7 +155,7 @@ export class DeviceWorker {
         done();
         log.error(reason);
         void worker.terminate();
-        reject(new Error(`device ${opts.label}: ${reason}`));
+        reject(new DeviceLoadError(`device ${opts.label}: ${reason}`));
       }, watchdog.period);
       const done = () => {
         clearTimeout(timer);
@@ -161,16 +171,16 @@ export class DeviceWorker {
         } else if (m.type === 'init-failed') {
           done();
           void worker.terminate();
-          reject(new Error(m.error));
+          reject(deserializeError(m.error, WORKER_ERROR_CLASSES));
         }
       };
       const onErr = (e: Error) => {
         done();
-        reject(new Error(`device ${opts.label} failed to load: ${errorText(e)}`));
+        reject(new DeviceLoadError(`device ${opts.label} failed to load: ${errorText(e)}`, { cause: e }));
       };
       const onExit = (code: number) => {
         done();
-        reject(new Error(`device ${opts.label} worker exited with code ${code} while loading`));
+        reject(new DeviceLoadError(`device ${opts.label} worker exited with code ${code} while loading`));
       };
       worker.on('message', onMsg);
       worker.on('error', onErr);
@@ -184,51 +194,13 @@ export class DeviceWorker {
     return this.deathReason;
   }
 
-  call<T = unknown>(call: WorkerCall, transfer?: ArrayBuffer[]): Promise<T> {
+  /** Sends one operation of deviceWorkerOps (the installed methods come here). */
+  private invoke(method: string, args: unknown[], transfer: ArrayBuffer[]): Promise<unknown> {
     if (this.deathReason !== null) {
-      return Promise.reject(new Error(`device ${this.opts.label} is not running (${this.deathReason}); reset the device`));
+      return Promise.reject(new DeviceStoppedError(`device ${this.opts.label} is not running (${this.deathReason}); reset the device`));
     }
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.worker.postMessage({ id, call } satisfies MainToWorker, transfer);
-    });
+    return this.calls.start(method, args, (req) => this.worker.postMessage(req satisfies MainToWorker, transfer));
   }
-
-  // Typed wrappers for the calls the session makes.
-  readConfig(offset: number, size: number) { return this.call<Uint8Array>({ op: 'readConfig', offset, size }); }
-  writeConfig(offset: number, data: Uint8Array) { return this.call<void>({ op: 'writeConfig', offset, data }); }
-  setFeatures(features: bigint, protocolFeatures: boolean) { return this.call<void>({ op: 'setFeatures', features, protocolFeatures }); }
-  setMemTable(regions: RegionMsg[]) { return this.call<void>({ op: 'setMemTable', regions }); }
-  addMemRegion(region: RegionMsg) { return this.call<void>({ op: 'addMemRegion', region }); }
-  removeMemRegion(guestPhysAddr: number, size: number, userspaceAddr: number) {
-    return this.call<void>({ op: 'removeMemRegion', guestPhysAddr, size, userspaceAddr });
-  }
-  ringNum(index: number, num: number) { return this.call<void>({ op: 'ringNum', index, num }); }
-  ringAddr(index: number, addr: VringAddrMsg) { return this.call<void>({ op: 'ringAddr', index, addr }); }
-  ringBase(index: number, base: number) { return this.call<void>({ op: 'ringBase', index, base }); }
-  ringKick(index: number, fd: number | null) { return this.call<void>({ op: 'ringKick', index, fd }); }
-  ringCall(index: number, fd: number | null) { return this.call<void>({ op: 'ringCall', index, fd }); }
-  ringErr(index: number, fd: number | null) { return this.call<void>({ op: 'ringErr', index, fd }); }
-  ringEnable(index: number, enable: boolean) { return this.call<void>({ op: 'ringEnable', index, enable }); }
-  ringInbandKick(index: number) { return this.call<void>({ op: 'ringInbandKick', index }); }
-  ringStop(index: number) { return this.call<number>({ op: 'ringStop', index }); }
-  reset() { return this.call<void>({ op: 'reset' }); }
-  status() { return this.call<WorkerStatus>({ op: 'status' }); }
-  // Device-state transfer and dirty logging.
-  stateBegin() { return this.call<StateBeginInfo>({ op: 'stateBegin' }); }
-  stateRead(offset: number, size: number, section?: number) { return this.call<StateReadResult>({ op: 'stateRead', offset, size, section }); }
-  stateBeginLoad(section: number, size: number) { return this.call<void>({ op: 'stateBeginLoad', section, size }); }
-  /** Moves chunk's buffer to the worker when chunk owns all of it, else copies. */
-  stateWrite(offset: number, chunk: Uint8Array, section?: number) {
-    const own = chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer;
-    return this.call<void>({ op: 'stateWrite', offset, chunk, section }, own ? [chunk.buffer as ArrayBuffer] : undefined);
-  }
-  stateFinish(section?: number) { return this.call<string | null>({ op: 'stateFinish', section }); }
-  stateAbort(section?: number) { return this.call<void>({ op: 'stateAbort', section }); }
-  setLogBase(fd: number, size: number, offset: number) { return this.call<void>({ op: 'setLogBase', fd, size, offset }); }
-  setLogAll(on: boolean) { return this.call<void>({ op: 'setLogAll', on }); }
-  logStatus() { return this.call<LogStatus>({ op: 'logStatus' }); }
 
   async terminate(): Promise<void> {
     clearInterval(this.timer);
@@ -262,14 +234,9 @@ export class DeviceWorker {
 
   private onMessage(m: WorkerToMain): void {
     switch (m.type) {
-      case 'reply': {
-        const p = this.pending.get(m.id);
-        if (!p) return;
-        this.pending.delete(m.id);
-        if (m.ok) p.resolve(m.value);
-        else p.reject(new Error(m.error));
+      case 'reply':
+        this.calls.settle(m);
         return;
-      }
       case 'ring-broken':
       case 'device-failed':
       case 'inband-call':
@@ -303,7 +270,6 @@ export class DeviceWorker {
     if (this.deathReason !== null) return;
     this.deathReason = reason;
     clearInterval(this.timer);
-    for (const p of this.pending.values()) p.reject(new Error(`device ${this.opts.label}: ${reason}`));
-    this.pending.clear();
+    this.calls.rejectAll(() => new DeviceStoppedError(`device ${this.opts.label}: ${reason}`));
   }
 }

@@ -7,7 +7,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import { WatchdogPhase, watchdogWord, type MainToWorker, type WorkerCall, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { serve, type Implementation } from './typed-rpc.ts';
+import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
 
 const init = workerData as WorkerInit;
@@ -63,35 +65,56 @@ async function loadDevice(): Promise<VirtioDevice> {
   }
 }
 
-function dispatch(runner: DeviceRunner, c: WorkerCall): unknown {
-  switch (c.op) {
-    case 'readConfig': return runner.readConfig(c.offset, c.size);
-    case 'writeConfig': return runner.writeConfig(c.offset, c.data);
-    case 'setFeatures': return runner.setFeatures(c.features, c.protocolFeatures);
-    case 'setMemTable': return runner.setMemTable(c.regions);
-    case 'addMemRegion': return runner.addMemRegion(c.region);
-    case 'removeMemRegion': return runner.removeMemRegion(c);
-    case 'ringNum': return runner.ringNum(c.index, c.num);
-    case 'ringAddr': return runner.ringAddr(c.index, c.addr);
-    case 'ringBase': return runner.ringBase(c.index, c.base);
-    case 'ringKick': return runner.ringKick(c.index, c.fd);
-    case 'ringCall': return runner.ringCall(c.index, c.fd);
-    case 'ringErr': return runner.ringErr(c.index, c.fd);
-    case 'ringEnable': return runner.ringEnable(c.index, c.enable);
-    case 'ringInbandKick': return runner.ringInbandKick(c.index);
-    case 'ringStop': return runner.ringStop(c.index);
-    case 'reset': return runner.reset();
-    case 'status': return runner.status();
-    case 'stateBegin': return runner.stateBegin();
-    case 'stateRead': return c.section === undefined ? runner.stateRead(c.offset, c.size) : runner.sectionRead(c.section, c.offset, c.size);
-    case 'stateBeginLoad': return runner.sectionBeginLoad(c.section, c.size);
-    case 'stateWrite': return c.section === undefined ? runner.stateWrite(c.offset, c.chunk) : runner.sectionWrite(c.section, c.offset, c.chunk);
-    case 'stateFinish': return c.section === undefined ? runner.stateFinish() : runner.sectionFinish(c.section);
-    case 'stateAbort': return c.section === undefined ? runner.stateAbort() : runner.sectionAbort(c.section);
-    case 'setLogBase': return runner.setLogBase(c.fd, c.size, c.offset);
-    case 'setLogAll': return runner.setLogAll(c.on);
-    case 'logStatus': return runner.logStatus();
+/**
+ * The worker's side of deviceWorkerOps: each operation on the runner. A reset after the device
+ * failed first brings a fresh instance from the same source: the failed one may be unusable (a
+ * plugin that trapped or broke the contract is never called again, its memory may be
+ * half-updated), and a reset means "as just created".
+ */
+class WorkerOperations implements Implementation<DeviceWorkerApi> {
+  constructor(private readonly runner: DeviceRunner) {}
+
+  readConfig(offset: number, size: number) { return this.runner.readConfig(offset, size); }
+  writeConfig(offset: number, data: Uint8Array) { this.runner.writeConfig(offset, data); }
+  setFeatures(features: bigint, protocolFeatures: boolean) { this.runner.setFeatures(features, protocolFeatures); }
+  setMemTable(regions: RegionMsg[]) { this.runner.setMemTable(regions); }
+  addMemRegion(region: RegionMsg) { this.runner.addMemRegion(region); }
+  removeMemRegion(guestPhysAddr: number, size: number, userspaceAddr: number) { this.runner.removeMemRegion({ guestPhysAddr, size, userspaceAddr }); }
+  ringNum(index: number, num: number) { this.runner.ringNum(index, num); }
+  ringAddr(index: number, addr: VringAddrMsg) { this.runner.ringAddr(index, addr); }
+  ringBase(index: number, base: number) { this.runner.ringBase(index, base); }
+  ringKick(index: number, fd: number | null) { this.runner.ringKick(index, fd); }
+  ringCall(index: number, fd: number | null) { this.runner.ringCall(index, fd); }
+  ringErr(index: number, fd: number | null) { this.runner.ringErr(index, fd); }
+  ringEnable(index: number, enable: boolean) { this.runner.ringEnable(index, enable); }
+  ringInbandKick(index: number) { this.runner.ringInbandKick(index); }
+  ringStop(index: number) { return this.runner.ringStop(index); }
+  async reset() {
+    if (this.runner.status().failed !== null) {
+      this.runner.replaceDevice(await loadDevice());
+      // Why it failed was logged when it failed: plugin text is logged once.
+      log.info('device replaced by a fresh instance on reset after its failure');
+    }
+    this.runner.reset();
   }
+  status() { return this.runner.status(); }
+  stateBegin() { return this.runner.stateBegin(); }
+  stateRead(offset: number, size: number, section?: number) {
+    return section === undefined ? this.runner.stateRead(offset, size) : this.runner.sectionRead(section, offset, size);
+  }
+  stateBeginLoad(section: number, size: number) { this.runner.sectionBeginLoad(section, size); }
+  stateWrite(offset: number, chunk: Uint8Array, section?: number) {
+    if (section === undefined) this.runner.stateWrite(offset, chunk);
+    else this.runner.sectionWrite(section, offset, chunk);
+  }
+  stateFinish(section?: number) { return section === undefined ? this.runner.stateFinish() : this.runner.sectionFinish(section); }
+  stateAbort(section?: number) {
+    if (section === undefined) this.runner.stateAbort();
+    else this.runner.sectionAbort(section);
+  }
+  setLogBase(fd: number, size: number, offset: number) { this.runner.setLogBase(fd, size, offset); }
+  setLogAll(on: boolean) { this.runner.setLogAll(on); }
+  logStatus() { return this.runner.logStatus(); }
 }
 
 async function main(): Promise<void> {
@@ -99,7 +122,7 @@ async function main(): Promise<void> {
   try {
     device = await loadDevice();
   } catch (e) {
-    post({ type: 'init-failed', error: errorText(e) });
+    post({ type: 'init-failed', error: serializeError(e) });
     return;
   }
   const runner = new DeviceRunner(
@@ -114,41 +137,25 @@ async function main(): Promise<void> {
     },
     init.label,
   );
-  // Messages are handled in order; only a reset after a failure awaits (see renew below).
+  const ops = new WorkerOperations(runner);
+  // Calls are handled one at a time, in order, even those that await (a reset after a failure).
   let queue: Promise<void> = Promise.resolve();
-  port.on('message', (m: MainToWorker) => {
-    queue = queue.then(() => handle(m));
-  });
-  /**
-   * RESET_DEVICE after the device failed brings a fresh instance from the same source: the
-   * failed one may be unusable (a plugin that trapped or broke the contract is never called
-   * again, its memory may be half-updated), and a reset means "as just created".
-   */
-  const renew = async (): Promise<void> => {
-    runner.replaceDevice(await loadDevice());
-    // Why it failed was logged when it failed: plugin text is logged once.
-    log.info('device replaced by a fresh instance on reset after its failure');
-  };
-  const handle = async (m: MainToWorker): Promise<void> => {
-    try {
-      if (m.call.op === 'reset' && runner.status().failed !== null) await renew();
-      const value = dispatch(runner, m.call);
-      if (m.call.op === 'stateRead') {
-        // State chunks are fresh buffers (see DeviceRunner.stateRead): move, do not copy.
-        const r = value as { bytes: Uint8Array };
-        port.postMessage({ type: 'reply', id: m.id, ok: true, value } satisfies WorkerToMain, [r.bytes.buffer as ArrayBuffer]);
-      } else {
-        post({ type: 'reply', id: m.id, ok: true, value });
+  port.on('message', (req: MainToWorker) => {
+    queue = queue.then(async () => {
+      const { reply, transfer } = await serve(deviceWorkerOps, ops, req);
+      try {
+        port.postMessage(reply satisfies WorkerToMain, transfer);
+      } catch (e) {
+        // A result that cannot be cloned is a bug here, but the caller must still hear back.
+        post({ type: 'reply', id: req.id, ok: false, error: serializeError(e) });
       }
-    } catch (e) {
-      post({ type: 'reply', id: m.id, ok: false, error: errorText(e) });
-    }
-  };
+    });
+  });
   port.on('close', () => runner.close());
   post({ type: 'ready', info: device.info });
 }
 
 main().catch((e) => {
   log.error(`worker crashed: ${errorText(e)}`);
-  post({ type: 'init-failed', error: errorText(e) });
+  post({ type: 'init-failed', error: serializeError(e) });
 });

@@ -2,6 +2,7 @@
 // reads {type u32, ioprio u32, sector u64}, the data, and one status byte the device writes.
 
 import type { DriverQueue, Readable } from './queue.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export const BlkType = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8 } as const;
 export const BlkStatus = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
@@ -13,7 +14,8 @@ export const VIRTIO_BLK_F_BLK_SIZE = 6;
 export const VIRTIO_BLK_F_FLUSH = 9;
 export const VIRTIO_BLK_F_MQ = 12;
 
-export class BlkError extends Error {
+export class BlkError extends VhostWasmError {
+  static override readonly code = 'ERR_FRONTEND_BLK_STATUS';
   override name = 'BlkError';
   constructor(message: string, readonly status: number) {
     super(message);

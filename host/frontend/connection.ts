@@ -12,8 +12,10 @@ import type {
   FrontendRequest, MemoryRegion, MemoryRegionWithFd, RawMessage, Reply, VringAddr,
 } from '../protocol/messages.ts';
 import { BackendChannel } from './backend-channel.ts';
+import { VhostWasmError } from '../errors.ts';
 
-export class VhostUserError extends Error {
+export class VhostUserError extends VhostWasmError {
+  static override readonly code = 'ERR_FRONTEND_REQUEST_FAILED';
   override name = 'VhostUserError';
   constructor(message: string, readonly request: number) {
     super(message);

@@ -30,6 +30,7 @@ import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
 import { VhostUserConnection } from './connection.ts';
 import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export type StateChannelMode = 'pipe' | 'memfd' | 'rfc-shm';
 
@@ -61,7 +62,8 @@ export interface MigrateReport {
   transferMs: number;
 }
 
-export class MigrationError extends Error {
+export class MigrationError extends VhostWasmError {
+  static override readonly code = 'ERR_MIGRATION_FAILED';
   override name = 'MigrationError';
   constructor(
     message: string,

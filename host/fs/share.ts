@@ -14,6 +14,7 @@ import { native } from '../native/index.ts';
 import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export const E = OS.errno;
 
@@ -125,7 +126,8 @@ interface Slot {
 const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
 const fail = (errno: Errno): FsResult<never> => ({ ok: false, errno });
 
-export class FsShareError extends Error {
+export class FsShareError extends VhostWasmError {
+  static override readonly code = 'ERR_FS_SHARE';
   override readonly name = 'FsShareError';
 }
 

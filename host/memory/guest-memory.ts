@@ -6,6 +6,8 @@
 // change, so long-lived users (virtqueues) keep one GuestMemory and re-resolve their cached
 // views only when the generation moved.
 
+import { VhostWasmError } from '../errors.ts';
+
 /** Anything that can expose windows of a mapping: a native `Mapping`, or a test fake. */
 export interface Backing {
   readonly size: number;
@@ -37,11 +39,13 @@ export const DEFAULT_WINDOW_SIZE = 2 ** 30;
 /** What we advertise in GET_MAX_MEM_SLOTS (QEMU's own ceiling for vhost-user is 509). */
 export const MAX_MEM_SLOTS = 509;
 
-export class MemoryTableError extends Error {
+export class MemoryTableError extends VhostWasmError {
+  static override readonly code = 'ERR_MEMORY_TABLE';
   override name = 'MemoryTableError';
 }
 
-export class MemoryFault extends Error {
+export class MemoryFault extends VhostWasmError {
+  static override readonly code = 'ERR_MEMORY_FAULT';
   override name = 'MemoryFault';
   constructor(readonly gpa: number, readonly length: number, readonly reason: string) {
     super(`guest memory fault at [${hex(gpa)}, +${length}): ${reason}`);

@@ -6,11 +6,13 @@
 
 import { native } from '../native/index.ts';
 import { hex } from './guest-memory.ts';
+import { VhostWasmError } from '../errors.ts';
 
 /** F_SEAL_SHRINK (linux/fcntl.h): the memfd can no longer be made smaller. */
 export const F_SEAL_SHRINK = 0x2;
 
-export class MemoryFdError extends Error {
+export class MemoryFdError extends VhostWasmError {
+  static override readonly code = 'ERR_MEMORY_FD';
   override name = 'MemoryFdError';
 }
 

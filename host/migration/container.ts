@@ -35,6 +35,7 @@
 
 import { crc32 } from 'node:zlib';
 import type { StateSection } from './section.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export const MAGIC = Buffer.from('VHWSTATE', 'ascii');
 export const TRAILER_MAGIC = Buffer.from('VHWSTEND', 'ascii');
@@ -71,7 +72,8 @@ export interface ContainerHeader {
   sections: SectionEntry[];
 }
 
-export class StateFormatError extends Error {
+export class StateFormatError extends VhostWasmError {
+  static override readonly code = 'ERR_STATE_FORMAT';
   override name = 'StateFormatError';
 }
 

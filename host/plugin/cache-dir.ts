@@ -9,8 +9,10 @@
 import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { VhostWasmError } from '../errors.ts';
 
-export class UntrustedCacheError extends Error {
+export class UntrustedCacheError extends VhostWasmError {
+  static override readonly code = 'ERR_UNTRUSTED_CACHE';
   override readonly name = 'UntrustedCacheError';
 }
 

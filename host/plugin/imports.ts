@@ -10,6 +10,7 @@ import { EntropyPool } from './entropy-pool.ts';
 import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts';
 import { MAX_PLUGIN_STRING } from './lift-guard.ts';
 import { cutToBytes, type LogLevel } from '../log/logger.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
@@ -35,7 +36,8 @@ export function droppedLines(n: number): string {
   return `dropped ${n} plugin log lines (a device may log ${PLUGIN_LOG_RATE} lines a second, ${PLUGIN_LOG_BURST} at once)`;
 }
 
-export class CapabilityError extends Error {
+export class CapabilityError extends VhostWasmError {
+  static override readonly code = 'ERR_PLUGIN_CAPABILITY';
   override readonly name = 'CapabilityError';
 }
 

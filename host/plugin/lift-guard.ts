@@ -12,9 +12,14 @@
 // checked against the memory and a per-argument cap; they are not charged to the export's budget.
 
 import { cutMarker } from '../log/logger.ts';
+import { VhostWasmError } from '../errors.ts';
 
-/** The plugin broke the canonical ABI in what it handed the host; the adapter fails the device. */
-export class LiftError extends TypeError {
+/**
+ * The plugin broke the canonical ABI in what it handed the host; the adapter fails the device
+ * (a PluginError of kind 'invalid', this as its cause).
+ */
+export class LiftError extends VhostWasmError {
+  static override readonly code = 'ERR_PLUGIN_LIFT';
   override readonly name = 'LiftError';
 }
 

@@ -1,7 +1,12 @@
 // A request the front-end got wrong: its reply (if any) reports failure, and the connection
 // stays up.
 
-export class RequestError extends Error {}
+import { VhostWasmError } from '../errors.ts';
+
+export class RequestError extends VhostWasmError {
+  static override readonly code = 'ERR_REQUEST_REFUSED';
+  override name = 'RequestError';
+}
 
 /** A guest address or size as a number, refused past 2^53 (no mapping can reach it). */
 export function toNumber(v: bigint, what: string): number {

@@ -2,6 +2,8 @@
 // check nothing about the guest; the import layer (host/plugin/storage-imports.ts) checks
 // every range against `size` before calling them, and they trust that.
 
+import { VhostWasmError } from '../errors.ts';
+
 export interface Backing {
   /** Bytes in the store; fixed for the life of the backing. */
   readonly size: number;
@@ -24,7 +26,8 @@ export interface Backing {
 }
 
 /** A failed I/O on a backing: the message names the backing, the operation and the cause. */
-export class BackingError extends Error {
+export class BackingError extends VhostWasmError {
+  static override readonly code = 'ERR_BACKING_IO';
   override readonly name = 'BackingError';
 }
 

@@ -7,9 +7,11 @@
 import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import { DESC_SIZE, MAX_INDIRECT_ENTRIES } from './layout.ts';
+import { VhostWasmError } from '../errors.ts';
 
 /** The guest broke the virtqueue protocol; the queue refuses further work. */
-export class QueueFault extends Error {
+export class QueueFault extends VhostWasmError {
+  static override readonly code = 'ERR_QUEUE_FAULT';
   override name = 'QueueFault';
   constructor(
     readonly queue: number,
@@ -27,7 +29,8 @@ export class QueueFault extends Error {
 }
 
 /** The ring addresses/size given at setup are unusable (SET_VRING_NUM/ADDR); nothing started. */
-export class QueueSetupError extends Error {
+export class QueueSetupError extends VhostWasmError {
+  static override readonly code = 'ERR_QUEUE_SETUP';
   override name = 'QueueSetupError';
   constructor(
     readonly queue: number,
