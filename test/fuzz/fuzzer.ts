@@ -130,32 +130,50 @@ export async function replay(c: FuzzCase): Promise<{ finding: Finding | null; lo
 
 /**
  * Drops chunks of ops (halves, quarters, ... single ops) while the same oracle still fails.
- * Bounded: each attempt starts a host, so at most `budget` attempts.
+ * Bounded to `budget` attempts. A host is reused while attempts pass (it is still healthy) and
+ * replaced after one that reproduced.
  */
-export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) => void = () => {}, budget = 40): Promise<FuzzCase> {
+export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) => void = () => {}, budget = 60): Promise<FuzzCase> {
   let best = c;
   let attempts = 0;
-  let chunk = Math.max(1, Math.floor(best.ops.length / 2));
-  while (chunk >= 1 && attempts < budget) {
-    let progressed = false;
-    for (let i = 0; i < best.ops.length && attempts < budget; ) {
-      const ops = [...best.ops.slice(0, i), ...best.ops.slice(i + chunk)];
-      if (ops.length === 0) {
-        i += chunk;
-        continue;
-      }
-      attempts++;
-      const candidate = { ...best, ops };
-      const { finding: f } = await replay(candidate);
-      if (f !== null && f.oracle === finding.oracle) {
-        best = candidate;
-        progressed = true;
-      } else {
-        i += chunk;
-      }
+  let t: FuzzTarget | null = null;
+  const fails = async (candidate: FuzzCase): Promise<boolean> => {
+    if (t === null) {
+      t = await FuzzTarget.start();
+      if (await t.check()) throw new Error('a fresh fuzz host fails its oracles');
     }
-    if (!progressed) chunk = Math.floor(chunk / 2);
+    const { finding: f } = await runOne(t, candidate);
+    if (f === null) return false;
+    await t.stop();
+    t = null;
+    return f.oracle === finding.oracle;
+  };
+  try {
+    let chunk = Math.max(1, Math.floor(best.ops.length / 2));
+    while (chunk >= 1 && attempts < budget) {
+      let progressed = false;
+      for (let i = 0; i < best.ops.length && attempts < budget; ) {
+        const ops = [...best.ops.slice(0, i), ...best.ops.slice(i + chunk)];
+        if (ops.length === 0) {
+          i += chunk;
+          continue;
+        }
+        attempts++;
+        const candidate = { ...best, ops };
+        if (await fails(candidate)) {
+          best = candidate;
+          progressed = true;
+        } else {
+          i += chunk;
+        }
+      }
+      if (!progressed) chunk = Math.floor(chunk / 2);
+    }
+  } finally {
+    if (t !== null) await (t as FuzzTarget).stop();
   }
+  // The shrunk case must still fail on its own, on a fresh host.
+  if (best !== c && (await replay(best)).finding?.oracle !== finding.oracle) best = c;
   log(`minimized ${c.seed}: ${c.ops.length} -> ${best.ops.length} ops in ${attempts} attempts`);
   return best;
 }
