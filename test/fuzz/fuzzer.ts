@@ -180,8 +180,14 @@ export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) =
 
 const fileTag = (c: FuzzCase, f: Finding) => `${f.oracle}--${(c.classes.length > 0 ? c.classes.join('+') : 'valid').replace(/[^a-z0-9+-]/g, '')}--`;
 
+/** A saved reproducer with the same oracle whose classes are a subset of this case's covers it. */
 function alreadySaved(dir: string, c: FuzzCase, f: Finding): boolean {
-  return existsSync(dir) && readdirSync(dir).some((n) => n.startsWith(fileTag(c, f)));
+  if (!existsSync(dir)) return false;
+  const mine = new Set(c.classes.length > 0 ? c.classes : ['valid']);
+  return readdirSync(dir).some((n) => {
+    const [oracle, tag] = n.split('--');
+    return oracle === f.oracle && tag !== undefined && tag.split('+').every((k) => mine.has(k));
+  });
 }
 
 export function save(c: FuzzCase, finding: Finding, log: string[], dir: string): string {

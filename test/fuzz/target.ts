@@ -121,11 +121,10 @@ export class FuzzTarget {
     if (!this.alive) return this.died();
     if (this.crashLines.length > 0) return { oracle: 'stack-trace', detail: `the host logged: ${this.crashLines.slice(0, 5).join(' | ')}` };
     const bystander = await this.probe(this.bystanderSocket, 'bystander');
-    if (!this.alive) return this.died();
-    if (bystander) return bystander;
+    if (bystander) return (await this.exitSoon()) ? this.died() : bystander;
     const target = await this.probe(this.targetSocket, 'target');
+    if (target) return (await this.exitSoon()) ? this.died() : target;
     if (!this.alive) return this.died();
-    if (target) return target;
     if (this.crashLines.length > 0) return { oracle: 'stack-trace', detail: `the host logged: ${this.crashLines.slice(0, 5).join(' | ')}` };
     // The first check sets the baseline: everything after must come back to it.
     if (this.baseline < 0) {
@@ -145,6 +144,12 @@ export class FuzzTarget {
       return f;
     }
     return null;
+  }
+
+  /** A failed probe may be the host dying under it: give the exit a moment to be seen. */
+  private async exitSoon(): Promise<boolean> {
+    await Promise.race([this.exited, sleep(1000)]);
+    return !this.alive;
   }
 
   private died(): Finding {
