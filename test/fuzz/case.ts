@@ -36,6 +36,8 @@ export interface MsgOp {
   /** Header size field when it lies about the payload length (absent: the real length). */
   size?: number;
   fds: FdSpec[];
+  /** Mutation classes that made this op what it is (absent: as QEMU would send it). */
+  cls?: string[];
 }
 
 /** A descriptor as the ring holds it; addr as hex so 64-bit values survive JSON. */
@@ -59,6 +61,7 @@ export interface RingOp {
   jump: number;
   /** Bytes written into scratch memory first (request headers, data), hex at GPA. */
   poke?: { gpa: number; hex: string }[];
+  cls?: string[];
 }
 
 export interface BlkReq {
@@ -94,7 +97,7 @@ export interface FuzzCase {
   format: typeof CASE_FORMAT;
   /** "<run seed>:<case number>": regenerates the case with the generator of this format. */
   seed: string;
-  /** Mutation classes the generator applied (what the KNOWN_OPEN switches name). */
+  /** Mutation classes of its ops (what the KNOWN_OPEN switches name): classesOf(ops). */
   classes: string[];
   /** Queue 0's ring: size, EVENT_IDX, indirect entries per head (0 = none). */
   queue: { size: number; eventIdx: boolean; indirect: number };
@@ -118,3 +121,10 @@ export interface Reproducer {
 
 export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 export const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
+
+/** Every class some op of `ops` carries, sorted: a shrunk case keeps only the classes it still has. */
+export function classesOf(ops: Op[]): string[] {
+  const all = new Set<string>();
+  for (const op of ops) if ((op.t === 'msg' || op.t === 'ring') && op.cls) for (const c of op.cls) all.add(c);
+  return [...all].sort();
+}

@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { REPO } from '../helpers/host-process.ts';
-import { CASE_FORMAT, type Finding, type FuzzCase, type Reproducer } from './case.ts';
+import { CASE_FORMAT, classesOf, type Finding, type FuzzCase, type Reproducer } from './case.ts';
 import { executeCase } from './execute.ts';
 import { CLASSES, generateCase } from './generate.ts';
 import { FuzzTarget } from './target.ts';
@@ -159,7 +159,7 @@ export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) =
           continue;
         }
         attempts++;
-        const candidate = { ...best, ops };
+        const candidate = { ...best, ops, classes: classesOf(ops) };
         if (await fails(candidate)) {
           best = candidate;
           progressed = true;

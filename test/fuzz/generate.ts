@@ -14,7 +14,7 @@ import {
 } from '../../host/protocol/constants.ts';
 import type { FrontendRequest } from '../../host/protocol/messages.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../../host/virtqueue/layout.ts';
-import { CASE_FORMAT, hex, type BlkOp, type BlkReq, type FdSpec, type FuzzCase, type MsgOp, type Op, type RawDesc, type RingOp } from './case.ts';
+import { CASE_FORMAT, classesOf, hex, type BlkOp, type BlkReq, type FdSpec, type FuzzCase, type MsgOp, type Op, type RawDesc, type RingOp } from './case.ts';
 import {
   DISK_SECTORS, GUARD_END, GUARD_GPA, RAM_BYTES, RING_GPA, SCRATCH_END, SCRATCH_GPA, UVA_BASE,
 } from './guest-layout.ts';
@@ -59,8 +59,10 @@ class Builder {
     return ok.length === 0 ? null : this.r.pick(ok);
   }
 
-  use(c: MutationClass): void {
+  /** Records that `c` made `ops` (tags each op, so a shrunk case knows its classes). */
+  use(c: MutationClass, ...ops: (MsgOp | RingOp)[]): void {
     this.classes.add(c);
+    for (const op of ops) op.cls = [...new Set([...(op.cls ?? []), c])];
   }
 }
 
@@ -212,6 +214,8 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
   const i = r.int(msgs.length);
   const m = msgs[i];
   const payload = new Uint8Array(Buffer.from(m.payload, 'hex'));
+  /** The op this class changed or added. */
+  let touched: MsgOp | undefined = m;
   switch (cls) {
     case 'hdr-size':
       m.size = r.pick([0, 1, payload.length - 1, payload.length + 1, payload.length + 8, 4096, 4097, 0xffffffff].filter((v) => v >= 0 && v !== payload.length));
@@ -220,7 +224,8 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
       m.flags = r.pick([0, 2, 3, VERSION | FLAG_REPLY, VERSION | 0x10, VERSION | 0x80000000, 0xffffffff, VERSION | FLAG_NEED_REPLY | FLAG_REPLY]);
       break;
     case 'unknown-code':
-      msgs.splice(i, 0, { t: 'msg', code: r.pick([0, 44, 45, 63, 64, 255, 1000, 1001, 1002, 0x7fffffff, 0xffffffff]), flags: VERSION | (s.replyAck ? FLAG_NEED_REPLY : 0), payload: hex(r.bytes(r.pick([0, 8, 40]))), fds: [] });
+      touched = { t: 'msg', code: r.pick([0, 44, 45, 63, 64, 255, 1000, 1001, 1002, 0x7fffffff, 0xffffffff]), flags: VERSION | (s.replyAck ? FLAG_NEED_REPLY : 0), payload: hex(r.bytes(r.pick([0, 8, 40]))), fds: [] };
+      msgs.splice(i, 0, touched);
       break;
     case 'payload-length': {
       const n = r.pick([0, Math.max(0, payload.length - 1), payload.length + 1, payload.length + 8, r.int(512)]);
@@ -264,14 +269,18 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
         if (!b.allowed(c)) return mutateMessages(b, msgs, s);
       }
       t.fds[k] = fd;
-      b.use(c);
+      b.use(c, t);
       return true;
     }
     case 'order': {
       const how = r.pick(['swap', 'dup', 'drop', 'move']);
       if (how === 'swap' && i + 1 < msgs.length) [msgs[i], msgs[i + 1]] = [msgs[i + 1], msgs[i]];
       else if (how === 'dup') msgs.splice(i, 0, { ...m, fds: [...m.fds] });
-      else if (how === 'drop') msgs.splice(i, 1);
+      else if (how === 'drop') {
+        msgs.splice(i, 1);
+        // What follows the gap carries the class (the dropped message is gone).
+        touched = msgs[Math.min(i, msgs.length - 1)];
+      }
       else msgs.splice(r.int(msgs.length), 0, ...msgs.splice(i, 1));
       break;
     }
@@ -294,7 +303,7 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
       // sizes/offsets within the file stay in this class.
       for (const g of regions) if (g.mmapOffset + g.memorySize > BigInt(RAM_BYTES)) g.mmapOffset = 0n;
       const fit = regions.filter((g) => g.memorySize <= BigInt(RAM_BYTES));
-      msgs[j] = msg({ code: Req.SET_MEM_TABLE, regions: fit }, fit.map(() => ({ kind: 'ram' }) as FdSpec), s.replyAck);
+      msgs[j] = touched = msg({ code: Req.SET_MEM_TABLE, regions: fit }, fit.map(() => ({ kind: 'ram' }) as FdSpec), s.replyAck);
       break;
     }
     case 'short-memfd': {
@@ -307,7 +316,7 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
       if (how === 'small') fd = { kind: 'memfd', size: r.pick([0, 4096, RAM_BYTES / 2]) };
       else if (how === 'offset') region.mmapOffset = BigInt(r.pick([RAM_BYTES / 2, RAM_BYTES, 4 * RAM_BYTES]));
       else { fd = { kind: 'devzero' }; region.mmapOffset = BigInt(r.pick([4096, RAM_BYTES])); }
-      msgs[j] = msgs[j].code === Req.ADD_MEM_REG ? msg({ code: Req.ADD_MEM_REG, region }, [fd], s.replyAck) : msg({ code: Req.SET_MEM_TABLE, regions: [region] }, [fd], s.replyAck);
+      msgs[j] = touched = msgs[j].code === Req.ADD_MEM_REG ? msg({ code: Req.ADD_MEM_REG, region }, [fd], s.replyAck) : msg({ code: Req.SET_MEM_TABLE, regions: [region] }, [fd], s.replyAck);
       break;
     }
     case 'need-reply-no-ack':
@@ -315,7 +324,8 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
       m.flags |= FLAG_NEED_REPLY;
       break;
   }
-  b.use(cls);
+  // The op this class changed or added (for mem-table mutations, the replaced message).
+  b.use(cls, ...(touched ? [touched] : []));
   return true;
 }
 
@@ -354,13 +364,14 @@ function extraRequest(b: Builder, s: Session): MsgOp[] {
       const short = r.chance(0.5);
       const c: MutationClass = short ? 'short-log' : 'log-base';
       if (!b.allowed(c) || (s.protocol & featureBit(ProtocolFeature.LOG_SHMFD)) === 0n) return null;
-      b.use(c);
       const size = 4096;
-      return [
+      const ops = [
         msg({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(short ? RAM_BYTES : size), mmapOffset: 0n }, fd: 0 }, [short ? { kind: 'memfd', size: r.pick([0, 16]) } : { kind: 'memfd', size }], false),
         msg({ code: Req.SET_FEATURES, features: s.features | bit(VHOST_F_LOG_ALL) }, [], ack),
         msg({ code: Req.SET_VRING_ADDR, addr: vringAddr(s, true) }, [], ack),
       ];
+      b.use(c, ...ops);
+      return ops;
     },
     () => {
       // Replace a notification or kick fd mid-session with something that is not an eventfd.
@@ -368,14 +379,16 @@ function extraRequest(b: Builder, s: Session): MsgOp[] {
       const fd = fdKindOther(b, 'eventfd');
       const c = fdKindClass(code, fd);
       if (!b.allowed(c)) return null;
-      b.use(c);
-      return [msg({ code, index: 0, fd: 0 } as FrontendRequest, [fd], ack)];
+      const op = msg({ code, index: 0, fd: 0 } as FrontendRequest, [fd], ack);
+      b.use(c, op);
+      return [op];
     },
     () => {
       const fd = fdKindOther(b, 'socket');
       if (!b.allowed('backend-req-fd-kind')) return null;
-      b.use('backend-req-fd-kind');
-      return [msg({ code: Req.SET_BACKEND_REQ_FD, fd: 0 }, [fd], ack)];
+      const op = msg({ code: Req.SET_BACKEND_REQ_FD, fd: 0 }, [fd], ack);
+      b.use('backend-req-fd-kind', op);
+      return [op];
     },
   ];
   for (let tries = 0; tries < 8; tries++) {
@@ -404,7 +417,6 @@ function hostileRing(b: Builder, s: Session): RingOp | null {
     'indirect-next', 'head-range', 'avail-jump', 'write-then-read', 'guard-readonly', 'zero-len', 'duplicate-head', 'random-descs',
   ]);
   if (cls === null) return null;
-  b.use(cls);
   const size = s.queue.size;
   const hdr = SCRATCH_GPA + 16 * r.int(64);
   const buf = SCRATCH_GPA + 0x2000 + 512 * r.int(32);
@@ -482,6 +494,7 @@ function hostileRing(b: Builder, s: Session): RingOp | null {
     }
   }
   if (op.heads.length === 0) op.heads = [h];
+  b.use(cls, op);
   return op;
 }
 
@@ -514,5 +527,5 @@ export function generateCase(runSeed: string, n: number, opts: GenOptions = {}):
     }
     ops.push({ t: 'sync' });
   }
-  return { format: CASE_FORMAT, seed, classes: [...b.classes].sort(), queue: s.queue, ops };
+  return { format: CASE_FORMAT, seed, classes: classesOf(ops), queue: s.queue, ops };
 }
