@@ -40,6 +40,7 @@ export interface CaseResult {
 const SYNC_TIMEOUT_MS = 2000;
 const MUST_TIMEOUT_MS = 10_000;
 const BEST_EFFORT_TIMEOUT_MS = 300;
+const NOTIFY_TIMEOUT_MS = 2000;
 
 /** The control socket, raw: bytes and fds out, every incoming message parsed and queued. */
 class RawSocket {
@@ -185,6 +186,10 @@ class CaseRun {
   /** Guest ranges some hostile writable descriptor names: the device may write there. */
   private readonly writableRanges: [bigint, bigint][] = [];
   private tmp: string | null = null;
+  /** Our call eventfd is the ring's call fd (the last SET_VRING_CALL sent it): notifications are owed to it. */
+  private callOurs = false;
+  /** Write ends of pipes whose read end went to the host (as a kick fd, say): a kick writes them too. */
+  private readonly pipePeers: number[] = [];
 
   constructor(readonly c: FuzzCase, socketPath: string) {
     this.ram = GuestRam.create({ bytes: RAM_BYTES, name: 'vhost-wasm-fuzz' });
@@ -226,12 +231,15 @@ class CaseRun {
           while (native.write(w, chunk) > 0) {
             // fill until the pipe would block
           }
+          // Blocking, as a careless front-end's pipe is: a write into it never returns.
+          native.setNonBlocking(w, false);
         }
         return { fd: w, ours: true };
       }
       case 'pipe-read': {
         const [r, w] = native.pipe2();
         this.keep.push(w);
+        this.pipePeers.push(w);
         return { fd: r, ours: true };
       }
       case 'socket': {
@@ -260,6 +268,10 @@ class CaseRun {
     const bytes = frame(op.code, op.flags, payload);
     if (op.size !== undefined) new DataView(bytes.buffer).setUint32(8, op.size >>> 0, true);
     const made = op.fds.slice(0, 8).map((s) => this.makeFd(s));
+    if (op.code === Req.SET_VRING_CALL && payload.length === 8) {
+      const u = new DataView(payload.buffer, payload.byteOffset).getBigUint64(0, true);
+      if ((u & 0xffn) === 0n) this.callOurs = u === 0n && op.fds.length === 1 && op.fds[0].kind === 'call';
+    }
     try {
       this.stats.messages++;
       return await this.sock.send(bytes, made.map((m) => m.fd));
@@ -276,6 +288,7 @@ class CaseRun {
 
   kickRing(): void {
     native.eventfdWrite(this.kick, 1);
+    for (const w of this.pipePeers) native.write(w, new Uint8Array(8).fill(1));
   }
 
   /** Valid blk requests; returns a finding when a must-answer request was not answered right. */
@@ -314,6 +327,7 @@ class CaseRun {
     }
     if (subs.length === 0) return null;
     this.stats.requests += subs.length;
+    native.eventfdRead(this.call); // count only what these requests cause
     if (this.ring.kickNeeded()) native.eventfdWrite(this.kick, 1);
     const pending = new Map(subs.map((s) => [s.head, s]));
     const end = Date.now() + (op.must ? MUST_TIMEOUT_MS : BEST_EFFORT_TIMEOUT_MS);
@@ -341,7 +355,16 @@ class CaseRun {
       }
       await sleep(1);
     }
-    native.eventfdRead(this.call);
+    // The device used buffers with notifications enabled: the driver must have been told.
+    if (op.must && this.callOurs) {
+      const until = Date.now() + NOTIFY_TIMEOUT_MS;
+      while (native.eventfdRead(this.call) <= 0) {
+        if (Date.now() > until) {
+          return { oracle: 'missing-notification', detail: `${subs.length} request(s) completed but the call eventfd was never signalled` };
+        }
+        await sleep(2);
+      }
+    }
     return null;
   }
 

@@ -366,7 +366,7 @@ function extraRequest(b: Builder, s: Session): MsgOp[] {
       if (!b.allowed(c) || (s.protocol & featureBit(ProtocolFeature.LOG_SHMFD)) === 0n) return null;
       const size = 4096;
       const ops = [
-        msg({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(short ? RAM_BYTES : size), mmapOffset: 0n }, fd: 0 }, [short ? { kind: 'memfd', size: r.pick([0, 16]) } : { kind: 'memfd', size }], false),
+        msg({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(short ? RAM_BYTES : size), mmapOffset: 0n }, fd: 0 }, [short ? { kind: 'memfd', size: 0 } : { kind: 'memfd', size }], false),
         msg({ code: Req.SET_FEATURES, features: s.features | bit(VHOST_F_LOG_ALL) }, [], ack),
         msg({ code: Req.SET_VRING_ADDR, addr: vringAddr(s, true) }, [], ack),
       ];
@@ -506,10 +506,30 @@ export function generateCase(runSeed: string, n: number, opts: GenOptions = {}):
   const r = new Prng(seed);
   const b = new Builder(r, opts.exclude ?? new Set());
   const s = chooseSession(b);
-  const kind = r.weighted([['valid', 3], ['messages', 4], ['ring', 3]] as const);
+  const kind = r.weighted([['valid', 3], ['messages', 4], ['ring', 3], ['recover', 2]] as const);
   const ops: Op[] = [];
   if (kind === 'valid') {
     ops.push(...handshake(b, s), { t: 'sync' }, ...blkOps(b, s, r.range(1, 6), true));
+  } else if (kind === 'recover') {
+    // A message with a wrong fd, then the right one (a front-end retrying): whatever the host
+    // did with the first, the session after the second must serve valid requests.
+    const hs = handshake(b, s);
+    const withFd = hs.map((m, j) => [m, j] as const).filter(([m]) => m.fds.length > 0);
+    const [m, j] = r.pick(withFd);
+    const mem = m.code === Req.SET_MEM_TABLE || m.code === Req.ADD_MEM_REG;
+    let fd = fdKindOther(b, m.code === Req.SET_BACKEND_REQ_FD ? 'socket' : mem ? 'mem' : 'eventfd');
+    if (mem && fd.kind === 'memfd' && fd.size >= RAM_BYTES) fd = { kind: 'memfd', size: 4096 };
+    let c = fdKindClass(m.code, fd);
+    if (!b.allowed(c)) {
+      fd = { kind: 'devnull' };
+      c = fdKindClass(m.code, fd);
+    }
+    if (b.allowed(c)) {
+      const bad: MsgOp = { ...m, fds: [fd, ...m.fds.slice(1)] };
+      b.use(c, bad);
+      hs.splice(j, 0, bad);
+    }
+    ops.push(...hs, { t: 'sync' }, ...blkOps(b, s, r.range(1, 3), true));
   } else if (kind === 'messages') {
     const hs = handshake(b, s);
     const mutations = r.chance(0.5) ? r.range(1, 3) : 0;
