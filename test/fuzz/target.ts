@@ -32,6 +32,12 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
   }
 }
 
+/** Hosts still running: killed if the fuzzer itself exits first, so none is left behind. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 export class FuzzTarget {
   private tail: string[] = [];
   private partial = '';
@@ -54,7 +60,9 @@ export class FuzzTarget {
     if (!existsSync(PLUGIN)) throw new Error(`${PLUGIN} is missing: build the plugins first (node build.mjs)`);
     const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-fuzz-'));
     const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, dir, PLUGIN, String(TARGET_DISK_BYTES)], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
+    live.add(child);
     const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    void exited.then(() => live.delete(child));
     const t = new FuzzTarget(child, dir, exited);
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => t.onLog(d));
