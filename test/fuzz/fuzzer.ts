@@ -5,10 +5,13 @@
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { REPO } from '../helpers/host-process.ts';
-import { CASE_FORMAT, classesOf, type Finding, type FuzzCase, type Reproducer } from './case.ts';
+import { CASE_FORMAT, classesOf, type Op, type Finding, type FuzzCase, type Reproducer } from './case.ts';
 import { executeCase } from './execute.ts';
 import { CLASSES, generateCase } from './generate.ts';
 import { FuzzTarget } from './target.ts';
+
+/** Oracles about the host as a whole (any message sequence may trip them). */
+const HOST_WIDE = new Set(['host-died', 'bystander-unserved', 'target-unserved', 'stack-trace', 'fd-leak']);
 
 export const CORPUS_DIR = join(REPO, 'test', 'fuzz', 'corpus');
 
@@ -149,12 +152,18 @@ export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) =
     return f.oracle === finding.oracle;
   };
   try {
+    // An oracle inside the case (valid requests answered, data, guard) judges the session the
+    // QEMU-like messages set up: only mutated messages and ring/blk ops may go, or shrinking
+    // would turn "a valid session failed" into "no session at all".
+    const keepBase = !HOST_WIDE.has(finding.oracle);
+    const removable = (op: Op) => !keepBase || op.t !== 'msg' || (op.cls?.length ?? 0) > 0;
     let chunk = Math.max(1, Math.floor(best.ops.length / 2));
     while (chunk >= 1 && attempts < budget) {
       let progressed = false;
       for (let i = 0; i < best.ops.length && attempts < budget; ) {
+        const cut = best.ops.slice(i, i + chunk);
         const ops = [...best.ops.slice(0, i), ...best.ops.slice(i + chunk)];
-        if (ops.length === 0) {
+        if (ops.length === 0 || !cut.every(removable)) {
           i += chunk;
           continue;
         }

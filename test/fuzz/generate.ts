@@ -527,7 +527,9 @@ export function generateCase(runSeed: string, n: number, opts: GenOptions = {}):
     if (b.allowed(c)) {
       const bad: MsgOp = { ...m, fds: [fd, ...m.fds.slice(1)] };
       b.use(c, bad);
-      hs.splice(j, 0, bad);
+      // ADD_MEM_REG adds: a front-end retrying removes the region it added first.
+      const undo = m.code === Req.ADD_MEM_REG ? [msg({ code: Req.REM_MEM_REG, region: ramRegion }, [], s.replyAck)] : [];
+      hs.splice(j, 0, bad, ...undo);
     }
     ops.push(...hs, { t: 'sync' }, ...blkOps(b, s, r.range(1, 3), true));
   } else if (kind === 'messages') {
