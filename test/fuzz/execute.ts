@@ -167,6 +167,13 @@ function split(n: number, k: number): number[] {
   return Array.from({ length: parts }, (_, i) => (i < n % parts ? base + 1 : base));
 }
 
+const lingering: number[] = [];
+
+/** Closes the fds kept open past their case; the runner calls it once the oracles have run. */
+export function releaseLingering(): void {
+  for (const fd of lingering.splice(0)) closeQuietly(fd);
+}
+
 class CaseRun {
   readonly stats: CaseStats = { messages: 0, requests: 0, readsVerified: 0, ringOps: 0 };
   private readonly ram: GuestRam;
@@ -225,7 +232,9 @@ class CaseRun {
       }
       case 'pipe': {
         const [r, w] = native.pipe2();
-        this.keep.push(r);
+        // A full pipe's reader stays open past the case (as a front-end that never reads keeps
+        // it): closing it would turn a blocked write in the host into EPIPE and hide the wedge.
+        (spec.full ? lingering : this.keep).push(r);
         if (spec.full) {
           const chunk = new Uint8Array(65536);
           while (native.write(w, chunk) > 0) {

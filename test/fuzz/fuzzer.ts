@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { REPO } from '../helpers/host-process.ts';
 import { CASE_FORMAT, classesOf, type Op, type Finding, type FuzzCase, type Reproducer } from './case.ts';
-import { executeCase } from './execute.ts';
+import { executeCase, releaseLingering } from './execute.ts';
 import { CLASSES, generateCase } from './generate.ts';
 import { FuzzTarget } from './target.ts';
 
@@ -51,10 +51,12 @@ export async function runOne(t: FuzzTarget, c: FuzzCase): Promise<{ finding: Fin
   } catch (e) {
     // The executor itself could not go on (e.g. connect refused): the host's fault if it is dead.
     const host = await t.check();
+    releaseLingering();
     if (host) return { finding: host, stats: { messages: 0, requests: 0, readsVerified: 0, ringOps: 0 } };
     throw e;
   }
   const host = await t.check();
+  releaseLingering();
   return { finding: host ?? r.finding, stats: r.stats };
 }
 

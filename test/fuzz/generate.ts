@@ -498,6 +498,86 @@ function hostileRing(b: Builder, s: Session): RingOp | null {
   return op;
 }
 
+// ---- attacks: the fd-kind classes, each placed where it bites -----------------------------------
+
+/** One fd-kind attack composed the way it does harm (random placement rarely lines these up). */
+function attack(b: Builder, s: Session): Op[] {
+  const r = b.r;
+  const ack = s.replyAck;
+  const options: MutationClass[] = ['short-log', 'blocking-notify-fd', 'kick-fd-kind', 'short-memfd', 'backend-req-fd-kind', 'notify-fd-kind'];
+  const c = b.pickClass(options);
+  if (c === null) return [...handshake(b, s), { t: 'sync' }, ...blkOps(b, s, 1, true)];
+  const hs: Op[] = handshake(b, s);
+  const at = (code: number) => hs.findIndex((m) => m.t === 'msg' && m.code === code);
+  const tail: Op[] = [];
+  switch (c) {
+    case 'short-log': {
+      // A 1 MiB log over a 0-byte memfd, LOG_ALL, the used ring logged: the first used-ring write.
+      s.protocol |= featureBit(ProtocolFeature.LOG_SHMFD);
+      hs[at(Req.SET_PROTOCOL_FEATURES)] = msg({ code: Req.SET_PROTOCOL_FEATURES, features: s.protocol }, [], false);
+      const ops = [
+        msg({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(RAM_BYTES), mmapOffset: 0n }, fd: 0 }, [{ kind: 'memfd', size: 0 }], false),
+        msg({ code: Req.SET_FEATURES, features: s.features | bit(VHOST_F_LOG_ALL) }, [], ack),
+        msg({ code: Req.SET_VRING_ADDR, addr: vringAddr(s, true) }, [], ack),
+      ];
+      b.use(c, ...ops);
+      tail.push(...blkOps(b, s, 1, true), ...ops, { t: 'sync' }, ...blkOps(b, s, 1, false));
+      break;
+    }
+    case 'blocking-notify-fd': {
+      // A full, blocking pipe as the call (or err) fd: the device's first notification.
+      const code = r.pick([Req.SET_VRING_CALL, Req.SET_VRING_ERR]);
+      const op = msg({ code, index: 0, fd: 0 } as FrontendRequest, [{ kind: 'pipe', full: true }], ack);
+      b.use(c, op);
+      const j = at(Req.SET_VRING_CALL);
+      if (code === Req.SET_VRING_CALL) hs[j] = op;
+      else hs.splice(j + 1, 0, op);
+      // An err fd is written when the ring breaks: break it.
+      tail.push(...blkOps(b, s, 2, false));
+      if (code === Req.SET_VRING_ERR) {
+        const ring = hostileRing(new Builder(r, new Set()), s);
+        if (ring) tail.push(ring, { t: 'kick' });
+      }
+      break;
+    }
+    case 'kick-fd-kind': {
+      // A kick fd the host refuses (unpollable) or cannot read as an eventfd, then the right
+      // fds again: the session after must serve, and notify through our call eventfd.
+      const bad = msg({ code: Req.SET_VRING_KICK, index: 0, fd: 0 }, [r.pick<FdSpec>([{ kind: 'memfd', size: 4096 }, { kind: 'dir' }, { kind: 'file', size: 8 }, { kind: 'pipe-read' }, { kind: 'devnull' }])], ack);
+      b.use(c, bad);
+      const j = at(Req.SET_VRING_KICK);
+      hs.splice(j, 0, bad, msg({ code: Req.SET_VRING_CALL, index: 0, fd: 0 }, [{ kind: 'call' }], ack));
+      hs.splice(j + 2, 0, { t: 'kick' });
+      tail.push(...blkOps(b, s, 2, true));
+      break;
+    }
+    case 'short-memfd': {
+      const j = at(Req.SET_MEM_TABLE) >= 0 ? at(Req.SET_MEM_TABLE) : at(Req.ADD_MEM_REG);
+      const region = { ...ramRegion };
+      const fd: FdSpec = r.chance(0.5) ? { kind: 'memfd', size: r.pick([0, 4096]) } : { kind: 'ram' };
+      if (fd.kind === 'ram') region.mmapOffset = BigInt(RAM_BYTES);
+      hs[j] = (hs[j] as MsgOp).code === Req.ADD_MEM_REG ? msg({ code: Req.ADD_MEM_REG, region }, [fd], ack) : msg({ code: Req.SET_MEM_TABLE, regions: [region] }, [fd], ack);
+      b.use(c, hs[j] as MsgOp);
+      tail.push({ t: 'kick' }, ...blkOps(b, s, 1, false));
+      break;
+    }
+    case 'backend-req-fd-kind':
+    case 'notify-fd-kind': {
+      // Refused fds, many times over: none may stay open in the host.
+      const code = c === 'backend-req-fd-kind' ? Req.SET_BACKEND_REQ_FD : r.pick([Req.SET_VRING_CALL, Req.SET_VRING_ERR]);
+      for (let k = r.range(1, 4); k > 0; k--) {
+        const fd: FdSpec = r.pick<FdSpec>([{ kind: 'memfd', size: 4096 }, { kind: 'dir' }, { kind: 'file', size: 8 }, { kind: 'devnull' }]);
+        const op = msg(code === Req.SET_BACKEND_REQ_FD ? { code, fd: 0 } : ({ code, index: 0, fd: 0 } as FrontendRequest), [fd], ack);
+        b.use(c, op);
+        tail.push(op);
+      }
+      tail.push({ t: 'sync' });
+      break;
+    }
+  }
+  return [...hs, { t: 'sync' }, ...tail, { t: 'sync' }];
+}
+
 // ---- cases ---------------------------------------------------------------------------------
 
 /** The case number `n` of run `runSeed`; the same arguments always give the same case. */
@@ -506,10 +586,12 @@ export function generateCase(runSeed: string, n: number, opts: GenOptions = {}):
   const r = new Prng(seed);
   const b = new Builder(r, opts.exclude ?? new Set());
   const s = chooseSession(b);
-  const kind = r.weighted([['valid', 3], ['messages', 4], ['ring', 3], ['recover', 2]] as const);
+  const kind = r.weighted([['valid', 3], ['messages', 4], ['ring', 3], ['recover', 2], ['attack', 1]] as const);
   const ops: Op[] = [];
   if (kind === 'valid') {
     ops.push(...handshake(b, s), { t: 'sync' }, ...blkOps(b, s, r.range(1, 6), true));
+  } else if (kind === 'attack') {
+    ops.push(...attack(b, s));
   } else if (kind === 'recover') {
     // A message with a wrong fd, then the right one (a front-end retrying): whatever the host
     // did with the first, the session after the second must serve valid requests.
