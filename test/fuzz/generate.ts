@@ -541,14 +541,22 @@ function attack(b: Builder, s: Session): Op[] {
       break;
     }
     case 'kick-fd-kind': {
-      // A kick fd the host refuses (unpollable) or cannot read as an eventfd, then the right
-      // fds again: the session after must serve, and notify through our call eventfd.
+      // On a running ring, a kick fd the host refuses (unpollable) or cannot read as an eventfd
+      // (kicked through), then what a front-end retrying sends: a new call fd, the right kick,
+      // enable. The session after must serve, and notify through our call eventfd.
       const bad = msg({ code: Req.SET_VRING_KICK, index: 0, fd: 0 }, [r.pick<FdSpec>([{ kind: 'memfd', size: 4096 }, { kind: 'dir' }, { kind: 'file', size: 8 }, { kind: 'pipe-read' }, { kind: 'devnull' }])], ack);
       b.use(c, bad);
-      const j = at(Req.SET_VRING_KICK);
-      hs.splice(j, 0, bad, msg({ code: Req.SET_VRING_CALL, index: 0, fd: 0 }, [{ kind: 'call' }], ack));
-      hs.splice(j + 2, 0, { t: 'kick' });
-      tail.push(...blkOps(b, s, 2, true));
+      tail.push(
+        ...blkOps(b, s, 1, true),
+        bad,
+        { t: 'kick' },
+        { t: 'sync' },
+        msg({ code: Req.SET_VRING_CALL, index: 0, fd: 0 }, [{ kind: 'call' }], ack),
+        msg({ code: Req.SET_VRING_KICK, index: 0, fd: 0 }, [{ kind: 'kick' }], ack),
+        msg({ code: Req.SET_VRING_ENABLE, state: { index: 0, num: 1 } }, [], ack),
+        { t: 'sync' },
+        ...blkOps(b, s, 2, true),
+      );
       break;
     }
     case 'short-memfd': {
