@@ -9,6 +9,7 @@ import { CASE_FORMAT, classesOf, type Op, type Finding, type FuzzCase, type Repr
 import { executeCase, releaseLingering } from './execute.ts';
 import { CLASSES, generateCase } from './generate.ts';
 import { FuzzTarget } from './target.ts';
+import { KNOWN_OPEN } from './known-open.ts';
 
 /** Oracles about the host as a whole (any message sequence may trip them). */
 const HOST_WIDE = new Set(['host-died', 'bystander-unserved', 'target-unserved', 'stack-trace', 'fd-leak']);
@@ -191,13 +192,18 @@ export async function minimize(c: FuzzCase, finding: Finding, log: (l: string) =
 
 const fileTag = (c: FuzzCase, f: Finding) => `${f.oracle}--${(c.classes.length > 0 ? c.classes.join('+') : 'valid').replace(/[^a-z0-9+-]/g, '')}--`;
 
-/** A saved reproducer with the same oracle whose classes are a subset of this case's covers it. */
+/**
+ * Covered: a saved reproducer with the same oracle whose classes are a subset of this case's,
+ * or that shares a KNOWN_OPEN class with it (a known bug met again beside other mutations).
+ */
 function alreadySaved(dir: string, c: FuzzCase, f: Finding): boolean {
   if (!existsSync(dir)) return false;
   const mine = new Set(c.classes.length > 0 ? c.classes : ['valid']);
   return readdirSync(dir).some((n) => {
     const [oracle, tag] = n.split('--');
-    return oracle === f.oracle && tag !== undefined && tag.split('+').every((k) => mine.has(k));
+    if (oracle !== f.oracle || tag === undefined) return false;
+    const theirs = tag.split('+');
+    return theirs.every((k) => mine.has(k)) || theirs.some((k) => mine.has(k) && KNOWN_OPEN.includes(k));
   });
 }
 
