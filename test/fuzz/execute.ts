@@ -40,7 +40,6 @@ export interface CaseResult {
 const SYNC_TIMEOUT_MS = 2000;
 const MUST_TIMEOUT_MS = 10_000;
 const BEST_EFFORT_TIMEOUT_MS = 300;
-const NOTIFY_TIMEOUT_MS = 2000;
 
 /** The control socket, raw: bytes and fds out, every incoming message parsed and queued. */
 class RawSocket {
@@ -342,11 +341,30 @@ class CaseRun {
     }
     if (subs.length === 0) return null;
     this.stats.requests += subs.length;
-    native.eventfdRead(this.call); // count only what these requests cause
+    native.eventfdRead(this.call); // only what these requests cause counts
     if (this.ring.kickNeeded()) native.eventfdWrite(this.kick, 1);
     const pending = new Map(subs.map((s) => [s.head, s]));
     const end = Date.now() + (op.must ? MUST_TIMEOUT_MS : BEST_EFFORT_TIMEOUT_MS);
+    const usedIdx = () => {
+      const v = this.ram.view(RING_GPA + this.ring.layout.usedOffset, 4);
+      return new DataView(v.buffer, v.byteOffset, 4).getUint16(2, true);
+    };
+    // With our call eventfd in place, reap only after a notification: reaping first would move
+    // used_event past what the device just published, and EVENT_IDX would then rightly let it
+    // skip the notification this oracle waits for.
+    const waitCall = op.must && this.callOurs;
+    let seenIdx = usedIdx();
     while (pending.size > 0) {
+      if (waitCall && native.eventfdRead(this.call) <= 0) {
+        if (Date.now() > end || this.sock.eof) {
+          this.poisoned = true;
+          if (usedIdx() !== seenIdx) return { oracle: 'missing-notification', detail: `the device published used entries (used idx ${seenIdx} -> ${usedIdx()}) but never signalled the call eventfd` };
+          const what = [...pending.values()].map((s) => `${s.req.type}@${s.req.sector}+${s.req.sectors}`).join(', ');
+          return { oracle: 'valid-unanswered', detail: `${pending.size} valid request(s) of a valid session never completed (${what})${this.sock.eof ? '; the host closed the connection' : ''}` };
+        }
+        await sleep(1);
+        continue;
+      }
       let used;
       try {
         used = this.ring.getUsed();
@@ -354,6 +372,7 @@ class CaseRun {
         this.poisoned = true;
         return op.must ? { oracle: 'used-ring-garbage', detail: `valid requests got a bad used ring: ${(e as Error).message}` } : null;
       }
+      seenIdx = (seenIdx + used.length) & 0xffff;
       for (const u of used) {
         const s = pending.get(u.head);
         if (s === undefined) continue;
@@ -369,16 +388,6 @@ class CaseRun {
         return { oracle: 'valid-unanswered', detail: `${pending.size} valid request(s) of a valid session never completed (${what})${this.sock.eof ? '; the host closed the connection' : ''}` };
       }
       await sleep(1);
-    }
-    // The device used buffers with notifications enabled: the driver must have been told.
-    if (op.must && this.callOurs) {
-      const until = Date.now() + NOTIFY_TIMEOUT_MS;
-      while (native.eventfdRead(this.call) <= 0) {
-        if (Date.now() > until) {
-          return { oracle: 'missing-notification', detail: `${subs.length} request(s) completed but the call eventfd was never signalled` };
-        }
-        await sleep(2);
-      }
     }
     return null;
   }
