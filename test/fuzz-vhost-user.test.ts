@@ -8,12 +8,19 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { REPO } from './helpers/host-process.ts';
 import { CORPUS_DIR, fuzz, replay } from './fuzz/fuzzer.ts';
-import { CLASSES } from './fuzz/generate.ts';
+import { CLASSES, generateCase } from './fuzz/generate.ts';
 import { KNOWN_OPEN } from './fuzz/known-open.ts';
 import type { Reproducer } from './fuzz/case.ts';
 
 test.serial('every KNOWN_OPEN switch names a mutation class the generator has', (t) => {
   for (const c of KNOWN_OPEN) t.true((CLASSES as readonly string[]).includes(c), `${c} is not a mutation class`);
+});
+
+test.serial('a seed always generates the same cases, and different seeds different ones', (t) => {
+  for (let n = 0; n < 50; n++) t.deepEqual(generateCase('det', n, { exclude: new Set(KNOWN_OPEN) }), generateCase('det', n, { exclude: new Set(KNOWN_OPEN) }));
+  t.notDeepEqual(generateCase('det', 0).ops, generateCase('det-2', 0).ops);
+  // Excluded classes are never generated.
+  for (let n = 0; n < 300; n++) for (const c of generateCase('det', n, { exclude: new Set(KNOWN_OPEN) }).classes) t.false(KNOWN_OPEN.includes(c), `case ${n} used ${c}`);
 });
 
 for (const seed of ['suite-1', 'suite-2']) {
@@ -32,7 +39,7 @@ for (const seed of ['suite-1', 'suite-2']) {
 const files = readdirSync(CORPUS_DIR).filter((n) => n.endsWith('.json')).sort();
 for (const name of files) {
   const rep = JSON.parse(readFileSync(join(CORPUS_DIR, name), 'utf8')) as Reproducer;
-  const open = rep.case.classes.filter((c) => KNOWN_OPEN.includes(c));
+  const open = [...rep.case.classes, ...(rep.rootCause ? [rep.rootCause] : [])].filter((c) => KNOWN_OPEN.includes(c));
   const title = `reproducer ${name}: every oracle holds`;
   const body = async (t: import('ava').ExecutionContext) => {
     t.timeout(60_000);

@@ -117,6 +117,12 @@ export interface Reproducer {
   /** The log lines around the failure (for the reader; replay does not use them). */
   log: string[];
   replay: string;
+  /**
+   * Set by hand after triage: the mutation class whose bug this is when the case reached it
+   * through another mutation (a bit flip that moved an mmap offset past the file's end is the
+   * short-memfd bug). The suite treats the reproducer as open while that class is KNOWN_OPEN.
+   */
+  rootCause?: string;
 }
 
 export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
