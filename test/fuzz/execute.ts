@@ -354,8 +354,10 @@ class CaseRun {
     // skip the notification this oracle waits for.
     const waitCall = op.must && this.callOurs;
     let seenIdx = usedIdx();
+    /** Entries arrived while notifications were being re-armed: reap them without waiting. */
+    let more = false;
     while (pending.size > 0) {
-      if (waitCall && native.eventfdRead(this.call) <= 0) {
+      if (waitCall && !more && native.eventfdRead(this.call) <= 0) {
         if (Date.now() > end || this.sock.eof) {
           this.poisoned = true;
           if (usedIdx() !== seenIdx) return { oracle: 'missing-notification', detail: `the device published used entries (used idx ${seenIdx} -> ${usedIdx()}) but never signalled the call eventfd` };
@@ -373,6 +375,9 @@ class CaseRun {
         return op.must ? { oracle: 'used-ring-garbage', detail: `valid requests got a bad used ring: ${(e as Error).message}` } : null;
       }
       seenIdx = (seenIdx + used.length) & 0xffff;
+      // As a driver must (virtqueue_enable_cb): re-arm, then look again, or an entry published
+      // between our read of used idx and the used_event store is never notified, rightly.
+      more = this.ring.enableInterrupts();
       for (const u of used) {
         const s = pending.get(u.head);
         if (s === undefined) continue;
