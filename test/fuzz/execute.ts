@@ -310,6 +310,9 @@ class CaseRun {
     if (this.poisoned || this.sock.eof) return null;
     interface Sub { req: BlkReq; block: number; dataGpa: number; dataLen: number; statusGpa: number; head: number }
     const subs: Sub[] = [];
+    // Only what these requests cause counts; cleared before the first is published, since a
+    // device still busy may take it without a kick and notify at once.
+    native.eventfdRead(this.call);
     for (const req of op.reqs) {
       const dataLen = req.type === 'read' || req.type === 'write' ? req.sectors * SECTOR : req.type === 'get-id' ? VIRTIO_BLK_ID_BYTES : 0;
       const block = this.alloc.alloc(16 + dataLen + 16, 16);
@@ -341,7 +344,6 @@ class CaseRun {
     }
     if (subs.length === 0) return null;
     this.stats.requests += subs.length;
-    native.eventfdRead(this.call); // only what these requests cause counts
     if (this.ring.kickNeeded()) native.eventfdWrite(this.kick, 1);
     const pending = new Map(subs.map((s) => [s.head, s]));
     const end = Date.now() + (op.must ? MUST_TIMEOUT_MS : BEST_EFFORT_TIMEOUT_MS);
