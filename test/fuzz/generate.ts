@@ -211,7 +211,19 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
   const r = b.r;
   const cls = b.pickClass(['hdr-size', 'hdr-flags', 'unknown-code', 'payload-length', 'field-boundary', 'bitflip', 'fd-count', 'fd-kind', 'order', 'mem-layout', 'short-memfd', 'need-reply-no-ack']);
   if (cls === null || msgs.length === 0) return false;
-  const i = r.int(msgs.length);
+  // A payload mutation of a memory message can move a region or the log past its file's end:
+  // that is the short-memfd (short-log) bug, so such a mutation also carries that class.
+  const payloadClass = cls === 'field-boundary' || cls === 'bitflip' || cls === 'payload-length';
+  const memClass = (code: number): MutationClass | null =>
+    !payloadClass ? null : code === Req.SET_MEM_TABLE || code === Req.ADD_MEM_REG ? 'short-memfd' : code === Req.SET_LOG_BASE ? 'short-log' : null;
+  let i = r.int(msgs.length);
+  for (let tries = 0; tries < 8; tries++) {
+    const mc = memClass(msgs[i].code);
+    if (mc === null || b.allowed(mc)) break;
+    i = r.int(msgs.length);
+  }
+  const also = memClass(msgs[i].code);
+  if (also !== null && !b.allowed(also)) return false;
   const m = msgs[i];
   const payload = new Uint8Array(Buffer.from(m.payload, 'hex'));
   /** The op this class changed or added. */
@@ -326,6 +338,7 @@ function mutateMessages(b: Builder, msgs: MsgOp[], s: Session): boolean {
   }
   // The op this class changed or added (for mem-table mutations, the replaced message).
   b.use(cls, ...(touched ? [touched] : []));
+  if (also !== null && touched === m) b.use(also, m);
   return true;
 }
 
