@@ -13,7 +13,8 @@ import { KNOWN_OPEN } from './fuzz/known-open.ts';
 import type { Reproducer } from './fuzz/case.ts';
 
 test.serial('every KNOWN_OPEN switch names a mutation class the generator has', (t) => {
-  for (const c of KNOWN_OPEN) t.true((CLASSES as readonly string[]).includes(c), `${c} is not a mutation class`);
+  const unknown = KNOWN_OPEN.filter((c) => !(CLASSES as readonly string[]).includes(c));
+  t.deepEqual(unknown, [], `not mutation classes: ${unknown.join(', ')}`);
 });
 
 test.serial('a seed always generates the same cases, and different seeds different ones', (t) => {

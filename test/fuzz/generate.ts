@@ -7,11 +7,12 @@
 // Every mutation belongs to a named class. A run can exclude classes (KNOWN_OPEN), and a case
 // records the classes it used, so a reproducer says which switch it belongs to.
 
-import { DriverRing } from '../../host/virtqueue/driver-ring.ts';
+import { SplitDriverRing as DriverRing } from '../../host/frontend/rings/split.ts';
 import { encodeRequest } from '../../host/protocol/codec.ts';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, Req, VERSION, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit,
+  FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, VERSION, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, featureBit,
 } from '../../host/protocol/constants.ts';
+import { Req } from '../../host/protocol/requests.ts';
 import type { FrontendRequest } from '../../host/protocol/messages.ts';
 import { VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../../host/virtqueue/layout.ts';
 import { CASE_FORMAT, classesOf, hex, type BlkOp, type BlkReq, type FdSpec, type FuzzCase, type MsgOp, type Op, type RawDesc, type RingOp } from './case.ts';

@@ -1,6 +1,6 @@
 // The fixed guest-physical layout every fuzz case uses, so a generated case can name concrete
 // addresses (ring, scratch, guard) without running anything. One memfd of guest RAM at GPA 0.
-import { UVA_BASE } from '../../host/frontend/guest-memory.ts';
+import { UVA_BASE } from '../../host/frontend/driver-memory.ts';
 
 export const RAM_BYTES = 1 << 20;
 export { UVA_BASE };
