@@ -36,3 +36,9 @@ test('--migration-on-error abort|guest-error (default abort) needs --shared-dir'
   });
   t.throws(() => parseCli([...base, '--migration-on-error', 'abort']), { instanceOf: UsageError, message: /applies to --shared-dir/ });
 });
+
+test('--xattr (virtiofsd\'s spelling) needs --shared-dir; off by default', (t) => {
+  t.like(parseCli([...base, '--shared-dir', '/s', '--xattr']).filesystem, { dir: '/s', xattr: true });
+  t.is(parseCli([...base, '--shared-dir', '/s']).filesystem?.xattr, undefined, 'unset: ENOSYS to the guest');
+  t.throws(() => parseCli([...base, '--xattr']), { instanceOf: UsageError, message: /--xattr applies to --shared-dir/ });
+});

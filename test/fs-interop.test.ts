@@ -7,6 +7,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../host/native/index.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { ensureFdBudget } from '../host/resources/fd-budget.ts';
+import { FuseClient, u32s } from './helpers/fuse.ts';
 import { REPO, hostCommand } from './helpers/host-process.ts';
 
 const FS = join(REPO, 'dist', 'plugins', 'fs.wasm');
@@ -26,21 +29,67 @@ test('the libvirt fs descriptor follows vhost-user.json', (t) => {
   t.deepEqual(Object.keys(d).sort(), ['binary', 'description', 'type'], 'only fields the schema defines');
 });
 
-test("libvirt's separate-options command line starts the device; its -o form and options we lack are refused", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'fs-interop-'));
-  const share = mkdtempSync(join(dir, 'share-'));
-  const lfd = native.listenUnix(join(dir, 'fs.sock'), 4);
-  // What qemuVirtioFSBuildCommandLine writes for <driver type='virtiofs'/> with no options.
-  const child = spawn(...hostCommand(['--plugin', FS, '--fd=3', '--shared-dir', share]), { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe', lfd] });
+/** The back-end as libvirt starts it: an inherited listening socket as --fd=3, then `extra`. */
+async function libvirtStyle(dir: string, extra: string[]) {
+  const sock = join(dir, `fs-${Math.random()}.sock`);
+  const lfd = native.listenUnix(sock, 4);
+  const child = spawn(...hostCommand(['--plugin', FS, '--fd=3', ...extra]), { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe', lfd] });
   native.close(lfd);
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
+  for (let i = 0; i < 400 && !/serving/.test(stderr) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+  const stop = async () => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    if (child.exitCode === null) await new Promise((r) => child.once('exit', r));
+  };
+  return { sock, stderr: () => stderr, stop };
+}
+
+/** SETXATTR user.libvirt=on on the share root, through a real front-end and the device's ring. */
+async function setRootXattr(sock: string): Promise<number> {
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
   try {
-    for (let i = 0; i < 400 && !/serving/.test(stderr); i++) await new Promise((r) => setTimeout(r, 50));
-    t.regex(stderr, /serving .* on fd 3/);
+    const c = new FuseClient(fe);
+    const init = await c.init();
+    if (init.error) throw new Error(`INIT: errno ${init.error}`);
+    return (await c.req(21, 1n, Buffer.concat([u32s(2, 0), Buffer.from('user.libvirt\0on')]))).error;
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+    await fe.close();
+  }
+}
+
+function hostXattr(dir: string, name: string): string | number {
+  const fd = native.fsOpenRoot(dir);
+  try {
+    const buf = new Uint8Array(64);
+    const n = native.fsGetxattr(fd, Buffer.from(name), buf);
+    return n < 0 ? -n : Buffer.from(buf.subarray(0, n)).toString();
+  } finally {
+    native.fsClose(fd);
+  }
+}
+
+test("libvirt's separate-options command line starts the device, --xattr included; the -o form and options we lack are refused", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-interop-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const share = mkdtempSync(join(dir, 'share-'));
+  ensureFdBudget();
+  // What qemuVirtioFSBuildCommandLine writes for <driver type='virtiofs'/> with no options.
+  const plain = await libvirtStyle(dir, ['--shared-dir', share]);
+  try {
+    t.regex(plain.stderr(), /serving .* on fd 3/);
+    t.is(await setRootXattr(plain.sock), 38, 'no --xattr: ENOSYS to the guest');
+  } finally {
+    await plain.stop();
+  }
+  // ... and for <binary xattr='on'/>.
+  const withXattr = await libvirtStyle(dir, ['--shared-dir', share, '--xattr']);
+  try {
+    t.regex(withXattr.stderr(), /serving .* on fd 3/);
+    t.is(await setRootXattr(withXattr.sock), 0);
+    t.is(hostXattr(share, 'user.libvirt'), 'on', 'the attribute is on the host directory');
+  } finally {
+    await withXattr.stop();
   }
   const cases: [string[], RegExp][] = [
     [['-o', `source=${share}`], /-o/],
@@ -52,5 +101,4 @@ test("libvirt's separate-options command line starts the device; its -o form and
     t.is(r.status, 2, extra.join(' '));
     t.regex(r.stderr, re, extra.join(' '));
   }
-  rmSync(dir, { recursive: true, force: true });
 });
