@@ -181,3 +181,28 @@ test('malformed xattr requests: EINVAL, never a trap', async (t) => {
   t.is(x.get(f, 'user.none', 8).error, E.ENODATA);
   t.is(x.set(f, 'user.ok', 'fine'), 0, 'still healthy');
 });
+
+test('random and mutated xattr requests never trap the plugin', async (t) => {
+  const { req, lookup, x } = await setup(t);
+  const f = lookup('file');
+  let seed = 777;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const valid: [number, Buffer][] = [
+    [OP.SETXATTR, Buffer.concat([u32(3, 0), cstr('user.fz'), Buffer.from('abc')])],
+    [OP.GETXATTR, Buffer.concat([u32(64, 0), cstr('user.fz')])],
+    [OP.LISTXATTR, u32(64, 0)],
+    [OP.REMOVEXATTR, cstr('user.fz')],
+  ];
+  let answered = 0;
+  for (let i = 0; i < 2000; i++) {
+    const [op, args] = valid[i % valid.length];
+    const a = Buffer.from(args);
+    for (let k = 0; k < 1 + Math.floor(rnd() * 3); k++) a[Math.floor(rnd() * a.length)] = Math.floor(rnd() * 256);
+    const cut = rnd() < 0.3 ? a.subarray(0, Math.floor(rnd() * a.length)) : a;
+    const r = req(op, rnd() < 0.9 ? f : BigInt(Math.floor(rnd() * 2 ** 32)), cut, 16 + Math.floor(rnd() * 200));
+    if (r.error >= 0) answered++;
+  }
+  t.is(answered, 2000);
+  t.is(x.set(f, 'user.after', 'ok'), 0, 'still serving');
+  t.is(x.get(f, 'user.after').body.toString(), 'ok');
+});

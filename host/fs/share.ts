@@ -144,6 +144,8 @@ export class FsShare {
   private nextId = 1;
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
+  /** One value or name list (XATTR_MAX) at a time; results are copied out of it. */
+  private xattrBuf: Uint8Array | null = null;
   private closed = false;
   private readonly spentLog: LogThrottle;
 
@@ -564,7 +566,7 @@ export class FsShare {
   getxattr(h: bigint, name: Uint8Array): FsResult<Uint8Array> {
     const fd = this.xattrFd(h, name, false);
     if (fd < 0) return fail(-fd);
-    const buf = new Uint8Array(XATTR_MAX);
+    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
     const r = native.fsGetxattr(fd, name, buf);
     return r < 0 ? fail(-r) : ok(buf.slice(0, r));
   }
@@ -572,7 +574,7 @@ export class FsShare {
   listxattr(h: bigint): FsResult<Uint8Array> {
     const fd = this.xattrFd(h, null, false);
     if (fd < 0) return fail(-fd);
-    const buf = new Uint8Array(XATTR_MAX);
+    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
     const r = native.fsListxattr(fd, buf);
     return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
   }
