@@ -16,7 +16,7 @@
 //      RESOLVE_NO_MAGICLINKS /proc-style links are refused during any guest-driven lookup;
 //      RESOLVE_NO_XDEV       a mount point inside the share is not crossed: submounts are
 //                            not part of the grant (EXDEV).
-//  - Operations on an existing node (reopen for I/O, chmod, utimens, truncate, link) go
+//  - Operations on an existing node (reopen for I/O, chmod, utimens, truncate, link, xattrs) go
 //    through /proc/self/fd/N of the O_PATH fd we hold. That magic link names exactly the
 //    inode the fd pins, so no name is looked up and nothing can be swapped in between:
 //    renames and symlink swaps racing it are harmless. This is the only place magic links
