@@ -1,6 +1,6 @@
 // The filesystem grant's command line: --shared-dir DIR [--read-only] [--tag NAME].
 import test from 'ava';
-import { parseCli, UsageError } from '../host/cli/args.ts';
+import { HELP, parseCli, UsageError } from '../host/cli/args.ts';
 
 const base = ['--socket-path', '/tmp/s', '--plugin', 'fs.wasm'];
 
@@ -35,4 +35,11 @@ test('--migration-on-error abort|guest-error (default abort) needs --shared-dir'
     message: /--migration-on-error: "guest_error" is not one of abort, guest-error/,
   });
   t.throws(() => parseCli([...base, '--migration-on-error', 'abort']), { instanceOf: UsageError, message: /applies to --shared-dir/ });
+});
+
+test('--xattr (virtiofsd\'s spelling) needs --shared-dir; off by default', (t) => {
+  t.like(parseCli([...base, '--shared-dir', '/s', '--xattr']).filesystem, { dir: '/s', xattr: true });
+  t.is(parseCli([...base, '--shared-dir', '/s']).filesystem?.xattr, undefined, 'unset: ENOSYS to the guest');
+  t.throws(() => parseCli([...base, '--xattr']), { instanceOf: UsageError, message: /--xattr applies to --shared-dir/ });
+  t.regex(HELP, /--xattr .*\n.*trusted\. and security\. are refused/s);
 });

@@ -74,6 +74,10 @@ Capabilities granted to the plugin (it sees nothing else):
                           (openat2 RESOLVE_BENEATH, symlinks never followed, no submounts).
                           With --read-only every change is refused with EROFS.
   --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
+  --xattr                 let the guest get, set, list and remove extended attributes of the
+                          --shared-dir (off: the guest is told they are not supported). Names
+                          in trusted. and security. are refused (EPERM) and hidden: there is
+                          no --xattrmap yet
   --migration-on-error abort|guest-error
                           when a migration destination cannot find a file the guest holds
                           open or looked up: fail the migration (abort, the default; the
@@ -152,7 +156,7 @@ export function parseStorage(text: string, readOnly: boolean): StorageSpec {
   return { kind: 'file', path: text, readOnly };
 }
 
-export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string): FilesystemSpec {
+export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string, xattr = false): FilesystemSpec {
   if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
   if (onError !== undefined && onError !== 'abort' && onError !== 'guest-error') {
     throw new UsageError(`--migration-on-error: "${onError}" is not one of abort, guest-error`);
@@ -161,7 +165,13 @@ export function parseSharedDir(dir: string, readOnly: boolean, tag: string | und
     const n = Buffer.byteLength(tag);
     if (n === 0 || n > 36) throw new UsageError(`--tag: "${tag}" must be 1-36 bytes (virtio-fs config space)`);
   }
-  return { dir, readOnly, ...(tag === undefined ? {} : { tag }), ...(onError === undefined ? {} : { migrationOnError: onError }) };
+  return {
+    dir,
+    readOnly,
+    ...(tag === undefined ? {} : { tag }),
+    ...(onError === undefined ? {} : { migrationOnError: onError }),
+    ...(xattr ? { xattr } : {}),
+  };
 }
 
 export function parseCli(argv: string[]): CliOptions {
@@ -191,6 +201,7 @@ export function parseCli(argv: string[]): CliOptions {
         'shared-dir': { type: 'string' },
         tag: { type: 'string' },
         'migration-on-error': { type: 'string' },
+        xattr: { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -217,11 +228,12 @@ export function parseCli(argv: string[]): CliOptions {
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error']),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');
   }
+  if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');
   if (v['read-only'] && opts.storage === null && opts.filesystem === null) {
     throw new UsageError('--read-only applies to --storage or --shared-dir: give one of them too');

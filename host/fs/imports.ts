@@ -46,5 +46,9 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     fallocate: (file: bigint, mode: number, offset: bigint, len: bigint) => wit(s().fallocate(file, mode, offset, len)),
     lseek: (file: bigint, offset: bigint, whence: number) => wit(s().lseek(file, offset, whence)),
     statfs: (h: bigint) => wit(s().statfs(h)),
+    getxattr: (h: bigint, name: Uint8Array) => wit(s().getxattr(h, name)),
+    listxattr: (h: bigint) => wit(s().listxattr(h)),
+    setxattr: (h: bigint, name: Uint8Array, value: Uint8Array, flags: number) => wit(s().setxattr(h, name, value, flags)),
+    removexattr: (h: bigint, name: Uint8Array) => wit(s().removexattr(h, name)),
   };
 }

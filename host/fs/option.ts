@@ -10,18 +10,21 @@ export interface FilesystemSpec {
   tag?: string;
   /** --migration-on-error (default abort). */
   migrationOnError?: MigrationOnError;
+  /** --xattr: extended attributes reach the share. */
+  xattr?: boolean;
 }
 
 export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
   if (typeof v !== 'object' || v === null) return false;
   const o = v as Record<string, unknown>;
   return typeof o.dir === 'string' && typeof o.readOnly === 'boolean' && (o.tag === undefined || typeof o.tag === 'string') &&
-    (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError));
+    (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError)) &&
+    (o.xattr === undefined || typeof o.xattr === 'boolean');
 }
 
 /** Open the share named by a worker option, or undefined when none was granted. */
 export function openShareOption(v: unknown, label?: string): FsShare | undefined {
   if (v === undefined) return undefined;
-  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?}, not ${JSON.stringify(v)}`);
-  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError, label });
+  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?, xattr?}, not ${JSON.stringify(v)}`);
+  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError, xattr: v.xattr, label });
 }

@@ -15,6 +15,7 @@ import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
+import { visibleXattrNames, XATTR_MAX, xattrNameRefused } from './xattr.ts';
 
 export const E = OS.errno;
 
@@ -70,6 +71,8 @@ export interface ShareOptions {
   tag?: string;
   /** --migration-on-error: what a migration destination does with a file it cannot find again. */
   migrationOnError?: MigrationOnError;
+  /** --xattr: extended attributes reach the share (otherwise every xattr call is ENOSYS). */
+  xattr?: boolean;
   /** Most handles (fds) one device may hold; past it calls fail with ENFILE. */
   maxHandles?: number;
   /** Names the device in log lines. */
@@ -135,16 +138,20 @@ export class FsShare {
   readonly readOnly: boolean;
   readonly tag: string;
   readonly migrationOnError: MigrationOnError;
+  readonly xattr: boolean;
   private readonly rootFd: number;
   private readonly handles = new Map<number, Slot>();
   private nextId = 1;
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
+  /** One value or name list (XATTR_MAX) at a time; results are copied out of it. */
+  private xattrBuf: Uint8Array | null = null;
   private closed = false;
   private readonly spentLog: LogThrottle;
 
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
+    this.xattr = opts.xattr ?? false;
     this.tag = opts.tag ?? DEFAULT_TAG;
     this.migrationOnError = opts.migrationOnError ?? 'abort';
     if (!MIGRATION_ON_ERROR.includes(this.migrationOnError)) {
@@ -540,6 +547,51 @@ export class FsShare {
     if (offset > max || offset < -max) return fail(E.EINVAL);
     const r = native.fsLseek(f, Number(offset), whence);
     return r < 0 ? fail(-r) : ok(BigInt(r));
+  }
+
+  /**
+   * The fd of node or open file `h` for an xattr call, or the errno that stops it first:
+   * ENOSYS without --xattr (the guest kernel then stops asking), EBADF, EPERM for a refused
+   * name (host/fs/xattr.ts), EROFS for a change to a read-only share.
+   */
+  private xattrFd(h: bigint, name: Uint8Array | null, change: boolean): number {
+    if (!this.xattr) return -E.ENOSYS;
+    const s = this.slot(h);
+    if (!s) return -E.EBADF;
+    if (name !== null && xattrNameRefused(name)) return -E.EPERM;
+    if (change && this.readOnly) return -E.EROFS;
+    return s.fd;
+  }
+
+  getxattr(h: bigint, name: Uint8Array): FsResult<Uint8Array> {
+    const fd = this.xattrFd(h, name, false);
+    if (fd < 0) return fail(-fd);
+    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
+    const r = native.fsGetxattr(fd, name, buf);
+    return r < 0 ? fail(-r) : ok(buf.slice(0, r));
+  }
+
+  listxattr(h: bigint): FsResult<Uint8Array> {
+    const fd = this.xattrFd(h, null, false);
+    if (fd < 0) return fail(-fd);
+    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
+    const r = native.fsListxattr(fd, buf);
+    return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
+  }
+
+  setxattr(h: bigint, name: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
+    const fd = this.xattrFd(h, name, true);
+    if (fd < 0) return fail(-fd);
+    if (value.length > XATTR_MAX) return fail(E.E2BIG);
+    const r = native.fsSetxattr(fd, name, value, flags >>> 0);
+    return r < 0 ? fail(-r) : ok(undefined);
+  }
+
+  removexattr(h: bigint, name: Uint8Array): FsResult<void> {
+    const fd = this.xattrFd(h, name, true);
+    if (fd < 0) return fail(-fd);
+    const r = native.fsRemovexattr(fd, name);
+    return r < 0 ? fail(-r) : ok(undefined);
   }
 
   statfs(h: bigint): FsResult<FsStats> {

@@ -39,6 +39,15 @@ export interface NativeFs {
   fsFsync(fd: number, datasync: boolean): number;
   fsFallocate(fd: number, mode: number, offset: number, len: number): number;
   fsLseek(fd: number, offset: number, whence: number): number;
+  // Extended attributes of the inode an O_PATH fd pins (a symlink: the link itself), through
+  // /proc/self/fd/N; nothing is opened. An empty buf asks only for the length.
+  /** The value's length (copied into buf when it fits; -ERANGE when it does not). */
+  fsGetxattr(fd: number, name: Uint8Array, buf: Uint8Array): number;
+  /** NUL-terminated names' total length (copied into buf when it fits). */
+  fsListxattr(fd: number, buf: Uint8Array): number;
+  /** flags: XATTR_CREATE 1, XATTR_REPLACE 2. */
+  fsSetxattr(fd: number, name: Uint8Array, value: Uint8Array, flags: number): number;
+  fsRemovexattr(fd: number, name: Uint8Array): number;
 
 
   /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */

@@ -14,8 +14,12 @@
  * hard link looked up twice is one inode). FUSE file handles index `files`, each an open
  * host handle. Both are capped, so a guest cannot exhaust our memory; the host caps fds.
  *
- * Not implemented (answered ENOSYS, which the kernel remembers): xattrs (GETXATTR,
- * LISTXATTR, SETXATTR, REMOVEXATTR: getfattr fails with EOPNOTSUPP), POSIX/BSD locks (the
+ * Extended attributes (GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR) go to the host's xattr
+ * calls, which answer ENOSYS unless the operator gave --xattr: the guest kernel remembers
+ * that and stops asking (getfattr then fails with EOPNOTSUPP). A size of 0 asks for the
+ * length only; a value or list longer than the guest's size is ERANGE.
+ *
+ * Not implemented (answered ENOSYS, which the kernel remembers): POSIX/BSD locks (the
  * guest kernel then keeps locks local), COPY_FILE_RANGE, IOCTL, POLL, DAX mappings. MKNOD
  * creates regular files only (EPERM otherwise). What a request creates is given to the
  * request's uid/gid afterwards (own_new); permission checks are the guest kernel's.
@@ -35,6 +39,7 @@
 #define EINVAL 22
 #define ENFILE 23
 #define ERANGE 34
+#define E2BIG 7
 #define ENOSYS 38
 #define EPROTO 71
 #define EPERM 1
@@ -992,6 +997,65 @@ static void op_lseek(reply *r, args *a) {
   if (o) o->offset = pos;
 }
 
+/* The answer to GETXATTR/LISTXATTR of `n` bytes at p: the size alone (size 0), ERANGE when
+ * the guest's size is too small, else the bytes. */
+static void reply_xattr(reply *r, uint32_t size, const uint8_t *p, size_t n) {
+  if (size == 0) {
+    struct fuse_getxattr_out *o = reply_or_erange(r, sizeof *o);
+    if (o) o->size = (uint32_t)n;
+    return;
+  }
+  if (n > size) return reply_error(r, ERANGE);
+  uint8_t *o = reply_or_erange(r, (uint32_t)n);
+  if (o && n) memcpy(o, p, n);
+}
+
+static void op_getxattr(reply *r, uint64_t nodeid, args *a) {
+  TAKE(a, struct fuse_getxattr_in, in);
+  NAME(a, name, len);
+  INODE(nodeid, node);
+  uint8_t *buf = malloc(VFS_XATTR_MAX);
+  if (!buf) return reply_error(r, ENOMEM);
+  size_t n = 0;
+  uint32_t err = vfs_getxattr(node->handle, name, len, buf, VFS_XATTR_MAX, &n);
+  if (err) reply_error(r, err);
+  else if (n > VFS_XATTR_MAX) reply_error(r, E2BIG); /* the host bounds values; never send heap bytes */
+  else reply_xattr(r, in.size, buf, n);
+  free(buf);
+}
+
+static void op_listxattr(reply *r, uint64_t nodeid, args *a) {
+  TAKE(a, struct fuse_getxattr_in, in);
+  INODE(nodeid, node);
+  uint8_t *buf = malloc(VFS_XATTR_MAX);
+  if (!buf) return reply_error(r, ENOMEM);
+  size_t n = 0;
+  uint32_t err = vfs_listxattr(node->handle, buf, VFS_XATTR_MAX, &n);
+  if (err) reply_error(r, err);
+  else if (n > VFS_XATTR_MAX) reply_error(r, E2BIG);
+  else reply_xattr(r, in.size, buf, n);
+  free(buf);
+}
+
+static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
+  TAKE(a, struct fuse_setxattr_in, in);
+  NAME(a, name, len);
+  INODE(nodeid, node);
+  if (in.size > a->len) return reply_error(r, EINVAL);
+  if (in.size > VFS_XATTR_MAX) return reply_error(r, E2BIG);
+  uint32_t err = vfs_setxattr(node->handle, name, len, a->p, in.size, in.flags);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
+static void op_removexattr(reply *r, uint64_t nodeid, args *a) {
+  NAME(a, name, len);
+  INODE(nodeid, node);
+  uint32_t err = vfs_removexattr(node->handle, name, len);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
 static void op_forget(args *a, uint64_t nodeid) {
   const struct fuse_forget_in *p = take(a, sizeof(struct fuse_forget_in));
   if (!p) return;
@@ -1070,6 +1134,10 @@ static void handle(const vd_request *req, vd_buf *out) {
     case FUSE_ACCESS: op_access(&r, h.nodeid); break;
     case FUSE_FALLOCATE: op_fallocate(&r, &a); break;
     case FUSE_LSEEK: op_lseek(&r, &a); break;
+    case FUSE_GETXATTR: op_getxattr(&r, h.nodeid, &a); break;
+    case FUSE_LISTXATTR: op_listxattr(&r, h.nodeid, &a); break;
+    case FUSE_SETXATTR: op_setxattr(&r, h.nodeid, &a); break;
+    case FUSE_REMOVEXATTR: op_removexattr(&r, h.nodeid, &a); break;
     default: reply_error(&r, ENOSYS); break;
   }
 finish:

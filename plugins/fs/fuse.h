@@ -166,6 +166,16 @@ struct fuse_init_out {
   uint16_t max_pages, map_alignment;
   uint32_t flags2, unused[7];
 };
+/* Without FUSE_SETXATTR_EXT (we never offer it) setxattr_in is the 8-byte form. */
+struct fuse_setxattr_in {
+  uint32_t size, flags;
+};
+struct fuse_getxattr_in {
+  uint32_t size, padding;
+};
+struct fuse_getxattr_out {
+  uint32_t size, padding;
+};
 struct fuse_dirent {
   uint64_t ino, off;
   uint32_t namelen, type;
@@ -194,6 +204,9 @@ _Static_assert(sizeof(struct fuse_write_in) == 40, "write_in");
 _Static_assert(sizeof(struct fuse_kstatfs) == 80, "kstatfs");
 _Static_assert(sizeof(struct fuse_init_out) == 64, "init_out");
 _Static_assert(sizeof(struct fuse_dirent) == 24, "dirent");
+_Static_assert(sizeof(struct fuse_setxattr_in) == 8 && sizeof(struct fuse_getxattr_in) == 8 &&
+                   sizeof(struct fuse_getxattr_out) == 8,
+               "xattr structs");
 _Static_assert(sizeof(struct fuse_fallocate_in) == 32, "fallocate_in");
 _Static_assert(sizeof(struct fuse_lseek_in) == 24, "lseek_in");
 

@@ -16,7 +16,7 @@
 //      RESOLVE_NO_MAGICLINKS /proc-style links are refused during any guest-driven lookup;
 //      RESOLVE_NO_XDEV       a mount point inside the share is not crossed: submounts are
 //                            not part of the grant (EXDEV).
-//  - Operations on an existing node (reopen for I/O, chmod, utimens, truncate, link) go
+//  - Operations on an existing node (reopen for I/O, chmod, utimens, truncate, link, xattrs) go
 //    through /proc/self/fd/N of the O_PATH fd we hold. That magic link names exactly the
 //    inode the fd pins, so no name is looked up and nothing can be swapped in between:
 //    renames and symlink swaps racing it are harmless. This is the only place magic links
@@ -52,6 +52,7 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define RESOLVE_FLAGS (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
@@ -641,6 +642,99 @@ static napi_value fs_lseek(napi_env env, napi_callback_info info) {
 // fsClose(fd) -> 0 | -EBADF: closes a share fd this thread's calls handed out and gives it
 // back to the budget. Any other fd is refused (never closed), so a confused caller cannot
 // close a socket or a memfd through it, nor return budget it never took.
+// Extended attributes, on the inode an O_PATH fd pins. f*xattr refuses O_PATH fds (EBADF), so
+// these go through /proc/self/fd/N with the *following* forms (getxattr, not lgetxattr):
+// following that magic link lands on exactly the fd's own inode, a symlink included (the
+// link itself, never its target), and nothing is opened, so a FIFO or device node cannot
+// block. The l* forms would act on the /proc link itself (EOPNOTSUPP; measured on 6.18).
+// The policy (--xattr, refused namespaces, read-only) is host/fs/share.ts's; here only the
+// name is checked: non-empty, at most XATTR_NAME_MAX bytes, no NUL.
+static int take_xattr_name(napi_env env, napi_value v, const char *fn, char *buf, bool *threw) {
+  void *data;
+  size_t len;
+  *threw = false;
+  if (!get_bytes(env, v, fn, "name", &data, &len)) {
+    *threw = true;
+    return -EINVAL;
+  }
+  if (len == 0) return -EINVAL;
+  if (len > XATTR_NAME_MAX) return -ERANGE;
+  if (memchr(data, 0, len)) return -EINVAL;
+  memcpy(buf, data, len);
+  buf[len] = 0;
+  return 0;
+}
+
+// fsGetxattr(fd, name, buf) -> the value's length | -errno; an empty buf asks only the length.
+static napi_value fs_getxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  void *data;
+  size_t len;
+  char name[XATTR_NAME_MAX + 1], path[32];
+  bool threw;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsGetxattr") || !arg_fd(env, argv[0], "fsGetxattr", &fd)) return NULL;
+  int r = take_xattr_name(env, argv[1], "fsGetxattr", name, &threw);
+  if (threw) return NULL;
+  if (!get_bytes(env, argv[2], "fsGetxattr", "buf", &data, &len)) return NULL;
+  if (r < 0) return neg(env, -r);
+  proc_path(path, sizeof path, fd);
+  ssize_t n = getxattr(path, name, len ? data : NULL, len);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsListxattr(fd, buf) -> bytes of NUL-terminated names | -errno; an empty buf asks the length.
+static napi_value fs_listxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  void *data;
+  size_t len;
+  char path[32];
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsListxattr") || !arg_fd(env, argv[0], "fsListxattr", &fd) ||
+      !get_bytes(env, argv[1], "fsListxattr", "buf", &data, &len))
+    return NULL;
+  proc_path(path, sizeof path, fd);
+  ssize_t n = listxattr(path, len ? data : NULL, len);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsSetxattr(fd, name, value, flags) -> 0 | -errno; flags XATTR_CREATE 1, XATTR_REPLACE 2.
+static napi_value fs_setxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int fd;
+  void *data;
+  size_t len;
+  int64_t flags = 0;
+  char name[XATTR_NAME_MAX + 1], path[32];
+  bool threw;
+  if (!get_args(env, info, 4, 4, argv, NULL, "fsSetxattr") || !arg_fd(env, argv[0], "fsSetxattr", &fd)) return NULL;
+  int r = take_xattr_name(env, argv[1], "fsSetxattr", name, &threw);
+  if (threw) return NULL;
+  if (!get_bytes(env, argv[2], "fsSetxattr", "value", &data, &len) ||
+      !arg_int(env, argv[3], "fsSetxattr", "flags", &flags))
+    return NULL;
+  if (r < 0) return neg(env, -r);
+  if (flags & ~(int64_t)(XATTR_CREATE | XATTR_REPLACE)) return neg(env, EINVAL);
+  if (len > XATTR_SIZE_MAX) return neg(env, E2BIG);
+  proc_path(path, sizeof path, fd);
+  return setxattr(path, name, data, len, (int)flags) < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsRemovexattr(fd, name) -> 0 | -errno.
+static napi_value fs_removexattr(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  char name[XATTR_NAME_MAX + 1], path[32];
+  bool threw;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsRemovexattr") || !arg_fd(env, argv[0], "fsRemovexattr", &fd))
+    return NULL;
+  int r = take_xattr_name(env, argv[1], "fsRemovexattr", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  proc_path(path, sizeof path, fd);
+  return removexattr(path, name) < 0 ? neg(env, errno) : num(env, 0);
+}
+
 static napi_value fs_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
@@ -677,5 +771,7 @@ bool init_fs(napi_env env, napi_value exports) {
          set_fn(env, exports, "fsPread", fs_pread) && set_fn(env, exports, "fsPwrite", fs_pwrite) &&
          set_fn(env, exports, "fsGetdents", fs_getdents) && set_fn(env, exports, "fsStatfs", fs_statfs) &&
          set_fn(env, exports, "fsFsync", fs_fsync) && set_fn(env, exports, "fsFallocate", fs_fallocate) &&
-         set_fn(env, exports, "fsLseek", fs_lseek);
+         set_fn(env, exports, "fsLseek", fs_lseek) && set_fn(env, exports, "fsGetxattr", fs_getxattr) &&
+         set_fn(env, exports, "fsListxattr", fs_listxattr) && set_fn(env, exports, "fsSetxattr", fs_setxattr) &&
+         set_fn(env, exports, "fsRemovexattr", fs_removexattr);
 }

@@ -76,11 +76,19 @@ VFS_IMPORT("fsync") void imp_fsync(int64_t file, int32_t datasync, R ret);
 VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t off, int64_t len, R ret);
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
 VFS_IMPORT("statfs") void imp_statfs(int64_t h, R ret);
+/* Added to 0.1.0 later (docs/plugin-abi.md): a plugin that calls these needs a host that has them. */
+VFS_IMPORT("getxattr") void imp_getxattr(int64_t h, const uint8_t *name, size_t len, R ret);
+VFS_IMPORT("listxattr") void imp_listxattr(int64_t h, R ret);
+VFS_IMPORT("setxattr") void imp_setxattr(int64_t h, const uint8_t *name, size_t len, const uint8_t *v, size_t vl,
+                                         int32_t flags, R ret);
+VFS_IMPORT("removexattr") void imp_removexattr(int64_t h, const uint8_t *name, size_t len, R ret);
 
 /* One return area for every call: create's (result<tuple<entry, handle>, errno>) is the largest. */
 static _Alignas(8) uint8_t ret_area[VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET];
 _Static_assert(VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET <= sizeof ret_area && VD_ABI_SIZEOF_FILESYSTEM_STATFS_RET <= sizeof ret_area &&
-                   VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area,
+                   VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_GETXATTR_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area,
                "ret_area holds every filesystem return area");
 
 static uint32_t u32_at(const uint8_t *p) {
@@ -264,4 +272,36 @@ uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out) {
   if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_STATFS_RET_ERR);
   memcpy(out, ret_area + VD_ABI_FILESYSTEM_STATFS_RET_OK, sizeof *out);
   return 0;
+}
+
+/* A list<u8> result: at most `cap` bytes into dst (dst may be NULL when cap is 0), *len = its length. */
+static uint32_t bytes_result(size_t ok, size_t err, uint8_t *dst, size_t cap, size_t *len) {
+  if (ret_area[0]) return err_at(ret_area + err);
+  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + ok);
+  size_t n = u32_at(ret_area + ok + VD_ABI_LIST_LEN);
+  if (cap) memcpy(dst, p, n < cap ? n : cap);
+  free(p);
+  *len = n;
+  return 0;
+}
+
+uint32_t vfs_getxattr(vfs_handle h, const uint8_t *name, size_t name_len, uint8_t *dst, size_t cap, size_t *len) {
+  imp_getxattr((int64_t)h, name, name_len, ret_area);
+  return bytes_result(VD_ABI_FILESYSTEM_GETXATTR_RET_OK, VD_ABI_FILESYSTEM_GETXATTR_RET_ERR, dst, cap, len);
+}
+
+uint32_t vfs_listxattr(vfs_handle h, uint8_t *dst, size_t cap, size_t *len) {
+  imp_listxattr((int64_t)h, ret_area);
+  return bytes_result(VD_ABI_FILESYSTEM_LISTXATTR_RET_OK, VD_ABI_FILESYSTEM_LISTXATTR_RET_ERR, dst, cap, len);
+}
+
+uint32_t vfs_setxattr(vfs_handle h, const uint8_t *name, size_t name_len, const uint8_t *value, size_t value_len,
+                      uint32_t flags) {
+  imp_setxattr((int64_t)h, name, name_len, value, value_len, (int32_t)flags, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_SETXATTR_RET_ERR);
+}
+
+uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len) {
+  imp_removexattr((int64_t)h, name, name_len, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_REMOVEXATTR_RET_ERR);
 }

@@ -93,6 +93,19 @@ uint32_t vfs_fallocate(vfs_handle file, uint32_t mode, uint64_t offset, uint64_t
 uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *out);
 uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out);
 
+/* Extended attributes (of a symlink: the link's own). ENOSYS unless the operator gave --xattr;
+ * `trusted.` and `security.` names EPERM (and absent from lists). Added to 0.1.0 after its first
+ * release: importing them needs a host that has them (docs/plugin-abi.md).
+ * getxattr/listxattr copy at most `cap` bytes into dst (NULL with cap 0 asks only the size)
+ * and set *len to the full length; a list is names each followed by a NUL byte.
+ * setxattr flags: 1 XATTR_CREATE, 2 XATTR_REPLACE. */
+#define VFS_XATTR_MAX 65536u
+uint32_t vfs_getxattr(vfs_handle h, const uint8_t *name, size_t name_len, uint8_t *dst, size_t cap, size_t *len);
+uint32_t vfs_listxattr(vfs_handle h, uint8_t *dst, size_t cap, size_t *len);
+uint32_t vfs_setxattr(vfs_handle h, const uint8_t *name, size_t name_len, const uint8_t *value, size_t value_len,
+                      uint32_t flags);
+uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len);
+
 #ifdef __cplusplus
 }
 #endif
