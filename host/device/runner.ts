@@ -120,15 +120,21 @@ export class DeviceRunner {
     try {
       return fn();
     } catch (e) {
-      // A device that trapped or broke its contract is never called again (a plugin marks
-      // itself unusable): fail it now, so the front-end sees NEEDS_RESET and a reset brings a
-      // fresh instance, instead of a device that refuses every later call, reset included.
-      const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
-      if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
+      this.deviceThrew(e);
       throw e;
     } finally {
       this.hooks.leaveDevice();
     }
+  }
+
+  /**
+   * A device that trapped or broke its contract is never called again (a plugin marks itself
+   * unusable): fail it now, so the front-end sees NEEDS_RESET and a reset brings a fresh
+   * instance, instead of a device that refuses every later call, reset included.
+   */
+  private deviceThrew(e: unknown): void {
+    const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
+    if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
   }
 
   readConfig(offset: number, size: number): Uint8Array {
@@ -635,8 +641,7 @@ export class DeviceRunner {
     try {
       return this.device.process(index, requests);
     } catch (e) {
-      const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
-      if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
+      this.deviceThrew(e);
       throw e;
     } finally {
       this.hooks.leaveDevice();
