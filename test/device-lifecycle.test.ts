@@ -278,6 +278,45 @@ test.serial('a worker that crashes (an exception nothing catches): its device ne
   });
 });
 
+test.serial('a call eventfd made blocking and full after SET_VRING_CALL: the one notification write blocks, and the watchdog fails that device alone', async (t) => {
+  await withBystander(t, async (pump) => {
+    const fe = await VhostUserFrontend.connect(sockets.block, opts);
+    const sat = native.eventfd(0);
+    try {
+      await servesAgain(t, fe, 'before the fault');
+      // O_NONBLOCK when it arrives: the host notifies it with a single write, no poll first.
+      await fe.conn.setVringCall(0, sat);
+      // Then the front-end fills the counter (2^64-2) and makes its shared file blocking.
+      for (let i = 0; i < 2048; i++) native.eventfdWrite(sat, 2 ** 53 - 1);
+      t.true(native.eventfdWrite(sat, 2046));
+      native.setNonBlocking(sat, false);
+      const change = new Promise<void>((resolve) => fe.backend!.once('config-change', () => resolve()));
+      const failed = log.count(/device block: .*a notification write to the front-end's call or err eventfd ran/);
+      const tFault = performance.now();
+      fe.queues[0].submit([Buffer.from('ping')], 8).catch(() => {});
+      await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the notify deadline');
+      t.log(
+        await log.waitFor(
+          new RegExp(`device block: .*a notification write to the front-end's call or err eventfd ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`),
+          failed,
+        ),
+      );
+      t.true(await needsReset(fe), 'NEEDS_RESET');
+      t.true(pump.between(tFault) >= 3, 'rng served while the block device was stuck in the write');
+      t.true(native.eventfdRead(sat) > 2 ** 53, 'the counter was full'); // and now the blocked write can finish
+      const restarted = log.count(/session block: device restarted with a fresh instance after reset/);
+      await fe.conn.resetDevice();
+      await log.waitFor(/session block: device restarted with a fresh instance after reset/, restarted);
+      t.false(await needsReset(fe));
+      await restartQueue(fe, QUEUE_SIZE);
+      await servesAgain(t, fe, 'after RESET_DEVICE, from a fresh worker');
+    } finally {
+      await fe.close();
+      native.close(sat);
+    }
+  });
+});
+
 test.serial('a worker stuck in open() of a FIFO: the device fails alone and is served again by a fresh worker', async (t) => {
   await withBystander(t, async (pump) => {
     const fe = await VhostUserFrontend.connect(sockets.block, opts);

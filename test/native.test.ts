@@ -197,6 +197,25 @@ test.serial('eventfd: reads return and clear the counter, -1 when zero', (t) =>
     closeAll(e, m);
   }));
 
+test.serial('eventfdSignal: one write of 1, false on a full counter of an O_NONBLOCK eventfd; isNonBlocking tells which', (t) =>
+  noLeak(t, () => {
+    const e = n.eventfd(0);
+    t.true(n.isNonBlocking(e), 'the addon makes its eventfds O_NONBLOCK');
+    t.true(n.eventfdSignal(e));
+    t.true(n.eventfdSignal(e));
+    t.is(n.eventfdRead(e), 2);
+    for (let i = 0; i < 2048; i++) n.eventfdWrite(e, 2 ** 53 - 1);
+    t.true(n.eventfdWrite(e, 2046), 'the counter is at 2^64-2');
+    t.false(n.eventfdSignal(e), 'a full counter is EAGAIN: false, not an error');
+    t.true(n.eventfdRead(e) > 2 ** 53);
+    n.setNonBlocking(e, false);
+    t.false(n.isNonBlocking(e), 'the flag as it is now, not as created');
+    const [rd, wr] = n.pipe2();
+    t.throws(() => n.eventfdSignal(rd), { message: /EBADF/ }, 'an fd not open for writing is an error, not false');
+    t.throws(() => n.isNonBlocking(-1), { instanceOf: RangeError });
+    closeAll(e, rd, wr);
+  }));
+
 test.serial('eventfd: reads and writes never block, even on a blocking eventfd (a front-end may send one)', (t) =>
   noLeak(t, () => {
     const e = n.eventfd(0);

@@ -55,6 +55,8 @@ interface Vring {
   /** fd -1: not set yet; null: the front-end said "no fd" (in-band kicks / no calls). */
   kickFd: number | null | -1;
   callFd: number | null;
+  /** callFd is O_NONBLOCK (checked when it arrived): notify with one write, no poll first. */
+  callNonBlocking: boolean;
   errFd: number | null;
   enabled: boolean;
   queue: DeviceQueue | null;
@@ -104,7 +106,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, errFd: null, enabled: false, queue: null, watcher: null };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null };
   }
 
   private ring(index: number): Vring {
@@ -122,15 +124,21 @@ export class DeviceRunner {
     try {
       return fn();
     } catch (e) {
-      // A device that trapped or broke its contract is never called again (a plugin marks
-      // itself unusable): fail it now, so the front-end sees NEEDS_RESET and a reset brings a
-      // fresh instance, instead of a device that refuses every later call, reset included.
-      const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
-      if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
+      this.deviceThrew(e);
       throw e;
     } finally {
       this.hooks.leaveDevice();
     }
+  }
+
+  /**
+   * A device that trapped or broke its contract is never called again (a plugin marks itself
+   * unusable): fail it now, so the front-end sees NEEDS_RESET and a reset brings a fresh
+   * instance, instead of a device that refuses every later call, reset included.
+   */
+  private deviceThrew(e: unknown): void {
+    const unusable = (this.device as { unusable?: () => string | null }).unusable?.() ?? null;
+    if (unusable !== null || e instanceof DeviceError) this.fail(errorText(e));
   }
 
   readConfig(offset: number, size: number): Uint8Array {
@@ -255,6 +263,7 @@ export class DeviceRunner {
   ringCall(index: number, fd: number | null): void {
     const r = this.ring(index);
     if (fd !== null) requireEventfd(fd, index, 'call');
+    r.callNonBlocking = fd !== null && native.isNonBlocking(fd);
     r.callFd = fd;
   }
 
@@ -599,10 +608,13 @@ export class DeviceRunner {
   }
 
   private complete(index: number, q: DeviceQueue, batch: DescriptorChain[]): void {
-    const requests: DeviceRequest[] = batch.map((c) => ({ readable: c.readable, writableLen: c.writableLen }));
+    // Loops rather than map() and a closure: this runs once per batch, and from source (tsx)
+    // every closure created costs a __name() call besides.
+    const requests: DeviceRequest[] = new Array(batch.length);
+    for (let i = 0; i < batch.length; i++) requests[i] = { readable: batch[i].readable, writableLen: batch[i].writableLen };
     let responses;
     try {
-      responses = this.call(() => this.device.process(index, requests));
+      responses = this.process(index, requests);
     } catch (e) {
       throw new DeviceError(`${this.device.info.name}: process() on queue ${index} failed: ${errorText(e)}`);
     }
@@ -627,18 +639,34 @@ export class DeviceRunner {
     }
   }
 
+  /** call(() => device.process(...)) without the per-batch closure: the same bracket and failure rule. */
+  private process(index: number, requests: DeviceRequest[]): ReturnType<VirtioDevice['process']> {
+    this.hooks.enterDevice(WatchdogPhase.call);
+    try {
+      return this.device.process(index, requests);
+    } catch (e) {
+      this.deviceThrew(e);
+      throw e;
+    } finally {
+      this.hooks.leaveDevice();
+    }
+  }
+
   private notify(index: number, r: Vring, q: DeviceQueue): void {
     if (!q.needsNotification()) return;
     if (r.callFd === null) {
       this.hooks.inbandCall(index);
       return;
     }
-    // eventfdWrite never blocks on the counter (a full one means a notification is already
-    // pending: dropping this one loses nothing). It is still bracketed: a blocking eventfd that
-    // another writer fills between the check and the write is the one way it could block.
+    // Neither call blocks on a full counter (one means a notification is already pending:
+    // dropping this one loses nothing). An O_NONBLOCK fd gets one write(2); a blocking one is
+    // polled first (eventfdWrite), twice the syscalls. Still bracketed: a front-end that makes
+    // its fd blocking after SET_VRING_CALL, or fills a blocking one between poll and write,
+    // could make the write block, and the watchdog then fails this device only.
     this.hooks.enterDevice(WatchdogPhase.notify);
     try {
-      native.eventfdWrite(r.callFd);
+      if (r.callNonBlocking) native.eventfdSignal(r.callFd);
+      else native.eventfdWrite(r.callFd);
     } catch (e) {
       throw new QueueFault(index, `signalling the call fd failed: ${errorText(e)}`);
     } finally {

@@ -192,6 +192,14 @@ export interface Native extends NativeFs {
    * a notification is already pending). n > 1 needs an O_NONBLOCK fd.
    */
   eventfdWrite(fd: number, n?: number): boolean;
+  /**
+   * Adds 1 with a single write(2) (the per-batch call notification); false when the counter is
+   * full. Unlike eventfdWrite it does not poll first, so it is only non-blocking on an O_NONBLOCK
+   * fd: check isNonBlocking when the fd arrives, and use eventfdWrite for a blocking one.
+   */
+  eventfdSignal(fd: number): boolean;
+  /** fcntl(F_GETFL) & O_NONBLOCK. */
+  isNonBlocking(fd: number): boolean;
 
   // memfd / pipes
   memfdCreate(name: string, allowSealing: boolean): number;

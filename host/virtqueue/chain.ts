@@ -150,7 +150,11 @@ export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offse
       continue;
     }
     const n = Math.min(buf.length - skip, data.length - src);
-    buf.set(data.subarray(src, src + n), skip);
+    // A view per piece is an allocation per request on the hot path: the whole of `data`
+    // needs none, and a few bytes (a status byte) are cheaper copied one by one.
+    if (src === 0 && n === data.length) buf.set(data, skip);
+    else if (n <= 16) for (let k = 0; k < n; k++) buf[skip + k] = data[src + k];
+    else buf.set(data.subarray(src, src + n), skip);
     src += n;
     skip = 0;
   }

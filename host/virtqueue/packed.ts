@@ -116,6 +116,10 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
   /** Last value we stored in the device area, -1 when unknown (skip redundant stores and logs). */
   private deviceEventShadow = -1;
 
+  /** Where pop's walk is, for the messages of walkFail (one bound function instead of a closure per chain). */
+  private walkFirst = 0;
+  private walkSlot = 0;
+  private readonly walkFail: Fail = (reason) => this.fail(reason, this.walkFirst, undefined, this.walkSlot);
   private availPos: number;
   private usedPos: number;
   private signalledPos: number;
@@ -232,9 +236,11 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     let wrap = pos < size;
     let n = 0;
     let id: number;
-    // Reads slot when called: faults name the ring descriptor being looked at.
-    const fail: Fail = (reason) => this.fail(reason, first, undefined, slot);
+    // walkFail names the ring descriptor being looked at: walkSlot follows slot.
+    const fail = this.walkFail;
+    this.walkFirst = first;
     for (;;) {
+      this.walkSlot = slot;
       if (++n > room) {
         if (room === size) fail(`descriptor chain longer than queue size ${size}`);
         fail(`descriptor chain runs into the ${size - room} descriptors still in flight (queue size ${size})`);

@@ -51,6 +51,11 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
 
   private nextAvailIdx: number;
   private nextUsedIdx: number;
+  /** Where walk() is, for the messages of walkFail (one bound function instead of a closure per chain). */
+  private walkAvail = 0;
+  private walkHead = 0;
+  private walkIdx = 0;
+  private readonly walkFail: Fail = (reason) => this.fail(reason, this.walkAvail, this.walkHead, this.walkIdx);
   private shadowAvail: number;
   private signalledUsed: number;
 
@@ -124,9 +129,12 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
     let inIndirect = false;
     let idx = head;
     let count = 0;
-    // Reads idx when called: faults name the descriptor being looked at.
-    const fail: Fail = (reason) => this.fail(reason, availIndex, head, idx);
+    // walkFail names the descriptor being looked at: walkIdx follows idx.
+    const fail = this.walkFail;
+    this.walkAvail = availIndex;
+    this.walkHead = head;
     for (;;) {
+      this.walkIdx = idx;
       if (++count > tableSize) {
         fail(inIndirect ? `indirect chain longer than its table's ${tableSize} entries (loop?)` : `descriptor chain longer than queue size ${this.size} (loop?)`);
       }
