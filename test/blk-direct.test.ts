@@ -26,10 +26,19 @@ const dir = mkdtempSync('/var/tmp/vhost-wasm-direct-');
 const loops: string[] = [];
 const mounts: string[] = [];
 test.after.always(() => {
-  for (const l of loops) execFileSync('losetup', ['-d', l]);
+  const failures: string[] = [];
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  };
+  for (const l of loops) attempt(() => execFileSync('losetup', ['-d', l]));
   // Lazy: a host that was killed mid-test may still hold a file there for a moment.
-  for (const m of mounts) execFileSync('umount', ['-l', m]);
+  for (const m of mounts) attempt(() => (execFileSync('umount', ['-l', m]), rmSync(m, { recursive: true })));
   rmSync(dir, { recursive: true, force: true });
+  if (failures.length) throw new Error(`cleanup: ${failures.join('; ')}`);
 });
 
 /** Byte-equal, without ava's structural diff of megabytes. */
