@@ -4,16 +4,25 @@
 // Needs root (loop devices, a tmpfs mount) and a disk file system under /var/tmp (tmpfs has no
 // O_DIRECT).
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { native } from '../host/native/index.ts';
 import { storageImports } from '../host/plugin/storage-imports.ts';
 import { FileBacking, openBacking, type Backing } from '../host/storage/index.ts';
-import { REPO, hostCommand, startHost } from './helpers/host-process.ts';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+
+/** The open-file flags (octal, from /proc/PID/fdinfo) of every fd the host has on `path`. */
+function openFlags(host: HostProcess, path: string): number[] {
+  const pid = host.child.pid!;
+  return readdirSync(`/proc/${pid}/fd`)
+    .filter((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`) === path; } catch { return false; } })
+    .map((fd) => parseInt(/^flags:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))![1], 8));
+}
+const O_DIRECT = 0o40000;
 import { spawn } from 'node:child_process';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -201,12 +210,12 @@ async function runHost(args: string[]): Promise<{ code: number | null; stderr: s
   return { code, stderr };
 }
 
-async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string) => Promise<T>): Promise<T> {
+async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string, host: HostProcess) => Promise<T>): Promise<T> {
   const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, ...storage]);
   try {
     const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 32 << 20, queues: [128], features: FEATURES, indirect: 128 });
     try {
-      return await fn(new BlkDevice(fe.queues[0]), fe, () => host.log());
+      return await fn(new BlkDevice(fe.queues[0]), fe, () => host.log(), host);
     } finally {
       await fe.close();
     }
@@ -218,7 +227,10 @@ async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUser
 
 test.serial('the host with --direct on a 4096-byte-block loop device: 512-byte sectors still work, blk_size stays 512', async (t) => {
   const l = loop('hostloop.img', 8 << 20, 4096);
-  await withDisk(['--storage', l.dev, '--direct'], async (blk, fe) => {
+  await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
+    const flags = openFlags(host, l.dev);
+    t.is(flags.length, 1, 'the device worker holds the backing open');
+    t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
     const cfg = parseBlkConfig(await fe.getConfig(0, 60));
     t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
     t.is(cfg.blkSize, 512);
@@ -234,6 +246,30 @@ test.serial('the host with --direct on a 4096-byte-block loop device: 512-byte s
     same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
   });
   same(t, readFileSync(l.dev), l.data);
+});
+
+test.serial('the C load generator --verify against --direct on a 4096-byte-block loop device: 1536-byte requests, 32 in flight', async (t) => {
+  const loadgen = join(dir, 'vhost-blk-load');
+  execFileSync('sh', [join(REPO, 'bench', 'loadgen', 'build.sh'), loadgen], { stdio: 'inherit' });
+  // A zeroed image: --verify accepts a stamp of its own or zeroes, nothing else.
+  const path = join(dir, 'verify.img');
+  writeFileSync(path, '');
+  execFileSync('truncate', ['-s', '16M', path]);
+  const dev = execFileSync('losetup', ['-f', '--show', '--sector-size', '4096', path], { encoding: 'utf8' }).trim();
+  loops.push(dev);
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', dev, '--direct']);
+  try {
+    for (const rw of ['randwrite', 'randread', 'write', 'read']) {
+      const r = spawnSync(loadgen, ['--socket', host.socketPath, '--seconds', '0.5', '--warmup', '0', '--mode', 'event', '--rw', rw, '--depth', '32', '--bs', '1536', '--verify'], { encoding: 'utf8', timeout: 60_000 });
+      t.is(r.status, 0, `${rw}: ${r.stderr}`);
+      const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { ios: number; errors: number; verify_failures: number };
+      t.true(res.ios > 0, `${rw} completed requests`);
+      t.like(res, { errors: 0, verify_failures: 0 }, rw);
+    }
+  } finally {
+    const code = await host.stop();
+    t.is(code, 0, host.log());
+  }
 });
 
 test.serial('the host on a full file system: the write gets IOERR, the device keeps serving', async (t) => {
