@@ -4,7 +4,7 @@
 // Needs root (loop devices, a tmpfs mount) and a disk file system under /var/tmp (tmpfs has no
 // O_DIRECT).
 import test from 'ava';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,7 +23,6 @@ function openFlags(host: HostProcess, path: string): number[] {
     .map((fd) => parseInt(/^flags:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))![1], 8));
 }
 const O_DIRECT = 0o40000;
-import { spawn } from 'node:child_process';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const F = { SIZE_MAX: 1, SEG_MAX: 2, BLK_SIZE: 6, FLUSH: 9, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 };
@@ -200,14 +199,16 @@ test.serial('ENOSPC on the backing: that write fails (io, logged), reads and lat
   same(t, Buffer.from(s.read(3n << 20n, 4096) as Uint8Array), data);
 });
 
-async function runHost(args: string[]): Promise<{ code: number | null; stderr: string }> {
+async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
   const child = spawn(...hostCommand(args), { cwd: REPO });
   let stderr = '';
+  let stdout = '';
   child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
   const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   clearTimeout(timer);
-  return { code, stderr };
+  return { code, stderr, stdout };
 }
 
 async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string, host: HostProcess) => Promise<T>): Promise<T> {
@@ -296,6 +297,14 @@ test.serial('the host on a full file system: the write gets IOERR, the device ke
     await blk.write(4096, small);
     same(t, await blk.read(4096, small.length), small, 'the device keeps serving writes');
   });
+});
+
+test.serial('--help describes --direct and block-device backings', async (t) => {
+  const sock = join(dir, 'never.sock');
+  const r = await runHost(['--help', '--socket-path', sock]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /--direct\s+open the --storage file or device O_DIRECT \(cache=none\)/);
+  t.regex(r.stdout, /--storage PATH\s+a raw disk image or a block device/);
 });
 
 test.serial('start-up: --direct needs a file that can take it', async (t) => {
