@@ -273,31 +273,40 @@ test.serial('the C load generator --verify against --direct on a 4096-byte-block
   }
 });
 
-test.serial('the host on a full file system: the write gets IOERR, the device keeps serving', async (t) => {
-  const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  mounts.push(mnt);
-  const path = join(mnt, 'disk.img');
-  writeFileSync(path, '');
-  execFileSync('truncate', ['-s', '8M', path]);
-  await withDisk(['--storage', path], async (blk, fe, log) => {
-    const err = await blk.write(0, randomBytes(2 << 20)).then(() => null, (e: unknown) => e);
-    t.true(err instanceof BlkError && err.status === BlkStatus.IOERR, `2 MiB on a 1 MiB file system: ${String(err)}`);
-    t.regex(log(), /disk\.img: write of \d+ bytes at \d+ failed: ENOSPC/);
-    same(t, await blk.read(4096, 4096), Buffer.alloc(4096), 'reads still served');
-    await blk.flush();
-    // Give the space back (discard sectors 0-2047), then the same kind of write succeeds.
-    const seg = Buffer.alloc(16);
-    seg.writeUInt32LE(2048, 8);
-    const hdr = Buffer.alloc(16);
-    hdr.writeUInt32LE(11, 0);
-    const c = await fe.queues[0].submit([hdr, seg], [1]);
-    t.is(c.data[0], BlkStatus.OK, 'discard');
-    const small = randomBytes(64 * 1024);
-    await blk.write(4096, small);
-    same(t, await blk.read(4096, small.length), small, 'the device keeps serving writes');
+for (const kind of ['file', 'loop device --direct'] as const) {
+  test.serial(`the host on a full ${kind} (ENOSPC): the write gets IOERR, the device keeps serving`, async (t) => {
+    const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
+    mounts.push(mnt);
+    const file = join(mnt, 'disk.img');
+    writeFileSync(file, '');
+    execFileSync('truncate', ['-s', '8M', file]);
+    let path = file;
+    if (kind !== 'file') {
+      // The loop device is 8 MiB; what lies under it holds 1 MiB.
+      path = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
+      loops.push(path); // loop devices are detached before the unmounts
+    }
+    const name = kind === 'file' ? 'disk\\.img' : path.replace('/dev/', '');
+    await withDisk(['--storage', path, ...(kind === 'file' ? [] : ['--direct'])], async (blk, fe, log) => {
+      const err = await blk.write(0, randomBytes(2 << 20)).then(() => null, (e: unknown) => e);
+      t.true(err instanceof BlkError && err.status === BlkStatus.IOERR, `2 MiB on a 1 MiB file system: ${String(err)}`);
+      t.regex(log(), new RegExp(`${name}: write of \\d+ bytes at \\d+ failed: ENOSPC`));
+      same(t, await blk.read(4096, 4096), Buffer.alloc(4096), 'reads still served');
+      await blk.flush();
+      // Give the space back (discard sectors 0-2047), then the same kind of write succeeds.
+      const seg = Buffer.alloc(16);
+      seg.writeUInt32LE(2048, 8);
+      const hdr = Buffer.alloc(16);
+      hdr.writeUInt32LE(11, 0);
+      const c = await fe.queues[0].submit([hdr, seg], [1]);
+      t.is(c.data[0], BlkStatus.OK, 'discard');
+      const small = randomBytes(64 * 1024);
+      await blk.write(4096, small);
+      same(t, await blk.read(4096, small.length), small, 'the device keeps serving writes');
+    });
   });
-});
+}
 
 test.serial('--help describes --direct and block-device backings', async (t) => {
   const sock = join(dir, 'never.sock');
