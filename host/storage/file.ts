@@ -182,9 +182,11 @@ export class FileBacking implements Backing {
    * ends are read first. That is safe without a lock because a backing belongs to one device,
    * served by one worker thread that does one request at a time, synchronously: no other write
    * of ours can land between the read and the write. (Another process writing the same image
-   * is no more protected than with any shared image.)
+   * is no more protected than with any shared image.) Should a device's queues ever run on
+   * several threads against one backing, this needs a lock over the blocks being rewritten.
    */
   private writeDirect(offset: number, data: Uint8Array): void {
+    if (data.length === 0) return;
     const a = this.ioAlign;
     const start = Math.floor(offset / a) * a;
     const end = Math.ceil((offset + data.length) / a) * a;
