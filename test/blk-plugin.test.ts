@@ -190,7 +190,7 @@ test.serial('file: flushed writes are in the file; discard and write-zeroes zero
     t.true(file.subarray(100 * SECTOR, 108 * SECTOR).every((b) => b === 0), 'write-zeroes zeroed sectors 100-107');
     t.deepEqual(file.subarray(108 * SECTOR, 120 * SECTOR), data.subarray(8 * SECTOR, 20 * SECTOR), 'between the segments untouched');
     t.true(file.subarray(120 * SECTOR, 124 * SECTOR).every((b) => b === 0), 'write-zeroes with UNMAP zeroed 120-123');
-    t.true(file.subarray(2000 * SECTOR, 2016 * SECTOR).every((b) => b === 0), 'discard writes zeroes on a file');
+    t.true(file.subarray(2000 * SECTOR, 2016 * SECTOR).every((b) => b === 0), 'discard punches a hole: reads back zeroes');
     t.deepEqual(file.subarray(1999 * SECTOR, 2000 * SECTOR), img.data.subarray(1999 * SECTOR, 2000 * SECTOR));
     t.true(Buffer.from(await d.blk.read(100, 8 * SECTOR)).every((b) => b === 0));
 

@@ -59,11 +59,15 @@ The device:
 
 Capabilities granted to the plugin (it sees nothing else):
   --entropy               random bytes from the host (virtio-rng needs this)
-  --storage PATH          a raw disk image the block plugin reads and writes; the host
-                          opens it (the plugin never sees the path) and checks every
-                          range. Flush is fdatasync; discard writes zeroes. A missing or
-                          unopenable file stops start-up. A plugin that does not import
-                          storage is refused when given one.
+  --storage PATH          a raw disk image or a block device (e.g. a loop device) the
+                          block plugin reads and writes; the host opens it (the plugin
+                          never sees the path) and checks every range. Flush is
+                          fdatasync; discard punches a hole, write-zeroes is fallocate
+                          ZERO_RANGE. A missing or unopenable file stops start-up. A
+                          plugin that does not import storage is refused when given one.
+  --direct                open the --storage file or device O_DIRECT (cache=none):
+                          requests not aligned to its logical block go through an
+                          aligned bounce buffer (read-modify-write for writes)
   --storage memory:SIZE   a zeroed disk of SIZE bytes (e.g. memory:256M) held in the
                           device worker's memory, gone when the host exits
   --read-only             grant --storage (or --shared-dir) read-only: a disk image is
@@ -149,11 +153,14 @@ function defaultMemoryLimit(storage: boolean): number {
 }
 
 /** "memory:SIZE" is a memory disk; anything else a path (write ./memory:x for such a file). */
-export function parseStorage(text: string, readOnly: boolean): StorageSpec {
+export function parseStorage(text: string, readOnly: boolean, direct = false): StorageSpec {
   if (text === '') throw new UsageError('--storage: empty (give a file path or memory:SIZE)');
   const m = /^memory:(.*)$/.exec(text);
-  if (m) return { kind: 'memory', size: parseSize(m[1], '--storage memory:SIZE'), readOnly };
-  return { kind: 'file', path: text, readOnly };
+  if (m) {
+    if (direct) throw new UsageError('--direct applies to a --storage file or block device: a memory disk has no page cache to bypass');
+    return { kind: 'memory', size: parseSize(m[1], '--storage memory:SIZE'), readOnly };
+  }
+  return direct ? { kind: 'file', path: text, readOnly, direct } : { kind: 'file', path: text, readOnly };
 }
 
 export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string, xattr = false): FilesystemSpec {
@@ -198,6 +205,7 @@ export function parseCli(argv: string[]): CliOptions {
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
+        direct: { type: 'boolean' },
         'shared-dir': { type: 'string' },
         tag: { type: 'string' },
         'migration-on-error': { type: 'string' },
@@ -227,7 +235,7 @@ export function parseCli(argv: string[]): CliOptions {
     experimentalRfcStateShm: v['experimental-rfc-state-shm'] ?? false,
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
-    storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false),
+    storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
@@ -235,6 +243,7 @@ export function parseCli(argv: string[]): CliOptions {
   }
   if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');
+  if (v.direct && opts.storage === null) throw new UsageError('--direct applies to --storage: give --storage FILE too');
   if (v['read-only'] && opts.storage === null && opts.filesystem === null) {
     throw new UsageError('--read-only applies to --storage or --shared-dir: give one of them too');
   }

@@ -27,7 +27,7 @@ const log = createLogger('vhost-wasm');
 function checkStorage(spec: StorageSpec | null): StorageSpec | null {
   if (spec?.kind !== 'file') return spec;
   const path = resolve(spec.path);
-  FileBacking.open(path, spec.readOnly).close();
+  FileBacking.open(path, spec.readOnly, { direct: spec.direct === true }).close();
   return { ...spec, path };
 }
 

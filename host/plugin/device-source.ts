@@ -34,7 +34,7 @@ export async function loadPluginDevice(
   if (!logRate) logRates.set(label, (logRate = new LogRateLimit((n) => log.warn(droppedLines(n)))));
   // --shared-dir: the filesystem grant, opened in this worker and closed with the device.
   const share = openShareOption(options.filesystem, label);
-  const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage);
+  const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage, (message) => log.warn(message));
   let device: VirtioDevice;
   try {
     device = await loadPlugin(readFileSync(path), {

@@ -6,7 +6,7 @@ import { BackingError, type Backing } from '../storage/backing.ts';
 
 /** One read may move this much: the plugin asks per request, and requests are small. */
 export const MAX_STORAGE_IO = 16 * 1024 * 1024;
-/** One discard/write-zeroes may cover this much: a file backing writes real zeroes. */
+/** One discard/write-zeroes may cover this much: a file system without fallocate gets real zeroes written. */
 export const MAX_STORAGE_ZERO = 1024 * 1024 * 1024;
 
 type StorageError = 'io' | 'out-of-range' | 'read-only';

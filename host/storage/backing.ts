@@ -33,5 +33,6 @@ export class BackingError extends VhostWasmError {
 
 /** What the CLI passes to the device worker (structured-cloneable). */
 export type StorageSpec =
-  | { kind: 'file'; path: string; readOnly: boolean }
+  /** `direct`: open O_DIRECT (--direct). */
+  | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
   | { kind: 'memory'; size: number; readOnly: boolean };

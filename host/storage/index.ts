@@ -6,14 +6,15 @@ import { MemoryBacking } from './memory.ts';
 export { BackingError, FileBacking, MemoryBacking, type Backing, type StorageSpec };
 
 /** Opens what the operator granted (in the device worker: the backing lives there). */
-export function openBacking(spec: StorageSpec): Backing {
-  return spec.kind === 'memory' ? new MemoryBacking(spec.size, spec.readOnly) : FileBacking.open(spec.path, spec.readOnly);
+export function openBacking(spec: StorageSpec, log?: (message: string) => void): Backing {
+  if (spec.kind === 'memory') return new MemoryBacking(spec.size, spec.readOnly);
+  return FileBacking.open(spec.path, spec.readOnly, { direct: spec.direct === true, log });
 }
 
 export function isStorageSpec(v: unknown): v is StorageSpec {
   if (typeof v !== 'object' || v === null) return false;
   const s = v as Record<string, unknown>;
   if (typeof s.readOnly !== 'boolean') return false;
-  if (s.kind === 'file') return typeof s.path === 'string' && s.path.length > 0;
+  if (s.kind === 'file') return typeof s.path === 'string' && s.path.length > 0 && (s.direct === undefined || typeof s.direct === 'boolean');
   return s.kind === 'memory' && Number.isSafeInteger(s.size) && (s.size as number) >= 0;
 }

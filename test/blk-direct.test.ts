@@ -1,0 +1,338 @@
+// File and block-device backings as an operator uses them: --direct (O_DIRECT) on a real-disk
+// file and on loop devices with 512- and 4096-byte logical blocks, discard as a real hole,
+// write-zeroes, and a full file system (ENOSPC) answered with IOERR while the device goes on.
+// Needs root (loop devices, a tmpfs mount) and a disk file system under /var/tmp (tmpfs has no
+// O_DIRECT).
+import test from 'ava';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { native } from '../host/native/index.ts';
+import { storageImports } from '../host/plugin/storage-imports.ts';
+import { FileBacking, openBacking, type Backing } from '../host/storage/index.ts';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+
+/** The open-file flags (octal, from /proc/PID/fdinfo) of every fd the host has on `path`. */
+function openFlags(host: HostProcess, path: string): number[] {
+  const pid = host.child.pid!;
+  return readdirSync(`/proc/${pid}/fd`)
+    .filter((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`) === path; } catch { return false; } })
+    .map((fd) => parseInt(/^flags:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))![1], 8));
+}
+const O_DIRECT = 0o40000;
+
+const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const F = { SIZE_MAX: 1, SEG_MAX: 2, BLK_SIZE: 6, FLUSH: 9, MQ: 12, DISCARD: 13, WRITE_ZEROES: 14 };
+const FEATURES = [VIRTIO_F_VERSION_1, ...Object.values(F)].reduce((m, b) => m | (1n << BigInt(b)), 0n);
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+const dir = mkdtempSync('/var/tmp/vhost-wasm-direct-');
+const loops: string[] = [];
+const mounts: string[] = [];
+test.after.always(() => {
+  const failures: string[] = [];
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  };
+  for (const l of loops) attempt(() => execFileSync('losetup', ['-d', l]));
+  // Lazy: a host that was killed mid-test may still hold a file there for a moment.
+  for (const m of mounts) attempt(() => (execFileSync('umount', ['-l', m]), rmSync(m, { recursive: true })));
+  rmSync(dir, { recursive: true, force: true });
+  if (failures.length) throw new Error(`cleanup: ${failures.join('; ')}`);
+});
+
+/** Byte-equal, without ava's structural diff of megabytes. */
+function same(t: import('ava').ExecutionContext, a: Uint8Array, b: Uint8Array, what?: string): void {
+  t.true(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b), what);
+}
+
+function image(name: string, bytes: number): { path: string; data: Buffer } {
+  const path = join(dir, name);
+  const data = randomBytes(bytes);
+  writeFileSync(path, data);
+  return { path, data };
+}
+
+/** A loop device over a fresh random image; the image is the device's contents. */
+function loop(name: string, bytes: number, sectorSize: 512 | 4096): { dev: string; path: string; data: Buffer } {
+  const img = image(name, bytes);
+  const dev = execFileSync('losetup', ['-f', '--show', '--sector-size', String(sectorSize), img.path], { encoding: 'utf8' }).trim();
+  loops.push(dev);
+  return { dev, ...img };
+}
+
+/** Random writes of every alignment through `b`, mirrored in `model`; reads checked on the way. */
+function exercise(t: import('ava').ExecutionContext, b: Backing, model: Buffer): void {
+  const s = storageImports(b, () => { throw new Error('not granted'); }, (m) => t.fail(m)) as unknown as {
+    read(o: bigint, n: number): Uint8Array | { tag: string };
+    write(o: bigint, d: Uint8Array): unknown;
+    flush(): unknown;
+  };
+  const cases: [number, number][] = [
+    [0, 4096], [4096 * 3, 8192], // aligned to everything
+    [512, 512], [512 * 7, 512 * 3], // 512-aligned: read-modify-write on 4096-byte blocks
+    [1, 1], [4095, 2], [12345, 70000], [model.length - 3, 3], // byte-misaligned
+    [65536 - 100, 300 * 1024], // crosses many blocks, larger than the first bounce buffer
+  ];
+  for (const [off, len] of cases) {
+    const data = randomBytes(len);
+    t.is(s.write(BigInt(off), data), undefined, `write ${len} at ${off}`);
+    data.copy(model, off);
+    same(t, Buffer.from(s.read(BigInt(off), len) as Uint8Array), data, `read back ${len} at ${off}`);
+    const around = Math.max(0, off - 5000);
+    const aroundLen = Math.min(model.length - around, len + 10000);
+    same(t, Buffer.from(s.read(BigInt(around), aroundLen) as Uint8Array), model.subarray(around, around + aroundLen), `neighbours of ${off} intact`);
+  }
+  t.is(s.flush(), undefined);
+}
+
+test.serial('--direct on a real-disk file: aligned and misaligned reads and writes land in the file', (t) => {
+  const img = image('direct.img', 4 << 20);
+  const b = FileBacking.open(img.path, false, { direct: true });
+  t.true(b.ioAlign >= 512, `direct-I/O alignment ${b.ioAlign} from STATX_DIOALIGN`);
+  exercise(t, b, img.data);
+  b.close();
+  same(t, readFileSync(img.path), img.data);
+});
+
+for (const sectorSize of [512, 4096] as const) {
+  test.serial(`--direct on a loop device with ${sectorSize}-byte logical blocks: sized by BLKGETSIZE64, misaligned I/O through the bounce buffer`, (t) => {
+    const l = loop(`loop${sectorSize}.img`, 4 << 20, sectorSize);
+    const b = openBacking({ kind: 'file', path: l.dev, readOnly: false, direct: true }) as FileBacking;
+    t.is(b.size, 4 << 20);
+    t.is(b.ioAlign, sectorSize);
+    exercise(t, b, l.data);
+    b.close();
+    same(t, readFileSync(l.dev), l.data, 'the device holds exactly the writes');
+  });
+}
+
+test.serial('discard punches a hole in a file; write-zeroes reads back zero; neighbours intact', (t) => {
+  const img = image('holes.img', 8 << 20);
+  const b = FileBacking.open(img.path, false, { log: (m) => t.fail(m) });
+  const before = statSync(img.path).blocks;
+  b.discard(1 << 20, 2 << 20);
+  b.flush();
+  const after = statSync(img.path).blocks;
+  t.true(before - after >= (2 << 20) / 512, `st_blocks ${before} -> ${after}: 2 MiB given back`);
+  const fd = openSync(img.path, 'r');
+  t.is(native.fsLseek(fd, 0, SEEK_HOLE), 1 << 20, 'SEEK_HOLE finds the discarded range');
+  t.is(native.fsLseek(fd, 1 << 20, SEEK_DATA), 3 << 20, 'data again after it');
+  closeSync(fd);
+  b.writeZeroes(5 * (1 << 20) + 3, 100000);
+  b.discard(7 * (1 << 20) + 1, 1000); // partial blocks: zeroed in place
+  const file = readFileSync(img.path);
+  t.true(file.subarray(1 << 20, 3 << 20).every((x) => x === 0));
+  t.true(file.subarray(5 * (1 << 20) + 3, 5 * (1 << 20) + 100003).every((x) => x === 0));
+  t.true(file.subarray(7 * (1 << 20) + 1, 7 * (1 << 20) + 1001).every((x) => x === 0));
+  same(t, file.subarray(0, 1 << 20), img.data.subarray(0, 1 << 20));
+  same(t, file.subarray(3 << 20, 5 * (1 << 20) + 3), img.data.subarray(3 << 20, 5 * (1 << 20) + 3));
+  same(t, file.subarray(5 * (1 << 20) + 100003, 7 * (1 << 20) + 1), img.data.subarray(5 * (1 << 20) + 100003, 7 * (1 << 20) + 1));
+  same(t, file.subarray(7 * (1 << 20) + 1001), img.data.subarray(7 * (1 << 20) + 1001));
+  b.close();
+});
+
+test.serial('a file system without ZERO_RANGE (tmpfs): write-zeroes punches holes instead, said once in the log', (t) => {
+  const mnt = mkdtempSync('/tmp/vhost-wasm-tmpfs-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', mnt]);
+  mounts.push(mnt);
+  const path = join(mnt, 'z.img');
+  const data = randomBytes(1 << 20);
+  writeFileSync(path, data);
+  const logs: string[] = [];
+  const b = FileBacking.open(path, false, { log: (m) => logs.push(m) });
+  b.writeZeroes(4096, 8192);
+  b.writeZeroes(65536, 100);
+  t.is(logs.length, 1);
+  t.regex(logs[0], /z\.img: fallocate ZERO_RANGE is not supported here \(EOPNOTSUPP\); write-zeroes punches holes instead/);
+  const file = readFileSync(path);
+  t.true(file.subarray(4096, 12288).every((x) => x === 0) && file.subarray(65536, 65636).every((x) => x === 0));
+  same(t, file.subarray(12288, 65536), data.subarray(12288, 65536));
+  b.close();
+  t.throws(() => FileBacking.open(path, false, { direct: true }), { message: /does not support O_DIRECT|STATX_DIOALIGN/ });
+});
+
+test.serial('discard and write-zeroes on a 4096-byte-block loop device: partial blocks written, the rest fallocated', (t) => {
+  const l = loop('zloop.img', 4 << 20, 4096);
+  const b = openBacking({ kind: 'file', path: l.dev, readOnly: false, direct: true }, (m) => t.fail(m));
+  const before = statSync(l.path).blocks;
+  b.discard(512, 1 << 20); // 512 .. 1 MiB+512: whole blocks 4096 .. 1 MiB go via fallocate
+  b.writeZeroes((2 << 20) + 100, 50000);
+  b.flush();
+  l.data.fill(0, 512, (1 << 20) + 512);
+  l.data.fill(0, (2 << 20) + 100, (2 << 20) + 50100);
+  same(t, readFileSync(l.dev), l.data);
+  // The loop driver turns the device's zero-out into a hole in its image.
+  t.true(statSync(l.path).blocks < before, `loop image st_blocks ${before} -> ${statSync(l.path).blocks}`);
+  b.close();
+});
+
+test.serial('ENOSPC on the backing: that write fails (io, logged), reads and later writes still work', (t) => {
+  const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
+  mounts.push(mnt);
+  const path = join(mnt, 'sparse.img');
+  writeFileSync(path, '');
+  execFileSync('truncate', ['-s', '4M', path]);
+  const logs: string[] = [];
+  const backing = openBacking({ kind: 'file', path, readOnly: false });
+  t.teardown(() => backing.close());
+  const s = storageImports(backing, () => { throw new Error('x'); }, (m) => logs.push(m)) as unknown as {
+    read(o: bigint, n: number): unknown;
+    write(o: bigint, d: Uint8Array): unknown;
+    discard(o: bigint, n: bigint): unknown;
+  };
+  t.deepEqual(s.write(0n, randomBytes(2 << 20)), { tag: 'err', val: 'io' });
+  t.regex(logs.join('\n'), /sparse\.img: write of 2097152 bytes at 0 failed: ENOSPC/);
+  t.is((s.read(3n << 20n, 4096) as Uint8Array).length, 4096);
+  t.is(s.discard(0n, 4n << 20n), undefined, 'discard gives the space back');
+  const data = randomBytes(4096);
+  t.is(s.write(3n << 20n, data), undefined);
+  same(t, Buffer.from(s.read(3n << 20n, 4096) as Uint8Array), data);
+});
+
+async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  const child = spawn(...hostCommand(args), { cwd: REPO });
+  let stderr = '';
+  let stdout = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  clearTimeout(timer);
+  return { code, stderr, stdout };
+}
+
+async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string, host: HostProcess) => Promise<T>): Promise<T> {
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, ...storage]);
+  try {
+    const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 32 << 20, queues: [128], features: FEATURES, indirect: 128 });
+    try {
+      return await fn(new BlkDevice(fe.queues[0]), fe, () => host.log(), host);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    const code = await host.stop();
+    if (code !== 0) throw new Error(`host exited with ${code}:\n${host.log()}`);
+  }
+}
+
+test.serial('the host with --direct on a 4096-byte-block loop device: 512-byte sectors still work, blk_size stays 512', async (t) => {
+  const l = loop('hostloop.img', 8 << 20, 4096);
+  await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
+    const flags = openFlags(host, l.dev);
+    t.is(flags.length, 1, 'the device worker holds the backing open');
+    t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
+    const cfg = parseBlkConfig(await fe.getConfig(0, 60));
+    t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
+    t.is(cfg.blkSize, 512);
+    const data = randomBytes(3 * SECTOR);
+    await blk.write(1, data); // sectors 1-3: inside one 4096-byte block
+    const big = randomBytes(40 * SECTOR);
+    await blk.write(13, big, { segments: 3 });
+    await blk.flush();
+    same(t, Buffer.from(await blk.read(1, 3 * SECTOR)), data);
+    same(t, Buffer.from(await blk.read(13, 40 * SECTOR)), big);
+    data.copy(l.data, SECTOR);
+    big.copy(l.data, 13 * SECTOR);
+    same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
+  });
+  same(t, readFileSync(l.dev), l.data);
+});
+
+test.serial('the C load generator --verify against --direct on a 4096-byte-block loop device: 1536-byte requests, 32 in flight', async (t) => {
+  const loadgen = join(dir, 'vhost-blk-load');
+  execFileSync('sh', [join(REPO, 'bench', 'loadgen', 'build.sh'), loadgen], { stdio: 'inherit' });
+  // A zeroed image: --verify accepts a stamp of its own or zeroes, nothing else.
+  const path = join(dir, 'verify.img');
+  writeFileSync(path, '');
+  execFileSync('truncate', ['-s', '16M', path]);
+  const dev = execFileSync('losetup', ['-f', '--show', '--sector-size', '4096', path], { encoding: 'utf8' }).trim();
+  loops.push(dev);
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', dev, '--direct']);
+  try {
+    for (const rw of ['randwrite', 'randread', 'write', 'read']) {
+      const r = spawnSync(loadgen, ['--socket', host.socketPath, '--seconds', '0.5', '--warmup', '0', '--mode', 'event', '--rw', rw, '--depth', '32', '--bs', '1536', '--verify'], { encoding: 'utf8', timeout: 60_000 });
+      t.is(r.status, 0, `${rw}: ${r.stderr}`);
+      const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { ios: number; errors: number; verify_failures: number };
+      t.true(res.ios > 0, `${rw} completed requests`);
+      t.like(res, { errors: 0, verify_failures: 0 }, rw);
+    }
+  } finally {
+    const code = await host.stop();
+    t.is(code, 0, host.log());
+  }
+});
+
+for (const kind of ['file', 'loop device --direct'] as const) {
+  test.serial(`the host on a full ${kind} (ENOSPC): the write gets IOERR, the device keeps serving`, async (t) => {
+    const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
+    mounts.push(mnt);
+    const file = join(mnt, 'disk.img');
+    writeFileSync(file, '');
+    execFileSync('truncate', ['-s', '8M', file]);
+    let path = file;
+    if (kind !== 'file') {
+      // The loop device is 8 MiB; what lies under it holds 1 MiB.
+      path = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
+      loops.push(path); // loop devices are detached before the unmounts
+    }
+    const name = kind === 'file' ? 'disk\\.img' : path.replace('/dev/', '');
+    await withDisk(['--storage', path, ...(kind === 'file' ? [] : ['--direct'])], async (blk, fe, log) => {
+      const err = await blk.write(0, randomBytes(2 << 20)).then(() => null, (e: unknown) => e);
+      t.true(err instanceof BlkError && err.status === BlkStatus.IOERR, `2 MiB on a 1 MiB file system: ${String(err)}`);
+      t.regex(log(), new RegExp(`${name}: write of \\d+ bytes at \\d+ failed: ENOSPC`));
+      same(t, await blk.read(4096, 4096), Buffer.alloc(4096), 'reads still served');
+      await blk.flush();
+      // Give the space back (discard sectors 0-2047), then the same kind of write succeeds.
+      const seg = Buffer.alloc(16);
+      seg.writeUInt32LE(2048, 8);
+      const hdr = Buffer.alloc(16);
+      hdr.writeUInt32LE(11, 0);
+      const c = await fe.queues[0].submit([hdr, seg], [1]);
+      t.is(c.data[0], BlkStatus.OK, 'discard');
+      const small = randomBytes(64 * 1024);
+      await blk.write(4096, small);
+      same(t, await blk.read(4096, small.length), small, 'the device keeps serving writes');
+    });
+  });
+}
+
+test.serial('--help describes --direct and block-device backings', async (t) => {
+  const sock = join(dir, 'never.sock');
+  const r = await runHost(['--help', '--socket-path', sock]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /--direct\s+open the --storage file or device O_DIRECT \(cache=none\)/);
+  t.regex(r.stdout, /--storage PATH\s+a raw disk image or a block device/);
+});
+
+test.serial('start-up: --direct needs a file that can take it', async (t) => {
+  const sock = join(dir, 'never.sock');
+  mkdirSync(join(dir, 'x'), { recursive: true });
+  const mnt = mkdtempSync('/tmp/vhost-wasm-nodirect-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
+  mounts.push(mnt);
+  writeFileSync(join(mnt, 't.img'), Buffer.alloc(65536));
+  writeFileSync(join(dir, 'odd.img'), Buffer.alloc(1000));
+  const cases: [string[], RegExp][] = [
+    [['--storage', 'memory:1M', '--direct'], /--direct applies to a --storage file or block device: a memory disk has no page cache/],
+    [['--direct'], /--direct applies to --storage: give --storage FILE too/],
+    [['--storage', join(mnt, 't.img'), '--direct'], /t\.img --direct: the file system does not (support O_DIRECT|report its direct-I\/O alignment)/],
+    [['--storage', join(dir, 'odd.img'), '--direct'], /odd\.img --direct: the size 1000 is not a multiple of the \d+-byte direct-I\/O alignment/],
+  ];
+  for (const [extra, re] of cases) {
+    const r = await runHost(['--socket-path', sock, '--plugin', BLK, ...extra]);
+    t.not(r.code, 0, extra.join(' '));
+    t.regex(r.stderr, re, extra.join(' '));
+  }
+});
