@@ -275,3 +275,28 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
     await h.stop();
   }
 });
+
+test('an area marking requests the driver never made available is not used', async (t) => {
+  const sock = socketPath();
+  const h1 = await host(sock);
+  const fe = await VhostUserFrontend.connect(sock, opts);
+  let h2: HostProcess | null = null;
+  try {
+    const q = fe.queues[0];
+    await q.submit([enc('one')], 16);
+    await h1.stop('SIGKILL');
+    // Well-formed, but three heads marked while every available request was used.
+    for (const head of [2, 7, 9]) fe.inflight!.bytes[16 + 16 * head] = 1;
+    h2 = await host(sock);
+    await fe.reconnect(sock);
+    await logged(t, h2, /ring 0: inflight area not used: queue 0: the inflight region marks 3 request\(s\) in flight, but the driver has only 0 available and not used \(avail idx 1, used idx 1\)/);
+    const two = await q.submit([enc('two')], 16);
+    t.is(dec(two.data.subarray(0, two.len)), 'two');
+    t.notRegex(h2.log(), /resubmitting \d/);
+    t.is(usedIdx(fe), 2);
+  } finally {
+    await fe.close();
+    await h1.stop();
+    await h2?.stop();
+  }
+});

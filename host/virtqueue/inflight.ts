@@ -146,11 +146,11 @@ export class SplitInflightRegion {
   }
 
   /**
-   * At ring start, with the used idx found in guest memory: finishes an interrupted used-ring
+   * At ring start, with the used and avail idx found in guest memory: finishes an interrupted used-ring
    * update, initialises a fresh region, and answers what to resubmit. Throws
    * InflightAreaError (changing nothing) when the region contradicts the ring.
    */
-  recover(ringUsedIdx: number): InflightRecovery {
+  recover(ringUsedIdx: number, ringAvailIdx: number): InflightRecovery {
     this.check();
     if (this.version === 0) {
       // Fresh: nothing was ever tracked here. Start clean, whatever the bytes were.
@@ -182,6 +182,14 @@ export class SplitInflightRegion {
     const heads: number[] = [];
     for (let i = 0; i < this.size; i++) if (this.isInflight(i) && !batch.includes(i)) heads.push(i);
     heads.sort((a, b) => this.counterOf(a) - this.counterOf(b));
+    const published = (ringAvailIdx - ringUsedIdx) & 0xffff;
+    if (heads.length > published) {
+      // Every request in flight was made available and not yet used: more marks than that
+      // are not requests the driver is waiting for.
+      throw new InflightAreaError(
+        `queue ${this.queue}: the inflight region marks ${heads.length} request(s) in flight, but the driver has only ${published} available and not used (avail idx ${ringAvailIdx}, used idx ${ringUsedIdx})`,
+      );
+    }
     // Only now, with every check passed, does the region change.
     for (const h of batch) this.bytes[HEADER_BYTES + DESC_BYTES * h + D_INFLIGHT] = 0;
     this.dv.setUint16(OFF_USED_IDX, ringUsedIdx, true);
