@@ -300,3 +300,43 @@ test('an area marking requests the driver never made available is not used', asy
     await h2?.stop();
   }
 });
+
+test('a front-end that shrinks its own inflight area under the host loses the connection, not the host', async (t) => {
+  const sock = socketPath();
+  const h1 = await host(sock);
+  const fe = await VhostUserFrontend.connect(sock, opts);
+  let h2: HostProcess | null = null;
+  let own: number | null = null;
+  try {
+    await fe.queues[0].submit([enc('one')], 16);
+    await h1.stop('SIGKILL');
+    // The area moves to a memfd of the front-end's own, not sealed, which it then truncates.
+    const a = fe.inflight!;
+    own = native.memfdCreate('test-own-inflight', false);
+    native.ftruncate(own, a.size);
+    native.pwrite(own, a.bytes, 0);
+    h2 = await host(sock);
+    const sealedFd = a.fd;
+    a.fd = own;
+    try {
+      await fe.reconnect(sock);
+    } finally {
+      a.fd = sealedFd;
+    }
+    native.ftruncate(own, 0);
+    const lost = fe.queues[0].submit([enc('two')], 16);
+    lost.catch(() => {}); // never completes: the host ends the connection instead
+    await logged(t, h2, /front-end shrank the inflight area \(320 bytes\) behind our back: the file behind it no longer covers it \(\d+ page fault\(s\) contained\); halting every ring/);
+    await h2.waitForLog(/connection closed: front-end shrank the inflight area/);
+    // The host still serves: a new front-end gets its device.
+    const fe2 = await VhostUserFrontend.connect(sock, opts);
+    const c = await fe2.queues[0].submit([enc('three')], 16);
+    t.is(dec(c.data.subarray(0, c.len)), 'three');
+    await fe2.close();
+  } finally {
+    await fe.close();
+    if (own !== null) native.close(own);
+    await h1.stop();
+    await h2?.stop();
+  }
+});

@@ -628,7 +628,14 @@ export class DeviceRunner {
         usedLogGpa: a.log ? a.logGuestAddr : undefined,
         log: this.activeLog(),
       });
-      const resubmitted = this.restoreInflight(index, r, r.queue);
+      let resubmitted: DescriptorChain[] = [];
+      try {
+        resubmitted = this.restoreInflight(index, r, r.queue);
+      } catch (e) {
+        // A marked head whose descriptors are no valid chain: the guest's table, a guest fault.
+        if (!(e instanceof QueueFault)) throw e;
+        this.breakRing(index, r, e.message);
+      }
       if (resubmitted.length > 0) this.resubmit(index, r, r.queue, resubmitted);
     }
     if (r.kickFd !== null && r.watcher === null) {
@@ -661,9 +668,12 @@ export class DeviceRunner {
     this.seenFaults = count; // another device's mapping may have faulted instead
     const region = this.memory.faultedRegion();
     const logFaults = this.dirtyLog?.faults() ?? 0;
-    if (region === null && logFaults === 0) return false;
+    const inflightFaults = this.inflightArea?.mapping.faults() ?? 0;
+    if (region === null && logFaults === 0 && inflightFaults === 0) return false;
     const reason =
-      region !== null
+      inflightFaults > 0 && region === null && logFaults === 0
+        ? `front-end shrank the inflight area (${this.inflightArea!.bytes.byteLength} bytes) behind our back: the file behind it no longer covers it (${inflightFaults} page fault(s) contained)`
+        : region !== null
         ? `front-end shrank memory region ${region.index} (GPA 0x${region.spec.guestPhysAddr.toString(16)}, size 0x${region.spec.size.toString(16)}) behind our back: ` +
           `the file behind it no longer covers the region (${region.faults} page fault(s) contained)`
         : `front-end shrank the dirty log area (${this.dirtyLog!.size} bytes) behind our back: the file behind it no longer covers it (${logFaults} page fault(s) contained)`;
