@@ -19,6 +19,8 @@
 // Everything read from the area came from the front-end (or a dead back-end): every field is
 // checked before use, and a region that fails a check is refused as a whole.
 
+import { VhostWasmError } from '../errors.ts';
+
 /** QueueRegionSplit.version this host writes and reads. */
 export const INFLIGHT_VERSION = 1;
 const HEADER_BYTES = 16;
@@ -46,7 +48,8 @@ export function splitInflightAreaBytes(numQueues: number, queueSize: number): nu
 }
 
 /** A region that fails its checks; the message says which field and what it should be. */
-export class InflightAreaError extends Error {
+export class InflightAreaError extends VhostWasmError {
+  static override readonly code = 'ERR_INFLIGHT_AREA';
   override name = 'InflightAreaError';
 }
 
