@@ -124,13 +124,18 @@ export class VhostUserFrontend {
     const conn = VhostUserConnection.connect(path);
     let memory: GuestRam | null = null;
     const queues: DriverQueue[] = [];
+    const made: { inflight: FrontendInflight | null } = { inflight: null };
     try {
       memory = GuestRam.create({ ...opts.memory, bytes: opts.memoryBytes });
-      const r = await handshake(conn, memory, queues, opts);
+      const r = await handshake(conn, memory, queues, opts, made);
       const fe = new VhostUserFrontend(conn, memory, queues, r.offered, r.features, r.offeredProtocol, r.backendQueues);
-      fe.inflight = r.inflight;
+      fe.inflight = made.inflight;
       return fe;
     } catch (e) {
+      if (made.inflight !== null) {
+        made.inflight.mapping.unmap();
+        native.close(made.inflight.fd);
+      }
       for (const q of queues) q.close();
       conn.close();
       memory?.close();
@@ -304,15 +309,20 @@ export class FrontendDirtyLog {
 }
 
 interface Negotiated {
-  inflight: FrontendInflight | null;
   offered: bigint;
   features: bigint;
   offeredProtocol: bigint;
   backendQueues: number | null;
 }
 
-/** Fills `queues` as it goes, so the caller can close what was created if a step fails. */
-async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: DriverQueue[], opts: FrontendOptions): Promise<Negotiated> {
+/** Fills `queues` and `made` as it goes, so the caller can close what was created if a step fails. */
+async function handshake(
+  conn: VhostUserConnection,
+  memory: GuestRam,
+  queues: DriverQueue[],
+  opts: FrontendOptions,
+  made: { inflight: FrontendInflight | null },
+): Promise<Negotiated> {
   const sizes = opts.queues ?? [256];
   const bit = (b: number) => 1n << BigInt(b);
 
@@ -342,13 +352,18 @@ async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: Dr
   await conn.setOwner();
 
   // vhost_user_blk_start: the inflight area before the device starts
-  let inflight: FrontendInflight | null = null;
   if (opts.inflight) {
     if (!conn.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Error('inflight: the back-end did not negotiate INFLIGHT_SHMFD');
     const got = await conn.getInflightFd(sizes.length, sizes[0]);
     if (got.fd === null) throw new Error('inflight: the back-end answered GET_INFLIGHT_FD without an area');
-    const mapping = native.mmap(got.fd, got.size, got.offset, true);
-    inflight = { fd: got.fd, size: got.size, numQueues: sizes.length, queueSize: sizes[0], bytes: new Uint8Array(mapping.window(0, got.size)), mapping };
+    let mapping: Mapping;
+    try {
+      mapping = native.mmap(got.fd, got.size, got.offset, true);
+    } catch (e) {
+      native.close(got.fd);
+      throw e;
+    }
+    made.inflight = { fd: got.fd, size: got.size, numQueues: sizes.length, queueSize: sizes[0], bytes: new Uint8Array(mapping.window(0, got.size)), mapping };
     await conn.setInflightFd(got.fd, got.size, got.offset, sizes.length, sizes[0]);
   }
 
@@ -388,5 +403,5 @@ async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: Dr
   if (status) {
     await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
   }
-  return { inflight, offered, features, offeredProtocol, backendQueues };
+  return { offered, features, offeredProtocol, backendQueues };
 }
