@@ -111,6 +111,8 @@ export const deviceWorkerOps = {
   stateAbort: op<(section?: number) => void>(),
   setLogBase: op<(fd: number, size: number, offset: number) => void>(),
   setLogAll: op<(on: boolean) => void>(),
+  /** SET_INFLIGHT_FD: map and check the area (see DeviceRunner.setInflight). */
+  setInflight: op<(fd: number, size: number, offset: number, numQueues: number, queueSize: number) => void>(),
   logStatus: op<() => LogStatus>(),
 };
 

@@ -12,6 +12,8 @@ import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRIN
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
+import { InflightAreaError, SplitInflightRegion, splitInflightAreaBytes, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { SplitQueue } from '../virtqueue/split.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
@@ -45,6 +47,14 @@ export interface RunnerHooks {
    */
   enterDevice(phase?: WatchdogPhase): void;
   leaveDevice(): void;
+}
+
+/** SET_INFLIGHT_FD's area: one region per queue (inflight.ts), each for rings of queueSize. */
+interface InflightArea {
+  mapping: Mapping;
+  bytes: Uint8Array;
+  numQueues: number;
+  queueSize: number;
 }
 
 interface Vring {
@@ -89,6 +99,8 @@ export class DeviceRunner {
   private logMapping: Mapping | null = null;
   /** VHOST_F_LOG_ALL acked: every guest-memory write is marked in dirtyLog. */
   private logAll = false;
+  /** The inflight area from SET_INFLIGHT_FD (mapped here; the session closes the fd). */
+  private inflightArea: InflightArea | null = null;
   /** native.mappingFaultCount() when last looked at: it moves when any guarded mapping faulted. */
   private seenFaults = native.mappingFaultCount();
   /** Set once a memory fault was reported: nothing runs again in this worker's memory table. */
@@ -325,6 +337,8 @@ export class DeviceRunner {
     this.dirtyLog = null;
     this.logMapping?.unmap();
     this.logMapping = null;
+    // A reset device starts over: the front-end gets a new area (GET_INFLIGHT_FD) for it.
+    this.dropInflightArea();
     this.call(() => this.device.reset());
   }
 
@@ -341,6 +355,7 @@ export class DeviceRunner {
     this.memory.close();
     this.logMapping?.unmap();
     this.logMapping = null;
+    this.dropInflightArea();
     this.device.close?.();
   }
 
@@ -445,6 +460,97 @@ export class DeviceRunner {
     }
   }
 
+  // --- inflight area (SET_INFLIGHT_FD) -----------------------------------------------------
+
+  /**
+   * Maps [offset, offset+size) of fd as the inflight area of `numQueues` rings of `queueSize`
+   * and checks every queue's region; a region that fails refuses the whole area (nothing is
+   * kept, so the rings start empty). Rings must be stopped: a running queue records into the
+   * area it started with.
+   */
+  setInflight(fd: number, size: number, offset: number, numQueues: number, queueSize: number): void {
+    this.requireStopped('set the inflight area');
+    // Whatever happens below, an area set before is not used again: a refused one means the
+    // front-end's idea of what is in flight cannot be trusted.
+    this.dropInflightArea();
+    if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > this.rings.length) {
+      throw new InflightAreaError(`inflight area for ${numQueues} queue(s): this device has ${this.rings.length}`);
+    }
+    if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) {
+      throw new InflightAreaError(`inflight area queue size ${queueSize} is not a power of two in [1, 32768]`);
+    }
+    const need = splitInflightAreaBytes(numQueues, queueSize);
+    if (!Number.isSafeInteger(size) || size < need || !Number.isSafeInteger(offset) || offset < 0) {
+      throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} queue(s) of ${queueSize} need ${need} bytes`);
+    }
+    const { backing, mapping } = mapFdRange(fd, need, offset, true);
+    try {
+      const bytes = new Uint8Array(backing.window(0, need));
+      const area: InflightArea = { mapping, bytes, numQueues, queueSize };
+      for (let q = 0; q < numQueues; q++) this.inflightRegion(area, q).check();
+      this.inflightArea = area;
+    } catch (e) {
+      mapping.unmap();
+      throw e;
+    }
+  }
+
+  private inflightRegion(area: InflightArea, q: number): SplitInflightRegion {
+    const stride = splitInflightRegionBytes(area.queueSize);
+    return new SplitInflightRegion(area.bytes.subarray(q * stride, (q + 1) * stride), area.queueSize, q);
+  }
+
+  private dropInflightArea(): void {
+    this.inflightArea?.mapping.unmap();
+    this.inflightArea = null;
+  }
+
+  /**
+   * A ring starting with an inflight area: recover its region and take back what was in flight
+   * (resubmitted by the caller before anything new). A region that cannot be used is refused
+   * with the reason logged: the ring then starts empty, untracked, instead of resubmitting
+   * garbage.
+   */
+  private restoreInflight(index: number, r: Vring, q: DeviceQueue): DescriptorChain[] {
+    const area = this.inflightArea;
+    if (area === null) return [];
+    let why: string | null = null;
+    if (index >= area.numQueues) why = `the area covers ${area.numQueues} queue(s)`;
+    else if (!(q instanceof SplitQueue)) why = 'inflight tracking is implemented for split rings only, and this ring is packed';
+    else if (r.num !== area.queueSize) why = `the area was made for rings of ${area.queueSize} descriptors, this ring has ${r.num}`;
+    if (why === null) {
+      try {
+        const { chains, recovery } = (q as SplitQueue).restoreInflight(this.inflightRegion(area, index));
+        if (recovery.clearedLastBatch > 0) this.log.info(`ring ${index}: finished an interrupted used-ring update (${recovery.clearedLastBatch} request(s) had completed)`);
+        if (chains.length > 0) this.log.info(`ring ${index}: resubmitting ${chains.length} in-flight request(s) from the inflight area, oldest first`);
+        if (recovery.nextAvail !== null && r.base !== undefined && recovery.nextAvail !== r.base) {
+          this.log.info(`ring ${index}: continuing at avail index ${recovery.nextAvail} (used idx + in flight), not the front-end's base ${r.base}`);
+        }
+        return chains;
+      } catch (e) {
+        if (!(e instanceof InflightAreaError)) throw e;
+        why = e.message;
+      }
+    }
+    this.log.error(`ring ${index}: inflight area not used: ${why}; the ring starts without resubmitting anything and without inflight tracking`);
+    return [];
+  }
+
+  /** Completes the chains restoreInflight took back, in their order, before the ring drains. */
+  private resubmit(index: number, r: Vring, q: DeviceQueue, chains: DescriptorChain[]): void {
+    try {
+      for (let at = 0; at < chains.length; at += this.maxBatch) {
+        this.complete(index, q, chains.slice(at, at + this.maxBatch));
+        if (this.checkMemoryFaults()) return;
+        this.notify(index, r, q);
+      }
+    } catch (e) {
+      if (this.checkMemoryFaults()) return;
+      if (e instanceof QueueFault) this.breakRing(index, r, e.message);
+      else if (!this.failed) this.fail(errorText(e));
+    }
+  }
+
   // --- dirty log (SET_LOG_BASE, VHOST_F_LOG_ALL) -------------------------------------------
 
   /** Maps [offset, offset+size) of fd as the log; the previous area is unmapped. */
@@ -531,6 +637,15 @@ export class DeviceRunner {
         usedLogGpa: a.log ? a.logGuestAddr : undefined,
         log: this.activeLog(),
       });
+      let resubmitted: DescriptorChain[] = [];
+      try {
+        resubmitted = this.restoreInflight(index, r, r.queue);
+      } catch (e) {
+        // A marked head whose descriptors are no valid chain: the guest's table, a guest fault.
+        if (!(e instanceof QueueFault)) throw e;
+        this.breakRing(index, r, e.message);
+      }
+      if (resubmitted.length > 0) this.resubmit(index, r, r.queue, resubmitted);
     }
     if (r.kickFd !== null && r.watcher === null) {
       const fd = r.kickFd;
@@ -562,9 +677,12 @@ export class DeviceRunner {
     this.seenFaults = count; // another device's mapping may have faulted instead
     const region = this.memory.faultedRegion();
     const logFaults = this.dirtyLog?.faults() ?? 0;
-    if (region === null && logFaults === 0) return false;
+    const inflightFaults = this.inflightArea?.mapping.faults() ?? 0;
+    if (region === null && logFaults === 0 && inflightFaults === 0) return false;
     const reason =
-      region !== null
+      inflightFaults > 0 && region === null && logFaults === 0
+        ? `front-end shrank the inflight area (${this.inflightArea!.bytes.byteLength} bytes) behind our back: the file behind it no longer covers it (${inflightFaults} page fault(s) contained)`
+        : region !== null
         ? `front-end shrank memory region ${region.index} (GPA 0x${region.spec.guestPhysAddr.toString(16)}, size 0x${region.spec.size.toString(16)}) behind our back: ` +
           `the file behind it no longer covers the region (${region.faults} page fault(s) contained)`
         : `front-end shrank the dirty log area (${this.dirtyLog!.size} bytes) behind our back: the file behind it no longer covers it (${logFaults} page fault(s) contained)`;

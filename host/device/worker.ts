@@ -115,6 +115,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   setLogBase(fd: number, size: number, offset: number) { this.runner.setLogBase(fd, size, offset); }
   setLogAll(on: boolean) { this.runner.setLogAll(on); }
   logStatus() { return this.runner.logStatus(); }
+  setInflight(fd: number, size: number, offset: number, numQueues: number, queueSize: number) { this.runner.setInflight(fd, size, offset, numQueues, queueSize); }
 }
 
 async function main(): Promise<void> {

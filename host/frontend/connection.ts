@@ -234,6 +234,19 @@ export class VhostUserConnection {
     const v = await this.u64({ code: Req.SET_LOG_BASE, log: { mmapSize: BigInt(size), mmapOffset: BigInt(offset) }, fd });
     if (v !== 0n) throw new VhostUserError(`SET_LOG_BASE failed: the back-end answered ${v}`, Req.SET_LOG_BASE);
   }
+  /**
+   * GET_INFLIGHT_FD for `numQueues` rings of `queueSize`: the back-end's area (the caller owns
+   * fd; null with size 0: the back-end keeps none).
+   */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{ fd: number | null; size: number; offset: number }> {
+    const r = await this.request({ code: Req.GET_INFLIGHT_FD, inflight: { mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize } });
+    if (r === null || r.kind !== 'inflight') throw new VhostUserError('GET_INFLIGHT_FD: no inflight reply', Req.GET_INFLIGHT_FD);
+    return { fd: r.fd, size: Number(r.inflight.mmapSize), offset: Number(r.inflight.mmapOffset) };
+  }
+  /** SET_INFLIGHT_FD: hands the area back (after a back-end restart); the caller keeps fd. */
+  setInflightFd(fd: number, size: number, offset: number, numQueues: number, queueSize: number): Promise<void> {
+    return this.noReply({ code: Req.SET_INFLIGHT_FD, inflight: { mmapSize: BigInt(size), mmapOffset: BigInt(offset), numQueues, queueSize }, fd });
+  }
   setLogFd(fd: number): Promise<void> {
     return this.noReply({ code: Req.SET_LOG_FD, fd });
   }

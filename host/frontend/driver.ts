@@ -56,12 +56,31 @@ export interface FrontendOptions {
   enableRings?: boolean;
   /** Ring index every queue starts at (SET_VRING_BASE); default 0. */
   startIndex?: number;
+  /**
+   * Inflight tracking as QEMU's vhost-user-blk does it: negotiate INFLIGHT_SHMFD, get an area
+   * with GET_INFLIGHT_FD (every queue the size of the first) and hand it back with
+   * SET_INFLIGHT_FD before the rings start. `reconnect` hands the same area to a new back-end.
+   */
+  inflight?: boolean;
+}
+
+/** The inflight area the front-end keeps across back-end restarts (GET_INFLIGHT_FD). */
+export interface FrontendInflight {
+  fd: number;
+  size: number;
+  numQueues: number;
+  queueSize: number;
+  /** The area as mapped here (shared with the back-end). */
+  bytes: Uint8Array;
+  mapping: Mapping;
 }
 
 export class VhostUserFrontend {
   private closed = false;
   /** Dirty logging state (startDirtyLog). */
   dirtyLog: FrontendDirtyLog | null = null;
+  /** The inflight area (FrontendOptions.inflight), kept across back-end restarts. */
+  inflight: FrontendInflight | null = null;
 
   private constructor(
     private connection: VhostUserConnection,
@@ -105,11 +124,18 @@ export class VhostUserFrontend {
     const conn = VhostUserConnection.connect(path);
     let memory: GuestRam | null = null;
     const queues: DriverQueue[] = [];
+    const made: { inflight: FrontendInflight | null } = { inflight: null };
     try {
       memory = GuestRam.create({ ...opts.memory, bytes: opts.memoryBytes });
-      const r = await handshake(conn, memory, queues, opts);
-      return new VhostUserFrontend(conn, memory, queues, r.offered, r.features, r.offeredProtocol, r.backendQueues);
+      const r = await handshake(conn, memory, queues, opts, made);
+      const fe = new VhostUserFrontend(conn, memory, queues, r.offered, r.features, r.offeredProtocol, r.backendQueues);
+      fe.inflight = made.inflight;
+      return fe;
     } catch (e) {
+      if (made.inflight !== null) {
+        made.inflight.mapping.unmap();
+        native.close(made.inflight.fd);
+      }
       for (const q of queues) q.close();
       conn.close();
       memory?.close();
@@ -181,7 +207,41 @@ export class VhostUserFrontend {
     await this.conn.closed;
     for (const q of this.queues) q.close();
     this.dirtyLog?.close();
+    if (this.inflight !== null) {
+      this.inflight.mapping.unmap();
+      native.close(this.inflight.fd);
+    }
     this.memory.close();
+  }
+
+  /**
+   * After the back-end died: connects to `path` (a restarted back-end) and sets the device up
+   * again as QEMU's reconnect does, with the same guest memory, rings and inflight area. Each
+   * ring restarts at the used idx in guest memory (all a front-end knows without the dead
+   * back-end's GET_VRING_BASE); the back-end learns from the area what was in flight.
+   */
+  async reconnect(path: string): Promise<void> {
+    const conn = VhostUserConnection.connect(path);
+    try {
+      const offered = await conn.getFeatures();
+      if ((offered & this.features) !== this.features) throw new Error('the restarted back-end does not offer the features acked before');
+      await conn.setProtocolFeatures((await conn.getProtocolFeatures()) & this.protocolFeatures);
+      if (conn.hasProtocol(ProtocolFeature.BACKEND_REQ)) await conn.setBackendReqFd();
+      await conn.setOwner();
+      const a = this.inflight;
+      if (a !== null) await conn.setInflightFd(a.fd, a.size, 0, a.numQueues, a.queueSize);
+      await conn.setFeatures(this.features);
+      await conn.setMemTable(this.memory.memTable());
+      for (let i = 0; i < this.queues.length; i++) {
+        const q = this.queues[i];
+        const used = new DataView(this.memory.view(q.ring.usedGpa + 2, 2).slice().buffer).getUint16(0, true);
+        await this.startQueue(i, used, conn);
+      }
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+    this.adoptConnection(conn).close();
   }
 }
 
@@ -255,8 +315,14 @@ interface Negotiated {
   backendQueues: number | null;
 }
 
-/** Fills `queues` as it goes, so the caller can close what was created if a step fails. */
-async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: DriverQueue[], opts: FrontendOptions): Promise<Negotiated> {
+/** Fills `queues` and `made` as it goes, so the caller can close what was created if a step fails. */
+async function handshake(
+  conn: VhostUserConnection,
+  memory: GuestRam,
+  queues: DriverQueue[],
+  opts: FrontendOptions,
+  made: { inflight: FrontendInflight | null },
+): Promise<Negotiated> {
   const sizes = opts.queues ?? [256];
   const bit = (b: number) => 1n << BigInt(b);
 
@@ -267,7 +333,7 @@ async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: Dr
   let backendQueues: number | null = null;
   if (hasProtocol) {
     offeredProtocol = await conn.getProtocolFeatures();
-    const ours = opts.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES;
+    const ours = (opts.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES) | (opts.inflight ? featureBit(ProtocolFeature.INFLIGHT_SHMFD) : 0n);
     await conn.setProtocolFeatures(offeredProtocol & ours);
     if (conn.hasProtocol(ProtocolFeature.MQ)) {
       backendQueues = await conn.getQueueNum();
@@ -284,6 +350,22 @@ async function handshake(conn: VhostUserConnection, memory: GuestRam, queues: Dr
   }
   // vhost_dev_init
   await conn.setOwner();
+
+  // vhost_user_blk_start: the inflight area before the device starts
+  if (opts.inflight) {
+    if (!conn.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Error('inflight: the back-end did not negotiate INFLIGHT_SHMFD');
+    const got = await conn.getInflightFd(sizes.length, sizes[0]);
+    if (got.fd === null) throw new Error('inflight: the back-end answered GET_INFLIGHT_FD without an area');
+    let mapping: Mapping;
+    try {
+      mapping = native.mmap(got.fd, got.size, got.offset, true);
+    } catch (e) {
+      native.close(got.fd);
+      throw e;
+    }
+    made.inflight = { fd: got.fd, size: got.size, numQueues: sizes.length, queueSize: sizes[0], bytes: new Uint8Array(mapping.window(0, got.size)), mapping };
+    await conn.setInflightFd(got.fd, got.size, got.offset, sizes.length, sizes[0]);
+  }
 
   // vhost_dev_start
   const wantIndirect = opts.indirect !== undefined && opts.indirect !== false;

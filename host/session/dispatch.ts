@@ -31,6 +31,7 @@ import { RingFdTable, type RingFdKind } from './rings.ts';
 import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
 import { BackendChannel } from './backend-channel.ts';
+import { createInflightArea, setInflightArea } from './inflight.ts';
 import type { SessionOptions } from './options.ts';
 
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
@@ -48,6 +49,7 @@ export const SUPPORTED_PROTOCOL_FEATURES = [
   ProtocolFeature.STATUS,
   ProtocolFeature.LOG_SHMFD,
   ProtocolFeature.DEVICE_STATE,
+  ProtocolFeature.INFLIGHT_SHMFD,
 ].reduce((m, b) => m | featureBit(b), 0n);
 
 /** Transport/ring features the host implements for every device. */
@@ -354,6 +356,21 @@ export class BackendSession {
       }
       case Req.SET_LOG_FD:
         return this.memory.setLogFd(req.fd);
+      case Req.GET_INFLIGHT_FD: {
+        if (!this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new RequestError('GET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
+        const { reply, fd } = createInflightArea(req.inflight, this.worker.info.numQueues, this.log);
+        try {
+          return await this.reply(reply, [fd]);
+        } finally {
+          this.closeFds([fd]); // the front-end has its own copy now
+        }
+      }
+      case Req.SET_INFLIGHT_FD:
+        if (!this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) {
+          this.closeFds([req.fd]);
+          throw new RequestError('SET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
+        }
+        return setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log);
       case Req.SET_DEVICE_STATE_FD:
         return this.state.setFd(req.params.direction, req.params.phase, req.fd);
       case Req.CHECK_DEVICE_STATE:

@@ -8,6 +8,18 @@ import { MemoryFault, hex, type GuestMemory } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import { QueueFault, QueueSetupError, markRanges, writeChainLogged, type DescriptorChain } from './chain.ts';
 
+/**
+ * Where a queue records pop and push for crash recovery (the inflight area, inflight.ts).
+ * Called with the ids the queue has already checked (in range, in flight).
+ */
+export interface InflightRecorder {
+  popped(id: number): void;
+  /** Before the used element for `id` is published. */
+  usedBegin(id: number): void;
+  /** After the used idx (now `usedIdx`) was published. */
+  usedEnd(id: number, usedIdx: number): void;
+}
+
 /** What both layouts are configured with besides their ring addresses. */
 export interface QueueCoreConfig {
   /** Queue index, only for messages. */
@@ -37,6 +49,8 @@ export abstract class QueueCore<C extends DescriptorChain> {
   private log: DirtyLog | null;
   private usedLogGpa: number;
   private readonly defaultUsedLogGpa: number;
+  /** The inflight area's region for this queue (INFLIGHT_SHMFD), or null: nothing recorded. */
+  protected recorder: InflightRecorder | null = null;
 
   /**
    * `usedAreaGpa`: SET_VRING_ADDR's "used" address (split: used ring; packed: device event
@@ -144,6 +158,7 @@ export abstract class QueueCore<C extends DescriptorChain> {
   protected track(id: number, chain: C): void {
     this.inflight[id] = chain;
     this.inflightCount++;
+    if (this.recorder !== null) this.recorder.popped(id);
   }
 
   /**
@@ -161,6 +176,7 @@ export abstract class QueueCore<C extends DescriptorChain> {
     }
     this.inflight[id] = undefined;
     this.inflightCount--;
+    if (this.recorder !== null) this.recorder.usedBegin(id);
     if (this.log !== null) markRanges(this.log, chain.writableRanges, 0, writtenLen);
     return chain;
   }

@@ -18,6 +18,7 @@ import {
 } from './layout.ts';
 import { QueueSetupError, appendBuffer, descriptorName, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
+import type { InflightRecovery, SplitInflightRegion } from './inflight.ts';
 
 // They moved to chain.ts (shared with the packed queue); importers of this module keep working.
 export { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './chain.ts';
@@ -179,6 +180,7 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
     // anyway; the seq-cst store also keeps the JIT from sinking the element stores below it,
     // and (a locked xchg) doubles as the store->load fence needNotification relies on.
     Atomics.store(this.usedHdr, 1, this.nextUsedIdx);
+    if (this.recorder !== null) this.recorder.usedEnd(head, this.nextUsedIdx);
     this.logUsedArea(4 + 8 * slot, 8);
     this.logUsedArea(2, 2);
   }
@@ -229,6 +231,35 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
   hasAvailable(): boolean {
     this.check();
     return Atomics.load(this.avail, 1) !== this.nextAvailIdx;
+  }
+
+  /**
+   * Ring start with an inflight area (INFLIGHT_SHMFD): recovers `region` against the used idx
+   * in guest memory, continues at the avail index it implies (what the front-end sent with
+   * SET_VRING_BASE cannot know what was in flight when the old back-end died), takes the chains
+   * still marked in flight again, oldest first, and records every later pop and push there.
+   * The caller processes the returned chains before anything new. Throws InflightAreaError
+   * (the queue then records nothing) when the region contradicts the ring, and QueueFault
+   * when a marked head's descriptors are no valid chain.
+   */
+  restoreInflight(region: SplitInflightRegion): { chains: DescriptorChain[]; recovery: InflightRecovery } {
+    this.check();
+    if (this.inFlight !== 0) throw new Error(`virtqueue ${this.index}: inflight area attached after requests were popped`);
+    const recovery = region.recover(this.nextUsedIdx, Atomics.load(this.avail, 1));
+    if (recovery.nextAvail !== null) {
+      this.nextAvailIdx = recovery.nextAvail;
+      this.shadowAvail = recovery.nextAvail;
+    }
+    this.recorder = region;
+    const chains: DescriptorChain[] = [];
+    for (const head of recovery.heads) {
+      // Walked again from the descriptor table, which the driver leaves alone until the head
+      // comes back in the used ring; its avail slot is unknown (completions were out of order).
+      const chain = this.walk(head, -1);
+      this.track(head, chain);
+      chains.push(chain);
+    }
+    return { chains, recovery };
   }
 
   protected override resolveViews(setup: boolean): void {

@@ -15,6 +15,18 @@ export interface NullDeviceOptions {
   overflow?: boolean;
 }
 
+/**
+ * VHOST_WASM_TEST_HANG_ON=TEXT: process() never returns for a batch holding a request whose
+ * readable bytes start with TEXT (a back-end to kill with requests in flight; the CLI passes a
+ * module no options, so it comes from the environment).
+ */
+const hangOn = process.env.VHOST_WASM_TEST_HANG_ON ? new TextEncoder().encode(process.env.VHOST_WASM_TEST_HANG_ON) : null;
+
+function startsWith(r: DeviceRequest, prefix: Uint8Array): boolean {
+  const first = r.readable[0];
+  return first !== undefined && first.length >= prefix.length && prefix.every((b, i) => first[i] === b);
+}
+
 const factory: DeviceFactory = (raw) => {
   const o = raw as NullDeviceOptions;
   const mode = o.mode ?? 'echo';
@@ -41,6 +53,11 @@ const factory: DeviceFactory = (raw) => {
         const until = Date.now() + o.spinMs;
         while (Date.now() < until) {
           // burn CPU like a plugin stuck in a loop
+        }
+      }
+      if (hangOn !== null && reqs.some((r) => startsWith(r, hangOn))) {
+        for (;;) {
+          // stuck until the process is killed
         }
       }
       if (o.throwOnProcess) throw new Error('null-test device was told to fail');

@@ -1,0 +1,65 @@
+// GET_INFLIGHT_FD and SET_INFLIGHT_FD (INFLIGHT_SHMFD): the session's side of inflight
+// tracking. GET makes a fresh area in a sealed memfd and hands it to the front-end, which keeps
+// it across back-end restarts; SET gives an area (that one, after a crash) to the device worker,
+// which maps it, checks it and records every request's pop and push there (inflight.ts).
+
+import { native } from '../native/index.ts';
+import { checkMemoryFd } from '../memory/memory-fd.ts';
+import { encodeInflightReply } from '../protocol/codec.ts';
+import type { InflightDescription } from '../protocol/messages.ts';
+import { formatSplitInflightArea, splitInflightAreaBytes } from '../virtqueue/inflight.ts';
+import { isValidQueueSize } from '../virtqueue/layout.ts';
+import type { DeviceWorker } from '../device/worker-client.ts';
+import type { Logger } from '../log/logger.ts';
+import { closeFds } from './fds.ts';
+import { RequestError, toNumber } from './request-error.ts';
+
+/** F_SEAL_SHRINK | F_SEAL_GROW: the area keeps the size both sides mapped. */
+const SEAL_SIZE = 0x2 | 0x4;
+
+/** Checks the ring geometry of a GET/SET_INFLIGHT_FD payload against the device. */
+function checkGeometry(d: InflightDescription, deviceQueues: number): void {
+  if (d.numQueues < 1 || d.numQueues > deviceQueues) {
+    throw new RequestError(`inflight area for ${d.numQueues} queue(s), but the device has ${deviceQueues}`);
+  }
+  if (!isValidQueueSize(d.queueSize)) throw new RequestError(`inflight area queue size ${d.queueSize} is not a power of two in [1, 32768]`);
+}
+
+/** GET_INFLIGHT_FD: a zeroed area sized for the rings described; returns the reply and its fd (the caller sends, then closes it). */
+export function createInflightArea(d: InflightDescription, deviceQueues: number, log: Logger): { reply: Uint8Array; fd: number } {
+  checkGeometry(d, deviceQueues);
+  const size = splitInflightAreaBytes(d.numQueues, d.queueSize);
+  const fd = native.memfdCreate('vhost-wasm-inflight', true);
+  try {
+    native.ftruncate(fd, size); // zero-filled
+    const headers = new Uint8Array(size);
+    formatSplitInflightArea(headers, d.numQueues, d.queueSize);
+    native.pwrite(fd, headers, 0);
+    native.memfdAddSeals(fd, SEAL_SIZE);
+  } catch (e) {
+    closeFds([fd], log);
+    throw e;
+  }
+  log.info(`inflight area: ${size} bytes for ${d.numQueues} queue(s) of ${d.queueSize}`);
+  return { reply: encodeInflightReply({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: d.numQueues, queueSize: d.queueSize }), fd };
+}
+
+/**
+ * SET_INFLIGHT_FD: checks the fd (a file covering the range) and hands it to the worker, which
+ * maps and checks the regions. The fd is closed here whatever happens: the mapping keeps the
+ * area alive.
+ */
+export async function setInflightArea(worker: DeviceWorker, d: InflightDescription, fd: number, deviceQueues: number, log: Logger): Promise<void> {
+  try {
+    checkGeometry(d, deviceQueues);
+    const size = toNumber(d.mmapSize, 'inflight area size');
+    const offset = toNumber(d.mmapOffset, 'inflight area offset');
+    const need = splitInflightAreaBytes(d.numQueues, d.queueSize);
+    if (size < need) throw new RequestError(`inflight area size ${size} is too small: ${d.numQueues} queue(s) of ${d.queueSize} need ${need} bytes`);
+    checkMemoryFd(fd, offset, need, 'inflight area');
+    await worker.setInflight(fd, size, offset, d.numQueues, d.queueSize);
+    log.info(`inflight area set: ${d.numQueues} queue(s) of ${d.queueSize}; rings resubmit what it marks in flight when they start`);
+  } finally {
+    closeFds([fd], log);
+  }
+}
