@@ -16,7 +16,7 @@ import { saveState } from '../host/frontend/migrate.ts';
 import { native } from '../host/native/index.ts';
 import { FORCED_EXIT_CODE } from '../host/server/shutdown.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
-import { LogWatch, RngPump, restartQueue, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { LogWatch, RngPump, restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
 import { startHost } from './helpers/host-process.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -168,7 +168,7 @@ for (const [label, logLine] of [
         await fe.conn.resetDevice();
         await log.waitFor(/device replaced by a fresh instance on reset/, replaced);
         t.false(await needsReset(fe), 'RESET_DEVICE cleared NEEDS_RESET');
-        await restartQueue(fe, QUEUE_SIZE);
+        await restartQueues(fe, [QUEUE_SIZE]);
         await servesAgain(t, fe, 'after RESET_DEVICE');
         // The fresh instance saves badly too, and this time the front-end just leaves.
         await fe.conn.getVringBase(0);
@@ -270,7 +270,7 @@ test.serial('a worker that crashes (an exception nothing catches): its device ne
       await fe.conn.resetDevice();
       await log.waitFor(/session block: device restarted with a fresh instance after reset/, restarted);
       t.false(await needsReset(fe));
-      await restartQueue(fe, QUEUE_SIZE);
+      await restartQueues(fe, [QUEUE_SIZE]);
       await servesAgain(t, fe, 'after RESET_DEVICE');
     } finally {
       await fe.close();
@@ -295,7 +295,7 @@ test.serial('a worker stuck in open() of a FIFO: the device fails alone and is s
       await log.waitFor(/device block: the worker did not exit within \d+ ms of being terminated/);
       await log.waitFor(/session block: device restarted with a fresh instance after reset/);
       t.false(await needsReset(fe));
-      await restartQueue(fe, QUEUE_SIZE);
+      await restartQueues(fe, [QUEUE_SIZE]);
       await servesAgain(t, fe, 'after RESET_DEVICE, from a fresh worker');
     } finally {
       await fe.close();

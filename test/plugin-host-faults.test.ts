@@ -16,8 +16,8 @@ import { ProtocolFeature } from '../host/protocol/constants.ts';
 import { loadPlugin, PluginError } from '../host/plugin/index.ts';
 import { buildFixtures, type Fixture } from './fixtures/plugins/build-fixtures.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
-import { RngPump, restartQueue, servesAgain, withTimeout } from './helpers/device-checks.ts';
-import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
+import { RngPump, restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { stableFdCount, startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 
 const root = join(import.meta.dirname, '..');
 const NEEDS_RESET = 0x40;
@@ -69,17 +69,6 @@ function fdTable(): string[] {
   return readdirSync(d).map((f) => { try { return `${f}->${readlinkSync(`${d}/${f}`)}`; } catch { return f; } });
 }
 
-async function stableHostFds(): Promise<number> {
-  let last = host.fdCount();
-  for (let same = 0; same < 3; ) {
-    await sleep(60);
-    const now = host.fdCount();
-    same = now === last ? same + 1 : 0;
-    last = now;
-  }
-  return last;
-}
-
 function logCount(re: RegExp): number {
   return host.lines(re).length;
 }
@@ -112,7 +101,7 @@ for (const fault of FAULTS) {
   test.serial(`${fault.label}: faulty device needs a reset, rng keeps serving, a reset brings a fresh instance`, async (t) => {
     // Warm connections first, so lazily created fds (loops, pools) exist before counting.
     for (const s of ['rng', fault.label]) await (await VhostUserFrontend.connect(sockets[s], opts)).close();
-    const fdsBefore = await stableHostFds();
+    const fdsBefore = await stableFdCount(host);
     const tableBefore = fdTable();
     const logsBefore = logCount(fault.logLine);
 
@@ -149,7 +138,7 @@ for (const fault of FAULTS) {
       await bad.conn.resetDevice();
       t.is((await bad.conn.getStatus()) & NEEDS_RESET, 0, 'NEEDS_RESET cleared by RESET_DEVICE');
       await host.waitForLog(freshLine, freshBefore);
-      await restartQueue(bad, opts.queues![0]);
+      await restartQueues(bad, opts.queues!);
       await servesAgain(t, bad, 'after RESET_DEVICE');
       await bad.close();
 

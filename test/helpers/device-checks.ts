@@ -1,5 +1,5 @@
 // What host-level fault tests check over and over: a bystander rng device that keeps serving,
-// a device that serves the fixtures' healthy answer, a ring restarted after RESET_DEVICE, the
+// a device that serves the fixtures' healthy answer, rings restarted after RESET_DEVICE, the
 // host's log. Shared by tests that run test/fixtures/plugins/multi-device-host.ts.
 import type { ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -57,25 +57,27 @@ export class RngPump {
   }
 }
 
-/** After RESET_DEVICE the driver starts over on the same connection: features, then ring 0. */
-export async function restartQueue(fe: VhostUserFrontend, size: number): Promise<void> {
+/** After RESET_DEVICE the driver starts over on the same connection: status, features, rings (one size each, from ring 0). */
+export async function restartQueues(fe: VhostUserFrontend, sizes: readonly number[]): Promise<void> {
   const conn = fe.conn;
-  fe.queues[0].close();
   const status = conn.hasProtocol(ProtocolFeature.STATUS);
   const { ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK } = VirtioStatus;
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER);
   await conn.setFeatures(fe.features);
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
-  const q = new DriverQueue(fe.memory, { index: 0, size, eventIdx: fe.hasFeature(VIRTIO_F_EVENT_IDX), indirectEntries: 0 });
-  fe.queues[0] = q;
-  const a = q.addresses();
-  await conn.setVringNum(0, size);
-  await conn.setVringBase(0, 0);
-  await conn.setVringAddr({ index: 0, flags: 0, descUserAddr: BigInt(a.desc), usedUserAddr: BigInt(a.used), availUserAddr: BigInt(a.avail), logGuestAddr: BigInt(q.ring.usedGpa) });
-  await conn.setVringKick(0, q.kickFd);
-  await conn.setVringCall(0, q.callFd);
-  q.start();
-  await conn.setVringEnable(0, true);
+  for (const [index, size] of sizes.entries()) {
+    fe.queues[index].close();
+    const q = new DriverQueue(fe.memory, { index, size, eventIdx: fe.hasFeature(VIRTIO_F_EVENT_IDX), indirectEntries: 0 });
+    fe.queues[index] = q;
+    const a = q.addresses();
+    await conn.setVringNum(index, size);
+    await conn.setVringBase(index, 0);
+    await conn.setVringAddr({ index, flags: 0, descUserAddr: BigInt(a.desc), usedUserAddr: BigInt(a.used), availUserAddr: BigInt(a.avail), logGuestAddr: BigInt(q.ring.usedGpa) });
+    await conn.setVringKick(index, q.kickFd);
+    await conn.setVringCall(index, q.callFd);
+    q.start();
+    await conn.setVringEnable(index, true);
+  }
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 }
 

@@ -95,3 +95,15 @@ export async function until(fn: () => boolean, what: string, timeoutMs = 10_000)
     await sleep(20);
   }
 }
+
+/** The host's fd count once it has stayed the same over three looks 60 ms apart (lazily opened fds settled). */
+export async function stableFdCount(h: MultiHost): Promise<number> {
+  let last = h.fdCount();
+  for (let same = 0; same < 3; ) {
+    await sleep(60);
+    const now = h.fdCount();
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
+}
