@@ -150,6 +150,18 @@ bool get_fd(napi_env env, napi_value v, const char *fn, const char *name, int *o
   return true;
 }
 
+bool one_fd(napi_env env, napi_callback_info info, const char *fn, int *fd) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, 1, argv, NULL, fn)) return false;
+  return get_fd(env, argv[0], fn, "fd", fd);
+}
+
+bool one_fd_stat(napi_env env, napi_callback_info info, const char *fn, int *fd, struct stat *st) {
+  if (!one_fd(env, info, fn, fd)) return false;
+  if (fstat(*fd, st) < 0) return throw_errno(env, "fstat", errno);
+  return true;
+}
+
 bool get_u64(napi_env env, napi_value v, const char *fn, const char *name, uint64_t *out) {
   double d = 0;
   if (!get_integer(env, v, fn, name, SAFE_INT_MAX, &d)) return false;

@@ -324,15 +324,9 @@ static const char *file_type_text(mode_t mode) {
 }
 
 static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int fd;
-  if (!get_args(env, info, 1, 1, argv, NULL, "memoryFdInfo")) return NULL;
-  if (!get_fd(env, argv[0], "memoryFdInfo", "fd", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "memoryFdInfo", &fd, &st)) return NULL;
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) seals = -1; // not a memfd (EINVAL): nothing stops a shrink
   double page = (double)sysconf(_SC_PAGESIZE);

@@ -481,15 +481,9 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
 // The size of a backing: st_size for a regular file, BLKGETSIZE64 for a block device (a loop
 // device), whose st_size is 0; and the alignment O_DIRECT needs on it.
 static napi_value backing_info(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int fd;
-  if (!get_args(env, info, 1, 1, argv, NULL, "backingInfo")) return NULL;
-  if (!get_fd(env, argv[0], "backingInfo", "fd", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "backingInfo", &fd, &st)) return NULL;
   uint64_t size;
   uint32_t lbs = 0;
   bool blk = S_ISBLK(st.st_mode);
