@@ -153,8 +153,9 @@ static uring *this_uring(napi_env env, napi_value self, const char *fn) {
   return u;
 }
 
-// Reserves an op slot and an SQE; NULL (no exception) when the ring is at capacity.
-static struct io_uring_sqe *reserve(napi_env env, uring *u, uint32_t *id_out, const char *fn, bool *failed) {
+// Reserves an op slot, marked busy with the caller's user data, and an SQE; NULL (no exception)
+// when the ring is at capacity.
+static struct io_uring_sqe *reserve(napi_env env, uring *u, double user_data, uint32_t *id_out, const char *fn, bool *failed) {
   *failed = false;
   if (u->nfree == 0) return NULL;
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -171,6 +172,8 @@ static struct io_uring_sqe *reserve(napi_env env, uring *u, uint32_t *id_out, co
   }
   *id_out = u->free_ids[--u->nfree];
   u->inflight++;
+  u->ops[*id_out].busy = true;
+  u->ops[*id_out].user_data = user_data;
   return sqe;
 }
 
@@ -228,21 +231,17 @@ static napi_value rw(napi_env env, napi_callback_info info, bool write) {
   napi_value argv[4], self;
   int fd;
   uint64_t pos;
-  double ud;
   if (!get_args(env, info, 4, 4, argv, &self, fn)) return NULL;
   uring *u = this_uring(env, self, fn);
   if (!u) return NULL;
   if (!get_fd(env, argv[0], fn, "fd", &fd) || !get_u64(env, argv[1], fn, "position", &pos)) return NULL;
   uint64_t udi;
   if (!get_u64(env, argv[2], fn, "userData", &udi)) return NULL;
-  ud = (double)udi;
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
   op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = ud;
   uint64_t total;
   if (!take_iov(env, argv[3], o, fn, &total)) {
     // The SQE is already taken from the ring: turn it into a no-op whose completion is ignored.
@@ -274,11 +273,8 @@ static napi_value uring_fsync(napi_env env, napi_callback_info info) {
     return NULL;
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
-  op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = (double)udi;
   io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
   // IOSQE_IO_DRAIN: start only after every earlier submission on this ring has completed; a flush
   // that must follow the writes before it.
@@ -311,11 +307,8 @@ static napi_value uring_fallocate(napi_env env, napi_callback_info info) {
   }
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
-  op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = (double)udi;
   io_uring_prep_fallocate(sqe, fd, (int)mode, (off_t)off, (off_t)len);
   io_uring_sqe_set_data64(sqe, id);
   return make_bool(env, true);
