@@ -55,6 +55,11 @@ bool throw_errno_path(napi_env env, const char *syscall, int err, const char *pa
 
 bool throw_errno(napi_env env, const char *syscall, int err) { return throw_errno_path(env, syscall, err, NULL); }
 
+napi_value errno_thrown(napi_env env, const char *syscall, int err) {
+  throw_errno(env, syscall, err);
+  return NULL;
+}
+
 bool throw_uv(napi_env env, const char *syscall, int uverr) {
   char msg[512];
   snprintf(msg, sizeof msg, "%s: %s (%s)", syscall, uv_err_name(uverr), uv_strerror(uverr));

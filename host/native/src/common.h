@@ -32,6 +32,9 @@ typedef struct addon_env {
 // return NULL straight away.
 bool throw_errno(napi_env env, const char *syscall, int err);
 bool throw_errno_path(napi_env env, const char *syscall, int err, const char *path);
+// throw_errno, returning NULL instead: `if (fail) return errno_thrown(env, "mmap", errno);`
+// in a callback.
+napi_value errno_thrown(napi_env env, const char *syscall, int err);
 bool throw_uv(napi_env env, const char *syscall, int uverr);
 bool throw_type(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool throw_range(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -321,10 +321,7 @@ static napi_value uring_submit(napi_env env, napi_callback_info info) {
   if (!u) return NULL;
   int r = io_uring_submit(&u->ring);
   if (r == -EAGAIN || r == -EBUSY || r == -EINTR) return make_number(env, 0); // try again after reaping
-  if (r < 0) {
-    throw_errno(env, "io_uring_submit", -r);
-    return NULL;
-  }
+  if (r < 0) return errno_thrown(env, "io_uring_submit", -r);
   return make_number(env, r);
 }
 
@@ -412,16 +409,12 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
     return NULL;
   }
   uring *u = calloc(1, sizeof *u);
-  if (!u) {
-    throw_errno(env, "malloc", ENOMEM);
-    return NULL;
-  }
+  if (!u) return errno_thrown(env, "malloc", ENOMEM);
   struct io_uring_params p = {0};
   int r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
   if (r < 0) {
     free(u);
-    throw_errno(env, "io_uring_setup", -r);
-    return NULL;
+    return errno_thrown(env, "io_uring_setup", -r);
   }
   u->entries = p.sq_entries;
   // At most as many operations in flight as the completion queue holds, so none is ever lost
@@ -442,8 +435,7 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
     free(u->ops);
     free(u->free_ids);
     free(u);
-    throw_errno(env, what, err);
-    return NULL;
+    return errno_thrown(env, what, err);
   }
   for (uint32_t i = 0; i < u->capacity; i++) {
     u->ops[i].iov = u->ops[i].inline_iov;
@@ -482,14 +474,8 @@ static napi_value backing_info(napi_env env, napi_callback_info info) {
   bool blk = S_ISBLK(st.st_mode);
   if (blk) {
     int ss = 0;
-    if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
-      throw_errno(env, "ioctl(BLKGETSIZE64)", errno);
-      return NULL;
-    }
-    if (ioctl(fd, BLKSSZGET, &ss) < 0) {
-      throw_errno(env, "ioctl(BLKSSZGET)", errno);
-      return NULL;
-    }
+    if (ioctl(fd, BLKGETSIZE64, &size) < 0) return errno_thrown(env, "ioctl(BLKGETSIZE64)", errno);
+    if (ioctl(fd, BLKSSZGET, &ss) < 0) return errno_thrown(env, "ioctl(BLKSSZGET)", errno);
     lbs = (uint32_t)ss;
   } else if (S_ISREG(st.st_mode)) {
     size = (uint64_t)st.st_size;
