@@ -1,6 +1,6 @@
 // What host-level fault tests check over and over: a bystander rng device that keeps serving,
-// a device that serves the fixtures' healthy answer, rings restarted after RESET_DEVICE, the
-// host's log. Shared by tests that run test/fixtures/plugins/multi-device-host.ts.
+// a device that serves the fixtures' healthy answer, rings restarted after RESET_DEVICE.
+// Shared by tests that run test/fixtures/plugins/multi-device-host.ts (helpers/multi-host.ts).
 import type { ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus } from '../../host/frontend/driver.ts';
@@ -86,23 +86,4 @@ export async function servesAgain(t: ExecutionContext, fe: VhostUserFrontend, wh
   const r = await withTimeout(fe.queues[0].submit([Buffer.from('ping')], 8), 5000, what);
   t.is(r.len, 8, what);
   t.deepEqual([...r.data], new Array(8).fill(0x5a), what);
-}
-
-/** A child's stderr, collected, with "wait for the n-th line matching". */
-export class LogWatch {
-  text = '';
-
-  count(re: RegExp): number {
-    return this.text.split('\n').filter((l) => re.test(l)).length;
-  }
-
-  async waitFor(re: RegExp, after = 0, timeoutMs = 10_000): Promise<string> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const hits = this.text.split('\n').filter((l) => re.test(l));
-      if (hits.length > after) return hits[after];
-      if (Date.now() > end) throw new Error(`host never logged ${re}; its log:\n${this.text}`);
-      await sleep(20);
-    }
-  }
 }

@@ -10,9 +10,12 @@ import { REPO } from './host-process.ts';
 export interface DeviceSpec {
   label: string;
   socket: string;
-  plugin: string;
+  /** A plugin file, or `module`: a TypeScript device module (a file path). */
+  plugin?: string;
+  module?: string;
   options?: Record<string, unknown>;
   callDeadlineMs?: number;
+  loadDeadlineMs?: number;
 }
 
 export interface MultiHost {
