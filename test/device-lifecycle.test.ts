@@ -16,7 +16,8 @@ import { saveState } from '../host/frontend/migrate.ts';
 import { native } from '../host/native/index.ts';
 import { FORCED_EXIT_CODE } from '../host/server/shutdown.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
-import { RngPump, restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { RngPump } from './helpers/rng-pump.ts';
 import { startHost } from './helpers/host-process.ts';
 import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 

@@ -16,7 +16,8 @@ import { ProtocolFeature } from '../host/protocol/constants.ts';
 import { loadPlugin, PluginError } from '../host/plugin/index.ts';
 import { buildFixtures, type Fixture } from './fixtures/plugins/build-fixtures.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
-import { RngPump, restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { RngPump } from './helpers/rng-pump.ts';
 import { stableFdCount, startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 
 const root = join(import.meta.dirname, '..');

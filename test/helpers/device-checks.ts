@@ -1,8 +1,8 @@
-// What host-level fault tests check over and over: a bystander rng device that keeps serving,
-// a device that serves the fixtures' healthy answer, rings restarted after RESET_DEVICE.
-// Shared by tests that run test/fixtures/plugins/multi-device-host.ts (helpers/multi-host.ts).
+// What host-level fault tests check over and over, next to the rng bystander of
+// helpers/rng-pump.ts: a device that serves the fixtures' healthy answer, rings restarted
+// after RESET_DEVICE. Shared by tests that run test/fixtures/plugins/multi-device-host.ts
+// (helpers/multi-host.ts).
 import type { ExecutionContext } from 'ava';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus } from '../../host/frontend/driver.ts';
 import { DriverQueue } from '../../host/frontend/queue.ts';
 import { ProtocolFeature } from '../../host/protocol/constants.ts';
@@ -13,48 +13,6 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
     p.finally(() => clearTimeout(timer)),
     new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms`)), ms))),
   ]);
-}
-
-/** Keeps rng requests flowing one after another; records when each one completed. */
-export class RngPump {
-  readonly done: number[] = [];
-  private stopped = false;
-  private error: Error | null = null;
-  private readonly loop: Promise<void>;
-
-  constructor(private readonly fe: VhostUserFrontend) {
-    this.loop = this.run().catch((e: Error) => {
-      this.error = e;
-    });
-  }
-
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      const r = await withTimeout(this.fe.queues[0].submit([], 64), 5000, 'rng request');
-      if (r.len !== 64) throw new Error(`rng answered ${r.len} bytes for 64`);
-      if (new Set(r.data).size < 16) throw new Error('rng answer does not look random');
-      this.done.push(performance.now());
-    }
-  }
-
-  between(from: number, to = Infinity): number {
-    return this.done.filter((t) => t >= from && t < to).length;
-  }
-
-  async waitFor(n: number, from: number): Promise<void> {
-    const end = Date.now() + 5000;
-    while (this.between(from) < n) {
-      if (this.error) throw this.error;
-      if (Date.now() > end) throw new Error(`rng served only ${this.between(from)} of ${n} requests in 5 s`);
-      await sleep(5);
-    }
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await this.loop;
-    if (this.error) throw this.error;
-  }
 }
 
 /** After RESET_DEVICE the driver starts over on the same connection: status, features, rings (one size each, from ring 0). */
