@@ -6,7 +6,7 @@
 // reconnect where it can. Last, SIGTERM ends the host although one device's worker is stuck
 // in a system call no terminate() reaches.
 import test from 'ava';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,8 +16,10 @@ import { saveState } from '../host/frontend/migrate.ts';
 import { native } from '../host/native/index.ts';
 import { FORCED_EXIT_CODE } from '../host/server/shutdown.ts';
 import { buildHostFixtures, type HostFixture } from './fixtures/plugins/build-host-fixtures.ts';
-import { LogWatch, RngPump, restartQueue, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { restartQueues, servesAgain, withTimeout } from './helpers/device-checks.ts';
+import { RngPump } from './helpers/rng-pump.ts';
 import { startHost } from './helpers/host-process.ts';
+import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 
 const root = join(import.meta.dirname, '..');
 const NEEDS_RESET = 0x40;
@@ -30,9 +32,7 @@ let dir: string;
 let disk: string;
 let fifo: string;
 let faulty: Record<HostFixture, string>;
-let host: ChildProcess;
-let hostExit: Promise<number | null>;
-const log = new LogWatch();
+let host: MultiHost;
 const sockets: Record<string, string> = {};
 
 test.before(async () => {
@@ -60,17 +60,11 @@ test.before(async () => {
     { label: 'state-huge', plugin: faulty['state-huge'], options: { cacheDir }, callDeadlineMs: 10_000 },
     { label: 'block', module: join(root, 'test', 'devices', 'hostile-device.ts'), options: { fifo }, callDeadlineMs: BLOCK_DEADLINE_MS },
   ].map((s) => ({ ...s, socket: (sockets[s.label] = join(dir, `${s.label}.sock`)) }));
-  host = spawn(process.execPath, ['--import', 'tsx', join(root, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)], {
-    cwd: root,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  hostExit = new Promise((resolve) => host.once('close', (code) => resolve(code)));
-  host.stderr!.setEncoding('utf8').on('data', (d: string) => (log.text += d));
-  await log.waitFor(/multi-device-host: serving rng, /, 0, 60_000);
+  host = await startMultiHost(specs);
 });
 
 test.after.always(async () => {
-  if (process.env.LIFECYCLE_HOST_LOG) writeFileSync(process.env.LIFECYCLE_HOST_LOG, log.text);
+  if (host && process.env.LIFECYCLE_HOST_LOG) writeFileSync(process.env.LIFECYCLE_HOST_LOG, host.log());
   if (fifo && existsSync(fifo)) {
     // Releases a worker still blocked opening the FIFO, whatever happened above.
     try {
@@ -79,7 +73,7 @@ test.after.always(async () => {
       // gone already
     }
   }
-  if (host && host.exitCode === null && host.signalCode === null) host.kill('SIGKILL');
+  if (host && host.child.exitCode === null && host.child.signalCode === null) host.child.kill('SIGKILL');
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -97,7 +91,7 @@ async function withBystander(t: import('ava').ExecutionContext, body: (pump: Rng
     await pump.stop().catch((e: Error) => t.fail(`rng stopped serving: ${e.message}`));
     await rng.close();
   }
-  t.is(host.exitCode, null, 'the host process is still running');
+  t.is(host.child.exitCode, null, 'the host process is still running');
 }
 
 async function needsReset(fe: VhostUserFrontend): Promise<boolean> {
@@ -116,27 +110,27 @@ test.serial('a plugin that loops in identity() once re-instantiated: its device 
 
       // RESET_DEVICE rebuilds the failed instance; the fresh one spins in identity().
       const deadlineLine = new RegExp(`loading the device \\(its instantiation, identity or info\\) ran \\d+ ms, past its ${LOAD_DEADLINE_MS} ms deadline; worker terminated`);
-      const before = log.count(deadlineLine);
+      const before = host.lines(deadlineLine).length;
       const tReset = performance.now();
       const err = await t.throwsAsync(bad.conn.resetDevice(), { instanceOf: VhostUserError });
       t.log(`RESET_DEVICE: ${err?.message}`);
-      t.log(await log.waitFor(deadlineLine, before));
+      t.log(await host.waitForLog(deadlineLine, before));
       t.true(pump.between(tReset) >= 3, 'rng served while the fresh instance spun');
       t.true(await needsReset(bad), 'NEEDS_RESET stays set: the device is still not usable');
-      await log.waitFor(/RESET_DEVICE \(34\) failed: .*past its 1000 ms deadline/);
+      await host.waitForLog(/RESET_DEVICE \(34\) failed: .*past its 1000 ms deadline/);
 
       // Again: a fresh worker this time, which spins at load too. Still refused, still serving.
       await t.throwsAsync(bad.conn.resetDevice(), { instanceOf: VhostUserError });
-      await log.waitFor(deadlineLine, before + 1);
+      await host.waitForLog(deadlineLine, before + 1);
       t.true(await needsReset(bad));
     } finally {
       await bad.close();
     }
 
     // A new front-end cannot be given a device that does not load: its connection is closed, with a line saying why.
-    const refusedBefore = log.count(/listener identity-loop: cannot start the device for a new connection: .*past its 1000 ms deadline/);
+    const refusedBefore = host.lines(/listener identity-loop: cannot start the device for a new connection: .*past its 1000 ms deadline/).length;
     await t.throwsAsync(VhostUserFrontend.connect(sockets['identity-loop'], opts));
-    await log.waitFor(/listener identity-loop: cannot start the device for a new connection: .*past its 1000 ms deadline/, refusedBefore);
+    await host.waitForLog(/listener identity-loop: cannot start the device for a new connection: .*past its 1000 ms deadline/, refusedBefore);
 
     // Once the operator clears the plugin's disk, the device loads and serves again.
     writeFileSync(disk, Buffer.alloc(4096));
@@ -160,15 +154,15 @@ for (const [label, logLine] of [
       try {
         await servesAgain(t, fe, 'before the save');
         await fe.conn.getVringBase(0); // a save needs stopped rings
-        const before = log.count(logLine);
+        const before = host.lines(logLine).length;
         await t.throwsAsync(saveState(fe.conn, 'pipe'), undefined, 'the save fails');
-        t.log(await log.waitFor(logLine, before));
+        t.log(await host.waitForLog(logLine, before));
         t.true(await needsReset(fe), 'NEEDS_RESET after the bad state');
-        const replaced = log.count(/device replaced by a fresh instance on reset/);
+        const replaced = host.lines(/device replaced by a fresh instance on reset/).length;
         await fe.conn.resetDevice();
-        await log.waitFor(/device replaced by a fresh instance on reset/, replaced);
+        await host.waitForLog(/device replaced by a fresh instance on reset/, replaced);
         t.false(await needsReset(fe), 'RESET_DEVICE cleared NEEDS_RESET');
-        await restartQueue(fe, QUEUE_SIZE);
+        await restartQueues(fe, [QUEUE_SIZE]);
         await servesAgain(t, fe, 'after RESET_DEVICE');
         // The fresh instance saves badly too, and this time the front-end just leaves.
         await fe.conn.getVringBase(0);
@@ -216,9 +210,9 @@ test.serial('call, err and kick fds that are not eventfds are refused; a saturat
         ['err', () => fe.conn.setVringErr(0, pw), /SET_VRING_ERR \(14\) failed: ring 0: the err fd is a pipe, not an eventfd/],
         ['kick', () => fe.conn.setVringKick(0, pr), /SET_VRING_KICK \(12\) failed: ring 0: the kick fd is a pipe, not an eventfd/],
       ] as const) {
-        const before = log.count(line);
+        const before = host.lines(line).length;
         await t.throwsAsync(send(), { instanceOf: VhostUserError }, `a pipe as ${what} fd is refused`);
-        await log.waitFor(line, before);
+        await host.waitForLog(line, before);
         // The ring keeps the fds it had: it still takes kicks and still notifies.
         await rngAnswer(`after the refused ${what} fd`);
       }
@@ -264,13 +258,13 @@ test.serial('a worker that crashes (an exception nothing catches): its device ne
       const change = new Promise<void>((resolve) => fe.backend!.once('config-change', () => resolve()));
       await withTimeout(fe.queues[0].submit([Buffer.from('crash')], 8), 5000, 'the request before the crash');
       await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the crash');
-      t.log(await log.waitFor(/device block: worker crashed: .*hostile device crashed its worker/));
+      t.log(await host.waitForLog(/device block: worker crashed: .*hostile device crashed its worker/));
       t.true(await needsReset(fe), 'GET_STATUS reports NEEDS_RESET, not 0');
-      const restarted = log.count(/session block: device restarted with a fresh instance after reset/);
+      const restarted = host.lines(/session block: device restarted with a fresh instance after reset/).length;
       await fe.conn.resetDevice();
-      await log.waitFor(/session block: device restarted with a fresh instance after reset/, restarted);
+      await host.waitForLog(/session block: device restarted with a fresh instance after reset/, restarted);
       t.false(await needsReset(fe));
-      await restartQueue(fe, QUEUE_SIZE);
+      await restartQueues(fe, [QUEUE_SIZE]);
       await servesAgain(t, fe, 'after RESET_DEVICE');
     } finally {
       await fe.close();
@@ -326,15 +320,15 @@ test.serial('a worker stuck in open() of a FIFO: the device fails alone and is s
       const tFault = performance.now();
       fe.queues[0].submit([Buffer.from('boom')], 8).catch(() => {});
       await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the deadline');
-      t.log(await log.waitFor(new RegExp(`device block: hostile: a device call ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`)));
+      t.log(await host.waitForLog(new RegExp(`device block: hostile: a device call ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`)));
       t.true(await needsReset(fe), 'NEEDS_RESET');
       t.true(pump.between(tFault) >= 3, 'rng served while the block device was stuck');
       // The terminated worker never exits (it is still in open()); a reset goes on without it.
       await fe.conn.resetDevice();
-      await log.waitFor(/device block: the worker did not exit within \d+ ms of being terminated/);
-      await log.waitFor(/session block: device restarted with a fresh instance after reset/);
+      await host.waitForLog(/device block: the worker did not exit within \d+ ms of being terminated/);
+      await host.waitForLog(/session block: device restarted with a fresh instance after reset/);
       t.false(await needsReset(fe));
-      await restartQueue(fe, QUEUE_SIZE);
+      await restartQueues(fe, [QUEUE_SIZE]);
       await servesAgain(t, fe, 'after RESET_DEVICE, from a fresh worker');
     } finally {
       await fe.close();
@@ -343,13 +337,12 @@ test.serial('a worker stuck in open() of a FIFO: the device fails alone and is s
 });
 
 test.serial('SIGTERM ends the host although a worker is stuck in a system call, naming the device and removing every socket', async (t) => {
-  t.is(host.exitCode, null);
+  t.is(host.child.exitCode, null);
   const t0 = performance.now();
-  host.kill('SIGTERM');
-  const code = await withTimeout(hostExit, 10_000, 'host exit after SIGTERM');
+  const code = await host.stop(); // SIGTERM; null if it took a SIGKILL after 10 s
   t.log(`exited with ${code} ${(performance.now() - t0).toFixed(0)} ms after SIGTERM`);
   t.is(code, FORCED_EXIT_CODE, 'the forced exit');
-  t.regex(log.text, /forcing the exit: the worker of device\(s\) block would not stop/);
+  t.regex(host.log(), /forcing the exit: the worker of device\(s\) block would not stop/);
   for (const [label, path] of Object.entries(sockets)) t.false(existsSync(path), `socket of ${label} removed`);
 });
 

@@ -17,12 +17,12 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1, VirtioStatus, type FrontendOptions } from '../host/frontend/driver.ts';
-import { DriverQueue } from '../host/frontend/queue.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { ProtocolFeature } from '../host/protocol/constants.ts';
 import { deviceReserve, RESERVE_BASE } from '../host/resources/fd-budget.ts';
 import { REPO } from './helpers/host-process.ts';
-import { startMultiHost, until, type MultiHost } from './helpers/multi-host.ts';
+import { stableFdCount, startMultiHost, until, type MultiHost } from './helpers/multi-host.ts';
+import { restartQueues } from './helpers/device-checks.ts';
 import { FuseClient, ERRNO, nodeOf, type FuseReply } from './helpers/fuse.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { buildFsHoarder } from './fixtures/plugins/build-fs-hoarder.ts';
@@ -67,17 +67,6 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function stableFds(): Promise<number> {
-  let last = host.fdCount();
-  for (let same = 0; same < 3; ) {
-    await sleep(60);
-    const now = host.fdCount();
-    same = now === last ? same + 1 : 0;
-    last = now;
-  }
-  return last;
-}
-
 /** LOOKUP of f<from>..f<to-1>, 32 in flight at a time. */
 async function lookupAll(fuse: FuseClient, from: number, to: number): Promise<FuseReply[]> {
   const out: FuseReply[] = [];
@@ -87,29 +76,6 @@ async function lookupAll(fuse: FuseClient, from: number, to: number): Promise<Fu
     out.push(...(await Promise.all(batch)));
   }
   return out;
-}
-
-/** After RESET_DEVICE the driver starts over on the same connection: status, features, rings. */
-async function restartQueues(fe: VhostUserFrontend, sizes: number[]): Promise<void> {
-  const conn = fe.conn;
-  const { ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK } = VirtioStatus;
-  await conn.setStatus(ACKNOWLEDGE | DRIVER);
-  await conn.setFeatures(fe.features);
-  await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
-  for (const [index, size] of sizes.entries()) {
-    fe.queues[index].close();
-    const q = new DriverQueue(fe.memory, { index, size, eventIdx: fe.hasFeature(VIRTIO_F_EVENT_IDX), indirectEntries: 0 });
-    fe.queues[index] = q;
-    const a = q.addresses();
-    await conn.setVringNum(index, size);
-    await conn.setVringBase(index, 0);
-    await conn.setVringAddr({ index, flags: 0, descUserAddr: BigInt(a.desc), usedUserAddr: BigInt(a.used), availUserAddr: BigInt(a.avail), logGuestAddr: BigInt(q.ring.usedGpa) });
-    await conn.setVringKick(index, q.kickFd);
-    await conn.setVringCall(index, q.callFd);
-    q.start();
-    await conn.setVringEnable(index, true);
-  }
-  await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 }
 
 test.serial('one fs device cannot take the fds of the process: ENFILE to its guest, the rng device keeps serving and accepting, reset and disconnect give every fd back', async (t) => {
@@ -130,7 +96,7 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   const other = await host.within(VhostUserFrontend.connect(sock('fs2'), fsOpts), 'connect to fs2');
   const fuse2 = new FuseClient(other);
   t.is((await fuse2.init()).error, 0, 'INIT of the second fs device');
-  const baseline = await stableFds();
+  const baseline = await stableFdCount(host);
 
   // More lookups than the budget: distinct files, so each holds one host fd until FORGET.
   const replies = await lookupAll(fuse, 0, files);
@@ -177,7 +143,7 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
 
 test.serial('accept failing with EMFILE backs off with one log line and serves the waiting front-end once fds are back', async (t) => {
   // Whatever the last test's disconnects started (resets, releases) is over before fds run out.
-  await stableFds();
+  await stableFdCount(host);
   const rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   const pump = RngPump.start(t, rngFe);
   await pump.more(3);
@@ -209,7 +175,7 @@ test.serial('accept failing with EMFILE backs off with one log line and serves t
 test.serial('a worker killed by the call deadline while holding share handles gives them all back', async (t) => {
   const rngFe = await host.within(VhostUserFrontend.connect(sock('rng'), rngOpts), 'connect to rng');
   const pump = RngPump.start(t, rngFe);
-  const baseline = await stableFds();
+  const baseline = await stableFdCount(host);
   const fe = await host.within(VhostUserFrontend.connect(sock('spin'), fsOpts), 'connect to spin');
   const fuse = new FuseClient(fe);
   const spinBefore = host.lines(/past its 3000 ms deadline; worker terminated/).length;

@@ -3,13 +3,13 @@
 // hostile plugin, over real sockets. Each attack must fail (or be capped) for its own device
 // only, with a log line that says what happened, while rng keeps serving.
 import test from 'ava';
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { loadPlugin, PluginError } from '../host/plugin/index.ts';
+import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 import { buildHogFixtures, buildSdkFixtures, type HogFixture, type SdkFixture } from './fixtures/plugins/build-sandbox-fixtures.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -23,16 +23,13 @@ let sdk: Record<SdkFixture, string>;
 let hogs: Record<HogFixture, string>;
 let rngFile: string;
 
-interface MultiHost {
-  child: ChildProcess;
+interface LimitsHost extends MultiHost {
   sockets: Record<string, string>;
-  log(): string;
-  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
   peakRss(): number;
-  stop(): Promise<void>;
 }
 
-async function startMulti(devices: { label: string; plugin: string; options?: Record<string, unknown> }[]): Promise<MultiHost> {
+/** A host serving the rng bystander and the given devices, each on a fresh socket. */
+async function startMulti(devices: { label: string; plugin: string; options?: Record<string, unknown> }[]): Promise<LimitsHost> {
   const sockets: Record<string, string> = {};
   const specs = [{ label: 'rng', plugin: rngFile, options: { entropy: true } }, ...devices].map((d) => ({
     ...d,
@@ -40,35 +37,11 @@ async function startMulti(devices: { label: string; plugin: string; options?: Re
     callDeadlineMs: 10_000,
     socket: (sockets[d.label] = join(dir, `${d.label}-${Math.random().toString(36).slice(2)}.sock`)),
   }));
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)], {
-    cwd: root,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const waitForLog = async (re: RegExp, timeoutMs = 20_000): Promise<string> => {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const hit = stderr.split('\n').find((l) => re.test(l));
-      if (hit) return hit;
-      if (Date.now() > end || child.exitCode !== null) throw new Error(`host never logged ${re}; its log:\n${stderr}`);
-      await sleep(20);
-    }
-  };
-  await waitForLog(/multi-device-host: serving rng/, 60_000);
-  for (const s of specs) if (!existsSync(s.socket)) throw new Error(`no socket ${s.socket}`);
+  const host = await startMultiHost(specs);
   return {
-    child,
+    ...host,
     sockets,
-    log: () => stderr,
-    waitForLog,
-    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) * 1024,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await Promise.race([exited, sleep(5000).then(() => child.kill('SIGKILL'))]);
-    },
+    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${host.pid}/status`, 'utf8'))![1]) * 1024,
   };
 }
 

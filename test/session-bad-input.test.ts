@@ -2,12 +2,12 @@
 // naming what was wrong, and the host leaks no fd and no mapping, and keeps serving.
 import test from 'ava';
 import { native } from '../host/native/index.ts';
-import { MessageChannel } from '../host/protocol/channel.ts';
-import { encodeRequest, frame } from '../host/protocol/codec.ts';
+import { frame } from '../host/protocol/codec.ts';
 import { FLAG_NEED_REPLY, ProtocolFeature, VERSION, featureBit } from '../host/protocol/constants.ts';
 import { Req } from '../host/protocol/requests.ts';
-import type { FrontendRequest, RawMessage } from '../host/protocol/messages.ts';
+import type { RawMessage } from '../host/protocol/messages.ts';
 import { startHost, eventually, NULL_DEVICE, type HostProcess } from './helpers/host-process.ts';
+import { connectRaw, type RawFrontend } from './helpers/raw-frontend.ts';
 
 const u64 = (v: bigint) => {
   const b = new Uint8Array(8);
@@ -15,32 +15,8 @@ const u64 = (v: bigint) => {
   return b;
 };
 
-interface Raw {
-  ch: MessageChannel;
-  closed: Promise<string | null>;
-  send(bytes: Uint8Array, fds?: number[]): Promise<void>;
-  request(req: FrontendRequest, needReply?: boolean): Promise<RawMessage | null>;
-}
-
-function connect(h: HostProcess): Raw {
-  const fd = native.connectUnix(h.socketPath);
-  let onClose!: (r: string | null) => void;
-  const closed = new Promise<string | null>((r) => (onClose = r));
-  const ch = new MessageChannel(fd, { codes: 'backend', onClose: (r) => onClose(r) });
-  return {
-    ch,
-    closed,
-    send: (bytes, fds = []) => ch.send(bytes, fds),
-    async request(req, needReply = false) {
-      const e = encodeRequest(req, needReply);
-      const hasReply = needReply || [Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_QUEUE_NUM, Req.GET_VRING_BASE].includes(req.code as never);
-      return ch.request(e.bytes, e.fds, hasReply);
-    },
-  };
-}
-
 /** Negotiates protocol features including REPLY_ACK, so failures come back as replies. */
-async function handshake(c: Raw): Promise<void> {
+async function handshake(c: RawFrontend): Promise<void> {
   await c.request({ code: Req.GET_FEATURES });
   await c.request({ code: Req.GET_PROTOCOL_FEATURES });
   const pf = featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG) | featureBit(ProtocolFeature.MQ);
@@ -78,7 +54,7 @@ async function assertNoLeak(t: { true: (v: boolean, m?: string) => void }, h: Ho
 }
 
 test.serial('truncated header: the connection is closed and the host says so', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await c.send(new Uint8Array([1, 0, 0, 0, 1, 0]));
   c.ch.close(); // peer goes away mid-header
   await host.waitForLog(/connection closed: .*(header|EOF|mid)/i);
@@ -86,7 +62,7 @@ test.serial('truncated header: the connection is closed and the host says so', a
 });
 
 test.serial('payload shorter than size, then disconnect: fds of the half message are closed', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const fd = memfd(4096);
   // SET_MEM_TABLE header promising 40 bytes, with its fd, and only 8 bytes of payload.
@@ -99,7 +75,7 @@ test.serial('payload shorter than size, then disconnect: fds of the half message
 });
 
 test.serial('payload longer than the request layout: refused with a failure reply naming it', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const reply = await c.ch.request(frame(Req.SET_FEATURES, VERSION | FLAG_NEED_REPLY, new Uint8Array(12)), [], true);
   t.not(ackValue(reply), 0n);
@@ -111,7 +87,7 @@ test.serial('payload longer than the request layout: refused with a failure repl
 });
 
 test.serial('unknown request number: failure reply, connection survives', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const reply = await c.ch.request(frame(99, VERSION | FLAG_NEED_REPLY), [], true);
   t.not(ackValue(reply), 0n);
@@ -122,7 +98,7 @@ test.serial('unknown request number: failure reply, connection survives', async 
 });
 
 test.serial('wrong version bits: connection closed with the reason', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await c.send(frame(Req.GET_FEATURES, 0x2));
   t.not(await c.closed, undefined);
   await host.waitForLog(/version is 2/);
@@ -130,7 +106,7 @@ test.serial('wrong version bits: connection closed with the reason', async (t) =
 });
 
 test.serial('fds where none are expected are closed, not leaked', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const fds = [memfd(4096), memfd(4096), memfd(4096)];
   const reply = await c.ch.request(frame(Req.SET_OWNER, VERSION | FLAG_NEED_REPLY), fds, true);
@@ -142,7 +118,7 @@ test.serial('fds where none are expected are closed, not leaked', async (t) => {
 });
 
 test.serial('more fds than the request takes: refused, all closed', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const fds = [native.eventfd(0), native.eventfd(0)];
   const reply = await c.ch.request(frame(Req.SET_VRING_CALL, VERSION | FLAG_NEED_REPLY, u64(0n)), fds, true);
@@ -168,7 +144,7 @@ test.serial('more than 8 fds on one message: connection closed, every fd closed'
 });
 
 test.serial('SET_MEM_TABLE with overlapping regions or a zero-size region is refused', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const a = memfd(1 << 20);
   const b = memfd(1 << 20);
@@ -197,7 +173,7 @@ test.serial('SET_MEM_TABLE with overlapping regions or a zero-size region is ref
 });
 
 test.serial('ring addresses outside guest memory: the ring does not start and the host says why', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const features = ackValue(await c.request({ code: Req.GET_FEATURES }));
   await c.request({ code: Req.SET_FEATURES, features }, true);
@@ -224,7 +200,7 @@ test.serial('ring addresses outside guest memory: the ring does not start and th
 });
 
 test.serial('a front-end that disconnects mid-session releases every fd and mapping', async (t) => {
-  const c = connect(host);
+  const c = connectRaw(host.socketPath);
   await handshake(c);
   const m = memfd(1 << 20);
   await c.request({ code: Req.SET_MEM_TABLE, regions: [{ guestPhysAddr: 0n, memorySize: 1n << 20n, userspaceAddr: 0x10000000n, mmapOffset: 0n, fd: m }] }, true);

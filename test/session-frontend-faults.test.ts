@@ -9,13 +9,13 @@ import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../host/native/index.ts';
-import { MessageChannel } from '../host/protocol/channel.ts';
-import { encodeRequest, frame } from '../host/protocol/codec.ts';
+import { frame } from '../host/protocol/codec.ts';
 import { FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, VERSION, featureBit } from '../host/protocol/constants.ts';
 import { Req } from '../host/protocol/requests.ts';
-import type { FrontendRequest, RawMessage } from '../host/protocol/messages.ts';
+import type { RawMessage } from '../host/protocol/messages.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { startHost, eventually, NULL_DEVICE, REPO, type HostProcess } from './helpers/host-process.ts';
+import { connectRaw, type RawFrontend } from './helpers/raw-frontend.ts';
 
 const opts: FrontendOptions = { memoryBytes: 1 << 20, queues: [16], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
 
@@ -78,27 +78,7 @@ async function waitForLogSince(mark: number, re: RegExp): Promise<string> {
   return logSince(mark).split('\n').find((l) => re.test(l))!;
 }
 
-interface Raw {
-  ch: MessageChannel;
-  closed: Promise<string | null>;
-  /** Sends `req`; waits for a reply when `expectReply` (the request's own, or the ack). */
-  request(req: FrontendRequest, needReply?: boolean, expectReply?: boolean): Promise<RawMessage | null>;
-}
-
-function connect(path = host.socketPath): Raw {
-  const fd = native.connectUnix(path);
-  let onClose!: (r: string | null) => void;
-  const closed = new Promise<string | null>((r) => (onClose = r));
-  const ch = new MessageChannel(fd, { codes: 'backend', onClose: (r) => onClose(r) });
-  return {
-    ch,
-    closed,
-    request(req, needReply = false, expectReply = needReply) {
-      const e = encodeRequest(req, needReply);
-      return ch.request(e.bytes, e.fds, expectReply || [Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES].includes(req.code as never));
-    },
-  };
-}
+const connect = (path = host.socketPath): RawFrontend => connectRaw(path);
 
 const u64Of = (m: RawMessage | null): bigint => {
   if (!m) throw new Error('no reply');
@@ -106,7 +86,7 @@ const u64Of = (m: RawMessage | null): bigint => {
 };
 
 /** GET_FEATURES, protocol features (REPLY_ACK unless `replyAck` is false, LOG_SHMFD, BACKEND_REQ), SET_OWNER, SET_FEATURES. */
-async function handshake(c: Raw, replyAck = true): Promise<void> {
+async function handshake(c: RawFrontend, replyAck = true): Promise<void> {
   const features = u64Of(await c.request({ code: Req.GET_FEATURES }));
   await c.request({ code: Req.GET_PROTOCOL_FEATURES });
   const pf =

@@ -73,7 +73,8 @@ class Reader {
   }
 }
 
-function leb(value: number): number[] {
+/** Unsigned LEB128, as the binary format writes sizes, counts and indices. */
+export function leb(value: number): number[] {
   const out: number[] = [];
   do {
     let b = value & 0x7f;
@@ -103,26 +104,33 @@ function readRefType(r: Reader): number {
   return t;
 }
 
-interface Section {
+export interface Section {
   id: number;
   start: number; // of the id byte
   bodyStart: number;
   end: number;
 }
 
-function sections(module: Uint8Array): Section[] {
-  if (binaryKind(module) !== 'core-module') throw new Error('not a core wasm module');
+/** The sections of a core module or a component, in order, ids unchecked (they differ between the two). */
+export function sectionsOf(binary: Uint8Array): Section[] {
+  if (binaryKind(binary) === 'unknown') throw new Error('not a wasm module or component');
   const out: Section[] = [];
-  const r = new Reader(module, 8);
-  while (r.pos < module.length) {
+  const r = new Reader(binary, 8);
+  while (r.pos < binary.length) {
     const start = r.pos;
     const id = r.byte();
     const size = r.u32();
     const bodyStart = r.pos;
     r.skip(size);
-    if (id !== SECTION.custom && !(id in ORDER)) throw new Error(`unknown section id ${id}`);
     out.push({ id, start, bodyStart, end: r.pos });
   }
+  return out;
+}
+
+function sections(module: Uint8Array): Section[] {
+  if (binaryKind(module) !== 'core-module') throw new Error('not a core wasm module');
+  const out = sectionsOf(module);
+  for (const { id } of out) if (id !== SECTION.custom && !(id in ORDER)) throw new Error(`unknown section id ${id}`);
   return out;
 }
 

@@ -1,8 +1,8 @@
-// What host-level fault tests check over and over: a bystander rng device that keeps serving,
-// a device that serves the fixtures' healthy answer, a ring restarted after RESET_DEVICE, the
-// host's log. Shared by tests that run test/fixtures/plugins/multi-device-host.ts.
+// What host-level fault tests check over and over, next to the rng bystander of
+// helpers/rng-pump.ts: a device that serves the fixtures' healthy answer, rings restarted
+// after RESET_DEVICE. Shared by tests that run test/fixtures/plugins/multi-device-host.ts
+// (helpers/multi-host.ts).
 import type { ExecutionContext } from 'ava';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus } from '../../host/frontend/driver.ts';
 import { DriverQueue } from '../../host/frontend/queue.ts';
 import { ProtocolFeature } from '../../host/protocol/constants.ts';
@@ -15,67 +15,27 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
   ]);
 }
 
-/** Keeps rng requests flowing one after another; records when each one completed. */
-export class RngPump {
-  readonly done: number[] = [];
-  private stopped = false;
-  private error: Error | null = null;
-  private readonly loop: Promise<void>;
-
-  constructor(private readonly fe: VhostUserFrontend) {
-    this.loop = this.run().catch((e: Error) => {
-      this.error = e;
-    });
-  }
-
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      const r = await withTimeout(this.fe.queues[0].submit([], 64), 5000, 'rng request');
-      if (r.len !== 64) throw new Error(`rng answered ${r.len} bytes for 64`);
-      if (new Set(r.data).size < 16) throw new Error('rng answer does not look random');
-      this.done.push(performance.now());
-    }
-  }
-
-  between(from: number, to = Infinity): number {
-    return this.done.filter((t) => t >= from && t < to).length;
-  }
-
-  async waitFor(n: number, from: number): Promise<void> {
-    const end = Date.now() + 5000;
-    while (this.between(from) < n) {
-      if (this.error) throw this.error;
-      if (Date.now() > end) throw new Error(`rng served only ${this.between(from)} of ${n} requests in 5 s`);
-      await sleep(5);
-    }
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await this.loop;
-    if (this.error) throw this.error;
-  }
-}
-
-/** After RESET_DEVICE the driver starts over on the same connection: features, then ring 0. */
-export async function restartQueue(fe: VhostUserFrontend, size: number): Promise<void> {
+/** After RESET_DEVICE the driver starts over on the same connection: status, features, rings (one size each, from ring 0). */
+export async function restartQueues(fe: VhostUserFrontend, sizes: readonly number[]): Promise<void> {
   const conn = fe.conn;
-  fe.queues[0].close();
   const status = conn.hasProtocol(ProtocolFeature.STATUS);
   const { ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK } = VirtioStatus;
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER);
   await conn.setFeatures(fe.features);
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
-  const q = new DriverQueue(fe.memory, { index: 0, size, eventIdx: fe.hasFeature(VIRTIO_F_EVENT_IDX), indirectEntries: 0 });
-  fe.queues[0] = q;
-  const a = q.addresses();
-  await conn.setVringNum(0, size);
-  await conn.setVringBase(0, 0);
-  await conn.setVringAddr({ index: 0, flags: 0, descUserAddr: BigInt(a.desc), usedUserAddr: BigInt(a.used), availUserAddr: BigInt(a.avail), logGuestAddr: BigInt(q.ring.usedGpa) });
-  await conn.setVringKick(0, q.kickFd);
-  await conn.setVringCall(0, q.callFd);
-  q.start();
-  await conn.setVringEnable(0, true);
+  for (const [index, size] of sizes.entries()) {
+    fe.queues[index].close();
+    const q = new DriverQueue(fe.memory, { index, size, eventIdx: fe.hasFeature(VIRTIO_F_EVENT_IDX), indirectEntries: 0 });
+    fe.queues[index] = q;
+    const a = q.addresses();
+    await conn.setVringNum(index, size);
+    await conn.setVringBase(index, 0);
+    await conn.setVringAddr({ index, flags: 0, descUserAddr: BigInt(a.desc), usedUserAddr: BigInt(a.used), availUserAddr: BigInt(a.avail), logGuestAddr: BigInt(q.ring.usedGpa) });
+    await conn.setVringKick(index, q.kickFd);
+    await conn.setVringCall(index, q.callFd);
+    q.start();
+    await conn.setVringEnable(index, true);
+  }
   if (status) await conn.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 }
 
@@ -84,23 +44,4 @@ export async function servesAgain(t: ExecutionContext, fe: VhostUserFrontend, wh
   const r = await withTimeout(fe.queues[0].submit([Buffer.from('ping')], 8), 5000, what);
   t.is(r.len, 8, what);
   t.deepEqual([...r.data], new Array(8).fill(0x5a), what);
-}
-
-/** A child's stderr, collected, with "wait for the n-th line matching". */
-export class LogWatch {
-  text = '';
-
-  count(re: RegExp): number {
-    return this.text.split('\n').filter((l) => re.test(l)).length;
-  }
-
-  async waitFor(re: RegExp, after = 0, timeoutMs = 10_000): Promise<string> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const hits = this.text.split('\n').filter((l) => re.test(l));
-      if (hits.length > after) return hits[after];
-      if (Date.now() > end) throw new Error(`host never logged ${re}; its log:\n${this.text}`);
-      await sleep(20);
-    }
-  }
 }

@@ -10,9 +10,12 @@ import { REPO } from './host-process.ts';
 export interface DeviceSpec {
   label: string;
   socket: string;
-  plugin: string;
+  /** A plugin file, or `module`: a TypeScript device module (a file path). */
+  plugin?: string;
+  module?: string;
   options?: Record<string, unknown>;
   callDeadlineMs?: number;
+  loadDeadlineMs?: number;
 }
 
 export interface MultiHost {
@@ -94,4 +97,16 @@ export async function until(fn: () => boolean, what: string, timeoutMs = 10_000)
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/** The host's fd count once it has stayed the same over three looks 60 ms apart (lazily opened fds settled). */
+export async function stableFdCount(h: MultiHost): Promise<number> {
+  let last = h.fdCount();
+  for (let same = 0; same < 3; ) {
+    await sleep(60);
+    const now = h.fdCount();
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
 }

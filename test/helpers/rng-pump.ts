@@ -4,7 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { VhostUserFrontend } from '../../host/frontend/driver.ts';
 
 export class RngPump {
-  private served = 0;
+  /** When each request completed (performance.now()). */
+  readonly done: number[] = [];
   private stopped = false;
   private error: Error | null = null;
   private readonly loop: Promise<void>;
@@ -30,13 +31,20 @@ export class RngPump {
         new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('an rng request got no answer in 5 s')), 5000))),
       ]).finally(() => clearTimeout(timer));
       if (r.len !== 64) throw new Error(`rng answered ${r.len} bytes for 64`);
-      this.served++;
+      if (new Set(r.data).size < 16) throw new Error('rng answer does not look random');
+      this.done.push(performance.now());
     }
   }
 
+  /** Requests served so far; throws what stopped the pump, if anything did. */
   get count(): number {
     if (this.error) throw this.error;
-    return this.served;
+    return this.done.length;
+  }
+
+  /** Requests completed in [from, to). */
+  between(from: number, to = Infinity): number {
+    return this.done.filter((t) => t >= from && t < to).length;
   }
 
   /** Resolves once n more requests were served from now. */
@@ -49,10 +57,21 @@ export class RngPump {
     }
   }
 
+  /** Resolves once n requests completed at or after `from` (a performance.now() time). */
+  async waitFor(n: number, from: number): Promise<void> {
+    const end = Date.now() + 5000;
+    while (this.between(from) < n) {
+      if (this.error) throw this.error;
+      if (Date.now() > end) throw new Error(`rng served only ${this.between(from)} of ${n} requests in 5 s`);
+      await sleep(5);
+    }
+  }
+
+  /** Stops the pump; resolves with the requests served, or rejects with what stopped it early. */
   async stop(): Promise<number> {
     this.stopped = true;
     await this.loop;
     if (this.error) throw this.error;
-    return this.served;
+    return this.done.length;
   }
 }

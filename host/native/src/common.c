@@ -55,6 +55,11 @@ bool throw_errno_path(napi_env env, const char *syscall, int err, const char *pa
 
 bool throw_errno(napi_env env, const char *syscall, int err) { return throw_errno_path(env, syscall, err, NULL); }
 
+napi_value errno_thrown(napi_env env, const char *syscall, int err) {
+  throw_errno(env, syscall, err);
+  return NULL;
+}
+
 bool throw_uv(napi_env env, const char *syscall, int uverr) {
   char msg[512];
   snprintf(msg, sizeof msg, "%s: %s (%s)", syscall, uv_err_name(uverr), uv_strerror(uverr));
@@ -147,6 +152,18 @@ bool get_fd(napi_env env, napi_value v, const char *fn, const char *name, int *o
   double d = 0;
   if (!get_integer(env, v, fn, name, 2147483647.0, &d)) return false;
   *out = (int)d;
+  return true;
+}
+
+bool one_fd(napi_env env, napi_callback_info info, const char *fn, int *fd) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, 1, argv, NULL, fn)) return false;
+  return get_fd(env, argv[0], fn, "fd", fd);
+}
+
+bool one_fd_stat(napi_env env, napi_callback_info info, const char *fn, int *fd, struct stat *st) {
+  if (!one_fd(env, info, fn, fd)) return false;
+  if (fstat(*fd, st) < 0) return throw_errno(env, "fstat", errno);
   return true;
 }
 

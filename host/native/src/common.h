@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 // Number.MAX_SAFE_INTEGER: larger sizes cannot round-trip through a JS number.
 #define SAFE_INT_MAX 9007199254740991.0
@@ -31,6 +32,9 @@ typedef struct addon_env {
 // return NULL straight away.
 bool throw_errno(napi_env env, const char *syscall, int err);
 bool throw_errno_path(napi_env env, const char *syscall, int err, const char *path);
+// throw_errno, returning NULL instead: `if (fail) return errno_thrown(env, "mmap", errno);`
+// in a callback.
+napi_value errno_thrown(napi_env env, const char *syscall, int err);
 bool throw_uv(napi_env env, const char *syscall, int uverr);
 bool throw_type(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool throw_range(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -42,6 +46,10 @@ bool throw_napi(napi_env env, napi_status st, const char *what);
 bool get_args(napi_env env, napi_callback_info info, size_t cap, size_t required, napi_value *argv,
               napi_value *self, const char *fn);
 bool get_fd(napi_env env, napi_value v, const char *fn, const char *name, int *out);
+// The call's one argument, an fd (named "fd" in the error).
+bool one_fd(napi_env env, napi_callback_info info, const char *fn, int *fd);
+// one_fd, then fstat() of it (an errno error with syscall "fstat" if that fails).
+bool one_fd_stat(napi_env env, napi_callback_info info, const char *fn, int *fd, struct stat *st);
 bool get_u64(napi_env env, napi_value v, const char *fn, const char *name, uint64_t *out);
 bool get_bool(napi_env env, napi_value v, const char *fn, const char *name, bool *out);
 bool get_bytes(napi_env env, napi_value v, const char *fn, const char *name, void **data, size_t *len);

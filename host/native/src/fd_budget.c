@@ -76,8 +76,7 @@ static napi_value fd_budget_init(napi_env env, napi_callback_info info) {
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
       int err = errno;
       pthread_mutex_unlock(&init_lock);
-      throw_errno(env, "getrlimit", err);
-      return NULL;
+      return errno_thrown(env, "getrlimit", err);
     }
     limit_before = rl.rlim_cur == RLIM_INFINITY ? 1L << 30 : (long)rl.rlim_cur;
     limit_hard = rl.rlim_max == RLIM_INFINITY ? 1L << 30 : (long)rl.rlim_max;

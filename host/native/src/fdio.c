@@ -72,12 +72,6 @@ static napi_value do_write(napi_env env, napi_callback_info info) { return strea
 static napi_value do_pread(napi_env env, napi_callback_info info) { return positional_io(env, info, false); }
 static napi_value do_pwrite(napi_env env, napi_callback_info info) { return positional_io(env, info, true); }
 
-static bool one_fd(napi_env env, napi_callback_info info, const char *fn, int *fd) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, 1, argv, NULL, fn)) return false;
-  return get_fd(env, argv[0], fn, "fd", fd);
-}
-
 static napi_value do_close(napi_env env, napi_callback_info info) {
   int fd;
   if (!one_fd(env, info, "close", &fd)) return NULL;
@@ -117,12 +111,8 @@ static napi_value set_nonblocking(napi_env env, napi_callback_info info) {
 
 static napi_value do_fstat(napi_env env, napi_callback_info info) {
   int fd;
-  if (!one_fd(env, info, "fstat", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "fstat", &fd, &st)) return NULL;
   napi_value o;
   if (napi_create_object(env, &o) != napi_ok) return NULL;
   napi_set_named_property(env, o, "size", make_number(env, (double)st.st_size));
@@ -277,12 +267,8 @@ static napi_value is_nonblocking(napi_env env, napi_callback_info info) {
 // ("anon_inode:[eventfd]") and their file system (anon_inodefs) tells them from path-based files.
 static napi_value fd_kind(napi_env env, napi_callback_info info) {
   int fd;
-  if (!one_fd(env, info, "fdKind", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fdKind", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "fdKind", &fd, &st)) return NULL;
   char path[64], link[256];
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
   ssize_t n = readlink(path, link, sizeof link - 1);

@@ -231,10 +231,7 @@ static napi_value mapping_window(napi_env env, napi_callback_info info) {
     return NULL;
   }
   window_entry *e = calloc(1, sizeof *e);
-  if (!e) {
-    throw_errno(env, "malloc", ENOMEM);
-    return NULL;
-  }
+  if (!e) return errno_thrown(env, "malloc", ENOMEM);
   e->m = m;
   e->next = m->windows;
   if (m->windows) m->windows->prev = e;
@@ -279,10 +276,7 @@ static napi_value mapping_unmap(napi_env env, napi_callback_info info) {
     }
   }
   mapping_unguard(m);
-  if (munmap(m->base, m->size) < 0) {
-    throw_errno(env, "munmap", errno);
-    return NULL;
-  }
+  if (munmap(m->base, m->size) < 0) return errno_thrown(env, "munmap", errno);
   m->mapped = false;
   return make_undefined(env);
 }
@@ -324,15 +318,9 @@ static const char *file_type_text(mode_t mode) {
 }
 
 static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int fd;
-  if (!get_args(env, info, 1, 1, argv, NULL, "memoryFdInfo")) return NULL;
-  if (!get_fd(env, argv[0], "memoryFdInfo", "fd", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "memoryFdInfo", &fd, &st)) return NULL;
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) seals = -1; // not a memfd (EINVAL): nothing stops a shrink
   double page = (double)sysconf(_SC_PAGESIZE);
@@ -370,10 +358,7 @@ static napi_value memfd_add_seals(napi_env env, napi_callback_info info) {
     throw_range(env, "memfdAddSeals: seals 0x%llx has bits outside F_SEAL_*", (unsigned long long)seals);
     return NULL;
   }
-  if (fcntl(fd, F_ADD_SEALS, (int)seals) < 0) {
-    throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
-    return NULL;
-  }
+  if (fcntl(fd, F_ADD_SEALS, (int)seals) < 0) return errno_thrown(env, "fcntl(F_ADD_SEALS)", errno);
   return make_undefined(env);
 }
 
@@ -406,10 +391,7 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
   // with a size we can check: a shared mapping of /dev/zero is private to us, and other
   // devices have no size fstat reports.
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (fstat(fd, &st) < 0) return errno_thrown(env, "fstat", errno);
   if (!S_ISREG(st.st_mode)) {
     throw_plain(env, "ERR_MAPPING_NOT_FILE",
                 "mmap: the fd is a %s, not a regular file or memfd; only those can back shared memory",
@@ -427,20 +409,13 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
   struct statfs sf;
   if (fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC) fault_unit = (size_t)sf.f_bsize;
   pthread_once(&guard_once, guard_install);
-  if (guard_install_errno != 0) {
-    throw_errno(env, "sigaction(SIGBUS)", guard_install_errno);
-    return NULL;
-  }
+  if (guard_install_errno != 0) return errno_thrown(env, "sigaction(SIGBUS)", guard_install_errno);
   void *base = mmap(NULL, (size_t)size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, (off_t)off);
-  if (base == MAP_FAILED) {
-    throw_errno(env, "mmap", errno);
-    return NULL;
-  }
+  if (base == MAP_FAILED) return errno_thrown(env, "mmap", errno);
   mapping *m = calloc(1, sizeof *m);
   if (!m) {
     munmap(base, (size_t)size);
-    throw_errno(env, "malloc", ENOMEM);
-    return NULL;
+    return errno_thrown(env, "malloc", ENOMEM);
   }
   m->base = base;
   m->size = size;

@@ -125,17 +125,14 @@ static napi_value accept_conn(napi_env env, napi_callback_info info) {
     // ECONNABORTED: a client gave up while queued; the next one may be waiting behind it.
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_number(env, -1);
-    throw_errno(env, "accept4", errno);
-    return NULL;
+    return errno_thrown(env, "accept4", errno);
   }
 }
 
 static napi_value socket_pair(napi_env env, napi_callback_info info) {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
-    throw_errno(env, "socketpair", errno);
-    return NULL;
-  }
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+    return errno_thrown(env, "socketpair", errno);
   return make_fd_pair(env, sv[0], sv[1]);
 }
 
@@ -148,19 +145,12 @@ static napi_value is_listening_unix(napi_env env, napi_callback_info info) {
   socklen_t len = sizeof domain;
   if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) {
     if (errno == ENOTSOCK) return make_bool(env, false);
-    throw_errno(env, "getsockopt", errno);
-    return NULL;
+    return errno_thrown(env, "getsockopt", errno);
   }
   len = sizeof type;
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
-    throw_errno(env, "getsockopt", errno);
-    return NULL;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return errno_thrown(env, "getsockopt", errno);
   len = sizeof acc;
-  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0) {
-    throw_errno(env, "getsockopt", errno);
-    return NULL;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0) return errno_thrown(env, "getsockopt", errno);
   return make_bool(env, domain == AF_UNIX && type == SOCK_STREAM && acc != 0);
 }
 
@@ -207,8 +197,7 @@ static napi_value recv_msg(napi_env env, napi_callback_info info) {
       napi_get_null(env, &nul);
       return nul;
     }
-    throw_errno(env, "recvmsg", errno);
-    return NULL;
+    return errno_thrown(env, "recvmsg", errno);
   }
 
   int fds[MAX_FDS_PER_MSG];
@@ -302,8 +291,7 @@ static napi_value send_msg(napi_env env, napi_callback_info info) {
   while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_number(env, -1);
-    throw_errno(env, "sendmsg", errno);
-    return NULL;
+    return errno_thrown(env, "sendmsg", errno);
   }
   return make_number(env, (double)n);
 }

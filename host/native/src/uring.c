@@ -153,8 +153,9 @@ static uring *this_uring(napi_env env, napi_value self, const char *fn) {
   return u;
 }
 
-// Reserves an op slot and an SQE; NULL (no exception) when the ring is at capacity.
-static struct io_uring_sqe *reserve(napi_env env, uring *u, uint32_t *id_out, const char *fn, bool *failed) {
+// Reserves an op slot, marked busy with the caller's user data, and an SQE; NULL (no exception)
+// when the ring is at capacity.
+static struct io_uring_sqe *reserve(napi_env env, uring *u, double user_data, uint32_t *id_out, const char *fn, bool *failed) {
   *failed = false;
   if (u->nfree == 0) return NULL;
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -171,6 +172,8 @@ static struct io_uring_sqe *reserve(napi_env env, uring *u, uint32_t *id_out, co
   }
   *id_out = u->free_ids[--u->nfree];
   u->inflight++;
+  u->ops[*id_out].busy = true;
+  u->ops[*id_out].user_data = user_data;
   return sqe;
 }
 
@@ -228,21 +231,17 @@ static napi_value rw(napi_env env, napi_callback_info info, bool write) {
   napi_value argv[4], self;
   int fd;
   uint64_t pos;
-  double ud;
   if (!get_args(env, info, 4, 4, argv, &self, fn)) return NULL;
   uring *u = this_uring(env, self, fn);
   if (!u) return NULL;
   if (!get_fd(env, argv[0], fn, "fd", &fd) || !get_u64(env, argv[1], fn, "position", &pos)) return NULL;
   uint64_t udi;
   if (!get_u64(env, argv[2], fn, "userData", &udi)) return NULL;
-  ud = (double)udi;
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
   op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = ud;
   uint64_t total;
   if (!take_iov(env, argv[3], o, fn, &total)) {
     // The SQE is already taken from the ring: turn it into a no-op whose completion is ignored.
@@ -274,11 +273,8 @@ static napi_value uring_fsync(napi_env env, napi_callback_info info) {
     return NULL;
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
-  op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = (double)udi;
   io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
   // IOSQE_IO_DRAIN: start only after every earlier submission on this ring has completed; a flush
   // that must follow the writes before it.
@@ -311,11 +307,8 @@ static napi_value uring_fallocate(napi_env env, napi_callback_info info) {
   }
   uint32_t id;
   bool failed;
-  struct io_uring_sqe *sqe = reserve(env, u, &id, fn, &failed);
+  struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
   if (!sqe) return failed ? NULL : make_bool(env, false);
-  op *o = &u->ops[id];
-  o->busy = true;
-  o->user_data = (double)udi;
   io_uring_prep_fallocate(sqe, fd, (int)mode, (off_t)off, (off_t)len);
   io_uring_sqe_set_data64(sqe, id);
   return make_bool(env, true);
@@ -328,10 +321,7 @@ static napi_value uring_submit(napi_env env, napi_callback_info info) {
   if (!u) return NULL;
   int r = io_uring_submit(&u->ring);
   if (r == -EAGAIN || r == -EBUSY || r == -EINTR) return make_number(env, 0); // try again after reaping
-  if (r < 0) {
-    throw_errno(env, "io_uring_submit", -r);
-    return NULL;
-  }
+  if (r < 0) return errno_thrown(env, "io_uring_submit", -r);
   return make_number(env, r);
 }
 
@@ -419,16 +409,12 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
     return NULL;
   }
   uring *u = calloc(1, sizeof *u);
-  if (!u) {
-    throw_errno(env, "malloc", ENOMEM);
-    return NULL;
-  }
+  if (!u) return errno_thrown(env, "malloc", ENOMEM);
   struct io_uring_params p = {0};
   int r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
   if (r < 0) {
     free(u);
-    throw_errno(env, "io_uring_setup", -r);
-    return NULL;
+    return errno_thrown(env, "io_uring_setup", -r);
   }
   u->entries = p.sq_entries;
   // At most as many operations in flight as the completion queue holds, so none is ever lost
@@ -449,8 +435,7 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
     free(u->ops);
     free(u->free_ids);
     free(u);
-    throw_errno(env, what, err);
-    return NULL;
+    return errno_thrown(env, what, err);
   }
   for (uint32_t i = 0; i < u->capacity; i++) {
     u->ops[i].iov = u->ops[i].inline_iov;
@@ -481,28 +466,16 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
 // The size of a backing: st_size for a regular file, BLKGETSIZE64 for a block device (a loop
 // device), whose st_size is 0; and the alignment O_DIRECT needs on it.
 static napi_value backing_info(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int fd;
-  if (!get_args(env, info, 1, 1, argv, NULL, "backingInfo")) return NULL;
-  if (!get_fd(env, argv[0], "backingInfo", "fd", &fd)) return NULL;
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (!one_fd_stat(env, info, "backingInfo", &fd, &st)) return NULL;
   uint64_t size;
   uint32_t lbs = 0;
   bool blk = S_ISBLK(st.st_mode);
   if (blk) {
     int ss = 0;
-    if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
-      throw_errno(env, "ioctl(BLKGETSIZE64)", errno);
-      return NULL;
-    }
-    if (ioctl(fd, BLKSSZGET, &ss) < 0) {
-      throw_errno(env, "ioctl(BLKSSZGET)", errno);
-      return NULL;
-    }
+    if (ioctl(fd, BLKGETSIZE64, &size) < 0) return errno_thrown(env, "ioctl(BLKGETSIZE64)", errno);
+    if (ioctl(fd, BLKSSZGET, &ss) < 0) return errno_thrown(env, "ioctl(BLKSSZGET)", errno);
     lbs = (uint32_t)ss;
   } else if (S_ISREG(st.st_mode)) {
     size = (uint64_t)st.st_size;

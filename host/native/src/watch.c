@@ -159,10 +159,7 @@ static napi_value do_watch(napi_env env, napi_callback_info info) {
     return NULL;
   }
   // libuv aborts the process if epoll_ctl later meets a bad fd; refuse it here instead.
-  if (fcntl(fd, F_GETFD) < 0) {
-    throw_errno(env, "watch", errno);
-    return NULL;
-  }
+  if (fcntl(fd, F_GETFD) < 0) return errno_thrown(env, "watch", errno);
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
     throw_napi(env, napi_generic_failure, "watch: napi_get_uv_event_loop");
@@ -174,10 +171,7 @@ static napi_value do_watch(napi_env env, napi_callback_info info) {
     return NULL;
   }
   watcher *w = calloc(1, sizeof *w);
-  if (!w) {
-    throw_errno(env, "malloc", ENOMEM);
-    return NULL;
-  }
+  if (!w) return errno_thrown(env, "malloc", ENOMEM);
   w->env = env;
   w->ae = ae;
   int err = uv_poll_init(loop, &w->poll, fd);
