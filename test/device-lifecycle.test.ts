@@ -285,12 +285,12 @@ test.serial('a call eventfd made blocking and full after SET_VRING_CALL: the one
       t.true(native.eventfdWrite(sat, 2046));
       native.setNonBlocking(sat, false);
       const change = new Promise<void>((resolve) => fe.backend!.once('config-change', () => resolve()));
-      const failed = log.count(/device block: .*a notification write to the front-end's call or err eventfd ran/);
+      const failed = host.lines(/device block: .*a notification write to the front-end's call or err eventfd ran/).length;
       const tFault = performance.now();
       fe.queues[0].submit([Buffer.from('ping')], 8).catch(() => {});
       await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the notify deadline');
       t.log(
-        await log.waitFor(
+        await host.waitForLog(
           new RegExp(`device block: .*a notification write to the front-end's call or err eventfd ran \\d+ ms, past its ${BLOCK_DEADLINE_MS} ms deadline; worker terminated`),
           failed,
         ),
@@ -298,11 +298,11 @@ test.serial('a call eventfd made blocking and full after SET_VRING_CALL: the one
       t.true(await needsReset(fe), 'NEEDS_RESET');
       t.true(pump.between(tFault) >= 3, 'rng served while the block device was stuck in the write');
       t.true(native.eventfdRead(sat) > 2 ** 53, 'the counter was full'); // and now the blocked write can finish
-      const restarted = log.count(/session block: device restarted with a fresh instance after reset/);
+      const restarted = host.lines(/session block: device restarted with a fresh instance after reset/).length;
       await fe.conn.resetDevice();
-      await log.waitFor(/session block: device restarted with a fresh instance after reset/, restarted);
+      await host.waitForLog(/session block: device restarted with a fresh instance after reset/, restarted);
       t.false(await needsReset(fe));
-      await restartQueue(fe, QUEUE_SIZE);
+      await restartQueues(fe, [QUEUE_SIZE]);
       await servesAgain(t, fe, 'after RESET_DEVICE, from a fresh worker');
     } finally {
       await fe.close();
