@@ -1,11 +1,10 @@
 // The front-end's guest RAM and its GPA allocator: real memfds, real mappings.
 import test from 'ava';
-import { readdirSync } from 'node:fs';
 import { RangeAllocator } from '../host/frontend/allocator.ts';
 import { GuestRam, UVA_BASE } from '../host/frontend/driver-memory.ts';
 import { native } from '../host/native/index.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
-const fdCount = () => readdirSync('/proc/self/fd').length;
 
 test('allocator: alignment, exhaustion, coalescing back to one extent', (t) => {
   const a = new RangeAllocator(0x1000, 0x1000);
@@ -49,7 +48,7 @@ test('allocator: random alloc/free never hands out overlapping blocks', (t) => {
 });
 
 test.serial('guest RAM: regions share one memfd at offsets; the mapping is the memfd', (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const ram = GuestRam.create({ bytes: 3 << 20, regionBytes: 1 << 20, sharedFd: true, gpaGap: 1 << 20 });
   t.is(ram.regions.length, 3);
   t.deepEqual(ram.regions.map((r) => r.gpa), [0, 2 << 20, 4 << 20]);
@@ -65,7 +64,5 @@ test.serial('guest RAM: regions share one memfd at offsets; the mapping is the m
   t.throws(() => ram.view((1 << 20) - 2, 4), { message: /crosses the end/ });
   t.throws(() => ram.view(1 << 20, 1), { message: /in no region/ });
   ram.close();
-  // At most as many as before: a leak adds fds, while the process may close one of its own
-  // meanwhile (seen once under load: 28 after, 29 before).
-  t.true(fdCount() <= before, `${fdCount() - before} more fds after close()`);
+  t.deepEqual(fdsOpenedSince(before), [], 'fds left open after close()');
 });

@@ -9,6 +9,7 @@ import { closeSync, constants, fstatSync, mkdtempSync, openSync, readFileSync, r
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native as n, type Uring } from '../host/native/index.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const EIO = 5;
@@ -17,12 +18,11 @@ const ENOSPC = 28;
 const dir = mkdtempSync('/var/tmp/vhost-wasm-uring-');
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
-const fdCount = (): number => readdirSync('/proc/self/fd').length;
 
 async function noLeak(t: ExecutionContext, body: () => unknown | Promise<unknown>): Promise<void> {
-  const before = fdCount();
+  const before = fdSnapshot();
   await body();
-  t.is(fdCount(), before, 'fd count before and after the scenario');
+  t.deepEqual(fdsOpenedSince(before), [], 'fds the scenario left open');
 }
 
 /** Page-aligned "guest memory": a memfd mapping, as the host maps a front-end's regions. */

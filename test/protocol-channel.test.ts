@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 import { MessageChannel, type ChannelOptions } from '../host/protocol/channel.ts';
 import { call, callBackend } from '../host/protocol/client.ts';
 import { decodeBackendRequest, decodeReply, decodeRequest, encodeConfigReply, encodeMemSlotsReply, encodeRequest, encodeU64Reply, encodeVringStateReply, frame } from '../host/protocol/codec.ts';
@@ -114,7 +115,7 @@ test.serial('a message split into 1-byte writes across many wake-ups', async (t)
 });
 
 test.serial('EOF mid-header closes, names the spot, and closes the fds that came with it', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness();
   const evs = [tagged(1), tagged(2)];
   sendAll(h.peer, encodeRequest({ code: Req.GET_FEATURES }).bytes.subarray(0, 5), evs);
@@ -124,11 +125,11 @@ test.serial('EOF mid-header closes, names the spot, and closes the fds that came
   t.is(await h.closed, 'peer closed the connection mid-header (5 of 12 bytes)');
   t.true(h.channel.closed);
   t.is(h.messages.length, 0);
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('EOF mid-payload closes and closes the fds', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness();
   const ev = tagged(3);
   const log = encodeRequest({ code: Req.SET_LOG_BASE, log: { mmapSize: 4096n, mmapOffset: 0n }, fd: ev });
@@ -136,11 +137,11 @@ test.serial('EOF mid-payload closes and closes the fds', async (t) => {
   native.close(ev);
   native.close(h.peer);
   t.is(await h.closed, 'peer closed the connection mid-payload of SET_LOG_BASE (6) (4 of 16 bytes)');
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('more than 8 fds on one message is a protocol error; every fd is closed', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness();
   const evs = Array.from({ length: 9 }, (_, i) => tagged(i + 1));
   const table = frame(Req.SET_MEM_TABLE, VERSION, new Uint8Array(8));
@@ -150,11 +151,11 @@ test.serial('more than 8 fds on one message is a protocol error; every fd is clo
   t.is(reason, 'a message carried more than 8 fds; the ones received were closed');
   native.close(h.peer);
   t.is(h.messages.length, 0);
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('fds arriving mid-message are refused', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness();
   const ev = tagged(5);
   const bytes = encodeRequest({ code: Req.SET_FEATURES, features: 1n }).bytes;
@@ -164,11 +165,11 @@ test.serial('fds arriving mid-message are refused', async (t) => {
   native.close(ev);
   t.is(await h.closed, '1 fd(s) arrived mid-payload of SET_FEATURES (2) (0 of 8 bytes), not with the first byte of a message');
   native.close(h.peer);
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('a bad header closes the channel with the codec error and closes its fds', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness();
   const ev = tagged(6);
   const bad = frame(Req.SET_OWNER, VERSION | 0x40);
@@ -176,7 +177,7 @@ test.serial('a bad header closes the channel with the codec error and closes its
   native.close(ev);
   t.regex((await h.closed) ?? '', /^SET_OWNER \(3\): reserved header flag bits 0x40 are set/);
   native.close(h.peer);
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('an oversized size field is refused before any payload is awaited', async (t) => {
@@ -324,7 +325,7 @@ test.serial('back-end requests on the back-end request channel are named as such
 });
 
 test.serial('close() is idempotent, closes the socket and fails pending work', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const h = harness({ onMessage: undefined });
   const pending = h.channel.request(encodeRequest({ code: Req.GET_STATUS }).bytes);
   h.channel.close();
@@ -341,7 +342,7 @@ test.serial('close() is idempotent, closes the socket and fails pending work', a
   r = native.recvMsg(h.peer, buf, 8);
   t.is(r!.bytes, 0);
   native.close(h.peer);
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('large queued sends complete across writable wake-ups with fds on the first byte only', async (t) => {
@@ -375,7 +376,7 @@ test.serial('large queued sends complete across writable wake-ups with fds on th
 });
 
 test.serial('call(): typed request, typed reply; a malformed reply is rejected and its fds closed', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const [fe, be] = native.socketpair();
   const memfd = native.memfdCreate('bogus', false);
   const backend = new MessageChannel(be, {
@@ -404,7 +405,7 @@ test.serial('call(): typed request, typed reply; a malformed reply is rejected a
   frontend.close();
   backend.close();
   await t.throwsAsync(call(frontend, { code: Req.GET_FEATURES }), { message: /closed; cannot send GET_FEATURES \(1\)/ });
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 // --- interop with independent implementations (QEMU is a required test dependency) ---------
