@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO, startHost } from './helpers/host-process.ts';
+import { waitForListening } from './helpers/unix-listen.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 let dir: string;
@@ -73,7 +74,7 @@ test.serial('against qemu-storage-daemon null-co with two queues, one thread eac
   try {
     for (let i = 0; i < 400 && !existsSync(socket) && qsd.exitCode === null; i++) await sleep(25);
     t.true(existsSync(socket), `qemu-storage-daemon did not listen: ${qsdErr}`);
-    await sleep(100);
+    await waitForListening(socket, 15_000, () => qsd.exitCode !== null);
     const r = run(socket, ['--queues', '2', '--rw', 'randread', '--verify']);
     t.is(r.status, 0, r.stderr);
     t.like(r.result, { queues: 2, errors: 0, verify_failures: 0 });

@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
+import { connectWhenListening } from './helpers/unix-listen.ts';
 import { MessageChannel, type ChannelOptions } from '../host/protocol/channel.ts';
 import { call, callBackend } from '../host/protocol/client.ts';
 import { decodeBackendRequest, decodeReply, decodeRequest, encodeConfigReply, encodeMemSlotsReply, encodeRequest, encodeU64Reply, encodeVringStateReply, frame } from '../host/protocol/codec.ts';
@@ -434,7 +435,8 @@ test.serial('front-end encoding and reply decoding against qemu-storage-daemon (
   try {
     await until(() => existsSync(path) || child.exitCode !== null, 'the daemon socket', 15_000);
     t.true(existsSync(path), `qemu-storage-daemon did not start: ${stderr}`);
-    const ch = new MessageChannel(native.connectUnix(path), { label: 'qsd' });
+    const fd = await connectWhenListening(path, 15_000, () => child.exitCode !== null);
+    const ch = new MessageChannel(fd, { label: 'qsd' });
     const features = await call(ch, { code: Req.GET_FEATURES });
     t.like(features, { kind: 'u64' });
     const f = (features as { value: bigint }).value;
