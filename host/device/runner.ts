@@ -540,15 +540,28 @@ export class DeviceRunner {
   private resubmit(index: number, r: Vring, q: DeviceQueue, chains: DescriptorChain[]): void {
     try {
       for (let at = 0; at < chains.length; at += this.maxBatch) {
-        this.complete(index, q, chains.slice(at, at + this.maxBatch));
-        if (this.checkMemoryFaults()) return;
-        this.notify(index, r, q);
+        if (!this.runBatch(index, r, q, chains.slice(at, at + this.maxBatch))) return;
       }
     } catch (e) {
-      if (this.checkMemoryFaults()) return;
-      if (e instanceof QueueFault) this.breakRing(index, r, e.message);
-      else if (!this.failed) this.fail(errorText(e));
+      this.ringFailed(index, r, e);
     }
+  }
+
+  /** Completes one batch and notifies; false when a contained memory fault halted every ring. */
+  private runBatch(index: number, r: Vring, q: DeviceQueue, batch: DescriptorChain[]): boolean {
+    this.complete(index, q, batch);
+    // Zero pages stood in for a shrunk file: what the batch read or wrote is not what the
+    // guest has, so the guest is not told about it.
+    if (this.checkMemoryFaults()) return false;
+    this.notify(index, r, q);
+    return true;
+  }
+
+  /** A batch threw: a guest's ring fault breaks that ring, anything else fails the device. */
+  private ringFailed(index: number, r: Vring, e: unknown): void {
+    if (this.checkMemoryFaults()) return;
+    if (e instanceof QueueFault) this.breakRing(index, r, e.message);
+    else if (!this.failed) this.fail(errorText(e));
   }
 
   // --- dirty log (SET_LOG_BASE, VHOST_F_LOG_ALL) -------------------------------------------
@@ -712,16 +725,10 @@ export class DeviceRunner {
           if (q.enableNotifications()) continue;
           return;
         }
-        this.complete(index, q, batch);
-        // Zero pages stood in for a shrunk file: what the batch read or wrote is not what the
-        // guest has, so the guest is not told about it.
-        if (this.checkMemoryFaults()) return;
-        this.notify(index, r, q);
+        if (!this.runBatch(index, r, q, batch)) return;
       }
     } catch (e) {
-      if (this.checkMemoryFaults()) return;
-      if (e instanceof QueueFault) this.breakRing(index, r, e.message);
-      else if (!this.failed) this.fail(errorText(e));
+      this.ringFailed(index, r, e);
     }
   }
 
