@@ -10,8 +10,8 @@ import { decodeBackendReply, decodeRequest, encodeBackendRequest, encodeReply, e
 import { ProtocolFeature, VERSION, featureBit } from '../host/protocol/constants.ts';
 import { BackendReq, Req } from '../host/protocol/requests.ts';
 import type { AnyDecodedRequest, RawMessage } from '../host/protocol/messages.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
-const fdCount = () => readdirSync('/proc/self/fd').length;
 
 interface FakeBackend {
   seen: AnyDecodedRequest[];
@@ -65,7 +65,7 @@ async function until(cond: () => boolean, what: string): Promise<void> {
 }
 
 test.serial('NEED_REPLY only after REPLY_ACK, only on requests without a reply; a failing ack names the request', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const [a, b] = native.socketpair();
   const fake = fakeBackend(b, script);
   const conn = VhostUserConnection.fromFd(a);
@@ -91,11 +91,11 @@ test.serial('NEED_REPLY only after REPLY_ACK, only on requests without a reply; 
   ]);
   conn.close();
   fake.channel.close();
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('a malformed reply closes the connection with an error naming the request', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const [a, b] = native.socketpair();
   const fake = fakeBackend(b, script);
   const conn = VhostUserConnection.fromFd(a);
@@ -103,11 +103,11 @@ test.serial('a malformed reply closes the connection with an error naming the re
   t.regex((await conn.closed) ?? '', /bad reply to GET_CONFIG/);
   await t.throwsAsync(conn.getFeatures(), { message: /closed/ });
   fake.channel.close();
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('back-end requests: CONFIG_CHANGE_MSG is an event and acked 0; an unsupported one is refused', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const [a, b] = native.socketpair();
   const fake = fakeBackend(b, script);
   const conn = VhostUserConnection.fromFd(a);
@@ -135,11 +135,11 @@ test.serial('back-end requests: CONFIG_CHANGE_MSG is an event and acked 0; an un
   t.true(backend.closed);
   peer.close();
   fake.channel.close();
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });
 
 test.serial('sendRaw puts bytes and fds on the wire as given', async (t) => {
-  const before = fdCount();
+  const before = fdSnapshot();
   const [a, b] = native.socketpair();
   const fake = fakeBackend(b, script);
   const conn = VhostUserConnection.fromFd(a);
@@ -155,5 +155,5 @@ test.serial('sendRaw puts bytes and fds on the wire as given', async (t) => {
   t.like(call, { unknown: false, index: 2 });
   conn.close();
   fake.channel.close();
-  t.is(fdCount(), before);
+  t.deepEqual(fdsOpenedSince(before), []);
 });

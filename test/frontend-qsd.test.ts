@@ -9,10 +9,10 @@ import { BlkDevice, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { Req } from '../host/protocol/requests.ts';
 import { startStorageDaemon, type StorageDaemon } from './guest/storage-daemon.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
 const IMAGE_BYTES = 8 << 20;
 const VIRTIO_BLK_F_FLUSH = 9n;
-const fdCount = () => readdirSync('/proc/self/fd').length;
 
 let dir: string;
 let image: string;
@@ -41,15 +41,15 @@ const base: FrontendOptions = {
 };
 
 /** Runs `body` on a fresh connection and checks the test process ends with the fds it had. */
-async function session(t: { is: (a: unknown, b: unknown, m?: string) => void }, opts: Partial<FrontendOptions>, body: (fe: VhostUserFrontend, blk: BlkDevice) => Promise<void>): Promise<void> {
-  const before = fdCount();
+async function session(t: { deepEqual: (a: unknown, b: unknown, m?: string) => void }, opts: Partial<FrontendOptions>, body: (fe: VhostUserFrontend, blk: BlkDevice) => Promise<void>): Promise<void> {
+  const before = fdSnapshot();
   const fe = await VhostUserFrontend.connect(qsd.socketPath, { ...base, ...opts });
   try {
     await body(fe, new BlkDevice(fe.queues[0]));
   } finally {
     await fe.close();
   }
-  t.is(fdCount(), before, 'fds open in the test process before connect and after close');
+  t.deepEqual(fdsOpenedSince(before), [], 'fds opened in the test process between connect and close');
 }
 
 const slice = (sector: number, len: number) => pattern.subarray(sector * SECTOR, sector * SECTOR + len);

@@ -16,7 +16,6 @@ import { BackendReq, Req, backendHasReply, backendRequestName, requestName } fro
 import type { DecodedRequest, RawMessage } from '../host/protocol/messages.ts';
 
 // fd counting needs the file to run one test at a time.
-const fdCount = () => readdirSync('/proc/self/fd').length;
 
 interface Harness {
   channel: MessageChannel;
@@ -226,11 +225,11 @@ test.serial('the socket is not read while the handler runs', async (t) => {
   await until(() => got.length === 1, 'the first message');
   // A second message whose fd would be received (and counted) if the channel kept reading.
   const ev = tagged(9);
-  const before = fdCount();
+  const before = fdSnapshot();
   sendAll(h.peer, encodeRequest({ code: Req.SET_LOG_FD, fd: ev }).bytes, [ev]);
   await sleep(30);
   t.is(got.length, 1);
-  t.is(fdCount(), before, 'the second message (and its fd) is still in the socket');
+  t.deepEqual(fdsOpenedSince(before), [], 'the second message (and its fd) is still in the socket');
   release();
   await until(() => got.length === 2, 'the second message');
   t.deepEqual(got, [Req.GET_FEATURES, Req.SET_LOG_FD]);
@@ -396,12 +395,12 @@ test.serial('call(): typed request, typed reply; a malformed reply is rejected a
   });
   t.is(await call(frontend, { code: Req.SET_VRING_NUM, state: { index: 0, num: 8 } }), null);
   t.like(await call(frontend, { code: Req.SET_VRING_NUM, state: { index: 0, num: 8 } }, true), { kind: 'u64', value: 0n });
-  const fdsBefore = fdCount();
+  const fdsBefore = fdSnapshot();
   await t.throwsAsync(call(frontend, { code: Req.GET_INFLIGHT_FD, inflight: { mmapSize: 0n, mmapOffset: 0n, numQueues: 1, queueSize: 8 } }), {
     instanceOf: ProtocolError,
     message: 'reply to GET_INFLIGHT_FD (31): payload is 8 bytes, shorter than its 24-byte inflight description',
   });
-  t.is(fdCount(), fdsBefore, 'the fd that came with the bad reply was closed');
+  t.deepEqual(fdsOpenedSince(fdsBefore), [], 'the fd that came with the bad reply was closed');
   native.close(memfd);
   frontend.close();
   backend.close();
