@@ -19,7 +19,7 @@ import type { StorageSpec } from '../storage/backing.ts';
 import { FsShare } from '../fs/share.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 
-const VERSION = '0.1.0';
+import { HOST_VERSION as VERSION } from '../version.ts';
 const log = createLogger('vhost-wasm');
 
 /** A file backing is opened in the device worker; trying it here first makes a bad path a

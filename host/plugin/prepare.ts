@@ -17,7 +17,8 @@ export { defaultCacheDir } from './cache-dir.ts';
 /** Bump when what we store or how we patch changes, so old cache entries are ignored. */
 const CACHE_FORMAT = 5;
 /** The host release whose glue patches wrote an entry (keep in step with package.json). */
-export const HOST_VERSION = '0.1.0';
+export { HOST_VERSION } from '../version.ts';
+import { HOST_VERSION } from '../version.ts';
 
 const log = createLogger('plugin cache');
 
