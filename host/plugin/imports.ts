@@ -74,12 +74,8 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
     'vhost:device/filesystem': filesystemImports(grants.filesystem, () => {
       throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
     }),
-    'vhost:device/storage': storageImports(
-      grants.storage,
-      () => {
-        throw new CapabilityError('storage was not granted to this device (give --storage)');
-      },
-      (message) => grants.log('error', `storage: ${message}`),
-    ),
+    'vhost:device/storage': storageImports(grants.storage, () => {
+      throw new CapabilityError('storage was not granted to this device (give --storage)');
+    }),
   };
 }
