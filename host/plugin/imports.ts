@@ -6,6 +6,7 @@ import type { Backing } from '../storage/backing.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
+import type { FsFileBackings } from '../fs/file-backings.ts';
 import { EntropyPool } from './entropy-pool.ts';
 import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts';
 import { MAX_PLUGIN_STRING } from './lift-guard.ts';
@@ -21,6 +22,8 @@ export interface PluginGrants {
   allowUnusedStorage?: boolean;
   /** The directory tree behind `filesystem` (--shared-dir); the caller closes it. */
   filesystem?: FsShare;
+  /** Where `filesystem.backing` puts the share's open files: the device's backing table. */
+  fsFiles?: FsFileBackings;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
   /** The device's log budget, kept across fresh instances of it (default: one per instance). */
@@ -71,9 +74,13 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
         return pool.take(len);
       },
     },
-    'vhost:device/filesystem': filesystemImports(grants.filesystem, () => {
-      throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
-    }),
+    'vhost:device/filesystem': filesystemImports(
+      grants.filesystem,
+      () => {
+        throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
+      },
+      grants.fsFiles,
+    ),
     'vhost:device/storage': storageImports(grants.storage, () => {
       throw new CapabilityError('storage was not granted to this device (give --storage)');
     }),
