@@ -2,10 +2,11 @@
 // backing table (host/fs/file-backings.ts), with the real fd, the right read-only flag, one index
 // per handle, and out of the table before its fd is closed or the device resets.
 import test from 'ava';
-import { mkdtempSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FsFileBackings, type FsBackingTable, type FsFileBacking } from '../host/fs/file-backings.ts';
+import { FsFileBackings } from '../host/fs/file-backings.ts';
+import { BackingTable } from '../host/io/backing-table.ts';
 import { filesystemImports } from '../host/fs/imports.ts';
 import { E, FsShare } from '../host/fs/share.ts';
 
@@ -13,28 +14,12 @@ const dir = mkdtempSync(join(tmpdir(), 'fs-backings-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 writeFileSync(join(dir, 'a.txt'), 'hello from the share');
 
-/** A backing table as the runner keeps one: indexes from 1 (0 is --storage), a fixed capacity. */
-class Table implements FsBackingTable {
-  readonly entries = new Map<number, FsFileBacking>();
-  private next = 1;
-  constructor(private readonly capacity = 8) {}
-  add(file: FsFileBacking): number | null {
-    if (this.entries.size >= this.capacity) return null;
-    const i = this.next++;
-    this.entries.set(i, file);
-    return i;
-  }
-  remove(index: number): void {
-    this.entries.delete(index);
-  }
-}
-
 const O_RDONLY = 0;
 const O_RDWR = 2;
 
-function setup(opts: { readOnly?: boolean; capacity?: number } = {}) {
+function setup(opts: { readOnly?: boolean } = {}) {
   const share = new FsShare(dir, { readOnly: opts.readOnly ?? false });
-  const table = new Table(opts.capacity);
+  const table = new BackingTable();
   const files = new FsFileBackings(share, table);
   const fs = filesystemImports(share, () => {
     throw new Error('not granted');
@@ -44,34 +29,40 @@ function setup(opts: { readOnly?: boolean; capacity?: number } = {}) {
   return { share, table, files, fs, root, node };
 }
 
-test('an open file gets one index, with its real fd; a read-only open is a read-only backing', (t) => {
+test('an open file gets one index, reading and writing the file; a read-only open is a read-only backing', (t) => {
   const { share, table, fs, node } = setup();
   try {
     const rw = fs.open(node, O_RDWR).val as bigint;
     const first = fs.backing(rw);
     t.is(first.tag, 'ok');
+    t.true((first.val as number) >= 1, 'index 0 is --storage');
     t.deepEqual(fs.backing(rw), first, 'the same handle, the same index');
-    const entry = table.entries.get(first.val as number)!;
+    const entry = table.get(first.val as number)!;
     t.false(entry.readOnly);
-    const buf = Buffer.alloc(5);
-    t.is(readSync(entry.fd, buf, 0, 5, 0), 5);
-    t.is(buf.toString(), 'hello', 'the fd is the open file');
+    t.true(entry.growable);
+    const a = Buffer.alloc(5);
+    const b = Buffer.alloc(30, 0xee);
+    t.is(entry.readInto(0, [a, b]), 20, 'a short read at the end of the file');
+    t.is(Buffer.concat([a, b.subarray(0, 15)]).toString(), 'hello from the share');
+    t.true(b.subarray(15).every((x) => x === 0), 'the rest zero-filled');
+    entry.writeFrom(20, [Buffer.from('!'), Buffer.from('?')]);
+    t.is(readFileSync(join(dir, 'a.txt'), 'utf8'), 'hello from the share!?');
+    t.is(entry.size, 22);
     const ro = fs.open(node, O_RDONLY).val as bigint;
     const roIndex = fs.backing(ro).val as number;
     t.not(roIndex, first.val);
-    t.true(table.entries.get(roIndex)!.readOnly);
+    t.true(table.get(roIndex)!.readOnly);
+    t.throws(() => table.get(roIndex)!.writeFrom(0, [Buffer.from('x')]), { message: /write of 1 bytes at 0 failed: EBADF/ }, 'the fd itself is O_RDONLY');
   } finally {
     share.close();
   }
 });
 
-test('a node handle or a stale handle is EBADF; a full table is ENFILE', (t) => {
-  const { share, fs, node } = setup({ capacity: 1 });
+test('a node handle or a stale handle is EBADF', (t) => {
+  const { share, fs, node } = setup();
   try {
     t.deepEqual(fs.backing(node), { tag: 'err', val: E.EBADF }, 'a node handle is not an open file');
     t.deepEqual(fs.backing(12345n), { tag: 'err', val: E.EBADF });
-    t.is(fs.backing(fs.open(node, O_RDONLY).val).tag, 'ok');
-    t.deepEqual(fs.backing(fs.open(node, O_RDONLY).val), { tag: 'err', val: E.ENFILE });
   } finally {
     share.close();
   }
@@ -85,13 +76,14 @@ test('close takes the index out of the table; a device reset takes them all', (t
     const ia = fs.backing(a).val as number;
     fs.backing(b);
     fs.close(a);
-    t.false(table.entries.has(ia), 'gone before its fd is closed');
+    t.is(table.get(ia), undefined, 'gone before its fd is closed');
     t.deepEqual(fs.backing(a), { tag: 'err', val: E.EBADF }, 'a closed handle has no backing');
     t.is(files.size, 1);
     files.releaseAll();
     share.releaseAll();
-    t.is(table.entries.size, 0);
+    t.deepEqual(table.indexes(), []);
     t.is(files.size, 0);
+    t.deepEqual(fs.backing(b), { tag: 'err', val: E.EBADF }, 'after a reset the old handle names nothing');
   } finally {
     share.close();
   }
@@ -101,7 +93,7 @@ test('a --read-only share gives read-only backings whatever the flags', (t) => {
   const { share, table, fs, node } = setup({ readOnly: true });
   try {
     const h = fs.open(node, O_RDONLY).val as bigint;
-    t.true(table.entries.get(fs.backing(h).val as number)!.readOnly);
+    t.true(table.get(fs.backing(h).val as number)!.readOnly);
   } finally {
     share.close();
   }

@@ -3,6 +3,7 @@
 // function that throws, which surfaces as a trap in the plugin call that used it.
 import { WIT_LOG_LEVELS } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
+import type { BackingTable } from '../io/backing-table.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
@@ -22,7 +23,12 @@ export interface PluginGrants {
   allowUnusedStorage?: boolean;
   /** The directory tree behind `filesystem` (--shared-dir); the caller closes it. */
   filesystem?: FsShare;
-  /** Where `filesystem.backing` puts the share's open files: the device's backing table. */
+  /**
+   * The device's backing table (host/io/backing-table.ts): `filesystem.backing(handle)`
+   * registers an open file here and unregisters it when the file is closed.
+   */
+  backings?: BackingTable;
+  /** The share's open files as entries of `backings` (what `filesystem.backing` hands out). */
   fsFiles?: FsFileBackings;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
