@@ -9,7 +9,10 @@
 
 typedef struct fs_inode {
   uint8_t used;
-  vfs_handle handle; /* host node handle */
+  /* Loaded by a migration and not yet looked up again on this host: no handle, no dev/ino,
+   * not in the identity hash; found by (parent, name) and resolved on first use (fs.c). */
+  uint8_t pending;
+  vfs_handle handle; /* host node handle; 0 = none (pending, or lost in a migration) */
   uint64_t dev, ino; /* host identity: the same inode is always the same nodeid */
   uint32_t mode;
   uint64_t nlookup; /* the kernel's lookup count; 0 frees the slot */
@@ -17,6 +20,7 @@ typedef struct fs_inode {
   uint64_t parent;  /* nodeid of the directory it was last looked up in (0 = root) */
   uint8_t *name;    /* the name it was last looked up by */
   size_t name_len;
+  uint32_t nnext;   /* chain in the (parent, name) index */
 } fs_inode;
 
 typedef struct fs_file {
@@ -38,5 +42,10 @@ extern uint32_t n_files;
 extern fs_session session;
 
 void fs_tables_clear(void);
+
+/* The loader's side of the tables (fs.c), used by state.c as the state streams in. */
+void fs_load_begin(uint32_t inode_count);
+const char *fs_load_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup, uint32_t mode);
+const char *fs_load_finish(const uint8_t *files, uint32_t file_count, uint32_t minor, uint32_t flags, uint32_t max_readahead);
 
 #endif
