@@ -51,16 +51,21 @@
 #define O_DIRECTORY 0200000
 
 #define MAX_WRITE (128 * 1024)
-#define MAX_INODES (1u << 20)
 #define MAX_FILES (1u << 16)
-#define HASH_BUCKETS 4096
+/* Both hashes have a fixed size: at a million inodes chains are ~4 long, and no request ever
+ * pays for rehashing the whole table. */
+#define HASH_BUCKETS (1u << 18)
+#define NAME_BUCKETS (1u << 18)
 #define OUR_MINOR 31
 
 /* ---- Tables ---- */
 
-fs_inode *inodes;   /* [0] unused, [1] root */
+/* Node id i is INODE_AT(i) ([0] unused, [1] root), in pages of INODE_PAGE slots: a table of a
+ * million inodes grows a page at a time and is never copied (one large realloc would grow the
+ * plugin's memory by ~100 MB inside one call). */
+fs_inode *inode_pages[MAX_INODES / INODE_PAGE];
 uint32_t n_inodes;  /* slots in use (high-water mark) */
-static uint32_t cap_inodes;
+static uint32_t cap_inodes; /* slots in allocated pages */
 static uint32_t free_inode; /* head of the free list through .hnext, 0 = none */
 static uint32_t buckets[HASH_BUCKETS];
 
@@ -72,28 +77,28 @@ fs_session session;
 
 static uint32_t hash_of(uint64_t dev, uint64_t ino) {
   uint64_t h = (dev * 0x9E3779B97F4A7C15ull) ^ (ino * 0xC2B2AE3D27D4EB4Full);
-  return (uint32_t)(h >> 40) % HASH_BUCKETS;
+  return (uint32_t)(h >> 32) % HASH_BUCKETS;
 }
 
 static void hash_insert(uint32_t id) {
-  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
-  inodes[id].hnext = buckets[b];
+  uint32_t b = hash_of(INODE_AT(id).dev, INODE_AT(id).ino);
+  INODE_AT(id).hnext = buckets[b];
   buckets[b] = id;
 }
 
 static void hash_remove(uint32_t id) {
-  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
-  for (uint32_t *p = &buckets[b]; *p; p = &inodes[*p].hnext) {
+  uint32_t b = hash_of(INODE_AT(id).dev, INODE_AT(id).ino);
+  for (uint32_t *p = &buckets[b]; *p; p = &INODE_AT(*p).hnext) {
     if (*p == id) {
-      *p = inodes[id].hnext;
+      *p = INODE_AT(id).hnext;
       return;
     }
   }
 }
 
 static uint32_t hash_find(uint64_t dev, uint64_t ino) {
-  for (uint32_t id = buckets[hash_of(dev, ino)]; id; id = inodes[id].hnext) {
-    if (inodes[id].dev == dev && inodes[id].ino == ino) return id;
+  for (uint32_t id = buckets[hash_of(dev, ino)]; id; id = INODE_AT(id).hnext) {
+    if (INODE_AT(id).dev == dev && INODE_AT(id).ino == ino) return id;
   }
   return 0;
 }
@@ -104,41 +109,19 @@ static uint32_t hash_find(uint64_t dev, uint64_t ino) {
  * lookup on a migration destination find the pending inode the guest already holds for that
  * name. At most one inode holds a given (parent, name).
  */
-static uint32_t *nbuckets;
-static uint32_t n_nbuckets; /* a power of two, or 0 */
+static uint32_t *nbuckets; /* NAME_BUCKETS heads, allocated on first use */
 static uint32_t n_named;
 
 static uint32_t name_hash(uint64_t parent, const uint8_t *name, size_t len) {
   uint32_t h = 2166136261u ^ (uint32_t)(parent * 0x9E3779B1u);
   for (size_t i = 0; i < len; i++) h = (h ^ name[i]) * 16777619u;
-  return h ^ (h >> 15);
-}
-
-static int name_grow(uint32_t want) {
-  uint32_t nb = n_nbuckets ? n_nbuckets : 1024;
-  while (nb < want) nb *= 2;
-  if (nb == n_nbuckets) return 1;
-  uint32_t *b = calloc(nb, sizeof *b);
-  if (!b) return 0;
-  for (uint32_t i = 0; i < n_nbuckets; i++) {
-    for (uint32_t id = nbuckets[i]; id;) {
-      uint32_t next = inodes[id].nnext;
-      uint32_t k = name_hash(inodes[id].parent, inodes[id].name, inodes[id].name_len) & (nb - 1);
-      inodes[id].nnext = b[k];
-      b[k] = id;
-      id = next;
-    }
-  }
-  free(nbuckets);
-  nbuckets = b;
-  n_nbuckets = nb;
-  return 1;
+  return (h ^ (h >> 15)) % NAME_BUCKETS;
 }
 
 static uint32_t name_find(uint64_t parent, const uint8_t *name, size_t len) {
-  if (!n_nbuckets) return 0;
-  for (uint32_t id = nbuckets[name_hash(parent, name, len) & (n_nbuckets - 1)]; id; id = inodes[id].nnext) {
-    fs_inode *in = &inodes[id];
+  if (!nbuckets) return 0;
+  for (uint32_t id = nbuckets[name_hash(parent, name, len)]; id; id = INODE_AT(id).nnext) {
+    fs_inode *in = &INODE_AT(id);
     if (in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0) return id;
   }
   return 0;
@@ -146,10 +129,10 @@ static uint32_t name_find(uint64_t parent, const uint8_t *name, size_t len) {
 
 /* Takes inode id's name out of the index and frees it. */
 static void name_drop(uint32_t id) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   if (!in->name) return;
-  uint32_t *p = &nbuckets[name_hash(in->parent, in->name, in->name_len) & (n_nbuckets - 1)];
-  for (; *p; p = &inodes[*p].nnext) {
+  uint32_t *p = &nbuckets[name_hash(in->parent, in->name, in->name_len)];
+  for (; *p; p = &INODE_AT(*p).nnext) {
     if (*p == id) {
       *p = in->nnext;
       n_named--;
@@ -164,12 +147,12 @@ static void name_drop(uint32_t id) {
 
 /* Gives inode id the name `copy` (malloc'd, taken over) in parent; 0 if the index cannot grow. */
 static int name_put(uint32_t id, uint64_t parent, uint8_t *copy, size_t len) {
-  if (n_named >= n_nbuckets * 2 && !name_grow(n_nbuckets * 2)) return 0;
-  fs_inode *in = &inodes[id];
+  if (!nbuckets && !(nbuckets = calloc(NAME_BUCKETS, sizeof *nbuckets))) return 0;
+  fs_inode *in = &INODE_AT(id);
   in->name = copy;
   in->name_len = len;
   in->parent = parent;
-  uint32_t k = name_hash(parent, copy, len) & (n_nbuckets - 1);
+  uint32_t k = name_hash(parent, copy, len);
   in->nnext = nbuckets[k];
   nbuckets[k] = id;
   n_named++;
@@ -179,30 +162,33 @@ static int name_put(uint32_t id, uint64_t parent, uint8_t *copy, size_t len) {
 static void inode_lose_name(uint32_t id);
 
 static fs_inode *inode_get(uint64_t nodeid) {
-  if (nodeid == 0 || nodeid >= n_inodes || !inodes[nodeid].used) return NULL;
-  return &inodes[nodeid];
+  if (nodeid == 0 || nodeid >= n_inodes || !INODE_AT(nodeid).used) return NULL;
+  return &INODE_AT(nodeid);
+}
+
+/* One more page of (zeroed) slots; 0 when out of memory. */
+static int inode_page_add(void) {
+  fs_inode *p = calloc(INODE_PAGE, sizeof *p);
+  if (!p) return 0;
+  inode_pages[cap_inodes / INODE_PAGE] = p;
+  cap_inodes += INODE_PAGE;
+  return 1;
 }
 
 /* A slot for a new inode, or 0 when the table is full. */
 static uint32_t inode_alloc(void) {
   if (free_inode) {
     uint32_t id = free_inode;
-    free_inode = inodes[id].hnext;
+    free_inode = INODE_AT(id).hnext;
     return id;
   }
   if (n_inodes >= MAX_INODES) return 0;
-  if (n_inodes == cap_inodes) {
-    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
-    fs_inode *p = realloc(inodes, nc * sizeof *p);
-    if (!p) return 0;
-    inodes = p;
-    cap_inodes = nc;
-  }
+  if (n_inodes == cap_inodes && !inode_page_add()) return 0;
   return n_inodes++;
 }
 
 static void inode_free(uint32_t id) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   if (!in->pending) hash_remove(id);
   if (in->handle) vfs_close(in->handle);
   name_drop(id);
@@ -217,7 +203,7 @@ static void inode_free(uint32_t id) {
  * inode nameless: it is only what a migration resolves by.
  */
 static void set_name(uint32_t id, uint64_t parent, const uint8_t *name, size_t len) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   if (in->name && in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0) return;
   uint32_t holder = name_find(parent, name, len);
   if (holder) inode_lose_name(holder);
@@ -240,14 +226,14 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
   if (!id && name) {
     /* A migration's pending inode the guest holds under this very name: this is it. */
     uint32_t p = name_find(parent, name, len);
-    if (p && inodes[p].pending && inode_adopt(p, e)) {
-      inodes[p].nlookup++;
+    if (p && INODE_AT(p).pending && inode_adopt(p, e)) {
+      INODE_AT(p).nlookup++;
       return p;
     }
   }
   if (id) {
     vfs_close(e->node);
-    inodes[id].nlookup++;
+    INODE_AT(id).nlookup++;
     if (name) set_name(id, parent, name, len);
     return id;
   }
@@ -256,7 +242,7 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
     vfs_close(e->node);
     return 0;
   }
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   memset(in, 0, sizeof *in);
   in->used = 1;
   in->handle = e->node;
@@ -322,22 +308,24 @@ static fs_file *file_get(uint64_t fh) {
 
 void fs_tables_clear(void) {
   for (uint32_t i = 1; i < n_inodes; i++)
-    if (inodes[i].used) {
-      if (inodes[i].handle) vfs_close(inodes[i].handle);
-      free(inodes[i].name);
+    if (INODE_AT(i).used) {
+      if (INODE_AT(i).handle) vfs_close(INODE_AT(i).handle);
+      free(INODE_AT(i).name);
     }
   for (uint32_t i = 0; i < n_files; i++)
     if (files[i].used) vfs_close(files[i].handle);
-  free(inodes);
+  for (uint32_t i = 0; i < cap_inodes / INODE_PAGE; i++) {
+    free(inode_pages[i]);
+    inode_pages[i] = NULL;
+  }
   free(files);
-  inodes = NULL;
   files = NULL;
   n_inodes = cap_inodes = free_inode = 0;
   n_files = cap_files = 0;
   memset(buckets, 0, sizeof buckets);
   free(nbuckets);
   nbuckets = NULL;
-  n_nbuckets = n_named = 0;
+  n_named = 0;
   memset(&session, 0, sizeof session);
 }
 
@@ -350,8 +338,8 @@ static uint32_t setup_root(void) {
     vfs_close(e.node);
     return ENOMEM;
   }
-  memset(&inodes[0], 0, sizeof inodes[0]);
-  fs_inode *r = &inodes[FUSE_ROOT_ID];
+  memset(&INODE_AT(0), 0, sizeof(fs_inode));
+  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
   memset(r, 0, sizeof *r);
   r->used = 1;
   r->handle = e.node;
@@ -390,14 +378,9 @@ static uint32_t setup_root(void) {
 /* Grow the inode table so `id` is a slot; new slots are unused. */
 static int ensure_inode_slot(uint32_t id) {
   if (id >= MAX_INODES) return 0;
-  while (id >= cap_inodes) {
-    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
-    fs_inode *p = realloc(inodes, nc * sizeof *p);
-    if (!p) return 0;
-    inodes = p;
-    cap_inodes = nc;
-  }
-  while (n_inodes <= id) memset(&inodes[n_inodes++], 0, sizeof(fs_inode));
+  while (id >= cap_inodes)
+    if (!inode_page_add()) return 0;
+  if (n_inodes <= id) n_inodes = id + 1; /* slots past the high-water mark are still zero */
   return 1;
 }
 
@@ -467,7 +450,7 @@ static void path_of(uint32_t parent, const uint8_t *name, size_t len, char *buf,
 
 /* A lost inode: no host identity, never found by hash; the guest's requests on it answer EIO. */
 static void inode_kill(uint32_t id) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   if (!in->pending && in->handle) {
     hash_remove(id);
     vfs_close(in->handle);
@@ -481,13 +464,13 @@ static void inode_kill(uint32_t id) {
 /* Inode id is no longer reachable by its name; a pending inode had nothing else to be found by. */
 static void inode_lose_name(uint32_t id) {
   name_drop(id);
-  if (inodes[id].pending) inode_kill(id);
+  if (INODE_AT(id).pending) inode_kill(id);
 }
 
 /* Pending inode id takes host entry e as its inode: 1, or 0 (e is the caller's) when e is
  * another kind of file or an inode already known under another id. */
 static int inode_adopt(uint32_t id, const vfs_entry *e) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   if ((e->attr.mode & 0170000) != (in->mode & 0170000) || hash_find(e->attr.dev, e->attr.ino)) return 0;
   in->pending = 0;
   in->handle = e->node;
@@ -499,7 +482,7 @@ static int inode_adopt(uint32_t id, const vfs_entry *e) {
 
 /* Resolve pending inode id, whose directory is not pending: NULL, or why it is lost (in restore_msg, open for a suffix). */
 static const char *resolve_one(uint32_t id) {
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   fs_inode *p = inode_get(in->parent);
   if (!p || !p->handle || !in->name) {
     inode_kill(id); /* under a lost directory: that loss was the one reported */
@@ -538,12 +521,12 @@ static const char *resolve_one(uint32_t id) {
  * abort is returned, to fail the load; otherwise it is logged and the inode answers EIO.
  */
 static const char *inode_resolve(uint32_t id, int loading) {
-  for (uint32_t round = 0; inodes[id].pending && round <= MAX_DEPTH + 1; round++) {
+  for (uint32_t round = 0; INODE_AT(id).pending && round <= MAX_DEPTH + 1; round++) {
     uint32_t cur = id, steps = 0;
     for (;;) {
-      fs_inode *p = inode_get(inodes[cur].parent);
+      fs_inode *p = inode_get(INODE_AT(cur).parent);
       if (!p || !p->pending || ++steps > MAX_DEPTH) break;
-      cur = (uint32_t)inodes[cur].parent;
+      cur = (uint32_t)INODE_AT(cur).parent;
     }
     if (steps > MAX_DEPTH) { /* a cycle of directories in the state: nothing to resolve */
       inode_kill(cur);
@@ -558,24 +541,44 @@ static const char *inode_resolve(uint32_t id, int loading) {
     msg_s(loading ? "; the guest gets EIO for it" : "; the guest gets EIO for it (found missing on first use after a migration)");
     vd_log(VD_LOG_WARN, lost);
   }
-  if (inodes[id].pending) inode_kill(id);
+  if (INODE_AT(id).pending) inode_kill(id);
   return NULL;
 }
+
+/* The free list is built as the saved ids stream in (ascending, as a save writes them): the
+ * gap below each id goes on it. Ids out of order make finish-load build it in one pass. */
+static uint32_t load_high;
+static int load_unordered;
 
 /* A new load: empty tables (ids 0 and 1 reserved), the name index sized for `count` inodes. */
 void fs_load_begin(uint32_t count) {
   fs_tables_clear();
   restore_tolerant = vfs_migration_guest_error();
   ensure_inode_slot(FUSE_ROOT_ID);
-  name_grow(count / 2 < MAX_INODES ? count / 2 + 1 : MAX_INODES);
+  /* Grow the plugin's memory once for the table to come (a fair estimate; freed at once, it
+   * stays with the allocator) instead of in the allocator's small steps: in V8 each
+   * memory.grow costs up to a millisecond once the memory is large, and a million inodes
+   * would take thousands of them inside the load's calls. */
+  if (count > INODE_PAGE) free(malloc((size_t)count * (sizeof(fs_inode) + 40)));
+  load_high = FUSE_ROOT_ID;
+  load_unordered = 0;
 }
 
 /* Saved inode `id`: pending under `name` in `parent` (not looked up now), or lost (no name). */
 const char *fs_load_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
                           uint32_t mode) {
   if (id <= FUSE_ROOT_ID || !ensure_inode_slot(id)) return "fs state: inode id out of range";
-  if (inodes[id].used) return "fs state: inode id saved twice";
-  fs_inode *in = &inodes[id];
+  if (INODE_AT(id).used) return "fs state: inode id saved twice";
+  if (id > load_high) {
+    for (uint32_t gap = id - 1; gap > load_high; gap--) { /* gaps are rare: freed ids */
+      INODE_AT(gap).hnext = free_inode;
+      free_inode = gap;
+    }
+    load_high = id;
+  } else {
+    load_unordered = 1;
+  }
+  fs_inode *in = &INODE_AT(id);
   memset(in, 0, sizeof *in);
   in->used = 1;
   in->nlookup = nlookup ? nlookup : 1;
@@ -586,8 +589,9 @@ const char *fs_load_inode(uint32_t id, uint32_t parent, const uint8_t *name, siz
     return NULL;
   }
   in->pending = 1;
-  uint32_t holder = name_find(parent, name, len);
-  if (holder) inode_lose_name(holder); /* two saved with one name (an older plugin's state): the last wins */
+  /* Not checked against the names already loaded (a lookup per record would cost the load
+   * more than everything else): two saved with one name (an older plugin's state) both go into
+   * the index; the first resolved takes the inode, the other finds it taken and is lost. */
   uint8_t *copy = malloc(len ? len : 1);
   if (!copy) return "out of memory";
   memcpy(copy, name, len);
@@ -642,13 +646,15 @@ static const char *restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
   return NULL;
 }
 
-/* Every unused slot below the high-water mark goes on the free list. */
+/* The session, and the free list if the ids came out of order (see fs_load_inode). */
 static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
-  free_inode = 0;
-  for (uint32_t i = n_inodes; i-- > 2;) {
-    if (!inodes[i].used) {
-      inodes[i].hnext = free_inode;
-      free_inode = i;
+  if (load_unordered) {
+    free_inode = 0;
+    for (uint32_t i = n_inodes; i-- > 2;) {
+      if (!INODE_AT(i).used) {
+        INODE_AT(i).hnext = free_inode;
+        free_inode = i;
+      }
     }
   }
   session.initialized = 1;
@@ -665,7 +671,7 @@ const char *fs_load_finish(const uint8_t *saved_files, uint32_t count, uint32_t 
     fs_tables_clear();
     return "fs state: the share root cannot be opened";
   }
-  fs_inode *r = &inodes[FUSE_ROOT_ID];
+  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
   memset(r, 0, sizeof *r);
   r->used = 1;
   r->handle = e.node;

@@ -71,7 +71,7 @@ static void save_begin(void) {
   uint64_t size = HEADER;
   if (session.initialized) {
     for (uint32_t i = 2; i < n_inodes; i++)
-      if (inodes[i].used) ni++, size += inode_record_len(&inodes[i]);
+      if (INODE_AT(i).used) ni++, size += inode_record_len(&INODE_AT(i));
     for (uint32_t i = 0; i < n_files; i++)
       if (files[i].used) nf++, size += FILE_REC;
   }
@@ -87,10 +87,10 @@ static void save_begin(void) {
 /* The next record into sv.rec; 0 when there is none left. */
 static int save_next(void) {
   if (sv.inodes_left) {
-    while (sv.next_inode < n_inodes && !inodes[sv.next_inode].used) sv.next_inode++;
+    while (sv.next_inode < n_inodes && !INODE_AT(sv.next_inode).used) sv.next_inode++;
     if (sv.next_inode >= n_inodes) return 0;
     uint32_t i = sv.next_inode++;
-    fs_inode *in = &inodes[i];
+    fs_inode *in = &INODE_AT(i);
     uint8_t *p = sv.rec;
     vd_put_u32(p, i);
     vd_put_u32(p + 4, (uint32_t)in->parent);
