@@ -84,36 +84,42 @@ static void save_begin(void) {
   sv.rec_len = HEADER;
 }
 
+/* The next record into `to` (room for the largest record); its length, 0 when there is none left. */
+static uint32_t save_record(uint8_t *to);
+
 /* The next record into sv.rec; 0 when there is none left. */
 static int save_next(void) {
+  sv.rec_len = save_record(sv.rec);
+  sv.rec_at = 0;
+  return sv.rec_len != 0;
+}
+
+static uint32_t save_record(uint8_t *to) {
   if (sv.inodes_left) {
     while (sv.next_inode < n_inodes && !INODE_AT(sv.next_inode).used) sv.next_inode++;
     if (sv.next_inode >= n_inodes) return 0;
     uint32_t i = sv.next_inode++;
     fs_inode *in = &INODE_AT(i);
-    uint8_t *p = sv.rec;
-    vd_put_u32(p, i);
-    vd_put_u32(p + 4, (uint32_t)in->parent);
-    vd_put_u64(p + 8, in->nlookup);
-    vd_put_u32(p + 16, in->mode);
-    vd_put_u32(p + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
-    if (in->name) memcpy(p + INODE_HEAD, in->name, in->name_len);
-    sv.rec_len = (uint32_t)inode_record_len(in);
+    vd_put_u32(to, i);
+    vd_put_u32(to + 4, in->parent);
+    vd_put_u64(to + 8, in->nlookup);
+    vd_put_u32(to + 16, in->mode);
+    vd_put_u32(to + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
+    if (in->name) memcpy(to + INODE_HEAD, in->name, in->name_len);
     sv.inodes_left--;
-  } else if (sv.files_left) {
+    return (uint32_t)inode_record_len(in);
+  }
+  if (sv.files_left) {
     while (sv.next_file < n_files && !files[sv.next_file].used) sv.next_file++;
     if (sv.next_file >= n_files) return 0;
     uint32_t i = sv.next_file++;
-    vd_put_u64(sv.rec, (uint64_t)i + 1);
-    vd_put_u32(sv.rec + 8, (uint32_t)files[i].nodeid);
-    vd_put_u32(sv.rec + 12, files[i].flags);
-    sv.rec_len = FILE_REC;
+    vd_put_u64(to, (uint64_t)i + 1);
+    vd_put_u32(to + 8, (uint32_t)files[i].nodeid);
+    vd_put_u32(to + 12, files[i].flags);
     sv.files_left--;
-  } else {
-    return 0;
+    return FILE_REC;
   }
-  sv.rec_at = 0;
-  return 1;
+  return 0;
 }
 
 const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining) {
@@ -125,6 +131,16 @@ const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *
   if (n && !o) return "out of memory";
   uint32_t at = 0;
   while (at < n) {
+    /* Whole records straight into the chunk while the largest one still fits. */
+    if (sv.rec_at == sv.rec_len && n - at >= sizeof sv.rec) {
+      uint32_t k = save_record(o + at);
+      if (!k) {
+        free(o);
+        return "fs tables changed during the save";
+      }
+      at += k;
+      continue;
+    }
     if (sv.rec_at == sv.rec_len && !save_next()) {
       free(o);
       return "fs tables changed during the save";
