@@ -369,8 +369,15 @@ function saveState(dev: PluginDevice, chunk = 7): Buffer {
   return Buffer.concat(parts);
 }
 
+/** LOAD in chunks: null, or why it was refused (a chunk the plugin refused as it streamed in, or finish-load). */
 function loadState(dev: PluginDevice, state: Buffer, chunk = 5): string | null {
-  for (let off = 0; off < state.length; off += chunk) dev.setState(off, state.subarray(off, off + chunk));
+  try {
+    for (let off = 0; off < state.length; off += chunk) dev.setState(off, state.subarray(off, off + chunk));
+  } catch (e) {
+    if (!(e instanceof PluginError) || e.kind !== 'error') throw e;
+    dev.finishLoad();
+    return e.detail;
+  }
   return dev.finishLoad();
 }
 
