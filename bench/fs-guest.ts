@@ -193,10 +193,17 @@ function fuse(dev: PluginDevice, reqs: { opcode: number; nodeid: bigint; args: B
     h.writeUInt32LE(opcode, 4);
     h.writeBigUInt64LE(unique++, 8);
     h.writeBigUInt64LE(nodeid, 16);
-    return { readable: [Buffer.concat([h, args])], writableLen: 4096 };
+    const readable = Buffer.concat([h, args]);
+    const id = Number(unique % 0xffffffffn);
+    return { kind: 'request' as const, request: { id, queue: 1, prefix: readable.subarray(0, dev.info.prefixLen), readableLen: readable.length, writableLen: 4096 } };
   });
-  return dev.process(1, batch).map((r) => {
-    const out = Buffer.from(r.data);
+  // Metadata requests only: every answer is literal bytes (no backing I/O to run).
+  const actions = dev.handle(batch);
+  return batch.map((e) => {
+    const a = actions.find((x) => x.kind === 'answer' && x.answer.id === e.request.id);
+    const piece = a?.kind === 'answer' ? a.answer.reply[0] : undefined;
+    if (piece?.kind !== 'bytes') throw new Error(`request ${e.request.id}: no bytes answer`);
+    const out = Buffer.from(piece.bytes);
     if (out.readInt32LE(4) !== 0) throw new Error(`FUSE errno ${-out.readInt32LE(4)}`);
     return out.subarray(16);
   });

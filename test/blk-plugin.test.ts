@@ -232,21 +232,14 @@ test.serial('malformed requests are answered without breaking the device', async
   }
 });
 
-test.serial('a request with more writable space than a device answers fails the device, not the host; a new connection works', async (t) => {
+test.serial('a request with more writable space than the device serves gets IOERR, said once; the device keeps serving', async (t) => {
   const d = await open(['--storage', 'memory:8M']);
   try {
-    const pending = d.fe.queues[0].submit([header(T.IN, 0)], [5 << 20, 1]);
-    pending.catch(() => undefined); // rejected when the queue closes below
+    // The plugin never holds the data (WIT 0.2), but a request past SEG_MAX x SIZE_MAX is not one it offered to serve.
+    t.is((await raw(d, [header(T.IN, 0)], [5 << 20, 1])).status, BlkStatus.IOERR);
     t.regex(await d.host.waitForLog(/writable space exceeds 4 MiB/), /blk/);
-    await d.fe.close();
-    const fe = await VhostUserFrontend.connect(d.host.socketPath, { memoryBytes: 16 << 20, queues: [64], features: FEATURES });
-    try {
-      const blk = new BlkDevice(fe.queues[0]);
-      await blk.write(1, Buffer.alloc(SECTOR, 3));
-      t.deepEqual(Buffer.from(await blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
-    } finally {
-      await fe.close();
-    }
+    await d.blk.write(1, Buffer.alloc(SECTOR, 3));
+    t.deepEqual(Buffer.from(await d.blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
   } finally {
     await d.close();
   }
