@@ -17,6 +17,7 @@ import { capModule, MEMORY_EXPORT_PREFIX } from './wasm-binary.ts';
 import { planAllocations, type AllocationPlan } from './limits.ts';
 import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
+import { DirectHandle, handleExportNames } from './direct-handle.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
@@ -52,6 +53,12 @@ export interface LoadOptions {
    * it under a deadline (the device worker's watchdog); transpiling is host work and is not in it.
    */
   guard?: <T>(fn: () => T) => T;
+  /**
+   * How `handle` is called: 'direct' (the default) lowers the events and lifts the actions in
+   * the host (direct-handle.ts); 'jco' goes through jco's generated glue like every other
+   * call (benchmarks compare the two). A glue whose handle export cannot be found is 'jco'.
+   */
+  handlePath?: 'direct' | 'jco';
 }
 
 export async function loadPlugin(bytes: Uint8Array, options: LoadOptions): Promise<PluginDevice> {
@@ -100,6 +107,7 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   // Every memory any instance defines (capModule exports each one under our prefix), so the
   // reported size is the plugin's, not just that of the memory the glue talks to.
   const memories: WebAssembly.Memory[] = [];
+  const coreInstances: WebAssembly.Instance[] = [];
   let instances = 0;
   const instantiateCore = (module: WebAssembly.Module, imports?: WebAssembly.Imports): WebAssembly.Instance => {
     const entry = compiled.get(module);
@@ -109,6 +117,7 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
       throw loadError(`glue instantiated ${entry.name} more often than planned (${caps.instances}): refused`);
     }
     const instance = new WebAssembly.Instance(module, imports);
+    coreInstances.push(instance);
     for (const [name, value] of Object.entries(instance.exports)) {
       if (name.startsWith(MEMORY_EXPORT_PREFIX) && value instanceof WebAssembly.Memory) memories.push(value);
     }
@@ -141,10 +150,12 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   if (!device || missing.length) {
     throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
   }
+  const names = options.handlePath === 'jco' ? null : handleExportNames(prepared.glue);
   return adaptDevice(device as unknown as RawDevice, {
     label,
     memoryBytes: () => memories.reduce((sum, m) => sum + m.buffer.byteLength, 0),
     memoryLimitBytes: limit,
     guard,
+    direct: names === null ? null : DirectHandle.over(coreInstances, names),
   });
 }
