@@ -161,7 +161,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       }
       const budget = { bytes: knownBytes, items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * known.size, 1 << 22) };
       const direct = ctx.direct;
-      if (direct) return call('handle', () => direct.call(events, budget), budget);
+      if (direct) return call('handle', () => direct.call(events, budget, () => raw.handle([])), budget);
       const lowered = lowerEvents(events);
       const out = call('handle', () => raw.handle(lowered), budget);
       try {

@@ -1,7 +1,9 @@
-// `handle`, the one call per batch, without jco's generated glue: the host lowers the events
-// into plugin memory and lifts the actions out of it itself, by the canonical ABI of
-// wit/device.wit (the layouts below; test/direct-handle.test.ts holds them to jco's own
-// lowering and lifting of the same component). jco's glue keeps every cold call.
+// `handle`, the one call per batch, lowered and lifted by the host: it writes the events into
+// plugin memory and reads the actions out of it itself, by the canonical ABI of wit/device.wit
+// (the layouts below; test/direct-handle.test.ts holds them to jco's own lowering and lifting
+// of the same components), instead of jco's generated per-field code. jco's wrapper still
+// runs around the core call (its task bookkeeping is what its import trampolines rely on), and
+// jco's glue keeps every cold call.
 //
 // What comes back is untrusted like everything from a plugin: every list is checked against
 // the memory, its alignment and the call's budget (the LiftGuard's rules, lift-guard.ts)
@@ -9,8 +11,7 @@
 // only copies made are of `bytes` pieces (and frames), which the budget bounds.
 
 import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transfer } from '../device/device.ts';
-import { LiftError, MAX_PLUGIN_STRING, type CallBudget } from './lift-guard.ts';
-import { cutMarker } from '../log/logger.ts';
+import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
 
 // Canonical ABI layouts (sizes, alignments, field offsets) of the types interface.
 const EVENT_SIZE = 32;
@@ -22,113 +23,85 @@ const OP_SIZE = 24;
 const PIECE_SIZE = 32;
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
 
-/** The core exports `handle` is made of, by their names in the component's main core instance. */
-export interface HandleExportNames {
-  handle: string;
-  postReturn: string;
-  realloc: string;
-  memory: string;
-}
-
-/** `name = exportsN.key;` or `name = exportsN['key'];` in the glue. */
-function exportKey(glue: string, variable: string): string | null {
-  const esc = variable.replace(/\$/g, '\\$');
-  const m = new RegExp(`\\b${esc} = exports\\d+(?:\\.([\\w$]+)|\\['([^']+)'\\]);`).exec(glue);
-  return m ? (m[1] ?? m[2]) : null;
-}
-
-/**
- * Which core exports jco's glue calls for `handle`, read from the glue itself (their names
- * depend on how the component was built); null when the glue is not shaped as expected.
- */
-export function handleExportNames(glue: string): HandleExportNames | null {
-  const start = glue.search(/\n\s*function handle\(arg0\) \{/);
-  if (start < 0) return null;
-  const end = glue.indexOf('\n  function ', start + 10);
-  const body = glue.slice(start, end < 0 ? undefined : end);
-  const call = /fn: \(\) => ([\w$]+)\(result\d+, len\d+\)/.exec(body);
-  const post = /(postReturn\d+)\(ret\)/.exec(body);
-  const realloc = /(realloc\d+)\(0, 0, 8, len\d+ \* 32\)/.exec(body);
-  const memory = /dataView\((memory\d+)\)/.exec(body);
-  if (!call || !post || !realloc || !memory) return null;
-  const names = {
-    handle: exportKey(glue, call[1]),
-    postReturn: exportKey(glue, post[1]),
-    realloc: exportKey(glue, realloc[1]),
-    memory: exportKey(glue, memory[1]),
-  };
-  if (names.handle === null || names.postReturn === null || names.realloc === null || names.memory === null) return null;
-  return names as HandleExportNames;
-}
-
 type CoreFn = (...args: number[]) => number;
 
-/** The direct call, bound to one core instance's exports. */
+/**
+ * The direct call of one plugin instance. jco's wrapper of the export still runs around it
+ * (glue.ts routes the core call through the LiftGuard's `hot` hook): it lowers an empty event
+ * list, whose allocation this grows to the real one, and lifts what is left at the result
+ * pointer, which this leaves as an empty list (or the plugin's error, which jco lifts and throws).
+ */
 export class DirectHandle {
-  private readonly handleFn: CoreFn;
-  private readonly postReturn: CoreFn;
-  private readonly realloc: CoreFn;
-  private readonly memory: WebAssembly.Memory;
+  private realloc: CoreFn = () => 0;
+  private memory: WebAssembly.Memory | null = null;
   private u8 = new Uint8Array(0);
   private dv = new DataView(new ArrayBuffer(0));
   // The budget of the call being lifted.
   private bytesLeft = 0;
   private itemsLeft = 0;
 
-  private constructor(exports: WebAssembly.Exports, names: HandleExportNames) {
-    this.handleFn = exports[names.handle] as CoreFn;
-    this.postReturn = exports[names.postReturn] as CoreFn;
-    this.realloc = exports[names.realloc] as CoreFn;
-    this.memory = exports[names.memory] as WebAssembly.Memory;
-  }
-
-  /** The direct call over the core instance that exports everything `names` lists, or null. */
-  static over(instances: readonly WebAssembly.Instance[], names: HandleExportNames): DirectHandle | null {
-    for (const inst of instances) {
-      const e = inst.exports;
-      if (
-        typeof e[names.handle] === 'function' &&
-        typeof e[names.postReturn] === 'function' &&
-        typeof e[names.realloc] === 'function' &&
-        e[names.memory] instanceof WebAssembly.Memory
-      ) {
-        return new DirectHandle(e, names);
-      }
-    }
-    return null;
-  }
+  constructor(private readonly guard: LiftGuard) {}
 
   /** Views over the memory, taken again after anything that may have grown it (a grow detaches the old buffer). */
   private views(): void {
-    if (this.u8.length === 0 || this.u8.buffer !== this.memory.buffer) {
-      this.u8 = new Uint8Array(this.memory.buffer);
-      this.dv = new DataView(this.memory.buffer);
+    const buf = this.memory!.buffer;
+    if (this.u8.buffer !== buf || this.u8.length === 0) {
+      this.u8 = new Uint8Array(buf);
+      this.dv = new DataView(buf);
     }
   }
 
-  private alloc(align: number, size: number): number {
-    const p = this.realloc(0, 0, align, size) >>> 0;
+  private alloc(old: number, align: number, size: number): number {
+    const p = this.realloc(old, 0, align, size) >>> 0;
     this.views();
     if (p % align !== 0 || p + size > this.u8.length) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
     return p;
   }
 
   /**
-   * Lowers `events`, calls the core export, lifts the actions, releases the plugin's result.
-   * An `err` result is thrown as its string (as jco's glue does); a malformed one as LiftError.
+   * One handle call: `viaGlue` calls jco's export (with an empty event list), during which the
+   * hook lowers `events`, calls the core function and lifts the actions under `budget`.
    */
-  call(events: readonly DeviceEvent[], budget: CallBudget): DeviceAction[] {
-    const n = events.length;
-    const base = this.alloc(EVENT_ALIGN, n * EVENT_SIZE);
-    for (let i = 0; i < n; i++) {
+  call(events: readonly DeviceEvent[], budget: CallBudget, viaGlue: () => unknown): DeviceAction[] {
+    let actions: DeviceAction[] | null = null;
+    this.guard.hot = (core, realloc, memory, argPtr) => {
+      this.realloc = realloc;
+      this.memory = memory;
+      this.views();
+      const n = events.length;
+      const base = n === 0 ? argPtr >>> 0 : this.alloc(argPtr >>> 0, EVENT_ALIGN, n * EVENT_SIZE);
+      this.lower(events, base);
+      const ret = core(base, n) >>> 0;
+      this.views();
+      this.inside(ret, 12, 4, 'the result');
+      if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
+      this.bytesLeft = budget.bytes;
+      this.itemsLeft = budget.items;
+      actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
+      // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
+      this.dv.setUint32(ret + 4, 0, true);
+      this.dv.setUint32(ret + 8, 0, true);
+      return ret;
+    };
+    try {
+      viaGlue();
+    } finally {
+      this.guard.hot = null;
+    }
+    if (actions === null) throw new LiftError('handle: the direct call did not run (the glue did not call the hook)');
+    return actions;
+  }
+
+  private lower(events: readonly DeviceEvent[], base: number): void {
+    for (let i = 0; i < events.length; i++) {
       const e = events[i];
       // Each lowering step may allocate (and so grow the memory): the element's address is
-      // fixed, its views are taken again after every allocation.
+      // fixed, the views are taken again after every allocation.
       const at = base + i * EVENT_SIZE;
       switch (e.kind) {
         case 'request': {
           const r = e.request;
-          const p = this.alloc(1, r.prefix.length);
+          const p = this.alloc(0, 1, r.prefix.length);
           this.u8.set(r.prefix, p);
           const dv = this.dv;
           dv.setUint8(at, 0);
@@ -146,7 +119,7 @@ export class DirectHandle {
           this.dv.setUint32(at + 12, e.errno, true);
           break;
         case 'frame': {
-          const p = this.alloc(1, e.frame.bytes.length);
+          const p = this.alloc(0, 1, e.frame.bytes.length);
           this.u8.set(e.frame.bytes, p);
           this.dv.setUint8(at, 2);
           this.dv.setUint32(at + 8, e.frame.network, true);
@@ -160,29 +133,6 @@ export class DirectHandle {
           break;
       }
     }
-    const ret = this.handleFn(base, n) >>> 0;
-    this.views();
-    this.bytesLeft = budget.bytes;
-    this.itemsLeft = budget.items;
-    let out: DeviceAction[];
-    try {
-      this.inside(ret, 12, 4, 'the result');
-      const tag = this.u8[ret];
-      if (tag === 1) {
-        const ptr = this.dv.getUint32(ret + 4, true);
-        const len = this.dv.getUint32(ret + 8, true);
-        this.inside(ptr, len, 1, 'the error string');
-        const text = new TextDecoder().decode(this.u8.subarray(ptr, ptr + Math.min(len, MAX_PLUGIN_STRING)));
-        // Thrown like jco's glue throws an err result: the adapter names plugin and call.
-        throw len > MAX_PLUGIN_STRING ? text + cutMarker(len - MAX_PLUGIN_STRING) : text;
-      }
-      if (tag !== 0) throw new LiftError(`handle: returned a malformed value: invalid result discriminant ${tag}`);
-      out = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
-    } finally {
-      // The plugin frees what it returned (its error string); the host copied what it keeps.
-      this.postReturn(ret);
-    }
-    return out;
   }
 
   /** [ptr, ptr + len) inside the memory and aligned, or a LiftError naming `what`. */

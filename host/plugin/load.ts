@@ -17,7 +17,7 @@ import { capModule, MEMORY_EXPORT_PREFIX } from './wasm-binary.ts';
 import { planAllocations, type AllocationPlan } from './limits.ts';
 import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
-import { DirectHandle, handleExportNames } from './direct-handle.ts';
+import { DirectHandle } from './direct-handle.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
@@ -107,7 +107,6 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   // Every memory any instance defines (capModule exports each one under our prefix), so the
   // reported size is the plugin's, not just that of the memory the glue talks to.
   const memories: WebAssembly.Memory[] = [];
-  const coreInstances: WebAssembly.Instance[] = [];
   let instances = 0;
   const instantiateCore = (module: WebAssembly.Module, imports?: WebAssembly.Imports): WebAssembly.Instance => {
     const entry = compiled.get(module);
@@ -117,7 +116,6 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
       throw loadError(`glue instantiated ${entry.name} more often than planned (${caps.instances}): refused`);
     }
     const instance = new WebAssembly.Instance(module, imports);
-    coreInstances.push(instance);
     for (const [name, value] of Object.entries(instance.exports)) {
       if (name.startsWith(MEMORY_EXPORT_PREFIX) && value instanceof WebAssembly.Memory) memories.push(value);
     }
@@ -150,12 +148,13 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   if (!device || missing.length) {
     throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
   }
-  const names = options.handlePath === 'jco' ? null : handleExportNames(prepared.glue);
+  // The glue routes handle's core call through guard.hot when patchGlue found it (glue.ts).
+  const hooked = options.handlePath !== 'jco' && prepared.glue.includes('_vhLift.hot !== null');
   return adaptDevice(device as unknown as RawDevice, {
     label,
     memoryBytes: () => memories.reduce((sum, m) => sum + m.buffer.byteLength, 0),
     memoryLimitBytes: limit,
     guard,
-    direct: names === null ? null : DirectHandle.over(coreInstances, names),
+    direct: hooked ? new DirectHandle(guard) : null,
   });
 }
