@@ -91,6 +91,9 @@ const ruleText: Record<string, string> = {
   'unknown-id': Rule.unknownId,
   'duplicate-answer': Rule.duplicate,
   'missing-answer': Rule.missing,
+  'length-at-outside-reply': Rule.lengthAt,
+  'too-many-pieces': Rule.bounds,
+  'send-without-network': Rule.unsupported,
 };
 
 for (const rule of BAD_RULES) {
@@ -109,7 +112,7 @@ for (const rule of BAD_RULES) {
       bad.catch(() => {});
       const line = await waitFor(/device needs a reset/);
       t.true(line.includes(`breaks the rule "${ruleText[rule]}"`), line);
-      t.regex(line, rule === 'missing-answer' ? /the result breaks/ : /action \d+ \(answer to request \d+\)/);
+      t.regex(line, rule === 'missing-answer' ? /the result breaks/ : rule === 'send-without-network' ? /action \d+ \(send\)/ : /action \d+ \(answer to request \d+\)/);
       t.is((await victim.conn.getStatus()) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
       // Nothing of the batch: the good write never reached the disk, nothing reached the used ring.
       t.deepEqual(readFileSync(disk).subarray(4096, 4096 + 512), Buffer.alloc(512));

@@ -45,6 +45,9 @@ const BAD: Record<string, (r: DeviceRequest, table: BackingTable) => DeviceActio
   'unknown-id': (r) => [answer(r.id, [bytes('x')]), answer(r.id + 1000, [bytes('x')])],
   'duplicate-answer': (r) => [answer(r.id, [bytes('x')]), answer(r.id, [bytes('y')])],
   'missing-answer': () => [],
+  'length-at-outside-reply': (r) => [answer(r.id, [bytes([0, 0])], [], { lengthAt: 0 })],
+  'too-many-pieces': (r) => [answer(r.id, Array.from({ length: 2000 }, () => ({ kind: 'skip', len: 0 })))],
+  'send-without-network': (r) => [answer(r.id, [bytes('x')]), { kind: 'send', frame: { network: 0, bytes: new Uint8Array(60) } }],
 };
 export const BAD_RULES = Object.keys(BAD);
 
