@@ -83,7 +83,11 @@ export class FileBacking implements Backing {
     private readonly log: (message: string) => void,
   ) {
     this.fd = fd;
+    // What direct I/O (or the block device) aligns to; a buffered file takes anything.
+    this.blockSize = Math.max(ioAlign, fallocAlign) >= 4096 ? 4096 : 512;
   }
+
+  readonly blockSize: number;
 
   /** Opens `path`; every way it can fail says which file and why. */
   static open(path: string, readOnly: boolean, options: FileBackingOptions = {}): FileBacking {
@@ -129,7 +133,10 @@ export class FileBacking implements Backing {
   }
 
   private fail(op: string, offset: number, len: number, e: unknown): never {
-    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`);
+    // The errno travels with the error: a device answers a failed I/O by it (WIT io-failure).
+    const name = (e as NodeJS.ErrnoException)?.code ?? (e instanceof Error ? e.message : '');
+    const errno = (osConstants.errno as Record<string, number>)[name];
+    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, errno === undefined ? undefined : { details: { errno } });
   }
 
   private preadAll(buf: Buffer, position: number): void {
