@@ -8,6 +8,11 @@ export interface Backing {
   /** Bytes in the store; fixed for the life of the backing. */
   readonly size: number;
   readonly readOnly: boolean;
+  /**
+   * Logical block size, 512 or 4096 (`storage.block-size`, the blk config's blk_size): the
+   * unit O_DIRECT needs on a --direct file or block device, 512 otherwise.
+   */
+  readonly blockSize: number;
   /** What the operator gave (a path or memory:SIZE), for messages. */
   readonly describe: string;
   /**
@@ -29,6 +34,8 @@ export interface Backing {
 export class BackingError extends VhostWasmError {
   static override readonly code = 'ERR_BACKING_IO';
   override readonly name = 'BackingError';
+  /** The Linux errno of the failed system call (EIO 5, ENOSPC 28, ...), when there was one. */
+  errno?: number;
 }
 
 /** What the CLI passes to the device worker (structured-cloneable). */

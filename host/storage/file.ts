@@ -63,8 +63,23 @@ class AlignedBuffer {
   }
 }
 
+/** The errno behind an error (Node's fs errors and the addon's carry its name in `code`). */
+export function errnoOf(e: unknown): number | undefined {
+  for (let c = e, depth = 0; c !== undefined && c !== null && depth < 4; c = (c as { cause?: unknown }).cause, depth++) {
+    const own = (c as { errno?: unknown }).errno;
+    if (typeof own === 'number' && own > 0) return own;
+    const code = (c as { code?: unknown }).code;
+    if (typeof code === 'string' && code in osConstants.errno) return osConstants.errno[code as keyof typeof osConstants.errno];
+  }
+  return undefined;
+}
+
+function errnoError(n: number): Error {
+  return Object.assign(new Error(errnoName(n)), { code: errnoName(n) });
+}
+
 export class FileBacking implements Backing {
-  private fd: number;
+  private handle: number;
   private scratch = Buffer.alloc(128 * 1024);
   private readonly bounce = new AlignedBuffer();
   /** What fallocate turned out not to support here, so the notice is logged once. */
@@ -78,11 +93,22 @@ export class FileBacking implements Backing {
     readonly describe: string,
     /** I/O alignment O_DIRECT needs (1 without --direct). */
     readonly ioAlign: number,
+    readonly blockSize: number,
     /** fallocate alignment: a block device's logical block, 1 for a file. */
     private readonly fallocAlign: number,
     private readonly log: (message: string) => void,
   ) {
-    this.fd = fd;
+    this.handle = fd;
+  }
+
+  /** The open file or block device (for an executor that does its own I/O on it); -1 once closed. */
+  get fd(): number {
+    return this.handle;
+  }
+
+  /** What O_DIRECT needs of offsets, lengths and buffer addresses: ioAlign under --direct, else 0. */
+  get directAlign(): number {
+    return this.ioAlign > 1 ? this.ioAlign : 0;
   }
 
   /** Opens `path`; every way it can fail says which file and why. */
@@ -120,8 +146,14 @@ export class FileBacking implements Backing {
           throw new BackingError(`--storage ${path} --direct: the size ${info.size} is not a multiple of the ${ioAlign}-byte direct-I/O alignment; resize the image (truncate -s) or drop --direct`);
         }
       }
+      if (ioAlign > 4096) {
+        throw new BackingError(`--storage ${path} --direct: direct I/O here needs ${ioAlign}-byte alignment; only 512 and 4096 are supported (drop --direct)`);
+      }
       const fallocAlign = info.blockDevice ? Math.max(info.directAlign, 1) : 1;
-      return new FileBacking(fd, info.size, readOnly, path, ioAlign, fallocAlign, options.log ?? (() => {}));
+      // The logical block the device reports: what O_DIRECT or the block device needs, 512 else.
+      const unit = Math.max(ioAlign, info.blockDevice ? info.directAlign : 1);
+      const blockSize = unit > 512 ? 4096 : 512;
+      return new FileBacking(fd, info.size, readOnly, path, ioAlign, blockSize, fallocAlign, options.log ?? (() => {}));
     } catch (e) {
       closeSync(fd);
       throw e instanceof BackingError ? e : new BackingError(`--storage ${path}: ${reason(e)}`);
@@ -129,12 +161,14 @@ export class FileBacking implements Backing {
   }
 
   private fail(op: string, offset: number, len: number, e: unknown): never {
-    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`);
+    const err = new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, { cause: e });
+    err.errno = errnoOf(e);
+    throw err;
   }
 
   private preadAll(buf: Buffer, position: number): void {
     for (let done = 0; done < buf.length; ) {
-      const n = readSync(this.fd, buf, done, buf.length - done, position + done);
+      const n = readSync(this.handle, buf, done, buf.length - done, position + done);
       // The file shrank under us (someone else truncated it): not data we can vouch for.
       if (n === 0) throw new Error(`unexpected end of file at ${position + done}`);
       done += n;
@@ -143,7 +177,7 @@ export class FileBacking implements Backing {
 
   private pwriteAll(buf: Uint8Array, position: number): void {
     for (let done = 0; done < buf.length; ) {
-      done += writeSync(this.fd, buf, done, buf.length - done, position + done);
+      done += writeSync(this.handle, buf, done, buf.length - done, position + done);
     }
   }
 
@@ -200,7 +234,7 @@ export class FileBacking implements Backing {
 
   flush(): void {
     try {
-      fdatasyncSync(this.fd);
+      fdatasyncSync(this.handle);
     } catch (e) {
       this.fail('flush', 0, 0, e);
     }
@@ -233,16 +267,16 @@ export class FileBacking implements Backing {
   private fallocateZero(op: string, offset: number, len: number, keepAllocated: boolean): void {
     const { KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE } = native.FALLOC_FL;
     if (keepAllocated && !this.noZeroRange) {
-      const r = native.fsFallocate(this.fd, ZERO_RANGE | KEEP_SIZE, offset, len);
+      const r = native.fsFallocate(this.handle, ZERO_RANGE | KEEP_SIZE, offset, len);
       if (r === 0) return;
-      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate ZERO_RANGE)`, offset, len, new Error(errnoName(-r)));
+      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate ZERO_RANGE)`, offset, len, errnoError(-r));
       this.noZeroRange = true;
       this.log(`${this.describe}: fallocate ZERO_RANGE is not supported here (EOPNOTSUPP); write-zeroes punches holes instead${this.noPunchHole ? ' (not supported either: zeroes are written)' : ''}`);
     }
     if (!this.noPunchHole) {
-      const r = native.fsFallocate(this.fd, PUNCH_HOLE | KEEP_SIZE, offset, len);
+      const r = native.fsFallocate(this.handle, PUNCH_HOLE | KEEP_SIZE, offset, len);
       if (r === 0) return;
-      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate PUNCH_HOLE)`, offset, len, new Error(errnoName(-r)));
+      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate PUNCH_HOLE)`, offset, len, errnoError(-r));
       this.noPunchHole = true;
       this.log(`${this.describe}: fallocate PUNCH_HOLE is not supported here (EOPNOTSUPP); discard and write-zeroes write zeroes instead`);
     }
@@ -258,9 +292,9 @@ export class FileBacking implements Backing {
   }
 
   close(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd);
-    this.fd = -1;
+    if (this.handle < 0) return;
+    closeSync(this.handle);
+    this.handle = -1;
     this.bounce.release();
   }
 }
