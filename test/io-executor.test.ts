@@ -414,3 +414,35 @@ test.serial('memory executor: one copy each way, holes read as zeroes, across a 
     mem.close();
   }
 });
+
+test.serial('discard and write-zeroes through the file backing (fallocate), in order with the writes; a failing one gives its errno', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'falloc.img');
+    const data = pattern(1 << 20, 12);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, false);
+    const readOnly = FileBacking.open(path, true);
+    const mem = guestMemory(65536);
+    const ex = new UringExecutor({ target: fileTable(file, readOnly) });
+    try {
+      mem.view(0, 8192).fill(0x11);
+      t.deepEqual(await run(ex, [
+        { kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] },
+        { kind: 'write-zeroes', backing: 0, offset: 4096, len: 65536 },
+        { kind: 'discard', backing: 0, offset: 524288, len: 131072 },
+      ]), { errno: 0, lastReadBytes: 0 });
+      const expect = Buffer.from(data);
+      expect.fill(0x11, 0, 4096);
+      expect.fill(0, 4096, 4096 + 65536);
+      expect.fill(0, 524288, 524288 + 131072);
+      t.true(readFileSync(path).equals(expect), 'the write, then the zeroing over its second half, then the hole');
+      // fallocate on a read-only fd: EBADF, carried from the backing's error.
+      t.deepEqual(await run(ex, [{ kind: 'write-zeroes', backing: 1, offset: 0, len: 4096 }]), { errno: 9, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      file.close();
+      readOnly.close();
+      mem.close();
+    }
+  });
+});
