@@ -446,3 +446,25 @@ test.serial('discard and write-zeroes through the file backing (fallocate), in o
     }
   });
 });
+
+test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buffer that "succeeds"', async (t) => {
+  const path = join(shmDir, 'detached.img');
+  writeFileSync(path, pattern(65536, 13));
+  const file = FileBacking.open(path, false);
+  const disk = new MemoryBacking(1 << 20, false);
+  const mem = guestMemory(65536);
+  const into = [mem.view(0, 4096)];
+  mem.close(); // the window detaches: the view now has length 0
+  const ex = new UringExecutor({ target: fileTable(file) });
+  const mx = new MemoryExecutor(() => disk);
+  try {
+    t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+    t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
+    t.deepEqual(await run(mx, [{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+    t.true(readFileSync(path).equals(pattern(65536, 13)));
+  } finally {
+    ex.close();
+    mx.close();
+    file.close();
+  }
+});

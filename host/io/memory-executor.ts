@@ -6,11 +6,15 @@ import { constants as osConstants } from 'node:os';
 import type { MemoryBacking } from '../storage/memory.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
-const { EBADF, EINVAL, EROFS } = osConstants.errno;
+const { EBADF, EFAULT, EINVAL, EROFS } = osConstants.errno;
 
+/** Bytes of the views; -1 when one is detached (its guest-memory mapping was unmapped). */
 function viewBytes(views: readonly Uint8Array[]): number {
   let n = 0;
-  for (const v of views) n += v.length;
+  for (const v of views) {
+    if (v.length === 0 && v.buffer.byteLength === 0) return -1;
+    n += v.length;
+  }
   return n;
 }
 
@@ -43,6 +47,7 @@ export class MemoryExecutor implements IoExecutor {
     if (b === undefined) return EBADF;
     if (op.kind === 'flush') return 0;
     const len = op.kind === 'read' ? viewBytes(op.into) : op.kind === 'write' ? viewBytes(op.from) : op.len;
+    if (len < 0) return EFAULT;
     if (!Number.isSafeInteger(op.offset) || op.offset < 0 || len < 0 || op.offset + len > b.size) return EINVAL;
     if (op.kind !== 'read' && b.readOnly) return EROFS;
     switch (op.kind) {

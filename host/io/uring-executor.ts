@@ -152,13 +152,16 @@ function ordered(ops: readonly IoOp[]): readonly IoOp[] {
 /**
  * The iovec triples for the views from byte `skip` on, at most MAX_SEGMENTS segments and
  * MAX_SQE_BYTES bytes; `aligned` says whether every segment's offset and length (within its
- * buffer) is a multiple of `align` (always true when align is 0).
+ * buffer) is a multiple of `align` (always true when align is 0). Null when a view is detached:
+ * its mapping was unmapped (guest memory went away under a request), which must not pass for
+ * an empty buffer.
  */
-function iovFrom(views: readonly Uint8Array[], skip: number, align: number): { iov: UringIov; bytes: number; aligned: boolean } {
+function iovFrom(views: readonly Uint8Array[], skip: number, align: number): { iov: UringIov; bytes: number; aligned: boolean } | null {
   const iov: UringIov = [];
   let bytes = 0;
   let aligned = true;
   for (const v of views) {
+    if (v.length === 0 && v.buffer.byteLength === 0) return null;
     if (skip >= v.length) {
       skip -= v.length;
       continue;
@@ -341,7 +344,9 @@ export class UringExecutor implements IoExecutor {
       }
       const rw = op as ReadWriteOp;
       const views = rw.kind === 'read' ? rw.into : rw.from;
-      const { iov, bytes, aligned } = iovFrom(views, req.moved, t.directAlign);
+      const segs = iovFrom(views, req.moved, t.directAlign);
+      if (segs === null) return this.finish(req, EFAULT);
+      const { iov, bytes, aligned } = segs;
       if (bytes === 0) {
         if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = req.moved;
         req.at++;
