@@ -19,7 +19,7 @@
 // bounce buffer too.
 import { constants as osConstants } from 'node:os';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
-import { errnoOf } from '../storage/file.ts';
+import { errnoOf, type IoBacking } from './backing-table.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -44,14 +44,28 @@ export interface UringTarget {
   writeZeroes?(offset: number, len: number): void;
 }
 
+/**
+ * A backing the ring cannot serve (a memory disk, a file without an fd of ours): its ops run
+ * synchronously on this thread, in their turn, through the backing's own methods.
+ */
+export interface SyncTarget {
+  readonly sync: IoBacking;
+}
+
 export interface UringExecutorOptions {
   /** The backing with table index i, or undefined when the device has none there. */
-  target(index: number): UringTarget | undefined;
+  target(index: number): UringTarget | SyncTarget | undefined;
   /** Submission entries (the ring holds twice as many in flight). Default 128. */
   entries?: number;
+  /** A failed op, for the operator's log (the device hears the errno). */
+  logIoError?(message: string): void;
 }
 
 type ReadWriteOp = Extract<IoOp, { kind: 'read' | 'write' }>;
+
+function errnoName(n: number): string {
+  return Object.entries(osConstants.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
+}
 
 const NO_RESULT: IoResult = { errno: 0, lastReadBytes: 0 };
 
@@ -222,7 +236,8 @@ function zeroViews(views: readonly Uint8Array[], skip: number): void {
 export class UringExecutor implements IoExecutor {
   private readonly ring: Uring;
   private readonly watcher: Watcher;
-  private readonly target: (index: number) => UringTarget | undefined;
+  private readonly target: (index: number) => UringTarget | SyncTarget | undefined;
+  private readonly logIoError: (message: string) => void;
   private readonly bounces = new BouncePool();
   private readonly reaped: Float64Array;
   /** Requests started and not done, by the userData of their SQE (one SQE each at a time). */
@@ -238,11 +253,12 @@ export class UringExecutor implements IoExecutor {
   private unsubmitted = 0;
   private submitScheduled = false;
   private pumping = false;
-  private draining = false;
+  private cancelling = false;
   private closed = false;
 
   constructor(options: UringExecutorOptions) {
     this.target = options.target;
+    this.logIoError = options.logIoError ?? (() => {});
     this.ring = native.uringCreate(options.entries ?? 128);
     this.reaped = new Float64Array(2 * this.ring.capacity);
     this.slots = new Array(this.ring.capacity);
@@ -256,8 +272,8 @@ export class UringExecutor implements IoExecutor {
 
   submit(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult) => void): void {
     if (this.closed) throw new Error('UringExecutor.submit after close()');
-    if (this.draining) {
-      // A completion handler submitting while drain() waits: nothing new starts now.
+    if (this.cancelling) {
+      // A completion handler submitting while close() cancels: nothing new starts now.
       done({ errno: ECANCELED, lastReadBytes: 0 });
       return;
     }
@@ -272,7 +288,8 @@ export class UringExecutor implements IoExecutor {
   private needsReadModifyWrite(ops: readonly IoOp[]): boolean {
     for (const op of ops) {
       if (op.kind !== 'write') continue;
-      const a = this.target(op.backing)?.directAlign ?? 0;
+      const t = this.target(op.backing);
+      const a = t !== undefined && 'fd' in t ? t.directAlign : 0;
       if (a > 0 && (op.offset % a !== 0 || viewBytes(op.from) % a !== 0)) return true;
     }
     return false;
@@ -307,7 +324,7 @@ export class UringExecutor implements IoExecutor {
     this.count--;
     if (req.alone) this.aloneRunning = false;
     req.done(errno === 0 ? (req.lastReadBytes === 0 ? NO_RESULT : { errno: 0, lastReadBytes: req.lastReadBytes }) : { errno, lastReadBytes: 0 });
-    if (!this.draining) this.pump();
+    if (!this.cancelling) this.pump();
   }
 
   /** The current op is complete: go on with the next, or finish the request. */
@@ -323,17 +340,24 @@ export class UringExecutor implements IoExecutor {
   private step(req: Request): void {
     for (;;) {
       if (req.at >= req.ops.length) return this.finish(req, 0);
-      if (this.draining) return this.finish(req, ECANCELED);
+      if (this.cancelling) return this.finish(req, ECANCELED);
       const op = req.ops[req.at]!;
       const t = this.target(op.backing);
       if (t === undefined) return this.finish(req, EBADF);
+      if ('sync' in t) {
+        const errno = this.runSync(req, op, t.sync);
+        if (errno !== 0) return this.finish(req, errno);
+        req.at++;
+        continue;
+      }
       if (op.kind === 'discard' || op.kind === 'write-zeroes') {
         const fn = op.kind === 'discard' ? t.discard : t.writeZeroes;
         if (fn === undefined) return this.finish(req, EOPNOTSUPP);
         try {
           fn.call(t, op.offset, op.len);
         } catch (e) {
-          return this.finish(req, errnoOf(e) ?? EIO);
+          this.logIoError((e as Error).message);
+          return this.finish(req, errnoOf(e));
         }
         req.at++;
         continue;
@@ -364,10 +388,38 @@ export class UringExecutor implements IoExecutor {
     }
   }
 
+  /** One op through a backing's own synchronous methods; 0 or the errno. */
+  private runSync(req: Request, op: IoOp, b: IoBacking): number {
+    try {
+      switch (op.kind) {
+        case 'read': {
+          const got = b.readInto(op.offset, op.into);
+          if (req.at === req.ops.length - 1) req.lastReadBytes = got;
+          return 0;
+        }
+        case 'write':
+          b.writeFrom(op.offset, op.from);
+          return 0;
+        case 'flush':
+          b.flush();
+          return 0;
+        case 'discard':
+          b.discard(op.offset, op.len);
+          return 0;
+        case 'write-zeroes':
+          b.writeZeroes(op.offset, op.len);
+          return 0;
+      }
+    } catch (e) {
+      this.logIoError((e as Error).message);
+      return errnoOf(e);
+    }
+  }
+
   /** Queues one SQE for req; at capacity the request waits for a reap (stalled). */
   private queue(req: Request, sqe: (userData: number) => boolean): void {
-    // drain() waits for what is in the kernel; nothing new goes in meanwhile.
-    if (this.draining) return this.finish(req, ECANCELED);
+    // close() waits for what is in the kernel; nothing new goes in meanwhile.
+    if (this.cancelling) return this.finish(req, ECANCELED);
     let ok: boolean;
     try {
       ok = sqe(req.slot);
@@ -487,9 +539,13 @@ export class UringExecutor implements IoExecutor {
   private complete(req: Request, res: number): void {
     const op = req.ops[req.at]!;
     if (res === -ECANCELED || res === -EINTR) return this.finish(req, ECANCELED);
+    if (res < 0 && !(res === -EINVAL && req.stage === 'direct' && !req.bounced)) {
+      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} at ${op.offset}` : op.kind;
+      this.logIoError(`backing ${op.backing}: ${what} failed: ${errnoName(-res)}`);
+    }
     if (req.stage === 'flush') return res < 0 ? this.finish(req, -res) : this.nextOp(req);
     const t = this.target(op.backing);
-    if (t === undefined || (op.kind !== 'read' && op.kind !== 'write')) return this.finish(req, EBADF);
+    if (t === undefined || 'sync' in t || (op.kind !== 'read' && op.kind !== 'write')) return this.finish(req, EBADF);
     const views = op.kind === 'read' ? op.into : op.from;
     const total = viewBytes(views);
     if (req.stage === 'direct') {
@@ -562,9 +618,47 @@ export class UringExecutor implements IoExecutor {
 
   // ---- drain / close ----
 
+  /**
+   * Blocks until everything submitted has completed, with its real result: what waits behind a
+   * barrier or for ring space starts in its turn, and what is in the kernel is waited for, not
+   * cancelled. A ring stop (GET_VRING_BASE), a memory remap or a disconnect must not turn I/O
+   * that would have finished into guest-visible errors; file and block I/O always finishes.
+   */
   drain(): void {
-    if (this.closed || this.count === 0) return;
-    this.draining = true;
+    if (this.closed || this.cancelling) return;
+    let failure: unknown = null;
+    while (this.count > 0) {
+      try {
+        this.pump();
+        for (const r of this.stalled.splice(0)) this.step(r);
+      } catch (e) {
+        failure ??= e;
+      }
+      if (this.count === 0) break;
+      if (this.ring.inflight === 0) {
+        // Requests are left but none is in the kernel and none can start: a bookkeeping bug,
+        // which waiting would turn into a hang.
+        throw new Error(`UringExecutor.drain: ${this.count} requests left with nothing in flight (${this.waiting.length} waiting, ${this.stalled.length} stalled)`);
+      }
+      this.ring.wait(); // submits what is queued, too
+      this.unsubmitted = 0;
+      try {
+        this.reapAll();
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure !== null) throw failure;
+  }
+
+  /**
+   * Cancels everything still in flight (done fires with ECANCELED; an op the kernel could not
+   * stop reports its real result), waits until the kernel has let go of every buffer, and
+   * releases the ring. done never fires after close() returns.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.cancelling = true;
     let failure: unknown = null;
     const call = (fn: () => void): void => {
       try {
@@ -580,32 +674,20 @@ export class UringExecutor implements IoExecutor {
         call(() => req.done({ errno: ECANCELED, lastReadBytes: 0 }));
       }
       for (const req of this.stalled.splice(0)) call(() => this.finish(req, ECANCELED));
-      // In the kernel: cancel what can be, wait for the rest. A completion that lands finishes
-      // its request (with its real result if it was the last op, else ECANCELED: step() stops).
       if (this.ring.inflight > 0) {
         this.ring.cancelAll();
-        this.unsubmitted = 0;
         while (this.ring.inflight > 0) {
           this.ring.wait();
           call(() => this.reapAll());
         }
       }
     } finally {
-      this.draining = false;
-    }
-    if (failure !== null) throw failure;
-  }
-
-  close(): void {
-    if (this.closed) return;
-    try {
-      this.drain();
-    } finally {
       this.closed = true;
       this.watcher.close();
       this.ring.close();
       this.bounces.release();
     }
+    if (failure !== null) throw failure;
   }
 
   /** Bounce buffers mapped now (idle or in use): for leak checks. */

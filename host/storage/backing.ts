@@ -34,8 +34,6 @@ export interface Backing {
 export class BackingError extends VhostWasmError {
   static override readonly code = 'ERR_BACKING_IO';
   override readonly name = 'BackingError';
-  /** The Linux errno of the failed system call (EIO 5, ENOSPC 28, ...), when there was one. */
-  errno?: number;
 }
 
 /** What the CLI passes to the device worker (structured-cloneable). */

@@ -63,17 +63,6 @@ class AlignedBuffer {
   }
 }
 
-/** The errno behind an error (Node's fs errors and the addon's carry its name in `code`). */
-export function errnoOf(e: unknown): number | undefined {
-  for (let c = e, depth = 0; c !== undefined && c !== null && depth < 4; c = (c as { cause?: unknown }).cause, depth++) {
-    const own = (c as { errno?: unknown }).errno;
-    if (typeof own === 'number' && own > 0) return own;
-    const code = (c as { code?: unknown }).code;
-    if (typeof code === 'string' && code in osConstants.errno) return osConstants.errno[code as keyof typeof osConstants.errno];
-  }
-  return undefined;
-}
-
 function errnoError(n: number): Error {
   return Object.assign(new Error(errnoName(n)), { code: errnoName(n) });
 }
@@ -161,9 +150,10 @@ export class FileBacking implements Backing {
   }
 
   private fail(op: string, offset: number, len: number, e: unknown): never {
-    const err = new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, { cause: e });
-    err.errno = errnoOf(e);
-    throw err;
+    // The errno travels with the error: a device answers a failed I/O by it (WIT io-failure).
+    const name = (e as NodeJS.ErrnoException)?.code ?? (e instanceof Error ? e.message : '');
+    const errno = (osConstants.errno as Record<string, number>)[name];
+    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, { cause: e, ...(errno === undefined ? {} : { details: { errno } }) });
   }
 
   private preadAll(buf: Buffer, position: number): void {
