@@ -8,13 +8,13 @@ export interface Backing {
   /** Bytes in the store; fixed for the life of the backing. */
   readonly size: number;
   readonly readOnly: boolean;
-  /**
-   * Logical block size, 512 or 4096 (`storage.block-size`, the blk config's blk_size): the
-   * unit O_DIRECT needs on a --direct file or block device, 512 otherwise.
-   */
-  readonly blockSize: number;
   /** What the operator gave (a path or memory:SIZE), for messages. */
   readonly describe: string;
+  /**
+   * The logical block size a device should advertise (512 or 4096): I/O aligned to it never
+   * needs a bounce buffer (--direct) and matches a block device's sectors (storage.block-size).
+   */
+  readonly blockSize: number;
   /**
    * `len` bytes at `offset`. The result may be a view of an internal buffer that the next
    * call reuses: the caller copies it out (the glue copies it into the plugin) first.

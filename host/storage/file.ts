@@ -82,12 +82,13 @@ export class FileBacking implements Backing {
     readonly describe: string,
     /** I/O alignment O_DIRECT needs (1 without --direct). */
     readonly ioAlign: number,
-    readonly blockSize: number,
     /** fallocate alignment: a block device's logical block, 1 for a file. */
     private readonly fallocAlign: number,
     private readonly log: (message: string) => void,
   ) {
     this.handle = fd;
+    // What direct I/O (or the block device) aligns to; a buffered file takes anything.
+    this.blockSize = Math.max(ioAlign, fallocAlign) >= 4096 ? 4096 : 512;
   }
 
   /** The open file or block device (for an executor that does its own I/O on it); -1 once closed. */
@@ -99,6 +100,8 @@ export class FileBacking implements Backing {
   get directAlign(): number {
     return this.ioAlign > 1 ? this.ioAlign : 0;
   }
+
+  readonly blockSize: number;
 
   /** Opens `path`; every way it can fail says which file and why. */
   static open(path: string, readOnly: boolean, options: FileBackingOptions = {}): FileBacking {
@@ -139,10 +142,7 @@ export class FileBacking implements Backing {
         throw new BackingError(`--storage ${path} --direct: direct I/O here needs ${ioAlign}-byte alignment; only 512 and 4096 are supported (drop --direct)`);
       }
       const fallocAlign = info.blockDevice ? Math.max(info.directAlign, 1) : 1;
-      // The logical block the device reports: what O_DIRECT or the block device needs, 512 else.
-      const unit = Math.max(ioAlign, info.blockDevice ? info.directAlign : 1);
-      const blockSize = unit > 512 ? 4096 : 512;
-      return new FileBacking(fd, info.size, readOnly, path, ioAlign, blockSize, fallocAlign, options.log ?? (() => {}));
+      return new FileBacking(fd, info.size, readOnly, path, ioAlign, fallocAlign, options.log ?? (() => {}));
     } catch (e) {
       closeSync(fd);
       throw e instanceof BackingError ? e : new BackingError(`--storage ${path}: ${reason(e)}`);
