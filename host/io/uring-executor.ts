@@ -35,6 +35,8 @@ export interface UringTarget {
   readonly fd: number;
   /** The alignment O_DIRECT needs of offsets, lengths and buffers (512 or 4096); 0 when not O_DIRECT. */
   readonly directAlign: number;
+  /** For the log: the path the operator gave. */
+  readonly describe?: string;
   /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
@@ -540,8 +542,10 @@ export class UringExecutor implements IoExecutor {
     const op = req.ops[req.at]!;
     if (res === -ECANCELED || res === -EINTR) return this.finish(req, ECANCELED);
     if (res < 0 && !(res === -EINVAL && req.stage === 'direct' && !req.bounced)) {
-      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} at ${op.offset}` : op.kind;
-      this.logIoError(`backing ${op.backing}: ${what} failed: ${errnoName(-res)}`);
+      const t = this.target(op.backing);
+      const name = (t !== undefined && 'fd' in t ? t.describe : undefined) ?? `backing ${op.backing}`;
+      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+      this.logIoError(`${name}: ${what} failed: ${errnoName(-res)}`);
     }
     if (req.stage === 'flush') return res < 0 ? this.finish(req, -res) : this.nextOp(req);
     const t = this.target(op.backing);
