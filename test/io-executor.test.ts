@@ -14,7 +14,9 @@ import { MemoryExecutor } from '../host/io/memory-executor.ts';
 import { UringExecutor, type UringTarget } from '../host/io/uring-executor.ts';
 import { FileBacking } from '../host/storage/file.ts';
 import { MemoryBacking } from '../host/storage/memory.ts';
-import { storageIoBacking } from '../host/io/backing-table.ts';
+import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
+import { chooseExecutor } from '../host/io/choose-executor.ts';
+import type { Logger } from '../host/log/logger.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
 const EIO = 5;
@@ -466,4 +468,30 @@ test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buff
     mx.close();
     file.close();
   }
+});
+
+test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs file is served inline; a real-disk file through the ring', async (t) => {
+  const lines: string[] = [];
+  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  const mem = guestMemory(65536);
+  t.is(chooseExecutor(new BackingTable(storageIoBacking(new MemoryBacking(1 << 20, false))), log).kind, 'memory');
+  for (const [dir, inline] of [[shmDir, true], [diskDir, false]] as const) {
+    const path = join(dir, 'choose.img');
+    writeFileSync(path, pattern(65536, 14));
+    const file = FileBacking.open(path, false);
+    const { executor, kind } = chooseExecutor(new BackingTable(storageIoBacking(file)), log);
+    try {
+      t.is(kind, 'io_uring');
+      let result: IoResult | undefined;
+      const done = new Promise<IoResult>((resolve) => executor.submit([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 8192)] }], false, (r) => resolve((result = r))));
+      t.is(result !== undefined, inline, inline ? 'tmpfs: done inside submit (pread in turn)' : 'disk: done later, from the ring');
+      t.deepEqual(await done, { errno: 0, lastReadBytes: 8192 });
+      t.true(Buffer.from(mem.buf, 0, 8192).equals(pattern(65536, 14).subarray(4096, 12288)));
+    } finally {
+      executor.close();
+      file.close();
+    }
+  }
+  mem.close();
+  t.true(lines.some((l) => /tmpfs: pread\/pwrite in turn/.test(l)), 'the choice is in the log');
 });

@@ -17,6 +17,7 @@
 // like a barrier, so that no other write to the same block can land between its read and write.
 // A buffer whose address the kernel still finds misaligned (EINVAL) is retried once through the
 // bounce buffer too.
+import { fdatasyncSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, type IoBacking } from './backing-table.ts';
@@ -37,6 +38,13 @@ export interface UringTarget {
   readonly directAlign: number;
   /** For the log: the path the operator gave. */
   readonly describe?: string;
+  /**
+   * Reads and writes never wait for a device (a tmpfs file: its page cache is the store), so
+   * they are done right in their turn with pread/pwrite into the views: one copy, no ring. Through
+   * io_uring such a read is punted to a kernel worker thread (tmpfs has no non-blocking read
+   * path), which costs a thread hand-off per request and measured 3x slower.
+   */
+  readonly inline?: boolean;
   /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
@@ -364,6 +372,12 @@ export class UringExecutor implements IoExecutor {
         req.at++;
         continue;
       }
+      if (t.inline === true) {
+        const errno = this.runInline(req, op, t);
+        if (errno !== 0) return this.finish(req, errno);
+        req.at++;
+        continue;
+      }
       if (op.kind === 'flush') {
         req.stage = 'flush';
         return this.queue(req, (ud) => this.ring.fsync(t.fd, ud, true, false));
@@ -387,6 +401,44 @@ export class UringExecutor implements IoExecutor {
       req.sqeBytes = bytes;
       const pos = op.offset + req.moved;
       return this.queue(req, op.kind === 'read' ? (ud) => this.ring.readv(t.fd, pos, ud, iov) : (ud) => this.ring.writev(t.fd, pos, ud, iov));
+    }
+  }
+
+  /** One read, write or flush with plain system calls straight into/from the views; 0 or the errno. */
+  private runInline(req: Request, op: IoOp, t: UringTarget): number {
+    try {
+      if (op.kind === 'flush') {
+        fdatasyncSync(t.fd);
+        return 0;
+      }
+      if (op.kind !== 'read' && op.kind !== 'write') return EINVAL;
+      const views = op.kind === 'read' ? op.into : op.from;
+      let pos = op.offset;
+      let moved = 0;
+      for (const v of views) {
+        if (v.length === 0 && v.buffer.byteLength === 0) return EFAULT;
+        for (let done = 0; done < v.length; ) {
+          const part = done === 0 ? v : v.subarray(done);
+          const n = op.kind === 'read' ? native.pread(t.fd, part, pos) : native.pwrite(t.fd, part, pos);
+          if (n === 0) {
+            if (op.kind === 'write') return EIO; // a write that moves nothing would loop
+            // End of file: the last op reports how far it got; an earlier one reads as zeroes.
+            if (req.at === req.ops.length - 1) req.lastReadBytes = moved;
+            else zeroViews(views, moved);
+            return 0;
+          }
+          done += n;
+          pos += n;
+          moved += n;
+        }
+      }
+      if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = moved;
+      return 0;
+    } catch (e) {
+      const errno = errnoOf(e);
+      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+      this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
+      return errno;
     }
   }
 
