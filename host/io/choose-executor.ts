@@ -30,7 +30,10 @@ function fileTarget(f: FileBacking): UringTarget {
     // Not knowing only costs speed: the ring serves it.
   }
   return {
-    fd: f.fd,
+    // Read at each use: a closed backing says -1 (EBADF), never a number since reused.
+    get fd() {
+      return f.fd;
+    },
     directAlign: f.directAlign,
     describe: f.describe,
     inline,
