@@ -250,6 +250,9 @@ export class UringExecutor implements IoExecutor {
   private readonly logIoError: (message: string) => void;
   private readonly bounces = new BouncePool();
   private readonly reaped: Float64Array;
+  /** Reaped completions (userData, result pairs) not yet handled, from cqHead on. */
+  private cq: number[] = [];
+  private cqHead = 0;
   /** Requests started and not done, by the userData of their SQE (one SQE each at a time). */
   private readonly slots: (Request | undefined)[];
   private readonly freeSlots: number[];
@@ -562,29 +565,40 @@ export class UringExecutor implements IoExecutor {
     }
   }
 
-  /** Reaps until the ring has nothing more; a `done` that throws is rethrown after the others ran. */
+  /**
+   * Reaps until the ring has nothing more and handles each completion; a `done` that throws is
+   * rethrown after the others ran. Reaped completions wait in `cq` until handled, so a `done`
+   * that drains or closes (and so reaps again) handles them too instead of losing them.
+   */
   private reapAll(): void {
     let failure: unknown = null;
-    let got: number;
-    while (!this.closed && (got = this.ring.reap(this.reaped)) > 0) {
-      for (let k = 0; k < got; k++) {
-        const req = this.slots[this.reaped[2 * k]!];
-        if (req === undefined) continue;
-        try {
-          this.complete(req, this.reaped[2 * k + 1]!);
-        } catch (e) {
-          failure ??= e;
-        }
-      }
-      // Slots freed: what waited for room goes now.
-      if (this.stalled.length > 0) {
-        for (const r of this.stalled.splice(0)) {
-          try {
-            this.step(r);
-          } catch (e) {
-            failure ??= e;
+    for (;;) {
+      if (this.cqHead === this.cq.length) {
+        this.cq.length = 0;
+        this.cqHead = 0;
+        if (this.stalled.length > 0) {
+          // Slots were freed: what waited for room goes now.
+          for (const r of this.stalled.splice(0)) {
+            try {
+              this.step(r);
+            } catch (e) {
+              failure ??= e;
+            }
           }
         }
+        if (this.closed) break;
+        const got = this.ring.reap(this.reaped);
+        if (got === 0) break;
+        for (let k = 0; k < 2 * got; k++) this.cq.push(this.reaped[k]!);
+      }
+      const req = this.slots[this.cq[this.cqHead]!];
+      const res = this.cq[this.cqHead + 1]!;
+      this.cqHead += 2;
+      if (req === undefined) continue;
+      try {
+        this.complete(req, res);
+      } catch (e) {
+        failure ??= e;
       }
     }
     if (failure !== null) throw failure;
@@ -686,7 +700,8 @@ export class UringExecutor implements IoExecutor {
     while (this.count > 0) {
       try {
         this.pump();
-        for (const r of this.stalled.splice(0)) this.step(r);
+        // Completions already reaped (by a caller further up the stack) or ready now.
+        this.reapAll();
       } catch (e) {
         failure ??= e;
       }
@@ -698,11 +713,6 @@ export class UringExecutor implements IoExecutor {
       }
       this.ring.wait(); // submits what is queued, too
       this.unsubmitted = 0;
-      try {
-        this.reapAll();
-      } catch (e) {
-        failure ??= e;
-      }
     }
     if (failure !== null) throw failure;
   }
@@ -730,6 +740,8 @@ export class UringExecutor implements IoExecutor {
         call(() => req.done({ errno: ECANCELED, lastReadBytes: 0 }));
       }
       for (const req of this.stalled.splice(0)) call(() => this.finish(req, ECANCELED));
+      // Completions already reaped (by a caller further up the stack) are handled first.
+      call(() => this.reapAll());
       if (this.ring.inflight > 0) {
         this.ring.cancelAll();
         while (this.ring.inflight > 0) {
