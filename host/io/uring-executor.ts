@@ -17,6 +17,10 @@
 // like a barrier, so that no other write to the same block can land between its read and write.
 // A buffer whose address the kernel still finds misaligned (EINVAL) is retried once through the
 // bounce buffer too.
+//
+// A target marked `inline` (a tmpfs file) is read and written with pread/pwrite in its turn
+// instead. drain() waits everything out with real results (a ring stop or remap must not fail
+// I/O that would finish); close() cancels what is still in the kernel.
 import { fdatasyncSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
