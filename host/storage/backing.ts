@@ -35,4 +35,8 @@ export class BackingError extends VhostWasmError {
 export type StorageSpec =
   /** `direct`: open O_DIRECT (--direct). */
   | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
-  | { kind: 'memory'; size: number; readOnly: boolean };
+  /**
+   * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
+   * without one a backing makes its own.
+   */
+  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number };
