@@ -322,6 +322,16 @@ export class DeviceRunner {
     this.device = fresh;
   }
 
+  /**
+   * Another queue thread of this device failed (worker-client.ts): fail here too, so the device
+   * fails as a whole. False when this one had failed already.
+   */
+  halt(reason: string): boolean {
+    if (this.failed) return false;
+    this.fail(reason);
+    return true;
+  }
+
   reset(): void {
     for (let i = 0; i < this.rings.length; i++) {
       this.stopWatching(this.rings[i]);
