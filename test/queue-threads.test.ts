@@ -7,6 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { restartQueues, withTimeout } from './helpers/device-checks.ts';
+import { loadState, saveState } from '../host/frontend/migrate.ts';
 
 const DEVICE = new URL('./devices/queue-thread-device.ts', import.meta.url).pathname;
 const NEEDS_RESET = 0x40;
@@ -142,6 +143,37 @@ test.serial('a device whose queues share state is not split: the flag is ignored
   } finally {
     await fe.close();
     await stopped(t, host);
+  }
+});
+
+test.serial('device state with two instances: SAVE needs every thread\'s rings stopped and carries instance 0\'s state; LOAD puts it into every instance', async (t) => {
+  const [src, dst] = await Promise.all([start('2'), start('2')]);
+  try {
+    const fe = await VhostUserFrontend.connect(src.socketPath, opts);
+    for (let i = 0; i < 3; i++) await ask(fe, 0);
+    for (let i = 0; i < 5; i++) await ask(fe, 1);
+    await fe.stopQueue(0);
+    // Ring 1 (thread 1) still runs: the device is not stopped.
+    await t.throwsAsync(saveState(fe.conn, 'pipe'));
+    t.truthy(await src.waitForLog(/ring\(s\) 1 still run: rings must be stopped with GET_VRING_BASE first/));
+    await fe.stopQueue(1);
+    const state = await saveState(fe.conn, 'pipe');
+    await fe.close();
+    const to = await VhostUserFrontend.connect(dst.socketPath, opts);
+    try {
+      const bases = [await to.stopQueue(0), await to.stopQueue(1)];
+      await loadState(to.conn, state, 'pipe');
+      for (const i of [0, 1]) await to.startQueue(i, bases[i]);
+      const [on0, on1] = [await ask(to, 0), await ask(to, 1)];
+      t.not(on0.thread, on1.thread);
+      t.is(on0.count, 4, 'instance 0 carries on from the saved count, instance 0\'s (3)');
+      t.is(on1.count, 4, 'so does instance 1: the state was loaded into every instance');
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await stopped(t, src);
+    await stopped(t, dst);
   }
 });
 

@@ -2,7 +2,8 @@
 // thread and which instance served each request, so a test sees the rings spread over threads.
 // Every answer is 12 literal bytes (cut to the writable length): the worker thread's id (u32
 // LE), the queue (u32), and how many requests this instance has served since it was built
-// (u32; a reset does not clear it, so a fresh instance is told from a reset one).
+// (u32; a reset does not clear it, so a fresh instance is told from a reset one). Its state is
+// that count.
 // Triggered by the request's first readable bytes:
 // - "fail": handle() throws: the device fails, its thread stays.
 // - "crash": an exception nothing catches, from a timer: the thread dies.
@@ -17,6 +18,7 @@ const factory: DeviceFactory = () => {
   const numQueues = Number(process.env.VHOST_WASM_TEST_QUEUES ?? 4);
   const queuesIndependent = process.env.VHOST_WASM_TEST_INDEPENDENT !== '0';
   let served = 0;
+  let loading = new Uint8Array(0);
   return {
     info: { deviceId: 2, name: 'queue-threads-test', numQueues, maxQueueSize: 256, features: 0n, configSize: 4, prefixLen: 16, queuesIndependent },
     readConfig: (_offset, size) => new Uint8Array(size),
@@ -47,14 +49,25 @@ const factory: DeviceFactory = () => {
       }
       return actions;
     },
+    // State: the served count (u32 LE); a loaded one carries on from it.
     getState: (offset, size) => {
       const all = new Uint8Array(4);
       new DataView(all.buffer).setUint32(0, served, true);
       const bytes = all.slice(offset, offset + size);
       return { bytes, remaining: Math.max(0, all.length - offset - bytes.length) };
     },
-    setState: () => {},
-    finishLoad: () => null,
+    setState: (offset, chunk) => {
+      const grown = new Uint8Array(offset + chunk.length);
+      grown.set(loading.subarray(0, offset));
+      grown.set(chunk, offset);
+      loading = grown;
+    },
+    finishLoad: () => {
+      if (loading.length !== 4) return `queue-threads-test state is 4 bytes, not ${loading.length}`;
+      served = new DataView(loading.buffer, loading.byteOffset).getUint32(0, true);
+      loading = new Uint8Array(0);
+      return null;
+    },
   };
 };
 
