@@ -111,8 +111,8 @@ for (const kind of both) {
       t.is(cfg.segMax, 126);
       t.is(cfg.sizeMax, 32768);
       t.true(cfg.segMax * cfg.sizeMax < 4 << 20, 'a conforming driver never exceeds the 4 MiB request limit');
-      t.is(cfg.numQueues, 8);
-      t.is(d.fe.backendQueues, 8);
+      t.is(cfg.numQueues, 64);
+      t.is(d.fe.backendQueues, 64);
       const raw60 = Buffer.from(await d.fe.getConfig(0, 60));
       t.is(raw60.readUInt32LE(36), 65536, 'max_discard_sectors');
       t.is(raw60.readUInt32LE(40), 8, 'max_discard_seg');

@@ -97,7 +97,7 @@ Threads:
   --queue-threads N       run the device in N worker threads, each with its own plugin
                           instance, ring i served by thread i mod N (default 1, at most
                           ${MAX_QUEUE_THREADS}). Only for a device whose queues are independent
-                          (device-info queues-independent: blk yes, fs and rng no); for any
+                          (device-info queues-independent: blk yes, fs no); for any
                           other device the flag is ignored, with a log line saying so. More
                           threads than the device has queues are not started.
 
