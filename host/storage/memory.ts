@@ -14,6 +14,7 @@ const PAGE = 4096;
 
 export class MemoryBacking implements Backing {
   readonly describe: string;
+  readonly blockSize = 512;
   private readonly fd: number | null;
   /** Made here (no fd given): ours to close. */
   private readonly ownFd: boolean;
@@ -81,6 +82,27 @@ export class MemoryBacking implements Backing {
 
   write(offset: number, data: Uint8Array): void {
     this.each(offset, data.length, (ci, at, n, done) => this.chunk(ci).set(data.subarray(done, done + n), at));
+  }
+
+  /**
+   * Copies [offset, offset + total length of `into`) straight into the views (guest memory):
+   * one copy. The caller checked the range. (The memory executor's read, w02uring.)
+   */
+  readInto(offset: number, into: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const v of into) {
+      this.each(pos, v.length, (ci, at, n, done) => v.set(this.chunk(ci).subarray(at, at + n), done));
+      pos += v.length;
+    }
+  }
+
+  /** Copies the views (guest memory) to [offset, ...): one copy. The caller checked the range. */
+  writeFrom(offset: number, from: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const v of from) {
+      this.write(pos, v);
+      pos += v.length;
+    }
   }
 
   flush(): void {
