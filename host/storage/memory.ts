@@ -14,6 +14,7 @@ const PAGE = 4096;
 
 export class MemoryBacking implements Backing {
   readonly describe: string;
+  /** Any alignment is as fast as any other here; 512 is what a guest expects of a disk. */
   readonly blockSize = 512;
   private readonly fd: number | null;
   /** Made here (no fd given): ours to close. */
