@@ -220,8 +220,14 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     return this.ringThread(index).ringInbandKick(index);
   }
 
-  ringStop(index: number): Promise<number> {
-    return this.ringThread(index).ringStop(index);
+  async ringStop(index: number): Promise<number> {
+    const t = this.ringThread(index);
+    const base = await t.ringStop(index);
+    // How far each thread got: what shows a guest's queues really ran on their threads.
+    if (this.threads.length > 1 && this.log.enabled('debug')) {
+      this.log.debug(`ring ${index} stopped on queue thread ${this.threads.indexOf(t)} (thread id ${t.threadId}) at avail index ${base}`);
+    }
+    return base;
   }
 
   async reset(): Promise<void> {
