@@ -237,21 +237,14 @@ test.serial('malformed requests are answered without breaking the device', async
   }
 });
 
-test.serial('a request with more writable space than a device answers fails the device, not the host; a new connection works', async (t) => {
+test.serial('a request with more writable space than the device serves gets IOERR, said once; the device keeps serving', async (t) => {
   const d = await open(['--storage', 'memory:8M']);
   try {
-    const pending = d.fe.queues[0].submit([header(T.IN, 0)], [5 << 20, 1]);
-    pending.catch(() => undefined); // rejected when the queue closes below
+    // The plugin never holds the data (WIT 0.2), but a request past SEG_MAX x SIZE_MAX is not one it offered to serve.
+    t.is((await raw(d, [header(T.IN, 0)], [5 << 20, 1])).status, BlkStatus.IOERR);
     t.regex(await d.host.waitForLog(/writable space exceeds 4 MiB/), /blk/);
-    await d.fe.close();
-    const fe = await VhostUserFrontend.connect(d.host.socketPath, { memoryBytes: 16 << 20, queues: [64], features: FEATURES });
-    try {
-      const blk = new BlkDevice(fe.queues[0]);
-      await blk.write(1, Buffer.alloc(SECTOR, 3));
-      t.deepEqual(Buffer.from(await blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
-    } finally {
-      await fe.close();
-    }
+    await d.blk.write(1, Buffer.alloc(SECTOR, 3));
+    t.deepEqual(Buffer.from(await d.blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
   } finally {
     await d.close();
   }
@@ -307,7 +300,7 @@ test.serial('start-up refuses missing, unopenable and non-file backings, and sto
   }
   const rng = await runHost(['--socket-path', sock, '--plugin', RNG, '--entropy', '--storage', 'memory:1M']);
   t.is(rng.code, 1);
-  t.regex(rng.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.1\.0: it is not a block device/);
+  t.regex(rng.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.0: it is not a block device/);
   const caps = await runHost(['--print-capabilities', '--plugin', BLK]);
   t.is(caps.code, 0, caps.stderr);
   t.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: ['read-only'] });

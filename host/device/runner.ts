@@ -1141,8 +1141,9 @@ const EMPTY_MAP: ReadonlyMap<number, Answerable> = new Map();
 
 /** The device's backing table (a plugin's: --storage and its fs files), or an empty one. */
 function backingsOf(device: VirtioDevice): BackingTable {
-  const t = (device as { backings?: unknown }).backings;
-  return t instanceof BackingTable ? t : new BackingTable();
+  // Not instanceof: a device module run by the bundled host brings its own copy of the class.
+  const t = (device as { backings?: { get?: unknown } }).backings;
+  return t !== undefined && typeof t.get === 'function' ? (t as BackingTable) : new BackingTable();
 }
 
 /** Views of bytes [offset, offset + len) of a chain's buffers, split where the buffers are (no copy). */

@@ -1,6 +1,6 @@
 // Reads the world a component was built against (as wasm-tools prints it) and says, in
 // words a plugin author can act on, what does not match this host.
-import { DEVICE_INTERFACE, IMPORTABLE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { DEVICE_INTERFACE, IMPORTABLE, TYPE_ONLY, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 export interface WorldItems {
   imports: string[];
@@ -35,7 +35,7 @@ export function checkWorld(items: WorldItems): string[] {
     if (other) return problems;
   }
   for (const imp of items.imports) {
-    const ok = IMPORTABLE.some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
+    const ok = [...IMPORTABLE, ...TYPE_ONLY].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
     if (ok) continue;
     if (imp.startsWith('wasi:')) {
       problems.push(`imports ${imp}: plugins get no WASI (link without stdio/files, see docs/plugin-abi.md)`);
