@@ -74,6 +74,7 @@ guestTest('num-queues=2 with --queue-threads 2: a 2-vCPU guest uses both rings, 
     t.regex(host.log(), /ring 1 is served by queue thread 1 \(thread id \d+\)/);
     for (const ring of [0, 1]) {
       const s = stops(host, ring);
+      t.log(`ring ${ring} stopped at: ${s.map((x) => `${x.base} (thread ${x.thread})`).join(', ')}`);
       t.true(s.length > 0 && s.every((x) => x.thread === ring) && s.some((x) => x.base > 0), `ring ${ring} ran on thread ${ring}: ${JSON.stringify(s)}\n${host.log()}`);
     }
 
