@@ -4,6 +4,9 @@
 // test device (test/devices/queue-thread-device.ts) answers every request with the id of the
 // thread that served it and how many requests its instance has served.
 import test, { type ExecutionContext } from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { restartQueues, withTimeout } from './helpers/device-checks.ts';
@@ -174,6 +177,37 @@ test.serial('device state with two instances: SAVE needs every thread\'s rings s
   } finally {
     await stopped(t, src);
     await stopped(t, dst);
+  }
+});
+
+test.serial('with an inflight area: a host killed with a request in flight on ring 1 comes back on two threads and thread 1 resubmits it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'queue-threads-'));
+  const sock = join(dir, 'dev.sock');
+  const args = ['--socket-path', sock, '--device-module', DEVICE, '--queue-threads', '2'];
+  const h1 = await startHost(args, { env: { VHOST_WASM_TEST_HOLD: '1' } });
+  const fe = await VhostUserFrontend.connect(sock, { ...opts, inflight: true });
+  let h2: HostProcess | null = null;
+  try {
+    t.is((await ask(fe, 0)).count, 1);
+    const held = fe.queues[1].submit([Buffer.from('hold')], 12);
+    await ask(fe, 1);
+    t.true(await eventually(() => fe.queues[1].inFlight === 1), 'the held request stays in flight');
+    await h1.stop('SIGKILL');
+    h2 = await startHost(args);
+    await fe.reconnect(sock);
+    const r = await withTimeout(held, 10_000, 'the resubmitted request');
+    const v = new DataView(r.data.buffer, r.data.byteOffset, 12);
+    t.is(v.getUint32(4, true), 1, 'answered on queue 1');
+    t.is(v.getUint32(8, true), 1, 'by the new process: its instance\'s first request');
+    t.truthy(await h2.waitForLog(/\(queue thread 1\): ring 1: resubmitting 1 in-flight request\(s\)/));
+    const after = await ask(fe, 1);
+    t.is(after.thread, v.getUint32(0, true), 'ring 1 goes on on the thread that resubmitted');
+    t.is((await ask(fe, 0)).count, 1, 'ring 0 (thread 0) had nothing in flight and serves on');
+  } finally {
+    await fe.close();
+    await h1.stop();
+    if (h2) await stopped(t, h2);
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

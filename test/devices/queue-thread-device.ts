@@ -7,6 +7,7 @@
 // Triggered by the request's first readable bytes:
 // - "fail": handle() throws: the device fails, its thread stays.
 // - "crash": an exception nothing catches, from a timer: the thread dies.
+// - "hold" (with VHOST_WASM_TEST_HOLD=1): held, never answered (in flight until the host dies).
 // The CLI passes a module no options: VHOST_WASM_TEST_QUEUES (default 4) and
 // VHOST_WASM_TEST_INDEPENDENT ("0": the queues share state, --queue-threads must not split it).
 import { threadId } from 'node:worker_threads';
@@ -17,6 +18,7 @@ const startsWith = (prefix: Uint8Array, word: string) => Buffer.from(prefix.suba
 const factory: DeviceFactory = () => {
   const numQueues = Number(process.env.VHOST_WASM_TEST_QUEUES ?? 4);
   const queuesIndependent = process.env.VHOST_WASM_TEST_INDEPENDENT !== '0';
+  const hold = process.env.VHOST_WASM_TEST_HOLD === '1';
   let served = 0;
   let loading = new Uint8Array(0);
   return {
@@ -31,6 +33,10 @@ const factory: DeviceFactory = () => {
         if (e.kind !== 'request') continue;
         const r = e.request;
         if (startsWith(r.prefix, 'fail')) throw new Error(`queue-threads-test was told to fail on queue ${r.queue}`);
+        if (hold && startsWith(r.prefix, 'hold')) {
+          actions.push({ kind: 'hold', id: r.id });
+          continue;
+        }
         if (startsWith(r.prefix, 'crash')) {
           setTimeout(() => {
             throw new Error(`queue-threads-test crashed its thread on queue ${r.queue}`);
