@@ -136,6 +136,29 @@ test.serial('a queue thread that dies takes the device down with it: NEEDS_RESET
   }
 });
 
+test.serial('each queue thread has its own watchdog: a call past the deadline on thread 1 kills that thread and fails the device', async (t) => {
+  const host = await startHost(['--socket-path', '{socket}', '--device-module', DEVICE, '--queue-threads', '2', '--call-deadline', '300']);
+  const fe = await VhostUserFrontend.connect(host.socketPath, opts);
+  try {
+    await ask(fe, 0);
+    const change = new Promise<void>((resolve) => fe.backend!.once('config-change', () => resolve()));
+    fe.queues[1].submit([Buffer.from('spin')], 12).catch(() => {});
+    await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the deadline');
+    t.truthy(await host.waitForLog(/\(queue thread 1\): queue-threads-test: a device call ran \d+ ms, past its 300 ms deadline; worker terminated/));
+    t.true(await needsReset(fe), 'NEEDS_RESET');
+    t.regex(host.log(), /device needs a reset \(DEVICE_NEEDS_RESET set\): queue thread 1: /);
+    await fe.conn.resetDevice();
+    await host.waitForLog(/device restarted with a fresh instance after reset/);
+    await restartQueues(fe, [SIZE, SIZE]);
+    const [on0, on1] = [await ask(fe, 0), await ask(fe, 1)];
+    t.not(on0.thread, on1.thread);
+    t.is(on1.count, 1);
+  } finally {
+    await fe.close();
+    await stopped(t, host);
+  }
+});
+
 test.serial('a device whose queues share state is not split: the flag is ignored with a log line saying why', async (t) => {
   const host = await start('2', { VHOST_WASM_TEST_INDEPENDENT: '0' });
   const fe = await VhostUserFrontend.connect(host.socketPath, opts);

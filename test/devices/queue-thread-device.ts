@@ -7,6 +7,7 @@
 // Triggered by the request's first readable bytes:
 // - "fail": handle() throws: the device fails, its thread stays.
 // - "crash": an exception nothing catches, from a timer: the thread dies.
+// - "spin": loops for ever (the thread's watchdog kills it).
 // - "hold" (with VHOST_WASM_TEST_HOLD=1): held, never answered (in flight until the host dies).
 // The CLI passes a module no options: VHOST_WASM_TEST_QUEUES (default 4) and
 // VHOST_WASM_TEST_INDEPENDENT ("0": the queues share state, --queue-threads must not split it).
@@ -36,6 +37,11 @@ const factory: DeviceFactory = () => {
         if (hold && startsWith(r.prefix, 'hold')) {
           actions.push({ kind: 'hold', id: r.id });
           continue;
+        }
+        if (startsWith(r.prefix, 'spin')) {
+          for (;;) {
+            // a device stuck in a loop: the watchdog's to end
+          }
         }
         if (startsWith(r.prefix, 'crash')) {
           setTimeout(() => {
