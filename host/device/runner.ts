@@ -13,7 +13,7 @@ import type { Answer, DeviceAction, DeviceEvent, VirtioDevice } from './device.t
 import { checkActions, describeViolation, type Answerable, type CheckContext } from './answer-check.ts';
 import type { IoExecutor, IoOp, IoResult } from '../io/executor.ts';
 import { BackingTable } from '../io/backing-table.ts';
-import { SyncExecutor } from '../io/sync-executor.ts';
+import { chooseExecutor } from '../io/choose-executor.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
 import { InflightAreaError, SplitInflightRegion, splitInflightAreaBytes, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
@@ -171,7 +171,8 @@ export class DeviceRunner {
   }
 
   private makeExecutor(table: BackingTable): IoExecutor {
-    return new SyncExecutor(table, (message) => this.log.warn(`backing I/O failed: ${message}`));
+    // io_uring for files and block devices, one copy for memory disks (host/io/choose-executor.ts).
+    return chooseExecutor(table, this.log).executor;
   }
 
   private freshRing(): Vring {

@@ -33,9 +33,16 @@ export interface IoExecutor {
   /** Requests submitted and not yet done. */
   readonly inflight: number;
   /**
-   * Block until nothing is in flight (cancelling what can be cancelled; their `done` still
-   * fires with ECANCELED). Before guest memory is unmapped or the rings are dropped.
+   * Block until nothing is in flight: everything submitted completes and its `done` fires with
+   * its real result (what waits behind a barrier starts in its turn). Not cancelled: a ring stop,
+   * a remap or a disconnect must not turn I/O that would have finished into guest-visible
+   * errors, and file and block I/O always finishes. Before guest memory is unmapped or the rings
+   * are dropped.
    */
   drain(): void;
+  /**
+   * Cancel whatever is still in flight (`done` fires with ECANCELED, before close returns, for
+   * what the kernel could stop), wait until nothing targets guest memory, release everything.
+   */
   close(): void;
 }
