@@ -87,42 +87,13 @@ export class MemoryBacking implements Backing {
 
   /**
    * Copies [offset, offset + total length of `into`) straight into the views (guest memory):
-   * one copy. The caller checked the range. (The memory executor's read, w02uring.)
+   * one copy. The caller checked the range (the memory executor's read).
    */
   readInto(offset: number, into: readonly Uint8Array[]): void {
     let pos = offset;
     for (const v of into) {
       this.each(pos, v.length, (ci, at, n, done) => v.set(this.chunk(ci).subarray(at, at + n), done));
       pos += v.length;
-    }
-  }
-
-  /** Copies the views (guest memory) to [offset, ...): one copy. The caller checked the range. */
-  writeFrom(offset: number, from: readonly Uint8Array[]): void {
-    let pos = offset;
-    for (const v of from) {
-      this.write(pos, v);
-      pos += v.length;
-    }
-  }
-
-  /**
-   * Copies [offset, offset + total length of `into`) straight into the views (guest memory):
-   * one copy, holes read as zeroes. The caller checked the range.
-   */
-  readInto(offset: number, into: readonly Uint8Array[]): void {
-    let pos = offset;
-    for (const v of into) {
-      for (let done = 0; done < v.length; ) {
-        const ci = Math.floor(pos / CHUNK);
-        const at = pos - ci * CHUNK;
-        const n = Math.min(v.length - done, CHUNK - at);
-        const chunk = this.chunks[ci];
-        if (chunk === undefined) v.fill(0, done, done + n);
-        else v.set(chunk.subarray(at, at + n), done);
-        done += n;
-        pos += n;
-      }
     }
   }
 
