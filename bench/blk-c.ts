@@ -231,7 +231,7 @@ async function measureAll(): Promise<void> {
   }
 
   console.log(`bench/blk-c: C front-end (dist/vhost-blk-load), median of ${argv.reps} interleaved runs of ${seconds} s ` +
-    `(each after ${warmup} s warm-up), one queue, ` +
+    `(each after ${warmup} s warm-up), one queue unless the workload says 2, ` +
     `EVENT_IDX on; ${cpus().length} CPUs, load average ${load0.toFixed(1)} at start; node ${process.version}`);
   console.log('IOPS (MB/s for 128K); in brackets: back-end CPU us per request');
   const ids = targets.map((t) => t.id);
