@@ -42,6 +42,6 @@ export type StorageSpec =
   | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
   /**
    * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
-   * without one a backing makes its own.
+   * without one the disk is the worker's own memory.
    */
   | { kind: 'memory'; size: number; readOnly: boolean; fd?: number };

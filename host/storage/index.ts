@@ -1,13 +1,16 @@
 // host/storage: the backings behind a device's `storage` grant.
 import { BackingError, type Backing, type StorageSpec } from './backing.ts';
 import { FileBacking } from './file.ts';
-import { MemoryBacking, createMemoryDisk } from './memory.ts';
+import { MemoryBacking } from './memory.ts';
+import { createMemoryDisk, mapMemoryDisk } from './memory-disk.ts';
 
-export { BackingError, FileBacking, MemoryBacking, createMemoryDisk, type Backing, type StorageSpec };
+export { BackingError, FileBacking, MemoryBacking, createMemoryDisk, mapMemoryDisk, type Backing, type StorageSpec };
 
 /** Opens what the operator granted (in the device worker: the backing lives there). */
 export function openBacking(spec: StorageSpec, log?: (message: string) => void): Backing {
-  if (spec.kind === 'memory') return new MemoryBacking(spec.size, spec.readOnly, spec.fd);
+  if (spec.kind === 'memory') {
+    return new MemoryBacking(spec.size, spec.readOnly, spec.fd === undefined ? undefined : mapMemoryDisk(spec.fd, spec.size, spec.readOnly));
+  }
   return FileBacking.open(spec.path, spec.readOnly, { direct: spec.direct === true, log });
 }
 
