@@ -7,9 +7,8 @@
 //        [--only host-mem,qsd-null,...] [--workloads "4K randread QD64",...] [--disk]
 //        [--profile DIR]
 //
-// --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT) against
-// qemu-storage-daemon aio=io_uring,cache.direct=on on the same file. Our storage I/O is still one
-// synchronous pread/pwrite per request, so our QD64 cannot beat our QD1 there yet.
+// --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT, io_uring through
+// host/io/uring-executor.ts) against qemu-storage-daemon aio=io_uring,cache.direct=on on the same file.
 // --profile DIR runs only our host (--profile-target host-mem (default), host-null or host-tmpfs;
 // 4K randread QD64, event mode) under `node --cpu-prof` and prints the device worker's CPU per
 // request by stage.

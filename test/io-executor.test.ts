@@ -14,7 +14,9 @@ import { MemoryExecutor } from '../host/io/memory-executor.ts';
 import { UringExecutor, type UringTarget } from '../host/io/uring-executor.ts';
 import { FileBacking } from '../host/storage/file.ts';
 import { MemoryBacking } from '../host/storage/memory.ts';
-import { storageIoBacking } from '../host/io/backing-table.ts';
+import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
+import { chooseExecutor } from '../host/io/choose-executor.ts';
+import type { Logger } from '../host/log/logger.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 
 const EIO = 5;
@@ -466,4 +468,65 @@ test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buff
     mx.close();
     file.close();
   }
+});
+
+test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs file is served inline; a real-disk file through the ring', async (t) => {
+  const lines: string[] = [];
+  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  const mem = guestMemory(65536);
+  t.is(chooseExecutor(new BackingTable(storageIoBacking(new MemoryBacking(1 << 20, false))), log).kind, 'memory');
+  for (const [dir, inline] of [[shmDir, true], [diskDir, false]] as const) {
+    const path = join(dir, 'choose.img');
+    writeFileSync(path, pattern(65536, 14));
+    const file = FileBacking.open(path, false);
+    const { executor, kind } = chooseExecutor(new BackingTable(storageIoBacking(file)), log);
+    try {
+      t.is(kind, 'io_uring');
+      let result: IoResult | undefined;
+      const done = new Promise<IoResult>((resolve) => executor.submit([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 8192)] }], false, (r) => resolve((result = r))));
+      t.is(result !== undefined, inline, inline ? 'tmpfs: done inside submit (pread in turn)' : 'disk: done later, from the ring');
+      t.deepEqual(await done, { errno: 0, lastReadBytes: 8192 });
+      t.true(Buffer.from(mem.buf, 0, 8192).equals(pattern(65536, 14).subarray(4096, 12288)));
+    } finally {
+      executor.close();
+      file.close();
+    }
+  }
+  mem.close();
+  t.true(lines.some((l) => /tmpfs: pread\/pwrite in turn/.test(l)), 'the choice is in the log');
+});
+
+test.serial('a done() that drains or closes the executor: every request still gets exactly one done', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'reentrant.img');
+    writeFileSync(path, pattern(1 << 20, 15));
+    // The real disk, so that completions come from the ring (tmpfs would be served inline).
+    const diskPath = join(diskDir, 'reentrant.img');
+    writeFileSync(diskPath, pattern(1 << 20, 15));
+    const file = FileBacking.open(diskPath, true);
+    const mem = guestMemory(1 << 20);
+    for (const how of ['drain', 'close'] as const) {
+      const ex = new UringExecutor({ target: fileTable(file), entries: 8 });
+      const calls = new Map<number, IoResult[]>();
+      for (let i = 0; i < 48; i++) {
+        ex.submit([{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }], false, (r) => {
+          calls.set(i, [...(calls.get(i) ?? []), r]);
+          if (calls.size === 1) (how === 'drain' ? ex.drain() : ex.close());
+        });
+      }
+      await new Promise<void>((resolve) => {
+        const check = () => (calls.size === 48 ? resolve() : setImmediate(check));
+        check();
+      });
+      t.is(calls.size, 48, how);
+      t.true([...calls.values()].every((c) => c.length === 1), `${how}: one done per request`);
+      const ok = [...calls.entries()].filter(([, [r]]) => r!.errno === 0);
+      if (how === 'drain') t.is(ok.length, 48, 'drain: every read completed for real');
+      for (const [i] of ok) t.true(Buffer.from(mem.buf, i * 4096, 4096).equals(pattern(1 << 20, 15).subarray(i * 4096, i * 4096 + 4096)), `${how}: read ${i}`);
+      t.true([...calls.values()].every(([r]) => r!.errno === 0 || r!.errno === ECANCELED));
+      ex.close();
+    }
+    mem.close();
+    file.close();
+  });
 });
