@@ -3,7 +3,7 @@
 // (bench/ts-rng-device.ts), behind the same VirtioDevice seam.
 //
 //   npx tsx bench/plugin-call.ts [--seconds 1] [--sizes 64,4096] [--batches 1,16,64]
-//                                [--only seam|e2e] [--depth-seconds 2]
+//                                [--only seam|e2e] [--depth-seconds 2] [--handle-path direct|jco]
 //
 // seam: direct device.handle(batch of request events) calls in this thread, batch sizes 1/16/64;
 //       requests/s, microseconds per request, and the plugin's extra cost per request.
@@ -27,6 +27,8 @@ const { values: argv } = parseArgs({
     batches: { type: 'string', default: '1,16,64' },
     only: { type: 'string' },
     'depth-seconds': { type: 'string', default: '2' },
+    /** How the host calls the plugin's handle: lowered/lifted by the host (direct) or through jco's glue. */
+    'handle-path': { type: 'string', default: 'direct' },
   },
 });
 const seconds = Number(argv.seconds);
@@ -192,7 +194,9 @@ async function main(): Promise<void> {
   try {
     console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPUs; rng plugin ${readFileSync(rngWasm).length} bytes`);
     if (argv.only !== 'e2e') {
-      const wasm = await loadPlugin(readFileSync(rngWasm), { grants: { entropy: true, log() {} }, cacheDir });
+      const handlePath = argv['handle-path'] === 'jco' ? 'jco' : 'direct';
+      const wasm = await loadPlugin(readFileSync(rngWasm), { grants: { entropy: true, log() {} }, cacheDir, handlePath });
+      console.log(`handle path: ${wasm.handlePath}`);
       const ts = tsRng({});
       wasm.activate(0n);
       ts.activate(0n);

@@ -73,7 +73,7 @@ const FAULTS: Fault[] = [
     file: () => faulty.count,
     logLine: /bad: handle\(\) returned an answer the host refuses: the result breaks the rule "every request and io-failed event of the call gets an answer or a hold": request \d+ got neither an answer nor a hold/,
   },
-  { label: 'status', file: () => faulty.status, logLine: /plugin bad: handle: returned a malformed value: TypeError: invalid variant discriminant/ },
+  { label: 'status', file: () => faulty.status, logLine: /plugin bad: handle: returned a malformed value: (TypeError: )?invalid (variant|result) discriminant/ },
 ];
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1), eventIdx: true };
