@@ -17,6 +17,10 @@
 // like a barrier, so that no other write to the same block can land between its read and write.
 // A buffer whose address the kernel still finds misaligned (EINVAL) is retried once through the
 // bounce buffer too.
+//
+// A target marked `inline` (a tmpfs file) is read and written with pread/pwrite in its turn
+// instead. drain() waits everything out with real results (a ring stop or remap must not fail
+// I/O that would finish); close() cancels what is still in the kernel.
 import { fdatasyncSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
@@ -297,13 +301,18 @@ export class UringExecutor implements IoExecutor {
     this.pump();
   }
 
-  /** A --direct write whose offset or length is off the block: its read-modify-write runs alone. */
+  /**
+   * A --direct write, discard or write-zeroes whose offset or length is off the block: its
+   * read-modify-write of the partial blocks (ours, or the file backing's for the zeroing ops)
+   * runs alone, so no other write into those blocks lands between its read and its write.
+   */
   private needsReadModifyWrite(ops: readonly IoOp[]): boolean {
     for (const op of ops) {
-      if (op.kind !== 'write') continue;
+      if (op.kind === 'read' || op.kind === 'flush') continue;
       const t = this.target(op.backing);
       const a = t !== undefined && 'fd' in t ? t.directAlign : 0;
-      if (a > 0 && (op.offset % a !== 0 || viewBytes(op.from) % a !== 0)) return true;
+      const len = op.kind === 'write' ? viewBytes(op.from) : op.len;
+      if (a > 0 && (op.offset % a !== 0 || len % a !== 0)) return true;
     }
     return false;
   }
