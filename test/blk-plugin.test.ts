@@ -99,6 +99,9 @@ async function runHost(args: string[]): Promise<{ code: number | null; stderr: s
 const both = [
   { name: 'file', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path] }) },
   { name: 'memory:16M', storage: () => ({ args: ['--storage', 'memory:16M'] }) },
+  // Two queue threads, each with its own instance: what one queue wrote, the other reads.
+  { name: 'file, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path, '--queue-threads', '2'] }) },
+  { name: 'memory:16M, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', 'memory:16M', '--queue-threads', '2'] }) },
 ];
 
 for (const kind of both) {
@@ -106,13 +109,13 @@ for (const kind of both) {
     const d = await open(kind.storage().args);
     try {
       const cfg = parseBlkConfig(await d.fe.getConfig(0, 60));
-      t.is(cfg.capacity, (kind.name === 'file' ? IMAGE_BYTES : 16 << 20) / SECTOR);
+      t.is(cfg.capacity, (kind.name.startsWith('file') ? IMAGE_BYTES : 16 << 20) / SECTOR);
       t.is(cfg.blkSize, 512);
       t.is(cfg.segMax, 126);
       t.is(cfg.sizeMax, 32768);
       t.true(cfg.segMax * cfg.sizeMax < 4 << 20, 'a conforming driver never exceeds the 4 MiB request limit');
-      t.is(cfg.numQueues, 8);
-      t.is(d.fe.backendQueues, 8);
+      t.is(cfg.numQueues, 64);
+      t.is(d.fe.backendQueues, 64);
       const raw60 = Buffer.from(await d.fe.getConfig(0, 60));
       t.is(raw60.readUInt32LE(36), 65536, 'max_discard_sectors');
       t.is(raw60.readUInt32LE(40), 8, 'max_discard_seg');
@@ -146,6 +149,8 @@ for (const kind of both) {
       const big = randomBytes(1 << 20);
       await d.blk.write(1000, big, { segments: 64, indirect: true });
       t.deepEqual(Buffer.from(await d.blk.read(1000, big.length, { segments: 17 })), big);
+      t.deepEqual(Buffer.from(await blk1.read(1000, big.length)), big, 'what queue 0 wrote, queue 1 reads');
+      if (kind.threads) t.regex(d.host.log(), new RegExp(`blk runs in ${kind.threads} queue threads`));
     } finally {
       await d.close();
     }

@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CapabilityError } from '../host/plugin/imports.ts';
 import { storageImports } from '../host/plugin/storage-imports.ts';
-import { BackingError, FileBacking, MemoryBacking, openBacking, type Backing } from '../host/storage/index.ts';
+import { BackingError, FileBacking, MemoryBacking, createMemoryDisk, mapMemoryDisk, openBacking, type Backing } from '../host/storage/index.ts';
+import { native } from '../host/native/index.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'blk-storage-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -76,6 +77,30 @@ test('memory backing: writes across chunk boundaries, holes read as zeroes, zero
   t.deepEqual(back.subarray(1100), data.subarray(1100, 2000));
   mem.discard(0, size);
   t.true(mem.read(at, data.length).every((b) => b === 0));
+});
+
+test('memory backing on a shared memfd: two backings (two queue threads) are one disk; zeroing punches holes both see', (t) => {
+  const size = 130 * 2 ** 20;
+  const fd = createMemoryDisk(size);
+  const a = new MemoryBacking(size, false, mapMemoryDisk(fd, size, false));
+  const b = openBacking({ kind: 'memory', size, readOnly: false, fd });
+  try {
+    const data = randomBytes(1 << 20);
+    const at = 128 * 2 ** 20 - 12345; // straddles the second chunk boundary, not page-aligned
+    a.write(at, data);
+    t.deepEqual(Buffer.from(b.read(at, data.length)), data, 'a write through one is what the other reads');
+    b.writeZeroes(at + 100, 3 * 4096);
+    const back = Buffer.from(a.read(at, 4 * 4096));
+    t.deepEqual(back.subarray(0, 100), data.subarray(0, 100));
+    t.true(back.subarray(100, 100 + 3 * 4096).every((x) => x === 0), 'the zeroed range, holes and edges, reads back as zeroes through the other');
+    t.deepEqual(back.subarray(100 + 3 * 4096), data.subarray(100 + 3 * 4096, 4 * 4096));
+    t.throws(() => openBacking({ kind: 'memory', size: size + 4096, readOnly: false, fd }), { message: /its memfd holds \d+ bytes, not \d+/ });
+  } finally {
+    a.close();
+    b.close();
+  }
+  t.is(native.fdKind(fd), 'memfd', 'closing the backings left the borrowed fd to its owner');
+  native.close(fd);
 });
 
 test('file backing: write, flush, write-zeroes land in the file; a failed read names the file and the cause', (t) => {

@@ -23,21 +23,30 @@ const SCRIPT = diskLoopScript(AFTER);
 
 const blkArgs = vhostUserBlkArgs;
 
-async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' | 'system'): Promise<void> {
+/**
+ * `queueThreads`: both hosts run the device on that many threads, QEMU gives it as many queues
+ * and the guest as many vCPUs, and the guest's writes alternate between the vCPUs (so the rings).
+ */
+async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' | 'system', queueThreads = 1): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'mig-ours-'));
   const image = join(dir, 'disk.raw');
   writeFileSync(image, Buffer.alloc(64 << 20));
   const hosts: HostProcess[] = [];
   try {
     const args = ['--socket-path', '{socket}', '--plugin', join(REPO, 'dist', 'plugins', 'blk.wasm'), '--storage', image, '--log-level', 'debug'];
+    if (queueThreads > 1) args.push('--queue-threads', String(queueThreads));
+    const devArgs = (sock: string) =>
+      queueThreads > 1 ? blkArgs(sock).map((a) => a.replace('num-queues=1', `num-queues=${queueThreads}`)) : blkArgs(sock);
+    const script = queueThreads > 1 ? SCRIPT.replace('dd if=/tmp/p of=/dev/vda', `taskset $((1 << (i % ${queueThreads}))) dd if=/tmp/p of=/dev/vda`) : SCRIPT;
     hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
     const [src, dst] = hosts;
     const r = await runMigration({
       qemu,
-      script: SCRIPT,
-      sourceArgs: blkArgs(src.socketPath),
-      destArgs: blkArgs(dst.socketPath),
+      script,
+      sourceArgs: devArgs(src.socketPath),
+      destArgs: devArgs(dst.socketPath),
       migrateWhen: '\nITER 4 ok\n',
+      smp: queueThreads,
     });
     const why = `${describeMigration(r)}\n--- source host ---\n${src.log().split("\n").slice(-40).join("\n")}\n--- destination host ---\n${dst.log().slice(-4000)}`;
     t.is(r.migrateStatus, 'completed', why);
@@ -55,6 +64,15 @@ async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' |
       if (!img.subarray(s * BS, (s + 1) * BS).equals(diskLoopBlock(s))) bad++;
     }
     t.is(bad, 0, `${bad} of ${verified} blocks differ in the image file`);
+    if (queueThreads > 1) {
+      // Every ring the source stopped for the switch-over had run on its own thread, and both had work.
+      const stops = [...src.log().matchAll(/ring (\d+) stopped on queue thread (\d+) \(thread id \d+\) at avail index (\d+)/g)];
+      for (let ring = 0; ring < queueThreads; ring++) {
+        const mine = stops.filter((m) => Number(m[1]) === ring);
+        t.true(mine.length > 0 && mine.every((m) => Number(m[2]) === ring) && mine.some((m) => Number(m[3]) > 0), `ring ${ring} on the source: ${mine.map((m) => m[0]).join('; ')}\n${why}`);
+      }
+      t.regex(src.log(), new RegExp(`blk runs in ${queueThreads} queue threads`));
+    }
     t.log(`QEMU ${r.qemuVersion}: migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
   } finally {
     await Promise.all(hosts.map((h) => h.stop()));
@@ -63,6 +81,8 @@ async function migrateOurBlk(t: import('ava').ExecutionContext, qemu: 'qemu10' |
 }
 
 guestTest('QEMU 10 live-migrates a guest doing I/O on our vhost-user-blk: dirty log used, data intact', (t) => migrateOurBlk(t, 'qemu10'));
+
+guestTest('the same with num-queues=2, 2 vCPUs and --queue-threads 2 on both hosts: both rings ran on their own threads up to the switch-over, data intact', (t) => migrateOurBlk(t, 'qemu10', 2));
 
 // QEMU 7.2 (the system's) refuses to migrate vhost-user without LOG_SHMFD; with it, it migrates.
 // Opt-in like the harness's own 7.2 test: 7.2 + TCG + shared RAM hangs ~1 destination guest in 8.

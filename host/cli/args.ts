@@ -33,7 +33,12 @@ export interface CliOptions {
   storage: StorageSpec | null;
   /** --shared-dir (with --read-only and --tag folded in), or null. */
   filesystem: FilesystemSpec | null;
+  /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
+  queueThreads: number;
 }
+
+/** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
+export const MAX_QUEUE_THREADS = 64;
 
 export class UsageError extends VhostWasmError {
   static override readonly code = 'ERR_USAGE';
@@ -97,10 +102,19 @@ Capabilities granted to the plugin (it sees nothing else):
                           source keeps running) or load anyway and answer the guest's
                           requests on what was lost with EIO (guest-error)
 
+Threads:
+  --queue-threads N       run the device in N worker threads, each with its own plugin
+                          instance, ring i served by thread i mod N (default 1, at most
+                          ${MAX_QUEUE_THREADS}). Only for a device whose queues are independent
+                          (device-info queues-independent: blk yes, fs no); for any
+                          other device the flag is ignored, with a log line saying so. More
+                          threads than the device has queues are not started.
+
 Limits:
   --memory-limit SIZE     cap on all of the plugin's linear memory together, every core
-                          instance's (default 64M; 256M with --storage, since a block
-                          device holds a whole batch of request data)
+                          instance's, for each queue thread (default 64M; 256M with
+                          --storage, since a block device holds a whole batch of request
+                          data)
   --call-deadline MS      longest one call into the plugin may run before the device is
                           stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
                           since a batch of large block requests takes a while to copy);
@@ -149,6 +163,12 @@ function parseIntStrict(text: string, what: string, min: number): number {
   if (!/^\d+$/.test(text)) throw new UsageError(`${what}: "${text}" is not a whole number`);
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${what}: ${text} must be at least ${min}`);
+  return n;
+}
+
+export function parseQueueThreads(text: string): number {
+  const n = parseIntStrict(text, '--queue-threads', 1);
+  if (n > MAX_QUEUE_THREADS) throw new UsageError(`--queue-threads: ${text} is more than ${MAX_QUEUE_THREADS} (one thread per queue is the most that helps)`);
   return n;
 }
 
@@ -231,6 +251,7 @@ export function parseCli(argv: string[]): CliOptions {
         'migration-on-error': { type: 'string' },
         xattr: { type: 'boolean' },
         'inode-file-handles': { type: 'string' },
+        'queue-threads': { type: 'string' },
       },
     });
   } catch (e) {
@@ -258,6 +279,7 @@ export function parseCli(argv: string[]): CliOptions {
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
+    queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');

@@ -408,6 +408,16 @@ export class DeviceRunner {
     this.executor = this.makeExecutor(this.backings);
   }
 
+  /**
+   * Another queue thread of this device failed (worker-client.ts): fail here too, so the device
+   * fails as a whole. False when this one had failed already.
+   */
+  halt(reason: string): boolean {
+    if (this.failed) return false;
+    this.fail(reason);
+    return true;
+  }
+
   reset(): void {
     this.executor.drain();
     this.dropRequests();

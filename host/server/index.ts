@@ -15,6 +15,8 @@ export interface DeviceConfig {
   callDeadlineMs?: number;
   /** Deadline for the device's own code while it is built, at start and on a reset (ms). */
   loadDeadlineMs?: number;
+  /** --queue-threads: threads for a device with independent queues (default 1; see worker-client.ts). */
+  queueThreads?: number;
   /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
   session?: Partial<SessionSettings>;
 }
@@ -38,11 +40,12 @@ export class Host {
           label: config.label,
           callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
           loadDeadlineMs: config.loadDeadlineMs,
+          queueThreads: config.queueThreads,
         });
         try {
           const worker = await slot.acquire();
           // What this device and its front-end may hold besides share handles stays out of the budget.
-          reserveForDevice(worker.info.numQueues);
+          reserveForDevice(worker.info.numQueues, worker.threadCount);
           started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
         } catch (e) {
           await slot.close();

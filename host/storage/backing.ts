@@ -40,4 +40,8 @@ export class BackingError extends VhostWasmError {
 export type StorageSpec =
   /** `direct`: open O_DIRECT (--direct). */
   | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
-  | { kind: 'memory'; size: number; readOnly: boolean };
+  /**
+   * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
+   * without one the disk is the worker's own memory.
+   */
+  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number };

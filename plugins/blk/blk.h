@@ -47,7 +47,9 @@
 #define CONFIG_SIZE 60
 
 /* Limits. The host moves the data, but one request is still bounded (Linux splits bigger I/O). */
-#define NUM_QUEUES 8
+/* Queues offered: QEMU's vhost-user-blk asks for one per vCPU unless told num-queues=, and
+ * refuses a back-end offering fewer; a front-end using fewer than offered is fine. */
+#define NUM_QUEUES 64
 #define MAX_QUEUE_SIZE 1024
 #define SEG_MAX 126
 /* SEG_MAX x SIZE_MAX (3.9 MiB) stays under MAX_IO: a conforming driver never sends a
