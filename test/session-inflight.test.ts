@@ -260,7 +260,7 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
       ['an inflight flag that is neither 0 nor 1', area((_dv, b) => (b[16 + 16 * 3] = 2)), size, QSIZE, /inflight flag of descriptor 3 is 2, not 0 or 1/],
       ['last_batch_head out of range', area((dv) => dv.setUint16(12, 99, true)), size, QSIZE, /last_batch_head 99 is not below the ring size 16/],
       ['a next index out of range', area((dv) => dv.setUint16(16 + 16 * 5 + 6, 16, true)), size, QSIZE, /descriptor 5's next 16 is not below the ring size 16/],
-      ['a size too small for the rings', area(() => {}), size - 64, QSIZE, /inflight area size 256 is too small: 1 queue\(s\) of 16 need 320 bytes/],
+      ['a size too small for the rings', area(() => {}), size - 64, QSIZE, /inflight area size 256 is too small: 1 split queue\(s\) of 16 need 320 bytes/],
       ['a file shorter than the size given', area(() => {}, 100), size, QSIZE, /inflight area: needs bytes \[0x0, 0x140\) of its fd .* only 0x64 bytes/],
       ['a queue size that is no ring size', area(() => {}), size, 12, /inflight area queue size 12 is not a power of two/],
     ];

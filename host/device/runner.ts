@@ -13,7 +13,9 @@ import type { DeviceRequest, VirtioDevice } from './device.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
 import { InflightAreaError, SplitInflightRegion, splitInflightAreaBytes, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { PackedInflightRegion, packedInflightAreaBytes, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
+import { PackedQueue } from '../virtqueue/packed.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
@@ -55,6 +57,8 @@ interface InflightArea {
   bytes: Uint8Array;
   numQueues: number;
   queueSize: number;
+  /** The layout its regions were checked as (VIRTIO_F_RING_PACKED acked when it was set). */
+  packed: boolean;
 }
 
 interface Vring {
@@ -476,17 +480,20 @@ export class DeviceRunner {
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > this.rings.length) {
       throw new InflightAreaError(`inflight area for ${numQueues} queue(s): this device has ${this.rings.length}`);
     }
-    if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) {
-      throw new InflightAreaError(`inflight area queue size ${queueSize} is not a power of two in [1, 32768]`);
+    // The front-end acks features before it asks for the area (QEMU: vhost_dev_prepare_inflight),
+    // so the ring layout, and with it the region format, is known here.
+    const packed = this.packed;
+    if (!isValidRingSize(packed, queueSize)) {
+      throw new InflightAreaError(`inflight area queue size ${queueSize} is not ${packed ? 'an integer' : 'a power of two'} in [1, 32768]`);
     }
-    const need = splitInflightAreaBytes(numQueues, queueSize);
+    const need = packed ? packedInflightAreaBytes(numQueues, queueSize) : splitInflightAreaBytes(numQueues, queueSize);
     if (!Number.isSafeInteger(size) || size < need || !Number.isSafeInteger(offset) || offset < 0) {
-      throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} queue(s) of ${queueSize} need ${need} bytes`);
+      throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} ${packed ? 'packed' : 'split'} queue(s) of ${queueSize} need ${need} bytes`);
     }
     const { backing, mapping } = mapFdRange(fd, need, offset, true);
     try {
       const bytes = new Uint8Array(backing.window(0, need));
-      const area: InflightArea = { mapping, bytes, numQueues, queueSize };
+      const area: InflightArea = { mapping, bytes, numQueues, queueSize, packed };
       for (let q = 0; q < numQueues; q++) this.inflightRegion(area, q).check();
       this.inflightArea = area;
     } catch (e) {
@@ -495,9 +502,10 @@ export class DeviceRunner {
     }
   }
 
-  private inflightRegion(area: InflightArea, q: number): SplitInflightRegion {
-    const stride = splitInflightRegionBytes(area.queueSize);
-    return new SplitInflightRegion(area.bytes.subarray(q * stride, (q + 1) * stride), area.queueSize, q);
+  private inflightRegion(area: InflightArea, q: number): SplitInflightRegion | PackedInflightRegion {
+    const stride = area.packed ? packedInflightRegionBytes(area.queueSize) : splitInflightRegionBytes(area.queueSize);
+    const bytes = area.bytes.subarray(q * stride, (q + 1) * stride);
+    return area.packed ? new PackedInflightRegion(bytes, area.queueSize, q) : new SplitInflightRegion(bytes, area.queueSize, q);
   }
 
   private dropInflightArea(): void {
@@ -516,11 +524,13 @@ export class DeviceRunner {
     if (area === null) return [];
     let why: string | null = null;
     if (index >= area.numQueues) why = `the area covers ${area.numQueues} queue(s)`;
-    else if (!(q instanceof SplitQueue)) why = 'inflight tracking is implemented for split rings only, and this ring is packed';
+    else if (area.packed !== q instanceof PackedQueue) why = `the area was set for ${area.packed ? 'packed' : 'split'} rings, this ring is ${area.packed ? 'split' : 'packed'}`;
     else if (r.num !== area.queueSize) why = `the area was made for rings of ${area.queueSize} descriptors, this ring has ${r.num}`;
     if (why === null) {
       try {
-        const { chains, recovery } = (q as SplitQueue).restoreInflight(this.inflightRegion(area, index));
+        const region = this.inflightRegion(area, index);
+        if (q instanceof PackedQueue) return this.restorePacked(index, r, q, region as PackedInflightRegion);
+        const { chains, recovery } = (q as SplitQueue).restoreInflight(region as SplitInflightRegion);
         if (recovery.clearedLastBatch > 0) this.log.info(`ring ${index}: finished an interrupted used-ring update (${recovery.clearedLastBatch} request(s) had completed)`);
         if (chains.length > 0) this.log.info(`ring ${index}: resubmitting ${chains.length} in-flight request(s) from the inflight area, oldest first`);
         if (recovery.nextAvail !== null && r.base !== undefined && recovery.nextAvail !== r.base) {
@@ -534,6 +544,19 @@ export class DeviceRunner {
     }
     this.log.error(`ring ${index}: inflight area not used: ${why}; the ring starts without resubmitting anything and without inflight tracking`);
     return [];
+  }
+
+  /** restoreInflight for a packed ring (its recovery says other things). */
+  private restorePacked(index: number, r: Vring, q: PackedQueue, region: PackedInflightRegion): DescriptorChain[] {
+    const before = r.base;
+    const { chains, recovery } = q.restoreInflight(region);
+    if (recovery.committedPush) this.log.info(`ring ${index}: finished an interrupted used-descriptor update (that request had completed)`);
+    else if (recovery.rolledBack) this.log.info(`ring ${index}: rolled back an interrupted inflight-area update`);
+    if (chains.length > 0) this.log.info(`ring ${index}: resubmitting ${chains.length} in-flight request(s) from the inflight area, oldest first`);
+    if (recovery.usedIdx !== null && before !== undefined && q.vringBase !== before) {
+      this.log.info(`ring ${index}: continuing at packed vring base 0x${q.vringBase.toString(16)} (the area's used index + in flight), not the front-end's 0x${before.toString(16)}`);
+    }
+    return chains;
   }
 
   /** Completes the chains restoreInflight took back, in their order, before the ring drains. */

@@ -26,7 +26,7 @@ export const INFLIGHT_VERSION = 1;
 const HEADER_BYTES = 16;
 const DESC_BYTES = 16;
 /** Each queue's region starts on a 64-byte boundary (what QEMU's reference back-end uses too). */
-const REGION_ALIGN = 64;
+export const REGION_ALIGN = 64;
 
 const OFF_FEATURES = 0;
 const OFF_VERSION = 8;
