@@ -1,6 +1,6 @@
 // A host SIGKILLed five times under a real guest's disk I/O and restarted on the same socket
-// (issue 15, item 2): QEMU 7.2's vhost-user-blk-pci with `-chardev socket,...,reconnect=1`
-// reconnects each time, hands the new host its inflight area (SET_INFLIGHT_FD) and the ring's
+// (issue 15, item 2): vhost-user-blk-pci of QEMU 7.2 (`-chardev socket,...,reconnect=1`) and of
+// QEMU 10 (`reconnect-ms=1000`), one guest boot each, reconnects each time, hands the new host its inflight area (SET_INFLIGHT_FD) and the ring's
 // used index, and the guest goes on without an I/O error.
 //
 // The image is served through a slow backing (test/guest/slow-disk.ts: writes throttled to 30
@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, hasQemu, hasStorageDaemon, type BootResult } from './guest/qemu.ts';
 import { startSlowDisk, type SlowDisk } from './guest/slow-disk.ts';
+import { ensureQemu10 } from './guest/qemu10.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const BLK_PLUGIN = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -76,8 +77,13 @@ function explain(r: BootResult, hosts: HostProcess[]): string {
     hosts.map((h, i) => `--- host ${i} log ---\n${h.log().slice(-3000)}`).join('\n');
 }
 
-guestTest('QEMU 7.2 vhost-user-blk, reconnect=1: the host SIGKILLed and restarted 5 times under direct I/O at depth 8; nothing acknowledged is lost, nothing runs twice', async (t) => {
+const QEMU7 = { name: 'QEMU 7.2', binary: async () => 'qemu-system-x86_64', reconnect: 'reconnect=1' };
+const QEMU10 = { name: 'QEMU 10', binary: async () => (await ensureQemu10()).binary, reconnect: 'reconnect-ms=1000' };
+
+for (const qemu of [QEMU7, QEMU10]) {
+guestTest(`${qemu.name} vhost-user-blk, ${qemu.reconnect}: the host SIGKILLed and restarted 5 times under direct I/O at depth 8; nothing acknowledged is lost, nothing runs twice`, async (t) => {
   t.timeout(600_000);
+  const qemuBinary = await qemu.binary();
   if (!existsSync(BLK_PLUGIN)) return t.fail(`${BLK_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-reconnect-'));
   const image = join(dir, 'disk.img');
@@ -117,7 +123,8 @@ guestTest('QEMU 7.2 vhost-user-blk, reconnect=1: the host SIGKILLed and restarte
     r = await bootGuest({
       timeoutMs: 400_000,
       files: Object.fromEntries(PATTERNS.map((b, p) => [`guest/p${p}`, b])),
-      qemuArgs: ['-chardev', `socket,id=d0,path=${sock},reconnect=1`, '-device', 'vhost-user-blk-pci,chardev=d0,num-queues=1'],
+      qemuBinary,
+      qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', 'vhost-user-blk-pci,chardev=d0,num-queues=1'],
       script: SCRIPT,
       onOutput,
     });
@@ -159,3 +166,4 @@ guestTest('QEMU 7.2 vhost-user-blk, reconnect=1: the host SIGKILLed and restarte
   }
   rmSync(dir, { recursive: true, force: true });
 });
+}

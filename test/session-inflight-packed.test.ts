@@ -53,8 +53,13 @@ class Guest {
     for (let i = 0; i < SIZE; i++) this.bufs.push({ inGpa: this.ram.alloc(64), outGpa: this.ram.alloc(64) });
   }
 
+  /** The region as the host laid it out: desc_num entries (the device's largest ring), not SIZE. */
   region(): PackedInflightRegion {
-    return new PackedInflightRegion(this.area!.bytes, SIZE, 0);
+    return new PackedInflightRegion(this.area!.bytes, this.descNum(), 0);
+  }
+
+  descNum(): number {
+    return new DataView(this.area!.bytes.buffer, this.area!.bytes.byteOffset).getUint16(10, true);
   }
 
   /**
@@ -182,12 +187,13 @@ test('GET_INFLIGHT_FD after a packed ring was acked hands out the packed format'
   const g = new Guest();
   try {
     t.is(await g.connect(h.socketPath), null);
-    t.is(g.area!.size, packedInflightAreaBytes(1, SIZE));
-    t.is(g.area!.size, 32 + 32 * SIZE + 32, '32-byte header and entries, 64-byte aligned');
-    await h.waitForLog(/inflight area: 320 bytes for 1 packed queue\(s\) of 8/);
+    // Entries for the device's largest ring (the null device's 1024), whatever queue size was asked for.
+    t.is(g.area!.size, packedInflightAreaBytes(1, 1024));
+    t.is(g.area!.size, 32 + 32 * 1024 + 32, '32-byte header and entries, 64-byte aligned');
+    await h.waitForLog(/inflight area: 32832 bytes for 1 packed queue\(s\) of up to 1024 \(asked for 8\)/);
     const r = g.region();
     t.is(r.version, INFLIGHT_VERSION);
-    t.is(r.descNum, SIZE);
+    t.is(r.descNum, 1024);
     g.send('one', 0);
     const u = await g.used(1);
     t.is(g.reply(0, u[0].len), 'one');
@@ -249,7 +255,7 @@ test('a corrupted packed area is refused with the reason in the log; the device 
     const { g } = await crashWithTwoInFlight(t, sock);
     const dv = new DataView(g.area!.bytes.buffer, g.area!.bytes.byteOffset);
     const heads: number[] = [];
-    for (let e = 0; e < SIZE; e++) if (g.area!.bytes[32 + 32 * e] === 1) heads.push(e);
+    for (let e = 0; e < g.descNum(); e++) if (g.area!.bytes[32 + 32 * e] === 1) heads.push(e);
     t.is(heads.length, 2);
     // hang-1's chain (two descriptors) now continues into the first free entry.
     const twoDesc = heads.find((e) => dv.getUint16(32 + 32 * e + 6, true) === 2)!;

@@ -12,8 +12,8 @@ import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRIN
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
-import { InflightAreaError, SplitInflightRegion, splitInflightAreaBytes, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
-import { PackedInflightRegion, packedInflightAreaBytes, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
+import { INFLIGHT_DESC_NUM_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
 import { PackedQueue } from '../virtqueue/packed.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
@@ -56,7 +56,10 @@ interface InflightArea {
   mapping: Mapping;
   bytes: Uint8Array;
   numQueues: number;
-  queueSize: number;
+  /** Descriptors each region tracks (desc_num): at least the rings' size. */
+  descNum: number;
+  /** Bytes from one queue's region to the next. */
+  stride: number;
   /** The layout its regions were checked as (VIRTIO_F_RING_PACKED acked when it was set). */
   packed: boolean;
 }
@@ -486,14 +489,28 @@ export class DeviceRunner {
     if (!isValidRingSize(packed, queueSize)) {
       throw new InflightAreaError(`inflight area queue size ${queueSize} is not ${packed ? 'an integer' : 'a power of two'} in [1, 32768]`);
     }
-    const need = packed ? packedInflightAreaBytes(numQueues, queueSize) : splitInflightAreaBytes(numQueues, queueSize);
+    const regionBytes = packed ? packedInflightRegionBytes : splitInflightRegionBytes;
+    const need = numQueues * regionBytes(queueSize);
     if (!Number.isSafeInteger(size) || size < need || !Number.isSafeInteger(offset) || offset < 0) {
       throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} ${packed ? 'packed' : 'split'} queue(s) of ${queueSize} need ${need} bytes`);
     }
-    const { backing, mapping } = mapFdRange(fd, need, offset, true);
+    // The regions may track more descriptors than the front-end's queue size says: QEMU 10's
+    // vhost-user-blk asks for an area for its queue-size (128) and then runs rings of 1024, so
+    // the area GET_INFLIGHT_FD makes is sized for the device's largest ring. Each region's
+    // desc_num says how many it tracks; the regions sit back to back, size / numQueues apart.
+    const stride = size / numQueues;
+    if (!Number.isInteger(stride) || stride % 8 !== 0 || stride > regionBytes(32768)) {
+      throw new InflightAreaError(`inflight area of ${size} bytes does not split into ${numQueues} ${packed ? 'packed' : 'split'} queue region(s) of at most ${regionBytes(32768)} bytes`);
+    }
+    const { backing, mapping } = mapFdRange(fd, size, offset, true);
     try {
-      const bytes = new Uint8Array(backing.window(0, need));
-      const area: InflightArea = { mapping, bytes, numQueues, queueSize, packed };
+      const bytes = new Uint8Array(backing.window(0, size));
+      const descNum = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint16(INFLIGHT_DESC_NUM_OFFSET, true);
+      if (descNum < queueSize) throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, fewer than the rings' ${queueSize}`);
+      if (regionBytes(descNum) > stride) {
+        throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, which need ${regionBytes(descNum)} bytes, but the regions are ${stride} bytes apart`);
+      }
+      const area: InflightArea = { mapping, bytes, numQueues, descNum, stride, packed };
       for (let q = 0; q < numQueues; q++) this.inflightRegion(area, q).check();
       this.inflightArea = area;
     } catch (e) {
@@ -503,9 +520,8 @@ export class DeviceRunner {
   }
 
   private inflightRegion(area: InflightArea, q: number): SplitInflightRegion | PackedInflightRegion {
-    const stride = area.packed ? packedInflightRegionBytes(area.queueSize) : splitInflightRegionBytes(area.queueSize);
-    const bytes = area.bytes.subarray(q * stride, (q + 1) * stride);
-    return area.packed ? new PackedInflightRegion(bytes, area.queueSize, q) : new SplitInflightRegion(bytes, area.queueSize, q);
+    const bytes = area.bytes.subarray(q * area.stride, (q + 1) * area.stride);
+    return area.packed ? new PackedInflightRegion(bytes, area.descNum, q) : new SplitInflightRegion(bytes, area.descNum, q);
   }
 
   private dropInflightArea(): void {
@@ -525,7 +541,7 @@ export class DeviceRunner {
     let why: string | null = null;
     if (index >= area.numQueues) why = `the area covers ${area.numQueues} queue(s)`;
     else if (area.packed !== q instanceof PackedQueue) why = `the area was set for ${area.packed ? 'packed' : 'split'} rings, this ring is ${area.packed ? 'split' : 'packed'}`;
-    else if (r.num !== area.queueSize) why = `the area was made for rings of ${area.queueSize} descriptors, this ring has ${r.num}`;
+    else if (r.num > area.descNum) why = `the area tracks ${area.descNum} descriptors per queue, this ring has ${r.num}`;
     if (why === null) {
       try {
         const region = this.inflightRegion(area, index);

@@ -358,7 +358,7 @@ export class BackendSession {
         return this.memory.setLogFd(req.fd);
       case Req.GET_INFLIGHT_FD: {
         if (!this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new RequestError('GET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
-        const { reply, fd } = createInflightArea(req.inflight, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
+        const { reply, fd } = createInflightArea(req.inflight, this.worker.info.numQueues, this.worker.info.maxQueueSize, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
         try {
           return await this.reply(reply, [fd]);
         } finally {

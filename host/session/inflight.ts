@@ -38,21 +38,25 @@ function areaBytes(d: InflightDescription, packed: boolean): number {
  * (the caller sends, then closes it). `packed`: VIRTIO_F_RING_PACKED is acked (QEMU sends
  * SET_FEATURES before GET_INFLIGHT_FD so that the back-end knows the format).
  */
-export function createInflightArea(d: InflightDescription, deviceQueues: number, log: Logger, packed: boolean): { reply: Uint8Array; fd: number } {
+export function createInflightArea(d: InflightDescription, deviceQueues: number, deviceMaxQueueSize: number, log: Logger, packed: boolean): { reply: Uint8Array; fd: number } {
   checkGeometry(d, deviceQueues, packed);
-  const size = areaBytes(d, packed);
+  // Regions for the device's largest ring, not just the queue size asked for: QEMU 10's
+  // vhost-user-blk asks with its queue-size (128) and then sets rings of 1024 (SET_VRING_NUM).
+  // Each region's desc_num says what it tracks (DeviceRunner.setInflight reads it back).
+  const descNum = Math.max(d.queueSize, deviceMaxQueueSize);
+  const size = areaBytes({ ...d, queueSize: descNum }, packed);
   const fd = native.memfdCreate('vhost-wasm-inflight', true);
   try {
     native.ftruncate(fd, size); // zero-filled
     const headers = new Uint8Array(size);
-    (packed ? formatPackedInflightArea : formatSplitInflightArea)(headers, d.numQueues, d.queueSize);
+    (packed ? formatPackedInflightArea : formatSplitInflightArea)(headers, d.numQueues, descNum);
     native.pwrite(fd, headers, 0);
     native.memfdAddSeals(fd, SEAL_SIZE);
   } catch (e) {
     closeFds([fd], log);
     throw e;
   }
-  log.info(`inflight area: ${size} bytes for ${d.numQueues} ${packed ? 'packed' : 'split'} queue(s) of ${d.queueSize}`);
+  log.info(`inflight area: ${size} bytes for ${d.numQueues} ${packed ? 'packed' : 'split'} queue(s) of up to ${descNum} (asked for ${d.queueSize})`);
   return { reply: encodeInflightReply({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: d.numQueues, queueSize: d.queueSize }), fd };
 }
 
@@ -70,7 +74,7 @@ export async function setInflightArea(worker: DeviceWorker, d: InflightDescripti
     if (size < need) {
       throw new RequestError(`inflight area size ${size} is too small: ${d.numQueues} ${packed ? 'packed' : 'split'} queue(s) of ${d.queueSize} need ${need} bytes`);
     }
-    checkMemoryFd(fd, offset, need, 'inflight area');
+    checkMemoryFd(fd, offset, size, 'inflight area');
     await worker.setInflight(fd, size, offset, d.numQueues, d.queueSize);
     log.info(`inflight area set: ${d.numQueues} queue(s) of ${d.queueSize}; rings resubmit what it marks in flight when they start`);
   } finally {

@@ -109,6 +109,8 @@ export class PackedInflightRegion {
   private readonly entryOf: Int32Array;
   /** The head entry of the chain being staged by stage(), until popped() commits it. */
   private stagedHead = -1;
+  /** The ring's size (at most the region's entries), set by recover(): slots and the used index wrap at it. */
+  private ringSize: number;
 
   /** `region`: exactly this queue's bytes (packedInflightRegionBytes(size) of them). */
   constructor(
@@ -122,6 +124,7 @@ export class PackedInflightRegion {
     this.bytes = region;
     this.dv = new DataView(region.buffer, region.byteOffset, region.byteLength);
     this.entryOf = new Int32Array(size).fill(-1);
+    this.ringSize = size;
   }
 
   private u16(off: number): number {
@@ -197,10 +200,11 @@ export class PackedInflightRegion {
    * front-end's idea of the used index, taken for a fresh region. Throws InflightAreaError,
    * changing nothing, when the region's lists are inconsistent.
    */
-  recover(slotFlags: (slot: number) => number, ringUsedIdx: number, ringUsedWrap: boolean): PackedInflightRecovery {
+  recover(slotFlags: (slot: number) => number, ringUsedIdx: number, ringUsedWrap: boolean, ringSize: number = this.size): PackedInflightRecovery {
     this.check();
     const q = `queue ${this.queue}`;
     const size = this.size;
+    if (ringSize > size) throw new InflightAreaError(`${q}: the packed inflight region has ${size} entries, the ring has ${ringSize} descriptors`);
     if (this.version === 0) {
       // Fresh: every entry free, linked in order; the used index is the ring's.
       this.bytes.fill(0, HEADER_BYTES, HEADER_BYTES + DESC_BYTES * size);
@@ -216,6 +220,7 @@ export class PackedInflightRegion {
       this.setU16(OFF_VERSION, INFLIGHT_VERSION);
       this.counter = 1;
       this.entryOf.fill(-1);
+      this.ringSize = ringSize;
       return { requests: [], usedIdx: null, usedWrap: ringUsedWrap, ownedSlots: 0, committedPush: false, rolledBack: false };
     }
 
@@ -226,6 +231,9 @@ export class PackedInflightRegion {
     let committedPush = false;
     const newUsed = this.u16(OFF_USED_IDX);
     const newWrap = this.bytes[OFF_USED_WRAP] === 1;
+    for (const [name, v] of [['old_used_idx', usedIdx], ['used_idx', newUsed]] as const) {
+      if (v >= ringSize) throw new InflightAreaError(`${q}: the packed inflight region's ${name} ${v} is not below the ring size ${ringSize}`);
+    }
     if (newUsed !== usedIdx || newWrap !== usedWrap) {
       // Still the driver's available descriptor (AVAIL = wrap, USED = !wrap)? Then the push
       // never published it; anything else there means it did.
@@ -259,9 +267,9 @@ export class PackedInflightRegion {
       const num = this.u16(ho + D_NUM);
       const last = this.u16(ho + D_LAST);
       const id = this.u16(ho + D_ID);
-      if (num < 1 || num > size) throw new InflightAreaError(`${q}: in-flight entry ${h} claims ${num} descriptors (ring of ${size})`);
-      if (ids.has(id) || id >= size) {
-        throw new InflightAreaError(`${q}: in-flight entry ${h}'s buffer id ${id} is ${id >= size ? `not below the ring size ${size}` : 'in flight twice'}`);
+      if (num < 1 || num > ringSize) throw new InflightAreaError(`${q}: in-flight entry ${h} claims ${num} descriptors (ring of ${ringSize})`);
+      if (ids.has(id) || id >= ringSize) {
+        throw new InflightAreaError(`${q}: in-flight entry ${h}'s buffer id ${id} is ${id >= ringSize ? `not below the ring size ${ringSize}` : 'in flight twice'}`);
       }
       ids.add(id);
       const descriptors: RecordedDescriptor[] = [];
@@ -287,6 +295,7 @@ export class PackedInflightRegion {
       heads.push(h);
       requests.set(h, { id, descriptors });
     }
+    if (owned > ringSize) throw new InflightAreaError(`${q}: the packed inflight region holds ${owned} descriptors in flight, more than the ring's ${ringSize}`);
     if (owned + free > size) {
       throw new InflightAreaError(`${q}: the packed inflight region holds ${owned} descriptors in flight and ${free} free entries, more than its ${size}`);
     }
@@ -316,6 +325,7 @@ export class PackedInflightRegion {
       max = Math.max(max, this.counterOf(h));
     }
     this.counter = max + 1;
+    this.ringSize = ringSize;
     return { requests: heads.map((h) => requests.get(h)!), usedIdx, usedWrap, ownedSlots: owned, committedPush, rolledBack };
   }
 
@@ -333,7 +343,7 @@ export class PackedInflightRegion {
    * `size` descriptors in flight, so the list has them). popped() then marks it in flight.
    */
   stage(ring: DataView, first: number, n: number): void {
-    const size = this.size;
+    const size = this.ringSize;
     const head = this.u16(OFF_FREE_HEAD);
     let e = head;
     let slot = first;
@@ -376,8 +386,8 @@ export class PackedInflightRegion {
     this.setU16(this.d(this.u16(eo + D_LAST)) + D_NEXT, this.u16(OFF_FREE_HEAD));
     this.setU16(OFF_FREE_HEAD, e);
     let used = this.u16(OFF_USED_IDX) + this.u16(eo + D_NUM);
-    if (used >= this.size) {
-      used -= this.size;
+    if (used >= this.ringSize) {
+      used -= this.ringSize;
       this.bytes[OFF_USED_WRAP] ^= 1;
     }
     this.setU16(OFF_USED_IDX, used);

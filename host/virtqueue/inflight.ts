@@ -47,6 +47,9 @@ export function splitInflightAreaBytes(numQueues: number, queueSize: number): nu
   return numQueues * splitInflightRegionBytes(queueSize);
 }
 
+/** Both region formats keep desc_num at this offset of their header. */
+export const INFLIGHT_DESC_NUM_OFFSET = 10;
+
 /** A region that fails its checks; the message says which field and what it should be. */
 export class InflightAreaError extends VhostWasmError {
   static override readonly code = 'ERR_INFLIGHT_AREA';
@@ -153,8 +156,11 @@ export class SplitInflightRegion {
    * update, initialises a fresh region, and answers what to resubmit. Throws
    * InflightAreaError (changing nothing) when the region contradicts the ring.
    */
-  recover(ringUsedIdx: number, ringAvailIdx: number): InflightRecovery {
+  recover(ringUsedIdx: number, ringAvailIdx: number, ringSize: number = this.size): InflightRecovery {
     this.check();
+    if (ringSize > this.size) {
+      throw new InflightAreaError(`queue ${this.queue}: the inflight region tracks ${this.size} descriptors, the ring has ${ringSize}`);
+    }
     if (this.version === 0) {
       // Fresh: nothing was ever tracked here. Start clean, whatever the bytes were.
       this.bytes.fill(0, HEADER_BYTES, HEADER_BYTES + DESC_BYTES * this.size);
@@ -171,9 +177,9 @@ export class SplitInflightRegion {
     if (behind !== 0) {
       // The back-end died after publishing `behind` used elements and before recording it:
       // those heads are in the list at last_batch_head and are no longer in flight.
-      if (behind > this.size) {
+      if (behind > ringSize) {
         throw new InflightAreaError(
-          `queue ${this.queue}: the used ring's idx ${ringUsedIdx} is ${behind} ahead of the inflight region's used_idx ${this.usedIdx}, more than the ring's ${this.size} descriptors`,
+          `queue ${this.queue}: the used ring's idx ${ringUsedIdx} is ${behind} ahead of the inflight region's used_idx ${this.usedIdx}, more than the ring's ${ringSize} descriptors`,
         );
       }
       let h = this.lastBatchHead;
@@ -184,6 +190,10 @@ export class SplitInflightRegion {
     }
     const heads: number[] = [];
     for (let i = 0; i < this.size; i++) if (this.isInflight(i) && !batch.includes(i)) heads.push(i);
+    // The region may track more descriptors than this ring has (see runner.setInflight): a
+    // head beyond the ring is no request of it.
+    const beyond = heads.find((h) => h >= ringSize);
+    if (beyond !== undefined) throw new InflightAreaError(`queue ${this.queue}: the inflight region marks descriptor ${beyond} in flight, beyond the ring's ${ringSize}`);
     heads.sort((a, b) => this.counterOf(a) - this.counterOf(b));
     const published = (ringAvailIdx - ringUsedIdx) & 0xffff;
     if (heads.length > published) {

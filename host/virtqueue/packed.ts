@@ -371,7 +371,7 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     this.check();
     if (this.inFlight !== 0) throw new Error(`virtqueue ${this.index}: inflight area attached after requests were popped`);
     const size = this.size;
-    const recovery = region.recover((slot) => Atomics.load(this.ring16, 8 * slot + 7), this.nextUsed, this.usedWrapCounter);
+    const recovery = region.recover((slot) => Atomics.load(this.ring16, 8 * slot + 7), this.nextUsed, this.usedWrapCounter, size);
     if (recovery.usedIdx !== null) {
       const used = packedPosition(recovery.usedIdx, recovery.usedWrap, size);
       let avail = used + recovery.ownedSlots;
