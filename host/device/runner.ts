@@ -92,6 +92,15 @@ function regionSpec(r: RegionMsg): RegionSpec {
   };
 }
 
+/**
+ * A copy in a fresh ArrayBuffer, which the RPC then transfers. Uint8Array's slice, not the
+ * value's own: a Buffer's slice is a view, and transferring its buffer would detach the memory
+ * of the device or section that returned it.
+ */
+function ownCopy(bytes: Uint8Array): Uint8Array {
+  return Uint8Array.prototype.slice.call(bytes);
+}
+
 export class DeviceRunner {
   readonly memory = new GuestMemory();
   private readonly rings: Vring[];
@@ -399,7 +408,7 @@ export class DeviceRunner {
     }
     const bytes = this.call(() => s.read(offset, size));
     if (!(bytes instanceof Uint8Array) || bytes.length !== size) throw new Error(`section ${s.name}: read returned the wrong number of bytes`);
-    return { bytes: bytes.slice(), remaining: total - offset - size };
+    return { bytes: ownCopy(bytes), remaining: total - offset - size };
   }
 
   sectionBeginLoad(id: number, size: number): void {
@@ -439,7 +448,7 @@ export class DeviceRunner {
     if (bytes.length < size && remaining > 0) {
       throw this.deviceFault(`${this.device.info.name}: getState(${offset}, ${size}) returned ${bytes.length} bytes with ${remaining} still remaining`);
     }
-    return { bytes: bytes.slice(), remaining };
+    return { bytes: ownCopy(bytes), remaining };
   }
 
   stateWrite(offset: number, chunk: Uint8Array): void {

@@ -240,8 +240,9 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
   for (let i = 0; i < sections.length; i++) {
     const s = sections[i];
     const len = entries[i].length;
+    const size = s.readSize ?? chunk;
     const fetch = (off: number) => {
-      const n = Math.min(chunk, len - off);
+      const n = Math.min(size, len - off);
       return s.read(off, n).then((b) => {
         if (!(b instanceof Uint8Array) || b.length !== n) {
           throw new Error(`section ${s.name}: asked for ${n} bytes at ${off}, got ${b instanceof Uint8Array ? b.length : typeof b}`);

@@ -89,8 +89,15 @@ export class DeviceStateSection implements StateSection {
   }
 }
 
+/**
+ * Read size for worker-held sections (a memory disk): a quarter of the round trips and channel
+ * writes of 1 MiB reads, still small next to the disk.
+ */
+export const WORKER_SECTION_CHUNK = 4 << 20;
+
 /** A section that lives in the device worker (WorkerStateSection), reached through the RPC. */
 export class WorkerSectionProxy implements StateSection {
+  readonly readSize = WORKER_SECTION_CHUNK;
   private inflight: Promise<void>[] = [];
   private writeError: Error | null = null;
 
