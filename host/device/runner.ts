@@ -17,6 +17,7 @@ import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/in
 import { SplitQueue } from '../virtqueue/split.ts';
 import { PackedQueue } from '../virtqueue/packed.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
+import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
@@ -421,6 +422,21 @@ export class DeviceRunner {
     this.requireStopped('load state');
     const s = this.section(id);
     this.call(() => s.write(offset, chunk));
+  }
+
+  /** SAVE a whole worker section straight into a state file (section-fd.ts); returns the CRC continued from `crc`. */
+  sectionToFile(id: number, fd: number, fileOffset: number, len: number, crc: number): number {
+    this.requireStopped('read its state');
+    const s = this.section(id);
+    const total = this.call(() => s.size());
+    if (len !== total) throw new Error(`section ${s.name}: ${len} bytes asked for, it has ${total}`);
+    return copySectionToFile(s, fd, fileOffset, len, crc, (fn) => this.call(fn));
+  }
+
+  /** LOAD a whole worker section straight from a state file (after sectionBeginLoad); returns the CRC continued from `crc`. */
+  sectionFromFile(id: number, fd: number, fileOffset: number, len: number, crc: number): number {
+    this.requireStopped('load state');
+    return copyFileToSection(this.section(id), fd, fileOffset, len, crc, (fn) => this.call(fn));
   }
 
   sectionFinish(id: number): string | null {

@@ -20,6 +20,16 @@ export interface StateSection {
    * capped memory.
    */
   readonly readSize?: number;
+  /**
+   * SAVE, optional: writes the whole section into the file `fd` at fileOffset (the sink made
+   * the range exist) and returns the CRC-32 continued from `crc`, instead of read() calls.
+   */
+  copyToFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
+  /**
+   * LOAD, optional: takes the whole section from the file `fd` at fileOffset (after beginLoad)
+   * and returns the CRC-32 continued from `crc`, instead of write() calls.
+   */
+  copyFromFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
   /** LOAD: the section will receive `size` bytes (called before the first write). */
   beginLoad(size: number): Promise<void>;
   /** LOAD: append bytes at offset (in order, contiguous, starting at 0). Ownership of chunk passes. */

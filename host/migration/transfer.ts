@@ -118,6 +118,17 @@ export class WorkerSectionProxy implements StateSection {
     return r.bytes;
   }
 
+  // A state file (memfd): the worker maps it and copies the section in or out itself.
+  copyToFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
+    return this.worker.stateSectionToFile(this.id, fd, fileOffset, len, crc);
+  }
+
+  async copyFromFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
+    await Promise.all(this.inflight.splice(0));
+    if (this.writeError) throw this.writeError;
+    return this.worker.stateSectionFromFile(this.id, fd, fileOffset, len, crc);
+  }
+
   beginLoad(size: number): Promise<void> {
     return this.worker.stateBeginLoad(this.id, size);
   }
@@ -233,7 +244,18 @@ export class StateTransfer {
       t.loader = loader;
       try {
         for (;;) {
-          const chunk = await reader.read();
+          // A file: a section that can take its bytes straight from it does (no copies through
+          // this thread), and reads are sized to what the parser wants next, so a section's
+          // chunks are buffers of their own that move to the worker without a copy.
+          if (reader.kind === 'file') {
+            const d = loader.directSection();
+            if (d !== null && reader.remaining >= d.length) {
+              await loader.takeDirect(reader.fd, reader.position);
+              reader.skip(d.length);
+              continue;
+            }
+          }
+          const chunk = await reader.read(reader.kind === 'file' ? loader.wants() : undefined);
           if (chunk === null) break;
           await loader.feed(chunk);
         }
