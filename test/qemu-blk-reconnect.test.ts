@@ -77,11 +77,13 @@ function explain(r: BootResult, hosts: HostProcess[]): string {
     hosts.map((h, i) => `--- host ${i} log ---\n${h.log().slice(-3000)}`).join('\n');
 }
 
-const QEMU7 = { name: 'QEMU 7.2', binary: async () => 'qemu-system-x86_64', reconnect: 'reconnect=1' };
-const QEMU10 = { name: 'QEMU 10', binary: async () => (await ensureQemu10()).binary, reconnect: 'reconnect-ms=1000' };
+const QEMU7 = { name: 'QEMU 7.2', binary: async () => 'qemu-system-x86_64', reconnect: 'reconnect=1', packed: false };
+const QEMU10 = { name: 'QEMU 10', binary: async () => (await ensureQemu10()).binary, reconnect: 'reconnect-ms=1000', packed: false };
+// The same under a packed ring (the device's `packed=on`): the packed inflight region.
+const QEMU10_PACKED = { ...QEMU10, packed: true };
 
-for (const qemu of [QEMU7, QEMU10]) {
-guestTest(`${qemu.name} vhost-user-blk, ${qemu.reconnect}: the host SIGKILLed and restarted 5 times under direct I/O at depth 8; nothing acknowledged is lost, nothing runs twice`, async (t) => {
+for (const qemu of [QEMU7, QEMU10, QEMU10_PACKED]) {
+guestTest(`${qemu.name} vhost-user-blk${qemu.packed ? ' (packed ring)' : ''}, ${qemu.reconnect}: the host SIGKILLed and restarted 5 times under direct I/O at depth 8; nothing acknowledged is lost, nothing runs twice`, async (t) => {
   t.timeout(600_000);
   const qemuBinary = await qemu.binary();
   if (!existsSync(BLK_PLUGIN)) return t.fail(`${BLK_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
@@ -124,7 +126,7 @@ guestTest(`${qemu.name} vhost-user-blk, ${qemu.reconnect}: the host SIGKILLed an
       timeoutMs: 400_000,
       files: Object.fromEntries(PATTERNS.map((b, p) => [`guest/p${p}`, b])),
       qemuBinary,
-      qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', 'vhost-user-blk-pci,chardev=d0,num-queues=1'],
+      qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=1${qemu.packed ? ',packed=on' : ''}`],
       script: SCRIPT,
       onOutput,
     });
@@ -144,6 +146,7 @@ guestTest(`${qemu.name} vhost-user-blk, ${qemu.reconnect}: the host SIGKILLed an
     t.notRegex(r.output, /I\/O error|is not a head|virtio.*(broken|error)|blk_update_request/i, explain(r, hosts));
 
     // Every restarted host was given the area and started its ring from it.
+    t.regex(hosts[0].log(), new RegExp(`inflight area: \\d+ bytes for 1 ${qemu.packed ? 'packed' : 'split'} queue`), hosts[0].log());
     for (const h of hosts.slice(1)) {
       t.regex(h.log(), /inflight area set: 1 queue\(s\) of \d+/, h.log());
       t.notRegex(h.log(), /inflight area not used/, h.log());
