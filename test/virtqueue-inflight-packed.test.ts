@@ -197,6 +197,7 @@ test('regions whose lists contradict themselves or the ring are refused and left
     ['a buffer id outside the ring', (dv) => dv.setUint16(ENTRY(2) + 16, 8, true), /buffer id 8 is not below the ring size 8/],
     ['two heads with one buffer id', (dv) => dv.setUint16(ENTRY(2) + 16, dv.getUint16(ENTRY(0) + 16, true), true), /is in flight twice/],
     ['a descriptor that should continue the chain and does not', (dv) => dv.setUint16(ENTRY(0) + 18, 0, true), /descriptor 0 of 2 lacks NEXT/],
+    ['an entry neither free nor in flight', (_dv, a) => (a[ENTRY(2)] = 0), /holds 2 descriptors in flight and 5 free entries, not its 8/],
     ['a used index where the ring holds no available descriptor', (dv) => (dv.setUint16(16, 5, true), dv.setUint16(18, 5, true)), /not available/],
   ];
   for (const [what, mutate, why] of cases) {

@@ -296,8 +296,11 @@ export class PackedInflightRegion {
       requests.set(h, { id, descriptors });
     }
     if (owned > ringSize) throw new InflightAreaError(`${q}: the packed inflight region holds ${owned} descriptors in flight, more than the ring's ${ringSize}`);
-    if (owned + free > size) {
-      throw new InflightAreaError(`${q}: the packed inflight region holds ${owned} descriptors in flight and ${free} free entries, more than its ${size}`);
+    if (owned + free !== size) {
+      // Every entry is free or part of a request in flight: a pop takes its entries from the free
+      // list and a push puts them back, and recovery's roll-back keeps that. An entry that is
+      // neither is lost (the free list would run dry) or counted twice.
+      throw new InflightAreaError(`${q}: the packed inflight region holds ${owned} descriptors in flight and ${free} free entries, not its ${size}`);
     }
     if (owned > 0) {
       // The slots from the used index on that are in flight still hold the driver's available
@@ -348,6 +351,8 @@ export class PackedInflightRegion {
     let e = head;
     let slot = first;
     for (let k = 0; k < n; k++) {
+      // The area is shared with the front-end, which may scribble on it while we run.
+      if (e >= this.size) throw new InflightAreaError(`queue ${this.queue}: the packed inflight region's free list ran out (entry ${e}): the area was changed under the back-end`);
       const o = this.d(e);
       const r = slot * 16;
       this.dv.setUint32(o + D_ADDR, ring.getUint32(r, true), true);
