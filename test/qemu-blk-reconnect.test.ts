@@ -110,8 +110,9 @@ guestTest(`${qemu.name} vhost-user-blk${qemu.packed ? ' (packed ring)' : ''}, ${
       killed.add(k);
       chain = chain.then(async () => {
         try {
-          // Somewhere inside the round: its eight writes are being submitted or are in flight.
-          await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 60)));
+          // Somewhere inside the round's second or so of throttled writes, once the eight dd
+          // processes have started and their requests are on the ring or in the host's batch.
+          await new Promise((r) => setTimeout(r, 200 + Math.floor(Math.random() * 300)));
           await current().stop('SIGKILL');
           hosts.push(await startHost(hostArgs));
         } catch (e) {
