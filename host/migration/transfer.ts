@@ -13,6 +13,17 @@ import { SectionId, type StateSection } from './section.ts';
 
 export const STATE_CHUNK = 1 << 20;
 
+/**
+ * A chunk the RPC can move to the worker instead of cloning. A view that does not own its whole
+ * buffer (a pipe read carved from a 1 MiB slab, a section's bytes after the header in the same
+ * read) would be cloned with ALL of its buffer: structured clone copies the whole ArrayBuffer
+ * behind a view, so a 64 KiB read cost a 1 MiB copy on each side. One copy of just its bytes
+ * into a buffer of their own is cheaper, and that buffer is then transferred.
+ */
+function movable(chunk: Uint8Array): Uint8Array {
+  return chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : Uint8Array.prototype.slice.call(chunk);
+}
+
 /** The device's own bytes, through the worker's stateRead/stateWrite ops. */
 export class DeviceStateSection implements StateSection {
   readonly id = SectionId.DEVICE;
@@ -58,7 +69,7 @@ export class DeviceStateSection implements StateSection {
   async write(offset: number, chunk: Uint8Array): Promise<void> {
     if (this.writeError) throw this.writeError;
     const n = chunk.length;
-    const p = this.worker.stateWrite(offset, chunk).then(
+    const p = this.worker.stateWrite(offset, movable(chunk)).then(
       () => {
         this.inflightBytes -= n;
       },
@@ -136,7 +147,7 @@ export class WorkerSectionProxy implements StateSection {
   async write(offset: number, chunk: Uint8Array): Promise<void> {
     if (this.writeError) throw this.writeError;
     this.inflight.push(
-      this.worker.stateWrite(offset, chunk, this.id).catch((e: unknown) => {
+      this.worker.stateWrite(offset, movable(chunk), this.id).catch((e: unknown) => {
         this.writeError ??= new Error(`section ${this.name} refused bytes at offset ${offset}: ${errorText(e)}`);
       }),
     );
