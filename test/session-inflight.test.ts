@@ -277,8 +277,12 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
       t.truthy(err, `${what}: refused`);
       t.regex(await h.waitForLog(new RegExp(`SET_INFLIGHT_FD \\(32\\) failed: .*${why.source}`)), why, what);
     }
-    // The same area, intact, is taken.
+    // The same area, intact, is taken; so is an all-zero one the front-end made itself (fresh,
+    // for rings of the queue size it names).
     t.is(await setInflight(h.socketPath, area(() => {}), size), null);
+    const zeros = native.memfdCreate('test-inflight-zeros', false);
+    native.ftruncate(zeros, size);
+    t.is(await setInflight(h.socketPath, zeros, size), null);
   } finally {
     await h.stop();
   }

@@ -12,7 +12,7 @@ import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRIN
 import type { DeviceRequest, VirtioDevice } from './device.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
-import { INFLIGHT_DESC_NUM_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
 import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
 import { PackedQueue } from '../virtqueue/packed.ts';
@@ -530,7 +530,11 @@ export class DeviceRunner {
     const { backing, mapping } = mapFdRange(fd, size, offset, true);
     try {
       const bytes = new Uint8Array(backing.window(0, size));
-      const descNum = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint16(INFLIGHT_DESC_NUM_OFFSET, true);
+      const head = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      let descNum = head.getUint16(INFLIGHT_DESC_NUM_OFFSET, true);
+      // All zeros (version 0, desc_num 0): a fresh area the front-end made itself, for rings of
+      // the queue size it names; the ring start fills the header in.
+      if (descNum === 0 && head.getUint16(INFLIGHT_VERSION_OFFSET, true) === 0) descNum = queueSize;
       if (descNum < queueSize) throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, fewer than the rings' ${queueSize}`);
       if (regionBytes(descNum) > stride) {
         throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, which need ${regionBytes(descNum)} bytes, but the regions are ${stride} bytes apart`);

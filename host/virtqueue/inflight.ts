@@ -47,7 +47,8 @@ export function splitInflightAreaBytes(numQueues: number, queueSize: number): nu
   return numQueues * splitInflightRegionBytes(queueSize);
 }
 
-/** Both region formats keep desc_num at this offset of their header. */
+/** Both region formats keep version and desc_num at these offsets of their header. */
+export const INFLIGHT_VERSION_OFFSET = 8;
 export const INFLIGHT_DESC_NUM_OFFSET = 10;
 
 /** A region that fails its checks; the message says which field and what it should be. */
