@@ -32,6 +32,7 @@ import { BlkDevice } from '../host/frontend/blk.ts';
 import { featureBit } from '../host/protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
 import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { REPO } from '../test/helpers/host-process.ts';
 
 const args = process.argv.slice(2);
@@ -187,6 +188,12 @@ async function benchSize(mib: number): Promise<void> {
   }
 }
 
+/** User + system CPU milliseconds a host process has used so far (/proc/PID/stat, 10 ms ticks). */
+function cpuMs(h: HostProcess): number {
+  const f = readFileSync(`/proc/${h.child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 async function benchBlk(): Promise<void> {
   const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
   const DISK = 256 << 20;
@@ -197,7 +204,7 @@ async function benchBlk(): Promise<void> {
     { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
   ];
   console.log('\nblk plugin, 256 MiB memory disk (fully written), one migration per channel');
-  console.log('channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8));
+  console.log('channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8) + 'host CPU ms'.padStart(13));
   for (const run of runs) {
     const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
     const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
@@ -213,10 +220,14 @@ async function benchBlk(): Promise<void> {
           await blk.write(o / 512, mib);
         }
       }));
+      // CPU time of both host processes (all threads) during the migration: less at the mercy of
+      // other load on the machine than wall time.
+      const cpu0 = cpuMs(a) + cpuMs(b);
       const r = await migrate(fe, b.socketPath, { channel: run.channel });
+      const cpu = cpuMs(a) + cpuMs(b) - cpu0;
       console.log(
         run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
-          (r.bytes / 2 ** 20 / (r.transferMs / 1000)).toFixed(0).padStart(8),
+          (r.bytes / 2 ** 20 / (r.transferMs / 1000)).toFixed(0).padStart(8) + String(cpu).padStart(13),
       );
       await fe.close();
     } finally {

@@ -57,6 +57,21 @@ test('operations answer typed values, and an error thrown in the worker keeps it
   t.is((gone as DeviceStoppedError).code, 'ERR_DEVICE_STOPPED');
 });
 
+test('state a device answers with a view of memory it keeps is copied out, never taken from it', async (t) => {
+  // A Buffer's slice() is a view: a runner that "copied" with it would transfer, and so detach,
+  // the device's own memory, and the device's next getState would find it gone.
+  const w = await DeviceWorker.start({ kind: 'module', url: nullDevice, options: { stateView: true } }, opts);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const chunk = await w.stateRead(0, 8);
+      t.is(chunk.bytes.length, 8, `read ${i}`);
+      t.is(chunk.remaining, 0);
+    }
+  } finally {
+    await w.terminate();
+  }
+});
+
 test('a load failure in the worker arrives as a PluginError with its kind and code', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'worker-rpc-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

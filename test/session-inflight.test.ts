@@ -42,10 +42,14 @@ async function logged(t: { regex: (s: string, re: RegExp) => void }, h: HostProc
   t.regex(await h.waitForLog(re), re);
 }
 
+/** The null device's largest ring: what GET_INFLIGHT_FD sizes each region for. */
+const DEVICE_MAX_QUEUE = 1024;
+
 function region(fe: VhostUserFrontend, q = 0): SplitInflightRegion {
   const a = fe.inflight!;
   const stride = a.size / a.numQueues;
-  return new SplitInflightRegion(a.bytes.subarray(q * stride, (q + 1) * stride), a.queueSize, q);
+  const bytes = a.bytes.subarray(q * stride, (q + 1) * stride);
+  return new SplitInflightRegion(bytes, new DataView(bytes.buffer, bytes.byteOffset).getUint16(10, true), q);
 }
 
 /** The head in used-ring slot `slot`. */
@@ -65,16 +69,19 @@ test('GET_INFLIGHT_FD hands out a sealed memfd sized for the rings; the ring sta
   try {
     t.true(fe.conn.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD));
     const a = fe.inflight!;
-    // 16-byte header + 16 bytes per descriptor, each queue's region 64-byte aligned.
-    t.is(a.size, 16 + 16 * QSIZE + 48);
-    t.is(a.size, splitInflightAreaBytes(1, QSIZE));
+    // 16-byte header + 16 bytes per descriptor, each queue's region 64-byte aligned; sized for
+    // the device's largest ring, whatever queue size was asked for (QEMU 10 asks for 128 and
+    // runs rings of 1024).
+    t.is(a.size, 16 + 16 * DEVICE_MAX_QUEUE + 48);
+    t.is(a.size, splitInflightAreaBytes(1, DEVICE_MAX_QUEUE));
+    await h.waitForLog(/inflight area: 16448 bytes for 1 split queue\(s\) of up to 1024 \(asked for 16\)/);
     const info = native.memoryFdInfo(a.fd);
     t.is(info.type, 'file');
     t.is(info.size, a.size);
     t.is(info.seals & 0x6, 0x6, 'sealed against shrinking and growing');
     const r = region(fe);
     t.is(r.version, INFLIGHT_VERSION);
-    t.is(r.descNum, QSIZE);
+    t.is(r.descNum, DEVICE_MAX_QUEUE);
     t.deepEqual(r.inflightHeads(), []);
     // A geometry the device does not have gets the spec's "no area" answer.
     t.deepEqual(await fe.conn.getInflightFd(4, QSIZE), { fd: null, size: 0, offset: 0 });
@@ -256,11 +263,12 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
   try {
     const cases: [string, number, number, number, RegExp][] = [
       ['wrong version', area((dv) => dv.setUint16(8, 7, true)), size, QSIZE, /inflight region version is 7, this back-end reads version 1/],
-      ['desc_num is not the ring size', area((dv) => dv.setUint16(10, 8, true)), size, QSIZE, /inflight region tracks 8 descriptors but the ring has 16/],
+      ['desc_num below the queue size', area((dv) => dv.setUint16(10, 8, true)), size, QSIZE, /inflight region tracks 8 descriptors, fewer than the rings' 16/],
+      ['desc_num larger than the regions hold', area((dv) => dv.setUint16(10, 64, true)), size, QSIZE, /tracks 64 descriptors, which need 1088 bytes, but the regions are 320 bytes apart/],
       ['an inflight flag that is neither 0 nor 1', area((_dv, b) => (b[16 + 16 * 3] = 2)), size, QSIZE, /inflight flag of descriptor 3 is 2, not 0 or 1/],
       ['last_batch_head out of range', area((dv) => dv.setUint16(12, 99, true)), size, QSIZE, /last_batch_head 99 is not below the ring size 16/],
       ['a next index out of range', area((dv) => dv.setUint16(16 + 16 * 5 + 6, 16, true)), size, QSIZE, /descriptor 5's next 16 is not below the ring size 16/],
-      ['a size too small for the rings', area(() => {}), size - 64, QSIZE, /inflight area size 256 is too small: 1 queue\(s\) of 16 need 320 bytes/],
+      ['a size too small for the rings', area(() => {}), size - 64, QSIZE, /inflight area size 256 is too small: 1 split queue\(s\) of 16 need 320 bytes/],
       ['a file shorter than the size given', area(() => {}, 100), size, QSIZE, /inflight area: needs bytes \[0x0, 0x140\) of its fd .* only 0x64 bytes/],
       ['a queue size that is no ring size', area(() => {}), size, 12, /inflight area queue size 12 is not a power of two/],
     ];
@@ -269,8 +277,12 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
       t.truthy(err, `${what}: refused`);
       t.regex(await h.waitForLog(new RegExp(`SET_INFLIGHT_FD \\(32\\) failed: .*${why.source}`)), why, what);
     }
-    // The same area, intact, is taken.
+    // The same area, intact, is taken; so is an all-zero one the front-end made itself (fresh,
+    // for rings of the queue size it names).
     t.is(await setInflight(h.socketPath, area(() => {}), size), null);
+    const zeros = native.memfdCreate('test-inflight-zeros', false);
+    native.ftruncate(zeros, size);
+    t.is(await setInflight(h.socketPath, zeros, size), null);
   } finally {
     await h.stop();
   }
@@ -326,7 +338,7 @@ test('a front-end that shrinks its own inflight area under the host loses the co
     native.ftruncate(own, 0);
     const lost = fe.queues[0].submit([enc('two')], 16);
     lost.catch(() => {}); // never completes: the host ends the connection instead
-    await logged(t, h2, /front-end shrank the inflight area \(320 bytes\) behind our back: the file behind it no longer covers it \(\d+ page fault\(s\) contained\); halting every ring/);
+    await logged(t, h2, /front-end shrank the inflight area \(16448 bytes\) behind our back: the file behind it no longer covers it \(\d+ page fault\(s\) contained\); halting every ring/);
     await h2.waitForLog(/connection closed: front-end shrank the inflight area/);
     // The host still serves: a new front-end gets its device.
     const fe2 = await VhostUserFrontend.connect(sock, opts);

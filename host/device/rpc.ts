@@ -111,6 +111,9 @@ export const deviceWorkerOps = {
     transferArgs: (_offset, chunk) =>
       chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer ? [chunk.buffer] : [],
   }),
+  /** A whole worker section to / from a state file (memfd) the session holds open: copied in the worker, no bytes cross. */
+  stateSectionToFile: op<(section: number, fd: number, fileOffset: number, len: number, crc: number) => number>(),
+  stateSectionFromFile: op<(section: number, fd: number, fileOffset: number, len: number, crc: number) => number>(),
   /** Answers the device's refusal (a message) or null when the loaded state was accepted. */
   stateFinish: op<(section?: number) => string | null>(),
   stateAbort: op<(section?: number) => void>(),

@@ -16,9 +16,12 @@ import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
-import { InflightAreaError, SplitInflightRegion, splitInflightAreaBytes, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
+import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
+import { PackedQueue } from '../virtqueue/packed.ts';
 import type { WorkerStateSection } from '../migration/section.ts';
+import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts';
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
@@ -95,7 +98,12 @@ interface InflightArea {
   mapping: Mapping;
   bytes: Uint8Array;
   numQueues: number;
-  queueSize: number;
+  /** Descriptors each region tracks (desc_num): at least the rings' size. */
+  descNum: number;
+  /** Bytes from one queue's region to the next. */
+  stride: number;
+  /** The layout its regions were checked as (VIRTIO_F_RING_PACKED acked when it was set). */
+  packed: boolean;
 }
 
 interface Vring {
@@ -128,6 +136,15 @@ function regionSpec(r: RegionMsg): RegionSpec {
     backing,
     release: () => mapping.unmap(),
   };
+}
+
+/**
+ * A copy in a fresh ArrayBuffer, which the RPC then transfers. Uint8Array's slice, not the
+ * value's own: a Buffer's slice is a view, and transferring its buffer would detach the memory
+ * of the device or section that returned it.
+ */
+function ownCopy(bytes: Uint8Array): Uint8Array {
+  return Uint8Array.prototype.slice.call(bytes);
 }
 
 export class DeviceRunner {
@@ -493,7 +510,7 @@ export class DeviceRunner {
     }
     const bytes = this.call(() => s.read(offset, size));
     if (!(bytes instanceof Uint8Array) || bytes.length !== size) throw new Error(`section ${s.name}: read returned the wrong number of bytes`);
-    return { bytes: bytes.slice(), remaining: total - offset - size };
+    return { bytes: ownCopy(bytes), remaining: total - offset - size };
   }
 
   sectionBeginLoad(id: number, size: number): void {
@@ -506,6 +523,21 @@ export class DeviceRunner {
     this.requireStopped('load state');
     const s = this.section(id);
     this.call(() => s.write(offset, chunk));
+  }
+
+  /** SAVE a whole worker section straight into a state file (section-fd.ts); returns the CRC continued from `crc`. */
+  sectionToFile(id: number, fd: number, fileOffset: number, len: number, crc: number): number {
+    this.requireStopped('read its state');
+    const s = this.section(id);
+    const total = this.call(() => s.size());
+    if (len !== total) throw new Error(`section ${s.name}: ${len} bytes asked for, it has ${total}`);
+    return copySectionToFile(s, fd, fileOffset, len, crc, (fn) => this.call(fn));
+  }
+
+  /** LOAD a whole worker section straight from a state file (after sectionBeginLoad); returns the CRC continued from `crc`. */
+  sectionFromFile(id: number, fd: number, fileOffset: number, len: number, crc: number): number {
+    this.requireStopped('load state');
+    return copyFileToSection(this.section(id), fd, fileOffset, len, crc, (fn) => this.call(fn));
   }
 
   sectionFinish(id: number): string | null {
@@ -543,7 +575,7 @@ export class DeviceRunner {
       if (bytes.length < n && remaining > 0) {
         throw this.deviceFault(`${this.device.info.name}: getState(${at}, ${n}) returned ${bytes.length} bytes with ${remaining} still remaining`);
       }
-      pieces.push(bytes.slice());
+      pieces.push(ownCopy(bytes));
       got += bytes.length;
     } while (got < size && remaining > 0);
     if (pieces.length === 1) return { bytes: pieces[0], remaining };
@@ -598,17 +630,38 @@ export class DeviceRunner {
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > this.rings.length) {
       throw new InflightAreaError(`inflight area for ${numQueues} queue(s): this device has ${this.rings.length}`);
     }
-    if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) {
-      throw new InflightAreaError(`inflight area queue size ${queueSize} is not a power of two in [1, 32768]`);
+    // The front-end acks features before it asks for the area (QEMU: vhost_dev_prepare_inflight),
+    // so the ring layout, and with it the region format, is known here.
+    const packed = this.packed;
+    if (!isValidRingSize(packed, queueSize)) {
+      throw new InflightAreaError(`inflight area queue size ${queueSize} is not ${packed ? 'an integer' : 'a power of two'} in [1, 32768]`);
     }
-    const need = splitInflightAreaBytes(numQueues, queueSize);
+    const regionBytes = packed ? packedInflightRegionBytes : splitInflightRegionBytes;
+    const need = numQueues * regionBytes(queueSize);
     if (!Number.isSafeInteger(size) || size < need || !Number.isSafeInteger(offset) || offset < 0) {
-      throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} queue(s) of ${queueSize} need ${need} bytes`);
+      throw new InflightAreaError(`inflight area [${offset}, +${size}) is too small: ${numQueues} ${packed ? 'packed' : 'split'} queue(s) of ${queueSize} need ${need} bytes`);
     }
-    const { backing, mapping } = mapFdRange(fd, need, offset, true);
+    // The regions may track more descriptors than the front-end's queue size says: QEMU 10's
+    // vhost-user-blk asks for an area for its queue-size (128) and then runs rings of 1024, so
+    // the area GET_INFLIGHT_FD makes is sized for the device's largest ring. Each region's
+    // desc_num says how many it tracks; the regions sit back to back, size / numQueues apart.
+    const stride = size / numQueues;
+    if (!Number.isInteger(stride) || stride % 8 !== 0 || stride > regionBytes(32768)) {
+      throw new InflightAreaError(`inflight area of ${size} bytes does not split into ${numQueues} ${packed ? 'packed' : 'split'} queue region(s) of at most ${regionBytes(32768)} bytes`);
+    }
+    const { backing, mapping } = mapFdRange(fd, size, offset, true);
     try {
-      const bytes = new Uint8Array(backing.window(0, need));
-      const area: InflightArea = { mapping, bytes, numQueues, queueSize };
+      const bytes = new Uint8Array(backing.window(0, size));
+      const head = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      let descNum = head.getUint16(INFLIGHT_DESC_NUM_OFFSET, true);
+      // All zeros (version 0, desc_num 0): a fresh area the front-end made itself, for rings of
+      // the queue size it names; the ring start fills the header in.
+      if (descNum === 0 && head.getUint16(INFLIGHT_VERSION_OFFSET, true) === 0) descNum = queueSize;
+      if (descNum < queueSize) throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, fewer than the rings' ${queueSize}`);
+      if (regionBytes(descNum) > stride) {
+        throw new InflightAreaError(`queue 0: inflight region tracks ${descNum} descriptors, which need ${regionBytes(descNum)} bytes, but the regions are ${stride} bytes apart`);
+      }
+      const area: InflightArea = { mapping, bytes, numQueues, descNum, stride, packed };
       for (let q = 0; q < numQueues; q++) this.inflightRegion(area, q).check();
       this.inflightArea = area;
     } catch (e) {
@@ -617,9 +670,9 @@ export class DeviceRunner {
     }
   }
 
-  private inflightRegion(area: InflightArea, q: number): SplitInflightRegion {
-    const stride = splitInflightRegionBytes(area.queueSize);
-    return new SplitInflightRegion(area.bytes.subarray(q * stride, (q + 1) * stride), area.queueSize, q);
+  private inflightRegion(area: InflightArea, q: number): SplitInflightRegion | PackedInflightRegion {
+    const bytes = area.bytes.subarray(q * area.stride, (q + 1) * area.stride);
+    return area.packed ? new PackedInflightRegion(bytes, area.descNum, q) : new SplitInflightRegion(bytes, area.descNum, q);
   }
 
   private dropInflightArea(): void {
@@ -638,11 +691,13 @@ export class DeviceRunner {
     if (area === null) return [];
     let why: string | null = null;
     if (index >= area.numQueues) why = `the area covers ${area.numQueues} queue(s)`;
-    else if (!(q instanceof SplitQueue)) why = 'inflight tracking is implemented for split rings only, and this ring is packed';
-    else if (r.num !== area.queueSize) why = `the area was made for rings of ${area.queueSize} descriptors, this ring has ${r.num}`;
+    else if (area.packed !== q instanceof PackedQueue) why = `the area was set for ${area.packed ? 'packed' : 'split'} rings, this ring is ${area.packed ? 'split' : 'packed'}`;
+    else if (r.num > area.descNum) why = `the area tracks ${area.descNum} descriptors per queue, this ring has ${r.num}`;
     if (why === null) {
       try {
-        const { chains, recovery } = (q as SplitQueue).restoreInflight(this.inflightRegion(area, index));
+        const region = this.inflightRegion(area, index);
+        if (q instanceof PackedQueue) return this.restorePacked(index, r, q, region as PackedInflightRegion);
+        const { chains, recovery } = (q as SplitQueue).restoreInflight(region as SplitInflightRegion);
         if (recovery.clearedLastBatch > 0) this.log.info(`ring ${index}: finished an interrupted used-ring update (${recovery.clearedLastBatch} request(s) had completed)`);
         if (chains.length > 0) this.log.info(`ring ${index}: resubmitting ${chains.length} in-flight request(s) from the inflight area, oldest first`);
         if (recovery.nextAvail !== null && r.base !== undefined && recovery.nextAvail !== r.base) {
@@ -656,6 +711,19 @@ export class DeviceRunner {
     }
     this.log.error(`ring ${index}: inflight area not used: ${why}; the ring starts without resubmitting anything and without inflight tracking`);
     return [];
+  }
+
+  /** restoreInflight for a packed ring (its recovery says other things). */
+  private restorePacked(index: number, r: Vring, q: PackedQueue, region: PackedInflightRegion): DescriptorChain[] {
+    const before = r.base;
+    const { chains, recovery } = q.restoreInflight(region);
+    if (recovery.committedPush) this.log.info(`ring ${index}: finished an interrupted used-descriptor update (that request had completed)`);
+    else if (recovery.rolledBack) this.log.info(`ring ${index}: rolled back an interrupted inflight-area update`);
+    if (chains.length > 0) this.log.info(`ring ${index}: resubmitting ${chains.length} in-flight request(s) from the inflight area, oldest first`);
+    if (recovery.usedIdx !== null && before !== undefined && q.vringBase !== before) {
+      this.log.info(`ring ${index}: continuing at packed vring base 0x${q.vringBase.toString(16)} (the area's used index + in flight), not the front-end's 0x${before.toString(16)}`);
+    }
+    return chains;
   }
 
   /** Hands the chains restoreInflight took back to the device, in their order, before the ring drains. */

@@ -256,6 +256,15 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     return this.threads[0].stateRead(offset, size, section);
   }
 
+  /** A section straight to or from the state memfd (section-fd.ts): the shared store, through thread 0. */
+  stateSectionToFile(section: number, fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
+    return this.threads[0].stateSectionToFile(section, fd, fileOffset, len, crc);
+  }
+
+  stateSectionFromFile(section: number, fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
+    return this.threads[0].stateSectionFromFile(section, fd, fileOffset, len, crc);
+  }
+
   /** Sections are host-held stores every thread shares (the memory disk): loaded once, through thread 0. */
   stateBeginLoad(section: number, size: number): Promise<void> {
     return this.threads[0].stateBeginLoad(section, size);

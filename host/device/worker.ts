@@ -108,6 +108,8 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
     if (section === undefined) this.runner.stateWrite(offset, chunk);
     else this.runner.sectionWrite(section, offset, chunk);
   }
+  stateSectionToFile(section: number, fd: number, fileOffset: number, len: number, crc: number) { return this.runner.sectionToFile(section, fd, fileOffset, len, crc); }
+  stateSectionFromFile(section: number, fd: number, fileOffset: number, len: number, crc: number) { return this.runner.sectionFromFile(section, fd, fileOffset, len, crc); }
   stateFinish(section?: number) { return section === undefined ? this.runner.stateFinish() : this.runner.sectionFinish(section); }
   stateAbort(section?: number) {
     if (section === undefined) this.runner.stateAbort();

@@ -228,9 +228,11 @@ export class VhostUserFrontend {
       await conn.setProtocolFeatures((await conn.getProtocolFeatures()) & this.protocolFeatures);
       if (conn.hasProtocol(ProtocolFeature.BACKEND_REQ)) await conn.setBackendReqFd();
       await conn.setOwner();
+      // As QEMU's vhost_dev_prepare_inflight: features first, so the back-end knows the ring
+      // layout (and with it the area's format) when the area arrives.
+      await conn.setFeatures(this.features);
       const a = this.inflight;
       if (a !== null) await conn.setInflightFd(a.fd, a.size, 0, a.numQueues, a.queueSize);
-      await conn.setFeatures(this.features);
       await conn.setMemTable(this.memory.memTable());
       for (let i = 0; i < this.queues.length; i++) {
         const q = this.queues[i];
@@ -351,8 +353,17 @@ async function handshake(
   // vhost_dev_init
   await conn.setOwner();
 
+  // The features vhost_dev_start will set (the inflight area needs them first).
+  const wantIndirect = opts.indirect !== undefined && opts.indirect !== false;
+  let want = (opts.features ?? bit(VIRTIO_F_VERSION_1)) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+  if (opts.eventIdx ?? true) want |= bit(VIRTIO_F_EVENT_IDX);
+  if (wantIndirect) want |= bit(VIRTIO_F_INDIRECT_DESC);
+  const features = offered & want;
   // vhost_user_blk_start: the inflight area before the device starts
   if (opts.inflight) {
+    // vhost_dev_prepare_inflight: the features go first, so the back-end knows the ring layout
+    // (split or packed), which decides the area's format.
+    await conn.setFeatures(features);
     if (!conn.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Error('inflight: the back-end did not negotiate INFLIGHT_SHMFD');
     const got = await conn.getInflightFd(sizes.length, sizes[0]);
     if (got.fd === null) throw new Error('inflight: the back-end answered GET_INFLIGHT_FD without an area');
@@ -368,11 +379,6 @@ async function handshake(
   }
 
   // vhost_dev_start
-  const wantIndirect = opts.indirect !== undefined && opts.indirect !== false;
-  let want = (opts.features ?? bit(VIRTIO_F_VERSION_1)) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
-  if (opts.eventIdx ?? true) want |= bit(VIRTIO_F_EVENT_IDX);
-  if (wantIndirect) want |= bit(VIRTIO_F_INDIRECT_DESC);
-  const features = offered & want;
   const status = conn.hasProtocol(ProtocolFeature.STATUS);
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
   await conn.setFeatures(features);

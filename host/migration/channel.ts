@@ -126,6 +126,15 @@ export class StateWriter extends Closable implements ByteSink {
     }
   }
 
+  /** A file: the next len bytes are written by someone else (a section copying itself in); makes them exist. */
+  reserve(len: number): { fd: number; offset: number } | null {
+    if (this.kind !== 'file' || this.closed) return null;
+    const at = this.offset;
+    native.ftruncate(this.fd, at + len);
+    this.offset += len;
+    return { fd: this.fd, offset: at };
+  }
+
   /** End of data: a file is cut to what was written; then our end closes. */
   end(): void {
     if (this.closed) return;
@@ -152,14 +161,33 @@ export class StateReader extends Closable {
     }
   }
 
-  /** Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. */
-  async read(): Promise<Uint8Array | null> {
+  /** A file: where the next read starts. */
+  get position(): number {
+    return this.offset;
+  }
+
+  /** A file: bytes left to its end (as it was when the transfer began). */
+  get remaining(): number {
+    return this.kind === 'file' ? Math.max(0, this.size - this.offset) : 0;
+  }
+
+  /** A file: the next n bytes were consumed by someone else (a section copying itself out). */
+  skip(n: number): void {
+    if (this.kind !== 'file') throw new Error('a stream cannot be skipped');
+    this.offset += n;
+  }
+
+  /**
+   * Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. A file's
+   * read is at most `max` bytes (at least 1), so a caller can cut reads where its data is cut.
+   */
+  async read(max = this.chunkSize): Promise<Uint8Array | null> {
     for (;;) {
       if (this.closed) throw new Error('state channel closed');
       if (this.kind === 'file') {
         const left = this.size - this.offset;
         if (left <= 0) return null;
-        const buf = Buffer.allocUnsafe(Math.min(this.chunkSize, left));
+        const buf = Buffer.allocUnsafe(Math.min(this.chunkSize, Math.max(1, max), left));
         const n = native.pread(this.fd, buf, this.offset);
         if (n <= 0) return null; // shrank under us: the end is where the data ends
         this.offset += n;

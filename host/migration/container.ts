@@ -212,6 +212,11 @@ export function decodeHeader(b: Buffer): ContainerHeader {
 export interface ByteSink {
   /** Writes all of bytes (may keep a reference until it resolves). */
   write(bytes: Uint8Array): Promise<void>;
+  /**
+   * A file sink: makes the next `len` bytes of the file exist and skips past them, for a section
+   * that writes them itself (StateSection.copyToFile). Null when the sink is a stream.
+   */
+  reserve?(len: number): { fd: number; offset: number } | null;
 }
 
 export interface SaveResult {
@@ -240,8 +245,16 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
   for (let i = 0; i < sections.length; i++) {
     const s = sections[i];
     const len = entries[i].length;
+    if (len > 0 && s.copyToFile && sink.reserve) {
+      const at = sink.reserve(len);
+      if (at !== null) {
+        crc = await s.copyToFile(at.fd, at.offset, len, crc);
+        continue;
+      }
+    }
+    const size = s.readSize ?? chunk;
     const fetch = (off: number) => {
-      const n = Math.min(chunk, len - off);
+      const n = Math.min(size, len - off);
       return s.read(off, n).then((b) => {
         if (!(b instanceof Uint8Array) || b.length !== n) {
           throw new Error(`section ${s.name}: asked for ${n} bytes at ${off}, got ${b instanceof Uint8Array ? b.length : typeof b}`);
@@ -351,6 +364,40 @@ export class ContainerLoader {
       }
     }
     this.begun = [];
+  }
+
+  /**
+   * How many bytes the parser can use next without splitting them: the rest of the header or
+   * trailer it is waiting for, or the rest of the current section. A reader that can size its
+   * reads (a file) asks for this much, so a section's bytes arrive in buffers of their own.
+   */
+  wants(): number {
+    if (this.phase === 'payload') return this.order[this.secIndex].entry.length - this.secOffset;
+    if (this.phase === 'done') return 1 << 20;
+    return this.need - this.pendingLen;
+  }
+
+  /** The section whose bytes start next, when it can copy them from a file itself (copyFromFile); else null. */
+  directSection(): { section: StateSection; length: number } | null {
+    if (this.failed || this.phase !== 'payload' || this.secOffset !== 0) return null;
+    const { entry, section } = this.order[this.secIndex];
+    return section.copyFromFile ? { section, length: entry.length } : null;
+  }
+
+  /** The section directSection() named takes its bytes from the file at fileOffset (the caller skips them). */
+  async takeDirect(fd: number, fileOffset: number): Promise<void> {
+    const d = this.directSection();
+    if (d === null) throw new Error('takeDirect: no section can take its bytes from the file here');
+    try {
+      this.received += d.length;
+      if (this.header && this.received > this.header.totalLength) throw new StateFormatError(`section ${this.order[this.secIndex].entry.name} runs past the end of the state`);
+      this.crc = await d.section.copyFromFile!(fd, fileOffset, d.length, this.crc);
+      this.secOffset = d.length;
+      this.advanceSection();
+    } catch (e) {
+      await this.fail(e);
+      throw e;
+    }
   }
 
   private take(n: number): Buffer {

@@ -13,6 +13,23 @@ export interface StateSection {
   size(): Promise<number>;
   /** SAVE: bytes [offset, offset+len); must return exactly len bytes (offsets arrive in order). */
   read(offset: number, len: number): Promise<Uint8Array>;
+  /**
+   * SAVE: the read size this section prefers (default: the container's chunk size). Every read
+   * is one round trip to the worker and one write to the channel, so a large host-held section
+   * (a memory disk) moves in bigger pieces than a plugin's state, whose chunks must fit in its
+   * capped memory.
+   */
+  readonly readSize?: number;
+  /**
+   * SAVE, optional: writes the whole section into the file `fd` at fileOffset (the sink made
+   * the range exist) and returns the CRC-32 continued from `crc`, instead of read() calls.
+   */
+  copyToFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
+  /**
+   * LOAD, optional: takes the whole section from the file `fd` at fileOffset (after beginLoad)
+   * and returns the CRC-32 continued from `crc`, instead of write() calls.
+   */
+  copyFromFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
   /** LOAD: the section will receive `size` bytes (called before the first write). */
   beginLoad(size: number): Promise<void>;
   /** LOAD: append bytes at offset (in order, contiguous, starting at 0). Ownership of chunk passes. */
@@ -34,7 +51,7 @@ export interface WorkerStateSection {
   readonly id: number;
   readonly name: string;
   size(): number;
-  /** Exactly len bytes at offset (the runner copies them out). */
+  /** Exactly len bytes at offset; may be a view of the resource's memory (the runner copies them out). */
   read(offset: number, len: number): Uint8Array;
   /** Throw to refuse (a size that does not match this resource, ...). */
   beginLoad(size: number): void;

@@ -35,10 +35,14 @@ export function backingSection(b: Backing, id: number = STORAGE_SECTION_ID): Wor
     id,
     name: 'storage',
     size: () => b.size,
-    // A backing's read may return a view of its own memory (a memory disk returns a Buffer view of
-    // a 64 MiB chunk, and Buffer#slice is a view too): copy into a fresh ArrayBuffer, since the
-    // runner transfers the result's buffer to the main thread (which would detach the disk's).
-    read: (offset, len) => new Uint8Array(b.read(offset, len)),
+    // A memory disk's read is a view of its own memory, as a Buffer. It goes out as a plain
+    // Uint8Array view of the same bytes: the runner copies what a section returns (with
+    // Uint8Array#slice; Buffer#slice would be another view, and transferring it would detach the
+    // disk), and that is the only copy between the disk and the state fd.
+    read: (offset, len) => {
+      const v = b.read(offset, len);
+      return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    },
     beginLoad(size) {
       if (b.readOnly) throw new Error(`storage ${b.describe} is read-only here: it cannot load a disk`);
       if (size !== b.size) throw new Error(`storage is ${b.size} bytes here (${b.describe}), the state's disk is ${size} bytes`);

@@ -358,7 +358,7 @@ export class BackendSession {
         return this.memory.setLogFd(req.fd);
       case Req.GET_INFLIGHT_FD: {
         if (!this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new RequestError('GET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
-        const { reply, fd } = createInflightArea(req.inflight, this.worker.info.numQueues, this.log);
+        const { reply, fd } = createInflightArea(req.inflight, this.worker.info.numQueues, this.worker.info.maxQueueSize, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
         try {
           return await this.reply(reply, [fd]);
         } finally {
@@ -370,7 +370,7 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError('SET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
         }
-        return setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log);
+        return setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
       case Req.SET_DEVICE_STATE_FD:
         return this.state.setFd(req.params.direction, req.params.phase, req.fd);
       case Req.CHECK_DEVICE_STATE:

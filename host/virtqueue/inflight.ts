@@ -26,7 +26,7 @@ export const INFLIGHT_VERSION = 1;
 const HEADER_BYTES = 16;
 const DESC_BYTES = 16;
 /** Each queue's region starts on a 64-byte boundary (what QEMU's reference back-end uses too). */
-const REGION_ALIGN = 64;
+export const REGION_ALIGN = 64;
 
 const OFF_FEATURES = 0;
 const OFF_VERSION = 8;
@@ -46,6 +46,10 @@ export function splitInflightRegionBytes(queueSize: number): number {
 export function splitInflightAreaBytes(numQueues: number, queueSize: number): number {
   return numQueues * splitInflightRegionBytes(queueSize);
 }
+
+/** Both region formats keep version and desc_num at these offsets of their header. */
+export const INFLIGHT_VERSION_OFFSET = 8;
+export const INFLIGHT_DESC_NUM_OFFSET = 10;
 
 /** A region that fails its checks; the message says which field and what it should be. */
 export class InflightAreaError extends VhostWasmError {
@@ -153,8 +157,11 @@ export class SplitInflightRegion {
    * update, initialises a fresh region, and answers what to resubmit. Throws
    * InflightAreaError (changing nothing) when the region contradicts the ring.
    */
-  recover(ringUsedIdx: number, ringAvailIdx: number): InflightRecovery {
+  recover(ringUsedIdx: number, ringAvailIdx: number, ringSize: number = this.size): InflightRecovery {
     this.check();
+    if (ringSize > this.size) {
+      throw new InflightAreaError(`queue ${this.queue}: the inflight region tracks ${this.size} descriptors, the ring has ${ringSize}`);
+    }
     if (this.version === 0) {
       // Fresh: nothing was ever tracked here. Start clean, whatever the bytes were.
       this.bytes.fill(0, HEADER_BYTES, HEADER_BYTES + DESC_BYTES * this.size);
@@ -171,9 +178,9 @@ export class SplitInflightRegion {
     if (behind !== 0) {
       // The back-end died after publishing `behind` used elements and before recording it:
       // those heads are in the list at last_batch_head and are no longer in flight.
-      if (behind > this.size) {
+      if (behind > ringSize) {
         throw new InflightAreaError(
-          `queue ${this.queue}: the used ring's idx ${ringUsedIdx} is ${behind} ahead of the inflight region's used_idx ${this.usedIdx}, more than the ring's ${this.size} descriptors`,
+          `queue ${this.queue}: the used ring's idx ${ringUsedIdx} is ${behind} ahead of the inflight region's used_idx ${this.usedIdx}, more than the ring's ${ringSize} descriptors`,
         );
       }
       let h = this.lastBatchHead;
@@ -184,6 +191,10 @@ export class SplitInflightRegion {
     }
     const heads: number[] = [];
     for (let i = 0; i < this.size; i++) if (this.isInflight(i) && !batch.includes(i)) heads.push(i);
+    // The region may track more descriptors than this ring has (see runner.setInflight): a
+    // head beyond the ring is no request of it.
+    const beyond = heads.find((h) => h >= ringSize);
+    if (beyond !== undefined) throw new InflightAreaError(`queue ${this.queue}: the inflight region marks descriptor ${beyond} in flight, beyond the ring's ${ringSize}`);
     heads.sort((a, b) => this.counterOf(a) - this.counterOf(b));
     const published = (ringAvailIdx - ringUsedIdx) & 0xffff;
     if (heads.length > published) {

@@ -32,6 +32,8 @@ import {
 } from './layout.ts';
 import { QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
+import type { PackedInflightRecovery, PackedInflightRegion, RecordedDescriptor } from './inflight-packed.ts';
+import { InflightAreaError } from './inflight.ts';
 
 export interface PackedVringBase {
   /** Next ring slot the device will examine for an available descriptor. */
@@ -125,6 +127,8 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
   private signalledPos: number;
   /** Used slots advanced since the last needsNotification (to detect > one position space). */
   private usedSinceSignal = 0;
+  /** The inflight area's region (INFLIGHT_SHMFD): pop copies each chain's descriptors there. */
+  private inflightRegion: PackedInflightRegion | null = null;
 
   constructor(cfg: PackedQueueConfig) {
     if (!isValidPackedQueueSize(cfg.size)) {
@@ -280,6 +284,7 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     let p = pos + n;
     if (p >= this.span) p -= this.span;
     this.availPos = p;
+    if (this.inflightRegion !== null) this.inflightRegion.stage(dv, first, n);
     this.track(id, chain);
     return chain;
   }
@@ -305,6 +310,7 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     let p = pos + chain.descCount;
     if (p >= this.span) p -= this.span;
     this.usedPos = p;
+    if (this.recorder !== null) this.recorder.usedEnd(id, p < size ? p : p - size);
     this.usedSinceSignal += chain.descCount;
     this.logRing(this.descGpa + o + 8, 8);
   }
@@ -349,6 +355,59 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     this.check();
     const cur = this.deviceEventShadow < 0 ? 0 : this.deviceEventShadow & 0xffff;
     this.storeDeviceEvent(cur | (RING_EVENT_FLAGS_DISABLE << 16));
+  }
+
+  /**
+   * Ring start with an inflight area (INFLIGHT_SHMFD): recovers `region` against the
+   * descriptor ring, continues at the used index it recorded (the front-end's SET_VRING_BASE
+   * after a crash cannot know it) with the avail index past the slots still in flight, takes
+   * those requests again, oldest first, rebuilt from the descriptors the region copied when
+   * they were popped (their ring slots may hold anything by now), and records every later pop
+   * and push there. The caller processes the returned chains before anything new. Throws
+   * InflightAreaError (the queue then records nothing) when the region contradicts itself or
+   * the ring, and QueueFault when a recorded chain is no valid chain.
+   */
+  restoreInflight(region: PackedInflightRegion): { chains: PackedDescriptorChain[]; recovery: PackedInflightRecovery } {
+    this.check();
+    if (this.inFlight !== 0) throw new Error(`virtqueue ${this.index}: inflight area attached after requests were popped`);
+    const size = this.size;
+    const recovery = region.recover((slot) => Atomics.load(this.ring16, 8 * slot + 7), this.nextUsed, this.usedWrapCounter, size);
+    if (recovery.usedIdx !== null) {
+      const used = packedPosition(recovery.usedIdx, recovery.usedWrap, size);
+      let avail = used + recovery.ownedSlots;
+      if (avail >= this.span) avail -= this.span;
+      this.usedPos = used;
+      this.signalledPos = used;
+      this.availPos = avail;
+    }
+    const chains: PackedDescriptorChain[] = [];
+    for (const r of recovery.requests) {
+      const chain = this.rebuild(r.id, r.descriptors);
+      this.track(r.id, chain);
+      chains.push(chain);
+    }
+    // Set only now: track() above must not record the resubmitted chains as new pops.
+    this.recorder = region;
+    this.inflightRegion = region;
+    return { chains, recovery };
+  }
+
+  /** A chain from descriptors the inflight region recorded (availIndex -1: its slots are unknown now). */
+  private rebuild(id: number, descs: RecordedDescriptor[]): PackedDescriptorChain {
+    const chain: PackedDescriptorChain = { head: id, availIndex: -1, readable: [], writable: [], readableLen: 0, writableLen: 0, writableRanges: [], descCount: descs.length };
+    const fail = this.walkFail;
+    this.walkFirst = -1;
+    for (let k = 0; k < descs.length; k++) {
+      const d = descs[k];
+      this.walkSlot = k;
+      if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirectDesc) fail(`resubmitted buffer ${id}: descriptor ${k} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`);
+        walkIndirect(this.memory, chain, indirectTable(this.memory, d.addrLo, d.addrHi, d.len, fail), k, fail);
+      } else {
+        appendBuffer(this.memory, chain, d.addrLo, d.addrHi, d.len, (d.flags & VIRTQ_DESC_F_WRITE) !== 0, k, -1, fail);
+      }
+    }
+    return chain;
   }
 
   private storeDeviceEvent(v: number): void {

@@ -245,7 +245,7 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
   restoreInflight(region: SplitInflightRegion): { chains: DescriptorChain[]; recovery: InflightRecovery } {
     this.check();
     if (this.inFlight !== 0) throw new Error(`virtqueue ${this.index}: inflight area attached after requests were popped`);
-    const recovery = region.recover(this.nextUsedIdx, Atomics.load(this.avail, 1));
+    const recovery = region.recover(this.nextUsedIdx, Atomics.load(this.avail, 1), this.size);
     if (recovery.nextAvail !== null) {
       this.nextAvailIdx = recovery.nextAvail;
       this.shadowAvail = recovery.nextAvail;

@@ -17,6 +17,8 @@ export interface NullDeviceOptions {
   throwOnProcess?: boolean;
   /** Answer with more bytes than the writable space (validation tests). */
   overflow?: boolean;
+  /** getState answers with a Buffer view of state the device keeps (as a device may). */
+  stateView?: boolean;
 }
 
 /**
@@ -41,6 +43,7 @@ const factory: DeviceFactory = (raw) => {
   const config = new Uint8Array(16);
   new DataView(config.buffer).setUint32(0, 0xc0ffee, true);
   let processed = 0;
+  const kept = Buffer.alloc(8);
   const dev: VirtioDevice = {
     info: {
       deviceId: 2,
@@ -84,9 +87,9 @@ const factory: DeviceFactory = (raw) => {
       });
     },
     getState: (offset, size) => {
-      const all = new Uint8Array(8);
-      new DataView(all.buffer).setUint32(0, processed, true);
-      const bytes = all.slice(offset, offset + size);
+      const all = o.stateView ? kept : new Uint8Array(8);
+      new DataView(all.buffer, all.byteOffset).setUint32(0, processed, true);
+      const bytes = o.stateView ? kept.subarray(offset, offset + size) : all.slice(offset, offset + size);
       return { bytes, remaining: Math.max(0, all.length - offset - bytes.length) };
     },
     setState: () => {},
