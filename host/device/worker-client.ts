@@ -273,7 +273,9 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   /** The device's own state goes into every instance (each gets its own copy: a chunk's buffer is moved to its thread). */
   async stateWrite(offset: number, chunk: Uint8Array, section?: number): Promise<void> {
     if (section !== undefined || this.threads.length === 1) return this.threads[0].stateWrite(offset, chunk, section);
-    const copies = this.threads.map((_, k) => (k === 0 ? chunk : chunk.slice()));
+    // Uint8Array's slice, not the chunk's own: a Buffer's slice is a view of the same memory,
+    // and moving it to a second thread would detach the first thread's chunk.
+    const copies = this.threads.map((_, k) => (k === 0 ? chunk : Uint8Array.prototype.slice.call(chunk)));
     await this.every('a device state chunk', (t, k) => t.stateWrite(offset, copies[k]));
   }
 
