@@ -4,7 +4,7 @@
 // --help says. The last test is the point of it all: a guest looks up 100,000 files through
 // the fs plugin in a real host process whose hard fd limit is 4,096.
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { E } from '../host/fs/share.ts';
 import { native } from '../host/native/index.ts';
 import { ensureFdBudget } from '../host/resources/fd-budget.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
-import { REPO } from './helpers/host-process.ts';
+import { assertBuilt, BIN, REPO } from './helpers/host-process.ts';
 import { startMultiHost, stableFdCount } from './helpers/multi-host.ts';
 import { FuseClient, nodeOf } from './helpers/fuse.ts';
 
@@ -145,6 +145,14 @@ test('mandatory refuses a filesystem without file handles; prefer falls back to 
   val(s.lookup(val(s.root()).node, enc('file')));
   t.is(s.openFds, 2);
   t.throws(() => new FsShare(f.share, { inodeFileHandles: 'sometimes' as 'never' }), { message: /inode-file-handles must be/ });
+});
+
+test('the CLI: --inode-file-handles=mandatory on a filesystem without handles stops start-up with the reason', (t) => {
+  assertBuilt();
+  const r = spawnSync(process.execPath, [BIN, '--socket-path', join(tmpdir(), `fh-${process.pid}.sock`), '--plugin', join(REPO, 'dist', 'plugins', 'fs.wasm'),
+    '--shared-dir', '/proc', '--read-only', '--inode-file-handles', 'mandatory'], { encoding: 'utf8', timeout: 20_000 });
+  t.is(r.status, 1);
+  t.regex(r.stderr, /ERROR vhost-wasm: --inode-file-handles=mandatory, but file handles do not work on \/proc: name_to_handle_at: (ENOTSUP|EOPNOTSUPP) \(the filesystem has no file handles\)/);
 });
 
 test('a guest looks up 100,000 files through the fs plugin under a 4,096-fd hard limit: every one works', async (t) => {
