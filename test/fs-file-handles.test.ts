@@ -75,6 +75,22 @@ test('prefer: looked-up inodes hold no fd, and every operation works through the
   t.is(ownFds(), before);
 });
 
+test('with handles, fds are spent only by open files: past the cap an OPEN answers ENFILE, lookups go on', (t) => {
+  const f = fixture();
+  for (let i = 0; i < 5; i++) writeFileSync(join(f.share, `o${i}`), `${i}`);
+  const s = new FsShare(f.share, { maxHandles: 3 });
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const nodes = [0, 1, 2, 3, 4].map((i) => val(s.lookup(root, enc(`o${i}`))).node);
+  const open = nodes.slice(0, 3).map((n) => val(s.open(n, 0)));
+  t.is(s.openFds, 3);
+  t.is(errno(s.open(nodes[3], 0)), E.ENFILE, 'the fourth open file');
+  t.is(val(s.lookup(root, enc('o4'))).attr.size, 1n, 'a lookup needs no fd to keep');
+  t.is(val(s.getattr(nodes[4])).size, 1n);
+  s.closeHandle(open[0]);
+  t.is(Buffer.from(val(s.read(val(s.open(nodes[3], 0)), 0n, 8))).toString(), '3', 'an fd given back can be used again');
+});
+
 for (const [fsName, base] of [['ext4 (/tmp)', tmpdir()], ['tmpfs (/dev/shm)', '/dev/shm']] as const) {
   test(`${fsName}: a deleted file's handle answers ESTALE or ENOENT, never another file, even when its inode number is reused`, (t) => {
     const f = fixture(base);
