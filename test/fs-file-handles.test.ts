@@ -75,6 +75,20 @@ test('prefer: looked-up inodes hold no fd, and every operation works through the
   t.is(ownFds(), before);
 });
 
+test('a file the guest unlinked while it holds it open keeps its attributes through the node (nlink 0), ESTALE once closed', (t) => {
+  const f = fixture();
+  const s = new FsShare(f.share);
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const node = val(s.lookup(root, enc('file'))).node;
+  const fh = val(s.open(node, 0));
+  val(s.unlink(root, enc('file')));
+  t.is(val(s.getattr(node)).nlink, 0, 'the temp-file pattern: open, unlink, fstat');
+  t.is(Buffer.from(val(s.read(fh, 0n, 16))).toString(), 'inside');
+  s.closeHandle(fh);
+  t.is(errno(s.getattr(node)), E.ESTALE);
+});
+
 test('with handles, fds are spent only by open files: past the cap an OPEN answers ENFILE, lookups go on', (t) => {
   const f = fixture();
   for (let i = 0; i < 5; i++) writeFileSync(join(f.share, `o${i}`), `${i}`);
