@@ -43,3 +43,15 @@ test('--xattr (virtiofsd\'s spelling) needs --shared-dir; off by default', (t) =
   t.throws(() => parseCli([...base, '--xattr']), { instanceOf: UsageError, message: /--xattr applies to --shared-dir/ });
   t.regex(HELP, /--xattr .*\n.*trusted\. and security\. are refused/s);
 });
+
+test('--inode-file-handles never|prefer|mandatory (virtiofsd\'s spelling, default prefer) needs --shared-dir', (t) => {
+  t.like(parseCli([...base, '--shared-dir', '/s', '--inode-file-handles', 'mandatory']).filesystem, { dir: '/s', inodeFileHandles: 'mandatory' });
+  t.like(parseCli([...base, '--shared-dir', '/s', '--inode-file-handles=never']).filesystem, { inodeFileHandles: 'never' });
+  t.is(parseCli([...base, '--shared-dir', '/s']).filesystem?.inodeFileHandles, undefined, 'unset: the share prefers handles');
+  t.throws(() => parseCli([...base, '--shared-dir', '/s', '--inode-file-handles', 'always']), {
+    instanceOf: UsageError,
+    message: /--inode-file-handles: "always" is not one of never, prefer, mandatory/,
+  });
+  t.throws(() => parseCli([...base, '--inode-file-handles', 'never']), { instanceOf: UsageError, message: /applies to --shared-dir/ });
+  t.regex(HELP, /--inode-file-handles never\|prefer\|mandatory\n.*CAP_DAC_READ_SEARCH/s);
+});

@@ -4,7 +4,7 @@
 // --help says. The last test is the point of it all: a guest looks up 100,000 files through
 // the fs plugin in a real host process whose hard fd limit is 4,096.
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { E } from '../host/fs/share.ts';
 import { native } from '../host/native/index.ts';
 import { ensureFdBudget } from '../host/resources/fd-budget.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
-import { REPO } from './helpers/host-process.ts';
+import { assertBuilt, BIN, REPO } from './helpers/host-process.ts';
 import { startMultiHost, stableFdCount } from './helpers/multi-host.ts';
 import { FuseClient, nodeOf } from './helpers/fuse.ts';
 
@@ -73,6 +73,36 @@ test('prefer: looked-up inodes hold no fd, and every operation works through the
   t.is(s.openFds, 0);
   for (const n of nodes) s.closeHandle(n.node);
   t.is(ownFds(), before);
+});
+
+test('a file the guest unlinked while it holds it open keeps its attributes through the node (nlink 0), ESTALE once closed', (t) => {
+  const f = fixture();
+  const s = new FsShare(f.share);
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const node = val(s.lookup(root, enc('file'))).node;
+  const fh = val(s.open(node, 0));
+  val(s.unlink(root, enc('file')));
+  t.is(val(s.getattr(node)).nlink, 0, 'the temp-file pattern: open, unlink, fstat');
+  t.is(Buffer.from(val(s.read(fh, 0n, 16))).toString(), 'inside');
+  s.closeHandle(fh);
+  t.is(errno(s.getattr(node)), E.ESTALE);
+});
+
+test('with handles, fds are spent only by open files: past the cap an OPEN answers ENFILE, lookups go on', (t) => {
+  const f = fixture();
+  for (let i = 0; i < 5; i++) writeFileSync(join(f.share, `o${i}`), `${i}`);
+  const s = new FsShare(f.share, { maxHandles: 3 });
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const nodes = [0, 1, 2, 3, 4].map((i) => val(s.lookup(root, enc(`o${i}`))).node);
+  const open = nodes.slice(0, 3).map((n) => val(s.open(n, 0)));
+  t.is(s.openFds, 3);
+  t.is(errno(s.open(nodes[3], 0)), E.ENFILE, 'the fourth open file');
+  t.is(val(s.lookup(root, enc('o4'))).attr.size, 1n, 'a lookup needs no fd to keep');
+  t.is(val(s.getattr(nodes[4])).size, 1n);
+  s.closeHandle(open[0]);
+  t.is(Buffer.from(val(s.read(val(s.open(nodes[3], 0)), 0n, 8))).toString(), '3', 'an fd given back can be used again');
 });
 
 for (const [fsName, base] of [['ext4 (/tmp)', tmpdir()], ['tmpfs (/dev/shm)', '/dev/shm']] as const) {
@@ -145,6 +175,14 @@ test('mandatory refuses a filesystem without file handles; prefer falls back to 
   val(s.lookup(val(s.root()).node, enc('file')));
   t.is(s.openFds, 2);
   t.throws(() => new FsShare(f.share, { inodeFileHandles: 'sometimes' as 'never' }), { message: /inode-file-handles must be/ });
+});
+
+test('the CLI: --inode-file-handles=mandatory on a filesystem without handles stops start-up with the reason', (t) => {
+  assertBuilt();
+  const r = spawnSync(process.execPath, [BIN, '--socket-path', join(tmpdir(), `fh-${process.pid}.sock`), '--plugin', join(REPO, 'dist', 'plugins', 'fs.wasm'),
+    '--shared-dir', '/proc', '--read-only', '--inode-file-handles', 'mandatory'], { encoding: 'utf8', timeout: 20_000 });
+  t.is(r.status, 1);
+  t.regex(r.stderr, /ERROR vhost-wasm: --inode-file-handles=mandatory, but file handles do not work on \/proc: name_to_handle_at: (ENOTSUP|EOPNOTSUPP) \(the filesystem has no file handles\)/);
 });
 
 test('a guest looks up 100,000 files through the fs plugin under a 4,096-fd hard limit: every one works', async (t) => {

@@ -35,7 +35,10 @@ function checkStorage(spec: StorageSpec | null): StorageSpec | null {
  * path a start-up error, before any worker or socket exists. */
 function checkSharedDir(spec: FilesystemSpec): FilesystemSpec {
   const dir = resolve(spec.dir);
-  new FsShare(dir, { readOnly: spec.readOnly, tag: spec.tag }).close();
+  // mandatory file handles that do not work here stop start-up too; prefer's fallback is
+  // logged once, by the worker that opens the share for real.
+  const inodeFileHandles = spec.inodeFileHandles === 'mandatory' ? 'mandatory' : 'never';
+  new FsShare(dir, { readOnly: spec.readOnly, tag: spec.tag, inodeFileHandles }).close();
   return { ...spec, dir };
 }
 

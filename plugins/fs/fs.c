@@ -572,7 +572,10 @@ void fs_load_begin(uint32_t count) {
    * stays with the allocator) instead of in the allocator's small steps: in V8 each
    * memory.grow costs up to a millisecond once the memory is large, and a million inodes
    * would take thousands of them inside the load's calls. */
-  if (count > INODE_PAGE) free(malloc((size_t)count * (sizeof(fs_inode) + 40)));
+  if (count > INODE_PAGE) {
+    void *volatile grown = malloc((size_t)count * (sizeof(fs_inode) + 40)); /* volatile: not elided */
+    free(grown);
+  }
   load_high = FUSE_ROOT_ID;
   load_unordered = 0;
 }

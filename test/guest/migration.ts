@@ -65,6 +65,8 @@ export interface MigrationOptions {
    * ack 20 s, then the script's end (GUEST-EXIT) on the destination 60 s.
    */
   timeoutMs?: number;
+  /** Boot to `migrateWhen` (default 60 s; a script that first walks a large tree needs more). */
+  bootTimeoutMs?: number;
   migrationTimeoutMs?: number;
   ackTimeoutMs?: number;
   finishTimeoutMs?: number;
@@ -317,7 +319,7 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRes
 
     // Phase 1: the source boots and reaches the chosen moment.
     const when = matcher(opts.migrateWhen);
-    const reached = await waitUntil(() => when(src.output()), left(60_000), () => !src.alive() || !dst.alive());
+    const reached = await waitUntil(() => when(src.output()), left(opts.bootTimeoutMs ?? 60_000), () => !src.alive() || !dst.alive());
     timings.bootMs = Math.round(performance.now() - started);
     if (!reached) {
       verdict = 'source-failed';
