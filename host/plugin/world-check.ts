@@ -1,6 +1,7 @@
 // Reads the world a component was built against (as wasm-tools prints it) and says, in
 // words a plugin author can act on, what does not match this host.
 import { DEVICE_INTERFACE, IMPORTABLE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { isWasiImport, wasiImportsProblem } from './wasi-refusal.ts';
 
 export interface WorldItems {
   imports: string[];
@@ -32,12 +33,12 @@ export function checkWorld(items: WorldItems): string[] {
         : `does not export ${DEVICE_INTERFACE} (exports: ${items.exports.join(', ') || 'nothing'})`,
     );
   }
+  const wasi = wasiImportsProblem(items.imports.filter(isWasiImport));
+  if (wasi) problems.push(wasi);
   for (const imp of items.imports) {
     const ok = IMPORTABLE.some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
-    if (ok) continue;
-    if (imp.startsWith('wasi:')) {
-      problems.push(`imports ${imp}: plugins get no WASI (link without stdio/files, see docs/plugin-abi.md)`);
-    } else if (imp.startsWith(ownPrefix)) {
+    if (ok || isWasiImport(imp)) continue;
+    if (imp.startsWith(ownPrefix)) {
       problems.push(`imports ${imp}, which this host (${WIT_PACKAGE}@${WIT_VERSION}) does not provide`);
     } else {
       problems.push(`imports ${imp}, which this host does not provide`);

@@ -50,6 +50,34 @@ function writeAtomic(file, data) {
   renameSync(tmp, file);
 }
 
+/**
+ * A tsconfig.json for an editor in plugin folder `dir` (the build itself type-checks with
+ * typeCheck's settings, which this mirrors), pointing at this SDK by absolute path. Written
+ * only when the folder has none.
+ */
+export function writeEditorConfig(dir) {
+  const file = join(dir, 'tsconfig.json');
+  if (existsSync(file)) return false;
+  const config = {
+    compilerOptions: {
+      target: 'ES2022',
+      module: 'ESNext',
+      moduleResolution: 'Bundler',
+      strict: true,
+      noEmit: true,
+      allowImportingTsExtensions: true,
+      noFallthroughCasesInSwitch: true,
+      types: [],
+      lib: ['ES2022'],
+      paths: { [SDK_SPECIFIER]: [join(here, 'index.ts')] },
+    },
+    include: ['**/*.ts'],
+    files: [join(here, 'engine.d.ts'), join(here, 'bindings', 'virtio-device.d.ts')],
+  };
+  writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
+  return true;
+}
+
 /** tsc over the plugin and the SDK; throws with the diagnostics. */
 async function typeCheck(sources) {
   const ts = (await import('typescript')).default;
