@@ -54,7 +54,7 @@ Where to listen (exactly one):
   --fd FD                 serve an already-listening Unix socket inherited as fd FD
 
 The device:
-  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.1.0)
+  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
 
 Capabilities granted to the plugin (it sees nothing else):

@@ -3,6 +3,7 @@
 // function that throws, which surfaces as a trap in the plugin call that used it.
 import { WIT_LOG_LEVELS } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
+import type { BackingTable } from '../io/backing-table.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
@@ -21,6 +22,11 @@ export interface PluginGrants {
   allowUnusedStorage?: boolean;
   /** The directory tree behind `filesystem` (--shared-dir); the caller closes it. */
   filesystem?: FsShare;
+  /**
+   * The device's backing table (host/io/backing-table.ts): `filesystem.backing(handle)`
+   * registers an open file here and unregisters it when the file is closed.
+   */
+  backings?: BackingTable;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
   /** The device's log budget, kept across fresh instances of it (default: one per instance). */

@@ -29,9 +29,11 @@ export function checkWorld(items: WorldItems): string[] {
     const other = items.exports.find((e) => e.startsWith(`${ownPrefix}device@`));
     problems.push(
       other
-        ? `exports ${other} but this host speaks ${DEVICE_INTERFACE} (rebuild against wit/ version ${WIT_VERSION})`
+        ? `this plugin is built for ${WIT_PACKAGE}@${other.slice(`${ownPrefix}device@`.length)}; this host speaks @${WIT_VERSION}: rebuild it against wit/ (docs/plugin-abi.md, "Migrating from 0.1.0")`
         : `does not export ${DEVICE_INTERFACE} (exports: ${items.exports.join(', ') || 'nothing'})`,
     );
+    // One message says it all: every import of an older plugin names its version too.
+    if (other) return problems;
   }
   const wasi = wasiImportsProblem(items.imports.filter(isWasiImport));
   if (wasi) problems.push(wasi);

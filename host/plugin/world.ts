@@ -2,7 +2,7 @@
 // in jco's generated glue. Kept in one place so a WIT version bump is one edit here.
 
 export const WIT_PACKAGE = 'vhost:device';
-export const WIT_VERSION = '0.1.0';
+export const WIT_VERSION = '0.2.0';
 export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
 
 /** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
@@ -17,7 +17,7 @@ export const DEVICE_FUNCTIONS = [
   'writeConfig',
   'activate',
   'reset',
-  'process',
+  'handle',
   'getState',
   'setState',
   'finishLoad',

@@ -129,7 +129,10 @@ export class FileBacking implements Backing {
   }
 
   private fail(op: string, offset: number, len: number, e: unknown): never {
-    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`);
+    // The errno travels with the error: a device answers a failed I/O by it (WIT io-failure).
+    const name = (e as NodeJS.ErrnoException)?.code ?? (e instanceof Error ? e.message : '');
+    const errno = (osConstants.errno as Record<string, number>)[name];
+    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, errno === undefined ? undefined : { details: { errno } });
   }
 
   private preadAll(buf: Buffer, position: number): void {

@@ -17,7 +17,7 @@
 //   VHOST_WASM_TEST_SEED          pattern seed (default 1)
 //   VHOST_WASM_TEST_EXTRA_SECTION_BYTES  if set, a host-held-resource-style worker section
 //                                 "scratch" (id 0x100) of that many pattern bytes (seed + 1000)
-import type { DeviceFactory, DeviceRequest, DeviceResponse, StateChunk, VirtioDevice } from '../../host/device/device.ts';
+import type { DeviceAction, DeviceEvent, DeviceFactory, StateChunk, VirtioDevice } from '../../host/device/device.ts';
 import type { WorkerStateSection } from '../../host/migration/section.ts';
 
 const HEADER = 32;
@@ -136,6 +136,8 @@ const factory: DeviceFactory = () => {
       maxQueueSize: 256,
       features: 0n,
       configSize: 8,
+      prefixLen: 4096,
+      queuesIndependent: false,
     },
     readConfig: (offset, size) => new Uint8Array(8).slice(offset, offset + size),
     writeConfig: () => {},
@@ -144,20 +146,19 @@ const factory: DeviceFactory = () => {
       processed = 0;
       resetLoad();
     },
-    process(_q: number, reqs: readonly DeviceRequest[]): DeviceResponse[] {
-      return reqs.map((r) => {
-        const out = Buffer.alloc(r.writableLen);
-        if (out.length >= 8) out.writeBigUInt64LE(BigInt(processed), 0);
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
+      const out: DeviceAction[] = [];
+      for (const e of events) {
+        if (e.kind !== 'request') continue;
+        const r = e.request;
+        // The request count so far, then the readable bytes it sees (its prefix) echoed.
+        const head = Buffer.alloc(Math.min(8, r.writableLen));
+        if (head.length === 8) head.writeBigUInt64LE(BigInt(processed), 0);
         processed++;
-        let off = 8;
-        for (const b of r.readable) {
-          if (off >= out.length) break;
-          const n = Math.min(b.length, out.length - off);
-          out.set(b.subarray(0, n), off);
-          off += n;
-        }
-        return { data: out.subarray(0, Math.min(Math.max(off, 8), out.length)) };
-      });
+        const echo = r.prefix.subarray(0, Math.max(0, Math.min(r.prefix.length, r.writableLen - 8)));
+        out.push({ kind: 'answer', answer: { id: r.id, transfers: [], ops: [], reply: [{ kind: 'bytes', bytes: head }, { kind: 'bytes', bytes: echo }], lengthAt: null, barrier: false } });
+      }
+      return out;
     },
     getState(offset: number, size: number): StateChunk {
       const total = HEADER + patternLen;
