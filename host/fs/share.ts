@@ -249,6 +249,11 @@ export class FsShare {
     return this.slot(h, 'file')?.fd ?? -1;
   }
 
+  /** The fd of open-file handle `h`, or -1: for filesystem.backing (host/fs/file-backings.ts). The share keeps owning it. */
+  openFileFd(h: bigint): number {
+    return this.fileFd(h);
+  }
+
   private stat(fd: number): FsResult<Attr> {
     const b = this.statBuf;
     const r = native.fsStat(fd, b);

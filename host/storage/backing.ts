@@ -11,6 +11,11 @@ export interface Backing {
   /** What the operator gave (a path or memory:SIZE), for messages. */
   readonly describe: string;
   /**
+   * The logical block size a device should advertise (512 or 4096): I/O aligned to it never
+   * needs a bounce buffer (--direct) and matches a block device's sectors (storage.block-size).
+   */
+  readonly blockSize: number;
+  /**
    * `len` bytes at `offset`. The result may be a view of an internal buffer that the next
    * call reuses: the caller copies it out (the glue copies it into the plugin) first.
    */

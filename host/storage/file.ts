@@ -83,7 +83,11 @@ export class FileBacking implements Backing {
     private readonly log: (message: string) => void,
   ) {
     this.fd = fd;
+    // What direct I/O (or the block device) aligns to; a buffered file takes anything.
+    this.blockSize = Math.max(ioAlign, fallocAlign) >= 4096 ? 4096 : 512;
   }
+
+  readonly blockSize: number;
 
   /** Opens `path`; every way it can fail says which file and why. */
   static open(path: string, readOnly: boolean, options: FileBackingOptions = {}): FileBacking {

@@ -41,16 +41,29 @@
 #define ERANGE 34
 #define E2BIG 7
 #define ENOSYS 38
+#define ENAMETOOLONG 36
+#define EROFS 30
 #define EPROTO 71
 #define EPERM 1
 #define EEXIST 17
 
+#define O_ACCMODE 3
 #define O_CREAT 0100
 #define O_EXCL 0200
 #define O_NOCTTY 0400
 #define O_DIRECTORY 0200000
 
 #define MAX_WRITE (128 * 1024)
+/*
+ * What the plugin sees of each request (the most a device may ask for). The in-header and
+ * every op struct are far smaller; the rest is for what follows them: names (NAME_MAX 255),
+ * symlink targets, xattr names and values, forget lists. A request whose arguments reach
+ * past it is answered ENAMETOOLONG (a name) or E2BIG (an xattr value): with the 40-byte
+ * header, a symlink's name and target share 4056 bytes, an xattr value gets what its name
+ * leaves of them. FUSE_WRITE's payload is never read from here: it goes to the file by a
+ * transfer from the byte after fuse_write_in.
+ */
+#define FS_PREFIX_LEN 4096
 #define MAX_INODES (1u << 20)
 #define MAX_FILES (1u << 16)
 #define HASH_BUCKETS 4096
@@ -490,6 +503,15 @@ typedef struct reply {
   uint32_t len, cap;
   uint64_t unique;
   int32_t error; /* 0 or -errno, written by reply_finish */
+  /* FUSE_READ: rd_len bytes of backing rd_backing from rd_offset follow the header,
+   * read by the host straight into the guest's buffers. */
+  int read;
+  uint32_t rd_backing, rd_len;
+  uint64_t rd_offset;
+  /* FUSE_WRITE: readable bytes [wr_source, wr_source + wr_len) go to the backing. */
+  int write;
+  uint32_t wr_source, wr_backing, wr_len;
+  uint64_t wr_offset;
 } reply;
 
 /* Reserve `n` payload bytes after the header; NULL if the guest's buffer is too small. */
@@ -503,6 +525,7 @@ static void *reply_alloc(reply *r, uint32_t n) {
 }
 
 static void reply_error(reply *r, uint32_t err) {
+  r->read = r->write = 0;
   free(r->buf);
   r->buf = NULL;
   r->len = 0;
@@ -515,7 +538,8 @@ static void reply_error(reply *r, uint32_t err) {
 
 static void reply_finish(reply *r) {
   if (!r->buf) return;
-  struct fuse_out_header h = {.len = r->len, .error = r->error, .unique = r->unique};
+  /* A read's header counts its data; the host rewrites len when the read comes back short. */
+  struct fuse_out_header h = {.len = r->len + (r->read ? r->rd_len : 0), .error = r->error, .unique = r->unique};
   memcpy(r->buf, &h, sizeof h);
 }
 
@@ -596,7 +620,8 @@ static void reply_new_entry(reply *r, uint32_t err, const vfs_entry *e, uint64_t
 
 typedef struct args {
   const uint8_t *p;
-  size_t len;
+  size_t len;  /* bytes left that the plugin sees (inside the prefix) */
+  size_t more; /* bytes of the request after those (past the prefix: never seen) */
 } args;
 
 static const void *take(args *a, size_t n) {
@@ -612,7 +637,7 @@ static const void *take(args *a, size_t n) {
   type var;                                \
   do {                                     \
     const void *src_ = take(a, sizeof var); \
-    if (!src_) return reply_error(r, EINVAL); \
+    if (!src_) return reply_error(r, (a)->more ? E2BIG : EINVAL); \
     memcpy(&var, src_, sizeof var);        \
   } while (0)
 
@@ -630,7 +655,7 @@ static const uint8_t *take_name(args *a, size_t *len) {
 #define NAME(a, var, lenvar)                    \
   size_t lenvar;                                \
   const uint8_t *var = take_name(a, &lenvar);   \
-  if (!var) return reply_error(r, EINVAL)
+  if (!var) return reply_error(r, (a)->more ? ENAMETOOLONG : EINVAL)
 
 /* A node id the guest holds that a migration could not find again (no host handle): EIO. */
 #define INODE(id, var)                          \
@@ -842,20 +867,37 @@ static void op_readlink(reply *r, uint64_t nodeid) {
   if (o) memcpy(o, buf, n);
 }
 
+/* The backing index of an open file, asked of the host once per open. */
+static uint32_t file_backing(fs_file *f, uint32_t *out) {
+  if (!f->backing) {
+    uint32_t b = 0;
+    uint32_t err = vfs_backing(f->handle, &b);
+    if (err) return err;
+    f->backing = b + 1;
+  }
+  *out = f->backing - 1;
+  return 0;
+}
+
 static void op_read(reply *r, args *a) {
   TAKE(a, struct fuse_read_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
   if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
-  uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
+  uint32_t backing;
+  uint32_t err = file_backing(f, &backing);
+  if (err) return reply_error(r, err);
+  if (!reply_or_erange(r, 0)) return;
+  uint32_t room = r->cap - (uint32_t)sizeof(struct fuse_out_header);
   uint32_t want = in.size < room ? in.size : room;
   if (want > 1024 * 1024) want = 1024 * 1024;
-  uint8_t *o = reply_or_erange(r, want);
-  if (!o) return;
-  uint32_t got = 0;
-  uint32_t err = vfs_read(f->handle, in.offset, want, o, &got);
-  if (err) return reply_error(r, err);
-  r->len = (uint32_t)sizeof(struct fuse_out_header) + got;
+  if (want == 0) return;
+  /* The host reads at most to the end of the file and then stores the used length in the
+   * header's len (offset 0): a short read at EOF, as pread gives. */
+  r->read = 1;
+  r->rd_backing = backing;
+  r->rd_offset = in.offset;
+  r->rd_len = want;
 }
 
 static void op_write(reply *r, args *a) {
@@ -863,12 +905,23 @@ static void op_write(reply *r, args *a) {
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
   if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
-  if (in.size > a->len || in.size > MAX_WRITE) return reply_error(r, EINVAL);
-  uint32_t n = 0;
-  uint32_t err = vfs_write(f->handle, in.offset, a->p, in.size, &n);
+  /* The payload follows write_in, mostly past the prefix: its length is what the header counted. */
+  if (in.size > a->len + a->more || in.size > MAX_WRITE) return reply_error(r, EINVAL);
+  /* A read-only file is a read-only backing, which the host must never be asked to write. */
+  if ((f->flags & O_ACCMODE) == 0) return reply_error(r, vfs_read_only() ? EROFS : EBADF);
+  uint32_t backing;
+  uint32_t err = file_backing(f, &backing);
   if (err) return reply_error(r, err);
   struct fuse_write_out *o = reply_or_erange(r, sizeof *o);
-  if (o) o->size = n;
+  if (!o) return;
+  /* A short write is a failure (io-failed, ENOSPC), so success means all of it. */
+  o->size = in.size;
+  if (in.size == 0) return;
+  r->write = 1;
+  r->wr_source = (uint32_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in));
+  r->wr_backing = backing;
+  r->wr_offset = in.offset;
+  r->wr_len = in.size;
 }
 
 static void op_release(reply *r, args *a) {
@@ -1041,8 +1094,9 @@ static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_setxattr_in, in);
   NAME(a, name, len);
   INODE(nodeid, node);
-  if (in.size > a->len) return reply_error(r, EINVAL);
   if (in.size > VFS_XATTR_MAX) return reply_error(r, E2BIG);
+  /* A value past the prefix never reaches us (FS_PREFIX_LEN). */
+  if (in.size > a->len) return reply_error(r, in.size <= a->len + a->more ? E2BIG : EINVAL);
   uint32_t err = vfs_setxattr(node->handle, name, len, a->p, in.size, in.flags);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);
@@ -1078,24 +1132,25 @@ static void op_batch_forget(args *a) {
   }
 }
 
-/* One request -> its reply (possibly empty: FORGET, BATCH_FORGET, INTERRUPT). */
-static void handle(const vd_request *req, vd_buf *out) {
+/* One request -> its answer (possibly empty: FORGET, BATCH_FORGET, INTERRUPT). */
+static void handle(const vd_request *req) {
   reply r = {.cap = req->writable_len};
   struct fuse_in_header h;
-  if (req->readable_len < sizeof h) {
+  if (req->prefix_len < sizeof h) {
     /* Too short for a header: answer EINVAL with whatever `unique` we can see. */
-    if (req->readable_len >= 16) memcpy(&r.unique, req->readable + 8, 8);
+    if (req->prefix_len >= 16) memcpy(&r.unique, req->prefix + 8, 8);
     reply_error(&r, EINVAL);
     goto finish;
   }
-  memcpy(&h, req->readable, sizeof h);
+  memcpy(&h, req->prefix, sizeof h);
   r.unique = h.unique;
   current = &h;
   if (h.len < sizeof h || h.len > req->readable_len) {
     reply_error(&r, EINVAL);
     goto finish;
   }
-  args a = {req->readable + sizeof h, h.len - sizeof h};
+  uint32_t seen = h.len < req->prefix_len ? h.len : req->prefix_len;
+  args a = {req->prefix + sizeof h, seen - sizeof h, h.len - seen};
   if (!session.initialized && h.opcode != FUSE_INIT) {
     if (h.opcode != FUSE_FORGET && h.opcode != FUSE_BATCH_FORGET && h.opcode != FUSE_INTERRUPT) reply_error(&r, EIO);
     goto finish;
@@ -1143,14 +1198,35 @@ static void handle(const vd_request *req, vd_buf *out) {
 finish:
   current = NULL;
   reply_finish(&r);
-  out->data = r.buf;
-  out->len = r.buf ? r.len : 0;
+  vd_answer_begin(req->id);
+  if (r.buf) {
+    if (r.write) vd_answer_transfer(r.wr_source, r.wr_backing, r.wr_offset, r.wr_len);
+    vd_answer_bytes(r.buf, r.len);
+    if (r.read) {
+      vd_answer_backing_read(r.rd_backing, r.rd_offset, r.rd_len);
+      vd_answer_length_at(0);
+    }
+    /* If the I/O fails, the error reply needs the request's unique. */
+    if (r.read || r.write) vd_set_cookie(req->id, r.unique);
+  }
+  free(r.buf);
+}
+
+/* The file I/O of an answer failed: the guest gets the errno (EIO, ENOSPC, ...). */
+static void io_failed(const vd_event *e) {
+  const vd_request *req = &e->u.io_failed.request;
+  reply r = {.cap = req->writable_len, .unique = e->u.io_failed.cookie};
+  reply_error(&r, e->u.io_failed.err ? e->u.io_failed.err : EIO);
+  reply_finish(&r);
+  vd_answer_begin(e->u.io_failed.id);
+  if (r.buf) vd_answer_bytes(r.buf, r.len);
+  free(r.buf);
 }
 
 /* ---- Device callbacks ---- */
 
 const char *vd_name(void) { return "fs"; }
-const char *vd_version(void) { return "0.1.0"; }
+const char *vd_version(void) { return "0.2.0"; }
 
 void vd_get_info(vd_info *out) {
   out->device_id = 26;
@@ -1158,6 +1234,9 @@ void vd_get_info(vd_info *out) {
   out->max_queue_size = 1024;
   out->features = 0;
   out->config_size = 40; /* tag[36], num_request_queues */
+  out->prefix_len = FS_PREFIX_LEN;
+  /* One inode and file table for every queue: one instance sees them all. */
+  out->queues_independent = 0;
 }
 
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
@@ -1176,8 +1255,15 @@ const char *vd_activate(uint64_t acked) {
 
 void vd_reset(void) { fs_tables_clear(); }
 
-const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
-  (void)queue;
-  for (size_t i = 0; i < n; i++) handle(&requests[i], &responses[i]);
+const char *vd_handle(const vd_event *events, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (events[i].kind == VD_EVENT_REQUEST) {
+      handle(&events[i].u.request);
+    } else if (events[i].kind == VD_EVENT_IO_FAILED) {
+      if (!events[i].u.io_failed.known) return "fs: io-failed for a request id this device never saw";
+      io_failed(&events[i]);
+    }
+    /* No frames or timers were asked for. */
+  }
   return NULL;
 }

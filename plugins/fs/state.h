@@ -24,6 +24,7 @@ typedef struct fs_file {
   vfs_handle handle; /* host open-file handle */
   uint32_t flags;    /* open(2) flags it was opened with */
   uint64_t nodeid;
+  uint32_t backing;  /* its backing index + 1 (filesystem.backing), 0 until first asked */
 } fs_file;
 
 typedef struct fs_session {
