@@ -7,11 +7,13 @@
 // that imports nothing but vhost:device/*. Components built otherwise are refused at load
 // (docs/writing-a-plugin.md, "TypeScript plugins and WASI").
 
-/** The componentize-js feature (--disable NAME) that pulls in each WASI package. */
+/**
+ * The componentize-js feature (--disable NAME) that pulls in each WASI package (wasi:io comes
+ * with each of them, so it names none).
+ */
 const COMPONENTIZE_FEATURE: ReadonlyArray<[RegExp, string]> = [
   [/^wasi:cli\//, 'stdio'],
   [/^wasi:filesystem\//, 'stdio'],
-  [/^wasi:io\//, 'stdio, clocks, http'],
   [/^wasi:clocks\//, 'clocks'],
   [/^wasi:random\//, 'random'],
   [/^wasi:http\//, 'http, fetch-event'],

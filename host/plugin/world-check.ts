@@ -38,7 +38,9 @@ export function checkWorld(items: WorldItems): string[] {
   const wasi = wasiImportsProblem(items.imports.filter(isWasiImport));
   if (wasi) problems.push(wasi);
   for (const imp of items.imports) {
-    const ok = IMPORTABLE.some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
+    // `types` has no functions: a component imports it for the shapes its exports use
+    // (componentize-js components do), so there is nothing to grant.
+    const ok = [...IMPORTABLE, 'types'].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
     if (ok || isWasiImport(imp)) continue;
     if (imp.startsWith(ownPrefix)) {
       problems.push(`imports ${imp}, which this host (${WIT_PACKAGE}@${WIT_VERSION}) does not provide`);
