@@ -10,6 +10,7 @@ import { checkWorld, parseWorld } from '../host/plugin/world-check.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
 import type { DeviceEvent } from '../host/device/device.ts';
 import { buildTsPlugin, DISABLED_FEATURES } from '../plugins/sdk/ts/build.mjs';
+import type { ComponentizeOptions } from '@bytecodealliance/componentize-js';
 import { hostCommand, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const RNG_TS = join(REPO, 'dist', 'plugins', 'rng-ts.wasm');
@@ -156,7 +157,7 @@ test.serial('a componentize-js component that kept its WASI features is refused,
     const { componentize } = await import('@bytecodealliance/componentize-js');
     // witWorld (WIT text) is in componentize-js 0.22's code but not its types.
     const options = { sourcePath: src, witWorld: wit, worldName: 'virtio-device', disableFeatures: ['http', 'fetch-event'] };
-    const { component } = await componentize(options as Parameters<typeof componentize>[0]);
+    const { component } = await componentize(options as unknown as ComponentizeOptions);
     writeFileSync(file, component);
   }
   const [node, argv] = hostCommand(['--socket-path', join(FIXTURES, 'never.sock'), '--plugin', file]);
