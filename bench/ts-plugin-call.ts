@@ -1,0 +1,100 @@
+// What a TypeScript plugin (plugins/rng-ts, built by the TS SDK with componentize-js) costs
+// beside the same device in C (plugins/rng) and in plain TypeScript (bench/ts-rng-device.ts),
+// behind the same VirtioDevice seam, and how long a cached load takes.
+//
+//   npx tsx bench/ts-plugin-call.ts [--seconds 1] [--sizes 64,4096] [--batches 1,16,64] [--plugin FILE]
+//
+// seam: direct device.handle(events) calls in this thread; CPU time per request (user+system,
+//       steadier than wall time on a shared machine), best of interleaved rounds.
+// load: loadPlugin(bytes) with the transpile cache already filled (what a device worker does
+//       for each new instance); wall time, median of 5.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { execFileSync } from 'node:child_process';
+import { loadPlugin, preparePlugin } from '../host/plugin/index.ts';
+import type { DeviceEvent, VirtioDevice } from '../host/device/device.ts';
+import tsRng from './ts-rng-device.ts';
+
+const { values: argv } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '1' },
+    sizes: { type: 'string', default: '64,4096' },
+    batches: { type: 'string', default: '1,16,64' },
+    plugin: { type: 'string' },
+  },
+});
+const seconds = Number(argv.seconds);
+const sizes = argv.sizes!.split(',').map(Number);
+const batches = argv.batches!.split(',').map(Number);
+const root = join(import.meta.dirname, '..');
+const ROUNDS = 3;
+
+/** CPU microseconds per request of fn (which handles `perCall` requests), after a warm-up. */
+function measure(fn: () => void, perCall: number, secs: number): number {
+  const warmEnd = performance.now() + Math.min(200, secs * 300);
+  while (performance.now() < warmEnd) fn();
+  let calls = 0;
+  const cpu0 = process.cpuUsage();
+  const end = performance.now() + secs * 1000;
+  while (performance.now() < end) {
+    fn();
+    calls++;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  return (cpu.user + cpu.system) / (calls * perCall);
+}
+
+const fmt = (n: number, d = 1) => n.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
+const pad = (s: string, n: number) => s.padStart(n);
+
+function batchOf(size: number, n: number): DeviceEvent[] {
+  return Array.from({ length: n }, (_, id) => ({ kind: 'request', request: { id, queue: 0, prefix: new Uint8Array(0), readableLen: 0, writableLen: size } }));
+}
+
+function check(d: VirtioDevice, events: DeviceEvent[], size: number): void {
+  const out = d.handle(events);
+  const ok = out.length === events.length && out.every((a) => a.kind === 'answer' && a.answer.reply.reduce((n, p) => n + (p.kind === 'bytes' ? p.bytes.length : 0), 0) === Math.min(size, 65536));
+  if (!ok) throw new Error(`${d.info.name} answered wrongly`);
+}
+
+async function main(): Promise<void> {
+  execFileSync(process.execPath, [join(root, 'build.mjs'), '--only', 'plugins'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+  const cacheDir = mkdtempSync(join(tmpdir(), 'ts-plugin-call-cache-'));
+  try {
+    const files = { c: join(root, 'dist', 'plugins', 'rng.wasm'), jsc: argv.plugin ?? join(root, 'dist', 'plugins', 'rng-ts.wasm') };
+    const devices: Record<string, VirtioDevice> = { ts: tsRng({}) };
+    const loadMs: Record<string, number> = {};
+    for (const [name, file] of Object.entries(files)) {
+      const bytes = readFileSync(file);
+      await preparePlugin(bytes, cacheDir);
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        devices[name] = await loadPlugin(bytes, { grants: { entropy: true, log() {} }, cacheDir });
+        times.push(performance.now() - t0);
+      }
+      loadMs[name] = times.sort((a, b) => a - b)[2];
+      console.log(`${name === 'c' ? 'C rng' : 'TS SDK rng'}: ${file.split('/').pop()} ${fmt(bytes.length / 1024, 0)} KiB, cached load ${fmt(loadMs[name])} ms (median of 5)`);
+    }
+    for (const d of Object.values(devices)) d.activate(0n);
+    console.log(`\nSeam: device.handle(batch); CPU us per request, best of ${ROUNDS} interleaved rounds`);
+    console.log(['size', 'batch', 'TS module', 'C plugin', 'TS plugin', 'TS plugin / C'].map((h, i) => pad(h, [6, 6, 10, 10, 10, 14][i])).join(' '));
+    for (const size of sizes) {
+      for (const n of batches) {
+        const events = batchOf(size, n);
+        const best: Record<string, number> = { ts: Infinity, c: Infinity, jsc: Infinity };
+        for (const d of Object.values(devices)) check(d, events, size);
+        for (let r = 0; r < ROUNDS; r++) {
+          for (const [name, d] of Object.entries(devices)) best[name] = Math.min(best[name], measure(() => d.handle(events), n, seconds / ROUNDS));
+        }
+        console.log([pad(String(size), 6), pad(String(n), 6), pad(fmt(best.ts, 2), 10), pad(fmt(best.c, 2), 10), pad(fmt(best.jsc, 2), 10), pad(`${fmt(best.jsc / best.c, 1)}x`, 14)].join(' '));
+      }
+    }
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+}
+
+await main();
