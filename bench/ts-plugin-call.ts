@@ -2,7 +2,8 @@
 // beside the same device in C (plugins/rng) and in plain TypeScript (bench/ts-rng-device.ts),
 // behind the same VirtioDevice seam, and how long a cached load takes.
 //
-//   npx tsx bench/ts-plugin-call.ts [--seconds 1] [--sizes 64,4096] [--batches 1,16,64] [--plugin FILE]
+//   npx tsx bench/ts-plugin-call.ts [--seconds 1] [--sizes 64,4096] [--batches 1,16,64] [--plugin FILE[,FILE]]
+//   (--plugin: TS plugin components to compare, default dist/plugins/rng-ts.wasm)
 //
 // seam: direct device.handle(events) calls in this thread; CPU time per request (user+system,
 //       steadier than wall time on a shared machine), best of interleaved rounds.
@@ -63,7 +64,9 @@ async function main(): Promise<void> {
   execFileSync(process.execPath, [join(root, 'build.mjs'), '--only', 'plugins'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
   const cacheDir = mkdtempSync(join(tmpdir(), 'ts-plugin-call-cache-'));
   try {
-    const files = { c: join(root, 'dist', 'plugins', 'rng.wasm'), jsc: argv.plugin ?? join(root, 'dist', 'plugins', 'rng-ts.wasm') };
+    const tsPlugins = (argv.plugin ?? join(root, 'dist', 'plugins', 'rng-ts.wasm')).split(',');
+    const files: Record<string, string> = { c: join(root, 'dist', 'plugins', 'rng.wasm') };
+    tsPlugins.forEach((f, i) => (files[`p${i}`] = f));
     const devices: Record<string, VirtioDevice> = { ts: tsRng({}) };
     const loadMs: Record<string, number> = {};
     for (const [name, file] of Object.entries(files)) {
@@ -76,20 +79,22 @@ async function main(): Promise<void> {
         times.push(performance.now() - t0);
       }
       loadMs[name] = times.sort((a, b) => a - b)[2];
-      console.log(`${name === 'c' ? 'C rng' : 'TS SDK rng'}: ${file.split('/').pop()} ${fmt(bytes.length / 1024, 0)} KiB, cached load ${fmt(loadMs[name])} ms (median of 5)`);
+      console.log(`${name === 'c' ? 'C rng' : `TS plugin ${name}`}: ${file} ${fmt(bytes.length / 1024, 0)} KiB, cached load ${fmt(loadMs[name])} ms (median of 5)`);
     }
     for (const d of Object.values(devices)) d.activate(0n);
     console.log(`\nSeam: device.handle(batch); CPU us per request, best of ${ROUNDS} interleaved rounds`);
-    console.log(['size', 'batch', 'TS module', 'C plugin', 'TS plugin', 'TS plugin / C'].map((h, i) => pad(h, [6, 6, 10, 10, 10, 14][i])).join(' '));
+    const names = Object.keys(devices);
+    const ps = names.filter((n) => n.startsWith('p'));
+    console.log(['size', 'batch', 'TS module', 'C plugin', ...ps.flatMap((p) => [p, `${p} / C`])].map((h) => pad(h, 10)).join(' '));
     for (const size of sizes) {
       for (const n of batches) {
         const events = batchOf(size, n);
-        const best: Record<string, number> = { ts: Infinity, c: Infinity, jsc: Infinity };
+        const best: Record<string, number> = Object.fromEntries(names.map((n) => [n, Infinity]));
         for (const d of Object.values(devices)) check(d, events, size);
         for (let r = 0; r < ROUNDS; r++) {
           for (const [name, d] of Object.entries(devices)) best[name] = Math.min(best[name], measure(() => d.handle(events), n, seconds / ROUNDS));
         }
-        console.log([pad(String(size), 6), pad(String(n), 6), pad(fmt(best.ts, 2), 10), pad(fmt(best.c, 2), 10), pad(fmt(best.jsc, 2), 10), pad(`${fmt(best.jsc / best.c, 1)}x`, 14)].join(' '));
+        console.log([String(size), String(n), fmt(best.ts, 2), fmt(best.c, 2), ...ps.flatMap((p) => [fmt(best[p], 2), `${fmt(best[p] / best.c, 1)}x`])].map((c) => pad(c, 10)).join(' '));
       }
     }
   } finally {

@@ -5,3 +5,4 @@ export const ENTRY: string;
 export const DISABLED_FEATURES: string[];
 export function buildTsPlugin(options: { root: string; dir: string; outFile: string; witSource?: string }): Promise<{ outFile: string; built: boolean }>;
 export function writeEditorConfig(dir: string): boolean;
+export const COMPONENTIZE: string;

@@ -22,14 +22,22 @@ export const ENTRY = 'device.ts';
  * their place, is in globals.ts and docs/writing-a-ts-plugin.md.
  */
 export const DISABLED_FEATURES = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
+/**
+ * The componentize-js package (a name node_modules resolves). node_modules has 0.19.3 as
+ * `@bytecodealliance/componentize-js-0-19-3` and 0.22 under its own name. 0.19.3 is the
+ * default: measured here its components cost 3-5x less per call (0.22 runs an async task
+ * machinery in interpreted JS around every export) and keep ~3x less unreclaimed memory per
+ * call (docs/BENCHMARKS.md, "bench/ts-plugin-call"). VHOST_WASM_COMPONENTIZE picks another.
+ */
+export const COMPONENTIZE = process.env.VHOST_WASM_COMPONENTIZE || '@bytecodealliance/componentize-js-0-19-3';
 
 async function toolVersions() {
   const [{ version: componentize }, { version: esbuild }, ts] = await Promise.all([
-    import('@bytecodealliance/componentize-js'),
+    import(COMPONENTIZE),
     import('esbuild'),
     import('typescript'),
   ]);
-  return { componentize, esbuild, typescript: ts.default.version };
+  return { componentize: `${COMPONENTIZE}@${componentize}`, esbuild, typescript: ts.default.version };
 }
 
 function tsFiles(dir) {
@@ -156,7 +164,7 @@ export async function buildTsPlugin({ root, dir, outFile, witSource }) {
   try {
     const sourcePath = join(work, 'device.js');
     writeFileSync(sourcePath, js);
-    const { componentize } = await import('@bytecodealliance/componentize-js');
+    const { componentize } = await import(COMPONENTIZE);
     // witWorld (the text) rather than witPath: componentize-js reads a path through WASI,
     // which needs a preopen; the text needs nothing.
     ({ component } = await componentize({ sourcePath, witWorld: wit, worldName: WORLD, disableFeatures: DISABLED_FEATURES }));
