@@ -9,6 +9,8 @@
 //       steadier than wall time on a shared machine), best of interleaved rounds.
 // load: loadPlugin(bytes) with the transpile cache already filled (what a device worker does
 //       for each new instance); wall time, median of 5.
+// memory: a fresh instance (1 GiB cap) answers 200 batches of 64 x 4096-byte requests; the
+//       growth of its linear memory per batch (a plugin that frees everything grows ~0).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,7 +77,9 @@ async function main(): Promise<void> {
       const times: number[] = [];
       for (let i = 0; i < 5; i++) {
         const t0 = performance.now();
-        devices[name] = await loadPlugin(bytes, { grants: { entropy: true, log() {} }, cacheDir });
+        // 1 GiB: a TS plugin's memory grows with every batch (see "memory" below), and the
+        // seam rounds must not run into the default 64 MiB cap.
+        devices[name] = await loadPlugin(bytes, { grants: { entropy: true, log() {} }, cacheDir, memoryLimitBytes: 1 << 30 });
         times.push(performance.now() - t0);
       }
       loadMs[name] = times.sort((a, b) => a - b)[2];
@@ -96,6 +100,16 @@ async function main(): Promise<void> {
         }
         console.log([String(size), String(n), fmt(best.ts, 2), fmt(best.c, 2), ...ps.flatMap((p) => [fmt(best[p], 2), `${fmt(best[p] / best.c, 1)}x`])].map((c) => pad(c, 10)).join(' '));
       }
+    }
+    console.log('\nMemory: linear-memory growth over 200 batches of 64 x 4096 B (fresh instance, 1 GiB cap)');
+    for (const [name, file] of Object.entries(files)) {
+      const d = await loadPlugin(readFileSync(file), { grants: { entropy: true, log() {} }, cacheDir, memoryLimitBytes: 1 << 30 });
+      const events = batchOf(4096, 64);
+      d.handle(events);
+      const before = d.memoryBytes();
+      for (let i = 0; i < 200; i++) d.handle(events);
+      const grown = (d.memoryBytes() - before) / 200;
+      console.log(`${pad(name, 4)}: ${fmt(before / 1048576)} MiB after one batch, then +${fmt(grown / 1024, 0)} KiB per batch (${fmt(grown / (64 * 4096), 2)}x the bytes answered)`);
     }
   } finally {
     rmSync(cacheDir, { recursive: true, force: true });
