@@ -108,6 +108,19 @@ test.serial('rng-ts state round trip through the SDK chunking, and a bad state r
   t.regex(c.finishLoad() ?? '', /finish-load: state is 8 bytes, expected 16/);
 });
 
+test.serial('rng-ts under --memory-limit 128M keeps answering: the engine collects before the cap', async (t) => {
+  // 100 batches of 64 x 64 KiB = 400 MiB answered, far past what the memory could hold if
+  // the answered bytes were never collected (docs/writing-a-ts-plugin.md, section 4).
+  const dev = await loadPlugin(readFileSync(RNG_TS), { grants: { entropy: true, log() {} }, memoryLimitBytes: 128 << 20 });
+  const batch = events(...Array.from({ length: 64 }, () => 65536));
+  for (let i = 0; i < 100; i++) {
+    const out = dev.handle(batch);
+    if (out.length !== 64) return t.fail(`batch ${i}: ${out.length} answers`);
+  }
+  t.true(dev.memoryBytes() <= 128 << 20);
+  t.is(dev.unusable(), null);
+});
+
 test.serial('the template answers each request with its bytes reversed and counts in its config space', async (t) => {
   await serving(['--plugin', TEMPLATE], async (fe) => {
     const r = await fe.queues[0].submit([Buffer.from('hello, device')], 64);
