@@ -14,6 +14,7 @@ import type { ComponentizeOptions } from '@bytecodealliance/componentize-js';
 import { hostCommand, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const RNG_TS = join(REPO, 'dist', 'plugins', 'rng-ts.wasm');
+const CONSOLE_TS = join(REPO, 'dist', 'plugins', 'console-ts.wasm');
 const FIXTURES = join(REPO, 'dist', 'test-fixtures');
 const TEMPLATE = join(FIXTURES, 'ts-template.wasm');
 const GLOBALS = join(FIXTURES, 'ts-globals.wasm');
@@ -35,10 +36,14 @@ async function worldOf(file: string): Promise<{ imports: string[]; exports: stri
 // SpiderMonkey plugin's first calls are slow; the deadline itself is tested elsewhere.
 const DEADLINE = ['--call-deadline', '10000'];
 
-async function serving(args: string[], run: (fe: VhostUserFrontend, host: HostProcess) => Promise<void>): Promise<HostProcess> {
+async function serving(
+  args: string[],
+  run: (fe: VhostUserFrontend, host: HostProcess) => Promise<void>,
+  frontend: FrontendOptions = opts,
+): Promise<HostProcess> {
   const host = await startHost(['--socket-path', '{socket}', ...DEADLINE, ...args]);
   try {
-    const fe = await VhostUserFrontend.connect(host.socketPath, opts);
+    const fe = await VhostUserFrontend.connect(host.socketPath, frontend);
     try {
       await run(fe, host);
     } finally {
@@ -119,6 +124,50 @@ test.serial('rng-ts under --memory-limit 128M keeps answering: the engine collec
   }
   t.true(dev.memoryBytes() <= 128 << 20);
   t.is(dev.unusable(), null);
+});
+
+test.serial('console-ts echoes transmits into held receive buffers, in order, with back-pressure', async (t) => {
+  const text = (c: { data: Uint8Array; len: number }): string => Buffer.from(c.data.subarray(0, c.len)).toString();
+  const two: FrontendOptions = { ...opts, queues: [64, 64] };
+  await serving(['--plugin', CONSOLE_TS], async (fe, host) => {
+    const [rx, tx] = fe.queues;
+    // A receive buffer given before there is output waits (held), then gets the echo.
+    const first = rx.submit([], 64);
+    const sent = await tx.submit([Buffer.from('hello')], 0);
+    t.is(sent.len, 0);
+    t.is(text(await first), 'hello');
+    // Output waiting for buffers is split over them in order.
+    await tx.submit([Buffer.from('abc')], 0);
+    await tx.submit([Buffer.from('def')], 0);
+    t.is(text(await rx.submit([], 4)), 'abcd');
+    t.is(text(await rx.submit([], 4)), 'ef');
+    // 64 KiB of unread echo fills the device: the next transmit is held until the guest reads.
+    const chunk = Buffer.alloc(4096, 'x');
+    for (let i = 0; i < 16; i++) await tx.submit([chunk], 0);
+    let blockedDone = false;
+    const blocked = tx.submit([Buffer.from('after')], 0).then((c) => ((blockedDone = true), c));
+    const reads: string[] = [];
+    for (let i = 0; i < 16; i++) reads.push(text(await rx.submit([], 4096)));
+    t.true(reads.every((r) => r === 'x'.repeat(4096)));
+    await blocked;
+    t.true(blockedDone);
+    t.is(text(await rx.submit([], 64)), 'after');
+    // A receive buffer and unread echo left when the front-end goes away are dropped with the
+    // rings: the next connection starts clean.
+    rx.submit([], 64).catch(() => {});
+    await tx.submit([Buffer.from('stale')], 0);
+    t.is((await fe.conn.getStatus()) & NEEDS_RESET, 0);
+    await fe.close();
+    const fe2 = await VhostUserFrontend.connect(host.socketPath, two);
+    try {
+      const fresh = fe2.queues[0].submit([], 64);
+      await fe2.queues[1].submit([Buffer.from('again')], 0);
+      t.is(text(await fresh), 'again');
+    } finally {
+      await fe2.close();
+    }
+    t.regex(host.log(), /serving console-ts \(virtio device id 3, 2 queue\(s\)\)/);
+  }, two);
 });
 
 test.serial('the template answers each request with its bytes reversed and counts in its config space', async (t) => {
