@@ -60,6 +60,12 @@ async function serving(
 const events = (...writable: number[]): DeviceEvent[] =>
   writable.map((writableLen, id) => ({ kind: 'request', request: { id, queue: 0, prefix: new Uint8Array(0), readableLen: 0, writableLen } }));
 
+test.serial('the SDK bindings are the ones jco generates from wit/device.wit today', (t) => {
+  // Exits 1 naming the stale files when the WIT changed and bindings/ was not regenerated.
+  const r = spawnSync(process.execPath, [join(REPO, 'plugins', 'sdk', 'ts', 'gen-bindings.mjs'), '--check'], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+});
+
 test.serial('rng-ts imports only vhost:device/* (no WASI) and passes the host world check', async (t) => {
   const world = await worldOf(RNG_TS);
   t.deepEqual(world.imports.filter((i) => !i.startsWith('vhost:device/')), []);
