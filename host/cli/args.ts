@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
+import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
@@ -82,6 +83,14 @@ Capabilities granted to the plugin (it sees nothing else):
                           --shared-dir (off: the guest is told they are not supported). Names
                           in trusted. and security. are refused (EPERM) and hidden: there is
                           no --xattrmap yet
+  --inode-file-handles never|prefer|mandatory
+                          how the --shared-dir holds the inodes the guest has looked up:
+                          by the kernel's file handle, opened only while a request needs it
+                          (prefer, the default, falls back to fds with a warning where the
+                          filesystem has no handles or the host lacks CAP_DAC_READ_SEARCH;
+                          mandatory refuses to start there), or an O_PATH fd each (never:
+                          then the process's fd limit bounds how many files a guest can
+                          hold, and past it lookups answer ENFILE). As virtiofsd's option
   --migration-on-error abort|guest-error
                           when a migration destination cannot find a file the guest holds
                           open or looked up: fail the migration (abort, the default; the
@@ -163,10 +172,20 @@ export function parseStorage(text: string, readOnly: boolean, direct = false): S
   return direct ? { kind: 'file', path: text, readOnly, direct } : { kind: 'file', path: text, readOnly };
 }
 
-export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string, xattr = false): FilesystemSpec {
+export function parseSharedDir(
+  dir: string,
+  readOnly: boolean,
+  tag: string | undefined,
+  onError?: string,
+  xattr = false,
+  inodeFileHandles?: string,
+): FilesystemSpec {
   if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
   if (onError !== undefined && onError !== 'abort' && onError !== 'guest-error') {
     throw new UsageError(`--migration-on-error: "${onError}" is not one of abort, guest-error`);
+  }
+  if (inodeFileHandles !== undefined && !INODE_FILE_HANDLES.includes(inodeFileHandles as InodeFileHandles)) {
+    throw new UsageError(`--inode-file-handles: "${inodeFileHandles}" is not one of ${INODE_FILE_HANDLES.join(', ')}`);
   }
   if (tag !== undefined) {
     const n = Buffer.byteLength(tag);
@@ -178,6 +197,7 @@ export function parseSharedDir(dir: string, readOnly: boolean, tag: string | und
     ...(tag === undefined ? {} : { tag }),
     ...(onError === undefined ? {} : { migrationOnError: onError }),
     ...(xattr ? { xattr } : {}),
+    ...(inodeFileHandles === undefined ? {} : { inodeFileHandles: inodeFileHandles as InodeFileHandles }),
   };
 }
 
@@ -210,6 +230,7 @@ export function parseCli(argv: string[]): CliOptions {
         tag: { type: 'string' },
         'migration-on-error': { type: 'string' },
         xattr: { type: 'boolean' },
+        'inode-file-handles': { type: 'string' },
       },
     });
   } catch (e) {
@@ -236,10 +257,13 @@ export function parseCli(argv: string[]): CliOptions {
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');
+  }
+  if (v['inode-file-handles'] !== undefined && opts.filesystem === null) {
+    throw new UsageError('--inode-file-handles applies to --shared-dir: give --shared-dir DIR too');
   }
   if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');

@@ -4,6 +4,7 @@
 // violation the instance is not called again (its memory may be half-updated).
 import type { DeviceAction, DeviceEvent, DeviceInfo, StateChunk, VirtioDevice } from '../device/device.ts';
 import { liftActions, lowerEvents, type WitAction, type WitEvent } from './handle-lift.ts';
+import type { DirectHandle } from './direct-handle.ts';
 import { CapabilityError } from './imports.ts';
 import { PluginError, type PluginErrorKind } from './errors.ts';
 import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
@@ -30,6 +31,8 @@ export interface PluginDevice extends VirtioDevice {
   memoryBytes(): number;
   /** Why this instance may not be called again (a trap or a contract violation), or null. */
   unusable(): string | null;
+  /** How `handle` is called: lowered and lifted by the host, or through jco's glue. */
+  readonly handlePath: 'direct' | 'jco';
 }
 
 export interface AdapterContext {
@@ -39,6 +42,8 @@ export interface AdapterContext {
   memoryLimitBytes: number;
   /** Bounds what each call may make the host copy out of plugin memory. */
   guard: LiftGuard;
+  /** `handle` lowered and lifted by the host itself (direct-handle.ts); null: through jco's glue. */
+  direct?: DirectHandle | null;
 }
 
 const MAX_U32 = 0xffffffff;
@@ -114,6 +119,7 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     identity,
     memoryBytes: ctx.memoryBytes,
     unusable: () => dead,
+    handlePath: ctx.direct ? 'direct' : 'jco',
 
     readConfig(offset: number, size: number): Uint8Array {
       checkConfigRange(offset, size);
@@ -153,11 +159,11 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
         knownBytes += writableLen - (known.get(id) ?? 0);
         known.set(id, writableLen);
       }
+      const budget = { bytes: knownBytes, items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * known.size, 1 << 22) };
+      const direct = ctx.direct;
+      if (direct) return call('handle', () => direct.call(events, budget, () => raw.handle([])), budget);
       const lowered = lowerEvents(events);
-      const out = call('handle', () => raw.handle(lowered), {
-        bytes: knownBytes,
-        items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * known.size, 1 << 22),
-      });
+      const out = call('handle', () => raw.handle(lowered), budget);
       try {
         return liftActions(out);
       } catch (e) {

@@ -40,6 +40,8 @@ const LOWER_BYTES =
 
 export interface PatchedGlue {
   source: string;
+  /** The handle export's core call goes through the LiftGuard's `hot` hook (direct-handle.ts). */
+  directHandle: boolean;
   /** False when this jco version emits the hook differently: still correct, just slower. */
   debugHookRemoved: boolean;
   /** How many list<u8> lowers were rewritten to the cached view (0: pattern not found, still correct). */
@@ -101,6 +103,30 @@ function guardLifts(source: string): { source: string; guarded: number } {
   return { source: out, guarded };
 }
 
+/**
+ * Inside jco's wrapper of the `handle` export (which lowers the event list, calls the core
+ * function, lifts the action list), the core call may be replaced by the host's own lowering,
+ * call and lifting (direct-handle.ts) when the LiftGuard's `hot` hook is set. jco's wrapper
+ * keeps its task bookkeeping, which its import trampolines rely on while the plugin runs.
+ * Not found: the glue is left as it is (handle then goes through jco alone).
+ */
+function hookHandle(source: string): { source: string; hooked: boolean } {
+  const start = source.search(/\n\s*function handle\(arg0\) \{/);
+  if (start < 0) return { source, hooked: false };
+  const end = source.indexOf('\n  function ', start + 10);
+  const stop = end < 0 ? source.length : end;
+  const body = source.slice(start, stop);
+  const realloc = /(realloc\d+)\(0, 0, 8, len\d+ \* 32\)/.exec(body);
+  const memory = /dataView\((memory\d+)\)/.exec(body);
+  const call = /fn: \(\) => ([\w$]+)\((result\d+), (len\d+)\),/;
+  if (!realloc || !memory || !call.test(body)) return { source, hooked: false };
+  const patched = body.replace(
+    call,
+    (_m, fn: string, ptr: string, len: string) => `fn: () => (_vhLift.hot !== null ? _vhLift.hot(${fn}, ${realloc[1]}, ${memory[1]}, ${ptr}) : ${fn}(${ptr}, ${len})),`,
+  );
+  return { source: source.slice(0, start) + patched + source.slice(stop), hooked: true };
+}
+
 export function patchGlue(moduleSource: string): PatchedGlue {
   let source = moduleSource;
   const debugHookRemoved = DEBUG_HOOK.test(source);
@@ -116,13 +142,15 @@ export function patchGlue(moduleSource: string): PatchedGlue {
   }
   const lifts = guardLifts(source);
   source = lifts.source;
+  const direct = hookHandle(source);
+  source = direct.source;
   const exportsSeen = (source.match(/^export /gm) ?? []).length;
   source = source.replace(/^export function instantiate\(/m, 'function instantiate(');
   source = source.replace(/^export const _util\b/m, 'const _util');
   if (/^export /m.test(source) || /^import /m.test(source)) {
     throw new Error(`unexpected glue shape: ${exportsSeen} exports, imports present`);
   }
-  return { source, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
+  return { source, directHandle: direct.hooked, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
 }
 
 export function evaluateGlue(patchedSource: string, filename: string, guard: LiftGuard): Instantiate {

@@ -41,7 +41,17 @@ const NOTHING: CallBudget = { bytes: 0, items: 0 };
 const decoder = new TextDecoder();
 
 
+/**
+ * The host's own `handle` (direct-handle.ts), run by the glue in place of the core call inside
+ * jco's export wrapper (so jco's task bookkeeping around imports stays intact): gets the core
+ * function, cabi_realloc, the memory and the empty event list jco lowered; returns the result
+ * pointer jco then lifts.
+ */
+export type HotHandle = (core: (ptr: number, len: number) => number, realloc: (...a: number[]) => number, memory: WebAssembly.Memory, argPtr: number) => number;
+
 export class LiftGuard {
+  /** Set around a direct `handle` call (adapter.ts); null: jco's own lowering and lifting. */
+  hot: HotHandle | null = null;
   private budget: CallBudget = NOTHING;
   private entries = 0;
   private bytesLeft = 0;

@@ -17,6 +17,7 @@ import { capModule, MEMORY_EXPORT_PREFIX } from './wasm-binary.ts';
 import { planAllocations, type AllocationPlan } from './limits.ts';
 import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
+import { DirectHandle } from './direct-handle.ts';
 import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
@@ -52,6 +53,12 @@ export interface LoadOptions {
    * it under a deadline (the device worker's watchdog); transpiling is host work and is not in it.
    */
   guard?: <T>(fn: () => T) => T;
+  /**
+   * How `handle` is called: 'direct' (the default) lowers the events and lifts the actions in
+   * the host (direct-handle.ts); 'jco' goes through jco's generated glue like every other
+   * call (benchmarks compare the two). A glue whose handle export cannot be found is 'jco'.
+   */
+  handlePath?: 'direct' | 'jco';
 }
 
 export async function loadPlugin(bytes: Uint8Array, options: LoadOptions): Promise<PluginDevice> {
@@ -141,10 +148,13 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   if (!device || missing.length) {
     throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
   }
+  // The glue routes handle's core call through guard.hot when patchGlue found it (glue.ts).
+  const hooked = options.handlePath !== 'jco' && prepared.glue.includes('_vhLift.hot !== null');
   return adaptDevice(device as unknown as RawDevice, {
     label,
     memoryBytes: () => memories.reduce((sum, m) => sum + m.buffer.byteLength, 0),
     memoryLimitBytes: limit,
     guard,
+    direct: hooked ? new DirectHandle(guard) : null,
   });
 }

@@ -1,6 +1,6 @@
 // Reads the world a component was built against (as wasm-tools prints it) and says, in
 // words a plugin author can act on, what does not match this host.
-import { DEVICE_INTERFACE, IMPORTABLE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { DEVICE_INTERFACE, IMPORTABLE, TYPE_ONLY, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 import { isWasiImport, wasiImportsProblem } from './wasi-refusal.ts';
 
 export interface WorldItems {
@@ -38,9 +38,7 @@ export function checkWorld(items: WorldItems): string[] {
   const wasi = wasiImportsProblem(items.imports.filter(isWasiImport));
   if (wasi) problems.push(wasi);
   for (const imp of items.imports) {
-    // `types` has no functions: a component imports it for the shapes its exports use
-    // (componentize-js components do), so there is nothing to grant.
-    const ok = [...IMPORTABLE, 'types'].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
+    const ok = [...IMPORTABLE, ...TYPE_ONLY].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
     if (ok || isWasiImport(imp)) continue;
     if (imp.startsWith(ownPrefix)) {
       problems.push(`imports ${imp}, which this host (${WIT_PACKAGE}@${WIT_VERSION}) does not provide`);

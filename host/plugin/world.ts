@@ -8,6 +8,11 @@ export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
 /** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
 export const IMPORTABLE = ['log', 'entropy', 'storage', 'filesystem'] as const;
 export type Importable = (typeof IMPORTABLE)[number];
+/**
+ * Interfaces of types only (no functions): a component that uses them (device uses `types`)
+ * lists them among its imports, with nothing for the host to provide.
+ */
+export const TYPE_ONLY = ['types'] as const;
 
 /** The device interface's functions, in jco's camelCase spelling. */
 export const DEVICE_FUNCTIONS = [

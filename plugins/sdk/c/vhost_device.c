@@ -329,28 +329,27 @@ static uint8_t *piece(uint8_t kind) {
 }
 
 uint8_t *vd_answer_bytes_buf(uint32_t len) {
-  static uint8_t none[1];
-  if (!building("vd_answer_bytes outside an answer (call vd_answer_begin first)")) return none;
+  /* The room is reserved even when the call is a misuse (reported by handle), so the caller
+   * may always write `len` bytes into what it gets. */
+  int ok = building("vd_answer_bytes outside an answer (call vd_answer_begin first)");
   size_t at = arena.n;
-  if (len) {
-    while (arena.cap - arena.n < len) {
-      size_t nc = arena.cap ? arena.cap * 2 : 4096;
-      while (nc - arena.n < len) nc *= 2;
-      uint8_t *p = realloc(arena.data, nc);
-      if (!p) __builtin_trap();
-      arena.data = p;
-      arena.cap = nc;
-    }
-    arena.n += len;
-    memset(arena.data + at, 0, len);
+  if (arena.cap - arena.n < len) {
+    size_t nc = arena.cap ? arena.cap * 2 : 4096;
+    while (nc - arena.n < len) nc *= 2;
+    uint8_t *p = realloc(arena.data, nc);
+    if (!p) __builtin_trap();
+    arena.data = p;
+    arena.cap = nc;
   }
-  put_list(piece(VD_ABI_PIECE_BYTES), (void *)(uintptr_t)at, len);
+  arena.n += len;
+  if (len) memset(arena.data + at, 0, len);
+  if (ok) put_list(piece(VD_ABI_PIECE_BYTES), (void *)(uintptr_t)at, len);
   return arena.data + at;
 }
 
 void vd_answer_bytes(const void *data, uint32_t len) {
   uint8_t *p = vd_answer_bytes_buf(len);
-  if (len && cur_action >= 0) memcpy(p, data, len);
+  if (len) memcpy(p, data, len);
 }
 
 static void put_extent(uint8_t *at, vd_backing backing, uint64_t offset, uint32_t len) {

@@ -1,0 +1,251 @@
+// `handle`, the one call per batch, lowered and lifted by the host: it writes the events into
+// plugin memory and reads the actions out of it itself, by the canonical ABI of wit/device.wit
+// (the layouts below; test/direct-handle.test.ts holds them to jco's own lowering and lifting
+// of the same components), instead of jco's generated per-field code. jco's wrapper still
+// runs around the core call (its task bookkeeping is what its import trampolines rely on), and
+// jco's glue keeps every cold call.
+//
+// What comes back is untrusted like everything from a plugin: every list is checked against
+// the memory, its alignment and the call's budget (the LiftGuard's rules, lift-guard.ts)
+// before anything is read from it, every discriminant and bool against its cases, and the
+// only copies made are of `bytes` pieces (and frames), which the budget bounds.
+
+import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transfer } from '../device/device.ts';
+import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
+
+// Canonical ABI layouts (sizes, alignments, field offsets) of the types interface.
+const EVENT_SIZE = 32;
+const EVENT_ALIGN = 8;
+const ACTION_SIZE = 48;
+const ACTION_ALIGN = 8;
+const TRANSFER_SIZE = 32;
+const OP_SIZE = 24;
+const PIECE_SIZE = 32;
+const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
+
+type CoreFn = (...args: number[]) => number;
+
+/**
+ * The direct call of one plugin instance. jco's wrapper of the export still runs around it
+ * (glue.ts routes the core call through the LiftGuard's `hot` hook): it lowers an empty event
+ * list, whose allocation this grows to the real one, and lifts what is left at the result
+ * pointer, which this leaves as an empty list (or the plugin's error, which jco lifts and throws).
+ */
+export class DirectHandle {
+  private realloc: CoreFn = () => 0;
+  private memory: WebAssembly.Memory | null = null;
+  private u8 = new Uint8Array(0);
+  private dv = new DataView(new ArrayBuffer(0));
+  // The budget of the call being lifted.
+  private bytesLeft = 0;
+  private itemsLeft = 0;
+
+  constructor(private readonly guard: LiftGuard) {}
+
+  /** Views over the memory, taken again after anything that may have grown it (a grow detaches the old buffer). */
+  private views(): void {
+    const buf = this.memory!.buffer;
+    if (this.u8.buffer !== buf || this.u8.length === 0) {
+      this.u8 = new Uint8Array(buf);
+      this.dv = new DataView(buf);
+    }
+  }
+
+  private alloc(old: number, align: number, size: number): number {
+    const p = this.realloc(old, 0, align, size) >>> 0;
+    this.views();
+    if (p % align !== 0 || p + size > this.u8.length) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
+    return p;
+  }
+
+  /**
+   * One handle call: `viaGlue` calls jco's export (with an empty event list), during which the
+   * hook lowers `events`, calls the core function and lifts the actions under `budget`.
+   */
+  call(events: readonly DeviceEvent[], budget: CallBudget, viaGlue: () => unknown): DeviceAction[] {
+    let actions: DeviceAction[] | null = null;
+    this.guard.hot = (core, realloc, memory, argPtr) => {
+      this.realloc = realloc;
+      this.memory = memory;
+      this.views();
+      const n = events.length;
+      const base = n === 0 ? argPtr >>> 0 : this.alloc(argPtr >>> 0, EVENT_ALIGN, n * EVENT_SIZE);
+      this.lower(events, base);
+      const ret = core(base, n) >>> 0;
+      this.views();
+      this.inside(ret, 12, 4, 'the result');
+      if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
+      this.bytesLeft = budget.bytes;
+      this.itemsLeft = budget.items;
+      actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
+      // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
+      this.dv.setUint32(ret + 4, 0, true);
+      this.dv.setUint32(ret + 8, 0, true);
+      return ret;
+    };
+    try {
+      viaGlue();
+    } finally {
+      this.guard.hot = null;
+    }
+    if (actions === null) throw new LiftError('handle: the direct call did not run (the glue did not call the hook)');
+    return actions;
+  }
+
+  private lower(events: readonly DeviceEvent[], base: number): void {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i];
+      // Each lowering step may allocate (and so grow the memory): the element's address is
+      // fixed, the views are taken again after every allocation.
+      const at = base + i * EVENT_SIZE;
+      switch (e.kind) {
+        case 'request': {
+          const r = e.request;
+          const p = this.alloc(0, 1, r.prefix.length);
+          this.u8.set(r.prefix, p);
+          const dv = this.dv;
+          dv.setUint8(at, 0);
+          dv.setUint32(at + 8, r.id, true);
+          dv.setUint16(at + 12, r.queue, true);
+          dv.setUint32(at + 16, p, true);
+          dv.setUint32(at + 20, r.prefix.length, true);
+          dv.setUint32(at + 24, r.readableLen, true);
+          dv.setUint32(at + 28, r.writableLen, true);
+          break;
+        }
+        case 'io-failed':
+          this.dv.setUint8(at, 1);
+          this.dv.setUint32(at + 8, e.id, true);
+          this.dv.setUint32(at + 12, e.errno, true);
+          break;
+        case 'frame': {
+          const p = this.alloc(0, 1, e.frame.bytes.length);
+          this.u8.set(e.frame.bytes, p);
+          this.dv.setUint8(at, 2);
+          this.dv.setUint32(at + 8, e.frame.network, true);
+          this.dv.setUint32(at + 12, p, true);
+          this.dv.setUint32(at + 16, e.frame.bytes.length, true);
+          break;
+        }
+        case 'timer':
+          this.dv.setUint8(at, 3);
+          this.dv.setBigUint64(at + 8, e.token, true);
+          break;
+      }
+    }
+  }
+
+  /** [ptr, ptr + len) inside the memory and aligned, or a LiftError naming `what`. */
+  private inside(ptr: number, len: number, align: number, what: string): void {
+    if (ptr % align !== 0) throw new LiftError(`handle: ${what} at ${ptr} is not aligned to ${align}`);
+    if (ptr + len > this.u8.length) throw new LiftError(`handle: ${what} at ${ptr} of ${len} bytes lies outside the plugin's ${this.u8.length}-byte memory`);
+  }
+
+  /** A list of `len` elements of `size` bytes at `ptr`: inside, aligned, within the items budget. */
+  private list(ptr: number, len: number, size: number, align: number): void {
+    this.inside(ptr, len * size, align, `a returned list of ${len} ${size}-byte elements`);
+    if (len > this.itemsLeft) throw new LiftError(`handle: returned a list of ${len} entries where at most ${this.itemsLeft} are allowed`);
+    this.itemsLeft -= len;
+  }
+
+  /** A copy of a returned list<u8>, within the bytes budget. */
+  private bytes(ptr: number, len: number): Uint8Array {
+    this.inside(ptr, len, 1, 'a returned list');
+    if (len > this.bytesLeft) {
+      throw new LiftError(`handle: returned more list bytes than the call allows (a ${len}-byte list with ${this.bytesLeft} bytes of its budget left)`);
+    }
+    this.bytesLeft -= len;
+    return this.u8.slice(ptr, ptr + len);
+  }
+
+  private u64(at: number): number {
+    // Past 2^53 a number loses precision but stays past any backing: the checks refuse it.
+    return this.dv.getUint32(at, true) + this.dv.getUint32(at + 4, true) * 0x100000000;
+  }
+
+  private bool(at: number, what: string): boolean {
+    const b = this.u8[at];
+    if (b > 1) throw new LiftError(`handle: returned a malformed value: ${what} is ${b}, not a bool`);
+    return b === 1;
+  }
+
+  private actions(base: number, len: number): DeviceAction[] {
+    this.list(base, len, ACTION_SIZE, ACTION_ALIGN);
+    const dv = this.dv;
+    const out: DeviceAction[] = new Array(len);
+    for (let i = 0; i < len; i++) {
+      const a = base + i * ACTION_SIZE;
+      switch (this.u8[a]) {
+        case 0: {
+          const tPtr = dv.getUint32(a + 12, true);
+          const tLen = dv.getUint32(a + 16, true);
+          this.list(tPtr, tLen, TRANSFER_SIZE, 8);
+          const transfers: Transfer[] = new Array(tLen);
+          for (let k = 0; k < tLen; k++) {
+            const t = tPtr + k * TRANSFER_SIZE;
+            transfers[k] = { source: dv.getUint32(t, true), to: { backing: dv.getUint32(t + 8, true), offset: this.u64(t + 16), len: dv.getUint32(t + 24, true) } };
+          }
+          const oPtr = dv.getUint32(a + 20, true);
+          const oLen = dv.getUint32(a + 24, true);
+          this.list(oPtr, oLen, OP_SIZE, 8);
+          const ops: BackingOp[] = new Array(oLen);
+          for (let k = 0; k < oLen; k++) {
+            const o = oPtr + k * OP_SIZE;
+            const kind = OP_KINDS[this.u8[o]];
+            if (kind === undefined) throw new LiftError(`handle: returned a malformed value: backing-op kind ${this.u8[o]} of action ${i}`);
+            ops[k] = { kind, backing: dv.getUint32(o + 4, true), offset: this.u64(o + 8), len: this.u64(o + 16) };
+          }
+          const pPtr = dv.getUint32(a + 28, true);
+          const pLen = dv.getUint32(a + 32, true);
+          this.list(pPtr, pLen, PIECE_SIZE, 8);
+          const reply: Piece[] = new Array(pLen);
+          for (let k = 0; k < pLen; k++) {
+            const p = pPtr + k * PIECE_SIZE;
+            switch (this.u8[p]) {
+              case 0:
+                reply[k] = { kind: 'bytes', bytes: this.bytes(dv.getUint32(p + 8, true), dv.getUint32(p + 12, true)) };
+                break;
+              case 1:
+                reply[k] = { kind: 'backing-read', extent: { backing: dv.getUint32(p + 8, true), offset: this.u64(p + 16), len: dv.getUint32(p + 24, true) } };
+                break;
+              case 2:
+                reply[k] = { kind: 'zeroes', len: dv.getUint32(p + 8, true) };
+                break;
+              case 3:
+                reply[k] = { kind: 'skip', len: dv.getUint32(p + 8, true) };
+                break;
+              default:
+                throw new LiftError(`handle: returned a malformed value: piece discriminant ${this.u8[p]} in action ${i}`);
+            }
+          }
+          const optTag = this.u8[a + 36];
+          if (optTag > 1) throw new LiftError(`handle: returned a malformed value: length-at option discriminant ${optTag} in action ${i}`);
+          out[i] = {
+            kind: 'answer',
+            answer: {
+              id: dv.getUint32(a + 8, true),
+              transfers,
+              ops,
+              reply,
+              lengthAt: optTag === 1 ? dv.getUint32(a + 40, true) : null,
+              barrier: this.bool(a + 44, `barrier of action ${i}`),
+            },
+          };
+          break;
+        }
+        case 1:
+          out[i] = { kind: 'hold', id: dv.getUint32(a + 8, true) };
+          break;
+        case 2:
+          out[i] = { kind: 'send', frame: { network: dv.getUint32(a + 8, true), bytes: this.bytes(dv.getUint32(a + 12, true), dv.getUint32(a + 16, true)) } };
+          break;
+        case 3:
+          out[i] = { kind: 'wake-after', nanoseconds: dv.getBigUint64(a + 8, true), token: dv.getBigUint64(a + 16, true) };
+          break;
+        default:
+          throw new LiftError(`handle: returned a malformed value: action discriminant ${this.u8[a]}`);
+      }
+    }
+    return out;
+  }
+}
