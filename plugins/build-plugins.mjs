@@ -148,7 +148,7 @@ export async function buildPlugin({
   return { outFile, built: true };
 }
 
-/** Every plugins/NAME/ folder except sdk/ -> outDir/NAME.wasm. */
+/** Every plugins/NAME/ folder except sdk/ -> outDir/NAME.wasm (C, or TypeScript when it has device.ts). */
 export async function buildPlugins({ root = dirname(here), outDir }) {
   const pluginsDir = join(root, 'plugins');
   const names = readdirSync(pluginsDir)
@@ -157,9 +157,14 @@ export async function buildPlugins({ root = dirname(here), outDir }) {
   const results = [];
   for (const name of names) {
     const sources = cFiles(join(pluginsDir, name));
-    if (sources.length === 0) continue;
+    // A folder with device.ts and no C is a TypeScript plugin (plugins/sdk/ts/build.mjs).
+    const ts = sources.length === 0 && existsSync(join(pluginsDir, name, 'device.ts'));
+    if (sources.length === 0 && !ts) continue;
     const started = performance.now();
-    const r = await buildPlugin({ root, sources, outFile: join(outDir, `${name}.wasm`) });
+    const outFile = join(outDir, `${name}.wasm`);
+    const r = ts
+      ? await (await import('./sdk/ts/build.mjs')).buildTsPlugin({ root, dir: join(pluginsDir, name), outFile })
+      : await buildPlugin({ root, sources, outFile });
     const ms = Math.round(performance.now() - started);
     console.log(`plugin ${name}: ${r.built ? `built in ${ms} ms` : 'up to date'} -> ${relative(root, r.outFile)}`);
     results.push(r);

@@ -69,7 +69,10 @@ export class DirectHandle {
       this.memory = memory;
       this.views();
       const n = events.length;
-      const base = n === 0 ? argPtr >>> 0 : this.alloc(argPtr >>> 0, EVENT_ALIGN, n * EVENT_SIZE);
+      // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
+      // allocator handed out, and componentize-js's cabi_realloc passes it to realloc() (heap
+      // corruption: rng-ts spun or trapped out of bounds after ~70 batches of 64 x 64 KiB).
+      const base = n === 0 ? argPtr >>> 0 : this.alloc(0, EVENT_ALIGN, n * EVENT_SIZE);
       this.lower(events, base);
       const ret = core(base, n) >>> 0;
       this.views();

@@ -1,6 +1,7 @@
 // Reads the world a component was built against (as wasm-tools prints it) and says, in
 // words a plugin author can act on, what does not match this host.
 import { DEVICE_INTERFACE, IMPORTABLE, TYPE_ONLY, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { isWasiImport, wasiImportsProblem } from './wasi-refusal.ts';
 
 export interface WorldItems {
   imports: string[];
@@ -34,12 +35,12 @@ export function checkWorld(items: WorldItems): string[] {
     // One message says it all: every import of an older plugin names its version too.
     if (other) return problems;
   }
+  const wasi = wasiImportsProblem(items.imports.filter(isWasiImport));
+  if (wasi) problems.push(wasi);
   for (const imp of items.imports) {
     const ok = [...IMPORTABLE, ...TYPE_ONLY].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
-    if (ok) continue;
-    if (imp.startsWith('wasi:')) {
-      problems.push(`imports ${imp}: plugins get no WASI (link without stdio/files, see docs/plugin-abi.md)`);
-    } else if (imp.startsWith(ownPrefix)) {
+    if (ok || isWasiImport(imp)) continue;
+    if (imp.startsWith(ownPrefix)) {
       problems.push(`imports ${imp}, which this host (${WIT_PACKAGE}@${WIT_VERSION}) does not provide`);
     } else {
       problems.push(`imports ${imp}, which this host does not provide`);

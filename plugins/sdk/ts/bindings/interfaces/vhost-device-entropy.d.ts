@@ -1,0 +1,6 @@
+declare module 'vhost:device/entropy@0.2.0' {
+  /**
+   * Exactly `len` random bytes.
+   */
+  export function fill(len: number): Uint8Array;
+}

@@ -1,0 +1,17 @@
+declare module 'vhost:device/log@0.2.0' {
+  export function write(level: Level, message: string): void;
+  /**
+   * # Variants
+   * 
+   * ## `"error"`
+   * 
+   * ## `"warn"`
+   * 
+   * ## `"info"`
+   * 
+   * ## `"debug"`
+   * 
+   * ## `"trace"`
+   */
+  export type Level = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+}
