@@ -20,7 +20,7 @@ export const FORCED_EXIT_CODE = 1;
 export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS): void {
   let stopping = false;
   const force = (why: string): never => {
-    const stuck = host.devices.filter((d) => d.slot.liveThreads > 0).map((d) => d.config.label);
+    const stuck = host.devicesWithLiveThreads();
     log.error(
       `${why}; forcing the exit` +
         (stuck.length > 0 ? `: the worker of device(s) ${stuck.join(', ')} would not stop (blocked in a system call?)` : ''),
@@ -40,13 +40,13 @@ export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_
       () => {
         clearTimeout(timer);
         // process.exit() would wait for a worker thread that never ends: only take it when none is left.
-        if (host.devices.some((d) => d.slot.liveThreads > 0)) force('shut down, but a device worker is still alive');
+        if (host.devicesWithLiveThreads().length > 0) force('shut down, but a device worker is still alive');
         process.exit(0);
       },
       (e) => {
         clearTimeout(timer);
         log.error(`shutdown failed: ${errorText(e)}`);
-        if (host.devices.some((d) => d.slot.liveThreads > 0)) force('shutdown failed and a device worker is still alive');
+        if (host.devicesWithLiveThreads().length > 0) force('shutdown failed and a device worker is still alive');
         process.exit(1);
       },
     );
