@@ -82,6 +82,16 @@ async function main(): Promise<number> {
       return 3;
     }
   }
+  if (process.argv[2] === 'serve') {
+    // The multi-tenant daemon: see host/cli/serve.ts.
+    const { runServe } = await import('./serve.ts');
+    return runServe(process.argv.slice(3));
+  }
+  if (process.argv[2] === 'ctl') {
+    // The daemon's management client: see host/cli/ctl.ts.
+    const { runCtl } = await import('./ctl.ts');
+    return runCtl(process.argv.slice(3));
+  }
   let o: CliOptions;
   try {
     o = parseCli(process.argv.slice(2));

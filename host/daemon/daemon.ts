@@ -11,7 +11,7 @@ import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import type { DeviceSpec } from './config.ts';
-import { describeError, VhostWasmError } from '../errors.ts';
+import { VhostWasmError } from '../errors.ts';
 
 const log = createLogger('daemon');
 
@@ -49,11 +49,6 @@ export interface DeviceStats extends DeviceSummary {
   limits: { memoryLimitBytes: number; callDeadlineMs: number };
 }
 
-export interface StartReport {
-  started: string[];
-  failed: { id: string; error: string }[];
-}
-
 function listenText(a: ListenAddress): string {
   return 'path' in a ? a.path : `fd ${a.fd}`;
 }
@@ -88,21 +83,14 @@ export class Daemon {
 
   private constructor(readonly host: Host) {}
 
-  /** Starts every device that can start; the report says which could not and why. */
-  static async start(devices: { spec: DeviceSpec; address: ListenAddress }[]): Promise<{ daemon: Daemon; report: StartReport }> {
-    const daemon = new Daemon(Host.empty());
-    const report: StartReport = { started: [], failed: [] };
-    for (const d of devices) {
-      try {
-        await daemon.add(d.spec, d.address);
-        report.started.push(d.spec.id);
-      } catch (e) {
-        report.failed.push({ id: d.spec.id, error: describeError(e) });
-        log.error(`device ${d.spec.id} not started: ${describeError(e)}`);
-      }
-    }
-    log.info(describeFdBudget(fdBudgetInfo()));
-    return { daemon, report };
+  /** A daemon serving nothing yet: devices come with add(). */
+  static create(): Daemon {
+    return new Daemon(Host.empty());
+  }
+
+  /** The fd budget, for the start-up log. */
+  describeBudget(): string {
+    return describeFdBudget(fdBudgetInfo());
   }
 
   async add(spec: DeviceSpec, address: ListenAddress): Promise<DeviceSummary> {

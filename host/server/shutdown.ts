@@ -17,7 +17,8 @@ export const SHUTDOWN_GRACE_MS = 1500;
 /** Exit status when the shutdown had to be forced. */
 export const FORCED_EXIT_CODE = 1;
 
-export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS): void {
+/** `beforeClose` runs first on a signal (the daemon closes its management socket there). */
+export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS, beforeClose: () => void = () => {}): void {
   let stopping = false;
   const force = (why: string): never => {
     const stuck = host.devicesWithLiveThreads();
@@ -36,6 +37,11 @@ export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_
     log.info(`${signal}: shutting down`);
     // Not unref'd: this timer must fire even if nothing else is left to run.
     const timer = setTimeout(() => force(`shutdown did not finish within ${graceMs} ms`), graceMs);
+    try {
+      beforeClose();
+    } catch (e) {
+      log.error(`shutdown: ${errorText(e)}`);
+    }
     host.close().then(
       () => {
         clearTimeout(timer);
