@@ -5,6 +5,7 @@
 
 import { createConnection } from 'node:net';
 import { parseArgs } from 'node:util';
+import { UsageError } from './args.ts';
 import { JSONRPC, type RpcResponse } from '../daemon/jsonrpc.ts';
 import type { MethodResults } from '../daemon/methods.ts';
 import type { DeviceStats, DeviceSummary } from '../daemon/daemon.ts';
@@ -35,7 +36,10 @@ Options:
 Exit status: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable.
 `;
 
-class CtlUsage extends Error {}
+/** A ctl command line that is wrong (exit status 2). */
+class CtlUsageError extends UsageError {
+  override name = 'CtlUsageError';
+}
 
 /** Sends one request, resolves with the one response line, parsed. */
 function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<RpcResponse> {
@@ -93,7 +97,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'call-deadline': { type: 'string' },
     },
   });
-  if (positionals.length > 0) throw new CtlUsage(`add takes options only, not "${positionals[0]}"`);
+  if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
   const grants: Record<string, unknown> = {};
   if (values.entropy) grants.entropy = true;
   if (values.storage !== undefined) grants.storage = values.storage;
@@ -105,7 +109,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
   const limits: Record<string, unknown> = {};
   if (values['memory-limit'] !== undefined) limits.memory = values['memory-limit'];
   if (values['call-deadline'] !== undefined) {
-    if (!/^\d+$/.test(values['call-deadline'])) throw new CtlUsage(`--call-deadline: "${values['call-deadline']}" is not a whole number of ms`);
+    if (!/^\d+$/.test(values['call-deadline'])) throw new CtlUsageError(`--call-deadline: "${values['call-deadline']}" is not a whole number of ms`);
     limits.callDeadlineMs = Number(values['call-deadline']);
   }
   // Missing id, socket or plugin are the daemon's to name (it checks every field anyway).
@@ -172,27 +176,27 @@ function human(method: string, result: unknown): string {
 function parseCommand(rest: string[]): { method: string; params: Record<string, unknown> } {
   const [cmd, ...args] = rest;
   const none = () => {
-    if (args.length > 0) throw new CtlUsage(`${cmd} takes no arguments`);
+    if (args.length > 0) throw new CtlUsageError(`${cmd} takes no arguments`);
   };
   switch (cmd) {
     case 'list':
       none();
       return { method: 'device-list', params: {} };
     case 'stats':
-      if (args.length > 1) throw new CtlUsage('stats takes at most one device id');
+      if (args.length > 1) throw new CtlUsageError('stats takes at most one device id');
       return { method: 'device-stats', params: args.length ? { id: args[0] } : {} };
     case 'add':
       return { method: 'device-add', params: deviceFromFlags(args) };
     case 'del':
-      if (args.length !== 1) throw new CtlUsage('del takes one device id');
+      if (args.length !== 1) throw new CtlUsageError('del takes one device id');
       return { method: 'device-del', params: { id: args[0] } };
     case 'log-level':
-      if (args.length !== 1) throw new CtlUsage('log-level takes one level (error, warn, info, debug)');
+      if (args.length !== 1) throw new CtlUsageError('log-level takes one level (error, warn, info, debug)');
       return { method: 'log-level', params: { level: args[0] } };
     case undefined:
-      throw new CtlUsage('no command (see: vhost-wasm ctl --help)');
+      throw new CtlUsageError('no command (see: vhost-wasm ctl --help)');
     default:
-      throw new CtlUsage(`unknown command "${cmd}" (list, stats, add, del, log-level)`);
+      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, log-level)`);
   }
 }
 
@@ -217,7 +221,7 @@ export async function runCtl(argv: string[]): Promise<number> {
     }
     json = values.json ?? false;
     const p = values.control ?? process.env.VHOST_WASM_CONTROL;
-    if (!p) throw new CtlUsage('give --control PATH (the daemon\'s management socket) or set VHOST_WASM_CONTROL');
+    if (!p) throw new CtlUsageError('give --control PATH (the daemon\'s management socket) or set VHOST_WASM_CONTROL');
     path = p;
     call = parseCommand(rest);
   } catch (e) {

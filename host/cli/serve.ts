@@ -14,6 +14,7 @@ import type { ListenAddress } from '../server/listener.ts';
 import { stopOnSignals } from '../server/shutdown.ts';
 import { createLogger, isLogLevel, LOG_LEVELS, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
+import { UsageError } from './args.ts';
 
 export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--log-level LEVEL]
 
@@ -36,7 +37,10 @@ systemd passed with FileDescriptorName=NAME (LISTEN_FDS, LISTEN_PID, LISTEN_FDNA
 
 const log = createLogger('vhost-wasm');
 
-class ServeUsageError extends Error {}
+/** A serve command line that is wrong (exit status 2). */
+class ServeUsageError extends UsageError {
+  override name = 'ServeUsageError';
+}
 
 /** Every device's listening address, resolved before anything starts (systemd names included). */
 function addresses(config: DaemonConfig): { listen: ListenAddress[]; control: ListenAddress | null } {

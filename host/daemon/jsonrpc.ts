@@ -2,6 +2,8 @@
 // message per line (newline-delimited JSON) over the control socket. Requests take their
 // parameters by name (an object). Batches are not served: one request per line.
 
+import { VhostWasmError } from '../errors.ts';
+
 export const JSONRPC = '2.0';
 
 /** The specification's codes, and ours (-32000..-32099 is the range it leaves to servers). */
@@ -36,8 +38,10 @@ export interface RpcErrorObject {
 
 export type RpcResponse = { jsonrpc: typeof JSONRPC; id: RequestId; result: unknown } | { jsonrpc: typeof JSONRPC; id: RequestId; error: RpcErrorObject };
 
-/** A request that is refused with a JSON-RPC error; thrown by method handlers. */
-export class RpcError extends Error {
+/** A management request refused with a JSON-RPC error; thrown by method handlers, answered to the client. */
+export class RpcError extends VhostWasmError {
+  static override readonly code = 'ERR_CONTROL_REFUSED';
+  override name = 'RpcError';
   constructor(
     readonly rpcCode: number,
     message: string,
