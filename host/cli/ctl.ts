@@ -26,7 +26,8 @@ Commands:
                           Paths must be absolute.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
-  log-level LEVEL         the daemon's log level from now on (error, warn, info, debug)
+  log-level LEVEL         the daemon's log level from now on, its device workers' included
+                          (error, warn, info, debug)
 
 Options:
   --control PATH          the daemon's management socket
