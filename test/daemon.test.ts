@@ -109,6 +109,23 @@ test.serial('device-add serves a new device; its stats count its front-end', asy
   t.deepEqual(await listIds(), ['a', 'b', 'c', 'disk']);
 });
 
+async function fdBudget(): Promise<number> {
+  const r = await ctl(['--control', control(), '--json', 'stats']);
+  if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { process: { fdBudget: { budget: number } } }).process.fdBudget.budget;
+}
+
+test.serial('a device added and removed again gives its fds back to the share budget', async (t) => {
+  const before = await fdBudget();
+  const add = await ctl(['--control', control(), 'add', '--id', 'brief', '--socket', sock('brief'), '--plugin', rng, '--entropy']);
+  t.is(add.code, 0, add.stderr);
+  const during = await fdBudget();
+  t.true(during < before, `the device's fds are reserved (${before} -> ${during})`);
+  const del = await ctl(['--control', control(), 'del', 'brief']);
+  t.is(del.code, 0, del.stderr);
+  t.is(await fdBudget(), before);
+});
+
 test.serial('device-del in the middle of I/O disconnects that front-end, removes the socket and frees the fds; the others serve on', async (t) => {
   const bystander = await VhostUserFrontend.connect(sock('a'), opts);
   t.teardown(() => bystander.close());

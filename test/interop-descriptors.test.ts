@@ -27,7 +27,7 @@ test('every example plugin has a descriptor, and nothing else does', (t) => {
 
 for (const [file, w] of Object.entries(WRAPPERS)) {
   test(`${file}: its type is what --print-capabilities reports for ${w.plugin}`, (t) => {
-    const d = JSON.parse(readFileSync(join(interop, file), 'utf8')) as Record<string, unknown>;
+    const d = JSON.parse(readFileSync(join(interop, file), 'utf8')) as { binary: unknown; description: unknown; type: string };
     t.deepEqual(Object.keys(d).sort(), ['binary', 'description', 'type']);
     t.true(typeof d.binary === 'string' && d.binary.startsWith('/'));
     t.true(typeof d.description === 'string' && d.description.length > 0);

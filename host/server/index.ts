@@ -4,7 +4,7 @@ import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
-import { describeFdBudget, ensureFdBudget, reserveForDevice } from '../resources/fd-budget.ts';
+import { describeFdBudget, ensureFdBudget, releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 
 export interface DeviceConfig {
@@ -25,11 +25,15 @@ export interface HostDevice {
   config: DeviceConfig;
   slot: DeviceSlot;
   listener: Listener;
+  /** Queues counted in its fd reserve (reserveForDevice), given back when it is removed. */
+  reservedQueues: number;
 }
 
 export class Host {
   /** Devices removed while the host runs whose worker thread has not exited yet (stuck in a system call). */
   private readonly retired = new Set<HostDevice>();
+
+  private closing = false;
 
   private constructor(private readonly running: HostDevice[]) {}
 
@@ -84,9 +88,12 @@ export class Host {
     });
     try {
       const worker = await slot.acquire();
+      // The host began to close while this device started: it is nobody's to serve.
+      if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);
+      const listener = new Listener(config.listen, slot, config.session);
       // What this device and its front-end may hold besides share handles stays out of the budget.
       reserveForDevice(worker.info.numQueues);
-      const d = { config, slot, listener: new Listener(config.listen, slot, config.session) };
+      const d = { config, slot, listener, reservedQueues: worker.info.numQueues };
       this.running.push(d);
       return d;
     } catch (e) {
@@ -110,6 +117,7 @@ export class Host {
     clearTimeout(timer);
     await d.slot.close();
     await listener;
+    releaseForDevice(d.reservedQueues);
     if (d.slot.liveThreads > 0) this.retired.add(d);
     return true;
   }
@@ -122,6 +130,7 @@ export class Host {
    * plugin code. A worker stuck in a system call never exits: see shutdown.ts.
    */
   async close(graceMs = 1000): Promise<void> {
+    this.closing = true;
     const listeners = Promise.all(this.devices.map((d) => d.listener.close()));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([listeners, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
