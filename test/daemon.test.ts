@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
 import { native } from '../host/native/index.ts';
+import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
 import { REPO } from './helpers/host-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { RngPump } from './helpers/rng-pump.ts';
@@ -150,6 +151,38 @@ test.serial('device-del in the middle of I/O disconnects that front-end, removes
   await until(() => daemon.fdCount() < before, `the daemon's fds below ${before} (now ${daemon.fdCount()})`);
   await served.more(5);
   t.regex(daemon.log(), /removed b/);
+});
+
+test.serial('device-del in the middle of a state transfer ends it cleanly: the front-end is disconnected and the fds are freed', async (t) => {
+  const add = await ctl(['--control', control(), 'add', '--id', 'mig', '--socket', sock('mig'), '--plugin', rng, '--entropy', '--call-deadline', '10000']);
+  t.is(add.code, 0, add.stderr);
+  const before = daemon.fdCount();
+  const fe = await VhostUserFrontend.connect(sock('mig'), opts);
+  t.teardown(() => fe.close());
+  await fe.queues[0].submit([], 64);
+  await fe.conn.getVringBase(0); // a state transfer needs stopped rings
+  // A LOAD whose data stops half-way: the back-end holds the pipe and waits for the rest.
+  const [r, w] = native.pipe2();
+  t.teardown(() => native.close(w));
+  let ret: number | null;
+  try {
+    ret = await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, r);
+  } finally {
+    native.close(r);
+  }
+  t.is(ret, null);
+  t.is(native.write(w, Buffer.from('VHWS')), 4);
+  t.true(daemon.fdCount() > before);
+
+  const del = await ctl(['--control', control(), 'del', 'mig']);
+  t.is(del.code, 0, del.stderr);
+  const closed = await Promise.race([fe.conn.closed.then(() => 'closed'), sleep(10_000).then(() => 'still open after 10 s')]);
+  t.is(closed, 'closed');
+  t.false(existsSync(sock('mig')));
+  await until(() => daemon.fdCount() < before, `the daemon's fds below ${before} (now ${daemon.fdCount()})`);
+  // The pipe's read end is gone from the daemon: writing to it now fails.
+  t.throws(() => native.write(w, Buffer.from('more')), { code: 'EPIPE' });
+  await randomFrom(sock('a'));
 });
 
 test.serial('malformed, unknown and invalid requests get a JSON-RPC error and change nothing', async (t) => {
