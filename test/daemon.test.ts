@@ -7,10 +7,11 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
+import { ERRNO, FuseClient } from './helpers/fuse.ts';
 import { native } from '../host/native/index.ts';
 import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
 import { REPO } from './helpers/host-process.ts';
@@ -90,8 +91,8 @@ test.serial('the management socket is mode 0600, and ctl lists the devices for p
   t.regex(human.stdout, new RegExp(`^disk\\s+globex\\s+idle\\s+blk \\(2, \\d+q\\)\\s+${sock('disk')}$`, 'm'));
   const stats = await ctl(['--control', control(), '--json', 'stats', 'disk']);
   t.is(stats.code, 0, stats.stderr);
-  const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number } }[]; process: { pid: number } };
-  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000 }]]);
+  const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null } }[]; process: { pid: number } };
+  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000, openFiles: null }]]);
   t.is(s.process.pid, daemon.child.pid!);
 });
 
@@ -183,6 +184,38 @@ test.serial('device-del in the middle of a state transfer ends it cleanly: the f
   // The pipe's read end is gone from the daemon: writing to it now fails.
   t.throws(() => native.write(w, Buffer.from('more')), { code: 'EPIPE' });
   await randomFrom(sock('a'));
+});
+
+test.serial('limits.openFiles caps one fs device\'s open fds (ENFILE to its guest) and not another\'s', async (t) => {
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  const names = Array.from({ length: 10 }, (_, i) => `f${i}`);
+  for (const n of names) writeFileSync(join(share, n), n);
+  const fs = join(REPO, 'dist', 'plugins', 'fs.wasm');
+  for (const [id, extra] of [['capped', ['--open-files', '4']], ['free', []]] as const) {
+    const r = await ctl(['--control', control(), 'add', '--id', id, '--socket', sock(id), '--plugin', fs, '--shared-dir', share, '--call-deadline', '10000', ...extra]);
+    t.is(r.code, 0, r.stderr);
+  }
+  const lookups = async (id: string): Promise<number[]> => {
+    const fe = await VhostUserFrontend.connect(sock(id), { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    try {
+      const fuse = new FuseClient(fe);
+      t.is((await fuse.init()).error, 0, 'INIT');
+      const errors: number[] = [];
+      for (const n of names) errors.push((await fuse.lookup(1n, n)).error);
+      return errors;
+    } finally {
+      await fe.close();
+    }
+  };
+  const capped = await lookups('capped');
+  const served = capped.filter((e) => e === 0).length;
+  t.true(served >= 1 && served <= 4, `${served} lookups served under a cap of 4: ${capped.join(',')}`);
+  t.deepEqual(capped.slice(served), Array(names.length - served).fill(ERRNO.ENFILE));
+  t.deepEqual(await lookups('free'), Array(names.length).fill(0));
+  const stats = await ctl(['--control', control(), 'stats', 'capped']);
+  t.regex(stats.stdout, /limits: memory 64\.0 MiB, call deadline 10000 ms, 4 open files/);
+  for (const id of ['capped', 'free']) t.is((await ctl(['--control', control(), 'del', id])).code, 0);
 });
 
 test.serial('malformed, unknown and invalid requests get a JSON-RPC error and change nothing', async (t) => {

@@ -22,7 +22,8 @@ Commands:
                           start serving one more device; the device options are those of
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
-                          --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS.
+                          --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
+                          and --open-files N (most fds the shared directory may hold).
                           Paths must be absolute.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
@@ -96,6 +97,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       xattr: { type: 'boolean' },
       'memory-limit': { type: 'string' },
       'call-deadline': { type: 'string' },
+      'open-files': { type: 'string' },
     },
   });
   if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
@@ -112,6 +114,10 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
   if (values['call-deadline'] !== undefined) {
     if (!/^\d+$/.test(values['call-deadline'])) throw new CtlUsageError(`--call-deadline: "${values['call-deadline']}" is not a whole number of ms`);
     limits.callDeadlineMs = Number(values['call-deadline']);
+  }
+  if (values['open-files'] !== undefined) {
+    if (!/^\d+$/.test(values['open-files'])) throw new CtlUsageError(`--open-files: "${values['open-files']}" is not a whole number`);
+    limits.openFiles = Number(values['open-files']);
   }
   // Missing id, socket or plugin are the daemon's to name (it checks every field anyway).
   return {
@@ -152,7 +158,8 @@ function human(method: string, result: unknown): string {
           `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
-          `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms\n`,
+          `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
+          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n`,
       );
       return (
         lines.join('') +

@@ -43,7 +43,8 @@ export interface DeviceSpec {
     storage: StorageSpec | null;
     filesystem: FilesystemSpec | null;
   };
-  limits: { memoryLimitBytes: number; callDeadlineMs: number };
+  /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
   migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
 }
 
@@ -128,8 +129,11 @@ function path(v: unknown, field: string, base: PathBase): string {
 
 const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
-const LIMIT_FIELDS = ['memory', 'callDeadlineMs'] as const;
+const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles'] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
+
+/** The most fds one share may be allowed (the share's own ceiling, host/fs/share.ts). */
+const MAX_OPEN_FILES = 65536;
 
 /** The longest call deadline accepted (a minute: beyond that a hung plugin is never noticed). */
 const MAX_CALL_DEADLINE_MS = 60_000;
@@ -206,7 +210,12 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
   const limits = {
     memoryLimitBytes: l.memory === undefined ? (storage ? 256 : 64) * 2 ** 20 : size(l.memory, `${f('limits')}.memory`),
     callDeadlineMs: l.callDeadlineMs === undefined ? (storage ? 1000 : 100) : int(l.callDeadlineMs, `${f('limits')}.callDeadlineMs`, 1, MAX_CALL_DEADLINE_MS),
+    openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
   };
+  if (limits.openFiles !== null && filesystem === null) {
+    throw new ConfigError(`${f('limits')}.openFiles`, 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');
+  }
+  if (filesystem && limits.openFiles !== null) filesystem = { ...filesystem, maxHandles: limits.openFiles };
 
   const m = o.migration === undefined ? {} : object(o.migration, f('migration'), MIGRATION_FIELDS);
   const mf = (k: string) => `${f('migration')}.${k}`;

@@ -46,7 +46,7 @@ export interface DeviceStats extends DeviceSummary {
   /** Workers started: 1, plus one per restart after a failure. */
   workerStarts: number;
   lastFailure: string | null;
-  limits: { memoryLimitBytes: number; callDeadlineMs: number };
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
 }
 
 function listenText(a: ListenAddress): string {
