@@ -14,7 +14,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../
 import { ERRNO, FuseClient } from './helpers/fuse.ts';
 import { native } from '../host/native/index.ts';
 import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
-import { REPO } from './helpers/host-process.ts';
+import { hostCommand, REPO } from './helpers/host-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
@@ -368,6 +368,20 @@ test('the management socket of a running daemon is not taken over: the second da
   t.false(existsSync(join(d, 'second.sock')));
   const r = await ctl(['--control', join(d, 'control.sock'), 'list']);
   t.is(r.stdout, 'no devices\n');
+});
+
+test('serve and ctl document themselves; serve without --config is a usage error', async (t) => {
+  const [node, serveHelp] = hostCommand(['serve', '--help']);
+  const help = execFileSync(node, serveHelp, { encoding: 'utf8' });
+  for (const flag of ['--config FILE', '--control PATH', '--log-level LEVEL', 'LISTEN_FDS']) t.true(help.includes(flag), flag);
+  const c = await ctl(['--help']);
+  t.is(c.code, 0);
+  for (const cmd of ['list', 'stats [ID]', 'add --id ID', 'del ID', 'log-level LEVEL', '--json']) t.true(c.stdout.includes(cmd), cmd);
+  const [, topHelp] = hostCommand(['--help']);
+  t.regex(execFileSync(node, topHelp, { encoding: 'utf8' }), /vhost-wasm serve --config FILE/);
+  const bare = spawnDaemon([]);
+  t.is(await bare.exited, 2);
+  t.regex(bare.log(), /vhost-wasm serve: give --config FILE/);
 });
 
 test('ctl: usage errors exit 2, an unreachable daemon exits 3', async (t) => {
