@@ -97,7 +97,8 @@ test.serial('the management socket is mode 0600, and ctl lists the devices for p
 });
 
 test.serial('device-add serves a new device; its stats count its front-end', async (t) => {
-  const r = await ctl(['--control', control(), 'add', '--id', 'c', '--tenant', 'initech', '--socket', sock('c'), '--plugin', rng, '--entropy', '--call-deadline', '10000']);
+  // Run from the test's directory: ctl makes the relative socket path absolute for the daemon.
+  const r = await ctl(['--control', control(), 'add', '--id', 'c', '--tenant', 'initech', '--socket', 'c.sock', '--plugin', rng, '--entropy', '--call-deadline', '10000'], [], dir);
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /^added c: rng \(4, 1q\) on /);
   const fe = await VhostUserFrontend.connect(sock('c'), opts);

@@ -4,6 +4,7 @@
 // 3 the daemon could not be reached or answered something that is not JSON-RPC.
 
 import { createConnection } from 'node:net';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError } from './args.ts';
 import { JSONRPC, type RpcResponse } from '../daemon/jsonrpc.ts';
@@ -24,7 +25,7 @@ Commands:
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
                           --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
                           and --open-files N (most fds the shared directory may hold).
-                          Paths must be absolute.
+                          Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
   log-level LEVEL         the daemon's log level from now on, its device workers' included
@@ -101,12 +102,15 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     },
   });
   if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
+  // The daemon takes absolute paths only (its working directory is not the caller's): paths
+  // given here are the caller's, relative to where ctl runs.
+  const abs = (p: string | undefined) => (p === undefined || p === '' ? p : resolve(p));
   const grants: Record<string, unknown> = {};
   if (values.entropy) grants.entropy = true;
-  if (values.storage !== undefined) grants.storage = values.storage;
+  if (values.storage !== undefined) grants.storage = values.storage.startsWith('memory:') ? values.storage : abs(values.storage);
   if (values.direct) grants.direct = true;
   if (values['read-only']) grants.readOnly = true;
-  if (values['shared-dir'] !== undefined) grants.sharedDir = values['shared-dir'];
+  if (values['shared-dir'] !== undefined) grants.sharedDir = abs(values['shared-dir']);
   if (values.tag !== undefined) grants.tag = values.tag;
   if (values.xattr) grants.xattr = true;
   const limits: Record<string, unknown> = {};
@@ -123,8 +127,8 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
   return {
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
-    ...(values.socket !== undefined ? { socket: values.socket } : {}),
-    ...(values.plugin !== undefined ? { plugin: values.plugin } : {}),
+    ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),
+    ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
     ...(Object.keys(grants).length ? { grants } : {}),
     ...(Object.keys(limits).length ? { limits } : {}),
   };

@@ -62,11 +62,11 @@ export interface CtlResult {
   stderr: string;
 }
 
-/** `vhost-wasm ctl ARGS`; `wrap` runs it under another command (setpriv, to be another user). */
-export function ctl(args: string[], wrap: string[] = []): Promise<CtlResult> {
+/** `vhost-wasm ctl ARGS` in `cwd`; `wrap` runs it under another command (setpriv, to be another user). */
+export function ctl(args: string[], wrap: string[] = [], cwd = REPO): Promise<CtlResult> {
   const [node, argv] = hostCommand(['ctl', ...args]);
   const [cmd, ...rest] = [...wrap, node, ...argv];
-  const child = spawn(cmd, rest, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, rest, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
