@@ -1,6 +1,6 @@
 // A daemon device whose plugin spins (in process(), far from its call deadline) is still
-// removed by device-del, and SIGTERM still ends the daemon cleanly with one spinning; the other
-// devices serve throughout. The built binary, `serve --config`, a faulty plugin that loops on a
+// removed by device-del, set-limits can shorten the deadline of the call it is spinning in, and
+// SIGTERM still ends the daemon cleanly with one spinning; the other devices serve throughout. The built binary, `serve --config`, a faulty plugin that loops on a
 // request starting with "boom" (test/fixtures/plugins/bad.c).
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -16,7 +16,7 @@ import { ctl, startDaemon } from './helpers/daemon-process.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
 
-test('device-del and SIGTERM end a device whose plugin spins, and the rest serve on', async (t) => {
+test('device-del, a shorter deadline from set-limits, and SIGTERM end a device whose plugin spins; the rest serve on', async (t) => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   const faulty = await buildHostFixtures(REPO, join(REPO, 'dist', 'test-plugins'));
   const dir = mkdtempSync(join(tmpdir(), 'daemon-stuck-'));
@@ -27,7 +27,7 @@ test('device-del and SIGTERM end a device whose plugin spins, and the rest serve
     join(dir, 'c.json'),
     JSON.stringify({
       control: 'control.sock',
-      devices: [{ id: 'rng', socket: 'rng.sock', plugin: join(REPO, 'dist', 'plugins', 'rng.wasm'), grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } }, spinner('spin1'), spinner('spin2')],
+      devices: [{ id: 'rng', socket: 'rng.sock', plugin: join(REPO, 'dist', 'plugins', 'rng.wasm'), grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } }, spinner('spin1'), spinner('spin2'), spinner('spin3')],
     }),
   );
   const daemon = await startDaemon(['--config', join(dir, 'c.json')]);
@@ -50,10 +50,20 @@ test('device-del and SIGTERM end a device whose plugin spins, and the rest serve
   t.false(existsSync(sock('spin1')));
   await pump.more(5);
 
+  // set-limits shortens the deadline of the call in progress: the watchdog ends that one device.
+  await spin('spin3');
+  const set = await ctl(['--control', join(dir, 'control.sock'), 'set-limits', 'spin3', '--call-deadline', '200']);
+  t.is(set.code, 0, set.stderr);
+  t.is(set.stdout, 'spin3: call deadline 200 ms\n');
+  t.log(await daemon.waitForLog(/device spin3: .*past its 200 ms deadline; worker terminated/));
+  const stats = await ctl(['--control', join(dir, 'control.sock'), '--json', 'stats', 'spin3']);
+  t.like(JSON.parse(stats.stdout), { devices: [{ id: 'spin3', state: 'failed', limits: { callDeadlineMs: 200 } }] });
+  await pump.more(5);
+
   await spin('spin2');
   await pump.more(3);
   const code = await withTimeout(daemon.stop(), 10_000, 'daemon exit after SIGTERM');
   t.is(code, 0, daemon.log());
   t.notRegex(daemon.log(), /forcing the exit/);
-  for (const n of ['rng', 'spin2', 'control']) t.false(existsSync(sock(n)), `${n}.sock removed`);
+  for (const n of ['rng', 'spin2', 'spin3', 'control']) t.false(existsSync(sock(n)), `${n}.sock removed`);
 });

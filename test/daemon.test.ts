@@ -237,10 +237,12 @@ test.serial('malformed, unknown and invalid requests get a JSON-RPC error and ch
       req(10, 'device-del', { id: 'nosuch' }),
       req(11, 'device-del', ['a']),
       req(12, 'log-level', { level: 'loud' }),
+      req(13, 'set-limits', { id: 'a', memory: '1G' }),
+      req(14, 'set-limits', { id: 'a', callDeadlineMs: 0 }),
     ],
-    12,
+    14,
   )) as { id: number | null; error?: { code: number; message: string; data?: { field?: string; code?: string } } }[];
-  t.is(answers.length, 12);
+  t.is(answers.length, 14);
   const at = (i: number) => answers[i].error!;
   t.is(at(0).code, -32700);
   t.is(at(1).code, -32600);
@@ -255,8 +257,12 @@ test.serial('malformed, unknown and invalid requests get a JSON-RPC error and ch
   t.like(answers[9], { id: 10, error: { code: -32000, data: { code: 'ERR_DAEMON_REQUEST' } } });
   t.is(at(10).code, -32602);
   t.like(answers[11], { id: 12, error: { code: -32602, data: { field: 'params.level' } } });
+  t.like(answers[12], { id: 13, error: { code: -32602, data: { field: 'params.memory' } } });
+  t.like(answers[13], { id: 14, error: { code: -32602, data: { field: 'params.callDeadlineMs' } } });
   for (const a of answers) t.false('result' in a);
   t.deepEqual(await listIds(), ids);
+  const a = await ctl(['--control', control(), '--json', 'stats', 'a']);
+  t.like(JSON.parse(a.stdout), { devices: [{ limits: { callDeadlineMs: 10_000 } }] });
   t.false(existsSync(sock('y')));
   t.false(existsSync(sock('a2')));
   await randomFrom(sock('a'));

@@ -28,6 +28,9 @@ Commands:
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
+  set-limits ID --call-deadline MS
+                          a running device's call deadline, from the call in progress on
+                          (its memory and open-files limits are fixed while it runs)
   log-level LEVEL         the daemon's log level from now on, its device workers' included
                           (error, warn, info, debug)
 
@@ -176,6 +179,10 @@ function human(method: string, result: unknown): string {
     }
     case 'device-del':
       return `removed ${(result as MethodResults['device-del']).id}\n`;
+    case 'set-limits': {
+      const r = result as MethodResults['set-limits'];
+      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms\n`;
+    }
     case 'log-level': {
       const r = result as MethodResults['log-level'];
       return `log level ${r.level} (was ${r.previous})\n`;
@@ -202,13 +209,21 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
     case 'del':
       if (args.length !== 1) throw new CtlUsageError('del takes one device id');
       return { method: 'device-del', params: { id: args[0] } };
+    case 'set-limits': {
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' } } });
+      if (positionals.length !== 1) throw new CtlUsageError('set-limits takes one device id');
+      const ms = values['call-deadline'];
+      if (ms === undefined) throw new CtlUsageError('set-limits: give --call-deadline MS');
+      if (!/^\d+$/.test(ms)) throw new CtlUsageError(`--call-deadline: "${ms}" is not a whole number of ms`);
+      return { method: 'set-limits', params: { id: positionals[0], callDeadlineMs: Number(ms) } };
+    }
     case 'log-level':
       if (args.length !== 1) throw new CtlUsageError('log-level takes one level (error, warn, info, debug)');
       return { method: 'log-level', params: { level: args[0] } };
     case undefined:
       throw new CtlUsageError('no command (see: vhost-wasm ctl --help)');
     default:
-      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, log-level)`);
+      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, set-limits, log-level)`);
   }
 }
 

@@ -136,7 +136,7 @@ const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'stateP
 const MAX_OPEN_FILES = 65536;
 
 /** The longest call deadline accepted (a minute: beyond that a hung plugin is never noticed). */
-const MAX_CALL_DEADLINE_MS = 60_000;
+export const MAX_CALL_DEADLINE_MS = 60_000;
 
 /** One device, at `field` ("devices[0]", or "params" for device-add). */
 export function parseDeviceSpec(v: unknown, field: string, base: PathBase): DeviceSpec {

@@ -137,6 +137,16 @@ export class Daemon {
     }
   }
 
+  /** Changes what can change while a device runs: its call deadline (from the call in progress on). */
+  setLimits(id: string, limits: { callDeadlineMs: number }): DeviceStats['limits'] {
+    const e = this.entries.get(id);
+    if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    e.device.slot.setCallDeadline(limits.callDeadlineMs);
+    e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
+    log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    return { ...e.spec.limits };
+  }
+
   list(): DeviceSummary[] {
     return [...this.entries.values()].map((e) => this.summary(e));
   }

@@ -2,7 +2,7 @@
 // before anything changes, so a refused request leaves the daemon as it was.
 
 import { readdirSync } from 'node:fs';
-import { ConfigError, parseDeviceSpec } from './config.ts';
+import { ConfigError, MAX_CALL_DEADLINE_MS, parseDeviceSpec } from './config.ts';
 import { RpcCode, RpcError } from './jsonrpc.ts';
 import type { Daemon, DeviceStats, DeviceSummary } from './daemon.ts';
 import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLevel } from '../log/logger.ts';
@@ -24,9 +24,10 @@ export interface MethodResults {
   'device-list': { devices: DeviceSummary[] };
   'device-stats': { devices: DeviceStats[]; process: ProcessStats };
   'log-level': { level: LogLevel; previous: LogLevel };
+  'set-limits': { id: string; limits: DeviceStats['limits'] };
 }
 export type MethodName = keyof MethodResults;
-export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'log-level'];
+export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level'];
 
 type Params = Record<string, unknown>;
 
@@ -101,6 +102,27 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
       const id = idParam(params, false);
       try {
         return { devices: daemon.stats(id), process: processStats() } satisfies MethodResults['device-stats'];
+      } catch (e) {
+        throw failed(e);
+      }
+    }
+    case 'set-limits': {
+      const id = idParam(params, true)!;
+      for (const k of ['memory', 'openFiles']) {
+        if (params[k] !== undefined) {
+          throw new RpcError(RpcCode.invalidParams, `params.${k}: cannot change while the device runs (it is fixed when the plugin is instantiated): device-del and device-add the device with the new limit`, {
+            field: `params.${k}`,
+          });
+        }
+      }
+      only(params, ['id', 'callDeadlineMs']);
+      const ms = params.callDeadlineMs;
+      if (ms === undefined) throw new RpcError(RpcCode.invalidParams, 'params.callDeadlineMs: missing (the limit to set)', { field: 'params.callDeadlineMs' });
+      if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 1 || ms > MAX_CALL_DEADLINE_MS) {
+        throw new RpcError(RpcCode.invalidParams, `params.callDeadlineMs: must be a whole number of ms in 1..${MAX_CALL_DEADLINE_MS}`, { field: 'params.callDeadlineMs' });
+      }
+      try {
+        return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms }) } satisfies MethodResults['set-limits'];
       } catch (e) {
         throw failed(e);
       }

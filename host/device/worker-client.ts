@@ -189,6 +189,14 @@ export class DeviceWorker {
     return new DeviceWorker(worker, info, watchdog, opts);
   }
 
+  /**
+   * A new call deadline from now on, the call in progress included (the daemon's set-limits):
+   * the watchdog reads it at every check.
+   */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
+  }
+
   /** Why the worker is gone, or null while it runs. */
   get dead(): string | null {
     return this.deathReason;

@@ -72,6 +72,12 @@ export class DeviceSlot {
     return { workerStarts: this.starts, running: w !== null && w.dead === null, failure: w?.dead ?? this.lastFailure };
   }
 
+  /** The call deadline of the running worker, and of every worker started after it. */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
+    this.worker?.setCallDeadline(ms);
+  }
+
   get info(): DeviceInfo | null {
     return this.worker?.info ?? null;
   }
