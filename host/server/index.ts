@@ -60,6 +60,7 @@ export class Host {
       for (const d of host.running.splice(0)) {
         await d.listener.close();
         await d.slot.close();
+        releaseForDevice(d.reservedQueues);
       }
       throw e;
     }
