@@ -129,6 +129,18 @@ test.serial('a device added and removed again gives its fds back to the share bu
   t.is(await fdBudget(), before);
 });
 
+test.serial('two device-adds of one id at once: one is served, the other refused, nothing half-made', async (t) => {
+  const add = (socket: string) => ctl(['--control', control(), 'add', '--id', 'twin', '--socket', sock(socket), '--plugin', rng, '--entropy']);
+  const results = await Promise.all([add('twin1'), add('twin2')]);
+  t.deepEqual(results.map((r) => r.code).sort(), [0, 1], results.map((r) => r.stderr).join(''));
+  const refused = results.find((r) => r.code === 1)!;
+  t.regex(refused.stderr, /device twin (already exists|is being added or removed by another request) \[ERR_DAEMON_REQUEST\]/);
+  t.is([sock('twin1'), sock('twin2')].filter((p) => existsSync(p)).length, 1, 'one socket');
+  t.deepEqual((await listIds()).filter((id) => id === 'twin'), ['twin']);
+  t.is((await ctl(['--control', control(), 'del', 'twin'])).code, 0);
+  t.false(existsSync(sock('twin1')) || existsSync(sock('twin2')));
+});
+
 test.serial('device-del in the middle of I/O disconnects that front-end, removes the socket and frees the fds; the others serve on', async (t) => {
   const bystander = await VhostUserFrontend.connect(sock('a'), opts);
   t.teardown(() => bystander.close());

@@ -94,7 +94,8 @@ export class Daemon {
   }
 
   async add(spec: DeviceSpec, address: ListenAddress): Promise<DeviceSummary> {
-    if (this.entries.has(spec.id) || this.busy.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} already exists: remove it first or choose another id`);
+    if (this.busy.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} is being added or removed by another request`);
+    if (this.entries.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} already exists: remove it first or choose another id`);
     const clash = [...this.entries.values()].find((e) => listenText(e.address) === listenText(address));
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
