@@ -5,6 +5,7 @@
 // others serve. Runs until SIGINT/SIGTERM, with the single-device host's shutdown promise.
 
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ConfigError, parseDaemonConfig, type DaemonConfig } from '../daemon/config.ts';
 import { activatedSockets } from '../daemon/systemd.ts';
@@ -117,16 +118,29 @@ export async function runServe(argv: string[]): Promise<number> {
     }
     log.info(`management socket on ${'path' in where.control ? where.control.path : `fd ${where.control.fd}`}`);
   }
-  for (let i = 0; i < config.devices.length; i++) {
-    const spec = config.devices[i];
-    try {
-      await daemon.add(spec, where.listen[i]);
-      report.started.push(spec.id);
-    } catch (e) {
-      report.failed.push({ id: spec.id, error: describeError(e) });
-      log.error(`device ${spec.id} not started: ${describeError(e)}`);
+  // Devices start a few at a time (each compiles its plugin in its own worker thread); the
+  // "not started" lines and the summary keep the file's order.
+  const outcomes: (string | null)[] = new Array(config.devices.length).fill(null);
+  let next = 0;
+  const starter = async () => {
+    for (let i = next++; i < config.devices.length; i = next++) {
+      try {
+        await daemon.add(config.devices[i], where.listen[i]);
+      } catch (e) {
+        outcomes[i] = describeError(e);
+      }
     }
-  }
+  };
+  await Promise.all(Array.from({ length: Math.min(availableParallelism(), config.devices.length) }, starter));
+  config.devices.forEach((spec, i) => {
+    const error = outcomes[i];
+    if (error === null) {
+      report.started.push(spec.id);
+    } else {
+      report.failed.push({ id: spec.id, error });
+      log.error(`device ${spec.id} not started: ${error}`);
+    }
+  });
   if (report.started.length === 0 && config.devices.length > 0 && control === null) {
     log.error('no device could start and there is no management socket: exiting');
     await daemon.close();

@@ -74,12 +74,15 @@ interface Entry {
   address: ListenAddress;
   device: HostDevice;
   addedAt: number;
+  /** When its device-add began, among all of them: listings keep that order. */
+  seq: number;
 }
 
 export class Daemon {
   private readonly entries = new Map<string, Entry>();
   /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
   private readonly busy = new Set<string>();
+  private seq = 0;
 
   private constructor(readonly host: Host) {}
 
@@ -99,6 +102,7 @@ export class Daemon {
     const clash = [...this.entries.values()].find((e) => listenText(e.address) === listenText(address));
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
+    const seq = this.seq++;
     try {
       const config: DeviceConfig = {
         label: spec.id,
@@ -112,7 +116,7 @@ export class Daemon {
         },
       };
       const device = await this.host.add(config);
-      const entry: Entry = { spec, address, device, addedAt: performance.now() };
+      const entry: Entry = { spec, address, device, addedAt: performance.now(), seq };
       this.entries.set(spec.id, entry);
       const info = device.slot.info!;
       log.info(
@@ -149,12 +153,17 @@ export class Daemon {
   }
 
   list(): DeviceSummary[] {
-    return [...this.entries.values()].map((e) => this.summary(e));
+    return this.ordered().map((e) => this.summary(e));
+  }
+
+  /** Entries in the order their device-add began (the config file's order at start-up). */
+  private ordered(): Entry[] {
+    return [...this.entries.values()].sort((a, b) => a.seq - b.seq);
   }
 
   stats(id?: string): DeviceStats[] {
     if (id !== undefined && !this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
-    const entries = id === undefined ? [...this.entries.values()] : [this.entries.get(id)!];
+    const entries = id === undefined ? this.ordered() : [this.entries.get(id)!];
     return entries.map((e) => {
       const l = e.device.listener.stats();
       const s = e.device.slot.stats();
