@@ -43,6 +43,8 @@ export const HELP = `Usage: vhost-wasm --socket-path PATH --plugin FILE.wasm [op
        vhost-wasm --fd FD --plugin FILE.wasm [options]
        vhost-wasm --print-capabilities --plugin FILE.wasm
        vhost-wasm migrate --from SRC.sock --to DST.sock [options]   (see: vhost-wasm migrate --help)
+       vhost-wasm serve --config FILE [--control PATH]   many devices (see: vhost-wasm serve --help)
+       vhost-wasm ctl --control PATH COMMAND           manage a serve daemon (see: vhost-wasm ctl --help)
 
 A vhost-user back-end whose device logic is a sandboxed WebAssembly component.
 QEMU (or another vhost-user front-end) connects to the socket; after it disconnects the

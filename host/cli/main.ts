@@ -14,30 +14,10 @@ import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
 import { createLogger, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
-import { FileBacking } from '../storage/file.ts';
-import type { StorageSpec } from '../storage/backing.ts';
-import { FsShare } from '../fs/share.ts';
-import type { FilesystemSpec } from '../fs/option.ts';
+import { checkSharedDir, checkStorage } from './grant-checks.ts';
 
 import { HOST_VERSION as VERSION } from '../version.ts';
 const log = createLogger('vhost-wasm');
-
-/** A file backing is opened in the device worker; trying it here first makes a bad path a
- * start-up error on its own line, before any worker or socket exists. */
-function checkStorage(spec: StorageSpec | null): StorageSpec | null {
-  if (spec?.kind !== 'file') return spec;
-  const path = resolve(spec.path);
-  FileBacking.open(path, spec.readOnly, { direct: spec.direct === true }).close();
-  return { ...spec, path };
-}
-
-/** The shared directory is opened in the device worker; trying it here first makes a bad
- * path a start-up error, before any worker or socket exists. */
-function checkSharedDir(spec: FilesystemSpec): FilesystemSpec {
-  const dir = resolve(spec.dir);
-  new FsShare(dir, { readOnly: spec.readOnly, tag: spec.tag }).close();
-  return { ...spec, dir };
-}
 
 function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): DeviceSource {
   if (o.deviceModule) {
@@ -101,6 +81,16 @@ async function main(): Promise<number> {
       process.stderr.write(`vhost-wasm migrate: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
       return 3;
     }
+  }
+  if (process.argv[2] === 'serve') {
+    // The multi-tenant daemon: see host/cli/serve.ts.
+    const { runServe } = await import('./serve.ts');
+    return runServe(process.argv.slice(3));
+  }
+  if (process.argv[2] === 'ctl') {
+    // The daemon's management client: see host/cli/ctl.ts.
+    const { runCtl } = await import('./ctl.ts');
+    return runCtl(process.argv.slice(3));
   }
   let o: CliOptions;
   try {

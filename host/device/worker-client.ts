@@ -10,7 +10,7 @@ import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
 import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
-import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
+import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
   label: string;
@@ -127,7 +127,7 @@ export class DeviceWorker {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
     const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), label: opts.label, watchdog: sab, epoch };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch };
     const url = workerUrl();
     let worker: Worker;
     if (url.pathname.endsWith('.ts')) {
@@ -187,6 +187,14 @@ export class DeviceWorker {
       worker.on('exit', onExit);
     });
     return new DeviceWorker(worker, info, watchdog, opts);
+  }
+
+  /**
+   * A new call deadline from now on, the call in progress included (the daemon's set-limits):
+   * the watchdog reads it at every check.
+   */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
   }
 
   /** Why the worker is gone, or null while it runs. */

@@ -10,11 +10,12 @@ import type { VirtioDevice, DeviceFactory } from './device.ts';
 import { WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
-import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
 setLogLevel(init.logLevel);
+if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
 

@@ -20,6 +20,14 @@ const rank: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
 /** Set by the CLI (--log-level) or an embedder (setLogLevel); workers get it in their init. */
 let threshold: LogLevel = 'info';
+/**
+ * The level as one Int32 shared by the main thread and every device worker, so the daemon's
+ * log-level request reaches workers already running (their `threshold` follows it). Workers
+ * adopt the main thread's cell from their init (useLogLevelCell).
+ */
+let cell = new Int32Array(new SharedArrayBuffer(4));
+Atomics.store(cell, 0, 2);
+const byRank: LogLevel[] = ['error', 'warn', 'info', 'debug'];
 let sink: ((line: string) => void) | null = null;
 /** Lines this thread could not write because stderr was full (a non-blocking pipe nobody drained). */
 let droppedOnFullStderr = 0;
@@ -30,10 +38,29 @@ export function isLogLevel(s: string): s is LogLevel {
 
 export function setLogLevel(level: LogLevel): void {
   threshold = level;
+  Atomics.store(cell, 0, rank[level]);
 }
 
 export function getLogLevel(): LogLevel {
+  return currentLevel();
+}
+
+/** This thread's level, following the shared cell (another thread may have changed it). */
+function currentLevel(): LogLevel {
+  const r = Atomics.load(cell, 0);
+  if (byRank[r] !== undefined && byRank[r] !== threshold) threshold = byRank[r];
   return threshold;
+}
+
+/** The shared level cell, for a worker's init. */
+export function logLevelCell(): SharedArrayBuffer {
+  return cell.buffer as SharedArrayBuffer;
+}
+
+/** In a worker: follow the main thread's level from now on (its cell from the init). */
+export function useLogLevelCell(buffer: SharedArrayBuffer): void {
+  cell = new Int32Array(buffer);
+  currentLevel();
 }
 
 /** Tests capture lines here instead of (as well as) stderr. */
@@ -131,7 +158,7 @@ function writeDropNote(): void {
 
 export function createLogger(scope: string): Logger {
   const emit = (level: LogLevel, msg: string) => {
-    if (rank[level] > rank[threshold]) return;
+    if (rank[level] > rank[currentLevel()]) return;
     const head = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${escapeControls(scope)}: `;
     const line = `${head}${cutToBytes(escapeControls(msg), MAX_LINE - Buffer.byteLength(head) - 1)}\n`;
     if (sink) sink(line);
@@ -142,7 +169,7 @@ export function createLogger(scope: string): Logger {
     warn: (m) => emit('warn', m),
     info: (m) => emit('info', m),
     debug: (m) => emit('debug', m),
-    enabled: (l) => rank[l] <= rank[threshold],
+    enabled: (l) => rank[l] <= rank[currentLevel()],
     child: (s) => createLogger(`${scope}/${s}`),
   };
 }

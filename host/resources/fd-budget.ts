@@ -49,6 +49,11 @@ export function reserveForDevice(numQueues: number): FdBudgetInfo {
   return native.fdBudgetReserve(deviceReserve(numQueues));
 }
 
+/** Returns a removed device's reserve to the budget (the inverse of reserveForDevice). */
+export function releaseForDevice(numQueues: number): FdBudgetInfo {
+  return native.fdBudgetRelease(deviceReserve(numQueues));
+}
+
 export function fdBudgetInfo(): FdBudgetInfo {
   return native.fdBudgetInfo();
 }

@@ -19,6 +19,10 @@ export class DeviceSlot {
   /** Workers that were terminated but whose thread has not exited (blocked in a system call). */
   private readonly stuck = new Set<DeviceWorker>();
   private closed = false;
+  /** Workers started for this device (the first, then one per restart after a failure). */
+  private starts = 0;
+  /** Why the last worker that died stopped (watchdog, crash), for device-stats. */
+  private lastFailure: string | null = null;
 
   constructor(
     readonly source: DeviceSource,
@@ -32,11 +36,13 @@ export class DeviceSlot {
     if (this.worker) {
       const old = this.worker;
       this.worker = null;
+      this.lastFailure = old.dead;
       // A dead worker's thread normally exits at once; one that does not is left behind (and
       // reported at shutdown) so that the device can be served again by a fresh one.
       if (!(await old.exitedWithin())) this.keepStuck(old);
     }
     if (!this.starting) {
+      this.starts++;
       this.starting = DeviceWorker.start(this.source, {
         label: this.opts.label,
         callDeadlineMs: this.opts.callDeadlineMs,
@@ -58,6 +64,18 @@ export class DeviceSlot {
   private keepStuck(w: DeviceWorker): void {
     this.stuck.add(w);
     void w.exited.then(() => this.stuck.delete(w));
+  }
+
+  /** Workers started, and why the device last failed (null: never, or it is failed now: see running). */
+  stats(): { workerStarts: number; running: boolean; failure: string | null } {
+    const w = this.worker;
+    return { workerStarts: this.starts, running: w !== null && w.dead === null, failure: w?.dead ?? this.lastFailure };
+  }
+
+  /** The call deadline of the running worker, and of every worker started after it. */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
+    this.worker?.setCallDeadline(ms);
   }
 
   get info(): DeviceInfo | null {
