@@ -7,9 +7,8 @@
 //        [--only host-mem,qsd-null,...] [--workloads "4K randread QD64",...] [--disk]
 //        [--profile DIR]
 //
-// --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT) against
-// qemu-storage-daemon aio=io_uring,cache.direct=on on the same file. Our storage I/O is still one
-// synchronous pread/pwrite per request, so our QD64 cannot beat our QD1 there yet.
+// --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT, io_uring through
+// host/io/uring-executor.ts) against qemu-storage-daemon aio=io_uring,cache.direct=on on the same file.
 // --profile DIR runs only our host (--profile-target host-mem (default), host-null or host-tmpfs;
 // 4K randread QD64, event mode) under `node --cpu-prof` and prints the device worker's CPU per
 // request by stage.
@@ -54,6 +53,8 @@ const WORKLOADS: Workload[] = [
   { name: '4K randwrite QD64', rw: 'randwrite', bs: 4096, depth: 64, queues: 1 },
   { name: '128K seqread QD8', rw: 'read', bs: 131072, depth: 8, queues: 1 },
   { name: '128K seqwrite QD8', rw: 'write', bs: 131072, depth: 8, queues: 1 },
+  // Two rings: the host with --queue-threads 2 serves each on its own thread (host-mem-qt2).
+  { name: '4K randread QD64 2 queues', rw: 'randread', bs: 4096, depth: 64, queues: 2 },
 ];
 
 interface Target {
@@ -63,7 +64,8 @@ interface Target {
 }
 const qsd = (blockdev: string, socket: string) => ({
   cmd: 'qemu-storage-daemon',
-  args: ['--blockdev', blockdev, '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on`],
+  // num-queues=2 for the 2-queue workload (a front-end may use fewer); one iothread either way.
+  args: ['--blockdev', blockdev, '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on,num-queues=2`],
 });
 const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
@@ -79,6 +81,7 @@ const hostNullArgs = (socket: string, prof: string[]) => ({
 const TARGETS: Target[] = [
   { id: 'host-null', name: 'vhost-wasm host core alone (from source, tsx): TypeScript null device, bench/null-blk-device.ts', args: (s, _f, p) => hostNullArgs(s, p) },
   { id: 'host-mem', name: 'vhost-wasm blk.wasm --storage memory:256M', args: (s, _f, p) => hostArgs(s, 'memory:256M', p) },
+  { id: 'host-mem-qt2', name: 'vhost-wasm blk.wasm --storage memory:256M --queue-threads 2', args: (s, _f, p) => { const a = hostArgs(s, 'memory:256M', p); return { ...a, args: [...a.args, '--queue-threads', '2'] }; } },
   { id: 'qsd-null', name: 'qemu-storage-daemon null-co,read-zeroes=on (256M)', args: (s) => qsd(`driver=null-co,node-name=n,read-zeroes=on,size=${DISK_BYTES}`, s) },
   { id: 'host-tmpfs', name: 'vhost-wasm blk.wasm --storage FILE (256M file in /dev/shm)', args: (s, f, p) => hostArgs(s, f, p) },
   { id: 'qsd-tmpfs', name: 'qemu-storage-daemon file aio=io_uring (the same /dev/shm file)', args: (s, f) => qsd(`driver=file,node-name=n,filename=${f},aio=io_uring`, s) },
@@ -87,7 +90,7 @@ const DISK_TARGETS: Target[] = [
   { id: 'host-disk', name: 'vhost-wasm blk.wasm --storage FILE --direct (256M file in /var/tmp)', args: (s, _f, p) => { const a = hostArgs(s, diskFile, p); return { ...a, args: [...a.args, '--direct'] }; } },
   { id: 'qsd-disk', name: 'qemu-storage-daemon file aio=io_uring,cache.direct=on (the same /var/tmp file)', args: (s) => qsd(`driver=file,node-name=n,filename=${diskFile},aio=io_uring,cache.direct=on`, s) },
 ];
-const RATIOS: [string, string][] = [['host-null', 'qsd-null'], ['host-mem', 'qsd-null'], ['host-tmpfs', 'qsd-tmpfs'], ['host-disk', 'qsd-disk']];
+const RATIOS: [string, string][] = [['host-null', 'qsd-null'], ['host-mem', 'qsd-null'], ['host-mem-qt2', 'qsd-null'], ['host-tmpfs', 'qsd-tmpfs'], ['host-disk', 'qsd-disk']];
 
 interface LoadResult {
   iops: number;
@@ -227,7 +230,7 @@ async function measureAll(): Promise<void> {
   }
 
   console.log(`bench/blk-c: C front-end (dist/vhost-blk-load), median of ${argv.reps} interleaved runs of ${seconds} s ` +
-    `(each after ${warmup} s warm-up), one queue, ` +
+    `(each after ${warmup} s warm-up), one queue unless the workload says 2, ` +
     `EVENT_IDX on; ${cpus().length} CPUs, load average ${load0.toFixed(1)} at start; node ${process.version}`);
   console.log('IOPS (MB/s for 128K); in brackets: back-end CPU us per request');
   const ids = targets.map((t) => t.id);

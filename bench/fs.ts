@@ -1,4 +1,4 @@
-// The fs plugin's request path without a guest: FUSE requests through PluginDevice.process
+// The fs plugin's request path without a guest: FUSE requests through PluginDevice.handle
 // (jco glue + C FUSE server + filesystem import + native fd syscalls), against the same
 // syscalls made directly through FsShare. Run: node --import tsx bench/fs.ts
 //
@@ -12,14 +12,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
 import { loadPlugin } from '../host/plugin/index.ts';
+import { FsFileBackings } from '../host/fs/file-backings.ts';
+import { BackingTable } from '../host/io/backing-table.ts';
+import { runRequest } from '../test/helpers/plugin-requests.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bench-fs-'));
 mkdirSync(join(dir, 'many'));
 for (let i = 0; i < 1000; i++) writeFileSync(join(dir, 'many', `f${i}`), `${i}`);
 writeFileSync(join(dir, 'big'), Buffer.alloc(1 << 20, 1));
 const share = new FsShare(dir);
+const backings = new BackingTable();
 const dev = await loadPlugin(readFileSync(new URL('../dist/plugins/fs.wasm', import.meta.url)), {
-  grants: { filesystem: share, log: () => {} },
+  grants: { filesystem: share, backings, fsFiles: new FsFileBackings(share, backings), log: () => {} },
 });
 
 let unique = 1n;
@@ -29,8 +33,8 @@ function req(opcode: number, nodeid: bigint, args: Buffer, writableLen = 1 << 20
   h.writeUInt32LE(opcode, 4);
   h.writeBigUInt64LE(unique++, 8);
   h.writeBigUInt64LE(nodeid, 16);
-  const [r] = dev.process(1, [{ readable: [Buffer.concat([h, args])], writableLen }]);
-  const out = Buffer.from(r.data);
+  // Through the host's answer checks and synchronous executor (FUSE_READ/WRITE move file bytes there).
+  const out = Buffer.from(runRequest(dev, backings, Buffer.concat([h, args]), writableLen).data);
   if (out.readInt32LE(4) !== 0) throw new Error(`opcode ${opcode}: errno ${-out.readInt32LE(4)}`);
   return out.subarray(16);
 }

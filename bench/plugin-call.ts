@@ -5,7 +5,7 @@
 //   npx tsx bench/plugin-call.ts [--seconds 1] [--sizes 64,4096] [--batches 1,16,64]
 //                                [--only seam|e2e] [--depth-seconds 2]
 //
-// seam: direct device.process(0, batch) calls in this thread, batch sizes 1/16/64;
+// seam: direct device.handle(batch of request events) calls in this thread, batch sizes 1/16/64;
 //       requests/s, microseconds per request, and the plugin's extra cost per request.
 // e2e:  one in-process Host serving both devices (each its own socket and worker), driven by
 //       the front-end driver over real sockets with 1/16/64 requests in flight.
@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 import { loadPlugin } from '../host/plugin/index.ts';
-import type { DeviceRequest, VirtioDevice } from '../host/device/device.ts';
+import type { DeviceEvent, VirtioDevice } from '../host/device/device.ts';
 import tsRng from './ts-rng-device.ts';
 
 const { values: argv } = parseArgs({
@@ -66,22 +66,27 @@ const pad = (s: string, n: number) => s.padStart(n);
 
 async function seam(wasm: VirtioDevice, ts: VirtioDevice): Promise<number[]> {
   const ratiosAt64: number[] = [];
-  console.log(`\nSeam: device.process(0, batch) in one thread; CPU time per request, best of ${ROUNDS} interleaved rounds, ${seconds} s per cell per side`);
+  console.log(`\nSeam: device.handle(batch) in one thread; CPU time per request, best of ${ROUNDS} interleaved rounds, ${seconds} s per cell per side`);
   console.log(['size', 'batch', 'TS req/cpu-s', 'WASM req/cpu-s', 'TS us/req', 'WASM us/req', '+us/req', 'ratio'].map((h, i) => pad(h, [6, 6, 14, 14, 10, 12, 9, 7][i])).join(' '));
   for (const size of sizes) {
     for (const batch of batches) {
-      const reqs: DeviceRequest[] = Array.from({ length: batch }, () => ({ readable: [], writableLen: size }));
+      // Ids are reused from call to call, as the host reuses them once a request completed.
+      const reqs: DeviceEvent[] = Array.from({ length: batch }, (_, id) => ({
+        kind: 'request',
+        request: { id, queue: 0, prefix: new Uint8Array(0), readableLen: 0, writableLen: size },
+      }));
       // Check both answer the same shape before timing them.
       for (const d of [wasm, ts]) {
-        const out = d.process(0, reqs);
-        if (out.length !== batch || out.some((r) => r.data.length !== Math.min(size, 65536))) throw new Error(`${d.info.name} answered wrongly`);
+        const out = d.handle(reqs);
+        const lens = out.map((a) => (a.kind === 'answer' && a.answer.reply[0]?.kind === 'bytes' ? a.answer.reply[0].bytes.length : -1));
+        if (out.length !== batch || lens.some((n) => n !== Math.min(size, 65536))) throw new Error(`${d.info.name} answered wrongly`);
       }
       // Interleave so drift (other load on the machine) hits both alike; keep each side's best.
       let t = Infinity;
       let w = Infinity;
       for (let round = 0; round < ROUNDS; round++) {
-        t = Math.min(t, measure(() => ts.process(0, reqs), batch, seconds / ROUNDS).usPerReq);
-        w = Math.min(w, measure(() => wasm.process(0, reqs), batch, seconds / ROUNDS).usPerReq);
+        t = Math.min(t, measure(() => ts.handle(reqs), batch, seconds / ROUNDS).usPerReq);
+        w = Math.min(w, measure(() => wasm.handle(reqs), batch, seconds / ROUNDS).usPerReq);
       }
       const ratio = w / t;
       if (batch === 64) ratiosAt64.push(ratio);

@@ -3,7 +3,7 @@
 // per batch from the host's own entropy pool), same state format.
 // bench/plugin-call.ts compares the two; it also loads as a --device-module.
 import { EntropyPool } from '../host/plugin/entropy-pool.ts';
-import type { DeviceFactory, DeviceRequest, DeviceResponse, StateChunk, VirtioDevice } from '../host/device/device.ts';
+import type { DeviceAction, DeviceEvent, DeviceFactory, StateChunk, VirtioDevice } from '../host/device/device.ts';
 
 const MAX_RESPONSE = 64 * 1024;
 const STATE_SIZE = 16;
@@ -21,7 +21,7 @@ const factory: DeviceFactory = () => {
   };
 
   const dev: VirtioDevice = {
-    info: { deviceId: 4, name: 'rng-ts', numQueues: 1, maxQueueSize: 1024, features: 0n, configSize: 0 },
+    info: { deviceId: 4, name: 'rng-ts', numQueues: 1, maxQueueSize: 1024, features: 0n, configSize: 0, prefixLen: 0, queuesIndependent: true },
     readConfig: () => new Uint8Array(0),
     writeConfig: () => {},
     // The runner passes transport bits too (VERSION_1, EVENT_IDX, ...); only device bits matter.
@@ -32,19 +32,23 @@ const factory: DeviceFactory = () => {
       served = 0n;
       loading = new Uint8Array(0);
     },
-    process(queue: number, requests: readonly DeviceRequest[]): DeviceResponse[] {
-      if (queue !== 0) throw new Error('virtio-rng has only queue 0');
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
       let total = 0;
-      for (const r of requests) total += Math.min(r.writableLen, MAX_RESPONSE);
+      for (const e of events) {
+        if (e.kind !== 'request') continue;
+        if (e.request.queue !== 0) throw new Error('virtio-rng has only queue 0');
+        total += Math.min(e.request.writableLen, MAX_RESPONSE);
+      }
       const block = pool.take(total);
       let off = 0;
-      const out = new Array<DeviceResponse>(requests.length);
-      for (let i = 0; i < requests.length; i++) {
-        const len = Math.min(requests[i].writableLen, MAX_RESPONSE);
-        out[i] = { data: block.slice(off, off + len) };
+      const out: DeviceAction[] = [];
+      for (const e of events) {
+        if (e.kind !== 'request') continue;
+        const len = Math.min(e.request.writableLen, MAX_RESPONSE);
+        out.push({ kind: 'answer', answer: { id: e.request.id, transfers: [], ops: [], reply: [{ kind: 'bytes', bytes: block.slice(off, off + len) }], lengthAt: null, barrier: false } });
         off += len;
       }
-      served += BigInt(requests.length);
+      served += BigInt(out.length);
       return out;
     },
     getState(offset: number, size: number): StateChunk {

@@ -9,6 +9,7 @@ import { closeSync, constants, openSync, rmSync, writeSync, fsyncSync } from 'no
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { native as n } from '../host/native/index.ts';
+import { UringExecutor } from '../host/io/uring-executor.ts';
 
 const { values: argv } = parseArgs({
   options: {
@@ -80,6 +81,34 @@ async function viaUring(fd: number, window: ArrayBuffer): Promise<{ ops: number;
   return { ops, cpu };
 }
 
+/** The same reads through host/io/uring-executor.ts (what a device worker runs): its bookkeeping on top of the ring. */
+async function viaExecutor(fd: number, window: ArrayBuffer): Promise<{ ops: number; cpu: number }> {
+  const ex = new UringExecutor({ target: () => ({ fd, directAlign: argv.direct ? 4096 : 0 }), entries: Math.max(DEPTH, 8) });
+  const views = Array.from({ length: DEPTH }, (_, i) => [new Uint8Array(window, i * BS, BS)]);
+  let ops = 0;
+  let failed = 0;
+  let live = 0;
+  const end = performance.now() + SECONDS * 1000;
+  const c0 = cpuUs();
+  await new Promise<void>((resolve) => {
+    const issue = (slot: number): void => {
+      live++;
+      ex.submit([{ kind: 'read', backing: 0, offset: nextOffset(), into: views[slot]! }], false, (r) => {
+        live--;
+        ops++;
+        if (r.errno !== 0 || r.lastReadBytes !== BS) failed++;
+        if (performance.now() < end) issue(slot);
+        else if (live === 0) resolve();
+      });
+    };
+    for (let i = 0; i < DEPTH; i++) issue(i);
+  });
+  const cpu = cpuUs() - c0;
+  ex.close();
+  if (failed) throw new Error(`${failed} executor reads did not return ${BS} bytes`);
+  return { ops, cpu };
+}
+
 function viaPread(fd: number, window: ArrayBuffer): { ops: number; cpu: number } {
   const buf = new Uint8Array(window, 0, BS);
   let ops = 0;
@@ -101,11 +130,13 @@ const map = n.mmap(memfd, DEPTH * BS, 0, true);
 const window = map.window(0, DEPTH * BS);
 try {
   const u = await viaUring(fd, window);
+  const e = await viaExecutor(fd, window);
   const p = viaPread(fd, window);
   const line = (name: string, r: { ops: number; cpu: number }) =>
     `${name.padEnd(28)} ${Math.round(r.ops / SECONDS).toString().padStart(9)} ops/s  ${(r.cpu / r.ops).toFixed(2)} us CPU/op (this process)`;
   console.log(`bench/uring: 4 KiB random reads of ${argv.file}${argv.direct ? ' (O_DIRECT)' : ''}, ${SECONDS} s each; load average ${loadavg()[0].toFixed(1)}`);
   console.log(line(`io_uring, depth ${DEPTH}`, u));
+  console.log(line(`UringExecutor, depth ${DEPTH}`, e));
   console.log(line('synchronous pread, depth 1', p));
 } finally {
   map.unmap();

@@ -96,6 +96,9 @@ async function runHost(args: string[]): Promise<{ code: number | null; stderr: s
 const both = [
   { name: 'file', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path] }) },
   { name: 'memory:16M', storage: () => ({ args: ['--storage', 'memory:16M'] }) },
+  // Two queue threads, each with its own instance: what one queue wrote, the other reads.
+  { name: 'file, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path, '--queue-threads', '2'] }) },
+  { name: 'memory:16M, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', 'memory:16M', '--queue-threads', '2'] }) },
 ];
 
 for (const kind of both) {
@@ -103,13 +106,13 @@ for (const kind of both) {
     const d = await open(kind.storage().args);
     try {
       const cfg = parseBlkConfig(await d.fe.getConfig(0, 60));
-      t.is(cfg.capacity, (kind.name === 'file' ? IMAGE_BYTES : 16 << 20) / SECTOR);
+      t.is(cfg.capacity, (kind.name.startsWith('file') ? IMAGE_BYTES : 16 << 20) / SECTOR);
       t.is(cfg.blkSize, 512);
       t.is(cfg.segMax, 126);
       t.is(cfg.sizeMax, 32768);
       t.true(cfg.segMax * cfg.sizeMax < 4 << 20, 'a conforming driver never exceeds the 4 MiB request limit');
-      t.is(cfg.numQueues, 8);
-      t.is(d.fe.backendQueues, 8);
+      t.is(cfg.numQueues, 64);
+      t.is(d.fe.backendQueues, 64);
       const raw60 = Buffer.from(await d.fe.getConfig(0, 60));
       t.is(raw60.readUInt32LE(36), 65536, 'max_discard_sectors');
       t.is(raw60.readUInt32LE(40), 8, 'max_discard_seg');
@@ -143,6 +146,8 @@ for (const kind of both) {
       const big = randomBytes(1 << 20);
       await d.blk.write(1000, big, { segments: 64, indirect: true });
       t.deepEqual(Buffer.from(await d.blk.read(1000, big.length, { segments: 17 })), big);
+      t.deepEqual(Buffer.from(await blk1.read(1000, big.length)), big, 'what queue 0 wrote, queue 1 reads');
+      if (kind.threads) t.regex(d.host.log(), new RegExp(`blk runs in ${kind.threads} queue threads`));
     } finally {
       await d.close();
     }
@@ -232,21 +237,14 @@ test.serial('malformed requests are answered without breaking the device', async
   }
 });
 
-test.serial('a request with more writable space than a device answers fails the device, not the host; a new connection works', async (t) => {
+test.serial('a request with more writable space than the device serves gets IOERR, said once; the device keeps serving', async (t) => {
   const d = await open(['--storage', 'memory:8M']);
   try {
-    const pending = d.fe.queues[0].submit([header(T.IN, 0)], [5 << 20, 1]);
-    pending.catch(() => undefined); // rejected when the queue closes below
+    // The plugin never holds the data (WIT 0.2), but a request past SEG_MAX x SIZE_MAX is not one it offered to serve.
+    t.is((await raw(d, [header(T.IN, 0)], [5 << 20, 1])).status, BlkStatus.IOERR);
     t.regex(await d.host.waitForLog(/writable space exceeds 4 MiB/), /blk/);
-    await d.fe.close();
-    const fe = await VhostUserFrontend.connect(d.host.socketPath, { memoryBytes: 16 << 20, queues: [64], features: FEATURES });
-    try {
-      const blk = new BlkDevice(fe.queues[0]);
-      await blk.write(1, Buffer.alloc(SECTOR, 3));
-      t.deepEqual(Buffer.from(await blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
-    } finally {
-      await fe.close();
-    }
+    await d.blk.write(1, Buffer.alloc(SECTOR, 3));
+    t.deepEqual(Buffer.from(await d.blk.read(1, SECTOR)), Buffer.alloc(SECTOR, 3));
   } finally {
     await d.close();
   }
@@ -302,7 +300,7 @@ test.serial('start-up refuses missing, unopenable and non-file backings, and sto
   }
   const rng = await runHost(['--socket-path', sock, '--plugin', RNG, '--entropy', '--storage', 'memory:1M']);
   t.is(rng.code, 1);
-  t.regex(rng.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.1\.0: it is not a block device/);
+  t.regex(rng.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.0: it is not a block device/);
   const caps = await runHost(['--print-capabilities', '--plugin', BLK]);
   t.is(caps.code, 0, caps.stderr);
   t.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: ['read-only'] });

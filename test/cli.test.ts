@@ -16,7 +16,7 @@ const feOpts = { memoryBytes: 4 << 20, queues: [16], features: 1n << BigInt(VIRT
 test('--help documents the back-end program conventions and exits 0', (t) => {
   const r = run(['--help']);
   t.is(r.status, 0);
-  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit', '--state-pipe-size']) {
+  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit', '--state-pipe-size', '--queue-threads']) {
     t.true(r.stdout.includes(flag), `--help lacks ${flag}`);
   }
 });
@@ -46,6 +46,9 @@ test('usage errors say what was wrong and exit 2', (t) => {
     [['--plugin', 'x.wasm', '--socket-path', 's', '--state-pipe-size', 'big'], /--state-pipe-size: "big" is not a size/],
     [['migrate', '--from', 'a.sock', '--to', 'b.sock', '--state-pipe-size', 'lots'], /--state-pipe-size: "lots" is not a size/],
     [['--plugin', 'x.wasm', '--fd', '-1'], /--fd/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '0'], /--queue-threads: 0 must be at least 1/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', 'two'], /--queue-threads: "two" is not a whole number/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '65'], /--queue-threads: 65 is more than 64/],
   ];
   for (const [args, re] of cases) {
     const r = run(args);

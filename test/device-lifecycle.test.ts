@@ -7,7 +7,7 @@
 // in a system call no terminate() reaches.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, rmSync, truncateSync, writeFileSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
@@ -20,6 +20,7 @@ import { restartQueues, servesAgain, withTimeout } from './helpers/device-checks
 import { RngPump } from './helpers/rng-pump.ts';
 import { startHost } from './helpers/host-process.ts';
 import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
+import { STATE_CALL_BYTES } from '../host/device/runner.ts';
 
 const root = join(import.meta.dirname, '..');
 const NEEDS_RESET = 0x40;
@@ -104,7 +105,10 @@ test.serial('a plugin that loops in identity() once re-instantiated: its device 
     try {
       await servesAgain(t, bad, 'before the fault');
       const change = new Promise<void>((resolve) => bad.backend!.once('config-change', () => resolve()));
-      bad.queues[0].submit([Buffer.from('boom')], 8).catch(() => {}); // marks the disk, then traps
+      // The mark a fresh instance spins on: the disk grown past 1 MiB (a 0.2 plugin cannot write
+      // its disk itself; the running instance saw the old size at load). Then the trap.
+      truncateSync(disk, 2 << 20);
+      bad.queues[0].submit([Buffer.from('boom')], 8).catch(() => {});
       await withTimeout(change, 10_000, 'CONFIG_CHANGE_MSG after the trap');
       t.true(await needsReset(bad), 'NEEDS_RESET after the trap');
 
@@ -145,7 +149,8 @@ test.serial('a plugin that loops in identity() once re-instantiated: its device 
 });
 
 for (const [label, logLine] of [
-  ['state-long', /plugin bad: get-state: returned more list bytes than the call allows \(a 1048577-byte list with 1048576 bytes of its budget left\)/],
+  // The host asks for STATE_CALL_BYTES per call; the plugin returns one byte more.
+  ['state-long', new RegExp(`plugin bad: get-state: returned more list bytes than the call allows \\(a ${STATE_CALL_BYTES + 1}-byte list with ${STATE_CALL_BYTES} bytes of its budget left\\)`)],
   ['state-huge', /plugin bad: get-state: claims 18446744073709551615 bytes remaining/],
 ] as const) {
   test.serial(`${label}: bad state data fails the device; a reset or a reconnect brings a fresh instance`, async (t) => {

@@ -1,5 +1,6 @@
 // One fd budget per process, against the real host process (an rng device and three fs devices
-// in one process, RLIMIT_NOFILE 1024 soft / 4096 hard set by prlimit):
+// in one process, RLIMIT_NOFILE 1024 soft / 4096 hard set by prlimit; the fs devices hold an fd
+// per inode, --inode-file-handles=never, so a guest's lookups can spend the budget):
 //  - the soft limit is raised to the hard one and the share budget derived from it;
 //  - a guest that looks up more files than the budget gets ENFILE from its own device, with
 //    one log line, while the rng device keeps serving and can still accept a new front-end;
@@ -54,9 +55,9 @@ test.before(async () => {
   host = await startMultiHost(
     [
       { label: 'rng', socket: sock('rng'), plugin: join(plugins, 'rng.wasm'), options: { entropy: true, cacheDir }, callDeadlineMs: 10_000 },
-      { label: 'fs', socket: sock('fs'), plugin: hoarder, options: { filesystem: { dir: share, readOnly: false }, cacheDir }, callDeadlineMs: 10_000 },
-      { label: 'spin', socket: sock('spin'), plugin: hoarder, options: { filesystem: { dir: share, readOnly: true }, cacheDir }, callDeadlineMs: 3000 },
-      { label: 'fs2', socket: sock('fs2'), plugin: join(plugins, 'fs.wasm'), options: { filesystem: { dir: share, readOnly: true }, cacheDir }, callDeadlineMs: 10_000 },
+      { label: 'fs', socket: sock('fs'), plugin: hoarder, options: { filesystem: { dir: share, readOnly: false, inodeFileHandles: 'never' }, cacheDir }, callDeadlineMs: 10_000 },
+      { label: 'spin', socket: sock('spin'), plugin: hoarder, options: { filesystem: { dir: share, readOnly: true, inodeFileHandles: 'never' }, cacheDir }, callDeadlineMs: 3000 },
+      { label: 'fs2', socket: sock('fs2'), plugin: join(plugins, 'fs.wasm'), options: { filesystem: { dir: share, readOnly: true, inodeFileHandles: 'never' }, cacheDir }, callDeadlineMs: 10_000 },
     ],
     { nofile: [SOFT, HARD] },
   );

@@ -166,9 +166,9 @@ test('hard links stay inside; links of directories are refused', (t) => {
   t.false(existsSync(join(f.top, 'outside-link')));
 });
 
-test('handles: bogus, closed and wrong-kind handles are EBADF', (t) => {
+test('handles: bogus, closed and wrong-kind handles are EBADF; with an fd per inode, maxHandles caps them (ENFILE)', (t) => {
   const f = fixture();
-  const s = new FsShare(f.share, { maxHandles: 4 });
+  const s = new FsShare(f.share, { maxHandles: 4, inodeFileHandles: 'never' });
   t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
   const root = val(s.root()).node;
   t.is(errno(s.lookup(0n, enc('file'))), E.EBADF);

@@ -8,7 +8,10 @@ import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
+import { FsFileBackings } from '../host/fs/file-backings.ts';
+import { BackingTable } from '../host/io/backing-table.ts';
 import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
+import { runRequest } from './helpers/plugin-requests.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-plugin-test-'));
@@ -65,10 +68,17 @@ interface Reply {
 
 class Client {
   private unique = 1n;
-  constructor(readonly dev: PluginDevice) {}
+  constructor(
+    readonly dev: PluginDevice,
+    readonly table: BackingTable,
+  ) {}
+
+  /** The errno of the last request's failed file I/O (0 when none failed). */
+  lastIoErrno = 0;
 
   raw(readable: Uint8Array, writableLen = 1 << 20, queue = 1): Buffer {
-    const [r] = this.dev.process(queue, [{ readable: [readable], writableLen }]);
+    const r = runRequest(this.dev, this.table, readable, writableLen, queue);
+    this.lastIoErrno = r.ioErrno;
     return Buffer.from(r.data);
   }
 
@@ -113,21 +123,31 @@ function fixture(readOnly = false) {
   return { dir, share };
 }
 
+/** The fs plugin on `share` with a backing table for its open files, as the device worker gives it; a Client on it. */
+async function loadOn(share: FsShare | undefined, log: (l: string, m: string) => void = () => {}): Promise<{ dev: PluginDevice; c: Client }> {
+  const backings = new BackingTable();
+  const fsFiles = share ? new FsFileBackings(share, backings) : undefined;
+  const dev = await loadPlugin(bytes, { grants: { filesystem: share, backings, fsFiles, log }, cacheDir });
+  return { dev, c: new Client(dev, backings) };
+}
+
 async function setup(t: import('ava').ExecutionContext, readOnly = false) {
   const f = fixture(readOnly);
   const logs: string[] = [];
-  const dev = await loadPlugin(bytes, { grants: { filesystem: f.share, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
+  const backings = new BackingTable();
+  const fsFiles = new FsFileBackings(f.share, backings);
+  const dev = await loadPlugin(bytes, { grants: { filesystem: f.share, backings, fsFiles, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
   t.teardown(() => {
     f.share.close();
     rmSync(f.dir, { recursive: true, force: true });
   });
-  return { ...f, dev, c: new Client(dev), logs };
+  return { ...f, dev, c: new Client(dev, backings), logs, backings, fsFiles };
 }
 
 test('describes itself as virtio-fs with the operator tag in config space', async (t) => {
   const { dev } = await setup(t);
-  t.deepEqual(dev.identity, { name: 'fs', version: '0.1.0' });
-  t.like(dev.info, { deviceId: 26, numQueues: 2, features: 0n, configSize: 40 });
+  t.deepEqual(dev.identity, { name: 'fs', version: '0.2.0' });
+  t.like(dev.info, { deviceId: 26, numQueues: 2, features: 0n, configSize: 40, prefixLen: 4096, queuesIndependent: false });
   const cfg = Buffer.from(dev.readConfig(0, 40));
   t.is(cfg.subarray(0, 36).toString().replace(/\0+$/, ''), 'mytag');
   t.is(cfg.readUInt32LE(36), 1, 'one request queue');
@@ -202,6 +222,47 @@ test('file operations: create, write, read, readdirplus, rename, link, symlink, 
   for (const [n, k] of lookups) bf.u64(n).u64(k);
   t.is(c.req(OP.BATCH_FORGET, 0, bf.done()).len, 0, 'no reply to BATCH_FORGET');
   t.is(share.openHandles, base, 'every handle was released');
+});
+
+test('file data moves by backing-read and transfer, never through the plugin; names past the prefix are refused', async (t) => {
+  const { c, dev, dir, backings, fsFiles } = await setup(t);
+  c.init();
+  const cr = c.create(1, 'data.bin');
+  const fh = fhOfCreate(cr);
+  // A write far larger than the 4096-byte prefix: all of it lands, through a transfer from byte 80.
+  const payload = Buffer.alloc(100_000);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
+  t.is(c.write(fh, 5, payload).body.readUInt32LE(0), payload.length);
+  t.deepEqual(readFileSync(join(dir, 'data.bin')).subarray(5), payload);
+  t.is(fsFiles.size, 1, 'the open file got one backing index');
+  // What the answers look like to the host.
+  const readReq = new W().u32(80).u32(OP.READ).u64(999).u64(0).u32(0).u32(0).u32(0).u32(0)
+    .u64(fh).u64(0).u32(65536).u32(0).u64(0).u32(0).u32(0).done();
+  const [read] = dev.handle([{ kind: 'request', request: { id: 77, queue: 1, prefix: readReq, readableLen: 80, writableLen: 70_000 } }]);
+  t.is(read.kind, 'answer');
+  if (read.kind !== 'answer') return;
+  t.deepEqual(read.answer.reply.map((p) => p.kind), ['bytes', 'backing-read'], 'the out-header, then the file straight into the guest');
+  t.is(read.answer.lengthAt, 0, 'a short read at EOF rewrites the header len');
+  const piece = read.answer.reply[1];
+  t.true(piece.kind === 'backing-read' && backings.get(piece.extent.backing) !== undefined && piece.extent.len === 65536);
+  const wr = Buffer.concat([new W().u32(80 + 10).u32(OP.WRITE).u64(1000).u64(0).u32(0).u32(0).u32(0).u32(0)
+    .u64(fh).u64(0).u32(10).u32(0).u64(0).u32(0).u32(0).done(), Buffer.alloc(10, 1)]);
+  const [write] = dev.handle([{ kind: 'request', request: { id: 78, queue: 1, prefix: wr, readableLen: wr.length, writableLen: 24 } }]);
+  t.true(write.kind === 'answer' && write.answer.transfers.length === 1 && write.answer.transfers[0].source === 80 && write.answer.transfers[0].to.len === 10);
+  // A short read at the end of the file: the header says how much came.
+  const tail = c.read(fh, payload.length + 5 - 3, 4096);
+  t.is(tail.len, 16 + 3);
+  t.deepEqual(tail.body, payload.subarray(payload.length - 3));
+  // A file opened read-only takes no transfer: EBADF without any I/O; a write-only one fails its read in the I/O (io-failed).
+  const ro = c.req(OP.OPEN, nodeOf(cr), new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  t.is(c.write(ro, 0, Buffer.from('x')).error, ERR.EBADF);
+  const wo = c.req(OP.OPEN, nodeOf(cr), new W().u32(1).u32(0).done()).body.readBigUInt64LE(0);
+  t.is(c.read(wo, 0, 10).error, ERR.EBADF);
+  t.is(c.lastIoErrno, ERR.EBADF, 'the failure came back from the I/O, and the plugin answered it');
+  // Names and targets past what the plugin sees.
+  t.is(c.lookup(1, 'n'.repeat(5000)).error, 36 /* ENAMETOOLONG */);
+  t.is(c.req(OP.SYMLINK, 1, new W().str('ln').str('t'.repeat(4090)).done()).error, 36);
+  t.is(c.lookup(1, 'data.bin').error, 0, 'still serving');
 });
 
 test('a read-only grant answers mutations with EROFS', async (t) => {
@@ -291,8 +352,7 @@ test('random and mutated requests never trap the plugin', async (t) => {
 });
 
 test('without the filesystem grant INIT traps loudly', async (t) => {
-  const dev = await loadPlugin(bytes, { grants: { log: () => {} }, cacheDir });
-  const c = new Client(dev);
+  const { c } = await loadOn(undefined);
   const err = t.throws(() => c.init(), { instanceOf: PluginError });
   t.regex(err!.message, /filesystem was not granted/);
 });
@@ -309,8 +369,15 @@ function saveState(dev: PluginDevice, chunk = 7): Buffer {
   return Buffer.concat(parts);
 }
 
+/** LOAD in chunks: null, or why it was refused (a chunk the plugin refused as it streamed in, or finish-load). */
 function loadState(dev: PluginDevice, state: Buffer, chunk = 5): string | null {
-  for (let off = 0; off < state.length; off += chunk) dev.setState(off, state.subarray(off, off + chunk));
+  try {
+    for (let off = 0; off < state.length; off += chunk) dev.setState(off, state.subarray(off, off + chunk));
+  } catch (e) {
+    if (!(e instanceof PluginError) || e.kind !== 'error') throw e;
+    dev.finishLoad();
+    return e.detail;
+  }
   return dev.finishLoad();
 }
 
@@ -339,9 +406,8 @@ test('state: node ids and open files survive a save on one instance and a load o
   // The destination: a fresh instance on its own FsShare of the same tree.
   const dstShare = new FsShare(src.dir, { tag: 'mytag' });
   t.teardown(() => dstShare.close());
-  const dst = await loadPlugin(bytes, { grants: { filesystem: dstShare, log: () => {} }, cacheDir });
+  const { dev: dst, c: d } = await loadOn(dstShare);
   t.is(loadState(dst, state), null);
-  const d = new Client(dst);
   // No INIT needed: the session came with the state. Same ids, same files.
   t.is(d.read(fh, 0, 100).body.toString(), '0123456789');
   t.is(d.write(fh, 10, Buffer.from('AB')).error, 0);
@@ -382,20 +448,19 @@ test('state: a file gone from the destination fails the load (abort), or answers
   const abortShare = new FsShare(dstDir, {});
   t.teardown(() => abortShare.close());
   t.is(abortShare.migrationOnError, 'abort', 'abort is the default');
-  const strict = await loadPlugin(bytes, { grants: { filesystem: abortShare, log: () => {} }, cacheDir });
+  const { dev: strict, c: strictClient } = await loadOn(abortShare);
   const msg = loadState(strict, state);
   t.regex(msg ?? '', /cannot find "sub\/kept\.txt" \(node \d+\) in the destination's share: ENOENT \(--migration-on-error abort\)/);
   // Nothing was half-loaded: the device is back to its fresh state (requests before INIT are EIO).
-  t.is(new Client(strict).lookup(1, 'hello.txt').error, ERR.EIO);
+  t.is(strictClient.lookup(1, 'hello.txt').error, ERR.EIO);
   t.is(abortShare.openHandles, 0, 'every handle the failed load opened was closed');
 
   const logs: string[] = [];
   const tolerantShare = new FsShare(dstDir, { migrationOnError: 'guest-error' });
   t.teardown(() => tolerantShare.close());
-  const tolerant = await loadPlugin(bytes, { grants: { filesystem: tolerantShare, log: (l, m) => logs.push(`${l}: ${m}`) }, cacheDir });
+  const { dev: tolerant, c: d } = await loadOn(tolerantShare, (l, m) => logs.push(`${l}: ${m}`));
   t.is(loadState(tolerant, state), null);
   t.true(logs.some((l) => /cannot find "sub\/kept\.txt".*the guest gets EIO/.test(l)), logs.join('\n'));
-  const d = new Client(tolerant);
   t.is(d.read(fh, 0, 10).error, ERR.EIO, 'READ on the lost file handle');
   t.is(d.write(fh, 0, Buffer.from('x')).error, ERR.EIO, 'WRITE on the lost file handle');
   t.is(d.req(OP.GETATTR, kept, new W().u32(0).u32(0).u64(0).done()).error, ERR.EIO, 'GETATTR on the lost node id');

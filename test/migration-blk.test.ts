@@ -214,3 +214,30 @@ maybe('RFC shm: a destination whose disk has another size refuses at the detach;
     await Promise.all([a.stop(), b.stop()]);
   }
 });
+
+maybe('--queue-threads 2 on both sides: the memory disk both threads wrote travels once and both rings read it back on the destination', async (t) => {
+  t.timeout(120_000);
+  const size = 64 * MIB;
+  const flags = ['--queue-threads', '2'];
+  const [a, b] = await Promise.all([blkHost('memory:64M', flags), blkHost('memory:64M', flags)]);
+  const fe = await VhostUserFrontend.connect(a.socketPath, { memoryBytes: 64 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  try {
+    t.regex(a.log(), /blk runs in 2 queue threads/);
+    const rings = [new BlkDevice(fe.queues[0]), new BlkDevice(fe.queues[1])];
+    // Ring 0 (thread 0) writes the first half, ring 1 (thread 1) the second.
+    await parallel(size / MIB, 8, (m) => rings[m < size / MIB / 2 ? 0 : 1].write((m * MIB) / 512, fillPattern(m)));
+    const report = await migrate(fe, b.socketPath, { channel: 'pipe' });
+    t.true(report.bytes > size && report.bytes < size + MIB, `${report.bytes} state bytes: the one disk, once`);
+    const bad: number[] = [];
+    // Each half read back through the other ring (the other thread) on the destination.
+    await parallel(size / MIB, 8, async (m) => {
+      const got = await rings[m < size / MIB / 2 ? 1 : 0].read((m * MIB) / 512, MIB);
+      if (!Buffer.from(got.buffer, got.byteOffset, got.length).equals(fillPattern(m))) bad.push(m);
+    });
+    t.deepEqual(bad, [], 'MiB(s) differing on the destination');
+    t.regex(b.log(), /device state loaded: \d+ bytes through a pipe/);
+  } finally {
+    await fe.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});

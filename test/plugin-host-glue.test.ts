@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadPlugin, preparePlugin } from '../host/plugin/index.ts';
 import { patchGlue } from '../host/plugin/glue.ts';
+import type { DeviceAction, DeviceEvent } from '../host/device/device.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'plugin-host-glue-'));
@@ -29,22 +30,32 @@ test('the byte-list rewrites apply to the glue this jco emits', async (t) => {
   t.is(patchGlue('function instantiate() {}\n').bytesCopiesRewritten, 0);
 });
 
+/** The literal reply bytes of each answer, in order. */
+function replies(actions: DeviceAction[]): Uint8Array[] {
+  return actions.map((a) => (a.kind === 'answer' && a.answer.reply[0]?.kind === 'bytes' ? a.answer.reply[0].bytes : new Uint8Array(0)));
+}
+
+const request = (id: number, writableLen: number, prefix = new Uint8Array(0)): DeviceEvent => ({
+  kind: 'request',
+  request: { id, queue: 0, prefix, readableLen: prefix.length, writableLen },
+});
+
 test('answers stay right while the plugin memory grows under the cached views', async (t) => {
   const dev = await loadPlugin(rng, { grants: { entropy: true, log() {} }, cacheDir });
-  const small = () => dev.process(0, [{ readable: [new Uint8Array([9, 9])], writableLen: 64 }, { readable: [], writableLen: 1 }]);
+  const small = () => replies(dev.handle([request(0, 64, new Uint8Array([9, 9])), request(1, 1)]));
   const before = dev.memoryBytes();
-  t.deepEqual(small().map((r) => r.data.length), [64, 1]);
-  // 64 requests of 64 KiB: 4 MiB of responses at once, far past the initial memory.
-  const big = dev.process(0, Array.from({ length: 64 }, () => ({ readable: [new Uint8Array(4096).fill(1)], writableLen: 65536 })));
+  t.deepEqual(small().map((r) => r.length), [64, 1]);
+  // 64 requests of 64 KiB: 4 MiB of answers at once, far past the initial memory.
+  const big = replies(dev.handle(Array.from({ length: 64 }, (_, i) => request(i, 65536))));
   t.true(dev.memoryBytes() > before, `memory grew (${before} -> ${dev.memoryBytes()})`);
-  t.true(big.every((r) => r.data.length === 65536));
-  t.true(new Set(big[63].data).size > 250, 'the last response is random bytes, not stale memory');
-  t.notDeepEqual(big[0].data.subarray(0, 64), big[1].data.subarray(0, 64));
+  t.true(big.every((r) => r.length === 65536));
+  t.true(new Set(big[63]).size > 250, 'the last answer is random bytes, not stale memory');
+  t.notDeepEqual(big[0].subarray(0, 64), big[1].subarray(0, 64));
   const after = small();
-  t.deepEqual(after.map((r) => r.data.length), [64, 1]);
-  t.true(new Set(after[0].data).size > 16);
+  t.deepEqual(after.map((r) => r.length), [64, 1]);
+  t.true(new Set(after[0]).size > 16);
   // Results are copies: the next call must not change an earlier answer.
-  const copy = Uint8Array.from(after[0].data);
+  const copy = Uint8Array.from(after[0]);
   small();
-  t.deepEqual(after[0].data, copy);
+  t.deepEqual(after[0], copy);
 });

@@ -168,7 +168,7 @@ test.serial('a long error string from a plugin is cut, escaped and logged once',
     t.deepEqual(lines.filter((l) => !HOST_LINE.test(l)), []);
     const withError = lines.filter((l) => l.includes('EEEEEEEEEE'));
     t.is(withError.length, 1, `the error text appears once:\n${withError.map((l) => l.slice(0, 200)).join('\n')}`);
-    t.regex(withError[0], /plugin bad: process: EEEEEEEEEE\\n2026-01-01T00:00:00\.000Z ERROR vhost-wasm: FORGEDE+…\(98975 bytes cut\)$/);
+    t.regex(withError[0], /plugin bad: handle: EEEEEEEEEE\\n2026-01-01T00:00:00\.000Z ERROR vhost-wasm: FORGEDE+…\(98975 bytes cut\)$/);
     t.true(Buffer.byteLength(withError[0]) < 1300, `the line is ${Buffer.byteLength(withError[0])} bytes`);
   } finally {
     await host.stop();

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { loadPlugin, loadPluginSync, preparePlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
+import type { DeviceAction, DeviceEvent } from '../host/device/device.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'plugin-rng-test-'));
@@ -18,6 +19,27 @@ async function load(grantEntropy = true): Promise<PluginDevice> {
 
 test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
 
+let nextId = 1;
+/** One handle() batch of requests with these writable lengths; the reply bytes of each, checked to be one bytes piece. */
+function ask(t: import('ava').ExecutionContext, dev: PluginDevice, caps: number[], queue = 0): Uint8Array[] {
+  const events: DeviceEvent[] = caps.map((writableLen) => ({
+    kind: 'request',
+    request: { id: nextId++, queue, prefix: new Uint8Array(0), readableLen: 0, writableLen },
+  }));
+  const actions = dev.handle(events);
+  t.is(actions.length, events.length, 'one action per request');
+  return events.map((e) => {
+    const id = e.kind === 'request' ? e.request.id : -1;
+    const a = actions.find((x): x is Extract<DeviceAction, { kind: 'answer' }> => x.kind === 'answer' && x.answer.id === id);
+    if (!a) throw new Error(`request ${id} was not answered`);
+    t.deepEqual([a.answer.transfers.length, a.answer.ops.length, a.answer.barrier, a.answer.lengthAt], [0, 0, false, null], 'nothing but bytes');
+    t.is(a.answer.reply.length, 1);
+    const piece = a.answer.reply[0];
+    if (piece.kind !== 'bytes') throw new Error(`a ${piece.kind} piece`);
+    return piece.bytes;
+  });
+}
+
 test.before(() => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: root, stdio: 'inherit' });
   bytes = readFileSync(join(root, 'dist', 'plugins', 'rng.wasm'));
@@ -25,8 +47,8 @@ test.before(() => {
 
 test('reports itself as virtio-rng', async (t) => {
   const dev = await load();
-  t.deepEqual(dev.identity, { name: 'rng', version: '0.1.0' });
-  t.like(dev.info, { deviceId: 4, name: 'rng', numQueues: 1, maxQueueSize: 1024, features: 0n, configSize: 0 });
+  t.deepEqual(dev.identity, { name: 'rng', version: '0.2.0' });
+  t.like(dev.info, { deviceId: 4, name: 'rng', numQueues: 1, maxQueueSize: 1024, features: 0n, configSize: 0, prefixLen: 0, queuesIndependent: true });
 });
 
 test('the cached glue no longer reads process.env on every call', async (t) => {
@@ -40,47 +62,41 @@ test('fills every request of a batch to its capacity with random bytes', async (
   dev.activate(0n);
   t.true(logs.includes('info: virtio-rng activated'), 'the log import reaches the granted logger');
   const caps = [16, 0, 4096, 1, 70_000];
-  const responses = dev.process(
-    0,
-    caps.map((writableLen, i) => ({ readable: i === 1 ? [new Uint8Array([1, 2, 3])] : [], writableLen })),
-  );
+  const responses = ask(t, dev, caps);
   // 70000 is capped at the plugin's 64 KiB per-request limit.
   t.deepEqual(
-    responses.map((r) => r.data.length),
+    responses.map((r) => r.length),
     [16, 0, 4096, 1, 65536],
   );
-  const big = responses[2].data;
+  const big = responses[2];
   t.true(new Set(big).size > 200, 'a 4 KiB answer uses most byte values');
-  t.notDeepEqual(responses[0].data, dev.process(0, [{ readable: [], writableLen: 16 }])[0].data);
+  t.notDeepEqual(responses[0], ask(t, dev, [16])[0]);
   // Two requests of one batch must not share bytes (the batch is filled from one block).
-  const pair = dev.process(0, [
-    { readable: [], writableLen: 64 },
-    { readable: [], writableLen: 64 },
-  ]);
-  t.notDeepEqual(pair[0].data, pair[1].data);
+  const pair = ask(t, dev, [64, 64]);
+  t.notDeepEqual(pair[0], pair[1]);
 });
 
 test('a batch larger than one entropy block is still filled', async (t) => {
   const dev = await load();
-  const reqs = Array.from({ length: 8 }, () => ({ readable: [], writableLen: 65536 }));
-  const out = dev.process(0, reqs);
+  const out = ask(t, dev, Array.from({ length: 8 }, () => 65536));
   t.is(out.length, 8);
-  for (const r of out) t.is(r.data.length, 65536);
-  t.notDeepEqual(out[3].data.subarray(0, 32), out[4].data.subarray(0, 32));
+  for (const r of out) t.is(r.length, 65536);
+  t.notDeepEqual(out[3].subarray(0, 32), out[4].subarray(0, 32));
 });
 
-test('rejects a queue it does not have', async (t) => {
+test('a request on a queue it does not have is a device error, named', async (t) => {
   const dev = await load();
-  t.throws(() => dev.process(1, [{ readable: [], writableLen: 8 }]), { instanceOf: RangeError });
+  const err = t.throws(() => ask(t, dev, [8], 1), { instanceOf: PluginError });
+  t.regex(err!.message, /^plugin rng: handle: virtio-rng has only queue 0/);
 });
 
 test('without the entropy grant a request traps and names plugin and call', async (t) => {
   const dev = await load(false);
-  const err = t.throws(() => dev.process(0, [{ readable: [], writableLen: 8 }]), { instanceOf: PluginError });
-  t.regex(err!.message, /^plugin rng: process: .*entropy was not granted/);
+  const err = t.throws(() => ask(t, dev, [8]), { instanceOf: PluginError });
+  t.regex(err!.message, /^plugin rng: handle: .*entropy was not granted/);
   t.is((err as PluginError).kind, 'trap');
   // The instance is not trusted again after a trap.
-  t.throws(() => dev.reset(), { message: /unusable after trap in process/ });
+  t.throws(() => dev.reset(), { message: /unusable after trap in handle/ });
 });
 
 function saveAll(dev: PluginDevice, chunkSize: number): Uint8Array[] {
@@ -95,7 +111,7 @@ function saveAll(dev: PluginDevice, chunkSize: number): Uint8Array[] {
 
 test('state round-trips in small chunks and carries the request count', async (t) => {
   const src = await load();
-  for (let i = 0; i < 5; i++) src.process(0, [{ readable: [], writableLen: 4 }, { readable: [], writableLen: 4 }]);
+  for (let i = 0; i < 5; i++) ask(t, src, [4, 4]);
   const chunks = saveAll(src, 3);
   t.is(chunks.length, 6); // 16 bytes in chunks of 3
   const state = Buffer.concat(chunks);

@@ -84,7 +84,7 @@ test.serial('many core instances, each growing its own memory and table, share o
     t.deepEqual([...r.data], new Array(8).fill(0x5a));
     // Its trap reports the memory of the whole plugin: every memory of every instance.
     await attack(hog);
-    const line = await host.waitForLog(/plugin bad: process: trapped: .*memory \d+ bytes of its limit/);
+    const line = await host.waitForLog(/plugin bad: handle: trapped: .*memory \d+ bytes of its limit/);
     const used = Number(/memory (\d+) bytes of its limit of (\d+)/.exec(line)![1]);
     t.log(line.replace(/^\S+ /, ''));
     t.true(used <= GRAB_LIMIT, `all memories together (${used}) stay within the limit`);
@@ -122,9 +122,9 @@ for (const [fixture, error] of [
 }
 
 for (const [fixture, error] of [
-  ['alias-list', /plugin bad: process: returned a list of 64 entries where at most 1 are allowed/],
-  ['alias-entry', /plugin bad: process: response 0 on queue 0 has \d+ bytes but the request can hold only 8/],
-  ['past-end', /plugin bad: process: a returned list at \d+ of 4 bytes lies outside the plugin's \d+-byte memory/],
+  ['alias-list', /plugin bad: handle: returned a list of \d{6,} entries where at most \d{4} are allowed/],
+  ['alias-entry', /plugin bad: handle: returned more list bytes than the call allows \(a \d{8,}-byte list with \d{1,3} bytes of its budget left\)/],
+  ['past-end', /plugin bad: handle: a returned list at \d+ of 4 bytes lies outside the plugin's \d+-byte memory/],
 ] as [SdkFixture, RegExp][]) {
   test.serial(`${fixture}: the answer is refused before the host copies it, and only its device fails`, async (t) => {
     const host = await startMulti([{ label: 'bad', plugin: sdk[fixture] }]);

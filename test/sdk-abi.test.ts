@@ -52,9 +52,11 @@ test('a drifted, unknown or missing constant is reported by name', (t) => {
   const facts = abiFacts(wit);
   const drifted = header
     .replace(/^#define VD_ABI_DEVICE_INFO_FEATURES 8$/m, '#define VD_ABI_DEVICE_INFO_FEATURES 12')
+    .replace(/^#define VD_ABI_ACTION_PAYLOAD 8$/m, '#define VD_ABI_ACTION_PAYLOAD 4')
     .replace(/^#define VD_ABI_SIZEOF_ATTR 96$/m, '')
     .concat('\n#define VD_ABI_DEVICE_INFO_COLOUR 4\n');
   t.deepEqual(headerProblems(drifted, facts), [
+    "VD_ABI_ACTION_PAYLOAD is 4, but the offset of types.action's payload is 8 by wit/device.wit",
     'VD_ABI_DEVICE_INFO_FEATURES is 12, but the offset of device.device-info.features is 8 by wit/device.wit',
     'VD_ABI_DEVICE_INFO_COLOUR names nothing in wit/device.wit (see the naming rules in vhost_abi.h)',
     'VD_ABI_SIZEOF_ATTR (the size of filesystem.attr) is missing',
@@ -95,6 +97,18 @@ test('the layout rules give what CanonicalABI.md gives, worked by hand', (t) => 
   t.false(facts.has('VD_ABI_SIZEOF_I_K_RET'), 'an enum result is one core value: no return area');
   t.is(value('VD_ABI_I_L_RET_ERR'), 1);
   t.is(value('VD_ABI_E_Y'), 1);
+  // `use` brings a type from an earlier interface; variants and option fields name their layout.
+  const used = parseWit(`
+    package t:t;
+    interface a { record ext { b: u32, off: u64 } variant p { bytes(list<u8>), read(ext), pair(tuple<u32, u64>) } }
+    interface b { use a.{p}; record ans { id: u32, at: option<u32>, ps: list<p> } f: func(x: list<p>) -> result<list<ans>, string>; }
+  `);
+  const uf = abiFacts(used);
+  const uv = (n: string) => uf.get(n)?.value;
+  t.deepEqual([uv('VD_ABI_SIZEOF_P'), uv('VD_ABI_ALIGNOF_P'), uv('VD_ABI_P_PAYLOAD')], [24, 8, 8]);
+  t.deepEqual([uv('VD_ABI_P_BYTES'), uv('VD_ABI_P_READ'), uv('VD_ABI_P_PAIR'), uv('VD_ABI_P_PAIR_1')], [0, 1, 2, 8]);
+  t.deepEqual([uv('VD_ABI_ANS_AT'), uv('VD_ABI_ANS_AT_SOME'), uv('VD_ABI_ANS_PS'), uv('VD_ABI_SIZEOF_ANS')], [4, 4, 12, 20]);
+  t.deepEqual([uv('VD_ABI_SIZEOF_B_F_RET'), uv('VD_ABI_B_F_RET_OK')], [12, 4]);
   // A variant with more than 256 cases needs a u16 discriminant.
   const many = parseWit(`package t:t; interface j { enum big { ${Array.from({ length: 257 }, (_, n) => `c${n}`).join(', ')} } }`);
   t.is(size(iface(many, 'j').types.get('big')!), 2);
@@ -102,7 +116,8 @@ test('the layout rules give what CanonicalABI.md gives, worked by hand', (t) => 
 
 test('WIT the checker does not understand is refused, not skipped', (t) => {
   t.throws(() => parseWit('package t:t; interface i { flags f { a, b } }'), { message: /"flags" in interface i/ });
-  t.throws(() => parseWit('package t:t; interface i { use other.{x}; }'), { message: /"use" in interface i/ });
+  t.throws(() => parseWit('package t:t; interface i { use other.{x}; }'), { message: /uses interface other, which is not declared before it/ });
+  t.throws(() => parseWit('package t:t; interface o { type y = u8; } interface i { use o.{x}; }'), { message: /uses o\.x, which o does not define/ });
   t.throws(() => parseWit('package t:t; interface i { f: func() -> missing; }'), { message: /does not define/ });
 });
 

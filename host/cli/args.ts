@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
+import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
@@ -32,7 +33,12 @@ export interface CliOptions {
   storage: StorageSpec | null;
   /** --shared-dir (with --read-only and --tag folded in), or null. */
   filesystem: FilesystemSpec | null;
+  /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
+  queueThreads: number;
 }
+
+/** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
+export const MAX_QUEUE_THREADS = 64;
 
 export class UsageError extends VhostWasmError {
   static override readonly code = 'ERR_USAGE';
@@ -56,7 +62,7 @@ Where to listen (exactly one):
   --fd FD                 serve an already-listening Unix socket inherited as fd FD
 
 The device:
-  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.1.0)
+  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
 
 Capabilities granted to the plugin (it sees nothing else):
@@ -84,16 +90,33 @@ Capabilities granted to the plugin (it sees nothing else):
                           --shared-dir (off: the guest is told they are not supported). Names
                           in trusted. and security. are refused (EPERM) and hidden: there is
                           no --xattrmap yet
+  --inode-file-handles never|prefer|mandatory
+                          how the --shared-dir holds the inodes the guest has looked up:
+                          by the kernel's file handle, opened only while a request needs it
+                          (prefer, the default, falls back to fds with a warning where the
+                          filesystem has no handles or the host lacks CAP_DAC_READ_SEARCH;
+                          mandatory refuses to start there), or an O_PATH fd each (never:
+                          then the process's fd limit bounds how many files a guest can
+                          hold, and past it lookups answer ENFILE). As virtiofsd's option
   --migration-on-error abort|guest-error
                           when a migration destination cannot find a file the guest holds
                           open or looked up: fail the migration (abort, the default; the
                           source keeps running) or load anyway and answer the guest's
                           requests on what was lost with EIO (guest-error)
 
+Threads:
+  --queue-threads N       run the device in N worker threads, each with its own plugin
+                          instance, ring i served by thread i mod N (default 1, at most
+                          ${MAX_QUEUE_THREADS}). Only for a device whose queues are independent
+                          (device-info queues-independent: blk yes, fs no); for any
+                          other device the flag is ignored, with a log line saying so. More
+                          threads than the device has queues are not started.
+
 Limits:
   --memory-limit SIZE     cap on all of the plugin's linear memory together, every core
-                          instance's (default 64M; 256M with --storage, since a block
-                          device holds a whole batch of request data)
+                          instance's, for each queue thread (default 64M; 256M with
+                          --storage, since a block device holds a whole batch of request
+                          data)
   --call-deadline MS      longest one call into the plugin may run before the device is
                           stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
                           since a batch of large block requests takes a while to copy);
@@ -145,6 +168,12 @@ function parseIntStrict(text: string, what: string, min: number): number {
   return n;
 }
 
+export function parseQueueThreads(text: string): number {
+  const n = parseIntStrict(text, '--queue-threads', 1);
+  if (n > MAX_QUEUE_THREADS) throw new UsageError(`--queue-threads: ${text} is more than ${MAX_QUEUE_THREADS} (one thread per queue is the most that helps)`);
+  return n;
+}
+
 /**
  * A block device holds a whole batch of request data in its linear memory at once (up to
  * 256 requests, which Linux makes up to 1.25 MiB each): 64 MiB ran out at ~60 queued 1 MiB
@@ -165,10 +194,20 @@ export function parseStorage(text: string, readOnly: boolean, direct = false): S
   return direct ? { kind: 'file', path: text, readOnly, direct } : { kind: 'file', path: text, readOnly };
 }
 
-export function parseSharedDir(dir: string, readOnly: boolean, tag: string | undefined, onError?: string, xattr = false): FilesystemSpec {
+export function parseSharedDir(
+  dir: string,
+  readOnly: boolean,
+  tag: string | undefined,
+  onError?: string,
+  xattr = false,
+  inodeFileHandles?: string,
+): FilesystemSpec {
   if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
   if (onError !== undefined && onError !== 'abort' && onError !== 'guest-error') {
     throw new UsageError(`--migration-on-error: "${onError}" is not one of abort, guest-error`);
+  }
+  if (inodeFileHandles !== undefined && !INODE_FILE_HANDLES.includes(inodeFileHandles as InodeFileHandles)) {
+    throw new UsageError(`--inode-file-handles: "${inodeFileHandles}" is not one of ${INODE_FILE_HANDLES.join(', ')}`);
   }
   if (tag !== undefined) {
     const n = Buffer.byteLength(tag);
@@ -180,6 +219,7 @@ export function parseSharedDir(dir: string, readOnly: boolean, tag: string | und
     ...(tag === undefined ? {} : { tag }),
     ...(onError === undefined ? {} : { migrationOnError: onError }),
     ...(xattr ? { xattr } : {}),
+    ...(inodeFileHandles === undefined ? {} : { inodeFileHandles: inodeFileHandles as InodeFileHandles }),
   };
 }
 
@@ -212,6 +252,8 @@ export function parseCli(argv: string[]): CliOptions {
         tag: { type: 'string' },
         'migration-on-error': { type: 'string' },
         xattr: { type: 'boolean' },
+        'inode-file-handles': { type: 'string' },
+        'queue-threads': { type: 'string' },
       },
     });
   } catch (e) {
@@ -238,10 +280,14 @@ export function parseCli(argv: string[]): CliOptions {
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
+    queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');
+  }
+  if (v['inode-file-handles'] !== undefined && opts.filesystem === null) {
+    throw new UsageError('--inode-file-handles applies to --shared-dir: give --shared-dir DIR too');
   }
   if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');

@@ -58,6 +58,7 @@ async function serve(o: CliOptions): Promise<void> {
       listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
       source: deviceSource(o),
       callDeadlineMs: o.callDeadlineMs,
+      queueThreads: o.queueThreads,
       session: {
         stateReturnMemfd: o.stateReturnMemfd,
         experimentalRfcStateShm: o.experimentalRfcStateShm,

@@ -1,24 +1,85 @@
 // The device seam: what a virtio device is, as far as the host is concerned. The host owns
-// the socket, guest memory, rings and fds; a device only sees request bytes and answers
-// with response bytes. TypeScript devices implement this directly; WebAssembly plugins
-// are adapted to it by host/plugin.
+// the socket, guest memory, rings, fds and backings; a device sees request headers and
+// decides, the host moves the bytes. TypeScript devices implement this directly;
+// WebAssembly plugins are adapted to it by host/plugin.
 //
 // A device instance lives in the worker that runs its rings; every call is synchronous
 // there (a plugin call cannot yield anyway), so a slow device stalls only its own worker.
 
-/** One request taken off a ring: the driver's readable buffers and room for the reply. */
+// The data path is WIT 0.2's (wit/device.wit, interface `types`): a device sees each
+// request's prefix and lengths and answers with what the host should do; the host checks
+// every answer (host/device/answer-check.ts) and moves the bytes (host/io/). These are the
+// same shapes in TypeScript, for plugins (lifted by host/plugin) and TypeScript devices alike.
+
+/** One descriptor chain taken off a ring, without its payload. */
 export interface DeviceRequest {
-  /** Driver -> device buffers (the chain's readable descriptors), in order. */
-  readonly readable: readonly Uint8Array[];
-  /** Total bytes the chain's writable descriptors can hold. */
+  /** Host-chosen; unique among this device's requests not yet completed. */
+  readonly id: number;
+  readonly queue: number;
+  /** The first min(readableLen, info.prefixLen) readable bytes (a view: copy to keep). */
+  readonly prefix: Uint8Array;
+  readonly readableLen: number;
   readonly writableLen: number;
 }
 
-/** The device's answer to one request. */
-export interface DeviceResponse {
-  /** Bytes to scatter into the chain's writable descriptors (length <= writableLen). */
-  readonly data: Uint8Array;
+/** A byte range of a backing (0 = the --storage grant; fs files via filesystem.backing). */
+export interface Extent {
+  readonly backing: number;
+  readonly offset: number;
+  readonly len: number;
 }
+
+/** One piece of the writable area, in order from its start. */
+export type Piece =
+  | { readonly kind: 'bytes'; readonly bytes: Uint8Array }
+  | { readonly kind: 'backing-read'; readonly extent: Extent }
+  | { readonly kind: 'zeroes'; readonly len: number }
+  | { readonly kind: 'skip'; readonly len: number };
+
+/** Readable bytes [source, source + to.len) of the request go to the backing range `to`. */
+export interface Transfer {
+  readonly source: number;
+  readonly to: Extent;
+}
+
+export type BackingOpKind = 'flush' | 'discard' | 'write-zeroes';
+
+export interface BackingOp {
+  readonly kind: BackingOpKind;
+  readonly backing: number;
+  readonly offset: number;
+  readonly len: number;
+}
+
+/** What the device does with one request. */
+export interface Answer {
+  readonly id: number;
+  readonly transfers: readonly Transfer[];
+  readonly ops: readonly BackingOp[];
+  readonly reply: readonly Piece[];
+  /** After a short last backing-read, the final used length goes here as a LE u32. */
+  readonly lengthAt: number | null;
+  /** Start only after every request answered before it completed (virtio-blk FLUSH). */
+  readonly barrier: boolean;
+}
+
+export interface Frame {
+  readonly network: number;
+  readonly bytes: Uint8Array;
+}
+
+export type DeviceEvent =
+  | { readonly kind: 'request'; readonly request: DeviceRequest }
+  /** A transfer, op or backing-read of the answer to `id` failed: nothing was written; answer again. */
+  | { readonly kind: 'io-failed'; readonly id: number; readonly errno: number }
+  | { readonly kind: 'frame'; readonly frame: Frame }
+  | { readonly kind: 'timer'; readonly token: bigint };
+
+export type DeviceAction =
+  | { readonly kind: 'answer'; readonly answer: Answer }
+  | { readonly kind: 'hold'; readonly id: number }
+  | { readonly kind: 'send'; readonly frame: Frame }
+  | { readonly kind: 'wake-after'; readonly nanoseconds: bigint; readonly token: bigint };
 
 /** A chunk of serialized device state: the 2023 RFC's get_state(offset, size) contract. */
 export interface StateChunk {
@@ -38,6 +99,10 @@ export interface DeviceInfo {
   readonly features: bigint;
   /** Size of the device's config space in bytes. */
   readonly configSize: number;
+  /** Readable bytes of each request the device sees (DeviceRequest.prefix), <= 4096. */
+  readonly prefixLen: number;
+  /** Each queue may run in its own instance on its own thread (--queue-threads). */
+  readonly queuesIndependent: boolean;
 }
 
 export interface VirtioDevice {
@@ -48,8 +113,12 @@ export interface VirtioDevice {
   activate(ackedFeatures: bigint): void;
   /** Back to the just-created state (RESET_DEVICE, reconnect). */
   reset(): void;
-  /** Process a batch of requests from one queue; one response per request, same order. */
-  process(queueIndex: number, requests: readonly DeviceRequest[]): DeviceResponse[];
+  /**
+   * Everything since the last call: exactly one answer or hold per request / io-failed event,
+   * in any order, plus answers to requests held earlier. The host checks every action before
+   * it acts on any (a bad one fails the device).
+   */
+  handle(events: readonly DeviceEvent[]): DeviceAction[];
   /** Serialized state from offset, at most size bytes. */
   getState(offset: number, size: number): StateChunk;
   /** Append a chunk (offsets arrive in order, starting at 0). */

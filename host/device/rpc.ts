@@ -94,6 +94,11 @@ export const deviceWorkerOps = {
   ringStop: op<(index: number) => number>(),
   /** After the device failed, the worker first swaps in a fresh instance (see worker.ts). */
   reset: op<() => void>(),
+  /**
+   * Another queue thread of the device failed: fail this one too (every ring halted, the
+   * instance replaced on reset), since a device fails as a whole. Answers whether it was running.
+   */
+  halt: op<(reason: string) => boolean>(),
   status: op<() => WorkerStatus>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).
   stateBegin: op<() => StateBeginInfo>(),

@@ -1,283 +1,304 @@
-// The main thread's handle on a device worker: starts it, calls into it, and watches it.
-// A device call that runs past its deadline gets the worker terminated; the session then
-// reports the device as needing a reset and every other device keeps running, because each
-// lives in its own worker.
+// The main thread's handle on a device: the worker thread(s) it runs in (worker-thread.ts is
+// one thread). One thread by default. With --queue-threads N and a device whose queues are
+// independent (DeviceInfo.queuesIndependent: blk), N threads, each with its own instance of
+// the device, ring i served by thread i mod N; for any other device the flag is ignored, said
+// once in the log (an fs plugin keeps one inode table for all its queues: splitting it would
+// be wrong, and refusing to start would make one flag unusable for a host serving both kinds).
+//
+// The session sees one device either way. A call about a ring goes to that ring's thread; a
+// call about the device (features, config writes, memory table, dirty log, inflight area,
+// reset, a state load) goes to every thread, thread 0 first, so that a refusal (the same input
+// is refused by every thread alike) leaves all of them as they were; a thread that refuses
+// what thread 0 accepted fails the device. Reads (config, state, sections) come from thread 0:
+// every instance saw the same config writes and features, and the plugin state saved is
+// instance 0's (docs/architecture.md, "Queue threads"). A failure in one thread fails the
+// device as a whole: the others are halted (or terminated, when a thread died), and the
+// front-end sees one NEEDS_RESET.
 
-import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import { WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
-import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
-import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
-import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
-import { deserializeError } from '../errors.ts';
-import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
+import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import type { Remote } from './typed-rpc.ts';
+import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
+import { DeviceLoadError } from './errors.ts';
+import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
-export interface DeviceWorkerOptions {
-  label: string;
-  /** Longest a single device call may run before the worker is killed (ms). */
-  callDeadlineMs: number;
-  /**
-   * Longest the device's own code may run while it is built (a plugin's instantiation, identity,
-   * info), at start and when a reset rebuilds it (ms). Default: the call deadline, at least 5 s
-   * (it includes compiling the plugin's core modules).
-   */
-  loadDeadlineMs?: number;
-  /** Longest the device may take to load as a whole, transpiling included (ms). */
-  startTimeoutMs?: number;
+export { EXIT_GRACE_MS, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
+
+/** Everything the device's identity is checked by: every thread must load the same device. */
+function shape(i: DeviceInfo): string {
+  return `${i.deviceId}/${i.name}/${i.numQueues}/${i.maxQueueSize}/${i.features}/${i.configSize}/${i.prefixLen}/${i.queuesIndependent}`;
 }
 
-/** How long a terminated worker gets to exit before it is reported as stuck (ms). */
-export const EXIT_GRACE_MS = 1000;
-
-const DEFAULT_START_TIMEOUT_MS = 30_000;
-
-function loadDeadline(opts: DeviceWorkerOptions): number {
-  return opts.loadDeadlineMs ?? Math.max(5000, opts.callDeadlineMs);
-}
-
-/**
- * The main thread's side of the watchdog: reads what the worker is doing from the shared slot
- * and says why it must be killed, or null. Runs on a timer here, so a worker spinning in device
- * code cannot delay it.
- */
-class Watchdog {
-  constructor(
-    private readonly slot: Int32Array,
-    private readonly epoch: number,
-    private readonly opts: DeviceWorkerOptions,
-  ) {}
-
-  get period(): number {
-    return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
+/** How many threads a device runs in, and the log line that explains a difference from what was asked. */
+export function queueThreadCount(asked: number, info: DeviceInfo): { threads: number; note: string | null } {
+  if (asked <= 1) return { threads: 1, note: null };
+  if (!info.queuesIndependent) {
+    return {
+      threads: 1,
+      note: `--queue-threads ${asked} is ignored for ${info.name}: its queues share state in one instance (device-info queues-independent is false), so it runs in one worker thread`,
+    };
   }
-
-  /** Why the worker must go (prefixed with `name` when one is given), or null. */
-  overdue(name?: string): string | null {
-    const word = Atomics.load(this.slot, 0);
-    if (word === 0) return null;
-    const { phase, ran } = readWatchdogWord(word, Date.now() - this.epoch);
-    const [what, limit] =
-      phase === WatchdogPhase.load
-        ? ['loading the device (its instantiation, identity or info)', loadDeadline(this.opts)]
-        : phase === WatchdogPhase.prepare
-          ? ['preparing the device (import or transpile)', this.opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS]
-          : phase === WatchdogPhase.notify
-            ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
-            : ['a device call', this.opts.callDeadlineMs];
-    if (ran <= limit) return null;
-    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
+  if (asked > info.numQueues) {
+    return { threads: info.numQueues, note: `--queue-threads ${asked}: ${info.name} has ${info.numQueues} queue(s), so ${info.numQueues} thread(s) are started` };
   }
+  return { threads: asked, note: null };
 }
 
-export type DeviceEvent =
-  | { type: 'ring-broken'; index: number; reason: string }
-  | { type: 'device-failed'; reason: string }
-  | { type: 'inband-call'; index: number }
-  | { type: 'memory-fault'; reason: string };
-
-function workerUrl(): URL {
-  // From source (tests via tsx) the worker is a .ts file beside this one; in the esbuild
-  // bundle it is dist/device-worker.mjs beside dist/vhost-wasm.mjs.
-  return import.meta.url.endsWith('.ts') ? new URL('./worker.ts', import.meta.url) : new URL('./device-worker.mjs', import.meta.url);
-}
-
-/**
- * Every operation of deviceWorkerOps is a method of DeviceWorker answering a typed promise
- * (`worker.ringStop(0)`: Promise<number>); the constructor installs them from the table.
- */
-export interface DeviceWorker extends Remote<DeviceWorkerApi> {}
-
-export class DeviceWorker {
-  private readonly calls = new PendingCalls(WORKER_ERROR_CLASSES);
+export class DeviceWorker implements Remote<DeviceWorkerApi> {
+  /** Why the device failed as a whole (reported once), until a reset. */
+  private failedReason: string | null = null;
   private deathReason: string | null = null;
-  private readonly watchdog: Watchdog;
-  private readonly timer: NodeJS.Timeout;
-  private exitedYet = false;
-  /** exitedWithin() already gave up on this worker once. */
-  private stuck = false;
   private readonly log: Logger;
-  /** Settles once the worker thread is gone (its watchers closed): only then may borrowed fds be closed. */
+  /** Settles once every thread is gone: only then may borrowed fds be closed. */
   readonly exited: Promise<void>;
   onEvent: (e: DeviceEvent) => void = () => {};
 
   private constructor(
-    private readonly worker: Worker,
+    private readonly threads: readonly WorkerThread[],
     readonly info: DeviceInfo,
-    watchdog: Watchdog,
-    private readonly opts: DeviceWorkerOptions,
+    label: string,
   ) {
-    this.watchdog = watchdog;
-    this.log = createLogger(`device ${opts.label}`);
-    installRemote(this, deviceWorkerOps, (method, args, transfer) => this.invoke(method, args, transfer));
-    worker.on('message', (m: WorkerToMain) => this.onMessage(m));
-    // An exception nothing in the worker caught ends the worker: the device has failed, and the
-    // front-end must hear it (NEEDS_RESET), not find out from requests that are never answered.
-    worker.on('error', (e) => this.failed(`worker crashed: ${errorText(e)}`));
-    this.exited = new Promise<void>((resolve) =>
-      worker.once('exit', () => {
-        this.exitedYet = true;
-        resolve();
-      }),
-    );
-    worker.on('exit', (code) => this.failed(`worker exited unexpectedly with code ${code}`));
-    this.timer = setInterval(() => this.checkDeadline(), watchdog.period);
-    this.timer.unref();
+    this.log = createLogger(`device ${label}`);
+    this.exited = Promise.all(threads.map((t) => t.exited)).then(() => {});
+    threads.forEach((t, k) => (t.onEvent = (e) => this.threadEvent(k, e)));
   }
 
+  /** Starts the device's thread 0, and with --queue-threads (and a device that allows it) the others. */
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
-    const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
-    const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch };
-    const url = workerUrl();
-    let worker: Worker;
-    if (url.pathname.endsWith('.ts')) {
-      // Running from TypeScript sources (tests): Node 20 loads a worker's entry before any
-      // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
-      const tsxApi = import.meta.resolve('tsx/esm/api');
-      const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-      worker = new Worker(boot, { eval: true, workerData: init, stdout: false, stderr: false });
-    } else {
-      worker = new Worker(url, { workerData: init, stdout: false, stderr: false });
-    }
-    const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
-    const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);
+    const first = await WorkerThread.start(source, opts);
+    const { threads: n, note } = queueThreadCount(opts.queueThreads ?? 1, first.info);
     const log = createLogger(`device ${opts.label}`);
-    const info = await new Promise<DeviceInfo>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        done();
-        void worker.terminate();
-        reject(new DeviceLoadError(`device ${opts.label} did not load within ${timeoutMs} ms`));
-      }, timeoutMs);
-      // The device's code runs while it loads (a plugin's identity() can loop): time it.
-      const check = setInterval(() => {
-        const reason = watchdog.overdue();
-        if (reason === null) return;
-        done();
-        log.error(reason);
-        void worker.terminate();
-        reject(new DeviceLoadError(`device ${opts.label}: ${reason}`));
-      }, watchdog.period);
-      const done = () => {
-        clearTimeout(timer);
-        clearInterval(check);
-        worker.off('message', onMsg);
-        worker.off('error', onErr);
-        worker.off('exit', onExit);
-      };
-      const onMsg = (m: WorkerToMain) => {
-        if (m.type === 'ready') {
-          done();
-          resolve(m.info);
-        } else if (m.type === 'init-failed') {
-          done();
-          void worker.terminate();
-          reject(deserializeError(m.error, WORKER_ERROR_CLASSES));
-        }
-      };
-      const onErr = (e: Error) => {
-        done();
-        reject(new DeviceLoadError(`device ${opts.label} failed to load: ${errorText(e)}`, { cause: e }));
-      };
-      const onExit = (code: number) => {
-        done();
-        reject(new DeviceLoadError(`device ${opts.label} worker exited with code ${code} while loading`));
-      };
-      worker.on('message', onMsg);
-      worker.on('error', onErr);
-      worker.on('exit', onExit);
-    });
-    return new DeviceWorker(worker, info, watchdog, opts);
-  }
-
-  /**
-   * A new call deadline from now on, the call in progress included (the daemon's set-limits):
-   * the watchdog reads it at every check.
-   */
-  setCallDeadline(ms: number): void {
-    this.opts.callDeadlineMs = ms;
-  }
-
-  /** Why the worker is gone, or null while it runs. */
-  get dead(): string | null {
-    return this.deathReason;
-  }
-
-  /** Sends one operation of deviceWorkerOps (the installed methods come here). */
-  private invoke(method: string, args: unknown[], transfer: ArrayBuffer[]): Promise<unknown> {
-    if (this.deathReason !== null) {
-      return Promise.reject(new DeviceStoppedError(`device ${this.opts.label} is not running (${this.deathReason}); reset the device`));
+    if (note !== null) log.warn(note);
+    if (n === 1) return new DeviceWorker([first], first.info, opts.label);
+    const rest = await Promise.allSettled(
+      Array.from({ length: n - 1 }, (_, i) => WorkerThread.start(source, { ...opts, label: `${opts.label} (queue thread ${i + 1})` })),
+    );
+    const started = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
+    const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const odd = started.find((t) => shape(t.info) !== shape(first.info));
+    if (failed !== undefined || odd !== undefined) {
+      await Promise.all(started.map((t) => t.terminate()));
+      if (failed !== undefined) throw failed.reason;
+      throw new DeviceLoadError(`device ${opts.label}: a second instance describes itself as ${shape(odd!.info)}, not ${shape(first.info)}; it cannot run on several queue threads`);
     }
-    return this.calls.start(method, args, (req) => this.worker.postMessage(req satisfies MainToWorker, transfer));
+    log.info(`${first.info.name} runs in ${n} queue threads (ring i on thread i mod ${n}; thread ids ${started.map((t) => t.threadId).join(', ')})`);
+    return new DeviceWorker(started, first.info, opts.label);
+  }
+
+  /** A new call deadline for every thread, the call in progress included (the daemon's set-limits). */
+  setCallDeadline(ms: number): void {
+    for (const t of this.threads) t.setCallDeadline(ms);
+  }
+
+  /** Threads the device runs in. */
+  get threadCount(): number {
+    return this.threads.length;
+  }
+
+  /** Why the device's threads are gone (one died, the others were terminated with it), or null while they run. */
+  get dead(): string | null {
+    return this.deathReason ?? this.threads.find((t) => t.dead !== null)?.dead ?? null;
+  }
+
+  get hasExited(): boolean {
+    return this.threads.every((t) => t.hasExited);
+  }
+
+  async exitedWithin(ms?: number): Promise<boolean> {
+    const each = await Promise.all(this.threads.map((t) => t.exitedWithin(ms)));
+    return each.every(Boolean);
   }
 
   async terminate(): Promise<void> {
-    clearInterval(this.timer);
-    if (this.deathReason === null) this.die('terminated by the host');
-    await this.worker.terminate();
+    await Promise.all(this.threads.map((t) => t.terminate()));
   }
 
-  /** The worker thread has exited (false while it runs, or while it is stuck after terminate()). */
-  get hasExited(): boolean {
-    return this.exitedYet;
+  // --- events from the threads ---------------------------------------------------------------
+
+  private threadEvent(k: number, e: DeviceEvent): void {
+    if (e.type !== 'device-failed' || this.threads.length === 1) {
+      this.onEvent(e);
+      return;
+    }
+    const where = `queue thread ${k}: ${e.reason}`;
+    if (this.threads[k].dead !== null && this.deathReason === null) {
+      // A thread died (watchdog, crash): a device is replaced as a whole, so the others go too.
+      this.deathReason = where;
+      for (const t of this.threads) if (t.dead === null) void t.terminate();
+    }
+    this.failDevice(where);
+  }
+
+  /** Reports the device failed (once until a reset) and halts every thread still running. */
+  private failDevice(reason: string): void {
+    if (this.failedReason !== null) return;
+    this.failedReason = reason;
+    for (const t of this.threads) {
+      // halt() of a thread that failed itself or died answers false or rejects: nothing to do.
+      if (t.dead === null) t.halt(reason).catch(() => {});
+    }
+    this.onEvent({ type: 'device-failed', reason });
+  }
+
+  // --- routing -------------------------------------------------------------------------------
+
+  private ringThread(index: number): WorkerThread {
+    // An index the device lacks goes to a thread anyway: its runner refuses it with the message.
+    return this.threads[Number.isInteger(index) && index >= 0 ? index % this.threads.length : 0];
   }
 
   /**
-   * Waits for the thread to exit, at most EXIT_GRACE_MS; false when it did not. A thread blocked
-   * in a system call (open() of a FIFO, say) ignores terminate() until the call returns, which
-   * may be never: callers then go on without it rather than wait for ever.
+   * One call on every thread: thread 0 first (a refusal there changes nothing anywhere), then the
+   * others together. One of those refusing what thread 0 accepted leaves the instances apart:
+   * the device fails (NEEDS_RESET) and the refusal is the answer.
    */
-  async exitedWithin(ms = EXIT_GRACE_MS): Promise<boolean> {
-    if (this.exitedYet) return true;
-    if (this.stuck) return false;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-    const ok = await Promise.race([this.exited.then(() => true as const), late]);
-    clearTimeout(timer);
-    if (!ok && !this.stuck) {
-      this.stuck = true;
-      this.log.error(`the worker did not exit within ${ms} ms of being terminated (blocked in a system call?); going on without it`);
+  private async every<T>(what: string, call: (t: WorkerThread, k: number) => Promise<T>): Promise<T[]> {
+    const first = await call(this.threads[0], 0);
+    if (this.threads.length === 1) return [first];
+    const rest = await Promise.allSettled(this.threads.slice(1).map((t, i) => call(t, i + 1)));
+    const bad = rest.findIndex((r) => r.status === 'rejected');
+    if (bad >= 0) {
+      const err = (rest[bad] as PromiseRejectedResult).reason;
+      this.failDevice(`queue thread ${bad + 1} refused ${what}, which queue thread 0 accepted: ${errorText(err)}`);
+      throw err;
     }
-    return ok;
+    return [first, ...rest.map((r) => (r as PromiseFulfilledResult<T>).value)];
   }
 
-  private onMessage(m: WorkerToMain): void {
-    switch (m.type) {
-      case 'reply':
-        this.calls.settle(m);
-        return;
-      case 'ring-broken':
-      case 'device-failed':
-      case 'inband-call':
-      case 'memory-fault':
-        this.onEvent(m);
-        return;
-      default:
-        return;
+  readConfig(offset: number, size: number): Promise<Uint8Array> {
+    return this.threads[0].readConfig(offset, size);
+  }
+
+  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    await this.every('a config write', (t) => t.writeConfig(offset, data));
+  }
+
+  async setFeatures(features: bigint, protocolFeatures: boolean): Promise<void> {
+    await this.every('the features', (t) => t.setFeatures(features, protocolFeatures));
+  }
+
+  async setMemTable(regions: RegionMsg[]): Promise<void> {
+    await this.every('the memory table', (t) => t.setMemTable(regions));
+  }
+
+  async addMemRegion(region: RegionMsg): Promise<void> {
+    await this.every('a memory region', (t) => t.addMemRegion(region));
+  }
+
+  async removeMemRegion(guestPhysAddr: number, size: number, userspaceAddr: number): Promise<void> {
+    await this.every('a memory region removal', (t) => t.removeMemRegion(guestPhysAddr, size, userspaceAddr));
+  }
+
+  ringNum(index: number, num: number): Promise<void> {
+    return this.ringThread(index).ringNum(index, num);
+  }
+
+  ringAddr(index: number, addr: VringAddrMsg): Promise<void> {
+    return this.ringThread(index).ringAddr(index, addr);
+  }
+
+  ringBase(index: number, base: number): Promise<void> {
+    return this.ringThread(index).ringBase(index, base);
+  }
+
+  ringKick(index: number, fd: number | null): Promise<void> {
+    const t = this.ringThread(index);
+    if (this.threads.length > 1 && this.log.enabled('debug')) {
+      this.log.debug(`ring ${index} is served by queue thread ${this.threads.indexOf(t)} (thread id ${t.threadId})`);
     }
+    return t.ringKick(index, fd);
   }
 
-  private checkDeadline(): void {
-    if (this.deathReason !== null) return;
-    const reason = this.watchdog.overdue(this.info.name);
-    if (reason === null) return;
-    this.log.error(reason);
-    this.die(reason);
-    void this.worker.terminate();
-    this.onEvent({ type: 'device-failed', reason });
+  ringCall(index: number, fd: number | null): Promise<void> {
+    return this.ringThread(index).ringCall(index, fd);
   }
 
-  /** The worker died on its own (crash, exit): report it once, as a failed device. */
-  private failed(reason: string): void {
-    if (this.deathReason !== null) return;
-    this.log.error(reason);
-    this.die(reason);
-    this.onEvent({ type: 'device-failed', reason });
+  ringErr(index: number, fd: number | null): Promise<void> {
+    return this.ringThread(index).ringErr(index, fd);
   }
 
-  private die(reason: string): void {
-    if (this.deathReason !== null) return;
-    this.deathReason = reason;
-    clearInterval(this.timer);
-    this.calls.rejectAll(() => new DeviceStoppedError(`device ${this.opts.label}: ${reason}`));
+  ringEnable(index: number, enable: boolean): Promise<void> {
+    return this.ringThread(index).ringEnable(index, enable);
+  }
+
+  ringInbandKick(index: number): Promise<void> {
+    return this.ringThread(index).ringInbandKick(index);
+  }
+
+  async ringStop(index: number): Promise<number> {
+    const t = this.ringThread(index);
+    const base = await t.ringStop(index);
+    // How far each thread got: what shows a guest's queues really ran on their threads.
+    if (this.threads.length > 1 && this.log.enabled('debug')) {
+      this.log.debug(`ring ${index} stopped on queue thread ${this.threads.indexOf(t)} (thread id ${t.threadId}) at avail index ${base}`);
+    }
+    return base;
+  }
+
+  async reset(): Promise<void> {
+    await this.every('a reset', (t) => t.reset());
+    this.failedReason = null;
+  }
+
+  async halt(reason: string): Promise<boolean> {
+    const each = await Promise.all(this.threads.map((t) => t.halt(reason)));
+    return each.some(Boolean);
+  }
+
+  async status(): Promise<WorkerStatus> {
+    const each = await Promise.all(this.threads.map((t) => t.status()));
+    const union = (f: (s: WorkerStatus) => number[]) => [...new Set(each.flatMap(f))].sort((a, b) => a - b);
+    return { running: union((s) => s.running), failed: each.find((s) => s.failed !== null)?.failed ?? null, brokenQueues: union((s) => s.brokenQueues) };
+  }
+
+  /** Instance 0's identity and sections (the memory disk is one store: saved once), every thread's running rings. */
+  async stateBegin(): Promise<StateBeginInfo> {
+    const each = await Promise.all(this.threads.map((t) => t.stateBegin()));
+    return { ...each[0], started: [...new Set(each.flatMap((b) => b.started))].sort((a, b) => a - b) };
+  }
+
+  stateRead(offset: number, size: number, section?: number): Promise<StateReadResult> {
+    return this.threads[0].stateRead(offset, size, section);
+  }
+
+  /** Sections are host-held stores every thread shares (the memory disk): loaded once, through thread 0. */
+  stateBeginLoad(section: number, size: number): Promise<void> {
+    return this.threads[0].stateBeginLoad(section, size);
+  }
+
+  /** The device's own state goes into every instance (each gets its own copy: a chunk's buffer is moved to its thread). */
+  async stateWrite(offset: number, chunk: Uint8Array, section?: number): Promise<void> {
+    if (section !== undefined || this.threads.length === 1) return this.threads[0].stateWrite(offset, chunk, section);
+    const copies = this.threads.map((_, k) => (k === 0 ? chunk : chunk.slice()));
+    await this.every('a device state chunk', (t, k) => t.stateWrite(offset, copies[k]));
+  }
+
+  async stateFinish(section?: number): Promise<string | null> {
+    if (section !== undefined) return this.threads[0].stateFinish(section);
+    const each = await this.every('the loaded device state', (t) => t.stateFinish());
+    const k = each.findIndex((e) => e !== null);
+    return k < 0 ? null : this.threads.length === 1 ? each[k] : `queue thread ${k}: ${each[k]}`;
+  }
+
+  async stateAbort(section?: number): Promise<void> {
+    if (section !== undefined) return this.threads[0].stateAbort(section);
+    await this.every('a state abort', (t) => t.stateAbort());
+  }
+
+  async setLogBase(fd: number, size: number, offset: number): Promise<void> {
+    await this.every('the dirty log area', (t) => t.setLogBase(fd, size, offset));
+  }
+
+  async setLogAll(on: boolean): Promise<void> {
+    await this.every('dirty logging', (t) => t.setLogAll(on));
+  }
+
+  async logStatus(): Promise<LogStatus> {
+    const each = await Promise.all(this.threads.map((t) => t.logStatus()));
+    return { ...each[0], outOfRange: each.reduce((n, s) => n + s.outOfRange, 0) };
+  }
+
+  async setInflight(fd: number, size: number, offset: number, numQueues: number, queueSize: number): Promise<void> {
+    await this.every('the inflight area', (t) => t.setInflight(fd, size, offset, numQueues, queueSize));
   }
 }

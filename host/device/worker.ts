@@ -98,6 +98,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
     }
     this.runner.reset();
   }
+  halt(reason: string) { return this.runner.halt(reason); }
   status() { return this.runner.status(); }
   stateBegin() { return this.runner.stateBegin(); }
   stateRead(offset: number, size: number, section?: number) {

@@ -1,20 +1,34 @@
 // The `filesystem` import object handed to jco's glue: FsShare results become WIT
-// result values ({tag, val}); an ungranted capability traps on every call.
+// result values ({tag, val}); an ungranted capability traps on every call. File data does
+// not pass here (vhost:device@0.2.0): `backing` hands the plugin an index for answers.
+import type { FsFileBackings } from './file-backings.ts';
 import type { FsResult, FsShare } from './share.ts';
 
 type WitResult<T> = { tag: 'ok'; val: T } | { tag: 'err'; val: number };
 
 const wit = <T>(r: FsResult<T>): WitResult<T> => (r.ok ? { tag: 'ok', val: r.val } : { tag: 'err', val: r.errno });
 
-export function filesystemImports(share: FsShare | undefined, refuse: () => never): Record<string, unknown> {
+/**
+ * `files`: where open files become backings (the device's backing table); without it (a host
+ * that runs no file I/O) `backing` traps, saying so.
+ */
+export function filesystemImports(share: FsShare | undefined, refuse: () => never, files?: FsFileBackings): Record<string, unknown> {
   const s = (): FsShare => share ?? refuse();
+  const opened = <T>(r: FsResult<T>, h: (v: T) => bigint, flags: number): FsResult<T> => {
+    if (r.ok) files?.opened(h(r.val), flags);
+    return r;
+  };
   return {
     tag: (): string => s().tag,
     readOnly: (): boolean => s().readOnly,
     migrationOnError: (): string => s().migrationOnError,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
-    close: (h: bigint): void => s().closeHandle(h),
+    close: (h: bigint): void => {
+      const sh = s();
+      files?.closing(h);
+      sh.closeHandle(h);
+    },
     getattr: (h: bigint) => wit(s().getattr(h)),
     setattr: (
       h: bigint,
@@ -28,8 +42,9 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
       mtime: bigint,
       mtimeNsec: number,
     ) => wit(s().setattr(h, valid, mode, uid, gid, size, atime, atimeNsec, mtime, mtimeNsec)),
-    open: (node: bigint, flags: number) => wit(s().open(node, flags)),
-    create: (dir: bigint, name: Uint8Array, flags: number, mode: number) => wit(s().create(dir, name, flags, mode)),
+    open: (node: bigint, flags: number) => wit(opened(s().open(node, flags), (h) => h, flags)),
+    create: (dir: bigint, name: Uint8Array, flags: number, mode: number) =>
+      wit(opened(s().create(dir, name, flags, mode), ([, h]) => h, flags)),
     mknod: (dir: bigint, name: Uint8Array, mode: number) => wit(s().mknod(dir, name, mode)),
     mkdir: (dir: bigint, name: Uint8Array, mode: number) => wit(s().mkdir(dir, name, mode)),
     symlink: (dir: bigint, name: Uint8Array, target: Uint8Array) => wit(s().symlink(dir, name, target)),
@@ -39,8 +54,11 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     rename: (od: bigint, on: Uint8Array, nd: bigint, nn: Uint8Array, flags: number) =>
       wit(s().rename(od, on, nd, nn, flags)),
     readlink: (node: bigint) => wit(s().readlink(node)),
-    read: (file: bigint, offset: bigint, len: number) => wit(s().read(file, offset, len)),
-    write: (file: bigint, offset: bigint, data: Uint8Array) => wit(s().write(file, offset, data)),
+    backing: (file: bigint) => {
+      s();
+      if (!files) throw new Error('filesystem.backing: this host has no backing table for shared files (a host bug: report it)');
+      return wit(files.backing(file));
+    },
     readdir: (dir: bigint, offset: bigint, max: number) => wit(s().readdir(dir, offset, max)),
     fsync: (file: bigint, datasync: boolean) => wit(s().fsync(file, datasync)),
     fallocate: (file: bigint, mode: number, offset: bigint, len: bigint) => wit(s().fallocate(file, mode, offset, len)),

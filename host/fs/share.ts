@@ -1,9 +1,18 @@
 // The host side of the `filesystem` capability: one shared directory granted to one device.
-// The plugin holds opaque handle numbers; this class maps them to fds it owns (O_PATH
-// fds for nodes, I/O fds for open files) and runs every operation through the native
-// fd-relative calls in host/native/src/fs.c, which do the confinement (openat2 beneath
-// the directory fd, single-component names, no symlink ever followed). Errors are errno
-// numbers, as FUSE wants them; nothing a plugin passes can make this throw except a bug.
+// The plugin holds opaque handle numbers; this class maps them to what it holds (for a node:
+// the kernel's file handle of the inode, or an O_PATH fd; for an open file: its I/O fd) and
+// runs every operation through the native fd-relative calls in host/native/src/fs.c, which
+// do the confinement (openat2 beneath the directory fd, single-component names, no symlink
+// ever followed). Errors are errno numbers, as FUSE wants them; nothing a plugin passes can
+// make this throw except a bug.
+//
+// Nodes and fds (--inode-file-handles, as virtiofsd's option of that name): with file
+// handles (prefer, the default, where the filesystem and privileges allow; mandatory) a
+// looked-up inode costs no fd: the share keeps its handle (host/native/src/fhandle.c) and
+// opens it by handle for the moment an operation needs it. So a guest can hold 100,000
+// inodes under a 20,000-fd hard limit. A deleted inode's handle answers ESTALE, never another
+// file. With `never` (or prefer where handles do not work: the reason is logged once) every
+// node holds an O_PATH fd, as before. Handles never leave this class.
 //
 // Every fd the share holds is taken from the process-wide fd budget (host/resources/
 // fd-budget.ts), shared with every other device of the process: past it (or past this
@@ -15,6 +24,7 @@ import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
+import { INODE_FILE_HANDLES, type InodeFileHandles } from './inode-handles.ts';
 import { visibleXattrNames, XATTR_MAX, xattrNameRefused } from './xattr.ts';
 
 export const E = OS.errno;
@@ -66,14 +76,18 @@ export const MIGRATION_ON_ERROR: readonly MigrationOnError[] = ['abort', 'guest-
 /** An operation's value, or the errno it failed with. */
 export type FsResult<T> = { ok: true; val: T } | { ok: false; errno: Errno };
 
+export { INODE_FILE_HANDLES, type InodeFileHandles };
+
 export interface ShareOptions {
+  /** --inode-file-handles (default prefer). */
+  inodeFileHandles?: InodeFileHandles;
   readOnly?: boolean;
   tag?: string;
   /** --migration-on-error: what a migration destination does with a file it cannot find again. */
   migrationOnError?: MigrationOnError;
   /** --xattr: extended attributes reach the share (otherwise every xattr call is ENOSYS). */
   xattr?: boolean;
-  /** Most handles (fds) one device may hold; past it calls fail with ENFILE. */
+  /** Most fds one device may hold at once; past it calls fail with ENFILE. */
   maxHandles?: number;
   /** Names the device in log lines. */
   label?: string;
@@ -89,6 +103,7 @@ export const DEFAULT_TAG = 'vhost-wasm';
 export const MAX_TAG_BYTES = 36;
 
 const O_ACCMODE = 3;
+const O_DIRECTORY = 0o200000;
 const O_TRUNC = 0o1000;
 const FATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const;
 const S_IFMT = 0o170000;
@@ -121,10 +136,18 @@ const UTIME_NOW = (1 << 30) - 1;
 const UTIME_OMIT = (1 << 30) - 2;
 
 interface Slot {
+  /** The fd held, or -1 for a node held by its file handle alone. */
   fd: number;
-  /** 'node' = O_PATH fd of an inode; 'file' = open for I/O (regular file or directory). */
+  /** 'node' = an inode (O_PATH fd or file handle); 'file' = open for I/O (regular file or directory). */
   kind: 'node' | 'file';
+  /** A node's file-handle record (host/native/src/fhandle.c), when it is held that way. */
+  fh?: Uint8Array;
 }
+
+/** Entries one share's table may hold (nodes by handle cost no fd, so fds do not bound it). */
+const MAX_TABLE = 1 << 21;
+/** fsNameToHandle's record: 12 bytes of head and at most MAX_HANDLE_SZ (128) of handle. */
+const FH_RECORD_MAX = 140;
 
 const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
 const fail = (errno: Errno): FsResult<never> => ({ ok: false, errno });
@@ -139,7 +162,15 @@ export class FsShare {
   readonly tag: string;
   readonly migrationOnError: MigrationOnError;
   readonly xattr: boolean;
+  /** How nodes are held: 'handles' (file handles) or 'fds' (an O_PATH fd each). */
+  readonly nodesBy: 'handles' | 'fds';
+  readonly inodeFileHandles: InodeFileHandles;
   private readonly rootFd: number;
+  /** The root opened O_RDONLY: open_by_handle_at decodes against it (it refuses O_PATH fds); -1 without handles. */
+  private mountFd = -1;
+  /** Fds the table holds now (nodes by handle hold none). */
+  private heldFds = 0;
+  private readonly fhBuf = new Uint8Array(FH_RECORD_MAX);
   private readonly handles = new Map<number, Slot>();
   private nextId = 1;
   private readonly maxHandles: number;
@@ -160,8 +191,13 @@ export class FsShare {
     if (Buffer.byteLength(this.tag) === 0 || Buffer.byteLength(this.tag) > MAX_TAG_BYTES) {
       throw new FsShareError(`the mount tag must be 1-${MAX_TAG_BYTES} bytes, not "${this.tag}"`);
     }
+    this.inodeFileHandles = opts.inodeFileHandles ?? 'prefer';
+    if (!INODE_FILE_HANDLES.includes(this.inodeFileHandles)) {
+      throw new FsShareError(`inode-file-handles must be ${INODE_FILE_HANDLES.join(', ')}, not "${String(this.inodeFileHandles)}"`);
+    }
     this.maxHandles = opts.maxHandles ?? 65536;
-    this.spentLog = new LogThrottle(createLogger(`fs ${opts.label ?? dir}`), 'warn', SPENT_LOG_INTERVAL_MS);
+    const log = createLogger(`fs ${opts.label ?? dir}`);
+    this.spentLog = new LogThrottle(log, 'warn', SPENT_LOG_INTERVAL_MS);
     ensureFdBudget();
     const fd = native.fsOpenRoot(dir);
     if (fd < 0) {
@@ -177,11 +213,47 @@ export class FsShare {
       throw new FsShareError(`the filesystem grant needs /proc mounted (reopening through /proc/self/fd failed: ${errnoName(-probe)})`);
     }
     native.fsClose(probe);
+    this.nodesBy = 'fds';
+    if (this.inodeFileHandles !== 'never') {
+      const why = this.probeHandles();
+      if (why === null) {
+        this.nodesBy = 'handles';
+      } else if (this.inodeFileHandles === 'mandatory') {
+        native.fsClose(fd);
+        throw new FsShareError(
+          `--inode-file-handles=mandatory, but file handles do not work on ${dir}: ${why} ` +
+            '(use --inode-file-handles=prefer or never: then every looked-up inode holds an fd)',
+        );
+      } else {
+        log.warn(`file handles do not work on ${dir} (${why}): every looked-up inode holds an fd, so the process's fd limit bounds how many files the guest can hold`);
+      }
+    }
+  }
+
+  /** null if nodes can be held by file handle here, else why not. */
+  private probeHandles(): string | null {
+    const n = native.fsNameToHandle(this.rootFd, this.fhBuf);
+    if (n < 0) return `name_to_handle_at: ${errnoName(-n)}${-n === E.EOPNOTSUPP ? ' (the filesystem has no file handles)' : ''}`;
+    const m = native.fsReopen(this.rootFd, O_DIRECTORY);
+    if (m < 0) return `opening the directory: ${errnoName(-m)}`;
+    const fd = native.fsOpenByHandle(m, this.fhBuf.subarray(0, n));
+    if (fd < 0) {
+      native.fsClose(m);
+      return `open_by_handle_at: ${errnoName(-fd)}${-fd === E.EPERM ? ' (it needs CAP_DAC_READ_SEARCH)' : ''}`;
+    }
+    native.fsClose(fd);
+    this.mountFd = m;
+    return null;
   }
 
   /** Handles currently open (tests, limits). */
   get openHandles(): number {
     return this.handles.size;
+  }
+
+  /** Fds the handles hold now (nodes held by file handle hold none). */
+  get openFds(): number {
+    return this.heldFds;
   }
 
   /**
@@ -191,8 +263,9 @@ export class FsShare {
    */
   releaseAll(): number {
     const n = this.handles.size;
-    for (const s of this.handles.values()) native.fsClose(s.fd);
+    for (const s of this.handles.values()) if (s.fd >= 0) native.fsClose(s.fd);
     this.handles.clear();
+    this.heldFds = 0;
     this.spentLog.reset();
     return n;
   }
@@ -202,6 +275,7 @@ export class FsShare {
     this.closed = true;
     this.releaseAll();
     native.fsClose(this.rootFd);
+    if (this.mountFd >= 0) native.fsClose(this.mountFd);
   }
 
   /** A budgeted native call's result: a spent budget is logged (once per episode). */
@@ -213,24 +287,40 @@ export class FsShare {
   private noteSpent(): void {
     const b = fdBudgetInfo();
     // ENFILE also comes from the kernel when the whole system's file table is full.
-    const what = this.handles.size >= this.maxHandles || b.used >= b.budget ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
+    const what = this.heldFds >= this.maxHandles || b.used >= b.budget || this.handles.size >= MAX_TABLE ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
     this.spentLog.hit(
-      `${what}: this share holds ${this.handles.size} handles (at most ${this.maxHandles}), all devices ${b.used} of ${b.budget}; ` +
+      `${what}: this share holds ${this.heldFds} fds (at most ${this.maxHandles}) for ${this.handles.size} handles (at most ${MAX_TABLE}), all devices ${b.used} of ${b.budget}; ` +
         'the guest gets ENFILE for new lookups, opens and creates until it releases some (or the device is reset)',
     );
   }
 
   // ---- handle table ----
 
+  /**
+   * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
+   * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
+   */
   private add(fd: number, kind: Slot['kind']): FsResult<bigint> {
-    if (this.handles.size >= this.maxHandles) {
-      native.fsClose(fd);
+    let slot: Slot = { fd, kind };
+    if (kind === 'node' && this.nodesBy === 'handles') {
+      const n = native.fsNameToHandle(fd, this.fhBuf);
+      if (n >= 0) {
+        native.fsClose(fd);
+        slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)) };
+      } else if (this.inodeFileHandles === 'mandatory') {
+        native.fsClose(fd);
+        return fail(-n);
+      }
+    }
+    if (this.handles.size >= MAX_TABLE || (slot.fd >= 0 && this.heldFds >= this.maxHandles)) {
+      if (slot.fd >= 0) native.fsClose(slot.fd);
       this.noteSpent();
       return fail(E.ENFILE);
     }
     // Ids are never reused while the share lives, so a stale handle cannot alias a new one.
     const id = this.nextId++;
-    this.handles.set(id, { fd, kind });
+    this.handles.set(id, slot);
+    if (slot.fd >= 0) this.heldFds++;
     return ok(BigInt(id));
   }
 
@@ -241,12 +331,31 @@ export class FsShare {
     return s;
   }
 
-  private nodeFd(h: bigint): number {
-    return this.slot(h, 'node')?.fd ?? -1;
+  /**
+   * An fd for handle h for the length of fn: the one it holds, or (a node held by file handle)
+   * one opened by that handle and closed again after fn. EBADF for an unknown handle; ESTALE
+   * when the inode is gone; ENFILE when no fd can be had.
+   */
+  private using<T>(h: bigint, kind: Slot['kind'] | undefined, fn: (fd: number) => FsResult<T>): FsResult<T> {
+    const s = this.slot(h, kind);
+    if (!s) return fail(E.EBADF);
+    if (s.fd >= 0) return fn(s.fd);
+    const fd = this.budgeted(native.fsOpenByHandle(this.mountFd, s.fh!));
+    if (fd < 0) return fail(-fd);
+    try {
+      return fn(fd);
+    } finally {
+      native.fsClose(fd);
+    }
   }
 
   private fileFd(h: bigint): number {
     return this.slot(h, 'file')?.fd ?? -1;
+  }
+
+  /** The fd of open-file handle `h`, or -1: for filesystem.backing (host/fs/file-backings.ts). The share keeps owning it. */
+  openFileFd(h: bigint): number {
+    return this.fileFd(h);
   }
 
   private stat(fd: number): FsResult<Attr> {
@@ -298,21 +407,21 @@ export class FsShare {
   }
 
   lookup(dir: bigint, name: Uint8Array): FsResult<Entry> {
-    const d = this.nodeFd(dir);
-    if (d < 0) return fail(E.EBADF);
-    return this.lookupFd(d, name);
+    return this.using(dir, 'node', (d) => this.lookupFd(d, name));
   }
 
   closeHandle(h: bigint): void {
     const s = this.slot(h);
     if (!s) return;
     this.handles.delete(Number(h));
-    native.fsClose(s.fd);
+    if (s.fd >= 0) {
+      native.fsClose(s.fd);
+      this.heldFds--;
+    }
   }
 
   getattr(h: bigint): FsResult<Attr> {
-    const s = this.slot(h);
-    return s ? this.stat(s.fd) : fail(E.EBADF);
+    return this.using(h, undefined, (fd) => this.stat(fd));
   }
 
   setattr(
@@ -327,12 +436,25 @@ export class FsShare {
     mtime: bigint,
     mtimeNsec: number,
   ): FsResult<Attr> {
-    const s = this.slot(h);
-    if (!s) return fail(E.EBADF);
+    if (!this.slot(h)) return fail(E.EBADF);
     if (this.readOnly && valid & (FATTR.MODE | FATTR.UID | FATTR.GID | FATTR.SIZE | FATTR.ATIME | FATTR.MTIME)) {
       return fail(E.EROFS);
     }
-    const fd = s.fd;
+    return this.using(h, undefined, (fd) => this.setattrFd(fd, valid, mode, uid, gid, size, atime, atimeNsec, mtime, mtimeNsec));
+  }
+
+  private setattrFd(
+    fd: number,
+    valid: number,
+    mode: number,
+    uid: number,
+    gid: number,
+    size: bigint,
+    atime: bigint,
+    atimeNsec: number,
+    mtime: bigint,
+    mtimeNsec: number,
+  ): FsResult<Attr> {
     let r = 0;
     if (valid & FATTR.MODE) {
       const cur = this.stat(fd);
@@ -362,17 +484,21 @@ export class FsShare {
   }
 
   open(node: bigint, flags: number): FsResult<bigint> {
-    const n = this.nodeFd(node);
-    if (n < 0) return fail(E.EBADF);
+    if (!this.slot(node, 'node')) return fail(E.EBADF);
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
-    const fd = this.budgeted(native.fsReopen(n, flags));
-    return fd < 0 ? fail(-fd) : this.add(fd, 'file');
+    return this.using(node, 'node', (n) => {
+      const fd = this.budgeted(native.fsReopen(n, flags));
+      return fd < 0 ? fail(-fd) : this.add(fd, 'file');
+    });
   }
 
   create(dir: bigint, name: Uint8Array, flags: number, mode: number): FsResult<[Entry, bigint]> {
-    const d = this.nodeFd(dir);
-    if (d < 0) return fail(E.EBADF);
+    if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
+    return this.using(dir, 'node', (d) => this.createIn(d, name, flags, mode));
+  }
+
+  private createIn(d: number, name: Uint8Array, flags: number, mode: number): FsResult<[Entry, bigint]> {
     // Exclusive first, so we know whether we made the file (and may set its mode).
     const want = safeMode(S_IFREG, mode);
     let fd = this.budgeted(native.fsCreate(d, name, flags | O_EXCL, want));
@@ -404,15 +530,15 @@ export class FsShare {
   }
 
   private make(kind: 'f' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
-    const d = this.nodeFd(dir);
-    if (d < 0) return fail(E.EBADF);
+    if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    const r = native.fsMake(kind, d, name, mode, target);
-    if (r < 0) return fail(-r);
-    const e = this.lookupFd(d, name);
+    const e = this.using(dir, 'node', (d) => {
+      const r = native.fsMake(kind, d, name, mode, target);
+      return r < 0 ? fail(-r) : this.lookupFd(d, name);
+    });
     if (e.ok && kind !== 'l' && (e.val.attr.mode & 0o7777) !== mode) {
-      const fd = this.nodeFd(e.val.node);
-      if (exactMode(fd, mode)) return ok({ node: e.val.node, attr: { ...e.val.attr, mode: (e.val.attr.mode & S_IFMT) | mode } });
+      const set = this.using(e.val.node, 'node', (fd) => ok(exactMode(fd, mode)));
+      if (set.ok && set.val) return ok({ node: e.val.node, attr: { ...e.val.attr, mode: (e.val.attr.mode & S_IFMT) | mode } });
     }
     return e;
   }
@@ -432,21 +558,23 @@ export class FsShare {
   }
 
   link(node: bigint, dir: bigint, name: Uint8Array): FsResult<Entry> {
-    const n = this.nodeFd(node);
-    const d = this.nodeFd(dir);
-    if (n < 0 || d < 0) return fail(E.EBADF);
+    if (!this.slot(node, 'node') || !this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    const r = native.fsLink(n, d, name);
-    if (r < 0) return fail(-r);
-    return this.lookupFd(d, name);
+    return this.using(node, 'node', (n) =>
+      this.using(dir, 'node', (d) => {
+        const r = native.fsLink(n, d, name);
+        return r < 0 ? fail(-r) : this.lookupFd(d, name);
+      }),
+    );
   }
 
   private remove(dir: bigint, name: Uint8Array, isDir: boolean): FsResult<void> {
-    const d = this.nodeFd(dir);
-    if (d < 0) return fail(E.EBADF);
+    if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    const r = native.fsUnlink(d, name, isDir);
-    return r < 0 ? fail(-r) : ok(undefined);
+    return this.using(dir, 'node', (d) => {
+      const r = native.fsUnlink(d, name, isDir);
+      return r < 0 ? fail(-r) : ok(undefined);
+    });
   }
 
   unlink(dir: bigint, name: Uint8Array): FsResult<void> {
@@ -458,20 +586,22 @@ export class FsShare {
   }
 
   rename(oldDir: bigint, oldName: Uint8Array, newDir: bigint, newName: Uint8Array, flags: number): FsResult<void> {
-    const o = this.nodeFd(oldDir);
-    const n = this.nodeFd(newDir);
-    if (o < 0 || n < 0) return fail(E.EBADF);
+    if (!this.slot(oldDir, 'node') || !this.slot(newDir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    const r = native.fsRename(o, oldName, n, newName, flags);
-    return r < 0 ? fail(-r) : ok(undefined);
+    return this.using(oldDir, 'node', (o) =>
+      this.using(newDir, 'node', (n) => {
+        const r = native.fsRename(o, oldName, n, newName, flags);
+        return r < 0 ? fail(-r) : ok(undefined);
+      }),
+    );
   }
 
   readlink(node: bigint): FsResult<Uint8Array> {
-    const n = this.nodeFd(node);
-    if (n < 0) return fail(E.EBADF);
-    const buf = new Uint8Array(4096);
-    const r = native.fsReadlink(n, buf);
-    return r < 0 ? fail(-r) : ok(buf.subarray(0, r));
+    return this.using(node, 'node', (n) => {
+      const buf = new Uint8Array(4096);
+      const r = native.fsReadlink(n, buf);
+      return r < 0 ? fail(-r) : ok(buf.subarray(0, r));
+    });
   }
 
   read(file: bigint, offset: bigint, len: number): FsResult<Uint8Array> {
@@ -550,65 +680,72 @@ export class FsShare {
   }
 
   /**
-   * The fd of node or open file `h` for an xattr call, or the errno that stops it first:
-   * ENOSYS without --xattr (the guest kernel then stops asking), EBADF, EPERM for a refused
-   * name (host/fs/xattr.ts), EROFS for a change to a read-only share.
+   * The errno that stops an xattr call on node or open file `h` first, or 0: ENOSYS without
+   * --xattr (the guest kernel then stops asking), EBADF, EPERM for a refused name
+   * (host/fs/xattr.ts), EROFS for a change to a read-only share.
    */
-  private xattrFd(h: bigint, name: Uint8Array | null, change: boolean): number {
-    if (!this.xattr) return -E.ENOSYS;
-    const s = this.slot(h);
-    if (!s) return -E.EBADF;
-    if (name !== null && xattrNameRefused(name)) return -E.EPERM;
-    if (change && this.readOnly) return -E.EROFS;
-    return s.fd;
+  private xattrRefused(h: bigint, name: Uint8Array | null, change: boolean): number {
+    if (!this.xattr) return E.ENOSYS;
+    if (!this.slot(h)) return E.EBADF;
+    if (name !== null && xattrNameRefused(name)) return E.EPERM;
+    if (change && this.readOnly) return E.EROFS;
+    return 0;
   }
 
   getxattr(h: bigint, name: Uint8Array): FsResult<Uint8Array> {
-    const fd = this.xattrFd(h, name, false);
-    if (fd < 0) return fail(-fd);
-    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
-    const r = native.fsGetxattr(fd, name, buf);
-    return r < 0 ? fail(-r) : ok(buf.slice(0, r));
+    const no = this.xattrRefused(h, name, false);
+    if (no) return fail(no);
+    return this.using(h, undefined, (fd) => {
+      const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
+      const r = native.fsGetxattr(fd, name, buf);
+      return r < 0 ? fail(-r) : ok(buf.slice(0, r));
+    });
   }
 
   listxattr(h: bigint): FsResult<Uint8Array> {
-    const fd = this.xattrFd(h, null, false);
-    if (fd < 0) return fail(-fd);
-    const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
-    const r = native.fsListxattr(fd, buf);
-    return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
+    const no = this.xattrRefused(h, null, false);
+    if (no) return fail(no);
+    return this.using(h, undefined, (fd) => {
+      const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
+      const r = native.fsListxattr(fd, buf);
+      return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
+    });
   }
 
   setxattr(h: bigint, name: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
-    const fd = this.xattrFd(h, name, true);
-    if (fd < 0) return fail(-fd);
+    const no = this.xattrRefused(h, name, true);
+    if (no) return fail(no);
     if (value.length > XATTR_MAX) return fail(E.E2BIG);
-    const r = native.fsSetxattr(fd, name, value, flags >>> 0);
-    return r < 0 ? fail(-r) : ok(undefined);
+    return this.using(h, undefined, (fd) => {
+      const r = native.fsSetxattr(fd, name, value, flags >>> 0);
+      return r < 0 ? fail(-r) : ok(undefined);
+    });
   }
 
   removexattr(h: bigint, name: Uint8Array): FsResult<void> {
-    const fd = this.xattrFd(h, name, true);
-    if (fd < 0) return fail(-fd);
-    const r = native.fsRemovexattr(fd, name);
-    return r < 0 ? fail(-r) : ok(undefined);
+    const no = this.xattrRefused(h, name, true);
+    if (no) return fail(no);
+    return this.using(h, undefined, (fd) => {
+      const r = native.fsRemovexattr(fd, name);
+      return r < 0 ? fail(-r) : ok(undefined);
+    });
   }
 
   statfs(h: bigint): FsResult<FsStats> {
-    const s = this.slot(h);
-    if (!s) return fail(E.EBADF);
-    const b = new Float64Array(8);
-    const r = native.fsStatfs(s.fd, b);
-    if (r < 0) return fail(-r);
-    return ok({
-      blocks: BigInt(b[0]),
-      bfree: BigInt(b[1]),
-      bavail: BigInt(b[2]),
-      files: BigInt(b[3]),
-      ffree: BigInt(b[4]),
-      bsize: b[5],
-      namelen: b[6],
-      frsize: b[7],
+    return this.using(h, undefined, (fd) => {
+      const b = new Float64Array(8);
+      const r = native.fsStatfs(fd, b);
+      if (r < 0) return fail(-r);
+      return ok({
+        blocks: BigInt(b[0]),
+        bfree: BigInt(b[1]),
+        bavail: BigInt(b[2]),
+        files: BigInt(b[3]),
+        ffree: BigInt(b[4]),
+        bsize: b[5],
+        namelen: b[6],
+        frsize: b[7],
+      });
     });
   }
 }

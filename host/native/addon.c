@@ -6,7 +6,9 @@
 #include <stdlib.h>
 
 // host/native/src/fs.c: fd-relative file-system calls for the filesystem capability.
-bool init_fs(napi_env env, napi_value exports);
+#include "src/fs_env.h"
+// host/native/src/fhandle.c: file handles (name_to_handle_at/open_by_handle_at) for share inodes.
+bool init_fhandle(napi_env env, napi_value exports, fs_env *fe);
 // host/native/src/fd_budget.c: the process-wide fd budget the share handles are taken from.
 bool init_fd_budget(napi_env env, napi_value exports);
 // host/native/src/uring.c: io_uring rings for asynchronous storage I/O.
@@ -31,8 +33,10 @@ static napi_value init(napi_env env, napi_value exports) {
     napi_throw_error(env, "ERR_NAPI", "vhost_native: napi_set_instance_data failed");
     return NULL;
   }
+  fs_env *fe = NULL;
   if (!init_sock(env, exports) || !init_fdio(env, exports) || !init_mapping(env, exports, ae) ||
-      !init_watch(env, exports, ae) || !init_fs(env, exports) || !init_proc(env, exports) ||
+      !init_watch(env, exports, ae) || !(fe = init_fs(env, exports)) || !init_fhandle(env, exports, fe) ||
+      !init_proc(env, exports) ||
       !init_fd_budget(env, exports) || !init_uring(env, exports) || !init_peercred(env, exports)) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);

@@ -125,6 +125,17 @@ export interface Uring {
   /** Fill out with (userData, result) pairs, at most out.length/2; returns the number of pairs. Never blocks. */
   reap(out: Float64Array): number;
   /**
+   * Ask the kernel to cancel every operation in flight: those it can stop complete with -ECANCELED
+   * (or -EINTR), the rest complete normally. Reap them as usual. Returns how many were in flight.
+   */
+  cancelAll(): number;
+  /**
+   * Submit what is queued and block until at least one completion is posted (returns at once
+   * when nothing is in flight). Returns how many completions are ready. Only for draining:
+   * it blocks the thread's event loop.
+   */
+  wait(): number;
+  /**
    * Cancel what can be cancelled, wait for every operation still in flight (their results are
    * dropped), release the buffers, close the ring and its eventfd. Returns how many were
    * dropped. Idempotent; a collected ring does the same.

@@ -10,6 +10,7 @@
         "src/mapping.c",
         "src/watch.c",
         "src/fs.c",
+        "src/fhandle.c",
         "src/proc.c",
         "src/fd_budget.c",
         "src/uring.c",

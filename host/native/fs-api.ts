@@ -49,6 +49,14 @@ export interface NativeFs {
   fsSetxattr(fd: number, name: Uint8Array, value: Uint8Array, flags: number): number;
   fsRemovexattr(fd: number, name: Uint8Array): number;
 
+  // File handles (host/native/src/fhandle.c): an inode kept as its kernel file handle instead
+  // of an fd. Records never leave the host (a forged one could open any inode of the filesystem).
+  /** The file handle of the inode fd pins, as a record (u32 mount id, u32 size, s32 type, bytes) in out (>= 140 bytes): its length | -errno (EOPNOTSUPP: no handles on this filesystem). */
+  fsNameToHandle(fd: number, out: Uint8Array): number;
+  /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted), EXDEV (made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
+  fsOpenByHandle(mountFd: number, record: Uint8Array): number;
+  /** The mount id of fd's mount, as a record carries it | -errno. */
+  fsMountId(fd: number): number;
 
   /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
   fsClose(fd: number): number;

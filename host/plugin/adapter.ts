@@ -2,13 +2,8 @@
 // every answer is checked against the contract in docs/plugin-abi.md, and every failure
 // becomes a PluginError naming the plugin and the call. After a trap or a contract
 // violation the instance is not called again (its memory may be half-updated).
-import type {
-  DeviceInfo,
-  DeviceRequest,
-  DeviceResponse,
-  StateChunk,
-  VirtioDevice,
-} from '../device/device.ts';
+import type { DeviceAction, DeviceEvent, DeviceInfo, StateChunk, VirtioDevice } from '../device/device.ts';
+import { liftActions, lowerEvents, type WitAction, type WitEvent } from './handle-lift.ts';
 import { CapabilityError } from './imports.ts';
 import { PluginError, type PluginErrorKind } from './errors.ts';
 import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
@@ -22,7 +17,7 @@ export interface RawDevice {
   writeConfig(offset: number, data: Uint8Array): void;
   activate(acked: bigint): void;
   reset(): void;
-  process(queue: number, requests: { readable: Uint8Array; writableLen: number }[]): unknown;
+  handle(events: WitEvent[]): WitAction[];
   getState(offset: bigint, size: number): { bytes: Uint8Array; remaining: bigint };
   setState(offset: bigint, chunk: Uint8Array): void;
   finishLoad(): void;
@@ -47,14 +42,9 @@ export interface AdapterContext {
 }
 
 const MAX_U32 = 0xffffffff;
-
-const EMPTY = new Uint8Array(0);
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  if (parts.length === 0) return EMPTY; // rng requests carry no readable bytes: no allocation
-  return Buffer.concat(parts);
-}
+/** List entries (actions, pieces, transfers, ops) a handle() result may hold per request it may answer, plus an allowance. */
+const HANDLE_ITEMS_PER_REQUEST = 64;
+const HANDLE_ITEMS_ALLOWANCE = 1024;
 
 export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   let plugin = ctx.label;
@@ -105,6 +95,10 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     throw new PluginError(plugin, 'load', 'load', (e as Error).message, { cause: e });
   }
 
+  // Requests handed to the plugin by id, with their writable room (see handle()).
+  const known = new Map<number, number>();
+  let knownBytes = 0;
+
   // Save and load progress, to hold the plugin to one consistent state per transfer.
   let saveTotal: number | null = null;
   let loadOffset = 0;
@@ -141,40 +135,34 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     },
 
     reset(): void {
+      known.clear();
+      knownBytes = 0;
       saveTotal = null;
       loadOffset = 0;
       call('reset', () => raw.reset());
     },
 
-    process(queueIndex: number, requests: readonly DeviceRequest[]): DeviceResponse[] {
-      if (!Number.isInteger(queueIndex) || queueIndex < 0 || queueIndex >= info.numQueues) {
-        throw new RangeError(`queue ${queueIndex} outside the device's ${info.numQueues} queues`);
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
+      // What the result may make the host copy out of plugin memory: literal reply bytes can
+      // never exceed the writable room of the requests the plugin may answer, which is at most
+      // every request it has been given and not been told the end of (ids are reused, so the
+      // table is as big as the rings). Checked while the glue lifts, before each copy.
+      for (const ev of events) {
+        if (ev.kind !== 'request') continue;
+        const { id, writableLen } = ev.request;
+        knownBytes += writableLen - (known.get(id) ?? 0);
+        known.set(id, writableLen);
       }
-      let room = 0;
-      const lowered = requests.map((r) => {
-        room += r.writableLen;
-        return { readable: concat(r.readable), writableLen: r.writableLen };
+      const lowered = lowerEvents(events);
+      const out = call('handle', () => raw.handle(lowered), {
+        bytes: knownBytes,
+        items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * known.size, 1 << 22),
       });
-      // The answer can hold no more than the requests' writable room, and one entry each.
-      const out = call('process', () => raw.process(queueIndex, lowered), {
-        bytes: room,
-        items: requests.length,
-        entry: { limit: (i) => requests[i]?.writableLen ?? 0, name: (i) => `response ${i} on queue ${queueIndex}` },
-      });
-      if (!Array.isArray(out) || out.length !== requests.length) {
-        invalid('process', `returned ${Array.isArray(out) ? out.length : 'no'} responses for ${requests.length} requests on queue ${queueIndex}`);
+      try {
+        return liftActions(out);
+      } catch (e) {
+        return invalid('handle', (e as Error).message);
       }
-      const responses = out as unknown[];
-      return responses.map((data, i) => {
-        if (!(data instanceof Uint8Array)) return invalid('process', `response ${i} is not bytes`);
-        if (data.length > requests[i].writableLen) {
-          invalid(
-            'process',
-            `response ${i} on queue ${queueIndex} has ${data.length} bytes but the request can hold only ${requests[i].writableLen}`,
-          );
-        }
-        return { data };
-      });
     },
 
     getState(offset: number, size: number): StateChunk {

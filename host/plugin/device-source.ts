@@ -11,6 +11,8 @@ import { loadPlugin } from './load.ts';
 import { openShareOption } from '../fs/option.ts';
 import { LogRateLimit } from './log-limit.ts';
 import { droppedLines } from './imports.ts';
+import { BackingTable, storageIoBacking } from '../io/backing-table.ts';
+import { FsFileBackings } from '../fs/file-backings.ts';
 
 // One log budget per device, not per instance: a reset brings a fresh instance, not a fresh burst.
 const logRates = new Map<string, LogRateLimit>();
@@ -35,6 +37,9 @@ export async function loadPluginDevice(
   // --shared-dir: the filesystem grant, opened in this worker and closed with the device.
   const share = openShareOption(options.filesystem, label);
   const backing: Backing | undefined = storage === undefined ? undefined : openBacking(storage, (message) => log.warn(message));
+  // What the device's answers may name: 0 = --storage; fs files are added by filesystem.backing.
+  const backings = new BackingTable(backing ? storageIoBacking(backing) : undefined);
+  const fsFiles = share ? new FsFileBackings(share, backings) : undefined;
   let device: VirtioDevice;
   try {
     device = await loadPlugin(readFileSync(path), {
@@ -45,6 +50,8 @@ export async function loadPluginDevice(
         entropy: entropy === true,
         storage: backing,
         filesystem: share,
+        backings,
+        fsFiles,
         allowUnusedStorage: storageProbe === true,
         log: (level, message) => log[level](message),
         logRate,
@@ -66,6 +73,8 @@ export async function loadPluginDevice(
         try {
           resetDevice();
         } finally {
+          fsFiles?.releaseAll();
+          backings.clearFiles();
           const n = share.releaseAll();
           if (n > 0) log.debug(`device reset: released ${n} share handles`);
         }
@@ -76,6 +85,7 @@ export async function loadPluginDevice(
       },
     });
   }
+  device = Object.assign(device, { backings });
   if (!backing) return device;
   const close = device.close?.bind(device);
   return Object.assign(device, {

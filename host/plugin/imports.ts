@@ -3,9 +3,11 @@
 // function that throws, which surfaces as a trap in the plugin call that used it.
 import { WIT_LOG_LEVELS } from './world.ts';
 import type { Backing } from '../storage/backing.ts';
+import type { BackingTable } from '../io/backing-table.ts';
 import { storageImports } from './storage-imports.ts';
 import type { FsShare } from '../fs/share.ts';
 import { filesystemImports } from '../fs/imports.ts';
+import type { FsFileBackings } from '../fs/file-backings.ts';
 import { EntropyPool } from './entropy-pool.ts';
 import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts';
 import { MAX_PLUGIN_STRING } from './lift-guard.ts';
@@ -21,6 +23,13 @@ export interface PluginGrants {
   allowUnusedStorage?: boolean;
   /** The directory tree behind `filesystem` (--shared-dir); the caller closes it. */
   filesystem?: FsShare;
+  /**
+   * The device's backing table (host/io/backing-table.ts): `filesystem.backing(handle)`
+   * registers an open file here and unregisters it when the file is closed.
+   */
+  backings?: BackingTable;
+  /** The share's open files as entries of `backings` (what `filesystem.backing` hands out). */
+  fsFiles?: FsFileBackings;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
   /** The device's log budget, kept across fresh instances of it (default: one per instance). */
@@ -71,15 +80,15 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
         return pool.take(len);
       },
     },
-    'vhost:device/filesystem': filesystemImports(grants.filesystem, () => {
-      throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
-    }),
-    'vhost:device/storage': storageImports(
-      grants.storage,
+    'vhost:device/filesystem': filesystemImports(
+      grants.filesystem,
       () => {
-        throw new CapabilityError('storage was not granted to this device (give --storage)');
+        throw new CapabilityError('filesystem was not granted to this device (give --shared-dir)');
       },
-      (message) => grants.log('error', `storage: ${message}`),
+      grants.fsFiles,
     ),
+    'vhost:device/storage': storageImports(grants.storage, () => {
+      throw new CapabilityError('storage was not granted to this device (give --storage)');
+    }),
   };
 }

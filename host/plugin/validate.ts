@@ -7,6 +7,8 @@ export interface PluginIdentity {
   readonly version: string;
 }
 
+/** Readable bytes of each request a device may see (WIT device-info.prefix-len). */
+export const MAX_PREFIX_LEN = 4096;
 /** vhost-user's GET_CONFIG carries at most 256 bytes. */
 export const MAX_CONFIG_SIZE = 256;
 /** Virtio transport and vhost bits (24-49) belong to the host, never to a device. */
@@ -29,7 +31,7 @@ export function checkIdentity(raw: unknown): PluginIdentity {
 
 export function checkInfo(raw: unknown, name: string): DeviceInfo {
   const i = raw as Record<string, unknown>;
-  const { deviceId, numQueues, maxQueueSize, features, configSize } = i;
+  const { deviceId, numQueues, maxQueueSize, features, configSize, prefixLen, queuesIndependent } = i;
   if (typeof deviceId !== 'number' || deviceId < 1 || deviceId > 0xffff) fail(`device id ${deviceId} out of range`);
   if (typeof numQueues !== 'number' || numQueues < 1) fail(`queue count ${numQueues} must be at least 1`);
   if (
@@ -47,5 +49,9 @@ export function checkInfo(raw: unknown, name: string): DeviceInfo {
   if (typeof configSize !== 'number' || configSize > MAX_CONFIG_SIZE) {
     fail(`config size ${configSize} exceeds ${MAX_CONFIG_SIZE}`);
   }
-  return { deviceId, name, numQueues, maxQueueSize, features, configSize };
+  if (typeof prefixLen !== 'number' || !Number.isInteger(prefixLen) || prefixLen < 0 || prefixLen > MAX_PREFIX_LEN) {
+    fail(`prefix length ${prefixLen} is not in 0..${MAX_PREFIX_LEN}`);
+  }
+  if (typeof queuesIndependent !== 'boolean') fail('queues-independent is not a bool');
+  return { deviceId, name, numQueues, maxQueueSize, features, configSize, prefixLen, queuesIndependent };
 }

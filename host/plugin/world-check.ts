@@ -1,6 +1,6 @@
 // Reads the world a component was built against (as wasm-tools prints it) and says, in
 // words a plugin author can act on, what does not match this host.
-import { DEVICE_INTERFACE, IMPORTABLE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { DEVICE_INTERFACE, IMPORTABLE, TYPE_ONLY, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 export interface WorldItems {
   imports: string[];
@@ -28,12 +28,14 @@ export function checkWorld(items: WorldItems): string[] {
     const other = items.exports.find((e) => e.startsWith(`${ownPrefix}device@`));
     problems.push(
       other
-        ? `exports ${other} but this host speaks ${DEVICE_INTERFACE} (rebuild against wit/ version ${WIT_VERSION})`
+        ? `this plugin is built for ${WIT_PACKAGE}@${other.slice(`${ownPrefix}device@`.length)}; this host speaks @${WIT_VERSION}: rebuild it against wit/ (docs/plugin-abi.md, "Migrating from 0.1.0")`
         : `does not export ${DEVICE_INTERFACE} (exports: ${items.exports.join(', ') || 'nothing'})`,
     );
+    // One message says it all: every import of an older plugin names its version too.
+    if (other) return problems;
   }
   for (const imp of items.imports) {
-    const ok = IMPORTABLE.some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
+    const ok = [...IMPORTABLE, ...TYPE_ONLY].some((name) => imp === `${ownPrefix}${name}@${WIT_VERSION}`);
     if (ok) continue;
     if (imp.startsWith('wasi:')) {
       problems.push(`imports ${imp}: plugins get no WASI (link without stdio/files, see docs/plugin-abi.md)`);

@@ -2,12 +2,17 @@
 // in jco's generated glue. Kept in one place so a WIT version bump is one edit here.
 
 export const WIT_PACKAGE = 'vhost:device';
-export const WIT_VERSION = '0.1.0';
+export const WIT_VERSION = '0.2.0';
 export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
 
 /** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
 export const IMPORTABLE = ['log', 'entropy', 'storage', 'filesystem'] as const;
 export type Importable = (typeof IMPORTABLE)[number];
+/**
+ * Interfaces of types only (no functions): a component that uses them (device uses `types`)
+ * lists them among its imports, with nothing for the host to provide.
+ */
+export const TYPE_ONLY = ['types'] as const;
 
 /** The device interface's functions, in jco's camelCase spelling. */
 export const DEVICE_FUNCTIONS = [
@@ -17,7 +22,7 @@ export const DEVICE_FUNCTIONS = [
   'writeConfig',
   'activate',
   'reset',
-  'process',
+  'handle',
   'getState',
   'setState',
   'finishLoad',

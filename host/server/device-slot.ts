@@ -1,8 +1,11 @@
 // A device as the server sees it: where it comes from, and the worker currently running it.
 // A worker that died (watchdog, plugin crash) is replaced by a fresh one the next time a
 // front-end connects or resets the device, so one bad request costs a reset, not the daemon.
+// A memory:SIZE disk is the slot's too (a memfd every queue thread maps): it outlives workers.
 
 import { DeviceWorker } from '../device/worker-client.ts';
+import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
+import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 
@@ -11,6 +14,8 @@ export interface DeviceSlotOptions {
   callDeadlineMs: number;
   /** Deadline for the device's own code while it is built (see DeviceWorkerOptions). */
   loadDeadlineMs?: number;
+  /** --queue-threads (see DeviceWorkerOptions.queueThreads). */
+  queueThreads?: number;
 }
 
 export class DeviceSlot {
@@ -23,11 +28,21 @@ export class DeviceSlot {
   private starts = 0;
   /** Why the last worker that died stopped (watchdog, crash), for device-stats. */
   private lastFailure: string | null = null;
+  readonly source: DeviceSource;
+  /** The memory disk's memfd (--storage memory:SIZE), or null. */
+  private memoryDisk: number | null = null;
 
   constructor(
-    readonly source: DeviceSource,
+    source: DeviceSource,
     readonly opts: DeviceSlotOptions,
-  ) {}
+  ) {
+    const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
+    if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
+      this.memoryDisk = createMemoryDisk(storage.size);
+      source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk } } };
+    }
+    this.source = source;
+  }
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
   async acquire(): Promise<DeviceWorker> {
@@ -47,6 +62,7 @@ export class DeviceSlot {
         label: this.opts.label,
         callDeadlineMs: this.opts.callDeadlineMs,
         loadDeadlineMs: this.opts.loadDeadlineMs,
+        queueThreads: this.opts.queueThreads,
       }).finally(() => {
         this.starting = null;
       });
@@ -95,5 +111,8 @@ export class DeviceSlot {
       await w.terminate();
     }
     this.worker = null;
+    // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
+    if (this.memoryDisk !== null) native.close(this.memoryDisk);
+    this.memoryDisk = null;
   }
 }

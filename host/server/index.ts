@@ -15,6 +15,8 @@ export interface DeviceConfig {
   callDeadlineMs?: number;
   /** Deadline for the device's own code while it is built, at start and on a reset (ms). */
   loadDeadlineMs?: number;
+  /** --queue-threads: threads for a device with independent queues (default 1; see worker-client.ts). */
+  queueThreads?: number;
   /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
   session?: Partial<SessionSettings>;
 }
@@ -25,8 +27,9 @@ export interface HostDevice {
   config: DeviceConfig;
   slot: DeviceSlot;
   listener: Listener;
-  /** Queues counted in its fd reserve (reserveForDevice), given back when it is removed. */
+  /** Queues and worker threads counted in its fd reserve (reserveForDevice), given back when it is removed. */
   reservedQueues: number;
+  reservedThreads: number;
 }
 
 export class Host {
@@ -60,7 +63,7 @@ export class Host {
       for (const d of host.running.splice(0)) {
         await d.listener.close();
         await d.slot.close();
-        releaseForDevice(d.reservedQueues);
+        releaseForDevice(d.reservedQueues, d.reservedThreads);
       }
       throw e;
     }
@@ -86,6 +89,7 @@ export class Host {
       label: config.label,
       callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
       loadDeadlineMs: config.loadDeadlineMs,
+      queueThreads: config.queueThreads,
     });
     try {
       const worker = await slot.acquire();
@@ -93,8 +97,8 @@ export class Host {
       if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);
       const listener = new Listener(config.listen, slot, config.session);
       // What this device and its front-end may hold besides share handles stays out of the budget.
-      reserveForDevice(worker.info.numQueues);
-      const d = { config, slot, listener, reservedQueues: worker.info.numQueues };
+      reserveForDevice(worker.info.numQueues, worker.threadCount);
+      const d = { config, slot, listener, reservedQueues: worker.info.numQueues, reservedThreads: worker.threadCount };
       this.running.push(d);
       return d;
     } catch (e) {
@@ -118,7 +122,7 @@ export class Host {
     clearTimeout(timer);
     await d.slot.close();
     await listener;
-    releaseForDevice(d.reservedQueues);
+    releaseForDevice(d.reservedQueues, d.reservedThreads);
     if (d.slot.liveThreads > 0) this.retired.add(d);
     return true;
   }

@@ -11,6 +11,11 @@ export interface Backing {
   /** What the operator gave (a path or memory:SIZE), for messages. */
   readonly describe: string;
   /**
+   * The logical block size a device should advertise (512 or 4096): I/O aligned to it never
+   * needs a bounce buffer (--direct) and matches a block device's sectors (storage.block-size).
+   */
+  readonly blockSize: number;
+  /**
    * `len` bytes at `offset`. The result may be a view of an internal buffer that the next
    * call reuses: the caller copies it out (the glue copies it into the plugin) first.
    */
@@ -35,4 +40,8 @@ export class BackingError extends VhostWasmError {
 export type StorageSpec =
   /** `direct`: open O_DIRECT (--direct). */
   | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
-  | { kind: 'memory'; size: number; readOnly: boolean };
+  /**
+   * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
+   * without one the disk is the worker's own memory.
+   */
+  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number };

@@ -63,8 +63,12 @@ class AlignedBuffer {
   }
 }
 
+function errnoError(n: number): Error {
+  return Object.assign(new Error(errnoName(n)), { code: errnoName(n) });
+}
+
 export class FileBacking implements Backing {
-  private fd: number;
+  private handle: number;
   private scratch = Buffer.alloc(128 * 1024);
   private readonly bounce = new AlignedBuffer();
   /** What fallocate turned out not to support here, so the notice is logged once. */
@@ -82,8 +86,22 @@ export class FileBacking implements Backing {
     private readonly fallocAlign: number,
     private readonly log: (message: string) => void,
   ) {
-    this.fd = fd;
+    this.handle = fd;
+    // What direct I/O (or the block device) aligns to; a buffered file takes anything.
+    this.blockSize = Math.max(ioAlign, fallocAlign) >= 4096 ? 4096 : 512;
   }
+
+  /** The open file or block device (for an executor that does its own I/O on it); -1 once closed. */
+  get fd(): number {
+    return this.handle;
+  }
+
+  /** What O_DIRECT needs of offsets, lengths and buffer addresses: ioAlign under --direct, else 0. */
+  get directAlign(): number {
+    return this.ioAlign > 1 ? this.ioAlign : 0;
+  }
+
+  readonly blockSize: number;
 
   /** Opens `path`; every way it can fail says which file and why. */
   static open(path: string, readOnly: boolean, options: FileBackingOptions = {}): FileBacking {
@@ -120,6 +138,9 @@ export class FileBacking implements Backing {
           throw new BackingError(`--storage ${path} --direct: the size ${info.size} is not a multiple of the ${ioAlign}-byte direct-I/O alignment; resize the image (truncate -s) or drop --direct`);
         }
       }
+      if (ioAlign > 4096) {
+        throw new BackingError(`--storage ${path} --direct: direct I/O here needs ${ioAlign}-byte alignment; only 512 and 4096 are supported (drop --direct)`);
+      }
       const fallocAlign = info.blockDevice ? Math.max(info.directAlign, 1) : 1;
       return new FileBacking(fd, info.size, readOnly, path, ioAlign, fallocAlign, options.log ?? (() => {}));
     } catch (e) {
@@ -129,12 +150,15 @@ export class FileBacking implements Backing {
   }
 
   private fail(op: string, offset: number, len: number, e: unknown): never {
-    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`);
+    // The errno travels with the error: a device answers a failed I/O by it (WIT io-failure).
+    const name = (e as NodeJS.ErrnoException)?.code ?? (e instanceof Error ? e.message : '');
+    const errno = (osConstants.errno as Record<string, number>)[name];
+    throw new BackingError(`${this.describe}: ${op} of ${len} bytes at ${offset} failed: ${reason(e)}`, { cause: e, ...(errno === undefined ? {} : { details: { errno } }) });
   }
 
   private preadAll(buf: Buffer, position: number): void {
     for (let done = 0; done < buf.length; ) {
-      const n = readSync(this.fd, buf, done, buf.length - done, position + done);
+      const n = readSync(this.handle, buf, done, buf.length - done, position + done);
       // The file shrank under us (someone else truncated it): not data we can vouch for.
       if (n === 0) throw new Error(`unexpected end of file at ${position + done}`);
       done += n;
@@ -143,7 +167,7 @@ export class FileBacking implements Backing {
 
   private pwriteAll(buf: Uint8Array, position: number): void {
     for (let done = 0; done < buf.length; ) {
-      done += writeSync(this.fd, buf, done, buf.length - done, position + done);
+      done += writeSync(this.handle, buf, done, buf.length - done, position + done);
     }
   }
 
@@ -200,7 +224,7 @@ export class FileBacking implements Backing {
 
   flush(): void {
     try {
-      fdatasyncSync(this.fd);
+      fdatasyncSync(this.handle);
     } catch (e) {
       this.fail('flush', 0, 0, e);
     }
@@ -233,16 +257,16 @@ export class FileBacking implements Backing {
   private fallocateZero(op: string, offset: number, len: number, keepAllocated: boolean): void {
     const { KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE } = native.FALLOC_FL;
     if (keepAllocated && !this.noZeroRange) {
-      const r = native.fsFallocate(this.fd, ZERO_RANGE | KEEP_SIZE, offset, len);
+      const r = native.fsFallocate(this.handle, ZERO_RANGE | KEEP_SIZE, offset, len);
       if (r === 0) return;
-      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate ZERO_RANGE)`, offset, len, new Error(errnoName(-r)));
+      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate ZERO_RANGE)`, offset, len, errnoError(-r));
       this.noZeroRange = true;
       this.log(`${this.describe}: fallocate ZERO_RANGE is not supported here (EOPNOTSUPP); write-zeroes punches holes instead${this.noPunchHole ? ' (not supported either: zeroes are written)' : ''}`);
     }
     if (!this.noPunchHole) {
-      const r = native.fsFallocate(this.fd, PUNCH_HOLE | KEEP_SIZE, offset, len);
+      const r = native.fsFallocate(this.handle, PUNCH_HOLE | KEEP_SIZE, offset, len);
       if (r === 0) return;
-      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate PUNCH_HOLE)`, offset, len, new Error(errnoName(-r)));
+      if (r !== -EOPNOTSUPP) this.fail(`${op} (fallocate PUNCH_HOLE)`, offset, len, errnoError(-r));
       this.noPunchHole = true;
       this.log(`${this.describe}: fallocate PUNCH_HOLE is not supported here (EOPNOTSUPP); discard and write-zeroes write zeroes instead`);
     }
@@ -258,9 +282,9 @@ export class FileBacking implements Backing {
   }
 
   close(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd);
-    this.fd = -1;
+    if (this.handle < 0) return;
+    closeSync(this.handle);
+    this.handle = -1;
     this.bounce.release();
   }
 }

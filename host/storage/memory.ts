@@ -1,17 +1,43 @@
-// memory:SIZE: a disk in the device worker's own memory (outside the plugin's capped linear
-// memory). Chunks are allocated on first write, so a large, mostly empty disk costs only what
-// was written, and a discard covering a whole chunk gives it back.
+// memory:SIZE: a disk outside the plugin's capped linear memory. In the host it lives in the
+// device's memfd (memory-disk.ts; host/server/device-slot.ts makes it once per device), which
+// every queue thread maps: a write acked on one queue is what a read on another sees, and the
+// disk outlives a worker replaced after a failure. Without shared pages (a backing made on its
+// own: tests, a TypeScript device, --print-capabilities) it is chunks of this thread's memory,
+// allocated on first write. Either way a page never written costs nothing until touched, and
+// discarding whole pages (chunks) gives them back.
+//
+// This module imports no native code, so a device module bundled on its own can use it.
 import type { Backing } from './backing.ts';
 
+/** Bytes of one chunk (a window into shared pages is at most 1 GiB). */
 const CHUNK = 64 * 1024 * 1024;
+const PAGE = 4096;
+
+/** A memory disk's pages shared between threads: a memfd mapped in this one (memory-disk.ts). */
+export interface SharedPages {
+  /** The bytes [offset, offset + len) of the mapping (len <= CHUNK). */
+  window(offset: number, len: number): ArrayBuffer;
+  /** Gives the page-aligned range back to the system (it reads as zeroes through every mapping); false when it cannot. */
+  punchHole(offset: number, len: number): boolean;
+  /** Unmaps (the memfd stays its owner's). */
+  close(): void;
+}
 
 export class MemoryBacking implements Backing {
   readonly describe: string;
-  private readonly chunks: (Buffer | undefined)[];
+  /** Any alignment is as fast as any other here; 512 is what a guest expects of a disk. */
+  readonly blockSize = 512;
+  /** Shared pages: a window per chunk, made on first use. Else: this thread's chunks, undefined until written. */
+  private readonly chunks: (Uint8Array | undefined)[];
   /** Reads that cross a chunk boundary (or hit holes) are assembled here. */
   private scratch = Buffer.alloc(0);
 
-  constructor(readonly size: number, readonly readOnly: boolean) {
+  /** `shared`: the device's memory disk mapped here (it must hold `size` bytes); absent: a disk of this thread's own. */
+  constructor(
+    readonly size: number,
+    readonly readOnly: boolean,
+    private readonly shared?: SharedPages,
+  ) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backing: bad size ${size}`);
     this.describe = `memory:${size}`;
     this.chunks = new Array(Math.ceil(size / CHUNK));
@@ -21,25 +47,38 @@ export class MemoryBacking implements Backing {
     return Math.min(CHUNK, this.size - i * CHUNK);
   }
 
+  /** Chunk i to read, or undefined for a hole (never in shared pages: unwritten pages read as zeroes there). */
+  private readable(i: number): Uint8Array | undefined {
+    return this.shared ? this.writable(i) : this.chunks[i];
+  }
+
+  private writable(i: number): Uint8Array {
+    let c = this.chunks[i];
+    if (c === undefined) {
+      c = this.chunks[i] = this.shared ? new Uint8Array(this.shared.window(i * CHUNK, this.chunkLen(i))) : Buffer.alloc(this.chunkLen(i));
+    }
+    return c;
+  }
+
   read(offset: number, len: number): Uint8Array {
     const i = Math.floor(offset / CHUNK);
     const at = offset - i * CHUNK;
-    const c = this.chunks[i];
-    // The common case, one written chunk: a view, copied once by the glue.
+    const c = this.readable(i);
+    // The common case, inside one chunk: a view of the disk, copied once by the caller.
     if (c !== undefined && at + len <= CHUNK) return c.subarray(at, at + len);
     if (this.scratch.length < len) this.scratch = Buffer.alloc(len);
     const out = this.scratch.subarray(0, len);
-    for (let done = 0; done < len; ) {
-      const pos = offset + done;
-      const ci = Math.floor(pos / CHUNK);
-      const off = pos - ci * CHUNK;
-      const n = Math.min(len - done, CHUNK - off);
-      const chunk = this.chunks[ci];
-      if (chunk === undefined) out.fill(0, done, done + n);
-      else chunk.copy(out, done, off, off + n);
-      done += n;
-    }
+    this.copyOut(offset, out);
     return out;
+  }
+
+  /** [offset, offset + out.length) into `out`, holes as zeroes. */
+  private copyOut(offset: number, out: Uint8Array): void {
+    this.each(offset, out.length, (ci, at, n, done) => {
+      const chunk = this.readable(ci);
+      if (chunk === undefined) out.fill(0, done, done + n);
+      else out.set(chunk.subarray(at, at + n), done);
+    });
   }
 
   private each(offset: number, len: number, fn: (chunkIndex: number, at: number, n: number, done: number) => void): void {
@@ -54,14 +93,33 @@ export class MemoryBacking implements Backing {
   }
 
   write(offset: number, data: Uint8Array): void {
-    this.each(offset, data.length, (ci, at, n, done) => {
-      const chunk = (this.chunks[ci] ??= Buffer.alloc(this.chunkLen(ci)));
-      chunk.set(data.subarray(done, done + n), at);
-    });
+    this.each(offset, data.length, (ci, at, n, done) => this.writable(ci).set(data.subarray(done, done + n), at));
+  }
+
+  /**
+   * Copies [offset, offset + total length of `into`) straight into the views (guest memory):
+   * one copy, holes read as zeroes. The caller checked the range (the memory executor's read).
+   */
+  readInto(offset: number, into: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const v of into) {
+      this.copyOut(pos, v);
+      pos += v.length;
+    }
+  }
+
+  /** Copies the views (guest memory) to [offset, ...): one copy. The caller checked the range. */
+  writeFrom(offset: number, from: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const v of from) {
+      this.write(pos, v);
+      pos += v.length;
+    }
   }
 
   flush(): void {
-    // Nothing outlives the process anyway.
+    // Nothing outlives the process anyway; a write is in the shared pages once it returns, so
+    // every queue thread's later flush is ordered after it (docs/architecture.md, "Queue threads").
   }
 
   discard(offset: number, len: number): void {
@@ -69,6 +127,7 @@ export class MemoryBacking implements Backing {
   }
 
   writeZeroes(offset: number, len: number): void {
+    if (this.shared) return this.zeroShared(offset, len);
     this.each(offset, len, (ci, at, n) => {
       const chunk = this.chunks[ci];
       if (chunk === undefined) return;
@@ -77,7 +136,23 @@ export class MemoryBacking implements Backing {
     });
   }
 
+  /** Whole pages go back to the system (a hole punched in the memfd, seen by every mapping); the edges are zeroed. */
+  private zeroShared(offset: number, len: number): void {
+    const start = Math.ceil(offset / PAGE) * PAGE;
+    const end = Math.floor((offset + len) / PAGE) * PAGE;
+    if (end <= start) return this.fill(offset, len);
+    if (start > offset) this.fill(offset, start - offset);
+    // tmpfs has punched holes since Linux 3.5; should it refuse, zeroes written are as good.
+    if (!this.shared!.punchHole(start, end - start)) this.fill(start, end - start);
+    if (offset + len > end) this.fill(end, offset + len - end);
+  }
+
+  private fill(offset: number, len: number): void {
+    this.each(offset, len, (ci, at, n) => this.writable(ci).fill(0, at, at + n));
+  }
+
   close(): void {
     this.chunks.fill(undefined);
+    this.shared?.close();
   }
 }

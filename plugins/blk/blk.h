@@ -46,9 +46,10 @@
 #define CFG_MAX_WZ_SEG 52
 #define CONFIG_SIZE 60
 
-/* Limits. Every response of a batch lives in our capped linear memory until the host
- * copies them out, so one request's data is bounded (Linux splits bigger I/O). */
-#define NUM_QUEUES 8
+/* Limits. The host moves the data, but one request is still bounded (Linux splits bigger I/O). */
+/* Queues offered: QEMU's vhost-user-blk asks for one per vCPU unless told num-queues=, and
+ * refuses a back-end offering fewer; a front-end using fewer than offered is fine. */
+#define NUM_QUEUES 64
 #define MAX_QUEUE_SIZE 1024
 #define SEG_MAX 126
 /* SEG_MAX x SIZE_MAX (3.9 MiB) stays under MAX_IO: a conforming driver never sends a
@@ -58,6 +59,10 @@
 /* 32 MiB per discard/write-zeroes segment: a file backing writes real zeroes for it. */
 #define MAX_DISCARD_SECTORS (65536u)
 #define MAX_DISCARD_SEG 8
+/* What the plugin sees of a request: the header and, for discard/write-zeroes, every
+ * segment it accepts. A write's first bytes land there too; they are never used: the
+ * payload goes to the disk by transfer from byte HDR_SIZE. */
+#define PREFIX_LEN (HDR_SIZE + MAX_DISCARD_SEG * SEG_SIZE)
 
 #define STATE_VERSION 1
 #define STATE_SIZE 16

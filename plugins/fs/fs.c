@@ -41,26 +41,44 @@
 #define ERANGE 34
 #define E2BIG 7
 #define ENOSYS 38
+#define ENAMETOOLONG 36
+#define EROFS 30
 #define EPROTO 71
 #define EPERM 1
 #define EEXIST 17
 
+#define O_ACCMODE 3
 #define O_CREAT 0100
 #define O_EXCL 0200
 #define O_NOCTTY 0400
 #define O_DIRECTORY 0200000
 
 #define MAX_WRITE (128 * 1024)
-#define MAX_INODES (1u << 20)
+/*
+ * What the plugin sees of each request (the most a device may ask for). The in-header and
+ * every op struct are far smaller; the rest is for what follows them: names (NAME_MAX 255),
+ * symlink targets, xattr names and values, forget lists. A request whose arguments reach
+ * past it is answered ENAMETOOLONG (a name) or E2BIG (an xattr value): with the 40-byte
+ * header, a symlink's name and target share 4056 bytes, an xattr value gets what its name
+ * leaves of them. FUSE_WRITE's payload is never read from here: it goes to the file by a
+ * transfer from the byte after fuse_write_in.
+ */
+#define FS_PREFIX_LEN 4096
 #define MAX_FILES (1u << 16)
-#define HASH_BUCKETS 4096
+/* Both hashes have a fixed size: at a million inodes chains are ~4 long, and no request ever
+ * pays for rehashing the whole table. */
+#define HASH_BUCKETS (1u << 18)
+#define NAME_BUCKETS (1u << 18)
 #define OUR_MINOR 31
 
 /* ---- Tables ---- */
 
-fs_inode *inodes;   /* [0] unused, [1] root */
+/* Node id i is INODE_AT(i) ([0] unused, [1] root), in pages of INODE_PAGE slots: a table of a
+ * million inodes grows a page at a time and is never copied (one large realloc would grow the
+ * plugin's memory by ~100 MB inside one call). */
+fs_inode *inode_pages[MAX_INODES / INODE_PAGE];
 uint32_t n_inodes;  /* slots in use (high-water mark) */
-static uint32_t cap_inodes;
+static uint32_t cap_inodes; /* slots in allocated pages */
 static uint32_t free_inode; /* head of the free list through .hnext, 0 = none */
 static uint32_t buckets[HASH_BUCKETS];
 
@@ -72,73 +90,141 @@ fs_session session;
 
 static uint32_t hash_of(uint64_t dev, uint64_t ino) {
   uint64_t h = (dev * 0x9E3779B97F4A7C15ull) ^ (ino * 0xC2B2AE3D27D4EB4Full);
-  return (uint32_t)(h >> 40) % HASH_BUCKETS;
+  return (uint32_t)(h >> 32) % HASH_BUCKETS;
 }
 
 static void hash_insert(uint32_t id) {
-  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
-  inodes[id].hnext = buckets[b];
+  uint32_t b = hash_of(INODE_AT(id).dev, INODE_AT(id).ino);
+  INODE_AT(id).hnext = buckets[b];
   buckets[b] = id;
 }
 
 static void hash_remove(uint32_t id) {
-  uint32_t b = hash_of(inodes[id].dev, inodes[id].ino);
-  for (uint32_t *p = &buckets[b]; *p; p = &inodes[*p].hnext) {
+  uint32_t b = hash_of(INODE_AT(id).dev, INODE_AT(id).ino);
+  for (uint32_t *p = &buckets[b]; *p; p = &INODE_AT(*p).hnext) {
     if (*p == id) {
-      *p = inodes[id].hnext;
+      *p = INODE_AT(id).hnext;
       return;
     }
   }
 }
 
 static uint32_t hash_find(uint64_t dev, uint64_t ino) {
-  for (uint32_t id = buckets[hash_of(dev, ino)]; id; id = inodes[id].hnext) {
-    if (inodes[id].dev == dev && inodes[id].ino == ino) return id;
+  for (uint32_t id = buckets[hash_of(dev, ino)]; id; id = INODE_AT(id).hnext) {
+    if (INODE_AT(id).dev == dev && INODE_AT(id).ino == ino) return id;
   }
   return 0;
 }
 
+/*
+ * The (parent, name) index: which inode was last looked up by that name. It keeps the names a
+ * migration carries in step with renames and unlinks without scanning the table, and lets a
+ * lookup on a migration destination find the pending inode the guest already holds for that
+ * name. At most one inode holds a given (parent, name).
+ */
+static uint32_t *nbuckets; /* NAME_BUCKETS heads, allocated on first use */
+static uint32_t n_named;
+
+static uint32_t name_hash(uint64_t parent, const uint8_t *name, size_t len) {
+  uint32_t h = 2166136261u ^ (uint32_t)(parent * 0x9E3779B1u);
+  for (size_t i = 0; i < len; i++) h = (h ^ name[i]) * 16777619u;
+  return (h ^ (h >> 15)) % NAME_BUCKETS;
+}
+
+static uint32_t name_find(uint64_t parent, const uint8_t *name, size_t len) {
+  if (!nbuckets) return 0;
+  for (uint32_t id = nbuckets[name_hash(parent, name, len)]; id; id = INODE_AT(id).nnext) {
+    fs_inode *in = &INODE_AT(id);
+    if (in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0) return id;
+  }
+  return 0;
+}
+
+/* Takes inode id's name out of the index and frees it. */
+static void name_drop(uint32_t id) {
+  fs_inode *in = &INODE_AT(id);
+  if (!in->name) return;
+  uint32_t *p = &nbuckets[name_hash(in->parent, in->name, in->name_len)];
+  for (; *p; p = &INODE_AT(*p).nnext) {
+    if (*p == id) {
+      *p = in->nnext;
+      n_named--;
+      break;
+    }
+  }
+  free(in->name);
+  in->name = NULL;
+  in->name_len = 0;
+  in->nnext = 0;
+}
+
+/* Gives inode id the name `copy` (malloc'd, taken over) in parent; 0 if the index cannot grow. */
+static int name_put(uint32_t id, uint64_t parent, uint8_t *copy, size_t len) {
+  if (!nbuckets && !(nbuckets = calloc(NAME_BUCKETS, sizeof *nbuckets))) return 0;
+  fs_inode *in = &INODE_AT(id);
+  in->name = copy;
+  in->name_len = len;
+  in->parent = parent;
+  uint32_t k = name_hash(parent, copy, len);
+  in->nnext = nbuckets[k];
+  nbuckets[k] = id;
+  n_named++;
+  return 1;
+}
+
+static void inode_lose_name(uint32_t id);
+
 static fs_inode *inode_get(uint64_t nodeid) {
-  if (nodeid == 0 || nodeid >= n_inodes || !inodes[nodeid].used) return NULL;
-  return &inodes[nodeid];
+  if (nodeid == 0 || nodeid >= n_inodes || !INODE_AT(nodeid).used) return NULL;
+  return &INODE_AT(nodeid);
+}
+
+/* One more page of (zeroed) slots; 0 when out of memory. */
+static int inode_page_add(void) {
+  fs_inode *p = calloc(INODE_PAGE, sizeof *p);
+  if (!p) return 0;
+  inode_pages[cap_inodes / INODE_PAGE] = p;
+  cap_inodes += INODE_PAGE;
+  return 1;
 }
 
 /* A slot for a new inode, or 0 when the table is full. */
 static uint32_t inode_alloc(void) {
   if (free_inode) {
     uint32_t id = free_inode;
-    free_inode = inodes[id].hnext;
+    free_inode = INODE_AT(id).hnext;
     return id;
   }
   if (n_inodes >= MAX_INODES) return 0;
-  if (n_inodes == cap_inodes) {
-    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
-    fs_inode *p = realloc(inodes, nc * sizeof *p);
-    if (!p) return 0;
-    inodes = p;
-    cap_inodes = nc;
-  }
+  if (n_inodes == cap_inodes && !inode_page_add()) return 0;
   return n_inodes++;
 }
 
 static void inode_free(uint32_t id) {
-  fs_inode *in = &inodes[id];
-  hash_remove(id);
-  vfs_close(in->handle);
-  free(in->name);
+  fs_inode *in = &INODE_AT(id);
+  if (!in->pending) hash_remove(id);
+  if (in->handle) vfs_close(in->handle);
+  name_drop(id);
   memset(in, 0, sizeof *in);
   in->hnext = free_inode;
   free_inode = id;
 }
 
-static void set_name(fs_inode *in, uint64_t parent, const uint8_t *name, size_t len) {
+/*
+ * Inode id is now known as `name` in directory `parent`. Whoever held that name before no
+ * longer does (it was replaced behind our back). A name that cannot be stored leaves the
+ * inode nameless: it is only what a migration resolves by.
+ */
+static void set_name(uint32_t id, uint64_t parent, const uint8_t *name, size_t len) {
+  fs_inode *in = &INODE_AT(id);
+  if (in->name && in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0) return;
+  uint32_t holder = name_find(parent, name, len);
+  if (holder) inode_lose_name(holder);
+  name_drop(id);
   uint8_t *copy = malloc(len ? len : 1);
-  if (!copy) return; /* the name is only a hint for state; keep the old one */
+  if (!copy) return;
   memcpy(copy, name, len);
-  free(in->name);
-  in->name = copy;
-  in->name_len = len;
-  in->parent = parent;
+  if (!name_put(id, parent, copy, len)) free(copy);
 }
 
 /*
@@ -146,12 +232,22 @@ static void set_name(fs_inode *in, uint64_t parent, const uint8_t *name, size_t 
  * new handle is closed), otherwise a new nodeid. Counts one kernel lookup. 0 = full (the
  * handle is closed).
  */
+static int inode_adopt(uint32_t id, const vfs_entry *e);
+
 static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *name, size_t len) {
   uint32_t id = hash_find(e->attr.dev, e->attr.ino);
+  if (!id && name) {
+    /* A migration's pending inode the guest holds under this very name: this is it. */
+    uint32_t p = name_find(parent, name, len);
+    if (p && INODE_AT(p).pending && inode_adopt(p, e)) {
+      INODE_AT(p).nlookup++;
+      return p;
+    }
+  }
   if (id) {
     vfs_close(e->node);
-    inodes[id].nlookup++;
-    if (name) set_name(&inodes[id], parent, name, len);
+    INODE_AT(id).nlookup++;
+    if (name) set_name(id, parent, name, len);
     return id;
   }
   id = inode_alloc();
@@ -159,7 +255,7 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
     vfs_close(e->node);
     return 0;
   }
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   memset(in, 0, sizeof *in);
   in->used = 1;
   in->handle = e->node;
@@ -168,43 +264,28 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
   in->mode = e->attr.mode;
   in->nlookup = 1;
   hash_insert(id);
-  if (name) set_name(in, parent, name, len);
+  if (name) set_name(id, parent, name, len);
   return id;
-}
-
-static int name_is(const fs_inode *in, uint64_t parent, const uint8_t *name, size_t len) {
-  return in->used && in->name && in->parent == parent && in->name_len == len && memcmp(in->name, name, len) == 0;
 }
 
 /* Keep the (parent, name) hints that migration re-resolves in step with renames/unlinks. */
 static void names_renamed(uint64_t od, const uint8_t *on, size_t ol, uint64_t nd, const uint8_t *nn, size_t nl,
                           uint32_t flags) {
-  uint32_t a = 0, b = 0;
-  for (uint32_t i = 1; i < n_inodes; i++) {
-    if (!a && name_is(&inodes[i], od, on, ol)) a = i;
-    else if (!b && name_is(&inodes[i], nd, nn, nl)) b = i;
-  }
+  uint32_t a = name_find(od, on, ol), b = name_find(nd, nn, nl);
   if (flags & 2) { /* RENAME_EXCHANGE */
-    if (a) set_name(&inodes[a], nd, nn, nl);
-    if (b) set_name(&inodes[b], od, on, ol);
+    if (a) name_drop(a);
+    if (b) name_drop(b);
+    if (a) set_name(a, nd, nn, nl);
+    if (b) set_name(b, od, on, ol);
     return;
   }
-  if (b) { /* replaced: no longer reachable by that name */
-    free(inodes[b].name);
-    inodes[b].name = NULL;
-    inodes[b].name_len = 0;
-  }
-  if (a) set_name(&inodes[a], nd, nn, nl);
+  if (b && b != a) inode_lose_name(b); /* replaced: no longer reachable by that name */
+  if (a) set_name(a, nd, nn, nl);
 }
 
 static void names_unlinked(uint64_t dir, const uint8_t *name, size_t len) {
-  for (uint32_t i = 1; i < n_inodes; i++) {
-    if (name_is(&inodes[i], dir, name, len)) {
-      free(inodes[i].name);
-      inodes[i].name = NULL;
-      inodes[i].name_len = 0;
-    }
-  }
+  uint32_t id = name_find(dir, name, len);
+  if (id) inode_lose_name(id);
 }
 
 static void forget(uint64_t nodeid, uint64_t n) {
@@ -240,19 +321,24 @@ static fs_file *file_get(uint64_t fh) {
 
 void fs_tables_clear(void) {
   for (uint32_t i = 1; i < n_inodes; i++)
-    if (inodes[i].used) {
-      vfs_close(inodes[i].handle);
-      free(inodes[i].name);
+    if (INODE_AT(i).used) {
+      if (INODE_AT(i).handle) vfs_close(INODE_AT(i).handle);
+      free(INODE_AT(i).name);
     }
   for (uint32_t i = 0; i < n_files; i++)
     if (files[i].used) vfs_close(files[i].handle);
-  free(inodes);
+  for (uint32_t i = 0; i < cap_inodes / INODE_PAGE; i++) {
+    free(inode_pages[i]);
+    inode_pages[i] = NULL;
+  }
   free(files);
-  inodes = NULL;
   files = NULL;
   n_inodes = cap_inodes = free_inode = 0;
   n_files = cap_files = 0;
   memset(buckets, 0, sizeof buckets);
+  free(nbuckets);
+  nbuckets = NULL;
+  n_named = 0;
   memset(&session, 0, sizeof session);
 }
 
@@ -265,8 +351,8 @@ static uint32_t setup_root(void) {
     vfs_close(e.node);
     return ENOMEM;
   }
-  memset(&inodes[0], 0, sizeof inodes[0]);
-  fs_inode *r = &inodes[FUSE_ROOT_ID];
+  memset(&INODE_AT(0), 0, sizeof(fs_inode));
+  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
   memset(r, 0, sizeof *r);
   r->used = 1;
   r->handle = e.node;
@@ -278,19 +364,36 @@ static uint32_t setup_root(void) {
   return 0;
 }
 
-/* ---- Restore (state.c): rebuild the tables with the saved ids ---- */
+/*
+ * ---- Migration (state.c) ----
+ *
+ * A destination rebuilds the tables with the saved node ids and file handles, but does not
+ * look every inode up again inside the migration's downtime: a saved inode is *pending*,
+ * holding only its (parent, name), and is resolved by lookups from the root the first time a
+ * request needs it (inode_resolve), or adopted by a LOOKUP of its name (inode_take). A
+ * guest that knew 100,000 inodes thus costs the load a table fill, no host call per inode.
+ * Open files are reopened during the load (they must be: an I/O handle is what the guest
+ * holds), which resolves their inodes and those inodes' directories then.
+ *
+ * A name that no longer resolves (renamed or deleted behind our back, missing from the
+ * destination's share, another kind of file there now): during the load (an open file) it
+ * fails the load with a message naming the path (--migration-on-error abort, the default) or
+ * is logged (guest-error); on first use after the load it is logged. Either way the inode
+ * keeps its id with no host handle and the guest's requests on it answer EIO instead of
+ * reaching another file. Inodes unlinked through this server while held (saved without a
+ * name), under a lost directory, or resolving to an inode already known under another id
+ * are lost the same way without a message of their own.
+ */
+
+/* Longest chain of pending directories resolved for one inode (a cycle in a hostile state ends here). */
+#define MAX_DEPTH 4096
 
 /* Grow the inode table so `id` is a slot; new slots are unused. */
 static int ensure_inode_slot(uint32_t id) {
   if (id >= MAX_INODES) return 0;
-  while (id >= cap_inodes) {
-    uint32_t nc = cap_inodes ? cap_inodes * 2 : 256;
-    fs_inode *p = realloc(inodes, nc * sizeof *p);
-    if (!p) return 0;
-    inodes = p;
-    cap_inodes = nc;
-  }
-  while (n_inodes <= id) memset(&inodes[n_inodes++], 0, sizeof(fs_inode));
+  while (id >= cap_inodes)
+    if (!inode_page_add()) return 0;
+  if (n_inodes <= id) n_inodes = id + 1; /* slots past the high-water mark are still zero */
   return 1;
 }
 
@@ -358,78 +461,162 @@ static void path_of(uint32_t parent, const uint8_t *name, size_t len, char *buf,
   buf[at] = 0;
 }
 
-/* Root as nodeid 1. 0 or an errno. */
-uint32_t fs_restore_root(void) {
-  fs_tables_clear();
-  restore_tolerant = vfs_migration_guest_error();
-  return setup_root();
+/* A lost inode: no host identity, never found by hash; the guest's requests on it answer EIO. */
+static void inode_kill(uint32_t id) {
+  fs_inode *in = &INODE_AT(id);
+  if (!in->pending && in->handle) {
+    hash_remove(id);
+    vfs_close(in->handle);
+  }
+  in->pending = 0;
+  in->handle = 0;
+  in->dev = ~0ull;
+  in->ino = ~0ull - id;
 }
 
-/*
- * Re-resolve saved inode `id` as `name` in directory `parent` (already restored). A name that
- * no longer resolves fails the load with a message naming the path (--migration-on-error
- * abort), or (guest-error) keeps the slot with handle 0, logged. With no name (unlinked
- * through us while held), under a lost parent, or resolving to an inode already restored
- * under another id, the slot is kept with handle 0 in both modes. Handle 0 = the guest's
- * later requests on it answer EIO instead of reaching another file. Returns 0, or a message.
- */
-const char *fs_restore_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
-                             uint32_t mode) {
-  if (id <= FUSE_ROOT_ID || !ensure_inode_slot(id)) return "inode id out of range";
-  if (inodes[id].used) return "inode id saved twice";
+/* Inode id is no longer reachable by its name; a pending inode had nothing else to be found by. */
+static void inode_lose_name(uint32_t id) {
+  name_drop(id);
+  if (INODE_AT(id).pending) inode_kill(id);
+}
+
+/* Pending inode id takes host entry e as its inode: 1, or 0 (e is the caller's) when e is
+ * another kind of file or an inode already known under another id. */
+static int inode_adopt(uint32_t id, const vfs_entry *e) {
+  fs_inode *in = &INODE_AT(id);
+  if ((e->attr.mode & 0170000) != (in->mode & 0170000) || hash_find(e->attr.dev, e->attr.ino)) return 0;
+  in->pending = 0;
+  in->handle = e->node;
+  in->dev = e->attr.dev;
+  in->ino = e->attr.ino;
+  hash_insert(id);
+  return 1;
+}
+
+/* Resolve pending inode id, whose directory is not pending: NULL, or why it is lost (in restore_msg, open for a suffix). */
+static const char *resolve_one(uint32_t id) {
+  fs_inode *in = &INODE_AT(id);
+  fs_inode *p = inode_get(in->parent);
+  if (!p || !p->handle || !in->name) {
+    inode_kill(id); /* under a lost directory: that loss was the one reported */
+    return NULL;
+  }
   vfs_entry e;
   memset(&e, 0, sizeof e);
-  uint32_t err = ENOENT;
   const char *why = NULL;
-  fs_inode *p = parent ? inode_get(parent) : NULL;
-  if (name && p && p->handle) err = vfs_lookup(p->handle, name, len, &e);
-  if (!err && (e.attr.mode & 0170000) != (mode & 0170000)) {
-    vfs_close(e.node); /* another kind of file took the name: not ours */
+  uint32_t err = vfs_lookup(p->handle, in->name, in->name_len, &e);
+  if (!err) {
+    if (inode_adopt(id, &e)) return NULL;
+    vfs_close(e.node);
+    if ((e.attr.mode & 0170000) == (in->mode & 0170000)) {
+      inode_kill(id); /* already known under another id (a hard link): keep this one lost */
+      return NULL;
+    }
     err = ENOENT;
     why = "another kind of file has that name now";
   }
-  /* A name that no longer leads to it: the operator's --migration-on-error decides. (An
-   * inode saved without a name was unlinked through this server while the guest held it: no
-   * destination can find it, it stays dead in both modes.) */
-  if (err && name && !(p && !p->handle)) {
-    char path[768];
-    path_of(parent, name, len, path, sizeof path);
-    msg_at = 0;
-    msg_s("cannot find \"");
-    msg_s(path);
-    msg_s("\" (node ");
-    msg_u(id);
-    msg_s(") in the destination's share: ");
-    msg_s(why ? why : errno_name(err));
-    msg_s(restore_tolerant ? "; the guest gets EIO for it" : " (--migration-on-error abort)");
-    if (!restore_tolerant) return restore_msg;
-    vd_log(VD_LOG_WARN, restore_msg);
+  char path[768];
+  path_of((uint32_t)in->parent, in->name, in->name_len, path, sizeof path);
+  msg_at = 0;
+  msg_s("cannot find \"");
+  msg_s(path);
+  msg_s("\" (node ");
+  msg_u(id);
+  msg_s(") in the destination's share: ");
+  msg_s(why ? why : errno_name(err));
+  inode_kill(id);
+  return restore_msg;
+}
+
+/*
+ * Make inode id usable if it is pending: resolve it and its pending directories, top down.
+ * During a load (loading = 1, an open file's inode) a lost name under --migration-on-error
+ * abort is returned, to fail the load; otherwise it is logged and the inode answers EIO.
+ */
+static const char *inode_resolve(uint32_t id, int loading) {
+  for (uint32_t round = 0; INODE_AT(id).pending && round <= MAX_DEPTH + 1; round++) {
+    uint32_t cur = id, steps = 0;
+    for (;;) {
+      fs_inode *p = inode_get(INODE_AT(cur).parent);
+      if (!p || !p->pending || ++steps > MAX_DEPTH) break;
+      cur = (uint32_t)INODE_AT(cur).parent;
+    }
+    if (steps > MAX_DEPTH) { /* a cycle of directories in the state: nothing to resolve */
+      inode_kill(cur);
+      continue;
+    }
+    const char *lost = resolve_one(cur);
+    if (!lost) continue;
+    if (loading && !restore_tolerant) {
+      msg_s(" (--migration-on-error abort)");
+      return lost;
+    }
+    msg_s(loading ? "; the guest gets EIO for it" : "; the guest gets EIO for it (found missing on first use after a migration)");
+    vd_log(VD_LOG_WARN, lost);
   }
-  if (!err && hash_find(e.attr.dev, e.attr.ino)) {
-    vfs_close(e.node); /* already restored under another id (a hard link): keep this one dead */
-    err = ENOENT;
+  if (INODE_AT(id).pending) inode_kill(id);
+  return NULL;
+}
+
+/* The free list is built as the saved ids stream in (ascending, as a save writes them): the
+ * gap below each id goes on it. Ids out of order make finish-load build it in one pass. */
+static uint32_t load_high;
+static int load_unordered;
+
+/* A new load: empty tables (ids 0 and 1 reserved), the name index sized for `count` inodes. */
+void fs_load_begin(uint32_t count) {
+  fs_tables_clear();
+  restore_tolerant = vfs_migration_guest_error();
+  ensure_inode_slot(FUSE_ROOT_ID);
+  /* Grow the plugin's memory once for the table to come (a fair estimate; freed at once, it
+   * stays with the allocator) instead of in the allocator's small steps: in V8 each
+   * memory.grow costs up to a millisecond once the memory is large, and a million inodes
+   * would take thousands of them inside the load's calls. */
+  if (count > INODE_PAGE) free(malloc((size_t)count * (sizeof(fs_inode) + 40)));
+  load_high = FUSE_ROOT_ID;
+  load_unordered = 0;
+}
+
+/* Saved inode `id`: pending under `name` in `parent` (not looked up now), or lost (no name). */
+const char *fs_load_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
+                          uint32_t mode) {
+  if (id <= FUSE_ROOT_ID || !ensure_inode_slot(id)) return "fs state: inode id out of range";
+  if (INODE_AT(id).used) return "fs state: inode id saved twice";
+  if (id > load_high) {
+    for (uint32_t gap = id - 1; gap > load_high; gap--) { /* gaps are rare: freed ids */
+      INODE_AT(gap).hnext = free_inode;
+      free_inode = gap;
+    }
+    load_high = id;
+  } else {
+    load_unordered = 1;
   }
-  fs_inode *in = &inodes[id];
+  fs_inode *in = &INODE_AT(id);
   memset(in, 0, sizeof *in);
   in->used = 1;
   in->nlookup = nlookup ? nlookup : 1;
   in->mode = mode;
-  if (!err) {
-    in->handle = e.node;
-    in->dev = e.attr.dev;
-    in->ino = e.attr.ino;
-    hash_insert(id);
-  } else {
-    /* A dead inode: no host identity, never found by hash. */
-    in->dev = ~0ull;
-    in->ino = ~0ull - id;
+  in->parent = parent;
+  if (!name) {
+    inode_kill(id); /* unlinked through this server while held: no destination can find it */
+    return NULL;
   }
-  if (name) set_name(in, parent, name, len);
+  in->pending = 1;
+  /* Not checked against the names already loaded (a lookup per record would cost the load
+   * more than everything else): two saved with one name (an older plugin's state) both go into
+   * the index; the first resolved takes the inode, the other finds it taken and is lost. */
+  uint8_t *copy = malloc(len ? len : 1);
+  if (!copy) return "out of memory";
+  memcpy(copy, name, len);
+  if (!name_put(id, parent, copy, len)) {
+    free(copy);
+    return "out of memory";
+  }
   return NULL;
 }
 
 /* Reopen saved file handle `fh` on inode `nodeid` with `flags` (never O_TRUNC again). */
-const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
+static const char *restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
   if (fh == 0 || fh > MAX_FILES) return "file handle out of range";
   while (cap_files < fh) {
     uint32_t nc = cap_files ? cap_files * 2 : 64;
@@ -442,6 +629,10 @@ const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
   fs_file *f = &files[fh - 1];
   if (f->used) return "file handle saved twice";
   fs_inode *in = inode_get(nodeid);
+  if (in && in->pending) {
+    const char *lost = inode_resolve((uint32_t)nodeid, 1);
+    if (lost) return lost;
+  }
   vfs_handle h = 0;
   uint32_t of = flags & ~(uint32_t)(O_CREAT | O_EXCL | O_NOCTTY | 01000 /* O_TRUNC */);
   if (in && in->handle) {
@@ -468,19 +659,50 @@ const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
   return NULL;
 }
 
-/* Every unused slot below the high-water mark goes on the free list. */
-void fs_restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
-  free_inode = 0;
-  for (uint32_t i = n_inodes; i-- > 2;) {
-    if (!inodes[i].used) {
-      inodes[i].hnext = free_inode;
-      free_inode = i;
+/* The session, and the free list if the ids came out of order (see fs_load_inode). */
+static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
+  if (load_unordered) {
+    free_inode = 0;
+    for (uint32_t i = n_inodes; i-- > 2;) {
+      if (!INODE_AT(i).used) {
+        INODE_AT(i).hnext = free_inode;
+        free_inode = i;
+      }
     }
   }
   session.initialized = 1;
   session.minor = minor;
   session.flags = flags;
   session.max_readahead = max_readahead;
+}
+
+/* The end of a load: the root, the open files (`count` saved records of 16 bytes, see state.c). */
+const char *fs_load_finish(const uint8_t *saved_files, uint32_t count, uint32_t minor, uint32_t flags,
+                           uint32_t max_readahead) {
+  vfs_entry e;
+  if (vfs_root(&e)) {
+    fs_tables_clear();
+    return "fs state: the share root cannot be opened";
+  }
+  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
+  memset(r, 0, sizeof *r);
+  r->used = 1;
+  r->handle = e.node;
+  r->dev = e.attr.dev;
+  r->ino = e.attr.ino;
+  r->mode = e.attr.mode;
+  r->nlookup = 1;
+  hash_insert(FUSE_ROOT_ID);
+  for (uint32_t i = 0; i < count; i++) {
+    const uint8_t *f = saved_files + (size_t)i * 16;
+    const char *msg = restore_file(vd_get_u64(f), vd_get_u32(f + 8), vd_get_u32(f + 12));
+    if (msg) {
+      fs_tables_clear();
+      return msg;
+    }
+  }
+  restore_finish(minor, flags, max_readahead);
+  return NULL;
 }
 
 /* ---- Replies ---- */
@@ -490,6 +712,15 @@ typedef struct reply {
   uint32_t len, cap;
   uint64_t unique;
   int32_t error; /* 0 or -errno, written by reply_finish */
+  /* FUSE_READ: rd_len bytes of backing rd_backing from rd_offset follow the header,
+   * read by the host straight into the guest's buffers. */
+  int read;
+  uint32_t rd_backing, rd_len;
+  uint64_t rd_offset;
+  /* FUSE_WRITE: readable bytes [wr_source, wr_source + wr_len) go to the backing. */
+  int write;
+  uint32_t wr_source, wr_backing, wr_len;
+  uint64_t wr_offset;
 } reply;
 
 /* Reserve `n` payload bytes after the header; NULL if the guest's buffer is too small. */
@@ -503,6 +734,7 @@ static void *reply_alloc(reply *r, uint32_t n) {
 }
 
 static void reply_error(reply *r, uint32_t err) {
+  r->read = r->write = 0;
   free(r->buf);
   r->buf = NULL;
   r->len = 0;
@@ -515,7 +747,8 @@ static void reply_error(reply *r, uint32_t err) {
 
 static void reply_finish(reply *r) {
   if (!r->buf) return;
-  struct fuse_out_header h = {.len = r->len, .error = r->error, .unique = r->unique};
+  /* A read's header counts its data; the host rewrites len when the read comes back short. */
+  struct fuse_out_header h = {.len = r->len + (r->read ? r->rd_len : 0), .error = r->error, .unique = r->unique};
   memcpy(r->buf, &h, sizeof h);
 }
 
@@ -596,7 +829,8 @@ static void reply_new_entry(reply *r, uint32_t err, const vfs_entry *e, uint64_t
 
 typedef struct args {
   const uint8_t *p;
-  size_t len;
+  size_t len;  /* bytes left that the plugin sees (inside the prefix) */
+  size_t more; /* bytes of the request after those (past the prefix: never seen) */
 } args;
 
 static const void *take(args *a, size_t n) {
@@ -612,7 +846,7 @@ static const void *take(args *a, size_t n) {
   type var;                                \
   do {                                     \
     const void *src_ = take(a, sizeof var); \
-    if (!src_) return reply_error(r, EINVAL); \
+    if (!src_) return reply_error(r, (a)->more ? E2BIG : EINVAL); \
     memcpy(&var, src_, sizeof var);        \
   } while (0)
 
@@ -630,12 +864,14 @@ static const uint8_t *take_name(args *a, size_t *len) {
 #define NAME(a, var, lenvar)                    \
   size_t lenvar;                                \
   const uint8_t *var = take_name(a, &lenvar);   \
-  if (!var) return reply_error(r, EINVAL)
+  if (!var) return reply_error(r, (a)->more ? ENAMETOOLONG : EINVAL)
 
-/* A node id the guest holds that a migration could not find again (no host handle): EIO. */
-#define INODE(id, var)                          \
-  fs_inode *var = inode_get(id);                \
-  if (!var) return reply_error(r, ENOENT);      \
+/* A node id the guest holds: resolved now if a migration left it pending; one that a
+ * migration could not find again (no host handle) answers EIO. */
+#define INODE(id, var)                                         \
+  fs_inode *var = inode_get(id);                               \
+  if (!var) return reply_error(r, ENOENT);                     \
+  if (var->pending) inode_resolve((uint32_t)(id), 0);         \
   if (!var->handle) return reply_error(r, EIO)
 
 /* ---- Operations ---- */
@@ -842,20 +1078,37 @@ static void op_readlink(reply *r, uint64_t nodeid) {
   if (o) memcpy(o, buf, n);
 }
 
+/* The backing index of an open file, asked of the host once per open. */
+static uint32_t file_backing(fs_file *f, uint32_t *out) {
+  if (!f->backing) {
+    uint32_t b = 0;
+    uint32_t err = vfs_backing(f->handle, &b);
+    if (err) return err;
+    f->backing = b + 1;
+  }
+  *out = f->backing - 1;
+  return 0;
+}
+
 static void op_read(reply *r, args *a) {
   TAKE(a, struct fuse_read_in, in);
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
   if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
-  uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
+  uint32_t backing;
+  uint32_t err = file_backing(f, &backing);
+  if (err) return reply_error(r, err);
+  if (!reply_or_erange(r, 0)) return;
+  uint32_t room = r->cap - (uint32_t)sizeof(struct fuse_out_header);
   uint32_t want = in.size < room ? in.size : room;
   if (want > 1024 * 1024) want = 1024 * 1024;
-  uint8_t *o = reply_or_erange(r, want);
-  if (!o) return;
-  uint32_t got = 0;
-  uint32_t err = vfs_read(f->handle, in.offset, want, o, &got);
-  if (err) return reply_error(r, err);
-  r->len = (uint32_t)sizeof(struct fuse_out_header) + got;
+  if (want == 0) return;
+  /* The host reads at most to the end of the file and then stores the used length in the
+   * header's len (offset 0): a short read at EOF, as pread gives. */
+  r->read = 1;
+  r->rd_backing = backing;
+  r->rd_offset = in.offset;
+  r->rd_len = want;
 }
 
 static void op_write(reply *r, args *a) {
@@ -863,12 +1116,23 @@ static void op_write(reply *r, args *a) {
   fs_file *f = file_get(in.fh);
   if (!f) return reply_error(r, EBADF);
   if (!f->handle) return reply_error(r, EIO); /* lost in a migration */
-  if (in.size > a->len || in.size > MAX_WRITE) return reply_error(r, EINVAL);
-  uint32_t n = 0;
-  uint32_t err = vfs_write(f->handle, in.offset, a->p, in.size, &n);
+  /* The payload follows write_in, mostly past the prefix: its length is what the header counted. */
+  if (in.size > a->len + a->more || in.size > MAX_WRITE) return reply_error(r, EINVAL);
+  /* A read-only file is a read-only backing, which the host must never be asked to write. */
+  if ((f->flags & O_ACCMODE) == 0) return reply_error(r, vfs_read_only() ? EROFS : EBADF);
+  uint32_t backing;
+  uint32_t err = file_backing(f, &backing);
   if (err) return reply_error(r, err);
   struct fuse_write_out *o = reply_or_erange(r, sizeof *o);
-  if (o) o->size = n;
+  if (!o) return;
+  /* A short write is a failure (io-failed, ENOSPC), so success means all of it. */
+  o->size = in.size;
+  if (in.size == 0) return;
+  r->write = 1;
+  r->wr_source = (uint32_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in));
+  r->wr_backing = backing;
+  r->wr_offset = in.offset;
+  r->wr_len = in.size;
 }
 
 static void op_release(reply *r, args *a) {
@@ -906,6 +1170,7 @@ static void op_readdir(reply *r, args *a, int plus) {
   /* Copy what we need: inode_take below may grow (move) the inode table. */
   fs_inode *dir = inode_get(f->nodeid);
   if (plus && !dir) return reply_error(r, ENOENT);
+  if (dir && dir->pending) inode_resolve((uint32_t)f->nodeid, 0);
   vfs_handle dir_handle = dir ? dir->handle : 0;
   uint64_t dir_id = f->nodeid;
   uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
@@ -1041,8 +1306,9 @@ static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_setxattr_in, in);
   NAME(a, name, len);
   INODE(nodeid, node);
-  if (in.size > a->len) return reply_error(r, EINVAL);
   if (in.size > VFS_XATTR_MAX) return reply_error(r, E2BIG);
+  /* A value past the prefix never reaches us (FS_PREFIX_LEN). */
+  if (in.size > a->len) return reply_error(r, in.size <= a->len + a->more ? E2BIG : EINVAL);
   uint32_t err = vfs_setxattr(node->handle, name, len, a->p, in.size, in.flags);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);
@@ -1078,24 +1344,25 @@ static void op_batch_forget(args *a) {
   }
 }
 
-/* One request -> its reply (possibly empty: FORGET, BATCH_FORGET, INTERRUPT). */
-static void handle(const vd_request *req, vd_buf *out) {
+/* One request -> its answer (possibly empty: FORGET, BATCH_FORGET, INTERRUPT). */
+static void handle(const vd_request *req) {
   reply r = {.cap = req->writable_len};
   struct fuse_in_header h;
-  if (req->readable_len < sizeof h) {
+  if (req->prefix_len < sizeof h) {
     /* Too short for a header: answer EINVAL with whatever `unique` we can see. */
-    if (req->readable_len >= 16) memcpy(&r.unique, req->readable + 8, 8);
+    if (req->prefix_len >= 16) memcpy(&r.unique, req->prefix + 8, 8);
     reply_error(&r, EINVAL);
     goto finish;
   }
-  memcpy(&h, req->readable, sizeof h);
+  memcpy(&h, req->prefix, sizeof h);
   r.unique = h.unique;
   current = &h;
   if (h.len < sizeof h || h.len > req->readable_len) {
     reply_error(&r, EINVAL);
     goto finish;
   }
-  args a = {req->readable + sizeof h, h.len - sizeof h};
+  uint32_t seen = h.len < req->prefix_len ? h.len : req->prefix_len;
+  args a = {req->prefix + sizeof h, seen - sizeof h, h.len - seen};
   if (!session.initialized && h.opcode != FUSE_INIT) {
     if (h.opcode != FUSE_FORGET && h.opcode != FUSE_BATCH_FORGET && h.opcode != FUSE_INTERRUPT) reply_error(&r, EIO);
     goto finish;
@@ -1143,14 +1410,35 @@ static void handle(const vd_request *req, vd_buf *out) {
 finish:
   current = NULL;
   reply_finish(&r);
-  out->data = r.buf;
-  out->len = r.buf ? r.len : 0;
+  vd_answer_begin(req->id);
+  if (r.buf) {
+    if (r.write) vd_answer_transfer(r.wr_source, r.wr_backing, r.wr_offset, r.wr_len);
+    vd_answer_bytes(r.buf, r.len);
+    if (r.read) {
+      vd_answer_backing_read(r.rd_backing, r.rd_offset, r.rd_len);
+      vd_answer_length_at(0);
+    }
+    /* If the I/O fails, the error reply needs the request's unique. */
+    if (r.read || r.write) vd_set_cookie(req->id, r.unique);
+  }
+  free(r.buf);
+}
+
+/* The file I/O of an answer failed: the guest gets the errno (EIO, ENOSPC, ...). */
+static void io_failed(const vd_event *e) {
+  const vd_request *req = &e->u.io_failed.request;
+  reply r = {.cap = req->writable_len, .unique = e->u.io_failed.cookie};
+  reply_error(&r, e->u.io_failed.err ? e->u.io_failed.err : EIO);
+  reply_finish(&r);
+  vd_answer_begin(e->u.io_failed.id);
+  if (r.buf) vd_answer_bytes(r.buf, r.len);
+  free(r.buf);
 }
 
 /* ---- Device callbacks ---- */
 
 const char *vd_name(void) { return "fs"; }
-const char *vd_version(void) { return "0.1.0"; }
+const char *vd_version(void) { return "0.2.0"; }
 
 void vd_get_info(vd_info *out) {
   out->device_id = 26;
@@ -1158,6 +1446,9 @@ void vd_get_info(vd_info *out) {
   out->max_queue_size = 1024;
   out->features = 0;
   out->config_size = 40; /* tag[36], num_request_queues */
+  out->prefix_len = FS_PREFIX_LEN;
+  /* One inode and file table for every queue: one instance sees them all. */
+  out->queues_independent = 0;
 }
 
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
@@ -1176,8 +1467,15 @@ const char *vd_activate(uint64_t acked) {
 
 void vd_reset(void) { fs_tables_clear(); }
 
-const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
-  (void)queue;
-  for (size_t i = 0; i < n; i++) handle(&requests[i], &responses[i]);
+const char *vd_handle(const vd_event *events, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (events[i].kind == VD_EVENT_REQUEST) {
+      handle(&events[i].u.request);
+    } else if (events[i].kind == VD_EVENT_IO_FAILED) {
+      if (!events[i].u.io_failed.known) return "fs: io-failed for a request id this device never saw";
+      io_failed(&events[i]);
+    }
+    /* No frames or timers were asked for. */
+  }
   return NULL;
 }

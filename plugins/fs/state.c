@@ -1,8 +1,10 @@
 /*
  * Migratable state of the fs plugin: what a destination needs to keep serving a guest that
  * holds node ids and file handles from the source. Host handles cannot travel (they are
- * fds), so inodes are saved as (parent node id, name) and re-resolved on load by lookups
- * from the root, file handles as (node id, open flags) and reopened (never with O_TRUNC).
+ * fds or file handles, valid on this host only), so inodes are saved as (parent node id,
+ * name) and file handles as (node id, open flags); the destination keeps the inodes pending
+ * and resolves them on first use, and reopens the files during the load (never with
+ * O_TRUNC) (fs.c, "Migration").
  *
  * Format, little-endian (version 1):
  *   0  "VFSS"                        magic
@@ -14,12 +16,13 @@
  *      files:  u64 fh, u32 node id, u32 open flags
  * The root (node id 1) is not listed: it is always the share root.
  *
- * An inode that cannot be found again on load (renamed or deleted behind our back, missing
- * from the destination's share, another kind of file now at its name) or a file that cannot
- * be reopened fails the load with a message naming its path (--migration-on-error abort, the
- * default), or (guest-error) keeps its id with no host handle: the guest's requests on it
- * answer EIO instead of reaching another file. Inodes unlinked through the server while held
- * (saved without a name) are kept that way in both modes.
+ * Both directions stream, so no single call grows with the table (the host gives each call
+ * a deadline, 100 ms by default, and a guest may know a million inodes): a save writes the
+ * records that fit the chunk asked for, from where the previous chunk stopped (the device is
+ * stopped, so the tables hold still); a load parses each chunk's records into the tables as
+ * it arrives (a record may straddle chunks), and finish-load only reopens the open files.
+ * A pending inode saves exactly as it was loaded, so a guest can migrate on before touching
+ * it. Chunks must come in order from offset 0 (a save or load restarts at offset 0).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,158 +32,262 @@
 
 #define STATE_VERSION 1
 #define HEADER 32
+#define INODE_HEAD 24
+#define FILE_REC 16
 #define NO_NAME 0xffffffffu
-#define MAX_STATE (256u * 1024 * 1024)
+#define MAX_NAME 255
+#define MAX_STATE (256ull * 1024 * 1024)
+#define MAX_SAVED_INODES (1u << 20)
+#define MAX_SAVED_FILES (1u << 16)
 
-const char *fs_restore_inode(uint32_t id, uint32_t parent, const uint8_t *name, size_t len, uint64_t nlookup,
-                             uint32_t mode);
-const char *fs_restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags);
-uint32_t fs_restore_root(void);
-void fs_restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead);
+/* ---- Save ---- */
 
-static uint8_t *saving;
-static size_t saving_len;
-static vd_state_loader loader = {.max = MAX_STATE, .grow = 1};
+static struct {
+  uint64_t total, produced;
+  uint32_t next_inode, next_file; /* table positions still to write */
+  uint32_t inodes_left, files_left;
+  uint8_t rec[INODE_HEAD + MAX_NAME]; /* a record that straddles two chunks */
+  uint32_t rec_len, rec_at;
+} sv;
 
-static const char *snapshot(void) {
-  size_t size = HEADER;
+static size_t inode_record_len(const fs_inode *in) { return INODE_HEAD + (in->name ? in->name_len : 0); }
+
+static void put_header(uint8_t *h, uint32_t ni, uint32_t nf) {
+  memset(h, 0, HEADER);
+  memcpy(h, "VFSS", 4);
+  h[4] = STATE_VERSION;
+  h[5] = 1;
+  vd_put_u32(h + 8, session.initialized);
+  vd_put_u32(h + 12, session.minor);
+  vd_put_u32(h + 16, session.flags);
+  vd_put_u32(h + 20, session.max_readahead);
+  vd_put_u32(h + 24, ni);
+  vd_put_u32(h + 28, nf);
+}
+
+/* Offset 0: count what will be written (one pass, no copy) and queue the header. */
+static void save_begin(void) {
   uint32_t ni = 0, nf = 0;
+  uint64_t size = HEADER;
   if (session.initialized) {
     for (uint32_t i = 2; i < n_inodes; i++)
-      if (inodes[i].used) ni++, size += 24 + inodes[i].name_len;
+      if (INODE_AT(i).used) ni++, size += inode_record_len(&INODE_AT(i));
     for (uint32_t i = 0; i < n_files; i++)
-      if (files[i].used) nf++, size += 16;
+      if (files[i].used) nf++, size += FILE_REC;
   }
-  free(saving);
-  saving = malloc(size);
-  if (!saving) return "out of memory";
-  saving_len = size;
-  memset(saving, 0, HEADER);
-  memcpy(saving, "VFSS", 4);
-  saving[4] = STATE_VERSION;
-  saving[5] = 1;
-  vd_put_u32(saving + 8, session.initialized);
-  vd_put_u32(saving + 12, session.minor);
-  vd_put_u32(saving + 16, session.flags);
-  vd_put_u32(saving + 20, session.max_readahead);
-  vd_put_u32(saving + 24, ni);
-  vd_put_u32(saving + 28, nf);
-  uint8_t *p = saving + HEADER;
-  if (!session.initialized) return NULL;
-  for (uint32_t i = 2; i < n_inodes; i++) {
-    fs_inode *in = &inodes[i];
-    if (!in->used) continue;
-    vd_put_u32(p, i);
-    vd_put_u32(p + 4, (uint32_t)in->parent);
-    vd_put_u64(p + 8, in->nlookup);
-    vd_put_u32(p + 16, in->mode);
-    vd_put_u32(p + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
-    if (in->name) memcpy(p + 24, in->name, in->name_len);
-    p += 24 + in->name_len;
+  memset(&sv, 0, sizeof sv);
+  sv.total = size;
+  sv.next_inode = 2;
+  sv.inodes_left = ni;
+  sv.files_left = nf;
+  put_header(sv.rec, ni, nf);
+  sv.rec_len = HEADER;
+}
+
+/* The next record into `to` (room for the largest record); its length, 0 when there is none left. */
+static uint32_t save_record(uint8_t *to);
+
+/* The next record into sv.rec; 0 when there is none left. */
+static int save_next(void) {
+  sv.rec_len = save_record(sv.rec);
+  sv.rec_at = 0;
+  return sv.rec_len != 0;
+}
+
+static uint32_t save_record(uint8_t *to) {
+  if (sv.inodes_left) {
+    while (sv.next_inode < n_inodes && !INODE_AT(sv.next_inode).used) sv.next_inode++;
+    if (sv.next_inode >= n_inodes) return 0;
+    uint32_t i = sv.next_inode++;
+    fs_inode *in = &INODE_AT(i);
+    vd_put_u32(to, i);
+    vd_put_u32(to + 4, in->parent);
+    vd_put_u64(to + 8, in->nlookup);
+    vd_put_u32(to + 16, in->mode);
+    vd_put_u32(to + 20, in->name ? (uint32_t)in->name_len : NO_NAME);
+    if (in->name) memcpy(to + INODE_HEAD, in->name, in->name_len);
+    sv.inodes_left--;
+    return (uint32_t)inode_record_len(in);
   }
-  for (uint32_t i = 0; i < n_files; i++) {
-    if (!files[i].used) continue;
-    vd_put_u64(p, (uint64_t)i + 1);
-    vd_put_u32(p + 8, (uint32_t)files[i].nodeid);
-    vd_put_u32(p + 12, files[i].flags);
-    p += 16;
+  if (sv.files_left) {
+    while (sv.next_file < n_files && !files[sv.next_file].used) sv.next_file++;
+    if (sv.next_file >= n_files) return 0;
+    uint32_t i = sv.next_file++;
+    vd_put_u64(to, (uint64_t)i + 1);
+    vd_put_u32(to + 8, (uint32_t)files[i].nodeid);
+    vd_put_u32(to + 12, files[i].flags);
+    sv.files_left--;
+    return FILE_REC;
   }
-  return NULL;
+  return 0;
 }
 
 const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining) {
-  if (offset == 0) {
-    const char *err = snapshot();
-    if (err) return err;
-  }
-  return vd_state_serve(saving, saving_len, offset, size, out, remaining);
-}
-
-const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
-  return vd_state_accept(&loader, offset, chunk, len, "fs state larger than 256 MiB");
-}
-
-typedef struct saved_inode {
-  uint32_t id, parent, mode, name_len;
-  uint64_t nlookup;
-  const uint8_t *name;
-} saved_inode;
-
-static const char *load(void) {
-  const uint8_t *s = loader.data;
-  size_t n = loader.len;
-  if (loader.overflow) return "fs state larger than 256 MiB";
-  if (n < HEADER) return "fs state truncated";
-  if (memcmp(s, "VFSS", 4) != 0) return "not an fs state (bad magic)";
-  if (s[5] > STATE_VERSION) return "fs state from a newer plugin this version cannot read";
-  if (s[4] < 1) return "unsupported fs state version";
-  uint32_t initialized = vd_get_u32(s + 8), minor = vd_get_u32(s + 12), flags = vd_get_u32(s + 16), readahead = vd_get_u32(s + 20);
-  uint32_t ni = vd_get_u32(s + 24), nf = vd_get_u32(s + 28);
-  if (initialized > 1) return "fs state: bad session flag";
-  /* Parse and check everything before touching the live tables. */
-  if (ni > (n - HEADER) / 24) return "fs state: inode count larger than the state";
-  saved_inode *saved = malloc((ni ? ni : 1) * sizeof *saved);
-  if (!saved) return "out of memory";
-  size_t at = HEADER;
-  for (uint32_t i = 0; i < ni; i++) {
-    if (n - at < 24) return free(saved), "fs state truncated in the inode table";
-    saved_inode *x = &saved[i];
-    x->id = vd_get_u32(s + at);
-    x->parent = vd_get_u32(s + at + 4);
-    x->nlookup = vd_get_u64(s + at + 8);
-    x->mode = vd_get_u32(s + at + 16);
-    x->name_len = vd_get_u32(s + at + 20);
-    at += 24;
-    x->name = NULL;
-    if (x->name_len != NO_NAME) {
-      if (x->name_len > 255 || n - at < x->name_len) return free(saved), "fs state: bad name length";
-      x->name = s + at;
-      at += x->name_len;
+  if (offset == 0) save_begin();
+  else if (offset != sv.produced) return "fs state read out of order (chunks must follow each other from offset 0)";
+  uint64_t left = sv.total - sv.produced;
+  uint32_t n = left < size ? (uint32_t)left : size;
+  uint8_t *o = n ? malloc(n) : NULL;
+  if (n && !o) return "out of memory";
+  uint32_t at = 0;
+  while (at < n) {
+    /* Whole records straight into the chunk while the largest one still fits. */
+    if (sv.rec_at == sv.rec_len && n - at >= sizeof sv.rec) {
+      uint32_t k = save_record(o + at);
+      if (!k) {
+        free(o);
+        return "fs tables changed during the save";
+      }
+      at += k;
+      continue;
     }
-  }
-  if (n - at != (size_t)nf * 16) return free(saved), "fs state: file table does not end the state";
-  if (!initialized) {
-    free(saved);
-    fs_tables_clear();
-    return NULL;
-  }
-  uint32_t err = fs_restore_root();
-  if (err) return free(saved), "fs state: the share root cannot be opened";
-  /* Parents first: repeat passes until nothing more resolves; the rest have no live parent. */
-  uint8_t *done = calloc(ni ? ni : 1, 1);
-  if (!done) return free(saved), "out of memory";
-  const char *msg = NULL;
-  for (int progress = 1; progress && !msg;) {
-    progress = 0;
-    for (uint32_t i = 0; i < ni && !msg; i++) {
-      if (done[i]) continue;
-      uint32_t p = saved[i].parent;
-      int ready = p == 1 || (p < n_inodes && inodes[p].used);
-      if (!ready) continue;
-      msg = fs_restore_inode(saved[i].id, p, saved[i].name, saved[i].name ? saved[i].name_len : 0, saved[i].nlookup,
-                             saved[i].mode);
-      done[i] = 1;
-      progress = 1;
+    if (sv.rec_at == sv.rec_len && !save_next()) {
+      free(o);
+      return "fs tables changed during the save";
     }
+    uint32_t k = sv.rec_len - sv.rec_at;
+    if (k > n - at) k = n - at;
+    memcpy(o + at, sv.rec + sv.rec_at, k);
+    sv.rec_at += k;
+    at += k;
   }
-  for (uint32_t i = 0; i < ni && !msg; i++)
-    if (!done[i]) msg = fs_restore_inode(saved[i].id, 0, NULL, 0, saved[i].nlookup, saved[i].mode);
-  free(done);
-  free(saved);
-  for (uint32_t i = 0; i < nf && !msg; i++) {
-    const uint8_t *f = s + at + (size_t)i * 16;
-    msg = fs_restore_file(vd_get_u64(f), vd_get_u32(f + 8), vd_get_u32(f + 12));
-  }
-  if (msg) {
-    fs_tables_clear();
-    return msg;
-  }
-  fs_restore_finish(minor, flags, readahead);
+  sv.produced += n;
+  out->data = o;
+  out->len = n;
+  *remaining = sv.total - sv.produced;
   return NULL;
 }
 
+/* ---- Load ---- */
+
+enum { LD_IDLE, LD_HEADER, LD_INODES, LD_FILES, LD_DONE, LD_FAILED };
+
+static struct {
+  int phase;
+  uint64_t got; /* bytes accepted */
+  uint8_t unit[INODE_HEAD + MAX_NAME];
+  uint32_t unit_len;
+  uint32_t initialized, minor, flags, readahead;
+  uint32_t ni, nf, inodes_done, files_done;
+  uint8_t *files; /* the file records, reopened at finish-load */
+} ld;
+
+static void load_reset(void) {
+  free(ld.files);
+  memset(&ld, 0, sizeof ld);
+}
+
+/* Bytes the unit being assembled needs in all. */
+static uint32_t unit_need(void) {
+  switch (ld.phase) {
+    case LD_HEADER: return HEADER;
+    case LD_INODES: {
+      if (ld.unit_len < INODE_HEAD) return INODE_HEAD;
+      uint32_t nl = vd_get_u32(ld.unit + 20);
+      return INODE_HEAD + (nl == NO_NAME ? 0 : nl);
+    }
+    default: return FILE_REC;
+  }
+}
+
+static const char *take_header(const uint8_t *s) {
+  if (memcmp(s, "VFSS", 4) != 0) return "not an fs state (bad magic)";
+  if (s[5] > STATE_VERSION) return "fs state from a newer plugin this version cannot read";
+  if (s[4] < 1) return "unsupported fs state version";
+  ld.initialized = vd_get_u32(s + 8);
+  ld.minor = vd_get_u32(s + 12);
+  ld.flags = vd_get_u32(s + 16);
+  ld.readahead = vd_get_u32(s + 20);
+  ld.ni = vd_get_u32(s + 24);
+  ld.nf = vd_get_u32(s + 28);
+  if (ld.initialized > 1) return "fs state: bad session flag";
+  if (ld.ni > MAX_SAVED_INODES) return "fs state: inode count larger than a plugin can hold";
+  if (ld.nf > MAX_SAVED_FILES) return "fs state: more open files than a plugin can hold";
+  if (!ld.initialized && (ld.ni || ld.nf)) return "fs state: tables without a session";
+  fs_load_begin(ld.ni);
+  if (ld.nf) {
+    ld.files = malloc((size_t)ld.nf * FILE_REC);
+    if (!ld.files) return "out of memory";
+  }
+  ld.phase = ld.ni ? LD_INODES : ld.nf ? LD_FILES : LD_DONE;
+  return NULL;
+}
+
+/* One complete unit in ld.unit. */
+static const char *take_unit(void) {
+  const uint8_t *u = ld.unit;
+  if (ld.phase == LD_HEADER) return take_header(u);
+  if (ld.phase == LD_INODES) {
+    uint32_t nl = vd_get_u32(u + 20);
+    const char *err = fs_load_inode(vd_get_u32(u), vd_get_u32(u + 4), nl == NO_NAME ? NULL : u + INODE_HEAD,
+                                    nl == NO_NAME ? 0 : nl, vd_get_u64(u + 8), vd_get_u32(u + 16));
+    if (err) return err;
+    if (++ld.inodes_done == ld.ni) ld.phase = ld.nf ? LD_FILES : LD_DONE;
+    return NULL;
+  }
+  memcpy(ld.files + (size_t)ld.files_done * FILE_REC, u, FILE_REC);
+  if (++ld.files_done == ld.nf) ld.phase = LD_DONE;
+  return NULL;
+}
+
+static const char *feed(const uint8_t *p, size_t n) {
+  while (n) {
+    if (ld.phase == LD_DONE) return "fs state: bytes after the file table";
+    uint32_t need = unit_need();
+    if (ld.phase == LD_INODES && ld.unit_len >= INODE_HEAD) {
+      uint32_t nl = vd_get_u32(ld.unit + 20);
+      if (nl != NO_NAME && nl > MAX_NAME) return "fs state: bad name length";
+    }
+    uint32_t k = need - ld.unit_len;
+    if (k > n) k = (uint32_t)n;
+    memcpy(ld.unit + ld.unit_len, p, k);
+    ld.unit_len += k;
+    p += k;
+    n -= k;
+    if (ld.unit_len < need) continue;
+    /* An inode head may say a name follows: then the unit is not complete yet. */
+    if (ld.phase == LD_INODES && need == INODE_HEAD && unit_need() > INODE_HEAD) {
+      uint32_t nl = vd_get_u32(ld.unit + 20);
+      if (nl > MAX_NAME) return "fs state: bad name length";
+      continue;
+    }
+    const char *err = take_unit();
+    if (err) return err;
+    ld.unit_len = 0;
+  }
+  return NULL;
+}
+
+const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len) {
+  if (offset == 0) {
+    load_reset();
+    ld.phase = LD_HEADER;
+  } else if (ld.phase == LD_IDLE || offset != ld.got) {
+    ld.phase = LD_FAILED;
+    return "state chunk out of order";
+  }
+  if (ld.phase == LD_FAILED) return "fs state: an earlier chunk was refused";
+  if (len > MAX_STATE - ld.got) {
+    ld.phase = LD_FAILED;
+    return "fs state larger than 256 MiB";
+  }
+  ld.got += len;
+  const char *err = feed(chunk, len);
+  if (err) {
+    ld.phase = LD_FAILED;
+    fs_tables_clear();
+  }
+  return err;
+}
+
 const char *vd_finish_load(void) {
-  const char *err = load();
-  vd_state_loader_reset(&loader);
+  const char *err = NULL;
+  if (ld.phase == LD_FAILED) err = "fs state: a chunk was refused";
+  else if (ld.phase == LD_IDLE || ld.phase == LD_HEADER) err = "fs state truncated";
+  else if (ld.phase != LD_DONE || ld.unit_len) err = "fs state truncated in its tables";
+  else if (!ld.initialized) fs_tables_clear();
+  else err = fs_load_finish(ld.files, ld.nf, ld.minor, ld.flags, ld.readahead);
+  if (err) fs_tables_clear();
+  load_reset();
   return err;
 }

@@ -1,7 +1,8 @@
 /*
  * virtio-rng (device id 4): one request queue; each request is answered with random
  * bytes from the host's entropy grant, as many as the request can hold (capped so one
- * greedy driver buffer cannot make us allocate without bound).
+ * greedy driver buffer cannot make us allocate without bound). It reads nothing of a
+ * request (prefix-len 0) and moves no bytes through backings: a `bytes` piece each.
  *
  * State: "VRNG", a format version byte, 3 reserved zero bytes, then the number of
  * requests served as a little-endian u64. The counter exists so that migration has
@@ -25,7 +26,7 @@ static uint8_t loading[STATE_SIZE];
 static vd_state_loader loader = {.data = loading, .max = STATE_SIZE};
 
 const char *vd_name(void) { return "rng"; }
-const char *vd_version(void) { return "0.1.0"; }
+const char *vd_version(void) { return "0.2.0"; }
 
 void vd_get_info(vd_info *out) {
   out->device_id = 4;
@@ -33,6 +34,9 @@ void vd_get_info(vd_info *out) {
   out->max_queue_size = 1024;
   out->features = 0;
   out->config_size = 0;
+  out->prefix_len = 0;
+  /* Each request stands alone; the served counter is per instance (see get-state). */
+  out->queues_independent = 1;
 }
 
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
@@ -62,33 +66,30 @@ static uint32_t response_len(const vd_request *r) {
   return r->writable_len > MAX_RESPONSE ? MAX_RESPONSE : r->writable_len;
 }
 
-const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
-  if (queue != 0) return "virtio-rng has only queue 0";
+const char *vd_handle(const vd_event *events, size_t n) {
   uint64_t total = 0;
-  for (size_t i = 0; i < n; i++) total += response_len(&requests[i]);
+  for (size_t i = 0; i < n; i++) {
+    if (events[i].kind == VD_EVENT_IO_FAILED) return "virtio-rng got io-failed, but it answers with bytes only";
+    if (events[i].kind != VD_EVENT_REQUEST) continue; /* no frames or timers were asked for */
+    if (events[i].u.request.queue != 0) return "virtio-rng has only queue 0";
+    total += response_len(&events[i].u.request);
+  }
   uint32_t block_size = total > ENTROPY_BLOCK ? ENTROPY_BLOCK : (uint32_t)total;
   uint8_t *block = NULL;
   uint32_t have = 0, used = 0;
+  uint64_t left = total; /* bytes the rest of the batch still needs */
   for (size_t i = 0; i < n; i++) {
-    uint32_t len = response_len(&requests[i]);
-    if (len == 0) continue;
-    uint8_t *buf = malloc(len);
-    if (!buf) {
-      free(block);
-      return "out of memory";
-    }
+    if (events[i].kind != VD_EVENT_REQUEST) continue;
+    const vd_request *r = &events[i].u.request;
+    uint32_t len = response_len(r);
+    vd_answer_begin(r->id);
+    uint8_t *buf = vd_answer_bytes_buf(len);
     for (uint32_t done = 0; done < len;) {
       if (used == have) {
         /* Ask for what the rest of the batch needs, up to one block. */
-        uint64_t want = 0;
-        for (size_t j = i; j < n && want < block_size; j++) want += response_len(&requests[j]);
-        want -= done;
-        have = want > block_size ? block_size : (uint32_t)want;
+        have = left > block_size ? block_size : (uint32_t)left;
         if (!block) block = malloc(block_size);
-        if (!block) {
-          free(buf);
-          return "out of memory";
-        }
+        if (!block) return "out of memory";
         vd_entropy_fill(block, have);
         used = 0;
       }
@@ -96,12 +97,11 @@ const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_
       memcpy(buf + done, block + used, take);
       done += take;
       used += take;
+      left -= take;
     }
-    responses[i].data = buf;
-    responses[i].len = len;
+    served++;
   }
   free(block);
-  served += n;
   return NULL;
 }
 

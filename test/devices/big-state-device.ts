@@ -17,8 +17,15 @@
 //   VHOST_WASM_TEST_SEED          pattern seed (default 1)
 //   VHOST_WASM_TEST_EXTRA_SECTION_BYTES  if set, a host-held-resource-style worker section
 //                                 "scratch" (id 0x100) of that many pattern bytes (seed + 1000)
-import type { DeviceFactory, DeviceRequest, DeviceResponse, StateChunk, VirtioDevice } from '../../host/device/device.ts';
+import type { DeviceAction, DeviceEvent, DeviceFactory, StateChunk, VirtioDevice } from '../../host/device/device.ts';
 import type { WorkerStateSection } from '../../host/migration/section.ts';
+import { BackingTable, storageIoBacking } from '../../host/io/backing-table.ts';
+import { MemoryBacking } from '../../host/storage/memory.ts';
+
+/** Readable bytes the device sees of a request; longer payloads are echoed through its scratch disk. */
+const PREFIX = 4096;
+/** Scratch disk bytes per request id (and so the most it echoes); ids stay below the ring size, 256. */
+const SLOT = 64 * 1024;
 
 const HEADER = 32;
 const BLOCK = 4096;
@@ -123,7 +130,12 @@ const factory: DeviceFactory = () => {
     },
   };
 
-  const dev: VirtioDevice & { identity: { name: string; version: string }; stateSections(): WorkerStateSection[] } = {
+  // Echoing a payload longer than the prefix: its bytes go to the request's slot of a memory
+  // disk (a transfer, run before the reads) and come back from it (a backing-read piece), in
+  // one answer: the host moves them, the device never sees them.
+  const backings = new BackingTable(storageIoBacking(new MemoryBacking(256 * SLOT, false)));
+  const dev: VirtioDevice & { identity: { name: string; version: string }; stateSections(): WorkerStateSection[]; backings: BackingTable } = {
+    backings,
     stateSections: () => (extraBytes >= 0 ? [scratchSection] : []),
     identity: {
       name: process.env.VHOST_WASM_TEST_DEVICE_NAME || 'big-state-test',
@@ -136,6 +148,8 @@ const factory: DeviceFactory = () => {
       maxQueueSize: 256,
       features: 0n,
       configSize: 8,
+      prefixLen: 4096,
+      queuesIndependent: false,
     },
     readConfig: (offset, size) => new Uint8Array(8).slice(offset, offset + size),
     writeConfig: () => {},
@@ -144,20 +158,25 @@ const factory: DeviceFactory = () => {
       processed = 0;
       resetLoad();
     },
-    process(_q: number, reqs: readonly DeviceRequest[]): DeviceResponse[] {
-      return reqs.map((r) => {
-        const out = Buffer.alloc(r.writableLen);
-        if (out.length >= 8) out.writeBigUInt64LE(BigInt(processed), 0);
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
+      const out: DeviceAction[] = [];
+      for (const e of events) {
+        if (e.kind !== 'request') continue;
+        const r = e.request;
+        // The request count so far, then the readable bytes it sees (its prefix) echoed.
+        const head = Buffer.alloc(Math.min(8, r.writableLen));
+        if (head.length === 8) head.writeBigUInt64LE(BigInt(processed), 0);
         processed++;
-        let off = 8;
-        for (const b of r.readable) {
-          if (off >= out.length) break;
-          const n = Math.min(b.length, out.length - off);
-          out.set(b.subarray(0, n), off);
-          off += n;
+        const room = Math.max(0, r.writableLen - 8);
+        if (r.readableLen <= PREFIX) {
+          const echo = r.prefix.subarray(0, Math.min(r.prefix.length, room));
+          out.push({ kind: 'answer', answer: { id: r.id, transfers: [], ops: [], reply: [{ kind: 'bytes', bytes: head }, { kind: 'bytes', bytes: echo }], lengthAt: null, barrier: false } });
+          continue;
         }
-        return { data: out.subarray(0, Math.min(Math.max(off, 8), out.length)) };
-      });
+        const to = { backing: 0, offset: r.id * SLOT, len: Math.min(r.readableLen, room, SLOT) };
+        out.push({ kind: 'answer', answer: { id: r.id, transfers: [{ source: 0, to }], ops: [], reply: [{ kind: 'bytes', bytes: head }, { kind: 'backing-read', extent: to }], lengthAt: null, barrier: false } });
+      }
+      return out;
     },
     getState(offset: number, size: number): StateChunk {
       const total = HEADER + patternLen;

@@ -8,27 +8,31 @@
 // Otherwise it answers every request with its writable length of 0x5a, like the plugin
 // fixtures (test/fixtures/plugins/bad.c).
 import { openSync } from 'node:fs';
-import type { DeviceFactory, DeviceRequest, DeviceResponse } from '../../host/device/device.ts';
+import type { DeviceAction, DeviceEvent, DeviceFactory, DeviceRequest } from '../../host/device/device.ts';
 
 const factory: DeviceFactory = (raw) => {
   // From the options (multi-device-host.ts), or the environment (the CLI passes modules none).
   const fifo = (raw as { fifo?: unknown }).fifo ?? process.env.VHOST_WASM_TEST_FIFO;
   if (typeof fifo !== 'string') throw new Error('hostile-device needs options.fifo or VHOST_WASM_TEST_FIFO, the path of a FIFO');
-  const starts = (r: DeviceRequest, word: string) => r.readable.length > 0 && Buffer.from(r.readable[0].subarray(0, word.length)).toString() === word;
+  const starts = (r: DeviceRequest, word: string) => Buffer.from(r.prefix.subarray(0, word.length)).toString() === word;
   return {
-    info: { deviceId: 42, name: 'hostile', numQueues: 1, maxQueueSize: 256, features: 1n, configSize: 4 },
+    info: { deviceId: 42, name: 'hostile', numQueues: 1, maxQueueSize: 256, features: 1n, configSize: 4, prefixLen: 8, queuesIndependent: false },
     readConfig: (_offset, size) => new Uint8Array(size),
     writeConfig: () => {},
     activate: () => {},
     reset: () => {},
-    process(_q: number, reqs: readonly DeviceRequest[]): DeviceResponse[] {
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
+      const reqs = events.flatMap((e) => (e.kind === 'request' ? [e.request] : []));
       if (reqs.some((r) => starts(r, 'boom'))) openSync(fifo, 'r'); // blocks in open(2): no writer ever comes
       if (reqs.some((r) => starts(r, 'crash'))) {
         setTimeout(() => {
           throw new Error('hostile device crashed its worker');
         });
       }
-      return reqs.map((r) => ({ data: new Uint8Array(r.writableLen).fill(0x5a) }));
+      return reqs.map((r) => ({
+        kind: 'answer',
+        answer: { id: r.id, transfers: [], ops: [], reply: [{ kind: 'bytes', bytes: new Uint8Array(r.writableLen).fill(0x5a) }], lengthAt: null, barrier: false },
+      }));
     },
     getState: () => ({ bytes: new Uint8Array(0), remaining: 0 }),
     setState: () => {},

@@ -1,7 +1,11 @@
 // A TypeScript device for exercising the host core: device id 2 shape (one queue), answers
-// every request with `reply` bytes: by default the request's readable bytes echoed back (so
-// tests can check data moved both ways), or zeros of the writable length ("null").
-import type { DeviceFactory, DeviceRequest, DeviceResponse, VirtioDevice } from '../../host/device/device.ts';
+// every request at once: by default with the request's readable bytes echoed back (so tests
+// can check data moved both ways; it sees the first PREFIX_LEN of them, which is what it can
+// echo), or zeros of the writable length ("zero"), or nothing ("none").
+import type { DeviceAction, DeviceEvent, DeviceFactory, DeviceRequest, Piece, VirtioDevice } from '../../host/device/device.ts';
+
+/** Readable bytes the device sees of each request, and so the most it echoes. */
+export const PREFIX_LEN = 4096;
 
 export interface NullDeviceOptions {
   mode?: 'echo' | 'zero' | 'none';
@@ -9,9 +13,9 @@ export interface NullDeviceOptions {
   maxQueueSize?: number;
   /** Milliseconds to spin inside process() (watchdog tests). */
   spinMs?: number;
-  /** Throw from process() (device-failure tests). */
+  /** Throw from handle() (device-failure tests). */
   throwOnProcess?: boolean;
-  /** Return more bytes than the writable space (validation tests). */
+  /** Answer with more bytes than the writable space (validation tests). */
   overflow?: boolean;
 }
 
@@ -23,9 +27,13 @@ export interface NullDeviceOptions {
 const hangOn = process.env.VHOST_WASM_TEST_HANG_ON ? new TextEncoder().encode(process.env.VHOST_WASM_TEST_HANG_ON) : null;
 
 function startsWith(r: DeviceRequest, prefix: Uint8Array): boolean {
-  const first = r.readable[0];
-  return first !== undefined && first.length >= prefix.length && prefix.every((b, i) => first[i] === b);
+  return r.prefix.length >= prefix.length && prefix.every((b, i) => r.prefix[i] === b);
 }
+
+export const answer = (id: number, reply: Piece[]): DeviceAction => ({
+  kind: 'answer',
+  answer: { id, transfers: [], ops: [], reply, lengthAt: null, barrier: false },
+});
 
 const factory: DeviceFactory = (raw) => {
   const o = raw as NullDeviceOptions;
@@ -41,6 +49,8 @@ const factory: DeviceFactory = (raw) => {
       maxQueueSize: o.maxQueueSize ?? 1024,
       features: 0n,
       configSize: config.length,
+      prefixLen: mode === 'echo' ? PREFIX_LEN : 0,
+      queuesIndependent: true,
     },
     readConfig: (offset, size) => config.slice(offset, offset + size),
     writeConfig: (offset, data) => config.set(data, offset),
@@ -48,7 +58,9 @@ const factory: DeviceFactory = (raw) => {
     reset: () => {
       processed = 0;
     },
-    process(_q: number, reqs: readonly DeviceRequest[]): DeviceResponse[] {
+    handle(events: readonly DeviceEvent[]): DeviceAction[] {
+      const reqs: DeviceRequest[] = [];
+      for (const e of events) if (e.kind === 'request') reqs.push(e.request);
       if (o.spinMs) {
         const until = Date.now() + o.spinMs;
         while (Date.now() < until) {
@@ -63,18 +75,12 @@ const factory: DeviceFactory = (raw) => {
       if (o.throwOnProcess) throw new Error('null-test device was told to fail');
       processed += reqs.length;
       return reqs.map((r) => {
-        if (o.overflow) return { data: new Uint8Array(r.writableLen + 1) };
-        if (mode === 'none') return { data: new Uint8Array(0) };
-        if (mode === 'zero') return { data: new Uint8Array(r.writableLen) };
-        const out = new Uint8Array(r.writableLen);
-        let off = 0;
-        for (const b of r.readable) {
-          if (off >= out.length) break;
-          const n = Math.min(b.length, out.length - off);
-          out.set(b.subarray(0, n), off);
-          off += n;
-        }
-        return { data: out.subarray(0, Math.min(off, out.length)) };
+        if (o.overflow) return answer(r.id, [{ kind: 'zeroes', len: r.writableLen + 1 }]);
+        if (mode === 'none') return answer(r.id, []);
+        if (mode === 'zero') return answer(r.id, r.writableLen > 0 ? [{ kind: 'zeroes', len: r.writableLen }] : []);
+        // The prefix is a view of guest memory for this call only: the host copies it into the
+        // writable buffers before it returns to the ring.
+        return answer(r.id, [{ kind: 'bytes', bytes: r.prefix.subarray(0, Math.min(r.prefix.length, r.writableLen)) }]);
       });
     },
     getState: (offset, size) => {

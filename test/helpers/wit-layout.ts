@@ -144,13 +144,27 @@ function parseType(p: Parser): RawType {
   }
 }
 
-function parseInterface(p: Parser, name: string): WitInterface {
+function parseInterface(p: Parser, name: string, earlier: Map<string, WitInterface>): WitInterface {
   const raw = new Map<string, RawType>();
+  /** Types brought in by `use other.{a, b};` (only from an interface declared before this one). */
+  const used = new Map<string, WitType>();
   const funcs: { name: string; params: { name: string; type: RawType }[]; result: RawType | null }[] = [];
   p.expect('{');
   while (!p.eat('}')) {
     const tok = p.next();
-    if (tok === 'record') {
+    if (tok === 'use') {
+      const from = p.next();
+      const src = earlier.get(from);
+      if (!src) throw new Error(`WIT: interface ${name} uses interface ${from}, which is not declared before it (or not at all)`);
+      p.expect('.');
+      p.expect('{');
+      for (const t of p.list('}', () => p.next())) {
+        const ty = src.types.get(t);
+        if (!ty) throw new Error(`WIT: interface ${name} uses ${from}.${t}, which ${from} does not define`);
+        used.set(t, ty);
+      }
+      p.expect(';');
+    } else if (tok === 'record') {
       const rec = p.next();
       p.expect('{');
       const fields = p.list('}', () => {
@@ -198,14 +212,14 @@ function parseInterface(p: Parser, name: string): WitInterface {
     }
   }
 
-  // Names resolve within the interface (device.wit has no `use`); a record may name a type
+  // Names resolve within the interface or through its `use`; a record may name a type
   // declared after it, as WIT allows.
   const resolving = new Set<string>();
   const done = new Map<string, WitType>();
   const resolve = (t: RawType): WitType => {
     switch (t.kind) {
       case 'named': {
-        const hit = done.get(t.name);
+        const hit = done.get(t.name) ?? used.get(t.name);
         if (hit) return hit;
         const def = raw.get(t.name);
         if (!def) throw new Error(`WIT: interface ${name} uses type "${t.name}", which it does not define`);
@@ -256,7 +270,7 @@ export function parseWit(src: string): WitPackage {
       pkg.name = parts.join('');
     } else if (tok === 'interface') {
       const name = p.next();
-      pkg.interfaces.set(name, parseInterface(p, name));
+      pkg.interfaces.set(name, parseInterface(p, name, pkg.interfaces));
     } else if (tok === 'world') {
       const world: WitWorld = { name: p.next(), imports: [], exports: [] };
       p.expect('{');
@@ -377,7 +391,11 @@ const cName = (s: string) => s.replace(/-/g, '_').toUpperCase();
 
 /**
  * Every fact the C SDK may name, keyed by its constant:
- *  VD_ABI_SIZEOF_<RECORD>, VD_ABI_ALIGNOF_<RECORD>, VD_ABI_<RECORD>_<FIELD> (offset);
+ *  VD_ABI_SIZEOF_<RECORD>, VD_ABI_ALIGNOF_<RECORD>, VD_ABI_<RECORD>_<FIELD> (offset),
+ *  VD_ABI_<RECORD>_<FIELD>_SOME (an option field: its value's offset from the field's start);
+ *  VD_ABI_SIZEOF_<VARIANT>, VD_ABI_ALIGNOF_<VARIANT>, VD_ABI_<VARIANT>_PAYLOAD (where every
+ *  case's payload starts), VD_ABI_<VARIANT>_<CASE> (case index), VD_ABI_<VARIANT>_<CASE>_<i>
+ *  (element i of a tuple payload, from the payload's start);
  *  VD_ABI_<ENUM>_<CASE> (case index);
  *  VD_ABI_SIZEOF_LIST, VD_ABI_LIST_LEN (a lowered list or string: pointer at 0, length after);
  *  for a function whose results go through a return area: VD_ABI_SIZEOF_<IFACE>_<FUNC>_RET, and
@@ -421,6 +439,22 @@ export function abiFacts(pkg: WitPackage): Map<string, AbiFact> {
         put(`VD_ABI_SIZEOF_${R}`, size(t), `size of ${iface.name}.${tname}`, true);
         put(`VD_ABI_ALIGNOF_${R}`, alignment(t), `alignment of ${iface.name}.${tname}`, true);
         for (const [f, at] of offsets(t)) put(`VD_ABI_${R}_${cName(f)}`, at, `offset of ${iface.name}.${tname}.${f}`, true);
+        for (const f of t.fields) {
+          // An option field: where its value starts, from the field's start (its tag is at 0).
+          if (f.type.kind === 'option') put(`VD_ABI_${R}_${cName(f.name)}_SOME`, payloadOffset(f.type), `offset of ${iface.name}.${tname}.${f.name}'s value in the option`, true);
+        }
+      } else if (t.kind === 'variant' && t.name === tname) {
+        const V = cName(tname);
+        put(`VD_ABI_SIZEOF_${V}`, size(t), `size of ${iface.name}.${tname}`, true);
+        put(`VD_ABI_ALIGNOF_${V}`, alignment(t), `alignment of ${iface.name}.${tname}`, true);
+        put(`VD_ABI_${V}_PAYLOAD`, payloadOffset(t), `offset of ${iface.name}.${tname}'s payload`, true);
+        t.cases.forEach((c, i) => {
+          put(`VD_ABI_${V}_${cName(c.name)}`, i, `case index of ${iface.name}.${tname}.${c.name}`, true);
+          // A tuple payload's elements, from the payload's start.
+          if (c.type?.kind === 'tuple') {
+            for (const [e, at] of offsets(c.type)) put(`VD_ABI_${V}_${cName(c.name)}_${e}`, at, `offset of element ${e} of ${iface.name}.${tname}.${c.name}'s payload`, true);
+          }
+        });
       } else if (t.kind === 'enum' && t.name === tname) {
         t.cases.forEach((c, i) => put(`VD_ABI_${cName(tname)}_${cName(c)}`, i, `case index of ${iface.name}.${tname}.${c}`, true));
       }

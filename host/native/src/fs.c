@@ -40,6 +40,7 @@
 // errors (a bug in the TypeScript caller) throw.
 #include "common.h"
 #include "fd_budget.h"
+#include "fs_env.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,10 +60,10 @@
 
 // This environment's (thread's) share fds: owned[fd] != 0. A byte per fd number: fds are
 // dense small numbers below RLIMIT_NOFILE.
-typedef struct fs_env {
+struct fs_env {
   uint8_t *owned;
   size_t cap;
-} fs_env;
+};
 
 static bool own(fs_env *fe, int fd) {
   if ((size_t)fd >= fe->cap) {
@@ -95,7 +96,7 @@ static void fs_env_teardown(void *arg) {
   free(fe);
 }
 
-static fs_env *env_of(napi_env env, napi_callback_info info) {
+fs_env *fs_env_of(napi_env env, napi_callback_info info) {
   void *data = NULL;
   napi_get_cb_info(env, info, NULL, NULL, NULL, &data);
   return data;
@@ -103,7 +104,7 @@ static fs_env *env_of(napi_env env, napi_callback_info info) {
 
 // Before a call that hands out a share fd: one fd from the budget. false (exception pending)
 // if the budget was never set up, a bug; otherwise *r is 0, or -ENFILE when it is spent.
-static bool take_budget(napi_env env, int *r) {
+bool fs_take_budget(napi_env env, int *r) {
   *r = 0;
   switch (fd_budget_take()) {
     case FD_BUDGET_OK: return true;
@@ -113,7 +114,7 @@ static bool take_budget(napi_env env, int *r) {
 }
 
 // After it: the fd it opened is owned by fe; on failure the budget taken is given back.
-static int keep(fs_env *fe, int r) {
+int fs_keep(fs_env *fe, int r) {
   if (r >= 0 && !own(fe, r)) {
     close(r);
     r = -ENOMEM;
@@ -227,11 +228,11 @@ static napi_value fs_open_root(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 1, 1, argv, NULL, "fsOpenRoot")) return NULL;
   if (!get_string(env, argv[0], "fsOpenRoot", "path", PATH_MAX, &path)) return NULL;
   int fd;
-  if (!take_budget(env, &fd)) {
+  if (!fs_take_budget(env, &fd)) {
     free(path);
     return NULL;
   }
-  if (fd == 0) fd = keep(env_of(env, info), open_root(path));
+  if (fd == 0) fd = fs_keep(fs_env_of(env, info), open_root(path));
   free(path);
   return num(env, fd);
 }
@@ -247,8 +248,8 @@ static napi_value fs_lookup(napi_env env, napi_callback_info info) {
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
   int fd;
-  if (!take_budget(env, &fd)) return NULL;
-  if (fd == 0) fd = keep(env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = fs_keep(fs_env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
   return num(env, fd);
 }
 
@@ -288,8 +289,8 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
       !arg_int(env, argv[1], "fsReopen", "flags", &flags))
     return NULL;
   int nfd;
-  if (!take_budget(env, &nfd)) return NULL;
-  if (nfd == 0) nfd = keep(env_of(env, info), reopen_fd(fd, (int)flags));
+  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = fs_keep(fs_env_of(env, info), reopen_fd(fd, (int)flags));
   return num(env, nfd);
 }
 
@@ -306,8 +307,8 @@ static napi_value fs_path_of(napi_env env, napi_callback_info info) {
   int fd;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsPathOf") || !arg_fd(env, argv[0], "fsPathOf", &fd)) return NULL;
   int nfd;
-  if (!take_budget(env, &nfd)) return NULL;
-  if (nfd == 0) nfd = keep(env_of(env, info), path_of(fd));
+  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) nfd = fs_keep(fs_env_of(env, info), path_of(fd));
   return num(env, nfd);
 }
 
@@ -356,8 +357,8 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
   int fd;
-  if (!take_budget(env, &fd)) return NULL;
-  if (fd == 0) fd = keep(env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777));
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = fs_keep(fs_env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777));
   return num(env, fd);
 }
 
@@ -739,7 +740,7 @@ static napi_value fs_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsClose") || !arg_fd(env, argv[0], "fsClose", &fd)) return NULL;
-  fs_env *fe = env_of(env, info);
+  fs_env *fe = fs_env_of(env, info);
   if (!owns(fe, fd)) return neg(env, EBADF);
   disown(fe, fd);
   close(fd);
@@ -747,24 +748,24 @@ static napi_value fs_close(napi_env env, napi_callback_info info) {
   return num(env, 0);
 }
 
-static bool set_fs_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe) {
+bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe) {
   napi_value f;
   if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, fe, &f) != napi_ok) return false;
   return napi_set_named_property(env, obj, name, f) == napi_ok;
 }
 
-bool init_fs(napi_env env, napi_value exports) {
+fs_env *init_fs(napi_env env, napi_value exports) {
   fs_env *fe = calloc(1, sizeof *fe);
-  if (!fe) return false;
+  if (!fe) return NULL;
   if (napi_add_env_cleanup_hook(env, fs_env_teardown, fe) != napi_ok) {
     free(fe);
-    return false;
+    return NULL;
   }
   // The calls that hand out (or take back) share fds carry this environment's record.
-  return set_fs_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && set_fs_fn(env, exports, "fsLookup", fs_lookup, fe) &&
-         set_fn(env, exports, "fsStat", fs_stat) && set_fs_fn(env, exports, "fsReopen", fs_reopen, fe) &&
-         set_fs_fn(env, exports, "fsPathOf", fs_path_of, fe) && set_fs_fn(env, exports, "fsCreate", fs_create, fe) &&
-         set_fs_fn(env, exports, "fsClose", fs_close, fe) &&
+  bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
+         set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
+         fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&
+         fs_set_fn(env, exports, "fsClose", fs_close, fe) &&
          set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&
          set_fn(env, exports, "fsUnlink", fs_unlink) && set_fn(env, exports, "fsRename", fs_rename) &&
          set_fn(env, exports, "fsReadlink", fs_readlink) && set_fn(env, exports, "fsSetattr", fs_setattr) &&
@@ -774,4 +775,5 @@ bool init_fs(napi_env env, napi_value exports) {
          set_fn(env, exports, "fsLseek", fs_lseek) && set_fn(env, exports, "fsGetxattr", fs_getxattr) &&
          set_fn(env, exports, "fsListxattr", fs_listxattr) && set_fn(env, exports, "fsSetxattr", fs_setxattr) &&
          set_fn(env, exports, "fsRemovexattr", fs_removexattr);
+  return ok ? fe : NULL;
 }

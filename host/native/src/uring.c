@@ -356,6 +356,42 @@ static napi_value uring_reap(napi_env env, napi_callback_info info) {
   return make_number(env, (double)got);
 }
 
+// Asks the kernel to cancel every operation in flight (IORING_ASYNC_CANCEL_ALL|ANY): each one
+// not yet finished completes with -ECANCELED (or -EINTR); one the kernel cannot stop (a file
+// read already under way) completes normally. For an executor's drain before guest memory
+// goes away; the caller then waits the rest out with wait().
+static napi_value uring_cancel_all(napi_env env, napi_callback_info info) {
+  napi_value self;
+  if (!get_args(env, info, 0, 0, NULL, &self, "Uring.cancelAll")) return NULL;
+  uring *u = this_uring(env, self, "Uring.cancelAll");
+  if (!u) return NULL;
+  if (u->inflight == 0) return make_number(env, 0);
+  io_uring_submit(&u->ring); // what is queued must be in the kernel to be cancelled
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (!sqe) return make_number(env, 0);
+  io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, UINT64_MAX); // reap() skips it
+  int r = io_uring_submit(&u->ring);
+  if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return errno_thrown(env, "io_uring_submit", -r);
+  return make_number(env, u->inflight);
+}
+
+// Hands queued operations to the kernel and blocks until at least one completion is posted
+// (none when nothing is in flight). The one blocking call: for draining, where the thread must
+// not go on until the kernel has let go of the buffers.
+static napi_value uring_wait(napi_env env, napi_callback_info info) {
+  napi_value self;
+  if (!get_args(env, info, 0, 0, NULL, &self, "Uring.wait")) return NULL;
+  uring *u = this_uring(env, self, "Uring.wait");
+  if (!u) return NULL;
+  if (u->inflight == 0) return make_number(env, 0);
+  int r;
+  do r = io_uring_submit_and_wait(&u->ring, 1);
+  while (r == -EINTR);
+  if (r < 0 && r != -EAGAIN && r != -EBUSY) return errno_thrown(env, "io_uring_submit_and_wait", -r);
+  return make_number(env, io_uring_cq_ready(&u->ring));
+}
+
 static napi_value uring_close(napi_env env, napi_callback_info info) {
   napi_value self;
   if (!get_args(env, info, 0, 0, NULL, &self, "Uring.close")) return NULL;
@@ -505,10 +541,12 @@ bool init_uring(napi_env env, napi_value exports) {
       {"submit", NULL, uring_submit, NULL, NULL, NULL, napi_default_method, NULL},
       {"reap", NULL, uring_reap, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, uring_close, NULL, NULL, NULL, napi_default_method, NULL},
+      {"cancelAll", NULL, uring_cancel_all, NULL, NULL, NULL, napi_default_method, NULL},
+      {"wait", NULL, uring_wait, NULL, NULL, NULL, napi_default_method, NULL},
       {"inflight", NULL, NULL, uring_get_inflight, NULL, NULL, napi_enumerable, NULL},
   };
   napi_value cls;
-  if (napi_define_class(env, "Uring", NAPI_AUTO_LENGTH, uring_ctor, NULL, 8, methods, &cls) != napi_ok) return false;
+  if (napi_define_class(env, "Uring", NAPI_AUTO_LENGTH, uring_ctor, NULL, 10, methods, &cls) != napi_ok) return false;
   uring_env *ue = calloc(1, sizeof *ue);
   if (!ue) return false;
   if (napi_create_reference(env, cls, 1, &ue->ctor) != napi_ok) {

@@ -7,7 +7,11 @@
  * CanonicalABI.md; test/sdk-abi.test.ts computes them from the WIT and fails naming the
  * constant that drifted. Change the WIT, then change the number the test names.
  *
- * Names: VD_ABI_SIZEOF_<RECORD>, VD_ABI_ALIGNOF_<RECORD>, VD_ABI_<RECORD>_<FIELD> (offset);
+ * Names: VD_ABI_SIZEOF_<RECORD>, VD_ABI_ALIGNOF_<RECORD>, VD_ABI_<RECORD>_<FIELD> (offset),
+ * VD_ABI_<RECORD>_<FIELD>_SOME (an option field's value, from the field's start);
+ * VD_ABI_SIZEOF_/ALIGNOF_<VARIANT>, VD_ABI_<VARIANT>_PAYLOAD (where every case's payload
+ * starts; the case number is a u8 at 0), VD_ABI_<VARIANT>_<CASE> (case number),
+ * VD_ABI_<VARIANT>_<CASE>_<i> (element i of a tuple payload, from the payload's start);
  * VD_ABI_<ENUM>_<CASE> (case number); VD_ABI_SIZEOF_<IFACE>_<FUNC>_RET (its return area) and
  * VD_ABI_<IFACE>_<FUNC>_RET_OK / _ERR (where the result's payload starts), _OK_<i> (tuple
  * element i of it). A list or string is lowered as (pointer u32, length u32).
@@ -28,32 +32,6 @@
 
 /* entropy.fill */
 #define VD_ABI_SIZEOF_ENTROPY_FILL_RET 8
-
-/* storage.storage-error */
-#define VD_ABI_STORAGE_ERROR_IO 0
-#define VD_ABI_STORAGE_ERROR_OUT_OF_RANGE 1
-#define VD_ABI_STORAGE_ERROR_READ_ONLY 2
-
-/* storage.read */
-#define VD_ABI_SIZEOF_STORAGE_READ_RET 12
-#define VD_ABI_STORAGE_READ_RET_OK 4
-#define VD_ABI_STORAGE_READ_RET_ERR 4
-
-/* storage.write */
-#define VD_ABI_SIZEOF_STORAGE_WRITE_RET 2
-#define VD_ABI_STORAGE_WRITE_RET_ERR 1
-
-/* storage.flush */
-#define VD_ABI_SIZEOF_STORAGE_FLUSH_RET 2
-#define VD_ABI_STORAGE_FLUSH_RET_ERR 1
-
-/* storage.discard */
-#define VD_ABI_SIZEOF_STORAGE_DISCARD_RET 2
-#define VD_ABI_STORAGE_DISCARD_RET_ERR 1
-
-/* storage.write-zeroes */
-#define VD_ABI_SIZEOF_STORAGE_WRITE_ZEROES_RET 2
-#define VD_ABI_STORAGE_WRITE_ZEROES_RET_ERR 1
 
 /* filesystem.attr */
 #define VD_ABI_SIZEOF_ATTR 96
@@ -177,15 +155,10 @@
 #define VD_ABI_FILESYSTEM_READLINK_RET_OK 4
 #define VD_ABI_FILESYSTEM_READLINK_RET_ERR 4
 
-/* filesystem.read */
-#define VD_ABI_SIZEOF_FILESYSTEM_READ_RET 12
-#define VD_ABI_FILESYSTEM_READ_RET_OK 4
-#define VD_ABI_FILESYSTEM_READ_RET_ERR 4
-
-/* filesystem.write */
-#define VD_ABI_SIZEOF_FILESYSTEM_WRITE_RET 8
-#define VD_ABI_FILESYSTEM_WRITE_RET_OK 4
-#define VD_ABI_FILESYSTEM_WRITE_RET_ERR 4
+/* filesystem.backing */
+#define VD_ABI_SIZEOF_FILESYSTEM_BACKING_RET 8
+#define VD_ABI_FILESYSTEM_BACKING_RET_OK 4
+#define VD_ABI_FILESYSTEM_BACKING_RET_ERR 4
 
 /* filesystem.readdir */
 #define VD_ABI_SIZEOF_FILESYSTEM_READDIR_RET 12
@@ -228,6 +201,93 @@
 #define VD_ABI_SIZEOF_FILESYSTEM_REMOVEXATTR_RET 8
 #define VD_ABI_FILESYSTEM_REMOVEXATTR_RET_ERR 4
 
+/* types.request */
+#define VD_ABI_SIZEOF_REQUEST 24
+#define VD_ABI_ALIGNOF_REQUEST 4
+#define VD_ABI_REQUEST_ID 0
+#define VD_ABI_REQUEST_QUEUE 4
+#define VD_ABI_REQUEST_PREFIX 8
+#define VD_ABI_REQUEST_READABLE_LEN 16
+#define VD_ABI_REQUEST_WRITABLE_LEN 20
+
+/* types.extent */
+#define VD_ABI_SIZEOF_EXTENT 24
+#define VD_ABI_ALIGNOF_EXTENT 8
+#define VD_ABI_EXTENT_BACKING 0
+#define VD_ABI_EXTENT_OFFSET 8
+#define VD_ABI_EXTENT_LEN 16
+
+/* types.piece: bytes(list<u8>), backing-read(extent), zeroes(u32), skip(u32) */
+#define VD_ABI_SIZEOF_PIECE 32
+#define VD_ABI_ALIGNOF_PIECE 8
+#define VD_ABI_PIECE_PAYLOAD 8
+#define VD_ABI_PIECE_BYTES 0
+#define VD_ABI_PIECE_BACKING_READ 1
+#define VD_ABI_PIECE_ZEROES 2
+#define VD_ABI_PIECE_SKIP 3
+
+/* types.transfer */
+#define VD_ABI_SIZEOF_TRANSFER 32
+#define VD_ABI_ALIGNOF_TRANSFER 8
+#define VD_ABI_TRANSFER_SOURCE 0
+#define VD_ABI_TRANSFER_TO 8
+
+/* types.backing-op-kind */
+#define VD_ABI_BACKING_OP_KIND_FLUSH 0
+#define VD_ABI_BACKING_OP_KIND_DISCARD 1
+#define VD_ABI_BACKING_OP_KIND_WRITE_ZEROES 2
+
+/* types.backing-op */
+#define VD_ABI_SIZEOF_BACKING_OP 24
+#define VD_ABI_ALIGNOF_BACKING_OP 8
+#define VD_ABI_BACKING_OP_KIND 0
+#define VD_ABI_BACKING_OP_BACKING 4
+#define VD_ABI_BACKING_OP_OFFSET 8
+#define VD_ABI_BACKING_OP_LEN 16
+
+/* types.answer (length-at: option<u32>, tag u8 at the field, value at _SOME from it) */
+#define VD_ABI_SIZEOF_ANSWER 40
+#define VD_ABI_ALIGNOF_ANSWER 4
+#define VD_ABI_ANSWER_ID 0
+#define VD_ABI_ANSWER_TRANSFERS 4
+#define VD_ABI_ANSWER_OPS 12
+#define VD_ABI_ANSWER_REPLY 20
+#define VD_ABI_ANSWER_LENGTH_AT 28
+#define VD_ABI_ANSWER_LENGTH_AT_SOME 4
+#define VD_ABI_ANSWER_BARRIER 36
+
+/* types.io-failure */
+#define VD_ABI_SIZEOF_IO_FAILURE 8
+#define VD_ABI_ALIGNOF_IO_FAILURE 4
+#define VD_ABI_IO_FAILURE_ID 0
+#define VD_ABI_IO_FAILURE_ERRNO 4
+
+/* types.frame */
+#define VD_ABI_SIZEOF_FRAME 12
+#define VD_ABI_ALIGNOF_FRAME 4
+#define VD_ABI_FRAME_NETWORK 0
+#define VD_ABI_FRAME_BYTES 4
+
+/* types.event: request(request), io-failed(io-failure), frame(frame), timer(u64) */
+#define VD_ABI_SIZEOF_EVENT 32
+#define VD_ABI_ALIGNOF_EVENT 8
+#define VD_ABI_EVENT_PAYLOAD 8
+#define VD_ABI_EVENT_REQUEST 0
+#define VD_ABI_EVENT_IO_FAILED 1
+#define VD_ABI_EVENT_FRAME 2
+#define VD_ABI_EVENT_TIMER 3
+
+/* types.action: answer(answer), hold(request-id), send(frame), wake-after(tuple<u64, u64>) */
+#define VD_ABI_SIZEOF_ACTION 48
+#define VD_ABI_ALIGNOF_ACTION 8
+#define VD_ABI_ACTION_PAYLOAD 8
+#define VD_ABI_ACTION_ANSWER 0
+#define VD_ABI_ACTION_HOLD 1
+#define VD_ABI_ACTION_SEND 2
+#define VD_ABI_ACTION_WAKE_AFTER 3
+#define VD_ABI_ACTION_WAKE_AFTER_0 0
+#define VD_ABI_ACTION_WAKE_AFTER_1 8
+
 /* device.plugin-identity */
 #define VD_ABI_SIZEOF_PLUGIN_IDENTITY 16
 #define VD_ABI_ALIGNOF_PLUGIN_IDENTITY 4
@@ -235,19 +295,15 @@
 #define VD_ABI_PLUGIN_IDENTITY_VERSION 8
 
 /* device.device-info */
-#define VD_ABI_SIZEOF_DEVICE_INFO 24
+#define VD_ABI_SIZEOF_DEVICE_INFO 32
 #define VD_ABI_ALIGNOF_DEVICE_INFO 8
 #define VD_ABI_DEVICE_INFO_DEVICE_ID 0
 #define VD_ABI_DEVICE_INFO_NUM_QUEUES 4
 #define VD_ABI_DEVICE_INFO_MAX_QUEUE_SIZE 6
 #define VD_ABI_DEVICE_INFO_FEATURES 8
 #define VD_ABI_DEVICE_INFO_CONFIG_SIZE 16
-
-/* device.request */
-#define VD_ABI_SIZEOF_REQUEST 12
-#define VD_ABI_ALIGNOF_REQUEST 4
-#define VD_ABI_REQUEST_READABLE 0
-#define VD_ABI_REQUEST_WRITABLE_LEN 8
+#define VD_ABI_DEVICE_INFO_PREFIX_LEN 20
+#define VD_ABI_DEVICE_INFO_QUEUES_INDEPENDENT 24
 
 /* device.state-chunk */
 #define VD_ABI_SIZEOF_STATE_CHUNK 16
@@ -259,7 +315,7 @@
 #define VD_ABI_SIZEOF_DEVICE_IDENTITY_RET 16
 
 /* device.info */
-#define VD_ABI_SIZEOF_DEVICE_INFO_RET 24
+#define VD_ABI_SIZEOF_DEVICE_INFO_RET 32
 
 /* device.read-config */
 #define VD_ABI_SIZEOF_DEVICE_READ_CONFIG_RET 8
@@ -268,10 +324,10 @@
 #define VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET 12
 #define VD_ABI_DEVICE_ACTIVATE_RET_ERR 4
 
-/* device.process */
-#define VD_ABI_SIZEOF_DEVICE_PROCESS_RET 12
-#define VD_ABI_DEVICE_PROCESS_RET_OK 4
-#define VD_ABI_DEVICE_PROCESS_RET_ERR 4
+/* device.handle */
+#define VD_ABI_SIZEOF_DEVICE_HANDLE_RET 12
+#define VD_ABI_DEVICE_HANDLE_RET_OK 4
+#define VD_ABI_DEVICE_HANDLE_RET_ERR 4
 
 /* device.get-state */
 #define VD_ABI_SIZEOF_DEVICE_GET_STATE_RET 24

@@ -1,5 +1,5 @@
 /*
- * Canonical ABI glue for the vhost:device@0.1.0 world (wasm32, one linear memory).
+ * Canonical ABI glue for the vhost:device@0.2.0 world (wasm32, one linear memory).
  *
  * Ownership rules this file follows (Component Model canonical ABI):
  *  - Lists and strings the host passes in were allocated in our memory through
@@ -8,6 +8,9 @@
  *    then calls the matching cabi_post_* export, which frees them.
  *  - Results wider than one core value go through a static return area; the host reads
  *    it before the next call, so one area serves every export.
+ *  - `handle`'s actions live in arrays this file keeps from call to call (grown to the
+ *    largest batch, never shrunk): the host has lifted them before it calls again, so
+ *    answering a batch allocates nothing once the arrays are big enough.
  */
 #include "vhost_device.h"
 #include "vhost_abi.h"
@@ -17,7 +20,7 @@
 
 /* Overridable only so tests can build a plugin for a version the host does not speak. */
 #ifndef VD_WIT_VERSION
-#define VD_WIT_VERSION "0.1.0"
+#define VD_WIT_VERSION "0.2.0"
 #endif
 #define VD_IFACE(name) "vhost:device/" name "@" VD_WIT_VERSION
 #define VD_EXPORT(fn) __attribute__((export_name(VD_IFACE("device") "#" fn)))
@@ -42,10 +45,10 @@ static void *xmalloc(size_t n) {
 }
 
 /* One return area for every export: as large as the largest, aligned for any of them. */
-#define RET_AREA_SIZE VD_ABI_SIZEOF_DEVICE_GET_STATE_RET
+#define RET_AREA_SIZE VD_ABI_SIZEOF_DEVICE_INFO_RET
 static _Alignas(8) uint8_t ret_area[RET_AREA_SIZE];
-_Static_assert(VD_ABI_SIZEOF_DEVICE_INFO_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_IDENTITY_RET <= RET_AREA_SIZE &&
-                   VD_ABI_SIZEOF_DEVICE_PROCESS_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET <= RET_AREA_SIZE &&
+_Static_assert(VD_ABI_SIZEOF_DEVICE_GET_STATE_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_IDENTITY_RET <= RET_AREA_SIZE &&
+                   VD_ABI_SIZEOF_DEVICE_HANDLE_RET <= RET_AREA_SIZE && VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET <= RET_AREA_SIZE &&
                    VD_ABI_SIZEOF_DEVICE_READ_CONFIG_RET <= RET_AREA_SIZE,
                "ret_area must hold every export's return area");
 _Static_assert(VD_ABI_ALIGNOF_DEVICE_INFO <= 8 && VD_ABI_ALIGNOF_STATE_CHUNK <= 8, "ret_area alignment");
@@ -55,13 +58,14 @@ static void put_list(uint8_t *at, const void *ptr, size_t len) {
   vd_put_u32(at + VD_ABI_LIST_LEN, (uint32_t)len);
 }
 
-/* result<_, string>: the layout activate, set-state, finish-load (and a failed process) share. */
+/* result<_, string>: the layout activate, set-state, finish-load (and a failed handle) share. */
 #define UNIT_RESULT_SIZE VD_ABI_SIZEOF_DEVICE_ACTIVATE_RET
 #define UNIT_RESULT_ERR VD_ABI_DEVICE_ACTIVATE_RET_ERR
 _Static_assert(VD_ABI_SIZEOF_DEVICE_SET_STATE_RET == UNIT_RESULT_SIZE && VD_ABI_DEVICE_SET_STATE_RET_ERR == UNIT_RESULT_ERR &&
                    VD_ABI_SIZEOF_DEVICE_FINISH_LOAD_RET == UNIT_RESULT_SIZE &&
-                   VD_ABI_DEVICE_FINISH_LOAD_RET_ERR == UNIT_RESULT_ERR && VD_ABI_DEVICE_PROCESS_RET_ERR == UNIT_RESULT_ERR,
-               "activate, set-state, finish-load and process share the result<_, string> layout");
+                   VD_ABI_DEVICE_FINISH_LOAD_RET_ERR == UNIT_RESULT_ERR && VD_ABI_DEVICE_HANDLE_RET_ERR == UNIT_RESULT_ERR &&
+                   VD_ABI_SIZEOF_DEVICE_HANDLE_RET == UNIT_RESULT_SIZE,
+               "activate, set-state, finish-load and handle share the result<_, string> layout");
 
 static uint8_t *unit_result(const char *err) {
   memset(ret_area, 0, UNIT_RESULT_SIZE);
@@ -106,81 +110,17 @@ void vd_entropy_fill(uint8_t *dst, uint32_t len) {
   free(got);
 }
 
-/* storage: results wider than one core value come back through `ret` (vhost_abi.h):
- * result<list<u8>, storage-error> and result<_, storage-error>, tag u8 at 0. */
+/* storage: sizes and flags only; the bytes move through answers (backing 0). */
 #define VD_STORAGE_IMPORT(name) \
   __attribute__((import_module(VD_IFACE("storage")), import_name(name))) extern
 
 VD_STORAGE_IMPORT("size") int64_t vd_import_storage_size(void);
 VD_STORAGE_IMPORT("read-only") int32_t vd_import_storage_read_only(void);
-VD_STORAGE_IMPORT("read") void vd_import_storage_read(int64_t offset, int32_t len, uint8_t *ret);
-VD_STORAGE_IMPORT("write") void vd_import_storage_write(int64_t offset, const uint8_t *data,
-                                                         size_t len, uint8_t *ret);
-VD_STORAGE_IMPORT("flush") void vd_import_storage_flush(uint8_t *ret);
-VD_STORAGE_IMPORT("discard") void vd_import_storage_discard(int64_t offset, int64_t len, uint8_t *ret);
-VD_STORAGE_IMPORT("write-zeroes") void vd_import_storage_write_zeroes(int64_t offset, int64_t len,
-                                                                      uint8_t *ret);
-
-static vd_storage_status storage_status(const uint8_t *ret, size_t err_at) {
-  if (ret[0] == 0) return VD_STORAGE_OK;
-  switch (ret[err_at]) {
-    case VD_ABI_STORAGE_ERROR_IO: return VD_STORAGE_IO;
-    case VD_ABI_STORAGE_ERROR_OUT_OF_RANGE: return VD_STORAGE_OUT_OF_RANGE;
-    case VD_ABI_STORAGE_ERROR_READ_ONLY: return VD_STORAGE_READ_ONLY;
-  }
-  /* The host only sends the three cases; anything else means the ABI is broken. */
-  __builtin_trap();
-}
+VD_STORAGE_IMPORT("block-size") int32_t vd_import_storage_block_size(void);
 
 uint64_t vd_storage_size(void) { return (uint64_t)vd_import_storage_size(); }
 int vd_storage_read_only(void) { return vd_import_storage_read_only() != 0; }
-
-vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out) {
-  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_READ_RET];
-  vd_import_storage_read((int64_t)offset, (int32_t)len, ret);
-  vd_storage_status st = storage_status(ret, VD_ABI_STORAGE_READ_RET_ERR);
-  if (st != VD_STORAGE_OK) return st;
-  uint8_t *got = (uint8_t *)(uintptr_t)vd_get_u32(ret + VD_ABI_STORAGE_READ_RET_OK);
-  uint32_t got_len = vd_get_u32(ret + VD_ABI_STORAGE_READ_RET_OK + VD_ABI_LIST_LEN);
-  /* A short answer would hand the guest stale bytes from our heap: never. */
-  if (got_len != len) __builtin_trap();
-  out->data = got;
-  out->len = len;
-  return VD_STORAGE_OK;
-}
-
-vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len) {
-  vd_buf b = {0};
-  vd_storage_status st = vd_storage_read_buf(offset, len, &b);
-  if (st != VD_STORAGE_OK) return st;
-  memcpy(dst, b.data, len);
-  free(b.data);
-  return VD_STORAGE_OK;
-}
-
-vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len) {
-  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_WRITE_RET];
-  vd_import_storage_write((int64_t)offset, src, len, ret);
-  return storage_status(ret, VD_ABI_STORAGE_WRITE_RET_ERR);
-}
-
-vd_storage_status vd_storage_flush(void) {
-  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_FLUSH_RET];
-  vd_import_storage_flush(ret);
-  return storage_status(ret, VD_ABI_STORAGE_FLUSH_RET_ERR);
-}
-
-vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len) {
-  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_DISCARD_RET];
-  vd_import_storage_discard((int64_t)offset, (int64_t)len, ret);
-  return storage_status(ret, VD_ABI_STORAGE_DISCARD_RET_ERR);
-}
-
-vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len) {
-  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_STORAGE_WRITE_ZEROES_RET];
-  vd_import_storage_write_zeroes((int64_t)offset, (int64_t)len, ret);
-  return storage_status(ret, VD_ABI_STORAGE_WRITE_ZEROES_RET_ERR);
-}
+uint32_t vd_storage_block_size(void) { return (uint32_t)vd_import_storage_block_size(); }
 
 /* ---- Exports ---- */
 
@@ -200,6 +140,8 @@ VD_EXPORT("info") uint8_t *vd_export_info(void) {
   memcpy(ret_area + VD_ABI_DEVICE_INFO_MAX_QUEUE_SIZE, &info.max_queue_size, 2);
   vd_put_u64(ret_area + VD_ABI_DEVICE_INFO_FEATURES, info.features);
   vd_put_u32(ret_area + VD_ABI_DEVICE_INFO_CONFIG_SIZE, info.config_size);
+  vd_put_u32(ret_area + VD_ABI_DEVICE_INFO_PREFIX_LEN, info.prefix_len);
+  ret_area[VD_ABI_DEVICE_INFO_QUEUES_INDEPENDENT] = info.queues_independent ? 1 : 0;
   return ret_area;
 }
 
@@ -225,50 +167,370 @@ VD_EXPORT("activate") uint8_t *vd_export_activate(uint64_t acked) {
 }
 VD_POST("activate") void vd_post_activate(uint8_t *ret) { free_unit_result(ret); }
 
-VD_EXPORT("reset") void vd_export_reset(void) { vd_reset(); }
+static void memo_clear(void);
 
-VD_EXPORT("process") uint8_t *vd_export_process(uint32_t queue, uint8_t *reqs, size_t n) {
-  vd_request *requests = xmalloc(n * sizeof *requests);
-  vd_buf *responses = xmalloc(n * sizeof *responses);
-  memset(responses, 0, n * sizeof *responses);
-  for (size_t i = 0; i < n; i++) {
-    const uint8_t *r = reqs + i * VD_ABI_SIZEOF_REQUEST;
-    requests[i].readable = (const uint8_t *)(uintptr_t)vd_get_u32(r + VD_ABI_REQUEST_READABLE);
-    requests[i].readable_len = vd_get_u32(r + VD_ABI_REQUEST_READABLE + VD_ABI_LIST_LEN);
-    requests[i].writable_len = vd_get_u32(r + VD_ABI_REQUEST_WRITABLE_LEN);
+VD_EXPORT("reset") void vd_export_reset(void) {
+  /* Requests held or in flight are forgotten with the rings. */
+  memo_clear();
+  vd_reset();
+}
+
+/* ---- handle: events in, actions out ---- */
+
+/* A growable array of fixed-size elements, kept from batch to batch. */
+typedef struct grow {
+  uint8_t *data;
+  size_t n, cap, elem;
+} grow;
+
+static void *grow_push(grow *g) {
+  if (g->n == g->cap) {
+    size_t nc = g->cap ? g->cap * 2 : 64;
+    uint8_t *p = realloc(g->data, nc * g->elem);
+    if (!p) __builtin_trap();
+    g->data = p;
+    g->cap = nc;
   }
-  const char *err = vd_process((uint16_t)queue, requests, n, responses);
-  for (size_t i = 0; i < n; i++) free((void *)requests[i].readable);
-  free(requests);
-  free(reqs);
+  uint8_t *at = g->data + g->n++ * g->elem;
+  memset(at, 0, g->elem);
+  return at;
+}
+
+static grow actions = {.elem = VD_ABI_SIZEOF_ACTION};
+static grow pieces = {.elem = VD_ABI_SIZEOF_PIECE};
+static grow transfers = {.elem = VD_ABI_SIZEOF_TRANSFER};
+static grow ops = {.elem = VD_ABI_SIZEOF_BACKING_OP};
+/* Literal reply bytes of the batch; pieces hold offsets into it until the batch ends. */
+static grow arena = {.elem = 1};
+static grow events_in = {.elem = sizeof(vd_event)};
+
+/* The answer being built: its action, where its lists start, whether it moves bytes. */
+static long cur_action = -1;
+static size_t cur_pieces, cur_transfers, cur_ops;
+static int cur_io;
+/* The first misuse of the builder in this batch (a device bug): handle returns it. */
+static const char *misuse;
+
+/* ---- What the SDK remembers per request id (for io-failed events) ----
+ * Open addressing with linear probing keyed by id; deletion shifts back (no tombstones). */
+typedef struct memo {
+  uint32_t used;
+  vd_request req;
+  uint64_t cookie;
+} memo;
+static memo *memos;
+static size_t memo_cap, memo_n; /* cap is a power of two */
+
+static size_t memo_slot(uint32_t id) { return (id * 2654435761u) & (memo_cap - 1); }
+
+static memo *memo_find(uint32_t id) {
+  if (!memo_cap) return NULL;
+  for (size_t i = memo_slot(id);; i = (i + 1) & (memo_cap - 1)) {
+    if (!memos[i].used) return NULL;
+    if (memos[i].req.id == id) return &memos[i];
+  }
+}
+
+static void memo_put(const vd_request *r);
+
+static void memo_grow(void) {
+  memo *old = memos;
+  size_t old_cap = memo_cap;
+  memo_cap = old_cap ? old_cap * 2 : 256;
+  memos = calloc(memo_cap, sizeof *memos);
+  if (!memos) __builtin_trap();
+  memo_n = 0;
+  for (size_t i = 0; i < old_cap; i++) {
+    if (!old[i].used) continue;
+    memo_put(&old[i].req);
+    memo_find(old[i].req.id)->cookie = old[i].cookie;
+  }
+  free(old);
+}
+
+static void memo_put(const vd_request *r) {
+  if ((memo_n + 1) * 2 > memo_cap) memo_grow();
+  size_t i = memo_slot(r->id);
+  while (memos[i].used && memos[i].req.id != r->id) i = (i + 1) & (memo_cap - 1);
+  if (!memos[i].used) memo_n++;
+  memos[i].used = 1;
+  memos[i].req = *r;
+  memos[i].req.prefix = NULL;
+  memos[i].req.prefix_len = 0;
+  memos[i].cookie = 0;
+}
+
+static void memo_del(uint32_t id) {
+  memo *m = memo_find(id);
+  if (!m) return;
+  size_t i = (size_t)(m - memos);
+  memos[i].used = 0;
+  memo_n--;
+  /* Shift back every entry of the run after i that may live at i (its home is not in (i, j]). */
+  for (size_t j = (i + 1) & (memo_cap - 1); memos[j].used; j = (j + 1) & (memo_cap - 1)) {
+    size_t home = memo_slot(memos[j].req.id);
+    int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (between) continue;
+    memos[i] = memos[j];
+    memos[j].used = 0;
+    i = j;
+  }
+}
+
+static void memo_clear(void) {
+  free(memos);
+  memos = NULL;
+  memo_cap = memo_n = 0;
+}
+
+void vd_set_cookie(uint32_t id, uint64_t cookie) {
+  memo *m = memo_find(id);
+  if (m) m->cookie = cookie;
+}
+
+/* ---- The answer builder ---- */
+
+static uint8_t *cur(void) { return actions.data + (size_t)cur_action * VD_ABI_SIZEOF_ACTION; }
+
+/* Closes the answer being built: its lists as (first index, count) until the batch ends. */
+static void answer_end(void) {
+  if (cur_action < 0) return;
+  uint8_t *a = cur() + VD_ABI_ACTION_PAYLOAD;
+  put_list(a + VD_ABI_ANSWER_TRANSFERS, (void *)(uintptr_t)cur_transfers, transfers.n - cur_transfers);
+  put_list(a + VD_ABI_ANSWER_OPS, (void *)(uintptr_t)cur_ops, ops.n - cur_ops);
+  put_list(a + VD_ABI_ANSWER_REPLY, (void *)(uintptr_t)cur_pieces, pieces.n - cur_pieces);
+  /* Literal pieces only: the request completes whatever happens, so its id is done with. */
+  if (!cur_io) memo_del(vd_get_u32(a + VD_ABI_ANSWER_ID));
+  cur_action = -1;
+}
+
+void vd_answer_begin(uint32_t id) {
+  answer_end();
+  uint8_t *act = grow_push(&actions);
+  act[0] = VD_ABI_ACTION_ANSWER;
+  vd_put_u32(act + VD_ABI_ACTION_PAYLOAD + VD_ABI_ANSWER_ID, id);
+  cur_action = (long)(actions.n - 1);
+  cur_pieces = pieces.n;
+  cur_transfers = transfers.n;
+  cur_ops = ops.n;
+  cur_io = 0;
+}
+
+static int building(const char *what) {
+  if (cur_action >= 0) return 1;
+  if (!misuse) misuse = what;
+  return 0;
+}
+
+static uint8_t *piece(uint8_t kind) {
+  uint8_t *p = grow_push(&pieces);
+  p[0] = kind;
+  return p + VD_ABI_PIECE_PAYLOAD;
+}
+
+uint8_t *vd_answer_bytes_buf(uint32_t len) {
+  /* The room is reserved even when the call is a misuse (reported by handle), so the caller
+   * may always write `len` bytes into what it gets. */
+  int ok = building("vd_answer_bytes outside an answer (call vd_answer_begin first)");
+  size_t at = arena.n;
+  if (arena.cap - arena.n < len) {
+    size_t nc = arena.cap ? arena.cap * 2 : 4096;
+    while (nc - arena.n < len) nc *= 2;
+    uint8_t *p = realloc(arena.data, nc);
+    if (!p) __builtin_trap();
+    arena.data = p;
+    arena.cap = nc;
+  }
+  arena.n += len;
+  if (len) memset(arena.data + at, 0, len);
+  if (ok) put_list(piece(VD_ABI_PIECE_BYTES), (void *)(uintptr_t)at, len);
+  return arena.data + at;
+}
+
+void vd_answer_bytes(const void *data, uint32_t len) {
+  uint8_t *p = vd_answer_bytes_buf(len);
+  if (len) memcpy(p, data, len);
+}
+
+static void put_extent(uint8_t *at, vd_backing backing, uint64_t offset, uint32_t len) {
+  vd_put_u32(at + VD_ABI_EXTENT_BACKING, backing);
+  vd_put_u64(at + VD_ABI_EXTENT_OFFSET, offset);
+  vd_put_u32(at + VD_ABI_EXTENT_LEN, len);
+}
+
+void vd_answer_backing_read(vd_backing backing, uint64_t offset, uint32_t len) {
+  if (!building("vd_answer_backing_read outside an answer")) return;
+  put_extent(piece(VD_ABI_PIECE_BACKING_READ), backing, offset, len);
+  cur_io = 1;
+}
+
+void vd_answer_zeroes(uint32_t len) {
+  if (building("vd_answer_zeroes outside an answer")) vd_put_u32(piece(VD_ABI_PIECE_ZEROES), len);
+}
+
+void vd_answer_skip(uint32_t len) {
+  if (building("vd_answer_skip outside an answer")) vd_put_u32(piece(VD_ABI_PIECE_SKIP), len);
+}
+
+void vd_answer_transfer(uint32_t source, vd_backing backing, uint64_t offset, uint32_t len) {
+  if (!building("vd_answer_transfer outside an answer")) return;
+  uint8_t *t = grow_push(&transfers);
+  vd_put_u32(t + VD_ABI_TRANSFER_SOURCE, source);
+  put_extent(t + VD_ABI_TRANSFER_TO, backing, offset, len);
+  cur_io = 1;
+}
+
+_Static_assert(VD_OP_FLUSH == VD_ABI_BACKING_OP_KIND_FLUSH && VD_OP_DISCARD == VD_ABI_BACKING_OP_KIND_DISCARD &&
+                   VD_OP_WRITE_ZEROES == VD_ABI_BACKING_OP_KIND_WRITE_ZEROES,
+               "enum vd_op_kind is the WIT backing-op-kind, case for case");
+
+void vd_answer_op(vd_op_kind kind, vd_backing backing, uint64_t offset, uint64_t len) {
+  if (!building("vd_answer_op outside an answer")) return;
+  uint8_t *o = grow_push(&ops);
+  o[VD_ABI_BACKING_OP_KIND] = (uint8_t)kind;
+  vd_put_u32(o + VD_ABI_BACKING_OP_BACKING, backing);
+  vd_put_u64(o + VD_ABI_BACKING_OP_OFFSET, offset);
+  vd_put_u64(o + VD_ABI_BACKING_OP_LEN, len);
+  cur_io = 1;
+}
+
+void vd_answer_length_at(uint32_t at) {
+  if (!building("vd_answer_length_at outside an answer")) return;
+  uint8_t *opt = cur() + VD_ABI_ACTION_PAYLOAD + VD_ABI_ANSWER_LENGTH_AT;
+  opt[0] = 1;
+  vd_put_u32(opt + VD_ABI_ANSWER_LENGTH_AT_SOME, at);
+}
+
+void vd_answer_barrier(void) {
+  if (building("vd_answer_barrier outside an answer")) cur()[VD_ABI_ACTION_PAYLOAD + VD_ABI_ANSWER_BARRIER] = 1;
+}
+
+void vd_hold(uint32_t id) {
+  answer_end();
+  uint8_t *act = grow_push(&actions);
+  act[0] = VD_ABI_ACTION_HOLD;
+  vd_put_u32(act + VD_ABI_ACTION_PAYLOAD, id);
+}
+
+void vd_wake_after(uint64_t nanoseconds, uint64_t token) {
+  answer_end();
+  uint8_t *act = grow_push(&actions);
+  act[0] = VD_ABI_ACTION_WAKE_AFTER;
+  vd_put_u64(act + VD_ABI_ACTION_PAYLOAD + VD_ABI_ACTION_WAKE_AFTER_0, nanoseconds);
+  vd_put_u64(act + VD_ABI_ACTION_PAYLOAD + VD_ABI_ACTION_WAKE_AFTER_1, token);
+}
+
+/* The batch is complete: every list index becomes a pointer (nothing grows any more). */
+static void batch_end(void) {
+  answer_end();
+  for (size_t i = 0; i < pieces.n; i++) {
+    uint8_t *p = pieces.data + i * VD_ABI_SIZEOF_PIECE;
+    if (p[0] != VD_ABI_PIECE_BYTES) continue;
+    uint8_t *l = p + VD_ABI_PIECE_PAYLOAD;
+    put_list(l, arena.data + vd_get_u32(l), vd_get_u32(l + VD_ABI_LIST_LEN));
+  }
+  for (size_t i = 0; i < actions.n; i++) {
+    uint8_t *act = actions.data + i * VD_ABI_SIZEOF_ACTION;
+    if (act[0] != VD_ABI_ACTION_ANSWER) continue;
+    uint8_t *a = act + VD_ABI_ACTION_PAYLOAD;
+    put_list(a + VD_ABI_ANSWER_TRANSFERS, transfers.data + vd_get_u32(a + VD_ABI_ANSWER_TRANSFERS) * VD_ABI_SIZEOF_TRANSFER,
+             vd_get_u32(a + VD_ABI_ANSWER_TRANSFERS + VD_ABI_LIST_LEN));
+    put_list(a + VD_ABI_ANSWER_OPS, ops.data + vd_get_u32(a + VD_ABI_ANSWER_OPS) * VD_ABI_SIZEOF_BACKING_OP,
+             vd_get_u32(a + VD_ABI_ANSWER_OPS + VD_ABI_LIST_LEN));
+    put_list(a + VD_ABI_ANSWER_REPLY, pieces.data + vd_get_u32(a + VD_ABI_ANSWER_REPLY) * VD_ABI_SIZEOF_PIECE,
+             vd_get_u32(a + VD_ABI_ANSWER_REPLY + VD_ABI_LIST_LEN));
+  }
+}
+
+static void batch_start(void) {
+  actions.n = pieces.n = transfers.n = ops.n = arena.n = 0;
+  cur_action = -1;
+  misuse = NULL;
+}
+
+/* The events as the host lowered them: each prefix and frame a list of its own (ours to free). */
+static const char *read_events(const uint8_t *in, size_t n) {
+  events_in.n = 0;
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *e = in + i * VD_ABI_SIZEOF_EVENT;
+    const uint8_t *p = e + VD_ABI_EVENT_PAYLOAD;
+    vd_event *ev = grow_push(&events_in);
+    switch (e[0]) {
+      case VD_ABI_EVENT_REQUEST: {
+        vd_request *r = &ev->u.request;
+        ev->kind = VD_EVENT_REQUEST;
+        r->id = vd_get_u32(p + VD_ABI_REQUEST_ID);
+        memcpy(&r->queue, p + VD_ABI_REQUEST_QUEUE, 2);
+        r->prefix = (const uint8_t *)(uintptr_t)vd_get_u32(p + VD_ABI_REQUEST_PREFIX);
+        r->prefix_len = vd_get_u32(p + VD_ABI_REQUEST_PREFIX + VD_ABI_LIST_LEN);
+        r->readable_len = vd_get_u32(p + VD_ABI_REQUEST_READABLE_LEN);
+        r->writable_len = vd_get_u32(p + VD_ABI_REQUEST_WRITABLE_LEN);
+        memo_put(r);
+        break;
+      }
+      case VD_ABI_EVENT_IO_FAILED: {
+        ev->kind = VD_EVENT_IO_FAILED;
+        ev->u.io_failed.id = vd_get_u32(p + VD_ABI_IO_FAILURE_ID);
+        ev->u.io_failed.err = vd_get_u32(p + VD_ABI_IO_FAILURE_ERRNO);
+        break;
+      }
+      case VD_ABI_EVENT_FRAME:
+        ev->kind = VD_EVENT_FRAME;
+        ev->u.frame.network = vd_get_u32(p + VD_ABI_FRAME_NETWORK);
+        ev->u.frame.bytes = (const uint8_t *)(uintptr_t)vd_get_u32(p + VD_ABI_FRAME_BYTES);
+        ev->u.frame.len = vd_get_u32(p + VD_ABI_FRAME_BYTES + VD_ABI_LIST_LEN);
+        break;
+      case VD_ABI_EVENT_TIMER:
+        ev->kind = VD_EVENT_TIMER;
+        ev->u.timer = vd_get_u64(p);
+        break;
+      default:
+        return "the host sent an event of a kind this SDK does not know (a newer WIT?)";
+    }
+  }
+  /* After every request of the batch is remembered, so the table no longer moves. */
+  vd_event *evs = (vd_event *)events_in.data;
+  for (size_t i = 0; i < events_in.n; i++) {
+    if (evs[i].kind != VD_EVENT_IO_FAILED) continue;
+    memo *m = memo_find(evs[i].u.io_failed.id);
+    evs[i].u.io_failed.known = m != NULL;
+    if (m) {
+      evs[i].u.io_failed.request = m->req;
+      evs[i].u.io_failed.cookie = m->cookie;
+    }
+  }
+  return NULL;
+}
+
+static void free_events(uint8_t *in, size_t n) {
+  vd_event *evs = (vd_event *)events_in.data;
+  for (size_t i = 0; i < events_in.n; i++) {
+    if (evs[i].kind == VD_EVENT_REQUEST) free((void *)evs[i].u.request.prefix);
+    if (evs[i].kind == VD_EVENT_FRAME) free((void *)evs[i].u.frame.bytes);
+  }
+  (void)n;
+  free(in);
+}
+
+VD_EXPORT("handle") uint8_t *vd_export_handle(uint8_t *in, size_t n) {
+  batch_start();
+  const char *err = read_events(in, n);
+  if (!err) err = vd_handle((const vd_event *)events_in.data, events_in.n);
+  if (!err) err = misuse;
+  free_events(in, n);
   if (err) {
-    for (size_t i = 0; i < n; i++) free(responses[i].data);
-    free(responses);
+    answer_end();
     return unit_result(err);
   }
-  /* list<list<u8>>: each element is (ptr, len); reuse the vd_buf array in place since
-   * both are 8 bytes on wasm32 with the pointer first. */
-  _Static_assert(sizeof(vd_buf) == VD_ABI_SIZEOF_LIST && offsetof(vd_buf, len) == VD_ABI_LIST_LEN,
-                 "vd_buf must match the lowered list<u8> layout");
-  for (size_t i = 0; i < n; i++) {
-    uint8_t *slot = (uint8_t *)&responses[i];
-    vd_buf b = responses[i];
-    put_list(slot, b.data, b.len);
-  }
-  memset(ret_area, 0, VD_ABI_SIZEOF_DEVICE_PROCESS_RET);
-  put_list(ret_area + VD_ABI_DEVICE_PROCESS_RET_OK, responses, n);
+  batch_end();
+  memset(ret_area, 0, VD_ABI_SIZEOF_DEVICE_HANDLE_RET);
+  put_list(ret_area + VD_ABI_DEVICE_HANDLE_RET_OK, actions.data, actions.n);
   return ret_area;
 }
 
-VD_POST("process") void vd_post_process(uint8_t *ret) {
-  if (ret[0] != 0) {
-    free_unit_result(ret);
-    return;
-  }
-  uint8_t *list = (uint8_t *)(uintptr_t)vd_get_u32(ret + VD_ABI_DEVICE_PROCESS_RET_OK);
-  uint32_t n = vd_get_u32(ret + VD_ABI_DEVICE_PROCESS_RET_OK + VD_ABI_LIST_LEN);
-  for (uint32_t i = 0; i < n; i++) free((void *)(uintptr_t)vd_get_u32(list + i * VD_ABI_SIZEOF_LIST));
-  free(list);
+/* The actions stay ours (reused next batch); only an error string is freed here. */
+VD_POST("handle") void vd_post_handle(uint8_t *ret) {
+  if (ret[0] != 0) free_unit_result(ret);
 }
 
 /* result<state-chunk, string>: tag at 0; ok = state-chunk, err = string (vhost_abi.h). */

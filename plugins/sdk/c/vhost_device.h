@@ -1,11 +1,17 @@
 /*
  * vhost_device.h: write a vhost-wasm device plugin in plain C.
  *
- * vhost_device.c implements the canonical ABI of the `vhost:device@0.1.0` world
+ * vhost_device.c implements the canonical ABI of the `vhost:device@0.2.0` world
  * (wit/device.wit) by hand: it owns every allocation that crosses the boundary, so a
- * device author never sees pointers into lifted/lowered buffers, only the callbacks
- * below. Build with clang --target=wasm32-wasi -mexec-model=reactor and link
- * the SDK's .c files beside the device's own files; see plugins/build-plugins.mjs.
+ * device author never sees pointers into lifted/lowered buffers, only the callbacks and
+ * the answer builder below. Build with clang --target=wasm32-wasi -mexec-model=reactor and
+ * link the SDK's .c files beside the device's own files; see plugins/build-plugins.mjs.
+ *
+ * The data path (docs/plugin-abi.md): the host calls vd_handle once per batch with every
+ * event since the last call. A request shows only its first bytes (`prefix`, at most
+ * vd_info.prefix_len) and its lengths. The device answers each one with what the host
+ * should do: literal reply bytes, reads from a backing straight into the guest's buffers,
+ * writes of the guest's bytes to a backing, backing ops. It never sees the payload.
  *
  * Error convention: a callback returning `const char *` returns NULL on success or a
  * message describing the failure (any lifetime: the SDK copies it before returning).
@@ -27,21 +33,54 @@ typedef struct vd_info {
   uint16_t max_queue_size;
   uint64_t features;
   uint32_t config_size;
+  /* Readable bytes the device sees of each request (vd_request.prefix), at most 4096. */
+  uint32_t prefix_len;
+  /* 1 when each queue may run in its own instance on its own thread (every request stands
+   * alone, as in blk); 0 when one instance must see every queue (fs: one inode table). */
+  int queues_independent;
 } vd_info;
 
-/* One descriptor chain. `readable` is owned by the SDK and valid only during the call. */
+/* One descriptor chain, without its payload. `prefix` is owned by the SDK and valid only
+ * during the vd_handle call: copy what you keep. */
 typedef struct vd_request {
-  const uint8_t *readable;
-  size_t readable_len;
+  uint32_t id;
+  uint16_t queue;
+  const uint8_t *prefix;
+  uint32_t prefix_len; /* min(readable_len, vd_info.prefix_len) */
+  uint32_t readable_len;
   uint32_t writable_len;
 } vd_request;
 
-/* A buffer handed to the SDK: `data` must come from malloc (or be NULL when len is 0);
- * the SDK frees it once the host has copied it out. */
-typedef struct vd_buf {
-  uint8_t *data;
-  size_t len;
-} vd_buf;
+typedef enum vd_event_kind {
+  VD_EVENT_REQUEST,
+  /* A transfer, op or backing-read of an answer failed: nothing of it was written; answer
+   * the id again (typically only bytes carrying the error status). */
+  VD_EVENT_IO_FAILED,
+  VD_EVENT_FRAME, /* reserved (virtio-net) */
+  VD_EVENT_TIMER, /* a wake-up asked for with vd_wake_after */
+} vd_event_kind;
+
+typedef struct vd_event {
+  vd_event_kind kind;
+  union {
+    vd_request request;
+    struct {
+      uint32_t id;
+      uint32_t err; /* Linux errno: 5 EIO, 28 ENOSPC, ... */
+      /* The request as it arrived (prefix NULL: it is gone) and the cookie the device set on
+       * it (vd_set_cookie); `known` is 0 when the SDK does not remember the id (a host bug). */
+      vd_request request;
+      uint64_t cookie;
+      int known;
+    } io_failed;
+    struct {
+      uint32_t network;
+      const uint8_t *bytes;
+      uint32_t len;
+    } frame;
+    uint64_t timer;
+  } u;
+} vd_event;
 
 /* ---- Callbacks every device implements ---- */
 
@@ -53,12 +92,62 @@ void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size);
 void vd_write_config(uint32_t offset, const uint8_t *data, size_t len);
 const char *vd_activate(uint64_t acked_features);
 void vd_reset(void);
-/* `responses` has `n` zeroed entries; set each to at most requests[i].writable_len bytes. */
-const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses);
+/*
+ * Every event since the last call. Answer (vd_answer_begin ...) or hold (vd_hold) each
+ * request and each io-failed event exactly once, in any order; requests held earlier may be
+ * answered here too. An error fails the device (NEEDS_RESET): keep it for device bugs, never
+ * for what a guest sent (answer those with the device's error status).
+ */
+const char *vd_handle(const vd_event *events, size_t n);
 /* At most `size` bytes of state from `offset` into `out`, and how many bytes follow them. */
+typedef struct vd_buf {
+  uint8_t *data; /* from malloc (or NULL when len is 0); the SDK frees it */
+  size_t len;
+} vd_buf;
 const char *vd_get_state(uint64_t offset, uint32_t size, vd_buf *out, uint64_t *remaining);
 const char *vd_set_state(uint64_t offset, const uint8_t *chunk, size_t len);
 const char *vd_finish_load(void);
+
+/* ---- Answers (only inside vd_handle) ----
+ * One answer is built at a time: vd_answer_begin(id) starts it (and ends the one before),
+ * every other vd_answer_* call adds to it. Reply pieces fill the request's writable area in
+ * order from its start; the used length is what they cover. The host checks everything
+ * (ranges against the request, the backing's size, the grant) before it touches anything. */
+
+/* Backing 0 is the --storage grant; an fs open file gets its index from vfs_backing. */
+typedef uint32_t vd_backing;
+
+void vd_answer_begin(uint32_t id);
+/* Literal reply bytes (copied). */
+void vd_answer_bytes(const void *data, uint32_t len);
+/* `len` literal reply bytes to fill in place, zeroed; valid until the next vd_* call. */
+uint8_t *vd_answer_bytes_buf(uint32_t len);
+/* `len` bytes of `backing` from `offset`, read by the host straight into the guest's buffers. */
+void vd_answer_backing_read(vd_backing backing, uint64_t offset, uint32_t len);
+void vd_answer_zeroes(uint32_t len);
+/* Leave `len` bytes of the guest's buffer as they are (they count in the used length). */
+void vd_answer_skip(uint32_t len);
+/* Readable bytes [source, source + len) of the request (prefix included) go to `backing` at
+ * `offset`. Transfers run before ops, in the order given. */
+void vd_answer_transfer(uint32_t source, vd_backing backing, uint64_t offset, uint32_t len);
+typedef enum vd_op_kind { VD_OP_FLUSH, VD_OP_DISCARD, VD_OP_WRITE_ZEROES } vd_op_kind;
+void vd_answer_op(vd_op_kind kind, vd_backing backing, uint64_t offset, uint64_t len);
+/* After a short last backing-read (end of file), the host stores the final used length as a
+ * little-endian u32 at byte `at` of the writable area (FUSE's out-header len). */
+void vd_answer_length_at(uint32_t at);
+/* Start only after every request answered before this one has completed (virtio-blk FLUSH). */
+void vd_answer_barrier(void);
+
+/* Keep request `id`: it is answered in a later vd_handle call (the host still owns its buffers). */
+void vd_hold(uint32_t id);
+/* Deliver a VD_EVENT_TIMER with `token` after at least `nanoseconds`. */
+void vd_wake_after(uint64_t nanoseconds, uint64_t token);
+
+/* A value the device keeps with request `id` until the SDK forgets the id, handed back with
+ * an io-failed event for it (FUSE: the request's `unique`). The SDK remembers each request
+ * from its event until it is answered with nothing but literal pieces (it then completes
+ * whatever happens) or its id comes again in a new request. */
+void vd_set_cookie(uint32_t id, uint64_t cookie);
 
 /* ---- Host services ---- */
 
@@ -68,28 +157,12 @@ void vd_log(enum vd_log_level level, const char *message);
 /* Fill `dst` with `len` random bytes from the host. Traps if entropy was not granted. */
 void vd_entropy_fill(uint8_t *dst, uint32_t len);
 
-/* Block storage (wit `storage`). Every call traps if the operator granted no storage;
- * the host checks every range against vd_storage_size(). */
-typedef enum vd_storage_status {
-  VD_STORAGE_OK = 0,
-  VD_STORAGE_IO = 1,           /* the backing failed; the host logged why */
-  VD_STORAGE_OUT_OF_RANGE = 2, /* past the end, or more than one call may move */
-  VD_STORAGE_READ_ONLY = 3,    /* a modifying call through a read-only grant */
-} vd_storage_status;
-
+/* Block storage (wit `storage`), backing 0 in answers. Every call traps if the operator
+ * granted no storage. The bytes never pass through the plugin: name ranges in answers. */
 uint64_t vd_storage_size(void);
 int vd_storage_read_only(void);
-/* Exactly `len` bytes from `offset` into `dst` (untouched unless VD_STORAGE_OK). */
-vd_storage_status vd_storage_read(uint64_t offset, uint8_t *dst, uint32_t len);
-/* The same without the copy: on VD_STORAGE_OK `out` holds a malloc'd buffer of exactly
- * `len` bytes (the one the host wrote into), which the caller now owns. Hand it on as a
- * response, or realloc it a little larger (dlmalloc usually grows it in place). */
-vd_storage_status vd_storage_read_buf(uint64_t offset, uint32_t len, vd_buf *out);
-vd_storage_status vd_storage_write(uint64_t offset, const uint8_t *src, uint32_t len);
-/* Makes every write that returned VD_STORAGE_OK before it durable. */
-vd_storage_status vd_storage_flush(void);
-vd_storage_status vd_storage_discard(uint64_t offset, uint64_t len);
-vd_storage_status vd_storage_write_zeroes(uint64_t offset, uint64_t len);
+/* The store's logical block size (512 or 4096). */
+uint32_t vd_storage_block_size(void);
 
 /* ---- Little-endian fields (wasm32 is little-endian; memcpy keeps unaligned access defined) ---- */
 

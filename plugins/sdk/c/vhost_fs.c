@@ -1,5 +1,5 @@
 /*
- * Canonical ABI glue for the `filesystem` import of vhost:device@0.1.0 (wasm32).
+ * Canonical ABI glue for the `filesystem` import of vhost:device@0.2.0 (wasm32).
  *
  * Results wider than one core value come back through a return area we pass (`ret_area`):
  * a result's tag u8 at 0, its payload (or the errno) where vhost_abi.h says. Lists the host
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #ifndef VD_WIT_VERSION
-#define VD_WIT_VERSION "0.1.0"
+#define VD_WIT_VERSION "0.2.0"
 #endif
 #define VFS_IMPORT(name) \
   __attribute__((import_module("vhost:device/filesystem@" VD_WIT_VERSION), import_name(name))) extern
@@ -69,14 +69,13 @@ VFS_IMPORT("rmdir") void imp_rmdir(int64_t dir, const uint8_t *name, size_t len,
 VFS_IMPORT("rename") void imp_rename(int64_t od, const uint8_t *on, size_t ol, int64_t nd, const uint8_t *nn, size_t nl,
                                      int32_t flags, R ret);
 VFS_IMPORT("readlink") void imp_readlink(int64_t node, R ret);
-VFS_IMPORT("read") void imp_read(int64_t file, int64_t off, int32_t len, R ret);
-VFS_IMPORT("write") void imp_write(int64_t file, int64_t off, const uint8_t *data, size_t len, R ret);
+VFS_IMPORT("backing") void imp_backing(int64_t file, R ret);
 VFS_IMPORT("readdir") void imp_readdir(int64_t dir, int64_t off, int32_t max, R ret);
 VFS_IMPORT("fsync") void imp_fsync(int64_t file, int32_t datasync, R ret);
 VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t off, int64_t len, R ret);
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
 VFS_IMPORT("statfs") void imp_statfs(int64_t h, R ret);
-/* Added to 0.1.0 later (docs/plugin-abi.md): a plugin that calls these needs a host that has them. */
+/* Added to 0.1.0 after its first release; part of 0.2.0 from the start. */
 VFS_IMPORT("getxattr") void imp_getxattr(int64_t h, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("listxattr") void imp_listxattr(int64_t h, R ret);
 VFS_IMPORT("setxattr") void imp_setxattr(int64_t h, const uint8_t *name, size_t len, const uint8_t *v, size_t vl,
@@ -217,23 +216,10 @@ uint32_t vfs_readlink(vfs_handle node, uint8_t *dst, size_t cap, size_t *len) {
   return 0;
 }
 
-uint32_t vfs_read(vfs_handle file, uint64_t offset, uint32_t len, uint8_t *dst, uint32_t *got) {
-  imp_read((int64_t)file, (int64_t)offset, (int32_t)len, ret_area);
-  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_ERR);
-  uint8_t *p = (uint8_t *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_OK);
-  uint32_t n = u32_at(ret_area + VD_ABI_FILESYSTEM_READ_RET_OK + VD_ABI_LIST_LEN);
-  /* The host never answers with more than asked; if it did, the guest gets no heap bytes. */
-  if (n > len) n = len;
-  memcpy(dst, p, n);
-  free(p);
-  *got = n;
-  return 0;
-}
-
-uint32_t vfs_write(vfs_handle file, uint64_t offset, const uint8_t *data, uint32_t len, uint32_t *written) {
-  imp_write((int64_t)file, (int64_t)offset, data, len, ret_area);
-  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_WRITE_RET_ERR);
-  *written = u32_at(ret_area + VD_ABI_FILESYSTEM_WRITE_RET_OK);
+uint32_t vfs_backing(vfs_handle file, uint32_t *out) {
+  imp_backing((int64_t)file, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_BACKING_RET_ERR);
+  *out = u32_at(ret_area + VD_ABI_FILESYSTEM_BACKING_RET_OK);
   return 0;
 }
 

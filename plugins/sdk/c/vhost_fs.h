@@ -82,9 +82,11 @@ uint32_t vfs_rename(vfs_handle old_dir, const uint8_t *old_name, size_t old_len,
                     const uint8_t *new_name, size_t new_len, uint32_t flags);
 /* At most `cap` bytes of the target into dst; *len = the target's length. */
 uint32_t vfs_readlink(vfs_handle node, uint8_t *dst, size_t cap, size_t *len);
-/* At most `len` bytes into dst; *got = bytes read (fewer at end of file). */
-uint32_t vfs_read(vfs_handle file, uint64_t offset, uint32_t len, uint8_t *dst, uint32_t *got);
-uint32_t vfs_write(vfs_handle file, uint64_t offset, const uint8_t *data, uint32_t len, uint32_t *written);
+/* The backing index of open file `file`, for answers (vd_answer_backing_read, vd_answer_transfer):
+ * the host reads and writes the file straight from and into the guest's buffers. The same
+ * handle gives the same index until it is closed (vfs_close releases the index too). A file
+ * opened O_RDONLY is a read-only backing: a transfer to it fails the device. */
+uint32_t vfs_backing(vfs_handle file, uint32_t *out);
 /* *entries is malloc'd (names too): release with vfs_dirents_free. */
 uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent **entries, size_t *n);
 void vfs_dirents_free(vfs_dirent *entries, size_t n);

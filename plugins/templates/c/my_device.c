@@ -1,13 +1,16 @@
 /*
  * A minimal vhost-wasm device plugin, to copy and edit. It builds as it is and runs: a
- * device with one queue that answers each request with its readable bytes reversed, counts
- * the requests it served, exposes that count in its config space and carries it across a
- * live migration as its state.
+ * device with one queue that answers each request with the first bytes of its readable part
+ * reversed, counts the requests it served, exposes that count in its config space and
+ * carries it across a live migration as its state.
  *
- * The C SDK (plugins/sdk/c/vhost_device.h) does the canonical-ABI work: you implement the
- * vd_* callbacks below and never see a pointer the host owns. Rules that matter:
- *  - responses[i].data must come from malloc and hold at most requests[i].writable_len bytes
- *    (the host refuses more and marks the device NEEDS_RESET);
+ * The C SDK (plugins/sdk/c/vhost_device.h) does the canonical-ABI work (vhost:device@0.2.0):
+ * you implement the vd_* callbacks below and never see a pointer the host owns. Rules that matter:
+ *  - a request shows you its first PREFIX_LEN readable bytes and its lengths, never more:
+ *    a device that moves data names backing ranges in its answer (vd_answer_backing_read,
+ *    vd_answer_transfer) and the host moves the bytes;
+ *  - answer (or vd_hold) every request exactly once; the reply pieces may cover at most the
+ *    request's writable_len (the host refuses more and marks the device NEEDS_RESET);
  *  - return NULL for success or a message for failure (the host logs it, names your plugin
  *    and marks the device NEEDS_RESET);
  *  - a trap (abort, out-of-bounds access, malloc failure past --memory-limit, running past
@@ -24,6 +27,7 @@
 #define DEVICE_ID 42
 #define CONFIG_SIZE 8
 #define STATE_SIZE 12 /* "MYDV" + served as a little-endian u64 */
+#define PREFIX_LEN 64 /* readable bytes of each request this device sees (at most 4096) */
 
 static uint64_t served;
 static uint8_t saving[STATE_SIZE], loading[STATE_SIZE];
@@ -32,7 +36,7 @@ static vd_state_loader loader = {.data = loading, .max = STATE_SIZE};
 
 /* The name tags saved state; keep it stable across versions (lower-case, digits, '-'). */
 const char *vd_name(void) { return "my-device"; }
-const char *vd_version(void) { return "0.1.0"; }
+const char *vd_version(void) { return "0.2.0"; }
 
 void vd_get_info(vd_info *out) {
   out->device_id = DEVICE_ID;
@@ -40,6 +44,8 @@ void vd_get_info(vd_info *out) {
   out->max_queue_size = 256; /* a power of two */
   out->features = 0;         /* device feature bits (0-23) you offer */
   out->config_size = CONFIG_SIZE;
+  out->prefix_len = PREFIX_LEN;
+  out->queues_independent = 0; /* one counter for every queue: one instance sees them all */
 }
 
 static void put_u64(uint8_t *at, uint64_t v) {
@@ -64,19 +70,17 @@ void vd_reset(void) {
   vd_state_loader_reset(&loader);
 }
 
-const char *vd_process(uint16_t queue, const vd_request *requests, size_t n, vd_buf *responses) {
-  (void)queue;
+const char *vd_handle(const vd_event *events, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    size_t len = requests[i].readable_len;
-    if (len > requests[i].writable_len) len = requests[i].writable_len;
-    if (len == 0) continue; /* an empty response: data NULL, len 0 */
-    uint8_t *out = malloc(len);
-    if (!out) return "out of memory";
-    for (size_t k = 0; k < len; k++) out[k] = requests[i].readable[requests[i].readable_len - 1 - k];
-    responses[i].data = out;
-    responses[i].len = len;
+    /* Requests only: this device moves no bytes through backings, so no io-failed comes. */
+    if (events[i].kind != VD_EVENT_REQUEST) continue;
+    const vd_request *r = &events[i].u.request;
+    uint32_t len = r->prefix_len < r->writable_len ? r->prefix_len : r->writable_len;
+    vd_answer_begin(r->id);
+    uint8_t *out = vd_answer_bytes_buf(len); /* the reply, filled in place */
+    for (uint32_t k = 0; k < len; k++) out[k] = r->prefix[r->prefix_len - 1 - k];
+    served++;
   }
-  served += n;
   return NULL;
 }
 

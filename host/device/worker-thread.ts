@@ -1,0 +1,294 @@
+// The main thread's handle on one device worker thread: starts it, calls into it, and watches
+// it. A device call that runs past its deadline gets the thread terminated; the session then
+// reports the device as needing a reset and every other device keeps running, because each
+// lives in its own worker(s). A device runs in one thread, or in several with --queue-threads
+// (worker-client.ts routes the session's calls over them).
+
+import { Worker } from 'node:worker_threads';
+import type { DeviceInfo } from './device.ts';
+import { WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
+import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
+import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
+import { deserializeError } from '../errors.ts';
+import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
+
+export interface DeviceWorkerOptions {
+  label: string;
+  /** Longest a single device call may run before the worker is killed (ms). */
+  callDeadlineMs: number;
+  /**
+   * Longest the device's own code may run while it is built (a plugin's instantiation, identity,
+   * info), at start and when a reset rebuilds it (ms). Default: the call deadline, at least 5 s
+   * (it includes compiling the plugin's core modules).
+   */
+  loadDeadlineMs?: number;
+  /** Longest the device may take to load as a whole, transpiling included (ms). */
+  startTimeoutMs?: number;
+  /**
+   * --queue-threads: threads to run a device with independent queues in (default 1). The
+   * device's info decides whether it may (worker-client.ts).
+   */
+  queueThreads?: number;
+}
+
+/** How long a terminated worker gets to exit before it is reported as stuck (ms). */
+export const EXIT_GRACE_MS = 1000;
+
+const DEFAULT_START_TIMEOUT_MS = 30_000;
+
+function loadDeadline(opts: DeviceWorkerOptions): number {
+  return opts.loadDeadlineMs ?? Math.max(5000, opts.callDeadlineMs);
+}
+
+/**
+ * The main thread's side of the watchdog: reads what the worker is doing from the shared slot
+ * and says why it must be killed, or null. Runs on a timer here, so a worker spinning in device
+ * code cannot delay it.
+ */
+class Watchdog {
+  constructor(
+    private readonly slot: Int32Array,
+    private readonly epoch: number,
+    private readonly opts: DeviceWorkerOptions,
+  ) {}
+
+  get period(): number {
+    return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
+  }
+
+  /** Why the worker must go (prefixed with `name` when one is given), or null. */
+  overdue(name?: string): string | null {
+    const word = Atomics.load(this.slot, 0);
+    if (word === 0) return null;
+    const { phase, ran } = readWatchdogWord(word, Date.now() - this.epoch);
+    const [what, limit] =
+      phase === WatchdogPhase.load
+        ? ['loading the device (its instantiation, identity or info)', loadDeadline(this.opts)]
+        : phase === WatchdogPhase.prepare
+          ? ['preparing the device (import or transpile)', this.opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS]
+          : phase === WatchdogPhase.notify
+            ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
+            : ['a device call', this.opts.callDeadlineMs];
+    if (ran <= limit) return null;
+    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
+  }
+}
+
+export type DeviceEvent =
+  | { type: 'ring-broken'; index: number; reason: string }
+  | { type: 'device-failed'; reason: string }
+  | { type: 'inband-call'; index: number }
+  | { type: 'memory-fault'; reason: string };
+
+function workerUrl(): URL {
+  // From source (tests via tsx) the worker is a .ts file beside this one; in the esbuild
+  // bundle it is dist/device-worker.mjs beside dist/vhost-wasm.mjs.
+  return import.meta.url.endsWith('.ts') ? new URL('./worker.ts', import.meta.url) : new URL('./device-worker.mjs', import.meta.url);
+}
+
+/**
+ * Every operation of deviceWorkerOps is a method of WorkerThread answering a typed promise
+ * (`worker.ringStop(0)`: Promise<number>); the constructor installs them from the table.
+ */
+export interface WorkerThread extends Remote<DeviceWorkerApi> {}
+
+export class WorkerThread {
+  private readonly calls = new PendingCalls(WORKER_ERROR_CLASSES);
+  private deathReason: string | null = null;
+  private readonly watchdog: Watchdog;
+  private readonly timer: NodeJS.Timeout;
+  private exitedYet = false;
+  /** exitedWithin() already gave up on this worker once. */
+  private stuck = false;
+  private readonly log: Logger;
+  /** Settles once the worker thread is gone (its watchers closed): only then may borrowed fds be closed. */
+  readonly exited: Promise<void>;
+  onEvent: (e: DeviceEvent) => void = () => {};
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: DeviceInfo,
+    watchdog: Watchdog,
+    private readonly opts: DeviceWorkerOptions,
+  ) {
+    this.watchdog = watchdog;
+    this.log = createLogger(`device ${opts.label}`);
+    installRemote(this, deviceWorkerOps, (method, args, transfer) => this.invoke(method, args, transfer));
+    worker.on('message', (m: WorkerToMain) => this.onMessage(m));
+    // An exception nothing in the worker caught ends the worker: the device has failed, and the
+    // front-end must hear it (NEEDS_RESET), not find out from requests that are never answered.
+    worker.on('error', (e) => this.failed(`worker crashed: ${errorText(e)}`));
+    this.exited = new Promise<void>((resolve) =>
+      worker.once('exit', () => {
+        this.exitedYet = true;
+        resolve();
+      }),
+    );
+    worker.on('exit', (code) => this.failed(`worker exited unexpectedly with code ${code}`));
+    this.timer = setInterval(() => this.checkDeadline(), watchdog.period);
+    this.timer.unref();
+  }
+
+  static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
+    const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
+    const epoch = Date.now();
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch };
+    const url = workerUrl();
+    let worker: Worker;
+    if (url.pathname.endsWith('.ts')) {
+      // Running from TypeScript sources (tests): Node 20 loads a worker's entry before any
+      // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
+      const tsxApi = import.meta.resolve('tsx/esm/api');
+      const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
+      worker = new Worker(boot, { eval: true, workerData: init, stdout: false, stderr: false });
+    } else {
+      worker = new Worker(url, { workerData: init, stdout: false, stderr: false });
+    }
+    const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+    const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);
+    const log = createLogger(`device ${opts.label}`);
+    const info = await new Promise<DeviceInfo>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        done();
+        void worker.terminate();
+        reject(new DeviceLoadError(`device ${opts.label} did not load within ${timeoutMs} ms`));
+      }, timeoutMs);
+      // The device's code runs while it loads (a plugin's identity() can loop): time it.
+      const check = setInterval(() => {
+        const reason = watchdog.overdue();
+        if (reason === null) return;
+        done();
+        log.error(reason);
+        void worker.terminate();
+        reject(new DeviceLoadError(`device ${opts.label}: ${reason}`));
+      }, watchdog.period);
+      const done = () => {
+        clearTimeout(timer);
+        clearInterval(check);
+        worker.off('message', onMsg);
+        worker.off('error', onErr);
+        worker.off('exit', onExit);
+      };
+      const onMsg = (m: WorkerToMain) => {
+        if (m.type === 'ready') {
+          done();
+          resolve(m.info);
+        } else if (m.type === 'init-failed') {
+          done();
+          void worker.terminate();
+          reject(deserializeError(m.error, WORKER_ERROR_CLASSES));
+        }
+      };
+      const onErr = (e: Error) => {
+        done();
+        reject(new DeviceLoadError(`device ${opts.label} failed to load: ${errorText(e)}`, { cause: e }));
+      };
+      const onExit = (code: number) => {
+        done();
+        reject(new DeviceLoadError(`device ${opts.label} worker exited with code ${code} while loading`));
+      };
+      worker.on('message', onMsg);
+      worker.on('error', onErr);
+      worker.on('exit', onExit);
+    });
+    return new WorkerThread(worker, info, watchdog, opts);
+  }
+
+  /**
+   * A new call deadline from now on, the call in progress included (the daemon's set-limits):
+   * the watchdog reads it at every check.
+   */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
+  }
+
+  /** The thread's id (worker_threads.threadId inside it), for log lines. */
+  get threadId(): number {
+    return this.worker.threadId;
+  }
+
+  /** Why the worker is gone, or null while it runs. */
+  get dead(): string | null {
+    return this.deathReason;
+  }
+
+  /** Sends one operation of deviceWorkerOps (the installed methods come here). */
+  private invoke(method: string, args: unknown[], transfer: ArrayBuffer[]): Promise<unknown> {
+    if (this.deathReason !== null) {
+      return Promise.reject(new DeviceStoppedError(`device ${this.opts.label} is not running (${this.deathReason}); reset the device`));
+    }
+    return this.calls.start(method, args, (req) => this.worker.postMessage(req satisfies MainToWorker, transfer));
+  }
+
+  async terminate(): Promise<void> {
+    clearInterval(this.timer);
+    if (this.deathReason === null) this.die('terminated by the host');
+    await this.worker.terminate();
+  }
+
+  /** The worker thread has exited (false while it runs, or while it is stuck after terminate()). */
+  get hasExited(): boolean {
+    return this.exitedYet;
+  }
+
+  /**
+   * Waits for the thread to exit, at most EXIT_GRACE_MS; false when it did not. A thread blocked
+   * in a system call (open() of a FIFO, say) ignores terminate() until the call returns, which
+   * may be never: callers then go on without it rather than wait for ever.
+   */
+  async exitedWithin(ms = EXIT_GRACE_MS): Promise<boolean> {
+    if (this.exitedYet) return true;
+    if (this.stuck) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const ok = await Promise.race([this.exited.then(() => true as const), late]);
+    clearTimeout(timer);
+    if (!ok && !this.stuck) {
+      this.stuck = true;
+      this.log.error(`the worker did not exit within ${ms} ms of being terminated (blocked in a system call?); going on without it`);
+    }
+    return ok;
+  }
+
+  private onMessage(m: WorkerToMain): void {
+    switch (m.type) {
+      case 'reply':
+        this.calls.settle(m);
+        return;
+      case 'ring-broken':
+      case 'device-failed':
+      case 'inband-call':
+      case 'memory-fault':
+        this.onEvent(m);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private checkDeadline(): void {
+    if (this.deathReason !== null) return;
+    const reason = this.watchdog.overdue(this.info.name);
+    if (reason === null) return;
+    this.log.error(reason);
+    this.die(reason);
+    void this.worker.terminate();
+    this.onEvent({ type: 'device-failed', reason });
+  }
+
+  /** The worker died on its own (crash, exit): report it once, as a failed device. */
+  private failed(reason: string): void {
+    if (this.deathReason !== null) return;
+    this.log.error(reason);
+    this.die(reason);
+    this.onEvent({ type: 'device-failed', reason });
+  }
+
+  private die(reason: string): void {
+    if (this.deathReason !== null) return;
+    this.deathReason = reason;
+    clearInterval(this.timer);
+    this.calls.rejectAll(() => new DeviceStoppedError(`device ${this.opts.label}: ${reason}`));
+  }
+}

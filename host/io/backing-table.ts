@@ -1,0 +1,147 @@
+// The backings a device's answers may name (`types.backing` in wit/device.wit): index 0 is the
+// operator's --storage grant, and a virtio-fs device gets an index for each open file it hands
+// out through `filesystem.backing(handle)` (host/fs registers it here and unregisters it when
+// the plugin closes the file). The answer checks (host/device/answer-check.ts) look every
+// index up here; the executors (host/io/) do the I/O on what they find.
+
+import { BackingError, type Backing } from '../storage/backing.ts';
+import { constants as osConstants } from 'node:os';
+
+/** What an executor needs of one backing, whatever is behind it (a disk store, an fs file). */
+export interface IoBacking {
+  /** For messages: the --storage value, or the share-relative role of an fs file. */
+  readonly describe: string;
+  /** No transfer, discard or write-zeroes may name it (--read-only, or an fs file opened O_RDONLY). */
+  readonly readOnly: boolean;
+  /** Bytes in it now. */
+  readonly size: number;
+  /**
+   * false: a --storage store of fixed size: every extent must lie inside `size`.
+   * true: a file (virtio-fs): a write may extend it, and a read past its end comes back short.
+   */
+  readonly growable: boolean;
+  /**
+   * Fills `into` (in order) from `offset`; returns the bytes read, fewer than asked only at the
+   * end of a growable backing (the rest of `into` is then zero-filled, as the guest sees it).
+   * Throws BackingError (with `details.errno`) when the I/O fails.
+   */
+  readInto(offset: number, into: readonly Uint8Array[]): number;
+  /** Writes every byte of `from` (in order) at `offset`; throws BackingError on failure. */
+  writeFrom(offset: number, from: readonly Uint8Array[]): void;
+  flush(): void;
+  discard(offset: number, len: number): void;
+  writeZeroes(offset: number, len: number): void;
+  /** The host/storage object behind a --storage grant (executors with their own I/O paths read its kind). */
+  readonly storage?: Backing;
+}
+
+/** Why a backing index cannot be used; the answer checks turn it into the "backing granted" rule. */
+export type LookupMiss = 'not granted';
+
+/** Linux errno of a failed backing call (EIO when the failure carries none). */
+export function errnoOf(e: unknown): number {
+  const details = (e as { details?: Record<string, unknown> } | null)?.details;
+  const n = details?.errno;
+  if (typeof n === 'number' && Number.isInteger(n) && n > 0) return n;
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') {
+    const v = (osConstants.errno as Record<string, number>)[code];
+    if (typeof v === 'number') return v;
+  }
+  return osConstants.errno.EIO;
+}
+
+/** A --storage backing (host/storage) as an IoBacking: fixed size, copies through its read(). */
+export function storageIoBacking(b: Backing): IoBacking {
+  return {
+    describe: b.describe,
+    readOnly: b.readOnly,
+    size: b.size,
+    growable: false,
+    storage: b,
+    readInto(offset, into) {
+      let total = 0;
+      for (const v of into) total += v.length;
+      if (total === 0) return 0;
+      // One read for the whole range: a file does one pread, a memory disk hands a view.
+      const data = b.read(offset, total);
+      let at = 0;
+      for (const v of into) {
+        v.set(data.subarray(at, at + v.length));
+        at += v.length;
+      }
+      return total;
+    },
+    writeFrom(offset, from) {
+      let at = offset;
+      if (from.length > 1 && ((b as { ioAlign?: number }).ioAlign ?? 1) > 1) {
+        // O_DIRECT (FileBacking.ioAlign): one bounce-buffered write for the whole range rather
+        // than a read-modify-write of the partial blocks around every view.
+        b.write(offset, Buffer.concat(from as Uint8Array[]));
+        return;
+      }
+      for (const v of from) {
+        if (v.length === 0) continue;
+        b.write(at, v);
+        at += v.length;
+      }
+    },
+    flush: () => {
+      // Read-only: nothing of ours to make durable (storage-imports.ts did the same).
+      if (!b.readOnly) b.flush();
+    },
+    discard: (offset, len) => b.discard(offset, len),
+    writeZeroes: (offset, len) => b.writeZeroes(offset, len),
+  };
+}
+
+/**
+ * One device's backings by index. Index 0 is reserved for --storage (absent when not granted);
+ * registered files get the lowest free index above it, reused only after unregister.
+ */
+export class BackingTable {
+  private readonly entries: (IoBacking | undefined)[] = [undefined];
+  /** Files may not hold more indexes than this at once (an fs plugin opening files in a loop). */
+  static readonly MAX_ENTRIES = 1 << 16;
+
+  constructor(storage?: IoBacking) {
+    this.entries[0] = storage;
+  }
+
+  /** The backing at `index`, or undefined when the device was not granted it. */
+  get(index: number): IoBacking | undefined {
+    return Number.isInteger(index) && index >= 0 ? this.entries[index] : undefined;
+  }
+
+  /** Adds a backing (an fs file); returns its index. Throws when the table is full. */
+  register(b: IoBacking): number {
+    for (let i = 1; i < this.entries.length; i++) {
+      if (this.entries[i] === undefined) {
+        this.entries[i] = b;
+        return i;
+      }
+    }
+    if (this.entries.length >= BackingTable.MAX_ENTRIES) {
+      throw new BackingError(`the device already holds ${BackingTable.MAX_ENTRIES - 1} file backings: close some first`);
+    }
+    this.entries.push(b);
+    return this.entries.length - 1;
+  }
+
+  /** The index is gone: answers naming it fail the device from now on. Index 0 cannot be dropped. */
+  unregister(index: number): void {
+    if (!Number.isInteger(index) || index < 1 || index >= this.entries.length) return;
+    this.entries[index] = undefined;
+    while (this.entries.length > 1 && this.entries[this.entries.length - 1] === undefined) this.entries.pop();
+  }
+
+  /** Drops every registered file (a device reset); the --storage entry stays. */
+  clearFiles(): void {
+    this.entries.length = 1;
+  }
+
+  /** Indexes in use (tests, diagnostics). */
+  indexes(): number[] {
+    return this.entries.flatMap((e, i) => (e === undefined ? [] : [i]));
+  }
+}

@@ -1,0 +1,76 @@
+// Which executor moves a device's bytes, from what its backing table holds at 0 (--storage):
+// a memory disk -> MemoryExecutor (one copy, synchronous); a file or block device -> io_uring
+// (UringExecutor; other backings in the table run synchronously in their turn); no --storage
+// (a virtio-fs device, whose files host/fs serves) -> SyncExecutor. Where io_uring is not
+// available (a kernel without it, io_uring_disabled, a seccomp filter) the file is served by
+// the SyncExecutor, and the log says so and why: one request at a time is a different product.
+import { statfsSync } from 'node:fs';
+import { errnoCode, native } from '../native/index.ts';
+import type { Logger } from '../log/logger.ts';
+import { FileBacking } from '../storage/file.ts';
+import { MemoryBacking } from '../storage/memory.ts';
+import type { BackingTable } from './backing-table.ts';
+import type { IoExecutor } from './executor.ts';
+import { MemoryExecutor } from './memory-executor.ts';
+import { SyncExecutor } from './sync-executor.ts';
+import { UringExecutor, type SyncTarget, type UringTarget } from './uring-executor.ts';
+
+/** Submission entries per device ring: 256 requests in flight, more than QEMU's 128-entry virtqueue. */
+const RING_ENTRIES = 128;
+
+/** statfs f_type of tmpfs (and of devtmpfs, which only holds device nodes). */
+const TMPFS_MAGIC = 0x01021994;
+
+/** A file backing as the ring sees it; a regular file on tmpfs goes inline (UringTarget.inline). */
+function fileTarget(f: FileBacking): UringTarget {
+  let inline = false;
+  try {
+    inline = f.directAlign === 0 && !native.backingInfo(f.fd).blockDevice && statfsSync(f.describe).type === TMPFS_MAGIC;
+  } catch {
+    // Not knowing only costs speed: the ring serves it.
+  }
+  return {
+    // Read at each use: a closed backing says -1 (EBADF), never a number since reused.
+    get fd() {
+      return f.fd;
+    },
+    directAlign: f.directAlign,
+    describe: f.describe,
+    inline,
+    discard: (offset, len) => f.discard(offset, len),
+    writeZeroes: (offset, len) => f.writeZeroes(offset, len),
+  };
+}
+
+export interface ExecutorChoice {
+  executor: IoExecutor;
+  kind: 'memory' | 'io_uring' | 'sync';
+}
+
+export function chooseExecutor(table: BackingTable, log: Logger): ExecutorChoice {
+  const logIoError = (message: string) => log.warn(`backing I/O failed: ${message}`);
+  const storage = table.get(0)?.storage;
+  if (storage instanceof MemoryBacking) return { executor: new MemoryExecutor((i) => table.get(i), logIoError), kind: 'memory' };
+  if (storage instanceof FileBacking) {
+    const targets = new WeakMap<FileBacking, UringTarget>();
+    const target = (i: number): UringTarget | SyncTarget | undefined => {
+      const b = table.get(i);
+      if (b === undefined) return undefined;
+      const f = b.storage;
+      if (!(f instanceof FileBacking)) return { sync: b };
+      let t = targets.get(f);
+      if (t === undefined) targets.set(f, (t = fileTarget(f)));
+      return t;
+    };
+    try {
+      const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError });
+      const t = target(0) as UringTarget;
+      log.debug(`storage I/O on ${storage.describe}: ${t.inline ? 'tmpfs: pread/pwrite in turn (io_uring would punt every read to a kernel thread)' : 'io_uring'}${storage.directAlign > 0 ? `, O_DIRECT (${storage.directAlign}-byte blocks)` : ''}`);
+      return { executor, kind: 'io_uring' };
+    } catch (e) {
+      const why = `${errnoCode(e) ?? 'error'}: ${(e as Error).message}`;
+      log.warn(`io_uring is not available here (${why}): ${storage.describe} is served synchronously, one request at a time; its I/O is not asynchronous and queue depth does not help`);
+    }
+  }
+  return { executor: new SyncExecutor(table, logIoError), kind: 'sync' };
+}

@@ -1,0 +1,114 @@
+// The executor for memory disks (--storage memory:SIZE): the bytes live in this worker's own
+// memory, so there is nothing to wait for and nothing to overlap. Each read or write is one copy
+// between the guest's views and the disk's chunks, done in submit(); `done` fires before submit
+// returns, so barriers hold trivially and nothing is ever in flight. Any other backing in the
+// table (an fs file) is served through its own synchronous methods.
+import { constants as osConstants } from 'node:os';
+import { MemoryBacking } from '../storage/memory.ts';
+import { errnoOf, type IoBacking } from './backing-table.ts';
+import type { IoExecutor, IoOp, IoResult } from './executor.ts';
+
+const { EBADF, EFAULT, EINVAL, EROFS } = osConstants.errno;
+
+/** Bytes of the views; -1 when one is detached (its guest-memory mapping was unmapped). */
+function viewBytes(views: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const v of views) {
+    if (v.length === 0 && v.buffer.byteLength === 0) return -1;
+    n += v.length;
+  }
+  return n;
+}
+
+export class MemoryExecutor implements IoExecutor {
+  readonly inflight = 0;
+  private closed = false;
+
+  /**
+   * `backing(i)`: the table's backing i (a --storage memory disk is an IoBacking whose `storage`
+   * is a MemoryBacking), or undefined when there is none.
+   */
+  constructor(
+    private readonly backing: (index: number) => IoBacking | undefined,
+    /** Failures of other backings, for the operator's log (the device hears the errno). */
+    private readonly logIoError: (message: string) => void = () => {},
+  ) {}
+
+  submit(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult) => void): void {
+    if (this.closed) throw new Error('MemoryExecutor.submit after close()');
+    let errno = 0;
+    let lastReadBytes = 0;
+    // Writes and backing ops in their order first, then the reads (IoExecutor.submit).
+    for (const pass of [false, true]) {
+      for (const op of ops) {
+        if ((op.kind === 'read') !== pass || errno !== 0) continue;
+        const r = this.run(op);
+        if (r < 0) errno = -r;
+        else if (op.kind === 'read') lastReadBytes = r;
+      }
+    }
+    // The reads ran last, so the last read is the last op.
+    done({ errno, lastReadBytes: errno === 0 ? lastReadBytes : 0 });
+  }
+
+  /** Bytes read (a read), 0, or -errno. The runner checked every range already; this is the last line, not the check. */
+  private run(op: IoOp): number {
+    const b = this.backing(op.backing);
+    if (b === undefined) return -EBADF;
+    const disk = b.storage;
+    if (!(disk instanceof MemoryBacking)) return this.runOther(b, op);
+    if (op.kind === 'flush') return 0;
+    const len = op.kind === 'read' ? viewBytes(op.into) : op.kind === 'write' ? viewBytes(op.from) : op.len;
+    if (len < 0) return -EFAULT;
+    if (!Number.isSafeInteger(op.offset) || op.offset < 0 || !Number.isSafeInteger(len) || op.offset + len > disk.size) return -EINVAL;
+    if (op.kind !== 'read' && disk.readOnly) return -EROFS;
+    switch (op.kind) {
+      case 'read':
+        disk.readInto(op.offset, op.into);
+        return len;
+      case 'write':
+        disk.writeFrom(op.offset, op.from);
+        return 0;
+      case 'discard':
+        disk.discard(op.offset, op.len);
+        return 0;
+      case 'write-zeroes':
+        disk.writeZeroes(op.offset, op.len);
+        return 0;
+    }
+  }
+
+  private runOther(b: IoBacking, op: IoOp): number {
+    try {
+      switch (op.kind) {
+        case 'read':
+          if (viewBytes(op.into) < 0) return -EFAULT;
+          return b.readInto(op.offset, op.into);
+        case 'write':
+          if (viewBytes(op.from) < 0) return -EFAULT;
+          b.writeFrom(op.offset, op.from);
+          return 0;
+        case 'flush':
+          b.flush();
+          return 0;
+        case 'discard':
+          b.discard(op.offset, op.len);
+          return 0;
+        case 'write-zeroes':
+          b.writeZeroes(op.offset, op.len);
+          return 0;
+      }
+    } catch (e) {
+      this.logIoError((e as Error).message);
+      return -errnoOf(e);
+    }
+  }
+
+  drain(): void {
+    // Nothing is ever in flight.
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+}

@@ -1,0 +1,765 @@
+// The executor for file and block-device backings: io_uring (host/native/src/uring.c) on the
+// device worker's thread. Reads and writes are READV/WRITEV whose iovecs are the guest-memory
+// views the runner hands in, so the kernel moves the bytes between the backing and the guest
+// with no copy of ours; many requests are in flight at once and complete in whatever order the
+// kernel finishes them. The ring's eventfd, watched on this thread's loop, drives completions.
+//
+// Ordering: a request's ops run one after the other (writes and backing ops as given, then the
+// reads), because a later op may depend on an earlier one and a failure stops the rest. Requests
+// run side by side, except that a barrier starts only when nothing else is running and holds
+// back everything submitted after it. That is the whole ordering story, kept here in JavaScript
+// rather than in IOSQE_IO_DRAIN, so that it also covers ops this executor runs itself (discard)
+// and a barrier's later ops.
+//
+// O_DIRECT (--direct): an op whose offset, length or buffers are not aligned to the backing's
+// block goes through a page-aligned bounce buffer (read the covering blocks, copy; or
+// read-modify-write the partial end blocks, then write). Such a read-modify-write runs alone,
+// like a barrier, so that no other write to the same block can land between its read and write.
+// A buffer whose address the kernel still finds misaligned (EINVAL) is retried once through the
+// bounce buffer too.
+import { fdatasyncSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
+import { errnoOf, type IoBacking } from './backing-table.ts';
+import type { IoExecutor, IoOp, IoResult } from './executor.ts';
+
+const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
+
+/** Segments one SQE may carry (the kernel's UIO_MAXIOV); a longer op continues in another SQE. */
+const MAX_SEGMENTS = 1024;
+/** Bytes per SQE: an op larger than this continues in another SQE. */
+const MAX_SQE_BYTES = 1 << 30;
+
+/** What the executor needs of a backing: an open fd and whether it is O_DIRECT. */
+export interface UringTarget {
+  /** The open regular file or block device. */
+  readonly fd: number;
+  /** The alignment O_DIRECT needs of offsets, lengths and buffers (512 or 4096); 0 when not O_DIRECT. */
+  readonly directAlign: number;
+  /** For the log: the path the operator gave. */
+  readonly describe?: string;
+  /**
+   * Reads and writes never wait for a device (a tmpfs file: its page cache is the store), so
+   * they are done right in their turn with pread/pwrite into the views: one copy, no ring. Through
+   * io_uring such a read is punted to a kernel worker thread (tmpfs has no non-blocking read
+   * path), which costs a thread hand-off per request and measured 3x slower.
+   */
+  readonly inline?: boolean;
+  /**
+   * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
+   * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
+   * the errno (BackingError.errno, or a Node fs error). Absent: those ops fail with EOPNOTSUPP.
+   */
+  discard?(offset: number, len: number): void;
+  writeZeroes?(offset: number, len: number): void;
+}
+
+/**
+ * A backing the ring cannot serve (a memory disk, a file without an fd of ours): its ops run
+ * synchronously on this thread, in their turn, through the backing's own methods.
+ */
+export interface SyncTarget {
+  readonly sync: IoBacking;
+}
+
+export interface UringExecutorOptions {
+  /** The backing with table index i, or undefined when the device has none there. */
+  target(index: number): UringTarget | SyncTarget | undefined;
+  /** Submission entries (the ring holds twice as many in flight). Default 128. */
+  entries?: number;
+  /** A failed op, for the operator's log (the device hears the errno). */
+  logIoError?(message: string): void;
+}
+
+type ReadWriteOp = Extract<IoOp, { kind: 'read' | 'write' }>;
+
+function errnoName(n: number): string {
+  return Object.entries(osConstants.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
+}
+
+const NO_RESULT: IoResult = { errno: 0, lastReadBytes: 0 };
+
+/** Page-aligned scratch for O_DIRECT: a memfd mapping (a JavaScript buffer's address is not ours to choose). */
+class Bounce {
+  readonly view: Uint8Array;
+  constructor(readonly mapping: Mapping) {
+    this.view = new Uint8Array(mapping.window(0, mapping.size));
+  }
+  get size(): number {
+    return this.mapping.size;
+  }
+}
+
+class BouncePool {
+  private readonly idle: Bounce[] = [];
+  live = 0;
+
+  take(len: number): Bounce {
+    const i = this.idle.findIndex((b) => b.size >= len);
+    if (i >= 0) return this.idle.splice(i, 1)[0]!;
+    const size = Math.ceil(len / 65536) * 65536;
+    const fd = native.memfdCreate('vhost-wasm-bounce', false);
+    try {
+      native.ftruncate(fd, size);
+      this.live++;
+      return new Bounce(native.mmap(fd, size, 0, true));
+    } finally {
+      native.close(fd);
+    }
+  }
+
+  /** Only once the kernel is done with it (its op was reaped). */
+  give(b: Bounce): void {
+    if (this.idle.length < 4) this.idle.push(b);
+    else this.drop(b);
+  }
+
+  private drop(b: Bounce): void {
+    b.mapping.unmap();
+    this.live--;
+  }
+
+  release(): void {
+    for (const b of this.idle.splice(0)) this.drop(b);
+  }
+}
+
+type Stage =
+  | 'direct' // a readv/writev straight into the views
+  | 'flush'
+  | 'bounce-read' // the covering blocks into the bounce buffer
+  | 'rmw-head' // a misaligned write's first block
+  | 'rmw-tail' // ... and its last block
+  | 'bounce-write'; // the bounce buffer out
+
+class Request {
+  /** Index of the op running now. */
+  at = 0;
+  /** Bytes of the current op already moved. */
+  moved = 0;
+  /** Bytes the SQE in flight asked for. */
+  sqeBytes = 0;
+  lastReadBytes = 0;
+  stage: Stage = 'direct';
+  /** The current op goes through the bounce buffer (misaligned, or the kernel said EINVAL). */
+  bounced = false;
+  bounce: Bounce | null = null;
+  /** Bounce geometry: aligned start, aligned length, bytes of it written so far. */
+  bStart = 0;
+  bLen = 0;
+  bDone = 0;
+  slot = -1;
+  constructor(
+    readonly ops: readonly IoOp[],
+    /** A barrier, or a read-modify-write that must run alone. */
+    readonly alone: boolean,
+    readonly done: (result: IoResult) => void,
+  ) {}
+}
+
+function viewBytes(views: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const v of views) n += v.length;
+  return n;
+}
+
+/** Writes and backing ops in their order, then the reads (IoExecutor.submit). */
+function ordered(ops: readonly IoOp[]): readonly IoOp[] {
+  let sawRead = false;
+  for (const op of ops) {
+    if (op.kind === 'read') sawRead = true;
+    else if (sawRead) return [...ops.filter((o) => o.kind !== 'read'), ...ops.filter((o) => o.kind === 'read')];
+  }
+  return ops;
+}
+
+/**
+ * The iovec triples for the views from byte `skip` on, at most MAX_SEGMENTS segments and
+ * MAX_SQE_BYTES bytes; `aligned` says whether every segment's offset and length (within its
+ * buffer) is a multiple of `align` (always true when align is 0). Null when a view is detached:
+ * its mapping was unmapped (guest memory went away under a request), which must not pass for
+ * an empty buffer.
+ */
+function iovFrom(views: readonly Uint8Array[], skip: number, align: number): { iov: UringIov; bytes: number; aligned: boolean } | null {
+  const iov: UringIov = [];
+  let bytes = 0;
+  let aligned = true;
+  for (const v of views) {
+    if (v.length === 0 && v.buffer.byteLength === 0) return null;
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const len = Math.min(v.length - skip, MAX_SQE_BYTES - bytes);
+    if (align > 0 && ((v.byteOffset + skip) % align !== 0 || len % align !== 0)) aligned = false;
+    iov.push(v, skip, len);
+    bytes += len;
+    skip = 0;
+    if (iov.length / 3 >= MAX_SEGMENTS || bytes >= MAX_SQE_BYTES) break;
+  }
+  return { iov, bytes, aligned };
+}
+
+/** Copies `len` bytes of `src` into the views starting `skip` bytes into them. */
+function copyIntoViews(views: readonly Uint8Array[], skip: number, src: Uint8Array): void {
+  let at = 0;
+  for (const v of views) {
+    if (at >= src.length) return;
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const n = Math.min(v.length - skip, src.length - at);
+    v.set(src.subarray(at, at + n), skip);
+    at += n;
+    skip = 0;
+  }
+}
+
+/** Copies `dst.length` bytes of the views, from `skip` bytes into them, into dst. */
+function copyFromViews(views: readonly Uint8Array[], skip: number, dst: Uint8Array): void {
+  let at = 0;
+  for (const v of views) {
+    if (at >= dst.length) return;
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const n = Math.min(v.length - skip, dst.length - at);
+    dst.set(v.subarray(skip, skip + n), at);
+    at += n;
+    skip = 0;
+  }
+}
+
+function zeroViews(views: readonly Uint8Array[], skip: number): void {
+  for (const v of views) {
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    v.fill(0, skip);
+    skip = 0;
+  }
+}
+
+export class UringExecutor implements IoExecutor {
+  private readonly ring: Uring;
+  private readonly watcher: Watcher;
+  private readonly target: (index: number) => UringTarget | SyncTarget | undefined;
+  private readonly logIoError: (message: string) => void;
+  private readonly bounces = new BouncePool();
+  private readonly reaped: Float64Array;
+  /** Reaped completions (userData, result pairs) not yet handled, from cqHead on. */
+  private cq: number[] = [];
+  private cqHead = 0;
+  /** Requests started and not done, by the userData of their SQE (one SQE each at a time). */
+  private readonly slots: (Request | undefined)[];
+  private readonly freeSlots: number[];
+  /** Submitted, not yet started: behind a barrier, or the ring was full. */
+  private waiting: Request[] = [];
+  /** Started, but their next SQE found the ring full. */
+  private stalled: Request[] = [];
+  private running = 0;
+  private aloneRunning = false;
+  private count = 0;
+  private unsubmitted = 0;
+  private submitScheduled = false;
+  private pumping = false;
+  private cancelling = false;
+  private closed = false;
+
+  constructor(options: UringExecutorOptions) {
+    this.target = options.target;
+    this.logIoError = options.logIoError ?? (() => {});
+    this.ring = native.uringCreate(options.entries ?? 128);
+    this.reaped = new Float64Array(2 * this.ring.capacity);
+    this.slots = new Array(this.ring.capacity);
+    this.freeSlots = Array.from({ length: this.ring.capacity }, (_, i) => this.ring.capacity - 1 - i);
+    this.watcher = native.watch(this.ring.eventFd, 'r', () => this.onCompletions());
+  }
+
+  get inflight(): number {
+    return this.count;
+  }
+
+  submit(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult) => void): void {
+    if (this.closed) throw new Error('UringExecutor.submit after close()');
+    if (this.cancelling) {
+      // A completion handler submitting while close() cancels: nothing new starts now.
+      done({ errno: ECANCELED, lastReadBytes: 0 });
+      return;
+    }
+    const o = ordered(ops);
+    const req = new Request(o, barrier || this.needsReadModifyWrite(o), done);
+    this.count++;
+    this.waiting.push(req);
+    this.pump();
+  }
+
+  /** A --direct write whose offset or length is off the block: its read-modify-write runs alone. */
+  private needsReadModifyWrite(ops: readonly IoOp[]): boolean {
+    for (const op of ops) {
+      if (op.kind !== 'write') continue;
+      const t = this.target(op.backing);
+      const a = t !== undefined && 'fd' in t ? t.directAlign : 0;
+      if (a > 0 && (op.offset % a !== 0 || viewBytes(op.from) % a !== 0)) return true;
+    }
+    return false;
+  }
+
+  /** Starts waiting requests in order, as far as barriers and the ring's capacity allow. */
+  private pump(): void {
+    if (this.pumping) return; // a request that finished synchronously inside start(): the loop below goes on
+    this.pumping = true;
+    try {
+      while (this.waiting.length > 0) {
+        const req = this.waiting[0]!;
+        if (this.aloneRunning || (req.alone && this.running > 0) || this.freeSlots.length === 0) break;
+        this.waiting.shift();
+        this.running++;
+        if (req.alone) this.aloneRunning = true;
+        req.slot = this.freeSlots.pop()!;
+        this.slots[req.slot] = req;
+        this.step(req);
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private finish(req: Request, errno: number): void {
+    this.slots[req.slot] = undefined;
+    this.freeSlots.push(req.slot);
+    if (req.bounce) this.bounces.give(req.bounce);
+    req.bounce = null;
+    this.running--;
+    this.count--;
+    if (req.alone) this.aloneRunning = false;
+    req.done(errno === 0 ? (req.lastReadBytes === 0 ? NO_RESULT : { errno: 0, lastReadBytes: req.lastReadBytes }) : { errno, lastReadBytes: 0 });
+    if (!this.cancelling) this.pump();
+  }
+
+  /** The current op is complete: go on with the next, or finish the request. */
+  private nextOp(req: Request): void {
+    req.at++;
+    req.moved = 0;
+    req.bounced = false;
+    req.stage = 'direct';
+    this.step(req);
+  }
+
+  /** Runs (or queues the SQE of) the current op of a started request. */
+  private step(req: Request): void {
+    for (;;) {
+      if (req.at >= req.ops.length) return this.finish(req, 0);
+      if (this.cancelling) return this.finish(req, ECANCELED);
+      const op = req.ops[req.at]!;
+      const t = this.target(op.backing);
+      if (t === undefined) return this.finish(req, EBADF);
+      if ('sync' in t) {
+        const errno = this.runSync(req, op, t.sync);
+        if (errno !== 0) return this.finish(req, errno);
+        req.at++;
+        continue;
+      }
+      if (op.kind === 'discard' || op.kind === 'write-zeroes') {
+        const fn = op.kind === 'discard' ? t.discard : t.writeZeroes;
+        if (fn === undefined) return this.finish(req, EOPNOTSUPP);
+        try {
+          fn.call(t, op.offset, op.len);
+        } catch (e) {
+          this.logIoError((e as Error).message);
+          return this.finish(req, errnoOf(e));
+        }
+        req.at++;
+        continue;
+      }
+      if (t.inline === true) {
+        const errno = this.runInline(req, op, t);
+        if (errno !== 0) return this.finish(req, errno);
+        req.at++;
+        continue;
+      }
+      if (op.kind === 'flush') {
+        req.stage = 'flush';
+        return this.queue(req, (ud) => this.ring.fsync(t.fd, ud, true, false));
+      }
+      const rw = op as ReadWriteOp;
+      const views = rw.kind === 'read' ? rw.into : rw.from;
+      const segs = iovFrom(views, req.moved, t.directAlign);
+      if (segs === null) return this.finish(req, EFAULT);
+      const { iov, bytes, aligned } = segs;
+      if (bytes === 0) {
+        if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = req.moved;
+        req.at++;
+        req.moved = 0;
+        continue;
+      }
+      if (t.directAlign > 0 && (req.bounced || !aligned || (op.offset + req.moved) % t.directAlign !== 0)) {
+        req.bounced = true;
+        return this.startBounce(req, rw, t);
+      }
+      req.stage = 'direct';
+      req.sqeBytes = bytes;
+      const pos = op.offset + req.moved;
+      return this.queue(req, op.kind === 'read' ? (ud) => this.ring.readv(t.fd, pos, ud, iov) : (ud) => this.ring.writev(t.fd, pos, ud, iov));
+    }
+  }
+
+  /** One read, write or flush with plain system calls straight into/from the views; 0 or the errno. */
+  private runInline(req: Request, op: IoOp, t: UringTarget): number {
+    try {
+      if (op.kind === 'flush') {
+        fdatasyncSync(t.fd);
+        return 0;
+      }
+      if (op.kind !== 'read' && op.kind !== 'write') return EINVAL;
+      const views = op.kind === 'read' ? op.into : op.from;
+      let pos = op.offset;
+      let moved = 0;
+      for (const v of views) {
+        if (v.length === 0 && v.buffer.byteLength === 0) return EFAULT;
+        for (let done = 0; done < v.length; ) {
+          const part = done === 0 ? v : v.subarray(done);
+          const n = op.kind === 'read' ? native.pread(t.fd, part, pos) : native.pwrite(t.fd, part, pos);
+          if (n === 0) {
+            if (op.kind === 'write') return EIO; // a write that moves nothing would loop
+            // End of file: the last op reports how far it got; an earlier one reads as zeroes.
+            if (req.at === req.ops.length - 1) req.lastReadBytes = moved;
+            else zeroViews(views, moved);
+            return 0;
+          }
+          done += n;
+          pos += n;
+          moved += n;
+        }
+      }
+      if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = moved;
+      return 0;
+    } catch (e) {
+      const errno = errnoOf(e);
+      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+      this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
+      return errno;
+    }
+  }
+
+  /** One op through a backing's own synchronous methods; 0 or the errno. */
+  private runSync(req: Request, op: IoOp, b: IoBacking): number {
+    try {
+      switch (op.kind) {
+        case 'read': {
+          const got = b.readInto(op.offset, op.into);
+          if (req.at === req.ops.length - 1) req.lastReadBytes = got;
+          return 0;
+        }
+        case 'write':
+          b.writeFrom(op.offset, op.from);
+          return 0;
+        case 'flush':
+          b.flush();
+          return 0;
+        case 'discard':
+          b.discard(op.offset, op.len);
+          return 0;
+        case 'write-zeroes':
+          b.writeZeroes(op.offset, op.len);
+          return 0;
+      }
+    } catch (e) {
+      this.logIoError((e as Error).message);
+      return errnoOf(e);
+    }
+  }
+
+  /** Queues one SQE for req; at capacity the request waits for a reap (stalled). */
+  private queue(req: Request, sqe: (userData: number) => boolean): void {
+    // close() waits for what is in the kernel; nothing new goes in meanwhile.
+    if (this.cancelling) return this.finish(req, ECANCELED);
+    let ok: boolean;
+    try {
+      ok = sqe(req.slot);
+    } catch (e) {
+      // The addon refused the iovecs: a view detached (its memory was unmapped) or out of range.
+      return this.finish(req, /detached/.test((e as Error).message) ? EFAULT : EINVAL);
+    }
+    if (!ok) {
+      this.stalled.push(req);
+      return;
+    }
+    this.unsubmitted++;
+    if (!this.submitScheduled) {
+      this.submitScheduled = true;
+      // One io_uring_enter for everything the runner's batch queued.
+      queueMicrotask(() => this.flushSubmissions());
+    }
+  }
+
+  private flushSubmissions(): void {
+    this.submitScheduled = false;
+    if (this.closed || this.unsubmitted === 0) return;
+    const n = this.ring.submit();
+    this.unsubmitted = Math.max(0, this.unsubmitted - n);
+  }
+
+  // ---- O_DIRECT through the bounce buffer ----
+
+  private startBounce(req: Request, op: ReadWriteOp, t: UringTarget): void {
+    const a = t.directAlign;
+    const off = op.offset + req.moved;
+    const len = viewBytes(op.kind === 'read' ? op.into : op.from) - req.moved;
+    req.bStart = Math.floor(off / a) * a;
+    req.bLen = Math.ceil((off + len) / a) * a - req.bStart;
+    req.bDone = 0;
+    if (req.bounce === null || req.bounce.size < req.bLen) {
+      if (req.bounce) this.bounces.give(req.bounce);
+      req.bounce = this.bounces.take(req.bLen);
+    }
+    if (op.kind === 'read') {
+      req.stage = 'bounce-read';
+      return this.queueBounce(req, t, false, req.bStart, 0, req.bLen);
+    }
+    if (off !== req.bStart) {
+      req.stage = 'rmw-head';
+      return this.queueBounce(req, t, false, req.bStart, 0, a);
+    }
+    this.afterHead(req, op, t);
+  }
+
+  private afterHead(req: Request, op: Extract<IoOp, { kind: 'write' }>, t: UringTarget): void {
+    const a = t.directAlign;
+    const off = op.offset + req.moved;
+    const end = off + viewBytes(op.from) - req.moved;
+    const tailBlock = req.bStart + req.bLen - a;
+    // The last block needs reading unless the write ends on it exactly or the head read covered it.
+    if (end !== req.bStart + req.bLen && !(off !== req.bStart && tailBlock === req.bStart)) {
+      req.stage = 'rmw-tail';
+      return this.queueBounce(req, t, false, tailBlock, tailBlock - req.bStart, a);
+    }
+    this.bounceWrite(req, op, t);
+  }
+
+  private bounceWrite(req: Request, op: Extract<IoOp, { kind: 'write' }>, t: UringTarget): void {
+    const off = op.offset + req.moved;
+    const len = viewBytes(op.from) - req.moved;
+    copyFromViews(op.from, req.moved, req.bounce!.view.subarray(off - req.bStart, off - req.bStart + len));
+    req.stage = 'bounce-write';
+    this.queueBounce(req, t, true, req.bStart, 0, req.bLen);
+  }
+
+  private queueBounce(req: Request, t: UringTarget, write: boolean, pos: number, at: number, len: number): void {
+    req.sqeBytes = len;
+    const iov: UringIov = [req.bounce!.view, at, len];
+    this.queue(req, write ? (ud) => this.ring.writev(t.fd, pos, ud, iov) : (ud) => this.ring.readv(t.fd, pos, ud, iov));
+  }
+
+  // ---- completions ----
+
+  private onCompletions(): void {
+    native.eventfdRead(this.ring.eventFd);
+    try {
+      this.reapAll();
+    } finally {
+      if (this.unsubmitted > 0) this.flushSubmissions();
+    }
+  }
+
+  /**
+   * Reaps until the ring has nothing more and handles each completion; a `done` that throws is
+   * rethrown after the others ran. Reaped completions wait in `cq` until handled, so a `done`
+   * that drains or closes (and so reaps again) handles them too instead of losing them.
+   */
+  private reapAll(): void {
+    let failure: unknown = null;
+    for (;;) {
+      if (this.cqHead === this.cq.length) {
+        this.cq.length = 0;
+        this.cqHead = 0;
+        if (this.stalled.length > 0) {
+          // Slots were freed: what waited for room goes now.
+          for (const r of this.stalled.splice(0)) {
+            try {
+              this.step(r);
+            } catch (e) {
+              failure ??= e;
+            }
+          }
+        }
+        if (this.closed) break;
+        const got = this.ring.reap(this.reaped);
+        if (got === 0) break;
+        for (let k = 0; k < 2 * got; k++) this.cq.push(this.reaped[k]!);
+      }
+      const req = this.slots[this.cq[this.cqHead]!];
+      const res = this.cq[this.cqHead + 1]!;
+      this.cqHead += 2;
+      if (req === undefined) continue;
+      try {
+        this.complete(req, res);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure !== null) throw failure;
+  }
+
+  private complete(req: Request, res: number): void {
+    const op = req.ops[req.at]!;
+    if (res === -ECANCELED || res === -EINTR) return this.finish(req, ECANCELED);
+    if (res < 0 && !(res === -EINVAL && req.stage === 'direct' && !req.bounced)) {
+      const t = this.target(op.backing);
+      const name = (t !== undefined && 'fd' in t ? t.describe : undefined) ?? `backing ${op.backing}`;
+      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+      this.logIoError(`${name}: ${what} failed: ${errnoName(-res)}`);
+    }
+    if (req.stage === 'flush') return res < 0 ? this.finish(req, -res) : this.nextOp(req);
+    const t = this.target(op.backing);
+    if (t === undefined || 'sync' in t || (op.kind !== 'read' && op.kind !== 'write')) return this.finish(req, EBADF);
+    const views = op.kind === 'read' ? op.into : op.from;
+    const total = viewBytes(views);
+    if (req.stage === 'direct') {
+      if (res === -EINVAL && t.directAlign > 0 && !req.bounced) {
+        // The kernel found a buffer address misaligned (its mapping's base, which we cannot see).
+        req.bounced = true;
+        return this.step(req);
+      }
+      if (res < 0) return this.finish(req, -res);
+      if (res === 0) {
+        if (op.kind === 'write') return this.finish(req, EIO); // a write that moves nothing would loop
+        return this.endOfFile(req, op.into);
+      }
+      req.moved += res;
+      if (req.moved < total) return this.step(req); // short, or the rest of a split op
+      return this.opComplete(req, op.kind === 'read', total);
+    }
+    if (res < 0) return this.finish(req, -res);
+    const bounce = req.bounce!.view;
+    const a = t.directAlign;
+    switch (req.stage) {
+      case 'bounce-read': {
+        const off = op.offset + req.moved;
+        const want = total - req.moved;
+        const got = Math.max(0, Math.min(res - (off - req.bStart), want));
+        copyIntoViews(views, req.moved, bounce.subarray(off - req.bStart, off - req.bStart + got));
+        req.moved += got;
+        if (got < want) return res < req.bLen ? this.endOfFile(req, views) : this.step(req);
+        return this.opComplete(req, true, total);
+      }
+      case 'rmw-head':
+      case 'rmw-tail': {
+        // A block past the end of a file reads short: its missing part is zeroes.
+        const at = req.stage === 'rmw-head' ? 0 : req.bLen - a;
+        if (res < a) bounce.fill(0, at + res, at + a);
+        if (req.stage === 'rmw-head') return this.afterHead(req, op as Extract<IoOp, { kind: 'write' }>, t);
+        return this.bounceWrite(req, op as Extract<IoOp, { kind: 'write' }>, t);
+      }
+      case 'bounce-write': {
+        if (res === 0) return this.finish(req, EIO);
+        req.bDone += res;
+        if (req.bDone < req.bLen) {
+          req.sqeBytes = req.bLen - req.bDone;
+          const iov: UringIov = [bounce, req.bDone, req.bLen - req.bDone];
+          const pos = req.bStart + req.bDone;
+          return this.queue(req, (ud) => this.ring.writev(t.fd, pos, ud, iov));
+        }
+        return this.opComplete(req, false, total);
+      }
+    }
+  }
+
+  private opComplete(req: Request, read: boolean, total: number): void {
+    if (read && req.at === req.ops.length - 1) req.lastReadBytes = total;
+    this.nextOp(req);
+  }
+
+  /**
+   * A read reached the end of the file. The last op reports how far it got (the runner shortens
+   * the reply); an earlier one reads as zeroes past the end, like pread into a zeroed buffer.
+   */
+  private endOfFile(req: Request, views: readonly Uint8Array[]): void {
+    if (req.at === req.ops.length - 1) {
+      req.lastReadBytes = req.moved;
+      return this.finish(req, 0);
+    }
+    zeroViews(views, req.moved);
+    this.nextOp(req);
+  }
+
+  // ---- drain / close ----
+
+  /**
+   * Blocks until everything submitted has completed, with its real result: what waits behind a
+   * barrier or for ring space starts in its turn, and what is in the kernel is waited for, not
+   * cancelled. A ring stop (GET_VRING_BASE), a memory remap or a disconnect must not turn I/O
+   * that would have finished into guest-visible errors; file and block I/O always finishes.
+   */
+  drain(): void {
+    if (this.closed || this.cancelling) return;
+    let failure: unknown = null;
+    while (this.count > 0) {
+      try {
+        this.pump();
+        // Completions already reaped (by a caller further up the stack) or ready now.
+        this.reapAll();
+      } catch (e) {
+        failure ??= e;
+      }
+      if (this.count === 0) break;
+      if (this.ring.inflight === 0) {
+        // Requests are left but none is in the kernel and none can start: a bookkeeping bug,
+        // which waiting would turn into a hang.
+        throw new Error(`UringExecutor.drain: ${this.count} requests left with nothing in flight (${this.waiting.length} waiting, ${this.stalled.length} stalled)`);
+      }
+      this.ring.wait(); // submits what is queued, too
+      this.unsubmitted = 0;
+    }
+    if (failure !== null) throw failure;
+  }
+
+  /**
+   * Cancels everything still in flight (done fires with ECANCELED; an op the kernel could not
+   * stop reports its real result), waits until the kernel has let go of every buffer, and
+   * releases the ring. done never fires after close() returns.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.cancelling = true;
+    let failure: unknown = null;
+    const call = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (e) {
+        failure ??= e;
+      }
+    };
+    try {
+      // Not started: they never touched guest memory.
+      for (const req of this.waiting.splice(0)) {
+        this.count--;
+        call(() => req.done({ errno: ECANCELED, lastReadBytes: 0 }));
+      }
+      for (const req of this.stalled.splice(0)) call(() => this.finish(req, ECANCELED));
+      // Completions already reaped (by a caller further up the stack) are handled first.
+      call(() => this.reapAll());
+      if (this.ring.inflight > 0) {
+        this.ring.cancelAll();
+        while (this.ring.inflight > 0) {
+          this.ring.wait();
+          call(() => this.reapAll());
+        }
+      }
+    } finally {
+      this.closed = true;
+      this.watcher.close();
+      this.ring.close();
+      this.bounces.release();
+    }
+    if (failure !== null) throw failure;
+  }
+
+  /** Bounce buffers mapped now (idle or in use): for leak checks. */
+  get bounceMappings(): number {
+    return this.bounces.live;
+  }
+}

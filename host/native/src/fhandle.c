@@ -1,0 +1,135 @@
+// File handles for the `filesystem` capability's inodes (virtio-fs at scale): an inode the
+// guest has looked up is remembered as the kernel's file handle for it (name_to_handle_at)
+// instead of an O_PATH fd, and reopened by that handle (open_by_handle_at) only for the
+// moment an operation needs it. A share of 100,000 looked-up files then holds a handful of
+// fds, not 100,000 (the process's hard limit here is 20,000).
+//
+// Record (what fsNameToHandle writes and fsOpenByHandle reads), native byte order:
+//    0  u32 mount id (the mount the handle was made on)
+//    4  u32 handle_bytes
+//    8  s32 handle_type
+//   12  handle_bytes bytes of the filesystem's handle (at most MAX_HANDLE_SZ)
+//
+// Safety: open_by_handle_at opens an inode by identity, not by path, so a forged handle could
+// reach any inode of the filesystem, outside the share. Handles therefore never leave the
+// host process's share table (the plugin sees only handle numbers; migration state carries
+// names, not handles), and every record is made here from an fd that a confined lookup
+// returned. On top of that, fsOpenByHandle refuses (EXDEV) a record whose mount is not the
+// mount of the fd it decodes against, so a handle made on another filesystem is never
+// decoded by this one's rules. A handle whose inode was deleted (and, on filesystems with
+// generation numbers, whose inode number was reused) answers ESTALE from the kernel: never
+// another file. open_by_handle_at needs CAP_DAC_READ_SEARCH; without it, EPERM.
+#include "common.h"
+#include "fd_budget.h"
+#include "fs_env.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define RECORD_HEAD 12
+#define RECORD_MAX (RECORD_HEAD + MAX_HANDLE_SZ)
+
+static bool arg_fd(napi_env env, napi_value v, const char *fn, int *fd) {
+  return get_fd(env, v, fn, "fd", fd);
+}
+
+// The mount id of fd (the id name_to_handle_at reports), or -errno.
+static int64_t mount_of(int fd) {
+  struct statx sx;
+  if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &sx) < 0) return -errno;
+  if (!(sx.stx_mask & STATX_MNT_ID)) return -EOPNOTSUPP;
+  return (int64_t)sx.stx_mnt_id;
+}
+
+// fsNameToHandle(fd, out: Uint8Array(>= 140)) -> record length | -errno. EOPNOTSUPP: the
+// filesystem has no file handles; EOVERFLOW: its handles are larger than MAX_HANDLE_SZ.
+static napi_value fs_name_to_handle(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  void *out;
+  size_t cap;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsNameToHandle") || !arg_fd(env, argv[0], "fsNameToHandle", &fd) ||
+      !get_bytes(env, argv[1], "fsNameToHandle", "out", &out, &cap))
+    return NULL;
+  if (cap < RECORD_MAX) {
+    throw_range(env, "fsNameToHandle: out must hold %d bytes, not %zu", RECORD_MAX, cap);
+    return NULL;
+  }
+  union {
+    struct file_handle fh;
+    uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  } u;
+  memset(&u, 0, sizeof u);
+  u.fh.handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  if (name_to_handle_at(fd, "", &u.fh, &mount_id, AT_EMPTY_PATH) < 0) return make_number(env, -(double)errno);
+  if (u.fh.handle_bytes > MAX_HANDLE_SZ) return make_number(env, -(double)EOVERFLOW);
+  uint32_t mid = (uint32_t)mount_id, hb = u.fh.handle_bytes;
+  int32_t type = u.fh.handle_type;
+  uint8_t *o = out;
+  memcpy(o, &mid, 4);
+  memcpy(o + 4, &hb, 4);
+  memcpy(o + 8, &type, 4);
+  memcpy(o + RECORD_HEAD, u.fh.f_handle, hb);
+  return make_number(env, RECORD_HEAD + (double)hb);
+}
+
+static int open_by_record(int mount_fd, const uint8_t *rec, size_t len, int flags) {
+  if (len < RECORD_HEAD) return -EINVAL;
+  uint32_t mid, hb;
+  int32_t type;
+  memcpy(&mid, rec, 4);
+  memcpy(&hb, rec + 4, 4);
+  memcpy(&type, rec + 8, 4);
+  if (hb == 0 || hb > MAX_HANDLE_SZ || len != RECORD_HEAD + (size_t)hb) return -EINVAL;
+  int64_t m = mount_of(mount_fd);
+  if (m < 0) return (int)m;
+  if ((uint64_t)m != mid) return -EXDEV;
+  union {
+    struct file_handle fh;
+    uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  } u;
+  u.fh.handle_bytes = hb;
+  u.fh.handle_type = type;
+  memcpy(u.fh.f_handle, rec + RECORD_HEAD, hb);
+  int fd;
+  do fd = open_by_handle_at(mount_fd, &u.fh, flags);
+  while (fd < 0 && errno == EINTR);
+  return fd < 0 ? -errno : fd;
+}
+
+// fsOpenByHandle(mountFd, record) -> O_PATH fd on the handle's inode (taken from the budget,
+// owned by this thread until fsClose) | -errno: ESTALE (the inode is gone), EXDEV (the record
+// was made on another mount than mountFd's), EPERM (no CAP_DAC_READ_SEARCH), ENFILE (budget).
+static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int mount_fd;
+  void *rec;
+  size_t len;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsOpenByHandle") || !arg_fd(env, argv[0], "fsOpenByHandle", &mount_fd) ||
+      !get_bytes(env, argv[1], "fsOpenByHandle", "record", &rec, &len))
+    return NULL;
+  int fd;
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd == 0) fd = fs_keep(fs_env_of(env, info), open_by_record(mount_fd, rec, len, O_PATH | O_CLOEXEC));
+  return make_number(env, fd);
+}
+
+// fsMountId(fd) -> the mount id of fd's mount (as in a record) | -errno.
+static napi_value fs_mount_id(napi_env env, napi_callback_info info) {
+  int fd;
+  if (!one_fd(env, info, "fsMountId", &fd)) return NULL;
+  return make_number(env, (double)mount_of(fd));
+}
+
+bool init_fhandle(napi_env env, napi_value exports, fs_env *fe) {
+  return fs_set_fn(env, exports, "fsNameToHandle", fs_name_to_handle, fe) &&
+         fs_set_fn(env, exports, "fsOpenByHandle", fs_open_by_handle, fe) && set_fn(env, exports, "fsMountId", fs_mount_id);
+}

@@ -1,0 +1,33 @@
+// The memfd behind a memory:SIZE disk, which every queue thread of the device maps (memory.ts
+// holds the disk's logic; this module is its native side, kept apart so that memory.ts needs
+// no addon).
+import { native } from '../native/index.ts';
+import type { SharedPages } from './memory.ts';
+
+/** A zeroed memfd of `size` bytes for a memory disk, sealed at that size (the caller closes it). */
+export function createMemoryDisk(size: number): number {
+  const fd = native.memfdCreate('vhost-wasm-memory-disk', true);
+  try {
+    native.ftruncate(fd, size);
+    // F_SEAL_SHRINK | F_SEAL_GROW: nobody can pull pages from under a mapping of it.
+    native.memfdAddSeals(fd, 0x2 | 0x4);
+  } catch (e) {
+    native.close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** Maps the disk's memfd (borrowed: its owner closes it) in this thread. */
+export function mapMemoryDisk(fd: number, size: number, readOnly: boolean): SharedPages {
+  const have = native.fstat(fd).size;
+  if (have < size) throw new RangeError(`memory disk: its memfd holds ${have} bytes, not ${size}`);
+  if (size === 0) return { window: () => new ArrayBuffer(0), punchHole: () => true, close: () => {} };
+  const mapping = native.mmap(fd, size, 0, !readOnly);
+  const { KEEP_SIZE, PUNCH_HOLE } = native.FALLOC_FL;
+  return {
+    window: (offset, len) => mapping.window(offset, len),
+    punchHole: (offset, len) => native.fsFallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, len) === 0,
+    close: () => mapping.unmap(),
+  };
+}

@@ -1,0 +1,112 @@
+// filesystem.backing's host side: an open file of a real share becomes an entry in the device's
+// backing table (host/fs/file-backings.ts), with the real fd, the right read-only flag, one index
+// per handle, and out of the table before its fd is closed or the device resets.
+import test from 'ava';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FsFileBackings } from '../host/fs/file-backings.ts';
+import { BackingTable } from '../host/io/backing-table.ts';
+import { filesystemImports } from '../host/fs/imports.ts';
+import { E, FsShare } from '../host/fs/share.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'fs-backings-'));
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+writeFileSync(join(dir, 'a.txt'), 'hello from the share');
+
+const O_RDONLY = 0;
+const O_RDWR = 2;
+
+function setup(opts: { readOnly?: boolean } = {}) {
+  const share = new FsShare(dir, { readOnly: opts.readOnly ?? false });
+  const table = new BackingTable();
+  const files = new FsFileBackings(share, table);
+  const fs = filesystemImports(share, () => {
+    throw new Error('not granted');
+  }, files) as Record<string, (...a: unknown[]) => { tag: string; val: unknown }>;
+  const root = fs.root().val as { node: bigint };
+  const node = (fs.lookup(root.node, Buffer.from('a.txt')).val as { node: bigint }).node;
+  return { share, table, files, fs, root, node };
+}
+
+test('an open file gets one index, reading and writing the file; a read-only open is a read-only backing', (t) => {
+  const { share, table, fs, node } = setup();
+  try {
+    const rw = fs.open(node, O_RDWR).val as bigint;
+    const first = fs.backing(rw);
+    t.is(first.tag, 'ok');
+    t.true((first.val as number) >= 1, 'index 0 is --storage');
+    t.deepEqual(fs.backing(rw), first, 'the same handle, the same index');
+    const entry = table.get(first.val as number)!;
+    t.false(entry.readOnly);
+    t.true(entry.growable);
+    const a = Buffer.alloc(5);
+    const b = Buffer.alloc(30, 0xee);
+    t.is(entry.readInto(0, [a, b]), 20, 'a short read at the end of the file');
+    t.is(Buffer.concat([a, b.subarray(0, 15)]).toString(), 'hello from the share');
+    t.true(b.subarray(15).every((x) => x === 0), 'the rest zero-filled');
+    entry.writeFrom(20, [Buffer.from('!'), Buffer.from('?')]);
+    t.is(readFileSync(join(dir, 'a.txt'), 'utf8'), 'hello from the share!?');
+    t.is(entry.size, 22);
+    const ro = fs.open(node, O_RDONLY).val as bigint;
+    const roIndex = fs.backing(ro).val as number;
+    t.not(roIndex, first.val);
+    t.true(table.get(roIndex)!.readOnly);
+    t.throws(() => table.get(roIndex)!.writeFrom(0, [Buffer.from('x')]), { message: /write of 1 bytes at 0 failed: EBADF/ }, 'the fd itself is O_RDONLY');
+  } finally {
+    share.close();
+  }
+});
+
+test('a node handle or a stale handle is EBADF', (t) => {
+  const { share, fs, node } = setup();
+  try {
+    t.deepEqual(fs.backing(node), { tag: 'err', val: E.EBADF }, 'a node handle is not an open file');
+    t.deepEqual(fs.backing(12345n), { tag: 'err', val: E.EBADF });
+  } finally {
+    share.close();
+  }
+});
+
+test('close takes the index out of the table; a device reset takes them all', (t) => {
+  const { share, table, files, fs, node } = setup();
+  try {
+    const a = fs.open(node, O_RDONLY).val as bigint;
+    const b = fs.open(node, O_RDWR).val as bigint;
+    const ia = fs.backing(a).val as number;
+    fs.backing(b);
+    fs.close(a);
+    t.is(table.get(ia), undefined, 'gone before its fd is closed');
+    t.deepEqual(fs.backing(a), { tag: 'err', val: E.EBADF }, 'a closed handle has no backing');
+    t.is(files.size, 1);
+    files.releaseAll();
+    share.releaseAll();
+    t.deepEqual(table.indexes(), []);
+    t.is(files.size, 0);
+    t.deepEqual(fs.backing(b), { tag: 'err', val: E.EBADF }, 'after a reset the old handle names nothing');
+  } finally {
+    share.close();
+  }
+});
+
+test('a --read-only share gives read-only backings whatever the flags', (t) => {
+  const { share, table, fs, node } = setup({ readOnly: true });
+  try {
+    const h = fs.open(node, O_RDONLY).val as bigint;
+    t.true(table.get(fs.backing(h).val as number)!.readOnly);
+  } finally {
+    share.close();
+  }
+});
+
+test('a host without a backing table says so when a plugin asks', (t) => {
+  const share = new FsShare(dir);
+  try {
+    const fs = filesystemImports(share, () => {
+      throw new Error('not granted');
+    }) as Record<string, (...a: unknown[]) => unknown>;
+    t.throws(() => fs.backing(1n), { message: /no backing table for shared files/ });
+  } finally {
+    share.close();
+  }
+});

@@ -1,0 +1,532 @@
+// The I/O executors (host/io) against real kernel objects: files on tmpfs (/dev/shm) and on the
+// real disk (/var/tmp: O_DIRECT works there), loop devices with 512- and 4096-byte logical
+// blocks, a 1 MiB tmpfs mount for ENOSPC, /proc/self/mem for EIO, pipes for I/O that stays
+// pending until the test lets it go (the "slow backing"), and memfd mappings standing in for
+// guest memory. Serial: scenarios check the process's fds and mappings for leaks.
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { native as n } from '../host/native/index.ts';
+import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
+import { MemoryExecutor } from '../host/io/memory-executor.ts';
+import { UringExecutor, type UringTarget } from '../host/io/uring-executor.ts';
+import { FileBacking } from '../host/storage/file.ts';
+import { MemoryBacking } from '../host/storage/memory.ts';
+import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
+import { chooseExecutor } from '../host/io/choose-executor.ts';
+import type { Logger } from '../host/log/logger.ts';
+import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
+
+const EIO = 5;
+const ENOSPC = 28;
+const ECANCELED = 125;
+const diskDir = mkdtempSync('/var/tmp/vhost-wasm-io-');
+const shmDir = mkdtempSync('/dev/shm/vhost-wasm-io-');
+test.after.always(() => {
+  rmSync(diskDir, { recursive: true, force: true });
+  rmSync(shmDir, { recursive: true, force: true });
+});
+
+function mapsNamed(name: string): number {
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(name)).length;
+}
+
+async function noLeak(t: ExecutionContext, body: () => unknown | Promise<unknown>): Promise<void> {
+  const before = fdSnapshot();
+  const maps = mapsNamed('vhost-wasm-bounce');
+  await body();
+  t.deepEqual(fdsOpenedSince(before), [], 'fds the scenario left open');
+  t.is(mapsNamed('vhost-wasm-bounce'), maps, 'bounce-buffer mappings the scenario left');
+}
+
+/** Page-aligned "guest memory": a memfd mapping, as the host maps a front-end's regions. */
+function guestMemory(bytes: number): { buf: ArrayBuffer; view(off: number, len: number): Uint8Array; close(): void } {
+  const fd = n.memfdCreate('io-executor-guest', false);
+  n.ftruncate(fd, bytes);
+  const m = n.mmap(fd, bytes, 0, true);
+  const buf = m.window(0, bytes);
+  return {
+    buf,
+    view: (off, len) => new Uint8Array(buf, off, len),
+    close() {
+      m.unmap();
+      n.close(fd);
+    },
+  };
+}
+
+function pattern(bytes: number, seed: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i++) b[i] = (i * 31 + seed * 7 + (i >> 9)) & 0xff;
+  return b;
+}
+
+function run(ex: IoExecutor, ops: IoOp[], barrier = false): Promise<IoResult> {
+  return new Promise((resolve) => ex.submit(ops, barrier, resolve));
+}
+
+/** A file target that is a FileBacking (fd, directAlign, discard, writeZeroes). */
+function fileTable(...targets: UringTarget[]): (i: number) => UringTarget | undefined {
+  return (i) => targets[i];
+}
+
+for (const [where, dir] of [['tmpfs', shmDir], ['the real disk', diskDir]] as const) {
+  test.serial(`${where}: 64 requests in flight, multi-segment iovecs into guest memory, every byte where it belongs`, async (t) => {
+    await noLeak(t, async () => {
+      const path = join(dir, 'rw.img');
+      const initial = pattern(1 << 20, 1);
+      writeFileSync(path, initial);
+      const backing = FileBacking.open(path, false);
+      const mem = guestMemory(2 << 20);
+      const ex = new UringExecutor({ target: fileTable(backing), entries: 32 });
+      try {
+        // Writes: 64 x 8 KiB, each from two 4 KiB views far apart in guest memory.
+        const data = pattern(64 * 8192, 2);
+        new Uint8Array(mem.buf, 0, data.length).set(data);
+        const writes = Array.from({ length: 64 }, (_, i) =>
+          run(ex, [{ kind: 'write', backing: 0, offset: i * 8192, from: [mem.view(i * 8192, 4096), mem.view(i * 8192 + 4096, 4096)] }]));
+        t.true(ex.inflight > 0, 'requests are in flight after submit');
+        for (const r of await Promise.all(writes)) t.deepEqual(r, { errno: 0, lastReadBytes: 0 });
+        t.true(readFileSync(path).subarray(0, data.length).equals(data), 'the file holds what the views held');
+        // Reads back, scattered: each into three views of unequal size.
+        const reads = Array.from({ length: 64 }, (_, i) => {
+          const at = (1 << 20) + i * 8192;
+          return run(ex, [{ kind: 'read', backing: 0, offset: ((i * 37) % 64) * 8192, into: [mem.view(at, 1000), mem.view(at + 1000, 5000), mem.view(at + 6000, 2192)] }]);
+        });
+        for (const r of await Promise.all(reads)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
+        for (let i = 0; i < 64; i++) {
+          const src = ((i * 37) % 64) * 8192;
+          t.true(Buffer.from(mem.buf, (1 << 20) + i * 8192, 8192).equals(data.subarray(src, src + 8192)), `read ${i}`);
+        }
+        t.is(ex.inflight, 0);
+      } finally {
+        ex.close();
+        backing.close();
+        mem.close();
+      }
+    });
+  });
+}
+
+test.serial('completions out of order: a read stuck on a slow backing does not hold back the others, and fires last', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'ooo.img');
+    const data = pattern(256 * 1024, 3);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, true);
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(1 << 20);
+    const ex = new UringExecutor({ target: fileTable(file, { fd: pr, directAlign: 0 }) });
+    try {
+      const order: string[] = [];
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
+      const fast = Array.from({ length: 32 }, (_, i) =>
+        run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]).then((r) => (order.push(`fast${i}`), r)));
+      for (const r of await Promise.all(fast)) t.is(r.errno, 0);
+      t.is(ex.inflight, 1, 'only the slow read is left');
+      t.false(order.includes('slow'));
+      n.write(pw, Buffer.from('0123456789abcdef'));
+      t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
+      t.is(order.at(-1), 'slow');
+      t.is(Buffer.from(mem.buf, 0, 16).toString(), '0123456789abcdef');
+      t.true(Buffer.from(mem.buf, 4096, 32 * 8192).equals(data.subarray(0, 32 * 8192)));
+    } finally {
+      ex.close();
+      file.close();
+      mem.close();
+      n.close(pr);
+      n.close(pw);
+    }
+  });
+});
+
+test.serial('a barrier (flush) starts only after everything before it completed, and holds back what comes after', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'barrier.img');
+    writeFileSync(path, Buffer.alloc(1 << 20));
+    const file = FileBacking.open(path, false);
+    // The "slow write": a pipe whose buffer is full, so a write to it waits for a reader.
+    const [pr, pw] = n.pipe2();
+    const filler = Buffer.alloc(1 << 20, 1);
+    while (n.write(pw, filler) > 0) { /* fill the pipe */ }
+    const mem = guestMemory(1 << 20);
+    const ex = new UringExecutor({ target: fileTable(file, { fd: pw, directAlign: 0 }) });
+    try {
+      const order: string[] = [];
+      const note = (name: string) => (r: IoResult) => (order.push(name), r);
+      mem.view(0, 4096).fill(0x77);
+      const slowWrite = run(ex, [{ kind: 'write', backing: 1, offset: 0, from: [mem.view(0, 4096)] }]).then(note('slow-write'));
+      const fileWrite = run(ex, [{ kind: 'write', backing: 0, offset: 65536, from: [mem.view(0, 4096)] }]).then(note('file-write'));
+      const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then(note('flush'));
+      const after = run(ex, [{ kind: 'read', backing: 0, offset: 65536, into: [mem.view(8192, 4096)] }]).then(note('read-after'));
+      await fileWrite;
+      // The file write is done (the ring runs); the flush waits for the slow write, the read for the flush.
+      t.deepEqual(order, ['file-write']);
+      t.is(ex.inflight, 3);
+      // Let the slow write through: drain the pipe.
+      const sink = Buffer.alloc(1 << 20);
+      while (order.length < 4) {
+        n.read(pr, sink);
+        await new Promise((r) => setImmediate(r));
+      }
+      t.deepEqual(order, ['file-write', 'slow-write', 'flush', 'read-after']);
+      for (const r of await Promise.all([slowWrite, flush, after])) t.is(r.errno, 0);
+      t.true(Buffer.from(mem.buf, 8192, 4096).every((b) => b === 0x77), 'the read after the barrier saw the write before it');
+    } finally {
+      ex.close();
+      file.close();
+      mem.close();
+      n.close(pr);
+      n.close(pw);
+    }
+  });
+});
+
+test.serial('errors come back as errno: EIO from the kernel, ENOSPC from a full tmpfs (after a short write), the rest of the request does not run', async (t) => {
+  const mnt = join(diskDir, 'small-tmpfs');
+  mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+  try {
+    await noLeak(t, async () => {
+      const path = join(mnt, 'full.img');
+      writeFileSync(path, Buffer.alloc(0));
+      const file = FileBacking.open(path, false);
+      const procMem = openSync('/proc/self/mem', 'r');
+      const mem = guestMemory(4 << 20);
+      const ex = new UringExecutor({ target: fileTable(file, { fd: procMem, directAlign: 0 }) });
+      try {
+        // /proc/self/mem at address 0 (never mapped): EIO. The read after it must not run.
+        mem.view(65536, 4096).fill(0xee);
+        t.deepEqual(await run(ex, [
+          { kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 4096)] },
+          { kind: 'read', backing: 0, offset: 0, into: [mem.view(65536, 4096)] },
+        ]), { errno: EIO, lastReadBytes: 0 });
+        t.true(mem.view(65536, 4096).every((b) => b === 0xee), 'the op after the failed one did not run');
+        // 2 MiB into a 1 MiB file system: the kernel writes what fits, then says ENOSPC.
+        mem.view(0, 2 << 20).fill(0x42);
+        t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 1 << 20), mem.view(1 << 20, 1 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
+        // The executor goes on serving.
+        t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+        t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
+      } finally {
+        ex.close();
+        file.close();
+        closeSync(procMem);
+        mem.close();
+      }
+    });
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+});
+
+test.serial('a short read at end of file: the last op reports the bytes it got; an earlier read is zero-filled past the end', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'short.img');
+    const data = pattern(10000, 4);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, true);
+    const mem = guestMemory(65536);
+    const ex = new UringExecutor({ target: fileTable(file) });
+    try {
+      mem.view(0, 65536).fill(0xff);
+      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 });
+      t.true(Buffer.from(mem.buf, 0, 10000 - 8192).equals(data.subarray(8192)));
+      t.deepEqual(await run(ex, [
+        { kind: 'read', backing: 0, offset: 8192, into: [mem.view(16384, 4096)] },
+        { kind: 'read', backing: 0, offset: 0, into: [mem.view(32768, 100)] },
+      ]), { errno: 0, lastReadBytes: 100 });
+      t.true(Buffer.from(mem.buf, 16384, 1808).equals(data.subarray(8192)));
+      t.true(mem.view(16384 + 1808, 4096 - 1808).every((b) => b === 0), 'zeroes past the end');
+      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(0, 512)] }]), { errno: 0, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      file.close();
+      mem.close();
+    }
+  });
+});
+
+test.serial('more requests than the ring holds: the rest wait their turn and all complete', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'capacity.img');
+    const data = pattern(1 << 20, 5);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, true);
+    const mem = guestMemory(1 << 20);
+    const ex = new UringExecutor({ target: fileTable(file), entries: 2 });
+    try {
+      const all = Array.from({ length: 256 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]));
+      t.is(ex.inflight, 256);
+      for (const r of await Promise.all(all)) t.is(r.errno, 0);
+      t.true(Buffer.from(mem.buf).equals(data));
+    } finally {
+      ex.close();
+      file.close();
+      mem.close();
+    }
+  });
+});
+
+// --direct: a file on the real disk, and loop devices with 512- and 4096-byte logical blocks.
+function loopDevice(t: ExecutionContext, blockSize: number): { dev: string; file: string } {
+  const file = join(diskDir, `loop-${blockSize}.img`);
+  writeFileSync(file, pattern(4 << 20, 6));
+  const dev = execFileSync('losetup', ['-b', String(blockSize), '--find', '--show', file], { encoding: 'utf8' }).trim();
+  t.teardown(() => execFileSync('losetup', ['--detach', dev]));
+  return { dev, file };
+}
+
+for (const kind of ['file', 'loop512', 'loop4096'] as const) {
+  test.serial(`--direct on ${kind === 'file' ? 'a real-disk file' : `a loop device with ${kind.slice(4)}-byte blocks`}: aligned ops go straight, misaligned ones through a bounce buffer, neighbours intact`, async (t) => {
+    let path: string;
+    let fileBehind: string;
+    if (kind === 'file') {
+      path = fileBehind = join(diskDir, 'direct.img');
+      writeFileSync(path, pattern(4 << 20, 6));
+    } else {
+      ({ dev: path, file: fileBehind } = loopDevice(t, Number(kind.slice(4))));
+    }
+    await noLeak(t, async () => {
+      const backing = FileBacking.open(path, false, { direct: true });
+      const a = backing.directAlign;
+      t.true(a === 512 || a === 4096, `alignment ${a}`);
+      if (kind !== 'file') t.is(a, Number(kind.slice(4)));
+      t.is(backing.blockSize, a, 'storage.block-size reports the direct-I/O block');
+      const mem = guestMemory(1 << 20);
+      const ex = new UringExecutor({ target: fileTable(backing) });
+      const expect = pattern(4 << 20, 6);
+      try {
+        // Aligned: straight into guest memory, no bounce buffer.
+        mem.view(0, 65536).set(pattern(65536, 7));
+        t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 8 * a, from: [mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 0 });
+        expect.set(pattern(65536, 7), 8 * a);
+        t.is(ex.bounceMappings, 0, 'an aligned write used no bounce buffer');
+        t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 8 * a, into: [mem.view(131072, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+        t.true(Buffer.from(mem.buf, 131072, 65536).equals(pattern(65536, 7)));
+        t.is(ex.bounceMappings, 0, 'an aligned read used no bounce buffer');
+        // Misaligned offset and length (read-modify-write of the partial end blocks).
+        const odd = pattern(3 * a + 100, 8);
+        mem.view(262144, odd.length).set(odd);
+        const at = 100 * a + 37;
+        t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: at, from: [mem.view(262144, odd.length)] }]), { errno: 0, lastReadBytes: 0 });
+        expect.set(odd, at);
+        t.true(ex.bounceMappings > 0, 'the misaligned write went through a bounce buffer');
+        // A misaligned read, into a buffer at an odd address.
+        t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: at - 5, into: [mem.view(524288 + 3, odd.length + 10)] }]), { errno: 0, lastReadBytes: odd.length + 10 });
+        t.true(Buffer.from(mem.buf, 524288 + 3, odd.length + 10).equals(expect.subarray(at - 5, at + odd.length + 5)));
+        // An aligned range from a misaligned buffer: bounced, not refused.
+        mem.view(700001, a).set(pattern(a, 9));
+        t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 200 * a, from: [mem.view(700001, a)] }]), { errno: 0, lastReadBytes: 0 });
+        expect.set(pattern(a, 9), 200 * a);
+        t.deepEqual(await run(ex, [{ kind: 'flush', backing: 0 }], true), { errno: 0, lastReadBytes: 0 });
+      } finally {
+        ex.close();
+        backing.close();
+        mem.close();
+      }
+      t.true(readFileSync(fileBehind).equals(expect), 'the backing holds exactly the writes, every neighbouring byte as it was');
+    });
+  });
+}
+
+test.serial('drain with I/O in flight: everything in the kernel and everything queued (behind a barrier, or for ring space) completes with its real result before it returns', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'drain.img');
+    const data = pattern(1 << 20, 10);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, false);
+    const mem = guestMemory(2 << 20);
+    const ex = new UringExecutor({ target: fileTable(file), entries: 4 });
+    try {
+      const results = new Map<string, IoResult>();
+      const submit = (name: string, ops: IoOp[], barrier = false) => ex.submit(ops, barrier, (r) => results.set(name, r));
+      for (let i = 0; i < 64; i++) submit(`read${i}`, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]);
+      mem.view(1 << 20, 8192).fill(0x5c);
+      submit('flush', [{ kind: 'flush', backing: 0 }], true);
+      submit('behind', [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(1 << 20, 8192)] }]);
+      t.is(ex.inflight, 66);
+      t.is(results.size, 0, 'nothing completed yet (no reap has run)');
+      ex.drain();
+      t.is(ex.inflight, 0);
+      t.is(results.size, 66);
+      for (const [name, r] of results) t.is(r.errno, 0, name);
+      t.true(Buffer.from(mem.buf, 0, 64 * 4096).equals(data.subarray(0, 64 * 4096)), 'every read landed before drain returned');
+      t.true(readFileSync(path).subarray(0, 8192).every((b) => b === 0x5c), 'the write queued behind the barrier ran too');
+    } finally {
+      ex.close();
+      // Nothing of ours is in the kernel any more: unmapping now is safe.
+      mem.close();
+      file.close();
+    }
+  });
+});
+
+test.serial('close with I/O in flight cancels it in the kernel: done (ECANCELED) fires before close returns, never after', async (t) => {
+  await noLeak(t, async () => {
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(65536);
+    const ex = new UringExecutor({ target: fileTable({ fd: pr, directAlign: 0 }) });
+    const seen: IoResult[] = [];
+    ex.submit([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 16)] }], false, (r) => seen.push(r));
+    ex.close();
+    t.deepEqual(seen, [{ errno: ECANCELED, lastReadBytes: 0 }]);
+    t.throws(() => ex.submit([], false, () => {}), { message: /after close/ });
+    await new Promise((r) => setTimeout(r, 10));
+    t.is(seen.length, 1);
+    mem.close();
+    n.close(pr);
+    n.close(pw);
+  });
+});
+
+test.serial('memory executor: one copy each way, holes read as zeroes, across a chunk boundary, done before submit returns', (t) => {
+  const disk = new MemoryBacking(128 << 20, false);
+  const mem = guestMemory(1 << 20);
+  const ex = new MemoryExecutor((i) => (i === 0 ? storageIoBacking(disk) : undefined));
+  try {
+    const boundary = 64 << 20;
+    const data = pattern(12288, 11);
+    mem.view(0, data.length).set(data);
+    let r: IoResult | undefined;
+    ex.submit([{ kind: 'write', backing: 0, offset: boundary - 5000, from: [mem.view(0, 5000), mem.view(5000, 7288)] }], false, (x) => (r = x));
+    t.deepEqual(r, { errno: 0, lastReadBytes: 0 }, 'done fired inside submit');
+    mem.view(65536, 20000).fill(0xcc);
+    ex.submit([{ kind: 'read', backing: 0, offset: boundary - 9000, into: [mem.view(65536, 20000)] }], false, (x) => (r = x));
+    t.deepEqual(r, { errno: 0, lastReadBytes: 20000 });
+    const got = Buffer.from(mem.buf, 65536, 20000);
+    t.true(got.subarray(0, 4000).every((b) => b === 0), 'the hole before the write reads as zeroes');
+    t.true(got.subarray(4000, 4000 + 12288).equals(data));
+    t.true(got.subarray(16288).every((b) => b === 0));
+    ex.submit([{ kind: 'write-zeroes', backing: 0, offset: boundary - 100, len: 200 }, { kind: 'read', backing: 0, offset: boundary - 5000, into: [mem.view(0, 5100)] }], false, (x) => (r = x));
+    t.deepEqual(r, { errno: 0, lastReadBytes: 5100 });
+    const expect = Buffer.from(data.subarray(0, 5100));
+    expect.fill(0, 4900);
+    t.true(Buffer.from(mem.buf, 0, 5100).equals(expect));
+    ex.submit([{ kind: 'read', backing: 0, offset: (128 << 20) - 100, into: [mem.view(0, 200)] }], false, (x) => (r = x));
+    t.is(r?.errno, 22, 'past the end: EINVAL, nothing read');
+    ex.submit([{ kind: 'flush', backing: 3 }], true, (x) => (r = x));
+    t.is(r?.errno, 9, 'no such backing: EBADF');
+    t.is(ex.inflight, 0);
+  } finally {
+    ex.close();
+    mem.close();
+  }
+});
+
+test.serial('discard and write-zeroes through the file backing (fallocate), in order with the writes; a failing one gives its errno', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'falloc.img');
+    const data = pattern(1 << 20, 12);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, false);
+    const readOnly = FileBacking.open(path, true);
+    const mem = guestMemory(65536);
+    const ex = new UringExecutor({ target: fileTable(file, readOnly) });
+    try {
+      mem.view(0, 8192).fill(0x11);
+      t.deepEqual(await run(ex, [
+        { kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] },
+        { kind: 'write-zeroes', backing: 0, offset: 4096, len: 65536 },
+        { kind: 'discard', backing: 0, offset: 524288, len: 131072 },
+      ]), { errno: 0, lastReadBytes: 0 });
+      const expect = Buffer.from(data);
+      expect.fill(0x11, 0, 4096);
+      expect.fill(0, 4096, 4096 + 65536);
+      expect.fill(0, 524288, 524288 + 131072);
+      t.true(readFileSync(path).equals(expect), 'the write, then the zeroing over its second half, then the hole');
+      // fallocate on a read-only fd: EBADF, carried from the backing's error.
+      t.deepEqual(await run(ex, [{ kind: 'write-zeroes', backing: 1, offset: 0, len: 4096 }]), { errno: 9, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      file.close();
+      readOnly.close();
+      mem.close();
+    }
+  });
+});
+
+test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buffer that "succeeds"', async (t) => {
+  const path = join(shmDir, 'detached.img');
+  writeFileSync(path, pattern(65536, 13));
+  const file = FileBacking.open(path, false);
+  const disk = new MemoryBacking(1 << 20, false);
+  const mem = guestMemory(65536);
+  const into = [mem.view(0, 4096)];
+  mem.close(); // the window detaches: the view now has length 0
+  const ex = new UringExecutor({ target: fileTable(file) });
+  const mx = new MemoryExecutor(() => storageIoBacking(disk));
+  try {
+    t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+    t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
+    t.deepEqual(await run(mx, [{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+    t.true(readFileSync(path).equals(pattern(65536, 13)));
+  } finally {
+    ex.close();
+    mx.close();
+    file.close();
+  }
+});
+
+test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs file is served inline; a real-disk file through the ring', async (t) => {
+  const lines: string[] = [];
+  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  const mem = guestMemory(65536);
+  t.is(chooseExecutor(new BackingTable(storageIoBacking(new MemoryBacking(1 << 20, false))), log).kind, 'memory');
+  for (const [dir, inline] of [[shmDir, true], [diskDir, false]] as const) {
+    const path = join(dir, 'choose.img');
+    writeFileSync(path, pattern(65536, 14));
+    const file = FileBacking.open(path, false);
+    const { executor, kind } = chooseExecutor(new BackingTable(storageIoBacking(file)), log);
+    try {
+      t.is(kind, 'io_uring');
+      let result: IoResult | undefined;
+      const done = new Promise<IoResult>((resolve) => executor.submit([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 8192)] }], false, (r) => resolve((result = r))));
+      t.is(result !== undefined, inline, inline ? 'tmpfs: done inside submit (pread in turn)' : 'disk: done later, from the ring');
+      t.deepEqual(await done, { errno: 0, lastReadBytes: 8192 });
+      t.true(Buffer.from(mem.buf, 0, 8192).equals(pattern(65536, 14).subarray(4096, 12288)));
+    } finally {
+      executor.close();
+      file.close();
+    }
+  }
+  mem.close();
+  t.true(lines.some((l) => /tmpfs: pread\/pwrite in turn/.test(l)), 'the choice is in the log');
+});
+
+test.serial('a done() that drains or closes the executor: every request still gets exactly one done', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'reentrant.img');
+    writeFileSync(path, pattern(1 << 20, 15));
+    // The real disk, so that completions come from the ring (tmpfs would be served inline).
+    const diskPath = join(diskDir, 'reentrant.img');
+    writeFileSync(diskPath, pattern(1 << 20, 15));
+    const file = FileBacking.open(diskPath, true);
+    const mem = guestMemory(1 << 20);
+    for (const how of ['drain', 'close'] as const) {
+      const ex = new UringExecutor({ target: fileTable(file), entries: 8 });
+      const calls = new Map<number, IoResult[]>();
+      for (let i = 0; i < 48; i++) {
+        ex.submit([{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }], false, (r) => {
+          calls.set(i, [...(calls.get(i) ?? []), r]);
+          if (calls.size === 1) (how === 'drain' ? ex.drain() : ex.close());
+        });
+      }
+      await new Promise<void>((resolve) => {
+        const check = () => (calls.size === 48 ? resolve() : setImmediate(check));
+        check();
+      });
+      t.is(calls.size, 48, how);
+      t.true([...calls.values()].every((c) => c.length === 1), `${how}: one done per request`);
+      const ok = [...calls.entries()].filter(([, [r]]) => r!.errno === 0);
+      if (how === 'drain') t.is(ok.length, 48, 'drain: every read completed for real');
+      for (const [i] of ok) t.true(Buffer.from(mem.buf, i * 4096, 4096).equals(pattern(1 << 20, 15).subarray(i * 4096, i * 4096 + 4096)), `${how}: read ${i}`);
+      t.true([...calls.values()].every(([r]) => r!.errno === 0 || r!.errno === ECANCELED));
+      ex.close();
+    }
+    mem.close();
+    file.close();
+  });
+});
