@@ -15,9 +15,12 @@ import type { ListenAddress } from '../server/listener.ts';
 import { stopOnSignals } from '../server/shutdown.ts';
 import { createLogger, isLogLevel, LOG_LEVELS, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
+import { MetricsAddressError, parseMetricsAddress } from '../metrics/address.ts';
+import { MetricsExporter } from '../metrics/exporter.ts';
+import { MetricsServer } from '../metrics/server.ts';
 import { UsageError } from './args.ts';
 
-export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--log-level LEVEL]
+export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--metrics ADDRESS] [--log-level LEVEL]
 
 Serve every device listed in FILE (JSON) from one process, each on its own socket and in its
 own worker, and optionally a management socket for \`vhost-wasm ctl\` (README, "Operating
@@ -29,6 +32,9 @@ served.
   --config FILE       the devices; relative paths in it are relative to FILE's directory
   --control PATH      listen for management requests (JSON-RPC 2.0) at PATH, mode 0600;
                       overrides the file's "control"
+  --metrics ADDRESS   serve Prometheus metrics (GET /metrics) on IP:PORT (such as
+                      127.0.0.1:9464) or unix:PATH (mode 0600); overrides the file's
+                      "metrics"; off unless asked for
   --log-level LEVEL   ${LOG_LEVELS.join(', ')} (overrides the file's "logLevel"; default info)
   -h, --help          this text
 
@@ -64,7 +70,13 @@ export async function runServe(argv: string[]): Promise<number> {
       args: argv,
       strict: true,
       allowPositionals: false,
-      options: { config: { type: 'string' }, control: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        config: { type: 'string' },
+        control: { type: 'string' },
+        metrics: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
     }));
     if (values.help) {
       process.stdout.write(SERVE_HELP);
@@ -73,6 +85,14 @@ export async function runServe(argv: string[]): Promise<number> {
     if (values.config === undefined) throw new ServeUsageError('give --config FILE (see: vhost-wasm serve --help)');
     if (values['log-level'] !== undefined && !isLogLevel(values['log-level'])) {
       throw new ServeUsageError(`--log-level: "${values['log-level']}" is not one of ${LOG_LEVELS.join(', ')}`);
+    }
+    if (values.metrics !== undefined) {
+      try {
+        parseMetricsAddress(values.metrics);
+      } catch (e) {
+        if (e instanceof MetricsAddressError) throw new ServeUsageError(`--metrics: ${e.message}`);
+        throw e;
+      }
     }
   } catch (e) {
     process.stderr.write(`vhost-wasm serve: ${(e as Error).message.replace(/\. To specify.*$/, '')}\n`);
@@ -93,6 +113,7 @@ export async function runServe(argv: string[]): Promise<number> {
       if (values.control === '') throw new ConfigError('--control', 'is empty');
       config = { ...config, control: { path: values.control } };
     }
+    if (values.metrics !== undefined) config = { ...config, metrics: parseMetricsAddress(values.metrics) };
     where = addresses(config);
   } catch (e) {
     if (e instanceof ConfigError) {
@@ -117,6 +138,19 @@ export async function runServe(argv: string[]): Promise<number> {
       return 1;
     }
     log.info(`management socket on ${'path' in where.control ? where.control.path : `fd ${where.control.fd}`}`);
+  }
+  let metrics: MetricsServer | null = null;
+  if (config.metrics !== null) {
+    try {
+      metrics = await MetricsServer.open(config.metrics, new MetricsExporter(() => daemon.metered()));
+    } catch (e) {
+      // Asked for and not available: a daemon nobody can watch does not start.
+      log.error(describeError(e));
+      control?.close();
+      await daemon.close();
+      return 1;
+    }
+    log.info(`metrics on ${metrics.where}`);
   }
   // Devices start a few at a time (each compiles its plugin in its own worker thread); the
   // "not started" lines and the summary keep the file's order.
@@ -143,12 +177,16 @@ export async function runServe(argv: string[]): Promise<number> {
   });
   if (report.started.length === 0 && config.devices.length > 0 && control === null) {
     log.error('no device could start and there is no management socket: exiting');
+    await metrics?.close();
     await daemon.close();
     return 1;
   }
   log.info(daemon.describeBudget());
   const failed = report.failed.length > 0 ? `; not started: ${report.failed.map((f) => f.id).join(', ')}` : '';
   log.info(`serving ${report.started.length} of ${config.devices.length} device(s)${failed}`);
-  stopOnSignals(daemon.host, log, undefined, () => control?.close());
+  stopOnSignals(daemon.host, log, undefined, () => {
+    control?.close();
+    void metrics?.close();
+  });
   return -1;
 }

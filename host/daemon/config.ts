@@ -14,6 +14,7 @@ import { parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
+import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
 
 export class ConfigError extends VhostWasmError {
   static override readonly code = 'ERR_CONFIG';
@@ -52,6 +53,8 @@ export interface DaemonConfig {
   /** The management socket, if any. */
   control: { path: string } | { systemd: string } | null;
   logLevel: LogLevel | null;
+  /** Where the Prometheus metrics are served, if anywhere (opt-in). */
+  metrics: MetricsAddress | null;
   devices: DeviceSpec[];
 }
 
@@ -253,7 +256,7 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
   }
   const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'devices']);
+  const o = object(doc, '', ['control', 'logLevel', 'metrics', 'devices']);
   let control: DaemonConfig['control'] = null;
   if (o.control !== undefined) {
     if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
@@ -269,10 +272,20 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     if (!isLogLevel(s)) throw new ConfigError('logLevel', `"${s}" is not one of ${LOG_LEVELS.join(', ')}`);
     logLevel = s;
   }
+  let metrics: MetricsAddress | null = null;
+  if (o.metrics !== undefined) {
+    const text = str(o.metrics, 'metrics');
+    try {
+      metrics = parseMetricsAddress(text);
+    } catch (e) {
+      if (e instanceof MetricsAddressError) throw new ConfigError('metrics', e.message);
+      throw e;
+    }
+  }
   if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
   if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, devices };
+  return { control, logLevel, metrics, devices };
 }

@@ -12,6 +12,7 @@ import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import type { DeviceSpec } from './config.ts';
 import { VhostWasmError } from '../errors.ts';
+import type { MeteredDevice } from '../metrics/exporter.ts';
 
 const log = createLogger('daemon');
 
@@ -150,6 +151,11 @@ export class Daemon {
     e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
     log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
     return { ...e.spec.limits };
+  }
+
+  /** Every device with its meter, for the metrics endpoint. */
+  metered(): MeteredDevice[] {
+    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter }));
   }
 
   list(): DeviceSummary[] {

@@ -50,6 +50,8 @@ export interface WorkerInit {
   /** One Int32 over a SharedArrayBuffer: what the worker is doing and since when (watchdogWord), 0 when idle. */
   watchdog: SharedArrayBuffer;
   epoch: number;
+  /** This thread's per-request counters (host/metrics/request-meter.ts), kept by the device's slot. */
+  meter?: SharedArrayBuffer;
 }
 
 export interface RegionMsg {

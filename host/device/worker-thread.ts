@@ -30,6 +30,10 @@ export interface DeviceWorkerOptions {
    * device's info decides whether it may (worker-client.ts).
    */
   queueThreads?: number;
+  /** Which of the device's queue threads this is (0: the first). */
+  queueThread?: number;
+  /** The per-request counter cells of queue thread N (the device's DeviceMeter), when metrics are kept. */
+  meterCells?: (queueThread: number) => SharedArrayBuffer;
 }
 
 /** How long a terminated worker gets to exit before it is reported as stuck (ms). */
@@ -133,7 +137,7 @@ export class WorkerThread {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
     const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0) };
     const url = workerUrl();
     let worker: Worker;
     if (url.pathname.endsWith('.ts')) {

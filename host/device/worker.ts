@@ -11,6 +11,7 @@ import { WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, typ
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
+import { RequestMeter } from '../metrics/request-meter.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -18,6 +19,7 @@ setLogLevel(init.logLevel);
 if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
+const meter = init.meter ? new RequestMeter(init.meter) : undefined;
 
 function post(msg: WorkerToMain): void {
   port.postMessage(msg);
@@ -135,8 +137,16 @@ async function main(): Promise<void> {
       deviceFailed: (reason) => post({ type: 'device-failed', reason }),
       inbandCall: (index) => post({ type: 'inband-call', index }),
       memoryFault: (reason) => post({ type: 'memory-fault', reason }),
-      enterDevice: (phase = WatchdogPhase.call) => enter(phase),
-      leaveDevice: leave,
+      enterDevice: (phase = WatchdogPhase.call) => {
+        enter(phase);
+        // A notification write is the front-end's time, not the device's.
+        if (phase === WatchdogPhase.call) meter?.callStart();
+      },
+      leaveDevice: () => {
+        leave();
+        meter?.callEnd((runner.device as { memoryBytes?: () => number }).memoryBytes?.() ?? 0);
+      },
+      meter,
     },
     init.label,
   );

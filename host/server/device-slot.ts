@@ -8,6 +8,7 @@ import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
 import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
+import { DeviceMeter } from '../metrics/device-meter.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -31,6 +32,8 @@ export class DeviceSlot {
   readonly source: DeviceSource;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
   private memoryDisk: number | null = null;
+  /** What the device has done (metrics): kept across its workers and connections. */
+  readonly meter = new DeviceMeter();
 
   constructor(
     source: DeviceSource,
@@ -58,11 +61,13 @@ export class DeviceSlot {
     }
     if (!this.starting) {
       this.starts++;
+      this.meter.workerStarts++;
       this.starting = DeviceWorker.start(this.source, {
         label: this.opts.label,
         callDeadlineMs: this.opts.callDeadlineMs,
         loadDeadlineMs: this.opts.loadDeadlineMs,
         queueThreads: this.opts.queueThreads,
+        meterCells: (thread) => this.meter.cellsFor(thread),
       }).finally(() => {
         this.starting = null;
       });
