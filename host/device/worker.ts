@@ -122,6 +122,11 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   setInflight(fd: number, size: number, offset: number, numQueues: number, queueSize: number) { this.runner.setInflight(fd, size, offset, numQueues, queueSize); }
 }
 
+/** A plugin's linear memory in bytes (0 for a TypeScript device), for the metrics. */
+function memoryOf(device: VirtioDevice): number {
+  return (device as { memoryBytes?: () => number }).memoryBytes?.() ?? 0;
+}
+
 async function main(): Promise<void> {
   let device: VirtioDevice;
   try {
@@ -144,12 +149,13 @@ async function main(): Promise<void> {
       },
       leaveDevice: () => {
         leave();
-        meter?.callEnd((runner.device as { memoryBytes?: () => number }).memoryBytes?.() ?? 0);
+        meter?.callEnd(memoryOf(runner.device));
       },
       meter,
     },
     init.label,
   );
+  meter?.memory(memoryOf(device));
   const ops = new WorkerOperations(runner);
   // Calls are handled one at a time, in order, even those that await (a reset after a failure).
   let queue: Promise<void> = Promise.resolve();

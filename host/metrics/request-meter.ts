@@ -87,6 +87,11 @@ export class RequestMeter {
     this.c[Cell.inFlight] = 0;
   }
 
+  /** The device's memory now (after it was built, before any call). */
+  memory(bytes: number): void {
+    this.c[Cell.memoryBytes] = bytes;
+  }
+
   /** Device code starts running (a call the watchdog times as a device call). */
   callStart(): void {
     this.callStarted = performance.now();
