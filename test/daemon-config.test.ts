@@ -62,4 +62,5 @@ test('the README\'s example config parses', (t) => {
   const c = parseDaemonConfig(json, '/etc/vhost-wasm/daemon.json');
   t.deepEqual(c.devices.map((d) => [d.id, d.tenant]), [['rng0', 'acme'], ['blk0', 'acme'], ['fs0', 'globex']]);
   t.deepEqual(c.control, { path: '/run/vhost-wasm/control.sock' });
+  t.deepEqual(c.metrics, { host: '127.0.0.1', port: 9464 });
 });
