@@ -3,7 +3,7 @@
 // libvirt depend on them, so they are a contract: change none without a deprecation path.
 
 import { parseArgs } from 'node:util';
-import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
+import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
@@ -20,6 +20,7 @@ export interface CliOptions {
   /** A TypeScript/JS device module (development and tests), instead of --plugin. */
   deviceModule: string | null;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   memoryLimitBytes: number;
   callDeadlineMs: number;
   /** SAVE answers SET_DEVICE_STATE_FD with our own memfd holding the state (bit 8 clear). */
@@ -136,6 +137,7 @@ Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
   --log-level LEVEL       ${LOG_LEVELS.join(', ')} (default info); logs go to stderr
+  --log-format FORMAT     text (default) or json (one object per line: time, level, scope, msg)
   --version               print the version and exit
   -h, --help              this text
 `;
@@ -239,6 +241,7 @@ export function parseCli(argv: string[]): CliOptions {
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
         'log-level': { type: 'string' },
+        'log-format': { type: 'string' },
         'memory-limit': { type: 'string' },
         'call-deadline': { type: 'string' },
         'state-return-memfd': { type: 'boolean' },
@@ -262,6 +265,8 @@ export function parseCli(argv: string[]): CliOptions {
   const v = parsed.values;
   const logLevel = v['log-level'] ?? 'info';
   if (!isLogLevel(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const logFormat = v['log-format'] ?? 'text';
+  if (!isLogFormat(logFormat)) throw new UsageError(`--log-format: "${logFormat}" is not one of ${LOG_FORMATS.join(', ')}`);
   const opts: CliOptions = {
     help: v.help ?? false,
     version: v.version ?? false,
@@ -271,6 +276,7 @@ export function parseCli(argv: string[]): CliOptions {
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
+    logFormat,
     memoryLimitBytes: v['memory-limit'] === undefined ? defaultMemoryLimit(v.storage !== undefined) : parseSize(v['memory-limit'], '--memory-limit'),
     // A batch of large block requests is legitimately slow to copy (100 x 1 MiB writes took
     // ~115 ms): block devices get a longer default before the watchdog calls them hung.

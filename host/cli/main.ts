@@ -12,7 +12,7 @@ import { stopOnSignals } from '../server/shutdown.ts';
 import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
-import { createLogger, setLogLevel } from '../log/logger.ts';
+import { createLogger, setLogFormat, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
 import { checkSharedDir, checkStorage } from './grant-checks.ts';
 
@@ -112,6 +112,7 @@ async function main(): Promise<number> {
     return 0;
   }
   setLogLevel(o.logLevel);
+  setLogFormat(o.logFormat);
   try {
     if (o.printCapabilities) {
       await printCapabilities(o);

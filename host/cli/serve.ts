@@ -13,7 +13,7 @@ import { Daemon } from '../daemon/daemon.ts';
 import { ControlServer } from '../daemon/control-server.ts';
 import type { ListenAddress } from '../server/listener.ts';
 import { stopOnSignals } from '../server/shutdown.ts';
-import { createLogger, isLogLevel, LOG_LEVELS, setLogLevel } from '../log/logger.ts';
+import { createLogger, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, setLogFormat, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
 import { MetricsAddressError, parseMetricsAddress } from '../metrics/address.ts';
 import { MetricsExporter } from '../metrics/exporter.ts';
@@ -21,6 +21,7 @@ import { MetricsServer } from '../metrics/server.ts';
 import { UsageError } from './args.ts';
 
 export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--metrics ADDRESS] [--log-level LEVEL]
+                          [--log-format text|json]
 
 Serve every device listed in FILE (JSON) from one process, each on its own socket and in its
 own worker, and optionally a management socket for \`vhost-wasm ctl\` (README, "Operating
@@ -36,6 +37,8 @@ served.
                       127.0.0.1:9464) or unix:PATH (mode 0600); overrides the file's
                       "metrics"; off unless asked for
   --log-level LEVEL   ${LOG_LEVELS.join(', ')} (overrides the file's "logLevel"; default info)
+  --log-format FORMAT text (default: TIME LEVEL scope: message) or json (one object per
+                      line: time, level, scope, msg); overrides the file's "logFormat"
   -h, --help          this text
 
 Socket activation: a device (or the control socket) with "systemd": "NAME" takes the socket
@@ -75,6 +78,7 @@ export async function runServe(argv: string[]): Promise<number> {
         control: { type: 'string' },
         metrics: { type: 'string' },
         'log-level': { type: 'string' },
+        'log-format': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -86,6 +90,11 @@ export async function runServe(argv: string[]): Promise<number> {
     if (values['log-level'] !== undefined && !isLogLevel(values['log-level'])) {
       throw new ServeUsageError(`--log-level: "${values['log-level']}" is not one of ${LOG_LEVELS.join(', ')}`);
     }
+    if (values['log-format'] !== undefined && !isLogFormat(values['log-format'])) {
+      throw new ServeUsageError(`--log-format: "${values['log-format']}" is not one of ${LOG_FORMATS.join(', ')}`);
+    }
+    // Chosen before anything is logged, so every line of this run has one format.
+    if (values['log-format'] !== undefined) setLogFormat(values['log-format'] as 'text' | 'json');
     if (values.metrics !== undefined) {
       try {
         parseMetricsAddress(values.metrics);
@@ -109,6 +118,7 @@ export async function runServe(argv: string[]): Promise<number> {
       throw new ConfigError('(file)', `cannot read ${file}: ${(e as Error).message}`);
     }
     config = parseDaemonConfig(text, file);
+    if (values['log-format'] === undefined && config.logFormat !== null) setLogFormat(config.logFormat);
     if (values.control !== undefined) {
       if (values.control === '') throw new ConfigError('--control', 'is empty');
       config = { ...config, control: { path: values.control } };

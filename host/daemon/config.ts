@@ -9,7 +9,7 @@
 
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
-import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
+import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
 import { parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
@@ -53,6 +53,7 @@ export interface DaemonConfig {
   /** The management socket, if any. */
   control: { path: string } | { systemd: string } | null;
   logLevel: LogLevel | null;
+  logFormat: LogFormat | null;
   /** Where the Prometheus metrics are served, if anywhere (opt-in). */
   metrics: MetricsAddress | null;
   devices: DeviceSpec[];
@@ -256,7 +257,7 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
   }
   const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'metrics', 'devices']);
+  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'devices']);
   let control: DaemonConfig['control'] = null;
   if (o.control !== undefined) {
     if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
@@ -271,6 +272,12 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     const s = str(o.logLevel, 'logLevel');
     if (!isLogLevel(s)) throw new ConfigError('logLevel', `"${s}" is not one of ${LOG_LEVELS.join(', ')}`);
     logLevel = s;
+  }
+  let logFormat: LogFormat | null = null;
+  if (o.logFormat !== undefined) {
+    const s = str(o.logFormat, 'logFormat');
+    if (!isLogFormat(s)) throw new ConfigError('logFormat', `"${s}" is not one of ${LOG_FORMATS.join(', ')}`);
+    logFormat = s;
   }
   let metrics: MetricsAddress | null = null;
   if (o.metrics !== undefined) {
@@ -287,5 +294,5 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, metrics, devices };
+  return { control, logLevel, logFormat, metrics, devices };
 }
