@@ -39,7 +39,14 @@ test('defaults follow the single-device command line; relative paths are relativ
   t.deepEqual(c.devices[1].grants.storage, { kind: 'file', path: '/etc/vhost-wasm/disk.raw', readOnly: true });
   t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null });
   t.deepEqual(c.devices[2].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false });
+  t.deepEqual(c.devices.map((d) => d.queueThreads), [1, 1, 1]);
   t.is(c.control, null);
+  t.is(c.metrics, null);
+  t.is(c.logFormat, null);
+  const bad = (device: object) => () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', ...device }] }), '/d.json');
+  t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', queueThreads: 2 }] }), '/d.json').devices[0].queueThreads, 2);
+  t.throws(bad({ queueThreads: 0 }), { message: 'devices[0].queueThreads: 0 is out of range (1..64)' });
+  t.throws(bad({ queueThreads: 1.5 }), { message: /devices\[0\]\.queueThreads: must be a whole number/ });
 });
 
 test('LISTEN_FDS for another process is ignored, and a name systemd did not pass is an error naming the field', (t) => {

@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
-import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
+import { BlkDevice, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ } from '../host/frontend/blk.ts';
 import { loadState, saveState } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,7 +36,8 @@ test.before(async () => {
       metrics: `unix:${sock('metrics')}`,
       devices: [
         { id: 'r', tenant: 'acme', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 } },
+        // Two queue threads: each writes its own cells, a scrape sums them.
+        { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 }, queueThreads: 2 },
         { id: 'trap', socket: 'trap.sock', plugin: faulty.trap, limits: { callDeadlineMs: 10_000 } },
       ],
     }),
@@ -124,12 +125,13 @@ test.serial('requests, bytes and latencies of known I/O through real front-ends'
   for (let i = 0; i < 5; i++) t.is((await fe.queues[0].submit([], 64)).len, 64);
   await fe.close();
 
-  const features = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
-  const dfe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features });
-  const disk = new BlkDevice(dfe.queues[0]);
+  t.regex(daemon.log(), /device disk: blk runs in 2 queue threads/);
+  const features = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH)) | (1n << BigInt(VIRTIO_BLK_F_MQ));
+  const dfe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64, 64], features });
   const data = new Uint8Array(4096).map((_, i) => i & 0xff);
-  await disk.write(8, data);
-  t.deepEqual(await disk.read(8, 4096), data);
+  // Written through ring 0 (thread 0), read back through ring 1 (thread 1).
+  await new BlkDevice(dfe.queues[0]).write(8, data);
+  t.deepEqual(await new BlkDevice(dfe.queues[1]).read(8, 4096), data);
   await dfe.close();
 
   const s = await scrape();
@@ -142,7 +144,8 @@ test.serial('requests, bytes and latencies of known I/O through real front-ends'
   t.true(value(s, 'vhost_wasm_device_request_duration_seconds_sum', r) > 0);
   t.is(value(s, 'vhost_wasm_device_requests_in_flight', r), 0);
 
-  // A write (16-byte header + 4096 bytes out, 1 status byte in), then a read (16 out, 4096 + 1 in).
+  // A write (16-byte header + 4096 bytes out, 1 status byte in), then a read (16 out, 4096 + 1 in),
+  // one on each queue thread.
   const d = { device: 'disk', tenant: 'globex' };
   t.is(value(s, 'vhost_wasm_device_requests_total', d), 2);
   t.is(value(s, 'vhost_wasm_device_bytes_total', { ...d, direction: 'out' }), 16 + 4096 + 16);

@@ -24,7 +24,8 @@ Commands:
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
                           --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
-                          and --open-files N (most fds the shared directory may hold).
+                          --queue-threads N, and --open-files N (most fds the shared
+                          directory may hold).
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
@@ -102,6 +103,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'memory-limit': { type: 'string' },
       'call-deadline': { type: 'string' },
       'open-files': { type: 'string' },
+      'queue-threads': { type: 'string' },
     },
   });
   if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
@@ -126,8 +128,14 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     if (!/^\d+$/.test(values['open-files'])) throw new CtlUsageError(`--open-files: "${values['open-files']}" is not a whole number`);
     limits.openFiles = Number(values['open-files']);
   }
+  let queueThreads: number | undefined;
+  if (values['queue-threads'] !== undefined) {
+    if (!/^\d+$/.test(values['queue-threads'])) throw new CtlUsageError(`--queue-threads: "${values['queue-threads']}" is not a whole number`);
+    queueThreads = Number(values['queue-threads']);
+  }
   // Missing id, socket or plugin are the daemon's to name (it checks every field anyway).
   return {
+    ...(queueThreads !== undefined ? { queueThreads } : {}),
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
     ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),

@@ -10,7 +10,7 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
 import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
-import { parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args.ts';
+import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
@@ -47,6 +47,8 @@ export interface DeviceSpec {
   /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
   limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
   migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
+  /** --queue-threads: worker threads for a device with independent queues (1: one thread). */
+  queueThreads: number;
 }
 
 export interface DaemonConfig {
@@ -131,7 +133,7 @@ function path(v: unknown, field: string, base: PathBase): string {
   return resolve(base.dir, p);
 }
 
-const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration'] as const;
+const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles'] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
@@ -229,7 +231,9 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
     statePipeBytes: m.statePipeSize === undefined ? STATE_PIPE_SIZE : m.statePipeSize === 0 || m.statePipeSize === '0' ? 0 : size(m.statePipeSize, mf('statePipeSize')),
   };
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, migration };
+  const queueThreads = o.queueThreads === undefined ? 1 : int(o.queueThreads, f('queueThreads'), 1, MAX_QUEUE_THREADS);
+
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, migration, queueThreads };
 }
 
 /** Two devices may not share an id, a socket path or an fd. */

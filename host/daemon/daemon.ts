@@ -110,6 +110,7 @@ export class Daemon {
         listen: address,
         source: sourceFor(spec),
         callDeadlineMs: spec.limits.callDeadlineMs,
+        queueThreads: spec.queueThreads,
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
