@@ -144,8 +144,10 @@ async function main(): Promise<void> {
       memoryFault: (reason) => post({ type: 'memory-fault', reason }),
       enterDevice: (phase = WatchdogPhase.call) => {
         enter(phase);
-        // A notification write is the front-end's time, not the device's.
+        // A notification write is the front-end's time, not the device's; the completions it
+        // announces are timed now.
         if (phase === WatchdogPhase.call) meter?.callStart();
+        else if (phase === WatchdogPhase.notify) meter?.flush();
       },
       leaveDevice: () => {
         leave();
