@@ -1,5 +1,5 @@
 // A FIFO, a Unix socket and a device node in the share, against the real host process (an
-// fs device and an rng device in one process): a guest's OPEN or CREATE of any of them is
+// fs device and an rng device in one `vhost-wasm serve` daemon, the built binary): a guest's OPEN or CREATE of any of them is
 // refused with ENXIO and nothing is ever opened (a FIFO would block the device worker in
 // open(2) for ever, a device node could reach host hardware), LOOKUP and GETATTR still work
 // (the host holds them with O_PATH only), the fs device keeps serving, the rng device serves
@@ -12,14 +12,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
-import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
+import { startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { FuseClient, ERRNO, O, nodeOf, fhOfOpen } from './helpers/fuse.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 
 const S_IFMT = 0o170000;
 let dir: string;
 let share: string;
-let host: MultiHost;
+let host: DaemonProcess;
 let server: Server;
 
 test.before(async () => {
@@ -33,11 +33,13 @@ test.before(async () => {
   server = createServer();
   await new Promise<void>((r) => server.listen(join(share, 'sock'), r));
   const plugins = join(REPO, 'dist', 'plugins');
-  const cacheDir = join(dir, 'cache');
-  host = await startMultiHost([
-    { label: 'rng', socket: join(dir, 'rng.sock'), plugin: join(plugins, 'rng.wasm'), options: { entropy: true, cacheDir }, callDeadlineMs: 10_000 },
-    { label: 'fs', socket: join(dir, 'fs.sock'), plugin: join(plugins, 'fs.wasm'), options: { filesystem: { dir: share, readOnly: false }, cacheDir }, callDeadlineMs: 2000 },
-  ]);
+  // Both devices in one daemon (the built binary), its transpile cache private to this test.
+  const devices = [
+    { id: 'rng', socket: join(dir, 'rng.sock'), plugin: join(plugins, 'rng.wasm'), grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+    { id: 'fs', socket: join(dir, 'fs.sock'), plugin: join(plugins, 'fs.wasm'), grants: { sharedDir: share }, limits: { callDeadlineMs: 2000 } },
+  ];
+  writeFileSync(join(dir, 'daemon.json'), JSON.stringify({ devices }));
+  host = await startDaemon(['--config', join(dir, 'daemon.json')], { env: { XDG_CACHE_HOME: join(dir, 'cache') } });
 });
 
 test.after.always(async () => {

@@ -3,10 +3,11 @@
 // order as each previous one disconnects; connections past those are accepted and closed at
 // once (the peer sees EOF, the host logs that the device is busy) instead of filling the
 // kernel's backlog until connect() fails with EAGAIN. Another device of the same process
-// serves throughout. Against the real host process.
+// serves throughout. Against the real host process: the built binary serving both devices
+// (`vhost-wasm serve --config`).
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,23 +15,24 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
 import { MAX_WAITING_CONNECTIONS } from '../host/resources/fd-budget.ts';
 import { REPO } from './helpers/host-process.ts';
-import { startMultiHost, until, type MultiHost } from './helpers/multi-host.ts';
+import { until } from './helpers/multi-host.ts';
+import { startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 
 const EXTRA = 40; // well past the listen backlog of 16
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
 let dir: string;
-let host: MultiHost;
+let host: DaemonProcess;
 const sock = (l: string) => join(dir, `${l}.sock`);
 
 test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   dir = mkdtempSync(join(tmpdir(), 'listener-busy-'));
   const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
-  const cacheDir = join(dir, 'cache');
-  host = await startMultiHost(
-    ['other', 'busy'].map((label) => ({ label, socket: sock(label), plugin: rng, options: { entropy: true, cacheDir }, callDeadlineMs: 10_000 })),
-  );
+  // Two devices in one process: the daemon (the built binary), its transpile cache private to this test.
+  const devices = ['other', 'busy'].map((id) => ({ id, socket: sock(id), plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } }));
+  writeFileSync(join(dir, 'daemon.json'), JSON.stringify({ devices }));
+  host = await startDaemon(['--config', join(dir, 'daemon.json')], { env: { XDG_CACHE_HOME: join(dir, 'cache') } });
 });
 
 test.after.always(async () => {
@@ -78,7 +80,7 @@ test('a busy device queues a few connections, closes the rest at once, and serve
     await Promise.all(burst.map((c) => c.closedByHost));
   }
   t.pass(`${EXTRA} extra connections were accepted and closed by the host`);
-  const busyLines = host.lines(/listener busy: device busy: closed a new front-end connection/);
+  const busyLines = host.log().split('\n').filter((l) => /listener busy: device busy: closed a new front-end connection/.test(l));
   t.true(busyLines.length >= 1 && busyLines.length <= 3, `busy lines are rate-limited (${busyLines.length})`);
   t.log(busyLines.at(-1)!.replace(/^\S+ /, ''));
   await firstPump.more(3); // the connected front-end was never disturbed

@@ -3,7 +3,7 @@
 // libvirt depend on them, so they are a contract: change none without a deprecation path.
 
 import { parseArgs } from 'node:util';
-import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log/logger.ts';
+import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
@@ -20,6 +20,7 @@ export interface CliOptions {
   /** A TypeScript/JS device module (development and tests), instead of --plugin. */
   deviceModule: string | null;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   memoryLimitBytes: number;
   callDeadlineMs: number;
   /** SAVE answers SET_DEVICE_STATE_FD with our own memfd holding the state (bit 8 clear). */
@@ -49,6 +50,8 @@ export const HELP = `Usage: vhost-wasm --socket-path PATH --plugin FILE.wasm [op
        vhost-wasm --fd FD --plugin FILE.wasm [options]
        vhost-wasm --print-capabilities --plugin FILE.wasm
        vhost-wasm migrate --from SRC.sock --to DST.sock [options]   (see: vhost-wasm migrate --help)
+       vhost-wasm serve --config FILE [--control PATH]   many devices (see: vhost-wasm serve --help)
+       vhost-wasm ctl --control PATH COMMAND           manage a serve daemon (see: vhost-wasm ctl --help)
 
 A vhost-user back-end whose device logic is a sandboxed WebAssembly component.
 QEMU (or another vhost-user front-end) connects to the socket; after it disconnects the
@@ -134,6 +137,7 @@ Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
 Other:
   --print-capabilities    print the back-end's type and features as JSON, then exit
   --log-level LEVEL       ${LOG_LEVELS.join(', ')} (default info); logs go to stderr
+  --log-format FORMAT     text (default) or json (one object per line: time, level, scope, msg)
   --version               print the version and exit
   -h, --help              this text
 `;
@@ -237,6 +241,7 @@ export function parseCli(argv: string[]): CliOptions {
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
         'log-level': { type: 'string' },
+        'log-format': { type: 'string' },
         'memory-limit': { type: 'string' },
         'call-deadline': { type: 'string' },
         'state-return-memfd': { type: 'boolean' },
@@ -260,6 +265,8 @@ export function parseCli(argv: string[]): CliOptions {
   const v = parsed.values;
   const logLevel = v['log-level'] ?? 'info';
   if (!isLogLevel(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const logFormat = v['log-format'] ?? 'text';
+  if (!isLogFormat(logFormat)) throw new UsageError(`--log-format: "${logFormat}" is not one of ${LOG_FORMATS.join(', ')}`);
   const opts: CliOptions = {
     help: v.help ?? false,
     version: v.version ?? false,
@@ -269,6 +276,7 @@ export function parseCli(argv: string[]): CliOptions {
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
+    logFormat,
     memoryLimitBytes: v['memory-limit'] === undefined ? defaultMemoryLimit(v.storage !== undefined) : parseSize(v['memory-limit'], '--memory-limit'),
     // A batch of large block requests is legitimately slow to copy (100 x 1 MiB writes took
     // ~115 ms): block devices get a longer default before the watchdog calls them hung.

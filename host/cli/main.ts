@@ -12,35 +12,12 @@ import { stopOnSignals } from '../server/shutdown.ts';
 import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
-import { createLogger, setLogLevel } from '../log/logger.ts';
+import { createLogger, setLogFormat, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
-import { FileBacking } from '../storage/file.ts';
-import type { StorageSpec } from '../storage/backing.ts';
-import { FsShare } from '../fs/share.ts';
-import type { FilesystemSpec } from '../fs/option.ts';
+import { checkSharedDir, checkStorage } from './grant-checks.ts';
 
 import { HOST_VERSION as VERSION } from '../version.ts';
 const log = createLogger('vhost-wasm');
-
-/** A file backing is opened in the device worker; trying it here first makes a bad path a
- * start-up error on its own line, before any worker or socket exists. */
-function checkStorage(spec: StorageSpec | null): StorageSpec | null {
-  if (spec?.kind !== 'file') return spec;
-  const path = resolve(spec.path);
-  FileBacking.open(path, spec.readOnly, { direct: spec.direct === true }).close();
-  return { ...spec, path };
-}
-
-/** The shared directory is opened in the device worker; trying it here first makes a bad
- * path a start-up error, before any worker or socket exists. */
-function checkSharedDir(spec: FilesystemSpec): FilesystemSpec {
-  const dir = resolve(spec.dir);
-  // mandatory file handles that do not work here stop start-up too; prefer's fallback is
-  // logged once, by the worker that opens the share for real.
-  const inodeFileHandles = spec.inodeFileHandles === 'mandatory' ? 'mandatory' : 'never';
-  new FsShare(dir, { readOnly: spec.readOnly, tag: spec.tag, inodeFileHandles }).close();
-  return { ...spec, dir };
-}
 
 function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): DeviceSource {
   if (o.deviceModule) {
@@ -106,6 +83,16 @@ async function main(): Promise<number> {
       return 3;
     }
   }
+  if (process.argv[2] === 'serve') {
+    // The multi-tenant daemon: see host/cli/serve.ts.
+    const { runServe } = await import('./serve.ts');
+    return runServe(process.argv.slice(3));
+  }
+  if (process.argv[2] === 'ctl') {
+    // The daemon's management client: see host/cli/ctl.ts.
+    const { runCtl } = await import('./ctl.ts');
+    return runCtl(process.argv.slice(3));
+  }
   let o: CliOptions;
   try {
     o = parseCli(process.argv.slice(2));
@@ -125,6 +112,7 @@ async function main(): Promise<number> {
     return 0;
   }
   setLogLevel(o.logLevel);
+  setLogFormat(o.logFormat);
   try {
     if (o.printCapabilities) {
       await printCapabilities(o);

@@ -43,11 +43,15 @@ export function readWatchdogWord(word: number, msSinceEpoch: number): { phase: W
 export interface WorkerInit {
   source: DeviceSource;
   logLevel: LogLevel;
+  /** The main thread's shared log-level cell (log/logger.ts), so a level changed later reaches the worker. */
+  logLevelCell?: SharedArrayBuffer;
   /** Name for log lines ("blk0", the socket path, ...). */
   label: string;
   /** One Int32 over a SharedArrayBuffer: what the worker is doing and since when (watchdogWord), 0 when idle. */
   watchdog: SharedArrayBuffer;
   epoch: number;
+  /** This thread's per-request counters (host/metrics/request-meter.ts), kept by the device's slot. */
+  meter?: SharedArrayBuffer;
 }
 
 export interface RegionMsg {

@@ -25,6 +25,7 @@ import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
+import type { RequestMeter } from '../metrics/request-meter.ts';
 
 // Thrown from here; its home is errors.ts.
 export { DeviceError };
@@ -62,6 +63,8 @@ interface Req {
   readonly queue: DeviceQueue;
   readonly chain: DescriptorChain;
   state: ReqState;
+  /** When it was handed to the device (RequestMeter.popped), for its latency. */
+  readonly popped: number;
 }
 
 export interface RunnerHooks {
@@ -82,6 +85,8 @@ export interface RunnerHooks {
    */
   enterDevice(phase?: WatchdogPhase): void;
   leaveDevice(): void;
+  /** Per-request counters for the metrics endpoint (host/metrics), when the host keeps them. */
+  meter?: RequestMeter;
 }
 
 /**
@@ -770,7 +775,7 @@ export class DeviceRunner {
 
   private newReq(ring: number, r: Vring, q: DeviceQueue, chain: DescriptorChain): Req {
     const id = this.freeIds.length > 0 ? this.freeIds.pop()! : this.reqs.length;
-    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due };
+    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0 };
     this.reqs[id] = req;
     return req;
   }
@@ -780,6 +785,7 @@ export class DeviceRunner {
     this.reqs[req.id] = undefined;
     this.freeIds.push(req.id);
     this.held.delete(req.id);
+    this.hooks.meter?.released();
   }
 
   /** Forgets every request (reset, close): the rings that held them are dropped too. */
@@ -788,6 +794,7 @@ export class DeviceRunner {
     this.freeIds = [];
     this.held.clear();
     this.pendingEvents = [];
+    this.hooks.meter?.releasedAll();
   }
 
   /**
@@ -933,6 +940,7 @@ export class DeviceRunner {
         }
       }
       this.freeReq(req);
+      this.hooks.meter?.completed(req.popped, used);
       q.pushUsed(c.head, used);
       r.touched = true;
     } catch (e) {

@@ -71,7 +71,7 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     if (note !== null) log.warn(note);
     if (n === 1) return new DeviceWorker([first], first.info, opts.label);
     const rest = await Promise.allSettled(
-      Array.from({ length: n - 1 }, (_, i) => WorkerThread.start(source, { ...opts, label: `${opts.label} (queue thread ${i + 1})` })),
+      Array.from({ length: n - 1 }, (_, i) => WorkerThread.start(source, { ...opts, label: `${opts.label} (queue thread ${i + 1})`, queueThread: i + 1 })),
     );
     const started = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
     const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -83,6 +83,11 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     }
     log.info(`${first.info.name} runs in ${n} queue threads (ring i on thread i mod ${n}; thread ids ${started.map((t) => t.threadId).join(', ')})`);
     return new DeviceWorker(started, first.info, opts.label);
+  }
+
+  /** A new call deadline for every thread, the call in progress included (the daemon's set-limits). */
+  setCallDeadline(ms: number): void {
+    for (const t of this.threads) t.setCallDeadline(ms);
   }
 
   /** Threads the device runs in. */

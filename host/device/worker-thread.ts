@@ -11,7 +11,7 @@ import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
 import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
-import { createLogger, errorText, getLogLevel, type Logger } from '../log/logger.ts';
+import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
 
 export interface DeviceWorkerOptions {
   label: string;
@@ -30,6 +30,10 @@ export interface DeviceWorkerOptions {
    * device's info decides whether it may (worker-client.ts).
    */
   queueThreads?: number;
+  /** Which of the device's queue threads this is (0: the first). */
+  queueThread?: number;
+  /** The per-request counter cells of queue thread N (the device's DeviceMeter), when metrics are kept. */
+  meterCells?: (queueThread: number) => SharedArrayBuffer;
 }
 
 /** How long a terminated worker gets to exit before it is reported as stuck (ms). */
@@ -133,7 +137,7 @@ export class WorkerThread {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
     const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), label: opts.label, watchdog: sab, epoch };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0) };
     const url = workerUrl();
     let worker: Worker;
     if (url.pathname.endsWith('.ts')) {
@@ -193,6 +197,14 @@ export class WorkerThread {
       worker.on('exit', onExit);
     });
     return new WorkerThread(worker, info, watchdog, opts);
+  }
+
+  /**
+   * A new call deadline from now on, the call in progress included (the daemon's set-limits):
+   * the watchdog reads it at every check.
+   */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
   }
 
   /** The thread's id (worker_threads.threadId inside it), for log lines. */

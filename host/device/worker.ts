@@ -10,13 +10,16 @@ import type { VirtioDevice, DeviceFactory } from './device.ts';
 import { WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
-import { createLogger, errorText, setLogLevel } from '../log/logger.ts';
+import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
+import { RequestMeter } from '../metrics/request-meter.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
 setLogLevel(init.logLevel);
+if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
+const meter = init.meter ? new RequestMeter(init.meter) : undefined;
 
 function post(msg: WorkerToMain): void {
   port.postMessage(msg);
@@ -121,6 +124,11 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   setInflight(fd: number, size: number, offset: number, numQueues: number, queueSize: number) { this.runner.setInflight(fd, size, offset, numQueues, queueSize); }
 }
 
+/** A plugin's linear memory in bytes (0 for a TypeScript device), for the metrics. */
+function memoryOf(device: VirtioDevice): number {
+  return (device as { memoryBytes?: () => number }).memoryBytes?.() ?? 0;
+}
+
 async function main(): Promise<void> {
   let device: VirtioDevice;
   try {
@@ -136,11 +144,22 @@ async function main(): Promise<void> {
       deviceFailed: (reason) => post({ type: 'device-failed', reason }),
       inbandCall: (index) => post({ type: 'inband-call', index }),
       memoryFault: (reason) => post({ type: 'memory-fault', reason }),
-      enterDevice: (phase = WatchdogPhase.call) => enter(phase),
-      leaveDevice: leave,
+      enterDevice: (phase = WatchdogPhase.call) => {
+        enter(phase);
+        // A notification write is the front-end's time, not the device's; the completions it
+        // announces are timed now.
+        if (phase === WatchdogPhase.call) meter?.callStart();
+        else if (phase === WatchdogPhase.notify) meter?.flush();
+      },
+      leaveDevice: () => {
+        leave();
+        meter?.callEnd(memoryOf(runner.device));
+      },
+      meter,
     },
     init.label,
   );
+  meter?.memory(memoryOf(device));
   const ops = new WorkerOperations(runner);
   // Calls are handled one at a time, in order, even those that await (a reset after a failure).
   let queue: Promise<void> = Promise.resolve();

@@ -12,6 +12,8 @@ export interface FilesystemSpec {
   migrationOnError?: MigrationOnError;
   /** --xattr: extended attributes reach the share. */
   xattr?: boolean;
+  /** The daemon's limits.openFiles: most host fds this device's share may hold (its own fd budget). */
+  maxHandles?: number;
   /** --inode-file-handles (default prefer). */
   inodeFileHandles?: InodeFileHandles;
 }
@@ -22,12 +24,21 @@ export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
   return typeof o.dir === 'string' && typeof o.readOnly === 'boolean' && (o.tag === undefined || typeof o.tag === 'string') &&
     (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError)) &&
     (o.xattr === undefined || typeof o.xattr === 'boolean') &&
+    (o.maxHandles === undefined || (Number.isSafeInteger(o.maxHandles) && (o.maxHandles as number) > 0)) &&
     (o.inodeFileHandles === undefined || INODE_FILE_HANDLES.includes(o.inodeFileHandles as InodeFileHandles));
 }
 
 /** Open the share named by a worker option, or undefined when none was granted. */
 export function openShareOption(v: unknown, label?: string): FsShare | undefined {
   if (v === undefined) return undefined;
-  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?, xattr?, inodeFileHandles?}, not ${JSON.stringify(v)}`);
-  return new FsShare(v.dir, { readOnly: v.readOnly, tag: v.tag, migrationOnError: v.migrationOnError, xattr: v.xattr, inodeFileHandles: v.inodeFileHandles, label });
+  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?, xattr?, maxHandles?, inodeFileHandles?}, not ${JSON.stringify(v)}`);
+  return new FsShare(v.dir, {
+    readOnly: v.readOnly,
+    tag: v.tag,
+    migrationOnError: v.migrationOnError,
+    xattr: v.xattr,
+    maxHandles: v.maxHandles,
+    inodeFileHandles: v.inodeFileHandles,
+    label,
+  });
 }

@@ -13,6 +13,10 @@ import { writeSync } from 'node:fs';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
+/** text: `TIME LEVEL scope: message`; json: one object per line, {"time","level","scope","msg"}. */
+export const LOG_FORMATS = ['text', 'json'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
 /** Longest line written (bytes, newline included): below PIPE_BUF (4096) so a pipe write is atomic. */
 export const MAX_LINE = 4000;
 
@@ -20,6 +24,16 @@ const rank: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
 /** Set by the CLI (--log-level) or an embedder (setLogLevel); workers get it in their init. */
 let threshold: LogLevel = 'info';
+/**
+ * The level as one Int32 shared by the main thread and every device worker, so the daemon's
+ * log-level request reaches workers already running (their `threshold` follows it). Workers
+ * adopt the main thread's cell from their init (useLogLevelCell).
+ */
+let cell = new Int32Array(new SharedArrayBuffer(8));
+Atomics.store(cell, 0, 2);
+/** cell[1]: the line format (index into LOG_FORMATS), shared the same way. */
+const FORMAT_SLOT = 1;
+const byRank: LogLevel[] = ['error', 'warn', 'info', 'debug'];
 let sink: ((line: string) => void) | null = null;
 /** Lines this thread could not write because stderr was full (a non-blocking pipe nobody drained). */
 let droppedOnFullStderr = 0;
@@ -28,12 +42,60 @@ export function isLogLevel(s: string): s is LogLevel {
   return s in rank;
 }
 
+export function isLogFormat(s: string): s is LogFormat {
+  return (LOG_FORMATS as readonly string[]).includes(s);
+}
+
+/** The line format of every thread (workers follow through the shared cell). */
+export function setLogFormat(format: LogFormat): void {
+  Atomics.store(cell, FORMAT_SLOT, LOG_FORMATS.indexOf(format));
+}
+
 export function setLogLevel(level: LogLevel): void {
   threshold = level;
+  Atomics.store(cell, 0, rank[level]);
 }
 
 export function getLogLevel(): LogLevel {
+  return currentLevel();
+}
+
+/** This thread's level, following the shared cell (another thread may have changed it). */
+function currentLevel(): LogLevel {
+  const r = Atomics.load(cell, 0);
+  if (byRank[r] !== undefined && byRank[r] !== threshold) threshold = byRank[r];
   return threshold;
+}
+
+/** The shared level cell, for a worker's init. */
+export function logLevelCell(): SharedArrayBuffer {
+  return cell.buffer as SharedArrayBuffer;
+}
+
+/** In a worker: follow the main thread's level from now on (its cell from the init). */
+export function useLogLevelCell(buffer: SharedArrayBuffer): void {
+  cell = new Int32Array(buffer);
+  currentLevel();
+}
+
+/**
+ * `s` as a JSON string on one line whose parse is `s` exactly: JSON escapes the C0 controls;
+ * the separators and bidirectional controls JSON leaves alone (a terminal or a line-based
+ * reader would act on them) are escaped too, as \uXXXX.
+ */
+function jsonString(s: string): string {
+  return JSON.stringify(s).replace(/[\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** One JSON log line of at most MAX_LINE bytes: the message is cut (with the marker) until it fits. */
+function jsonLine(time: string, level: LogLevel, scope: string, msg: string): string {
+  const line = (m: string) => `{"time":"${time}","level":"${level}","scope":${jsonString(scope)},"msg":${jsonString(m)}}\n`;
+  let out = line(msg);
+  for (let room = MAX_LINE - 200; Buffer.byteLength(out) > MAX_LINE; room = Math.floor(room / 2)) {
+    out = line(cutToBytes(msg, Math.max(32, room)));
+    if (room <= 32) break;
+  }
+  return out;
 }
 
 /** Tests capture lines here instead of (as well as) stderr. */
@@ -123,7 +185,9 @@ function writeDropNote(): void {
   const now = Date.now();
   if (now - lastDropNote < 1000) return scheduleDropNote();
   const n = droppedOnFullStderr;
-  const note = `${new Date(now).toISOString()} WARN  log: ${n} log lines of this thread were dropped: stderr was full\n`;
+  const time = new Date(now).toISOString();
+  const what = `${n} log lines of this thread were dropped: stderr was full`;
+  const note = Atomics.load(cell, FORMAT_SLOT) === 1 ? jsonLine(time, 'warn', 'log', what) : `${time} WARN  log: ${what}\n`;
   if (!write(note)) return;
   droppedOnFullStderr -= n;
   lastDropNote = now;
@@ -131,9 +195,14 @@ function writeDropNote(): void {
 
 export function createLogger(scope: string): Logger {
   const emit = (level: LogLevel, msg: string) => {
-    if (rank[level] > rank[threshold]) return;
-    const head = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${escapeControls(scope)}: `;
-    const line = `${head}${cutToBytes(escapeControls(msg), MAX_LINE - Buffer.byteLength(head) - 1)}\n`;
+    if (rank[level] > rank[currentLevel()]) return;
+    const time = new Date().toISOString();
+    let line: string;
+    if (Atomics.load(cell, FORMAT_SLOT) === 1) line = jsonLine(time, level, scope, msg);
+    else {
+      const head = `${time} ${level.toUpperCase().padEnd(5)} ${escapeControls(scope)}: `;
+      line = `${head}${cutToBytes(escapeControls(msg), MAX_LINE - Buffer.byteLength(head) - 1)}\n`;
+    }
     if (sink) sink(line);
     if (write(line) && droppedOnFullStderr > 0) writeDropNote();
   };
@@ -142,7 +211,7 @@ export function createLogger(scope: string): Logger {
     warn: (m) => emit('warn', m),
     info: (m) => emit('info', m),
     debug: (m) => emit('debug', m),
-    enabled: (l) => rank[l] <= rank[threshold],
+    enabled: (l) => rank[l] <= rank[currentLevel()],
     child: (s) => createLogger(`${scope}/${s}`),
   };
 }

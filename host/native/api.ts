@@ -167,6 +167,11 @@ export interface Native extends NativeFs {
   socketpair(): [number, number];
   /** True when fd is a listening AF_UNIX stream socket (validates --fd). */
   isListeningUnixSocket(fd: number): boolean;
+  /**
+   * The connected peer's credentials as the kernel recorded them at connect() (SO_PEERCRED):
+   * who is asking, for the daemon's management socket.
+   */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** recvmsg into buf (up to buf.length bytes) accepting at most maxFds fds; null on EAGAIN. */
   recvMsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
   /** sendmsg of buf with fds attached (SCM_RIGHTS) to its first byte; returns bytes sent, -1 on EAGAIN. MSG_NOSIGNAL. */

@@ -13,7 +13,8 @@
         "src/fhandle.c",
         "src/proc.c",
         "src/fd_budget.c",
-        "src/uring.c"
+        "src/uring.c",
+        "src/peercred.c"
       ],
       "libraries": ["-luring"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],

@@ -67,6 +67,8 @@ export interface NativeFs {
   fdBudgetInit(reserve: number): FdBudgetInfo;
   /** Moves n fds from the budget to the host's reserve (a device started). */
   fdBudgetReserve(n: number): FdBudgetInfo;
+  /** Gives n reserved fds back to the budget (a device removed while the host runs). */
+  fdBudgetRelease(n: number): FdBudgetInfo;
   fdBudgetInfo(): FdBudgetInfo;
 }
 

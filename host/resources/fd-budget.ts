@@ -51,6 +51,11 @@ export function reserveForDevice(numQueues: number, threads = 1): FdBudgetInfo {
   return native.fdBudgetReserve(deviceReserve(numQueues, threads));
 }
 
+/** Returns a removed device's reserve to the budget (the inverse of reserveForDevice). */
+export function releaseForDevice(numQueues: number, threads = 1): FdBudgetInfo {
+  return native.fdBudgetRelease(deviceReserve(numQueues, threads));
+}
+
 export function fdBudgetInfo(): FdBudgetInfo {
   return native.fdBudgetInfo();
 }

@@ -8,6 +8,7 @@ import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
 import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
+import { DeviceMeter } from '../metrics/device-meter.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -24,9 +25,15 @@ export class DeviceSlot {
   /** Workers that were terminated but whose thread has not exited (blocked in a system call). */
   private readonly stuck = new Set<DeviceWorker>();
   private closed = false;
+  /** Workers started for this device (the first, then one per restart after a failure). */
+  private starts = 0;
+  /** Why the last worker that died stopped (watchdog, crash), for device-stats. */
+  private lastFailure: string | null = null;
   readonly source: DeviceSource;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
   private memoryDisk: number | null = null;
+  /** What the device has done (metrics): kept across its workers and connections. */
+  readonly meter = new DeviceMeter();
 
   constructor(
     source: DeviceSource,
@@ -47,16 +54,20 @@ export class DeviceSlot {
     if (this.worker) {
       const old = this.worker;
       this.worker = null;
+      this.lastFailure = old.dead;
       // A dead worker's thread normally exits at once; one that does not is left behind (and
       // reported at shutdown) so that the device can be served again by a fresh one.
       if (!(await old.exitedWithin())) this.keepStuck(old);
     }
     if (!this.starting) {
+      this.starts++;
+      this.meter.workerStarts++;
       this.starting = DeviceWorker.start(this.source, {
         label: this.opts.label,
         callDeadlineMs: this.opts.callDeadlineMs,
         loadDeadlineMs: this.opts.loadDeadlineMs,
         queueThreads: this.opts.queueThreads,
+        meterCells: (thread) => this.meter.cellsFor(thread),
       }).finally(() => {
         this.starting = null;
       });
@@ -74,6 +85,18 @@ export class DeviceSlot {
   private keepStuck(w: DeviceWorker): void {
     this.stuck.add(w);
     void w.exited.then(() => this.stuck.delete(w));
+  }
+
+  /** Workers started, and why the device last failed (null: never, or it is failed now: see running). */
+  stats(): { workerStarts: number; running: boolean; failure: string | null } {
+    const w = this.worker;
+    return { workerStarts: this.starts, running: w !== null && w.dead === null, failure: w?.dead ?? this.lastFailure };
+  }
+
+  /** The call deadline of the running worker, and of every worker started after it. */
+  setCallDeadline(ms: number): void {
+    this.opts.callDeadlineMs = ms;
+    this.worker?.setCallDeadline(ms);
   }
 
   get info(): DeviceInfo | null {

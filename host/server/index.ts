@@ -4,7 +4,7 @@ import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
-import { describeFdBudget, ensureFdBudget, reserveForDevice } from '../resources/fd-budget.ts';
+import { describeFdBudget, ensureFdBudget, releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 
 export interface DeviceConfig {
@@ -23,44 +23,108 @@ export interface DeviceConfig {
 
 export const DEFAULT_CALL_DEADLINE_MS = 100;
 
+export interface HostDevice {
+  config: DeviceConfig;
+  slot: DeviceSlot;
+  listener: Listener;
+  /** Queues and worker threads counted in its fd reserve (reserveForDevice), given back when it is removed. */
+  reservedQueues: number;
+  reservedThreads: number;
+}
+
 export class Host {
-  private constructor(readonly devices: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[]) {}
+  /** Devices removed while the host runs whose worker thread has not exited yet (stuck in a system call). */
+  private readonly retired = new Set<HostDevice>();
+
+  private closing = false;
+
+  private constructor(private readonly running: HostDevice[]) {}
+
+  /** Labels of devices, served or removed, with a worker thread still alive: shutdown waits for none of them. */
+  devicesWithLiveThreads(): string[] {
+    return [...this.running, ...this.retired].filter((d) => d.slot.liveThreads > 0).map((d) => d.config.label);
+  }
+
+  /** The devices being served, in the order they were added. */
+  get devices(): readonly HostDevice[] {
+    return this.running;
+  }
 
   /**
    * Starts every device's worker first (so a plugin that fails to load is reported at start-up,
-   * not when QEMU connects), then opens the sockets.
+   * not when QEMU connects), then opens the sockets. All or nothing: if one device cannot
+   * start, those already started are closed and the error is thrown.
    */
   static async start(configs: DeviceConfig[]): Promise<Host> {
-    const started: { config: DeviceConfig; slot: DeviceSlot; listener: Listener }[] = [];
-    // The fd budget first (it raises RLIMIT_NOFILE), before any worker opens a share.
-    ensureFdBudget();
+    const host = new Host([]);
     try {
-      for (const config of configs) {
-        const slot = new DeviceSlot(config.source, {
-          label: config.label,
-          callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
-          loadDeadlineMs: config.loadDeadlineMs,
-          queueThreads: config.queueThreads,
-        });
-        try {
-          const worker = await slot.acquire();
-          // What this device and its front-end may hold besides share handles stays out of the budget.
-          reserveForDevice(worker.info.numQueues, worker.threadCount);
-          started.push({ config, slot, listener: new Listener(config.listen, slot, config.session) });
-        } catch (e) {
-          await slot.close();
-          throw e;
-        }
-      }
+      for (const config of configs) await host.add(config);
     } catch (e) {
-      for (const d of started) {
+      for (const d of host.running.splice(0)) {
         await d.listener.close();
         await d.slot.close();
+        releaseForDevice(d.reservedQueues, d.reservedThreads);
       }
       throw e;
     }
     createLogger('host').info(describeFdBudget(ensureFdBudget()));
-    return new Host(started);
+    return host;
+  }
+
+  /** A host serving nothing yet; devices come with add() (the daemon). */
+  static empty(): Host {
+    ensureFdBudget();
+    return new Host([]);
+  }
+
+  /**
+   * Starts one more device: its worker, then its socket. On failure nothing of it is left
+   * (worker terminated, no socket) and the error is thrown; other devices are untouched.
+   */
+  async add(config: DeviceConfig): Promise<HostDevice> {
+    if (this.running.some((d) => d.config.label === config.label)) throw new Error(`a device labelled ${config.label} is already served`);
+    // The fd budget first (it raises RLIMIT_NOFILE), before any worker opens a share.
+    ensureFdBudget();
+    const slot = new DeviceSlot(config.source, {
+      label: config.label,
+      callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
+      loadDeadlineMs: config.loadDeadlineMs,
+      queueThreads: config.queueThreads,
+    });
+    try {
+      const worker = await slot.acquire();
+      // The host began to close while this device started: it is nobody's to serve.
+      if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);
+      const listener = new Listener(config.listen, slot, config.session);
+      // What this device and its front-end may hold besides share handles stays out of the budget.
+      reserveForDevice(worker.info.numQueues, worker.threadCount);
+      const d = { config, slot, listener, reservedQueues: worker.info.numQueues, reservedThreads: worker.threadCount };
+      this.running.push(d);
+      return d;
+    } catch (e) {
+      await slot.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Stops serving one device: its socket is removed, its front-end disconnected (the session
+   * ends as on a disconnect: rings stopped, memory unmapped, fds closed), then its worker is
+   * terminated. `graceMs` bounds the wait for the session, as in close().
+   */
+  async remove(label: string, graceMs = 1000): Promise<boolean> {
+    const i = this.running.findIndex((d) => d.config.label === label);
+    if (i < 0) return false;
+    const [d] = this.running.splice(i, 1);
+    const listener = d.listener.close('device removed by the operator');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([listener, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
+    await d.slot.close();
+    await listener;
+    releaseForDevice(d.reservedQueues, d.reservedThreads);
+    if (d.slot.liveThreads > 0) this.retired.add(d);
+    return true;
   }
 
   /**
@@ -71,6 +135,7 @@ export class Host {
    * plugin code. A worker stuck in a system call never exits: see shutdown.ts.
    */
   async close(graceMs = 1000): Promise<void> {
+    this.closing = true;
     const listeners = Promise.all(this.devices.map((d) => d.listener.close()));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([listeners, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);

@@ -37,6 +37,17 @@ const ACCEPT_BATCH = 16;
 /** Refused ("busy") connections are logged at most this often, with a count of the rest. */
 const BUSY_LOG_INTERVAL_MS = 5000;
 
+export interface ListenerStats {
+  /** A front-end is connected now. */
+  frontEnd: boolean;
+  /** Connections waiting for the device to be free. */
+  waiting: number;
+  /** Connections accepted since the device was added. */
+  accepted: number;
+  /** Connections closed at once because the device was busy and the wait line full. */
+  refusedBusy: number;
+}
+
 export type ListenAddress = { path: string } | { fd: number };
 
 /** Turns "the path exists" into either a stale socket we may replace or a clear refusal. */
@@ -80,6 +91,9 @@ export class Listener {
   private backoffTimer: NodeJS.Timeout | null = null;
   private acceptFailures = 0;
   private backoffStarted = 0;
+  /** Front-end connections accepted, and those closed at once because the device was busy. */
+  private accepted = 0;
+  private refused = 0;
 
   constructor(
     addr: ListenAddress,
@@ -123,6 +137,7 @@ export class Listener {
       }
       if (conn < 0) return; // the backlog is empty
       this.acceptWorked();
+      this.accepted++;
       this.admit(conn);
     }
   }
@@ -136,6 +151,7 @@ export class Listener {
       this.log.info(`a front-end connected while the device is busy with another; it waits and is served when that one disconnects (${this.waiting.length} waiting)`);
     } else {
       native.close(conn);
+      this.refused++;
       this.busyLog.hit(
         `device busy: closed a new front-end connection (the device has a front-end and ${this.waiting.length} more waiting; vhost-user serves one front-end per device)`,
       );
@@ -229,6 +245,11 @@ export class Listener {
     for (const w of this.idleWaiters.splice(0)) w();
   }
 
+  /** What the management API's device-stats reports about the socket side. */
+  stats(): ListenerStats {
+    return { frontEnd: this.session !== null, waiting: this.waiting.length, accepted: this.accepted, refusedBusy: this.refused };
+  }
+
   /** Resolves when no session is active (tests, shutdown). */
   idle(): Promise<void> {
     if (!this.busy) return Promise.resolve();
@@ -236,7 +257,7 @@ export class Listener {
   }
 
   /** Stop accepting, end the active session (its device released), remove the socket file. */
-  async close(): Promise<void> {
+  async close(reason = 'host shutting down'): Promise<void> {
     if (this.closing) return this.idle();
     this.closing = true;
     this.pauseAccepting();
@@ -251,7 +272,7 @@ export class Listener {
         // already gone
       }
     }
-    this.session?.close('host shutting down');
+    this.session?.close(reason);
     await this.idle();
   }
 }

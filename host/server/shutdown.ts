@@ -17,10 +17,11 @@ export const SHUTDOWN_GRACE_MS = 1500;
 /** Exit status when the shutdown had to be forced. */
 export const FORCED_EXIT_CODE = 1;
 
-export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS): void {
+/** `beforeClose` runs first on a signal (the daemon closes its management socket there). */
+export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS, beforeClose: () => void = () => {}): void {
   let stopping = false;
   const force = (why: string): never => {
-    const stuck = host.devices.filter((d) => d.slot.liveThreads > 0).map((d) => d.config.label);
+    const stuck = host.devicesWithLiveThreads();
     log.error(
       `${why}; forcing the exit` +
         (stuck.length > 0 ? `: the worker of device(s) ${stuck.join(', ')} would not stop (blocked in a system call?)` : ''),
@@ -36,17 +37,22 @@ export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_
     log.info(`${signal}: shutting down`);
     // Not unref'd: this timer must fire even if nothing else is left to run.
     const timer = setTimeout(() => force(`shutdown did not finish within ${graceMs} ms`), graceMs);
+    try {
+      beforeClose();
+    } catch (e) {
+      log.error(`shutdown: ${errorText(e)}`);
+    }
     host.close().then(
       () => {
         clearTimeout(timer);
         // process.exit() would wait for a worker thread that never ends: only take it when none is left.
-        if (host.devices.some((d) => d.slot.liveThreads > 0)) force('shut down, but a device worker is still alive');
+        if (host.devicesWithLiveThreads().length > 0) force('shut down, but a device worker is still alive');
         process.exit(0);
       },
       (e) => {
         clearTimeout(timer);
         log.error(`shutdown failed: ${errorText(e)}`);
-        if (host.devices.some((d) => d.slot.liveThreads > 0)) force('shutdown failed and a device worker is still alive');
+        if (host.devicesWithLiveThreads().length > 0) force('shutdown failed and a device worker is still alive');
         process.exit(1);
       },
     );

@@ -38,6 +38,8 @@ export interface TransferHost {
   /** The device's current worker (a reset may replace it). */
   worker(): DeviceWorker;
   reply(bytes: Uint8Array, fds?: number[]): Promise<void>;
+  /** A transfer began (metrics time it until its outcome). */
+  transferStarted?(t: StateTransfer | RfcShmTransfer): void;
 }
 
 export class DeviceStateTransfers {
@@ -56,6 +58,7 @@ export class DeviceStateTransfers {
   /** A transfer begin() cleared the way for takes the slot. */
   adopt(t: StateTransfer | RfcShmTransfer): void {
     this.transfer = t;
+    this.host.transferStarted?.(t);
   }
 
   /** The transfer's outcome was collected: the slot is free. */

@@ -92,6 +92,7 @@ export class BackendSession {
       settings: opts,
       worker: () => this.worker,
       reply: (bytes, fds) => this.reply(bytes, fds),
+      transferStarted: (t) => slot.meter.transfer(t),
     };
     this.state = new DeviceStateTransfers(transferHost);
     this.rfcState = new RfcStateShmChannel(transferHost, this.state);
@@ -418,6 +419,7 @@ export class BackendSession {
   // --- device lifecycle ----------------------------------------------------------------------
 
   private async resetDevice(): Promise<void> {
+    this.slot.meter.reset();
     this.state.abort('the device was reset');
     await this.state.settle();
     if (this.worker.dead) {
@@ -440,6 +442,7 @@ export class BackendSession {
   }
 
   private onDeviceEvent(e: DeviceEvent): void {
+    if (e.type !== 'inband-call') this.slot.meter.fault(e.type);
     const replyAck = this.hasProtocol(ProtocolFeature.REPLY_ACK);
     if (e.type === 'memory-fault') {
       // The worker halted every ring; the pages it touched are no longer the guest's. Nothing

@@ -111,9 +111,33 @@ static napi_value fd_budget_reserve(napi_env env, napi_callback_info info) {
   return describe(env);
 }
 
+// fdBudgetRelease(n) -> describe(): n fds of the reserve go back to the budget (a device the
+// daemon removed). The budget stays limit - reserve, so reserve then release is exact.
+static napi_value fd_budget_release(napi_env env, napi_callback_info info) {
+  long n = 0;
+  if (!arg_count(env, info, "fdBudgetRelease", &n)) return NULL;
+  pthread_mutex_lock(&init_lock);
+  if (atomic_load(&budget) < 0) {
+    pthread_mutex_unlock(&init_lock);
+    throw_plain(env, "ERR_FD_BUDGET_UNSET", "fdBudgetRelease: call fdBudgetInit first");
+    return NULL;
+  }
+  if (n > reserve_total) {
+    long have = reserve_total;
+    pthread_mutex_unlock(&init_lock);
+    throw_range(env, "fdBudgetRelease: %ld fds were never reserved (the reserve holds %ld)", n, have);
+    return NULL;
+  }
+  reserve_total -= n;
+  atomic_store(&budget, limit_now > reserve_total ? limit_now - reserve_total : 0);
+  pthread_mutex_unlock(&init_lock);
+  return describe(env);
+}
+
 static napi_value fd_budget_info(napi_env env, napi_callback_info info) { return describe(env); }
 
 bool init_fd_budget(napi_env env, napi_value exports) {
   return set_fn(env, exports, "fdBudgetInit", fd_budget_init) && set_fn(env, exports, "fdBudgetReserve", fd_budget_reserve) &&
+         set_fn(env, exports, "fdBudgetRelease", fd_budget_release) &&
          set_fn(env, exports, "fdBudgetInfo", fd_budget_info);
 }

@@ -1,0 +1,285 @@
+// `vhost-wasm ctl`: the management API's client. One request per invocation over the daemon's
+// control socket; the answer is printed for people, or as the JSON-RPC result with --json.
+// Exit status: 0 done, 1 the daemon refused the request (its error is printed), 2 usage,
+// 3 the daemon could not be reached or answered something that is not JSON-RPC.
+
+import { createConnection } from 'node:net';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { UsageError } from './args.ts';
+import { JSONRPC, type RpcResponse } from '../daemon/jsonrpc.ts';
+import type { MethodResults } from '../daemon/methods.ts';
+import type { DeviceStats, DeviceSummary } from '../daemon/daemon.ts';
+
+export const CTL_HELP = `Usage: vhost-wasm ctl --control PATH [--json] COMMAND [ARGS]
+
+Manage a running \`vhost-wasm serve\` daemon through its management socket (--control, or
+$VHOST_WASM_CONTROL). Only the daemon's own user (and root) may.
+
+Commands:
+  list                    the devices: id, tenant, state, virtio device, socket
+  stats [ID]              counters of one device or all, and the process's memory and fds
+  add --id ID --socket PATH --plugin FILE [device options]
+                          start serving one more device; the device options are those of
+                          the single-device command line: --tenant NAME, --entropy,
+                          --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
+                          --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
+                          --queue-threads N, and --open-files N (most fds the shared
+                          directory may hold).
+                          Relative paths are taken from ctl's working directory.
+  del ID                  stop serving a device: its front-end is disconnected, its socket
+                          removed and its worker ended
+  set-limits ID --call-deadline MS
+                          a running device's call deadline, from the call in progress on
+                          (its memory and open-files limits are fixed while it runs)
+  log-level LEVEL         the daemon's log level from now on, its device workers' included
+                          (error, warn, info, debug)
+
+Options:
+  --control PATH          the daemon's management socket
+  --json                  print the JSON-RPC result (or error) instead of text
+  -h, --help              this text
+
+Exit status: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable.
+`;
+
+/** A ctl command line that is wrong (exit status 2). */
+class CtlUsageError extends UsageError {
+  override name = 'CtlUsageError';
+}
+
+/** Sends one request, resolves with the one response line, parsed. */
+function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<RpcResponse> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(path);
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no answer from ${path} within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(JSON.stringify({ jsonrpc: JSONRPC, id: 1, method, params }) + '\n'));
+    sock.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      clearTimeout(timer);
+      sock.end();
+      try {
+        resolve(JSON.parse(buf.slice(0, nl)) as RpcResponse);
+      } catch (e) {
+        reject(new Error(`the daemon answered something that is not JSON: ${(e as Error).message}`));
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot reach the daemon at ${path}: ${e.message}`));
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      if (!buf.includes('\n')) reject(new Error(`the daemon at ${path} closed the connection without answering`));
+    });
+  });
+}
+
+/** The device object of device-add, from the command line's flags (the same spellings as the single-device host's). */
+function deviceFromFlags(args: string[]): Record<string, unknown> {
+  const { values, positionals } = parseArgs({
+    args,
+    strict: true,
+    allowPositionals: true,
+    options: {
+      id: { type: 'string' },
+      tenant: { type: 'string' },
+      socket: { type: 'string' },
+      plugin: { type: 'string' },
+      entropy: { type: 'boolean' },
+      storage: { type: 'string' },
+      direct: { type: 'boolean' },
+      'read-only': { type: 'boolean' },
+      'shared-dir': { type: 'string' },
+      tag: { type: 'string' },
+      xattr: { type: 'boolean' },
+      'memory-limit': { type: 'string' },
+      'call-deadline': { type: 'string' },
+      'open-files': { type: 'string' },
+      'queue-threads': { type: 'string' },
+    },
+  });
+  if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
+  // The daemon takes absolute paths only (its working directory is not the caller's): paths
+  // given here are the caller's, relative to where ctl runs.
+  const abs = (p: string | undefined) => (p === undefined || p === '' ? p : resolve(p));
+  const grants: Record<string, unknown> = {};
+  if (values.entropy) grants.entropy = true;
+  if (values.storage !== undefined) grants.storage = values.storage.startsWith('memory:') ? values.storage : abs(values.storage);
+  if (values.direct) grants.direct = true;
+  if (values['read-only']) grants.readOnly = true;
+  if (values['shared-dir'] !== undefined) grants.sharedDir = abs(values['shared-dir']);
+  if (values.tag !== undefined) grants.tag = values.tag;
+  if (values.xattr) grants.xattr = true;
+  const limits: Record<string, unknown> = {};
+  if (values['memory-limit'] !== undefined) limits.memory = values['memory-limit'];
+  if (values['call-deadline'] !== undefined) {
+    if (!/^\d+$/.test(values['call-deadline'])) throw new CtlUsageError(`--call-deadline: "${values['call-deadline']}" is not a whole number of ms`);
+    limits.callDeadlineMs = Number(values['call-deadline']);
+  }
+  if (values['open-files'] !== undefined) {
+    if (!/^\d+$/.test(values['open-files'])) throw new CtlUsageError(`--open-files: "${values['open-files']}" is not a whole number`);
+    limits.openFiles = Number(values['open-files']);
+  }
+  let queueThreads: number | undefined;
+  if (values['queue-threads'] !== undefined) {
+    if (!/^\d+$/.test(values['queue-threads'])) throw new CtlUsageError(`--queue-threads: "${values['queue-threads']}" is not a whole number`);
+    queueThreads = Number(values['queue-threads']);
+  }
+  // Missing id, socket or plugin are the daemon's to name (it checks every field anyway).
+  return {
+    ...(queueThreads !== undefined ? { queueThreads } : {}),
+    ...(values.id !== undefined ? { id: values.id } : {}),
+    ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
+    ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),
+    ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
+    ...(Object.keys(grants).length ? { grants } : {}),
+    ...(Object.keys(limits).length ? { limits } : {}),
+  };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n') + '\n';
+}
+
+function virtio(d: DeviceSummary): string {
+  return d.name === null ? '-' : `${d.name} (${d.virtioId}, ${d.queues}q)`;
+}
+
+function mib(n: number): string {
+  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/** The result for people. */
+function human(method: string, result: unknown): string {
+  switch (method) {
+    case 'device-list': {
+      const { devices } = result as MethodResults['device-list'];
+      if (devices.length === 0) return 'no devices\n';
+      return table([['ID', 'TENANT', 'STATE', 'DEVICE', 'SOCKET'], ...devices.map((d) => [d.id, d.tenant ?? '-', d.state, virtio(d), d.listen])]);
+    }
+    case 'device-stats': {
+      const { devices, process: p } = result as MethodResults['device-stats'];
+      const lines = devices.map(
+        (d: DeviceStats) =>
+          `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
+          `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
+          `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
+          `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
+          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n`,
+      );
+      return (
+        lines.join('') +
+        `process ${p.pid}: resident ${mib(p.rssBytes)}, ${p.openFds} open fds, share fd budget ${p.fdBudget.used}/${p.fdBudget.budget} (RLIMIT_NOFILE ${p.fdBudget.limit})\n`
+      );
+    }
+    case 'device-add': {
+      const d = result as MethodResults['device-add'];
+      return `added ${d.id}: ${virtio(d)} on ${d.listen}\n`;
+    }
+    case 'device-del':
+      return `removed ${(result as MethodResults['device-del']).id}\n`;
+    case 'set-limits': {
+      const r = result as MethodResults['set-limits'];
+      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms\n`;
+    }
+    case 'log-level': {
+      const r = result as MethodResults['log-level'];
+      return `log level ${r.level} (was ${r.previous})\n`;
+    }
+    default:
+      return JSON.stringify(result, null, 2) + '\n';
+  }
+}
+
+function parseCommand(rest: string[]): { method: string; params: Record<string, unknown> } {
+  const [cmd, ...args] = rest;
+  const none = () => {
+    if (args.length > 0) throw new CtlUsageError(`${cmd} takes no arguments`);
+  };
+  switch (cmd) {
+    case 'list':
+      none();
+      return { method: 'device-list', params: {} };
+    case 'stats':
+      if (args.length > 1) throw new CtlUsageError('stats takes at most one device id');
+      return { method: 'device-stats', params: args.length ? { id: args[0] } : {} };
+    case 'add':
+      return { method: 'device-add', params: deviceFromFlags(args) };
+    case 'del':
+      if (args.length !== 1) throw new CtlUsageError('del takes one device id');
+      return { method: 'device-del', params: { id: args[0] } };
+    case 'set-limits': {
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' } } });
+      if (positionals.length !== 1) throw new CtlUsageError('set-limits takes one device id');
+      const ms = values['call-deadline'];
+      if (ms === undefined) throw new CtlUsageError('set-limits: give --call-deadline MS');
+      if (!/^\d+$/.test(ms)) throw new CtlUsageError(`--call-deadline: "${ms}" is not a whole number of ms`);
+      return { method: 'set-limits', params: { id: positionals[0], callDeadlineMs: Number(ms) } };
+    }
+    case 'log-level':
+      if (args.length !== 1) throw new CtlUsageError('log-level takes one level (error, warn, info, debug)');
+      return { method: 'log-level', params: { level: args[0] } };
+    case undefined:
+      throw new CtlUsageError('no command (see: vhost-wasm ctl --help)');
+    default:
+      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, set-limits, log-level)`);
+  }
+}
+
+export async function runCtl(argv: string[]): Promise<number> {
+  // Options before the command are ctl's own; everything after it belongs to the command.
+  const first = argv.findIndex((a, i) => !a.startsWith('-') && argv[i - 1] !== '--control');
+  const own = first < 0 ? argv : argv.slice(0, first);
+  const rest = first < 0 ? [] : argv.slice(first);
+  let path: string;
+  let json: boolean;
+  let call: { method: string; params: Record<string, unknown> };
+  try {
+    const { values } = parseArgs({
+      args: own,
+      strict: true,
+      allowPositionals: false,
+      options: { control: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    });
+    if (values.help) {
+      process.stdout.write(CTL_HELP);
+      return 0;
+    }
+    json = values.json ?? false;
+    const p = values.control ?? process.env.VHOST_WASM_CONTROL;
+    if (!p) throw new CtlUsageError('give --control PATH (the daemon\'s management socket) or set VHOST_WASM_CONTROL');
+    path = p;
+    call = parseCommand(rest);
+  } catch (e) {
+    process.stderr.write(`vhost-wasm ctl: ${(e as Error).message.replace(/\. To specify.*$/, '')}\n`);
+    return 2;
+  }
+  let response: RpcResponse;
+  try {
+    response = await request(path, call.method, call.params);
+  } catch (e) {
+    process.stderr.write(`vhost-wasm ctl: ${(e as Error).message}\n`);
+    return 3;
+  }
+  if ('error' in response) {
+    if (json) process.stdout.write(JSON.stringify({ error: response.error }, null, 2) + '\n');
+    const code = response.error.data?.code ? ` [${response.error.data.code}]` : '';
+    process.stderr.write(`vhost-wasm ctl: ${call.method} refused: ${response.error.message}${code}\n`);
+    return 1;
+  }
+  if (!('result' in response)) {
+    process.stderr.write('vhost-wasm ctl: the daemon answered something that is not JSON-RPC\n');
+    return 3;
+  }
+  process.stdout.write(json ? JSON.stringify(response.result, null, 2) + '\n' : human(call.method, response.result));
+  return 0;
+}

@@ -1,0 +1,302 @@
+// The daemon's configuration (`vhost-wasm serve --config FILE`, and the `device-add` request of
+// the management API, which takes one device in the same shape). JSON, validated field by
+// field: every error names the field ("devices[2].grants.storage") and says why, and the whole
+// file is checked before anything starts, so a bad file never leaves a daemon half up.
+//
+// No schema library is installed in this project (no ajv, zod or TOML parser), so the checks
+// are written out here; they mirror the single-device command line's flags one to one, and
+// reuse its size and grant parsers so the two cannot drift apart.
+
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { VhostWasmError } from '../errors.ts';
+import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
+import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args.ts';
+import type { StorageSpec } from '../storage/backing.ts';
+import type { FilesystemSpec } from '../fs/option.ts';
+import { STATE_PIPE_SIZE } from '../migration/channel.ts';
+import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
+
+export class ConfigError extends VhostWasmError {
+  static override readonly code = 'ERR_CONFIG';
+  override name = 'ConfigError';
+  constructor(
+    /** The field at fault, as a path into the document: `devices[1].limits.memory`. */
+    readonly field: string,
+    why: string,
+  ) {
+    super(`${field}: ${why}`, { details: { field } });
+  }
+}
+
+/** Where a device listens: a socket path we create, an inherited fd, or a systemd socket by name. */
+export type ListenSpec = { path: string } | { fd: number } | { systemd: string };
+
+export interface DeviceSpec {
+  /** Unique in the daemon: the management API's handle and the log's label. */
+  id: string;
+  /** Who the device belongs to (for listings, logs and, later, shared limits). */
+  tenant: string | null;
+  listen: ListenSpec;
+  /** A WebAssembly plugin, or (development, tests) a JavaScript device module. */
+  device: { plugin: string } | { module: string };
+  grants: {
+    entropy: boolean;
+    storage: StorageSpec | null;
+    filesystem: FilesystemSpec | null;
+  };
+  /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
+  migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
+  /** --queue-threads: worker threads for a device with independent queues (1: one thread). */
+  queueThreads: number;
+}
+
+export interface DaemonConfig {
+  /** The management socket, if any. */
+  control: { path: string } | { systemd: string } | null;
+  logLevel: LogLevel | null;
+  logFormat: LogFormat | null;
+  /** Where the Prometheus metrics are served, if anywhere (opt-in). */
+  metrics: MetricsAddress | null;
+  devices: DeviceSpec[];
+}
+
+/** Ids and tenants: what appears in logs and socket listings, so nothing that needs quoting. */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const NAME_RULE = '1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit';
+
+type Obj = Record<string, unknown>;
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'object' ? 'an object' : `a ${typeof v} (${JSON.stringify(v)})`;
+}
+
+function object(v: unknown, field: string, allowed: readonly string[]): Obj {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(field, `must be an object, not ${typeName(v)}`);
+  for (const k of Object.keys(v)) {
+    if (!allowed.includes(k)) {
+      throw new ConfigError(field === '' ? k : `${field}.${k}`, `unknown field (allowed here: ${allowed.join(', ')})`);
+    }
+  }
+  return v as Obj;
+}
+
+function str(v: unknown, field: string): string {
+  if (typeof v !== 'string') throw new ConfigError(field, `must be a string, not ${typeName(v)}`);
+  if (v === '') throw new ConfigError(field, 'is empty');
+  if (v.includes('\0')) throw new ConfigError(field, 'contains a NUL byte');
+  return v;
+}
+
+function bool(v: unknown, field: string): boolean {
+  if (typeof v !== 'boolean') throw new ConfigError(field, `must be true or false, not ${typeName(v)}`);
+  return v;
+}
+
+function int(v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new ConfigError(field, `must be a whole number, not ${typeName(v)}`);
+  if (v < min || v > max) throw new ConfigError(field, `${v} is out of range (${min}..${max})`);
+  return v;
+}
+
+function name(v: unknown, field: string): string {
+  const s = str(v, field);
+  if (!NAME.test(s)) throw new ConfigError(field, `"${s}" is not a valid name (${NAME_RULE})`);
+  return s;
+}
+
+/** A size: a number of bytes, or a string such as "64M" (the command line's syntax). */
+function size(v: unknown, field: string): number {
+  if (typeof v === 'number') return int(v, field, 1);
+  return asConfigError(field, () => parseSize(str(v, field), field));
+}
+
+/** Runs a command-line parser, turning its UsageError (which names a flag) into one naming the field. */
+function asConfigError<T>(field: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof UsageError) throw new ConfigError(field, e.message.replace(/^[^:]*: /, ''));
+    throw e;
+  }
+}
+
+/** Paths in a config file are relative to the file's directory; over the control socket, absolute only. */
+export type PathBase = { dir: string } | 'absolute-only';
+
+function path(v: unknown, field: string, base: PathBase): string {
+  const p = str(v, field);
+  if (isAbsolute(p)) return p;
+  if (base === 'absolute-only') throw new ConfigError(field, `"${p}" is relative: give an absolute path (the daemon's working directory is not yours)`);
+  return resolve(base.dir, p);
+}
+
+const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads'] as const;
+const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
+const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles'] as const;
+const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
+
+/** The most fds one share may be allowed (the share's own ceiling, host/fs/share.ts). */
+const MAX_OPEN_FILES = 65536;
+
+/** The longest call deadline accepted (a minute: beyond that a hung plugin is never noticed). */
+export const MAX_CALL_DEADLINE_MS = 60_000;
+
+/** One device, at `field` ("devices[0]", or "params" for device-add). */
+export function parseDeviceSpec(v: unknown, field: string, base: PathBase): DeviceSpec {
+  const o = object(v, field, DEVICE_FIELDS);
+  const f = (k: string) => `${field}.${k}`;
+  if (o.id === undefined) throw new ConfigError(f('id'), 'missing: every device needs an id (its name in logs and in the management API)');
+  const id = name(o.id, f('id'));
+  const tenant = o.tenant === undefined ? null : name(o.tenant, f('tenant'));
+
+  const listens = (['socket', 'fd', 'systemd'] as const).filter((k) => o[k] !== undefined);
+  if (listens.length !== 1) {
+    throw new ConfigError(
+      field,
+      listens.length === 0
+        ? 'nowhere to listen: give "socket" (a path), "fd" (an inherited listening socket) or "systemd" (a socket-activation name)'
+        : `give one place to listen, not ${listens.join(' and ')}`,
+    );
+  }
+  let listen: ListenSpec;
+  if (o.socket !== undefined) listen = { path: path(o.socket, f('socket'), base) };
+  else if (o.fd !== undefined) {
+    if (base === 'absolute-only') throw new ConfigError(f('fd'), 'an fd cannot be handed over the management API: give "socket"');
+    listen = { fd: int(o.fd, f('fd'), 0) };
+  } else {
+    if (base === 'absolute-only') throw new ConfigError(f('systemd'), 'socket activation applies at start-up only: give "socket"');
+    listen = { systemd: name(o.systemd, f('systemd')) };
+  }
+
+  if ((o.plugin === undefined) === (o.module === undefined)) {
+    throw new ConfigError(field, o.plugin === undefined ? 'no device: give "plugin" (a .wasm file)' : '"plugin" and "module" are exclusive: give one device');
+  }
+  const device = o.plugin !== undefined ? { plugin: path(o.plugin, f('plugin'), base) } : { module: path(o.module, f('module'), base) };
+
+  const g = o.grants === undefined ? {} : object(o.grants, f('grants'), GRANT_FIELDS);
+  const gf = (k: string) => `${f('grants')}.${k}`;
+  const readOnly = g.readOnly === undefined ? false : bool(g.readOnly, gf('readOnly'));
+  const direct = g.direct === undefined ? false : bool(g.direct, gf('direct'));
+  const xattr = g.xattr === undefined ? false : bool(g.xattr, gf('xattr'));
+  let storage: StorageSpec | null = null;
+  if (g.storage !== undefined) {
+    const text = str(g.storage, gf('storage'));
+    // "memory:SIZE" as on the command line; anything else is a path.
+    const spec = asConfigError(gf('storage'), () => parseStorage(text.startsWith('memory:') ? text : path(text, gf('storage'), base), readOnly, direct));
+    storage = spec;
+  } else if (g.direct !== undefined) throw new ConfigError(gf('direct'), 'applies to "storage": give grants.storage too');
+  let filesystem: FilesystemSpec | null = null;
+  if (g.sharedDir !== undefined) {
+    const dir = path(g.sharedDir, gf('sharedDir'), base);
+    const tag = g.tag === undefined ? undefined : str(g.tag, gf('tag'));
+    const onError = g.migrationOnError === undefined ? undefined : str(g.migrationOnError, gf('migrationOnError'));
+    const fieldOf = (msg: string) => (msg.startsWith('--tag') ? gf('tag') : msg.startsWith('--migration-on-error') ? gf('migrationOnError') : gf('sharedDir'));
+    try {
+      filesystem = parseSharedDir(dir, readOnly, tag, onError, xattr);
+    } catch (e) {
+      if (e instanceof UsageError) throw new ConfigError(fieldOf(e.message), e.message.replace(/^[^:]*: /, ''));
+      throw e;
+    }
+  } else {
+    for (const k of ['tag', 'xattr', 'migrationOnError'] as const) {
+      if (g[k] !== undefined) throw new ConfigError(gf(k), 'applies to "sharedDir": give grants.sharedDir too');
+    }
+  }
+  if (storage && filesystem) throw new ConfigError(f('grants'), '"storage" and "sharedDir" are for different devices (blk, fs): give one');
+  if (g.readOnly !== undefined && !storage && !filesystem) throw new ConfigError(gf('readOnly'), 'applies to "storage" or "sharedDir": give one of them too');
+  const entropy = g.entropy === undefined ? false : bool(g.entropy, gf('entropy'));
+  if (storage && 'module' in device) throw new ConfigError(gf('storage'), 'is granted to "plugin" devices only');
+
+  // The command line's defaults: a block device holds a whole batch of request data and takes
+  // longer per call (see args.ts).
+  const l = o.limits === undefined ? {} : object(o.limits, f('limits'), LIMIT_FIELDS);
+  const limits = {
+    memoryLimitBytes: l.memory === undefined ? (storage ? 256 : 64) * 2 ** 20 : size(l.memory, `${f('limits')}.memory`),
+    callDeadlineMs: l.callDeadlineMs === undefined ? (storage ? 1000 : 100) : int(l.callDeadlineMs, `${f('limits')}.callDeadlineMs`, 1, MAX_CALL_DEADLINE_MS),
+    openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
+  };
+  if (limits.openFiles !== null && filesystem === null) {
+    throw new ConfigError(`${f('limits')}.openFiles`, 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');
+  }
+  if (filesystem && limits.openFiles !== null) filesystem = { ...filesystem, maxHandles: limits.openFiles };
+
+  const m = o.migration === undefined ? {} : object(o.migration, f('migration'), MIGRATION_FIELDS);
+  const mf = (k: string) => `${f('migration')}.${k}`;
+  const migration = {
+    stateReturnMemfd: m.stateReturnMemfd === undefined ? false : bool(m.stateReturnMemfd, mf('stateReturnMemfd')),
+    experimentalRfcStateShm: m.experimentalRfcStateShm === undefined ? false : bool(m.experimentalRfcStateShm, mf('experimentalRfcStateShm')),
+    statePipeBytes: m.statePipeSize === undefined ? STATE_PIPE_SIZE : m.statePipeSize === 0 || m.statePipeSize === '0' ? 0 : size(m.statePipeSize, mf('statePipeSize')),
+  };
+
+  const queueThreads = o.queueThreads === undefined ? 1 : int(o.queueThreads, f('queueThreads'), 1, MAX_QUEUE_THREADS);
+
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, migration, queueThreads };
+}
+
+/** Two devices may not share an id, a socket path or an fd. */
+export function checkUnique(devices: readonly DeviceSpec[], field: (i: number) => string): void {
+  const seen = new Map<string, number>();
+  devices.forEach((d, i) => {
+    const keys = [`id ${d.id}`, 'path' in d.listen ? `socket ${d.listen.path}` : 'fd' in d.listen ? `fd ${d.listen.fd}` : `systemd ${d.listen.systemd}`];
+    for (const k of keys) {
+      const j = seen.get(k);
+      if (j !== undefined) {
+        const what = k.slice(0, k.indexOf(' '));
+        throw new ConfigError(`${field(i)}.${what === 'id' ? 'id' : what}`, `${k.slice(what.length + 1)} is already used by ${field(j)}`);
+      }
+      seen.set(k, i);
+    }
+  });
+}
+
+/** The whole file. `file` is its path (relative paths in it are resolved against its directory). */
+export function parseDaemonConfig(text: string, file: string): DaemonConfig {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
+  }
+  const base: PathBase = { dir: dirname(resolve(file)) };
+  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'devices']);
+  let control: DaemonConfig['control'] = null;
+  if (o.control !== undefined) {
+    if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
+    else {
+      const c = object(o.control, 'control', ['path', 'systemd']);
+      if ((c.path === undefined) === (c.systemd === undefined)) throw new ConfigError('control', 'give "path" or "systemd" (one)');
+      control = c.path !== undefined ? { path: path(c.path, 'control.path', base) } : { systemd: name(c.systemd, 'control.systemd') };
+    }
+  }
+  let logLevel: LogLevel | null = null;
+  if (o.logLevel !== undefined) {
+    const s = str(o.logLevel, 'logLevel');
+    if (!isLogLevel(s)) throw new ConfigError('logLevel', `"${s}" is not one of ${LOG_LEVELS.join(', ')}`);
+    logLevel = s;
+  }
+  let logFormat: LogFormat | null = null;
+  if (o.logFormat !== undefined) {
+    const s = str(o.logFormat, 'logFormat');
+    if (!isLogFormat(s)) throw new ConfigError('logFormat', `"${s}" is not one of ${LOG_FORMATS.join(', ')}`);
+    logFormat = s;
+  }
+  let metrics: MetricsAddress | null = null;
+  if (o.metrics !== undefined) {
+    const text = str(o.metrics, 'metrics');
+    try {
+      metrics = parseMetricsAddress(text);
+    } catch (e) {
+      if (e instanceof MetricsAddressError) throw new ConfigError('metrics', e.message);
+      throw e;
+    }
+  }
+  if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
+  if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
+  const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
+  if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
+  checkUnique(devices, (i) => `devices[${i}]`);
+  return { control, logLevel, logFormat, metrics, devices };
+}

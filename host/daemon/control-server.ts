@@ -1,0 +1,215 @@
+// The management socket: a Unix stream socket, mode 0600, speaking JSON-RPC 2.0 one message
+// per line (jsonrpc.ts; methods.ts says what each method does). Who may manage the daemon is
+// decided twice: the file mode keeps other users from connecting at all, and SO_PEERCRED (the
+// credentials the kernel recorded at connect(), which the peer cannot forge) is checked on
+// every connection, so a socket whose mode was loosened, or one handed out by systemd, still
+// admits only the daemon's own uid (and root). A refused peer gets one JSON-RPC error and is
+// disconnected; nothing it sent is acted on.
+
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { native, errnoCode } from '../native/index.ts';
+import type { Watcher } from '../native/api.ts';
+import { createLogger, errorText } from '../log/logger.ts';
+import { JSONRPC, MAX_MESSAGE_BYTES, parseRequest, RpcCode, RpcError, type RequestId, type RpcResponse } from './jsonrpc.ts';
+import { callMethod } from './methods.ts';
+import type { Daemon } from './daemon.ts';
+import { VhostWasmError } from '../errors.ts';
+
+const log = createLogger('control');
+
+/** Connections served at once; more are closed straight away (a management client needs one). */
+export const MAX_CONTROL_CONNECTIONS = 16;
+
+export class ControlSocketError extends VhostWasmError {
+  static override readonly code = 'ERR_CONTROL_SOCKET';
+  override name = 'ControlSocketError';
+}
+
+/** Replaces a stale socket left by a dead daemon; refuses anything else at the path. */
+function claimPath(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new ControlSocketError(`control socket ${path} exists and is not a socket; refusing to replace it`);
+  let probe = -1;
+  try {
+    probe = native.connectUnix(path);
+  } catch (e) {
+    if (errnoCode(e) === 'ECONNREFUSED') {
+      unlinkSync(path);
+      return;
+    }
+    throw new ControlSocketError(`control socket ${path}: cannot check the existing socket: ${errorText(e)}`);
+  }
+  native.close(probe);
+  throw new ControlSocketError(`control socket ${path}: another daemon is already listening there; stop it or choose another path`);
+}
+
+export class ControlServer {
+  private readonly watcher: Watcher;
+  private readonly connections = new Set<Socket>();
+  private closed = false;
+  /** uids allowed to manage the daemon: its own, and root's. */
+  private readonly allowed: ReadonlySet<number>;
+
+  private constructor(
+    private readonly fd: number,
+    private readonly ownedPath: string | null,
+    private readonly daemon: Daemon,
+  ) {
+    this.allowed = new Set([process.getuid!(), 0]);
+    this.watcher = native.watch(fd, 'r', () => this.onAcceptable());
+  }
+
+  /** Listens at `path` (mode 0600), or on an inherited listening socket (`fd`, systemd's). */
+  static open(where: { path: string } | { fd: number }, daemon: Daemon): ControlServer {
+    if ('fd' in where) {
+      if (!native.isListeningUnixSocket(where.fd)) throw new ControlSocketError(`control socket fd ${where.fd} is not a listening Unix stream socket`);
+      native.setNonBlocking(where.fd, true);
+      return new ControlServer(where.fd, null, daemon);
+    }
+    claimPath(where.path);
+    let fd;
+    try {
+      fd = native.listenUnix(where.path, 16);
+    } catch (e) {
+      throw new ControlSocketError(`control socket ${where.path}: ${errorText(e)}`, { cause: e });
+    }
+    try {
+      // Between bind() and this chmod the socket has the umask's mode: the peer check below
+      // covers that window.
+      chmodSync(where.path, 0o600);
+    } catch (e) {
+      native.close(fd);
+      throw new ControlSocketError(`control socket ${where.path}: cannot make it mode 0600: ${errorText(e)}`, { cause: e });
+    }
+    return new ControlServer(fd, where.path, daemon);
+  }
+
+  private onAcceptable(): void {
+    for (let i = 0; i < 16 && !this.closed; i++) {
+      let conn: number;
+      try {
+        conn = native.accept(this.fd);
+      } catch (e) {
+        log.warn(`accept failed: ${errorText(e)}`);
+        return;
+      }
+      if (conn < 0) return;
+      this.admit(conn);
+    }
+  }
+
+  private admit(conn: number): void {
+    let cred;
+    try {
+      cred = native.peerCred(conn);
+    } catch (e) {
+      log.warn(`a control connection whose peer cannot be identified was closed: ${errorText(e)}`);
+      native.close(conn);
+      return;
+    }
+    const socket = new Socket({ fd: conn, readable: true, writable: true });
+    if (!this.allowed.has(cred.uid)) {
+      log.warn(`refused a control connection from uid ${cred.uid} (pid ${cred.pid}): only uid ${process.getuid!()} may manage this daemon`);
+      socket.end(JSON.stringify(errorResponse(null, RpcCode.permissionDenied, `uid ${cred.uid} may not manage this daemon`)) + '\n');
+      socket.on('error', () => {});
+      return;
+    }
+    if (this.connections.size >= MAX_CONTROL_CONNECTIONS) {
+      log.warn(`refused a control connection: ${MAX_CONTROL_CONNECTIONS} are open already`);
+      socket.end(JSON.stringify(errorResponse(null, RpcCode.requestFailed, `too many control connections (${MAX_CONTROL_CONNECTIONS})`)) + '\n');
+      socket.on('error', () => {});
+      return;
+    }
+    this.connections.add(socket);
+    socket.on('close', () => this.connections.delete(socket));
+    socket.on('error', (e) => log.debug(`control connection: ${errorText(e)}`));
+    void this.serve(socket, `pid ${cred.pid}`);
+  }
+
+  /** Requests on one connection, answered in order. */
+  private async serve(socket: Socket, peer: string): Promise<void> {
+    socket.setEncoding('utf8');
+    let buffered = '';
+    const lines: string[] = [];
+    let wake: (() => void) | null = null;
+    let ended = false;
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        lines.push(buffered.slice(0, nl));
+        buffered = buffered.slice(nl + 1);
+      }
+      if (Buffer.byteLength(buffered) > MAX_MESSAGE_BYTES) {
+        // A line that never ends: answer once and hang up rather than buffer without bound.
+        socket.end(JSON.stringify(errorResponse(null, RpcCode.invalidRequest, `a message is at most ${MAX_MESSAGE_BYTES} bytes, one per line`)) + '\n');
+        ended = true;
+        buffered = '';
+      }
+      wake?.();
+    });
+    socket.on('end', () => {
+      ended = true;
+      wake?.();
+    });
+    socket.on('close', () => {
+      ended = true;
+      wake?.();
+    });
+    for (;;) {
+      const line = lines.shift();
+      if (line === undefined) {
+        if (ended) break;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = null;
+        continue;
+      }
+      if (line.trim() === '') continue;
+      const response = await this.handle(line, peer);
+      if (response && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n');
+    }
+    if (!socket.destroyed) socket.end();
+  }
+
+  private async handle(line: string, peer: string): Promise<RpcResponse | null> {
+    const req = parseRequest(line);
+    if ('error' in req) return { jsonrpc: JSONRPC, id: req.id, error: req.error };
+    const id = req.id ?? null;
+    const notification = req.id === undefined;
+    try {
+      const result = await callMethod(this.daemon, req.method, req.params ?? {});
+      if (req.method !== 'device-list' && req.method !== 'device-stats') log.info(`${req.method} from ${peer}: done`);
+      return notification ? null : { jsonrpc: JSONRPC, id, result };
+    } catch (e) {
+      const err = e instanceof RpcError ? e : new RpcError(RpcCode.internalError, errorText(e));
+      log.warn(`${req.method} from ${peer} refused: ${err.message}`);
+      return notification ? null : errorResponse(id, err.rpcCode, err.message, err.data);
+    }
+  }
+
+  /** Stops accepting, closes every connection, removes the socket file. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher.close();
+    native.close(this.fd);
+    for (const s of this.connections) s.destroy();
+    if (this.ownedPath) {
+      try {
+        unlinkSync(this.ownedPath);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+function errorResponse(id: RequestId, code: number, message: string, data?: RpcError['data']): RpcResponse {
+  return { jsonrpc: JSONRPC, id, error: { code, message, ...(data ? { data } : {}) } };
+}

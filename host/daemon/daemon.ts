@@ -1,0 +1,210 @@
+// The multi-tenant daemon: many devices in one host process, added at start from the config
+// file and later through the management API. Each device starts on its own: one whose plugin
+// does not load, whose disk is missing or whose socket is taken is reported and the others
+// serve (a config that does not parse stops everything before this point: config.ts).
+
+import { pathToFileURL } from 'node:url';
+import { Host, type DeviceConfig, type HostDevice } from '../server/index.ts';
+import type { ListenAddress } from '../server/listener.ts';
+import type { DeviceSource } from '../device/rpc.ts';
+import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
+import { createLogger } from '../log/logger.ts';
+import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
+import type { DeviceSpec } from './config.ts';
+import { VhostWasmError } from '../errors.ts';
+import type { MeteredDevice } from '../metrics/exporter.ts';
+
+const log = createLogger('daemon');
+
+/** A device-add or device-del that cannot be done (an id in use, no such device). */
+export class DaemonRequestError extends VhostWasmError {
+  static override readonly code = 'ERR_DAEMON_REQUEST';
+  override name = 'DaemonRequestError';
+}
+
+/** A device as device-list shows it. */
+export interface DeviceSummary {
+  id: string;
+  tenant: string | null;
+  /** The socket path, or "fd N" for an inherited socket. */
+  listen: string;
+  plugin: string;
+  /** Its virtio name and device id, from the plugin. */
+  name: string | null;
+  virtioId: number | null;
+  queues: number | null;
+  /** serving: idle or with a front-end; failed: its worker died and restarts on the next connection. */
+  state: 'idle' | 'connected' | 'failed';
+}
+
+export interface DeviceStats extends DeviceSummary {
+  /** Seconds since the device was added. */
+  uptimeSeconds: number;
+  frontEnd: boolean;
+  waitingFrontEnds: number;
+  connectionsAccepted: number;
+  connectionsRefusedBusy: number;
+  /** Workers started: 1, plus one per restart after a failure. */
+  workerStarts: number;
+  lastFailure: string | null;
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
+}
+
+function listenText(a: ListenAddress): string {
+  return 'path' in a ? a.path : `fd ${a.fd}`;
+}
+
+/** What the worker loads for a validated spec (grants checked on the host side first). */
+function sourceFor(spec: DeviceSpec): DeviceSource {
+  if ('module' in spec.device) return { kind: 'module', url: pathToFileURL(spec.device.module).href, options: {} };
+  const storage = checkStorage(spec.grants.storage);
+  return {
+    kind: 'plugin',
+    path: spec.device.plugin,
+    options: {
+      memoryLimitBytes: spec.limits.memoryLimitBytes,
+      entropy: spec.grants.entropy,
+      ...(storage ? { storage } : {}),
+      ...(spec.grants.filesystem ? { filesystem: checkSharedDir(spec.grants.filesystem) } : {}),
+    },
+  };
+}
+
+interface Entry {
+  spec: DeviceSpec;
+  address: ListenAddress;
+  device: HostDevice;
+  addedAt: number;
+  /** When its device-add began, among all of them: listings keep that order. */
+  seq: number;
+}
+
+export class Daemon {
+  private readonly entries = new Map<string, Entry>();
+  /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
+  private readonly busy = new Set<string>();
+  private seq = 0;
+
+  private constructor(readonly host: Host) {}
+
+  /** A daemon serving nothing yet: devices come with add(). */
+  static create(): Daemon {
+    return new Daemon(Host.empty());
+  }
+
+  /** The fd budget, for the start-up log. */
+  describeBudget(): string {
+    return describeFdBudget(fdBudgetInfo());
+  }
+
+  async add(spec: DeviceSpec, address: ListenAddress): Promise<DeviceSummary> {
+    if (this.busy.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} is being added or removed by another request`);
+    if (this.entries.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} already exists: remove it first or choose another id`);
+    const clash = [...this.entries.values()].find((e) => listenText(e.address) === listenText(address));
+    if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
+    this.busy.add(spec.id);
+    const seq = this.seq++;
+    try {
+      const config: DeviceConfig = {
+        label: spec.id,
+        listen: address,
+        source: sourceFor(spec),
+        callDeadlineMs: spec.limits.callDeadlineMs,
+        queueThreads: spec.queueThreads,
+        session: {
+          stateReturnMemfd: spec.migration.stateReturnMemfd,
+          experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
+          statePipeBytes: spec.migration.statePipeBytes,
+        },
+      };
+      const device = await this.host.add(config);
+      const entry: Entry = { spec, address, device, addedAt: performance.now(), seq };
+      this.entries.set(spec.id, entry);
+      const info = device.slot.info!;
+      log.info(
+        `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
+      );
+      return this.summary(entry);
+    } finally {
+      this.busy.delete(spec.id);
+    }
+  }
+
+  /** Removes a device: its front-end is disconnected, its socket removed, its worker ended. */
+  async remove(id: string): Promise<void> {
+    if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
+    if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    this.busy.add(id);
+    try {
+      await this.host.remove(id);
+      this.entries.delete(id);
+      log.info(`removed ${id}`);
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  /** Changes what can change while a device runs: its call deadline (from the call in progress on). */
+  setLimits(id: string, limits: { callDeadlineMs: number }): DeviceStats['limits'] {
+    const e = this.entries.get(id);
+    if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    e.device.slot.setCallDeadline(limits.callDeadlineMs);
+    e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
+    log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    return { ...e.spec.limits };
+  }
+
+  /** Every device with its meter, for the metrics endpoint. */
+  metered(): MeteredDevice[] {
+    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter }));
+  }
+
+  list(): DeviceSummary[] {
+    return this.ordered().map((e) => this.summary(e));
+  }
+
+  /** Entries in the order their device-add began (the config file's order at start-up). */
+  private ordered(): Entry[] {
+    return [...this.entries.values()].sort((a, b) => a.seq - b.seq);
+  }
+
+  stats(id?: string): DeviceStats[] {
+    if (id !== undefined && !this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    const entries = id === undefined ? this.ordered() : [this.entries.get(id)!];
+    return entries.map((e) => {
+      const l = e.device.listener.stats();
+      const s = e.device.slot.stats();
+      return {
+        ...this.summary(e),
+        uptimeSeconds: Math.round((performance.now() - e.addedAt) / 1000),
+        frontEnd: l.frontEnd,
+        waitingFrontEnds: l.waiting,
+        connectionsAccepted: l.accepted,
+        connectionsRefusedBusy: l.refusedBusy,
+        workerStarts: s.workerStarts,
+        lastFailure: s.failure,
+        limits: { ...e.spec.limits },
+      };
+    });
+  }
+
+  private summary(e: Entry): DeviceSummary {
+    const info = e.device.slot.info;
+    const s = e.device.slot.stats();
+    const l = e.device.listener.stats();
+    return {
+      id: e.spec.id,
+      tenant: e.spec.tenant,
+      listen: listenText(e.address),
+      plugin: 'plugin' in e.spec.device ? e.spec.device.plugin : e.spec.device.module,
+      name: info?.name ?? null,
+      virtioId: info?.deviceId ?? null,
+      queues: info?.numQueues ?? null,
+      state: !s.running ? 'failed' : l.frontEnd ? 'connected' : 'idle',
+    };
+  }
+
+  async close(graceMs?: number): Promise<void> {
+    await this.host.close(graceMs);
+  }
+}

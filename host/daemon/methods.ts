@@ -1,0 +1,143 @@
+// The management API's methods: what each takes, checks and does. Every parameter is checked
+// before anything changes, so a refused request leaves the daemon as it was.
+
+import { readdirSync } from 'node:fs';
+import { ConfigError, MAX_CALL_DEADLINE_MS, parseDeviceSpec } from './config.ts';
+import { RpcCode, RpcError } from './jsonrpc.ts';
+import type { Daemon, DeviceStats, DeviceSummary } from './daemon.ts';
+import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLevel } from '../log/logger.ts';
+import { errorCode } from '../errors.ts';
+import { fdBudgetInfo } from '../resources/fd-budget.ts';
+
+export interface ProcessStats {
+  pid: number;
+  rssBytes: number;
+  heapUsedBytes: number;
+  openFds: number;
+  fdBudget: { budget: number; used: number; limit: number };
+}
+
+/** The result of each method, by name: the client (ctl.ts) reads these types. */
+export interface MethodResults {
+  'device-add': DeviceSummary;
+  'device-del': { id: string; removed: true };
+  'device-list': { devices: DeviceSummary[] };
+  'device-stats': { devices: DeviceStats[]; process: ProcessStats };
+  'log-level': { level: LogLevel; previous: LogLevel };
+  'set-limits': { id: string; limits: DeviceStats['limits'] };
+}
+export type MethodName = keyof MethodResults;
+export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level'];
+
+type Params = Record<string, unknown>;
+
+function only(params: Params, allowed: string[]): void {
+  for (const k of Object.keys(params)) {
+    if (!allowed.includes(k)) {
+      throw new RpcError(RpcCode.invalidParams, `params.${k}: unknown parameter${allowed.length ? ` (allowed: ${allowed.join(', ')})` : ' (this method takes none)'}`, { field: `params.${k}` });
+    }
+  }
+}
+
+function idParam(params: Params, required: boolean): string | undefined {
+  if (params.id === undefined) {
+    if (required) throw new RpcError(RpcCode.invalidParams, 'params.id: missing (the device to act on)', { field: 'params.id' });
+    return undefined;
+  }
+  if (typeof params.id !== 'string') throw new RpcError(RpcCode.invalidParams, 'params.id: must be a string', { field: 'params.id' });
+  return params.id;
+}
+
+/** A failure of the daemon's own (no such device, the socket is taken, the plugin would not load). */
+function failed(e: unknown): RpcError {
+  if (e instanceof RpcError) return e;
+  const code = errorCode(e);
+  return new RpcError(RpcCode.requestFailed, errorText(e), code === undefined ? undefined : { code });
+}
+
+function processStats(): ProcessStats {
+  const b = fdBudgetInfo();
+  let openFds = -1;
+  try {
+    openFds = readdirSync('/proc/self/fd').length;
+  } catch {
+    // no /proc: reported as -1
+  }
+  const m = process.memoryUsage();
+  return { pid: process.pid, rssBytes: m.rss, heapUsedBytes: m.heapUsed, openFds, fdBudget: { budget: b.budget, used: b.used, limit: b.limit } };
+}
+
+export async function callMethod(daemon: Daemon, method: string, params: Params): Promise<unknown> {
+  switch (method) {
+    case 'device-add': {
+      let spec;
+      try {
+        spec = parseDeviceSpec(params, 'params', 'absolute-only');
+      } catch (e) {
+        if (e instanceof ConfigError) throw new RpcError(RpcCode.invalidParams, e.message, { field: e.field });
+        throw e;
+      }
+      if (!('path' in spec.listen)) throw new RpcError(RpcCode.invalidParams, 'params.socket: give a socket path', { field: 'params.socket' });
+      try {
+        return await daemon.add(spec, { path: spec.listen.path });
+      } catch (e) {
+        throw failed(e);
+      }
+    }
+    case 'device-del': {
+      only(params, ['id']);
+      const id = idParam(params, true)!;
+      try {
+        await daemon.remove(id);
+      } catch (e) {
+        throw failed(e);
+      }
+      return { id, removed: true } satisfies MethodResults['device-del'];
+    }
+    case 'device-list':
+      only(params, []);
+      return { devices: daemon.list() } satisfies MethodResults['device-list'];
+    case 'device-stats': {
+      only(params, ['id']);
+      const id = idParam(params, false);
+      try {
+        return { devices: daemon.stats(id), process: processStats() } satisfies MethodResults['device-stats'];
+      } catch (e) {
+        throw failed(e);
+      }
+    }
+    case 'set-limits': {
+      const id = idParam(params, true)!;
+      for (const k of ['memory', 'openFiles']) {
+        if (params[k] !== undefined) {
+          throw new RpcError(RpcCode.invalidParams, `params.${k}: cannot change while the device runs (it is fixed when the plugin is instantiated): device-del and device-add the device with the new limit`, {
+            field: `params.${k}`,
+          });
+        }
+      }
+      only(params, ['id', 'callDeadlineMs']);
+      const ms = params.callDeadlineMs;
+      if (ms === undefined) throw new RpcError(RpcCode.invalidParams, 'params.callDeadlineMs: missing (the limit to set)', { field: 'params.callDeadlineMs' });
+      if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 1 || ms > MAX_CALL_DEADLINE_MS) {
+        throw new RpcError(RpcCode.invalidParams, `params.callDeadlineMs: must be a whole number of ms in 1..${MAX_CALL_DEADLINE_MS}`, { field: 'params.callDeadlineMs' });
+      }
+      try {
+        return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms }) } satisfies MethodResults['set-limits'];
+      } catch (e) {
+        throw failed(e);
+      }
+    }
+    case 'log-level': {
+      only(params, ['level']);
+      const level = params.level;
+      if (typeof level !== 'string' || !isLogLevel(level)) {
+        throw new RpcError(RpcCode.invalidParams, `params.level: must be one of ${LOG_LEVELS.join(', ')}`, { field: 'params.level' });
+      }
+      const previous = getLogLevel();
+      setLogLevel(level);
+      return { level, previous } satisfies MethodResults['log-level'];
+    }
+    default:
+      throw new RpcError(RpcCode.methodNotFound, `no method "${method}" (methods: ${METHODS.join(', ')})`);
+  }
+}

@@ -1,0 +1,93 @@
+// What one device has done, for the metrics endpoint: the per-request cells its worker threads
+// write (request-meter.ts), and what the main thread sees itself: resets the front-end asked
+// for, faults (each device-failed, ring-broken or memory-fault event), workers started, and
+// device state transfers with their duration. Owned by the device's slot, so it outlives the
+// workers and the front-end connections of the device.
+
+import { REQUEST_METER_BYTES, emptyHistogram, observe, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
+
+export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export type TransferDirection = 'save' | 'load';
+
+export interface TransferStats {
+  ok: number;
+  failed: number;
+  /** Transfers that have begun and not ended. */
+  running: number;
+  /** Seconds from start to outcome, of those that ended. */
+  duration: HistogramSnapshot;
+}
+
+export interface DeviceMeterSnapshot extends RequestSnapshot {
+  resets: number;
+  faults: Record<FaultKind, number>;
+  workerStarts: number;
+  transfers: Record<TransferDirection, TransferStats>;
+}
+
+/** A transfer as the session sees it (StateTransfer, RfcShmTransfer): its direction and outcome. */
+export interface MeteredTransfer {
+  readonly direction: TransferDirection;
+  /** null on success, else why it failed. */
+  readonly done: Promise<string | null>;
+}
+
+function transferStats(): TransferStats {
+  return { ok: 0, failed: 0, running: 0, duration: emptyHistogram() };
+}
+
+export class DeviceMeter {
+  /** One cell buffer per queue thread, by thread index; made on first use and kept. */
+  private readonly threadCells: SharedArrayBuffer[] = [];
+  private resets = 0;
+  private readonly faults: Record<FaultKind, number> = { 'device-failed': 0, 'ring-broken': 0, 'memory-fault': 0 };
+  workerStarts = 0;
+  private readonly transfers: Record<TransferDirection, TransferStats> = { save: transferStats(), load: transferStats() };
+
+  /** The cells queue thread `thread` writes (WorkerInit.meter). */
+  cellsFor(thread: number): SharedArrayBuffer {
+    if (!Number.isInteger(thread) || thread < 0) throw new RangeError(`queue thread ${thread}`);
+    while (this.threadCells.length <= thread) this.threadCells.push(new SharedArrayBuffer(REQUEST_METER_BYTES));
+    return this.threadCells[thread];
+  }
+
+  reset(): void {
+    this.resets++;
+  }
+
+  fault(kind: FaultKind): void {
+    this.faults[kind]++;
+  }
+
+  /** Times a state transfer from now until its outcome. */
+  transfer(t: MeteredTransfer): void {
+    const stats = this.transfers[t.direction];
+    if (stats === undefined) return;
+    const start = performance.now();
+    stats.running++;
+    void t.done.then(
+      (err) => this.transferEnded(stats, start, err === null),
+      () => this.transferEnded(stats, start, false),
+    );
+  }
+
+  private transferEnded(stats: TransferStats, start: number, ok: boolean): void {
+    stats.running--;
+    if (ok) stats.ok++;
+    else stats.failed++;
+    observe(stats.duration, (performance.now() - start) / 1000);
+  }
+
+  snapshot(): DeviceMeterSnapshot {
+    const copy = (s: TransferStats): TransferStats => ({ ...s, duration: { ...s.duration, buckets: [...s.duration.buckets] } });
+    return {
+      ...readRequestCells(this.threadCells),
+      resets: this.resets,
+      faults: { ...this.faults },
+      workerStarts: this.workerStarts,
+      transfers: { save: copy(this.transfers.save), load: copy(this.transfers.load) },
+    };
+  }
+}

@@ -1,0 +1,204 @@
+// Per-request counters of one device worker thread, kept where the main thread can read them
+// without asking: a SharedArrayBuffer of float64 cells the worker alone writes (plain stores,
+// no atomics: one writer per buffer, and an aligned 8-byte store is never seen half-done on the
+// platforms Node runs on) and the main thread reads at scrape time (device-meter.ts). A request
+// costs a few additions and a store: no message, no allocation, and no clock read of its own.
+// The clock is read per batch, not per request (performance.now() costs ~150 ns here, a
+// quarter of the host core's whole cost per request): a request's start is the first pop of
+// its batch, and completions are timed together when the worker notifies the front-end or
+// finishes its turn (whichever comes first), which is when the guest can see them.
+//
+// The buffer belongs to the device (its DeviceMeter), not to the thread: a worker started after
+// a failure continues the counters of the one it replaces, so they only ever grow.
+
+/** Upper bounds (seconds) of the latency histograms: request (pop to used ring) and plugin call. */
+export const LATENCY_BUCKETS = [
+  0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+] as const;
+
+const NB = LATENCY_BUCKETS.length;
+
+/** Where each value lives in a thread's Float64Array. */
+export const Cell = {
+  /** Requests the device was handed (popped, or resubmitted from the inflight area). */
+  requests: 0,
+  /** Bytes of the device-readable ("out") descriptors of those requests. */
+  bytesOut: 1,
+  /** Bytes the device wrote back (the used length of completed requests). */
+  bytesIn: 2,
+  /** Requests popped and not yet completed or dropped. */
+  inFlight: 3,
+  /** Request latency histogram: sum of seconds, count, then one (non-cumulative) cell per bucket and one past the last. */
+  latencySum: 4,
+  latencyCount: 5,
+  latencyBuckets: 6,
+  /** Plugin (device code) call histogram, laid out the same way. */
+  callSum: 6 + NB + 1,
+  callCount: 7 + NB + 1,
+  callBuckets: 8 + NB + 1,
+  /** Bytes of the device's linear memories after its last call (0 for a TypeScript device). */
+  memoryBytes: 8 + 2 * (NB + 1),
+} as const;
+
+/** Bytes of one thread's cells. */
+export const REQUEST_METER_BYTES = (Cell.memoryBytes + 1) * Float64Array.BYTES_PER_ELEMENT;
+
+function bucketOf(seconds: number): number {
+  let i = 0;
+  while (i < NB && seconds > LATENCY_BUCKETS[i]) i++;
+  return i;
+}
+
+/** The worker's writer (given to the runner through RunnerHooks.meter). */
+/** Completions waiting to be timed (more are timed at once). */
+const PENDING = 1024;
+
+export class RequestMeter {
+  private readonly c: Float64Array;
+  private callStarted = -1;
+  /** Start time of the batch being popped, or -1 once the device was called (the batch is over). */
+  private batchStart = -1;
+  /** Start times of completions not yet timed. */
+  private readonly pending = new Float64Array(PENDING);
+  private pendingCount = 0;
+  private flushQueued = false;
+  private readonly flushTask = () => {
+    this.flushQueued = false;
+    this.flush();
+  };
+
+  constructor(cells: SharedArrayBuffer) {
+    if (cells.byteLength < REQUEST_METER_BYTES) throw new RangeError(`request meter cells: ${cells.byteLength} bytes, ${REQUEST_METER_BYTES} needed`);
+    this.c = new Float64Array(cells, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
+    // What a thread that died had in flight is gone with it: this one starts with nothing.
+    this.c[Cell.inFlight] = 0;
+    this.c[Cell.memoryBytes] = 0;
+  }
+
+  /** A request handed to the device; returns its start time for completed(). */
+  popped(readableLen: number): number {
+    const c = this.c;
+    c[Cell.requests]++;
+    c[Cell.bytesOut] += readableLen;
+    c[Cell.inFlight]++;
+    if (this.batchStart < 0) this.batchStart = performance.now();
+    return this.batchStart;
+  }
+
+  /** A request in the used ring, `used` bytes written back, `start` from popped(): timed at the next flush(). */
+  completed(start: number, used: number): void {
+    this.c[Cell.bytesIn] += used;
+    if (this.pendingCount === PENDING) this.flush();
+    this.pending[this.pendingCount++] = start;
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flushTask);
+    }
+  }
+
+  /** Times the completions so far (the front-end is about to be notified, or the turn ends). */
+  flush(): void {
+    const n = this.pendingCount;
+    if (n === 0) return;
+    const c = this.c;
+    const now = performance.now();
+    for (let i = 0; i < n; i++) {
+      const s = (now - this.pending[i]) / 1000;
+      c[Cell.latencySum] += s;
+      c[Cell.latencyBuckets + bucketOf(s)]++;
+    }
+    c[Cell.latencyCount] += n;
+    this.pendingCount = 0;
+  }
+
+  /** A request left the runner (completed, or dropped with its ring). */
+  released(): void {
+    this.c[Cell.inFlight]--;
+  }
+
+  /** Every request was dropped at once (reset, close). */
+  releasedAll(): void {
+    this.c[Cell.inFlight] = 0;
+  }
+
+  /** The device's memory now (after it was built, before any call). */
+  memory(bytes: number): void {
+    this.c[Cell.memoryBytes] = bytes;
+  }
+
+  /** Device code starts running (a call the watchdog times as a device call). */
+  callStart(): void {
+    this.flush();
+    // Pops after this call belong to the next batch.
+    this.batchStart = -1;
+    this.callStarted = performance.now();
+  }
+
+  /** Device code returned (or threw); `memoryBytes` is the device's memory now. */
+  callEnd(memoryBytes: number): void {
+    if (this.callStarted < 0) return;
+    const c = this.c;
+    const s = (performance.now() - this.callStarted) / 1000;
+    this.callStarted = -1;
+    c[Cell.callSum] += s;
+    c[Cell.callCount]++;
+    c[Cell.callBuckets + bucketOf(s)]++;
+    c[Cell.memoryBytes] = memoryBytes;
+  }
+}
+
+/** A histogram read from the cells: cumulative counts per LATENCY_BUCKETS bound, count and sum. */
+export interface HistogramSnapshot {
+  /** Cumulative: observations <= LATENCY_BUCKETS[i]. */
+  buckets: number[];
+  count: number;
+  sum: number;
+}
+
+export interface RequestSnapshot {
+  requests: number;
+  bytesOut: number;
+  bytesIn: number;
+  inFlight: number;
+  latency: HistogramSnapshot;
+  calls: HistogramSnapshot;
+  memoryBytes: number;
+}
+
+export function emptyHistogram(): HistogramSnapshot {
+  return { buckets: new Array<number>(NB).fill(0), count: 0, sum: 0 };
+}
+
+/** Adds one observation to a histogram kept on the main thread (state transfers). */
+export function observe(h: HistogramSnapshot, seconds: number): void {
+  for (let i = bucketOf(seconds); i < NB; i++) h.buckets[i]++;
+  h.count++;
+  h.sum += seconds;
+}
+
+function addHistogram(into: HistogramSnapshot, c: Float64Array, sum: number, count: number, buckets: number): void {
+  let acc = 0;
+  for (let i = 0; i < NB; i++) {
+    acc += c[buckets + i];
+    into.buckets[i] += acc;
+  }
+  into.sum += c[sum];
+  into.count += c[count];
+}
+
+/** The sum over every thread's cells of one device (main thread, at scrape time). */
+export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnapshot {
+  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), memoryBytes: 0 };
+  for (const buf of all) {
+    const c = new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
+    s.requests += c[Cell.requests];
+    s.bytesOut += c[Cell.bytesOut];
+    s.bytesIn += c[Cell.bytesIn];
+    // A gauge read while the worker moves it: never shown below zero.
+    s.inFlight += Math.max(0, c[Cell.inFlight]);
+    s.memoryBytes += c[Cell.memoryBytes];
+    addHistogram(s.latency, c, Cell.latencySum, Cell.latencyCount, Cell.latencyBuckets);
+    addHistogram(s.calls, c, Cell.callSum, Cell.callCount, Cell.callBuckets);
+  }
+  return s;
+}

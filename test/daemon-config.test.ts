@@ -1,0 +1,73 @@
+// The daemon's config format as documented: the example in docs/systemd parses, its socket
+// names are exactly the FileDescriptorName= of the .socket units the service lists, and the
+// defaults and relative paths are those the README promises.
+import test from 'ava';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseDaemonConfig, ConfigError } from '../host/daemon/config.ts';
+import { activatedSockets } from '../host/daemon/systemd.ts';
+import { REPO } from './helpers/host-process.ts';
+
+const systemd = join(REPO, 'docs', 'systemd');
+
+test('the systemd example config parses, and its socket names are the units\' FileDescriptorName=', (t) => {
+  const c = parseDaemonConfig(readFileSync(join(systemd, 'daemon.json'), 'utf8'), join(systemd, 'daemon.json'));
+  const wanted = [c.control, ...c.devices.map((d) => d.listen)].map((l) => (l !== null && 'systemd' in l ? l.systemd : null));
+  t.false(wanted.includes(null), 'every socket comes from systemd');
+  const units = readdirSync(systemd).filter((f) => f.endsWith('.socket'));
+  const names = units.map((u) => /^FileDescriptorName=(.+)$/m.exec(readFileSync(join(systemd, u), 'utf8'))?.[1]);
+  t.deepEqual([...names].sort(), [...wanted].sort());
+  const service = readFileSync(join(systemd, 'vhost-wasm.service'), 'utf8');
+  t.deepEqual(/^Sockets=(.+)$/m.exec(service)![1].split(/\s+/).sort(), units.sort());
+  t.regex(readFileSync(join(systemd, 'vhost-wasm-control.socket'), 'utf8'), /^SocketMode=0600$/m);
+});
+
+test('defaults follow the single-device command line; relative paths are relative to the file', (t) => {
+  const c = parseDaemonConfig(
+    JSON.stringify({
+      devices: [
+        { id: 'r', socket: 'r.sock', plugin: 'rng.wasm', grants: { entropy: true } },
+        { id: 'b', socket: '/run/b.sock', plugin: '/p/blk.wasm', grants: { storage: 'disk.raw', readOnly: true } },
+        { id: 'm', socket: 'm.sock', plugin: 'blk.wasm', grants: { storage: 'memory:1M' } },
+      ],
+    }),
+    '/etc/vhost-wasm/d.json',
+  );
+  t.deepEqual(c.devices[0].listen, { path: '/etc/vhost-wasm/r.sock' });
+  t.deepEqual(c.devices[0].device, { plugin: '/etc/vhost-wasm/rng.wasm' });
+  t.deepEqual(c.devices[0].limits, { memoryLimitBytes: 64 << 20, callDeadlineMs: 100, openFiles: null });
+  t.deepEqual(c.devices[1].grants.storage, { kind: 'file', path: '/etc/vhost-wasm/disk.raw', readOnly: true });
+  t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null });
+  t.deepEqual(c.devices[2].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false });
+  t.deepEqual(c.devices.map((d) => d.queueThreads), [1, 1, 1]);
+  t.is(c.control, null);
+  t.is(c.metrics, null);
+  t.is(c.logFormat, null);
+  const bad = (device: object) => () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', ...device }] }), '/d.json');
+  t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', queueThreads: 2 }] }), '/d.json').devices[0].queueThreads, 2);
+  t.throws(bad({ queueThreads: 0 }), { message: 'devices[0].queueThreads: 0 is out of range (1..64)' });
+  t.throws(bad({ queueThreads: 1.5 }), { message: /devices\[0\]\.queueThreads: must be a whole number/ });
+});
+
+test('LISTEN_FDS for another process is ignored, and a name systemd did not pass is an error naming the field', (t) => {
+  const env: NodeJS.ProcessEnv = { LISTEN_FDS: '2', LISTEN_PID: '1', LISTEN_FDNAMES: 'a:b' };
+  const s = activatedSockets(env, 4242);
+  t.is(env.LISTEN_FDS, undefined, 'the environment is cleared once read');
+  const e = t.throws(() => s.take('a', 'devices[0].systemd'), { instanceOf: ConfigError });
+  t.is(e.field, 'devices[0].systemd');
+  const mine = activatedSockets({ LISTEN_FDS: '2', LISTEN_PID: '4242', LISTEN_FDNAMES: 'a:b' }, 4242);
+  t.is(mine.take('b', 'x'), 4);
+  t.is(mine.take('a', 'y'), 3);
+  t.throws(() => mine.take('a', 'z'), { message: /already taken/ });
+  t.throws(() => activatedSockets({ LISTEN_FDS: '2', LISTEN_PID: '7', LISTEN_FDNAMES: 'a' }, 7), { message: /LISTEN_FDNAMES: names 1 sockets, LISTEN_FDS passes 2/ });
+});
+
+test('the README\'s example config parses', (t) => {
+  const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Operating a daemon'));
+  const json = /```json\n([\s\S]*?)```/.exec(section)![1];
+  const c = parseDaemonConfig(json, '/etc/vhost-wasm/daemon.json');
+  t.deepEqual(c.devices.map((d) => [d.id, d.tenant]), [['rng0', 'acme'], ['blk0', 'acme'], ['fs0', 'globex']]);
+  t.deepEqual(c.control, { path: '/run/vhost-wasm/control.sock' });
+  t.deepEqual(c.metrics, { host: '127.0.0.1', port: 9464 });
+});

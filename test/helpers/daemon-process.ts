@@ -1,0 +1,109 @@
+// Runs `vhost-wasm serve --config FILE` (the built binary, as users run it) as a child, and
+// `vhost-wasm ctl` against it; and a raw JSON-RPC line client for requests ctl would never send.
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { hostCommand, REPO } from './host-process.ts';
+
+export interface DaemonProcess {
+  child: ChildProcess;
+  log(): string;
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  fdCount(): number;
+  /** SIGTERM; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** Resolves with the exit code once the process ends by itself. */
+  exited: Promise<number | null>;
+}
+
+export function spawnDaemon(args: string[], opts: { env?: NodeJS.ProcessEnv; stdio?: StdioOptions; wrap?: string[] } = {}): DaemonProcess {
+  const [node, argv] = hostCommand(['serve', ...args]);
+  const [cmd, ...rest] = opts.wrap ? [...opts.wrap, node, ...argv] : [node, ...argv];
+  const child = spawn(cmd, rest, { cwd: REPO, stdio: opts.stdio ?? ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  return {
+    child,
+    log: () => stderr,
+    exited,
+    async waitForLog(re, timeoutMs = 30_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = stderr.split('\n').find((l) => re.test(l));
+        if (hit) return hit;
+        if (child.exitCode !== null) throw new Error(`daemon exited (${child.exitCode}) before logging ${re}; its log:\n${stderr}`);
+        if (Date.now() > end) throw new Error(`daemon never logged ${re}; its log:\n${stderr}`);
+        await sleep(20);
+      }
+    },
+    fdCount: () => readdirSync(`/proc/${child.pid}/fd`).length,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
+
+/** Starts the daemon and waits for its "serving N of M device(s)" line. */
+export async function startDaemon(args: string[], opts: Parameters<typeof spawnDaemon>[1] = {}): Promise<DaemonProcess> {
+  const d = spawnDaemon(args, opts);
+  await d.waitForLog(/vhost-wasm: serving \d+ of \d+ device/);
+  return d;
+}
+
+export interface CtlResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `vhost-wasm ctl ARGS` in `cwd`; `wrap` runs it under another command (setpriv, to be another user). */
+export function ctl(args: string[], wrap: string[] = [], cwd = REPO): Promise<CtlResult> {
+  const [node, argv] = hostCommand(['ctl', ...args]);
+  const [cmd, ...rest] = [...wrap, node, ...argv];
+  const child = spawn(cmd, rest, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** Sends raw lines on one connection and collects `expect` answer lines (or what came before EOF). */
+export function rawRpc(path: string, lines: string[], expect: number): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(path);
+    let buf = '';
+    const answers: unknown[] = [];
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`only ${answers.length} of ${expect} answers in 15 s: ${buf}`));
+    }, 15_000);
+    const finish = () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(answers);
+    };
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(lines.map((l) => l + '\n').join('')));
+    s.on('data', (d: string) => {
+      buf += d;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        answers.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+      if (answers.length >= expect) finish();
+    });
+    s.on('end', finish);
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
