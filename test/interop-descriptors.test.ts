@@ -14,6 +14,11 @@ const WRAPPERS: Record<string, { plugin: string; args: string[] }> = {
   '50-vhost-wasm-fs.json': { plugin: 'fs.wasm', args: [] },
   '50-vhost-wasm-rng.json': { plugin: 'rng.wasm', args: ['--entropy'] },
 };
+/** Example plugins without a descriptor of their own, and why. */
+const WITHOUT_DESCRIPTOR: Record<string, string> = {
+  'rng-ts.wasm': 'the TypeScript SDK\'s rng: the same device type as rng.wasm, whose descriptor covers it',
+  'console-ts.wasm': 'virtio-console: vhost-user.json has no console type and QEMU no vhost-user console front-end',
+};
 
 test.before(() => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
@@ -21,7 +26,7 @@ test.before(() => {
 
 test('every example plugin has a descriptor, and nothing else does', (t) => {
   const plugins = readdirSync(join(REPO, 'dist', 'plugins')).filter((f) => f.endsWith('.wasm')).sort();
-  t.deepEqual(Object.values(WRAPPERS).map((w) => w.plugin).sort(), plugins);
+  t.deepEqual([...Object.values(WRAPPERS).map((w) => w.plugin), ...Object.keys(WITHOUT_DESCRIPTOR)].sort(), plugins);
   t.deepEqual(readdirSync(interop).filter((f) => f.endsWith('.json')).sort(), Object.keys(WRAPPERS).sort());
 });
 

@@ -6,7 +6,8 @@
 // admits only the daemon's own uid (and root). A refused peer gets one JSON-RPC error and is
 // disconnected; nothing it sent is acted on.
 
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, unlinkSync } from 'node:fs';
+import { claimSocketPath } from '../server/socket-path.ts';
 import { Socket } from 'node:net';
 import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
@@ -26,28 +27,6 @@ export class ControlSocketError extends VhostWasmError {
   override name = 'ControlSocketError';
 }
 
-/** Replaces a stale socket left by a dead daemon; refuses anything else at the path. */
-function claimPath(path: string): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new ControlSocketError(`control socket ${path} exists and is not a socket; refusing to replace it`);
-  let probe = -1;
-  try {
-    probe = native.connectUnix(path);
-  } catch (e) {
-    if (errnoCode(e) === 'ECONNREFUSED') {
-      unlinkSync(path);
-      return;
-    }
-    throw new ControlSocketError(`control socket ${path}: cannot check the existing socket: ${errorText(e)}`);
-  }
-  native.close(probe);
-  throw new ControlSocketError(`control socket ${path}: another daemon is already listening there; stop it or choose another path`);
-}
 
 export class ControlServer {
   private readonly watcher: Watcher;
@@ -72,7 +51,7 @@ export class ControlServer {
       native.setNonBlocking(where.fd, true);
       return new ControlServer(where.fd, null, daemon);
     }
-    claimPath(where.path);
+    claimSocketPath(where.path, { name: `control socket ${where.path}`, rival: 'another daemon', error: (m) => new ControlSocketError(m) });
     let fd;
     try {
       fd = native.listenUnix(where.path, 16);

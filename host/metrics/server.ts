@@ -3,7 +3,8 @@
 // and nothing else. Opt-in: `serve --metrics ADDRESS` or the config's "metrics".
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, unlinkSync } from 'node:fs';
+import { claimSocketPath } from '../server/socket-path.ts';
 import { native, errnoCode } from '../native/index.ts';
 import { createLogger, errorText } from '../log/logger.ts';
 import type { MetricsExporter } from './exporter.ts';
@@ -14,28 +15,6 @@ const log = createLogger('metrics');
 /** Scrapers served at once; more wait in the kernel's backlog. */
 const MAX_CONNECTIONS = 8;
 
-/** Replaces a stale socket left by a dead daemon; refuses anything else at the path. */
-function claimPath(path: string): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new MetricsAddressError(`metrics socket ${path} exists and is not a socket; refusing to replace it`);
-  let probe = -1;
-  try {
-    probe = native.connectUnix(path);
-  } catch (e) {
-    if (errnoCode(e) === 'ECONNREFUSED') {
-      unlinkSync(path);
-      return;
-    }
-    throw new MetricsAddressError(`metrics socket ${path}: cannot check the existing socket: ${errorText(e)}`);
-  }
-  native.close(probe);
-  throw new MetricsAddressError(`metrics socket ${path}: another process is already listening there; stop it or choose another path`);
-}
 
 export class MetricsServer {
   private constructor(
@@ -49,7 +28,7 @@ export class MetricsServer {
     const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, maxHeaderSize: 8192 }, (req, res) => void serve(exporter, req, res));
     server.maxConnections = MAX_CONNECTIONS;
     server.keepAliveTimeout = 5_000;
-    if ('path' in addr) claimPath(addr.path);
+    if ('path' in addr) claimSocketPath(addr.path, { name: `metrics socket ${addr.path}`, rival: 'another process', error: (m) => new MetricsAddressError(m) });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       const done = () => {

@@ -18,7 +18,8 @@
 
 import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
-import { lstatSync, unlinkSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
+import { claimSocketPath } from './socket-path.ts';
 import { BackendSession } from '../session/dispatch.ts';
 import { DEFAULT_SESSION_SETTINGS, type SessionSettings } from '../session/options.ts';
 import type { DeviceSlot } from './device-slot.ts';
@@ -50,30 +51,6 @@ export interface ListenerStats {
 
 export type ListenAddress = { path: string } | { fd: number };
 
-/** Turns "the path exists" into either a stale socket we may replace or a clear refusal. */
-function claimSocketPath(path: string): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return; // nothing there
-  }
-  if (!st.isSocket()) {
-    throw new Error(`--socket-path ${path} exists and is not a socket; refusing to replace it (remove it or choose another path)`);
-  }
-  let probe = -1;
-  try {
-    probe = native.connectUnix(path);
-  } catch (e) {
-    if (errnoCode(e) === 'ECONNREFUSED') {
-      unlinkSync(path); // stale: its server is gone
-      return;
-    }
-    throw new Error(`--socket-path ${path}: cannot check the existing socket: ${errorText(e)}`);
-  }
-  native.close(probe);
-  throw new Error(`--socket-path ${path}: another back-end is already listening there; stop it or choose another path`);
-}
 
 export class Listener {
   private readonly fd: number;
@@ -104,7 +81,12 @@ export class Listener {
     this.log = createLogger(`listener ${slot.opts.label}`);
     this.busyLog = new LogThrottle(this.log, 'warn', BUSY_LOG_INTERVAL_MS);
     if ('path' in addr) {
-      claimSocketPath(addr.path);
+      claimSocketPath(addr.path, {
+        name: `--socket-path ${addr.path}`,
+        rival: 'another back-end',
+        notSocketHint: 'remove it or choose another path',
+        error: (m) => new Error(m),
+      });
       this.fd = native.listenUnix(addr.path, LISTEN_BACKLOG);
       this.ownedPath = addr.path;
     } else {
