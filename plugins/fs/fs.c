@@ -342,6 +342,19 @@ void fs_tables_clear(void) {
   memset(&session, 0, sizeof session);
 }
 
+/* Nodeid 1 holds the share root `e` (a fresh start and the end of a load alike). */
+static void put_root(const vfs_entry *e) {
+  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
+  memset(r, 0, sizeof *r);
+  r->used = 1;
+  r->handle = e->node;
+  r->dev = e->attr.dev;
+  r->ino = e->attr.ino;
+  r->mode = e->attr.mode;
+  r->nlookup = 1;
+  hash_insert(FUSE_ROOT_ID);
+}
+
 /* The root as nodeid 1 (slot 0 is never used). */
 static uint32_t setup_root(void) {
   vfs_entry e;
@@ -352,15 +365,7 @@ static uint32_t setup_root(void) {
     return ENOMEM;
   }
   memset(&INODE_AT(0), 0, sizeof(fs_inode));
-  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
-  memset(r, 0, sizeof *r);
-  r->used = 1;
-  r->handle = e.node;
-  r->dev = e.attr.dev;
-  r->ino = e.attr.ino;
-  r->mode = e.attr.mode;
-  r->nlookup = 1;
-  hash_insert(FUSE_ROOT_ID);
+  put_root(&e);
   return 0;
 }
 
@@ -687,15 +692,7 @@ const char *fs_load_finish(const uint8_t *saved_files, uint32_t count, uint32_t 
     fs_tables_clear();
     return "fs state: the share root cannot be opened";
   }
-  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
-  memset(r, 0, sizeof *r);
-  r->used = 1;
-  r->handle = e.node;
-  r->dev = e.attr.dev;
-  r->ino = e.attr.ino;
-  r->mode = e.attr.mode;
-  r->nlookup = 1;
-  hash_insert(FUSE_ROOT_ID);
+  put_root(&e);
   for (uint32_t i = 0; i < count; i++) {
     const uint8_t *f = saved_files + (size_t)i * 16;
     const char *msg = restore_file(vd_get_u64(f), vd_get_u32(f + 8), vd_get_u32(f + 12));
