@@ -10,7 +10,8 @@ import type { DeviceSource } from '../device/rpc.ts';
 import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
-import type { DeviceSpec } from './config.ts';
+import { throttleGroupKey, type DeviceSpec } from './config.ts';
+import { NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 
@@ -47,7 +48,16 @@ export interface DeviceStats extends DeviceSummary {
   /** Workers started: 1, plus one per restart after a failure. */
   workerStarts: number;
   lastFailure: string | null;
-  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
+  limits: DeviceSpec['limits'];
+  throttleGroup: string | null;
+  /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
+  throttled: ThrottleCounters;
+}
+
+/** A throttle group: one budget, the devices drawing from it. */
+interface Group {
+  bucket: TokenBucket;
+  members: Set<string>;
 }
 
 function listenText(a: ListenAddress): string {
@@ -77,6 +87,8 @@ interface Entry {
   addedAt: number;
   /** When its device-add began, among all of them: listings keep that order. */
   seq: number;
+  /** Its own I/O budget, or its throttle group's. */
+  throttle: TokenBucket;
 }
 
 export class Daemon {
@@ -84,6 +96,8 @@ export class Daemon {
   /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
   private readonly busy = new Set<string>();
   private seq = 0;
+  /** Throttle groups by tenant/name (config.ts throttleGroupKey). */
+  private readonly groups = new Map<string, Group>();
 
   private constructor(readonly host: Host) {}
 
@@ -104,6 +118,10 @@ export class Daemon {
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
     const seq = this.seq++;
+    const key = throttleGroupKey(spec);
+    let group = key === null ? undefined : this.groups.get(key);
+    // Limits that clash with the group's were refused before this (checkThrottleGroups).
+    const throttle = group?.bucket ?? TokenBucket.create(spec.limits.throttle ?? NO_THROTTLE);
     try {
       const config: DeviceConfig = {
         label: spec.id,
@@ -111,6 +129,7 @@ export class Daemon {
         source: sourceFor(spec),
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
+        throttle,
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
@@ -118,7 +137,12 @@ export class Daemon {
         },
       };
       const device = await this.host.add(config);
-      const entry: Entry = { spec, address, device, addedAt: performance.now(), seq };
+      if (key !== null) {
+        group ??= this.groups.get(key); // another device of the group may have been added meanwhile
+        if (!group) this.groups.set(key, (group = { bucket: throttle, members: new Set() }));
+        group.members.add(spec.id);
+      }
+      const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: throttle.limits() } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       const info = device.slot.info!;
       log.info(
@@ -137,6 +161,12 @@ export class Daemon {
     this.busy.add(id);
     try {
       await this.host.remove(id);
+      const key = throttleGroupKey(this.entries.get(id)!.spec);
+      const group = key === null ? undefined : this.groups.get(key);
+      if (group) {
+        group.members.delete(id);
+        if (group.members.size === 0) this.groups.delete(key!);
+      }
       this.entries.delete(id);
       log.info(`removed ${id}`);
     } finally {
@@ -144,13 +174,45 @@ export class Daemon {
     }
   }
 
-  /** Changes what can change while a device runs: its call deadline (from the call in progress on). */
-  setLimits(id: string, limits: { callDeadlineMs: number }): DeviceStats['limits'] {
+  /** The limits of every throttle group now (device-add checks a new member's against them). */
+  throttleGroups(): Map<string, ThrottleLimits> {
+    return new Map([...this.groups].map(([k, g]) => [k, g.bucket.limits()]));
+  }
+
+  /** The throttle limits a device has now (set-limits builds on them). */
+  throttleOf(id: string): ThrottleLimits {
+    const e = this.entries.get(id);
+    if (!e) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    return e.throttle.limits();
+  }
+
+  /**
+   * Changes what can change while a device runs: its call deadline (from the call in progress
+   * on) and its I/O throttle (from the next request on; for a device in a throttle group, the
+   * whole group's).
+   */
+  setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits }): DeviceStats['limits'] {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
-    e.device.slot.setCallDeadline(limits.callDeadlineMs);
-    e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
-    log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    if (limits.callDeadlineMs !== undefined) {
+      e.device.slot.setCallDeadline(limits.callDeadlineMs);
+      e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
+      log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    }
+    if (limits.throttle !== undefined) {
+      e.throttle.set(limits.throttle);
+      const key = throttleGroupKey(e.spec);
+      const members = key === null ? [id] : [...(this.groups.get(key)?.members ?? [id])];
+      for (const m of members) {
+        const me = this.entries.get(m);
+        if (me) me.spec = { ...me.spec, limits: { ...me.spec.limits, throttle: limits.throttle } };
+      }
+      const t = limits.throttle;
+      log.info(
+        `${key === null ? id : `throttle group ${e.spec.throttleGroup} (${members.join(', ')})`}: ` +
+          `${t.iops ? `${t.iops} IOPS (burst ${t.iopsBurst})` : 'no IOPS limit'}, ${t.bytesPerSecond ? `${t.bytesPerSecond} bytes/s (burst ${t.bytesBurst})` : 'no bytes/s limit'}`,
+      );
+    }
     return { ...e.spec.limits };
   }
 
@@ -184,6 +246,8 @@ export class Daemon {
         workerStarts: s.workerStarts,
         lastFailure: s.failure,
         limits: { ...e.spec.limits },
+        throttleGroup: e.spec.throttleGroup,
+        throttled: e.throttle.counters(),
       };
     });
   }

@@ -9,6 +9,7 @@ import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import { DeviceMeter } from '../metrics/device-meter.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -17,6 +18,8 @@ export interface DeviceSlotOptions {
   loadDeadlineMs?: number;
   /** --queue-threads (see DeviceWorkerOptions.queueThreads). */
   queueThreads?: number;
+  /** The I/O throttle (the device's own or its group's), kept across workers. */
+  throttle?: TokenBucket;
 }
 
 export class DeviceSlot {
@@ -68,6 +71,7 @@ export class DeviceSlot {
         loadDeadlineMs: this.opts.loadDeadlineMs,
         queueThreads: this.opts.queueThreads,
         meterCells: (thread) => this.meter.cellsFor(thread),
+        throttle: this.opts.throttle?.buffer,
       }).finally(() => {
         this.starting = null;
       });
