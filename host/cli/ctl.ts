@@ -237,7 +237,8 @@ function human(method: string, result: unknown): string {
       return `removed ${(result as MethodResults['device-del']).id}\n`;
     case 'set-limits': {
       const r = result as MethodResults['set-limits'];
-      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms, ${throttleText(r.limits.throttle)}\n`;
+      const t = r.limits.throttle;
+      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms${t && (t.iops || t.bytesPerSecond) ? `, ${throttleText(t)}` : ''}\n`;
     }
     case 'log-level': {
       const r = result as MethodResults['log-level'];

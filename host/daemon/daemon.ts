@@ -11,7 +11,7 @@ import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { throttleGroupKey, type DeviceSpec } from './config.ts';
-import { NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
+import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 
@@ -58,6 +58,11 @@ export interface DeviceStats extends DeviceSummary {
 interface Group {
   bucket: TokenBucket;
   members: Set<string>;
+}
+
+/** Limits as listings show them: null for none. */
+function shown(t: ThrottleLimits): ThrottleLimits | null {
+  return isThrottled(t) ? t : null;
 }
 
 function listenText(a: ListenAddress): string {
@@ -119,9 +124,16 @@ export class Daemon {
     this.busy.add(spec.id);
     const seq = this.seq++;
     const key = throttleGroupKey(spec);
+    // Joined before the device starts: devices of a config start side by side, and each of a
+    // group must find the one bucket. Limits that clash with the group's were refused before
+    // this (checkThrottleGroups).
     let group = key === null ? undefined : this.groups.get(key);
-    // Limits that clash with the group's were refused before this (checkThrottleGroups).
+    if (key !== null && !group) this.groups.set(key, (group = { bucket: TokenBucket.create(spec.limits.throttle ?? NO_THROTTLE), members: new Set() }));
+    group?.members.add(spec.id);
+    // A member that states limits while the group has none (it was made by one that did not) sets them.
+    if (group && spec.limits.throttle && !isThrottled(group.bucket.limits())) group.bucket.set(spec.limits.throttle);
     const throttle = group?.bucket ?? TokenBucket.create(spec.limits.throttle ?? NO_THROTTLE);
+    let added = false;
     try {
       const config: DeviceConfig = {
         label: spec.id,
@@ -137,19 +149,16 @@ export class Daemon {
         },
       };
       const device = await this.host.add(config);
-      if (key !== null) {
-        group ??= this.groups.get(key); // another device of the group may have been added meanwhile
-        if (!group) this.groups.set(key, (group = { bucket: throttle, members: new Set() }));
-        group.members.add(spec.id);
-      }
-      const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: throttle.limits() } }, address, device, addedAt: performance.now(), seq, throttle };
+      const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
+      added = true;
       const info = device.slot.info!;
       log.info(
         `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
       );
       return this.summary(entry);
     } finally {
+      if (!added && group) this.leaveGroup(key!, group, spec.id);
       this.busy.delete(spec.id);
     }
   }
@@ -163,15 +172,17 @@ export class Daemon {
       await this.host.remove(id);
       const key = throttleGroupKey(this.entries.get(id)!.spec);
       const group = key === null ? undefined : this.groups.get(key);
-      if (group) {
-        group.members.delete(id);
-        if (group.members.size === 0) this.groups.delete(key!);
-      }
+      if (group) this.leaveGroup(key!, group, id);
       this.entries.delete(id);
       log.info(`removed ${id}`);
     } finally {
       this.busy.delete(id);
     }
+  }
+
+  private leaveGroup(key: string, group: Group, id: string): void {
+    group.members.delete(id);
+    if (group.members.size === 0) this.groups.delete(key);
   }
 
   /** The limits of every throttle group now (device-add checks a new member's against them). */
@@ -205,7 +216,7 @@ export class Daemon {
       const members = key === null ? [id] : [...(this.groups.get(key)?.members ?? [id])];
       for (const m of members) {
         const me = this.entries.get(m);
-        if (me) me.spec = { ...me.spec, limits: { ...me.spec.limits, throttle: limits.throttle } };
+        if (me) me.spec = { ...me.spec, limits: { ...me.spec.limits, throttle: shown(limits.throttle) } };
       }
       const t = limits.throttle;
       log.info(
