@@ -15,7 +15,7 @@ import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
-import { defaultBurst, NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
+import { defaultBurst, MAX_BYTES_PER_SECOND, MAX_IOPS, NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
 
 export class ConfigError extends VhostWasmError {
   static override readonly code = 'ERR_CONFIG';
@@ -147,8 +147,6 @@ const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
 
-export const MAX_IOPS = 10_000_000;
-export const MAX_BYTES_PER_SECOND = 2 ** 44;
 
 /**
  * The throttle fields of `o` (a device's "limits", or set-limits' params), over `base` (the

@@ -19,6 +19,10 @@ export interface ThrottleLimits {
   bytesBurst: number;
 }
 
+/** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
+export const MAX_IOPS = 10_000_000;
+export const MAX_BYTES_PER_SECOND = 2 ** 44;
+
 export const NO_THROTTLE: ThrottleLimits = { iops: 0, iopsBurst: 0, bytesPerSecond: 0, bytesBurst: 0 };
 
 /** The burst when none is given: a tenth of a second's worth (qemu's default), at least one request / one byte. */
