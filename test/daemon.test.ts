@@ -91,8 +91,8 @@ test.serial('the management socket is mode 0600, and ctl lists the devices for p
   t.regex(human.stdout, new RegExp(`^disk\\s+globex\\s+idle\\s+blk \\(2, \\d+q\\)\\s+${sock('disk')}$`, 'm'));
   const stats = await ctl(['--control', control(), '--json', 'stats', 'disk']);
   t.is(stats.code, 0, stats.stderr);
-  const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null } }[]; process: { pid: number } };
-  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000, openFiles: null }]]);
+  const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: unknown } }[]; process: { pid: number } };
+  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null }]]);
   t.is(s.process.pid, daemon.child.pid!);
 });
 

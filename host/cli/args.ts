@@ -2,6 +2,7 @@
 // program conventions" (--socket-path, --fd, --print-capabilities) plus our own; scripts and
 // libvirt depend on them, so they are a contract: change none without a deprecation path.
 
+import { defaultBurst, MAX_BYTES_PER_SECOND, MAX_IOPS, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { parseArgs } from 'node:util';
 import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
 import type { StorageSpec } from '../storage/backing.ts';
@@ -36,6 +37,8 @@ export interface CliOptions {
   filesystem: FilesystemSpec | null;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
+  /** --iops, --bps and their bursts, or null when none was given. */
+  throttle: ThrottleLimits | null;
 }
 
 /** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
@@ -123,6 +126,16 @@ Limits:
                           since a batch of large block requests takes a while to copy);
                           the plugin's code at load (identity, info, also when a reset
                           rebuilds it) gets this deadline too, but at least 5 s
+  --iops N                I/O throttle: requests per second the device is handed, over all
+                          its queues (token bucket; default: no limit). A throttled ring is
+                          not popped until the budget allows: requests wait in the guest's
+                          ring (back-pressure), none fails
+  --iops-burst N          requests that may go at once after an idle spell (default a tenth
+                          of --iops)
+  --bps SIZE              I/O throttle: bytes per second of request data (readable and
+                          writable descriptors together), e.g. 10M
+  --bps-burst SIZE        bytes that may go at once after an idle spell (default a tenth of
+                          --bps)
 
 Migration (device state through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE):
   --state-return-memfd    on SAVE, answer with our own memfd holding the whole state instead of
@@ -168,6 +181,29 @@ function parseIntStrict(text: string, what: string, min: number): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${what}: ${text} must be at least ${min}`);
   return n;
+}
+
+/** --iops, --bps and their bursts (the daemon's limits.iops etc. check the same rules: config.ts parseThrottle). */
+function parseThrottleFlags(v: { iops?: string; 'iops-burst'?: string; bps?: string; 'bps-burst'?: string }): ThrottleLimits | null {
+  if (v.iops === undefined && v['iops-burst'] === undefined && v.bps === undefined && v['bps-burst'] === undefined) return null;
+  const rate = (flag: 'iops' | 'bps') => {
+    const text = v[flag];
+    if (text === undefined || text.trim() === '0') return 0;
+    return flag === 'iops' ? parseIntStrict(text, '--iops', 1) : parseSize(text, '--bps');
+  };
+  const burst = (flag: 'iops-burst' | 'bps-burst', r: number, rateFlag: string) => {
+    const text = v[flag];
+    if (text === undefined) return defaultBurst(r);
+    if (r === 0) throw new UsageError(`--${flag} is a burst of ${rateFlag}: give ${rateFlag} too`);
+    const n = flag === 'iops-burst' ? parseIntStrict(text, '--iops-burst', 1) : parseSize(text, '--bps-burst');
+    if (n < r / 1000) throw new UsageError(`--${flag}: ${text} is less than a millisecond's worth of ${rateFlag} (${Math.ceil(r / 1000)}): the bucket could never fill`);
+    return n;
+  };
+  const iops = rate('iops');
+  const bytesPerSecond = rate('bps');
+  if (iops > MAX_IOPS) throw new UsageError(`--iops: ${iops} is more than ${MAX_IOPS}`);
+  if (bytesPerSecond > MAX_BYTES_PER_SECOND) throw new UsageError(`--bps: ${bytesPerSecond} is more than ${MAX_BYTES_PER_SECOND}`);
+  return { iops, iopsBurst: burst('iops-burst', iops, '--iops'), bytesPerSecond, bytesBurst: burst('bps-burst', bytesPerSecond, '--bps') };
 }
 
 export function parseQueueThreads(text: string): number {
@@ -257,6 +293,10 @@ export function parseCli(argv: string[]): CliOptions {
         xattr: { type: 'boolean' },
         'inode-file-handles': { type: 'string' },
         'queue-threads': { type: 'string' },
+        iops: { type: 'string' },
+        'iops-burst': { type: 'string' },
+        bps: { type: 'string' },
+        'bps-burst': { type: 'string' },
       },
     });
   } catch (e) {
@@ -288,6 +328,7 @@ export function parseCli(argv: string[]): CliOptions {
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
+    throttle: parseThrottleFlags(v),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');

@@ -3,6 +3,7 @@
 // Exit status: 0 done, 1 the daemon refused the request (its error is printed), 2 usage,
 // 3 the daemon could not be reached or answered something that is not JSON-RPC.
 
+import type { ThrottleLimits } from '../limits/token-bucket.ts';
 import { createConnection } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,14 +25,24 @@ Commands:
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
                           --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
-                          --queue-threads N, and --open-files N (most fds the shared
-                          directory may hold).
+                          --queue-threads N, --open-files N (most fds the shared
+                          directory may hold), the I/O throttle's flags below, and
+                          --throttle-group NAME (devices of a tenant naming the same group
+                          share one budget).
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
-  set-limits ID --call-deadline MS
-                          a running device's call deadline, from the call in progress on
-                          (its memory and open-files limits are fixed while it runs)
+  set-limits ID [--call-deadline MS] [I/O throttle flags]
+                          a running device's call deadline, from the call in progress on,
+                          and its I/O throttle, from the next request on (for a device in a
+                          throttle group: the whole group's). Its memory and open-files
+                          limits are fixed while it runs.
+  I/O throttle flags (token buckets; a rate of 0 lifts that limit; a rate without its burst
+  gets a tenth of a second's worth):
+    --iops N              requests per second
+    --iops-burst N        requests that may go at once after an idle spell
+    --bps SIZE            bytes per second (request data, readable and writable: 10M, 1G)
+    --bps-burst SIZE      bytes that may go at once after an idle spell
   log-level LEVEL         the daemon's log level from now on, its device workers' included
                           (error, warn, info, debug)
 
@@ -104,6 +115,8 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'call-deadline': { type: 'string' },
       'open-files': { type: 'string' },
       'queue-threads': { type: 'string' },
+      'throttle-group': { type: 'string' },
+      ...THROTTLE_FLAGS,
     },
   });
   if (positionals.length > 0) throw new CtlUsageError(`add takes options only, not "${positionals[0]}"`);
@@ -128,6 +141,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     if (!/^\d+$/.test(values['open-files'])) throw new CtlUsageError(`--open-files: "${values['open-files']}" is not a whole number`);
     limits.openFiles = Number(values['open-files']);
   }
+  Object.assign(limits, throttleFromFlags(values));
   let queueThreads: number | undefined;
   if (values['queue-threads'] !== undefined) {
     if (!/^\d+$/.test(values['queue-threads'])) throw new CtlUsageError(`--queue-threads: "${values['queue-threads']}" is not a whole number`);
@@ -138,11 +152,44 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     ...(queueThreads !== undefined ? { queueThreads } : {}),
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
+    ...(values['throttle-group'] !== undefined ? { throttleGroup: values['throttle-group'] } : {}),
     ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),
     ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
     ...(Object.keys(grants).length ? { grants } : {}),
     ...(Object.keys(limits).length ? { limits } : {}),
   };
+}
+
+const THROTTLE_FLAGS = {
+  iops: { type: 'string' },
+  'iops-burst': { type: 'string' },
+  bps: { type: 'string' },
+  'bps-burst': { type: 'string' },
+} as const;
+
+/** The throttle flags as the daemon's fields (it checks ranges; sizes such as "10M" go as given). */
+function throttleFromFlags(values: Partial<Record<keyof typeof THROTTLE_FLAGS, string>>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const count = (flag: 'iops' | 'iops-burst', field: string) => {
+    const v = values[flag];
+    if (v === undefined) return;
+    if (!/^\d+$/.test(v)) throw new CtlUsageError(`--${flag}: "${v}" is not a whole number`);
+    out[field] = Number(v);
+  };
+  const bytes = (flag: 'bps' | 'bps-burst', field: string) => {
+    const v = values[flag];
+    if (v !== undefined) out[field] = /^\d+$/.test(v) ? Number(v) : v;
+  };
+  count('iops', 'iops');
+  count('iops-burst', 'iopsBurst');
+  bytes('bps', 'bytesPerSecond');
+  bytes('bps-burst', 'bytesBurst');
+  return out;
+}
+
+function throttleText(t: ThrottleLimits | null): string {
+  if (t === null || (t.iops === 0 && t.bytesPerSecond === 0)) return 'no I/O throttle';
+  return [t.iops ? `${t.iops} IOPS (burst ${t.iopsBurst})` : null, t.bytesPerSecond ? `${t.bytesPerSecond} bytes/s (burst ${t.bytesBurst})` : null].filter(Boolean).join(', ');
 }
 
 function table(rows: string[][]): string {
@@ -174,7 +221,8 @@ function human(method: string, result: unknown): string {
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
           `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
-          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n`,
+          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
+          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n`,
       );
       return (
         lines.join('') +
@@ -189,7 +237,8 @@ function human(method: string, result: unknown): string {
       return `removed ${(result as MethodResults['device-del']).id}\n`;
     case 'set-limits': {
       const r = result as MethodResults['set-limits'];
-      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms\n`;
+      const t = r.limits.throttle;
+      return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms${t && (t.iops || t.bytesPerSecond) ? `, ${throttleText(t)}` : ''}\n`;
     }
     case 'log-level': {
       const r = result as MethodResults['log-level'];
@@ -218,12 +267,16 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
       if (args.length !== 1) throw new CtlUsageError('del takes one device id');
       return { method: 'device-del', params: { id: args[0] } };
     case 'set-limits': {
-      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' } } });
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' }, ...THROTTLE_FLAGS } });
       if (positionals.length !== 1) throw new CtlUsageError('set-limits takes one device id');
+      const params: Record<string, unknown> = { id: positionals[0], ...throttleFromFlags(values) };
       const ms = values['call-deadline'];
-      if (ms === undefined) throw new CtlUsageError('set-limits: give --call-deadline MS');
-      if (!/^\d+$/.test(ms)) throw new CtlUsageError(`--call-deadline: "${ms}" is not a whole number of ms`);
-      return { method: 'set-limits', params: { id: positionals[0], callDeadlineMs: Number(ms) } };
+      if (ms !== undefined) {
+        if (!/^\d+$/.test(ms)) throw new CtlUsageError(`--call-deadline: "${ms}" is not a whole number of ms`);
+        params.callDeadlineMs = Number(ms);
+      }
+      if (Object.keys(params).length === 1) throw new CtlUsageError('set-limits: give --call-deadline MS or a throttle flag (--iops, --iops-burst, --bps, --bps-burst)');
+      return { method: 'set-limits', params };
     }
     case 'log-level':
       if (args.length !== 1) throw new CtlUsageError('log-level takes one level (error, warn, info, debug)');

@@ -4,6 +4,7 @@
 // run. Inside the bundle every module shares one file, so such a check fires in all of them.
 // Without a subcommand: parse the command line, start the device, serve until SIGINT/SIGTERM.
 
+import { TokenBucket } from '../limits/token-bucket.ts';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { HELP, parseCli, UsageError, type CliOptions } from './args.ts';
@@ -59,6 +60,7 @@ async function serve(o: CliOptions): Promise<void> {
       source: deviceSource(o),
       callDeadlineMs: o.callDeadlineMs,
       queueThreads: o.queueThreads,
+      ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
       session: {
         stateReturnMemfd: o.stateReturnMemfd,
         experimentalRfcStateShm: o.experimentalRfcStateShm,

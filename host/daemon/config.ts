@@ -15,6 +15,7 @@ import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
+import { defaultBurst, MAX_BYTES_PER_SECOND, MAX_IOPS, NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
 
 export class ConfigError extends VhostWasmError {
   static override readonly code = 'ERR_CONFIG';
@@ -45,7 +46,12 @@ export interface DeviceSpec {
     filesystem: FilesystemSpec | null;
   };
   /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
-  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null };
+  /**
+   * A throttle group (per tenant): devices naming the same group share one I/O budget. Null:
+   * the device has its own. throttle null with a group: it takes the group's limits.
+   */
+  throttleGroup: string | null;
   migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
   /** --queue-threads: worker threads for a device with independent queues (1: one thread). */
   queueThreads: number;
@@ -133,10 +139,47 @@ function path(v: unknown, field: string, base: PathBase): string {
   return resolve(base.dir, p);
 }
 
-const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads'] as const;
+/** The I/O throttle's fields, in a device's "limits" and in set-limits. */
+export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
+/** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
+const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
-const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles'] as const;
+const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
+
+
+/**
+ * The throttle fields of `o` (a device's "limits", or set-limits' params), over `base` (the
+ * limits in force; NO_THROTTLE for a new device). Null when `o` has none of them. A rate of 0
+ * lifts that limit; a rate given without its burst gets the default burst (a tenth of a second).
+ */
+export function parseThrottle(o: Obj, field: (k: string) => string, base: ThrottleLimits = NO_THROTTLE): ThrottleLimits | null {
+  if (THROTTLE_FIELDS.every((k) => o[k] === undefined)) return null;
+  const rate = (k: 'iops' | 'bytesPerSecond', max: number): number => {
+    const v = o[k];
+    if (v === undefined) return k === 'iops' ? base.iops : base.bytesPerSecond;
+    if (v === 0 || v === '0') return 0;
+    const n = k === 'iops' ? int(v, field(k), 0, max) : size(v, field(k));
+    if (n > max) throw new ConfigError(field(k), `${n} is out of range (0..${max})`);
+    return n;
+  };
+  const iops = rate('iops', MAX_IOPS);
+  const bytesPerSecond = rate('bytesPerSecond', MAX_BYTES_PER_SECOND);
+  const burst = (k: 'iopsBurst' | 'bytesBurst', r: number, rateField: string, old: number, oldRate: number): number => {
+    const v = o[k];
+    if (v === undefined) return r === oldRate && old > 0 ? old : defaultBurst(r);
+    if (r === 0) throw new ConfigError(field(k), `is a burst of "${rateField}", which is not limited: give "${rateField}" too`);
+    const n = k === 'iopsBurst' ? int(v, field(k), 1, MAX_IOPS * 60) : size(v, field(k));
+    if (n < r / 1000) throw new ConfigError(field(k), `${n} is less than a millisecond's worth of "${rateField}" (${Math.ceil(r / 1000)}): the bucket could never fill`);
+    return n;
+  };
+  return {
+    iops,
+    iopsBurst: burst('iopsBurst', iops, 'iops', base.iopsBurst, base.iops),
+    bytesPerSecond,
+    bytesBurst: burst('bytesBurst', bytesPerSecond, 'bytesPerSecond', base.bytesBurst, base.bytesPerSecond),
+  };
+}
 
 /** The most fds one share may be allowed (the share's own ceiling, host/fs/share.ts). */
 const MAX_OPEN_FILES = 65536;
@@ -217,7 +260,9 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
     memoryLimitBytes: l.memory === undefined ? (storage ? 256 : 64) * 2 ** 20 : size(l.memory, `${f('limits')}.memory`),
     callDeadlineMs: l.callDeadlineMs === undefined ? (storage ? 1000 : 100) : int(l.callDeadlineMs, `${f('limits')}.callDeadlineMs`, 1, MAX_CALL_DEADLINE_MS),
     openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
+    throttle: parseThrottle(l, (k) => `${f('limits')}.${k}`),
   };
+  const throttleGroup = o.throttleGroup === undefined ? null : name(o.throttleGroup, f('throttleGroup'));
   if (limits.openFiles !== null && filesystem === null) {
     throw new ConfigError(`${f('limits')}.openFiles`, 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');
   }
@@ -233,7 +278,7 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
 
   const queueThreads = o.queueThreads === undefined ? 1 : int(o.queueThreads, f('queueThreads'), 1, MAX_QUEUE_THREADS);
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, migration, queueThreads };
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, throttleGroup, migration, queueThreads };
 }
 
 /** Two devices may not share an id, a socket path or an fd. */
@@ -249,6 +294,36 @@ export function checkUnique(devices: readonly DeviceSpec[], field: (i: number) =
       }
       seen.set(k, i);
     }
+  });
+}
+
+/** A throttle group is a tenant's: its key in the daemon. */
+export function throttleGroupKey(d: Pick<DeviceSpec, 'tenant' | 'throttleGroup'>): string | null {
+  return d.throttleGroup === null ? null : `${d.tenant ?? ''}/${d.throttleGroup}`;
+}
+
+function sameThrottle(a: ThrottleLimits, b: ThrottleLimits): boolean {
+  return a.iops === b.iops && a.iopsBurst === b.iopsBurst && a.bytesPerSecond === b.bytesPerSecond && a.bytesBurst === b.bytesBurst;
+}
+
+/**
+ * The devices of one throttle group share one budget, so those that state limits must state the
+ * same ones (the others take the group's). `known` holds groups that exist already (device-add).
+ */
+export function checkThrottleGroups(devices: readonly DeviceSpec[], field: (i: number) => string, known: ReadonlyMap<string, ThrottleLimits> = new Map()): void {
+  const groups = new Map<string, { limits: ThrottleLimits; by: string }>();
+  for (const [k, limits] of known) groups.set(k, { limits, by: `the group's current limits` });
+  devices.forEach((d, i) => {
+    const key = throttleGroupKey(d);
+    if (key === null || d.limits.throttle === null) return;
+    const g = groups.get(key);
+    if (g && !sameThrottle(g.limits, d.limits.throttle)) {
+      throw new ConfigError(
+        `${field(i)}.limits`,
+        `throttle group "${d.throttleGroup}"${d.tenant ? ` of tenant ${d.tenant}` : ''} is already limited to ${JSON.stringify(g.limits)} by ${g.by}: give the same limits or none (set-limits changes a whole group)`,
+      );
+    }
+    if (!g) groups.set(key, { limits: d.limits.throttle, by: field(i) });
   });
 }
 
@@ -298,5 +373,6 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
+  checkThrottleGroups(devices, (i) => `devices[${i}]`);
   return { control, logLevel, logFormat, metrics, devices };
 }

@@ -10,7 +10,8 @@ import type { DeviceSource } from '../device/rpc.ts';
 import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
-import type { DeviceSpec } from './config.ts';
+import { throttleGroupKey, type DeviceSpec } from './config.ts';
+import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 
@@ -47,7 +48,21 @@ export interface DeviceStats extends DeviceSummary {
   /** Workers started: 1, plus one per restart after a failure. */
   workerStarts: number;
   lastFailure: string | null;
-  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null };
+  limits: DeviceSpec['limits'];
+  throttleGroup: string | null;
+  /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
+  throttled: ThrottleCounters;
+}
+
+/** A throttle group: one budget, the devices drawing from it. */
+interface Group {
+  bucket: TokenBucket;
+  members: Set<string>;
+}
+
+/** Limits as listings show them: null for none. */
+function shown(t: ThrottleLimits): ThrottleLimits | null {
+  return isThrottled(t) ? t : null;
 }
 
 function listenText(a: ListenAddress): string {
@@ -77,6 +92,8 @@ interface Entry {
   addedAt: number;
   /** When its device-add began, among all of them: listings keep that order. */
   seq: number;
+  /** Its own I/O budget, or its throttle group's. */
+  throttle: TokenBucket;
 }
 
 export class Daemon {
@@ -84,6 +101,8 @@ export class Daemon {
   /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
   private readonly busy = new Set<string>();
   private seq = 0;
+  /** Throttle groups by tenant/name (config.ts throttleGroupKey). */
+  private readonly groups = new Map<string, Group>();
 
   private constructor(readonly host: Host) {}
 
@@ -104,6 +123,17 @@ export class Daemon {
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
     const seq = this.seq++;
+    const key = throttleGroupKey(spec);
+    // Joined before the device starts: devices of a config start side by side, and each of a
+    // group must find the one bucket. Limits that clash with the group's were refused before
+    // this (checkThrottleGroups).
+    let group = key === null ? undefined : this.groups.get(key);
+    if (key !== null && !group) this.groups.set(key, (group = { bucket: TokenBucket.create(spec.limits.throttle ?? NO_THROTTLE), members: new Set() }));
+    group?.members.add(spec.id);
+    // A member that states limits while the group has none (it was made by one that did not) sets them.
+    if (group && spec.limits.throttle && !isThrottled(group.bucket.limits())) group.bucket.set(spec.limits.throttle);
+    const throttle = group?.bucket ?? TokenBucket.create(spec.limits.throttle ?? NO_THROTTLE);
+    let added = false;
     try {
       const config: DeviceConfig = {
         label: spec.id,
@@ -111,6 +141,7 @@ export class Daemon {
         source: sourceFor(spec),
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
+        throttle,
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
@@ -118,14 +149,16 @@ export class Daemon {
         },
       };
       const device = await this.host.add(config);
-      const entry: Entry = { spec, address, device, addedAt: performance.now(), seq };
+      const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
+      added = true;
       const info = device.slot.info!;
       log.info(
         `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
       );
       return this.summary(entry);
     } finally {
+      if (!added && group) this.leaveGroup(key!, group, spec.id);
       this.busy.delete(spec.id);
     }
   }
@@ -137,6 +170,9 @@ export class Daemon {
     this.busy.add(id);
     try {
       await this.host.remove(id);
+      const key = throttleGroupKey(this.entries.get(id)!.spec);
+      const group = key === null ? undefined : this.groups.get(key);
+      if (group) this.leaveGroup(key!, group, id);
       this.entries.delete(id);
       log.info(`removed ${id}`);
     } finally {
@@ -144,13 +180,50 @@ export class Daemon {
     }
   }
 
-  /** Changes what can change while a device runs: its call deadline (from the call in progress on). */
-  setLimits(id: string, limits: { callDeadlineMs: number }): DeviceStats['limits'] {
+  private leaveGroup(key: string, group: Group, id: string): void {
+    group.members.delete(id);
+    if (group.members.size === 0) this.groups.delete(key);
+  }
+
+  /** The limits of every throttle group now (device-add checks a new member's against them). */
+  throttleGroups(): Map<string, ThrottleLimits> {
+    return new Map([...this.groups].map(([k, g]) => [k, g.bucket.limits()]));
+  }
+
+  /** The throttle limits a device has now (set-limits builds on them). */
+  throttleOf(id: string): ThrottleLimits {
+    const e = this.entries.get(id);
+    if (!e) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    return e.throttle.limits();
+  }
+
+  /**
+   * Changes what can change while a device runs: its call deadline (from the call in progress
+   * on) and its I/O throttle (from the next request on; for a device in a throttle group, the
+   * whole group's).
+   */
+  setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits }): DeviceStats['limits'] {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
-    e.device.slot.setCallDeadline(limits.callDeadlineMs);
-    e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
-    log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    if (limits.callDeadlineMs !== undefined) {
+      e.device.slot.setCallDeadline(limits.callDeadlineMs);
+      e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
+      log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    }
+    if (limits.throttle !== undefined) {
+      e.throttle.set(limits.throttle);
+      const key = throttleGroupKey(e.spec);
+      const members = key === null ? [id] : [...(this.groups.get(key)?.members ?? [id])];
+      for (const m of members) {
+        const me = this.entries.get(m);
+        if (me) me.spec = { ...me.spec, limits: { ...me.spec.limits, throttle: shown(limits.throttle) } };
+      }
+      const t = limits.throttle;
+      log.info(
+        `${key === null ? id : `throttle group ${e.spec.throttleGroup} (${members.join(', ')})`}: ` +
+          `${t.iops ? `${t.iops} IOPS (burst ${t.iopsBurst})` : 'no IOPS limit'}, ${t.bytesPerSecond ? `${t.bytesPerSecond} bytes/s (burst ${t.bytesBurst})` : 'no bytes/s limit'}`,
+      );
+    }
     return { ...e.spec.limits };
   }
 
@@ -184,6 +257,8 @@ export class Daemon {
         workerStarts: s.workerStarts,
         lastFailure: s.failure,
         limits: { ...e.spec.limits },
+        throttleGroup: e.spec.throttleGroup,
+        throttled: e.throttle.counters(),
       };
     });
   }

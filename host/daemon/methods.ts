@@ -2,7 +2,7 @@
 // before anything changes, so a refused request leaves the daemon as it was.
 
 import { readdirSync } from 'node:fs';
-import { ConfigError, MAX_CALL_DEADLINE_MS, parseDeviceSpec } from './config.ts';
+import { checkThrottleGroups, ConfigError, MAX_CALL_DEADLINE_MS, parseDeviceSpec, parseThrottle, THROTTLE_FIELDS } from './config.ts';
 import { RpcCode, RpcError } from './jsonrpc.ts';
 import type { Daemon, DeviceStats, DeviceSummary } from './daemon.ts';
 import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLevel } from '../log/logger.ts';
@@ -73,6 +73,7 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
       let spec;
       try {
         spec = parseDeviceSpec(params, 'params', 'absolute-only');
+        checkThrottleGroups([spec], () => 'params', daemon.throttleGroups());
       } catch (e) {
         if (e instanceof ConfigError) throw new RpcError(RpcCode.invalidParams, e.message, { field: e.field });
         throw e;
@@ -115,14 +116,24 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
           });
         }
       }
-      only(params, ['id', 'callDeadlineMs']);
+      only(params, ['id', 'callDeadlineMs', ...THROTTLE_FIELDS]);
       const ms = params.callDeadlineMs;
-      if (ms === undefined) throw new RpcError(RpcCode.invalidParams, 'params.callDeadlineMs: missing (the limit to set)', { field: 'params.callDeadlineMs' });
-      if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 1 || ms > MAX_CALL_DEADLINE_MS) {
+      if (ms === undefined && THROTTLE_FIELDS.every((k) => params[k] === undefined)) {
+        throw new RpcError(RpcCode.invalidParams, `params: nothing to set (give callDeadlineMs, ${THROTTLE_FIELDS.join(', ')})`, { field: 'params' });
+      }
+      if (ms !== undefined && (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 1 || ms > MAX_CALL_DEADLINE_MS)) {
         throw new RpcError(RpcCode.invalidParams, `params.callDeadlineMs: must be a whole number of ms in 1..${MAX_CALL_DEADLINE_MS}`, { field: 'params.callDeadlineMs' });
       }
       try {
-        return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms }) } satisfies MethodResults['set-limits'];
+        // Every field is checked before anything changes.
+        let throttle;
+        try {
+          throttle = parseThrottle(params, (k) => `params.${k}`, daemon.throttleOf(id)) ?? undefined;
+        } catch (e) {
+          if (e instanceof ConfigError) throw new RpcError(RpcCode.invalidParams, e.message, { field: e.field });
+          throw e;
+        }
+        return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms as number | undefined, throttle }) } satisfies MethodResults['set-limits'];
       } catch (e) {
         throw failed(e);
       }

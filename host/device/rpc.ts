@@ -52,6 +52,8 @@ export interface WorkerInit {
   epoch: number;
   /** This thread's per-request counters (host/metrics/request-meter.ts), kept by the device's slot. */
   meter?: SharedArrayBuffer;
+  /** The device's I/O throttle cell (host/limits/token-bucket.ts), shared by its threads and its throttle group. */
+  throttle?: SharedArrayBuffer;
 }
 
 export interface RegionMsg {

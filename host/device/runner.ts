@@ -26,6 +26,7 @@ import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
 import type { RequestMeter } from '../metrics/request-meter.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
 
 // Thrown from here; its home is errors.ts.
 export { DeviceError };
@@ -87,6 +88,8 @@ export interface RunnerHooks {
   leaveDevice(): void;
   /** Per-request counters for the metrics endpoint (host/metrics), when the host keeps them. */
   meter?: RequestMeter;
+  /** The device's (or its throttle group's) I/O budget, shared with its other threads and devices. */
+  throttle?: TokenBucket;
 }
 
 /**
@@ -129,6 +132,8 @@ interface Vring {
   gen: number;
   /** A request of this ring completed since its last notification decision. */
   touched: boolean;
+  /** Armed while the throttle holds the ring back: it drains the ring again when the budget allows. */
+  throttleTimer: ReturnType<typeof setTimeout> | null;
 }
 
 function regionSpec(r: RegionMsg): RegionSpec {
@@ -207,7 +212,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null };
   }
 
   private ring(index: number): Vring {
@@ -1058,6 +1063,21 @@ export class DeviceRunner {
   private stopWatching(r: Vring): void {
     r.watcher?.close();
     r.watcher = null;
+    if (r.throttleTimer !== null) clearTimeout(r.throttleTimer);
+    r.throttleTimer = null;
+  }
+
+  /**
+   * The throttle says wait: the ring stops popping (its requests stay with the guest, which sees
+   * back-pressure, not errors) and a timer drains it when the budget allows. Kicks meanwhile
+   * find the timer armed and leave it be.
+   */
+  private holdBack(index: number, r: Vring, ms: number): void {
+    if (r.throttleTimer !== null) return;
+    r.throttleTimer = setTimeout(() => {
+      r.throttleTimer = null;
+      this.drain(index, r);
+    }, Math.max(1, Math.ceil(ms)));
   }
 
   /** VIRTIO_F_RING_PACKED was acked: every ring of this device is packed. */
@@ -1160,13 +1180,23 @@ export class DeviceRunner {
         q.disableNotifications();
         const batch: Req[] = [];
         let chain: DescriptorChain | null;
-        while (batch.length < this.maxBatch && (chain = q.pop()) !== null) batch.push(this.newReq(index, r, q, chain));
+        const throttle = this.hooks.throttle;
+        let wait = 0;
+        while (batch.length < this.maxBatch) {
+          if (throttle && (wait = throttle.waitMs()) > 0) break;
+          if ((chain = q.pop()) === null) break;
+          throttle?.take(chain.readableLen + chain.writableLen);
+          batch.push(this.newReq(index, r, q, chain));
+        }
+        if (wait > 0) this.holdBack(index, r, wait);
         if (batch.length === 0) {
           if (this.checkMemoryFaults()) return;
+          // Held back: notifications stay off, the timer comes back for what is queued.
+          if (wait > 0) return;
           if (q.enableNotifications()) continue;
           return;
         }
-        if (!this.runBatch(batch)) return;
+        if (!this.runBatch(batch) || wait > 0) return;
       }
     } catch (e) {
       this.batchFailed(index, e);

@@ -34,6 +34,8 @@ export interface DeviceWorkerOptions {
   queueThread?: number;
   /** The per-request counter cells of queue thread N (the device's DeviceMeter), when metrics are kept. */
   meterCells?: (queueThread: number) => SharedArrayBuffer;
+  /** The I/O throttle cell every queue thread of the device draws from (host/limits/token-bucket.ts). */
+  throttle?: SharedArrayBuffer;
 }
 
 /** How long a terminated worker gets to exit before it is reported as stuck (ms). */
@@ -137,7 +139,7 @@ export class WorkerThread {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
     const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0) };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle };
     const url = workerUrl();
     let worker: Worker;
     if (url.pathname.endsWith('.ts')) {

@@ -12,6 +12,7 @@ import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
 import { RequestMeter } from '../metrics/request-meter.ts';
+import { TokenBucket } from '../limits/token-bucket.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -20,6 +21,7 @@ if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
 const meter = init.meter ? new RequestMeter(init.meter) : undefined;
+const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
 
 function post(msg: WorkerToMain): void {
   port.postMessage(msg);
@@ -156,6 +158,7 @@ async function main(): Promise<void> {
         meter?.callEnd(memoryOf(runner.device));
       },
       meter,
+      throttle,
     },
     init.label,
   );

@@ -24,7 +24,8 @@ export async function loadPluginDevice(
   /** Runs the plugin's own code at load (instantiation, identity, info): the worker times it. */
   guard?: <T>(fn: () => T) => T,
 ): Promise<VirtioDevice> {
-  const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe } = options;
+  const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe, compiledModules } = options;
+  if (compiledModules !== undefined && !(compiledModules instanceof Map)) throw new TypeError('compiledModules must be a Map of core module names to WebAssembly.Module');
   if (memoryLimitBytes !== undefined && (typeof memoryLimitBytes !== 'number' || memoryLimitBytes <= 0)) {
     throw new TypeError(`memoryLimitBytes must be a positive number, not ${String(memoryLimitBytes)}`);
   }
@@ -45,6 +46,7 @@ export async function loadPluginDevice(
     device = await loadPlugin(readFileSync(path), {
       memoryLimitBytes: memoryLimitBytes as number | undefined,
       cacheDir: typeof cacheDir === 'string' ? cacheDir : undefined,
+      compiled: compiledModules as Map<string, WebAssembly.Module> | undefined,
       guard,
       grants: {
         entropy: entropy === true,

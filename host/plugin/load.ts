@@ -59,6 +59,11 @@ export interface LoadOptions {
    * call (benchmarks compare the two). A glue whose handle export cannot be found is 'jco'.
    */
   handlePath?: 'direct' | 'jco';
+  /**
+   * The core modules compiled already, with the caps of this memory limit (compiled-modules.ts):
+   * shared by every device of the plugin in the process instead of compiled per instance.
+   */
+  compiled?: ReadonlyMap<string, WebAssembly.Module>;
 }
 
 export async function loadPlugin(bytes: Uint8Array, options: LoadOptions): Promise<PluginDevice> {
@@ -97,8 +102,8 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
     const caps = plan.modules.get(name);
     if (!bytes || !caps) throw loadError(`glue asked for unknown core module ${name}`);
     try {
-      const module = new WebAssembly.Module(capModule(bytes, caps.memoryPages, caps.tableElements) as Uint8Array<ArrayBuffer>);
-      compiled.set(module, { name, instances: 0 });
+      const module = options.compiled?.get(name) ?? new WebAssembly.Module(capModule(bytes, caps.memoryPages, caps.tableElements) as Uint8Array<ArrayBuffer>);
+      if (!compiled.has(module)) compiled.set(module, { name, instances: 0 });
       return module;
     } catch (e) {
       throw loadError(`core module ${name}: ${(e as Error).message}`, e);

@@ -9,6 +9,9 @@ import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import { DeviceMeter } from '../metrics/device-meter.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
+import { sharedModules } from '../plugin/compiled-modules.ts';
+import { DEFAULT_MEMORY_LIMIT } from '../plugin/load.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -17,6 +20,8 @@ export interface DeviceSlotOptions {
   loadDeadlineMs?: number;
   /** --queue-threads (see DeviceWorkerOptions.queueThreads). */
   queueThreads?: number;
+  /** The I/O throttle (the device's own or its group's), kept across workers. */
+  throttle?: TokenBucket;
 }
 
 export class DeviceSlot {
@@ -62,13 +67,14 @@ export class DeviceSlot {
     if (!this.starting) {
       this.starts++;
       this.meter.workerStarts++;
-      this.starting = DeviceWorker.start(this.source, {
+      this.starting = this.sourceWithSharedModules().then((source) => DeviceWorker.start(source, {
         label: this.opts.label,
         callDeadlineMs: this.opts.callDeadlineMs,
         loadDeadlineMs: this.opts.loadDeadlineMs,
         queueThreads: this.opts.queueThreads,
         meterCells: (thread) => this.meter.cellsFor(thread),
-      }).finally(() => {
+        throttle: this.opts.throttle?.buffer,
+      })).finally(() => {
         this.starting = null;
       });
     }
@@ -80,6 +86,19 @@ export class DeviceSlot {
     }
     this.worker = w;
     return w;
+  }
+
+  /**
+   * The source with the plugin's core modules compiled once for the process (compiled-modules.ts),
+   * so every device and queue thread of one plugin shares its machine code.
+   */
+  private async sourceWithSharedModules(): Promise<DeviceSource> {
+    const s = this.source;
+    if (s.kind !== 'plugin') return s;
+    const o = s.options ?? {};
+    const limit = typeof o.memoryLimitBytes === 'number' ? o.memoryLimitBytes : DEFAULT_MEMORY_LIMIT;
+    const modules = await sharedModules(s.path, limit, typeof o.cacheDir === 'string' ? o.cacheDir : undefined);
+    return modules ? { ...s, options: { ...o, compiledModules: modules } } : s;
   }
 
   private keepStuck(w: DeviceWorker): void {

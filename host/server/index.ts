@@ -6,6 +6,7 @@ import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
 import { describeFdBudget, ensureFdBudget, releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
 
 export interface DeviceConfig {
   label: string;
@@ -17,6 +18,8 @@ export interface DeviceConfig {
   loadDeadlineMs?: number;
   /** --queue-threads: threads for a device with independent queues (default 1; see worker-client.ts). */
   queueThreads?: number;
+  /** I/O throttling (host/limits/token-bucket.ts): the device's own bucket, or its group's. */
+  throttle?: TokenBucket;
   /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
   session?: Partial<SessionSettings>;
 }
@@ -90,6 +93,7 @@ export class Host {
       callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
       loadDeadlineMs: config.loadDeadlineMs,
       queueThreads: config.queueThreads,
+      throttle: config.throttle,
     });
     try {
       const worker = await slot.acquire();
