@@ -67,9 +67,11 @@ const qsd = (blockdev: string, socket: string) => ({
   // num-queues=2 for the 2-queue workload (a front-end may use fewer); one iothread either way.
   args: ['--blockdev', blockdev, '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on,num-queues=2`],
 });
+// BENCH_HOST_NODE_ARGS: extra node options for our host (trying V8 flags without a rebuild).
+const HOST_NODE_ARGS = (process.env.BENCH_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
 });
 // The host core with the TypeScript null device. From source under tsx: the bundle's device
 // worker cannot load a .ts device module (workers it starts do not get the tsx loader).

@@ -21,6 +21,9 @@ const ACTION_ALIGN = 8;
 const TRANSFER_SIZE = 32;
 const OP_SIZE = 24;
 const PIECE_SIZE = 32;
+/** A call's arena for small `bytes` pieces, and the largest piece copied into one (larger ones get their own copy). */
+const ARENA_BYTES = 4096;
+const ARENA_PIECE_MAX = 256;
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
 
 type CoreFn = (...args: number[]) => number;
@@ -39,6 +42,14 @@ export class DirectHandle {
   // The budget of the call being lifted.
   private bytesLeft = 0;
   private itemsLeft = 0;
+  /**
+   * Where this call's `bytes` pieces are copied: one ArrayBuffer shared by the call's small
+   * pieces (a status byte per blk answer), each piece a view of its own range. An ArrayBuffer
+   * per piece cost more than the rest of the lifting (allocation and its sweep in every
+   * scavenge). Never reused across calls: an answer's pieces live until its I/O completes.
+   */
+  private arena = new Uint8Array(0);
+  private arenaAt = 0;
 
   constructor(private readonly guard: LiftGuard) {}
 
@@ -80,6 +91,8 @@ export class DirectHandle {
       if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
       this.bytesLeft = budget.bytes;
       this.itemsLeft = budget.items;
+      this.arena = new Uint8Array(0);
+      this.arenaAt = 0;
       actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
       // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
       this.dv.setUint32(ret + 4, 0, true);
@@ -158,7 +171,18 @@ export class DirectHandle {
       throw new LiftError(`handle: returned more list bytes than the call allows (a ${len}-byte list with ${this.bytesLeft} bytes of its budget left)`);
     }
     this.bytesLeft -= len;
-    return this.u8.slice(ptr, ptr + len);
+    if (len > ARENA_PIECE_MAX) return this.u8.slice(ptr, ptr + len);
+    if (this.arenaAt + len > this.arena.length) {
+      this.arena = new Uint8Array(ARENA_BYTES);
+      this.arenaAt = 0;
+    }
+    // Byte by byte: a piece here is a few bytes, less than a subarray for set() would cost.
+    const arena = this.arena;
+    const u8 = this.u8;
+    const at = this.arenaAt;
+    for (let j = 0; j < len; j++) arena[at + j] = u8[ptr + j];
+    this.arenaAt = at + len;
+    return arena.subarray(at, at + len);
   }
 
   private u64(at: number): number {
