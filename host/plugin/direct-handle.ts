@@ -24,6 +24,8 @@ const PIECE_SIZE = 32;
 /** A call's arena for small `bytes` pieces, and the largest piece copied into one (larger ones get their own copy). */
 const ARENA_BYTES = 4096;
 const ARENA_PIECE_MAX = 256;
+/** Frozen: a write into it throws (modules are strict) instead of leaking into every answer. */
+const NONE = Object.freeze([]) as unknown as never[];
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
 
 type CoreFn = (...args: number[]) => number;
@@ -207,7 +209,8 @@ export class DirectHandle {
           const tPtr = dv.getUint32(a + 12, true);
           const tLen = dv.getUint32(a + 16, true);
           this.list(tPtr, tLen, TRANSFER_SIZE, 8);
-          const transfers: Transfer[] = new Array(tLen);
+          // Empty lists (a read has no transfers, most answers no ops) share one frozen array.
+          const transfers: Transfer[] = tLen === 0 ? NONE : new Array(tLen);
           for (let k = 0; k < tLen; k++) {
             const t = tPtr + k * TRANSFER_SIZE;
             transfers[k] = { source: dv.getUint32(t, true), to: { backing: dv.getUint32(t + 8, true), offset: this.u64(t + 16), len: dv.getUint32(t + 24, true) } };
@@ -215,7 +218,7 @@ export class DirectHandle {
           const oPtr = dv.getUint32(a + 20, true);
           const oLen = dv.getUint32(a + 24, true);
           this.list(oPtr, oLen, OP_SIZE, 8);
-          const ops: BackingOp[] = new Array(oLen);
+          const ops: BackingOp[] = oLen === 0 ? NONE : new Array(oLen);
           for (let k = 0; k < oLen; k++) {
             const o = oPtr + k * OP_SIZE;
             const kind = OP_KINDS[this.u8[o]];
