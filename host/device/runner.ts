@@ -184,10 +184,6 @@ export class DeviceRunner {
   /** The backings answers may name; the executor moves the bytes. */
   private backings: BackingTable;
   private executor: IoExecutor;
-  /** handleRound's requests awaiting an answer in the current call (reused: one per worker, not per call). */
-  private readonly due = new Map<number, Answerable>();
-  /** The checks' view of the backings, made once. */
-  private readonly backingOf = (i: number) => this.backings.get(i);
   /** Inside a batch: completions are notified at its end, not from a microtask. */
   private inBatch = 0;
   private flushScheduled = false;
@@ -809,9 +805,7 @@ export class DeviceRunner {
   private handleRound(fresh: Req[]): void {
     const events: DeviceEvent[] = this.pendingEvents;
     this.pendingEvents = [];
-    // One map for every call (cleared here): nothing keeps it past the checks below.
-    const due = this.due;
-    due.clear();
+    const due = new Map<number, Answerable>();
     for (const ev of events) {
       if (ev.kind !== 'io-failed') continue;
       const req = this.reqs[ev.id]!;
@@ -830,7 +824,7 @@ export class DeviceRunner {
     }
     if (events.length === 0) return;
     const actions = this.callHandle(events);
-    const ctx: CheckContext = { due, held: this.heldView(), backing: this.backingOf };
+    const ctx: CheckContext = { due, held: this.heldView(), backing: (i) => this.backings.get(i) };
     const violation = checkActions(actions, ctx);
     if (violation !== null) {
       throw new DeviceError(`${this.device.info.name}: handle() returned an answer the host refuses: ${describeViolation(violation, actions)}; nothing of the batch was carried out`);
