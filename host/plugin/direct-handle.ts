@@ -57,17 +57,30 @@ export class DirectHandle {
 
   /** Views over the memory, taken again after anything that may have grown it (a grow detaches the old buffer). */
   private views(): void {
+    // A grow detaches the old buffer, and views of a detached buffer have length 0: only then
+    // is `memory.buffer` (an API getter, once per request here before) read again. The hook
+    // empties the views when it is handed another memory.
+    if (this.u8.length !== 0) return;
     const buf = this.memory!.buffer;
-    if (this.u8.buffer !== buf || this.u8.length === 0) {
-      this.u8 = new Uint8Array(buf);
-      this.dv = new DataView(buf);
-    }
+    this.u8 = new Uint8Array(buf);
+    this.dv = new DataView(buf);
+  }
+
+  /**
+   * `end` within the memory. Past the views, the buffer is read again before refusing: a memory
+   * that grows without detaching (a shared one) keeps views of its old size.
+   */
+  private fits(end: number): boolean {
+    if (end <= this.u8.length) return true;
+    this.u8 = new Uint8Array(0);
+    this.views();
+    return end <= this.u8.length;
   }
 
   private alloc(old: number, align: number, size: number): number {
     const p = this.realloc(old, 0, align, size) >>> 0;
     this.views();
-    if (p % align !== 0 || p + size > this.u8.length) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
+    if (p % align !== 0 || !this.fits(p + size)) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
     return p;
   }
 
@@ -79,7 +92,10 @@ export class DirectHandle {
     let actions: DeviceAction[] | null = null;
     this.guard.hot = (core, realloc, memory, argPtr) => {
       this.realloc = realloc;
-      this.memory = memory;
+      if (memory !== this.memory) {
+        this.memory = memory;
+        this.u8 = new Uint8Array(0);
+      }
       this.views();
       const n = events.length;
       // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
@@ -156,7 +172,7 @@ export class DirectHandle {
   /** [ptr, ptr + len) inside the memory and aligned, or a LiftError naming `what`. */
   private inside(ptr: number, len: number, align: number, what: string): void {
     if (ptr % align !== 0) throw new LiftError(`handle: ${what} at ${ptr} is not aligned to ${align}`);
-    if (ptr + len > this.u8.length) throw new LiftError(`handle: ${what} at ${ptr} of ${len} bytes lies outside the plugin's ${this.u8.length}-byte memory`);
+    if (!this.fits(ptr + len)) throw new LiftError(`handle: ${what} at ${ptr} of ${len} bytes lies outside the plugin's ${this.u8.length}-byte memory`);
   }
 
   /** A list of `len` elements of `size` bytes at `ptr`: inside, aligned, within the items budget. */
