@@ -67,9 +67,11 @@ const qsd = (blockdev: string, socket: string) => ({
   // num-queues=2 for the 2-queue workload (a front-end may use fewer); one iothread either way.
   args: ['--blockdev', blockdev, '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on,num-queues=2`],
 });
+// BENCH_HOST_NODE_ARGS: extra node options for our host (trying V8 flags without a rebuild).
+const HOST_NODE_ARGS = (process.env.BENCH_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
 });
 // The host core with the TypeScript null device. From source under tsx: the bundle's device
 // worker cannot load a .ts device module (workers it starts do not get the tsx loader).
@@ -284,13 +286,18 @@ interface Profile {
  */
 const STAGES: [stage: string, test: (f: CallFrame, src: string) => boolean][] = [
   ['GC', (f) => f.functionName === '(garbage collector)'],
-  ['storage', (_f, src) => /host\/storage\/|host\/plugin\/storage-imports\.ts/.test(src)],
-  ['notify', (f) => /^(notify|needsNotification|enableNotifications|disableNotifications|eventfdWrite|eventfdRead)$/.test(f.functionName)],
-  ['used-ring update', (f) => /^(writeChain|pushUsed|writeChainLogged|logUsed|markDirty)$/.test(f.functionName)],
-  ['pop (descriptor walk)', (_f, src) => /host\/virtqueue\/|host\/memory\//.test(src)],
+  ['metrics counters', (_f, src) => /host\/metrics\//.test(src)],
+  ['storage (executor + backing copy)', (_f, src) => /host\/storage\/|host\/io\/|host\/plugin\/storage-imports\.ts/.test(src)],
+  ['notify', (f) => /^(notify|notifyTouched|needsNotification|enableNotifications|disableNotifications|eventfdWrite|eventfdSignal|eventfdRead)$/.test(f.functionName)],
+  ['used-ring update', (f, src) => /^(completed|writeChain|pushUsed|writeChainLogged|logUsed|markDirty|freeReq)$/.test(f.functionName) && /host\/(device|virtqueue)\//.test(src)],
+  ['pop (descriptor walk)', (f, src) => /host\/virtqueue\/|host\/memory\//.test(src) || f.functionName === 'newReq'],
+  ['answer check', (f, src) => /host\/device\/answer-check\.ts/.test(src) || f.functionName === 'heldView'],
+  ['IoOp building', (f, src) => /^(start|sliceViews)$/.test(f.functionName) && /host\/device\/runner\.ts/.test(src)],
+  ['handle: lowering', (f, src) => /^(lower|alloc)$/.test(f.functionName) && /direct-handle\.ts/.test(src)],
+  ['handle: lifting', (f, src) => /^(actions|bytes|list|inside|u64|bool)$/.test(f.functionName) && /direct-handle\.ts/.test(src)],
   ['plugin call (export glue + wasm)', (f, src) => /host\/plugin\//.test(src) || /vhost-plugin-[0-9a-f]+\.js/.test(f.url) || f.functionName.startsWith('wasm-function') || f.url.startsWith('wasm://')],
   ['device (TypeScript null device)', (_f, src) => /test\/devices\/|bench\/null-blk-device/.test(src)],
-  ['batch (runner)', (_f, src) => /host\/device\//.test(src)],
+  ['batch (runner: prefixes, events, rounds)', (_f, src) => /host\/device\//.test(src)],
 ];
 
 function sourceMapper(): (f: CallFrame) => string {

@@ -13,7 +13,8 @@ const { EBADF, EFAULT, EINVAL, EROFS } = osConstants.errno;
 /** Bytes of the views; -1 when one is detached (its guest-memory mapping was unmapped). */
 function viewBytes(views: readonly Uint8Array[]): number {
   let n = 0;
-  for (const v of views) {
+  for (let k = 0; k < views.length; k++) {
+    const v = views[k];
     if (v.length === 0 && v.buffer.byteLength === 0) return -1;
     n += v.length;
   }
@@ -38,14 +39,20 @@ export class MemoryExecutor implements IoExecutor {
     if (this.closed) throw new Error('MemoryExecutor.submit after close()');
     let errno = 0;
     let lastReadBytes = 0;
-    // Writes and backing ops in their order first, then the reads (IoExecutor.submit).
-    for (const pass of [false, true]) {
-      for (const op of ops) {
-        if ((op.kind === 'read') !== pass || errno !== 0) continue;
-        const r = this.run(op);
-        if (r < 0) errno = -r;
-        else if (op.kind === 'read') lastReadBytes = r;
-      }
+    // Writes and backing ops in their order first, then the reads (IoExecutor.submit). Plain
+    // index loops: this runs once per request.
+    for (let k = 0; k < ops.length && errno === 0; k++) {
+      const op = ops[k];
+      if (op.kind === 'read') continue;
+      const r = this.run(op);
+      if (r < 0) errno = -r;
+    }
+    for (let k = 0; k < ops.length && errno === 0; k++) {
+      const op = ops[k];
+      if (op.kind !== 'read') continue;
+      const r = this.run(op);
+      if (r < 0) errno = -r;
+      else lastReadBytes = r;
     }
     // The reads ran last, so the last read is the last op.
     done({ errno, lastReadBytes: errno === 0 ? lastReadBytes : 0 });

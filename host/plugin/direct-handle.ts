@@ -21,6 +21,11 @@ const ACTION_ALIGN = 8;
 const TRANSFER_SIZE = 32;
 const OP_SIZE = 24;
 const PIECE_SIZE = 32;
+/** A call's arena for small `bytes` pieces, and the largest piece copied into one (larger ones get their own copy). */
+const ARENA_BYTES = 4096;
+const ARENA_PIECE_MAX = 256;
+/** Frozen: a write into it throws (modules are strict) instead of leaking into every answer. */
+const NONE = Object.freeze([]) as unknown as never[];
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
 
 type CoreFn = (...args: number[]) => number;
@@ -39,22 +44,43 @@ export class DirectHandle {
   // The budget of the call being lifted.
   private bytesLeft = 0;
   private itemsLeft = 0;
+  /**
+   * Where this call's `bytes` pieces are copied: one ArrayBuffer shared by the call's small
+   * pieces (a status byte per blk answer), each piece a view of its own range. An ArrayBuffer
+   * per piece cost more than the rest of the lifting (allocation and its sweep in every
+   * scavenge). Never reused across calls: an answer's pieces live until its I/O completes.
+   */
+  private arena = new Uint8Array(0);
+  private arenaAt = 0;
 
   constructor(private readonly guard: LiftGuard) {}
 
   /** Views over the memory, taken again after anything that may have grown it (a grow detaches the old buffer). */
   private views(): void {
+    // A grow detaches the old buffer, and views of a detached buffer have length 0: only then
+    // is `memory.buffer` (an API getter, once per request here before) read again. The hook
+    // empties the views when it is handed another memory.
+    if (this.u8.length !== 0) return;
     const buf = this.memory!.buffer;
-    if (this.u8.buffer !== buf || this.u8.length === 0) {
-      this.u8 = new Uint8Array(buf);
-      this.dv = new DataView(buf);
-    }
+    this.u8 = new Uint8Array(buf);
+    this.dv = new DataView(buf);
+  }
+
+  /**
+   * `end` within the memory. Past the views, the buffer is read again before refusing: a memory
+   * that grows without detaching (a shared one) keeps views of its old size.
+   */
+  private fits(end: number): boolean {
+    if (end <= this.u8.length) return true;
+    this.u8 = new Uint8Array(0);
+    this.views();
+    return end <= this.u8.length;
   }
 
   private alloc(old: number, align: number, size: number): number {
     const p = this.realloc(old, 0, align, size) >>> 0;
     this.views();
-    if (p % align !== 0 || p + size > this.u8.length) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
+    if (p % align !== 0 || !this.fits(p + size)) throw new LiftError(`handle: cabi_realloc returned ${p} for ${size} bytes aligned to ${align}, outside the plugin's memory or misaligned`);
     return p;
   }
 
@@ -66,7 +92,10 @@ export class DirectHandle {
     let actions: DeviceAction[] | null = null;
     this.guard.hot = (core, realloc, memory, argPtr) => {
       this.realloc = realloc;
-      this.memory = memory;
+      if (memory !== this.memory) {
+        this.memory = memory;
+        this.u8 = new Uint8Array(0);
+      }
       this.views();
       const n = events.length;
       // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
@@ -80,6 +109,8 @@ export class DirectHandle {
       if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
       this.bytesLeft = budget.bytes;
       this.itemsLeft = budget.items;
+      this.arena = new Uint8Array(0);
+      this.arenaAt = 0;
       actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
       // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
       this.dv.setUint32(ret + 4, 0, true);
@@ -141,7 +172,7 @@ export class DirectHandle {
   /** [ptr, ptr + len) inside the memory and aligned, or a LiftError naming `what`. */
   private inside(ptr: number, len: number, align: number, what: string): void {
     if (ptr % align !== 0) throw new LiftError(`handle: ${what} at ${ptr} is not aligned to ${align}`);
-    if (ptr + len > this.u8.length) throw new LiftError(`handle: ${what} at ${ptr} of ${len} bytes lies outside the plugin's ${this.u8.length}-byte memory`);
+    if (!this.fits(ptr + len)) throw new LiftError(`handle: ${what} at ${ptr} of ${len} bytes lies outside the plugin's ${this.u8.length}-byte memory`);
   }
 
   /** A list of `len` elements of `size` bytes at `ptr`: inside, aligned, within the items budget. */
@@ -158,7 +189,18 @@ export class DirectHandle {
       throw new LiftError(`handle: returned more list bytes than the call allows (a ${len}-byte list with ${this.bytesLeft} bytes of its budget left)`);
     }
     this.bytesLeft -= len;
-    return this.u8.slice(ptr, ptr + len);
+    if (len > ARENA_PIECE_MAX) return this.u8.slice(ptr, ptr + len);
+    if (this.arenaAt + len > this.arena.length) {
+      this.arena = new Uint8Array(ARENA_BYTES);
+      this.arenaAt = 0;
+    }
+    // Byte by byte: a piece here is a few bytes, less than a subarray for set() would cost.
+    const arena = this.arena;
+    const u8 = this.u8;
+    const at = this.arenaAt;
+    for (let j = 0; j < len; j++) arena[at + j] = u8[ptr + j];
+    this.arenaAt = at + len;
+    return arena.subarray(at, at + len);
   }
 
   private u64(at: number): number {
@@ -183,7 +225,8 @@ export class DirectHandle {
           const tPtr = dv.getUint32(a + 12, true);
           const tLen = dv.getUint32(a + 16, true);
           this.list(tPtr, tLen, TRANSFER_SIZE, 8);
-          const transfers: Transfer[] = new Array(tLen);
+          // Empty lists (a read has no transfers, most answers no ops) share one frozen array.
+          const transfers: Transfer[] = tLen === 0 ? NONE : new Array(tLen);
           for (let k = 0; k < tLen; k++) {
             const t = tPtr + k * TRANSFER_SIZE;
             transfers[k] = { source: dv.getUint32(t, true), to: { backing: dv.getUint32(t + 8, true), offset: this.u64(t + 16), len: dv.getUint32(t + 24, true) } };
@@ -191,7 +234,7 @@ export class DirectHandle {
           const oPtr = dv.getUint32(a + 20, true);
           const oLen = dv.getUint32(a + 24, true);
           this.list(oPtr, oLen, OP_SIZE, 8);
-          const ops: BackingOp[] = new Array(oLen);
+          const ops: BackingOp[] = oLen === 0 ? NONE : new Array(oLen);
           for (let k = 0; k < oLen; k++) {
             const o = oPtr + k * OP_SIZE;
             const kind = OP_KINDS[this.u8[o]];

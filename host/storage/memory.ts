@@ -102,18 +102,30 @@ export class MemoryBacking implements Backing {
    */
   readInto(offset: number, into: readonly Uint8Array[]): void {
     let pos = offset;
-    for (const v of into) {
-      this.copyOut(pos, v);
-      pos += v.length;
+    for (let k = 0; k < into.length; k++) {
+      const v = into[k];
+      const n = v.length;
+      // The usual case, inside one chunk that exists: one copy, no closure (this runs per request).
+      const i = Math.floor(pos / CHUNK);
+      const at = pos - i * CHUNK;
+      const c = at + n <= CHUNK ? this.readable(i) : undefined;
+      if (c !== undefined) v.set(c.subarray(at, at + n));
+      else this.copyOut(pos, v);
+      pos += n;
     }
   }
 
   /** Copies the views (guest memory) to [offset, ...): one copy. The caller checked the range. */
   writeFrom(offset: number, from: readonly Uint8Array[]): void {
     let pos = offset;
-    for (const v of from) {
-      this.write(pos, v);
-      pos += v.length;
+    for (let k = 0; k < from.length; k++) {
+      const v = from[k];
+      const n = v.length;
+      const i = Math.floor(pos / CHUNK);
+      const at = pos - i * CHUNK;
+      if (at + n <= CHUNK) this.writable(i).set(v, at);
+      else this.write(pos, v);
+      pos += n;
     }
   }
 
