@@ -104,7 +104,9 @@ for (const rule of BAD_RULES) {
     try {
       t.is(text(await victim.queues[0].submit([command('echo before')], 32)), 'echo before');
       const usedBefore = usedElements(victim).length;
-      // One batch: a good write and the hostile request, kicked together.
+      // One batch: a good write and the hostile request, added while the device is idle and
+      // kicked together (added while it still drains, the good one could be popped alone).
+      while (!victim.queues[0].ring.deviceIdle()) await new Promise((r) => setTimeout(r, 1));
       const payload = Buffer.alloc(512, 0xab);
       const good = victim.queues[0].submit([command('write 4096'), payload], 1);
       const bad = victim.queues[0].submit([command(`bad ${rule}`), Buffer.alloc(8, 1)], 64);

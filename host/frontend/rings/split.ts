@@ -160,6 +160,17 @@ export class SplitDriverRing {
     writeDescriptor(this.dv, off, b.gpa, b.len, flags | (hasNext ? VIRTQ_DESC_F_NEXT : 0), hasNext ? next : 0);
   }
 
+  /**
+   * The device has taken everything published and asked to be kicked for the next entry
+   * (avail_event at the avail index, or notifications re-enabled): it is idle, so requests
+   * added now reach it together, in one batch, at the next kick. Tests that need two requests
+   * in one device batch wait for this first.
+   */
+  deviceIdle(): boolean {
+    if (this.eventIdx) return Atomics.load(this.availEvent, 0) === this.availIdx;
+    return (Atomics.load(this.usedHdr, 0) & VRING_USED_F_NO_NOTIFY) === 0;
+  }
+
   /** Whether the device wants a kick for what was added since the last call. */
   kickNeeded(): boolean {
     const now = this.availIdx;
