@@ -31,6 +31,7 @@ export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSess
     if (old === null) throw new UpgradeRefused(`the device's worker is not running (${slot.stats().failure ?? 'not started'}); it restarts when a front-end connects or resets it; upgrade after that`);
     const next = { ...source, path: pluginPath };
     let fresh;
+    log.debug(`upgrade: starting ${pluginPath}`);
     try {
       fresh = await slot.startWorker(next);
     } catch (e) {
@@ -45,6 +46,7 @@ export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSess
       await fresh.terminate();
       throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
     }
+    log.debug('upgrade: new instance loaded and checked');
     const s = session();
     const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
     if (!idle && s === null) {

@@ -59,21 +59,26 @@ export function checkCompatible(old: DeviceInfo, fresh: DeviceInfo, acked: bigin
 }
 
 /** The device's own bytes from one worker into another (no container: same process, same name checked). */
-async function moveState(from: DeviceWorker, to: DeviceWorker): Promise<number> {
+async function moveState(from: DeviceWorker, to: DeviceWorker, log: Logger): Promise<number> {
   const src = new DeviceStateSection(from);
   const dst = new DeviceStateSection(to);
   const size = await src.size();
+  log.debug(`upgrade: state size ${size}`);
   await dst.beginLoad(size);
   try {
     for (let off = 0; off < size; ) {
       const chunk = await src.read(off, Math.min(STATE_CHUNK, size - off));
+      // Its length first: write() moves the chunk's buffer to the new worker (detaching it here).
+      const n = chunk.length;
+      if (n === 0) throw new Error(`the old instance returned no state bytes at offset ${off} of ${size}`);
       await dst.write(off, chunk);
-      off += chunk.length;
+      off += n;
     }
   } catch (e) {
     await dst.abort().catch(() => {});
     throw new UpgradeRefused(`moving the device state failed: ${errorText(e)}`);
   }
+  log.debug('upgrade: state written');
   const refusal = await dst.finish();
   if (refusal !== null) throw new UpgradeRefused(`the new plugin refused the old instance's state: ${refusal}`);
   return size;
@@ -106,6 +111,7 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin refused the device's settings: ${errorText(e)}`);
   }
 
+  log.debug('upgrade: new instance configured; pausing the rings');
   const t0 = performance.now();
   const paused = before.flatMap((r, i) => (r.started && r.enabled ? [i] : []));
   const started = before.flatMap((r, i) => (r.started ? [i] : []));
@@ -114,13 +120,16 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
   const stopped: number[] = [];
   try {
     const held = (await old.ringSnapshot()).reduce((n, r) => n + r.held, 0);
+    log.debug(`upgrade: rings paused (${paused.join(', ')}); ${held} held`);
     if (held > 0) throw new UpgradeRefused(`the device holds ${held} request(s) it has not answered; they cannot move to another instance: retry when the device is idle`);
     const bases = new Map<number, number>();
     for (const i of started) {
       bases.set(i, await old.ringStop(i));
       stopped.push(i);
     }
-    const stateBytes = await moveState(old, fresh);
+    log.debug(`upgrade: rings stopped at ${[...bases].map(([i, b]) => `${i}:${b}`).join(' ')}`);
+    const stateBytes = await moveState(old, fresh, log);
+    log.debug(`upgrade: ${stateBytes} state bytes moved`);
     const area = setup.inflightArea;
     if (area !== null) await fresh.setInflight(area.fd, area.size, area.offset, area.numQueues, area.queueSize);
     for (const [i, r] of before.entries()) {
