@@ -137,6 +137,9 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
       if (base !== null) await fresh.ringBase(i, base);
       if (r.enabled) await fresh.ringEnable(i, true);
       if (r.kickFd !== -1) await fresh.ringKick(i, r.kickFd);
+      // A request the driver made available while the ring was paused may have come without a
+      // kick (event index: it saw the old instance's avail_event): look at the ring once.
+      if (paused.includes(i)) await fresh.ringInbandKick(i);
     }
     const stoppedMs = performance.now() - t0;
     return { stoppedMs, stateBytes, rings: paused };
@@ -155,6 +158,7 @@ async function resumeOld(old: DeviceWorker, before: RingSnapshot[], paused: numb
       const k = before[i].kickFd;
       // ringStop kept the base; the kick fd starts the ring again from it.
       if (k !== -1) await old.ringKick(i, k);
+      if (paused.includes(i)) await old.ringInbandKick(i);
     }
   } catch (e) {
     // The old instance cannot take its rings back: the device needs a reset (the worker fails it).
