@@ -58,28 +58,40 @@ export function checkCompatible(old: DeviceInfo, fresh: DeviceInfo, acked: bigin
   if (diff.length > 0) throw new UpgradeRefused(`the new plugin describes another device: ${diff.join('; ')}`);
 }
 
-/** The device's own bytes from one worker into another (no container: same process, same name checked). */
-async function moveState(from: DeviceWorker, to: DeviceWorker, log: Logger): Promise<number> {
+/**
+ * The device's own bytes from one worker into another (no container: same process, and the
+ * plugin name was checked). `pipelined`: both run in one thread each, so a state that comes
+ * in one read goes in with its finish-load in one round trip.
+ */
+async function moveState(from: DeviceWorker, to: DeviceWorker, pipelined: boolean): Promise<number> {
   const src = new DeviceStateSection(from);
-  const dst = new DeviceStateSection(to);
   const size = await src.size();
-  log.debug(`upgrade: state size ${size}`);
-  await dst.beginLoad(size);
-  try {
-    for (let off = 0; off < size; ) {
-      const chunk = await src.read(off, Math.min(STATE_CHUNK, size - off));
-      // Its length first: write() moves the chunk's buffer to the new worker (detaching it here).
-      const n = chunk.length;
-      if (n === 0) throw new Error(`the old instance returned no state bytes at offset ${off} of ${size}`);
-      await dst.write(off, chunk);
-      off += n;
+  let refusal: string | null;
+  if (pipelined && size <= STATE_CHUNK) {
+    const bytes = await src.read(0, size);
+    try {
+      [, refusal] = await Promise.all([to.stateWrite(0, bytes), to.stateFinish()]);
+    } catch (e) {
+      throw new UpgradeRefused(`the new plugin did not take the state: ${errorText(e)}`);
     }
-  } catch (e) {
-    await dst.abort().catch(() => {});
-    throw new UpgradeRefused(`moving the device state failed: ${errorText(e)}`);
+  } else {
+    const dst = new DeviceStateSection(to);
+    await dst.beginLoad(size);
+    try {
+      for (let off = 0; off < size; ) {
+        const chunk = await src.read(off, Math.min(STATE_CHUNK, size - off));
+        // Its length first: write() moves the chunk's buffer to the new worker (detaching it here).
+        const n = chunk.length;
+        if (n === 0) throw new Error(`the old instance returned no state bytes at offset ${off} of ${size}`);
+        await dst.write(off, chunk);
+        off += n;
+      }
+    } catch (e) {
+      await dst.abort().catch(() => {});
+      throw new UpgradeRefused(`moving the device state failed: ${errorText(e)}`);
+    }
+    refusal = await dst.finish();
   }
-  log.debug('upgrade: state written');
-  const refusal = await dst.finish();
   if (refusal !== null) throw new UpgradeRefused(`the new plugin refused the old instance's state: ${refusal}`);
   return size;
 }
@@ -111,36 +123,41 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin refused the device's settings: ${errorText(e)}`);
   }
 
-  log.debug('upgrade: new instance configured; pausing the rings');
   const t0 = performance.now();
   const paused = before.flatMap((r, i) => (r.started && r.enabled ? [i] : []));
   const started = before.flatMap((r, i) => (r.started ? [i] : []));
-  // No new pops from here; what is popped completes (ringStop settles it) or is held.
-  for (const i of paused) await old.ringEnable(i, false);
+  // Calls to one worker thread run in the order sent: while the rings are stopped, calls that
+  // need no answer in between are sent together (one round trip, not one each). Across queue
+  // threads there is no such order, so a device on several threads waits at each step.
+  const oneThread = old.threadCount === 1 && fresh.threadCount === 1;
   const stopped: number[] = [];
   try {
-    const held = (await old.ringSnapshot()).reduce((n, r) => n + r.held, 0);
-    log.debug(`upgrade: rings paused (${paused.join(', ')}); ${held} held`);
+    // No new pops from here; what is popped completes (ringStop settles it) or is held.
+    const [, snap] = await Promise.all([Promise.all(paused.map((i) => old.ringEnable(i, false))), old.ringSnapshot()]);
+    const held = snap.reduce((n, r) => n + r.held, 0);
     if (held > 0) throw new UpgradeRefused(`the device holds ${held} request(s) it has not answered; they cannot move to another instance: retry when the device is idle`);
-    const bases = new Map<number, number>();
-    for (const i of started) {
-      bases.set(i, await old.ringStop(i));
-      stopped.push(i);
-    }
-    log.debug(`upgrade: rings stopped at ${[...bases].map(([i, b]) => `${i}:${b}`).join(' ')}`);
-    const stateBytes = await moveState(old, fresh, log);
-    log.debug(`upgrade: ${stateBytes} state bytes moved`);
+    stopped.push(...started);
+    const stops = Promise.all(started.map((i) => old.ringStop(i)));
+    if (!oneThread) await stops;
+    const [bases, stateBytes] = await Promise.all([stops, moveState(old, fresh, oneThread)]);
+    const base = new Map(started.map((i, k) => [i, bases[k]]));
     const area = setup.inflightArea;
-    if (area !== null) await fresh.setInflight(area.fd, area.size, area.offset, area.numQueues, area.queueSize);
+    const calls: Promise<unknown>[] = [];
+    if (area !== null) {
+      const p = fresh.setInflight(area.fd, area.size, area.offset, area.numQueues, area.queueSize);
+      if (oneThread) calls.push(p);
+      else await p;
+    }
     for (const [i, r] of before.entries()) {
-      const base = bases.get(i) ?? r.base;
-      if (base !== null) await fresh.ringBase(i, base);
-      if (r.enabled) await fresh.ringEnable(i, true);
-      if (r.kickFd !== -1) await fresh.ringKick(i, r.kickFd);
+      const b = base.get(i) ?? r.base;
+      if (b !== null) calls.push(fresh.ringBase(i, b));
+      if (r.enabled) calls.push(fresh.ringEnable(i, true));
+      if (r.kickFd !== -1) calls.push(fresh.ringKick(i, r.kickFd));
       // A request the driver made available while the ring was paused may have come without a
       // kick (event index: it saw the old instance's avail_event): look at the ring once.
-      if (paused.includes(i)) await fresh.ringInbandKick(i);
+      if (paused.includes(i)) calls.push(fresh.ringInbandKick(i));
     }
+    await Promise.all(calls);
     const stoppedMs = performance.now() - t0;
     return { stoppedMs, stateBytes, rings: paused };
   } catch (e) {
