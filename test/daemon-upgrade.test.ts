@@ -184,6 +184,7 @@ test.serial('stopped-ring time of rng and blk upgrades under load (logged for do
     await Promise.all([rngIo, blkIo]);
     t.deepEqual(r1.rings, [0]);
     t.deepEqual(r2.rings, [0]);
+    t.log(`rng ${JSON.stringify(r1.phases)}; blk ${JSON.stringify(r2.phases)}`);
     figures.rng.push(r1.stoppedMs);
     figures.blk.push(r2.stoppedMs);
   }

@@ -5,7 +5,7 @@
 
 import type { DeviceSlot } from './device-slot.ts';
 import type { BackendSession } from '../session/dispatch.ts';
-import { checkCompatible, UpgradeRefused } from '../session/upgrade.ts';
+import { checkCompatible, UpgradeRefused, type SwitchResult } from '../session/upgrade.ts';
 import { createLogger, errorText } from '../log/logger.ts';
 
 export interface UpgradeOutcome {
@@ -20,6 +20,8 @@ export interface UpgradeOutcome {
   stateBytes: number;
   /** How long the rings were stopped (0 without a front-end). */
   stoppedMs: number;
+  /** Where stoppedMs went (host/session/upgrade.ts SwitchResult), null without a front-end. */
+  phases: SwitchResult['phases'] | null;
 }
 
 export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSession | null, idle: boolean, pluginPath: string): Promise<UpgradeOutcome> {
@@ -58,7 +60,7 @@ export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSess
       slot.replaceWorker(fresh, next);
       void old.terminate();
       log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0 };
+      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
     }
     const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
     log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);

@@ -42,6 +42,8 @@ export interface SwitchResult {
   stateBytes: number;
   /** Rings that were running and now run on the new instance. */
   rings: number[];
+  /** Where stoppedMs went: pausing (and the held check), stopping + moving the state, restarting on the new instance. */
+  phases: { pauseMs: number; stopAndStateMs: number; startMs: number };
 }
 
 /** Whether the new build can take over this device as the front-end negotiated it. */
@@ -134,15 +136,18 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
   try {
     // No new pops from here; what is popped completes (ringStop settles it) or is held.
     const [, snap] = await Promise.all([Promise.all(paused.map((i) => old.ringEnable(i, false))), old.ringSnapshot()]);
+    const t1 = performance.now();
     const held = snap.reduce((n, r) => n + r.held, 0);
     if (held > 0) throw new UpgradeRefused(`the device holds ${held} request(s) it has not answered; they cannot move to another instance: retry when the device is idle`);
     stopped.push(...started);
     const stops = Promise.all(started.map((i) => old.ringStop(i)));
     if (!oneThread) await stops;
     const [bases, stateBytes] = await Promise.all([stops, moveState(old, fresh, oneThread)]);
+    const t2 = performance.now();
     const base = new Map(started.map((i, k) => [i, bases[k]]));
     const area = setup.inflightArea;
     const calls: Promise<unknown>[] = [];
+    const looks: Promise<unknown>[] = [];
     if (area !== null) {
       const p = fresh.setInflight(area.fd, area.size, area.offset, area.numQueues, area.queueSize);
       if (oneThread) calls.push(p);
@@ -155,11 +160,14 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
       if (r.kickFd !== -1) calls.push(fresh.ringKick(i, r.kickFd));
       // A request the driver made available while the ring was paused may have come without a
       // kick (event index: it saw the old instance's avail_event): look at the ring once.
-      if (paused.includes(i)) calls.push(fresh.ringInbandKick(i));
+      if (paused.includes(i)) looks.push(fresh.ringInbandKick(i));
     }
     await Promise.all(calls);
-    const stoppedMs = performance.now() - t0;
-    return { stoppedMs, stateBytes, rings: paused };
+    // The rings run (their kick fds are watched): the stop ends here. What the looks find is
+    // the backlog of the pause, served by the new instance.
+    const t3 = performance.now();
+    await Promise.all(looks);
+    return { stoppedMs: t3 - t0, stateBytes, rings: paused, phases: { pauseMs: t1 - t0, stopAndStateMs: t2 - t1, startMs: t3 - t2 } };
   } catch (e) {
     await fresh.terminate();
     await resumeOld(old, before, paused, stopped, log);
