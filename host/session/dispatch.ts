@@ -420,7 +420,13 @@ export class BackendSession {
       case Req.GET_STATUS:
         return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
       case Req.SET_LOG_BASE: {
-        const copy = native.dup(req.fd);
+        let copy: number;
+        try {
+          copy = native.dup(req.fd);
+        } catch (e) {
+          this.closeFds([req.fd]);
+          throw e;
+        }
         const ok = await this.memory.setLogBase(this.worker, req.log.mmapSize, req.log.mmapOffset, req.fd);
         if (ok) this.setLogArea({ fd: copy, size: Number(req.log.mmapSize), offset: Number(req.log.mmapOffset) });
         else this.closeFds([copy]);
@@ -445,7 +451,13 @@ export class BackendSession {
         }
         {
           // Refused or not, it replaces the earlier area (the runner drops that one either way).
-          const copy = native.dup(req.fd);
+          let copy: number;
+          try {
+            copy = native.dup(req.fd);
+          } catch (e) {
+            this.closeFds([req.fd]);
+            throw e;
+          }
           this.setInflightCopy(null);
           try {
             await setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));

@@ -106,6 +106,7 @@ async function moveState(from: DeviceWorker, to: DeviceWorker, pipelined: boolea
 export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup: SessionSetup, log: Logger): Promise<SwitchResult> {
   const before = await old.ringSnapshot();
   try {
+    checkCompatible(old.info, fresh.info, setup.features);
     for (const [i, r] of before.entries()) {
       if (r.num > fresh.info.maxQueueSize) throw new UpgradeRefused(`ring ${i} has ${r.num} entries; the new plugin allows ${fresh.info.maxQueueSize}`);
     }
