@@ -166,6 +166,28 @@ test.serial('a second upgrade while one runs is refused; the first completes', a
   await fe.close();
 });
 
+test.serial('an upgrade racing a disconnect completes or is refused, never half-applied: the next front-end is served and sees the data', async (t) => {
+  for (const target of [blk, blk030]) {
+    const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+    const disk = new BlkDevice(fe.queues[0]);
+    const last = new Map<number, number>();
+    await ioLoop(disk, last, () => true, 2);
+    const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { id: 'disk', plugin: target } });
+    const [[answer]] = await Promise.all([rawRpc(control(), [ask], 1), fe.close()]);
+    const a = answer as { result?: MethodResults['plugin-upgrade']; error?: { message: string } };
+    t.log(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
+    if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
+    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    const fe2 = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+    const disk2 = new BlkDevice(fe2.queues[0]);
+    await verifyAll(disk2, last);
+    await ioLoop(disk2, last, () => true, 2);
+    await fe2.close();
+  }
+  const s = (JSON.parse((await ctl(['--control', control(), '--json', 'stats', 'disk'])).stdout) as MethodResults['device-stats']).devices[0];
+  t.is(s.lastFailure, null);
+});
+
 test.serial('stopped-ring time of rng and blk upgrades under load (logged for docs/BENCHMARKS.md)', async (t) => {
   const rfe = await VhostUserFrontend.connect(sock('r'), { memoryBytes: 4 << 20, queues: [64] });
   const dfe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
