@@ -43,6 +43,12 @@ Commands:
     --iops-burst N        requests that may go at once after an idle spell
     --bps SIZE            bytes per second (request data, readable and writable: 10M, 1G)
     --bps-burst SIZE      bytes that may go at once after an idle spell
+  upgrade ID --plugin FILE
+                          live plugin upgrade: the device's plugin is replaced by FILE (the
+                          same plugin, another version) while its front-end runs; its rings
+                          pause, its state moves to the new instance, and they resume. If
+                          FILE does not load, is another plugin or refuses the state, the
+                          old instance keeps serving and the reason is printed
   log-level LEVEL         the daemon's log level from now on, its device workers' included
                           (error, warn, info, debug)
 
@@ -240,6 +246,13 @@ function human(method: string, result: unknown): string {
       const t = r.limits.throttle;
       return `${r.id}: call deadline ${r.limits.callDeadlineMs} ms${t && (t.iops || t.bytesPerSecond) ? `, ${throttleText(t)}` : ''}\n`;
     }
+    case 'plugin-upgrade': {
+      const r = result as MethodResults['plugin-upgrade'];
+      return (
+        `${r.id}: ${r.name} ${r.fromVersion} -> ${r.toVersion} (${r.plugin})` +
+        (r.frontEnd ? `; rings ${r.rings.join(', ') || 'none running'} stopped ${r.stoppedMs.toFixed(2)} ms, ${r.stateBytes} state bytes moved\n` : '; no front-end connected\n')
+      );
+    }
     case 'log-level': {
       const r = result as MethodResults['log-level'];
       return `log level ${r.level} (was ${r.previous})\n`;
@@ -278,13 +291,19 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
       if (Object.keys(params).length === 1) throw new CtlUsageError('set-limits: give --call-deadline MS or a throttle flag (--iops, --iops-burst, --bps, --bps-burst)');
       return { method: 'set-limits', params };
     }
+    case 'upgrade': {
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { plugin: { type: 'string' } } });
+      if (positionals.length !== 1) throw new CtlUsageError('upgrade takes one device id');
+      if (values.plugin === undefined) throw new CtlUsageError('upgrade: give --plugin FILE (the new build)');
+      return { method: 'plugin-upgrade', params: { id: positionals[0], plugin: resolve(values.plugin) } };
+    }
     case 'log-level':
       if (args.length !== 1) throw new CtlUsageError('log-level takes one level (error, warn, info, debug)');
       return { method: 'log-level', params: { level: args[0] } };
     case undefined:
       throw new CtlUsageError('no command (see: vhost-wasm ctl --help)');
     default:
-      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, set-limits, log-level)`);
+      throw new CtlUsageError(`unknown command "${cmd}" (list, stats, add, del, set-limits, upgrade, log-level)`);
   }
 }
 

@@ -6,6 +6,7 @@
 import { pathToFileURL } from 'node:url';
 import { Host, type DeviceConfig, type HostDevice } from '../server/index.ts';
 import type { ListenAddress } from '../server/listener.ts';
+import type { UpgradeOutcome } from '../server/plugin-upgrade.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
@@ -225,6 +226,19 @@ export class Daemon {
       );
     }
     return { ...e.spec.limits };
+  }
+
+  /**
+   * plugin-upgrade: the device's plugin replaced by another build of it (host/server/plugin-upgrade.ts);
+   * from then on the device runs (and restarts) from `pluginPath`.
+   */
+  async upgrade(id: string, pluginPath: string): Promise<UpgradeOutcome & { id: string; plugin: string }> {
+    const e = this.entries.get(id);
+    if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    if (!('plugin' in e.spec.device)) throw new DaemonRequestError(`device ${id} runs a module, not a plugin: nothing to upgrade`);
+    const r = await e.device.listener.upgrade(pluginPath);
+    e.spec = { ...e.spec, device: { ...e.spec.device, plugin: pluginPath } };
+    return { id, plugin: pluginPath, ...r };
   }
 
   /** Every device with its meter, for the metrics endpoint. */

@@ -5,6 +5,8 @@ import { readdirSync } from 'node:fs';
 import { checkThrottleGroups, ConfigError, MAX_CALL_DEADLINE_MS, parseDeviceSpec, parseThrottle, THROTTLE_FIELDS } from './config.ts';
 import { RpcCode, RpcError } from './jsonrpc.ts';
 import type { Daemon, DeviceStats, DeviceSummary } from './daemon.ts';
+import type { UpgradeOutcome } from '../server/plugin-upgrade.ts';
+import { isAbsolute } from 'node:path';
 import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLevel } from '../log/logger.ts';
 import { errorCode } from '../errors.ts';
 import { fdBudgetInfo } from '../resources/fd-budget.ts';
@@ -25,9 +27,10 @@ export interface MethodResults {
   'device-stats': { devices: DeviceStats[]; process: ProcessStats };
   'log-level': { level: LogLevel; previous: LogLevel };
   'set-limits': { id: string; limits: DeviceStats['limits'] };
+  'plugin-upgrade': UpgradeOutcome & { id: string; plugin: string };
 }
 export type MethodName = keyof MethodResults;
-export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level'];
+export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level', 'plugin-upgrade'];
 
 type Params = Record<string, unknown>;
 
@@ -134,6 +137,19 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
           throw e;
         }
         return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms as number | undefined, throttle }) } satisfies MethodResults['set-limits'];
+      } catch (e) {
+        throw failed(e);
+      }
+    }
+    case 'plugin-upgrade': {
+      only(params, ['id', 'plugin']);
+      const id = idParam(params, true)!;
+      const plugin = params.plugin;
+      if (typeof plugin !== 'string' || !isAbsolute(plugin)) {
+        throw new RpcError(RpcCode.invalidParams, 'params.plugin: missing or not an absolute path (the new build of the plugin, a .wasm component)', { field: 'params.plugin' });
+      }
+      try {
+        return (await daemon.upgrade(id, plugin)) satisfies MethodResults['plugin-upgrade'];
       } catch (e) {
         throw failed(e);
       }

@@ -104,6 +104,8 @@ export const deviceWorkerOps = {
    */
   halt: op<(reason: string) => boolean>(),
   status: op<() => WorkerStatus>(),
+  /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */
+  ringSnapshot: op<() => RingSnapshot[]>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).
   stateBegin: op<() => StateBeginInfo>(),
   /** `section` absent: the device's own bytes; else a worker-side section (WorkerStateSection). */
@@ -158,6 +160,27 @@ export interface LogStatus {
   logging: boolean;
   /** Marks that fell beyond the log's end. */
   outOfRange: number;
+}
+
+/**
+ * One ring as the runner has it (plugin-upgrade, host/session/upgrade.ts): what the front-end
+ * set, and whether it runs. The fds are the session's (borrowed by the runner), so a new
+ * worker of the same process can be given the same numbers.
+ */
+export interface RingSnapshot {
+  num: number;
+  addr: VringAddrMsg | null;
+  /** SET_VRING_BASE's value, or where GET_VRING_BASE stopped it; null: never sent. */
+  base: number | null;
+  /** -1: no SET_VRING_KICK yet; null: in-band kicks. */
+  kickFd: number | null;
+  callFd: number | null;
+  errFd: number | null;
+  enabled: boolean;
+  /** The ring has a queue (started; it may be disabled). */
+  started: boolean;
+  /** Requests of this ring the device holds (answered in a later call). */
+  held: number;
 }
 
 export interface WorkerStatus {

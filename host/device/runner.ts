@@ -14,7 +14,7 @@ import { checkActions, describeViolation, type Answerable, type CheckContext } f
 import type { IoExecutor, IoOp, IoResult } from '../io/executor.ts';
 import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
-import { WatchdogPhase, type LogStatus, type RegionMsg, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
+import { WatchdogPhase, type LogStatus, type RegionMsg, type RingSnapshot, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
 import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
 import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
@@ -473,6 +473,25 @@ export class DeviceRunner {
       failed: this.failed,
       brokenQueues: this.rings.flatMap((r, i) => (r.queue?.broken ? [i] : [])),
     };
+  }
+
+  /** Every ring's settings, fds and held requests, for a live upgrade (RingSnapshot). */
+  ringSnapshot(): RingSnapshot[] {
+    return this.rings.map((r, i) => {
+      let held = 0;
+      for (const req of this.held.values()) if (req.ring === i && req.state === ReqState.Held) held++;
+      return {
+        num: r.num,
+        addr: r.addr,
+        base: r.base ?? null,
+        kickFd: r.kickFd,
+        callFd: r.callFd,
+        errFd: r.errFd,
+        enabled: r.enabled,
+        started: r.queue !== null,
+        held,
+      };
+    });
   }
 
   close(): void {

@@ -16,7 +16,7 @@
 // front-end sees one NEEDS_RESET.
 
 import type { DeviceInfo } from './device.ts';
-import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import type { Remote } from './typed-rpc.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
 import { DeviceLoadError } from './errors.ts';
@@ -249,6 +249,12 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     const each = await Promise.all(this.threads.map((t) => t.status()));
     const union = (f: (s: WorkerStatus) => number[]) => [...new Set(each.flatMap(f))].sort((a, b) => a - b);
     return { running: union((s) => s.running), failed: each.find((s) => s.failed !== null)?.failed ?? null, brokenQueues: union((s) => s.brokenQueues) };
+  }
+
+  /** Each ring from the thread that serves it (ring i: thread i mod N). */
+  async ringSnapshot(): Promise<RingSnapshot[]> {
+    const each = await Promise.all(this.threads.map((t) => t.ringSnapshot()));
+    return each[0].map((_, i) => each[i % this.threads.length][i]);
   }
 
   /** Instance 0's identity and sections (the memory disk is one store: saved once), every thread's running rings. */

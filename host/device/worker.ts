@@ -104,6 +104,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   }
   halt(reason: string) { return this.runner.halt(reason); }
   status() { return this.runner.status(); }
+  ringSnapshot() { return this.runner.ringSnapshot(); }
   stateBegin() { return this.runner.stateBegin(); }
   stateRead(offset: number, size: number, section?: number) {
     return section === undefined ? this.runner.stateRead(offset, size) : this.runner.sectionRead(section, offset, size);

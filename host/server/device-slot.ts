@@ -34,7 +34,12 @@ export class DeviceSlot {
   private starts = 0;
   /** Why the last worker that died stopped (watchdog, crash), for device-stats. */
   private lastFailure: string | null = null;
-  readonly source: DeviceSource;
+  /** Where workers come from; a live upgrade (replaceWorker) points it at the new plugin. */
+  source: DeviceSource;
+  /** A plugin-upgrade in progress: a second one is refused. */
+  private upgrading = false;
+  /** An upgrade with no front-end connected: a front-end arriving meanwhile waits for its outcome. */
+  private idleUpgrade: Promise<unknown> | null = null;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
   private memoryDisk: number | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
@@ -55,6 +60,8 @@ export class DeviceSlot {
   /** The running worker, starting a fresh one if there is none or the last one died. */
   async acquire(): Promise<DeviceWorker> {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    // A front-end connecting while the idle device is upgraded gets the worker the upgrade leaves.
+    while (this.idleUpgrade) await this.idleUpgrade.catch(() => {});
     if (this.worker && !this.worker.dead) return this.worker;
     if (this.worker) {
       const old = this.worker;
@@ -67,14 +74,7 @@ export class DeviceSlot {
     if (!this.starting) {
       this.starts++;
       this.meter.workerStarts++;
-      this.starting = this.sourceWithSharedModules().then((source) => DeviceWorker.start(source, {
-        label: this.opts.label,
-        callDeadlineMs: this.opts.callDeadlineMs,
-        loadDeadlineMs: this.opts.loadDeadlineMs,
-        queueThreads: this.opts.queueThreads,
-        meterCells: (thread) => this.meter.cellsFor(thread),
-        throttle: this.opts.throttle?.buffer,
-      })).finally(() => {
+      this.starting = this.startWorker(this.source).finally(() => {
         this.starting = null;
       });
     }
@@ -92,13 +92,61 @@ export class DeviceSlot {
    * The source with the plugin's core modules compiled once for the process (compiled-modules.ts),
    * so every device and queue thread of one plugin shares its machine code.
    */
-  private async sourceWithSharedModules(): Promise<DeviceSource> {
-    const s = this.source;
+  private async withSharedModules(s: DeviceSource): Promise<DeviceSource> {
     if (s.kind !== 'plugin') return s;
     const o = s.options ?? {};
     const limit = typeof o.memoryLimitBytes === 'number' ? o.memoryLimitBytes : DEFAULT_MEMORY_LIMIT;
     const modules = await sharedModules(s.path, limit, typeof o.cacheDir === 'string' ? o.cacheDir : undefined);
     return modules ? { ...s, options: { ...o, compiledModules: modules } } : s;
+  }
+
+  /** A worker from `source` with this device's limits (not made the slot's: see replaceWorker). */
+  async startWorker(source: DeviceSource): Promise<DeviceWorker> {
+    return DeviceWorker.start(await this.withSharedModules(source), {
+      label: this.opts.label,
+      callDeadlineMs: this.opts.callDeadlineMs,
+      loadDeadlineMs: this.opts.loadDeadlineMs,
+      queueThreads: this.opts.queueThreads,
+      meterCells: (thread) => this.meter.cellsFor(thread),
+      throttle: this.opts.throttle?.buffer,
+    });
+  }
+
+  /**
+   * Runs a plugin-upgrade: refused while another runs or a worker is being started. `idle`: no
+   * front-end is connected, and acquire() waits for the outcome. `run` ends with replaceWorker
+   * or leaves the slot as it was.
+   */
+  async upgrade<T>(idle: boolean, run: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    if (this.upgrading) throw new Error(`device ${this.opts.label}: an upgrade is already running; wait for its answer`);
+    if (this.starting) throw new Error(`device ${this.opts.label}: its worker is being started; retry in a moment`);
+    this.upgrading = true;
+    const p = run();
+    if (idle) this.idleUpgrade = p;
+    try {
+      return await p;
+    } finally {
+      this.upgrading = false;
+      if (idle) this.idleUpgrade = null;
+    }
+  }
+
+  /** The worker serving now, if it runs (an idle upgrade replaces it). */
+  get current(): DeviceWorker | null {
+    return this.worker && !this.worker.dead ? this.worker : null;
+  }
+
+  /** The upgrade's new worker serves from now on, and later workers come from `source`. */
+  replaceWorker(w: DeviceWorker, source: DeviceSource): void {
+    if (this.closed) {
+      void w.terminate();
+      throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    }
+    this.worker = w;
+    this.source = source;
+    this.starts++;
+    this.meter.workerStarts++;
   }
 
   private keepStuck(w: DeviceWorker): void {

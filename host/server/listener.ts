@@ -23,6 +23,7 @@ import { claimSocketPath } from './socket-path.ts';
 import { BackendSession } from '../session/dispatch.ts';
 import { DEFAULT_SESSION_SETTINGS, type SessionSettings } from '../session/options.ts';
 import type { DeviceSlot } from './device-slot.ts';
+import { upgradePlugin, type UpgradeOutcome } from './plugin-upgrade.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { MAX_WAITING_CONNECTIONS } from '../resources/fd-budget.ts';
@@ -230,6 +231,12 @@ export class Listener {
   /** What the management API's device-stats reports about the socket side. */
   stats(): ListenerStats {
     return { frontEnd: this.session !== null, waiting: this.waiting.length, accepted: this.accepted, refusedBusy: this.refused };
+  }
+
+  /** plugin-upgrade (plugin-upgrade.ts): the connected front-end's session switches, or the idle device's worker is swapped. */
+  upgrade(pluginPath: string): Promise<UpgradeOutcome> {
+    if (this.closing) return Promise.reject(new Error(`device ${this.slot.opts.label}: it is being removed`));
+    return upgradePlugin(this.slot, () => this.session, this.session === null && !this.starting, pluginPath);
   }
 
   /** Resolves when no session is active (tests, shutdown). */

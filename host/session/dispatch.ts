@@ -32,6 +32,8 @@ import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
+import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
+import { native } from '../native/index.ts';
 import type { SessionOptions } from './options.ts';
 
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
@@ -75,6 +77,16 @@ export class BackendSession {
   private readonly rfcState: RfcStateShmChannel;
   private readonly backend: BackendChannel;
   private closed = false;
+  /**
+   * The front-end's requests and a plugin-upgrade run one at a time: each waits for the one
+   * before (the channel already waits for each message; an upgrade joins the same line).
+   */
+  private turn: Promise<unknown> = Promise.resolve();
+  /** The upgrade in progress, which a disconnect lets finish (or undo itself) before releasing. */
+  private upgrading: Promise<unknown> | null = null;
+  /** Copies of the dirty log and inflight area fds the worker mapped: a new worker (upgrade) maps them too. */
+  private logArea: SessionSetup['logArea'] = null;
+  private inflightArea: SessionSetup['inflightArea'] = null;
   /** NEED_REPLY seen without REPLY_ACK negotiated (logged once per connection). */
   private strayNeedReplyLogged = false;
 
@@ -100,7 +112,7 @@ export class BackendSession {
     worker.onEvent = (e) => this.onDeviceEvent(e);
     this.channel = new MessageChannel(fd, {
       label: `front-end connection (${opts.label})`,
-      onMessage: (m) => this.onMessage(m),
+      onMessage: (m) => this.inTurn(() => this.onMessage(m)),
       onClose: (reason) => this.onChannelClosed(reason),
     });
   }
@@ -168,6 +180,63 @@ export class BackendSession {
 
   private reply(bytes: Uint8Array, fds: number[] = []): Promise<void> {
     return this.channel.send(bytes, fds);
+  }
+
+  /** Runs `fn` after every request and upgrade before it settled. */
+  private inTurn<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.turn.then(fn);
+    this.turn = p.catch(() => {});
+    return p;
+  }
+
+  private setLogArea(a: SessionSetup['logArea']): void {
+    this.closeFds([this.logArea?.fd ?? null]);
+    this.logArea = a;
+  }
+
+  private setInflightCopy(a: SessionSetup['inflightArea']): void {
+    this.closeFds([this.inflightArea?.fd ?? null]);
+    this.inflightArea = a;
+  }
+
+  // --- live plugin upgrade (upgrade.ts) ------------------------------------------------------
+
+  /**
+   * Replaces the worker by `fresh` (started and name-checked by the caller) between two
+   * front-end requests. On success `fresh` serves and the old worker is ended; on refusal
+   * `fresh` is ended and the old one serves as before.
+   */
+  upgrade(fresh: DeviceWorker, adopt: (w: DeviceWorker) => void): Promise<SwitchResult> {
+    const p = this.inTurn(async () => {
+      const refuse = async (why: string): Promise<never> => {
+        await fresh.terminate();
+        throw new UpgradeRefused(why);
+      };
+      if (this.closed) return refuse('the front-end disconnected');
+      if (this.state.current !== null) return refuse('a device state transfer (migration) is in progress or not yet collected (CHECK_DEVICE_STATE): retry after it');
+      if (this.needsReset !== null) return refuse(`the device needs a reset (${this.needsReset}); upgrade after the front-end reset it`);
+      if (this.worker.dead) return refuse(`the device's worker is gone (${this.worker.dead})`);
+      const setup: SessionSetup = {
+        features: this.featuresSet ? this.ackedFeatures : null,
+        protocolFeatures: this.hasFeature(VirtioFeature.PROTOCOL_FEATURES),
+        logging: this.hasFeature(VirtioFeature.LOG_ALL),
+        memory: this.memory.current,
+        logArea: this.logArea,
+        inflightArea: this.inflightArea,
+      };
+      const old = this.worker;
+      const r = await switchWorker(old, fresh, setup, this.log);
+      this.worker = fresh;
+      fresh.onEvent = (e) => this.onDeviceEvent(e);
+      adopt(fresh);
+      old.onEvent = () => {};
+      // Its rings are stopped and its fds are the session's: ending it closes nothing of ours.
+      void old.terminate();
+      this.log.info(`plugin upgraded: rings ${r.rings.join(', ') || '(none running)'} moved to the new instance with ${r.stateBytes} state bytes; rings stopped ${r.stoppedMs.toFixed(2)} ms`);
+      return r;
+    });
+    this.upgrading = p.catch(() => {});
+    return p;
   }
 
   // --- message loop --------------------------------------------------------------------------
@@ -351,7 +420,16 @@ export class BackendSession {
       case Req.GET_STATUS:
         return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
       case Req.SET_LOG_BASE: {
+        let copy: number;
+        try {
+          copy = native.dup(req.fd);
+        } catch (e) {
+          this.closeFds([req.fd]);
+          throw e;
+        }
         const ok = await this.memory.setLogBase(this.worker, req.log.mmapSize, req.log.mmapOffset, req.fd);
+        if (ok) this.setLogArea({ fd: copy, size: Number(req.log.mmapSize), offset: Number(req.log.mmapOffset) });
+        else this.closeFds([copy]);
         // The spec's reply for the LOG_SHMFD form is a u64 (QEMU only checks it arrived).
         return this.reply(encodeU64Reply(Req.SET_LOG_BASE, ok ? 0 : 1));
       }
@@ -371,7 +449,26 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError('SET_INFLIGHT_FD needs INFLIGHT_SHMFD, which was not negotiated');
         }
-        return setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
+        {
+          // Refused or not, it replaces the earlier area (the runner drops that one either way).
+          let copy: number;
+          try {
+            copy = native.dup(req.fd);
+          } catch (e) {
+            this.closeFds([req.fd]);
+            throw e;
+          }
+          this.setInflightCopy(null);
+          try {
+            await setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
+          } catch (e) {
+            this.closeFds([copy]);
+            throw e;
+          }
+          const d = req.inflight;
+          this.setInflightCopy({ fd: copy, size: Number(d.mmapSize), offset: Number(d.mmapOffset), numQueues: d.numQueues, queueSize: d.queueSize });
+          return;
+        }
       case Req.SET_DEVICE_STATE_FD:
         return this.state.setFd(req.params.direction, req.params.phase, req.fd);
       case Req.CHECK_DEVICE_STATE:
@@ -435,6 +532,9 @@ export class BackendSession {
       await this.worker.reset();
       this.rings.closeAll();
     }
+    // The worker dropped its log and inflight areas.
+    this.setLogArea(null);
+    this.setInflightCopy(null);
     this.ackedFeatures = 0n;
     this.featuresSet = false;
     this.needsReset = null;
@@ -474,7 +574,8 @@ export class BackendSession {
     else this.log.info('front-end disconnected');
     this.backend.close();
     this.state.abort('the front-end disconnected');
-    void this.release().then(() => this.opts.onClosed?.(reason));
+    // After an upgrade in progress: it completes or is undone first, then its outcome is released.
+    void (this.upgrading ?? Promise.resolve()).then(() => this.release()).then(() => this.opts.onClosed?.(reason));
   }
 
   /** Stops the device's use of every borrowed fd, then closes them all. */
@@ -497,5 +598,7 @@ export class BackendSession {
     }
     this.rings.closeAll();
     this.memory.closeRegions();
+    this.setLogArea(null);
+    this.setInflightCopy(null);
   }
 }

@@ -1,0 +1,69 @@
+// The daemon's plugin-upgrade for one device (docs/upgrade.md): loads the new build in fresh
+// worker thread(s), checks it is the same plugin and the same device, and has the connected
+// session switch to it (host/session/upgrade.ts) or, with no front-end, simply swaps workers.
+// Every failure before the switch leaves the old instance serving and says why.
+
+import type { DeviceSlot } from './device-slot.ts';
+import type { BackendSession } from '../session/dispatch.ts';
+import { checkCompatible, UpgradeRefused, type SwitchResult } from '../session/upgrade.ts';
+import { createLogger, errorText } from '../log/logger.ts';
+
+export interface UpgradeOutcome {
+  name: string;
+  fromVersion: string;
+  toVersion: string;
+  /** A front-end was connected: its rings moved to the new instance. */
+  frontEnd: boolean;
+  /** Rings running when the upgrade began, now running on the new instance. */
+  rings: number[];
+  /** Device state bytes moved (0 without a front-end: an idle device is in its reset state). */
+  stateBytes: number;
+  /** How long the rings were stopped (0 without a front-end). */
+  stoppedMs: number;
+  /** Where stoppedMs went (host/session/upgrade.ts SwitchResult), null without a front-end. */
+  phases: SwitchResult['phases'] | null;
+}
+
+export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSession | null, idle: boolean, pluginPath: string): Promise<UpgradeOutcome> {
+  const log = createLogger(`device ${slot.opts.label}`);
+  return slot.upgrade(idle, async () => {
+    const source = slot.source;
+    if (source.kind !== 'plugin') throw new UpgradeRefused('the device does not run a plugin (it runs a built-in module); only plugins can be upgraded');
+    const old = slot.current;
+    if (old === null) throw new UpgradeRefused(`the device's worker is not running (${slot.stats().failure ?? 'not started'}); it restarts when a front-end connects or resets it; upgrade after that`);
+    const next = { ...source, path: pluginPath };
+    let fresh;
+    log.debug(`upgrade: starting ${pluginPath}`);
+    try {
+      fresh = await slot.startWorker(next);
+    } catch (e) {
+      throw new UpgradeRefused(`the new plugin did not load: ${errorText(e)}`);
+    }
+    let from, to;
+    try {
+      [from, to] = await Promise.all([old.stateBegin(), fresh.stateBegin()]);
+      if (to.name !== from.name) throw new UpgradeRefused(`the new plugin is "${to.name}", not "${from.name}": an upgrade keeps the plugin and changes its version`);
+      checkCompatible(old.info, fresh.info, null);
+    } catch (e) {
+      await fresh.terminate();
+      throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
+    }
+    log.debug('upgrade: new instance loaded and checked');
+    const s = session();
+    const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
+    if (!idle && s === null) {
+      // A front-end was being connected when the upgrade began and is gone again, or not yet there.
+      await fresh.terminate();
+      throw new UpgradeRefused('a front-end is connecting or disconnecting; retry in a moment');
+    }
+    if (idle || s === null) {
+      slot.replaceWorker(fresh, next);
+      void old.terminate();
+      log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
+    }
+    const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
+    log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+    return { ...base, frontEnd: true, ...r };
+  });
+}
