@@ -12,6 +12,7 @@
 // waiting for it forever. An upgrade that finds one after pausing the rings is refused and
 // the rings resume on the old instance.
 
+import { VhostWasmError } from '../errors.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import type { RegionMsg, RingSnapshot } from '../device/rpc.ts';
@@ -31,8 +32,10 @@ export interface SessionSetup {
 }
 
 /** An upgrade that did not happen: the old instance serves on. `why` is for the operator. */
-export class UpgradeRefused extends Error {
-  override name = 'UpgradeRefused';
+/** A plugin upgrade that was not done; the old instance serves on, unchanged. */
+export class UpgradeRefused extends VhostWasmError {
+  static override readonly code = 'ERR_UPGRADE_REFUSED';
+  override readonly name = 'UpgradeRefused';
 }
 
 export interface SwitchResult {
