@@ -81,10 +81,12 @@ export class Watchdog {
     // A notification write to an O_NONBLOCK eventfd returns at once; the bracket overran because
     // the thread waited for a CPU (a loaded machine) or stopped for its GC, not because the
     // front-end blocked it. Only a thread asleep in the write is stuck; a runnable one is left
-    // to finish, and is looked at again next period.
+    // to finish, and is looked at again next period. The state read counts only if the bracket
+    // is still the one read before it: else the thread (or this one) was preempted meanwhile,
+    // and the sleeping thread seen is one that already left the write (seen in its epoll_wait).
     if (phase === WatchdogPhase.notify) {
       const tid = Atomics.load(this.slot, WATCHDOG_TID);
-      if (tid !== 0 && threadRunnable(tid)) return null;
+      if (tid !== 0 && (threadRunnable(tid) || Atomics.load(this.slot, 0) !== word)) return null;
     }
     return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
   }
