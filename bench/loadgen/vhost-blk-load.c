@@ -325,8 +325,13 @@ static void *queue_thread(void *arg) {
         now = mono_ns();
         if (now >= t_end_ns || atomic_load_explicit(&r->stop, memory_order_relaxed)) stopping = true;
         if (now >= t_end_ns + 5000000000ull) {
-          fprintf(stderr, "vhost-blk-load: queue %u: %u requests did not complete within 5 s of the end\n", q->index,
-                  inflight);
+          // The ring as both sides left it: which side was waiting for which notification.
+          fprintf(stderr,
+                  "vhost-blk-load: queue %u: %u requests did not complete within 5 s of the end (avail idx %u, "
+                  "used idx %u, last used %u, last kick at avail %u, avail_event %u, used_event %u, avail flags 0x%x, "
+                  "used flags 0x%x)\n",
+                  q->index, inflight, *q->avail_idx, *q->used_idx, q->last_used, q->kicked_at, *q->avail_event,
+                  *q->used_event, *q->avail_flags, *q->used_flags);
           atomic_store(&r->stalled, true);
           break;
         }

@@ -18,7 +18,8 @@ export type DeviceSource =
  * - load: device code run while the device is built (a plugin's instantiation, identity, info):
  *   the load deadline (it includes compiling the plugin's core modules).
  * - prepare: host work before that (importing a module, transpiling a component): the start timeout.
- * - notify: a write to a front-end's call or err eventfd: the call deadline.
+ * - notify: a write to a front-end's call or err eventfd: the call deadline, counted only while
+ *   the thread is not runnable (blocked in the write), never while it merely waits for a CPU.
  */
 export const WatchdogPhase = { call: 1, load: 2, prepare: 3, notify: 4 } as const;
 export type WatchdogPhase = (typeof WatchdogPhase)[keyof typeof WatchdogPhase];
@@ -30,6 +31,10 @@ export type WatchdogPhase = (typeof WatchdogPhase)[keyof typeof WatchdogPhase];
  * run longer than an Int32 of milliseconds, 24 days, so elapsed time is taken modulo it too).
  */
 export const WATCHDOG_MS_MASK = 2 ** 28 - 1;
+
+/** Where the worker's thread id is in the watchdog slot (WorkerInit.watchdog). */
+export const WATCHDOG_TID = 1;
+export const WATCHDOG_SLOT_INTS = 2;
 
 export function watchdogWord(phase: WatchdogPhase, msSinceEpoch: number): number {
   return (phase << 28) | (msSinceEpoch & WATCHDOG_MS_MASK);
@@ -47,7 +52,10 @@ export interface WorkerInit {
   logLevelCell?: SharedArrayBuffer;
   /** Name for log lines ("blk0", the socket path, ...). */
   label: string;
-  /** One Int32 over a SharedArrayBuffer: what the worker is doing and since when (watchdogWord), 0 when idle. */
+  /**
+   * Two Int32s over a SharedArrayBuffer: [0] what the worker is doing and since when
+   * (watchdogWord), 0 when idle; [1] the worker's Linux thread id, 0 until it has written it.
+   */
   watchdog: SharedArrayBuffer;
   epoch: number;
   /** This thread's per-request counters (host/metrics/request-meter.ts), kept by the device's slot. */

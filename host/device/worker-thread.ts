@@ -6,8 +6,9 @@
 
 import { Worker } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import { WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
+import { threadRunnable } from './thread-state.ts';
 import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
@@ -52,7 +53,7 @@ function loadDeadline(opts: DeviceWorkerOptions): number {
  * and says why it must be killed, or null. Runs on a timer here, so a worker spinning in device
  * code cannot delay it.
  */
-class Watchdog {
+export class Watchdog {
   constructor(
     private readonly slot: Int32Array,
     private readonly epoch: number,
@@ -77,6 +78,16 @@ class Watchdog {
             ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
             : ['a device call', this.opts.callDeadlineMs];
     if (ran <= limit) return null;
+    // A notification write to an O_NONBLOCK eventfd returns at once; the bracket overran because
+    // the thread waited for a CPU (a loaded machine) or stopped for its GC, not because the
+    // front-end blocked it. Only a thread asleep in the write is stuck; a runnable one is left
+    // to finish, and is looked at again next period. The state read counts only if the bracket
+    // is still the one read before it: else the thread (or this one) was preempted meanwhile,
+    // and the sleeping thread seen is one that already left the write (seen in its epoll_wait).
+    if (phase === WatchdogPhase.notify) {
+      const tid = Atomics.load(this.slot, WATCHDOG_TID);
+      if (tid !== 0 && (threadRunnable(tid) || Atomics.load(this.slot, 0) !== word)) return null;
+    }
     return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated`;
   }
 }
@@ -137,7 +148,7 @@ export class WorkerThread {
   }
 
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
-    const sab = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
+    const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle };
     const url = workerUrl();

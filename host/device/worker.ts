@@ -7,12 +7,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import { WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
 import { RequestMeter } from '../metrics/request-meter.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
+import { ownThreadId } from './thread-state.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -20,6 +21,8 @@ setLogLevel(init.logLevel);
 if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
+// The watchdog looks this thread up in /proc when a notification write overruns (worker-thread.ts).
+Atomics.store(slot, WATCHDOG_TID, ownThreadId());
 const meter = init.meter ? new RequestMeter(init.meter) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
 

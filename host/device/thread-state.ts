@@ -1,0 +1,29 @@
+// What Linux says about one thread of this process, for the device watchdog: a thread that is
+// runnable (state R) is computing or waiting for a CPU, not blocked in a system call. On a busy
+// machine a thread can wait for a CPU far longer than a notification write's deadline; only a
+// thread that is asleep in the write is stuck.
+
+import { readFileSync, readlinkSync } from 'node:fs';
+
+/** The calling thread's Linux thread id (/proc/thread-self names it: "<pid>/task/<tid>"). */
+export function ownThreadId(): number {
+  const link = readlinkSync('/proc/thread-self');
+  const tid = Number(link.slice(link.lastIndexOf('/') + 1));
+  if (!Number.isInteger(tid) || tid <= 0) throw new Error(`/proc/thread-self links to '${link}', which names no thread id`);
+  return tid;
+}
+
+/**
+ * Whether thread `tid` of this process is runnable now (state R in /proc/self/task/<tid>/stat).
+ * false when it sleeps, is stopped, or is gone.
+ */
+export function threadRunnable(tid: number): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/self/task/${tid}/stat`, 'latin1');
+  } catch {
+    return false; // the thread is gone: nothing is running there
+  }
+  // "<tid> (<comm>) <state> ...": comm may hold spaces and parentheses, the last ')' ends it.
+  return stat.charAt(stat.lastIndexOf(')') + 2) === 'R';
+}

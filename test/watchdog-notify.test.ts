@@ -1,0 +1,79 @@
+// The device watchdog and a notification write that overruns its deadline (the load
+// generator's "stalled" runs): on a loaded machine a worker can wait for a CPU longer than the
+// deadline inside the notification bracket, and the watchdog then killed a healthy device.
+// Only a worker asleep in the write is stuck. Real worker threads, real /proc: one spins in a
+// notify bracket that started long ago (runnable, like a preempted thread), one sleeps in it
+// (like a write the front-end blocks).
+import test from 'ava';
+import { Worker } from 'node:worker_threads';
+import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, watchdogWord } from '../host/device/rpc.ts';
+import { Watchdog } from '../host/device/worker-thread.ts';
+import { ownThreadId, threadRunnable } from '../host/device/thread-state.ts';
+
+const DEADLINE_MS = 100;
+
+/**
+ * A worker that writes its thread id into the watchdog slot, enters a notify bracket dated 10 s
+ * ago (far past the deadline), then spins or sleeps until `stop` is set.
+ */
+function bracketWorker(slot: SharedArrayBuffer, stop: SharedArrayBuffer, epoch: number, mode: 'spin' | 'sleep'): Worker {
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const mod = new URL('../host/device/thread-state.ts', import.meta.url).href;
+  const body = `
+    const { workerData, parentPort } = await import('node:worker_threads');
+    const { ownThreadId } = await import(${JSON.stringify(mod)});
+    const { slot, stop, epoch, mode, word } = workerData;
+    const s = new Int32Array(slot), halt = new Int32Array(stop);
+    Atomics.store(s, ${WATCHDOG_TID}, ownThreadId());
+    Atomics.store(s, 0, word);
+    parentPort.postMessage('in');
+    if (mode === 'spin') while (Atomics.load(halt, 0) === 0);
+    else Atomics.wait(halt, 0, 0);
+    Atomics.store(s, 0, 0);`;
+  const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return (async () => {${body}})(); })`;
+  const word = watchdogWord(WatchdogPhase.notify, Date.now() - epoch - 10_000);
+  return new Worker(boot, { eval: true, workerData: { slot, stop, epoch, mode, word } });
+}
+
+async function run(mode: 'spin' | 'sleep', check: (dog: Watchdog, tid: number) => Promise<void>): Promise<void> {
+  const slot = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * 4);
+  const stop = new SharedArrayBuffer(4);
+  const epoch = Date.now();
+  const w = bracketWorker(slot, stop, epoch, mode);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      w.once('message', () => resolve());
+      w.once('error', reject);
+    });
+    const dog = new Watchdog(new Int32Array(slot), epoch, { label: 'test', callDeadlineMs: DEADLINE_MS });
+    await check(dog, Atomics.load(new Int32Array(slot), WATCHDOG_TID));
+  } finally {
+    Atomics.store(new Int32Array(stop), 0, 1);
+    Atomics.notify(new Int32Array(stop), 0);
+    await w.terminate();
+  }
+}
+
+test('a worker thread knows its own Linux thread id, which is not the main thread one', async (t) => {
+  await run('sleep', async (_dog, tid) => {
+    t.true(tid > 0);
+    t.not(tid, ownThreadId());
+  });
+});
+
+test('a notification bracket past its deadline while the thread is runnable (waiting for a CPU) does not kill the device', async (t) => {
+  await run('spin', async (dog, tid) => {
+    t.true(threadRunnable(tid), 'the spinning worker is runnable');
+    t.is(dog.overdue('dev'), null);
+  });
+});
+
+test('a notification bracket past its deadline while the thread sleeps (a write the front-end blocks) kills the device', async (t) => {
+  await run('sleep', async (dog, tid) => {
+    // It posted before it went to sleep: wait until Linux shows it asleep.
+    while (threadRunnable(tid)) await new Promise((r) => setTimeout(r, 5));
+    const reason = dog.overdue('dev');
+    t.truthy(reason);
+    t.regex(reason!, /^dev: a notification write to the front-end's call or err eventfd ran \d+ ms, past its 100 ms deadline; worker terminated$/);
+  });
+});
