@@ -1,4 +1,4 @@
-// The device watchdog and a notification write that overruns its deadline (the load
+// The device watchdog and a notification write (and a device call) that overruns its deadline (the load
 // generator's "stalled" runs): on a loaded machine a worker can wait for a CPU longer than the
 // deadline inside the notification bracket, and the watchdog then killed a healthy device.
 // Only a worker asleep in the write is stuck. Real worker threads, real /proc: one spins in a
@@ -16,7 +16,7 @@ const DEADLINE_MS = 100;
  * A worker that writes its thread id into the watchdog slot, enters a notify bracket dated 10 s
  * ago (far past the deadline), then spins or sleeps until `stop` is set.
  */
-function bracketWorker(slot: SharedArrayBuffer, stop: SharedArrayBuffer, epoch: number, mode: 'spin' | 'sleep'): Worker {
+function bracketWorker(slot: SharedArrayBuffer, stop: SharedArrayBuffer, epoch: number, mode: 'spin' | 'sleep', phase: WatchdogPhase): Worker {
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const mod = new URL('../host/device/thread-state.ts', import.meta.url).href;
   const body = `
@@ -31,15 +31,15 @@ function bracketWorker(slot: SharedArrayBuffer, stop: SharedArrayBuffer, epoch: 
     else Atomics.wait(halt, 0, 0);
     Atomics.store(s, 0, 0);`;
   const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return (async () => {${body}})(); })`;
-  const word = watchdogWord(WatchdogPhase.notify, Date.now() - epoch - 10_000);
+  const word = watchdogWord(phase, Date.now() - epoch - 10_000);
   return new Worker(boot, { eval: true, workerData: { slot, stop, epoch, mode, word } });
 }
 
-async function run(mode: 'spin' | 'sleep', check: (dog: Watchdog, tid: number) => Promise<void>): Promise<void> {
+async function run(mode: 'spin' | 'sleep', check: (dog: Watchdog, tid: number) => Promise<void>, phase = WatchdogPhase.notify): Promise<void> {
   const slot = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * 4);
   const stop = new SharedArrayBuffer(4);
   const epoch = Date.now();
-  const w = bracketWorker(slot, stop, epoch, mode);
+  const w = bracketWorker(slot, stop, epoch, mode, phase);
   try {
     await new Promise<void>((resolve, reject) => {
       w.once('message', () => resolve());
@@ -76,4 +76,18 @@ test('a notification bracket past its deadline while the thread sleeps (a write 
     t.truthy(reason);
     t.regex(reason!, /^dev: a notification write to the front-end's call or err eventfd ran \d+ ms, past its 100 ms deadline; worker terminated$/);
   });
+});
+
+// Device calls: only the time the thread waited for a CPU since the watchdog first saw the call
+// is excused (/proc schedstat), so a call that spins or sleeps past its deadline still ends
+// the worker, whatever the machine's load.
+test('a device call past its deadline ends the worker whether it spins or sleeps', async (t) => {
+  for (const mode of ['spin', 'sleep'] as const) {
+    await run(mode, async (dog, tid) => {
+      if (mode === 'sleep') while (threadRunnable(tid)) await new Promise((r) => setTimeout(r, 5));
+      const reason = dog.overdue('dev');
+      t.truthy(reason, mode);
+      t.regex(reason!, /^dev: a device call ran \d+ ms( \(\d+ ms of it waiting for a CPU, not counted\))?, past its 100 ms deadline; worker terminated$/);
+    }, WatchdogPhase.call);
+  }
 });

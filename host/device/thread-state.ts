@@ -27,3 +27,21 @@ export function threadRunnable(tid: number): boolean {
   // "<tid> (<comm>) <state> ...": comm may hold spaces and parentheses, the last ')' ends it.
   return stat.charAt(stat.lastIndexOf(')') + 2) === 'R';
 }
+
+/**
+ * Milliseconds thread `tid` of this process has spent runnable but waiting for a CPU, over its
+ * life (the second field of /proc/self/task/<tid>/schedstat, in ns); null when the kernel does
+ * not say (no schedstat, or the thread is gone). The watchdog subtracts what a call waited
+ * from its wall-clock time: a deadline is what the device may spend, not what a loaded
+ * machine keeps it from running.
+ */
+export function threadCpuWaitMs(tid: number): number | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/task/${tid}/schedstat`, 'latin1');
+  } catch {
+    return null;
+  }
+  const waitNs = Number(text.split(' ')[1]);
+  return Number.isFinite(waitNs) && waitNs >= 0 ? waitNs / 1e6 : null;
+}
