@@ -108,7 +108,7 @@ export class Watchdog {
       if (tid !== 0 && (threadRunnable(tid) || Atomics.load(this.slot, 0) !== word)) return null;
     }
     const excused = waited >= 1 ? ` (${Math.round(waited)} ms of it waiting for a CPU, not counted)` : '';
-    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms${excused}, past its ${limit} ms deadline; worker terminated`;
+    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated${excused}`;
   }
 }
 
