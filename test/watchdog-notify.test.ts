@@ -35,7 +35,7 @@ function bracketWorker(slot: SharedArrayBuffer, stop: SharedArrayBuffer, epoch: 
   return new Worker(boot, { eval: true, workerData: { slot, stop, epoch, mode, word } });
 }
 
-async function run(mode: 'spin' | 'sleep', check: (dog: Watchdog, tid: number) => Promise<void>, phase = WatchdogPhase.notify): Promise<void> {
+async function run(mode: 'spin' | 'sleep', check: (dog: Watchdog, tid: number) => Promise<void>, phase: WatchdogPhase = WatchdogPhase.notify): Promise<void> {
   const slot = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * 4);
   const stop = new SharedArrayBuffer(4);
   const epoch = Date.now();

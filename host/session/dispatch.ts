@@ -140,6 +140,19 @@ export class BackendSession {
     return (this.ackedFeatures & bit(bitNo)) !== 0n;
   }
 
+  /**
+   * A copy of an area's fd the session keeps (a plugin upgrade maps it again in the new worker);
+   * when even that fails, the front-end's fd is closed and the request fails.
+   */
+  private dupOrClose(fd: number): number {
+    try {
+      return native.dup(fd);
+    } catch (e) {
+      this.closeFds([fd]);
+      throw e;
+    }
+  }
+
   private closeFds(fds: readonly (number | null)[]): void {
     closeFds(fds, this.log);
   }
@@ -420,13 +433,7 @@ export class BackendSession {
       case Req.GET_STATUS:
         return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
       case Req.SET_LOG_BASE: {
-        let copy: number;
-        try {
-          copy = native.dup(req.fd);
-        } catch (e) {
-          this.closeFds([req.fd]);
-          throw e;
-        }
+        const copy = this.dupOrClose(req.fd);
         const ok = await this.memory.setLogBase(this.worker, req.log.mmapSize, req.log.mmapOffset, req.fd);
         if (ok) this.setLogArea({ fd: copy, size: Number(req.log.mmapSize), offset: Number(req.log.mmapOffset) });
         else this.closeFds([copy]);
@@ -451,13 +458,7 @@ export class BackendSession {
         }
         {
           // Refused or not, it replaces the earlier area (the runner drops that one either way).
-          let copy: number;
-          try {
-            copy = native.dup(req.fd);
-          } catch (e) {
-            this.closeFds([req.fd]);
-            throw e;
-          }
+          const copy = this.dupOrClose(req.fd);
           this.setInflightCopy(null);
           try {
             await setInflightArea(this.worker, req.inflight, req.fd, this.worker.info.numQueues, this.log, this.hasFeature(VirtioFeature.RING_PACKED));
