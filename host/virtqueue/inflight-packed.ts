@@ -24,15 +24,22 @@
 // published is committed, anything else in progress is rolled back to the old_ fields, the
 // free list's entries are unmarked, and the heads still marked are resubmitted by counter.
 
-import { INFLIGHT_VERSION, InflightAreaError, REGION_ALIGN } from './inflight.ts';
+import {
+  INFLIGHT_DESC_NUM_OFFSET,
+  INFLIGHT_VERSION,
+  INFLIGHT_VERSION_OFFSET,
+  InflightAreaError,
+  formatInflightArea,
+  inflightRegionBytes,
+} from './inflight.ts';
 import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED } from './layout.ts';
 
 const HEADER_BYTES = 32;
 const DESC_BYTES = 32;
 
 const OFF_FEATURES = 0;
-const OFF_VERSION = 8;
-const OFF_DESC_NUM = 10;
+const OFF_VERSION = INFLIGHT_VERSION_OFFSET;
+const OFF_DESC_NUM = INFLIGHT_DESC_NUM_OFFSET;
 const OFF_FREE_HEAD = 12;
 const OFF_OLD_FREE_HEAD = 14;
 const OFF_USED_IDX = 16;
@@ -52,7 +59,7 @@ const D_ADDR = 24;
 
 /** Bytes of one packed queue's region for a ring of `queueSize` descriptors. */
 export function packedInflightRegionBytes(queueSize: number): number {
-  return Math.ceil((HEADER_BYTES + DESC_BYTES * queueSize) / REGION_ALIGN) * REGION_ALIGN;
+  return inflightRegionBytes(HEADER_BYTES, DESC_BYTES, queueSize);
 }
 
 /** GET_INFLIGHT_FD's mmap size for packed rings: one region per queue, back to back. */
@@ -65,9 +72,7 @@ export function packedInflightAreaBytes(numQueues: number, queueSize: number): n
  * version still 0 (the back-end that first runs the ring links the free list).
  */
 export function formatPackedInflightArea(area: Uint8Array, numQueues: number, queueSize: number): void {
-  const dv = new DataView(area.buffer, area.byteOffset, area.byteLength);
-  const stride = packedInflightRegionBytes(queueSize);
-  for (let q = 0; q < numQueues; q++) dv.setUint16(q * stride + OFF_DESC_NUM, queueSize, true);
+  formatInflightArea(area, numQueues, packedInflightRegionBytes(queueSize), queueSize);
 }
 
 /** A descriptor as it was in the ring when popped (what a resubmission rebuilds its chain from). */

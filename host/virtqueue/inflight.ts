@@ -29,17 +29,20 @@ const DESC_BYTES = 16;
 export const REGION_ALIGN = 64;
 
 const OFF_FEATURES = 0;
-const OFF_VERSION = 8;
-const OFF_DESC_NUM = 10;
 const OFF_LAST_BATCH_HEAD = 12;
 const OFF_USED_IDX = 14;
 const D_INFLIGHT = 0;
 const D_NEXT = 6;
 const D_COUNTER = 8;
 
+/** One queue's region, split or packed: its header and an entry per descriptor, REGION_ALIGN-rounded. */
+export function inflightRegionBytes(headerBytes: number, descBytes: number, queueSize: number): number {
+  return Math.ceil((headerBytes + descBytes * queueSize) / REGION_ALIGN) * REGION_ALIGN;
+}
+
 /** Bytes of one split queue's region for a ring of `queueSize` descriptors. */
 export function splitInflightRegionBytes(queueSize: number): number {
-  return Math.ceil((HEADER_BYTES + DESC_BYTES * queueSize) / REGION_ALIGN) * REGION_ALIGN;
+  return inflightRegionBytes(HEADER_BYTES, DESC_BYTES, queueSize);
 }
 
 /** GET_INFLIGHT_FD's mmap size: one region per queue, back to back. */
@@ -62,9 +65,13 @@ export class InflightAreaError extends VhostWasmError {
  * version still 0 ("not initialised": the back-end that first runs the ring initialises it).
  */
 export function formatSplitInflightArea(area: Uint8Array, numQueues: number, queueSize: number): void {
+  formatInflightArea(area, numQueues, splitInflightRegionBytes(queueSize), queueSize);
+}
+
+/** Sets desc_num in the header of each of `numQueues` regions of `regionBytes` (either format). */
+export function formatInflightArea(area: Uint8Array, numQueues: number, regionBytes: number, queueSize: number): void {
   const dv = new DataView(area.buffer, area.byteOffset, area.byteLength);
-  const stride = splitInflightRegionBytes(queueSize);
-  for (let q = 0; q < numQueues; q++) dv.setUint16(q * stride + OFF_DESC_NUM, queueSize, true);
+  for (let q = 0; q < numQueues; q++) dv.setUint16(q * regionBytes + INFLIGHT_DESC_NUM_OFFSET, queueSize, true);
 }
 
 /** What recovery found in a queue's region: the chains to resubmit, oldest first. */
@@ -98,10 +105,10 @@ export class SplitInflightRegion {
   }
 
   get version(): number {
-    return this.dv.getUint16(OFF_VERSION, true);
+    return this.dv.getUint16(INFLIGHT_VERSION_OFFSET, true);
   }
   get descNum(): number {
-    return this.dv.getUint16(OFF_DESC_NUM, true);
+    return this.dv.getUint16(INFLIGHT_DESC_NUM_OFFSET, true);
   }
   get usedIdx(): number {
     return this.dv.getUint16(OFF_USED_IDX, true);
@@ -166,10 +173,10 @@ export class SplitInflightRegion {
       // Fresh: nothing was ever tracked here. Start clean, whatever the bytes were.
       this.bytes.fill(0, HEADER_BYTES, HEADER_BYTES + DESC_BYTES * this.size);
       this.dv.setBigUint64(OFF_FEATURES, 0n, true);
-      this.dv.setUint16(OFF_DESC_NUM, this.size, true);
+      this.dv.setUint16(INFLIGHT_DESC_NUM_OFFSET, this.size, true);
       this.dv.setUint16(OFF_LAST_BATCH_HEAD, 0, true);
       this.dv.setUint16(OFF_USED_IDX, ringUsedIdx, true);
-      this.dv.setUint16(OFF_VERSION, INFLIGHT_VERSION, true);
+      this.dv.setUint16(INFLIGHT_VERSION_OFFSET, INFLIGHT_VERSION, true);
       this.counter = 1;
       return { heads: [], nextAvail: null, clearedLastBatch: 0 };
     }
