@@ -6,8 +6,32 @@
 
 import { BackingError, type Backing } from '../storage/backing.ts';
 import { constants as osConstants } from 'node:os';
+import type { IoOp } from './executor.ts';
 
 /** What an executor needs of one backing, whatever is behind it (a disk store, an fs file). */
+/**
+ * One op through a backing's own synchronous methods (every executor's path for what it does not
+ * move itself): the bytes a read moved, else 0. Throws what the backing throws (BackingError).
+ */
+export function runOnBacking(b: IoBacking, op: IoOp): number {
+  switch (op.kind) {
+    case 'read':
+      return b.readInto(op.offset, op.into);
+    case 'write':
+      b.writeFrom(op.offset, op.from);
+      return 0;
+    case 'flush':
+      b.flush();
+      return 0;
+    case 'discard':
+      b.discard(op.offset, op.len);
+      return 0;
+    case 'write-zeroes':
+      b.writeZeroes(op.offset, op.len);
+      return 0;
+  }
+}
+
 export interface IoBacking {
   /** For messages: the --storage value, or the share-relative role of an fs file. */
   readonly describe: string;

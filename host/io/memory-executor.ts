@@ -5,7 +5,7 @@
 // table (an fs file) is served through its own synchronous methods.
 import { constants as osConstants } from 'node:os';
 import { MemoryBacking } from '../storage/memory.ts';
-import { errnoOf, type IoBacking } from './backing-table.ts';
+import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, EFAULT, EINVAL, EROFS } = osConstants.errno;
@@ -86,25 +86,9 @@ export class MemoryExecutor implements IoExecutor {
   }
 
   private runOther(b: IoBacking, op: IoOp): number {
+    if ((op.kind === 'read' && viewBytes(op.into) < 0) || (op.kind === 'write' && viewBytes(op.from) < 0)) return -EFAULT;
     try {
-      switch (op.kind) {
-        case 'read':
-          if (viewBytes(op.into) < 0) return -EFAULT;
-          return b.readInto(op.offset, op.into);
-        case 'write':
-          if (viewBytes(op.from) < 0) return -EFAULT;
-          b.writeFrom(op.offset, op.from);
-          return 0;
-        case 'flush':
-          b.flush();
-          return 0;
-        case 'discard':
-          b.discard(op.offset, op.len);
-          return 0;
-        case 'write-zeroes':
-          b.writeZeroes(op.offset, op.len);
-          return 0;
-      }
+      return runOnBacking(b, op);
     } catch (e) {
       this.logIoError((e as Error).message);
       return -errnoOf(e);

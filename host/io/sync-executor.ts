@@ -5,7 +5,7 @@
 // It serves every backing; an asynchronous executor (io_uring) may take over the ones it can.
 
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
-import { errnoOf, type BackingTable } from './backing-table.ts';
+import { errnoOf, runOnBacking, type BackingTable } from './backing-table.ts';
 import { BackingError } from '../storage/backing.ts';
 import { constants as osConstants } from 'node:os';
 
@@ -46,27 +46,7 @@ export class SyncExecutor implements IoExecutor {
       // closed since (by a later call of the same plugin) is a failed I/O, not a host error.
       if (b === undefined) return { errno: EBADF, lastReadBytes: 0 };
       try {
-        switch (op.kind) {
-          case 'read':
-            lastReadBytes = b.readInto(op.offset, op.into);
-            break;
-          case 'write':
-            b.writeFrom(op.offset, op.from);
-            lastReadBytes = 0;
-            break;
-          case 'flush':
-            b.flush();
-            lastReadBytes = 0;
-            break;
-          case 'discard':
-            b.discard(op.offset, op.len);
-            lastReadBytes = 0;
-            break;
-          case 'write-zeroes':
-            b.writeZeroes(op.offset, op.len);
-            lastReadBytes = 0;
-            break;
-        }
+        lastReadBytes = runOnBacking(b, op);
       } catch (e) {
         if (!(e instanceof BackingError)) throw e;
         this.logIoError(e.message);

@@ -24,7 +24,7 @@
 import { fdatasyncSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
-import { errnoOf, type IoBacking } from './backing-table.ts';
+import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -457,25 +457,9 @@ export class UringExecutor implements IoExecutor {
   /** One op through a backing's own synchronous methods; 0 or the errno. */
   private runSync(req: Request, op: IoOp, b: IoBacking): number {
     try {
-      switch (op.kind) {
-        case 'read': {
-          const got = b.readInto(op.offset, op.into);
-          if (req.at === req.ops.length - 1) req.lastReadBytes = got;
-          return 0;
-        }
-        case 'write':
-          b.writeFrom(op.offset, op.from);
-          return 0;
-        case 'flush':
-          b.flush();
-          return 0;
-        case 'discard':
-          b.discard(op.offset, op.len);
-          return 0;
-        case 'write-zeroes':
-          b.writeZeroes(op.offset, op.len);
-          return 0;
-      }
+      const got = runOnBacking(b, op);
+      if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = got;
+      return 0;
     } catch (e) {
       this.logIoError((e as Error).message);
       return errnoOf(e);
