@@ -32,6 +32,31 @@ export async function startStorageDaemon(opts: StorageDaemonOptions): Promise<St
     '--export',
     `type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=${opts.socketPath},writable=${opts.writable === false ? 'off' : 'on'}`,
   ];
+  const d = await runStorageDaemon(args, {
+    binary: opts.binary,
+    ready: () => existsSync(opts.socketPath),
+    notReady: `did not create ${opts.socketPath}`,
+    timeoutMs: opts.timeoutMs,
+  });
+  return { socketPath: opts.socketPath, ...d };
+}
+
+/** A qemu-storage-daemon process, tracked by the reaper, with its stderr kept. */
+export interface StorageDaemonProcess {
+  pid: number;
+  /** SIGTERM (the daemon unmounts a FUSE export on the way out), then SIGKILL after 5 s; resolves once the process is gone. */
+  stop(): Promise<void>;
+  stderr(): string;
+}
+
+/**
+ * Runs qemu-storage-daemon with `args` and resolves once `ready()` holds (polled), or stops it
+ * and throws with its stderr when it exits first or `timeoutMs` (default 10 s) passes.
+ */
+export async function runStorageDaemon(
+  args: string[],
+  opts: { binary?: string; ready: () => boolean; notReady: string; timeoutMs?: number },
+): Promise<StorageDaemonProcess> {
   const child = spawn(opts.binary ?? 'qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   track(child);
   let stderr = '';
@@ -57,12 +82,12 @@ export async function startStorageDaemon(opts: StorageDaemonOptions): Promise<St
   };
 
   const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-  while (!existsSync(opts.socketPath)) {
+  while (!opts.ready()) {
     if (exited || Date.now() > deadline) {
       await stop();
-      throw new Error(`qemu-storage-daemon did not create ${opts.socketPath}: ${stderr.trim() || '(no stderr)'}`);
+      throw new Error(`qemu-storage-daemon ${opts.notReady}: ${stderr.trim() || '(no stderr)'}`);
     }
     await sleep(10);
   }
-  return { socketPath: opts.socketPath, pid: child.pid!, stop, stderr: () => stderr };
+  return { pid: child.pid!, stop, stderr: () => stderr };
 }
