@@ -25,6 +25,7 @@ import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
+import { ownCopy } from './typed-rpc.ts';
 import type { RequestMeter } from '../metrics/request-meter.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 
@@ -146,15 +147,6 @@ function regionSpec(r: RegionMsg): RegionSpec {
     backing,
     release: () => mapping.unmap(),
   };
-}
-
-/**
- * A copy in a fresh ArrayBuffer, which the RPC then transfers. Uint8Array's slice, not the
- * value's own: a Buffer's slice is a view, and transferring its buffer would detach the memory
- * of the device or section that returned it.
- */
-function ownCopy(bytes: Uint8Array): Uint8Array {
-  return Uint8Array.prototype.slice.call(bytes);
 }
 
 export class DeviceRunner {

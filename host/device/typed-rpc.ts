@@ -26,6 +26,15 @@ export function op<F extends Fn>(spec: Omit<OpSpec<F>, 'signature'> = {}): OpSpe
   return spec;
 }
 
+/**
+ * A copy of `bytes` in an ArrayBuffer of its own, safe to transfer. Uint8Array's slice, not the
+ * value's own: a Buffer's slice is a view, and transferring its buffer would detach the memory
+ * the bytes came from (a device's state, a section, another thread's chunk).
+ */
+export function ownCopy(bytes: Uint8Array): Uint8Array {
+  return Uint8Array.prototype.slice.call(bytes);
+}
+
 export type OpTable = Record<string, OpSpec>;
 
 /** The operations of a table as an interface: `{ ringNum(index: number, num: number): void; ... }`. */

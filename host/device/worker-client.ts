@@ -17,7 +17,7 @@
 
 import type { DeviceInfo } from './device.ts';
 import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
-import type { Remote } from './typed-rpc.ts';
+import { ownCopy, type Remote } from './typed-rpc.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
 import { DeviceLoadError } from './errors.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
@@ -284,9 +284,7 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   /** The device's own state goes into every instance (each gets its own copy: a chunk's buffer is moved to its thread). */
   async stateWrite(offset: number, chunk: Uint8Array, section?: number): Promise<void> {
     if (section !== undefined || this.threads.length === 1) return this.threads[0].stateWrite(offset, chunk, section);
-    // Uint8Array's slice, not the chunk's own: a Buffer's slice is a view of the same memory,
-    // and moving it to a second thread would detach the first thread's chunk.
-    const copies = this.threads.map((_, k) => (k === 0 ? chunk : Uint8Array.prototype.slice.call(chunk)));
+    const copies = this.threads.map((_, k) => (k === 0 ? chunk : ownCopy(chunk)));
     await this.every('a device state chunk', (t, k) => t.stateWrite(offset, copies[k]));
   }
 

@@ -7,6 +7,7 @@
 import type { DeviceWorker } from '../device/worker-client.ts';
 import { errorText, type Logger } from '../log/logger.ts';
 import { native } from '../native/index.ts';
+import { ownCopy } from '../device/typed-rpc.ts';
 import { StateReader, StateWriter } from './channel.ts';
 import { ContainerLoader, saveContainer, type StateIdentity } from './container.ts';
 import { SectionId, type StateSection } from './section.ts';
@@ -21,7 +22,7 @@ export const STATE_CHUNK = 1 << 20;
  * into a buffer of their own is cheaper, and that buffer is then transferred.
  */
 function movable(chunk: Uint8Array): Uint8Array {
-  return chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : Uint8Array.prototype.slice.call(chunk);
+  return chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : ownCopy(chunk);
 }
 
 /** The device's own bytes, through the worker's stateRead/stateWrite ops. */
