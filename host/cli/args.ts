@@ -35,6 +35,8 @@ export interface CliOptions {
   storage: StorageSpec | null;
   /** --shared-dir (with --read-only and --tag folded in), or null. */
   filesystem: FilesystemSpec | null;
+  /** --control: the control socket's path (plugin upgrade), 'none' for no control socket, or null: beside --socket-path. */
+  control: string | null;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
@@ -55,6 +57,7 @@ export const HELP = `Usage: vhost-wasm --socket-path PATH --plugin FILE.wasm [op
        vhost-wasm migrate --from SRC.sock --to DST.sock [options]   (see: vhost-wasm migrate --help)
        vhost-wasm serve --config FILE [--control PATH]   many devices (see: vhost-wasm serve --help)
        vhost-wasm ctl --control PATH COMMAND           manage a serve daemon (see: vhost-wasm ctl --help)
+       vhost-wasm upgrade --socket PATH --plugin FILE.wasm   live plugin upgrade of a running host
 
 A vhost-user back-end whose device logic is a sandboxed WebAssembly component.
 QEMU (or another vhost-user front-end) connects to the socket; after it disconnects the
@@ -64,6 +67,9 @@ Where to listen (exactly one):
   --socket-path PATH      create a Unix socket at PATH and listen there (a stale socket left
                           by a dead back-end is replaced; a live one is an error)
   --fd FD                 serve an already-listening Unix socket inherited as fd FD
+  --control PATH|none     the control socket (mode 0600, this uid and root only) that
+                          \`vhost-wasm upgrade --socket PATH\` talks to; default: PATH.control
+                          beside --socket-path (with --fd: none unless given)
 
 The device:
   --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
@@ -274,6 +280,7 @@ export function parseCli(argv: string[]): CliOptions {
         'print-capabilities': { type: 'boolean' },
         'socket-path': { type: 'string' },
         fd: { type: 'string' },
+        control: { type: 'string' },
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
         'log-level': { type: 'string' },
@@ -313,6 +320,7 @@ export function parseCli(argv: string[]): CliOptions {
     printCapabilities: v['print-capabilities'] ?? false,
     socketPath: v['socket-path'] ?? null,
     fd: v.fd === undefined ? null : parseIntStrict(v.fd, '--fd', 0),
+    control: v.control ?? null,
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
@@ -348,5 +356,6 @@ export function parseCli(argv: string[]): CliOptions {
   if (opts.printCapabilities) return opts;
   if (opts.socketPath !== null && opts.fd !== null) throw new UsageError('--socket-path and --fd are exclusive: listen on one socket');
   if (opts.socketPath === null && opts.fd === null) throw new UsageError('nowhere to listen: give --socket-path PATH or --fd FD');
+  if (opts.control === '') throw new UsageError('--control: empty (give a path, or none)');
   return opts;
 }

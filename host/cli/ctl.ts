@@ -66,7 +66,7 @@ class CtlUsageError extends UsageError {
 }
 
 /** Sends one request, resolves with the one response line, parsed. */
-function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<RpcResponse> {
+export function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<RpcResponse> {
   return new Promise((resolve, reject) => {
     const sock = createConnection(path);
     let buf = '';
@@ -212,7 +212,7 @@ function mib(n: number): string {
 }
 
 /** The result for people. */
-function human(method: string, result: unknown): string {
+export function human(method: string, result: unknown): string {
   switch (method) {
     case 'device-list': {
       const { devices } = result as MethodResults['device-list'];

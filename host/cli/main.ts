@@ -16,6 +16,8 @@ import { capabilitiesFor } from './capabilities.ts';
 import { createLogger, setLogFormat, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
 import { checkSharedDir, checkStorage } from './grant-checks.ts';
+import { ControlServer } from '../daemon/control-server.ts';
+import { controlPathFor, hostMethods } from '../server/host-control.ts';
 
 import { HOST_VERSION as VERSION } from '../version.ts';
 const log = createLogger('vhost-wasm');
@@ -68,9 +70,20 @@ async function serve(o: CliOptions): Promise<void> {
       },
     },
   ]);
+  const controlPath = o.control ?? (o.socketPath !== null ? controlPathFor(o.socketPath) : 'none');
+  let control: ControlServer | null = null;
+  if (controlPath !== 'none') {
+    try {
+      control = ControlServer.open({ path: controlPath }, hostMethods(host));
+    } catch (e) {
+      // Asked for (or the default): a host that cannot be upgraded does not start half-managed.
+      await host.close();
+      throw e;
+    }
+  }
   const info = host.devices[0].slot.info!;
-  log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}`);
-  stopOnSignals(host, log);
+  log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}${control ? `; control socket ${controlPath}` : ''}`);
+  stopOnSignals(host, log, undefined, () => control?.close());
 }
 
 async function main(): Promise<number> {
@@ -89,6 +102,11 @@ async function main(): Promise<number> {
     // The multi-tenant daemon: see host/cli/serve.ts.
     const { runServe } = await import('./serve.ts');
     return runServe(process.argv.slice(3));
+  }
+  if (process.argv[2] === 'upgrade') {
+    // A live plugin upgrade of a running single-device host: see host/cli/upgrade.ts.
+    const { runUpgrade } = await import('./upgrade.ts');
+    return runUpgrade(process.argv.slice(3));
   }
   if (process.argv[2] === 'ctl') {
     // The daemon's management client: see host/cli/ctl.ts.

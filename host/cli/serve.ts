@@ -11,6 +11,7 @@ import { ConfigError, parseDaemonConfig, type DaemonConfig } from '../daemon/con
 import { activatedSockets } from '../daemon/systemd.ts';
 import { Daemon } from '../daemon/daemon.ts';
 import { ControlServer } from '../daemon/control-server.ts';
+import { daemonMethods } from '../daemon/methods.ts';
 import type { ListenAddress } from '../server/listener.ts';
 import { stopOnSignals } from '../server/shutdown.ts';
 import { createLogger, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, setLogFormat, setLogLevel } from '../log/logger.ts';
@@ -140,7 +141,7 @@ export async function runServe(argv: string[]): Promise<number> {
   let control: ControlServer | null = null;
   if (where.control) {
     try {
-      control = ControlServer.open(where.control, daemon);
+      control = ControlServer.open(where.control, daemonMethods(daemon));
     } catch (e) {
       // The operator asked to manage this daemon: one that cannot be managed does not start.
       log.error(describeError(e));

@@ -1,4 +1,5 @@
-// The management socket: a Unix stream socket, mode 0600, speaking JSON-RPC 2.0 one message
+// The management socket (the daemon's, and the single-device host's control socket beside its
+// device socket, host/server/host-control.ts): a Unix stream socket, mode 0600, speaking JSON-RPC 2.0 one message
 // per line (jsonrpc.ts; methods.ts says what each method does). Who may manage the daemon is
 // decided twice: the file mode keeps other users from connecting at all, and SO_PEERCRED (the
 // credentials the kernel recorded at connect(), which the peer cannot forge) is checked on
@@ -13,14 +14,22 @@ import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { createLogger, errorText } from '../log/logger.ts';
 import { JSONRPC, MAX_MESSAGE_BYTES, parseRequest, RpcCode, RpcError, type RequestId, type RpcResponse } from './jsonrpc.ts';
-import { callMethod } from './methods.ts';
-import type { Daemon } from './daemon.ts';
 import { VhostWasmError } from '../errors.ts';
 
 const log = createLogger('control');
 
 /** Connections served at once; more are closed straight away (a management client needs one). */
 export const MAX_CONTROL_CONNECTIONS = 16;
+
+/** Runs one method (throws RpcError to refuse it); `quiet` methods are not logged when done. */
+export interface ControlMethods {
+  call(method: string, params: Record<string, unknown>): Promise<unknown>;
+  quiet?: ReadonlySet<string>;
+  /** Who is managed, for messages: "this daemon", "this host". */
+  owner: string;
+  /** Who a live listener on the path would be: "another daemon", "another host". */
+  rival: string;
+}
 
 export class ControlSocketError extends VhostWasmError {
   static override readonly code = 'ERR_CONTROL_SOCKET';
@@ -38,20 +47,20 @@ export class ControlServer {
   private constructor(
     private readonly fd: number,
     private readonly ownedPath: string | null,
-    private readonly daemon: Daemon,
+    private readonly methods: ControlMethods,
   ) {
     this.allowed = new Set([process.getuid!(), 0]);
     this.watcher = native.watch(fd, 'r', () => this.onAcceptable());
   }
 
   /** Listens at `path` (mode 0600), or on an inherited listening socket (`fd`, systemd's). */
-  static open(where: { path: string } | { fd: number }, daemon: Daemon): ControlServer {
+  static open(where: { path: string } | { fd: number }, methods: ControlMethods): ControlServer {
     if ('fd' in where) {
       if (!native.isListeningUnixSocket(where.fd)) throw new ControlSocketError(`control socket fd ${where.fd} is not a listening Unix stream socket`);
       native.setNonBlocking(where.fd, true);
-      return new ControlServer(where.fd, null, daemon);
+      return new ControlServer(where.fd, null, methods);
     }
-    claimSocketPath(where.path, { name: `control socket ${where.path}`, rival: 'another daemon', error: (m) => new ControlSocketError(m) });
+    claimSocketPath(where.path, { name: `control socket ${where.path}`, rival: methods.rival, error: (m) => new ControlSocketError(m) });
     let fd;
     try {
       fd = native.listenUnix(where.path, 16);
@@ -66,7 +75,7 @@ export class ControlServer {
       native.close(fd);
       throw new ControlSocketError(`control socket ${where.path}: cannot make it mode 0600: ${errorText(e)}`, { cause: e });
     }
-    return new ControlServer(fd, where.path, daemon);
+    return new ControlServer(fd, where.path, methods);
   }
 
   private onAcceptable(): void {
@@ -94,8 +103,8 @@ export class ControlServer {
     }
     const socket = new Socket({ fd: conn, readable: true, writable: true });
     if (!this.allowed.has(cred.uid)) {
-      log.warn(`refused a control connection from uid ${cred.uid} (pid ${cred.pid}): only uid ${process.getuid!()} may manage this daemon`);
-      socket.end(JSON.stringify(errorResponse(null, RpcCode.permissionDenied, `uid ${cred.uid} may not manage this daemon`)) + '\n');
+      log.warn(`refused a control connection from uid ${cred.uid} (pid ${cred.pid}): only uid ${process.getuid!()} may manage ${this.methods.owner}`);
+      socket.end(JSON.stringify(errorResponse(null, RpcCode.permissionDenied, `uid ${cred.uid} may not manage ${this.methods.owner}`)) + '\n');
       socket.on('error', () => {});
       return;
     }
@@ -162,8 +171,8 @@ export class ControlServer {
     const id = req.id ?? null;
     const notification = req.id === undefined;
     try {
-      const result = await callMethod(this.daemon, req.method, req.params ?? {});
-      if (req.method !== 'device-list' && req.method !== 'device-stats') log.info(`${req.method} from ${peer}: done`);
+      const result = await this.methods.call(req.method, req.params ?? {});
+      if (!this.methods.quiet?.has(req.method)) log.info(`${req.method} from ${peer}: done`);
       return notification ? null : { jsonrpc: JSONRPC, id, result };
     } catch (e) {
       const err = e instanceof RpcError ? e : new RpcError(RpcCode.internalError, errorText(e));

@@ -10,6 +10,7 @@ import { isAbsolute } from 'node:path';
 import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLevel } from '../log/logger.ts';
 import { errorCode } from '../errors.ts';
 import { fdBudgetInfo } from '../resources/fd-budget.ts';
+import type { ControlMethods } from './control-server.ts';
 
 export interface ProcessStats {
   pid: number;
@@ -34,7 +35,7 @@ export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'devi
 
 type Params = Record<string, unknown>;
 
-function only(params: Params, allowed: string[]): void {
+export function only(params: Params, allowed: string[]): void {
   for (const k of Object.keys(params)) {
     if (!allowed.includes(k)) {
       throw new RpcError(RpcCode.invalidParams, `params.${k}: unknown parameter${allowed.length ? ` (allowed: ${allowed.join(', ')})` : ' (this method takes none)'}`, { field: `params.${k}` });
@@ -51,8 +52,22 @@ function idParam(params: Params, required: boolean): string | undefined {
   return params.id;
 }
 
+/** plugin-upgrade's params.plugin: the new build, an absolute path (the caller's working directory is not ours). */
+export function pluginParam(params: Params): string {
+  const plugin = params.plugin;
+  if (typeof plugin !== 'string' || !isAbsolute(plugin)) {
+    throw new RpcError(RpcCode.invalidParams, 'params.plugin: missing or not an absolute path (the new build of the plugin, a .wasm component)', { field: 'params.plugin' });
+  }
+  return plugin;
+}
+
+/** The daemon's methods on its management socket. */
+export function daemonMethods(daemon: Daemon): ControlMethods {
+  return { call: (m, p) => callMethod(daemon, m, p), quiet: new Set(['device-list', 'device-stats']), owner: 'this daemon', rival: 'another daemon' };
+}
+
 /** A failure of the daemon's own (no such device, the socket is taken, the plugin would not load). */
-function failed(e: unknown): RpcError {
+export function failed(e: unknown): RpcError {
   if (e instanceof RpcError) return e;
   const code = errorCode(e);
   return new RpcError(RpcCode.requestFailed, errorText(e), code === undefined ? undefined : { code });
@@ -144,10 +159,7 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
     case 'plugin-upgrade': {
       only(params, ['id', 'plugin']);
       const id = idParam(params, true)!;
-      const plugin = params.plugin;
-      if (typeof plugin !== 'string' || !isAbsolute(plugin)) {
-        throw new RpcError(RpcCode.invalidParams, 'params.plugin: missing or not an absolute path (the new build of the plugin, a .wasm component)', { field: 'params.plugin' });
-      }
+      const plugin = pluginParam(params);
       try {
         return (await daemon.upgrade(id, plugin)) satisfies MethodResults['plugin-upgrade'];
       } catch (e) {
