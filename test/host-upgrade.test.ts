@@ -1,0 +1,244 @@
+// `vhost-wasm upgrade --socket S --plugin FILE` (docs/upgrade.md) against the single-device host
+// binary (`vhost-wasm --socket-path S ...`) and its control socket S.control: real front-ends
+// (host/frontend) doing I/O over the device socket while the command runs. What is checked is
+// what an operator and a guest see: the command's answer and exit status, no failed request,
+// the data, and which build serves afterwards.
+import test from 'ava';
+import { spawn, execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
+import { hostCommand, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
+import { buildPlugin } from '../plugins/build-plugins.mjs';
+import type { MethodResults } from '../host/daemon/methods.ts';
+
+const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const fixtures = join(REPO, 'dist', 'test-plugins');
+const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
+const rngHold = join(fixtures, 'upgrade-rng-hold.wasm');
+const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
+const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
+type Outcome = MethodResults['plugin-upgrade'];
+
+test.before(async () => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
+  const plugins = join(REPO, 'test', 'fixtures', 'plugins');
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blk030 });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngHold, defines: ['UPGRADE_HOLD'] });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
+});
+
+const hosts: HostProcess[] = [];
+test.afterEach.always(async () => {
+  for (const h of hosts.splice(0)) if (h.child.exitCode === null) await h.stop('SIGKILL');
+});
+
+async function host(args: string[]): Promise<HostProcess> {
+  const h = await startHost(['--socket-path', '{socket}', '--call-deadline', '10000', ...args]);
+  hosts.push(h);
+  return h;
+}
+
+/** `vhost-wasm upgrade ARGS`, as an operator runs it. */
+function upgradeCmd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const [node, argv] = hostCommand(['upgrade', ...args]);
+  const child = spawn(node, argv, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+async function upgrade(h: HostProcess, plugin: string): Promise<Outcome> {
+  const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', plugin, '--json']);
+  if (r.code !== 0) throw new Error(`vhost-wasm upgrade exited ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as Outcome;
+}
+
+function pattern(block: number, round: number): Uint8Array {
+  return new Uint8Array(4096).map((_, i) => (i * 7 + block * 13 + round * 29) & 0xff);
+}
+
+/** Writes and reads back 4 KiB blocks, `depth` in flight, on every disk, until stop() and at least minRounds. */
+async function ioLoop(disks: BlkDevice[], last: Map<number, number>, stop: () => boolean, minRounds = 2, depth = 4): Promise<number> {
+  let round = 0;
+  for (; round < minRounds || !stop(); round++) {
+    await Promise.all(
+      disks.flatMap((disk, d) =>
+        Array.from({ length: depth }, async (_, k) => {
+          const block = d * 64 + ((round * depth + k) % 64);
+          await disk.write(block * 8, pattern(block, round));
+          last.set(block, round);
+          const back = await disk.read(block * 8, 4096);
+          if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
+        }),
+      ),
+    );
+  }
+  return round;
+}
+
+async function verifyAll(disk: BlkDevice, last: Map<number, number>): Promise<void> {
+  for (const [block, round] of last) {
+    const back = await disk.read(block * 8, 4096);
+    if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block}: not what round ${round} wrote`);
+  }
+}
+
+test.serial('vhost-wasm upgrade --socket: blk 0.2.0 -> 0.3.0 under I/O; the control socket is S.control, mode 0600; a later front-end is served by the new build and reads the data', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const control = `${h.socketPath}.control`;
+  t.is(statSync(control).mode & 0o777, 0o600);
+  t.true(statSync(control).isSocket());
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, 3);
+  let upgraded = false;
+  const io = ioLoop([disk], last, () => upgraded, 3);
+  const human = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
+  upgraded = true;
+  await io;
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stdout, /: blk 0\.2\.0 -> 0\.3\.0 \(.*upgrade-blk-0\.3\.0\.wasm\); rings 0 stopped [\d.]+ ms, 16 state bytes moved/);
+  t.regex(h.log(), /plugin upgraded: blk 0\.2\.0 -> 0\.3\.0/);
+  await ioLoop([disk], last, () => true, 2);
+  await verifyAll(disk, last);
+  await fe.close();
+  // The device now starts from the new build: the next upgrade reports 0.3.0 as the old version.
+  const fe2 = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk2 = new BlkDevice(fe2.queues[0]);
+  await verifyAll(disk2, last);
+  const back = await upgrade(h, blk);
+  t.like(back, { name: 'blk', fromVersion: '0.3.0', toVersion: '0.2.0', frontEnd: true, rings: [0], id: h.socketPath });
+  await verifyAll(disk2, last);
+  await fe2.close();
+});
+
+test.serial('usage and reachability: no --plugin is a usage error (2); a socket with no host is unreachable (3); an unknown method on the control socket is refused', async (t) => {
+  const h = await host(['--plugin', rng, '--entropy']);
+  const usage = await upgradeCmd(['--socket', h.socketPath]);
+  t.is(usage.code, 2);
+  t.regex(usage.stderr, /give --plugin FILE\.wasm/);
+  const away = await upgradeCmd(['--socket', join(h.dir, 'nobody.sock'), '--plugin', rng]);
+  t.is(away.code, 3);
+  t.regex(away.stderr, /cannot reach the host at .*nobody\.sock\.control/);
+  const [answer] = (await rawRpc(`${h.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'device-del', params: {} })], 1)) as { error?: { message: string } }[];
+  t.regex(answer.error!.message, /no method "device-del" \(a single-device host has: plugin-upgrade\)/);
+});
+
+test.serial('a new plugin with another name is refused, and the old instance serves on', async (t) => {
+  const h = await host(['--plugin', rng, '--entropy']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 4 << 20, queues: [64] });
+  t.is((await fe.queues[0].submit([], 32)).len, 32);
+  const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', rngFork]);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /refused: the new plugin is "rng-fork", not "rng": an upgrade keeps the plugin and changes its version \[ERR_UPGRADE_REFUSED\]/);
+  for (let i = 0; i < 3; i++) t.is((await fe.queues[0].submit([], 32)).len, 32);
+  t.notRegex(h.log(), /plugin upgraded/);
+  await fe.close();
+});
+
+test.serial('a request the plugin holds during the upgrade: refused (it cannot move), the held request is answered later by the old instance; once idle, the upgrade goes through', async (t) => {
+  const h = await host(['--plugin', rngHold, '--entropy']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 4 << 20, queues: [64] });
+  const q = fe.queues[0];
+  t.is((await q.submit([], 32)).len, 32, 'ordinary requests are answered');
+  let heldDone = false;
+  const held = q.submit([], 7).then((c) => {
+    heldDone = true;
+    return c;
+  });
+  // The held request reached the plugin once a later request was answered after it.
+  t.is((await q.submit([], 16)).len, 16);
+  const refused = await upgradeCmd(['--socket', h.socketPath, '--plugin', rng]);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /the device holds 1 request\(s\) it has not answered; they cannot move to another instance: retry when the device is idle/);
+  t.false(heldDone, 'the held request is still held');
+  // The old instance kept it and still serves: the releasing request answers both.
+  const release = await q.submit([], 9);
+  t.is(Buffer.from(release.data.subarray(0, 8)).toString('latin1'), 'released');
+  const c = await held;
+  t.is(Buffer.from(c.data.subarray(0, 6)).toString('latin1'), 'held!!');
+  const ok = await upgrade(h, rng);
+  t.like(ok, { name: 'rng', frontEnd: true, rings: [0] });
+  t.is((await q.submit([], 32)).len, 32);
+  await fe.close();
+});
+
+test.serial('--queue-threads 2: both rings move to the new build, each on its thread, under I/O on both; data verified', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M', '--queue-threads', '2']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64, 64], features: blkFeatures });
+  const disks = fe.queues.map((q) => new BlkDevice(q));
+  const last = new Map<number, number>();
+  await ioLoop(disks, last, () => true, 2);
+  let upgraded = false;
+  const io = ioLoop(disks, last, () => upgraded, 2);
+  const r = await upgrade(h, blk030);
+  upgraded = true;
+  await io;
+  t.like(r, { name: 'blk', fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true, rings: [0, 1] });
+  await ioLoop(disks, last, () => true, 2);
+  for (const d of disks) await verifyAll(d, last);
+  await fe.close();
+  t.notRegex(h.log(), /ERROR/);
+});
+
+test.serial('a second upgrade while one runs is refused; the first completes', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  let done = false;
+  const io = ioLoop([disk], last, () => done, 1);
+  const ask = (id: number) => JSON.stringify({ jsonrpc: '2.0', id, method: 'plugin-upgrade', params: { plugin: blk030 } });
+  // Two connections, both requests sent before the first build has loaded.
+  const answers = (await Promise.all([rawRpc(`${h.socketPath}.control`, [ask(1)], 1), rawRpc(`${h.socketPath}.control`, [ask(2)], 1)])).map(
+    (x) => x[0] as { result?: Outcome; error?: { message: string } },
+  );
+  done = true;
+  await io;
+  const ok = answers.filter((x) => x.result !== undefined);
+  const refused = answers.filter((x) => x.error !== undefined);
+  t.is(ok.length, 1, JSON.stringify(answers));
+  t.is(refused.length, 1);
+  t.regex(refused[0].error!.message, /an upgrade is already running/);
+  t.like(ok[0].result, { name: 'blk', toVersion: '0.3.0', frontEnd: true, rings: [0] });
+  await ioLoop([disk], last, () => true, 2);
+  await verifyAll(disk, last);
+  await fe.close();
+});
+
+test.serial('an upgrade racing a disconnect completes or is refused, never half-applied: the next front-end is served and sees the data', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const last = new Map<number, number>();
+  const outcomes: string[] = [];
+  // The disconnect comes at different points of the upgrade: before its request is read, while
+  // the new build loads, while the rings move (the delays only spread the interleavings).
+  for (const [i, delayMs] of [0, 5, 50, 200, 400].entries()) {
+    const target = i % 2 === 0 ? blk030 : blk;
+    const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+    const disk = new BlkDevice(fe.queues[0]);
+    await ioLoop([disk], last, () => true, 2);
+    const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: target } });
+    const [[answer]] = await Promise.all([
+      rawRpc(`${h.socketPath}.control`, [ask], 1),
+      new Promise((resolve) => setTimeout(resolve, delayMs)).then(() => fe.close()),
+    ]);
+    const a = answer as { result?: Outcome; error?: { message: string } };
+    if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
+    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    outcomes.push(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
+    const fe2 = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+    const disk2 = new BlkDevice(fe2.queues[0]);
+    await verifyAll(disk2, last);
+    await ioLoop([disk2], last, () => true, 1);
+    await fe2.close();
+  }
+  t.log(outcomes.join('\n'));
+  t.notRegex(h.log(), /ERROR/);
+});
