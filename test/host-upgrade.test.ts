@@ -4,12 +4,12 @@
 // what an operator and a guest see: the command's answer and exit status, no failed request,
 // the data, and which build serves afterwards.
 import test from 'ava';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
-import { hostCommand, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
@@ -43,15 +43,7 @@ async function host(args: string[]): Promise<HostProcess> {
 }
 
 /** `vhost-wasm upgrade ARGS`, as an operator runs it. */
-function upgradeCmd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const [node, argv] = hostCommand(['upgrade', ...args]);
-  const child = spawn(node, argv, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
-}
+const upgradeCmd = (args: string[]) => runCli(['upgrade', ...args]);
 
 async function upgrade(h: HostProcess, plugin: string): Promise<Outcome> {
   const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', plugin, '--json']);

@@ -175,3 +175,14 @@ export async function eventually(fn: () => boolean, timeoutMs = 5000): Promise<b
   }
   return fn();
 }
+
+/** The binary run once with `args` (a client subcommand: upgrade, ctl), as an operator runs it. */
+export function runCli(args: string[], cwd = REPO): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const [node, argv] = hostCommand(args);
+  const child = spawn(node, argv, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
