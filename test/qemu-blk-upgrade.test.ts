@@ -1,0 +1,138 @@
+// Live plugin upgrade under a real guest (issue 15, item 3; docs/upgrade.md): vhost-user-blk-pci
+// of QEMU 7.2 (two vCPUs, two queues) and of QEMU 10 (one queue) served by the single-device
+// host, whose blk plugin is replaced four times (0.2.0 -> 0.3.0 -> 0.2.0 ...) with
+// `vhost-wasm upgrade --socket S --plugin FILE` while the guest writes and verifies patterns
+// from eight direct-I/O dd processes at once. The guest must see no I/O error and every round
+// must verify; the image, read on the host at the end, holds what the last round wrote.
+
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bootGuest, hasQemu, type BootResult } from './guest/qemu.ts';
+import { ensureQemu10 } from './guest/qemu10.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
+import { buildPlugin } from '../plugins/build-plugins.mjs';
+import type { MethodResults } from '../host/daemon/methods.ts';
+
+const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const BLK030 = join(REPO, 'dist', 'test-plugins', 'upgrade-blk-0.3.0.wasm');
+const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !hasQemu();
+const guestTest = skip ? test.serial.skip : test.serial;
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SLOTS = 8;
+const SLOT_BYTES = 64 * KiB;
+const SLOT_BASE = 1 * MiB;
+const PATTERNS = Array.from({ length: 5 }, () => randomBytes(SLOT_BYTES));
+const ROUNDS = 40;
+const UPGRADE_IN_ROUNDS = [3, 10, 17, 24];
+const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
+
+/** Rounds of eight parallel direct-I/O writes, then eight parallel reads checked against the pattern. */
+export const PATTERN_SCRIPT = (rounds: number) =>
+  [
+    ...PATTERNS.map((_, p) => `m${p}=$(md5sum < /guest/p${p} | cut -d' ' -f1)`),
+    'r=0',
+    `while [ $r -lt ${rounds} ]; do`,
+    '  r=$((r+1))',
+    '  echo "ROUND $r"',
+    '  j=0',
+    `  while [ $j -lt ${SLOTS} ]; do`,
+    `    p=$(( (r + j) % ${PATTERNS.length} ))`,
+    `    ( dd if=/guest/p$p of=/dev/vda bs=16k seek=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 oflag=direct 2>/tmp/werr$j || echo "ERR $r write $j $(cat /tmp/werr$j)" ) &`,
+    '    j=$((j+1))',
+    '  done',
+    '  wait',
+    '  j=0',
+    `  while [ $j -lt ${SLOTS} ]; do`,
+    `    p=$(( (r + j) % ${PATTERNS.length} ))`,
+    '    eval want=\\$m$p',
+    `    ( got=$(dd if=/dev/vda bs=16k skip=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1); [ "$got" = "$want" ] || echo "BAD $r $j" ) &`,
+    '    j=$((j+1))',
+    '  done',
+    '  wait',
+    '  echo "ACK $r"',
+    'done',
+    'echo "DONE $r"',
+  ].join('\n');
+
+test.before(async () => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
+  await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'upgrade-blk.c')], outFile: BLK030 });
+});
+
+function explain(r: BootResult, h: HostProcess): string {
+  return `exit=${r.exitCode} timedOut=${r.timedOut} qemu=${r.qemuExitCode} ${r.durationMs} ms\n--- console ---\n${r.output.slice(-5000)}\n` +
+    `--- qemu stderr ---\n${r.qemuStderr.slice(-3000)}\n--- host log ---\n${h.log().slice(-4000)}`;
+}
+
+const QEMU7 = { name: 'QEMU 7.2', binary: async () => 'qemu-system-x86_64', queues: 2 };
+const QEMU10 = { name: 'QEMU 10', binary: async () => (await ensureQemu10()).binary, queues: 1 };
+
+for (const qemu of [QEMU7, QEMU10]) {
+  guestTest(`${qemu.name} vhost-user-blk, ${qemu.queues} queue(s): the plugin upgraded 4 times with vhost-wasm upgrade under direct I/O at depth 8; no guest error, every round verifies`, async (t) => {
+    t.timeout(600_000);
+    const qemuBinary = await qemu.binary();
+    const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-qemu-upgrade-'));
+    const image = join(dir, 'disk.img');
+    const sock = join(dir, 'blk.sock');
+    writeFileSync(image, Buffer.alloc(0));
+    execFileSync('truncate', ['-s', String(8 * MiB), image]);
+    const h = await startHost(['--socket-path', sock, '--plugin', BLK, '--storage', image, ...(qemu.queues > 1 ? ['--queue-threads', '2'] : [])]);
+    let seen = '';
+    let chain: Promise<void> = Promise.resolve();
+    const started = new Set<number>();
+    const outcomes: { round: number; code: number | null; stderr: string; result?: MethodResults['plugin-upgrade']; guestDone: boolean }[] = [];
+    const onOutput = (c: string) => {
+      seen += c;
+      for (const [k, round] of UPGRADE_IN_ROUNDS.entries()) {
+        if (started.has(round) || !new RegExp(`ROUND ${round}\\n`).test(seen)) continue;
+        started.add(round);
+        chain = chain.then(async () => {
+          const r = await runCli(['upgrade', '--socket', sock, '--plugin', k % 2 === 0 ? BLK030 : BLK, '--json']);
+          outcomes.push({ round, code: r.code, stderr: r.stderr, guestDone: /DONE/.test(seen), ...(r.code === 0 ? { result: JSON.parse(r.stdout) as MethodResults['plugin-upgrade'] } : {}) });
+        });
+      }
+    };
+    let r: BootResult | undefined;
+    try {
+      r = await bootGuest({
+        timeoutMs: 400_000,
+        files: Object.fromEntries(PATTERNS.map((b, p) => [`guest/p${p}`, b])),
+        qemuBinary,
+        smp: qemu.queues,
+        qemuArgs: ['-chardev', `socket,id=d0,path=${sock}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${qemu.queues}`],
+        script: PATTERN_SCRIPT(ROUNDS),
+        onOutput,
+      });
+      await chain;
+      const out = r.scriptOutput;
+      t.is(r.exitCode, 0, explain(r, h));
+      t.regex(out, new RegExp(`DONE ${ROUNDS}`), explain(r, h));
+      t.notRegex(out, /^ERR /m, explain(r, h));
+      t.notRegex(out, /^BAD /m, explain(r, h));
+      t.notRegex(r.output, /I\/O error|is not a head|virtio.*(broken|error)|blk_update_request/i, explain(r, h));
+      t.is(outcomes.length, UPGRADE_IN_ROUNDS.length);
+      for (const [k, o] of outcomes.entries()) {
+        t.is(o.code, 0, `upgrade in round ${o.round}: ${o.stderr}`);
+        t.false(o.guestDone, `the upgrade in round ${o.round} ended after the guest's I/O: it proves nothing`);
+        t.like(o.result, { name: 'blk', frontEnd: true, fromVersion: k % 2 === 0 ? '0.2.0' : '0.3.0', toVersion: k % 2 === 0 ? '0.3.0' : '0.2.0' });
+        t.deepEqual(o.result!.rings, qemu.queues === 2 ? [0, 1] : [0], 'every ring the guest runs moved');
+      }
+      t.log(`rings stopped per upgrade (rounds ${outcomes.map((o) => o.round).join(', ')}): ${outcomes.map((o) => `${o.result?.stoppedMs.toFixed(1)} ms`).join(', ')}; guest ${ROUNDS} rounds in ${r.durationMs} ms`);
+    } finally {
+      await chain;
+      await h.stop();
+    }
+    const img = readFileSync(image);
+    for (let j = 0; j < SLOTS; j++) {
+      const got = img.subarray(SLOT_BASE + j * SLOT_BYTES, SLOT_BASE + (j + 1) * SLOT_BYTES);
+      t.is(md5(got), md5(PATTERNS[(ROUNDS + j) % PATTERNS.length]), `slot ${j} in the image`);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+}
