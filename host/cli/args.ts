@@ -37,6 +37,8 @@ export interface CliOptions {
   filesystem: FilesystemSpec | null;
   /** --control: the control socket's path (plugin upgrade), 'none' for no control socket, or null: beside --socket-path. */
   control: string | null;
+  /** --take-over: ask the host serving --socket-path for its device (host upgrade). */
+  takeOver: boolean;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
@@ -70,6 +72,13 @@ Where to listen (exactly one):
   --control PATH|none     the control socket (mode 0600, this uid and root only) that
                           \`vhost-wasm upgrade --socket PATH\` talks to; default: PATH.control
                           beside --socket-path (with --fd: none unless given)
+  --take-over             host upgrade: take the device over from the host already serving
+                          --socket-path (asked over its control socket): this process loads
+                          its device, is handed the listening socket (and a memory disk),
+                          serves, and the old host exits; the front-end reconnects to it
+                          (QEMU: reconnect=1 / reconnect-ms=) and its inflight area resubmits
+                          what was in flight. If this process fails, the old host serves on.
+                          Give the same device options as the old host's (docs/upgrade.md)
 
 The device:
   --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
@@ -281,6 +290,7 @@ export function parseCli(argv: string[]): CliOptions {
         'socket-path': { type: 'string' },
         fd: { type: 'string' },
         control: { type: 'string' },
+        'take-over': { type: 'boolean' },
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
         'log-level': { type: 'string' },
@@ -321,6 +331,7 @@ export function parseCli(argv: string[]): CliOptions {
     socketPath: v['socket-path'] ?? null,
     fd: v.fd === undefined ? null : parseIntStrict(v.fd, '--fd', 0),
     control: v.control ?? null,
+    takeOver: v['take-over'] ?? false,
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
@@ -357,5 +368,7 @@ export function parseCli(argv: string[]): CliOptions {
   if (opts.socketPath !== null && opts.fd !== null) throw new UsageError('--socket-path and --fd are exclusive: listen on one socket');
   if (opts.socketPath === null && opts.fd === null) throw new UsageError('nowhere to listen: give --socket-path PATH or --fd FD');
   if (opts.control === '') throw new UsageError('--control: empty (give a path, or none)');
+  if (opts.takeOver && opts.socketPath === null) throw new UsageError('--take-over takes the device of the host on --socket-path PATH: give --socket-path');
+  if (opts.takeOver && opts.control === 'none') throw new UsageError('--take-over asks the old host over its control socket: --control none cannot go with it');
   return opts;
 }

@@ -13,11 +13,14 @@ import { stopOnSignals } from '../server/shutdown.ts';
 import { DeviceWorker } from '../device/worker-client.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import { capabilitiesFor } from './capabilities.ts';
-import { createLogger, setLogFormat, setLogLevel } from '../log/logger.ts';
+import { createLogger, errorText, setLogFormat, setLogLevel } from '../log/logger.ts';
 import { describeError } from '../errors.ts';
 import { checkSharedDir, checkStorage } from './grant-checks.ts';
 import { ControlServer } from '../daemon/control-server.ts';
 import { controlPathFor, hostMethods } from '../server/host-control.ts';
+import { HANDOVER_DEADLINE_MS, HandoverRefused, receiveHandover, type HandoverFd, type HandoverHeader } from '../server/takeover.ts';
+import { request } from './ctl.ts';
+import { native } from '../native/index.ts';
 
 import { HOST_VERSION as VERSION } from '../version.ts';
 const log = createLogger('vhost-wasm');
@@ -55,35 +58,110 @@ async function printCapabilities(o: CliOptions): Promise<void> {
 
 async function serve(o: CliOptions): Promise<void> {
   const label = o.socketPath ?? `fd ${o.fd}`;
-  const host = await Host.start([
-    {
-      label,
-      listen: o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
-      source: deviceSource(o),
-      callDeadlineMs: o.callDeadlineMs,
-      queueThreads: o.queueThreads,
-      ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
-      session: {
-        stateReturnMemfd: o.stateReturnMemfd,
-        experimentalRfcStateShm: o.experimentalRfcStateShm,
-        statePipeBytes: o.statePipeBytes,
-      },
-    },
-  ]);
   const controlPath = o.control ?? (o.socketPath !== null ? controlPathFor(o.socketPath) : 'none');
+  // Host upgrade: the old host's sockets (and memory disk) come first; see host/server/takeover.ts.
+  const handover = o.takeOver ? await askForDevice(controlPath) : null;
+  const handed = handover?.received.fds ?? new Map<HandoverFd, number>();
+  // Handed-over fds nothing owns yet (closed here if the take-over fails). Their socket files
+  // are the old host's until it lets go: they are adopted (removed at our exit) only after that.
+  const loose = new Set(handed.values());
+  let host: Host | null = null;
   let control: ControlServer | null = null;
-  if (controlPath !== 'none') {
-    try {
-      control = ControlServer.open({ path: controlPath }, hostMethods(host));
-    } catch (e) {
-      // Asked for (or the default): a host that cannot be upgraded does not start half-managed.
-      await host.close();
-      throw e;
+  try {
+    if (handover) checkHandedDevice(o, handover.received.header, label);
+    const memoryDisk = handed.get('memory-disk');
+    let source = deviceSource(o);
+    if (memoryDisk !== undefined && source.kind === 'plugin') {
+      source = { ...source, options: { ...source.options, storage: { ...(source.options!.storage as object), fd: memoryDisk } } };
     }
+    const listenFd = handed.get('listen');
+    host = await Host.start([
+      {
+        label,
+        listen: listenFd !== undefined ? { fd: listenFd } : o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
+        source,
+        callDeadlineMs: o.callDeadlineMs,
+        queueThreads: o.queueThreads,
+        ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
+        session: {
+          stateReturnMemfd: o.stateReturnMemfd,
+          experimentalRfcStateShm: o.experimentalRfcStateShm,
+          statePipeBytes: o.statePipeBytes,
+        },
+      },
+    ]);
+    if (listenFd !== undefined) loose.delete(listenFd);
+    if (controlPath !== 'none') {
+      const running = host;
+      const hooks = { control: () => control, exitAfterHandover: () => exitAfterHandover(running, control) };
+      const controlFd = handed.get('control');
+      control = ControlServer.open(controlFd !== undefined ? { fd: controlFd } : { path: controlPath }, hostMethods(host, hooks));
+      if (controlFd !== undefined) loose.delete(controlFd);
+    }
+  } catch (e) {
+    // Asked for (or the default): a host that cannot be managed does not start half-way.
+    control?.close();
+    await host?.close();
+    for (const fd of loose) native.close(fd);
+    if (handover) {
+      // The old host serves on, and is told why not.
+      handover.received.answer(errorText(e));
+      await handover.outcome.catch(() => {});
+    }
+    throw e;
   }
   const info = host.devices[0].slot.info!;
+  if (handover) {
+    handover.received.answer(null);
+    const h = handover.received.header;
+    try {
+      await handover.outcome;
+    } catch (e) {
+      // We serve: the old host was told so and lets go whatever its answer says.
+      log.warn(`the old host's answer to the handover: ${errorText(e)}`);
+    }
+    // The socket files are ours now: removed when this host stops.
+    host.devices[0].listener.adoptPath(o.socketPath!);
+    control?.adoptPath(controlPath);
+    log.info(`took the device over from host ${h.hostVersion} (pid ${h.pid}); its front-end reconnects here`);
+  }
   log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}${control ? `; control socket ${controlPath}` : ''}`);
   stopOnSignals(host, log, undefined, () => control?.close());
+}
+
+/** --take-over: the host on the control socket hands its device over (takeover.ts). */
+async function askForDevice(controlPath: string) {
+  return receiveHandover(async (to) => {
+    const r = await request(controlPath, 'host-handover', { to }, HANDOVER_DEADLINE_MS + 10_000);
+    if ('error' in r) throw new HandoverRefused(`the host on ${controlPath} refused the handover: ${r.error.message}`);
+    return r.result;
+  });
+}
+
+/** The device handed over must be the one this command line describes: same socket, memory disk or not. */
+function checkHandedDevice(o: CliOptions, h: HandoverHeader, label: string): void {
+  if (h.label !== label) throw new HandoverRefused(`the old host serves ${h.label}, not ${label}`);
+  const mem = o.storage?.kind === 'memory' ? o.storage.size : null;
+  const theirs = h.memoryDiskBytes ?? null;
+  if (mem !== theirs) {
+    throw new HandoverRefused(
+      theirs === null
+        ? `this command line asks for --storage memory:${mem}, but the old host's disk is not a memory disk: give its --storage`
+        : `the old host's disk is a ${theirs}-byte memory disk: give --storage memory:${theirs} (a memory disk's bytes move with it; another disk would lose them)`,
+    );
+  }
+}
+
+/** The old host after a handover: its sockets are the new host's (kept), its device is let go, it exits. */
+function exitAfterHandover(host: Host, control: ControlServer | null): void {
+  control?.close(true);
+  host.close().then(
+    () => process.exit(0),
+    (e) => {
+      log.error(`closing after the handover: ${errorText(e)}`);
+      process.exit(1);
+    },
+  );
 }
 
 async function main(): Promise<number> {

@@ -23,7 +23,10 @@ export const MAX_CONTROL_CONNECTIONS = 16;
 
 /** Runs one method (throws RpcError to refuse it); `quiet` methods are not logged when done. */
 export interface ControlMethods {
-  call(method: string, params: Record<string, unknown>): Promise<unknown>;
+  /** `peer`: who asked (SO_PEERCRED at connect). */
+  call(method: string, params: Record<string, unknown>, peer: { pid: number; uid: number }): Promise<unknown>;
+  /** Runs once the answer to a successful `method` was written (the host's handover exits there). */
+  afterAnswer?(method: string): void;
   quiet?: ReadonlySet<string>;
   /** Who is managed, for messages: "this daemon", "this host". */
   owner: string;
@@ -45,8 +48,9 @@ export class ControlServer {
   private readonly allowed: ReadonlySet<number>;
 
   private constructor(
-    private readonly fd: number,
-    private readonly ownedPath: string | null,
+    /** The listening socket (a host handover passes it on). */
+    readonly fd: number,
+    private ownedPath: string | null,
     private readonly methods: ControlMethods,
   ) {
     this.allowed = new Set([process.getuid!(), 0]);
@@ -117,11 +121,11 @@ export class ControlServer {
     this.connections.add(socket);
     socket.on('close', () => this.connections.delete(socket));
     socket.on('error', (e) => log.debug(`control connection: ${errorText(e)}`));
-    void this.serve(socket, `pid ${cred.pid}`);
+    void this.serve(socket, cred);
   }
 
   /** Requests on one connection, answered in order. */
-  private async serve(socket: Socket, peer: string): Promise<void> {
+  private async serve(socket: Socket, cred: { pid: number; uid: number }): Promise<void> {
     socket.setEncoding('utf8');
     let buffered = '';
     const lines: string[] = [];
@@ -159,30 +163,40 @@ export class ControlServer {
         continue;
       }
       if (line.trim() === '') continue;
-      const response = await this.handle(line, peer);
-      if (response && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n');
+      const { response, method } = await this.handle(line, cred);
+      const after = method !== null && this.methods.afterAnswer ? () => this.methods.afterAnswer!(method) : null;
+      if (response && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n', () => after?.());
+      else after?.();
     }
     if (!socket.destroyed) socket.end();
   }
 
-  private async handle(line: string, peer: string): Promise<RpcResponse | null> {
+  /** The answer (null for a notification) and, when the method succeeded, its name. */
+  private async handle(line: string, cred: { pid: number; uid: number }): Promise<{ response: RpcResponse | null; method: string | null }> {
     const req = parseRequest(line);
-    if ('error' in req) return { jsonrpc: JSONRPC, id: req.id, error: req.error };
+    if ('error' in req) return { response: { jsonrpc: JSONRPC, id: req.id, error: req.error }, method: null };
     const id = req.id ?? null;
     const notification = req.id === undefined;
+    const peer = `pid ${cred.pid}`;
     try {
-      const result = await this.methods.call(req.method, req.params ?? {});
+      const result = await this.methods.call(req.method, req.params ?? {}, cred);
       if (!this.methods.quiet?.has(req.method)) log.info(`${req.method} from ${peer}: done`);
-      return notification ? null : { jsonrpc: JSONRPC, id, result };
+      return { response: notification ? null : { jsonrpc: JSONRPC, id, result }, method: req.method };
     } catch (e) {
       const err = e instanceof RpcError ? e : new RpcError(RpcCode.internalError, errorText(e));
       log.warn(`${req.method} from ${peer} refused: ${err.message}`);
-      return notification ? null : errorResponse(id, err.rpcCode, err.message, err.data);
+      return { response: notification ? null : errorResponse(id, err.rpcCode, err.message, err.data), method: null };
     }
   }
 
-  /** Stops accepting, closes every connection, removes the socket file. */
-  close(): void {
+  /** The socket file is this server's to remove from now on (one handed over by another host). */
+  adoptPath(path: string): void {
+    this.ownedPath = path;
+  }
+
+  /** Stops accepting, closes every connection, removes the socket file (`keepPath`: another host serves it now). */
+  close(keepPath = false): void {
+    if (keepPath) this.ownedPath = null;
     if (this.closed) return;
     this.closed = true;
     this.watcher.close();

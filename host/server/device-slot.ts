@@ -132,6 +132,13 @@ export class DeviceSlot {
     }
   }
 
+  /** The memory disk (--storage memory:SIZE) this slot made: its memfd and size, for a host handover. */
+  get memoryDiskFd(): { fd: number; size: number } | null {
+    if (this.memoryDisk === null) return null;
+    const st = this.source.kind === 'plugin' ? this.source.options?.storage : undefined;
+    return isStorageSpec(st) && st.kind === 'memory' ? { fd: this.memoryDisk, size: st.size } : null;
+  }
+
   /** The worker serving now, if it runs (an idle upgrade replaces it). */
   get current(): DeviceWorker | null {
     return this.worker && !this.worker.dead ? this.worker : null;

@@ -1,40 +1,117 @@
 // The single-device host's control socket (`vhost-wasm --socket-path S ...` opens it at
 // S.control unless --control says otherwise): the daemon's management socket
 // (host/daemon/control-server.ts: mode 0600, SO_PEERCRED, JSON-RPC one message per line) with
-// the one method such a host has, plugin-upgrade, run by the same code as the daemon's
-// (Listener.upgrade -> host/server/plugin-upgrade.ts). `vhost-wasm upgrade --socket S` is its client.
+// the methods such a host has:
+// - plugin-upgrade, run by the same code as the daemon's (Listener.upgrade ->
+//   host/server/plugin-upgrade.ts); `vhost-wasm upgrade --socket S` is its client;
+// - host-handover, asked by a new host process started with --take-over (takeover.ts): this
+//   host hands it the device's sockets and exits once the new one serves.
+// One of them at a time: a second while one runs is refused.
 
 import type { Host } from './index.ts';
-import type { ControlMethods } from '../daemon/control-server.ts';
+import { isAbsolute } from 'node:path';
+import type { ControlMethods, ControlServer } from '../daemon/control-server.ts';
 import { RpcCode, RpcError } from '../daemon/jsonrpc.ts';
 import { failed, only, pluginParam, type MethodResults } from '../daemon/methods.ts';
+import { sendHandover, type HandoverSource } from './takeover.ts';
+import { HOST_VERSION } from '../version.ts';
+import { createLogger } from '../log/logger.ts';
 
 /** Where the host's control socket is when only its device socket is known. */
 export function controlPathFor(socketPath: string): string {
   return `${socketPath}.control`;
 }
 
-export const HOST_METHODS = ['plugin-upgrade'] as const;
+export const HOST_METHODS = ['plugin-upgrade', 'host-handover'] as const;
 
-export function hostMethods(host: Host): ControlMethods {
+/** host-handover's answer: the old host is letting go. */
+export interface HandoverResult {
+  id: string;
+  /** The old host (this one, about to exit) and the new one. */
+  fromPid: number;
+  toPid: number;
+  fromVersion: string;
+}
+
+export interface HostControlHooks {
+  /** The control server itself (its listening socket is handed over too). */
+  control(): ControlServer | null;
+  /** After a handover was answered: close what is left (keeping the socket files) and exit. */
+  exitAfterHandover(): void;
+}
+
+export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods {
+  const log = createLogger('control');
+  let running: string | null = null;
+  let handedOver = false;
+  const exclusive = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    if (handedOver) throw failed(new Error('this host has handed its device over to another process and is exiting'));
+    if (running !== null) throw failed(new Error(`an upgrade is already running (${running}); wait for its answer`));
+    running = what;
+    try {
+      return await fn();
+    } finally {
+      running = null;
+    }
+  };
   return {
     owner: 'this host',
     rival: 'another host',
-    async call(method, params) {
-      if (method !== 'plugin-upgrade') throw new RpcError(RpcCode.methodNotFound, `no method "${method}" (a single-device host has: ${HOST_METHODS.join(', ')})`);
-      // id is optional: the host has one device, named by its socket.
-      only(params, ['plugin', 'id']);
-      const plugin = pluginParam(params);
+    async call(method, params, peer) {
       const d = host.devices[0];
-      if (params.id !== undefined && params.id !== d.config.label) {
-        throw new RpcError(RpcCode.invalidParams, `params.id: this host serves ${d.config.label} only`, { field: 'params.id' });
+      if (method === 'plugin-upgrade') {
+        // id is optional: the host has one device, named by its socket.
+        only(params, ['plugin', 'id']);
+        const plugin = pluginParam(params);
+        if (params.id !== undefined && params.id !== d.config.label) {
+          throw new RpcError(RpcCode.invalidParams, `params.id: this host serves ${d.config.label} only`, { field: 'params.id' });
+        }
+        if (d.config.source.kind !== 'plugin') throw failed(new Error('the device runs a module, not a plugin: nothing to upgrade'));
+        return exclusive('plugin upgrade', async () => {
+          try {
+            return { id: d.config.label, plugin, ...(await d.listener.upgrade(plugin)) } satisfies MethodResults['plugin-upgrade'];
+          } catch (e) {
+            throw failed(e);
+          }
+        });
       }
-      if (d.config.source.kind !== 'plugin') throw failed(new Error('the device runs a module, not a plugin: nothing to upgrade'));
-      try {
-        return { id: d.config.label, plugin, ...(await d.listener.upgrade(plugin)) } satisfies MethodResults['plugin-upgrade'];
-      } catch (e) {
-        throw failed(e);
+      if (method === 'host-handover') {
+        only(params, ['to']);
+        const to = params.to;
+        if (typeof to !== 'string' || !isAbsolute(to)) {
+          throw new RpcError(RpcCode.invalidParams, 'params.to: missing or not an absolute path (the new host\'s handover socket)', { field: 'params.to' });
+        }
+        return exclusive('host handover', async () => {
+          const control = hooks.control();
+          const disk = d.slot.memoryDiskFd;
+          const src: HandoverSource = {
+            header: { pid: process.pid, hostVersion: HOST_VERSION, label: d.config.label, ...(disk ? { memoryDiskBytes: disk.size } : {}) },
+            fds: [
+              { kind: 'listen', fd: d.listener.fd },
+              ...(control ? [{ kind: 'control' as const, fd: control.fd }] : []),
+              ...(disk ? [{ kind: 'memory-disk' as const, fd: disk.fd }] : []),
+            ],
+          };
+          // A front-end connecting meanwhile waits in the backlog for whichever host serves.
+          d.listener.holdAccepting(true);
+          try {
+            log.info(`host-handover: handing the device to pid ${peer.pid}`);
+            await sendHandover(to, peer.pid, src);
+          } catch (e) {
+            d.listener.holdAccepting(false);
+            throw failed(e);
+          }
+          handedOver = true;
+          // The new host accepts on the socket: our front-end reconnects to it.
+          await d.listener.handOff(`handed over to the new host (pid ${peer.pid})`);
+          log.info(`host-handover: pid ${peer.pid} serves the device now; this host exits`);
+          return { id: d.config.label, fromPid: process.pid, toPid: peer.pid, fromVersion: HOST_VERSION } satisfies HandoverResult;
+        });
       }
+      throw new RpcError(RpcCode.methodNotFound, `no method "${method}" (a single-device host has: ${HOST_METHODS.join(', ')})`);
+    },
+    afterAnswer(method) {
+      if (method === 'host-handover' && handedOver) hooks.exitAfterHandover();
     },
   };
 }

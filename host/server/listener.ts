@@ -54,12 +54,13 @@ export type ListenAddress = { path: string } | { fd: number };
 
 
 export class Listener {
-  private readonly fd: number;
+  /** The listening socket (a host handover passes it on). */
+  readonly fd: number;
   private watching: Watcher | null = null;
   private session: BackendSession | null = null;
   private closing = false;
   private readonly log: Logger;
-  private readonly ownedPath: string | null;
+  private ownedPath: string | null;
   private idleWaiters: (() => void)[] = [];
   /** Accepted connections waiting for the device, oldest first. */
   private readonly waiting: number[] = [];
@@ -237,6 +238,26 @@ export class Listener {
   upgrade(pluginPath: string): Promise<UpgradeOutcome> {
     if (this.closing) return Promise.reject(new Error(`device ${this.slot.opts.label}: it is being removed`));
     return upgradePlugin(this.slot, () => this.session, this.session === null && !this.starting, pluginPath);
+  }
+
+  /** The socket file is this listener's to remove from now on (a socket handed over by another host, once that one let go). */
+  adoptPath(path: string): void {
+    this.ownedPath = path;
+  }
+
+  /** A host handover: no connection is accepted while the new host is handed the socket (they wait in the backlog). */
+  holdAccepting(hold: boolean): void {
+    if (hold) this.pauseAccepting();
+    else this.resumeAccepting();
+  }
+
+  /**
+   * The new host accepts on this socket now: stop accepting, close this process's copy without
+   * removing the file, and end the session (its front-end reconnects, to the new host).
+   */
+  handOff(reason: string): Promise<void> {
+    this.ownedPath = null;
+    return this.close(reason);
   }
 
   /** Resolves when no session is active (tests, shutdown). */
