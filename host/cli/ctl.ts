@@ -66,7 +66,8 @@ class CtlUsageError extends UsageError {
 }
 
 /** Sends one request, resolves with the one response line, parsed. */
-export function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<RpcResponse> {
+/** `who` names the server in messages (the daemon, the host). */
+export function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000, who = 'the daemon'): Promise<RpcResponse> {
   return new Promise((resolve, reject) => {
     const sock = createConnection(path);
     let buf = '';
@@ -85,16 +86,16 @@ export function request(path: string, method: string, params: Record<string, unk
       try {
         resolve(JSON.parse(buf.slice(0, nl)) as RpcResponse);
       } catch (e) {
-        reject(new Error(`the daemon answered something that is not JSON: ${(e as Error).message}`));
+        reject(new Error(`${who} answered something that is not JSON: ${(e as Error).message}`));
       }
     });
     sock.on('error', (e) => {
       clearTimeout(timer);
-      reject(new Error(`cannot reach the daemon at ${path}: ${e.message}`));
+      reject(new Error(`cannot reach ${who} at ${path}: ${e.message}`));
     });
     sock.on('end', () => {
       clearTimeout(timer);
-      if (!buf.includes('\n')) reject(new Error(`the daemon at ${path} closed the connection without answering`));
+      if (!buf.includes('\n')) reject(new Error(`${who} at ${path} closed the connection without answering`));
     });
   });
 }

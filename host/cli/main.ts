@@ -132,7 +132,7 @@ async function serve(o: CliOptions): Promise<void> {
 /** --take-over: the host on the control socket hands its device over (takeover.ts). */
 async function askForDevice(controlPath: string) {
   return receiveHandover(async (to) => {
-    const r = await request(controlPath, 'host-handover', { to }, HANDOVER_DEADLINE_MS + 10_000);
+    const r = await request(controlPath, 'host-handover', { to }, HANDOVER_DEADLINE_MS + 10_000, 'the old host');
     if ('error' in r) throw new HandoverRefused(`the host on ${controlPath} refused the handover: ${r.error.message}`);
     return r.result;
   });

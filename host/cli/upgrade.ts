@@ -53,9 +53,9 @@ export async function runUpgrade(argv: string[]): Promise<number> {
   let response;
   try {
     // A large plugin compiles before anything stops: give it time.
-    response = await request(path, 'plugin-upgrade', { plugin }, 120_000);
+    response = await request(path, 'plugin-upgrade', { plugin }, 120_000, 'the host');
   } catch (e) {
-    process.stderr.write(`vhost-wasm upgrade: ${(e as Error).message.replace('the daemon', 'the host')}\n`);
+    process.stderr.write(`vhost-wasm upgrade: ${(e as Error).message}\n`);
     return 3;
   }
   if ('error' in response) {

@@ -1,0 +1,179 @@
+// Host upgrade (docs/upgrade.md, "Host upgrade"): `vhost-wasm --socket-path S ... --take-over`
+// started beside a running host takes its device over. Real processes on both sides, a real
+// front-end (host/frontend) with an inflight area doing I/O with requests in flight throughout,
+// which reconnects as QEMU does when the old host lets its connection go. Also: a new host that
+// cannot serve (refused, or its plugin does not load) and one that dies in the middle of the
+// handover leave the old host serving, its front-end never interrupted.
+import test from 'ava';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
+import { native } from '../host/native/index.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
+
+const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
+const feOpts = { memoryBytes: 16 << 20, queues: [64], features: blkFeatures, inflight: true };
+
+let dir: string;
+let sock: string;
+const hosts: HostProcess[] = [];
+test.beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'host-takeover-'));
+  sock = join(dir, 'disk.sock');
+});
+test.afterEach.always(async () => {
+  for (const h of hosts.splice(0)) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const args = (extra: string[] = []) => ['--socket-path', sock, '--plugin', blk, '--storage', 'memory:4M', '--call-deadline', '10000', ...extra];
+async function host(extra: string[] = []): Promise<HostProcess> {
+  const h = await startHost(args(extra));
+  hosts.push(h);
+  return h;
+}
+const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
+
+function pattern(block: number, round: number): Uint8Array {
+  return new Uint8Array(4096).map((_, i) => (i * 7 + block * 13 + round * 29) & 0xff);
+}
+
+/** 4 KiB writes read back, `depth` in flight, until stop(); every block's last round in `last`. */
+async function ioLoop(disk: BlkDevice, last: Map<number, number>, stop: () => boolean, depth = 4): Promise<number> {
+  let round = 0;
+  for (; round < 2 || !stop(); round++) {
+    await Promise.all(
+      Array.from({ length: depth }, async (_, k) => {
+        const block = (round * depth + k) % 64;
+        await disk.write(block * 8, pattern(block, round));
+        last.set(block, round);
+        const back = await disk.read(block * 8, 4096);
+        if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
+      }),
+    );
+  }
+  return round;
+}
+
+async function verifyAll(disk: BlkDevice, last: Map<number, number>): Promise<void> {
+  for (const [block, round] of last) {
+    const back = await disk.read(block * 8, 4096);
+    if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block}: not what round ${round} wrote`);
+  }
+}
+
+test.serial('--take-over: the new host serves the device (memory disk included), the front-end reconnects with requests in flight and loses nothing; the old host exits 0', async (t) => {
+  const old = await host();
+  const fe = await VhostUserFrontend.connect(sock, feOpts);
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop(disk, last, () => true);
+  // As QEMU's reconnect: when the connection goes, connect again (to whoever listens now).
+  let reconnects = 0;
+  const reconnected = fe.conn.closed.then(async () => {
+    reconnects++;
+    await fe.reconnect(sock);
+  });
+  let stop = false;
+  const io = ioLoop(disk, last, () => stop);
+  const fresh = await host(['--take-over']);
+  t.is(await exitOf(old), 0, old.log());
+  await reconnected;
+  stop = true;
+  const rounds = await io;
+  t.true(rounds >= 2);
+  t.is(reconnects, 1);
+  await verifyAll(disk, last);
+  t.regex(old.log(), /host-handover: pid \d+ serves the device now; this host exits/);
+  t.regex(fresh.log(), /took the device over from host [\d.]+ \(pid \d+\); its front-end reconnects here/);
+  t.regex(fresh.log(), /inflight area set: 1 queue/, 'the front-end handed the new host its inflight area');
+  t.true(existsSync(sock) && existsSync(`${sock}.control`), 'the socket files stay, the new host\'s now');
+  // The new host is managed on the same control socket.
+  const up = await runCli(['upgrade', '--socket', sock, '--plugin', blk, '--json']);
+  t.is(up.code, 0, up.stderr);
+  await verifyAll(disk, last);
+  await fe.close();
+  // And it removes the files when it stops.
+  t.is(await fresh.stop(), 0);
+  t.false(existsSync(sock));
+  t.false(existsSync(`${sock}.control`));
+});
+
+test.serial("a new host that cannot serve (another memory disk size; a plugin that does not load) is refused; the old host serves on, its front-end's I/O goes on throughout", async (t) => {
+  const old = await host();
+  const fe = await VhostUserFrontend.connect(sock, feOpts);
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  let stop = false;
+  const io = ioLoop(disk, last, () => stop);
+  const bigger = await runCli(['--socket-path', sock, '--plugin', blk, '--storage', 'memory:8M', '--take-over']);
+  t.is(bigger.code, 1);
+  t.regex(bigger.stderr, /the old host's disk is a 4194304-byte memory disk: give --storage memory:4194304/);
+  const broken = await runCli(['--socket-path', sock, '--plugin', join(dir, 'missing.wasm'), '--storage', 'memory:4M', '--take-over']);
+  t.is(broken.code, 1);
+  stop = true;
+  await io;
+  t.regex(old.log(), /host-handover from pid \d+ refused: the new host did not take the device: .*memory disk/);
+  t.regex(old.log(), /host-handover from pid \d+ refused: the new host did not take the device/);
+  t.is(old.child.exitCode, null, 'the old host runs');
+  await verifyAll(disk, last);
+  // It still accepts (a second front-end waits behind the first, as always) and is managed.
+  const up = await runCli(['upgrade', '--socket', sock, '--plugin', blk, '--json']);
+  t.is(up.code, 0, up.stderr);
+  await fe.close();
+  const fe2 = await VhostUserFrontend.connect(sock, feOpts);
+  await verifyAll(new BlkDevice(fe2.queues[0]), last);
+  await fe2.close();
+});
+
+test.serial('a new host that dies in the middle of the handover (it got the sockets and never said it serves) leaves the old host serving; a later take-over works', async (t) => {
+  const old = await host();
+  const fe = await VhostUserFrontend.connect(sock, feOpts);
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  let stop = false;
+  const io = ioLoop(disk, last, () => stop);
+  // This test process plays the new host: it asks, receives the fds, and goes away as a
+  // crashed process does (the kernel closes its fds; it never answers).
+  const to = join(dir, 'fake-new-host.sock');
+  const lfd = native.listenUnix(to, 1);
+  const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to } });
+  const answer = rawRpc(`${sock}.control`, [ask], 1);
+  let conn = -1;
+  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+  let got = null;
+  while ((got = native.recvMsg(conn, Buffer.alloc(4096), 4)) === null) await new Promise((r) => setTimeout(r, 10));
+  t.true(got.bytes > 0);
+  t.is(got.fds.length, 3, 'listening socket, control socket, memory disk');
+  for (const fd of got.fds) native.close(fd);
+  native.close(conn);
+  native.close(lfd);
+  const [a] = (await answer) as { error?: { message: string } }[];
+  t.regex(a.error!.message, /the new host went away before it served the device/);
+  stop = true;
+  await io;
+  await verifyAll(disk, last);
+  t.is(old.child.exitCode, null);
+
+  // The old host accepts again: a real take-over now goes through, and the data moves with it.
+  const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
+  const fresh = await host(['--take-over']);
+  t.is(await exitOf(old), 0);
+  await reconnected;
+  await verifyAll(disk, last);
+  t.regex(fresh.log(), /took the device over/);
+  await fe.close();
+});
+
+test.serial('--take-over with nothing to take over: the command says why and exits 1', async (t) => {
+  const r = await runCli([...args(['--take-over'])]);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /cannot reach the old host at .*disk\.sock\.control/);
+  const u = await runCli(['--fd', '3', '--plugin', blk, '--take-over']);
+  t.is(u.code, 2);
+  t.regex(u.stderr, /--take-over takes the device of the host on --socket-path PATH/);
+});
