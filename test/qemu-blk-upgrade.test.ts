@@ -32,10 +32,20 @@ const ROUNDS = 40;
 const UPGRADE_IN_ROUNDS = [3, 10, 17, 24];
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 
-/** Rounds of eight parallel direct-I/O writes, then eight parallel reads checked against the pattern. */
-export const PATTERN_SCRIPT = (rounds: number) =>
+/** A 4 KiB block written again and again, one direct write at a time, "T n" after each (ticker). */
+const TICK_BLOCK = (4 * MiB) / (4 * KiB);
+
+/**
+ * Rounds of eight parallel direct-I/O writes, then eight parallel reads checked against the
+ * pattern. With `ticker`, a loop of single direct writes runs beside them, printing "T n" after
+ * each: the gaps between ticks are the guest-visible pauses.
+ */
+const PATTERN_SCRIPT = (rounds: number, ticker = false) =>
   [
     ...PATTERNS.map((_, p) => `m${p}=$(md5sum < /guest/p${p} | cut -d' ' -f1)`),
+    ...(ticker
+      ? [`( i=0; while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/dev/vda bs=4k seek=${TICK_BLOCK} count=1 oflag=direct 2>/dev/null || echo "ERR tick $i"; echo "T $i"; i=$((i+1)); done ) &`, 'ticker=$!']
+      : []),
     'r=0',
     `while [ $r -lt ${rounds} ]; do`,
     '  r=$((r+1))',
@@ -44,19 +54,22 @@ export const PATTERN_SCRIPT = (rounds: number) =>
     `  while [ $j -lt ${SLOTS} ]; do`,
     `    p=$(( (r + j) % ${PATTERNS.length} ))`,
     `    ( dd if=/guest/p$p of=/dev/vda bs=16k seek=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 oflag=direct 2>/tmp/werr$j || echo "ERR $r write $j $(cat /tmp/werr$j)" ) &`,
+    '    pids="$pids $!"',
     '    j=$((j+1))',
     '  done',
-    '  wait',
+    '  wait $pids; pids=',
     '  j=0',
     `  while [ $j -lt ${SLOTS} ]; do`,
     `    p=$(( (r + j) % ${PATTERNS.length} ))`,
     '    eval want=\\$m$p',
     `    ( got=$(dd if=/dev/vda bs=16k skip=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1); [ "$got" = "$want" ] || echo "BAD $r $j" ) &`,
+    '    pids="$pids $!"',
     '    j=$((j+1))',
     '  done',
-    '  wait',
+    '  wait $pids; pids=',
     '  echo "ACK $r"',
     'done',
+    ...(ticker ? ['touch /tmp/stop', 'wait $ticker'] : []),
     'echo "DONE $r"',
   ].join('\n');
 
@@ -132,6 +145,108 @@ for (const qemu of [QEMU7, QEMU10]) {
     for (let j = 0; j < SLOTS; j++) {
       const got = img.subarray(SLOT_BASE + j * SLOT_BYTES, SLOT_BASE + (j + 1) * SLOT_BYTES);
       t.is(md5(got), md5(PATTERNS[(ROUNDS + j) % PATTERNS.length]), `slot ${j} in the image`);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+}
+
+// Host upgrade (docs/upgrade.md, "Host upgrade"): a new host process started with --take-over
+// three times during the guest's rounds; each time the old host hands over its sockets and
+// closes the connection, QEMU reconnects to the new host and gives it the inflight area. The
+// ticker's gaps measure what the guest sees: the longest gap around each take-over, against
+// the median gap of the run (docs/BENCHMARKS.md, "Host upgrade").
+const TAKEOVER_ROUNDS = 30;
+const TAKEOVER_IN_ROUNDS = [3, 12, 21];
+const QEMU7_RECONNECT = { ...QEMU7, reconnect: 'reconnect=1' };
+const QEMU10_RECONNECT = { ...QEMU10, reconnect: 'reconnect-ms=100' };
+
+for (const qemu of [QEMU7_RECONNECT, QEMU10_RECONNECT]) {
+  guestTest(`${qemu.name} vhost-user-blk, ${qemu.queues} queue(s), ${qemu.reconnect}: the host taken over 3 times (--take-over) under direct I/O; no guest error, every round verifies; the guest-visible pause is measured`, async (t) => {
+    t.timeout(600_000);
+    const qemuBinary = await qemu.binary();
+    const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-qemu-takeover-'));
+    const image = join(dir, 'disk.img');
+    const sock = join(dir, 'blk.sock');
+    writeFileSync(image, Buffer.alloc(0));
+    execFileSync('truncate', ['-s', String(8 * MiB), image]);
+    const hostArgs = ['--socket-path', sock, '--plugin', BLK, '--storage', image, ...(qemu.queues > 1 ? ['--queue-threads', '2'] : [])];
+    const hosts: HostProcess[] = [await startHost(hostArgs)];
+    let seen = '';
+    let partial = '';
+    const ticks: number[] = [];
+    let chain: Promise<void> = Promise.resolve();
+    const started = new Set<number>();
+    const windows: { round: number; from: number; to: number; guestDone: boolean; oldExit: number | null }[] = [];
+    const takeOver = async (round: number) => {
+      const from = performance.now();
+      const old = hosts[hosts.length - 1];
+      const oldExit = new Promise<number | null>((resolve) => (old.child.exitCode !== null ? resolve(old.child.exitCode) : old.child.once('exit', (c) => resolve(c))));
+      const fresh = await startHost([...hostArgs, '--take-over']);
+      hosts.push(fresh);
+      // Served once QEMU is connected again and the rings run on the new host.
+      await fresh.waitForLog(/front-end connected/, 60_000);
+      windows.push({ round, from, to: performance.now(), guestDone: /DONE/.test(seen), oldExit: await oldExit });
+    };
+    const onOutput = (c: string) => {
+      seen += c;
+      partial += c;
+      const lines = partial.split('\n');
+      partial = lines.pop()!;
+      const now = performance.now();
+      for (const l of lines) if (/^T \d+\r?$/.test(l)) ticks.push(now);
+      for (const round of TAKEOVER_IN_ROUNDS) {
+        if (started.has(round) || !new RegExp(`ROUND ${round}\\n`).test(seen)) continue;
+        started.add(round);
+        chain = chain.then(() => takeOver(round));
+      }
+    };
+    let r: BootResult | undefined;
+    try {
+      r = await bootGuest({
+        timeoutMs: 400_000,
+        files: Object.fromEntries(PATTERNS.map((b, p) => [`guest/p${p}`, b])),
+        qemuBinary,
+        smp: qemu.queues,
+        qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${qemu.queues}`],
+        script: PATTERN_SCRIPT(TAKEOVER_ROUNDS, true),
+        onOutput,
+      });
+      await chain;
+      const last = hosts[hosts.length - 1];
+      const out = r.scriptOutput;
+      const why = explain(r, last) + hosts.slice(0, -1).map((h, i) => `\n--- host ${i} ---\n${h.log().slice(-2000)}`).join('');
+      t.is(r.exitCode, 0, why);
+      t.regex(out, new RegExp(`DONE ${TAKEOVER_ROUNDS}`), why);
+      t.notRegex(out, /^ERR /m, why);
+      t.notRegex(out, /^BAD /m, why);
+      t.notRegex(r.output, /I\/O error|is not a head|virtio.*(broken|error)|blk_update_request/i, why);
+      t.is(windows.length, TAKEOVER_IN_ROUNDS.length);
+      t.is(hosts.length, TAKEOVER_IN_ROUNDS.length + 1);
+      for (const w of windows) {
+        t.false(w.guestDone, `the take-over in round ${w.round} ended after the guest's I/O`);
+        t.is(w.oldExit, 0, `the old host of round ${w.round} exited cleanly`);
+      }
+      for (const h of hosts.slice(1)) {
+        t.regex(h.log(), /took the device over/);
+        t.regex(h.log(), new RegExp(`inflight area set: ${qemu.queues} queue`), 'QEMU handed the new host its inflight area');
+      }
+      // The guest-visible pause: the longest gap between two ticks around each take-over.
+      const gaps = ticks.slice(1).map((x, i) => ({ at: x, gap: x - ticks[i] }));
+      const median = [...gaps].map((g) => g.gap).sort((a, b) => a - b)[Math.floor(gaps.length / 2)];
+      const pauses = windows.map((w) => Math.max(...gaps.filter((g) => g.at >= w.from && g.at - g.gap <= w.to + 2000).map((g) => g.gap)));
+      t.true(ticks.length > 20, `the ticker ran (${ticks.length} ticks)`);
+      t.log(
+        `${qemu.name} ${qemu.reconnect}: ${ticks.length} ticks, median gap ${median.toFixed(0)} ms; longest gap around each take-over: ${pauses.map((p) => `${p.toFixed(0)} ms`).join(', ')}; ` +
+          `take-over command to the new host serving QEMU: ${windows.map((w) => `${(w.to - w.from).toFixed(0)} ms`).join(', ')}`,
+      );
+    } finally {
+      await chain;
+      for (const h of hosts) if (h.child.exitCode === null) await h.stop();
+    }
+    const img = readFileSync(image);
+    for (let j = 0; j < SLOTS; j++) {
+      const got = img.subarray(SLOT_BASE + j * SLOT_BYTES, SLOT_BASE + (j + 1) * SLOT_BYTES);
+      t.is(md5(got), md5(PATTERNS[(TAKEOVER_ROUNDS + j) % PATTERNS.length]), `slot ${j} in the image`);
     }
     rmSync(dir, { recursive: true, force: true });
   });
