@@ -58,7 +58,7 @@ async function printCapabilities(o: CliOptions): Promise<void> {
 
 async function serve(o: CliOptions): Promise<void> {
   const label = o.socketPath ?? `fd ${o.fd}`;
-  const controlPath = o.control ?? (o.socketPath !== null ? controlPathFor(o.socketPath) : 'none');
+  const controlPath = defaultControlPath(o);
   // Host upgrade: the old host's sockets (and memory disk) come first; see host/server/takeover.ts.
   const handover = o.takeOver ? await askForDevice(controlPath) : null;
   const handed = handover?.received.fds ?? new Map<HandoverFd, number>();
@@ -128,6 +128,20 @@ async function serve(o: CliOptions): Promise<void> {
   log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}${control ? `; control socket ${controlPath}` : ''}`);
   stopOnSignals(host, log, undefined, () => control?.close());
 }
+
+/** --control, or S.control beside --socket-path S (none with --fd, or when S.control would be too long a socket path). */
+function defaultControlPath(o: CliOptions): string {
+  if (o.control !== null) return o.control;
+  if (o.socketPath === null) return 'none';
+  const p = controlPathFor(o.socketPath);
+  if (Buffer.byteLength(p) < UNIX_PATH_MAX) return p;
+  if (o.takeOver) throw new UsageError(`--take-over: the old host's control socket ${p} would be longer than a Unix socket path may be: give --control PATH (the one it was started with)`);
+  log.warn(`no control socket (vhost-wasm upgrade cannot reach this host): ${p} is longer than a Unix socket path may be (${UNIX_PATH_MAX - 1} bytes); give --control PATH`);
+  return 'none';
+}
+
+/** sun_path's size on Linux, its terminating NUL included. */
+const UNIX_PATH_MAX = 108;
 
 /** --take-over: the host on the control socket hands its device over (takeover.ts). */
 async function askForDevice(controlPath: string) {
