@@ -5,6 +5,7 @@
 // cannot serve (refused, or its plugin does not load) and one that dies in the middle of the
 // handover leave the old host serving, its front-end never interrupted.
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -176,4 +177,35 @@ test.serial('--take-over with nothing to take over: the command says why and exi
   const u = await runCli(['--fd', '3', '--plugin', blk, '--take-over']);
   t.is(u.code, 2);
   t.regex(u.stderr, /--take-over takes the device of the host on --socket-path PATH/);
+});
+
+test.serial('host-handover is refused when the socket it names belongs to another process than the one asking, or while a plugin upgrade runs; nothing is handed over', async (t) => {
+  const old = await host();
+  const fe = await VhostUserFrontend.connect(sock, feOpts);
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop(disk, last, () => true);
+  // Another process listens at `to`: the fds must not go to it.
+  const to = join(dir, 'someone-else.sock');
+  const other = spawn(process.execPath, ['-e', `require('node:net').createServer((c) => c.on('data', () => { console.log('GOT'); })).listen(${JSON.stringify(to)}, () => console.log('READY'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let otherOut = '';
+  await new Promise<void>((resolve) => other.stdout!.on('data', (d: Buffer) => ((otherOut += d.toString()), otherOut.includes('READY') && resolve())));
+  const ask = (params: Record<string, unknown>) => JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params });
+  const [a] = (await rawRpc(`${sock}.control`, [ask({ to })], 1)) as { error?: { message: string } }[];
+  t.regex(a.error!.message, /is served by pid \d+, not by pid \d+ that asked for the device: nothing was handed over/);
+  const [rel] = (await rawRpc(`${sock}.control`, [ask({ to: 'relative.sock' })], 1)) as { error?: { message: string } }[];
+  t.regex(rel.error!.message, /params\.to: missing or not an absolute path/);
+  other.kill();
+  t.false(otherOut.includes('GOT'), 'the other process received nothing');
+
+  // A plugin upgrade and a handover at once: the second is refused, the first completes.
+  const up = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'plugin-upgrade', params: { plugin: blk } })], 1);
+  const [during] = (await rawRpc(`${sock}.control`, [ask({ to: join(dir, 'x.sock') })], 1)) as { error?: { message: string } }[];
+  const [upgraded] = (await up) as { result?: unknown; error?: { message: string } }[];
+  if (during.error && /already running/.test(during.error.message)) t.truthy(upgraded.result, JSON.stringify(upgraded));
+  else t.regex(during.error!.message, /cannot connect to the new host/, 'the upgrade had finished first: the handover failed on its own (nobody at x.sock)');
+  await ioLoop(disk, last, () => true);
+  await verifyAll(disk, last);
+  t.is(old.child.exitCode, null);
+  await fe.close();
 });
