@@ -69,6 +69,8 @@ Where to listen (exactly one):
   --socket-path PATH      create a Unix socket at PATH and listen there (a stale socket left
                           by a dead back-end is replaced; a live one is an error)
   --fd FD                 serve an already-listening Unix socket inherited as fd FD
+
+Upgrades (docs/upgrade.md):
   --control PATH|none     the control socket (mode 0600, this uid and root only) that
                           \`vhost-wasm upgrade --socket PATH\` talks to; default: PATH.control
                           beside --socket-path (with --fd: none unless given)
