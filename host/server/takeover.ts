@@ -130,24 +130,30 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
   try {
     let answered = false;
     const outcome = ask(path);
-    const conn = await Promise.race([
-      acceptOne(lfd, deadlineMs),
-      // The old host refused before connecting (no device, an upgrade runs, ...): its reason.
-      outcome.then(
-        () => {
+    const accepting = acceptOne(lfd, deadlineMs);
+    let conn: number;
+    try {
+      conn = await Promise.race([
+        accepting.conn,
+        // The old host refused before connecting (no device, an upgrade runs, ...): its reason.
+        outcome.then(() => {
           throw new HandoverRefused('the old host answered before it handed anything over');
-        },
-        (e) => {
-          throw e;
-        },
-      ),
-    ]);
+        }),
+      ]);
+    } finally {
+      accepting.cancel();
+    }
     const cred = native.peerCred(conn);
     if (cred.uid !== process.getuid!() && cred.uid !== 0) {
       native.close(conn);
       throw new HandoverRefused(`the handover came from uid ${cred.uid}, not this uid or root`);
     }
     const { header, fds } = await receiveHeader(conn, deadlineMs);
+    if (header.pid !== cred.pid) {
+      for (const fd of fds.values()) native.close(fd);
+      native.close(conn);
+      throw new HandoverRefused(`the handover came from pid ${cred.pid}, but its header says pid ${header.pid}`);
+    }
     const sock = createConnectionFromFd(conn);
     const received: Received = {
       header,
@@ -171,20 +177,30 @@ function createConnectionFromFd(fd: number): Socket {
   return s;
 }
 
-function acceptOne(lfd: number, deadlineMs: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      w.close();
+/** The first connection on `lfd` (rejected after `deadlineMs`); `cancel` stops waiting. */
+function acceptOne(lfd: number, deadlineMs: number): { conn: Promise<number>; cancel(): void } {
+  let w: { close(): void } | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  const conn = new Promise<number>((resolve, reject) => {
+    timer = setTimeout(() => {
+      w?.close();
       reject(new HandoverRefused(`the old host did not connect within ${deadlineMs / 1000} s`));
     }, deadlineMs);
-    const w = native.watch(lfd, 'r', () => {
+    w = native.watch(lfd, 'r', () => {
       const c = native.accept(lfd);
       if (c < 0) return;
       clearTimeout(timer);
-      w.close();
+      w?.close();
       resolve(c);
     });
   });
+  return {
+    conn,
+    cancel() {
+      clearTimeout(timer);
+      w?.close();
+    },
+  };
 }
 
 /** Reads the header line and its fds; every fd is checked to be what the header says. */
