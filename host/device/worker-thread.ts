@@ -64,6 +64,11 @@ export class Watchdog {
     private readonly opts: DeviceWorkerOptions,
   ) {}
 
+  /** The worker's Linux thread id (0 until the worker has stored it). */
+  get tid(): number {
+    return Atomics.load(this.slot, WATCHDOG_TID);
+  }
+
   get period(): number {
     return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
   }
@@ -243,6 +248,11 @@ export class WorkerThread {
   /** The thread's id (worker_threads.threadId inside it), for log lines. */
   get threadId(): number {
     return this.worker.threadId;
+  }
+
+  /** The worker's Linux thread id, for the CPU-share governor (0 until it has started). */
+  get tid(): number {
+    return this.watchdog.tid;
   }
 
   /** Why the worker is gone, or null while it runs. */
