@@ -35,8 +35,10 @@ Commands:
                           removed and its worker ended
   set-limits ID [--call-deadline MS] [--cpu-share CPUS] [I/O throttle flags]
                           a running device's call deadline, from the call in progress on,
-                          its CPU share (CPUs it may want, on average over a second, before
-                          its threads drop to the lowest priority; default 0.5), and its
+                          its CPU share (the time its code may run in calls of 2 ms or
+                          more, in CPUs, on
+                          average over a second, before its threads drop to the lowest
+                          priority; default 0.5), and its
                           I/O throttle, from the next request on (for a device in a
                           throttle group: the whole group's). Its memory and open-files
                           limits are fixed while it runs.
@@ -235,7 +237,7 @@ function human(method: string, result: unknown): string {
           `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
           `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu
-            ? `  CPU: wanted ${d.cpu.demand}, ran ${d.cpu.running} of its share ${d.cpu.limit} (last second); ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
+            ? `  CPU: its code ran in long calls for ${d.cpu.demand} (share ${d.cpu.limit}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
             : ''),
       );
       return (

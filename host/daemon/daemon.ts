@@ -54,7 +54,7 @@ export interface DeviceStats extends DeviceSummary {
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
   throttled: ThrottleCounters;
-  /** The CPU its threads wanted and ran on over the last second, and whether it is demoted for it. */
+  /** The time its code ran in calls and its threads ran on a CPU over the last second, and whether it is demoted for it. */
   cpu: CpuShareStats | null;
 }
 
@@ -158,7 +158,7 @@ export class Daemon {
       const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       added = true;
-      this.cpu.track(spec.id, () => device.slot.threadIds(), spec.limits.cpuShare);
+      this.cpu.track(spec.id, () => device.slot.threadIds(), () => device.slot.meter.longCallSeconds(), spec.limits.cpuShare);
       const info = device.slot.info!;
       log.info(
         `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
