@@ -7,10 +7,11 @@
 //       devices of the same daemon burn their whole call deadline on every call
 //       (test/devices/hog-blk-device.mjs, each driven by its own front-end). Same daemon, same
 //       script; the ratio is the target (<= 2). --cpu-share 64 turns the governor off in effect.
-//   npx tsx bench/tenancy.ts start [--devices 100] [--adds 10]
+//   npx tsx bench/tenancy.ts start [--devices 100] [--adds 10] [--add-gap-ms 500] [--spare-workers N]
 //       time from spawning `serve --config` with N rng devices (plugin already in the transpile
 //       cache) to its "serving N of N" line, and then device-add to socket ready over the
-//       management socket, one at a time.
+//       management socket, one at a time, --add-gap-ms (default 500) apart (the daemon keeps two
+//       worker threads booted for adds; back-to-back adds outrun their replacement).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -34,6 +35,8 @@ const { values: argv, positionals } = parseArgs({
     'cpu-share': { type: 'string' },
     devices: { type: 'string', default: '100' },
     adds: { type: 'string', default: '10' },
+    'add-gap-ms': { type: 'string', default: '500' },
+    'spare-workers': { type: 'string' },
   },
 });
 
@@ -155,10 +158,13 @@ async function start(): Promise<void> {
   const dev = (i: number | string) => ({ id: `d${i}`, socket: join(dir, `d${i}.sock`), plugin: RNG, grants: { entropy: true } });
   // A first run fills the transpile cache (the target is "plugins cached").
   await stopDaemon((await startDaemon({ devices: [dev(0)] })).daemon);
-  const { daemon, readyMs } = await startDaemon({ control, devices: Array.from({ length: n }, (_, i) => dev(i)) });
+  const spare = argv['spare-workers'] === undefined ? {} : { spareWorkers: Number(argv['spare-workers']) };
+  const { daemon, readyMs } = await startDaemon({ control, ...spare, devices: Array.from({ length: n }, (_, i) => dev(i)) });
   console.error(`start of ${n} devices: ${(readyMs / 1000).toFixed(2)} s (load average ${loadavg()[0].toFixed(1)})`);
   const addMs: number[] = [];
+  await sleep(1000); // the spare workers boot after "serving N of N"
   for (let i = 0; i < adds; i++) {
+    await sleep(Number(argv['add-gap-ms']));
     const t = performance.now();
     const r = await rpc(control, 'device-add', { ...dev(`add${i}`) });
     if (r.error) throw new Error(`device-add: ${r.error.message}`);

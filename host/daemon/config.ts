@@ -66,8 +66,14 @@ export interface DaemonConfig {
   logFormat: LogFormat | null;
   /** Where the Prometheus metrics are served, if anywhere (opt-in). */
   metrics: MetricsAddress | null;
+  /** Device worker threads kept booted for device-add (host/device/spare-workers.ts). */
+  spareWorkers: number;
   devices: DeviceSpec[];
 }
+
+/** Spare worker threads by default: two adds in a row both find one; each costs ~11 MiB while it waits. */
+export const DEFAULT_SPARE_WORKERS = 2;
+const MAX_SPARE_WORKERS = 16;
 
 /** Ids and tenants: what appears in logs and socket listings, so nothing that needs quoting. */
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -346,7 +352,7 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
   }
   const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'devices']);
+  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'spareWorkers', 'devices']);
   let control: DaemonConfig['control'] = null;
   if (o.control !== undefined) {
     if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
@@ -378,11 +384,12 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
       throw e;
     }
   }
+  const spareWorkers = o.spareWorkers === undefined ? DEFAULT_SPARE_WORKERS : int(o.spareWorkers, 'spareWorkers', 0, MAX_SPARE_WORKERS);
   if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
   if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
   checkThrottleGroups(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, logFormat, metrics, devices };
+  return { control, logLevel, logFormat, metrics, spareWorkers, devices };
 }
