@@ -35,14 +35,15 @@ test('defaults follow the single-device command line; relative paths are relativ
   );
   t.deepEqual(c.devices[0].listen, { path: '/etc/vhost-wasm/r.sock' });
   t.deepEqual(c.devices[0].device, { plugin: '/etc/vhost-wasm/rng.wasm' });
-  t.deepEqual(c.devices[0].limits, { memoryLimitBytes: 64 << 20, callDeadlineMs: 100, openFiles: null, throttle: null });
+  t.deepEqual(c.devices[0].limits, { memoryLimitBytes: 64 << 20, callDeadlineMs: 100, openFiles: null, throttle: null, cpuShare: 0.5 });
   t.deepEqual(c.devices[1].grants.storage, { kind: 'file', path: '/etc/vhost-wasm/disk.raw', readOnly: true });
-  t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null });
+  t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null, cpuShare: 0.5 });
   t.deepEqual(c.devices[2].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false });
   t.deepEqual(c.devices.map((d) => d.queueThreads), [1, 1, 1]);
   t.is(c.control, null);
   t.is(c.metrics, null);
   t.is(c.logFormat, null);
+  t.is(c.spareWorkers, 2);
   const bad = (device: object) => () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', ...device }] }), '/d.json');
   t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', queueThreads: 2 }] }), '/d.json').devices[0].queueThreads, 2);
   t.throws(bad({ queueThreads: 0 }), { message: 'devices[0].queueThreads: 0 is out of range (1..64)' });
