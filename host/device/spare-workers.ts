@@ -7,6 +7,9 @@
 // once its configured devices have started.
 
 import { Worker } from 'node:worker_threads';
+import { createLogger, errorText } from '../log/logger.ts';
+
+const log = createLogger('spare-workers');
 
 let wanted = 0;
 const spares: Worker[] = [];
@@ -27,13 +30,20 @@ export function keepSpareWorkers(n: number): void {
 function refill(): void {
   while (makeWorker && spares.length < wanted) {
     const w = makeWorker(null);
-    // A spare must not keep the process alive, and one that dies while waiting is dropped.
+    // A spare must not keep the process alive. One that dies while it waits is a worker that
+    // cannot boot: keeping spares would only make more of them, so they are turned off (a
+    // device then starts its own worker, which reports why it fails).
     w.unref();
-    w.once('exit', () => {
+    let why = '';
+    w.on('error', (e) => (why = `: ${errorText(e)}`));
+    w.once('exit', (code) => {
       const i = spares.indexOf(w);
-      if (i >= 0) spares.splice(i, 1);
+      if (i < 0) return;
+      spares.splice(i, 1);
+      if (wanted === 0) return;
+      log.warn(`a spare device worker exited before any device took it (code ${code}${why}); no more spares are kept`);
+      keepSpareWorkers(0);
     });
-    w.on('error', () => {});
     spares.push(w);
   }
 }
