@@ -11,6 +11,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'node:http';
 import { VhostUserFrontend } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
 import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
@@ -39,6 +40,7 @@ test.before(async () => {
     join(dir, 'daemon.json'),
     JSON.stringify({
       control: 'control.sock',
+      metrics: `unix:${join(dir, 'metrics.sock')}`,
       devices: [
         // A long deadline: a demoted hog waits for a CPU inside its calls, and this test is about
         // the share, not the watchdog.
@@ -70,6 +72,18 @@ async function until<T>(what: string, get: () => Promise<T>, check: (v: T) => bo
     if (Date.now() > end) throw new Error(`${what} never happened; last seen: ${JSON.stringify(v)}; daemon log:\n${daemon.log()}`);
     await sleep(200);
   }
+}
+
+/** The metrics endpoint's text (Prometheus exposition). */
+function scrape(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: join(dir, 'metrics.sock'), path: '/metrics' }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** The nice value of every thread of the daemon, by thread id. */
@@ -123,6 +137,12 @@ test.serial('a device whose code spins in every call is demoted to nice 19; a ca
   // Its worker thread (and only it: one hog, one thread) runs at the lowest priority.
   const low = [...threadNice().entries()].filter(([, n]) => n === 19);
   t.is(low.length, 1, `threads at nice 19: ${JSON.stringify(low)}`);
+
+  const metrics = await scrape();
+  t.regex(metrics, /^vhost_wasm_device_cpu_demoted\{device="hog",tenant=""\} 1$/m);
+  t.regex(metrics, /^vhost_wasm_device_cpu_demoted\{device="calm",tenant=""\} 0$/m);
+  const longCalls = Number(/^vhost_wasm_device_long_call_seconds_total\{device="hog",tenant=""\} (\S+)$/m.exec(metrics)?.[1]);
+  t.true(longCalls > 0, `the hog's long calls are counted (${longCalls} s)`);
 
   const calm = await cpu('calm');
   t.log(`hog: ${JSON.stringify(demoted)}; calm: ${JSON.stringify(calm)}; requests: hog ${load.done[0]}, calm ${load.done[1]}`);
