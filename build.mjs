@@ -31,6 +31,9 @@ if (want('host')) {
   const entries = [
     { in: 'host/cli/main.ts', out: 'vhost-wasm' },
     { in: 'host/device/worker.ts', out: 'device-worker' },
+    // The package's library entry points (package.json "exports"): embedding the host, and the front-end driver.
+    { in: 'host/index.ts', out: 'index' },
+    { in: 'host/frontend/index.ts', out: 'frontend' },
   ].filter((e) => existsSync(join(root, e.in)));
   await esbuild.build({
     entryPoints: entries.map((e) => ({ in: join(root, e.in), out: e.out })),
@@ -41,8 +44,9 @@ if (want('host')) {
     format: 'esm',
     target: 'node20',
     sourcemap: 'linked',
-    // The addon is loaded at run time from next to the bundle.
-    external: ['*.node'],
+    // The addon is loaded at run time from next to the bundle, or by node-gyp-build from the
+    // installed package's host/native (host/native/index.ts).
+    external: ['*.node', 'node-gyp-build'],
     banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
     logLevel: 'warning',
   });

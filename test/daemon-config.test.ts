@@ -35,18 +35,26 @@ test('defaults follow the single-device command line; relative paths are relativ
   );
   t.deepEqual(c.devices[0].listen, { path: '/etc/vhost-wasm/r.sock' });
   t.deepEqual(c.devices[0].device, { plugin: '/etc/vhost-wasm/rng.wasm' });
-  t.deepEqual(c.devices[0].limits, { memoryLimitBytes: 64 << 20, callDeadlineMs: 100, openFiles: null, throttle: null });
+  t.deepEqual(c.devices[0].limits, { memoryLimitBytes: 64 << 20, callDeadlineMs: 100, openFiles: null, throttle: null, cpuShare: 0.5 });
   t.deepEqual(c.devices[1].grants.storage, { kind: 'file', path: '/etc/vhost-wasm/disk.raw', readOnly: true });
-  t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null });
+  t.deepEqual(c.devices[1].limits, { memoryLimitBytes: 256 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null, cpuShare: 0.5 });
   t.deepEqual(c.devices[2].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false });
   t.deepEqual(c.devices.map((d) => d.queueThreads), [1, 1, 1]);
   t.is(c.control, null);
   t.is(c.metrics, null);
   t.is(c.logFormat, null);
+  t.is(c.spareWorkers, 2);
   const bad = (device: object) => () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', ...device }] }), '/d.json');
   t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', queueThreads: 2 }] }), '/d.json').devices[0].queueThreads, 2);
   t.throws(bad({ queueThreads: 0 }), { message: 'devices[0].queueThreads: 0 is out of range (1..64)' });
   t.throws(bad({ queueThreads: 1.5 }), { message: /devices\[0\]\.queueThreads: must be a whole number/ });
+  t.throws(bad({ limits: { cpuShare: 0 } }), { message: 'devices[0].limits.cpuShare: 0 is out of range (0.01..64 CPUs)' });
+  t.throws(bad({ limits: { cpuShare: '1' } }), { message: /devices\[0\]\.limits\.cpuShare: must be a number of CPUs/ });
+  t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', limits: { cpuShare: 0.25 } }] }), '/d.json').devices[0].limits.cpuShare, 0.25);
+  const spare = (v: unknown) => () => parseDaemonConfig(JSON.stringify({ spareWorkers: v, devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm' }] }), '/d.json');
+  t.throws(spare(-1), { message: 'spareWorkers: -1 is out of range (0..16)' });
+  t.throws(spare('2'), { message: /spareWorkers: must be a whole number/ });
+  t.is(spare(0)().spareWorkers, 0);
 });
 
 test('LISTEN_FDS for another process is ignored, and a name systemd did not pass is an error naming the field', (t) => {

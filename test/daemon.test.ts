@@ -92,7 +92,7 @@ test.serial('the management socket is mode 0600, and ctl lists the devices for p
   const stats = await ctl(['--control', control(), '--json', 'stats', 'disk']);
   t.is(stats.code, 0, stats.stderr);
   const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: unknown } }[]; process: { pid: number } };
-  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null }]]);
+  t.deepEqual(s.devices.map((d) => [d.id, d.limits]), [['disk', { memoryLimitBytes: 128 << 20, callDeadlineMs: 1000, openFiles: null, throttle: null, cpuShare: 0.5 }]]);
   t.is(s.process.pid, daemon.child.pid!);
 });
 

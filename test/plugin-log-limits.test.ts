@@ -6,13 +6,15 @@
 // error string is cut and logged once.
 import test, { type ExecutionContext } from 'ava';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { buildSdkFixtures, type SdkFixture } from './fixtures/plugins/build-sandbox-fixtures.ts';
+import { daemonConfig } from './helpers/multi-host.ts';
+import { hostCommand } from './helpers/host-process.ts';
 
 const root = join(import.meta.dirname, '..');
 const opts: FrontendOptions = { memoryBytes: 1 << 20, queues: [16], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
@@ -35,7 +37,7 @@ interface Host {
   stop(): Promise<void>;
 }
 
-/** The multi-device host with rng and `label`; stderr is a pipe, or a non-blocking FIFO the test may stop reading. */
+/** The daemon with rng and `label`; stderr is a pipe, or a non-blocking FIFO the test may stop reading. */
 async function start(label: string, plugin: string, stderr: 'pipe' | 'nonblocking-fifo' = 'pipe'): Promise<Host> {
   const specs = [
     { label: 'rng', plugin: rngFile, options: { entropy: true } },
@@ -51,9 +53,14 @@ async function start(label: string, plugin: string, stderr: 'pipe' | 'nonblockin
     reader = new Socket({ fd: openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK), readable: true, writable: false });
     errFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
   }
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)], {
+  // The daemon users run (`vhost-wasm serve --config`, the built binary) with both devices.
+  const daemon = daemonConfig(specs)!;
+  writeFileSync(join(dir, `${label}.json`), JSON.stringify(daemon.config));
+  const [node, argv] = hostCommand(['serve', '--config', join(dir, `${label}.json`)]);
+  const child = spawn(node, argv, {
     cwd: root,
     stdio: ['ignore', 'ignore', errFd],
+    env: { ...process.env, XDG_CACHE_HOME: daemon.cacheHome! },
   });
   if (typeof errFd === 'number') closeSync(errFd);
   const stream = reader ?? child.stderr!;
@@ -86,7 +93,7 @@ async function start(label: string, plugin: string, stderr: 'pipe' | 'nonblockin
       reader?.destroy();
     },
   };
-  await h.waitFor(/multi-device-host: serving rng/, 60_000);
+  await h.waitFor(/vhost-wasm: serving 2 of 2 device/, 60_000);
   return h;
 }
 

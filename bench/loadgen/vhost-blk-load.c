@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define LAT_BUCKETS (61u * 32u)
+
 // ---- vhost-user wire protocol (docs: QEMU's vhost-user.rst) ----
 enum {
   VU_GET_FEATURES = 1,
@@ -216,6 +218,7 @@ struct queue {
   struct run *run;
   // results
   uint64_t ios, bytes, errors, kicks, waits, lat_sum_ns, lat_max_ns, verify_failures;
+  uint64_t lat_hist[LAT_BUCKETS];
   pthread_t thread;
 };
 
@@ -226,6 +229,32 @@ struct run {
   atomic_bool stop;
   atomic_bool stalled; // a queue gave up waiting for its last requests
 };
+
+// Latency percentiles: a log-linear histogram, 32 sub-buckets per power of two (~3% wide), so
+// p50/p99/p99.9 come out without keeping every sample.
+static inline unsigned lat_bucket(uint64_t ns) {
+  if (ns < 32) return (unsigned)ns;
+  unsigned msb = 63u - (unsigned)__builtin_clzll(ns);
+  return (msb - 4u) * 32u + (unsigned)((ns >> (msb - 5u)) & 31u);
+}
+
+// The lowest latency a bucket holds (inverse of lat_bucket).
+static uint64_t lat_bucket_floor(unsigned b) {
+  if (b < 32) return b;
+  unsigned msb = b / 32u + 4u;
+  return (32ull + (b % 32u)) << (msb - 5u);
+}
+
+static double lat_percentile_us(const uint64_t *hist, uint64_t total, double p) {
+  if (total == 0) return 0;
+  uint64_t want = (uint64_t)(p * (double)total), seen = 0;
+  if (want >= total) want = total - 1;
+  for (unsigned b = 0; b < LAT_BUCKETS; b++) {
+    seen += hist[b];
+    if (seen > want) return (double)lat_bucket_floor(b) / 1e3;
+  }
+  return 0;
+}
 
 static inline uint64_t xorshift(uint64_t *s) {
   uint64_t x = *s;
@@ -373,6 +402,7 @@ static void *queue_thread(void *arg) {
         uint64_t lat = now - q->slots[s].issued_ns;
         q->lat_sum_ns += lat;
         if (lat > q->lat_max_ns) q->lat_max_ns = lat;
+        q->lat_hist[lat_bucket(lat)]++;
       }
       if (stopping) {
         inflight--;
@@ -625,22 +655,26 @@ int main(int argc, char **argv) {
     lat_sum += qs[i].lat_sum_ns;
     if (qs[i].lat_max_ns > lat_max) lat_max = qs[i].lat_max_ns;
   }
+  static uint64_t hist[LAT_BUCKETS];
+  for (unsigned i = 0; i < o.queues; i++)
+    for (unsigned b = 0; b < LAT_BUCKETS; b++) hist[b] += qs[i].lat_hist[b];
+  double p50 = lat_percentile_us(hist, ios, 0.50), p99 = lat_percentile_us(hist, ios, 0.99), p999 = lat_percentile_us(hist, ios, 0.999);
   double cpu = (ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) * 1e-6 +
                (ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) + (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) * 1e-6;
   double elapsed = o.seconds + o.warmup;
   double iops = ios / o.seconds, mbps = bytes / o.seconds / 1e6;
   double lat_avg_us = ios ? lat_sum / (double)ios / 1e3 : 0;
   fprintf(stderr,
-          "%s bs=%u depth=%u queues=%u mode=%s event_idx=%s: %.0f IOPS, %.1f MB/s, avg latency %.1f us (max %.1f), "
+          "%s bs=%u depth=%u queues=%u mode=%s event_idx=%s: %.0f IOPS, %.1f MB/s, avg latency %.1f us (p50 %.1f, p99 %.1f, p99.9 %.1f, max %.1f), "
           "%" PRIu64 " errors, %" PRIu64 " verify failures, %.3f kicks/io, client CPU %.2f s (%.2f us/io incl. warm-up)\n",
           rw, o.bs, o.depth, o.queues, o.poll ? "poll" : "event", o.event_idx ? "on" : "off", iops, mbps, lat_avg_us,
-          lat_max / 1e3, errors, verify_failures, ios ? (double)kicks / ios : 0, cpu, ios ? cpu / (ios * elapsed / o.seconds) * 1e6 : 0);
+          p50, p99, p999, lat_max / 1e3, errors, verify_failures, ios ? (double)kicks / ios : 0, cpu, ios ? cpu / (ios * elapsed / o.seconds) * 1e6 : 0);
   printf("{\"tool\":\"vhost-blk-load\",\"rw\":\"%s\",\"bs\":%u,\"depth\":%u,\"queues\":%u,\"ring\":%u,\"mode\":\"%s\","
          "\"event_idx\":%s,\"seconds\":%g,\"ios\":%" PRIu64 ",\"iops\":%.0f,\"mbps\":%.2f,\"lat_avg_us\":%.2f,"
-         "\"lat_max_us\":%.1f,\"errors\":%" PRIu64 ",\"kicks\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"client_cpu_s\":%.3f,"
+         "\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,\"errors\":%" PRIu64 ",\"kicks\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"client_cpu_s\":%.3f,"
          "\"verify\":%s,\"verify_failures\":%" PRIu64 ",\"stalled\":%s}\n",
          rw, o.bs, o.depth, o.queues, o.ring, o.poll ? "poll" : "event", o.event_idx ? "true" : "false", o.seconds, ios,
-         iops, mbps, lat_avg_us, lat_max / 1e3, errors, kicks, waits, cpu, o.verify ? "true" : "false", verify_failures,
+         iops, mbps, lat_avg_us, p50, p99, p999, lat_max / 1e3, errors, kicks, waits, cpu, o.verify ? "true" : "false", verify_failures,
          atomic_load(&run.stalled) ? "true" : "false");
   close(cn.fd);
   if (atomic_load(&run.stalled)) return 4;

@@ -25,6 +25,7 @@ Commands:
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
                           --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
+                          --cpu-share CPUS,
                           --queue-threads N, --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
                           --throttle-group NAME (devices of a tenant naming the same group
@@ -32,9 +33,13 @@ Commands:
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
-  set-limits ID [--call-deadline MS] [I/O throttle flags]
+  set-limits ID [--call-deadline MS] [--cpu-share CPUS] [I/O throttle flags]
                           a running device's call deadline, from the call in progress on,
-                          and its I/O throttle, from the next request on (for a device in a
+                          its CPU share (the time its code may run in calls of 2 ms or
+                          more, in CPUs, on
+                          average over a second, before its threads drop to the lowest
+                          priority; default 0.5), and its
+                          I/O throttle, from the next request on (for a device in a
                           throttle group: the whole group's). Its memory and open-files
                           limits are fixed while it runs.
   I/O throttle flags (token buckets; a rate of 0 lifts that limit; a rate without its burst
@@ -120,6 +125,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       xattr: { type: 'boolean' },
       'memory-limit': { type: 'string' },
       'call-deadline': { type: 'string' },
+      'cpu-share': { type: 'string' },
       'open-files': { type: 'string' },
       'queue-threads': { type: 'string' },
       'throttle-group': { type: 'string' },
@@ -144,6 +150,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     if (!/^\d+$/.test(values['call-deadline'])) throw new CtlUsageError(`--call-deadline: "${values['call-deadline']}" is not a whole number of ms`);
     limits.callDeadlineMs = Number(values['call-deadline']);
   }
+  if (values['cpu-share'] !== undefined) limits.cpuShare = cpuShareFlag(values['cpu-share']);
   if (values['open-files'] !== undefined) {
     if (!/^\d+$/.test(values['open-files'])) throw new CtlUsageError(`--open-files: "${values['open-files']}" is not a whole number`);
     limits.openFiles = Number(values['open-files']);
@@ -229,7 +236,10 @@ export function human(method: string, result: unknown): string {
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
           `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
           `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
-          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n`,
+          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
+          (d.cpu
+            ? `  CPU: its code ran in long calls for ${d.cpu.demand} (share ${d.cpu.limit}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
+            : ''),
       );
       return (
         lines.join('') +
@@ -263,6 +273,12 @@ export function human(method: string, result: unknown): string {
   }
 }
 
+/** --cpu-share: a number of CPUs (0.25); the daemon checks its range. */
+function cpuShareFlag(v: string): number {
+  if (!/^\d+(\.\d+)?$/.test(v)) throw new CtlUsageError(`--cpu-share: "${v}" is not a number of CPUs (0.5: half of one)`);
+  return Number(v);
+}
+
 function parseCommand(rest: string[]): { method: string; params: Record<string, unknown> } {
   const [cmd, ...args] = rest;
   const none = () => {
@@ -281,7 +297,7 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
       if (args.length !== 1) throw new CtlUsageError('del takes one device id');
       return { method: 'device-del', params: { id: args[0] } };
     case 'set-limits': {
-      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' }, ...THROTTLE_FLAGS } });
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'call-deadline': { type: 'string' }, 'cpu-share': { type: 'string' }, ...THROTTLE_FLAGS } });
       if (positionals.length !== 1) throw new CtlUsageError('set-limits takes one device id');
       const params: Record<string, unknown> = { id: positionals[0], ...throttleFromFlags(values) };
       const ms = values['call-deadline'];
@@ -289,7 +305,8 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
         if (!/^\d+$/.test(ms)) throw new CtlUsageError(`--call-deadline: "${ms}" is not a whole number of ms`);
         params.callDeadlineMs = Number(ms);
       }
-      if (Object.keys(params).length === 1) throw new CtlUsageError('set-limits: give --call-deadline MS or a throttle flag (--iops, --iops-burst, --bps, --bps-burst)');
+      if (values['cpu-share'] !== undefined) params.cpuShare = cpuShareFlag(values['cpu-share']);
+      if (Object.keys(params).length === 1) throw new CtlUsageError('set-limits: give --call-deadline MS, --cpu-share CPUS or a throttle flag (--iops, --iops-burst, --bps, --bps-burst)');
       return { method: 'set-limits', params };
     }
     case 'upgrade': {

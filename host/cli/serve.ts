@@ -6,6 +6,8 @@
 
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { closeSpareWorkers, keepSpareWorkers } from '../device/spare-workers.ts';
+
 import { parseArgs } from 'node:util';
 import { ConfigError, parseDaemonConfig, type DaemonConfig } from '../daemon/config.ts';
 import { activatedSockets } from '../daemon/systemd.ts';
@@ -195,7 +197,10 @@ export async function runServe(argv: string[]): Promise<number> {
   log.info(daemon.describeBudget());
   const failed = report.failed.length > 0 ? `; not started: ${report.failed.map((f) => f.id).join(', ')}` : '';
   log.info(`serving ${report.started.length} of ${config.devices.length} device(s)${failed}`);
+  // From now on a device-add (or a device restarted after a failure) takes a thread booted ahead.
+  keepSpareWorkers(config.spareWorkers);
   stopOnSignals(daemon.host, log, undefined, () => {
+    void closeSpareWorkers();
     control?.close();
     void metrics?.close();
   });

@@ -15,6 +15,7 @@ import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
+import { DEFAULT_CPU_SHARE, MAX_CPU_SHARE, MIN_CPU_SHARE } from '../limits/cpu-share.ts';
 import { defaultBurst, MAX_BYTES_PER_SECOND, MAX_IOPS, NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
 
 export class ConfigError extends VhostWasmError {
@@ -46,7 +47,8 @@ export interface DeviceSpec {
     filesystem: FilesystemSpec | null;
   };
   /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
-  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null };
+  /** cpuShare: CPUs the device may want on average before its threads are demoted (host/limits/cpu-share.ts). */
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null; cpuShare: number };
   /**
    * A throttle group (per tenant): devices naming the same group share one I/O budget. Null:
    * the device has its own. throttle null with a group: it takes the group's limits.
@@ -64,8 +66,14 @@ export interface DaemonConfig {
   logFormat: LogFormat | null;
   /** Where the Prometheus metrics are served, if anywhere (opt-in). */
   metrics: MetricsAddress | null;
+  /** Device worker threads kept booted for device-add (host/device/spare-workers.ts). */
+  spareWorkers: number;
   devices: DeviceSpec[];
 }
+
+/** Spare worker threads by default: two adds in a row both find one; each costs ~11 MiB while it waits. */
+export const DEFAULT_SPARE_WORKERS = 2;
+const MAX_SPARE_WORKERS = 16;
 
 /** Ids and tenants: what appears in logs and socket listings, so nothing that needs quoting. */
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -113,6 +121,13 @@ function name(v: unknown, field: string): string {
   return s;
 }
 
+/** A CPU share: a fraction of one CPU, more than 0 (0.5: half a CPU; 2: two). */
+export function cpuShare(v: unknown, field: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ConfigError(field, `must be a number of CPUs (0.5: half of one), not ${typeName(v)}`);
+  if (v < MIN_CPU_SHARE || v > MAX_CPU_SHARE) throw new ConfigError(field, `${v} is out of range (${MIN_CPU_SHARE}..${MAX_CPU_SHARE} CPUs)`);
+  return v;
+}
+
 /** A size: a number of bytes, or a string such as "64M" (the command line's syntax). */
 function size(v: unknown, field: string): number {
   if (typeof v === 'number') return int(v, field, 1);
@@ -144,7 +159,7 @@ export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBur
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
 const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
-const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', ...THROTTLE_FIELDS] as const;
+const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
 
 
@@ -261,6 +276,7 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
     callDeadlineMs: l.callDeadlineMs === undefined ? (storage ? 1000 : 100) : int(l.callDeadlineMs, `${f('limits')}.callDeadlineMs`, 1, MAX_CALL_DEADLINE_MS),
     openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
     throttle: parseThrottle(l, (k) => `${f('limits')}.${k}`),
+    cpuShare: l.cpuShare === undefined ? DEFAULT_CPU_SHARE : cpuShare(l.cpuShare, `${f('limits')}.cpuShare`),
   };
   const throttleGroup = o.throttleGroup === undefined ? null : name(o.throttleGroup, f('throttleGroup'));
   if (limits.openFiles !== null && filesystem === null) {
@@ -336,7 +352,7 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
   }
   const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'devices']);
+  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'spareWorkers', 'devices']);
   let control: DaemonConfig['control'] = null;
   if (o.control !== undefined) {
     if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
@@ -368,11 +384,12 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
       throw e;
     }
   }
+  const spareWorkers = o.spareWorkers === undefined ? DEFAULT_SPARE_WORKERS : int(o.spareWorkers, 'spareWorkers', 0, MAX_SPARE_WORKERS);
   if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
   if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
   checkThrottleGroups(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, logFormat, metrics, devices };
+  return { control, logLevel, logFormat, metrics, spareWorkers, devices };
 }

@@ -15,6 +15,7 @@ import { throttleGroupKey, type DeviceSpec } from './config.ts';
 import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
+import { CpuShareGovernor, type CpuShareStats } from '../limits/cpu-share.ts';
 
 const log = createLogger('daemon');
 
@@ -53,6 +54,8 @@ export interface DeviceStats extends DeviceSummary {
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
   throttled: ThrottleCounters;
+  /** The time its code ran in calls and its threads ran on a CPU over the last second, and whether it is demoted for it. */
+  cpu: CpuShareStats | null;
 }
 
 /** A throttle group: one budget, the devices drawing from it. */
@@ -104,6 +107,8 @@ export class Daemon {
   private seq = 0;
   /** Throttle groups by tenant/name (config.ts throttleGroupKey). */
   private readonly groups = new Map<string, Group>();
+  /** Demotes the threads of a device that wants more CPU than its share. */
+  private readonly cpu = new CpuShareGovernor();
 
   private constructor(readonly host: Host) {}
 
@@ -153,6 +158,7 @@ export class Daemon {
       const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       added = true;
+      this.cpu.track(spec.id, () => device.slot.threadIds(), () => device.slot.meter.longCallSeconds(), spec.limits.cpuShare);
       const info = device.slot.info!;
       log.info(
         `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
@@ -170,6 +176,7 @@ export class Daemon {
     if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
     this.busy.add(id);
     try {
+      this.cpu.untrack(id);
       await this.host.remove(id);
       const key = throttleGroupKey(this.entries.get(id)!.spec);
       const group = key === null ? undefined : this.groups.get(key);
@@ -200,16 +207,21 @@ export class Daemon {
 
   /**
    * Changes what can change while a device runs: its call deadline (from the call in progress
-   * on) and its I/O throttle (from the next request on; for a device in a throttle group, the
+   * on) its CPU share (at the next sample) and its I/O throttle (from the next request on; for a device in a throttle group, the
    * whole group's).
    */
-  setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits }): DeviceStats['limits'] {
+  setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits; cpuShare?: number }): DeviceStats['limits'] {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
     if (limits.callDeadlineMs !== undefined) {
       e.device.slot.setCallDeadline(limits.callDeadlineMs);
       e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
       log.info(`${id}: call deadline now ${limits.callDeadlineMs} ms`);
+    }
+    if (limits.cpuShare !== undefined) {
+      this.cpu.setLimit(id, limits.cpuShare);
+      e.spec = { ...e.spec, limits: { ...e.spec.limits, cpuShare: limits.cpuShare } };
+      log.info(`${id}: CPU share now ${limits.cpuShare}`);
     }
     if (limits.throttle !== undefined) {
       e.throttle.set(limits.throttle);
@@ -243,7 +255,13 @@ export class Daemon {
 
   /** Every device with its meter, for the metrics endpoint. */
   metered(): MeteredDevice[] {
-    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter }));
+    return this.ordered().map((e) => ({
+      id: e.spec.id,
+      tenant: e.spec.tenant,
+      running: e.device.slot.stats().running,
+      meter: e.device.slot.meter,
+      cpuDemoted: this.cpu.stats(e.spec.id)?.demoted ?? false,
+    }));
   }
 
   list(): DeviceSummary[] {
@@ -273,6 +291,7 @@ export class Daemon {
         limits: { ...e.spec.limits },
         throttleGroup: e.spec.throttleGroup,
         throttled: e.throttle.counters(),
+        cpu: this.cpu.stats(e.spec.id),
       };
     });
   }
@@ -294,6 +313,7 @@ export class Daemon {
   }
 
   async close(graceMs?: number): Promise<void> {
+    this.cpu.close();
     await this.host.close(graceMs);
   }
 }

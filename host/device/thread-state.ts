@@ -45,3 +45,20 @@ export function threadCpuWaitMs(tid: number): number | null {
   const waitNs = Number(text.split(' ')[1]);
   return Number.isFinite(waitNs) && waitNs >= 0 ? waitNs / 1e6 : null;
 }
+
+/**
+ * What thread `tid` of this process has spent over its life, in ms: on a CPU, and runnable but
+ * waiting for one (the first two fields of /proc/self/task/<tid>/schedstat); null when the
+ * kernel does not say. Their sum over a span is how much CPU the thread wanted in it, which the
+ * CPU-share governor compares with the device's share (host/limits/cpu-share.ts).
+ */
+export function threadCpuTimes(tid: number): { runMs: number; waitMs: number } | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/task/${tid}/schedstat`, 'latin1');
+  } catch {
+    return null;
+  }
+  const [run, wait] = text.split(' ').map(Number);
+  return Number.isFinite(run) && Number.isFinite(wait) && run >= 0 && wait >= 0 ? { runMs: run / 1e6, waitMs: wait / 1e6 } : null;
+}

@@ -95,6 +95,11 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     return this.threads.length;
   }
 
+  /** The Linux thread ids of the device's threads still running (the CPU-share governor's). */
+  get threadIds(): number[] {
+    return this.threads.filter((t) => t.dead === null && t.tid !== 0).map((t) => t.tid);
+  }
+
   /** Why the device's threads are gone (one died, the others were terminated with it), or null while they run. */
   get dead(): string | null {
     return this.deathReason ?? this.threads.find((t) => t.dead !== null)?.dead ?? null;

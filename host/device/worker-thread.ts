@@ -9,6 +9,7 @@ import type { DeviceInfo } from './device.ts';
 import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
 import { threadCpuWaitMs, threadRunnable } from './thread-state.ts';
+import { setWorkerFactory, takeSpareWorker } from './spare-workers.ts';
 import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
@@ -63,6 +64,11 @@ export class Watchdog {
     private readonly epoch: number,
     private readonly opts: DeviceWorkerOptions,
   ) {}
+
+  /** The worker's Linux thread id (0 until the worker has stored it). */
+  get tid(): number {
+    return Atomics.load(this.slot, WATCHDOG_TID);
+  }
 
   get period(): number {
     return Math.max(5, Math.min(50, Math.floor(Math.min(this.opts.callDeadlineMs, loadDeadline(this.opts)) / 4)));
@@ -124,6 +130,20 @@ function workerUrl(): URL {
   return import.meta.url.endsWith('.ts') ? new URL('./worker.ts', import.meta.url) : new URL('./device-worker.mjs', import.meta.url);
 }
 
+/** A device worker thread; `workerData` null makes a spare that waits for its init (spare-workers.ts). */
+function newWorker(workerData: unknown): Worker {
+  const url = workerUrl();
+  if (url.pathname.endsWith('.ts')) {
+    // Running from TypeScript sources (tests): Node 20 loads a worker's entry before any
+    // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
+    const tsxApi = import.meta.resolve('tsx/esm/api');
+    const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
+    return new Worker(boot, { eval: true, workerData, stdout: false, stderr: false });
+  }
+  return new Worker(url, { workerData, stdout: false, stderr: false });
+}
+setWorkerFactory(newWorker);
+
 /**
  * Every operation of deviceWorkerOps is a method of WorkerThread answering a typed promise
  * (`worker.ringStop(0)`: Promise<number>); the constructor installs them from the table.
@@ -171,17 +191,9 @@ export class WorkerThread {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle };
-    const url = workerUrl();
-    let worker: Worker;
-    if (url.pathname.endsWith('.ts')) {
-      // Running from TypeScript sources (tests): Node 20 loads a worker's entry before any
-      // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
-      const tsxApi = import.meta.resolve('tsx/esm/api');
-      const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-      worker = new Worker(boot, { eval: true, workerData: init, stdout: false, stderr: false });
-    } else {
-      worker = new Worker(url, { workerData: init, stdout: false, stderr: false });
-    }
+    const spare = takeSpareWorker();
+    const worker = spare ?? newWorker(init);
+    if (spare) spare.postMessage(init);
     const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);
     const log = createLogger(`device ${opts.label}`);
@@ -243,6 +255,11 @@ export class WorkerThread {
   /** The thread's id (worker_threads.threadId inside it), for log lines. */
   get threadId(): number {
     return this.worker.threadId;
+  }
+
+  /** The worker's Linux thread id, for the CPU-share governor (0 until it has started). */
+  get tid(): number {
+    return this.watchdog.tid;
   }
 
   /** Why the worker is gone, or null while it runs. */

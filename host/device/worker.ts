@@ -15,7 +15,9 @@ import { RequestMeter } from '../metrics/request-meter.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import { ownThreadId } from './thread-state.ts';
 
-const init = workerData as WorkerInit;
+// A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
+// booted before any device asked for it, gets it as its first message.
+const init: WorkerInit = (workerData as WorkerInit | null) ?? (await new Promise<WorkerInit>((resolve) => parentPort!.once('message', resolve)));
 const port = parentPort!;
 setLogLevel(init.logLevel);
 if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
@@ -135,8 +137,12 @@ function memoryOf(device: VirtioDevice): number {
   return (device as { memoryBytes?: () => number }).memoryBytes?.() ?? 0;
 }
 
+/** When this thread's own code began (ms after the main thread asked for it): the start-up's first part. */
+const bootedAfterMs = Date.now() - init.epoch;
+
 async function main(): Promise<void> {
   let device: VirtioDevice;
+  const loadStart = Date.now();
   try {
     device = await loadDevice();
   } catch (e) {
@@ -182,6 +188,8 @@ async function main(): Promise<void> {
     });
   });
   port.on('close', () => runner.close());
+  // Where a device's start goes (bench/tenancy.ts start): the thread and its isolate, then the device.
+  log.debug(`worker ready ${Date.now() - init.epoch} ms after it was asked for: thread and bundle ${bootedAfterMs} ms, device built in ${Date.now() - loadStart} ms`);
   post({ type: 'ready', info: device.info });
 }
 

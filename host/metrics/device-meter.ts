@@ -4,7 +4,7 @@
 // device state transfers with their duration. Owned by the device's slot, so it outlives the
 // workers and the front-end connections of the device.
 
-import { REQUEST_METER_BYTES, emptyHistogram, observe, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
+import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
 
 export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
@@ -51,6 +51,11 @@ export class DeviceMeter {
     if (!Number.isInteger(thread) || thread < 0) throw new RangeError(`queue thread ${thread}`);
     while (this.threadCells.length <= thread) this.threadCells.push(new SharedArrayBuffer(REQUEST_METER_BYTES));
     return this.threadCells[thread];
+  }
+
+  /** Seconds the device's code has run in long calls so far, every queue thread together (wall clock). */
+  longCallSeconds(): number {
+    return readLongCallSeconds(this.threadCells);
   }
 
   reset(): void {

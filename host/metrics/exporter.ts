@@ -19,6 +19,8 @@ export interface MeteredDevice {
   /** Its worker runs (false: failed, restarts on the next connection). */
   running: boolean;
   meter: DeviceMeter;
+  /** Its threads run at the lowest priority for using more than its CPU share (host/limits/cpu-share.ts); false outside the daemon. */
+  cpuDemoted?: boolean;
 }
 
 type DeviceLabel = 'device' | 'tenant';
@@ -28,6 +30,8 @@ interface Row {
   labels: Record<DeviceLabel, string>;
   running: boolean;
   s: DeviceMeterSnapshot;
+  longCallSeconds: number;
+  cpuDemoted: boolean;
 }
 
 /** A histogram whose buckets were counted elsewhere: each scrape reads them from `read`. */
@@ -133,6 +137,15 @@ export class MetricsExporter {
         for (const k of FAULT_KINDS) c.inc({ ...r.labels, kind: k.replace('-', '_') }, r.s.faults[k]);
       },
     );
+    counter(
+      'vhost_wasm_device_long_call_seconds_total',
+      "Time the device's code spent in calls of 2 ms or more (what its CPU share limits).",
+      none,
+      (c, r) => c.inc(r.labels, r.longCallSeconds),
+    );
+    gauge('vhost_wasm_device_cpu_demoted', 'Whether the device runs at the lowest priority (nice 19) for using more than its CPU share.', none, (g, r) =>
+      g.set(r.labels, r.cpuDemoted ? 1 : 0),
+    );
     counter('vhost_wasm_device_resets_total', 'Device resets the front-end asked for (RESET_DEVICE, or status 0).', none, (c, r) => c.inc(r.labels, r.s.resets));
     counter('vhost_wasm_device_worker_starts_total', 'Workers started for the device: 1, plus one per restart after a failure.', none, (c, r) => c.inc(r.labels, r.s.workerStarts));
     counter('vhost_wasm_device_state_transfers_total', 'Device state transfers (migration) that ended, by direction and result.', ['direction', 'result'], (c, r) => {
@@ -151,7 +164,13 @@ export class MetricsExporter {
 
   /** The exposition text of everything, from fresh snapshots of every device. */
   async metrics(): Promise<string> {
-    this.rows = this.devices().map((d) => ({ labels: { device: d.id, tenant: d.tenant ?? '' }, running: d.running, s: d.meter.snapshot() }));
+    this.rows = this.devices().map((d) => ({
+      labels: { device: d.id, tenant: d.tenant ?? '' },
+      running: d.running,
+      s: d.meter.snapshot(),
+      longCallSeconds: d.meter.longCallSeconds(),
+      cpuDemoted: d.cpuDemoted ?? false,
+    }));
     try {
       return await this.registry.metrics();
     } finally {

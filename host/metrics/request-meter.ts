@@ -38,10 +38,19 @@ export const Cell = {
   callBuckets: 8 + NB + 1,
   /** Bytes of the device's linear memories after its last call (0 for a TypeScript device). */
   memoryBytes: 8 + 2 * (NB + 1),
+  /** Seconds of calls that ran LONG_CALL_SECONDS or more (the CPU-share governor's measure). */
+  longCallSum: 9 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.memoryBytes + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.longCallSum + 1) * Float64Array.BYTES_PER_ELEMENT;
+
+/**
+ * A call this long holds its thread in device code: a blk or rng plugin answers a batch in
+ * microseconds (4K blk: ~5-15 us), a looping plugin runs to its deadline. Time in such calls is
+ * what the CPU share limits (host/limits/cpu-share.ts).
+ */
+export const LONG_CALL_SECONDS = 0.002;
 
 function bucketOf(seconds: number): number {
   let i = 0;
@@ -141,6 +150,7 @@ export class RequestMeter {
     const s = (performance.now() - this.callStarted) / 1000;
     this.callStarted = -1;
     c[Cell.callSum] += s;
+    if (s >= LONG_CALL_SECONDS) c[Cell.longCallSum] += s;
     c[Cell.callCount]++;
     c[Cell.callBuckets + bucketOf(s)]++;
     c[Cell.memoryBytes] = memoryBytes;
@@ -201,4 +211,11 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
     addHistogram(s.calls, c, Cell.callSum, Cell.callCount, Cell.callBuckets);
   }
   return s;
+}
+
+/** Seconds the device's code has run in long calls (LONG_CALL_SECONDS or more), over every thread's cells. */
+export function readLongCallSeconds(all: readonly SharedArrayBuffer[]): number {
+  let sum = 0;
+  for (const buf of all) sum += new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT)[Cell.longCallSum];
+  return sum;
 }

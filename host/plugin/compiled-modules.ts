@@ -30,7 +30,22 @@ export async function compileCoreModules(prepared: PreparedPlugin, memoryLimitBy
   return out;
 }
 
+/**
+ * Plugin builds (hash and memory limit) whose compiled modules are kept. The daemon runs for
+ * months while plugins are upgraded and devices come and go: an entry per build ever seen would
+ * grow without end. Past the bound the one used least recently is dropped; its devices keep
+ * running (each worker holds its own reference to the modules), and a device of it started later
+ * compiles it again (~ms for a C plugin, ~100 ms for a JavaScript one).
+ */
+export const MAX_COMPILED_PLUGINS = 16;
+
+/** Insertion order is recency: a hit moves its entry to the end, the first is the eviction candidate. */
 const cache = new Map<string, Promise<CompiledModules | null>>();
+
+/** Plugin builds whose modules are held now (tests, device-stats). */
+export function compiledPluginCount(): number {
+  return cache.size;
+}
 
 /**
  * The shared modules of the plugin at `path` for `memoryLimitBytes`, or null when the plugin is
@@ -45,7 +60,10 @@ export function sharedModules(path: string, memoryLimitBytes: number, cacheDir =
   }
   const key = `${componentHash(bytes)}/${memoryLimitBytes}`;
   let entry = cache.get(key);
-  if (!entry) {
+  if (entry) {
+    cache.delete(key);
+    cache.set(key, entry);
+  } else {
     entry = (async () => {
       try {
         const prepared = readPrepared(bytes, cacheDir);
@@ -59,6 +77,7 @@ export function sharedModules(path: string, memoryLimitBytes: number, cacheDir =
       if (m === null) cache.delete(key);
     });
     cache.set(key, entry);
+    while (cache.size > MAX_COMPILED_PLUGINS) cache.delete(cache.keys().next().value!);
   }
   return entry;
 }

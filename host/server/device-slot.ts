@@ -173,6 +173,11 @@ export class DeviceSlot {
     this.worker?.setCallDeadline(ms);
   }
 
+  /** The Linux thread ids of the running worker (none while it starts or after it died). */
+  threadIds(): number[] {
+    return this.current?.threadIds ?? [];
+  }
+
   get info(): DeviceInfo | null {
     return this.worker?.info ?? null;
   }

@@ -1,11 +1,16 @@
-// Runs test/fixtures/plugins/multi-device-host.ts (several devices, one process, each on its
-// own socket and in its own worker) as a child, optionally under `prlimit` so its
-// RLIMIT_NOFILE is what the test says; its log and fd table are the test's to inspect.
+// Runs several devices in one host process (each on its own socket and in its own worker) as a
+// child, optionally under `prlimit` so its RLIMIT_NOFILE is what the test says; its log and fd
+// table are the test's to inspect. The process is what an operator runs, `vhost-wasm serve
+// --config FILE` (the built binary), whenever the devices can be said in a config file; devices
+// a config cannot describe (a TypeScript device module, a load deadline, fs options beyond
+// sharedDir and readOnly) run in test/fixtures/plugins/multi-device-host.ts under tsx instead.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { REPO } from './host-process.ts';
+import { hostCommand, REPO } from './host-process.ts';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 
 export interface DeviceSpec {
   label: string;
@@ -37,13 +42,56 @@ export interface MultiHost {
   stop(): Promise<number | null>;
 }
 
+/**
+ * The daemon config for `specs` and the transpile cache they share (a config has no cacheDir:
+ * the daemon takes $XDG_CACHE_HOME), or null when a config cannot say them.
+ */
+export function daemonConfig(specs: DeviceSpec[]): { config: object; cacheHome: string | null } | null {
+  const cacheDirs = new Set(specs.map((s) => s.options?.cacheDir));
+  if (cacheDirs.size > 1) return null;
+  const devices: object[] = [];
+  for (const s of specs) {
+    if (s.module !== undefined || s.plugin === undefined || s.loadDeadlineMs !== undefined) return null;
+    const { entropy, memoryLimitBytes, cacheDir, filesystem, ...rest } = s.options ?? {};
+    if (Object.keys(rest).length > 0) return null;
+    const grants: Record<string, unknown> = {};
+    if (entropy !== undefined) grants.entropy = entropy;
+    if (filesystem !== undefined) {
+      const { dir, readOnly, ...more } = filesystem as { dir: string; readOnly?: boolean };
+      if (Object.keys(more).length > 0) return null;
+      grants.sharedDir = dir;
+      if (readOnly) grants.readOnly = true;
+    }
+    void cacheDir;
+    // The host's default deadline (DEFAULT_CALL_DEADLINE_MS) where the spec gives none; the config's differs for storage.
+    const limits: Record<string, unknown> = { callDeadlineMs: s.callDeadlineMs ?? 100 };
+    if (memoryLimitBytes !== undefined) limits.memory = memoryLimitBytes;
+    devices.push({ id: s.label, socket: s.socket, plugin: s.plugin, grants, limits });
+  }
+  const [cacheDir] = cacheDirs;
+  return { config: { devices }, cacheHome: typeof cacheDir === 'string' ? cacheDir : null };
+}
+
 export async function startMultiHost(specs: DeviceSpec[], opts: { nofile?: [soft: number, hard: number] } = {}): Promise<MultiHost> {
-  const node = [process.execPath, '--import', 'tsx', join(REPO, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)];
+  const daemon = daemonConfig(specs);
+  let node: string[];
+  let env: NodeJS.ProcessEnv = process.env;
+  let configDir: string | null = null;
+  if (daemon) {
+    configDir = mkdtempSync(join(tmpdir(), 'multi-host-'));
+    writeFileSync(join(configDir, 'daemon.json'), JSON.stringify(daemon.config));
+    const [bin, argv] = hostCommand(['serve', '--config', join(configDir, 'daemon.json')]);
+    node = [bin, ...argv];
+    if (daemon.cacheHome) env = { ...process.env, XDG_CACHE_HOME: daemon.cacheHome };
+  } else {
+    node = [process.execPath, '--import', 'tsx', join(REPO, 'test', 'fixtures', 'plugins', 'multi-device-host.ts'), JSON.stringify(specs)];
+  }
   const [cmd, ...args] = opts.nofile ? ['prlimit', `--nofile=${opts.nofile[0]}:${opts.nofile[1]}`, '--', ...node] : node;
-  const child = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'], env });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  if (configDir) void exited.then(() => rmSync(configDir, { recursive: true, force: true }));
   const lines = (re: RegExp) => stderr.split('\n').filter((l) => re.test(l));
   const h: MultiHost = {
     child,
@@ -85,7 +133,7 @@ export async function startMultiHost(specs: DeviceSpec[], opts: { nofile?: [soft
       return child.signalCode === 'SIGKILL' ? null : code;
     },
   };
-  await h.waitForLog(/multi-device-host: serving /, 0, 60_000);
+  await h.waitForLog(daemon ? /vhost-wasm: serving \d+ of \d+ device/ : /multi-device-host: serving /, 0, 60_000);
   for (const s of specs) if (!existsSync(s.socket)) throw new Error(`no socket ${s.socket}:\n${stderr}`);
   return h;
 }

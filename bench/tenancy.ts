@@ -1,0 +1,191 @@
+// The multi-tenant daemon's targets (issue 13, docs/BENCHMARKS.md), measured on the built binary
+// (`node build.mjs` first):
+//
+//   npx tsx bench/tenancy.ts cpu [--hogs 10] [--seconds 10] [--cpu-share 0.5]
+//       p99 latency of a well-behaved blk device (dist/plugins/blk.wasm on a memory disk, 4K
+//       randread at queue depth 1, the C front-end in event mode) alone, then while HOGS other
+//       devices of the same daemon burn their whole call deadline on every call
+//       (test/devices/hog-blk-device.mjs, each driven by its own front-end). Same daemon, same
+//       script; the ratio is the target (<= 2). --cpu-share 64 turns the governor off in effect.
+//   npx tsx bench/tenancy.ts start [--devices 100] [--adds 10] [--add-gap-ms 500] [--spare-workers N]
+//       time from spawning `serve --config` with N rng devices (plugin already in the transpile
+//       cache) to its "serving N of N" line, and then device-add to socket ready over the
+//       management socket, one at a time, --add-gap-ms (default 500) apart (the daemon keeps two
+//       worker threads booted for adds; back-to-back adds outrun their replacement).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createConnection } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+
+const REPO = resolve(import.meta.dirname, '..');
+const HOST = join(REPO, 'dist', 'vhost-wasm.mjs');
+const LOADGEN = join(REPO, 'dist', 'vhost-blk-load');
+const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const RNG = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const HOG = join(REPO, 'test', 'devices', 'hog-blk-device.mjs');
+
+const { values: argv, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    hogs: { type: 'string', default: '10' },
+    seconds: { type: 'string', default: '10' },
+    'cpu-share': { type: 'string' },
+    devices: { type: 'string', default: '100' },
+    adds: { type: 'string', default: '10' },
+    'add-gap-ms': { type: 'string', default: '500' },
+    'spare-workers': { type: 'string' },
+  },
+});
+
+for (const f of [HOST, LOADGEN, BLK, RNG]) if (!existsSync(f)) throw new Error(`${f} is missing: run \`node build.mjs\` first`);
+
+const dir = mkdtempSync(join(tmpdir(), 'tenancy-'));
+const children: ChildProcess[] = [];
+process.on('exit', () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+interface Daemon {
+  child: ChildProcess;
+  log: () => string;
+  startedAt: number;
+}
+
+async function startDaemon(config: object): Promise<{ daemon: Daemon; readyMs: number }> {
+  writeFileSync(join(dir, 'daemon.json'), JSON.stringify(config));
+  const startedAt = performance.now();
+  const child = spawn(process.execPath, [HOST, 'serve', '--config', join(dir, 'daemon.json')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.push(child);
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  for (;;) {
+    if (/serving \d+ of \d+ device/.test(log)) break;
+    if (child.exitCode !== null) throw new Error(`the daemon exited: ${log}`);
+    await sleep(5);
+  }
+  return { daemon: { child, log: () => log, startedAt }, readyMs: performance.now() - startedAt };
+}
+
+async function stopDaemon(d: Daemon): Promise<void> {
+  d.child.kill('SIGTERM');
+  await new Promise((r) => d.child.once('close', r));
+}
+
+/** One JSON-RPC request on the management socket. */
+function rpc(path: string, method: string, params: object): Promise<{ result?: any; error?: { message: string } }> {
+  return new Promise((resolvePromise, reject) => {
+    const s = createConnection(path);
+    let buf = '';
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) + '\n'));
+    s.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        s.end();
+        resolvePromise(JSON.parse(buf.slice(0, nl)));
+      }
+    });
+    s.on('error', reject);
+  });
+}
+
+interface LoadResult {
+  iops: number;
+  lat_p50_us: number;
+  lat_p99_us: number;
+  lat_p999_us: number;
+  lat_max_us: number;
+  errors: number;
+}
+
+function loadgen(socket: string, args: string[]): { child: ChildProcess; result: Promise<LoadResult> } {
+  const child = spawn(LOADGEN, ['--socket', socket, '--mode', 'event', '--depth', '1', '--bs', '4K', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const result = new Promise<LoadResult>((res, rej) =>
+    child.once('close', (code) => {
+      const line = out.trim().split('\n').pop() ?? '';
+      if (!line.startsWith('{')) rej(new Error(`vhost-blk-load on ${socket} exited ${code}: ${err}`));
+      else res(JSON.parse(line) as LoadResult);
+    }),
+  );
+  return { child, result };
+}
+
+async function cpu(): Promise<void> {
+  const hogs = Number(argv.hogs);
+  const seconds = Number(argv.seconds);
+  const share = argv['cpu-share'] === undefined ? {} : { cpuShare: Number(argv['cpu-share']) };
+  const control = join(dir, 'control.sock');
+  const { daemon } = await startDaemon({
+    control,
+    devices: [
+      { id: 'good', socket: join(dir, 'good.sock'), plugin: BLK, grants: { storage: 'memory:64M' }, limits: { ...share } },
+      ...Array.from({ length: hogs }, (_, i) => ({ id: `hog${i}`, socket: join(dir, `hog${i}.sock`), module: HOG, limits: { callDeadlineMs: 5000, ...share } })),
+    ],
+  });
+  const measure = () => loadgen(join(dir, 'good.sock'), ['--rw', 'randread', '--seconds', String(seconds), '--warmup', '1']).result;
+  console.error(`load average before: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  const alone = await measure();
+  console.error(`alone: ${alone.iops} IOPS, p50 ${alone.lat_p50_us} us, p99 ${alone.lat_p99_us} us, p99.9 ${alone.lat_p999_us} us`);
+  // The hogs' front-ends keep one request in flight each for longer than the measurement.
+  const hogLoads = Array.from({ length: hogs }, (_, i) => loadgen(join(dir, `hog${i}.sock`), ['--size', '1M', '--seconds', String(seconds + 6), '--warmup', '0']));
+  await sleep(3000); // the governor's window (1 s) and then some
+  const withHogs = await measure();
+  const stats = (await rpc(control, 'device-stats', {})).result.devices as { id: string; cpu: { demand: number; running: number; demoted: boolean; demotions: number } }[];
+  for (const h of hogLoads) h.child.kill('SIGTERM');
+  await Promise.allSettled(hogLoads.map((h) => h.result));
+  await stopDaemon(daemon);
+  for (const l of daemon.log().split('\n')) if (/terminated|error|lowest priority/.test(l)) console.error(`  daemon: ${l}`);
+  console.error(`with ${hogs} hogs: ${withHogs.iops} IOPS, p50 ${withHogs.lat_p50_us} us, p99 ${withHogs.lat_p99_us} us, p99.9 ${withHogs.lat_p999_us} us`);
+  for (const s of stats) console.error(`  ${s.id}: code in long calls ${s.cpu.demand} CPU, threads ran ${s.cpu.running}, ${s.cpu.demoted ? 'demoted' : 'normal'} (${s.cpu.demotions} demotion(s))`);
+  console.error(`load average after: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  console.log(JSON.stringify({ bench: 'tenancy-cpu', hogs, seconds, cpuShare: share.cpuShare ?? null, alone, withHogs, p99Ratio: withHogs.lat_p99_us / alone.lat_p99_us }));
+}
+
+async function start(): Promise<void> {
+  const n = Number(argv.devices);
+  const adds = Number(argv.adds);
+  const control = join(dir, 'control.sock');
+  const dev = (i: number | string) => ({ id: `d${i}`, socket: join(dir, `d${i}.sock`), plugin: RNG, grants: { entropy: true } });
+  // A first run fills the transpile cache (the target is "plugins cached").
+  await stopDaemon((await startDaemon({ devices: [dev(0)] })).daemon);
+  const spare = argv['spare-workers'] === undefined ? {} : { spareWorkers: Number(argv['spare-workers']) };
+  const { daemon, readyMs } = await startDaemon({ control, ...spare, devices: Array.from({ length: n }, (_, i) => dev(i)) });
+  console.error(`start of ${n} devices: ${(readyMs / 1000).toFixed(2)} s (load average ${loadavg()[0].toFixed(1)})`);
+  const addMs: number[] = [];
+  await sleep(1000); // the spare workers boot after "serving N of N"
+  for (let i = 0; i < adds; i++) {
+    await sleep(Number(argv['add-gap-ms']));
+    const t = performance.now();
+    const r = await rpc(control, 'device-add', { ...dev(`add${i}`) });
+    if (r.error) throw new Error(`device-add: ${r.error.message}`);
+    // Ready: the socket accepts a connection.
+    await new Promise<void>((res, rej) => {
+      const s = createConnection(join(dir, `dadd${i}.sock`));
+      s.on('connect', () => {
+        s.destroy();
+        res();
+      });
+      s.on('error', rej);
+    });
+    addMs.push(performance.now() - t);
+  }
+  await stopDaemon(daemon);
+  const sorted = [...addMs].sort((a, b) => a - b);
+  console.error(`device-add to socket ready: median ${sorted[Math.floor(sorted.length / 2)].toFixed(1)} ms, max ${sorted[sorted.length - 1].toFixed(1)} ms (${adds} adds)`);
+  console.log(JSON.stringify({ bench: 'tenancy-start', devices: n, startSeconds: readyMs / 1000, addMs: sorted.map((x) => Math.round(x * 10) / 10) }));
+}
+
+if (positionals[0] === 'cpu') await cpu();
+else if (positionals[0] === 'start') await start();
+else throw new Error('usage: npx tsx bench/tenancy.ts cpu|start [options] (see the head of this file)');
+process.exit(0);

@@ -1,0 +1,190 @@
+// The CPU share (issue 13, "limits per device") as an operator meets it: `vhost-wasm serve
+// --config FILE` (the built binary) with a device whose code spins in every call
+// (test/devices/hog-blk-device.mjs) kept busy by a real front-end, and a well-behaved rng device
+// beside it. The hog is demoted (device-stats says so, and its worker thread runs at nice 19 in
+// /proc), the rng device is not; set-limits gives the hog a share it stays under and it gets its
+// priority back. What the demotion buys in latency is measured by bench/tenancy.ts cpu, not here
+// (no timing assertion).
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'node:http';
+import { VhostUserFrontend } from '../host/frontend/driver.ts';
+import { REPO } from './helpers/host-process.ts';
+import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+
+const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const hog = join(REPO, 'test', 'devices', 'hog-blk-device.mjs');
+
+let dir: string;
+let daemon: DaemonProcess;
+const sock = (name: string) => join(dir, `${name}.sock`);
+const control = () => sock('control');
+
+interface CpuStats {
+  limit: number;
+  demand: number;
+  running: number;
+  demoted: boolean;
+  demotions: number;
+  restoreRefused: string | null;
+}
+
+test.before(async () => {
+  execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
+  dir = mkdtempSync(join(tmpdir(), 'daemon-cpu-'));
+  writeFileSync(
+    join(dir, 'daemon.json'),
+    JSON.stringify({
+      control: 'control.sock',
+      metrics: `unix:${join(dir, 'metrics.sock')}`,
+      devices: [
+        // A long deadline: a demoted hog waits for a CPU inside its calls, and this test is about
+        // the share, not the watchdog.
+        { id: 'hog', socket: 'hog.sock', module: hog, limits: { callDeadlineMs: 30_000 } },
+        { id: 'calm', socket: 'calm.sock', plugin: rng, grants: { entropy: true } },
+      ],
+    }),
+  );
+  daemon = await startDaemon(['--config', join(dir, 'daemon.json')], { env: { VHOST_WASM_TEST_HOG_SPIN_MS: '50' } });
+});
+
+test.after.always(async () => {
+  if (daemon) await daemon.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function cpu(id: string): Promise<CpuStats> {
+  const r = await ctl(['--control', control(), '--json', 'stats', id]);
+  if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout).devices[0].cpu;
+}
+
+/** Asks `check` every 200 ms until it holds; fails (rather than hang) after `bound` ms. */
+async function until<T>(what: string, get: () => Promise<T>, check: (v: T) => boolean, bound = 60_000): Promise<T> {
+  const end = Date.now() + bound;
+  for (;;) {
+    const v = await get();
+    if (check(v)) return v;
+    if (Date.now() > end) throw new Error(`${what} never happened; last seen: ${JSON.stringify(v)}; daemon log:\n${daemon.log()}`);
+    await sleep(200);
+  }
+}
+
+/** The metrics endpoint's text (Prometheus exposition). */
+function scrape(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: join(dir, 'metrics.sock'), path: '/metrics' }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The nice value of every thread of the daemon, by thread id. */
+function threadNice(): Map<number, number> {
+  const pid = daemon.child.pid!;
+  const out = new Map<number, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+      // Fields after "(comm)": state is field 3, nice field 19.
+      out.set(Number(tid), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return out;
+}
+
+/** Keeps one request in flight on each front-end until stop() is called. */
+function keepBusy(fes: VhostUserFrontend[]): { stop: () => Promise<void>; done: number[] } {
+  let running = true;
+  const done = fes.map(() => 0);
+  const lanes = fes.map(async (fe, i) => {
+    while (running) {
+      await fe.queues[0].submit([], 16);
+      done[i]++;
+    }
+  });
+  return {
+    done,
+    stop: async () => {
+      running = false;
+      await Promise.all(lanes);
+    },
+  };
+}
+
+test.serial('a device whose code spins in every call is demoted to nice 19; a calm one beside it is not; a larger share restores it', async (t) => {
+  const hogFe = await VhostUserFrontend.connect(sock('hog'), { memoryBytes: 1 << 20, queues: [64] });
+  const calmFe = await VhostUserFrontend.connect(sock('calm'), { memoryBytes: 1 << 20, queues: [64] });
+  t.teardown(() => hogFe.close().catch(() => {}));
+  t.teardown(() => calmFe.close().catch(() => {}));
+  t.deepEqual([...threadNice().values()].filter((n) => n === 19), [], 'no thread starts demoted');
+
+  const load = keepBusy([hogFe, calmFe]);
+  const demoted = await until('the hog being demoted', () => cpu('hog'), (c) => c.demoted);
+  t.is(demoted.limit, 0.5, 'the default share');
+  t.true(demoted.demotions >= 1);
+  t.true(demoted.demand > 0, `its code ran in long calls (${demoted.demand} CPU over the last second)`);
+  t.is(demoted.restoreRefused, null);
+  // Its worker thread (and only it: one hog, one thread) runs at the lowest priority.
+  const low = [...threadNice().entries()].filter(([, n]) => n === 19);
+  t.is(low.length, 1, `threads at nice 19: ${JSON.stringify(low)}`);
+
+  const metrics = await scrape();
+  t.regex(metrics, /^vhost_wasm_device_cpu_demoted\{device="hog",tenant=""\} 1$/m);
+  t.regex(metrics, /^vhost_wasm_device_cpu_demoted\{device="calm",tenant=""\} 0$/m);
+  const longCalls = Number(/^vhost_wasm_device_long_call_seconds_total\{device="hog",tenant=""\} (\S+)$/m.exec(metrics)?.[1]);
+  t.true(longCalls > 0, `the hog's long calls are counted (${longCalls} s)`);
+
+  const calm = await cpu('calm');
+  t.log(`hog: ${JSON.stringify(demoted)}; calm: ${JSON.stringify(calm)}; requests: hog ${load.done[0]}, calm ${load.done[1]}`);
+  t.false(calm.demoted, 'the rng device answering in microseconds is not demoted');
+  t.is(calm.demotions, 0);
+  t.true(load.done[1] > 0, 'the calm device served meanwhile');
+
+  // The hog keeps spinning; a share of 4 CPUs is more than one thread can use.
+  const set = await ctl(['--control', control(), '--json', 'set-limits', 'hog', '--cpu-share', '4']);
+  t.is(set.code, 0, set.stderr);
+  t.is(JSON.parse(set.stdout).limits.cpuShare, 4);
+  const restored = await until('the hog getting its priority back', () => cpu('hog'), (c) => !c.demoted);
+  t.is(restored.limit, 4);
+  t.deepEqual([...threadNice().values()].filter((n) => n === 19), [], 'no thread left at nice 19');
+  await load.stop();
+  t.is((await ctl(['--control', control(), 'set-limits', 'hog', '--cpu-share', '0.5'])).code, 0);
+});
+
+test.serial('a bad CPU share is refused naming the field, by set-limits and in a config file', async (t) => {
+  const bad: [unknown, RegExp][] = [
+    [0, /params\.cpuShare: 0 is out of range \(0\.01\.\.64 CPUs\)/],
+    [100, /params\.cpuShare: 100 is out of range/],
+    ['half', /params\.cpuShare: must be a number of CPUs/],
+  ];
+  const answers = (await rawRpc(
+    control(),
+    bad.map(([v], i) => JSON.stringify({ jsonrpc: '2.0', id: i, method: 'set-limits', params: { id: 'hog', cpuShare: v } })),
+    bad.length,
+  )) as { id: number; error?: { message: string; data?: { field?: string } } }[];
+  for (const [i, [, re]] of bad.entries()) {
+    const a = answers.find((x) => x.id === i)!;
+    t.regex(a.error?.message ?? '', re);
+    t.is(a.error?.data?.field, 'params.cpuShare');
+  }
+  t.is((await cpu('hog')).limit, 0.5, 'nothing changed');
+
+  const usage = await ctl(['--control', control(), 'set-limits', 'hog', '--cpu-share', 'lots']);
+  t.not(usage.code, 0);
+  t.regex(usage.stderr, /--cpu-share: "lots" is not a number of CPUs/);
+
+  writeFileSync(join(dir, 'bad.json'), JSON.stringify({ devices: [{ id: 'x', socket: 'x.sock', plugin: rng, limits: { cpuShare: -1 } }] }));
+  const d = spawnDaemon(['--config', join(dir, 'bad.json')]);
+  t.not(await d.exited, 0);
+  t.regex(d.log(), /devices\[0\]\.limits\.cpuShare: -1 is out of range/);
+});
