@@ -206,7 +206,21 @@ test('file operations: create, write, read, readdirplus, rename, link, symlink, 
   const sl = c.req(OP.SYMLINK, 1, new W().str('sl').str('/etc/shadow').done());
   t.is(c.req(OP.READLINK, nodeOf(sl)).body.toString(), '/etc/shadow');
   t.is(c.req(OP.RMDIR, 1, new W().str('sub').done()).error, ERR.ENOTEMPTY);
-  t.is(c.req(OP.MKNOD, 1, new W().u32(0o010644).u32(0).u32(0).u32(0).str('fifo').done()).error, ERR.EPERM);
+  // FIFOs and sockets are made (inert: never opened by the share); device nodes are refused.
+  const fifo = c.req(OP.MKNOD, 1, new W().u32(0o010644).u32(0).u32(0).u32(0).str('fifo').done());
+  t.is(fifo.error, 0);
+  t.true(lstatSync(join(dir, 'fifo')).isFIFO());
+  t.is(c.req(OP.OPEN, nodeOf(fifo), new W().u32(0).u32(0).done()).error, 6 /* ENXIO */, 'a FIFO is never opened by the host');
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o140644).u32(0).u32(0).u32(0).str('sock').done()).error, 0);
+  t.true(lstatSync(join(dir, 'sock')).isSocket());
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o020644).u32(0x103).u32(0).u32(0).str('null').done()).error, ERR.EPERM);
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o060644).u32(0x800).u32(0).u32(0).str('sda').done()).error, ERR.EPERM);
+  t.false(existsSync(join(dir, 'null')) || existsSync(join(dir, 'sda')), 'no device node was made');
+  for (const n of ['fifo', 'sock']) {
+    const e = c.lookup(1, n);
+    t.is(c.req(OP.UNLINK, 1, new W().str(n).done()).error, 0);
+    c.req(OP.FORGET, nodeOf(e), new W().u64(2).done()); // MKNOD's and this lookup's
+  }
   t.is(c.req(OP.RELEASE, 1, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0);
   t.is(c.read(fh, 0, 10).error, ERR.EBADF, 'released');
   // FORGET every lookup: the host handles go back to the baseline.
@@ -532,7 +546,12 @@ test('less common operations: fallocate, lseek data/hole, utimens, rename2, stat
   t.is(r2(1).error, ERR.EEXIST);
   t.is(r2(2).error, 0);
   t.is(readFileSync(join(dir, 'sparse'), 'utf8'), 'OTHER');
-  t.is(r2(4).error, ERR.EINVAL, 'RENAME_WHITEOUT is refused');
+  // RENAME_WHITEOUT (overlayfs): the old name becomes a 0:0 character device nothing can open.
+  t.is(r2(4).error, 0);
+  t.is(readFileSync(join(dir, 'other'), 'utf8'), 'OTHER');
+  const wo = lstatSync(join(dir, 'sparse'));
+  t.true(wo.isCharacterDevice() && wo.rdev === 0, 'a whiteout at the old name');
+  t.is(r2(8).error, ERR.EINVAL, 'an unknown rename flag is refused');
   // STATFS, FSYNC, FSYNCDIR, FLUSH, ACCESS.
   const sf = c.req(OP.STATFS, 1);
   t.is(sf.error, 0);

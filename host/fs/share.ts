@@ -529,7 +529,7 @@ export class FsShare {
     return ok([e.val, f.val]);
   }
 
-  private make(kind: 'f' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
+  private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
     if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
     const e = this.using(dir, 'node', (d) => {
@@ -544,7 +544,12 @@ export class FsShare {
   }
 
   mknod(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
+    // FIFOs and sockets are inert in the share: OPEN of either is ENXIO here (the guest
+    // kernel serves them itself and never asks). Device nodes are refused: a guest's root
+    // could otherwise plant a node for a host disk where the host's users can open it.
     const type = mode & 0o170000;
+    if (type === 0o010000) return this.make('p', dir, name, mode & 0o777);
+    if (type === 0o140000) return this.make('s', dir, name, mode & 0o777);
     if (type !== 0 && type !== 0o100000) return fail(E.EPERM);
     return this.make('f', dir, name, safeMode(S_IFREG, mode));
   }
@@ -681,13 +686,14 @@ export class FsShare {
 
   /**
    * The errno that stops an xattr call on node or open file `h` first, or 0: ENOSYS without
-   * --xattr (the guest kernel then stops asking), EBADF, EPERM for a refused name
-   * (host/fs/xattr.ts), EROFS for a change to a read-only share.
+   * --xattr (the guest kernel then stops asking), EBADF, for a refused name (host/fs/xattr.ts)
+   * ENODATA to read it (it is hidden: lists leave it out too) and EPERM to change it, EROFS for
+   * a change to a read-only share. (virtiofsd 1.13's "bad" --xattrmap rule answers the same.)
    */
   private xattrRefused(h: bigint, name: Uint8Array | null, change: boolean): number {
     if (!this.xattr) return E.ENOSYS;
     if (!this.slot(h)) return E.EBADF;
-    if (name !== null && xattrNameRefused(name)) return E.EPERM;
+    if (name !== null && xattrNameRefused(name)) return change ? E.EPERM : E.ENODATA;
     if (change && this.readOnly) return E.EROFS;
     return 0;
   }

@@ -24,7 +24,7 @@ export interface NativeFs {
   /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
   fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
   /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
-  fsMake(kind: 'f' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
+  fsMake(kind: 'f' | 'p' | 's' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
   fsLink(fd: number, dirfd: number, name: Uint8Array): number;
   fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
   fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;

@@ -1000,8 +1000,7 @@ static void op_mknod(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_mknod_in, m);
   NAME(a, name, len);
-  if ((m.mode & 0170000) != 0100000) return reply_error(r, EPERM);
-  vfs_entry e;
+  vfs_entry e; /* regular files, FIFOs and sockets; the host refuses device nodes (EPERM) */
   uint32_t err = vfs_mknod(dir->handle, name, len, m.mode, &e);
   if (!err) own_new(&e, dir);
   reply_new_entry(r, err, &e, nodeid, name, len);
@@ -1060,7 +1059,7 @@ static void op_rename(reply *r, uint64_t nodeid, args *a, int v2) {
   NAME(a, oldname, olen);
   NAME(a, newname, nlen);
   INODE(newdir, nd);
-  if (flags & ~3u) return reply_error(r, EINVAL); /* no RENAME_WHITEOUT */
+  if (flags & ~7u) return reply_error(r, EINVAL); /* NOREPLACE, EXCHANGE, WHITEOUT */
   uint32_t err = vfs_rename(od->handle, oldname, olen, nd->handle, newname, nlen, flags);
   if (err) return reply_error(r, err);
   names_renamed(nodeid, oldname, olen, newdir, newname, nlen, flags);

@@ -363,7 +363,8 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
 }
 
 // fsMake(kind, dirfd, name, mode, target?) -> 0 | -errno. kind: 'f' regular file (mknod),
-// 'd' directory, 'l' symlink to target (bytes; never followed by us).
+// 'p' FIFO, 's' socket (mknod: inert until opened, and the share never opens either),
+// 'd' directory, 'l' symlink to target (bytes; never followed by us). No device nodes.
 static napi_value fs_make(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   int dirfd;
@@ -373,7 +374,7 @@ static napi_value fs_make(napi_env env, napi_callback_info info) {
   bool threw;
   if (!get_args(env, info, 5, 4, argv, NULL, "fsMake")) return NULL;
   if (napi_get_value_string_utf8(env, argv[0], kind, sizeof kind, &klen) != napi_ok || klen != 1) {
-    throw_type(env, "fsMake: kind must be 'f', 'd' or 'l'");
+    throw_type(env, "fsMake: kind must be 'f', 'p', 's', 'd' or 'l'");
     return NULL;
   }
   if (!arg_fd(env, argv[1], "fsMake", &dirfd) || !arg_int(env, argv[3], "fsMake", "mode", &mode)) return NULL;
@@ -382,6 +383,8 @@ static napi_value fs_make(napi_env env, napi_callback_info info) {
   if (r < 0) return neg(env, -r);
   switch (kind[0]) {
     case 'f': r = mknodat(dirfd, name, S_IFREG | ((mode_t)mode & 07777), 0); break;
+    case 'p': r = mknodat(dirfd, name, S_IFIFO | ((mode_t)mode & 07777), 0); break;
+    case 's': r = mknodat(dirfd, name, S_IFSOCK | ((mode_t)mode & 07777), 0); break;
     case 'd': r = mkdirat(dirfd, name, (mode_t)mode & 07777); break;
     case 'l': {
       void *data;
@@ -444,7 +447,8 @@ static napi_value fs_unlink(napi_env env, napi_callback_info info) {
 }
 
 // fsRename(olddirfd, oldname, newdirfd, newname, flags) -> 0 | -errno (renameat2 flags:
-// RENAME_NOREPLACE 1, RENAME_EXCHANGE 2; RENAME_WHITEOUT is refused).
+// RENAME_NOREPLACE 1, RENAME_EXCHANGE 2, RENAME_WHITEOUT 4: overlayfs' whiteout, a 0:0
+// character device that nothing can open, left at the old name; the kernel needs CAP_MKNOD).
 static napi_value fs_rename(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   int od, nd;
@@ -460,7 +464,7 @@ static napi_value fs_rename(napi_env env, napi_callback_info info) {
   r = take_name(env, argv[3], "fsRename", nn, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  if (flags & ~3LL) return neg(env, EINVAL);
+  if (flags & ~7LL) return neg(env, EINVAL);
   return syscall(SYS_renameat2, od, on, nd, nn, (unsigned)flags) < 0 ? neg(env, errno) : num(env, 0);
 }
 
@@ -503,8 +507,12 @@ static napi_value fs_setattr(napi_env env, napi_callback_info info) {
   proc_path(path, sizeof path, fd);
   if (strcmp(what, "owner") == 0) {
     r = fchownat(fd, "", (uid_t)a[0], (gid_t)a[1], AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  } else if (S_ISLNK(st.st_mode) && strcmp(what, "times") == 0) {
+    // The /proc magic link would follow the symlink; the O_PATH fd itself names the link.
+    struct timespec ts[2] = {{a[0], a[1]}, {a[2], a[3]}};
+    r = utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   } else if (S_ISLNK(st.st_mode)) {
-    return neg(env, EOPNOTSUPP); // symlinks have no mode of their own; times: not supported
+    return neg(env, EOPNOTSUPP); // symlinks have no mode of their own (lchmod is EOPNOTSUPP in Linux too)
   } else if (strcmp(what, "mode") == 0) {
     r = fchmodat(AT_FDCWD, path, (mode_t)a[0] & 07777, 0);
   } else if (strcmp(what, "times") == 0) {
