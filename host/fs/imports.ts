@@ -3,6 +3,7 @@
 // not pass here (vhost:device@0.2.0): `backing` hands the plugin an index for answers.
 import type { FsFileBackings } from './file-backings.ts';
 import type { FsResult, FsShare } from './share.ts';
+import type { FileLock } from './locks.ts';
 
 type WitResult<T> = { tag: 'ok'; val: T } | { tag: 'err'; val: number };
 
@@ -68,5 +69,8 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     listxattr: (h: bigint) => wit(s().listxattr(h)),
     setxattr: (h: bigint, name: Uint8Array, value: Uint8Array, flags: number) => wit(s().setxattr(h, name, value, flags)),
     removexattr: (h: bigint, name: Uint8Array) => wit(s().removexattr(h, name)),
+    getlk: (file: bigint, owner: bigint, lock: FileLock) => wit(s().getlk(file, owner, lock)),
+    setlk: (file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint) => wit(s().setlk(file, owner, lock, flock, wait)),
+    lockCancel: (wait: bigint): void => s().locks.cancel(wait),
   };
 }

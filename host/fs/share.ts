@@ -26,6 +26,7 @@ import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from './inode-handles.ts';
 import { visibleXattrNames, XATTR_MAX, xattrNameRefused } from './xattr.ts';
+import { FsLocks, type FileLock } from './locks.ts';
 
 export const E = OS.errno;
 
@@ -103,6 +104,8 @@ export const DEFAULT_TAG = 'vhost-wasm';
 export const MAX_TAG_BYTES = 36;
 
 const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const O_RDWR = 2;
 const O_DIRECTORY = 0o200000;
 const O_TRUNC = 0o1000;
 const FATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const;
@@ -179,6 +182,22 @@ export class FsShare {
   private xattrBuf: Uint8Array | null = null;
   private closed = false;
   private readonly spentLog: LogThrottle;
+  /** Record locks and flock (host/fs/locks.ts): owner fds, waits. */
+  readonly locks: FsLocks = new FsLocks({
+    fileFd: (h) => this.fileFd(h),
+    inodeOf: (fd) => {
+      const a = this.stat(fd);
+      return a.ok ? `${a.val.dev}:${a.val.ino}` : -a.errno;
+    },
+    reopen: (fd) => {
+      // Read and write, so the owner can hold both kinds; a file the host may only read
+      // (or a read-only share) gets read locks only (a write lock is then EBADF).
+      let r = this.readOnly ? -E.EROFS : this.budgeted(native.fsReopen(fd, O_RDWR));
+      if (r === -E.EACCES || r === -E.EROFS || r === -E.ETXTBSY || r === -E.EPERM) r = this.budgeted(native.fsReopen(fd, O_RDONLY));
+      return r;
+    },
+    close: (fd) => native.fsClose(fd),
+  });
 
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
@@ -262,6 +281,7 @@ export class FsShare {
    * so a handle the plugin kept answers EBADF.
    */
   releaseAll(): number {
+    this.locks.releaseAll();
     const n = this.handles.size;
     for (const s of this.handles.values()) if (s.fd >= 0) native.fsClose(s.fd);
     this.handles.clear();
@@ -413,6 +433,7 @@ export class FsShare {
   closeHandle(h: bigint): void {
     const s = this.slot(h);
     if (!s) return;
+    if (s.kind === 'file') this.locks.fileClosing(h);
     this.handles.delete(Number(h));
     if (s.fd >= 0) {
       native.fsClose(s.fd);
@@ -682,6 +703,18 @@ export class FsShare {
     if (offset > max || offset < -max) return fail(E.EINVAL);
     const r = native.fsLseek(f, Number(offset), whence);
     return r < 0 ? fail(-r) : ok(BigInt(r));
+  }
+
+  /** FUSE_GETLK: the first conflicting lock of another owner (host/fs/locks.ts). */
+  getlk(file: bigint, owner: bigint, lock: FileLock): FsResult<FileLock> {
+    const r = this.locks.getlk(file, owner, lock);
+    return r.ok ? ok(r.val) : fail(r.errno);
+  }
+
+  /** FUSE_SETLK(W): see FsLocks.setlk; `wait` 0 never waits, else EINPROGRESS and a wake later. */
+  setlk(file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint): FsResult<void> {
+    const r = this.locks.setlk(file, owner, lock, flock, wait);
+    return r.ok ? ok(undefined) : fail(r.errno);
   }
 
   /**

@@ -39,6 +39,10 @@ export interface NativeFs {
   fsFsync(fd: number, datasync: boolean): number;
   fsFallocate(fd: number, mode: number, offset: number, len: number): number;
   fsLseek(fd: number, offset: number, whence: number): number;
+  /** OFD record lock: set 0 = F_OFD_GETLK (out: type, start, len, pid), 1 = F_OFD_SETLK; type F_RDLCK 0 / F_WRLCK 1 / F_UNLCK 2; len 0 = to EOF. */
+  fsLock(fd: number, set: number, type: number, start: number, len: number, out: Float64Array): number;
+  /** flock(2) with LOCK_NB: op LOCK_SH 1, LOCK_EX 2, LOCK_UN 8. */
+  fsFlock(fd: number, op: number): number;
   // Extended attributes of the inode an O_PATH fd pins (a symlink: the link itself), through
   // /proc/self/fd/N; nothing is opened. An empty buf asks only for the length.
   /** The value's length (copied into buf when it fits; -ERANGE when it does not). */

@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -744,6 +745,49 @@ static napi_value fs_removexattr(napi_env env, napi_callback_info info) {
   return removexattr(path, name) < 0 ? neg(env, errno) : num(env, 0);
 }
 
+// fsLock(fd, set, type, start, len, out) -> 0 | -errno: an open-file-description record lock
+// (F_OFD_GETLK when set is 0, F_OFD_SETLK otherwise; never F_OFD_SETLKW: a wait would block
+// the worker, host/fs/locks.ts retries instead). type: F_RDLCK 0, F_WRLCK 1, F_UNLCK 2;
+// len 0: to the end of any file. out (Float64Array of 4) gets what F_OFD_GETLK reports:
+// type, start, len, pid (-1 for an OFD lock).
+static napi_value fs_lock(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  int fd;
+  int64_t set = 0, type = 0, start = 0, len = 0;
+  void *out;
+  size_t outlen;
+  if (!get_args(env, info, 6, 6, argv, NULL, "fsLock") || !arg_fd(env, argv[0], "fsLock", &fd) ||
+      !arg_int(env, argv[1], "fsLock", "set", &set) || !arg_int(env, argv[2], "fsLock", "type", &type) ||
+      !arg_int(env, argv[3], "fsLock", "start", &start) || !arg_int(env, argv[4], "fsLock", "len", &len) ||
+      !get_bytes(env, argv[5], "fsLock", "out", &out, &outlen))
+    return NULL;
+  if (outlen < 4 * sizeof(double)) {
+    throw_type(env, "fsLock: out must hold 4 doubles");
+    return NULL;
+  }
+  if ((type != F_RDLCK && type != F_WRLCK && type != F_UNLCK) || start < 0 || len < 0) return neg(env, EINVAL);
+  struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = len, .l_pid = 0};
+  if (fcntl(fd, set ? F_OFD_SETLK : F_OFD_GETLK, &fl) < 0) return neg(env, errno);
+  double *o = out;
+  o[0] = fl.l_type;
+  o[1] = (double)fl.l_start;
+  o[2] = (double)fl.l_len;
+  o[3] = fl.l_pid;
+  return num(env, 0);
+}
+
+// fsFlock(fd, op) -> 0 | -errno: flock(2), always LOCK_NB (op: LOCK_SH 1, LOCK_EX 2, LOCK_UN 8).
+static napi_value fs_flock(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t op = 0;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsFlock") || !arg_fd(env, argv[0], "fsFlock", &fd) ||
+      !arg_int(env, argv[1], "fsFlock", "op", &op))
+    return NULL;
+  if (op != LOCK_SH && op != LOCK_EX && op != LOCK_UN) return neg(env, EINVAL);
+  return flock(fd, (int)op | LOCK_NB) < 0 ? neg(env, errno) : num(env, 0);
+}
+
 static napi_value fs_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
@@ -782,6 +826,7 @@ fs_env *init_fs(napi_env env, napi_value exports) {
          set_fn(env, exports, "fsFsync", fs_fsync) && set_fn(env, exports, "fsFallocate", fs_fallocate) &&
          set_fn(env, exports, "fsLseek", fs_lseek) && set_fn(env, exports, "fsGetxattr", fs_getxattr) &&
          set_fn(env, exports, "fsListxattr", fs_listxattr) && set_fn(env, exports, "fsSetxattr", fs_setxattr) &&
-         set_fn(env, exports, "fsRemovexattr", fs_removexattr);
+         set_fn(env, exports, "fsRemovexattr", fs_removexattr) && set_fn(env, exports, "fsLock", fs_lock) &&
+         set_fn(env, exports, "fsFlock", fs_flock);
   return ok ? fe : NULL;
 }

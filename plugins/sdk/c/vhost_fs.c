@@ -38,6 +38,10 @@ _Static_assert(sizeof(vfs_dirent) == VD_ABI_SIZEOF_DIR_ENTRY && SAME_AT(vfs_dire
                    SAME_AT(vfs_dirent, name, VD_ABI_DIR_ENTRY_NAME) &&
                    SAME_AT(vfs_dirent, name_len, VD_ABI_DIR_ENTRY_NAME + VD_ABI_LIST_LEN),
                "vfs_dirent must match the WIT record dir-entry");
+_Static_assert(sizeof(vfs_lock) == VD_ABI_SIZEOF_FILE_LOCK && SAME_AT(vfs_lock, start, VD_ABI_FILE_LOCK_START) &&
+                   SAME_AT(vfs_lock, end, VD_ABI_FILE_LOCK_END) && SAME_AT(vfs_lock, kind, VD_ABI_FILE_LOCK_KIND) &&
+                   SAME_AT(vfs_lock, pid, VD_ABI_FILE_LOCK_PID),
+               "vfs_lock must match the WIT record file-lock");
 _Static_assert(sizeof(vfs_fsstats) == VD_ABI_SIZEOF_FS_STATS && SAME_AT(vfs_fsstats, blocks, VD_ABI_FS_STATS_BLOCKS) &&
                    SAME_AT(vfs_fsstats, bfree, VD_ABI_FS_STATS_BFREE) &&
                    SAME_AT(vfs_fsstats, bavail, VD_ABI_FS_STATS_BAVAIL) &&
@@ -81,13 +85,18 @@ VFS_IMPORT("listxattr") void imp_listxattr(int64_t h, R ret);
 VFS_IMPORT("setxattr") void imp_setxattr(int64_t h, const uint8_t *name, size_t len, const uint8_t *v, size_t vl,
                                          int32_t flags, R ret);
 VFS_IMPORT("removexattr") void imp_removexattr(int64_t h, const uint8_t *name, size_t len, R ret);
+VFS_IMPORT("getlk") void imp_getlk(int64_t file, int64_t owner, int64_t start, int64_t end, int32_t kind, int32_t pid, R ret);
+VFS_IMPORT("setlk") void imp_setlk(int64_t file, int64_t owner, int64_t start, int64_t end, int32_t kind, int32_t pid,
+                                   int32_t flock, int64_t wait, R ret);
+VFS_IMPORT("lock-cancel") void imp_lock_cancel(int64_t wait);
 
 /* One return area for every call: create's (result<tuple<entry, handle>, errno>) is the largest. */
 static _Alignas(8) uint8_t ret_area[VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET];
 _Static_assert(VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET <= sizeof ret_area && VD_ABI_SIZEOF_FILESYSTEM_STATFS_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_GETXATTR_RET <= sizeof ret_area &&
-                   VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area,
+                   VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_GETLK_RET <= sizeof ret_area,
                "ret_area holds every filesystem return area");
 
 static uint32_t u32_at(const uint8_t *p) {
@@ -291,3 +300,19 @@ uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len) {
   imp_removexattr((int64_t)h, name, name_len, ret_area);
   return unit_result(VD_ABI_FILESYSTEM_REMOVEXATTR_RET_ERR);
 }
+
+uint32_t vfs_getlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, vfs_lock *out) {
+  imp_getlk((int64_t)file, (int64_t)owner, (int64_t)lock->start, (int64_t)lock->end, (int32_t)lock->kind,
+            (int32_t)lock->pid, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_GETLK_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_GETLK_RET_OK, sizeof *out);
+  return 0;
+}
+
+uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int flock, uint64_t wait) {
+  imp_setlk((int64_t)file, (int64_t)owner, (int64_t)lock->start, (int64_t)lock->end, (int32_t)lock->kind,
+            (int32_t)lock->pid, flock != 0, (int64_t)wait, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_SETLK_RET_ERR);
+}
+
+void vfs_lock_cancel(uint64_t wait) { imp_lock_cancel((int64_t)wait); }

@@ -108,6 +108,20 @@ uint32_t vfs_setxattr(vfs_handle h, const uint8_t *name, size_t name_len, const 
                       uint32_t flags);
 uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len);
 
+/* Record locks and flock (FUSE_GETLK/SETLK/SETLKW): [start, end] with end included
+ * (VFS_LOCK_END_MAX: to the end of any file); kind 0 F_RDLCK, 1 F_WRLCK, 2 F_UNLCK.
+ * vfs_setlk with wait 0 answers EAGAIN on a conflict; with a token it answers EINPROGRESS
+ * and the host delivers VD_EVENT_TIMER with that token once the wait resolved: ask again with
+ * wait 0 for the verdict. vfs_lock_cancel ends a wait without an event. */
+typedef struct vfs_lock {
+  uint64_t start, end;
+  uint32_t kind, pid;
+} vfs_lock;
+#define VFS_LOCK_END_MAX 0x7fffffffffffffffull
+uint32_t vfs_getlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, vfs_lock *out);
+uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int flock, uint64_t wait);
+void vfs_lock_cancel(uint64_t wait);
+
 #ifdef __cplusplus
 }
 #endif
