@@ -23,6 +23,7 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     tag: (): string => s().tag,
     readOnly: (): boolean => s().readOnly,
     migrationOnError: (): string => s().migrationOnError,
+    cache: (): string => s().cache,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
     close: (h: bigint): void => {

@@ -25,7 +25,10 @@ import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from './inode-handles.ts';
-import { visibleXattrNames, XATTR_MAX, xattrNameRefused } from './xattr.ts';
+import { XATTR_MAX } from './xattr.ts';
+import { XattrMap, type XattrRule } from './xattr-map.ts';
+import { IdMap, type IdMapRule } from './id-map.ts';
+import { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
 import { FsLocks, type FileLock } from './locks.ts';
 
 export const E = OS.errno;
@@ -72,6 +75,7 @@ export interface FsStats {
 
 /** --migration-on-error (the WIT enum's spelling): fail the load, or load and answer EIO. */
 export type MigrationOnError = 'abort' | 'guest-error';
+export { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
 export const MIGRATION_ON_ERROR: readonly MigrationOnError[] = ['abort', 'guest-error'];
 
 /** An operation's value, or the errno it failed with. */
@@ -92,6 +96,13 @@ export interface ShareOptions {
   maxHandles?: number;
   /** Names the device in log lines. */
   label?: string;
+  /** --cache (default auto). */
+  cache?: CachePolicy;
+  /** --translate-uid / --translate-gid rules (host/fs/id-map.ts). */
+  translateUid?: readonly IdMapRule[];
+  translateGid?: readonly IdMapRule[];
+  /** --xattrmap rules (host/fs/xattr-map.ts); default: trusted./security. refused. */
+  xattrmap?: readonly XattrRule[];
 }
 
 /** A spent fd budget is logged at most this often per share (with a count of the rest). */
@@ -165,6 +176,10 @@ export class FsShare {
   readonly tag: string;
   readonly migrationOnError: MigrationOnError;
   readonly xattr: boolean;
+  readonly cache: CachePolicy;
+  private readonly uids: IdMap;
+  private readonly gids: IdMap;
+  private readonly xattrNames: XattrMap;
   /** How nodes are held: 'handles' (file handles) or 'fds' (an O_PATH fd each). */
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
@@ -202,6 +217,15 @@ export class FsShare {
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
     this.xattr = opts.xattr ?? false;
+    this.cache = opts.cache ?? 'auto';
+    if (!CACHE_POLICIES.includes(this.cache)) throw new FsShareError(`cache must be ${CACHE_POLICIES.join(', ')}, not "${String(this.cache)}"`);
+    try {
+      this.uids = new IdMap(opts.translateUid ?? [], '--translate-uid');
+      this.gids = new IdMap(opts.translateGid ?? [], '--translate-gid');
+    } catch (e) {
+      throw new FsShareError((e as Error).message);
+    }
+    this.xattrNames = new XattrMap(opts.xattrmap);
     this.tag = opts.tag ?? DEFAULT_TAG;
     this.migrationOnError = opts.migrationOnError ?? 'abort';
     if (!MIGRATION_ON_ERROR.includes(this.migrationOnError)) {
@@ -387,8 +411,8 @@ export class FsShare {
       ino: BigInt(b[1]),
       mode: b[2],
       nlink: Math.min(b[3], 0xffffffff),
-      uid: b[4],
-      gid: b[5],
+      uid: this.uids.toGuest(b[4]),
+      gid: this.gids.toGuest(b[5]),
       rdev: b[6] > 0xffffffff ? 0 : b[6],
       size: BigInt(b[7]),
       blksize: b[8],
@@ -483,7 +507,10 @@ export class FsShare {
       r = native.fsSetattr(fd, 'mode', safeMode(cur.val.mode, mode));
     }
     if (r >= 0 && valid & (FATTR.UID | FATTR.GID)) {
-      r = native.fsSetattr(fd, 'owner', valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
+      // --translate-uid/gid: the guest's ids become the host's; a forbidden one is EPERM.
+      const hu = valid & FATTR.UID ? this.uids.toHost(uid) : -1;
+      const hg = valid & FATTR.GID ? this.gids.toHost(gid) : -1;
+      r = (valid & FATTR.UID && hu < 0) || (valid & FATTR.GID && hg < 0) ? -E.EPERM : native.fsSetattr(fd, 'owner', hu, hg);
     }
     if (r >= 0 && valid & FATTR.SIZE) {
       if (size > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
@@ -723,17 +750,26 @@ export class FsShare {
    * ENODATA to read it (it is hidden: lists leave it out too) and EPERM to change it, EROFS for
    * a change to a read-only share. (virtiofsd 1.13's "bad" --xattrmap rule answers the same.)
    */
-  private xattrRefused(h: bigint, name: Uint8Array | null, change: boolean): number {
+  private xattrRefused(h: bigint, change: boolean): number {
     if (!this.xattr) return E.ENOSYS;
     if (!this.slot(h)) return E.EBADF;
-    if (name !== null && xattrNameRefused(name)) return change ? E.EPERM : E.ENODATA;
     if (change && this.readOnly) return E.EROFS;
     return 0;
   }
 
-  getxattr(h: bigint, name: Uint8Array): FsResult<Uint8Array> {
-    const no = this.xattrRefused(h, name, false);
+  /** The host's name for a guest's xattr name (--xattrmap), or the errno refusing it. */
+  private hostXattrName(name: Uint8Array, change: boolean): Uint8Array | number {
+    const n = this.xattrNames.toHost(name);
+    // Reading a refused name finds nothing (it is hidden from lists too); changing it is refused.
+    if (typeof n === 'number') return change || n !== E.EPERM ? n : E.ENODATA;
+    return n.length > 255 ? E.ERANGE : n;
+  }
+
+  getxattr(h: bigint, guestName: Uint8Array): FsResult<Uint8Array> {
+    const no = this.xattrRefused(h, false);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, false);
+    if (typeof name === 'number') return fail(name);
     return this.using(h, undefined, (fd) => {
       const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
       const r = native.fsGetxattr(fd, name, buf);
@@ -742,18 +778,20 @@ export class FsShare {
   }
 
   listxattr(h: bigint): FsResult<Uint8Array> {
-    const no = this.xattrRefused(h, null, false);
+    const no = this.xattrRefused(h, false);
     if (no) return fail(no);
     return this.using(h, undefined, (fd) => {
       const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
       const r = native.fsListxattr(fd, buf);
-      return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
+      return r < 0 ? fail(-r) : ok(this.xattrNames.listToGuest(buf.subarray(0, r)));
     });
   }
 
-  setxattr(h: bigint, name: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
-    const no = this.xattrRefused(h, name, true);
+  setxattr(h: bigint, guestName: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
+    const no = this.xattrRefused(h, true);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, true);
+    if (typeof name === 'number') return fail(name);
     if (value.length > XATTR_MAX) return fail(E.E2BIG);
     return this.using(h, undefined, (fd) => {
       const r = native.fsSetxattr(fd, name, value, flags >>> 0);
@@ -761,9 +799,11 @@ export class FsShare {
     });
   }
 
-  removexattr(h: bigint, name: Uint8Array): FsResult<void> {
-    const no = this.xattrRefused(h, name, true);
+  removexattr(h: bigint, guestName: Uint8Array): FsResult<void> {
+    const no = this.xattrRefused(h, true);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, true);
+    if (typeof name === 'number') return fail(name);
     return this.using(h, undefined, (fd) => {
       const r = native.fsRemovexattr(fd, name);
       return r < 0 ? fail(-r) : ok(undefined);

@@ -323,6 +323,30 @@ static fs_file *file_get(uint64_t fh) {
   return &files[fh - 1];
 }
 
+/* --cache, asked once per INIT: how long the guest may trust entries and attributes, and
+ * the open flags that decide whether it caches file data (virtiofsd's policies). */
+#define FOPEN_DIRECT_IO (1u << 0)
+#define FOPEN_KEEP_CACHE (1u << 1)
+#define FOPEN_CACHE_DIR (1u << 3)
+static int cache_policy = VFS_CACHE_AUTO;
+
+static uint64_t cache_timeout(void) {
+  switch (cache_policy) {
+    case VFS_CACHE_NEVER: return 0;
+    case VFS_CACHE_AUTO: return 1;
+    default: return 86400; /* metadata, always: a day */
+  }
+}
+
+static uint32_t cache_open_flags(int dir) {
+  switch (cache_policy) {
+    case VFS_CACHE_NEVER:
+    case VFS_CACHE_METADATA: return dir ? 0 : FOPEN_DIRECT_IO;
+    case VFS_CACHE_ALWAYS: return dir ? FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE : FOPEN_KEEP_CACHE;
+    default: return 0;
+  }
+}
+
 /* A SETLKW waiting for its lock: held, answered when the host's wait with `token` resolves. */
 typedef struct lock_wait {
   uint64_t token; /* 0: free slot */
@@ -688,6 +712,7 @@ static const char *restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
 
 /* The session, and the free list if the ids came out of order (see fs_load_inode). */
 static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
+  cache_policy = vfs_cache_policy(); /* no INIT on a migration destination */
   if (load_unordered) {
     free_inode = 0;
     for (uint32_t i = n_inodes; i-- > 2;) {
@@ -800,15 +825,15 @@ static void fill_attr(struct fuse_attr *a, const vfs_attr *v) {
 static void fill_entry(struct fuse_entry_out *o, uint64_t nodeid, const vfs_attr *v) {
   memset(o, 0, sizeof *o);
   o->nodeid = nodeid;
-  o->entry_valid = 1;
-  o->attr_valid = 1;
+  o->entry_valid = cache_timeout();
+  o->attr_valid = cache_timeout();
   fill_attr(&o->attr, v);
 }
 
 static void reply_attr(reply *r, const vfs_attr *v) {
   struct fuse_attr_out *o = reply_or_erange(r, sizeof *o);
   if (!o) return;
-  o->attr_valid = 1;
+  o->attr_valid = cache_timeout();
   fill_attr(&o->attr, v);
 }
 
@@ -918,6 +943,7 @@ static void op_init(reply *r, args *a) {
   o->max_write = MAX_WRITE;
   o->time_gran = 1;
   session.initialized = 1;
+  cache_policy = vfs_cache_policy();
   session.minor = o->minor;
   session.flags = o->flags;
   session.max_readahead = o->max_readahead;
@@ -970,6 +996,7 @@ static void reply_open(reply *r, vfs_handle h, uint32_t flags, uint64_t nodeid) 
     return reply_error(r, ENFILE);
   }
   o->fh = fh;
+  o->open_flags = cache_open_flags((flags & O_DIRECTORY) != 0);
 }
 
 static void op_open(reply *r, uint64_t nodeid, args *a, int dir) {
@@ -1015,7 +1042,7 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   }
   struct fuse_entry_out eo;
   fill_entry(&eo, id, &e.attr);
-  struct fuse_open_out oo = {.fh = fh};
+  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
   memcpy(o, &eo, sizeof eo);
   memcpy(o + sizeof eo, &oo, sizeof oo);
 }

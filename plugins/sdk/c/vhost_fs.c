@@ -56,6 +56,7 @@ typedef uint8_t *R;
 VFS_IMPORT("tag") void imp_tag(R ret);
 VFS_IMPORT("read-only") int32_t imp_read_only(void);
 VFS_IMPORT("migration-on-error") int32_t imp_migration_on_error(void);
+VFS_IMPORT("cache") int32_t imp_cache(void);
 VFS_IMPORT("root") void imp_root(R ret);
 VFS_IMPORT("lookup") void imp_lookup(int64_t dir, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("close") void imp_close(int64_t h);
@@ -122,6 +123,8 @@ size_t vfs_tag(char *buf, size_t cap) {
 
 int vfs_read_only(void) { return imp_read_only() != 0; }
 int vfs_migration_guest_error(void) { return imp_migration_on_error() == VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR; }
+
+int vfs_cache_policy(void) { return imp_cache(); }
 
 /* result<entry, errno>, with the payload offsets of the call that filled ret_area. */
 static uint32_t entry_result(vfs_entry *out, size_t ok, size_t err) {

@@ -62,6 +62,9 @@ size_t vfs_tag(char *buf, size_t cap);
 int vfs_read_only(void);
 /* --migration-on-error: 1 for guest-error (load what can be found, EIO for the rest), 0 for abort. */
 int vfs_migration_guest_error(void);
+/* --cache: VFS_CACHE_NEVER, _METADATA, _AUTO (the default) or _ALWAYS. */
+enum { VFS_CACHE_NEVER = 0, VFS_CACHE_METADATA = 1, VFS_CACHE_AUTO = 2, VFS_CACHE_ALWAYS = 3 };
+int vfs_cache_policy(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 void vfs_close(vfs_handle h);
