@@ -596,3 +596,28 @@ test('new files belong to the requesting uid/gid; an existing file keeps its own
   c.create(sg, 'inherit');
   t.like(statSync(join(dir, 'sg', 'inherit')), { uid: 1000, gid: 1234 });
 });
+
+test('COPY_FILE_RANGE copies inside the host between two open files; SYNCFS syncs the share', async (t) => {
+  const { c, dir } = await setup(t);
+  c.init();
+  writeFileSync(join(dir, 'src'), 'The quick brown fox jumps over the lazy dog');
+  const open = (name: string, flags: number) => {
+    const node = nodeOf(c.lookup(1, name));
+    return c.req(OP.OPEN, node, new W().u32(flags).u32(0).done()).body.readBigUInt64LE(0);
+  };
+  const src = open('src', 0);
+  const dst = fhOfCreate(c.create(1, 'dst'));
+  const cfr = (fhIn: bigint, offIn: number, fhOut: bigint, offOut: number, len: number, flags = 0) =>
+    c.req(47, 0, new W().u64(fhIn).u64(offIn).u64(0).u64(fhOut).u64(offOut).u64(len).u64(flags).done());
+  const r = cfr(src, 4, dst, 100, 15);
+  t.is(r.error, 0);
+  t.is(r.body.readUInt32LE(0), 15, 'fuse_write_out.size');
+  const out = readFileSync(join(dir, 'dst'));
+  t.is(out.length, 115);
+  t.is(out.subarray(100).toString(), 'quick brown fox');
+  t.is(cfr(src, 1000, dst, 0, 10).body.readUInt32LE(0), 0, 'past the end: nothing');
+  t.is(cfr(src, 0, dst, 0, 10, 1).error, ERR.EINVAL, 'flags must be 0');
+  t.is(cfr(src, 0, 999n, 0, 10).error, ERR.EBADF);
+  t.is(cfr(dst, 0, src, 0, 10).error, ERR.EBADF, 'the destination was opened read-only');
+  t.is(c.req(50, 1, new W().u64(0).done()).error, 0, 'SYNCFS');
+});

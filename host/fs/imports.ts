@@ -73,5 +73,7 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     getlk: (file: bigint, owner: bigint, lock: FileLock) => wit(s().getlk(file, owner, lock)),
     setlk: (file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint) => wit(s().setlk(file, owner, lock, flock, wait)),
     lockCancel: (wait: bigint): void => s().locks.cancel(wait),
+    copyFileRange: (src: bigint, so: bigint, dst: bigint, dof: bigint, len: bigint) => wit(s().copyFileRange(src, so, dst, dof, len)),
+    syncfs: (h: bigint) => wit(s().syncfs(h)),
   };
 }

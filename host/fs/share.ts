@@ -732,6 +732,26 @@ export class FsShare {
     return r < 0 ? fail(-r) : ok(BigInt(r));
   }
 
+  /** copy_file_range(2) between two open files of the share: the bytes copied (at most 1 GiB a call). */
+  copyFileRange(src: bigint, srcOffset: bigint, dst: bigint, dstOffset: bigint, len: bigint): FsResult<bigint> {
+    const i = this.fileFd(src);
+    const o = this.fileFd(dst);
+    if (i < 0 || o < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    if (srcOffset > max || dstOffset > max) return fail(E.EINVAL);
+    const n = native.fsCopyFileRange(i, Number(srcOffset), o, Number(dstOffset), Number(len > 1n << 30n ? 1n << 30n : len));
+    return n < 0 ? fail(-n) : ok(BigInt(n));
+  }
+
+  /** syncfs(2) of the filesystem node or open file `h` is on. */
+  syncfs(h: bigint): FsResult<void> {
+    return this.using(h, undefined, (fd) => {
+      const r = native.fsSyncfs(fd);
+      return r < 0 ? fail(-r) : ok(undefined);
+    });
+  }
+
   /** FUSE_GETLK: the first conflicting lock of another owner (host/fs/locks.ts). */
   getlk(file: bigint, owner: bigint, lock: FileLock): FsResult<FileLock> {
     const r = this.locks.getlk(file, owner, lock);

@@ -43,6 +43,10 @@ export interface NativeFs {
   fsLock(fd: number, set: number, type: number, start: number, len: number, out: Float64Array): number;
   /** flock(2) with LOCK_NB: op LOCK_SH 1, LOCK_EX 2, LOCK_UN 8. */
   fsFlock(fd: number, op: number): number;
+  /** copy_file_range(2) with explicit offsets: bytes copied (at most 1 GiB) or -errno. */
+  fsCopyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
+  /** syncfs(2) of the filesystem the fd (O_PATH allowed) is on. */
+  fsSyncfs(fd: number): number;
   // Extended attributes of the inode an O_PATH fd pins (a symlink: the link itself), through
   // /proc/self/fd/N; nothing is opened. An empty buf asks only for the length.
   /** The value's length (copied into buf when it fits; -ERANGE when it does not). */

@@ -1379,6 +1379,28 @@ static void op_removexattr(reply *r, uint64_t nodeid, args *a) {
   reply_alloc(r, 0);
 }
 
+/* COPY_FILE_RANGE: the host copies between the two open files (never through the plugin). */
+static void op_copy_file_range(reply *r, args *a) {
+  TAKE(a, struct fuse_copy_file_range_in, in);
+  fs_file *src = file_get(in.fh_in), *dst = file_get(in.fh_out);
+  if (!src || !dst) return reply_error(r, EBADF);
+  if (!src->handle || !dst->handle) return reply_error(r, EIO);
+  if (in.flags) return reply_error(r, EINVAL);
+  uint64_t n = 0;
+  uint32_t err = vfs_copy_file_range(src->handle, in.off_in, dst->handle, in.off_out, in.len, &n);
+  if (err) return reply_error(r, err);
+  struct fuse_write_out *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->size = n > 0xffffffffu ? 0xffffffffu : (uint32_t)n;
+}
+
+static void op_syncfs(reply *r, uint64_t nodeid) {
+  INODE(nodeid, in);
+  uint32_t err = vfs_syncfs(in->handle);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
 /* ---- Locks (FUSE_GETLK/SETLK/SETLKW): the host keeps them (OFD locks, flock) ---- */
 
 
@@ -1566,6 +1588,8 @@ static void handle(const vd_request *req) {
     case FUSE_SETXATTR: op_setxattr(&r, h.nodeid, &a); break;
     case FUSE_REMOVEXATTR: op_removexattr(&r, h.nodeid, &a); break;
     case FUSE_GETLK: op_getlk(&r, &a); break;
+    case FUSE_COPY_FILE_RANGE: op_copy_file_range(&r, &a); break;
+    case FUSE_SYNCFS: op_syncfs(&r, h.nodeid); break;
     case FUSE_SETLK: op_setlk(&r, &a, 0, req->id); break;
     case FUSE_SETLKW: op_setlk(&r, &a, 1, req->id); break;
     default: reply_error(&r, ENOSYS); break;

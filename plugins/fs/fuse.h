@@ -49,6 +49,8 @@ enum fuse_opcode {
   FUSE_READDIRPLUS = 44,
   FUSE_RENAME2 = 45,
   FUSE_LSEEK = 46,
+  FUSE_COPY_FILE_RANGE = 47,
+  FUSE_SYNCFS = 50,
 };
 
 /* INIT flags this server may accept. */
@@ -146,6 +148,9 @@ struct fuse_lk_in {
 struct fuse_lk_out {
   struct fuse_file_lock lk;
 };
+struct fuse_copy_file_range_in {
+  uint64_t fh_in, off_in, nodeid_out, fh_out, off_out, len, flags;
+};
 struct fuse_interrupt_in {
   uint64_t unique;
 };
@@ -220,6 +225,7 @@ _Static_assert(sizeof(struct fuse_entry_out) == 128, "entry_out");
 _Static_assert(sizeof(struct fuse_attr_out) == 104, "attr_out");
 _Static_assert(sizeof(struct fuse_setattr_in) == 88, "setattr_in");
 _Static_assert(sizeof(struct fuse_release_in) == 24, "release_in");
+_Static_assert(sizeof(struct fuse_copy_file_range_in) == 56, "copy_file_range_in");
 _Static_assert(sizeof(struct fuse_lk_in) == 48 && sizeof(struct fuse_lk_out) == 24, "lk_in/lk_out");
 _Static_assert(sizeof(struct fuse_read_in) == 40, "read_in");
 _Static_assert(sizeof(struct fuse_write_in) == 40, "write_in");

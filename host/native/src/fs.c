@@ -776,6 +776,37 @@ static napi_value fs_lock(napi_env env, napi_callback_info info) {
   return num(env, 0);
 }
 
+// fsCopyFileRange(fdIn, offIn, fdOut, offOut, len) -> bytes copied | -errno (copy_file_range(2),
+// explicit offsets: the fds' own positions never move; at most 1 GiB per call).
+static napi_value fs_copy_file_range(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int in, out;
+  int64_t oi = 0, oo = 0, len = 0;
+  if (!get_args(env, info, 5, 5, argv, NULL, "fsCopyFileRange") || !arg_fd(env, argv[0], "fsCopyFileRange", &in) ||
+      !arg_int(env, argv[1], "fsCopyFileRange", "offIn", &oi) || !arg_fd(env, argv[2], "fsCopyFileRange", &out) ||
+      !arg_int(env, argv[3], "fsCopyFileRange", "offOut", &oo) || !arg_int(env, argv[4], "fsCopyFileRange", "len", &len))
+    return NULL;
+  if (oi < 0 || oo < 0 || len < 0) return neg(env, EINVAL);
+  if (len > (1 << 30)) len = 1 << 30;
+  loff_t li = oi, lo = oo;
+  ssize_t n = copy_file_range(in, &li, out, &lo, (size_t)len, 0);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsSyncfs(fd) -> 0 | -errno: syncfs(2) of the filesystem fd is on.
+static napi_value fs_syncfs(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsSyncfs") || !arg_fd(env, argv[0], "fsSyncfs", &fd)) return NULL;
+  // syncfs refuses O_PATH fds (EBADF): go through a real open of the same inode.
+  int rfd = reopen_fd(fd, O_RDONLY);
+  if (rfd < 0) return neg(env, -rfd);
+  int r = syncfs(rfd);
+  int err = errno;
+  close(rfd);
+  return r < 0 ? neg(env, err) : num(env, 0);
+}
+
 // fsFlock(fd, op) -> 0 | -errno: flock(2), always LOCK_NB (op: LOCK_SH 1, LOCK_EX 2, LOCK_UN 8).
 static napi_value fs_flock(napi_env env, napi_callback_info info) {
   napi_value argv[2];
@@ -827,6 +858,7 @@ fs_env *init_fs(napi_env env, napi_value exports) {
          set_fn(env, exports, "fsLseek", fs_lseek) && set_fn(env, exports, "fsGetxattr", fs_getxattr) &&
          set_fn(env, exports, "fsListxattr", fs_listxattr) && set_fn(env, exports, "fsSetxattr", fs_setxattr) &&
          set_fn(env, exports, "fsRemovexattr", fs_removexattr) && set_fn(env, exports, "fsLock", fs_lock) &&
-         set_fn(env, exports, "fsFlock", fs_flock);
+         set_fn(env, exports, "fsFlock", fs_flock) && set_fn(env, exports, "fsCopyFileRange", fs_copy_file_range) &&
+         set_fn(env, exports, "fsSyncfs", fs_syncfs);
   return ok ? fe : NULL;
 }

@@ -90,6 +90,8 @@ VFS_IMPORT("getlk") void imp_getlk(int64_t file, int64_t owner, int64_t start, i
 VFS_IMPORT("setlk") void imp_setlk(int64_t file, int64_t owner, int64_t start, int64_t end, int32_t kind, int32_t pid,
                                    int32_t flock, int64_t wait, R ret);
 VFS_IMPORT("lock-cancel") void imp_lock_cancel(int64_t wait);
+VFS_IMPORT("copy-file-range") void imp_copy_file_range(int64_t src, int64_t soff, int64_t dst, int64_t doff, int64_t len, R ret);
+VFS_IMPORT("syncfs") void imp_syncfs(int64_t h, R ret);
 
 /* One return area for every call: create's (result<tuple<entry, handle>, errno>) is the largest. */
 static _Alignas(8) uint8_t ret_area[VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET];
@@ -319,3 +321,16 @@ uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int fl
 }
 
 void vfs_lock_cancel(uint64_t wait) { imp_lock_cancel((int64_t)wait); }
+
+uint32_t vfs_copy_file_range(vfs_handle src, uint64_t src_off, vfs_handle dst, uint64_t dst_off, uint64_t len,
+                             uint64_t *copied) {
+  imp_copy_file_range((int64_t)src, (int64_t)src_off, (int64_t)dst, (int64_t)dst_off, (int64_t)len, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_ERR);
+  memcpy(copied, ret_area + VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_OK, 8);
+  return 0;
+}
+
+uint32_t vfs_syncfs(vfs_handle h) {
+  imp_syncfs((int64_t)h, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_SYNCFS_RET_ERR);
+}

@@ -125,6 +125,12 @@ uint32_t vfs_getlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, vfs_lo
 uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int flock, uint64_t wait);
 void vfs_lock_cancel(uint64_t wait);
 
+/* copy_file_range(2) between two open files, inside the host; *copied gets the count. */
+uint32_t vfs_copy_file_range(vfs_handle src, uint64_t src_off, vfs_handle dst, uint64_t dst_off, uint64_t len,
+                             uint64_t *copied);
+/* syncfs(2) of the share's filesystem. */
+uint32_t vfs_syncfs(vfs_handle h);
+
 #ifdef __cplusplus
 }
 #endif
