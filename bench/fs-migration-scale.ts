@@ -3,6 +3,11 @@
 // 120 s inactivity timeout), so a command:
 //
 //   node --import tsx bench/fs-migration-scale.ts [--dirs 100] [--per-dir 1000] [--call-deadline 2000]
+//                                                  [--backend ours|virtiofsd]
+//
+// --backend virtiofsd runs the same guest and migration between two Rust virtiofsd 1.13
+// processes instead (scripts/virtiofsd.sh; --sandbox none, --inode-file-handles=mandatory, its
+// default --migration-mode find-paths), for the side-by-side downtime in docs/BENCHMARKS.md.
 //
 // The guest mounts the share, opens one file, `find`s every file (READDIRPLUS looks each up,
 // so the source's plugin knows them all), and signals; the harness migrates with QMP (QEMU 10
@@ -20,13 +25,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { describeMigration, runMigration } from '../test/guest/migration.ts';
-import { REPO, startHost, type HostProcess } from '../test/helpers/host-process.ts';
+import { REPO, startHost } from '../test/helpers/host-process.ts';
+import { startVirtiofsd } from '../test/guest/virtiofsd.ts';
 
 const { values: argv } = parseArgs({
   options: {
     dirs: { type: 'string', default: '100' },
     'per-dir': { type: 'string', default: '1000' },
     'call-deadline': { type: 'string', default: '2000' },
+    backend: { type: 'string', default: 'ours' },
   },
 });
 const DIRS = Number(argv.dirs);
@@ -48,7 +55,14 @@ echo "FS-SCALE-DONE"
 `;
 
 const dir = mkdtempSync(join(tmpdir(), 'fs-mig-scale-'));
-const hosts: HostProcess[] = [];
+if (argv.backend !== 'ours' && argv.backend !== 'virtiofsd') throw new Error('--backend is ours or virtiofsd');
+interface Backend {
+  socketPath: string;
+  log(): string;
+  stop(): Promise<unknown>;
+}
+const sockDir = mkdtempSync(join(tmpdir(), 'fs-mig-scale-sock-'));
+const hosts: Backend[] = [];
 const problems: string[] = [];
 const check = (ok: boolean, what: string) => {
   if (!ok) problems.push(what);
@@ -59,8 +73,16 @@ try {
     for (let i = 0; i < PER_DIR; i++) writeFileSync(join(dir, `d${d}`, `f${i}`), '');
   }
   writeFileSync(join(dir, `d${DIRS - 1}`, `f${PER_DIR - 1}`), 'opened before');
-  const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--call-deadline', argv['call-deadline']];
-  hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
+  if (argv.backend === 'virtiofsd') {
+    for (const name of ['src.sock', 'dst.sock']) {
+      const socketPath = join(sockDir, name);
+      const v = await startVirtiofsd(dir, socketPath, ['--inode-file-handles=mandatory']);
+      hosts.push({ socketPath, log: v.log, stop: v.stop });
+    }
+  } else {
+    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--call-deadline', argv['call-deadline']];
+    hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
+  }
   const [src, dst] = hosts;
   const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
   const r = await runMigration({
@@ -76,7 +98,7 @@ try {
   });
   const loaded = /device state loaded: (\d+) bytes[^\n]* in ([\d.]+) ms/.exec(dst.log());
   console.log(
-    `QEMU ${r.qemuVersion}, ${N} files looked up: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, ` +
+    `${argv.backend}: QEMU ${r.qemuVersion}, ${N} files looked up: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, ` +
       `QEMU downtime ${r.downtimeMs} ms; state ${loaded?.[1]} bytes, loaded by the destination host in ${loaded?.[2]} ms`,
   );
   check(new RegExp(`before: ${N}\\n`).test(r.sourceOutput), `the source guest did not find ${N} files`);
@@ -84,12 +106,13 @@ try {
   check(r.verdict === 'ok', `verdict ${r.verdict}`);
   check(new RegExp(`stat after: ${N}\\n`).test(r.destOutput), `the destination guest did not stat ${N} files`);
   check(/fd3: opened before\n/.test(r.destOutput), 'the file opened before the migration did not read back');
-  check(!/cannot find|deadline|NEEDS_RESET/.test(dst.log()), 'the destination host logged a lost inode or a deadline');
+  check(!/cannot find|deadline|NEEDS_RESET|ERROR/.test(dst.log()), 'the destination back-end logged a lost inode, a deadline or an error');
   if (problems.length) {
     console.log(`FAILED: ${problems.join('; ')}\n${describeMigration(r)}\n--- source host ---\n${src.log().slice(-3000)}\n--- destination host ---\n${dst.log().slice(-3000)}`);
   }
 } finally {
   await Promise.all(hosts.map((h) => h.stop()));
   rmSync(dir, { recursive: true, force: true });
+  rmSync(sockDir, { recursive: true, force: true });
 }
 process.exit(problems.length ? 1 : 0);

@@ -36,3 +36,7 @@ fi
 # QEMU 10 from Debian trixie in a private folder (.cache/qemu10), never installed system-wide:
 # Debian 12's QEMU 7.2 cannot send SET_DEVICE_STATE_FD, and live-migration tests run on 10.
 bash scripts/qemu10.sh --quiet
+
+# Rust virtiofsd 1.13 from Debian trixie, the same way (.cache/virtiofsd): the peer the fs plugin
+# is compared with (test/qemu-fs-vs-virtiofsd.test.ts).
+bash scripts/virtiofsd.sh --quiet

@@ -93,7 +93,8 @@ test("libvirt's separate-options command line starts the device, --xattr include
   }
   const cases: [string[], RegExp][] = [
     [['-o', `source=${share}`], /-o/],
-    [['--shared-dir', share, '--cache', 'never'], /cache/],
+    [['--shared-dir', share, '--cache', 'sometimes'], /--cache: "sometimes"/],
+    [['--shared-dir', share, '--sandbox', 'chroot'], /sandbox/],
     [['--shared-dir', share, '--thread-pool-size=4'], /thread-pool-size/],
   ];
   for (const [extra, re] of cases) {

@@ -161,7 +161,8 @@ test('INIT negotiates only flags it implements; a request before INIT is EIO', a
   t.is(r.body.readUInt32LE(0), 7);
   t.is(r.body.readUInt32LE(4), 31, 'minor capped at what we implement');
   const flags = r.body.readUInt32LE(12);
-  t.is(flags & ~((1 << 0) | (1 << 3) | (1 << 5) | (1 << 13) | (1 << 14)), 0, `unexpected flags ${flags.toString(16)}`);
+  // ASYNC_READ, POSIX_LOCKS, ATOMIC_O_TRUNC, BIG_WRITES, FLOCK_LOCKS, DO_READDIRPLUS, READDIRPLUS_AUTO.
+  t.is(flags & ~((1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 10) | (1 << 13) | (1 << 14)), 0, `unexpected flags ${flags.toString(16)}`);
   t.is(r.body.readUInt32LE(20), 128 * 1024, 'max_write');
   // Only flags the kernel offered come back.
   const r2 = c.req(OP.INIT, 0, new W().u32(7).u32(38).u32(0).u32(1 << 3).done());
@@ -206,7 +207,21 @@ test('file operations: create, write, read, readdirplus, rename, link, symlink, 
   const sl = c.req(OP.SYMLINK, 1, new W().str('sl').str('/etc/shadow').done());
   t.is(c.req(OP.READLINK, nodeOf(sl)).body.toString(), '/etc/shadow');
   t.is(c.req(OP.RMDIR, 1, new W().str('sub').done()).error, ERR.ENOTEMPTY);
-  t.is(c.req(OP.MKNOD, 1, new W().u32(0o010644).u32(0).u32(0).u32(0).str('fifo').done()).error, ERR.EPERM);
+  // FIFOs and sockets are made (inert: never opened by the share); device nodes are refused.
+  const fifo = c.req(OP.MKNOD, 1, new W().u32(0o010644).u32(0).u32(0).u32(0).str('fifo').done());
+  t.is(fifo.error, 0);
+  t.true(lstatSync(join(dir, 'fifo')).isFIFO());
+  t.is(c.req(OP.OPEN, nodeOf(fifo), new W().u32(0).u32(0).done()).error, 6 /* ENXIO */, 'a FIFO is never opened by the host');
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o140644).u32(0).u32(0).u32(0).str('sock').done()).error, 0);
+  t.true(lstatSync(join(dir, 'sock')).isSocket());
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o020644).u32(0x103).u32(0).u32(0).str('null').done()).error, ERR.EPERM);
+  t.is(c.req(OP.MKNOD, 1, new W().u32(0o060644).u32(0x800).u32(0).u32(0).str('sda').done()).error, ERR.EPERM);
+  t.false(existsSync(join(dir, 'null')) || existsSync(join(dir, 'sda')), 'no device node was made');
+  for (const n of ['fifo', 'sock']) {
+    const e = c.lookup(1, n);
+    t.is(c.req(OP.UNLINK, 1, new W().str(n).done()).error, 0);
+    c.req(OP.FORGET, nodeOf(e), new W().u64(2).done()); // MKNOD's and this lookup's
+  }
   t.is(c.req(OP.RELEASE, 1, new W().u64(fh).u32(0).u32(0).u64(0).done()).error, 0);
   t.is(c.read(fh, 0, 10).error, ERR.EBADF, 'released');
   // FORGET every lookup: the host handles go back to the baseline.
@@ -532,7 +547,12 @@ test('less common operations: fallocate, lseek data/hole, utimens, rename2, stat
   t.is(r2(1).error, ERR.EEXIST);
   t.is(r2(2).error, 0);
   t.is(readFileSync(join(dir, 'sparse'), 'utf8'), 'OTHER');
-  t.is(r2(4).error, ERR.EINVAL, 'RENAME_WHITEOUT is refused');
+  // RENAME_WHITEOUT (overlayfs): the old name becomes a 0:0 character device nothing can open.
+  t.is(r2(4).error, 0);
+  t.is(readFileSync(join(dir, 'other'), 'utf8'), 'OTHER');
+  const wo = lstatSync(join(dir, 'sparse'));
+  t.true(wo.isCharacterDevice() && wo.rdev === 0, 'a whiteout at the old name');
+  t.is(r2(8).error, ERR.EINVAL, 'an unknown rename flag is refused');
   // STATFS, FSYNC, FSYNCDIR, FLUSH, ACCESS.
   const sf = c.req(OP.STATFS, 1);
   t.is(sf.error, 0);
@@ -575,4 +595,29 @@ test('new files belong to the requesting uid/gid; an existing file keeps its own
   c.as = { uid: 1000, gid: 1001 };
   c.create(sg, 'inherit');
   t.like(statSync(join(dir, 'sg', 'inherit')), { uid: 1000, gid: 1234 });
+});
+
+test('COPY_FILE_RANGE copies inside the host between two open files; SYNCFS syncs the share', async (t) => {
+  const { c, dir } = await setup(t);
+  c.init();
+  writeFileSync(join(dir, 'src'), 'The quick brown fox jumps over the lazy dog');
+  const open = (name: string, flags: number) => {
+    const node = nodeOf(c.lookup(1, name));
+    return c.req(OP.OPEN, node, new W().u32(flags).u32(0).done()).body.readBigUInt64LE(0);
+  };
+  const src = open('src', 0);
+  const dst = fhOfCreate(c.create(1, 'dst'));
+  const cfr = (fhIn: bigint, offIn: number, fhOut: bigint, offOut: number, len: number, flags = 0) =>
+    c.req(47, 0, new W().u64(fhIn).u64(offIn).u64(0).u64(fhOut).u64(offOut).u64(len).u64(flags).done());
+  const r = cfr(src, 4, dst, 100, 15);
+  t.is(r.error, 0);
+  t.is(r.body.readUInt32LE(0), 15, 'fuse_write_out.size');
+  const out = readFileSync(join(dir, 'dst'));
+  t.is(out.length, 115);
+  t.is(out.subarray(100).toString(), 'quick brown fox');
+  t.is(cfr(src, 1000, dst, 0, 10).body.readUInt32LE(0), 0, 'past the end: nothing');
+  t.is(cfr(src, 0, dst, 0, 10, 1).error, ERR.EINVAL, 'flags must be 0');
+  t.is(cfr(src, 0, 999n, 0, 10).error, ERR.EBADF);
+  t.is(cfr(dst, 0, src, 0, 10).error, ERR.EBADF, 'the destination was opened read-only');
+  t.is(c.req(50, 1, new W().u64(0).done()).error, 0, 'SYNCFS');
 });

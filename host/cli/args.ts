@@ -8,6 +8,9 @@ import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type 
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
+import { CACHE_POLICIES, type CachePolicy } from '../fs/cache-policy.ts';
+import { IdMap, parseIdMapRule, type IdMapRule } from '../fs/id-map.ts';
+import { parseXattrMap, type XattrRule } from '../fs/xattr-map.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
@@ -109,8 +112,20 @@ Capabilities granted to the plugin (it sees nothing else):
   --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
   --xattr                 let the guest get, set, list and remove extended attributes of the
                           --shared-dir (off: the guest is told they are not supported). Names
-                          in trusted. and security. are refused (EPERM) and hidden: there is
-                          no --xattrmap yet
+                          in trusted. and security. are refused (EPERM) and hidden unless
+                          --xattrmap says otherwise
+  --xattrmap MAP          translate xattr names between guest and host, virtiofsd's syntax:
+                          rules :type:scope:key:prepend: (type prefix|ok|bad|unsupported,
+                          scope client|server|all), e.g. :prefix:all:trusted.:user.virtiofs.:
+                          followed by :ok:all::: (see docs/virtio-fs.md)
+  --cache never|metadata|auto|always
+                          how much the guest caches (virtiofsd's option): never (direct I/O,
+                          no attribute cache), metadata (attributes for a day, direct I/O),
+                          auto (1 s, the default), always (a day, data kept across opens)
+  --translate-uid RULE, --translate-gid RULE (repeatable)
+                          translate ids between guest and host, virtiofsd's syntax:
+                          guest:G:H:N, host:H:G:N, squash-guest:G:H:N, squash-host:H:G:N,
+                          forbid-guest:G:N, map:G:H:N
   --inode-file-handles never|prefer|mandatory
                           how the --shared-dir holds the inodes the guest has looked up:
                           by the kernel's file handle, opened only while a request needs it
@@ -256,7 +271,38 @@ export function parseSharedDir(
   onError?: string,
   xattr = false,
   inodeFileHandles?: string,
+  more: { cache?: string; translateUid?: string[]; translateGid?: string[]; xattrmap?: string } = {},
 ): FilesystemSpec {
+  if (more.cache !== undefined && !CACHE_POLICIES.includes(more.cache as CachePolicy)) {
+    throw new UsageError(`--cache: "${more.cache}" is not one of ${CACHE_POLICIES.join(', ')}`);
+  }
+  const rules = (flag: string, list: string[] | undefined): IdMapRule[] | undefined => {
+    if (list === undefined || list.length === 0) return undefined;
+    const parsed = list.map((text) => {
+      try {
+        return parseIdMapRule(text);
+      } catch (e) {
+        throw new UsageError(`${flag}: ${(e as Error).message}`);
+      }
+    });
+    try {
+      new IdMap(parsed, flag); // overlapping ranges are refused here, not in the worker
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    return parsed;
+  };
+  const translateUid = rules('--translate-uid', more.translateUid);
+  const translateGid = rules('--translate-gid', more.translateGid);
+  let xattrmap: XattrRule[] | undefined;
+  if (more.xattrmap !== undefined) {
+    if (!xattr) throw new UsageError('--xattrmap applies to --xattr: give --xattr too');
+    try {
+      xattrmap = parseXattrMap(more.xattrmap);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
   if (dir === '') throw new UsageError('--shared-dir: empty (give a directory)');
   if (onError !== undefined && onError !== 'abort' && onError !== 'guest-error') {
     throw new UsageError(`--migration-on-error: "${onError}" is not one of abort, guest-error`);
@@ -275,6 +321,10 @@ export function parseSharedDir(
     ...(onError === undefined ? {} : { migrationOnError: onError }),
     ...(xattr ? { xattr } : {}),
     ...(inodeFileHandles === undefined ? {} : { inodeFileHandles: inodeFileHandles as InodeFileHandles }),
+    ...(more.cache === undefined ? {} : { cache: more.cache as CachePolicy }),
+    ...(translateUid ? { translateUid } : {}),
+    ...(translateGid ? { translateGid } : {}),
+    ...(xattrmap ? { xattrmap } : {}),
   };
 }
 
@@ -311,6 +361,10 @@ export function parseCli(argv: string[]): CliOptions {
         'migration-on-error': { type: 'string' },
         xattr: { type: 'boolean' },
         'inode-file-handles': { type: 'string' },
+        cache: { type: 'string' },
+        'translate-uid': { type: 'string', multiple: true },
+        'translate-gid': { type: 'string', multiple: true },
+        xattrmap: { type: 'string' },
         'queue-threads': { type: 'string' },
         iops: { type: 'string' },
         'iops-burst': { type: 'string' },
@@ -347,7 +401,12 @@ export function parseCli(argv: string[]): CliOptions {
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles'], {
+          cache: v.cache,
+          translateUid: v['translate-uid'],
+          translateGid: v['translate-gid'],
+          xattrmap: v.xattrmap,
+        }),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
   };
@@ -358,6 +417,9 @@ export function parseCli(argv: string[]): CliOptions {
     throw new UsageError('--inode-file-handles applies to --shared-dir: give --shared-dir DIR too');
   }
   if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
+  for (const flag of ['cache', 'translate-uid', 'translate-gid', 'xattrmap'] as const) {
+    if (v[flag] !== undefined && opts.filesystem === null) throw new UsageError(`--${flag} applies to --shared-dir: give --shared-dir DIR too`);
+  }
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');
   if (v.direct && opts.storage === null) throw new UsageError('--direct applies to --storage: give --storage FILE too');
   if (v['read-only'] && opts.storage === null && opts.filesystem === null) {

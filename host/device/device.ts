@@ -127,6 +127,11 @@ export interface VirtioDevice {
   finishLoad(): string | null;
   /** Release resources (worker shutdown). */
   close?(): void;
+  /**
+   * Where the device's host-side waits report that they resolved (filesystem.setlk with a
+   * token): the runner delivers `timer(token)` in a later handle() call. Set by the runner.
+   */
+  setWaker?(wake: ((token: bigint) => void) | null): void;
 }
 
 /** A device module a worker can load by URL: its default export builds the device. */

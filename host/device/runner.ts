@@ -196,6 +196,14 @@ export class DeviceRunner {
     this.maxBatch = Math.max(1, Math.min(256, device.info.maxQueueSize));
     this.backings = backingsOf(device);
     this.executor = this.makeExecutor(this.backings);
+    device.setWaker?.((token) => this.wake(token));
+  }
+
+  /** A wait the device started on the host resolved: `timer(token)` goes to its next call. */
+  private wake(token: bigint): void {
+    if (this.failed) return;
+    this.pendingEvents.push({ kind: 'timer', token });
+    this.scheduleFlush();
   }
 
   private makeExecutor(table: BackingTable): IoExecutor {
@@ -421,8 +429,10 @@ export class DeviceRunner {
     }
     this.executor.drain();
     this.executor.close();
+    this.device.setWaker?.(null);
     this.device.close?.();
     this.device = fresh;
+    fresh.setWaker?.((token) => this.wake(token));
     this.backings = backingsOf(fresh);
     this.executor = this.makeExecutor(this.backings);
   }

@@ -3,6 +3,7 @@
 // not pass here (vhost:device@0.2.0): `backing` hands the plugin an index for answers.
 import type { FsFileBackings } from './file-backings.ts';
 import type { FsResult, FsShare } from './share.ts';
+import type { FileLock } from './locks.ts';
 
 type WitResult<T> = { tag: 'ok'; val: T } | { tag: 'err'; val: number };
 
@@ -22,6 +23,7 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     tag: (): string => s().tag,
     readOnly: (): boolean => s().readOnly,
     migrationOnError: (): string => s().migrationOnError,
+    cache: (): string => s().cache,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
     close: (h: bigint): void => {
@@ -68,5 +70,10 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     listxattr: (h: bigint) => wit(s().listxattr(h)),
     setxattr: (h: bigint, name: Uint8Array, value: Uint8Array, flags: number) => wit(s().setxattr(h, name, value, flags)),
     removexattr: (h: bigint, name: Uint8Array) => wit(s().removexattr(h, name)),
+    getlk: (file: bigint, owner: bigint, lock: FileLock) => wit(s().getlk(file, owner, lock)),
+    setlk: (file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint) => wit(s().setlk(file, owner, lock, flock, wait)),
+    lockCancel: (wait: bigint): void => s().locks.cancel(wait),
+    copyFileRange: (src: bigint, so: bigint, dst: bigint, dof: bigint, len: bigint) => wit(s().copyFileRange(src, so, dst, dof, len)),
+    syncfs: (h: bigint) => wit(s().syncfs(h)),
   };
 }

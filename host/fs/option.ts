@@ -1,6 +1,9 @@
 // The filesystem grant as it travels from the CLI to the device worker (structured-clone
 // friendly), and its opening inside the worker.
 import { FsShare, INODE_FILE_HANDLES, MIGRATION_ON_ERROR, type InodeFileHandles, type MigrationOnError } from './share.ts';
+import { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
+import type { IdMapRule } from './id-map.ts';
+import type { XattrRule } from './xattr-map.ts';
 
 export interface FilesystemSpec {
   /** The operator's --shared-dir. */
@@ -16,6 +19,13 @@ export interface FilesystemSpec {
   maxHandles?: number;
   /** --inode-file-handles (default prefer). */
   inodeFileHandles?: InodeFileHandles;
+  /** --cache (default auto). */
+  cache?: CachePolicy;
+  /** --translate-uid / --translate-gid, parsed (host/fs/id-map.ts). */
+  translateUid?: IdMapRule[];
+  translateGid?: IdMapRule[];
+  /** --xattrmap, parsed (host/fs/xattr-map.ts). */
+  xattrmap?: XattrRule[];
 }
 
 export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
@@ -25,7 +35,11 @@ export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
     (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError)) &&
     (o.xattr === undefined || typeof o.xattr === 'boolean') &&
     (o.maxHandles === undefined || (Number.isSafeInteger(o.maxHandles) && (o.maxHandles as number) > 0)) &&
-    (o.inodeFileHandles === undefined || INODE_FILE_HANDLES.includes(o.inodeFileHandles as InodeFileHandles));
+    (o.inodeFileHandles === undefined || INODE_FILE_HANDLES.includes(o.inodeFileHandles as InodeFileHandles)) &&
+    (o.cache === undefined || CACHE_POLICIES.includes(o.cache as CachePolicy)) &&
+    (o.translateUid === undefined || Array.isArray(o.translateUid)) &&
+    (o.translateGid === undefined || Array.isArray(o.translateGid)) &&
+    (o.xattrmap === undefined || Array.isArray(o.xattrmap));
 }
 
 /** Open the share named by a worker option, or undefined when none was granted. */
@@ -39,6 +53,10 @@ export function openShareOption(v: unknown, label?: string): FsShare | undefined
     xattr: v.xattr,
     maxHandles: v.maxHandles,
     inodeFileHandles: v.inodeFileHandles,
+    cache: v.cache,
+    translateUid: v.translateUid,
+    translateGid: v.translateGid,
+    xattrmap: v.xattrmap,
     label,
   });
 }

@@ -25,7 +25,11 @@ import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from './inode-handles.ts';
-import { visibleXattrNames, XATTR_MAX, xattrNameRefused } from './xattr.ts';
+import { XATTR_MAX } from './xattr.ts';
+import { XattrMap, type XattrRule } from './xattr-map.ts';
+import { IdMap, type IdMapRule } from './id-map.ts';
+import { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
+import { FsLocks, type FileLock } from './locks.ts';
 
 export const E = OS.errno;
 
@@ -71,6 +75,7 @@ export interface FsStats {
 
 /** --migration-on-error (the WIT enum's spelling): fail the load, or load and answer EIO. */
 export type MigrationOnError = 'abort' | 'guest-error';
+export { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
 export const MIGRATION_ON_ERROR: readonly MigrationOnError[] = ['abort', 'guest-error'];
 
 /** An operation's value, or the errno it failed with. */
@@ -91,6 +96,13 @@ export interface ShareOptions {
   maxHandles?: number;
   /** Names the device in log lines. */
   label?: string;
+  /** --cache (default auto). */
+  cache?: CachePolicy;
+  /** --translate-uid / --translate-gid rules (host/fs/id-map.ts). */
+  translateUid?: readonly IdMapRule[];
+  translateGid?: readonly IdMapRule[];
+  /** --xattrmap rules (host/fs/xattr-map.ts); default: trusted./security. refused. */
+  xattrmap?: readonly XattrRule[];
 }
 
 /** A spent fd budget is logged at most this often per share (with a count of the rest). */
@@ -103,6 +115,8 @@ export const DEFAULT_TAG = 'vhost-wasm';
 export const MAX_TAG_BYTES = 36;
 
 const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const O_RDWR = 2;
 const O_DIRECTORY = 0o200000;
 const O_TRUNC = 0o1000;
 const FATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const;
@@ -162,6 +176,10 @@ export class FsShare {
   readonly tag: string;
   readonly migrationOnError: MigrationOnError;
   readonly xattr: boolean;
+  readonly cache: CachePolicy;
+  private readonly uids: IdMap;
+  private readonly gids: IdMap;
+  private readonly xattrNames: XattrMap;
   /** How nodes are held: 'handles' (file handles) or 'fds' (an O_PATH fd each). */
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
@@ -179,10 +197,35 @@ export class FsShare {
   private xattrBuf: Uint8Array | null = null;
   private closed = false;
   private readonly spentLog: LogThrottle;
+  /** Record locks and flock (host/fs/locks.ts): owner fds, waits. */
+  readonly locks: FsLocks = new FsLocks({
+    fileFd: (h) => this.fileFd(h),
+    inodeOf: (fd) => {
+      const a = this.stat(fd);
+      return a.ok ? `${a.val.dev}:${a.val.ino}` : -a.errno;
+    },
+    reopen: (fd) => {
+      // Read and write, so the owner can hold both kinds; a file the host may only read
+      // (or a read-only share) gets read locks only (a write lock is then EBADF).
+      let r = this.readOnly ? -E.EROFS : this.budgeted(native.fsReopen(fd, O_RDWR));
+      if (r === -E.EACCES || r === -E.EROFS || r === -E.ETXTBSY || r === -E.EPERM) r = this.budgeted(native.fsReopen(fd, O_RDONLY));
+      return r;
+    },
+    close: (fd) => native.fsClose(fd),
+  });
 
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
     this.xattr = opts.xattr ?? false;
+    this.cache = opts.cache ?? 'auto';
+    if (!CACHE_POLICIES.includes(this.cache)) throw new FsShareError(`cache must be ${CACHE_POLICIES.join(', ')}, not "${String(this.cache)}"`);
+    try {
+      this.uids = new IdMap(opts.translateUid ?? [], '--translate-uid');
+      this.gids = new IdMap(opts.translateGid ?? [], '--translate-gid');
+    } catch (e) {
+      throw new FsShareError((e as Error).message);
+    }
+    this.xattrNames = new XattrMap(opts.xattrmap);
     this.tag = opts.tag ?? DEFAULT_TAG;
     this.migrationOnError = opts.migrationOnError ?? 'abort';
     if (!MIGRATION_ON_ERROR.includes(this.migrationOnError)) {
@@ -262,6 +305,7 @@ export class FsShare {
    * so a handle the plugin kept answers EBADF.
    */
   releaseAll(): number {
+    this.locks.releaseAll();
     const n = this.handles.size;
     for (const s of this.handles.values()) if (s.fd >= 0) native.fsClose(s.fd);
     this.handles.clear();
@@ -367,8 +411,8 @@ export class FsShare {
       ino: BigInt(b[1]),
       mode: b[2],
       nlink: Math.min(b[3], 0xffffffff),
-      uid: b[4],
-      gid: b[5],
+      uid: this.uids.toGuest(b[4]),
+      gid: this.gids.toGuest(b[5]),
       rdev: b[6] > 0xffffffff ? 0 : b[6],
       size: BigInt(b[7]),
       blksize: b[8],
@@ -413,6 +457,7 @@ export class FsShare {
   closeHandle(h: bigint): void {
     const s = this.slot(h);
     if (!s) return;
+    if (s.kind === 'file') this.locks.fileClosing(h);
     this.handles.delete(Number(h));
     if (s.fd >= 0) {
       native.fsClose(s.fd);
@@ -462,7 +507,10 @@ export class FsShare {
       r = native.fsSetattr(fd, 'mode', safeMode(cur.val.mode, mode));
     }
     if (r >= 0 && valid & (FATTR.UID | FATTR.GID)) {
-      r = native.fsSetattr(fd, 'owner', valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
+      // --translate-uid/gid: the guest's ids become the host's; a forbidden one is EPERM.
+      const hu = valid & FATTR.UID ? this.uids.toHost(uid) : -1;
+      const hg = valid & FATTR.GID ? this.gids.toHost(gid) : -1;
+      r = (valid & FATTR.UID && hu < 0) || (valid & FATTR.GID && hg < 0) ? -E.EPERM : native.fsSetattr(fd, 'owner', hu, hg);
     }
     if (r >= 0 && valid & FATTR.SIZE) {
       if (size > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
@@ -529,7 +577,7 @@ export class FsShare {
     return ok([e.val, f.val]);
   }
 
-  private make(kind: 'f' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
+  private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
     if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
     const e = this.using(dir, 'node', (d) => {
@@ -544,7 +592,12 @@ export class FsShare {
   }
 
   mknod(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
+    // FIFOs and sockets are inert in the share: OPEN of either is ENXIO here (the guest
+    // kernel serves them itself and never asks). Device nodes are refused: a guest's root
+    // could otherwise plant a node for a host disk where the host's users can open it.
     const type = mode & 0o170000;
+    if (type === 0o010000) return this.make('p', dir, name, mode & 0o777);
+    if (type === 0o140000) return this.make('s', dir, name, mode & 0o777);
     if (type !== 0 && type !== 0o100000) return fail(E.EPERM);
     return this.make('f', dir, name, safeMode(S_IFREG, mode));
   }
@@ -679,22 +732,64 @@ export class FsShare {
     return r < 0 ? fail(-r) : ok(BigInt(r));
   }
 
+  /** copy_file_range(2) between two open files of the share: the bytes copied (at most 1 GiB a call). */
+  copyFileRange(src: bigint, srcOffset: bigint, dst: bigint, dstOffset: bigint, len: bigint): FsResult<bigint> {
+    const i = this.fileFd(src);
+    const o = this.fileFd(dst);
+    if (i < 0 || o < 0) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    if (srcOffset > max || dstOffset > max) return fail(E.EINVAL);
+    const n = native.fsCopyFileRange(i, Number(srcOffset), o, Number(dstOffset), Number(len > 1n << 30n ? 1n << 30n : len));
+    return n < 0 ? fail(-n) : ok(BigInt(n));
+  }
+
+  /** syncfs(2) of the filesystem node or open file `h` is on. */
+  syncfs(h: bigint): FsResult<void> {
+    return this.using(h, undefined, (fd) => {
+      const r = native.fsSyncfs(fd);
+      return r < 0 ? fail(-r) : ok(undefined);
+    });
+  }
+
+  /** FUSE_GETLK: the first conflicting lock of another owner (host/fs/locks.ts). */
+  getlk(file: bigint, owner: bigint, lock: FileLock): FsResult<FileLock> {
+    const r = this.locks.getlk(file, owner, lock);
+    return r.ok ? ok(r.val) : fail(r.errno);
+  }
+
+  /** FUSE_SETLK(W): see FsLocks.setlk; `wait` 0 never waits, else EINPROGRESS and a wake later. */
+  setlk(file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint): FsResult<void> {
+    const r = this.locks.setlk(file, owner, lock, flock, wait);
+    return r.ok ? ok(undefined) : fail(r.errno);
+  }
+
   /**
    * The errno that stops an xattr call on node or open file `h` first, or 0: ENOSYS without
-   * --xattr (the guest kernel then stops asking), EBADF, EPERM for a refused name
-   * (host/fs/xattr.ts), EROFS for a change to a read-only share.
+   * --xattr (the guest kernel then stops asking), EBADF, for a refused name (host/fs/xattr.ts)
+   * ENODATA to read it (it is hidden: lists leave it out too) and EPERM to change it, EROFS for
+   * a change to a read-only share. (virtiofsd 1.13's "bad" --xattrmap rule answers the same.)
    */
-  private xattrRefused(h: bigint, name: Uint8Array | null, change: boolean): number {
+  private xattrRefused(h: bigint, change: boolean): number {
     if (!this.xattr) return E.ENOSYS;
     if (!this.slot(h)) return E.EBADF;
-    if (name !== null && xattrNameRefused(name)) return E.EPERM;
     if (change && this.readOnly) return E.EROFS;
     return 0;
   }
 
-  getxattr(h: bigint, name: Uint8Array): FsResult<Uint8Array> {
-    const no = this.xattrRefused(h, name, false);
+  /** The host's name for a guest's xattr name (--xattrmap), or the errno refusing it. */
+  private hostXattrName(name: Uint8Array, change: boolean): Uint8Array | number {
+    const n = this.xattrNames.toHost(name);
+    // Reading a refused name finds nothing (it is hidden from lists too); changing it is refused.
+    if (typeof n === 'number') return change || n !== E.EPERM ? n : E.ENODATA;
+    return n.length > 255 ? E.ERANGE : n;
+  }
+
+  getxattr(h: bigint, guestName: Uint8Array): FsResult<Uint8Array> {
+    const no = this.xattrRefused(h, false);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, false);
+    if (typeof name === 'number') return fail(name);
     return this.using(h, undefined, (fd) => {
       const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
       const r = native.fsGetxattr(fd, name, buf);
@@ -703,18 +798,20 @@ export class FsShare {
   }
 
   listxattr(h: bigint): FsResult<Uint8Array> {
-    const no = this.xattrRefused(h, null, false);
+    const no = this.xattrRefused(h, false);
     if (no) return fail(no);
     return this.using(h, undefined, (fd) => {
       const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
       const r = native.fsListxattr(fd, buf);
-      return r < 0 ? fail(-r) : ok(visibleXattrNames(buf.subarray(0, r)));
+      return r < 0 ? fail(-r) : ok(this.xattrNames.listToGuest(buf.subarray(0, r)));
     });
   }
 
-  setxattr(h: bigint, name: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
-    const no = this.xattrRefused(h, name, true);
+  setxattr(h: bigint, guestName: Uint8Array, value: Uint8Array, flags: number): FsResult<void> {
+    const no = this.xattrRefused(h, true);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, true);
+    if (typeof name === 'number') return fail(name);
     if (value.length > XATTR_MAX) return fail(E.E2BIG);
     return this.using(h, undefined, (fd) => {
       const r = native.fsSetxattr(fd, name, value, flags >>> 0);
@@ -722,9 +819,11 @@ export class FsShare {
     });
   }
 
-  removexattr(h: bigint, name: Uint8Array): FsResult<void> {
-    const no = this.xattrRefused(h, name, true);
+  removexattr(h: bigint, guestName: Uint8Array): FsResult<void> {
+    const no = this.xattrRefused(h, true);
     if (no) return fail(no);
+    const name = this.hostXattrName(guestName, true);
+    if (typeof name === 'number') return fail(name);
     return this.using(h, undefined, (fd) => {
       const r = native.fsRemovexattr(fd, name);
       return r < 0 ? fail(-r) : ok(undefined);

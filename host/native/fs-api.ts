@@ -24,7 +24,7 @@ export interface NativeFs {
   /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
   fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
   /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
-  fsMake(kind: 'f' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
+  fsMake(kind: 'f' | 'p' | 's' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
   fsLink(fd: number, dirfd: number, name: Uint8Array): number;
   fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
   fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;
@@ -39,6 +39,14 @@ export interface NativeFs {
   fsFsync(fd: number, datasync: boolean): number;
   fsFallocate(fd: number, mode: number, offset: number, len: number): number;
   fsLseek(fd: number, offset: number, whence: number): number;
+  /** OFD record lock: set 0 = F_OFD_GETLK (out: type, start, len, pid), 1 = F_OFD_SETLK; type F_RDLCK 0 / F_WRLCK 1 / F_UNLCK 2; len 0 = to EOF. */
+  fsLock(fd: number, set: number, type: number, start: number, len: number, out: Float64Array): number;
+  /** flock(2) with LOCK_NB: op LOCK_SH 1, LOCK_EX 2, LOCK_UN 8. */
+  fsFlock(fd: number, op: number): number;
+  /** copy_file_range(2) with explicit offsets: bytes copied (at most 1 GiB) or -errno. */
+  fsCopyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
+  /** syncfs(2) of the filesystem the fd (O_PATH allowed) is on. */
+  fsSyncfs(fd: number): number;
   // Extended attributes of the inode an O_PATH fd pins (a symlink: the link itself), through
   // /proc/self/fd/N; nothing is opened. An empty buf asks only for the length.
   /** The value's length (copied into buf when it fits; -ERANGE when it does not). */

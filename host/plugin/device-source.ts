@@ -85,6 +85,9 @@ export async function loadPluginDevice(
         closeDevice?.();
         share.close();
       },
+      setWaker(wake: ((token: bigint) => void) | null): void {
+        share.locks.setWaker(wake);
+      },
     });
   }
   device = Object.assign(device, { backings });

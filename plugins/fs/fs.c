@@ -46,6 +46,10 @@
 #define EPROTO 71
 #define EPERM 1
 #define EEXIST 17
+#define EINTR 4
+#define EAGAIN 11
+#define ENOLCK 37
+#define EINPROGRESS 115
 
 #define O_ACCMODE 3
 #define O_CREAT 0100
@@ -319,6 +323,43 @@ static fs_file *file_get(uint64_t fh) {
   return &files[fh - 1];
 }
 
+/* --cache, asked once per INIT: how long the guest may trust entries and attributes, and
+ * the open flags that decide whether it caches file data (virtiofsd's policies). */
+#define FOPEN_DIRECT_IO (1u << 0)
+#define FOPEN_KEEP_CACHE (1u << 1)
+#define FOPEN_CACHE_DIR (1u << 3)
+static int cache_policy = VFS_CACHE_AUTO;
+
+static uint64_t cache_timeout(void) {
+  switch (cache_policy) {
+    case VFS_CACHE_NEVER: return 0;
+    case VFS_CACHE_AUTO: return 1;
+    default: return 86400; /* metadata, always: a day */
+  }
+}
+
+static uint32_t cache_open_flags(int dir) {
+  switch (cache_policy) {
+    case VFS_CACHE_NEVER:
+    case VFS_CACHE_METADATA: return dir ? 0 : FOPEN_DIRECT_IO;
+    case VFS_CACHE_ALWAYS: return dir ? FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE : FOPEN_KEEP_CACHE;
+    default: return 0;
+  }
+}
+
+/* A SETLKW waiting for its lock: held, answered when the host's wait with `token` resolves. */
+typedef struct lock_wait {
+  uint64_t token; /* 0: free slot */
+  uint32_t id, cap;
+  uint64_t unique, owner;
+  vfs_handle file;
+  vfs_lock lk;
+  int flock;
+} lock_wait;
+#define MAX_LOCK_WAITS 256
+static lock_wait waits[MAX_LOCK_WAITS];
+static uint64_t next_token = 1;
+
 void fs_tables_clear(void) {
   for (uint32_t i = 1; i < n_inodes; i++)
     if (INODE_AT(i).used) {
@@ -340,6 +381,8 @@ void fs_tables_clear(void) {
   nbuckets = NULL;
   n_named = 0;
   memset(&session, 0, sizeof session);
+  /* Held SETLKWs are the host's to drop on a reset (their waits end with the share's handles). */
+  memset(waits, 0, sizeof waits);
 }
 
 /* Nodeid 1 holds the share root `e` (a fresh start and the end of a load alike). */
@@ -669,6 +712,7 @@ static const char *restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
 
 /* The session, and the free list if the ids came out of order (see fs_load_inode). */
 static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
+  cache_policy = vfs_cache_policy(); /* no INIT on a migration destination */
   if (load_unordered) {
     free_inode = 0;
     for (uint32_t i = n_inodes; i-- > 2;) {
@@ -721,6 +765,8 @@ typedef struct reply {
   int write;
   uint32_t wr_source, wr_backing, wr_len;
   uint64_t wr_offset;
+  /* SETLKW waiting for its lock: the request is held and answered from a timer event. */
+  int held;
 } reply;
 
 /* Reserve `n` payload bytes after the header; NULL if the guest's buffer is too small. */
@@ -779,15 +825,15 @@ static void fill_attr(struct fuse_attr *a, const vfs_attr *v) {
 static void fill_entry(struct fuse_entry_out *o, uint64_t nodeid, const vfs_attr *v) {
   memset(o, 0, sizeof *o);
   o->nodeid = nodeid;
-  o->entry_valid = 1;
-  o->attr_valid = 1;
+  o->entry_valid = cache_timeout();
+  o->attr_valid = cache_timeout();
   fill_attr(&o->attr, v);
 }
 
 static void reply_attr(reply *r, const vfs_attr *v) {
   struct fuse_attr_out *o = reply_or_erange(r, sizeof *o);
   if (!o) return;
-  o->attr_valid = 1;
+  o->attr_valid = cache_timeout();
   fill_attr(&o->attr, v);
 }
 
@@ -887,7 +933,8 @@ static void op_init(reply *r, args *a) {
     uint32_t err = setup_root();
     if (err) return reply_error(r, err);
   }
-  uint32_t ours = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+  uint32_t ours = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
+                  FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
   o->minor = in.minor < OUR_MINOR ? in.minor : OUR_MINOR;
   o->max_readahead = in.max_readahead;
   o->flags = in.flags & ours;
@@ -896,12 +943,15 @@ static void op_init(reply *r, args *a) {
   o->max_write = MAX_WRITE;
   o->time_gran = 1;
   session.initialized = 1;
+  cache_policy = vfs_cache_policy();
   session.minor = o->minor;
   session.flags = o->flags;
   session.max_readahead = o->max_readahead;
 }
 
+static void waits_end(void);
 static void op_destroy(reply *r) {
+  waits_end();
   fs_tables_clear();
   reply_alloc(r, 0);
 }
@@ -946,6 +996,7 @@ static void reply_open(reply *r, vfs_handle h, uint32_t flags, uint64_t nodeid) 
     return reply_error(r, ENFILE);
   }
   o->fh = fh;
+  o->open_flags = cache_open_flags((flags & O_DIRECTORY) != 0);
 }
 
 static void op_open(reply *r, uint64_t nodeid, args *a, int dir) {
@@ -991,7 +1042,7 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   }
   struct fuse_entry_out eo;
   fill_entry(&eo, id, &e.attr);
-  struct fuse_open_out oo = {.fh = fh};
+  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
   memcpy(o, &eo, sizeof eo);
   memcpy(o + sizeof eo, &oo, sizeof oo);
 }
@@ -1000,8 +1051,7 @@ static void op_mknod(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_mknod_in, m);
   NAME(a, name, len);
-  if ((m.mode & 0170000) != 0100000) return reply_error(r, EPERM);
-  vfs_entry e;
+  vfs_entry e; /* regular files, FIFOs and sockets; the host refuses device nodes (EPERM) */
   uint32_t err = vfs_mknod(dir->handle, name, len, m.mode, &e);
   if (!err) own_new(&e, dir);
   reply_new_entry(r, err, &e, nodeid, name, len);
@@ -1060,7 +1110,7 @@ static void op_rename(reply *r, uint64_t nodeid, args *a, int v2) {
   NAME(a, oldname, olen);
   NAME(a, newname, nlen);
   INODE(newdir, nd);
-  if (flags & ~3u) return reply_error(r, EINVAL); /* no RENAME_WHITEOUT */
+  if (flags & ~7u) return reply_error(r, EINVAL); /* NOREPLACE, EXCHANGE, WHITEOUT */
   uint32_t err = vfs_rename(od->handle, oldname, olen, nd->handle, newname, nlen, flags);
   if (err) return reply_error(r, err);
   names_renamed(nodeid, oldname, olen, newdir, newname, nlen, flags);
@@ -1145,8 +1195,15 @@ static void op_release(reply *r, args *a) {
 }
 
 static void op_flush(reply *r, args *a) {
-  TAKE(a, struct fuse_release_in, in); /* fuse_flush_in has the same size and fh first */
-  if (!file_get(in.fh)) return reply_error(r, EBADF);
+  TAKE(a, struct fuse_release_in, in); /* fuse_flush_in has the same size, fh first, lock_owner last */
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  /* A process closed a file: POSIX drops every record lock it has on the inode. The guest
+   * kernel keeps no record of locks the server holds, so this FLUSH is the only notice. */
+  if ((session.flags & FUSE_POSIX_LOCKS) && f->handle) {
+    vfs_lock all = {.start = 0, .end = VFS_LOCK_END_MAX, .kind = 2 /* F_UNLCK */};
+    vfs_setlk(f->handle, in.lock_owner, &all, 0, 0);
+  }
   reply_alloc(r, 0); /* nothing is buffered here */
 }
 
@@ -1322,6 +1379,131 @@ static void op_removexattr(reply *r, uint64_t nodeid, args *a) {
   reply_alloc(r, 0);
 }
 
+/* COPY_FILE_RANGE: the host copies between the two open files (never through the plugin). */
+static void op_copy_file_range(reply *r, args *a) {
+  TAKE(a, struct fuse_copy_file_range_in, in);
+  fs_file *src = file_get(in.fh_in), *dst = file_get(in.fh_out);
+  if (!src || !dst) return reply_error(r, EBADF);
+  if (!src->handle || !dst->handle) return reply_error(r, EIO);
+  if (in.flags) return reply_error(r, EINVAL);
+  uint64_t n = 0;
+  uint32_t err = vfs_copy_file_range(src->handle, in.off_in, dst->handle, in.off_out, in.len, &n);
+  if (err) return reply_error(r, err);
+  struct fuse_write_out *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->size = n > 0xffffffffu ? 0xffffffffu : (uint32_t)n;
+}
+
+static void op_syncfs(reply *r, uint64_t nodeid) {
+  INODE(nodeid, in);
+  uint32_t err = vfs_syncfs(in->handle);
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
+/* ---- Locks (FUSE_GETLK/SETLK/SETLKW): the host keeps them (OFD locks, flock) ---- */
+
+
+static void lock_of(vfs_lock *out, const struct fuse_file_lock *in) {
+  out->start = in->start;
+  out->end = in->end;
+  out->kind = in->type;
+  out->pid = in->pid;
+}
+
+static void op_getlk(reply *r, args *a) {
+  TAKE(a, struct fuse_lk_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO);
+  vfs_lock lk, got;
+  lock_of(&lk, &in.lk);
+  uint32_t err = vfs_getlk(f->handle, in.owner, &lk, &got);
+  if (err) return reply_error(r, err);
+  struct fuse_lk_out *o = reply_or_erange(r, sizeof *o);
+  if (!o) return;
+  o->lk.start = got.start;
+  o->lk.end = got.end;
+  o->lk.type = got.kind;
+  o->lk.pid = got.pid;
+}
+
+static void op_setlk(reply *r, args *a, int wait, uint32_t id) {
+  TAKE(a, struct fuse_lk_in, in);
+  fs_file *f = file_get(in.fh);
+  if (!f) return reply_error(r, EBADF);
+  if (!f->handle) return reply_error(r, EIO);
+  vfs_lock lk;
+  lock_of(&lk, &in.lk);
+  int flock = (in.lk_flags & FUSE_LK_FLOCK) != 0;
+  lock_wait *w = NULL;
+  if (wait && lk.kind != 2 /* F_UNLCK never waits */) {
+    for (uint32_t i = 0; i < MAX_LOCK_WAITS && !w; i++)
+      if (!waits[i].token) w = &waits[i];
+    if (!w) return reply_error(r, ENOLCK); /* too many waiters at once */
+  }
+  uint64_t token = w ? next_token++ : 0;
+  uint32_t err = vfs_setlk(f->handle, in.owner, &lk, flock, token);
+  if (err == EINPROGRESS && w) {
+    *w = (lock_wait){.token = token, .id = id, .cap = r->cap, .unique = r->unique, .owner = in.owner,
+                     .file = f->handle, .lk = lk, .flock = flock};
+    r->held = 1;
+    return;
+  }
+  if (err) return reply_error(r, err);
+  reply_alloc(r, 0);
+}
+
+/* Answers the held SETLKW of `w` with err (0: granted) and frees its slot. */
+static void wait_answer(lock_wait *w, uint32_t err) {
+  reply r = {.cap = w->cap, .unique = w->unique};
+  if (err) reply_error(&r, err);
+  else reply_alloc(&r, 0);
+  reply_finish(&r);
+  vd_answer_begin(w->id);
+  if (r.buf) vd_answer_bytes(r.buf, r.len);
+  free(r.buf);
+  w->token = 0;
+}
+
+/* The host's wait with this token resolved: ask for the verdict (and wait again if lost). */
+static void lock_woken(uint64_t token) {
+  for (uint32_t i = 0; i < MAX_LOCK_WAITS; i++) {
+    lock_wait *w = &waits[i];
+    if (w->token != token) continue;
+    uint32_t err = vfs_setlk(w->file, w->owner, &w->lk, w->flock, 0);
+    if (err == EAGAIN) { /* another owner got it first: wait again */
+      w->token = next_token++;
+      err = vfs_setlk(w->file, w->owner, &w->lk, w->flock, w->token);
+      if (err == EINPROGRESS) return;
+    }
+    wait_answer(w, err);
+    return;
+  }
+  /* A token of a wait already answered (interrupted, destroyed): nothing to do. */
+}
+
+/* FUSE_INTERRUPT: a waiting SETLKW gives up with EINTR; anything else completes anyway. */
+static void op_interrupt(args *a) {
+  if (a->len < sizeof(struct fuse_interrupt_in)) return;
+  struct fuse_interrupt_in in;
+  memcpy(&in, a->p, sizeof in);
+  for (uint32_t i = 0; i < MAX_LOCK_WAITS; i++) {
+    if (!waits[i].token || waits[i].unique != in.unique) continue;
+    vfs_lock_cancel(waits[i].token);
+    wait_answer(&waits[i], EINTR);
+  }
+}
+
+/* DESTROY: every waiting SETLKW ends with EINTR. */
+static void waits_end(void) {
+  for (uint32_t i = 0; i < MAX_LOCK_WAITS; i++)
+    if (waits[i].token) {
+      vfs_lock_cancel(waits[i].token);
+      wait_answer(&waits[i], EINTR);
+    }
+}
+
 static void op_forget(args *a, uint64_t nodeid) {
   const struct fuse_forget_in *p = take(a, sizeof(struct fuse_forget_in));
   if (!p) return;
@@ -1373,7 +1555,7 @@ static void handle(const vd_request *req) {
     case FUSE_LOOKUP: op_lookup(&r, h.nodeid, &a); break;
     case FUSE_FORGET: op_forget(&a, h.nodeid); break;
     case FUSE_BATCH_FORGET: op_batch_forget(&a); break;
-    case FUSE_INTERRUPT: break; /* requests complete synchronously: nothing to interrupt */
+    case FUSE_INTERRUPT: op_interrupt(&a); break; /* only a waiting SETLKW can be interrupted */
     case FUSE_GETATTR: op_getattr(&r, h.nodeid); break;
     case FUSE_SETATTR: op_setattr(&r, h.nodeid, &a); break;
     case FUSE_OPEN: op_open(&r, h.nodeid, &a, 0); break;
@@ -1405,10 +1587,19 @@ static void handle(const vd_request *req) {
     case FUSE_LISTXATTR: op_listxattr(&r, h.nodeid, &a); break;
     case FUSE_SETXATTR: op_setxattr(&r, h.nodeid, &a); break;
     case FUSE_REMOVEXATTR: op_removexattr(&r, h.nodeid, &a); break;
+    case FUSE_GETLK: op_getlk(&r, &a); break;
+    case FUSE_COPY_FILE_RANGE: op_copy_file_range(&r, &a); break;
+    case FUSE_SYNCFS: op_syncfs(&r, h.nodeid); break;
+    case FUSE_SETLK: op_setlk(&r, &a, 0, req->id); break;
+    case FUSE_SETLKW: op_setlk(&r, &a, 1, req->id); break;
     default: reply_error(&r, ENOSYS); break;
   }
 finish:
   current = NULL;
+  if (r.held) {
+    vd_hold(req->id);
+    return;
+  }
   reply_finish(&r);
   vd_answer_begin(req->id);
   if (r.buf) {
@@ -1475,7 +1666,10 @@ const char *vd_handle(const vd_event *events, size_t n) {
       if (!events[i].u.io_failed.known) return "fs: io-failed for a request id this device never saw";
       io_failed(&events[i]);
     }
-    /* No frames or timers were asked for. */
+    else if (events[i].kind == VD_EVENT_TIMER) {
+      lock_woken(events[i].u.timer);
+    }
+    /* No frames were asked for. */
   }
   return NULL;
 }

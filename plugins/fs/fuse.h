@@ -37,6 +37,9 @@ enum fuse_opcode {
   FUSE_READDIR = 28,
   FUSE_RELEASEDIR = 29,
   FUSE_FSYNCDIR = 30,
+  FUSE_GETLK = 31,
+  FUSE_SETLK = 32,
+  FUSE_SETLKW = 33,
   FUSE_ACCESS = 34,
   FUSE_CREATE = 35,
   FUSE_INTERRUPT = 36,
@@ -46,10 +49,15 @@ enum fuse_opcode {
   FUSE_READDIRPLUS = 44,
   FUSE_RENAME2 = 45,
   FUSE_LSEEK = 46,
+  FUSE_COPY_FILE_RANGE = 47,
+  FUSE_SYNCFS = 50,
 };
 
 /* INIT flags this server may accept. */
 #define FUSE_ASYNC_READ (1u << 0)
+#define FUSE_POSIX_LOCKS (1u << 1)
+#define FUSE_FLOCK_LOCKS (1u << 10)
+#define FUSE_LK_FLOCK 1u
 #define FUSE_ATOMIC_O_TRUNC (1u << 3)
 #define FUSE_BIG_WRITES (1u << 5)
 #define FUSE_DO_READDIRPLUS (1u << 13)
@@ -128,6 +136,24 @@ struct fuse_open_out {
   uint64_t fh;
   uint32_t open_flags, padding;
 };
+struct fuse_file_lock {
+  uint64_t start, end;
+  uint32_t type, pid;
+};
+struct fuse_lk_in {
+  uint64_t fh, owner;
+  struct fuse_file_lock lk;
+  uint32_t lk_flags, padding;
+};
+struct fuse_lk_out {
+  struct fuse_file_lock lk;
+};
+struct fuse_copy_file_range_in {
+  uint64_t fh_in, off_in, nodeid_out, fh_out, off_out, len, flags;
+};
+struct fuse_interrupt_in {
+  uint64_t unique;
+};
 struct fuse_release_in {
   uint64_t fh;
   uint32_t flags, release_flags;
@@ -199,6 +225,8 @@ _Static_assert(sizeof(struct fuse_entry_out) == 128, "entry_out");
 _Static_assert(sizeof(struct fuse_attr_out) == 104, "attr_out");
 _Static_assert(sizeof(struct fuse_setattr_in) == 88, "setattr_in");
 _Static_assert(sizeof(struct fuse_release_in) == 24, "release_in");
+_Static_assert(sizeof(struct fuse_copy_file_range_in) == 56, "copy_file_range_in");
+_Static_assert(sizeof(struct fuse_lk_in) == 48 && sizeof(struct fuse_lk_out) == 24, "lk_in/lk_out");
 _Static_assert(sizeof(struct fuse_read_in) == 40, "read_in");
 _Static_assert(sizeof(struct fuse_write_in) == 40, "write_in");
 _Static_assert(sizeof(struct fuse_kstatfs) == 80, "kstatfs");

@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -363,7 +364,8 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
 }
 
 // fsMake(kind, dirfd, name, mode, target?) -> 0 | -errno. kind: 'f' regular file (mknod),
-// 'd' directory, 'l' symlink to target (bytes; never followed by us).
+// 'p' FIFO, 's' socket (mknod: inert until opened, and the share never opens either),
+// 'd' directory, 'l' symlink to target (bytes; never followed by us). No device nodes.
 static napi_value fs_make(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   int dirfd;
@@ -373,7 +375,7 @@ static napi_value fs_make(napi_env env, napi_callback_info info) {
   bool threw;
   if (!get_args(env, info, 5, 4, argv, NULL, "fsMake")) return NULL;
   if (napi_get_value_string_utf8(env, argv[0], kind, sizeof kind, &klen) != napi_ok || klen != 1) {
-    throw_type(env, "fsMake: kind must be 'f', 'd' or 'l'");
+    throw_type(env, "fsMake: kind must be 'f', 'p', 's', 'd' or 'l'");
     return NULL;
   }
   if (!arg_fd(env, argv[1], "fsMake", &dirfd) || !arg_int(env, argv[3], "fsMake", "mode", &mode)) return NULL;
@@ -382,6 +384,8 @@ static napi_value fs_make(napi_env env, napi_callback_info info) {
   if (r < 0) return neg(env, -r);
   switch (kind[0]) {
     case 'f': r = mknodat(dirfd, name, S_IFREG | ((mode_t)mode & 07777), 0); break;
+    case 'p': r = mknodat(dirfd, name, S_IFIFO | ((mode_t)mode & 07777), 0); break;
+    case 's': r = mknodat(dirfd, name, S_IFSOCK | ((mode_t)mode & 07777), 0); break;
     case 'd': r = mkdirat(dirfd, name, (mode_t)mode & 07777); break;
     case 'l': {
       void *data;
@@ -444,7 +448,8 @@ static napi_value fs_unlink(napi_env env, napi_callback_info info) {
 }
 
 // fsRename(olddirfd, oldname, newdirfd, newname, flags) -> 0 | -errno (renameat2 flags:
-// RENAME_NOREPLACE 1, RENAME_EXCHANGE 2; RENAME_WHITEOUT is refused).
+// RENAME_NOREPLACE 1, RENAME_EXCHANGE 2, RENAME_WHITEOUT 4: overlayfs' whiteout, a 0:0
+// character device that nothing can open, left at the old name; the kernel needs CAP_MKNOD).
 static napi_value fs_rename(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   int od, nd;
@@ -460,7 +465,7 @@ static napi_value fs_rename(napi_env env, napi_callback_info info) {
   r = take_name(env, argv[3], "fsRename", nn, &threw);
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
-  if (flags & ~3LL) return neg(env, EINVAL);
+  if (flags & ~7LL) return neg(env, EINVAL);
   return syscall(SYS_renameat2, od, on, nd, nn, (unsigned)flags) < 0 ? neg(env, errno) : num(env, 0);
 }
 
@@ -503,8 +508,12 @@ static napi_value fs_setattr(napi_env env, napi_callback_info info) {
   proc_path(path, sizeof path, fd);
   if (strcmp(what, "owner") == 0) {
     r = fchownat(fd, "", (uid_t)a[0], (gid_t)a[1], AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  } else if (S_ISLNK(st.st_mode) && strcmp(what, "times") == 0) {
+    // The /proc magic link would follow the symlink; the O_PATH fd itself names the link.
+    struct timespec ts[2] = {{a[0], a[1]}, {a[2], a[3]}};
+    r = utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   } else if (S_ISLNK(st.st_mode)) {
-    return neg(env, EOPNOTSUPP); // symlinks have no mode of their own; times: not supported
+    return neg(env, EOPNOTSUPP); // symlinks have no mode of their own (lchmod is EOPNOTSUPP in Linux too)
   } else if (strcmp(what, "mode") == 0) {
     r = fchmodat(AT_FDCWD, path, (mode_t)a[0] & 07777, 0);
   } else if (strcmp(what, "times") == 0) {
@@ -736,6 +745,80 @@ static napi_value fs_removexattr(napi_env env, napi_callback_info info) {
   return removexattr(path, name) < 0 ? neg(env, errno) : num(env, 0);
 }
 
+// fsLock(fd, set, type, start, len, out) -> 0 | -errno: an open-file-description record lock
+// (F_OFD_GETLK when set is 0, F_OFD_SETLK otherwise; never F_OFD_SETLKW: a wait would block
+// the worker, host/fs/locks.ts retries instead). type: F_RDLCK 0, F_WRLCK 1, F_UNLCK 2;
+// len 0: to the end of any file. out (Float64Array of 4) gets what F_OFD_GETLK reports:
+// type, start, len, pid (-1 for an OFD lock).
+static napi_value fs_lock(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  int fd;
+  int64_t set = 0, type = 0, start = 0, len = 0;
+  void *out;
+  size_t outlen;
+  if (!get_args(env, info, 6, 6, argv, NULL, "fsLock") || !arg_fd(env, argv[0], "fsLock", &fd) ||
+      !arg_int(env, argv[1], "fsLock", "set", &set) || !arg_int(env, argv[2], "fsLock", "type", &type) ||
+      !arg_int(env, argv[3], "fsLock", "start", &start) || !arg_int(env, argv[4], "fsLock", "len", &len) ||
+      !get_bytes(env, argv[5], "fsLock", "out", &out, &outlen))
+    return NULL;
+  if (outlen < 4 * sizeof(double)) {
+    throw_type(env, "fsLock: out must hold 4 doubles");
+    return NULL;
+  }
+  if ((type != F_RDLCK && type != F_WRLCK && type != F_UNLCK) || start < 0 || len < 0) return neg(env, EINVAL);
+  struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = len, .l_pid = 0};
+  if (fcntl(fd, set ? F_OFD_SETLK : F_OFD_GETLK, &fl) < 0) return neg(env, errno);
+  double *o = out;
+  o[0] = fl.l_type;
+  o[1] = (double)fl.l_start;
+  o[2] = (double)fl.l_len;
+  o[3] = fl.l_pid;
+  return num(env, 0);
+}
+
+// fsCopyFileRange(fdIn, offIn, fdOut, offOut, len) -> bytes copied | -errno (copy_file_range(2),
+// explicit offsets: the fds' own positions never move; at most 1 GiB per call).
+static napi_value fs_copy_file_range(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int in, out;
+  int64_t oi = 0, oo = 0, len = 0;
+  if (!get_args(env, info, 5, 5, argv, NULL, "fsCopyFileRange") || !arg_fd(env, argv[0], "fsCopyFileRange", &in) ||
+      !arg_int(env, argv[1], "fsCopyFileRange", "offIn", &oi) || !arg_fd(env, argv[2], "fsCopyFileRange", &out) ||
+      !arg_int(env, argv[3], "fsCopyFileRange", "offOut", &oo) || !arg_int(env, argv[4], "fsCopyFileRange", "len", &len))
+    return NULL;
+  if (oi < 0 || oo < 0 || len < 0) return neg(env, EINVAL);
+  if (len > (1 << 30)) len = 1 << 30;
+  loff_t li = oi, lo = oo;
+  ssize_t n = copy_file_range(in, &li, out, &lo, (size_t)len, 0);
+  return n < 0 ? neg(env, errno) : num(env, (double)n);
+}
+
+// fsSyncfs(fd) -> 0 | -errno: syncfs(2) of the filesystem fd is on.
+static napi_value fs_syncfs(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsSyncfs") || !arg_fd(env, argv[0], "fsSyncfs", &fd)) return NULL;
+  // syncfs refuses O_PATH fds (EBADF): go through a real open of the same inode.
+  int rfd = reopen_fd(fd, O_RDONLY);
+  if (rfd < 0) return neg(env, -rfd);
+  int r = syncfs(rfd);
+  int err = errno;
+  close(rfd);
+  return r < 0 ? neg(env, err) : num(env, 0);
+}
+
+// fsFlock(fd, op) -> 0 | -errno: flock(2), always LOCK_NB (op: LOCK_SH 1, LOCK_EX 2, LOCK_UN 8).
+static napi_value fs_flock(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t op = 0;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsFlock") || !arg_fd(env, argv[0], "fsFlock", &fd) ||
+      !arg_int(env, argv[1], "fsFlock", "op", &op))
+    return NULL;
+  if (op != LOCK_SH && op != LOCK_EX && op != LOCK_UN) return neg(env, EINVAL);
+  return flock(fd, (int)op | LOCK_NB) < 0 ? neg(env, errno) : num(env, 0);
+}
+
 static napi_value fs_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
@@ -774,6 +857,8 @@ fs_env *init_fs(napi_env env, napi_value exports) {
          set_fn(env, exports, "fsFsync", fs_fsync) && set_fn(env, exports, "fsFallocate", fs_fallocate) &&
          set_fn(env, exports, "fsLseek", fs_lseek) && set_fn(env, exports, "fsGetxattr", fs_getxattr) &&
          set_fn(env, exports, "fsListxattr", fs_listxattr) && set_fn(env, exports, "fsSetxattr", fs_setxattr) &&
-         set_fn(env, exports, "fsRemovexattr", fs_removexattr);
+         set_fn(env, exports, "fsRemovexattr", fs_removexattr) && set_fn(env, exports, "fsLock", fs_lock) &&
+         set_fn(env, exports, "fsFlock", fs_flock) && set_fn(env, exports, "fsCopyFileRange", fs_copy_file_range) &&
+         set_fn(env, exports, "fsSyncfs", fs_syncfs);
   return ok ? fe : NULL;
 }

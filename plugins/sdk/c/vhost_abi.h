@@ -79,9 +79,23 @@
 #define VD_ABI_FS_STATS_NAMELEN 44
 #define VD_ABI_FS_STATS_FRSIZE 48
 
+/* filesystem.file-lock */
+#define VD_ABI_SIZEOF_FILE_LOCK 24
+#define VD_ABI_ALIGNOF_FILE_LOCK 8
+#define VD_ABI_FILE_LOCK_START 0
+#define VD_ABI_FILE_LOCK_END 8
+#define VD_ABI_FILE_LOCK_KIND 16
+#define VD_ABI_FILE_LOCK_PID 20
+
 /* filesystem.migration-error-policy */
 #define VD_ABI_MIGRATION_ERROR_POLICY_ABORT 0
 #define VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR 1
+
+/* filesystem.cache-policy */
+#define VD_ABI_CACHE_POLICY_NEVER 0
+#define VD_ABI_CACHE_POLICY_METADATA 1
+#define VD_ABI_CACHE_POLICY_AUTO 2
+#define VD_ABI_CACHE_POLICY_ALWAYS 3
 
 /* filesystem.tag */
 #define VD_ABI_SIZEOF_FILESYSTEM_TAG_RET 8
@@ -200,6 +214,24 @@
 /* filesystem.removexattr */
 #define VD_ABI_SIZEOF_FILESYSTEM_REMOVEXATTR_RET 8
 #define VD_ABI_FILESYSTEM_REMOVEXATTR_RET_ERR 4
+
+/* filesystem.copy-file-range */
+#define VD_ABI_SIZEOF_FILESYSTEM_COPY_FILE_RANGE_RET 16
+#define VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_OK 8
+#define VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_ERR 8
+
+/* filesystem.syncfs */
+#define VD_ABI_SIZEOF_FILESYSTEM_SYNCFS_RET 8
+#define VD_ABI_FILESYSTEM_SYNCFS_RET_ERR 4
+
+/* filesystem.getlk */
+#define VD_ABI_SIZEOF_FILESYSTEM_GETLK_RET 32
+#define VD_ABI_FILESYSTEM_GETLK_RET_OK 8
+#define VD_ABI_FILESYSTEM_GETLK_RET_ERR 8
+
+/* filesystem.setlk */
+#define VD_ABI_SIZEOF_FILESYSTEM_SETLK_RET 8
+#define VD_ABI_FILESYSTEM_SETLK_RET_ERR 4
 
 /* types.request */
 #define VD_ABI_SIZEOF_REQUEST 24

@@ -57,7 +57,7 @@ typedef enum vd_event_kind {
    * the id again (typically only bytes carrying the error status). */
   VD_EVENT_IO_FAILED,
   VD_EVENT_FRAME, /* reserved (virtio-net) */
-  VD_EVENT_TIMER, /* a wake-up asked for with vd_wake_after */
+  VD_EVENT_TIMER, /* a wake-up asked for with vd_wake_after, or a host wait (vfs_setlk) that resolved */
 } vd_event_kind;
 
 typedef struct vd_event {

@@ -38,6 +38,10 @@ _Static_assert(sizeof(vfs_dirent) == VD_ABI_SIZEOF_DIR_ENTRY && SAME_AT(vfs_dire
                    SAME_AT(vfs_dirent, name, VD_ABI_DIR_ENTRY_NAME) &&
                    SAME_AT(vfs_dirent, name_len, VD_ABI_DIR_ENTRY_NAME + VD_ABI_LIST_LEN),
                "vfs_dirent must match the WIT record dir-entry");
+_Static_assert(sizeof(vfs_lock) == VD_ABI_SIZEOF_FILE_LOCK && SAME_AT(vfs_lock, start, VD_ABI_FILE_LOCK_START) &&
+                   SAME_AT(vfs_lock, end, VD_ABI_FILE_LOCK_END) && SAME_AT(vfs_lock, kind, VD_ABI_FILE_LOCK_KIND) &&
+                   SAME_AT(vfs_lock, pid, VD_ABI_FILE_LOCK_PID),
+               "vfs_lock must match the WIT record file-lock");
 _Static_assert(sizeof(vfs_fsstats) == VD_ABI_SIZEOF_FS_STATS && SAME_AT(vfs_fsstats, blocks, VD_ABI_FS_STATS_BLOCKS) &&
                    SAME_AT(vfs_fsstats, bfree, VD_ABI_FS_STATS_BFREE) &&
                    SAME_AT(vfs_fsstats, bavail, VD_ABI_FS_STATS_BAVAIL) &&
@@ -52,6 +56,7 @@ typedef uint8_t *R;
 VFS_IMPORT("tag") void imp_tag(R ret);
 VFS_IMPORT("read-only") int32_t imp_read_only(void);
 VFS_IMPORT("migration-on-error") int32_t imp_migration_on_error(void);
+VFS_IMPORT("cache") int32_t imp_cache(void);
 VFS_IMPORT("root") void imp_root(R ret);
 VFS_IMPORT("lookup") void imp_lookup(int64_t dir, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("close") void imp_close(int64_t h);
@@ -81,13 +86,20 @@ VFS_IMPORT("listxattr") void imp_listxattr(int64_t h, R ret);
 VFS_IMPORT("setxattr") void imp_setxattr(int64_t h, const uint8_t *name, size_t len, const uint8_t *v, size_t vl,
                                          int32_t flags, R ret);
 VFS_IMPORT("removexattr") void imp_removexattr(int64_t h, const uint8_t *name, size_t len, R ret);
+VFS_IMPORT("getlk") void imp_getlk(int64_t file, int64_t owner, int64_t start, int64_t end, int32_t kind, int32_t pid, R ret);
+VFS_IMPORT("setlk") void imp_setlk(int64_t file, int64_t owner, int64_t start, int64_t end, int32_t kind, int32_t pid,
+                                   int32_t flock, int64_t wait, R ret);
+VFS_IMPORT("lock-cancel") void imp_lock_cancel(int64_t wait);
+VFS_IMPORT("copy-file-range") void imp_copy_file_range(int64_t src, int64_t soff, int64_t dst, int64_t doff, int64_t len, R ret);
+VFS_IMPORT("syncfs") void imp_syncfs(int64_t h, R ret);
 
 /* One return area for every call: create's (result<tuple<entry, handle>, errno>) is the largest. */
 static _Alignas(8) uint8_t ret_area[VD_ABI_SIZEOF_FILESYSTEM_CREATE_RET];
 _Static_assert(VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET <= sizeof ret_area && VD_ABI_SIZEOF_FILESYSTEM_STATFS_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_GETXATTR_RET <= sizeof ret_area &&
-                   VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area,
+                   VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_GETLK_RET <= sizeof ret_area,
                "ret_area holds every filesystem return area");
 
 static uint32_t u32_at(const uint8_t *p) {
@@ -113,6 +125,8 @@ size_t vfs_tag(char *buf, size_t cap) {
 
 int vfs_read_only(void) { return imp_read_only() != 0; }
 int vfs_migration_guest_error(void) { return imp_migration_on_error() == VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR; }
+
+int vfs_cache_policy(void) { return imp_cache(); }
 
 /* result<entry, errno>, with the payload offsets of the call that filled ret_area. */
 static uint32_t entry_result(vfs_entry *out, size_t ok, size_t err) {
@@ -290,4 +304,33 @@ uint32_t vfs_setxattr(vfs_handle h, const uint8_t *name, size_t name_len, const 
 uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len) {
   imp_removexattr((int64_t)h, name, name_len, ret_area);
   return unit_result(VD_ABI_FILESYSTEM_REMOVEXATTR_RET_ERR);
+}
+
+uint32_t vfs_getlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, vfs_lock *out) {
+  imp_getlk((int64_t)file, (int64_t)owner, (int64_t)lock->start, (int64_t)lock->end, (int32_t)lock->kind,
+            (int32_t)lock->pid, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_GETLK_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_GETLK_RET_OK, sizeof *out);
+  return 0;
+}
+
+uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int flock, uint64_t wait) {
+  imp_setlk((int64_t)file, (int64_t)owner, (int64_t)lock->start, (int64_t)lock->end, (int32_t)lock->kind,
+            (int32_t)lock->pid, flock != 0, (int64_t)wait, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_SETLK_RET_ERR);
+}
+
+void vfs_lock_cancel(uint64_t wait) { imp_lock_cancel((int64_t)wait); }
+
+uint32_t vfs_copy_file_range(vfs_handle src, uint64_t src_off, vfs_handle dst, uint64_t dst_off, uint64_t len,
+                             uint64_t *copied) {
+  imp_copy_file_range((int64_t)src, (int64_t)src_off, (int64_t)dst, (int64_t)dst_off, (int64_t)len, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_ERR);
+  memcpy(copied, ret_area + VD_ABI_FILESYSTEM_COPY_FILE_RANGE_RET_OK, 8);
+  return 0;
+}
+
+uint32_t vfs_syncfs(vfs_handle h) {
+  imp_syncfs((int64_t)h, ret_area);
+  return unit_result(VD_ABI_FILESYSTEM_SYNCFS_RET_ERR);
 }

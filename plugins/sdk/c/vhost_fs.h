@@ -62,6 +62,9 @@ size_t vfs_tag(char *buf, size_t cap);
 int vfs_read_only(void);
 /* --migration-on-error: 1 for guest-error (load what can be found, EIO for the rest), 0 for abort. */
 int vfs_migration_guest_error(void);
+/* --cache: VFS_CACHE_NEVER, _METADATA, _AUTO (the default) or _ALWAYS. */
+enum { VFS_CACHE_NEVER = 0, VFS_CACHE_METADATA = 1, VFS_CACHE_AUTO = 2, VFS_CACHE_ALWAYS = 3 };
+int vfs_cache_policy(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 void vfs_close(vfs_handle h);
@@ -107,6 +110,26 @@ uint32_t vfs_listxattr(vfs_handle h, uint8_t *dst, size_t cap, size_t *len);
 uint32_t vfs_setxattr(vfs_handle h, const uint8_t *name, size_t name_len, const uint8_t *value, size_t value_len,
                       uint32_t flags);
 uint32_t vfs_removexattr(vfs_handle h, const uint8_t *name, size_t name_len);
+
+/* Record locks and flock (FUSE_GETLK/SETLK/SETLKW): [start, end] with end included
+ * (VFS_LOCK_END_MAX: to the end of any file); kind 0 F_RDLCK, 1 F_WRLCK, 2 F_UNLCK.
+ * vfs_setlk with wait 0 answers EAGAIN on a conflict; with a token it answers EINPROGRESS
+ * and the host delivers VD_EVENT_TIMER with that token once the wait resolved: ask again with
+ * wait 0 for the verdict. vfs_lock_cancel ends a wait without an event. */
+typedef struct vfs_lock {
+  uint64_t start, end;
+  uint32_t kind, pid;
+} vfs_lock;
+#define VFS_LOCK_END_MAX 0x7fffffffffffffffull
+uint32_t vfs_getlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, vfs_lock *out);
+uint32_t vfs_setlk(vfs_handle file, uint64_t owner, const vfs_lock *lock, int flock, uint64_t wait);
+void vfs_lock_cancel(uint64_t wait);
+
+/* copy_file_range(2) between two open files, inside the host; *copied gets the count. */
+uint32_t vfs_copy_file_range(vfs_handle src, uint64_t src_off, vfs_handle dst, uint64_t dst_off, uint64_t len,
+                             uint64_t *copied);
+/* syncfs(2) of the share's filesystem. */
+uint32_t vfs_syncfs(vfs_handle h);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,135 @@
+// --xattrmap, in virtiofsd's syntax: how extended attribute names are translated between the
+// guest ("client") and the host ("server"). A map is a list of rules, each written
+//   <sep>type<sep>scope<sep>key<sep>prepend<sep>
+// where <sep> is the rule's first character (any one character) and rules simply follow one
+// another. type: prefix | ok | bad | unsupported; scope: client | server | all.
+//
+// A name from the guest (get, set, remove) is checked against the client-scope rules in order;
+// the first whose `key` starts the name decides: prefix: `prepend` is put in front of it;
+// ok: it passes as is; bad: EPERM; unsupported: EOPNOTSUPP. A name from the host (list) is
+// checked against the server-scope rules, matched on `prepend`: prefix: `prepend` is taken off;
+// ok: as is; bad and unsupported: hidden. A name no rule matches is refused (EPERM) or hidden.
+//
+// Without --xattrmap the share behaves as the map
+//   :bad:all:trusted.:trusted.::bad:all:security.:security.::ok:all:::
+// (host/fs/xattr.ts says why those two namespaces stay on the host).
+
+export type XattrRuleType = 'prefix' | 'ok' | 'bad' | 'unsupported';
+
+export interface XattrRule {
+  type: XattrRuleType;
+  client: boolean;
+  server: boolean;
+  key: string;
+  prepend: string;
+}
+
+const TYPES: readonly XattrRuleType[] = ['prefix', 'ok', 'bad', 'unsupported'];
+const EPERM = 1;
+const EOPNOTSUPP = 95;
+
+/** Parses a --xattrmap value; throws an Error naming the rule that is wrong. */
+export function parseXattrMap(text: string): XattrRule[] {
+  const rules: XattrRule[] = [];
+  let at = 0;
+  while (at < text.length) {
+    const n = rules.length + 1;
+    const sep = text[at];
+    if (text.startsWith(`map${sep}`, at + 1)) throw new Error(`--xattrmap: rule ${n}: the "map" shorthand is not supported here; write it out as prefix/ok/bad rules`);
+    const fields: string[] = [];
+    let p = at + 1;
+    while (fields.length < 4) {
+      const e = text.indexOf(sep, p);
+      if (e < 0) throw new Error(`--xattrmap: rule ${n} is incomplete (each rule is ${sep}type${sep}scope${sep}key${sep}prepend${sep})`);
+      fields.push(text.slice(p, e));
+      p = e + 1;
+    }
+    at = p;
+    const [type, scope, key, prepend] = fields;
+    if (!TYPES.includes(type as XattrRuleType)) throw new Error(`--xattrmap: rule ${n}: "${type}" is not one of ${TYPES.join(', ')}`);
+    if (scope !== 'client' && scope !== 'server' && scope !== 'all') throw new Error(`--xattrmap: rule ${n}: scope "${scope}" is not one of client, server, all`);
+    if (type === 'prefix' && prepend === '') throw new Error(`--xattrmap: rule ${n}: a prefix rule needs something to prepend`);
+    rules.push({ type: type as XattrRuleType, client: scope !== 'server', server: scope !== 'client', key, prepend });
+  }
+  if (rules.length === 0) throw new Error('--xattrmap: no rules');
+  return rules;
+}
+
+export const DEFAULT_XATTR_RULES: readonly XattrRule[] = [
+  { type: 'bad', client: true, server: true, key: 'trusted.', prepend: 'trusted.' },
+  { type: 'bad', client: true, server: true, key: 'security.', prepend: 'security.' },
+  { type: 'ok', client: true, server: true, key: '', prepend: '' },
+];
+
+const bytes = (s: string) => Buffer.from(s, 'utf8');
+
+function startsWith(name: Uint8Array, prefix: Uint8Array): boolean {
+  if (name.length < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (name[i] !== prefix[i]) return false;
+  return true;
+}
+
+interface Compiled {
+  type: XattrRuleType;
+  client: boolean;
+  server: boolean;
+  key: Uint8Array;
+  prepend: Uint8Array;
+}
+
+export class XattrMap {
+  private readonly rules: Compiled[];
+
+  constructor(rules: readonly XattrRule[] = DEFAULT_XATTR_RULES) {
+    this.rules = rules.map((r) => ({ ...r, key: bytes(r.key), prepend: bytes(r.prepend) }));
+  }
+
+  /** The host name for a guest's name, or the errno that refuses it (EPERM, EOPNOTSUPP). */
+  toHost(name: Uint8Array): Uint8Array | number {
+    for (const r of this.rules) {
+      if (!r.client || !startsWith(name, r.key)) continue;
+      switch (r.type) {
+        case 'prefix':
+          return Buffer.concat([r.prepend, name]);
+        case 'ok':
+          return name;
+        case 'bad':
+          return EPERM;
+        case 'unsupported':
+          return EOPNOTSUPP;
+      }
+    }
+    return EPERM;
+  }
+
+  /** The name the guest sees for a host name, or null when it is hidden. */
+  toGuest(name: Uint8Array): Uint8Array | null {
+    for (const r of this.rules) {
+      if (!r.server || !startsWith(name, r.prepend)) continue;
+      switch (r.type) {
+        case 'prefix':
+          return name.subarray(r.prepend.length);
+        case 'ok':
+          return name;
+        default:
+          return null;
+      }
+    }
+    return null;
+  }
+
+  /** A listxattr result (names, each NUL-terminated) as the guest sees it. */
+  listToGuest(list: Uint8Array): Uint8Array {
+    const kept: Uint8Array[] = [];
+    let at = 0;
+    while (at < list.length) {
+      let end = list.indexOf(0, at);
+      if (end < 0) end = list.length;
+      const name = list.subarray(at, end);
+      const g = name.length > 0 ? this.toGuest(name) : null;
+      if (g !== null && g.length > 0) kept.push(g, new Uint8Array(1));
+      at = end + 1;
+    }
+    return Buffer.concat(kept);
+  }
+}
