@@ -10,6 +10,7 @@ import type { FilesystemSpec } from '../fs/option.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
+import { checkNetworkName, MAX_GRANTS, NetworkConfigError } from '../net/switch.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -39,6 +40,8 @@ export interface CliOptions {
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
   throttle: ThrottleLimits | null;
+  /** --network NAME, repeated: the networks the device joins, in grant order. */
+  networks: string[];
 }
 
 /** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
@@ -107,6 +110,15 @@ Capabilities granted to the plugin (it sees nothing else):
                           open or looked up: fail the migration (abort, the default; the
                           source keeps running) or load anyway and answer the guest's
                           requests on what was lost with EIO (guest-error)
+
+Networks (virtio-net; the plugin sees frames, never sockets):
+  --network NAME          join the host's network NAME (an L2 segment of the switch inside
+                          this process, MTU 1500; repeat for more, numbered 0, 1, ... in the
+                          order given). Devices of one process granted the same NAME (serve
+                          --config) reach each other; forwarding and policy are the plugin's
+  --network tap:IFNAME    a network whose other port is the TAP interface IFNAME (created if
+                          missing, or an existing persistent one; needs CAP_NET_ADMIN): frames
+                          the device sends go out of IFNAME, frames IFNAME receives come in
 
 Threads:
   --queue-threads N       run the device in N worker threads, each with its own plugin
@@ -206,6 +218,20 @@ function parseThrottleFlags(v: { iops?: string; 'iops-burst'?: string; bps?: str
   return { iops, iopsBurst: burst('iops-burst', iops, '--iops'), bytesPerSecond, bytesBurst: burst('bps-burst', bytesPerSecond, '--bps') };
 }
 
+/** --network NAME, repeated (the daemon's grants.network checks the same rules). */
+export function parseNetworks(names: readonly string[], where = '--network'): string[] {
+  try {
+    const out = names.map((n) => checkNetworkName(n, where));
+    if (out.length > MAX_GRANTS) throw new UsageError(`${where}: ${out.length} networks, at most ${MAX_GRANTS}`);
+    const dup = out.find((n, i) => out.indexOf(n) !== i);
+    if (dup !== undefined) throw new UsageError(`${where}: ${dup} is given twice (a device has one port per network)`);
+    return out;
+  } catch (e) {
+    if (e instanceof NetworkConfigError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
 export function parseQueueThreads(text: string): number {
   const n = parseIntStrict(text, '--queue-threads', 1);
   if (n > MAX_QUEUE_THREADS) throw new UsageError(`--queue-threads: ${text} is more than ${MAX_QUEUE_THREADS} (one thread per queue is the most that helps)`);
@@ -297,6 +323,7 @@ export function parseCli(argv: string[]): CliOptions {
         'iops-burst': { type: 'string' },
         bps: { type: 'string' },
         'bps-burst': { type: 'string' },
+        network: { type: 'string', multiple: true },
       },
     });
   } catch (e) {
@@ -329,6 +356,7 @@ export function parseCli(argv: string[]): CliOptions {
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
+    networks: parseNetworks(v.network ?? []),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');
