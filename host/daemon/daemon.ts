@@ -244,7 +244,7 @@ export class Daemon {
 
   /** Every device with its meter, for the metrics endpoint. */
   metered(): MeteredDevice[] {
-    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter }));
+    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter, net: e.device.slot.netStats() }));
   }
 
   list(): DeviceSummary[] {
