@@ -1,7 +1,8 @@
 // Networks in the daemon as an operator runs them: the built binary, `serve --config` with two
 // devices granted "network": ["seg0"] and one on "seg1", real front-ends exchanging frames
 // through the switch of that one process, and the per-device frame counters read back from the
-// Prometheus exposition (frames and bytes each way, drops by reason, frames queued now).
+// Prometheus exposition (frames and bytes each way, drops by reason, frames queued now) and
+// from `ctl stats`.
 import test from 'ava';
 import { request } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { deviceModule, REPO } from './helpers/host-process.ts';
-import { startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { frame, HEADER, RX, STATUS_SENT, TX } from './devices/net-test-device.ts';
 
 const opts: FrontendOptions = { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1), eventIdx: true, indirect: false };
@@ -22,7 +23,7 @@ test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'net-daemon-'));
   const module = deviceModule(join(REPO, 'test', 'devices', 'net-test-device.ts'));
   const dev = (id: string, network: string[]) => ({ id, tenant: 'acme', socket: `${id}.sock`, module, grants: { network }, limits: { callDeadlineMs: 10_000 } });
-  writeFileSync(join(dir, 'daemon.json'), JSON.stringify({ metrics: `unix:${sock('metrics')}`, devices: [dev('a', ['seg0']), dev('b', ['seg0']), dev('c', ['seg1'])] }));
+  writeFileSync(join(dir, 'daemon.json'), JSON.stringify({ control: sock('control'), metrics: `unix:${sock('metrics')}`, devices: [dev('a', ['seg0']), dev('b', ['seg0']), dev('c', ['seg1'])] }));
   daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
 });
 
@@ -79,6 +80,9 @@ test('two devices of one daemon on seg0 exchange frames; seg1 hears nothing; the
     t.is(sample(text, 'vhost_wasm_device_net_frames_total', 'device="c",tenant="acme",direction="rx"'), 0);
     t.is(sample(text, 'vhost_wasm_device_net_dropped_total', 'device="c",tenant="acme",reason="unread"'), 0);
     t.is(sample(text, 'vhost_wasm_device_net_queued_frames', 'device="b",tenant="acme"'), 0);
+    const stats = await ctl(['--control', sock('control'), 'stats', 'a']);
+    t.is(stats.code, 0, stats.stderr);
+    t.regex(stats.stdout, new RegExp(`network seg0: sent 1 frame\\(s\\) \\(${hello.length} bytes\\), read 1 \\(${back.length} bytes\\), 0 queued`));
   } finally {
     await Promise.all([a, b, c].map((f) => f.close()));
   }
