@@ -80,7 +80,7 @@ class DevicePortEndpoint implements Endpoint {
   deliver(_buf: SharedArrayBuffer, offset: number, len: number, from: number, batch: DeliveryBatch): void {
     const c = this.link.counters;
     if (!this.link.running) {
-      c.add('rxNotRunning', 1);
+      c.add('rxNotRunningSwitch', 1);
       return;
     }
     if (!c.reserveInbox(len)) {
