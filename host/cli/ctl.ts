@@ -229,6 +229,9 @@ export function human(method: string, result: unknown): string {
     }
     case 'device-stats': {
       const { devices, process: p } = result as MethodResults['device-stats'];
+      const netText = ({ networks, counters: c }: NonNullable<DeviceStats['net']>) =>
+        `  network ${networks.join(', ')}: sent ${c.txFrames} frame(s) (${c.txBytes} bytes), read ${c.rxFrames} (${c.rxBytes} bytes), ${c.rxQueuedFrames} queued; ` +
+        `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left\n`;
       const lines = devices.map(
         (d: DeviceStats) =>
           `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
@@ -239,7 +242,8 @@ export function human(method: string, result: unknown): string {
           `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu
             ? `  CPU: its code ran in long calls for ${d.cpu.demand} (share ${d.cpu.limit}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
-            : ''),
+            : '') +
+          (d.net ? netText(d.net) : ''),
       );
       return (
         lines.join('') +

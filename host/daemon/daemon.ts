@@ -14,6 +14,7 @@ import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { throttleGroupKey, type DeviceSpec } from './config.ts';
 import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
+import type { NetStats } from '../net/link.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 import { CpuShareGovernor, type CpuShareStats } from '../limits/cpu-share.ts';
 
@@ -56,6 +57,8 @@ export interface DeviceStats extends DeviceSummary {
   throttled: ThrottleCounters;
   /** The time its code ran in calls and its threads ran on a CPU over the last second, and whether it is demoted for it. */
   cpu: CpuShareStats | null;
+  /** Its networks (grant order) and what its ports carried; null without a network grant. */
+  net: { networks: string[]; counters: NetStats } | null;
 }
 
 /** A throttle group: one budget, the devices drawing from it. */
@@ -148,6 +151,7 @@ export class Daemon {
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
         throttle,
+        ...(spec.grants.network.length > 0 ? { networks: spec.grants.network } : {}),
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
@@ -261,6 +265,7 @@ export class Daemon {
       running: e.device.slot.stats().running,
       meter: e.device.slot.meter,
       cpuDemoted: this.cpu.stats(e.spec.id)?.demoted ?? false,
+      net: e.device.slot.netStats(),
     }));
   }
 
@@ -292,6 +297,10 @@ export class Daemon {
         throttleGroup: e.spec.throttleGroup,
         throttled: e.throttle.counters(),
         cpu: this.cpu.stats(e.spec.id),
+        net: (() => {
+          const counters = e.device.slot.netStats();
+          return counters ? { networks: [...e.spec.grants.network], counters } : null;
+        })(),
       };
     });
   }

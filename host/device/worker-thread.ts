@@ -4,7 +4,7 @@
 // lives in its own worker(s). A device runs in one thread, or in several with --queue-threads
 // (worker-client.ts routes the session's calls over them).
 
-import { Worker } from 'node:worker_threads';
+import { Worker, type TransferListItem } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
 import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
@@ -14,6 +14,7 @@ import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
 import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
+import type { NetInit } from '../net/link.ts';
 
 export interface DeviceWorkerOptions {
   label: string;
@@ -38,6 +39,8 @@ export interface DeviceWorkerOptions {
   meterCells?: (queueThread: number) => SharedArrayBuffer;
   /** The I/O throttle cell every queue thread of the device draws from (host/limits/token-bucket.ts). */
   throttle?: SharedArrayBuffer;
+  /** The device's link to the switch (host/net), made afresh for each worker started: its ports stay. */
+  net?: () => NetInit;
 }
 
 /** How long a terminated worker gets to exit before it is reported as stuck (ms). */
@@ -131,16 +134,16 @@ function workerUrl(): URL {
 }
 
 /** A device worker thread; `workerData` null makes a spare that waits for its init (spare-workers.ts). */
-function newWorker(workerData: unknown): Worker {
+function newWorker(workerData: unknown, transferList: TransferListItem[] = []): Worker {
   const url = workerUrl();
   if (url.pathname.endsWith('.ts')) {
     // Running from TypeScript sources (tests): Node 20 loads a worker's entry before any
     // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
     const tsxApi = import.meta.resolve('tsx/esm/api');
     const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-    return new Worker(boot, { eval: true, workerData, stdout: false, stderr: false });
+    return new Worker(boot, { eval: true, workerData, transferList, stdout: false, stderr: false });
   }
-  return new Worker(url, { workerData, stdout: false, stderr: false });
+  return new Worker(url, { workerData, transferList, stdout: false, stderr: false });
 }
 setWorkerFactory(newWorker);
 
@@ -190,10 +193,12 @@ export class WorkerThread {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle };
+    const net = opts.net?.();
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(net ? { net } : {}) };
+    const transferList = net ? [net.port] : [];
     const spare = takeSpareWorker();
-    const worker = spare ?? newWorker(init);
-    if (spare) spare.postMessage(init);
+    const worker = spare ?? newWorker(init, transferList);
+    if (spare) spare.postMessage(init, transferList);
     const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);
     const log = createLogger(`device ${opts.label}`);
