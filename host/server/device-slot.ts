@@ -5,6 +5,7 @@
 
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
+import { DirtyBlocks } from '../storage/dirty-blocks.ts';
 import { native } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
@@ -42,6 +43,8 @@ export class DeviceSlot {
   private idleUpgrade: Promise<unknown> | null = null;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
   private memoryDisk: number | null = null;
+  /** Its dirty-block map, shared with every thread that writes it (pre-copy, docs/migration.md). */
+  private memoryDiskDirty: DirtyBlocks | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
 
@@ -52,9 +55,21 @@ export class DeviceSlot {
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);
-      source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk } } };
+      this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
+      const dirty = this.memoryDiskDirty?.buffer;
+      source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk, ...(dirty ? { dirty } : {}) } } };
     }
     this.source = source;
+  }
+
+  /**
+   * The memory disk as the main thread sees it (its memfd, borrowed, and its dirty-block map):
+   * a pre-copy moves its blocks with the kernel's copy, not through the worker. Null without a
+   * writable memory disk.
+   */
+  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks } | null {
+    if (this.memoryDisk === null || this.memoryDiskDirty === null) return null;
+    return { fd: this.memoryDisk, size: this.memoryDiskDirty.diskSize, dirty: this.memoryDiskDirty };
   }
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
@@ -186,5 +201,6 @@ export class DeviceSlot {
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;
+    this.memoryDiskDirty = null;
   }
 }

@@ -1,0 +1,354 @@
+// Pre-copy of a memory disk between two vhost-wasm hosts (docs/migration.md, "Pre-copy"): an
+// extension of SET_DEVICE_STATE_FD that only our own front-end (`vhost-wasm migrate`) uses,
+// negotiated with protocol feature bit PRECOPY_PROTOCOL_FEATURE. The vhost-user protocol moves
+// device state only with the rings stopped; QEMU never sends these phases.
+//
+// A round moves blocks of the disk through a pipe while the guest runs: the first round all of
+// them (and dirty tracking starts), each next round the blocks written since the round before.
+// The last round runs with the rings stopped, and then the usual container (phase
+// PRECOPY_FINAL) carries the device's own bytes and a small `precopy` section naming the
+// last round in place of the disk: the destination applies it only if it holds every round of
+// that pre-copy, so a lost, truncated or corrupted round fails the migration (the source goes on).
+//
+// The disk's bytes never enter JavaScript. The source copies each window of a run from the disk's
+// memfd into a staging memfd of its own (copy_file_range: a snapshot the guest cannot change under
+// the checksum), checksums the staging mapping, and splices its pages into the pipe; the
+// destination splices the pipe straight into its disk's memfd and checksums what landed.
+//
+// Round stream (little-endian):
+//   header, 64 bytes: magic "VHWPRECP", version u32 (1), flags u32 (bit 0: first round, all
+//     blocks), token 16 bytes (one pre-copy), round u32, run count u32, disk size u64, data
+//     bytes u64, CRC-32 of the table u32, CRC-32 of bytes 0..59 u32
+//   table: run count x { offset u64, length u64 } (4 KiB aligned, in order, inside the disk)
+//   data: the runs' bytes one after another
+//   trailer, 12 bytes: CRC-32 of the data u32, magic "VHWPEND\0"
+
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { native } from '../native/index.ts';
+import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
+import { SectionId, type StateSection } from './section.ts';
+
+export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
+export const PRECOPY_END_MAGIC = Buffer.from('VHWPEND\0');
+export const PRECOPY_VERSION = 1;
+export const PRECOPY_HEADER = 64;
+export const PRECOPY_TRAILER = 12;
+const FLAG_FIRST = 1;
+/** Bytes staged (copied out of the disk) and spliced at a time. */
+const WINDOW = 8 << 20;
+/** The container section that stands for the disk after a pre-copy. */
+export const PRECOPY_SECTION_ID = SectionId.HOST_BASE + 1;
+const MARKER_BYTES = 24;
+
+export interface MemoryDiskHandle {
+  /** The disk's memfd (borrowed). */
+  fd: number;
+  size: number;
+  dirty: DirtyBlocks;
+}
+
+/** A pre-copy as one side knows it: which one (token) and the last round completed. */
+export interface PrecopyMark {
+  token: Buffer;
+  round: number;
+}
+
+export class PrecopyStreamError extends Error {
+  override name = 'PrecopyStreamError';
+}
+
+function waitFd(fd: number, events: 'r' | 'w', aborted: () => Error | null): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const a = aborted();
+    if (a) return reject(a);
+    const w = native.watch(fd, events, () => {
+      w.close();
+      const e = aborted();
+      if (e) reject(e);
+      else resolve();
+    });
+  });
+}
+
+/** A round's move through one pipe: waits run on this thread's loop; abort() ends them. */
+abstract class PipeRound {
+  private abortReason: Error | null = null;
+  private settled = false;
+  readonly done: Promise<string | null>;
+  bytes = 0;
+
+  constructor(
+    readonly direction: 'save' | 'load',
+    protected readonly fd: number,
+  ) {
+    native.setNonBlocking(fd, true);
+    // After the subclass's constructor has set its fields.
+    this.done = Promise.resolve().then(() => this.run()).then(
+      () => null,
+      (e: unknown) => (this.abortReason ?? (e as Error)).message,
+    ).finally(() => {
+      this.settled = true;
+      native.close(this.fd);
+    });
+  }
+
+  get finished(): boolean {
+    return this.settled;
+  }
+
+  abort(reason: string): void {
+    this.abortReason ??= new Error(reason);
+  }
+
+  protected aborted = (): Error | null => this.abortReason;
+
+  protected abstract run(): Promise<void>;
+
+  protected async writeAll(b: Uint8Array): Promise<void> {
+    for (let done = 0; done < b.length; ) {
+      const n = native.write(this.fd, b.subarray(done));
+      if (n < 0) await waitFd(this.fd, 'w', this.aborted);
+      else done += n;
+    }
+    this.bytes += b.length;
+  }
+
+  /** Exactly len bytes, or PrecopyStreamError at EOF. */
+  protected async readExactly(len: number, what: string): Promise<Buffer> {
+    const b = Buffer.alloc(len);
+    for (let got = 0; got < len; ) {
+      const n = native.read(this.fd, b.subarray(got));
+      if (n === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the ${what} (${got} of ${len} bytes)`);
+      if (n < 0) await waitFd(this.fd, 'r', this.aborted);
+      else got += n;
+    }
+    this.bytes += len;
+    return b;
+  }
+}
+
+function encodeHeader(first: boolean, mark: PrecopyMark, diskSize: number, runs: readonly [number, number][]): Buffer {
+  const table = Buffer.alloc(runs.length * 16);
+  let data = 0;
+  runs.forEach(([off, len], i) => {
+    table.writeBigUInt64LE(BigInt(off), i * 16);
+    table.writeBigUInt64LE(BigInt(len), i * 16 + 8);
+    data += len;
+  });
+  const h = Buffer.alloc(PRECOPY_HEADER);
+  PRECOPY_MAGIC.copy(h, 0);
+  h.writeUInt32LE(PRECOPY_VERSION, 8);
+  h.writeUInt32LE(first ? FLAG_FIRST : 0, 12);
+  mark.token.copy(h, 16);
+  h.writeUInt32LE(mark.round, 32);
+  h.writeUInt32LE(runs.length, 36);
+  h.writeBigUInt64LE(BigInt(diskSize), 40);
+  h.writeBigUInt64LE(BigInt(data), 48);
+  h.writeUInt32LE(crc32(table), 56);
+  h.writeUInt32LE(crc32(h.subarray(0, 60)), 60);
+  return Buffer.concat([h, table]);
+}
+
+interface RoundHeader {
+  first: boolean;
+  mark: PrecopyMark;
+  runCount: number;
+  dataBytes: number;
+  tableCrc: number;
+}
+
+function decodeHeader(h: Buffer, diskSize: number): RoundHeader {
+  if (!h.subarray(0, 8).equals(PRECOPY_MAGIC)) throw new PrecopyStreamError('not a pre-copy round (bad magic)');
+  if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new PrecopyStreamError('the pre-copy header is corrupted (its CRC does not match)');
+  const version = h.readUInt32LE(8);
+  if (version !== PRECOPY_VERSION) throw new PrecopyStreamError(`pre-copy version ${version}; this host reads version ${PRECOPY_VERSION}`);
+  const flags = h.readUInt32LE(12);
+  if ((flags & ~FLAG_FIRST) !== 0) throw new PrecopyStreamError(`unknown pre-copy flags 0x${flags.toString(16)}`);
+  const size = Number(h.readBigUInt64LE(40));
+  if (size !== diskSize) throw new PrecopyStreamError(`the source's disk is ${size} bytes, this one ${diskSize}`);
+  const runCount = h.readUInt32LE(36);
+  if (runCount > Math.ceil(diskSize / DIRTY_BLOCK)) throw new PrecopyStreamError(`${runCount} runs for a disk of ${Math.ceil(diskSize / DIRTY_BLOCK)} blocks`);
+  const dataBytes = Number(h.readBigUInt64LE(48));
+  if (dataBytes > diskSize) throw new PrecopyStreamError(`${dataBytes} data bytes for a ${diskSize}-byte disk`);
+  return { first: (flags & FLAG_FIRST) !== 0, mark: { token: Buffer.from(h.subarray(16, 32)), round: h.readUInt32LE(32) }, runCount, dataBytes, tableCrc: h.readUInt32LE(56) };
+}
+
+function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): [number, number][] {
+  if (crc32(t) !== h.tableCrc) throw new PrecopyStreamError('the pre-copy run table is corrupted (its CRC does not match)');
+  const runs: [number, number][] = [];
+  let end = 0;
+  let sum = 0;
+  for (let i = 0; i < h.runCount; i++) {
+    const off = Number(t.readBigUInt64LE(i * 16));
+    const len = Number(t.readBigUInt64LE(i * 16 + 8));
+    if (off % DIRTY_BLOCK !== 0 || len <= 0 || off < end || off + len > diskSize) {
+      throw new PrecopyStreamError(`pre-copy run ${i} [${off}, +${len}) is not 4 KiB aligned, in order and inside the ${diskSize}-byte disk`);
+    }
+    end = off + len;
+    sum += len;
+    runs.push([off, len]);
+  }
+  if (sum !== h.dataBytes) throw new PrecopyStreamError(`the runs hold ${sum} bytes, the header says ${h.dataBytes}`);
+  return runs;
+}
+
+/** The source's side of one round: the blocks to send were taken from the dirty map already. */
+export class PrecopySaveRound extends PipeRound {
+  constructor(
+    fd: number,
+    private readonly disk: MemoryDiskHandle,
+    private readonly mark: PrecopyMark,
+    private readonly first: boolean,
+    private readonly runs: [number, number][],
+  ) {
+    super('save', fd);
+  }
+
+  protected async run(): Promise<void> {
+    await this.writeAll(encodeHeader(this.first, this.mark, this.disk.size, this.runs));
+    let crc = 0;
+    for (const [off, len] of this.runs) {
+      for (let at = 0; at < len; at += WINDOW) crc = await this.sendWindow(off + at, Math.min(WINDOW, len - at), crc);
+    }
+    const t = Buffer.alloc(PRECOPY_TRAILER);
+    t.writeUInt32LE(crc >>> 0, 0);
+    PRECOPY_END_MAGIC.copy(t, 4);
+    await this.writeAll(t);
+  }
+
+  /** [off, off + n) of the disk: staged, checksummed, spliced. Returns the CRC continued. */
+  private async sendWindow(off: number, n: number, crc: number): Promise<number> {
+    // A staging memfd of its own per window: the pipe holds references to its pages until the
+    // destination reads them, so they are never reused.
+    const stage = native.memfdCreate('vhost-wasm-precopy', false);
+    try {
+      native.ftruncate(stage, n);
+      for (let done = 0; done < n; ) {
+        const c = native.copyFileRange(this.disk.fd, off + done, stage, done, n - done);
+        if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
+        done += c;
+      }
+      const m = native.mmap(stage, n, 0, false);
+      try {
+        crc = crc32(new Uint8Array(m.window(0, n)), crc);
+      } finally {
+        m.unmap();
+      }
+      for (let done = 0; done < n; ) {
+        const s = native.splice(stage, done, this.fd, -1, n - done);
+        if (s < 0) await waitFd(this.fd, 'w', this.aborted);
+        else if (s === 0) throw new Error('the staging memfd ended early');
+        else done += s;
+      }
+      this.bytes += n;
+    } finally {
+      native.close(stage);
+    }
+    return crc;
+  }
+}
+
+/** The destination's side of one round: checks the stream and splices its runs into the disk. */
+export class PrecopyLoadRound extends PipeRound {
+  /** The round this stream turned out to be, once its trailer checked out. */
+  applied: { first: boolean; mark: PrecopyMark } | null = null;
+
+  constructor(
+    fd: number,
+    private readonly disk: MemoryDiskHandle,
+    /** What this side holds already (null: nothing, only a first round can start). */
+    private readonly have: PrecopyMark | null,
+  ) {
+    super('load', fd);
+  }
+
+  protected async run(): Promise<void> {
+    const h = decodeHeader(await this.readExactly(PRECOPY_HEADER, 'header'), this.disk.size);
+    if (!h.first) {
+      if (this.have === null) throw new PrecopyStreamError(`round ${h.mark.round} of a pre-copy this host did not start (no first round arrived)`);
+      if (!h.mark.token.equals(this.have.token)) throw new PrecopyStreamError('a round of another pre-copy (its token differs)');
+      if (h.mark.round !== this.have.round + 1) throw new PrecopyStreamError(`round ${h.mark.round} arrived after round ${this.have.round}`);
+    } else if (h.mark.round !== 0) throw new PrecopyStreamError(`a first round numbered ${h.mark.round}`);
+    const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
+    for (const [off, len] of runs) {
+      for (let done = 0; done < len; ) {
+        const s = native.splice(this.fd, -1, this.disk.fd, off + done, len - done);
+        if (s === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${done} of ${len} bytes)`);
+        if (s < 0) await waitFd(this.fd, 'r', this.aborted);
+        else done += s;
+      }
+      this.bytes += len;
+    }
+    let crc = 0;
+    if (runs.length > 0) {
+      const m = native.mmap(this.disk.fd, this.disk.size, 0, false);
+      try {
+        for (const [off, len] of runs) {
+          for (let at = 0; at < len; at += WINDOW) {
+            const n = Math.min(WINDOW, len - at);
+            crc = crc32(new Uint8Array(m.window(off + at, n)), crc);
+          }
+        }
+      } finally {
+        m.unmap();
+      }
+    }
+    const t = await this.readExactly(PRECOPY_TRAILER, 'trailer');
+    if (!t.subarray(4).equals(PRECOPY_END_MAGIC)) throw new PrecopyStreamError('the pre-copy trailer is corrupted (bad end magic)');
+    if (t.readUInt32LE(0) !== crc >>> 0) throw new PrecopyStreamError('the pre-copy data is corrupted (its CRC does not match)');
+    const extra = Buffer.alloc(1);
+    for (;;) {
+      const n = native.read(this.fd, extra);
+      if (n === 0) break;
+      if (n > 0) throw new PrecopyStreamError('bytes follow the pre-copy trailer');
+      await waitFd(this.fd, 'r', this.aborted);
+    }
+    this.applied = { first: h.first, mark: h.mark };
+  }
+}
+
+export function newPrecopyMark(): PrecopyMark {
+  return { token: randomBytes(16), round: 0 };
+}
+
+function encodeMarker(m: PrecopyMark): Buffer {
+  const b = Buffer.alloc(MARKER_BYTES);
+  m.token.copy(b, 0);
+  b.writeUInt32LE(m.round, 16);
+  return b;
+}
+
+/**
+ * The container section (phase PRECOPY_FINAL) that stands for the disk: the pre-copy and its last
+ * round. SAVE: `mark` is the source's. LOAD: the destination refuses unless it matches what it
+ * holds (`have`).
+ */
+export function precopyMarkerSection(mark: PrecopyMark | null, have: PrecopyMark | null, onApplied: () => void): StateSection {
+  let got: Buffer | null = null;
+  return {
+    id: PRECOPY_SECTION_ID,
+    name: 'precopy',
+    size: async () => MARKER_BYTES,
+    read: async (offset, len) => encodeMarker(mark!).subarray(offset, offset + len),
+    beginLoad: async (size) => {
+      if (size !== MARKER_BYTES) throw new Error(`the precopy section is ${size} bytes, not ${MARKER_BYTES}`);
+      got = Buffer.alloc(0);
+    },
+    write: async (_offset, chunk) => {
+      got = Buffer.concat([got ?? Buffer.alloc(0), chunk]);
+    },
+    finish: async () => {
+      if (got === null || got.length !== MARKER_BYTES) return 'the precopy section is incomplete';
+      if (have === null) return 'this host holds no pre-copied disk: the disk has to come in full (phase STOPPED)';
+      if (!got.subarray(0, 16).equals(have.token)) return 'the state names another pre-copy than the one this host received';
+      const round = got.readUInt32LE(16);
+      if (round !== have.round) return `the source's last pre-copy round is ${round}, this host has round ${have.round}: a round was lost`;
+      onApplied();
+      return null;
+    },
+    abort: async () => {
+      got = null;
+    },
+  };
+}
