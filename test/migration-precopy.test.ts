@@ -140,7 +140,7 @@ maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the dest
     await Promise.all(writers);
     const during = steps.find(([s]) => s === 'stop-source')![1] - steps.find(([s]) => s === 'precopy-0')![1];
     t.true(during > 0, `${during} writes acknowledged while the rounds ran`);
-    t.deepEqual(report.precopyMs.length, 3, 'two live rounds and one with the rings stopped');
+    t.true(report.precopyMs.length >= 2 && report.precopyMs.length <= 3, `${report.precopyMs.length} rounds: one or two live (the second only if the first converged), one with the rings stopped`);
     t.true(report.bytes < MIB, `the stopped-time container is ${report.bytes} bytes: the disk came in the rounds`);
     t.deepEqual(await readBack(blk, model), [], 'MiB(s) differing from the acknowledged writes');
     t.regex(a.log(), /pre-copy round 0 sent: 1 run\(s\)/);
@@ -275,7 +275,7 @@ maybe('pre-copy: a source torn from its reader mid-round (EPIPE) fails the round
     t.regex(a.log(), /pre-copy round 0 \(save\) failed/);
     // A migration afterwards starts a whole pre-copy and succeeds.
     const report = await migrate(fe, b.socketPath, { precopyRounds: 1 });
-    t.is(report.precopyMs.length, 2);
+    t.is(report.precopyMs.length, 2, 'one live round and one with the rings stopped');
     t.deepEqual(await readBack(blk, model), []);
   } finally {
     await fe.close();

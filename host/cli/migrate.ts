@@ -38,9 +38,11 @@ Options:
                          hosts need --experimental-rfc-state-shm)
   --state-pipe-size SIZE with --channel pipe: grow the state pipes to SIZE (default 1M; 0
                          leaves them at the kernel's 64 KiB)
-  --precopy-rounds N     pre-copy rounds of a memory disk while the rings still run (default 2
-                         when both hosts offer it: vhost-wasm hosts with a memory disk; 0: none).
-                         Then one round with the rings stopped and the state without the disk
+  --precopy-rounds N     at most N pre-copy rounds of a memory disk while the rings still run
+                         (default 5 when the source offers it: a vhost-wasm host with a memory
+                         disk; 0: none). Rounds end early once one takes <= 20 ms or stops
+                         shrinking; then one round with the rings stopped and the state without
+                         the disk
   --memory SIZE          guest RAM this front-end gives the device (default 64M)
   --queue-size N         ring size (default 256)
   --queues N             queues to start (default 1)
@@ -68,7 +70,7 @@ interface MigrateCliOptions {
   requestSize: number;
   json: boolean;
   pipeBytes: number;
-  /** undefined: 2 when the source offers pre-copy, else 0. */
+  /** undefined: 5 when the source offers pre-copy, else 0. */
   precopyRounds: number | undefined;
 }
 
@@ -186,7 +188,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       report = await migrate(fe, o.to, {
         channel: o.channel,
         pipeBytes: o.pipeBytes,
-        precopyRounds: o.precopyRounds ?? (fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE) ? 2 : 0),
+        precopyRounds: o.precopyRounds ?? (fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE) ? 5 : 0),
         onStep: (s) => {
           if (!o.json) process.stderr.write(`migrate: ${s}\n`);
         },

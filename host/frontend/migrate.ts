@@ -47,11 +47,17 @@ export interface MigrateOptions {
   /** pipe: capacity asked for the state pipes (F_SETPIPE_SZ; 0 leaves them alone; default 1 MiB). */
   pipeBytes?: number;
   /**
-   * Pre-copy rounds while the rings still run (vhost-wasm hosts with a memory disk only; 0 or
-   * absent: none). The first sends the whole disk, each next one the blocks written since; one
+   * At most this many pre-copy rounds while the rings still run (vhost-wasm hosts with a memory
+   * disk only; 0 or absent: none). The first sends the whole disk, each next one the blocks written since; one
    * more round goes with the rings stopped, then the container without the disk (docs/migration.md).
    */
   precopyRounds?: number;
+  /**
+   * Live rounds end early once one took at most this long (what is left to send with the rings
+   * stopped is about as much), or took no less than the one before (the guest writes as fast as
+   * the rounds move: more rounds would not shrink it). Default 20 ms.
+   */
+  precopyTargetMs?: number;
   /** Called at each step (progress output, tests that act mid-migration). */
   onStep?: (step: string) => void | Promise<void>;
 }
@@ -429,7 +435,9 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       // The rings never stopped: the device kept running on the source all along.
       throw new MigrationError(`pre-copy round ${i} failed: ${(e as Error).message}; the source keeps serving (its rings never stopped)`, true);
     }
-    precopyMs.push(performance.now() - t);
+    const ms = performance.now() - t;
+    precopyMs.push(ms);
+    if (i > 0 && (ms <= (opts.precopyTargetMs ?? 20) || ms >= precopyMs[i - 1])) break;
   }
   const phase = rounds > 0 ? PrecopyPhase.FINAL : DeviceStatePhase.STOPPED;
 

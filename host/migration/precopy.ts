@@ -208,40 +208,61 @@ export class PrecopySaveRound extends PipeRound {
   protected async run(): Promise<void> {
     await this.writeAll(encodeHeader(this.first, this.mark, this.disk.size, this.runs));
     let crc = 0;
+    // Runs go in batches of up to WINDOW bytes (a long run in WINDOW pieces): a round after the
+    // first is mostly scattered 4 KiB blocks, and one staging file per block would cost more
+    // system calls than the copy.
+    let batch: [number, number][] = [];
+    let batchBytes = 0;
     for (const [off, len] of this.runs) {
-      for (let at = 0; at < len; at += WINDOW) crc = await this.sendWindow(off + at, Math.min(WINDOW, len - at), crc);
+      for (let at = 0; at < len; ) {
+        const n = Math.min(WINDOW - batchBytes, len - at);
+        batch.push([off + at, n]);
+        batchBytes += n;
+        at += n;
+        if (batchBytes === WINDOW) {
+          crc = await this.sendBatch(batch, batchBytes, crc);
+          batch = [];
+          batchBytes = 0;
+        }
+      }
     }
+    if (batchBytes > 0) crc = await this.sendBatch(batch, batchBytes, crc);
     const t = Buffer.alloc(PRECOPY_TRAILER);
     t.writeUInt32LE(crc >>> 0, 0);
     PRECOPY_END_MAGIC.copy(t, 4);
     await this.writeAll(t);
   }
 
-  /** [off, off + n) of the disk: staged, checksummed, spliced. Returns the CRC continued. */
-  private async sendWindow(off: number, n: number, crc: number): Promise<number> {
-    // A staging memfd of its own per window: the pipe holds references to its pages until the
-    // destination reads them, so they are never reused.
+  /** Pieces of the disk, one after another: staged, checksummed, spliced. Returns the CRC continued. */
+  private async sendBatch(pieces: readonly [number, number][], total: number, crc: number): Promise<number> {
+    // A staging memfd of its own per batch: the pipe holds references to its pages until the
+    // destination reads them, so they are never reused; and what is checksummed is what goes,
+    // whatever the guest writes to the disk meanwhile (that block is marked again).
     const stage = native.memfdCreate('vhost-wasm-precopy', false);
     try {
-      native.ftruncate(stage, n);
-      for (let done = 0; done < n; ) {
-        const c = native.copyFileRange(this.disk.fd, off + done, stage, done, n - done);
-        if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
-        done += c;
+      native.ftruncate(stage, total);
+      let pos = 0;
+      for (const [off, n] of pieces) {
+        for (let done = 0; done < n; ) {
+          const c = native.copyFileRange(this.disk.fd, off + done, stage, pos + done, n - done);
+          if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
+          done += c;
+        }
+        pos += n;
       }
-      const m = native.mmap(stage, n, 0, false);
+      const m = native.mmap(stage, total, 0, false);
       try {
-        crc = crc32(new Uint8Array(m.window(0, n)), crc);
+        crc = crc32(new Uint8Array(m.window(0, total)), crc);
       } finally {
         m.unmap();
       }
-      for (let done = 0; done < n; ) {
-        const s = native.splice(stage, done, this.fd, -1, n - done);
+      for (let done = 0; done < total; ) {
+        const s = native.splice(stage, done, this.fd, -1, total - done);
         if (s < 0) await waitFd(this.fd, 'w', this.aborted);
         else if (s === 0) throw new Error('the staging memfd ended early');
         else done += s;
       }
-      this.bytes += n;
+      this.bytes += total;
     } finally {
       native.close(stage);
     }
