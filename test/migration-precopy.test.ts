@@ -153,7 +153,7 @@ maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the dest
 });
 
 for (const harm of ['truncated', 'corrupted data', 'corrupted table', 'skipped'] as const) {
-  maybe(`pre-copy: a round ${harm} is refused by the destination, its final state too; the source keeps serving`, async (t) => {
+  maybe(`pre-copy: a round ${harm} is refused by the destination; the source keeps serving`, async (t) => {
     t.timeout(60_000);
     const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
     const fe = await connect(a);

@@ -270,7 +270,12 @@ export class DeviceStateTransfers {
       }
       // Until this round is out whole the pre-copy cannot go on: the blocks it took are in it.
       this.precopySent = null;
-      const r = new PrecopySaveRound(fd, disk, mark, first, runs);
+      // With every ring stopped nothing writes the disk: its pages can go without a snapshot.
+      const quiet = await this.host
+        .worker()
+        .stateBegin()
+        .then((b) => b.started.length === 0, () => false);
+      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet);
       round = r;
       void r.done.then((err) => {
         if (err === null) this.precopySent = mark;
