@@ -309,6 +309,16 @@ async function benchPrecopy(): Promise<void> {
       await dst.getFeatures();
       await dst.setProtocolFeatures((await dst.getProtocolFeatures()) & opts.protocolFeatures);
       await dst.setOwner();
+      const round = async (phase: number) => {
+        const [r, w] = native.pipe2();
+        native.setPipeSize?.(w, 1 << 20);
+        await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, phase, w);
+        native.close(w);
+        await dst.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r);
+        native.close(r);
+        await fe.conn.checkDeviceState();
+        await dst.checkDeviceState();
+      };
       for (let i = 0; i < 3; i++) {
         const cpu0 = cpuMs(a) + cpuMs(b);
         const t0 = performance.now();
@@ -326,6 +336,23 @@ async function benchPrecopy(): Promise<void> {
           `full round (SAVE+LOAD, disk -> pipe -> disk): ${ms.toFixed(0)} ms, ${(rate / 2 ** 20).toFixed(0)} MiB/s = ${(rate / pipe).toFixed(2)} x plain pipe, ` +
             `${(rate / mem).toFixed(3)} x memcpy; host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms`,
         );
+      }
+      // A round of scattered blocks alone: 4 KiB writes at random offsets, then one round, no writer.
+      const blkDev = new BlkDevice(fe.queues[0]);
+      const page = Buffer.alloc(4096, 's');
+      for (const blocks of [1000, 5000, 20000]) {
+        let k = 0;
+        await Promise.all(Array.from({ length: 8 }, async () => {
+          while (k < blocks) {
+            k++;
+            await blkDev.write(Math.floor(Math.random() * (DISK / 4096)) * 8, page);
+          }
+        }));
+        const cpu0 = cpuMs(a) + cpuMs(b);
+        const t0 = performance.now();
+        await round(PrecopyPhase.ROUND);
+        const ms = performance.now() - t0;
+        console.log(`round of ${blocks} random 4 KiB writes (scattered blocks): ${ms.toFixed(1)} ms, ${((blocks * 4096) / 2 ** 20 / (ms / 1000)).toFixed(0)} MiB/s at most; host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms`);
       }
       dst.close();
       await fe.close();

@@ -25,7 +25,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { native } from '../native/index.ts';
+import { native, type Mapping } from '../native/index.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import { SectionId, type StateSection } from './section.ts';
 
@@ -53,6 +53,39 @@ export interface PrecopyMark {
   token: Buffer;
   round: number;
 }
+
+/**
+ * Views of a mapping at any offset: one window per GiB, made once (a window per 4 KiB run costs
+ * more than checksumming it). A range crossing a GiB boundary comes as two views.
+ */
+class MappedViews {
+  private readonly windows: Uint8Array[] = [];
+  private readonly span: number;
+
+  constructor(private readonly mapping: Mapping) {
+    this.span = native.MAX_WINDOW;
+  }
+
+  each(off: number, len: number, fn: (view: Uint8Array) => void): void {
+    for (let done = 0; done < len; ) {
+      const at = off + done;
+      const w = Math.floor(at / this.span);
+      const base = w * this.span;
+      let win = this.windows[w];
+      if (win === undefined) win = this.windows[w] = new Uint8Array(this.mapping.window(base, Math.min(this.span, this.mapping.size - base)));
+      const n = Math.min(len - done, base + this.span - at);
+      fn(win.subarray(at - base, at - base + n));
+      done += n;
+    }
+  }
+
+  unmap(): void {
+    this.mapping.unmap();
+  }
+}
+
+/** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
+const SMALL_PIECE = 64 << 10;
 
 export class PrecopyStreamError extends Error {
   override name = 'PrecopyStreamError';
@@ -225,10 +258,12 @@ export class PrecopySaveRound extends PipeRound {
   private async sendQuiet(): Promise<number> {
     let crc = 0;
     if (this.runs.length === 0) return crc;
-    const m = native.mmap(this.disk.fd, this.disk.size, 0, false);
+    const m = new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, false));
     try {
       for (const [off, len] of this.runs) {
-        for (let at = 0; at < len; at += WINDOW) crc = crc32(new Uint8Array(m.window(off + at, Math.min(WINDOW, len - at))), crc);
+        m.each(off, len, (v) => {
+          crc = crc32(v, crc);
+        });
         for (let done = 0; done < len; ) {
           const s = native.splice(this.disk.fd, off + done, this.fd, -1, len - done);
           if (s < 0) await waitFd(this.fd, 'w', this.aborted);
@@ -245,6 +280,18 @@ export class PrecopySaveRound extends PipeRound {
 
   private async sendStaged(): Promise<number> {
     let crc = 0;
+    // Small pieces are copied from a mapping of the disk (a system call each would cost more).
+    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, false)) : null;
+    try {
+      return await this.sendBatches(crc);
+    } finally {
+      this.diskViews?.unmap();
+    }
+  }
+
+  private diskViews: MappedViews | null = null;
+
+  private async sendBatches(crc: number): Promise<number> {
     // Runs go in batches of up to WINDOW bytes (a long run in WINDOW pieces): a round after the
     // first is mostly scattered 4 KiB blocks, and one staging file per block would cost more
     // system calls than the copy.
@@ -275,18 +322,27 @@ export class PrecopySaveRound extends PipeRound {
     const stage = native.memfdCreate('vhost-wasm-precopy', false);
     try {
       native.ftruncate(stage, total);
-      let pos = 0;
-      for (const [off, n] of pieces) {
-        for (let done = 0; done < n; ) {
-          const c = native.copyFileRange(this.disk.fd, off + done, stage, pos + done, n - done);
-          if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
-          done += c;
-        }
-        pos += n;
-      }
-      const m = native.mmap(stage, total, 0, false);
+      const m = native.mmap(stage, total, 0, true);
       try {
-        crc = crc32(new Uint8Array(m.window(0, total)), crc);
+        const staged = new Uint8Array(m.window(0, total));
+        let pos = 0;
+        for (const [off, n] of pieces) {
+          if (n < SMALL_PIECE && this.diskViews) {
+            let at = pos;
+            this.diskViews.each(off, n, (v) => {
+              staged.set(v, at);
+              at += v.length;
+            });
+          } else {
+            for (let done = 0; done < n; ) {
+              const c = native.copyFileRange(this.disk.fd, off + done, stage, pos + done, n - done);
+              if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
+              done += c;
+            }
+          }
+          pos += n;
+        }
+        crc = crc32(staged, crc);
       } finally {
         m.unmap();
       }
@@ -326,25 +382,14 @@ export class PrecopyLoadRound extends PipeRound {
       if (h.mark.round !== this.have.round + 1) throw new PrecopyStreamError(`round ${h.mark.round} arrived after round ${this.have.round}`);
     } else if (h.mark.round !== 0) throw new PrecopyStreamError(`a first round numbered ${h.mark.round}`);
     const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
-    for (const [off, len] of runs) {
-      for (let done = 0; done < len; ) {
-        const s = native.splice(this.fd, -1, this.disk.fd, off + done, len - done);
-        if (s === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${done} of ${len} bytes)`);
-        if (s < 0) await waitFd(this.fd, 'r', this.aborted);
-        else done += s;
-      }
-      this.bytes += len;
-    }
     let crc = 0;
     if (runs.length > 0) {
-      const m = native.mmap(this.disk.fd, this.disk.size, 0, false);
+      const m = new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, true));
       try {
-        for (const [off, len] of runs) {
-          for (let at = 0; at < len; at += WINDOW) {
-            const n = Math.min(WINDOW, len - at);
-            crc = crc32(new Uint8Array(m.window(off + at, n)), crc);
-          }
-        }
+        // Mostly small runs (the blocks written since the last round): the data is spliced in
+        // big pieces into a staging file and copied run by run between mappings; a system call
+        // per 4 KiB run would cost more than its copy. Big runs: spliced into the disk itself.
+        crc = h.dataBytes / runs.length < SMALL_PIECE ? await this.takeStaged(runs, h.dataBytes, m) : await this.takeDirect(runs, m);
       } finally {
         m.unmap();
       }
@@ -360,6 +405,72 @@ export class PrecopyLoadRound extends PipeRound {
       await waitFd(this.fd, 'r', this.aborted);
     }
     this.applied = { first: h.first, mark: h.mark };
+  }
+
+  private readonly pipe = { fd: this.fd, wait: () => waitFd(this.fd, 'r', this.aborted) };
+
+  private async takeDirect(runs: readonly [number, number][], disk: MappedViews): Promise<number> {
+    let crc = 0;
+    for (const [off, len] of runs) {
+      await spliceIn(this.pipe, this.disk.fd, off, len, `the run at ${off}`);
+      this.bytes += len;
+      disk.each(off, len, (v) => {
+        crc = crc32(v, crc);
+      });
+    }
+    return crc;
+  }
+
+  private async takeStaged(runs: readonly [number, number][], total: number, disk: MappedViews): Promise<number> {
+    let crc = 0;
+    let r = 0;
+    let rAt = 0;
+    for (let base = 0; base < total; base += WINDOW) {
+      const n = Math.min(WINDOW, total - base);
+      const stage = native.memfdCreate('vhost-wasm-precopy-in', false);
+      try {
+        native.ftruncate(stage, n);
+        await spliceIn(this.pipe, stage, 0, n, 'the round\'s data');
+        this.bytes += n;
+        const m = native.mmap(stage, n, 0, false);
+        try {
+          const staged = new Uint8Array(m.window(0, n));
+          crc = crc32(staged, crc);
+          // Hand the staged bytes out to the runs they belong to (a run may span two batches).
+          for (let pos = 0; pos < n; ) {
+            const [off, len] = runs[r];
+            const k = Math.min(len - rAt, n - pos);
+            let from = pos;
+            disk.each(off + rAt, k, (v) => {
+              v.set(staged.subarray(from, from + v.length));
+              from += v.length;
+            });
+            pos += k;
+            rAt += k;
+            if (rAt === len) {
+              r++;
+              rAt = 0;
+            }
+          }
+        } finally {
+          m.unmap();
+        }
+      } finally {
+        native.close(stage);
+      }
+    }
+    return crc;
+  }
+}
+
+
+/** The destination's ways of taking a round's data (see PrecopyLoadRound.run). */
+async function spliceIn(round: { fd: number; wait: () => Promise<void> }, out: number, outOff: number, len: number, what: string): Promise<void> {
+  for (let done = 0; done < len; ) {
+    const s = native.splice(round.fd, -1, out, outOff + done, len - done);
+    if (s === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside ${what} (${done} of ${len} bytes)`);
+    if (s < 0) await round.wait();
+    else done += s;
   }
 }
 
