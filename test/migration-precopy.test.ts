@@ -8,7 +8,8 @@
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { spawn } from 'node:child_process';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
@@ -289,5 +290,47 @@ maybe('pre-copy: a source torn from its reader mid-round (EPIPE) fails the round
   } finally {
     await fe.close();
     await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('vhost-wasm migrate pre-copies a memory disk by default, and --precopy-rounds 0 moves it at the stop', async (t) => {
+  t.timeout(120_000);
+  const [a, b, c] = await Promise.all([blkHost('memory:32M'), blkHost('memory:32M'), blkHost('memory:32M')]);
+  const run = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const p = spawn(...hostCommand(['migrate', ...args, '--json']), { cwd: REPO });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+  /** The disk as a fresh front-end reads it (the disk is the host's: it outlives a connection). */
+  const disk = async (h: HostProcess, write?: number) => {
+    const fe = await connect(h);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      return write === undefined ? await readBack(blk, model) : await fill(blk, write);
+    } finally {
+      await fe.close();
+    }
+  };
+  let model: Buffer = Buffer.alloc(0);
+  try {
+    model = (await disk(a, 32 * MIB)) as Buffer;
+    const pre = await run(['--from', a.socketPath, '--to', b.socketPath]);
+    t.is(pre.code, 0, pre.stderr);
+    const rep = JSON.parse(pre.stdout);
+    t.true(rep.precopyMs.length >= 2, `rounds: ${rep.precopyMs}`);
+    t.true(rep.stateBytes < MIB, `${rep.stateBytes} bytes moved at the stop`);
+    t.deepEqual(await disk(b), [], 'the destination holds the disk');
+    const full = await run(['--from', b.socketPath, '--to', c.socketPath, '--precopy-rounds', '0']);
+    t.is(full.code, 0, full.stderr);
+    const rep2 = JSON.parse(full.stdout);
+    t.deepEqual(rep2.precopyMs, []);
+    t.true(rep2.stateBytes > 32 * MIB, `${rep2.stateBytes} bytes moved at the stop`);
+    t.deepEqual(await disk(c), []);
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
 });
