@@ -46,6 +46,8 @@ export interface MemoryDiskHandle {
   fd: number;
   size: number;
   dirty: DirtyBlocks;
+  /** The disk mapped writable in this thread, kept by its owner between rounds (borrowed: never unmapped here). */
+  mapping(): Mapping;
 }
 
 /** A pre-copy as one side knows it: which one (token) and the last round completed. */
@@ -79,9 +81,6 @@ class MappedViews {
     }
   }
 
-  unmap(): void {
-    this.mapping.unmap();
-  }
 }
 
 /** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
@@ -258,8 +257,8 @@ export class PrecopySaveRound extends PipeRound {
   private async sendQuiet(): Promise<number> {
     let crc = 0;
     if (this.runs.length === 0) return crc;
-    const m = new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, false));
-    try {
+    const m = new MappedViews(this.disk.mapping());
+    {
       for (const [off, len] of this.runs) {
         m.each(off, len, (v) => {
           crc = crc32(v, crc);
@@ -272,8 +271,6 @@ export class PrecopySaveRound extends PipeRound {
         }
         this.bytes += len;
       }
-    } finally {
-      m.unmap();
     }
     return crc;
   }
@@ -281,12 +278,8 @@ export class PrecopySaveRound extends PipeRound {
   private async sendStaged(): Promise<number> {
     let crc = 0;
     // Small pieces are copied from a mapping of the disk (a system call each would cost more).
-    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, false)) : null;
-    try {
-      return await this.sendBatches(crc);
-    } finally {
-      this.diskViews?.unmap();
-    }
+    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(this.disk.mapping()) : null;
+    return this.sendBatches(crc);
   }
 
   private diskViews: MappedViews | null = null;
@@ -314,8 +307,26 @@ export class PrecopySaveRound extends PipeRound {
     return crc;
   }
 
-  /** Pieces of the disk, one after another: staged, checksummed, spliced. Returns the CRC continued. */
+  /** Where batches of small pieces are gathered (reused: fresh pages per batch cost more than the copy). */
+  private scratch: Buffer | null = null;
+
+  /** Pieces of the disk, one after another: staged, checksummed, sent. Returns the CRC continued. */
   private async sendBatch(pieces: readonly [number, number][], total: number, crc: number): Promise<number> {
+    if (this.diskViews && pieces.every(([, n]) => n < SMALL_PIECE)) {
+      // Scattered blocks: gathered from the disk's mapping into one reused buffer and written.
+      // Staging files would fault in, zero and free a fresh page per block.
+      const buf = (this.scratch ??= Buffer.allocUnsafe(WINDOW)).subarray(0, total);
+      let at = 0;
+      for (const [off, n] of pieces) {
+        this.diskViews.each(off, n, (v) => {
+          buf.set(v, at);
+          at += v.length;
+        });
+      }
+      crc = crc32(buf, crc);
+      await this.writeAll(buf);
+      return crc;
+    }
     // A staging memfd of its own per batch: the pipe holds references to its pages until the
     // destination reads them, so they are never reused; and what is checksummed is what goes,
     // whatever the guest writes to the disk meanwhile (that block is marked again).
@@ -384,14 +395,12 @@ export class PrecopyLoadRound extends PipeRound {
     const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
     let crc = 0;
     if (runs.length > 0) {
-      const m = new MappedViews(native.mmap(this.disk.fd, this.disk.size, 0, true));
-      try {
+      const m = new MappedViews(this.disk.mapping());
+      {
         // Mostly small runs (the blocks written since the last round): the data is spliced in
         // big pieces into a staging file and copied run by run between mappings; a system call
         // per 4 KiB run would cost more than its copy. Big runs: spliced into the disk itself.
         crc = h.dataBytes / runs.length < SMALL_PIECE ? await this.takeStaged(runs, h.dataBytes, m) : await this.takeDirect(runs, m);
-      } finally {
-        m.unmap();
       }
     }
     const t = await this.readExactly(PRECOPY_TRAILER, 'trailer');
@@ -425,38 +434,34 @@ export class PrecopyLoadRound extends PipeRound {
     let crc = 0;
     let r = 0;
     let rAt = 0;
+    // One reused buffer: read(2) from the pipe, then copied run by run into the disk's mapping.
+    const buf = Buffer.allocUnsafe(Math.min(WINDOW, total));
     for (let base = 0; base < total; base += WINDOW) {
       const n = Math.min(WINDOW, total - base);
-      const stage = native.memfdCreate('vhost-wasm-precopy-in', false);
-      try {
-        native.ftruncate(stage, n);
-        await spliceIn(this.pipe, stage, 0, n, 'the round\'s data');
-        this.bytes += n;
-        const m = native.mmap(stage, n, 0, false);
-        try {
-          const staged = new Uint8Array(m.window(0, n));
-          crc = crc32(staged, crc);
-          // Hand the staged bytes out to the runs they belong to (a run may span two batches).
-          for (let pos = 0; pos < n; ) {
-            const [off, len] = runs[r];
-            const k = Math.min(len - rAt, n - pos);
-            let from = pos;
-            disk.each(off + rAt, k, (v) => {
-              v.set(staged.subarray(from, from + v.length));
-              from += v.length;
-            });
-            pos += k;
-            rAt += k;
-            if (rAt === len) {
-              r++;
-              rAt = 0;
-            }
-          }
-        } finally {
-          m.unmap();
+      const staged = buf.subarray(0, n);
+      for (let got = 0; got < n; ) {
+        const k = native.read(this.fd, staged.subarray(got));
+        if (k === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the round's data (${base + got} of ${total} bytes)`);
+        if (k < 0) await waitFd(this.fd, 'r', this.aborted);
+        else got += k;
+      }
+      this.bytes += n;
+      crc = crc32(staged, crc);
+      // Hand the bytes out to the runs they belong to (a run may span two reads).
+      for (let pos = 0; pos < n; ) {
+        const [off, len] = runs[r];
+        const k = Math.min(len - rAt, n - pos);
+        let from = pos;
+        disk.each(off + rAt, k, (v) => {
+          v.set(staged.subarray(from, from + v.length));
+          from += v.length;
+        });
+        pos += k;
+        rAt += k;
+        if (rAt === len) {
+          r++;
+          rAt = 0;
         }
-      } finally {
-        native.close(stage);
       }
     }
     return crc;

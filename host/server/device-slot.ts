@@ -6,7 +6,7 @@
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
 import { DirtyBlocks } from '../storage/dirty-blocks.ts';
-import { native } from '../native/index.ts';
+import { native, type Mapping } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import { DeviceMeter } from '../metrics/device-meter.ts';
@@ -45,6 +45,8 @@ export class DeviceSlot {
   private memoryDisk: number | null = null;
   /** Its dirty-block map, shared with every thread that writes it (pre-copy, docs/migration.md). */
   private memoryDiskDirty: DirtyBlocks | null = null;
+  /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
+  private memoryDiskMapping: Mapping | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
 
@@ -67,9 +69,11 @@ export class DeviceSlot {
    * a pre-copy moves its blocks with the kernel's copy, not through the worker. Null without a
    * writable memory disk.
    */
-  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks } | null {
-    if (this.memoryDisk === null || this.memoryDiskDirty === null) return null;
-    return { fd: this.memoryDisk, size: this.memoryDiskDirty.diskSize, dirty: this.memoryDiskDirty };
+  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks; mapping: () => Mapping } | null {
+    const fd = this.memoryDisk;
+    const dirty = this.memoryDiskDirty;
+    if (fd === null || dirty === null) return null;
+    return { fd, size: dirty.diskSize, dirty, mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)) };
   }
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
@@ -199,6 +203,8 @@ export class DeviceSlot {
     }
     this.worker = null;
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
+    this.memoryDiskMapping?.unmap();
+    this.memoryDiskMapping = null;
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;
     this.memoryDiskDirty = null;
