@@ -400,4 +400,4 @@ if (!onlyPrecopy) {
   for (const mib of sizes) await benchSize(mib);
   if (!noBlk) await benchBlk();
 }
-if (!noBlk) await benchPrecopy();
+if (!noBlk && (onlyPrecopy || !args.includes('--only-blk'))) await benchPrecopy();

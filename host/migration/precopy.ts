@@ -60,7 +60,7 @@ export interface PrecopyMark {
  * Views of a mapping at any offset: one window per GiB, made once (a window per 4 KiB run costs
  * more than checksumming it). A range crossing a GiB boundary comes as two views.
  */
-class MappedViews {
+export class MappedViews {
   private readonly windows: Uint8Array[] = [];
   private readonly span: number;
 
@@ -522,4 +522,24 @@ export function precopyMarkerSection(mark: PrecopyMark | null, have: PrecopyMark
       got = null;
     },
   };
+}
+
+/**
+ * A full (STOPPED) save of the disk into a state file (a memfd channel): the kernel copies the
+ * disk's memfd into the file (copy_file_range), and the CRC is taken from the disk's mapping.
+ * The rings are stopped, so what is checksummed is what was copied. A state file a front-end
+ * shrinks meanwhile is only written past its end (no mapping of it to fault). Returns the CRC
+ * continued from `crc`.
+ */
+export function copyDiskToFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number): number {
+  if (len !== disk.size) throw new Error(`storage section: ${len} bytes asked of a ${disk.size}-byte disk`);
+  for (let done = 0; done < len; ) {
+    const c = native.copyFileRange(disk.fd, done, fd, fileOffset + done, len - done);
+    if (c <= 0) throw new Error(`the disk's memfd ended at ${done} of ${len} bytes while saving it`);
+    done += c;
+  }
+  new MappedViews(disk.mapping()).each(0, len, (v) => {
+    crc = crc32(v, crc);
+  });
+  return crc;
 }

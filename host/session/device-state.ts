@@ -10,7 +10,7 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
-import { PrecopyLoadRound, PrecopySaveRound, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
 import { PrecopyPhase } from '../protocol/precopy.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
@@ -142,12 +142,26 @@ export class DeviceStateTransfers {
       worker,
       identity: { deviceId: worker.info.deviceId, name: begin.name, version: begin.version },
       extraSections: [
-        ...begin.sections.map((s) => new WorkerSectionProxy(worker, s.id, s.name, s.size)),
+        ...begin.sections.map((s) => this.workerSection(worker, s)),
         ...(this.host.settings.stateSections?.() ?? []),
       ],
       log,
       pipeBytes: this.host.settings.statePipeBytes,
     };
+  }
+
+  /**
+   * A worker-held section as the transfer sees it. The memory disk, saved into a state file,
+   * is copied by the kernel from its memfd here instead of through the worker's mapping of the
+   * file (rings are stopped: nothing writes the disk); everything else goes through the worker.
+   */
+  private workerSection(worker: DeviceWorker, s: { id: number; name: string; size: number }): WorkerSectionProxy {
+    const proxy = new WorkerSectionProxy(worker, s.id, s.name, s.size);
+    const disk = s.id === STORAGE_SECTION_ID ? (this.host.memoryDisk?.() ?? null) : null;
+    if (disk !== null && disk.size === s.size) {
+      proxy.copyToFile = async (fd, fileOffset, len, crc) => copyDiskToFile(disk, fd, fileOffset, len, crc);
+    }
+    return proxy;
   }
 
   private async replyDeviceState(error: number, fd: number | null = null): Promise<void> {
