@@ -538,7 +538,12 @@ export function copyDiskToFile(disk: MemoryDiskHandle, fd: number, fileOffset: n
     if (c <= 0) throw new Error(`the disk's memfd ended at ${done} of ${len} bytes while saving it`);
     done += c;
   }
-  new MappedViews(disk.mapping()).each(0, len, (v) => {
+  return diskCrc(disk, crc);
+}
+
+/** CRC-32 of the whole disk (from its mapping), continued from `crc`. */
+export function diskCrc(disk: MemoryDiskHandle, crc: number): number {
+  new MappedViews(disk.mapping()).each(0, disk.size, (v) => {
     crc = crc32(v, crc);
   });
   return crc;

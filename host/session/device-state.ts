@@ -10,7 +10,7 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
-import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
 import { PrecopyPhase } from '../protocol/precopy.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
@@ -160,6 +160,10 @@ export class DeviceStateTransfers {
     const disk = s.id === STORAGE_SECTION_ID ? (this.host.memoryDisk?.() ?? null) : null;
     if (disk !== null && disk.size === s.size) {
       proxy.copyToFile = async (fd, fileOffset, len, crc) => copyDiskToFile(disk, fd, fileOffset, len, crc);
+      // A pipe: the disk's pages are spliced into it. A front-end reads the state to EOF before
+      // CHECK_DEVICE_STATE, and the rings restart only after that, so the pages do not change
+      // while the pipe still holds them.
+      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed) => diskCrc(disk, seed) });
     }
     return proxy;
   }
