@@ -151,9 +151,9 @@ export class DeviceStateTransfers {
   }
 
   /**
-   * A worker-held section as the transfer sees it. The memory disk, saved into a state file,
-   * is copied by the kernel from its memfd here instead of through the worker's mapping of the
-   * file (rings are stopped: nothing writes the disk); everything else goes through the worker.
+   * A worker-held section as the transfer sees it. The memory disk's SAVE is the kernel's copy
+   * from its memfd here (into a state file: copy_file_range; into a pipe: splice), not reads
+   * through the worker (rings are stopped: nothing writes the disk); all else goes through it.
    */
   private workerSection(worker: DeviceWorker, s: { id: number; name: string; size: number }): WorkerSectionProxy {
     const proxy = new WorkerSectionProxy(worker, s.id, s.name, s.size);
