@@ -37,7 +37,8 @@ import { REPO } from '../test/helpers/host-process.ts';
 
 const args = process.argv.slice(2);
 const noBlk = args.includes('--no-blk');
-const onlyBlk = args.includes('--only-blk');
+const onlyBlk = args.includes('--only-blk') || args.includes('--only-precopy');
+const onlyPrecopy = args.includes('--only-precopy');
 const sizes = args.map(Number).filter((n) => n > 0);
 if (sizes.length === 0 && !onlyBlk) sizes.push(64);
 
@@ -236,5 +237,167 @@ async function benchBlk(): Promise<void> {
   }
 }
 
-for (const mib of sizes) await benchSize(mib);
-if (!noBlk) await benchBlk();
+/** Bytes/s of a plain pipe (1 MiB capacity) carrying `total` bytes from a child process to this one. */
+async function plainPipeRate(total: number): Promise<number> {
+  const { spawn } = await import('node:child_process');
+  const [r, w] = native.pipe2();
+  native.setPipeSize?.(w, 1 << 20);
+  native.setNonBlocking(w, false); // the child's end blocks, as a plain writer's would
+  const child = spawn(
+    process.execPath,
+    ['-e', `const fs=require('fs');const b=Buffer.alloc(1<<20,1);let n=${total};while(n>0){const k=fs.writeSync(3,b,0,Math.min(b.length,n));n-=k;}`],
+    { stdio: ['ignore', 'ignore', 'inherit', w] },
+  );
+  native.close(w);
+  const t0 = performance.now();
+  const got = await readToEnd(r, () => {});
+  const ms = performance.now() - t0;
+  native.close(r);
+  await new Promise((res) => child.on('exit', res));
+  if (got !== total) throw new Error(`plain pipe: ${got} of ${total} bytes`);
+  return total / (ms / 1000);
+}
+
+/** memcpy of `total` bytes between two buffers already in memory (both touched first). */
+function memcpyRate(total: number): number {
+  const a = Buffer.alloc(total, 1);
+  const b = Buffer.alloc(total, 2);
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    a.copy(b);
+    best = Math.min(best, performance.now() - t0);
+  }
+  return total / (best / 1000);
+}
+
+/**
+ * The blk plugin's 256 MiB memory disk (every MiB written) with pre-copy (docs/migration.md,
+ * "Pre-copy"): one full round alone (the disk, host to host through a pipe, no writes), against
+ * the same script's plain pipe and memcpy of the same bytes; then whole migrations with 2 live
+ * rounds, with no writes and under a writer (4 KiB random writes back to back, queue depth 1 or 8),
+ * stop-to-resume being the time the rings are stopped.
+ */
+async function benchPrecopy(): Promise<void> {
+  const { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } = await import('../host/protocol/precopy.ts');
+  const { VhostUserConnection } = await import('../host/frontend/connection.ts');
+  const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+  const DISK = 256 << 20;
+  const hostArgs = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
+  const opts = { ...feOpts, memoryBytes: 32 << 20, queues: [128], protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE) };
+  const mem = memcpyRate(DISK);
+  const pipe = await plainPipeRate(DISK);
+  console.log(`\npre-copy, blk with a 256 MiB memory disk; same-script peers: memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s`);
+  const fill = async (blk: BlkDevice) => {
+    const mib = Buffer.alloc(1 << 20, 'disk');
+    let next = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (next < DISK) {
+        const o = next;
+        next += 1 << 20;
+        await blk.write(o / 512, mib);
+      }
+    }));
+  };
+  // One full round alone, three times.
+  {
+    const [a, b] = await Promise.all([startHost(hostArgs), startHost(hostArgs)]);
+    try {
+      const fe = await VhostUserFrontend.connect(a.socketPath, opts);
+      await fill(new BlkDevice(fe.queues[0]));
+      const dst = VhostUserConnection.connect(b.socketPath);
+      await dst.getFeatures();
+      await dst.setProtocolFeatures((await dst.getProtocolFeatures()) & opts.protocolFeatures);
+      await dst.setOwner();
+      const round = async (phase: number) => {
+        const [r, w] = native.pipe2();
+        native.setPipeSize?.(w, 1 << 20);
+        await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, phase, w);
+        native.close(w);
+        await dst.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r);
+        native.close(r);
+        await fe.conn.checkDeviceState();
+        await dst.checkDeviceState();
+      };
+      for (let i = 0; i < 3; i++) {
+        const cpu0 = cpuMs(a) + cpuMs(b);
+        const t0 = performance.now();
+        const [r, w] = native.pipe2();
+        native.setPipeSize?.(w, 1 << 20);
+        await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, PrecopyPhase.START, w);
+        native.close(w);
+        await dst.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r);
+        native.close(r);
+        await fe.conn.checkDeviceState();
+        await dst.checkDeviceState();
+        const ms = performance.now() - t0;
+        const rate = DISK / (ms / 1000);
+        console.log(
+          `full round (SAVE+LOAD, disk -> pipe -> disk): ${ms.toFixed(0)} ms, ${(rate / 2 ** 20).toFixed(0)} MiB/s = ${(rate / pipe).toFixed(2)} x plain pipe, ` +
+            `${(rate / mem).toFixed(3)} x memcpy; host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms`,
+        );
+      }
+      // A round of scattered blocks alone: 4 KiB writes at random offsets, then one round, no writer.
+      const blkDev = new BlkDevice(fe.queues[0]);
+      const page = Buffer.alloc(4096, 's');
+      for (const blocks of [1000, 5000, 20000]) {
+        let k = 0;
+        await Promise.all(Array.from({ length: 8 }, async () => {
+          while (k < blocks) {
+            k++;
+            await blkDev.write(Math.floor(Math.random() * (DISK / 4096)) * 8, page);
+          }
+        }));
+        const cpu0 = cpuMs(a) + cpuMs(b);
+        const t0 = performance.now();
+        await round(PrecopyPhase.ROUND);
+        const ms = performance.now() - t0;
+        console.log(`round of ${blocks} random 4 KiB writes (scattered blocks): ${ms.toFixed(1)} ms, ${((blocks * 4096) / 2 ** 20 / (ms / 1000)).toFixed(0)} MiB/s at most; host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms`);
+      }
+      dst.close();
+      await fe.close();
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  }
+  console.log('writers'.padEnd(30) + 'rounds ms (last: rings stopped)'.padEnd(34) + 'stop->resume ms'.padStart(16) + 'writes'.padStart(8));
+  for (const writers of [0, 1, 8]) {
+    for (let rep = 0; rep < 2; rep++) {
+      const [a, b] = await Promise.all([startHost(hostArgs), startHost(hostArgs)]);
+      try {
+        const fe = await VhostUserFrontend.connect(a.socketPath, opts);
+        const blk = new BlkDevice(fe.queues[0]);
+        await fill(blk);
+        let running = true;
+        let writes = 0;
+        const page = Buffer.alloc(4096, 'w');
+        const lanes = Array.from({ length: writers }, async () => {
+          while (running) {
+            await blk.write(Math.floor(Math.random() * (DISK / 4096)) * 8, page);
+            writes++;
+          }
+        });
+        const marks: [string, number][] = [];
+        const r = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: 5, onStep: (st) => void marks.push([st, performance.now()]) });
+        running = false;
+        await Promise.all(lanes);
+        // Where the stopped time went: from each step to the next, from stop-source on.
+        const from = marks.findIndex(([st]) => st === 'stop-source');
+        const split = marks.slice(from, -1).map(([st, at], i) => `${st} ${(marks[from + i + 1][1] - at).toFixed(1)}`).join(', ');
+        console.log(
+          (writers === 0 ? 'none' : `4 KiB random, QD ${writers}`).padEnd(30) + r.precopyMs.map((m) => m.toFixed(0)).join(' / ').padEnd(34) +
+            r.downtimeMs.toFixed(1).padStart(16) + String(writes).padStart(8) + `   (${split})`,
+        );
+        await fe.close();
+      } finally {
+        await Promise.all([a.stop(), b.stop()]);
+      }
+    }
+  }
+}
+
+if (!onlyPrecopy) {
+  for (const mib of sizes) await benchSize(mib);
+  if (!noBlk) await benchBlk();
+}
+if (!noBlk && (onlyPrecopy || !args.includes('--only-blk'))) await benchPrecopy();

@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
 import { featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
+import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
 import { parsePipeSize, parseSize, UsageError } from './args.ts';
 
@@ -37,6 +38,11 @@ Options:
                          hosts need --experimental-rfc-state-shm)
   --state-pipe-size SIZE with --channel pipe: grow the state pipes to SIZE (default 1M; 0
                          leaves them at the kernel's 64 KiB)
+  --precopy-rounds N     at most N pre-copy rounds of a memory disk while the rings still run
+                         (default 5 when the source offers it: a vhost-wasm host with a memory
+                         disk; 0: none). Rounds end early once one takes <= 20 ms or stops
+                         shrinking; then one round with the rings stopped and the state without
+                         the disk
   --memory SIZE          guest RAM this front-end gives the device (default 64M)
   --queue-size N         ring size (default 256)
   --queues N             queues to start (default 1)
@@ -64,6 +70,8 @@ interface MigrateCliOptions {
   requestSize: number;
   json: boolean;
   pipeBytes: number;
+  /** undefined: 5 when the source offers pre-copy, else 0. */
+  precopyRounds: number | undefined;
 }
 
 function int(text: string | undefined, what: string, dflt: number, min: number, max: number): number {
@@ -93,6 +101,7 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
         'request-size': { type: 'string' },
         json: { type: 'boolean' },
         'state-pipe-size': { type: 'string' },
+        'precopy-rounds': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }).values;
@@ -126,6 +135,7 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
     requestSize: int(v['request-size'], '--request-size', 64, 1, 1 << 20),
     json: v.json ?? false,
     pipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', MigrateUsageError),
+    precopyRounds: v['precopy-rounds'] === undefined ? undefined : int(v['precopy-rounds'], '--precopy-rounds', 0, 0, 100),
   };
 }
 
@@ -162,7 +172,10 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       queues: Array.from({ length: o.queues }, () => o.queueSize),
       features: 1n << BigInt(VIRTIO_F_VERSION_1),
       // The experimental extension is negotiated only when asked for.
-      protocolFeatures: FRONTEND_PROTOCOL_FEATURES | (o.channel === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n),
+      protocolFeatures:
+        FRONTEND_PROTOCOL_FEATURES |
+        (o.channel === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n) |
+        (o.precopyRounds !== 0 && o.channel !== 'rfc-shm' ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n),
     });
   } catch (e) {
     process.stderr.write(`vhost-wasm migrate: cannot bring up the device on ${o.from}: ${(e as Error).message}\n`);
@@ -175,6 +188,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       report = await migrate(fe, o.to, {
         channel: o.channel,
         pipeBytes: o.pipeBytes,
+        precopyRounds: o.precopyRounds ?? (fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE) ? 5 : 0),
         onStep: (s) => {
           if (!o.json) process.stderr.write(`migrate: ${s}\n`);
         },
@@ -199,6 +213,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       sourceReturnedFd: report.sourceReturnedFd,
       transferMs: Number(report.transferMs.toFixed(2)),
       downtimeMs: Number(report.downtimeMs.toFixed(2)),
+      precopyMs: report.precopyMs.map((m) => Number(m.toFixed(2))),
       requestsBefore: before.length,
       requestsAfter: after.length,
       nextAvail: await Promise.all(fe.queues.map((_, i) => fe.stopQueue(i))),

@@ -27,6 +27,7 @@
 import { native } from '../native/index.ts';
 import { DeviceStateDirection, DeviceStatePhase, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
+import { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../protocol/precopy.ts';
 import { VhostUserConnection } from './connection.ts';
 import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
@@ -45,6 +46,18 @@ export interface MigrateOptions {
   rfcAreaSize?: number;
   /** pipe: capacity asked for the state pipes (F_SETPIPE_SZ; 0 leaves them alone; default 1 MiB). */
   pipeBytes?: number;
+  /**
+   * At most this many pre-copy rounds while the rings still run (vhost-wasm hosts with a memory
+   * disk only; 0 or absent: none). The first sends the whole disk, each next one the blocks written since; one
+   * more round goes with the rings stopped, then the container without the disk (docs/migration.md).
+   */
+  precopyRounds?: number;
+  /**
+   * Live rounds end early once one took at most this long (what is left to send with the rings
+   * stopped is about as much), or took no less than the one before (the guest writes as fast as
+   * the rounds move: more rounds would not shrink it). Default 20 ms.
+   */
+  precopyTargetMs?: number;
   /** Called at each step (progress output, tests that act mid-migration). */
   onStep?: (step: string) => void | Promise<void>;
 }
@@ -60,6 +73,8 @@ export interface MigrateReport {
   downtimeMs: number;
   /** SET_DEVICE_STATE_FD on both sides -> both CHECKs answered. */
   transferMs: number;
+  /** Pre-copy rounds run (the last with the rings stopped), and their wall times in ms; empty without. */
+  precopyMs: number[];
 }
 
 export class MigrationError extends VhostWasmError {
@@ -312,7 +327,7 @@ export async function rfcPump(
 // --- the whole migration -------------------------------------------------------------------------
 
 /** vhost_user_backend_init + vhost_dev_init on the destination (nothing started). */
-async function initDestination(path: string, fe: VhostUserFrontend, mode: StateChannelMode): Promise<VhostUserConnection> {
+async function initDestination(path: string, fe: VhostUserFrontend, mode: StateChannelMode, precopy: boolean): Promise<VhostUserConnection> {
   const conn = VhostUserConnection.connect(path);
   try {
     const offered = await conn.getFeatures();
@@ -321,7 +336,11 @@ async function initDestination(path: string, fe: VhostUserFrontend, mode: StateC
     if ((offered & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) === 0n) throw new Error('the destination does not speak protocol features');
     const prot = await conn.getProtocolFeatures();
     const rfc = mode === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n;
-    await conn.setProtocolFeatures(prot & fe.protocolFeatures & (FRONTEND_PROTOCOL_FEATURES | rfc));
+    const pre = precopy ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n;
+    await conn.setProtocolFeatures(prot & fe.protocolFeatures & (FRONTEND_PROTOCOL_FEATURES | rfc | pre));
+    if (precopy && !conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE)) {
+      throw new Error('the destination does not offer pre-copy (protocol feature 62: a vhost-wasm host with a memory disk)');
+    }
     if (!conn.hasProtocol(ProtocolFeature.DEVICE_STATE)) throw new Error('the destination does not support DEVICE_STATE');
     if (rfc !== 0n && !conn.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
       throw new Error('the destination does not offer the experimental RFC state shm extension (protocol feature 63; host flag --experimental-rfc-state-shm)');
@@ -350,6 +369,38 @@ async function startDestination(fe: VhostUserFrontend, conn: VhostUserConnection
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
 }
 
+/**
+ * One pre-copy round: a pipe whose write end goes to the source (SAVE) and read end to the
+ * destination (LOAD); the bytes flow between the two hosts, not through this process. Both CHECKs
+ * are collected whatever happens, so neither side keeps the round in its transfer slot.
+ */
+async function precopyRound(src: VhostUserConnection, dst: VhostUserConnection, pipeBytes: number | undefined, first: boolean): Promise<void> {
+  const [r, w] = native.pipe2();
+  growPipe(w, pipeBytes);
+  let srcStarted = false;
+  let dstStarted = false;
+  const errors: string[] = [];
+  try {
+    try {
+      const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, first ? PrecopyPhase.START : PrecopyPhase.ROUND, w);
+      if (ret !== null) native.close(ret);
+      srcStarted = true;
+    } finally {
+      native.close(w);
+    }
+    const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r);
+    if (ret !== null) native.close(ret);
+    dstStarted = true;
+  } catch (e) {
+    errors.push(`${srcStarted ? 'destination' : 'source'}: ${(e as Error).message}`);
+  } finally {
+    native.close(r);
+  }
+  if (srcStarted) await src.checkDeviceState().catch((e: Error) => void errors.push(`source: ${e.message}`));
+  if (dstStarted) await dst.checkDeviceState().catch((e: Error) => void errors.push(`destination: ${e.message}`));
+  if (errors.length > 0) throw new Error(errors.join('; '));
+}
+
 /** Moves the device behind `fe` from its current back-end to the one listening at destPath. */
 export async function migrate(fe: VhostUserFrontend, destPath: string, opts: MigrateOptions = {}): Promise<MigrateReport> {
   const mode = opts.channel ?? 'pipe';
@@ -362,10 +413,33 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   if (mode === 'rfc-shm' && !src.hasProtocol(RFC_STATE_SHM_PROTOCOL_FEATURE)) {
     throw new MigrationError('the source back-end did not negotiate the experimental RFC state shm extension (protocol feature 63)', false);
   }
+  const rounds = opts.precopyRounds ?? 0;
+  if (rounds > 0) {
+    if (!src.hasProtocol(PRECOPY_PROTOCOL_FEATURE)) {
+      throw new MigrationError('the source did not negotiate pre-copy (protocol feature 62: a vhost-wasm host with a memory disk)', false);
+    }
+    if (mode === 'rfc-shm') throw new MigrationError('pre-copy goes with the pipe or memfd channel, not rfc-shm', false);
+  }
   await step('init-destination');
-  const dst = await initDestination(destPath, fe, mode).catch((e: Error) => {
+  const dst = await initDestination(destPath, fe, mode, rounds > 0).catch((e: Error) => {
     throw new MigrationError(`destination: ${e.message}`, false);
   });
+  const precopyMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    await step(`precopy-${i}`);
+    const t = performance.now();
+    try {
+      await precopyRound(src, dst, opts.pipeBytes, i === 0);
+    } catch (e) {
+      dst.close();
+      // The rings never stopped: the device kept running on the source all along.
+      throw new MigrationError(`pre-copy round ${i} failed: ${(e as Error).message}; the source keeps serving (its rings never stopped)`, true);
+    }
+    const ms = performance.now() - t;
+    precopyMs.push(ms);
+    if (i > 0 && (ms <= (opts.precopyTargetMs ?? 20) || ms >= precopyMs[i - 1])) break;
+  }
+  const phase = rounds > 0 ? PrecopyPhase.FINAL : DeviceStatePhase.STOPPED;
 
   const t0 = performance.now();
   const bases: number[] = [];
@@ -391,6 +465,13 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     await step('stop-source');
     for (const q of fe.queues) bases.push(await src.getVringBase(q.index));
     stopped = true;
+    if (rounds > 0) {
+      // The blocks written since the last round, with nothing writing any more.
+      await step('precopy-stopped');
+      const t = performance.now();
+      await precopyRound(src, dst, opts.pipeBytes, false);
+      precopyMs.push(performance.now() - t);
+    }
     await step('transfer');
     const tx = performance.now();
     if (mode === 'pipe') {
@@ -403,7 +484,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       let writeFd = lw;
       try {
         try {
-          const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, sw);
+          const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, sw);
           if (ret !== null) {
             sourceReturnedFd = true;
             readFd = ret;
@@ -413,7 +494,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
           native.close(sw);
         }
         try {
-          const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, lr);
+          const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, lr);
           if (ret !== null) {
             writeFd = ret;
             native.close(lw);
@@ -447,7 +528,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       const m = native.memfdCreate('vhost-wasm-migration', false);
       let ret: number | null = null;
       try {
-        ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, m);
+        ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, m);
         sourceReturnedFd = ret !== null;
         await step('check-source');
         await src.checkDeviceState();
@@ -456,7 +537,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
         await step('load');
         if (native.fstat(channel).isFile) {
           // The same file goes to the destination: the state is never copied by the front-end.
-          const back = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, DeviceStatePhase.STOPPED, channel);
+          const back = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, channel);
           if (back !== null) native.close(back);
         } else {
           throw new Error('the source returned a non-file channel for a memfd migration');
@@ -477,5 +558,5 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   const downtimeMs = performance.now() - t0;
   fe.adoptConnection(dst).close();
   await step('done');
-  return { channel: mode, bytes, bases, sourceReturnedFd, downtimeMs, transferMs: tTransfer };
+  return { channel: mode, bytes, bases, sourceReturnedFd, downtimeMs, transferMs: tTransfer, precopyMs };
 }

@@ -126,6 +126,31 @@ export class StateWriter extends Closable implements ByteSink {
     }
   }
 
+  /**
+   * A pipe: `len` bytes of the file `from` at `offset` go into it by splice(2), without passing
+   * through this process (a memory disk's memfd). False when this channel is not a pipe.
+   */
+  async spliceFrom(from: number, offset: number, len: number): Promise<boolean> {
+    if (this.kind !== 'pipe') return false;
+    for (let done = 0; done < len; ) {
+      if (this.closed) throw new Error('state channel closed');
+      let n: number;
+      try {
+        n = native.splice(from, offset + done, this.fd, -1, len - done);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EPIPE') throw new Error('the front-end closed its end of the state channel (EPIPE)');
+        throw e;
+      }
+      if (n < 0) await this.wait('w');
+      else if (n === 0) throw new Error(`the file spliced into the state pipe ended at ${offset + done}`);
+      else {
+        done += n;
+        this.offset += n;
+      }
+    }
+    return true;
+  }
+
   /** A file: the next len bytes are written by someone else (a section copying itself in); makes them exist. */
   reserve(len: number): { fd: number; offset: number } | null {
     if (this.kind !== 'file' || this.closed) return null;

@@ -217,6 +217,8 @@ export interface ByteSink {
    * that writes them itself (StateSection.copyToFile). Null when the sink is a stream.
    */
   reserve?(len: number): { fd: number; offset: number } | null;
+  /** A pipe sink: splices `len` bytes of the file `from` at `offset` into it; false when it cannot. */
+  spliceFrom?(from: number, offset: number, len: number): Promise<boolean>;
 }
 
 export interface SaveResult {
@@ -250,6 +252,17 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
       if (at !== null) {
         crc = await s.copyToFile(at.fd, at.offset, len, crc);
         continue;
+      }
+    }
+    if (len > 0 && s.spliceSource && sink.spliceFrom) {
+      const src = s.spliceSource();
+      if (src !== null) {
+        // Checksummed first, then spliced: the source guarantees the bytes do not change between.
+        const next = src.crc(crc);
+        if (await sink.spliceFrom(src.fd, src.offset, len)) {
+          crc = next;
+          continue;
+        }
       }
     }
     const size = s.readSize ?? chunk;

@@ -26,6 +26,12 @@ export interface StateSection {
    */
   copyToFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
   /**
+   * SAVE, optional: the section's bytes are [offset, offset + size) of the file `fd`, unchanging
+   * until the transfer ends, so a pipe sink may splice them instead of read() calls; `crc` is
+   * the CRC-32 of those bytes continued from a seed. Null: not now.
+   */
+  spliceSource?(): { fd: number; offset: number; crc(seed: number): number } | null;
+  /**
    * LOAD, optional: takes the whole section from the file `fd` at fileOffset (after beginLoad)
    * and returns the CRC-32 continued from `crc`, instead of write() calls.
    */

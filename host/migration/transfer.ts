@@ -130,6 +130,9 @@ export class WorkerSectionProxy implements StateSection {
     return r.bytes;
   }
 
+  /** Set by the session for the memory disk (its memfd, on the main thread): see StateSection. */
+  spliceSource?: () => { fd: number; offset: number; crc(seed: number): number } | null;
+
   // A state file (memfd): the worker maps it and copies the section in or out itself.
   copyToFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
     return this.worker.stateSectionToFile(this.id, fd, fileOffset, len, crc);

@@ -232,6 +232,16 @@ export interface Native extends NativeFs {
    * capacity. Optional: an addon built before it existed lacks it (callers check).
    */
   setPipeSize?(fd: number, bytes: number): number;
+  /**
+   * copy_file_range(2) from fdIn at offIn to fdOut at offOut (files, memfds); returns the bytes
+   * copied (0: fdIn ends there). The kernel copies: nothing passes through JavaScript.
+   */
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
+  /**
+   * splice(2) with SPLICE_F_NONBLOCK between a pipe and a file (offset -1 for the pipe side);
+   * returns the bytes moved, 0 at the input's EOF, -1 when the pipe is full or empty.
+   */
+  splice(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
 
   /**
    * mmap(MAP_SHARED) of [offset, offset+size) of fd, 64-bit sizes and offsets. Refuses

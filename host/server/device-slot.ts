@@ -5,7 +5,8 @@
 
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
-import { native } from '../native/index.ts';
+import { DirtyBlocks } from '../storage/dirty-blocks.ts';
+import { native, type Mapping } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import { DeviceMeter } from '../metrics/device-meter.ts';
@@ -46,6 +47,10 @@ export class DeviceSlot {
   private idleUpgrade: Promise<unknown> | null = null;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
   private memoryDisk: number | null = null;
+  /** Its dirty-block map, shared with every thread that writes it (pre-copy, docs/migration.md). */
+  private memoryDiskDirty: DirtyBlocks | null = null;
+  /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
+  private memoryDiskMapping: Mapping | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
   /** Its ports on the host's switch (--network), kept across its workers: port numbers stay. */
@@ -58,7 +63,9 @@ export class DeviceSlot {
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);
-      source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk } } };
+      this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
+      const dirty = this.memoryDiskDirty?.buffer;
+      source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk, ...(dirty ? { dirty } : {}) } } };
     }
     this.source = source;
     this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
@@ -67,6 +74,18 @@ export class DeviceSlot {
   /** What the device's network ports carried (null without a network grant). */
   netStats(): NetStats | null {
     return this.link?.stats() ?? null;
+  }
+
+  /**
+   * The memory disk as the main thread sees it (its memfd, borrowed, and its dirty-block map):
+   * a pre-copy moves its blocks with the kernel's copy, not through the worker. Null without a
+   * writable memory disk.
+   */
+  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks; mapping: () => Mapping } | null {
+    const fd = this.memoryDisk;
+    const dirty = this.memoryDiskDirty;
+    if (fd === null || dirty === null) return null;
+    return { fd, size: dirty.diskSize, dirty, mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)) };
   }
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
@@ -217,7 +236,10 @@ export class DeviceSlot {
     this.worker = null;
     this.link?.close();
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
+    this.memoryDiskMapping?.unmap();
+    this.memoryDiskMapping = null;
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;
+    this.memoryDiskDirty = null;
   }
 }

@@ -10,6 +10,9 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
+import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { PrecopyPhase } from '../protocol/precopy.ts';
+import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
 import { errorText, type Logger } from '../log/logger.ts';
 import { closeFds } from './fds.ts';
@@ -39,24 +42,35 @@ export interface TransferHost {
   worker(): DeviceWorker;
   reply(bytes: Uint8Array, fds?: number[]): Promise<void>;
   /** A transfer began (metrics time it until its outcome). */
-  transferStarted?(t: StateTransfer | RfcShmTransfer): void;
+  transferStarted?(t: AnyTransfer): void;
+  /** The device's memory disk, when it has one (pre-copy). */
+  memoryDisk?(): MemoryDiskHandle | null;
+  /** Whether the front-end negotiated the pre-copy extension (protocol/precopy.ts). */
+  precopyNegotiated?(): boolean;
 }
+
+/** Whatever runs in the one transfer slot: a container transfer, an RFC shm transfer, a pre-copy round. */
+export type AnyTransfer = StateTransfer | RfcShmTransfer | PrecopySaveRound | PrecopyLoadRound;
 
 export class DeviceStateTransfers {
   /**
    * The transfer SET_DEVICE_STATE_FD started, until CHECK_DEVICE_STATE collects it; or the RFC
    * shm transfer RFC_SET_STATE_AREA started, until the area is detached.
    */
-  private transfer: StateTransfer | RfcShmTransfer | null = null;
+  private transfer: AnyTransfer | null = null;
+  /** Source: the pre-copy under way and its last round that went out whole (null: none). */
+  private precopySent: PrecopyMark | null = null;
+  /** Destination: the pre-copy whose rounds all arrived and checked out, up to which round. */
+  private precopyHeld: PrecopyMark | null = null;
 
   constructor(private readonly host: TransferHost) {}
 
-  get current(): StateTransfer | RfcShmTransfer | null {
+  get current(): AnyTransfer | null {
     return this.transfer;
   }
 
   /** A transfer begin() cleared the way for takes the slot. */
-  adopt(t: StateTransfer | RfcShmTransfer): void {
+  adopt(t: AnyTransfer): void {
     this.transfer = t;
     this.host.transferStarted?.(t);
   }
@@ -74,6 +88,14 @@ export class DeviceStateTransfers {
   /** Stops the transfer in progress (reset, disconnect); settle() waits for it. */
   abort(reason: string): void {
     this.transfer?.abort(reason);
+    this.forgetPrecopy();
+  }
+
+  /** A reset, a disconnect or a full save: a pre-copy cannot be continued. */
+  private forgetPrecopy(): void {
+    if (this.precopySent !== null) this.host.memoryDisk?.()?.dirty.stop();
+    this.precopySent = null;
+    this.precopyHeld = null;
   }
 
   /** Waits for the transfer in progress to let go of the worker and its fd, and forgets it. */
@@ -85,6 +107,12 @@ export class DeviceStateTransfers {
 
   /** Checks and the transfer context shared by both channels, or why it cannot start. */
   async begin(what = 'transfer'): Promise<TransferContext | Refusal> {
+    await this.clearSlot(what);
+    return this.context();
+  }
+
+  /** A transfer that was never collected gives way to a new one. */
+  private async clearSlot(what: string): Promise<void> {
     const { log } = this.host;
     if (this.transfer !== null) {
       // A front-end that gave up on a transfer without CHECK_DEVICE_STATE starts another one.
@@ -96,6 +124,10 @@ export class DeviceStateTransfers {
       }
       await old.done;
     }
+  }
+
+  private async context(): Promise<TransferContext | Refusal> {
+    const { log } = this.host;
     const worker = this.host.worker();
     let begin;
     try {
@@ -110,12 +142,30 @@ export class DeviceStateTransfers {
       worker,
       identity: { deviceId: worker.info.deviceId, name: begin.name, version: begin.version },
       extraSections: [
-        ...begin.sections.map((s) => new WorkerSectionProxy(worker, s.id, s.name, s.size)),
+        ...begin.sections.map((s) => this.workerSection(worker, s)),
         ...(this.host.settings.stateSections?.() ?? []),
       ],
       log,
       pipeBytes: this.host.settings.statePipeBytes,
     };
+  }
+
+  /**
+   * A worker-held section as the transfer sees it. The memory disk's SAVE is the kernel's copy
+   * from its memfd here (into a state file: copy_file_range; into a pipe: splice), not reads
+   * through the worker (rings are stopped: nothing writes the disk); all else goes through it.
+   */
+  private workerSection(worker: DeviceWorker, s: { id: number; name: string; size: number }): WorkerSectionProxy {
+    const proxy = new WorkerSectionProxy(worker, s.id, s.name, s.size);
+    const disk = s.id === STORAGE_SECTION_ID ? (this.host.memoryDisk?.() ?? null) : null;
+    if (disk !== null && disk.size === s.size) {
+      proxy.copyToFile = async (fd, fileOffset, len, crc) => copyDiskToFile(disk, fd, fileOffset, len, crc);
+      // A pipe: the disk's pages are spliced into it. A front-end reads the state to EOF before
+      // CHECK_DEVICE_STATE, and the rings restart only after that, so the pages do not change
+      // while the pipe still holds them.
+      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed) => diskCrc(disk, seed) });
+    }
+    return proxy;
   }
 
   private async replyDeviceState(error: number, fd: number | null = null): Promise<void> {
@@ -138,12 +188,44 @@ export class DeviceStateTransfers {
     if (direction !== DeviceStateDirection.SAVE && direction !== DeviceStateDirection.LOAD) {
       return refuse(DeviceStateError.UNSUPPORTED, `direction ${direction} is neither SAVE (0) nor LOAD (1)`);
     }
-    if (phase !== DeviceStatePhase.STOPPED) {
+    const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    const precopy = phase === PrecopyPhase.ROUND || phase === PrecopyPhase.START || phase === PrecopyPhase.FINAL;
+    if (phase !== DeviceStatePhase.STOPPED && !(precopy && this.host.precopyNegotiated?.())) {
       return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
     }
+    const disk = precopy ? (this.host.memoryDisk?.() ?? null) : null;
+    if (precopy && disk === null) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (pre-copy) needs a memory disk; this device has none`);
+    if (phase !== PrecopyPhase.FINAL && precopy) return this.precopyRound(dir, fd, disk!, phase === PrecopyPhase.START);
     const ctx = await this.begin('SET_DEVICE_STATE_FD');
     if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
-    const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    if (phase === PrecopyPhase.FINAL) {
+      // The disk arrived in the rounds: the container carries a marker naming the last one instead.
+      if (dir === 'save') {
+        const dirty = disk!.dirty.count();
+        if (this.precopySent === null) return refuse(DeviceStateError.FAILED, 'no pre-copy round went out whole: the disk has to go in full (phase STOPPED)');
+        if (dirty > 0) return refuse(DeviceStateError.FAILED, `${dirty} block(s) were written since the last pre-copy round: send a round with the rings stopped first`);
+      }
+      const sent = this.precopySent;
+      ctx.extraSections = [
+        ...(ctx.extraSections ?? []).filter((s) => s.id !== STORAGE_SECTION_ID),
+        precopyMarkerSection(sent, this.precopyHeld, () => {
+          this.precopyHeld = null;
+        }),
+      ];
+      if (dir === 'save') {
+        const t = StateTransfer.save(fd, ctx);
+        this.adopt(t);
+        void t.done.then((err) => {
+          if (err !== null) log.error(`device state save (pre-copy final) failed: ${err}`);
+          // Whatever the outcome, the next migration starts a pre-copy afresh.
+          this.forgetPrecopy();
+        });
+        return this.replyDeviceState(0);
+      }
+    } else if (dir === 'save') {
+      // A full save: a pre-copy in progress is over.
+      this.forgetPrecopy();
+    }
     if (dir === 'save' && this.host.settings.stateReturnMemfd) {
       // Our own channel: a memfd filled before the reply, so the front-end can read it to EOF at
       // once; the front-end's fd is not used.
@@ -178,6 +260,58 @@ export class DeviceStateTransfers {
       if (err !== null) log.error(`device state ${dir} failed: ${err}`);
     });
     log.info(`device state ${dir} started (${ctx.identity.name} ${ctx.identity.version})`);
+    return this.replyDeviceState(0);
+  }
+
+  /** SET_DEVICE_STATE_FD phase ROUND: one pre-copy round through a pipe, rings running or not. */
+  private async precopyRound(dir: 'save' | 'load', fd: number, disk: MemoryDiskHandle, restart: boolean): Promise<void> {
+    const { log } = this.host;
+    if (!native.fstat(fd).isFifo) {
+      closeFds([fd], log);
+      log.error('SET_DEVICE_STATE_FD refused: a pre-copy round travels through a pipe');
+      return this.replyDeviceState(DeviceStateError.UNSUPPORTED);
+    }
+    await this.clearSlot('pre-copy round');
+    let round: PrecopySaveRound | PrecopyLoadRound;
+    if (dir === 'save') {
+      const first = restart || this.precopySent === null;
+      let mark: PrecopyMark;
+      let runs: [number, number][];
+      if (first) {
+        // Tracking starts before the copy: a write during it is sent again next round.
+        disk.dirty.start();
+        mark = newPrecopyMark();
+        runs = disk.size > 0 ? [[0, disk.size]] : [];
+      } else {
+        mark = { token: this.precopySent!.token, round: this.precopySent!.round + 1 };
+        runs = disk.dirty.take();
+      }
+      // Until this round is out whole the pre-copy cannot go on: the blocks it took are in it.
+      this.precopySent = null;
+      // With every ring stopped nothing writes the disk: its pages can go without a snapshot.
+      const quiet = await this.host
+        .worker()
+        .stateBegin()
+        .then((b) => b.started.length === 0, () => false);
+      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet);
+      round = r;
+      void r.done.then((err) => {
+        if (err === null) this.precopySent = mark;
+        else log.error(`pre-copy round ${mark.round} (save) failed: ${err}; the next round sends the whole disk`);
+        if (err === null) log.info(`pre-copy round ${mark.round} sent: ${runs.length} run(s), ${r.bytes} bytes`);
+      });
+    } else {
+      const r = new PrecopyLoadRound(fd, disk, this.precopyHeld);
+      this.precopyHeld = null;
+      round = r;
+      void r.done.then((err) => {
+        if (err === null && r.applied) {
+          this.precopyHeld = r.applied.mark;
+          log.info(`pre-copy round ${r.applied.mark.round} loaded: ${r.bytes} bytes`);
+        } else log.error(`pre-copy round (load) failed: ${err}`);
+      });
+    }
+    this.adopt(round);
     return this.replyDeviceState(0);
   }
 

@@ -30,6 +30,7 @@ import { MemoryTable } from './memory-table.ts';
 import { RingFdTable, type RingFdKind } from './rings.ts';
 import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
+import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
@@ -105,6 +106,8 @@ export class BackendSession {
       worker: () => this.worker,
       reply: (bytes, fds) => this.reply(bytes, fds),
       transferStarted: (t) => slot.meter.transfer(t),
+      memoryDisk: () => slot.memoryDiskHandle,
+      precopyNegotiated: () => this.hasProtocol(PRECOPY_PROTOCOL_FEATURE),
     };
     this.state = new DeviceStateTransfers(transferHost);
     this.rfcState = new RfcStateShmChannel(transferHost, this.state);
@@ -120,7 +123,8 @@ export class BackendSession {
   /** CONFIG only for a device that has a config space: QEMU warns about it otherwise. */
   get offeredProtocolFeatures(): bigint {
     const base = this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
-    return this.opts.experimentalRfcStateShm ? base | RFC_STATE_SHM_FEATURE : base;
+    const precopy = this.slot.memoryDiskHandle !== null ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n;
+    return (this.opts.experimentalRfcStateShm ? base | RFC_STATE_SHM_FEATURE : base) | precopy;
   }
 
   get offeredFeatures(): bigint {

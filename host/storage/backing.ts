@@ -44,4 +44,4 @@ export type StorageSpec =
    * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
    * without one the disk is the worker's own memory.
    */
-  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number };
+  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number; dirty?: SharedArrayBuffer };

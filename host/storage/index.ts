@@ -3,13 +3,16 @@ import { BackingError, type Backing, type StorageSpec } from './backing.ts';
 import { FileBacking } from './file.ts';
 import { MemoryBacking } from './memory.ts';
 import { createMemoryDisk, mapMemoryDisk } from './memory-disk.ts';
+import { DirtyBlocks } from './dirty-blocks.ts';
 
 export { BackingError, FileBacking, MemoryBacking, createMemoryDisk, mapMemoryDisk, type Backing, type StorageSpec };
 
 /** Opens what the operator granted (in the device worker: the backing lives there). */
 export function openBacking(spec: StorageSpec, log?: (message: string) => void): Backing {
   if (spec.kind === 'memory') {
-    return new MemoryBacking(spec.size, spec.readOnly, spec.fd === undefined ? undefined : mapMemoryDisk(spec.fd, spec.size, spec.readOnly));
+    if (spec.fd === undefined) return new MemoryBacking(spec.size, spec.readOnly);
+    const dirty = spec.dirty === undefined ? undefined : new DirtyBlocks(spec.dirty, spec.size);
+    return new MemoryBacking(spec.size, spec.readOnly, mapMemoryDisk(spec.fd, spec.size, spec.readOnly), dirty);
   }
   return FileBacking.open(spec.path, spec.readOnly, { direct: spec.direct === true, log });
 }
@@ -19,5 +22,6 @@ export function isStorageSpec(v: unknown): v is StorageSpec {
   const s = v as Record<string, unknown>;
   if (typeof s.readOnly !== 'boolean') return false;
   if (s.kind === 'file') return typeof s.path === 'string' && s.path.length > 0 && (s.direct === undefined || typeof s.direct === 'boolean');
-  return s.kind === 'memory' && Number.isSafeInteger(s.size) && (s.size as number) >= 0 && (s.fd === undefined || (Number.isInteger(s.fd) && (s.fd as number) >= 0));
+  return s.kind === 'memory' && Number.isSafeInteger(s.size) && (s.size as number) >= 0 && (s.fd === undefined || (Number.isInteger(s.fd) && (s.fd as number) >= 0)) &&
+    (s.dirty === undefined || (s.fd !== undefined && s.dirty instanceof SharedArrayBuffer));
 }

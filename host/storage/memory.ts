@@ -8,6 +8,7 @@
 //
 // This module imports no native code, so a device module bundled on its own can use it.
 import type { Backing } from './backing.ts';
+import type { DirtyBlocks } from './dirty-blocks.ts';
 
 /** Bytes of one chunk (a window into shared pages is at most 1 GiB). */
 const CHUNK = 64 * 1024 * 1024;
@@ -37,6 +38,8 @@ export class MemoryBacking implements Backing {
     readonly size: number,
     readonly readOnly: boolean,
     private readonly shared?: SharedPages,
+    /** The device's dirty-block map (pre-copy): every write marks its blocks after it landed. */
+    private readonly dirty?: DirtyBlocks,
   ) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backing: bad size ${size}`);
     this.describe = `memory:${size}`;
@@ -94,6 +97,7 @@ export class MemoryBacking implements Backing {
 
   write(offset: number, data: Uint8Array): void {
     this.each(offset, data.length, (ci, at, n, done) => this.writable(ci).set(data.subarray(done, done + n), at));
+    this.dirty?.mark(offset, data.length);
   }
 
   /**
@@ -127,6 +131,7 @@ export class MemoryBacking implements Backing {
       else this.write(pos, v);
       pos += n;
     }
+    this.dirty?.mark(offset, pos - offset);
   }
 
   flush(): void {
@@ -139,7 +144,11 @@ export class MemoryBacking implements Backing {
   }
 
   writeZeroes(offset: number, len: number): void {
-    if (this.shared) return this.zeroShared(offset, len);
+    if (this.shared) {
+      this.zeroShared(offset, len);
+      this.dirty?.mark(offset, len);
+      return;
+    }
     this.each(offset, len, (ci, at, n) => {
       const chunk = this.chunks[ci];
       if (chunk === undefined) return;

@@ -374,8 +374,53 @@ static napi_value set_pipe_size(napi_env env, napi_callback_info info) {
   return make_number(env, r);
 }
 
+// Kernel-side copies for the memory disk's state (host/migration/disk-copy.ts): the bytes move
+// between the disk's memfd and a state fd without entering JavaScript.
+//
+// copyFileRange(fdIn, offIn, fdOut, offOut, len): copy_file_range(2) between two files at explicit
+// offsets; returns the bytes copied (0 at the input's end). Throws on error.
+static napi_value copy_file_range_fn(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int in, out;
+  uint64_t offIn, offOut, len;
+  if (!get_args(env, info, 5, 5, argv, NULL, "copyFileRange")) return NULL;
+  if (!get_fd(env, argv[0], "copyFileRange", "fdIn", &in) || !get_u64(env, argv[1], "copyFileRange", "offIn", &offIn) ||
+      !get_fd(env, argv[2], "copyFileRange", "fdOut", &out) || !get_u64(env, argv[3], "copyFileRange", "offOut", &offOut) ||
+      !get_u64(env, argv[4], "copyFileRange", "len", &len))
+    return NULL;
+  loff_t a = (loff_t)offIn, b = (loff_t)offOut;
+  ssize_t n;
+  do n = copy_file_range(in, &a, out, &b, (size_t)len, 0);
+  while (n < 0 && errno == EINTR);
+  return io_count(env, n, "copy_file_range", false);
+}
+
+// splice(fdIn, offIn, fdOut, offOut, len): splice(2) with SPLICE_F_NONBLOCK (the pipe side never
+// blocks); an offset < 0 means "no offset" (the pipe side). Returns bytes moved, 0 at EOF of the
+// input, -1 when the pipe is full (writing) or empty (reading).
+static napi_value splice_fn(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int in, out;
+  int64_t offIn, offOut;
+  uint64_t len;
+  if (!get_args(env, info, 5, 5, argv, NULL, "splice")) return NULL;
+  if (!get_fd(env, argv[0], "splice", "fdIn", &in) || !get_fd(env, argv[2], "splice", "fdOut", &out) ||
+      !get_u64(env, argv[4], "splice", "len", &len))
+    return NULL;
+  if (napi_get_value_int64(env, argv[1], &offIn) != napi_ok || napi_get_value_int64(env, argv[3], &offOut) != napi_ok) {
+    throw_range(env, "splice: offIn and offOut must be numbers (-1: no offset)");
+    return NULL;
+  }
+  loff_t a = (loff_t)offIn, b = (loff_t)offOut;
+  ssize_t n;
+  do n = splice(in, offIn < 0 ? NULL : &a, out, offOut < 0 ? NULL : &b, (size_t)len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  while (n < 0 && errno == EINTR);
+  return io_count(env, n, "splice", true);
+}
+
 bool init_fdio(napi_env env, napi_value exports) {
-  return set_fn(env, exports, "read", do_read) && set_fn(env, exports, "write", do_write) &&
+  return set_fn(env, exports, "copyFileRange", copy_file_range_fn) && set_fn(env, exports, "splice", splice_fn) &&
+         set_fn(env, exports, "read", do_read) && set_fn(env, exports, "write", do_write) &&
          set_fn(env, exports, "pread", do_pread) && set_fn(env, exports, "pwrite", do_pwrite) &&
          set_fn(env, exports, "close", do_close) && set_fn(env, exports, "dup", do_dup) &&
          set_fn(env, exports, "setNonBlocking", set_nonblocking) && set_fn(env, exports, "fstat", do_fstat) &&

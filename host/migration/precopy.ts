@@ -1,0 +1,550 @@
+// Pre-copy of a memory disk between two vhost-wasm hosts (docs/migration.md, "Pre-copy"): an
+// extension of SET_DEVICE_STATE_FD that only our own front-end (`vhost-wasm migrate`) uses,
+// negotiated with protocol feature bit PRECOPY_PROTOCOL_FEATURE. The vhost-user protocol moves
+// device state only with the rings stopped; QEMU never sends these phases.
+//
+// A round moves blocks of the disk through a pipe while the guest runs: the first round all of
+// them (and dirty tracking starts), each next round the blocks written since the round before.
+// The last round runs with the rings stopped, and then the usual container (phase
+// PRECOPY_FINAL) carries the device's own bytes and a small `precopy` section naming the
+// last round in place of the disk: the destination applies it only if it holds every round of
+// that pre-copy, so a lost, truncated or corrupted round fails the migration (the source goes on).
+//
+// The disk's bytes never enter JavaScript. The source copies each window of a run from the disk's
+// memfd into a staging memfd of its own (copy_file_range: a snapshot the guest cannot change under
+// the checksum), checksums the staging mapping, and splices its pages into the pipe; the
+// destination splices the pipe straight into its disk's memfd and checksums what landed.
+//
+// Round stream (little-endian):
+//   header, 64 bytes: magic "VHWPRECP", version u32 (1), flags u32 (bit 0: first round, all
+//     blocks), token 16 bytes (one pre-copy), round u32, run count u32, disk size u64, data
+//     bytes u64, CRC-32 of the table u32, CRC-32 of bytes 0..59 u32
+//   table: run count x { offset u64, length u64 } (4 KiB aligned, in order, inside the disk)
+//   data: the runs' bytes one after another
+//   trailer, 12 bytes: CRC-32 of the data u32, magic "VHWPEND\0"
+
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { native, type Mapping } from '../native/index.ts';
+import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
+import { SectionId, type StateSection } from './section.ts';
+
+export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
+export const PRECOPY_END_MAGIC = Buffer.from('VHWPEND\0');
+export const PRECOPY_VERSION = 1;
+export const PRECOPY_HEADER = 64;
+export const PRECOPY_TRAILER = 12;
+const FLAG_FIRST = 1;
+/** Bytes staged (copied out of the disk) and spliced at a time. */
+const WINDOW = 8 << 20;
+/** The container section that stands for the disk after a pre-copy. */
+export const PRECOPY_SECTION_ID = SectionId.HOST_BASE + 1;
+const MARKER_BYTES = 24;
+
+export interface MemoryDiskHandle {
+  /** The disk's memfd (borrowed). */
+  fd: number;
+  size: number;
+  dirty: DirtyBlocks;
+  /** The disk mapped writable in this thread, kept by its owner between rounds (borrowed: never unmapped here). */
+  mapping(): Mapping;
+}
+
+/** A pre-copy as one side knows it: which one (token) and the last round completed. */
+export interface PrecopyMark {
+  token: Buffer;
+  round: number;
+}
+
+/**
+ * Views of a mapping at any offset: one window per GiB, made once (a window per 4 KiB run costs
+ * more than checksumming it). A range crossing a GiB boundary comes as two views.
+ */
+export class MappedViews {
+  private readonly windows: Uint8Array[] = [];
+  private readonly span: number;
+
+  constructor(private readonly mapping: Mapping) {
+    this.span = native.MAX_WINDOW;
+  }
+
+  each(off: number, len: number, fn: (view: Uint8Array) => void): void {
+    for (let done = 0; done < len; ) {
+      const at = off + done;
+      const w = Math.floor(at / this.span);
+      const base = w * this.span;
+      let win = this.windows[w];
+      if (win === undefined) win = this.windows[w] = new Uint8Array(this.mapping.window(base, Math.min(this.span, this.mapping.size - base)));
+      const n = Math.min(len - done, base + this.span - at);
+      fn(win.subarray(at - base, at - base + n));
+      done += n;
+    }
+  }
+
+}
+
+/** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
+const SMALL_PIECE = 64 << 10;
+
+export class PrecopyStreamError extends Error {
+  override name = 'PrecopyStreamError';
+}
+
+function waitFd(fd: number, events: 'r' | 'w', aborted: () => Error | null): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const a = aborted();
+    if (a) return reject(a);
+    const w = native.watch(fd, events, () => {
+      w.close();
+      const e = aborted();
+      if (e) reject(e);
+      else resolve();
+    });
+  });
+}
+
+/** A round's move through one pipe: waits run on this thread's loop; abort() ends them. */
+abstract class PipeRound {
+  private abortReason: Error | null = null;
+  private settled = false;
+  readonly done: Promise<string | null>;
+  bytes = 0;
+
+  constructor(
+    readonly direction: 'save' | 'load',
+    protected readonly fd: number,
+  ) {
+    native.setNonBlocking(fd, true);
+    // After the subclass's constructor has set its fields.
+    this.done = Promise.resolve().then(() => this.run()).then(
+      () => null,
+      (e: unknown) => (this.abortReason ?? (e as Error)).message,
+    ).finally(() => {
+      this.settled = true;
+      native.close(this.fd);
+    });
+  }
+
+  get finished(): boolean {
+    return this.settled;
+  }
+
+  abort(reason: string): void {
+    this.abortReason ??= new Error(reason);
+  }
+
+  protected aborted = (): Error | null => this.abortReason;
+
+  protected abstract run(): Promise<void>;
+
+  protected async writeAll(b: Uint8Array): Promise<void> {
+    for (let done = 0; done < b.length; ) {
+      const n = native.write(this.fd, b.subarray(done));
+      if (n < 0) await waitFd(this.fd, 'w', this.aborted);
+      else done += n;
+    }
+    this.bytes += b.length;
+  }
+
+  /** Exactly len bytes, or PrecopyStreamError at EOF. */
+  protected async readExactly(len: number, what: string): Promise<Buffer> {
+    const b = Buffer.alloc(len);
+    for (let got = 0; got < len; ) {
+      const n = native.read(this.fd, b.subarray(got));
+      if (n === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the ${what} (${got} of ${len} bytes)`);
+      if (n < 0) await waitFd(this.fd, 'r', this.aborted);
+      else got += n;
+    }
+    this.bytes += len;
+    return b;
+  }
+}
+
+function encodeHeader(first: boolean, mark: PrecopyMark, diskSize: number, runs: readonly [number, number][]): Buffer {
+  const table = Buffer.alloc(runs.length * 16);
+  let data = 0;
+  runs.forEach(([off, len], i) => {
+    table.writeBigUInt64LE(BigInt(off), i * 16);
+    table.writeBigUInt64LE(BigInt(len), i * 16 + 8);
+    data += len;
+  });
+  const h = Buffer.alloc(PRECOPY_HEADER);
+  PRECOPY_MAGIC.copy(h, 0);
+  h.writeUInt32LE(PRECOPY_VERSION, 8);
+  h.writeUInt32LE(first ? FLAG_FIRST : 0, 12);
+  mark.token.copy(h, 16);
+  h.writeUInt32LE(mark.round, 32);
+  h.writeUInt32LE(runs.length, 36);
+  h.writeBigUInt64LE(BigInt(diskSize), 40);
+  h.writeBigUInt64LE(BigInt(data), 48);
+  h.writeUInt32LE(crc32(table), 56);
+  h.writeUInt32LE(crc32(h.subarray(0, 60)), 60);
+  return Buffer.concat([h, table]);
+}
+
+interface RoundHeader {
+  first: boolean;
+  mark: PrecopyMark;
+  runCount: number;
+  dataBytes: number;
+  tableCrc: number;
+}
+
+function decodeHeader(h: Buffer, diskSize: number): RoundHeader {
+  if (!h.subarray(0, 8).equals(PRECOPY_MAGIC)) throw new PrecopyStreamError('not a pre-copy round (bad magic)');
+  if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new PrecopyStreamError('the pre-copy header is corrupted (its CRC does not match)');
+  const version = h.readUInt32LE(8);
+  if (version !== PRECOPY_VERSION) throw new PrecopyStreamError(`pre-copy version ${version}; this host reads version ${PRECOPY_VERSION}`);
+  const flags = h.readUInt32LE(12);
+  if ((flags & ~FLAG_FIRST) !== 0) throw new PrecopyStreamError(`unknown pre-copy flags 0x${flags.toString(16)}`);
+  const size = Number(h.readBigUInt64LE(40));
+  if (size !== diskSize) throw new PrecopyStreamError(`the source's disk is ${size} bytes, this one ${diskSize}`);
+  const runCount = h.readUInt32LE(36);
+  if (runCount > Math.ceil(diskSize / DIRTY_BLOCK)) throw new PrecopyStreamError(`${runCount} runs for a disk of ${Math.ceil(diskSize / DIRTY_BLOCK)} blocks`);
+  const dataBytes = Number(h.readBigUInt64LE(48));
+  if (dataBytes > diskSize) throw new PrecopyStreamError(`${dataBytes} data bytes for a ${diskSize}-byte disk`);
+  return { first: (flags & FLAG_FIRST) !== 0, mark: { token: Buffer.from(h.subarray(16, 32)), round: h.readUInt32LE(32) }, runCount, dataBytes, tableCrc: h.readUInt32LE(56) };
+}
+
+function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): [number, number][] {
+  if (crc32(t) !== h.tableCrc) throw new PrecopyStreamError('the pre-copy run table is corrupted (its CRC does not match)');
+  const runs: [number, number][] = [];
+  let end = 0;
+  let sum = 0;
+  for (let i = 0; i < h.runCount; i++) {
+    const off = Number(t.readBigUInt64LE(i * 16));
+    const len = Number(t.readBigUInt64LE(i * 16 + 8));
+    if (off % DIRTY_BLOCK !== 0 || len <= 0 || off < end || off + len > diskSize) {
+      throw new PrecopyStreamError(`pre-copy run ${i} [${off}, +${len}) is not 4 KiB aligned, in order and inside the ${diskSize}-byte disk`);
+    }
+    end = off + len;
+    sum += len;
+    runs.push([off, len]);
+  }
+  if (sum !== h.dataBytes) throw new PrecopyStreamError(`the runs hold ${sum} bytes, the header says ${h.dataBytes}`);
+  return runs;
+}
+
+/** The source's side of one round: the blocks to send were taken from the dirty map already. */
+export class PrecopySaveRound extends PipeRound {
+  constructor(
+    fd: number,
+    private readonly disk: MemoryDiskHandle,
+    private readonly mark: PrecopyMark,
+    private readonly first: boolean,
+    private readonly runs: [number, number][],
+    /** The rings are stopped: nothing writes the disk, so its pages go into the pipe as they are. */
+    private readonly quiet: boolean,
+  ) {
+    super('save', fd);
+  }
+
+  protected async run(): Promise<void> {
+    await this.writeAll(encodeHeader(this.first, this.mark, this.disk.size, this.runs));
+    let crc = 0;
+    if (this.quiet) crc = await this.sendQuiet();
+    else crc = await this.sendStaged();
+    const t = Buffer.alloc(PRECOPY_TRAILER);
+    t.writeUInt32LE(crc >>> 0, 0);
+    PRECOPY_END_MAGIC.copy(t, 4);
+    await this.writeAll(t);
+  }
+
+  /**
+   * Rings stopped: each run is checksummed in place and spliced from the disk's memfd, no copy
+   * on this side. (Should the migration fail and the source resume, the pipe is dropped unread.)
+   */
+  private async sendQuiet(): Promise<number> {
+    let crc = 0;
+    if (this.runs.length === 0) return crc;
+    const m = new MappedViews(this.disk.mapping());
+    {
+      for (const [off, len] of this.runs) {
+        m.each(off, len, (v) => {
+          crc = crc32(v, crc);
+        });
+        for (let done = 0; done < len; ) {
+          const s = native.splice(this.disk.fd, off + done, this.fd, -1, len - done);
+          if (s < 0) await waitFd(this.fd, 'w', this.aborted);
+          else if (s === 0) throw new Error(`the disk's memfd ended at ${off + done}`);
+          else done += s;
+        }
+        this.bytes += len;
+      }
+    }
+    return crc;
+  }
+
+  private async sendStaged(): Promise<number> {
+    let crc = 0;
+    // Small pieces are copied from a mapping of the disk (a system call each would cost more).
+    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(this.disk.mapping()) : null;
+    return this.sendBatches(crc);
+  }
+
+  private diskViews: MappedViews | null = null;
+
+  private async sendBatches(crc: number): Promise<number> {
+    // Runs go in batches of up to WINDOW bytes (a long run in WINDOW pieces): a round after the
+    // first is mostly scattered 4 KiB blocks, and one staging file per block would cost more
+    // system calls than the copy.
+    let batch: [number, number][] = [];
+    let batchBytes = 0;
+    for (const [off, len] of this.runs) {
+      for (let at = 0; at < len; ) {
+        const n = Math.min(WINDOW - batchBytes, len - at);
+        batch.push([off + at, n]);
+        batchBytes += n;
+        at += n;
+        if (batchBytes === WINDOW) {
+          crc = await this.sendBatch(batch, batchBytes, crc);
+          batch = [];
+          batchBytes = 0;
+        }
+      }
+    }
+    if (batchBytes > 0) crc = await this.sendBatch(batch, batchBytes, crc);
+    return crc;
+  }
+
+  /** Where batches of small pieces are gathered (reused: fresh pages per batch cost more than the copy). */
+  private scratch: Buffer | null = null;
+
+  /** Pieces of the disk, one after another: staged, checksummed, sent. Returns the CRC continued. */
+  private async sendBatch(pieces: readonly [number, number][], total: number, crc: number): Promise<number> {
+    if (this.diskViews && pieces.every(([, n]) => n < SMALL_PIECE)) {
+      // Scattered blocks: gathered from the disk's mapping into one reused buffer and written.
+      // Staging files would fault in, zero and free a fresh page per block.
+      const buf = (this.scratch ??= Buffer.allocUnsafe(WINDOW)).subarray(0, total);
+      let at = 0;
+      for (const [off, n] of pieces) {
+        this.diskViews.each(off, n, (v) => {
+          buf.set(v, at);
+          at += v.length;
+        });
+      }
+      crc = crc32(buf, crc);
+      await this.writeAll(buf);
+      return crc;
+    }
+    // A staging memfd of its own per batch: the pipe holds references to its pages until the
+    // destination reads them, so they are never reused; and what is checksummed is what goes,
+    // whatever the guest writes to the disk meanwhile (that block is marked again).
+    const stage = native.memfdCreate('vhost-wasm-precopy', false);
+    try {
+      native.ftruncate(stage, total);
+      const m = native.mmap(stage, total, 0, true);
+      try {
+        const staged = new Uint8Array(m.window(0, total));
+        let pos = 0;
+        for (const [off, n] of pieces) {
+          if (n < SMALL_PIECE && this.diskViews) {
+            let at = pos;
+            this.diskViews.each(off, n, (v) => {
+              staged.set(v, at);
+              at += v.length;
+            });
+          } else {
+            for (let done = 0; done < n; ) {
+              const c = native.copyFileRange(this.disk.fd, off + done, stage, pos + done, n - done);
+              if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
+              done += c;
+            }
+          }
+          pos += n;
+        }
+        crc = crc32(staged, crc);
+      } finally {
+        m.unmap();
+      }
+      for (let done = 0; done < total; ) {
+        const s = native.splice(stage, done, this.fd, -1, total - done);
+        if (s < 0) await waitFd(this.fd, 'w', this.aborted);
+        else if (s === 0) throw new Error('the staging memfd ended early');
+        else done += s;
+      }
+      this.bytes += total;
+    } finally {
+      native.close(stage);
+    }
+    return crc;
+  }
+}
+
+/** The destination's side of one round: checks the stream and splices its runs into the disk. */
+export class PrecopyLoadRound extends PipeRound {
+  /** The round this stream turned out to be, once its trailer checked out. */
+  applied: { first: boolean; mark: PrecopyMark } | null = null;
+
+  constructor(
+    fd: number,
+    private readonly disk: MemoryDiskHandle,
+    /** What this side holds already (null: nothing, only a first round can start). */
+    private readonly have: PrecopyMark | null,
+  ) {
+    super('load', fd);
+  }
+
+  protected async run(): Promise<void> {
+    const h = decodeHeader(await this.readExactly(PRECOPY_HEADER, 'header'), this.disk.size);
+    if (!h.first) {
+      if (this.have === null) throw new PrecopyStreamError(`round ${h.mark.round} of a pre-copy this host did not start (no first round arrived)`);
+      if (!h.mark.token.equals(this.have.token)) throw new PrecopyStreamError('a round of another pre-copy (its token differs)');
+      if (h.mark.round !== this.have.round + 1) throw new PrecopyStreamError(`round ${h.mark.round} arrived after round ${this.have.round}`);
+    } else if (h.mark.round !== 0) throw new PrecopyStreamError(`a first round numbered ${h.mark.round}`);
+    const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
+    let crc = 0;
+    if (runs.length > 0) {
+      const m = new MappedViews(this.disk.mapping());
+      {
+        // Mostly small runs (the blocks written since the last round): the data is spliced in
+        // big pieces into a staging file and copied run by run between mappings; a system call
+        // per 4 KiB run would cost more than its copy. Big runs: spliced into the disk itself.
+        crc = h.dataBytes / runs.length < SMALL_PIECE ? await this.takeStaged(runs, h.dataBytes, m) : await this.takeDirect(runs, m);
+      }
+    }
+    const t = await this.readExactly(PRECOPY_TRAILER, 'trailer');
+    if (!t.subarray(4).equals(PRECOPY_END_MAGIC)) throw new PrecopyStreamError('the pre-copy trailer is corrupted (bad end magic)');
+    if (t.readUInt32LE(0) !== crc >>> 0) throw new PrecopyStreamError('the pre-copy data is corrupted (its CRC does not match)');
+    const extra = Buffer.alloc(1);
+    for (;;) {
+      const n = native.read(this.fd, extra);
+      if (n === 0) break;
+      if (n > 0) throw new PrecopyStreamError('bytes follow the pre-copy trailer');
+      await waitFd(this.fd, 'r', this.aborted);
+    }
+    this.applied = { first: h.first, mark: h.mark };
+  }
+
+  private readonly pipe = { fd: this.fd, wait: () => waitFd(this.fd, 'r', this.aborted) };
+
+  private async takeDirect(runs: readonly [number, number][], disk: MappedViews): Promise<number> {
+    let crc = 0;
+    for (const [off, len] of runs) {
+      await spliceIn(this.pipe, this.disk.fd, off, len, `the run at ${off}`);
+      this.bytes += len;
+      disk.each(off, len, (v) => {
+        crc = crc32(v, crc);
+      });
+    }
+    return crc;
+  }
+
+  private async takeStaged(runs: readonly [number, number][], total: number, disk: MappedViews): Promise<number> {
+    let crc = 0;
+    let r = 0;
+    let rAt = 0;
+    // One reused buffer: read(2) from the pipe, then copied run by run into the disk's mapping.
+    const buf = Buffer.allocUnsafe(Math.min(WINDOW, total));
+    for (let base = 0; base < total; base += WINDOW) {
+      const n = Math.min(WINDOW, total - base);
+      const staged = buf.subarray(0, n);
+      for (let got = 0; got < n; ) {
+        const k = native.read(this.fd, staged.subarray(got));
+        if (k === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside the round's data (${base + got} of ${total} bytes)`);
+        if (k < 0) await waitFd(this.fd, 'r', this.aborted);
+        else got += k;
+      }
+      this.bytes += n;
+      crc = crc32(staged, crc);
+      // Hand the bytes out to the runs they belong to (a run may span two reads).
+      for (let pos = 0; pos < n; ) {
+        const [off, len] = runs[r];
+        const k = Math.min(len - rAt, n - pos);
+        let from = pos;
+        disk.each(off + rAt, k, (v) => {
+          v.set(staged.subarray(from, from + v.length));
+          from += v.length;
+        });
+        pos += k;
+        rAt += k;
+        if (rAt === len) {
+          r++;
+          rAt = 0;
+        }
+      }
+    }
+    return crc;
+  }
+}
+
+
+/** The destination's ways of taking a round's data (see PrecopyLoadRound.run). */
+async function spliceIn(round: { fd: number; wait: () => Promise<void> }, out: number, outOff: number, len: number, what: string): Promise<void> {
+  for (let done = 0; done < len; ) {
+    const s = native.splice(round.fd, -1, out, outOff + done, len - done);
+    if (s === 0) throw new PrecopyStreamError(`the pre-copy stream ends inside ${what} (${done} of ${len} bytes)`);
+    if (s < 0) await round.wait();
+    else done += s;
+  }
+}
+
+export function newPrecopyMark(): PrecopyMark {
+  return { token: randomBytes(16), round: 0 };
+}
+
+function encodeMarker(m: PrecopyMark): Buffer {
+  const b = Buffer.alloc(MARKER_BYTES);
+  m.token.copy(b, 0);
+  b.writeUInt32LE(m.round, 16);
+  return b;
+}
+
+/**
+ * The container section (phase PRECOPY_FINAL) that stands for the disk: the pre-copy and its last
+ * round. SAVE: `mark` is the source's. LOAD: the destination refuses unless it matches what it
+ * holds (`have`).
+ */
+export function precopyMarkerSection(mark: PrecopyMark | null, have: PrecopyMark | null, onApplied: () => void): StateSection {
+  let got: Buffer | null = null;
+  return {
+    id: PRECOPY_SECTION_ID,
+    name: 'precopy',
+    size: async () => MARKER_BYTES,
+    read: async (offset, len) => encodeMarker(mark!).subarray(offset, offset + len),
+    beginLoad: async (size) => {
+      if (size !== MARKER_BYTES) throw new Error(`the precopy section is ${size} bytes, not ${MARKER_BYTES}`);
+      got = Buffer.alloc(0);
+    },
+    write: async (_offset, chunk) => {
+      got = Buffer.concat([got ?? Buffer.alloc(0), chunk]);
+    },
+    finish: async () => {
+      if (got === null || got.length !== MARKER_BYTES) return 'the precopy section is incomplete';
+      if (have === null) return 'this host holds no pre-copied disk: the disk has to come in full (phase STOPPED)';
+      if (!got.subarray(0, 16).equals(have.token)) return 'the state names another pre-copy than the one this host received';
+      const round = got.readUInt32LE(16);
+      if (round !== have.round) return `the source's last pre-copy round is ${round}, this host has round ${have.round}: a round was lost`;
+      onApplied();
+      return null;
+    },
+    abort: async () => {
+      got = null;
+    },
+  };
+}
+
+/**
+ * A full (STOPPED) save of the disk into a state file (a memfd channel): the kernel copies the
+ * disk's memfd into the file (copy_file_range), and the CRC is taken from the disk's mapping.
+ * The rings are stopped, so what is checksummed is what was copied. A state file a front-end
+ * shrinks meanwhile is only written past its end (no mapping of it to fault). Returns the CRC
+ * continued from `crc`.
+ */
+export function copyDiskToFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number): number {
+  if (len !== disk.size) throw new Error(`storage section: ${len} bytes asked of a ${disk.size}-byte disk`);
+  for (let done = 0; done < len; ) {
+    const c = native.copyFileRange(disk.fd, done, fd, fileOffset + done, len - done);
+    if (c <= 0) throw new Error(`the disk's memfd ended at ${done} of ${len} bytes while saving it`);
+    done += c;
+  }
+  return diskCrc(disk, crc);
+}
+
+/** CRC-32 of the whole disk (from its mapping), continued from `crc`. */
+export function diskCrc(disk: MemoryDiskHandle, crc: number): number {
+  new MappedViews(disk.mapping()).each(0, disk.size, (v) => {
+    crc = crc32(v, crc);
+  });
+  return crc;
+}

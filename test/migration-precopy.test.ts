@@ -1,0 +1,336 @@
+// Pre-copy of a memory disk between two real host processes (docs/migration.md, "Pre-copy"):
+// rounds of the disk's blocks move through a pipe from host to host while the source's rings
+// run and writes keep landing; the last round goes with the rings stopped, and the container
+// (phase PRECOPY_FINAL) carries the device's bytes and a marker of the last round instead of the
+// disk. What a user checks: every acknowledged write is on the destination, byte for byte; and
+// when a round is truncated, corrupted, or its destination dies, the migration fails with the
+// source still serving.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { BlkDevice } from '../host/frontend/blk.ts';
+import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { VhostUserConnection } from '../host/frontend/connection.ts';
+import { migrate, MigrationError, readToEnd, writeAll } from '../host/frontend/migrate.ts';
+import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
+import { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../host/protocol/precopy.ts';
+import { native } from '../host/native/index.ts';
+
+const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
+const MIB = 1 << 20;
+const BLOCK = 64 << 10;
+
+function blkHost(storage: string): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage]);
+}
+
+function connect(h: HostProcess): Promise<VhostUserFrontend> {
+  return VhostUserFrontend.connect(h.socketPath, {
+    memoryBytes: 64 << 20,
+    queues: [128],
+    features: 1n << BigInt(VIRTIO_F_VERSION_1),
+    protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE),
+  });
+}
+
+async function parallel(n: number, lanes: number, job: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: lanes }, async () => {
+    while (next < n) await job(next++);
+  }));
+}
+
+/** Writes a pattern into every MiB of the disk through the rings; returns the model. */
+async function fill(blk: BlkDevice, size: number): Promise<Buffer> {
+  const model = Buffer.alloc(size);
+  await parallel(size / MIB, 8, async (m) => {
+    const p = Buffer.alloc(MIB, `fill MiB ${m}\n`);
+    await blk.write((m * MIB) / 512, p);
+    p.copy(model, m * MIB);
+  });
+  return model;
+}
+
+async function readBack(blk: BlkDevice, model: Buffer): Promise<number[]> {
+  const bad: number[] = [];
+  await parallel(model.length / MIB, 8, async (m) => {
+    const got = await blk.read((m * MIB) / 512, MIB);
+    if (!Buffer.from(got.buffer, got.byteOffset, got.length).equals(model.subarray(m * MIB, (m + 1) * MIB))) bad.push(m);
+  });
+  return bad.sort((a, b) => a - b);
+}
+
+/** A destination brought up by hand (nothing started), with pre-copy negotiated. */
+async function rawDestination(h: HostProcess): Promise<VhostUserConnection> {
+  const c = VhostUserConnection.connect(h.socketPath);
+  await c.getFeatures();
+  const prot = await c.getProtocolFeatures();
+  await c.setProtocolFeatures(prot & (FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE)));
+  await c.setOwner();
+  return c;
+}
+
+/** One round SAVEd from the source into this process (the source's CHECK passed). */
+async function saveRound(src: VhostUserConnection, phase: number): Promise<Buffer> {
+  const [r, w] = native.pipe2();
+  try {
+    await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, w);
+  } finally {
+    native.close(w);
+  }
+  const parts: Buffer[] = [];
+  try {
+    await readToEnd(r, (b) => void parts.push(Buffer.from(b)));
+  } finally {
+    native.close(r);
+  }
+  await src.checkDeviceState();
+  return Buffer.concat(parts);
+}
+
+/** Feeds bytes to the destination as one round; resolves with its CHECK's outcome. */
+async function loadRound(dst: VhostUserConnection, bytes: Buffer, phase: number = PrecopyPhase.ROUND): Promise<'ok' | string> {
+  const [r, w] = native.pipe2();
+  try {
+    await dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, r);
+  } finally {
+    native.close(r);
+  }
+  try {
+    await writeAll(w, bytes);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+  } finally {
+    native.close(w);
+  }
+  return dst.checkDeviceState().then(() => 'ok', (e: Error) => e.message);
+}
+
+maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the destination, the disk not in the stopped-time state', async (t) => {
+  t.timeout(180_000);
+  const [a, b] = await Promise.all([blkHost('memory:256M'), blkHost('memory:256M')]);
+  const fe = await connect(a);
+  try {
+    t.true(fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE), 'a host with a memory disk offers pre-copy');
+    const blk = new BlkDevice(fe.queues[0]);
+    const model = await fill(blk, 256 * MIB);
+    // 8 writers keep overwriting their own blocks through every round and the stop.
+    let running = true;
+    let acked = 0;
+    const blocks = (256 * MIB) / BLOCK;
+    const writers = Array.from({ length: 8 }, async (_, w) => {
+      // Even writers write 64 KiB blocks, odd ones single 4 KiB pages (rounds of small runs).
+      const size = w % 2 === 0 ? BLOCK : 4096;
+      for (let v = 1; running; v++) {
+        const at = ((w * 997 + v * 8 * 31) % blocks) * BLOCK + (size < BLOCK ? ((v * 7) % 16) * size : 0);
+        const p = Buffer.alloc(size, `writer ${w} version ${v};`);
+        await blk.write(at / 512, p);
+        p.copy(model, at);
+        acked++;
+      }
+    });
+    while (acked < 50) await new Promise((r) => setTimeout(r, 5));
+    const steps: [string, number][] = [];
+    const report = await migrate(fe, b.socketPath, {
+      channel: 'pipe',
+      precopyRounds: 2,
+      onStep: (s) => void steps.push([s, acked]),
+    });
+    running = false;
+    await Promise.all(writers);
+    const during = steps.find(([s]) => s === 'stop-source')![1] - steps.find(([s]) => s === 'precopy-0')![1];
+    t.true(during > 0, `${during} writes acknowledged while the rounds ran`);
+    t.true(report.precopyMs.length >= 2 && report.precopyMs.length <= 3, `${report.precopyMs.length} rounds: one or two live (the second only if the first converged), one with the rings stopped`);
+    t.true(report.bytes < MIB, `the stopped-time container is ${report.bytes} bytes: the disk came in the rounds`);
+    t.deepEqual(await readBack(blk, model), [], 'MiB(s) differing from the acknowledged writes');
+    t.truthy(await a.waitForLog(/pre-copy round 0 sent: 1 run\(s\)/));
+    // The last round (the one with the rings stopped) arrived whole.
+    t.truthy(await b.waitForLog(new RegExp(`pre-copy round ${report.precopyMs.length - 1} loaded`)));
+    t.log(`rounds ${report.precopyMs.map((m) => m.toFixed(0)).join(' / ')} ms (last one stopped); stop-to-resume ${report.downtimeMs.toFixed(1)} ms; ${acked} writes`);
+  } finally {
+    await fe.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+for (const harm of ['truncated', 'corrupted data', 'corrupted table', 'skipped'] as const) {
+  maybe(`pre-copy: a round ${harm} is refused by the destination; the source keeps serving`, async (t) => {
+    t.timeout(60_000);
+    const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      const model = await fill(blk, 16 * MIB);
+      const dst = await rawDestination(b);
+      const first = await saveRound(fe.conn, PrecopyPhase.START);
+      t.is(await loadRound(dst, first), 'ok', 'an intact first round loads');
+      // Scattered 4 KiB pages (small runs, staged on both sides) and one 64 KiB block.
+      for (let k = 0; k < 40; k++) {
+        const p = Buffer.alloc(4096, `page ${k} after round 0;`);
+        await blk.write((k * 97 * 4096) / 512, p);
+        p.copy(model, k * 97 * 4096);
+      }
+      await blk.write(0, Buffer.alloc(BLOCK, 'after round 0;'));
+      Buffer.alloc(BLOCK, 'after round 0;').copy(model, 0);
+      let round = await saveRound(fe.conn, PrecopyPhase.ROUND);
+      if (harm === 'truncated') round = round.subarray(0, round.length - 100);
+      else if (harm === 'corrupted data') round[round.length - 200] ^= 0x40;
+      else if (harm === 'corrupted table') round[64 + 3] ^= 0x01;
+      else {
+        // Round 1 never reaches the destination: round 2 comes next.
+        await blk.write(0, Buffer.alloc(BLOCK, 'after round 1;'));
+        Buffer.alloc(BLOCK, 'after round 1;').copy(model, 0);
+        round = await saveRound(fe.conn, PrecopyPhase.ROUND);
+      }
+      t.regex(await loadRound(dst, round), /CHECK_DEVICE_STATE failed/);
+      const why = { truncated: /ends inside/, 'corrupted data': /data is corrupted/, 'corrupted table': /run table is corrupted/, skipped: /round 2 arrived after round 0/ }[harm];
+      t.truthy(await b.waitForLog(why));
+      dst.close();
+      // The source never stopped: it serves, and every write is there.
+      t.deepEqual(await readBack(blk, model), []);
+    } finally {
+      await fe.close();
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+}
+
+maybe('pre-copy: a final state naming a round the destination lacks is refused; the source resumes', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
+  const fe = await connect(a);
+  try {
+    const blk = new BlkDevice(fe.queues[0]);
+    const model = await fill(blk, 16 * MIB);
+    const dst = await rawDestination(b);
+    t.is(await loadRound(dst, await saveRound(fe.conn, PrecopyPhase.START)), 'ok');
+    await blk.write(0, Buffer.alloc(BLOCK, 'after round 0;'));
+    Buffer.alloc(BLOCK, 'after round 0;').copy(model, 0);
+    // Round 1 leaves the source but never reaches the destination.
+    await saveRound(fe.conn, PrecopyPhase.ROUND);
+    const base = await fe.stopQueue(0);
+    const final = await saveRound(fe.conn, PrecopyPhase.FINAL);
+    t.true(final.length < MIB, `the final state is ${final.length} bytes`);
+    t.regex(await loadRound(dst, final, PrecopyPhase.FINAL), /CHECK_DEVICE_STATE failed/);
+    t.truthy(await b.waitForLog(/last pre-copy round is 1, this host has round 0: a round was lost/));
+    dst.close();
+    // A final save with no pre-copy under way is refused at once.
+    const [r, w] = native.pipe2();
+    native.close(r);
+    await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, PrecopyPhase.FINAL, w), { message: /error 3/ });
+    native.close(w);
+    await fe.startQueue(0, base);
+    t.deepEqual(await readBack(blk, model), []);
+  } finally {
+    await fe.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('pre-copy: the destination dies during round 0; the migration fails and the source keeps serving', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:256M'), blkHost('memory:256M')]);
+  const fe = await connect(a);
+  try {
+    const blk = new BlkDevice(fe.queues[0]);
+    const model = await fill(blk, 64 * MIB);
+    const err = await t.throwsAsync(
+      migrate(fe, b.socketPath, {
+        precopyRounds: 2,
+        onStep: (s) => {
+          if (s === 'precopy-0') setTimeout(() => b.child.kill('SIGKILL'), 30);
+        },
+      }),
+      { instanceOf: MigrationError },
+    );
+    t.true(err!.sourceResumed, err!.message);
+    t.regex(err!.message, /source keeps serving/);
+    // The source is whole and still serves; a round cut short left nothing pending there.
+    await blk.write((200 * MIB) / 512, Buffer.alloc(MIB, 'after the failed migration\n'));
+    Buffer.alloc(MIB, 'after the failed migration\n').copy(model, 200 * MIB);
+    t.deepEqual(await readBack(blk, model.subarray(0, 256 * MIB)), []);
+  } finally {
+    await fe.close();
+    await a.stop();
+    await b.stop().catch(() => {});
+  }
+});
+
+maybe('pre-copy: a source torn from its reader mid-round (EPIPE) fails the round and serves on; a new pre-copy starts whole', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:64M'), blkHost('memory:64M')]);
+  const fe = await connect(a);
+  try {
+    const blk = new BlkDevice(fe.queues[0]);
+    const model = await fill(blk, 64 * MIB);
+    const [r, w] = native.pipe2();
+    try {
+      await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, PrecopyPhase.START, w);
+    } finally {
+      native.close(w);
+    }
+    // Read a little of the round, then go away: the source's next write fails.
+    const buf = Buffer.alloc(64 << 10);
+    let got = 0;
+    while (got < buf.length) {
+      const n = native.read(r, buf.subarray(got));
+      if (n > 0) got += n;
+      else await new Promise((res) => setTimeout(res, 2));
+    }
+    native.close(r);
+    await t.throwsAsync(fe.conn.checkDeviceState(), { message: /CHECK_DEVICE_STATE failed/ });
+    t.truthy(await a.waitForLog(/pre-copy round 0 \(save\) failed/));
+    // A migration afterwards starts a whole pre-copy and succeeds.
+    const report = await migrate(fe, b.socketPath, { precopyRounds: 1 });
+    t.is(report.precopyMs.length, 2, 'one live round and one with the rings stopped');
+    t.deepEqual(await readBack(blk, model), []);
+  } finally {
+    await fe.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('vhost-wasm migrate pre-copies a memory disk by default, and --precopy-rounds 0 moves it at the stop', async (t) => {
+  t.timeout(120_000);
+  const [a, b, c] = await Promise.all([blkHost('memory:32M'), blkHost('memory:32M'), blkHost('memory:32M')]);
+  const run = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const p = spawn(...hostCommand(['migrate', ...args, '--json']), { cwd: REPO });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+  /** The disk as a fresh front-end reads it (the disk is the host's: it outlives a connection). */
+  const disk = async (h: HostProcess, write?: number) => {
+    const fe = await connect(h);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      return write === undefined ? await readBack(blk, model) : await fill(blk, write);
+    } finally {
+      await fe.close();
+    }
+  };
+  let model: Buffer = Buffer.alloc(0);
+  try {
+    model = (await disk(a, 32 * MIB)) as Buffer;
+    const pre = await run(['--from', a.socketPath, '--to', b.socketPath]);
+    t.is(pre.code, 0, pre.stderr);
+    const rep = JSON.parse(pre.stdout);
+    t.true(rep.precopyMs.length >= 2, `rounds: ${rep.precopyMs}`);
+    t.true(rep.stateBytes < MIB, `${rep.stateBytes} bytes moved at the stop`);
+    t.deepEqual(await disk(b), [], 'the destination holds the disk');
+    const full = await run(['--from', b.socketPath, '--to', c.socketPath, '--precopy-rounds', '0']);
+    t.is(full.code, 0, full.stderr);
+    const rep2 = JSON.parse(full.stdout);
+    t.deepEqual(rep2.precopyMs, []);
+    t.true(rep2.stateBytes > 32 * MIB, `${rep2.stateBytes} bytes moved at the stop`);
+    t.deepEqual(await disk(c), []);
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
+  }
+});
