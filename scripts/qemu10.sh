@@ -28,6 +28,9 @@ case "${1:-}" in
   *) echo "usage: $0 [--quiet|--wrapper-dir]" >&2; exit 2 ;;
 esac
 
+# shellcheck source=lib/private-apt.sh
+source scripts/lib/private-apt.sh
+
 log() { echo "qemu10: $*" >&2; }
 
 print_result() {
@@ -57,51 +60,7 @@ flock 9
 if works; then print_result; exit 0; fi   # another process finished it while we waited
 
 started=$(date +%s)
-APTDIR=$BASE/apt
-mkdir -p "$APTDIR"/{sources.list.d,lists/partial,cache/archives/partial,preferences.d,trusted.gpg.d}
-: >"$APTDIR/status"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-[[ -r $KEYRING ]] || { log "missing $KEYRING (package debian-archive-keyring)"; exit 1; }
-cat >"$APTDIR/sources.list.d/trixie.sources" <<EOF
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: $KEYRING
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: $SUITE-security
-Components: main
-Signed-By: $KEYRING
-EOF
-cat >"$APTDIR/apt.conf" <<EOF
-Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$APTDIR/sources.list.d";
-Dir::Etc::Preferences "/dev/null";
-Dir::Etc::PreferencesParts "$APTDIR/preferences.d";
-Dir::Etc::TrustedParts "$APTDIR/trusted.gpg.d";
-Dir::Etc::Parts "$APTDIR/apt.conf.d";
-Dir::State::Lists "$APTDIR/lists";
-Dir::State::status "$APTDIR/status";
-Dir::State::extended_states "$APTDIR/extended_states";
-Dir::Cache "$APTDIR/cache";
-Dir::Cache::archives "$APTDIR/cache/archives";
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Get::AllowUnauthenticated "false";
-Acquire::Languages "none";
-Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
-Debug::NoLocking "true";
-APT::Sandbox::User "root";
-EOF
-mkdir -p "$APTDIR/apt.conf.d"
-export APT_CONFIG=$APTDIR/apt.conf
-
-log "apt-get update ($SUITE, private lists under $APTDIR)"
-apt-get update -qq -o APT::Update::Error-Mode=any >&2
+private_apt_update "$BASE" "$SUITE"
 
 TOP=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils libc6)
 # Every dependency, recursively (the empty status makes apt list all of them), minus virtual
@@ -116,21 +75,8 @@ mapfile -t PKGS < <(
 PKGS+=(seabios)
 log "${#PKGS[@]} packages"
 
-DEBS=$BASE/debs
-mkdir -p "$DEBS"
-(cd "$DEBS" && apt-get download -q "${PKGS[@]}" >&2)
-
 NEWROOT=$BASE/root.new.$$
-rm -rf "$NEWROOT"
-mkdir -p "$NEWROOT"
-want=$(printf '%s\n' "${PKGS[@]}" | sort -u)
-for deb in "$DEBS"/*.deb; do
-  name=$(dpkg-deb -f "$deb" Package)
-  grep -qxF "$name" <<<"$want" || continue
-  dpkg-deb -x "$deb" "$NEWROOT"
-done
-# trixie is merged-/usr: make sure the loader sits where we expect it.
-[[ -e $NEWROOT/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]] || { log "no loader in the extracted root"; exit 1; }
+private_apt_unpack "$BASE" "$NEWROOT" "${PKGS[@]}"
 # Run through the loader, QEMU takes the loader's folder as its own executable's folder and
 # would look for modules next to it (then load the system's 7.2 modules and abort): its
 # "qemu-bundle" lookup finds this link first and stays inside our root.

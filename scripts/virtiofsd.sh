@@ -30,6 +30,9 @@ case "${1:-}" in
   *) echo "usage: $0 [--quiet]" >&2; exit 2 ;;
 esac
 
+# shellcheck source=lib/private-apt.sh
+source scripts/lib/private-apt.sh
+
 log() { echo "virtiofsd: $*" >&2; }
 print_result() { [[ $MODE == quiet ]] || echo "$BIN/virtiofsd"; }
 
@@ -46,50 +49,7 @@ flock 9
 if works; then print_result; exit 0; fi
 
 started=$(date +%s)
-APTDIR=$BASE/apt
-mkdir -p "$APTDIR"/{sources.list.d,lists/partial,cache/archives/partial,preferences.d,trusted.gpg.d,apt.conf.d}
-: >"$APTDIR/status"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-[[ -r $KEYRING ]] || { log "missing $KEYRING (package debian-archive-keyring)"; exit 1; }
-cat >"$APTDIR/sources.list.d/trixie.sources" <<SRC
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: $KEYRING
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: $SUITE-security
-Components: main
-Signed-By: $KEYRING
-SRC
-cat >"$APTDIR/apt.conf" <<CONF
-Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$APTDIR/sources.list.d";
-Dir::Etc::Preferences "/dev/null";
-Dir::Etc::PreferencesParts "$APTDIR/preferences.d";
-Dir::Etc::TrustedParts "$APTDIR/trusted.gpg.d";
-Dir::Etc::Parts "$APTDIR/apt.conf.d";
-Dir::State::Lists "$APTDIR/lists";
-Dir::State::status "$APTDIR/status";
-Dir::State::extended_states "$APTDIR/extended_states";
-Dir::Cache "$APTDIR/cache";
-Dir::Cache::archives "$APTDIR/cache/archives";
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Get::AllowUnauthenticated "false";
-Acquire::Languages "none";
-Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
-Debug::NoLocking "true";
-APT::Sandbox::User "root";
-CONF
-export APT_CONFIG=$APTDIR/apt.conf
-
-log "apt-get update ($SUITE, private lists under $APTDIR)"
-apt-get update -qq -o APT::Update::Error-Mode=any >&2
+private_apt_update "$BASE" "$SUITE"
 
 # virtiofsd and the libraries it links (libc6, libgcc-s1, libcap-ng0, libseccomp2), recursively.
 mapfile -t PKGS < <(
@@ -100,20 +60,8 @@ mapfile -t PKGS < <(
 )
 log "${#PKGS[@]} packages: ${PKGS[*]}"
 
-DEBS=$BASE/debs
-mkdir -p "$DEBS"
-(cd "$DEBS" && apt-get download -q "${PKGS[@]}" >&2)
-
 NEWROOT=$BASE/root.new.$$
-rm -rf "$NEWROOT"
-mkdir -p "$NEWROOT"
-want=$(printf '%s\n' "${PKGS[@]}" | sort -u)
-for deb in "$DEBS"/*.deb; do
-  name=$(dpkg-deb -f "$deb" Package)
-  grep -qxF "$name" <<<"$want" || continue
-  dpkg-deb -x "$deb" "$NEWROOT"
-done
-[[ -e $NEWROOT/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]] || { log "no loader in the extracted root"; exit 1; }
+private_apt_unpack "$BASE" "$NEWROOT" "${PKGS[@]}"
 [[ -x $NEWROOT/usr/libexec/virtiofsd ]] || { log "no usr/libexec/virtiofsd in the package"; exit 1; }
 rm -rf "$ROOT"
 mv "$NEWROOT" "$ROOT"
