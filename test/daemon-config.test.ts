@@ -88,3 +88,32 @@ test('grants.network: names in grant order, checked like --network', (t) => {
   t.throws(() => parse({ network: ['seg0', 'seg0'] }), { message: /devices\[0\]\.grants\.network: .*seg0 is given twice/ });
   t.throws(() => parse({ network: ['no/slash'] }), { instanceOf: ConfigError, message: /is not a network name/ });
 });
+
+test('a sharedDir device takes the fs options of the command line under their own names, each error naming its field', (t) => {
+  const dir = REPO; // any directory that exists
+  const parse = (grants: object) => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'f', socket: 'f.sock', plugin: 'fs.wasm', grants: { sharedDir: dir, ...grants } }] }), '/d.json');
+  const fs = parse({
+    xattr: true,
+    inodeFileHandles: 'prefer',
+    cache: 'never',
+    translateUid: ['map:1000:2000:1'],
+    translateGid: ['map:1000:2000:1'],
+    xattrmap: ':prefix:all::user.virtiofs.:',
+  }).devices[0].grants.filesystem!;
+  t.is(fs.inodeFileHandles, 'prefer');
+  t.is(fs.cache, 'never');
+  t.is(fs.translateUid?.length, 1);
+  t.is(fs.translateGid?.length, 1);
+  t.is(fs.xattrmap?.length, 1);
+  const f = parse({}).devices[0].grants.filesystem!;
+  t.is(f.cache, undefined);
+  t.throws(() => parse({ cache: 'sometimes' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.cache: .*sometimes/ });
+  t.throws(() => parse({ inodeFileHandles: 'always' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.inodeFileHandles: / });
+  t.throws(() => parse({ translateUid: 'map:1000:2000:1' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.translateUid: must be a list of rules/ });
+  t.throws(() => parse({ translateUid: ['nonsense'] }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.translateUid: / });
+  t.throws(() => parse({ xattrmap: ':prefix:all::user.virtiofs.:' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.xattrmap: .*--xattr/ });
+  t.throws(
+    () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'b', socket: 'b.sock', plugin: 'blk.wasm', grants: { storage: 'memory:1M', cache: 'never' } }] }), '/d.json'),
+    { instanceOf: ConfigError, message: /devices\[0\]\.grants\.cache: applies to "sharedDir"/ },
+  );
+});

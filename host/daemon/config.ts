@@ -160,7 +160,7 @@ function path(v: unknown, field: string, base: PathBase): string {
 export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
 const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup'] as const;
-const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network'] as const;
+const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const;
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
 
@@ -253,15 +253,33 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
     const dir = path(g.sharedDir, gf('sharedDir'), base);
     const tag = g.tag === undefined ? undefined : str(g.tag, gf('tag'));
     const onError = g.migrationOnError === undefined ? undefined : str(g.migrationOnError, gf('migrationOnError'));
-    const fieldOf = (msg: string) => (msg.startsWith('--tag') ? gf('tag') : msg.startsWith('--migration-on-error') ? gf('migrationOnError') : gf('sharedDir'));
+    const optional = (k: 'inodeFileHandles' | 'cache' | 'xattrmap') => (g[k] === undefined ? undefined : str(g[k], gf(k)));
+    const strings = (k: 'translateUid' | 'translateGid') => {
+      const v = g[k];
+      if (v === undefined) return undefined;
+      if (!Array.isArray(v)) throw new ConfigError(gf(k), `must be a list of rules (virtiofsd's syntax, e.g. ["map:0:1000:1"]), not ${typeName(v)}`);
+      return v.map((r, i) => str(r, `${gf(k)}[${i}]`));
+    };
+    const more = { cache: optional('cache'), translateUid: strings('translateUid'), translateGid: strings('translateGid'), xattrmap: optional('xattrmap') };
+    // parseSharedDir's messages start with the command-line option they are about.
+    const byOption: Record<string, string> = {
+      '--tag': 'tag',
+      '--migration-on-error': 'migrationOnError',
+      '--inode-file-handles': 'inodeFileHandles',
+      '--cache': 'cache',
+      '--translate-uid': 'translateUid',
+      '--translate-gid': 'translateGid',
+      '--xattrmap': 'xattrmap',
+    };
+    const fieldOf = (msg: string) => gf(byOption[/^--[a-z-]+/.exec(msg)?.[0] ?? ''] ?? 'sharedDir');
     try {
-      filesystem = parseSharedDir(dir, readOnly, tag, onError, xattr);
+      filesystem = parseSharedDir(dir, readOnly, tag, onError, xattr, optional('inodeFileHandles'), more);
     } catch (e) {
       if (e instanceof UsageError) throw new ConfigError(fieldOf(e.message), e.message.replace(/^[^:]*: /, ''));
       throw e;
     }
   } else {
-    for (const k of ['tag', 'xattr', 'migrationOnError'] as const) {
+    for (const k of ['tag', 'xattr', 'migrationOnError', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const) {
       if (g[k] !== undefined) throw new ConfigError(gf(k), 'applies to "sharedDir": give grants.sharedDir too');
     }
   }
