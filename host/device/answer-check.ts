@@ -45,11 +45,19 @@ export interface Answerable {
   readonly writableLen: number;
 }
 
+/** Requests by id, as far as the checks look them up (a ReadonlyMap is one; the runner has a leaner table). */
+export interface AnswerableTable {
+  readonly size: number;
+  has(id: number): boolean;
+  get(id: number): Answerable | undefined;
+  keys(): Iterable<number>;
+}
+
 export interface CheckContext {
   /** Requests of this call's request and io-failed events: each needs exactly one answer or hold. */
-  readonly due: ReadonlyMap<number, Answerable>;
+  readonly due: AnswerableTable;
   /** Requests held in earlier calls: each may be answered (or held again) at most once. */
-  readonly held: ReadonlyMap<number, Answerable>;
+  readonly held: AnswerableTable;
   /** The device's backing at `index`, or undefined when it was not granted that index. */
   backing(index: number): IoBacking | undefined;
 }

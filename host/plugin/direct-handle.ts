@@ -27,6 +27,18 @@ const ARENA_PIECE_MAX = 256;
 /** Frozen: a write into it throws (modules are strict) instead of leaking into every answer. */
 const NONE = Object.freeze([]) as unknown as never[];
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
+/**
+ * One-byte pieces (blk's status byte in every answer) as shared views, one per value: the host
+ * only ever reads a piece (it copies it into the guest's buffer), and a view made per request
+ * was a typed-array allocation per request.
+ */
+const ONE_BYTE: readonly Uint8Array[] = (() => {
+  const all = new Uint8Array(256);
+  return Array.from({ length: 256 }, (_, v) => {
+    all[v] = v;
+    return all.subarray(v, v + 1);
+  });
+})();
 
 type CoreFn = (...args: number[]) => number;
 
@@ -189,6 +201,7 @@ export class DirectHandle {
       throw new LiftError(`handle: returned more list bytes than the call allows (a ${len}-byte list with ${this.bytesLeft} bytes of its budget left)`);
     }
     this.bytesLeft -= len;
+    if (len === 1) return ONE_BYTE[this.u8[ptr]];
     if (len > ARENA_PIECE_MAX) return this.u8.slice(ptr, ptr + len);
     if (this.arenaAt + len > this.arena.length) {
       this.arena = new Uint8Array(ARENA_BYTES);
