@@ -847,7 +847,7 @@ export class DeviceRunner {
     if (this.reqs[req.id] !== req) return;
     this.reqs[req.id] = undefined;
     this.freeIds.push(req.id);
-    this.held.delete(req.id);
+    if (this.held.size > 0) this.held.delete(req.id);
     this.hooks.meter?.released();
   }
 
@@ -935,31 +935,33 @@ export class DeviceRunner {
 
   /** A checked answer: its transfers, ops and backing reads go to the executor as guest-memory views. */
   private start(req: Req, answer: Answer): void {
-    this.held.delete(req.id);
+    if (this.held.size > 0) this.held.delete(req.id);
     if (req.state === ReqState.Orphan) {
       this.freeReq(req);
       return;
     }
     req.state = ReqState.Io;
     const c = req.chain;
-    const ops: IoOp[] = [];
+    // Most answers make one op (or none): `more` starts as a one-element literal, not an empty
+    // array grown on its first push.
+    let ops: IoOp[] = NO_OPS;
     const transfers = answer.transfers;
     for (let i = 0; i < transfers.length; i++) {
       const t = transfers[i];
       if (t.to.len === 0) continue;
-      ops.push({ kind: 'write', backing: t.to.backing, offset: t.to.offset, from: sliceViews(c.readable, t.source, t.to.len) });
+      ops = more(ops, { kind: 'write', backing: t.to.backing, offset: t.to.offset, from: sliceViews(c.readable, t.source, t.to.len) });
     }
     const bops = answer.ops;
     for (let i = 0; i < bops.length; i++) {
       const o = bops[i];
-      ops.push(o.kind === 'flush' ? { kind: 'flush', backing: o.backing } : { kind: o.kind, backing: o.backing, offset: o.offset, len: o.len });
+      ops = more(ops, o.kind === 'flush' ? { kind: 'flush', backing: o.backing } : { kind: o.kind, backing: o.backing, offset: o.offset, len: o.len });
     }
     let at = 0;
     const reply = answer.reply;
     for (let i = 0; i < reply.length; i++) {
       const p = reply[i];
       if (p.kind === 'backing-read') {
-        if (p.extent.len > 0) ops.push({ kind: 'read', backing: p.extent.backing, offset: p.extent.offset, into: sliceViews(c.writable, at, p.extent.len) });
+        if (p.extent.len > 0) ops = more(ops, { kind: 'read', backing: p.extent.backing, offset: p.extent.offset, into: sliceViews(c.writable, at, p.extent.len) });
         at += p.extent.len;
       } else at += p.kind === 'bytes' ? p.bytes.length : p.len;
     }
@@ -1361,8 +1363,21 @@ function backingsOf(device: VirtioDevice): BackingTable {
   return t !== undefined && typeof t.get === 'function' ? (t as BackingTable) : new BackingTable();
 }
 
+/** An answer without I/O (frozen: executors only read their ops). */
+const NO_OPS = Object.freeze([]) as unknown as IoOp[];
+
+/** `list` with `op` appended: a fresh one-element array for the first. */
+function more(list: IoOp[], op: IoOp): IoOp[] {
+  if (list === NO_OPS) return [op];
+  list.push(op);
+  return list;
+}
+
 /** Views of bytes [offset, offset + len) of a chain's buffers, split where the buffers are (no copy). */
 export function sliceViews(buffers: readonly Uint8Array[], offset: number, len: number): Uint8Array[] {
+  // The usual case, one buffer holds it all: a one-element literal, not an empty array grown.
+  const first = buffers.length > 0 ? buffers[0] : undefined;
+  if (first !== undefined && len > 0 && offset + len <= first.length) return [offset === 0 && len === first.length ? first : first.subarray(offset, offset + len)];
   const out: Uint8Array[] = [];
   let skip = offset;
   let left = len;

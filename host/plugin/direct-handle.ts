@@ -189,7 +189,9 @@ export class DirectHandle {
 
   /** A list of `len` elements of `size` bytes at `ptr`: inside, aligned, within the items budget. */
   private list(ptr: number, len: number, size: number, align: number): void {
-    this.inside(ptr, len * size, align, `a returned list of ${len} ${size}-byte elements`);
+    // The name is built only for the error: a template string here was two number-to-string
+    // conversions and a concatenation per list, three lists per answer.
+    if (ptr % align !== 0 || !this.fits(ptr + len * size)) this.inside(ptr, len * size, align, `a returned list of ${len} ${size}-byte elements`);
     if (len > this.itemsLeft) throw new LiftError(`handle: returned a list of ${len} entries where at most ${this.itemsLeft} are allowed`);
     this.itemsLeft -= len;
   }
