@@ -448,7 +448,17 @@ export class DeviceRunner {
         orphans++;
       }
     }
-    if (orphans > 0) this.log.info(`ring ${index} stopped with ${orphans} request(s) the device holds: they are not completed on this ring`);
+    // Not silent: the front-end counts these as consumed (the base covers them) and never sees
+    // them in the used ring of this ring, now or after a restart; only an inflight area
+    // (SET_INFLIGHT_FD) brings them back, resubmitted to the device when the ring starts again.
+    if (orphans > 0) {
+      const area = this.inflightArea !== null && index < this.inflightArea.numQueues;
+      this.log.warn(
+        `ring ${index} stopped (GET_VRING_BASE) with ${orphans} request(s) the device holds: they are not completed on this ring ` +
+          (area ? '(the inflight area keeps them; they are resubmitted when the ring starts with it again), ' : '(no inflight area: the guest will not get them back), ') +
+          'and a later answer to them is dropped',
+      );
+    }
     r.gen++;
     const base = r.queue ? r.queue.vringBase : (r.base ?? this.freshBase());
     r.queue = null;
