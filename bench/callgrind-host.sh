@@ -8,6 +8,8 @@
 #
 # mem: dist/vhost-wasm.mjs with dist/plugins/blk.wasm on --storage memory:256M;
 # null: the host core from source with bench/null-blk-device.ts (as bench/blk-c.ts's host-null).
+#   Under valgrind that one (tsx, from source) was still compiling through a 30 s warm-up here:
+#   its counts were mostly TurboFan; give it minutes of warm-up, or use mem.
 # Instrumentation is off for start-up and the warm-up (JIT tiers settle at near-native speed), then
 # on for a settling run that is thrown away (the first seconds after switching it on counted several
 # times the steady figure), then the counters are zeroed and the measured run counted.
