@@ -196,6 +196,29 @@ test.serial('a held request completes when a later call answers it; the used rin
   }
 });
 
+test.serial('GET_VRING_BASE while the device holds a request: its later answer is dropped, not written into the restarted ring', async (t) => {
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
+  try {
+    const q = fe.queues[0];
+    let heldDone = false;
+    q.submit([command('hold')], 8).then(
+      () => (heldDone = true),
+      () => {},
+    );
+    t.is(text(await q.submit([command('echo before stop')], 32)), 'echo before stop');
+    const base = await fe.stopQueue(0);
+    t.is(base, 2, 'both popped requests, the held one too, are behind the base');
+    await fe.startQueue(0, base);
+    // The device answers the held request now ("R"), then the release: only the release lands.
+    t.is(text(await q.submit([command('release')], 16)), 'released');
+    t.false(heldDone);
+    t.deepEqual(usedElements(fe).map((e) => e.len), ['echo before stop'.length, 'released'.length]);
+    t.is((await fe.conn.getStatus()) & STATUS_NEEDS_RESET, 0, 'the device keeps serving');
+  } finally {
+    await fe.close();
+  }
+});
+
 test.serial('a front-end that goes away while the device holds a request: the next connection is served', async (t) => {
   const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
   fe.queues[0].submit([command('hold')], 8).catch(() => {});

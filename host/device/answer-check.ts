@@ -60,11 +60,19 @@ export interface Answerable {
   readonly writableLen: number;
 }
 
+/** Requests by id, as far as the checks look them up (a ReadonlyMap is one; the runner has a leaner table). */
+export interface AnswerableTable {
+  readonly size: number;
+  has(id: number): boolean;
+  get(id: number): Answerable | undefined;
+  keys(): Iterable<number>;
+}
+
 export interface CheckContext {
   /** Requests of this call's request and io-failed events: each needs exactly one answer or hold. */
-  readonly due: ReadonlyMap<number, Answerable>;
+  readonly due: AnswerableTable;
   /** Requests held in earlier calls: each may be answered (or held again) at most once. */
-  readonly held: ReadonlyMap<number, Answerable>;
+  readonly held: AnswerableTable;
   /** The device's backing at `index`, or undefined when it was not granted that index. */
   backing(index: number): IoBacking | undefined;
   /** Lengths of this call's frame events, by frame id (empty without frames). */
@@ -90,6 +98,43 @@ const isU32 = (n: unknown): n is number => typeof n === 'number' && Number.isInt
 const isOffset = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 0;
 
 /**
+ * The ids answered or held so far in one check: marks by id (ids are small, the host hands them
+ * out densely), a Set only for ids past the marks. A Set per call cost a hash insert and lookup
+ * per request. One instance, reset per check: the checks run synchronously and never re-enter.
+ */
+class SeenIds {
+  private static readonly MARKS_MAX = 1 << 20;
+  private marks = new Uint32Array(256);
+  private epoch = 0;
+  private far: Set<number> | null = null;
+
+  reset(): this {
+    if (++this.epoch === 0xffffffff) {
+      this.marks.fill(0);
+      this.epoch = 1;
+    }
+    this.far = null;
+    return this;
+  }
+
+  has(id: number): boolean {
+    return id < this.marks.length ? this.marks[id] === this.epoch : this.far !== null && this.far.has(id);
+  }
+
+  add(id: number): void {
+    if (id < SeenIds.MARKS_MAX) {
+      if (id >= this.marks.length) {
+        const grown = new Uint32Array(Math.min(SeenIds.MARKS_MAX, 2 ** Math.ceil(Math.log2(id + 1))));
+        grown.set(this.marks);
+        this.marks = grown;
+      }
+      this.marks[id] = this.epoch;
+    } else (this.far ??= new Set()).add(id);
+  }
+}
+const seenIds = new SeenIds();
+
+/**
  * Checks every action of one handle() result; null when the batch may run. The first
  * violation found is returned (actions in order, then the requests left unanswered).
  */
@@ -107,7 +152,7 @@ export function checkActions(actions: unknown, ctx: CheckContext): Violation | n
   let entries = actions.length;
   let sends = 0;
   let timers = 0;
-  const seen = new Set<number>();
+  const seen = seenIds.reset();
   for (let i = 0; i < actions.length; i++) {
     const v = checkOne(actions[i] as DeviceAction, i, ctx, seen);
     if (v !== null) return v;
@@ -165,7 +210,7 @@ function checkWake(a: DeviceAction & { kind: 'wake-after' }, i: number): Violati
 
 /** The first per-action violation in a result that is too long anyway (a better message than "too many"). */
 function firstBad(actions: unknown[], ctx: CheckContext): Violation | null {
-  const seen = new Set<number>();
+  const seen = seenIds.reset();
   for (let i = 0; i < actions.length; i++) {
     const v = checkOne(actions[i] as DeviceAction, i, ctx, seen);
     if (v !== null) return v;
@@ -173,7 +218,7 @@ function firstBad(actions: unknown[], ctx: CheckContext): Violation | null {
   return null;
 }
 
-function checkOne(a: DeviceAction, i: number, ctx: CheckContext, seen: Set<number>): Violation | null {
+function checkOne(a: DeviceAction, i: number, ctx: CheckContext, seen: SeenIds): Violation | null {
   if (typeof a !== 'object' || a === null) return { index: i, rule: Rule.shape, detail: `action is ${a === null ? 'null' : typeof a}` };
   switch (a.kind) {
     case 'hold':
@@ -190,7 +235,7 @@ function checkOne(a: DeviceAction, i: number, ctx: CheckContext, seen: Set<numbe
 }
 
 /** The request an answer or hold names, marked as taken in this call; or the violation. */
-function claim(id: unknown, i: number, ctx: CheckContext, seen: Set<number>): Violation | null {
+function claim(id: unknown, i: number, ctx: CheckContext, seen: SeenIds): Violation | null {
   if (!isU32(id)) return { index: i, rule: Rule.shape, detail: `request id ${String(id)} is not a u32` };
   if (seen.has(id)) return { index: i, rule: Rule.duplicate, detail: `request ${id} was already answered or held earlier in this result` };
   if (!ctx.due.has(id) && !ctx.held.has(id)) {
@@ -200,7 +245,7 @@ function claim(id: unknown, i: number, ctx: CheckContext, seen: Set<number>): Vi
   return null;
 }
 
-function checkAnswer(ans: Answer, i: number, ctx: CheckContext, seen: Set<number>): Violation | null {
+function checkAnswer(ans: Answer, i: number, ctx: CheckContext, seen: SeenIds): Violation | null {
   if (typeof ans !== 'object' || ans === null) return { index: i, rule: Rule.shape, detail: 'answer without a body' };
   const taken = claim(ans.id, i, ctx, seen);
   if (taken !== null) return taken;

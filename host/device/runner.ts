@@ -10,7 +10,7 @@ import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, readChain, type DescriptorChain } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { Answer, DeviceAction, DeviceEvent, Piece, Send, VirtioDevice } from './device.ts';
-import { checkActions, describeViolation, MAX_TIMERS, type Answerable, type CheckContext } from './answer-check.ts';
+import { checkActions, describeViolation, MAX_TIMERS, type Answerable, type AnswerableTable, type CheckContext } from './answer-check.ts';
 import type { DeviceNet, RxFrame, TxFrame } from '../net/device-net.ts';
 import { FLOOD } from '../net/link.ts';
 import type { IoExecutor, IoOp, IoResult } from '../io/executor.ts';
@@ -69,6 +69,50 @@ interface Req {
   state: ReqState;
   /** When it was handed to the device (RequestMeter.popped), for its latency. */
   readonly popped: number;
+  /** The answer whose I/O is with the executor (the executor's token is the request). */
+  answer: Answer | null;
+  /** The handle() call (DueRound) that last had it due. */
+  dueRound: number;
+}
+
+/**
+ * The requests due in the current handle() call, for the answer checks: looked up in the
+ * runner's request table by a round mark instead of a Map filled per call (this runs once per
+ * request). Valid from begin() until the next begin(); the checks finish before that.
+ */
+class DueRound implements AnswerableTable {
+  private round = 0;
+  private readonly ids: number[] = [];
+  private reqs: readonly (Req | undefined)[] = [];
+
+  get size(): number {
+    return this.ids.length;
+  }
+
+  begin(reqs: readonly (Req | undefined)[]): void {
+    this.round++;
+    this.ids.length = 0;
+    this.reqs = reqs;
+  }
+
+  add(req: Req): void {
+    req.dueRound = this.round;
+    this.ids.push(req.id);
+  }
+
+  has(id: number): boolean {
+    const r = this.reqs[id];
+    return r !== undefined && r.dueRound === this.round;
+  }
+
+  get(id: number): Answerable | undefined {
+    const r = this.reqs[id];
+    return r !== undefined && r.dueRound === this.round ? r.chain : undefined;
+  }
+
+  keys(): Iterable<number> {
+    return this.ids;
+  }
 }
 
 export interface RunnerHooks {
@@ -188,6 +232,9 @@ export class DeviceRunner {
   /** The backings answers may name; the executor moves the bytes. */
   private backings: BackingTable;
   private executor: IoExecutor;
+  /** The current handle() call's due requests, for the checks (one table, refilled per call). */
+  private readonly due = new DueRound();
+  private readonly backingAt = (i: number): ReturnType<BackingTable['get']> => this.backings.get(i);
   /** Inside a batch: completions are notified at its end, not from a microtask. */
   private inBatch = 0;
   private flushScheduled = false;
@@ -476,7 +523,17 @@ export class DeviceRunner {
         orphans++;
       }
     }
-    if (orphans > 0) this.log.info(`ring ${index} stopped with ${orphans} request(s) the device holds: they are not completed on this ring`);
+    // Not silent: the front-end counts these as consumed (the base covers them) and never sees
+    // them in the used ring of this ring, now or after a restart; only an inflight area
+    // (SET_INFLIGHT_FD) brings them back, resubmitted to the device when the ring starts again.
+    if (orphans > 0) {
+      const area = this.inflightArea !== null && index < this.inflightArea.numQueues;
+      this.log.warn(
+        `ring ${index} stopped (GET_VRING_BASE) with ${orphans} request(s) the device holds: they are not completed on this ring ` +
+          (area ? '(the inflight area keeps them; they are resubmitted when the ring starts with it again), ' : '(no inflight area: the guest will not get them back), ') +
+          'and a later answer to them is dropped',
+      );
+    }
     r.gen++;
     const base = r.queue ? r.queue.vringBase : (r.base ?? this.freshBase());
     r.queue = null;
@@ -874,7 +931,7 @@ export class DeviceRunner {
 
   private newReq(ring: number, r: Vring, q: DeviceQueue, chain: DescriptorChain): Req {
     const id = this.freeIds.length > 0 ? this.freeIds.pop()! : this.reqs.length;
-    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0 };
+    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0 };
     this.reqs[id] = req;
     return req;
   }
@@ -883,7 +940,7 @@ export class DeviceRunner {
     if (this.reqs[req.id] !== req) return;
     this.reqs[req.id] = undefined;
     this.freeIds.push(req.id);
-    this.held.delete(req.id);
+    if (this.held.size > 0) this.held.delete(req.id);
     this.hooks.meter?.released();
   }
 
@@ -920,22 +977,27 @@ export class DeviceRunner {
         }
       }
     }
-    const due = new Map<number, Answerable>();
-    for (const ev of events) {
+    const due = this.due;
+    due.begin(this.reqs);
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i];
       if (ev.kind !== 'io-failed') continue;
       const req = this.reqs[ev.id]!;
       req.state = ReqState.Due;
-      due.set(ev.id, req.chain);
+      due.add(req);
     }
     const prefixLen = this.device.info.prefixLen;
-    for (const req of fresh) {
+    for (let i = 0; i < fresh.length; i++) {
+      const req = fresh[i];
       const c = req.chain;
       const n = Math.min(c.readableLen, prefixLen);
       // A view of the first buffer when it holds the whole prefix (the usual case: one header
       // descriptor); otherwise the prefix alone is gathered. Never the payload.
-      const prefix = n === 0 ? EMPTY : c.readable[0].length >= n ? c.readable[0].subarray(0, n) : readChain(c, n);
+      // A header descriptor of exactly the prefix (blk's 16 bytes) is handed over as it is: no view.
+      const first = n === 0 ? EMPTY : c.readable[0];
+      const prefix = n === 0 ? EMPTY : first.length === n ? first : first.length > n ? first.subarray(0, n) : readChain(c, n);
       events.push({ kind: 'request', request: { id: req.id, queue: req.ring, prefix, readableLen: c.readableLen, writableLen: c.writableLen } });
-      due.set(req.id, c);
+      due.add(req);
     }
     if (events.length === 0) return;
     let actions: DeviceAction[];
@@ -948,7 +1010,7 @@ export class DeviceRunner {
     const ctx: CheckContext = {
       due,
       held: this.heldView(),
-      backing: (i) => this.backings.get(i),
+      backing: this.backingAt,
       frameLens: frames.length === 0 ? NO_LENS : frames.map((f) => f.bytes.length),
       networkMtus: this.hooks.net?.mtus ?? NO_LENS,
       timersFree: MAX_TIMERS - this.timers.size,
@@ -1004,8 +1066,9 @@ export class DeviceRunner {
     };
   }
 
+
   /** Requests held earlier, as the checks see them (orphans too: the device may still answer). */
-  private heldView(): ReadonlyMap<number, Answerable> {
+  private heldView(): AnswerableTable {
     if (this.held.size === 0) return EMPTY_MAP;
     const m = new Map<number, Answerable>();
     for (const [id, req] of this.held) m.set(id, req.chain);
@@ -1027,30 +1090,42 @@ export class DeviceRunner {
 
   /** A checked answer: its transfers, ops and backing reads go to the executor as guest-memory views. */
   private start(req: Req, answer: Answer): void {
-    this.held.delete(req.id);
+    if (this.held.size > 0) this.held.delete(req.id);
     if (req.state === ReqState.Orphan) {
       this.freeReq(req);
       return;
     }
     req.state = ReqState.Io;
     const c = req.chain;
-    const ops: IoOp[] = [];
-    for (const t of answer.transfers) {
+    // Most answers make one op (or none): `more` starts as a one-element literal, not an empty
+    // array grown on its first push.
+    let ops: IoOp[] = NO_OPS;
+    const transfers = answer.transfers;
+    for (let i = 0; i < transfers.length; i++) {
+      const t = transfers[i];
       if (t.to.len === 0) continue;
-      ops.push({ kind: 'write', backing: t.to.backing, offset: t.to.offset, from: sliceViews(c.readable, t.source, t.to.len) });
+      ops = more(ops, { kind: 'write', backing: t.to.backing, offset: t.to.offset, from: sliceViews(c.readable, t.source, t.to.len) });
     }
-    for (const o of answer.ops) {
-      ops.push(o.kind === 'flush' ? { kind: 'flush', backing: o.backing } : { kind: o.kind, backing: o.backing, offset: o.offset, len: o.len });
+    const bops = answer.ops;
+    for (let i = 0; i < bops.length; i++) {
+      const o = bops[i];
+      ops = more(ops, o.kind === 'flush' ? { kind: 'flush', backing: o.backing } : { kind: o.kind, backing: o.backing, offset: o.offset, len: o.len });
     }
     let at = 0;
-    for (const p of answer.reply) {
+    const reply = answer.reply;
+    for (let i = 0; i < reply.length; i++) {
+      const p = reply[i];
       if (p.kind === 'backing-read') {
-        if (p.extent.len > 0) ops.push({ kind: 'read', backing: p.extent.backing, offset: p.extent.offset, into: sliceViews(c.writable, at, p.extent.len) });
+        if (p.extent.len > 0) ops = more(ops, { kind: 'read', backing: p.extent.backing, offset: p.extent.offset, into: sliceViews(c.writable, at, p.extent.len) });
         at += p.extent.len;
       } else at += p.kind === 'bytes' ? p.bytes.length : p.kind === 'frame-read' ? p.slice.len : p.len;
     }
-    this.executor.submit(ops, answer.barrier, (result) => this.completed(req, answer, result));
+    req.answer = answer;
+    this.executor.submit(ops, answer.barrier, this.ioDone, req);
   }
+
+  /** The executor's `done` for every request (its token): one function, not a closure per request. */
+  private readonly ioDone = (result: IoResult, req: Req): void => this.completed(req, req.answer!, result);
 
   /** The executor is done with a request's I/O: reply written and used ring, or an io-failed event. */
   private completed(req: Req, answer: Answer, result: IoResult): void {
@@ -1462,12 +1537,26 @@ function backingsOf(device: VirtioDevice): BackingTable {
   return t !== undefined && typeof t.get === 'function' ? (t as BackingTable) : new BackingTable();
 }
 
+/** An answer without I/O (frozen: executors only read their ops). */
+const NO_OPS = Object.freeze([]) as unknown as IoOp[];
+
+/** `list` with `op` appended: a fresh one-element array for the first. */
+function more(list: IoOp[], op: IoOp): IoOp[] {
+  if (list === NO_OPS) return [op];
+  list.push(op);
+  return list;
+}
+
 /** Views of bytes [offset, offset + len) of a chain's buffers, split where the buffers are (no copy). */
 export function sliceViews(buffers: readonly Uint8Array[], offset: number, len: number): Uint8Array[] {
+  // The usual case, one buffer holds it all: a one-element literal, not an empty array grown.
+  const first = buffers.length > 0 ? buffers[0] : undefined;
+  if (first !== undefined && len > 0 && offset + len <= first.length) return [offset === 0 && len === first.length ? first : first.subarray(offset, offset + len)];
   const out: Uint8Array[] = [];
   let skip = offset;
   let left = len;
-  for (const b of buffers) {
+  for (let i = 0; i < buffers.length; i++) {
+    const b = buffers[i];
     if (left === 0) break;
     if (skip >= b.length) {
       skip -= b.length;

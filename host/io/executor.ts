@@ -27,9 +27,11 @@ export interface IoExecutor {
    * Run one request's ops: the writes and backing ops in the order given, then the reads.
    * `barrier`: start only after everything submitted before has completed, and hold back
    * everything submitted after until this completed. `done` is called exactly once, possibly
-   * before submit returns (a synchronous executor), never after close().
+   * before submit returns (a synchronous executor), never after close(). `token` is handed to
+   * `done` as it was given: the runner passes one bound `done` and the request as the token, so
+   * a request costs no closure of its own.
    */
-  submit(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult) => void): void;
+  submit<T>(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void;
   /** Requests submitted and not yet done. */
   readonly inflight: number;
   /**

@@ -35,7 +35,7 @@ export class MemoryExecutor implements IoExecutor {
     private readonly logIoError: (message: string) => void = () => {},
   ) {}
 
-  submit(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult) => void): void {
+  submit<T>(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void {
     if (this.closed) throw new Error('MemoryExecutor.submit after close()');
     let errno = 0;
     let lastReadBytes = 0;
@@ -55,7 +55,7 @@ export class MemoryExecutor implements IoExecutor {
       else lastReadBytes = r;
     }
     // The reads ran last, so the last read is the last op.
-    done({ errno, lastReadBytes: errno === 0 ? lastReadBytes : 0 });
+    done({ errno, lastReadBytes: errno === 0 ? lastReadBytes : 0 }, token as T);
   }
 
   /** Bytes read (a read), 0, or -errno. The runner checked every range already; this is the last line, not the check. */

@@ -25,7 +25,7 @@ export class SyncExecutor implements IoExecutor {
     return this.running;
   }
 
-  submit(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult) => void): void {
+  submit<T>(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void {
     if (this.closed) throw new Error('I/O submitted to a closed executor');
     this.running++;
     let result: IoResult;
@@ -34,7 +34,7 @@ export class SyncExecutor implements IoExecutor {
     } finally {
       this.running--;
     }
-    done(result);
+    done(result, token as T);
   }
 
   private run(ops: readonly IoOp[]): IoResult {

@@ -157,8 +157,13 @@ class Request {
     readonly ops: readonly IoOp[],
     /** A barrier, or a read-modify-write that must run alone. */
     readonly alone: boolean,
-    readonly done: (result: IoResult) => void,
+    private readonly onDone: (result: IoResult, token: unknown) => void,
+    private readonly token: unknown,
   ) {}
+
+  done(result: IoResult): void {
+    this.onDone(result, this.token);
+  }
 }
 
 function viewBytes(views: readonly Uint8Array[]): number {
@@ -287,15 +292,15 @@ export class UringExecutor implements IoExecutor {
     return this.count;
   }
 
-  submit(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult) => void): void {
+  submit<T>(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void {
     if (this.closed) throw new Error('UringExecutor.submit after close()');
     if (this.cancelling) {
       // A completion handler submitting while close() cancels: nothing new starts now.
-      done({ errno: ECANCELED, lastReadBytes: 0 });
+      done({ errno: ECANCELED, lastReadBytes: 0 }, token as T);
       return;
     }
     const o = ordered(ops);
-    const req = new Request(o, barrier || this.needsReadModifyWrite(o), done);
+    const req = new Request(o, barrier || this.needsReadModifyWrite(o), done as (result: IoResult, token: unknown) => void, token);
     this.count++;
     this.waiting.push(req);
     this.pump();

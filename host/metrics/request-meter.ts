@@ -111,10 +111,19 @@ export class RequestMeter {
     if (n === 0) return;
     const c = this.c;
     const now = performance.now();
+    // A batch's requests share one start time (popped()): its bucket is looked up once.
+    let lastStart = NaN;
+    let cell = 0;
+    let s = 0;
     for (let i = 0; i < n; i++) {
-      const s = (now - this.pending[i]) / 1000;
+      const start = this.pending[i];
+      if (start !== lastStart) {
+        lastStart = start;
+        s = (now - start) / 1000;
+        cell = Cell.latencyBuckets + bucketOf(s);
+      }
       c[Cell.latencySum] += s;
-      c[Cell.latencyBuckets + bucketOf(s)]++;
+      c[cell]++;
     }
     c[Cell.latencyCount] += n;
     this.pendingCount = 0;

@@ -101,7 +101,10 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
   }
 
   // Requests handed to the plugin by id, with their writable room (see handle()).
-  const known = new Map<number, number>();
+  // An array, not a Map: the host hands out ids densely from 0 (the runner reuses freed ones), and
+  // this runs once per request.
+  let known: number[] = [];
+  let knownCount = 0;
   let knownBytes = 0;
 
   // Save and load progress, to hold the plugin to one consistent state per transfer.
@@ -141,7 +144,8 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     },
 
     reset(): void {
-      known.clear();
+      known = [];
+      knownCount = 0;
       knownBytes = 0;
       saveTotal = null;
       loadOffset = 0;
@@ -153,13 +157,16 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
       // never exceed the writable room of the requests the plugin may answer, which is at most
       // every request it has been given and not been told the end of (ids are reused, so the
       // table is as big as the rings). Checked while the glue lifts, before each copy.
-      for (const ev of events) {
+      for (let i = 0; i < events.length; i++) {
+        const ev = events[i];
         if (ev.kind !== 'request') continue;
         const { id, writableLen } = ev.request;
-        knownBytes += writableLen - (known.get(id) ?? 0);
-        known.set(id, writableLen);
+        const before = known[id];
+        if (before === undefined) knownCount++;
+        knownBytes += writableLen - (before ?? 0);
+        known[id] = writableLen;
       }
-      const budget = { bytes: knownBytes, items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * known.size, 1 << 22) };
+      const budget = { bytes: knownBytes, items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * knownCount, 1 << 22) };
       const direct = ctx.direct;
       if (direct) return call('handle', () => direct.call(events, budget, () => raw.handle([])), budget);
       const lowered = lowerEvents(events);

@@ -28,6 +28,18 @@ const ARENA_PIECE_MAX = 256;
 /** Frozen: a write into it throws (modules are strict) instead of leaking into every answer. */
 const NONE = Object.freeze([]) as unknown as never[];
 const OP_KINDS: readonly BackingOpKind[] = ['flush', 'discard', 'write-zeroes'];
+/**
+ * One-byte pieces (blk's status byte in every answer) as shared views, one per value: the host
+ * only ever reads a piece (it copies it into the guest's buffer), and a view made per request
+ * was a typed-array allocation per request.
+ */
+const ONE_BYTE: readonly Uint8Array[] = (() => {
+  const all = new Uint8Array(256);
+  return Array.from({ length: 256 }, (_, v) => {
+    all[v] = v;
+    return all.subarray(v, v + 1);
+  });
+})();
 
 type CoreFn = (...args: number[]) => number;
 
@@ -184,7 +196,9 @@ export class DirectHandle {
 
   /** A list of `len` elements of `size` bytes at `ptr`: inside, aligned, within the items budget. */
   private list(ptr: number, len: number, size: number, align: number): void {
-    this.inside(ptr, len * size, align, `a returned list of ${len} ${size}-byte elements`);
+    // The name is built only for the error: a template string here was two number-to-string
+    // conversions and a concatenation per list, three lists per answer.
+    if (ptr % align !== 0 || !this.fits(ptr + len * size)) this.inside(ptr, len * size, align, `a returned list of ${len} ${size}-byte elements`);
     if (len > this.itemsLeft) throw new LiftError(`handle: returned a list of ${len} entries where at most ${this.itemsLeft} are allowed`);
     this.itemsLeft -= len;
   }
@@ -196,6 +210,7 @@ export class DirectHandle {
       throw new LiftError(`handle: returned more list bytes than the call allows (a ${len}-byte list with ${this.bytesLeft} bytes of its budget left)`);
     }
     this.bytesLeft -= len;
+    if (len === 1) return ONE_BYTE[this.u8[ptr]];
     if (len > ARENA_PIECE_MAX) return this.u8.slice(ptr, ptr + len);
     if (this.arenaAt + len > this.arena.length) {
       this.arena = new Uint8Array(ARENA_BYTES);
