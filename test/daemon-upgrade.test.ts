@@ -12,6 +12,7 @@ import { REPO } from './helpers/host-process.ts';
 import { ctl, rawRpc, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
+import { ioLoop, pattern, verifyAll } from './helpers/blk-rounds.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -50,38 +51,6 @@ test.after.always(async () => {
   if (daemon && daemon.child.exitCode === null) daemon.child.kill('SIGKILL');
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-function pattern(block: number, round: number): Uint8Array {
-  return new Uint8Array(4096).map((_, i) => (i * 7 + block * 13 + round * 29) & 0xff);
-}
-
-/**
- * Writes and verifies 4 KiB blocks through `disk`, `depth` requests in flight at a time, until
- * `stop()` is true and at least `minRounds` passed. Every block's last pattern is in `last`.
- * Any failed request (IOERR) rejects.
- */
-async function ioLoop(disk: BlkDevice, last: Map<number, number>, stop: () => boolean, minRounds = 3, depth = 4): Promise<number> {
-  let round = 0;
-  for (; round < minRounds || !stop(); round++) {
-    await Promise.all(
-      Array.from({ length: depth }, async (_, k) => {
-        const block = (round * depth + k) % 64;
-        await disk.write(block * 8, pattern(block, round));
-        last.set(block, round);
-        const back = await disk.read(block * 8, 4096);
-        if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
-      }),
-    );
-  }
-  return round;
-}
-
-async function verifyAll(disk: BlkDevice, last: Map<number, number>): Promise<void> {
-  for (const [block, round] of last) {
-    const back = await disk.read(block * 8, 4096);
-    if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block}: not what round ${round} wrote`);
-  }
-}
 
 async function upgrade(id: string, plugin: string): Promise<MethodResults['plugin-upgrade']> {
   const r = await ctl(['--control', control(), '--json', 'upgrade', id, '--plugin', plugin]);

@@ -14,6 +14,7 @@ import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
+import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
@@ -38,34 +39,6 @@ async function host(extra: string[] = []): Promise<HostProcess> {
   return h;
 }
 const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
-
-function pattern(block: number, round: number): Uint8Array {
-  return new Uint8Array(4096).map((_, i) => (i * 7 + block * 13 + round * 29) & 0xff);
-}
-
-/** 4 KiB writes read back, `depth` in flight, until stop(); every block's last round in `last`. */
-async function ioLoop(disk: BlkDevice, last: Map<number, number>, stop: () => boolean, depth = 4): Promise<number> {
-  let round = 0;
-  for (; round < 2 || !stop(); round++) {
-    await Promise.all(
-      Array.from({ length: depth }, async (_, k) => {
-        const block = (round * depth + k) % 64;
-        await disk.write(block * 8, pattern(block, round));
-        last.set(block, round);
-        const back = await disk.read(block * 8, 4096);
-        if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
-      }),
-    );
-  }
-  return round;
-}
-
-async function verifyAll(disk: BlkDevice, last: Map<number, number>): Promise<void> {
-  for (const [block, round] of last) {
-    const back = await disk.read(block * 8, 4096);
-    if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block}: not what round ${round} wrote`);
-  }
-}
 
 test.serial('--take-over: the new host serves the device (memory disk included), the front-end reconnects with requests in flight and loses nothing; the old host exits 0', async (t) => {
   const old = await host();

@@ -13,6 +13,7 @@ import { REPO, runCli, startHost, type HostProcess } from './helpers/host-proces
 import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
+import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -49,36 +50,6 @@ async function upgrade(h: HostProcess, plugin: string): Promise<Outcome> {
   const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', plugin, '--json']);
   if (r.code !== 0) throw new Error(`vhost-wasm upgrade exited ${r.code}: ${r.stderr}`);
   return JSON.parse(r.stdout) as Outcome;
-}
-
-function pattern(block: number, round: number): Uint8Array {
-  return new Uint8Array(4096).map((_, i) => (i * 7 + block * 13 + round * 29) & 0xff);
-}
-
-/** Writes and reads back 4 KiB blocks, `depth` in flight, on every disk, until stop() and at least minRounds. */
-async function ioLoop(disks: BlkDevice[], last: Map<number, number>, stop: () => boolean, minRounds = 2, depth = 4): Promise<number> {
-  let round = 0;
-  for (; round < minRounds || !stop(); round++) {
-    await Promise.all(
-      disks.flatMap((disk, d) =>
-        Array.from({ length: depth }, async (_, k) => {
-          const block = d * 64 + ((round * depth + k) % 64);
-          await disk.write(block * 8, pattern(block, round));
-          last.set(block, round);
-          const back = await disk.read(block * 8, 4096);
-          if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
-        }),
-      ),
-    );
-  }
-  return round;
-}
-
-async function verifyAll(disk: BlkDevice, last: Map<number, number>): Promise<void> {
-  for (const [block, round] of last) {
-    const back = await disk.read(block * 8, 4096);
-    if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block}: not what round ${round} wrote`);
-  }
 }
 
 test.serial('vhost-wasm upgrade --socket: blk 0.2.0 -> 0.3.0 under I/O; the control socket is S.control, mode 0600; a later front-end is served by the new build and reads the data', async (t) => {
