@@ -184,6 +184,8 @@ function checkAnswer(ans: Answer, i: number, ctx: CheckContext, seen: Set<number
         len = p.extent.len;
         break;
       }
+      case 'frame-read':
+        return { index: i, rule: Rule.unsupported, detail: `piece ${k} (frame-read) names a frame, and this call delivered none` };
       case 'zeroes':
       case 'skip':
         if (!isU32(p.len)) return { index: i, rule: Rule.shape, detail: `piece ${k} (${p.kind}) has length ${String(p.len)}` };

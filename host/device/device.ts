@@ -29,12 +29,21 @@ export interface Extent {
   readonly len: number;
 }
 
+/** Bytes [offset, offset + len) of a frame delivered in the same handle() call. */
+export interface FrameSlice {
+  readonly frame: number;
+  readonly offset: number;
+  readonly len: number;
+}
+
 /** One piece of the writable area, in order from its start. */
 export type Piece =
   | { readonly kind: 'bytes'; readonly bytes: Uint8Array }
   | { readonly kind: 'backing-read'; readonly extent: Extent }
   | { readonly kind: 'zeroes'; readonly len: number }
-  | { readonly kind: 'skip'; readonly len: number };
+  | { readonly kind: 'skip'; readonly len: number }
+  /** The host copies the frame's bytes straight into the guest's buffers. */
+  | { readonly kind: 'frame-read'; readonly slice: FrameSlice };
 
 /** Readable bytes [source, source + to.len) of the request go to the backing range `to`. */
 export interface Transfer {
@@ -63,9 +72,33 @@ export interface Answer {
   readonly barrier: boolean;
 }
 
+/**
+ * A frame arrived on a granted network. Its bytes stay in the host: the device reads them into
+ * a held rx buffer with a frame-read piece in the same handle() call, or the frame is dropped.
+ */
 export interface Frame {
+  /** Unique among the frames of one handle() call; valid for that call only. */
+  readonly id: number;
+  /** Index of the device's network grant (0 = the first). */
   readonly network: number;
-  readonly bytes: Uint8Array;
+  /** The port it came from (for MAC learning). */
+  readonly fromPort: number;
+  /** Bytes of the frame, Ethernet header included. */
+  readonly len: number;
+  /** The first min(len, info.prefixLen) bytes (a view: copy to keep). */
+  readonly prefix: Uint8Array;
+}
+
+/**
+ * Readable bytes [source, source + len) of request `request` (answered or held in the same
+ * call) go out as one frame on network `network`: to port `to`, or every other port (null).
+ */
+export interface Send {
+  readonly network: number;
+  readonly request: number;
+  readonly source: number;
+  readonly len: number;
+  readonly to: number | null;
 }
 
 export type DeviceEvent =
@@ -78,7 +111,7 @@ export type DeviceEvent =
 export type DeviceAction =
   | { readonly kind: 'answer'; readonly answer: Answer }
   | { readonly kind: 'hold'; readonly id: number }
-  | { readonly kind: 'send'; readonly frame: Frame }
+  | { readonly kind: 'send'; readonly send: Send }
   | { readonly kind: 'wake-after'; readonly nanoseconds: bigint; readonly token: bigint };
 
 /** A chunk of serialized device state: the 2023 RFC's get_state(offset, size) contract. */

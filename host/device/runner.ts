@@ -898,7 +898,7 @@ export class DeviceRunner {
       if (p.kind === 'backing-read') {
         if (p.extent.len > 0) ops.push({ kind: 'read', backing: p.extent.backing, offset: p.extent.offset, into: sliceViews(c.writable, at, p.extent.len) });
         at += p.extent.len;
-      } else at += p.kind === 'bytes' ? p.bytes.length : p.len;
+      } else at += p.kind === 'bytes' ? p.bytes.length : p.kind === 'frame-read' ? p.slice.len : p.len;
     }
     this.executor.submit(ops, answer.barrier, (result) => this.completed(req, answer, result));
   }

@@ -8,7 +8,8 @@
 // What comes back is untrusted like everything from a plugin: every list is checked against
 // the memory, its alignment and the call's budget (the LiftGuard's rules, lift-guard.ts)
 // before anything is read from it, every discriminant and bool against its cases, and the
-// only copies made are of `bytes` pieces (and frames), which the budget bounds.
+// only copies made are of `bytes` pieces, which the budget bounds. A frame's bytes never
+// enter plugin memory (only its prefix), and a send names guest bytes, not plugin bytes.
 
 import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transfer } from '../device/device.ts';
 import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
@@ -153,12 +154,18 @@ export class DirectHandle {
           this.dv.setUint32(at + 12, e.errno, true);
           break;
         case 'frame': {
-          const p = this.alloc(0, 1, e.frame.bytes.length);
-          this.u8.set(e.frame.bytes, p);
-          this.dv.setUint8(at, 2);
-          this.dv.setUint32(at + 8, e.frame.network, true);
-          this.dv.setUint32(at + 12, p, true);
-          this.dv.setUint32(at + 16, e.frame.bytes.length, true);
+          // Only the prefix enters plugin memory; the frame's bytes stay in the host.
+          const f = e.frame;
+          const p = this.alloc(0, 1, f.prefix.length);
+          this.u8.set(f.prefix, p);
+          const dv = this.dv;
+          dv.setUint8(at, 2);
+          dv.setUint32(at + 8, f.id, true);
+          dv.setUint32(at + 12, f.network, true);
+          dv.setUint32(at + 16, f.fromPort, true);
+          dv.setUint32(at + 20, f.len, true);
+          dv.setUint32(at + 24, p, true);
+          dv.setUint32(at + 28, f.prefix.length, true);
           break;
         }
         case 'timer':
@@ -260,6 +267,9 @@ export class DirectHandle {
               case 3:
                 reply[k] = { kind: 'skip', len: dv.getUint32(p + 8, true) };
                 break;
+              case 4:
+                reply[k] = { kind: 'frame-read', slice: { frame: dv.getUint32(p + 8, true), offset: dv.getUint32(p + 12, true), len: dv.getUint32(p + 16, true) } };
+                break;
               default:
                 throw new LiftError(`handle: returned a malformed value: piece discriminant ${this.u8[p]} in action ${i}`);
             }
@@ -282,9 +292,21 @@ export class DirectHandle {
         case 1:
           out[i] = { kind: 'hold', id: dv.getUint32(a + 8, true) };
           break;
-        case 2:
-          out[i] = { kind: 'send', frame: { network: dv.getUint32(a + 8, true), bytes: this.bytes(dv.getUint32(a + 12, true), dv.getUint32(a + 16, true)) } };
+        case 2: {
+          const toTag = this.u8[a + 24];
+          if (toTag > 1) throw new LiftError(`handle: returned a malformed value: send's to option discriminant ${toTag} in action ${i}`);
+          out[i] = {
+            kind: 'send',
+            send: {
+              network: dv.getUint32(a + 8, true),
+              request: dv.getUint32(a + 12, true),
+              source: dv.getUint32(a + 16, true),
+              len: dv.getUint32(a + 20, true),
+              to: toTag === 1 ? dv.getUint32(a + 28, true) : null,
+            },
+          };
           break;
+        }
         case 3:
           out[i] = { kind: 'wake-after', nanoseconds: dv.getBigUint64(a + 8, true), token: dv.getBigUint64(a + 16, true) };
           break;

@@ -9,7 +9,7 @@ import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transf
 export type WitEvent =
   | { tag: 'request'; val: { id: number; queue: number; prefix: Uint8Array; readableLen: number; writableLen: number } }
   | { tag: 'io-failed'; val: { id: number; errno: number } }
-  | { tag: 'frame'; val: { network: number; bytes: Uint8Array } }
+  | { tag: 'frame'; val: { id: number; network: number; fromPort: number; len: number; prefix: Uint8Array } }
   | { tag: 'timer'; val: bigint };
 
 interface WitExtent {
@@ -25,13 +25,13 @@ export type WitAction =
         id: number;
         transfers: { source: number; to: WitExtent }[];
         ops: { kind: BackingOpKind; backing: number; offset: bigint; len: bigint }[];
-        reply: ({ tag: 'bytes'; val: Uint8Array } | { tag: 'backing-read'; val: WitExtent } | { tag: 'zeroes' | 'skip'; val: number })[];
+        reply: ({ tag: 'bytes'; val: Uint8Array } | { tag: 'backing-read'; val: WitExtent } | { tag: 'zeroes' | 'skip'; val: number } | { tag: 'frame-read'; val: { frame: number; offset: number; len: number } })[];
         lengthAt: number | undefined;
         barrier: boolean;
       };
     }
   | { tag: 'hold'; val: number }
-  | { tag: 'send'; val: { network: number; bytes: Uint8Array } }
+  | { tag: 'send'; val: { network: number; request: number; source: number; len: number; to: number | undefined } }
   | { tag: 'wake-after'; val: [bigint, bigint] };
 
 export function lowerEvents(events: readonly DeviceEvent[]): WitEvent[] {
@@ -102,6 +102,9 @@ export function liftActions(raw: unknown): DeviceAction[] {
             case 'skip':
               reply[k] = { kind: p.tag, len: p.val };
               break;
+            case 'frame-read':
+              reply[k] = { kind: 'frame-read', slice: { frame: p.val.frame, offset: p.val.offset, len: p.val.len } };
+              break;
             default:
               bad(`piece ${k} of action ${i}`);
           }
@@ -112,9 +115,11 @@ export function liftActions(raw: unknown): DeviceAction[] {
       case 'hold':
         out[i] = { kind: 'hold', id: a.val };
         break;
-      case 'send':
-        out[i] = { kind: 'send', frame: a.val };
+      case 'send': {
+        const v = a.val;
+        out[i] = { kind: 'send', send: { network: v.network, request: v.request, source: v.source, len: v.len, to: v.to ?? null } };
         break;
+      }
       case 'wake-after':
         out[i] = { kind: 'wake-after', nanoseconds: a.val[0], token: a.val[1] };
         break;

@@ -30,6 +30,8 @@ export interface PluginGrants {
   backings?: BackingTable;
   /** The share's open files as entries of `backings` (what `filesystem.backing` hands out). */
   fsFiles?: FsFileBackings;
+  /** The device's networks in grant order (--network): what `network.count` and `network.mtu` tell. */
+  networks?: readonly { readonly mtu: number }[];
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
   /** The device's log budget, kept across fresh instances of it (default: one per instance). */
@@ -87,6 +89,16 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
       },
       grants.fsFiles,
     ),
+    'vhost:device/network': {
+      count(): number {
+        return grants.networks?.length ?? 0;
+      },
+      mtu(index: number): number {
+        const n = grants.networks?.[index];
+        if (n === undefined) throw new CapabilityError(`network.mtu(${index}): the device was granted ${grants.networks?.length ?? 0} network(s) (give --network NAME)`);
+        return n.mtu;
+      },
+    },
     'vhost:device/storage': storageImports(grants.storage, () => {
       throw new CapabilityError('storage was not granted to this device (give --storage)');
     }),

@@ -47,7 +47,7 @@ const BAD: Record<string, (r: DeviceRequest, table: BackingTable) => DeviceActio
   'missing-answer': () => [],
   'length-at-outside-reply': (r) => [answer(r.id, [bytes([0, 0])], [], { lengthAt: 0 })],
   'too-many-pieces': (r) => [answer(r.id, Array.from({ length: 2000 }, () => ({ kind: 'skip', len: 0 })))],
-  'send-without-network': (r) => [answer(r.id, [bytes('x')]), { kind: 'send', frame: { network: 0, bytes: new Uint8Array(60) } }],
+  'send-without-network': (r) => [answer(r.id, [bytes('x')]), { kind: 'send', send: { network: 0, request: r.id, source: 0, len: 60, to: null } }],
 };
 export const BAD_RULES = Object.keys(BAD);
 

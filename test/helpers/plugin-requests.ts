@@ -60,6 +60,7 @@ export function runRequest(dev: VirtioDevice, table: BackingTable, readable: Uin
       at += p.extent.len;
     } else {
       literal.push([at, p]);
+      if (p.kind === 'frame-read') throw new Error('plugin-requests: frame-read pieces need a network (test them through the host)');
       at += p.kind === 'bytes' ? p.bytes.length : p.len;
     }
   }

@@ -217,7 +217,33 @@
 #define VD_ABI_EXTENT_OFFSET 8
 #define VD_ABI_EXTENT_LEN 16
 
-/* types.piece: bytes(list<u8>), backing-read(extent), zeroes(u32), skip(u32) */
+/* types.frame */
+#define VD_ABI_SIZEOF_FRAME 24
+#define VD_ABI_ALIGNOF_FRAME 4
+#define VD_ABI_FRAME_ID 0
+#define VD_ABI_FRAME_NETWORK 4
+#define VD_ABI_FRAME_FROM_PORT 8
+#define VD_ABI_FRAME_LEN 12
+#define VD_ABI_FRAME_PREFIX 16
+
+/* types.frame-slice */
+#define VD_ABI_SIZEOF_FRAME_SLICE 12
+#define VD_ABI_ALIGNOF_FRAME_SLICE 4
+#define VD_ABI_FRAME_SLICE_FRAME 0
+#define VD_ABI_FRAME_SLICE_OFFSET 4
+#define VD_ABI_FRAME_SLICE_LEN 8
+
+/* types.send (to: option<port>, tag u8 at the field, value at _SOME from it) */
+#define VD_ABI_SIZEOF_SEND 24
+#define VD_ABI_ALIGNOF_SEND 4
+#define VD_ABI_SEND_NETWORK 0
+#define VD_ABI_SEND_REQUEST 4
+#define VD_ABI_SEND_SOURCE 8
+#define VD_ABI_SEND_LEN 12
+#define VD_ABI_SEND_TO 16
+#define VD_ABI_SEND_TO_SOME 4
+
+/* types.piece: bytes(list<u8>), backing-read(extent), zeroes(u32), skip(u32), frame-read(frame-slice) */
 #define VD_ABI_SIZEOF_PIECE 32
 #define VD_ABI_ALIGNOF_PIECE 8
 #define VD_ABI_PIECE_PAYLOAD 8
@@ -225,6 +251,7 @@
 #define VD_ABI_PIECE_BACKING_READ 1
 #define VD_ABI_PIECE_ZEROES 2
 #define VD_ABI_PIECE_SKIP 3
+#define VD_ABI_PIECE_FRAME_READ 4
 
 /* types.transfer */
 #define VD_ABI_SIZEOF_TRANSFER 32
@@ -262,12 +289,6 @@
 #define VD_ABI_IO_FAILURE_ID 0
 #define VD_ABI_IO_FAILURE_ERRNO 4
 
-/* types.frame */
-#define VD_ABI_SIZEOF_FRAME 12
-#define VD_ABI_ALIGNOF_FRAME 4
-#define VD_ABI_FRAME_NETWORK 0
-#define VD_ABI_FRAME_BYTES 4
-
 /* types.event: request(request), io-failed(io-failure), frame(frame), timer(u64) */
 #define VD_ABI_SIZEOF_EVENT 32
 #define VD_ABI_ALIGNOF_EVENT 8
@@ -277,7 +298,7 @@
 #define VD_ABI_EVENT_FRAME 2
 #define VD_ABI_EVENT_TIMER 3
 
-/* types.action: answer(answer), hold(request-id), send(frame), wake-after(tuple<u64, u64>) */
+/* types.action: answer(answer), hold(request-id), send(send), wake-after(tuple<u64, u64>) */
 #define VD_ABI_SIZEOF_ACTION 48
 #define VD_ABI_ALIGNOF_ACTION 8
 #define VD_ABI_ACTION_PAYLOAD 8

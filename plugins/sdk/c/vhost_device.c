@@ -122,6 +122,16 @@ uint64_t vd_storage_size(void) { return (uint64_t)vd_import_storage_size(); }
 int vd_storage_read_only(void) { return vd_import_storage_read_only() != 0; }
 uint32_t vd_storage_block_size(void) { return (uint32_t)vd_import_storage_block_size(); }
 
+/* network: how many, and each one's MTU; frames move through events and actions. */
+#define VD_NETWORK_IMPORT(name) \
+  __attribute__((import_module(VD_IFACE("network")), import_name(name))) extern
+
+VD_NETWORK_IMPORT("count") int32_t vd_import_network_count(void);
+VD_NETWORK_IMPORT("mtu") int32_t vd_import_network_mtu(int32_t index);
+
+uint32_t vd_network_count(void) { return (uint32_t)vd_import_network_count(); }
+uint32_t vd_network_mtu(uint32_t index) { return (uint32_t)vd_import_network_mtu((int32_t)index); }
+
 /* ---- Exports ---- */
 
 VD_EXPORT("identity") uint8_t *vd_export_identity(void) {
@@ -405,6 +415,38 @@ void vd_answer_barrier(void) {
   if (building("vd_answer_barrier outside an answer")) cur()[VD_ABI_ACTION_PAYLOAD + VD_ABI_ANSWER_BARRIER] = 1;
 }
 
+void vd_answer_frame_read(uint32_t frame, uint32_t offset, uint32_t len) {
+  if (!building("vd_answer_frame_read outside an answer")) return;
+  /* A memory copy by the host: it cannot fail, so the request needs no cookie (cur_io stays). */
+  uint8_t *p = piece(VD_ABI_PIECE_FRAME_READ);
+  vd_put_u32(p + VD_ABI_FRAME_SLICE_FRAME, frame);
+  vd_put_u32(p + VD_ABI_FRAME_SLICE_OFFSET, offset);
+  vd_put_u32(p + VD_ABI_FRAME_SLICE_LEN, len);
+}
+
+static uint8_t *send_action(uint32_t network, uint32_t request, uint32_t source, uint32_t len) {
+  answer_end();
+  uint8_t *act = grow_push(&actions);
+  act[0] = VD_ABI_ACTION_SEND;
+  uint8_t *s = act + VD_ABI_ACTION_PAYLOAD;
+  vd_put_u32(s + VD_ABI_SEND_NETWORK, network);
+  vd_put_u32(s + VD_ABI_SEND_REQUEST, request);
+  vd_put_u32(s + VD_ABI_SEND_SOURCE, source);
+  vd_put_u32(s + VD_ABI_SEND_LEN, len);
+  s[VD_ABI_SEND_TO] = 0;
+  return s;
+}
+
+void vd_send(uint32_t network, uint32_t request, uint32_t source, uint32_t len) {
+  send_action(network, request, source, len);
+}
+
+void vd_send_to(uint32_t network, uint32_t request, uint32_t source, uint32_t len, uint32_t port) {
+  uint8_t *s = send_action(network, request, source, len);
+  s[VD_ABI_SEND_TO] = 1;
+  vd_put_u32(s + VD_ABI_SEND_TO + VD_ABI_SEND_TO_SOME, port);
+}
+
 void vd_hold(uint32_t id) {
   answer_end();
   uint8_t *act = grow_push(&actions);
@@ -448,7 +490,7 @@ static void batch_start(void) {
   misuse = NULL;
 }
 
-/* The events as the host lowered them: each prefix and frame a list of its own (ours to free). */
+/* The events as the host lowered them: each request's and frame's prefix a list of its own (ours to free). */
 static const char *read_events(const uint8_t *in, size_t n) {
   events_in.n = 0;
   for (size_t i = 0; i < n; i++) {
@@ -476,9 +518,12 @@ static const char *read_events(const uint8_t *in, size_t n) {
       }
       case VD_ABI_EVENT_FRAME:
         ev->kind = VD_EVENT_FRAME;
+        ev->u.frame.id = vd_get_u32(p + VD_ABI_FRAME_ID);
         ev->u.frame.network = vd_get_u32(p + VD_ABI_FRAME_NETWORK);
-        ev->u.frame.bytes = (const uint8_t *)(uintptr_t)vd_get_u32(p + VD_ABI_FRAME_BYTES);
-        ev->u.frame.len = vd_get_u32(p + VD_ABI_FRAME_BYTES + VD_ABI_LIST_LEN);
+        ev->u.frame.from_port = vd_get_u32(p + VD_ABI_FRAME_FROM_PORT);
+        ev->u.frame.len = vd_get_u32(p + VD_ABI_FRAME_LEN);
+        ev->u.frame.prefix = (const uint8_t *)(uintptr_t)vd_get_u32(p + VD_ABI_FRAME_PREFIX);
+        ev->u.frame.prefix_len = vd_get_u32(p + VD_ABI_FRAME_PREFIX + VD_ABI_LIST_LEN);
         break;
       case VD_ABI_EVENT_TIMER:
         ev->kind = VD_EVENT_TIMER;
@@ -506,7 +551,7 @@ static void free_events(uint8_t *in, size_t n) {
   vd_event *evs = (vd_event *)events_in.data;
   for (size_t i = 0; i < events_in.n; i++) {
     if (evs[i].kind == VD_EVENT_REQUEST) free((void *)evs[i].u.request.prefix);
-    if (evs[i].kind == VD_EVENT_FRAME) free((void *)evs[i].u.frame.bytes);
+    if (evs[i].kind == VD_EVENT_FRAME) free((void *)evs[i].u.frame.prefix);
   }
   (void)n;
   free(in);

@@ -56,7 +56,9 @@ typedef enum vd_event_kind {
   /* A transfer, op or backing-read of an answer failed: nothing of it was written; answer
    * the id again (typically only bytes carrying the error status). */
   VD_EVENT_IO_FAILED,
-  VD_EVENT_FRAME, /* reserved (virtio-net) */
+  /* A frame on a granted network: only its prefix is here; read it into a held rx buffer
+   * with vd_answer_frame_read in this same call, or it is dropped. */
+  VD_EVENT_FRAME,
   VD_EVENT_TIMER, /* a wake-up asked for with vd_wake_after */
 } vd_event_kind;
 
@@ -74,9 +76,12 @@ typedef struct vd_event {
       int known;
     } io_failed;
     struct {
-      uint32_t network;
-      const uint8_t *bytes;
-      uint32_t len;
+      uint32_t id;      /* names the frame in vd_answer_frame_read, this call only */
+      uint32_t network; /* index of the network grant (0 = the first) */
+      uint32_t from_port;
+      uint32_t len; /* bytes of the whole frame, Ethernet header included */
+      const uint8_t *prefix; /* its first min(len, vd_info.prefix_len) bytes (valid this call) */
+      uint32_t prefix_len;
     } frame;
     uint64_t timer;
   } u;
@@ -137,6 +142,16 @@ void vd_answer_op(vd_op_kind kind, vd_backing backing, uint64_t offset, uint64_t
 void vd_answer_length_at(uint32_t at);
 /* Start only after every request answered before this one has completed (virtio-blk FLUSH). */
 void vd_answer_barrier(void);
+/* Bytes [offset, offset + len) of frame `frame` (a VD_EVENT_FRAME of this call), copied by the
+ * host straight into the guest's buffers. */
+void vd_answer_frame_read(uint32_t frame, uint32_t offset, uint32_t len);
+
+/* Send readable bytes [source, source + len) of request `request` (answered or held in this
+ * call) as one frame on network `network`: vd_send floods it to every other port, vd_send_to
+ * sends it to `port` only. `len` must be 14 to vd_network_mtu(network) + 18: the host fails
+ * the device otherwise, so check what the guest sent first. */
+void vd_send(uint32_t network, uint32_t request, uint32_t source, uint32_t len);
+void vd_send_to(uint32_t network, uint32_t request, uint32_t source, uint32_t len, uint32_t port);
 
 /* Keep request `id`: it is answered in a later vd_handle call (the host still owns its buffers). */
 void vd_hold(uint32_t id);
@@ -163,6 +178,11 @@ uint64_t vd_storage_size(void);
 int vd_storage_read_only(void);
 /* The store's logical block size (512 or 4096). */
 uint32_t vd_storage_block_size(void);
+
+/* Networks (wit `network`), numbered in grant order from 0; count is 0 without a grant. The MTU
+ * excludes the 14-byte Ethernet header; vd_network_mtu traps for an index >= count. */
+uint32_t vd_network_count(void);
+uint32_t vd_network_mtu(uint32_t index);
 
 /* ---- Little-endian fields (wasm32 is little-endian; memcpy keeps unaligned access defined) ---- */
 

@@ -1,7 +1,7 @@
 // Builders for what a device answers. Each returns the exact WIT shape (no copy, no
 // conversion): the host checks every answer anyway (docs/design/wit-0.2.md, "What the host
 // checks"), so these only spare the author the {tag, val} spelling.
-import type { Action, Answer, BackingOp, Extent, Frame, Piece, Transfer } from './wit.ts';
+import type { Action, Answer, BackingOp, Extent, Piece, Transfer } from './wit.ts';
 
 /** Literal bytes into the guest's writable buffers. */
 export const bytes = (data: Uint8Array): Piece => ({ tag: 'bytes', val: data });
@@ -57,5 +57,14 @@ export function answer(id: number, reply: Piece[], options?: AnswerOptions): Act
 export const hold = (id: number): Action => ({ tag: 'hold', val: id });
 /** Deliver a `timer` event with `token` after at least `nanoseconds`. */
 export const wakeAfter = (nanoseconds: bigint, token: bigint): Action => ({ tag: 'wake-after', val: [nanoseconds, token] });
-/** Send a frame on a granted network (reserved for virtio-net). */
-export const send = (frame: Frame): Action => ({ tag: 'send', val: frame });
+/**
+ * Readable bytes [source, source + len) of request `request` (answered or held in the same
+ * call) go out as one frame on network `network`: to port `to`, or every other port when it is
+ * undefined. `len` must be 14 to network.mtu(network) + 18, or the host fails the device.
+ */
+export const send = (network: number, request: number, source: number, len: number, to?: number): Action => ({
+  tag: 'send',
+  val: { network, request, source, len, to },
+});
+/** Bytes [offset, offset + len) of frame `frame` (an event of this call), copied by the host into the guest. */
+export const frameRead = (frame: number, offset: number, len: number): Piece => ({ tag: 'frame-read', val: { frame, offset, len } });

@@ -6,6 +6,7 @@ import * as witLog from 'vhost:device/log@0.2.0';
 import * as witEntropy from 'vhost:device/entropy@0.2.0';
 import * as witStorage from 'vhost:device/storage@0.2.0';
 import * as witFs from 'vhost:device/filesystem@0.2.0';
+import * as witNetwork from 'vhost:device/network@0.2.0';
 
 type Level = witLog.Level;
 
@@ -34,6 +35,13 @@ export const storage = {
   size: (): bigint => witStorage.size(),
   readOnly: (): boolean => witStorage.readOnly(),
   blockSize: (): number => witStorage.blockSize(),
+};
+
+/** The --network grants, numbered in grant order from 0 (count 0 without one). */
+export const network = {
+  count: (): number => witNetwork.count(),
+  /** Payload bytes after the 14-byte Ethernet header; a frame is 14 to mtu + 18 bytes. */
+  mtu: (index: number): number => witNetwork.mtu(index),
 };
 
 /**

@@ -56,7 +56,7 @@ export interface DeviceSpec {
   ioFailed?: (failure: IoFailure, batch: Batch) => Action;
   /** The wake-up asked for with wakeAfter(_, token). */
   timer?: (token: bigint, batch: Batch) => void;
-  /** A frame from a granted network (reserved). */
+  /** A frame from a granted network: read it with frameRead(frame.id, ...) in this call, or it is dropped. */
   frame?: (frame: Frame, batch: Batch) => void;
   /** Called once after each handle call's events, to push actions that need the whole batch. */
   afterBatch?: (batch: Batch) => void;

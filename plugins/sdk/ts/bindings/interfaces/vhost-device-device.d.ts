@@ -18,7 +18,7 @@ declare module 'vhost:device/device@0.2.0' {
   export function reset(): void;
   /**
    * Everything that happened since the last call (new requests of one or more queues, I/O
-   * failures, reserved events), at most one call per ring batch. The result holds exactly one
+   * failures, frames, timers), at most one call per ring batch. The result holds exactly one
    * `answer` or `hold` per `request` and `io-failed` event of this call, in any order, and
    * may answer requests held earlier. An error, or an answer the host refuses (a range outside
    * the request or the backing, a write through a read-only grant, an unknown id), means the

@@ -38,11 +38,77 @@ declare module 'vhost:device/types@0.2.0' {
     len: number,
   }
   /**
+   * A port of a network: the host's switch joins every net device (and TAP interface)
+   * granted the same network name; each gets a port number unique on that network.
+   */
+  export type Port = number;
+  /**
+   * A frame the host holds for the length of one `handle` call only.
+   */
+  export type FrameId = number;
+  /**
+   * A frame arrived on a granted network. Its bytes stay in the host: the plugin copies them
+   * into a held rx buffer with a `frame-read` piece in this same call, or the frame is
+   * dropped (counted) when the call returns.
+   */
+  export interface Frame {
+    /**
+     * Unique among the frames of this call.
+     */
+    id: FrameId,
+    /**
+     * Index of the device's network grant (0 = the first).
+     */
+    network: number,
+    /**
+     * The port it came from (for MAC learning).
+     */
+    fromPort: Port,
+    /**
+     * Bytes of the frame (Ethernet header included, no FCS).
+     */
+    len: number,
+    /**
+     * The first min(len, device-info.prefix-len) bytes: Ethernet/IP/L4 headers.
+     */
+    prefix: Uint8Array,
+  }
+  /**
+   * Bytes [offset, offset + len) of frame `frame` of this call.
+   */
+  export interface FrameSlice {
+    frame: FrameId,
+    offset: number,
+    len: number,
+  }
+  /**
+   * Send readable bytes [source, source + len) of request `request` (a tx chain answered or
+   * held in this same call) as one frame. The host copies them out of the guest's buffers
+   * before it completes the request; the plugin never sees them beyond the prefix.
+   */
+  export interface Send {
+    /**
+     * Index of the device's network grant.
+     */
+    network: number,
+    request: RequestId,
+    source: number,
+    /**
+     * 14 to the network's mtu + 18 bytes.
+     */
+    len: number,
+    /**
+     * none: every other port of the network (flood); some(p): port p only (a port that has
+     * left the network drops the frame, counted: the plugin cannot know it left).
+     */
+    to?: Port,
+  }
+  /**
    * One piece of the writable area, in order from its start.
    */
-  export type Piece = PieceBytes | PieceBackingRead | PieceZeroes | PieceSkip;
+  export type Piece = PieceBytes | PieceBackingRead | PieceZeroes | PieceSkip | PieceFrameRead;
   /**
-   * Literal bytes from the plugin (headers, status bytes, small replies, frames).
+   * Literal bytes from the plugin (headers, status bytes, small replies).
    */
   export interface PieceBytes {
     tag: 'bytes',
@@ -70,6 +136,15 @@ declare module 'vhost:device/types@0.2.0' {
   export interface PieceSkip {
     tag: 'skip',
     val: number,
+  }
+  /**
+   * Bytes of a frame delivered in this call (`event.frame`), copied by the host straight
+   * into the guest's buffers. A frame may be read by several pieces of several answers
+   * of the call (a frame spanning mergeable rx buffers).
+   */
+  export interface PieceFrameRead {
+    tag: 'frame-read',
+    val: FrameSlice,
   }
   /**
    * Readable bytes [source, source + to.len) of the request (counted from the start of its
@@ -137,13 +212,6 @@ declare module 'vhost:device/types@0.2.0' {
      */
     errno: number,
   }
-  /**
-   * An Ethernet frame on a granted network (reserved for virtio-net; no host grants one yet).
-   */
-  export interface Frame {
-    network: number,
-    bytes: Uint8Array,
-  }
   export type Event = EventRequest | EventIoFailed | EventFrame | EventTimer;
   export interface EventRequest {
     tag: 'request',
@@ -154,7 +222,7 @@ declare module 'vhost:device/types@0.2.0' {
     val: IoFailure,
   }
   /**
-   * A frame arrived on a granted network (reserved).
+   * A frame arrived on a granted network.
    */
   export interface EventFrame {
     tag: 'frame',
@@ -181,14 +249,16 @@ declare module 'vhost:device/types@0.2.0' {
     val: RequestId,
   }
   /**
-   * Send a frame on a granted network (reserved).
+   * Send bytes of a request as a frame on a granted network.
    */
   export interface ActionSend {
     tag: 'send',
-    val: Frame,
+    val: Send,
   }
   /**
-   * Deliver `timer(token)` after at least `nanoseconds` (tuple: nanoseconds, token).
+   * Deliver `timer(token)` after at least `nanoseconds` (tuple: nanoseconds, token), in a
+   * call of its own or with other events. At most 86,400 s; at most 64 timers wait per
+   * device; a reset forgets them.
    */
   export interface ActionWakeAfter {
     tag: 'wake-after',
