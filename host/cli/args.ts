@@ -10,6 +10,7 @@ import type { FilesystemSpec } from '../fs/option.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
+import { parsePluginOptionFlags, type PluginOptions } from '../plugin/plugin-options.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -35,6 +36,8 @@ export interface CliOptions {
   storage: StorageSpec | null;
   /** --shared-dir (with --read-only and --tag folded in), or null. */
   filesystem: FilesystemSpec | null;
+  /** --plugin-option KEY=VALUE, repeated: what the plugin's `options.get` answers. */
+  pluginOptions: PluginOptions;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
@@ -68,6 +71,10 @@ Where to listen (exactly one):
 The device:
   --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
+  --plugin-option KEY=VALUE
+                          a setting the plugin reads (its options.get), repeatable; each
+                          plugin documents its keys (net: mac, policy). Keys are 1-64 of
+                          a-z 0-9 . _ -, values at most 4096 bytes, at most 64 options
 
 Capabilities granted to the plugin (it sees nothing else):
   --entropy               random bytes from the host (virtio-rng needs this)
@@ -261,6 +268,14 @@ export function parseSharedDir(
   };
 }
 
+function pluginOptionsOf(flags: string[]): PluginOptions {
+  try {
+    return parsePluginOptionFlags(flags);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 export function parseCli(argv: string[]): CliOptions {
   let parsed;
   try {
@@ -276,6 +291,7 @@ export function parseCli(argv: string[]): CliOptions {
         fd: { type: 'string' },
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
+        'plugin-option': { type: 'string', multiple: true },
         'log-level': { type: 'string' },
         'log-format': { type: 'string' },
         'memory-limit': { type: 'string' },
@@ -327,6 +343,7 @@ export function parseCli(argv: string[]): CliOptions {
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
     filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles']),
+    pluginOptions: pluginOptionsOf(v['plugin-option'] ?? []),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
   };

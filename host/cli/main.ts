@@ -32,6 +32,7 @@ function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): Devic
     options: {
       memoryLimitBytes: o.memoryLimitBytes,
       entropy: o.entropy,
+      ...(Object.keys(o.pluginOptions).length ? { pluginOptions: o.pluginOptions } : {}),
       ...(storage ? { storage } : {}),
       ...(o.filesystem ? { filesystem: checkSharedDir(o.filesystem) } : {}),
       ...extra,
