@@ -79,6 +79,8 @@ static void refuse(const char *msg) {
   __builtin_trap();
 }
 
+static void forget_connection(void);
+
 static void configure(void) {
   if (configured) return;
   configured = 1;
@@ -100,6 +102,7 @@ static void configure(void) {
     if (policy_parse(pol, &cfg_policy, err, sizeof err)) refuse(dup_str("option policy: ", err));
     free(pol);
   }
+  forget_connection();
 }
 
 void vd_get_info(vd_info *out) {
