@@ -1,0 +1,38 @@
+// Pieces for guests on a virtio-net device: the QEMU arguments of a vhost-user netdev, the
+// image with virtio_net, and shell fragments that bring eth0 up and wait for a peer.
+import { NET_MODULES } from './modules.ts';
+
+/** The guest image with virtio_net (test/guest/modules.ts). */
+export const NET_IMAGE = { modules: NET_MODULES };
+
+/** -chardev/-netdev/-device for a vhost-user virtio-net device on `socketPath` (MAC in QEMU's config space). */
+export function vhostUserNetArgs(id: string, socketPath: string, mac: string, reconnect = false): string[] {
+  return [
+    '-chardev', `socket,id=${id}c,path=${socketPath}${reconnect ? ',reconnect=1' : ''}`,
+    '-netdev', `vhost-user,id=${id},chardev=${id}c`,
+    '-device', `virtio-net-pci,netdev=${id},mac=${mac}`,
+  ];
+}
+
+/**
+ * Shell: eth0 up with `ip`/24, IPv6 off (its router and neighbour solicitations would be the
+ * only traffic a policy test did not ask for), and `wait_for HOST [TRIES]`: ping once a second
+ * until HOST answers, or exit 3 naming it.
+ */
+export function netSetup(ip: string): string {
+  return `
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
+ip link set lo up
+ip addr add ${ip}/24 dev eth0
+ip link set eth0 up
+wait_for() {
+  n=0
+  until ping -c 1 -W 1 "$1" >/dev/null 2>&1; do
+    n=$((n+1))
+    if [ $n -ge "\${2:-120}" ]; then echo "no answer from $1"; exit 3; fi
+  done
+}
+`;
+}
