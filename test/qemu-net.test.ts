@@ -69,10 +69,10 @@ until echo done | nc ${IP.b} 5001; do sleep 1; done
       qemuArgs: vhostUserNetArgs('n0', sock.b, MAC.b),
       script: `set -e
 ${netSetup(IP.b)}
-nc -l -p 6000 </dev/null >/tmp/denied 2>&1 &
+nc -l -p 6000 <&3 >/tmp/denied 2>&1 &
 denied=$!
-echo "received: $(nc -l -p 5000 </dev/null | sha256sum | cut -d' ' -f1)"
-nc -l -p 5001 </dev/null
+echo "received: $(nc -l -p 5000 <&3 | sha256sum | cut -d' ' -f1)"
+nc -l -p 5001 <&3 >/dev/null
 if kill -0 $denied 2>/dev/null; then echo "listener on 6000: never connected"; else echo "listener on 6000: connected"; fi
 `,
     });

@@ -16,8 +16,10 @@ export function vhostUserNetArgs(id: string, socketPath: string, mac: string, re
 
 /**
  * Shell: eth0 up with `ip`/24, IPv6 off (its router and neighbour solicitations would be the
- * only traffic a policy test did not ask for), and `wait_for HOST [TRIES]`: ping once a second
- * until HOST answers, or exit 3 naming it.
+ * only traffic a policy test did not ask for), `wait_for HOST [TRIES]`: ping once a second
+ * until HOST answers, or exit 3 naming it, and fd 3: a FIFO held open both ways, for the stdin
+ * of a listening `nc -l ... <&3`. Busybox nc shuts its sending half at stdin's end, and the
+ * peer's nc exits on that EOF: a listener on </dev/null would cut the sender off mid-stream.
  */
 export function netSetup(ip: string): string {
   return `
@@ -27,6 +29,8 @@ echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
 ip link set lo up
 ip addr add ${ip}/24 dev eth0
 ip link set eth0 up
+mkfifo /tmp/hold
+exec 3<>/tmp/hold
 wait_for() {
   n=0
   until ping -c 1 -W 1 "$1" >/dev/null 2>&1; do
