@@ -93,7 +93,7 @@ const ruleText: Record<string, string> = {
   'missing-answer': Rule.missing,
   'length-at-outside-reply': Rule.lengthAt,
   'too-many-pieces': Rule.bounds,
-  'send-without-network': Rule.unsupported,
+  'send-without-network': Rule.sendNetwork,
 };
 
 for (const rule of BAD_RULES) {

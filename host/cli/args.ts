@@ -11,6 +11,7 @@ import { INODE_FILE_HANDLES, type InodeFileHandles } from '../fs/inode-handles.t
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
 import { parsePluginOptionFlags, type PluginOptions } from '../plugin/plugin-options.ts';
+import { checkNetworkName, MAX_GRANTS, NetworkConfigError } from '../net/switch.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -42,6 +43,8 @@ export interface CliOptions {
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
   throttle: ThrottleLimits | null;
+  /** --network NAME, repeated: the networks the device joins, in grant order. */
+  networks: string[];
 }
 
 /** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
@@ -114,6 +117,15 @@ Capabilities granted to the plugin (it sees nothing else):
                           open or looked up: fail the migration (abort, the default; the
                           source keeps running) or load anyway and answer the guest's
                           requests on what was lost with EIO (guest-error)
+
+Networks (virtio-net; the plugin sees frames, never sockets):
+  --network NAME          join the host's network NAME (an L2 segment of the switch inside
+                          this process, MTU 1500; repeat for more, numbered 0, 1, ... in the
+                          order given). Devices of one process granted the same NAME (serve
+                          --config) reach each other; forwarding and policy are the plugin's
+  --network tap:IFNAME    a network whose other port is the TAP interface IFNAME (created if
+                          missing, or an existing persistent one; needs CAP_NET_ADMIN): frames
+                          the device sends go out of IFNAME, frames IFNAME receives come in
 
 Threads:
   --queue-threads N       run the device in N worker threads, each with its own plugin
@@ -211,6 +223,20 @@ function parseThrottleFlags(v: { iops?: string; 'iops-burst'?: string; bps?: str
   if (iops > MAX_IOPS) throw new UsageError(`--iops: ${iops} is more than ${MAX_IOPS}`);
   if (bytesPerSecond > MAX_BYTES_PER_SECOND) throw new UsageError(`--bps: ${bytesPerSecond} is more than ${MAX_BYTES_PER_SECOND}`);
   return { iops, iopsBurst: burst('iops-burst', iops, '--iops'), bytesPerSecond, bytesBurst: burst('bps-burst', bytesPerSecond, '--bps') };
+}
+
+/** --network NAME, repeated (the daemon's grants.network checks the same rules). */
+export function parseNetworks(names: readonly string[], where = '--network'): string[] {
+  try {
+    const out = names.map((n) => checkNetworkName(n, where));
+    if (out.length > MAX_GRANTS) throw new UsageError(`${where}: ${out.length} networks, at most ${MAX_GRANTS}`);
+    const dup = out.find((n, i) => out.indexOf(n) !== i);
+    if (dup !== undefined) throw new UsageError(`${where}: ${dup} is given twice (a device has one port per network)`);
+    return out;
+  } catch (e) {
+    if (e instanceof NetworkConfigError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 export function parseQueueThreads(text: string): number {
@@ -313,6 +339,7 @@ export function parseCli(argv: string[]): CliOptions {
         'iops-burst': { type: 'string' },
         bps: { type: 'string' },
         'bps-burst': { type: 'string' },
+        network: { type: 'string', multiple: true },
       },
     });
   } catch (e) {
@@ -346,6 +373,7 @@ export function parseCli(argv: string[]): CliOptions {
     pluginOptions: pluginOptionsOf(v['plugin-option'] ?? []),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
+    networks: parseNetworks(v.network ?? []),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');

@@ -62,6 +62,7 @@ async function serve(o: CliOptions): Promise<void> {
       callDeadlineMs: o.callDeadlineMs,
       queueThreads: o.queueThreads,
       ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
+      ...(o.networks.length > 0 ? { networks: o.networks } : {}),
       session: {
         stateReturnMemfd: o.stateReturnMemfd,
         experimentalRfcStateShm: o.experimentalRfcStateShm,

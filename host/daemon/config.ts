@@ -11,7 +11,7 @@ import { checkPluginOptions, type PluginOptions } from '../plugin/plugin-options
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
 import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
-import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, UsageError } from '../cli/args.ts';
+import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, parseNetworks, UsageError } from '../cli/args.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
@@ -45,6 +45,8 @@ export interface DeviceSpec {
     entropy: boolean;
     storage: StorageSpec | null;
     filesystem: FilesystemSpec | null;
+    /** Networks of the daemon's switch the device joins, in grant order (--network). */
+    network: string[];
   };
   /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
   limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null };
@@ -146,7 +148,7 @@ function path(v: unknown, field: string, base: PathBase): string {
 export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
 const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options'] as const;
-const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError'] as const;
+const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network'] as const;
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
 
@@ -254,6 +256,16 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
   if (storage && filesystem) throw new ConfigError(f('grants'), '"storage" and "sharedDir" are for different devices (blk, fs): give one');
   if (g.readOnly !== undefined && !storage && !filesystem) throw new ConfigError(gf('readOnly'), 'applies to "storage" or "sharedDir": give one of them too');
   const entropy = g.entropy === undefined ? false : bool(g.entropy, gf('entropy'));
+  let network: string[] = [];
+  if (g.network !== undefined) {
+    if (!Array.isArray(g.network)) throw new ConfigError(gf('network'), 'must be a list of network names (["seg0"], or ["tap:IFNAME"])');
+    try {
+      network = parseNetworks(g.network as string[], gf('network'));
+    } catch (e) {
+      if (e instanceof UsageError) throw new ConfigError(gf('network'), e.message.replace(/^[^:]*: /, ''));
+      throw e;
+    }
+  }
   if (storage && 'module' in device) throw new ConfigError(gf('storage'), 'is granted to "plugin" devices only');
 
   // The command line's defaults: a block device holds a whole batch of request data and takes
@@ -289,7 +301,7 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
   }
   if (Object.keys(pluginOptions).length && 'module' in device) throw new ConfigError(f('options'), 'are given to "plugin" devices only');
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem }, limits, throttleGroup, migration, queueThreads, pluginOptions };
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads, pluginOptions };
 }
 
 /** Two devices may not share an id, a socket path or an fd. */

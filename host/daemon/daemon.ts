@@ -144,6 +144,7 @@ export class Daemon {
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
         throttle,
+        ...(spec.grants.network.length > 0 ? { networks: spec.grants.network } : {}),
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,

@@ -12,6 +12,16 @@ export const MAX_ENTRIES_PER_ANSWER = 1024;
 /** Entries (actions, pieces, transfers, ops) one handle() result may hold per answerable request, plus a fixed allowance. */
 export const MAX_ENTRIES_PER_REQUEST = 64;
 export const ENTRY_ALLOWANCE = 1024;
+/** Sends one result may hold per answerable request (a frame to a few chosen ports). */
+export const MAX_SENDS_PER_REQUEST = 4;
+/** wake-after actions one result may hold, and timers waiting per device. */
+export const MAX_TIMERS = 64;
+/** The longest wake-after: a day. */
+export const MAX_WAKE_NS = 86_400n * 1_000_000_000n;
+/** The shortest frame: an Ethernet header (destination, source, ethertype). */
+export const MIN_FRAME = 14;
+/** A frame on a network of MTU m is at most m + 14 (header) + 4 (one VLAN tag) bytes. */
+export const FRAME_OVERHEAD = 18;
 /** A growable backing (an fs file) is never addressed past 2^53 - 1 bytes (JavaScript's exact integers). */
 const MAX_FILE_OFFSET = Number.MAX_SAFE_INTEGER;
 
@@ -28,7 +38,12 @@ export const Rule = {
   granted: 'a backing index the device was granted',
   bounds: 'counts under the per-batch bounds',
   lengthAt: 'length-at names 4 bytes inside the reply',
-  unsupported: 'actions this host carries out (send and wake-after need a network or timer grant, which no host gives yet)',
+  frameRead: 'a frame-read names a frame of this call and a range inside it',
+  sendRequest: 'a send names a request answered or held in this same result',
+  sendRange: "a send's bytes lie inside the request's readable part",
+  sendLength: "a send is 14 to the network's MTU + 18 bytes",
+  sendNetwork: 'a send names a network the device was granted',
+  timers: 'wake-after asks for at most 86,400 s, and at most 64 timers wait per device',
 } as const;
 export type Rule = (typeof Rule)[keyof typeof Rule];
 
@@ -52,6 +67,12 @@ export interface CheckContext {
   readonly held: ReadonlyMap<number, Answerable>;
   /** The device's backing at `index`, or undefined when it was not granted that index. */
   backing(index: number): IoBacking | undefined;
+  /** Lengths of this call's frame events, by frame id (empty without frames). */
+  readonly frameLens?: readonly number[];
+  /** MTUs of the device's network grants, by index (empty without a grant). */
+  readonly networkMtus?: readonly number[];
+  /** Timers the device may still ask for (MAX_TIMERS less those waiting). */
+  readonly timersFree?: number;
 }
 
 /** Violation text for the log: "action 3 (answer to request 7): <rule>: <detail>". */
@@ -74,25 +95,71 @@ const isOffset = (n: unknown): n is number => typeof n === 'number' && Number.is
  */
 export function checkActions(actions: unknown, ctx: CheckContext): Violation | null {
   if (!Array.isArray(actions)) return { index: -1, rule: Rule.shape, detail: `handle() returned ${typeof actions}, not a list of actions` };
-  const limit = ENTRY_ALLOWANCE + MAX_ENTRIES_PER_REQUEST * (ctx.due.size + ctx.held.size);
-  if (actions.length > ctx.due.size + ctx.held.size) {
-    // Every action answers or holds a distinct request (send and wake-after are refused below).
+  const answerable = ctx.due.size + ctx.held.size;
+  const limit = ENTRY_ALLOWANCE + MAX_ENTRIES_PER_REQUEST * answerable;
+  // Every answer or hold names a distinct request; sends and wake-afters are bounded apart.
+  const most = answerable * (1 + MAX_SENDS_PER_REQUEST) + MAX_TIMERS;
+  if (actions.length > most) {
     const v = firstBad(actions as unknown[], ctx);
     if (v !== null) return v;
-    return { index: ctx.due.size + ctx.held.size, rule: Rule.bounds, detail: `${actions.length} actions for ${ctx.due.size + ctx.held.size} answerable request(s)` };
+    return { index: most, rule: Rule.bounds, detail: `${actions.length} actions for ${answerable} answerable request(s)` };
   }
   let entries = actions.length;
+  let sends = 0;
+  let timers = 0;
   const seen = new Set<number>();
   for (let i = 0; i < actions.length; i++) {
     const v = checkOne(actions[i] as DeviceAction, i, ctx, seen);
     if (v !== null) return v;
     const a = actions[i] as DeviceAction;
     if (a.kind === 'answer') entries += a.answer.reply.length + a.answer.transfers.length + a.answer.ops.length;
-    if (entries > limit) return { index: i, rule: Rule.bounds, detail: `the result holds more than ${limit} entries (actions, pieces, transfers, ops) for ${ctx.due.size + ctx.held.size} answerable request(s)` };
+    else if (a.kind === 'send' && ++sends > MAX_SENDS_PER_REQUEST * answerable) {
+      return { index: i, rule: Rule.bounds, detail: `more than ${MAX_SENDS_PER_REQUEST} sends per answerable request (${answerable})` };
+    } else if (a.kind === 'wake-after' && ++timers > (ctx.timersFree ?? MAX_TIMERS)) {
+      return { index: i, rule: Rule.timers, detail: `${timers} wake-afters with ${MAX_TIMERS - (ctx.timersFree ?? MAX_TIMERS)} timer(s) already waiting` };
+    }
+    if (entries > limit) return { index: i, rule: Rule.bounds, detail: `the result holds more than ${limit} entries (actions, pieces, transfers, ops) for ${answerable} answerable request(s)` };
   }
   for (const id of ctx.due.keys()) {
     if (!seen.has(id)) return { index: -1, rule: Rule.missing, detail: `request ${id} got neither an answer nor a hold` };
   }
+  // A send's request must be answered or held in this result: only then are its bytes the
+  // device's to send now (checked once every answer and hold is known).
+  if (sends > 0) {
+    for (let i = 0; i < actions.length; i++) {
+      const a = actions[i] as DeviceAction;
+      if (a.kind === 'send' && !seen.has(a.send.request)) {
+        return { index: i, rule: Rule.sendRequest, detail: `request ${a.send.request} is neither answered nor held in this result` };
+      }
+    }
+  }
+  return null;
+}
+
+function checkSend(a: DeviceAction & { kind: 'send' }, i: number, ctx: CheckContext): Violation | null {
+  const s = a.send;
+  if (typeof s !== 'object' || s === null || !isU32(s.network) || !isU32(s.request) || !isU32(s.source) || !isU32(s.len) || (s.to !== null && !isU32(s.to))) {
+    return { index: i, rule: Rule.shape, detail: 'send is malformed' };
+  }
+  const mtus = ctx.networkMtus ?? [];
+  const mtu = mtus[s.network];
+  if (mtu === undefined) return { index: i, rule: Rule.sendNetwork, detail: `network ${s.network}, and the device was granted ${mtus.length} (give --network NAME)` };
+  if (s.len < MIN_FRAME || s.len > mtu + FRAME_OVERHEAD) {
+    return { index: i, rule: Rule.sendLength, detail: `a ${s.len}-byte frame on a network of MTU ${mtu} (${MIN_FRAME} to ${mtu + FRAME_OVERHEAD} bytes)` };
+  }
+  const req = ctx.due.get(s.request) ?? ctx.held.get(s.request);
+  if (req === undefined) return { index: i, rule: Rule.sendRequest, detail: `request ${s.request} is not in flight awaiting an answer` };
+  if (s.source + s.len > req.readableLen) {
+    return { index: i, rule: Rule.sendRange, detail: `readable bytes [${s.source}, ${s.source + s.len}) of a request with ${req.readableLen}` };
+  }
+  return null;
+}
+
+function checkWake(a: DeviceAction & { kind: 'wake-after' }, i: number): Violation | null {
+  if (typeof a.nanoseconds !== 'bigint' || typeof a.token !== 'bigint' || a.nanoseconds < 0n || a.token < 0n || a.token >= 1n << 64n) {
+    return { index: i, rule: Rule.shape, detail: 'wake-after is malformed' };
+  }
+  if (a.nanoseconds > MAX_WAKE_NS) return { index: i, rule: Rule.timers, detail: `wake-after of ${a.nanoseconds} ns` };
   return null;
 }
 
@@ -114,8 +181,9 @@ function checkOne(a: DeviceAction, i: number, ctx: CheckContext, seen: Set<numbe
     case 'answer':
       return checkAnswer(a.answer, i, ctx, seen);
     case 'send':
+      return checkSend(a, i, ctx);
     case 'wake-after':
-      return { index: i, rule: Rule.unsupported, detail: `${a.kind} is not supported` };
+      return checkWake(a, i);
     default:
       return { index: i, rule: Rule.shape, detail: `unknown action kind ${JSON.stringify((a as { kind?: unknown }).kind)}` };
   }
@@ -184,8 +252,15 @@ function checkAnswer(ans: Answer, i: number, ctx: CheckContext, seen: Set<number
         len = p.extent.len;
         break;
       }
-      case 'frame-read':
-        return { index: i, rule: Rule.unsupported, detail: `piece ${k} (frame-read) names a frame, and this call delivered none` };
+      case 'frame-read': {
+        const f = p.slice;
+        if (typeof f !== 'object' || f === null || !isU32(f.frame) || !isU32(f.offset) || !isU32(f.len)) return { index: i, rule: Rule.shape, detail: `piece ${k} (frame-read) is malformed` };
+        const flen = ctx.frameLens?.[f.frame];
+        if (flen === undefined) return { index: i, rule: Rule.frameRead, detail: `piece ${k} reads frame ${f.frame}, and this call delivered ${ctx.frameLens?.length ?? 0} frame(s)` };
+        if (f.offset + f.len > flen) return { index: i, rule: Rule.frameRead, detail: `piece ${k} reads bytes [${f.offset}, ${f.offset + f.len}) of frame ${f.frame}, which has ${flen}` };
+        len = f.len;
+        break;
+      }
       case 'zeroes':
       case 'skip':
         if (!isU32(p.len)) return { index: i, rule: Rule.shape, detail: `piece ${k} (${p.kind}) has length ${String(p.len)}` };

@@ -2,6 +2,7 @@
 // request: ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers:
 // they are process-wide, and the main thread stays their owner (see worker-client.ts).
 
+import type { NetInit } from '../net/link.ts';
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
 import type { SerializedError } from '../errors.ts';
@@ -62,6 +63,8 @@ export interface WorkerInit {
   meter?: SharedArrayBuffer;
   /** The device's I/O throttle cell (host/limits/token-bucket.ts), shared by its threads and its throttle group. */
   throttle?: SharedArrayBuffer;
+  /** The device's network ports (--network): its grants and its end of the link to the switch. */
+  net?: NetInit;
 }
 
 export interface RegionMsg {

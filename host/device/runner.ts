@@ -9,8 +9,10 @@ import { GuestMemory, type RegionSpec } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, readChain, type DescriptorChain } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
-import type { Answer, DeviceAction, DeviceEvent, VirtioDevice } from './device.ts';
-import { checkActions, describeViolation, type Answerable, type CheckContext } from './answer-check.ts';
+import type { Answer, DeviceAction, DeviceEvent, Piece, Send, VirtioDevice } from './device.ts';
+import { checkActions, describeViolation, MAX_TIMERS, type Answerable, type CheckContext } from './answer-check.ts';
+import type { DeviceNet, RxFrame, TxFrame } from '../net/device-net.ts';
+import { FLOOD } from '../net/link.ts';
 import type { IoExecutor, IoOp, IoResult } from '../io/executor.ts';
 import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
@@ -91,7 +93,12 @@ export interface RunnerHooks {
   meter?: RequestMeter;
   /** The device's (or its throttle group's) I/O budget, shared with its other threads and devices. */
   throttle?: TokenBucket;
+  /** The device's network ports (--network), when it was granted any. */
+  net?: DeviceNet;
 }
+
+/** Frames handed to the device in one handle() call; the rest wait for the next. */
+export const MAX_FRAMES_PER_CALL = 256;
 
 /**
  * Most state bytes one device call reads or writes. The watchdog's deadline bounds every call,
@@ -185,6 +192,16 @@ export class DeviceRunner {
   private inBatch = 0;
   private flushScheduled = false;
 
+  // --- events that are not requests: frames (--network) and timers (wake-after) ------------
+  /** The driver acked features since the last reset: the device may be given frames and timers. */
+  private activated = false;
+  /** wake-after timers armed, by a host-side key. */
+  private readonly timers = new Map<number, ReturnType<typeof setTimeout>>();
+  private timerKey = 0;
+  /** Timers that fired, their tokens waiting for the next handle() call. */
+  private firedTimers: bigint[] = [];
+  private eventsScheduled = false;
+
   constructor(
     /** Replaced only by replaceDevice (a reset after the device failed). */
     public device: VirtioDevice,
@@ -196,6 +213,55 @@ export class DeviceRunner {
     this.maxBatch = Math.max(1, Math.min(256, device.info.maxQueueSize));
     this.backings = backingsOf(device);
     this.executor = this.makeExecutor(this.backings);
+    if (hooks.net) hooks.net.onFrames = () => this.scheduleEvents();
+  }
+
+  /** The device may be called with frames and timers: activated, not failed, its memory intact. */
+  private get running(): boolean {
+    return this.activated && this.failed === null && this.memoryFaulted === null;
+  }
+
+  /**
+   * Frames arrived or a timer fired: one handle() call for them (and whatever else is waiting)
+   * once the current turn of the event loop is done, so a burst of messages is one call.
+   */
+  private scheduleEvents(): void {
+    if (this.eventsScheduled) return;
+    this.eventsScheduled = true;
+    setImmediate(() => {
+      this.eventsScheduled = false;
+      if (!this.running) {
+        this.hooks.net?.dropAll();
+        return;
+      }
+      if (this.inBatch > 0) return; // the batch running takes them (its rounds include waiting events)
+      try {
+        this.runBatch([]);
+      } catch (e) {
+        this.batchFailed(-1, e);
+      }
+      if (this.running && ((this.hooks.net?.pending ?? 0) > 0 || this.firedTimers.length > 0)) this.scheduleEvents();
+    });
+  }
+
+  /** wake-after: a timer event after at least `ns`, unless a reset comes first. */
+  private arm(ns: bigint, token: bigint): void {
+    const key = this.timerKey++;
+    const ms = Number(ns / 1_000_000n) + (ns % 1_000_000n > 0n ? 1 : 0);
+    this.timers.set(
+      key,
+      setTimeout(() => {
+        this.timers.delete(key);
+        this.firedTimers.push(token);
+        this.scheduleEvents();
+      }, ms),
+    );
+  }
+
+  private clearTimers(): void {
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    this.firedTimers = [];
   }
 
   private makeExecutor(table: BackingTable): IoExecutor {
@@ -263,6 +329,7 @@ export class DeviceRunner {
     this.features = features;
     this.protocolFeatures = protocolFeatures;
     this.call(() => this.device.activate(features));
+    this.activated = true;
   }
 
   // --- memory ----------------------------------------------------------------------------
@@ -440,6 +507,10 @@ export class DeviceRunner {
   reset(): void {
     this.executor.drain();
     this.dropRequests();
+    // Frames and timers were for the device as it was: a reset device starts without them.
+    this.activated = false;
+    this.clearTimers();
+    this.hooks.net?.dropAll();
     for (let i = 0; i < this.rings.length; i++) {
       this.stopWatching(this.rings[i]);
       this.rings[i] = { ...this.freshRing(), gen: this.rings[i].gen + 1 };
@@ -487,6 +558,8 @@ export class DeviceRunner {
   }
 
   close(): void {
+    this.clearTimers();
+    this.hooks.net?.close();
     for (const r of this.rings) this.stopWatching(r);
     this.executor.drain();
     this.executor.close();
@@ -821,6 +894,22 @@ export class DeviceRunner {
   private handleRound(fresh: Req[]): void {
     const events: DeviceEvent[] = this.pendingEvents;
     this.pendingEvents = [];
+    // Timers that fired and frames that wait go with whatever else this call carries.
+    let frames: RxFrame[] = NO_FRAMES;
+    if (this.running) {
+      for (const token of this.firedTimers) events.push({ kind: 'timer', token });
+      this.firedTimers = [];
+      const net = this.hooks.net;
+      if (net && net.pending > 0) {
+        frames = net.take(MAX_FRAMES_PER_CALL);
+        const prefixLen = this.device.info.prefixLen;
+        for (let id = 0; id < frames.length; id++) {
+          const f = frames[id];
+          const len = f.bytes.length;
+          events.push({ kind: 'frame', frame: { id, network: f.network, fromPort: f.fromPort, len, prefix: f.bytes.subarray(0, Math.min(len, prefixLen)) } });
+        }
+      }
+    }
     const due = new Map<number, Answerable>();
     for (const ev of events) {
       if (ev.kind !== 'io-failed') continue;
@@ -839,20 +928,69 @@ export class DeviceRunner {
       due.set(req.id, c);
     }
     if (events.length === 0) return;
-    const actions = this.callHandle(events);
-    const ctx: CheckContext = { due, held: this.heldView(), backing: (i) => this.backings.get(i) };
+    let actions: DeviceAction[];
+    try {
+      actions = this.callHandle(events);
+    } catch (e) {
+      if (frames.length > 0) this.hooks.net!.delivered(0, 0, frames.length);
+      throw e;
+    }
+    const ctx: CheckContext = {
+      due,
+      held: this.heldView(),
+      backing: (i) => this.backings.get(i),
+      frameLens: frames.length === 0 ? NO_LENS : frames.map((f) => f.bytes.length),
+      networkMtus: this.hooks.net?.mtus ?? NO_LENS,
+      timersFree: MAX_TIMERS - this.timers.size,
+    };
     const violation = checkActions(actions, ctx);
     if (violation !== null) {
+      if (frames.length > 0) this.hooks.net!.delivered(0, 0, frames.length);
       throw new DeviceError(`${this.device.info.name}: handle() returned an answer the host refuses: ${describeViolation(violation, actions)}; nothing of the batch was carried out`);
     }
+    let sends: TxFrame[] | null = null;
     for (const a of actions) {
       if (a.kind === 'hold') {
         const req = this.reqs[a.id]!;
         if (req.state !== ReqState.Orphan) req.state = ReqState.Held;
         this.held.set(a.id, req);
+      } else if (a.kind === 'send') {
+        (sends ??= []).push(this.txFrame(a.send));
+      } else if (a.kind === 'wake-after') {
+        this.arm(a.nanoseconds, a.token);
       }
     }
-    for (const a of actions) if (a.kind === 'answer') this.start(this.reqs[a.answer.id]!, a.answer);
+    // Sent bytes are copied out of the guest's buffers before any answer can complete their request.
+    if (sends !== null) this.hooks.net?.send(sends);
+    const read = frames.length > 0 ? new Uint8Array(frames.length) : null;
+    for (const a of actions) if (a.kind === 'answer') this.start(this.reqs[a.answer.id]!, read === null ? a.answer : withFrames(a.answer, frames, read));
+    if (read !== null) {
+      let n = 0;
+      let bytes = 0;
+      for (let i = 0; i < read.length; i++) {
+        if (read[i] === 0) continue;
+        n++;
+        bytes += frames[i].bytes.length;
+      }
+      this.hooks.net!.delivered(n, bytes, frames.length - n);
+    }
+  }
+
+  /** A checked send: its bytes, read from the request's readable buffers when the switch takes them. */
+  private txFrame(s: Send): TxFrame {
+    const readable = this.reqs[s.request]!.chain.readable;
+    return {
+      network: s.network,
+      to: s.to ?? FLOOD,
+      len: s.len,
+      fill: (into) => {
+        let at = 0;
+        for (const v of sliceViews(readable, s.source, s.len)) {
+          into.set(v, at);
+          at += v.length;
+        }
+      },
+    };
   }
 
   /** Requests held earlier, as the checks see them (orphans too: the device may still answer). */
@@ -1286,6 +1424,25 @@ function sameRingAddresses(a: VringAddrMsg, b: VringAddrMsg): boolean {
 }
 
 const EMPTY_MAP: ReadonlyMap<number, Answerable> = new Map();
+const NO_FRAMES: RxFrame[] = [];
+const NO_LENS: readonly number[] = [];
+
+/**
+ * An answer whose frame-read pieces are views of the frames' bytes (no copy: the reply
+ * writes them straight into the guest's buffers), marking in `read` which frames it reads.
+ */
+function withFrames(answer: Answer, frames: readonly RxFrame[], read: Uint8Array): Answer {
+  let reply: Piece[] | null = null;
+  for (let k = 0; k < answer.reply.length; k++) {
+    const p = answer.reply[k];
+    if (p.kind !== 'frame-read') continue;
+    reply ??= answer.reply.slice();
+    const { frame, offset, len } = p.slice;
+    read[frame] = 1;
+    reply[k] = { kind: 'bytes', bytes: frames[frame].bytes.subarray(offset, offset + len) };
+  }
+  return reply === null ? answer : { ...answer, reply };
+}
 
 /** The device's backing table (a plugin's: --storage and its fs files), or an empty one. */
 function backingsOf(device: VirtioDevice): BackingTable {

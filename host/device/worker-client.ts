@@ -66,8 +66,11 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   /** Starts the device's thread 0, and with --queue-threads (and a device that allows it) the others. */
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
     const first = await WorkerThread.start(source, opts);
-    const { threads: n, note } = queueThreadCount(opts.queueThreads ?? 1, first.info);
     const log = createLogger(`device ${opts.label}`);
+    // A device on a network has one port per network, served by one instance: its forwarding
+    // table and the frames of a call cannot be split over threads.
+    if (opts.net && (opts.queueThreads ?? 1) > 1) log.warn(`--queue-threads ${opts.queueThreads} is ignored: a device granted a network runs in one thread`);
+    const { threads: n, note } = queueThreadCount(opts.net ? 1 : (opts.queueThreads ?? 1), first.info);
     if (note !== null) log.warn(note);
     if (n === 1) return new DeviceWorker([first], first.info, opts.label);
     const rest = await Promise.allSettled(

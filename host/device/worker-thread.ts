@@ -13,6 +13,7 @@ import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
 import { deserializeError } from '../errors.ts';
 import { createLogger, errorText, getLogLevel, logLevelCell, type Logger } from '../log/logger.ts';
+import type { NetInit } from '../net/link.ts';
 
 export interface DeviceWorkerOptions {
   label: string;
@@ -37,6 +38,8 @@ export interface DeviceWorkerOptions {
   meterCells?: (queueThread: number) => SharedArrayBuffer;
   /** The I/O throttle cell every queue thread of the device draws from (host/limits/token-bucket.ts). */
   throttle?: SharedArrayBuffer;
+  /** The device's link to the switch (host/net), made afresh for each worker started: its ports stay. */
+  net?: () => NetInit;
 }
 
 /** How long a terminated worker gets to exit before it is reported as stuck (ms). */
@@ -170,7 +173,9 @@ export class WorkerThread {
   static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<WorkerThread> {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle };
+    const net = opts.net?.();
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(net ? { net } : {}) };
+    const transferList = net ? [net.port] : [];
     const url = workerUrl();
     let worker: Worker;
     if (url.pathname.endsWith('.ts')) {
@@ -178,9 +183,9 @@ export class WorkerThread {
       // --import hook applies, so a tiny JS entry registers tsx and then loads the real one.
       const tsxApi = import.meta.resolve('tsx/esm/api');
       const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-      worker = new Worker(boot, { eval: true, workerData: init, stdout: false, stderr: false });
+      worker = new Worker(boot, { eval: true, workerData: init, transferList, stdout: false, stderr: false });
     } else {
-      worker = new Worker(url, { workerData: init, stdout: false, stderr: false });
+      worker = new Worker(url, { workerData: init, transferList, stdout: false, stderr: false });
     }
     const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     const watchdog = new Watchdog(new Int32Array(sab), epoch, opts);

@@ -14,6 +14,7 @@ import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/lo
 import { RequestMeter } from '../metrics/request-meter.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import { ownThreadId } from './thread-state.ts';
+import { DeviceNet } from '../net/device-net.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -25,6 +26,9 @@ const slot = new Int32Array(init.watchdog);
 Atomics.store(slot, WATCHDOG_TID, ownThreadId());
 const meter = init.meter ? new RequestMeter(init.meter) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
+const net = init.net ? new DeviceNet(init.net) : undefined;
+/** What the device is told about its networks (the plugin's network.count/mtu; a module's options). */
+const networks = net ? net.grants.map((g) => ({ name: g.name, mtu: g.mtu })) : undefined;
 
 function post(msg: WorkerToMain): void {
   port.postMessage(msg);
@@ -64,10 +68,10 @@ async function loadDevice(): Promise<VirtioDevice> {
         throw new Error(`device module ${src.url} has no default export building a device`);
       }
       const factory = mod.default;
-      return underLoadDeadline(() => factory(src.options ?? {}));
+      return underLoadDeadline(() => factory({ ...(src.options ?? {}), ...(networks ? { networks } : {}) }));
     }
     const { loadPluginDevice } = await import('../plugin/device-source.ts');
-    return await loadPluginDevice(src.path, src.options ?? {}, init.label, underLoadDeadline);
+    return await loadPluginDevice(src.path, { ...(src.options ?? {}), ...(networks ? { networks } : {}) }, init.label, underLoadDeadline);
   } finally {
     leave();
   }
@@ -163,6 +167,7 @@ async function main(): Promise<void> {
       },
       meter,
       throttle,
+      net,
     },
     init.label,
   );

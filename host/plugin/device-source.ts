@@ -25,7 +25,10 @@ export async function loadPluginDevice(
   /** Runs the plugin's own code at load (instantiation, identity, info): the worker times it. */
   guard?: <T>(fn: () => T) => T,
 ): Promise<VirtioDevice> {
-  const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe, compiledModules } = options;
+  const { memoryLimitBytes, entropy, cacheDir, storage, storageProbe, compiledModules, networks } = options;
+  if (networks !== undefined && (!Array.isArray(networks) || !networks.every((n) => typeof (n as { mtu?: unknown })?.mtu === 'number'))) {
+    throw new TypeError('networks must be a list of {mtu}');
+  }
   if (compiledModules !== undefined && !(compiledModules instanceof Map)) throw new TypeError('compiledModules must be a Map of core module names to WebAssembly.Module');
   if (memoryLimitBytes !== undefined && (typeof memoryLimitBytes !== 'number' || memoryLimitBytes <= 0)) {
     throw new TypeError(`memoryLimitBytes must be a positive number, not ${String(memoryLimitBytes)}`);
@@ -58,6 +61,7 @@ export async function loadPluginDevice(
         fsFiles,
         allowUnusedStorage: storageProbe === true,
         options: pluginOptions,
+        networks: networks as { mtu: number }[] | undefined,
         log: (level, message) => log[level](message),
         logRate,
       },

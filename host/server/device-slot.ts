@@ -12,6 +12,8 @@ import { DeviceMeter } from '../metrics/device-meter.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { sharedModules } from '../plugin/compiled-modules.ts';
 import { DEFAULT_MEMORY_LIMIT } from '../plugin/load.ts';
+import { hostSwitch, type DeviceLink } from '../net/switch.ts';
+import type { NetStats } from '../net/link.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -22,6 +24,8 @@ export interface DeviceSlotOptions {
   queueThreads?: number;
   /** The I/O throttle (the device's own or its group's), kept across workers. */
   throttle?: TokenBucket;
+  /** --network: the names of the networks the device joins, in grant order. */
+  networks?: readonly string[];
 }
 
 export class DeviceSlot {
@@ -44,6 +48,8 @@ export class DeviceSlot {
   private memoryDisk: number | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
+  /** Its ports on the host's switch (--network), kept across its workers: port numbers stay. */
+  private readonly link: DeviceLink | null;
 
   constructor(
     source: DeviceSource,
@@ -55,6 +61,12 @@ export class DeviceSlot {
       source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk } } };
     }
     this.source = source;
+    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
+  }
+
+  /** What the device's network ports carried (null without a network grant). */
+  netStats(): NetStats | null {
+    return this.link?.stats() ?? null;
   }
 
   /** The running worker, starting a fresh one if there is none or the last one died. */
@@ -109,6 +121,7 @@ export class DeviceSlot {
       queueThreads: this.opts.queueThreads,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
+      ...(this.link ? { net: () => this.link!.connect() } : {}),
     });
   }
 
@@ -183,6 +196,7 @@ export class DeviceSlot {
       await w.terminate();
     }
     this.worker = null;
+    this.link?.close();
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;

@@ -22,6 +22,8 @@ export interface DeviceConfig {
   throttle?: TokenBucket;
   /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
   session?: Partial<SessionSettings>;
+  /** --network: networks of the host's switch the device joins, in grant order. */
+  networks?: readonly string[];
 }
 
 export const DEFAULT_CALL_DEADLINE_MS = 100;
@@ -94,6 +96,7 @@ export class Host {
       loadDeadlineMs: config.loadDeadlineMs,
       queueThreads: config.queueThreads,
       throttle: config.throttle,
+      networks: config.networks,
     });
     try {
       const worker = await slot.acquire();

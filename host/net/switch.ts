@@ -1,0 +1,237 @@
+// The host's switch, on the main thread: named L2 segments (--network NAME) joining every
+// device granted the same name, each device a port with a number unique on the segment and
+// never reused (a frame addressed to a port that left is dropped, not misdelivered). The
+// switch forwards what it is told to: a frame to one port, or flooded to every other port.
+// Which port that is (MAC learning) and whether it may go at all (policy) is the plugins'
+// business; the switch only moves frames and bounds every queue (link.ts).
+
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { FLOOD, LinkCounters, type IncomingFrames, type NetGrant, type NetInit, type NetStats, type OutgoingFrames } from './link.ts';
+import { createLogger } from '../log/logger.ts';
+import { VhostWasmError } from '../errors.ts';
+
+/** The MTU of a segment nobody configured otherwise. */
+export const DEFAULT_MTU = 1500;
+/** The largest MTU a segment may have (a frame then fits in 64 KiB). */
+export const MAX_MTU = 65_500;
+/** Networks one device may be granted. */
+export const MAX_GRANTS = 16;
+
+export class NetworkConfigError extends VhostWasmError {
+  static override readonly code = 'ERR_NETWORK_CONFIG';
+  override readonly name = 'NetworkConfigError';
+}
+
+/** A network name: what --network and the daemon config accept. */
+export function checkNetworkName(name: unknown, where: string): string {
+  if (typeof name !== 'string' || !/^(tap:)?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) {
+    throw new NetworkConfigError(`${where}: ${JSON.stringify(name)} is not a network name (1-63 of letters, digits, '.', '_', '-', starting with a letter or digit; tap:IFNAME for a TAP interface)`);
+  }
+  if (name.startsWith('tap:') && name.length - 4 > 15) throw new NetworkConfigError(`${where}: interface name ${name.slice(4)} is longer than 15 bytes (IFNAMSIZ)`);
+  return name;
+}
+
+/** Something frames can be delivered to: a device's port, or a TAP interface. */
+export interface Endpoint {
+  readonly port: number;
+  /** Bytes [offset, offset + len) of buf, from port `from` of the segment. */
+  deliver(buf: SharedArrayBuffer, offset: number, len: number, from: number, batch: DeliveryBatch): void;
+}
+
+/** Collects one incoming batch's frames per destination, posted once the batch is forwarded. */
+export class DeliveryBatch {
+  readonly perLink = new Map<DeviceLink, number[]>();
+
+  add(link: DeviceLink, desc: number[]): void {
+    const mine = this.perLink.get(link);
+    if (mine) mine.push(...desc);
+    else this.perLink.set(link, desc);
+  }
+}
+
+export class Segment {
+  readonly ports = new Map<number, Endpoint>();
+  private nextPort = 1;
+
+  constructor(
+    readonly name: string,
+    readonly mtu: number,
+  ) {}
+
+  join(make: (port: number) => Endpoint): Endpoint {
+    const port = this.nextPort++;
+    const ep = make(port);
+    this.ports.set(port, ep);
+    return ep;
+  }
+
+  leave(port: number): void {
+    this.ports.delete(port);
+  }
+}
+
+/** A device's port on one segment. */
+class DevicePortEndpoint implements Endpoint {
+  constructor(
+    readonly port: number,
+    private readonly link: DeviceLink,
+    /** Which of the device's grants this segment is. */
+    private readonly grant: number,
+  ) {}
+
+  deliver(_buf: SharedArrayBuffer, offset: number, len: number, from: number, batch: DeliveryBatch): void {
+    const c = this.link.counters;
+    if (!this.link.running) {
+      c.add('rxNotRunning', 1);
+      return;
+    }
+    if (!c.reserveInbox(len)) {
+      c.add('rxQueueDrops', 1);
+      return;
+    }
+    batch.add(this.link, [this.grant, from, offset, len]);
+  }
+}
+
+/**
+ * One device's ports, for the device's life (across its workers: a worker that is replaced
+ * after a failure keeps the port numbers, so the other devices' learned tables stay right).
+ */
+export class DeviceLink {
+  readonly counters = new LinkCounters();
+  private mp: MessagePort | null = null;
+  private readonly grants: { segment: Segment; endpoint: Endpoint }[] = [];
+
+  constructor(
+    private readonly sw: NetworkSwitch,
+    readonly label: string,
+    names: readonly string[],
+  ) {
+    names.forEach((name, i) => {
+      const segment = sw.segment(name);
+      const endpoint = segment.join((port) => new DevicePortEndpoint(port, this, i));
+      this.grants.push({ segment, endpoint });
+    });
+  }
+
+  /** A worker is attached and can take frames. */
+  get running(): boolean {
+    return this.mp !== null;
+  }
+
+  get netGrants(): NetGrant[] {
+    return this.grants.map((g) => ({ name: g.segment.name, mtu: g.segment.mtu, port: g.endpoint.port }));
+  }
+
+  /**
+   * A fresh link for a new worker: the previous worker's end (if any) is closed, and what it
+   * had queued is forgotten with it.
+   */
+  connect(): NetInit {
+    this.disconnect();
+    const ch = new MessageChannel();
+    this.mp = ch.port1;
+    this.counters.resetQueues();
+    ch.port1.on('message', (m: OutgoingFrames) => this.sw.forward(this, m));
+    // The switch must never keep the process alive on its own.
+    ch.port1.unref();
+    return { grants: this.netGrants, port: ch.port2, counters: this.counters.buffer };
+  }
+
+  disconnect(): void {
+    this.mp?.close();
+    this.mp = null;
+  }
+
+  post(msg: IncomingFrames): void {
+    this.mp?.postMessage(msg);
+  }
+
+  grant(index: number): { segment: Segment; endpoint: Endpoint } | undefined {
+    return this.grants[index];
+  }
+
+  stats(): NetStats {
+    return this.counters.read();
+  }
+
+  /** The device is gone (the daemon removed it): its ports leave their segments. */
+  close(): void {
+    this.disconnect();
+    for (const g of this.grants) g.segment.leave(g.endpoint.port);
+  }
+}
+
+export class NetworkSwitch {
+  private readonly segments = new Map<string, Segment>();
+  private readonly log = createLogger('switch');
+  /** Joins TAP interfaces to their segments (tap.ts), set by whoever can open them. */
+  tapFactory: ((segment: Segment, ifname: string) => void) | null = null;
+
+  /** The segment `name`, created on first use (with its TAP port for tap:IFNAME). */
+  segment(name: string, mtu = DEFAULT_MTU): Segment {
+    let s = this.segments.get(name);
+    if (s) {
+      if (s.mtu !== mtu) throw new NetworkConfigError(`network ${name} has MTU ${s.mtu}; it cannot be joined with MTU ${mtu}`);
+      return s;
+    }
+    s = new Segment(name, mtu);
+    if (name.startsWith('tap:')) {
+      if (!this.tapFactory) throw new NetworkConfigError(`network ${name}: TAP interfaces are not available in this host`);
+      this.tapFactory(s, name.slice(4));
+    }
+    this.segments.set(name, s);
+    this.log.debug(`network ${name} created (MTU ${mtu})`);
+    return s;
+  }
+
+  /** A device's ports on `names`, in grant order. */
+  attach(label: string, names: readonly string[]): DeviceLink {
+    if (names.length > MAX_GRANTS) throw new NetworkConfigError(`device ${label}: ${names.length} networks granted, at most ${MAX_GRANTS}`);
+    const dup = names.find((n, i) => names.indexOf(n) !== i);
+    if (dup !== undefined) throw new NetworkConfigError(`device ${label}: network ${dup} granted twice`);
+    return new DeviceLink(this, label, names);
+  }
+
+  /** A batch a device posted: each frame to its port, or flooded. */
+  forward(from: DeviceLink, m: OutgoingFrames): void {
+    const desc = m.desc;
+    const n = desc.length >> 2;
+    let bytes = 0;
+    const batch = new DeliveryBatch();
+    for (let i = 0; i < n; i++) {
+      const network = desc[4 * i];
+      const to = desc[4 * i + 1];
+      const offset = desc[4 * i + 2];
+      const len = desc[4 * i + 3];
+      bytes += len;
+      const g = from.grant(network);
+      // The worker checked every send against the grants it was given: a miss is a bug there.
+      if (!g || offset + len > m.buf.byteLength) continue;
+      const own = g.endpoint.port;
+      if (to === FLOOD) {
+        for (const ep of g.segment.ports.values()) if (ep.port !== own) ep.deliver(m.buf, offset, len, own, batch);
+      } else {
+        const ep = to === own ? undefined : g.segment.ports.get(to);
+        if (ep) ep.deliver(m.buf, offset, len, own, batch);
+        else from.counters.add('txNoPort', 1);
+      }
+    }
+    from.counters.releaseOutbox(n, bytes);
+    for (const [link, d] of batch.perLink) link.post({ buf: m.buf, desc: d });
+  }
+
+  /** Frames from outside (a TAP interface) into a segment: flooded to every device port. */
+  inject(segment: Segment, from: number, buf: SharedArrayBuffer, frames: readonly [offset: number, len: number][]): void {
+    const batch = new DeliveryBatch();
+    for (const [offset, len] of frames) for (const ep of segment.ports.values()) if (ep.port !== from) ep.deliver(buf, offset, len, from, batch);
+    for (const [link, d] of batch.perLink) link.post({ buf, desc: d });
+  }
+}
+
+let shared: NetworkSwitch | null = null;
+
+/** The process's switch: one set of named segments per host process. */
+export function hostSwitch(): NetworkSwitch {
+  return (shared ??= new NetworkSwitch());
+}
