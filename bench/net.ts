@@ -1,7 +1,8 @@
 // Guest-to-guest networking: TCP throughput (busybox nc, /dev/zero) and ping round trip between
 // two TCG guests, through our host's switch (two net plugin devices on one network of one
 // `vhost-wasm serve`) and through QEMU's own user-space path (-netdev stream over a Unix
-// socket, A listening, B connecting). Same kernel, image, memory, vCPUs; ratios are ours/QEMU's.
+// socket, A listening, B connecting). Same kernel, image, memory, vCPUs and virtio-net-pci
+// options (INTx: test/guest/net.ts NET_PCI_OPTIONS); ratios are ours/QEMU's.
 //
 //   node build.mjs && npx tsx bench/net.ts [--mib 64] [--runs 3] [--pings 20] [--only ours,stream]
 //
@@ -13,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { bootGuest, type BootResult } from '../test/guest/qemu.ts';
-import { NET_IMAGE, netSetup, vhostUserNetArgs } from '../test/guest/net.ts';
+import { NET_IMAGE, NET_PCI_OPTIONS, netSetup, vhostUserNetArgs } from '../test/guest/net.ts';
 import { startDaemon } from '../test/helpers/daemon-process.ts';
 
 const REPO = resolve(import.meta.dirname, '..');
@@ -86,10 +87,10 @@ async function ours(dir: string): Promise<Figures> {
 async function stream(dir: string): Promise<Figures> {
   const path = join(dir, 'stream.sock');
   const netdev = (server: boolean) => ['-netdev', `stream,id=n0,server=${server ? 'on' : 'off'},addr.type=unix,addr.path=${path}`];
-  const a = boot(senderScript, [...netdev(true), '-device', `virtio-net-pci,netdev=n0,mac=${MAC_A}`]);
+  const a = boot(senderScript, [...netdev(true), '-device', `virtio-net-pci,netdev=n0,mac=${MAC_A},${NET_PCI_OPTIONS}`]);
   // QEMU 7.2's stream client does not retry: start it once the listener exists.
   for (let i = 0; i < 500 && !existsSync(path); i++) await sleep(20);
-  const b = boot(receiverScript, [...netdev(false), '-device', `virtio-net-pci,netdev=n0,mac=${MAC_B}`]);
+  const b = boot(receiverScript, [...netdev(false), '-device', `virtio-net-pci,netdev=n0,mac=${MAC_B},${NET_PCI_OPTIONS}`]);
   const [ra, rb] = await Promise.all([a, b]);
   return figures(ra, rb, 'stream');
 }

@@ -21,6 +21,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bootGuest, missingGuestPackages } from '../test/guest/qemu.ts';
 import { NET_MODULES } from '../test/guest/modules.ts';
+import { NET_PCI_OPTIONS } from '../test/guest/net.ts';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 const BUNDLE = join(REPO, 'dist', 'vhost-wasm.mjs');
@@ -364,7 +365,7 @@ async function runNetDemo(dir: string, verbose: boolean): Promise<boolean> {
       'echo "received: $(nc -l -p 5000 <&3 | sha256sum | cut -d" " -f1)"',
       'nc -l -p 5001 <&3 >/dev/null',
     ].join('\n');
-    const net = (id: 'a' | 'b') => ['-chardev', `socket,id=vu0,path=${sock[id]}`, '-netdev', 'vhost-user,id=n0,chardev=vu0', '-device', `virtio-net-pci,netdev=n0,mac=${NET_MAC[id]}`];
+    const net = (id: 'a' | 'b') => ['-chardev', `socket,id=vu0,path=${sock[id]}`, '-netdev', 'vhost-user,id=n0,chardev=vu0', '-device', `virtio-net-pci,netdev=n0,mac=${NET_MAC[id]},${NET_PCI_OPTIONS}`];
     say(`  guests  ${dim('2 x qemu-system-x86_64 (TCG) ... -netdev vhost-user,chardev=... -device virtio-net-pci,netdev=...')}`);
     t0 = performance.now();
     const boot = (id: 'a' | 'b', script: string) =>

@@ -5,12 +5,20 @@ import { NET_MODULES } from './modules.ts';
 /** The guest image with virtio_net (test/guest/modules.ts). */
 export const NET_IMAGE = { modules: NET_MODULES };
 
+/**
+ * The virtio-net-pci options every guest here uses. `vectors=0` (INTx, no MSI-X): QEMU 7.2
+ * (Debian 1:7.2+dfsg-7+deb12u18) segfaults in vhost_net_start -> msix_set_vector_notifiers
+ * when the driver starts a vhost-user netdev with MSI-X vectors, before it sends the back-end
+ * a single ring message (seen under gdb; QEMU 10 starts the same device fine).
+ */
+export const NET_PCI_OPTIONS = 'vectors=0';
+
 /** -chardev/-netdev/-device for a vhost-user virtio-net device on `socketPath` (MAC in QEMU's config space). */
 export function vhostUserNetArgs(id: string, socketPath: string, mac: string, reconnect = false): string[] {
   return [
     '-chardev', `socket,id=${id}c,path=${socketPath}${reconnect ? ',reconnect=1' : ''}`,
     '-netdev', `vhost-user,id=${id},chardev=${id}c`,
-    '-device', `virtio-net-pci,netdev=${id},mac=${mac}`,
+    '-device', `virtio-net-pci,netdev=${id},mac=${mac},${NET_PCI_OPTIONS}`,
   ];
 }
 
