@@ -15,6 +15,8 @@ bool init_fd_budget(napi_env env, napi_value exports);
 bool init_uring(napi_env env, napi_value exports);
 // host/native/src/peercred.c: SO_PEERCRED of a connected Unix socket (the daemon's control socket).
 bool init_peercred(napi_env env, napi_value exports);
+// host/native/src/tap.c: TAP interfaces for the switch's TAP ports (--network tap:IFNAME).
+bool init_tap(napi_env env, napi_value exports);
 
 static void free_addon_env(napi_env env, void *data, void *hint) {
   // The constructor references die with the environment itself.
@@ -37,7 +39,7 @@ static napi_value init(napi_env env, napi_value exports) {
   if (!init_sock(env, exports) || !init_fdio(env, exports) || !init_mapping(env, exports, ae) ||
       !init_watch(env, exports, ae) || !(fe = init_fs(env, exports)) || !init_fhandle(env, exports, fe) ||
       !init_proc(env, exports) ||
-      !init_fd_budget(env, exports) || !init_uring(env, exports) || !init_peercred(env, exports)) {
+      !init_fd_budget(env, exports) || !init_uring(env, exports) || !init_peercred(env, exports) || !init_tap(env, exports)) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) napi_throw_error(env, "ERR_NAPI", "vhost_native: failed to set up the module's exports");

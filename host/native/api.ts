@@ -172,6 +172,12 @@ export interface Native extends NativeFs {
    * who is asking, for the daemon's management socket.
    */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /**
+   * Opens (creating if needed) TAP interface `name` with IFF_TAP | IFF_NO_PI in the calling
+   * thread's network namespace; the fd is O_NONBLOCK | O_CLOEXEC, one frame per read/write.
+   * Needs CAP_NET_ADMIN (EPERM without it).
+   */
+  tapOpen(name: string): number;
   /** recvmsg into buf (up to buf.length bytes) accepting at most maxFds fds; null on EAGAIN. */
   recvMsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
   /** sendmsg of buf with fds attached (SCM_RIGHTS) to its first byte; returns bytes sent, -1 on EAGAIN. MSG_NOSIGNAL. */

@@ -14,7 +14,8 @@
         "src/proc.c",
         "src/fd_budget.c",
         "src/uring.c",
-        "src/peercred.c"
+        "src/peercred.c",
+        "src/tap.c"
       ],
       "libraries": ["-luring"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],

@@ -85,6 +85,9 @@ export interface NetStats {
   txDrops: number;
   /** Frames the device sent to a port that is not on the network (it left, or never was; written by the switch). */
   txNoPort: number;
+  /** Frames and bytes waiting for the device now (forwarded to it, not yet given to a call): at most INBOX_FRAMES and INBOX_BYTES. */
+  rxQueuedFrames: number;
+  rxQueuedBytes: number;
 }
 
 const STAT_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxQueueDrops', 'rxUnread', 'rxNotRunning', 'txDrops', 'txNoPort'] as const satisfies readonly (keyof NetStats)[];
@@ -139,12 +142,12 @@ export class LinkCounters {
     for (let i = 0; i < INT_CELLS; i++) Atomics.store(this.cells, i, 0);
   }
 
-  add(field: keyof NetStats, n: number): void {
+  add(field: (typeof STAT_FIELDS)[number], n: number): void {
     this.stats[STAT_FIELDS.indexOf(field)] += n;
   }
 
   read(): NetStats {
-    const out = {} as NetStats;
+    const out = { rxQueuedFrames: Atomics.load(this.cells, INBOX_F), rxQueuedBytes: Atomics.load(this.cells, INBOX_B) } as NetStats;
     STAT_FIELDS.forEach((f, i) => (out[f] = this.stats[i]));
     return out;
   }

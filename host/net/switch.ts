@@ -8,7 +8,8 @@
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { FLOOD, LinkCounters, type IncomingFrames, type NetGrant, type NetInit, type NetStats, type OutgoingFrames } from './link.ts';
 import { createLogger } from '../log/logger.ts';
-import { VhostWasmError } from '../errors.ts';
+import { NetworkConfigError } from './errors.ts';
+import { TapPort } from './tap.ts';
 
 /** The MTU of a segment nobody configured otherwise. */
 export const DEFAULT_MTU = 1500;
@@ -17,10 +18,7 @@ export const MAX_MTU = 65_500;
 /** Networks one device may be granted. */
 export const MAX_GRANTS = 16;
 
-export class NetworkConfigError extends VhostWasmError {
-  static override readonly code = 'ERR_NETWORK_CONFIG';
-  override readonly name = 'NetworkConfigError';
-}
+export { NetworkConfigError };
 
 /** A network name: what --network and the daemon config accept. */
 export function checkNetworkName(name: unknown, where: string): string {
@@ -231,7 +229,12 @@ export class NetworkSwitch {
 
 let shared: NetworkSwitch | null = null;
 
-/** The process's switch: one set of named segments per host process. */
+/** The process's switch: one set of named segments per host process, TAP interfaces included. */
 export function hostSwitch(): NetworkSwitch {
-  return (shared ??= new NetworkSwitch());
+  if (!shared) {
+    const sw = new NetworkSwitch();
+    sw.tapFactory = (segment, ifname) => void TapPort.open(sw, segment, ifname);
+    shared = sw;
+  }
+  return shared;
 }

@@ -95,8 +95,11 @@ export interface HostProcess {
 
 export async function startHost(
   args: string[],
-  /** `entry`: a script to run instead of the CLI (a fixture serving several devices). */
-  opts: { socketName?: string; env?: NodeJS.ProcessEnv; entry?: string } = {},
+  /**
+   * `entry`: a script to run instead of the CLI (a fixture serving several devices). `wrap`: a
+   * command the host runs under, which execs it (`ip netns exec NS`: the host in a namespace).
+   */
+  opts: { socketName?: string; env?: NodeJS.ProcessEnv; entry?: string; wrap?: string[] } = {},
 ): Promise<HostProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-test-'));
   const given = args.indexOf('--socket-path');
@@ -105,7 +108,8 @@ export async function startHost(
   // A fixture entry (several devices in one process, which the CLI cannot express) runs from
   // source through tsx; everything else starts the built binary users run.
   const [node, argv] = opts.entry ? [process.execPath, ['--import', 'tsx', opts.entry, ...full]] : hostCommand(full);
-  const child = spawn(node, argv, {
+  const [cmd, cmdArgs] = opts.wrap ? [opts.wrap[0], [...opts.wrap.slice(1), node, ...argv]] : [node, argv];
+  const child = spawn(cmd, cmdArgs, {
     cwd: REPO,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
