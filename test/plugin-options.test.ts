@@ -3,6 +3,11 @@
 import test from 'ava';
 import { parseCli, UsageError } from '../host/cli/args.ts';
 import { parseDeviceSpec, ConfigError } from '../host/daemon/config.ts';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ctl, startDaemon } from './helpers/daemon-process.ts';
+import { REPO } from './helpers/host-process.ts';
 
 const base = ['--socket-path', '/tmp/x.sock', '--plugin', 'net.wasm'];
 
@@ -34,4 +39,23 @@ test('the daemon config takes "options" per plugin device and refuses what the f
     instanceOf: ConfigError,
     message: 'devices[0].options: plugin options must be an object of strings ({"mac": "52:54:00:00:00:01"})',
   });
+});
+
+test('ctl add --plugin-option reaches the plugin through the daemon (the net plugin names the bad mac it was given)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'plugin-options-'));
+  const control = join(dir, 'control.sock');
+  writeFileSync(join(dir, 'd.json'), JSON.stringify({ control, devices: [] }));
+  const daemon = await startDaemon(['--config', join(dir, 'd.json')]);
+  try {
+    const net = join(REPO, 'dist', 'plugins', 'net.wasm');
+    const bad = await ctl(['--control', control, 'add', '--id', 'n1', '--socket', join(dir, 'n1.sock'), '--plugin', net, '--plugin-option', 'mac=zz:00']);
+    t.not(bad.code, 0);
+    t.regex(bad.stderr + bad.stdout + daemon.log(), /option mac: not a MAC address \(aa:bb:cc:dd:ee:ff\): zz:00/);
+    const usage = await ctl(['--control', control, 'add', '--id', 'n2', '--socket', join(dir, 'n2.sock'), '--plugin', net, '--plugin-option', 'nokey']);
+    t.is(usage.code, 2);
+    t.regex(usage.stderr, /--plugin-option: "nokey" is not KEY=VALUE/);
+  } finally {
+    await daemon.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
