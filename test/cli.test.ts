@@ -49,6 +49,9 @@ test('usage errors say what was wrong and exit 2', (t) => {
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '0'], /--queue-threads: 0 must be at least 1/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', 'two'], /--queue-threads: "two" is not a whole number/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '65'], /--queue-threads: 65 is more than 64/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'a b'], /--network: "a b" is not a network name/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'seg0', '--network', 'seg0'], /--network: seg0 is given twice/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'tap:a-very-long-interface'], /longer than 15 bytes/],
   ];
   for (const [args, re] of cases) {
     const r = run(args);

@@ -71,3 +71,12 @@ test('the README\'s example config parses', (t) => {
   t.deepEqual(c.control, { path: '/run/vhost-wasm/control.sock' });
   t.deepEqual(c.metrics, { host: '127.0.0.1', port: 9464 });
 });
+
+test('grants.network: names in grant order, checked like --network', (t) => {
+  const parse = (grants: object) => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'n', socket: 'n.sock', plugin: 'net.wasm', grants }] }), '/d.json');
+  t.deepEqual(parse({ network: ['seg0', 'tap:tap0'] }).devices[0].grants.network, ['seg0', 'tap:tap0']);
+  t.deepEqual(parse({}).devices[0].grants.network, []);
+  t.throws(() => parse({ network: 'seg0' }), { message: /devices\[0\]\.grants\.network: must be a list of network names/ });
+  t.throws(() => parse({ network: ['seg0', 'seg0'] }), { message: /devices\[0\]\.grants\.network: .*seg0 is given twice/ });
+  t.throws(() => parse({ network: ['no/slash'] }), { instanceOf: ConfigError, message: /is not a network name/ });
+});

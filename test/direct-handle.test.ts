@@ -106,3 +106,55 @@ test('fs: a FUSE_INIT answers the same through both paths', async (t) => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('net: frame events, frame-read pieces, sends (flood and to a port) and wake-afters the same through both paths', async (t) => {
+  const { buildPlugin } = await import('../plugins/build-plugins.mjs');
+  const outFile = join(cacheDir, 'net-echo.wasm');
+  await buildPlugin({ root, sources: [join(root, 'test', 'fixtures', 'plugins', 'net-echo.c')], outFile });
+  const logs: string[] = [];
+  const load = async (handlePath: 'direct' | 'jco') => {
+    const dev = await loadPlugin(readFileSync(outFile), { grants: { networks: [{ mtu: 1500 }], log: (_l, m) => logs.push(m) }, cacheDir, handlePath });
+    dev.activate(0n);
+    return dev;
+  };
+  const direct = await load('direct');
+  const jco = await load('jco');
+  t.deepEqual(logs, ['networks 1', 'networks 1'], 'network.count answers through the import');
+  const frameEvent = (id: number, fromPort: number, len: number): DeviceEvent => {
+    const bytes = new Uint8Array(len).map((_, i) => (i * 3 + id) & 0xff);
+    return { kind: 'frame', frame: { id, network: 0, fromPort, len, prefix: bytes.subarray(0, Math.min(len, 32)) } };
+  };
+  const req = (id: number, queue: number, first: number, readableLen: number, writableLen: number): DeviceEvent => ({
+    kind: 'request',
+    request: { id, queue, prefix: new Uint8Array(Math.min(readableLen, 32)).fill(first), readableLen, writableLen },
+  });
+  const batches: DeviceEvent[][] = [
+    [req(0, 0, 0, 0, 2048), req(1, 0, 0, 0, 2048), req(2, 0, 0, 0, 2048)],
+    [frameEvent(0, 3, 60), frameEvent(1, 4, 1514), req(3, 1, 2, 60, 1), req(4, 1, 1, 1514, 1), { kind: 'timer', token: 7n }],
+    [frameEvent(0, 9, 10)],
+  ];
+  const results = [];
+  for (const b of batches) {
+    const a = direct.handle(b);
+    t.deepEqual(a, jco.handle(b));
+    results.push(a);
+  }
+  const second = results[1];
+  t.like(second.find((x) => x.kind === 'answer' && x.answer.id === 0), {
+    answer: { reply: [{ kind: 'bytes' }, { kind: 'frame-read', slice: { frame: 0, offset: 0, len: 14 } }, { kind: 'frame-read', slice: { frame: 0, offset: 14, len: 46 } }] },
+  });
+  t.deepEqual(
+    second.filter((x) => x.kind === 'send'),
+    [
+      { kind: 'send', send: { network: 0, request: 3, source: 0, len: 60, to: null } },
+      { kind: 'send', send: { network: 0, request: 4, source: 0, len: 1514, to: 5 } },
+    ],
+  );
+  t.deepEqual(
+    second.filter((x) => x.kind === 'wake-after'),
+    [
+      { kind: 'wake-after', nanoseconds: 1_000_000n, token: 3n },
+      { kind: 'wake-after', nanoseconds: 1_000_000n, token: 4n },
+    ],
+  );
+});
