@@ -4,7 +4,7 @@
 // named), another network hears none of it; the device's own rules refuse short and long
 // frames; a flood towards a device that takes nothing is bounded (queued frames never pass
 // the inbox bound, every frame is counted somewhere); a device that holds its rx buffers for
-// ever resets cleanly and then exchanges frames again; a send the host must refuse fails that
+// ever resets cleanly and then exchanges frames again; a send, frame-read or wake-after the host must refuse fails that
 // device alone, naming the rule; wake-after comes back as a timer event.
 import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -188,8 +188,10 @@ for (const [cmd, rule] of [
   ['bad-long', Rule.sendLength],
   ['bad-range', Rule.sendRange],
   ['bad-net', Rule.sendNetwork],
+  ['bad-read', Rule.frameRead],
+  ['bad-timers', Rule.timers],
 ] as const) {
-  test.serial(`a send the host refuses (${cmd}) fails that device alone, naming the rule; the others keep exchanging frames`, async (t) => {
+  test.serial(`an action the host refuses (${cmd}) fails that device alone, naming the rule; the others keep exchanging frames`, async (t) => {
     lines.length = 0;
     const [a, b, c] = await Promise.all([connect('a'), connect('b'), connect('c')]);
     try {

@@ -233,6 +233,9 @@ function human(method: string, result: unknown): string {
     }
     case 'device-stats': {
       const { devices, process: p } = result as MethodResults['device-stats'];
+      const netText = ({ networks, counters: c }: NonNullable<DeviceStats['net']>) =>
+        `  network ${networks.join(', ')}: sent ${c.txFrames} frame(s) (${c.txBytes} bytes), read ${c.rxFrames} (${c.rxBytes} bytes), ${c.rxQueuedFrames} queued; ` +
+        `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left\n`;
       const lines = devices.map(
         (d: DeviceStats) =>
           `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
@@ -240,7 +243,8 @@ function human(method: string, result: unknown): string {
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
           `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
           `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
-          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n`,
+          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
+          (d.net ? netText(d.net) : ''),
       );
       return (
         lines.join('') +

@@ -14,6 +14,7 @@ import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { throttleGroupKey, type DeviceSpec } from './config.ts';
 import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
+import type { NetStats } from '../net/link.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 
 const log = createLogger('daemon');
@@ -53,6 +54,8 @@ export interface DeviceStats extends DeviceSummary {
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
   throttled: ThrottleCounters;
+  /** Its networks (grant order) and what its ports carried; null without a network grant. */
+  net: { networks: string[]; counters: NetStats } | null;
 }
 
 /** A throttle group: one budget, the devices drawing from it. */
@@ -245,7 +248,7 @@ export class Daemon {
 
   /** Every device with its meter, for the metrics endpoint. */
   metered(): MeteredDevice[] {
-    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter }));
+    return this.ordered().map((e) => ({ id: e.spec.id, tenant: e.spec.tenant, running: e.device.slot.stats().running, meter: e.device.slot.meter, net: e.device.slot.netStats() }));
   }
 
   list(): DeviceSummary[] {
@@ -275,6 +278,10 @@ export class Daemon {
         limits: { ...e.spec.limits },
         throttleGroup: e.spec.throttleGroup,
         throttled: e.throttle.counters(),
+        net: (() => {
+          const counters = e.device.slot.netStats();
+          return counters ? { networks: [...e.spec.grants.network], counters } : null;
+        })(),
       };
     });
   }

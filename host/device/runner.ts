@@ -955,7 +955,8 @@ export class DeviceRunner {
         if (req.state !== ReqState.Orphan) req.state = ReqState.Held;
         this.held.set(a.id, req);
       } else if (a.kind === 'send') {
-        (sends ??= []).push(this.txFrame(a.send));
+        // A request held when its ring stopped is the front-end's again: nothing of it is sent.
+        if (this.reqs[a.send.request]!.state !== ReqState.Orphan) (sends ??= []).push(this.txFrame(a.send));
       } else if (a.kind === 'wake-after') {
         this.arm(a.nanoseconds, a.token);
       }

@@ -11,6 +11,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelValues } from 'prom-client';
 import { LATENCY_BUCKETS, type HistogramSnapshot } from './request-meter.ts';
 import { FAULT_KINDS, type DeviceMeter, type DeviceMeterSnapshot, type TransferDirection } from './device-meter.ts';
+import type { NetStats } from '../net/link.ts';
 
 /** A device as the metrics see it. */
 export interface MeteredDevice {
@@ -19,6 +20,8 @@ export interface MeteredDevice {
   /** Its worker runs (false: failed, restarts on the next connection). */
   running: boolean;
   meter: DeviceMeter;
+  /** Its network ports' counters (--network), or null without a network grant. */
+  net?: NetStats | null;
 }
 
 type DeviceLabel = 'device' | 'tenant';
@@ -28,6 +31,7 @@ interface Row {
   labels: Record<DeviceLabel, string>;
   running: boolean;
   s: DeviceMeterSnapshot;
+  net: NetStats | null;
 }
 
 /** A histogram whose buckets were counted elsewhere: each scrape reads them from `read`. */
@@ -144,6 +148,31 @@ export class MetricsExporter {
     gauge('vhost_wasm_device_state_transfers_running', 'Device state transfers in progress.', ['direction'], (g, r) => {
       for (const d of directions) g.set({ ...r.labels, direction: d }, r.s.transfers[d].running);
     });
+    // Network ports (--network): only devices granted a network have these series.
+    counter('vhost_wasm_device_net_frames_total', 'Frames the device sent (direction "tx": taken from its guest) and read into its guest (direction "rx").', ['direction'], (c, r) => {
+      if (!r.net) return;
+      c.inc({ ...r.labels, direction: 'tx' }, r.net.txFrames);
+      c.inc({ ...r.labels, direction: 'rx' }, r.net.rxFrames);
+    });
+    counter('vhost_wasm_device_net_bytes_total', 'Bytes of the frames in vhost_wasm_device_net_frames_total.', ['direction'], (c, r) => {
+      if (!r.net) return;
+      c.inc({ ...r.labels, direction: 'tx' }, r.net.txBytes);
+      c.inc({ ...r.labels, direction: 'rx' }, r.net.rxBytes);
+    });
+    counter(
+      'vhost_wasm_device_net_dropped_total',
+      'Frames dropped: for the device, its inbox full (queue_full), not read in the call that delivered them (unread), or the device not running (not_running); from it, the switch too far behind (switch_behind) or the destination port gone (no_port).',
+      ['reason'],
+      (c, r) => {
+        const n = r.net;
+        if (!n) return;
+        const by: [string, number][] = [['queue_full', n.rxQueueDrops], ['unread', n.rxUnread], ['not_running', n.rxNotRunning], ['switch_behind', n.txDrops], ['no_port', n.txNoPort]];
+        for (const [reason, v] of by) c.inc({ ...r.labels, reason }, v);
+      },
+    );
+    gauge('vhost_wasm_device_net_queued_frames', 'Frames waiting for the device now (bounded per device).', none, (g, r) => {
+      if (r.net) g.set(r.labels, r.net.rxQueuedFrames);
+    });
     histogram('vhost_wasm_device_state_transfer_duration_seconds', 'Duration of device state transfers that ended, from start to outcome.', ['direction'], (r) =>
       directions.map((d) => ({ labels: { direction: d }, h: r.s.transfers[d].duration })),
     );
@@ -151,7 +180,7 @@ export class MetricsExporter {
 
   /** The exposition text of everything, from fresh snapshots of every device. */
   async metrics(): Promise<string> {
-    this.rows = this.devices().map((d) => ({ labels: { device: d.id, tenant: d.tenant ?? '' }, running: d.running, s: d.meter.snapshot() }));
+    this.rows = this.devices().map((d) => ({ labels: { device: d.id, tenant: d.tenant ?? '' }, running: d.running, s: d.meter.snapshot(), net: d.net ?? null }));
     try {
       return await this.registry.metrics();
     } finally {

@@ -91,6 +91,13 @@ export interface NetStats {
 }
 
 const STAT_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxQueueDrops', 'rxUnread', 'rxNotRunning', 'txDrops', 'txNoPort'] as const satisfies readonly (keyof NetStats)[];
+/**
+ * Cells behind the statistics: each has one writer. rxNotRunning is counted by both sides (the
+ * switch when no worker is attached, the worker when its device is not running), so it has a
+ * cell for each, summed when read.
+ */
+const CELLS = [...STAT_FIELDS, 'rxNotRunningSwitch'] as const;
+type Cell = (typeof CELLS)[number];
 
 /**
  * The counters of one device's link. Each statistic has one writer (the worker or the switch),
@@ -102,9 +109,9 @@ export class LinkCounters {
   private readonly stats: Float64Array;
 
   constructor(buffer?: SharedArrayBuffer) {
-    this.buffer = buffer ?? new SharedArrayBuffer(INT_CELLS * 4 + STAT_FIELDS.length * 8);
+    this.buffer = buffer ?? new SharedArrayBuffer(INT_CELLS * 4 + CELLS.length * 8);
     this.cells = new Int32Array(this.buffer, 0, INT_CELLS);
-    this.stats = new Float64Array(this.buffer, INT_CELLS * 4, STAT_FIELDS.length);
+    this.stats = new Float64Array(this.buffer, INT_CELLS * 4, CELLS.length);
   }
 
   /** The switch reserves inbox room for a frame; false (nothing reserved) when the inbox is full. */
@@ -142,13 +149,15 @@ export class LinkCounters {
     for (let i = 0; i < INT_CELLS; i++) Atomics.store(this.cells, i, 0);
   }
 
-  add(field: (typeof STAT_FIELDS)[number], n: number): void {
-    this.stats[STAT_FIELDS.indexOf(field)] += n;
+  /** Adds to a statistic; `field` must be one this side alone writes (see CELLS). */
+  add(field: Cell, n: number): void {
+    this.stats[CELLS.indexOf(field)] += n;
   }
 
   read(): NetStats {
     const out = { rxQueuedFrames: Atomics.load(this.cells, INBOX_F), rxQueuedBytes: Atomics.load(this.cells, INBOX_B) } as NetStats;
     STAT_FIELDS.forEach((f, i) => (out[f] = this.stats[i]));
+    out.rxNotRunning += this.stats[CELLS.indexOf('rxNotRunningSwitch')];
     return out;
   }
 

@@ -80,7 +80,7 @@ class DevicePortEndpoint implements Endpoint {
   deliver(_buf: SharedArrayBuffer, offset: number, len: number, from: number, batch: DeliveryBatch): void {
     const c = this.link.counters;
     if (!this.link.running) {
-      c.add('rxNotRunning', 1);
+      c.add('rxNotRunningSwitch', 1);
       return;
     }
     if (!c.reserveInbox(len)) {
@@ -129,6 +129,7 @@ export class DeviceLink {
     this.disconnect();
     const ch = new MessageChannel();
     this.mp = ch.port1;
+    this.generation++;
     this.counters.resetQueues();
     ch.port1.on('message', (m: OutgoingFrames) => this.sw.forward(this, m));
     // The switch must never keep the process alive on its own.
@@ -139,6 +140,14 @@ export class DeviceLink {
   disconnect(): void {
     this.mp?.close();
     this.mp = null;
+  }
+
+  /** Which connect() the link is at: a worker that exits disconnects only its own. */
+  generation = 0;
+
+  /** The worker of connect() number `generation` has exited: frames for it are dropped as not running until the next one connects. */
+  workerGone(generation: number): void {
+    if (generation === this.generation) this.disconnect();
   }
 
   post(msg: IncomingFrames): void {

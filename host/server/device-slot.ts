@@ -114,7 +114,7 @@ export class DeviceSlot {
 
   /** A worker from `source` with this device's limits (not made the slot's: see replaceWorker). */
   async startWorker(source: DeviceSource): Promise<DeviceWorker> {
-    return DeviceWorker.start(await this.withSharedModules(source), {
+    const w = await DeviceWorker.start(await this.withSharedModules(source), {
       label: this.opts.label,
       callDeadlineMs: this.opts.callDeadlineMs,
       loadDeadlineMs: this.opts.loadDeadlineMs,
@@ -123,6 +123,13 @@ export class DeviceSlot {
       throttle: this.opts.throttle?.buffer,
       ...(this.link ? { net: () => this.link!.connect() } : {}),
     });
+    const link = this.link;
+    if (link) {
+      // A worker killed by the watchdog or crashed takes no frames: they count as "not running", not as a full inbox.
+      const generation = link.generation;
+      void w.exited.then(() => link.workerGone(generation));
+    }
+    return w;
   }
 
   /**

@@ -7,7 +7,8 @@
 //
 // Frames of ethertype 0x88b5 (local experimental) carry commands instead, so a test can make
 // the device misbehave on cue: "deaf" (never read a frame again; rx buffers stay held for
-// ever), "bad-long" / "bad-range" / "bad-net" (a send the host must refuse), "timer N"
+// ever), "bad-long" / "bad-range" / "bad-net" (a send the host must refuse), "bad-read" (a
+// frame-read of a frame the call did not deliver), "bad-timers" (65 wake-afters), "timer N"
 // (wake-after N ms, token N, answered in an rx buffer as "TIMER N"), "block" (wait inside
 // handle() until the test clears options.gate[0], with gate[1] set meanwhile: the worker takes
 // no frames then).
@@ -53,6 +54,10 @@ const factory: DeviceFactory = (raw) => {
     const p = r.prefix;
     if (p.length >= 14 && ((p[12] << 8) | p[13]) === COMMAND_ETHERTYPE) {
       const [cmd, arg] = Buffer.from(p.subarray(14)).toString('latin1').replace(/\0+$/, '').split(' ');
+      if (cmd === 'bad-read') {
+        out.push(answer(r.id, [{ kind: 'frame-read', slice: { frame: 99, offset: 0, len: 1 } }]));
+        return;
+      }
       out.push(answer(r.id, [bytes(new Uint8Array([STATUS_SENT]))]));
       switch (cmd) {
         case 'deaf':
@@ -69,6 +74,9 @@ const factory: DeviceFactory = (raw) => {
           return;
         case 'timer':
           out.push({ kind: 'wake-after', nanoseconds: BigInt(arg) * 1_000_000n, token: BigInt(arg) });
+          return;
+        case 'bad-timers':
+          for (let i = 0; i < 65; i++) out.push({ kind: 'wake-after', nanoseconds: 1_000_000_000n, token: BigInt(i) });
           return;
         case 'block':
           // The test releases it: until then this worker takes no frames off its inbox.
