@@ -335,3 +335,23 @@ test('a reset forgets held rx buffers, the table and the counters', async (t) =>
   const fresh = Buffer.from(saveState(dev));
   t.is(fresh.readBigUInt64LE(12), 0n, 'rx frames counter back to 0');
 });
+
+test('MAC aging: a 30 s timer ticks while the device runs; an address not seen for 10 ticks is flooded to again', async (t) => {
+  const { dev } = await load();
+  dev.activate(MRG);
+  const first = dev.handle([rxBuf(1526), frame(ipFrame({ src: B, dst: A, srcIp: '10.0.0.2', dstIp: '10.0.0.1', proto: 'udp' }), 7)]);
+  const timers = first.filter((a) => a.kind === 'wake-after');
+  t.deepEqual(timers, [{ kind: 'wake-after', nanoseconds: 30_000_000_000n, token: 1n }], 'one timer armed');
+  const out = ipFrame({ src: A, dst: B, srcIp: '10.0.0.1', dstIp: '10.0.0.2', proto: 'udp' });
+  t.is(sends(dev.handle([tx(out)]))[0].to, 7);
+  t.deepEqual(dev.handle([tx(out)]).filter((a) => a.kind === 'wake-after'), [], 'no second timer while one is pending');
+  const tick = () => dev.handle([{ kind: 'timer', token: 1n }]);
+  for (let i = 0; i < 9; i++) t.is(tick().filter((a) => a.kind === 'wake-after').length, 1, 'each tick arms the next');
+  t.is(sends(dev.handle([tx(out)]))[0].to, 7, 'nine ticks: still known');
+  // Seen again: the age starts over.
+  dev.handle([rxBuf(1526), frame(ipFrame({ src: B, dst: A, srcIp: '10.0.0.2', dstIp: '10.0.0.1', proto: 'udp' }), 7)]);
+  for (let i = 0; i < 9; i++) tick();
+  t.is(sends(dev.handle([tx(out)]))[0].to, 7, 'refreshed by its frame');
+  tick();
+  t.is(sends(dev.handle([tx(out)]))[0].to, null, 'ten ticks unseen: forgotten, flooded');
+});

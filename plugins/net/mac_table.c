@@ -35,7 +35,21 @@ int mac_table_learn(mac_table *t, const uint8_t mac[6], uint32_t network, uint32
   e->network = network;
   e->port = port;
   e->learned = ++t->clock;
+  e->seen_tick = t->tick;
   return changed;
+}
+
+uint32_t mac_table_age(mac_table *t, uint32_t max_age) {
+  t->tick++;
+  uint32_t forgotten = 0;
+  for (uint32_t i = 0; i < MAC_TABLE_SIZE; i++) {
+    if (t->e[i].used && t->tick - t->e[i].seen_tick >= max_age) {
+      memset(&t->e[i], 0, sizeof t->e[i]);
+      t->n--;
+      forgotten++;
+    }
+  }
+  return forgotten;
 }
 
 const mac_entry *mac_table_lookup(const mac_table *t, const uint8_t mac[6]) {

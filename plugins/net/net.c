@@ -21,6 +21,9 @@
  * 52:54:00:12:34:56, QEMU's own default), policy=RULES (policy.h). Note that QEMU's vhost-user virtio-net builds the guest's config space itself
  * (its -device mac=, host_mtu=): ours is what other front-ends read.
  *
+ * MAC table entries not seen for 300 s are forgotten (a 30 s wake-after timer ticks while the
+ * device handles anything; mac_table.h).
+ *
  * State: "VNET", version 1, 3 zero bytes; u32 counter count, the counters (u64 each, in
  * enum counter order); u8 has-own-mac, 1 zero byte, own mac (6); u32 entries, each mac (6),
  * 2 zero bytes, network u32, port u32. Loaded entries are stale until seen again (mac_table.h).
@@ -53,6 +56,8 @@ static mac_table table;
 static uint8_t own_mac[6];
 static int own_mac_known;
 static uint32_t denials_logged;
+/* A wake-after is outstanding (the host forgets timers at reset, as we do this flag). */
+static int aging_armed;
 
 /* Held rx buffers, in the order the guest made them available. */
 typedef struct rx_buf {
@@ -138,6 +143,7 @@ static void forget_connection(void) {
   own_mac_known = cfg_mac_given;
   memcpy(own_mac, cfg_mac, 6);
   denials_logged = 0;
+  aging_armed = 0;
   rx_head = rx_n = 0;
 }
 
@@ -348,6 +354,16 @@ static void receive(const vd_event *ev) {
 
 const char *vd_handle(const vd_event *events, size_t n) {
   /* Requests first: rx buffers that arrive with frames in one call can carry them. */
+  for (size_t i = 0; i < n; i++) {
+    if (events[i].kind == VD_EVENT_TIMER && events[i].u.timer == AGE_TIMER_TOKEN) {
+      aging_armed = 0;
+      mac_table_age(&table, AGE_TICKS);
+    }
+  }
+  if (!aging_armed) {
+    vd_wake_after(AGE_TICK_NS, AGE_TIMER_TOKEN);
+    aging_armed = 1;
+  }
   for (size_t i = 0; i < n; i++) {
     const vd_event *e = &events[i];
     if (e->kind == VD_EVENT_REQUEST) {

@@ -36,6 +36,11 @@
 #define MIN_MTU 68
 #define MAX_MTU 65535
 #define DENIALS_AT_INFO 32
+/* MAC table aging, as a Linux bridge's default: an entry not seen for 300 s is forgotten. The
+ * plugin has no clock: a timer (wake-after) ticks every AGE_TICK_NS while the device runs. */
+#define AGE_TICK_NS 30000000000ull
+#define AGE_TICKS 10
+#define AGE_TIMER_TOKEN 1
 #define STATE_VERSION 1
 
 enum counter {
