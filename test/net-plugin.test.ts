@@ -355,3 +355,20 @@ test('MAC aging: a 30 s timer ticks while the device runs; an address not seen f
   tick();
   t.is(sends(dev.handle([tx(out)]))[0].to, null, 'ten ticks unseen: forgotten, flooded');
 });
+
+test('rx buffers and frames in one call: a filled buffer is answered only, the rest held only (one answer or hold per request)', async (t) => {
+  const { dev } = await load();
+  dev.activate(MRG);
+  const bufs = [rxBuf(1526), rxBuf(1526), rxBuf(1526)];
+  const f = frame(ipFrame({ src: B, dst: A, srcIp: '10.0.0.2', dstIp: '10.0.0.1', proto: 'udp' }), 3);
+  const acts = dev.handle([bufs[0], f, bufs[1], bufs[2]]);
+  t.deepEqual(answers(acts).map((a) => a.id), [idOf(bufs[0])], 'the first buffer carries the frame');
+  t.deepEqual(holds(acts), [idOf(bufs[1]), idOf(bufs[2])], 'the others are held');
+  for (const b of bufs) {
+    t.is(answers(acts).filter((a) => a.id === idOf(b)).length + holds(acts).filter((id) => id === idOf(b)).length, 1, `request ${idOf(b)}: exactly one answer or hold`);
+  }
+  // A held buffer of an earlier call is answered later without a second hold.
+  const g = frame(ipFrame({ src: B, dst: A, srcIp: '10.0.0.2', dstIp: '10.0.0.1', proto: 'udp' }), 3);
+  const later = dev.handle([g]);
+  t.deepEqual([answers(later).map((a) => a.id), holds(later)], [[idOf(bufs[1])], []]);
+});

@@ -62,6 +62,9 @@ static int aging_armed;
 /* Held rx buffers, in the order the guest made them available. */
 typedef struct rx_buf {
   uint32_t id, len;
+  /* Came in this call: held (vd_hold) at its end only if no frame of the call filled it, since
+   * a request gets exactly one answer or hold per call. */
+  int fresh;
 } rx_buf;
 static rx_buf rx[RX_MAX];
 static uint32_t rx_head, rx_n;
@@ -293,9 +296,8 @@ static const char *hold_rx(const vd_request *r) {
     return NULL;
   }
   if (rx_n == RX_MAX) return "more rx buffers held than the ring can have (a host bug)";
-  rx[(rx_head + rx_n) % RX_MAX] = (rx_buf){r->id, r->writable_len};
+  rx[(rx_head + rx_n) % RX_MAX] = (rx_buf){r->id, r->writable_len, 1};
   rx_n++;
-  vd_hold(r->id);
   return NULL;
 }
 
@@ -382,6 +384,13 @@ const char *vd_handle(const vd_event *events, size_t n) {
   }
   for (size_t i = 0; i < n; i++) {
     if (events[i].kind == VD_EVENT_FRAME) receive(&events[i]);
+  }
+  /* The buffers of this call no frame filled wait for later frames. */
+  for (uint32_t i = 0; i < rx_n; i++) {
+    rx_buf *b = &rx[(rx_head + i) % RX_MAX];
+    if (!b->fresh) continue;
+    b->fresh = 0;
+    vd_hold(b->id);
   }
   return NULL;
 }
