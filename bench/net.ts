@@ -72,8 +72,8 @@ async function ours(dir: string): Promise<Figures> {
   const sock = { a: join(dir, 'a.sock'), b: join(dir, 'b.sock') };
   const config = join(dir, 'net.json');
   writeFileSync(config, JSON.stringify({ devices: [
-    { id: 'a', socket: sock.a, plugin: NET, grants: { network: ['seg0'] }, options: { mac: MAC_A } },
-    { id: 'b', socket: sock.b, plugin: NET, grants: { network: ['seg0'] }, options: { mac: MAC_B } },
+    { id: 'a', socket: sock.a, plugin: NET, grants: { network: ['seg0'] }, options: { mac: MAC_A }, limits: { callDeadlineMs: 1000 } },
+    { id: 'b', socket: sock.b, plugin: NET, grants: { network: ['seg0'] }, options: { mac: MAC_B }, limits: { callDeadlineMs: 1000 } },
   ] }));
   const daemon = await startDaemon(['--config', config]);
   try {
