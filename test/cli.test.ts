@@ -73,6 +73,12 @@ test('--print-capabilities prints the vhost-user.json object and exits', (t) => 
   t.deepEqual(JSON.parse(r.stdout), { type: 'block', features: ['read-only'] });
 });
 
+test('--print-capabilities describes the net plugin without a --network (a network is lent to the probe)', (t) => {
+  const r = run(['--print-capabilities', '--plugin', join(REPO, 'dist', 'plugins', 'net.wasm')]);
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(JSON.parse(r.stdout), { type: 'net', features: [] });
+});
+
 test('--fd serves an inherited listening socket', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'cli-fd-'));
   const path = join(dir, 'inherited.sock');

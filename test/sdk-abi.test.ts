@@ -130,11 +130,12 @@ test('the SDK exports every function of the world\'s exported interfaces, and no
 
 test('the SDK imports exactly the functions of the world\'s imported interfaces', (t) => {
   const world = wit.worlds.find((w) => w.name === 'virtio-device')!;
-  t.deepEqual(world.imports.sort(), ['entropy', 'filesystem', 'log', 'network', 'storage']);
+  t.deepEqual(world.imports.sort(), ['entropy', 'filesystem', 'log', 'network', 'options', 'storage']);
   const wanted = (i: string) => iface(wit, i).funcs.map((f) => f.name).sort();
   t.deepEqual(names(/import_module\(VD_IFACE\("log"\)\), import_name\("([\w-]+)"\)/g, deviceC), wanted('log'));
   t.deepEqual(names(/import_module\(VD_IFACE\("entropy"\)\), import_name\("([\w-]+)"\)/g, deviceC), wanted('entropy'));
   t.deepEqual(names(/\bVD_STORAGE_IMPORT\("([\w-]+)"\)/g, deviceC), wanted('storage'));
+  t.deepEqual(names(/import_module\(VD_IFACE\("options"\)\), import_name\("([\w-]+)"\)/g, deviceC), wanted('options'));
   t.deepEqual(names(/\bVD_NETWORK_IMPORT\("([\w-]+)"\)/g, deviceC), wanted('network'));
   t.deepEqual(names(/\bVFS_IMPORT\("([\w-]+)"\)/g, fsC), wanted('filesystem'));
 });

@@ -13,6 +13,7 @@ import { IdMap, parseIdMapRule, type IdMapRule } from '../fs/id-map.ts';
 import { parseXattrMap, type XattrRule } from '../fs/xattr-map.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
+import { parsePluginOptionFlags, type PluginOptions } from '../plugin/plugin-options.ts';
 import { checkNetworkName, MAX_GRANTS, NetworkConfigError } from '../net/switch.ts';
 
 export interface CliOptions {
@@ -43,6 +44,8 @@ export interface CliOptions {
   control: string | null;
   /** --take-over: ask the host serving --socket-path for its device (host upgrade). */
   takeOver: boolean;
+  /** --plugin-option KEY=VALUE, repeated: what the plugin's `options.get` answers. */
+  pluginOptions: PluginOptions;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
   /** --iops, --bps and their bursts, or null when none was given. */
@@ -91,6 +94,10 @@ Upgrades (docs/upgrade.md):
 The device:
   --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
+  --plugin-option KEY=VALUE
+                          a setting the plugin reads (its options.get), repeatable; each
+                          plugin documents its keys (net: mac, policy). Keys are 1-64 of
+                          a-z 0-9 . _ -, values at most 4096 bytes, at most 64 options
 
 Capabilities granted to the plugin (it sees nothing else):
   --entropy               random bytes from the host (virtio-rng needs this)
@@ -354,6 +361,14 @@ export function parseSharedDir(
   };
 }
 
+function pluginOptionsOf(flags: string[]): PluginOptions {
+  try {
+    return parsePluginOptionFlags(flags);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 export function parseCli(argv: string[]): CliOptions {
   let parsed;
   try {
@@ -371,6 +386,7 @@ export function parseCli(argv: string[]): CliOptions {
         'take-over': { type: 'boolean' },
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
+        'plugin-option': { type: 'string', multiple: true },
         'log-level': { type: 'string' },
         'log-format': { type: 'string' },
         'memory-limit': { type: 'string' },
@@ -434,6 +450,7 @@ export function parseCli(argv: string[]): CliOptions {
           translateGid: v['translate-gid'],
           xattrmap: v.xattrmap,
         }),
+    pluginOptions: pluginOptionsOf(v['plugin-option'] ?? []),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
     networks: parseNetworks(v.network ?? []),

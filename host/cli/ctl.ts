@@ -3,6 +3,7 @@
 // Exit status: 0 done, 1 the daemon refused the request (its error is printed), 2 usage,
 // 3 the daemon could not be reached or answered something that is not JSON-RPC.
 
+import { parsePluginOptionFlags, type PluginOptions } from '../plugin/plugin-options.ts';
 import type { ThrottleLimits } from '../limits/token-bucket.ts';
 import { createConnection } from 'node:net';
 import { resolve } from 'node:path';
@@ -29,7 +30,7 @@ Commands:
                           --queue-threads N, --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
                           --throttle-group NAME (devices of a tenant naming the same group
-                          share one budget).
+                          share one budget), --plugin-option KEY=VALUE (repeatable).
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
@@ -129,6 +130,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'open-files': { type: 'string' },
       'queue-threads': { type: 'string' },
       'throttle-group': { type: 'string' },
+      'plugin-option': { type: 'string', multiple: true },
       ...THROTTLE_FLAGS,
     },
   });
@@ -171,7 +173,17 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
     ...(Object.keys(grants).length ? { grants } : {}),
     ...(Object.keys(limits).length ? { limits } : {}),
+    ...(values['plugin-option']?.length ? { options: optionsFromFlags(values['plugin-option']) } : {}),
   };
+}
+
+/** --plugin-option KEY=VALUE, repeated: the device's "options" (checked again by the daemon). */
+function optionsFromFlags(flags: string[]): PluginOptions {
+  try {
+    return { ...parsePluginOptionFlags(flags) };
+  } catch (e) {
+    throw new CtlUsageError((e as Error).message);
+  }
 }
 
 const THROTTLE_FLAGS = {

@@ -37,6 +37,7 @@ function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): Devic
     options: {
       memoryLimitBytes: o.memoryLimitBytes,
       entropy: o.entropy,
+      ...(Object.keys(o.pluginOptions).length ? { pluginOptions: o.pluginOptions } : {}),
       ...(storage ? { storage } : {}),
       ...(o.filesystem ? { filesystem: checkSharedDir(o.filesystem) } : {}),
       ...extra,
@@ -47,7 +48,12 @@ function deviceSource(o: CliOptions, extra: Record<string, unknown> = {}): Devic
 async function printCapabilities(o: CliOptions): Promise<void> {
   // A block plugin describes itself from its storage grant (read-only or not): without
   // --storage, lend it an empty read-only one that nothing else depends on.
-  const probe = o.storage ? {} : { storage: { kind: 'memory', size: 0, readOnly: true }, storageProbe: true };
+  // A net plugin states its MTU from its first network and refuses to load without one: lend it
+  // the description of one (no port on any switch: the probe moves no frames).
+  const probe = {
+    ...(o.storage ? {} : { storage: { kind: 'memory', size: 0, readOnly: true }, storageProbe: true }),
+    networks: [{ mtu: 1500 }],
+  };
   const worker = await DeviceWorker.start(deviceSource(o, probe), { label: 'capabilities', callDeadlineMs: 5000 });
   try {
     process.stdout.write(JSON.stringify(capabilitiesFor(worker.info)) + '\n');

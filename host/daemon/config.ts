@@ -7,6 +7,7 @@
 // are written out here; they mirror the single-device command line's flags one to one, and
 // reuse its size and grant parsers so the two cannot drift apart.
 
+import { checkPluginOptions, type PluginOptions } from '../plugin/plugin-options.ts';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
 import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
@@ -59,6 +60,8 @@ export interface DeviceSpec {
   migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
   /** --queue-threads: worker threads for a device with independent queues (1: one thread). */
   queueThreads: number;
+  /** "options": what the plugin's `options.get` answers (--plugin-option). */
+  pluginOptions: PluginOptions;
 }
 
 export interface DaemonConfig {
@@ -159,7 +162,7 @@ function path(v: unknown, field: string, base: PathBase): string {
 /** The I/O throttle's fields, in a device's "limits" and in set-limits. */
 export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
-const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup'] as const;
+const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const;
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
@@ -324,7 +327,15 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
 
   const queueThreads = o.queueThreads === undefined ? 1 : int(o.queueThreads, f('queueThreads'), 1, MAX_QUEUE_THREADS);
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads };
+  let pluginOptions: PluginOptions;
+  try {
+    pluginOptions = checkPluginOptions(o.options, f('options'));
+  } catch (e) {
+    throw new ConfigError(f('options'), (e as Error).message.replace(/^[^:]*: /, ''));
+  }
+  if (Object.keys(pluginOptions).length && 'module' in device) throw new ConfigError(f('options'), 'are given to "plugin" devices only');
+
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads, pluginOptions };
 }
 
 /** Two devices may not share an id, a socket path or an fd. */

@@ -86,6 +86,7 @@ function sourceFor(spec: DeviceSpec): DeviceSource {
     options: {
       memoryLimitBytes: spec.limits.memoryLimitBytes,
       entropy: spec.grants.entropy,
+      ...(Object.keys(spec.pluginOptions).length ? { pluginOptions: spec.pluginOptions } : {}),
       ...(storage ? { storage } : {}),
       ...(spec.grants.filesystem ? { filesystem: checkSharedDir(spec.grants.filesystem) } : {}),
     },

@@ -13,6 +13,7 @@ import { LogRateLimit } from './log-limit.ts';
 import { droppedLines } from './imports.ts';
 import { BackingTable, storageIoBacking } from '../io/backing-table.ts';
 import { FsFileBackings } from '../fs/file-backings.ts';
+import { checkPluginOptions } from './plugin-options.ts';
 
 // One log budget per device, not per instance: a reset brings a fresh instance, not a fresh burst.
 const logRates = new Map<string, LogRateLimit>();
@@ -35,6 +36,7 @@ export async function loadPluginDevice(
   if (storage !== undefined && !isStorageSpec(storage)) {
     throw new TypeError(`storage must be {kind: 'file', path} or {kind: 'memory', size} with readOnly, not ${JSON.stringify(storage)}`);
   }
+  const pluginOptions = checkPluginOptions(options.pluginOptions, `plugin ${label}`);
   const log = createLogger(`plugin ${label}`);
   let logRate = logRates.get(label);
   if (!logRate) logRates.set(label, (logRate = new LogRateLimit((n) => log.warn(droppedLines(n)))));
@@ -58,6 +60,7 @@ export async function loadPluginDevice(
         backings,
         fsFiles,
         allowUnusedStorage: storageProbe === true,
+        options: pluginOptions,
         networks: networks as { mtu: number }[] | undefined,
         log: (level, message) => log[level](message),
         logRate,

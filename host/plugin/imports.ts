@@ -13,6 +13,7 @@ import { LogRateLimit, PLUGIN_LOG_BURST, PLUGIN_LOG_RATE } from './log-limit.ts'
 import { MAX_PLUGIN_STRING } from './lift-guard.ts';
 import { cutToBytes, type LogLevel } from '../log/logger.ts';
 import { VhostWasmError } from '../errors.ts';
+import type { PluginOptions } from './plugin-options.ts';
 
 export interface PluginGrants {
   /** Random bytes for virtio-rng and friends. */
@@ -32,6 +33,8 @@ export interface PluginGrants {
   fsFiles?: FsFileBackings;
   /** The device's networks in grant order (--network): what `network.count` and `network.mtu` tell. */
   networks?: readonly { readonly mtu: number }[];
+  /** The operator's settings for the plugin (`options.get`); none when absent. */
+  options?: PluginOptions;
   /** Where plugin log lines go; always granted. */
   log: (level: LogLevel, message: string) => void;
   /** The device's log budget, kept across fresh instances of it (default: one per instance). */
@@ -97,6 +100,12 @@ export function hostImports(grants: PluginGrants): Record<string, Record<string,
         const n = grants.networks?.[index];
         if (n === undefined) throw new CapabilityError(`network.mtu(${index}): the device was granted ${grants.networks?.length ?? 0} network(s) (give --network NAME)`);
         return n.mtu;
+      },
+    },
+    'vhost:device/options': {
+      get(key: unknown): string | undefined {
+        const k = String(key);
+        return grants.options && Object.hasOwn(grants.options, k) ? grants.options[k] : undefined;
       },
     },
     'vhost:device/storage': storageImports(grants.storage, () => {

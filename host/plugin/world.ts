@@ -6,7 +6,7 @@ export const WIT_VERSION = '0.2.0';
 export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
 
 /** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
-export const IMPORTABLE = ['log', 'entropy', 'storage', 'filesystem', 'network'] as const;
+export const IMPORTABLE = ['log', 'entropy', 'storage', 'filesystem', 'network', 'options'] as const;
 export type Importable = (typeof IMPORTABLE)[number];
 /**
  * Interfaces of types only (no functions): a component that uses them (device uses `types`)

@@ -14,6 +14,13 @@ import type { CpioEntry } from './cpio.ts';
  */
 export const DEFAULT_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_rng', 'virtiofs', 'ext4', 'crc32c_generic'];
 
+/**
+ * The default set plus virtio_net (and, through its `depends`, net_failover and failover),
+ * for guests with a virtio-net device. Kept out of the default set so the other tests' guests
+ * do not probe for a network they do not have.
+ */
+export const NET_MODULES = [...DEFAULT_MODULES, 'virtio_net'];
+
 function modinfo(version: string, field: string, name: string): string {
   return execFileSync('modinfo', ['-k', version, '-F', field, name], { encoding: 'utf8' }).trim();
 }

@@ -33,6 +33,10 @@
 /* entropy.fill */
 #define VD_ABI_SIZEOF_ENTROPY_FILL_RET 8
 
+/* options.get: option<string> */
+#define VD_ABI_SIZEOF_OPTIONS_GET_RET 12
+#define VD_ABI_OPTIONS_GET_RET_SOME 4
+
 /* filesystem.attr */
 #define VD_ABI_SIZEOF_ATTR 96
 #define VD_ABI_ALIGNOF_ATTR 8

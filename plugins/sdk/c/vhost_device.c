@@ -132,6 +132,23 @@ VD_NETWORK_IMPORT("mtu") int32_t vd_import_network_mtu(int32_t index);
 uint32_t vd_network_count(void) { return (uint32_t)vd_import_network_count(); }
 uint32_t vd_network_mtu(uint32_t index) { return (uint32_t)vd_import_network_mtu((int32_t)index); }
 
+/* options: the operator's settings for this device (--plugin-option KEY=VALUE). */
+__attribute__((import_module(VD_IFACE("options")), import_name("get"))) extern void
+vd_import_options_get(const char *key, size_t len, uint8_t *ret);
+
+char *vd_option(const char *key) {
+  _Alignas(4) uint8_t ret[VD_ABI_SIZEOF_OPTIONS_GET_RET];
+  vd_import_options_get(key, strlen(key), ret);
+  if (ret[0] == 0) return NULL;
+  /* The host allocated the string through cabi_realloc: ours now; add the terminator. */
+  char *got = (char *)(uintptr_t)vd_get_u32(ret + VD_ABI_OPTIONS_GET_RET_SOME);
+  uint32_t len = vd_get_u32(ret + VD_ABI_OPTIONS_GET_RET_SOME + VD_ABI_LIST_LEN);
+  char *s = realloc(got, (size_t)len + 1);
+  if (!s) __builtin_trap();
+  s[len] = '\0';
+  return s;
+}
+
 /* ---- Exports ---- */
 
 VD_EXPORT("identity") uint8_t *vd_export_identity(void) {

@@ -184,6 +184,11 @@ uint32_t vd_storage_block_size(void);
 uint32_t vd_network_count(void);
 uint32_t vd_network_mtu(uint32_t index);
 
+/* The operator's setting `key` for this device (--plugin-option KEY=VALUE; the daemon config's
+ * "options"), NUL-terminated, from malloc (free it), or NULL when none was given. A value may
+ * contain any byte but NUL as text; a device refuses (fails its load on) values it cannot use. */
+char *vd_option(const char *key);
+
 /* ---- Little-endian fields (wasm32 is little-endian; memcpy keeps unaligned access defined) ---- */
 
 static inline void vd_put_u16(uint8_t *at, uint16_t v) { memcpy(at, &v, 2); }

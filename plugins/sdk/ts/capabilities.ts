@@ -7,6 +7,7 @@ import * as witEntropy from 'vhost:device/entropy@0.2.0';
 import * as witStorage from 'vhost:device/storage@0.2.0';
 import * as witFs from 'vhost:device/filesystem@0.2.0';
 import * as witNetwork from 'vhost:device/network@0.2.0';
+import * as witOptions from 'vhost:device/options@0.2.0';
 
 type Level = witLog.Level;
 
@@ -35,6 +36,11 @@ export const storage = {
   size: (): bigint => witStorage.size(),
   readOnly: (): boolean => witStorage.readOnly(),
   blockSize: (): number => witStorage.blockSize(),
+};
+
+/** The operator's settings (--plugin-option KEY=VALUE): the value of `key`, or undefined. */
+export const options = {
+  get: (key: string): string | undefined => witOptions.get(key),
 };
 
 /** The --network grants, numbered in grant order from 0 (count 0 without one). */

@@ -4,5 +4,5 @@
 // and plugins/sdk/ts/build.mjs turns it into a component. docs/writing-a-ts-plugin.md.
 export { defineDevice, type Batch, type DeviceSpec, type DeviceExport } from './define.ts';
 export * from './answers.ts';
-export { log, entropy, storage, fs, network, errnoOf } from './capabilities.ts';
+export { log, entropy, storage, fs, network, options, errnoOf } from './capabilities.ts';
 export type * from './wit.ts';

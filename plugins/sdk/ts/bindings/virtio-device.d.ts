@@ -3,6 +3,7 @@
 /// <reference path="./interfaces/vhost-device-filesystem.d.ts" />
 /// <reference path="./interfaces/vhost-device-log.d.ts" />
 /// <reference path="./interfaces/vhost-device-network.d.ts" />
+/// <reference path="./interfaces/vhost-device-options.d.ts" />
 /// <reference path="./interfaces/vhost-device-storage.d.ts" />
 /// <reference path="./interfaces/vhost-device-types.d.ts" />
 declare module 'vhost:device/virtio-device@0.2.0' {
@@ -10,6 +11,7 @@ declare module 'vhost:device/virtio-device@0.2.0' {
   export type * as VhostDeviceFilesystem020 from 'vhost:device/filesystem@0.2.0'; // import vhost:device/filesystem@0.2.0
   export type * as VhostDeviceLog020 from 'vhost:device/log@0.2.0'; // import vhost:device/log@0.2.0
   export type * as VhostDeviceNetwork020 from 'vhost:device/network@0.2.0'; // import vhost:device/network@0.2.0
+  export type * as VhostDeviceOptions020 from 'vhost:device/options@0.2.0'; // import vhost:device/options@0.2.0
   export type * as VhostDeviceStorage020 from 'vhost:device/storage@0.2.0'; // import vhost:device/storage@0.2.0
   export type * as VhostDeviceTypes020 from 'vhost:device/types@0.2.0'; // import vhost:device/types@0.2.0
   export * as device from 'vhost:device/device@0.2.0'; // export vhost:device/device@0.2.0

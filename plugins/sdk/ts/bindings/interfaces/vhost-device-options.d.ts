@@ -1,0 +1,6 @@
+declare module 'vhost:device/options@0.2.0' {
+  /**
+   * The value given for `key`, or none.
+   */
+  export function get(key: string): string | undefined;
+}
