@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { bootGuest, hasQemu, hasStorageDaemon, type BootResult } from './guest/qemu.ts';
 import { startSlowDisk, type SlowDisk } from './guest/slow-disk.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
+import { patternRoundsScript, SLOT_BASE, SLOT_BYTES, SLOTS } from './guest/pattern-rounds.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 
 const BLK_PLUGIN = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -34,9 +35,6 @@ const guestTest = skip ? test.serial.skip : test.serial;
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const DISK = 8 * MiB;
-const SLOTS = 8;
-const SLOT_BYTES = 64 * KiB;
-const SLOT_BASE = 1 * MiB;
 const PATTERNS = Array.from({ length: 5 }, () => randomBytes(SLOT_BYTES));
 const ROUNDS = 28;
 const KILL_IN_ROUNDS = [3, 8, 13, 18, 23];
@@ -44,32 +42,7 @@ const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 /** The pattern round r writes to slot j (rounds count from 1). */
 const patternOf = (r: number, j: number) => (r + j) % PATTERNS.length;
 
-const SCRIPT = [
-  ...PATTERNS.map((_, p) => `m${p}=$(md5sum < /guest/p${p} | cut -d' ' -f1)`),
-  'echo IO-START',
-  'r=0',
-  `while [ $r -lt ${ROUNDS} ]; do`,
-  '  r=$((r+1))',
-  '  echo "ROUND $r"',
-  '  j=0',
-  `  while [ $j -lt ${SLOTS} ]; do`,
-  `    p=$(( (r + j) % ${PATTERNS.length} ))`,
-  `    ( dd if=/guest/p$p of=/dev/vda bs=16k seek=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 oflag=direct 2>/tmp/werr$j || echo "ERR $r write $j $(cat /tmp/werr$j)" ) &`,
-  '    j=$((j+1))',
-  '  done',
-  '  wait',
-  '  j=0',
-  `  while [ $j -lt ${SLOTS} ]; do`,
-  `    p=$(( (r + j) % ${PATTERNS.length} ))`,
-  '    eval want=\\$m$p',
-  `    ( got=$(dd if=/dev/vda bs=16k skip=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1); [ "$got" = "$want" ] || echo "BAD $r $j" ) &`,
-  '    j=$((j+1))',
-  '  done',
-  '  wait',
-  '  echo "ACK $r"',
-  'done',
-  'echo "DONE $r"',
-].join('\n');
+const SCRIPT = patternRoundsScript({ rounds: ROUNDS, patterns: PATTERNS, startMarker: 'IO-START' });
 
 function explain(r: BootResult, hosts: HostProcess[]): string {
   return `exit=${r.exitCode} timedOut=${r.timedOut} aborted=${r.aborted} qemu=${r.qemuExitCode} ${r.durationMs} ms\n` +

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, hasQemu, type BootResult } from './guest/qemu.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
+import { patternRoundsScript, SLOT_BASE, SLOT_BYTES, SLOTS } from './guest/pattern-rounds.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
@@ -24,9 +25,6 @@ const guestTest = skip ? test.serial.skip : test.serial;
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const SLOTS = 8;
-const SLOT_BYTES = 64 * KiB;
-const SLOT_BASE = 1 * MiB;
 const PATTERNS = Array.from({ length: 5 }, () => randomBytes(SLOT_BYTES));
 const ROUNDS = 40;
 const UPGRADE_IN_ROUNDS = [3, 10, 17, 24];
@@ -35,43 +33,8 @@ const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 /** A 4 KiB block written again and again, one direct write at a time, "T n" after each (ticker). */
 const TICK_BLOCK = (4 * MiB) / (4 * KiB);
 
-/**
- * Rounds of eight parallel direct-I/O writes, then eight parallel reads checked against the
- * pattern. With `ticker`, a loop of single direct writes runs beside them, printing "T n" after
- * each: the gaps between ticks are the guest-visible pauses.
- */
-const PATTERN_SCRIPT = (rounds: number, ticker = false) =>
-  [
-    ...PATTERNS.map((_, p) => `m${p}=$(md5sum < /guest/p${p} | cut -d' ' -f1)`),
-    ...(ticker
-      ? [`( i=0; while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/dev/vda bs=4k seek=${TICK_BLOCK} count=1 oflag=direct 2>/dev/null || echo "ERR tick $i"; echo "T $i"; i=$((i+1)); done ) &`, 'ticker=$!']
-      : []),
-    'r=0',
-    `while [ $r -lt ${rounds} ]; do`,
-    '  r=$((r+1))',
-    '  echo "ROUND $r"',
-    '  j=0',
-    `  while [ $j -lt ${SLOTS} ]; do`,
-    `    p=$(( (r + j) % ${PATTERNS.length} ))`,
-    `    ( dd if=/guest/p$p of=/dev/vda bs=16k seek=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 oflag=direct 2>/tmp/werr$j || echo "ERR $r write $j $(cat /tmp/werr$j)" ) &`,
-    '    pids="$pids $!"',
-    '    j=$((j+1))',
-    '  done',
-    '  wait $pids; pids=',
-    '  j=0',
-    `  while [ $j -lt ${SLOTS} ]; do`,
-    `    p=$(( (r + j) % ${PATTERNS.length} ))`,
-    '    eval want=\\$m$p',
-    `    ( got=$(dd if=/dev/vda bs=16k skip=$(( ${SLOT_BASE / (16 * KiB)} + j * 4 )) count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1); [ "$got" = "$want" ] || echo "BAD $r $j" ) &`,
-    '    pids="$pids $!"',
-    '    j=$((j+1))',
-    '  done',
-    '  wait $pids; pids=',
-    '  echo "ACK $r"',
-    'done',
-    ...(ticker ? ['touch /tmp/stop', 'wait $ticker'] : []),
-    'echo "DONE $r"',
-  ].join('\n');
+/** The rounds of test/guest/pattern-rounds.ts; with `ticker`, the single-write ticker beside them. */
+const PATTERN_SCRIPT = (rounds: number, ticker = false) => patternRoundsScript({ rounds, patterns: PATTERNS, ...(ticker ? { tickBlock: TICK_BLOCK } : {}) });
 
 test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
