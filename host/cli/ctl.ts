@@ -29,7 +29,9 @@ Commands:
                           --queue-threads N, --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
                           --throttle-group NAME (devices of a tenant naming the same group
-                          share one budget).
+                          share one budget), --start eager|on-connect (when its worker
+                          starts: now, or when its first front-end connects; default: the
+                          daemon's "start").
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
@@ -129,6 +131,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'open-files': { type: 'string' },
       'queue-threads': { type: 'string' },
       'throttle-group': { type: 'string' },
+      start: { type: 'string' },
       ...THROTTLE_FLAGS,
     },
   });
@@ -167,6 +170,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
     ...(values['throttle-group'] !== undefined ? { throttleGroup: values['throttle-group'] } : {}),
+    ...(values.start !== undefined ? { start: values.start } : {}),
     ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),
     ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
     ...(Object.keys(grants).length ? { grants } : {}),
@@ -212,7 +216,7 @@ function table(rows: string[][]): string {
 }
 
 function virtio(d: DeviceSummary): string {
-  return d.name === null ? '-' : `${d.name} (${d.virtioId}, ${d.queues}q)`;
+  return d.name === null ? (d.state === 'not-started' ? '(starts on connect)' : '-') : `${d.name} (${d.virtioId}, ${d.queues}q)`;
 }
 
 function mib(n: number): string {

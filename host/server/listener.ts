@@ -177,7 +177,11 @@ export class Listener {
     try {
       worker = await this.slot.acquire();
     } catch (e) {
-      this.log.error(`cannot start the device for a new connection: ${errorText(e)}`);
+      // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
+      this.log.error(
+        `the device did not start for a front-end that connected: ${errorText(e)}; its connection is closed ` +
+          '(device-stats shows why; the next connection tries again; plugin-upgrade or device-del to fix it)',
+      );
       native.close(conn);
       this.endSession();
       return;
