@@ -252,7 +252,7 @@ export function human(method: string, result: unknown): string {
     }
     case 'device-add': {
       const d = result as MethodResults['device-add'];
-      return `added ${d.id}: ${virtio(d)} on ${d.listen}\n`;
+      return d.state === 'not-started' ? `added ${d.id} on ${d.listen} (its worker starts when a front-end connects)\n` : `added ${d.id}: ${virtio(d)} on ${d.listen}\n`;
     }
     case 'device-del':
       return `removed ${(result as MethodResults['device-del']).id}\n`;

@@ -70,7 +70,7 @@ export interface DeviceSpec {
 export type StartMode = 'eager' | 'on-connect';
 export const START_MODES: readonly StartMode[] = ['eager', 'on-connect'];
 /** See docs/BENCHMARKS.md, "Starting devices on their first connection", for why. */
-export const DEFAULT_START: StartMode = 'eager';
+export const DEFAULT_START: StartMode = 'on-connect';
 
 function startMode(v: unknown, field: string): StartMode {
   const s = str(v, field);
