@@ -52,6 +52,7 @@ export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSess
   });
 }
 
+/** Loads `pluginPath` beside `old`, checks it is the same plugin and device, and makes it the device's (unstarted: its source only). */
 async function switchTo(
   slot: DeviceSlot,
   old: DeviceWorker,
@@ -61,47 +62,45 @@ async function switchTo(
   pluginPath: string,
   log: Logger,
 ): Promise<UpgradeOutcome> {
-  {
-    const source = slot.source as Extract<DeviceSource, { kind: 'plugin' }>;
-    const next = { ...source, path: pluginPath };
-    let fresh;
-    log.debug(`upgrade: starting ${pluginPath}`);
-    try {
-      fresh = await slot.startWorker(next);
-    } catch (e) {
-      throw new UpgradeRefused(`the new plugin did not load: ${errorText(e)}`);
-    }
-    let from, to;
-    try {
-      [from, to] = await Promise.all([old.stateBegin(), fresh.stateBegin()]);
-      if (to.name !== from.name) throw new UpgradeRefused(`the new plugin is "${to.name}", not "${from.name}": an upgrade keeps the plugin and changes its version`);
-      checkCompatible(old.info, fresh.info, null);
-    } catch (e) {
-      await fresh.terminate();
-      throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
-    }
-    log.debug('upgrade: new instance loaded and checked');
-    const s = session();
-    const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
-    if (!idle && s === null) {
-      // A front-end was being connected when the upgrade began and is gone again, or not yet there.
-      await fresh.terminate();
-      throw new UpgradeRefused('a front-end is connecting or disconnecting; retry in a moment');
-    }
-    if (unstarted) {
-      slot.replaceSource(next);
-      void fresh.terminate();
-      log.info(`plugin upgraded (device not started yet: it starts from the new build when a front-end connects): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
-    }
-    if (idle || s === null) {
-      slot.replaceWorker(fresh, next);
-      void old.terminate();
-      log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
-    }
-    const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
-    log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-    return { ...base, frontEnd: true, ...r };
+  const source = slot.source as Extract<DeviceSource, { kind: 'plugin' }>;
+  const next = { ...source, path: pluginPath };
+  let fresh;
+  log.debug(`upgrade: starting ${pluginPath}`);
+  try {
+    fresh = await slot.startWorker(next);
+  } catch (e) {
+    throw new UpgradeRefused(`the new plugin did not load: ${errorText(e)}`);
   }
+  let from, to;
+  try {
+    [from, to] = await Promise.all([old.stateBegin(), fresh.stateBegin()]);
+    if (to.name !== from.name) throw new UpgradeRefused(`the new plugin is "${to.name}", not "${from.name}": an upgrade keeps the plugin and changes its version`);
+    checkCompatible(old.info, fresh.info, null);
+  } catch (e) {
+    await fresh.terminate();
+    throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
+  }
+  log.debug('upgrade: new instance loaded and checked');
+  const s = session();
+  const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
+  if (!idle && s === null) {
+    // A front-end was being connected when the upgrade began and is gone again, or not yet there.
+    await fresh.terminate();
+    throw new UpgradeRefused('a front-end is connecting or disconnecting; retry in a moment');
+  }
+  if (unstarted) {
+    slot.replaceSource(next);
+    void fresh.terminate();
+    log.info(`plugin upgraded (device not started yet: it starts from the new build when a front-end connects): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+    return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
+  }
+  if (idle || s === null) {
+    slot.replaceWorker(fresh, next);
+    void old.terminate();
+    log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+    return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
+  }
+  const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
+  log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+  return { ...base, frontEnd: true, ...r };
 }
