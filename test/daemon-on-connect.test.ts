@@ -27,6 +27,7 @@ const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const fixtures = join(REPO, 'dist', 'test-plugins');
 const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
+const startTrap = join(fixtures, 'start-trap.wasm');
 
 let dir: string;
 let daemon: DaemonProcess;
@@ -39,6 +40,7 @@ test.before(async () => {
   bad = await buildFixtures(REPO, fixtures);
   await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'upgrade-blk.c')], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
+  await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'bad.c')], outFile: startTrap, defines: ['BAD_START_TRAP'] });
   dir = mkdtempSync(join(tmpdir(), 'daemon-on-connect-'));
   const r = (id: string) => ({ id, socket: `${id}.sock`, plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } });
   writeFileSync(
@@ -54,7 +56,8 @@ test.before(async () => {
         r('gone'),
         { ...r('e'), start: 'eager' },
         { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 } },
-        // Instantiates, then fails the identity check: only a start can tell.
+        // Instantiate, then trap in identity() / fail the identity check: only a start can tell.
+        { id: 'trapstart', socket: 'trapstart.sock', plugin: startTrap },
         { id: 'badname', socket: 'badname.sock', plugin: bad.name },
         // Can never load: refused at start, as an eager device would be.
         { id: 'old', socket: 'old.sock', plugin: bad.version },
@@ -119,10 +122,10 @@ test.serial('serve start: plugins that can never load are refused with the loade
   t.regex(log, /device core not started: .*this is a core wasm module, not a component/);
   t.regex(log, /device import not started: .*imports vhost:device\/clock@0\.2\.0, which this host .* does not provide/);
   t.regex(log, /device unused not started: .*was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.0/);
-  t.regex(log, /serving 7 of 11 device\(s\); not started: old, core, import, unused/);
+  t.regex(log, /serving 8 of 12 device\(s\); not started: old, core, import, unused/);
   t.regex(log, /serving r: .*rng\.wasm, started when a front-end connects on /);
   const states = await listed();
-  t.deepEqual([...states], [['r', 'not-started'], ['dst', 'not-started'], ['idle', 'not-started'], ['gone', 'not-started'], ['e', 'idle'], ['disk', 'not-started'], ['badname', 'not-started']]);
+  t.deepEqual([...states], [['r', 'not-started'], ['dst', 'not-started'], ['idle', 'not-started'], ['gone', 'not-started'], ['e', 'idle'], ['disk', 'not-started'], ['trapstart', 'not-started'], ['badname', 'not-started']]);
   const human = await ctl(['--control', control(), 'list']);
   t.regex(human.stdout, new RegExp(`^r\\s+-\\s+not-started\\s+\\(starts on connect\\)\\s+${sock('r')}$`, 'm'));
   t.regex(human.stdout, new RegExp(`^e\\s+-\\s+idle\\s+rng \\(4, 1q\\)\\s+${sock('e')}$`, 'm'));
@@ -186,6 +189,18 @@ test.serial('a plugin that fails as it is built is reported when a front-end con
   const del = await ctl(['--control', control(), 'del', 'badname']);
   t.is(del.code, 0, del.stderr);
   t.false(existsSync(sock('badname')));
+});
+
+test.serial('a plugin that traps as it starts: the front-end\'s connection is closed and the trap is what device-stats and the log say', async (t) => {
+  const c = VhostUserConnection.connect(sock('trapstart'));
+  t.teardown(() => c.close());
+  await t.throwsAsync(c.getFeatures());
+  const line = await daemon.waitForLog(/listener trapstart: the device did not start for a front-end that connected: /);
+  t.regex(line, /trap|unreachable/i);
+  const s = await stats('trapstart');
+  t.like(s, { state: 'failed', workerStarts: 1 });
+  t.regex(s.lastFailure ?? '', /^did not start: .*(trap|unreachable)/i);
+  await randomFrom(sock('r'));
 });
 
 test.serial('device-stats and metrics of a device never connected; device-del of one', async (t) => {
