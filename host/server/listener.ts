@@ -180,7 +180,7 @@ export class Listener {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
       this.log.error(
         `the device did not start for a front-end that connected: ${errorText(e)}; its connection is closed ` +
-          '(device-stats shows why; the next connection tries again; plugin-upgrade or device-del to fix it)',
+          '(device-stats shows why; the next connection tries again; device-del, then device-add with a plugin that starts, replaces it)',
       );
       native.close(conn);
       this.endSession();
