@@ -178,10 +178,7 @@ export class Listener {
       worker = await this.slot.acquire();
     } catch (e) {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
-      this.log.error(
-        `the device did not start for a front-end that connected: ${errorText(e)}; its connection is closed ` +
-          '(device-stats shows why; the next connection tries again; device-del, then device-add with a plugin that starts, replaces it)',
-      );
+      this.log.error(`the device did not start for a front-end that connected: ${errorText(e)}; its connection is closed, and the next connection tries again`);
       native.close(conn);
       this.endSession();
       return;
