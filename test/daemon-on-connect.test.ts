@@ -173,7 +173,7 @@ test.serial('a plugin that fails as it is built is reported when a front-end con
   const first = VhostUserConnection.connect(sock('badname'));
   t.teardown(() => first.close());
   await t.throwsAsync(first.getFeatures(), undefined, 'the front-end\'s connection is closed');
-  await daemon.waitForLog(/listener badname: the device did not start for a front-end that connected: .*identity name "Not A Name!"/);
+  await daemon.waitForLog(/listener badname: cannot start the device for a new connection: .*identity name "Not A Name!"/);
   const s = await stats('badname');
   t.like(s, { state: 'failed', workerStarts: 1, frontEnd: false });
   t.regex(s.lastFailure ?? '', /^did not start: .*identity name "Not A Name!"/);
@@ -195,7 +195,7 @@ test.serial('a plugin that traps as it starts: the front-end\'s connection is cl
   const c = VhostUserConnection.connect(sock('trapstart'));
   t.teardown(() => c.close());
   await t.throwsAsync(c.getFeatures());
-  const line = await daemon.waitForLog(/listener trapstart: the device did not start for a front-end that connected: /);
+  const line = await daemon.waitForLog(/listener trapstart: cannot start the device for a new connection: /);
   t.regex(line, /trap|unreachable/i);
   const s = await stats('trapstart');
   t.like(s, { state: 'failed', workerStarts: 1 });

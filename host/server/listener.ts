@@ -178,7 +178,7 @@ export class Listener {
       worker = await this.slot.acquire();
     } catch (e) {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
-      this.log.error(`the device did not start for a front-end that connected: ${errorText(e)}; its connection is closed, and the next connection tries again`);
+      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and the next connection tries again`);
       native.close(conn);
       this.endSession();
       return;
