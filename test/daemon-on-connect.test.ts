@@ -8,7 +8,7 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
@@ -248,4 +248,27 @@ test.serial('SIGTERM with devices never connected stops the daemon and removes t
   t.is((await stats('idle')).state, 'not-started');
   t.is(await daemon.stop(), 0, daemon.log());
   for (const s of ['r', 'dst', 'idle', 'e', 'disk', 'control', 'metrics']) t.false(existsSync(sock(s)), `${s}.sock removed`);
+});
+
+test('a plugin not in the transpile cache yet is transpiled and checked at serve start (in a worker), before any front-end; the first one is served', async (t) => {
+  const d = mkdtempSync(join(tmpdir(), 'daemon-on-connect-cold-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  const cache = join(d, 'cache');
+  writeFileSync(
+    join(d, 'daemon.json'),
+    JSON.stringify({
+      devices: [
+        { id: 'cold', socket: 'cold.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+        { id: 'cold-old', socket: 'cold-old.sock', plugin: bad.version },
+      ],
+    }),
+  );
+  const p = await startDaemon(['--config', join(d, 'daemon.json')], { env: { XDG_CACHE_HOME: cache } });
+  t.teardown(() => void p.stop());
+  t.regex(p.log(), /device cold-old not started: plugin component [0-9a-f]{12}: load: this plugin is built for vhost:device@0\.1\.0/);
+  t.regex(p.log(), /serving 1 of 2 device\(s\)/);
+  const entries = readdirSync(join(cache, 'vhost-wasm'));
+  t.is(entries.filter((e) => !e.includes('.tmp-')).length, 1, `the transpile cache holds rng already: ${entries.join(', ')}`);
+  await randomFrom(join(d, 'cold.sock'));
+  t.is(await p.stop(), 0);
 });

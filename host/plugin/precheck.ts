@@ -3,7 +3,8 @@
 // refused at device-add or serve start when its plugin could never load. The checks are the
 // loader's own, in its words (the same PluginError a worker would send back):
 //  - the file is a component (validateKind), built for this host's world and version
-//    (preparePlugin runs the world check on a transpile; an entry in the cache passed it);
+//    (preparePlugin runs the world check on a transpile, in a worker when the caller gives one;
+//    an entry in the cache passed it);
 //  - its core modules fit the device's memory limit (planAllocations) and compile (compiled
 //    once and kept for every device of the plugin: compiled-modules.ts);
 //  - every grant is one it imports (unusedGrant: the glue names each interface it takes).
@@ -11,7 +12,7 @@
 // device-info the host refuses) is reported when the first front-end connects.
 import { readFileSync } from 'node:fs';
 import { PluginError } from './errors.ts';
-import { preparePlugin, labelFor, componentHash, defaultCacheDir } from './prepare.ts';
+import { preparePlugin, labelFor, componentHash, defaultCacheDir, readPrepared, validateKind } from './prepare.ts';
 import { planAllocations } from './limits.ts';
 import { compileCoreModules, sharedModules } from './compiled-modules.ts';
 import { DEFAULT_MEMORY_LIMIT, unusedGrant } from './load.ts';
@@ -25,6 +26,12 @@ export interface PrecheckOptions {
   filesystem?: boolean;
   /** --storage given only to probe (the loader's allowUnusedStorage). */
   storageProbe?: boolean;
+  /**
+   * Transpiles a plugin missing from the cache elsewhere (a worker: jco takes seconds the first
+   * time, which the main thread's event loop should not wait through). Without it, or with no
+   * usable cache folder, the transpile runs here.
+   */
+  prepareOffThread?: (path: string, cacheDir: string | undefined) => Promise<void>;
 }
 
 /** What a storage grant is called in messages (as the opened backing describes itself). */
@@ -41,7 +48,15 @@ export async function precheckPlugin(path: string, o: PrecheckOptions): Promise<
     throw new PluginError(path, 'load', 'load', `cannot read the plugin file: ${(e as Error).message}`, { cause: e });
   }
   const label = labelFor(componentHash(bytes));
-  const prepared = await preparePlugin(bytes, o.cacheDir ?? defaultCacheDir());
+  validateKind(bytes, label);
+  const cacheDir = o.cacheDir ?? defaultCacheDir();
+  let prepared = readPrepared(bytes, cacheDir);
+  if (!prepared && o.prepareOffThread) {
+    await o.prepareOffThread(path, o.cacheDir);
+    prepared = readPrepared(bytes, cacheDir);
+  }
+  // preparePlugin checks the world on a transpile; an entry in the cache passed it.
+  prepared ??= await preparePlugin(bytes, cacheDir);
   const limit = o.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT;
   try {
     planAllocations(prepared.coreModules, prepared.glue, limit);

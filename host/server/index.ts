@@ -6,6 +6,7 @@ import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
 import { describeFdBudget, ensureFdBudget } from '../resources/fd-budget.ts';
 import { precheckPlugin } from '../plugin/precheck.ts';
+import { prepareInWorker } from '../device/worker-thread.ts';
 import { isStorageSpec } from '../storage/index.ts';
 import { createLogger } from '../log/logger.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
@@ -49,6 +50,7 @@ async function precheck(source: DeviceSource): Promise<void> {
     storage: isStorageSpec(o.storage) ? o.storage : undefined,
     filesystem: o.filesystem !== undefined,
     storageProbe: o.storageProbe === true,
+    prepareOffThread: prepareInWorker,
   });
 }
 
