@@ -52,7 +52,7 @@ export class DeviceSlot {
    * then, and one never connected holds none.
    */
   private reserved: { queues: number; threads: number } | null = null;
-  /** The last worker had started and was served (false: none yet, or the last start failed). */
+  /** A worker has served this device at some point (false: never, e.g. one that starts on connect and had no front-end yet). */
   private everStarted = false;
 
   constructor(
