@@ -5,6 +5,9 @@
 # extra idle device costs.
 #
 #   sh bench/idle-density.sh [N] [PLUGIN]      # default 20 dist/plugins/rng.wasm
+#
+# START=on-connect measures devices whose workers start on their first connection; the default
+# (eager) starts every worker, which is what this script's figures in docs/BENCHMARKS.md are.
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-20}
@@ -14,8 +17,8 @@ trap 'rm -rf "$DIR"' EXIT
 node -e '
   const [n, plugin, dir] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
   const devices = Array.from({ length: n }, (_, i) => ({ id: `d${i}`, socket: `${dir}/d${i}.sock`, plugin, grants: { entropy: true } }));
-  require("node:fs").writeFileSync(`${dir}/c.json`, JSON.stringify({ devices }));
-' "$N" "$PLUGIN" "$DIR"
+  require("node:fs").writeFileSync(`${dir}/c.json`, JSON.stringify({ start: process.argv[4], devices }));
+' "$N" "$PLUGIN" "$DIR" "${START:-eager}"
 node "$REPO/dist/vhost-wasm.mjs" serve --config "$DIR/c.json" 2>"$DIR/log" &
 PID=$!
 i=0

@@ -55,6 +55,15 @@ test('defaults follow the single-device command line; relative paths are relativ
   t.throws(spare(-1), { message: 'spareWorkers: -1 is out of range (0..16)' });
   t.throws(spare('2'), { message: /spareWorkers: must be a whole number/ });
   t.is(spare(0)().spareWorkers, 0);
+  // When workers start: the daemon's default, a device's own.
+  t.is(c.start, 'on-connect');
+  t.deepEqual(c.devices.map((d) => d.start), [null, null, null]);
+  const started = (doc: object) => () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm' }], ...doc }), '/d.json');
+  t.is(started({ start: 'eager' })().start, 'eager');
+  t.throws(started({ start: 'lazy' }), { message: 'start: "lazy" is not one of "eager", "on-connect"' });
+  t.throws(started({ start: true }), { message: /^start: must be a string/ });
+  t.is(bad({ start: 'eager' })().devices[0].start, 'eager');
+  t.throws(bad({ start: 'soon' }), { message: 'devices[0].start: "soon" is not one of "eager", "on-connect"' });
 });
 
 test('LISTEN_FDS for another process is ignored, and a name systemd did not pass is an error naming the field', (t) => {

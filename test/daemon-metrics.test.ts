@@ -34,6 +34,9 @@ test.before(async () => {
     join(dir, 'daemon.json'),
     JSON.stringify({
       metrics: `unix:${sock('metrics')}`,
+      // Started at once: the first scrape reads every device's running worker (its plugin's
+      // memory); test/daemon-on-connect.test.ts scrapes devices not started yet.
+      start: 'eager',
       devices: [
         { id: 'r', tenant: 'acme', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
         // Two queue threads: each writes its own cells, a scrape sums them.

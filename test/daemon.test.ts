@@ -88,7 +88,8 @@ test.serial('the management socket is mode 0600, and ctl lists the devices for p
   const lines = human.stdout.trim().split('\n');
   t.regex(lines[0], /^ID\s+TENANT\s+STATE\s+DEVICE\s+SOCKET$/);
   t.regex(human.stdout, new RegExp(`^a\\s+acme\\s+idle\\s+rng \\(4, 1q\\)\\s+${sock('a')}$`, 'm'));
-  t.regex(human.stdout, new RegExp(`^disk\\s+globex\\s+idle\\s+blk \\(2, \\d+q\\)\\s+${sock('disk')}$`, 'm'));
+  // Never connected: its worker starts with its first front-end (the daemon's default "start").
+  t.regex(human.stdout, new RegExp(`^disk\\s+globex\\s+not-started\\s+\\(starts on connect\\)\\s+${sock('disk')}$`, 'm'));
   const stats = await ctl(['--control', control(), '--json', 'stats', 'disk']);
   t.is(stats.code, 0, stats.stderr);
   const s = JSON.parse(stats.stdout) as { devices: { id: string; limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: unknown } }[]; process: { pid: number } };
@@ -100,7 +101,7 @@ test.serial('device-add serves a new device; its stats count its front-end', asy
   // Run from the test's directory: ctl makes the relative socket path absolute for the daemon.
   const r = await ctl(['--control', control(), 'add', '--id', 'c', '--tenant', 'initech', '--socket', 'c.sock', '--plugin', rng, '--entropy', '--call-deadline', '10000'], [], dir);
   t.is(r.code, 0, r.stderr);
-  t.regex(r.stdout, /^added c: rng \(4, 1q\) on /);
+  t.is(r.stdout, `added c on ${sock('c')} (its worker starts when a front-end connects)\n`);
   const fe = await VhostUserFrontend.connect(sock('c'), opts);
   t.teardown(() => fe.close());
   const got = await fe.queues[0].submit([], 64);
@@ -120,10 +121,12 @@ async function fdBudget(): Promise<number> {
 
 test.serial('a device added and removed again gives its fds back to the share budget', async (t) => {
   const before = await fdBudget();
-  const add = await ctl(['--control', control(), 'add', '--id', 'brief', '--socket', sock('brief'), '--plugin', rng, '--entropy']);
+  const add = await ctl(['--control', control(), 'add', '--id', 'brief', '--socket', sock('brief'), '--plugin', rng, '--entropy', '--call-deadline', '10000']);
   t.is(add.code, 0, add.stderr);
+  t.is(await fdBudget(), before, 'a device never connected has no worker, and reserves nothing yet');
+  await randomFrom(sock('brief'));
   const during = await fdBudget();
-  t.true(during < before, `the device's fds are reserved (${before} -> ${during})`);
+  t.true(during < before, `the started device's fds are reserved (${before} -> ${during})`);
   const del = await ctl(['--control', control(), 'del', 'brief']);
   t.is(del.code, 0, del.stderr);
   t.is(await fdBudget(), before);
@@ -335,6 +338,7 @@ const BAD: [string, unknown, RegExp][] = [
   ['no plugin', { devices: [good, { id: 'two', socket: 'two.sock' }] }, /devices\[1\]: no device: give "plugin"/],
   ['an id that needs quoting', { devices: [good, { ...good, id: 'two words', socket: 'two.sock' }] }, /devices\[1\]\.id: "two words" is not a valid name/],
   ['a tag without a shared dir', { devices: [good, { ...good, id: 'two', socket: 'two.sock', grants: { tag: 'x' } }] }, /devices\[1\]\.grants\.tag: applies to "sharedDir"/],
+  ['a start that is not a start mode', { devices: [good, { ...good, id: 'two', socket: 'two.sock', start: 'lazy' }] }, /devices\[1\]\.start: "lazy" is not one of "eager", "on-connect"/],
   ['a systemd socket without socket activation', { devices: [good, { ...good, id: 'two', socket: undefined, systemd: 'two' }] }, /devices\[1\]\.systemd: "two": the daemon was not started by systemd socket activation/],
 ];
 
@@ -370,7 +374,7 @@ test('systemd socket activation: a device and the management socket come from LI
   native.close(ctlFd);
   t.teardown(() => p.stop());
   await p.waitForLog(/serving 1 of 1 device/);
-  t.regex(p.log(), /serving rng: rng .* on fd 3/);
+  t.regex(p.log(), /serving rng: .*rng\.wasm, started when a front-end connects on fd 3/);
   await randomFrom(devPath);
   const r = await ctl(['--control', ctlPath, '--json', 'list']);
   t.is(r.code, 0, r.stderr);

@@ -30,7 +30,9 @@ Commands:
                           --queue-threads N, --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
                           --throttle-group NAME (devices of a tenant naming the same group
-                          share one budget), --plugin-option KEY=VALUE (repeatable).
+                          share one budget), --plugin-option KEY=VALUE (repeatable),
+                          --start eager|on-connect (when its worker starts: now, or when
+                          its first front-end connects; default: the daemon's "start").
                           Relative paths are taken from ctl's working directory.
   del ID                  stop serving a device: its front-end is disconnected, its socket
                           removed and its worker ended
@@ -131,6 +133,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'queue-threads': { type: 'string' },
       'throttle-group': { type: 'string' },
       'plugin-option': { type: 'string', multiple: true },
+      start: { type: 'string' },
       ...THROTTLE_FLAGS,
     },
   });
@@ -169,6 +172,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
     ...(values['throttle-group'] !== undefined ? { throttleGroup: values['throttle-group'] } : {}),
+    ...(values.start !== undefined ? { start: values.start } : {}),
     ...(values.socket !== undefined ? { socket: abs(values.socket) } : {}),
     ...(values.plugin !== undefined ? { plugin: abs(values.plugin) } : {}),
     ...(Object.keys(grants).length ? { grants } : {}),
@@ -224,7 +228,7 @@ function table(rows: string[][]): string {
 }
 
 function virtio(d: DeviceSummary): string {
-  return d.name === null ? '-' : `${d.name} (${d.virtioId}, ${d.queues}q)`;
+  return d.name === null ? (d.state === 'not-started' ? '(starts on connect)' : '-') : `${d.name} (${d.virtioId}, ${d.queues}q)`;
 }
 
 function mib(n: number): string {
@@ -264,7 +268,7 @@ export function human(method: string, result: unknown): string {
     }
     case 'device-add': {
       const d = result as MethodResults['device-add'];
-      return `added ${d.id}: ${virtio(d)} on ${d.listen}\n`;
+      return d.state === 'not-started' ? `added ${d.id} on ${d.listen} (its worker starts when a front-end connects)\n` : `added ${d.id}: ${virtio(d)} on ${d.listen}\n`;
     }
     case 'device-del':
       return `removed ${(result as MethodResults['device-del']).id}\n`;

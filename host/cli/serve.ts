@@ -138,7 +138,7 @@ export async function runServe(argv: string[]): Promise<number> {
   const level = values['log-level'] ?? config.logLevel ?? 'info';
   if (isLogLevel(level)) setLogLevel(level);
 
-  const daemon = Daemon.create();
+  const daemon = Daemon.create(config.start);
   const report: { started: string[]; failed: { id: string; error: string }[] } = { started: [], failed: [] };
   let control: ControlServer | null = null;
   if (where.control) {

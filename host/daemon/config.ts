@@ -62,6 +62,25 @@ export interface DeviceSpec {
   queueThreads: number;
   /** "options": what the plugin's `options.get` answers (--plugin-option). */
   pluginOptions: PluginOptions;
+  /** When its worker starts (null: the daemon's default, DaemonConfig.start). */
+  start: StartMode | null;
+}
+
+/**
+ * When a device's worker thread starts: "eager" at device-add (a plugin that traps in its start
+ * is refused there; the first connection finds the device built), "on-connect" when its first
+ * front-end connects (an idle device costs its socket and config; the plugin is checked at
+ * device-add without running it: host/plugin/precheck.ts).
+ */
+export type StartMode = 'eager' | 'on-connect';
+export const START_MODES: readonly StartMode[] = ['eager', 'on-connect'];
+/** See docs/BENCHMARKS.md, "Starting devices on their first connection", for why. */
+export const DEFAULT_START: StartMode = 'on-connect';
+
+function startMode(v: unknown, field: string): StartMode {
+  const s = str(v, field);
+  if (!(START_MODES as readonly string[]).includes(s)) throw new ConfigError(field, `"${s}" is not one of ${START_MODES.map((m) => `"${m}"`).join(', ')}`);
+  return s as StartMode;
 }
 
 export interface DaemonConfig {
@@ -73,6 +92,8 @@ export interface DaemonConfig {
   metrics: MetricsAddress | null;
   /** Device worker threads kept booted for device-add (host/device/spare-workers.ts). */
   spareWorkers: number;
+  /** When a device that does not say ("start") starts its worker. */
+  start: StartMode;
   devices: DeviceSpec[];
 }
 
@@ -162,7 +183,7 @@ function path(v: unknown, field: string, base: PathBase): string {
 /** The I/O throttle's fields, in a device's "limits" and in set-limits. */
 export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
-const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options'] as const;
+const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options', 'start'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const;
 const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
@@ -335,7 +356,9 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
   }
   if (Object.keys(pluginOptions).length && 'module' in device) throw new ConfigError(f('options'), 'are given to "plugin" devices only');
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads, pluginOptions };
+  const start = o.start === undefined ? null : startMode(o.start, f('start'));
+
+  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads, pluginOptions, start };
 }
 
 /** Two devices may not share an id, a socket path or an fd. */
@@ -393,7 +416,7 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
   }
   const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'spareWorkers', 'devices']);
+  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'spareWorkers', 'start', 'devices']);
   let control: DaemonConfig['control'] = null;
   if (o.control !== undefined) {
     if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
@@ -426,11 +449,12 @@ export function parseDaemonConfig(text: string, file: string): DaemonConfig {
     }
   }
   const spareWorkers = o.spareWorkers === undefined ? DEFAULT_SPARE_WORKERS : int(o.spareWorkers, 'spareWorkers', 0, MAX_SPARE_WORKERS);
+  const start = o.start === undefined ? DEFAULT_START : startMode(o.start, 'start');
   if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
   if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
   const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
   if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
   checkUnique(devices, (i) => `devices[${i}]`);
   checkThrottleGroups(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, logFormat, metrics, spareWorkers, devices };
+  return { control, logLevel, logFormat, metrics, spareWorkers, start, devices };
 }

@@ -11,7 +11,7 @@ import type { DeviceSource } from '../device/rpc.ts';
 import { checkSharedDir, checkStorage } from '../cli/grant-checks.ts';
 import { createLogger } from '../log/logger.ts';
 import { describeFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
-import { throttleGroupKey, type DeviceSpec } from './config.ts';
+import { DEFAULT_START, throttleGroupKey, type DeviceSpec, type StartMode } from './config.ts';
 import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type ThrottleLimits } from '../limits/token-bucket.ts';
 import { VhostWasmError } from '../errors.ts';
 import type { NetStats } from '../net/link.ts';
@@ -37,8 +37,13 @@ export interface DeviceSummary {
   name: string | null;
   virtioId: number | null;
   queues: number | null;
-  /** serving: idle or with a front-end; failed: its worker died and restarts on the next connection. */
-  state: 'idle' | 'connected' | 'failed';
+  /**
+   * not-started: its worker starts when a front-end connects (start "on-connect"); idle or with
+   * a front-end; failed: its worker died (or did not start) and starts again on the next connection.
+   */
+  state: 'not-started' | 'idle' | 'connected' | 'failed';
+  /** When its worker starts (config "start"). */
+  start: StartMode;
 }
 
 export interface DeviceStats extends DeviceSummary {
@@ -114,11 +119,15 @@ export class Daemon {
   /** Demotes the threads of a device that wants more CPU than its share. */
   private readonly cpu = new CpuShareGovernor();
 
-  private constructor(readonly host: Host) {}
+  private constructor(
+    readonly host: Host,
+    /** When a device whose spec does not say starts its worker. */
+    readonly defaultStart: StartMode,
+  ) {}
 
   /** A daemon serving nothing yet: devices come with add(). */
-  static create(): Daemon {
-    return new Daemon(Host.empty());
+  static create(defaultStart: StartMode = DEFAULT_START): Daemon {
+    return new Daemon(Host.empty(), defaultStart);
   }
 
   /** The fd budget, for the start-up log. */
@@ -153,6 +162,7 @@ export class Daemon {
         queueThreads: spec.queueThreads,
         throttle,
         ...(spec.grants.network.length > 0 ? { networks: spec.grants.network } : {}),
+        start: spec.start ?? this.defaultStart,
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,
           experimentalRfcStateShm: spec.migration.experimentalRfcStateShm,
@@ -160,14 +170,15 @@ export class Daemon {
         },
       };
       const device = await this.host.add(config);
-      const entry: Entry = { spec: { ...spec, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
+      const entry: Entry = { spec: { ...spec, start: spec.start ?? this.defaultStart, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       added = true;
       this.cpu.track(spec.id, () => device.slot.threadIds(), () => device.slot.meter.longCallSeconds(), spec.limits.cpuShare);
-      const info = device.slot.info!;
-      log.info(
-        `serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${listenText(address)}`,
-      );
+      const info = device.slot.info;
+      const what = info
+        ? `${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s))`
+        : `${'plugin' in spec.device ? spec.device.plugin : spec.device.module}, started when a front-end connects`;
+      log.info(`serving ${spec.id}${spec.tenant ? ` (tenant ${spec.tenant})` : ''}: ${what} on ${listenText(address)}`);
       return this.summary(entry);
     } finally {
       if (!added && group) this.leaveGroup(key!, group, spec.id);
@@ -263,7 +274,8 @@ export class Daemon {
     return this.ordered().map((e) => ({
       id: e.spec.id,
       tenant: e.spec.tenant,
-      running: e.device.slot.stats().running,
+      // A device not started yet (on connect) is served as it should be.
+      running: e.device.slot.stats().running || (e.device.slot.neverStarted && e.device.slot.stats().failure === null),
       meter: e.device.slot.meter,
       cpuDemoted: this.cpu.stats(e.spec.id)?.demoted ?? false,
       net: e.device.slot.netStats(),
@@ -318,7 +330,8 @@ export class Daemon {
       name: info?.name ?? null,
       virtioId: info?.deviceId ?? null,
       queues: info?.numQueues ?? null,
-      state: !s.running ? 'failed' : l.frontEnd ? 'connected' : 'idle',
+      state: e.device.slot.neverStarted ? (s.failure !== null ? 'failed' : 'not-started') : !s.running ? 'failed' : l.frontEnd ? 'connected' : 'idle',
+      start: e.spec.start ?? this.defaultStart,
     };
   }
 

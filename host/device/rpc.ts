@@ -46,6 +46,15 @@ export function readWatchdogWord(word: number, msSinceEpoch: number): { phase: W
   return { phase: (word >>> 28) as WatchdogPhase, ran: (msSinceEpoch - (word & WATCHDOG_MS_MASK)) & WATCHDOG_MS_MASK };
 }
 
+/**
+ * A worker asked only to transpile a plugin into the transpile cache (and check its world), not
+ * to run it: a device that starts on connect has its plugin checked at add without its code
+ * running, and transpiling (jco, seconds the first time) stays off the main thread.
+ */
+export interface PrepareRequest {
+  prepareOnly: { path: string; cacheDir?: string };
+}
+
 export interface WorkerInit {
   source: DeviceSource;
   logLevel: LogLevel;
@@ -203,6 +212,8 @@ export interface WorkerStatus {
 /** worker -> main */
 export type WorkerToMain =
   | { type: 'ready'; info: DeviceInfo }
+  /** A PrepareRequest done: the plugin is in the transpile cache. */
+  | { type: 'prepared' }
   | { type: 'init-failed'; error: SerializedError }
   | RpcReply
   /** A ring broke (guest fault); the device needs a reset. */

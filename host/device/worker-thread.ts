@@ -6,7 +6,7 @@
 
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
-import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
 import { threadCpuWaitMs, threadRunnable } from './thread-state.ts';
 import { setWorkerFactory, takeSpareWorker } from './spare-workers.ts';
@@ -146,6 +146,33 @@ function newWorker(workerData: unknown, transferList: TransferListItem[] = []): 
   return new Worker(url, { workerData, transferList, stdout: false, stderr: false });
 }
 setWorkerFactory(newWorker);
+
+/**
+ * Transpiles the plugin at `path` into the transpile cache in a worker of its own (rpc.ts
+ * PrepareRequest), so the main thread's event loop keeps serving while jco runs; rejects with
+ * the loader's error (not a component, another world). Nothing of the plugin runs.
+ */
+export async function prepareInWorker(path: string, cacheDir?: string): Promise<void> {
+  const request: PrepareRequest = { prepareOnly: { path, ...(cacheDir === undefined ? {} : { cacheDir }) } };
+  const worker = newWorker(request);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new DeviceLoadError(`${path} was not transpiled within ${DEFAULT_START_TIMEOUT_MS} ms`)), DEFAULT_START_TIMEOUT_MS);
+      const settle = (f: () => void) => {
+        clearTimeout(timer);
+        f();
+      };
+      worker.on('message', (m: WorkerToMain) => {
+        if (m.type === 'prepared') settle(resolve);
+        else if (m.type === 'init-failed') settle(() => reject(deserializeError(m.error, WORKER_ERROR_CLASSES)));
+      });
+      worker.once('error', (e) => settle(() => reject(new DeviceLoadError(`transpiling ${path} failed: ${errorText(e)}`, { cause: e }))));
+      worker.once('exit', (code) => settle(() => reject(new DeviceLoadError(`the worker transpiling ${path} exited with code ${code}`))));
+    });
+  } finally {
+    await worker.terminate();
+  }
+}
 
 /**
  * Every operation of deviceWorkerOps is a method of WorkerThread answering a typed promise

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
@@ -18,7 +18,20 @@ import { DeviceNet } from '../net/device-net.ts';
 
 // A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
 // booted before any device asked for it, gets it as its first message.
-const init: WorkerInit = (workerData as WorkerInit | null) ?? (await new Promise<WorkerInit>((resolve) => parentPort!.once('message', resolve)));
+const first = (workerData as WorkerInit | PrepareRequest | null) ?? (await new Promise<WorkerInit>((resolve) => parentPort!.once('message', resolve)));
+if ('prepareOnly' in first) {
+  // Transpile only (rpc.ts PrepareRequest); no device is built, and the main thread ends the worker.
+  try {
+    const { preparePlugin } = await import('../plugin/prepare.ts');
+    const { readFileSync } = await import('node:fs');
+    await preparePlugin(readFileSync(first.prepareOnly.path), first.prepareOnly.cacheDir);
+    parentPort!.postMessage({ type: 'prepared' } satisfies WorkerToMain);
+  } catch (e) {
+    parentPort!.postMessage({ type: 'init-failed', error: serializeError(e) } satisfies WorkerToMain);
+  }
+  await new Promise<never>(() => {});
+}
+const init = first as WorkerInit;
 const port = parentPort!;
 setLogLevel(init.logLevel);
 if (init.logLevelCell) useLogLevelCell(init.logLevelCell);

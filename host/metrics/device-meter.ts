@@ -6,7 +6,7 @@
 
 import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
 
-export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault'] as const;
+export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault', 'start-failed'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export type TransferDirection = 'save' | 'load';
@@ -42,7 +42,7 @@ export class DeviceMeter {
   /** One cell buffer per queue thread, by thread index; made on first use and kept. */
   private readonly threadCells: SharedArrayBuffer[] = [];
   private resets = 0;
-  private readonly faults: Record<FaultKind, number> = { 'device-failed': 0, 'ring-broken': 0, 'memory-fault': 0 };
+  private readonly faults: Record<FaultKind, number> = { 'device-failed': 0, 'ring-broken': 0, 'memory-fault': 0, 'start-failed': 0 };
   workerStarts = 0;
   private readonly transfers: Record<TransferDirection, TransferStats> = { save: transferStats(), load: transferStats() };
 

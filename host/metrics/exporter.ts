@@ -112,7 +112,7 @@ export class MetricsExporter {
     const none = [] as const;
     const directions: TransferDirection[] = ['save', 'load'];
 
-    gauge('vhost_wasm_device_up', 'Whether the device is served with a running worker (0: failed, restarted on the next connection or reset).', none, (g, r) =>
+    gauge('vhost_wasm_device_up', 'Whether the device is served with a running worker, or not started yet (start "on-connect") (0: failed, restarted on the next connection or reset).', none, (g, r) =>
       g.set(r.labels, r.running ? 1 : 0),
     );
     counter('vhost_wasm_device_requests_total', 'Requests handed to the device (descriptor chains popped from its rings).', none, (c, r) => c.inc(r.labels, r.s.requests));
@@ -135,7 +135,7 @@ export class MetricsExporter {
     );
     counter(
       'vhost_wasm_device_faults_total',
-      'Faults: device_failed (the plugin trapped, broke the contract or ran past its deadline, or its worker died), ring_broken (the guest broke a ring), memory_fault (guest memory shrank under the device).',
+      'Faults: device_failed (the plugin trapped, broke the contract or ran past its deadline, or its worker died), ring_broken (the guest broke a ring), memory_fault (guest memory shrank under the device), start_failed (its worker did not start for a front-end that connected: the plugin trapped or looped while it was built).',
       ['kind'],
       (c, r) => {
         for (const k of FAULT_KINDS) c.inc({ ...r.labels, kind: k.replace('-', '_') }, r.s.faults[k]);

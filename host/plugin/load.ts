@@ -40,6 +40,23 @@ function trackImports(
   }
   return tracked;
 }
+/**
+ * A grant the plugin has no use for, in words (null: none). A disk handed to a plugin that
+ * cannot use it is an operator mistake (the wrong --plugin, most likely): refused rather than
+ * serving a device without its disk; the same for a shared directory given to a plugin that is
+ * not a filesystem device. `imports(name)`: whether the component imports that interface (at
+ * instantiation, the interfaces its glue took; before it, precheck.ts reads the glue).
+ */
+export function unusedGrant(grants: { storage?: { describe: string } | undefined | null; filesystem?: unknown; allowUnusedStorage?: boolean }, imports: (name: string) => boolean): string | null {
+  if (grants.storage && !grants.allowUnusedStorage && !imports(STORAGE_IMPORT)) {
+    return `was granted storage (${grants.storage.describe}) but does not import ${WIT_PACKAGE}/storage@${WIT_VERSION}: it is not a block device; drop --storage or use another plugin`;
+  }
+  if (grants.filesystem && !imports(FILESYSTEM_IMPORT)) {
+    return `was granted a shared directory but does not import ${WIT_PACKAGE}/filesystem@${WIT_VERSION}: it is not a virtio-fs device; drop --shared-dir or use another plugin`;
+  }
+  return null;
+}
+
 export const DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024;
 
 export interface LoadOptions {
@@ -139,15 +156,8 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
     throw loadError(`instantiation failed: ${(e as Error).message ?? String(e)}`, e);
   }
 
-  // A disk handed to a plugin that cannot use it is an operator mistake (the wrong
-  // --plugin, most likely): refuse rather than serve a device without its disk.
-  if (options.grants.storage && !options.grants.allowUnusedStorage && !imported.has(STORAGE_IMPORT)) {
-    throw loadError(`was granted storage (${options.grants.storage.describe}) but does not import ${WIT_PACKAGE}/storage@${WIT_VERSION}: it is not a block device; drop --storage or use another plugin`);
-  }
-  // The same for a shared directory given to a plugin that is not a filesystem device.
-  if (options.grants.filesystem && !imported.has(FILESYSTEM_IMPORT)) {
-    throw loadError(`was granted a shared directory but does not import ${WIT_PACKAGE}/filesystem@${WIT_VERSION}: it is not a virtio-fs device; drop --shared-dir or use another plugin`);
-  }
+  const unused = unusedGrant(options.grants, (name) => imported.has(name));
+  if (unused !== null) throw loadError(unused);
   const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;
   const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');
   if (!device || missing.length) {

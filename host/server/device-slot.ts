@@ -15,6 +15,8 @@ import { sharedModules } from '../plugin/compiled-modules.ts';
 import { DEFAULT_MEMORY_LIMIT } from '../plugin/load.ts';
 import { hostSwitch, type DeviceLink } from '../net/switch.ts';
 import type { NetStats } from '../net/link.ts';
+import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
+import { errorText } from '../log/logger.ts';
 
 export interface DeviceSlotOptions {
   label: string;
@@ -55,6 +57,14 @@ export class DeviceSlot {
   readonly meter = new DeviceMeter();
   /** Its ports on the host's switch (--network), kept across its workers: port numbers stay. */
   private readonly link: DeviceLink | null;
+  /**
+   * The fds kept out of the share budget for this device (reserveForDevice), once a worker has
+   * started and its queue count is known: a device that starts on its first connection reserves
+   * then, and one never connected holds none.
+   */
+  private reserved: { queues: number; threads: number } | null = null;
+  /** A worker has served this device at some point (false: never, e.g. one that starts on connect and had no front-end yet). */
+  private everStarted = false;
 
   constructor(
     source: DeviceSource,
@@ -105,9 +115,20 @@ export class DeviceSlot {
     if (!this.starting) {
       this.starts++;
       this.meter.workerStarts++;
-      this.starting = this.startWorker(this.source).finally(() => {
-        this.starting = null;
-      });
+      this.starting = this.startWorker(this.source)
+        .then((w) => {
+          this.reserve(w);
+          return w;
+        })
+        .catch((e: unknown) => {
+          // device-stats says why (a plugin that traps in its start, on a device started on connect).
+          this.lastFailure = `did not start: ${errorText(e)}`;
+          this.meter.fault('start-failed');
+          throw e;
+        })
+        .finally(() => {
+          this.starting = null;
+        });
     }
     const w = await this.starting;
     if (this.closed) {
@@ -116,7 +137,20 @@ export class DeviceSlot {
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
     this.worker = w;
+    this.everStarted = true;
     return w;
+  }
+
+  /** The first worker's queues and threads are kept out of the fd budget; later ones are the same device. */
+  private reserve(w: DeviceWorker): void {
+    if (this.reserved !== null || this.closed) return;
+    reserveForDevice(w.info.numQueues, w.threadCount);
+    this.reserved = { queues: w.info.numQueues, threads: w.threadCount };
+  }
+
+  /** No worker has served this device yet (it starts on its first connection). */
+  get neverStarted(): boolean {
+    return !this.everStarted && this.worker === null;
   }
 
   /**
@@ -193,6 +227,14 @@ export class DeviceSlot {
     this.source = source;
     this.starts++;
     this.meter.workerStarts++;
+    this.everStarted = true;
+    this.reserve(w);
+  }
+
+  /** An upgrade of a device never started: later workers come from `source`, none runs now. */
+  replaceSource(source: DeviceSource): void {
+    if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    this.source = source;
   }
 
   private keepStuck(w: DeviceWorker): void {
@@ -235,6 +277,8 @@ export class DeviceSlot {
     }
     this.worker = null;
     this.link?.close();
+    if (this.reserved !== null) releaseForDevice(this.reserved.queues, this.reserved.threads);
+    this.reserved = null;
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
     this.memoryDiskMapping?.unmap();
     this.memoryDiskMapping = null;

@@ -4,7 +4,10 @@ import { DeviceSlot } from './device-slot.ts';
 import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
-import { describeFdBudget, ensureFdBudget, releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
+import { describeFdBudget, ensureFdBudget } from '../resources/fd-budget.ts';
+import { precheckPlugin } from '../plugin/precheck.ts';
+import { prepareInWorker } from '../device/worker-thread.ts';
+import { isStorageSpec } from '../storage/index.ts';
 import { createLogger } from '../log/logger.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 
@@ -24,6 +27,11 @@ export interface DeviceConfig {
   session?: Partial<SessionSettings>;
   /** --network: networks of the host's switch the device joins, in grant order. */
   networks?: readonly string[];
+  /**
+   * When the worker starts: 'eager' (default) at add(), 'on-connect' when the first front-end
+   * connects (a plugin is checked at add() without running it: host/plugin/precheck.ts).
+   */
+  start?: 'eager' | 'on-connect';
 }
 
 export const DEFAULT_CALL_DEADLINE_MS = 100;
@@ -32,9 +40,20 @@ export interface HostDevice {
   config: DeviceConfig;
   slot: DeviceSlot;
   listener: Listener;
-  /** Queues and worker threads counted in its fd reserve (reserveForDevice), given back when it is removed. */
-  reservedQueues: number;
-  reservedThreads: number;
+}
+
+/** The loader's checks of a plugin, without running it (a device that starts on connect). */
+async function precheck(source: DeviceSource): Promise<void> {
+  if (source.kind !== 'plugin') return;
+  const o = source.options ?? {};
+  await precheckPlugin(source.path, {
+    memoryLimitBytes: typeof o.memoryLimitBytes === 'number' ? o.memoryLimitBytes : undefined,
+    cacheDir: typeof o.cacheDir === 'string' ? o.cacheDir : undefined,
+    storage: isStorageSpec(o.storage) ? o.storage : undefined,
+    filesystem: o.filesystem !== undefined,
+    storageProbe: o.storageProbe === true,
+    prepareOffThread: prepareInWorker,
+  });
 }
 
 export class Host {
@@ -68,7 +87,6 @@ export class Host {
       for (const d of host.running.splice(0)) {
         await d.listener.close();
         await d.slot.close();
-        releaseForDevice(d.reservedQueues, d.reservedThreads);
       }
       throw e;
     }
@@ -83,8 +101,9 @@ export class Host {
   }
 
   /**
-   * Starts one more device: its worker, then its socket. On failure nothing of it is left
-   * (worker terminated, no socket) and the error is thrown; other devices are untouched.
+   * Starts one more device: its worker (or, starting on connect, the checks of its plugin), then
+   * its socket. On failure nothing of it is left (worker terminated, no socket) and the error is
+   * thrown; other devices are untouched.
    */
   async add(config: DeviceConfig): Promise<HostDevice> {
     if (this.running.some((d) => d.config.label === config.label)) throw new Error(`a device labelled ${config.label} is already served`);
@@ -99,13 +118,14 @@ export class Host {
       networks: config.networks,
     });
     try {
-      const worker = await slot.acquire();
+      // What the device and its front-end may hold besides share handles is kept out of the fd
+      // budget by the slot once a worker runs (its queue count known).
+      if (config.start === 'on-connect') await precheck(slot.source);
+      else await slot.acquire();
       // The host began to close while this device started: it is nobody's to serve.
       if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);
       const listener = new Listener(config.listen, slot, config.session);
-      // What this device and its front-end may hold besides share handles stays out of the budget.
-      reserveForDevice(worker.info.numQueues, worker.threadCount);
-      const d = { config, slot, listener, reservedQueues: worker.info.numQueues, reservedThreads: worker.threadCount };
+      const d = { config, slot, listener };
       this.running.push(d);
       return d;
     } catch (e) {
@@ -129,7 +149,6 @@ export class Host {
     clearTimeout(timer);
     await d.slot.close();
     await listener;
-    releaseForDevice(d.reservedQueues, d.reservedThreads);
     if (d.slot.liveThreads > 0) this.retired.add(d);
     return true;
   }

@@ -177,7 +177,8 @@ export class Listener {
     try {
       worker = await this.slot.acquire();
     } catch (e) {
-      this.log.error(`cannot start the device for a new connection: ${errorText(e)}`);
+      // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
+      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and the next connection tries again`);
       native.close(conn);
       this.endSession();
       return;

@@ -6,7 +6,9 @@
 import type { DeviceSlot } from './device-slot.ts';
 import type { BackendSession } from '../session/dispatch.ts';
 import { checkCompatible, UpgradeRefused, type SwitchResult } from '../session/upgrade.ts';
-import { createLogger, errorText } from '../log/logger.ts';
+import { createLogger, errorText, type Logger } from '../log/logger.ts';
+import type { DeviceWorker } from '../device/worker-client.ts';
+import type { DeviceSource } from '../device/rpc.ts';
 
 export interface UpgradeOutcome {
   name: string;
@@ -29,41 +31,76 @@ export async function upgradePlugin(slot: DeviceSlot, session: () => BackendSess
   return slot.upgrade(idle, async () => {
     const source = slot.source;
     if (source.kind !== 'plugin') throw new UpgradeRefused('the device does not run a plugin (it runs a built-in module); only plugins can be upgraded');
-    const old = slot.current;
+    let old = slot.current;
+    // A device that starts on its first connection and has not had one: the checks below need
+    // both builds' identities, so the current build is started for them, and both end after
+    // (the device stays without a worker and starts from the new build when a front-end comes).
+    const unstarted = old === null && idle && slot.neverStarted && slot.stats().failure === null;
+    if (unstarted) {
+      try {
+        old = await slot.startWorker(source);
+      } catch (e) {
+        throw new UpgradeRefused(`the device's current plugin did not start for the checks: ${errorText(e)}`);
+      }
+    }
     if (old === null) throw new UpgradeRefused(`the device's worker is not running (${slot.stats().failure ?? 'not started'}); it restarts when a front-end connects or resets it; upgrade after that`);
-    const next = { ...source, path: pluginPath };
-    let fresh;
-    log.debug(`upgrade: starting ${pluginPath}`);
     try {
-      fresh = await slot.startWorker(next);
-    } catch (e) {
-      throw new UpgradeRefused(`the new plugin did not load: ${errorText(e)}`);
+      return await switchTo(slot, old, unstarted, session, idle, pluginPath, log);
+    } finally {
+      if (unstarted) void old.terminate();
     }
-    let from, to;
-    try {
-      [from, to] = await Promise.all([old.stateBegin(), fresh.stateBegin()]);
-      if (to.name !== from.name) throw new UpgradeRefused(`the new plugin is "${to.name}", not "${from.name}": an upgrade keeps the plugin and changes its version`);
-      checkCompatible(old.info, fresh.info, null);
-    } catch (e) {
-      await fresh.terminate();
-      throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
-    }
-    log.debug('upgrade: new instance loaded and checked');
-    const s = session();
-    const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
-    if (!idle && s === null) {
-      // A front-end was being connected when the upgrade began and is gone again, or not yet there.
-      await fresh.terminate();
-      throw new UpgradeRefused('a front-end is connecting or disconnecting; retry in a moment');
-    }
-    if (idle || s === null) {
-      slot.replaceWorker(fresh, next);
-      void old.terminate();
-      log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-      return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
-    }
-    const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
-    log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
-    return { ...base, frontEnd: true, ...r };
   });
+}
+
+/** Loads `pluginPath` beside `old`, checks it is the same plugin and device, and makes it the device's (unstarted: its source only). */
+async function switchTo(
+  slot: DeviceSlot,
+  old: DeviceWorker,
+  unstarted: boolean,
+  session: () => BackendSession | null,
+  idle: boolean,
+  pluginPath: string,
+  log: Logger,
+): Promise<UpgradeOutcome> {
+  const source = slot.source as Extract<DeviceSource, { kind: 'plugin' }>;
+  const next = { ...source, path: pluginPath };
+  let fresh;
+  log.debug(`upgrade: starting ${pluginPath}`);
+  try {
+    fresh = await slot.startWorker(next);
+  } catch (e) {
+    throw new UpgradeRefused(`the new plugin did not load: ${errorText(e)}`);
+  }
+  let from, to;
+  try {
+    [from, to] = await Promise.all([old.stateBegin(), fresh.stateBegin()]);
+    if (to.name !== from.name) throw new UpgradeRefused(`the new plugin is "${to.name}", not "${from.name}": an upgrade keeps the plugin and changes its version`);
+    checkCompatible(old.info, fresh.info, null);
+  } catch (e) {
+    await fresh.terminate();
+    throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin could not be checked: ${errorText(e)}`);
+  }
+  log.debug('upgrade: new instance loaded and checked');
+  const s = session();
+  const base = { name: to.name, fromVersion: from.version, toVersion: to.version };
+  if (!idle && s === null) {
+    // A front-end was being connected when the upgrade began and is gone again, or not yet there.
+    await fresh.terminate();
+    throw new UpgradeRefused('a front-end is connecting or disconnecting; retry in a moment');
+  }
+  if (unstarted) {
+    slot.replaceSource(next);
+    void fresh.terminate();
+    log.info(`plugin upgraded (device not started yet: it starts from the new build when a front-end connects): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+    return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
+  }
+  if (idle || s === null) {
+    slot.replaceWorker(fresh, next);
+    void old.terminate();
+    log.info(`plugin upgraded (no front-end connected): ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+    return { ...base, frontEnd: false, rings: [], stateBytes: 0, stoppedMs: 0, phases: null };
+  }
+  const r = await s.upgrade(fresh, (w) => slot.replaceWorker(w, next));
+  log.info(`plugin upgraded: ${to.name} ${from.version} -> ${to.version} from ${pluginPath}`);
+  return { ...base, frontEnd: true, ...r };
 }

@@ -69,7 +69,8 @@ export function daemonConfig(specs: DeviceSpec[]): { config: object; cacheHome: 
     devices.push({ id: s.label, socket: s.socket, plugin: s.plugin, grants, limits });
   }
   const [cacheDir] = cacheDirs;
-  return { config: { devices }, cacheHome: typeof cacheDir === 'string' ? cacheDir : null };
+  // Started at once, as Host.start (the tsx fallback) starts them: these tests watch devices from start-up on.
+  return { config: { start: 'eager', devices }, cacheHome: typeof cacheDir === 'string' ? cacheDir : null };
 }
 
 export async function startMultiHost(specs: DeviceSpec[], opts: { nofile?: [soft: number, hard: number] } = {}): Promise<MultiHost> {
