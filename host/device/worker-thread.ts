@@ -63,14 +63,16 @@ function loadDeadline(opts: DeviceWorkerOptions): number {
  *
  * A call that uses no CPU (asleep, or blocked in a system call: a host import waiting on a slow
  * file) would never reach that deadline, so wall clock is the backstop: a thread found asleep in
- * the call is killed once the call's wall-clock time, less what it waited for a CPU since the
- * first look, passes the deadline. The wait is read only then, when it is exact: the kernel adds
- * a wait to run_delay when the thread gets a CPU, so for a runnable thread the wait in progress
- * would count as the device's time.
+ * the call is killed once the wall-clock time since the first look, less what it waited for a
+ * CPU meanwhile, passes the deadline. The wait is read only then, when it is exact: the kernel
+ * adds a wait to run_delay when the thread gets a CPU, so for a runnable thread the wait in
+ * progress would count as the device's time. Both measures start at the first look: on a loaded
+ * machine this timer can fire late, and what came before it may all have been waiting.
  */
 export class Watchdog {
-  /** The bracket (its watchdog word) seen last, and the thread's CPU clock and CPU wait when it was first seen. */
+  /** The bracket (its watchdog word) seen last; when it was first seen, how long it had run, and the thread's CPU clock and CPU wait. */
   private bracket = 0;
+  private ranAtFirstLook = 0;
   private cpuAtFirstLook: number | null = null;
   private waitAtFirstLook: number | null = null;
 
@@ -97,6 +99,7 @@ export class Watchdog {
     const tid = Atomics.load(this.slot, WATCHDOG_TID);
     if (word !== this.bracket) {
       this.bracket = word;
+      this.ranAtFirstLook = ran;
       this.cpuAtFirstLook = tid !== 0 && phase === WatchdogPhase.call ? threadCpuMs(tid) : null;
       this.waitAtFirstLook = tid !== 0 && phase === WatchdogPhase.call ? threadCpuWaitMs(tid) : null;
     }
@@ -129,13 +132,14 @@ export class Watchdog {
     if (cpu === null) return null;
     const used = cpu - this.cpuAtFirstLook!;
     if (used > limit) return late(used, ` (CPU time; ${ran} ms of wall clock since it began)`);
-    if (!this.asleepIn(word, tid)) return null;
+    const since = ran - this.ranAtFirstLook;
+    if (since <= limit || !this.asleepIn(word, tid)) return null;
     // Asleep, so run_delay holds every wait that ended, and none is in progress.
     const wait = threadCpuWaitMs(tid);
     const waited = wait !== null && this.waitAtFirstLook !== null ? Math.max(0, wait - this.waitAtFirstLook) : 0;
-    if (ran - waited <= limit) return null;
-    const excused = waited >= 1 ? `, ${Math.round(waited)} ms of it waiting for a CPU, not counted` : '';
-    return late(ran - waited, ` (asleep or blocked in a system call: wall clock${excused}; ${Math.round(used)} ms of CPU time)`);
+    if (since - waited <= limit) return null;
+    const excused = waited >= 1 ? `, less ${Math.round(waited)} ms waiting for a CPU` : '';
+    return late(since - waited, ` (asleep or blocked in a system call: wall clock${excused}; ${ran} ms since it began, ${Math.round(used)} ms of CPU time)`);
   }
 
   /**
