@@ -172,9 +172,11 @@ Limits:
                           instance's, for each queue thread (default 64M; 256M with
                           --storage, since a block device holds a whole batch of request
                           data)
-  --call-deadline MS      longest one call into the plugin may run before the device is
-                          stopped and marked NEEDS_RESET (default 100; 1000 with --storage,
-                          since a batch of large block requests takes a while to copy);
+  --call-deadline MS      most CPU time one call into the plugin may use before the device
+                          is stopped and marked NEEDS_RESET (time waiting for a CPU does not
+                          count; a call asleep in a system call gets it in wall-clock time)
+                          (default 100; 1000 with --storage, since a batch of large block
+                          requests takes a while to copy);
                           the plugin's code at load (identity, info, also when a reset
                           rebuilds it) gets this deadline too, but at least 5 s
   --iops N                I/O throttle: requests per second the device is handed, over all

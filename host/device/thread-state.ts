@@ -1,9 +1,10 @@
-// What Linux says about one thread of this process, for the device watchdog: a thread that is
-// runnable (state R) is computing or waiting for a CPU, not blocked in a system call. On a busy
-// machine a thread can wait for a CPU far longer than a notification write's deadline; only a
-// thread that is asleep in the write is stuck.
+// What Linux says about one thread of this process, for the device watchdog and the CPU-share
+// governor: whether it is runnable (state R: computing or waiting for a CPU, not blocked in a
+// system call), the CPU time it used, and how long it waited for a CPU. On a busy machine a
+// thread can wait for a CPU far longer than a call's deadline.
 
 import { readFileSync, readlinkSync } from 'node:fs';
+import { native } from '../native/index.ts';
 
 /** The calling thread's Linux thread id (/proc/thread-self names it: "<pid>/task/<tid>"). */
 export function ownThreadId(): number {
@@ -29,30 +30,40 @@ export function threadRunnable(tid: number): boolean {
 }
 
 /**
+ * CPU time thread `tid` of this process has used over its life, in ms (on a CPU, in its own code
+ * or in the kernel for it); null when the thread is gone. This is what a call deadline measures.
+ * It is the thread's CPU clock (clock_gettime), not sum_exec_runtime from schedstat: for a thread
+ * on a CPU right now the kernel brings the clock up to date before answering, while schedstat
+ * is as of the thread's last scheduler tick or switch (up to 4 ms behind at HZ 250, measured
+ * here; on a nohz_full CPU, where the tick stops, up to a second).
+ */
+export function threadCpuMs(tid: number): number | null {
+  const ns = native.threadCpuNs(tid);
+  return ns < 0 ? null : ns / 1e6;
+}
+
+/**
  * Milliseconds thread `tid` of this process has spent runnable but waiting for a CPU, over its
- * life (the second field of /proc/self/task/<tid>/schedstat, in ns); null when the kernel does
- * not say (no schedstat, or the thread is gone). The watchdog subtracts what a call waited
- * from its wall-clock time: a deadline is what the device may spend, not what a loaded
- * machine keeps it from running.
+ * life; null when the kernel does not say (no schedstat, or the thread is gone). The kernel adds
+ * a wait only when it ends (the thread gets a CPU): a wait in progress is not in it yet, so
+ * this is exact only for a thread that is not runnable now.
  */
 export function threadCpuWaitMs(tid: number): number | null {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/self/task/${tid}/schedstat`, 'latin1');
-  } catch {
-    return null;
-  }
-  const waitNs = Number(text.split(' ')[1]);
-  return Number.isFinite(waitNs) && waitNs >= 0 ? waitNs / 1e6 : null;
+  return schedstat(tid)?.waitMs ?? null;
 }
 
 /**
  * What thread `tid` of this process has spent over its life, in ms: on a CPU, and runnable but
  * waiting for one (the first two fields of /proc/self/task/<tid>/schedstat); null when the
  * kernel does not say. Their sum over a span is how much CPU the thread wanted in it, which the
- * CPU-share governor compares with the device's share (host/limits/cpu-share.ts).
+ * CPU-share governor compares with the device's share (host/limits/cpu-share.ts). Both are as of
+ * the thread's last tick or switch: good for a one-second window, not for a deadline.
  */
 export function threadCpuTimes(tid: number): { runMs: number; waitMs: number } | null {
+  return schedstat(tid);
+}
+
+function schedstat(tid: number): { runMs: number; waitMs: number } | null {
   let text: string;
   try {
     text = readFileSync(`/proc/self/task/${tid}/schedstat`, 'latin1');

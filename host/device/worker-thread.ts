@@ -8,7 +8,7 @@ import { Worker, type TransferListItem } from 'node:worker_threads';
 import type { DeviceInfo } from './device.ts';
 import { WATCHDOG_SLOT_INTS, WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, readWatchdogWord, type DeviceSource, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { PendingCalls, installRemote, type Remote } from './typed-rpc.ts';
-import { threadCpuWaitMs, threadRunnable } from './thread-state.ts';
+import { threadCpuMs, threadCpuWaitMs, threadRunnable } from './thread-state.ts';
 import { setWorkerFactory, takeSpareWorker } from './spare-workers.ts';
 import { DeviceLoadError, DeviceStoppedError } from './errors.ts';
 import { WORKER_ERROR_CLASSES } from './worker-errors.ts';
@@ -56,10 +56,27 @@ function loadDeadline(opts: DeviceWorkerOptions): number {
  * The main thread's side of the watchdog: reads what the worker is doing from the shared slot
  * and says why it must be killed, or null. Runs on a timer here, so a worker spinning in device
  * code cannot delay it.
+ *
+ * A call's deadline is CPU time: what the thread used on a CPU since the watchdog first saw the
+ * call (its CPU clock, thread-state.ts). Time it waited for a CPU is not the device's: a device
+ * demoted to nice 19 by the CPU-share governor on a loaded machine waits seconds for a few
+ * milliseconds of CPU. The call's first moments, before the first look (at most one period, a
+ * quarter of the deadline, later), are not counted: the CPU clock at the call's start is not
+ * known here, and the worker reading it on every call would cost more than the call.
+ *
+ * A call that uses no CPU (asleep, or blocked in a system call: a host import waiting on a slow
+ * file) would never reach that deadline, so wall clock is the backstop: a thread found asleep in
+ * the call is killed once the wall-clock time since the first look, less what it waited for a
+ * CPU meanwhile, passes the deadline. The wait is read only then, when it is exact: the kernel
+ * adds a wait to run_delay when the thread gets a CPU, so for a runnable thread the wait in
+ * progress would count as the device's time. Both measures start at the first look: on a loaded
+ * machine this timer can fire late, and what came before it may all have been waiting.
  */
 export class Watchdog {
-  /** The bracket (its watchdog word) seen last, and the thread's CPU wait when it was first seen. */
+  /** The bracket (its watchdog word) seen last; when it was first seen, how long it had run, and the thread's CPU clock and CPU wait. */
   private bracket = 0;
+  private ranAtFirstLook = 0;
+  private cpuAtFirstLook: number | null = null;
   private waitAtFirstLook: number | null = null;
 
   constructor(
@@ -85,7 +102,9 @@ export class Watchdog {
     const tid = Atomics.load(this.slot, WATCHDOG_TID);
     if (word !== this.bracket) {
       this.bracket = word;
-      this.waitAtFirstLook = tid !== 0 ? threadCpuWaitMs(tid) : null;
+      this.ranAtFirstLook = ran;
+      this.cpuAtFirstLook = tid !== 0 && phase === WatchdogPhase.call ? threadCpuMs(tid) : null;
+      this.waitAtFirstLook = tid !== 0 && phase === WatchdogPhase.call ? threadCpuWaitMs(tid) : null;
     }
     const [what, limit] =
       phase === WatchdogPhase.load
@@ -95,29 +114,45 @@ export class Watchdog {
           : phase === WatchdogPhase.notify
             ? ["a notification write to the front-end's call or err eventfd", this.opts.callDeadlineMs]
             : ['a device call', this.opts.callDeadlineMs];
+    // No phase can use more CPU than wall clock: under its deadline by wall clock, under it by all.
     if (ran <= limit) return null;
-    // Time the thread spent runnable but without a CPU (a loaded machine, other devices' threads)
-    // since this bracket was first seen is not the device's: on 2 busy cores a 0.4 ms call was
-    // seen to take 432 ms of wall clock. Only what waited since the first look is known, so the
-    // discount is never more than the truth; a thread that spins or sleeps in a call still
-    // reaches its deadline.
-    let waited = 0;
-    if (phase === WatchdogPhase.call && tid !== 0 && this.waitAtFirstLook !== null) {
-      const now = threadCpuWaitMs(tid);
-      if (now !== null) waited = Math.max(0, now - this.waitAtFirstLook);
-      if (ran - waited <= limit) return null;
-    }
+    const late = (spent: number, how: string) => `${name ? `${name}: ` : ''}${what} ran ${Math.round(spent)} ms, past its ${limit} ms deadline; worker terminated${how}`;
+    if (phase === WatchdogPhase.call && this.cpuAtFirstLook !== null) return this.callOverdue(word, tid, ran, limit, late);
     // A notification write to an O_NONBLOCK eventfd returns at once; the bracket overran because
     // the thread waited for a CPU (a loaded machine) or stopped for its GC, not because the
     // front-end blocked it. Only a thread asleep in the write is stuck; a runnable one is left
-    // to finish, and is looked at again next period. The state read counts only if the bracket
-    // is still the one read before it: else the thread (or this one) was preempted meanwhile,
-    // and the sleeping thread seen is one that already left the write (seen in its epoll_wait).
-    if (phase === WatchdogPhase.notify) {
-      if (tid !== 0 && (threadRunnable(tid) || Atomics.load(this.slot, 0) !== word)) return null;
-    }
-    const excused = waited >= 1 ? ` (${Math.round(waited)} ms of it waiting for a CPU, not counted)` : '';
-    return `${name ? `${name}: ` : ''}${what} ran ${ran} ms, past its ${limit} ms deadline; worker terminated${excused}`;
+    // to finish, and is looked at again next period.
+    if (phase === WatchdogPhase.notify && tid !== 0 && !this.asleepIn(word, tid)) return null;
+    // Load and prepare are wall clock (they include host work: compiling, transpiling); so is a
+    // call whose thread's CPU clock could not be read.
+    return late(ran, phase === WatchdogPhase.call ? ' (wall clock: the thread\'s CPU time could not be read)' : '');
+  }
+
+  /** A call past its deadline by wall clock: past it by CPU time, or asleep past it (see the class). */
+  private callOverdue(word: number, tid: number, ran: number, limit: number, late: (spent: number, how: string) => string): string | null {
+    const cpu = threadCpuMs(tid);
+    // The thread is gone: its exit is reported (worker 'exit'), not a deadline.
+    if (cpu === null) return null;
+    const used = cpu - this.cpuAtFirstLook!;
+    if (used > limit) return late(used, ` (CPU time; ${ran} ms of wall clock since it began)`);
+    const since = ran - this.ranAtFirstLook;
+    if (since <= limit || !this.asleepIn(word, tid)) return null;
+    // Asleep, so run_delay holds every wait that ended, and none is in progress.
+    const wait = threadCpuWaitMs(tid);
+    const waited = wait !== null && this.waitAtFirstLook !== null ? Math.max(0, wait - this.waitAtFirstLook) : 0;
+    if (since - waited <= limit) return null;
+    const excused = waited >= 1 ? `, less ${Math.round(waited)} ms waiting for a CPU` : '';
+    return late(since - waited, ` (asleep or blocked in a system call: wall clock${excused}; ${ran} ms since it began, ${Math.round(used)} ms of CPU time)`);
+  }
+
+  /**
+   * Whether the worker is asleep inside bracket `word` now. The state read counts only if the
+   * bracket is still the one read before it: else the thread (or this one) was preempted
+   * meanwhile, and the sleeping thread seen is one that already left the bracket (seen in its
+   * epoll_wait).
+   */
+  private asleepIn(word: number, tid: number): boolean {
+    return !threadRunnable(tid) && Atomics.load(this.slot, 0) === word;
   }
 }
 

@@ -206,8 +206,9 @@ async function main(): Promise<void> {
     });
   });
   port.on('close', () => runner.close());
-  // Where a device's start goes (bench/tenancy.ts start): the thread and its isolate, then the device.
-  log.debug(`worker ready ${Date.now() - init.epoch} ms after it was asked for: thread and bundle ${bootedAfterMs} ms, device built in ${Date.now() - loadStart} ms`);
+  // Where a device's start goes (bench/tenancy.ts start): the thread and its isolate, then the
+  // device. The Linux thread id lets an operator find the device's thread (top -H, renice, perf).
+  log.debug(`worker ready (Linux thread ${Atomics.load(slot, WATCHDOG_TID)}) ${Date.now() - init.epoch} ms after it was asked for: thread and bundle ${bootedAfterMs} ms, device built in ${Date.now() - loadStart} ms`);
   post({ type: 'ready', info: device.info });
 }
 

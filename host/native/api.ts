@@ -272,6 +272,13 @@ export interface Native extends NativeFs {
    */
   exitNow(code: number): never;
 
+  /**
+   * CPU time thread `tid` of this process has used over its life, in ns (clock_gettime on the
+   * thread's CPU clock; exact even while it runs), or -1 when no thread of this process has
+   * that id (it ended).
+   */
+  threadCpuNs(tid: number): number;
+
   // ---- io_uring (host/native/src/uring.c) ----
   /** A new ring for the calling thread with `entries` submission entries (1..4096). */
   uringCreate(entries: number): Uring;
