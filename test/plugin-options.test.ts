@@ -41,6 +41,8 @@ test('the daemon config takes "options" per plugin device and refuses what the f
   });
 });
 
+// The plugin reads its options when it starts: an eager device is refused at add (one that starts
+// on its first connection reports it then, as any start failure: test/daemon-on-connect).
 test('ctl add --plugin-option reaches the plugin through the daemon (the net plugin names the bad mac it was given)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'plugin-options-'));
   const control = join(dir, 'control.sock');
@@ -48,7 +50,7 @@ test('ctl add --plugin-option reaches the plugin through the daemon (the net plu
   const daemon = await startDaemon(['--config', join(dir, 'd.json')]);
   try {
     const net = join(REPO, 'dist', 'plugins', 'net.wasm');
-    const bad = await ctl(['--control', control, 'add', '--id', 'n1', '--socket', join(dir, 'n1.sock'), '--plugin', net, '--plugin-option', 'mac=zz:00']);
+    const bad = await ctl(['--control', control, 'add', '--id', 'n1', '--socket', join(dir, 'n1.sock'), '--plugin', net, '--plugin-option', 'mac=zz:00', '--start', 'eager']);
     t.not(bad.code, 0);
     t.regex(bad.stderr + bad.stdout + daemon.log(), /option mac: not a MAC address \(aa:bb:cc:dd:ee:ff\): zz:00/);
     const usage = await ctl(['--control', control, 'add', '--id', 'n2', '--socket', join(dir, 'n2.sock'), '--plugin', net, '--plugin-option', 'nokey']);
