@@ -45,6 +45,35 @@ export class DeliveryBatch {
     if (mine) mine.push(...desc);
     else this.perLink.set(link, desc);
   }
+
+  /**
+   * Posts each destination its frames of `buf`. A destination's inbox counts the bytes of its
+   * frames, but a queued frame keeps alive the whole buffer it is in: one that gets less than
+   * half of the buffer gets its frames copied into one of their own, so what a device's queued
+   * frames keep alive is at most twice what its inbox bound counts (a sender could otherwise
+   * pin a whole batch of ~1.5 MiB per small frame it queues at a slow device). A flood, where
+   * every destination gets the whole batch, still shares the one buffer.
+   */
+  post(buf: SharedArrayBuffer): void {
+    for (const [link, d] of this.perLink) {
+      let bytes = 0;
+      for (let i = 3; i < d.length; i += 4) bytes += d[i];
+      if (2 * bytes >= buf.byteLength) {
+        link.post({ buf, desc: d });
+        continue;
+      }
+      const own = new SharedArrayBuffer(bytes);
+      const to = new Uint8Array(own);
+      let at = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const len = d[i + 3];
+        to.set(new Uint8Array(buf, d[i + 2], len), at);
+        d[i + 2] = at;
+        at += len;
+      }
+      link.post({ buf: own, desc: d });
+    }
+  }
 }
 
 export class Segment {
@@ -225,14 +254,14 @@ export class NetworkSwitch {
       }
     }
     from.counters.releaseOutbox(n, bytes);
-    for (const [link, d] of batch.perLink) link.post({ buf: m.buf, desc: d });
+    batch.post(m.buf);
   }
 
   /** Frames from outside (a TAP interface) into a segment: flooded to every device port. */
   inject(segment: Segment, from: number, buf: SharedArrayBuffer, frames: readonly [offset: number, len: number][]): void {
     const batch = new DeliveryBatch();
     for (const [offset, len] of frames) for (const ep of segment.ports.values()) if (ep.port !== from) ep.deliver(buf, offset, len, from, batch);
-    for (const [link, d] of batch.perLink) link.post({ buf, desc: d });
+    batch.post(buf);
   }
 }
 
