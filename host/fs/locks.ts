@@ -29,6 +29,13 @@ export const LOCK_END_MAX = (1n << 63n) - 1n;
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Ranges remembered per owner (only to name the pid of a conflicting lock). */
 const MAX_RANGES = 4096;
+/**
+ * Waits one share keeps at once. Each is a retry timer (and, for an owner with no lock yet, an
+ * fd reopened per try): filesystem.setlk is the plugin's to call, so past this a wait is refused
+ * with ENOLCK. The fs plugin keeps at most 256 waiting SETLKWs, well inside it.
+ */
+export const MAX_LOCK_WAITS = 1024;
+const ENOLCK = 37;
 const RETRY_FIRST_MS = 1;
 const RETRY_MAX_MS = 50;
 const EAGAIN = 11;
@@ -115,7 +122,8 @@ export class FsLocks {
   /**
    * Takes or releases `lock` for `owner` (record lock) or, with `flock`, on the open file itself.
    * `wait` 0: EAGAIN on a conflict. Otherwise a conflict starts a wait and answers EINPROGRESS;
-   * the waker gets `wait` once it resolved (the caller then asks again with wait 0).
+   * the waker gets `wait` once it resolved (the caller then asks again with wait 0). With
+   * MAX_LOCK_WAITS waits already running, a conflict answers ENOLCK instead.
    */
   setlk(file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint): { ok: true } | { ok: false; errno: number } {
     const fd = this.files.fileFd(file);
@@ -136,6 +144,7 @@ export class FsLocks {
     const r = attempt();
     if (r === 0) return { ok: true };
     if (r !== -EAGAIN || wait === 0n) return { ok: false, errno: -r };
+    if (this.waits.size >= MAX_LOCK_WAITS) return { ok: false, errno: ENOLCK };
     const w: Wait = { token: wait, file, attempt, delay: RETRY_FIRST_MS, timer: null };
     this.waits.set(wait, w);
     this.arm(w);
