@@ -115,7 +115,7 @@ export class DeviceSlot {
       void w.terminate();
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
-    this.worker = w;
+    this.install(w);
     return w;
   }
 
@@ -133,6 +133,8 @@ export class DeviceSlot {
 
   /** A worker from `source` with this device's limits (not made the slot's: see replaceWorker). */
   async startWorker(source: DeviceSource): Promise<DeviceWorker> {
+    const link = this.link;
+    let generation = 0;
     const w = await DeviceWorker.start(await this.withSharedModules(source), {
       label: this.opts.label,
       callDeadlineMs: this.opts.callDeadlineMs,
@@ -140,15 +142,32 @@ export class DeviceSlot {
       queueThreads: this.opts.queueThreads,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
-      ...(this.link ? { net: () => this.link!.connect() } : {}),
+      ...(link
+        ? {
+            net: () => {
+              const init = link.connect();
+              generation = link.generation;
+              return init;
+            },
+          }
+        : {}),
     });
-    const link = this.link;
     if (link) {
       // A worker killed by the watchdog or crashed takes no frames: they count as "not running", not as a full inbox.
-      const generation = link.generation;
+      this.linkGenerations.set(w, generation);
       void w.exited.then(() => link.workerGone(generation));
     }
     return w;
+  }
+
+  /** Which of the link's connections each worker has (workers started beside a running one get their own). */
+  private readonly linkGenerations = new WeakMap<DeviceWorker, number>();
+
+  /** `w` serves the device now: its frames go to it (a worker started beside it does not take them before). */
+  private install(w: DeviceWorker): void {
+    this.worker = w;
+    const g = this.linkGenerations.get(w);
+    if (g !== undefined) this.link?.activate(g);
   }
 
   /**
@@ -189,7 +208,7 @@ export class DeviceSlot {
       void w.terminate();
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
-    this.worker = w;
+    this.install(w);
     this.source = source;
     this.starts++;
     this.meter.workerStarts++;
