@@ -28,7 +28,7 @@ const LOCK_UN = 8;
 export const LOCK_END_MAX = (1n << 63n) - 1n;
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Ranges remembered per owner (only to name the pid of a conflicting lock). */
-const MAX_RANGES = 4096;
+export const MAX_RANGES = 4096;
 /**
  * Waits one share keeps at once. Each is a retry timer (and, for an owner with no lock yet, an
  * fd reopened per try): filesystem.setlk is the plugin's to call, so past this a wait is refused
@@ -64,6 +64,11 @@ interface Owner {
   /** The open file its last lock came through: its locks go when that file closes. */
   file: bigint;
   ranges: Range[];
+  /**
+   * Ranges were forgotten past MAX_RANGES: an empty list no longer means the description holds
+   * nothing, so it is kept until the whole file is unlocked or the file closes.
+   */
+  forgot: boolean;
 }
 
 interface Wait {
@@ -195,15 +200,21 @@ export class FsLocks {
       if (lock.kind === F_UNLCK) return 0; // nothing held: nothing to release
       const ofd = this.files.reopen(fd);
       if (ofd < 0) return ofd;
-      o = { key, inode, fd: ofd, file, ranges: [] };
+      o = { key, inode, fd: ofd, file, ranges: [], forgot: false };
       this.owners.set(key, o);
     }
     const r = native.fsLock(o.fd, 1, lock.kind, span[0], span[1], this.out);
     if (r === 0) {
-      o.ranges = applyRange(o.ranges, lock);
+      const ranges = applyRange(o.ranges, lock);
+      if (ranges.length > MAX_RANGES) {
+        // Only the pid a GETLK names depends on the oldest ranges: forgotten, but still locked.
+        o.ranges = ranges.slice(ranges.length - MAX_RANGES);
+        o.forgot = true;
+      } else o.ranges = ranges;
       if (lock.kind !== F_UNLCK) o.file = file;
+      if (lock.kind === F_UNLCK && lock.start === 0n && lock.end >= LOCK_END_MAX) o.forgot = false;
     }
-    if (o.ranges.length === 0) {
+    if (o.ranges.length === 0 && !o.forgot) {
       // No lock left on this description (or the first one failed): let it go.
       this.files.close(o.fd);
       this.owners.delete(key);
@@ -265,7 +276,5 @@ function applyRange(ranges: Range[], lock: FileLock): Range[] {
     }
   }
   if (lock.kind !== F_UNLCK) out.push({ start: s, end: e, kind: lock.kind, pid: lock.pid });
-  // Past the cap the oldest ranges are forgotten: only the pid a GETLK names depends on them,
-  // and an empty list would close a description that still holds locks, so keep at least one.
-  return out.length > MAX_RANGES ? out.slice(out.length - MAX_RANGES) : out;
+  return out;
 }
