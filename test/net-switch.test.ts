@@ -16,6 +16,7 @@ import { Host, type HostDevice } from '../host/server/index.ts';
 import { setLogSink } from '../host/log/logger.ts';
 import { Rule } from '../host/device/answer-check.ts';
 import { INBOX_BYTES, INBOX_FRAMES, type NetStats } from '../host/net/link.ts';
+import { hostSwitch } from '../host/net/switch.ts';
 import { command, frame, HEADER, RX, STATUS_REFUSED, STATUS_SENT, TX } from './devices/net-test-device.ts';
 
 const MTU = 1500;
@@ -254,4 +255,12 @@ test.serial('wake-after comes back as a timer event with its token', async (t) =
   } finally {
     await d.close();
   }
+});
+
+test.serial('a device whose later network cannot be joined (a TAP interface that cannot be opened) leaves no port behind on the networks before it', async (t) => {
+  const url = new URL('./devices/net-test-device.ts', import.meta.url).href;
+  // lo is no TAP interface: TUNSETIFF refuses it.
+  const bad = { label: 'g', listen: { path: join(dir, 'g.sock') }, source: { kind: 'module' as const, url }, networks: ['segG', 'tap:lo'] };
+  for (let i = 0; i < 3; i++) await t.throwsAsync(Host.start([bad]), { message: /tap:lo|TAP interface lo/ });
+  t.is(hostSwitch().segment('segG').ports.size, 0, 'no ghost ports on segG');
 });

@@ -149,11 +149,18 @@ export class DeviceLink {
     readonly label: string,
     names: readonly string[],
   ) {
-    names.forEach((name, i) => {
-      const segment = sw.segment(name);
-      const endpoint = segment.join((port) => new DevicePortEndpoint(port, this, i));
-      this.grants.push({ segment, endpoint });
-    });
+    try {
+      names.forEach((name, i) => {
+        const segment = sw.segment(name);
+        const endpoint = segment.join((port) => new DevicePortEndpoint(port, this, i));
+        this.grants.push({ segment, endpoint });
+      });
+    } catch (e) {
+      // A later grant cannot be served (a TAP interface that does not open): the ports taken
+      // on the earlier ones go again, or each failed device-add would leave one behind.
+      for (const g of this.grants) g.segment.leave(g.endpoint.port);
+      throw e;
+    }
   }
 
   /** A worker is attached and active: it can take frames. */

@@ -60,6 +60,8 @@ export class DeviceSlot {
     source: DeviceSource,
     readonly opts: DeviceSlotOptions,
   ) {
+    // The network first: a grant that cannot be served throws before anything else is made.
+    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);
@@ -68,7 +70,6 @@ export class DeviceSlot {
       source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk, ...(dirty ? { dirty } : {}) } } };
     }
     this.source = source;
-    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
   }
 
   /** What the device's network ports carried (null without a network grant). */
