@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
+import { MAX_LOCK_WAITS, MAX_RANGES } from '../host/fs/locks.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import type { DeviceAction } from '../host/device/device.ts';
@@ -28,7 +29,7 @@ const F_RDLCK = 0;
 const F_WRLCK = 1;
 const F_UNLCK = 2;
 const END = (1n << 63n) - 1n;
-const E = { EINTR: 4, EAGAIN: 11, EBADF: 9 };
+const E = { EINTR: 4, EAGAIN: 11, EBADF: 9, ENOLCK: 37, EINPROGRESS: 115 };
 
 interface Reply {
   error: number;
@@ -264,4 +265,55 @@ test('a reset lets every lock and wait go (a guest that disconnects holds nothin
   const stopF = await hostLock(join(dir, 'f'), 'flock');
   await stopF();
   t.pass('a host process got both locks');
+});
+
+test("the host's lock waits are bounded: a plugin that starts wait after wait gets ENOLCK past MAX_LOCK_WAITS, not a timer and an fd reopen each", async (t) => {
+  // The fs plugin keeps at most 256 waiting SETLKWs, but filesystem.setlk is the plugin's to
+  // call: what the host keeps for a plugin that calls it with token after token must be bounded.
+  const { share } = await setup(t);
+  // The share's own handles, as the plugin holds them (its FUSE fh are its own numbers).
+  const val = <T>(r: { ok: true; val: T } | { ok: false; errno: number }): T => {
+    if (!r.ok) throw new Error(`errno ${r.errno}`);
+    return r.val;
+  };
+  const root = val(share.root());
+  const node = val(share.lookup(root.node, Buffer.from('f')));
+  const a = val(share.open(node.node, 2));
+  const lock = { start: 0n, end: END, kind: F_WRLCK, pid: 1 };
+  t.deepEqual(share.setlk(a, 1n, lock, false, 0n), { ok: true, val: undefined });
+  const errnos = new Map<number, number>();
+  for (let i = 0; i < MAX_LOCK_WAITS + 100; i++) {
+    const r = share.setlk(a, 1000n + BigInt(i), lock, false, 1n + BigInt(i));
+    const e = r.ok ? 0 : r.errno;
+    errnos.set(e, (errnos.get(e) ?? 0) + 1);
+  }
+  t.is(errnos.get(E.EINPROGRESS), MAX_LOCK_WAITS, `waits up to the bound (errnos: ${JSON.stringify([...errnos])})`);
+  t.is(errnos.get(E.ENOLCK), 100, 'then ENOLCK');
+  // A wait that ends makes room again.
+  share.locks.cancel(1n);
+  t.deepEqual(share.setlk(a, 5000n, lock, false, 999_999n), { ok: false, errno: E.EINPROGRESS });
+  share.releaseAll();
+});
+
+test('an owner with more ranges than the table remembers keeps every lock the kernel holds: unlocking the remembered ones does not drop the forgotten', async (t) => {
+  // Past MAX_RANGES the oldest ranges are forgotten (they only name GETLK's pid); the owner's
+  // description must not be closed while the kernel still holds a forgotten range on it.
+  const { share } = await setup(t);
+  const val = <T>(r: { ok: true; val: T } | { ok: false; errno: number }): T => {
+    if (!r.ok) throw new Error(`errno ${r.errno}`);
+    return r.val;
+  };
+  const root = val(share.root());
+  const node = val(share.lookup(root.node, Buffer.from('f')));
+  const a = val(share.open(node.node, 2));
+  const at = (i: number, kind: number) => ({ start: BigInt(2 * i), end: BigInt(2 * i), kind, pid: 7 });
+  for (let i = 0; i <= MAX_RANGES; i++) t.true(share.setlk(a, 1n, at(i, F_WRLCK), false, 0n).ok);
+  // Range 0 (byte 0) is the one forgotten; the others are unlocked one by one.
+  for (let i = 1; i <= MAX_RANGES; i++) t.true(share.setlk(a, 1n, at(i, F_UNLCK), false, 0n).ok);
+  t.deepEqual(share.setlk(a, 2n, at(0, F_WRLCK), false, 0n), { ok: false, errno: E.EAGAIN }, 'byte 0 is still owner 1\'s');
+  t.true(share.setlk(a, 2n, at(1, F_WRLCK), false, 0n).ok, 'an unlocked range is free');
+  // Unlocking the whole file lets the description go.
+  t.true(share.setlk(a, 1n, { start: 0n, end: END, kind: F_UNLCK, pid: 7 }, false, 0n).ok);
+  t.true(share.setlk(a, 2n, at(0, F_WRLCK), false, 0n).ok);
+  share.releaseAll();
 });

@@ -6,6 +6,7 @@
 // handover leave the old host serving, its front-end never interrupted.
 import test from 'ava';
 import { spawn } from 'node:child_process';
+import { connect as netConnect, type Socket } from 'node:net';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -181,4 +182,37 @@ test.serial('host-handover is refused when the socket it names belongs to anothe
   await verifyAll(disk, last);
   t.is(old.child.exitCode, null);
   await fe.close();
+});
+
+test.serial('host-handover naming a socket whose backlog is full is refused at once; the old host never waits on it and serves on', async (t) => {
+  const old = await host();
+  const fe = await VhostUserFrontend.connect(sock, feOpts);
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop(disk, last, () => true);
+  // This process listens at `to` (so the pid check would pass) and never accepts: its backlog fills.
+  const to = join(dir, 'full.sock');
+  const lfd = native.listenUnix(to, 0);
+  const queued: Socket[] = [];
+  try {
+    for (let i = 0; i < 16; i++) {
+      const c = netConnect(to);
+      queued.push(c);
+      const full = await new Promise<boolean>((resolve) => {
+        c.once('connect', () => resolve(false));
+        c.once('error', () => resolve(true));
+      });
+      if (full) break;
+    }
+    const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to } });
+    const [a] = (await rawRpc(`${sock}.control`, [ask], 1)) as { error?: { message: string } }[];
+    t.regex(a.error!.message, /cannot connect to the new host at .*full\.sock: .*(EAGAIN|not accepting)/);
+    await ioLoop(disk, last, () => true);
+    await verifyAll(disk, last);
+    t.is(old.child.exitCode, null);
+  } finally {
+    for (const c of queued) c.destroy();
+    native.close(lfd);
+    await fe.close();
+  }
 });

@@ -16,6 +16,7 @@ import { Host, type HostDevice } from '../host/server/index.ts';
 import { setLogSink } from '../host/log/logger.ts';
 import { Rule } from '../host/device/answer-check.ts';
 import { INBOX_BYTES, INBOX_FRAMES, type NetStats } from '../host/net/link.ts';
+import { hostSwitch } from '../host/net/switch.ts';
 import { command, frame, HEADER, RX, STATUS_REFUSED, STATUS_SENT, TX } from './devices/net-test-device.ts';
 
 const MTU = 1500;
@@ -24,6 +25,8 @@ let host: Host;
 const lines: string[] = [];
 /** Device b waits inside handle() while gate[0] is 1 ("block"), with gate[1] set meanwhile. */
 const gate = new Int32Array(new SharedArrayBuffer(8));
+/** The same for device e (seg2). */
+const gateE = new Int32Array(new SharedArrayBuffer(8));
 
 const opts: FrontendOptions = { memoryBytes: 16 << 20, queues: [256, 256], features: 1n << BigInt(VIRTIO_F_VERSION_1), eventIdx: true, indirect: false };
 
@@ -38,8 +41,15 @@ test.before(async () => {
     // b waits in handle() for as long as the test holds its gate.
     callDeadlineMs: 60_000,
   });
-  // Ports are numbered in the order devices join: a 1, b 2, c 3 on seg0; d 1 on seg1.
-  host = await Host.start([dev('a', ['seg0']), dev('b', ['seg0'], { gate: gate.buffer }), dev('c', ['seg0']), dev('d', ['seg1'])]);
+  // Ports are numbered in the order devices join: a 1, b 2, c 3 on seg0; d 1 on seg1; e 1, f 2 on seg2.
+  host = await Host.start([
+    dev('a', ['seg0']),
+    dev('b', ['seg0'], { gate: gate.buffer }),
+    dev('c', ['seg0']),
+    dev('d', ['seg1']),
+    dev('e', ['seg2'], { gate: gateE.buffer }),
+    dev('f', ['seg2']),
+  ]);
   setLogSink((l) => lines.push(l));
 });
 
@@ -156,6 +166,34 @@ test.serial('a flood towards a device that takes nothing is bounded: never more 
   }
 });
 
+test.serial("a small frame sent in one batch with big ones keeps only its own bytes alive at the receiver, not the sender's whole batch buffer", async (t) => {
+  // The inbox bound counts frame bytes; what a queued frame really holds is the shared buffer
+  // its bytes are in. A sender that puts one small frame for a device among 1.5 KB frames for
+  // nobody would otherwise pin its whole batch per queued frame (512 frames x ~1.5 MiB).
+  const [e, f] = await Promise.all([connect('e'), connect('f')]);
+  try {
+    t.is(await send(f, command('buffers')), STATUS_SENT);
+    const rx = await postRx(f, 1);
+    Atomics.store(gateE, 0, 1);
+    const blocked = send(e, command('block'));
+    await until('e to be blocked', () => Atomics.load(gateE, 1) === 1);
+    // One batch: 200 full frames to a port nobody has, then one small frame to f (port 2).
+    const big = Array.from({ length: 200 }, () => send(e, frame(99, new Uint8Array(MTU))));
+    const small = frame(2, 'small');
+    const sent = send(e, small);
+    Atomics.store(gateE, 0, 0);
+    t.is(await blocked, STATUS_SENT);
+    t.deepEqual(new Set(await Promise.all([...big, sent])), new Set([STATUS_SENT]));
+    const got = await rx[0];
+    t.deepEqual(got.bytes.subarray(0, small.length), small);
+    const kept = new DataView(got.raw.buffer, got.raw.byteOffset).getUint32(HEADER + small.length, true);
+    t.true(kept <= 2 * small.length, `the frame's ${small.length} bytes keep a ${kept}-byte buffer alive`);
+  } finally {
+    Atomics.store(gateE, 0, 0);
+    await Promise.all([e.close(), f.close()]);
+  }
+});
+
 test.serial('a device that holds its rx buffers for ever is reset cleanly when its front-end goes, and the next one exchanges frames', async (t) => {
   const c1 = await connect('c');
   const a = await connect('a');
@@ -217,4 +255,12 @@ test.serial('wake-after comes back as a timer event with its token', async (t) =
   } finally {
     await d.close();
   }
+});
+
+test.serial('a device whose later network cannot be joined (a TAP interface that cannot be opened) leaves no port behind on the networks before it', async (t) => {
+  const url = new URL('./devices/net-test-device.ts', import.meta.url).href;
+  // lo is no TAP interface: TUNSETIFF refuses it.
+  const bad = { label: 'g', listen: { path: join(dir, 'g.sock') }, source: { kind: 'module' as const, url }, networks: ['segG', 'tap:lo'] };
+  for (let i = 0; i < 3; i++) await t.throwsAsync(Host.start([bad]), { message: /tap:lo|TAP interface lo/ });
+  t.is(hostSwitch().segment('segG').ports.size, 0, 'no ghost ports on segG');
 });

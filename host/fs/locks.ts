@@ -28,7 +28,14 @@ const LOCK_UN = 8;
 export const LOCK_END_MAX = (1n << 63n) - 1n;
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Ranges remembered per owner (only to name the pid of a conflicting lock). */
-const MAX_RANGES = 4096;
+export const MAX_RANGES = 4096;
+/**
+ * Waits one share keeps at once. Each is a retry timer (and, for an owner with no lock yet, an
+ * fd reopened per try): filesystem.setlk is the plugin's to call, so past this a wait is refused
+ * with ENOLCK. The fs plugin keeps at most 256 waiting SETLKWs, well inside it.
+ */
+export const MAX_LOCK_WAITS = 1024;
+const ENOLCK = 37;
 const RETRY_FIRST_MS = 1;
 const RETRY_MAX_MS = 50;
 const EAGAIN = 11;
@@ -57,6 +64,11 @@ interface Owner {
   /** The open file its last lock came through: its locks go when that file closes. */
   file: bigint;
   ranges: Range[];
+  /**
+   * Ranges were forgotten past MAX_RANGES: an empty list no longer means the description holds
+   * nothing, so it is kept until the whole file is unlocked or the file closes.
+   */
+  forgot: boolean;
 }
 
 interface Wait {
@@ -115,7 +127,8 @@ export class FsLocks {
   /**
    * Takes or releases `lock` for `owner` (record lock) or, with `flock`, on the open file itself.
    * `wait` 0: EAGAIN on a conflict. Otherwise a conflict starts a wait and answers EINPROGRESS;
-   * the waker gets `wait` once it resolved (the caller then asks again with wait 0).
+   * the waker gets `wait` once it resolved (the caller then asks again with wait 0). With
+   * MAX_LOCK_WAITS waits already running, a conflict answers ENOLCK instead.
    */
   setlk(file: bigint, owner: bigint, lock: FileLock, flock: boolean, wait: bigint): { ok: true } | { ok: false; errno: number } {
     const fd = this.files.fileFd(file);
@@ -136,6 +149,7 @@ export class FsLocks {
     const r = attempt();
     if (r === 0) return { ok: true };
     if (r !== -EAGAIN || wait === 0n) return { ok: false, errno: -r };
+    if (this.waits.size >= MAX_LOCK_WAITS) return { ok: false, errno: ENOLCK };
     const w: Wait = { token: wait, file, attempt, delay: RETRY_FIRST_MS, timer: null };
     this.waits.set(wait, w);
     this.arm(w);
@@ -186,15 +200,21 @@ export class FsLocks {
       if (lock.kind === F_UNLCK) return 0; // nothing held: nothing to release
       const ofd = this.files.reopen(fd);
       if (ofd < 0) return ofd;
-      o = { key, inode, fd: ofd, file, ranges: [] };
+      o = { key, inode, fd: ofd, file, ranges: [], forgot: false };
       this.owners.set(key, o);
     }
     const r = native.fsLock(o.fd, 1, lock.kind, span[0], span[1], this.out);
     if (r === 0) {
-      o.ranges = applyRange(o.ranges, lock);
+      const ranges = applyRange(o.ranges, lock);
+      if (ranges.length > MAX_RANGES) {
+        // Only the pid a GETLK names depends on the oldest ranges: forgotten, but still locked.
+        o.ranges = ranges.slice(ranges.length - MAX_RANGES);
+        o.forgot = true;
+      } else o.ranges = ranges;
       if (lock.kind !== F_UNLCK) o.file = file;
+      if (lock.kind === F_UNLCK && lock.start === 0n && lock.end >= LOCK_END_MAX) o.forgot = false;
     }
-    if (o.ranges.length === 0) {
+    if (o.ranges.length === 0 && !o.forgot) {
       // No lock left on this description (or the first one failed): let it go.
       this.files.close(o.fd);
       this.owners.delete(key);
@@ -256,7 +276,5 @@ function applyRange(ranges: Range[], lock: FileLock): Range[] {
     }
   }
   if (lock.kind !== F_UNLCK) out.push({ start: s, end: e, kind: lock.kind, pid: lock.pid });
-  // Past the cap the oldest ranges are forgotten: only the pid a GETLK names depends on them,
-  // and an empty list would close a description that still holds locks, so keep at least one.
-  return out.length > MAX_RANGES ? out.slice(out.length - MAX_RANGES) : out;
+  return out;
 }

@@ -159,8 +159,11 @@ export interface Native extends NativeFs {
   // Unix stream sockets.
   /** socket+bind+listen at `path` (does not unlink an existing file: EADDRINUSE). */
   listenUnix(path: string, backlog: number): number;
-  /** Connect to a listening socket (blocking connect, then switched to non-blocking). */
-  connectUnix(path: string): number;
+  /**
+   * Connect to a listening socket (blocking connect, then switched to non-blocking). `noWait`:
+   * a listener whose backlog is full throws EAGAIN at once instead of blocking the thread.
+   */
+  connectUnix(path: string, noWait?: boolean): number;
   /** accept4(SOCK_CLOEXEC|SOCK_NONBLOCK); -1 when no connection is pending. */
   accept(fd: number): number;
   /** A connected AF_UNIX SOCK_STREAM pair. */

@@ -90,6 +90,9 @@ export interface NetStats {
   rxQueuedBytes: number;
 }
 
+/** Statistics a worker writes (the switch writes rxQueueDrops, txNoPort and rxNotRunningSwitch). */
+export const WORKER_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxUnread', 'rxNotRunning', 'txDrops'] as const satisfies readonly (keyof NetStats)[];
+
 const STAT_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxQueueDrops', 'rxUnread', 'rxNotRunning', 'txDrops', 'txNoPort'] as const satisfies readonly (keyof NetStats)[];
 /**
  * Cells behind the statistics: each has one writer. rxNotRunning is counted by both sides (the
@@ -142,11 +145,6 @@ export class LinkCounters {
   releaseOutbox(frames: number, bytes: number): void {
     Atomics.sub(this.cells, OUTBOX_F, frames);
     Atomics.sub(this.cells, OUTBOX_B, bytes);
-  }
-
-  /** A new worker takes over the link: what the old one had queued went with it. */
-  resetQueues(): void {
-    for (let i = 0; i < INT_CELLS; i++) Atomics.store(this.cells, i, 0);
   }
 
   /** Adds to a statistic; `field` must be one this side alone writes (see CELLS). */

@@ -6,7 +6,7 @@
 // business; the switch only moves frames and bounds every queue (link.ts).
 
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
-import { FLOOD, LinkCounters, type IncomingFrames, type NetGrant, type NetInit, type NetStats, type OutgoingFrames } from './link.ts';
+import { FLOOD, LinkCounters, WORKER_FIELDS, type IncomingFrames, type NetGrant, type NetInit, type NetStats, type OutgoingFrames } from './link.ts';
 import { createLogger } from '../log/logger.ts';
 import { NetworkConfigError } from './errors.ts';
 import { TapPort } from './tap.ts';
@@ -45,6 +45,35 @@ export class DeliveryBatch {
     if (mine) mine.push(...desc);
     else this.perLink.set(link, desc);
   }
+
+  /**
+   * Posts each destination its frames of `buf`. A destination's inbox counts the bytes of its
+   * frames, but a queued frame keeps alive the whole buffer it is in: one that gets less than
+   * half of the buffer gets its frames copied into one of their own, so what a device's queued
+   * frames keep alive is at most twice what its inbox bound counts (a sender could otherwise
+   * pin a whole batch of ~1.5 MiB per small frame it queues at a slow device). A flood, where
+   * every destination gets the whole batch, still shares the one buffer.
+   */
+  post(buf: SharedArrayBuffer): void {
+    for (const [link, d] of this.perLink) {
+      let bytes = 0;
+      for (let i = 3; i < d.length; i += 4) bytes += d[i];
+      if (2 * bytes >= buf.byteLength) {
+        link.post({ buf, desc: d });
+        continue;
+      }
+      const own = new SharedArrayBuffer(bytes);
+      const to = new Uint8Array(own);
+      let at = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const len = d[i + 3];
+        to.set(new Uint8Array(buf, d[i + 2], len), at);
+        d[i + 2] = at;
+        at += len;
+      }
+      link.post({ buf: own, desc: d });
+    }
+  }
 }
 
 export class Segment {
@@ -78,26 +107,41 @@ class DevicePortEndpoint implements Endpoint {
   ) {}
 
   deliver(_buf: SharedArrayBuffer, offset: number, len: number, from: number, batch: DeliveryBatch): void {
-    const c = this.link.counters;
-    if (!this.link.running) {
-      c.add('rxNotRunningSwitch', 1);
+    const inbox = this.link.activeCounters;
+    if (inbox === null) {
+      this.link.counters.add('rxNotRunningSwitch', 1);
       return;
     }
-    if (!c.reserveInbox(len)) {
-      c.add('rxQueueDrops', 1);
+    if (!inbox.reserveInbox(len)) {
+      this.link.counters.add('rxQueueDrops', 1);
       return;
     }
     batch.add(this.link, [this.grant, from, offset, len]);
   }
 }
 
+/** One worker's end of a device's link: its port and its own counters (the worker writes them). */
+interface Attached {
+  readonly generation: number;
+  readonly port: MessagePort;
+  readonly counters: LinkCounters;
+}
+
 /**
  * One device's ports, for the device's life (across its workers: a worker that is replaced
  * after a failure keeps the port numbers, so the other devices' learned tables stay right).
+ *
+ * Each worker started gets a link of its own (connect()); frames go to the *active* one, the
+ * worker the device is served by. A worker started beside a running one (a plugin upgrade)
+ * becomes active only when it is installed (activate()): an upgrade that is refused leaves the
+ * running worker on its network. Each worker has its own counters (one writer each, its own
+ * queue bounds); the switch's statistics and those of workers that exited are the link's.
  */
 export class DeviceLink {
+  /** Statistics the switch writes, and those of workers that exited (added when they go). */
   readonly counters = new LinkCounters();
-  private mp: MessagePort | null = null;
+  private readonly attached = new Map<number, Attached>();
+  private active: Attached | null = null;
   private readonly grants: { segment: Segment; endpoint: Endpoint }[] = [];
 
   constructor(
@@ -105,53 +149,72 @@ export class DeviceLink {
     readonly label: string,
     names: readonly string[],
   ) {
-    names.forEach((name, i) => {
-      const segment = sw.segment(name);
-      const endpoint = segment.join((port) => new DevicePortEndpoint(port, this, i));
-      this.grants.push({ segment, endpoint });
-    });
+    try {
+      names.forEach((name, i) => {
+        const segment = sw.segment(name);
+        const endpoint = segment.join((port) => new DevicePortEndpoint(port, this, i));
+        this.grants.push({ segment, endpoint });
+      });
+    } catch (e) {
+      // A later grant cannot be served (a TAP interface that does not open): the ports taken
+      // on the earlier ones go again, or each failed device-add would leave one behind.
+      for (const g of this.grants) g.segment.leave(g.endpoint.port);
+      throw e;
+    }
   }
 
-  /** A worker is attached and can take frames. */
+  /** A worker is attached and active: it can take frames. */
   get running(): boolean {
-    return this.mp !== null;
+    return this.active !== null;
+  }
+
+  /** The active worker's counters (its inbox bound), or null. */
+  get activeCounters(): LinkCounters | null {
+    return this.active?.counters ?? null;
   }
 
   get netGrants(): NetGrant[] {
     return this.grants.map((g) => ({ name: g.segment.name, mtu: g.segment.mtu, port: g.endpoint.port }));
   }
 
-  /**
-   * A fresh link for a new worker: the previous worker's end (if any) is closed, and what it
-   * had queued is forgotten with it.
-   */
-  connect(): NetInit {
-    this.disconnect();
-    const ch = new MessageChannel();
-    this.mp = ch.port1;
-    this.generation++;
-    this.counters.resetQueues();
-    ch.port1.on('message', (m: OutgoingFrames) => this.sw.forward(this, m));
-    // The switch must never keep the process alive on its own.
-    ch.port1.unref();
-    return { grants: this.netGrants, port: ch.port2, counters: this.counters.buffer };
-  }
-
-  disconnect(): void {
-    this.mp?.close();
-    this.mp = null;
-  }
-
-  /** Which connect() the link is at: a worker that exits disconnects only its own. */
+  /** Which connect() the link is at (the last worker given a link). */
   generation = 0;
 
-  /** The worker of connect() number `generation` has exited: frames for it are dropped as not running until the next one connects. */
+  /**
+   * A link for a new worker (number `generation` from now on). It becomes the active one at once
+   * only when no worker is active; otherwise at activate().
+   */
+  connect(): NetInit {
+    const ch = new MessageChannel();
+    const a: Attached = { generation: ++this.generation, port: ch.port1, counters: new LinkCounters() };
+    this.attached.set(a.generation, a);
+    ch.port1.on('message', (m: OutgoingFrames) => this.sw.forward(this, a.counters, m));
+    // The switch must never keep the process alive on its own.
+    ch.port1.unref();
+    if (this.active === null) this.active = a;
+    return { grants: this.netGrants, port: ch.port2, counters: a.counters.buffer };
+  }
+
+  /** The worker of connect() number `generation` serves the device now: frames go to it. */
+  activate(generation: number): void {
+    const a = this.attached.get(generation);
+    if (a) this.active = a;
+  }
+
+  /** The worker of connect() number `generation` has exited: its end closes (frames count as not running until another is active). */
   workerGone(generation: number): void {
-    if (generation === this.generation) this.disconnect();
+    const a = this.attached.get(generation);
+    if (!a) return;
+    this.attached.delete(generation);
+    a.port.close();
+    if (this.active === a) this.active = null;
+    // Its statistics stay the device's; what it had queued went with it.
+    const s = a.counters.read();
+    for (const f of WORKER_FIELDS) if (s[f] !== 0) this.counters.add(f, s[f]);
   }
 
   post(msg: IncomingFrames): void {
-    this.mp?.postMessage(msg);
+    this.active?.port.postMessage(msg);
   }
 
   grant(index: number): { segment: Segment; endpoint: Endpoint } | undefined {
@@ -159,12 +222,17 @@ export class DeviceLink {
   }
 
   stats(): NetStats {
-    return this.counters.read();
+    const out = this.counters.read();
+    for (const a of this.attached.values()) {
+      const s = a.counters.read();
+      for (const k of Object.keys(out) as (keyof NetStats)[]) out[k] += s[k];
+    }
+    return out;
   }
 
   /** The device is gone (the daemon removed it): its ports leave their segments. */
   close(): void {
-    this.disconnect();
+    for (const g of [...this.attached.keys()]) this.workerGone(g);
     for (const g of this.grants) g.segment.leave(g.endpoint.port);
   }
 }
@@ -201,7 +269,7 @@ export class NetworkSwitch {
   }
 
   /** A batch a device posted: each frame to its port, or flooded. */
-  forward(from: DeviceLink, m: OutgoingFrames): void {
+  forward(from: DeviceLink, sender: LinkCounters, m: OutgoingFrames): void {
     const desc = m.desc;
     const n = desc.length >> 2;
     let bytes = 0;
@@ -224,15 +292,15 @@ export class NetworkSwitch {
         else from.counters.add('txNoPort', 1);
       }
     }
-    from.counters.releaseOutbox(n, bytes);
-    for (const [link, d] of batch.perLink) link.post({ buf: m.buf, desc: d });
+    sender.releaseOutbox(n, bytes);
+    batch.post(m.buf);
   }
 
   /** Frames from outside (a TAP interface) into a segment: flooded to every device port. */
   inject(segment: Segment, from: number, buf: SharedArrayBuffer, frames: readonly [offset: number, len: number][]): void {
     const batch = new DeliveryBatch();
     for (const [offset, len] of frames) for (const ep of segment.ports.values()) if (ep.port !== from) ep.deliver(buf, offset, len, from, batch);
-    for (const [link, d] of batch.perLink) link.post({ buf, desc: d });
+    batch.post(buf);
   }
 }
 

@@ -70,6 +70,8 @@ export class DeviceSlot {
     source: DeviceSource,
     readonly opts: DeviceSlotOptions,
   ) {
+    // The network first: a grant that cannot be served throws before anything else is made.
+    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);
@@ -78,7 +80,6 @@ export class DeviceSlot {
       source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk, ...(dirty ? { dirty } : {}) } } };
     }
     this.source = source;
-    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
   }
 
   /** What the device's network ports carried (null without a network grant). */
@@ -136,7 +137,7 @@ export class DeviceSlot {
       void w.terminate();
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
-    this.worker = w;
+    this.install(w);
     this.everStarted = true;
     return w;
   }
@@ -167,6 +168,8 @@ export class DeviceSlot {
 
   /** A worker from `source` with this device's limits (not made the slot's: see replaceWorker). */
   async startWorker(source: DeviceSource): Promise<DeviceWorker> {
+    const link = this.link;
+    let generation = 0;
     const w = await DeviceWorker.start(await this.withSharedModules(source), {
       label: this.opts.label,
       callDeadlineMs: this.opts.callDeadlineMs,
@@ -174,15 +177,32 @@ export class DeviceSlot {
       queueThreads: this.opts.queueThreads,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
-      ...(this.link ? { net: () => this.link!.connect() } : {}),
+      ...(link
+        ? {
+            net: () => {
+              const init = link.connect();
+              generation = link.generation;
+              return init;
+            },
+          }
+        : {}),
     });
-    const link = this.link;
     if (link) {
       // A worker killed by the watchdog or crashed takes no frames: they count as "not running", not as a full inbox.
-      const generation = link.generation;
+      this.linkGenerations.set(w, generation);
       void w.exited.then(() => link.workerGone(generation));
     }
     return w;
+  }
+
+  /** Which of the link's connections each worker has (workers started beside a running one get their own). */
+  private readonly linkGenerations = new WeakMap<DeviceWorker, number>();
+
+  /** `w` serves the device now: its frames go to it (a worker started beside it does not take them before). */
+  private install(w: DeviceWorker): void {
+    this.worker = w;
+    const g = this.linkGenerations.get(w);
+    if (g !== undefined) this.link?.activate(g);
   }
 
   /**
@@ -223,7 +243,7 @@ export class DeviceSlot {
       void w.terminate();
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
-    this.worker = w;
+    this.install(w);
     this.source = source;
     this.starts++;
     this.meter.workerStarts++;

@@ -66,9 +66,12 @@ export interface HandoverSource {
 export async function sendHandover(to: string, peerPid: number, src: HandoverSource, deadlineMs = HANDOVER_DEADLINE_MS): Promise<void> {
   let fd: number;
   try {
-    fd = native.connectUnix(to);
+    // Never a blocking connect: whoever asked names `to`, and a listener that does not accept
+    // (its backlog full) would stall this host's main thread, and with it every front-end's
+    // messages, for as long as it likes.
+    fd = native.connectUnix(to, true);
   } catch (e) {
-    throw new HandoverRefused(`cannot connect to the new host at ${to}: ${errorText(e)}`);
+    throw new HandoverRefused(`cannot connect to the new host at ${to}: ${errorText(e)}${/EAGAIN/.test(errorText(e)) ? ' (it is not accepting: its backlog is full)' : ''}`);
   }
   const cred = native.peerCred(fd);
   if (cred.pid !== peerPid) {

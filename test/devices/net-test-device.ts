@@ -11,7 +11,8 @@
 // frame-read of a frame the call did not deliver), "bad-timers" (65 wake-afters), "timer N"
 // (wake-after N ms, token N, answered in an rx buffer as "TIMER N"), "block" (wait inside
 // handle() until the test clears options.gate[0], with gate[1] set meanwhile: the worker takes
-// no frames then).
+// no frames then), "buffers" (every frame read from now on is followed in the rx buffer by the
+// u32 LE size of the shared buffer the host handed its bytes in: what that frame keeps alive).
 import type { DeviceAction, DeviceEvent, DeviceFactory, DeviceRequest, Frame, Piece, VirtioDevice } from '../../host/device/device.ts';
 
 export const RX = 0;
@@ -49,6 +50,7 @@ const factory: DeviceFactory = (raw) => {
   const gate = o.gate ? new Int32Array(o.gate) : null;
   let rx: DeviceRequest[] = [];
   let deaf = false;
+  let buffers = false;
 
   const tx = (r: DeviceRequest, out: DeviceAction[]): void => {
     const p = r.prefix;
@@ -62,6 +64,9 @@ const factory: DeviceFactory = (raw) => {
       switch (cmd) {
         case 'deaf':
           deaf = true;
+          return;
+        case 'buffers':
+          buffers = true;
           return;
         case 'bad-long':
           out.push({ kind: 'send', send: { network: 0, request: r.id, source: 0, len: mtu + 19, to: null } });
@@ -102,10 +107,12 @@ const factory: DeviceFactory = (raw) => {
 
   const deliver = (f: Frame, out: DeviceAction[]): void => {
     if (deaf) return;
-    const i = rx.findIndex((b) => b.writableLen >= HEADER + f.len);
+    const i = rx.findIndex((b) => b.writableLen >= HEADER + f.len + (buffers ? 4 : 0));
     if (i < 0) return; // no room: the host drops it and counts it
     const [b] = rx.splice(i, 1);
-    out.push(answer(b.id, [bytes(u32(f.fromPort)), { kind: 'frame-read', slice: { frame: f.id, offset: 0, len: f.len } }]));
+    const read: Piece[] = [bytes(u32(f.fromPort)), { kind: 'frame-read', slice: { frame: f.id, offset: 0, len: f.len } }];
+    if (buffers) read.push(bytes(u32(f.prefix.buffer.byteLength)));
+    out.push(answer(b.id, read));
   };
 
   const dev: VirtioDevice = {
@@ -116,6 +123,7 @@ const factory: DeviceFactory = (raw) => {
     reset: () => {
       rx = [];
       deaf = false;
+      buffers = false;
     },
     handle(events: readonly DeviceEvent[]): DeviceAction[] {
       const out: DeviceAction[] = [];

@@ -79,13 +79,18 @@ static int finish_interrupted_connect(int fd) {
   return soerr;
 }
 
+// connectUnix(path, noWait?): with noWait a listener whose backlog is full is EAGAIN at once
+// (a non-blocking AF_UNIX connect never answers EINPROGRESS), not a wait for it to accept.
 static napi_value connect_unix(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, 1, argv, NULL, "connectUnix")) return NULL;
+  napi_value argv[2];
+  if (!get_args(env, info, 2, 1, argv, NULL, "connectUnix")) return NULL;
+  bool no_wait = false;
+  napi_valuetype t2;
+  if (napi_typeof(env, argv[1], &t2) == napi_ok && t2 != napi_undefined && !get_bool(env, argv[1], "connectUnix", "noWait", &no_wait)) return NULL;
   struct sockaddr_un addr;
   char *path;
   if (!get_sun_path(env, argv[0], "connectUnix", &addr, &path)) return NULL;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (no_wait ? SOCK_NONBLOCK : 0), 0);
   if (fd < 0) {
     throw_errno(env, "socket", errno);
     free(path);
