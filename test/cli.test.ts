@@ -162,6 +162,32 @@ test('a stale socket file is replaced; a live one or a non-socket is refused', a
   }
 });
 
+test('a live listener that never accepts (its backlog full) is refused at once, not waited on', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-sock-'));
+  const held: number[] = [];
+  let listener = -1;
+  try {
+    const path = join(dir, 'stuck.sock');
+    listener = native.listenUnix(path, 0);
+    // Fill its backlog: a connect that would have to wait is what a stuck server leaves.
+    for (let i = 0; i < 64; i++) {
+      try {
+        held.push(native.connectUnix(path, true));
+      } catch {
+        break;
+      }
+    }
+    const r = run(['--socket-path', path, '--device-module', NULL_DEVICE]);
+    t.is(r.error, undefined, 'the host did not hang on the probe');
+    t.is(r.status, 1);
+    t.regex(r.stderr, /another back-end is already listening/);
+  } finally {
+    for (const fd of held) native.close(fd);
+    if (listener >= 0) native.close(listener);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a capability the plugin cannot use is refused at start-up, not silently dropped', (t) => {
   const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
   const dir = mkdtempSync(join(tmpdir(), 'cli-grant-'));

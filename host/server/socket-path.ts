@@ -29,14 +29,17 @@ export function claimSocketPath(path: string, role: SocketPathRole): void {
   }
   let probe = -1;
   try {
-    probe = native.connectUnix(path);
+    // Without waiting: a live listener that does not accept (its backlog full, its process
+    // stopped) must not hang this host's start; a full backlog is as alive as an answer.
+    probe = native.connectUnix(path, true);
   } catch (e) {
-    if (errnoCode(e) === 'ECONNREFUSED') {
+    const code = errnoCode(e);
+    if (code === 'ECONNREFUSED') {
       unlinkSync(path); // stale: its server is gone
       return;
     }
-    throw role.error(`${role.name}: cannot check the existing socket: ${errorText(e)}`);
+    if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw role.error(`${role.name}: cannot check the existing socket: ${errorText(e)}`);
   }
-  native.close(probe);
+  if (probe >= 0) native.close(probe);
   throw role.error(`${role.name}: ${role.rival} is already listening there; stop it or choose another path`);
 }
