@@ -2,10 +2,11 @@
 // the system's Node headers), the bundled host (esbuild) and the example plugins.
 // Usage: node build.mjs [--only addon|host|plugins|loadgen]...
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+import { installFile, writeFileReplacing } from './scripts/lib/replace-file.mjs';
 
 const root = dirname(fileURLToPath(import.meta.url));
 const dist = join(root, 'dist');
@@ -24,7 +25,8 @@ if (want('addon')) {
     cwd: join(root, 'host', 'native'),
     stdio: 'inherit',
   });
-  copyFileSync(join(root, 'host', 'native', 'build', 'Release', 'vhost_native.node'), join(dist, 'vhost_native.node'));
+  // By rename, never over the old file: a host running from dist/ has it mapped (replace-file.mjs).
+  installFile(join(root, 'host', 'native', 'build', 'Release', 'vhost_native.node'), join(dist, 'vhost_native.node'));
 }
 
 if (want('host')) {
@@ -35,7 +37,7 @@ if (want('host')) {
     { in: 'host/index.ts', out: 'index' },
     { in: 'host/frontend/index.ts', out: 'frontend' },
   ].filter((e) => existsSync(join(root, e.in)));
-  await esbuild.build({
+  const { outputFiles } = await esbuild.build({
     entryPoints: entries.map((e) => ({ in: join(root, e.in), out: e.out })),
     outdir: dist,
     outExtension: { '.js': '.mjs' },
@@ -49,7 +51,12 @@ if (want('host')) {
     external: ['*.node', 'node-gyp-build'],
     banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
     logLevel: 'warning',
+    // Written below by rename: a host starting a device worker reads dist/device-worker.mjs,
+    // and must never read half of it.
+    write: false,
   });
+  // A bundle that starts with #! is the binary (package.json bin): executable, as esbuild makes it.
+  for (const f of outputFiles) writeFileReplacing(f.path, f.contents, f.contents[0] === 0x23 && f.contents[1] === 0x21 ? 0o755 : 0o644);
 }
 
 if (want('plugins') && existsSync(join(root, 'plugins', 'build-plugins.mjs'))) {

@@ -58,7 +58,8 @@ i=0
 until echo "hello through the tap from $(cat /sys/class/net/eth0/address)" | nc 10.9.0.1 5000; do i=$((i+1)); [ $i -lt 20 ]; sleep 1; done
 `,
   });
-  // The host's state too: once (run beside test/qemu-net) QEMU saw the socket close with no host log line.
+  // The host's state too: run beside test/qemu-net, whose `node build.mjs` then copied the addon over
+  // the running host's in place, the host died of SIGSEGV with no log line (test/build-replace).
   const hostState = `host exit code ${host.child.exitCode}, signal ${host.child.signalCode}`;
   t.is(r.exitCode, 0, `${r.output}\n${r.qemuStderr}\n${hostState}\n${host.log().slice(-3000)}`);
   t.regex(r.scriptOutput, /3 packets transmitted, 3 packets received/);
