@@ -13,6 +13,7 @@ const WRAPPERS: Record<string, { plugin: string; args: string[] }> = {
   '50-vhost-wasm-blk.json': { plugin: 'blk.wasm', args: [] },
   '50-vhost-wasm-fs.json': { plugin: 'fs.wasm', args: [] },
   '50-vhost-wasm-rng.json': { plugin: 'rng.wasm', args: ['--entropy'] },
+  '50-vhost-wasm-net.json': { plugin: 'net.wasm', args: [] },
 };
 /** Example plugins without a descriptor of their own, and why. */
 const WITHOUT_DESCRIPTOR: Record<string, string> = {

@@ -28,6 +28,7 @@ import { crc32 } from 'node:zlib';
 import { native, type Mapping } from '../native/index.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import { SectionId, type StateSection } from './section.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
 export const PRECOPY_END_MAGIC = Buffer.from('VHWPEND\0');
@@ -86,7 +87,9 @@ export class MappedViews {
 /** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
 const SMALL_PIECE = 64 << 10;
 
-export class PrecopyStreamError extends Error {
+/** A pre-copy round that is not what it claims (truncated, corrupted, out of order): the round is refused, the source serves on. */
+export class PrecopyStreamError extends VhostWasmError {
+  static override readonly code = 'ERR_PRECOPY_STREAM';
   override name = 'PrecopyStreamError';
 }
 
