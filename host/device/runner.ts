@@ -30,7 +30,6 @@ import { DeviceError } from './errors.ts';
 import { ownCopy } from './typed-rpc.ts';
 import type { RequestMeter } from '../metrics/request-meter.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
-import { RingPoll } from './ring-poll.ts';
 
 // Thrown from here; its home is errors.ts.
 export { DeviceError };
@@ -195,8 +194,6 @@ interface Vring {
   touched: boolean;
   /** Armed while the throttle holds the ring back: it drains the ring again when the budget allows. */
   throttleTimer: ReturnType<typeof setTimeout> | null;
-  /** How long the ring is watched after it runs dry, before it sleeps on its kick fd. */
-  poll: RingPoll;
 }
 
 function regionSpec(r: RegionMsg): RegionSpec {
@@ -336,7 +333,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null, poll: new RingPoll() };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null };
   }
 
   private ring(index: number): Vring {
@@ -1383,7 +1380,6 @@ export class DeviceRunner {
           this.breakRing(index, r, `reading kick fd ${fd} failed: ${errorText(e)}`);
           return;
         }
-        r.poll.woken();
         this.drain(index, r);
       });
     }
@@ -1449,10 +1445,7 @@ export class DeviceRunner {
           this.notifyTouched();
           // Held back: notifications stay off, the timer comes back for what is queued.
           if (wait > 0) return;
-          // Notified first: the driver can refill while we look (the notification above was its cue).
-          if (r.poll.spin(() => q.hasAvailable())) continue;
           if (q.enableNotifications()) continue;
-          r.poll.sleeping();
           return;
         }
         if (!this.runBatch(batch, false)) return;
