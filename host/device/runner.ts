@@ -42,12 +42,14 @@ export { DeviceError };
 const MAX_FAILURE_ROUNDS = 8;
 
 /**
- * Batches a drain runs in a row, while the driver keeps the ring from running dry, before it
- * stops to notify (an eventfd write, often a wake-up of the other side: the costliest step per
- * batch once batches are small). Bounded so a driver that is busy submitting still sees its
- * completions within a few batches.
+ * A drain that runs batches back to back, while the driver keeps the ring from running dry,
+ * decides a notification after this many batches or this many requests, whichever comes first.
+ * Small batches are merged (the eventfd write, often a wake-up of the other side, is then the
+ * costliest step per batch); a batch of NOTIFY_EVERY_REQUESTS or more is followed by its
+ * notification as before, so a driver waiting for a large batch can refill while we go on.
  */
 const NOTIFY_EVERY_BATCHES = 4;
+const NOTIFY_EVERY_REQUESTS = 32;
 
 const EMPTY = new Uint8Array(0);
 const ZEROES = new Uint8Array(64 * 1024);
@@ -1417,8 +1419,8 @@ export class DeviceRunner {
   /**
    * Processes everything available on a ring, in batches. The driver is notified when the ring
    * runs dry (before notifications are re-armed, so it can refill while we look once more), when
-   * the drain stops early, and at least every NOTIFY_EVERY_BATCHES batches while the driver keeps
-   * the ring full: never later than the end of this turn of the event loop, and never without
+   * the drain stops early, and every NOTIFY_EVERY_BATCHES batches or NOTIFY_EVERY_REQUESTS
+   * requests while the driver keeps the ring from running dry: never later than the end of this turn of the event loop, and never without
    * the driver's used_event / NO_INTERRUPT saying it wants one (needsNotification judges the
    * whole span since the last notification, so skipping a check in between loses nothing).
    */
@@ -1426,6 +1428,7 @@ export class DeviceRunner {
     const q = r.queue;
     if (!q || q.broken || this.failed || this.memoryFaulted) return;
     let unnotified = 0;
+    let unnotifiedReqs = 0;
     try {
       for (;;) {
         q.disableNotifications();
@@ -1449,8 +1452,9 @@ export class DeviceRunner {
           return;
         }
         if (!this.runBatch(batch, false)) return;
-        if (wait > 0 || ++unnotified >= NOTIFY_EVERY_BATCHES) {
-          unnotified = 0;
+        unnotifiedReqs += batch.length;
+        if (wait > 0 || ++unnotified >= NOTIFY_EVERY_BATCHES || unnotifiedReqs >= NOTIFY_EVERY_REQUESTS) {
+          unnotified = unnotifiedReqs = 0;
           this.notifyTouched();
           if (wait > 0) return;
         }
