@@ -1420,9 +1420,10 @@ export class DeviceRunner {
    * Processes everything available on a ring, in batches. The driver is notified when the ring
    * runs dry (before notifications are re-armed, so it can refill while we look once more), when
    * the drain stops early, and every NOTIFY_EVERY_BATCHES batches or NOTIFY_EVERY_REQUESTS
-   * requests while the driver keeps the ring from running dry: never later than the end of this turn of the event loop, and never without
-   * the driver's used_event / NO_INTERRUPT saying it wants one (needsNotification judges the
-   * whole span since the last notification, so skipping a check in between loses nothing).
+   * requests while the driver keeps the ring from running dry: never later than the end of this
+   * turn of the event loop, and never without the driver's used_event / NO_INTERRUPT saying it
+   * wants one (needsNotification judges the whole span since the last notification, so skipping
+   * a check in between loses nothing). test/ring-notifications.test.ts holds it to that.
    */
   private drain(index: number, r: Vring): void {
     const q = r.queue;
