@@ -4,8 +4,12 @@
 # unlike CPU time. valgrind slows the host ~50x, so batches are fuller and objects live longer than
 # natively (more promotion, some major GC): compare before/after of the same script, not with /proc.
 #
-#   node build.mjs && sh bench/callgrind-host.sh [mem|null] [SECONDS (default 20)] [WARMUP (default 20)]
+#   node build.mjs && [MODE=poll] sh bench/callgrind-host.sh [mem|null] [SECONDS (default 20)] [WARMUP (default 20)]
 #
+# MODE=poll: the front-end busy-polls the used ring (suppressing notifications) instead of blocking
+# on the call fd (event, the default): the same counts for blk-c's poll mode. The warm-up and the
+# settling run stay in event mode either way: a spinning front-end starves the host under valgrind
+# (one core left for all its threads, ~150 requests/s here), so its JIT never leaves baseline code.
 # mem: dist/vhost-wasm.mjs with dist/plugins/blk.wasm on --storage memory:256M;
 # null: the host core from source with bench/null-blk-device.ts (as bench/blk-c.ts's host-null).
 #   Under valgrind that one (tsx, from source) was still compiling through a 30 s warm-up here:
@@ -17,6 +21,7 @@ set -eu
 target=${1:-mem}
 secs=${2:-20}
 warm=${3:-20}
+mode=${MODE:-event}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d /tmp/callgrind-host.XXXXXX)
 sock=$dir/h.sock
@@ -36,7 +41,7 @@ sleep 1
 callgrind_control -i on $vg >/dev/null
 "$repo/dist/vhost-blk-load" -s "$sock" -t 10 --warmup 0 -m event >/dev/null 2>&1
 callgrind_control -z $vg >/dev/null
-out=$("$repo/dist/vhost-blk-load" -s "$sock" -t "$secs" --warmup 0 -m event 2>/dev/null | tail -1)
+out=$("$repo/dist/vhost-blk-load" -s "$sock" -t "$secs" --warmup 0 -m "$mode" 2>/dev/null | tail -1)
 callgrind_control -d $vg >/dev/null
 ios=$(echo "$out" | sed 's/.*"ios":\([0-9]*\).*/\1/')
 total=0
@@ -48,7 +53,7 @@ for f in "$dir"/cg.out*-*; do
   threads="$threads $((ir / ios))"
 done
 # Per thread: the device worker is the largest; the rest are the main thread and V8's helpers (GC, compiler).
-echo "callgrind-host $target: $ios requests measured, $((total / ios)) Ir per request, by thread:$threads (load average $(cut -d' ' -f1 /proc/loadavg))"
+echo "callgrind-host $target ($mode): $ios requests measured, $((total / ios)) Ir per request, by thread:$threads (load average $(cut -d' ' -f1 /proc/loadavg))"
 # The device worker's top functions, JIT code named through node's --perf-basic-prof map.
 worker=$(for f in "$dir"/cg.out*-*; do echo "$(sed -n 's/^\(totals\|summary\): *\([0-9]*\).*/\2/p' "$f" | head -1) $f"; done | sort -n | tail -1 | cut -d' ' -f2)
 callgrind_annotate "$worker" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | head -${TOP:-30} | node -e '

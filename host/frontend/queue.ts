@@ -73,6 +73,7 @@ export class DriverQueue {
   readonly startIndex: number;
   kicks = 0;
   calls = 0;
+  private callsSuppressed = false;
 
   constructor(mem: GuestRam, opts: QueueOptions) {
     this.index = opts.index;
@@ -190,8 +191,38 @@ export class DriverQueue {
     this.poll();
   }
 
+  /**
+   * Asks the device for no used-buffer notifications, as a driver that busy-polls its used ring
+   * does (EVENT_IDX: used_event parked half the index space away; otherwise NO_INTERRUPT). Reap
+   * completions with reap(); poll() asks for calls again (as does a call that still arrives,
+   * counted in `calls`).
+   */
+  suppressCalls(): void {
+    this.callsSuppressed = true;
+    this.ring.disableInterrupts();
+  }
+
+  /** Completes what the device has used so far without re-arming notifications (a polling driver); how many. */
+  reap(): number {
+    let n = 0;
+    try {
+      for (const u of this.ring.getUsed()) {
+        this.complete(u.head, u.len);
+        n++;
+      }
+    } catch (e) {
+      this.fail(e as Error);
+      return n;
+    }
+    // EVENT_IDX: park used_event again past what was just reaped, so it never comes into range.
+    if (this.callsSuppressed) this.ring.disableInterrupts();
+    while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
+    return n;
+  }
+
   /** Reaps used entries until none are left after re-arming notifications (no lost wake-up). */
   poll(): void {
+    this.callsSuppressed = false; // enableInterrupts below asks for calls again
     try {
       do {
         for (const u of this.ring.getUsed()) this.complete(u.head, u.len);
