@@ -115,30 +115,46 @@ test('racing symlink swaps during lookups never yield the outside file', async (
   writeFileSync(join(f.share, 'swap-dir', 'secret'), 'decoy');
   symlinkSync(f.outside, join(f.share, 'swap-link'));
   // Another process flips "swap" between a real directory and a symlink to the outside
-  // (renameat2 would be atomic; two renames are enough to race the lookups).
+  // (renameat2 would be atomic; two renames are enough to race the lookups), from the moment it
+  // says "go" until it is killed: a loaded machine may start it late, so the lookups run until
+  // the race has really been run through the directory (decoys seen), not for a fixed time.
   const script = `
     const fs = require('fs'); const p = require('path'); const d = process.argv[1];
-    const end = Date.now() + 1500;
-    while (Date.now() < end) {
+    process.stdout.write('go\\n');
+    for (;;) {
       try { fs.renameSync(p.join(d, 'swap-dir'), p.join(d, 'swap')); fs.renameSync(p.join(d, 'swap'), p.join(d, 'swap-dir')); } catch {}
       try { fs.renameSync(p.join(d, 'swap-link'), p.join(d, 'swap')); fs.renameSync(p.join(d, 'swap'), p.join(d, 'swap-link')); } catch {}
     }`;
-  const child = spawn(process.execPath, ['-e', script, f.share], { stdio: 'ignore' });
-  t.teardown(() => (child.kill(), s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const child = spawn(process.execPath, ['-e', script, f.share], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const exited = new Promise((r) => child.once('exit', r));
+  t.teardown(async () => {
+    child.kill('SIGKILL');
+    await exited; // no rename may race the removal of the share
+    s.close();
+    rmSync(f.top, { recursive: true, force: true });
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (c) => reject(new Error(`the renaming process exited (${c}) before it started`)));
+  });
   const root = val(s.root()).node;
   let hits = 0;
   let decoys = 0;
-  const end = Date.now() + 1200;
-  while (Date.now() < end) {
+  let lookups = 0;
+  // At least 2,000 lookups of "swap" and 20 through the real directory; a bound on the rounds
+  // keeps a machine where the renamer never gets a CPU from looping for ever (then the decoy
+  // assertion below fails, saying the race did not run).
+  for (let round = 0; round < 200_000 && (lookups < 2_000 || decoys < 20); round++) {
     const sw = s.lookup(root, enc('swap'));
+    if (round % 64 === 0) await new Promise((r) => setImmediate(r));
     if (!sw.ok) continue;
+    lookups++;
     const sec = s.lookup(sw.val.node, enc('secret'));
     s.closeHandle(sw.val.node);
     if (!sec.ok) continue;
     if (sec.val.attr.ino === f.secretIno) hits++;
     else decoys++;
     s.closeHandle(sec.val.node);
-    await new Promise((r) => setImmediate(r));
   }
   t.is(hits, 0, 'never resolved to the secret outside the share');
   t.true(decoys > 0, 'the race actually ran lookups through the directory');
