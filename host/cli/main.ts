@@ -132,8 +132,9 @@ async function serve(o: CliOptions): Promise<void> {
     control?.adoptPath(controlPath);
     log.info(`took the device over from host ${h.hostVersion} (pid ${h.pid}); its front-end reconnects here`);
   }
-  log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}${control ? `; control socket ${controlPath}` : ''}`);
+  // Before the "serving" line: a SIGTERM right after it must find the handler (see serve.ts).
   stopOnSignals(host, log, undefined, () => control?.close());
+  log.info(`serving ${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s)) on ${label}${control ? `; control socket ${controlPath}` : ''}`);
 }
 
 /** --control, or S.control beside --socket-path S (none with --fd, or when S.control would be too long a socket path). */

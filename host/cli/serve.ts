@@ -196,13 +196,14 @@ export async function runServe(argv: string[]): Promise<number> {
   }
   log.info(daemon.describeBudget());
   const failed = report.failed.length > 0 ? `; not started: ${report.failed.map((f) => f.id).join(', ')}` : '';
+  // Before the line that tells a supervisor (or a test) the daemon serves: a SIGTERM right after
+  // it must find the handler, not the default action that kills the process without a cleanup.
+  stopOnSignals(daemon.host, log, undefined, async () => {
+    control?.close();
+    await Promise.all([closeSpareWorkers(), metrics?.close()]);
+  });
   log.info(`serving ${report.started.length} of ${config.devices.length} device(s)${failed}`);
   // From now on a device-add (or a device restarted after a failure) takes a thread booted ahead.
   keepSpareWorkers(config.spareWorkers);
-  stopOnSignals(daemon.host, log, undefined, () => {
-    void closeSpareWorkers();
-    control?.close();
-    void metrics?.close();
-  });
   return -1;
 }

@@ -18,7 +18,7 @@ export const SHUTDOWN_GRACE_MS = 1500;
 export const FORCED_EXIT_CODE = 1;
 
 /** `beforeClose` runs first on a signal (the daemon closes its management socket there). */
-export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS, beforeClose: () => void = () => {}): void {
+export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_MS, beforeClose: () => void | Promise<void> = () => {}): void {
   let stopping = false;
   const force = (why: string): never => {
     const stuck = host.devicesWithLiveThreads();
@@ -37,12 +37,17 @@ export function stopOnSignals(host: Host, log: Logger, graceMs = SHUTDOWN_GRACE_
     log.info(`${signal}: shutting down`);
     // Not unref'd: this timer must fire even if nothing else is left to run.
     const timer = setTimeout(() => force(`shutdown did not finish within ${graceMs} ms`), graceMs);
+    // What else the process runs (the daemon's spare worker threads, its sockets) is ended
+    // beside the devices and awaited: process.exit() would wait for a thread still booting with
+    // no timer left to force it.
+    let others: Promise<void>;
     try {
-      beforeClose();
+      others = Promise.resolve(beforeClose()).catch((e: unknown) => log.error(`shutdown: ${errorText(e)}`));
     } catch (e) {
       log.error(`shutdown: ${errorText(e)}`);
+      others = Promise.resolve();
     }
-    host.close().then(
+    Promise.all([host.close(), others]).then(
       () => {
         clearTimeout(timer);
         // process.exit() would wait for a worker thread that never ends: only take it when none is left.
