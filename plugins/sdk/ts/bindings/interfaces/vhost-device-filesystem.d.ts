@@ -36,7 +36,7 @@ declare module 'vhost:device/filesystem@0.2.0' {
    */
   export function create(dir: Handle, name: Uint8Array, oflags: number, mode: number): [Entry, Handle];
   /**
-   * A regular file (other types: EPERM).
+   * A regular file, FIFO or socket (device nodes: EPERM).
    */
   export function mknod(dir: Handle, name: Uint8Array, mode: number): Entry;
   export function mkdir(dir: Handle, name: Uint8Array, mode: number): Entry;
@@ -48,7 +48,7 @@ declare module 'vhost:device/filesystem@0.2.0' {
   export function unlink(dir: Handle, name: Uint8Array): void;
   export function rmdir(dir: Handle, name: Uint8Array): void;
   /**
-   * renameat2; how: 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE.
+   * renameat2; how: 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE, 4 = RENAME_WHITEOUT.
    */
   export function rename(oldDir: Handle, oldName: Uint8Array, newDir: Handle, newName: Uint8Array, how: number): void;
   export function readlink(node: Handle): Uint8Array;
@@ -90,7 +90,35 @@ declare module 'vhost:device/filesystem@0.2.0' {
    */
   export function setxattr(h: Handle, name: Uint8Array, value: Uint8Array, how: number): void;
   export function removexattr(h: Handle, name: Uint8Array): void;
+  /**
+   * The first lock of another owner that conflicts with `lock` on open file `file` (kind 2
+   * and the same range if none). Owners: FUSE's lock_owner.
+   */
+  export function getlk(file: Handle, owner: bigint, lock: FileLock): FileLock;
+  /**
+   * Take or release `lock` for `owner` on the inode of open file `file` (a record lock), or
+   * with `flock` a flock(2) lock of the open file itself (`owner` unused). `wait` 0: a
+   * conflict is EAGAIN. Otherwise `wait` is a token of the plugin's choice: a conflict answers
+   * EINPROGRESS (115), the host keeps trying without blocking the device, and once it holds
+   * the lock, or the attempt failed for good, or the file closes, the plugin gets the event
+   * `timer(wait)` and asks again with wait 0 for the verdict. One wait per token at a time.
+   */
+  export function setlk(file: Handle, owner: bigint, lock: FileLock, flock: boolean, wait: bigint): void;
+  /**
+   * Give up the wait started with token `wait` (FUSE_INTERRUPT): no event follows.
+   */
+  export function lockCancel(wait: bigint): void;
+  /**
+   * copy_file_range(2): up to `len` bytes of open file `src` from `src-offset` to open file
+   * `dst` at `dst-offset`, inside the host (the bytes never pass the plugin); the count copied.
+   */
+  export function copyFileRange(src: Handle, srcOffset: bigint, dst: Handle, dstOffset: bigint, len: bigint): bigint;
+  /**
+   * syncfs(2) of the filesystem node or open file `h` is on.
+   */
+  export function syncfs(h: Handle): void;
   export function migrationOnError(): MigrationErrorPolicy;
+  export function cache(): CachePolicy;
   /**
    * A node (an inode the host holds open with O_PATH) or an open file or directory.
    * Never 0. Each is released with `close` exactly once.
@@ -151,6 +179,16 @@ declare module 'vhost:device/filesystem@0.2.0' {
     frsize: number,
   }
   /**
+   * A byte-range lock as FUSE carries it: [start, end], end included (2^63-1 or more: to the
+   * end of any file); kind 0 F_RDLCK, 1 F_WRLCK, 2 F_UNLCK; pid: the guest's locker.
+   */
+  export interface FileLock {
+    start: bigint,
+    end: bigint,
+    kind: number,
+    pid: number,
+  }
+  /**
    * What a migration destination does when a file or directory the guest holds cannot be
    * found again in its share (--migration-on-error): `abort` fails the load (the migration
    * fails, the source keeps running); `guest-error` loads, and the guest's requests on
@@ -162,4 +200,20 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * ## `"guest-error"`
    */
   export type MigrationErrorPolicy = 'abort' | 'guest-error';
+  /**
+   * How much the guest may cache (--cache, virtiofsd's option): `never` (entries and
+   * attributes revalidated every time, file data uncached: direct I/O), `metadata` (both
+   * cached for a day, data uncached), `auto` (1 s; data cached while the file is open, the
+   * default), `always` (a day; data and directory listings kept across opens).
+   * # Variants
+   * 
+   * ## `"never"`
+   * 
+   * ## `"metadata"`
+   * 
+   * ## `"auto"`
+   * 
+   * ## `"always"`
+   */
+  export type CachePolicy = 'never' | 'metadata' | 'auto' | 'always';
 }

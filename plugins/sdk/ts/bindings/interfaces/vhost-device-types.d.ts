@@ -229,7 +229,8 @@ declare module 'vhost:device/types@0.2.0' {
     val: Frame,
   }
   /**
-   * A wake-up the plugin asked for with `action.wake-after`; the value is its token.
+   * A wake-up the plugin asked for, with `action.wake-after` or a wait it started
+   * (`filesystem.setlk`); the value is its token.
    */
   export interface EventTimer {
     tag: 'timer',
