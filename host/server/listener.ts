@@ -178,7 +178,9 @@ export class Listener {
       worker = await this.slot.acquire();
     } catch (e) {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
-      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and the next connection tries again`);
+      const b = this.slot.stats().startBackoff;
+      const next = b === null || b.retryInSeconds === 0 ? 'the next connection tries again' : `the next connection after ${b.retryInSeconds} s tries again (earlier ones are closed at once)`;
+      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and ${next}`);
       native.close(conn);
       this.endSession();
       return;
