@@ -22,8 +22,8 @@ import { errorText } from '../log/logger.ts';
  * A worker that failed to start is not started again before this wait, doubling per failure in
  * a row: a front-end that reconnects every second (QEMU's reconnect=1) would otherwise rebuild a
  * worker (a plugin load: tens of ms of CPU and its memory) every second, forever. Connections
- * meanwhile are closed at once. device-del, plugin-upgrade and set-limits end the wait (the
- * operator changed something worth trying).
+ * meanwhile are closed at once. device-del, set-limits and a plugin-upgrade that took (one
+ * whose worker runs again: plugin-upgrade.ts refuses a device with no worker) end the wait.
  */
 export const START_BACKOFF_FIRST_MS = 1000;
 export const START_BACKOFF_MAX_MS = 60_000;
@@ -139,7 +139,7 @@ export class DeviceSlot {
       if (b !== null && performance.now() < b.until) {
         const left = Math.ceil((b.until - performance.now()) / 1000);
         throw new Error(
-          `device ${this.opts.label}: its worker failed to start ${b.failures} time(s) in a row (${this.lastFailure ?? 'unknown'}); not retried for another ${left} s (waits double up to ${START_BACKOFF_MAX_MS / 1000} s); set-limits, plugin-upgrade or device-del and device-add retry at once`,
+          `device ${this.opts.label}: its worker failed to start ${b.failures} time(s) in a row (${this.lastFailure ?? 'unknown'}); not retried for another ${left} s (waits double up to ${START_BACKOFF_MAX_MS / 1000} s); set-limits (any limit), or device-del and device-add, retry at once`,
         );
       }
       this.starts++;
