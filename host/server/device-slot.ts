@@ -120,8 +120,13 @@ export class DeviceSlot {
     return { fd, size: dirty.diskSize, dirty, mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)) };
   }
 
-  /** The running worker, starting a fresh one if there is none or the last one died. */
-  async acquire(): Promise<DeviceWorker> {
+  /**
+   * The running worker, starting a fresh one if there is none or the last one died.
+   * `forConnection`: for a front-end that just connected, which is refused at once while a
+   * failed start waits (START_BACKOFF_FIRST_MS); a connected front-end's RESET_DEVICE is not
+   * (it is one front-end's own retry, answered with the start's own error).
+   */
+  async acquire(forConnection = false): Promise<DeviceWorker> {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     // A front-end connecting while the idle device is upgraded gets the worker the upgrade leaves.
     while (this.idleUpgrade) await this.idleUpgrade.catch(() => {});
@@ -136,7 +141,7 @@ export class DeviceSlot {
     }
     if (!this.starting) {
       const b = this.backoff;
-      if (b !== null && performance.now() < b.until) {
+      if (forConnection && b !== null && performance.now() < b.until) {
         const left = Math.ceil((b.until - performance.now()) / 1000);
         throw new Error(
           `device ${this.opts.label}: its worker failed to start ${b.failures} time(s) in a row (${this.lastFailure ?? 'unknown'}); not retried for another ${left} s (waits double up to ${START_BACKOFF_MAX_MS / 1000} s); set-limits (any limit), or device-del and device-add, retry at once`,

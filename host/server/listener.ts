@@ -175,7 +175,7 @@ export class Listener {
     this.starting = true;
     let worker;
     try {
-      worker = await this.slot.acquire();
+      worker = await this.slot.acquire(true);
     } catch (e) {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
       const b = this.slot.stats().startBackoff;
