@@ -15,7 +15,7 @@ import { native } from '../host/native/index.ts';
 import { deviceReserve, RESERVE_BASE } from '../host/resources/fd-budget.ts';
 import { REPO } from './helpers/host-process.ts';
 import { startMultiHost, type DeviceSpec, type MultiHost } from './helpers/multi-host.ts';
-import { FuseClient } from './helpers/fuse.ts';
+import { ERRNO, FuseClient } from './helpers/fuse.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 
 const LIMIT = 1024;
@@ -63,6 +63,11 @@ test.serial('twenty-one devices start under RLIMIT_NOFILE 1024; a front-end addi
   t.is((await fuse.lookup(1n, 'hello')).error, 0, 'LOOKUP takes a share handle: the budget is not spent by the device reserves');
   await fe.close();
 
+  // A second guest of the fs device, its share open (INIT takes the root's handle) before the hoarding.
+  const fe2 = await host.within(VhostUserFrontend.connect(sock('fs'), fsOpts), 'reconnect to fs');
+  const fuse2 = new FuseClient(fe2);
+  t.is((await fuse2.init()).error, 0);
+
   const hoarder = await host.within(VhostUserFrontend.connect(sock('rng0'), { ...rngOpts, addMemReg: true }), 'connect to rng0 with ADD_MEM_REG');
   let added = 0;
   let refusal: unknown = null;
@@ -82,18 +87,23 @@ test.serial('twenty-one devices start under RLIMIT_NOFILE 1024; a front-end addi
   const line = await host.waitForLog(/fd budget has no room/);
   t.regex(line, /remove regions or raise the host's RLIMIT_NOFILE/);
 
-  // Another device serves and accepts meanwhile.
+  // Another device serves and accepts meanwhile; the fs device's guest finds the budget spent.
   const other = await host.within(VhostUserFrontend.connect(sock('rng1'), rngOpts), 'connect to rng1');
   const pump = RngPump.start(t, other);
   await host.within(pump.more(4), 'rng1 serves');
   await pump.stop();
   await other.close();
+  t.is((await fuse2.lookup(1n, 'hello')).error, ERRNO.ENFILE, 'the added regions hold the fds the shares would have had');
 
-  // The hoarder's disconnect gives its regions back: the fs device can take share handles again.
+  // The hoarder's disconnect gives its regions back (once the host has released its
+  // connection): the fs device takes share handles again.
   await hoarder.close().catch(() => {});
-  const fe2 = await host.within(VhostUserFrontend.connect(sock('fs'), fsOpts), 'reconnect to fs');
-  const fuse2 = new FuseClient(fe2);
-  t.is((await fuse2.init()).error, 0);
-  t.is((await fuse2.lookup(1n, 'hello')).error, 0, 'LOOKUP after the hoarder left');
+  await host.waitForLog(/session rng0: front-end disconnected/);
+  let error = -1;
+  for (let i = 0; i < 100 && error !== 0; i++) {
+    error = (await fuse2.lookup(1n, 'hello')).error;
+    if (error !== 0) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.is(error, 0, 'LOOKUP after the hoarder left');
   await fe2.close();
 });
