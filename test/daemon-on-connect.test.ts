@@ -2,8 +2,8 @@
 // operator meets them: the built `vhost-wasm serve --config` and `vhost-wasm ctl`. A plugin that
 // can never load is still refused at serve start and at device-add, with the error an eager
 // start gives; one that fails as it is built is reported when a front-end connects (the
-// connection closed, the log, device-stats and the start_failed fault say why, the next
-// connection tries again, device-del removes it). A device never connected can be listed,
+// connection closed, the log, device-stats and the start_failed fault say why; later connections
+// try again only after a wait doubling from 1 s, which set-limits ends; device-del removes it). A device never connected can be listed,
 // measured, deleted, upgraded, migrated to, and stopped by SIGTERM.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -169,7 +169,7 @@ test.serial('device-add of a plugin that can never load is refused at once, with
   t.deepEqual(await listed(), before);
 });
 
-test.serial('a plugin that fails as it is built is reported when a front-end connects; the next connection tries again; device-del removes it', async (t) => {
+test.serial('a plugin that fails as it is built is reported when a front-end connects; reconnections retry after a doubling wait that set-limits ends; device-del removes it', async (t) => {
   const first = VhostUserConnection.connect(sock('badname'));
   t.teardown(() => first.close());
   await t.throwsAsync(first.getFeatures(), undefined, 'the front-end\'s connection is closed');
@@ -180,10 +180,40 @@ test.serial('a plugin that fails as it is built is reported when a front-end con
   t.is(sample(await metrics(), 'vhost_wasm_device_faults_total', 'device="badname",tenant="",kind="start_failed"'), 1);
   t.is(sample(await metrics(), 'vhost_wasm_device_up', 'device="badname",tenant=""'), 0);
 
+  t.like(s.startBackoff, { failures: 1 });
+
+  // A front-end reconnecting at once, again and again, does not start a worker each time: starts
+  // wait 1 s after a failure, doubling per failure in a row. Whatever the time the connections
+  // took, the starts stay within what those waits allow (k starts need 1 + 2 + ... + 2^(k-2) s).
+  const quick = 20;
+  const t0 = performance.now();
+  for (let i = 0; i < quick; i++) {
+    const c = VhostUserConnection.connect(sock('badname'));
+    t.teardown(() => c.close());
+    await t.throwsAsync(c.getFeatures(), undefined, `connection ${i} is closed`);
+  }
+  const elapsed = (performance.now() - t0) / 1000;
+  const during = (await stats('badname')).workerStarts - 1;
+  const allowed = Math.floor(Math.log2(elapsed + 1)) + 1;
+  t.log(`${quick} connections over ${elapsed.toFixed(1)} s started ${during} worker(s) (at most ${allowed})`);
+  t.true(during <= allowed, `${during} starts for ${quick} connections over ${elapsed.toFixed(1)} s`);
+  t.true(during < quick / 2);
+  const waitLine = await daemon.waitForLog(/listener badname: cannot start the device for a new connection: .*not retried for another \d+ s/);
+  t.regex(waitLine, /the next connection after \d+ s tries again/);
+  const waiting = await stats('badname');
+  t.true((waiting.startBackoff?.failures ?? 0) >= 1, 'device-stats shows the failed starts in a row');
+  const shown = await ctl(['--control', control(), 'stats', 'badname']);
+  t.regex(shown.stdout, /failed start\(s\) in a row, next try/);
+
+  // set-limits ends the wait: the next connection starts a worker at once.
+  const before = waiting.workerStarts;
+  const lim = await ctl(['--control', control(), 'set-limits', 'badname', '--call-deadline', '5000']);
+  t.is(lim.code, 0, lim.stderr);
+  t.is((await stats('badname')).startBackoff, null);
   const again = VhostUserConnection.connect(sock('badname'));
   t.teardown(() => again.close());
   await t.throwsAsync(again.getFeatures());
-  t.like(await stats('badname'), { state: 'failed', workerStarts: 2 });
+  t.like(await stats('badname'), { state: 'failed', workerStarts: before + 1, startBackoff: { failures: 1 } });
   await randomFrom(sock('r')); // the others serve on
 
   const del = await ctl(['--control', control(), 'del', 'badname']);

@@ -252,7 +252,7 @@ export function human(method: string, result: unknown): string {
         (d: DeviceStats) =>
           `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
-          `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}\n` +
+          `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}${d.startBackoff ? `; ${d.startBackoff.failures} failed start(s) in a row, next try ${d.startBackoff.retryInSeconds > 0 ? `in ${d.startBackoff.retryInSeconds} s` : 'on the next connection'}` : ''}\n` +
           `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
           `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
           `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +

@@ -56,6 +56,8 @@ export interface DeviceStats extends DeviceSummary {
   /** Workers started: 1, plus one per restart after a failure. */
   workerStarts: number;
   lastFailure: string | null;
+  /** A worker that failed to start is retried only after a wait (device-slot.ts): failed starts in a row, seconds left. */
+  startBackoff: { failures: number; retryInSeconds: number } | null;
   limits: DeviceSpec['limits'];
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
@@ -229,6 +231,8 @@ export class Daemon {
   setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits; cpuShare?: number }): DeviceStats['limits'] {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    // A device waiting to retry a failed start tries again on its next connection: the new limits may be what it needed.
+    e.device.slot.endStartBackoff();
     if (limits.callDeadlineMs !== undefined) {
       e.device.slot.setCallDeadline(limits.callDeadlineMs);
       e.spec = { ...e.spec, limits: { ...e.spec.limits, callDeadlineMs: limits.callDeadlineMs } };
@@ -306,6 +310,7 @@ export class Daemon {
         connectionsRefusedBusy: l.refusedBusy,
         workerStarts: s.workerStarts,
         lastFailure: s.failure,
+        startBackoff: s.startBackoff,
         limits: { ...e.spec.limits },
         throttleGroup: e.spec.throttleGroup,
         throttled: e.throttle.counters(),

@@ -209,9 +209,20 @@ function decodeHeader(h: Buffer, diskSize: number): RoundHeader {
   return { first: (flags & FLAG_FIRST) !== 0, mark: { token: Buffer.from(h.subarray(16, 32)), round: h.readUInt32LE(32) }, runCount, dataBytes, tableCrc: h.readUInt32LE(56) };
 }
 
-function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): [number, number][] {
+/**
+ * A received run table: run i is [at[2i], +at[2i+1]). One Float64Array (16 bytes a run; offsets
+ * and lengths are below 2^53, exact in a double), not an array of pairs: a hostile source may
+ * claim a run per 4 KiB block, a million runs for a 4 GiB disk, and pairs would cost ~64 bytes
+ * each on the main thread's heap.
+ */
+interface RunTable {
+  count: number;
+  at: Float64Array;
+}
+
+function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): RunTable {
   if (crc32(t) !== h.tableCrc) throw new PrecopyStreamError('the pre-copy run table is corrupted (its CRC does not match)');
-  const runs: [number, number][] = [];
+  const at = new Float64Array(h.runCount * 2);
   let end = 0;
   let sum = 0;
   for (let i = 0; i < h.runCount; i++) {
@@ -222,10 +233,11 @@ function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): [number, numb
     }
     end = off + len;
     sum += len;
-    runs.push([off, len]);
+    at[2 * i] = off;
+    at[2 * i + 1] = len;
   }
   if (sum !== h.dataBytes) throw new PrecopyStreamError(`the runs hold ${sum} bytes, the header says ${h.dataBytes}`);
-  return runs;
+  return { count: h.runCount, at };
 }
 
 /** The source's side of one round: the blocks to send were taken from the dirty map already. */
@@ -397,13 +409,13 @@ export class PrecopyLoadRound extends PipeRound {
     } else if (h.mark.round !== 0) throw new PrecopyStreamError(`a first round numbered ${h.mark.round}`);
     const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
     let crc = 0;
-    if (runs.length > 0) {
+    if (runs.count > 0) {
       const m = new MappedViews(this.disk.mapping());
       {
         // Mostly small runs (the blocks written since the last round): the data is spliced in
         // big pieces into a staging file and copied run by run between mappings; a system call
         // per 4 KiB run would cost more than its copy. Big runs: spliced into the disk itself.
-        crc = h.dataBytes / runs.length < SMALL_PIECE ? await this.takeStaged(runs, h.dataBytes, m) : await this.takeDirect(runs, m);
+        crc = h.dataBytes / runs.count < SMALL_PIECE ? await this.takeStaged(runs, h.dataBytes, m) : await this.takeDirect(runs, m);
       }
     }
     const t = await this.readExactly(PRECOPY_TRAILER, 'trailer');
@@ -421,9 +433,11 @@ export class PrecopyLoadRound extends PipeRound {
 
   private readonly pipe = { fd: this.fd, wait: () => waitFd(this.fd, 'r', this.aborted) };
 
-  private async takeDirect(runs: readonly [number, number][], disk: MappedViews): Promise<number> {
+  private async takeDirect(runs: RunTable, disk: MappedViews): Promise<number> {
     let crc = 0;
-    for (const [off, len] of runs) {
+    for (let i = 0; i < runs.count; i++) {
+      const off = runs.at[2 * i];
+      const len = runs.at[2 * i + 1];
       await spliceIn(this.pipe, this.disk.fd, off, len, `the run at ${off}`);
       this.bytes += len;
       disk.each(off, len, (v) => {
@@ -433,7 +447,7 @@ export class PrecopyLoadRound extends PipeRound {
     return crc;
   }
 
-  private async takeStaged(runs: readonly [number, number][], total: number, disk: MappedViews): Promise<number> {
+  private async takeStaged(runs: RunTable, total: number, disk: MappedViews): Promise<number> {
     let crc = 0;
     let r = 0;
     let rAt = 0;
@@ -452,7 +466,8 @@ export class PrecopyLoadRound extends PipeRound {
       crc = crc32(staged, crc);
       // Hand the bytes out to the runs they belong to (a run may span two reads).
       for (let pos = 0; pos < n; ) {
-        const [off, len] = runs[r];
+        const off = runs.at[2 * r];
+        const len = runs.at[2 * r + 1];
         const k = Math.min(len - rAt, n - pos);
         let from = pos;
         disk.each(off + rAt, k, (v) => {

@@ -18,6 +18,25 @@ import type { NetStats } from '../net/link.ts';
 import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
 
+/**
+ * A worker that failed to start is not started again before this wait, doubling per failure in
+ * a row: a front-end that reconnects every second (QEMU's reconnect=1) would otherwise rebuild a
+ * worker (a plugin load: tens of ms of CPU and its memory) every second, forever. Connections
+ * meanwhile are closed at once. device-del, set-limits and a plugin-upgrade that took (one
+ * whose worker runs again: plugin-upgrade.ts refuses a device with no worker) end the wait.
+ */
+export const START_BACKOFF_FIRST_MS = 1000;
+export const START_BACKOFF_MAX_MS = 60_000;
+
+/** A device whose worker failed to start and is not started again before `until` (performance.now()). */
+export interface StartBackoff {
+  /** Failed starts in a row. */
+  failures: number;
+  /** The wait after the last one. */
+  waitMs: number;
+  until: number;
+}
+
 export interface DeviceSlotOptions {
   label: string;
   callDeadlineMs: number;
@@ -63,6 +82,8 @@ export class DeviceSlot {
    * then, and one never connected holds none.
    */
   private reserved: { queues: number; threads: number } | null = null;
+  /** Set while a failed start is not retried (START_BACKOFF_FIRST_MS). */
+  private backoff: StartBackoff | null = null;
   /** A worker has served this device at some point (false: never, e.g. one that starts on connect and had no front-end yet). */
   private everStarted = false;
 
@@ -99,8 +120,13 @@ export class DeviceSlot {
     return { fd, size: dirty.diskSize, dirty, mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)) };
   }
 
-  /** The running worker, starting a fresh one if there is none or the last one died. */
-  async acquire(): Promise<DeviceWorker> {
+  /**
+   * The running worker, starting a fresh one if there is none or the last one died.
+   * `forConnection`: for a front-end that just connected, which is refused at once while a
+   * failed start waits (START_BACKOFF_FIRST_MS); a connected front-end's RESET_DEVICE is not
+   * (it is one front-end's own retry, answered with the start's own error).
+   */
+  async acquire(forConnection = false): Promise<DeviceWorker> {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     // A front-end connecting while the idle device is upgraded gets the worker the upgrade leaves.
     while (this.idleUpgrade) await this.idleUpgrade.catch(() => {});
@@ -114,17 +140,28 @@ export class DeviceSlot {
       if (!(await old.exitedWithin())) this.keepStuck(old);
     }
     if (!this.starting) {
+      const b = this.backoff;
+      if (forConnection && b !== null && performance.now() < b.until) {
+        const left = Math.ceil((b.until - performance.now()) / 1000);
+        throw new Error(
+          `device ${this.opts.label}: its worker failed to start ${b.failures} time(s) in a row (${this.lastFailure ?? 'unknown'}); not retried for another ${left} s (waits double up to ${START_BACKOFF_MAX_MS / 1000} s); set-limits (any limit), or device-del and device-add, retry at once`,
+        );
+      }
       this.starts++;
       this.meter.workerStarts++;
       this.starting = this.startWorker(this.source)
         .then((w) => {
           this.reserve(w);
+          this.backoff = null;
           return w;
         })
         .catch((e: unknown) => {
           // device-stats says why (a plugin that traps in its start, on a device started on connect).
           this.lastFailure = `did not start: ${errorText(e)}`;
           this.meter.fault('start-failed');
+          const failures = (this.backoff?.failures ?? 0) + 1;
+          const waitMs = Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_FIRST_MS * 2 ** Math.min(failures - 1, 16));
+          this.backoff = { failures, waitMs, until: performance.now() + waitMs };
           throw e;
         })
         .finally(() => {
@@ -245,6 +282,7 @@ export class DeviceSlot {
     }
     this.install(w);
     this.source = source;
+    this.backoff = null;
     this.starts++;
     this.meter.workerStarts++;
     this.everStarted = true;
@@ -255,6 +293,12 @@ export class DeviceSlot {
   replaceSource(source: DeviceSource): void {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     this.source = source;
+    this.backoff = null;
+  }
+
+  /** The next connection starts a worker at once, whatever failed before (set-limits: the operator changed something). */
+  endStartBackoff(): void {
+    this.backoff = null;
   }
 
   private keepStuck(w: DeviceWorker): void {
@@ -262,10 +306,15 @@ export class DeviceSlot {
     void w.exited.then(() => this.stuck.delete(w));
   }
 
-  /** Workers started, and why the device last failed (null: never, or it is failed now: see running). */
-  stats(): { workerStarts: number; running: boolean; failure: string | null } {
+  /**
+   * Workers started, and why the device last failed (null: never, or it is failed now: see
+   * running); startBackoff: failed starts in a row and the seconds left before the next try (0: the next connection tries).
+   */
+  stats(): { workerStarts: number; running: boolean; failure: string | null; startBackoff: { failures: number; retryInSeconds: number } | null } {
     const w = this.worker;
-    return { workerStarts: this.starts, running: w !== null && w.dead === null, failure: w?.dead ?? this.lastFailure };
+    const b = this.backoff;
+    const startBackoff = b === null ? null : { failures: b.failures, retryInSeconds: Math.max(0, Math.ceil((b.until - performance.now()) / 1000)) };
+    return { workerStarts: this.starts, running: w !== null && w.dead === null, failure: w?.dead ?? this.lastFailure, startBackoff };
   }
 
   /** The call deadline of the running worker, and of every worker started after it. */

@@ -175,10 +175,12 @@ export class Listener {
     this.starting = true;
     let worker;
     try {
-      worker = await this.slot.acquire();
+      worker = await this.slot.acquire(true);
     } catch (e) {
       // The front-end sees its connection closed; the next one tries again (QEMU's reconnect does).
-      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and the next connection tries again`);
+      const b = this.slot.stats().startBackoff;
+      const next = b === null || b.retryInSeconds === 0 ? 'the next connection tries again' : `the next connection after ${b.retryInSeconds} s tries again (earlier ones are closed at once)`;
+      this.log.error(`cannot start the device for a new connection: ${errorText(e)}; its connection is closed, and ${next}`);
       native.close(conn);
       this.endSession();
       return;

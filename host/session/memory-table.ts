@@ -10,6 +10,7 @@ import type { MemoryRegion } from '../protocol/messages.ts';
 import { errorText, type Logger } from '../log/logger.ts';
 import { checkMemoryFd } from '../memory/memory-fd.ts';
 import { closeFds } from './fds.ts';
+import { giveMemoryRegionFds, MEM_REGIONS_RESERVED, takeMemoryRegionFds } from '../resources/fd-budget.ts';
 import { RequestError, toNumber } from './request-error.ts';
 
 /** Bytes of guest memory one byte of dirty log covers (one bit per 4 KiB page). */
@@ -33,7 +34,30 @@ export class MemoryTable {
   /** SET_LOG_FD's eventfd (kept, never signalled: QEMU reads the log on its own schedule). */
   private logFd: number | null = null;
 
+  /** Region fds past MEM_REGIONS_RESERVED kept out of the process fd budget (fd-budget.ts). */
+  private extraFds = 0;
+
   constructor(private readonly log: Logger) {}
+
+  /**
+   * Makes the budget cover `count` region fds: the device's own reserve covers the first
+   * MEM_REGIONS_RESERVED, more are taken as they arrive. Throws (the front-end's message
+   * fails, nothing else) when the budget has not that many free.
+   */
+  private account(count: number): void {
+    const want = Math.max(0, count - MEM_REGIONS_RESERVED);
+    if (want > this.extraFds) {
+      const n = want - this.extraFds;
+      if (!takeMemoryRegionFds(n)) {
+        throw new RequestError(
+          `memory region ${count} refused: the host's fd budget has no room for it (regions past ${MEM_REGIONS_RESERVED} each take an fd from the budget all devices share); remove regions or raise the host's RLIMIT_NOFILE`,
+        );
+      }
+    } else if (want < this.extraFds) {
+      giveMemoryRegionFds(this.extraFds - want);
+    }
+    this.extraFds = want;
+  }
 
   /** The table as the worker has it: what a fresh worker is given after a restart. */
   get current(): RegionMsg[] {
@@ -68,6 +92,7 @@ export class MemoryTable {
     }
     this.closeRegions();
     this.regions = msgs;
+    this.account(msgs.length);
   }
 
   async add(worker: DeviceWorker, region: MemoryRegion & { fd: number }): Promise<void> {
@@ -75,9 +100,11 @@ export class MemoryTable {
       const msg = regionMsg(region);
       if (msg.size === 0) throw new RequestError('ADD_MEM_REG region has size 0');
       this.checkRegionFds([msg], [`added memory region (${gpaText(msg)})`]);
+      this.account(this.regions.length + 1);
       await worker.addMemRegion(msg);
       this.regions.push(msg);
     } catch (e) {
+      this.account(this.regions.length);
       closeFds([region.fd], this.log);
       throw e;
     }
@@ -92,6 +119,7 @@ export class MemoryTable {
     if (i >= 0) {
       closeFds([this.regions[i].fd], this.log);
       this.regions.splice(i, 1);
+      this.account(this.regions.length);
     }
   }
 
@@ -129,5 +157,6 @@ export class MemoryTable {
   closeRegions(): void {
     closeFds(this.regions.map((r) => r.fd), this.log);
     this.regions = [];
+    this.account(0);
   }
 }
