@@ -17,6 +17,9 @@ import { setLogSink } from '../host/log/logger.ts';
 import { Rule } from '../host/device/answer-check.ts';
 import { INBOX_BYTES, INBOX_FRAMES, type NetStats } from '../host/net/link.ts';
 import { hostSwitch } from '../host/net/switch.ts';
+import { TokenBucket } from '../host/limits/token-bucket.ts';
+import { parseNetworkRate } from '../host/cli/args.ts';
+import { parseDaemonConfig } from '../host/daemon/config.ts';
 import { command, frame, HEADER, RX, STATUS_REFUSED, STATUS_SENT, TX } from './devices/net-test-device.ts';
 
 const MTU = 1500;
@@ -49,6 +52,9 @@ test.before(async () => {
     dev('d', ['seg1']),
     dev('e', ['seg2'], { gate: gateE.buffer }),
     dev('f', ['seg2']),
+    // g may send 5 frames a second (--network-rate 5), h hears it.
+    { ...dev('g', ['segR']), networkRate: TokenBucket.create(parseNetworkRate('5')) },
+    dev('h', ['segR']),
   ]);
   setLogSink((l) => lines.push(l));
 });
@@ -263,4 +269,39 @@ test.serial('a device whose later network cannot be joined (a TAP interface that
   const bad = { label: 'g', listen: { path: join(dir, 'g.sock') }, source: { kind: 'module' as const, url }, networks: ['segG', 'tap:lo'] };
   for (let i = 0; i < 3; i++) await t.throwsAsync(Host.start([bad]), { message: /tap:lo|TAP interface lo/ });
   t.is(hostSwitch().segment('segG').ports.size, 0, 'no ghost ports on segG');
+});
+
+test.serial('--network-rate: a guest that sends faster than its rate has the excess dropped at the switch and counted; every tx request still completes', async (t) => {
+  const [g, h] = await Promise.all(['g', 'h'].map(connect));
+  try {
+    await postRx(h, 64);
+    const before = stats('g').txRateDrops;
+    const heard = () => {
+      const s = stats('h');
+      return s.rxFrames + s.rxUnread + s.rxQueueDrops + s.rxNotRunning;
+    };
+    const heard0 = heard();
+    const start = Date.now();
+    const sent = 100;
+    for (let i = 0; i < sent; i++) t.is(await send(g, frame('broadcast', new Uint8Array(100).fill(i))), STATUS_SENT, 'the guest\'s tx request completes');
+    const seconds = (Date.now() - start) / 1000;
+    const dropped = () => stats('g').txRateDrops - before;
+    await until('every frame forwarded or dropped', () => heard() - heard0 + dropped() === sent);
+    // 5 a second with a burst of 1: what passed is bounded by the time the sends took.
+    t.true(heard() - heard0 <= 2 + Math.ceil(5 * (seconds + 1)), `${heard() - heard0} frames passed in ${seconds} s`);
+    t.true(dropped() > 0, 'the excess was dropped and counted');
+  } finally {
+    await Promise.all([g.close(), h.close()]);
+  }
+});
+
+test('--network-rate is checked where it enters: a bad value names the option (command line) or the field (config)', (t) => {
+  t.deepEqual(parseNetworkRate('1000:10M'), { iops: 1000, iopsBurst: 100, bytesPerSecond: 10 << 20, bytesBurst: 1 << 20 });
+  t.throws(() => parseNetworkRate('fast'), { message: /--network-rate/ });
+  t.throws(() => parseNetworkRate('1:2:3'), { message: /--network-rate: "1:2:3" is not FRAMES or FRAMES:BYTES/ });
+  const cfg = (limits: object, grants: object = { network: ['seg0'] }) => () =>
+    parseDaemonConfig(JSON.stringify({ devices: [{ id: 'n', socket: 'n.sock', plugin: 'net.wasm', grants, limits }] }), '/d.json');
+  t.deepEqual(cfg({ networkRate: '10' })().devices[0].limits.networkRate, { iops: 10, iopsBurst: 1, bytesPerSecond: 0, bytesBurst: 0 });
+  t.throws(cfg({ networkRate: 'x' }), { message: /devices\[0\]\.limits\.networkRate: / });
+  t.throws(cfg({ networkRate: '10' }, {}), { message: /devices\[0\]\.limits\.networkRate: .*give grants.network/ });
 });

@@ -52,6 +52,8 @@ export interface CliOptions {
   throttle: ThrottleLimits | null;
   /** --network NAME, repeated: the networks the device joins, in grant order. */
   networks: string[];
+  /** --network-rate: frames (and bytes) per second the device may send, or null: no limit. */
+  networkRate: ThrottleLimits | null;
 }
 
 /** Most --queue-threads: a virtio device has at most this many queues worth a thread each. */
@@ -158,6 +160,11 @@ Networks (virtio-net; the plugin sees frames, never sockets):
   --network tap:IFNAME    a network whose other port is the TAP interface IFNAME (created if
                           missing, or an existing persistent one; needs CAP_NET_ADMIN): frames
                           the device sends go out of IFNAME, frames IFNAME receives come in
+  --network-rate FRAMES[:BYTES]
+                          the most the device may send on its networks per second: FRAMES
+                          frames (and BYTES bytes, a size like 10M), bursts of a tenth of a
+                          second; frames past it are dropped at the switch and counted
+                          (ctl stats, metrics reason "rate"). Default: no limit
 
 Threads:
   --queue-threads N       run the device in N worker threads, each with its own plugin
@@ -227,6 +234,15 @@ export function parsePipeSize(text: string | undefined, what: string, Err: new (
   } catch (e) {
     throw new Err((e as Error).message);
   }
+}
+
+/** --network-rate FRAMES[:BYTES]: per second, bursts of a tenth of a second (a policer's). */
+export function parseNetworkRate(text: string): ThrottleLimits {
+  const [f, b, more] = text.split(':');
+  if (more !== undefined || f === '') throw new UsageError(`--network-rate: "${text}" is not FRAMES or FRAMES:BYTES (frames and bytes per second)`);
+  const frames = parseIntStrict(f, '--network-rate', 1);
+  const bytes = b === undefined ? 0 : parseSize(b, '--network-rate');
+  return { iops: frames, iopsBurst: defaultBurst(frames), bytesPerSecond: bytes, bytesBurst: defaultBurst(bytes) };
 }
 
 function parseIntStrict(text: string, what: string, min: number): number {
@@ -415,6 +431,7 @@ export function parseCli(argv: string[]): CliOptions {
         bps: { type: 'string' },
         'bps-burst': { type: 'string' },
         network: { type: 'string', multiple: true },
+        'network-rate': { type: 'string' },
       },
     });
   } catch (e) {
@@ -456,6 +473,7 @@ export function parseCli(argv: string[]): CliOptions {
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
     throttle: parseThrottleFlags(v),
     networks: parseNetworks(v.network ?? []),
+    networkRate: v['network-rate'] === undefined ? null : parseNetworkRate(v['network-rate']),
   };
   if (v['migration-on-error'] !== undefined && opts.filesystem === null) {
     throw new UsageError('--migration-on-error applies to --shared-dir: give --shared-dir DIR too');

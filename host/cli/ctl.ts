@@ -247,7 +247,7 @@ export function human(method: string, result: unknown): string {
       const { devices, process: p } = result as MethodResults['device-stats'];
       const netText = ({ networks, counters: c }: NonNullable<DeviceStats['net']>) =>
         `  network ${networks.join(', ')}: sent ${c.txFrames} frame(s) (${c.txBytes} bytes), read ${c.rxFrames} (${c.rxBytes} bytes), ${c.rxQueuedFrames} queued; ` +
-        `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left\n`;
+        `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left, ${c.txRateDrops} over its rate\n`;
       const lines = devices.map(
         (d: DeviceStats) =>
           `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +

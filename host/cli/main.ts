@@ -90,6 +90,7 @@ async function serve(o: CliOptions): Promise<void> {
         queueThreads: o.queueThreads,
         ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
         ...(o.networks.length > 0 ? { networks: o.networks } : {}),
+        ...(o.networkRate ? { networkRate: TokenBucket.create(o.networkRate) } : {}),
         session: {
           stateReturnMemfd: o.stateReturnMemfd,
           experimentalRfcStateShm: o.experimentalRfcStateShm,

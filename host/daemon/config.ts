@@ -11,7 +11,7 @@ import { checkPluginOptions, type PluginOptions } from '../plugin/plugin-options
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
 import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
-import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, parseNetworks, UsageError } from '../cli/args.ts';
+import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, parseNetworks, parseNetworkRate, UsageError } from '../cli/args.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
 import { STATE_PIPE_SIZE } from '../migration/channel.ts';
@@ -51,7 +51,7 @@ export interface DeviceSpec {
   };
   /** openFiles: most host fds the device's shared directory may hold (null: only the process-wide budget). */
   /** cpuShare: CPUs the device may want on average before its threads are demoted (host/limits/cpu-share.ts). */
-  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null; cpuShare: number };
+  limits: { memoryLimitBytes: number; callDeadlineMs: number; openFiles: number | null; throttle: ThrottleLimits | null; cpuShare: number; networkRate?: ThrottleLimits };
   /**
    * A throttle group (per tenant): devices naming the same group share one I/O budget. Null:
    * the device has its own. throttle null with a group: it takes the group's limits.
@@ -185,7 +185,7 @@ export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBur
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
 const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options', 'start'] as const;
 const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const;
-const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', ...THROTTLE_FIELDS] as const;
+const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', 'networkRate', ...THROTTLE_FIELDS] as const;
 const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
 
 
@@ -331,7 +331,10 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
     openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
     throttle: parseThrottle(l, (k) => `${f('limits')}.${k}`),
     cpuShare: l.cpuShare === undefined ? DEFAULT_CPU_SHARE : cpuShare(l.cpuShare, `${f('limits')}.cpuShare`),
+    // "FRAMES" or "FRAMES:BYTES" per second, as --network-rate.
+    ...(l.networkRate === undefined ? {} : { networkRate: asConfigError(`${f('limits')}.networkRate`, () => parseNetworkRate(str(l.networkRate, `${f('limits')}.networkRate`))) }),
   };
+  if (limits.networkRate && network.length === 0) throw new ConfigError(`${f('limits')}.networkRate`, 'limits what a device sends on its networks: give grants.network too');
   const throttleGroup = o.throttleGroup === undefined ? null : name(o.throttleGroup, f('throttleGroup'));
   if (limits.openFiles !== null && filesystem === null) {
     throw new ConfigError(`${f('limits')}.openFiles`, 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');

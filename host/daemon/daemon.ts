@@ -164,6 +164,7 @@ export class Daemon {
         queueThreads: spec.queueThreads,
         throttle,
         ...(spec.grants.network.length > 0 ? { networks: spec.grants.network } : {}),
+        ...(spec.limits.networkRate ? { networkRate: TokenBucket.create(spec.limits.networkRate) } : {}),
         start: spec.start ?? this.defaultStart,
         session: {
           stateReturnMemfd: spec.migration.stateReturnMemfd,

@@ -179,7 +179,7 @@ export class MetricsExporter {
       (c, r) => {
         const n = r.net;
         if (!n) return;
-        const by: [string, number][] = [['queue_full', n.rxQueueDrops], ['unread', n.rxUnread], ['not_running', n.rxNotRunning], ['switch_behind', n.txDrops], ['no_port', n.txNoPort]];
+        const by: [string, number][] = [['queue_full', n.rxQueueDrops], ['unread', n.rxUnread], ['not_running', n.rxNotRunning], ['switch_behind', n.txDrops], ['no_port', n.txNoPort], ['rate', n.txRateDrops]];
         for (const [reason, v] of by) c.inc({ ...r.labels, reason }, v);
       },
     );

@@ -85,6 +85,8 @@ export interface NetStats {
   txDrops: number;
   /** Frames the device sent to a port that is not on the network (it left, or never was; written by the switch). */
   txNoPort: number;
+  /** Frames the device sent past its send rate (--network-rate; written by the switch). */
+  txRateDrops: number;
   /** Frames and bytes waiting for the device now (forwarded to it, not yet given to a call): at most INBOX_FRAMES and INBOX_BYTES. */
   rxQueuedFrames: number;
   rxQueuedBytes: number;
@@ -93,7 +95,7 @@ export interface NetStats {
 /** Statistics a worker writes (the switch writes rxQueueDrops, txNoPort and rxNotRunningSwitch). */
 export const WORKER_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxUnread', 'rxNotRunning', 'txDrops'] as const satisfies readonly (keyof NetStats)[];
 
-const STAT_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxQueueDrops', 'rxUnread', 'rxNotRunning', 'txDrops', 'txNoPort'] as const satisfies readonly (keyof NetStats)[];
+const STAT_FIELDS = ['txFrames', 'txBytes', 'rxFrames', 'rxBytes', 'rxQueueDrops', 'rxUnread', 'rxNotRunning', 'txDrops', 'txNoPort', 'txRateDrops'] as const satisfies readonly (keyof NetStats)[];
 /**
  * Cells behind the statistics: each has one writer. rxNotRunning is counted by both sides (the
  * switch when no worker is attached, the worker when its device is not running), so it has a

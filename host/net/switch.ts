@@ -10,6 +10,7 @@ import { FLOOD, LinkCounters, WORKER_FIELDS, type IncomingFrames, type NetGrant,
 import { createLogger } from '../log/logger.ts';
 import { NetworkConfigError } from './errors.ts';
 import { TapPort } from './tap.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
 
 /** The MTU of a segment nobody configured otherwise. */
 export const DEFAULT_MTU = 1500;
@@ -148,6 +149,8 @@ export class DeviceLink {
     private readonly sw: NetworkSwitch,
     readonly label: string,
     names: readonly string[],
+    /** --network-rate: what the device may send (frames and bytes per second, bursts); null: no limit. */
+    readonly rate: TokenBucket | null = null,
   ) {
     try {
       names.forEach((name, i) => {
@@ -261,11 +264,11 @@ export class NetworkSwitch {
   }
 
   /** A device's ports on `names`, in grant order. */
-  attach(label: string, names: readonly string[]): DeviceLink {
+  attach(label: string, names: readonly string[], rate?: TokenBucket): DeviceLink {
     if (names.length > MAX_GRANTS) throw new NetworkConfigError(`device ${label}: ${names.length} networks granted, at most ${MAX_GRANTS}`);
     const dup = names.find((n, i) => names.indexOf(n) !== i);
     if (dup !== undefined) throw new NetworkConfigError(`device ${label}: network ${dup} granted twice`);
-    return new DeviceLink(this, label, names);
+    return new DeviceLink(this, label, names, rate ?? null);
   }
 
   /** A batch a device posted: each frame to its port, or flooded. */
@@ -283,6 +286,15 @@ export class NetworkSwitch {
       const g = from.grant(network);
       // The worker checked every send against the grants it was given: a miss is a bug there.
       if (!g || offset + len > m.buf.byteLength) continue;
+      // A guest that floods is held to its rate here, before any destination's inbox: dropped
+      // and counted, as a policer does (the ring is not held back: rx and tx share no budget).
+      if (from.rate !== null) {
+        if (from.rate.waitMs() > 0) {
+          from.counters.add('txRateDrops', 1);
+          continue;
+        }
+        from.rate.take(len);
+      }
       const own = g.endpoint.port;
       if (to === FLOOD) {
         for (const ep of g.segment.ports.values()) if (ep.port !== own) ep.deliver(m.buf, offset, len, own, batch);

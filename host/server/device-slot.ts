@@ -48,6 +48,8 @@ export interface DeviceSlotOptions {
   throttle?: TokenBucket;
   /** --network: the names of the networks the device joins, in grant order. */
   networks?: readonly string[];
+  /** --network-rate: a limit on what the device sends on its networks. */
+  networkRate?: TokenBucket;
 }
 
 export class DeviceSlot {
@@ -92,7 +94,7 @@ export class DeviceSlot {
     readonly opts: DeviceSlotOptions,
   ) {
     // The network first: a grant that cannot be served throws before anything else is made.
-    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks) : null;
+    this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks, opts.networkRate) : null;
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);

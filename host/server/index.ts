@@ -27,6 +27,8 @@ export interface DeviceConfig {
   session?: Partial<SessionSettings>;
   /** --network: networks of the host's switch the device joins, in grant order. */
   networks?: readonly string[];
+  /** --network-rate: frames (and bytes) per second the device may send on its networks. */
+  networkRate?: TokenBucket;
   /**
    * When the worker starts: 'eager' (default) at add(), 'on-connect' when the first front-end
    * connects (a plugin is checked at add() without running it: host/plugin/precheck.ts).
@@ -116,6 +118,7 @@ export class Host {
       queueThreads: config.queueThreads,
       throttle: config.throttle,
       networks: config.networks,
+      networkRate: config.networkRate,
     });
     try {
       // What the device and its front-end may hold besides share handles is kept out of the fd
