@@ -1369,6 +1369,17 @@ export class DeviceRunner {
         this.breakRing(index, r, e.message);
       }
       if (resubmitted.length > 0) this.resubmit(index, r, r.queue, resubmitted);
+      // A ring that starts over an inflight area follows a back-end that died or handed the
+      // device over, possibly between writing a used element and signalling it: the driver may
+      // wait for a completion it was never told about. One call (a spurious one is harmless:
+      // the driver reads its used ring) tells it.
+      if (this.inflightArea !== null && !r.queue.broken) {
+        try {
+          this.signalCall(index, r);
+        } catch (e) {
+          this.breakRing(index, r, errorText(e));
+        }
+      }
     }
     if (r.kickFd !== null && r.watcher === null) {
       const fd = r.kickFd;
@@ -1475,6 +1486,11 @@ export class DeviceRunner {
 
   private notify(index: number, r: Vring, q: DeviceQueue): void {
     if (!q.needsNotification()) return;
+    this.signalCall(index, r);
+  }
+
+  /** Signals the ring's call fd (or the in-band call) whatever the driver's suppression says. */
+  private signalCall(index: number, r: Vring): void {
     if (r.callFd === null) {
       this.hooks.inbandCall(index);
       return;
