@@ -76,6 +76,7 @@ const hostArgs = (socket: string, storage: string, prof: string[]) => ({
 // The host core with the TypeScript null device. From source under tsx: the bundle's device
 // worker cannot load a .ts device module (workers it starts do not get the tsx loader).
 const NULL_DEVICE = join(REPO, 'bench', 'null-blk-device.ts');
+const SINGLE_QUEUE_TARGETS = ['host-null'];
 const hostNullArgs = (socket: string, prof: string[]) => ({
   cmd: process.execPath,
   args: [...prof, '--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), '--socket-path', socket, '--device-module', NULL_DEVICE, '--log-level', 'warn'],
@@ -207,6 +208,8 @@ async function measureAll(): Promise<void> {
         const reps_: Map<string, Cell[]> = new Map(targets.map((t) => [t.id, []]));
         for (let rep = 0; rep < reps; rep++) {
           for (const t of targets) {
+            // The TypeScript null device has one ring: a 2-queue workload cannot run on it.
+            if (w.queues > 1 && SINGLE_QUEUE_TARGETS.includes(t.id)) continue;
             const socket = join(dir, `${t.id}.sock`);
             const pid = children.get(t.id)!.pid!;
             if (warmup > 0) loadgen(socket, w, mode, warmup);
@@ -218,6 +221,7 @@ async function measureAll(): Promise<void> {
         }
         for (const t of targets) {
           const cells = reps_.get(t.id)!.sort((x, y) => x.iops - y.iops);
+          if (cells.length === 0) continue;
           const median = cells[Math.floor(cells.length / 2)];
           results.set(`${t.id}|${w.name}|${mode}`, median);
           process.stderr.write(`  ${t.id} ${w.name} ${mode}: ${cells.map((c) => Math.round(c.iops)).join(' ')} IOPS\n`);
