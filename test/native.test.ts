@@ -542,3 +542,22 @@ test.serial('workers that exit with open watchers and mappings do not crash or l
   t.is(code, 0, `child exited with ${code}; stderr:\n${stderr}`);
   t.is(stdout.trim(), 'survived [0,1,0] thrown from a watcher lingering maps 0');
 });
+
+test('an unref\'d watcher lets the process end while it is open; a ref\'d one keeps it alive', async (t) => {
+  // Each child watches an eventfd nobody writes: with unref() it has nothing else to do and exits
+  // by itself; without, it waits until the timeout kills it.
+  const script = (unref: boolean) => `
+    const n = require(${JSON.stringify(addonPath)});
+    const w = n.watch(n.eventfd(0), 'r', () => {});
+    ${unref ? 'w.unref();' : ''}
+    process.on('exit', () => console.log('exiting'));`;
+  const run = (unref: boolean) =>
+    new Promise<{ signal: NodeJS.Signals | null; stdout: string }>((res) => {
+      const child = execFile(process.execPath, ['-e', script(unref)], { timeout: 3000 }, (_e, stdout) =>
+        res({ signal: child.signalCode, stdout }));
+    });
+  const [unrefd, refd] = await Promise.all([run(true), run(false)]);
+  t.is(unrefd.signal, null);
+  t.is(unrefd.stdout.trim(), 'exiting');
+  t.is(refd.signal, 'SIGTERM', 'killed by the timeout: the watcher kept it alive');
+});

@@ -58,6 +58,8 @@ export interface Watcher {
   update(events: WatchEvents): void;
   /** Stop watching and release the handle. Idempotent. Does not close the fd. */
   close(): void;
+  /** Let the thread's event loop end while this watcher is still open (events still arrive). */
+  unref(): void;
 }
 
 export type WatchEvents = 'r' | 'w' | 'rw';

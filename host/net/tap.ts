@@ -54,7 +54,7 @@ export class TapPort implements Endpoint {
       this.readFrames();
     });
     // A TAP port must not keep the process alive on its own.
-    (this.watcher as { unref?: () => void }).unref?.();
+    this.watcher.unref();
     this.log.info(`TAP interface ${this.ifname} joined network ${this.segment.name} as port ${this.port}`);
   }
 

@@ -146,6 +146,17 @@ static napi_value watcher_close(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// A watcher that must not keep its thread's loop alive on its own (a TAP port: the host exits
+// when its sockets and devices are gone, whatever the interface still carries).
+static napi_value watcher_unref(napi_env env, napi_callback_info info) {
+  napi_value self;
+  if (!get_args(env, info, 0, 0, NULL, &self, "Watcher.unref")) return NULL;
+  watcher *w = this_watcher(env, self, "Watcher.unref");
+  if (!w) return NULL;
+  if (!w->closing) uv_unref((uv_handle_t *)&w->poll);
+  return make_undefined(env);
+}
+
 static napi_value do_watch(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   int fd, ev;
@@ -223,9 +234,10 @@ bool init_watch(napi_env env, napi_value exports, addon_env *ae) {
   napi_property_descriptor methods[] = {
       {"update", NULL, watcher_update, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, watcher_close, NULL, NULL, NULL, napi_default_method, NULL},
+      {"unref", NULL, watcher_unref, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_value cls;
-  if (napi_define_class(env, "Watcher", NAPI_AUTO_LENGTH, watcher_ctor, NULL, 2, methods, &cls) != napi_ok)
+  if (napi_define_class(env, "Watcher", NAPI_AUTO_LENGTH, watcher_ctor, NULL, 3, methods, &cls) != napi_ok)
     return false;
   if (napi_create_reference(env, cls, 1, &ae->watcher_ctor) != napi_ok) return false;
   if (napi_add_async_cleanup_hook(env, on_env_teardown, ae, &ae->cleanup_handle) != napi_ok) return false;
