@@ -11,10 +11,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'node:http';
 import { VhostUserFrontend } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, scrapeMetrics, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const hog = join(REPO, 'test', 'devices', 'hog-blk-device.mjs');
@@ -75,17 +74,7 @@ async function until<T>(what: string, get: () => Promise<T>, check: (v: T) => bo
   }
 }
 
-/** The metrics endpoint's text (Prometheus exposition). */
-function scrape(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: join(dir, 'metrics.sock'), path: '/metrics' }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const scrape = () => scrapeMetrics(join(dir, 'metrics.sock'));
 
 /** The nice value of every thread of the daemon, by thread id. */
 function threadNice(): Map<number, number> {

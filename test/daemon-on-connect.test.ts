@@ -7,7 +7,6 @@
 // measured, deleted, upgraded, migrated to, and stopped by SIGTERM.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { request } from 'node:http';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +14,7 @@ import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, scrapeMetrics, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { DeviceStats } from '../host/daemon/daemon.ts';
@@ -97,18 +96,7 @@ async function randomFrom(path: string): Promise<void> {
   }
 }
 
-function metrics(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sock('metrics'), path: '/metrics' });
-    req.on('response', (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const metrics = () => scrapeMetrics(sock('metrics'));
 
 function sample(body: string, name: string, labels: string): number {
   const m = body.match(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, 'm'));

@@ -2,6 +2,7 @@
 // `vhost-wasm ctl` against it; and a raw JSON-RPC line client for requests ctl would never send.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { request } from 'node:http';
 import { createConnection } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostCommand, REPO } from './host-process.ts';
@@ -72,6 +73,20 @@ export function ctl(args: string[], wrap: string[] = [], cwd = REPO): Promise<Ct
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** GET /metrics from an exporter listening on a Unix socket: the Prometheus exposition's text. */
+export function scrapeMetrics(socketPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: '/metrics' });
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** Sends raw lines on one connection and collects `expect` answer lines (or what came before EOF). */
