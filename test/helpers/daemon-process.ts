@@ -1,9 +1,10 @@
 // Runs `vhost-wasm serve --config FILE` (the built binary, as users run it) as a child, and
 // `vhost-wasm ctl` against it; and a raw JSON-RPC line client for requests ctl would never send.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { createConnection } from 'node:net';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostCommand, REPO } from './host-process.ts';
 
@@ -55,6 +56,13 @@ export async function startDaemon(args: string[], opts: Parameters<typeof spawnD
   const d = spawnDaemon(args, opts);
   await d.waitForLog(/vhost-wasm: serving \d+ of \d+ device/);
   return d;
+}
+
+/** Writes `config` to DIR/daemon.json and starts the daemon on it (startDaemon). */
+export function startDaemonWith(dir: string, config: object, opts: Parameters<typeof spawnDaemon>[1] = {}): Promise<DaemonProcess> {
+  const file = join(dir, 'daemon.json');
+  writeFileSync(file, JSON.stringify(config));
+  return startDaemon(['--config', file], opts);
 }
 
 export interface CtlResult {
