@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
+import type { CpuShareStats } from '../host/limits/cpu-share.ts';
 import { ctl, rawRpc, scrapeMetrics, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -22,15 +23,6 @@ let dir: string;
 let daemon: DaemonProcess;
 const sock = (name: string) => join(dir, `${name}.sock`);
 const control = () => sock('control');
-
-interface CpuStats {
-  limit: number;
-  demand: number;
-  running: number;
-  demoted: boolean;
-  demotions: number;
-  restoreRefused: string | null;
-}
 
 test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
@@ -57,7 +49,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function cpu(id: string): Promise<CpuStats> {
+async function cpu(id: string): Promise<CpuShareStats> {
   const r = await ctl(['--control', control(), '--json', 'stats', id]);
   if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout).devices[0].cpu;
