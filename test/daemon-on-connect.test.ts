@@ -14,6 +14,7 @@ import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
+import { randomFrom } from './helpers/device-checks.ts';
 import { ctl, scrapeMetrics, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
@@ -84,16 +85,6 @@ async function listed(): Promise<Map<string, string>> {
   const r = await ctl(['--control', control(), '--json', 'list']);
   if (r.code !== 0) throw new Error(`ctl list failed (${r.code}): ${r.stderr}`);
   return new Map((JSON.parse(r.stdout) as MethodResults['device-list']).devices.map((d) => [d.id, d.state]));
-}
-
-async function randomFrom(path: string): Promise<void> {
-  const fe = await VhostUserFrontend.connect(path, opts);
-  try {
-    const r = await fe.queues[0].submit([], 64);
-    if (r.len !== 64 || new Set(r.data).size < 16) throw new Error(`rng at ${path} answered ${r.len} bytes`);
-  } finally {
-    await fe.close();
-  }
 }
 
 const metrics = () => scrapeMetrics(sock('metrics'));
