@@ -20,12 +20,12 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootGuest, hasQemu, hasStorageDaemon, type BootResult } from './guest/qemu.ts';
+import { hasQemu, hasStorageDaemon, type BootResult } from './guest/qemu.ts';
 import { startSlowDisk, type SlowDisk } from './guest/slow-disk.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
 import { patternRoundsScript, SLOT_BYTES } from './guest/pattern-rounds.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
-import { assertRoundsPassed, patternFiles, RoundActions, scratchDisk, slotsNotFrom } from './helpers/pattern-disk.ts';
+import { assertRoundsPassed, bootPatternGuest, RoundActions, scratchDisk, slotsNotFrom } from './helpers/pattern-disk.ts';
 
 const BLK_PLUGIN = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !hasQemu() || !hasStorageDaemon();
@@ -78,15 +78,7 @@ guestTest(`${qemu.name} vhost-user-blk${qemu.packed ? ' (packed ring)' : ''}, ${
 
   let r: BootResult | undefined;
   try {
-    r = await bootGuest({
-      timeoutMs: 400_000,
-      files: patternFiles(PATTERNS),
-      qemuBinary,
-      smp: qemu.queues,
-      qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${qemu.queues}${qemu.packed ? ',packed=on' : ''}`],
-      script: SCRIPT,
-      onOutput: (c) => kills.feed(c),
-    });
+    r = await bootPatternGuest({ qemuBinary, queues: qemu.queues, sock, chardev: qemu.reconnect, packed: qemu.packed, patterns: PATTERNS, script: SCRIPT, onOutput: (c) => kills.feed(c) });
     await kills.settled();
     t.deepEqual(killErrors, [], 'every kill and restart worked');
     t.log(`guest: ${ROUNDS} rounds in ${r.durationMs} ms across ${hosts.length} host processes`);

@@ -10,11 +10,11 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootGuest, hasQemu, type BootResult } from './guest/qemu.ts';
+import { hasQemu, type BootResult } from './guest/qemu.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
 import { patternRoundsScript, SLOT_BYTES } from './guest/pattern-rounds.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
-import { assertRoundsPassed, patternFiles, RoundActions, scratchDisk, slotsNotFrom } from './helpers/pattern-disk.ts';
+import { assertRoundsPassed, bootPatternGuest, RoundActions, scratchDisk, slotsNotFrom } from './helpers/pattern-disk.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 
@@ -61,15 +61,7 @@ for (const qemu of [QEMU7, QEMU10]) {
     });
     let r: BootResult | undefined;
     try {
-      r = await bootGuest({
-        timeoutMs: 400_000,
-        files: patternFiles(PATTERNS),
-        qemuBinary,
-        smp: qemu.queues,
-        qemuArgs: ['-chardev', `socket,id=d0,path=${sock}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${qemu.queues}`],
-        script: PATTERN_SCRIPT(ROUNDS),
-        onOutput: (c) => upgrades.feed(c),
-      });
+      r = await bootPatternGuest({ qemuBinary, queues: qemu.queues, sock, patterns: PATTERNS, script: PATTERN_SCRIPT(ROUNDS), onOutput: (c) => upgrades.feed(c) });
       await upgrades.settled();
       assertRoundsPassed(t, r, ROUNDS, explain(r, h));
       t.is(outcomes.length, UPGRADE_IN_ROUNDS.length);
@@ -130,15 +122,7 @@ for (const qemu of [QEMU7_RECONNECT, QEMU10_RECONNECT]) {
     };
     let r: BootResult | undefined;
     try {
-      r = await bootGuest({
-        timeoutMs: 400_000,
-        files: patternFiles(PATTERNS),
-        qemuBinary,
-        smp: qemu.queues,
-        qemuArgs: ['-chardev', `socket,id=d0,path=${sock},${qemu.reconnect}`, '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${qemu.queues}`],
-        script: PATTERN_SCRIPT(TAKEOVER_ROUNDS, true),
-        onOutput,
-      });
+      r = await bootPatternGuest({ qemuBinary, queues: qemu.queues, sock, chardev: qemu.reconnect, patterns: PATTERNS, script: PATTERN_SCRIPT(TAKEOVER_ROUNDS, true), onOutput });
       await takeOvers.settled();
       const last = hosts[hosts.length - 1];
       const why = explain(r, last) + hosts.slice(0, -1).map((h, i) => `\n--- host ${i} ---\n${h.log().slice(-2000)}`).join('');

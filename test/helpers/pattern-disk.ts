@@ -1,12 +1,12 @@
 // The host side of test/guest/pattern-rounds.ts, for the blk tests that move or kill the back-end
-// while a real guest writes pattern rounds: the scratch image, the actions fired at given rounds,
-// and the checks of the guest's console and of the image afterwards.
+// while a real guest writes pattern rounds: the scratch image, the guest's boot, the actions fired
+// at given rounds, and the checks of the guest's console and of the image afterwards.
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BootResult } from '../guest/qemu.ts';
+import { bootGuest, type BootResult } from '../guest/qemu.ts';
 import { SLOT_BASE, SLOT_BYTES, SLOTS } from '../guest/pattern-rounds.ts';
 
 /** A fresh directory holding an empty (sparse) image of `bytes` and the device socket's path beside it. */
@@ -18,9 +18,34 @@ export function scratchDisk(prefix: string, bytes: number): { dir: string; image
   return { dir, image, sock: join(dir, 'blk.sock') };
 }
 
-/** bootGuest's files for the patterns: pattern p is /guest/p<p>. */
-export function patternFiles(patterns: readonly Uint8Array[]): Record<string, Uint8Array> {
-  return Object.fromEntries(patterns.map((b, p) => [`guest/p${p}`, b]));
+export interface PatternGuest {
+  qemuBinary: string;
+  /** vCPUs and the device's queues. */
+  queues: number;
+  /** The back-end's socket; `chardev` adds options to its -chardev (e.g. "reconnect=1"). */
+  sock: string;
+  chardev?: string;
+  packed?: boolean;
+  /** Pattern p is the guest's /guest/p<p>. */
+  patterns: readonly Uint8Array[];
+  script: string;
+  onOutput: (c: string) => void;
+}
+
+/** A guest with a vhost-user-blk-pci device on `sock`, running the pattern rounds' `script`. */
+export function bootPatternGuest(o: PatternGuest): Promise<BootResult> {
+  return bootGuest({
+    timeoutMs: 400_000,
+    files: Object.fromEntries(o.patterns.map((b, p) => [`guest/p${p}`, b])),
+    qemuBinary: o.qemuBinary,
+    smp: o.queues,
+    qemuArgs: [
+      '-chardev', `socket,id=d0,path=${o.sock}${o.chardev ? `,${o.chardev}` : ''}`,
+      '-device', `vhost-user-blk-pci,chardev=d0,num-queues=${o.queues}${o.packed ? ',packed=on' : ''}`,
+    ],
+    script: o.script,
+    onOutput: o.onOutput,
+  });
 }
 
 /**
