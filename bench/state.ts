@@ -195,6 +195,19 @@ function cpuMs(h: HostProcess): number {
   return (Number(f[11]) + Number(f[12])) * 10;
 }
 
+/** Writes every MiB of the disk's first `bytes`, eight writes in flight. */
+async function fillDisk(blk: BlkDevice, bytes: number): Promise<void> {
+  const mib = Buffer.alloc(1 << 20, 'disk');
+  let next = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < bytes) {
+      const o = next;
+      next += 1 << 20;
+      await blk.write(o / 512, mib);
+    }
+  }));
+}
+
 async function benchBlk(): Promise<void> {
   const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
   const DISK = 256 << 20;
@@ -211,16 +224,7 @@ async function benchBlk(): Promise<void> {
     const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
     try {
       const fe = await VhostUserFrontend.connect(a.socketPath, { ...feOpts, memoryBytes: 32 << 20, queues: [128] });
-      const blk = new BlkDevice(fe.queues[0]);
-      const mib = Buffer.alloc(1 << 20, 'disk');
-      let next = 0;
-      await Promise.all(Array.from({ length: 8 }, async () => {
-        while (next < DISK) {
-          const o = next;
-          next += 1 << 20;
-          await blk.write(o / 512, mib);
-        }
-      }));
+      await fillDisk(new BlkDevice(fe.queues[0]), DISK);
       // CPU time of both host processes (all threads) during the migration: less at the mercy of
       // other load on the machine than wall time.
       const cpu0 = cpuMs(a) + cpuMs(b);
@@ -288,17 +292,7 @@ async function benchPrecopy(): Promise<void> {
   const mem = memcpyRate(DISK);
   const pipe = await plainPipeRate(DISK);
   console.log(`\npre-copy, blk with a 256 MiB memory disk; same-script peers: memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s`);
-  const fill = async (blk: BlkDevice) => {
-    const mib = Buffer.alloc(1 << 20, 'disk');
-    let next = 0;
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (next < DISK) {
-        const o = next;
-        next += 1 << 20;
-        await blk.write(o / 512, mib);
-      }
-    }));
-  };
+  const fill = (blk: BlkDevice) => fillDisk(blk, DISK);
   // One full round alone, three times.
   {
     const [a, b] = await Promise.all([startHost(hostArgs), startHost(hostArgs)]);

@@ -11,10 +11,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'node:http';
 import { VhostUserFrontend } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import type { CpuShareStats } from '../host/limits/cpu-share.ts';
+import { ctl, rawRpc, scrapeMetrics, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const hog = join(REPO, 'test', 'devices', 'hog-blk-device.mjs');
@@ -23,15 +23,6 @@ let dir: string;
 let daemon: DaemonProcess;
 const sock = (name: string) => join(dir, `${name}.sock`);
 const control = () => sock('control');
-
-interface CpuStats {
-  limit: number;
-  demand: number;
-  running: number;
-  demoted: boolean;
-  demotions: number;
-  restoreRefused: string | null;
-}
 
 test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
@@ -58,7 +49,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function cpu(id: string): Promise<CpuStats> {
+async function cpu(id: string): Promise<CpuShareStats> {
   const r = await ctl(['--control', control(), '--json', 'stats', id]);
   if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout).devices[0].cpu;
@@ -75,17 +66,7 @@ async function until<T>(what: string, get: () => Promise<T>, check: (v: T) => bo
   }
 }
 
-/** The metrics endpoint's text (Prometheus exposition). */
-function scrape(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: join(dir, 'metrics.sock'), path: '/metrics' }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const scrape = () => scrapeMetrics(join(dir, 'metrics.sock'));
 
 /** The nice value of every thread of the daemon, by thread id. */
 function threadNice(): Map<number, number> {

@@ -7,7 +7,6 @@
 // measured, deleted, upgraded, migrated to, and stopped by SIGTERM.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { request } from 'node:http';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +14,8 @@ import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { randomFrom } from './helpers/device-checks.ts';
+import { ctl, scrapeMetrics, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { DeviceStats } from '../host/daemon/daemon.ts';
@@ -87,28 +87,7 @@ async function listed(): Promise<Map<string, string>> {
   return new Map((JSON.parse(r.stdout) as MethodResults['device-list']).devices.map((d) => [d.id, d.state]));
 }
 
-async function randomFrom(path: string): Promise<void> {
-  const fe = await VhostUserFrontend.connect(path, opts);
-  try {
-    const r = await fe.queues[0].submit([], 64);
-    if (r.len !== 64 || new Set(r.data).size < 16) throw new Error(`rng at ${path} answered ${r.len} bytes`);
-  } finally {
-    await fe.close();
-  }
-}
-
-function metrics(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sock('metrics'), path: '/metrics' });
-    req.on('response', (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const metrics = () => scrapeMetrics(sock('metrics'));
 
 function sample(body: string, name: string, labels: string): number {
   const m = body.match(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, 'm'));

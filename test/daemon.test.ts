@@ -17,6 +17,7 @@ import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constan
 import { hostCommand, REPO } from './helpers/host-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { RngPump } from './helpers/rng-pump.ts';
+import { randomFrom } from './helpers/device-checks.ts';
 import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
@@ -54,17 +55,6 @@ test.after.always(async () => {
   if (taken !== undefined) native.close(taken);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-/** 64 random-looking bytes from the rng device at `path`, through a real front-end. */
-async function randomFrom(path: string): Promise<void> {
-  const fe = await VhostUserFrontend.connect(path, opts);
-  try {
-    const r = await fe.queues[0].submit([], 64);
-    if (r.len !== 64 || new Set(r.data).size < 16) throw new Error(`rng at ${path} answered ${r.len} bytes`);
-  } finally {
-    await fe.close();
-  }
-}
 
 async function listIds(): Promise<string[]> {
   const r = await ctl(['--control', control(), '--json', 'list']);

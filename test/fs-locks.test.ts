@@ -139,6 +139,19 @@ async function setup(t: ExecutionContext) {
   return { dir, share, g };
 }
 
+/** A share call's value; an errno throws. */
+function val<T>(r: { ok: true; val: T } | { ok: false; errno: number }): T {
+  if (!r.ok) throw new Error(`errno ${r.errno}`);
+  return r.val;
+}
+
+/** The share's own handle of `f` opened read-write, as the plugin holds one (its FUSE fh are its own numbers). */
+function shareOpen(share: FsShare) {
+  const top = val(share.root());
+  const node = val(share.lookup(top.node, Buffer.from('f')));
+  return val(share.open(node.node, 2));
+}
+
 /** A host process holding a lock on `path` (python's fcntl) until stopped. */
 async function hostLock(path: string, how: 'lockf' | 'flock'): Promise<() => Promise<void>> {
   const code = how === 'lockf'
@@ -271,14 +284,7 @@ test("the host's lock waits are bounded: a plugin that starts wait after wait ge
   // The fs plugin keeps at most 256 waiting SETLKWs, but filesystem.setlk is the plugin's to
   // call: what the host keeps for a plugin that calls it with token after token must be bounded.
   const { share } = await setup(t);
-  // The share's own handles, as the plugin holds them (its FUSE fh are its own numbers).
-  const val = <T>(r: { ok: true; val: T } | { ok: false; errno: number }): T => {
-    if (!r.ok) throw new Error(`errno ${r.errno}`);
-    return r.val;
-  };
-  const root = val(share.root());
-  const node = val(share.lookup(root.node, Buffer.from('f')));
-  const a = val(share.open(node.node, 2));
+  const a = shareOpen(share);
   const lock = { start: 0n, end: END, kind: F_WRLCK, pid: 1 };
   t.deepEqual(share.setlk(a, 1n, lock, false, 0n), { ok: true, val: undefined });
   const errnos = new Map<number, number>();
@@ -299,13 +305,7 @@ test('an owner with more ranges than the table remembers keeps every lock the ke
   // Past MAX_RANGES the oldest ranges are forgotten (they only name GETLK's pid); the owner's
   // description must not be closed while the kernel still holds a forgotten range on it.
   const { share } = await setup(t);
-  const val = <T>(r: { ok: true; val: T } | { ok: false; errno: number }): T => {
-    if (!r.ok) throw new Error(`errno ${r.errno}`);
-    return r.val;
-  };
-  const root = val(share.root());
-  const node = val(share.lookup(root.node, Buffer.from('f')));
-  const a = val(share.open(node.node, 2));
+  const a = shareOpen(share);
   const at = (i: number, kind: number) => ({ start: BigInt(2 * i), end: BigInt(2 * i), kind, pid: 7 });
   for (let i = 0; i <= MAX_RANGES; i++) t.true(share.setlk(a, 1n, at(i, F_WRLCK), false, 0n).ok);
   // Range 0 (byte 0) is the one forgotten; the others are unlocked one by one.

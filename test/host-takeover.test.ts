@@ -41,27 +41,53 @@ async function host(extra: string[] = []): Promise<HostProcess> {
 }
 const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
 
-test.serial('--take-over: the new host serves the device (memory disk included), the front-end reconnects with requests in flight and loses nothing; the old host exits 0', async (t) => {
+/** The old host and a front-end on it (with an inflight area), its disk, and each block's last round. */
+async function served() {
   const old = await host();
   const fe = await VhostUserFrontend.connect(sock, feOpts);
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  await ioLoop(disk, last, () => true);
-  // As QEMU's reconnect: when the connection goes, connect again (to whoever listens now).
-  let reconnects = 0;
-  const reconnected = fe.conn.closed.then(async () => {
-    reconnects++;
-    await fe.reconnect(sock);
-  });
+  return { old, fe, disk: new BlkDevice(fe.queues[0]), last: new Map<number, number>() };
+}
+
+/** I/O rounds in the background; the returned function ends them and resolves with how many ran. */
+function backgroundIo(disk: BlkDevice, last: Map<number, number>): () => Promise<number> {
   let stop = false;
   const io = ioLoop(disk, last, () => stop);
+  return () => {
+    stop = true;
+    return io;
+  };
+}
+
+/**
+ * Starts a `--take-over` host while the front-end reconnects as QEMU does (when its connection
+ * goes, it connects again to whoever listens now); resolves once the old host exited and the
+ * front-end is on the new one.
+ */
+async function takeOver(old: HostProcess, fe: VhostUserFrontend): Promise<{ fresh: HostProcess; oldExit: number | null }> {
+  const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
   const fresh = await host(['--take-over']);
-  t.is(await exitOf(old), 0, old.log());
+  const oldExit = await exitOf(old);
   await reconnected;
-  stop = true;
-  const rounds = await io;
+  return { fresh, oldExit };
+}
+
+type RpcAnswer = { result?: unknown; error?: { message: string } };
+
+/** A host-handover request on the old host's control socket; resolves with its answer. */
+async function handover(params: Record<string, unknown>): Promise<RpcAnswer> {
+  const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params });
+  const [answer] = (await rawRpc(`${sock}.control`, [ask], 1)) as RpcAnswer[];
+  return answer;
+}
+
+test.serial('--take-over: the new host serves the device (memory disk included), the front-end reconnects with requests in flight and loses nothing; the old host exits 0', async (t) => {
+  const { old, fe, disk, last } = await served();
+  await ioLoop(disk, last, () => true);
+  const stopIo = backgroundIo(disk, last);
+  const { fresh, oldExit } = await takeOver(old, fe);
+  t.is(oldExit, 0, old.log());
+  const rounds = await stopIo();
   t.true(rounds >= 2);
-  t.is(reconnects, 1);
   await verifyAll(disk, last);
   t.regex(old.log(), /host-handover: pid \d+ serves the device now; this host exits/);
   t.regex(fresh.log(), /took the device over from host [\d.]+ \(pid \d+\); its front-end reconnects here/);
@@ -79,19 +105,14 @@ test.serial('--take-over: the new host serves the device (memory disk included),
 });
 
 test.serial("a new host that cannot serve (another memory disk size; a plugin that does not load) is refused; the old host serves on, its front-end's I/O goes on throughout", async (t) => {
-  const old = await host();
-  const fe = await VhostUserFrontend.connect(sock, feOpts);
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  let stop = false;
-  const io = ioLoop(disk, last, () => stop);
+  const { old, fe, disk, last } = await served();
+  const stopIo = backgroundIo(disk, last);
   const bigger = await runCli(['--socket-path', sock, '--plugin', blk, '--storage', 'memory:8M', '--take-over']);
   t.is(bigger.code, 1);
   t.regex(bigger.stderr, /the old host's disk is a 4194304-byte memory disk: give --storage memory:4194304/);
   const broken = await runCli(['--socket-path', sock, '--plugin', join(dir, 'missing.wasm'), '--storage', 'memory:4M', '--take-over']);
   t.is(broken.code, 1);
-  stop = true;
-  await io;
+  await stopIo();
   t.regex(old.log(), /host-handover from pid \d+ refused: the new host did not take the device: .*memory disk/);
   t.regex(old.log(), /host-handover from pid \d+ refused: the new host did not take the device/);
   t.is(old.child.exitCode, null, 'the old host runs');
@@ -106,18 +127,13 @@ test.serial("a new host that cannot serve (another memory disk size; a plugin th
 });
 
 test.serial('a new host that dies in the middle of the handover (it got the sockets and never said it serves) leaves the old host serving; a later take-over works', async (t) => {
-  const old = await host();
-  const fe = await VhostUserFrontend.connect(sock, feOpts);
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  let stop = false;
-  const io = ioLoop(disk, last, () => stop);
+  const { old, fe, disk, last } = await served();
+  const stopIo = backgroundIo(disk, last);
   // This test process plays the new host: it asks, receives the fds, and goes away as a
   // crashed process does (the kernel closes its fds; it never answers).
   const to = join(dir, 'fake-new-host.sock');
   const lfd = native.listenUnix(to, 1);
-  const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to } });
-  const answer = rawRpc(`${sock}.control`, [ask], 1);
+  const answer = handover({ to });
   let conn = -1;
   while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
   let got = null;
@@ -127,18 +143,14 @@ test.serial('a new host that dies in the middle of the handover (it got the sock
   for (const fd of got.fds) native.close(fd);
   native.close(conn);
   native.close(lfd);
-  const [a] = (await answer) as { error?: { message: string } }[];
-  t.regex(a.error!.message, /the new host went away before it served the device/);
-  stop = true;
-  await io;
+  t.regex((await answer).error!.message, /the new host went away before it served the device/);
+  await stopIo();
   await verifyAll(disk, last);
   t.is(old.child.exitCode, null);
 
   // The old host accepts again: a real take-over now goes through, and the data moves with it.
-  const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
-  const fresh = await host(['--take-over']);
-  t.is(await exitOf(old), 0);
-  await reconnected;
+  const { fresh, oldExit } = await takeOver(old, fe);
+  t.is(oldExit, 0);
   await verifyAll(disk, last);
   t.regex(fresh.log(), /took the device over/);
   await fe.close();
@@ -154,28 +166,22 @@ test.serial('--take-over with nothing to take over: the command says why and exi
 });
 
 test.serial('host-handover is refused when the socket it names belongs to another process than the one asking, or while a plugin upgrade runs; nothing is handed over', async (t) => {
-  const old = await host();
-  const fe = await VhostUserFrontend.connect(sock, feOpts);
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
+  const { old, fe, disk, last } = await served();
   await ioLoop(disk, last, () => true);
   // Another process listens at `to`: the fds must not go to it.
   const to = join(dir, 'someone-else.sock');
   const other = spawn(process.execPath, ['-e', `require('node:net').createServer((c) => c.on('data', () => { console.log('GOT'); })).listen(${JSON.stringify(to)}, () => console.log('READY'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
   let otherOut = '';
   await new Promise<void>((resolve) => other.stdout!.on('data', (d: Buffer) => ((otherOut += d.toString()), otherOut.includes('READY') && resolve())));
-  const ask = (params: Record<string, unknown>) => JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params });
-  const [a] = (await rawRpc(`${sock}.control`, [ask({ to })], 1)) as { error?: { message: string } }[];
-  t.regex(a.error!.message, /is served by pid \d+, not by pid \d+ that asked for the device: nothing was handed over/);
-  const [rel] = (await rawRpc(`${sock}.control`, [ask({ to: 'relative.sock' })], 1)) as { error?: { message: string } }[];
-  t.regex(rel.error!.message, /params\.to: missing or not an absolute path/);
+  t.regex((await handover({ to })).error!.message, /is served by pid \d+, not by pid \d+ that asked for the device: nothing was handed over/);
+  t.regex((await handover({ to: 'relative.sock' })).error!.message, /params\.to: missing or not an absolute path/);
   other.kill();
   t.false(otherOut.includes('GOT'), 'the other process received nothing');
 
   // A plugin upgrade and a handover at once: the second is refused, the first completes.
   const up = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'plugin-upgrade', params: { plugin: blk } })], 1);
-  const [during] = (await rawRpc(`${sock}.control`, [ask({ to: join(dir, 'x.sock') })], 1)) as { error?: { message: string } }[];
-  const [upgraded] = (await up) as { result?: unknown; error?: { message: string } }[];
+  const during = await handover({ to: join(dir, 'x.sock') });
+  const [upgraded] = (await up) as RpcAnswer[];
   if (during.error && /already running/.test(during.error.message)) t.truthy(upgraded.result, JSON.stringify(upgraded));
   else t.regex(during.error!.message, /cannot connect to the new host/, 'the upgrade had finished first: the handover failed on its own (nobody at x.sock)');
   await ioLoop(disk, last, () => true);
@@ -185,10 +191,7 @@ test.serial('host-handover is refused when the socket it names belongs to anothe
 });
 
 test.serial('host-handover naming a socket whose backlog is full is refused at once; the old host never waits on it and serves on', async (t) => {
-  const old = await host();
-  const fe = await VhostUserFrontend.connect(sock, feOpts);
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
+  const { old, fe, disk, last } = await served();
   await ioLoop(disk, last, () => true);
   // This process listens at `to` (so the pid check would pass) and never accepts: its backlog fills.
   const to = join(dir, 'full.sock');
@@ -204,9 +207,7 @@ test.serial('host-handover naming a socket whose backlog is full is refused at o
       });
       if (full) break;
     }
-    const ask = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to } });
-    const [a] = (await rawRpc(`${sock}.control`, [ask], 1)) as { error?: { message: string } }[];
-    t.regex(a.error!.message, /cannot connect to the new host at .*full\.sock: .*(EAGAIN|not accepting)/);
+    t.regex((await handover({ to })).error!.message, /cannot connect to the new host at .*full\.sock: .*(EAGAIN|not accepting)/);
     await ioLoop(disk, last, () => true);
     await verifyAll(disk, last);
     t.is(old.child.exitCode, null);

@@ -54,6 +54,12 @@ async function fill(blk: BlkDevice, size: number): Promise<Buffer> {
   return model;
 }
 
+/** Writes `data` at byte `at` through the rings and into the model. */
+async function put(blk: BlkDevice, model: Buffer, at: number, data: Buffer): Promise<void> {
+  await blk.write(at / 512, data);
+  data.copy(model, at);
+}
+
 async function readBack(blk: BlkDevice, model: Buffer): Promise<number[]> {
   const bad: number[] = [];
   await parallel(model.length / MIB, 8, async (m) => {
@@ -73,14 +79,20 @@ async function rawDestination(h: HostProcess): Promise<VhostUserConnection> {
   return c;
 }
 
-/** One round SAVEd from the source into this process (the source's CHECK passed). */
-async function saveRound(src: VhostUserConnection, phase: number): Promise<Buffer> {
+/** Asks the source to SAVE a round into a pipe; returns the pipe's read end (the caller closes it). */
+async function startSave(src: VhostUserConnection, phase: number): Promise<number> {
   const [r, w] = native.pipe2();
   try {
     await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, w);
   } finally {
     native.close(w);
   }
+  return r;
+}
+
+/** One round SAVEd from the source into this process (the source's CHECK passed). */
+async function saveRound(src: VhostUserConnection, phase: number): Promise<Buffer> {
+  const r = await startSave(src, phase);
   const parts: Buffer[] = [];
   try {
     await readToEnd(r, (b) => void parts.push(Buffer.from(b)));
@@ -109,13 +121,29 @@ async function loadRound(dst: VhostUserConnection, bytes: Buffer, phase: number 
   return dst.checkDeviceState().then(() => 'ok', (e: Error) => e.message);
 }
 
-maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the destination, the disk not in the stopped-time state', async (t) => {
-  t.timeout(180_000);
-  const [a, b] = await Promise.all([blkHost('memory:256M'), blkHost('memory:256M')]);
+interface Pair {
+  a: HostProcess;
+  b: HostProcess;
+  fe: VhostUserFrontend;
+  blk: BlkDevice;
+}
+
+/** Two hosts with `disk` memory disks and a front-end on the first; everything stopped after `body`. */
+async function withPair(disk: string, body: (p: Pair) => Promise<void>): Promise<void> {
+  const [a, b] = await Promise.all([blkHost(disk), blkHost(disk)]);
   const fe = await connect(a);
   try {
+    await body({ a, b, fe, blk: new BlkDevice(fe.queues[0]) });
+  } finally {
+    await fe.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
+}
+
+maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the destination, the disk not in the stopped-time state', async (t) => {
+  t.timeout(180_000);
+  await withPair('memory:256M', async ({ a, b, fe, blk }) => {
     t.true(fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE), 'a host with a memory disk offers pre-copy');
-    const blk = new BlkDevice(fe.queues[0]);
     const model = await fill(blk, 256 * MIB);
     // 8 writers keep overwriting their own blocks through every round and the stop.
     let running = true;
@@ -126,9 +154,7 @@ maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the dest
       const size = w % 2 === 0 ? BLOCK : 4096;
       for (let v = 1; running; v++) {
         const at = ((w * 997 + v * 8 * 31) % blocks) * BLOCK + (size < BLOCK ? ((v * 7) % 16) * size : 0);
-        const p = Buffer.alloc(size, `writer ${w} version ${v};`);
-        await blk.write(at / 512, p);
-        p.copy(model, at);
+        await put(blk, model, at, Buffer.alloc(size, `writer ${w} version ${v};`));
         acked++;
       }
     });
@@ -150,39 +176,27 @@ maybe('pre-copy, 256 MiB memory disk under writes: every acked write on the dest
     // The last round (the one with the rings stopped) arrived whole.
     t.truthy(await b.waitForLog(new RegExp(`pre-copy round ${report.precopyMs.length - 1} loaded`)));
     t.log(`rounds ${report.precopyMs.map((m) => m.toFixed(0)).join(' / ')} ms (last one stopped); stop-to-resume ${report.downtimeMs.toFixed(1)} ms; ${acked} writes`);
-  } finally {
-    await fe.close();
-    await Promise.all([a.stop(), b.stop()]);
-  }
+  });
 });
 
 for (const harm of ['truncated', 'corrupted data', 'corrupted table', 'skipped'] as const) {
   maybe(`pre-copy: a round ${harm} is refused by the destination; the source keeps serving`, async (t) => {
     t.timeout(60_000);
-    const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
-    const fe = await connect(a);
-    try {
-      const blk = new BlkDevice(fe.queues[0]);
+    await withPair('memory:16M', async ({ b, fe, blk }) => {
       const model = await fill(blk, 16 * MIB);
       const dst = await rawDestination(b);
       const first = await saveRound(fe.conn, PrecopyPhase.START);
       t.is(await loadRound(dst, first), 'ok', 'an intact first round loads');
       // Scattered 4 KiB pages (small runs, staged on both sides) and one 64 KiB block.
-      for (let k = 0; k < 40; k++) {
-        const p = Buffer.alloc(4096, `page ${k} after round 0;`);
-        await blk.write((k * 97 * 4096) / 512, p);
-        p.copy(model, k * 97 * 4096);
-      }
-      await blk.write(0, Buffer.alloc(BLOCK, 'after round 0;'));
-      Buffer.alloc(BLOCK, 'after round 0;').copy(model, 0);
+      for (let k = 0; k < 40; k++) await put(blk, model, k * 97 * 4096, Buffer.alloc(4096, `page ${k} after round 0;`));
+      await put(blk, model, 0, Buffer.alloc(BLOCK, 'after round 0;'));
       let round = await saveRound(fe.conn, PrecopyPhase.ROUND);
       if (harm === 'truncated') round = round.subarray(0, round.length - 100);
       else if (harm === 'corrupted data') round[round.length - 200] ^= 0x40;
       else if (harm === 'corrupted table') round[64 + 3] ^= 0x01;
       else {
         // Round 1 never reaches the destination: round 2 comes next.
-        await blk.write(0, Buffer.alloc(BLOCK, 'after round 1;'));
-        Buffer.alloc(BLOCK, 'after round 1;').copy(model, 0);
+        await put(blk, model, 0, Buffer.alloc(BLOCK, 'after round 1;'));
         round = await saveRound(fe.conn, PrecopyPhase.ROUND);
       }
       t.regex(await loadRound(dst, round), /CHECK_DEVICE_STATE failed/);
@@ -191,24 +205,17 @@ for (const harm of ['truncated', 'corrupted data', 'corrupted table', 'skipped']
       dst.close();
       // The source never stopped: it serves, and every write is there.
       t.deepEqual(await readBack(blk, model), []);
-    } finally {
-      await fe.close();
-      await Promise.all([a.stop(), b.stop()]);
-    }
+    });
   });
 }
 
 maybe('pre-copy: a final state naming a round the destination lacks is refused; the source resumes', async (t) => {
   t.timeout(60_000);
-  const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
-  const fe = await connect(a);
-  try {
-    const blk = new BlkDevice(fe.queues[0]);
+  await withPair('memory:16M', async ({ b, fe, blk }) => {
     const model = await fill(blk, 16 * MIB);
     const dst = await rawDestination(b);
     t.is(await loadRound(dst, await saveRound(fe.conn, PrecopyPhase.START)), 'ok');
-    await blk.write(0, Buffer.alloc(BLOCK, 'after round 0;'));
-    Buffer.alloc(BLOCK, 'after round 0;').copy(model, 0);
+    await put(blk, model, 0, Buffer.alloc(BLOCK, 'after round 0;'));
     // Round 1 leaves the source but never reaches the destination.
     await saveRound(fe.conn, PrecopyPhase.ROUND);
     const base = await fe.stopQueue(0);
@@ -224,18 +231,13 @@ maybe('pre-copy: a final state naming a round the destination lacks is refused; 
     native.close(w);
     await fe.startQueue(0, base);
     t.deepEqual(await readBack(blk, model), []);
-  } finally {
-    await fe.close();
-    await Promise.all([a.stop(), b.stop()]);
-  }
+  });
 });
 
 maybe('pre-copy: the destination dies during round 0; the migration fails and the source keeps serving', async (t) => {
   t.timeout(60_000);
-  const [a, b] = await Promise.all([blkHost('memory:256M'), blkHost('memory:256M')]);
-  const fe = await connect(a);
-  try {
-    const blk = new BlkDevice(fe.queues[0]);
+  // Stopping the killed destination afterwards only waits for its exit, which has come.
+  await withPair('memory:256M', async ({ b, fe, blk }) => {
     const model = await fill(blk, 64 * MIB);
     const err = await t.throwsAsync(
       migrate(fe, b.socketPath, {
@@ -249,29 +251,16 @@ maybe('pre-copy: the destination dies during round 0; the migration fails and th
     t.true(err!.sourceResumed, err!.message);
     t.regex(err!.message, /source keeps serving/);
     // The source is whole and still serves; a round cut short left nothing pending there.
-    await blk.write((200 * MIB) / 512, Buffer.alloc(MIB, 'after the failed migration\n'));
-    Buffer.alloc(MIB, 'after the failed migration\n').copy(model, 200 * MIB);
+    await put(blk, model, 200 * MIB, Buffer.alloc(MIB, 'after the failed migration\n'));
     t.deepEqual(await readBack(blk, model.subarray(0, 256 * MIB)), []);
-  } finally {
-    await fe.close();
-    await a.stop();
-    await b.stop().catch(() => {});
-  }
+  });
 });
 
 maybe('pre-copy: a source torn from its reader mid-round (EPIPE) fails the round and serves on; a new pre-copy starts whole', async (t) => {
   t.timeout(60_000);
-  const [a, b] = await Promise.all([blkHost('memory:64M'), blkHost('memory:64M')]);
-  const fe = await connect(a);
-  try {
-    const blk = new BlkDevice(fe.queues[0]);
+  await withPair('memory:64M', async ({ a, b, fe, blk }) => {
     const model = await fill(blk, 64 * MIB);
-    const [r, w] = native.pipe2();
-    try {
-      await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, PrecopyPhase.START, w);
-    } finally {
-      native.close(w);
-    }
+    const r = await startSave(fe.conn, PrecopyPhase.START);
     // Read a little of the round, then go away: the source's next write fails.
     const buf = Buffer.alloc(64 << 10);
     let got = 0;
@@ -287,10 +276,7 @@ maybe('pre-copy: a source torn from its reader mid-round (EPIPE) fails the round
     const report = await migrate(fe, b.socketPath, { precopyRounds: 1 });
     t.is(report.precopyMs.length, 2, 'one live round and one with the rings stopped');
     t.deepEqual(await readBack(blk, model), []);
-  } finally {
-    await fe.close();
-    await Promise.all([a.stop(), b.stop()]);
-  }
+  });
 });
 
 maybe('vhost-wasm migrate pre-copies a memory disk by default, and --precopy-rounds 0 moves it at the stop', async (t) => {

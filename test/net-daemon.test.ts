@@ -4,14 +4,13 @@
 // Prometheus exposition (frames and bytes each way, drops by reason, frames queued now) and
 // from `ctl stats`.
 import test from 'ava';
-import { request } from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { deviceModule, REPO } from './helpers/host-process.ts';
-import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, scrapeMetrics, startDaemonWith, type DaemonProcess } from './helpers/daemon-process.ts';
 import { frame, HEADER, RX, STATUS_SENT, TX } from './devices/net-test-device.ts';
 
 const opts: FrontendOptions = { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1), eventIdx: true, indirect: false };
@@ -23,8 +22,7 @@ test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'net-daemon-'));
   const module = deviceModule(join(REPO, 'test', 'devices', 'net-test-device.ts'));
   const dev = (id: string, network: string[]) => ({ id, tenant: 'acme', socket: `${id}.sock`, module, grants: { network }, limits: { callDeadlineMs: 10_000 } });
-  writeFileSync(join(dir, 'daemon.json'), JSON.stringify({ control: sock('control'), metrics: `unix:${sock('metrics')}`, devices: [dev('a', ['seg0']), dev('b', ['seg0']), dev('c', ['seg1'])] }));
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, { control: sock('control'), metrics: `unix:${sock('metrics')}`, devices: [dev('a', ['seg0']), dev('b', ['seg0']), dev('c', ['seg1'])] });
 });
 
 test.after.always(async () => {
@@ -32,18 +30,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-function scrape(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sock('metrics'), path: '/metrics' });
-    req.on('response', (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const scrape = () => scrapeMetrics(sock('metrics'));
 
 const sample = (text: string, name: string, labels: string) => {
   const m = new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, 'm').exec(text);

@@ -3,11 +3,12 @@
 // small for a frame, or gives several with MRG_RXBUF. Each test has its own pair of devices on
 // its own network of one daemon.
 import test, { type ExecutionContext } from 'ava';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { startDaemonWith, type DaemonProcess } from './helpers/daemon-process.ts';
+import { mac } from './helpers/mac.ts';
 import { REPO, assertBuilt } from './helpers/host-process.ts';
 
 const NET = join(REPO, 'dist', 'plugins', 'net.wasm');
@@ -27,15 +28,13 @@ test.before(async () => {
   const devices = PAIRS.flatMap((pair) =>
     (['a', 'b'] as const).map((side) => ({ id: `${pair}-${side}`, socket: sock(pair, side), plugin: NET, grants: { network: [pair] }, options: { mac: MAC[side] } })),
   );
-  writeFileSync(join(dir, 'net.json'), JSON.stringify({ devices }));
-  daemon = await startDaemon(['--config', join(dir, 'net.json')]);
+  daemon = await startDaemonWith(dir, { devices });
 });
 test.after.always(async () => {
   await daemon?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
-const mac = (s: string) => Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
 let seq = 0;
 function frame(len: number): Buffer {
   const f = Buffer.alloc(len);

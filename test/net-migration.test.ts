@@ -4,13 +4,14 @@
 // devices that carry state), frames keep flowing both ways through b2, and b2's saved state
 // holds what b counted and learned before the migration.
 import test from 'ava';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate, saveState } from '../host/frontend/migrate.ts';
 import { decodeHeader, peekHeaderLength } from '../host/migration/container.ts';
-import { startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { startDaemonWith, type DaemonProcess } from './helpers/daemon-process.ts';
+import { mac } from './helpers/mac.ts';
 import { REPO, assertBuilt } from './helpers/host-process.ts';
 
 const NET = join(REPO, 'dist', 'plugins', 'net.wasm');
@@ -27,15 +28,13 @@ test.before(async () => {
   assertBuilt();
   dir = mkdtempSync(join(tmpdir(), 'net-migration-'));
   const devices = [['a', MAC.a], ['b', MAC.b], ['b2', MAC.b]].map(([id, mac]) => ({ id, socket: sock(id), plugin: NET, grants: { network: ['seg0'] }, options: { mac } }));
-  writeFileSync(join(dir, 'net.json'), JSON.stringify({ devices }));
-  daemon = await startDaemon(['--config', join(dir, 'net.json')]);
+  daemon = await startDaemonWith(dir, { devices });
 });
 test.after.always(async () => {
   await daemon?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
-const mac = (s: string) => Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
 let seq = 0;
 /** An Ethernet frame src -> dst carrying a UDP-ish payload that names it. */
 function frame(src: string, dst: string): Buffer {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
 import type { Answer, DeviceAction, DeviceEvent, Send } from '../host/device/device.ts';
 import { REPO } from './helpers/host-process.ts';
+import { mac } from './helpers/mac.ts';
 
 const NET = join(REPO, 'dist', 'plugins', 'net.wasm');
 const cacheDir = mkdtempSync(join(tmpdir(), 'net-plugin-test-'));
@@ -39,7 +40,6 @@ const A = '52:54:00:00:00:0a';
 const B = '52:54:00:00:00:0b';
 const C = '52:54:00:00:00:0c';
 const BROADCAST = 'ff:ff:ff:ff:ff:ff';
-const mac = (s: string) => Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
 const ip = (s: string) => Buffer.from(s.split('.').map(Number));
 
 /** An Ethernet frame: IPv4 + TCP/UDP/ICMP headers, padded to `len` bytes. */

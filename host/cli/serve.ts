@@ -8,7 +8,6 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { closeSpareWorkers, keepSpareWorkers } from '../device/spare-workers.ts';
 
-import { parseArgs } from 'node:util';
 import { ConfigError, parseDaemonConfig, type DaemonConfig } from '../daemon/config.ts';
 import { activatedSockets } from '../daemon/systemd.ts';
 import { Daemon } from '../daemon/daemon.ts';
@@ -22,6 +21,7 @@ import { MetricsAddressError, parseMetricsAddress } from '../metrics/address.ts'
 import { MetricsExporter } from '../metrics/exporter.ts';
 import { MetricsServer } from '../metrics/server.ts';
 import { UsageError } from './args.ts';
+import { parseFlags } from './flags.ts';
 
 export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--metrics ADDRESS] [--log-level LEVEL]
                           [--log-format text|json]
@@ -72,19 +72,14 @@ function addresses(config: DaemonConfig): { listen: ListenAddress[]; control: Li
 export async function runServe(argv: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        config: { type: 'string' },
-        control: { type: 'string' },
-        metrics: { type: 'string' },
-        'log-level': { type: 'string' },
-        'log-format': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    values = parseFlags(argv, {
+      config: { type: 'string' },
+      control: { type: 'string' },
+      metrics: { type: 'string' },
+      'log-level': { type: 'string' },
+      'log-format': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    });
     if (values.help) {
       process.stdout.write(SERVE_HELP);
       return 0;
@@ -107,7 +102,7 @@ export async function runServe(argv: string[]): Promise<number> {
       }
     }
   } catch (e) {
-    process.stderr.write(`vhost-wasm serve: ${(e as Error).message.replace(/\. To specify.*$/, '')}\n`);
+    process.stderr.write(`vhost-wasm serve: ${(e as Error).message}\n`);
     return 2;
   }
   const file = values.config;

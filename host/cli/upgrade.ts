@@ -6,9 +6,9 @@
 // 2 usage, 3 the host could not be reached.
 
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { human, request } from './ctl.ts';
 import { controlPathFor } from '../server/host-control.ts';
+import { parseFlags } from './flags.ts';
 
 export const UPGRADE_HELP = `Usage: vhost-wasm upgrade --socket PATH --plugin FILE.wasm [--control PATH] [--json]
 
@@ -32,12 +32,7 @@ Exit status: 0 upgraded, 1 refused (the old instance serves on), 2 usage error, 
 export async function runUpgrade(argv: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: { socket: { type: 'string' }, control: { type: 'string' }, plugin: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
-    }));
+    values = parseFlags(argv, { socket: { type: 'string' }, control: { type: 'string' }, plugin: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } });
     if (values.help) {
       process.stdout.write(UPGRADE_HELP);
       return 0;
@@ -45,7 +40,7 @@ export async function runUpgrade(argv: string[]): Promise<number> {
     if (!values.plugin) throw new Error('give --plugin FILE.wasm (the new build)');
     if (!values.socket && !values.control) throw new Error('give --socket PATH (the host\'s --socket-path) or --control PATH');
   } catch (e) {
-    process.stderr.write(`vhost-wasm upgrade: ${(e as Error).message.replace(/\. To specify.*$/, '')} (see --help)\n`);
+    process.stderr.write(`vhost-wasm upgrade: ${(e as Error).message} (see --help)\n`);
     return 2;
   }
   const path = values.control ?? controlPathFor(values.socket!);

@@ -132,26 +132,42 @@ export class TokenBucket {
 
   /** 0 when a request may go now; otherwise the ms until one may (the caller re-arms a timer). */
   waitMs(): number {
-    return this.locked(() => {
-      const f = this.f;
-      if (f[F.iops] === 0 && f[F.bps] === 0) return 0;
-      this.fill(now());
-      let wait = 0;
-      if (f[F.iops] > 0 && f[F.opsTokens] < 1) wait = ((1 - f[F.opsTokens]) / f[F.iops]) * 1000;
-      if (f[F.bps] > 0 && f[F.bytesTokens] <= 0) wait = Math.max(wait, ((1 - f[F.bytesTokens]) / f[F.bps]) * 1000);
-      if (wait > 0) f[F.waits]++;
-      return wait;
-    });
+    return this.locked(() => this.waitLocked());
   }
 
   /** A request of `bytes` went. */
   take(bytes: number): void {
-    this.locked(() => {
-      const f = this.f;
-      if (f[F.iops] > 0) f[F.opsTokens] -= 1;
-      if (f[F.bps] > 0) f[F.bytesTokens] -= bytes;
-      f[F.passedOps]++;
-      f[F.passedBytes] += bytes;
+    this.locked(() => this.takeLocked(bytes));
+  }
+
+  /**
+   * For a caller that drops rather than waits: takes a request of `bytes` and returns true if one
+   * may go now; otherwise returns false (counted as a wait). Check and take in one hold of the lock.
+   */
+  tryTake(bytes: number): boolean {
+    return this.locked(() => {
+      if (this.waitLocked() > 0) return false;
+      this.takeLocked(bytes);
+      return true;
     });
+  }
+
+  private waitLocked(): number {
+    const f = this.f;
+    if (f[F.iops] === 0 && f[F.bps] === 0) return 0;
+    this.fill(now());
+    let wait = 0;
+    if (f[F.iops] > 0 && f[F.opsTokens] < 1) wait = ((1 - f[F.opsTokens]) / f[F.iops]) * 1000;
+    if (f[F.bps] > 0 && f[F.bytesTokens] <= 0) wait = Math.max(wait, ((1 - f[F.bytesTokens]) / f[F.bps]) * 1000);
+    if (wait > 0) f[F.waits]++;
+    return wait;
+  }
+
+  private takeLocked(bytes: number): void {
+    const f = this.f;
+    if (f[F.iops] > 0) f[F.opsTokens] -= 1;
+    if (f[F.bps] > 0) f[F.bytesTokens] -= bytes;
+    f[F.passedOps]++;
+    f[F.passedBytes] += bytes;
   }
 }

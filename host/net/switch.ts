@@ -288,12 +288,9 @@ export class NetworkSwitch {
       if (!g || offset + len > m.buf.byteLength) continue;
       // A guest that floods is held to its rate here, before any destination's inbox: dropped
       // and counted, as a policer does (the ring is not held back: rx and tx share no budget).
-      if (from.rate !== null) {
-        if (from.rate.waitMs() > 0) {
-          from.counters.add('txRateDrops', 1);
-          continue;
-        }
-        from.rate.take(len);
+      if (from.rate !== null && !from.rate.tryTake(len)) {
+        from.counters.add('txRateDrops', 1);
+        continue;
       }
       const own = g.endpoint.port;
       if (to === FLOOD) {

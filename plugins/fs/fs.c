@@ -231,6 +231,19 @@ static void set_name(uint32_t id, uint64_t parent, const uint8_t *name, size_t l
   if (!name_put(id, parent, copy, len)) free(copy);
 }
 
+/* Slot `id` holds `e` afresh, looked up once, and is found by its (dev, ino). */
+static void inode_init(uint32_t id, const vfs_entry *e) {
+  fs_inode *in = &INODE_AT(id);
+  memset(in, 0, sizeof *in);
+  in->used = 1;
+  in->handle = e->node;
+  in->dev = e->attr.dev;
+  in->ino = e->attr.ino;
+  in->mode = e->attr.mode;
+  in->nlookup = 1;
+  hash_insert(id);
+}
+
 /*
  * Take a fresh host entry into the table: the same host inode becomes the same nodeid (the
  * new handle is closed), otherwise a new nodeid. Counts one kernel lookup. 0 = full (the
@@ -259,15 +272,7 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
     vfs_close(e->node);
     return 0;
   }
-  fs_inode *in = &INODE_AT(id);
-  memset(in, 0, sizeof *in);
-  in->used = 1;
-  in->handle = e->node;
-  in->dev = e->attr.dev;
-  in->ino = e->attr.ino;
-  in->mode = e->attr.mode;
-  in->nlookup = 1;
-  hash_insert(id);
+  inode_init(id, e);
   if (name) set_name(id, parent, name, len);
   return id;
 }
@@ -387,15 +392,7 @@ void fs_tables_clear(void) {
 
 /* Nodeid 1 holds the share root `e` (a fresh start and the end of a load alike). */
 static void put_root(const vfs_entry *e) {
-  fs_inode *r = &INODE_AT(FUSE_ROOT_ID);
-  memset(r, 0, sizeof *r);
-  r->used = 1;
-  r->handle = e->node;
-  r->dev = e->attr.dev;
-  r->ino = e->attr.ino;
-  r->mode = e->attr.mode;
-  r->nlookup = 1;
-  hash_insert(FUSE_ROOT_ID);
+  inode_init(FUSE_ROOT_ID, e);
 }
 
 /* The root as nodeid 1 (slot 0 is never used). */

@@ -97,7 +97,7 @@ void mac_format(const uint8_t mac[6], char out[18]) {
   }
 }
 
-static char *put_uint(char *o, uint32_t v) {
+char *put_uint(char *o, uint32_t v) {
   char tmp[10];
   int n = 0;
   do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);

@@ -44,5 +44,7 @@ const char *ipv4_parse(const char *s, uint32_t *out);
 /* Writes "aa:bb:cc:dd:ee:ff\0" (18 bytes) and "255.255.255.255\0" (at most 16). */
 void mac_format(const uint8_t mac[6], char out[18]);
 void ipv4_format(uint32_t ip, char out[16]);
+/* Writes `v` in decimal at `o` (at most 10 chars, no NUL); returns the end. */
+char *put_uint(char *o, uint32_t v);
 
 #endif

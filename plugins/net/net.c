@@ -177,14 +177,6 @@ static char *put(char *o, const char *s) {
   return o;
 }
 
-static char *put_uint(char *o, uint32_t v) {
-  char tmp[10];
-  int n = 0;
-  do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);
-  while (n) *o++ = tmp[--n];
-  return o;
-}
-
 static char *put_end(char *o, const flow *f, int src) {
   if (!f->has_ip) {
     char m[18];

@@ -1,8 +1,10 @@
 // Runs `vhost-wasm serve --config FILE` (the built binary, as users run it) as a child, and
 // `vhost-wasm ctl` against it; and a raw JSON-RPC line client for requests ctl would never send.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { createConnection } from 'node:net';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostCommand, REPO } from './host-process.ts';
 
@@ -56,6 +58,13 @@ export async function startDaemon(args: string[], opts: Parameters<typeof spawnD
   return d;
 }
 
+/** Writes `config` to DIR/daemon.json and starts the daemon on it (startDaemon). */
+export function startDaemonWith(dir: string, config: object, opts: Parameters<typeof spawnDaemon>[1] = {}): Promise<DaemonProcess> {
+  const file = join(dir, 'daemon.json');
+  writeFileSync(file, JSON.stringify(config));
+  return startDaemon(['--config', file], opts);
+}
+
 export interface CtlResult {
   code: number | null;
   stdout: string;
@@ -72,6 +81,20 @@ export function ctl(args: string[], wrap: string[] = [], cwd = REPO): Promise<Ct
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** GET /metrics from an exporter listening on a Unix socket: the Prometheus exposition's text. */
+export function scrapeMetrics(socketPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: '/metrics' });
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** Sends raw lines on one connection and collects `expect` answer lines (or what came before EOF). */

@@ -7,6 +7,17 @@ import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus } from '../../host/
 import { DriverQueue } from '../../host/frontend/queue.ts';
 import { ProtocolFeature } from '../../host/protocol/constants.ts';
 
+/** 64 random-looking bytes from the rng device at `path`, through a real front-end (one ring of 64). */
+export async function randomFrom(path: string): Promise<void> {
+  const fe = await VhostUserFrontend.connect(path, { memoryBytes: 4 << 20, queues: [64] });
+  try {
+    const r = await fe.queues[0].submit([], 64);
+    if (r.len !== 64 || new Set(r.data).size < 16) throw new Error(`rng at ${path} answered ${r.len} bytes`);
+  } finally {
+    await fe.close();
+  }
+}
+
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
   return Promise.race([
