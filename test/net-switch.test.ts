@@ -162,10 +162,16 @@ test.serial('a flood towards a device that takes nothing is bounded: never more 
     Atomics.store(gate, 0, 0);
     t.is(await blocked, STATUS_SENT);
     await until('b to empty its inbox', () => stats('b').rxQueuedFrames === 0);
-    const e = stats('b');
-    // Every frame a sent to b is accounted for: given to b (it holds no rx buffer: unread) or dropped.
-    const got = e.rxFrames - b0.rxFrames + (e.rxUnread - b0.rxUnread) + (e.rxQueueDrops - b0.rxQueueDrops) + (e.rxNotRunning - b0.rxNotRunning);
-    t.is(got + (stats('a').txDrops - a0.txDrops), N);
+    // Every frame a sent to b is accounted for: given to b (it holds no rx buffer: unread) or
+    // dropped. Frames b's worker has taken off the inbox are counted once its call returns, so
+    // the sum is waited for (until() fails the test if it never gets there), then checked exactly.
+    const total = () => {
+      const e = stats('b');
+      const got = e.rxFrames - b0.rxFrames + (e.rxUnread - b0.rxUnread) + (e.rxQueueDrops - b0.rxQueueDrops) + (e.rxNotRunning - b0.rxNotRunning);
+      return got + (stats('a').txDrops - a0.txDrops);
+    };
+    await until(`all ${N} frames to be accounted for`, () => total() >= N);
+    t.is(total(), N);
   } finally {
     Atomics.store(gate, 0, 0);
     await Promise.all([a.close(), b.close()]);
