@@ -161,7 +161,7 @@ function usage<T>(path: (string | number)[], fn: () => T): T {
   }
 }
 
-/** A transform whose FieldIssues (and ConfigErrors naming a field in it) become the schema's issues. */
+/** A transform whose FieldIssues become issues of the parse, at their path under the value transformed. */
 function checked<I, O>(build: (input: I) => O) {
   return (input: I, ctx: z.RefinementCtx<I>): O => {
     try {
