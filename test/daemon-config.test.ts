@@ -4,7 +4,8 @@
 import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseDaemonConfig, ConfigError } from '../host/daemon/config.ts';
+import { parseDaemonConfig, parseDeviceSpec, ConfigError } from '../host/daemon/config.ts';
+import { CONFIG_SCHEMA_FILE, configSchemaText } from '../scripts/config-schema.ts';
 import { activatedSockets } from '../host/daemon/systemd.ts';
 import { REPO } from './helpers/host-process.ts';
 
@@ -125,4 +126,99 @@ test('a sharedDir device takes the fs options of the command line under their ow
     () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'b', socket: 'b.sock', plugin: 'blk.wasm', grants: { storage: 'memory:1M', cache: 'never' } }] }), '/d.json'),
     { instanceOf: ConfigError, message: /devices\[0\]\.grants\.cache: applies to "sharedDir"/ },
   );
+});
+
+test('every error names the field as a path and says why, in plain words', (t) => {
+  const parse = (doc: unknown) => () => parseDaemonConfig(JSON.stringify(doc), '/d.json');
+  const dev = { id: 'q', socket: 'q.sock', plugin: 'blk.wasm' };
+  const cases: [unknown, string | RegExp][] = [
+    [[], '(document): must be an object, not an array'],
+    [{ devices: [dev], spare: 1 }, 'spare: unknown field (allowed here: control, logLevel, logFormat, metrics, spareWorkers, start, devices)'],
+    [{}, 'devices: missing: list the devices to serve (it may be [] when "control" is given)'],
+    [{ devices: {} }, 'devices: must be an array, not an object'],
+    [{ devices: [dev, 'q'] }, 'devices[1]: must be an object, not a string ("q")'],
+    [{ devices: [{ socket: 'q.sock', plugin: 'blk.wasm' }] }, 'devices[0].id: missing: every device needs an id (its name in logs and in the management API)'],
+    [{ devices: [{ ...dev, grants: { network: ['seg0', 7] } }] }, 'devices[0].grants.network[1]: must be a string, not a number (7)'],
+    [{ devices: [{ ...dev, grants: { storage: 'memory:1M', readOnly: 'yes' } }] }, 'devices[0].grants.readOnly: must be true or false, not a string ("yes")'],
+    [{ devices: [{ ...dev, grants: { storage: 'memory:lots' } }] }, 'devices[0].grants.storage: "lots" is not a size (examples: 4096, 64M, 1G)'],
+    [{ devices: [{ ...dev, limits: { memory: true } }] }, 'devices[0].limits.memory: must be a number of bytes or a size such as "64M", not a boolean (true)'],
+    [{ devices: [{ ...dev, limits: { memory: 0 } }] }, `devices[0].limits.memory: 0 is out of range (1..${Number.MAX_SAFE_INTEGER})`],
+    [{ devices: [{ ...dev, limits: { iopsBurst: 10 } }] }, 'devices[0].limits.iopsBurst: is a burst of "iops", which is not limited: give "iops" too'],
+    [{ devices: [{ ...dev, limits: { bytesPerSecond: '32T' } }] }, `devices[0].limits.bytesPerSecond: ${2 ** 45} is out of range (0..${2 ** 44})`],
+    [{ devices: [{ ...dev, tenant: '' }] }, 'devices[0].tenant: is empty'],
+    [{ devices: [{ ...dev, socket: 'a\0b' }] }, 'devices[0].socket: contains a NUL byte'],
+    [{ control: 5, devices: [] }, 'control: must be a socket path or {"path": ...} or {"systemd": NAME}, not a number (5)'],
+    [{ control: { path: 'c.sock', systemd: 'c' }, devices: [] }, 'control: give "path" or "systemd" (one)'],
+    [{ control: { path: 7 }, devices: [] }, 'control.path: must be a string, not a number (7)'],
+    [{ logLevel: 'loud', devices: [dev] }, 'logLevel: "loud" is not one of error, warn, info, debug'],
+    [{ devices: [] }, 'devices: is empty and there is no "control" socket to add devices through: nothing to serve'],
+  ];
+  for (const [doc, message] of cases) {
+    const e = t.throws(parse(doc), { instanceOf: ConfigError, message }, JSON.stringify(doc));
+    t.is(e?.code, 'ERR_CONFIG');
+    t.is(e?.message, `${e?.field}: ${e?.why}`);
+  }
+  // device-add's params are checked by the same schema, named from "params".
+  t.throws(() => parseDeviceSpec({ ...dev, socket: '/s.sock', plugin: '/p.wasm', limits: { callDeadlineMs: 0 } }, 'params', 'absolute-only'), {
+    instanceOf: ConfigError,
+    message: 'params.limits.callDeadlineMs: 0 is out of range (1..60000)',
+  });
+  t.throws(() => parseDeviceSpec({ ...dev, plugin: '/p.wasm' }, 'params', 'absolute-only'), { message: /^params\.socket: "q\.sock" is relative: give an absolute path/ });
+  t.throws(() => parseDeviceSpec({ ...dev, socket: undefined, fd: 3 }, 'params', 'absolute-only'), { message: /^params\.fd: an fd cannot be handed over the management API/ });
+});
+
+test('a TOML file (chosen by its .toml name) gives what the same JSON gives; a syntax error names the line', (t) => {
+  const json = {
+    control: 'control.sock',
+    start: 'eager',
+    devices: [
+      { id: 'rng0', tenant: 'acme', socket: 'rng0.sock', plugin: 'rng.wasm', grants: { entropy: true }, limits: { cpuShare: 0.25 } },
+      { id: 'blk0', socket: '/run/blk0.sock', plugin: 'blk.wasm', grants: { storage: 'memory:64M' }, limits: { memory: '256M', iops: 5000, bytesPerSecond: '200M' }, options: { mode: 'fast' } },
+    ],
+  };
+  const toml = `
+control = "control.sock"
+start = "eager"
+
+[[devices]]
+id = "rng0"
+tenant = "acme"
+socket = "rng0.sock"
+plugin = "rng.wasm"
+grants = { entropy = true }
+limits = { cpuShare = 0.25 }
+
+[[devices]]
+id = "blk0"
+socket = "/run/blk0.sock"
+plugin = "blk.wasm"
+options.mode = "fast"
+
+[devices.grants]
+storage = "memory:64M"
+
+[devices.limits]
+memory = "256M"
+iops = 5000
+bytesPerSecond = "200M"
+`;
+  t.deepEqual(parseDaemonConfig(toml, '/etc/vhost-wasm/daemon.toml'), parseDaemonConfig(JSON.stringify(json), '/etc/vhost-wasm/daemon.json'));
+  t.throws(() => parseDaemonConfig(toml.replace('iops = 5000', 'iops = "many"'), '/etc/vhost-wasm/daemon.toml'), {
+    instanceOf: ConfigError,
+    message: 'devices[1].limits.iops: must be a whole number, not a string ("many")',
+  });
+  const e = t.throws(() => parseDaemonConfig('control = "c.sock"\n\n[[devices]\nid = "x"\n', '/d.TOML'), { instanceOf: ConfigError });
+  t.is(e?.field, '(file)');
+  t.regex(e!.message, /^\(file\): \/d\.TOML is not valid TOML: line 3, column \d+: /);
+  // Any other name is JSON, as before.
+  t.throws(() => parseDaemonConfig(toml, '/d.conf'), { message: /^\(file\): \/d\.conf is not valid JSON/ });
+});
+
+test('docs/config.schema.json is the JSON Schema the code generates (node --import tsx scripts/config-schema.ts writes it)', (t) => {
+  t.is(readFileSync(CONFIG_SCHEMA_FILE, 'utf8'), configSchemaText(), 'stale: run node --import tsx scripts/config-schema.ts');
+  const schema = JSON.parse(configSchemaText()) as { properties: Record<string, { items?: { properties: Record<string, unknown>; additionalProperties: unknown } }>; required: string[] };
+  t.deepEqual(schema.required, ['devices']);
+  const device = schema.properties.devices.items!;
+  t.false(device.additionalProperties, 'unknown fields are refused, as the parser refuses them');
+  t.deepEqual(Object.keys(device.properties), ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options', 'start']);
 });

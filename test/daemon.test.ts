@@ -344,6 +344,22 @@ for (const [what, doc, re] of BAD) {
   });
 }
 
+test('a TOML config (FILE.toml) serves its devices; a TOML syntax error names the line and starts nothing', async (t) => {
+  const d = mkdtempSync(join(tmpdir(), 'daemon-toml-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  const file = join(d, 'daemon.toml');
+  writeFileSync(file, `[[devices]]\nid = "t"\nsocket = "t.sock"\nplugin = "${rng}"\ngrants.entropy = true\n`);
+  const p = await startDaemon(['--config', file]);
+  t.teardown(() => void p.stop());
+  await randomFrom(join(d, 't.sock'));
+  t.is(await p.stop(), 0);
+  writeFileSync(file, `[[devices]]\nid = "t"\nsocket = "t.sock"\nplugin = "${rng}"\ngrants.entropy = yes\n`);
+  const bad = spawnDaemon(['--config', file]);
+  t.is(await bad.exited, 2, bad.log());
+  t.regex(bad.log(), /config .*daemon\.toml: \(file\): .*daemon\.toml is not valid TOML: line 5, column \d+: .*\[ERR_CONFIG\]/);
+  t.false(existsSync(join(d, 't.sock')));
+});
+
 test('systemd socket activation: a device and the management socket come from LISTEN_FDS by name', async (t) => {
   const d = mkdtempSync(join(tmpdir(), 'daemon-systemd-'));
   t.teardown(() => rmSync(d, { recursive: true, force: true }));

@@ -33,7 +33,7 @@ test('the daemon config takes "options" per plugin device and refuses what the f
   t.deepEqual({ ...spec.pluginOptions }, { mac: '52:54:00:00:00:02' });
   t.throws(() => parseDeviceSpec({ id: 'n0', socket: '/tmp/n0.sock', plugin: '/x/net.wasm', options: { mac: 5 } }, 'devices[0]', 'absolute-only'), {
     instanceOf: ConfigError,
-    message: 'devices[0].options: plugin option mac: the value must be a string, not 5',
+    message: 'devices[0].options.mac: must be a string, not a number (5)',
   });
   t.throws(() => parseDeviceSpec({ id: 'n0', socket: '/tmp/n0.sock', plugin: '/x/net.wasm', options: ['mac=1'] }, 'devices[0]', 'absolute-only'), {
     instanceOf: ConfigError,

@@ -280,7 +280,7 @@ export function human(method: string, result: unknown): string {
     case 'plugin-upgrade': {
       const r = result as MethodResults['plugin-upgrade'];
       return (
-        `${r.id}: ${r.name} ${r.fromVersion} -> ${r.toVersion} (${r.plugin})` +
+        `${r.id}: ${r.name} ${r.fromVersion ?? '(none running)'} -> ${r.toVersion} (${r.plugin})` +
         (r.frontEnd ? `; rings ${r.rings.join(', ') || 'none running'} stopped ${r.stoppedMs.toFixed(2)} ms, ${r.stateBytes} state bytes moved\n` : '; no front-end connected\n')
       );
     }

@@ -26,7 +26,7 @@ import { parseFlags } from './flags.ts';
 export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--metrics ADDRESS] [--log-level LEVEL]
                           [--log-format text|json]
 
-Serve every device listed in FILE (JSON) from one process, each on its own socket and in its
+Serve every device listed in FILE (JSON, or TOML if its name ends in .toml) from one process, each on its own socket and in its
 own worker, and optionally a management socket for \`vhost-wasm ctl\` (README, "Operating
 a daemon", has an example file). The whole file is checked before anything starts: a bad
 field stops start-up (exit status 2) with the field named. A device that cannot start (its

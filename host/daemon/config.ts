@@ -1,16 +1,25 @@
-// The daemon's configuration (`vhost-wasm serve --config FILE`, and the `device-add` request of
-// the management API, which takes one device in the same shape). JSON, validated field by
-// field: every error names the field ("devices[2].grants.storage") and says why, and the whole
-// file is checked before anything starts, so a bad file never leaves a daemon half up.
+// The daemon's configuration (`vhost-wasm serve --config FILE`: JSON, or TOML for a FILE ending
+// in .toml; and the `device-add` request of the management API, which takes one device in the
+// same shape). One schema checks it all: every error names the field as a path
+// ("devices[2].grants.storage") and says why in plain words, and the whole document is checked
+// before anything starts, so a bad file never leaves a daemon half up. The size, storage,
+// shared-directory and network parsers are the single-device command line's (cli/args.ts), run
+// from the schema's transforms, so the two cannot drift apart. docs/config.schema.json is the
+// schema's input side as JSON Schema (configJsonSchema(); a test keeps the file current).
 //
-// No schema library is installed in this project (no ajv, zod or TOML parser), so the checks
-// are written out here; they mirror the single-device command line's flags one to one, and
-// reuse its size and grant parsers so the two cannot drift apart.
+// The schema library is zod (4), not ajv with a hand-written JSON Schema: the schema is
+// TypeScript, so what it returns is typed from it; its transforms run our own parsers in place
+// (ajv validates, then a second pass would have to convert and check again); its issues carry
+// the path we name fields by; and z.toJSONSchema gives the published JSON Schema from the same
+// source instead of a second document to keep in step. TOML is read by smol-toml (TOML 1.0,
+// errors with line and column).
 
-import { checkPluginOptions, type PluginOptions } from '../plugin/plugin-options.ts';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { checkPluginOptions, PluginOptionError, type PluginOptions } from '../plugin/plugin-options.ts';
+import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { VhostWasmError } from '../errors.ts';
-import { isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log/logger.ts';
 import { MAX_QUEUE_THREADS, parseSize, parseStorage, parseSharedDir, parseNetworks, parseNetworkRate, UsageError } from '../cli/args.ts';
 import type { StorageSpec } from '../storage/backing.ts';
 import type { FilesystemSpec } from '../fs/option.ts';
@@ -25,7 +34,8 @@ export class ConfigError extends VhostWasmError {
   constructor(
     /** The field at fault, as a path into the document: `devices[1].limits.memory`. */
     readonly field: string,
-    why: string,
+    /** What is wrong with it, in plain words (the message is `field: why`). */
+    readonly why: string,
   ) {
     super(`${field}: ${why}`, { details: { field } });
   }
@@ -77,12 +87,6 @@ export const START_MODES: readonly StartMode[] = ['eager', 'on-connect'];
 /** See docs/BENCHMARKS.md, "Starting devices on their first connection", for why. */
 export const DEFAULT_START: StartMode = 'on-connect';
 
-function startMode(v: unknown, field: string): StartMode {
-  const s = str(v, field);
-  if (!(START_MODES as readonly string[]).includes(s)) throw new ConfigError(field, `"${s}" is not one of ${START_MODES.map((m) => `"${m}"`).join(', ')}`);
-  return s as StartMode;
-}
-
 export interface DaemonConfig {
   /** The management socket, if any. */
   control: { path: string } | { systemd: string } | null;
@@ -100,117 +104,278 @@ export interface DaemonConfig {
 /** Spare worker threads by default: two adds in a row both find one; each costs ~11 MiB while it waits. */
 export const DEFAULT_SPARE_WORKERS = 2;
 const MAX_SPARE_WORKERS = 16;
+/** The most fds one share may be allowed (the share's own ceiling, host/fs/share.ts). */
+const MAX_OPEN_FILES = 65536;
+/** The longest call deadline accepted (a minute: beyond that a hung plugin is never noticed). */
+export const MAX_CALL_DEADLINE_MS = 60_000;
 
 /** Ids and tenants: what appears in logs and socket listings, so nothing that needs quoting. */
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const NAME_RULE = '1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit';
 
-type Obj = Record<string, unknown>;
+// ---- Plain words for what is wrong ----------------------------------------------------------
 
 function typeName(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'bigint') return `a number too large (${v})`;
   return typeof v === 'object' ? 'an object' : `a ${typeof v} (${JSON.stringify(v)})`;
 }
 
-function object(v: unknown, field: string, allowed: readonly string[]): Obj {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(field, `must be an object, not ${typeName(v)}`);
-  for (const k of Object.keys(v)) {
-    if (!allowed.includes(k)) {
-      throw new ConfigError(field === '' ? k : `${field}.${k}`, `unknown field (allowed here: ${allowed.join(', ')})`);
-    }
-  }
-  return v as Obj;
+type RawIssue = { input?: unknown; code?: string };
+
+/** An error map for one schema: "missing" (or `missing`) for an absent value, `why` otherwise. */
+const wording =
+  (why: (input: unknown) => string, missing = 'missing') =>
+  (iss: RawIssue): string =>
+    iss.input === undefined ? missing : why(iss.input);
+
+/** Anything a schema below did not word itself (every leaf does; this is the net under them). */
+function plainWords(iss: RawIssue): string {
+  if (iss.input === undefined) return 'missing';
+  return `is not valid here (${typeName(iss.input)})`;
 }
 
-function str(v: unknown, field: string): string {
-  if (typeof v !== 'string') throw new ConfigError(field, `must be a string, not ${typeName(v)}`);
-  if (v === '') throw new ConfigError(field, 'is empty');
-  if (v.includes('\0')) throw new ConfigError(field, 'contains a NUL byte');
-  return v;
+/**
+ * A problem found by a transform: where (relative to the schema that found it) and why. Thrown
+ * inside a transform and always caught by checked(), which makes it one of the parse's issues:
+ * it never leaves this module, so it is no Error class of the host's (docs/errors.md).
+ */
+class FieldIssue {
+  constructor(
+    readonly path: (string | number)[],
+    readonly why: string,
+  ) {}
 }
 
-function bool(v: unknown, field: string): boolean {
-  if (typeof v !== 'boolean') throw new ConfigError(field, `must be true or false, not ${typeName(v)}`);
-  return v;
-}
+/** What a command-line parser's message starts with to name its flag ("--cache: ", "--storage memory:SIZE: ", "size: "): the field is named instead. */
+const FLAG_PREFIX = /^(?:--[a-z-]+(?: memory:SIZE)?|[a-z]+(?:\.[a-z]+)*): /i;
 
-function int(v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new ConfigError(field, `must be a whole number, not ${typeName(v)}`);
-  if (v < min || v > max) throw new ConfigError(field, `${v} is out of range (${min}..${max})`);
-  return v;
-}
-
-function name(v: unknown, field: string): string {
-  const s = str(v, field);
-  if (!NAME.test(s)) throw new ConfigError(field, `"${s}" is not a valid name (${NAME_RULE})`);
-  return s;
-}
-
-/** A CPU share: a fraction of one CPU, more than 0 (0.5: half a CPU; 2: two). */
-export function cpuShare(v: unknown, field: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ConfigError(field, `must be a number of CPUs (0.5: half of one), not ${typeName(v)}`);
-  if (v < MIN_CPU_SHARE || v > MAX_CPU_SHARE) throw new ConfigError(field, `${v} is out of range (${MIN_CPU_SHARE}..${MAX_CPU_SHARE} CPUs)`);
-  return v;
-}
-
-/** A size: a number of bytes, or a string such as "64M" (the command line's syntax). */
-function size(v: unknown, field: string): number {
-  if (typeof v === 'number') return int(v, field, 1);
-  return asConfigError(field, () => parseSize(str(v, field), field));
-}
-
-/** Runs a command-line parser, turning its UsageError (which names a flag) into one naming the field. */
-function asConfigError<T>(field: string, fn: () => T): T {
+/** Runs a command-line parser: its UsageError (which names a flag) becomes a FieldIssue at `path`. */
+function usage<T>(path: (string | number)[], fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    if (e instanceof UsageError) throw new ConfigError(field, e.message.replace(/^[^:]*: /, ''));
+    if (e instanceof UsageError) throw new FieldIssue(path, e.message.replace(FLAG_PREFIX, ''));
     throw e;
   }
 }
 
-/** Paths in a config file are relative to the file's directory; over the control socket, absolute only. */
-export type PathBase = { dir: string } | 'absolute-only';
+/** A transform whose FieldIssues become issues of the parse, at their path under the value transformed. */
+function checked<I, O>(build: (input: I) => O) {
+  return (input: I, ctx: z.RefinementCtx<I>): O => {
+    try {
+      return build(input);
+    } catch (e) {
+      if (e instanceof FieldIssue) {
+        ctx.issues.push({ code: 'custom', path: e.path, message: e.why, input });
+        return z.NEVER;
+      }
+      throw e;
+    }
+  };
+}
 
-function path(v: unknown, field: string, base: PathBase): string {
-  const p = str(v, field);
-  if (isAbsolute(p)) return p;
-  if (base === 'absolute-only') throw new ConfigError(field, `"${p}" is relative: give an absolute path (the daemon's working directory is not yours)`);
-  return resolve(base.dir, p);
+// ---- Leaves ----------------------------------------------------------------------------------
+
+/** A non-empty string without NUL bytes (paths, tags, rules). */
+function text(missing?: string) {
+  return z
+    .string({ error: wording((v) => `must be a string, not ${typeName(v)}`, missing) })
+    .min(1, { error: 'is empty' })
+    .refine((s) => !s.includes('\0'), { error: 'contains a NUL byte' });
+}
+
+function name(missing?: string) {
+  return text(missing).regex(NAME, { error: (iss) => `"${String(iss.input)}" is not a valid name (${NAME_RULE})` });
+}
+
+function bool() {
+  return z.boolean({ error: wording((v) => `must be true or false, not ${typeName(v)}`) });
+}
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  const range = (iss: RawIssue) => `${String(iss.input)} is out of range (${min}..${max})`;
+  return z
+    .int({ error: wording((v) => `must be a whole number, not ${typeName(v)}`) })
+    .min(min, { error: range })
+    .max(max, { error: range });
+}
+
+function oneOf<T extends string>(values: readonly T[], quoted: boolean) {
+  const list = values.map((v) => (quoted ? `"${v}"` : v)).join(', ');
+  return z.enum(values as unknown as [T, ...T[]], { error: wording((v) => (typeof v === 'string' ? `"${v}" is not one of ${list}` : `must be a string, not ${typeName(v)}`)) });
+}
+
+/**
+ * A size: a number of bytes, or a string such as "64M" (the command line's syntax). `zero`: 0
+ * (or "0") is allowed and means "none"; `max`: the largest accepted.
+ */
+function size(o: { zero?: boolean; max?: number } = {}) {
+  const min = o.zero ? 0 : 1;
+  const max = o.max ?? Number.MAX_SAFE_INTEGER;
+  return z
+    .union([z.number(), z.string()], { error: wording((v) => `must be a number of bytes or a size such as "64M", not ${typeName(v)}`) })
+    .transform(
+      checked((v: number | string): number => {
+        if (o.zero && (v === 0 || (typeof v === 'string' && v.trim() === '0'))) return 0;
+        if (typeof v === 'number' && !Number.isSafeInteger(v)) throw new FieldIssue([], `must be a whole number of bytes, not ${typeName(v)}`);
+        const n = typeof v === 'number' ? v : usage([], () => parseSize(v, 'size'));
+        if (n < min || n > max) throw new FieldIssue([], `${n} is out of range (${min}..${max})`);
+        return n;
+      }),
+    );
+}
+
+/** A CPU share: a fraction of one CPU, more than 0 (0.5: half a CPU; 2: two). */
+const CPU_SHARE = z
+  .number({ error: wording((v) => `must be a number of CPUs (0.5: half of one), not ${typeName(v)}`) })
+  .min(MIN_CPU_SHARE, { error: (iss) => `${String(iss.input)} is out of range (${MIN_CPU_SHARE}..${MAX_CPU_SHARE} CPUs)` })
+  .max(MAX_CPU_SHARE, { error: (iss) => `${String(iss.input)} is out of range (${MIN_CPU_SHARE}..${MAX_CPU_SHARE} CPUs)` });
+
+const CALL_DEADLINE = int(1, MAX_CALL_DEADLINE_MS);
+
+/** An object that takes only the fields of `shape`: anything else is named, with what is allowed. */
+function fields<S extends z.core.$ZodLooseShape>(shape: S, what = 'an object') {
+  const allowed = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (iss: RawIssue) => (iss.code === 'unrecognized_keys' ? `unknown field (allowed here: ${allowed})` : iss.input === undefined ? 'missing' : `must be ${what}, not ${typeName(iss.input)}`),
+  });
 }
 
 /** The I/O throttle's fields, in a device's "limits" and in set-limits. */
 export const THROTTLE_FIELDS = ['iops', 'iopsBurst', 'bytesPerSecond', 'bytesBurst'] as const;
 /** Bounds that keep the token arithmetic exact in a double; far beyond any device. */
-const DEVICE_FIELDS = ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options', 'start'] as const;
-const GRANT_FIELDS = ['entropy', 'storage', 'direct', 'sharedDir', 'tag', 'xattr', 'readOnly', 'migrationOnError', 'network', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const;
-const LIMIT_FIELDS = ['memory', 'callDeadlineMs', 'openFiles', 'cpuShare', 'networkRate', ...THROTTLE_FIELDS] as const;
-const MIGRATION_FIELDS = ['stateReturnMemfd', 'experimentalRfcStateShm', 'statePipeSize'] as const;
+const THROTTLE_LEAVES = {
+  iops: int(0, MAX_IOPS).describe('requests per second (0: no limit)'),
+  iopsBurst: int(1, MAX_IOPS * 60).describe('requests that may go at once after an idle spell (default: a tenth of a second\'s worth)'),
+  bytesPerSecond: size({ zero: true, max: MAX_BYTES_PER_SECOND }).describe('request bytes per second, a number or a size such as "200M" (0: no limit)'),
+  bytesBurst: size().describe('bytes that may go at once after an idle spell (default: a tenth of a second\'s worth)'),
+};
 
+// ---- The document's shape ----------------------------------------------------------------------
+
+const rules = () =>
+  z
+    .array(text(), { error: wording((v) => `must be a list of rules (virtiofsd's syntax, e.g. ["map:0:1000:1"]), not ${typeName(v)}`) })
+    .describe('id mapping rules, virtiofsd\'s syntax (["map:0:1000:1"])');
+
+const GRANTS = fields({
+  entropy: bool().optional().describe('the host\'s entropy source (--entropy)'),
+  storage: text().optional().describe('a disk: a file or block device path, or "memory:SIZE" (--storage)'),
+  direct: bool().optional().describe('O_DIRECT on the storage file (--direct)'),
+  sharedDir: text().optional().describe('a directory shared with the guest (--shared-dir)'),
+  tag: text().optional().describe('the virtio-fs mount tag (--tag)'),
+  xattr: bool().optional().describe('extended attributes (--xattr)'),
+  readOnly: bool().optional().describe('the storage or shared directory read-only (--read-only)'),
+  migrationOnError: text().optional().describe('"abort" or "guest-error" (--migration-on-error)'),
+  network: z
+    .array(text(), { error: wording(() => 'must be a list of network names (["seg0"], or ["tap:IFNAME"])') })
+    .optional()
+    .describe('networks of the daemon\'s switch the device joins, in order (--network repeated)'),
+  inodeFileHandles: text().optional().describe('--inode-file-handles'),
+  cache: text().optional().describe('--cache'),
+  translateUid: rules().optional(),
+  translateGid: rules().optional(),
+  xattrmap: text().optional().describe('--xattrmap (with xattr)'),
+});
+
+const LIMITS = fields({
+  memory: size().optional().describe('the plugin\'s memory limit, a number or a size such as "64M" (--memory-limit)'),
+  callDeadlineMs: CALL_DEADLINE.optional().describe('CPU deadline of one call into the plugin, ms (--call-deadline)'),
+  openFiles: int(1, MAX_OPEN_FILES).optional().describe('most host fds a sharedDir device may hold'),
+  cpuShare: CPU_SHARE.optional().describe('CPUs\' worth of time in long calls before the device is demoted (default 0.5)'),
+  networkRate: text().optional().describe('"FRAMES" or "FRAMES:BYTES" per second sent on its networks (--network-rate)'),
+  iops: THROTTLE_LEAVES.iops.optional(),
+  iopsBurst: THROTTLE_LEAVES.iopsBurst.optional(),
+  bytesPerSecond: THROTTLE_LEAVES.bytesPerSecond.optional(),
+  bytesBurst: THROTTLE_LEAVES.bytesBurst.optional(),
+});
+
+const MIGRATION = fields({
+  stateReturnMemfd: bool().optional(),
+  experimentalRfcStateShm: bool().optional(),
+  statePipeSize: size({ zero: true }).optional().describe('the device-state pipe\'s size (0: left as the kernel makes it)'),
+});
+
+const PLUGIN_OPTIONS = z
+  .record(
+    z.string(),
+    z.string({ error: wording((v) => `must be a string, not ${typeName(v)}`) }),
+    { error: wording(() => 'plugin options must be an object of strings ({"mac": "52:54:00:00:00:01"})') },
+  )
+  .describe('what the plugin\'s options.get answers (--plugin-option KEY=VALUE)');
+
+/** One device as written (the file's "devices" entries, device-add's params). */
+const DEVICE = fields({
+  id: name('missing: every device needs an id (its name in logs and in the management API)').describe('the device\'s name in logs and in the management API'),
+  tenant: name().optional().describe('who the device belongs to'),
+  socket: text().optional().describe('the socket path it listens on'),
+  fd: int(0).optional().describe('an inherited listening socket'),
+  systemd: name().optional().describe('a socket passed by systemd with this FileDescriptorName='),
+  plugin: text().optional().describe('the .wasm component'),
+  module: text().optional().describe('a JavaScript device module (development)'),
+  grants: GRANTS.optional(),
+  limits: LIMITS.optional(),
+  migration: MIGRATION.optional(),
+  queueThreads: int(1, MAX_QUEUE_THREADS).optional().describe('worker threads for a device with independent queues (--queue-threads)'),
+  throttleGroup: name().optional().describe('devices of one tenant naming the same group share one I/O budget'),
+  options: PLUGIN_OPTIONS.optional(),
+  start: oneOf(START_MODES, true).optional().describe('when its worker starts (default: the daemon\'s "start")'),
+});
+type DeviceInput = z.output<typeof DEVICE>;
+
+/** The whole document, with `device` for each entry of "devices". */
+function documentShape<D extends z.ZodType>(device: D) {
+  return fields({
+    control: z
+      .union([text(), fields({ path: text().optional(), systemd: name().optional() })], {
+        error: wording((v) => `must be a socket path or {"path": ...} or {"systemd": NAME}, not ${typeName(v)}`),
+      })
+      .optional()
+      .describe('the management socket'),
+    logLevel: oneOf(LOG_LEVELS, false).optional(),
+    logFormat: oneOf(LOG_FORMATS, false).optional(),
+    metrics: text().optional().describe('where Prometheus metrics are served: IP:PORT or unix:PATH'),
+    spareWorkers: int(0, MAX_SPARE_WORKERS).optional().describe('device worker threads kept booted for device-add (default 2)'),
+    start: oneOf(START_MODES, true).optional().describe('when a device\'s worker starts (default "on-connect")'),
+    devices: z
+      .array(device, { error: wording((v) => `must be an array, not ${typeName(v)}`, 'missing: list the devices to serve (it may be [] when "control" is given)') })
+      .describe('the devices to serve'),
+  });
+}
+
+/** The config file's JSON Schema (docs/config.schema.json): what a document may hold, before the checks that relate fields. */
+export function configJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(documentShape(DEVICE), { io: 'input' });
+  return { ...schema, title: 'vhost-wasm serve --config', description: 'The daemon\'s config file (README.md, "Operating a daemon"). Generated from host/daemon/config.ts.' };
+}
+
+// ---- From what is written to what the daemon runs --------------------------------------------
+
+/** Paths in a config file are relative to the file's directory; over the control socket, absolute only. */
+export type PathBase = { dir: string } | 'absolute-only';
+
+function pathAt(at: (string | number)[], p: string, base: PathBase): string {
+  if (isAbsolute(p)) return p;
+  if (base === 'absolute-only') throw new FieldIssue(at, `"${p}" is relative: give an absolute path (the daemon's working directory is not yours)`);
+  return resolve(base.dir, p);
+}
 
 /**
  * The throttle fields of `o` (a device's "limits", or set-limits' params), over `base` (the
  * limits in force; NO_THROTTLE for a new device). Null when `o` has none of them. A rate of 0
  * lifts that limit; a rate given without its burst gets the default burst (a tenth of a second).
  */
-export function parseThrottle(o: Obj, field: (k: string) => string, base: ThrottleLimits = NO_THROTTLE): ThrottleLimits | null {
+export function parseThrottle(o: Record<string, unknown>, field: (k: string) => string, base: ThrottleLimits = NO_THROTTLE): ThrottleLimits | null {
   if (THROTTLE_FIELDS.every((k) => o[k] === undefined)) return null;
-  const rate = (k: 'iops' | 'bytesPerSecond', max: number): number => {
-    const v = o[k];
-    if (v === undefined) return k === 'iops' ? base.iops : base.bytesPerSecond;
-    if (v === 0 || v === '0') return 0;
-    const n = k === 'iops' ? int(v, field(k), 0, max) : size(v, field(k));
-    if (n > max) throw new ConfigError(field(k), `${n} is out of range (0..${max})`);
-    return n;
-  };
-  const iops = rate('iops', MAX_IOPS);
-  const bytesPerSecond = rate('bytesPerSecond', MAX_BYTES_PER_SECOND);
+  const given = (k: (typeof THROTTLE_FIELDS)[number]): number | undefined => (o[k] === undefined ? undefined : checkValue(THROTTLE_LEAVES[k], o[k], field(k)));
+  const iops = given('iops') ?? base.iops;
+  const bytesPerSecond = given('bytesPerSecond') ?? base.bytesPerSecond;
   const burst = (k: 'iopsBurst' | 'bytesBurst', r: number, rateField: string, old: number, oldRate: number): number => {
-    const v = o[k];
-    if (v === undefined) return r === oldRate && old > 0 ? old : defaultBurst(r);
+    const n = given(k);
+    if (n === undefined) return r === oldRate && old > 0 ? old : defaultBurst(r);
     if (r === 0) throw new ConfigError(field(k), `is a burst of "${rateField}", which is not limited: give "${rateField}" too`);
-    const n = k === 'iopsBurst' ? int(v, field(k), 1, MAX_IOPS * 60) : size(v, field(k));
     if (n < r / 1000) throw new ConfigError(field(k), `${n} is less than a millisecond's worth of "${rateField}" (${Math.ceil(r / 1000)}): the bucket could never fill`);
     return n;
   };
@@ -222,69 +387,54 @@ export function parseThrottle(o: Obj, field: (k: string) => string, base: Thrott
   };
 }
 
-/** The most fds one share may be allowed (the share's own ceiling, host/fs/share.ts). */
-const MAX_OPEN_FILES = 65536;
+/** A CPU share (set-limits' cpuShare), checked as a device's limits.cpuShare. */
+export function cpuShare(v: unknown, field: string): number {
+  return checkValue(CPU_SHARE, v, field);
+}
 
-/** The longest call deadline accepted (a minute: beyond that a hung plugin is never noticed). */
-export const MAX_CALL_DEADLINE_MS = 60_000;
+/** A call deadline (set-limits' callDeadlineMs), checked as a device's limits.callDeadlineMs. */
+export function callDeadline(v: unknown, field: string): number {
+  return checkValue(CALL_DEADLINE, v, field);
+}
 
-/** One device, at `field` ("devices[0]", or "params" for device-add). */
-export function parseDeviceSpec(v: unknown, field: string, base: PathBase): DeviceSpec {
-  const o = object(v, field, DEVICE_FIELDS);
-  const f = (k: string) => `${field}.${k}`;
-  if (o.id === undefined) throw new ConfigError(f('id'), 'missing: every device needs an id (its name in logs and in the management API)');
-  const id = name(o.id, f('id'));
-  const tenant = o.tenant === undefined ? null : name(o.tenant, f('tenant'));
-
+/** The checks that relate a device's fields, and its defaults: the command line's (see args.ts). */
+function buildDevice(o: DeviceInput, base: PathBase): DeviceSpec {
   const listens = (['socket', 'fd', 'systemd'] as const).filter((k) => o[k] !== undefined);
   if (listens.length !== 1) {
-    throw new ConfigError(
-      field,
+    throw new FieldIssue(
+      [],
       listens.length === 0
         ? 'nowhere to listen: give "socket" (a path), "fd" (an inherited listening socket) or "systemd" (a socket-activation name)'
         : `give one place to listen, not ${listens.join(' and ')}`,
     );
   }
   let listen: ListenSpec;
-  if (o.socket !== undefined) listen = { path: path(o.socket, f('socket'), base) };
+  if (o.socket !== undefined) listen = { path: pathAt(['socket'], o.socket, base) };
   else if (o.fd !== undefined) {
-    if (base === 'absolute-only') throw new ConfigError(f('fd'), 'an fd cannot be handed over the management API: give "socket"');
-    listen = { fd: int(o.fd, f('fd'), 0) };
+    if (base === 'absolute-only') throw new FieldIssue(['fd'], 'an fd cannot be handed over the management API: give "socket"');
+    listen = { fd: o.fd };
   } else {
-    if (base === 'absolute-only') throw new ConfigError(f('systemd'), 'socket activation applies at start-up only: give "socket"');
-    listen = { systemd: name(o.systemd, f('systemd')) };
+    if (base === 'absolute-only') throw new FieldIssue(['systemd'], 'socket activation applies at start-up only: give "socket"');
+    listen = { systemd: o.systemd! };
   }
 
   if ((o.plugin === undefined) === (o.module === undefined)) {
-    throw new ConfigError(field, o.plugin === undefined ? 'no device: give "plugin" (a .wasm file)' : '"plugin" and "module" are exclusive: give one device');
+    throw new FieldIssue([], o.plugin === undefined ? 'no device: give "plugin" (a .wasm file)' : '"plugin" and "module" are exclusive: give one device');
   }
-  const device = o.plugin !== undefined ? { plugin: path(o.plugin, f('plugin'), base) } : { module: path(o.module, f('module'), base) };
+  const device = o.plugin !== undefined ? { plugin: pathAt(['plugin'], o.plugin, base) } : { module: pathAt(['module'], o.module!, base) };
 
-  const g = o.grants === undefined ? {} : object(o.grants, f('grants'), GRANT_FIELDS);
-  const gf = (k: string) => `${f('grants')}.${k}`;
-  const readOnly = g.readOnly === undefined ? false : bool(g.readOnly, gf('readOnly'));
-  const direct = g.direct === undefined ? false : bool(g.direct, gf('direct'));
-  const xattr = g.xattr === undefined ? false : bool(g.xattr, gf('xattr'));
+  const g: NonNullable<DeviceInput['grants']> = o.grants ?? {};
+  const gp = (k: string) => ['grants', k];
+  const readOnly = g.readOnly ?? false;
   let storage: StorageSpec | null = null;
   if (g.storage !== undefined) {
-    const text = str(g.storage, gf('storage'));
+    const text = g.storage;
     // "memory:SIZE" as on the command line; anything else is a path.
-    const spec = asConfigError(gf('storage'), () => parseStorage(text.startsWith('memory:') ? text : path(text, gf('storage'), base), readOnly, direct));
-    storage = spec;
-  } else if (g.direct !== undefined) throw new ConfigError(gf('direct'), 'applies to "storage": give grants.storage too');
+    storage = usage(gp('storage'), () => parseStorage(text.startsWith('memory:') ? text : pathAt(gp('storage'), text, base), readOnly, g.direct ?? false));
+  } else if (g.direct !== undefined) throw new FieldIssue(gp('direct'), 'applies to "storage": give grants.storage too');
   let filesystem: FilesystemSpec | null = null;
   if (g.sharedDir !== undefined) {
-    const dir = path(g.sharedDir, gf('sharedDir'), base);
-    const tag = g.tag === undefined ? undefined : str(g.tag, gf('tag'));
-    const onError = g.migrationOnError === undefined ? undefined : str(g.migrationOnError, gf('migrationOnError'));
-    const optional = (k: 'inodeFileHandles' | 'cache' | 'xattrmap') => (g[k] === undefined ? undefined : str(g[k], gf(k)));
-    const strings = (k: 'translateUid' | 'translateGid') => {
-      const v = g[k];
-      if (v === undefined) return undefined;
-      if (!Array.isArray(v)) throw new ConfigError(gf(k), `must be a list of rules (virtiofsd's syntax, e.g. ["map:0:1000:1"]), not ${typeName(v)}`);
-      return v.map((r, i) => str(r, `${gf(k)}[${i}]`));
-    };
-    const more = { cache: optional('cache'), translateUid: strings('translateUid'), translateGid: strings('translateGid'), xattrmap: optional('xattrmap') };
+    const dir = pathAt(gp('sharedDir'), g.sharedDir, base);
     // parseSharedDir's messages start with the command-line option they are about.
     const byOption: Record<string, string> = {
       '--tag': 'tag',
@@ -295,73 +445,130 @@ export function parseDeviceSpec(v: unknown, field: string, base: PathBase): Devi
       '--translate-gid': 'translateGid',
       '--xattrmap': 'xattrmap',
     };
-    const fieldOf = (msg: string) => gf(byOption[/^--[a-z-]+/.exec(msg)?.[0] ?? ''] ?? 'sharedDir');
     try {
-      filesystem = parseSharedDir(dir, readOnly, tag, onError, xattr, optional('inodeFileHandles'), more);
+      filesystem = parseSharedDir(dir, readOnly, g.tag, g.migrationOnError, g.xattr ?? false, g.inodeFileHandles, {
+        cache: g.cache,
+        translateUid: g.translateUid,
+        translateGid: g.translateGid,
+        xattrmap: g.xattrmap,
+      });
     } catch (e) {
-      if (e instanceof UsageError) throw new ConfigError(fieldOf(e.message), e.message.replace(/^[^:]*: /, ''));
+      if (e instanceof UsageError) throw new FieldIssue(gp(byOption[/^--[a-z-]+/.exec(e.message)?.[0] ?? ''] ?? 'sharedDir'), e.message.replace(FLAG_PREFIX, ''));
       throw e;
     }
   } else {
     for (const k of ['tag', 'xattr', 'migrationOnError', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const) {
-      if (g[k] !== undefined) throw new ConfigError(gf(k), 'applies to "sharedDir": give grants.sharedDir too');
+      if (g[k] !== undefined) throw new FieldIssue(gp(k), 'applies to "sharedDir": give grants.sharedDir too');
     }
   }
-  if (storage && filesystem) throw new ConfigError(f('grants'), '"storage" and "sharedDir" are for different devices (blk, fs): give one');
-  if (g.readOnly !== undefined && !storage && !filesystem) throw new ConfigError(gf('readOnly'), 'applies to "storage" or "sharedDir": give one of them too');
-  const entropy = g.entropy === undefined ? false : bool(g.entropy, gf('entropy'));
-  let network: string[] = [];
-  if (g.network !== undefined) {
-    if (!Array.isArray(g.network)) throw new ConfigError(gf('network'), 'must be a list of network names (["seg0"], or ["tap:IFNAME"])');
-    try {
-      network = parseNetworks(g.network as string[], gf('network'));
-    } catch (e) {
-      if (e instanceof UsageError) throw new ConfigError(gf('network'), e.message.replace(/^[^:]*: /, ''));
-      throw e;
-    }
-  }
-  if (storage && 'module' in device) throw new ConfigError(gf('storage'), 'is granted to "plugin" devices only');
+  if (storage && filesystem) throw new FieldIssue(['grants'], '"storage" and "sharedDir" are for different devices (blk, fs): give one');
+  if (g.readOnly !== undefined && !storage && !filesystem) throw new FieldIssue(gp('readOnly'), 'applies to "storage" or "sharedDir": give one of them too');
+  const network = g.network === undefined ? [] : usage(gp('network'), () => parseNetworks(g.network!, 'grants.network'));
+  if (storage && 'module' in device) throw new FieldIssue(gp('storage'), 'is granted to "plugin" devices only');
 
   // The command line's defaults: a block device holds a whole batch of request data and takes
   // longer per call (see args.ts).
-  const l = o.limits === undefined ? {} : object(o.limits, f('limits'), LIMIT_FIELDS);
-  const limits = {
-    memoryLimitBytes: l.memory === undefined ? (storage ? 256 : 64) * 2 ** 20 : size(l.memory, `${f('limits')}.memory`),
-    callDeadlineMs: l.callDeadlineMs === undefined ? (storage ? 1000 : 100) : int(l.callDeadlineMs, `${f('limits')}.callDeadlineMs`, 1, MAX_CALL_DEADLINE_MS),
-    openFiles: l.openFiles === undefined ? null : int(l.openFiles, `${f('limits')}.openFiles`, 1, MAX_OPEN_FILES),
-    throttle: parseThrottle(l, (k) => `${f('limits')}.${k}`),
-    cpuShare: l.cpuShare === undefined ? DEFAULT_CPU_SHARE : cpuShare(l.cpuShare, `${f('limits')}.cpuShare`),
+  const l: NonNullable<DeviceInput['limits']> = o.limits ?? {};
+  const lp = (k: string) => ['limits', k];
+  let throttle: ThrottleLimits | null;
+  try {
+    throttle = parseThrottle(l, (k) => k);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new FieldIssue(lp(e.field), e.why);
+    throw e;
+  }
+  const networkRate = l.networkRate === undefined ? undefined : usage(lp('networkRate'), () => parseNetworkRate(l.networkRate!));
+  if (networkRate && network.length === 0) throw new FieldIssue(lp('networkRate'), 'limits what a device sends on its networks: give grants.network too');
+  const limits: DeviceSpec['limits'] = {
+    memoryLimitBytes: l.memory ?? (storage ? 256 : 64) * 2 ** 20,
+    callDeadlineMs: l.callDeadlineMs ?? (storage ? 1000 : 100),
+    openFiles: l.openFiles ?? null,
+    throttle,
+    cpuShare: l.cpuShare ?? DEFAULT_CPU_SHARE,
     // "FRAMES" or "FRAMES:BYTES" per second, as --network-rate.
-    ...(l.networkRate === undefined ? {} : { networkRate: asConfigError(`${f('limits')}.networkRate`, () => parseNetworkRate(str(l.networkRate, `${f('limits')}.networkRate`))) }),
+    ...(networkRate ? { networkRate } : {}),
   };
-  if (limits.networkRate && network.length === 0) throw new ConfigError(`${f('limits')}.networkRate`, 'limits what a device sends on its networks: give grants.network too');
-  const throttleGroup = o.throttleGroup === undefined ? null : name(o.throttleGroup, f('throttleGroup'));
   if (limits.openFiles !== null && filesystem === null) {
-    throw new ConfigError(`${f('limits')}.openFiles`, 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');
+    throw new FieldIssue(lp('openFiles'), 'limits the fds of a "sharedDir": give grants.sharedDir too (other devices hold a fixed few)');
   }
   if (filesystem && limits.openFiles !== null) filesystem = { ...filesystem, maxHandles: limits.openFiles };
 
-  const m = o.migration === undefined ? {} : object(o.migration, f('migration'), MIGRATION_FIELDS);
-  const mf = (k: string) => `${f('migration')}.${k}`;
+  const m: NonNullable<DeviceInput['migration']> = o.migration ?? {};
   const migration = {
-    stateReturnMemfd: m.stateReturnMemfd === undefined ? false : bool(m.stateReturnMemfd, mf('stateReturnMemfd')),
-    experimentalRfcStateShm: m.experimentalRfcStateShm === undefined ? false : bool(m.experimentalRfcStateShm, mf('experimentalRfcStateShm')),
-    statePipeBytes: m.statePipeSize === undefined ? STATE_PIPE_SIZE : m.statePipeSize === 0 || m.statePipeSize === '0' ? 0 : size(m.statePipeSize, mf('statePipeSize')),
+    stateReturnMemfd: m.stateReturnMemfd ?? false,
+    experimentalRfcStateShm: m.experimentalRfcStateShm ?? false,
+    statePipeBytes: m.statePipeSize ?? STATE_PIPE_SIZE,
   };
-
-  const queueThreads = o.queueThreads === undefined ? 1 : int(o.queueThreads, f('queueThreads'), 1, MAX_QUEUE_THREADS);
 
   let pluginOptions: PluginOptions;
   try {
-    pluginOptions = checkPluginOptions(o.options, f('options'));
+    // The keys' rule and the values' length are the worker's own check (shared with --plugin-option).
+    pluginOptions = checkPluginOptions(o.options, 'options');
   } catch (e) {
-    throw new ConfigError(f('options'), (e as Error).message.replace(/^[^:]*: /, ''));
+    if (e instanceof PluginOptionError) throw new FieldIssue(['options'], e.message.replace(/^[^:]*: /, ''));
+    throw e;
   }
-  if (Object.keys(pluginOptions).length && 'module' in device) throw new ConfigError(f('options'), 'are given to "plugin" devices only');
+  if (Object.keys(pluginOptions).length && 'module' in device) throw new FieldIssue(['options'], 'are given to "plugin" devices only');
 
-  const start = o.start === undefined ? null : startMode(o.start, f('start'));
+  return {
+    id: o.id,
+    tenant: o.tenant ?? null,
+    listen,
+    device,
+    grants: { entropy: g.entropy ?? false, storage, filesystem, network },
+    limits,
+    throttleGroup: o.throttleGroup ?? null,
+    migration,
+    queueThreads: o.queueThreads ?? 1,
+    pluginOptions,
+    start: o.start ?? null,
+  };
+}
 
-  return { id, tenant, listen, device, grants: { entropy, storage, filesystem, network }, limits, throttleGroup, migration, queueThreads, pluginOptions, start };
+function deviceSchema(base: PathBase) {
+  return DEVICE.transform(checked((o: DeviceInput) => buildDevice(o, base)));
+}
+
+/** `root` and a path from an issue as one field name: "devices[2].grants.storage". */
+function fieldName(root: string, path: readonly PropertyKey[]): string {
+  let out = root;
+  for (const k of path) out += typeof k === 'number' ? `[${k}]` : out === '' ? String(k) : `.${String(k)}`;
+  return out === '' ? '(document)' : out;
+}
+
+type Issue = z.core.$ZodIssue;
+
+/** The issue to report: the first, and inside a union of types the one the value's type chose. */
+function reported(issues: readonly Issue[]): { path: PropertyKey[]; issue: Issue } {
+  const first = issues[0];
+  if (first.code === 'invalid_union') {
+    // The option whose type the value has is the one whose first issue is not its type.
+    const chosen = first.errors.find((opt) => opt.length > 0 && !(opt[0].code === 'invalid_type' && opt[0].path.length === 0));
+    if (chosen) {
+      const inner = reported(chosen);
+      return { path: [...first.path, ...inner.path], issue: inner.issue };
+    }
+  }
+  return { path: [...first.path], issue: first };
+}
+
+/** A failed parse as the ConfigError naming its field: `root` is where the value sits ("", "params"). */
+function configError(error: z.ZodError, root: string): ConfigError {
+  const { path, issue } = reported(error.issues);
+  if (issue.code === 'unrecognized_keys') path.push(issue.keys[0]);
+  return new ConfigError(fieldName(root, path), issue.message);
+}
+
+/** Parses `v` with `schema`, or throws the ConfigError naming `field` (or the field in it at fault). */
+function checkValue<S extends z.ZodType>(schema: S, v: unknown, field: string): z.output<S> {
+  const r = schema.safeParse(v, { error: plainWords });
+  if (!r.success) throw configError(r.error, field);
+  return r.data;
+}
+
+/** One device, at `field` ("devices[0]", or "params" for device-add). */
+export function parseDeviceSpec(v: unknown, field: string, base: PathBase): DeviceSpec {
+  return checkValue(deviceSchema(base), v, field);
 }
 
 /** Two devices may not share an id, a socket path or an fd. */
@@ -373,7 +580,7 @@ export function checkUnique(devices: readonly DeviceSpec[], field: (i: number) =
       const j = seen.get(k);
       if (j !== undefined) {
         const what = k.slice(0, k.indexOf(' '));
-        throw new ConfigError(`${field(i)}.${what === 'id' ? 'id' : what}`, `${k.slice(what.length + 1)} is already used by ${field(j)}`);
+        throw new ConfigError(`${field(i)}.${what}`, `${k.slice(what.length + 1)} is already used by ${field(j)}`);
       }
       seen.set(k, i);
     }
@@ -410,54 +617,62 @@ export function checkThrottleGroups(devices: readonly DeviceSpec[], field: (i: n
   });
 }
 
-/** The whole file. `file` is its path (relative paths in it are resolved against its directory). */
-export function parseDaemonConfig(text: string, file: string): DaemonConfig {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
-  }
-  const base: PathBase = { dir: dirname(resolve(file)) };
-  const o = object(doc, '', ['control', 'logLevel', 'logFormat', 'metrics', 'spareWorkers', 'start', 'devices']);
+type DocumentInput = z.output<ReturnType<typeof documentShape<ReturnType<typeof deviceSchema>>>>;
+
+/** The checks that relate the document's fields (run once every field is valid). */
+function buildDaemonConfig(o: DocumentInput, base: PathBase): DaemonConfig {
   let control: DaemonConfig['control'] = null;
-  if (o.control !== undefined) {
-    if (typeof o.control === 'string') control = { path: path(o.control, 'control', base) };
-    else {
-      const c = object(o.control, 'control', ['path', 'systemd']);
-      if ((c.path === undefined) === (c.systemd === undefined)) throw new ConfigError('control', 'give "path" or "systemd" (one)');
-      control = c.path !== undefined ? { path: path(c.path, 'control.path', base) } : { systemd: name(c.systemd, 'control.systemd') };
-    }
-  }
-  let logLevel: LogLevel | null = null;
-  if (o.logLevel !== undefined) {
-    const s = str(o.logLevel, 'logLevel');
-    if (!isLogLevel(s)) throw new ConfigError('logLevel', `"${s}" is not one of ${LOG_LEVELS.join(', ')}`);
-    logLevel = s;
-  }
-  let logFormat: LogFormat | null = null;
-  if (o.logFormat !== undefined) {
-    const s = str(o.logFormat, 'logFormat');
-    if (!isLogFormat(s)) throw new ConfigError('logFormat', `"${s}" is not one of ${LOG_FORMATS.join(', ')}`);
-    logFormat = s;
+  if (typeof o.control === 'string') control = { path: pathAt(['control'], o.control, base) };
+  else if (o.control !== undefined) {
+    const c = o.control;
+    if ((c.path === undefined) === (c.systemd === undefined)) throw new FieldIssue(['control'], 'give "path" or "systemd" (one)');
+    control = c.path !== undefined ? { path: pathAt(['control', 'path'], c.path, base) } : { systemd: c.systemd! };
   }
   let metrics: MetricsAddress | null = null;
   if (o.metrics !== undefined) {
-    const text = str(o.metrics, 'metrics');
     try {
-      metrics = parseMetricsAddress(text);
+      metrics = parseMetricsAddress(o.metrics);
     } catch (e) {
-      if (e instanceof MetricsAddressError) throw new ConfigError('metrics', e.message);
+      if (e instanceof MetricsAddressError) throw new FieldIssue(['metrics'], e.message);
       throw e;
     }
   }
-  const spareWorkers = o.spareWorkers === undefined ? DEFAULT_SPARE_WORKERS : int(o.spareWorkers, 'spareWorkers', 0, MAX_SPARE_WORKERS);
-  const start = o.start === undefined ? DEFAULT_START : startMode(o.start, 'start');
-  if (o.devices === undefined) throw new ConfigError('devices', 'missing: list the devices to serve (it may be [] when "control" is given)');
-  if (!Array.isArray(o.devices)) throw new ConfigError('devices', `must be an array, not ${typeName(o.devices)}`);
-  const devices = o.devices.map((d, i) => parseDeviceSpec(d, `devices[${i}]`, base));
-  if (devices.length === 0 && control === null) throw new ConfigError('devices', 'is empty and there is no "control" socket to add devices through: nothing to serve');
+  const devices = o.devices;
+  if (devices.length === 0 && control === null) throw new FieldIssue(['devices'], 'is empty and there is no "control" socket to add devices through: nothing to serve');
+  // These name their field whole ("devices[1].socket"): the document is the root.
   checkUnique(devices, (i) => `devices[${i}]`);
   checkThrottleGroups(devices, (i) => `devices[${i}]`);
-  return { control, logLevel, logFormat, metrics, spareWorkers, start, devices };
+  return {
+    control,
+    logLevel: o.logLevel ?? null,
+    logFormat: o.logFormat ?? null,
+    metrics,
+    spareWorkers: o.spareWorkers ?? DEFAULT_SPARE_WORKERS,
+    start: o.start ?? DEFAULT_START,
+    devices,
+  };
+}
+
+/** The document in `text`: TOML for a file named *.toml, JSON otherwise. */
+function readDocument(text: string, file: string): unknown {
+  if (extname(file).toLowerCase() === '.toml') {
+    try {
+      return parseToml(text);
+    } catch (e) {
+      if (e instanceof TomlError) throw new ConfigError('(file)', `${file} is not valid TOML: line ${e.line}, column ${e.column}: ${e.message.split('\n')[0].replace(/^Invalid TOML document: /, '')}`);
+      throw e;
+    }
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError('(file)', `${file} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** The whole file. `file` is its path (relative paths in it are resolved against its directory; *.toml is TOML). */
+export function parseDaemonConfig(text: string, file: string): DaemonConfig {
+  const base: PathBase = { dir: dirname(resolve(file)) };
+  const schema = documentShape(deviceSchema(base)).transform(checked((o: DocumentInput) => buildDaemonConfig(o, base)));
+  return checkValue(schema, readDocument(text, file), '');
 }

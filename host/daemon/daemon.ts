@@ -263,13 +263,15 @@ export class Daemon {
 
   /**
    * plugin-upgrade: the device's plugin replaced by another build of it (host/server/plugin-upgrade.ts);
-   * from then on the device runs (and restarts) from `pluginPath`.
+   * from then on the device runs (and restarts) from `pluginPath`. A device with no worker (never
+   * started, or waiting to retry a failed start) is repaired by it: at once if it starts eagerly,
+   * at its next connection if it starts on connect.
    */
   async upgrade(id: string, pluginPath: string): Promise<UpgradeOutcome & { id: string; plugin: string }> {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
     if (!('plugin' in e.spec.device)) throw new DaemonRequestError(`device ${id} runs a module, not a plugin: nothing to upgrade`);
-    const r = await e.device.listener.upgrade(pluginPath);
+    const r = await e.device.listener.upgrade(pluginPath, (e.spec.start ?? this.defaultStart) === 'eager');
     e.spec = { ...e.spec, device: { ...e.spec.device, plugin: pluginPath } };
     return { id, plugin: pluginPath, ...r };
   }

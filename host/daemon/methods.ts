@@ -2,7 +2,7 @@
 // before anything changes, so a refused request leaves the daemon as it was.
 
 import { readdirSync } from 'node:fs';
-import { checkThrottleGroups, ConfigError, cpuShare, MAX_CALL_DEADLINE_MS, parseDeviceSpec, parseThrottle, THROTTLE_FIELDS } from './config.ts';
+import { callDeadline, checkThrottleGroups, ConfigError, cpuShare, parseDeviceSpec, parseThrottle, THROTTLE_FIELDS } from './config.ts';
 import { RpcCode, RpcError } from './jsonrpc.ts';
 import type { Daemon, DeviceStats, DeviceSummary } from './daemon.ts';
 import type { UpgradeOutcome } from '../server/plugin-upgrade.ts';
@@ -139,21 +139,20 @@ export async function callMethod(daemon: Daemon, method: string, params: Params)
       if (ms === undefined && params.cpuShare === undefined && THROTTLE_FIELDS.every((k) => params[k] === undefined)) {
         throw new RpcError(RpcCode.invalidParams, `params: nothing to set (give callDeadlineMs, cpuShare, ${THROTTLE_FIELDS.join(', ')})`, { field: 'params' });
       }
-      if (ms !== undefined && (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 1 || ms > MAX_CALL_DEADLINE_MS)) {
-        throw new RpcError(RpcCode.invalidParams, `params.callDeadlineMs: must be a whole number of ms in 1..${MAX_CALL_DEADLINE_MS}`, { field: 'params.callDeadlineMs' });
-      }
       try {
-        // Every field is checked before anything changes.
+        // Every field is checked before anything changes, as a device's limits are (config.ts).
         let throttle;
         let share;
+        let deadline;
         try {
+          deadline = ms === undefined ? undefined : callDeadline(ms, 'params.callDeadlineMs');
           throttle = parseThrottle(params, (k) => `params.${k}`, daemon.throttleOf(id)) ?? undefined;
           share = params.cpuShare === undefined ? undefined : cpuShare(params.cpuShare, 'params.cpuShare');
         } catch (e) {
           if (e instanceof ConfigError) throw new RpcError(RpcCode.invalidParams, e.message, { field: e.field });
           throw e;
         }
-        return { id, limits: daemon.setLimits(id, { callDeadlineMs: ms as number | undefined, throttle, cpuShare: share }) } satisfies MethodResults['set-limits'];
+        return { id, limits: daemon.setLimits(id, { callDeadlineMs: deadline, throttle, cpuShare: share }) } satisfies MethodResults['set-limits'];
       } catch (e) {
         throw failed(e);
       }

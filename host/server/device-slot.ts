@@ -22,8 +22,9 @@ import { errorText } from '../log/logger.ts';
  * A worker that failed to start is not started again before this wait, doubling per failure in
  * a row: a front-end that reconnects every second (QEMU's reconnect=1) would otherwise rebuild a
  * worker (a plugin load: tens of ms of CPU and its memory) every second, forever. Connections
- * meanwhile are closed at once. device-del, set-limits and a plugin-upgrade that took (one
- * whose worker runs again: plugin-upgrade.ts refuses a device with no worker) end the wait.
+ * meanwhile are closed at once. device-del, set-limits and a plugin-upgrade (which replaces the
+ * plugin of a device with no worker once the new build passed its checks: plugin-upgrade.ts)
+ * end the wait.
  */
 export const START_BACKOFF_FIRST_MS = 1000;
 export const START_BACKOFF_MAX_MS = 60_000;
@@ -88,6 +89,8 @@ export class DeviceSlot {
   private backoff: StartBackoff | null = null;
   /** A worker has served this device at some point (false: never, e.g. one that starts on connect and had no front-end yet). */
   private everStarted = false;
+  /** What the last worker that served the device described (kept after it died: a repair must keep the device the same). */
+  private served: DeviceInfo | null = null;
 
   constructor(
     source: DeviceSource,
@@ -240,6 +243,7 @@ export class DeviceSlot {
   /** `w` serves the device now: its frames go to it (a worker started beside it does not take them before). */
   private install(w: DeviceWorker): void {
     this.worker = w;
+    this.served = w.info;
     const g = this.linkGenerations.get(w);
     if (g !== undefined) this.link?.activate(g);
   }
@@ -282,6 +286,15 @@ export class DeviceSlot {
       void w.terminate();
       throw new Error(`device ${this.opts.label}: the host is shutting down`);
     }
+    // A worker that died is replaced here rather than by acquire() (an upgrade repairing the
+    // device): the same bookkeeping. A live one is the upgrade's to end.
+    const prev = this.worker;
+    if (prev !== null && prev !== w && prev.dead !== null) {
+      this.lastFailure = prev.dead;
+      void prev.exitedWithin().then((exited) => {
+        if (!exited) this.keepStuck(prev);
+      });
+    }
     this.install(w);
     this.source = source;
     this.backoff = null;
@@ -291,11 +304,20 @@ export class DeviceSlot {
     this.reserve(w);
   }
 
-  /** An upgrade of a device never started: later workers come from `source`, none runs now. */
+  /**
+   * An upgrade of a device with no worker: later workers come from `source`, none runs now. What
+   * failed before was the old build's: the device waits for its next connection as one never started.
+   */
   replaceSource(source: DeviceSource): void {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     this.source = source;
     this.backoff = null;
+    this.lastFailure = null;
+  }
+
+  /** What the last worker that served this device described, or null if none has. */
+  get lastInfo(): DeviceInfo | null {
+    return this.served;
   }
 
   /** The next connection starts a worker at once, whatever failed before (set-limits: the operator changed something). */

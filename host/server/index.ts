@@ -5,9 +5,7 @@ import { Listener, type ListenAddress } from './listener.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { SessionSettings } from '../session/options.ts';
 import { describeFdBudget, ensureFdBudget } from '../resources/fd-budget.ts';
-import { precheckPlugin } from '../plugin/precheck.ts';
-import { prepareInWorker } from '../device/worker-thread.ts';
-import { isStorageSpec } from '../storage/index.ts';
+import { precheckSource } from './source-precheck.ts';
 import { createLogger } from '../log/logger.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 
@@ -42,20 +40,6 @@ export interface HostDevice {
   config: DeviceConfig;
   slot: DeviceSlot;
   listener: Listener;
-}
-
-/** The loader's checks of a plugin, without running it (a device that starts on connect). */
-async function precheck(source: DeviceSource): Promise<void> {
-  if (source.kind !== 'plugin') return;
-  const o = source.options ?? {};
-  await precheckPlugin(source.path, {
-    memoryLimitBytes: typeof o.memoryLimitBytes === 'number' ? o.memoryLimitBytes : undefined,
-    cacheDir: typeof o.cacheDir === 'string' ? o.cacheDir : undefined,
-    storage: isStorageSpec(o.storage) ? o.storage : undefined,
-    filesystem: o.filesystem !== undefined,
-    storageProbe: o.storageProbe === true,
-    prepareOffThread: prepareInWorker,
-  });
 }
 
 export class Host {
@@ -123,7 +107,7 @@ export class Host {
     try {
       // What the device and its front-end may hold besides share handles is kept out of the fd
       // budget by the slot once a worker runs (its queue count known).
-      if (config.start === 'on-connect') await precheck(slot.source);
+      if (config.start === 'on-connect') await precheckSource(slot.source);
       else await slot.acquire();
       // The host began to close while this device started: it is nobody's to serve.
       if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);

@@ -237,10 +237,14 @@ export class Listener {
     return { frontEnd: this.session !== null, waiting: this.waiting.length, accepted: this.accepted, refusedBusy: this.refused };
   }
 
-  /** plugin-upgrade (plugin-upgrade.ts): the connected front-end's session switches, or the idle device's worker is swapped. */
-  upgrade(pluginPath: string): Promise<UpgradeOutcome> {
+  /**
+   * plugin-upgrade (plugin-upgrade.ts): the connected front-end's session switches, or the idle
+   * device's worker is swapped. `startNow`: a device with no worker starts from the new build at
+   * once (it starts eagerly), not at its next connection.
+   */
+  upgrade(pluginPath: string, startNow = true): Promise<UpgradeOutcome> {
     if (this.closing) return Promise.reject(new Error(`device ${this.slot.opts.label}: it is being removed`));
-    return upgradePlugin(this.slot, () => this.session, this.session === null && !this.starting, pluginPath);
+    return upgradePlugin(this.slot, () => this.session, this.session === null && !this.starting, pluginPath, startNow);
   }
 
   /** The socket file is this listener's to remove from now on (a socket handed over by another host, once that one let go). */
