@@ -6,6 +6,7 @@ import type { NetInit } from '../net/link.ts';
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
 import type { SerializedError } from '../errors.ts';
+import type { WarmUpResult } from './warm-up.ts';
 import { op, type ApiOf, type RpcReply, type RpcRequest } from './typed-rpc.ts';
 
 /** What a worker loads: a TypeScript/JS device module, or a WebAssembly plugin. */
@@ -124,6 +125,11 @@ export const deviceWorkerOps = {
    */
   halt: op<(reason: string) => boolean>(),
   status: op<() => WorkerStatus>(),
+  /**
+   * A live upgrade's new instance, before the old one stops (warm-up.ts): its ring machinery run
+   * once on a scratch ring with the features the front-end acked, then reset. Answers what it did.
+   */
+  warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[]) => WarmUpResult>(),
   /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */
   ringSnapshot: op<() => RingSnapshot[]>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).

@@ -19,6 +19,7 @@ import type { RegionMsg, RingSnapshot } from '../device/rpc.ts';
 import { DEVICE_FEATURE_MASK } from '../device/features.ts';
 import { DeviceStateSection, STATE_CHUNK } from '../migration/transfer.ts';
 import { errorText, type Logger } from '../log/logger.ts';
+import { describeWarmUp } from '../device/warm-up.ts';
 
 /** What the session gave its worker (and keeps), for the new worker to be given the same. */
 export interface SessionSetup {
@@ -113,7 +114,17 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     for (const [i, r] of before.entries()) {
       if (r.num > fresh.info.maxQueueSize) throw new UpgradeRefused(`ring ${i} has ${r.num} entries; the new plugin allows ${fresh.info.maxQueueSize}`);
     }
-    // Everything that does not start a ring goes to the new worker while the old one serves.
+    // Everything that does not start a ring goes to the new worker while the old one serves:
+    // first its ring machinery is run once (warm-up.ts), so that the restart after the stop
+    // runs warm code instead of compiling it.
+    const running = before.flatMap((r, i) => (r.started ? [i] : []));
+    if (setup.features !== null && running.length > 0) {
+      try {
+        log.debug(describeWarmUp(await fresh.warmUp(setup.features, setup.protocolFeatures, running)));
+      } catch (e) {
+        throw new UpgradeRefused(`the new plugin failed its warm-up on a scratch ring (the old instance serves on): ${errorText(e)}`);
+      }
+    }
     if (setup.features !== null) await fresh.setFeatures(setup.features, setup.protocolFeatures);
     if (setup.memory.length > 0) await fresh.setMemTable(setup.memory);
     if (setup.logArea !== null) await fresh.setLogBase(setup.logArea.fd, setup.logArea.size, setup.logArea.offset);
