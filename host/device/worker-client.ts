@@ -19,6 +19,7 @@ import type { DeviceInfo } from './device.ts';
 import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { ownCopy, type Remote } from './typed-rpc.ts';
 import type { WarmUpResult } from './warm-up.ts';
+import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
 import { DeviceLoadError } from './errors.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
@@ -271,6 +272,20 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
       stateRefusal: each.find((r) => r.stateRefusal !== null)?.stateRefusal ?? null,
       ms: Math.max(...each.map((r) => r.ms)),
     };
+  }
+
+  /** upgrade-steps.ts; a device on one thread only (on several, the session takes the steps one by one). */
+  async upgradeStop(pause: number[], stop: number[], stateBytes: number): Promise<UpgradeStopResult> {
+    return this.oneThread('upgradeStop').upgradeStop(pause, stop, stateBytes);
+  }
+
+  async upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null): Promise<string | null> {
+    return this.oneThread('upgradeStart').upgradeStart(offset, chunk, rings, inflight);
+  }
+
+  private oneThread(what: string): WorkerThread {
+    if (this.threads.length !== 1) throw new Error(`${what} is for a device on one thread; this one runs on ${this.threads.length}`);
+    return this.threads[0];
   }
 
   /** Each ring from the thread that serves it (ring i: thread i mod N). */

@@ -16,6 +16,7 @@ import { TokenBucket } from '../limits/token-bucket.ts';
 import { ownThreadId } from './thread-state.ts';
 import { DeviceNet } from '../net/device-net.ts';
 import { warmUp } from './warm-up.ts';
+import { upgradeStart, upgradeStop, type UpgradeInflight, type UpgradeRingStart } from './upgrade-steps.ts';
 import { REQUEST_METER_BYTES } from '../metrics/request-meter.ts';
 
 // A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
@@ -133,6 +134,8 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   halt(reason: string) { return this.runner.halt(reason); }
   status() { return this.runner.status(); }
   ringSnapshot() { return this.runner.ringSnapshot(); }
+  upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
+  upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null) { return upgradeStart(this.runner, offset, chunk, rings, inflight); }
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {
     // Counted nowhere and throttled by nothing: scratch cells stand in for the device's own.
     const own = { meter, throttle: this.hooks.throttle };
