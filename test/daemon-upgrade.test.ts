@@ -25,6 +25,7 @@ const fileText = (d: number, f: number) => `file ${f} of directory ${d}\n`;
 const fixtures = join(REPO, 'dist', 'test-plugins');
 const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const blkRefuse = join(fixtures, 'upgrade-blk-refuse.wasm');
+const blkTrap = join(fixtures, 'upgrade-blk-trap.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 
 let dir: string;
@@ -37,6 +38,7 @@ test.before(async () => {
   const src = join(REPO, 'test', 'fixtures', 'plugins', 'upgrade-blk.c');
   await buildPlugin({ root: REPO, sources: [src], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [src], outFile: blkRefuse, defines: ['UPGRADE_REFUSE_STATE'] });
+  await buildPlugin({ root: REPO, sources: [src], outFile: blkTrap, defines: ['UPGRADE_TRAP_HANDLE'] });
   dir = mkdtempSync(join(tmpdir(), 'daemon-upgrade-'));
   for (let d = 0; d < SHARE_DIRS; d++) {
     mkdirSync(join(dir, 'share', `d${d}`), { recursive: true });
@@ -98,7 +100,7 @@ test.serial('blk is upgraded to another version under I/O from a front-end: data
   await fe2.close();
 });
 
-test.serial('a refused upgrade (another plugin; a build that refuses the state; a missing file) leaves the old instance serving', async (t) => {
+test.serial('a refused upgrade (another plugin; a build that refuses the state; one that traps on a request; a missing file) leaves the old instance serving', async (t) => {
   const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
   const disk = new BlkDevice(fe.queues[0]);
   const last = new Map<number, number>();
@@ -115,6 +117,11 @@ test.serial('a refused upgrade (another plugin; a build that refuses the state; 
   const refusing = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', blkRefuse]);
   t.is(refusing.code, 1);
   t.regex(refusing.stderr, /refused the old instance's state: .*blk 0\.3\.0 reads state format 2 only/);
+
+  // Found before anything stops: the new instance serves read requests on a scratch ring first.
+  const trapping = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', blkTrap]);
+  t.is(trapping.code, 1);
+  t.regex(trapping.stderr, /the new plugin failed its warm-up on a scratch ring \(the old instance serves on\): the device failed on a warm-up request: .*(trap|unreachable)/i);
 
   const missing = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', join(dir, 'nope.wasm')]);
   t.is(missing.code, 1);
