@@ -15,7 +15,7 @@ import { BlkDevice, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ } from '../host/frontend
 import { loadState, saveState } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { buildHostFixtures } from './fixtures/plugins/build-host-fixtures.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -34,6 +34,7 @@ test.before(async () => {
     join(dir, 'daemon.json'),
     JSON.stringify({
       metrics: `unix:${sock('metrics')}`,
+      control: sock('control'),
       // Started at once: the first scrape reads every device's running worker (its plugin's
       // memory); test/daemon-on-connect.test.ts scrapes devices not started yet.
       start: 'eager',
@@ -201,6 +202,23 @@ test.serial('a plugin fault, the reset after it, and state transfers are counted
   t.is(value(s, 'vhost_wasm_device_state_transfers_total', { ...r, direction: 'load', result: 'ok' }), 0);
   t.is(value(s, 'vhost_wasm_device_state_transfer_duration_seconds_count', { ...r, direction: 'save' }), 1);
   t.is(value(s, 'vhost_wasm_device_state_transfers_running', { ...r, direction: 'load' }), 0);
+});
+
+test.serial("a live plugin upgrade counts the guest's requests only, not those the new instance is warmed up with", async (t) => {
+  const features = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH)) | (1n << BigInt(VIRTIO_BLK_F_MQ));
+  const dfe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64, 64], features });
+  const data = new Uint8Array(4096).map((_, i) => (i * 7) & 0xff);
+  await new BlkDevice(dfe.queues[0]).write(16, data);
+  const d = { device: 'disk', tenant: 'globex' };
+  const before = value(await scrape(), 'vhost_wasm_device_requests_total', d);
+  // Both queue threads' new instances serve read requests on a scratch ring before the switch.
+  const up = await ctl(['--control', sock('control'), 'upgrade', 'disk', '--plugin', blk]);
+  t.is(up.code, 0, up.stderr);
+  t.deepEqual(await new BlkDevice(dfe.queues[1]).read(16, 4096), data);
+  await dfe.close();
+  const s = await scrape();
+  t.is(value(s, 'vhost_wasm_device_requests_total', d), before + 1, 'the one read after the upgrade');
+  t.is(value(s, 'vhost_wasm_device_requests_in_flight', d), 0);
 });
 
 test('--metrics on TCP: the address it got is logged and answers; the flag overrides the file', async (t) => {

@@ -3,7 +3,7 @@
 // and `vhost-wasm ctl upgrade` / raw plugin-upgrade requests on the control socket.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
@@ -13,12 +13,19 @@ import { ctl, rawRpc, startDaemon, type DaemonProcess } from './helpers/daemon-p
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, pattern, verifyAll } from './helpers/blk-rounds.ts';
+import { FuseClient, O, fhOfOpen, nodeOf } from './helpers/fuse.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const fsPlugin = join(REPO, 'dist', 'plugins', 'fs.wasm');
+/** The fs device's share: SHARE_DIRS directories of SHARE_FILES files each (10,000 files). */
+const SHARE_DIRS = 100;
+const SHARE_FILES = 100;
+const fileText = (d: number, f: number) => `file ${f} of directory ${d}\n`;
 const fixtures = join(REPO, 'dist', 'test-plugins');
 const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const blkRefuse = join(fixtures, 'upgrade-blk-refuse.wasm');
+const blkTrap = join(fixtures, 'upgrade-blk-trap.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 
 let dir: string;
@@ -31,7 +38,12 @@ test.before(async () => {
   const src = join(REPO, 'test', 'fixtures', 'plugins', 'upgrade-blk.c');
   await buildPlugin({ root: REPO, sources: [src], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [src], outFile: blkRefuse, defines: ['UPGRADE_REFUSE_STATE'] });
+  await buildPlugin({ root: REPO, sources: [src], outFile: blkTrap, defines: ['UPGRADE_TRAP_HANDLE'] });
   dir = mkdtempSync(join(tmpdir(), 'daemon-upgrade-'));
+  for (let d = 0; d < SHARE_DIRS; d++) {
+    mkdirSync(join(dir, 'share', `d${d}`), { recursive: true });
+    for (let f = 0; f < SHARE_FILES; f++) writeFileSync(join(dir, 'share', `d${d}`, `f${f}`), fileText(d, f));
+  }
   writeFileSync(
     join(dir, 'daemon.json'),
     JSON.stringify({
@@ -40,6 +52,7 @@ test.before(async () => {
       devices: [
         { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
         { id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+        { id: 'fs', socket: 'fs.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
       ],
     }),
   );
@@ -87,7 +100,7 @@ test.serial('blk is upgraded to another version under I/O from a front-end: data
   await fe2.close();
 });
 
-test.serial('a refused upgrade (another plugin; a build that refuses the state; a missing file) leaves the old instance serving', async (t) => {
+test.serial('a refused upgrade (another plugin; a build that refuses the state; one that traps on a request; a missing file) leaves the old instance serving', async (t) => {
   const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
   const disk = new BlkDevice(fe.queues[0]);
   const last = new Map<number, number>();
@@ -104,6 +117,11 @@ test.serial('a refused upgrade (another plugin; a build that refuses the state; 
   const refusing = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', blkRefuse]);
   t.is(refusing.code, 1);
   t.regex(refusing.stderr, /refused the old instance's state: .*blk 0\.3\.0 reads state format 2 only/);
+
+  // Found before anything stops: the new instance serves read requests on a scratch ring first.
+  const trapping = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', blkTrap]);
+  t.is(trapping.code, 1);
+  t.regex(trapping.stderr, /the new plugin failed its warm-up on a scratch ring \(the old instance serves on\): the device failed on a warm-up request: .*(trap|unreachable)/i);
 
   const missing = await ctl(['--control', control(), 'upgrade', 'disk', '--plugin', join(dir, 'nope.wasm')]);
   t.is(missing.code, 1);
@@ -187,4 +205,77 @@ test.serial('stopped-ring time of rng and blk upgrades under load (logged for do
     const s = sorted(xs);
     t.log(`${name}: rings stopped ${s.map((x) => x.toFixed(2)).join(', ')} ms (median ${s[2].toFixed(2)})`);
   }
+});
+
+test.serial('stopped-ring time of an fs upgrade with 10,000 looked-up inodes and open files, under load (logged for docs/BENCHMARKS.md)', async (t) => {
+  const fe = await VhostUserFrontend.connect(sock('fs'), { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  const fuse = new FuseClient(fe);
+  t.is((await fuse.init()).error, 0, 'INIT');
+  // The guest looks every directory and file up (32 LOOKUPs in flight), as a walk of the share would.
+  const node = new Map<string, bigint>();
+  const lookUp = async (parent: bigint, name: string, key: string) => {
+    const r = await fuse.lookup(parent, name);
+    if (r.error !== 0) throw new Error(`LOOKUP ${key}: error ${r.error}`);
+    node.set(key, nodeOf(r));
+  };
+  const inParallel = async (jobs: (() => Promise<void>)[], width = 32) => {
+    let next = 0;
+    await Promise.all(Array.from({ length: width }, async () => {
+      while (next < jobs.length) await jobs[next++]();
+    }));
+  };
+  await inParallel(Array.from({ length: SHARE_DIRS }, (_, d) => () => lookUp(1n, `d${d}`, `d${d}`)));
+  const files: [number, number][] = [];
+  for (let d = 0; d < SHARE_DIRS; d++) for (let f = 0; f < SHARE_FILES; f++) files.push([d, f]);
+  await inParallel(files.map(([d, f]) => () => lookUp(node.get(`d${d}`)!, `f${f}`, `d${d}/f${f}`)));
+  t.is(node.size, SHARE_DIRS + SHARE_DIRS * SHARE_FILES);
+  t.is(new Set(node.values()).size, node.size, 'one node id per inode');
+  // Open files the guest holds across every upgrade.
+  const open = [[0, 0], [17, 42], [99, 99]].map(([d, f]) => ({ d, f, fh: 0n }));
+  for (const o of open) {
+    const r = await fuse.open(node.get(`d${o.d}/f${o.f}`)!, O.RDONLY);
+    t.is(r.error, 0);
+    o.fh = fhOfOpen(r);
+  }
+  const readsBack = async (o: (typeof open)[number]) => {
+    const r = await fuse.read(o.fh, 0, 4096);
+    if (r.error !== 0 || r.body.toString() !== fileText(o.d, o.f)) throw new Error(`READ of d${o.d}/f${o.f} through fh ${o.fh}: error ${r.error}, ${JSON.stringify(r.body.toString())}`);
+  };
+
+  const stopped: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    let stop = false;
+    let served = 0;
+    // Under load: LOOKUPs of known names (the same node id back) and READs through the open files.
+    const load = inParallel(
+      Array.from({ length: 4 }, (_, w) => async () => {
+        for (let k = w; !stop; k += 4) {
+          const [d, f] = files[(k * 7919) % files.length];
+          const r = await fuse.lookup(node.get(`d${d}`)!, `f${f}`);
+          if (r.error !== 0 || nodeOf(r) !== node.get(`d${d}/f${f}`)) throw new Error(`LOOKUP d${d}/f${f}: error ${r.error}, node ${r.error === 0 ? nodeOf(r) : '-'}, was ${node.get(`d${d}/f${f}`)}`);
+          await readsBack(open[k % open.length]);
+          served += 2;
+        }
+      }),
+      4,
+    );
+    const r = await upgrade('fs', fsPlugin);
+    stop = true;
+    await load;
+    t.true(served > 0);
+    t.like(r, { name: 'fs', frontEnd: true, rings: [0, 1] });
+    t.true(r.stateBytes > 10_000 * 24, `the state carries the inode table (${r.stateBytes} bytes)`);
+    t.log(`fs ${JSON.stringify(r.phases)}; ${r.stateBytes} state bytes`);
+    stopped.push(r.stoppedMs);
+  }
+  // The open files still read, and every inode keeps its node id.
+  for (const o of open) await readsBack(o);
+  await inParallel(files.filter((_, k) => k % 10 === 0).map(([d, f]) => async () => {
+    const r = await fuse.lookup(node.get(`d${d}`)!, `f${f}`);
+    if (r.error !== 0 || nodeOf(r) !== node.get(`d${d}/f${f}`)) throw new Error(`after the upgrades, LOOKUP d${d}/f${f} gave error ${r.error}`);
+  }));
+  t.pass('open files read and node ids kept after 5 upgrades');
+  await fe.close();
+  const s = [...stopped].sort((a, b) => a - b);
+  t.log(`fs (10,100 inodes known, 3 files open): rings stopped ${s.map((x) => x.toFixed(2)).join(', ')} ms (median ${s[2].toFixed(2)})`);
 });

@@ -14,6 +14,12 @@ import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { native } from '../host/native/index.ts';
+import { VhostUserConnection } from '../host/frontend/connection.ts';
+import { GuestRam } from '../host/frontend/driver-memory.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
+import { VirtioFeature, bit } from '../host/device/features.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -204,4 +210,63 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
   }
   t.log(outcomes.join('\n'));
   t.notRegex(h.log(), /ERROR/);
+});
+
+test.serial('a packed ring moves to the new build: the new instance is warmed up on a packed scratch ring, and requests before, during and after are answered', async (t) => {
+  // Debug: the warm-up says what it did.
+  const h = await host(['--plugin', rng, '--entropy', '--log-level', 'debug']);
+  const conn = await VhostUserConnection.connect(h.socketPath);
+  const ram = GuestRam.create({ bytes: 1 << 20 });
+  const kick = native.eventfd(0);
+  const call = native.eventfd(0);
+  t.teardown(() => {
+    conn.close();
+    ram.close();
+    native.close(kick);
+    native.close(call);
+  });
+  t.true(((await conn.getFeatures()) & bit(VirtioFeature.RING_PACKED)) !== 0n, 'the host offers VIRTIO_F_RING_PACKED');
+  await conn.setProtocolFeatures(await conn.getProtocolFeatures());
+  await conn.setOwner();
+  await conn.setFeatures(bit(VirtioFeature.VERSION_1) | bit(VirtioFeature.RING_PACKED) | bit(VirtioFeature.PROTOCOL_FEATURES) | bit(VirtioFeature.RING_EVENT_IDX));
+  await conn.setMemTable(ram.memTable());
+  const size = 16;
+  const layout = PackedDriverRing.layoutFor(size);
+  const gpa = ram.alloc(layout.bytes, 4096);
+  const ring = new PackedDriverRing({ size, memory: ram.view(gpa, layout.bytes), gpa, eventIdx: true });
+  await conn.setVringNum(0, size);
+  await conn.setVringAddr({ index: 0, flags: 0, descUserAddr: BigInt(ram.uva(ring.descGpa)), availUserAddr: BigInt(ram.uva(ring.driverEventGpa)), usedUserAddr: BigInt(ram.uva(ring.deviceEventGpa)), logGuestAddr: 0n });
+  await conn.setVringCall(0, call);
+  await conn.setVringKick(0, kick);
+  await conn.setVringEnable(0, true);
+  const buf = ram.alloc(64 * size);
+  // rng requests one after another (each 64 bytes of entropy), across the ring's wrap many times.
+  let answered = 0;
+  const one = async (k: number) => {
+    if (ring.add([], [{ gpa: buf + (k % size) * 64, len: 64 }]) === null) throw new Error('packed ring full');
+    if (ring.kickNeeded()) native.eventfdWrite(kick);
+    for (let i = 0; i < 2000; i++) {
+      const used = ring.getUsed();
+      if (used.length > 0) {
+        if (used.length !== 1 || used[0].len !== 64) throw new Error(`request ${k}: ${JSON.stringify(used)}`);
+        answered++;
+        return;
+      }
+      await sleep(1);
+    }
+    throw new Error(`request ${k} was not answered; host log:\n${h.log()}`);
+  };
+  for (let k = 0; k < 40; k++) await one(k);
+  let done = false;
+  const io = (async () => {
+    for (let k = 40; !done; k++) await one(k);
+  })();
+  const r = await upgrade(h, rng);
+  done = true;
+  await io;
+  t.like(r, { name: 'rng', frontEnd: true, rings: [0] });
+  for (let k = 0; k < 40; k++) await one(1000 + k);
+  t.true(answered >= 80);
+  t.regex(h.log(), /plugin upgraded: rng/);
+  t.regex(h.log(), /warm-up: ring\(s\) 0, 4 of 4 request\(s\) answered/, 'the scratch packed ring served every warm-up request');
 });

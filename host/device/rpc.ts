@@ -6,6 +6,8 @@ import type { NetInit } from '../net/link.ts';
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
 import type { SerializedError } from '../errors.ts';
+import type { WarmUpResult } from './warm-up.ts';
+import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
 import { op, type ApiOf, type RpcReply, type RpcRequest } from './typed-rpc.ts';
 
 /** What a worker loads: a TypeScript/JS device module, or a WebAssembly plugin. */
@@ -124,6 +126,20 @@ export const deviceWorkerOps = {
    */
   halt: op<(reason: string) => boolean>(),
   status: op<() => WorkerStatus>(),
+  /**
+   * A live upgrade's new instance, before the old one stops (warm-up.ts): its ring machinery run
+   * once on a scratch ring with the features the front-end acked, then reset. Answers what it did.
+   */
+  warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[]) => WarmUpResult>(),
+  /** A live upgrade's stop on the old instance, one call (upgrade-steps.ts): pause, held check, stop, first state bytes. */
+  upgradeStop: op<(pause: number[], stop: number[], stateBytes: number) => UpgradeStopResult>({
+    transferResult: (r) => (r.state ? [r.state.bytes.buffer as ArrayBuffer] : []),
+  }),
+  /** A live upgrade's restart on the new instance, one call (upgrade-steps.ts): last state chunk, finish-load, rings. Answers a refusal or null. */
+  upgradeStart: op<(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null) => string | null>({
+    transferArgs: (_offset, chunk) =>
+      chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer ? [chunk.buffer] : [],
+  }),
   /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */
   ringSnapshot: op<() => RingSnapshot[]>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).

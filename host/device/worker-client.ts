@@ -18,6 +18,8 @@
 import type { DeviceInfo } from './device.ts';
 import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { ownCopy, type Remote } from './typed-rpc.ts';
+import type { WarmUpResult } from './warm-up.ts';
+import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
 import { DeviceLoadError } from './errors.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
@@ -257,6 +259,33 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     const each = await Promise.all(this.threads.map((t) => t.status()));
     const union = (f: (s: WorkerStatus) => number[]) => [...new Set(each.flatMap(f))].sort((a, b) => a - b);
     return { running: union((s) => s.running), failed: each.find((s) => s.failed !== null)?.failed ?? null, brokenQueues: union((s) => s.brokenQueues) };
+  }
+
+  /** Every thread warms the rings it will serve (warm-up.ts); the answers are summed up. */
+  async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]): Promise<WarmUpResult> {
+    const n = this.threads.length;
+    const each = await Promise.all(this.threads.map((t, k) => t.warmUp(features, protocolFeatures, rings.filter((i) => i % n === k))));
+    return {
+      rings: each.flatMap((r) => r.rings).sort((a, b) => a - b),
+      requests: each.reduce((s, r) => s + r.requests, 0),
+      completed: each.reduce((s, r) => s + r.completed, 0),
+      stateRefusal: each.find((r) => r.stateRefusal !== null)?.stateRefusal ?? null,
+      ms: Math.max(...each.map((r) => r.ms)),
+    };
+  }
+
+  /** upgrade-steps.ts; a device on one thread only (on several, the session takes the steps one by one). */
+  async upgradeStop(pause: number[], stop: number[], stateBytes: number): Promise<UpgradeStopResult> {
+    return this.oneThread('upgradeStop').upgradeStop(pause, stop, stateBytes);
+  }
+
+  async upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null): Promise<string | null> {
+    return this.oneThread('upgradeStart').upgradeStart(offset, chunk, rings, inflight);
+  }
+
+  private oneThread(what: string): WorkerThread {
+    if (this.threads.length !== 1) throw new Error(`${what} is for a device on one thread; this one runs on ${this.threads.length}`);
+    return this.threads[0];
   }
 
   /** Each ring from the thread that serves it (ring i: thread i mod N). */

@@ -5,7 +5,7 @@
 // and terminate us.
 
 import { parentPort, workerData } from 'node:worker_threads';
-import { DeviceRunner } from './runner.ts';
+import { DeviceRunner, type RunnerHooks } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
 import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
@@ -15,6 +15,9 @@ import { RequestMeter } from '../metrics/request-meter.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import { ownThreadId } from './thread-state.ts';
 import { DeviceNet } from '../net/device-net.ts';
+import { warmUp } from './warm-up.ts';
+import { upgradeStart, upgradeStop, type UpgradeInflight, type UpgradeRingStart } from './upgrade-steps.ts';
+import { REQUEST_METER_BYTES } from '../metrics/request-meter.ts';
 
 // A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
 // booted before any device asked for it, gets it as its first message.
@@ -39,7 +42,8 @@ const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
 // The watchdog looks this thread up in /proc when a notification write overruns (worker-thread.ts).
 Atomics.store(slot, WATCHDOG_TID, ownThreadId());
-const meter = init.meter ? new RequestMeter(init.meter) : undefined;
+// Replaced by a scratch one while an upgrade's warm-up runs (its requests are not the guest's).
+let meter = init.meter ? new RequestMeter(init.meter) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
 const net = init.net ? new DeviceNet(init.net) : undefined;
 /** What the device is told about its networks (the plugin's network.count/mtu; a module's options). */
@@ -99,7 +103,10 @@ async function loadDevice(): Promise<VirtioDevice> {
  * half-updated), and a reset means "as just created".
  */
 class WorkerOperations implements Implementation<DeviceWorkerApi> {
-  constructor(private readonly runner: DeviceRunner) {}
+  constructor(
+    private readonly runner: DeviceRunner,
+    private readonly hooks: RunnerHooks,
+  ) {}
 
   readConfig(offset: number, size: number) { return this.runner.readConfig(offset, size); }
   writeConfig(offset: number, data: Uint8Array) { this.runner.writeConfig(offset, data); }
@@ -127,6 +134,20 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   halt(reason: string) { return this.runner.halt(reason); }
   status() { return this.runner.status(); }
   ringSnapshot() { return this.runner.ringSnapshot(); }
+  upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
+  upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null) { return upgradeStart(this.runner, offset, chunk, rings, inflight); }
+  async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {
+    // Counted nowhere and throttled by nothing: scratch cells stand in for the device's own.
+    const own = { meter, throttle: this.hooks.throttle };
+    meter = this.hooks.meter = own.meter ? new RequestMeter(new SharedArrayBuffer(REQUEST_METER_BYTES)) : undefined;
+    this.hooks.throttle = undefined;
+    try {
+      return await warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings);
+    } finally {
+      meter = this.hooks.meter = own.meter;
+      this.hooks.throttle = own.throttle;
+    }
+  }
   stateBegin() { return this.runner.stateBegin(); }
   stateRead(offset: number, size: number, section?: number) {
     return section === undefined ? this.runner.stateRead(offset, size) : this.runner.sectionRead(section, offset, size);
@@ -166,32 +187,29 @@ async function main(): Promise<void> {
     post({ type: 'init-failed', error: serializeError(e) });
     return;
   }
-  const runner = new DeviceRunner(
-    device,
-    {
-      ringBroken: (index, reason) => post({ type: 'ring-broken', index, reason }),
-      deviceFailed: (reason) => post({ type: 'device-failed', reason }),
-      inbandCall: (index) => post({ type: 'inband-call', index }),
-      memoryFault: (reason) => post({ type: 'memory-fault', reason }),
-      enterDevice: (phase = WatchdogPhase.call) => {
-        enter(phase);
-        // A notification write is the front-end's time, not the device's; the completions it
-        // announces are timed now.
-        if (phase === WatchdogPhase.call) meter?.callStart();
-        else if (phase === WatchdogPhase.notify) meter?.flush();
-      },
-      leaveDevice: () => {
-        leave();
-        meter?.callEnd(memoryOf(runner.device));
-      },
-      meter,
-      throttle,
-      net,
+  const hooks: RunnerHooks = {
+    ringBroken: (index, reason) => post({ type: 'ring-broken', index, reason }),
+    deviceFailed: (reason) => post({ type: 'device-failed', reason }),
+    inbandCall: (index) => post({ type: 'inband-call', index }),
+    memoryFault: (reason) => post({ type: 'memory-fault', reason }),
+    enterDevice: (phase = WatchdogPhase.call) => {
+      enter(phase);
+      // A notification write is the front-end's time, not the device's; the completions it
+      // announces are timed now.
+      if (phase === WatchdogPhase.call) meter?.callStart();
+      else if (phase === WatchdogPhase.notify) meter?.flush();
     },
-    init.label,
-  );
+    leaveDevice: () => {
+      leave();
+      meter?.callEnd(memoryOf(runner.device));
+    },
+    meter,
+    throttle,
+    net,
+  };
+  const runner = new DeviceRunner(device, hooks, init.label);
   meter?.memory(memoryOf(device));
-  const ops = new WorkerOperations(runner);
+  const ops = new WorkerOperations(runner, hooks);
   // Calls are handled one at a time, in order, even those that await (a reset after a failure).
   let queue: Promise<void> = Promise.resolve();
   port.on('message', (req: MainToWorker) => {
