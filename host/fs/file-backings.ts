@@ -76,7 +76,7 @@ export class FsFileBackings {
       return;
     }
     const fd = this.share.detachFile(h);
-    this.table.unregister(index, () => io.release(() => native.fsClose(fd)));
+    this.table.unregister(index, fd < 0 ? () => io.forget() : () => io.release(() => native.fsClose(fd)));
   }
 
   /**
