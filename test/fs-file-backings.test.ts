@@ -1,8 +1,10 @@
 // filesystem.backing's host side: an open file of a real share becomes an entry in the device's
 // backing table (host/fs/file-backings.ts), with the real fd, the right read-only flag, one index
-// per handle, and out of the table before its fd is closed or the device resets.
+// per handle, and out of the table when the file closes or the device resets; with rounds (the
+// runner), a closed file stays named until its call's answers started and its fd open until
+// its I/O in flight is done.
 import test from 'ava';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
@@ -106,6 +108,80 @@ test('a host without a backing table says so when a plugin asks', (t) => {
       throw new Error('not granted');
     }) as Record<string, (...a: unknown[]) => unknown>;
     t.throws(() => fs.backing(1n), { message: /no backing table for shared files/ });
+  } finally {
+    share.close();
+  }
+});
+
+/** Fds of this process that name `path`. */
+function fdsOn(path: string): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === path) n++;
+    } catch {
+      // readdir's own fd, closed by now
+    }
+  }
+  return n;
+}
+
+test('with rounds (the runner), a closed file keeps its index until the round ends and its fd until its I/O is done', (t) => {
+  const { share, table, fs, node } = setup();
+  const path = join(dir, 'a.txt');
+  try {
+    table.useRounds();
+    const base = fdsOn(path);
+    const a = fs.open(node, O_RDONLY).val as bigint;
+    const ia = fs.backing(a).val as number;
+    const io = table.get(ia)!;
+    t.is(fdsOn(path), base + 1);
+    // A request in flight on it (the UringExecutor pins the target at submit).
+    io.uring!.pin!(false);
+    fs.close(a);
+    t.is(table.get(ia), io, 'answers of the same call may still name it');
+    t.deepEqual(fs.backing(a), { tag: 'err', val: E.EBADF }, 'but the handle is closed');
+    t.is(share.openFds, 0, 'the share no longer counts it');
+    table.endRound();
+    t.is(table.get(ia), undefined, 'gone once the round ends');
+    t.is(fdsOn(path), base + 1, 'the fd stays open while I/O on it is in flight');
+    t.true(io.uring!.fd >= 0);
+    // Another file takes the index at once; the old target still names its own fd.
+    const b = fs.open(node, O_RDWR).val as bigint;
+    t.is(fs.backing(b).val, ia, 'the index is reused');
+    t.not(table.get(ia), io);
+    io.uring!.unpin!(false);
+    t.is(io.uring!.fd, -1, 'the last op done: closed');
+    t.is(fdsOn(path), base + 1, 'only b is open now');
+    fs.close(b);
+    table.endRound();
+    t.is(fdsOn(path), base);
+  } finally {
+    share.close();
+  }
+});
+
+test('FSYNC waits for the writes in flight on that file only (table.settle), none when there are none', (t) => {
+  const { share, table, files, fs, node } = setup();
+  try {
+    const a = fs.open(node, O_RDWR).val as bigint;
+    const io = table.get(fs.backing(a).val as number)!;
+    const waits: boolean[] = [];
+    table.settle = (until) => {
+      waits.push(until());
+      io.uring!.unpin!(true); // the executor completes the write
+      waits.push(until());
+    };
+    t.is(fs.fsync(a, false).tag, 'ok');
+    t.deepEqual(waits, [], 'no write in flight: no wait');
+    io.uring!.pin!(false);
+    t.is(fs.fsync(a, true).tag, 'ok');
+    t.deepEqual(waits, [], 'a read in flight is not waited for');
+    io.uring!.pin!(true);
+    t.is(fs.fsync(a, false).tag, 'ok');
+    t.deepEqual(waits, [false, true], 'waited until the write was done');
+    io.uring!.unpin!(false);
+    files.releaseAll();
   } finally {
     share.close();
   }

@@ -142,6 +142,49 @@ test.serial('completions out of order: a read stuck on a slow backing does not h
   });
 });
 
+test.serial('targets are looked up and pinned at submit, unpinned when done; settle(until) returns once until() holds, leaving the rest in flight', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(shmDir, 'pins.img');
+    const data = pattern(64 * 1024, 9);
+    writeFileSync(path, data);
+    const file = FileBacking.open(path, true);
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(1 << 20);
+    const pins = { file: 0, pipe: 0 };
+    const counted = (fd: number, which: 'file' | 'pipe'): UringTarget => ({
+      fd,
+      directAlign: 0,
+      pin: () => void pins[which]++,
+      unpin: () => void pins[which]--,
+    });
+    let table: (UringTarget | undefined)[] = [counted(file.fd, 'file'), counted(pr, 'pipe')];
+    const ex = new UringExecutor({ target: (i) => table[i] });
+    try {
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 8)] }]);
+      const fast = Array.from({ length: 8 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]));
+      t.deepEqual(pins, { file: 8, pipe: 1 }, 'every submitted op pins its target');
+      // The table changes after submit (an fs file closed, its index given to another file):
+      // what was submitted keeps the target it was submitted with.
+      table = [undefined, undefined];
+      ex.settle(() => pins.file === 0);
+      t.deepEqual(pins, { file: 0, pipe: 1 }, 'settle returned once the file reads were done; the pipe read is still in flight');
+      t.is(ex.inflight, 1);
+      for (const r of await Promise.all(fast)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
+      t.true(Buffer.from(mem.buf, 4096, 8 * 8192).equals(data.subarray(0, 8 * 8192)), 'read from the file they were submitted to');
+      n.write(pw, Buffer.from('unpinned'));
+      t.deepEqual(await slow, { errno: 0, lastReadBytes: 8 });
+      t.deepEqual(pins, { file: 0, pipe: 0 });
+      t.is((await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 8)] }])).errno, 9, 'a later request naming the dropped index: EBADF');
+    } finally {
+      ex.close();
+      file.close();
+      mem.close();
+      n.close(pr);
+      n.close(pw);
+    }
+  });
+});
+
 test.serial('a barrier (flush) starts only after everything before it completed, and holds back what comes after', async (t) => {
   await noLeak(t, async () => {
     const path = join(diskDir, 'barrier.img');

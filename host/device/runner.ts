@@ -330,8 +330,26 @@ export class DeviceRunner {
   }
 
   private makeExecutor(table: BackingTable): IoExecutor {
-    // io_uring for files and block devices, one copy for memory disks (host/io/choose-executor.ts).
-    return chooseExecutor(table, this.log).executor;
+    // io_uring for files and block devices and a disk share's files, one copy for memory disks
+    // (host/io/choose-executor.ts).
+    const executor = chooseExecutor(table, this.log).executor;
+    // Answers are started after each device call: an index the call gives up stays until then.
+    table.useRounds();
+    const settle = executor.settle?.bind(executor);
+    table.settle =
+      settle === undefined
+        ? null
+        : (until) => {
+            // Called from inside a device call (filesystem.fsync): what completes meanwhile is
+            // written to its used ring; a ring the guest broke is broken here, not thrown into
+            // the plugin.
+            try {
+              settle(until);
+            } catch (e) {
+              this.batchFailed(-1, e);
+            }
+          };
+    return executor;
   }
 
   private freshRing(): Vring {
@@ -768,7 +786,13 @@ export class DeviceRunner {
 
   stateFinish(): string | null {
     this.requireStopped('load state');
-    const err = this.call(() => this.device.finishLoad());
+    let err: string | null;
+    try {
+      err = this.call(() => this.device.finishLoad());
+    } finally {
+      // No answers follow a load: what it closed goes now.
+      this.backings.endRound();
+    }
     if (err !== null && typeof err !== 'string') throw this.deviceFault(`${this.device.info.name}: finishLoad() returned ${typeof err}`);
     return err;
   }
@@ -987,6 +1011,15 @@ export class DeviceRunner {
         }
       }
     }
+    try {
+      this.runRound(fresh, events, frames);
+    } finally {
+      // What the call unregistered (an fs file closed) goes only now that its answers started.
+      this.backings.endRound();
+    }
+  }
+
+  private runRound(fresh: Req[], events: DeviceEvent[], frames: RxFrame[]): void {
     const due = this.due;
     due.begin(this.reqs);
     for (let i = 0; i < events.length; i++) {

@@ -1,9 +1,11 @@
 // An open file of a virtio-fs share as an IoBacking (host/io/backing-table.ts): what the
 // executors run FUSE_READ's backing-read pieces and FUSE_WRITE's transfers against. The fd
-// belongs to the share (host/fs/share.ts); host/fs/file-backings.ts takes the entry out of the
-// table before the share closes it.
+// belongs to the share (host/fs/share.ts) while the file is open; host/fs/file-backings.ts
+// takes the entry out of the table when the guest closes it, and the fd is closed once no I/O
+// on it is in flight (io_uring may still be reading into it when a FUSE_RELEASE arrives).
 import { BackingError } from '../storage/backing.ts';
 import type { IoBacking } from '../io/backing-table.ts';
+import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
 import { constants as os } from 'node:os';
 
@@ -16,12 +18,78 @@ function fail(describe: string, op: string, len: number, offset: number, errno: 
   throw new BackingError(`${describe}: ${op} of ${len} bytes at ${offset} failed: ${name}`, { details: { errno } });
 }
 
-export function fileIoBacking(fd: number, readOnly: boolean, describe: string): IoBacking {
+/**
+ * An open file of the share as the executors see it: the IoBacking (synchronous calls, the
+ * SyncExecutor's path on tmpfs) and its `uring` target (io_uring, on a disk). Ops pin it while
+ * they are in flight; `release` closes the fd once none is (host/fs/file-backings.ts hands it
+ * the fd when the share lets go of the file).
+ */
+export interface FsFileIo extends IoBacking {
+  readonly uring: UringTarget;
+  /** Ops in flight on it (io_uring): all, and writes. */
+  readonly pins: number;
+  readonly writePins: number;
+  /**
+   * The file is closed for the device: `close` (which closes the fd) runs now, or when the last
+   * op in flight on it is done. Afterwards the fd reads -1, so nothing can reach a number that
+   * may by then be another file's.
+   */
+  release(close: () => void): void;
+  /** The share closed the fd itself (a device reset, nothing in flight): it reads -1 from now on. */
+  forget(): void;
+}
+
+export function fileIoBacking(fd0: number, readOnly: boolean, describe: string): FsFileIo {
   const stat = new Float64Array(16);
+  let fd = fd0;
+  let pins = 0;
+  let writePins = 0;
+  let closer: (() => void) | null = null;
+  const closeNow = (close: () => void): void => {
+    fd = -1;
+    close();
+  };
+  const uring: UringTarget = {
+    get fd() {
+      return fd;
+    },
+    directAlign: 0,
+    describe,
+    inline: false,
+    pin(write) {
+      pins++;
+      if (write) writePins++;
+    },
+    unpin(write) {
+      pins--;
+      if (write) writePins--;
+      if (pins === 0 && closer !== null) {
+        const c = closer;
+        closer = null;
+        closeNow(c);
+      }
+    },
+  };
   return {
     describe,
     readOnly,
     growable: true,
+    uring,
+    get pins() {
+      return pins;
+    },
+    get writePins() {
+      return writePins;
+    },
+    release(close) {
+      if (fd < 0) return;
+      if (pins === 0) closeNow(close);
+      else closer = close;
+    },
+    forget() {
+      fd = -1;
+      closer = null;
+    },
     get size(): number {
       const r = native.fsStat(fd, stat);
       return r < 0 ? 0 : stat[7];

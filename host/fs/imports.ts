@@ -28,8 +28,8 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
     close: (h: bigint): void => {
       const sh = s();
-      files?.closing(h);
-      sh.closeHandle(h);
+      if (files) files.close(h);
+      else sh.closeHandle(h);
     },
     getattr: (h: bigint) => wit(s().getattr(h)),
     setattr: (
@@ -62,7 +62,11 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
       return wit(files.backing(file));
     },
     readdir: (dir: bigint, offset: bigint, max: number) => wit(s().readdir(dir, offset, max)),
-    fsync: (file: bigint, datasync: boolean) => wit(s().fsync(file, datasync)),
+    fsync: (file: bigint, datasync: boolean) => {
+      const sh = s();
+      files?.settleWrites(file);
+      return wit(sh.fsync(file, datasync));
+    },
     fallocate: (file: bigint, mode: number, offset: bigint, len: bigint) => wit(s().fallocate(file, mode, offset, len)),
     lseek: (file: bigint, offset: bigint, whence: number) => wit(s().lseek(file, offset, whence)),
     statfs: (h: bigint) => wit(s().statfs(h)),

@@ -465,6 +465,20 @@ export class FsShare {
     }
   }
 
+  /**
+   * Closes open-file handle `h` as closeHandle does (its locks go), but hands its fd to the
+   * caller instead of closing it: I/O on it may still be in flight (host/fs/file-backings.ts
+   * closes it with native.fsClose once that is done). -1 when `h` is no open file.
+   */
+  detachFile(h: bigint): number {
+    const s = this.slot(h, 'file');
+    if (!s) return -1;
+    this.locks.fileClosing(h);
+    this.handles.delete(Number(h));
+    if (s.fd >= 0) this.heldFds--;
+    return s.fd;
+  }
+
   getattr(h: bigint): FsResult<Attr> {
     return this.using(h, undefined, (fd) => this.stat(fd));
   }

@@ -7,6 +7,7 @@
 import { BackingError, type Backing } from '../storage/backing.ts';
 import { constants as osConstants } from 'node:os';
 import type { IoOp } from './executor.ts';
+import type { UringTarget } from './uring-executor.ts';
 
 /** What an executor needs of one backing, whatever is behind it (a disk store, an fs file). */
 /**
@@ -57,6 +58,8 @@ export interface IoBacking {
   writeZeroes(offset: number, len: number): void;
   /** The host/storage object behind a --storage grant (executors with their own I/O paths read its kind). */
   readonly storage?: Backing;
+  /** How io_uring reaches it (an fs file: its fd, and pins that keep the fd open while I/O is in flight). */
+  readonly uring?: UringTarget;
 }
 
 /** Why a backing index cannot be used; the answer checks turn it into the "backing granted" rule. */
@@ -122,11 +125,28 @@ export function storageIoBacking(b: Backing): IoBacking {
 /**
  * One device's backings by index. Index 0 is reserved for --storage (absent when not granted);
  * registered files get the lowest free index above it, reused only after unregister.
+ *
+ * Rounds (useRounds, set by the runner that carries the answers out): a device call's answers
+ * are checked and started only after the call returns, so an index the device gives up inside a
+ * call (FUSE_RELEASE after a FUSE_READ in the same batch) must still name the same file until
+ * they are: unregister then only marks it, and endRound() (after the call's answers started)
+ * takes it out and runs its `then`. Without rounds (tests that call a plugin directly) it goes
+ * at once.
  */
 export class BackingTable {
   private readonly entries: (IoBacking | undefined)[] = [undefined];
   /** Files may not hold more indexes than this at once (an fs plugin opening files in a loop). */
   static readonly MAX_ENTRIES = 1 << 16;
+  private rounds = false;
+  /** Unregistered during the current round: [index, then]. */
+  private retired: [number, (() => void) | undefined][] = [];
+  /** The directory whose files this table's registered entries are (virtio-fs), for chooseExecutor. */
+  shareDir: string | undefined;
+  /**
+   * Set by the runner when its executor can have I/O in flight: runs the executor until `until()`
+   * holds (an fs file's in-flight writes done before an fsync). Null: nothing is ever in flight.
+   */
+  settle: ((until: () => boolean) => void) | null = null;
 
   constructor(storage?: IoBacking) {
     this.entries[0] = storage;
@@ -152,16 +172,48 @@ export class BackingTable {
     return this.entries.length - 1;
   }
 
-  /** The index is gone: answers naming it fail the device from now on. Index 0 cannot be dropped. */
-  unregister(index: number): void {
-    if (!Number.isInteger(index) || index < 1 || index >= this.entries.length) return;
+  /**
+   * The index is gone: answers naming it fail the device from now on (with rounds: from the end
+   * of this round on). `then` runs once it is out. Index 0 cannot be dropped.
+   */
+  unregister(index: number, then?: () => void): void {
+    if (!Number.isInteger(index) || index < 1 || index >= this.entries.length || this.entries[index] === undefined) {
+      then?.();
+      return;
+    }
+    if (this.rounds) {
+      this.retired.push([index, then]);
+      return;
+    }
+    this.drop(index);
+    then?.();
+  }
+
+  private drop(index: number): void {
     this.entries[index] = undefined;
     while (this.entries.length > 1 && this.entries[this.entries.length - 1] === undefined) this.entries.pop();
   }
 
+  /** Answers are carried out after each device call (the runner): unregister waits for endRound. */
+  useRounds(): void {
+    this.rounds = true;
+  }
+
+  /** The current call's answers have started: what it unregistered goes now. */
+  endRound(): void {
+    if (this.retired.length === 0) return;
+    const gone = this.retired;
+    this.retired = [];
+    for (const [index] of gone) this.drop(index);
+    for (const [, then] of gone) then?.();
+  }
+
   /** Drops every registered file (a device reset); the --storage entry stays. */
   clearFiles(): void {
+    const gone = this.retired;
+    this.retired = [];
     this.entries.length = 1;
+    for (const [, then] of gone) then?.();
   }
 
   /** Indexes in use (tests, diagnostics). */

@@ -1,7 +1,8 @@
 // Which executor moves a device's bytes, from what its backing table holds at 0 (--storage):
 // a memory disk -> MemoryExecutor (one copy, synchronous); a file or block device -> io_uring
-// (UringExecutor; other backings in the table run synchronously in their turn); no --storage
-// (a virtio-fs device, whose files host/fs serves) -> SyncExecutor. Where io_uring is not
+// (UringExecutor; other backings in the table run synchronously in their turn); a virtio-fs
+// share's files (no --storage; host/fs registers them) -> io_uring on a disk, SyncExecutor on
+// tmpfs; nothing -> SyncExecutor. Where io_uring is not
 // available (a kernel without it, io_uring_disabled, a seccomp filter) the file is served by
 // the SyncExecutor, and the log says so and why: one request at a time is a different product.
 import { statfsSync } from 'node:fs';
@@ -72,5 +73,43 @@ export function chooseExecutor(table: BackingTable, log: Logger): ExecutorChoice
       log.warn(`io_uring is not available here (${why}): ${storage.describe} is served synchronously, one request at a time; its I/O is not asynchronous and queue depth does not help`);
     }
   }
+  if (storage === undefined && table.shareDir !== undefined) {
+    const fs = fsShareExecutor(table, table.shareDir, log, logIoError);
+    if (fs !== null) return fs;
+  }
   return { executor: new SyncExecutor(table, logIoError), kind: 'sync' };
+}
+
+/**
+ * A virtio-fs share's files (FUSE_READ / FUSE_WRITE): on a disk file system through io_uring,
+ * many requests in flight, each completing when its I/O does; on tmpfs one pread/pwrite in
+ * turn (the SyncExecutor), as for a tmpfs --storage file (io_uring would punt every tmpfs read
+ * to a kernel worker: bench/uring). Submounts are never crossed (host/native/src/fs.c:
+ * RESOLVE_NO_XDEV), so the share root's file system is every file's. Null: the SyncExecutor.
+ */
+function fsShareExecutor(table: BackingTable, dir: string, log: Logger, logIoError: (message: string) => void): ExecutorChoice | null {
+  let tmpfs = false;
+  try {
+    tmpfs = statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    // Not knowing only costs speed: the ring serves it.
+  }
+  if (tmpfs) {
+    log.debug(`shared directory ${dir} is on tmpfs: file I/O with pread/pwrite in turn`);
+    return null;
+  }
+  const target = (i: number): UringTarget | SyncTarget | undefined => {
+    const b = table.get(i);
+    if (b === undefined) return undefined;
+    return b.uring ?? { sync: b };
+  };
+  try {
+    const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError });
+    log.debug(`shared directory ${dir}: file I/O through io_uring`);
+    return { executor, kind: 'io_uring' };
+  } catch (e) {
+    const why = `${errnoCode(e) ?? 'error'}: ${(e as Error).message}`;
+    log.warn(`io_uring is not available here (${why}): the files of ${dir} are read and written synchronously, one request at a time`);
+    return null;
+  }
 }

@@ -43,6 +43,11 @@ export interface IoExecutor {
    */
   drain(): void;
   /**
+   * drain() until `until()` holds, or nothing is in flight (executors that can have I/O in
+   * flight: io_uring). For a wait on part of the I/O (one fs file's writes before its fsync).
+   */
+  settle?(until: () => boolean): void;
+  /**
    * Cancel whatever is still in flight (`done` fires with ECANCELED, before close returns, for
    * what the kernel could stop), wait until nothing targets guest memory, release everything.
    */

@@ -56,6 +56,14 @@ export interface UringTarget {
    */
   discard?(offset: number, len: number): void;
   writeZeroes?(offset: number, len: number): void;
+  /**
+   * A request naming it was submitted (`pin`) / is done (`unpin`), once per op. An fs file keeps
+   * its fd open while pinned (host/fs/file-io-backing.ts): a FUSE_RELEASE that arrives while its
+   * reads are in flight closes the fd only after them, so its number is never another file's
+   * while the kernel may still use it.
+   */
+  pin?(write: boolean): void;
+  unpin?(write: boolean): void;
 }
 
 /**
@@ -136,7 +144,14 @@ type Stage =
   | 'rmw-tail' // ... and its last block
   | 'bounce-write'; // the bounce buffer out
 
+type Target = UringTarget | SyncTarget | undefined;
+
 class Request {
+  /**
+   * Each op's backing, looked up once at submit: an index the device gives up later (an fs file
+   * closed, its index reused for another file) never redirects a request already submitted.
+   */
+  readonly targets: Target[];
   /** Index of the op running now. */
   at = 0;
   /** Bytes of the current op already moved. */
@@ -155,13 +170,26 @@ class Request {
   slot = -1;
   constructor(
     readonly ops: readonly IoOp[],
+    targets: Target[],
     /** A barrier, or a read-modify-write that must run alone. */
     readonly alone: boolean,
     private readonly onDone: (result: IoResult, token: unknown) => void,
     private readonly token: unknown,
-  ) {}
+  ) {
+    this.targets = targets;
+    for (let i = 0; i < targets.length; i++) {
+      const t = targets[i];
+      if (t !== undefined && 'fd' in t && t.pin !== undefined) t.pin(ops[i]!.kind === 'write');
+    }
+  }
 
+  /** Exactly once, whatever ended it: unpins its targets, then tells the runner. */
   done(result: IoResult): void {
+    const { targets, ops } = this;
+    for (let i = 0; i < targets.length; i++) {
+      const t = targets[i];
+      if (t !== undefined && 'fd' in t && t.unpin !== undefined) t.unpin(ops[i]!.kind === 'write');
+    }
     this.onDone(result, this.token);
   }
 }
@@ -300,7 +328,9 @@ export class UringExecutor implements IoExecutor {
       return;
     }
     const o = ordered(ops);
-    const req = new Request(o, barrier || this.needsReadModifyWrite(o), done as (result: IoResult, token: unknown) => void, token);
+    const targets: Target[] = new Array(o.length);
+    for (let i = 0; i < o.length; i++) targets[i] = this.target(o[i]!.backing);
+    const req = new Request(o, targets, barrier || this.needsReadModifyWrite(o, targets), done as (result: IoResult, token: unknown) => void, token);
     this.count++;
     this.waiting.push(req);
     this.pump();
@@ -311,10 +341,11 @@ export class UringExecutor implements IoExecutor {
    * read-modify-write of the partial blocks (ours, or the file backing's for the zeroing ops)
    * runs alone, so no other write into those blocks lands between its read and its write.
    */
-  private needsReadModifyWrite(ops: readonly IoOp[]): boolean {
-    for (const op of ops) {
+  private needsReadModifyWrite(ops: readonly IoOp[], targets: readonly Target[]): boolean {
+    for (let i = 0; i < ops.length; i++) {
+      const op = ops[i]!;
       if (op.kind === 'read' || op.kind === 'flush') continue;
-      const t = this.target(op.backing);
+      const t = targets[i];
       const a = t !== undefined && 'fd' in t ? t.directAlign : 0;
       const len = op.kind === 'write' ? viewBytes(op.from) : op.len;
       if (a > 0 && (op.offset % a !== 0 || len % a !== 0)) return true;
@@ -369,7 +400,7 @@ export class UringExecutor implements IoExecutor {
       if (req.at >= req.ops.length) return this.finish(req, 0);
       if (this.cancelling) return this.finish(req, ECANCELED);
       const op = req.ops[req.at]!;
-      const t = this.target(op.backing);
+      const t = req.targets[req.at];
       if (t === undefined) return this.finish(req, EBADF);
       if ('sync' in t) {
         const errno = this.runSync(req, op, t.sync);
@@ -606,13 +637,13 @@ export class UringExecutor implements IoExecutor {
     const op = req.ops[req.at]!;
     if (res === -ECANCELED || res === -EINTR) return this.finish(req, ECANCELED);
     if (res < 0 && !(res === -EINVAL && req.stage === 'direct' && !req.bounced)) {
-      const t = this.target(op.backing);
+      const t = req.targets[req.at];
       const name = (t !== undefined && 'fd' in t ? t.describe : undefined) ?? `backing ${op.backing}`;
       const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
       this.logIoError(`${name}: ${what} failed: ${errnoName(-res)}`);
     }
     if (req.stage === 'flush') return res < 0 ? this.finish(req, -res) : this.nextOp(req);
-    const t = this.target(op.backing);
+    const t = req.targets[req.at];
     if (t === undefined || 'sync' in t || (op.kind !== 'read' && op.kind !== 'write')) return this.finish(req, EBADF);
     const views = op.kind === 'read' ? op.into : op.from;
     const total = viewBytes(views);
@@ -710,6 +741,30 @@ export class UringExecutor implements IoExecutor {
         throw new Error(`UringExecutor.drain: ${this.count} requests left with nothing in flight (${this.waiting.length} waiting, ${this.stalled.length} stalled)`);
       }
       this.ring.wait(); // submits what is queued, too
+      this.unsubmitted = 0;
+    }
+    if (failure !== null) throw failure;
+  }
+
+  /**
+   * drain() until `until()` holds (or nothing is left): what completes meanwhile completes with
+   * its real result. An fs FUSE_FSYNC waits here for the writes to its file already in flight.
+   */
+  settle(until: () => boolean): void {
+    if (this.closed || this.cancelling) return;
+    let failure: unknown = null;
+    while (this.count > 0 && !until()) {
+      try {
+        this.pump();
+        this.reapAll();
+      } catch (e) {
+        failure ??= e;
+      }
+      if (this.count === 0 || until()) break;
+      if (this.ring.inflight === 0) {
+        throw new Error(`UringExecutor.settle: ${this.count} requests left with nothing in flight (${this.waiting.length} waiting, ${this.stalled.length} stalled)`);
+      }
+      this.ring.wait();
       this.unsubmitted = 0;
     }
     if (failure !== null) throw failure;

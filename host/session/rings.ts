@@ -29,7 +29,12 @@ export class RingFdTable {
   /** Refuses a ring index the device does not have. */
   check(index: number): void {
     if (index >= this.rings.length) {
-      throw new RequestError(`ring index ${index} is out of range: the device has ${this.rings.length} queue(s)`);
+      // QEMU's vhost-user-fs-pci does not hold its num-request-queues to GET_QUEUE_NUM: the
+      // operator learns it here (the fs plugin's queue count is its request-queues option).
+      throw new RequestError(
+        `ring index ${index} is out of range: the device has ${this.rings.length} queue(s), as GET_QUEUE_NUM said; ` +
+          'the front-end is set up for more rings than the device has (give the device more queues, or the front-end fewer)',
+      );
     }
   }
 

@@ -1,8 +1,11 @@
 /*
  * virtio-fs (device id 26): a FUSE server over the host's `filesystem` capability.
  *
- * Queues: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1 = the one request queue. Config
- * space: tag[36] (the operator's --tag) and num_request_queues (1). No device features.
+ * Queues: 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT), 1..N = request queues, N from the
+ * plugin option request-queues (default 1, at most MAX_REQUEST_QUEUES). Every queue is served
+ * by this one instance (one inode and file table); a request is handled the same whichever
+ * queue it came on, and its reply goes back on that queue (the host's used ring). Config
+ * space: tag[36] (the operator's --tag) and num_request_queues (N). No device features.
  *
  * Every request is untrusted: each header and argument is bounds-checked against the bytes
  * the guest supplied; a malformed one gets EINVAL (or, if it is too short to carry a
@@ -1625,12 +1628,39 @@ static void io_failed(const vd_event *e) {
 
 /* ---- Device callbacks ---- */
 
+/* The most request queues an operator may ask for: a queue costs the host three fds (kick, call,
+ * err) reserved from the process budget whether or not the front-end uses it. */
+#define MAX_REQUEST_QUEUES 64
+
+/* request-queues=N: how many request queues the device has and its config space says. 0 until read. */
+static uint32_t request_queues;
+
+/* A bad option fails the load with the reason in the log: the operator asked for a shape the
+ * device cannot have. */
+static uint32_t configured_request_queues(void) {
+  if (request_queues) return request_queues;
+  request_queues = 1;
+  char *v = vd_option("request-queues");
+  if (!v) return request_queues;
+  uint32_t n = 0;
+  const char *c = v;
+  while (*c >= '0' && *c <= '9' && n <= MAX_REQUEST_QUEUES) n = n * 10 + (uint32_t)(*c++ - '0');
+  if (c == v || *c || n < 1 || n > MAX_REQUEST_QUEUES) {
+    vd_log(VD_LOG_ERROR, "option request-queues: not a number of request queues from 1 to 64");
+    __builtin_trap();
+  }
+  free(v);
+  request_queues = n;
+  return n;
+}
+
 const char *vd_name(void) { return "fs"; }
 const char *vd_version(void) { return "0.2.0"; }
 
 void vd_get_info(vd_info *out) {
   out->device_id = 26;
-  out->num_queues = 2; /* hiprio + one request queue */
+  /* hiprio + the request queues; GET_QUEUE_NUM (protocol feature MQ) reports the same. */
+  out->num_queues = (uint16_t)(1 + configured_request_queues());
   out->max_queue_size = 1024;
   out->features = 0;
   out->config_size = 40; /* tag[36], num_request_queues */
@@ -1642,7 +1672,9 @@ void vd_get_info(vd_info *out) {
 void vd_read_config(uint32_t offset, uint8_t *out, uint32_t size) {
   uint8_t cfg[40] = {0};
   vfs_tag((char *)cfg, 36);
-  cfg[36] = 1; /* num_request_queues, le32 */
+  uint32_t n = configured_request_queues(); /* num_request_queues, le32 */
+  cfg[36] = (uint8_t)n;
+  cfg[37] = (uint8_t)(n >> 8);
   for (uint32_t i = 0; i < size && offset + i < sizeof cfg; i++) out[i] = cfg[offset + i];
 }
 

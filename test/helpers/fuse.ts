@@ -1,4 +1,4 @@
-// FUSE requests over a real virtio-fs request queue (queue 1) of our front-end driver.
+// FUSE requests over a real virtio-fs request queue (queue 1 unless told) of our front-end driver.
 import type { VhostUserFrontend } from '../../host/frontend/driver.ts';
 
 export const OP = { LOOKUP: 1, GETATTR: 3, OPEN: 14, READ: 15, RELEASE: 18, INIT: 26, CREATE: 35 } as const;
@@ -11,7 +11,11 @@ export interface FuseReply {
 
 export class FuseClient {
   private unique = 1n;
-  constructor(private readonly fe: VhostUserFrontend) {}
+  constructor(
+    private readonly fe: VhostUserFrontend,
+    /** The ring the requests go on (1 = the first request queue; 0 is hiprio). */
+    readonly queue = 1,
+  ) {}
 
   async req(opcode: number, nodeid: bigint, args: Buffer, writable = 8192): Promise<FuseReply> {
     const h = Buffer.alloc(40);
@@ -19,7 +23,7 @@ export class FuseClient {
     h.writeUInt32LE(opcode, 4);
     h.writeBigUInt64LE(this.unique++, 8);
     h.writeBigUInt64LE(nodeid, 16);
-    const r = await this.fe.queues[1].submit([Buffer.concat([h, args])], writable);
+    const r = await this.fe.queues[this.queue].submit([Buffer.concat([h, args])], writable);
     const out = Buffer.from(r.data.subarray(0, r.len));
     return { error: -out.readInt32LE(4) || 0, body: out.subarray(16) };
   }
@@ -44,7 +48,8 @@ export class FuseClient {
     b.writeBigUInt64LE(fh, 0);
     b.writeBigUInt64LE(BigInt(off), 8);
     b.writeUInt32LE(size, 16);
-    return this.req(OP.READ, 0n, b);
+    // Room for the out header and all of `size`.
+    return this.req(OP.READ, 0n, b, Math.max(8192, 16 + size));
   }
 }
 

@@ -143,7 +143,9 @@ char *vd_option(const char *key) {
   /* The host allocated the string through cabi_realloc: ours now; add the terminator. */
   char *got = (char *)(uintptr_t)vd_get_u32(ret + VD_ABI_OPTIONS_GET_RET_SOME);
   uint32_t len = vd_get_u32(ret + VD_ABI_OPTIONS_GET_RET_SOME + VD_ABI_LIST_LEN);
-  char *s = realloc(got, (size_t)len + 1);
+  /* An empty value comes without an allocation (the glue passes a dangling, aligned pointer
+   * for a zero-length list): never hand that to realloc. */
+  char *s = len == 0 ? malloc(1) : realloc(got, (size_t)len + 1);
   if (!s) __builtin_trap();
   s[len] = '\0';
   return s;
