@@ -1,7 +1,7 @@
 // A device state stream is untrusted input: every broken or foreign stream must be refused by
 // CHECK_DEVICE_STATE with a log line that says why, and both back-ends must keep serving.
 import test from 'ava';
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../host/migration/checksum.ts';
 import type { HostProcess } from './helpers/host-process.ts';
 import { loadState, migrate, MigrationError, saveState, readToEnd } from '../host/frontend/migrate.ts';
 import type { VhostUserFrontend } from '../host/frontend/driver.ts';
@@ -59,7 +59,7 @@ async function refused(t: import('ava').ExecutionContext, h: HostProcess, bytes:
 
 function withHeaderCrc(b: Buffer): Buffer {
   const h = b.readUInt32LE(12);
-  b.writeUInt32LE(crc32(b.subarray(0, h - 4)), h - 4);
+  b.writeUInt32LE(crc32c(b.subarray(0, h - 4)), h - 4);
   return b;
 }
 

@@ -41,6 +41,7 @@ const slot = new Int32Array(init.watchdog);
 Atomics.store(slot, WATCHDOG_TID, ownThreadId());
 const meter = init.meter ? new RequestMeter(init.meter) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
+const converge = init.converge ? new TokenBucket(init.converge) : undefined;
 const net = init.net ? new DeviceNet(init.net) : undefined;
 /** What the device is told about its networks (the plugin's network.count/mtu; a module's options). */
 const networks = net ? net.grants.map((g) => ({ name: g.name, mtu: g.mtu })) : undefined;
@@ -186,6 +187,7 @@ async function main(): Promise<void> {
       },
       meter,
       throttle,
+      converge,
       net,
     },
     init.label,
