@@ -159,14 +159,17 @@ export class StateWriter extends Closable implements ByteSink {
    */
   expect(totalLength: number): void {
     if (this.kind !== 'file' || this.closed || totalLength <= this.offset) return;
-    native.fsFallocate(this.fd, 0, this.offset, totalLength - this.offset);
+    if (native.fsFallocate(this.fd, 0, this.offset, totalLength - this.offset) === 0) this.allocated = totalLength;
   }
+
+  /** A file: how far expect() made it exist (reserve() then need not, and must not cut it). */
+  private allocated = 0;
 
   /** A file: the next len bytes are written by someone else (a section copying itself in); makes them exist. */
   reserve(len: number): { fd: number; offset: number } | null {
     if (this.kind !== 'file' || this.closed) return null;
     const at = this.offset;
-    native.ftruncate(this.fd, at + len);
+    if (this.allocated < at + len) native.ftruncate(this.fd, at + len);
     this.offset += len;
     return { fd: this.fd, offset: at };
   }

@@ -167,7 +167,7 @@ static napi_value crc32c_fn(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   void *data;
   size_t len;
-  uint32_t seed;
+  uint32_t seed = 0;
   bool portable = false;
   if (!get_args(env, info, 3, 1, argv, NULL, "crc32c") || !get_bytes(env, argv[0], "crc32c", "bytes", &data, &len) ||
       !get_seed(env, argv[1], "crc32c", &seed))
@@ -184,7 +184,7 @@ static napi_value copy_crc32c_fn(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   void *dst, *src;
   size_t dlen, slen;
-  uint32_t seed;
+  uint32_t seed = 0;
   if (!get_args(env, info, 3, 2, argv, NULL, "copyCrc32c") || !get_bytes(env, argv[0], "copyCrc32c", "dst", &dst, &dlen) ||
       !get_bytes(env, argv[1], "copyCrc32c", "src", &src, &slen) || !get_seed(env, argv[2], "copyCrc32c", &seed))
     return NULL;
