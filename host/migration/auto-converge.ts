@@ -74,7 +74,7 @@ export class AutoConverge {
     this.rate = next;
     this.bucket.set({ iops: 0, iopsBurst: 0, bytesPerSecond: next, bytesBurst: defaultBurst(next) });
     this.log.info(
-      `pre-copy auto-converge: round ${this.rounds - 1} carries ${bytes} bytes after ${prev} (not shrinking by half): guest writes throttled to ${next} bytes/s until the migration ends`,
+      `pre-copy auto-converge: round ${this.rounds - 1} carries ${bytes} bytes after ${prev} bytes (not shrinking by half): guest writes throttled to ${next} bytes/s until the migration ends`,
     );
     return this.rate;
   }
