@@ -267,6 +267,9 @@ export interface SaveOptions {
   format?: number;
 }
 
+/** Bytes of a spliced section checksummed, then spliced, at a time. */
+const SPLICE_WINDOW = 8 << 20;
+
 /** Writes a whole container to sink, pulling section bytes chunk by chunk (one read ahead). */
 export async function saveContainer(sink: ByteSink, identity: StateIdentity, sections: readonly StateSection[], opts: SaveOptions = {}): Promise<SaveResult> {
   const chunk = opts.chunkSize ?? 1 << 20;
@@ -295,13 +298,16 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
     }
     if (direct && len > 0 && s.spliceSource && sink.spliceFrom) {
       const src = s.spliceSource();
-      if (src !== null) {
-        // Checksummed first, then spliced: the source guarantees the bytes do not change between.
-        const next = src.crc(crc);
-        if (await sink.spliceFrom(src.fd, src.offset, len)) {
-          crc = next;
-          continue;
+      // Window by window, each checksummed and then spliced (the source guarantees the bytes do
+      // not change between): the checksum of one window overlaps the reader's draining of the
+      // one before, instead of a whole-section checksum before the first byte goes.
+      if (src !== null && (await sink.spliceFrom(src.fd, src.offset, 0))) {
+        for (let at = 0; at < len; at += SPLICE_WINDOW) {
+          const n = Math.min(SPLICE_WINDOW, len - at);
+          crc = src.crc(crc, at, n);
+          await sink.spliceFrom(src.fd, src.offset + at, n);
         }
+        continue;
       }
     }
     const size = s.readSize ?? chunk;

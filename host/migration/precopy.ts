@@ -289,14 +289,18 @@ export class PrecopySaveRound extends PipeRound {
     const m = new MappedViews(this.disk.mapping());
     {
       for (const [off, len] of this.runs) {
-        m.each(off, len, (v) => {
-          crc = crc32c(v, crc);
-        });
-        for (let done = 0; done < len; ) {
-          const s = native.splice(this.disk.fd, off + done, this.fd, -1, len - done);
-          if (s < 0) await waitFd(this.fd, 'w', this.aborted);
-          else if (s === 0) throw new Error(`the disk's memfd ended at ${off + done}`);
-          else done += s;
+        // Window by window: a window's checksum overlaps the destination's draining of the last.
+        for (let at = 0; at < len; at += SPLICE_WINDOW) {
+          const n = Math.min(SPLICE_WINDOW, len - at);
+          m.each(off + at, n, (v) => {
+            crc = crc32c(v, crc);
+          });
+          for (let done = 0; done < n; ) {
+            const s = native.splice(this.disk.fd, off + at + done, this.fd, -1, n - done);
+            if (s < 0) await waitFd(this.fd, 'w', this.aborted);
+            else if (s === 0) throw new Error(`the disk's memfd ended at ${off + at + done}`);
+            else done += s;
+          }
         }
         this.bytes += len;
       }
@@ -422,9 +426,6 @@ export class PrecopyLoadRound extends PipeRound {
       if (h.mark.round !== this.have.round + 1) throw new PrecopyStreamError(`round ${h.mark.round} arrived after round ${this.have.round}`);
     } else if (h.mark.round !== 0) throw new PrecopyStreamError(`a first round numbered ${h.mark.round}`);
     const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
-    // The first round writes the whole disk: its pages are made (and mapped here, for the CRC)
-    // in one call, not faulted in one by one as the data lands.
-    if (h.first) prefaultDisk(this.disk);
     let crc = 0;
     if (runs.count > 0) {
       const m = new MappedViews(this.disk.mapping());
@@ -455,11 +456,17 @@ export class PrecopyLoadRound extends PipeRound {
     for (let i = 0; i < runs.count; i++) {
       const off = runs.at[2 * i];
       const len = runs.at[2 * i + 1];
-      await spliceIn(this.pipe, this.disk.fd, off, len, `the run at ${off}`);
-      this.bytes += len;
-      disk.each(off, len, (v) => {
-        crc = crc32c(v, crc);
-      });
+      // Window by window (round 0 is one 256 MiB run): a window's checksum overlaps the source's
+      // filling of the pipe with the next; its pages are mapped here in one call.
+      for (let at = 0; at < len; at += SPLICE_WINDOW) {
+        const n = Math.min(SPLICE_WINDOW, len - at);
+        await spliceIn(this.pipe, this.disk.fd, off + at, n, `the run at ${off}`);
+        this.bytes += n;
+        this.disk.mapping().populate(off + at, n, false);
+        disk.each(off + at, n, (v) => {
+          crc = crc32c(v, crc);
+        });
+      }
     }
     return crc;
   }
@@ -598,23 +605,14 @@ function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, le
   return crc;
 }
 
-/** CRC-32C of the whole disk (from its mapping, populated in one call first), continued from `crc`. */
-export function diskCrc(disk: MemoryDiskHandle, crc: number): number {
-  if (disk.size === 0) return crc;
-  disk.mapping().populate(0, disk.size, false);
-  new MappedViews(disk.mapping()).each(0, disk.size, (v) => {
+/** CRC-32C of the disk's bytes [at, at + len) (whole by default), from its mapping populated in one call first, continued from `crc`. */
+export function diskCrc(disk: MemoryDiskHandle, crc: number, at = 0, len = disk.size - at): number {
+  if (len === 0) return crc;
+  disk.mapping().populate(at, len, false);
+  new MappedViews(disk.mapping()).each(at, len, (v) => {
     crc = crc32c(v, crc);
   });
   return crc;
-}
-
-/**
- * Makes every page of the disk exist and mapped in this thread's mapping (kept between rounds)
- * in one call (MADV_POPULATE_WRITE), instead of 65,536 page faults per 256 MiB as bytes first
- * land in them. A destination does this before the disk's bytes arrive.
- */
-export function prefaultDisk(disk: MemoryDiskHandle): void {
-  if (disk.size > 0) disk.mapping().populate(0, disk.size, true);
 }
 
 /**
@@ -640,8 +638,16 @@ export interface PipeSource {
  */
 export async function loadDiskFromPipe(disk: MemoryDiskHandle, pipe: PipeSource, len: number, crc: number): Promise<number> {
   if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
-  if (len === 0) return crc;
-  prefaultDisk(disk);
-  await pipe.spliceTo(disk.fd, 0, len);
-  return diskCrc(disk, crc);
+  // Window by window: each window's checksum overlaps the source's filling of the pipe with the
+  // next (the pages are made by the splice itself: making them all first would hold the
+  // pipe's reader up for as long as that takes).
+  for (let at = 0; at < len; at += SPLICE_WINDOW) {
+    const n = Math.min(SPLICE_WINDOW, len - at);
+    await pipe.spliceTo(disk.fd, at, n);
+    crc = diskCrc(disk, crc, at, n);
+  }
+  return crc;
 }
+
+/** Bytes spliced out of a pipe and then checksummed at a time. */
+const SPLICE_WINDOW = 8 << 20;

@@ -28,9 +28,10 @@ export interface StateSection {
   /**
    * SAVE, optional: the section's bytes are [offset, offset + size) of the file `fd`, unchanging
    * until the transfer ends, so a pipe sink may splice them instead of read() calls; `crc` is
-   * the CRC-32C of those bytes continued from a seed. Null: not now.
+   * the CRC-32C of the section's bytes [at, at + len) continued from a seed (asked window by
+   * window, in order, each just before that window is spliced). Null: not now.
    */
-  spliceSource?(): { fd: number; offset: number; crc(seed: number): number } | null;
+  spliceSource?(): { fd: number; offset: number; crc(seed: number, at: number, len: number): number } | null;
   /**
    * LOAD, optional: takes the whole section from the file `fd` at fileOffset (after beginLoad)
    * and returns the CRC-32C continued from `crc`, instead of write() calls.

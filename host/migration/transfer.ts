@@ -131,7 +131,7 @@ export class WorkerSectionProxy implements StateSection {
   }
 
   /** Set by the session for the memory disk (its memfd, on the main thread): see StateSection. */
-  spliceSource?: () => { fd: number; offset: number; crc(seed: number): number } | null;
+  spliceSource?: StateSection['spliceSource'];
 
   // A state file (memfd): the worker maps it and copies the section in or out itself.
   copyToFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {

@@ -167,7 +167,7 @@ export class DeviceStateTransfers {
       // A pipe: the disk's pages are spliced into it. A front-end reads the state to EOF before
       // CHECK_DEVICE_STATE, and the rings restart only after that, so the pages do not change
       // while the pipe still holds them.
-      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed) => diskCrc(disk, seed) });
+      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed, at, len) => diskCrc(disk, seed, at, len) });
       // LOAD: the disk's bytes go from the channel into its memfd here too (a state file: copied
       // and checksummed in one pass between two populated mappings; a pipe: spliced), never
       // through the worker, whose section only checked the size in beginLoad. Its finish would
