@@ -15,7 +15,7 @@ function setup() {
   return { bucket, lines, ac, advance: (ms: number) => (now += ms) };
 }
 
-test('rounds that halve never throttle; one that does not engages a quarter of the write rate, then halves it each time', (t) => {
+test('rounds that halve never throttle; one that does not engages a quarter of the write rate, then each round over the floor halves it', (t) => {
   const { bucket, lines, ac, advance } = setup();
   ac.start();
   advance(1000);
@@ -28,10 +28,13 @@ test('rounds that halve never throttle; one that does not engages a quarter of t
   t.deepEqual(bucket.limits(), { iops: 0, iopsBurst: 0, bytesPerSecond: 20 * MIB, bytesBurst: 2 * MIB });
   t.regex(lines.join('\n'), /round 3 carries 20971520 bytes after 31457280 .* throttled to 20971520 bytes\/s/);
   advance(250);
-  t.is(ac.roundTaken(12 * MIB), 10 * MIB, 'still not halving: half the rate');
+  t.is(ac.roundTaken(12 * MIB), 10 * MIB, 'still 1 MiB or more: half the rate');
   advance(250);
-  t.is(ac.roundTaken(2 * MIB), 10 * MIB, 'halving now: the rate stays');
-  t.is(bucket.limits().bytesPerSecond, 10 * MIB);
+  t.is(ac.roundTaken(2 * MIB), 5 * MIB, 'halving now, but still over the floor: half again');
+  t.regex(lines.at(-1)!, /round 5 carries 2097152 bytes after 12582912 bytes \(still 1 MiB or more while throttled\): guest writes throttled to 5242880 bytes\/s/);
+  advance(250);
+  t.is(ac.roundTaken(ENGAGE_FLOOR_BYTES - 4096), 5 * MIB, 'under the floor: the rate stays');
+  t.is(bucket.limits().bytesPerSecond, 5 * MIB);
   ac.release('the pre-copy ended');
   t.deepEqual(bucket.limits(), NO_THROTTLE);
   t.deepEqual(ac.state, { rate: 0, rounds: 0 });

@@ -16,7 +16,11 @@ import { NO_THROTTLE, defaultBurst, isThrottled, type TokenBucket } from '../lim
 export const SHRINK_RATIO = 0.5;
 /** Rounds smaller than this never engage the throttle: they cost a few ms with the rings stopped. */
 export const ENGAGE_FLOOR_BYTES = 1 << 20;
-/** The first engagement allows this share of the write rate seen in that round; each further non-shrinking round halves it. */
+/**
+ * The first engagement allows this share of the write rate seen in that round; from then on each
+ * live round that still carries ENGAGE_FLOOR_BYTES or more halves it (what the stopped round will
+ * carry is the rate times a round's length, so the rate has to come down until that is small).
+ */
 export const FIRST_SHARE = 0.25;
 /** The guest always keeps at least this much (bytes a second): a stalled guest is worse than a longer stop. */
 export const MIN_RATE = 1 << 20;
@@ -57,8 +61,9 @@ export class AutoConverge {
   }
 
   /**
-   * A live round took `bytes` of blocks written since the round before. Engages or tightens the
-   * throttle if that did not shrink enough; returns the rate now in force (0: none).
+   * A live round took `bytes` of blocks written since the round before. Engages the throttle if
+   * that did not shrink by half, tightens it while rounds stay over the floor; returns the rate
+   * now in force (0: none).
    */
   roundTaken(bytes: number): number {
     const t = this.now();
@@ -68,14 +73,13 @@ export class AutoConverge {
     this.prevAt = t;
     this.rounds++;
     this.renew();
-    if (prev < 0 || bytes < ENGAGE_FLOOR_BYTES || bytes <= prev * SHRINK_RATIO) return this.rate;
+    if (prev < 0 || bytes < ENGAGE_FLOOR_BYTES || (this.rate === 0 && bytes <= prev * SHRINK_RATIO)) return this.rate;
+    const why = this.rate === 0 ? 'not shrinking by half' : 'still 1 MiB or more while throttled';
     const next = Math.max(MIN_RATE, Math.floor(this.rate === 0 ? (bytes / dt) * FIRST_SHARE : this.rate / 2));
     if (next === this.rate) return this.rate;
     this.rate = next;
     this.bucket.set({ iops: 0, iopsBurst: 0, bytesPerSecond: next, bytesBurst: defaultBurst(next) });
-    this.log.info(
-      `pre-copy auto-converge: round ${this.rounds - 1} carries ${bytes} bytes after ${prev} bytes (not shrinking by half): guest writes throttled to ${next} bytes/s until the migration ends`,
-    );
+    this.log.info(`pre-copy auto-converge: round ${this.rounds - 1} carries ${bytes} bytes after ${prev} bytes (${why}): guest writes throttled to ${next} bytes/s until the migration ends`);
     return this.rate;
   }
 
