@@ -217,8 +217,16 @@ async function benchBlk(): Promise<void> {
     { name: 'back-end memfd', channel: 'pipe', srcFlags: ['--state-return-memfd'] },
     { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
   ];
-  console.log('\nblk plugin, 256 MiB memory disk (fully written), one migration per channel');
-  console.log('channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8) + 'host CPU ms'.padStart(13));
+  // Same-script peers for the ratios: memcpy of the disk's bytes between resident buffers, and
+  // a plain pipe (1 MiB) carrying them from a child process.
+  const mem = memcpyRate(DISK);
+  const pipe = await plainPipeRate(DISK);
+  console.log(`\nblk plugin, 256 MiB memory disk (fully written), one migration per channel; memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s`);
+  console.log('  (transfer = SAVE on the source + LOAD on the destination, both CHECKs: the ratios are of that)');
+  console.log(
+    'channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8) + 'x memcpy'.padStart(10) +
+      'x pipe'.padStart(8) + 'host CPU ms'.padStart(13),
+  );
   for (const run of runs) {
     const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
     const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
@@ -230,9 +238,12 @@ async function benchBlk(): Promise<void> {
       const cpu0 = cpuMs(a) + cpuMs(b);
       const r = await migrate(fe, b.socketPath, { channel: run.channel });
       const cpu = cpuMs(a) + cpuMs(b) - cpu0;
+      const rate = r.bytes / (r.transferMs / 1000);
       console.log(
         run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
-          (r.bytes / 2 ** 20 / (r.transferMs / 1000)).toFixed(0).padStart(8) + String(cpu).padStart(13),
+          (rate / 2 ** 20).toFixed(0).padStart(8) + (rate / mem).toFixed(3).padStart(10) + (rate / pipe).toFixed(2).padStart(8) + String(cpu).padStart(13) +
+          // Each side's own time, from its log (the SAVE and the LOAD overlap on a pipe).
+          `   (save ${a.log().match(/device state saved: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms, load ${b.log().match(/device state loaded: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms)`,
       );
       await fe.close();
     } finally {
@@ -354,7 +365,7 @@ async function benchPrecopy(): Promise<void> {
       await Promise.all([a.stop(), b.stop()]);
     }
   }
-  console.log('writers'.padEnd(30) + 'rounds ms (last: rings stopped)'.padEnd(34) + 'stop->resume ms'.padStart(16) + 'writes'.padStart(8));
+  console.log('writers'.padEnd(30) + 'rounds ms (last: rings stopped)'.padEnd(34) + 'stop->resume ms'.padStart(16) + 'writes'.padStart(8) + '  auto-converge');
   for (const writers of [0, 1, 8]) {
     for (let rep = 0; rep < 2; rep++) {
       const [a, b] = await Promise.all([startHost(hostArgs), startHost(hostArgs)]);
@@ -378,9 +389,11 @@ async function benchPrecopy(): Promise<void> {
         // Where the stopped time went: from each step to the next, from stop-source on.
         const from = marks.findIndex(([st]) => st === 'stop-source');
         const split = marks.slice(from, -1).map(([st, at], i) => `${st} ${(marks[from + i + 1][1] - at).toFixed(1)}`).join(', ');
+        // The source's auto-converge decisions (host/migration/auto-converge.ts), from its log.
+        const rates = [...a.log().matchAll(/throttled to (\d+) bytes\/s/g)].map((m) => `${(Number(m[1]) / 2 ** 20).toFixed(1)} MiB/s`);
         console.log(
           (writers === 0 ? 'none' : `4 KiB random, QD ${writers}`).padEnd(30) + r.precopyMs.map((m) => m.toFixed(0)).join(' / ').padEnd(34) +
-            r.downtimeMs.toFixed(1).padStart(16) + String(writes).padStart(8) + `   (${split})`,
+            r.downtimeMs.toFixed(1).padStart(16) + String(writes).padStart(8) + `  ${rates.length > 0 ? rates.join(' -> ') : 'none'}   (${split})`,
         );
         await fe.close();
       } finally {

@@ -18,7 +18,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../host/migration/checksum.ts';
 import { FsShare } from '../host/fs/index.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
@@ -208,7 +208,7 @@ test('1,000,000 inodes through real host processes: SAVE and LOAD stream in boun
   t.is(header.sections.length, 1, 'one section: the plugin');
   const synth = synthState(DIRS, N);
   const head = encodeHeader(header.identity, [{ ...header.sections[0], length: synth.length }]);
-  const big = Buffer.concat([head.bytes, synth, encodeTrailer(crc32(synth, crc32(head.bytes)))]);
+  const big = Buffer.concat([head.bytes, synth, encodeTrailer(crc32c(synth, crc32c(head.bytes)))]);
 
   const fb = await VhostUserFrontend.connect(b.socketPath, opts);
   fes.push(fb);

@@ -3,8 +3,9 @@
 import test from 'ava';
 import { crc32 } from 'node:zlib';
 import {
-  ContainerLoader, encodeHeader, saveContainer, StateFormatError, FORMAT_VERSION, type StateIdentity,
+  ContainerLoader, encodeHeader, saveContainer, StateFormatError, FORMAT_VERSION, COMPAT_VERSION, type StateIdentity,
 } from '../host/migration/container.ts';
+import { crc32c } from '../host/migration/checksum.ts';
 import type { StateSection } from '../host/migration/section.ts';
 
 const ID: StateIdentity = { deviceId: 2, name: 'blk', version: '1.2.3' };
@@ -36,9 +37,9 @@ function rng(seed: number) {
   };
 }
 
-async function build(sections: MemSection[], identity = ID): Promise<Buffer> {
+async function build(sections: MemSection[], identity = ID, format?: number): Promise<Buffer> {
   const parts: Buffer[] = [];
-  await saveContainer({ write: async (b) => void parts.push(Buffer.from(b)) }, identity, sections, { chunkSize: 4096 });
+  await saveContainer({ write: async (b) => void parts.push(Buffer.from(b)) }, identity, sections, { chunkSize: 4096, ...(format ? { format } : {}) });
   return Buffer.concat(parts);
 }
 
@@ -110,7 +111,7 @@ test('hostile headers, each with a valid header CRC so only the checks stand bet
   const hdr = () => Buffer.from(encodeHeader(ID, entries).bytes);
   const resign = (b: Buffer) => {
     const h = b.readUInt32LE(12);
-    b.writeUInt32LE(crc32(b.subarray(0, h - 4)), h - 4);
+    b.writeUInt32LE(crc32c(b.subarray(0, h - 4)), h - 4);
     return b;
   };
   const cases: [string, Buffer, RegExp][] = [];
@@ -129,7 +130,7 @@ test('hostile headers, each with a valid header CRC so only the checks stand bet
     b.writeUInt32LE(1, second); // section 0x100 renamed to id 1: a duplicate
     cases.push(['duplicate id', resign(b), /appears twice/]);
   }
-  { const b = hdr(); b.writeUInt16LE(FORMAT_VERSION + 1, 8); b.writeUInt16LE(FORMAT_VERSION + 1, 10); cases.push(['newer', resign(b), /readable only by format 2/]); }
+  { const b = hdr(); b.writeUInt16LE(FORMAT_VERSION + 1, 8); b.writeUInt16LE(FORMAT_VERSION + 1, 10); cases.push(['newer', resign(b), new RegExp(`container format ${FORMAT_VERSION + 1}, readable only by format ${FORMAT_VERSION + 1} or later; this host reads formats 1 and 2`)]); }
   { const b = hdr(); b.writeUInt16LE(1, 8); b.writeUInt16LE(2, 10); cases.push(['compat > format', resign(b), /impossible versions/]); }
   for (const [label, b, re] of cases) {
     const s = fresh();
@@ -140,22 +141,60 @@ test('hostile headers, each with a valid header CRC so only the checks stand bet
   }
 });
 
-test('a newer writer that keeps compat 1 and adds header fields is still readable', async (t) => {
+test('a newer writer that keeps compat 2 and adds header fields is still readable', async (t) => {
   const secs = fresh();
   const stream = await build(secs);
   const h = stream.readUInt32LE(12);
-  // Insert 8 bytes of "future fields" before the header CRC; bump format to 2, compat stays 1.
+  // Insert 8 bytes of "future fields" before the header CRC; bump format to 3, compat stays 2
+  // (so the checksum stays CRC-32C).
   const head = Buffer.concat([stream.subarray(0, h - 4), Buffer.alloc(8, 0xee), Buffer.alloc(4)]);
-  head.writeUInt16LE(2, 8);
+  head.writeUInt16LE(3, 8);
   head.writeUInt32LE(h + 8, 12);
   head.writeBigUInt64LE(stream.readBigUInt64LE(24) + 8n, 24);
-  head.writeUInt32LE(crc32(head.subarray(0, h + 4)), h + 4);
+  head.writeUInt32LE(crc32c(head.subarray(0, h + 4)), h + 4);
   // The trailer CRC covers the header too: recompute it over the new bytes.
   const body = stream.subarray(h, stream.length - 16);
-  const crc = crc32(body, crc32(head));
+  const crc = crc32c(body, crc32c(head));
   const trailer = Buffer.from(stream.subarray(stream.length - 16));
   trailer.writeUInt32LE(crc, 8);
   t.is(await load(Buffer.concat([head, body, trailer]), fresh()), null);
+});
+
+test('format 2 is CRC-32C and unreadable by a format-1 reader by its versions; format 1 (CRC-32) states still load', async (t) => {
+  t.is(FORMAT_VERSION, 2);
+  const v2 = await build(fresh());
+  t.is(v2.readUInt16LE(8), 2, 'format written');
+  // A format-1 reader refuses compat 2 with "readable only by format 2 or later; this host reads format 1".
+  t.is(v2.readUInt16LE(10), COMPAT_VERSION);
+  t.is(COMPAT_VERSION, 2);
+  const h2 = v2.readUInt32LE(12);
+  t.is(v2.readUInt32LE(h2 - 4), crc32c(v2.subarray(0, h2 - 4)), 'header checksum is CRC-32C');
+  t.is(v2.readUInt32LE(v2.length - 8), crc32c(v2.subarray(0, v2.length - 16)), 'trailer checksum is CRC-32C');
+
+  // A state a format-1 host wrote (same layout, CRC-32 of zlib) loads, in any fragmentation.
+  const v1 = await build(fresh(), ID, 1);
+  t.is(v1.readUInt16LE(8), 1);
+  t.is(v1.readUInt16LE(10), 1);
+  const h1 = v1.readUInt32LE(12);
+  t.is(v1.readUInt32LE(h1 - 4), crc32(v1.subarray(0, h1 - 4)), 'format 1 header checksum is CRC-32');
+  t.is(v1.readUInt32LE(v1.length - 8), crc32(v1.subarray(0, v1.length - 16)));
+  for (const split of [() => v1.length, () => 1, () => 4093]) {
+    const secs = fresh();
+    t.is(await load(v1, secs, split), null);
+    t.deepEqual(secs.map((s) => s.finished), [1, 1, 1]);
+  }
+  // ... and corruption of it is still caught, by its own checksum.
+  const r = rng(5);
+  for (let i = 0; i < 100; i++) {
+    const bad = Buffer.from(v1);
+    bad[h1 + r(v1.length - h1 - 16)] ^= 1 << r(8);
+    t.regex((await load(bad, fresh()))?.message ?? 'accepted', /checksum mismatch/);
+  }
+  // A format-1 header is never checked with CRC-32C, nor a format-2 one with CRC-32.
+  const mislabelled = Buffer.from(v1);
+  mislabelled.writeUInt16LE(2, 8);
+  mislabelled.writeUInt16LE(2, 10);
+  t.regex((await load(mislabelled, fresh()))?.message ?? 'accepted', /header checksum mismatch/);
 });
 
 test('identity: another device type or name is refused; another version only warns', async (t) => {

@@ -69,6 +69,12 @@ async function readBack(blk: BlkDevice, model: Buffer): Promise<number[]> {
   return bad.sort((a, b) => a - b);
 }
 
+/** Waits until the host logged a line matching re after the first `mark` characters of its log. */
+async function loggedSince(h: HostProcess, mark: number, re: RegExp): Promise<void> {
+  for (let i = 0; i < 5000 && !re.test(h.log().slice(mark)); i++) await new Promise((r) => setTimeout(r, 2));
+  if (!re.test(h.log().slice(mark))) throw new Error(`host never logged ${re}; its log:\n${h.log().slice(mark)}`);
+}
+
 /** A destination brought up by hand (nothing started), with pre-copy negotiated. */
 async function rawDestination(h: HostProcess): Promise<VhostUserConnection> {
   const c = VhostUserConnection.connect(h.socketPath);
@@ -208,6 +214,92 @@ for (const harm of ['truncated', 'corrupted data', 'corrupted table', 'skipped']
     });
   });
 }
+
+maybe('pre-copy auto-converge: live rounds that do not shrink throttle the writer; the end of the pre-copy lifts it', async (t) => {
+  t.timeout(120_000);
+  const a = await blkHost('memory:16M');
+  const fe = await connect(a);
+  try {
+    const blk = new BlkDevice(fe.queues[0]);
+    const model = await fill(blk, 16 * MIB);
+    // 4 lanes write 512 distinct 4 KiB pages (2 MiB) over and over: every round has all 512 dirty.
+    const PAGES = 512;
+    let running = true;
+    let acked = 0;
+    let next = 0;
+    const writers = Array.from({ length: 4 }, async () => {
+      while (running) {
+        const v = next++;
+        const at = (v % PAGES) * 3 * 4096;
+        const p = Buffer.alloc(4096, `write ${v};`);
+        await blk.write(at / 512, p);
+        p.copy(model, at);
+        acked++;
+      }
+    });
+    const dirtyAll = async () => {
+      const until = acked + 2 * PAGES;
+      while (acked < until) await new Promise((r) => setTimeout(r, 2));
+    };
+    const before = a.log().length;
+    await saveRound(fe.conn, PrecopyPhase.START);
+    await dirtyAll();
+    await saveRound(fe.conn, PrecopyPhase.ROUND);
+    t.notRegex(a.log().slice(before), /auto-converge/, 'the first round after the whole disk has nothing to compare with');
+    await dirtyAll();
+    // Round 2 carries as much as round 1 (2 MiB): not shrinking by half.
+    await saveRound(fe.conn, PrecopyPhase.ROUND);
+    t.truthy(await a.waitForLog(/auto-converge: round 2 carries 2097152 bytes after 2097152 bytes \(not shrinking by half\): guest writes throttled to \d+ bytes\/s/));
+    // Throttled, not stopped: the writer goes on.
+    const during = acked;
+    while (acked < during + 8) await new Promise((r) => setTimeout(r, 2));
+    t.regex(a.log().slice(before), /throttled/);
+    t.notRegex(a.log().slice(before), /throttle lifted/, 'the throttle holds while the pre-copy runs');
+    // The stopped round and the FINAL state end the pre-copy: the throttle is lifted.
+    const base = await fe.stopQueue(0);
+    await saveRound(fe.conn, PrecopyPhase.ROUND);
+    await saveRound(fe.conn, PrecopyPhase.FINAL);
+    t.truthy(await a.waitForLog(/auto-converge: throttle lifted \(the pre-copy ended\)/));
+    await fe.startQueue(0, base);
+    running = false;
+    await Promise.all(writers);
+    t.deepEqual(await readBack(blk, model), []);
+
+    // A pre-copy that fails (its reader goes away) lifts it too.
+    const mark = a.log().length;
+    running = true;
+    const again = Array.from({ length: 4 }, async () => {
+      while (running) {
+        const v = next++;
+        const at = (v % PAGES) * 3 * 4096;
+        const p = Buffer.alloc(4096, `write ${v};`);
+        await blk.write(at / 512, p);
+        p.copy(model, at);
+        acked++;
+      }
+    });
+    await saveRound(fe.conn, PrecopyPhase.START);
+    await dirtyAll();
+    await saveRound(fe.conn, PrecopyPhase.ROUND);
+    await dirtyAll();
+    const [r, w] = native.pipe2();
+    try {
+      await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, PrecopyPhase.ROUND, w);
+    } finally {
+      native.close(w);
+    }
+    await loggedSince(a, mark, /guest writes throttled/);
+    native.close(r);
+    await t.throwsAsync(fe.conn.checkDeviceState(), { message: /CHECK_DEVICE_STATE failed/ });
+    t.truthy(await a.waitForLog(/auto-converge: throttle lifted \(round 2 failed\)/));
+    running = false;
+    await Promise.all(again);
+    t.deepEqual(await readBack(blk, model), []);
+  } finally {
+    await fe.close();
+    await a.stop();
+  }
+});
 
 maybe('pre-copy: a final state naming a round the destination lacks is refused; the source resumes', async (t) => {
   t.timeout(60_000);

@@ -2,6 +2,7 @@
 // CHECK_DEVICE_STATE with a log line that says why, and both back-ends must keep serving.
 import test from 'ava';
 import { crc32 } from 'node:zlib';
+import { crc32c } from '../host/migration/checksum.ts';
 import type { HostProcess } from './helpers/host-process.ts';
 import { loadState, migrate, MigrationError, saveState, readToEnd } from '../host/frontend/migrate.ts';
 import type { VhostUserFrontend } from '../host/frontend/driver.ts';
@@ -59,7 +60,7 @@ async function refused(t: import('ava').ExecutionContext, h: HostProcess, bytes:
 
 function withHeaderCrc(b: Buffer): Buffer {
   const h = b.readUInt32LE(12);
-  b.writeUInt32LE(crc32(b.subarray(0, h - 4)), h - 4);
+  b.writeUInt32LE(crc32c(b.subarray(0, h - 4)), h - 4);
   return b;
 }
 
@@ -70,6 +71,26 @@ test.serial('the good stream loads, through a pipe and through a memfd; the coun
     t.deepEqual(await ask(fe, 'next'), { seq: 5, echo: 'next' });
     await fe.close();
   }
+});
+
+test.serial('a state an older host wrote (container format 1, CRC-32) loads, through a pipe and a memfd; its corruption is refused', async (t) => {
+  t.is(good.readUInt16LE(8), 2, 'this host writes format 2');
+  // The same state as a format-1 host writes it: same layout, CRC-32 (zlib) in header and trailer.
+  const old = Buffer.from(good);
+  old.writeUInt16LE(1, 8);
+  old.writeUInt16LE(1, 10);
+  const h = old.readUInt32LE(12);
+  old.writeUInt32LE(crc32(old.subarray(0, h - 4)), h - 4);
+  old.writeUInt32LE(crc32(old.subarray(0, old.length - 16)), old.length - 8);
+  for (const mode of ['pipe', 'memfd'] as const) {
+    const { error, fe } = await tryLoad(dst, old, mode);
+    t.is(error, null, mode);
+    t.deepEqual(await ask(fe, 'next'), { seq: 5, echo: 'next' }, mode);
+    await fe.close();
+  }
+  const bad = Buffer.from(old);
+  bad[h + 1000] ^= 0x20;
+  await refused(t, dst, bad, /checksum mismatch/);
 });
 
 test.serial('truncated stream', async (t) => {
@@ -96,9 +117,9 @@ test.serial('trailing garbage', async (t) => {
 
 test.serial('a newer container format is refused; garbage is not a state', async (t) => {
   const newer = Buffer.from(good);
-  newer.writeUInt16LE(2, 8);
-  newer.writeUInt16LE(2, 10);
-  await refused(t, dst, withHeaderCrc(newer), /readable only by format 2 or later; this host reads format 1/);
+  newer.writeUInt16LE(3, 8);
+  newer.writeUInt16LE(3, 10);
+  await refused(t, dst, withHeaderCrc(newer), /container format 3, readable only by format 3 or later; this host reads formats 1 and 2/);
   await refused(t, dst, Buffer.alloc(4096, 0x41), /not a vhost-wasm device state: bad magic/);
   // A hostile length: a section claiming far more than the total.
   const liar = Buffer.from(good);

@@ -4,7 +4,7 @@
 // the zeros the fault guard filled in.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../host/migration/checksum.ts';
 import { native } from '../host/native/index.ts';
 import { copyFileToSection, copySectionToFile } from '../host/migration/section-fd.ts';
 import type { WorkerStateSection } from '../host/migration/section.ts';
@@ -33,9 +33,9 @@ test('a section copied into a memfd at an odd offset and back: same bytes, the C
   try {
     native.ftruncate(fd, head.length + data.length);
     native.pwrite(fd, head, 0);
-    const seed = crc32(head);
+    const seed = crc32c(head);
     const saved = copySectionToFile(section(data), fd, head.length, data.length, seed, direct);
-    t.is(saved, crc32(data, seed), 'the CRC of header + section, as saveContainer chains it');
+    t.is(saved, crc32c(data, seed), 'the CRC of header + section, as saveContainer chains it');
     const back = new Uint8Array(data.length);
     native.pread(fd, back, head.length);
     t.deepEqual(Buffer.from(back), data);

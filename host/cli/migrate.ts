@@ -40,8 +40,9 @@ Options:
                          leaves them at the kernel's 64 KiB)
   --precopy-rounds N     at most N pre-copy rounds of a memory disk while the rings still run
                          (default 5 when the source offers it: a vhost-wasm host with a memory
-                         disk; 0: none). Rounds end early once one takes <= 20 ms or stops
-                         shrinking; then one round with the rings stopped and the state without
+                         disk; 0: none). Rounds end early once one takes <= 20 ms or two in a
+                         row stop shrinking (the source throttles a writing guest after the
+                         first); then one round with the rings stopped and the state without
                          the disk
   --memory SIZE          guest RAM this front-end gives the device (default 64M)
   --queue-size N         ring size (default 256)

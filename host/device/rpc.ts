@@ -74,6 +74,8 @@ export interface WorkerInit {
   meter?: SharedArrayBuffer;
   /** The device's I/O throttle cell (host/limits/token-bucket.ts), shared by its threads and its throttle group. */
   throttle?: SharedArrayBuffer;
+  /** Pre-copy's auto-converge cell (host/migration/auto-converge.ts). */
+  converge?: SharedArrayBuffer;
   /** The device's network ports (--network): its grants and its end of the link to the switch. */
   net?: NetInit;
 }

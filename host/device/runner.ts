@@ -147,6 +147,11 @@ export interface RunnerHooks {
   meter?: RequestMeter;
   /** The device's (or its throttle group's) I/O budget, shared with its other threads and devices. */
   throttle?: TokenBucket;
+  /**
+   * Pre-copy's auto-converge bucket (host/migration/auto-converge.ts): charged with the bytes a
+   * request carries to the device (a write's data), so it holds writes back and not reads.
+   */
+  converge?: TokenBucket;
   /** The device's network ports (--network), when it was granted any. */
   net?: DeviceNet;
 }
@@ -1480,11 +1485,14 @@ export class DeviceRunner {
         const batch: Req[] = [];
         let chain: DescriptorChain | null;
         const throttle = this.hooks.throttle;
+        const converge = this.hooks.converge;
         let wait = 0;
         while (batch.length < this.maxBatch) {
           if (throttle && (wait = throttle.waitMs()) > 0) break;
+          if (converge && (wait = converge.waitMs()) > 0) break;
           if ((chain = q.pop()) === null) break;
           throttle?.take(chain.readableLen + chain.writableLen);
+          converge?.take(chain.readableLen);
           batch.push(this.newReq(index, r, q, chain));
         }
         if (wait > 0) this.holdBack(index, r, wait);

@@ -39,6 +39,8 @@ export interface DeviceWorkerOptions {
   meterCells?: (queueThread: number) => SharedArrayBuffer;
   /** The I/O throttle cell every queue thread of the device draws from (host/limits/token-bucket.ts). */
   throttle?: SharedArrayBuffer;
+  /** Pre-copy's auto-converge cell (host/migration/auto-converge.ts): charged with the bytes each request carries to the device. */
+  converge?: SharedArrayBuffer;
   /** The device's link to the switch (host/net), made afresh for each worker started: its ports stay. */
   net?: () => NetInit;
 }
@@ -256,7 +258,7 @@ export class WorkerThread {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const net = opts.net?.();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(net ? { net } : {}) };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(opts.converge ? { converge: opts.converge } : {}), ...(net ? { net } : {}) };
     const transferList = net ? [net.port] : [];
     const spare = takeSpareWorker();
     const worker = spare ?? newWorker(init, transferList);

@@ -45,6 +45,7 @@ Atomics.store(slot, WATCHDOG_TID, ownThreadId());
 // Replaced by a scratch one while an upgrade's warm-up runs (its requests are not the guest's).
 let meter = init.meter ? new RequestMeter(init.meter) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
+const converge = init.converge ? new TokenBucket(init.converge) : undefined;
 const net = init.net ? new DeviceNet(init.net) : undefined;
 /** What the device is told about its networks (the plugin's network.count/mtu; a module's options). */
 const networks = net ? net.grants.map((g) => ({ name: g.name, mtu: g.mtu })) : undefined;
@@ -205,6 +206,7 @@ async function main(): Promise<void> {
     },
     meter,
     throttle,
+    converge,
     net,
   };
   const runner = new DeviceRunner(device, hooks, init.label);

@@ -54,8 +54,9 @@ export interface MigrateOptions {
   precopyRounds?: number;
   /**
    * Live rounds end early once one took at most this long (what is left to send with the rings
-   * stopped is about as much), or took no less than the one before (the guest writes as fast as
-   * the rounds move: more rounds would not shrink it). Default 20 ms.
+   * stopped is about as much), or when two rounds in a row took no less than the one before each
+   * (the guest writes as fast as the rounds move even after the source's auto-converge had a
+   * round to throttle it: more rounds would not shrink it). Default 20 ms.
    */
   precopyTargetMs?: number;
   /** Called at each step (progress output, tests that act mid-migration). */
@@ -425,6 +426,10 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     throw new MigrationError(`destination: ${e.message}`, false);
   });
   const precopyMs: number[] = [];
+  // A round that took no less than the one before ends the live rounds only when the round
+  // before it did not shrink either: a vhost-wasm source throttles the guest's writes when a
+  // round does not shrink (auto-converge), and the round after is the first it can help.
+  let stalled = false;
   for (let i = 0; i < rounds; i++) {
     await step(`precopy-${i}`);
     const t = performance.now();
@@ -437,7 +442,11 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     }
     const ms = performance.now() - t;
     precopyMs.push(ms);
-    if (i > 0 && (ms <= (opts.precopyTargetMs ?? 20) || ms >= precopyMs[i - 1])) break;
+    if (i > 0 && ms <= (opts.precopyTargetMs ?? 20)) break;
+    if (i > 0 && ms >= precopyMs[i - 1]) {
+      if (stalled) break;
+      stalled = true;
+    } else stalled = false;
   }
   const phase = rounds > 0 ? PrecopyPhase.FINAL : DeviceStatePhase.STOPPED;
 

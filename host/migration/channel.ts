@@ -151,11 +151,25 @@ export class StateWriter extends Closable implements ByteSink {
     return true;
   }
 
+  /**
+   * A file: its pages for the whole state are made in one fallocate(2) before the first write
+   * (tmpfs, a memfd: otherwise each 4 KiB page is allocated as a write first reaches it).
+   * Best effort: a file system without fallocate (EOPNOTSUPP) is written as before, and a real
+   * shortage of space shows in the writes themselves.
+   */
+  expect(totalLength: number): void {
+    if (this.kind !== 'file' || this.closed || totalLength <= this.offset) return;
+    if (native.fsFallocate(this.fd, 0, this.offset, totalLength - this.offset) === 0) this.allocated = totalLength;
+  }
+
+  /** A file: how far expect() made it exist (reserve() then need not, and must not cut it). */
+  private allocated = 0;
+
   /** A file: the next len bytes are written by someone else (a section copying itself in); makes them exist. */
   reserve(len: number): { fd: number; offset: number } | null {
     if (this.kind !== 'file' || this.closed) return null;
     const at = this.offset;
-    native.ftruncate(this.fd, at + len);
+    if (this.allocated < at + len) native.ftruncate(this.fd, at + len);
     this.offset += len;
     return { fd: this.fd, offset: at };
   }
@@ -203,8 +217,26 @@ export class StateReader extends Closable {
   }
 
   /**
-   * Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. A file's
-   * read is at most `max` bytes (at least 1), so a caller can cut reads where its data is cut.
+   * A pipe: the next `len` bytes go by splice(2) into the file `out` at outOffset (a memory
+   * disk's memfd), without passing through this process. Nothing may have been read past them.
+   */
+  async spliceTo(out: number, outOffset: number, len: number): Promise<void> {
+    if (this.kind !== 'pipe') throw new Error('spliceTo: the state channel is not a pipe');
+    for (let done = 0; done < len; ) {
+      if (this.closed) throw new Error('state channel closed');
+      const n = native.splice(this.fd, -1, out, outOffset + done, len - done);
+      if (n === 0) throw new Error(`truncated state: the stream ended ${len - done} bytes before the end of a section`);
+      if (n < 0) await this.wait('r');
+      else {
+        done += n;
+        this.offset += n;
+      }
+    }
+  }
+
+  /**
+   * Next bytes, or null at end of data. Each result is a fresh buffer the caller owns. A read is
+   * at most `max` bytes (at least 1), so a caller can cut reads where its data is cut.
    */
   async read(max = this.chunkSize): Promise<Uint8Array | null> {
     for (;;) {
@@ -224,7 +256,7 @@ export class StateReader extends Closable {
         this.slab = Buffer.allocUnsafe(this.chunkSize);
         this.slabUsed = 0;
       }
-      const view = this.slab.subarray(this.slabUsed);
+      const view = this.slab.subarray(this.slabUsed, this.slabUsed + Math.max(1, max));
       const n = native.read(this.fd, view);
       if (n === 0) return null;
       if (n < 0) {

@@ -18,29 +18,47 @@
 //    34   1  device name length n, n bytes of name
 //         1  device version length v, v bytes of version
 //         per section: u32 id, u32 flags, u64 length, u8 name length, name bytes
-//   H-4   4  CRC-32 of header bytes [0, H-4)
+//   H-4   4  checksum of header bytes [0, H-4)
 //   section payloads, in header order, back to back
 //   trailer (16 bytes)
 //     0   8  magic "VHWSTEND"
-//     8   4  CRC-32 of every byte before the trailer (header and payloads)
+//     8   4  checksum of every byte before the trailer (header and payloads)
 //    12   4  zero
 //
-// Checksum: CRC-32 (the zlib/IEEE 802.3 polynomial) through node:zlib's native crc32, ~5 GB/s on
-// this machine, so checking costs nothing next to the pipe. CRC-32C has slightly better error
-// detection at large lengths and is what storage formats pick when the CPU has an instruction for
-// it, but Node has no native CRC-32C and a JavaScript one runs at well under 1 GB/s. Either is a
-// corruption check, not an authenticity check: a hostile writer can recompute it, which is why
-// the parser validates every length and id as if no checksum existed. The header has its own CRC
-// so lengths are trusted only after they checked out, before any byte reaches the device.
+// Checksum, by format version (the layout is the same in both):
+//   1  CRC-32 (the zlib/IEEE 802.3 polynomial) through node:zlib, ~4.4 GB/s on this machine: a
+//      fifth of a transfer's CPU time on each side (docs/BENCHMARKS.md, bench/state).
+//   2  CRC-32C (Castagnoli) from the addon (host/native/src/checksum.c): the SSE4.2 crc32
+//      instruction on three streams, or a portable table where the CPU lacks it; it can be fused
+//      with a copy, so a section copied into a state file is read once. Written with compat 2:
+//      a format-1 reader cannot check it, and says so by the versions (it refuses a compat it
+//      does not know) instead of calling the state corrupt.
+// This reader reads both (READ_VERSIONS); a format it does not know is refused naming both
+// versions, as virtiofsd refuses a serialized state of a version it does not implement.
+// Either checksum is a corruption check, not an authenticity check: a hostile writer can
+// recompute it, which is why the parser validates every length and id as if no checksum existed.
+// The header has its own checksum so lengths are trusted only after they checked out, before any
+// byte reaches the device.
 
-import { crc32 } from 'node:zlib';
+import { crc32c, crc32Ieee, type Checksum } from './checksum.ts';
 import type { StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const MAGIC = Buffer.from('VHWSTATE', 'ascii');
 export const TRAILER_MAGIC = Buffer.from('VHWSTEND', 'ascii');
-export const FORMAT_VERSION = 1;
-export const COMPAT_VERSION = 1;
+/** The format this host writes (2: CRC-32C). */
+export const FORMAT_VERSION = 2;
+/** The oldest reader format able to read what this host writes. */
+export const COMPAT_VERSION = 2;
+/** Formats this host reads. */
+export const READ_VERSIONS = [1, 2] as const;
+
+/** The checksum a container of `format` carries (format 1: CRC-32; 2: CRC-32C). */
+export function checksumFor(format: number): Checksum {
+  if (format === 1) return crc32Ieee;
+  if (format === 2) return crc32c;
+  throw new StateFormatError(`container format ${format} has no checksum this host knows (it reads formats ${READ_VERSIONS.join(' and ')})`);
+}
 export const TRAILER_SIZE = 16;
 export const MAX_SECTIONS = 16;
 export const MAX_NAME = 64;
@@ -84,7 +102,8 @@ function checkName(s: string, what: string): Buffer {
 }
 
 /** Serialises a header; totalLength is computed from the section lengths. */
-export function encodeHeader(identity: StateIdentity, sections: readonly SectionEntry[]): { bytes: Buffer; totalLength: number } {
+export function encodeHeader(identity: StateIdentity, sections: readonly SectionEntry[], format: number = FORMAT_VERSION): { bytes: Buffer; totalLength: number } {
+  if (!(READ_VERSIONS as readonly number[]).includes(format)) throw new RangeError(`container format ${format} (this host writes ${READ_VERSIONS.join(' or ')})`);
   if (sections.length < 1 || sections.length > MAX_SECTIONS) throw new RangeError(`${sections.length} sections (1..${MAX_SECTIONS})`);
   const name = checkName(identity.name, 'device name');
   const version = checkName(identity.version, 'device version');
@@ -97,8 +116,9 @@ export function encodeHeader(identity: StateIdentity, sections: readonly Section
   }
   const b = Buffer.alloc(h);
   MAGIC.copy(b, 0);
-  b.writeUInt16LE(FORMAT_VERSION, 8);
-  b.writeUInt16LE(COMPAT_VERSION, 10);
+  b.writeUInt16LE(format, 8);
+  // Format 1 was its own compat version; 2 is unreadable by a format-1 reader.
+  b.writeUInt16LE(format === 1 ? 1 : COMPAT_VERSION, 10);
   b.writeUInt32LE(h, 12);
   b.writeUInt32LE(identity.deviceId >>> 0, 16);
   b.writeUInt32LE(0, 20);
@@ -117,7 +137,7 @@ export function encodeHeader(identity: StateIdentity, sections: readonly Section
     o += 17;
     o += secNames[i].copy(b, o);
   });
-  b.writeUInt32LE(crc32(b.subarray(0, h - 4)), h - 4);
+  b.writeUInt32LE(checksumFor(format)(b.subarray(0, h - 4)), h - 4);
   return { bytes: b, totalLength: total };
 }
 
@@ -141,8 +161,11 @@ export function peekHeaderLength(prefix: Buffer): number {
   }
   if (compat > FORMAT_VERSION) {
     throw new StateFormatError(
-      `state written in container format ${format}, readable only by format ${compat} or later; this host reads format ${FORMAT_VERSION}`,
+      `state written in container format ${format}, readable only by format ${compat} or later; this host reads formats ${READ_VERSIONS.join(' and ')} (it writes ${FORMAT_VERSION}): upgrade this host`,
     );
+  }
+  if (format <= FORMAT_VERSION && !(READ_VERSIONS as readonly number[]).includes(format)) {
+    throw new StateFormatError(`state written in container format ${format}; this host reads formats ${READ_VERSIONS.join(' and ')}`);
   }
   const h = prefix.readUInt32LE(12);
   if (h < FIXED + 2 + 17 + 4 || h > MAX_HEADER) throw new StateFormatError(`header length ${h} is outside [${FIXED + 23}, ${MAX_HEADER}]`);
@@ -154,7 +177,9 @@ export function decodeHeader(b: Buffer): ContainerHeader {
   const h = peekHeaderLength(b);
   if (b.length !== h) throw new Error(`decodeHeader: ${b.length} bytes for a ${h}-byte header`);
   const want = b.readUInt32LE(h - 4);
-  const got = crc32(b.subarray(0, h - 4));
+  const formatVersion = b.readUInt16LE(8);
+  // A newer format that a format-2 reader may read (its compat said so) keeps format 2's checksum.
+  const got = checksumFor(Math.min(formatVersion, FORMAT_VERSION))(b.subarray(0, h - 4));
   if (want !== got) throw new StateFormatError(`header checksum mismatch (stored 0x${want.toString(16)}, computed 0x${got.toString(16)}): the state is corrupt`);
   const end = h - 4;
   let o = FIXED;
@@ -172,11 +197,10 @@ export function decodeHeader(b: Buffer): ContainerHeader {
     if (!/^[\x20-\x7e]*$/.test(s.toString('latin1'))) throw new StateFormatError(`${what} has non-printable bytes`);
     return s.toString('latin1');
   };
-  const formatVersion = b.readUInt16LE(8);
   const compatVersion = b.readUInt16LE(10);
   const deviceId = b.readUInt32LE(16);
   const flags = b.readUInt32LE(20);
-  if (flags !== 0 && formatVersion === FORMAT_VERSION) throw new StateFormatError(`reserved header flags 0x${flags.toString(16)} set`);
+  if (flags !== 0 && formatVersion <= FORMAT_VERSION) throw new StateFormatError(`reserved header flags 0x${flags.toString(16)} set`);
   const total = b.readBigUInt64LE(24);
   if (total > BigInt(Number.MAX_SAFE_INTEGER)) throw new StateFormatError(`total length ${total} is beyond 2^53`);
   const count = b.readUInt16LE(32);
@@ -199,7 +223,7 @@ export function decodeHeader(b: Buffer): ContainerHeader {
   }
   // Bytes between the last known field and the CRC: fields of a newer format this reader skips
   // (allowed: compat said we can read it). A same-version header must have none.
-  if (o !== end && formatVersion === FORMAT_VERSION) throw new StateFormatError(`${end - o} unexplained header bytes`);
+  if (o !== end && formatVersion <= FORMAT_VERSION) throw new StateFormatError(`${end - o} unexplained header bytes`);
   if (sum !== Number(total)) {
     throw new StateFormatError(`total length ${total} does not match header + sections + trailer = ${sum}`);
   }
@@ -219,6 +243,11 @@ export interface ByteSink {
   reserve?(len: number): { fd: number; offset: number } | null;
   /** A pipe sink: splices `len` bytes of the file `from` at `offset` into it; false when it cannot. */
   spliceFrom?(from: number, offset: number, len: number): Promise<boolean>;
+  /**
+   * Told the container's whole length before the first byte: a file sink makes its pages exist
+   * in one call (prefault) rather than one page fault per 4 KiB as they are written.
+   */
+  expect?(totalLength: number): void;
 }
 
 export interface SaveResult {
@@ -230,7 +259,16 @@ export interface SaveResult {
 export interface SaveOptions {
   /** Bytes asked of a section per read (default 1 MiB). */
   chunkSize?: number;
+  /**
+   * Container format to write (default FORMAT_VERSION). Format 1 (CRC-32) is for a destination
+   * that reads only format 1, and for tests; sections then never copy themselves (copyToFile,
+   * spliceSource), since those carry CRC-32C.
+   */
+  format?: number;
 }
+
+/** Bytes of a spliced section checksummed, then spliced, at a time. */
+const SPLICE_WINDOW = 8 << 20;
 
 /** Writes a whole container to sink, pulling section bytes chunk by chunk (one read ahead). */
 export async function saveContainer(sink: ByteSink, identity: StateIdentity, sections: readonly StateSection[], opts: SaveOptions = {}): Promise<SaveResult> {
@@ -241,28 +279,35 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
     if (!Number.isSafeInteger(length) || length < 0) throw new Error(`section ${s.name}: size ${length} is not a byte count`);
     entries.push({ id: s.id, flags: 0, length, name: s.name });
   }
-  const header = encodeHeader(identity, entries);
-  let crc = crc32(header.bytes);
+  const format = opts.format ?? FORMAT_VERSION;
+  const ck = checksumFor(format);
+  const direct = format === 2;
+  const header = encodeHeader(identity, entries, format);
+  let crc = ck(header.bytes);
+  sink.expect?.(header.totalLength);
   await sink.write(header.bytes);
   for (let i = 0; i < sections.length; i++) {
     const s = sections[i];
     const len = entries[i].length;
-    if (len > 0 && s.copyToFile && sink.reserve) {
+    if (direct && len > 0 && s.copyToFile && sink.reserve) {
       const at = sink.reserve(len);
       if (at !== null) {
         crc = await s.copyToFile(at.fd, at.offset, len, crc);
         continue;
       }
     }
-    if (len > 0 && s.spliceSource && sink.spliceFrom) {
+    if (direct && len > 0 && s.spliceSource && sink.spliceFrom) {
       const src = s.spliceSource();
-      if (src !== null) {
-        // Checksummed first, then spliced: the source guarantees the bytes do not change between.
-        const next = src.crc(crc);
-        if (await sink.spliceFrom(src.fd, src.offset, len)) {
-          crc = next;
-          continue;
+      // Window by window, each checksummed and then spliced (the source guarantees the bytes do
+      // not change between): the checksum of one window overlaps the reader's draining of the
+      // one before, instead of a whole-section checksum before the first byte goes.
+      if (src !== null && (await sink.spliceFrom(src.fd, src.offset, 0))) {
+        for (let at = 0; at < len; at += SPLICE_WINDOW) {
+          const n = Math.min(SPLICE_WINDOW, len - at);
+          crc = src.crc(crc, at, n);
+          await sink.spliceFrom(src.fd, src.offset + at, n);
         }
+        continue;
       }
     }
     const size = s.readSize ?? chunk;
@@ -282,7 +327,7 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
       next = after < len ? fetch(after) : null;
       // A read that fails while we are writing must not go unhandled.
       next?.catch(() => {});
-      crc = crc32(bytes, crc);
+      crc = ck(bytes, crc);
       await sink.write(bytes);
       off = after;
     }
@@ -318,6 +363,8 @@ export class ContainerLoader {
   private secIndex = 0;
   private secOffset = 0;
   private crc = 0;
+  /** The header's format's checksum (set once the header checked out). */
+  private ck: Checksum = crc32c;
   private received = 0;
   private begun: StateSection[] = [];
   private failed: Error | null = null;
@@ -390,21 +437,28 @@ export class ContainerLoader {
     return this.need - this.pendingLen;
   }
 
-  /** The section whose bytes start next, when it can copy them from a file itself (copyFromFile); else null. */
-  directSection(): { section: StateSection; length: number } | null {
-    if (this.failed || this.phase !== 'payload' || this.secOffset !== 0) return null;
+  /**
+   * The section whose bytes start next, when it can take them from this kind of channel itself
+   * (copyFromFile, copyFromPipe); else null.
+   */
+  directSection(from: 'file' | 'pipe' = 'file'): { section: StateSection; length: number } | null {
+    // copyFromFile/copyFromPipe carry CRC-32C: a format-1 state (CRC-32) takes the byte-by-byte path.
+    if (this.failed || this.phase !== 'payload' || this.secOffset !== 0 || this.ck !== crc32c) return null;
     const { entry, section } = this.order[this.secIndex];
-    return section.copyFromFile ? { section, length: entry.length } : null;
+    return (from === 'file' ? section.copyFromFile : section.copyFromPipe) ? { section, length: entry.length } : null;
   }
 
-  /** The section directSection() named takes its bytes from the file at fileOffset (the caller skips them). */
-  async takeDirect(fd: number, fileOffset: number): Promise<void> {
-    const d = this.directSection();
-    if (d === null) throw new Error('takeDirect: no section can take its bytes from the file here');
+  /**
+   * The section directSection() named takes its bytes from the file at fileOffset (the caller
+   * skips them), or, given a pipe, splices them from it.
+   */
+  async takeDirect(from: number | { spliceTo(out: number, outOffset: number, len: number): Promise<void> }, fileOffset = 0): Promise<void> {
+    const d = this.directSection(typeof from === 'number' ? 'file' : 'pipe');
+    if (d === null) throw new Error('takeDirect: no section can take its bytes from the channel here');
     try {
       this.received += d.length;
       if (this.header && this.received > this.header.totalLength) throw new StateFormatError(`section ${this.order[this.secIndex].entry.name} runs past the end of the state`);
-      this.crc = await d.section.copyFromFile!(fd, fileOffset, d.length, this.crc);
+      this.crc = typeof from === 'number' ? await d.section.copyFromFile!(from, fileOffset, d.length, this.crc) : await d.section.copyFromPipe!(from, d.length, this.crc);
       this.secOffset = d.length;
       this.advanceSection();
     } catch (e) {
@@ -459,7 +513,8 @@ export class ContainerLoader {
         const bytes = this.take(this.need);
         const hdr = decodeHeader(Buffer.from(bytes));
         this.checkIdentity(hdr);
-        this.crc = crc32(bytes);
+        this.ck = checksumFor(Math.min(hdr.formatVersion, FORMAT_VERSION));
+        this.crc = this.ck(bytes);
         this.header = hdr;
         for (const entry of hdr.sections) {
           const section = this.expect.sections.find((s) => s.id === entry.id);
@@ -514,7 +569,7 @@ export class ContainerLoader {
     const part = buf.subarray(0, n);
     // Taken before write(): the section may take ownership of (transfer) the buffer.
     const rest = buf.subarray(n);
-    this.crc = crc32(part, this.crc);
+    this.crc = this.ck(part, this.crc);
     await section.write(this.secOffset, part);
     this.secOffset += n;
     this.advanceSection();

@@ -15,24 +15,30 @@
 // the checksum), checksums the staging mapping, and splices its pages into the pipe; the
 // destination splices the pipe straight into its disk's memfd and checksums what landed.
 //
+// Checksums are CRC-32C (host/migration/checksum.ts) since version 2; version 1 carried CRC-32.
+// Both hosts of one migration run the same vhost-wasm, so a round of another version is refused
+// by its version number before any checksum is judged.
+//
 // Round stream (little-endian):
-//   header, 64 bytes: magic "VHWPRECP", version u32 (1), flags u32 (bit 0: first round, all
+//   header, 64 bytes: magic "VHWPRECP", version u32 (2), flags u32 (bit 0: first round, all
 //     blocks), token 16 bytes (one pre-copy), round u32, run count u32, disk size u64, data
-//     bytes u64, CRC-32 of the table u32, CRC-32 of bytes 0..59 u32
+//     bytes u64, CRC-32C of the table u32, CRC-32C of bytes 0..59 u32
 //   table: run count x { offset u64, length u64 } (4 KiB aligned, in order, inside the disk)
 //   data: the runs' bytes one after another
-//   trailer, 12 bytes: CRC-32 of the data u32, magic "VHWPEND\0"
+//   trailer, 12 bytes: CRC-32C of the data u32, magic "VHWPEND\0"
 
 import { randomBytes } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { copyCrc32c, crc32c } from './checksum.ts';
 import { native, type Mapping } from '../native/index.ts';
+import { mapFdRange } from '../memory/fd-mapping.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
 import { SectionId, type StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
 export const PRECOPY_END_MAGIC = Buffer.from('VHWPEND\0');
-export const PRECOPY_VERSION = 1;
+export const PRECOPY_VERSION = 2;
 export const PRECOPY_HEADER = 64;
 export const PRECOPY_TRAILER = 12;
 const FLAG_FIRST = 1;
@@ -49,6 +55,11 @@ export interface MemoryDiskHandle {
   dirty: DirtyBlocks;
   /** The disk mapped writable in this thread, kept by its owner between rounds (borrowed: never unmapped here). */
   mapping(): Mapping;
+  /**
+   * The device's auto-converge throttle (auto-converge.ts), which its runner charges with the
+   * bytes guest requests carry to the device; absent: a pre-copy never throttles the guest.
+   */
+  converge?: TokenBucket;
 }
 
 /** A pre-copy as one side knows it: which one (token) and the last round completed. */
@@ -180,8 +191,8 @@ function encodeHeader(first: boolean, mark: PrecopyMark, diskSize: number, runs:
   h.writeUInt32LE(runs.length, 36);
   h.writeBigUInt64LE(BigInt(diskSize), 40);
   h.writeBigUInt64LE(BigInt(data), 48);
-  h.writeUInt32LE(crc32(table), 56);
-  h.writeUInt32LE(crc32(h.subarray(0, 60)), 60);
+  h.writeUInt32LE(crc32c(table), 56);
+  h.writeUInt32LE(crc32c(h.subarray(0, 60)), 60);
   return Buffer.concat([h, table]);
 }
 
@@ -195,9 +206,12 @@ interface RoundHeader {
 
 function decodeHeader(h: Buffer, diskSize: number): RoundHeader {
   if (!h.subarray(0, 8).equals(PRECOPY_MAGIC)) throw new PrecopyStreamError('not a pre-copy round (bad magic)');
-  if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new PrecopyStreamError('the pre-copy header is corrupted (its CRC does not match)');
+  // The version first: another version's header need not checksum the same way.
   const version = h.readUInt32LE(8);
-  if (version !== PRECOPY_VERSION) throw new PrecopyStreamError(`pre-copy version ${version}; this host reads version ${PRECOPY_VERSION}`);
+  if (version !== PRECOPY_VERSION) {
+    throw new PrecopyStreamError(`pre-copy round of version ${version}${version === 1 ? ' (CRC-32)' : ''}; this host reads version ${PRECOPY_VERSION} (CRC-32C) only: run the same vhost-wasm on both hosts, or migrate without pre-copy`);
+  }
+  if (crc32c(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new PrecopyStreamError('the pre-copy header is corrupted (its CRC does not match)');
   const flags = h.readUInt32LE(12);
   if ((flags & ~FLAG_FIRST) !== 0) throw new PrecopyStreamError(`unknown pre-copy flags 0x${flags.toString(16)}`);
   const size = Number(h.readBigUInt64LE(40));
@@ -221,7 +235,7 @@ interface RunTable {
 }
 
 function decodeTable(t: Buffer, h: RoundHeader, diskSize: number): RunTable {
-  if (crc32(t) !== h.tableCrc) throw new PrecopyStreamError('the pre-copy run table is corrupted (its CRC does not match)');
+  if (crc32c(t) !== h.tableCrc) throw new PrecopyStreamError('the pre-copy run table is corrupted (its CRC does not match)');
   const at = new Float64Array(h.runCount * 2);
   let end = 0;
   let sum = 0;
@@ -275,14 +289,18 @@ export class PrecopySaveRound extends PipeRound {
     const m = new MappedViews(this.disk.mapping());
     {
       for (const [off, len] of this.runs) {
-        m.each(off, len, (v) => {
-          crc = crc32(v, crc);
-        });
-        for (let done = 0; done < len; ) {
-          const s = native.splice(this.disk.fd, off + done, this.fd, -1, len - done);
-          if (s < 0) await waitFd(this.fd, 'w', this.aborted);
-          else if (s === 0) throw new Error(`the disk's memfd ended at ${off + done}`);
-          else done += s;
+        // Window by window: a window's checksum overlaps the destination's draining of the last.
+        for (let at = 0; at < len; at += SPLICE_WINDOW) {
+          const n = Math.min(SPLICE_WINDOW, len - at);
+          m.each(off + at, n, (v) => {
+            crc = crc32c(v, crc);
+          });
+          for (let done = 0; done < n; ) {
+            const s = native.splice(this.disk.fd, off + at + done, this.fd, -1, n - done);
+            if (s < 0) await waitFd(this.fd, 'w', this.aborted);
+            else if (s === 0) throw new Error(`the disk's memfd ended at ${off + at + done}`);
+            else done += s;
+          }
         }
         this.bytes += len;
       }
@@ -331,14 +349,14 @@ export class PrecopySaveRound extends PipeRound {
       // Scattered blocks: gathered from the disk's mapping into one reused buffer and written.
       // Staging files would fault in, zero and free a fresh page per block.
       const buf = (this.scratch ??= Buffer.allocUnsafe(WINDOW)).subarray(0, total);
+      // Copied and checksummed in one pass over each block.
       let at = 0;
       for (const [off, n] of pieces) {
         this.diskViews.each(off, n, (v) => {
-          buf.set(v, at);
+          crc = copyCrc32c(buf.subarray(at), v, crc);
           at += v.length;
         });
       }
-      crc = crc32(buf, crc);
       await this.writeAll(buf);
       return crc;
     }
@@ -368,7 +386,7 @@ export class PrecopySaveRound extends PipeRound {
           }
           pos += n;
         }
-        crc = crc32(staged, crc);
+        crc = crc32c(staged, crc);
       } finally {
         m.unmap();
       }
@@ -438,11 +456,17 @@ export class PrecopyLoadRound extends PipeRound {
     for (let i = 0; i < runs.count; i++) {
       const off = runs.at[2 * i];
       const len = runs.at[2 * i + 1];
-      await spliceIn(this.pipe, this.disk.fd, off, len, `the run at ${off}`);
-      this.bytes += len;
-      disk.each(off, len, (v) => {
-        crc = crc32(v, crc);
-      });
+      // Window by window (round 0 is one 256 MiB run): a window's checksum overlaps the source's
+      // filling of the pipe with the next; its pages are mapped here in one call.
+      for (let at = 0; at < len; at += SPLICE_WINDOW) {
+        const n = Math.min(SPLICE_WINDOW, len - at);
+        await spliceIn(this.pipe, this.disk.fd, off + at, n, `the run at ${off}`);
+        this.bytes += n;
+        this.disk.mapping().populate(off + at, n, false);
+        disk.each(off + at, n, (v) => {
+          crc = crc32c(v, crc);
+        });
+      }
     }
     return crc;
   }
@@ -463,15 +487,16 @@ export class PrecopyLoadRound extends PipeRound {
         else got += k;
       }
       this.bytes += n;
-      crc = crc32(staged, crc);
-      // Hand the bytes out to the runs they belong to (a run may span two reads).
+      // Hand the bytes out to the runs they belong to (a run may span two reads), checksummed in
+      // the same pass as the copy; in order, so the CRC is that of `staged`. (The blocks land
+      // before the trailer is checked, as with the splices: a bad round voids the pre-copy.)
       for (let pos = 0; pos < n; ) {
         const off = runs.at[2 * r];
         const len = runs.at[2 * r + 1];
         const k = Math.min(len - rAt, n - pos);
         let from = pos;
         disk.each(off + rAt, k, (v) => {
-          v.set(staged.subarray(from, from + v.length));
+          crc = copyCrc32c(v, staged.subarray(from, from + v.length), crc);
           from += v.length;
         });
         pos += k;
@@ -543,26 +568,91 @@ export function precopyMarkerSection(mark: PrecopyMark | null, have: PrecopyMark
 }
 
 /**
- * A full (STOPPED) save of the disk into a state file (a memfd channel): the kernel copies the
- * disk's memfd into the file (copy_file_range), and the CRC is taken from the disk's mapping.
- * The rings are stopped, so what is checksummed is what was copied. A state file a front-end
- * shrinks meanwhile is only written past its end (no mapping of it to fault). Returns the CRC
+ * A full (STOPPED) save of the disk into a state file (a memfd channel), on this thread: the
+ * file's range is mapped, both mappings are populated in one call each (no page fault per
+ * 4 KiB), and each byte is copied and checksummed in one pass (copyCrc32c). The rings are
+ * stopped, so nothing writes the disk meanwhile. A front-end that shrinks the file meanwhile
+ * makes the mapping fault: the guard contains it and this refuses. Returns the CRC-32C
  * continued from `crc`.
  */
 export function copyDiskToFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number): number {
   if (len !== disk.size) throw new Error(`storage section: ${len} bytes asked of a ${disk.size}-byte disk`);
-  for (let done = 0; done < len; ) {
-    const c = native.copyFileRange(disk.fd, done, fd, fileOffset + done, len - done);
-    if (c <= 0) throw new Error(`the disk's memfd ended at ${done} of ${len} bytes while saving it`);
-    done += c;
-  }
-  return diskCrc(disk, crc);
+  return copyDiskFile(disk, fd, fileOffset, len, crc, true);
 }
 
-/** CRC-32 of the whole disk (from its mapping), continued from `crc`. */
-export function diskCrc(disk: MemoryDiskHandle, crc: number): number {
-  new MappedViews(disk.mapping()).each(0, disk.size, (v) => {
-    crc = crc32(v, crc);
-  });
+/** The disk <-> [fileOffset, +len) of the state file fd, copied and checksummed in one pass. */
+function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number, toFile: boolean): number {
+  if (len === 0) return crc;
+  disk.mapping().populate(0, disk.size, !toFile);
+  const { backing, mapping } = mapFdRange(fd, len, fileOffset, toFile);
+  try {
+    mapping.populate(0, mapping.size, toFile);
+    const views = new MappedViews(disk.mapping());
+    for (let at = 0; at < len; at += native.MAX_WINDOW) {
+      const n = Math.min(native.MAX_WINDOW, len - at);
+      const file = new Uint8Array(backing.window(at, n));
+      let from = 0;
+      views.each(at, n, (v) => {
+        const f = file.subarray(from, from + v.length);
+        crc = toFile ? copyCrc32c(f, v, crc) : copyCrc32c(v, f, crc);
+        from += v.length;
+      });
+    }
+    if (mapping.faults() > 0) throw new Error(`the state file was shrunk while the disk was ${toFile ? 'saved into' : 'loaded from'} it (its bytes are not all there)`);
+  } finally {
+    mapping.unmap();
+  }
   return crc;
 }
+
+/** CRC-32C of the disk's bytes [at, at + len) (whole by default), from its mapping populated in one call first, continued from `crc`. */
+export function diskCrc(disk: MemoryDiskHandle, crc: number, at = 0, len = disk.size - at): number {
+  if (len === 0) return crc;
+  const m = disk.mapping();
+  m.populate(at, len, false);
+  // Windows of just this range: a window is external memory to V8, and a 1 GiB window made per
+  // 8 MiB call (MappedViews) had V8 collecting garbage over and over.
+  for (let done = 0; done < len; ) {
+    const n = Math.min(native.MAX_WINDOW, len - done);
+    crc = crc32c(new Uint8Array(m.window(at + done, n)), crc);
+    done += n;
+  }
+  return crc;
+}
+
+/**
+ * A full (STOPPED) LOAD of the disk from a state file (a memfd channel), on this thread, the
+ * way copyDiskToFile saves it. The worker's own section is not involved (it only validated the
+ * size in beginLoad); the worker sees the bytes through its mapping of the same memfd. Returns
+ * the CRC-32C continued from `crc`.
+ */
+export function loadDiskFromFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number): number {
+  if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
+  return copyDiskFile(disk, fd, fileOffset, len, crc, false);
+}
+
+/** Where a section can splice its bytes from (the LOAD's pipe): `len` bytes into `out` at `outOffset`, waiting as needed. */
+export interface PipeSource {
+  spliceTo(out: number, outOffset: number, len: number): Promise<void>;
+}
+
+/**
+ * A full (STOPPED) LOAD of the disk from a pipe: spliced into the disk's memfd by the kernel
+ * (one copy, into pages made beforehand), then checksummed from this thread's mapping. Returns
+ * the CRC-32C continued from `crc`.
+ */
+export async function loadDiskFromPipe(disk: MemoryDiskHandle, pipe: PipeSource, len: number, crc: number): Promise<number> {
+  if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
+  // Window by window: each window's checksum overlaps the source's filling of the pipe with the
+  // next (the pages are made by the splice itself: making them all first would hold the
+  // pipe's reader up for as long as that takes).
+  for (let at = 0; at < len; at += SPLICE_WINDOW) {
+    const n = Math.min(SPLICE_WINDOW, len - at);
+    await pipe.spliceTo(disk.fd, at, n);
+    crc = diskCrc(disk, crc, at, n);
+  }
+  return crc;
+}
+
+/** Bytes spliced out of a pipe and then checksummed at a time. */
+const SPLICE_WINDOW = 8 << 20;

@@ -22,20 +22,26 @@ export interface StateSection {
   readonly readSize?: number;
   /**
    * SAVE, optional: writes the whole section into the file `fd` at fileOffset (the sink made
-   * the range exist) and returns the CRC-32 continued from `crc`, instead of read() calls.
+   * the range exist) and returns the CRC-32C continued from `crc`, instead of read() calls.
    */
   copyToFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
   /**
    * SAVE, optional: the section's bytes are [offset, offset + size) of the file `fd`, unchanging
    * until the transfer ends, so a pipe sink may splice them instead of read() calls; `crc` is
-   * the CRC-32 of those bytes continued from a seed. Null: not now.
+   * the CRC-32C of the section's bytes [at, at + len) continued from a seed (asked window by
+   * window, in order, each just before that window is spliced). Null: not now.
    */
-  spliceSource?(): { fd: number; offset: number; crc(seed: number): number } | null;
+  spliceSource?(): { fd: number; offset: number; crc(seed: number, at: number, len: number): number } | null;
   /**
    * LOAD, optional: takes the whole section from the file `fd` at fileOffset (after beginLoad)
-   * and returns the CRC-32 continued from `crc`, instead of write() calls.
+   * and returns the CRC-32C continued from `crc`, instead of write() calls.
    */
   copyFromFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
+  /**
+   * LOAD, optional: takes the whole section from the state pipe (after beginLoad), splicing it
+   * where it belongs, and returns the CRC-32C continued from `crc`, instead of write() calls.
+   */
+  copyFromPipe?(pipe: { spliceTo(out: number, outOffset: number, len: number): Promise<void> }, len: number, crc: number): Promise<number>;
   /** LOAD: the section will receive `size` bytes (called before the first write). */
   beginLoad(size: number): Promise<void>;
   /** LOAD: append bytes at offset (in order, contiguous, starting at 0). Ownership of chunk passes. */

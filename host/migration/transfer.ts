@@ -131,12 +131,15 @@ export class WorkerSectionProxy implements StateSection {
   }
 
   /** Set by the session for the memory disk (its memfd, on the main thread): see StateSection. */
-  spliceSource?: () => { fd: number; offset: number; crc(seed: number): number } | null;
+  spliceSource?: StateSection['spliceSource'];
 
   // A state file (memfd): the worker maps it and copies the section in or out itself.
   copyToFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
     return this.worker.stateSectionToFile(this.id, fd, fileOffset, len, crc);
   }
+
+  /** Set by the session for the memory disk: see StateSection. */
+  copyFromPipe?: StateSection['copyFromPipe'];
 
   async copyFromFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
     await Promise.all(this.inflight.splice(0));
@@ -260,8 +263,8 @@ export class StateTransfer {
       try {
         for (;;) {
           // A file: a section that can take its bytes straight from it does (no copies through
-          // this thread), and reads are sized to what the parser wants next, so a section's
-          // chunks are buffers of their own that move to the worker without a copy.
+          // this thread), and reads are sized to what the parser wants next (a pipe's too), so
+          // a section's chunks are buffers of their own that move to the worker without a copy.
           if (reader.kind === 'file') {
             const d = loader.directSection();
             if (d !== null && reader.remaining >= d.length) {
@@ -270,7 +273,13 @@ export class StateTransfer {
               continue;
             }
           }
-          const chunk = await reader.read(reader.kind === 'file' ? loader.wants() : undefined);
+          // A pipe: a section that splices its bytes out of it itself (the memory disk) does;
+          // reads are sized to what the parser wants, so none of its bytes were read before.
+          if (reader.kind === 'pipe' && loader.directSection('pipe') !== null) {
+            await loader.takeDirect(reader);
+            continue;
+          }
+          const chunk = await reader.read(loader.wants());
           if (chunk === null) break;
           await loader.feed(chunk);
         }

@@ -17,6 +17,8 @@ bool init_uring(napi_env env, napi_value exports);
 bool init_peercred(napi_env env, napi_value exports);
 // host/native/src/tap.c: TAP interfaces for the switch's TAP ports (--network tap:IFNAME).
 bool init_tap(napi_env env, napi_value exports);
+// host/native/src/checksum.c: CRC-32C (SSE4.2 or a table) for the state container and pre-copy.
+bool init_checksum(napi_env env, napi_value exports);
 
 static void free_addon_env(napi_env env, void *data, void *hint) {
   // The constructor references die with the environment itself.
@@ -39,7 +41,8 @@ static napi_value init(napi_env env, napi_value exports) {
   if (!init_sock(env, exports) || !init_fdio(env, exports) || !init_mapping(env, exports, ae) ||
       !init_watch(env, exports, ae) || !(fe = init_fs(env, exports)) || !init_fhandle(env, exports, fe) ||
       !init_proc(env, exports) ||
-      !init_fd_budget(env, exports) || !init_uring(env, exports) || !init_peercred(env, exports) || !init_tap(env, exports)) {
+      !init_fd_budget(env, exports) || !init_uring(env, exports) || !init_peercred(env, exports) || !init_tap(env, exports) ||
+      !init_checksum(env, exports)) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) napi_throw_error(env, "ERR_NAPI", "vhost_native: failed to set up the module's exports");

@@ -40,6 +40,13 @@ export interface Mapping {
    * under us; the faulting pages now read as private zeros). Latched: never goes back to 0.
    */
   faults(): number;
+  /**
+   * Makes the pages of [offset, offset+length) exist and mapped in one call
+   * (madvise MADV_POPULATE_WRITE with `write`, else _READ), instead of a page fault per page on
+   * first touch. `write` needs a writable mapping; throws EFAULT if the file no longer covers
+   * the range.
+   */
+  populate(offset: number, length: number, write: boolean): void;
 }
 
 /** What memoryFdInfo() reports about a front-end's memory fd. */
@@ -283,6 +290,18 @@ export interface Native extends NativeFs {
    * that id (it ended).
    */
   threadCpuNs(tid: number): number;
+
+  // ---- CRC-32C (host/native/src/checksum.c) ----
+  /**
+   * CRC-32C (Castagnoli) of bytes, continued from seed (a CRC so far; 0 to start), as zlib's
+   * crc32 continues CRC-32: crc32c(b, crc32c(a)) === crc32c(a ‖ b). `portable` runs the table
+   * code even where the SSE4.2 instruction exists (tests compare the two).
+   */
+  crc32c(bytes: Uint8Array, seed?: number, portable?: boolean): number;
+  /** Copies all of src to the start of dst (they must not overlap) and returns src's CRC-32C continued from seed: one pass over the bytes. */
+  copyCrc32c(dst: Uint8Array, src: Uint8Array, seed?: number): number;
+  /** Which CRC-32C code this CPU runs, chosen once at load: 'sse4.2' (the crc32 instruction, 3 streams) or 'table' (portable slicing-by-8). */
+  readonly crc32cImpl: 'sse4.2' | 'table';
 
   // ---- io_uring (host/native/src/uring.c) ----
   /** A new ring for the calling thread with `entries` submission entries (1..4096). */

@@ -15,7 +15,8 @@
         "src/fd_budget.c",
         "src/uring.c",
         "src/peercred.c",
-        "src/tap.c"
+        "src/tap.c",
+        "src/checksum.c"
       ],
       "libraries": ["-luring"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],

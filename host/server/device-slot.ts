@@ -10,7 +10,7 @@ import { native, type Mapping } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
 import type { DeviceInfo } from '../device/device.ts';
 import { DeviceMeter } from '../metrics/device-meter.ts';
-import type { TokenBucket } from '../limits/token-bucket.ts';
+import { NO_THROTTLE, TokenBucket } from '../limits/token-bucket.ts';
 import { sharedModules } from '../plugin/compiled-modules.ts';
 import { DEFAULT_MEMORY_LIMIT } from '../plugin/load.ts';
 import { hostSwitch, type DeviceLink } from '../net/switch.ts';
@@ -73,6 +73,11 @@ export class DeviceSlot {
   private memoryDisk: number | null = null;
   /** Its dirty-block map, shared with every thread that writes it (pre-copy, docs/migration.md). */
   private memoryDiskDirty: DirtyBlocks | null = null;
+  /**
+   * Pre-copy's auto-converge throttle for a writable memory disk (migration/auto-converge.ts):
+   * unlimited except while a pre-copy that does not converge runs; kept across workers.
+   */
+  private converge: TokenBucket | null = null;
   /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
   private memoryDiskMapping: Mapping | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
@@ -102,6 +107,7 @@ export class DeviceSlot {
     if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
       this.memoryDisk = createMemoryDisk(storage.size);
       this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
+      this.converge = storage.readOnly ? null : TokenBucket.create(NO_THROTTLE);
       const dirty = this.memoryDiskDirty?.buffer;
       source = { ...source, options: { ...source.options, storage: { ...storage, fd: this.memoryDisk, ...(dirty ? { dirty } : {}) } } };
     }
@@ -118,11 +124,17 @@ export class DeviceSlot {
    * a pre-copy moves its blocks with the kernel's copy, not through the worker. Null without a
    * writable memory disk.
    */
-  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks; mapping: () => Mapping } | null {
+  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks; mapping: () => Mapping; converge?: TokenBucket } | null {
     const fd = this.memoryDisk;
     const dirty = this.memoryDiskDirty;
     if (fd === null || dirty === null) return null;
-    return { fd, size: dirty.diskSize, dirty, mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)) };
+    return {
+      fd,
+      size: dirty.diskSize,
+      dirty,
+      mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)),
+      ...(this.converge ? { converge: this.converge } : {}),
+    };
   }
 
   /**
@@ -219,6 +231,7 @@ export class DeviceSlot {
       queueThreads: this.opts.queueThreads,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
+      ...(this.converge ? { converge: this.converge.buffer } : {}),
       ...(link
         ? {
             net: () => {

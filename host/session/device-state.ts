@@ -10,9 +10,10 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
-import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
 import { PrecopyPhase } from '../protocol/precopy.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
+import { AutoConverge } from '../migration/auto-converge.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
 import { errorText, type Logger } from '../log/logger.ts';
 import { closeFds } from './fds.ts';
@@ -62,6 +63,8 @@ export class DeviceStateTransfers {
   private precopySent: PrecopyMark | null = null;
   /** Destination: the pre-copy whose rounds all arrived and checked out, up to which round. */
   private precopyHeld: PrecopyMark | null = null;
+  /** Source: throttles the guest's writes while live rounds do not shrink (made on the first pre-copy of a disk that has the bucket). */
+  private converge: AutoConverge | null = null;
 
   constructor(private readonly host: TransferHost) {}
 
@@ -94,6 +97,7 @@ export class DeviceStateTransfers {
   /** A reset, a disconnect or a full save: a pre-copy cannot be continued. */
   private forgetPrecopy(): void {
     if (this.precopySent !== null) this.host.memoryDisk?.()?.dirty.stop();
+    this.converge?.release('the pre-copy ended');
     this.precopySent = null;
     this.precopyHeld = null;
   }
@@ -163,7 +167,29 @@ export class DeviceStateTransfers {
       // A pipe: the disk's pages are spliced into it. A front-end reads the state to EOF before
       // CHECK_DEVICE_STATE, and the rings restart only after that, so the pages do not change
       // while the pipe still holds them.
-      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed) => diskCrc(disk, seed) });
+      proxy.spliceSource = () => ({ fd: disk.fd, offset: 0, crc: (seed, at, len) => diskCrc(disk, seed, at, len) });
+      // LOAD: the disk's bytes go from the channel into its memfd here too (a state file: copied
+      // and checksummed in one pass between two populated mappings; a pipe: spliced), never
+      // through the worker, whose section only checked the size in beginLoad. Its finish would
+      // count no bytes, so a disk loaded here finishes here.
+      let loadedHere = false;
+      const finish = proxy.finish.bind(proxy);
+      const abort = proxy.abort.bind(proxy);
+      proxy.copyFromFile = async (fd, fileOffset, len, crc) => {
+        const c = loadDiskFromFile(disk, fd, fileOffset, len, crc);
+        loadedHere = true;
+        return c;
+      };
+      proxy.copyFromPipe = async (pipe, len, crc) => {
+        const c = await loadDiskFromPipe(disk, pipe, len, crc);
+        loadedHere = true;
+        return c;
+      };
+      proxy.finish = async () => (loadedHere ? null : finish());
+      proxy.abort = async () => {
+        loadedHere = false;
+        await abort();
+      };
     }
     return proxy;
   }
@@ -282,6 +308,7 @@ export class DeviceStateTransfers {
         disk.dirty.start();
         mark = newPrecopyMark();
         runs = disk.size > 0 ? [[0, disk.size]] : [];
+        if (disk.converge) (this.converge ??= new AutoConverge(disk.converge, log)).start();
       } else {
         mark = { token: this.precopySent!.token, round: this.precopySent!.round + 1 };
         runs = disk.dirty.take();
@@ -293,11 +320,18 @@ export class DeviceStateTransfers {
         .worker()
         .stateBegin()
         .then((b) => b.started.length === 0, () => false);
+      // A live round that does not shrink enough throttles the guest's writes (auto-converge.ts).
+      if (!first && !quiet) this.converge?.roundTaken(runs.reduce((n, [, len]) => n + len, 0));
       const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet);
       round = r;
       void r.done.then((err) => {
-        if (err === null) this.precopySent = mark;
-        else log.error(`pre-copy round ${mark.round} (save) failed: ${err}; the next round sends the whole disk`);
+        if (err === null) {
+          this.precopySent = mark;
+          this.converge?.roundDone();
+        } else {
+          log.error(`pre-copy round ${mark.round} (save) failed: ${err}; the next round sends the whole disk`);
+          this.converge?.release(`round ${mark.round} failed`);
+        }
         if (err === null) log.info(`pre-copy round ${mark.round} sent: ${runs.length} run(s), ${r.bytes} bytes`);
       });
     } else {

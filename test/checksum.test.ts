@@ -1,0 +1,57 @@
+// CRC-32C from the addon (host/native/src/checksum.c), which the state container (format 2) and
+// the pre-copy rounds carry: the published check value, the SSE4.2 code against the portable
+// table code on every length and alignment around its 3-stream blocks, chaining, and the
+// copy fused with it.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { native } from '../host/native/index.ts';
+import { copyCrc32c, crc32c } from '../host/migration/checksum.ts';
+
+test('the CRC-32C check value and known vectors (RFC 3720 B.4)', (t) => {
+  t.is(crc32c(Buffer.from('123456789')), 0xe3069283);
+  t.is(crc32c(Buffer.alloc(32, 0)), 0x8a9136aa);
+  t.is(crc32c(Buffer.alloc(32, 0xff)), 0x62a8ab43);
+  t.is(crc32c(Buffer.from(Array.from({ length: 32 }, (_, i) => i))), 0x46dd794e);
+  t.is(crc32c(Buffer.alloc(0)), 0);
+  t.is(crc32c(Buffer.alloc(0), 0x12345678), 0x12345678, 'no bytes: the seed is the CRC');
+});
+
+test('the implementation follows the CPU flag, chosen once', (t) => {
+  const sse42 = /^flags\s*:.*\bsse4_2\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  t.is(native.crc32cImpl, process.arch === 'x64' && sse42 ? 'sse4.2' : 'table');
+});
+
+test('SSE4.2 and the portable table agree on every length and alignment around the 3 x 8 KiB blocks, and chain', (t) => {
+  const big = randomBytes(3 * 8192 * 3 + 64);
+  const lengths = [0, 1, 7, 8, 9, 63, 64, 4095, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 17, 6 * 8192 + 5, 9 * 8192];
+  for (const len of lengths) {
+    for (let align = 0; align < 8; align++) {
+      const b = big.subarray(align, align + len);
+      const seed = (len * 2654435761 + align) >>> 0;
+      t.is(native.crc32c(b, seed), native.crc32c(b, seed, true), `len ${len} align ${align}`);
+    }
+  }
+  // crc(a ‖ b) = crc(b, crc(a)), whatever the split.
+  const whole = crc32c(big);
+  for (const cut of [1, 8191, 24576, 30000, big.length - 3]) t.is(crc32c(big.subarray(cut), crc32c(big.subarray(0, cut))), whole, `cut ${cut}`);
+  // A single flipped bit anywhere changes it.
+  const flipped = Buffer.from(big);
+  flipped[40_000] ^= 0x10;
+  t.not(crc32c(flipped), whole);
+});
+
+test('copyCrc32c copies and checksums in one pass; it refuses a short dst and overlap', (t) => {
+  const src = randomBytes(5 * 8192 * 3 + 11);
+  for (const len of [0, 5, 24576, 24576 + 9, src.length]) {
+    const dst = Buffer.alloc(len + 3, 0xaa);
+    const c = copyCrc32c(dst, src.subarray(0, len), 77);
+    t.is(c, crc32c(src.subarray(0, len), 77), `len ${len}`);
+    t.true(dst.subarray(0, len).equals(src.subarray(0, len)));
+    t.true(dst.subarray(len).equals(Buffer.alloc(3, 0xaa)), 'nothing past src written');
+  }
+  t.throws(() => copyCrc32c(Buffer.alloc(4), Buffer.alloc(5)), { message: /src is 5 bytes, dst only 4/ });
+  const one = Buffer.alloc(100);
+  t.throws(() => copyCrc32c(one.subarray(10), one.subarray(0, 50)), { message: /overlap/ });
+  t.throws(() => native.crc32c(Buffer.alloc(1), 2 ** 32), { message: /not a 32-bit CRC/ });
+});
