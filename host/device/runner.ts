@@ -1485,7 +1485,8 @@ export class DeviceRunner {
         const batch: Req[] = [];
         let chain: DescriptorChain | null;
         const throttle = this.hooks.throttle;
-        const converge = this.hooks.converge;
+        // Auto-converge's bucket is unlimited unless a pre-copy is being outrun: only then charged.
+        const converge = this.hooks.converge?.limited ? this.hooks.converge : undefined;
         let wait = 0;
         while (batch.length < this.maxBatch) {
           if (throttle && (wait = throttle.waitMs()) > 0) break;

@@ -130,6 +130,15 @@ export class TokenBucket {
     return { passedOps: this.f[F.passedOps], passedBytes: this.f[F.passedBytes], waits: this.f[F.waits] };
   }
 
+  /**
+   * Whether any limit is set, read without the lock: for a bucket that is unlimited nearly always
+   * (pre-copy's auto-converge), so the hot path skips two lock holds per request. A limit set by
+   * another thread at the same moment is seen from the next batch on.
+   */
+  get limited(): boolean {
+    return this.f[F.iops] > 0 || this.f[F.bps] > 0;
+  }
+
   /** 0 when a request may go now; otherwise the ms until one may (the caller re-arms a timer). */
   waitMs(): number {
     return this.locked(() => this.waitLocked());
