@@ -55,7 +55,7 @@ test.serial('--take-over: the new host serves the device (memory disk included),
   });
   let stop = false;
   const io = ioLoop(disk, last, () => stop);
-  const fresh = await host(['--take-over']);
+  const fresh = await host(['--take-over', '--take-over-mode', 'socket']);
   t.is(await exitOf(old), 0, old.log());
   await reconnected;
   stop = true;
@@ -136,7 +136,7 @@ test.serial('a new host that dies in the middle of the handover (it got the sock
 
   // The old host accepts again: a real take-over now goes through, and the data moves with it.
   const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
-  const fresh = await host(['--take-over']);
+  const fresh = await host(['--take-over', '--take-over-mode', 'socket']);
   t.is(await exitOf(old), 0);
   await reconnected;
   await verifyAll(disk, last);

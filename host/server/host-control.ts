@@ -13,9 +13,14 @@ import { isAbsolute } from 'node:path';
 import type { ControlMethods, ControlServer } from '../daemon/control-server.ts';
 import { RpcCode, RpcError } from '../daemon/jsonrpc.ts';
 import { failed, only, pluginParam, type MethodResults } from '../daemon/methods.ts';
-import { sendHandover, type HandoverSource } from './takeover.ts';
+import { HandoverLost, sendHandover, type HandoverSource } from './takeover.ts';
+import { LiveHandoverBusy, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
+
+/** A session that is busy (requests held by the device, a migration) is tried this often, this far apart, before the handover is refused. */
+const BUSY_ATTEMPTS = 20;
+const BUSY_RETRY_MS = 25;
 import { HOST_VERSION } from '../version.ts';
-import { createLogger } from '../log/logger.ts';
+import { createLogger, errorText } from '../log/logger.ts';
 
 /** Where the host's control socket is when only its device socket is known. */
 export function controlPathFor(socketPath: string): string {
@@ -31,6 +36,12 @@ export interface HandoverResult {
   fromPid: number;
   toPid: number;
   fromVersion: string;
+  /** The connected front-end's session moved too (no reconnect). */
+  live: boolean;
+  /** Why it did not, when a live handover was asked for and a front-end was connected. */
+  liveRefused?: string;
+  /** A live handover: from stopping the rings here to the new host saying it serves. */
+  stoppedMs?: number;
 }
 
 export interface HostControlHooks {
@@ -76,36 +87,93 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
         });
       }
       if (method === 'host-handover') {
-        only(params, ['to']);
+        // `live` (a new host of this release or later): the connected front-end's session moves
+        // too (format 2); without it (the release before), only the sockets (format 1).
+        only(params, ['to', 'live']);
         const to = params.to;
         if (typeof to !== 'string' || !isAbsolute(to)) {
           throw new RpcError(RpcCode.invalidParams, 'params.to: missing or not an absolute path (the new host\'s handover socket)', { field: 'params.to' });
         }
+        const live = params.live;
+        if (live !== undefined && typeof live !== 'boolean') throw new RpcError(RpcCode.invalidParams, 'params.live: not true or false', { field: 'params.live' });
         return exclusive('host handover', async () => {
           const control = hooks.control();
           const disk = d.slot.memoryDiskFd;
+          // A front-end connecting meanwhile waits in the backlog for whichever host serves.
+          d.listener.holdAccepting(true);
+          let capture: LiveCapture | null = null;
+          let liveRefused: string | null = null;
+          for (let attempt = 1; live === true && capture === null && liveRefused === null; attempt++) {
+            // Looked up each time: a front-end that disconnected meanwhile has nothing to move.
+            const session = d.listener.currentSession;
+            if (session === null) break;
+            try {
+              capture = await session.captureForHandover();
+            } catch (e) {
+              if (e instanceof LiveHandoverBusy && attempt < BUSY_ATTEMPTS) {
+                // Requests the device holds are answered soon (an rng waiting for entropy): try again.
+                await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+                continue;
+              }
+              if (e instanceof LiveHandoverRefused) {
+                // The fallback: the sockets move, the front-end reconnects (its inflight area resubmits).
+                liveRefused = e.message;
+                log.warn(`host-handover: the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
+              } else {
+                d.listener.holdAccepting(false);
+                throw failed(new Error(`the connected session cannot be handed over now: ${errorText(e)}`));
+              }
+            }
+          }
           const src: HandoverSource = {
-            header: { pid: process.pid, hostVersion: HOST_VERSION, label: d.config.label, ...(disk ? { memoryDiskBytes: disk.size } : {}) },
+            format: live === undefined ? 1 : 2,
+            header: {
+              pid: process.pid,
+              hostVersion: HOST_VERSION,
+              label: d.config.label,
+              ...(disk ? { memoryDiskBytes: disk.size } : {}),
+              ...(live === undefined ? {} : { liveRefused }),
+            },
             fds: [
               { kind: 'listen', fd: d.listener.fd },
               ...(control ? [{ kind: 'control' as const, fd: control.fd }] : []),
               ...(disk ? [{ kind: 'memory-disk' as const, fd: disk.fd }] : []),
             ],
+            session: capture === null ? null : { record: capture.record, fds: capture.fds },
           };
-          // A front-end connecting meanwhile waits in the backlog for whichever host serves.
-          d.listener.holdAccepting(true);
           try {
-            log.info(`host-handover: handing the device to pid ${peer.pid}`);
+            log.info(`host-handover: handing the device${capture ? ' and its connected session' : ''} to pid ${peer.pid}`);
             await sendHandover(to, peer.pid, src);
           } catch (e) {
+            if (e instanceof HandoverLost) {
+              // This host let go of the session ("go"): the new host may have run its rings, so
+              // this one must not run them again from where it stopped. Its copies go; if the new
+              // host is gone, the front-end's connection ends with it, and a front-end that
+              // reconnects is served here again (its inflight area says what was in flight).
+              capture?.letGo();
+              d.listener.holdAccepting(false);
+              log.error(`host-handover to pid ${peer.pid} failed after this host let go of the session: ${e.message}; this host accepts connections again`);
+              throw failed(e);
+            }
+            await capture?.resume();
             d.listener.holdAccepting(false);
             throw failed(e);
           }
           handedOver = true;
-          // The new host accepts on the socket: our front-end reconnects to it.
+          const pauseMs = capture ? performance.now() - capture.stoppedAt : null;
+          capture?.letGo();
+          // The new host accepts on the socket; without a live session our front-end reconnects to it.
           await d.listener.handOff(`handed over to the new host (pid ${peer.pid})`);
-          log.info(`host-handover: pid ${peer.pid} serves the device now; this host exits`);
-          return { id: d.config.label, fromPid: process.pid, toPid: peer.pid, fromVersion: HOST_VERSION } satisfies HandoverResult;
+          log.info(`host-handover: pid ${peer.pid} serves the device now${pauseMs !== null ? ` with the session (rings stopped ${pauseMs.toFixed(1)} ms)` : ''}; this host exits`);
+          return {
+            id: d.config.label,
+            fromPid: process.pid,
+            toPid: peer.pid,
+            fromVersion: HOST_VERSION,
+            live: capture !== null,
+            ...(liveRefused !== null ? { liveRefused } : {}),
+            ...(pauseMs !== null ? { stoppedMs: Math.round(pauseMs * 10) / 10 } : {}),
+          } satisfies HandoverResult;
         });
       }
       throw new RpcError(RpcCode.methodNotFound, `no method "${method}" (a single-device host has: ${HOST_METHODS.join(', ')})`);
