@@ -180,31 +180,39 @@ test.serial('a new host that dies after it received the session (before it said 
   const done: number[] = [];
   let stop = false;
   const io = blkLoad(disk, last, () => stop, done);
-  // This test process plays the new host: it asks for a live handover, receives everything,
-  // and goes away as a crashed process does (its fds closed, no answer).
+  // This test process plays the new host: it asks for a live handover, receives the device's
+  // fds, asks for the session, receives it, and goes away as a crashed process does (its fds
+  // closed, no answer).
   const to = join(dir, 'fake-new-host.sock');
   const lfd = native.listenUnix(to, 1);
   const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
   let conn = -1;
   while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
-  const fds: number[] = [];
-  let bytes = 0;
-  // The record, then the fd batches: read until the old host has sent them all (it then waits for "ready").
-  for (let idle = 0; idle < 50; ) {
-    const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
-    if (got === null) {
-      idle++;
-      await new Promise((r) => setTimeout(r, 10));
-      continue;
+  /** Reads until the old host has sent everything it will before it waits for us. */
+  const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
+    const fds: number[] = [];
+    let bytes = 0;
+    for (let idle = 0; idle < 30; ) {
+      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+      if (got === null) {
+        idle++;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      idle = 0;
+      bytes += got.bytes;
+      fds.push(...got.fds);
+      if (got.bytes === 0) break;
     }
-    idle = 0;
-    bytes += got.bytes;
-    fds.push(...got.fds);
-    if (got.bytes === 0) break;
-  }
-  t.true(bytes > 8);
-  t.true(fds.length > 6, `the device's sockets and the session's fds came (${fds.length})`);
-  for (const fd of fds) native.close(fd);
+    return { bytes, fds };
+  };
+  const device = await drain();
+  t.is(device.fds.length, 3, 'listening socket, control socket, memory disk');
+  t.is(native.sendMsg(conn, Buffer.from('session\n'), []), 8);
+  const session = await drain();
+  t.true(session.bytes > 8);
+  t.true(session.fds.length >= 6, `the session's fds came (${session.fds.length}: front-end socket, memory, inflight area, kick, call, state)`);
+  for (const fd of [...device.fds, ...session.fds]) native.close(fd);
   native.close(conn);
   native.close(lfd);
   const [a] = (await answer) as { error?: { message: string } }[];
@@ -227,15 +235,29 @@ test.serial('a new host that dies after it received the session (before it said 
 
 /**
  * This test process plays an old host: a control socket at S.control that answers host-handover
- * by sending `record` (as the session of a version-2 message) with a real listening socket and
- * `sessionFds`, and reports the new host's answer line.
+ * (format 2) by sending a real listening socket as the device socket and, once the new host asks
+ * for the session, `record` with `sessionFds`; it reports the new host's answer line.
  */
-function fakeOldHost(record: unknown, sessionFds: () => number[]): { server: Server; verdict: Promise<string>; close(): void } {
+function fakeOldHost(record: unknown, sessionFds: () => number[]): { verdict: Promise<string>; close(): void } {
   let report: (s: string) => void = () => {};
   const verdict = new Promise<string>((r) => (report = r));
   const listenFd = native.listenUnix(sock, 4);
   // The new host serves its control socket on the one it is handed (S.control is this fake's).
   const controlFd = native.listenUnix(join(dir, 'handed-control.sock'), 4);
+  const readLine = async (fd: number): Promise<string> => {
+    let line = '';
+    for (;;) {
+      const b = Buffer.alloc(256);
+      const r = native.recvMsg(fd, b, 0);
+      if (r === null) {
+        await new Promise((res) => setTimeout(res, 10));
+        continue;
+      }
+      if (r.bytes === 0) return line;
+      line += b.subarray(0, r.bytes).toString();
+      if (line.includes('\n')) return line.trim();
+    }
+  };
   const server = createServer((c) => {
     let buf = '';
     c.setEncoding('utf8');
@@ -244,30 +266,24 @@ function fakeOldHost(record: unknown, sessionFds: () => number[]): { server: Ser
       if (!buf.includes('\n')) return;
       const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { id: number; params: { to: string } };
       const fd = native.connectUnix(req.params.to, true);
-      const fds = sessionFds();
-      const header = { magic: 'vhost-wasm-handover', version: 2, pid: process.pid, hostVersion: '0.0.0-test', label: sock, fds: ['listen', 'control'], liveRefused: null, session: record, sessionFds: fds.length };
-      void sendFramed(fd, header, [listenFd, controlFd, ...fds]).then(async () => {
-        let line = '';
-        for (;;) {
-          const b = Buffer.alloc(256);
-          const r = native.recvMsg(fd, b, 0);
-          if (r === null) {
-            await new Promise((res) => setTimeout(res, 10));
-            continue;
-          }
-          if (r.bytes === 0) break;
-          line += b.subarray(0, r.bytes).toString();
-          if (line.includes('\n')) break;
+      const header = { magic: 'vhost-wasm-handover', version: 2, pid: process.pid, hostVersion: '0.0.0-test', label: sock, fds: ['listen', 'control'], sessionOffered: true };
+      void (async () => {
+        await sendFramed(fd, header, [listenFd, controlFd]);
+        let line = await readLine(fd);
+        if (line === 'session') {
+          const fds = sessionFds();
+          await sendFramed(fd, { magic: 'vhost-wasm-session', session: record, sessionFds: fds.length, liveRefused: null }, fds);
+          for (const f of fds) native.close(f);
+          line = await readLine(fd);
         }
-        report(line.trim());
+        report(line);
         native.close(fd);
         c.end(JSON.stringify({ jsonrpc: '2.0', id: req.id, error: { code: -32000, message: 'handover failed' } }) + '\n');
-      });
+      })();
     });
   });
   server.listen(`${sock}.control`);
   return {
-    server,
     verdict,
     close() {
       server.close();
@@ -285,7 +301,7 @@ test.serial('a bad handover record is refused by the new host with a clear error
   const eventfd = () => native.eventfd(0);
   const bad = { version: 1, device: { deviceId: 2, numQueues: 1, name: 'blk', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 64, addr: null, base: 0, kick: null, call: 5, err: null, enabled: false, started: false }], state: null };
   let fake = fakeOldHost(bad, () => [eventfd()]);
-  let r = await runCli(['--socket-path', sock, '--plugin', blk, '--take-over']);
+  let r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
   t.is(r.code, 1);
   t.regex(r.stderr, /the session record is not valid: rings\[0\]\.call names fd 5, but 1 came with the record/);
   t.regex(await fake.verdict, /the session record is not valid: rings\[0\]\.call names fd 5/, 'the old host is told why');

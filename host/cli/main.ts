@@ -68,22 +68,20 @@ async function serve(o: CliOptions): Promise<void> {
   // Host upgrade: the old host's sockets (and memory disk) come first; see host/server/takeover.ts.
   const handover = o.takeOver ? await askForDevice(controlPath, o.takeOverMode) : null;
   const handed = handover?.received.fds ?? new Map<HandoverFd, number>();
-  // The connected front-end's session, if it moves live: its fds are the session's from adoptLive on.
-  let liveSession = handover?.received.session ?? null;
+  // The connected front-end's session moved here (asked for once our device runs), or why it
+  // could not (the front-end reconnects).
+  let moved = false;
+  let liveRefused: string | null = null;
   // Handed-over fds nothing owns yet (closed here if the take-over fails). Their socket files
   // are the old host's until it lets go: they are adopted (removed at our exit) only after that.
   const loose = new Set(handed.values());
   let host: Host | null = null;
   let control: ControlServer | null = null;
   try {
-    if (handover) {
-      checkHandedDevice(o, handover.received.header, label);
-      const h = handover.received.header;
-      if (o.takeOverMode === 'live' && liveSession === null && typeof h.liveRefused === 'string') {
-        throw new HandoverRefused(`--take-over-mode live: the old host's session cannot move live: ${h.liveRefused}`);
-      }
-    }
+    if (handover) checkHandedDevice(o, handover.received.header, label);
     const memoryDisk = handed.get('memory-disk');
+    // The device slot owns a handed memory disk from its start on.
+    if (memoryDisk !== undefined) loose.delete(memoryDisk);
     let source = deviceSource(o);
     if (memoryDisk !== undefined && source.kind === 'plugin') {
       source = { ...source, options: { ...source.options, storage: { ...(source.options!.storage as object), fd: memoryDisk } } };
@@ -115,17 +113,23 @@ async function serve(o: CliOptions): Promise<void> {
       control = ControlServer.open(controlFd !== undefined ? { fd: controlFd } : { path: controlPath }, hostMethods(host, hooks));
       if (controlFd !== undefined) loose.delete(controlFd);
     }
-    if (liveSession !== null) {
-      const s = liveSession;
-      liveSession = null;
-      await host.devices[0].listener.adoptLive(s.record, s.fds, () => handover!.received.ready());
+    if (handover?.received.header.sessionOffered === true) {
+      // Our device runs: only now does the old host stop its session (its pause starts here).
+      const got = await handover.received.takeSession();
+      if ('refused' in got) {
+        if (o.takeOverMode === 'live') throw new HandoverRefused(`--take-over-mode live: the old host's session cannot move live: ${got.refused}`);
+        liveRefused = got.refused;
+      } else {
+        // Takes the session's fds, whatever happens.
+        await host.devices[0].listener.adoptLive(got.record, got.fds, () => handover.received.ready());
+        moved = true;
+      }
     }
   } catch (e) {
     // Asked for (or the default): a host that cannot be managed does not start half-way.
     control?.close();
     await host?.close();
     for (const fd of loose) native.close(fd);
-    for (const fd of liveSession?.fds ?? []) native.close(fd);
     if (handover) {
       // The old host serves on, and is told why not.
       handover.received.answer(errorText(e));
@@ -147,10 +151,10 @@ async function serve(o: CliOptions): Promise<void> {
     host.devices[0].listener.adoptPath(o.socketPath!);
     host.devices[0].listener.holdAccepting(false);
     control?.adoptPath(controlPath);
-    if (handover.received.session !== null) {
+    if (moved) {
       log.info(`took the device and its connected front-end over from host ${h.hostVersion} (pid ${h.pid}): the session carries on here without a reconnect`);
     } else {
-      const why = typeof h.liveRefused === 'string' ? ` (its session could not move live: ${h.liveRefused})` : '';
+      const why = liveRefused !== null ? ` (its session could not move live: ${liveRefused})` : '';
       log.info(`took the device over from host ${h.hostVersion} (pid ${h.pid}); its front-end reconnects here${why}`);
     }
   }

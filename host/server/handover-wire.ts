@@ -132,3 +132,87 @@ export class FdReader {
     });
   }
 }
+
+/**
+ * Short text lines both ways on the handover socket ("session", "ready", "go", "serving", or a
+ * failure's reason), on the same non-blocking fd the frames use. Reads only while next() waits
+ * (one watcher on the fd at a time: a frame is never sent while a line is awaited), and only
+ * when the peer sends nothing else until it gets an answer, so reading ahead loses nothing.
+ * close() closes the fd.
+ */
+export class LineChannel {
+  private buf = '';
+  private eof = false;
+  private closed = false;
+
+  constructor(readonly fd: number) {}
+
+  /** The next line (without its newline, at most 1000 characters), null at EOF, or a timeout's text. */
+  async next(deadlineMs: number): Promise<string | null> {
+    const until = Date.now() + deadlineMs;
+    for (;;) {
+      const nl = this.buf.indexOf('\n');
+      if (nl >= 0) {
+        const line = this.buf.slice(0, nl).slice(0, 1000);
+        this.buf = this.buf.slice(nl + 1);
+        return line;
+      }
+      if (this.buf.length > 4096) return 'an answer line longer than 4 KiB';
+      if (this.eof || this.closed) return null;
+      if (Date.now() >= until) return `no answer within ${Math.round(deadlineMs / 1000)} s`;
+      await this.readable(until - Date.now());
+      this.readSome();
+    }
+  }
+
+  private readSome(): void {
+    const b = Buffer.alloc(4096);
+    for (;;) {
+      let r;
+      try {
+        r = native.recvMsg(this.fd, b, 0);
+      } catch {
+        this.eof = true; // ECONNRESET and the like: the peer is gone
+        return;
+      }
+      if (r === null) return;
+      for (const f of r.fds) native.close(f);
+      if (r.bytes === 0) {
+        this.eof = true;
+        return;
+      }
+      this.buf += b.subarray(0, r.bytes).toString('utf8');
+      if (r.fdsTruncated) return;
+    }
+  }
+
+  private readable(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        w.close();
+        resolve();
+      }, Math.max(1, ms));
+      const w = native.watch(this.fd, 'r', () => {
+        clearTimeout(timer);
+        w.close();
+        resolve();
+      });
+    });
+  }
+
+  /** Sends a short line (best effort: a peer that went away just misses it). */
+  write(s: string): void {
+    if (this.closed) return;
+    try {
+      native.sendMsg(this.fd, Buffer.from(s), []);
+    } catch {
+      // gone
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    native.close(this.fd);
+  }
+}

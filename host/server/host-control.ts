@@ -13,7 +13,8 @@ import { isAbsolute } from 'node:path';
 import type { ControlMethods, ControlServer } from '../daemon/control-server.ts';
 import { RpcCode, RpcError } from '../daemon/jsonrpc.ts';
 import { failed, only, pluginParam, type MethodResults } from '../daemon/methods.ts';
-import { HandoverLost, sendHandover, type HandoverSource } from './takeover.ts';
+import { HandoverLost, sendHandover, type HandoverOutcome, type HandoverSource } from './takeover.ts';
+import type { LiveSessionRecord } from '../session/handover-record.ts';
 import { LiveHandoverBusy, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
 
 /** A session that is busy (requests held by the device, a migration) is tried this often, this far apart, before the handover is refused. */
@@ -101,67 +102,65 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
           const disk = d.slot.memoryDiskFd;
           // A front-end connecting meanwhile waits in the backlog for whichever host serves.
           d.listener.holdAccepting(true);
+          // The session is stopped only when the new host asks for it, its device running.
           let capture: LiveCapture | null = null;
-          let liveRefused: string | null = null;
-          for (let attempt = 1; live === true && capture === null && liveRefused === null; attempt++) {
-            // Looked up each time: a front-end that disconnected meanwhile has nothing to move.
-            const session = d.listener.currentSession;
-            if (session === null) break;
-            try {
-              capture = await session.captureForHandover();
-            } catch (e) {
-              if (e instanceof LiveHandoverBusy && attempt < BUSY_ATTEMPTS) {
-                // Requests the device holds are answered soon (an rng waiting for entropy): try again.
-                await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
-                continue;
-              }
-              if (e instanceof LiveHandoverRefused) {
-                // The fallback: the sockets move, the front-end reconnects (its inflight area resubmits).
-                liveRefused = e.message;
-                log.warn(`host-handover: the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
-              } else {
-                d.listener.holdAccepting(false);
-                throw failed(new Error(`the connected session cannot be handed over now: ${errorText(e)}`));
+          const takeSession = async (): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }> => {
+            for (let attempt = 1; ; attempt++) {
+              // Looked up each time: a front-end that disconnected meanwhile has nothing to move.
+              const session = d.listener.currentSession;
+              if (session === null) return { refused: 'the front-end disconnected' };
+              try {
+                capture = await session.captureForHandover();
+                return { record: capture.record, fds: capture.fds };
+              } catch (e) {
+                if (e instanceof LiveHandoverBusy && attempt < BUSY_ATTEMPTS) {
+                  // Requests the device holds are answered soon (an rng waiting for entropy): try again.
+                  await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+                  continue;
+                }
+                if (e instanceof LiveHandoverRefused) {
+                  // The fallback: the sockets move, the front-end reconnects (its inflight area resubmits).
+                  log.warn(`host-handover: the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
+                  return { refused: e.message };
+                }
+                throw new Error(`the connected session cannot be handed over now: ${errorText(e)}`);
               }
             }
-          }
+          };
           const src: HandoverSource = {
             format: live === undefined ? 1 : 2,
-            header: {
-              pid: process.pid,
-              hostVersion: HOST_VERSION,
-              label: d.config.label,
-              ...(disk ? { memoryDiskBytes: disk.size } : {}),
-              ...(live === undefined ? {} : { liveRefused }),
-            },
+            header: { pid: process.pid, hostVersion: HOST_VERSION, label: d.config.label, ...(disk ? { memoryDiskBytes: disk.size } : {}) },
             fds: [
               { kind: 'listen', fd: d.listener.fd },
               ...(control ? [{ kind: 'control' as const, fd: control.fd }] : []),
               ...(disk ? [{ kind: 'memory-disk' as const, fd: disk.fd }] : []),
             ],
-            session: capture === null ? null : { record: capture.record, fds: capture.fds },
+            ...(live === true && d.listener.currentSession !== null ? { session: takeSession } : {}),
           };
+          let outcome: HandoverOutcome;
           try {
-            log.info(`host-handover: handing the device${capture ? ' and its connected session' : ''} to pid ${peer.pid}`);
-            await sendHandover(to, peer.pid, src);
+            log.info(`host-handover: handing the device${src.session ? ' and its connected session' : ''} to pid ${peer.pid}`);
+            outcome = await sendHandover(to, peer.pid, src);
           } catch (e) {
+            const taken = capture as LiveCapture | null;
             if (e instanceof HandoverLost) {
               // This host let go of the session ("go"): the new host may have run its rings, so
               // this one must not run them again from where it stopped. Its copies go; if the new
               // host is gone, the front-end's connection ends with it, and a front-end that
               // reconnects is served here again (its inflight area says what was in flight).
-              capture?.letGo();
+              taken?.letGo();
               d.listener.holdAccepting(false);
               log.error(`host-handover to pid ${peer.pid} failed after this host let go of the session: ${e.message}; this host accepts connections again`);
               throw failed(e);
             }
-            await capture?.resume();
+            await taken?.resume();
             d.listener.holdAccepting(false);
             throw failed(e);
           }
           handedOver = true;
-          const pauseMs = capture ? performance.now() - capture.stoppedAt : null;
-          capture?.letGo();
+          const taken = capture as LiveCapture | null;
+          const pauseMs = outcome.live && taken ? performance.now() - taken.stoppedAt : null;
+          if (outcome.live) taken?.letGo();
           // The new host accepts on the socket; without a live session our front-end reconnects to it.
           await d.listener.handOff(`handed over to the new host (pid ${peer.pid})`);
           log.info(`host-handover: pid ${peer.pid} serves the device now${pauseMs !== null ? ` with the session (rings stopped ${pauseMs.toFixed(1)} ms)` : ''}; this host exits`);
@@ -170,8 +169,8 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
             fromPid: process.pid,
             toPid: peer.pid,
             fromVersion: HOST_VERSION,
-            live: capture !== null,
-            ...(liveRefused !== null ? { liveRefused } : {}),
+            live: outcome.live,
+            ...(outcome.liveRefused !== null ? { liveRefused: outcome.liveRefused } : {}),
             ...(pauseMs !== null ? { stoppedMs: Math.round(pauseMs * 10) / 10 } : {}),
           } satisfies HandoverResult;
         });

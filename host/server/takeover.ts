@@ -10,19 +10,22 @@
 // The exchange, driven by the new process (`vhost-wasm --socket-path S ... --take-over`):
 //   1. new: listens on a private socket (a fresh 0700 directory) and asks the old host, over its
 //      control socket, for `host-handover` with `to` = that socket (and `live`);
-//   2. old: stops accepting (live: stops the session, live-handover.ts), connects to `to` (its
-//      listener must be the process that asked: SO_PEERCRED pid) and sends the message: format
-//      1, one header line with the fds attached (asked without `live`), or format 2, framed
-//      (handover-wire.ts) with the session record and its fds;
-//   3. new: checks everything, starts its device on the fds (live: rebuilds the session but
-//      starts no ring) and, live, writes "ready\n"; the old host answers "go\n" and from then on
-//      never runs the rings again; the new host starts them; then it writes "serving\n";
+//   2. old: stops accepting, connects to `to` (its listener must be the process that asked:
+//      SO_PEERCRED pid) and sends the device's fds: format 1, one header line with the fds
+//      attached (asked without `live`), or format 2, framed (handover-wire.ts), saying whether a
+//      session is connected;
+//   3. new: checks them and starts its device on them (its plugin loads while the old host still
+//      serves). Format 2 with a session: it writes "session\n"; the old host stops the session
+//      (live-handover.ts) and sends its record and fds (framed), or says why it cannot (then the
+//      front-end reconnects); the new host rebuilds the session without starting a ring, writes
+//      "ready\n", the old host answers "go\n" (from then on it never runs the rings again), and
+//      the new host starts the rings. Then it writes "serving\n";
 //   4. old: on "serving", closes its copies (the socket paths stay: they are the new host's
 //      now; without a session it closes its front-end's connection), answers the RPC and
 //      exits. On anything else before "go" (the new process failed and said why, died, or said
-//      nothing in time) it restarts its rings, accepts again and serves on.
+//      nothing in time) it restarts its rings (if it had stopped them), accepts again and
+//      serves on.
 
-import { Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,7 +33,7 @@ import { native } from '../native/index.ts';
 import { VhostWasmError } from '../errors.ts';
 import { errorText } from '../log/logger.ts';
 import { checkLiveRecord, LiveRecordError, type LiveSessionRecord } from '../session/handover-record.ts';
-import { FdReader, FRAME_MAGIC, MAX_FDS_TOTAL, MAX_RECORD_BYTES, PREFIX_BYTES, sendFramed } from './handover-wire.ts';
+import { FdReader, FRAME_MAGIC, LineChannel, MAX_FDS_TOTAL, MAX_RECORD_BYTES, PREFIX_BYTES, sendFramed } from './handover-wire.ts';
 
 /** First line of the old host's message: names the fds that come with it, in order. */
 export interface HandoverHeader {
@@ -46,13 +49,22 @@ export interface HandoverHeader {
   fds: HandoverFd[];
   /** A memory disk's size in bytes, when one of the fds is it. */
   memoryDiskBytes?: number;
-  /** Version 2: the connected front-end's session (its fds follow the device's), or null: it is let go and reconnects. */
-  session?: unknown;
-  /** Version 2: how many fds the session record names (after the device's). */
-  sessionFds?: number;
-  /** Version 2, no session: why it did not move live (for the log). */
-  liveRefused?: string | null;
+  /** Version 2: a front-end is connected, and its session can be asked for ("session"). */
+  sessionOffered?: boolean;
 }
+
+/** Version 2, the old host's second message (after "session"): the session or why not. */
+export interface SessionMessage {
+  magic: 'vhost-wasm-session';
+  /** The record (handover-record.ts), or null: the session cannot move live. */
+  session: unknown;
+  /** Fds that follow, all the record's. */
+  sessionFds: number;
+  /** Why not, when session is null. */
+  liveRefused: string | null;
+}
+
+const SESSION_MAGIC = 'vhost-wasm-session';
 export type HandoverFd = 'listen' | 'control' | 'memory-disk';
 
 export const HANDOVER_MAGIC = 'vhost-wasm-handover';
@@ -77,11 +89,23 @@ export class HandoverLost extends VhostWasmError {
 
 /** What the old host hands over. */
 export interface HandoverSource {
-  header: Omit<HandoverHeader, 'magic' | 'version' | 'fds' | 'session' | 'sessionFds'>;
+  header: Omit<HandoverHeader, 'magic' | 'version' | 'fds' | 'sessionOffered'>;
   fds: { kind: HandoverFd; fd: number }[];
-  /** Format 2 (the new host asked with `live`): the session moves when `session` is set. */
+  /** Format 2 (the new host asked with `live`). */
   format: 1 | 2;
-  session?: { record: LiveSessionRecord; fds: number[] } | null;
+  /**
+   * Format 2, a front-end connected: stops its session and describes it when the new host asks
+   * (its device is started by then), or says why it cannot move live.
+   */
+  session?: () => Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }>;
+}
+
+/** How far a handover got (for the old host's log and answer). */
+export interface HandoverOutcome {
+  /** The session moved live. */
+  live: boolean;
+  /** Why it did not, when asked for and refused (the front-end reconnects). */
+  liveRefused: string | null;
 }
 
 /**
@@ -90,7 +114,7 @@ export interface HandoverSource {
  * take the device (nothing of it runs there), HandoverLost when it went away after this host
  * let go of a live session.
  */
-export async function sendHandover(to: string, peerPid: number, src: HandoverSource, deadlineMs = HANDOVER_DEADLINE_MS): Promise<void> {
+export async function sendHandover(to: string, peerPid: number, src: HandoverSource, deadlineMs = HANDOVER_DEADLINE_MS): Promise<HandoverOutcome> {
   let fd: number;
   try {
     // Never a blocking connect: whoever asked names `to`, and a listener that does not accept
@@ -106,45 +130,51 @@ export async function sendHandover(to: string, peerPid: number, src: HandoverSou
     throw new HandoverRefused(`${to} is served by pid ${cred.pid}, not by pid ${peerPid} that asked for the device: nothing was handed over`);
   }
   const kinds = src.fds.map((f) => f.kind);
-  if (src.format === 1) {
-    const header: HandoverHeader = { magic: HANDOVER_MAGIC, version: 1, ...src.header, fds: kinds };
-    const bytes = Buffer.from(JSON.stringify(header) + '\n');
-    // One small message on a fresh, empty socket: sendmsg takes it whole.
-    const sent = native.sendMsg(fd, bytes, src.fds.map((f) => f.fd));
-    if (sent !== bytes.length) {
-      native.close(fd);
-      throw new HandoverRefused(`the handover message did not go out whole (${sent} of ${bytes.length} bytes)`);
-    }
-  } else {
-    const session = src.session ?? null;
-    const header: HandoverHeader = {
-      magic: HANDOVER_MAGIC,
-      version: 2,
-      ...src.header,
-      fds: kinds,
-      session: session?.record ?? null,
-      sessionFds: session?.fds.length ?? 0,
-    };
-    try {
-      await sendFramed(fd, header, [...src.fds.map((f) => f.fd), ...(session?.fds ?? [])]);
-    } catch (e) {
-      native.close(fd);
-      throw new HandoverRefused(`sending the handover message: ${errorText(e)}`);
-    }
-  }
-  const lines = new LineReader(new Socket({ fd, readable: true, writable: true }));
+  const lines = new LineChannel(fd);
   try {
-    const first = await lines.next(deadlineMs);
-    if (src.format === 2 && src.session) {
-      if (first !== 'ready') throw new HandoverRefused(verdictText(first));
-      // From here the new host may start the rings: this host never runs them again unless it says it failed.
-      lines.write('go\n');
-      const last = await lines.next(START_DEADLINE_MS);
-      if (last === 'serving') return;
-      throw new HandoverLost(last === null ? 'the new host went away after this host let go of the session, before it said it serves' : `the new host did not start the session: ${last}`);
+    if (src.format === 1) {
+      const header: HandoverHeader = { magic: HANDOVER_MAGIC, version: 1, ...src.header, fds: kinds };
+      const bytes = Buffer.from(JSON.stringify(header) + '\n');
+      // One small message on a fresh, empty socket: sendmsg takes it whole.
+      const sent = native.sendMsg(fd, bytes, src.fds.map((f) => f.fd));
+      if (sent !== bytes.length) throw new HandoverRefused(`the handover message did not go out whole (${sent} of ${bytes.length} bytes)`);
+    } else {
+      const header: HandoverHeader = { magic: HANDOVER_MAGIC, version: 2, ...src.header, fds: kinds, sessionOffered: src.session !== undefined };
+      try {
+        await sendFramed(fd, header, src.fds.map((f) => f.fd));
+      } catch (e) {
+        throw new HandoverRefused(`sending the handover message: ${errorText(e)}`);
+      }
     }
-    if (first === 'serving') return;
-    throw new HandoverRefused(verdictText(first));
+    let line = await lines.next(deadlineMs);
+    let outcome: HandoverOutcome = { live: false, liveRefused: null };
+    if (line === 'session' && src.session) {
+      // The new host's device runs: the session stops now (a refusal here throws: nothing moved).
+      const s = await src.session();
+      const msg: SessionMessage =
+        'refused' in s
+          ? { magic: SESSION_MAGIC, session: null, sessionFds: 0, liveRefused: s.refused }
+          : { magic: SESSION_MAGIC, session: s.record, sessionFds: s.fds.length, liveRefused: null };
+      try {
+        await sendFramed(fd, msg, 'refused' in s ? [] : s.fds);
+      } catch (e) {
+        throw new HandoverRefused(`sending the session: ${errorText(e)}`);
+      }
+      if ('refused' in s) {
+        outcome = { live: false, liveRefused: s.refused };
+        line = await lines.next(deadlineMs);
+      } else {
+        line = await lines.next(deadlineMs);
+        if (line !== 'ready') throw new HandoverRefused(verdictText(line));
+        // From here the new host may start the rings: this host never runs them again unless it says it failed.
+        lines.write('go\n');
+        line = await lines.next(START_DEADLINE_MS);
+        if (line === 'serving') return { live: true, liveRefused: null };
+        throw new HandoverLost(line === null ? 'the new host went away after this host let go of the session, before it said it serves' : `the new host did not start the session: ${line}`);
+      }
+    }
+    if (line === 'serving') return outcome;
+    throw new HandoverRefused(verdictText(line));
   } finally {
     lines.close();
   }
@@ -154,68 +184,16 @@ function verdictText(line: string | null): string {
   return line === null ? 'the new host went away before it served the device (it crashed or was stopped)' : `the new host did not take the device: ${line}`;
 }
 
-/** Lines from a socket (each without its newline, at most 1000 characters); null at EOF. */
-class LineReader {
-  private buf = '';
-  private eof = false;
-  private wake: (() => void) | null = null;
-
-  constructor(private readonly sock: Socket) {
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      this.wake?.();
-    });
-    sock.on('end', () => this.ended());
-    sock.on('error', () => this.ended());
-    sock.on('close', () => this.ended());
-  }
-
-  private ended(): void {
-    this.eof = true;
-    this.wake?.();
-  }
-
-  async next(deadlineMs: number): Promise<string | null> {
-    const until = Date.now() + deadlineMs;
-    for (;;) {
-      const nl = this.buf.indexOf('\n');
-      if (nl >= 0) {
-        const line = this.buf.slice(0, nl).slice(0, 1000);
-        this.buf = this.buf.slice(nl + 1);
-        return line;
-      }
-      if (this.buf.length > MAX_HEADER) return 'an answer line longer than 4 KiB';
-      if (this.eof) return null;
-      if (Date.now() >= until) return `no answer within ${Math.round(deadlineMs / 1000)} s`;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, until - Date.now());
-        this.wake = () => {
-          clearTimeout(timer);
-          this.wake = null;
-          resolve();
-        };
-      });
-    }
-  }
-
-  write(s: string): void {
-    if (!this.eof) this.sock.write(s);
-  }
-
-  /** Ends our side once what was written went out. */
-  close(): void {
-    this.sock.end();
-    this.sock.on('finish', () => this.sock.destroy());
-  }
-}
-
 /** New host: what it received. Fds it does not use must be closed by whoever took them. */
 export interface Received {
   header: HandoverHeader;
   fds: Map<HandoverFd, number>;
-  /** The front-end's session, checked for shape (its fds are the new host's to close if unused). */
-  session: { record: LiveSessionRecord; fds: number[] } | null;
+  /**
+   * Format 2 with a session offered: asks for it (the old host stops it now). The record is
+   * checked for shape; its fds are the caller's to close if unused. `refused`: it cannot move
+   * live (the old host says why; the front-end will reconnect).
+   */
+  takeSession(): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }>;
   /**
    * A live session: everything is in place but the rings: asks the old host to let go ("ready",
    * then "go"). True: it has, and the rings may start; false: it did not (it went away).
@@ -257,18 +235,21 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
       native.close(conn);
       throw new HandoverRefused(`the handover came from uid ${cred.uid}, not this uid or root`);
     }
-    const { header, fds, session } = await receiveMessage(conn, Date.now() + deadlineMs);
-    const all = [...fds.values(), ...(session?.fds ?? [])];
+    const { header, fds } = await receiveMessage(conn, Date.now() + deadlineMs);
     if (header.pid !== cred.pid) {
-      for (const fd of all) native.close(fd);
+      for (const fd of fds.values()) native.close(fd);
       native.close(conn);
       throw new HandoverRefused(`the handover came from pid ${cred.pid}, but its header says pid ${header.pid}`);
     }
-    const lines = new LineReader(createConnectionFromFd(conn));
+    const lines = new LineChannel(conn);
     const received: Received = {
       header,
       fds,
-      session,
+      async takeSession() {
+        if (header.version !== 2 || header.sessionOffered !== true) throw new HandoverRefused('the old host offered no session');
+        lines.write('session\n');
+        return receiveSession(conn, Date.now() + deadlineMs);
+      },
       async ready() {
         if (answered) return false;
         lines.write('ready\n');
@@ -277,7 +258,7 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
       answer(failure) {
         if (answered) return;
         answered = true;
-        lines.write(`${failure === null ? 'serving' : failure.replace(/\n/g, ' ')}\n`);
+        lines.write(`${failure === null ? 'serving' : failure.replace(/\n/g, ' ').slice(0, 1000)}\n`);
         lines.close();
       },
     };
@@ -286,12 +267,6 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
     native.close(lfd);
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-function createConnectionFromFd(fd: number): Socket {
-  const s = new Socket({ fd, readable: true, writable: true });
-  s.on('error', () => {});
-  return s;
 }
 
 /** The first connection on `lfd` (rejected after `deadlineMs`); `cancel` stops waiting. */
@@ -323,78 +298,113 @@ function acceptOne(lfd: number, deadlineMs: number): { conn: Promise<number>; ca
 interface Message {
   header: HandoverHeader;
   fds: Map<HandoverFd, number>;
-  session: { record: LiveSessionRecord; fds: number[] } | null;
+}
+
+/** Reads one framed record (handover-wire.ts) and the `fdsOf(record)` fds after it. */
+async function readFramed(reader: FdReader, fdsOf: (raw: unknown) => number, what: string): Promise<{ raw: unknown; fds: number[] }> {
+  const prefix = await reader.read(PREFIX_BYTES, 0, what);
+  if (!prefix.subarray(0, 4).equals(FRAME_MAGIC)) throw new HandoverRefused(`the ${what} is not a vhost-wasm handover frame`);
+  const len = prefix.readUInt32LE(4);
+  if (len > MAX_RECORD_BYTES) throw new HandoverRefused(`the ${what} is ${len} bytes; at most ${MAX_RECORD_BYTES} are read`);
+  const raw = parseJson(await reader.read(len, 0, what));
+  const total = fdsOf(raw);
+  while (reader.fdCount < total) {
+    const before = reader.fdCount;
+    await reader.read(1, Math.min(253, total - before), `fds of the ${what}`);
+    if (reader.fdCount === before) throw new HandoverRefused(`an fd batch of the ${what} came without fds (${before} of ${total} received)`);
+  }
+  return { raw, fds: reader.take() };
 }
 
 /**
- * Reads the old host's message, either format: version 1 is one JSON line with the device's
- * fds on its first byte (an old host of the release before live handover), version 2 is framed
- * (handover-wire.ts). Every fd is checked to be what the header says; on any failure every fd
- * received is closed, and so is `conn`.
+ * Reads the old host's first message, either format: version 1 is one JSON line with the
+ * device's fds on its first byte (an old host of the release before live handover), version 2
+ * is framed (handover-wire.ts). Every fd is checked to be what the header says; on any failure
+ * every fd received is closed, the old host is told why, and `conn` is closed.
  */
 async function receiveMessage(conn: number, deadline: number): Promise<Message> {
   const reader = new FdReader(conn, deadline);
   let got: number[] = [];
   try {
-    const prefix = await reader.read(PREFIX_BYTES, MAX_FDS, 'handover message');
     let header: HandoverHeader;
-    let session: Message['session'] = null;
-    if (prefix[0] === 0x7b /* '{': version 1 */) {
-      let line = prefix;
+    const first = await reader.read(1, MAX_FDS, 'handover message');
+    if (first[0] === 0x7b /* '{': version 1 */) {
+      let line = first;
       while (line.indexOf(10) < 0) {
         if (line.length >= MAX_HEADER) throw new HandoverRefused('the handover header is longer than 4 KiB');
         line = Buffer.concat([line, await reader.read(1, 0, 'handover header')]);
       }
       got = reader.take();
       header = checkHeader(parseJson(line.subarray(0, line.indexOf(10))), got.length, 1);
-      checkDeviceFds(header, got);
     } else {
-      if (!prefix.subarray(0, 4).equals(FRAME_MAGIC)) throw new HandoverRefused('the handover message is not a vhost-wasm handover');
       if (reader.fdCount > 0) throw new HandoverRefused('fds came with the handover message\'s prefix (they belong after the record)');
+      const rest = await reader.read(PREFIX_BYTES - 1, 0, 'handover message');
+      const prefix = Buffer.concat([first, rest]);
+      if (!prefix.subarray(0, 4).equals(FRAME_MAGIC)) throw new HandoverRefused('the handover message is not a vhost-wasm handover');
       const len = prefix.readUInt32LE(4);
-      if (len > MAX_RECORD_BYTES) throw new HandoverRefused(`the handover record is ${len} bytes; at most ${MAX_RECORD_BYTES} are read`);
-      const raw = parseJson(await reader.read(len, 0, 'handover record'));
-      const o = raw as Partial<HandoverHeader>;
-      const sessionFds = o?.sessionFds;
-      if (typeof sessionFds !== 'number' || !Number.isSafeInteger(sessionFds) || sessionFds < 0 || sessionFds > MAX_FDS_TOTAL) {
-        throw new HandoverRefused('the handover record\'s sessionFds is not a count of fds');
-      }
-      const deviceFds = Array.isArray(o.fds) ? o.fds.length : 0;
-      if (deviceFds > MAX_FDS) throw new HandoverRefused(`the handover record names ${deviceFds} device fds; there are at most ${MAX_FDS}`);
-      const total = deviceFds + sessionFds;
-      while (reader.fdCount < total) {
+      if (len > MAX_RECORD_BYTES) throw new HandoverRefused(`the handover header is ${len} bytes; at most ${MAX_RECORD_BYTES} are read`);
+      const raw = parseJson(await reader.read(len, 0, 'handover header'));
+      const o = raw as Partial<HandoverHeader> | null;
+      const deviceFds = Array.isArray(o?.fds) ? o.fds.length : 0;
+      if (deviceFds > MAX_FDS) throw new HandoverRefused(`the handover header names ${deviceFds} device fds; there are at most ${MAX_FDS}`);
+      while (reader.fdCount < deviceFds) {
         const before = reader.fdCount;
-        await reader.read(1, Math.min(253, total - before), 'handover fds');
-        if (reader.fdCount === before) throw new HandoverRefused(`an fd batch of the handover came without fds (${before} of ${total} received)`);
+        await reader.read(1, deviceFds - before, 'handover fds');
+        if (reader.fdCount === before) throw new HandoverRefused('an fd batch of the handover came without fds');
       }
       got = reader.take();
       header = checkHeader(raw, deviceFds, 2);
-      checkDeviceFds(header, got.slice(0, deviceFds));
-      if (header.session !== null && header.session !== undefined) {
-        let record: LiveSessionRecord;
-        try {
-          record = checkLiveRecord(header.session, sessionFds);
-        } catch (e) {
-          throw e instanceof LiveRecordError ? new HandoverRefused(`the session record is not valid: ${e.message}`) : e;
-        }
-        session = { record, fds: got.slice(deviceFds) };
-      } else if (sessionFds !== 0) {
-        throw new HandoverRefused(`${sessionFds} session fds came without a session record`);
-      }
     }
-    return { header, fds: new Map(header.fds.map((k, i) => [k, got[i]])), session };
+    checkDeviceFds(header, got);
+    return { header, fds: new Map(header.fds.map((k, i) => [k, got[i]])) };
   } catch (e) {
     reader.close();
     for (const f of got) native.close(f);
-    const refusal = e instanceof HandoverRefused ? e : new HandoverRefused(errorText(e));
-    // The old host is told why (it serves on either way); a full socket just misses the reason.
-    try {
-      native.sendMsg(conn, Buffer.from(`${refusal.message.replace(/\n/g, ' ').slice(0, 1000)}\n`), []);
-    } catch {
-      // it went away
+    throw refuseTo(conn, e);
+  }
+}
+
+/** The old host is told why (it serves on either way; a full socket just misses the reason), and the connection closes. */
+function refuseTo(conn: number, e: unknown): HandoverRefused {
+  const refusal = e instanceof HandoverRefused ? e : new HandoverRefused(errorText(e));
+  try {
+    native.sendMsg(conn, Buffer.from(`${refusal.message.replace(/\n/g, ' ').slice(0, 1000)}\n`), []);
+  } catch {
+    // it went away
+  }
+  native.close(conn);
+  return refusal;
+}
+
+/** The old host's session message (after "session"); a bad one throws HandoverRefused. */
+async function receiveSession(conn: number, deadline: number): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }> {
+  const reader = new FdReader(conn, deadline);
+  let got: number[] = [];
+  try {
+    const sessionFdsOf = (raw: unknown): number => {
+      const o = raw as Partial<SessionMessage> | null;
+      if (typeof o !== 'object' || o === null || o.magic !== SESSION_MAGIC) throw new HandoverRefused('the session message is not a vhost-wasm session');
+      const n = o.sessionFds;
+      if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n > MAX_FDS_TOTAL) throw new HandoverRefused(`the session message's sessionFds is not a count of fds up to ${MAX_FDS_TOTAL}`);
+      return n;
+    };
+    const { raw, fds } = await readFramed(reader, sessionFdsOf, 'session message');
+    got = fds;
+    const o = raw as SessionMessage;
+    if (o.session === null) {
+      if (typeof o.liveRefused !== 'string' || got.length > 0) throw new HandoverRefused('the session message has neither a session nor the reason why not');
+      return { refused: o.liveRefused.slice(0, 1000) };
     }
-    native.close(conn);
-    throw refusal;
+    try {
+      return { record: checkLiveRecord(o.session, got.length), fds: got };
+    } catch (e) {
+      throw e instanceof LiveRecordError ? new HandoverRefused(`the session record is not valid: ${e.message}`) : e;
+    }
+  } catch (e) {
+    // The caller answers the old host with the reason (Received.answer) and closes the connection.
+    reader.close();
+    for (const f of got) native.close(f);
+    throw e instanceof HandoverRefused ? e : new HandoverRefused(errorText(e));
   }
 }
 
@@ -421,7 +431,7 @@ function checkHeader(h: unknown, deviceFds: number, version: 1 | 2): HandoverHea
   if (!seen.has('listen')) throw new HandoverRefused('no device socket was handed over');
   if (typeof o.pid !== 'number' || typeof o.label !== 'string' || typeof o.hostVersion !== 'string') throw new HandoverRefused('the handover header lacks pid, label or hostVersion');
   if (o.memoryDiskBytes !== undefined && (typeof o.memoryDiskBytes !== 'number' || !Number.isSafeInteger(o.memoryDiskBytes))) throw new HandoverRefused('the header\'s memoryDiskBytes is not a byte count');
-  if (o.liveRefused !== undefined && o.liveRefused !== null && typeof o.liveRefused !== 'string') throw new HandoverRefused('the header\'s liveRefused is not a string');
+  if (o.sessionOffered !== undefined && typeof o.sessionOffered !== 'boolean') throw new HandoverRefused('the header\'s sessionOffered is not true or false');
   return o as HandoverHeader;
 }
 
