@@ -121,7 +121,8 @@ async function serve(o: CliOptions): Promise<void> {
         liveRefused = got.refused;
       } else {
         // Takes the session's fds, whatever happens.
-        await host.devices[0].listener.adoptLive(got.record, got.fds, () => handover.received.ready());
+        const r = handover.received;
+        await host.devices[0].listener.adoptLive(got.record, got.fds, { stop: () => r.takeStop(got.record.rings.length), commit: () => r.ready() });
         moved = true;
       }
     }

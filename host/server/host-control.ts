@@ -13,8 +13,7 @@ import { isAbsolute } from 'node:path';
 import type { ControlMethods, ControlServer } from '../daemon/control-server.ts';
 import { RpcCode, RpcError } from '../daemon/jsonrpc.ts';
 import { failed, only, pluginParam, type MethodResults } from '../daemon/methods.ts';
-import { HandoverLost, sendHandover, type HandoverOutcome, type HandoverSource } from './takeover.ts';
-import type { LiveSessionRecord } from '../session/handover-record.ts';
+import { HandoverLost, sendHandover, type HandoverOutcome, type HandoverSource, type SessionOffer } from './takeover.ts';
 import { LiveHandoverBusy, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
 
 /** A session that is busy (requests held by the device, a migration) is tried this often, this far apart, before the handover is refused. */
@@ -104,17 +103,28 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
           d.listener.holdAccepting(true);
           // The session is stopped only when the new host asks for it, its device running.
           let capture: LiveCapture | null = null;
-          const takeSession = async (): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }> => {
+          /** Stops the held session's rings; requests the device holds are answered soon (an rng waiting for entropy): tried again. */
+          const stopRings = async (c: LiveCapture) => {
+            for (let attempt = 1; ; attempt++) {
+              try {
+                return await c.stop();
+              } catch (e) {
+                if (!(e instanceof LiveHandoverBusy) || attempt >= BUSY_ATTEMPTS) throw e;
+                await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+              }
+            }
+          };
+          const takeSession = async (): Promise<SessionOffer | { refused: string }> => {
             for (let attempt = 1; ; attempt++) {
               // Looked up each time: a front-end that disconnected meanwhile has nothing to move.
               const session = d.listener.currentSession;
               if (session === null) return { refused: 'the front-end disconnected' };
               try {
-                capture = await session.captureForHandover();
-                return { record: capture.record, fds: capture.fds };
+                const c = await session.captureForHandover();
+                capture = c;
+                return { record: c.record, fds: c.fds, stop: () => stopRings(c) };
               } catch (e) {
                 if (e instanceof LiveHandoverBusy && attempt < BUSY_ATTEMPTS) {
-                  // Requests the device holds are answered soon (an rng waiting for entropy): try again.
                   await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
                   continue;
                 }
@@ -159,7 +169,7 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
           }
           handedOver = true;
           const taken = capture as LiveCapture | null;
-          const pauseMs = outcome.live && taken ? performance.now() - taken.stoppedAt : null;
+          const pauseMs = outcome.live && taken?.stoppedAt != null ? performance.now() - taken.stoppedAt : null;
           if (outcome.live) taken?.letGo();
           // The new host accepts on the socket; without a live session our front-end reconnects to it.
           await d.listener.handOff(`handed over to the new host (pid ${peer.pid})`);

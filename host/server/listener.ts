@@ -20,7 +20,7 @@ import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { unlinkSync } from 'node:fs';
 import { claimSocketPath } from './socket-path.ts';
-import { BackendSession } from '../session/dispatch.ts';
+import { BackendSession, type RestoreWire } from '../session/dispatch.ts';
 import { DEFAULT_SESSION_SETTINGS, type SessionSettings } from '../session/options.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { upgradePlugin, type UpgradeOutcome } from './plugin-upgrade.ts';
@@ -255,7 +255,7 @@ export class Listener {
    * connection, handed over with the record, becomes this device's session. Takes every fd in
    * `fds`; throws (the session closed, the old host serves on) unless it runs.
    */
-  async adoptLive(record: LiveSessionRecord, fds: number[], commit: () => Promise<boolean>): Promise<void> {
+  async adoptLive(record: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
     if (this.busy) {
       for (const fd of fds) native.close(fd);
       throw new Error('the device already has a front-end');
@@ -279,7 +279,7 @@ export class Listener {
     });
     this.session = session;
     try {
-      await session.restore(record, fds, commit);
+      await session.restore(record, fds, wire);
     } catch (e) {
       session.close(`the session handed over could not be restored: ${errorText(e)}`);
       await this.idle();

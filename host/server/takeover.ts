@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { native } from '../native/index.ts';
 import { VhostWasmError } from '../errors.ts';
 import { errorText } from '../log/logger.ts';
-import { checkLiveRecord, LiveRecordError, type LiveSessionRecord } from '../session/handover-record.ts';
+import { checkLiveRecord, checkLiveStop, LiveRecordError, type LiveSessionRecord, type LiveStop } from '../session/handover-record.ts';
 import { FdReader, FRAME_MAGIC, LineChannel, MAX_FDS_TOTAL, MAX_RECORD_BYTES, PREFIX_BYTES, sendFramed } from './handover-wire.ts';
 
 /** First line of the old host's message: names the fds that come with it, in order. */
@@ -65,6 +65,15 @@ export interface SessionMessage {
 }
 
 const SESSION_MAGIC = 'vhost-wasm-session';
+/** Version 2, the old host's third message (after "stop"): where the rings stopped; the state memfd comes with it. */
+const STOP_MAGIC = 'vhost-wasm-session-stop';
+
+/** A session the old host offers: its record now, its rings stopped and state saved when stop() is called. */
+export interface SessionOffer {
+  record: LiveSessionRecord;
+  fds: number[];
+  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+}
 export type HandoverFd = 'listen' | 'control' | 'memory-disk';
 
 export const HANDOVER_MAGIC = 'vhost-wasm-handover';
@@ -97,7 +106,7 @@ export interface HandoverSource {
    * Format 2, a front-end connected: stops its session and describes it when the new host asks
    * (its device is started by then), or says why it cannot move live.
    */
-  session?: () => Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }>;
+  session?: () => Promise<SessionOffer | { refused: string }>;
 }
 
 /** How far a handover got (for the old host's log and answer). */
@@ -164,6 +173,15 @@ export async function sendHandover(to: string, peerPid: number, src: HandoverSou
         outcome = { live: false, liveRefused: s.refused };
         line = await lines.next(deadlineMs);
       } else {
+        // The new host applies the record while this host's rings run, then asks them stopped.
+        line = await lines.next(deadlineMs);
+        if (line !== 'stop') throw new HandoverRefused(verdictText(line));
+        const { stop, stateFd } = await s.stop();
+        try {
+          await sendFramed(fd, { magic: STOP_MAGIC, ...stop }, [stateFd]);
+        } catch (e) {
+          throw new HandoverRefused(`sending where the rings stopped: ${errorText(e)}`);
+        }
         line = await lines.next(deadlineMs);
         if (line !== 'ready') throw new HandoverRefused(verdictText(line));
         // From here the new host may start the rings: this host never runs them again unless it says it failed.
@@ -194,6 +212,8 @@ export interface Received {
    * live (the old host says why; the front-end will reconnect).
    */
   takeSession(): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }>;
+  /** After takeSession and the record applied: asks the old host to stop its rings ("stop"); where they stopped and the state memfd (the caller's). */
+  takeStop(rings: number): Promise<{ stop: LiveStop; stateFd: number }>;
   /**
    * A live session: everything is in place but the rings: asks the old host to let go ("ready",
    * then "go"). True: it has, and the rings may start; false: it did not (it went away).
@@ -249,6 +269,29 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
         if (header.version !== 2 || header.sessionOffered !== true) throw new HandoverRefused('the old host offered no session');
         lines.write('session\n');
         return receiveSession(conn, Date.now() + deadlineMs);
+      },
+      async takeStop(rings: number) {
+        lines.write('stop\n');
+        const reader = new FdReader(conn, Date.now() + deadlineMs);
+        let got: number[] = [];
+        try {
+          const { raw, fds: f } = await readFramed(
+            reader,
+            (r) => {
+              if (typeof r !== 'object' || r === null || (r as { magic?: unknown }).magic !== STOP_MAGIC) throw new HandoverRefused('the stop message is not a vhost-wasm session stop');
+              return 1;
+            },
+            'stop message',
+          );
+          got = f;
+          const stop = checkLiveStop(raw, rings);
+          if (native.fdKind(got[0]) !== 'memfd') throw new HandoverRefused('the device state handed over is not a memfd');
+          return { stop, stateFd: got[0] };
+        } catch (e) {
+          reader.close();
+          for (const x of got) native.close(x);
+          throw e instanceof HandoverRefused ? e : new HandoverRefused(e instanceof LiveRecordError ? `the stop message is not valid: ${e.message}` : errorText(e));
+        }
       },
       async ready() {
         if (answered) return false;

@@ -34,11 +34,19 @@ import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
-import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord } from './handover-record.ts';
+import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord, type LiveStop } from './handover-record.ts';
 import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stopForHandover, type LiveCapture } from './live-handover.ts';
 import type { FrontendRequest } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
 import type { SessionOptions } from './options.ts';
+
+/** How a restored session reaches the old host (host/server/takeover.ts drives both). */
+export interface RestoreWire {
+  /** The old host stops its rings and saves the state: where they stopped, and the state memfd (taken). */
+  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  /** "ready" / "go": true once the old host let go; the rings may start. */
+  commit(): Promise<boolean>;
+}
 
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
 const STATUS_NEEDS_RESET = 0x40;
@@ -285,31 +293,24 @@ export class BackendSession {
     }
   }
 
+  /**
+   * Stage one, in turn: the session's settings and fds as the front-end gave them (they hold
+   * still: no message is read). The rings keep running until stop().
+   */
   private async capture(): Promise<LiveCapture> {
     if (this.closed) throw new LiveHandoverBusy('the front-end disconnected');
     if (this.state.current !== null) throw new LiveHandoverBusy('a device state transfer (migration) is in progress or not yet collected (CHECK_DEVICE_STATE)');
     if (this.needsReset !== null) throw new LiveHandoverRefused(`the device needs a reset (${this.needsReset})`);
     if (this.worker.dead) throw new LiveHandoverRefused(`the device's worker is gone (${this.worker.dead})`);
     const worker = this.worker;
-    const t0 = performance.now();
-    const stop = await stopForHandover(worker, this.log);
-    let state: { fd: number; bytes: number; name: string; version: string } | null = null;
-    try {
-      state = await saveStateToMemfd(worker, this.log);
-      // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
-      await this.backend.hold(1000);
-    } catch (e) {
-      if (state) this.closeFds([state.fd]);
-      this.backend.release();
-      await stop.resume();
-      throw e;
-    }
+    const before = await worker.ringSnapshot();
+    const begin = await worker.stateBegin();
     const fds: number[] = [];
     const ref = (fd: number): FdRef => fds.push(fd) - 1;
     const info = worker.info;
     const record: LiveSessionRecord = {
       version: LIVE_RECORD_VERSION,
-      device: { deviceId: info.deviceId, numQueues: info.numQueues, name: state.name, version: state.version },
+      device: { deviceId: info.deviceId, numQueues: info.numQueues, name: begin.name, version: begin.version },
       features: this.featuresSet ? this.ackedFeatures.toString(16) : null,
       protocolFeatures: this.protocolFeatures.toString(16),
       status: this.status,
@@ -319,28 +320,53 @@ export class BackendSession {
       logArea: this.logArea === null ? null : { fd: ref(this.logArea.fd), size: this.logArea.size, offset: this.logArea.offset },
       logFd: this.memory.logEventFd === null ? null : ref(this.memory.logEventFd),
       inflightArea: this.inflightArea === null ? null : { ...this.inflightArea, fd: ref(this.inflightArea.fd) },
-      rings: stop.before.map((r, i) => ({
+      rings: before.map((r) => ({
         num: r.num,
         addr: r.addr,
-        base: stop.bases.get(i) ?? r.base,
+        base: r.base,
         kick: r.kickFd === -1 ? null : r.kickFd === null ? 'inband' : ref(r.kickFd),
         call: r.callFd === null ? null : ref(r.callFd),
         err: r.errFd === null ? null : ref(r.errFd),
         enabled: r.enabled,
         started: r.started,
       })),
-      state: { fd: ref(state.fd), bytes: state.bytes },
     };
-    const stateFd = state.fd;
-    this.log.info(`session stopped for a host handover: rings ${stop.paused.join(', ') || '(none running)'} stopped, ${state.bytes} state bytes saved, ${fds.length} fd(s) to hand over (${(performance.now() - t0).toFixed(1)} ms)`);
-    return {
+    let stopped: Awaited<ReturnType<typeof stopForHandover>> | null = null;
+    let stateFd: number | null = null;
+    const capture: LiveCapture = {
       record,
       fds,
-      stoppedAt: t0,
+      stoppedAt: null,
+      stop: async () => {
+        const t0 = performance.now();
+        capture.stoppedAt = t0;
+        const stop = await stopForHandover(worker, this.log);
+        const tStopped = performance.now();
+        let state: { fd: number; bytes: number } | null = null;
+        try {
+          state = await saveStateToMemfd(worker, this.log);
+          // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
+          await this.backend.hold(1000);
+        } catch (e) {
+          if (state) this.closeFds([state.fd]);
+          this.backend.release();
+          await stop.resume();
+          throw e;
+        }
+        stopped = stop;
+        stateFd = state.fd;
+        this.log.info(
+          `session stopped for a host handover: rings ${stop.paused.join(', ') || '(none running)'} stopped, ${state.bytes} state bytes saved ` +
+            `(${(performance.now() - t0).toFixed(1)} ms: rings ${(tStopped - t0).toFixed(1)}, state ${(performance.now() - tStopped).toFixed(1)})`,
+        );
+        return { stop: { bases: before.map((_, i) => stop.bases.get(i) ?? null), stateBytes: state.bytes }, stateFd: state.fd };
+      },
       resume: async () => {
         this.closeFds([stateFd]);
+        stateFd = null;
         this.backend.release();
-        await stop.resume();
+        await stopped?.resume();
+        stopped = null;
         this.channel.release();
         this.log.info('host handover undone: the session runs on in this host');
       },
@@ -351,12 +377,14 @@ export class BackendSession {
         // shares (the inflight area is unmapped, not cleared), so the new host is not disturbed.
         this.closed = true;
         this.closeFds([stateFd]);
+        stateFd = null;
         this.backend.close();
         this.channel.close('handed over to a new host process');
         this.log.info('session handed over to the new host process');
         void this.release().then(() => this.opts.onClosed?.(null));
       },
     };
+    return capture;
   }
 
   /**
@@ -367,11 +395,11 @@ export class BackendSession {
    * here. Takes every fd in `fds`. On a failure before the commit the session closes (its fds
    * are copies: the old host's run on) and the error is thrown.
    */
-  restore(rec: LiveSessionRecord, fds: number[], commit: () => Promise<boolean>): Promise<void> {
-    return this.inTurn(() => this.restoreInTurn(rec, fds, commit));
+  restore(rec: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
+    return this.inTurn(() => this.restoreInTurn(rec, fds, wire));
   }
 
-  private async restoreInTurn(rec: LiveSessionRecord, fds: number[], commit: () => Promise<boolean>): Promise<void> {
+  private async restoreInTurn(rec: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
     const unused = new Set(fds.keys());
     unused.delete(rec.frontEnd); // the channel's already
     const take = (i: FdRef): number => {
@@ -380,6 +408,9 @@ export class BackendSession {
     };
     const apply = (r: FrontendRequest) => this.handle({ ...r, flags: 0, needReply: false, fds: [], unknown: false } as DecodedRequest);
     const kicks: (number | null | undefined)[] = [];
+    const t0 = performance.now();
+    let tState = t0;
+    let tCommit = t0;
     try {
       const info = this.worker.info;
       if (rec.device.deviceId !== info.deviceId || rec.device.numQueues !== info.numQueues || rec.rings.length !== info.numQueues) {
@@ -426,11 +457,23 @@ export class BackendSession {
             },
           });
         }
-        if (r.base !== null) await apply({ code: Req.SET_VRING_BASE, state: { index, num: r.base } });
+        if (r.base !== null && !r.started) await apply({ code: Req.SET_VRING_BASE, state: { index, num: r.base } });
         if (r.call !== null) await apply({ code: Req.SET_VRING_CALL, index, fd: take(r.call) });
         if (r.err !== null) await apply({ code: Req.SET_VRING_ERR, index, fd: take(r.err) });
       }
-      if (rec.state !== null) await loadStateFromMemfd(this.worker, take(rec.state.fd), rec.state.bytes, this.log);
+      // Everything else is in place: only now does the old host stop its rings (the pause starts).
+      tState = performance.now();
+      const { stop, stateFd } = await wire.stop();
+      try {
+        for (const [index, base] of stop.bases.entries()) {
+          if (base !== null) await apply({ code: Req.SET_VRING_BASE, state: { index, num: base } });
+          else if (rec.rings[index].started) throw new RequestError(`ring ${index} ran in the old host, which did not say where it stopped`);
+        }
+      } catch (e) {
+        this.closeFds([stateFd]);
+        throw e;
+      }
+      await loadStateFromMemfd(this.worker, stateFd, stop.stateBytes, this.log);
       if (rec.inflightArea !== null) {
         const a = rec.inflightArea;
         await apply({
@@ -441,7 +484,8 @@ export class BackendSession {
       }
       this.status = rec.status;
       for (const r of rec.rings) kicks.push(r.kick === null ? undefined : r.kick === 'inband' ? null : take(r.kick));
-      if (!(await commit())) throw new RequestError('the old host did not let go of the session (it went away or refused)');
+      tCommit = performance.now();
+      if (!(await wire.commit())) throw new RequestError('the old host did not let go of the session (it went away or refused)');
     } catch (e) {
       this.closeFds([...unused].map((i) => fds[i]));
       this.closeFds(kicks.filter((k) => k !== undefined));
@@ -467,7 +511,11 @@ export class BackendSession {
       }
     }
     this.channel.release();
-    this.log.info(`session taken over from the previous host process: rings ${started.join(', ') || '(none running)'} run here, the front-end's connection carries on`);
+    const t1 = performance.now();
+    this.log.info(
+      `session taken over from the previous host process: rings ${started.join(', ') || '(none running)'} run here, the front-end's connection carries on ` +
+        `(settings ${(tState - t0).toFixed(1)} ms while the old host ran; then stop, bases and state ${(tCommit - tState).toFixed(1)} ms, ready/go and ring start ${(t1 - tCommit).toFixed(1)} ms)`,
+    );
   }
 
   // --- message loop --------------------------------------------------------------------------

@@ -22,7 +22,10 @@ export interface LiveRing {
   /** SET_VRING_NUM's value (0: never sent). */
   num: number;
   addr: VringAddrMsg | null;
-  /** Where the old host stopped the ring (GET_VRING_BASE's answer), or SET_VRING_BASE's value; null: never sent. */
+  /**
+   * SET_VRING_BASE's value (null: never sent). A ring that runs gets where the old host stopped
+   * it from the stop message (LiveStop), which replaces this.
+   */
   base: number | null;
   /** The kick fd; 'inband': SET_VRING_KICK without an fd (in-band kicks); null: none yet. */
   kick: FdRef | 'inband' | null;
@@ -55,8 +58,17 @@ export interface LiveSessionRecord {
   /** SET_INFLIGHT_FD's area. */
   inflightArea: { fd: FdRef; size: number; offset: number; numQueues: number; queueSize: number } | null;
   rings: LiveRing[];
-  /** The device's state: a state container (host/migration/container.ts) in a memfd, `bytes` long. */
-  state: { fd: FdRef; bytes: number } | null;
+}
+
+/**
+ * The second part of a live handover, sent once the new host has applied the record: the old
+ * host stopped the rings there and saved the device's state. Its one fd is the state.
+ */
+export interface LiveStop {
+  /** Per ring: where it stopped (GET_VRING_BASE's answer), or null for a ring that did not run. */
+  bases: (number | null)[];
+  /** The device's state: a state container (host/migration/container.ts) in a memfd, this many bytes. */
+  stateBytes: number;
 }
 
 export class LiveRecordError extends Error {
@@ -117,7 +129,7 @@ export function checkLiveRecord(raw: unknown, fdCount: number): LiveSessionRecor
     return i;
   };
   const o = obj(raw, 'the session record');
-  only(o, ['version', 'device', 'features', 'protocolFeatures', 'status', 'frontEnd', 'backendChannel', 'memory', 'logArea', 'logFd', 'inflightArea', 'rings', 'state'], 'the session record');
+  only(o, ['version', 'device', 'features', 'protocolFeatures', 'status', 'frontEnd', 'backendChannel', 'memory', 'logArea', 'logFd', 'inflightArea', 'rings'], 'the session record');
   if (o.version !== LIVE_RECORD_VERSION) throw new LiveRecordError(`session record version ${String(o.version)}: this host reads version ${LIVE_RECORD_VERSION}`);
   const d = obj(o.device, 'device');
   only(d, ['deviceId', 'numQueues', 'name', 'version'], 'device');
@@ -188,12 +200,18 @@ export function checkLiveRecord(raw: unknown, fdCount: number): LiveSessionRecor
       };
     }),
     rings,
-    state: nullable(o.state, (v) => {
-      const s = obj(v, 'state');
-      only(s, ['fd', 'bytes'], 'state');
-      return { fd: fd(s.fd, 'state.fd'), bytes: uint(s.bytes, 'state.bytes') };
-    }),
   };
   if (seen.size !== fdCount) throw new LiveRecordError(`${fdCount} fds came with the record, which names ${seen.size}`);
   return record;
+}
+
+/** Checks the stop part (`raw`, parsed JSON) against a record of `rings` rings. */
+export function checkLiveStop(raw: unknown, rings: number): LiveStop {
+  const o = obj(raw, 'the stop message');
+  only(o, ['magic', 'bases', 'stateBytes'], 'the stop message');
+  if (!Array.isArray(o.bases) || o.bases.length !== rings) throw new LiveRecordError(`the stop message has ${Array.isArray(o.bases) ? o.bases.length : 'no'} ring bases for ${rings} ring(s)`);
+  return {
+    bases: o.bases.map((b, i) => nullable(b, (v) => uint(v, `bases[${i}]`, 0xffffffff))),
+    stateBytes: uint(o.stateBytes, 'stateBytes'),
+  };
 }

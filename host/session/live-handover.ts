@@ -17,7 +17,7 @@ import type { RingSnapshot } from '../device/rpc.ts';
 import { native } from '../native/index.ts';
 import { StateTransfer } from '../migration/transfer.ts';
 import { errorText, type Logger } from '../log/logger.ts';
-import type { LiveSessionRecord } from './handover-record.ts';
+import type { LiveSessionRecord, LiveStop } from './handover-record.ts';
 import { resumeOld } from './upgrade.ts';
 
 /** The session cannot move live now (requests held by the device, a migration running): retry later. */
@@ -32,13 +32,19 @@ export class LiveHandoverRefused extends VhostWasmError {
   override readonly name = 'LiveHandoverRefused';
 }
 
-/** A stopped session, described for the new host; exactly one of resume() and letGo() follows. */
+/** A held session, described for the new host; stop() and then exactly one of resume() and letGo() follow. */
 export interface LiveCapture {
   record: LiveSessionRecord;
   /** The fds the record names, in order (the session's own: not to be closed by the caller). */
   fds: number[];
-  /** performance.now() when the rings began to stop. */
-  stoppedAt: number;
+  /**
+   * Stops the rings (what was popped completes here) and saves the device's state; the state fd
+   * stays the capture's. Throws LiveHandoverBusy (requests held: the rings run again, stop() may
+   * be tried again) or another error (the rings run again).
+   */
+  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  /** performance.now() when the rings began to stop (null before stop()). */
+  stoppedAt: number | null;
   /** The new host did not take it: the rings restart where they stopped and the front-end is read again. */
   resume(): Promise<void>;
   /** The new host runs it: this process's copies are closed, nothing is said to the front-end. */
