@@ -208,7 +208,8 @@ for (const qemu of [QEMU7_RECONNECT, QEMU10_RECONNECT, QEMU10_LIVE]) {
       t.true(ticks.length > 20, `the ticker ran (${ticks.length} ticks)`);
       t.log(
         `${qemu.name} ${qemu.reconnect}: ${ticks.length} ticks, median gap ${median.toFixed(0)} ms; longest gap around each take-over: ${pauses.map((p) => `${p.toFixed(0)} ms`).join(', ')}; ` +
-          `take-over command to the new host serving QEMU: ${windows.map((w) => `${(w.to - w.from).toFixed(0)} ms`).join(', ')}`,
+          `take-over command to the new host serving QEMU: ${windows.map((w) => `${(w.to - w.from).toFixed(0)} ms`).join(', ')}` +
+          (qemu.live ? `; rings stopped (old host): ${hosts.slice(0, -1).map((h) => /rings stopped ([\d.]+) ms/.exec(h.log())?.[1] ?? '?').join(', ')} ms` : ''),
       );
     } finally {
       await chain;
