@@ -339,3 +339,12 @@ test.serial('a bad handover record is refused by the new host with a clear error
   t.regex(r.stderr, /the session is for virtio device 2/);
   fake.close();
 });
+
+test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {
+  const alone = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over-mode', 'live']);
+  t.is(alone.code, 2);
+  t.regex(alone.stderr, /--take-over-mode goes with --take-over/);
+  const bad = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over', '--take-over-mode', 'fast']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--take-over-mode: "fast" is not auto, live or socket/);
+});
