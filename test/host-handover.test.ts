@@ -54,6 +54,24 @@ function longestGap(done: number[], from: number, to: number): number {
   return gap;
 }
 
+/**
+ * The gap between completions that spans the old host's stop (its log line's wall-clock time,
+ * written once the rings stopped): what the front-end saw of the handover itself, apart from
+ * the CPU the new process took while it started.
+ */
+function gapAcrossStop(done: number[], oldLog: string): number | null {
+  const m = /^(\S+) INFO .*session stopped for a host handover/m.exec(oldLog);
+  if (!m) return null;
+  const at = Date.parse(m[1]) - performance.timeOrigin;
+  const ts = [...done].sort((a, b) => a - b);
+  const after = ts.findIndex((x) => x > at);
+  return after > 0 ? ts[after] - ts[after - 1] : null;
+}
+
+const describeGaps = (done: number[], from: number, oldLog: string) =>
+  `front-end: longest gap between completions ${longestGap(done, from, performance.now()).toFixed(1)} ms, the gap across the stop ${gapAcrossStop(done, oldLog)?.toFixed(1) ?? '?'} ms; ` +
+  `old host: ${/rings stopped ([\d.]+) ms/.exec(oldLog)?.[0] ?? ''}`;
+
 /** Writes and reads back 4 KiB blocks with `depth` requests in flight until stop(); records each completion's time. */
 async function blkLoad(disk: BlkDevice, last: Map<number, number>, stop: () => boolean, done: number[], depth = 4): Promise<number> {
   let round = 0;
@@ -92,7 +110,7 @@ test.serial('blk with requests in flight is handed over twice with its connected
     t.is(await exitOf(current), 0, current.log());
     const count = done.length;
     while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
-    t.log(`handover ${i + 1}: longest gap between completions ${longestGap(done, from, performance.now()).toFixed(1)} ms; ${/rings stopped ([\d.]+) ms/.exec(current.log())?.[0] ?? ''}`);
+    t.log(`handover ${i + 1}: ${describeGaps(done, from, current.log())}`);
     if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(current.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
     t.regex(current.log(), /host-handover: pid \d+ serves the device now with the session/);
     t.regex(next.log(), /took the device and its connected front-end over from host [\d.]+ \(pid \d+\): the session carries on here without a reconnect/);
@@ -125,7 +143,7 @@ test.serial('rng: requests go on across a live handover on the same connection',
   const next = await host([...args, '--take-over']);
   t.is(await exitOf(old), 0, old.log());
   await pump.waitFor(20, performance.now());
-  t.log(`longest gap between completions ${longestGap(pump.done, from, performance.now()).toFixed(1)} ms; ${/rings stopped ([\d.]+) ms/.exec(old.log())?.[0] ?? ''}`);
+  t.log(describeGaps(pump.done, from, old.log()));
   if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(old.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
   await pump.stop();
   t.false(disconnected);
@@ -167,7 +185,7 @@ test.serial('fs: looked-up node ids and an open file keep working after a live h
   while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
   stop = true;
   await load;
-  t.log(`longest gap between completions ${longestGap(done, from, performance.now()).toFixed(1)} ms; ${/rings stopped ([\d.]+) ms/.exec(old.log())?.[0] ?? ''}`);
+  t.log(describeGaps(done, from, old.log()));
   if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(old.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
   const r = await c.read(fh, 12, 100);
   t.is(r.error, 0);

@@ -35,7 +35,7 @@ import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
 import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord, type LiveStop } from './handover-record.ts';
-import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stopForHandover, type LiveCapture } from './live-handover.ts';
+import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stateIdentity, stopForHandover, type LiveCapture } from './live-handover.ts';
 import type { FrontendRequest } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
 import type { SessionOptions } from './options.ts';
@@ -303,14 +303,13 @@ export class BackendSession {
     if (this.needsReset !== null) throw new LiveHandoverRefused(`the device needs a reset (${this.needsReset})`);
     if (this.worker.dead) throw new LiveHandoverRefused(`the device's worker is gone (${this.worker.dead})`);
     const worker = this.worker;
-    const before = await worker.ringSnapshot();
-    const begin = await worker.stateBegin();
+    const [before, identity] = await Promise.all([worker.ringSnapshot(), stateIdentity(worker)]);
     const fds: number[] = [];
     const ref = (fd: number): FdRef => fds.push(fd) - 1;
     const info = worker.info;
     const record: LiveSessionRecord = {
       version: LIVE_RECORD_VERSION,
-      device: { deviceId: info.deviceId, numQueues: info.numQueues, name: begin.name, version: begin.version },
+      device: { deviceId: info.deviceId, numQueues: info.numQueues, name: identity.name, version: identity.version },
       features: this.featuresSet ? this.ackedFeatures.toString(16) : null,
       protocolFeatures: this.protocolFeatures.toString(16),
       status: this.status,
@@ -344,7 +343,7 @@ export class BackendSession {
         const tStopped = performance.now();
         let state: { fd: number; bytes: number } | null = null;
         try {
-          state = await saveStateToMemfd(worker, this.log);
+          state = await saveStateToMemfd(worker, identity, this.log);
           // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
           await this.backend.hold(1000);
         } catch (e) {
@@ -461,19 +460,9 @@ export class BackendSession {
         if (r.call !== null) await apply({ code: Req.SET_VRING_CALL, index, fd: take(r.call) });
         if (r.err !== null) await apply({ code: Req.SET_VRING_ERR, index, fd: take(r.err) });
       }
-      // Everything else is in place: only now does the old host stop its rings (the pause starts).
-      tState = performance.now();
-      const { stop, stateFd } = await wire.stop();
-      try {
-        for (const [index, base] of stop.bases.entries()) {
-          if (base !== null) await apply({ code: Req.SET_VRING_BASE, state: { index, num: base } });
-          else if (rec.rings[index].started) throw new RequestError(`ring ${index} ran in the old host, which did not say where it stopped`);
-        }
-      } catch (e) {
-        this.closeFds([stateFd]);
-        throw e;
-      }
-      await loadStateFromMemfd(this.worker, stateFd, stop.stateBytes, this.log);
+      // The inflight area is mapped and checked now (its regions are consistent at every instant
+      // by design: the old host's updates are ordered for a crash at any point); the rings read
+      // it when they start, after the stop.
       if (rec.inflightArea !== null) {
         const a = rec.inflightArea;
         await apply({
@@ -482,6 +471,21 @@ export class BackendSession {
           fd: take(a.fd),
         });
       }
+      const identity = await stateIdentity(this.worker);
+      // Everything else is in place: only now does the old host stop its rings (the pause starts).
+      tState = performance.now();
+      const { stop, stateFd } = await wire.stop();
+      try {
+        for (const [index, base] of stop.bases.entries()) {
+          if (base === null && rec.rings[index].started) throw new RequestError(`ring ${index} ran in the old host, which did not say where it stopped`);
+        }
+        // Sent together: calls to a worker thread run in the order sent.
+        await Promise.all(stop.bases.flatMap((base, index) => (base === null ? [] : [apply({ code: Req.SET_VRING_BASE, state: { index, num: base } })])));
+      } catch (e) {
+        this.closeFds([stateFd]);
+        throw e;
+      }
+      await loadStateFromMemfd(this.worker, identity, stateFd, stop.stateBytes, this.log);
       this.status = rec.status;
       for (const r of rec.rings) kicks.push(r.kick === null ? undefined : r.kick === 'inband' ? null : take(r.kick));
       tCommit = performance.now();
@@ -494,22 +498,27 @@ export class BackendSession {
     // The old host has let go: from here nothing is undone. A ring that will not start breaks
     // the device (the front-end resets it), as a bad SET_VRING_KICK would.
     const started: number[] = [];
-    for (const [index, r] of rec.rings.entries()) {
-      try {
-        if (r.enabled) await this.worker.ringEnable(index, true);
+    // Each ring's calls are sent together (they go to its worker thread, which runs them in the
+    // order sent), and the rings at once: enable, the kick fd (the ring starts), and one look (a
+    // request made available while the rings were stopped may have come without a kick).
+    await Promise.all(
+      rec.rings.map(async (r, index) => {
         const k = kicks[index];
-        if (k !== undefined) await this.setRingFd('kick', index, k);
-        // A request made available while the rings were stopped may have come without a kick.
-        if (r.started && r.enabled) {
-          await this.worker.ringInbandKick(index);
-          started.push(index);
+        try {
+          await Promise.all([
+            r.enabled ? this.worker.ringEnable(index, true) : null,
+            k !== undefined ? this.setRingFd('kick', index, k) : null,
+            r.started && r.enabled ? this.worker.ringInbandKick(index) : null,
+          ]);
+          if (r.started && r.enabled) started.push(index);
+        } catch (e) {
+          const why = `ring ${index} did not start after the host handover: ${errorText(e)}`;
+          this.needsReset ??= why;
+          this.log.error(`device needs a reset (DEVICE_NEEDS_RESET set): ${why}`);
         }
-      } catch (e) {
-        const why = `ring ${index} did not start after the host handover: ${errorText(e)}`;
-        this.needsReset ??= why;
-        this.log.error(`device needs a reset (DEVICE_NEEDS_RESET set): ${why}`);
-      }
-    }
+      }),
+    );
+    started.sort((a, b) => a - b);
     this.channel.release();
     const t1 = performance.now();
     this.log.info(

@@ -17,6 +17,7 @@ import type { RingSnapshot } from '../device/rpc.ts';
 import { native } from '../native/index.ts';
 import { StateTransfer } from '../migration/transfer.ts';
 import { errorText, type Logger } from '../log/logger.ts';
+import type { StateIdentity } from '../migration/container.ts';
 import type { LiveSessionRecord, LiveStop } from './handover-record.ts';
 import { resumeOld } from './upgrade.ts';
 
@@ -85,22 +86,27 @@ export async function stopForHandover(worker: DeviceWorker, log: Logger): Promis
  * The device's state (rings stopped) as a state container (host/migration) in a sealed memfd of
  * its own. A memory disk's bytes are not in it: its memfd moves whole.
  */
-export async function saveStateToMemfd(worker: DeviceWorker, log: Logger): Promise<{ fd: number; bytes: number; name: string; version: string }> {
+export async function saveStateToMemfd(worker: DeviceWorker, identity: StateIdentity, log: Logger): Promise<{ fd: number; bytes: number }> {
   const fd = native.memfdCreate('vhost-wasm-handover-state', true);
   try {
-    const begin = await worker.stateBegin();
-    const t = StateTransfer.save(native.dup(fd), { worker, identity: { deviceId: worker.info.deviceId, name: begin.name, version: begin.version }, log });
+    const t = StateTransfer.save(native.dup(fd), { worker, identity, log });
     const why = await t.done;
     if (why !== null) throw new LiveHandoverRefused(`the device's state could not be saved: ${why}`);
-    return { fd, bytes: native.fstat(fd).size, name: begin.name, version: begin.version };
+    return { fd, bytes: native.fstat(fd).size };
   } catch (e) {
     native.close(fd);
     throw e instanceof LiveHandoverRefused ? e : new LiveHandoverRefused(`the device's state could not be saved: ${errorText(e)}`);
   }
 }
 
+/** The device's identity as a state container names it (plugin name and version): asked before the rings stop, so the stop does not wait for it. */
+export async function stateIdentity(worker: DeviceWorker): Promise<StateIdentity> {
+  const begin = await worker.stateBegin();
+  return { deviceId: worker.info.deviceId, name: begin.name, version: begin.version };
+}
+
 /** The new host: loads the old host's state container from its memfd (taken and closed here); throws the device's refusal. */
-export async function loadStateFromMemfd(worker: DeviceWorker, fd: number, bytes: number, log: Logger): Promise<void> {
+export async function loadStateFromMemfd(worker: DeviceWorker, identity: StateIdentity, fd: number, bytes: number, log: Logger): Promise<void> {
   try {
     if (native.fdKind(fd) !== 'memfd') throw new Error('the device state handed over is not a memfd');
     const size = native.fstat(fd).size;
@@ -109,11 +115,7 @@ export async function loadStateFromMemfd(worker: DeviceWorker, fd: number, bytes
     native.close(fd);
     throw e;
   }
-  const begin = await worker.stateBegin().catch((e: unknown) => {
-    native.close(fd);
-    throw e;
-  });
-  const t = StateTransfer.load(fd, { worker, identity: { deviceId: worker.info.deviceId, name: begin.name, version: begin.version }, log });
+  const t = StateTransfer.load(fd, { worker, identity, log });
   const why = await t.done;
   if (why !== null) throw new Error(`the device did not take the old host's state: ${why}`);
 }
