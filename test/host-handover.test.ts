@@ -206,7 +206,7 @@ test.serial('fs: looked-up node ids and an open file keep working after a live h
   await fe.close();
 });
 
-test.serial('a new host that dies after it received the session (before it asked the rings stopped) leaves the old host serving the same connection; a later take-over works', async (t) => {
+test.serial('a new host that dies after it received the session, before or after it had the rings stopped, leaves the old host serving the same connection (its rings restarted where they stopped); a later take-over works', async (t) => {
   const args = ['--plugin', blk, '--storage', 'memory:4M'];
   const old = await host(args);
   const fe = await VhostUserFrontend.connect(sock, feBlk);
@@ -217,47 +217,60 @@ test.serial('a new host that dies after it received the session (before it asked
   const done: number[] = [];
   let stop = false;
   const io = blkLoad(disk, last, () => stop, done);
-  // This test process plays the new host: it asks for a live handover, receives the device's
-  // fds, asks for the session, receives it, and goes away as a crashed process does (its fds
-  // closed, no answer).
-  const to = join(dir, 'fake-new-host.sock');
-  const lfd = native.listenUnix(to, 1);
-  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
-  let conn = -1;
-  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
-  /** Reads until the old host has sent everything it will before it waits for us. */
-  const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
-    const fds: number[] = [];
-    let bytes = 0;
-    for (let idle = 0; idle < 30; ) {
-      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
-      if (got === null) {
-        idle++;
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
+  let round = 0;
+  for (const askStop of [false, true]) {
+    round++;
+    // This test process plays the new host: it asks for a live handover, receives the device's
+    // fds, asks for the session, receives it, (the second time) asks the rings stopped and
+    // receives where they stopped and the state, and goes away as a crashed process does (its
+    // fds closed, no answer).
+    const to = join(dir, `fake-new-host-${round}.sock`);
+    const lfd = native.listenUnix(to, 1);
+    const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+    let conn = -1;
+    while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+    /** Reads until the old host has sent everything it will before it waits for us. */
+    const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
+      const fds: number[] = [];
+      let bytes = 0;
+      for (let idle = 0; idle < 30; ) {
+        const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+        if (got === null) {
+          idle++;
+          await new Promise((r) => setTimeout(r, 10));
+          continue;
+        }
+        idle = 0;
+        bytes += got.bytes;
+        fds.push(...got.fds);
+        if (got.bytes === 0) break;
       }
-      idle = 0;
-      bytes += got.bytes;
-      fds.push(...got.fds);
-      if (got.bytes === 0) break;
+      return { bytes, fds };
+    };
+    const device = await drain();
+    t.is(device.fds.length, 3, 'listening socket, control socket, memory disk');
+    t.is(native.sendMsg(conn, Buffer.from('session\n'), []), 8);
+    const session = await drain();
+    t.true(session.bytes > 8);
+    t.true(session.fds.length >= 5, `the session's fds came (${session.fds.length}: front-end socket, memory, inflight area, kick, call)`);
+    const stopped = { bytes: 0, fds: [] as number[] };
+    if (askStop) {
+      t.is(native.sendMsg(conn, Buffer.from('stop\n'), []), 5);
+      Object.assign(stopped, await drain());
+      t.is(stopped.fds.length, 1, 'the state memfd');
+      t.is(native.fdKind(stopped.fds[0]), 'memfd');
     }
-    return { bytes, fds };
-  };
-  const device = await drain();
-  t.is(device.fds.length, 3, 'listening socket, control socket, memory disk');
-  t.is(native.sendMsg(conn, Buffer.from('session\n'), []), 8);
-  const session = await drain();
-  t.true(session.bytes > 8);
-  t.true(session.fds.length >= 5, `the session's fds came (${session.fds.length}: front-end socket, memory, inflight area, kick, call)`);
-  for (const fd of [...device.fds, ...session.fds]) native.close(fd);
-  native.close(conn);
-  native.close(lfd);
-  const [a] = (await answer) as { error?: { message: string } }[];
-  t.regex(a.error!.message, /the new host went away before it served the device/);
-  const count = done.length;
-  while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
-  t.regex(old.log(), /host handover undone: the session runs on in this host/);
-  t.is(old.child.exitCode, null);
+    for (const fd of [...device.fds, ...session.fds, ...stopped.fds]) native.close(fd);
+    native.close(conn);
+    native.close(lfd);
+    const [a] = (await answer) as { error?: { message: string } }[];
+    t.regex(a.error!.message, /the new host went away before it served the device/);
+    const count = done.length;
+    while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+    t.is(old.log().match(/host handover undone: the session runs on in this host/g)?.length, round);
+    if (askStop) t.regex(old.log(), /session stopped for a host handover/);
+    t.is(old.child.exitCode, null);
+  }
 
   const next = await host([...args, '--take-over']);
   t.is(await exitOf(old), 0, old.log());
