@@ -65,7 +65,7 @@ function backgroundIo(disk: BlkDevice, last: Map<number, number>): () => Promise
  */
 async function takeOver(old: HostProcess, fe: VhostUserFrontend): Promise<{ fresh: HostProcess; oldExit: number | null }> {
   const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
-  const fresh = await host(['--take-over']);
+  const fresh = await host(['--take-over', '--take-over-mode', 'socket']);
   const oldExit = await exitOf(old);
   await reconnected;
   return { fresh, oldExit };

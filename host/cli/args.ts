@@ -44,6 +44,8 @@ export interface CliOptions {
   control: string | null;
   /** --take-over: ask the host serving --socket-path for its device (host upgrade). */
   takeOver: boolean;
+  /** --take-over-mode: auto (the connected session moves live when it can, else the sockets only), live (only that), socket (the sockets only). */
+  takeOverMode: 'auto' | 'live' | 'socket';
   /** --plugin-option KEY=VALUE, repeated: what the plugin's `options.get` answers. */
   pluginOptions: PluginOptions;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
@@ -87,11 +89,18 @@ Upgrades (docs/upgrade.md):
                           beside --socket-path (with --fd: none unless given)
   --take-over             host upgrade: take the device over from the host already serving
                           --socket-path (asked over its control socket): this process loads
-                          its device, is handed the listening socket (and a memory disk),
-                          serves, and the old host exits; the front-end reconnects to it
-                          (QEMU: reconnect=1 / reconnect-ms=) and its inflight area resubmits
-                          what was in flight. If this process fails, the old host serves on.
-                          Give the same device options as the old host's (docs/upgrade.md)
+                          its device, is handed the listening socket (and a memory disk)
+                          and the connected front-end's session (memory table, rings, fds,
+                          device state), resumes its rings where the old host stopped them,
+                          and the old host exits: the front-end notices a short pause, no
+                          reconnect. If this process fails, the old host serves on. Give the
+                          same device options as the old host's (docs/upgrade.md)
+  --take-over-mode auto|live|socket
+                          auto (default): the session moves live when it can; when it cannot
+                          (e.g. its state cannot be saved) only the sockets move and the
+                          front-end reconnects (QEMU: reconnect=1 / reconnect-ms=) and its
+                          inflight area resubmits what was in flight. live: refuse instead.
+                          socket: only the sockets move, the front-end reconnects
 
 The device:
   --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
@@ -402,6 +411,7 @@ export function parseCli(argv: string[]): CliOptions {
         fd: { type: 'string' },
         control: { type: 'string' },
         'take-over': { type: 'boolean' },
+        'take-over-mode': { type: 'string' },
         plugin: { type: 'string' },
         'device-module': { type: 'string' },
         'plugin-option': { type: 'string', multiple: true },
@@ -450,6 +460,7 @@ export function parseCli(argv: string[]): CliOptions {
     fd: v.fd === undefined ? null : parseIntStrict(v.fd, '--fd', 0),
     control: v.control ?? null,
     takeOver: v['take-over'] ?? false,
+    takeOverMode: parseTakeOverMode(v['take-over-mode']),
     plugin: v.plugin ?? null,
     deviceModule: v['device-module'] ?? null,
     logLevel,
@@ -499,5 +510,12 @@ export function parseCli(argv: string[]): CliOptions {
   if (opts.control === '') throw new UsageError('--control: empty (give a path, or none)');
   if (opts.takeOver && opts.socketPath === null) throw new UsageError('--take-over takes the device of the host on --socket-path PATH: give --socket-path');
   if (opts.takeOver && opts.control === 'none') throw new UsageError('--take-over asks the old host over its control socket: --control none cannot go with it');
+  if (v['take-over-mode'] !== undefined && !opts.takeOver) throw new UsageError('--take-over-mode goes with --take-over');
   return opts;
+}
+
+function parseTakeOverMode(v: string | undefined): CliOptions['takeOverMode'] {
+  if (v === undefined) return 'auto';
+  if (v === 'auto' || v === 'live' || v === 'socket') return v;
+  throw new UsageError(`--take-over-mode: "${v}" is not auto, live or socket`);
 }

@@ -66,8 +66,12 @@ async function serve(o: CliOptions): Promise<void> {
   const label = o.socketPath ?? `fd ${o.fd}`;
   const controlPath = defaultControlPath(o);
   // Host upgrade: the old host's sockets (and memory disk) come first; see host/server/takeover.ts.
-  const handover = o.takeOver ? await askForDevice(controlPath) : null;
+  const handover = o.takeOver ? await askForDevice(controlPath, o.takeOverMode) : null;
   const handed = handover?.received.fds ?? new Map<HandoverFd, number>();
+  // The connected front-end's session moved here (asked for once our device runs), or why it
+  // could not (the front-end reconnects).
+  let moved = false;
+  let liveRefused: string | null = null;
   // Handed-over fds nothing owns yet (closed here if the take-over fails). Their socket files
   // are the old host's until it lets go: they are adopted (removed at our exit) only after that.
   const loose = new Set(handed.values());
@@ -76,6 +80,8 @@ async function serve(o: CliOptions): Promise<void> {
   try {
     if (handover) checkHandedDevice(o, handover.received.header, label);
     const memoryDisk = handed.get('memory-disk');
+    // The device slot owns a handed memory disk from its start on.
+    if (memoryDisk !== undefined) loose.delete(memoryDisk);
     let source = deviceSource(o);
     if (memoryDisk !== undefined && source.kind === 'plugin') {
       source = { ...source, options: { ...source.options, storage: { ...(source.options!.storage as object), fd: memoryDisk } } };
@@ -84,7 +90,8 @@ async function serve(o: CliOptions): Promise<void> {
     host = await Host.start([
       {
         label,
-        listen: listenFd !== undefined ? { fd: listenFd } : o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
+        // Handed over: nothing is accepted before the session that came with it runs here.
+        listen: listenFd !== undefined ? { fd: listenFd, hold: true } : o.socketPath !== null ? { path: o.socketPath } : { fd: o.fd! },
         source,
         callDeadlineMs: o.callDeadlineMs,
         queueThreads: o.queueThreads,
@@ -105,6 +112,19 @@ async function serve(o: CliOptions): Promise<void> {
       const controlFd = handed.get('control');
       control = ControlServer.open(controlFd !== undefined ? { fd: controlFd } : { path: controlPath }, hostMethods(host, hooks));
       if (controlFd !== undefined) loose.delete(controlFd);
+    }
+    if (handover?.received.header.sessionOffered === true) {
+      // Our device runs: only now does the old host stop its session (its pause starts here).
+      const got = await handover.received.takeSession();
+      if ('refused' in got) {
+        if (o.takeOverMode === 'live') throw new HandoverRefused(`--take-over-mode live: the old host's session cannot move live: ${got.refused}`);
+        liveRefused = got.refused;
+      } else {
+        // Takes the session's fds, whatever happens.
+        const r = handover.received;
+        await host.devices[0].listener.adoptLive(got.record, got.fds, { stop: () => r.takeStop(got.record.rings.length), commit: () => r.ready() });
+        moved = true;
+      }
     }
   } catch (e) {
     // Asked for (or the default): a host that cannot be managed does not start half-way.
@@ -130,8 +150,14 @@ async function serve(o: CliOptions): Promise<void> {
     }
     // The socket files are ours now: removed when this host stops.
     host.devices[0].listener.adoptPath(o.socketPath!);
+    host.devices[0].listener.holdAccepting(false);
     control?.adoptPath(controlPath);
-    log.info(`took the device over from host ${h.hostVersion} (pid ${h.pid}); its front-end reconnects here`);
+    if (moved) {
+      log.info(`took the device and its connected front-end over from host ${h.hostVersion} (pid ${h.pid}): the session carries on here without a reconnect`);
+    } else {
+      const why = liveRefused !== null ? ` (its session could not move live: ${liveRefused})` : '';
+      log.info(`took the device over from host ${h.hostVersion} (pid ${h.pid}); its front-end reconnects here${why}`);
+    }
   }
   // Before the "serving" line: a SIGTERM right after it must find the handler (see serve.ts).
   stopOnSignals(host, log, undefined, () => control?.close());
@@ -152,13 +178,31 @@ function defaultControlPath(o: CliOptions): string {
 /** sun_path's size on Linux, its terminating NUL included. */
 const UNIX_PATH_MAX = 108;
 
-/** --take-over: the host on the control socket hands its device over (takeover.ts). */
-async function askForDevice(controlPath: string) {
-  return receiveHandover(async (to) => {
-    const r = await request(controlPath, 'host-handover', { to }, HANDOVER_DEADLINE_MS + 10_000, 'the old host');
-    if ('error' in r) throw new HandoverRefused(`the host on ${controlPath} refused the handover: ${r.error.message}`);
-    return r.result;
-  });
+/**
+ * --take-over: the host on the control socket hands its device over (takeover.ts), with its
+ * connected session unless the mode is socket. A host of the release before live handover does
+ * not know `live` (it refuses the parameter): it is asked again without it (auto only).
+ */
+async function askForDevice(controlPath: string, mode: CliOptions['takeOverMode']) {
+  const ask = (live: boolean) =>
+    receiveHandover(async (to) => {
+      const r = await request(controlPath, 'host-handover', live ? { to, live: true } : { to }, HANDOVER_DEADLINE_MS + 10_000, 'the old host');
+      if ('error' in r) {
+        const e = new HandoverRefused(`the host on ${controlPath} refused the handover: ${r.error.message}`);
+        if (live && /params\.live: unknown parameter/.test(r.error.message)) (e as { olderHost?: boolean }).olderHost = true;
+        throw e;
+      }
+      return r.result;
+    });
+  if (mode === 'socket') return ask(false);
+  try {
+    return await ask(true);
+  } catch (e) {
+    if (!(e as { olderHost?: boolean }).olderHost) throw e;
+    if (mode === 'live') throw new HandoverRefused(`--take-over-mode live: the host on ${controlPath} is of a release without live handover`);
+    log.warn(`the old host is of a release without live handover: only its sockets move, and its front-end reconnects`);
+    return ask(false);
+  }
 }
 
 /** The device handed over must be the one this command line describes: same socket, memory disk or not. */

@@ -30,6 +30,8 @@ export interface ChannelOptions {
   codes?: CodeSpace;
   /** Names the channel in close reasons, e.g. 'front-end socket'. */
   label?: string;
+  /** Do not read until release() (a session restored from a host handover reads only once it runs). */
+  startHeld?: boolean;
 }
 
 interface Outgoing {
@@ -70,13 +72,62 @@ export class MessageChannel {
   private readonly outq: Outgoing[] = [];
   private readonly waiters: ReplyWaiter[] = [];
 
+  /** hold(): no message is started; waiters resolve once the channel is quiet (see hold()). */
+  private held = false;
+  private quietWaiters: (() => void)[] = [];
+
   /** Takes ownership of `fd` (closed by close()). */
   constructor(fd: number, opts: ChannelOptions = {}) {
     this.fd = fd;
     this.opts = opts;
     this.maxPayload = opts.maxPayload ?? MAX_PAYLOAD_SIZE;
     this.label = opts.label ?? 'vhost-user socket';
+    this.held = opts.startHeld ?? false;
     this.updateInterest();
+  }
+
+  /** No part of a message is read, no handler runs, nothing waits to be sent or for a reply. */
+  private get quiet(): boolean {
+    return this.header === null && this.headerGot === 0 && !this.handlerRunning && this.outq.length === 0 && this.waiters.length === 0;
+  }
+
+  /**
+   * Stops reading at the next message boundary (a host handover passes the socket on): a
+   * message already begun is read whole and its handler runs; no new one is started. Resolves
+   * once the channel is quiet (also nothing left to send and no reply awaited), or rejects if
+   * it closes first. What the peer sends meanwhile stays in the socket for whoever reads next.
+   */
+  hold(): Promise<void> {
+    this.held = true;
+    this.updateInterest();
+    return new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (this.isClosed) reject(new Error(`${this.label} closed while it was being held`));
+        else if (this.quiet) resolve();
+        else this.quietWaiters.push(check);
+      };
+      check();
+    });
+  }
+
+  /** Reads again after hold() (or startHeld). */
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    if (this.isClosed) return;
+    this.updateInterest();
+    if (!this.handlerRunning) this.readLoop();
+    this.updateInterest();
+  }
+
+  private wakeQuiet(): void {
+    if (this.quietWaiters.length === 0 || (!this.quiet && !this.isClosed)) return;
+    for (const w of this.quietWaiters.splice(0)) w();
+  }
+
+  /** Not at a boundary while held: the message begun is finished first. */
+  private get mayRead(): boolean {
+    return !this.handlerRunning && !(this.held && this.header === null && this.headerGot === 0);
   }
 
   get closed(): boolean {
@@ -138,6 +189,7 @@ export class MessageChannel {
       w.reject(new Error(`${why} before the reply to ${this.nameOf(w.code)} arrived`));
     }
     for (const o of this.outq.splice(0)) o.reject(new Error(`${why} before the message was sent`));
+    this.wakeQuiet();
     this.opts.onClose?.(reason);
   }
 
@@ -163,9 +215,10 @@ export class MessageChannel {
 
   private updateInterest(): void {
     if (this.isClosed) return;
-    const r = !this.handlerRunning;
+    const r = this.mayRead;
     const w = this.outq.length > 0;
     this.setEvents(r && w ? 'rw' : r ? 'r' : w ? 'w' : null);
+    this.wakeQuiet();
   }
 
   // uv_poll is level-triggered: an fd we do not want to read right now must not be watched
@@ -186,8 +239,8 @@ export class MessageChannel {
   private onPoll(readable: boolean, writable: boolean, error: boolean): void {
     if (this.isClosed) return;
     if (writable || error) this.flush();
-    if ((readable || error) && !this.handlerRunning) this.readLoop();
-    if (error && !this.isClosed && !this.handlerRunning) {
+    if ((readable || error) && this.mayRead) this.readLoop();
+    if (error && !this.isClosed && !this.handlerRunning && !this.held) {
       this.fail('poll reported an error on the socket');
       return;
     }
@@ -213,10 +266,11 @@ export class MessageChannel {
         o.resolve();
       }
     }
+    this.wakeQuiet();
   }
 
   private readLoop(): void {
-    while (!this.isClosed && !this.handlerRunning) {
+    while (!this.isClosed && this.mayRead) {
       const inHeader = this.header === null;
       const target = inHeader ? this.headerBuf.subarray(this.headerGot) : this.payload!.subarray(this.payloadGot);
       let r;
@@ -309,6 +363,7 @@ export class MessageChannel {
       return;
     }
     w.resolve(msg);
+    this.wakeQuiet();
   }
 
   private deliverRequest(msg: RawMessage): void {
@@ -343,6 +398,7 @@ export class MessageChannel {
     this.updateInterest();
     this.readLoop();
     this.updateInterest();
+    this.wakeQuiet();
   }
 }
 

@@ -104,8 +104,10 @@ export class DeviceSlot {
     // The network first: a grant that cannot be served throws before anything else is made.
     this.link = opts.networks && opts.networks.length > 0 ? hostSwitch().attach(opts.label, opts.networks, opts.networkRate) : null;
     const storage = source.kind === 'plugin' ? source.options?.storage : undefined;
-    if (isStorageSpec(storage) && storage.kind === 'memory' && storage.fd === undefined && storage.size > 0) {
-      this.memoryDisk = createMemoryDisk(storage.size);
+    if (isStorageSpec(storage) && storage.kind === 'memory' && storage.size > 0) {
+      // A memfd given with the spec is one a host handover brought (takeover.ts): this slot owns
+      // it from now on, as if it had made it, so that the next handover passes it on again.
+      this.memoryDisk = storage.fd ?? createMemoryDisk(storage.size);
       this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
       this.converge = storage.readOnly ? null : TokenBucket.create(NO_THROTTLE);
       const dirty = this.memoryDiskDirty?.buffer;

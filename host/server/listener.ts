@@ -20,13 +20,14 @@ import { native, errnoCode } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import { unlinkSync } from 'node:fs';
 import { claimSocketPath } from './socket-path.ts';
-import { BackendSession } from '../session/dispatch.ts';
+import { BackendSession, type RestoreWire } from '../session/dispatch.ts';
 import { DEFAULT_SESSION_SETTINGS, type SessionSettings } from '../session/options.ts';
 import type { DeviceSlot } from './device-slot.ts';
 import { upgradePlugin, type UpgradeOutcome } from './plugin-upgrade.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { MAX_WAITING_CONNECTIONS } from '../resources/fd-budget.ts';
+import type { LiveSessionRecord } from '../session/handover-record.ts';
 
 /** accept4 errors that mean "no resources now", not "this connection is bad". */
 const RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
@@ -50,7 +51,8 @@ export interface ListenerStats {
   refusedBusy: number;
 }
 
-export type ListenAddress = { path: string } | { fd: number };
+/** `hold`: accept nothing until holdAccepting(false) (a host handover first restores the session it was handed). */
+export type ListenAddress = { path: string } | { fd: number; hold?: boolean };
 
 
 export class Listener {
@@ -99,7 +101,7 @@ export class Listener {
       this.fd = addr.fd;
       this.ownedPath = null;
     }
-    this.resumeAccepting();
+    if (!('hold' in addr && addr.hold === true)) this.resumeAccepting();
   }
 
   /** A worker is being acquired for a connection: the device is taken, though no session exists yet. */
@@ -245,6 +247,48 @@ export class Listener {
   upgrade(pluginPath: string, startNow = true): Promise<UpgradeOutcome> {
     if (this.closing) return Promise.reject(new Error(`device ${this.slot.opts.label}: it is being removed`));
     return upgradePlugin(this.slot, () => this.session, this.session === null && !this.starting, pluginPath, startNow);
+  }
+
+  /** The connected front-end's session, if any (a host handover moves it). */
+  get currentSession(): BackendSession | null {
+    return this.session;
+  }
+
+  /**
+   * A host handover of a connected session (host/session/dispatch.ts restore()): the front-end's
+   * connection, handed over with the record, becomes this device's session. Takes every fd in
+   * `fds`; throws (the session closed, the old host serves on) unless it runs.
+   */
+  async adoptLive(record: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
+    if (this.busy) {
+      for (const fd of fds) native.close(fd);
+      throw new Error('the device already has a front-end');
+    }
+    this.starting = true;
+    let worker;
+    try {
+      worker = await this.slot.acquire(true);
+    } catch (e) {
+      this.starting = false;
+      for (const fd of fds) native.close(fd);
+      throw e;
+    }
+    this.starting = false;
+    const session = new BackendSession(fds[record.frontEnd], worker, this.slot, {
+      ...DEFAULT_SESSION_SETTINGS,
+      ...this.sessionOptions,
+      label: this.slot.opts.label,
+      restoring: true,
+      onClosed: () => this.endSession(),
+    });
+    this.session = session;
+    try {
+      await session.restore(record, fds, wire);
+    } catch (e) {
+      session.close(`the session handed over could not be restored: ${errorText(e)}`);
+      await this.idle();
+      throw e;
+    }
   }
 
   /** The socket file is this listener's to remove from now on (a socket handed over by another host, once that one let go). */

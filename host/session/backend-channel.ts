@@ -56,6 +56,32 @@ export class BackendChannel {
     }
   }
 
+  /** The channel's socket (a host handover passes it on), or null without one. */
+  get fd(): number | null {
+    return this.channel && !this.channel.closed ? this.channel.fd : null;
+  }
+
+  /** Stops it at a message boundary with nothing in flight (a host handover), within `ms`. */
+  async hold(ms: number): Promise<void> {
+    const ch = this.channel;
+    if (!ch || ch.closed) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        ch.hold(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new RequestError(`the back-end request channel did not fall quiet within ${ms} ms (a request to the front-end awaits its reply)`)), ms);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  release(): void {
+    this.channel?.release();
+  }
+
   close(reason?: string): void {
     this.channel?.close(reason);
     this.channel = null;

@@ -34,8 +34,19 @@ import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
+import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord, type LiveStop } from './handover-record.ts';
+import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stateIdentity, stopForHandover, type LiveCapture } from './live-handover.ts';
+import type { FrontendRequest } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
 import type { SessionOptions } from './options.ts';
+
+/** How a restored session reaches the old host (host/server/takeover.ts drives both). */
+export interface RestoreWire {
+  /** The old host stops its rings and saves the state: where they stopped, and the state memfd (taken). */
+  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  /** "ready" / "go": true once the old host let go; the rings may start. */
+  commit(): Promise<boolean>;
+}
 
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
 const STATUS_NEEDS_RESET = 0x40;
@@ -115,6 +126,8 @@ export class BackendSession {
     worker.onEvent = (e) => this.onDeviceEvent(e);
     this.channel = new MessageChannel(fd, {
       label: `front-end connection (${opts.label})`,
+      // A session handed over by another host process is restored before anything is read.
+      startHeld: opts.restoring === true,
       onMessage: (m) => this.inTurn(() => this.onMessage(m)),
       onClose: (reason) => this.onChannelClosed(reason),
     });
@@ -254,6 +267,264 @@ export class BackendSession {
     });
     this.upgrading = p.catch(() => {});
     return p;
+  }
+
+  // --- live host handover (live-handover.ts, handover-record.ts) -------------------------------
+
+  /**
+   * Old host: stops this session at a message boundary (a message begun is read whole and
+   * answered; none is started), pauses and stops its rings (what was popped completes here),
+   * saves the device's state, and describes it all for a new host process. Throws
+   * LiveHandoverBusy (a passing condition: the handover is refused, retry) or
+   * LiveHandoverRefused (this session cannot move live); either way the session runs on.
+   */
+  async captureForHandover(): Promise<LiveCapture> {
+    if (this.closed) throw new LiveHandoverBusy('the front-end is disconnecting');
+    try {
+      await this.channel.hold();
+    } catch (e) {
+      throw new LiveHandoverBusy(errorText(e));
+    }
+    try {
+      return await this.inTurn(() => this.capture());
+    } catch (e) {
+      this.channel.release();
+      throw e;
+    }
+  }
+
+  /**
+   * Stage one, in turn: the session's settings and fds as the front-end gave them (they hold
+   * still: no message is read). The rings keep running until stop().
+   */
+  private async capture(): Promise<LiveCapture> {
+    if (this.closed) throw new LiveHandoverBusy('the front-end disconnected');
+    if (this.state.current !== null) throw new LiveHandoverBusy('a device state transfer (migration) is in progress or not yet collected (CHECK_DEVICE_STATE)');
+    if (this.needsReset !== null) throw new LiveHandoverRefused(`the device needs a reset (${this.needsReset})`);
+    if (this.worker.dead) throw new LiveHandoverRefused(`the device's worker is gone (${this.worker.dead})`);
+    const worker = this.worker;
+    const [before, identity] = await Promise.all([worker.ringSnapshot(), stateIdentity(worker)]);
+    const fds: number[] = [];
+    const ref = (fd: number): FdRef => fds.push(fd) - 1;
+    const info = worker.info;
+    const record: LiveSessionRecord = {
+      version: LIVE_RECORD_VERSION,
+      device: { deviceId: info.deviceId, numQueues: info.numQueues, name: identity.name, version: identity.version },
+      features: this.featuresSet ? this.ackedFeatures.toString(16) : null,
+      protocolFeatures: this.protocolFeatures.toString(16),
+      status: this.status,
+      frontEnd: ref(this.channel.fd),
+      backendChannel: this.backend.fd === null ? null : ref(this.backend.fd),
+      memory: this.memory.current.map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: r.size, userspaceAddr: r.userspaceAddr, mmapOffset: r.mmapOffset, fd: ref(r.fd) })),
+      logArea: this.logArea === null ? null : { fd: ref(this.logArea.fd), size: this.logArea.size, offset: this.logArea.offset },
+      logFd: this.memory.logEventFd === null ? null : ref(this.memory.logEventFd),
+      inflightArea: this.inflightArea === null ? null : { ...this.inflightArea, fd: ref(this.inflightArea.fd) },
+      rings: before.map((r) => ({
+        num: r.num,
+        addr: r.addr,
+        base: r.base,
+        kick: r.kickFd === -1 ? null : r.kickFd === null ? 'inband' : ref(r.kickFd),
+        call: r.callFd === null ? null : ref(r.callFd),
+        err: r.errFd === null ? null : ref(r.errFd),
+        enabled: r.enabled,
+        started: r.started,
+      })),
+    };
+    let stopped: Awaited<ReturnType<typeof stopForHandover>> | null = null;
+    let stateFd: number | null = null;
+    const capture: LiveCapture = {
+      record,
+      fds,
+      stoppedAt: null,
+      stop: async () => {
+        const t0 = performance.now();
+        capture.stoppedAt = t0;
+        const stop = await stopForHandover(worker, this.log);
+        const tStopped = performance.now();
+        let state: { fd: number; bytes: number } | null = null;
+        try {
+          state = await saveStateToMemfd(worker, identity, this.log);
+          // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
+          await this.backend.hold(1000);
+        } catch (e) {
+          if (state) this.closeFds([state.fd]);
+          this.backend.release();
+          await stop.resume();
+          throw e;
+        }
+        stopped = stop;
+        stateFd = state.fd;
+        this.log.info(
+          `session stopped for a host handover: rings ${stop.paused.join(', ') || '(none running)'} stopped, ${state.bytes} state bytes saved ` +
+            `(${(performance.now() - t0).toFixed(1)} ms: rings ${(tStopped - t0).toFixed(1)}, state ${(performance.now() - tStopped).toFixed(1)})`,
+        );
+        return { stop: { bases: before.map((_, i) => stop.bases.get(i) ?? null), stateBytes: state.bytes }, stateFd: state.fd };
+      },
+      resume: async () => {
+        this.closeFds([stateFd]);
+        stateFd = null;
+        this.backend.release();
+        await stopped?.resume();
+        stopped = null;
+        this.channel.release();
+        this.log.info('host handover undone: the session runs on in this host');
+      },
+      letGo: () => {
+        // Our copies go; the connection, its fds and the front-end's memory are the new host's.
+        // Nothing is said to the front-end. The device worker is reset and unmaps the memory as
+        // after a disconnect: its rings are stopped, and a reset writes nothing the front-end
+        // shares (the inflight area is unmapped, not cleared), so the new host is not disturbed.
+        this.closed = true;
+        this.closeFds([stateFd]);
+        stateFd = null;
+        this.backend.close();
+        this.channel.close('handed over to a new host process');
+        this.log.info('session handed over to the new host process');
+        void this.release().then(() => this.opts.onClosed?.(null));
+      },
+    };
+    return capture;
+  }
+
+  /**
+   * New host: carries on a session a previous host process stopped and handed over, applying
+   * the record through the same handlers the front-end's messages go through (the session
+   * starts with its socket unread: opts.restoring). Everything but starting the rings happens
+   * first; then `commit` asks the old host to let go, and only if it did do the rings start
+   * here. Takes every fd in `fds`. On a failure before the commit the session closes (its fds
+   * are copies: the old host's run on) and the error is thrown.
+   */
+  restore(rec: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
+    return this.inTurn(() => this.restoreInTurn(rec, fds, wire));
+  }
+
+  private async restoreInTurn(rec: LiveSessionRecord, fds: number[], wire: RestoreWire): Promise<void> {
+    const unused = new Set(fds.keys());
+    unused.delete(rec.frontEnd); // the channel's already
+    const take = (i: FdRef): number => {
+      unused.delete(i);
+      return fds[i];
+    };
+    const apply = (r: FrontendRequest) => this.handle({ ...r, flags: 0, needReply: false, fds: [], unknown: false } as DecodedRequest);
+    const kicks: (number | null | undefined)[] = [];
+    const t0 = performance.now();
+    let tState = t0;
+    let tCommit = t0;
+    try {
+      const info = this.worker.info;
+      if (rec.device.deviceId !== info.deviceId || rec.device.numQueues !== info.numQueues || rec.rings.length !== info.numQueues) {
+        throw new RequestError(
+          `the session is for virtio device ${rec.device.deviceId} with ${rec.device.numQueues} queue(s) and ${rec.rings.length} ring(s); this host's device is ${info.deviceId} with ${info.numQueues}`,
+        );
+      }
+      if (!native.fstat(this.channel.fd).isSocket) throw new RequestError('the front-end connection handed over is not a socket');
+      await apply({ code: Req.SET_PROTOCOL_FEATURES, features: BigInt(`0x${rec.protocolFeatures}`) });
+      if (rec.features !== null) {
+        const acked = BigInt(`0x${rec.features}`);
+        const lost = acked & ~this.offeredFeatures;
+        if (lost !== 0n) throw new RequestError(`this host's device does not offer feature bits 0x${lost.toString(16)} the front-end acked`);
+        await apply({ code: Req.SET_FEATURES, features: acked });
+      }
+      if (rec.memory.length > 0) {
+        const regions = rec.memory.map((m) => ({
+          guestPhysAddr: BigInt(m.guestPhysAddr),
+          memorySize: BigInt(m.size),
+          userspaceAddr: BigInt(m.userspaceAddr),
+          mmapOffset: BigInt(m.mmapOffset),
+          fd: take(m.fd),
+        }));
+        await apply({ code: Req.SET_MEM_TABLE, regions });
+      }
+      if (rec.logArea !== null && !(await this.applyLogBase(BigInt(rec.logArea.size), BigInt(rec.logArea.offset), take(rec.logArea.fd)))) {
+        throw new RequestError('the dirty log area was refused (see the line before)');
+      }
+      if (rec.logFd !== null) await apply({ code: Req.SET_LOG_FD, fd: take(rec.logFd) });
+      if (rec.backendChannel !== null) await apply({ code: Req.SET_BACKEND_REQ_FD, fd: take(rec.backendChannel) });
+      for (const [index, r] of rec.rings.entries()) {
+        if (r.num > 0) await apply({ code: Req.SET_VRING_NUM, state: { index, num: r.num } });
+        if (r.addr !== null) {
+          const a = r.addr;
+          await apply({
+            code: Req.SET_VRING_ADDR,
+            addr: {
+              index,
+              flags: a.log ? VHOST_VRING_F_LOG : 0,
+              descUserAddr: BigInt(a.descUserAddr),
+              availUserAddr: BigInt(a.availUserAddr),
+              usedUserAddr: BigInt(a.usedUserAddr),
+              logGuestAddr: BigInt(a.logGuestAddr),
+            },
+          });
+        }
+        if (r.base !== null && !r.started) await apply({ code: Req.SET_VRING_BASE, state: { index, num: r.base } });
+        if (r.call !== null) await apply({ code: Req.SET_VRING_CALL, index, fd: take(r.call) });
+        if (r.err !== null) await apply({ code: Req.SET_VRING_ERR, index, fd: take(r.err) });
+      }
+      // The inflight area is mapped and checked now (its regions are consistent at every instant
+      // by design: the old host's updates are ordered for a crash at any point); the rings read
+      // it when they start, after the stop.
+      if (rec.inflightArea !== null) {
+        const a = rec.inflightArea;
+        await apply({
+          code: Req.SET_INFLIGHT_FD,
+          inflight: { mmapSize: BigInt(a.size), mmapOffset: BigInt(a.offset), numQueues: a.numQueues, queueSize: a.queueSize },
+          fd: take(a.fd),
+        });
+      }
+      const identity = await stateIdentity(this.worker);
+      // Everything else is in place: only now does the old host stop its rings (the pause starts).
+      tState = performance.now();
+      const { stop, stateFd } = await wire.stop();
+      try {
+        for (const [index, base] of stop.bases.entries()) {
+          if (base === null && rec.rings[index].started) throw new RequestError(`ring ${index} ran in the old host, which did not say where it stopped`);
+        }
+        // Sent together: calls to a worker thread run in the order sent.
+        await Promise.all(stop.bases.flatMap((base, index) => (base === null ? [] : [apply({ code: Req.SET_VRING_BASE, state: { index, num: base } })])));
+      } catch (e) {
+        this.closeFds([stateFd]);
+        throw e;
+      }
+      await loadStateFromMemfd(this.worker, identity, stateFd, stop.stateBytes, this.log);
+      this.status = rec.status;
+      for (const r of rec.rings) kicks.push(r.kick === null ? undefined : r.kick === 'inband' ? null : take(r.kick));
+      tCommit = performance.now();
+      if (!(await wire.commit())) throw new RequestError('the old host did not let go of the session (it went away or refused)');
+    } catch (e) {
+      this.closeFds([...unused].map((i) => fds[i]));
+      this.closeFds(kicks.filter((k) => k !== undefined));
+      throw e;
+    }
+    // The old host has let go: from here nothing is undone. A ring that will not start breaks
+    // the device (the front-end resets it), as a bad SET_VRING_KICK would.
+    const started: number[] = [];
+    // Each ring's calls are sent together (they go to its worker thread, which runs them in the
+    // order sent), and the rings at once: enable, the kick fd (the ring starts), and one look (a
+    // request made available while the rings were stopped may have come without a kick).
+    await Promise.all(
+      rec.rings.map(async (r, index) => {
+        const k = kicks[index];
+        try {
+          await Promise.all([
+            r.enabled ? this.worker.ringEnable(index, true) : null,
+            k !== undefined ? this.setRingFd('kick', index, k) : null,
+            r.started && r.enabled ? this.worker.ringInbandKick(index) : null,
+          ]);
+          if (r.started && r.enabled) started.push(index);
+        } catch (e) {
+          const why = `ring ${index} did not start after the host handover: ${errorText(e)}`;
+          this.needsReset ??= why;
+          this.log.error(`device needs a reset (DEVICE_NEEDS_RESET set): ${why}`);
+        }
+      }),
+    );
+    started.sort((a, b) => a - b);
+    this.channel.release();
+    const t1 = performance.now();
+    this.log.info(
+      `session taken over from the previous host process: rings ${started.join(', ') || '(none running)'} run here, the front-end's connection carries on ` +
+        `(settings ${(tState - t0).toFixed(1)} ms while the old host ran; then stop, bases and state ${(tCommit - tState).toFixed(1)} ms, ready/go and ring start ${(t1 - tCommit).toFixed(1)} ms)`,
+    );
   }
 
   // --- message loop --------------------------------------------------------------------------
@@ -437,10 +708,7 @@ export class BackendSession {
       case Req.GET_STATUS:
         return this.reply(encodeU64Reply(req.code, this.status | (this.needsReset ? STATUS_NEEDS_RESET : 0)));
       case Req.SET_LOG_BASE: {
-        const copy = this.dupOrClose(req.fd);
-        const ok = await this.memory.setLogBase(this.worker, req.log.mmapSize, req.log.mmapOffset, req.fd);
-        if (ok) this.setLogArea({ fd: copy, size: Number(req.log.mmapSize), offset: Number(req.log.mmapOffset) });
-        else this.closeFds([copy]);
+        const ok = await this.applyLogBase(req.log.mmapSize, req.log.mmapOffset, req.fd);
         // The spec's reply for the LOG_SHMFD form is a u64 (QEMU only checks it arrived).
         return this.reply(encodeU64Reply(Req.SET_LOG_BASE, ok ? 0 : 1));
       }
@@ -482,6 +750,15 @@ export class BackendSession {
         this.closeFds(req.fds);
         throw new RequestError(`${requestName(req.code)} is not supported by this back-end (the protocol feature it belongs to is not offered)`);
     }
+  }
+
+  /** SET_LOG_BASE without its reply (a restored session applies it too): whether the worker mapped the area. */
+  private async applyLogBase(size: bigint, offset: bigint, fd: number): Promise<boolean> {
+    const copy = this.dupOrClose(fd);
+    const ok = await this.memory.setLogBase(this.worker, size, offset, fd);
+    if (ok) this.setLogArea({ fd: copy, size: Number(size), offset: Number(offset) });
+    else this.closeFds([copy]);
+    return ok;
   }
 
   private setRingFd(kind: RingFdKind, index: number, fd: number | null): Promise<void> {

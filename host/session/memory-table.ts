@@ -143,6 +143,11 @@ export class MemoryTable {
     }
   }
 
+  /** SET_LOG_FD's eventfd (a host handover passes it on). */
+  get logEventFd(): number | null {
+    return this.logFd;
+  }
+
   setLogFd(fd: number | null): void {
     this.closeLogFd();
     this.logFd = fd;

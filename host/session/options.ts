@@ -37,6 +37,8 @@ export const DEFAULT_SESSION_SETTINGS: SessionSettings = {
 
 export interface SessionOptions extends SessionSettings {
   label: string;
+  /** The connection comes from a host handover: nothing is read until BackendSession.restore() ran. */
+  restoring?: boolean;
   /** Called once the connection is gone and everything it held is released. */
   onClosed?: (reason: string | null) => void;
 }

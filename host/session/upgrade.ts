@@ -259,7 +259,7 @@ async function stopAndStartStepwise(
 }
 
 /** The old instance serves again: stopped rings restart where they stopped, paused ones are re-enabled. */
-async function resumeOld(old: DeviceWorker, before: RingSnapshot[], paused: number[], stopped: number[], log: Logger): Promise<void> {
+export async function resumeOld(old: DeviceWorker, before: RingSnapshot[], paused: number[], stopped: number[], log: Logger): Promise<void> {
   try {
     for (const i of paused) await old.ringEnable(i, true);
     for (const i of stopped) {

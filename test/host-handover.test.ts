@@ -1,0 +1,381 @@
+// Live host handover (docs/upgrade.md, "Host upgrade"): `vhost-wasm --socket-path S ... --take-over`
+// started beside a running host takes over its device AND its connected front-end's session
+// (memory table, rings, fds, device state): the front-end's connection carries on without a
+// reconnect. Real processes (the built binary) on both sides and our own front-end: blk with
+// requests in flight handed over twice, rng, fs with node ids and an open file (what the socket
+// take-over could not keep), and the failures: a bad handover record and a new host that dies
+// in the middle leave the old host serving its front-end.
+// HANDOVER_PHASES=1 logs where each handover's time went (both hosts' log lines).
+import test from 'ava';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer, type Server } from 'node:net';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
+import { native } from '../host/native/index.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
+import { pattern, verifyAll } from './helpers/blk-rounds.ts';
+import { RngPump } from './helpers/rng-pump.ts';
+import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
+import { sendFramed } from '../host/server/handover-wire.ts';
+
+const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const fsPlugin = join(REPO, 'dist', 'plugins', 'fs.wasm');
+const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
+const feBlk = { memoryBytes: 16 << 20, queues: [64], features: blkFeatures, inflight: true };
+
+let dir: string;
+let sock: string;
+const hosts: HostProcess[] = [];
+test.beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'host-handover-'));
+  sock = join(dir, 'dev.sock');
+});
+test.afterEach.always(async () => {
+  for (const h of hosts.splice(0)) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function host(args: string[]): Promise<HostProcess> {
+  const h = await startHost(['--socket-path', sock, '--call-deadline', '10000', ...args]);
+  hosts.push(h);
+  return h;
+}
+const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
+
+/** The longest time between two consecutive completions in [from, to]: what the front-end saw of the pause. */
+function longestGap(done: number[], from: number, to: number): number {
+  const ts = done.filter((t) => t >= from && t <= to).sort((a, b) => a - b);
+  let gap = 0;
+  for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
+  return gap;
+}
+
+/**
+ * The gap between completions that spans the old host's stop (its log line's wall-clock time,
+ * written once the rings stopped): what the front-end saw of the handover itself, apart from
+ * the CPU the new process took while it started.
+ */
+function gapAcrossStop(done: number[], oldLog: string): number | null {
+  const m = /^(\S+) INFO .*session stopped for a host handover/m.exec(oldLog);
+  if (!m) return null;
+  const at = Date.parse(m[1]) - performance.timeOrigin;
+  const ts = [...done].sort((a, b) => a - b);
+  const after = ts.findIndex((x) => x > at);
+  return after > 0 ? ts[after] - ts[after - 1] : null;
+}
+
+const describeGaps = (done: number[], from: number, oldLog: string) =>
+  `front-end: longest gap between completions ${longestGap(done, from, performance.now()).toFixed(1)} ms, the gap across the stop ${gapAcrossStop(done, oldLog)?.toFixed(1) ?? '?'} ms; ` +
+  `old host: ${/rings stopped ([\d.]+) ms/.exec(oldLog)?.[0] ?? ''}`;
+
+/** Writes and reads back 4 KiB blocks with `depth` requests in flight until stop(); records each completion's time. */
+async function blkLoad(disk: BlkDevice, last: Map<number, number>, stop: () => boolean, done: number[], depth = 4): Promise<number> {
+  let round = 0;
+  for (; round < 2 || !stop(); round++) {
+    await Promise.all(
+      Array.from({ length: depth }, async (_, k) => {
+        const block = (round * depth + k) % 64;
+        await disk.write(block * 8, pattern(block, round));
+        done.push(performance.now());
+        last.set(block, round);
+        const back = await disk.read(block * 8, 4096);
+        done.push(performance.now());
+        if (Buffer.compare(back, pattern(block, round)) !== 0) throw new Error(`block ${block} round ${round}: read back other data`);
+      }),
+    );
+  }
+  return round;
+}
+
+test.serial('blk with requests in flight is handed over twice with its connected front-end: no reconnect, every request answered once, the data intact', async (t) => {
+  const args = ['--plugin', blk, '--storage', 'memory:4M'];
+  let current = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, feBlk);
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  const done: number[] = [];
+  let stop = false;
+  const io = blkLoad(disk, last, () => stop, done);
+  for (let i = 0; i < 2; i++) {
+    const before = done.length;
+    while (done.length < before + 20) await new Promise((r) => setTimeout(r, 5));
+    const from = performance.now();
+    const next = await host([...args, '--take-over']);
+    t.is(await exitOf(current), 0, current.log());
+    const count = done.length;
+    while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+    t.log(`handover ${i + 1}: ${describeGaps(done, from, current.log())}`);
+    if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(current.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
+    t.regex(current.log(), /host-handover: pid \d+ serves the device now with the session/);
+    t.regex(next.log(), /took the device and its connected front-end over from host [\d.]+ \(pid \d+\): the session carries on here without a reconnect/);
+    t.regex(next.log(), /session taken over from the previous host process: rings 0 run here/);
+    current = next;
+  }
+  stop = true;
+  await io;
+  t.false(disconnected, 'the front-end never lost its connection');
+  t.is(fe.queues[0].inFlight, 0, 'every request was answered, none twice (the driver refuses a head that is not in flight)');
+  await verifyAll(disk, last);
+  t.notRegex(current.log(), /resubmitting/, 'nothing was in flight at the handover: it completed in the old host');
+  // The new host is managed on the same control socket, and is the one the socket's files belong to.
+  const up = await runCli(['upgrade', '--socket', sock, '--plugin', blk, '--json']);
+  t.is(up.code, 0, up.stderr);
+  await verifyAll(disk, last);
+  await fe.close();
+  t.is(await current.stop(), 0);
+});
+
+test.serial('rng: requests go on across a live handover on the same connection', async (t) => {
+  const args = ['--plugin', rng, '--entropy'];
+  const old = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const pump = RngPump.start(t, fe);
+  await pump.more(20);
+  const from = performance.now();
+  const next = await host([...args, '--take-over']);
+  t.is(await exitOf(old), 0, old.log());
+  await pump.waitFor(20, performance.now());
+  t.log(describeGaps(pump.done, from, old.log()));
+  if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(old.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
+  await pump.stop();
+  t.false(disconnected);
+  t.regex(next.log(), /the session carries on here without a reconnect/);
+  await fe.close();
+});
+
+test.serial('fs: looked-up node ids and an open file keep working after a live handover (the socket take-over cannot keep them)', async (t) => {
+  const share = join(dir, 'share');
+  mkdirSync(join(share, 'sub'), { recursive: true });
+  writeFileSync(join(share, 'sub', 'data'), 'handed-over data');
+  const args = ['--plugin', fsPlugin, '--shared-dir', share];
+  const old = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0);
+  const sub = nodeOf(await c.lookup(1n, 'sub'));
+  const data = nodeOf(await c.lookup(sub, 'data'));
+  const fh = fhOfOpen(await c.open(data, O.RDWR));
+  t.is((await c.read(fh, 0, 100)).body.toString(), 'handed-over data');
+
+  // GETATTRs one after another on the request queue throughout: their completions show the pause.
+  const done: number[] = [];
+  let stop = false;
+  const load = (async () => {
+    while (!stop) {
+      const a = await c.getattr(data);
+      if (a.error !== 0) throw new Error(`GETATTR failed with errno ${a.error}`);
+      done.push(performance.now());
+    }
+  })();
+  while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
+  const from = performance.now();
+  const next = await host([...args, '--take-over']);
+  t.is(await exitOf(old), 0, old.log());
+  const count = done.length;
+  while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+  stop = true;
+  await load;
+  t.log(describeGaps(done, from, old.log()));
+  if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(old.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
+  const r = await c.read(fh, 12, 100);
+  t.is(r.error, 0);
+  t.is(r.body.toString(), 'data', 'READ through the file handle opened on the old host');
+  t.is((await c.getattr(data)).error, 0, 'GETATTR of a node id looked up on the old host');
+  t.is(nodeOf(await c.lookup(sub, 'data')), data, 'the same node id on a new lookup');
+  const w = await c.req(16, 0n, Buffer.concat([(() => {
+    const b = Buffer.alloc(40);
+    b.writeBigUInt64LE(fh, 0);
+    b.writeBigUInt64LE(16n, 8);
+    b.writeUInt32LE(5, 16);
+    return b;
+  })(), Buffer.from(' done')]));
+  t.is(w.error, 0, 'WRITE through the same handle');
+  t.is(readFileSync(join(share, 'sub', 'data'), 'utf8'), 'handed-over data done');
+  t.false(disconnected);
+  t.regex(next.log(), /the session carries on here without a reconnect/);
+  await fe.close();
+});
+
+test.serial('a new host that dies after it received the session, before or after it had the rings stopped, leaves the old host serving the same connection (its rings restarted where they stopped); a later take-over works', async (t) => {
+  const args = ['--plugin', blk, '--storage', 'memory:4M'];
+  const old = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, feBlk);
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  const done: number[] = [];
+  let stop = false;
+  const io = blkLoad(disk, last, () => stop, done);
+  let round = 0;
+  for (const askStop of [false, true]) {
+    round++;
+    // This test process plays the new host: it asks for a live handover, receives the device's
+    // fds, asks for the session, receives it, (the second time) asks the rings stopped and
+    // receives where they stopped and the state, and goes away as a crashed process does (its
+    // fds closed, no answer).
+    const to = join(dir, `fake-new-host-${round}.sock`);
+    const lfd = native.listenUnix(to, 1);
+    const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+    let conn = -1;
+    while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+    /** Reads until the old host has sent everything it will before it waits for us. */
+    const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
+      const fds: number[] = [];
+      let bytes = 0;
+      for (let idle = 0; idle < 30; ) {
+        const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+        if (got === null) {
+          idle++;
+          await new Promise((r) => setTimeout(r, 10));
+          continue;
+        }
+        idle = 0;
+        bytes += got.bytes;
+        fds.push(...got.fds);
+        if (got.bytes === 0) break;
+      }
+      return { bytes, fds };
+    };
+    const device = await drain();
+    t.is(device.fds.length, 3, 'listening socket, control socket, memory disk');
+    t.is(native.sendMsg(conn, Buffer.from('session\n'), []), 8);
+    const session = await drain();
+    t.true(session.bytes > 8);
+    t.true(session.fds.length >= 5, `the session's fds came (${session.fds.length}: front-end socket, memory, inflight area, kick, call)`);
+    const stopped = { bytes: 0, fds: [] as number[] };
+    if (askStop) {
+      t.is(native.sendMsg(conn, Buffer.from('stop\n'), []), 5);
+      Object.assign(stopped, await drain());
+      t.is(stopped.fds.length, 1, 'the state memfd');
+      t.is(native.fdKind(stopped.fds[0]), 'memfd');
+    }
+    for (const fd of [...device.fds, ...session.fds, ...stopped.fds]) native.close(fd);
+    native.close(conn);
+    native.close(lfd);
+    const [a] = (await answer) as { error?: { message: string } }[];
+    t.regex(a.error!.message, /the new host went away before it served the device/);
+    const count = done.length;
+    while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+    t.is(old.log().match(/host handover undone: the session runs on in this host/g)?.length, round);
+    if (askStop) t.regex(old.log(), /session stopped for a host handover/);
+    t.is(old.child.exitCode, null);
+  }
+
+  const next = await host([...args, '--take-over']);
+  t.is(await exitOf(old), 0, old.log());
+  stop = true;
+  await io;
+  t.false(disconnected);
+  t.is(fe.queues[0].inFlight, 0);
+  await verifyAll(disk, last);
+  t.regex(next.log(), /the session carries on here without a reconnect/);
+  await fe.close();
+});
+
+/**
+ * This test process plays an old host: a control socket at S.control that answers host-handover
+ * (format 2) by sending a real listening socket as the device socket and, once the new host asks
+ * for the session, `record` with `sessionFds`; it reports the new host's answer line.
+ */
+function fakeOldHost(record: unknown, sessionFds: () => number[]): { verdict: Promise<string>; close(): void } {
+  let report: (s: string) => void = () => {};
+  const verdict = new Promise<string>((r) => (report = r));
+  const listenFd = native.listenUnix(sock, 4);
+  // The new host serves its control socket on the one it is handed (S.control is this fake's).
+  const controlFd = native.listenUnix(join(dir, 'handed-control.sock'), 4);
+  const readLine = async (fd: number): Promise<string> => {
+    let line = '';
+    for (;;) {
+      const b = Buffer.alloc(256);
+      const r = native.recvMsg(fd, b, 0);
+      if (r === null) {
+        await new Promise((res) => setTimeout(res, 10));
+        continue;
+      }
+      if (r.bytes === 0) return line;
+      line += b.subarray(0, r.bytes).toString();
+      if (line.includes('\n')) return line.trim();
+    }
+  };
+  const server = createServer((c) => {
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => {
+      buf += d;
+      if (!buf.includes('\n')) return;
+      const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { id: number; params: { to: string } };
+      const fd = native.connectUnix(req.params.to, true);
+      const header = { magic: 'vhost-wasm-handover', version: 2, pid: process.pid, hostVersion: '0.0.0-test', label: sock, fds: ['listen', 'control'], sessionOffered: true };
+      void (async () => {
+        await sendFramed(fd, header, [listenFd, controlFd]);
+        let line = await readLine(fd);
+        if (line === 'session') {
+          const fds = sessionFds();
+          await sendFramed(fd, { magic: 'vhost-wasm-session', session: record, sessionFds: fds.length, liveRefused: null }, fds);
+          for (const f of fds) native.close(f);
+          line = await readLine(fd);
+        }
+        report(line);
+        native.close(fd);
+        c.end(JSON.stringify({ jsonrpc: '2.0', id: req.id, error: { code: -32000, message: 'handover failed' } }) + '\n');
+      })();
+    });
+  });
+  server.listen(`${sock}.control`);
+  let closed = false;
+  return {
+    verdict,
+    close() {
+      if (closed) return;
+      closed = true;
+      server.close();
+      native.close(listenFd);
+      native.close(controlFd);
+      rmSync(sock, { force: true });
+      rmSync(`${sock}.control`, { force: true });
+      rmSync(join(dir, 'handed-control.sock'), { force: true });
+    },
+  };
+}
+
+test.serial('a bad handover record is refused by the new host with a clear error; the old host is told why and keeps its session', async (t) => {
+  // Shape: a ring's call fd names an fd that did not come.
+  const eventfd = () => native.eventfd(0);
+  const bad = { version: 1, device: { deviceId: 2, numQueues: 1, name: 'blk', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 64, addr: null, base: 0, kick: null, call: 5, err: null, enabled: false, started: false }] };
+  let fake = fakeOldHost(bad, () => [eventfd()]);
+  t.teardown(() => fake.close());
+  let r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /the session record is not valid: rings\[0\]\.call names fd 5, but 1 came with the record/);
+  t.regex(await fake.verdict, /the session record is not valid: rings\[0\]\.call names fd 5/, 'the old host is told why');
+  fake.close();
+
+  // Well formed, but for another device than the one the new host runs (a blk session, an rng host).
+  const wrongDevice = { ...bad, rings: [{ ...bad.rings[0], call: null }] };
+  fake = fakeOldHost(wrongDevice, () => [eventfd()]);
+  r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+  t.is(r.code, 1);
+  t.regex(await fake.verdict, /the session is for virtio device 2 with 1 queue\(s\) and 1 ring\(s\); this host's device is 4/);
+  t.regex(r.stderr, /the session is for virtio device 2/);
+  fake.close();
+});
+
+test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {
+  const alone = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over-mode', 'live']);
+  t.is(alone.code, 2);
+  t.regex(alone.stderr, /--take-over-mode goes with --take-over/);
+  const bad = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over', '--take-over-mode', 'fast']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--take-over-mode: "fast" is not auto, live or socket/);
+});
