@@ -4,7 +4,7 @@
 //
 //   node --import tsx bench/fs-guest.ts [--backend ours|virtiofsd|both] [--rounds 3]
 //        [--files 1000] [--mib 64] [--rand-reads 4096] [--dir-entries 10000] [--readdir-passes 3]
-//        [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
+//        [--warmup 200] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
 //
 // Back-ends: ours is the built binary users run (dist/vhost-wasm.mjs with dist/plugins/fs.wasm,
 // `--cache auto --call-deadline 5000`, its default `--inode-file-handles prefer`); virtiofsd is
@@ -15,8 +15,10 @@
 // on both, alternating which goes first, so a drift in the machine's load hits both; each gets a
 // fresh directory (same content) per round. Every number is the median over the rounds.
 //
-// Guest workload: a static C program (compiled here with gcc -static, put in the initrd) times
-// each phase with CLOCK_MONOTONIC inside the guest:
+// Guest workload: a static C program (compiled here with gcc -static, put in the initrd) first
+// creates, stats and unlinks --warmup files untimed (a back-end in JavaScript compiles its hot
+// paths while it serves its first requests; a long-running host has done so long before), then
+// times each phase with CLOCK_MONOTONIC inside the guest:
 //   create   N small files (open O_CREAT|O_EXCL, write 100 bytes, close)          files/s
 //   stat     each of them, after dropping the guest's caches (LOOKUP+GETATTR)       files/s
 //   unlink   each of them                                                           files/s
@@ -72,6 +74,7 @@ const { values: argv } = parseArgs({
     'rand-reads': { type: 'string', default: '4096' },
     'dir-entries': { type: 'string', default: '10000' },
     'readdir-passes': { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '200' },
     inodes: { type: 'string', default: '100000' },
     'real-inodes': { type: 'string', default: '100000' },
     rounds: { type: 'string', default: '3' },
@@ -85,9 +88,11 @@ const MIB = Number(argv.mib);
 const RAND_READS = Number(argv['rand-reads']);
 const DIR_ENTRIES = Number(argv['dir-entries']);
 const READDIR_PASSES = Number(argv['readdir-passes']);
+const WARMUP = Number(argv.warmup);
 const INODES = Number(argv.inodes);
 const REAL_INODES = Number(argv['real-inodes']);
 const ROUNDS = Number(argv.rounds);
+if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error(`--warmup must be a count of files, not "${argv.warmup}"`);
 if (!['ours', 'virtiofsd', 'both'].includes(argv.backend!)) throw new Error(`--backend is ours, virtiofsd or both, not "${argv.backend}"`);
 for (const [k, v] of Object.entries({ files: FILES, mib: MIB, 'rand-reads': RAND_READS, 'dir-entries': DIR_ENTRIES, 'readdir-passes': READDIR_PASSES, rounds: ROUNDS })) {
   if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer, not "${v}"`);
@@ -119,7 +124,8 @@ static void begin(const char *p) { printf("BEGIN %s\n", p); fflush(stdout); usle
 static void end(const char *p) { printf("END %s\n", p); fflush(stdout); }
 static void result(const char *p, long n, double secs) { printf("RESULT %s %ld %.6f\n", p, n, secs); fflush(stdout); }
 int main(int argc, char **argv) {
-  if (argc < 9) return 2;
+  if (argc < 10) return 2;
+  struct stat st;
   int n = atoi(argv[2]), mib = atoi(argv[3]);
   double budget = atof(argv[4]);
   long reads = atol(argv[5]);
@@ -131,6 +137,13 @@ int main(int argc, char **argv) {
   double t0, t;
   memset(buf, 'x', sizeof buf);
   if (chdir(argv[1]) || mkdir("small", 0755)) die("setup");
+  /* Warm-up, untimed: the same create, stat, unlink cycle on other names (a JIT warms up). */
+  int warm = atoi(argv[9]);
+  for (int i = 0; i < warm; i++) {
+    snprintf(p, sizeof p, "small/w%d", i);
+    int fd = open(p, O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd < 0 || write(fd, buf, 100) != 100 || close(fd) || stat(p, &st) || unlink(p)) die("warm-up");
+  }
 
   begin("create");
   t0 = now();
@@ -146,7 +159,6 @@ int main(int argc, char **argv) {
   result("create", made, t);
 
   drop();
-  struct stat st;
   begin("stat");
   t0 = now();
   for (int i = 0; i < made; i++) {
@@ -296,7 +308,7 @@ async function runWorkload(qemu: string, socket: string, pid: number, program: U
     memMiB: 512,
     qemuArgs: ['-chardev', `socket,id=fs0,path=${socket}`, '-device', `vhost-user-fs-pci,chardev=fs0,tag=${TAG}`],
     files: { 'bin/fsbench': program },
-    script: `set -e\nmount -t virtiofs ${TAG} /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20 ${RAND_READS} /mnt/many ${DIR_ENTRIES} ${READDIR_PASSES}\numount /mnt\n`,
+    script: `set -e\nmount -t virtiofs ${TAG} /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20 ${RAND_READS} /mnt/many ${DIR_ENTRIES} ${READDIR_PASSES} ${WARMUP}\numount /mnt\n`,
     onOutput,
   });
   const out = r.scriptOutput.replace(/\r/g, '');
@@ -596,7 +608,7 @@ if (!argv['skip-guest']) {
   };
   console.log(`\nGuest workload: ${qemu.version.replace(/ \(.*$/, '')} TCG, 1 vCPU, busybox guest, cache=auto on both; ${FILES} small files, ` +
     `${MIB} MiB sequential, ${RAND_READS} 4 KiB O_DIRECT random reads, readdir of ${DIR_ENTRIES} entries x ${READDIR_PASSES}; ` +
-    `median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
+    `${WARMUP} files of warm-up; median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
   const both = BACKENDS.length === 2;
   console.log(`| phase | unit | ${BACKENDS.map((b) => (b === 'ours' ? 'fs plugin' : 'virtiofsd 1.13')).join(' | ')} |${both ? ' ours/virtiofsd |' : ''} CPU/op ${BACKENDS.map((b) => (b === 'ours' ? 'ours' : 'virtiofsd')).join(' / ')} |`);
   console.log(`|---|---|${BACKENDS.map(() => '---|').join('')}${both ? '---|' : ''}---|`);
