@@ -1,19 +1,45 @@
-// A real guest's file workload against the fs plugin and against the C virtiofsd, in one run,
-// under the same QEMU 7.2 (system qemu-system-x86_64, TCG, 1 vCPU) and the same busybox guest;
-// then the cost of the plugin's state SAVE + LOAD for many known inodes.
+// A real guest's file workload against our fs plugin and against Rust virtiofsd 1.13 (issue 12,
+// item 5), in one run, under the same QEMU 10 (scripts/qemu10.sh, TCG, 1 vCPU) and the same
+// busybox guest; then the cost of the plugin's state SAVE + LOAD for many known inodes.
 //
-//   node --import tsx bench/fs-guest.ts [--files N] [--mib M] [--inodes N] [--rounds R]
+//   node --import tsx bench/fs-guest.ts [--backend ours|virtiofsd|both] [--rounds 3]
+//        [--files 1000] [--mib 64] [--rand-reads 4096] [--dir-entries 10000] [--readdir-passes 3]
+//        [--warmup 200] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
 //
-// Guest workload: a small static C program (compiled here with gcc -static, put in the
-// initrd) times with CLOCK_MONOTONIC inside the guest:
-//   create  N small files (open O_CREAT|O_EXCL, write 100 bytes, close)     files/s
-//   stat    each of them after dropping the guest's caches (LOOKUP+GETATTR)  files/s
-//   unlink  each of them                                                      files/s
-//   write   one M MiB file sequentially in 1 MiB writes, then fsync           MB/s
-//   read    it back after dropping the guest's page cache                     MB/s
-// Both servers get a fresh empty directory. virtiofsd runs as the QEMU test runs it
-// (-o cache=auto -o sandbox=chroot); ours with --call-deadline 5000. The guest's own cost
-// (TCG) is in both numbers: the ratio says how much slower the whole path is with us.
+// Back-ends: ours is the built binary users run (dist/vhost-wasm.mjs with dist/plugins/fs.wasm,
+// `--cache auto --call-deadline 5000`, its default `--inode-file-handles prefer`); virtiofsd is
+// Debian trixie's 1.13 (scripts/virtiofsd.sh, through test/guest/virtiofsd.ts: `--sandbox none
+// --cache auto`, its defaults otherwise: `--inode-file-handles never`, readdirplus on, no thread
+// pool). Both with cache=auto, the default of both: entries and attributes trusted 1 s, file data
+// in the guest's page cache while a file is open. `--backend both` (the default) runs each round
+// on both, alternating which goes first, so a drift in the machine's load hits both; each gets a
+// fresh directory (same content) per round. Every number is the median over the rounds.
+//
+// Guest workload: a static C program (compiled here with gcc -static, put in the initrd) first
+// creates, stats and unlinks --warmup files untimed (a back-end in JavaScript compiles its hot
+// paths while it serves its first requests; a long-running host has done so long before), then
+// times each phase with CLOCK_MONOTONIC inside the guest:
+//   create   N small files (open O_CREAT|O_EXCL, write 100 bytes, close)          files/s
+//   stat     each of them, after dropping the guest's caches (LOOKUP+GETATTR)       files/s
+//   unlink   each of them                                                           files/s
+//   write    one M MiB file sequentially in 1 MiB writes, then fsync                MB/s
+//   read     it back after dropping the guest's page cache, 1 MiB reads             MB/s
+//   randread R reads of 4 KiB at random 4 KiB-aligned offsets of that file, opened
+//            O_DIRECT in the guest (every read is one FUSE_READ; neither back-end opens
+//            the host file O_DIRECT: both serve from the host's page cache)         reads/s
+//   readdir  P passes of readdir(3) over a directory of E entries (made on the host
+//            before the boot), the guest's caches dropped before each pass (so the
+//            kernel asks READDIRPLUS again and each entry is looked up)             entries/s
+// The guest's own cost (TCG) is in every number: the ratio says how much slower the whole path
+// is with us. Beside each phase: the back-end process's CPU (utime+stime of /proc/PID/stat, all
+// its threads; 10 ms ticks) between the guest's BEGIN and END lines for that phase, per
+// operation (file, MiB, read, entry). The guest prints BEGIN, waits 100 ms (the line reaches
+// the harness before any request of the phase), runs the phase, prints END; only the readdir
+// passes themselves are inside BEGIN/END (the FORGETs after each drop are not).
+//
+// --profile DIR: our host runs under `node --cpu-prof` (one .cpuprofile per thread, written
+// when it exits), and the busiest thread's profile is summarised: self time by function and
+// source file (through dist/*.mjs.map).
 //
 // State: SAVE (get-state) on one plugin instance and LOAD (set-state + finish-load) on a second,
 // through the real jco runtime, in 64 KiB calls (what the device runner hands a plugin per call,
@@ -25,35 +51,55 @@
 // A LOAD leaves the inodes pending (resolved on first use, outside the downtime): the "first
 // use" column is a GETATTR of every one of them on the destination afterwards, and "slowest"
 // the longest single plugin call of SAVE or LOAD (the host's per-call deadline is 100 ms).
-// Bounded: each guest run has a 180 s timeout, the create phase stops after 20 s.
+// Bounded: each guest run has a 300 s timeout, the create phase stops after 20 s.
 
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { SourceMap } from 'node:module';
 import { parseArgs } from 'node:util';
 import { FsShare, type Attr, type Entry, type FsResult } from '../host/fs/index.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
 import { bootGuest, hasQemu } from '../test/guest/qemu.ts';
+import { ensureQemu10 } from '../test/guest/qemu10.ts';
+import { startVirtiofsd } from '../test/guest/virtiofsd.ts';
 import { REPO, startHost } from '../test/helpers/host-process.ts';
 
 const { values: argv } = parseArgs({
   options: {
+    backend: { type: 'string', default: 'both' },
     files: { type: 'string', default: '1000' },
     mib: { type: 'string', default: '64' },
+    'rand-reads': { type: 'string', default: '4096' },
+    'dir-entries': { type: 'string', default: '10000' },
+    'readdir-passes': { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '200' },
     inodes: { type: 'string', default: '100000' },
     'real-inodes': { type: 'string', default: '100000' },
-    rounds: { type: 'string', default: '1' },
+    rounds: { type: 'string', default: '3' },
     'skip-guest': { type: 'boolean', default: false },
+    'skip-state': { type: 'boolean', default: false },
+    profile: { type: 'string' },
   },
 });
 const FILES = Number(argv.files);
 const MIB = Number(argv.mib);
+const RAND_READS = Number(argv['rand-reads']);
+const DIR_ENTRIES = Number(argv['dir-entries']);
+const READDIR_PASSES = Number(argv['readdir-passes']);
+const WARMUP = Number(argv.warmup);
 const INODES = Number(argv.inodes);
 const REAL_INODES = Number(argv['real-inodes']);
 const ROUNDS = Number(argv.rounds);
+if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error(`--warmup must be a count of files, not "${argv.warmup}"`);
+if (!['ours', 'virtiofsd', 'both'].includes(argv.backend!)) throw new Error(`--backend is ours, virtiofsd or both, not "${argv.backend}"`);
+for (const [k, v] of Object.entries({ files: FILES, mib: MIB, 'rand-reads': RAND_READS, 'dir-entries': DIR_ENTRIES, 'readdir-passes': READDIR_PASSES, rounds: ROUNDS })) {
+  if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer, not "${v}"`);
+}
+const BACKENDS: Backend[] = argv.backend === 'both' ? ['ours', 'virtiofsd'] : [argv.backend as Backend];
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
-const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+const TAG = 'bench';
 const work = mkdtempSync(join(tmpdir(), 'bench-fs-guest-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 
@@ -61,7 +107,9 @@ process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 
 const FSBENCH_C = String.raw`
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,15 +119,34 @@ const FSBENCH_C = String.raw`
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 static void drop(void) { sync(); int fd = open("/proc/sys/vm/drop_caches", O_WRONLY); if (fd >= 0) { if (write(fd, "3", 1) != 1) perror("drop_caches"); close(fd); } }
 static void die(const char *w) { perror(w); printf("FSBENCH-FAILED %s\n", w); exit(1); }
+/* The harness samples the back-end's CPU when it sees these lines: give it 100 ms to. */
+static void begin(const char *p) { printf("BEGIN %s\n", p); fflush(stdout); usleep(100000); }
+static void end(const char *p) { printf("END %s\n", p); fflush(stdout); }
+static void result(const char *p, long n, double secs) { printf("RESULT %s %ld %.6f\n", p, n, secs); fflush(stdout); }
 int main(int argc, char **argv) {
-  if (argc < 5) return 2;
+  if (argc < 10) return 2;
+  struct stat st;
   int n = atoi(argv[2]), mib = atoi(argv[3]);
   double budget = atof(argv[4]);
+  long reads = atol(argv[5]);
+  const char *many = argv[6];
+  long entries = atol(argv[7]);
+  int passes = atoi(argv[8]);
   static char buf[1 << 20];
   char p[256];
+  double t0, t;
   memset(buf, 'x', sizeof buf);
   if (chdir(argv[1]) || mkdir("small", 0755)) die("setup");
-  double t0 = now();
+  /* Warm-up, untimed: the same create, stat, unlink cycle on other names (a JIT warms up). */
+  int warm = atoi(argv[9]);
+  for (int i = 0; i < warm; i++) {
+    snprintf(p, sizeof p, "small/w%d", i);
+    int fd = open(p, O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd < 0 || write(fd, buf, 100) != 100 || close(fd) || stat(p, &st) || unlink(p)) die("warm-up");
+  }
+
+  begin("create");
+  t0 = now();
   int made = 0;
   while (made < n && now() - t0 < budget) {
     snprintf(p, sizeof p, "small/f%d", made);
@@ -87,45 +154,110 @@ int main(int argc, char **argv) {
     if (fd < 0 || write(fd, buf, 100) != 100 || close(fd)) die("create");
     made++;
   }
-  printf("RESULT create %d %.6f\n", made, now() - t0);
+  t = now() - t0;
+  end("create");
+  result("create", made, t);
+
   drop();
-  struct stat st;
+  begin("stat");
   t0 = now();
   for (int i = 0; i < made; i++) {
     snprintf(p, sizeof p, "small/f%d", i);
     if (stat(p, &st) || st.st_size != 100) die("stat");
   }
-  printf("RESULT stat %d %.6f\n", made, now() - t0);
+  t = now() - t0;
+  end("stat");
+  result("stat", made, t);
+
+  begin("unlink");
   t0 = now();
   for (int i = 0; i < made; i++) {
     snprintf(p, sizeof p, "small/f%d", i);
     if (unlink(p)) die("unlink");
   }
-  printf("RESULT unlink %d %.6f\n", made, now() - t0);
+  t = now() - t0;
+  end("unlink");
+  result("unlink", made, t);
+
+  begin("write");
   t0 = now();
   int fd = open("big", O_CREAT | O_TRUNC | O_WRONLY, 0644);
   if (fd < 0) die("open big");
   for (int i = 0; i < mib; i++) if (write(fd, buf, sizeof buf) != (ssize_t)sizeof buf) die("write");
   if (fsync(fd) || close(fd)) die("fsync");
-  printf("RESULT write %d %.6f\n", mib, now() - t0);
+  t = now() - t0;
+  end("write");
+  result("write", mib, t);
+
   drop();
+  begin("read");
   t0 = now();
   fd = open("big", O_RDONLY);
   if (fd < 0) die("open big for reading");
   long long total = 0;
   for (;;) { ssize_t r = read(fd, buf, sizeof buf); if (r < 0) die("read"); if (r == 0) break; total += r; }
   close(fd);
+  t = now() - t0;
+  end("read");
   if (total != (long long)mib << 20) die("short read");
-  printf("RESULT read %d %.6f\n", mib, now() - t0);
+  result("read", mib, t);
+
+  /* O_DIRECT in the guest: no page cache, no readahead, one 4 KiB FUSE_READ per read. */
+  drop();
+  void *page;
+  if (posix_memalign(&page, 4096, 4096)) die("posix_memalign");
+  fd = open("big", O_RDONLY | O_DIRECT);
+  if (fd < 0) die("open big O_DIRECT");
+  uint64_t x = 88172645463325252ull; /* xorshift64: the same offsets on both back-ends */
+  long blocks = (long)mib * 256;
+  begin("randread");
+  t0 = now();
+  for (long i = 0; i < reads; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    if (pread(fd, page, 4096, (off_t)(x % (uint64_t)blocks) * 4096) != 4096) die("randread");
+  }
+  t = now() - t0;
+  end("randread");
+  close(fd);
+  result("randread", reads, t);
   if (unlink("big") || rmdir("small")) die("cleanup");
+
+  double spent = 0;
+  long seen = 0;
+  for (int k = 0; k < passes; k++) {
+    drop();
+    begin("readdir");
+    t0 = now();
+    DIR *d = opendir(many);
+    if (!d) die("opendir");
+    long here = 0;
+    while (readdir(d)) here++;
+    closedir(d);
+    spent += now() - t0;
+    end("readdir");
+    if (here != entries + 2) { printf("readdir saw %ld entries, expected %ld\n", here, entries + 2); die("readdir"); }
+    seen += entries;
+  }
+  result("readdir", seen, spent);
   printf("FSBENCH-DONE\n");
   return 0;
 }
 `;
 
-type Phase = 'create' | 'stat' | 'unlink' | 'write' | 'read';
-const PHASES: Phase[] = ['create', 'stat', 'unlink', 'write', 'read'];
-type Rates = Record<Phase, number>;
+type Backend = 'ours' | 'virtiofsd';
+const PHASES = ['create', 'stat', 'unlink', 'write', 'read', 'randread', 'readdir'] as const;
+type Phase = (typeof PHASES)[number];
+/** Per phase: the rate (unit per phase below) and the back-end's CPU seconds per operation. */
+type Run = Record<Phase, { rate: number; cpuPerOp: number }>;
+const UNIT: Record<Phase, { rate: string; op: string; cpuScale: number; cpuUnit: string }> = {
+  create: { rate: 'files/s', op: 'file', cpuScale: 1e6, cpuUnit: 'us/file' },
+  stat: { rate: 'files/s', op: 'file', cpuScale: 1e6, cpuUnit: 'us/file' },
+  unlink: { rate: 'files/s', op: 'file', cpuScale: 1e6, cpuUnit: 'us/file' },
+  write: { rate: 'MB/s', op: 'MiB', cpuScale: 1e3, cpuUnit: 'ms/MiB' },
+  read: { rate: 'MB/s', op: 'MiB', cpuScale: 1e3, cpuUnit: 'ms/MiB' },
+  randread: { rate: 'reads/s', op: 'read', cpuScale: 1e6, cpuUnit: 'us/read' },
+  readdir: { rate: 'entries/s', op: 'entry', cpuScale: 1e6, cpuUnit: 'us/entry' },
+};
 
 function compileGuestProgram(): Uint8Array {
   const src = join(work, 'fsbench.c');
@@ -135,54 +267,89 @@ function compileGuestProgram(): Uint8Array {
   return readFileSync(bin);
 }
 
-async function runWorkload(socket: string, program: Uint8Array, label: string, log: () => string): Promise<Rates> {
+/** utime + stime of every thread of `pid`, in seconds (clock ticks are 1/100 s here). */
+function processCpu(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** A fresh share: an empty top and `many/` with DIR_ENTRIES empty files (the readdir phase). */
+function freshShare(who: Backend): string {
+  const dir = mkdtempSync(join(work, `${who}-`));
+  mkdirSync(join(dir, 'many'));
+  for (let i = 0; i < DIR_ENTRIES; i++) writeFileSync(join(dir, 'many', `entry-${String(i).padStart(6, '0')}`), '');
+  return dir;
+}
+
+async function runWorkload(qemu: string, socket: string, pid: number, program: Uint8Array, label: string, log: () => string): Promise<Run> {
+  const cpu = new Map<string, number>();
+  const began = new Map<string, number>();
+  let pending = '';
+  const onOutput = (chunk: string) => {
+    pending += chunk;
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      const m = /^(BEGIN|END) (\w+)$/.exec(line);
+      if (!m) continue;
+      const c = processCpu(pid);
+      if (m[1] === 'BEGIN') began.set(m[2], c);
+      else if (began.has(m[2])) {
+        cpu.set(m[2], (cpu.get(m[2]) ?? 0) + c - began.get(m[2])!);
+        began.delete(m[2]);
+      }
+    }
+  };
   const r = await bootGuest({
-    timeoutMs: 180_000,
+    qemuBinary: qemu,
+    timeoutMs: 300_000,
     memMiB: 512,
-    qemuArgs: ['-chardev', `socket,id=fs0,path=${socket}`, '-device', 'vhost-user-fs-pci,chardev=fs0,tag=bench'],
+    qemuArgs: ['-chardev', `socket,id=fs0,path=${socket}`, '-device', `vhost-user-fs-pci,chardev=fs0,tag=${TAG}`],
     files: { 'bin/fsbench': program },
-    script: `set -e\nmount -t virtiofs bench /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20\numount /mnt\n`,
+    script: `set -e\nmount -t virtiofs ${TAG} /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20 ${RAND_READS} /mnt/many ${DIR_ENTRIES} ${READDIR_PASSES} ${WARMUP}\numount /mnt\n`,
+    onOutput,
   });
   const out = r.scriptOutput.replace(/\r/g, '');
   if (r.exitCode !== 0 || !out.includes('FSBENCH-DONE')) {
     throw new Error(`${label}: guest run failed (exit ${r.exitCode}, timedOut ${r.timedOut})\n${out.slice(-3000)}\n${r.qemuStderr}\n--- server ---\n${log().slice(-3000)}`);
   }
-  const rates = {} as Rates;
+  const run = {} as Run;
   for (const m of out.matchAll(/^RESULT (\w+) (\d+) ([\d.]+)$/gm)) {
-    const [, phase, count, secs] = m;
-    // create/stat/unlink: files per second; write/read: MB (10^6 bytes) per second.
-    rates[phase as Phase] = phase === 'write' || phase === 'read' ? (Number(count) * 1.048576) / Number(secs) : Number(count) / Number(secs);
+    const phase = m[1] as Phase;
+    const count = Number(m[2]);
+    const secs = Number(m[3]);
+    // write/read: MB (10^6 bytes) per second of `count` MiB; the rest: operations per second.
+    const rate = phase === 'write' || phase === 'read' ? (count * 1.048576) / secs : count / secs;
+    run[phase] = { rate, cpuPerOp: (cpu.get(phase) ?? NaN) / count };
   }
-  return rates;
+  for (const p of PHASES) if (!run[p]) throw new Error(`${label}: the guest printed no result for ${p}\n${out.slice(-3000)}`);
+  return run;
 }
 
-async function withOurs<T>(dir: string, fn: (socket: string, log: () => string) => Promise<T>): Promise<T> {
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'bench', '--call-deadline', '5000']);
+/** Our host, the built binary; under `node --cpu-prof` when profiling. */
+async function withOurs<T>(dir: string, fn: (socket: string, pid: number, log: () => string) => Promise<T>): Promise<T> {
+  const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', TAG, '--cache', 'auto', '--call-deadline', '5000'];
+  // `exec` keeps the pid: the CPU read from /proc is node's.
+  const wrap = argv.profile
+    ? ['sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir=${resolve(argv.profile)} --cpu-prof-interval 200 "$@"`]
+    : undefined;
+  const host = await startHost(args, { wrap });
   try {
-    return await fn(host.socketPath, () => host.log());
+    return await fn(host.socketPath, host.child.pid!, () => host.log());
   } finally {
     await host.stop();
   }
 }
 
-async function withVirtiofsd<T>(dir: string, fn: (socket: string, log: () => string) => Promise<T>): Promise<T> {
+async function withVirtiofsd<T>(dir: string, fn: (socket: string, pid: number, log: () => string) => Promise<T>): Promise<T> {
   const socket = join(work, `virtiofsd-${Date.now()}.sock`);
-  const child = spawn(VIRTIOFSD, [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const v = await startVirtiofsd(dir, socket, ['--cache', 'auto']);
   try {
-    const start = Date.now();
-    while (!existsSync(socket)) {
-      if (child.exitCode !== null || Date.now() - start > 10_000) throw new Error(`virtiofsd did not start: ${log}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return await fn(socket, () => log);
+    return await fn(socket, v.pid, v.log);
   } finally {
-    if (child.exitCode === null) child.kill('SIGTERM');
-    await exited;
+    await v.stop();
   }
 }
 
@@ -349,53 +516,124 @@ async function stateBench(variant: 'real share' | 'synthetic', n: number): Promi
   }
 }
 
+// ---------------------------------------------------------------- profile summary
+
+interface CallFrame {
+  functionName: string;
+  url: string;
+  lineNumber: number;
+  columnNumber: number;
+}
+interface Profile {
+  nodes: { id: number; callFrame: CallFrame; children?: number[] }[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+}
+
+/** Self time of the busiest thread's profile in `dir`, by function and source (bundle frames mapped back). */
+function summariseProfile(dir: string): void {
+  const maps = new Map<string, SourceMap | null>();
+  const source = (f: CallFrame): string => {
+    const m = /([^/]+\.mjs)$/.exec(f.url);
+    if (!m) return f.url.replace(/^.*\//, '') || (f.functionName.startsWith('wasm') ? 'wasm' : '');
+    if (!maps.has(m[1])) {
+      const file = join(REPO, 'dist', `${m[1]}.map`);
+      maps.set(m[1], existsSync(file) ? new SourceMap(JSON.parse(readFileSync(file, 'utf8'))) : null);
+    }
+    const e = maps.get(m[1])?.findEntry(f.lineNumber, f.columnNumber) as { originalSource?: string; originalLine?: number } | undefined;
+    return e?.originalSource ? `${e.originalSource.replace(/^.*?((host|plugins|node_modules)\/)/, '$1')}:${(e.originalLine ?? 0) + 1}` : f.url;
+  };
+  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+  if (files.length === 0) throw new Error(`no .cpuprofile in ${dir}: did the host exit cleanly on SIGTERM?`);
+  let best: { f: string; p: Profile; busy: number } | null = null;
+  for (const f of files) {
+    const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Profile;
+    const byId = new Map(p.nodes.map((n) => [n.id, n]));
+    let busy = 0;
+    for (let i = 0; i < p.samples.length; i++) if (byId.get(p.samples[i])!.callFrame.functionName !== '(idle)') busy += p.timeDeltas[i + 1] ?? 0;
+    if (!best || busy > best.busy) best = { f, p, busy };
+  }
+  const { f, p, busy } = best!;
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  for (let i = 0; i < p.samples.length; i++) {
+    const cf = byId.get(p.samples[i])!.callFrame;
+    if (cf.functionName === '(idle)') continue;
+    const k = `${cf.functionName || '(anonymous)'} ${source(cf)}`;
+    self.set(k, (self.get(k) ?? 0) + (p.timeDeltas[i + 1] ?? 0));
+  }
+  console.log(`\nProfile ${f} (busiest thread): busy ${(busy / 1e6).toFixed(2)} s of ${((p.endTime - p.startTime) / 1e6).toFixed(2)} s; self time:`);
+  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 40)) console.log(`  ${((100 * v) / busy).toFixed(1).padStart(5)}%  ${k}`);
+}
+
 // ---------------------------------------------------------------- run
 
 const pad = (s: string, n: number) => s.padEnd(n);
-const num = (v: number, d = 1) => v.toFixed(d);
+const num = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
 
 if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: node build.mjs --only plugins`);
 const started = performance.now();
 
 if (!argv['skip-guest']) {
-  if (!hasQemu() || !existsSync(VIRTIOFSD)) throw new Error('needs qemu-system-x86_64 (7.2) and /usr/lib/qemu/virtiofsd');
+  if (!hasQemu()) throw new Error('needs the guest image prerequisites (test/guest/prerequisites.ts)');
+  const qemu = await ensureQemu10();
+  if (argv.profile) {
+    mkdirSync(argv.profile, { recursive: true });
+    for (const f of readdirSync(argv.profile)) if (f.endsWith('.cpuprofile')) rmSync(join(argv.profile, f));
+  }
   const program = compileGuestProgram();
-  const ours: Rates[] = [];
-  const theirs: Rates[] = [];
+  const runs: Record<Backend, Run[]> = { ours: [], virtiofsd: [] };
+  const loads: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     // Alternate the order so a drift in machine load does not favour one side.
-    const order = round % 2 === 0 ? ['ours', 'virtiofsd'] : ['virtiofsd', 'ours'];
+    const order = round % 2 === 0 ? BACKENDS : [...BACKENDS].reverse();
     for (const who of order) {
-      const dir = mkdtempSync(join(work, `${who}-`));
+      const dir = freshShare(who);
       const t = performance.now();
-      const rates = who === 'ours'
-        ? await withOurs(dir, (s, log) => runWorkload(s, program, 'fs plugin', log))
-        : await withVirtiofsd(dir, (s, log) => runWorkload(s, program, 'virtiofsd', log));
-      (who === 'ours' ? ours : theirs).push(rates);
-      console.error(`round ${round + 1}: ${who} done in ${Math.round(performance.now() - t)} ms`);
+      loads.push(loadavg()[0]);
+      const run = who === 'ours'
+        ? await withOurs(dir, (s, pid, log) => runWorkload(qemu.binary, s, pid, program, 'fs plugin', log))
+        : await withVirtiofsd(dir, (s, pid, log) => runWorkload(qemu.binary, s, pid, program, 'virtiofsd 1.13', log));
+      runs[who].push(run);
+      console.error(`round ${round + 1}: ${who} done in ${Math.round(performance.now() - t)} ms: ` +
+        PHASES.map((p) => `${p} ${num(run[p].rate)}`).join(', '));
       rmSync(dir, { recursive: true, force: true });
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  console.log(`\nGuest workload: QEMU 7.2 TCG, 1 vCPU, busybox guest; ${FILES} small files, ${MIB} MiB sequential; median of ${ROUNDS} round(s)`);
-  console.log(`${pad('phase', 10)}${pad('unit', 10)}${pad('fs plugin', 12)}${pad('virtiofsd', 12)}ours/virtiofsd`);
+  const median = (xs: number[]) => {
+    const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+    return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  console.log(`\nGuest workload: ${qemu.version.replace(/ \(.*$/, '')} TCG, 1 vCPU, busybox guest, cache=auto on both; ${FILES} small files, ` +
+    `${MIB} MiB sequential, ${RAND_READS} 4 KiB O_DIRECT random reads, readdir of ${DIR_ENTRIES} entries x ${READDIR_PASSES}; ` +
+    `${WARMUP} files of warm-up; median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
+  const both = BACKENDS.length === 2;
+  console.log(`| phase | unit | ${BACKENDS.map((b) => (b === 'ours' ? 'fs plugin' : 'virtiofsd 1.13')).join(' | ')} |${both ? ' ours/virtiofsd |' : ''} CPU/op ${BACKENDS.map((b) => (b === 'ours' ? 'ours' : 'virtiofsd')).join(' / ')} |`);
+  console.log(`|---|---|${BACKENDS.map(() => '---|').join('')}${both ? '---|' : ''}---|`);
   for (const p of PHASES) {
-    const a = median(ours.map((r) => r[p]));
-    const b = median(theirs.map((r) => r[p]));
-    console.log(`${pad(p, 10)}${pad(p === 'write' || p === 'read' ? 'MB/s' : 'files/s', 10)}${pad(num(a), 12)}${pad(num(b), 12)}${num(a / b, 2)}`);
+    const u = UNIT[p];
+    const rate = BACKENDS.map((b) => median(runs[b].map((r) => r[p].rate)));
+    const cpu = BACKENDS.map((b) => median(runs[b].map((r) => r[p].cpuPerOp)) * u.cpuScale);
+    const ratio = both ? ` ${num(rate[0] / rate[1], 2)} |` : '';
+    console.log(`| ${p} | ${u.rate} | ${rate.map((r) => num(r)).join(' | ')} |${ratio} ${cpu.map((c) => num(c, u.cpuScale === 1e3 ? 2 : 0)).join(' / ')} ${u.cpuUnit} |`);
   }
+  if (argv.profile && BACKENDS.includes('ours')) summariseProfile(argv.profile);
 }
 
-const rows: StateRow[] = [];
-rows.push(await stateBench('real share', REAL_INODES));
-rows.push(await stateBench('synthetic', INODES));
-console.log(`\nState SAVE (get-state) + LOAD (set-state, finish-load) through the jco runtime, 64 KiB per call`);
-console.log(`${pad('variant', 12)}${pad('inodes', 9)}${pad('state', 11)}${pad('lookups', 12)}${pad('SAVE', 10)}${pad('LOAD', 10)}${pad('SAVE+LOAD', 11)}${pad('slowest', 10)}first use`);
-for (const r of rows) {
-  console.log(
-    `${pad(r.variant, 12)}${pad(String(r.inodes), 9)}${pad(`${num(r.bytes / 1024)} KiB`, 11)}${pad(`${num(r.learnMs, 0)} ms`, 12)}` +
-      `${pad(`${num(r.saveMs)} ms`, 10)}${pad(`${num(r.loadMs)} ms`, 10)}${pad(`${num(r.saveMs + r.loadMs)} ms`, 11)}${pad(`${num(r.slowestMs)} ms`, 10)}${num(r.firstUseMs, 0)} ms`,
-  );
+if (!argv['skip-state']) {
+  const rows: StateRow[] = [];
+  rows.push(await stateBench('real share', REAL_INODES));
+  rows.push(await stateBench('synthetic', INODES));
+  console.log(`\nState SAVE (get-state) + LOAD (set-state, finish-load) through the jco runtime, 64 KiB per call`);
+  console.log(`${pad('variant', 12)}${pad('inodes', 9)}${pad('state', 11)}${pad('lookups', 12)}${pad('SAVE', 10)}${pad('LOAD', 10)}${pad('SAVE+LOAD', 11)}${pad('slowest', 10)}first use`);
+  for (const r of rows) {
+    console.log(
+      `${pad(r.variant, 12)}${pad(String(r.inodes), 9)}${pad(`${num(r.bytes / 1024)} KiB`, 11)}${pad(`${num(r.learnMs, 0)} ms`, 12)}` +
+        `${pad(`${num(r.saveMs)} ms`, 10)}${pad(`${num(r.loadMs)} ms`, 10)}${pad(`${num(r.saveMs + r.loadMs)} ms`, 11)}${pad(`${num(r.slowestMs)} ms`, 10)}${num(r.firstUseMs, 0)} ms`,
+    );
+  }
 }
 console.error(`total ${Math.round((performance.now() - started) / 1000)} s`);
 process.exit(0);

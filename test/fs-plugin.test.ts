@@ -161,12 +161,15 @@ test('INIT negotiates only flags it implements; a request before INIT is EIO', a
   t.is(r.body.readUInt32LE(0), 7);
   t.is(r.body.readUInt32LE(4), 31, 'minor capped at what we implement');
   const flags = r.body.readUInt32LE(12);
-  // ASYNC_READ, POSIX_LOCKS, ATOMIC_O_TRUNC, BIG_WRITES, FLOCK_LOCKS, DO_READDIRPLUS, READDIRPLUS_AUTO.
-  t.is(flags & ~((1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 10) | (1 << 13) | (1 << 14)), 0, `unexpected flags ${flags.toString(16)}`);
-  t.is(r.body.readUInt32LE(20), 128 * 1024, 'max_write');
-  // Only flags the kernel offered come back.
+  // ASYNC_READ, POSIX_LOCKS, ATOMIC_O_TRUNC, BIG_WRITES, FLOCK_LOCKS, DO_READDIRPLUS, READDIRPLUS_AUTO, MAX_PAGES.
+  t.is(flags & ~((1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 10) | (1 << 13) | (1 << 14) | (1 << 22)), 0, `unexpected flags ${flags.toString(16)}`);
+  t.is(flags & (1 << 22), 1 << 22, 'MAX_PAGES, as the kernel offered it');
+  t.is(r.body.readUInt32LE(20), 1024 * 1024, 'max_write');
+  t.is(r.body.readUInt16LE(28), 256, 'max_pages: 1 MiB requests');
+  // Only flags the kernel offered come back; without MAX_PAGES, no max_pages (the kernel keeps its 32).
   const r2 = c.req(OP.INIT, 0, new W().u32(7).u32(38).u32(0).u32(1 << 3).done());
   t.is(r2.body.readUInt32LE(12), 1 << 3);
+  t.is(r2.body.readUInt16LE(28), 0);
 });
 
 test('file operations: create, write, read, readdirplus, rename, link, symlink, unlink, forget', async (t) => {

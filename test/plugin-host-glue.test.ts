@@ -30,6 +30,29 @@ test('the byte-list rewrites apply to the glue this jco emits', async (t) => {
   t.is(patchGlue('function instantiate() {}\n').bytesCopiesRewritten, 0);
 });
 
+test('host imports are called straight, without jco\'s per-call task bookkeeping, and keep their may-leave check', async (t) => {
+  const fs = readFileSync(join(root, 'dist', 'plugins', 'fs.wasm'));
+  const prepared = await preparePlugin(fs, cacheDir);
+  const direct = (prepared.glue.match(/_vhDirectImport\(_trampoline\d+, \d+, _checkMayLeave\);/g) ?? []).length;
+  const noTask = (prepared.glue.match(/const task = _vhNoTask;/g) ?? []).length;
+  // The filesystem interface has 35 functions; getlk and setlk (a record argument over several
+  // lines) keep jco's path, which must still work beside the others (test/fs-locks.test.ts).
+  t.true(direct >= 30, `${direct} imports called straight`);
+  t.is(noTask, direct, 'every trampoline bound straight lost its bookkeeping, and no other');
+  t.false(/_withGlobalCurrentTaskMeta\(\{\s*componentIdx: task\.componentIdx\(\),\s*taskID: task\.id\(\),\s*fn: \(\) => _trackHostOperation\(\(\) => \w+\(\)\),/.test(prepared.glue));
+  t.is(patchGlue('function instantiate() {}\n').importsDirect, 0, 'a glue of another shape is left as it is');
+  // A host import that throws still traps the plugin (the capability was not granted).
+  const bare = await loadPlugin(fs, { grants: { log() {} }, cacheDir });
+  const init = Buffer.alloc(104);
+  init.writeUInt32LE(104, 0);
+  init.writeUInt32LE(26, 4);
+  init.writeUInt32LE(7, 40);
+  init.writeUInt32LE(31, 44);
+  t.throws(() => bare.handle([{ kind: 'request', request: { id: 0, queue: 1, prefix: init, readableLen: init.length, writableLen: 256 } }]), {
+    message: /filesystem was not granted/,
+  });
+});
+
 /** The literal reply bytes of each answer, in order. */
 function replies(actions: DeviceAction[]): Uint8Array[] {
   return actions.map((a) => (a.kind === 'answer' && a.answer.reply[0]?.kind === 'bytes' ? a.answer.reply[0].bytes : new Uint8Array(0)));

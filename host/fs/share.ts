@@ -158,6 +158,12 @@ interface Slot {
   fh?: Uint8Array;
 }
 
+/** Most bytes of getdents64 records one readdir reads at once; at least DIRENT_MIN (one longest name fits). */
+const DIRENT_BUF = 32768;
+const DIRENT_MIN = 1024;
+/** Bytes per record a readdir sizes its read by: a 19-byte head and a name of ~30 bytes, 8-aligned. */
+const DIRENT_GUESS = 56;
+
 /** Entries one share's table may hold (nodes by handle cost no fd, so fds do not bound it). */
 const MAX_TABLE = 1 << 21;
 /** fsNameToHandle's record: 12 bytes of head and at most MAX_HANDLE_SZ (128) of handle. */
@@ -193,6 +199,8 @@ export class FsShare {
   private nextId = 1;
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
+  /** getdents64 records, read into and parsed out of before each readdir returns. */
+  private readonly direntBuf = Buffer.alloc(DIRENT_BUF);
   /** One value or name list (XATTR_MAX) at a time; results are copied out of it. */
   private xattrBuf: Uint8Array | null = null;
   private closed = false;
@@ -564,9 +572,8 @@ export class FsShare {
     // Exclusive first, so we know whether we made the file (and may set its mode).
     const want = safeMode(S_IFREG, mode);
     let fd = this.budgeted(native.fsCreate(d, name, flags | O_EXCL, want));
-    if (fd >= 0) {
-      exactMode(fd, want);
-    } else if (fd === -E.EEXIST && !(flags & O_EXCL)) {
+    const made = fd >= 0;
+    if (fd === -E.EEXIST && !(flags & O_EXCL)) {
       // An existing entry: fsCreate opens it only if it is a regular file (never a FIFO,
       // socket or device: ENXIO), through the inode it pinned, so this cannot block.
       fd = this.budgeted(native.fsCreate(d, name, flags, want));
@@ -583,6 +590,8 @@ export class FsShare {
       native.fsClose(fd);
       return e;
     }
+    // Only when the host's umask took bits off (a chmod per create costs an inode update).
+    if (made && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
     const f = this.add(fd, 'file');
     if (!f.ok) {
       this.closeHandle(e.val.node);
@@ -696,7 +705,10 @@ export class FsShare {
     if (offset >= 2n ** 63n) return ok([]);
     const want = Math.max(0, Math.min(max, 4096));
     const out: DirEntry[] = [];
-    const buf = Buffer.alloc(32768);
+    // The kernel fills all of the buffer it is given (and the next call seeks back to where we
+    // stopped), so a buffer sized for what was asked: READDIRPLUS asks ~25 entries per 4 KiB
+    // page, and a 32 KiB buffer made ext4 read ~800 for them. Longer names only cost another call.
+    const buf = this.direntBuf.subarray(0, Math.min(DIRENT_BUF, Math.max(DIRENT_MIN, want * DIRENT_GUESS)));
     let pos = offset;
     while (out.length < want) {
       const n = native.fsGetdents(f, buf, pos);

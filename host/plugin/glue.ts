@@ -40,6 +40,8 @@ const LOWER_BYTES =
 
 export interface PatchedGlue {
   source: string;
+  /** Host imports called straight, without jco's per-call task bookkeeping (see directImports). */
+  importsDirect: number;
   /** The handle export's core call goes through the LiftGuard's `hot` hook (direct-handle.ts). */
   directHandle: boolean;
   /** False when this jco version emits the hook differently: still correct, just slower. */
@@ -127,6 +129,78 @@ function hookHandle(source: string): { source: string; hooked: boolean } {
   return { source: source.slice(0, start) + patched + source.slice(stop), hooked: true };
 }
 
+// Host imports. jco 1.x runs every call of a sync import through its component-model task
+// bookkeeping, twice: the lowered import (_lowerImportBackwardsCompat: argument array, a
+// subtask object, return memory, may-leave check) and the trampoline inside it (a new task,
+// its parent subtask, enterSync, the global current-task meta around the call, a host-operation
+// tracker, resolve and exit, whose handlers hand the result to the subtask). For a sync host
+// function that never calls back into the plugin, which every import of this host is, none of
+// it changes what happens; it was ~13% of the device worker's time serving a guest's file
+// operations (bench/fs-guest.ts --profile; a READDIRPLUS makes ~25 lookup calls). So each
+// trampoline whose bookkeeping has exactly the expected shape calls its host function straight
+// (argument lifting, result lowering and the trap handling stay as jco wrote them, with a
+// task that does nothing), and is bound without the outer wrapper, keeping its may-leave
+// check. A trampoline of another shape is left as it is, and so is its binding.
+const IMPORT_HEADER = /const (_trampoline\d+) = function\s*\(/g;
+const IMPORT_TASK =
+  /(\n[ \t]*)const hostProvided = true;\s*let parentTask;\s*let task;\s*let subtask;\s*const createTask = \(\) => \{[\s\S]*?\n[ \t]*\};\s*taskCreation: \{\s*parentTask = getCurrentTask\(\s*\d+,[\s\S]*?\n[ \t]*\}\s*const started = task\.enterSync\(\);/g;
+const IMPORT_CALL = /_withGlobalCurrentTaskMeta\(\{\s*componentIdx: task\.componentIdx\(\),\s*taskID: task\.id\(\),\s*fn: \(\) => _trackHostOperation\(\(\) => (.+)\),\s*\}\)/g;
+/**
+ * `let trampolineN = _trampolineN.manuallyAsync ? <suspending> : _lowerImportBackwardsCompat.bind(null, {...});`
+ * with the sync branch bound straight to the trampoline (its may-leave check kept), or null when
+ * the binding is not that shape or not a sync import of a sync function.
+ */
+function rebindImport(source: string, name: string): string | null {
+  const head = `let ${name.slice(1)} = ${name}.manuallyAsync ? `;
+  const at = source.indexOf(head);
+  const mid = `importFn: ${name},`;
+  const sep = ' : _lowerImportBackwardsCompat.bind(';
+  const first = at < 0 ? -1 : source.indexOf(mid, at);
+  const elseAt = first < 0 ? -1 : source.indexOf(sep, first);
+  const second = elseAt < 0 ? -1 : source.indexOf(mid, elseAt);
+  if (second < 0 || !/^\s*\},\s*\)\)\)$/.test(source.slice(first + mid.length, elseAt))) return null;
+  const options = source.slice(elseAt + sep.length, second);
+  const componentIdx = /^\s*null,\s*\{\s*trampolineIdx: \d+,\s*componentIdx: (\d+),\s*isAsync: false,/.exec(options)?.[1];
+  const tail = /^\s*\},\s*\);/.exec(source.slice(second + mid.length));
+  if (componentIdx === undefined || !/\n\s*funcTypeIsAsync: false,/.test(options) || !tail) return null;
+  return `${source.slice(0, elseAt)} : _vhDirectImport(${name}, ${componentIdx}, _checkMayLeave);${source.slice(second + mid.length + tail[0].length)}`;
+}
+const IMPORT_HELPERS = [
+  '// vhost-wasm: host imports called without jco\'s task bookkeeping (host/plugin/glue.ts).',
+  'const _vhNoTask = Object.freeze({ componentIdx: () => -1, id: () => 0, enterSync: () => true, resolve() {}, exit() {}, reject() {}, setErrored() {}, getParentSubtask: () => null });',
+  'const _vhDirectImport = (fn, componentIdx, checkMayLeave) => function () { checkMayLeave(componentIdx); return fn.apply(null, arguments); };',
+  '',
+].join('\n');
+
+function directImports(source: string): { source: string; direct: number } {
+  const heads = [...source.matchAll(IMPORT_HEADER)].map((m) => ({ at: m.index!, name: m[1] }));
+  const done: string[] = [];
+  let out = '';
+  let from = 0;
+  for (let i = 0; i < heads.length; i++) {
+    const { at, name } = heads[i];
+    const fnName = source.indexOf(`${name}.fnName =`, at);
+    const end = fnName < 0 ? (heads[i + 1]?.at ?? source.length) : fnName;
+    if (heads[i + 1] && end > heads[i + 1].at) continue; // not the shape we know
+    const body = source.slice(at, end);
+    const tasks = body.match(IMPORT_TASK)?.length ?? 0;
+    const calls = body.match(IMPORT_CALL)?.length ?? 0;
+    if (tasks !== 1 || calls !== 1 || rebindImport(source, name) === null) continue;
+    const patched = body.replace(IMPORT_TASK, '$1const task = _vhNoTask;').replace(IMPORT_CALL, '($1)');
+    out += source.slice(from, at) + patched;
+    from = end;
+    done.push(name);
+  }
+  out += source.slice(from);
+  for (const name of done) {
+    const rebound = rebindImport(out, name);
+    if (rebound === null) throw new Error(`glue: the binding of ${name} changed while patching (a host bug)`);
+    out = rebound;
+  }
+  if (done.length === 0) return { source, direct: 0 };
+  return { source: IMPORT_HELPERS + out, direct: done.length };
+}
+
 export function patchGlue(moduleSource: string): PatchedGlue {
   let source = moduleSource;
   const debugHookRemoved = DEBUG_HOOK.test(source);
@@ -144,13 +218,15 @@ export function patchGlue(moduleSource: string): PatchedGlue {
   source = lifts.source;
   const direct = hookHandle(source);
   source = direct.source;
+  const imports = directImports(source);
+  source = imports.source;
   const exportsSeen = (source.match(/^export /gm) ?? []).length;
   source = source.replace(/^export function instantiate\(/m, 'function instantiate(');
   source = source.replace(/^export const _util\b/m, 'const _util');
   if (/^export /m.test(source) || /^import /m.test(source)) {
     throw new Error(`unexpected glue shape: ${exportsSeen} exports, imports present`);
   }
-  return { source, directHandle: direct.hooked, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
+  return { source, directHandle: direct.hooked, importsDirect: imports.direct, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
 }
 
 export function evaluateGlue(patchedSource: string, filename: string, guard: LiftGuard): Instantiate {

@@ -62,6 +62,7 @@ enum fuse_opcode {
 #define FUSE_BIG_WRITES (1u << 5)
 #define FUSE_DO_READDIRPLUS (1u << 13)
 #define FUSE_READDIRPLUS_AUTO (1u << 14)
+#define FUSE_MAX_PAGES (1u << 22)
 
 #define FUSE_GETATTR_FH 1u
 #define FUSE_FSYNC_FDATASYNC 1u

@@ -27,6 +27,8 @@ export function ensureVirtiofsd(): Promise<string> {
 }
 
 export interface Virtiofsd {
+  /** virtiofsd's own pid (the wrapper execs it), e.g. for its CPU time in /proc. */
+  pid: number;
   log(): string;
   stop(): Promise<void>;
 }
@@ -52,6 +54,7 @@ export async function startVirtiofsd(dir: string, socket: string, args: string[]
     await new Promise((r) => setTimeout(r, 20));
   }
   return {
+    pid: child.pid!,
     log: () => log,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
