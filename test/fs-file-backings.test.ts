@@ -186,3 +186,28 @@ test('FSYNC waits for the writes in flight on that file only (table.settle), non
     share.close();
   }
 });
+
+test('a request scattered over many buffers (one preadv/pwritev; past IOV_MAX, one call a buffer) reads and writes every byte in place', (t) => {
+  const { share, table, fs, node } = setup();
+  try {
+    const entry = table.get(fs.backing(fs.open(node, O_RDWR).val as bigint).val as number)!;
+    for (const count of [256, 1100]) {
+      // Buffers of uneven sizes, as guest pages of a chain are not all whole.
+      const sizes = Array.from({ length: count }, (_, i) => 1 + ((i * 37) % 64));
+      const from = sizes.map((n, i) => Buffer.alloc(n, (i * 7) & 0xff));
+      entry.writeFrom(100, from);
+      const into = sizes.map((n) => Buffer.alloc(n, 0xaa));
+      const total = sizes.reduce((a, b) => a + b, 0);
+      t.is(entry.readInto(100, into), total, `${count} buffers`);
+      t.true(into.every((b, i) => b.equals(from[i])), `${count} buffers: each holds its own bytes`);
+      t.deepEqual(readFileSync(join(dir, 'a.txt')).subarray(100, 100 + total), Buffer.concat(from));
+      // Past the end of the file: what exists, then zeroes.
+      const tail = sizes.map((n) => Buffer.alloc(n, 0xaa));
+      t.is(entry.readInto(100 + total - 10, tail), 10);
+      t.deepEqual(Buffer.concat(tail).subarray(0, 10), Buffer.concat(from).subarray(total - 10));
+      t.true(Buffer.concat(tail).subarray(10).every((x) => x === 0));
+    }
+  } finally {
+    share.close();
+  }
+});

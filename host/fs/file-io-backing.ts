@@ -9,6 +9,8 @@ import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
 import { constants as os } from 'node:os';
 
+/** Linux's IOV_MAX: the most buffers one preadv/pwritev takes. */
+const IOV_MAX = 1024;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -37,6 +39,12 @@ export interface FsFileIo extends IoBacking {
   release(close: () => void): void;
   /** The share closed the fd itself (a device reset, nothing in flight): it reads -1 from now on. */
   forget(): void;
+}
+
+function lengthOf(views: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const v of views) n += v.length;
+  return n;
 }
 
 export function fileIoBacking(fd0: number, readOnly: boolean, describe: string): FsFileIo {
@@ -95,10 +103,25 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       return r < 0 ? 0 : stat[7];
     },
     readInto(offset, into) {
+      // One preadv for the whole request; the per-buffer loop below only finishes what a short
+      // read left (end of file, or a signal) — and serves requests of more than IOV_MAX buffers.
+      let first = 0;
+      if (into.length > 0 && into.length <= IOV_MAX) {
+        first = native.fsPreadv(fd, into, offset);
+        if (first < 0) fail(describe, 'read', lengthOf(into), offset, -first);
+      }
       let at = offset;
       let total = 0;
       let eof = false;
-      for (const v of into) {
+      for (let v of into) {
+        if (first > 0) {
+          const took = Math.min(first, v.length);
+          first -= took;
+          at += took;
+          total += took;
+          if (took === v.length) continue;
+          v = v.subarray(took);
+        }
         if (eof) {
           v.fill(0);
           continue;
@@ -121,8 +144,20 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       return total;
     },
     writeFrom(offset, from) {
+      let first = 0;
+      if (from.length > 0 && from.length <= IOV_MAX) {
+        first = native.fsPwritev(fd, from, offset);
+        if (first < 0) fail(describe, 'write', lengthOf(from), offset, -first);
+      }
       let at = offset;
-      for (const v of from) {
+      for (let v of from) {
+        if (first > 0) {
+          const took = Math.min(first, v.length);
+          first -= took;
+          at += took;
+          if (took === v.length) continue;
+          v = v.subarray(took);
+        }
         let done = 0;
         while (done < v.length) {
           const r = native.fsPwrite(fd, v.subarray(done), at);

@@ -32,6 +32,9 @@ export interface NativeFs {
   fsSetattr(fd: number, what: 'mode' | 'owner' | 'size' | 'times', a: number, b?: number, c?: number, d?: number): number;
   fsPread(fd: number, buf: Uint8Array, offset: number): number;
   fsPwrite(fd: number, buf: Uint8Array, offset: number): number;
+  /** preadv/pwritev over 1..IOV_MAX buffers in one call; bytes moved (may be short) or -errno. */
+  fsPreadv(fd: number, bufs: readonly Uint8Array[], offset: number): number;
+  fsPwritev(fd: number, bufs: readonly Uint8Array[], offset: number): number;
   /** linux_dirent64 records from directory position `offset`. */
   fsGetdents(fd: number, buf: Uint8Array, offset: bigint): number;
   /** blocks bfree bavail files ffree bsize namelen frsize. */
