@@ -29,6 +29,8 @@ const ROUNDS_AFTER = 3;
 const FILE_BYTES = 64 * 1024;
 const KEEP_BYTES = 4096;
 const FILES = 4;
+/** A few rounds take well under a second; this long without one, the guest's I/O is stuck. */
+const STUCK_MS = 30_000;
 
 const SCRIPT = `set -e
 mount -t virtiofs ${TAG} /mnt
@@ -61,10 +63,17 @@ class Console {
     this.ended = true;
     for (const w of this.waiters.splice(0)) w.reject(new Error(`the guest ended before ${w.re} showed`));
   }
-  waitFor(re: RegExp): Promise<void> {
+  /** Rejects if `re` has not shown in `ms` (a guest that lost its device hangs for ever). */
+  waitFor(re: RegExp, ms: number): Promise<void> {
     if (re.test(this.text)) return Promise.resolve();
     if (this.ended) return Promise.reject(new Error(`the guest ended before ${re} showed`));
-    return new Promise((resolve, reject) => this.waiters.push({ re, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w.re !== re);
+        reject(new Error(`${re} did not show in ${ms} ms: the guest's I/O is stuck`));
+      }, ms);
+      this.waiters.push({ re, resolve: () => (clearTimeout(timer), resolve()), reject: (e) => (clearTimeout(timer), reject(e)) });
+    });
   }
   /** The last round the guest completed. */
   lastAck(): number {
@@ -101,22 +110,25 @@ guestTest('QEMU 10 virtio-fs without reconnect: the host taken over twice (--tak
     windows.push({ from, to: performance.now(), ackBefore, ackAfter: con.lastAck(), oldExit: await oldExit });
   };
   const orchestrate = async () => {
-    await con.waitFor(new RegExp(`^ACK ${ROUNDS_AFTER}$`, 'm'));
+    await con.waitFor(new RegExp(`^ACK ${ROUNDS_AFTER}$`, 'm'), 120_000);
     for (let k = 0; k < HANDOVERS; k++) {
       await takeOver();
       // A few rounds on the new host (they start after it took over) before the next step.
-      await con.waitFor(new RegExp(`^ACK ${con.lastAck() + ROUNDS_AFTER}$`, 'm'));
+      await con.waitFor(new RegExp(`^ACK ${con.lastAck() + ROUNDS_AFTER}$`, 'm'), STUCK_MS);
     }
     writeFileSync(join(share, 'stop'), '');
   };
 
   let r: BootResult | undefined;
   try {
+    // A failed step (the guest stuck, a take-over that failed) stops QEMU at once.
+    const abort = new AbortController();
     const steps = orchestrate();
-    steps.catch(() => undefined);
+    steps.catch(() => abort.abort());
     r = await bootGuest({
       qemuBinary: qemu,
-      timeoutMs: 240_000,
+      timeoutMs: 200_000,
+      signal: abort.signal,
       qemuArgs: ['-chardev', `socket,id=fs0,path=${sock}`, '-device', `vhost-user-fs-pci,chardev=fs0,tag=${TAG}`],
       files: { 'bin/fs-rounds': readFileSync(probe) },
       script: SCRIPT,
