@@ -371,6 +371,27 @@ test.serial('a bad handover record is refused by the new host with a clear error
   fake.close();
 });
 
+test.serial('a handover record whose ring kick fd is not an eventfd is refused before the old host stops its rings (never after it let go)', async (t) => {
+  // A well-formed rng session whose ring 0 kick fd is a pipe: the new host must refuse it while
+  // the old host still serves, not find out when it starts the ring after "go".
+  const [r0, w0] = native.pipe2();
+  native.close(w0);
+  const rec = { version: 1, device: { deviceId: 4, numQueues: 1, name: 'rng', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 0, addr: null, base: null, kick: 1, call: null, err: null, enabled: false, started: false }] };
+  let front: number[] = [];
+  const fake = fakeOldHost(rec, () => {
+    front = native.socketpair();
+    return [front[0], r0];
+  });
+  t.teardown(() => {
+    fake.close();
+    if (front.length > 0) native.close(front[1]);
+  });
+  const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+  t.is(r.code, 1);
+  t.regex(await fake.verdict, /ring 0: the kick fd handed over is a pipe, not an eventfd/, 'the old host is told why before any stop');
+  t.regex(r.stderr, /ring 0: the kick fd handed over is a pipe, not an eventfd/);
+});
+
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {
   const alone = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over-mode', 'live']);
   t.is(alone.code, 2);

@@ -418,6 +418,14 @@ export class BackendSession {
         );
       }
       if (!native.fstat(this.channel.fd).isSocket) throw new RequestError('the front-end connection handed over is not a socket');
+      // Kick fds are set only after the old host let go (the rings start with them): one that is
+      // not an eventfd must be refused now, while the old host can still serve on, not break
+      // the device after the point of no return.
+      for (const [index, r] of rec.rings.entries()) {
+        if (typeof r.kick !== 'number') continue;
+        const kind = native.fdKind(fds[r.kick]);
+        if (kind !== 'eventfd') throw new RequestError(`ring ${index}: the kick fd handed over is a ${kind}, not an eventfd (the old host's record is wrong)`);
+      }
       await apply({ code: Req.SET_PROTOCOL_FEATURES, features: BigInt(`0x${rec.protocolFeatures}`) });
       if (rec.features !== null) {
         const acked = BigInt(`0x${rec.features}`);
