@@ -20,6 +20,8 @@ import { pattern, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
 import { sendFramed } from '../host/server/handover-wire.ts';
+import { encodeRequest } from '../host/protocol/codec.ts';
+import { Req } from '../host/protocol/requests.ts';
 
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -390,6 +392,24 @@ test.serial('a handover record whose ring kick fd is not an eventfd is refused b
   t.is(r.code, 1);
   t.regex(await fake.verdict, /ring 0: the kick fd handed over is a pipe, not an eventfd/, 'the old host is told why before any stop');
   t.regex(r.stderr, /ring 0: the kick fd handed over is a pipe, not an eventfd/);
+});
+
+test.serial('a front-end stalled in the middle of a message does not hang the old host: the handover fails in bounded time and the old host takes requests (and handovers) again', async (t) => {
+  const old = await host(['--plugin', rng, '--entropy']);
+  const fe = native.connectUnix(sock);
+  t.teardown(() => native.close(fe));
+  await old.waitForLog(/front-end connected/);
+  // 5 of a message's 12 header bytes, then nothing: the session can never reach a message boundary.
+  const msg = encodeRequest({ code: Req.SET_OWNER }).bytes;
+  native.sendMsg(fe, msg.subarray(0, 5), []);
+  const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over', '--take-over-mode', 'live']);
+  t.is(r.code, 1, r.stderr);
+  // The old host is not stuck in that handover: another control request is not refused as "already running".
+  const [answer] = (await rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: join(dir, 'none.wasm') } })], 1)) as { error?: { message: string } }[];
+  t.truthy(answer.error);
+  t.notRegex(answer.error!.message, /already running/);
+  t.regex(old.log(), /the front-end is in the middle of a message/);
+  t.is(old.child.exitCode, null);
 });
 
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {
