@@ -404,6 +404,7 @@ test.serial('a front-end stalled in the middle of a message does not hang the ol
   native.sendMsg(fe, msg.subarray(0, 5), []);
   const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over', '--take-over-mode', 'live']);
   t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /the front-end is in the middle of a message/, 'the new host says why (the old host\'s reason)');
   // The old host is not stuck in that handover: another control request is not refused as "already running".
   const [answer] = (await rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: join(dir, 'none.wasm') } })], 1)) as { error?: { message: string } }[];
   t.truthy(answer.error);
