@@ -413,6 +413,35 @@ test.serial('a front-end stalled in the middle of a message does not hang the ol
   t.is(old.child.exitCode, null);
 });
 
+test.serial('fs: a file lock the guest holds cannot move to another process: the live handover is refused (not the lock silently dropped) and the old host keeps serving with the lock held', async (t) => {
+  const share = join(dir, 'share');
+  mkdirSync(share, { recursive: true });
+  writeFileSync(join(share, 'data'), 'locked');
+  const old = await host(['--plugin', fsPlugin, '--shared-dir', share]);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0);
+  const data = nodeOf(await c.lookup(1n, 'data'));
+  const fh = fhOfOpen(await c.open(data, O.RDWR));
+  // FUSE_SETLK: a whole-file write lock for lock owner 7 (fh, owner, start, end, type F_WRLCK, pid, flags).
+  const lk = Buffer.alloc(48);
+  lk.writeBigUInt64LE(fh, 0);
+  lk.writeBigUInt64LE(7n, 8);
+  lk.writeBigUInt64LE((1n << 63n) - 1n, 24);
+  lk.writeUInt32LE(1, 32);
+  lk.writeUInt32LE(42, 36);
+  t.is((await c.req(32, data, lk)).error, 0);
+  const r = await runCli(['--socket-path', sock, '--plugin', fsPlugin, '--shared-dir', share, '--take-over', '--take-over-mode', 'live']);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /file lock/);
+  t.is(old.child.exitCode, null);
+  // The old host still serves the same connection, the lock still held: another owner is refused it.
+  t.is((await c.getattr(data)).error, 0);
+  lk.writeBigUInt64LE(8n, 8);
+  t.is((await c.req(32, data, lk)).error, 11 /* EAGAIN */, 'the lock is still held by owner 7');
+});
+
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {
   const alone = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over-mode', 'live']);
   t.is(alone.code, 2);
