@@ -80,7 +80,7 @@ export async function loadPluginDevice(
       // a plugin that forgets (or traps in reset) cannot keep fds from the process budget.
       processBound(): string | null {
         const n = share.locks.heldLocks;
-        return n === 0 ? null : `the guest holds ${n} file lock(s) on the share, which are this process's and would be dropped by a move: retry once the guest released them`;
+        return n === 0 ? null : `the guest holds ${n} file lock(s) on the share; they belong to this device instance and would be dropped if it handed the session on: retry once the guest released them`;
       },
       reset(): void {
         try {
