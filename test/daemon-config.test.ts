@@ -214,6 +214,17 @@ bytesPerSecond = "200M"
   t.throws(() => parseDaemonConfig(toml, '/d.conf'), { message: /^\(file\): \/d\.conf is not valid JSON/ });
 });
 
+test('TOML values JSON has no word for (inf, nan, a date-time) are named as they were written, not as "null" or "an object"', (t) => {
+  const dev = '[[devices]]\nid = "a"\nsocket = "/run/a.sock"\nplugin = "/p.wasm"\n';
+  t.throws(() => parseDaemonConfig(`spareWorkers = inf\n${dev}`, '/d.toml'), { instanceOf: ConfigError, message: 'spareWorkers: must be a whole number, not a number (inf)' });
+  t.throws(() => parseDaemonConfig(`spareWorkers = -inf\n${dev}`, '/d.toml'), { instanceOf: ConfigError, message: 'spareWorkers: must be a whole number, not a number (-inf)' });
+  t.throws(() => parseDaemonConfig(`spareWorkers = nan\n${dev}`, '/d.toml'), { instanceOf: ConfigError, message: 'spareWorkers: must be a whole number, not a number (nan)' });
+  t.throws(() => parseDaemonConfig(`${dev}limits = { iops = 1979-05-27T07:32:00Z }\n`, '/d.toml'), {
+    instanceOf: ConfigError,
+    message: 'devices[0].limits.iops: must be a whole number, not a date-time (1979-05-27T07:32:00.000Z)',
+  });
+});
+
 test('docs/config.schema.json is the JSON Schema the code generates (node --import tsx scripts/config-schema.ts writes it)', (t) => {
   t.is(readFileSync(CONFIG_SCHEMA_FILE, 'utf8'), configSchemaText(), 'stale: run node --import tsx scripts/config-schema.ts');
   const schema = JSON.parse(configSchemaText()) as { properties: Record<string, { items?: { properties: Record<string, unknown>; additionalProperties: unknown } }>; required: string[] };

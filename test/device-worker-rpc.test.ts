@@ -25,7 +25,7 @@ test('operations answer typed values, and an error thrown in the worker keeps it
     t.true(config instanceof Uint8Array);
     t.is(new DataView(config.buffer, config.byteOffset).getUint32(0, true), 0xc0ffee);
     t.is(await w.ringStop(0), 0);
-    t.deepEqual(await w.status(), { running: [], failed: null, brokenQueues: [] });
+    t.deepEqual(await w.status(), { running: [], failed: null, brokenQueues: [], processBound: null });
     const chunk = await w.stateRead(0, 8);
     t.is(chunk.bytes.length, 8);
     t.is(chunk.remaining, 0);

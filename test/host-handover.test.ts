@@ -20,6 +20,8 @@ import { pattern, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
 import { sendFramed } from '../host/server/handover-wire.ts';
+import { encodeRequest } from '../host/protocol/codec.ts';
+import { Req } from '../host/protocol/requests.ts';
 
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -369,6 +371,78 @@ test.serial('a bad handover record is refused by the new host with a clear error
   t.regex(await fake.verdict, /the session is for virtio device 2 with 1 queue\(s\) and 1 ring\(s\); this host's device is 4/);
   t.regex(r.stderr, /the session is for virtio device 2/);
   fake.close();
+});
+
+test.serial('a handover record whose ring kick fd is not an eventfd is refused before the old host stops its rings (never after it let go)', async (t) => {
+  // A well-formed rng session whose ring 0 kick fd is a pipe: the new host must refuse it while
+  // the old host still serves, not find out when it starts the ring after "go".
+  const [r0, w0] = native.pipe2();
+  native.close(w0);
+  const rec = { version: 1, device: { deviceId: 4, numQueues: 1, name: 'rng', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 0, addr: null, base: null, kick: 1, call: null, err: null, enabled: false, started: false }] };
+  let front: number[] = [];
+  const fake = fakeOldHost(rec, () => {
+    front = native.socketpair();
+    return [front[0], r0];
+  });
+  t.teardown(() => {
+    fake.close();
+    if (front.length > 0) native.close(front[1]);
+  });
+  const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+  t.is(r.code, 1);
+  t.regex(await fake.verdict, /ring 0: the kick fd handed over is a pipe, not an eventfd/, 'the old host is told why before any stop');
+  t.regex(r.stderr, /ring 0: the kick fd handed over is a pipe, not an eventfd/);
+});
+
+test.serial('a front-end stalled in the middle of a message does not hang the old host: the handover fails in bounded time and the old host takes requests (and handovers) again', async (t) => {
+  const old = await host(['--plugin', rng, '--entropy']);
+  const fe = native.connectUnix(sock);
+  t.teardown(() => native.close(fe));
+  await old.waitForLog(/front-end connected/);
+  // 5 of a message's 12 header bytes, then nothing: the session can never reach a message boundary.
+  const msg = encodeRequest({ code: Req.SET_OWNER }).bytes;
+  native.sendMsg(fe, msg.subarray(0, 5), []);
+  const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over', '--take-over-mode', 'live']);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /the front-end is in the middle of a message/, 'the new host says why (the old host\'s reason)');
+  // The old host is not stuck in that handover: another control request is not refused as "already running".
+  const [answer] = (await rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: join(dir, 'none.wasm') } })], 1)) as { error?: { message: string } }[];
+  t.truthy(answer.error);
+  t.notRegex(answer.error!.message, /already running/);
+  t.regex(old.log(), /the front-end is in the middle of a message/);
+  t.is(old.child.exitCode, null);
+});
+
+test.serial('fs: a file lock the guest holds cannot move to another process or instance: a live handover or plugin upgrade is refused (not the lock silently dropped) and the old host keeps serving with the lock held', async (t) => {
+  const share = join(dir, 'share');
+  mkdirSync(share, { recursive: true });
+  writeFileSync(join(share, 'data'), 'locked');
+  const old = await host(['--plugin', fsPlugin, '--shared-dir', share]);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0);
+  const data = nodeOf(await c.lookup(1n, 'data'));
+  const fh = fhOfOpen(await c.open(data, O.RDWR));
+  // FUSE_SETLK: a whole-file write lock for lock owner 7 (fh, owner, start, end, type F_WRLCK, pid, flags).
+  const lk = Buffer.alloc(48);
+  lk.writeBigUInt64LE(fh, 0);
+  lk.writeBigUInt64LE(7n, 8);
+  lk.writeBigUInt64LE((1n << 63n) - 1n, 24);
+  lk.writeUInt32LE(1, 32);
+  lk.writeUInt32LE(42, 36);
+  t.is((await c.req(32, data, lk)).error, 0);
+  // A live plugin upgrade would end the instance whose share holds the lock: refused too.
+  const [up] = (await rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: fsPlugin } })], 1)) as { error?: { message: string } }[];
+  t.regex(up.error?.message ?? JSON.stringify(up), /holds 1 file lock/);
+  const r = await runCli(['--socket-path', sock, '--plugin', fsPlugin, '--shared-dir', share, '--take-over', '--take-over-mode', 'live']);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /file lock/);
+  t.is(old.child.exitCode, null);
+  // The old host still serves the same connection, the lock still held: another owner is refused it.
+  t.is((await c.getattr(data)).error, 0);
+  lk.writeBigUInt64LE(8n, 8);
+  t.is((await c.req(32, data, lk)).error, 11 /* EAGAIN */, 'the lock is still held by owner 7');
 });
 
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {

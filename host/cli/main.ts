@@ -134,7 +134,12 @@ async function serve(o: CliOptions): Promise<void> {
     if (handover) {
       // The old host serves on, and is told why not.
       handover.received.answer(errorText(e));
-      await handover.outcome.catch(() => {});
+      // When the old host broke off (it closed the connection), its answer says why: say it too.
+      const theirs = await handover.outcome.then(
+        () => null,
+        (x: unknown) => errorText(x),
+      );
+      if (theirs !== null && e instanceof Error && !theirs.includes(e.message)) e.message += `; ${theirs}`;
     }
     throw e;
   }

@@ -119,6 +119,9 @@ function typeName(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'bigint') return `a number too large (${v})`;
+  // TOML has values JSON.stringify has no word for: it would print inf and nan as null, a date as an object.
+  if (typeof v === 'number' && !Number.isFinite(v)) return `a number (${Number.isNaN(v) ? 'nan' : v > 0 ? 'inf' : '-inf'})`;
+  if (v instanceof Date) return `a date-time (${Number.isNaN(v.getTime()) ? String(v) : v.toISOString()})`;
   return typeof v === 'object' ? 'an object' : `a ${typeof v} (${JSON.stringify(v)})`;
 }
 

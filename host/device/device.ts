@@ -147,6 +147,11 @@ export interface VirtioDevice {
   /** Back to the just-created state (RESET_DEVICE, reconnect). */
   reset(): void;
   /**
+   * What this instance holds that belongs to this process and cannot move to another one (a
+   * live host handover): a sentence saying what, or null. A share's file locks, for one.
+   */
+  processBound?(): string | null;
+  /**
    * Everything since the last call: exactly one answer or hold per request / io-failed event,
    * in any order, plus answers to requests held earlier. The host checks every action before
    * it acts on any (a bad one fails the device).

@@ -225,6 +225,8 @@ export interface WorkerStatus {
   running: number[];
   failed: string | null;
   brokenQueues: number[];
+  /** VirtioDevice.processBound: what cannot move to another process now, or null. */
+  processBound: string | null;
 }
 
 /** worker -> main */

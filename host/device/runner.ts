@@ -635,6 +635,7 @@ export class DeviceRunner {
       running: this.rings.flatMap((r, i) => (r.queue && r.watcher ? [i] : [])),
       failed: this.failed,
       brokenQueues: this.rings.flatMap((r, i) => (r.queue?.broken ? [i] : [])),
+      processBound: this.device.processBound?.() ?? null,
     };
   }
 

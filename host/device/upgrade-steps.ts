@@ -10,7 +10,9 @@ import type { StateReadResult } from './rpc.ts';
 import { errorText } from '../log/logger.ts';
 
 /** What the old instance answers: the requests it holds (then nothing was stopped), or where its rings stopped and its state's first bytes. */
-export type UpgradeStopResult = { held: number; bases: null; state: null } | { held: 0; bases: number[]; state: StateReadResult };
+export type UpgradeStopResult =
+  | { held: number; bound: string | null; bases: null; state: null }
+  | { held: 0; bound: null; bases: number[]; state: StateReadResult };
 
 /** One ring to restart on the new instance, as the old one left it. */
 export interface UpgradeRingStart {
@@ -39,9 +41,12 @@ export interface UpgradeInflight {
 export function upgradeStop(runner: DeviceRunner, pause: number[], stop: number[], stateBytes: number): UpgradeStopResult {
   for (const i of pause) runner.ringEnable(i, false);
   const held = runner.ringSnapshot().reduce((n, r) => n + r.held, 0);
-  if (held > 0) return { held, bases: null, state: null };
+  if (held > 0) return { held, bound: null, bases: null, state: null };
+  // What this instance holds for the guest and cannot hand on (a share's file locks): not stopped either.
+  const bound = runner.status().processBound;
+  if (bound !== null) return { held: 0, bound, bases: null, state: null };
   const bases = stop.map((i) => runner.ringStop(i));
-  return { held: 0, bases, state: runner.stateRead(0, stateBytes) };
+  return { held: 0, bound: null, bases, state: runner.stateRead(0, stateBytes) };
 }
 
 /**

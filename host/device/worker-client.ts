@@ -258,7 +258,12 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   async status(): Promise<WorkerStatus> {
     const each = await Promise.all(this.threads.map((t) => t.status()));
     const union = (f: (s: WorkerStatus) => number[]) => [...new Set(each.flatMap(f))].sort((a, b) => a - b);
-    return { running: union((s) => s.running), failed: each.find((s) => s.failed !== null)?.failed ?? null, brokenQueues: union((s) => s.brokenQueues) };
+    return {
+      running: union((s) => s.running),
+      failed: each.find((s) => s.failed !== null)?.failed ?? null,
+      brokenQueues: union((s) => s.brokenQueues),
+      processBound: each.find((s) => s.processBound !== null)?.processBound ?? null,
+    };
   }
 
   /** Every thread warms the rings it will serve (warm-up.ts); the answers are summed up. */

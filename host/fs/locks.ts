@@ -94,6 +94,8 @@ export interface LockFiles {
 export class FsLocks {
   private readonly owners = new Map<string, Owner>();
   private readonly waits = new Map<bigint, Wait>();
+  /** Open files with a flock taken through them (only to say a session holds locks: heldLocks). */
+  private readonly flocked = new Set<bigint>();
   private readonly out = new Float64Array(4);
   private waker: ((token: bigint) => void) | null = null;
 
@@ -138,7 +140,14 @@ export class FsLocks {
     if (flock) {
       const op = lock.kind === F_UNLCK ? LOCK_UN : lock.kind === F_WRLCK ? LOCK_EX : lock.kind === F_RDLCK ? LOCK_SH : 0;
       if (op === 0) return { ok: false, errno: EINVAL };
-      attempt = () => native.fsFlock(fd, op);
+      attempt = () => {
+        const r = native.fsFlock(fd, op);
+        if (r === 0) {
+          if (op === LOCK_UN) this.flocked.delete(file);
+          else this.flocked.add(file);
+        }
+        return r;
+      };
     } else {
       const span = spanOf(lock);
       if (typeof span === 'number' || lock.kind < F_RDLCK || lock.kind > F_UNLCK) return { ok: false, errno: EINVAL };
@@ -172,6 +181,7 @@ export class FsLocks {
    * through another open file since, which then keeps them.
    */
   fileClosing(file: bigint): void {
+    this.flocked.delete(file);
     for (const w of [...this.waits.values()]) if (w.file === file) this.resolve(w);
     for (const o of [...this.owners.values()]) {
       if (o.file !== file) continue;
@@ -186,6 +196,15 @@ export class FsLocks {
     this.waits.clear();
     for (const o of this.owners.values()) this.files.close(o.fd);
     this.owners.clear();
+    this.flocked.clear();
+  }
+
+  /**
+   * Locks the guest holds now: record-lock owners with a range, and files with a flock. They are
+   * this process's (OFD locks, flock on its fds) and cannot move to another one.
+   */
+  get heldLocks(): number {
+    return this.owners.size + this.flocked.size;
   }
 
   /** Owner descriptions open now (tests). */

@@ -78,6 +78,10 @@ export async function loadPluginDevice(
       // A reset (RESET_DEVICE, a disconnect, an aborted state load) ends every file the guest
       // had: the host closes the share's handles itself rather than trust the plugin to, so
       // a plugin that forgets (or traps in reset) cannot keep fds from the process budget.
+      processBound(): string | null {
+        const n = share.locks.heldLocks;
+        return n === 0 ? null : `the guest holds ${n} file lock(s) on the share; they belong to this device instance and would be dropped if it handed the session on: retry once the guest released them`;
+      },
       reset(): void {
         try {
           resetDevice();

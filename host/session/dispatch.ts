@@ -48,6 +48,9 @@ export interface RestoreWire {
   commit(): Promise<boolean>;
 }
 
+/** How long a live handover waits for the front-end's connection to reach a message boundary (each attempt; host-control retries). */
+const HOLD_WAIT_MS = 500;
+
 /** Virtio status bits the host sets on its own (virtio 1.x, 2.1). */
 const STATUS_NEEDS_RESET = 0x40;
 
@@ -280,10 +283,25 @@ export class BackendSession {
    */
   async captureForHandover(): Promise<LiveCapture> {
     if (this.closed) throw new LiveHandoverBusy('the front-end is disconnecting');
+    // Bounded: a front-end that stops in the middle of a message (or does not read our replies)
+    // never lets the channel reach a boundary, and an unbounded wait would hold the handover,
+    // and every later upgrade of this host, for as long as it likes.
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await this.channel.hold();
+      await Promise.race([
+        this.channel.hold(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`the front-end is in the middle of a message (or not reading its replies) after ${HOLD_WAIT_MS} ms; the session stops only between messages`)),
+            HOLD_WAIT_MS,
+          );
+        }),
+      ]);
     } catch (e) {
+      this.channel.release();
       throw new LiveHandoverBusy(errorText(e));
+    } finally {
+      clearTimeout(timer);
     }
     try {
       return await this.inTurn(() => this.capture());
@@ -418,6 +436,14 @@ export class BackendSession {
         );
       }
       if (!native.fstat(this.channel.fd).isSocket) throw new RequestError('the front-end connection handed over is not a socket');
+      // Kick fds are set only after the old host let go (the rings start with them): one that is
+      // not an eventfd must be refused now, while the old host can still serve on, not break
+      // the device after the point of no return.
+      for (const [index, r] of rec.rings.entries()) {
+        if (typeof r.kick !== 'number') continue;
+        const kind = native.fdKind(fds[r.kick]);
+        if (kind !== 'eventfd') throw new RequestError(`ring ${index}: the kick fd handed over is a ${kind}, not an eventfd (the old host's record is wrong)`);
+      }
       await apply({ code: Req.SET_PROTOCOL_FEATURES, features: BigInt(`0x${rec.protocolFeatures}`) });
       if (rec.features !== null) {
         const acked = BigInt(`0x${rec.features}`);

@@ -73,6 +73,9 @@ export async function stopForHandover(worker: DeviceWorker, log: Logger): Promis
     const [, snap] = await Promise.all([Promise.all(paused.map((i) => worker.ringEnable(i, false))), worker.ringSnapshot()]);
     const held = snap.reduce((n, r) => n + r.held, 0);
     if (held > 0) throw new LiveHandoverBusy(`the device holds ${held} request(s) it has not answered; they cannot move to another process: retry when the device is idle`);
+    // Checked with the rings paused: nothing can take a lock between this and the stop.
+    const bound = (await worker.status()).processBound;
+    if (bound !== null) throw new LiveHandoverBusy(bound);
     stopped.push(...started);
     const bases = await Promise.all(started.map((i) => worker.ringStop(i)));
     return { before, paused, bases: new Map(started.map((i, k) => [i, bases[k]])), resume };

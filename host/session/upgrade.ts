@@ -203,7 +203,7 @@ async function stopAndStartOneThread(
   const t1 = performance.now();
   if (s.state === null) {
     stopped.length = 0;
-    throw heldRefusal(s.held);
+    throw s.bound !== null ? new UpgradeRefused(s.bound) : heldRefusal(s.held);
   }
   const size = s.state.bytes.length + s.state.remaining;
   let last = { offset: 0, bytes: s.state.bytes };
@@ -243,6 +243,8 @@ async function stopAndStartStepwise(
   const t1 = performance.now();
   const held = snap.reduce((n, r) => n + r.held, 0);
   if (held > 0) throw heldRefusal(held);
+  const bound = (await old.status()).processBound;
+  if (bound !== null) throw new UpgradeRefused(bound);
   stopped.push(...started);
   const bases = await Promise.all(started.map((i) => old.ringStop(i)));
   const stateBytes = await moveState(old, fresh);
