@@ -16,6 +16,7 @@ import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
+import { until } from './helpers/multi-host.ts';
 import { pattern, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
@@ -452,4 +453,50 @@ test.serial('--take-over-mode: auto, live or socket, and only with --take-over',
   const bad = await runCli(['--socket-path', sock, '--plugin', rng, '--take-over', '--take-over-mode', 'fast']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /--take-over-mode: "fast" is not auto, live or socket/);
+});
+
+test.serial('a new host slow to say it serves after "go" is waited for, never raced: the old host serves again only once that process has ended', async (t) => {
+  t.timeout(90_000);
+  const old = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(sock, feBlk);
+  const to = join(dir, 'slow-new-host.sock');
+  const lfd = native.listenUnix(to, 1);
+  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+  let conn = -1;
+  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+  const fds: number[] = [];
+  const drain = async (): Promise<string> => {
+    let text = '';
+    for (let idle = 0; idle < 30; ) {
+      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+      if (got === null) {
+        idle++;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      idle = 0;
+      fds.push(...got.fds);
+      text += got.bytes > 0 ? 'x' : '';
+      if (got.bytes === 0) break;
+    }
+    return text;
+  };
+  await drain();
+  native.sendMsg(conn, Buffer.from('session\n'), []);
+  await drain();
+  native.sendMsg(conn, Buffer.from('stop\n'), []);
+  await drain();
+  native.sendMsg(conn, Buffer.from('ready\n'), []);
+  // "go" comes; this process plays a new host whose start takes longer than the old host's 10 s.
+  await until(() => /has not said it serves 10 s after this host let go/.test(old.log()), 'the old host to say it waits for the slow new host', 20_000);
+  t.notRegex(old.log(), /accepts connections again/, 'not serving the device while the new host may be');
+  t.is(old.child.exitCode, null);
+  // The slow new host ends without serving: now, and only now, the old host takes connections again.
+  for (const fd of fds) native.close(fd);
+  native.close(conn);
+  native.close(lfd);
+  const [a] = (await answer) as { error?: { message: string } }[];
+  t.regex(a.error!.message, /went away after this host let go of the session/);
+  await until(() => /accepts connections again/.test(old.log()), 'the old host to accept again', 10_000);
+  await fe.close().catch(() => {});
 });

@@ -144,12 +144,15 @@ export class LineChannel {
   private buf = '';
   private eof = false;
   private closed = false;
+  /** Whether the last next() ended at its deadline (its answer then is the timeout's text). */
+  timedOut = false;
 
   constructor(readonly fd: number) {}
 
   /** The next line (without its newline, at most 1000 characters), null at EOF, or a timeout's text. */
   async next(deadlineMs: number): Promise<string | null> {
     const until = Date.now() + deadlineMs;
+    this.timedOut = false;
     for (;;) {
       const nl = this.buf.indexOf('\n');
       if (nl >= 0) {
@@ -159,7 +162,10 @@ export class LineChannel {
       }
       if (this.buf.length > 4096) return 'an answer line longer than 4 KiB';
       if (this.eof || this.closed) return null;
-      if (Date.now() >= until) return `no answer within ${Math.round(deadlineMs / 1000)} s`;
+      if (Date.now() >= until) {
+        this.timedOut = true;
+        return `no answer within ${Math.round(deadlineMs / 1000)} s`;
+      }
       await this.readable(until - Date.now());
       this.readSome();
     }

@@ -150,7 +150,7 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
           let outcome: HandoverOutcome;
           try {
             log.info(`host-handover: handing the device${src.session ? ' and its connected session' : ''} to pid ${peer.pid}`);
-            outcome = await sendHandover(to, peer.pid, src);
+            outcome = await sendHandover(to, peer.pid, src, undefined, (why) => log.warn(`host-handover: ${why}`));
           } catch (e) {
             const taken = capture as LiveCapture | null;
             if (e instanceof HandoverLost) {

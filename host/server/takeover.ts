@@ -123,7 +123,22 @@ export interface HandoverOutcome {
  * take the device (nothing of it runs there), HandoverLost when it went away after this host
  * let go of a live session.
  */
-export async function sendHandover(to: string, peerPid: number, src: HandoverSource, deadlineMs = HANDOVER_DEADLINE_MS): Promise<HandoverOutcome> {
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function sendHandover(
+  to: string,
+  peerPid: number,
+  src: HandoverSource,
+  deadlineMs = HANDOVER_DEADLINE_MS,
+  onSlowStart?: (why: string) => void,
+): Promise<HandoverOutcome> {
   let fd: number;
   try {
     // Never a blocking connect: whoever asked names `to`, and a listener that does not accept
@@ -186,7 +201,14 @@ export async function sendHandover(to: string, peerPid: number, src: HandoverSou
         if (line !== 'ready') throw new HandoverRefused(verdictText(line));
         // From here the new host may start the rings: this host never runs them again unless it says it failed.
         lines.write('go\n');
-        line = await lines.next(START_DEADLINE_MS);
+        // A new host that is slow to say "serving" may be running the rings already: this host
+        // must not serve the device again while that process lives (two hosts on one device).
+        // Only its end (EOF on this socket, or the process gone) gives the device back here.
+        for (;;) {
+          line = await lines.next(START_DEADLINE_MS);
+          if (!lines.timedOut || !processAlive(peerPid)) break;
+          onSlowStart?.(`the new host (pid ${peerPid}) has not said it serves ${START_DEADLINE_MS / 1000} s after this host let go of the session; waiting for it (this host serves again only if that process ends)`);
+        }
         if (line === 'serving') return { live: true, liveRefused: null };
         throw new HandoverLost(line === null ? 'the new host went away after this host let go of the session, before it said it serves' : `the new host did not start the session: ${line}`);
       }
