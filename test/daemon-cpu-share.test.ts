@@ -96,9 +96,18 @@ function keepBusy(fes: VhostUserFrontend[]): { stop: () => Promise<void>; done: 
   });
   return {
     done,
+    // Bounded: a lane whose device failed has a request nobody will answer; fail, never hang.
     stop: async () => {
       running = false;
-      await Promise.all(lanes);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const bound = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`a front-end's last request was not answered within 30 s (requests: ${done.join(', ')}); daemon log:\n${daemon.log()}`)), 30_000);
+      });
+      try {
+        await Promise.race([Promise.all(lanes), bound]);
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

@@ -74,6 +74,15 @@ function loadDeadline(opts: DeviceWorkerOptions): number {
  * progress would count as the device's time. Both measures start at the first look: on a loaded
  * machine this timer can fire late, and what came before it may all have been waiting.
  */
+/**
+ * A call asleep is killed only after this long at least, whatever its (CPU) deadline. A sleeping
+ * thread costs other devices no CPU, so the backstop is there for calls that never come back,
+ * not for slow ones; and on a loaded machine a worker's call can sleep 100+ ms without the
+ * device doing anything: V8 parks it on a futex while its GC's helper tasks wait for a CPU (seen
+ * in CI: an rng call killed after 111 ms asleep with 0 ms of CPU, at load 20 on 2 cores).
+ */
+export const ASLEEP_BACKSTOP_MIN_MS = 1000;
+
 export class Watchdog {
   /** The bracket (its watchdog word) seen last; when it was first seen, how long it had run, and the thread's CPU clock and CPU wait. */
   private bracket = 0;
@@ -138,13 +147,15 @@ export class Watchdog {
     const used = cpu - this.cpuAtFirstLook!;
     if (used > limit) return late(used, ` (CPU time; ${ran} ms of wall clock since it began)`);
     const since = ran - this.ranAtFirstLook;
-    if (since <= limit || !this.asleepIn(word, tid)) return null;
+    const asleepLimit = Math.max(limit, ASLEEP_BACKSTOP_MIN_MS);
+    if (since <= asleepLimit || !this.asleepIn(word, tid)) return null;
     // Asleep, so run_delay holds every wait that ended, and none is in progress.
     const wait = threadCpuWaitMs(tid);
     const waited = wait !== null && this.waitAtFirstLook !== null ? Math.max(0, wait - this.waitAtFirstLook) : 0;
-    if (since - waited <= limit) return null;
+    if (since - waited <= asleepLimit) return null;
     const excused = waited >= 1 ? `, less ${Math.round(waited)} ms waiting for a CPU` : '';
-    return late(since - waited, ` (asleep or blocked in a system call: wall clock${excused}; ${ran} ms since it began, ${Math.round(used)} ms of CPU time)`);
+    const floor = asleepLimit > limit ? `, at least ${asleepLimit} ms asleep` : '';
+    return late(since - waited, ` (asleep or blocked in a system call: wall clock${excused}${floor}; ${ran} ms since it began, ${Math.round(used)} ms of CPU time)`);
   }
 
   /**
