@@ -286,6 +286,66 @@ test.serial('a new host that dies after it received the session, before or after
   await fe.close();
 });
 
+test.serial('a new host stuck after the rings stopped (no "ready") holds the guest only briefly: the old host runs its rings again and serves on, and says why the handover failed', async (t) => {
+  // Not the 60 s handover deadline: the guest's requests wait while the rings are stopped.
+  t.timeout(40_000);
+  const old = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(sock, feBlk);
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  const done: number[] = [];
+  let stop = false;
+  const io = blkLoad(disk, last, () => stop, done);
+  while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
+  // This test process plays a new host that asks for the rings stopped, receives the state, and
+  // then never says "ready" (stuck loading it), its connection open and its process alive.
+  const to = join(dir, 'stuck-new-host.sock');
+  const lfd = native.listenUnix(to, 1);
+  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+  let conn = -1;
+  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+  const fds: number[] = [];
+  const drain = async (): Promise<void> => {
+    for (let idle = 0; idle < 30; ) {
+      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+      if (got === null) {
+        idle++;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      idle = 0;
+      fds.push(...got.fds);
+      if (got.bytes === 0) break;
+    }
+  };
+  t.teardown(() => {
+    for (const fd of fds) native.close(fd);
+    native.close(conn);
+    native.close(lfd);
+  });
+  await drain();
+  native.sendMsg(conn, Buffer.from('session\n'), []);
+  await drain();
+  native.sendMsg(conn, Buffer.from('stop\n'), []);
+  await drain();
+  const [a] = (await answer) as { error?: { message: string } }[];
+  t.regex(a.error?.message ?? JSON.stringify(a), /did not say it is ready within 5 s of this host stopping its rings.*this host runs the rings again and serves on/);
+  t.regex(old.log(), /session stopped for a host handover/);
+  t.regex(old.log(), /host handover undone: the session runs on in this host/);
+  // The same connection is served again by the old host while the stuck process still lives.
+  const count = done.length;
+  while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+  stop = true;
+  await io;
+  t.false(disconnected);
+  t.is(fe.queues[0].inFlight, 0);
+  await verifyAll(disk, last);
+  t.is(old.child.exitCode, null);
+  await fe.close();
+});
+
 /**
  * This test process plays an old host: a control socket at S.control that answers host-handover
  * (format 2) by sending a real listening socket as the device socket and, once the new host asks
