@@ -434,6 +434,38 @@ test.serial('a bad handover record is refused by the new host with a clear error
   fake.close();
 });
 
+test.serial('a handover record carrying a feature-gated request whose protocol feature was not negotiated (a log area without LOG_SHMFD, a back-end channel without BACKEND_REQ) is refused, naming both, before the old host stops its rings', async (t) => {
+  // Well-formed rng sessions, but with no protocol feature negotiated: the message loop refuses
+  // SET_LOG_BASE and SET_BACKEND_REQ_FD on such a connection, so must a record.
+  const base = { version: 1, device: { deviceId: 4, numQueues: 1, name: 'rng', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 0, addr: null, base: null, kick: null, call: null, err: null, enabled: false, started: false }] };
+  const cases: { record: unknown; second: () => number; closeAfter: number[]; expect: RegExp }[] = [];
+  const logArea = () => {
+    const m = native.memfdCreate('test-log-area', false);
+    native.ftruncate(m, 4096);
+    return m;
+  };
+  cases.push({ record: { ...base, logArea: { fd: 1, size: 4096, offset: 0 } }, second: logArea, closeAfter: [], expect: /SET_LOG_BASE \(6\) needs protocol feature LOG_SHMFD \(bit 1\), which was not negotiated/ });
+  const backend = native.socketpair();
+  cases.push({ record: { ...base, backendChannel: 1 }, second: () => backend[0], closeAfter: [backend[1]], expect: /SET_BACKEND_REQ_FD \(21\) needs protocol feature BACKEND_REQ \(bit 5\), which was not negotiated/ });
+  for (const c of cases) {
+    let front: number[] = [];
+    const fake = fakeOldHost(c.record, () => {
+      front = native.socketpair();
+      return [front[0], c.second()];
+    });
+    const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+    const verdict = await fake.verdict;
+    fake.close();
+    if (front.length > 0) native.close(front[1]);
+    for (const fd of c.closeAfter) native.close(fd);
+    t.is(r.code, 1);
+    // The old host is told why in answer to the session, never asked to stop its rings.
+    t.regex(verdict, c.expect);
+    t.regex(verdict, /the session record is refused/);
+    t.regex(r.stderr, c.expect);
+  }
+});
+
 test.serial('a handover record whose ring kick fd is not an eventfd is refused before the old host stops its rings (never after it let go)', async (t) => {
   // A well-formed rng session whose ring 0 kick fd is a pipe: the new host must refuse it while
   // the old host still serves, not find out when it starts the ring after "go".
