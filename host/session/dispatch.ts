@@ -699,6 +699,11 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
         }
+        if (this.slot.memoryDiskUnusable !== null) {
+          // Never a half-loaded disk served as if good (precopy.ts, DiskCondition).
+          this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start: the memory disk is not served: ${this.slot.memoryDiskUnusable}; LOAD a state that checks out, or restart the host on a fresh disk`);
+        }
         return this.setRingFd('kick', req.index, req.fd);
       case Req.SET_VRING_CALL:
         return this.setRingFd('call', req.index, req.fd);
