@@ -286,6 +286,66 @@ test.serial('a new host that dies after it received the session, before or after
   await fe.close();
 });
 
+test.serial('a new host stuck after the rings stopped (no "ready") holds the guest only briefly: the old host runs its rings again and serves on, and says why the handover failed', async (t) => {
+  // Not the 60 s handover deadline: the guest's requests wait while the rings are stopped.
+  t.timeout(40_000);
+  const old = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(sock, feBlk);
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  const done: number[] = [];
+  let stop = false;
+  const io = blkLoad(disk, last, () => stop, done);
+  while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
+  // This test process plays a new host that asks for the rings stopped, receives the state, and
+  // then never says "ready" (stuck loading it), its connection open and its process alive.
+  const to = join(dir, 'stuck-new-host.sock');
+  const lfd = native.listenUnix(to, 1);
+  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+  let conn = -1;
+  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+  const fds: number[] = [];
+  const drain = async (): Promise<void> => {
+    for (let idle = 0; idle < 30; ) {
+      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+      if (got === null) {
+        idle++;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      idle = 0;
+      fds.push(...got.fds);
+      if (got.bytes === 0) break;
+    }
+  };
+  t.teardown(() => {
+    for (const fd of fds) native.close(fd);
+    native.close(conn);
+    native.close(lfd);
+  });
+  await drain();
+  native.sendMsg(conn, Buffer.from('session\n'), []);
+  await drain();
+  native.sendMsg(conn, Buffer.from('stop\n'), []);
+  await drain();
+  const [a] = (await answer) as { error?: { message: string } }[];
+  t.regex(a.error?.message ?? JSON.stringify(a), /did not say it is ready within 5 s of this host stopping its rings.*this host runs the rings again and serves on/);
+  t.regex(old.log(), /session stopped for a host handover/);
+  t.regex(old.log(), /host handover undone: the session runs on in this host/);
+  // The same connection is served again by the old host while the stuck process still lives.
+  const count = done.length;
+  while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+  stop = true;
+  await io;
+  t.false(disconnected);
+  t.is(fe.queues[0].inFlight, 0);
+  await verifyAll(disk, last);
+  t.is(old.child.exitCode, null);
+  await fe.close();
+});
+
 /**
  * This test process plays an old host: a control socket at S.control that answers host-handover
  * (format 2) by sending a real listening socket as the device socket and, once the new host asks
@@ -372,6 +432,38 @@ test.serial('a bad handover record is refused by the new host with a clear error
   t.regex(await fake.verdict, /the session is for virtio device 2 with 1 queue\(s\) and 1 ring\(s\); this host's device is 4/);
   t.regex(r.stderr, /the session is for virtio device 2/);
   fake.close();
+});
+
+test.serial('a handover record carrying a feature-gated request whose protocol feature was not negotiated (a log area without LOG_SHMFD, a back-end channel without BACKEND_REQ) is refused, naming both, before the old host stops its rings', async (t) => {
+  // Well-formed rng sessions, but with no protocol feature negotiated: the message loop refuses
+  // SET_LOG_BASE and SET_BACKEND_REQ_FD on such a connection, so must a record.
+  const base = { version: 1, device: { deviceId: 4, numQueues: 1, name: 'rng', version: '1' }, features: null, protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 0, addr: null, base: null, kick: null, call: null, err: null, enabled: false, started: false }] };
+  const cases: { record: unknown; second: () => number; closeAfter: number[]; expect: RegExp }[] = [];
+  const logArea = () => {
+    const m = native.memfdCreate('test-log-area', false);
+    native.ftruncate(m, 4096);
+    return m;
+  };
+  cases.push({ record: { ...base, logArea: { fd: 1, size: 4096, offset: 0 } }, second: logArea, closeAfter: [], expect: /SET_LOG_BASE \(6\) needs protocol feature LOG_SHMFD \(bit 1\), which was not negotiated/ });
+  const backend = native.socketpair();
+  cases.push({ record: { ...base, backendChannel: 1 }, second: () => backend[0], closeAfter: [backend[1]], expect: /SET_BACKEND_REQ_FD \(21\) needs protocol feature BACKEND_REQ \(bit 5\), which was not negotiated/ });
+  for (const c of cases) {
+    let front: number[] = [];
+    const fake = fakeOldHost(c.record, () => {
+      front = native.socketpair();
+      return [front[0], c.second()];
+    });
+    const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+    const verdict = await fake.verdict;
+    fake.close();
+    if (front.length > 0) native.close(front[1]);
+    for (const fd of c.closeAfter) native.close(fd);
+    t.is(r.code, 1);
+    // The old host is told why in answer to the session, never asked to stop its rings.
+    t.regex(verdict, c.expect);
+    t.regex(verdict, /the session record is refused/);
+    t.regex(r.stderr, c.expect);
+  }
 });
 
 test.serial('a handover record whose ring kick fd is not an eventfd is refused before the old host stops its rings (never after it let go)', async (t) => {

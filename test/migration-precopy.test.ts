@@ -13,10 +13,11 @@ import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-p
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
-import { migrate, MigrationError, readToEnd, writeAll } from '../host/frontend/migrate.ts';
+import { loadState, migrate, MigrationError, readToEnd, saveState, writeAll } from '../host/frontend/migrate.ts';
 import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
 import { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../host/protocol/precopy.ts';
 import { native } from '../host/native/index.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -411,4 +412,38 @@ maybe('vhost-wasm migrate pre-copies a memory disk by default, and --precopy-rou
   } finally {
     await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
+});
+
+maybe('a corrupted state (a byte of the disk section flipped) fails the LOAD, and the destination does not serve the half-written disk until a state that checks out is loaded', async (t) => {
+  t.timeout(60_000);
+  await withPair('memory:4M', async ({ b, fe, blk }) => {
+    const model = await fill(blk, 4 * MIB);
+    await fe.stopQueue(0);
+    const good = await saveState(fe.conn, 'pipe');
+    const dfe = await connect(b);
+    try {
+      const base = await dfe.stopQueue(0);
+      // The device's own bytes are small: the middle of the container is inside the 4 MiB disk.
+      const bad = Buffer.from(good);
+      bad[bad.length >> 1] ^= 0x40;
+      for (const mode of ['pipe', 'memfd'] as const) {
+        await t.throwsAsync(loadState(dfe.conn, bad, mode), undefined, `the ${mode} LOAD of the corrupted state fails`);
+        // The disk was overwritten before the trailer's checksum could tell: its ring does not start.
+        await t.throwsAsync(dfe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+        t.regex(b.log(), /ring 0 cannot start: the memory disk is not served: a device state LOAD began overwriting the memory disk and did not complete with a state that checks out/);
+      }
+      // Nor does a SAVE pass the half-written disk on as if good.
+      await t.throwsAsync(saveState(dfe.conn, 'pipe'));
+      t.regex(b.log(), /the memory disk is not saved: a device state LOAD began overwriting/);
+      // Nor does a host handover give it to a new host process, which would serve it.
+      const [handover] = (await rawRpc(`${b.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to: join(REPO, 'no-such.sock'), live: true } })], 1)) as { error?: { message: string } }[];
+      t.regex(handover.error?.message ?? JSON.stringify(handover), /the memory disk is not handed over: a device state LOAD began overwriting/);
+      // A state that checks out makes the disk the source's, and it is served again.
+      await loadState(dfe.conn, good, 'pipe');
+      await dfe.startQueue(0, base);
+      t.deepEqual(await readBack(new BlkDevice(dfe.queues[0]), model), []);
+    } finally {
+      await dfe.close();
+    }
+  });
 });

@@ -48,9 +48,29 @@ const WINDOW = 8 << 20;
 export const PRECOPY_SECTION_ID = SectionId.HOST_BASE + 1;
 const MARKER_BYTES = 24;
 
+/**
+ * Whether a memory disk's bytes may be served. A full (STOPPED) LOAD writes the disk as its
+ * section arrives, before the container's trailer checksum can be checked: checking first would
+ * take a second copy of the disk (a staging area as big as it, kept until the trailer), and out
+ * of a pipe the bytes cannot be read twice. So a LOAD that fails after it began writing (the
+ * stream corrupt, cut short, or refused) leaves the disk part old, part a state that did not
+ * check out: `unusable` says so from the first byte written until a LOAD that checks out, and
+ * meanwhile no ring starts (dispatch.ts, SET_VRING_KICK), no SAVE reads it and no host handover
+ * passes it on. Owned by the device slot: it outlives a connection and a device reset.
+ */
+export interface DiskCondition {
+  unusable: string | null;
+}
+
+/** What `unusable` says once a LOAD began writing the disk (cleared only if it checks out). */
+export const DISK_LOAD_UNFINISHED =
+  'a device state LOAD began overwriting the memory disk and did not complete with a state that checks out (corrupt, cut short or refused): its bytes are part old, part that state';
+
 export interface MemoryDiskHandle {
   /** The disk's memfd (borrowed). */
   fd: number;
+  /** Whether its bytes may be served (the slot's, shared by every handle). */
+  condition: DiskCondition;
   size: number;
   dirty: DirtyBlocks;
   /** The disk mapped writable in this thread, kept by its owner between rounds (borrowed: never unmapped here). */
@@ -624,10 +644,13 @@ export function diskCrc(disk: MemoryDiskHandle, crc: number, at = 0, len = disk.
  * A full (STOPPED) LOAD of the disk from a state file (a memfd channel), on this thread, the
  * way copyDiskToFile saves it. The worker's own section is not involved (it only validated the
  * size in beginLoad); the worker sees the bytes through its mapping of the same memfd. Returns
- * the CRC-32C continued from `crc`.
+ * the CRC-32C continued from `crc`. Marks the disk unusable (DiskCondition): the caller clears
+ * that once the container's trailer checked out.
  */
 export function loadDiskFromFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, len: number, crc: number): number {
   if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
+  // Written before the trailer is checked (DiskCondition): not served until it checks out.
+  disk.condition.unusable = DISK_LOAD_UNFINISHED;
   return copyDiskFile(disk, fd, fileOffset, len, crc, false);
 }
 
@@ -639,10 +662,13 @@ export interface PipeSource {
 /**
  * A full (STOPPED) LOAD of the disk from a pipe: spliced into the disk's memfd by the kernel
  * (one copy, into pages made beforehand), then checksummed from this thread's mapping. Returns
- * the CRC-32C continued from `crc`.
+ * the CRC-32C continued from `crc`. Marks the disk unusable (DiskCondition): the caller clears
+ * that once the container's trailer checked out.
  */
 export async function loadDiskFromPipe(disk: MemoryDiskHandle, pipe: PipeSource, len: number, crc: number): Promise<number> {
   if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
+  // Written before the trailer is checked (DiskCondition): not served until it checks out.
+  disk.condition.unusable = DISK_LOAD_UNFINISHED;
   // Window by window: each window's checksum overlaps the source's filling of the pipe with the
   // next (the pages are made by the splice itself: making them all first would hold the
   // pipe's reader up for as long as that takes).

@@ -17,6 +17,7 @@ import { hostSwitch, type DeviceLink } from '../net/switch.ts';
 import type { NetStats } from '../net/link.ts';
 import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
+import type { DiskCondition, MemoryDiskHandle } from '../migration/precopy.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -80,6 +81,8 @@ export class DeviceSlot {
   private converge: TokenBucket | null = null;
   /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
   private memoryDiskMapping: Mapping | null = null;
+  /** Whether the memory disk's bytes may be served (a LOAD that failed after it wrote them: not). */
+  private readonly memoryDiskCondition: DiskCondition = { unusable: null };
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
   /** Its ports on the host's switch (--network), kept across its workers: port numbers stay. */
@@ -126,12 +129,13 @@ export class DeviceSlot {
    * a pre-copy moves its blocks with the kernel's copy, not through the worker. Null without a
    * writable memory disk.
    */
-  get memoryDiskHandle(): { fd: number; size: number; dirty: DirtyBlocks; mapping: () => Mapping; converge?: TokenBucket } | null {
+  get memoryDiskHandle(): MemoryDiskHandle | null {
     const fd = this.memoryDisk;
     const dirty = this.memoryDiskDirty;
     if (fd === null || dirty === null) return null;
     return {
       fd,
+      condition: this.memoryDiskCondition,
       size: dirty.diskSize,
       dirty,
       mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)),
@@ -281,6 +285,11 @@ export class DeviceSlot {
       this.upgrading = false;
       if (idle) this.idleUpgrade = null;
     }
+  }
+
+  /** Why the memory disk must not be served (a LOAD failed after it began writing it), or null. */
+  get memoryDiskUnusable(): string | null {
+    return this.memoryDiskCondition.unusable;
   }
 
   /** The memory disk (--storage memory:SIZE) this slot made: its memfd and size, for a host handover. */

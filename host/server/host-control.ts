@@ -97,6 +97,9 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
         const live = params.live;
         if (live !== undefined && typeof live !== 'boolean') throw new RpcError(RpcCode.invalidParams, 'params.live: not true or false', { field: 'params.live' });
         return exclusive('host handover', async () => {
+          // The new host could not know the disk's bytes are not to be served: it would serve them.
+          const unusable = d.slot.memoryDiskUnusable;
+          if (unusable !== null) throw failed(new Error(`the memory disk is not handed over: ${unusable}; LOAD a state that checks out first`));
           const control = hooks.control();
           const disk = d.slot.memoryDiskFd;
           // A front-end connecting meanwhile waits in the backlog for whichever host serves.

@@ -23,7 +23,8 @@
 //   4. old: on "serving", closes its copies (the socket paths stay: they are the new host's
 //      now; without a session it closes its front-end's connection), answers the RPC and
 //      exits. On anything else before "go" (the new process failed and said why, died, or said
-//      nothing in time) it restarts its rings (if it had stopped them), accepts again and
+//      nothing in time: HANDOVER_DEADLINE_MS, but only STOPPED_DEADLINE_MS for "ready" while
+//      the rings are stopped) it restarts its rings (if it had stopped them), accepts again and
 //      serves on.
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -82,6 +83,15 @@ const MAX_HEADER = 4096;
 const MAX_FDS = 3;
 /** How long the old host waits for the new one to start its device on the fds. */
 export const HANDOVER_DEADLINE_MS = 60_000;
+/**
+ * With the rings stopped (the stop message sent, "ready" not yet come): how long the old host
+ * holds the guest for the new host to load the state and say "ready". The guest's requests wait
+ * all this time, so it is short: loading a state container (the plugin's chunks; a memory
+ * disk's bytes do not travel in it) takes tens of milliseconds; a new host that takes seconds
+ * is stuck, and the old host then runs its rings again and serves on (the handover fails)
+ * rather than stall the guest for HANDOVER_DEADLINE_MS.
+ */
+export const STOPPED_DEADLINE_MS = 5_000;
 /** After the old host let go of a live session ("go"): how long the new one may take to start its rings. */
 const START_DEADLINE_MS = 10_000;
 
@@ -197,7 +207,13 @@ export async function sendHandover(
         } catch (e) {
           throw new HandoverRefused(`sending where the rings stopped: ${errorText(e)}`);
         }
-        line = await lines.next(deadlineMs);
+        line = await lines.next(Math.min(deadlineMs, STOPPED_DEADLINE_MS));
+        if (lines.timedOut) {
+          throw new HandoverRefused(
+            `the new host (pid ${peerPid}) did not say it is ready within ${STOPPED_DEADLINE_MS / 1000} s of this host stopping its rings (it is stuck loading the state?): ` +
+              'this host runs the rings again and serves on rather than hold the guest longer; the handover failed',
+          );
+        }
         if (line !== 'ready') throw new HandoverRefused(verdictText(line));
         // From here the new host may start the rings: this host never runs them again unless it says it failed.
         lines.write('go\n');

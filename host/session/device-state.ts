@@ -10,7 +10,7 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
-import { PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { DISK_LOAD_UNFINISHED, PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
 import { PrecopyPhase } from '../protocol/precopy.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import { AutoConverge } from '../migration/auto-converge.ts';
@@ -185,7 +185,20 @@ export class DeviceStateTransfers {
         loadedHere = true;
         return c;
       };
-      proxy.finish = async () => (loadedHere ? null : finish());
+      // Whichever way its bytes come (here, or chunks through the worker for a format-1 state or
+      // the RFC shm channel), they land in the disk before the trailer is checked: from the
+      // section's start the disk is not served, until its finish, which runs only once the
+      // trailer's checksum matched (precopy.ts, DiskCondition).
+      const beginLoad = proxy.beginLoad.bind(proxy);
+      proxy.beginLoad = async (size) => {
+        await beginLoad(size);
+        disk.condition.unusable = DISK_LOAD_UNFINISHED;
+      };
+      proxy.finish = async () => {
+        const err = loadedHere ? null : await finish();
+        if (err === null) disk.condition.unusable = null;
+        return err;
+      };
       proxy.abort = async () => {
         loadedHere = false;
         await abort();
@@ -215,6 +228,8 @@ export class DeviceStateTransfers {
       return refuse(DeviceStateError.UNSUPPORTED, `direction ${direction} is neither SAVE (0) nor LOAD (1)`);
     }
     const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    const unusable = this.host.memoryDisk?.()?.condition.unusable ?? null;
+    if (dir === 'save' && unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not saved: ${unusable}; LOAD a state that checks out first`);
     const precopy = phase === PrecopyPhase.ROUND || phase === PrecopyPhase.START || phase === PrecopyPhase.FINAL;
     if (phase !== DeviceStatePhase.STOPPED && !(precopy && this.host.precopyNegotiated?.())) {
       return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
@@ -236,6 +251,8 @@ export class DeviceStateTransfers {
         ...(ctx.extraSections ?? []).filter((s) => s.id !== STORAGE_SECTION_ID),
         precopyMarkerSection(sent, this.precopyHeld, () => {
           this.precopyHeld = null;
+          // Every block came in the rounds (the first one is the whole disk) and checked out.
+          disk!.condition.unusable = null;
         }),
       ];
       if (dir === 'save') {

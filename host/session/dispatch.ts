@@ -423,7 +423,22 @@ export class BackendSession {
       unused.delete(i);
       return fds[i];
     };
-    const apply = (r: FrontendRequest) => this.handle({ ...r, flags: 0, needReply: false, fds: [], unknown: false } as DecodedRequest);
+    // The record is hostile input: each request it stands for passes the message loop's feature
+    // gate too (a log area without LOG_SHMFD negotiated, a back-end channel without BACKEND_REQ),
+    // refused before the old host stops its rings. `gate` runs before a request's fds are taken.
+    const gate = (code: number): void => {
+      const why = this.unnegotiated(code);
+      if (why !== null) throw new RequestError(`the session record is refused: ${why} in it`);
+    };
+    const apply = (r: FrontendRequest) => {
+      try {
+        gate(r.code);
+      } catch (e) {
+        this.closeFds(requestFds(r));
+        return Promise.reject(e);
+      }
+      return this.handle({ ...r, flags: 0, needReply: false, fds: [], unknown: false } as DecodedRequest);
+    };
     const kicks: (number | null | undefined)[] = [];
     const t0 = performance.now();
     let tState = t0;
@@ -461,6 +476,7 @@ export class BackendSession {
         }));
         await apply({ code: Req.SET_MEM_TABLE, regions });
       }
+      if (rec.logArea !== null) gate(Req.SET_LOG_BASE);
       if (rec.logArea !== null && !(await this.applyLogBase(BigInt(rec.logArea.size), BigInt(rec.logArea.offset), take(rec.logArea.fd)))) {
         throw new RequestError('the dirty log area was refused (see the line before)');
       }
@@ -590,11 +606,9 @@ export class BackendSession {
       return;
     }
     const code = req.code;
-    const gate = requiredFeature(code);
-    if (gate !== undefined && !this.hasProtocol(gate)) {
+    const why = this.unnegotiated(code);
+    if (why !== null) {
       this.closeFds(req.fds);
-      const name = protocolFeatureName(gate);
-      const why = `${requestName(code)} needs protocol feature ${name} (bit ${gate}), which was not negotiated`;
       if (hasReply(code)) return this.refuseWithReply(req, why);
       this.log.error(`${why}; refused`);
       if (this.wantsAck(req.needReply)) await this.ack(code, false);
@@ -610,6 +624,17 @@ export class BackendSession {
       this.log.error(why);
       if (this.wantsAck(req.needReply)) await this.ack(code, false);
     }
+  }
+
+  /**
+   * Why `code` may not be handled on this connection: the protocol feature it belongs to was not
+   * negotiated (null: it may). The message loop and a restored session's record (restoreInTurn)
+   * both ask this.
+   */
+  private unnegotiated(code: number): string | null {
+    const gate = requiredFeature(code);
+    if (gate === undefined || this.hasProtocol(gate)) return null;
+    return `${requestName(code)} needs protocol feature ${protocolFeatureName(gate)} (bit ${gate}), which was not negotiated`;
   }
 
   private async handle(req: DecodedRequest): Promise<void> {
@@ -673,6 +698,11 @@ export class BackendSession {
         if (this.state.running) {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
+        }
+        if (this.slot.memoryDiskUnusable !== null) {
+          // Never a half-loaded disk served as if good (precopy.ts, DiskCondition).
+          this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start: the memory disk is not served: ${this.slot.memoryDiskUnusable}; LOAD a state that checks out, or restart the host on a fresh disk`);
         }
         return this.setRingFd('kick', req.index, req.fd);
       case Req.SET_VRING_CALL:
@@ -909,4 +939,12 @@ export class BackendSession {
     this.setLogArea(null);
     this.setInflightCopy(null);
   }
+}
+
+/** The fds a request built from a handover record carries (closed when it is refused unapplied). */
+function requestFds(r: FrontendRequest): number[] {
+  const fds: number[] = [];
+  if ('fd' in r && typeof r.fd === 'number') fds.push(r.fd);
+  if ('regions' in r) for (const m of r.regions) fds.push(m.fd);
+  return fds;
 }
