@@ -317,6 +317,9 @@ maybe('pre-copy: a final state naming a round the destination lacks is refused; 
     t.regex(await loadRound(dst, final, PrecopyPhase.FINAL), /CHECK_DEVICE_STATE failed/);
     t.truthy(await b.waitForLog(/last pre-copy round is 1, this host has round 0: a round was lost/));
     dst.close();
+    // The destination's disk holds round 0 and no FINAL completed it: a front-end there is not served it.
+    await t.throwsAsync(connect(b), { message: /SET_VRING_KICK \(12\) failed/ });
+    t.truthy(await b.waitForLog(/ring 0 cannot start: the memory disk is not served: pre-copy rounds are writing the memory disk/));
     // A final save with no pre-copy under way is refused at once.
     const [r, w] = native.pipe2();
     native.close(r);

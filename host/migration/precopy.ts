@@ -66,6 +66,10 @@ export interface DiskCondition {
 export const DISK_LOAD_UNFINISHED =
   'a device state LOAD began overwriting the memory disk and did not complete with a state that checks out (corrupt, cut short or refused): its bytes are part old, part that state';
 
+/** What `unusable` says while pre-copy rounds write a destination's disk (cleared by the FINAL state). */
+export const PRECOPY_UNFINISHED =
+  'pre-copy rounds are writing the memory disk and no FINAL device state has completed that migration yet: its bytes are part old, part a migration in progress';
+
 export interface MemoryDiskHandle {
   /** The disk's memfd (borrowed). */
   fd: number;
@@ -448,6 +452,8 @@ export class PrecopyLoadRound extends PipeRound {
     const runs = decodeTable(await this.readExactly(h.runCount * 16, 'run table'), h, this.disk.size);
     let crc = 0;
     if (runs.count > 0) {
+      // A destination's disk in the middle of a pre-copy: not served until the FINAL state applies.
+      this.disk.condition.unusable = PRECOPY_UNFINISHED;
       const m = new MappedViews(this.disk.mapping());
       {
         // Mostly small runs (the blocks written since the last round): the data is spliced in
