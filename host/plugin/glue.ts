@@ -229,17 +229,19 @@ function directHandleExport(source: string, importsDirect: number): { source: st
   const trampolines = (source.match(/const _trampoline\d+ = function\s*\(/g) ?? []).length;
   // Every import straight, and no resource ever borrowed (the class defines addResourceLender once; a use is a second).
   if (importsDirect !== trampolines || (source.match(/addResourceLender\(/g) ?? []).length > 1) return { source, direct: false };
-  const start = source.search(/\n\s*function handle\(arg0\) \{/);
-  if (start < 0) return { source, direct: false };
-  const next = source.indexOf('\n  function ', start + 10);
-  const let_ = source.indexOf('\n  let ', start + 10);
-  const stop = [next, let_, source.length].filter((i) => i > 0).reduce((a, b) => Math.min(a, b));
+  const head = /\n([ \t]*)function handle\(arg0\) \{/.exec(source);
+  if (!head) return { source, direct: false };
+  // The function ends at the first closing brace at its header's indentation.
+  const start = head.index;
+  const close = source.indexOf(`\n${head[1]}}\n`, start + head[0].length);
+  if (close < 0) return { source, direct: false };
+  const stop = close + head[1].length + 3;
   const body = source.slice(start, stop);
   if (!EXPORT_TASK.test(body) || !EXPORT_END.test(body) || !EXPORT_CORE_CALL.test(body)) return { source, direct: false };
   const patched = body
     .replace(EXPORT_TASK, (_m, indent: string) => `\n${indent}const task = _vhExportTask;\n${indent}CURRENT_TASK_MAY_BLOCK.value = 0;\n${indent}return (() => {`)
     .replace(EXPORT_CORE_CALL, '$1;')
-    .replace(EXPORT_END, '})();\n  }\n');
+    .replace(EXPORT_END, `})();\n${head[1]}}\n`);
   return { source: EXPORT_HELPERS + source.slice(0, start) + patched + source.slice(stop), direct: true };
 }
 
