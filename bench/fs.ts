@@ -1,9 +1,12 @@
 // The fs plugin's request path without a guest: FUSE requests through PluginDevice.handle
 // (jco glue + C FUSE server + filesystem import + native fd syscalls), against the same
 // syscalls made directly through FsShare. Run: node --import tsx bench/fs.ts
+// Prints wall and CPU time per op of this process (no worker, no rings: see bench/fs-host.ts for those).
 //
 //   lookup+getattr   LOOKUP of an existing name (deduplicated onto one nodeid) + GETATTR, per pair
-//   read 4K / 128K   READ of an open file, bytes per second
+//   getattr          GETATTR of a node held by file handle
+//   lookup many/fN   LOOKUP of one of 1000 names in a directory held by file handle
+//   read 4K / 128K   READ of an open file (4K at random offsets), bytes per second
 //   write 128K       WRITE to an open file
 //   readdirplus      READDIRPLUS of a 1000-entry directory, 64 KiB replies, per listing
 //   share lookup     FsShare.lookup + closeHandle directly (the host side alone)
