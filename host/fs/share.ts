@@ -19,7 +19,7 @@
 // share's own maxHandles) lookups, opens and creates answer ENFILE, with one log line per
 // episode. releaseAll() gives every handle back (device reset), close() also the root.
 //
-// Directories held by handle keep a few fds open between calls (DirFdCache below): every
+// Directories held by handle keep a few fds open between calls (dirFds below): every
 // LOOKUP and CREATE in a directory otherwise opens it by handle and closes it again, 2 of a
 // lookup's 6 syscalls. Those fds are charged to the budget like any other and given back first
 // when it runs short.
@@ -161,7 +161,7 @@ interface Slot {
   kind: 'node' | 'file';
   /** A node's file-handle record (host/native/src/fhandle.c), when it is held that way. */
   fh?: Uint8Array;
-  /** A directory: its fd opened by handle may be kept in the share's DirFdCache. */
+  /** A directory: its fd opened by handle may be kept in the share's dirFds. */
   dir?: boolean;
 }
 
