@@ -1,9 +1,12 @@
 // The fs plugin's request path without a guest: FUSE requests through PluginDevice.handle
 // (jco glue + C FUSE server + filesystem import + native fd syscalls), against the same
 // syscalls made directly through FsShare. Run: node --import tsx bench/fs.ts
+// Prints wall and CPU time per op of this process (no worker, no rings: see bench/fs-host.ts for those).
 //
 //   lookup+getattr   LOOKUP of an existing name (deduplicated onto one nodeid) + GETATTR, per pair
-//   read 4K / 128K   READ of an open file, bytes per second
+//   getattr          GETATTR of a node held by file handle
+//   lookup many/fN   LOOKUP of one of 1000 names in a directory held by file handle
+//   read 4K / 128K   READ of an open file (4K at random offsets), bytes per second
 //   write 128K       WRITE to an open file
 //   readdirplus      READDIRPLUS of a 1000-entry directory, 64 KiB replies, per listing
 //   share lookup     FsShare.lookup + closeHandle directly (the host side alone)
@@ -27,7 +30,9 @@ const dev = await loadPlugin(readFileSync(new URL('../dist/plugins/fs.wasm', imp
 });
 
 let unique = 1n;
-function req(opcode: number, nodeid: bigint, args: Buffer, writableLen = 1 << 20): Buffer {
+// The writable area a guest's kernel offers: the out header plus the largest reply of the opcode
+// (allocated per request by the helper, so a 1 MiB default made the bench measure Buffer.alloc).
+function req(opcode: number, nodeid: bigint, args: Buffer, writableLen = 4096): Buffer {
   const h = Buffer.alloc(40);
   h.writeUInt32LE(40 + args.length, 0);
   h.writeUInt32LE(opcode, 4);
@@ -52,29 +57,37 @@ const big = req(1, 1n, Buffer.from('big\0')).readBigUInt64LE(0);
 const fh = req(14, big, u32s(2, 0)).readBigUInt64LE(0);
 const many = req(1, 1n, Buffer.from('many\0')).readBigUInt64LE(0);
 
+// Per op: wall time, and this process's CPU time (user+system, all threads) — the figure
+// docs/BENCHMARKS.md compares with virtiofsd's CPU per guest operation.
 function bench(name: string, n: number, fn: () => void, bytesPer = 0): void {
   for (let i = 0; i < Math.min(n, 200); i++) fn();
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < n; i++) fn();
   const ms = performance.now() - t0;
+  const c = process.cpuUsage(c0);
   const per = (ms * 1000) / n;
+  const cpu = (c.user + c.system) / n;
   const rate = bytesPer ? `  ${((bytesPer * n) / (ms / 1000) / 2 ** 20).toFixed(0)} MiB/s` : '';
-  console.log(`${name.padEnd(18)} ${per.toFixed(1).padStart(8)} us/op${rate}`);
+  console.log(`${name.padEnd(18)} ${per.toFixed(1).padStart(8)} us/op ${cpu.toFixed(1).padStart(8)} us CPU/op${rate}`);
 }
 
 bench('lookup+getattr', 5000, () => {
   const id = req(1, 1n, Buffer.from('big\0')).readBigUInt64LE(0);
   req(3, id, Buffer.alloc(16));
 });
-bench('read 4K', 5000, () => req(15, 0n, readIn(fh, 0, 4096)), 4096);
-bench('read 128K', 2000, () => req(15, 0n, readIn(fh, 0, 131072)), 131072);
+// A node the share holds by file handle, asked again: the guest's stat after its caches were dropped.
+bench('getattr', 5000, () => req(3, big, Buffer.alloc(16)));
+bench('lookup many/fN', 5000, () => req(1, many, Buffer.from(`f${Math.floor(Math.random() * 1000)}\0`)));
+bench('read 4K', 5000, () => req(15, 0n, readIn(fh, Math.floor(Math.random() * 256) * 4096, 4096), 4096 + 16), 4096);
+bench('read 128K', 2000, () => req(15, 0n, readIn(fh, 0, 131072), 131072 + 16), 131072);
 const data = Buffer.alloc(131072, 2);
 bench('write 128K', 2000, () => req(16, 0n, Buffer.concat([readIn(fh, 0, 131072), data])), 131072);
 bench('readdirplus 1000', 50, () => {
   const dh = req(27, many, u32s(0, 0)).readBigUInt64LE(0);
   let off = 0n;
   for (;;) {
-    const out = req(44, 0n, readIn(dh, Number(off), 65536));
+    const out = req(44, 0n, readIn(dh, Number(off), 65536), 65536 + 16);
     if (out.length === 0) break;
     // The last entry's offset is where the next listing continues.
     let at = 0;

@@ -51,7 +51,8 @@ test('prefer: looked-up inodes hold no fd, and every operation works through the
   const nodes = [];
   for (let i = 0; i < 200; i++) nodes.push(val(s.lookup(sub, enc(`n${i}`))));
   t.is(s.openFds, 0, 'no fd held for 202 nodes');
-  t.is(ownFds(), before, 'and none left open in the process');
+  t.is(s.cachedDirFds, 2, 'only the two directories looked in keep an fd between calls');
+  t.is(ownFds(), before + s.cachedDirFds, 'and none other left open in the process');
   t.is(nodes[7].attr.ino, BigInt(statSync(join(f.share, 'sub', 'n7')).ino));
   t.is(val(s.getattr(nodes[7].node)).ino, nodes[7].attr.ino);
   const fh = val(s.open(nodes[7].node, 0));
@@ -72,7 +73,64 @@ test('prefer: looked-up inodes hold no fd, and every operation works through the
   t.true(val(s.statfs(root)).bsize > 0);
   t.is(s.openFds, 0);
   for (const n of nodes) s.closeHandle(n.node);
+  s.closeHandle(made.node);
+  s.closeHandle(sub);
+  t.is(s.cachedDirFds, 1, "a closed directory's cached fd goes with its handle");
+  s.closeHandle(root);
+  t.is(s.cachedDirFds, 0);
   t.is(ownFds(), before);
+});
+
+test('directory fds kept between calls: at most 16, dropped when a directory is removed or renamed over, given back before an open file is refused', (t) => {
+  const f = fixture();
+  for (let i = 0; i < 20; i++) {
+    mkdirSync(join(f.share, `d${i}`));
+    writeFileSync(join(f.share, `d${i}`, 'x'), `${i}`);
+  }
+  const before = ownFds();
+  const s = new FsShare(f.share, { maxHandles: 3 });
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  const root = val(s.root()).node;
+  const dirs = Array.from({ length: 20 }, (_, i) => val(s.lookup(root, enc(`d${i}`))).node);
+  t.is(s.cachedDirFds, 1, 'the root, looked in 20 times');
+  for (let i = 0; i < 20; i++) t.is(val(s.lookup(dirs[i], enc('x'))).attr.size, 1n + BigInt(i >= 10));
+  t.is(s.cachedDirFds, 3, "bounded by the share's fd cap (3) as well as the cache's own 16");
+  t.is(ownFds(), before + 2 + s.cachedDirFds, 'the root and mount fds and the cached ones, nothing else');
+
+  // A rename between two directories, one of them evicted by the other's open: both fds stay
+  // usable until the rename returns (the file arrives), and a rename drops the cache.
+  val(s.rename(dirs[0], enc('x'), dirs[19], enc('y'), 0));
+  t.is(statSync(join(f.share, 'd19', 'y')).size, 1);
+  t.is(s.cachedDirFds, 0);
+  t.is(ownFds(), before + 2);
+
+  // Removed through the share: the cached fd must not keep the directory alive.
+  val(s.lookup(dirs[5], enc('x')));
+  t.is(s.cachedDirFds, 1);
+  rmSync(join(f.share, 'd5', 'x'));
+  val(s.rmdir(root, enc('d5')));
+  t.is(s.cachedDirFds, 0);
+  t.true([E.ESTALE, E.ENOENT].includes(errno(s.getattr(dirs[5]))), 'the removed directory is gone');
+  t.true([E.ESTALE, E.ENOENT].includes(errno(s.lookup(dirs[5], enc('x')))));
+
+  // Removed behind the share's back while cached: names in it are gone (ENOENT), never another directory's.
+  val(s.lookup(dirs[6], enc('x')));
+  rmSync(join(f.share, 'd6'), { recursive: true });
+  t.true([E.ESTALE, E.ENOENT].includes(errno(s.lookup(dirs[6], enc('x')))));
+
+  // Open files come first: the cached fds are given back so all 3 opens of the cap succeed.
+  val(s.lookup(dirs[7], enc('x')));
+  val(s.lookup(dirs[8], enc('x')));
+  t.true(s.cachedDirFds >= 2);
+  const files = [7, 8, 9].map((i) => val(s.open(val(s.lookup(dirs[i], enc('x'))).node, 0)));
+  t.is(s.openFds, 3);
+  t.is(s.cachedDirFds, 0, 'no fd cached while the cap is reached');
+  t.is(val(s.lookup(dirs[10], enc('x'))).attr.size, 2n, 'lookups still work, opening the directory each time');
+  t.is(s.cachedDirFds, 0);
+  for (const h of files) s.closeHandle(h);
+  s.releaseAll();
+  t.is(s.cachedDirFds, 0);
+  t.is(ownFds(), before + 2);
 });
 
 test('a file the guest unlinked while it holds it open keeps its attributes through the node (nlink 0), ESTALE once closed', (t) => {

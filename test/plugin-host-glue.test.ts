@@ -35,12 +35,20 @@ test('host imports are called straight, without jco\'s per-call task bookkeeping
   const prepared = await preparePlugin(fs, cacheDir);
   const direct = (prepared.glue.match(/_vhDirectImport\(_trampoline\d+, \d+, _checkMayLeave\);/g) ?? []).length;
   const noTask = (prepared.glue.match(/const task = _vhNoTask;/g) ?? []).length;
-  // The filesystem interface has 35 functions; getlk and setlk (a record argument over several
-  // lines) keep jco's path, which must still work beside the others (test/fs-locks.test.ts).
-  t.true(direct >= 30, `${direct} imports called straight`);
+  // Every import of the fs plugin, getlk and setlk too (a record argument over several lines;
+  // test/fs-locks.test.ts drives them).
+  const trampolines = (prepared.glue.match(/const _trampoline\d+ = function\s*\(/g) ?? []).length;
+  t.is(direct, trampolines, `${direct} of ${trampolines} imports called straight`);
   t.is(noTask, direct, 'every trampoline bound straight lost its bookkeeping, and no other');
   t.false(/_withGlobalCurrentTaskMeta\(\{\s*componentIdx: task\.componentIdx\(\),\s*taskID: task\.id\(\),\s*fn: \(\) => _trackHostOperation\(\(\) => \w+\(\)\),/.test(prepared.glue));
   t.is(patchGlue('function instantiate() {}\n').importsDirect, 0, 'a glue of another shape is left as it is');
+  // With every import straight, handle runs without jco's task bookkeeping; its trap check stays.
+  const handle = prepared.glue.slice(prepared.glue.indexOf('function handle(arg0)'), prepared.glue.indexOf('function getState('));
+  t.true(handle.includes('const task = _vhExportTask;'));
+  t.false(handle.includes('createNewCurrentTask('), 'no task made per call');
+  t.false(handle.includes('_withGlobalCurrentTaskMeta('), 'no current-task meta set per call');
+  t.true(handle.includes('getOrCreateAsyncState(0).throwIfTrapped();'), 'a trapped instance still refuses the call');
+  t.true(/markTrapped\(err\)/.test(handle), 'a throwing core call still traps the instance');
   // A host import that throws still traps the plugin (the capability was not granted).
   const bare = await loadPlugin(fs, { grants: { log() {} }, cacheDir });
   const init = Buffer.alloc(104);

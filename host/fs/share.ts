@@ -18,6 +18,11 @@
 // fd-budget.ts), shared with every other device of the process: past it (or past this
 // share's own maxHandles) lookups, opens and creates answer ENFILE, with one log line per
 // episode. releaseAll() gives every handle back (device reset), close() also the root.
+//
+// Directories held by handle keep a few fds open between calls (dirFds below): every
+// LOOKUP and CREATE in a directory otherwise opens it by handle and closes it again, 2 of a
+// lookup's 6 syscalls. Those fds are charged to the budget like any other and given back first
+// when it runs short.
 import { constants as OS } from 'node:os';
 import { native } from '../native/index.ts';
 import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
@@ -156,7 +161,14 @@ interface Slot {
   kind: 'node' | 'file';
   /** A node's file-handle record (host/native/src/fhandle.c), when it is held that way. */
   fh?: Uint8Array;
+  /** A directory: its fd opened by handle may be kept in the share's dirFds. */
+  dir?: boolean;
 }
+
+/** Directory fds opened by handle kept between calls (a guest works in a few directories at a time). */
+const DIR_FD_CACHE = 16;
+/** Cache nothing while fewer than this many fds of the process-wide budget are free. */
+const DIR_FD_HEADROOM = 4 * DIR_FD_CACHE;
 
 /** Most bytes of getdents64 records one readdir reads at once; at least DIRENT_MIN (one longest name fits). */
 const DIRENT_BUF = 32768;
@@ -196,6 +208,17 @@ export class FsShare {
   private heldFds = 0;
   private readonly fhBuf = new Uint8Array(FH_RECORD_MAX);
   private readonly handles = new Map<number, Slot>();
+  /**
+   * Handle id -> an fd of that directory opened by its file handle, least recently used
+   * first (Map order). The fd pins the inode, so an entry is dropped when the guest removes or
+   * renames over a directory entry (the dropped one may be the one removed: its handle must
+   * answer ESTALE again once nothing else holds it), when its handle closes, and all of them
+   * when fds run short (budgeted()) or the table is released.
+   */
+  private readonly dirFds = new Map<number, number>();
+  /** using() calls in progress, and cached fds whose close waits for them to return. */
+  private depth = 0;
+  private readonly deferredClose: number[] = [];
   private nextId = 1;
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
@@ -302,9 +325,20 @@ export class FsShare {
     return this.handles.size;
   }
 
-  /** Fds the handles hold now (nodes held by file handle hold none). */
+  /** Fds the handles hold now (nodes held by file handle hold none; the directory fd cache is apart). */
   get openFds(): number {
     return this.heldFds;
+  }
+
+  /** Directory fds kept open between calls for nodes held by handle (at most DIR_FD_CACHE). */
+  get cachedDirFds(): number {
+    return this.dirFds.size;
+  }
+
+  /** Closes every cached directory fd (budget pressure, a removal, a reset). */
+  private dropDirFds(): void {
+    for (const fd of this.dirFds.values()) this.closeCached(fd);
+    this.dirFds.clear();
   }
 
   /**
@@ -316,6 +350,7 @@ export class FsShare {
     this.locks.releaseAll();
     const n = this.handles.size;
     for (const s of this.handles.values()) if (s.fd >= 0) native.fsClose(s.fd);
+    this.dropDirFds();
     this.handles.clear();
     this.heldFds = 0;
     this.spentLog.reset();
@@ -332,7 +367,11 @@ export class FsShare {
 
   /** A budgeted native call's result: a spent budget is logged (once per episode). */
   private budgeted(fd: number): number {
-    if (fd === -E.ENFILE) this.noteSpent();
+    if (fd === -E.ENFILE) {
+      // Short of fds: the cache gives its own back first, so the guest's retry finds them.
+      this.dropDirFds();
+      this.noteSpent();
+    }
     return fd;
   }
 
@@ -352,18 +391,20 @@ export class FsShare {
    * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
    * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
    */
-  private add(fd: number, kind: Slot['kind']): FsResult<bigint> {
+  private add(fd: number, kind: Slot['kind'], dir = false): FsResult<bigint> {
     let slot: Slot = { fd, kind };
     if (kind === 'node' && this.nodesBy === 'handles') {
       const n = native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
         native.fsClose(fd);
-        slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)) };
+        slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)), dir };
       } else if (this.inodeFileHandles === 'mandatory') {
         native.fsClose(fd);
         return fail(-n);
       }
     }
+    // The share's cap counts the cached directory fds too; held fds come first.
+    if (slot.fd >= 0 && this.heldFds + this.dirFds.size >= this.maxHandles) this.dropDirFds();
     if (this.handles.size >= MAX_TABLE || (slot.fd >= 0 && this.heldFds >= this.maxHandles)) {
       if (slot.fd >= 0) native.fsClose(slot.fd);
       this.noteSpent();
@@ -392,13 +433,60 @@ export class FsShare {
     const s = this.slot(h, kind);
     if (!s) return fail(E.EBADF);
     if (s.fd >= 0) return fn(s.fd);
-    const fd = this.budgeted(native.fsOpenByHandle(this.mountFd, s.fh!));
+    let fd: number;
+    let kept = false;
+    if (s.dir) {
+      fd = this.dirFd(Number(h), s.fh!);
+      kept = fd >= 0 && this.dirFds.get(Number(h)) === fd;
+    } else {
+      fd = this.budgeted(native.fsOpenByHandle(this.mountFd, s.fh!));
+    }
     if (fd < 0) return fail(-fd);
+    // Nested calls (rename, link) may evict or drop a cached fd the outer call still uses:
+    // such closes wait until the outermost call returns.
+    this.depth++;
     try {
       return fn(fd);
     } finally {
-      native.fsClose(fd);
+      if (!kept) native.fsClose(fd);
+      if (--this.depth === 0 && this.deferredClose.length > 0) for (const f of this.deferredClose.splice(0)) native.fsClose(f);
     }
+  }
+
+  /**
+   * Directory `id`'s fd from the cache, or opened by handle and cached; a negative errno when
+   * it cannot be opened. A cached directory another process removed meanwhile keeps its
+   * inode through our fd: it answers as an fd-held node would (nlink 0, ENOENT for names in
+   * it), as virtiofsd's fd-held inodes do, until it is evicted, and ESTALE after.
+   */
+  private dirFd(id: number, fh: Uint8Array): number {
+    const hit = this.dirFds.get(id);
+    if (hit !== undefined) {
+      this.dirFds.delete(id);
+      this.dirFds.set(id, hit);
+      return hit;
+    }
+    const fd = this.budgeted(native.fsOpenByHandle(this.mountFd, fh));
+    if (fd < 0) return fd;
+    if (this.dirFds.size >= DIR_FD_CACHE) {
+      const [oldId, oldFd] = this.dirFds.entries().next().value as [number, number];
+      this.dirFds.delete(oldId);
+      this.closeCached(oldFd);
+    }
+    if (this.heldFds + this.dirFds.size >= this.maxHandles) return fd;
+    const b = fdBudgetInfo();
+    if (b.budget - b.used < DIR_FD_HEADROOM) {
+      this.dropDirFds();
+      return fd;
+    }
+    this.dirFds.set(id, fd);
+    return fd;
+  }
+
+  /** Closes a cached fd now, or when the outermost using() returns if a call may be using it. */
+  private closeCached(fd: number): void {
+    if (this.depth > 0) this.deferredClose.push(fd);
+    else native.fsClose(fd);
   }
 
   private fileFd(h: bigint): number {
@@ -441,7 +529,7 @@ export class FsShare {
       native.fsClose(fd);
       return a;
     }
-    const h = this.add(fd, 'node');
+    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR);
     if (!h.ok) return h;
     return ok({ node: h.val, attr: a.val });
   }
@@ -467,6 +555,11 @@ export class FsShare {
     if (!s) return;
     if (s.kind === 'file') this.locks.fileClosing(h);
     this.handles.delete(Number(h));
+    const cached = this.dirFds.get(Number(h));
+    if (cached !== undefined) {
+      this.dirFds.delete(Number(h));
+      this.closeCached(cached);
+    }
     if (s.fd >= 0) {
       native.fsClose(s.fd);
       this.heldFds--;
@@ -649,6 +742,8 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     return this.using(dir, 'node', (d) => {
       const r = native.fsUnlink(d, name, isDir);
+      // The removed directory's fd may be cached: it must not keep the inode alive.
+      if (isDir && r === 0) this.dropDirFds();
       return r < 0 ? fail(-r) : ok(undefined);
     });
   }
@@ -667,6 +762,8 @@ export class FsShare {
     return this.using(oldDir, 'node', (o) =>
       this.using(newDir, 'node', (n) => {
         const r = native.fsRename(o, oldName, n, newName, flags);
+        // A directory renamed over may be cached (see remove()).
+        if (r === 0) this.dropDirFds();
         return r < 0 ? fail(-r) : ok(undefined);
       }),
     );

@@ -44,6 +44,8 @@ export interface PatchedGlue {
   importsDirect: number;
   /** The handle export's core call goes through the LiftGuard's `hot` hook (direct-handle.ts). */
   directHandle: boolean;
+  /** The handle export runs without jco's task bookkeeping (directHandleExport). */
+  handleUntracked: boolean;
   /** False when this jco version emits the hook differently: still correct, just slower. */
   debugHookRemoved: boolean;
   /** How many list<u8> lowers were rewritten to the cached view (0: pattern not found, still correct). */
@@ -144,7 +146,9 @@ function hookHandle(source: string): { source: string; hooked: boolean } {
 const IMPORT_HEADER = /const (_trampoline\d+) = function\s*\(/g;
 const IMPORT_TASK =
   /(\n[ \t]*)const hostProvided = true;\s*let parentTask;\s*let task;\s*let subtask;\s*const createTask = \(\) => \{[\s\S]*?\n[ \t]*\};\s*taskCreation: \{\s*parentTask = getCurrentTask\(\s*\d+,[\s\S]*?\n[ \t]*\}\s*const started = task\.enterSync\(\);/g;
-const IMPORT_CALL = /_withGlobalCurrentTaskMeta\(\{\s*componentIdx: task\.componentIdx\(\),\s*taskID: task\.id\(\),\s*fn: \(\) => _trackHostOperation\(\(\) => (.+)\),\s*\}\)/g;
+// The call may span lines (getlk/setlk pass a record): up to the first `),` that closes the
+// _trackHostOperation arrow and the options object.
+const IMPORT_CALL = /_withGlobalCurrentTaskMeta\(\{\s*componentIdx: task\.componentIdx\(\),\s*taskID: task\.id\(\),\s*fn: \(\) => _trackHostOperation\(\(\) => ([\s\S]+?)\),\s*\}\)/g;
 /**
  * `let trampolineN = _trampolineN.manuallyAsync ? <suspending> : _lowerImportBackwardsCompat.bind(null, {...});`
  * with the sync branch bound straight to the trampoline (its may-leave check kept), or null when
@@ -201,6 +205,46 @@ function directImports(source: string): { source: string; direct: number } {
   return { source: IMPORT_HELPERS + out, direct: done.length };
 }
 
+// The `handle` export, called once per batch (a TCG guest's every request): jco wraps its core
+// call in the same bookkeeping as an import's (a new AsyncTask registered in the component's
+// task map, the exclusive lock, the global current-task meta around the call and again around
+// the core call, resolve and exit checking resource borrows). It exists for what can happen
+// while the plugin runs: an import that calls back into a component, an async import looking
+// for its parent task, a borrowed resource. None can here once every import is called straight
+// (directImports) and the world has no resources, so then handle runs without it. Kept as
+// jco wrote it: the trapped-instance check on entry, marking the instance trapped when the
+// core call throws, mayLeave off around post-return, the lowering and lifting (through the
+// LiftGuard). Cold exports keep jco's wrapper; any other shape leaves handle as it is.
+const EXPORT_TASK =
+  /\n([ \t]*)const \[task, _wasm_call_currentTaskID\] = createNewCurrentTask\(\{[^}]*entryFnName: '[\w$]+',[\s\S]*?\}\);\s*task\.setCalleeIsAsync\(false\);\s*const started = task\.enterSync\(\);\s*CURRENT_TASK_MAY_BLOCK\.value = task\.mayBlock\(\) \? 1 : 0;\s*if \(0\s*!== null\) \{\s*task\.setReturnMemoryIdx\(0\);\s*task\.setReturnMemory\(\(\(\) => memory0\)\(\)\);\s*\}\s*return _withGlobalCurrentTaskMeta\(\{\s*taskID: task\.id\(\),\s*componentIdx: task\.componentIdx\(\),\s*fn: \(\) => \{/;
+const EXPORT_END = /\},\s*\}\);\s*\}\s*$/;
+const EXPORT_CORE_CALL = /_withGlobalCurrentTaskMeta\(\{\s*taskID: task\.id\(\),\s*componentIdx: task\.componentIdx\(\),\s*fn: \(\) => (\(_vhLift\.hot[^\n]*\)),\s*\}\);/;
+const EXPORT_HELPERS = [
+  "// vhost-wasm: the handle export called without jco's task bookkeeping (host/plugin/glue.ts).",
+  'const _vhExportTask = Object.freeze({ id: () => 0, componentIdx: () => 0, resolve() {}, exit() {}, reject() {}, setErrored() {}, isResolvedState: () => false, isExited: () => false });',
+  '',
+].join('\n');
+
+function directHandleExport(source: string, importsDirect: number): { source: string; direct: boolean } {
+  const trampolines = (source.match(/const _trampoline\d+ = function\s*\(/g) ?? []).length;
+  // Every import straight, and no resource ever borrowed (the class defines addResourceLender once; a use is a second).
+  if (importsDirect !== trampolines || (source.match(/addResourceLender\(/g) ?? []).length > 1) return { source, direct: false };
+  const head = /\n([ \t]*)function handle\(arg0\) \{/.exec(source);
+  if (!head) return { source, direct: false };
+  // The function ends at the first closing brace at its header's indentation.
+  const start = head.index;
+  const close = source.indexOf(`\n${head[1]}}\n`, start + head[0].length);
+  if (close < 0) return { source, direct: false };
+  const stop = close + head[1].length + 3;
+  const body = source.slice(start, stop);
+  if (!EXPORT_TASK.test(body) || !EXPORT_END.test(body) || !EXPORT_CORE_CALL.test(body)) return { source, direct: false };
+  const patched = body
+    .replace(EXPORT_TASK, (_m, indent: string) => `\n${indent}const task = _vhExportTask;\n${indent}CURRENT_TASK_MAY_BLOCK.value = 0;\n${indent}return (() => {`)
+    .replace(EXPORT_CORE_CALL, '$1;')
+    .replace(EXPORT_END, `})();\n${head[1]}}\n`);
+  return { source: EXPORT_HELPERS + source.slice(0, start) + patched + source.slice(stop), direct: true };
+}
+
 export function patchGlue(moduleSource: string): PatchedGlue {
   let source = moduleSource;
   const debugHookRemoved = DEBUG_HOOK.test(source);
@@ -220,13 +264,15 @@ export function patchGlue(moduleSource: string): PatchedGlue {
   source = direct.source;
   const imports = directImports(source);
   source = imports.source;
+  const handleExport = directHandleExport(source, imports.direct);
+  source = handleExport.source;
   const exportsSeen = (source.match(/^export /gm) ?? []).length;
   source = source.replace(/^export function instantiate\(/m, 'function instantiate(');
   source = source.replace(/^export const _util\b/m, 'const _util');
   if (/^export /m.test(source) || /^import /m.test(source)) {
     throw new Error(`unexpected glue shape: ${exportsSeen} exports, imports present`);
   }
-  return { source, directHandle: direct.hooked, importsDirect: imports.direct, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
+  return { source, directHandle: direct.hooked, handleUntracked: handleExport.direct, importsDirect: imports.direct, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
 }
 
 export function evaluateGlue(patchedSource: string, filename: string, guard: LiftGuard): Instantiate {

@@ -1,0 +1,187 @@
+// The fs device's CPU per FUSE request in the real host process, without a guest: the built
+// host (dist/vhost-wasm.mjs serve, fs.wasm, a shared directory on /tmp) driven by our own
+// front-end (host/frontend/driver.ts) over its socket, one request in flight at a time, as a
+// TCG guest sends them (one request per batch, so every per-call and per-wake-up cost shows).
+// Far steadier than bench/fs-guest.ts on a loaded machine: no QEMU, no guest kernel.
+//
+//   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--profile DIR]
+//
+// Per phase, the host process's CPU (every thread's time on a CPU, /proc/PID/task/*/schedstat, ns) per request,
+// median and best of the rounds (on a loaded machine the best is the steadier):
+//   lookup        LOOKUP of a name not looked up before in a 2000-entry directory (the guest's
+//                 stat after dropping its caches: a new node each time)
+//   getattr       GETATTR of a looked-up file
+//   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
+//   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
+//   create        CREATE of a new file + RELEASE of its fh, per file
+// --profile DIR: the host runs with --cpu-prof into DIR (one profile per thread; the device
+// worker's is the largest). It samples wall time, so a call that blocks or is preempted (the
+// eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
+// `perf record -g -- node --import tsx bench/fs-host.ts --host-flags=--perf-basic-prof`.
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { spawn } from 'node:child_process';
+import { BIN, REPO, assertBuilt } from '../test/helpers/host-process.ts';
+import { daemonConfig, startMultiHost } from '../test/helpers/multi-host.ts';
+import { FuseClient, nodeOf, fhOfOpen, u32s } from '../test/helpers/fuse.ts';
+
+const { values: argv } = parseArgs({
+  options: {
+    count: { type: 'string', default: '3000' },
+    rounds: { type: 'string', default: '3' },
+    profile: { type: 'string' },
+    'host-flags': { type: 'string' },
+  },
+});
+const COUNT = Number(argv.count);
+const ROUNDS = Number(argv.rounds);
+const ENTRIES = 2000;
+
+assertBuilt();
+const top = mkdtempSync(join(tmpdir(), 'bench-fs-host-'));
+const share = join(top, 'share');
+mkdirSync(join(share, 'many'), { recursive: true });
+for (let i = 0; i < ENTRIES; i++) writeFileSync(join(share, 'many', `f${i}`), `${i}`);
+writeFileSync(join(share, 'big'), Buffer.alloc(4 << 20, 1));
+mkdirSync(join(share, 'new'));
+const sock = join(top, 'fs.sock');
+const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share } } }];
+let host: { pid: number; stop(): Promise<unknown> };
+if (argv.profile || argv['host-flags']) {
+  // --cpu-prof (and --perf-basic-prof) are not allowed in NODE_OPTIONS: the host is started here with them.
+  const flags = argv['host-flags']?.split(' ').filter(Boolean) ?? [];
+  if (argv.profile) {
+    mkdirSync(resolve(argv.profile), { recursive: true });
+    flags.push('--cpu-prof', `--cpu-prof-dir=${resolve(argv.profile)}`);
+  }
+  writeFileSync(join(top, 'daemon.json'), JSON.stringify(daemonConfig(spec)!.config));
+  const child = spawn(process.execPath, [...flags, BIN, 'serve', '--config', join(top, 'daemon.json')], { stdio: 'inherit' });
+  while (!existsSync(sock)) await new Promise((r) => setTimeout(r, 50));
+  const exited = new Promise((r) => child.once('close', r));
+  host = { pid: child.pid!, stop: () => (child.kill('SIGTERM'), exited) };
+} else {
+  host = await startMultiHost(spec);
+}
+const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 64 << 20, queues: [64, 256], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+const fuse = new FuseClient(fe);
+if ((await fuse.init()).error) throw new Error('INIT failed');
+const ok = (r: { error: number; body: Buffer }, what: string) => {
+  if (r.error) throw new Error(`${what}: errno ${r.error}`);
+  return r;
+};
+
+const many = nodeOf(ok(await fuse.lookup(1n, 'many'), 'lookup many'));
+const newDir = nodeOf(ok(await fuse.lookup(1n, 'new'), 'lookup new'));
+const big = nodeOf(ok(await fuse.lookup(1n, 'big'), 'lookup big'));
+const fh = fhOfOpen(ok(await fuse.open(big, 0), 'open big'));
+const forget = (node: bigint) => {
+  // FORGET has no reply: send it with a BATCH_FORGET-free single FORGET and do not wait.
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(1n, 0);
+  return fuse.req(2, node, b, 0).catch(() => undefined);
+};
+
+let created = 0;
+let lookedUp = 0;
+const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
+  lookup: {
+    unit: 'lookup',
+    async run() {
+      const nodes: bigint[] = [];
+      for (let i = 0; i < COUNT; i++) nodes.push(nodeOf(ok(await fuse.lookup(many, `f${lookedUp++ % ENTRIES}`), 'lookup')));
+      void nodes;
+      return COUNT;
+    },
+  },
+  getattr: {
+    unit: 'getattr',
+    async run() {
+      for (let i = 0; i < COUNT; i++) ok(await fuse.getattr(big), 'getattr');
+      return COUNT;
+    },
+  },
+  'read 4K': {
+    unit: 'read',
+    async run() {
+      for (let i = 0; i < COUNT; i++) ok(await fuse.read(fh, Math.floor(Math.random() * 1024) * 4096, 4096), 'read');
+      return COUNT;
+    },
+  },
+  readdirplus: {
+    unit: 'entry',
+    async run() {
+      let entries = 0;
+      for (let round = 0; round < Math.max(1, Math.floor(COUNT / 1000)); round++) {
+        const dh = fhOfOpen(ok(await fuse.req(27, many, u32s(0, 0)), 'opendir'));
+        let off = 0n;
+        for (;;) {
+          const b = Buffer.alloc(40);
+          b.writeBigUInt64LE(dh, 0);
+          b.writeBigUInt64LE(off, 8);
+          b.writeUInt32LE(65536, 16);
+          const out = ok(await fuse.req(44, many, b, 65536 + 16), 'readdirplus').body;
+          if (out.length === 0) break;
+          let at = 0;
+          while (at < out.length) {
+            const namelen = out.readUInt32LE(at + 128 + 16);
+            off = out.readBigUInt64LE(at + 128 + 8);
+            at += 128 + ((24 + namelen + 7) & ~7);
+            entries++;
+          }
+        }
+        const rel = Buffer.alloc(24);
+        rel.writeBigUInt64LE(dh, 0);
+        ok(await fuse.req(29, many, rel), 'releasedir');
+      }
+      return entries;
+    },
+  },
+  create: {
+    unit: 'file',
+    async run() {
+      const n = Math.max(1, Math.floor(COUNT / 3));
+      for (let i = 0; i < n; i++) {
+        const r = ok(await fuse.create(newDir, `c${created++}`, 0o101 /* O_WRONLY|O_CREAT */), 'create');
+        // fuse_entry_out (128 bytes), then fuse_open_out: its fh first.
+        const rel = Buffer.alloc(24);
+        rel.writeBigUInt64LE(r.body.readBigUInt64LE(128), 0);
+        ok(await fuse.req(18, nodeOf(r), rel), 'release');
+      }
+      return n;
+    },
+  },
+};
+void forget;
+
+/** Nanoseconds the host's threads (alive now) have run; a thread that ended between two reads is lost, none do here. */
+function cpuNs(): number {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${host.pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${host.pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread ended
+    }
+  }
+  return ns;
+}
+const results: Record<string, number[]> = {};
+for (let round = 0; round < ROUNDS + 1; round++) {
+  for (const [name, p] of Object.entries(phases)) {
+    const t0 = cpuNs();
+    const n = await p.run();
+    const us = (cpuNs() - t0) / 1000 / n;
+    if (round > 0) (results[name] ??= []).push(us); // round 0 warms the JIT up
+  }
+}
+const median = (v: number[]) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight)`);
+for (const [name, v] of Object.entries(results)) {
+  console.log(`${name.padEnd(12)} ${median(v).toFixed(1).padStart(8)} us/${phases[name].unit}  best ${Math.min(...v).toFixed(1).padStart(6)}   (rounds: ${v.map((x) => x.toFixed(0)).join(', ')})`);
+}
+await fe.close();
+await host.stop();
+rmSync(top, { recursive: true, force: true });
