@@ -433,11 +433,11 @@ maybe('a corrupted state (a byte of the disk section flipped) fails the LOAD, an
         await t.throwsAsync(loadState(dfe.conn, bad, mode), undefined, `the ${mode} LOAD of the corrupted state fails`);
         // The disk was overwritten before the trailer's checksum could tell: its ring does not start.
         await t.throwsAsync(dfe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
-        t.regex(b.log(), /ring 0 cannot start: the memory disk is not served: a device state LOAD began overwriting the memory disk and did not complete with a state that checks out/);
+        t.truthy(await b.waitForLog(/ring 0 cannot start: the memory disk is not served: a device state LOAD began overwriting the memory disk and did not complete with a state that checks out/));
       }
       // Nor does a SAVE pass the half-written disk on as if good.
       await t.throwsAsync(saveState(dfe.conn, 'pipe'));
-      t.regex(b.log(), /the memory disk is not saved: a device state LOAD began overwriting/);
+      t.truthy(await b.waitForLog(/the memory disk is not saved: a device state LOAD began overwriting/));
       // Nor does a host handover give it to a new host process, which would serve it.
       const [handover] = (await rawRpc(`${b.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to: join(REPO, 'no-such.sock'), live: true } })], 1)) as { error?: { message: string } }[];
       t.regex(handover.error?.message ?? JSON.stringify(handover), /the memory disk is not handed over: a device state LOAD began overwriting/);

@@ -12,6 +12,7 @@
 
 import type { VringAddrMsg } from '../device/rpc.ts';
 import { MAX_MEM_SLOTS } from '../protocol/constants.ts';
+import { VhostWasmError } from '../errors.ts';
 
 export const LIVE_RECORD_VERSION = 1;
 
@@ -71,7 +72,9 @@ export interface LiveStop {
   stateBytes: number;
 }
 
-export class LiveRecordError extends Error {
+/** A handover record or stop message that is not what it claims (always wrapped in HandoverRefused for the operator). */
+export class LiveRecordError extends VhostWasmError {
+  static override readonly code = 'ERR_HANDOVER_RECORD';
   override readonly name = 'LiveRecordError';
 }
 
