@@ -209,6 +209,47 @@ test.serial('fs: looked-up node ids and an open file keep working after a live h
   await fe.close();
 });
 
+/**
+ * This test process plays a new host: it listens at `to`, asks the old host (at `sock`) for a
+ * live handover there and accepts its connection. `drain()` reads until the old host has sent
+ * all it will before it waits for an answer (its byte count and fds; the fds are kept for close()).
+ */
+async function fakeNewHost(to: string) {
+  const lfd = native.listenUnix(to, 1);
+  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
+  let conn = -1;
+  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
+  const kept: number[] = [];
+  const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
+    const fds: number[] = [];
+    let bytes = 0;
+    for (let idle = 0; idle < 30; ) {
+      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
+      if (got === null) {
+        idle++;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      idle = 0;
+      bytes += got.bytes;
+      fds.push(...got.fds);
+      if (got.bytes === 0) break;
+    }
+    kept.push(...fds);
+    return { bytes, fds };
+  };
+  const say = (line: string) => native.sendMsg(conn, Buffer.from(`${line}\n`), []);
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    for (const fd of kept) native.close(fd);
+    native.close(conn);
+    native.close(lfd);
+  };
+  return { answer, drain, say, close };
+}
+
 test.serial('a new host that dies after it received the session, before or after it had the rings stopped, leaves the old host serving the same connection (its rings restarted where they stopped); a later take-over works', async (t) => {
   const args = ['--plugin', blk, '--storage', 'memory:4M'];
   const old = await host(args);
@@ -227,46 +268,22 @@ test.serial('a new host that dies after it received the session, before or after
     // fds, asks for the session, receives it, (the second time) asks the rings stopped and
     // receives where they stopped and the state, and goes away as a crashed process does (its
     // fds closed, no answer).
-    const to = join(dir, `fake-new-host-${round}.sock`);
-    const lfd = native.listenUnix(to, 1);
-    const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
-    let conn = -1;
-    while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
-    /** Reads until the old host has sent everything it will before it waits for us. */
-    const drain = async (): Promise<{ bytes: number; fds: number[] }> => {
-      const fds: number[] = [];
-      let bytes = 0;
-      for (let idle = 0; idle < 30; ) {
-        const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
-        if (got === null) {
-          idle++;
-          await new Promise((r) => setTimeout(r, 10));
-          continue;
-        }
-        idle = 0;
-        bytes += got.bytes;
-        fds.push(...got.fds);
-        if (got.bytes === 0) break;
-      }
-      return { bytes, fds };
-    };
-    const device = await drain();
+    const fake = await fakeNewHost(join(dir, `fake-new-host-${round}.sock`));
+    const device = await fake.drain();
     t.is(device.fds.length, 3, 'listening socket, control socket, memory disk');
-    t.is(native.sendMsg(conn, Buffer.from('session\n'), []), 8);
-    const session = await drain();
+    t.is(fake.say('session'), 8);
+    const session = await fake.drain();
     t.true(session.bytes > 8);
     t.true(session.fds.length >= 5, `the session's fds came (${session.fds.length}: front-end socket, memory, inflight area, kick, call)`);
     const stopped = { bytes: 0, fds: [] as number[] };
     if (askStop) {
-      t.is(native.sendMsg(conn, Buffer.from('stop\n'), []), 5);
-      Object.assign(stopped, await drain());
+      t.is(fake.say('stop'), 5);
+      Object.assign(stopped, await fake.drain());
       t.is(stopped.fds.length, 1, 'the state memfd');
       t.is(native.fdKind(stopped.fds[0]), 'memfd');
     }
-    for (const fd of [...device.fds, ...session.fds, ...stopped.fds]) native.close(fd);
-    native.close(conn);
-    native.close(lfd);
-    const [a] = (await answer) as { error?: { message: string } }[];
+    fake.close();
+    const [a] = (await fake.answer) as { error?: { message: string } }[];
     t.regex(a.error!.message, /the new host went away before it served the device/);
     const count = done.length;
     while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
@@ -301,36 +318,14 @@ test.serial('a new host stuck after the rings stopped (no "ready") holds the gue
   while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
   // This test process plays a new host that asks for the rings stopped, receives the state, and
   // then never says "ready" (stuck loading it), its connection open and its process alive.
-  const to = join(dir, 'stuck-new-host.sock');
-  const lfd = native.listenUnix(to, 1);
-  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
-  let conn = -1;
-  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
-  const fds: number[] = [];
-  const drain = async (): Promise<void> => {
-    for (let idle = 0; idle < 30; ) {
-      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
-      if (got === null) {
-        idle++;
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
-      }
-      idle = 0;
-      fds.push(...got.fds);
-      if (got.bytes === 0) break;
-    }
-  };
-  t.teardown(() => {
-    for (const fd of fds) native.close(fd);
-    native.close(conn);
-    native.close(lfd);
-  });
-  await drain();
-  native.sendMsg(conn, Buffer.from('session\n'), []);
-  await drain();
-  native.sendMsg(conn, Buffer.from('stop\n'), []);
-  await drain();
-  const [a] = (await answer) as { error?: { message: string } }[];
+  const fake = await fakeNewHost(join(dir, 'stuck-new-host.sock'));
+  t.teardown(fake.close);
+  await fake.drain();
+  fake.say('session');
+  await fake.drain();
+  fake.say('stop');
+  await fake.drain();
+  const [a] = (await fake.answer) as { error?: { message: string } }[];
   t.regex(a.error?.message ?? JSON.stringify(a), /did not say it is ready within 5 s of this host stopping its rings.*this host runs the rings again and serves on/);
   t.regex(old.log(), /session stopped for a host handover/);
   t.regex(old.log(), /host handover undone: the session runs on in this host/);
@@ -551,43 +546,20 @@ test.serial('a new host slow to say it serves after "go" is waited for, never ra
   t.timeout(90_000);
   const old = await host(['--plugin', blk, '--storage', 'memory:4M']);
   const fe = await VhostUserFrontend.connect(sock, feBlk);
-  const to = join(dir, 'slow-new-host.sock');
-  const lfd = native.listenUnix(to, 1);
-  const answer = rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'host-handover', params: { to, live: true } })], 1);
-  let conn = -1;
-  while ((conn = native.accept(lfd)) < 0) await new Promise((r) => setTimeout(r, 10));
-  const fds: number[] = [];
-  const drain = async (): Promise<string> => {
-    let text = '';
-    for (let idle = 0; idle < 30; ) {
-      const got = native.recvMsg(conn, Buffer.alloc(65536), 253);
-      if (got === null) {
-        idle++;
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
-      }
-      idle = 0;
-      fds.push(...got.fds);
-      text += got.bytes > 0 ? 'x' : '';
-      if (got.bytes === 0) break;
-    }
-    return text;
-  };
-  await drain();
-  native.sendMsg(conn, Buffer.from('session\n'), []);
-  await drain();
-  native.sendMsg(conn, Buffer.from('stop\n'), []);
-  await drain();
-  native.sendMsg(conn, Buffer.from('ready\n'), []);
+  const fake = await fakeNewHost(join(dir, 'slow-new-host.sock'));
+  await fake.drain();
+  fake.say('session');
+  await fake.drain();
+  fake.say('stop');
+  await fake.drain();
+  fake.say('ready');
   // "go" comes; this process plays a new host whose start takes longer than the old host's 10 s.
   await until(() => /has not said it serves 10 s after this host let go/.test(old.log()), 'the old host to say it waits for the slow new host', 20_000);
   t.notRegex(old.log(), /accepts connections again/, 'not serving the device while the new host may be');
   t.is(old.child.exitCode, null);
   // The slow new host ends without serving: now, and only now, the old host takes connections again.
-  for (const fd of fds) native.close(fd);
-  native.close(conn);
-  native.close(lfd);
-  const [a] = (await answer) as { error?: { message: string } }[];
+  fake.close();
+  const [a] = (await fake.answer) as { error?: { message: string } }[];
   t.regex(a.error!.message, /went away after this host let go of the session/);
   await until(() => /accepts connections again/.test(old.log()), 'the old host to accept again', 10_000);
   await fe.close().catch(() => {});
