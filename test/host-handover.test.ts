@@ -10,7 +10,7 @@ import test from 'ava';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer, type Server } from 'node:net';
+import { createServer } from 'node:net';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
@@ -94,9 +94,8 @@ async function blkLoad(disk: BlkDevice, last: Map<number, number>, stop: () => b
   return round;
 }
 
-test.serial('blk with requests in flight is handed over twice with its connected front-end: no reconnect, every request answered once, the data intact', async (t) => {
-  const args = ['--plugin', blk, '--storage', 'memory:4M'];
-  let current = await host(args);
+/** A blk front-end on the host at `sock` with blkLoad running on it; end() stops the load and waits for it. */
+async function blkUnderLoad() {
   const fe = await VhostUserFrontend.connect(sock, feBlk);
   let disconnected = false;
   void fe.conn.closed.then(() => (disconnected = true));
@@ -105,14 +104,37 @@ test.serial('blk with requests in flight is handed over twice with its connected
   const done: number[] = [];
   let stop = false;
   const io = blkLoad(disk, last, () => stop, done);
+  return {
+    fe,
+    disk,
+    last,
+    done,
+    get disconnected() {
+      return disconnected;
+    },
+    /** Resolves once `n` more requests have completed. */
+    async more(n = 20) {
+      const from = done.length;
+      while (done.length < from + n) await new Promise((r) => setTimeout(r, 5));
+    },
+    end: () => {
+      stop = true;
+      return io;
+    },
+  };
+}
+
+test.serial('blk with requests in flight is handed over twice with its connected front-end: no reconnect, every request answered once, the data intact', async (t) => {
+  const args = ['--plugin', blk, '--storage', 'memory:4M'];
+  let current = await host(args);
+  const load = await blkUnderLoad();
+  const { fe, disk, last, done } = load;
   for (let i = 0; i < 2; i++) {
-    const before = done.length;
-    while (done.length < before + 20) await new Promise((r) => setTimeout(r, 5));
+    await load.more();
     const from = performance.now();
     const next = await host([...args, '--take-over']);
     t.is(await exitOf(current), 0, current.log());
-    const count = done.length;
-    while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+    await load.more();
     t.log(`handover ${i + 1}: ${describeGaps(done, from, current.log())}`);
     if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(current.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
     t.regex(current.log(), /host-handover: pid \d+ serves the device now with the session/);
@@ -120,9 +142,8 @@ test.serial('blk with requests in flight is handed over twice with its connected
     t.regex(next.log(), /session taken over from the previous host process: rings 0 run here/);
     current = next;
   }
-  stop = true;
-  await io;
-  t.false(disconnected, 'the front-end never lost its connection');
+  await load.end();
+  t.false(load.disconnected, 'the front-end never lost its connection');
   t.is(fe.queues[0].inFlight, 0, 'every request was answered, none twice (the driver refuses a head that is not in flight)');
   await verifyAll(disk, last);
   t.notRegex(current.log(), /resubmitting/, 'nothing was in flight at the handover: it completed in the old host');
@@ -253,14 +274,8 @@ async function fakeNewHost(to: string) {
 test.serial('a new host that dies after it received the session, before or after it had the rings stopped, leaves the old host serving the same connection (its rings restarted where they stopped); a later take-over works', async (t) => {
   const args = ['--plugin', blk, '--storage', 'memory:4M'];
   const old = await host(args);
-  const fe = await VhostUserFrontend.connect(sock, feBlk);
-  let disconnected = false;
-  void fe.conn.closed.then(() => (disconnected = true));
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  const done: number[] = [];
-  let stop = false;
-  const io = blkLoad(disk, last, () => stop, done);
+  const load = await blkUnderLoad();
+  const { fe, disk, last } = load;
   let round = 0;
   for (const askStop of [false, true]) {
     round++;
@@ -285,8 +300,7 @@ test.serial('a new host that dies after it received the session, before or after
     fake.close();
     const [a] = (await fake.answer) as { error?: { message: string } }[];
     t.regex(a.error!.message, /the new host went away before it served the device/);
-    const count = done.length;
-    while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
+    await load.more();
     t.is(old.log().match(/host handover undone: the session runs on in this host/g)?.length, round);
     if (askStop) t.regex(old.log(), /session stopped for a host handover/);
     t.is(old.child.exitCode, null);
@@ -294,9 +308,8 @@ test.serial('a new host that dies after it received the session, before or after
 
   const next = await host([...args, '--take-over']);
   t.is(await exitOf(old), 0, old.log());
-  stop = true;
-  await io;
-  t.false(disconnected);
+  await load.end();
+  t.false(load.disconnected);
   t.is(fe.queues[0].inFlight, 0);
   await verifyAll(disk, last);
   t.regex(next.log(), /the session carries on here without a reconnect/);
@@ -307,15 +320,9 @@ test.serial('a new host stuck after the rings stopped (no "ready") holds the gue
   // Not the 60 s handover deadline: the guest's requests wait while the rings are stopped.
   t.timeout(40_000);
   const old = await host(['--plugin', blk, '--storage', 'memory:4M']);
-  const fe = await VhostUserFrontend.connect(sock, feBlk);
-  let disconnected = false;
-  void fe.conn.closed.then(() => (disconnected = true));
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  const done: number[] = [];
-  let stop = false;
-  const io = blkLoad(disk, last, () => stop, done);
-  while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
+  const load = await blkUnderLoad();
+  const { fe, disk, last } = load;
+  await load.more();
   // This test process plays a new host that asks for the rings stopped, receives the state, and
   // then never says "ready" (stuck loading it), its connection open and its process alive.
   const fake = await fakeNewHost(join(dir, 'stuck-new-host.sock'));
@@ -330,11 +337,9 @@ test.serial('a new host stuck after the rings stopped (no "ready") holds the gue
   t.regex(old.log(), /session stopped for a host handover/);
   t.regex(old.log(), /host handover undone: the session runs on in this host/);
   // The same connection is served again by the old host while the stuck process still lives.
-  const count = done.length;
-  while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
-  stop = true;
-  await io;
-  t.false(disconnected);
+  await load.more();
+  await load.end();
+  t.false(load.disconnected);
   t.is(fe.queues[0].inFlight, 0);
   await verifyAll(disk, last);
   t.is(old.child.exitCode, null);
