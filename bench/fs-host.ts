@@ -26,7 +26,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { spawn } from 'node:child_process';
 import { BIN, REPO, assertBuilt } from '../test/helpers/host-process.ts';
 import { daemonConfig, startMultiHost } from '../test/helpers/multi-host.ts';
-import { FuseClient, nodeOf, fhOfOpen, u32s } from '../test/helpers/fuse.ts';
+import { FuseClient, direntplus, nodeOf, fhOfOpen, u32s } from '../test/helpers/fuse.ts';
 
 const { values: argv } = parseArgs({
   options: {
@@ -124,13 +124,9 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
           b.writeUInt32LE(65536, 16);
           const out = ok(await fuse.req(44, many, b, 65536 + 16), 'readdirplus').body;
           if (out.length === 0) break;
-          let at = 0;
-          while (at < out.length) {
-            const namelen = out.readUInt32LE(at + 128 + 16);
-            off = out.readBigUInt64LE(at + 128 + 8);
-            at += 128 + ((24 + namelen + 7) & ~7);
-            entries++;
-          }
+          const listed = direntplus(out);
+          off = listed[listed.length - 1].off;
+          entries += listed.length;
         }
         const rel = Buffer.alloc(24);
         rel.writeBigUInt64LE(dh, 0);

@@ -18,6 +18,7 @@ import { loadPlugin } from '../host/plugin/index.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from '../test/helpers/plugin-requests.ts';
+import { direntplus } from '../test/helpers/fuse.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bench-fs-'));
 mkdirSync(join(dir, 'many'));
@@ -90,12 +91,8 @@ bench('readdirplus 1000', 50, () => {
     const out = req(44, 0n, readIn(dh, Number(off), 65536), 65536 + 16);
     if (out.length === 0) break;
     // The last entry's offset is where the next listing continues.
-    let at = 0;
-    while (at < out.length) {
-      const namelen = out.readUInt32LE(at + 128 + 16);
-      off = out.readBigUInt64LE(at + 128 + 8);
-      at += 128 + ((24 + namelen + 7) & ~7);
-    }
+    const listed = direntplus(out);
+    off = listed[listed.length - 1].off;
   }
   const rel = Buffer.alloc(24);
   rel.writeBigUInt64LE(dh, 0);

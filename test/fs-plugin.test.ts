@@ -12,6 +12,7 @@ import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
 import { runRequest } from './helpers/plugin-requests.ts';
+import { direntplus } from './helpers/fuse.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-plugin-test-'));
@@ -193,12 +194,7 @@ test('file operations: create, write, read, readdirplus, rename, link, symlink, 
   // READDIRPLUS of the root lists everything with attributes.
   const dh = c.req(OP.OPENDIR, 1, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
   const rd = c.read(dh, 0, 8192, OP.READDIRPLUS);
-  const names: string[] = [];
-  for (let at = 0; at < rd.body.length; ) {
-    const namelen = rd.body.readUInt32LE(at + 128 + 16);
-    names.push(rd.body.subarray(at + 128 + 24, at + 128 + 24 + namelen).toString());
-    at += 128 + ((24 + namelen + 7) & ~7);
-  }
+  const names = direntplus(rd.body).map((e) => e.name);
   t.deepEqual(names.sort(), ['.', '..', 'hello.txt', 'new.txt', 'sub']);
   t.is(c.req(OP.RELEASEDIR, 1, new W().u64(dh).u32(0).u32(0).u64(0).done()).error, 0);
   // rename into sub, hard link back, symlink, readlink.

@@ -56,5 +56,20 @@ export class FuseClient {
 export const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
 /** The node id of a LOOKUP/CREATE entry reply; the fh of an OPEN reply. */
 export const nodeOf = (r: FuseReply) => r.body.readBigUInt64LE(0);
+
+/**
+ * The entries of a READDIRPLUS reply: each fuse_direntplus is a 128-byte fuse_entry_out, then a
+ * fuse_dirent (ino, off, namelen, type, name) padded to 8 bytes. `off` is where a listing
+ * continues after that entry.
+ */
+export function direntplus(body: Buffer): { name: string; off: bigint }[] {
+  const out: { name: string; off: bigint }[] = [];
+  for (let at = 0; at < body.length; ) {
+    const namelen = body.readUInt32LE(at + 128 + 16);
+    out.push({ name: body.subarray(at + 128 + 24, at + 128 + 24 + namelen).toString(), off: body.readBigUInt64LE(at + 128 + 8) });
+    at += 128 + ((24 + namelen + 7) & ~7);
+  }
+  return out;
+}
 export const fhOfOpen = (r: FuseReply) => r.body.readBigUInt64LE(0);
 export const ERRNO = { ENOENT: 2, EBADF: 9, EEXIST: 17, ENXIO: 6, EISDIR: 21, ENFILE: 23, ELOOP: 40 } as const;
