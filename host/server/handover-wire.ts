@@ -34,17 +34,18 @@ export async function sendAll(fd: number, bytes: Uint8Array, fds: number[] = [],
       continue;
     }
     if (Date.now() > until) throw new Error(`the peer did not read the handover message within ${deadlineMs / 1000} s`);
-    await writable(fd, until - Date.now());
+    await ready(fd, 'w', until - Date.now());
   }
 }
 
-function writable(fd: number, ms: number): Promise<void> {
+/** Resolves once `fd` is ready for `events`, or after `ms` (the caller looks at the fd again either way). */
+function ready(fd: number, events: 'r' | 'w', ms: number): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       w.close();
       resolve();
     }, Math.max(1, ms));
-    const w = native.watch(fd, 'w', () => {
+    const w = native.watch(fd, events, () => {
       clearTimeout(timer);
       w.close();
       resolve();
@@ -166,7 +167,7 @@ export class LineChannel {
         this.timedOut = true;
         return `no answer within ${Math.round(deadlineMs / 1000)} s`;
       }
-      await this.readable(until - Date.now());
+      await ready(this.fd, 'r', until - Date.now());
       this.readSome();
     }
   }
@@ -190,20 +191,6 @@ export class LineChannel {
       this.buf += b.subarray(0, r.bytes).toString('utf8');
       if (r.fdsTruncated) return;
     }
-  }
-
-  private readable(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        w.close();
-        resolve();
-      }, Math.max(1, ms));
-      const w = native.watch(this.fd, 'r', () => {
-        clearTimeout(timer);
-        w.close();
-        resolve();
-      });
-    });
   }
 
   /** Sends a short line (best effort: a peer that went away just misses it). */
