@@ -3,7 +3,7 @@
 // SETLKW that must wait is held while other requests go on and answered once the host got
 // the lock, INTERRUPT ends a wait, and closing, flushing or resetting lets every lock go.
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import type { DeviceAction } from '../host/device/device.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
+import { hostLock } from './helpers/host-lock.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-locks-test-'));
@@ -152,23 +153,6 @@ function shareOpen(share: FsShare) {
   return val(share.open(node.node, 2));
 }
 
-/** A host process holding a lock on `path` (python's fcntl) until stopped. */
-async function hostLock(path: string, how: 'lockf' | 'flock'): Promise<() => Promise<void>> {
-  const code = how === 'lockf'
-    ? `import fcntl,sys\nf=open(${JSON.stringify(path)},'r+')\nfcntl.lockf(f,fcntl.LOCK_EX,4,0)\nprint('locked',flush=True)\nsys.stdin.read()`
-    : `import fcntl,sys\nf=open(${JSON.stringify(path)},'r')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.read()`;
-  const p = spawn('python3', ['-c', code], { stdio: ['pipe', 'pipe', 'inherit'] });
-  await new Promise<void>((resolve, reject) => {
-    p.stdout.once('data', () => resolve());
-    p.once('exit', (c) => reject(new Error(`python exited ${c}`)));
-  });
-  return async () => {
-    const done = new Promise((r) => p.once('exit', r));
-    p.stdin.end();
-    await done;
-  };
-}
-
 /** Polls until the waker fired (the host retries on a timer of at most 50 ms). */
 async function woken(g: Guest): Promise<void> {
   for (let i = 0; i < 400 && g.woken.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
@@ -260,6 +244,36 @@ test('a SETLKW that must wait is held, other requests go on, and it is answered 
   await new Promise((r) => setTimeout(r, 120));
   t.deepEqual(g.woken, [], 'a cancelled wait never wakes');
   t.is(g.getlk(b, 2n, 0n, END, F_WRLCK).type, F_UNLCK, 'the interrupted waiter holds nothing');
+});
+
+test('a ring stop ends the waits: a SETLKW that still conflicts is answered ENOLCK, one whose lock came free is granted; afterwards waits wait again', async (t) => {
+  // What the device runner does around GET_VRING_BASE (host/device/runner.ts, ringStop): the
+  // share's waits resolve, the plugin asks again and answers, and no new wait starts meanwhile.
+  const { g, share } = await setup(t);
+  const a = g.open('f');
+  const b = g.open('f');
+  t.is(g.setlk(a, 1n, 0n, 9n, F_WRLCK), 0);
+  const still = g.send(OP.SETLKW, 0n, lkIn(b, 2n, 0n, 0n, F_WRLCK, 2));
+  const freed = g.send(OP.SETLKW, 0n, lkIn(b, 4n, 5n, 5n, F_RDLCK, 4));
+  t.true('held' in still && 'held' in freed);
+  t.is(share.locks.waiting, 2);
+  // Byte 5 comes free; whether the host's retry timer saw it yet or not, the stop must grant it.
+  t.is(g.setlk(a, 1n, 5n, 5n, F_UNLCK), 0);
+  share.locks.stopWaits(true);
+  t.is(share.locks.waiting, 0, 'every wait resolved at once');
+  const answers = g.wake();
+  share.locks.stopWaits(false);
+  t.is(answers.get((still as { held: number }).held)?.error, E.ENOLCK, 'still conflicting: ENOLCK, not left waiting');
+  t.is(answers.get((freed as { held: number }).held)?.error, 0, 'free by the stop: granted');
+  t.is(g.getlk(a, 1n, 0n, 0n, F_WRLCK).type, F_UNLCK, 'owner 2, refused, holds nothing');
+  t.deepEqual(g.getlk(a, 1n, 5n, 5n, F_WRLCK), { type: F_RDLCK, start: 5n, end: 5n, pid: 4 }, 'owner 4 holds byte 5');
+  // After the stop a wait waits again, and is granted when the lock comes free.
+  const again = g.send(OP.SETLKW, 0n, lkIn(b, 2n, 0n, 0n, F_WRLCK, 2));
+  t.true('held' in again, 'held again once the ring runs');
+  t.is(g.setlk(a, 1n, 0n, END, F_UNLCK), 0);
+  t.is(g.setlk(b, 4n, 0n, END, F_UNLCK), 0);
+  await woken(g);
+  t.is(g.wake().get((again as { held: number }).held)?.error, 0, 'granted');
 });
 
 test('a reset lets every lock and wait go (a guest that disconnects holds nothing)', async (t) => {

@@ -170,6 +170,12 @@ export interface VirtioDevice {
    * token): the runner delivers `timer(token)` in a later handle() call. Set by the runner.
    */
   setWaker?(wake: ((token: bigint) => void) | null): void;
+  /**
+   * A ring is about to stop (GET_VRING_BASE), `true`, and has stopped, `false`. Between the two
+   * the device's host-side waits resolve at once (their wakes are delivered before the ring
+   * stops) and none starts, so nothing waiting on the host is left unanswered behind the base.
+   */
+  stopWaits?(stop: boolean): void;
 }
 
 /** A device module a worker can load by URL: its default export builds the device. */

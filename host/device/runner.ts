@@ -547,8 +547,15 @@ export class DeviceRunner {
     this.stopWatching(r);
     // Everything answered completes first (and failed I/O gets its second answer), so the
     // base handed back covers it; what the device still holds stays in flight (the inflight
-    // area keeps it marked) and its late answer is dropped.
-    this.settle();
+    // area keeps it marked) and its late answer is dropped. Waits the device runs on the host
+    // (a share's SETLKW) end first, so their requests are answered here rather than held.
+    const stopWaits = this.device.stopWaits?.bind(this.device);
+    if (stopWaits && this.running) this.call(() => stopWaits(true));
+    try {
+      this.settle();
+    } finally {
+      if (stopWaits) this.call(() => stopWaits(false));
+    }
     let orphans = 0;
     for (const req of this.held.values()) {
       if (req.ring === index && req.state === ReqState.Held) {
@@ -1285,7 +1292,8 @@ export class DeviceRunner {
     try {
       this.inBatch++;
       try {
-        for (let round = 0; this.pendingEvents.length > 0 && round < MAX_FAILURE_ROUNDS && !this.failed; round++) {
+        // Fired timers and woken waits too (stopWaits above): their answers belong before the base.
+        for (let round = 0; (this.pendingEvents.length > 0 || (this.running && this.firedTimers.length > 0)) && round < MAX_FAILURE_ROUNDS && !this.failed; round++) {
           this.handleRound([]);
           this.executor.drain();
         }

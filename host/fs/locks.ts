@@ -15,6 +15,15 @@
 // wakes the plugin with the wait's token; the plugin then asks again without waiting for the
 // verdict. There is no queue: a waiter can lose a race to a newcomer, which POSIX allows.
 // Deadlock detection (EDEADLK) is not done: OFD locks have none either.
+//
+// When the front-end stops a ring (GET_VRING_BASE: a migration's stop, a reconnect), a waiting
+// SETLKW would be lost: the base handed back covers it and nothing answers it afterwards. So a
+// stop ends every wait first (stopWaits): each is woken, the plugin asks again, and while the
+// stop lasts a lock that still conflicts answers ENOLCK instead of waiting again. ENOLCK, not
+// EINTR: the guest kernel turns a FUSE lock's EINTR into ERESTARTSYS ("locking is
+// restartable"), which only a pending signal turns into a restart; with none, the guest process
+// would see errno 512. ENOLCK is what fcntl(F_SETLKW) and flock(2) answer when the lock
+// manager cannot give a lock (as NFS's does when its lock protocol fails).
 
 import { native } from '../native/index.ts';
 
@@ -98,6 +107,8 @@ export class FsLocks {
   private readonly flocked = new Set<bigint>();
   private readonly out = new Float64Array(4);
   private waker: ((token: bigint) => void) | null = null;
+  /** A ring is stopping: no new wait starts (ENOLCK instead). */
+  private stopping = false;
 
   constructor(private readonly files: LockFiles) {}
 
@@ -158,11 +169,26 @@ export class FsLocks {
     const r = attempt();
     if (r === 0) return { ok: true };
     if (r !== -EAGAIN || wait === 0n) return { ok: false, errno: -r };
-    if (this.waits.size >= MAX_LOCK_WAITS) return { ok: false, errno: ENOLCK };
+    if (this.waits.size >= MAX_LOCK_WAITS || this.stopping) return { ok: false, errno: ENOLCK };
     const w: Wait = { token: wait, file, attempt, delay: RETRY_FIRST_MS, timer: null };
     this.waits.set(wait, w);
     this.arm(w);
     return { ok: false, errno: 115 /* EINPROGRESS */ };
+  }
+
+  /**
+   * `true`: the rings are stopping. Every wait resolves now (its waker runs, so the plugin asks
+   * again and answers its held SETLKW before the ring stops) and, until `false`, a lock that
+   * would have to wait answers ENOLCK. See the top of this file for why ENOLCK.
+   */
+  stopWaits(stop: boolean): void {
+    this.stopping = stop;
+    if (stop) for (const w of [...this.waits.values()]) this.resolve(w);
+  }
+
+  /** Waits running now (tests). */
+  get waiting(): number {
+    return this.waits.size;
   }
 
   /** Gives up the wait started with `token` (FUSE_INTERRUPT); no wake follows. */

@@ -99,6 +99,9 @@ export async function loadPluginDevice(
       setWaker(wake: ((token: bigint) => void) | null): void {
         share.locks.setWaker(wake);
       },
+      stopWaits(stop: boolean): void {
+        share.locks.stopWaits(stop);
+      },
     });
   }
   device = Object.assign(device, { backings });
