@@ -152,6 +152,17 @@ export interface VirtioDevice {
    */
   processBound?(): string | null;
   /**
+   * What this instance holds that cannot move to a new instance in this process (a live plugin
+   * upgrade), or null. Without it, processBound() answers for an upgrade too.
+   */
+  instanceBound?(): string | null;
+  /**
+   * Host-held state that moves to the new instance in a live plugin upgrade only (a share's
+   * locks: host/fs/lock-handoff.ts): read from the old instance after its rings stopped, loaded
+   * into the new one after its finish-load and before its rings start.
+   */
+  upgradeSections?(): import('../migration/section.ts').WorkerStateSection[];
+  /**
    * Everything since the last call: exactly one answer or hold per request / io-failed event,
    * in any order, plus answers to requests held earlier. The host checks every action before
    * it acts on any (a bad one fails the device).

@@ -138,7 +138,7 @@ export const deviceWorkerOps = {
     transferResult: (r) => (r.state ? [r.state.bytes.buffer as ArrayBuffer] : []),
   }),
   /** A live upgrade's restart on the new instance, one call (upgrade-steps.ts): last state chunk, finish-load, rings. Answers a refusal or null. */
-  upgradeStart: op<(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null) => string | null>({
+  upgradeStart: op<(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) => string | null>({
     transferArgs: (_offset, chunk) =>
       chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer ? [chunk.buffer] : [],
   }),
@@ -185,6 +185,12 @@ export interface StateBeginInfo {
 }
 
 /** stateRead's answer (the bytes' buffer is transferred, not copied). */
+/** A section only a live plugin upgrade moves (VirtioDevice.upgradeSections), whole. */
+export interface CarriedSection {
+  id: number;
+  bytes: Uint8Array;
+}
+
 export interface StateReadResult {
   bytes: Uint8Array;
   remaining: number;

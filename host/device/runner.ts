@@ -16,7 +16,7 @@ import { FLOOD } from '../net/link.ts';
 import type { IoExecutor, IoOp, IoResult } from '../io/executor.ts';
 import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
-import { WatchdogPhase, type LogStatus, type RegionMsg, type RingSnapshot, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
+import { WatchdogPhase, type LogStatus, type RegionMsg, type RingSnapshot, type CarriedSection, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
 import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
 import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
@@ -646,6 +646,31 @@ export class DeviceRunner {
     };
   }
 
+  /** What cannot move to a new instance in this process (a live plugin upgrade), or null. */
+  instanceBound(): string | null {
+    const d = this.device;
+    return this.call(() => (d.instanceBound ? d.instanceBound() : (d.processBound?.() ?? null)));
+  }
+
+  /** A live plugin upgrade's old instance, rings stopped: every upgrade-only section's bytes. */
+  upgradeCarry(): CarriedSection[] {
+    return this.upgradeSections().map((s) => {
+      const size = this.call(() => s.size());
+      return { id: s.id, bytes: size === 0 ? new Uint8Array(0) : this.sectionRead(s.id, 0, size).bytes };
+    });
+  }
+
+  /** A live plugin upgrade's new instance, after its finish-load: the old one's upgrade-only sections. Answers a refusal or null. */
+  upgradeTake(carried: CarriedSection[]): string | null {
+    for (const c of carried) {
+      this.sectionBeginLoad(c.id, c.bytes.length);
+      if (c.bytes.length > 0) this.sectionWrite(c.id, 0, c.bytes);
+      const why = this.sectionFinish(c.id);
+      if (why !== null) return why;
+    }
+    return null;
+  }
+
   /** Every ring's settings, fds and held requests, for a live upgrade (RingSnapshot). */
   ringSnapshot(): RingSnapshot[] {
     return this.rings.map((r, i) => {
@@ -697,8 +722,14 @@ export class DeviceRunner {
     return typeof fn === 'function' ? fn.call(this.device) : [];
   }
 
+  /** Sections only a live plugin upgrade moves (VirtioDevice.upgradeSections). */
+  private upgradeSections(): WorkerStateSection[] {
+    const fn = this.device.upgradeSections;
+    return typeof fn === 'function' ? fn.call(this.device) : [];
+  }
+
   private section(id: number): WorkerStateSection {
-    const s = this.workerSections().find((x) => x.id === id);
+    const s = this.workerSections().find((x) => x.id === id) ?? this.upgradeSections().find((x) => x.id === id);
     if (!s) throw new Error(`the device has no state section ${id}`);
     return s;
   }

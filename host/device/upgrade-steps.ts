@@ -6,13 +6,13 @@
 // separate calls; a step that must not run after a refusal does not.
 
 import type { DeviceRunner } from './runner.ts';
-import type { StateReadResult } from './rpc.ts';
+import type { CarriedSection, StateReadResult } from './rpc.ts';
 import { errorText } from '../log/logger.ts';
 
 /** What the old instance answers: the requests it holds (then nothing was stopped), or where its rings stopped and its state's first bytes. */
 export type UpgradeStopResult =
-  | { held: number; bound: string | null; bases: null; state: null }
-  | { held: 0; bound: null; bases: number[]; state: StateReadResult };
+  | { held: number; bound: string | null; bases: null; state: null; carried: null }
+  | { held: 0; bound: null; bases: number[]; state: StateReadResult; carried: CarriedSection[] };
 
 /** One ring to restart on the new instance, as the old one left it. */
 export interface UpgradeRingStart {
@@ -41,12 +41,14 @@ export interface UpgradeInflight {
 export function upgradeStop(runner: DeviceRunner, pause: number[], stop: number[], stateBytes: number): UpgradeStopResult {
   for (const i of pause) runner.ringEnable(i, false);
   const held = runner.ringSnapshot().reduce((n, r) => n + r.held, 0);
-  if (held > 0) return { held, bound: null, bases: null, state: null };
-  // What this instance holds for the guest and cannot hand on (a share's file locks): not stopped either.
-  const bound = runner.status().processBound;
-  if (bound !== null) return { held: 0, bound, bases: null, state: null };
+  if (held > 0) return { held, bound: null, bases: null, state: null, carried: null };
+  // What this instance holds for the guest and cannot hand to the new one (a share's locks it
+  // could not match up: host/fs/lock-handoff.ts): not stopped either.
+  const bound = runner.instanceBound();
+  if (bound !== null) return { held: 0, bound, bases: null, state: null, carried: null };
   const bases = stop.map((i) => runner.ringStop(i));
-  return { held: 0, bound: null, bases, state: runner.stateRead(0, stateBytes) };
+  // Host-held state that moves only this way (the share's locks), read after the stop.
+  return { held: 0, bound: null, bases, state: runner.stateRead(0, stateBytes), carried: runner.upgradeCarry() };
 }
 
 /**
@@ -54,11 +56,13 @@ export function upgradeStop(runner: DeviceRunner, pause: number[], stop: number[
  * finish-load; answers the plugin's refusal without starting anything. Accepted: the inflight
  * area and the rings, each at its base, enabled and watched (which drains what waits on it).
  */
-export function upgradeStart(runner: DeviceRunner, offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null): string | null {
+export function upgradeStart(runner: DeviceRunner, offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]): string | null {
   let refusal: string | null;
   try {
     runner.stateWrite(offset, chunk);
     refusal = runner.stateFinish();
+    // After the finish-load (the share's locks match the files it reopened), before the rings run.
+    if (refusal === null) refusal = runner.upgradeTake(carried);
   } catch (e) {
     throw new Error(`it did not take the state: ${errorText(e)}`);
   }

@@ -16,7 +16,7 @@
 // front-end sees one NEEDS_RESET.
 
 import type { DeviceInfo } from './device.ts';
-import type { DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
+import type { CarriedSection, DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { ownCopy, type Remote } from './typed-rpc.ts';
 import type { WarmUpResult } from './warm-up.ts';
 import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
@@ -284,8 +284,8 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     return this.oneThread('upgradeStop').upgradeStop(pause, stop, stateBytes);
   }
 
-  async upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null): Promise<string | null> {
-    return this.oneThread('upgradeStart').upgradeStart(offset, chunk, rings, inflight);
+  async upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]): Promise<string | null> {
+    return this.oneThread('upgradeStart').upgradeStart(offset, chunk, rings, inflight, carried);
   }
 
   private oneThread(what: string): WorkerThread {

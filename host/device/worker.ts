@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { DeviceRunner, type RunnerHooks } from './runner.ts';
 import type { VirtioDevice, DeviceFactory } from './device.ts';
-import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
+import { WATCHDOG_TID, WatchdogPhase, deviceWorkerOps, watchdogWord, type CarriedSection, type DeviceWorkerApi, type MainToWorker, type PrepareRequest, type RegionMsg, type VringAddrMsg, type WorkerInit, type WorkerToMain } from './rpc.ts';
 import { serve, type Implementation } from './typed-rpc.ts';
 import { serializeError } from '../errors.ts';
 import { createLogger, errorText, setLogLevel, useLogLevelCell } from '../log/logger.ts';
@@ -136,7 +136,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   status() { return this.runner.status(); }
   ringSnapshot() { return this.runner.ringSnapshot(); }
   upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
-  upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null) { return upgradeStart(this.runner, offset, chunk, rings, inflight); }
+  upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) { return upgradeStart(this.runner, offset, chunk, rings, inflight, carried); }
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {
     // Counted nowhere and throttled by nothing: scratch cells stand in for the device's own.
     const own = { meter, throttle: this.hooks.throttle };

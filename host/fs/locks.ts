@@ -59,7 +59,7 @@ export interface FileLock {
   pid: number;
 }
 
-interface Range {
+export interface Range {
   start: bigint;
   end: bigint;
   kind: number;
@@ -87,6 +87,20 @@ interface Wait {
   readonly attempt: () => number;
   delay: number;
   timer: NodeJS.Timeout | null;
+}
+
+/**
+ * One record-lock owner as a live plugin upgrade hands it to the next instance in this process
+ * (host/fs/lock-handoff.ts): the description that holds its OFD locks, and what the table knows.
+ */
+export interface OwnerRecord {
+  fd: number;
+  inode: string;
+  owner: bigint;
+  /** The open-file handle its last lock came through (the giving share's number). */
+  file: bigint;
+  ranges: Range[];
+  forgot: boolean;
 }
 
 /** What the share lends the lock table: fds of its open files and reopened owner fds. */
@@ -231,6 +245,28 @@ export class FsLocks {
    */
   get heldLocks(): number {
     return this.owners.size + this.flocked.size;
+  }
+
+  /** The owners and flocked open files, for a live plugin upgrade (the fds stay this table's). */
+  describe(): { owners: OwnerRecord[]; flocked: bigint[] } {
+    const owners = [...this.owners.values()].map((o) => ({ fd: o.fd, inode: o.inode, owner: BigInt(o.key.slice(o.inode.length + 1)), file: o.file, ranges: o.ranges.map((r) => ({ ...r })), forgot: o.forgot }));
+    return { owners, flocked: [...this.flocked] };
+  }
+
+  /**
+   * Takes on an owner of another instance's table (a live plugin upgrade): `o.fd` is this
+   * table's own duplicate of that owner's description, `o.file` this share's handle of the same
+   * open file. Throws if the owner is already here (the table must start empty).
+   */
+  adoptOwner(o: OwnerRecord): void {
+    const key = ownerKey(o.inode, o.owner);
+    if (this.owners.has(key)) throw new Error(`lock owner ${o.owner} of inode ${o.inode} is already in the table`);
+    this.owners.set(key, { key, inode: o.inode, fd: o.fd, file: o.file, ranges: o.ranges.map((r) => ({ ...r })), forgot: o.forgot });
+  }
+
+  /** Open file `file` holds a flock (taken on its description by another instance: a live plugin upgrade). */
+  adoptFlock(file: bigint): void {
+    this.flocked.add(file);
   }
 
   /** Owner descriptions open now (tests). */

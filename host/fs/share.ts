@@ -35,6 +35,7 @@ import { XattrMap, type XattrRule } from './xattr-map.ts';
 import { IdMap, type IdMapRule } from './id-map.ts';
 import { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
 import { FsLocks, type FileLock } from './locks.ts';
+import type { HandoffFile, LockHandoff } from './lock-handoff.ts';
 
 export const E = OS.errno;
 
@@ -163,6 +164,8 @@ interface Slot {
   fh?: Uint8Array;
   /** A directory: its fd opened by handle may be kept in the share's dirFds. */
   dir?: boolean;
+  /** An open file: the O_ACCMODE bits it was opened with (host/fs/lock-handoff.ts matches by them). */
+  acc?: number;
 }
 
 /** Directory fds opened by handle kept between calls (a guest works in a few directories at a time). */
@@ -391,8 +394,8 @@ export class FsShare {
    * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
    * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
    */
-  private add(fd: number, kind: Slot['kind'], dir = false): FsResult<bigint> {
-    let slot: Slot = { fd, kind };
+  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number): FsResult<bigint> {
+    let slot: Slot = acc === undefined ? { fd, kind } : { fd, kind, acc };
     if (kind === 'node' && this.nodesBy === 'handles') {
       const n = native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
@@ -491,6 +494,110 @@ export class FsShare {
 
   private fileFd(h: bigint): number {
     return this.slot(h, 'file')?.fd ?? -1;
+  }
+
+  // ---- the guest's locks across a live plugin upgrade (host/fs/lock-handoff.ts) ----
+
+  /** "dev:ino" of any fd, or null. */
+  private inodeKey(fd: number): string | null {
+    const a = this.stat(fd);
+    return a.ok ? `${a.val.dev}:${a.val.ino}` : null;
+  }
+
+  /** This share's open files by "inode/access mode". */
+  private openFilesByKey(): Map<string, bigint[]> {
+    const out = new Map<string, bigint[]>();
+    for (const [id, s] of this.handles) {
+      if (s.kind !== 'file' || s.fd < 0) continue;
+      const inode = this.inodeKey(s.fd);
+      if (inode === null) continue;
+      const key = `${inode}/${s.acc ?? 0}`;
+      out.set(key, [...(out.get(key) ?? []), BigInt(id)]);
+    }
+    return out;
+  }
+
+  /** The open files the guest's locks name, or why the next instance could not tell them apart. */
+  private lockedFiles(): HandoffFile[] | string {
+    const t = this.locks.describe();
+    const named = new Set<bigint>([...t.owners.map((o) => o.file), ...t.flocked]);
+    if (named.size === 0) return [];
+    const byKey = this.openFilesByKey();
+    const files: HandoffFile[] = [];
+    for (const id of named) {
+      const s = this.slot(id, 'file');
+      const inode = s ? this.inodeKey(s.fd) : null;
+      if (!s || inode === null) return `an open file holding a lock (handle ${id}) cannot be examined`;
+      const acc = s.acc ?? 0;
+      const twins = byKey.get(`${inode}/${acc}`)?.length ?? 0;
+      if (twins > 1) {
+        return `the guest has inode ${inode} open ${twins} times with the same access mode and holds a lock through one of them: ` +
+          'the new instance reopens them by name and could not tell which is which; retry once the guest closed the others or released the lock';
+      }
+      files.push({ id, inode, acc, fd: s.fd });
+    }
+    return files;
+  }
+
+  /** Null when the guest's locks can move to another instance of the device in this process (a live plugin upgrade), else why not. */
+  lockHandoffBound(): string | null {
+    const f = this.lockedFiles();
+    return typeof f === 'string' ? f : null;
+  }
+
+  /** The guest's locks as the next instance takes them over (rings stopped; lockHandoffBound() was null). */
+  lockHandoff(): LockHandoff {
+    const files = this.lockedFiles();
+    if (typeof files === 'string') throw new Error(files);
+    const t = this.locks.describe();
+    return { pid: process.pid, files, owners: t.owners, flocked: t.flocked };
+  }
+
+  /**
+   * Takes over the previous instance's locks, after the plugin's finish-load reopened the open
+   * files: every lock-holding description is duplicated here (a flocked open file's own fd is
+   * made to refer to the old description), so the locks never drop. Null, or what failed
+   * (whatever was taken is let go again; the new instance is then discarded).
+   */
+  adoptLocks(h: LockHandoff): string | null {
+    if (h.pid !== process.pid) return `the locks were handed over by process ${h.pid}, not this one (${process.pid}): their fds mean nothing here`;
+    if (h.owners.length === 0 && h.flocked.length === 0) return null;
+    const mine = this.openFilesByKey();
+    const map = new Map<bigint, bigint>();
+    for (const f of h.files) {
+      const c = mine.get(`${f.inode}/${f.acc}`) ?? [];
+      if (c.length !== 1) return `open file ${f.id} (inode ${f.inode}) of the previous instance ${c.length === 0 ? 'was not reopened here' : `matches ${c.length} reopened files`}`;
+      map.set(f.id, c[0]);
+    }
+    const files = new Map(h.files.map((f) => [f.id, f]));
+    const undo = (why: string) => {
+      this.locks.releaseAll();
+      return `taking over the guest's locks: ${why}`;
+    };
+    for (const old of h.flocked) {
+      const f = files.get(old)!;
+      const slot = this.slot(map.get(old)!, 'file')!;
+      // Checked before the dup3: afterwards the slot's fd would already be the other file.
+      if (this.inodeKey(f.fd) !== f.inode) return undo(`fd ${f.fd} of the previous instance is not inode ${f.inode}`);
+      const r = native.fsDup(f.fd, slot.fd);
+      if (r < 0) return undo(`the flock of inode ${f.inode}: ${errnoName(-r)}`);
+      this.locks.adoptFlock(map.get(old)!);
+    }
+    for (const o of h.owners) {
+      const fd = native.fsDup(o.fd, -1);
+      if (fd < 0) return undo(`lock owner ${o.owner} of inode ${o.inode}: ${errnoName(-fd)}`);
+      if (this.inodeKey(fd) !== o.inode) {
+        native.fsClose(fd);
+        return undo(`fd ${o.fd} of the previous instance is not inode ${o.inode}`);
+      }
+      try {
+        this.locks.adoptOwner({ ...o, fd, file: map.get(o.file)! });
+      } catch (e) {
+        native.fsClose(fd);
+        return undo((e as Error).message);
+      }
+    }
+    return null;
   }
 
   /** The fd of open-file handle `h`, or -1: for filesystem.backing (host/fs/file-backings.ts). The share keeps owning it. */
@@ -651,7 +758,7 @@ export class FsShare {
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
     return this.using(node, 'node', (n) => {
       const fd = this.budgeted(native.fsReopen(n, flags));
-      return fd < 0 ? fail(-fd) : this.add(fd, 'file');
+      return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
     });
   }
 
@@ -685,7 +792,7 @@ export class FsShare {
     }
     // Only when the host's umask took bits off (a chmod per create costs an inode update).
     if (made && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
-    const f = this.add(fd, 'file');
+    const f = this.add(fd, 'file', false, flags & O_ACCMODE);
     if (!f.ok) {
       this.closeHandle(e.val.node);
       return f;

@@ -19,6 +19,12 @@ export interface NativeFs {
   fsStat(fd: number, out: Float64Array): number;
   /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
   fsReopen(fd: number, flags: number): number;
+  /**
+   * An fd on the same open file description as `fd` (a regular file or directory; its locks
+   * come with it): `onto` -1, a new one, budgeted and owned like the others; else `onto` (a share
+   * fd this thread owns) is made to refer to it (dup3).
+   */
+  fsDup(fd: number, onto: number): number;
   /** A new O_PATH fd on the inode `fd` refers to. */
   fsPathOf(fd: number): number;
   /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */

@@ -14,6 +14,7 @@ import { droppedLines } from './imports.ts';
 import { BackingTable, storageIoBacking } from '../io/backing-table.ts';
 import { FsFileBackings } from '../fs/file-backings.ts';
 import { checkPluginOptions } from './plugin-options.ts';
+import { lockHandoffSection } from '../fs/lock-handoff-section.ts';
 
 // One log budget per device, not per instance: a reset brings a fresh instance, not a fresh burst.
 const logRates = new Map<string, LogRateLimit>();
@@ -80,8 +81,13 @@ export async function loadPluginDevice(
       // a plugin that forgets (or traps in reset) cannot keep fds from the process budget.
       processBound(): string | null {
         const n = share.locks.heldLocks;
-        return n === 0 ? null : `the guest holds ${n} file lock(s) on the share; they belong to this device instance and would be dropped if it handed the session on: retry once the guest released them`;
+        return n === 0
+          ? null
+          : `the guest holds ${n} file lock(s) on the share; they are held by this process's open files and would be dropped if another process took the session on (a plugin upgrade keeps them): retry once the guest released them`;
       },
+      // A live plugin upgrade hands the locks to the new instance (host/fs/lock-handoff.ts).
+      instanceBound: () => share.lockHandoffBound(),
+      upgradeSections: () => [lockHandoffSection(share)],
       reset(): void {
         try {
           resetDevice();

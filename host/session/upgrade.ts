@@ -221,7 +221,7 @@ async function stopAndStartOneThread(
   }
   const t2 = performance.now();
   const bases = new Map(started.map((i, k) => [i, s.bases[k]]));
-  const start = fresh.upgradeStart(last.offset, last.bytes, restart(bases), area);
+  const start = fresh.upgradeStart(last.offset, last.bytes, restart(bases), area, s.carried);
   const looks = lookAt(fresh, paused);
   const refusal = await start;
   if (refusal !== null) throw new UpgradeRefused(`the new plugin refused the old instance's state: ${refusal}`);

@@ -101,9 +101,6 @@ uint32_t n_files;
 static uint32_t cap_files;
 
 fs_session session;
-/* A SETLK/SETLKW for a record lock came since the start (never reset: a guest that once asked
- * may hold some; a migration destination starts with none, as the locks are not migrated). */
-static uint8_t record_locks_asked;
 
 static uint32_t hash_of(uint64_t dev, uint64_t ino) {
   uint64_t h = (dev * 0x9E3779B97F4A7C15ull) ^ (ino * 0xC2B2AE3D27D4EB4Full);
@@ -1213,7 +1210,7 @@ static void op_flush(reply *r, args *a) {
   /* A process closed a file: POSIX drops every record lock it has on the inode. The guest
    * kernel keeps no record of locks the server holds, so this FLUSH is the only notice. A
    * guest that never asked for a record lock holds none: its every close() costs no host call. */
-  if ((session.flags & FUSE_POSIX_LOCKS) && record_locks_asked && f->handle) {
+  if ((session.flags & FUSE_POSIX_LOCKS) && session.record_locks && f->handle) {
     vfs_lock all = {.start = 0, .end = VFS_LOCK_END_MAX, .kind = 2 /* F_UNLCK */};
     vfs_setlk(f->handle, in.lock_owner, &all, 0, 0);
   }
@@ -1449,7 +1446,7 @@ static void op_setlk(reply *r, args *a, int wait, uint32_t id) {
   vfs_lock lk;
   lock_of(&lk, &in.lk);
   int flock = (in.lk_flags & FUSE_LK_FLOCK) != 0;
-  if (!flock) record_locks_asked = 1;
+  if (!flock) session.record_locks = 1;
   lock_wait *w = NULL;
   if (wait && lk.kind != 2 /* F_UNLCK never waits */) {
     for (uint32_t i = 0; i < MAX_LOCK_WAITS && !w; i++)

@@ -6,9 +6,14 @@
  * and resolves them on first use, and reopens the files during the load (never with
  * O_TRUNC) (fs.c, "Migration").
  *
- * Format, little-endian (version 1):
+ * Format, little-endian (version 2; version 1 is the same with bytes 6-7 zero, and still loads):
  *   0  "VFSS"                        magic
- *   4  u8 version = 1, u8 oldest version that can read it = 1, u16 zero
+ *   4  u8 version = 2, u8 oldest version that can read it, u8 session lock flags, u8 zero
+ *      lock flags bit 0: the guest has asked for record locks (session.record_locks), so a
+ *      FLUSH must drop the closing process's locks on the host. The locks themselves are the
+ *      host's (host/fs/lock-handoff.ts moves them in a live plugin upgrade). With the bit set
+ *      the oldest reader is 2: a version-1 reader would ignore it and leave a closed process's
+ *      locks held; without it 1.
  *   8  u32 session initialized (0/1), u32 FUSE minor, u32 FUSE flags, u32 max_readahead
  *  24  u32 inode count, u32 file count
  *  32  inodes: u32 id, u32 parent id, u64 nlookup, u32 mode, u32 name length
@@ -30,7 +35,7 @@
 #include "state.h"
 #include "vhost_device.h"
 
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 #define HEADER 32
 #define INODE_HEAD 24
 #define FILE_REC 16
@@ -56,7 +61,8 @@ static void put_header(uint8_t *h, uint32_t ni, uint32_t nf) {
   memset(h, 0, HEADER);
   memcpy(h, "VFSS", 4);
   h[4] = STATE_VERSION;
-  h[5] = 1;
+  h[5] = session.record_locks ? 2 : 1;
+  h[6] = session.record_locks ? 1 : 0;
   vd_put_u32(h + 8, session.initialized);
   vd_put_u32(h + 12, session.minor);
   vd_put_u32(h + 16, session.flags);
@@ -168,6 +174,7 @@ static struct {
   uint8_t unit[INODE_HEAD + MAX_NAME];
   uint32_t unit_len;
   uint32_t initialized, minor, flags, readahead;
+  uint8_t record_locks; /* header lock flags bit 0 (version 2) */
   uint32_t ni, nf, inodes_done, files_done;
   uint8_t *files; /* the file records, reopened at finish-load */
 } ld;
@@ -194,6 +201,8 @@ static const char *take_header(const uint8_t *s) {
   if (memcmp(s, "VFSS", 4) != 0) return "not an fs state (bad magic)";
   if (s[5] > STATE_VERSION) return "fs state from a newer plugin this version cannot read";
   if (s[4] < 1) return "unsupported fs state version";
+  /* Version 1 had zero here; a later version may set flags it knows an older reader can skip. */
+  ld.record_locks = s[4] >= 2 && (s[6] & 1);
   ld.initialized = vd_get_u32(s + 8);
   ld.minor = vd_get_u32(s + 12);
   ld.flags = vd_get_u32(s + 16);
@@ -287,6 +296,7 @@ const char *vd_finish_load(void) {
   else if (ld.phase != LD_DONE || ld.unit_len) err = "fs state truncated in its tables";
   else if (!ld.initialized) fs_tables_clear();
   else err = fs_load_finish(ld.files, ld.nf, ld.minor, ld.flags, ld.readahead);
+  if (!err && ld.initialized) session.record_locks = ld.record_locks;
   if (err) fs_tables_clear();
   load_reset();
   return err;

@@ -34,6 +34,9 @@ typedef struct fs_file {
 
 typedef struct fs_session {
   uint8_t initialized;
+  /* The guest asked for a record lock this session: a FLUSH then drops the closing process's
+   * record locks on the host (a guest that never asked holds none, and its closes cost nothing). */
+  uint8_t record_locks;
   uint32_t minor, flags, max_readahead;
 } fs_session;
 

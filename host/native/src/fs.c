@@ -296,6 +296,38 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
   return num(env, nfd);
 }
 
+// fsDup(fd, onto) -> an fd on the same open file description as fd (its locks, its flock) |
+// -errno. For a live plugin upgrade: the new instance's share takes over the descriptions that
+// hold the guest's locks from the old instance's (another thread of this process), so the
+// locks never drop. onto -1: a new fd, budgeted and owned by this thread like every share fd;
+// onto >= 0: a share fd this thread owns is made to refer to fd's description instead (dup3:
+// the number, its ownership and budget stay; whatever already names that number keeps working).
+// Only a regular file or a directory is duplicated (EBADF otherwise): the caller then checks
+// it is the inode it expected.
+static napi_value fs_dup(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t onto = -1;
+  if (!get_args(env, info, 2, 2, argv, NULL, "fsDup") || !arg_fd(env, argv[0], "fsDup", &fd) ||
+      !arg_int(env, argv[1], "fsDup", "onto", &onto))
+    return NULL;
+  struct stat st;
+  if (fstat(fd, &st) < 0) return neg(env, errno);
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return neg(env, EBADF);
+  fs_env *fe = fs_env_of(env, info);
+  if (onto >= 0) {
+    if (onto > INT_MAX || !owns(fe, (int)onto) || onto == fd) return neg(env, EBADF);
+    return dup3(fd, (int)onto, O_CLOEXEC) < 0 ? neg(env, errno) : num(env, (double)onto);
+  }
+  int nfd;
+  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (nfd == 0) {
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    nfd = fs_keep(fe, d < 0 ? -errno : d);
+  }
+  return num(env, nfd);
+}
+
 static int path_of(int fd) {
   char path[64];
   proc_path(path, sizeof path, fd);
@@ -888,6 +920,7 @@ fs_env *init_fs(napi_env env, napi_value exports) {
   // The calls that hand out (or take back) share fds carry this environment's record.
   bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
+         fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
          fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&
          fs_set_fn(env, exports, "fsClose", fs_close, fe) &&
          set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&

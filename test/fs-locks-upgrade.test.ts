@@ -1,0 +1,109 @@
+// The guest's locks across a live plugin upgrade, through a real host process: the new
+// instance's share takes over the descriptions that hold them (host/fs/lock-handoff.ts), so
+// after the upgrade the guest still holds its record locks and its flock (another owner and a
+// host process are refused them), an unlock works, closing the file lets the flock go, and a
+// FLUSH still drops the closing process's record locks (the plugin's state, version 2, says the
+// guest asked for record locks).
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO, startHost } from './helpers/host-process.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { FuseClient, nodeOf, fhOfOpen, O } from './helpers/fuse.ts';
+
+const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
+const OP = { RELEASE: 18, FLUSH: 25, SETLK: 32 };
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+const END = (1n << 63n) - 1n;
+const E = { EAGAIN: 11 };
+
+function lkIn(fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, pid: number, flock = false): Buffer {
+  const b = Buffer.alloc(48);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeBigUInt64LE(owner, 8);
+  b.writeBigUInt64LE(start, 16);
+  b.writeBigUInt64LE(end, 24);
+  b.writeUInt32LE(type, 32);
+  b.writeUInt32LE(pid, 36);
+  b.writeUInt32LE(flock ? 1 : 0, 40);
+  return b;
+}
+
+/** fh, flags, release_flags, lock_owner (fuse_release_in; fuse_flush_in is fh, unused, padding, lock_owner). */
+function releaseIn(fh: bigint, flags: number, owner: bigint): Buffer {
+  const b = Buffer.alloc(24);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeUInt32LE(flags, 8);
+  b.writeBigUInt64LE(owner, 16);
+  return b;
+}
+
+/** What a host process gets trying, without waiting, `lockf` of bytes 0..3 or `flock` of the whole file: 'locked' or 'busy'. */
+function hostTry(path: string, how: 'lockf' | 'flock'): string {
+  const code = how === 'lockf'
+    ? `import fcntl\nf=open(${JSON.stringify(path)},'r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,4,0); print('locked')\nexcept OSError: print('busy')`
+    : `import fcntl\nf=open(${JSON.stringify(path)},'r')\ntry:\n  fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB); print('locked')\nexcept OSError: print('busy')`;
+  return execFileSync('python3', ['-c', code], { encoding: 'utf8' }).trim();
+}
+
+test('a live plugin upgrade keeps the guest\'s record locks and flock: refused to others after it, unlock, close and FLUSH still work', async (t) => {
+  if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
+  const dir = mkdtempSync(join(tmpdir(), 'fs-locks-upgrade-'));
+  writeFileSync(join(dir, 'rec'), 'record locks');
+  writeFileSync(join(dir, 'fl'), 'flock');
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--call-deadline', '10000']);
+  t.teardown(async () => {
+    await host.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  try {
+    const c = new FuseClient(fe);
+    const setlk = async (fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, flock = false) => (await c.req(OP.SETLK, 0n, lkIn(fh, owner, start, end, type, 100 + Number(owner), flock))).error;
+    t.is((await c.init()).error, 0, 'INIT');
+    const rec = nodeOf(await c.lookup(1n, 'rec'));
+    const fl = nodeOf(await c.lookup(1n, 'fl'));
+    const recA = fhOfOpen(await c.open(rec, O.RDWR));
+    const recB = fhOfOpen(await c.open(rec, O.RDONLY));
+    const flA = fhOfOpen(await c.open(fl, O.RDONLY));
+    // Owner 7 (an OFD lock's owner: its open file recA) write-locks the whole file; owner 9 (a
+    // process, through recB) read-locks nothing yet; flA holds a flock (owner 11: its open file).
+    t.is(await setlk(recA, 7n, 0n, END, F_WRLCK), 0);
+    t.is(await setlk(flA, 11n, 0n, END, F_WRLCK, true), 0);
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'busy', 'before: the host sees the record lock');
+    t.is(hostTry(join(dir, 'fl'), 'flock'), 'busy', 'before: the host sees the flock');
+
+    const [up] = (await rawRpc(`${host.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: FS_PLUGIN } })], 1)) as { error?: { message: string }; result?: unknown }[];
+    t.falsy(up.error, `the upgrade went through: ${JSON.stringify(up)}`);
+    t.regex(host.log(), /upgrade/i);
+
+    // After: the same locks, held by the same owners.
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'busy', 'after: the host still sees the record lock');
+    t.is(hostTry(join(dir, 'fl'), 'flock'), 'busy', 'after: the host still sees the flock');
+    t.is(await setlk(recB, 9n, 0n, 0n, F_RDLCK), E.EAGAIN, 'another owner is refused');
+    t.is(await setlk(recA, 7n, 0n, 0n, F_WRLCK), 0, 'the holder may lock again what it holds');
+    // An unlock of part of the range frees that part only.
+    t.is(await setlk(recA, 7n, 0n, 3n, F_UNLCK), 0);
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'locked', 'bytes 0..3 unlocked');
+    t.is(await setlk(recB, 9n, 10n, 10n, F_RDLCK), E.EAGAIN, 'the rest is still owner 7\'s');
+    // Owner 9 takes a process lock on bytes 0..3 (through recB), then its process closes recB:
+    // FLUSH with owner 9 drops it (the state told the new instance the guest asked for record locks).
+    t.is(await setlk(recB, 9n, 0n, 3n, F_RDLCK), 0);
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'busy', 'owner 9 holds bytes 0..3');
+    t.is((await c.req(OP.FLUSH, rec, releaseIn(recB, 0, 9n))).error, 0);
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'locked', 'FLUSH dropped owner 9\'s lock');
+    // Closing recA (its OFD owner's open file) lets owner 7's locks go.
+    t.is((await c.req(OP.RELEASE, rec, releaseIn(recA, 2, 0n))).error, 0);
+    t.is(await setlk(recB, 9n, 10n, 10n, F_RDLCK), 0, 'owner 7\'s locks went with its open file');
+    // Unlocking the flock through the open file works; then closing it is clean.
+    t.is(await setlk(flA, 11n, 0n, END, F_UNLCK, true), 0);
+    t.is(hostTry(join(dir, 'fl'), 'flock'), 'locked', 'the flock was let go');
+  } finally {
+    await fe.close();
+  }
+});
