@@ -276,6 +276,39 @@ test('a ring stop ends the waits: a SETLKW that still conflicts is answered ENOL
   t.is(g.wake().get((again as { held: number }).held)?.error, 0, 'granted');
 });
 
+test('the fs state (version 2) says whether the guest asked for record locks: then only a version-2 reader may load it, and the loaded instance drops a closing process\'s locks at FLUSH', async (t) => {
+  const { g, share } = await setup(t);
+  const head = () => Buffer.from(g.dev.getState(0, 8).bytes);
+  t.deepEqual([...head().subarray(4, 8)], [2, 1, 0, 0], 'no record lock asked: version 2, readable by version 1');
+  const a = g.open('f');
+  t.is(g.setlk(a, 5n, 0n, END, F_WRLCK), 0);
+  t.deepEqual([...head().subarray(4, 8)], [2, 2, 1, 0], 'asked: lock flag bit 0, oldest reader 2');
+  // A fresh instance on the same share loads it; its FLUSH for owner 5 then unlocks on the host.
+  const all: Buffer[] = [];
+  for (let off = 0; ; ) {
+    const c = g.dev.getState(off, 65536);
+    all.push(Buffer.from(c.bytes));
+    off += c.bytes.length;
+    if (c.remaining === 0) break;
+  }
+  const state = Buffer.concat(all);
+  const backings = new BackingTable();
+  const fresh = await loadPlugin(bytes, { cacheDir, grants: { filesystem: share, backings, fsFiles: new FsFileBackings(share, backings), log: () => {} } });
+  fresh.setState(0, state);
+  t.is(fresh.finishLoad(), null);
+  t.deepEqual([...Buffer.from(fresh.getState(0, 8).bytes).subarray(4, 8)], [2, 2, 1, 0], 'the loaded instance knows the guest asked');
+  const other = shareOpen(share);
+  t.is(share.setlk(other, 6n, { start: 0n, end: END, kind: F_WRLCK, pid: 6 }, false, 0n).ok, false, 'owner 5 holds the file');
+  const flush = Buffer.alloc(24);
+  flush.writeBigUInt64LE(a, 0); // the guest's fh, which the state carried
+  flush.writeBigUInt64LE(5n, 16);
+  const readable = Buffer.concat([header(64, OP.FLUSH, 77n, 2n), flush]);
+  const acts = fresh.handle([{ kind: 'request', request: { id: 1, queue: 1, prefix: readable, readableLen: readable.length, writableLen: 4096 } }]);
+  t.is(replyOf(acts[0]).error, 0);
+  t.true(share.setlk(other, 6n, { start: 0n, end: END, kind: F_WRLCK, pid: 6 }, false, 0n).ok, 'FLUSH for owner 5 dropped its lock');
+  share.releaseAll();
+});
+
 test('a reset lets every lock and wait go (a guest that disconnects holds nothing)', async (t) => {
   const { g, share, dir } = await setup(t);
   const a = g.open('f');
