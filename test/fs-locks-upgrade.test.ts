@@ -107,3 +107,35 @@ test('a live plugin upgrade keeps the guest\'s record locks and flock: refused t
     await fe.close();
   }
 });
+
+test('a plugin upgrade that could not tell two open files apart (same inode, same access mode, a lock through one) is refused up front; the old instance serves on with the lock', async (t) => {
+  if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
+  const dir = mkdtempSync(join(tmpdir(), 'fs-locks-upgrade-'));
+  writeFileSync(join(dir, 'rec'), 'record locks');
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--call-deadline', '10000']);
+  t.teardown(async () => {
+    await host.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  try {
+    const c = new FuseClient(fe);
+    t.is((await c.init()).error, 0, 'INIT');
+    const rec = nodeOf(await c.lookup(1n, 'rec'));
+    const a = fhOfOpen(await c.open(rec, O.RDWR));
+    const b = fhOfOpen(await c.open(rec, O.RDWR));
+    t.is((await c.req(OP.SETLK, 0n, lkIn(a, 7n, 0n, END, F_WRLCK, 107))).error, 0);
+    const upgrade = async () => (await rawRpc(`${host.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: FS_PLUGIN } })], 1)) as { error?: { message: string } }[];
+    const [up] = await upgrade();
+    t.regex(up.error?.message ?? JSON.stringify(up), /open 2 times with the same access mode and holds a lock through one of them/);
+    t.is((await c.req(OP.SETLK, 0n, lkIn(b, 8n, 0n, 0n, F_WRLCK, 108))).error, E.EAGAIN, 'the old instance still holds owner 7\'s lock');
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'busy');
+    // Once the twin is closed, the upgrade goes through and the lock stays.
+    t.is((await c.req(OP.RELEASE, rec, releaseIn(b, 2, 0n))).error, 0);
+    const [again] = await upgrade();
+    t.falsy(again.error, JSON.stringify(again));
+    t.is(hostTry(join(dir, 'rec'), 'lockf'), 'busy', 'the lock moved with the upgrade');
+  } finally {
+    await fe.close();
+  }
+});
