@@ -7,6 +7,7 @@
 // in the middle leave the old host serving its front-end.
 // HANDOVER_PHASES=1 logs where each handover's time went (both hosts' log lines).
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -506,36 +507,60 @@ test.serial('a front-end stalled in the middle of a message does not hang the ol
   t.is(old.child.exitCode, null);
 });
 
-test.serial('fs: a file lock the guest holds cannot move to another process: a live handover is refused (not the lock silently dropped), the old host keeps serving with the lock held; a plugin upgrade (same process) keeps it', async (t) => {
+test.serial('fs: the guest\'s file locks move with a live handover (their descriptions go beside the state): after it the new host refuses them to another owner and a host process, an unlock works; twin open files refuse the handover', async (t) => {
   const share = join(dir, 'share');
   mkdirSync(share, { recursive: true });
   writeFileSync(join(share, 'data'), 'locked');
-  const old = await host(['--plugin', fsPlugin, '--shared-dir', share]);
+  writeFileSync(join(share, 'fl'), 'flocked');
+  const args = ['--plugin', fsPlugin, '--shared-dir', share];
+  const old = await host(args);
   const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
   t.teardown(() => fe.close());
+  let disconnected = false;
+  void fe.conn.closed.then(() => (disconnected = true));
   const c = new FuseClient(fe);
   t.is((await c.init()).error, 0);
   const data = nodeOf(await c.lookup(1n, 'data'));
   const fh = fhOfOpen(await c.open(data, O.RDWR));
-  // FUSE_SETLK: a whole-file write lock for lock owner 7 (fh, owner, start, end, type F_WRLCK, pid, flags).
-  const lk = Buffer.alloc(48);
-  lk.writeBigUInt64LE(fh, 0);
-  lk.writeBigUInt64LE(7n, 8);
-  lk.writeBigUInt64LE((1n << 63n) - 1n, 24);
-  lk.writeUInt32LE(1, 32);
-  lk.writeUInt32LE(42, 36);
-  t.is((await c.req(32, data, lk)).error, 0);
-  const r = await runCli(['--socket-path', sock, '--plugin', fsPlugin, '--shared-dir', share, '--take-over', '--take-over-mode', 'live']);
+  const twin = fhOfOpen(await c.open(data, O.RDWR));
+  const fl = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'fl')), O.RDONLY));
+  // FUSE_SETLK (fh, owner, start, end, type, pid, flags): a whole-file write lock for owner 7, a flock through fl.
+  const lk = (file: bigint, owner: bigint, type: number, flock = false) => {
+    const b = Buffer.alloc(48);
+    b.writeBigUInt64LE(file, 0);
+    b.writeBigUInt64LE(owner, 8);
+    b.writeBigUInt64LE((1n << 63n) - 1n, 24);
+    b.writeUInt32LE(type, 32);
+    b.writeUInt32LE(42, 36);
+    b.writeUInt32LE(flock ? 1 : 0, 40);
+    return b;
+  };
+  t.is((await c.req(32, data, lk(fh, 7n, 1))).error, 0);
+  t.is((await c.req(32, data, lk(fl, 9n, 1, true))).error, 0);
+  const hostTry = (name: string, how: 'lockf' | 'flock') =>
+    execFileSync('python3', ['-c', `import fcntl\nf=open(${JSON.stringify(join(share, name))},'r+')\ntry:\n  fcntl.${how === 'lockf' ? 'lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,4,0)' : 'flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)'}; print('locked')\nexcept OSError: print('busy')`], { encoding: 'utf8' }).trim();
+  // Two open files of the lock's inode with the same access mode: the new host could not tell them apart.
+  const r = await runCli(['--socket-path', sock, ...args, '--take-over', '--take-over-mode', 'live']);
   t.is(r.code, 1, r.stderr);
-  t.regex(r.stderr, /holds 1 file lock/);
+  t.regex(r.stderr, /open 2 times with the same access mode and holds a lock through one of them/);
   t.is(old.child.exitCode, null);
-  // A live plugin upgrade stays in this process: the new instance takes the lock over (test/fs-locks-upgrade.test.ts).
-  const [up] = (await rawRpc(`${sock}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'plugin-upgrade', params: { plugin: fsPlugin } })], 1)) as { error?: { message: string } }[];
-  t.falsy(up.error, JSON.stringify(up));
-  // The old host still serves the same connection, the lock still held: another owner is refused it.
-  t.is((await c.getattr(data)).error, 0);
-  lk.writeBigUInt64LE(8n, 8);
-  t.is((await c.req(32, data, lk)).error, 11 /* EAGAIN */, 'the lock is still held by owner 7');
+  t.is((await c.req(32, data, lk(twin, 8n, 1))).error, 11 /* EAGAIN */, 'the old host still holds owner 7\'s lock');
+  // RELEASE of the twin (fh, flags, release_flags, lock_owner): then the handover goes through.
+  const rel = Buffer.alloc(24);
+  rel.writeBigUInt64LE(twin, 0);
+  t.is((await c.req(18, data, rel)).error, 0);
+  const next = await host([...args, '--take-over', '--take-over-mode', 'live']);
+  t.is(await exitOf(old), 0, old.log());
+  t.regex(next.log(), /the session carries on here without a reconnect/);
+  t.false(disconnected);
+  t.is(hostTry('data', 'lockf'), 'busy', 'a host process is still refused the record lock');
+  t.is(hostTry('fl', 'flock'), 'busy', 'and the flock');
+  const other = fhOfOpen(await c.open(data, O.RDONLY));
+  t.is((await c.req(32, data, lk(other, 8n, 0))).error, 11 /* EAGAIN */, 'another owner is refused after the handover');
+  t.is((await c.req(32, data, lk(fh, 7n, 2))).error, 0, 'owner 7 unlocks on the new host');
+  t.is((await c.req(32, data, lk(other, 8n, 0))).error, 0, 'then another owner gets it');
+  t.is((await c.req(32, data, lk(fl, 9n, 2, true))).error, 0);
+  t.is(hostTry('fl', 'flock'), 'locked', 'the flock let go on the new host');
 });
 
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {

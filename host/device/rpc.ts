@@ -142,6 +142,10 @@ export const deviceWorkerOps = {
     transferArgs: (_offset, chunk) =>
       chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength && chunk.buffer instanceof ArrayBuffer ? [chunk.buffer] : [],
   }),
+  /** VirtioDevice.instanceBound (else processBound): what cannot move to a new instance now, or null. */
+  instanceBound: op<() => string | null>(),
+  /** Rings stopped: the device's upgrade-only sections (a share's locks), whole, for a live plugin upgrade or host handover. */
+  carrySections: op<() => CarriedSection[]>(),
   /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */
   ringSnapshot: op<() => RingSnapshot[]>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).

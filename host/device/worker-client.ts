@@ -294,6 +294,15 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   }
 
   /** Each ring from the thread that serves it (ring i: thread i mod N). */
+  /** Thread 0's: the devices with state that moves between instances (fs) run on one thread. */
+  instanceBound(): Promise<string | null> {
+    return this.threads[0].instanceBound();
+  }
+
+  carrySections(): Promise<CarriedSection[]> {
+    return this.threads[0].carrySections();
+  }
+
   async ringSnapshot(): Promise<RingSnapshot[]> {
     const each = await Promise.all(this.threads.map((t) => t.ringSnapshot()));
     return each[0].map((_, i) => each[i % this.threads.length][i]);

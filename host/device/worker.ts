@@ -135,6 +135,8 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   halt(reason: string) { return this.runner.halt(reason); }
   status() { return this.runner.status(); }
   ringSnapshot() { return this.runner.ringSnapshot(); }
+  instanceBound() { return this.runner.instanceBound(); }
+  carrySections() { return this.runner.upgradeCarry(); }
   upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
   upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) { return upgradeStart(this.runner, offset, chunk, rings, inflight, carried); }
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {

@@ -83,9 +83,9 @@ export async function loadPluginDevice(
         const n = share.locks.heldLocks;
         return n === 0
           ? null
-          : `the guest holds ${n} file lock(s) on the share; they are held by this process's open files and would be dropped if another process took the session on (a plugin upgrade keeps them): retry once the guest released them`;
+          : `the guest holds ${n} file lock(s) on the share; this way of moving the session cannot carry them (a live plugin upgrade or host handover does): retry once the guest released them`;
       },
-      // A live plugin upgrade hands the locks to the new instance (host/fs/lock-handoff.ts).
+      // A live plugin upgrade or host handover hands the locks to the new instance (host/fs/lock-handoff.ts).
       instanceBound: () => share.lockHandoffBound(),
       upgradeSections: () => [lockHandoffSection(share)],
       reset(): void {

@@ -34,6 +34,7 @@ import { native } from '../native/index.ts';
 import { VhostWasmError } from '../errors.ts';
 import { errorText } from '../log/logger.ts';
 import { checkLiveRecord, checkLiveStop, LiveRecordError, type LiveSessionRecord, type LiveStop } from '../session/handover-record.ts';
+import { MAX_CARRIED_LOCK_FDS } from '../session/lock-carry.ts';
 import { FdReader, FRAME_MAGIC, LineChannel, MAX_FDS_TOTAL, MAX_RECORD_BYTES, PREFIX_BYTES, sendFramed } from './handover-wire.ts';
 
 /** First line of the old host's message: names the fds that come with it, in order. */
@@ -73,7 +74,8 @@ const STOP_MAGIC = 'vhost-wasm-session-stop';
 export interface SessionOffer {
   record: LiveSessionRecord;
   fds: number[];
-  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  /** lockFds: a virtio-fs guest's lock-holding descriptions, sent after the state memfd (host/session/lock-carry.ts). */
+  stop(): Promise<{ stop: LiveStop; stateFd: number; lockFds?: number[] }>;
 }
 export type HandoverFd = 'listen' | 'control' | 'memory-disk';
 
@@ -201,9 +203,9 @@ export async function sendHandover(
         // The new host applies the record while this host's rings run, then asks them stopped.
         line = await lines.next(deadlineMs);
         if (line !== 'stop') throw new HandoverRefused(verdictText(line));
-        const { stop, stateFd } = await s.stop();
+        const { stop, stateFd, lockFds } = await s.stop();
         try {
-          await sendFramed(fd, { magic: STOP_MAGIC, ...stop }, [stateFd]);
+          await sendFramed(fd, { magic: STOP_MAGIC, ...stop }, [stateFd, ...(lockFds ?? [])]);
         } catch (e) {
           throw new HandoverRefused(`sending where the rings stopped: ${errorText(e)}`);
         }
@@ -251,7 +253,7 @@ export interface Received {
    */
   takeSession(): Promise<{ record: LiveSessionRecord; fds: number[] } | { refused: string }>;
   /** After takeSession and the record applied: asks the old host to stop its rings ("stop"); where they stopped and the state memfd (the caller's). */
-  takeStop(rings: number): Promise<{ stop: LiveStop; stateFd: number }>;
+  takeStop(rings: number): Promise<{ stop: LiveStop; stateFd: number; lockFds?: number[] }>;
   /**
    * A live session: everything is in place but the rings: asks the old host to let go ("ready",
    * then "go"). True: it has, and the rings may start; false: it did not (it went away).
@@ -317,14 +319,17 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
             reader,
             (r) => {
               if (typeof r !== 'object' || r === null || (r as { magic?: unknown }).magic !== STOP_MAGIC) throw new HandoverRefused('the stop message is not a vhost-wasm session stop');
-              return 1;
+              // The state memfd, then a virtio-fs guest's lock-holding fds (checked with the rest by checkLiveStop).
+              const n = (r as { locks?: { fds?: unknown } }).locks?.fds;
+              return 1 + (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 && n <= MAX_CARRIED_LOCK_FDS ? n : 0);
             },
             'stop message',
           );
           got = f;
           const stop = checkLiveStop(raw, rings);
+          if (got.length !== 1 + (stop.locks?.fds ?? 0)) throw new HandoverRefused(`the stop message came with ${got.length} fds, it names ${1 + (stop.locks?.fds ?? 0)}`);
           if (native.fdKind(got[0]) !== 'memfd') throw new HandoverRefused('the device state handed over is not a memfd');
-          return { stop, stateFd: got[0] };
+          return { stop, stateFd: got[0], lockFds: got.slice(1) };
         } catch (e) {
           reader.close();
           for (const x of got) native.close(x);

@@ -35,6 +35,7 @@ import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
 import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord, type LiveStop } from './handover-record.ts';
+import { carryLocks, takeLocks } from './lock-carry.ts';
 import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stateIdentity, stopForHandover, type LiveCapture } from './live-handover.ts';
 import type { FrontendRequest } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
@@ -43,7 +44,7 @@ import type { SessionOptions } from './options.ts';
 /** How a restored session reaches the old host (host/server/takeover.ts drives both). */
 export interface RestoreWire {
   /** The old host stops its rings and saves the state: where they stopped, and the state memfd (taken). */
-  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  stop(): Promise<{ stop: LiveStop; stateFd: number; lockFds?: number[] }>;
   /** "ready" / "go": true once the old host let go; the rings may start. */
   commit(): Promise<boolean>;
 }
@@ -360,8 +361,11 @@ export class BackendSession {
         const stop = await stopForHandover(worker, this.log);
         const tStopped = performance.now();
         let state: { fd: number; bytes: number } | null = null;
+        let carried: Awaited<ReturnType<typeof carryLocks>> = null;
         try {
           state = await saveStateToMemfd(worker, identity, this.log);
+          // A virtio-fs guest's locks: their descriptions go beside the state (the share keeps its fds).
+          carried = await carryLocks(worker);
           // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
           await this.backend.hold(1000);
         } catch (e) {
@@ -376,7 +380,8 @@ export class BackendSession {
           `session stopped for a host handover: rings ${stop.paused.join(', ') || '(none running)'} stopped, ${state.bytes} state bytes saved ` +
             `(${(performance.now() - t0).toFixed(1)} ms: rings ${(tStopped - t0).toFixed(1)}, state ${(performance.now() - tStopped).toFixed(1)})`,
         );
-        return { stop: { bases: before.map((_, i) => stop.bases.get(i) ?? null), stateBytes: state.bytes }, stateFd: state.fd };
+        const locks = carried === null ? {} : { locks: carried.locks };
+        return { stop: { bases: before.map((_, i) => stop.bases.get(i) ?? null), stateBytes: state.bytes, ...locks }, stateFd: state.fd, lockFds: carried?.fds ?? [] };
       },
       resume: async () => {
         this.closeFds([stateFd]);
@@ -516,7 +521,7 @@ export class BackendSession {
       const identity = await stateIdentity(this.worker);
       // Everything else is in place: only now does the old host stop its rings (the pause starts).
       tState = performance.now();
-      const { stop, stateFd } = await wire.stop();
+      const { stop, stateFd, lockFds = [] } = await wire.stop();
       try {
         for (const [index, base] of stop.bases.entries()) {
           if (base === null && rec.rings[index].started) throw new RequestError(`ring ${index} ran in the old host, which did not say where it stopped`);
@@ -524,10 +529,18 @@ export class BackendSession {
         // Sent together: calls to a worker thread run in the order sent.
         await Promise.all(stop.bases.flatMap((base, index) => (base === null ? [] : [apply({ code: Req.SET_VRING_BASE, state: { index, num: base } })])));
       } catch (e) {
-        this.closeFds([stateFd]);
+        this.closeFds([stateFd, ...lockFds]);
         throw e;
       }
-      await loadStateFromMemfd(this.worker, identity, stateFd, stop.stateBytes, this.log);
+      try {
+        await loadStateFromMemfd(this.worker, identity, stateFd, stop.stateBytes, this.log);
+      } catch (e) {
+        this.closeFds(lockFds);
+        throw e;
+      }
+      // After the finish-load (the share reopened the files), before the old host lets go.
+      if (stop.locks) await takeLocks(this.worker, stop.locks, lockFds, (f) => this.closeFds(f));
+      else this.closeFds(lockFds);
       this.status = rec.status;
       for (const r of rec.rings) kicks.push(r.kick === null ? undefined : r.kick === 'inband' ? null : take(r.kick));
       tCommit = performance.now();

@@ -13,6 +13,7 @@
 import type { VringAddrMsg } from '../device/rpc.ts';
 import { MAX_MEM_SLOTS } from '../protocol/constants.ts';
 import { VhostWasmError } from '../errors.ts';
+import { MAX_CARRIED_LOCK_FDS, type CarriedLocks } from './lock-carry.ts';
 
 export const LIVE_RECORD_VERSION = 1;
 
@@ -70,6 +71,8 @@ export interface LiveStop {
   bases: (number | null)[];
   /** The device's state: a state container (host/migration/container.ts) in a memfd, this many bytes. */
   stateBytes: number;
+  /** A virtio-fs guest's locks (host/session/lock-carry.ts): their fds follow the state memfd. */
+  locks?: CarriedLocks;
 }
 
 /** A handover record or stop message that is not what it claims (always wrapped in HandoverRefused for the operator). */
@@ -211,10 +214,17 @@ export function checkLiveRecord(raw: unknown, fdCount: number): LiveSessionRecor
 /** Checks the stop part (`raw`, parsed JSON) against a record of `rings` rings. */
 export function checkLiveStop(raw: unknown, rings: number): LiveStop {
   const o = obj(raw, 'the stop message');
-  only(o, ['magic', 'bases', 'stateBytes'], 'the stop message');
+  only(o, ['magic', 'bases', 'stateBytes', 'locks'], 'the stop message');
   if (!Array.isArray(o.bases) || o.bases.length !== rings) throw new LiveRecordError(`the stop message has ${Array.isArray(o.bases) ? o.bases.length : 'no'} ring bases for ${rings} ring(s)`);
-  return {
+  const stop: LiveStop = {
     bases: o.bases.map((b, i) => nullable(b, (v) => uint(v, `bases[${i}]`, 0xffffffff))),
     stateBytes: uint(o.stateBytes, 'stateBytes'),
   };
+  if (o.locks !== undefined) {
+    const l = obj(o.locks, 'locks');
+    only(l, ['handoff', 'fds'], 'locks');
+    if (typeof l.handoff !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(l.handoff)) throw new LiveRecordError('locks.handoff must be base64');
+    stop.locks = { handoff: l.handoff, fds: uint(l.fds, 'locks.fds', MAX_CARRIED_LOCK_FDS) };
+  }
+  return stop;
 }

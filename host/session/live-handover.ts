@@ -43,7 +43,8 @@ export interface LiveCapture {
    * stays the capture's. Throws LiveHandoverBusy (requests held: the rings run again, stop() may
    * be tried again) or another error (the rings run again).
    */
-  stop(): Promise<{ stop: LiveStop; stateFd: number }>;
+  /** lockFds: a virtio-fs guest's lock-holding fds (the share's: not to be closed by the caller), sent after the state memfd. */
+  stop(): Promise<{ stop: LiveStop; stateFd: number; lockFds?: number[] }>;
   /** performance.now() when the rings began to stop (null before stop()). */
   stoppedAt: number | null;
   /** The new host did not take it: the rings restart where they stopped and the front-end is read again. */
@@ -73,8 +74,9 @@ export async function stopForHandover(worker: DeviceWorker, log: Logger): Promis
     const [, snap] = await Promise.all([Promise.all(paused.map((i) => worker.ringEnable(i, false))), worker.ringSnapshot()]);
     const held = snap.reduce((n, r) => n + r.held, 0);
     if (held > 0) throw new LiveHandoverBusy(`the device holds ${held} request(s) it has not answered; they cannot move to another process: retry when the device is idle`);
-    // Checked with the rings paused: nothing can take a lock between this and the stop.
-    const bound = (await worker.status()).processBound;
+    // Checked with the rings paused: nothing can take a lock between this and the stop. A share's
+    // locks move (host/session/lock-carry.ts) unless the new instance could not match them up.
+    const bound = await worker.instanceBound();
     if (bound !== null) throw new LiveHandoverBusy(bound);
     stopped.push(...started);
     const bases = await Promise.all(started.map((i) => worker.ringStop(i)));

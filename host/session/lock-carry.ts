@@ -1,0 +1,72 @@
+// A virtio-fs guest's locks across a live host handover (docs/virtio-fs.md, "Locks across
+// upgrades, handovers, migrations and stops"). The locks live on open file descriptions of the
+// old host (host/fs/locks.ts), so the descriptions themselves move: the old host reads its
+// share's lock handoff (host/fs/lock-handoff.ts) after the rings stopped and sends the fds that
+// hold the locks beside the state memfd (SCM_RIGHTS); the new host's share duplicates them
+// after the state's finish-load, before the old host lets go, so the locks never drop. A
+// handoff names fds by number in the process that wrote it: on the wire they are indexes into
+// the fds that came with the stop message, and the new host puts its own numbers back.
+import { Buffer } from 'node:buffer';
+import type { DeviceWorker } from '../device/worker-client.ts';
+import { LiveHandoverBusy } from './live-handover.ts';
+import { decodeLockHandoff, encodeLockHandoff, LOCK_HANDOFF_SECTION_ID, type LockHandoff } from '../fs/lock-handoff.ts';
+
+/** Lock-holding fds one handover carries at most (the wire takes 4096 fds in all). */
+export const MAX_CARRIED_LOCK_FDS = 1024;
+/** The handoff's bytes at most (base64 in the stop message, whose JSON is at most 1 MiB). */
+const MAX_CARRIED_BYTES = 512 * 1024;
+
+/** The locks part of a stop message: the handoff (base64), its fds named by index into the fds sent after the state memfd. */
+export interface CarriedLocks {
+  handoff: string;
+  fds: number;
+}
+
+
+/**
+ * Old host, rings stopped: the locks to send and this process's fds to send with them (the
+ * share keeps owning them), or null when the guest holds none.
+ */
+export async function carryLocks(worker: DeviceWorker): Promise<{ locks: CarriedLocks; fds: number[] } | null> {
+  const section = (await worker.carrySections()).find((c) => c.id === LOCK_HANDOFF_SECTION_ID);
+  if (!section || section.bytes.length === 0) return null;
+  const h = decodeLockHandoff(section.bytes);
+  if (h.owners.length === 0 && h.flocked.length === 0) return null;
+  const fds: number[] = [];
+  const at = new Map<number, number>();
+  const index = (fd: number) => {
+    let i = at.get(fd);
+    if (i === undefined) at.set(fd, (i = fds.push(fd) - 1));
+    return i;
+  };
+  const wire: LockHandoff = { ...h, files: h.files.map((f) => ({ ...f, fd: index(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: index(o.fd) })) };
+  const bytes = encodeLockHandoff(wire);
+  if (fds.length > MAX_CARRIED_LOCK_FDS || bytes.length > MAX_CARRIED_BYTES) {
+    throw new LiveHandoverBusy(`the guest's locks are held through ${fds.length} host descriptions (${bytes.length} bytes to describe): a handover carries at most ${MAX_CARRIED_LOCK_FDS} (${MAX_CARRIED_BYTES} bytes); retry once the guest released some`);
+  }
+  return { locks: { handoff: Buffer.from(bytes).toString('base64'), fds: fds.length }, fds };
+}
+
+/**
+ * New host, after the state's finish-load and before the rings start: the guest's locks from
+ * the stop message and the fds that came with it (closed here whatever happens: the share keeps
+ * its own duplicates). Throws with what failed.
+ */
+export async function takeLocks(worker: DeviceWorker, locks: CarriedLocks, fds: number[], close: (fds: number[]) => void): Promise<void> {
+  try {
+    const h = decodeLockHandoff(Buffer.from(locks.handoff, 'base64'));
+    const fd = (i: number) => {
+      if (i >= fds.length) throw new Error(`the lock handoff names fd ${i} of the ${fds.length} that came with it`);
+      return fds[i];
+    };
+    const local = encodeLockHandoff({ pid: process.pid, files: h.files.map((f) => ({ ...f, fd: fd(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: fd(o.fd) })), flocked: h.flocked });
+    await worker.stateBeginLoad(LOCK_HANDOFF_SECTION_ID, local.length);
+    await worker.stateWrite(0, local, LOCK_HANDOFF_SECTION_ID);
+    const why = await worker.stateFinish(LOCK_HANDOFF_SECTION_ID);
+    if (why !== null) throw new Error(why);
+  } catch (e) {
+    throw new Error(`the guest's file locks could not be taken over: ${(e as Error).message}`);
+  } finally {
+    close(fds);
+  }
+}
