@@ -548,9 +548,14 @@ export class DeviceRunner {
     // Everything answered completes first (and failed I/O gets its second answer), so the
     // base handed back covers it; what the device still holds stays in flight (the inflight
     // area keeps it marked) and its late answer is dropped. Waits the device runs on the host
-    // (a share's SETLKW) end first, so their requests are answered here rather than held.
-    const stopWaits = this.device.stopWaits?.bind(this.device);
-    if (stopWaits && this.running) this.call(() => stopWaits(true));
+    // (a share's SETLKW) end first, so their requests are answered here rather than held; only
+    // when this ring has a held request: the host's waits do not say which ring they are for,
+    // so a ring stopped alone with nothing held leaves the other rings' waits waiting, but one
+    // with a held request ends them all (a front-end stops every ring anyway).
+    let heldHere = false;
+    for (const req of this.held.values()) if (req.ring === index && req.state === ReqState.Held) heldHere = true;
+    const stopWaits = heldHere && this.running ? this.device.stopWaits?.bind(this.device) : undefined;
+    if (stopWaits) this.call(() => stopWaits(true));
     try {
       this.settle();
     } finally {
