@@ -83,7 +83,7 @@ export async function loadPluginDevice(
         const n = share.locks.heldLocks;
         return n === 0
           ? null
-          : `the guest holds ${n} file lock(s) on the share; this way of moving the session cannot carry them (a live plugin upgrade or host handover does): retry once the guest released them`;
+          : `the guest holds ${n} file lock(s) on the share, which only a live plugin upgrade or host handover carries (they are this process's open file descriptions)`;
       },
       // A live plugin upgrade or host handover hands the locks to the new instance (host/fs/lock-handoff.ts).
       instanceBound: () => share.lockHandoffBound(),

@@ -269,6 +269,15 @@ export class DeviceStateTransfers {
       // A full save: a pre-copy in progress is over.
       this.forgetPrecopy();
     }
+    // Not silent: what the device holds that a migration's state does not carry (a virtio-fs
+    // guest's file locks, which are this host's: docs/virtio-fs.md, "Locks across ...").
+    if (dir === 'save') {
+      void this.host
+        .worker()
+        .status()
+        .then((s) => s.processBound !== null && log.warn(`device state saved for a migration without it: ${s.processBound}; the destination starts without them`))
+        .catch(() => {});
+    }
     if (dir === 'save' && this.host.settings.stateReturnMemfd) {
       // Our own channel: a memfd filled before the reply, so the front-end can read it to EOF at
       // once; the front-end's fd is not used.
