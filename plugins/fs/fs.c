@@ -22,9 +22,11 @@
  * that and stops asking (getfattr then fails with EOPNOTSUPP). A size of 0 asks for the
  * length only; a value or list longer than the guest's size is ERANGE.
  *
- * Not implemented (answered ENOSYS, which the kernel remembers): POSIX/BSD locks (the
- * guest kernel then keeps locks local), COPY_FILE_RANGE, IOCTL, POLL, DAX mappings. MKNOD
- * creates regular files only (EPERM otherwise). What a request creates is given to the
+ * Locks (GETLK/SETLK/SETLKW, flock) are the host's (host/fs/locks.ts); a SETLKW that must
+ * wait is held and answered from a timer event ("Locks" below).
+ *
+ * Not implemented (answered ENOSYS, which the kernel remembers): TMPFILE (as Rust virtiofsd
+ * 1.13: the guest then answers open(O_TMPFILE) with EOPNOTSUPP), IOCTL, POLL, DAX mappings. What a request creates is given to the
  * request's uid/gid afterwards (own_new); permission checks are the guest kernel's.
  */
 #include "fuse.h"
