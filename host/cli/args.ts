@@ -341,7 +341,7 @@ export function parseStorage(text: string, readOnly: boolean, direct = false): S
     }
     const size = parseSize(sizeText, '--storage memory:SIZE');
     if (prealloc && readOnly) {
-      throw new UsageError('--storage memory:SIZE,prealloc=on: a read-only memory disk is never written, so it has no pages to make: drop prealloc=on or --read-only');
+      throw new UsageError('--storage memory:SIZE: prealloc=on makes pages for writes, and a read-only memory disk is never written: drop prealloc=on or the read-only grant');
     }
     return prealloc ? { kind: 'memory', size, readOnly, prealloc } : { kind: 'memory', size, readOnly };
   }
