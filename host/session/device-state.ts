@@ -316,6 +316,24 @@ export class DeviceStateTransfers {
       log.error('SET_DEVICE_STATE_FD refused: a pre-copy round travels through a pipe');
       return this.replyDeviceState(DeviceStateError.UNSUPPORTED);
     }
+    if (dir === 'load') {
+      // A round writes the disk in place: with a ring running, the guest would read (and write
+      // under) a disk part old, part a migration in progress. A destination's rings start only
+      // after the FINAL state (and while the disk is marked, SET_VRING_KICK refuses them).
+      let started: number[];
+      try {
+        started = (await this.host.worker().stateBegin()).started;
+      } catch (e) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: the device is not available: ${errorText(e)}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+      if (started.length > 0) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: a pre-copy round is not loaded into a disk being served: ring(s) ${started.join(', ')} run (stop them with GET_VRING_BASE first)`);
+        return this.replyDeviceState(DeviceStateError.BUSY);
+      }
+    }
     await this.clearSlot('pre-copy round');
     let round: PrecopySaveRound | PrecopyLoadRound;
     if (dir === 'save') {
