@@ -230,7 +230,9 @@ async function benchBlk(): Promise<void> {
     'channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8) + 'x memcpy'.padStart(10) +
       'x pipe'.padStart(8) + 'host CPU ms'.padStart(13),
   );
-  for (const run of runs) {
+  // --channels pipe,front-end-memfd: only these rows (names with spaces as dashes).
+  const only = args.find((a) => a.startsWith('--channels='))?.slice('--channels='.length).split(',');
+  for (const run of runs.filter((r) => !only || only.includes(r.name.split(' ')[0] === 'rfc-shm' ? 'rfc-shm' : r.name.replace(/ /g, '-')))) {
     const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', DISK_ARG];
     const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
     try {
