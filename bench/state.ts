@@ -242,16 +242,17 @@ async function benchBlk(): Promise<void> {
       const pipe = await plainPipeRate(DISK);
       // CPU time of both host processes (all threads) during the migration: less at the mercy of
       // other load on the machine than wall time.
-      const cpu0 = cpuMs(a) + cpuMs(b);
+      const [a0, b0] = [cpuMs(a), cpuMs(b)];
       const r = await migrate(fe, b.socketPath, { channel: run.channel });
-      const cpu = cpuMs(a) + cpuMs(b) - cpu0;
+      const [aCpu, bCpu] = [cpuMs(a) - a0, cpuMs(b) - b0];
+      const cpu = aCpu + bCpu;
       const rate = r.bytes / (r.transferMs / 1000);
       console.log(
         run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
           (rate / 2 ** 20).toFixed(0).padStart(8) + (rate / mem).toFixed(3).padStart(10) + (rate / pipe).toFixed(2).padStart(8) + String(cpu).padStart(13) +
           // Each side's own time, from its log (the SAVE and the LOAD overlap on a pipe).
           `   (save ${a.log().match(/device state saved: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms, load ${b.log().match(/device state loaded: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms; ` +
-          `memcpy ${(mem / 2 ** 20).toFixed(0)}, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s; ${load()})`,
+          `CPU ms source ${aCpu}, destination ${bCpu}; memcpy ${(mem / 2 ** 20).toFixed(0)}, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s; ${load()})`,
       );
       await fe.close();
     } finally {
