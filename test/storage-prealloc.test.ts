@@ -11,6 +11,7 @@ import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-p
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate } from '../host/frontend/migrate.ts';
+import { ConfigError, parseDaemonConfig } from '../host/daemon/config.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -68,6 +69,18 @@ test('misspelt or contradictory memory disk options are usage errors (exit 2)', 
     t.regex(r.stderr, re);
   }
   t.regex(run(['--help']).stdout, /--storage memory:SIZE\[,prealloc=on\][\s\S]*committed when the host[\s\S]*starts/);
+});
+
+test('the daemon\'s config takes the same spelling in grants.storage, and names the field when it is wrong', (t) => {
+  const parse = (storage: string, more: object = {}) =>
+    parseDaemonConfig(JSON.stringify({ devices: [{ id: 'm', socket: 'm.sock', plugin: 'blk.wasm', grants: { storage, ...more } }] }), '/etc/d.json');
+  t.deepEqual(parse('memory:1M,prealloc=on').devices[0].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false, prealloc: true });
+  t.deepEqual(parse('memory:1M,prealloc=off').devices[0].grants.storage, { kind: 'memory', size: 1 << 20, readOnly: false });
+  t.throws(() => parse('memory:1M,prealloc=yes'), {
+    instanceOf: ConfigError,
+    message: 'devices[0].grants.storage: "prealloc=yes" is not an option of a memory disk (the one there is: prealloc=on or prealloc=off)',
+  });
+  t.throws(() => parse('memory:1M,prealloc=on', { readOnly: true }), { instanceOf: ConfigError, message: /^devices\[0\]\.grants\.storage: prealloc=on makes pages for writes/ });
 });
 
 maybe('a disk bigger than the memory there is refuses to start with prealloc=on, saying so (not an OOM or SIGBUS later)', (t) => {
