@@ -126,10 +126,11 @@ Capabilities granted to the plugin (it sees nothing else):
                           host's memory, gone when the host exits. Its pages are made
                           as they are first written, unless prealloc=on (QEMU's
                           spelling): then all SIZE bytes are committed when the host
-                          starts (start-up takes ~1 s longer per GiB on a small VM,
-                          docs/BENCHMARKS.md), a host without that much free refuses to
-                          start, and no later write or migration LOAD waits for a page
-                          to be made; discards zero the bytes and keep the pages
+                          starts, start-up takes longer (~1.3 s per GiB measured on a
+                          2-vCPU VM, docs/migration.md), a host without that much
+                          memory free refuses to start, and no later write or
+                          migration LOAD waits for a page to be made; discards zero
+                          the bytes and keep the pages
   --read-only             grant --storage (or --shared-dir) read-only: a disk image is
                           opened O_RDONLY and the plugin's writes, discards and
                           write-zeroes are refused
