@@ -33,12 +33,17 @@ import { featureBit } from '../host/protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { REPO } from '../test/helpers/host-process.ts';
 
 const args = process.argv.slice(2);
 const noBlk = args.includes('--no-blk');
 const onlyBlk = args.includes('--only-blk') || args.includes('--only-precopy');
 const onlyPrecopy = args.includes('--only-precopy');
+// --prealloc: both hosts' memory disks are memory:256M,prealloc=on (pages made at start).
+const DISK_ARG = args.includes('--prealloc') ? 'memory:256M,prealloc=on' : 'memory:256M';
+/** The load average now (the machine is shared: figures are read next to it). */
+const load = () => `load ${loadavg().map((n) => n.toFixed(2)).join(' ')}`;
 const sizes = args.map(Number).filter((n) => n > 0);
 if (sizes.length === 0 && !onlyBlk) sizes.push(64);
 
@@ -217,33 +222,37 @@ async function benchBlk(): Promise<void> {
     { name: 'back-end memfd', channel: 'pipe', srcFlags: ['--state-return-memfd'] },
     { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
   ];
-  // Same-script peers for the ratios: memcpy of the disk's bytes between resident buffers, and
-  // a plain pipe (1 MiB) carrying them from a child process.
-  const mem = memcpyRate(DISK);
-  const pipe = await plainPipeRate(DISK);
-  console.log(`\nblk plugin, 256 MiB memory disk (fully written), one migration per channel; memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s`);
-  console.log('  (transfer = SAVE on the source + LOAD on the destination, both CHECKs: the ratios are of that)');
+  console.log(`\nblk plugin, --storage ${DISK_ARG} (fully written), one migration per channel; ${load()}`);
+  console.log('  (transfer = SAVE on the source + LOAD on the destination, both CHECKs: the ratios are of that, against');
+  console.log('  this script\'s memcpy of the disk\'s bytes between resident buffers and a plain 1 MiB pipe carrying them');
+  console.log('  from a child process, both measured just before each migration: the machine is shared and noisy)');
   console.log(
     'channel'.padEnd(24) + 'bytes'.padStart(12) + 'transfer ms'.padStart(13) + 'stop->resume ms'.padStart(17) + 'MiB/s'.padStart(8) + 'x memcpy'.padStart(10) +
       'x pipe'.padStart(8) + 'host CPU ms'.padStart(13),
   );
-  for (const run of runs) {
-    const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
+  // --channels pipe,front-end-memfd: only these rows (names with spaces as dashes).
+  const only = args.find((a) => a.startsWith('--channels='))?.slice('--channels='.length).split(',');
+  for (const run of runs.filter((r) => !only || only.includes(r.name.split(' ')[0] === 'rfc-shm' ? 'rfc-shm' : r.name.replace(/ /g, '-')))) {
+    const args = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', DISK_ARG];
     const [a, b] = await Promise.all([startHost([...args, ...RFC_FLAGS, ...(run.srcFlags ?? [])]), startHost([...args, ...RFC_FLAGS])]);
     try {
       const fe = await VhostUserFrontend.connect(a.socketPath, { ...feOpts, memoryBytes: 32 << 20, queues: [128] });
       await fillDisk(new BlkDevice(fe.queues[0]), DISK);
+      const mem = memcpyRate(DISK);
+      const pipe = await plainPipeRate(DISK);
       // CPU time of both host processes (all threads) during the migration: less at the mercy of
       // other load on the machine than wall time.
-      const cpu0 = cpuMs(a) + cpuMs(b);
+      const [a0, b0] = [cpuMs(a), cpuMs(b)];
       const r = await migrate(fe, b.socketPath, { channel: run.channel });
-      const cpu = cpuMs(a) + cpuMs(b) - cpu0;
+      const [aCpu, bCpu] = [cpuMs(a) - a0, cpuMs(b) - b0];
+      const cpu = aCpu + bCpu;
       const rate = r.bytes / (r.transferMs / 1000);
       console.log(
         run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
           (rate / 2 ** 20).toFixed(0).padStart(8) + (rate / mem).toFixed(3).padStart(10) + (rate / pipe).toFixed(2).padStart(8) + String(cpu).padStart(13) +
           // Each side's own time, from its log (the SAVE and the LOAD overlap on a pipe).
-          `   (save ${a.log().match(/device state saved: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms, load ${b.log().match(/device state loaded: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms)`,
+          `   (save ${a.log().match(/device state saved: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms, load ${b.log().match(/device state loaded: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms; ` +
+          `CPU ms source ${aCpu}, destination ${bCpu}; memcpy ${(mem / 2 ** 20).toFixed(0)}, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s; ${load()})`,
       );
       await fe.close();
     } finally {
@@ -298,11 +307,11 @@ async function benchPrecopy(): Promise<void> {
   const { VhostUserConnection } = await import('../host/frontend/connection.ts');
   const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
   const DISK = 256 << 20;
-  const hostArgs = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:256M'];
+  const hostArgs = ['--socket-path', '{socket}', '--plugin', BLK, '--storage', DISK_ARG];
   const opts = { ...feOpts, memoryBytes: 32 << 20, queues: [128], protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE) };
-  const mem = memcpyRate(DISK);
-  const pipe = await plainPipeRate(DISK);
-  console.log(`\npre-copy, blk with a 256 MiB memory disk; same-script peers: memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s`);
+  let mem = memcpyRate(DISK);
+  let pipe = await plainPipeRate(DISK);
+  console.log(`\npre-copy, blk with --storage ${DISK_ARG}; same-script peers: memcpy ${(mem / 2 ** 20).toFixed(0)} MiB/s, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s; ${load()}`);
   const fill = (blk: BlkDevice) => fillDisk(blk, DISK);
   // One full round alone, three times.
   {
@@ -325,6 +334,9 @@ async function benchPrecopy(): Promise<void> {
         await dst.checkDeviceState();
       };
       for (let i = 0; i < 3; i++) {
+        // The peers again, just before the round (the machine is shared: its figures move).
+        mem = memcpyRate(DISK);
+        pipe = await plainPipeRate(DISK);
         const cpu0 = cpuMs(a) + cpuMs(b);
         const t0 = performance.now();
         const [r, w] = native.pipe2();
@@ -339,7 +351,7 @@ async function benchPrecopy(): Promise<void> {
         const rate = DISK / (ms / 1000);
         console.log(
           `full round (SAVE+LOAD, disk -> pipe -> disk): ${ms.toFixed(0)} ms, ${(rate / 2 ** 20).toFixed(0)} MiB/s = ${(rate / pipe).toFixed(2)} x plain pipe, ` +
-            `${(rate / mem).toFixed(3)} x memcpy; host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms`,
+            `${(rate / mem).toFixed(3)} x memcpy (memcpy ${(mem / 2 ** 20).toFixed(0)}, plain pipe ${(pipe / 2 ** 20).toFixed(0)} MiB/s); host CPU ${cpuMs(a) + cpuMs(b) - cpu0} ms; ${load()}`,
         );
       }
       // A round of scattered blocks alone: 4 KiB writes at random offsets, then one round, no writer.
@@ -365,6 +377,8 @@ async function benchPrecopy(): Promise<void> {
       await Promise.all([a.stop(), b.stop()]);
     }
   }
+  // --rounds-only: the full rounds and scattered-block rounds above, not the migrations under writers.
+  if (args.includes('--rounds-only')) return;
   console.log('writers'.padEnd(30) + 'rounds ms (last: rings stopped)'.padEnd(34) + 'stop->resume ms'.padStart(16) + 'writes'.padStart(8) + '  auto-converge');
   for (const writers of [0, 1, 8]) {
     for (let rep = 0; rep < 2; rep++) {

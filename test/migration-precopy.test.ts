@@ -18,6 +18,8 @@ import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts'
 import { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../host/protocol/precopy.ts';
 import { native } from '../host/native/index.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
+import { decodeHeader, encodeHeader, encodeTrailer, peekHeaderLength, TRAILER_SIZE } from '../host/migration/container.ts';
+import { crc32c } from '../host/migration/checksum.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -126,6 +128,28 @@ async function loadRound(dst: VhostUserConnection, bytes: Buffer, phase: number 
     native.close(w);
   }
   return dst.checkDeviceState().then(() => 'ok', (e: Error) => e.message);
+}
+
+/**
+ * A container as a hostile or broken source could send it: the same sections, the device's own
+ * (id 1) moved last and its bytes zeroed (the blk plugin refuses them: bad magic), under a
+ * header and trailer that check out. So every other section (the disk, or the pre-copy marker)
+ * is whole and checks out, and only then does the LOAD fail.
+ */
+function deviceRefusedLast(container: Buffer): Buffer {
+  const hdr = decodeHeader(container.subarray(0, peekHeaderLength(container.subarray(0, 16))));
+  let at = hdr.headerLength;
+  const parts = hdr.sections.map((entry) => {
+    const bytes = container.subarray(at, at + entry.length);
+    at += entry.length;
+    return { entry, bytes: entry.id === 1 ? Buffer.alloc(entry.length) : bytes };
+  });
+  if (at + TRAILER_SIZE !== container.length) throw new Error('deviceRefusedLast: not one whole container');
+  const order = [...parts.filter((p) => p.entry.id !== 1), ...parts.filter((p) => p.entry.id === 1)];
+  const header = encodeHeader(hdr.identity, order.map((p) => p.entry), hdr.formatVersion).bytes;
+  let crc = crc32c(header);
+  for (const p of order) crc = crc32c(p.bytes, crc);
+  return Buffer.concat([header, ...order.map((p) => p.bytes), encodeTrailer(crc)]);
 }
 
 interface Pair {
@@ -415,6 +439,67 @@ maybe('vhost-wasm migrate pre-copies a memory disk by default, and --precopy-rou
   } finally {
     await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
+});
+
+maybe('a LOAD whose disk section checked out but whose device section is then refused leaves the disk unserved (the LOAD is all or nothing)', async (t) => {
+  t.timeout(60_000);
+  await withPair('memory:4M', async ({ b, fe, blk }) => {
+    const model = await fill(blk, 4 * MIB);
+    await fe.stopQueue(0);
+    const good = await saveState(fe.conn, 'pipe');
+    const bad = deviceRefusedLast(good);
+    const dfe = await connect(b);
+    try {
+      const base = await dfe.stopQueue(0);
+      for (const mode of ['pipe', 'memfd'] as const) {
+        await t.throwsAsync(loadState(dfe.conn, bad, mode), undefined, `the ${mode} LOAD fails`);
+        t.truthy(await b.waitForLog(/section device: the device refused the state: .*not a blk state \(bad magic\)/));
+        // The disk's bytes are the source's, but the device is not: the disk is not served.
+        await t.throwsAsync(dfe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+        t.truthy(await b.waitForLog(/ring 0 cannot start: the memory disk is not served: a device state LOAD began overwriting the memory disk/));
+      }
+      await loadState(dfe.conn, good, 'memfd');
+      await dfe.startQueue(0, base);
+      t.deepEqual(await readBack(new BlkDevice(dfe.queues[0]), model), []);
+    } finally {
+      await dfe.close();
+    }
+  });
+});
+
+maybe('pre-copy: a FINAL state whose marker checked out but whose device section is refused leaves the disk unserved; a round is not loaded under a running ring', async (t) => {
+  t.timeout(60_000);
+  await withPair('memory:4M', async ({ b, fe, blk }) => {
+    const model = await fill(blk, 4 * MIB);
+    // A destination serving its own disk (a ring running) takes no round: it would serve it half-loaded.
+    const busy = await connect(b);
+    const [r, w] = native.pipe2();
+    try {
+      await t.throwsAsync(busy.conn.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r), { message: /error \d/ });
+    } finally {
+      native.close(r);
+      native.close(w);
+    }
+    t.truthy(await b.waitForLog(/a pre-copy round is not loaded into a disk being served: ring\(s\) 0 run/));
+    t.deepEqual(await readBack(new BlkDevice(busy.queues[0]), Buffer.alloc(4 * MIB)), [], 'its disk is untouched and still served');
+    await busy.close();
+    const dst = await rawDestination(b);
+    try {
+      t.is(await loadRound(dst, await saveRound(fe.conn, PrecopyPhase.START)), 'ok');
+      const base = await fe.stopQueue(0);
+      const final = await saveRound(fe.conn, PrecopyPhase.FINAL);
+      t.regex(await loadRound(dst, deviceRefusedLast(final), PrecopyPhase.FINAL), /CHECK_DEVICE_STATE failed/);
+      t.truthy(await b.waitForLog(/section device: the device refused the state: .*not a blk state \(bad magic\)/));
+      // The next front-end is served once this one is gone.
+      dst.close();
+      await t.throwsAsync(connect(b), { message: /SET_VRING_KICK \(12\) failed/ });
+      t.truthy(await b.waitForLog(/ring 0 cannot start: the memory disk is not served: pre-copy rounds are writing the memory disk/));
+      await fe.startQueue(0, base);
+      t.deepEqual(await readBack(blk, model), [], 'the source serves on');
+    } finally {
+      dst.close();
+    }
+  });
 });
 
 maybe('a corrupted state (a byte of the disk section flipped) fails the LOAD, and the destination does not serve the half-written disk until a state that checks out is loaded', async (t) => {

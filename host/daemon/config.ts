@@ -265,7 +265,7 @@ const rules = () =>
 
 const GRANTS = fields({
   entropy: bool().optional().describe('the host\'s entropy source (--entropy)'),
-  storage: text().optional().describe('a disk: a file or block device path, or "memory:SIZE" (--storage)'),
+  storage: text().optional().describe('a disk: a file or block device path, or "memory:SIZE" with ",prealloc=on" to commit its memory at start (--storage)'),
   direct: bool().optional().describe('O_DIRECT on the storage file (--direct)'),
   sharedDir: text().optional().describe('a directory shared with the guest (--shared-dir)'),
   tag: text().optional().describe('the virtio-fs mount tag (--tag)'),

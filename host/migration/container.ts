@@ -405,6 +405,9 @@ export class ContainerLoader {
       await this.fail(e);
       throw e;
     }
+    // Every section applied: the LOAD is whole, and nothing is aborted after this.
+    this.begun = [];
+    for (const { section } of this.order) section.commit?.();
   }
 
   /** Abort from outside (channel error, disconnect). */

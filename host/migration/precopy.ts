@@ -584,9 +584,10 @@ export function precopyMarkerSection(mark: PrecopyMark | null, have: PrecopyMark
       if (!got.subarray(0, 16).equals(have.token)) return 'the state names another pre-copy than the one this host received';
       const round = got.readUInt32LE(16);
       if (round !== have.round) return `the source's last pre-copy round is ${round}, this host has round ${have.round}: a round was lost`;
-      onApplied();
       return null;
     },
+    // Only once the whole FINAL state applied (the device's own section too): see StateSection.commit.
+    commit: onApplied,
     abort: async () => {
       got = null;
     },

@@ -48,6 +48,13 @@ export interface StateSection {
   write(offset: number, chunk: Uint8Array): Promise<void>;
   /** LOAD: all bytes arrived and the stream checked out; apply. Returns an error message or null. */
   finish(): Promise<string | null>;
+  /**
+   * LOAD, optional: every section's finish() succeeded, so the LOAD as a whole did. What may only
+   * happen then (a memory disk becoming servable: its section checking out is not enough when
+   * a later section refuses, since the device then is not what the source had) happens here.
+   * Cannot fail; no abort() follows it.
+   */
+  commit?(): void;
   /** LOAD failed after beginLoad: drop whatever was loaded so far. */
   abort(): Promise<void>;
 }

@@ -141,6 +141,9 @@ export class WorkerSectionProxy implements StateSection {
   /** Set by the session for the memory disk: see StateSection. */
   copyFromPipe?: StateSection['copyFromPipe'];
 
+  /** Set by the session for the memory disk (it becomes servable): see StateSection. */
+  commit?: StateSection['commit'];
+
   async copyFromFile(fd: number, fileOffset: number, len: number, crc: number): Promise<number> {
     await Promise.all(this.inflight.splice(0));
     if (this.writeError) throw this.writeError;

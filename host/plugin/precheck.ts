@@ -36,7 +36,7 @@ export interface PrecheckOptions {
 
 /** What a storage grant is called in messages (as the opened backing describes itself). */
 function describeStorage(s: StorageSpec): string {
-  return s.kind === 'memory' ? `memory:${s.size}` : s.path;
+  return s.kind === 'memory' ? `memory:${s.size}${s.prealloc ? ',prealloc=on' : ''}` : s.path;
 }
 
 /** Resolves when the plugin at `path` would load with these grants; rejects with the loader's error otherwise. */

@@ -5,6 +5,7 @@
 
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
+import { preallocateMemoryDisk } from '../storage/prealloc.ts';
 import { DirtyBlocks } from '../storage/dirty-blocks.ts';
 import { native, type Mapping } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
@@ -111,6 +112,23 @@ export class DeviceSlot {
       // A memfd given with the spec is one a host handover brought (takeover.ts): this slot owns
       // it from now on, as if it had made it, so that the next handover passes it on again.
       this.memoryDisk = storage.fd ?? createMemoryDisk(storage.size);
+      if (storage.prealloc) {
+        try {
+          // Pages made now, and mapped in this thread (a LOAD, a SAVE and pre-copy use this mapping)
+          // in one MADV_POPULATE_WRITE: nothing the disk does later waits for a page to be made.
+          preallocateMemoryDisk(this.memoryDisk, storage.size);
+          this.memoryDiskMapping = native.mmap(this.memoryDisk, storage.size, 0, true);
+          this.memoryDiskMapping.populate(0, storage.size, true);
+        } catch (e) {
+          this.memoryDiskMapping?.unmap();
+          this.memoryDiskMapping = null;
+          // A handed-over memfd is this slot's from the start too (main.ts).
+          native.close(this.memoryDisk);
+          this.memoryDisk = null;
+          this.link?.close();
+          throw e;
+        }
+      }
       this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
       this.converge = storage.readOnly ? null : TokenBucket.create(NO_THROTTLE);
       const dirty = this.memoryDiskDirty?.buffer;

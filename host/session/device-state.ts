@@ -187,17 +187,18 @@ export class DeviceStateTransfers {
       };
       // Whichever way its bytes come (here, or chunks through the worker for a format-1 state or
       // the RFC shm channel), they land in the disk before the trailer is checked: from the
-      // section's start the disk is not served, until its finish, which runs only once the
-      // trailer's checksum matched (precopy.ts, DiskCondition).
+      // section's start the disk is not served, until the LOAD as a whole succeeded (commit:
+      // the trailer's checksum matched and every section, not only this one, applied; a
+      // device whose own section refused is not the source's, whole disk or not). precopy.ts,
+      // DiskCondition.
       const beginLoad = proxy.beginLoad.bind(proxy);
       proxy.beginLoad = async (size) => {
         await beginLoad(size);
         disk.condition.unusable = DISK_LOAD_UNFINISHED;
       };
-      proxy.finish = async () => {
-        const err = loadedHere ? null : await finish();
-        if (err === null) disk.condition.unusable = null;
-        return err;
+      proxy.finish = async () => (loadedHere ? null : await finish());
+      proxy.commit = () => {
+        disk.condition.unusable = null;
       };
       proxy.abort = async () => {
         loadedHere = false;
@@ -251,7 +252,8 @@ export class DeviceStateTransfers {
         ...(ctx.extraSections ?? []).filter((s) => s.id !== STORAGE_SECTION_ID),
         precopyMarkerSection(sent, this.precopyHeld, () => {
           this.precopyHeld = null;
-          // Every block came in the rounds (the first one is the whole disk) and checked out.
+          // Every block came in the rounds (the first one is the whole disk) and checked out,
+          // and every section of this FINAL state applied (called at its commit).
           disk!.condition.unusable = null;
         }),
       ];
@@ -322,6 +324,24 @@ export class DeviceStateTransfers {
       closeFds([fd], log);
       log.error('SET_DEVICE_STATE_FD refused: a pre-copy round travels through a pipe');
       return this.replyDeviceState(DeviceStateError.UNSUPPORTED);
+    }
+    if (dir === 'load') {
+      // A round writes the disk in place: with a ring running, the guest would read (and write
+      // under) a disk part old, part a migration in progress. A destination's rings start only
+      // after the FINAL state (and while the disk is marked, SET_VRING_KICK refuses them).
+      let started: number[];
+      try {
+        started = (await this.host.worker().stateBegin()).started;
+      } catch (e) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: the device is not available: ${errorText(e)}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+      if (started.length > 0) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: a pre-copy round is not loaded into a disk being served: ring(s) ${started.join(', ')} run (stop them with GET_VRING_BASE first)`);
+        return this.replyDeviceState(DeviceStateError.BUSY);
+      }
     }
     await this.clearSlot('pre-copy round');
     let round: PrecopySaveRound | PrecopyLoadRound;

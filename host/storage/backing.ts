@@ -44,4 +44,8 @@ export type StorageSpec =
    * `fd`: the device's memfd holding the disk, shared by its queue threads (DeviceSlot makes it);
    * without one the disk is the worker's own memory.
    */
-  | { kind: 'memory'; size: number; readOnly: boolean; fd?: number; dirty?: SharedArrayBuffer };
+  /**
+   * `prealloc`: every page made when the host starts (--storage memory:SIZE,prealloc=on) and
+   * kept: a discard zeroes instead of giving pages back.
+   */
+  | { kind: 'memory'; size: number; readOnly: boolean; prealloc?: boolean; fd?: number; dirty?: SharedArrayBuffer };

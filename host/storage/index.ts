@@ -12,7 +12,7 @@ export function openBacking(spec: StorageSpec, log?: (message: string) => void):
   if (spec.kind === 'memory') {
     if (spec.fd === undefined) return new MemoryBacking(spec.size, spec.readOnly);
     const dirty = spec.dirty === undefined ? undefined : new DirtyBlocks(spec.dirty, spec.size);
-    return new MemoryBacking(spec.size, spec.readOnly, mapMemoryDisk(spec.fd, spec.size, spec.readOnly), dirty);
+    return new MemoryBacking(spec.size, spec.readOnly, mapMemoryDisk(spec.fd, spec.size, spec.readOnly, spec.prealloc === true), dirty);
   }
   return FileBacking.open(spec.path, spec.readOnly, { direct: spec.direct === true, log });
 }
@@ -23,5 +23,6 @@ export function isStorageSpec(v: unknown): v is StorageSpec {
   if (typeof s.readOnly !== 'boolean') return false;
   if (s.kind === 'file') return typeof s.path === 'string' && s.path.length > 0 && (s.direct === undefined || typeof s.direct === 'boolean');
   return s.kind === 'memory' && Number.isSafeInteger(s.size) && (s.size as number) >= 0 && (s.fd === undefined || (Number.isInteger(s.fd) && (s.fd as number) >= 0)) &&
+    (s.prealloc === undefined || typeof s.prealloc === 'boolean') &&
     (s.dirty === undefined || (s.fd !== undefined && s.dirty instanceof SharedArrayBuffer));
 }

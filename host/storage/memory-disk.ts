@@ -18,8 +18,15 @@ export function createMemoryDisk(size: number): number {
   return fd;
 }
 
-/** Maps the disk's memfd (borrowed: its owner closes it) in this thread. */
-export function mapMemoryDisk(fd: number, size: number, readOnly: boolean): SharedPages {
+/**
+ * Maps the disk's memfd (borrowed: its owner closes it) in this thread. `prealloc`: the disk's
+ * pages were made at start (prealloc.ts) and are kept: a discard zeroes instead of punching a
+ * hole (which would give pages back, to be made again by the next write). This mapping is not
+ * populated: that costs about as much as making the pages did (~2 us a page measured here), per
+ * queue thread and again for every new worker (an upgrade's would add it to the stopped rings),
+ * while a first touch of a page that exists is a minor fault.
+ */
+export function mapMemoryDisk(fd: number, size: number, readOnly: boolean, prealloc = false): SharedPages {
   const have = native.fstat(fd).size;
   if (have < size) throw new RangeError(`memory disk: its memfd holds ${have} bytes, not ${size}`);
   if (size === 0) return { window: () => new ArrayBuffer(0), punchHole: () => true, close: () => {} };
@@ -27,7 +34,7 @@ export function mapMemoryDisk(fd: number, size: number, readOnly: boolean): Shar
   const { KEEP_SIZE, PUNCH_HOLE } = native.FALLOC_FL;
   return {
     window: (offset, len) => mapping.window(offset, len),
-    punchHole: (offset, len) => native.fsFallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, len) === 0,
+    punchHole: (offset, len) => !prealloc && native.fsFallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, len) === 0,
     close: () => mapping.unmap(),
   };
 }
