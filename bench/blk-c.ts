@@ -292,7 +292,7 @@ const STAGES: [stage: string, test: (f: CallFrame, src: string) => boolean][] = 
   ['GC', (f) => f.functionName === '(garbage collector)'],
   ['metrics counters', (_f, src) => /host\/metrics\//.test(src)],
   ['storage (executor + backing copy)', (_f, src) => /host\/storage\/|host\/io\/|host\/plugin\/storage-imports\.ts/.test(src)],
-  ['notify', (f) => /^(notify|notifyTouched|needsNotification|enableNotifications|disableNotifications|eventfdWrite|eventfdSignal|eventfdRead)$/.test(f.functionName)],
+  ['notify', (f) => /^(notify|notifyTouched|signalCall|needsNotification|enableNotifications|disableNotifications|eventfdWrite|eventfdSignal|eventfdRead)$/.test(f.functionName)],
   ['used-ring update', (f, src) => /^(completed|writeChain|pushUsed|writeChainLogged|logUsed|markDirty|freeReq)$/.test(f.functionName) && /host\/(device|virtqueue)\//.test(src)],
   ['pop (descriptor walk)', (f, src) => /host\/virtqueue\/|host\/memory\//.test(src) || f.functionName === 'newReq'],
   ['answer check', (f, src) => /host\/device\/answer-check\.ts/.test(src) || f.functionName === 'heldView'],
