@@ -146,6 +146,11 @@ type Stage =
 
 type Target = UringTarget | SyncTarget | undefined;
 
+const SQE_READV = 0;
+const SQE_WRITEV = 1;
+const SQE_FSYNC = 2;
+type SqeKind = typeof SQE_READV | typeof SQE_WRITEV | typeof SQE_FSYNC;
+
 class Request {
   /**
    * Each op's backing, looked up once at submit: an index the device gives up later (an fs file
@@ -428,7 +433,7 @@ export class UringExecutor implements IoExecutor {
       }
       if (op.kind === 'flush') {
         req.stage = 'flush';
-        return this.queue(req, (ud) => this.ring.fsync(t.fd, ud, true, false));
+        return this.queue(req, SQE_FSYNC, t.fd, 0, null);
       }
       const rw = op as ReadWriteOp;
       const views = rw.kind === 'read' ? rw.into : rw.from;
@@ -447,8 +452,7 @@ export class UringExecutor implements IoExecutor {
       }
       req.stage = 'direct';
       req.sqeBytes = bytes;
-      const pos = op.offset + req.moved;
-      return this.queue(req, op.kind === 'read' ? (ud) => this.ring.readv(t.fd, pos, ud, iov) : (ud) => this.ring.writev(t.fd, pos, ud, iov));
+      return this.queue(req, op.kind === 'read' ? SQE_READV : SQE_WRITEV, t.fd, op.offset + req.moved, iov);
     }
   }
 
@@ -502,13 +506,16 @@ export class UringExecutor implements IoExecutor {
     }
   }
 
-  /** Queues one SQE for req; at capacity the request waits for a reap (stalled). */
-  private queue(req: Request, sqe: (userData: number) => boolean): void {
+  /**
+   * Queues one SQE for req (a kind and its arguments rather than a closure: no allocation per
+   * request); at capacity the request waits for a reap (stalled), and its SQE is made again then.
+   */
+  private queue(req: Request, kind: SqeKind, fd: number, pos: number, iov: UringIov | null): void {
     // close() waits for what is in the kernel; nothing new goes in meanwhile.
     if (this.cancelling) return this.finish(req, ECANCELED);
     let ok: boolean;
     try {
-      ok = sqe(req.slot);
+      ok = kind === SQE_READV ? this.ring.readv(fd, pos, req.slot, iov!) : kind === SQE_WRITEV ? this.ring.writev(fd, pos, req.slot, iov!) : this.ring.fsync(fd, req.slot, true, false);
     } catch (e) {
       // The addon refused the iovecs: a view detached (its memory was unmapped) or out of range.
       return this.finish(req, /detached/.test((e as Error).message) ? EFAULT : EINVAL);
@@ -580,7 +587,7 @@ export class UringExecutor implements IoExecutor {
   private queueBounce(req: Request, t: UringTarget, write: boolean, pos: number, at: number, len: number): void {
     req.sqeBytes = len;
     const iov: UringIov = [req.bounce!.view, at, len];
-    this.queue(req, write ? (ud) => this.ring.writev(t.fd, pos, ud, iov) : (ud) => this.ring.readv(t.fd, pos, ud, iov));
+    this.queue(req, write ? SQE_WRITEV : SQE_READV, t.fd, pos, iov);
   }
 
   // ---- completions ----
@@ -690,7 +697,7 @@ export class UringExecutor implements IoExecutor {
           req.sqeBytes = req.bLen - req.bDone;
           const iov: UringIov = [bounce, req.bDone, req.bLen - req.bDone];
           const pos = req.bStart + req.bDone;
-          return this.queue(req, (ud) => this.ring.writev(t.fd, pos, ud, iov));
+          return this.queue(req, SQE_WRITEV, t.fd, pos, iov);
         }
         return this.opComplete(req, false, total);
       }
