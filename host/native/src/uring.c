@@ -457,8 +457,10 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
   // SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1): the kernel runs a completion's task work only when
   // this thread enters the ring to collect completions (reap), instead of interrupting the thread
   // wherever it is (an epoll_wait returns EINTR and the loop goes round again). The ring's eventfd
-  // still announces that completions are waiting. Measured here on O_DIRECT 4 KiB reads at QD64
-  // (docs/BENCHMARKS.md, "the storage side"): ~0.7 us less CPU per read. The ring is only ever
+  // still announces that completions are waiting, and reap() runs the work in the io_uring_enter
+  // that also submits. Measured end to end (docs/BENCHMARKS.md, "the storage side"): ~0.5 us less
+  // back-end CPU per O_DIRECT 4 KiB read and ~2 us per write, small against a loaded machine's
+  // noise; the device worker no longer takes an interrupted epoll_wait per completion. The ring is only ever
   // entered by the thread that made it (its N-API environment's), which SINGLE_ISSUER requires.
   // An older kernel refuses the flags (EINVAL): a plain ring then.
   struct io_uring_params p = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG};
