@@ -460,10 +460,11 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
   // still announces that completions are waiting, and reap() runs the work in the io_uring_enter
   // that also submits. Measured end to end (docs/BENCHMARKS.md, "the storage side"): ~0.5 us less
   // back-end CPU per O_DIRECT 4 KiB read and ~2 us per write, small against a loaded machine's
-  // noise; the device worker no longer takes an interrupted epoll_wait per completion. The ring is only ever
-  // entered by the thread that made it (its N-API environment's), which SINGLE_ISSUER requires.
-  // An older kernel refuses the flags (EINVAL): a plain ring then.
-  struct io_uring_params p = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG};
+  // noise; the device worker no longer takes an interrupted epoll_wait per completion. The ring
+  // is only ever entered by the thread that made it (its N-API environment's), which
+  // SINGLE_ISSUER requires. An older kernel refuses the flags (EINVAL): a plain ring then.
+  struct io_uring_params p = {
+      .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG};
   int r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
   if (r == -EINVAL) {
     memset(&p, 0, sizeof p);
