@@ -5,12 +5,16 @@
 //
 //   node build.mjs && npx tsx bench/blk-c.ts [--seconds 2] [--warmup 0.5] [--reps 3] [--modes poll,event]
 //        [--only host-mem,qsd-null,...] [--workloads "4K randread QD64",...] [--disk]
-//        [--profile DIR]
+//        [--profile DIR] [--base DIR]
 //
 // --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT, io_uring through
 // host/io/uring-executor.ts) against qemu-storage-daemon aio=io_uring,cache.direct=on on the same file.
-// --profile DIR runs only our host (--profile-target host-mem (default), host-null or host-tmpfs;
-// 4K randread QD64, event mode) under `node --cpu-prof` and prints the device worker's CPU per
+// --base DIR adds, for every selected target of ours built into dist/ (host-mem, host-tmpfs,
+// host-disk, ...), the same target run from DIR's dist/ (another checkout, built: the "before"),
+// interleaved with the rest in every rep: on a shared machine a before/after pair measured
+// seconds apart sees the same background load. Ratio columns compare each with its @base.
+// --profile DIR runs only our host (--profile-target host-mem (default), host-null, host-tmpfs or
+// host-disk; the first of --workloads, 4K randread QD64 by default; event mode) under `node --cpu-prof` and prints the device worker's CPU per
 // request by stage.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
@@ -36,6 +40,7 @@ const { values: argv } = parseArgs({
     workloads: { type: 'string' },
     disk: { type: 'boolean', default: false },
     profile: { type: 'string' },
+    base: { type: 'string' },
     'profile-target': { type: 'string', default: 'host-mem' },
   },
 });
@@ -189,6 +194,21 @@ async function measureAll(): Promise<void> {
   const modes = argv.modes!.split(',');
   const only = argv.only?.split(',');
   const targets = [...TARGETS, ...(argv.disk ? DISK_TARGETS : [])].filter((t) => !only || only.includes(t.id));
+  const ratioPairs = [...RATIOS];
+  if (argv.base !== undefined) {
+    const baseHost = join(resolve(argv.base), 'dist', 'vhost-wasm.mjs');
+    const baseBlk = join(resolve(argv.base), 'dist', 'plugins', 'blk.wasm');
+    for (const f of [baseHost, baseBlk]) if (!existsSync(f)) throw new Error(`--base: ${f} is missing; build that checkout first (node build.mjs)`);
+    for (const t of [...targets]) {
+      if (!t.id.startsWith('host-') || t.id === 'host-null') continue;
+      const id = `${t.id}@base`;
+      targets.push({ id, name: `${t.name}, from ${argv.base}`, args: (sock, f, p) => {
+        const a = t.args(sock, f, p);
+        return { ...a, args: a.args.map((x) => (x === HOST ? baseHost : x === BLK ? baseBlk : x)) };
+      } });
+      ratioPairs.push([t.id, id]);
+    }
+  }
   const workloads = argv.workloads ? WORKLOADS.filter((w) => argv.workloads!.split(',').includes(w.name)) : WORKLOADS;
   const dir = mkdtempSync(join(tmpdir(), 'bench-blk-c-'));
   const results = new Map<string, Cell>(); // key: target|workload|mode
@@ -224,7 +244,7 @@ async function measureAll(): Promise<void> {
           if (cells.length === 0) continue;
           const median = cells[Math.floor(cells.length / 2)];
           results.set(`${t.id}|${w.name}|${mode}`, median);
-          process.stderr.write(`  ${t.id} ${w.name} ${mode}: ${cells.map((c) => Math.round(c.iops)).join(' ')} IOPS\n`);
+          process.stderr.write(`  ${t.id} ${w.name} ${mode}: ${cells.map((c) => `${Math.round(c.iops)} [${c.backendUsPerIo.toFixed(1)}]`).join(' ')} IOPS [us/request]\n`);
         }
       }
     }
@@ -240,7 +260,7 @@ async function measureAll(): Promise<void> {
     `EVENT_IDX on; ${cpus().length} CPUs, load average ${load0.toFixed(1)} at start; node ${process.version}`);
   console.log('IOPS (MB/s for 128K); in brackets: back-end CPU us per request');
   const ids = targets.map((t) => t.id);
-  const ratios = RATIOS.filter(([a, b]) => ids.includes(a) && ids.includes(b));
+  const ratios = ratioPairs.filter(([a, b]) => ids.includes(a) && ids.includes(b));
   // Throughput ratios, then CPU-per-request ratios (ours / theirs; above 1 means we spend more):
   // on a loaded machine the CPU a back-end spends per request moves far less than its IOPS.
   const head = ['workload', 'mode', ...ids, ...ratios.map(([a, b]) => `${a}/${b}`), ...ratios.map(([a, b]) => `cpu ${a}/${b}`)];
@@ -371,14 +391,17 @@ function stageBreakdown(p: Profile): { us: Map<string, number>; top: Map<string,
 
 async function profile(dir: string): Promise<void> {
   const seconds = Number(argv.seconds);
-  const w = WORKLOADS.find((x) => x.name === '4K randread QD64')!;
+  const wname = argv.workloads?.split(',')[0]?.trim() ?? '4K randread QD64';
+  const w = WORKLOADS.find((x) => x.name === wname);
+  if (!w) throw new Error(`--workloads: '${wname}' is not one of ${WORKLOADS.map((x) => x.name).join(', ')}`);
   mkdirSync(dir, { recursive: true });
   for (const f of readdirSync(dir)) if (f.endsWith('.cpuprofile')) rmSync(join(dir, f));
   const sockDir = mkdtempSync(join(tmpdir(), 'bench-blk-c-'));
   const prof = ['--cpu-prof', '--cpu-prof-dir', resolve(dir), '--cpu-prof-interval', '100'];
-  const target = TARGETS.find((t) => t.id === argv['profile-target'] && t.id.startsWith('host'));
-  if (!target) throw new Error(`--profile-target: '${argv['profile-target']}' is not one of our targets (host-null, host-mem, host-tmpfs)`);
+  const target = [...TARGETS, ...DISK_TARGETS].find((t) => t.id === argv['profile-target'] && t.id.startsWith('host'));
+  if (!target) throw new Error(`--profile-target: '${argv['profile-target']}' is not one of our targets (host-null, host-mem, host-tmpfs, host-disk)`);
   if (target.id === 'host-tmpfs') fillFile(tmpfsFile);
+  if (target.id === 'host-disk') fillFile(diskFile);
   const child = await start(target, sockDir, prof);
   const sock = join(sockDir, `${target.id}.sock`);
   let r: LoadResult;
@@ -394,6 +417,7 @@ async function profile(dir: string): Promise<void> {
     await stop(child);
     rmSync(sockDir, { recursive: true, force: true });
     rmSync(tmpfsFile, { force: true });
+    rmSync(diskFile, { force: true });
   }
   // Both runs were profiled; attribute the profile to every request both runs made.
   const requests = r.ios * (1 + Number(argv.warmup) / seconds);

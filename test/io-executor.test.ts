@@ -491,6 +491,79 @@ test.serial('discard and write-zeroes through the file backing (fallocate), in o
   });
 });
 
+test.serial('an inline (tmpfs) target: one-op requests done inside submit, short reads, ENOSPC, EFAULT, a barrier behind ring I/O waits its turn', async (t) => {
+  const mnt = join(diskDir, 'inline-tmpfs');
+  mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+  try {
+    await noLeak(t, async () => {
+      const path = join(mnt, 'inline.img');
+      writeFileSync(path, Buffer.alloc(0));
+      const file = FileBacking.open(path, false);
+      const [pr, pw] = n.pipe2();
+      const mem = guestMemory(4 << 20);
+      const inline: UringTarget = { fd: file.fd, directAlign: 0, inline: true };
+      const ex = new UringExecutor({ target: fileTable(inline, { fd: pr, directAlign: 0 }) });
+      const now = (ops: IoOp[], barrier = false): IoResult | undefined => {
+        let got: IoResult | undefined;
+        ex.submit(ops, barrier, (r) => (got = r));
+        return got;
+      };
+      try {
+        const data = pattern(10000, 21);
+        new Uint8Array(mem.buf, 0, data.length).set(data);
+        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4000), mem.view(4000, 6000)] }]), { errno: 0, lastReadBytes: 0 }, 'a write is done inside submit');
+        t.true(readFileSync(path).equals(data));
+        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(65536, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 }, 'a short read at the end says how far it got');
+        t.true(Buffer.from(mem.buf, 65536, 1808).equals(data.subarray(8192)));
+        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(65536, 512)] }]), { errno: 0, lastReadBytes: 0 });
+        mem.view(131072, 4096).fill(0xff);
+        t.deepEqual(now([
+          { kind: 'read', backing: 0, offset: 8192, into: [mem.view(131072, 4096)] },
+          { kind: 'read', backing: 0, offset: 0, into: [mem.view(196608, 100)] },
+        ]), { errno: 0, lastReadBytes: 100 }, 'two ops: the earlier read is zero-filled past the end');
+        t.true(mem.view(131072 + 1808, 4096 - 1808).every((b) => b === 0));
+        t.deepEqual(now([{ kind: 'flush', backing: 0 }], true), { errno: 0, lastReadBytes: 0 }, 'a flush with nothing in flight runs at once');
+        // 2 MiB into a 1 MiB file system: ENOSPC; the executor goes on serving.
+        mem.view(0, 2 << 20).fill(0x42);
+        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 2 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
+        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+        t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
+        // A read on the pipe stays in the ring: a barrier flush of the tmpfs file waits for it,
+        // and a write submitted after the barrier waits for the barrier.
+        const order: string[] = [];
+        const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
+        const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
+        mem.view(65536, 4096).fill(0x17);
+        const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(65536, 4096)] }]).then((r) => (order.push('after'), r));
+        t.is(ex.inflight, 3, 'the flush and the write behind it wait for the ring');
+        t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x42), 'the write behind the barrier has not run');
+        n.write(pw, Buffer.from('0123456789abcdef'));
+        t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
+        t.deepEqual(await flush, { errno: 0, lastReadBytes: 0 });
+        t.deepEqual(await after, { errno: 0, lastReadBytes: 0 });
+        t.deepEqual(order, ['slow', 'flush', 'after']);
+        t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x17));
+        // Guest memory gone under a request: EFAULT, not a write of nothing.
+        const gone = guestMemory(65536);
+        const into = [gone.view(0, 4096)];
+        gone.close();
+        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
+        t.is(ex.inflight, 0);
+      } finally {
+        ex.close();
+        file.close();
+        n.close(pr);
+        n.close(pw);
+        mem.close();
+      }
+    });
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+});
+
 test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buffer that "succeeds"', async (t) => {
   const path = join(shmDir, 'detached.img');
   writeFileSync(path, pattern(65536, 13));

@@ -131,7 +131,11 @@ export interface Uring {
   fallocate(fd: number, mode: number, offset: number, length: number, userData: number): boolean;
   /** Hand queued operations to the kernel; returns how many (0 when the kernel said busy: reap, retry). */
   submit(): number;
-  /** Fill out with (userData, result) pairs, at most out.length/2; returns the number of pairs. Never blocks. */
+  /**
+   * Fill out with (userData, result) pairs, at most out.length/2; returns the number of pairs.
+   * Never blocks. Queued operations go to the kernel in the same io_uring_enter that collects
+   * completions (the ring runs completion work only when asked: DEFER_TASKRUN).
+   */
   reap(out: Float64Array): number;
   /**
    * Ask the kernel to cancel every operation in flight: those it can stop complete with -ECANCELED

@@ -45,6 +45,7 @@ typedef struct uring {
   bool open;
   bool wrapped; // once wrapped, the wrap's finalizer owns the struct
   bool hook_registered;
+  bool defer; // IORING_SETUP_DEFER_TASKRUN: completions are posted only when reap() enters the ring
   int event_fd;
   uint32_t entries, capacity, inflight;
   op *ops;
@@ -341,6 +342,13 @@ static napi_value uring_reap(napi_env env, napi_callback_info info) {
   }
   double *out = p;
   size_t max = n / 2, got = 0;
+  // One io_uring_enter for both directions: hand over what is queued and, under DEFER_TASKRUN,
+  // run the completions' task work so their CQEs are posted. Skipped when there is neither
+  // (the kernel sets IORING_SQ_TASKRUN while work waits).
+  if (io_uring_sq_ready(&u->ring) > 0 || (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN))) {
+    int r = io_uring_submit_and_get_events(&u->ring);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return errno_thrown(env, "io_uring_enter", -r);
+  }
   while (got < max) {
     struct io_uring_cqe *cqe;
     if (io_uring_peek_cqe(&u->ring, &cqe) != 0) break;
@@ -446,8 +454,23 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
   }
   uring *u = calloc(1, sizeof *u);
   if (!u) return errno_thrown(env, "malloc", ENOMEM);
-  struct io_uring_params p = {0};
+  // SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1): the kernel runs a completion's task work only when
+  // this thread enters the ring to collect completions (reap), instead of interrupting the thread
+  // wherever it is (an epoll_wait returns EINTR and the loop goes round again). The ring's eventfd
+  // still announces that completions are waiting, and reap() runs the work in the io_uring_enter
+  // that also submits. Measured end to end (docs/BENCHMARKS.md, "the storage side"): ~0.5 us less
+  // back-end CPU per O_DIRECT 4 KiB read and ~2 us per write, small against a loaded machine's
+  // noise; the device worker no longer takes an interrupted epoll_wait per completion. The ring
+  // is only ever entered by the thread that made it (its N-API environment's), which
+  // SINGLE_ISSUER requires. An older kernel refuses the flags (EINVAL): a plain ring then.
+  struct io_uring_params p = {
+      .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG};
   int r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
+  if (r == -EINVAL) {
+    memset(&p, 0, sizeof p);
+    r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
+  }
+  u->defer = (p.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
   if (r < 0) {
     free(u);
     return errno_thrown(env, "io_uring_setup", -r);
