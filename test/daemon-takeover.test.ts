@@ -185,8 +185,8 @@ test.serial('a new daemon that dies after the sessions were stopped, before "go"
   lines.close();
   native.close(lfd);
   const [a] = (await answer) as { error?: { message: string } }[];
-  t.regex(a.error!.message, /disk: the new daemon went away before it served the device/);
-  t.regex(a.error!.message, /rng-busy: the new daemon went away before it served the device/);
+  t.regex(a.error!.message, /disk: the new host went away before it served the device/);
+  t.regex(a.error!.message, /rng-busy: the new host went away before it served the device/);
   await io.more();
   t.is(old.child.exitCode, null);
   t.is(io.disconnected, 0);
