@@ -8,7 +8,7 @@
 // with each device's reason.
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
@@ -109,8 +109,8 @@ test.serial('serve --take-over: every device moves to the new daemon (two sessio
   await io.more();
   t.regex(fresh.log(), /took 3 device\(s\) over from the old daemon: 2 with the front-end's session \(no reconnect\)/);
   t.regex(old.log(), /pid \d+ serves every device now \(disk live, rings stopped [\d.]+ ms, rng-busy live, rings stopped [\d.]+ ms, rng-idle\); this daemon exits/);
-  const pause = /disk live, rings stopped ([\d.]+) ms/.exec(old.log())?.[1];
-  t.log(`rings stopped (old daemon's count): disk ${pause} ms; load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  const stopped = (id: string) => new RegExp(`${id} live, rings stopped ([\\d.]+) ms`).exec(old.log())?.[1];
+  t.log(`rings stopped (old daemon's count): disk ${stopped('disk')} ms, rng-busy ${stopped('rng-busy')} ms; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 
   // The management socket is the new daemon's: its pid answers, and the limit set on the old one holds.
   const stats = await ctl(['--control', control(), '--json', 'stats']);
