@@ -205,7 +205,7 @@ test.serial('a new daemon that dies after the sessions were stopped, before "go"
   t.is(await fresh.stop(), 0);
 });
 
-test.serial('serve --take-over with a config that does not describe the old daemon\'s devices is refused, naming each device; the old daemon serves on', async (t) => {
+test.serial('serve --take-over with a config that does not describe the old daemon\'s devices is refused, naming each device, and so is one whose device does not start; the old daemon serves on', async (t) => {
   const config = writeConfig();
   const old = await daemon(['--config', config]);
   const io = await running(t);
@@ -230,8 +230,51 @@ test.serial('serve --take-over with a config that does not describe the old daem
   await io.more();
   t.is(old.child.exitCode, null);
   t.regex(old.log(), /daemon-handover from pid \d+ refused: .*the config file does not describe the old daemon's devices/);
+
+  // The right devices, but one's plugin does not load in the new daemon: refused after the
+  // others started there on the handed sockets; the old daemon serves every device on, its
+  // socket files still there (the new daemon's cleanup closed its copies only).
+  const bad = join(dir, 'bad.wasm');
+  writeFileSync(bad, 'not a WebAssembly component');
+  const badConfig = join(dir, 'bad.json');
+  writeFileSync(
+    badConfig,
+    JSON.stringify({
+      control: control(),
+      devices: [
+        { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:4M' } },
+        { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: rng, grants: { entropy: true } },
+        { id: 'rng-idle', socket: join(dir, 'rng-idle.sock'), plugin: bad, grants: { entropy: true } },
+      ],
+    }),
+  );
+  const fresh2 = spawnDaemon(['--config', badConfig, '--take-over']);
+  daemons.push(fresh2);
+  t.is(await fresh2.exited, 1);
+  t.regex(fresh2.log(), /take-over refused, nothing was taken \(an old daemon serves on\): .*rng-idle: /);
+  t.regex(old.log(), /daemon-handover from pid \d+ refused: .*rng-idle: the new host did not take the device: .*rng-idle/);
+  await io.more();
+  t.is(old.child.exitCode, null);
+  t.is(io.disconnected, 0);
+  const feIdle = await VhostUserFrontend.connect(join(dir, 'rng-idle.sock'), feRng);
+  t.is((await feIdle.queues[0].submit([], 64)).len, 64, 'the idle device is served by the old daemon');
+  await feIdle.close();
   await io.end();
   t.is(io.disconnected, 0);
   await io.close();
   t.is(await old.stop(), 0);
+});
+
+test.serial('serve --take-over: usage (the mode goes with --take-over; a management socket path is needed to ask)', async (t) => {
+  const config = writeConfig();
+  let d = spawnDaemon(['--config', config, '--take-over-mode', 'live']);
+  t.is(await d.exited, 2);
+  t.regex(d.log(), /--take-over-mode goes with --take-over/);
+  d = spawnDaemon(['--config', config, '--take-over', '--take-over-mode', 'fast']);
+  t.is(await d.exited, 2);
+  t.regex(d.log(), /--take-over-mode: "fast" is not auto, live or socket/);
+  // Nothing serves the management socket: the command says so and exits 1.
+  d = spawnDaemon(['--config', config, '--take-over']);
+  t.is(await d.exited, 1);
+  t.regex(d.log(), /take-over refused, nothing was taken \(an old daemon serves on\): .*control\.sock/);
 });

@@ -194,7 +194,7 @@ export async function runServe(argv: string[]): Promise<number> {
     try {
       taken = await takeOverDaemon(daemon, config, controlPath, (values['take-over-mode'] ?? 'auto') as TakeOverMode);
     } catch (e) {
-      log.error(`take-over refused, the old daemon serves on: ${describeError(e)}`);
+      log.error(`take-over refused, nothing was taken (an old daemon serves on): ${describeError(e)}`);
       await daemon.close();
       return 1;
     }
