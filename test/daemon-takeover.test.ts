@@ -205,6 +205,45 @@ test.serial('a new daemon that dies after the sessions were stopped, before "go"
   t.is(await fresh.stop(), 0);
 });
 
+test.serial('all or nothing: a session refused by the new daemon after its rings were stopped (its state not taken by another plugin) gives every session back to the old daemon, the other one too, though its rings were stopped for the new daemon as well', async (t) => {
+  const config = writeConfig();
+  const old = await daemon(['--config', config]);
+  const io = await running(t);
+  await io.more();
+  // rng-busy as another plugin (the TypeScript rng) in the new daemon: it starts, takes the
+  // session's settings, has the rings stopped there, and refuses the old rng's state.
+  const other = join(dir, 'other-rng.json');
+  writeFileSync(
+    other,
+    JSON.stringify({
+      control: control(),
+      devices: [
+        { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:4M' } },
+        { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: join(REPO, 'dist', 'plugins', 'rng-ts.wasm'), grants: { entropy: true } },
+        { id: 'rng-idle', socket: join(dir, 'rng-idle.sock'), plugin: rng, grants: { entropy: true } },
+      ],
+    }),
+  );
+  const fresh = spawnDaemon(['--config', other, '--take-over']);
+  daemons.push(fresh);
+  t.is(await fresh.exited, 1, fresh.log());
+  t.regex(fresh.log(), /rng-busy: .*state/);
+  // Both sessions were stopped in the old daemon and both run there again.
+  t.is(old.log().match(/host handover undone: the session runs on in this host/g)?.length, 2, old.log());
+  t.is(old.log().match(/session stopped for a host handover/g)?.length, 2, 'the rings of both sessions were stopped for the new daemon');
+  // Each device is told its own reason, or that another was refused.
+  t.regex(old.log(), /rng-busy: the new host did not take the device: the device did not take the old host's state: state is from device "rng"/);
+  t.regex(old.log(), /disk: the new host did not take the device: not taken: all or nothing, and rng-busy was refused/);
+  t.regex(old.log(), /the new daemon took none of the devices; this daemon serves every one on/);
+  await io.more();
+  t.is(old.child.exitCode, null);
+  t.is(io.disconnected, 0);
+  await io.end();
+  t.is(io.feDisk.queues[0].inFlight, 0);
+  await io.close();
+  t.is(await old.stop(), 0);
+});
+
 test.serial('serve --take-over with a config that does not describe the old daemon\'s devices is refused, naming each device, and so is one whose device does not start; the old daemon serves on', async (t) => {
   const config = writeConfig();
   const old = await daemon(['--config', config]);
@@ -252,7 +291,7 @@ test.serial('serve --take-over with a config that does not describe the old daem
   daemons.push(fresh2);
   t.is(await fresh2.exited, 1);
   t.regex(fresh2.log(), /take-over refused, nothing was taken \(an old daemon serves on\): .*rng-idle: /);
-  t.regex(old.log(), /daemon-handover from pid \d+ refused: .*rng-idle: the new host did not take the device: .*rng-idle/);
+  t.regex(old.log(), /daemon-handover from pid \d+ refused: the new daemon took none of the devices.*disk: the new host did not take the device: not taken: all or nothing, and rng-idle was refused.*rng-idle: the new host did not take the device: .*not a WebAssembly component/);
   await io.more();
   t.is(old.child.exitCode, null);
   t.is(io.disconnected, 0);

@@ -146,8 +146,11 @@ export async function handOverDaemon(daemon: Daemon, hooks: DaemonHandoverHooks,
       if (failures.length > 0) {
         // Only if the new daemon failed after it let some sessions start (take-over.ts): those
         // it serves; this daemon serves the rest and keeps its management socket.
-        const moved = out.length > 0 ? ` (${out.map((o) => o.id).join(', ')} moved to pid ${peerPid} and are served there; this daemon serves the rest)` : '';
-        throw new HandoverRefused(`the new daemon did not take every device${moved}: ${failures.join('; ')}`);
+        const what =
+          out.length > 0
+            ? `the new daemon took only part of the devices (${out.map((o) => o.id).join(', ')} moved to pid ${peerPid} and are served there; this daemon serves the rest)`
+            : 'the new daemon took none of the devices; this daemon serves every one on';
+        throw new HandoverRefused(`${what}: ${failures.join('; ')}`);
       }
       log.info(`pid ${peerPid} serves every device now (${out.map((o) => `${o.id}${o.live ? ` live, rings stopped ${o.stoppedMs ?? '?'} ms` : ''}`).join(', ')}); this daemon exits`);
       return { fromPid: process.pid, toPid: peerPid, fromVersion: HOST_VERSION, devices: out };

@@ -28,6 +28,9 @@ import { NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
 
 const log = createLogger('take-over');
 
+/** Why a ready session did not start: another device was refused. */
+const HELD_BACK = 'held back: another device of this take-over was refused (all or nothing)';
+
 /** Devices a daemon handover may list: far more than a daemon serves. */
 const MAX_DEVICES = 4096;
 
@@ -66,6 +69,12 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
   const received: Received[] = [];
   let daemonConn: LineChannel | null = null;
   let committed = false;
+  /** Each refused device's own reason (a session held back by another's refusal is not one). */
+  const refusals = new Map<string, string>();
+  const refuse = (id: string, why: string): HandoverRefused => {
+    if (!why.includes(HELD_BACK)) refusals.set(id, why);
+    return new HandoverRefused(`${id}: ${why}`);
+  };
   try {
     const outcome = request(controlPath, 'daemon-handover', { to: path, live: mode !== 'socket' }, deadlineMs * 2 + 10_000, 'the old daemon').then((r) => {
       if ('error' in r) throw new HandoverRefused(`the daemon on ${controlPath} refused the handover: ${r.error.message}`);
@@ -87,8 +96,8 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
       const id = r.header.label;
       const expected = specs.find((s) => s.info.id === id);
       if (!expected || byId.has(id)) throw new HandoverRefused(`the old daemon sent device "${id.slice(0, 80)}" ${expected ? 'twice' : 'which its list did not name'}`);
-      if ((r.header.memoryDiskBytes ?? null) !== expected.info.memoryDiskBytes) throw new HandoverRefused(`${id}: the memory disk sent is not the size its list said`);
-      if (r.header.fds.includes('control')) throw new HandoverRefused(`${id}: a management socket came with a device`);
+      if ((r.header.memoryDiskBytes ?? null) !== expected.info.memoryDiskBytes) throw refuse(id, 'the memory disk sent is not the size its list said');
+      if (r.header.fds.includes('control')) throw refuse(id, 'a management socket came with a device');
       byId.set(id, r);
     }
     // Every device starts here on its handed socket, accepting nothing yet; then its limits as they are now there.
@@ -100,7 +109,7 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
         try {
           await daemon.add(spec, info.socket !== null ? { path: info.socket } : { fd: listenFd }, { listenFd, ...(memoryDiskFd !== undefined ? { memoryDiskFd } : {}) });
         } catch (e) {
-          throw new HandoverRefused(`${info.id}: ${errorText(e)}`);
+          throw refuse(info.id, errorText(e));
         } finally {
           // Owned by the device from its start (closed with it even when it failed to start).
           loose.delete(listenFd);
@@ -122,12 +131,12 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
           got = await r.takeSession();
         } catch (e) {
           barrier.fail();
-          throw new HandoverRefused(`${info.id}: ${errorText(e)}`);
+          throw refuse(info.id, errorText(e));
         }
         if ('refused' in got) {
           if (mode === 'live') {
             barrier.fail();
-            throw new HandoverRefused(`${info.id}: --take-over-mode live: its session cannot move live: ${got.refused}`);
+            throw refuse(info.id, `--take-over-mode live: its session cannot move live: ${got.refused}`);
           }
           liveRefused.push({ id: info.id, why: got.refused });
           barrier.leave();
@@ -136,11 +145,14 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
         try {
           await daemon.deviceOf(info.id).listener.adoptLive(got.record, got.fds, {
             stop: () => r.takeStop(got.record.rings.length),
-            commit: async () => (await barrier.arrive()) && r.ready(),
+            commit: async () => {
+              if (!(await barrier.arrive())) throw new HandoverRefused(HELD_BACK);
+              return r.ready();
+            },
           });
         } catch (e) {
           barrier.fail();
-          throw new HandoverRefused(`${info.id}: ${errorText(e)}`);
+          throw refuse(info.id, errorText(e));
         }
         live.push(info.id);
       }),
@@ -150,7 +162,7 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
     committed = true;
     // Every device answered: "serving" for what runs here, the reason for what does not.
     const failedIds = new Set(results.flatMap((x, i) => (x.status === 'rejected' ? [sessions[i].info.id] : [])));
-    for (const { info } of specs) byId.get(info.id)!.answer(failedIds.has(info.id) ? `not taken: ${failures.join('; ')}` : null);
+    for (const { info } of specs) byId.get(info.id)!.answer(failedIds.has(info.id) ? (refusals.get(info.id) ?? `not taken: ${failures.join('; ')}`) : null);
     let answer: unknown = null;
     try {
       answer = await outcome;
@@ -171,7 +183,11 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
   } catch (e) {
     const why = errorText(e);
     if (!committed) {
-      for (const r of received) r.answer(why);
+      // Each device hears its own reason, the others which were refused (all or nothing).
+      const ids = [...refusals.keys()];
+      for (const r of received) {
+        r.answer(refusals.get(r.header.label) ?? (ids.length > 0 ? `not taken: all or nothing, and ${ids.join(', ')} ${ids.length > 1 ? 'were' : 'was'} refused` : why));
+      }
       daemonConn?.write(`${why.replace(/\n/g, ' ').slice(0, 1000)}\n`);
     }
     throw e;
