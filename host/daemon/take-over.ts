@@ -322,7 +322,8 @@ function matchDevices(devices: HandedDeviceInfo[], config: DaemonConfig): { spec
     const mine = 'path' in spec.listen ? spec.listen.path : null;
     if (d.socket !== null && mine !== null && d.socket !== mine) why.push(`${d.id}: it listens on ${d.socket} there, the config file says ${mine}`);
     const st = spec.grants.storage;
-    const mem = st !== null && st.kind === 'memory' ? st.size : null;
+    // A memory disk of size 0 has no memfd (device-slot.ts): as no memory disk.
+    const mem = st !== null && st.kind === 'memory' && st.size > 0 ? st.size : null;
     if (mem !== d.memoryDiskBytes) {
       why.push(
         d.memoryDiskBytes === null
