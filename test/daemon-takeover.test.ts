@@ -304,6 +304,25 @@ test.serial('serve --take-over with a config that does not describe the old daem
   t.is(await old.stop(), 0);
 });
 
+test.serial('serve --take-over --take-over-mode socket: only the sockets (and the memory disk) move; the connected front-ends are let go and, reconnecting, are served by the new daemon with the disk\'s data', async (t) => {
+  const config = writeConfig();
+  const old = await daemon(['--config', config]);
+  const io = await running(t);
+  await io.more();
+  await io.end();
+  const fresh = await daemon(['--config', config, '--take-over', '--take-over-mode', 'socket']);
+  t.is(await old.exited, 0, old.log());
+  t.regex(fresh.log(), /took 3 device\(s\) over from the old daemon: 0 with the front-end's session/);
+  // The old daemon closed its front-ends' connections.
+  await io.feDisk.conn.closed;
+  t.true(io.disconnected >= 1);
+  const fe = await VhostUserFrontend.connect(join(dir, 'disk.sock'), feBlk);
+  await verifyAll(new BlkDevice(fe.queues[0]), io.last);
+  await fe.close();
+  await io.close();
+  t.is(await fresh.stop(), 0);
+});
+
 test.serial('serve --take-over: usage (the mode goes with --take-over; a management socket path is needed to ask)', async (t) => {
   const config = writeConfig();
   let d = spawnDaemon(['--config', config, '--take-over-mode', 'live']);
