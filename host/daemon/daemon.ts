@@ -218,12 +218,7 @@ export class Daemon {
     if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
     this.busy.add(id);
     try {
-      this.cpu.untrack(id);
-      await this.host.remove(id);
-      const key = throttleGroupKey(this.entries.get(id)!.spec);
-      const group = key === null ? undefined : this.groups.get(key);
-      if (group) this.leaveGroup(key!, group, id);
-      this.entries.delete(id);
+      await this.forget(id);
       log.info(`removed ${id}`);
     } finally {
       this.busy.delete(id);
@@ -343,7 +338,7 @@ export class Daemon {
     return e.device;
   }
 
-  /** A device the new daemon serves now (its listener handed off): this daemon lets go of the rest of it. */
+  /** Ends device `id` here (device-del; a device the new daemon serves now, its listener handed off, after a daemon handover). */
   async forget(id: string): Promise<void> {
     const e = this.entries.get(id);
     if (!e) return;
