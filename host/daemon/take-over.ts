@@ -100,8 +100,9 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
       if (r.header.fds.includes('control')) throw refuse(id, 'a management socket came with a device');
       byId.set(id, r);
     }
-    // Every device starts here on its handed socket, accepting nothing yet; then its limits as they are now there.
-    await Promise.all(
+    // Every device starts here on its handed socket, accepting nothing yet; then its limits as
+    // they are now there. Each start is waited for, so that none goes on after a refusal.
+    const starts = await Promise.allSettled(
       specs.map(async ({ spec, info }) => {
         const r = byId.get(info.id)!;
         const listenFd = r.fds.get('listen')!;
@@ -118,6 +119,8 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
         daemon.setLimits(info.id, info.limits);
       }),
     );
+    const notStarted = starts.flatMap((x) => (x.status === 'rejected' ? [errorText(x.reason)] : []));
+    if (notStarted.length > 0) throw new HandoverRefused(notStarted.join('; '));
     // The sessions: every one is applied, stopped there and loaded here, then all are let go together.
     const sessions = specs.filter(({ info }) => byId.get(info.id)!.header.sessionOffered === true);
     const barrier = new Barrier(sessions.length);
