@@ -5,8 +5,9 @@
 //
 // All or nothing: every device of the old daemon must be in FILE (same id, same socket, a
 // memory disk of the same size), every device must start here and every session must load its
-// state before any session is let go: the sessions are held at their commit (restore's
-// "ready") until all are ready, and only then are all asked at once. Any refusal before that
+// state before any session is let go: the sessions are held before their stop until all have
+// their settings (so their rings stop together), and at their commit (restore's "ready") until
+// all are loaded, and only then are all asked at once. Any refusal before that
 // (a device missing from FILE, a plugin that does not load, a record or state refused, a
 // session the old daemon cannot stop: locks held, an upgrade running) answers every device with
 // the reason and the old daemon serves on. The one window left is between those "ready"s:
@@ -123,7 +124,16 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
     if (notStarted.length > 0) throw new HandoverRefused(notStarted.join('; '));
     // The sessions: every one is applied, stopped there and loaded here, then all are let go together.
     const sessions = specs.filter(({ info }) => byId.get(info.id)!.header.sessionOffered === true);
+    // Two meeting points: every session's settings are applied (while the old daemon runs them)
+    // before any is asked to stop, so the rings stop together and none waits stopped for
+    // another's settings (the old daemon holds stopped rings for at most 5 s); and every session
+    // is loaded before any is let go.
+    const stopping = new Barrier(sessions.length);
     const barrier = new Barrier(sessions.length);
+    const failAll = () => {
+      stopping.fail();
+      barrier.fail();
+    };
     const live: string[] = [];
     const liveRefused: { id: string; why: string }[] = [];
     const results = await Promise.allSettled(
@@ -133,28 +143,32 @@ export async function takeOverDaemon(daemon: Daemon, config: DaemonConfig, contr
         try {
           got = await r.takeSession();
         } catch (e) {
-          barrier.fail();
+          failAll();
           throw refuse(info.id, errorText(e));
         }
         if ('refused' in got) {
           if (mode === 'live') {
-            barrier.fail();
+            failAll();
             throw refuse(info.id, `--take-over-mode live: its session cannot move live: ${got.refused}`);
           }
           liveRefused.push({ id: info.id, why: got.refused });
+          stopping.leave();
           barrier.leave();
           return;
         }
         try {
           await daemon.deviceOf(info.id).listener.adoptLive(got.record, got.fds, {
-            stop: () => r.takeStop(got.record.rings.length),
+            stop: async () => {
+              if (!(await stopping.arrive())) throw new HandoverRefused(HELD_BACK);
+              return r.takeStop(got.record.rings.length);
+            },
             commit: async () => {
               if (!(await barrier.arrive())) throw new HandoverRefused(HELD_BACK);
               return r.ready();
             },
           });
         } catch (e) {
-          barrier.fail();
+          failAll();
           throw refuse(info.id, errorText(e));
         }
         live.push(info.id);
