@@ -35,7 +35,11 @@ export interface DeviceHandover {
  * control socket), the session when `live` (format 2) and a front-end is connected. The session
  * is stopped only when the new host asks for it, its device running.
  */
-export function prepareDeviceHandover(d: HostDevice, o: { live: boolean | undefined; extra: { kind: HandoverFd; fd: number }[]; log: Logger; label?: string }): DeviceHandover {
+export function prepareDeviceHandover(
+  d: HostDevice,
+  o: { live: boolean | undefined; extra: { kind: HandoverFd; fd: number }[]; log: Logger; label?: string; logPrefix?: string },
+): DeviceHandover {
+  const prefix = o.logPrefix ?? `${d.config.label}:`;
   const disk = d.slot.memoryDiskFd;
   d.listener.holdAccepting(true);
   let capture: LiveCapture | null = null;
@@ -66,7 +70,7 @@ export function prepareDeviceHandover(d: HostDevice, o: { live: boolean | undefi
         }
         if (e instanceof LiveHandoverRefused) {
           // The fallback: the sockets move, the front-end reconnects (its inflight area resubmits).
-          o.log.warn(`${d.config.label}: the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
+          o.log.warn(`${prefix} the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
           return { refused: e.message };
         }
         throw new Error(`the connected session cannot be handed over now: ${errorText(e)}`);
@@ -90,7 +94,7 @@ export function prepareDeviceHandover(d: HostDevice, o: { live: boolean | undefi
         // served here again (its inflight area says what was in flight).
         taken?.letGo();
         d.listener.holdAccepting(false);
-        o.log.error(`${d.config.label}: the handover failed after this host let go of the session: ${e.message}; this host accepts connections again`);
+        o.log.error(`${prefix} the handover failed after this host let go of the session: ${e.message}; this host accepts connections again`);
         return;
       }
       await taken?.resume();

@@ -96,7 +96,7 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
           const refusal = handoverRefusal(d);
           if (refusal !== null) throw failed(new Error(refusal));
           const control = hooks.control();
-          const h = prepareDeviceHandover(d, { live, extra: control ? [{ kind: 'control', fd: control.fd }] : [], log });
+          const h = prepareDeviceHandover(d, { live, extra: control ? [{ kind: 'control', fd: control.fd }] : [], log, logPrefix: 'host-handover:' });
           let outcome: HandoverOutcome;
           try {
             log.info(`host-handover: handing the device${h.src.session ? ' and its connected session' : ''} to pid ${peer.pid}`);
