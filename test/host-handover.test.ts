@@ -488,6 +488,26 @@ test.serial('a handover record whose ring kick fd is not an eventfd is refused b
   t.regex(r.stderr, /ring 0: the kick fd handed over is a pipe, not an eventfd/);
 });
 
+test.serial('a handover record with a ring enabled but not running, on a session that acked features without PROTOCOL_FEATURES, is refused as SET_VRING_ENABLE would be on that connection, before the old host stops its rings', async (t) => {
+  // VERSION_1 acked, VHOST_USER_F_PROTOCOL_FEATURES (bit 30) not: the message loop refuses
+  // SET_VRING_ENABLE here (a ring is enabled only by its kick), so a record may not enable one.
+  const rec = { version: 1, device: { deviceId: 4, numQueues: 1, name: 'rng', version: '1' }, features: (1n << BigInt(VIRTIO_F_VERSION_1)).toString(16), protocolFeatures: '0', status: 0, frontEnd: 0, backendChannel: null, memory: [], logArea: null, logFd: null, inflightArea: null, rings: [{ num: 0, addr: null, base: null, kick: null, call: null, err: null, enabled: true, started: false }] };
+  let front: number[] = [];
+  const fake = fakeOldHost(rec, () => {
+    front = native.socketpair();
+    return [front[0]];
+  });
+  t.teardown(() => {
+    fake.close();
+    if (front.length > 0) native.close(front[1]);
+  });
+  const r = await runCli(['--socket-path', sock, '--plugin', rng, '--entropy', '--take-over']);
+  t.is(r.code, 1);
+  const expect = /the session record is refused: ring\(s\) 0 enabled without running: SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated/;
+  t.regex(await fake.verdict, expect, 'the old host is told why in answer to the session, never asked to stop');
+  t.regex(r.stderr, expect);
+});
+
 test.serial('a front-end stalled in the middle of a message does not hang the old host: the handover fails in bounded time and the old host takes requests (and handovers) again', async (t) => {
   const old = await host(['--plugin', rng, '--entropy']);
   const fe = native.connectUnix(sock);

@@ -13,6 +13,7 @@ import { activatedSockets } from '../daemon/systemd.ts';
 import { Daemon } from '../daemon/daemon.ts';
 import { ControlServer } from '../daemon/control-server.ts';
 import { daemonMethods } from '../daemon/methods.ts';
+import { takeOverDaemon, type TakenOver, type TakeOverMode } from '../daemon/take-over.ts';
 import type { ListenAddress } from '../server/listener.ts';
 import { stopOnSignals } from '../server/shutdown.ts';
 import { createLogger, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, setLogFormat, setLogLevel } from '../log/logger.ts';
@@ -24,7 +25,7 @@ import { UsageError } from './args.ts';
 import { parseFlags } from './flags.ts';
 
 export const SERVE_HELP = `Usage: vhost-wasm serve --config FILE [--control PATH] [--metrics ADDRESS] [--log-level LEVEL]
-                          [--log-format text|json]
+                          [--log-format text|json] [--take-over [--take-over-mode auto|live|socket]]
 
 Serve every device listed in FILE (JSON, or TOML if its name ends in .toml) from one process, each on its own socket and in its
 own worker, and optionally a management socket for \`vhost-wasm ctl\` (README, "Operating
@@ -42,6 +43,15 @@ served.
   --log-level LEVEL   ${LOG_LEVELS.join(', ')} (overrides the file's "logLevel"; default info)
   --log-format FORMAT text (default: TIME LEVEL scope: message) or json (one object per
                       line: time, level, scope, msg); overrides the file's "logFormat"
+  --take-over         host upgrade: take every device over from the daemon already serving
+                      FILE's management socket ("control"): sockets, memory disks, connected
+                      sessions (no reconnect) and limits now; every device of that daemon must
+                      be in FILE. All or nothing: a refusal leaves the old daemon serving, and
+                      it exits 0 once this one serves (docs/upgrade.md)
+  --take-over-mode auto|live|socket
+                      auto (default): sessions move live, those that cannot reconnect; live:
+                      refuse the take-over unless every session moves live; socket: only the
+                      sockets move and every front-end reconnects
   -h, --help          this text
 
 Socket activation: a device (or the control socket) with "systemd": "NAME" takes the socket
@@ -69,6 +79,22 @@ function addresses(config: DaemonConfig): { listen: ListenAddress[]; control: Li
   return { listen, control };
 }
 
+/**
+ * The metrics endpoint; after a take-over the old daemon holds the address until it exits
+ * (just after its answer), so it is tried again for a few seconds.
+ */
+async function openMetrics(address: DaemonConfig['metrics'] & object, exporter: MetricsExporter, afterTakeOver: boolean): Promise<MetricsServer> {
+  const until = Date.now() + (afterTakeOver ? 10_000 : 0);
+  for (;;) {
+    try {
+      return await MetricsServer.open(address, exporter);
+    } catch (e) {
+      if (Date.now() >= until) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 export async function runServe(argv: string[]): Promise<number> {
   let values;
   try {
@@ -78,6 +104,8 @@ export async function runServe(argv: string[]): Promise<number> {
       metrics: { type: 'string' },
       'log-level': { type: 'string' },
       'log-format': { type: 'string' },
+      'take-over': { type: 'boolean' },
+      'take-over-mode': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     });
     if (values.help) {
@@ -85,6 +113,10 @@ export async function runServe(argv: string[]): Promise<number> {
       return 0;
     }
     if (values.config === undefined) throw new ServeUsageError('give --config FILE (see: vhost-wasm serve --help)');
+    if (values['take-over-mode'] !== undefined && !values['take-over']) throw new ServeUsageError('--take-over-mode goes with --take-over');
+    if (values['take-over-mode'] !== undefined && !['auto', 'live', 'socket'].includes(values['take-over-mode'])) {
+      throw new ServeUsageError(`--take-over-mode: "${values['take-over-mode']}" is not auto, live or socket`);
+    }
     if (values['log-level'] !== undefined && !isLogLevel(values['log-level'])) {
       throw new ServeUsageError(`--log-level: "${values['log-level']}" is not one of ${LOG_LEVELS.join(', ')}`);
     }
@@ -136,9 +168,56 @@ export async function runServe(argv: string[]): Promise<number> {
   const daemon = Daemon.create(config.start);
   const report: { started: string[]; failed: { id: string; error: string }[] } = { started: [], failed: [] };
   let control: ControlServer | null = null;
-  if (where.control) {
+  let metrics: MetricsServer | null = null;
+  // The old daemon (after it handed its devices to a new one): its sockets are the new daemon's (kept), it exits.
+  const hooks = {
+    control: () => control,
+    exitAfterHandover: () => {
+      control?.close(true);
+      Promise.all([daemon.close(), metrics?.close(), closeSpareWorkers()]).then(
+        () => process.exit(0),
+        (e: unknown) => {
+          log.error(`closing after the handover: ${describeError(e)}`);
+          process.exit(1);
+        },
+      );
+    },
+  };
+  // Host upgrade: the old daemon's devices first (host/daemon/take-over.ts), then the file's others.
+  let taken: TakenOver | null = null;
+  if (values['take-over']) {
+    const controlPath = config.control !== null && 'path' in config.control ? config.control.path : null;
+    if (controlPath === null) {
+      process.stderr.write('vhost-wasm serve: --take-over asks the old daemon over its management socket: give "control" (a path) in the file or --control PATH\n');
+      return 2;
+    }
     try {
-      control = ControlServer.open(where.control, daemonMethods(daemon));
+      taken = await takeOverDaemon(daemon, config, controlPath, (values['take-over-mode'] ?? 'auto') as TakeOverMode);
+    } catch (e) {
+      log.error(`take-over refused, nothing was taken (an old daemon serves on): ${describeError(e)}`);
+      await daemon.close();
+      return 1;
+    }
+    for (const d of taken.devices) {
+      const l = daemon.deviceOf(d.id).listener;
+      // The socket files are this daemon's now: removed when it stops.
+      if (d.socket !== null) l.adoptPath(d.socket);
+      l.holdAccepting(false);
+    }
+    if (taken.partial !== null) log.error(taken.partial);
+    const refused = taken.liveRefused.map((r) => `${r.id} (${r.why})`).join(', ');
+    log.info(
+      `took ${taken.devices.length} device(s) over from the old daemon: ${taken.live.length} with the front-end's session (no reconnect)` +
+        `${refused ? `; front-ends that reconnect: ${refused}` : ''}`,
+    );
+  }
+  if (taken !== null && taken.controlFd !== null) {
+    control = ControlServer.open({ fd: taken.controlFd }, daemonMethods(daemon, hooks));
+    control.adoptPath((config.control as { path: string }).path);
+    log.info(`management socket on ${(config.control as { path: string }).path} (taken over)`);
+  } else if (where.control && taken?.partial == null) {
+    try {
+      control = ControlServer.open(where.control, daemonMethods(daemon, hooks));
     } catch (e) {
       // The operator asked to manage this daemon: one that cannot be managed does not start.
       log.error(describeError(e));
@@ -147,10 +226,9 @@ export async function runServe(argv: string[]): Promise<number> {
     }
     log.info(`management socket on ${'path' in where.control ? where.control.path : `fd ${where.control.fd}`}`);
   }
-  let metrics: MetricsServer | null = null;
   if (config.metrics !== null) {
     try {
-      metrics = await MetricsServer.open(config.metrics, new MetricsExporter(() => daemon.metered()));
+      metrics = await openMetrics(config.metrics, new MetricsExporter(() => daemon.metered()), taken !== null);
     } catch (e) {
       // Asked for and not available: a daemon nobody can watch does not start.
       log.error(describeError(e));
@@ -164,8 +242,11 @@ export async function runServe(argv: string[]): Promise<number> {
   // "not started" lines and the summary keep the file's order.
   const outcomes: (string | null)[] = new Array(config.devices.length).fill(null);
   let next = 0;
+  const takenIds = new Set(taken?.oldIds ?? []);
   const starter = async () => {
     for (let i = next++; i < config.devices.length; i = next++) {
+      // Taken over (running already), or left with the old daemon by a partial take-over.
+      if (takenIds.has(config.devices[i].id)) continue;
       try {
         await daemon.add(config.devices[i], where.listen[i]);
       } catch (e) {
@@ -175,6 +256,10 @@ export async function runServe(argv: string[]): Promise<number> {
   };
   await Promise.all(Array.from({ length: Math.min(availableParallelism(), config.devices.length) }, starter));
   config.devices.forEach((spec, i) => {
+    if (takenIds.has(spec.id) && !taken!.devices.some((d) => d.id === spec.id)) {
+      report.failed.push({ id: spec.id, error: 'served by the old daemon (partial take-over)' });
+      return;
+    }
     const error = outcomes[i];
     if (error === null) {
       report.started.push(spec.id);

@@ -68,6 +68,16 @@ export interface DeviceStats extends DeviceSummary {
   net: { networks: string[]; counters: NetStats } | null;
 }
 
+/** A device as a daemon handover moves it (daemon-handover.ts). */
+export interface HandoverDevice {
+  id: string;
+  device: HostDevice;
+  /** Its socket path; null for an inherited socket (fd, systemd). */
+  socket: string | null;
+  /** Its limits now (set-limits included), which the new daemon applies over its config's. */
+  limits: { callDeadlineMs: number; cpuShare: number; throttle: ThrottleLimits | null };
+}
+
 /** A throttle group: one budget, the devices drawing from it. */
 interface Group {
   bucket: TokenBucket;
@@ -84,9 +94,11 @@ function listenText(a: ListenAddress): string {
 }
 
 /** What the worker loads for a validated spec (grants checked on the host side first). */
-function sourceFor(spec: DeviceSpec): DeviceSource {
+function sourceFor(spec: DeviceSpec, memoryDiskFd?: number): DeviceSource {
   if ('module' in spec.device) return { kind: 'module', url: pathToFileURL(spec.device.module).href, options: {} };
-  const storage = checkStorage(spec.grants.storage);
+  const checked = checkStorage(spec.grants.storage);
+  // A memory disk handed over by a previous daemon (its bytes): the device serves that memfd.
+  const storage = checked && memoryDiskFd !== undefined ? { ...checked, fd: memoryDiskFd } : checked;
   return {
     kind: 'plugin',
     path: spec.device.plugin,
@@ -120,6 +132,10 @@ export class Daemon {
   private readonly groups = new Map<string, Group>();
   /** Demotes the threads of a device that wants more CPU than its share. */
   private readonly cpu = new CpuShareGovernor();
+  /** Why requests that change devices are refused now: a daemon handover runs (daemon-handover.ts). */
+  private handingOver: string | null = null;
+  /** Devices whose plugin-upgrade runs: a daemon handover waits for none (it is refused). */
+  private readonly upgrading = new Set<string>();
 
   private constructor(
     readonly host: Host,
@@ -137,7 +153,13 @@ export class Daemon {
     return describeFdBudget(fdBudgetInfo());
   }
 
-  async add(spec: DeviceSpec, address: ListenAddress): Promise<DeviceSummary> {
+  /**
+   * `handed`: the device's listening socket (and memory disk) came from a previous daemon
+   * (take-over.ts): it is served on that fd, accepting nothing until told (holdAccepting), and
+   * listed at `address`.
+   */
+  async add(spec: DeviceSpec, address: ListenAddress, handed?: { listenFd: number; memoryDiskFd?: number }): Promise<DeviceSummary> {
+    this.refuseWhileHandingOver();
     if (this.busy.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} is being added or removed by another request`);
     if (this.entries.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} already exists: remove it first or choose another id`);
     const clash = [...this.entries.values()].find((e) => listenText(e.address) === listenText(address));
@@ -158,8 +180,8 @@ export class Daemon {
     try {
       const config: DeviceConfig = {
         label: spec.id,
-        listen: address,
-        source: sourceFor(spec),
+        listen: handed ? { fd: handed.listenFd, hold: true } : address,
+        source: sourceFor(spec, handed?.memoryDiskFd),
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
         throttle,
@@ -191,16 +213,12 @@ export class Daemon {
 
   /** Removes a device: its front-end is disconnected, its socket removed, its worker ended. */
   async remove(id: string): Promise<void> {
+    this.refuseWhileHandingOver();
     if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
     if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
     this.busy.add(id);
     try {
-      this.cpu.untrack(id);
-      await this.host.remove(id);
-      const key = throttleGroupKey(this.entries.get(id)!.spec);
-      const group = key === null ? undefined : this.groups.get(key);
-      if (group) this.leaveGroup(key!, group, id);
-      this.entries.delete(id);
+      await this.forget(id);
       log.info(`removed ${id}`);
     } finally {
       this.busy.delete(id);
@@ -230,6 +248,7 @@ export class Daemon {
    * whole group's).
    */
   setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits; cpuShare?: number }): DeviceStats['limits'] {
+    this.refuseWhileHandingOver();
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
     // A device waiting to retry a failed start tries again on its next connection: the new limits may be what it needed.
@@ -271,9 +290,64 @@ export class Daemon {
     const e = this.entries.get(id);
     if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
     if (!('plugin' in e.spec.device)) throw new DaemonRequestError(`device ${id} runs a module, not a plugin: nothing to upgrade`);
-    const r = await e.device.listener.upgrade(pluginPath, (e.spec.start ?? this.defaultStart) === 'eager');
+    this.refuseWhileHandingOver();
+    this.upgrading.add(id);
+    let r;
+    try {
+      r = await e.device.listener.upgrade(pluginPath, (e.spec.start ?? this.defaultStart) === 'eager');
+    } finally {
+      this.upgrading.delete(id);
+    }
     e.spec = { ...e.spec, device: { ...e.spec.device, plugin: pluginPath } };
     return { id, plugin: pluginPath, ...r };
+  }
+
+  private refuseWhileHandingOver(): void {
+    if (this.handingOver !== null) throw new DaemonRequestError(`${this.handingOver}: devices cannot be added, removed, upgraded or limited until it ends`);
+  }
+
+  /**
+   * A daemon handover begins (daemon-handover.ts): every device as it moves, in listing order,
+   * and from now until endHandover() no device is added, removed, upgraded or limited. Throws,
+   * with every device's reason, when one cannot move now (nothing is held then).
+   */
+  beginHandover(what: string): HandoverDevice[] {
+    if (this.handingOver !== null) throw new DaemonRequestError(`${this.handingOver}; one at a time`);
+    const why: string[] = [];
+    for (const id of this.busy) why.push(`${id}: it is being added or removed`);
+    for (const id of this.upgrading) why.push(`${id}: its plugin-upgrade runs (retry once it is answered)`);
+    const devices = this.ordered().map((e) => ({
+      id: e.spec.id,
+      device: e.device,
+      socket: 'path' in e.address ? e.address.path : null,
+      limits: { callDeadlineMs: e.spec.limits.callDeadlineMs, cpuShare: e.spec.limits.cpuShare, throttle: shown(e.throttle.limits()) },
+    }));
+    if (why.length > 0) throw new DaemonRequestError(`cannot hand the devices over now: ${why.join('; ')}`);
+    this.handingOver = what;
+    return devices;
+  }
+
+  endHandover(): void {
+    this.handingOver = null;
+  }
+
+  /** The running device `id` (a take-over adopts its session). */
+  deviceOf(id: string): HostDevice {
+    const e = this.entries.get(id);
+    if (!e) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    return e.device;
+  }
+
+  /** Ends device `id` here (device-del; a device the new daemon serves now, its listener handed off, after a daemon handover). */
+  async forget(id: string): Promise<void> {
+    const e = this.entries.get(id);
+    if (!e) return;
+    this.cpu.untrack(id);
+    await this.host.remove(id);
+    const key = throttleGroupKey(e.spec);
+    const group = key === null ? undefined : this.groups.get(key);
+    if (group) this.leaveGroup(key!, group, id);
+    this.entries.delete(id);
   }
 
   /** Every device with its meter, for the metrics endpoint. */

@@ -11,6 +11,7 @@ import { errorText, getLogLevel, isLogLevel, LOG_LEVELS, setLogLevel, type LogLe
 import { errorCode } from '../errors.ts';
 import { fdBudgetInfo } from '../resources/fd-budget.ts';
 import type { ControlMethods } from './control-server.ts';
+import { handOverDaemon, handoverParams, type DaemonHandoverHooks, type DaemonHandoverResult } from './daemon-handover.ts';
 
 export interface ProcessStats {
   pid: number;
@@ -29,9 +30,10 @@ export interface MethodResults {
   'log-level': { level: LogLevel; previous: LogLevel };
   'set-limits': { id: string; limits: DeviceStats['limits'] };
   'plugin-upgrade': UpgradeOutcome & { id: string; plugin: string };
+  'daemon-handover': DaemonHandoverResult;
 }
 export type MethodName = keyof MethodResults;
-export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level', 'plugin-upgrade'];
+export const METHODS: readonly MethodName[] = ['device-add', 'device-del', 'device-list', 'device-stats', 'set-limits', 'log-level', 'plugin-upgrade', 'daemon-handover'];
 
 type Params = Record<string, unknown>;
 
@@ -61,9 +63,38 @@ export function pluginParam(params: Params): string {
   return plugin;
 }
 
+/** What daemon-handover needs beyond the daemon: its management socket, and the exit once it handed everything over. */
+export interface DaemonControlHooks extends DaemonHandoverHooks {
+  exitAfterHandover(): void;
+}
+
 /** The daemon's methods on its management socket. */
-export function daemonMethods(daemon: Daemon): ControlMethods {
-  return { call: (m, p) => callMethod(daemon, m, p), quiet: new Set(['device-list', 'device-stats']), owner: 'this daemon', rival: 'another daemon' };
+export function daemonMethods(daemon: Daemon, hooks?: DaemonControlHooks): ControlMethods {
+  let handedOver = false;
+  return {
+    call: async (m, p, peer) => {
+      if (handedOver) throw failed(new Error('this daemon has handed its devices over to another process and is exiting'));
+      if (m !== 'daemon-handover') return callMethod(daemon, m, p);
+      // Asked by `vhost-wasm serve --take-over` (take-over.ts), the new daemon's pid is the peer's.
+      only(p, ['to', 'live']);
+      const params = handoverParams(p);
+      if (typeof params === 'string') throw new RpcError(RpcCode.invalidParams, params, { field: params.slice(0, params.indexOf(':')) });
+      if (!hooks) throw failed(new Error('this daemon cannot hand its devices over (no management socket hooks)'));
+      try {
+        const r = await handOverDaemon(daemon, hooks, params.to, peer.pid, params.live);
+        handedOver = true;
+        return r satisfies MethodResults['daemon-handover'];
+      } catch (e) {
+        throw failed(e);
+      }
+    },
+    afterAnswer(m) {
+      if (m === 'daemon-handover' && handedOver) hooks?.exitAfterHandover();
+    },
+    quiet: new Set(['device-list', 'device-stats']),
+    owner: 'this daemon',
+    rival: 'another daemon',
+  };
 }
 
 /** A failure of the daemon's own (no such device, the socket is taken, the plugin would not load). */

@@ -13,14 +13,10 @@ import { isAbsolute } from 'node:path';
 import type { ControlMethods, ControlServer } from '../daemon/control-server.ts';
 import { RpcCode, RpcError } from '../daemon/jsonrpc.ts';
 import { failed, only, pluginParam, type MethodResults } from '../daemon/methods.ts';
-import { HandoverLost, sendHandover, type HandoverOutcome, type HandoverSource, type SessionOffer } from './takeover.ts';
-import { LiveHandoverBusy, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
-
-/** A session that is busy (requests held by the device, a migration) is tried this often, this far apart, before the handover is refused. */
-const BUSY_ATTEMPTS = 20;
-const BUSY_RETRY_MS = 25;
+import { sendHandover, type HandoverOutcome } from './takeover.ts';
+import { handoverRefusal, prepareDeviceHandover } from './device-handover.ts';
 import { HOST_VERSION } from '../version.ts';
-import { createLogger, errorText } from '../log/logger.ts';
+import { createLogger } from '../log/logger.ts';
 
 /** Where the host's control socket is when only its device socket is known. */
 export function controlPathFor(socketPath: string): string {
@@ -97,85 +93,20 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
         const live = params.live;
         if (live !== undefined && typeof live !== 'boolean') throw new RpcError(RpcCode.invalidParams, 'params.live: not true or false', { field: 'params.live' });
         return exclusive('host handover', async () => {
-          // The new host could not know the disk's bytes are not to be served: it would serve them.
-          const unusable = d.slot.memoryDiskUnusable;
-          if (unusable !== null) throw failed(new Error(`the memory disk is not handed over: ${unusable}; LOAD a state that checks out first`));
+          const refusal = handoverRefusal(d);
+          if (refusal !== null) throw failed(new Error(refusal));
           const control = hooks.control();
-          const disk = d.slot.memoryDiskFd;
-          // A front-end connecting meanwhile waits in the backlog for whichever host serves.
-          d.listener.holdAccepting(true);
-          // The session is stopped only when the new host asks for it, its device running.
-          let capture: LiveCapture | null = null;
-          /** Stops the held session's rings; requests the device holds are answered soon (an rng waiting for entropy): tried again. */
-          const stopRings = async (c: LiveCapture) => {
-            for (let attempt = 1; ; attempt++) {
-              try {
-                return await c.stop();
-              } catch (e) {
-                if (!(e instanceof LiveHandoverBusy) || attempt >= BUSY_ATTEMPTS) throw e;
-                await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
-              }
-            }
-          };
-          const takeSession = async (): Promise<SessionOffer | { refused: string }> => {
-            for (let attempt = 1; ; attempt++) {
-              // Looked up each time: a front-end that disconnected meanwhile has nothing to move.
-              const session = d.listener.currentSession;
-              if (session === null) return { refused: 'the front-end disconnected' };
-              try {
-                const c = await session.captureForHandover();
-                capture = c;
-                return { record: c.record, fds: c.fds, stop: () => stopRings(c) };
-              } catch (e) {
-                if (e instanceof LiveHandoverBusy && attempt < BUSY_ATTEMPTS) {
-                  await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
-                  continue;
-                }
-                if (e instanceof LiveHandoverRefused) {
-                  // The fallback: the sockets move, the front-end reconnects (its inflight area resubmits).
-                  log.warn(`host-handover: the session cannot move live (${e.message}); handing over the sockets only: the front-end must reconnect`);
-                  return { refused: e.message };
-                }
-                throw new Error(`the connected session cannot be handed over now: ${errorText(e)}`);
-              }
-            }
-          };
-          const src: HandoverSource = {
-            format: live === undefined ? 1 : 2,
-            header: { pid: process.pid, hostVersion: HOST_VERSION, label: d.config.label, ...(disk ? { memoryDiskBytes: disk.size } : {}) },
-            fds: [
-              { kind: 'listen', fd: d.listener.fd },
-              ...(control ? [{ kind: 'control' as const, fd: control.fd }] : []),
-              ...(disk ? [{ kind: 'memory-disk' as const, fd: disk.fd }] : []),
-            ],
-            ...(live === true && d.listener.currentSession !== null ? { session: takeSession } : {}),
-          };
+          const h = prepareDeviceHandover(d, { live, extra: control ? [{ kind: 'control', fd: control.fd }] : [], log, logPrefix: 'host-handover:' });
           let outcome: HandoverOutcome;
           try {
-            log.info(`host-handover: handing the device${src.session ? ' and its connected session' : ''} to pid ${peer.pid}`);
-            outcome = await sendHandover(to, peer.pid, src, undefined, (why) => log.warn(`host-handover: ${why}`));
+            log.info(`host-handover: handing the device${h.src.session ? ' and its connected session' : ''} to pid ${peer.pid}`);
+            outcome = await sendHandover(to, peer.pid, h.src, undefined, (why) => log.warn(`host-handover: ${why}`));
           } catch (e) {
-            const taken = capture as LiveCapture | null;
-            if (e instanceof HandoverLost) {
-              // This host let go of the session ("go"): the new host may have run its rings, so
-              // this one must not run them again from where it stopped. Its copies go; if the new
-              // host is gone, the front-end's connection ends with it, and a front-end that
-              // reconnects is served here again (its inflight area says what was in flight).
-              taken?.letGo();
-              d.listener.holdAccepting(false);
-              log.error(`host-handover to pid ${peer.pid} failed after this host let go of the session: ${e.message}; this host accepts connections again`);
-              throw failed(e);
-            }
-            await taken?.resume();
-            d.listener.holdAccepting(false);
+            await h.failed(e);
             throw failed(e);
           }
           handedOver = true;
-          const taken = capture as LiveCapture | null;
-          const pauseMs = outcome.live && taken?.stoppedAt != null ? performance.now() - taken.stoppedAt : null;
-          if (outcome.live) taken?.letGo();
-          // The new host accepts on the socket; without a live session our front-end reconnects to it.
-          await d.listener.handOff(`handed over to the new host (pid ${peer.pid})`);
+          const pauseMs = await h.succeeded(outcome, `handed over to the new host (pid ${peer.pid})`);
           log.info(`host-handover: pid ${peer.pid} serves the device now${pauseMs !== null ? ` with the session (rings stopped ${pauseMs.toFixed(1)} ms)` : ''}; this host exits`);
           return {
             id: d.config.label,

@@ -273,7 +273,6 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
   const path = join(dir, 'handover.sock');
   const lfd = native.listenUnix(path, 1);
   try {
-    let answered = false;
     const outcome = ask(path);
     // Awaited by the caller once something was received; a refusal before that is thrown below.
     outcome.catch(() => {});
@@ -290,64 +289,7 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
     } finally {
       accepting.cancel();
     }
-    const cred = native.peerCred(conn);
-    if (cred.uid !== process.getuid!() && cred.uid !== 0) {
-      native.close(conn);
-      throw new HandoverRefused(`the handover came from uid ${cred.uid}, not this uid or root`);
-    }
-    const { header, fds } = await receiveMessage(conn, Date.now() + deadlineMs);
-    if (header.pid !== cred.pid) {
-      for (const fd of fds.values()) native.close(fd);
-      native.close(conn);
-      throw new HandoverRefused(`the handover came from pid ${cred.pid}, but its header says pid ${header.pid}`);
-    }
-    const lines = new LineChannel(conn);
-    const received: Received = {
-      header,
-      fds,
-      async takeSession() {
-        if (header.version !== 2 || header.sessionOffered !== true) throw new HandoverRefused('the old host offered no session');
-        lines.write('session\n');
-        return receiveSession(conn, Date.now() + deadlineMs);
-      },
-      async takeStop(rings: number) {
-        lines.write('stop\n');
-        const reader = new FdReader(conn, Date.now() + deadlineMs);
-        let got: number[] = [];
-        try {
-          const { raw, fds: f } = await readFramed(
-            reader,
-            (r) => {
-              if (typeof r !== 'object' || r === null || (r as { magic?: unknown }).magic !== STOP_MAGIC) throw new HandoverRefused('the stop message is not a vhost-wasm session stop');
-              // The state memfd, then a virtio-fs guest's lock-holding fds (checked with the rest by checkLiveStop).
-              const n = (r as { locks?: { fds?: unknown } }).locks?.fds;
-              return 1 + (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 && n <= MAX_CARRIED_LOCK_FDS ? n : 0);
-            },
-            'stop message',
-          );
-          got = f;
-          const stop = checkLiveStop(raw, rings);
-          if (got.length !== 1 + (stop.locks?.fds ?? 0)) throw new HandoverRefused(`the stop message came with ${got.length} fds, it names ${1 + (stop.locks?.fds ?? 0)}`);
-          if (native.fdKind(got[0]) !== 'memfd') throw new HandoverRefused('the device state handed over is not a memfd');
-          return { stop, stateFd: got[0], lockFds: got.slice(1) };
-        } catch (e) {
-          reader.close();
-          for (const x of got) native.close(x);
-          throw e instanceof HandoverRefused ? e : new HandoverRefused(e instanceof LiveRecordError ? `the stop message is not valid: ${e.message}` : errorText(e));
-        }
-      },
-      async ready() {
-        if (answered) return false;
-        lines.write('ready\n');
-        return (await lines.next(deadlineMs)) === 'go';
-      },
-      answer(failure) {
-        if (answered) return;
-        answered = true;
-        lines.write(`${failure === null ? 'serving' : failure.replace(/\n/g, ' ').slice(0, 1000)}\n`);
-        lines.close();
-      },
-    };
+    const received = await receiveDevice(conn, deadlineMs);
     return { received, outcome };
   } finally {
     native.close(lfd);
@@ -355,8 +297,76 @@ export async function receiveHandover(ask: (to: string) => Promise<unknown>, dea
   }
 }
 
+/**
+ * New host, step 3, on a connection the old host made (`conn`, taken): checks who it is, reads
+ * its device message and returns the exchange that follows. The daemon's take-over
+ * (host/daemon/take-over.ts) runs one per device; receiveHandover one for its device.
+ */
+export async function receiveDevice(conn: number, deadlineMs = HANDOVER_DEADLINE_MS): Promise<Received> {
+  let answered = false;
+  const cred = native.peerCred(conn);
+  if (cred.uid !== process.getuid!() && cred.uid !== 0) {
+    native.close(conn);
+    throw new HandoverRefused(`the handover came from uid ${cred.uid}, not this uid or root`);
+  }
+  const { header, fds } = await receiveMessage(conn, Date.now() + deadlineMs);
+  if (header.pid !== cred.pid) {
+    for (const fd of fds.values()) native.close(fd);
+    native.close(conn);
+    throw new HandoverRefused(`the handover came from pid ${cred.pid}, but its header says pid ${header.pid}`);
+  }
+  const lines = new LineChannel(conn);
+  const received: Received = {
+    header,
+    fds,
+    async takeSession() {
+      if (header.version !== 2 || header.sessionOffered !== true) throw new HandoverRefused('the old host offered no session');
+      lines.write('session\n');
+      return receiveSession(conn, Date.now() + deadlineMs);
+    },
+    async takeStop(rings: number) {
+      lines.write('stop\n');
+      const reader = new FdReader(conn, Date.now() + deadlineMs);
+      let got: number[] = [];
+      try {
+        const { raw, fds: f } = await readFramed(
+          reader,
+          (r) => {
+            if (typeof r !== 'object' || r === null || (r as { magic?: unknown }).magic !== STOP_MAGIC) throw new HandoverRefused('the stop message is not a vhost-wasm session stop');
+            // The state memfd, then a virtio-fs guest's lock-holding fds (checked with the rest by checkLiveStop).
+            const n = (r as { locks?: { fds?: unknown } }).locks?.fds;
+            return 1 + (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 && n <= MAX_CARRIED_LOCK_FDS ? n : 0);
+          },
+          'stop message',
+        );
+        got = f;
+        const stop = checkLiveStop(raw, rings);
+        if (got.length !== 1 + (stop.locks?.fds ?? 0)) throw new HandoverRefused(`the stop message came with ${got.length} fds, it names ${1 + (stop.locks?.fds ?? 0)}`);
+        if (native.fdKind(got[0]) !== 'memfd') throw new HandoverRefused('the device state handed over is not a memfd');
+        return { stop, stateFd: got[0], lockFds: got.slice(1) };
+      } catch (e) {
+        reader.close();
+        for (const x of got) native.close(x);
+        throw e instanceof HandoverRefused ? e : new HandoverRefused(e instanceof LiveRecordError ? `the stop message is not valid: ${e.message}` : errorText(e));
+      }
+    },
+    async ready() {
+      if (answered) return false;
+      lines.write('ready\n');
+      return (await lines.next(deadlineMs)) === 'go';
+    },
+    answer(failure) {
+      if (answered) return;
+      answered = true;
+      lines.write(`${failure === null ? 'serving' : failure.replace(/\n/g, ' ').slice(0, 1000)}\n`);
+      lines.close();
+    },
+  };
+  return received;
+}
+
 /** The first connection on `lfd` (rejected after `deadlineMs`); `cancel` stops waiting. */
-function acceptOne(lfd: number, deadlineMs: number): { conn: Promise<number>; cancel(): void } {
+export function acceptOne(lfd: number, deadlineMs: number): { conn: Promise<number>; cancel(): void } {
   let w: { close(): void } | null = null;
   let timer: NodeJS.Timeout | undefined;
   const conn = new Promise<number>((resolve, reject) => {
@@ -387,7 +397,7 @@ interface Message {
 }
 
 /** Reads one framed record (handover-wire.ts) and the `fdsOf(record)` fds after it. */
-async function readFramed(reader: FdReader, fdsOf: (raw: unknown) => number, what: string): Promise<{ raw: unknown; fds: number[] }> {
+export async function readFramed(reader: FdReader, fdsOf: (raw: unknown) => number, what: string): Promise<{ raw: unknown; fds: number[] }> {
   const prefix = await reader.read(PREFIX_BYTES, 0, what);
   if (!prefix.subarray(0, 4).equals(FRAME_MAGIC)) throw new HandoverRefused(`the ${what} is not a vhost-wasm handover frame`);
   const len = prefix.readUInt32LE(4);

@@ -445,6 +445,8 @@ export class BackendSession {
       return this.handle({ ...r, flags: 0, needReply: false, fds: [], unknown: false } as DecodedRequest);
     };
     const kicks: (number | null | undefined)[] = [];
+    /** The rings' enables go as SET_VRING_ENABLE would (protocol features negotiated), not left to their kicks. */
+    let byRequest = true;
     const t0 = performance.now();
     let tState = t0;
     let tCommit = t0;
@@ -470,6 +472,15 @@ export class BackendSession {
         const lost = acked & ~this.offeredFeatures;
         if (lost !== 0n) throw new RequestError(`this host's device does not offer feature bits 0x${lost.toString(16)} the front-end acked`);
         await apply({ code: Req.SET_FEATURES, features: acked });
+      }
+      // A ring the record says is enabled is enabled here by SET_VRING_ENABLE's effect, so it
+      // passes that request's gate too; without PROTOCOL_FEATURES only a started ring is enabled
+      // (by its kick, as the old host's runner did), and the enable below is left to the kick.
+      const enableRefused = this.enableRefusal();
+      byRequest = enableRefused === null;
+      if (!byRequest) {
+        const bad = rec.rings.flatMap((r, i) => (r.enabled && !r.started ? [i] : []));
+        if (bad.length > 0) throw new RequestError(`the session record is refused: ring(s) ${bad.join(', ')} enabled without running: ${enableRefused} in it`);
       }
       if (rec.memory.length > 0) {
         const regions = rec.memory.map((m) => ({
@@ -561,7 +572,7 @@ export class BackendSession {
         const k = kicks[index];
         try {
           await Promise.all([
-            r.enabled ? this.worker.ringEnable(index, true) : null,
+            r.enabled && byRequest ? this.worker.ringEnable(index, true) : null,
             k !== undefined ? this.setRingFd('kick', index, k) : null,
             r.started && r.enabled ? this.worker.ringInbandKick(index) : null,
           ]);
@@ -650,6 +661,15 @@ export class BackendSession {
     return `${requestName(code)} needs protocol feature ${protocolFeatureName(gate)} (bit ${gate}), which was not negotiated`;
   }
 
+  /**
+   * Why SET_VRING_ENABLE may not be handled on this connection (null: it may): with features
+   * acked but not VHOST_USER_F_PROTOCOL_FEATURES, a ring is enabled only by starting (its kick
+   * fd). The message loop and a restored session's record both ask this.
+   */
+  private enableRefusal(): string | null {
+    return this.featuresSet && !this.hasFeature(VirtioFeature.PROTOCOL_FEATURES) ? 'SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated' : null;
+  }
+
   private async handle(req: DecodedRequest): Promise<void> {
     switch (req.code) {
       case Req.GET_FEATURES:
@@ -725,9 +745,8 @@ export class BackendSession {
       case Req.SET_VRING_ENABLE: {
         const { index, num } = req.state;
         this.rings.check(index);
-        if (!this.hasFeature(VirtioFeature.PROTOCOL_FEATURES) && this.featuresSet) {
-          throw new RequestError('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
-        }
+        const refused = this.enableRefusal();
+        if (refused !== null) throw new RequestError(refused);
         if (num > 1) throw new RequestError(`SET_VRING_ENABLE value ${num} is neither 0 nor 1`);
         if (num === 1 && this.state.running) {
           throw new RequestError(`ring ${index} cannot be enabled while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
