@@ -4,7 +4,7 @@
 // TCG guest sends them (one request per batch, so every per-call and per-wake-up cost shows).
 // Far steadier than bench/fs-guest.ts on a loaded machine: no QEMU, no guest kernel.
 //
-//   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--profile DIR]
+//   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--only PHASE,...] [--profile DIR]
 //
 // Per phase, the host process's CPU (every thread's time on a CPU, /proc/PID/task/*/schedstat, ns) per request,
 // median and best of the rounds (on a loaded machine the best is the steadier):
@@ -19,7 +19,7 @@
 // eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
 // `perf record -g -- node --import tsx bench/fs-host.ts --host-flags=--perf-basic-prof`.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
@@ -34,6 +34,8 @@ const { values: argv } = parseArgs({
     rounds: { type: 'string', default: '3' },
     profile: { type: 'string' },
     'host-flags': { type: 'string' },
+    only: { type: 'string' },
+    'inode-file-handles': { type: 'string' },
   },
 });
 const COUNT = Number(argv.count);
@@ -48,7 +50,7 @@ for (let i = 0; i < ENTRIES; i++) writeFileSync(join(share, 'many', `f${i}`), `$
 writeFileSync(join(share, 'big'), Buffer.alloc(4 << 20, 1));
 mkdirSync(join(share, 'new'));
 const sock = join(top, 'fs.sock');
-const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share } } }];
+const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
 let host: { pid: number; stop(): Promise<unknown> };
 if (argv.profile || argv['host-flags']) {
   // --cpu-prof (and --perf-basic-prof) are not allowed in NODE_OPTIONS: the host is started here with them.
@@ -151,6 +153,12 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   },
 };
 void forget;
+if (argv.only) {
+  // One phase alone (a profile of one kind of request): --only getattr,lookup
+  const keep = argv.only.split(',');
+  for (const k of keep) if (!(k in phases)) throw new Error(`--only: '${k}' is not a phase (${Object.keys(phases).join(', ')})`);
+  for (const k of Object.keys(phases)) if (!keep.includes(k)) delete phases[k];
+}
 
 /** Nanoseconds the host's threads (alive now) have run; a thread that ended between two reads is lost, none do here. */
 function cpuNs(): number {
@@ -174,7 +182,7 @@ for (let round = 0; round < ROUNDS + 1; round++) {
   }
 }
 const median = (v: number[]) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
-console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight)`);
+console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight; host pid ${host.pid}, load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
 for (const [name, v] of Object.entries(results)) {
   console.log(`${name.padEnd(12)} ${median(v).toFixed(1).padStart(8)} us/${phases[name].unit}  best ${Math.min(...v).toFixed(1).padStart(6)}   (rounds: ${v.map((x) => x.toFixed(0)).join(', ')})`);
 }
