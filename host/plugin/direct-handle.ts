@@ -12,7 +12,7 @@
 // enter plugin memory (only its prefix), and a send names guest bytes, not plugin bytes.
 
 import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transfer } from '../device/device.ts';
-import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
+import { LiftError, type CallBudget, type HotHandle, type LiftGuard } from './lift-guard.ts';
 
 // Canonical ABI layouts (sizes, alignments, field offsets) of the types interface.
 const EVENT_SIZE = 32;
@@ -69,6 +69,10 @@ export class DirectHandle {
    */
   private arena = new Uint8Array(0);
   private arenaAt = 0;
+  // The call in progress: its events, budget and lifted actions (null until lifted).
+  private events: readonly DeviceEvent[] = NONE;
+  private budget: CallBudget = { bytes: 0, items: 0 };
+  private result: DeviceAction[] | null = null;
 
   constructor(private readonly guard: LiftGuard) {}
 
@@ -106,40 +110,51 @@ export class DirectHandle {
    * hook lowers `events`, calls the core function and lifts the actions under `budget`.
    */
   call(events: readonly DeviceEvent[], budget: CallBudget, viaGlue: () => unknown): DeviceAction[] {
-    let actions: DeviceAction[] | null = null;
-    this.guard.hot = (core, realloc, memory, argPtr) => {
-      this.realloc = realloc;
-      if (memory !== this.memory) {
-        this.memory = memory;
-        this.u8 = new Uint8Array(0);
-      }
-      this.views();
-      const n = events.length;
-      // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
-      // allocator handed out, and componentize-js's cabi_realloc passes it to realloc() (heap
-      // corruption: rng-ts spun or trapped out of bounds after ~70 batches of 64 x 64 KiB).
-      const base = n === 0 ? argPtr >>> 0 : this.alloc(0, EVENT_ALIGN, n * EVENT_SIZE);
-      this.lower(events, base);
-      const ret = core(base, n) >>> 0;
-      this.views();
-      this.inside(ret, 12, 4, 'the result');
-      if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
-      this.bytesLeft = budget.bytes;
-      this.itemsLeft = budget.items;
-      actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
-      // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
-      this.dv.setUint32(ret + 4, 0, true);
-      this.dv.setUint32(ret + 8, 0, true);
-      return ret;
-    };
+    // The hook is made once (the constructor), the call's inputs and output are fields: a
+    // closure and its context per call were an allocation per request.
+    this.events = events;
+    this.budget = budget;
+    this.result = null;
+    this.guard.hot = this.hook;
     try {
       viaGlue();
     } finally {
       this.guard.hot = null;
+      this.events = NONE;
     }
+    const actions = this.result;
+    this.result = null;
     if (actions === null) throw new LiftError('handle: the direct call did not run (the glue did not call the hook)');
     return actions;
   }
+
+  /** The LiftGuard's `hot` hook for the call in progress (see call()). */
+  private readonly hook: HotHandle = (core, realloc, memory, argPtr) => {
+    this.realloc = realloc;
+    if (memory !== this.memory) {
+      this.memory = memory;
+      this.u8 = new Uint8Array(0);
+    }
+    this.views();
+    const events = this.events;
+    const n = events.length;
+    // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
+    // allocator handed out, and componentize-js's cabi_realloc passes it to realloc() (heap
+    // corruption: rng-ts spun or trapped out of bounds after ~70 batches of 64 x 64 KiB).
+    const base = n === 0 ? argPtr >>> 0 : this.alloc(0, EVENT_ALIGN, n * EVENT_SIZE);
+    this.lower(events, base);
+    const ret = core(base, n) >>> 0;
+    this.views();
+    this.inside(ret, 12, 4, 'the result');
+    if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
+    this.bytesLeft = this.budget.bytes;
+    this.itemsLeft = this.budget.items;
+    this.result = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
+    // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
+    this.dv.setUint32(ret + 4, 0, true);
+    this.dv.setUint32(ret + 8, 0, true);
+    return ret;
+  };
 
   private lower(events: readonly DeviceEvent[], base: number): void {
     for (let i = 0; i < events.length; i++) {
