@@ -4,7 +4,9 @@
 // TCG guest sends them (one request per batch, so every per-call and per-wake-up cost shows).
 // Far steadier than bench/fs-guest.ts on a loaded machine: no QEMU, no guest kernel.
 //
-//   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--profile DIR]
+//   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--only PHASE,...]
+//        [--gap-us N] [--backend ours|virtiofsd] [--inode-file-handles never|prefer|mandatory]
+//        [--profile DIR] [--host-flags '...']
 //
 // Per phase, the host process's CPU (every thread's time on a CPU, /proc/PID/task/*/schedstat, ns) per request,
 // median and best of the rounds (on a loaded machine the best is the steadier):
@@ -19,13 +21,14 @@
 // eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
 // `perf record -g -- node --import tsx bench/fs-host.ts --host-flags=--perf-basic-prof`.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { spawn } from 'node:child_process';
 import { BIN, REPO, assertBuilt } from '../test/helpers/host-process.ts';
 import { daemonConfig, startMultiHost } from '../test/helpers/multi-host.ts';
+import { startVirtiofsd } from '../test/guest/virtiofsd.ts';
 import { FuseClient, direntplus, nodeOf, fhOfOpen, u32s } from '../test/helpers/fuse.ts';
 
 const { values: argv } = parseArgs({
@@ -34,6 +37,10 @@ const { values: argv } = parseArgs({
     rounds: { type: 'string', default: '3' },
     profile: { type: 'string' },
     'host-flags': { type: 'string' },
+    only: { type: 'string' },
+    'inode-file-handles': { type: 'string' },
+    'gap-us': { type: 'string', default: '0' },
+    backend: { type: 'string', default: 'ours' },
   },
 });
 const COUNT = Number(argv.count);
@@ -48,9 +55,16 @@ for (let i = 0; i < ENTRIES; i++) writeFileSync(join(share, 'many', `f${i}`), `$
 writeFileSync(join(share, 'big'), Buffer.alloc(4 << 20, 1));
 mkdirSync(join(share, 'new'));
 const sock = join(top, 'fs.sock');
-const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share } } }];
+const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
 let host: { pid: number; stop(): Promise<unknown> };
-if (argv.profile || argv['host-flags']) {
+if (argv.backend === 'virtiofsd') {
+  // The same requests against Rust virtiofsd 1.13 (Debian trixie's, as bench/fs-guest.ts runs
+  // it: --sandbox none --cache auto, its defaults otherwise), for its CPU per request.
+  if (argv.profile || argv['host-flags'] || argv['inode-file-handles']) throw new Error('--backend virtiofsd takes none of --profile, --host-flags, --inode-file-handles');
+  host = await startVirtiofsd(share, sock, ['--cache', 'auto']);
+} else if (argv.backend !== 'ours') {
+  throw new Error(`--backend is ours or virtiofsd, not "${argv.backend}"`);
+} else if (argv.profile || argv['host-flags']) {
   // --cpu-prof (and --perf-basic-prof) are not allowed in NODE_OPTIONS: the host is started here with them.
   const flags = argv['host-flags']?.split(' ').filter(Boolean) ?? [];
   if (argv.profile) {
@@ -67,9 +81,19 @@ if (argv.profile || argv['host-flags']) {
 }
 const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 64 << 20, queues: [64, 256], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
 const fuse = new FuseClient(fe);
-if ((await fuse.init()).error) throw new Error('INIT failed');
+// virtiofsd reads fuse_init_in's 48-byte extension when FUSE_INIT_EXT is among the flags (as the
+// kernel sends it since 7.36); FuseClient.init() sends the 16-byte form our plugin takes too.
+const init = argv.backend === 'virtiofsd' ? await fuse.req(26, 0n, Buffer.concat([u32s(7, 31, 65536, 0xffffffff), Buffer.alloc(48)])) : await fuse.init();
+if (init.error) throw new Error(`INIT failed: errno ${init.error}`);
+// --gap-us: the front-end idles this long after each reply before its next request (Atomics.wait,
+// no event loop turn), as a TCG guest does for ~100-300 us between requests: the host's worker
+// then sleeps between requests and wakes with whatever else ran on its CPU meanwhile.
+const GAP_MS = Number(argv['gap-us']) / 1000;
+if (!(GAP_MS >= 0)) throw new Error(`--gap-us must be a number of microseconds, not "${argv['gap-us']}"`);
+const gapCell = new Int32Array(new SharedArrayBuffer(4));
 const ok = (r: { error: number; body: Buffer }, what: string) => {
   if (r.error) throw new Error(`${what}: errno ${r.error}`);
+  if (GAP_MS > 0) Atomics.wait(gapCell, 0, 0, GAP_MS);
   return r;
 };
 
@@ -106,7 +130,15 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   'read 4K': {
     unit: 'read',
     async run() {
-      for (let i = 0; i < COUNT; i++) ok(await fuse.read(fh, Math.floor(Math.random() * 1024) * 4096, 4096), 'read');
+      // The node id in the header as the kernel sends it (FuseClient.read sends 0, which our
+      // plugin ignores for a READ but virtiofsd looks the inode up by).
+      const b = Buffer.alloc(40);
+      b.writeBigUInt64LE(fh, 0);
+      b.writeUInt32LE(4096, 16);
+      for (let i = 0; i < COUNT; i++) {
+        b.writeBigUInt64LE(BigInt(Math.floor(Math.random() * 1024) * 4096), 8);
+        ok(await fuse.req(15, big, b, 8192), 'read');
+      }
       return COUNT;
     },
   },
@@ -151,6 +183,12 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   },
 };
 void forget;
+if (argv.only) {
+  // One phase alone (a profile of one kind of request): --only getattr,lookup
+  const keep = argv.only.split(',');
+  for (const k of keep) if (!(k in phases)) throw new Error(`--only: '${k}' is not a phase (${Object.keys(phases).join(', ')})`);
+  for (const k of Object.keys(phases)) if (!keep.includes(k)) delete phases[k];
+}
 
 /** Nanoseconds the host's threads (alive now) have run; a thread that ended between two reads is lost, none do here. */
 function cpuNs(): number {
@@ -174,7 +212,7 @@ for (let round = 0; round < ROUNDS + 1; round++) {
   }
 }
 const median = (v: number[]) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
-console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight)`);
+console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight; host pid ${host.pid}, load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
 for (const [name, v] of Object.entries(results)) {
   console.log(`${name.padEnd(12)} ${median(v).toFixed(1).padStart(8)} us/${phases[name].unit}  best ${Math.min(...v).toFixed(1).padStart(6)}   (rounds: ${v.map((x) => x.toFixed(0)).join(', ')})`);
 }

@@ -159,3 +159,48 @@ test('net: frame events, frame-read pieces, sends (flood and to a port) and wake
     ],
   );
 });
+
+test('fs: the reply bytes of earlier calls stay intact while later calls answer (many calls share the lifting arena)', async (t) => {
+  const { FsShare } = await import('../host/fs/share.ts');
+  const { writeFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'direct-handle-share-'));
+  const shares: { close(): void }[] = [];
+  try {
+    for (let i = 0; i < 300; i++) writeFileSync(join(dir, `f${i}`), 'x'.repeat(i));
+    const load = async (handlePath: 'direct' | 'jco') => {
+      const share = new FsShare(dir, {});
+      shares.push(share);
+      return loadPlugin(plugin('fs'), { grants: { filesystem: share, log() {} }, cacheDir, handlePath });
+    };
+    const direct = await load('direct');
+    const jco = await load('jco');
+    const fuse = (id: number, opcode: number, body: Buffer, writableLen: number): DeviceEvent[] => {
+      const p = Buffer.concat([Buffer.alloc(40), body]);
+      p.writeUInt32LE(p.length, 0);
+      p.writeUInt32LE(opcode, 4);
+      p.writeBigUInt64LE(BigInt(id + 1), 8);
+      p.writeBigUInt64LE(1n, 16); // the root
+      return [{ kind: 'request', request: { id, queue: 1, prefix: p, readableLen: p.length, writableLen } }];
+    };
+    const init = Buffer.alloc(64);
+    init.writeUInt32LE(7, 0);
+    init.writeUInt32LE(31, 4);
+    t.deepEqual(direct.handle(fuse(0, 26, init, 256)), jco.handle(fuse(0, 26, init, 256)));
+    // One LOOKUP per call (a TCG guest's one request per batch), each reply (~144 bytes: each
+    // file's own size and inode) held, as an answer is while its I/O runs: 300 calls fill
+    // several arenas.
+    const held: ReturnType<PluginDevice['handle']>[] = [];
+    const expected: ReturnType<PluginDevice['handle']>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const ev = fuse(i + 1, 1, Buffer.from(`f${i}\0`), 256);
+      held.push(direct.handle(ev));
+      expected.push(jco.handle(ev));
+    }
+    const bytesOf = (a: ReturnType<PluginDevice['handle']>) => (a[0].kind === 'answer' && a[0].answer.reply[0].kind === 'bytes' ? Buffer.from(a[0].answer.reply[0].bytes) : null);
+    t.true(held.every((a) => bytesOf(a) !== null && bytesOf(a)!.length > 100), 'every LOOKUP answered with an entry');
+    t.deepEqual(held, expected);
+  } finally {
+    for (const s of shares) s.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -68,6 +68,15 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
     throw new PluginError(plugin, call, kind, detail, { cause });
   };
 
+  // The direct handle path's per-call state (handle() below), made once.
+  const NO_EVENTS: readonly DeviceEvent[] = Object.freeze([]) as readonly DeviceEvent[];
+  const handleBudget: CallBudget = { bytes: 0, items: 0 };
+  let directEvents: readonly DeviceEvent[] = NO_EVENTS;
+  const direct = ctx.direct;
+  const NO_WIT_EVENTS = Object.freeze([]) as unknown as WitEvent[];
+  const viaGlue = (): unknown => raw.handle(NO_WIT_EVENTS);
+  const directCall = direct ? (): DeviceAction[] => direct.call(directEvents, handleBudget, viaGlue) : null;
+
   /** Run one plugin call; `error` results (thrown strings) leave the instance usable. */
   function call<T>(name: string, fn: () => T, budget?: CallBudget): T {
     if (dead) throw new PluginError(plugin, name, 'trap', `not called: instance unusable after ${dead}`);
@@ -166,9 +175,20 @@ export function adaptDevice(raw: RawDevice, ctx: AdapterContext): PluginDevice {
         knownBytes += writableLen - (before ?? 0);
         known[id] = writableLen;
       }
-      const budget = { bytes: knownBytes, items: Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * knownCount, 1 << 22) };
-      const direct = ctx.direct;
-      if (direct) return call('handle', () => direct.call(events, budget, () => raw.handle([])), budget);
+      const items = Math.min(HANDLE_ITEMS_ALLOWANCE + HANDLE_ITEMS_PER_REQUEST * knownCount, 1 << 22);
+      if (directCall) {
+        // One budget object and one call closure for every call (the guard and the direct
+        // handle read the budget during the call only): no allocation here per request.
+        handleBudget.bytes = knownBytes;
+        handleBudget.items = items;
+        directEvents = events;
+        try {
+          return call('handle', directCall, handleBudget);
+        } finally {
+          directEvents = NO_EVENTS;
+        }
+      }
+      const budget = { bytes: knownBytes, items };
       const lowered = lowerEvents(events);
       const out = call('handle', () => raw.handle(lowered), budget);
       try {

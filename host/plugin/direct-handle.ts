@@ -12,7 +12,7 @@
 // enter plugin memory (only its prefix), and a send names guest bytes, not plugin bytes.
 
 import type { BackingOp, BackingOpKind, DeviceAction, DeviceEvent, Piece, Transfer } from '../device/device.ts';
-import { LiftError, type CallBudget, type LiftGuard } from './lift-guard.ts';
+import { LiftError, type CallBudget, type HotHandle, type LiftGuard } from './lift-guard.ts';
 
 // Canonical ABI layouts (sizes, alignments, field offsets) of the types interface.
 const EVENT_SIZE = 32;
@@ -22,8 +22,8 @@ const ACTION_ALIGN = 8;
 const TRANSFER_SIZE = 32;
 const OP_SIZE = 24;
 const PIECE_SIZE = 32;
-/** A call's arena for small `bytes` pieces, and the largest piece copied into one (larger ones get their own copy). */
-const ARENA_BYTES = 4096;
+/** The arena for small `bytes` pieces, and the largest piece copied into one (larger ones get their own copy). */
+const ARENA_BYTES = 16384;
 const ARENA_PIECE_MAX = 256;
 /** Frozen: a write into it throws (modules are strict) instead of leaking into every answer. */
 const NONE = Object.freeze([]) as unknown as never[];
@@ -58,13 +58,21 @@ export class DirectHandle {
   private bytesLeft = 0;
   private itemsLeft = 0;
   /**
-   * Where this call's `bytes` pieces are copied: one ArrayBuffer shared by the call's small
-   * pieces (a status byte per blk answer), each piece a view of its own range. An ArrayBuffer
-   * per piece cost more than the rest of the lifting (allocation and its sweep in every
-   * scavenge). Never reused across calls: an answer's pieces live until its I/O completes.
+   * Where small `bytes` pieces are copied: one ArrayBuffer shared by many pieces, each piece a
+   * view of its own range. An ArrayBuffer per piece cost more than the rest of the lifting
+   * (allocation and its sweep in every scavenge), and so did one per call: a call that answers
+   * one request (every FUSE reply, one request per batch from a TCG guest) allocated and zeroed
+   * a 4 KiB arena for a 120-byte reply (~5% of the device worker's CPU per GETATTR). The arena
+   * is append-only and outlives calls: a range is written once, by the call that hands it out,
+   * and never again (an answer's pieces live until its I/O completes), and a full arena is
+   * replaced, not rewound; the old one goes when its last piece does.
    */
   private arena = new Uint8Array(0);
   private arenaAt = 0;
+  // The call in progress: its events, budget and lifted actions (null until lifted).
+  private events: readonly DeviceEvent[] = NONE;
+  private budget: CallBudget = { bytes: 0, items: 0 };
+  private result: DeviceAction[] | null = null;
 
   constructor(private readonly guard: LiftGuard) {}
 
@@ -102,42 +110,51 @@ export class DirectHandle {
    * hook lowers `events`, calls the core function and lifts the actions under `budget`.
    */
   call(events: readonly DeviceEvent[], budget: CallBudget, viaGlue: () => unknown): DeviceAction[] {
-    let actions: DeviceAction[] | null = null;
-    this.guard.hot = (core, realloc, memory, argPtr) => {
-      this.realloc = realloc;
-      if (memory !== this.memory) {
-        this.memory = memory;
-        this.u8 = new Uint8Array(0);
-      }
-      this.views();
-      const n = events.length;
-      // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
-      // allocator handed out, and componentize-js's cabi_realloc passes it to realloc() (heap
-      // corruption: rng-ts spun or trapped out of bounds after ~70 batches of 64 x 64 KiB).
-      const base = n === 0 ? argPtr >>> 0 : this.alloc(0, EVENT_ALIGN, n * EVENT_SIZE);
-      this.lower(events, base);
-      const ret = core(base, n) >>> 0;
-      this.views();
-      this.inside(ret, 12, 4, 'the result');
-      if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
-      this.bytesLeft = budget.bytes;
-      this.itemsLeft = budget.items;
-      this.arena = new Uint8Array(0);
-      this.arenaAt = 0;
-      actions = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
-      // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
-      this.dv.setUint32(ret + 4, 0, true);
-      this.dv.setUint32(ret + 8, 0, true);
-      return ret;
-    };
+    // The hook is made once (the constructor), the call's inputs and output are fields: a
+    // closure and its context per call were an allocation per request.
+    this.events = events;
+    this.budget = budget;
+    this.result = null;
+    this.guard.hot = this.hook;
     try {
       viaGlue();
     } finally {
       this.guard.hot = null;
+      this.events = NONE;
     }
+    const actions = this.result;
+    this.result = null;
     if (actions === null) throw new LiftError('handle: the direct call did not run (the glue did not call the hook)');
     return actions;
   }
+
+  /** The LiftGuard's `hot` hook for the call in progress (see call()). */
+  private readonly hook: HotHandle = (core, realloc, memory, argPtr) => {
+    this.realloc = realloc;
+    if (memory !== this.memory) {
+      this.memory = memory;
+      this.u8 = new Uint8Array(0);
+    }
+    this.views();
+    const events = this.events;
+    const n = events.length;
+    // A fresh allocation, never a realloc of argPtr: jco's empty list is not a block the plugin's
+    // allocator handed out, and componentize-js's cabi_realloc passes it to realloc() (heap
+    // corruption: rng-ts spun or trapped out of bounds after ~70 batches of 64 x 64 KiB).
+    const base = n === 0 ? argPtr >>> 0 : this.alloc(0, EVENT_ALIGN, n * EVENT_SIZE);
+    this.lower(events, base);
+    const ret = core(base, n) >>> 0;
+    this.views();
+    this.inside(ret, 12, 4, 'the result');
+    if (this.u8[ret] !== 0) return ret; // an error (or garbage): jco lifts it, guarded, and throws
+    this.bytesLeft = this.budget.bytes;
+    this.itemsLeft = this.budget.items;
+    this.result = this.actions(this.dv.getUint32(ret + 4, true), this.dv.getUint32(ret + 8, true));
+    // Lifted: what jco lifts after us is an empty list (the SDK's post-return frees nothing for ok).
+    this.dv.setUint32(ret + 4, 0, true);
+    this.dv.setUint32(ret + 8, 0, true);
+    return ret;
+  };
 
   private lower(events: readonly DeviceEvent[], base: number): void {
     for (let i = 0; i < events.length; i++) {

@@ -108,7 +108,9 @@ export class LiftGuard {
   resultList(mem: WebAssembly.Memory, base: number, len: number, elementSize: number): void {
     base >>>= 0;
     len >>>= 0;
-    this.inside(mem, base, len * elementSize, `a returned list of ${len} ${elementSize}-byte elements`);
+    // The description only for the error: a template string here was two number-to-string
+    // conversions and a string per call (every handle() lifts one list, even when empty).
+    if (base + len * elementSize > this.bytesOf(mem).length) this.inside(mem, base, len * elementSize, `a returned list of ${len} ${elementSize}-byte elements`);
     if (len > this.itemsLeft) {
       throw new LiftError(`${this.call}: returned a list of ${len} entries where at most ${this.itemsLeft} are allowed`);
     }
