@@ -9,19 +9,9 @@ import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate } from '../host/frontend/migrate.ts';
-import { FuseClient, nodeOf, fhOfOpen, O } from './helpers/fuse.ts';
+import { FuseClient, nodeOf, fhOfOpen, O, LK, lkIn } from './helpers/fuse.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
-
-function lkIn(fh: bigint, owner: bigint, type: number): Buffer {
-  const b = Buffer.alloc(48);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(owner, 8);
-  b.writeBigUInt64LE((1n << 63n) - 1n, 24);
-  b.writeUInt32LE(type, 32);
-  b.writeUInt32LE(100, 36);
-  return b;
-}
 
 test('a migration with a lock held: the source warns that the state does not carry it, the destination starts without it and serves on', async (t) => {
   if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
@@ -41,12 +31,12 @@ test('a migration with a lock held: the source warns that the state does not car
     t.is((await c.init()).error, 0);
     const f = nodeOf(await c.lookup(1n, 'f'));
     const fh = fhOfOpen(await c.open(f, O.RDWR));
-    t.is((await c.req(32, 0n, lkIn(fh, 7n, 1))).error, 0);
-    t.is((await c.req(32, 0n, lkIn(fh, 8n, 1))).error, 11, 'owner 8 is refused on the source');
+    t.is((await c.req(32, 0n, lkIn(fh, 7n, 0n, LK.END, LK.WRLCK, 100))).error, 0);
+    t.is((await c.req(32, 0n, lkIn(fh, 8n, 0n, LK.END, LK.WRLCK, 100))).error, 11, 'owner 8 is refused on the source');
     await migrate(fe, b.socketPath, { channel: 'pipe' });
     t.truthy(await a.waitForLog(/WARN .*device state saved for a migration without it: the guest holds 1 file lock\(s\) on the share.*the destination starts without them/));
     t.is((await c.getattr(f)).error, 0, 'the destination serves');
-    t.is((await c.req(32, 0n, lkIn(fh, 8n, 1))).error, 0, 'the destination has no lock of owner 7');
+    t.is((await c.req(32, 0n, lkIn(fh, 8n, 0n, LK.END, LK.WRLCK, 100))).error, 0, 'the destination has no lock of owner 7');
   } finally {
     await fe.close();
   }

@@ -9,28 +9,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, startHost } from './helpers/host-process.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { FuseClient, nodeOf, fhOfOpen, O } from './helpers/fuse.ts';
+import { FuseClient, nodeOf, fhOfOpen, O, LK, lkIn } from './helpers/fuse.ts';
 import { withTimeout } from './helpers/device-checks.ts';
 import { hostLock } from './helpers/host-lock.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const SETLK = 32;
 const SETLKW = 33;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const END = (1n << 63n) - 1n;
+const { WRLCK: F_WRLCK, UNLCK: F_UNLCK, END } = LK;
 const E = { EAGAIN: 11, ENOLCK: 37 };
-
-function lkIn(fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, pid: number): Buffer {
-  const b = Buffer.alloc(48);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(owner, 8);
-  b.writeBigUInt64LE(start, 16);
-  b.writeBigUInt64LE(end, 24);
-  b.writeUInt32LE(type, 32);
-  b.writeUInt32LE(pid, 36);
-  return b;
-}
 
 test('GET_VRING_BASE with a SETLKW waiting: it is answered ENOLCK before the base, the host does not report a held request, the restarted ring waits again', async (t) => {
   if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);

@@ -5,51 +5,19 @@
 // FLUSH still drops the closing process's record locks (the plugin's state, version 2, says the
 // guest asked for record locks).
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, startHost } from './helpers/host-process.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { FuseClient, nodeOf, fhOfOpen, O } from './helpers/fuse.ts';
+import { FuseClient, nodeOf, fhOfOpen, O, LK, lkIn, releaseIn } from './helpers/fuse.ts';
+import { hostTryLock as hostTry } from './helpers/host-lock.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const OP = { RELEASE: 18, FLUSH: 25, SETLK: 32 };
-const F_RDLCK = 0;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const END = (1n << 63n) - 1n;
+const { RDLCK: F_RDLCK, WRLCK: F_WRLCK, UNLCK: F_UNLCK, END } = LK;
 const E = { EAGAIN: 11 };
-
-function lkIn(fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, pid: number, flock = false): Buffer {
-  const b = Buffer.alloc(48);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(owner, 8);
-  b.writeBigUInt64LE(start, 16);
-  b.writeBigUInt64LE(end, 24);
-  b.writeUInt32LE(type, 32);
-  b.writeUInt32LE(pid, 36);
-  b.writeUInt32LE(flock ? 1 : 0, 40);
-  return b;
-}
-
-/** fh, flags, release_flags, lock_owner (fuse_release_in; fuse_flush_in is fh, unused, padding, lock_owner). */
-function releaseIn(fh: bigint, flags: number, owner: bigint): Buffer {
-  const b = Buffer.alloc(24);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeUInt32LE(flags, 8);
-  b.writeBigUInt64LE(owner, 16);
-  return b;
-}
-
-/** What a host process gets trying, without waiting, `lockf` of bytes 0..3 or `flock` of the whole file: 'locked' or 'busy'. */
-function hostTry(path: string, how: 'lockf' | 'flock'): string {
-  const code = how === 'lockf'
-    ? `import fcntl\nf=open(${JSON.stringify(path)},'r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,4,0); print('locked')\nexcept OSError: print('busy')`
-    : `import fcntl\nf=open(${JSON.stringify(path)},'r')\ntry:\n  fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB); print('locked')\nexcept OSError: print('busy')`;
-  return execFileSync('python3', ['-c', code], { encoding: 'utf8' }).trim();
-}
 
 test('a live plugin upgrade keeps the guest\'s record locks and flock: refused to others after it, unlock, close and FLUSH still work', async (t) => {
   if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);

@@ -14,6 +14,7 @@ import { BackingTable } from '../host/io/backing-table.ts';
 import type { DeviceAction } from '../host/device/device.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
 import { hostLock } from './helpers/host-lock.ts';
+import { LK, lkIn } from './helpers/fuse.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-locks-test-'));
@@ -26,10 +27,7 @@ test.before(() => {
 test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
 
 const OP = { LOOKUP: 1, OPEN: 14, RELEASE: 18, FLUSH: 25, INIT: 26, GETLK: 31, SETLK: 32, SETLKW: 33, INTERRUPT: 36, GETATTR: 3 };
-const F_RDLCK = 0;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const END = (1n << 63n) - 1n;
+const { RDLCK: F_RDLCK, WRLCK: F_WRLCK, UNLCK: F_UNLCK, END } = LK;
 const E = { EINTR: 4, EAGAIN: 11, EBADF: 9, ENOLCK: 37, EINPROGRESS: 115 };
 
 interface Reply {
@@ -43,18 +41,6 @@ function header(len: number, opcode: number, unique: bigint, nodeid: bigint): Bu
   b.writeUInt32LE(opcode, 4);
   b.writeBigUInt64LE(unique, 8);
   b.writeBigUInt64LE(nodeid, 16);
-  return b;
-}
-
-function lkIn(fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, pid: number, flock = false): Buffer {
-  const b = Buffer.alloc(48);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(owner, 8);
-  b.writeBigUInt64LE(start, 16);
-  b.writeBigUInt64LE(end, 24);
-  b.writeUInt32LE(type, 32);
-  b.writeUInt32LE(pid, 36);
-  b.writeUInt32LE(flock ? 1 : 0, 40);
   return b;
 }
 

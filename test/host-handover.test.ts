@@ -7,7 +7,6 @@
 // in the middle leave the old host serving its front-end.
 // HANDOVER_PHASES=1 logs where each handover's time went (both hosts' log lines).
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +19,8 @@ import { rawRpc } from './helpers/daemon-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { pattern, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
-import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, LK, lkIn } from './helpers/fuse.ts';
+import { hostTryLock } from './helpers/host-lock.ts';
 import { sendFramed } from '../host/server/handover-wire.ts';
 import { encodeRequest } from '../host/protocol/codec.ts';
 import { Req } from '../host/protocol/requests.ts';
@@ -544,21 +544,11 @@ test.serial('fs: the guest\'s file locks move with a live handover (their descri
   const fh = fhOfOpen(await c.open(data, O.RDWR));
   const twin = fhOfOpen(await c.open(data, O.RDWR));
   const fl = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'fl')), O.RDONLY));
-  // FUSE_SETLK (fh, owner, start, end, type, pid, flags): a whole-file write lock for owner 7, a flock through fl.
-  const lk = (file: bigint, owner: bigint, type: number, flock = false) => {
-    const b = Buffer.alloc(48);
-    b.writeBigUInt64LE(file, 0);
-    b.writeBigUInt64LE(owner, 8);
-    b.writeBigUInt64LE((1n << 63n) - 1n, 24);
-    b.writeUInt32LE(type, 32);
-    b.writeUInt32LE(42, 36);
-    b.writeUInt32LE(flock ? 1 : 0, 40);
-    return b;
-  };
+  // FUSE_SETLK: a whole-file write lock for owner 7, a flock through fl.
+  const lk = (file: bigint, owner: bigint, type: number, flock = false) => lkIn(file, owner, 0n, LK.END, type, 42, flock);
   t.is((await c.req(32, data, lk(fh, 7n, 1))).error, 0);
   t.is((await c.req(32, data, lk(fl, 9n, 1, true))).error, 0);
-  const hostTry = (name: string, how: 'lockf' | 'flock') =>
-    execFileSync('python3', ['-c', `import fcntl\nf=open(${JSON.stringify(join(share, name))},'r+')\ntry:\n  fcntl.${how === 'lockf' ? 'lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,4,0)' : 'flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)'}; print('locked')\nexcept OSError: print('busy')`], { encoding: 'utf8' }).trim();
+  const hostTry = (name: string, how: 'lockf' | 'flock') => hostTryLock(join(share, name), how);
   // Two open files of the lock's inode with the same access mode: the new host could not tell them apart.
   const r = await runCli(['--socket-path', sock, ...args, '--take-over', '--take-over-mode', 'live']);
   t.is(r.code, 1, r.stderr);

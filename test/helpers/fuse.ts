@@ -73,3 +73,28 @@ export function direntplus(body: Buffer): { name: string; off: bigint }[] {
 }
 export const fhOfOpen = (r: FuseReply) => r.body.readBigUInt64LE(0);
 export const ERRNO = { ENOENT: 2, EBADF: 9, EEXIST: 17, ENXIO: 6, EISDIR: 21, ENFILE: 23, ELOOP: 40 } as const;
+
+/** fcntl lock types as FUSE carries them, and FUSE's "to the end of the file". */
+export const LK = { RDLCK: 0, WRLCK: 1, UNLCK: 2, END: (1n << 63n) - 1n } as const;
+
+/** struct fuse_lk_in: fh, owner, the lock (start, end, type, pid), lk_flags (FUSE_LK_FLOCK when `flock`). */
+export function lkIn(fh: bigint, owner: bigint, start: bigint, end: bigint, type: number, pid: number, flock = false): Buffer {
+  const b = Buffer.alloc(48);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeBigUInt64LE(owner, 8);
+  b.writeBigUInt64LE(start, 16);
+  b.writeBigUInt64LE(end, 24);
+  b.writeUInt32LE(type, 32);
+  b.writeUInt32LE(pid, 36);
+  b.writeUInt32LE(flock ? 1 : 0, 40);
+  return b;
+}
+
+/** struct fuse_release_in: fh, flags, release_flags, lock_owner (fuse_flush_in has fh and lock_owner at the same places). */
+export function releaseIn(fh: bigint, flags: number, owner: bigint): Buffer {
+  const b = Buffer.alloc(24);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeUInt32LE(flags, 8);
+  b.writeBigUInt64LE(owner, 16);
+  return b;
+}

@@ -1,6 +1,6 @@
 // A host process (python's fcntl) holding a lock on a file of a share, for tests that check the
 // guest's locks and the host's exclude each other.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 
 /** Holds `lockf` (an F_SETLK write lock on bytes 0..3) or `flock` (LOCK_EX) on `path` until the returned function is called. */
 export async function hostLock(path: string, how: 'lockf' | 'flock'): Promise<() => Promise<void>> {
@@ -17,4 +17,12 @@ export async function hostLock(path: string, how: 'lockf' | 'flock'): Promise<()
     p.stdin.end();
     await done;
   };
+}
+
+/** What a host process gets trying, without waiting, `lockf` of bytes 0..3 or `flock` of the whole file: 'locked' or 'busy'. */
+export function hostTryLock(path: string, how: 'lockf' | 'flock'): 'locked' | 'busy' {
+  const code = how === 'lockf'
+    ? `import fcntl\nf=open(${JSON.stringify(path)},'r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,4,0); print('locked')\nexcept OSError: print('busy')`
+    : `import fcntl\nf=open(${JSON.stringify(path)},'r')\ntry:\n  fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB); print('locked')\nexcept OSError: print('busy')`;
+  return execFileSync('python3', ['-c', code], { encoding: 'utf8' }).trim() as 'locked' | 'busy';
 }
