@@ -7,40 +7,24 @@
 // the host opens with only the access and O_APPEND/O_TRUNC/O_SYNC bits, never O_TMPFILE or
 // O_DIRECTORY.
 import test from 'ava';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, startHost } from './helpers/host-process.ts';
-import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { FuseClient, nodeOf, u32s, O } from './helpers/fuse.ts';
+import { nodeOf, u32s, O } from './helpers/fuse.ts';
+import { fsTestHost } from './helpers/fs-test-host.ts';
 
-const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const TMPFILE = 51;
 const ENOSYS = 38;
 /** Linux's O_TMPFILE: __O_TMPFILE | O_DIRECTORY. */
 const O_TMPFILE = 0o20000000 | 0o200000;
 
 test('FUSE_TMPFILE answers ENOSYS as virtiofsd 1.13 does (the guest then says EOPNOTSUPP); a CREATE with O_TMPFILE bits makes a plain named file', async (t) => {
-  if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
-  const dir = mkdtempSync(join(tmpdir(), 'fs-tmpfile-'));
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir]);
-  t.teardown(async () => {
-    await host.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
-  try {
-    const c = new FuseClient(fe);
-    t.is((await c.init()).error, 0, 'INIT');
-    const tmpfileIn = Buffer.concat([u32s(O_TMPFILE | O.RDWR, 0o600, 0o022, 0), Buffer.from('/\0')]);
-    t.is((await c.req(TMPFILE, 1n, tmpfileIn)).error, ENOSYS, 'refused as virtiofsd refuses it');
-    t.is((await c.req(TMPFILE, 1n, tmpfileIn)).error, ENOSYS, 'and again (the kernel asks once; a guest may ask more)');
-    t.deepEqual(readdirSync(dir), [], 'nothing was made in the share');
-    const made = await c.create(1n, 'named', O_TMPFILE | O.RDWR, 0o600);
-    t.is(made.error, 0, 'CREATE with O_TMPFILE bits');
-    t.true(statSync(join(dir, 'named')).isFile(), 'a named regular file, as CREATE asks');
-    t.is((await c.getattr(nodeOf(made))).error, 0, 'the device serves on');
-  } finally {
-    await fe.close();
-  }
+  const { dir, c } = await fsTestHost(t, 'fs-tmpfile-', {});
+  const tmpfileIn = Buffer.concat([u32s(O_TMPFILE | O.RDWR, 0o600, 0o022, 0), Buffer.from('/\0')]);
+  t.is((await c.req(TMPFILE, 1n, tmpfileIn)).error, ENOSYS, 'refused as virtiofsd refuses it');
+  t.is((await c.req(TMPFILE, 1n, tmpfileIn)).error, ENOSYS, 'and again (the kernel asks once; a guest may ask more)');
+  t.deepEqual(readdirSync(dir), [], 'nothing was made in the share');
+  const made = await c.create(1n, 'named', O_TMPFILE | O.RDWR, 0o600);
+  t.is(made.error, 0, 'CREATE with O_TMPFILE bits');
+  t.true(statSync(join(dir, 'named')).isFile(), 'a named regular file, as CREATE asks');
+  t.is((await c.getattr(nodeOf(made))).error, 0, 'the device serves on');
 });
