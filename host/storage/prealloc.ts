@@ -13,7 +13,7 @@
 // fallocate's own ENOSPC/ENOMEM (a tighter limit than the ones read here) is reported the same
 // way. Once made, the pages stay (discards zero them, memory-disk.ts), so no write and no LOAD
 // later finds a page missing: no SIGBUS, no OOM at run time.
-import { readFileSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { constants as OS } from 'node:os';
 
@@ -69,9 +69,14 @@ function mib(n: number): string {
 export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): void {
   if (size === 0) return;
   const what = `--storage memory:${size},prealloc=on`;
-  if (room !== null && room.bytes < size) {
+  // Pages the memfd holds already (a disk an old host handed over, preallocated there) are in
+  // use and so counted out of the room already: only the missing ones must fit.
+  const have = Math.min(size, fstatSync(fd).blocks * 512);
+  const need = size - have;
+  if (room !== null && room.bytes < need) {
+    const missing = have > 0 ? ` (${mib(need)} of its pages still to make)` : '';
     throw new Error(
-      `${what}: the disk's ${mib(size)} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
+      `${what}: the disk's ${mib(size)}${missing} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
         'Give a smaller SIZE, free memory, or drop prealloc=on (pages are then made as they are written)',
     );
   }
