@@ -37,6 +37,8 @@ test('a handoff round-trips; bad magic, a newer format, bad fields and an undesc
   bad(() => json({ ...body, files: [{ id: '5', inode: '../etc', acc: 2, fd: 31 }] }), /inode must be "dev:ino"/);
   bad(() => json({ ...body, owners: [{ ...(body.owners as object[])[0], owner: '99999999999999999999999' }] }), /owner must be a u64/);
   bad(() => Buffer.concat([bytes.subarray(0, 8), Buffer.from('{')]), /not JSON/);
+  const range = { start: '0', end: '0', kind: 1, pid: 9 };
+  bad(() => json({ ...body, owners: [{ ...(body.owners as object[])[0], ranges: Array.from({ length: 4097 }, () => range) }] }), /lists 4097 ranges, at most 4096/);
 });
 
 test('a share refuses a handoff whose fds are not the files it names, or from another process, and holds nothing of it', (t) => {
