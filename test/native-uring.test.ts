@@ -7,6 +7,7 @@ import type { ExecutionContext } from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
 import { closeSync, constants, fstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { release } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { native as n, type Uring } from '../host/native/index.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
@@ -352,4 +353,15 @@ test.serial('workers that exit with I/O in flight into a mapping do not crash or
   });
   t.is(out.code, 0, out.stderr);
   t.deepEqual(JSON.parse(out.stdout), { results: [[1, 0], [1, 1]], rings: 0, maps: 0 });
+});
+
+test.serial('a ring says whether the kernel took SINGLE_ISSUER/DEFER_TASKRUN: on Linux 6.1 and later it did', (t) => {
+  const ring = n.uringCreate(4);
+  try {
+    const [major, minor] = release().split('.').map((x) => Number.parseInt(x, 10));
+    t.is(typeof ring.deferTaskrun, 'boolean');
+    if (major! > 6 || (major === 6 && minor! >= 1)) t.true(ring.deferTaskrun, `kernel ${release()}`);
+  } finally {
+    ring.close();
+  }
 });

@@ -5,13 +5,17 @@
 // a misspelt option is a usage error.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readlinkSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { ConfigError, parseDaemonConfig } from '../host/daemon/config.ts';
+import { createMemoryDisk } from '../host/storage/memory-disk.ts';
+import { memoryRoom, preallocateMemoryDisk } from '../host/storage/prealloc.ts';
+import { native } from '../host/native/index.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -133,4 +137,52 @@ maybe('a migration LOAD into a prealloc=on destination lands the source\'s disk,
       await Promise.all([a.stop(), b.stop()]);
     }
   }
+});
+
+test('a memfd that already holds its pages (a disk an old host handed over) needs no room for them again; one that lacks pages does', (t) => {
+  const size = 4 * MIB;
+  const fd = createMemoryDisk(size);
+  t.teardown(() => native.close(fd));
+  const room = { bytes: MIB, from: 'a test' };
+  // Fresh: 4 MiB do not fit in 1 MiB.
+  t.throws(() => preallocateMemoryDisk(fd, size, room), { message: /cannot be committed: only 1 MiB is free \(a test\)/ });
+  // The old host made them (same memfd, pages already there): they are in use, not to be found again.
+  preallocateMemoryDisk(fd, size, null);
+  t.is(fstatSync(fd).blocks * 512, size);
+  t.notThrows(() => preallocateMemoryDisk(fd, size, room));
+  t.is(fstatSync(fd).blocks * 512, size);
+});
+
+test('the memory check reads every level of the memory cgroup: a limit on an ancestor (v2), and a v1 container\'s own cgroup mounted as the root', (t) => {
+  // Trees laid out as /proc and /sys/fs/cgroup are (cgroup limits cannot be set unprivileged here).
+  const tree = (files: Record<string, string>) => {
+    const root = mkdtempSync(join(tmpdir(), 'prealloc-room-'));
+    t.teardown(() => rmSync(root, { recursive: true, force: true }));
+    for (const [path, text] of Object.entries(files)) {
+      mkdirSync(dirname(join(root, path)), { recursive: true });
+      writeFileSync(join(root, path), text);
+    }
+    return `${root}/`;
+  };
+  const meminfo = 'MemTotal:       16000000 kB\nMemAvailable:    8388608 kB\n';
+  // v2: the service has no limit of its own; its slice allows 1 GiB and uses 900 MiB.
+  const v2 = tree({
+    'proc/meminfo': meminfo,
+    'proc/self/cgroup': '0::/host.slice/vhost.service\n',
+    'sys/fs/cgroup/host.slice/memory.max': `${1 << 30}\n`,
+    'sys/fs/cgroup/host.slice/memory.current': `${900 * MIB}\n`,
+    'sys/fs/cgroup/host.slice/vhost.service/memory.max': 'max\n',
+    'sys/fs/cgroup/host.slice/vhost.service/memory.current': `${10 * MIB}\n`,
+  });
+  t.deepEqual(memoryRoom(v2), { bytes: 124 * MIB, from: "the memory cgroup's memory.max minus memory.current (/sys/fs/cgroup/host.slice)" });
+  // v1 in a container without a cgroup namespace: the host's path, the container's cgroup at the mount's root.
+  const v1 = tree({
+    'proc/meminfo': meminfo,
+    'proc/self/cgroup': '4:memory:/docker/0123abcd\n1:cpu:/docker/0123abcd\n',
+    'sys/fs/cgroup/memory/memory.limit_in_bytes': `${512 * MIB}\n`,
+    'sys/fs/cgroup/memory/memory.usage_in_bytes': `${100 * MIB}\n`,
+  });
+  t.deepEqual(memoryRoom(v1), { bytes: 412 * MIB, from: "the memory cgroup's memory.limit_in_bytes minus memory.usage_in_bytes (/sys/fs/cgroup/memory)" });
+  // No limit anywhere: MemAvailable.
+  t.deepEqual(memoryRoom(tree({ 'proc/meminfo': meminfo, 'proc/self/cgroup': '0::/\n' })), { bytes: 8 * 1024 * MIB, from: 'MemAvailable in /proc/meminfo' });
 });

@@ -16,7 +16,7 @@
 // Format: "VFSL", u8 version, u8 oldest version that can read it, u16 zero, then JSON (u64s
 // as decimal strings). Version 1 is the first. A reader refuses a format whose oldest-reader
 // version is above its own, so a later version can add fields an older host may ignore.
-import type { OwnerRecord, Range } from './locks.ts';
+import { MAX_RANGES, type OwnerRecord, type Range } from './locks.ts';
 import { SectionId } from '../migration/section.ts';
 
 export const LOCK_HANDOFF_SECTION_ID = SectionId.HOST_BASE + 1;
@@ -76,7 +76,10 @@ export function decodeLockHandoff(bytes: Uint8Array): LockHandoff {
   });
   const owners = arr(o.owners, 'owners').map((v, i): OwnerRecord => {
     const x = obj(v, `owners[${i}]`);
-    const ranges = arr(x.ranges, `owners[${i}].ranges`).map((r, k): Range => {
+    const listed = arr(x.ranges, `owners[${i}].ranges`);
+    // The table never keeps more (older ones are forgotten): nor does it take more from a peer.
+    if (listed.length > MAX_RANGES) throw new Error(`lock handoff: owners[${i}] lists ${listed.length} ranges, at most ${MAX_RANGES}`);
+    const ranges = listed.map((r, k): Range => {
       const y = obj(r, `owners[${i}].ranges[${k}]`);
       const start = u64(y.start, 'start');
       const end = u64(y.end, 'end');

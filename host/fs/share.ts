@@ -580,10 +580,14 @@ export class FsShare {
       // Checked before the dup3: afterwards the slot's fd would already be the other file.
       if (this.inodeKey(f.fd) !== f.inode) return undo(`fd ${f.fd} of the previous instance is not inode ${f.inode}`);
       const r = native.fsDup(f.fd, slot.fd);
+      if (r === -E.EACCES) return undo(`fd ${f.fd} of the previous instance is not open with the access mode (${f.acc}) of the file reopened here`);
       if (r < 0) return undo(`the flock of inode ${f.inode}: ${errnoName(-r)}`);
       this.locks.adoptFlock(map.get(old)!);
     }
     for (const o of h.owners) {
+      // An owner's locks are on the inode of the open file they came through, one of those
+      // matched above (so on this share): any other inode is refused before anything is held.
+      if (o.inode !== files.get(o.file)!.inode) return undo(`lock owner ${o.owner} names inode ${o.inode}, not its open file's (${files.get(o.file)!.inode})`);
       const fd = native.fsDup(o.fd, -1);
       if (fd < 0) return undo(`lock owner ${o.owner} of inode ${o.inode}: ${errnoName(-fd)}`);
       if (this.inodeKey(fd) !== o.inode) {

@@ -74,6 +74,8 @@ export function chooseExecutor(table: BackingTable, log: Logger): ExecutorChoice
       const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError });
       const t = target(0) as UringTarget;
       log.debug(`storage I/O on ${storage.describe}: ${t.inline ? 'tmpfs: pread/pwrite in turn (io_uring would punt every read to a kernel thread)' : 'io_uring'}${storage.directAlign > 0 ? `, O_DIRECT (${storage.directAlign}-byte blocks)` : ''}`);
+      // Not silent: the same results, but each completion interrupts the worker thread again.
+      if (!t.inline && !executor.deferTaskrun) log.info(`storage I/O on ${storage.describe}: this kernel refused io_uring's SINGLE_ISSUER/DEFER_TASKRUN (Linux 6.1 on): a plain ring, completions cost more CPU`);
       return { executor, kind: 'io_uring' };
     } catch (e) {
       const why = `${errnoCode(e) ?? 'error'}: ${(e as Error).message}`;

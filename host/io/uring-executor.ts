@@ -327,6 +327,11 @@ export class UringExecutor implements IoExecutor {
     return this.count;
   }
 
+  /** The kernel took DEFER_TASKRUN for this ring (false: a plain ring; see native Uring). */
+  get deferTaskrun(): boolean {
+    return this.ring.deferTaskrun;
+  }
+
   submit<T>(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void {
     if (this.closed) throw new Error('UringExecutor.submit after close()');
     if (this.cancelling) {

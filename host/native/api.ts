@@ -116,6 +116,11 @@ export interface Uring {
    * returns 0, so a completion that lands in between wakes the loop again.
    */
   readonly eventFd: number;
+  /**
+   * The kernel took SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1 on); false: it refused them and
+   * this is a plain ring (same results, completion work interrupts the thread), for the log.
+   */
+  readonly deferTaskrun: boolean;
   /** Operations queued and not yet reaped. */
   readonly inflight: number;
   /** Queue a preadv at `position` into the segments; false when `capacity` ops are in flight (reap first). */

@@ -13,7 +13,7 @@
 // fallocate's own ENOSPC/ENOMEM (a tighter limit than the ones read here) is reported the same
 // way. Once made, the pages stay (discards zero them, memory-disk.ts), so no write and no LOAD
 // later finds a page missing: no SIGBUS, no OOM at run time.
-import { readFileSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { constants as OS } from 'node:os';
 
@@ -23,23 +23,34 @@ export interface MemoryRoom {
   from: string;
 }
 
-/** The tightest of MemAvailable and the memory cgroup's limit minus its usage (v2 or v1); null if none can be read. */
-export function memoryRoom(): MemoryRoom | null {
+/**
+ * The tightest of MemAvailable and, at every level of this process's memory cgroup from its own
+ * up to the root of the mounted hierarchy, the limit minus the usage (v2 or v1); null if none
+ * can be read. Every level: a limit is often set on an ancestor (a systemd slice, a pod) and
+ * the kernel enforces each; and a container without its own cgroup namespace sees the host's
+ * path in /proc/self/cgroup while its own cgroup is mounted as the hierarchy's root. `root` is
+ * "/" (another for tests: a tree laid out like /proc and /sys/fs/cgroup).
+ */
+export function memoryRoom(root = '/'): MemoryRoom | null {
   const rooms: MemoryRoom[] = [];
-  const avail = /^MemAvailable:\s+(\d+) kB$/m.exec(readOr('/proc/meminfo'));
+  const avail = /^MemAvailable:\s+(\d+) kB$/m.exec(readOr(`${root}proc/meminfo`));
   if (avail) rooms.push({ bytes: Number(avail[1]) * 1024, from: 'MemAvailable in /proc/meminfo' });
-  for (const line of readOr('/proc/self/cgroup').split('\n')) {
-    const m = /^\d+:([^:]*):(.*)$/.exec(line);
+  for (const line of readOr(`${root}proc/self/cgroup`).split('\n')) {
+    const m = /^\d+:([^:]*):(\/.*)$/.exec(line);
     if (!m) continue;
     const [, controllers, path] = m;
-    const dir = controllers === '' ? `/sys/fs/cgroup${path}` : controllers.split(',').includes('memory') ? `/sys/fs/cgroup/memory${path}` : null;
-    if (dir === null) continue;
+    const mount = controllers === '' ? 'sys/fs/cgroup' : controllers.split(',').includes('memory') ? 'sys/fs/cgroup/memory' : null;
+    if (mount === null) continue;
     const [limitFile, usageFile] = controllers === '' ? ['memory.max', 'memory.current'] : ['memory.limit_in_bytes', 'memory.usage_in_bytes'];
-    const limit = Number(readOr(`${dir}/${limitFile}`).trim());
-    const usage = Number(readOr(`${dir}/${usageFile}`).trim());
-    // "max" (v2) or a page-rounded 2^63 (v1) is no limit; an unreadable file is none known.
-    if (Number.isFinite(limit) && limit > 0 && limit < 2 ** 62 && Number.isFinite(usage)) {
-      rooms.push({ bytes: Math.max(0, limit - usage), from: `the memory cgroup's ${limitFile} minus ${usageFile} (${dir})` });
+    const parts = path.split('/').filter((x) => x !== '' && x !== '.' && x !== '..');
+    for (let n = parts.length; n >= 0; n--) {
+      const dir = `/${mount}${n === 0 ? '' : '/'}${parts.slice(0, n).join('/')}`;
+      // "max" (v2) or a page-rounded 2^63 (v1) is no limit; an unreadable file is none known.
+      const limit = Number(readOr(`${root}${dir.slice(1)}/${limitFile}`).trim() || NaN);
+      const usage = Number(readOr(`${root}${dir.slice(1)}/${usageFile}`).trim() || NaN);
+      if (Number.isFinite(limit) && limit > 0 && limit < 2 ** 62 && Number.isFinite(usage)) {
+        rooms.push({ bytes: Math.max(0, limit - usage), from: `the memory cgroup's ${limitFile} minus ${usageFile} (${dir})` });
+      }
     }
   }
   return rooms.length === 0 ? null : rooms.reduce((a, b) => (b.bytes < a.bytes ? b : a));
@@ -69,9 +80,14 @@ function mib(n: number): string {
 export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): void {
   if (size === 0) return;
   const what = `--storage memory:${size},prealloc=on`;
-  if (room !== null && room.bytes < size) {
+  // Pages the memfd holds already (a disk an old host handed over, preallocated there) are in
+  // use and so counted out of the room already: only the missing ones must fit.
+  const have = Math.min(size, fstatSync(fd).blocks * 512);
+  const need = size - have;
+  if (room !== null && room.bytes < need) {
+    const missing = have > 0 ? ` (${mib(need)} of its pages still to make)` : '';
     throw new Error(
-      `${what}: the disk's ${mib(size)} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
+      `${what}: the disk's ${mib(size)}${missing} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
         'Give a smaller SIZE, free memory, or drop prealloc=on (pages are then made as they are written)',
     );
   }

@@ -302,8 +302,8 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
 // locks never drop. onto -1: a new fd, budgeted and owned by this thread like every share fd;
 // onto >= 0: a share fd this thread owns is made to refer to fd's description instead (dup3:
 // the number, its ownership and budget stay; whatever already names that number keeps working).
-// Only a regular file or a directory is duplicated (EBADF otherwise): the caller then checks
-// it is the inode it expected.
+// Only a regular file or a directory, not O_PATH, is duplicated (EBADF otherwise); onto keeps
+// its access mode (EACCES when fd's differs): the caller then checks it is the inode it expected.
 static napi_value fs_dup(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd;
@@ -314,9 +314,18 @@ static napi_value fs_dup(napi_env env, napi_callback_info info) {
   struct stat st;
   if (fstat(fd, &st) < 0) return neg(env, errno);
   if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return neg(env, EBADF);
+  // An O_PATH fd holds no lock and does no I/O (fstat works on it, so it is refused here).
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return neg(env, errno);
+  if (fl & O_PATH) return neg(env, EBADF);
   fs_env *fe = fs_env_of(env, info);
   if (onto >= 0) {
     if (onto > INT_MAX || !owns(fe, (int)onto) || onto == fd) return neg(env, EBADF);
+    // The share fd keeps the access the guest opened it with: a description open for writing
+    // (a peer's fd in a host handover) must not turn a read-only open file into a writable one.
+    int ofl = fcntl((int)onto, F_GETFL);
+    if (ofl < 0) return neg(env, errno);
+    if ((ofl & (O_ACCMODE | O_PATH)) != (fl & O_ACCMODE)) return neg(env, EACCES);
     return dup3(fd, (int)onto, O_CLOEXEC) < 0 ? neg(env, errno) : num(env, (double)onto);
   }
   int nfd;

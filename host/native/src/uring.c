@@ -423,8 +423,9 @@ static napi_value uring_ctor(napi_env env, napi_callback_info info) {
       {"entries", NULL, NULL, NULL, NULL, make_number(env, u->entries), napi_enumerable, NULL},
       {"capacity", NULL, NULL, NULL, NULL, make_number(env, u->capacity), napi_enumerable, NULL},
       {"eventFd", NULL, NULL, NULL, NULL, make_number(env, u->event_fd), napi_enumerable, NULL},
+      {"deferTaskrun", NULL, NULL, NULL, NULL, make_bool(env, u->defer), napi_enumerable, NULL},
   };
-  if (napi_define_properties(env, self, 3, props) != napi_ok) {
+  if (napi_define_properties(env, self, 4, props) != napi_ok) {
     throw_napi(env, napi_generic_failure, "Uring constructor");
     return NULL;
   }
