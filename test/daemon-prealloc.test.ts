@@ -95,8 +95,10 @@ test.serial('while a device\'s prealloc=on disk gets its pages, other devices ar
   // Another tenant's management call and an rng request are answered meanwhile...
   t.like((await call('device-stats', { id: 'r' })).devices[0], { id: 'r', state: 'idle' });
   await randomFrom(sock('r'));
-  const rStats = await ctl(['--control', control(), 'stats', 'r']);
-  t.is(rStats.code, 0, rStats.stderr);
+  const listing = await ctl(['--control', control(), 'list']);
+  t.is(listing.code, 0, listing.stderr);
+  t.regex(listing.stdout, /^r\s.*\bidle\b/m);
+  t.regex(listing.stdout, /^big\s.*\bpreparing\b.*\(making its disk's pages\)/m);
   // ... while the big device is still preparing, with no socket a front-end could reach.
   t.is(await stateOf('big'), 'preparing', 'still preparing after the other device was served');
   t.false(existsSync(sock('big')), 'no socket before the pages exist');
