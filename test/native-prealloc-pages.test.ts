@@ -77,3 +77,22 @@ test('arguments are checked: a detachable cancel buffer, size 0, a file shorter 
   t.throws(() => n.preallocPages(fd, 2 * MiB, cancelFlag()), { code: 'ERR_MAPPING_BEYOND_FILE' });
   n.close(fd);
 });
+
+test('prealloc.ts: the memory check counts what page making under way has still to take', async (t) => {
+  const a = createMemoryDisk(512 * MiB);
+  const b = createMemoryDisk(512 * MiB);
+  const room = { bytes: 768 * MiB, from: 'a figure given by the test' };
+  const first = preallocateMemoryDisk(a, 512 * MiB, room);
+  // The first job has made at most one 64 MiB chunk by now (it has not even been seen to end):
+  // 768 MiB of room less its ~512 MiB still to make leaves too little for a second 512 MiB disk.
+  t.throws(() => preallocateMemoryDisk(b, 512 * MiB, room), { message: /cannot be committed: only \d+ MiB is free \(a figure given by the test, \d+ MiB of it still to be taken by other disks whose pages are being made\)/ });
+  first.cancel();
+  await first.done.then((m) => m.unmap(), () => {});
+  // Cancelled, it counts no more: the second fits now.
+  let second: ReturnType<typeof preallocateMemoryDisk> | undefined;
+  t.notThrows(() => (second = preallocateMemoryDisk(b, 512 * MiB, room)));
+  second!.cancel();
+  await second!.done.then((m) => m.unmap(), () => {});
+  n.close(a);
+  n.close(b);
+});

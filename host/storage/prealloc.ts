@@ -13,7 +13,7 @@
 // fallocate's own ENOSPC/ENOMEM (a tighter limit than the ones read here) is reported the same
 // way. Once made, the pages stay (discards zero them, memory-disk.ts), so no write and no LOAD
 // later finds a page missing: no SIGBUS, no OOM at run time.
-import { readFileSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { native, type Mapping } from '../native/index.ts';
 import { constants as OS } from 'node:os';
 
@@ -69,6 +69,27 @@ export interface PageMaking {
   cancel(): void;
 }
 
+/**
+ * Page making under way in this process (its memfd and size) until it ends or is cancelled. The
+ * memory check must count it: MemAvailable shows only the pages it has made so far, and two
+ * device-adds side by side would otherwise each find room for its whole disk, and together
+ * overcommit (an OOM kill, which the check exists to prevent).
+ */
+const underWay = new Set<{ fd: number; size: number }>();
+
+/** Bytes that page making under way has still to take: each disk's size less the pages it holds now. */
+function stillToMake(): number {
+  let n = 0;
+  for (const j of underWay) {
+    try {
+      n += Math.max(0, j.size - fstatSync(j.fd).blocks * 512);
+    } catch {
+      // Closed (its device removed): it takes nothing more.
+    }
+  }
+  return n;
+}
+
 /** The error `done` rejects with when cancel() stopped it. */
 export class PageMakingCancelled extends Error {}
 
@@ -82,14 +103,24 @@ export class PageMakingCancelled extends Error {}
  */
 export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): PageMaking {
   const what = `--storage memory:${size},prealloc=on`;
-  if (room !== null && room.bytes < size) {
+  const promised = room === null ? 0 : stillToMake();
+  if (room !== null && room.bytes - promised < size) {
+    const free = Math.max(0, room.bytes - promised);
+    const others = promised > 0 ? `, ${mib(promised)} of it still to be taken by other disks whose pages are being made` : '';
     throw new Error(
-      `${what}: the disk's ${mib(size)} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
+      `${what}: the disk's ${mib(size)} cannot be committed: only ${mib(free)} is free (${room.from}${others}). ` +
         'Give a smaller SIZE, free memory, or drop prealloc=on (pages are then made as they are written)',
     );
   }
   const flag = new Int32Array(new SharedArrayBuffer(4));
-  const done = native.preallocPages(fd, size, flag).catch((e: unknown) => {
+  const job = { fd, size };
+  const done = native.preallocPages(fd, size, flag);
+  underWay.add(job);
+  void done.then(
+    () => underWay.delete(job),
+    () => underWay.delete(job),
+  );
+  const said = done.catch((e: unknown) => {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ECANCELED') throw new PageMakingCancelled(`${what}: page making stopped (the device was removed)`);
     const n = (e as NodeJS.ErrnoException).errno;
@@ -99,5 +130,12 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
         (short ? ' (not enough memory for it: give a smaller SIZE, free memory, or drop prealloc=on)' : ''),
     );
   });
-  return { done, cancel: () => void Atomics.store(flag, 0, 1) };
+  return {
+    done: said,
+    cancel: () => {
+      Atomics.store(flag, 0, 1);
+      // It stops at its next chunk and its memfd is closed by its owner: nothing more to count.
+      underWay.delete(job);
+    },
+  };
 }
