@@ -96,3 +96,17 @@ test('prealloc.ts: the memory check counts what page making under way has still 
   n.close(a);
   n.close(b);
 });
+
+test('prealloc.ts: a memfd that already holds its pages (a disk an old host handed over) needs no room for them again; one that lacks pages does', async (t) => {
+  const size = 4 * MiB;
+  const fd = createMemoryDisk(size);
+  t.teardown(() => n.close(fd));
+  const room = { bytes: MiB, from: 'a test' };
+  t.throws(() => preallocateMemoryDisk(fd, size, room), { message: /cannot be committed: only 1 MiB is free \(a test\)/ });
+  (await preallocateMemoryDisk(fd, size, null).done).unmap();
+  t.is(pagesOf(fd), size);
+  let again: ReturnType<typeof preallocateMemoryDisk> | undefined;
+  t.notThrows(() => (again = preallocateMemoryDisk(fd, size, room)));
+  (await again!.done).unmap();
+  t.is(pagesOf(fd), size);
+});

@@ -103,12 +103,17 @@ export class PageMakingCancelled extends Error {}
  */
 export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): PageMaking {
   const what = `--storage memory:${size},prealloc=on`;
+  // Pages the memfd holds already (a disk an old host handed over, preallocated there) are in
+  // use and so counted out of the room already: only the missing ones must fit.
+  const have = Math.min(size, fstatSync(fd).blocks * 512);
+  const need = size - have;
   const promised = room === null ? 0 : stillToMake();
-  if (room !== null && room.bytes - promised < size) {
+  if (room !== null && room.bytes - promised < need) {
     const free = Math.max(0, room.bytes - promised);
+    const missing = have > 0 ? ` (${mib(need)} of its pages still to make)` : '';
     const others = promised > 0 ? `, ${mib(promised)} of it still to be taken by other disks whose pages are being made` : '';
     throw new Error(
-      `${what}: the disk's ${mib(size)} cannot be committed: only ${mib(free)} is free (${room.from}${others}). ` +
+      `${what}: the disk's ${mib(size)}${missing} cannot be committed: only ${mib(free)} is free (${room.from}${others}). ` +
         'Give a smaller SIZE, free memory, or drop prealloc=on (pages are then made as they are written)',
     );
   }
