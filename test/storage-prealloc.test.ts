@@ -5,7 +5,7 @@
 // a misspelt option is a usage error.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -13,9 +13,7 @@ import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { ConfigError, parseDaemonConfig } from '../host/daemon/config.ts';
-import { createMemoryDisk } from '../host/storage/memory-disk.ts';
-import { memoryRoom, preallocateMemoryDisk } from '../host/storage/prealloc.ts';
-import { native } from '../host/native/index.ts';
+import { memoryRoom } from '../host/storage/prealloc.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -137,20 +135,6 @@ maybe('a migration LOAD into a prealloc=on destination lands the source\'s disk,
       await Promise.all([a.stop(), b.stop()]);
     }
   }
-});
-
-test('a memfd that already holds its pages (a disk an old host handed over) needs no room for them again; one that lacks pages does', (t) => {
-  const size = 4 * MIB;
-  const fd = createMemoryDisk(size);
-  t.teardown(() => native.close(fd));
-  const room = { bytes: MIB, from: 'a test' };
-  // Fresh: 4 MiB do not fit in 1 MiB.
-  t.throws(() => preallocateMemoryDisk(fd, size, room), { message: /cannot be committed: only 1 MiB is free \(a test\)/ });
-  // The old host made them (same memfd, pages already there): they are in use, not to be found again.
-  preallocateMemoryDisk(fd, size, null);
-  t.is(fstatSync(fd).blocks * 512, size);
-  t.notThrows(() => preallocateMemoryDisk(fd, size, room));
-  t.is(fstatSync(fd).blocks * 512, size);
 });
 
 test('the memory check reads every level of the memory cgroup: a limit on an ancestor (v2), and a v1 container\'s own cgroup mounted as the root', (t) => {

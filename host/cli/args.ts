@@ -127,7 +127,9 @@ Capabilities granted to the plugin (it sees nothing else):
                           as they are first written, unless prealloc=on (QEMU's
                           spelling): then all SIZE bytes are committed when the host
                           starts, start-up takes longer (~1.3 s per GiB measured on a
-                          2-vCPU VM, docs/migration.md), a host without that much
+                          2-vCPU VM, docs/migration.md; the socket is made once the
+                          pages exist; in the daemon, other devices are served
+                          meanwhile), a host without that much
                           memory free refuses to start, and no later write or
                           migration LOAD waits for a page to be made; discards zero
                           the bytes and keep the pages

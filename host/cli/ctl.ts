@@ -228,7 +228,7 @@ function table(rows: string[][]): string {
 }
 
 function virtio(d: DeviceSummary): string {
-  return d.name === null ? (d.state === 'not-started' ? '(starts on connect)' : '-') : `${d.name} (${d.virtioId}, ${d.queues}q)`;
+  return d.name === null ? (d.state === 'not-started' ? '(starts on connect)' : d.state === 'preparing' ? '(making its disk\'s pages)' : '-') : `${d.name} (${d.virtioId}, ${d.queues}q)`;
 }
 
 function mib(n: number): string {

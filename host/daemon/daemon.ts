@@ -39,9 +39,11 @@ export interface DeviceSummary {
   queues: number | null;
   /**
    * not-started: its worker starts when a front-end connects (start "on-connect"); idle or with
-   * a front-end; failed: its worker died (or did not start) and starts again on the next connection.
+   * a front-end; failed: its worker died (or did not start) and starts again on the next connection;
+   * preparing: its device-add runs and its prealloc=on memory disk's pages are being made (no
+   * socket yet; device-del stops it).
    */
-  state: 'not-started' | 'idle' | 'connected' | 'failed';
+  state: 'not-started' | 'idle' | 'connected' | 'failed' | 'preparing';
   /** When its worker starts (config "start"). */
   start: StartMode;
 }
@@ -127,6 +129,8 @@ export class Daemon {
   private readonly entries = new Map<string, Entry>();
   /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
   private readonly busy = new Set<string>();
+  /** Devices whose device-add runs, for listings while their memory disk's pages are made. */
+  private readonly adding = new Map<string, { spec: DeviceSpec; address: ListenAddress; seq: number }>();
   private seq = 0;
   /** Throttle groups by tenant/name (config.ts throttleGroupKey). */
   private readonly groups = new Map<string, Group>();
@@ -166,6 +170,7 @@ export class Daemon {
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
     const seq = this.seq++;
+    this.adding.set(spec.id, { spec, address, seq });
     const key = throttleGroupKey(spec);
     // Joined before the device starts: devices of a config start side by side, and each of a
     // group must find the one bucket. Limits that clash with the group's were refused before
@@ -207,6 +212,7 @@ export class Daemon {
       return this.summary(entry);
     } finally {
       if (!added && group) this.leaveGroup(key!, group, spec.id);
+      this.adding.delete(spec.id);
       this.busy.delete(spec.id);
     }
   }
@@ -214,6 +220,13 @@ export class Daemon {
   /** Removes a device: its front-end is disconnected, its socket removed, its worker ended. */
   async remove(id: string): Promise<void> {
     this.refuseWhileHandingOver();
+    if (this.adding.has(id) && this.host.isPreparing(id)) {
+      // Its device-add waits for its memory disk's pages: stopped now (that request fails), and
+      // the pages are given back before this answers.
+      await this.host.remove(id);
+      log.info(`removed ${id} while its memory disk's pages were being made`);
+      return;
+    }
     if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
     if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
     this.busy.add(id);
@@ -364,7 +377,25 @@ export class Daemon {
   }
 
   list(): DeviceSummary[] {
-    return this.ordered().map((e) => this.summary(e));
+    const preparing = [...this.adding.values()]
+      .filter((a) => this.host.isPreparing(a.spec.id))
+      .map((a) => ({ seq: a.seq, summary: this.preparingSummary(a.spec, a.address) }));
+    return [...this.ordered().map((e) => ({ seq: e.seq, summary: this.summary(e) })), ...preparing].sort((a, b) => a.seq - b.seq).map((x) => x.summary);
+  }
+
+  /** A device whose device-add waits for its memory disk's pages: nothing of it serves yet. */
+  private preparingSummary(spec: DeviceSpec, address: ListenAddress): DeviceSummary {
+    return {
+      id: spec.id,
+      tenant: spec.tenant,
+      listen: listenText(address),
+      plugin: 'plugin' in spec.device ? spec.device.plugin : spec.device.module,
+      name: null,
+      virtioId: null,
+      queues: null,
+      state: 'preparing',
+      start: spec.start ?? this.defaultStart,
+    };
   }
 
   /** Entries in the order their device-add began (the config file's order at start-up). */

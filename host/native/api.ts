@@ -272,6 +272,15 @@ export interface Native extends NativeFs {
    * killing the process.
    */
   mmap(fd: number, size: number, offset: number, writable: boolean): Mapping;
+  /**
+   * A memory disk's pages made off the main thread (libuv's threadpool): fallocate of
+   * [0, size) of fd, then a writable mmap of it populated with MADV_POPULATE_WRITE; resolves
+   * with that (guarded) Mapping. The work holds a dup of fd and its own mapping until it ends,
+   * so the caller may close fd meanwhile. Storing non-zero into cancel[0] (an Int32Array over a
+   * SharedArrayBuffer) stops it between 64 MiB chunks. Rejects with an errno error (code
+   * 'ENOSPC', 'ENOMEM', 'ECANCELED', ...; syscall: the step that failed).
+   */
+  preallocPages(fd: number, size: number, cancel: Int32Array): Promise<Mapping>;
   /** fcntl(F_ADD_SEALS) on a memfd created with allowSealing (F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4). */
   memfdAddSeals(fd: number, seals: number): void;
   /** fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own. */

@@ -5,7 +5,7 @@
 
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
-import { preallocateMemoryDisk } from '../storage/prealloc.ts';
+import { preallocateMemoryDisk, type PageMaking } from '../storage/prealloc.ts';
 import { DirtyBlocks } from '../storage/dirty-blocks.ts';
 import { native, type Mapping } from '../native/index.ts';
 import type { DeviceSource } from '../device/rpc.ts';
@@ -82,6 +82,10 @@ export class DeviceSlot {
   private converge: TokenBucket | null = null;
   /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
   private memoryDiskMapping: Mapping | null = null;
+  /** prealloc=on page making under way (prealloc.ts), or null. */
+  private pageMaking: PageMaking | null = null;
+  /** Settles when the memory disk's pages exist (at once without prealloc=on); rejects in words. */
+  private pagesReady: Promise<void> = Promise.resolve();
   /** Whether the memory disk's bytes may be served (a LOAD that failed after it wrote them: not). */
   private readonly memoryDiskCondition: DiskCondition = { unusable: null };
   /** What the device has done (metrics): kept across its workers and connections. */
@@ -113,21 +117,34 @@ export class DeviceSlot {
       // it from now on, as if it had made it, so that the next handover passes it on again.
       this.memoryDisk = storage.fd ?? createMemoryDisk(storage.size);
       if (storage.prealloc) {
+        let making;
         try {
-          // Pages made now, and mapped in this thread (a LOAD, a SAVE and pre-copy use this mapping)
+          // The memory check throws now; the pages themselves are made off the main thread
+          // (prealloc.ts), and mapped in this thread (a LOAD, a SAVE and pre-copy use this mapping)
           // in one MADV_POPULATE_WRITE: nothing the disk does later waits for a page to be made.
-          preallocateMemoryDisk(this.memoryDisk, storage.size);
-          this.memoryDiskMapping = native.mmap(this.memoryDisk, storage.size, 0, true);
-          this.memoryDiskMapping.populate(0, storage.size, true);
+          making = preallocateMemoryDisk(this.memoryDisk, storage.size);
         } catch (e) {
-          this.memoryDiskMapping?.unmap();
-          this.memoryDiskMapping = null;
           // A handed-over memfd is this slot's from the start too (main.ts).
           native.close(this.memoryDisk);
           this.memoryDisk = null;
           this.link?.close();
           throw e;
         }
+        this.pageMaking = making;
+        this.pagesReady = making.done.then(
+          (mapping) => {
+            this.pageMaking = null;
+            // Removed while its pages were made: the work's mapping is nobody's.
+            if (this.closed) mapping.unmap();
+            else this.memoryDiskMapping = mapping;
+          },
+          (e: unknown) => {
+            this.pageMaking = null;
+            throw e;
+          },
+        );
+        // Awaited by prepared(); a slot closed before anyone asked must not crash the process.
+        this.pagesReady.catch(() => {});
       }
       this.memoryDiskDirty = storage.readOnly ? null : DirtyBlocks.create(storage.size);
       this.converge = storage.readOnly ? null : TokenBucket.create(NO_THROTTLE);
@@ -169,6 +186,8 @@ export class DeviceSlot {
    */
   async acquire(forConnection = false): Promise<DeviceWorker> {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
+    // No worker maps a prealloc=on disk before its pages exist.
+    await this.prepared();
     // A front-end connecting while the idle device is upgraded gets the worker the upgrade leaves.
     while (this.idleUpgrade) await this.idleUpgrade.catch(() => {});
     if (this.worker && !this.worker.dead) return this.worker;
@@ -218,6 +237,30 @@ export class DeviceSlot {
     this.install(w);
     this.everStarted = true;
     return w;
+  }
+
+  /**
+   * Resolves once what the device needs before it may serve exists: a prealloc=on memory
+   * disk's pages (made off the main thread: other devices are served meanwhile). Rejects with
+   * the page making's error, or if the slot was closed meanwhile.
+   */
+  async prepared(): Promise<void> {
+    await this.pagesReady;
+    if (this.closed) throw new Error(`device ${this.opts.label}: removed while its memory disk's pages were being made`);
+  }
+
+  /**
+   * The device is not to be served (removed while it was being added): page making under way
+   * stops, and prepared()/acquire() fail; close() (the add's own cleanup) releases the rest.
+   */
+  abandon(): void {
+    this.closed = true;
+    this.pageMaking?.cancel();
+  }
+
+  /** Its prealloc=on memory disk's pages are being made (the device does not serve yet). */
+  get preparing(): boolean {
+    return this.pageMaking !== null;
   }
 
   /** The first worker's queues and threads are kept out of the fd budget; later ones are the same device. */
@@ -412,6 +455,9 @@ export class DeviceSlot {
     }
     this.worker = null;
     this.link?.close();
+    // Page making still under way stops at its next chunk and unmaps its own mapping; it holds
+    // its own dup of the memfd, so closing ours below frees the pages once it has let go.
+    this.pageMaking?.cancel();
     if (this.reserved !== null) releaseForDevice(this.reserved.queues, this.reserved.threads);
     this.reserved = null;
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.

@@ -47,6 +47,8 @@ export class Host {
   private readonly retired = new Set<HostDevice>();
 
   private closing = false;
+  /** Devices whose add() runs: a remove() of one stops it (a prealloc=on disk's page making can take seconds). */
+  private readonly adding = new Map<string, { slot: DeviceSlot; settled: Promise<unknown> }>();
 
   private constructor(private readonly running: HostDevice[]) {}
 
@@ -92,7 +94,7 @@ export class Host {
    * thrown; other devices are untouched.
    */
   async add(config: DeviceConfig): Promise<HostDevice> {
-    if (this.running.some((d) => d.config.label === config.label)) throw new Error(`a device labelled ${config.label} is already served`);
+    if (this.running.some((d) => d.config.label === config.label) || this.adding.has(config.label)) throw new Error(`a device labelled ${config.label} is already served`);
     // The fd budget first (it raises RLIMIT_NOFILE), before any worker opens a share.
     ensureFdBudget();
     const slot = new DeviceSlot(config.source, {
@@ -104,13 +106,27 @@ export class Host {
       networks: config.networks,
       networkRate: config.networkRate,
     });
+    const added = this.addSlot(config, slot);
+    this.adding.set(config.label, { slot, settled: added.catch(() => {}) });
     try {
+      return await added;
+    } finally {
+      this.adding.delete(config.label);
+    }
+  }
+
+  private async addSlot(config: DeviceConfig, slot: DeviceSlot): Promise<HostDevice> {
+    try {
+      // A prealloc=on memory disk's pages first, made off the main thread: the socket is not
+      // created (no front-end can connect) until they exist, and other devices are served meanwhile.
+      await slot.prepared();
       // What the device and its front-end may hold besides share handles is kept out of the fd
       // budget by the slot once a worker runs (its queue count known).
       if (config.start === 'on-connect') await precheckSource(slot.source);
       else await slot.acquire();
-      // The host began to close while this device started: it is nobody's to serve.
+      // The host began to close, or the device was removed, while it started: it is nobody's to serve.
       if (this.closing) throw new Error(`device ${config.label}: the host is shutting down`);
+      await slot.prepared();
       const listener = new Listener(config.listen, slot, config.session);
       const d = { config, slot, listener };
       this.running.push(d);
@@ -121,12 +137,25 @@ export class Host {
     }
   }
 
+  /** A device whose add() runs and has not made its socket yet (its memory disk's pages are being made). */
+  isPreparing(label: string): boolean {
+    return this.adding.get(label)?.slot.preparing ?? false;
+  }
+
   /**
    * Stops serving one device: its socket is removed, its front-end disconnected (the session
    * ends as on a disconnect: rings stopped, memory unmapped, fds closed), then its worker is
    * terminated. `graceMs` bounds the wait for the session, as in close().
    */
   async remove(label: string, graceMs = 1000): Promise<boolean> {
+    const adding = this.adding.get(label);
+    if (adding) {
+      // Still being added (its pages being made): stopped, and its add() fails; its memory is
+      // given back once the page making has let go of it, before this returns.
+      adding.slot.abandon();
+      await adding.settled;
+      return true;
+    }
     const i = this.running.findIndex((d) => d.config.label === label);
     if (i < 0) return false;
     const [d] = this.running.splice(i, 1);
@@ -149,6 +178,7 @@ export class Host {
    */
   async close(graceMs = 1000): Promise<void> {
     this.closing = true;
+    for (const a of this.adding.values()) a.slot.abandon();
     const listeners = Promise.all(this.devices.map((d) => d.listener.close()));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([listeners, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);

@@ -14,7 +14,8 @@
 // way. Once made, the pages stay (discards zero them, memory-disk.ts), so no write and no LOAD
 // later finds a page missing: no SIGBUS, no OOM at run time.
 import { fstatSync, readFileSync } from 'node:fs';
-import { native } from '../native/index.ts';
+import { native, type Mapping } from '../native/index.ts';
+import { VhostWasmError } from '../errors.ts';
 import { constants as OS } from 'node:os';
 
 /** Memory this host may still take, as the kernel and its memory cgroup say (bytes), with where the figure comes from. */
@@ -72,31 +73,89 @@ function mib(n: number): string {
   return `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
 
+/** Page making under way (preallocateMemoryDisk): cancel() stops it at its next 64 MiB chunk. */
+export interface PageMaking {
+  /** The disk's memfd mapped writable in this thread with every page made and mapped; rejects in words. */
+  readonly done: Promise<Mapping>;
+  /** Stops the work (a device-del while its pages are made): `done` then rejects, and the work's mapping is unmapped. */
+  cancel(): void;
+}
+
+/**
+ * Page making under way in this process (its memfd and size) until it ends or is cancelled. The
+ * memory check must count it: MemAvailable shows only the pages it has made so far, and two
+ * device-adds side by side would otherwise each find room for its whole disk, and together
+ * overcommit (an OOM kill, which the check exists to prevent).
+ */
+const underWay = new Set<{ fd: number; size: number }>();
+
+/** Bytes that page making under way has still to take: each disk's size less the pages it holds now. */
+function stillToMake(): number {
+  let n = 0;
+  for (const j of underWay) {
+    try {
+      n += Math.max(0, j.size - fstatSync(j.fd).blocks * 512);
+    } catch {
+      // Closed (its device removed): it takes nothing more.
+    }
+  }
+  return n;
+}
+
+/** The error `done` rejects with when cancel() stopped it. */
+export class PageMakingCancelled extends VhostWasmError {
+  static override readonly code = 'ERR_PREALLOC_CANCELLED';
+  override readonly name = 'PageMakingCancelled';
+}
+
 /**
  * Makes every page of the memory disk's memfd (fd, `size` bytes; pages it has already, e.g. a
- * disk handed over by an old host, cost nothing) with one fallocate, after checking that the
- * memory is there. Throws a message saying what is short and what to do.
+ * disk handed over by an old host, cost nothing) with fallocate, and maps them in this thread
+ * (a LOAD, a SAVE and pre-copy use that mapping) with MADV_POPULATE_WRITE, after checking that
+ * the memory is there. The check throws at once; the page making itself (~1.3 s per GiB here)
+ * runs on libuv's threadpool (native preallocPages), so the event loop that serves every other
+ * device is never held by it. `done` rejects with a message saying what is short and what to do.
  */
-export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): void {
-  if (size === 0) return;
+export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom | null = memoryRoom()): PageMaking {
   const what = `--storage memory:${size},prealloc=on`;
   // Pages the memfd holds already (a disk an old host handed over, preallocated there) are in
   // use and so counted out of the room already: only the missing ones must fit.
   const have = Math.min(size, fstatSync(fd).blocks * 512);
   const need = size - have;
-  if (room !== null && room.bytes < need) {
+  const promised = room === null ? 0 : stillToMake();
+  if (room !== null && room.bytes - promised < need) {
+    const free = Math.max(0, room.bytes - promised);
     const missing = have > 0 ? ` (${mib(need)} of its pages still to make)` : '';
+    const others = promised > 0 ? `, ${mib(promised)} of it still to be taken by other disks whose pages are being made` : '';
     throw new Error(
-      `${what}: the disk's ${mib(size)}${missing} cannot be committed: only ${mib(room.bytes)} is free (${room.from}). ` +
+      `${what}: the disk's ${mib(size)}${missing} cannot be committed: only ${mib(free)} is free (${room.from}${others}). ` +
         'Give a smaller SIZE, free memory, or drop prealloc=on (pages are then made as they are written)',
     );
   }
-  // mode 0: allocate, and grow nothing (the memfd is already SIZE bytes and sealed at that size).
-  const r = native.fsFallocate(fd, 0, 0, size);
-  if (r < 0) {
+  const flag = new Int32Array(new SharedArrayBuffer(4));
+  const job = { fd, size };
+  const done = native.preallocPages(fd, size, flag);
+  underWay.add(job);
+  void done.then(
+    () => underWay.delete(job),
+    () => underWay.delete(job),
+  );
+  const said = done.catch((e: unknown) => {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ECANCELED') throw new PageMakingCancelled(`${what}: page making stopped (the device was removed)`);
+    const n = (e as NodeJS.ErrnoException).errno;
+    const short = n === OS.errno.ENOSPC || n === OS.errno.ENOMEM;
     throw new Error(
-      `${what}: making the disk's ${mib(size)} of pages failed: ${errnoText(-r)}` +
-        (-r === OS.errno.ENOSPC || -r === OS.errno.ENOMEM ? ' (not enough memory for it: give a smaller SIZE, free memory, or drop prealloc=on)' : ''),
+      `${what}: making the disk's ${mib(size)} of pages failed: ${(e as NodeJS.ErrnoException).syscall ?? 'preallocPages'}: ${code ?? errnoText(n ?? 0)}` +
+        (short ? ' (not enough memory for it: give a smaller SIZE, free memory, or drop prealloc=on)' : ''),
     );
-  }
+  });
+  return {
+    done: said,
+    cancel: () => {
+      Atomics.store(flag, 0, 1);
+      // It stops at its next chunk and its memfd is closed by its owner: nothing more to count.
+      underWay.delete(job);
+    },
+  };
 }

@@ -402,6 +402,43 @@ static napi_value memfd_add_seals(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// Makes a Mapping object own `base` (size bytes, mapped by the caller): registered with the fault
+// guard, unmapped by unmap() or the object's finalizer. On failure the pages are unmapped and an
+// exception is pending.
+static napi_value adopt_mapping(napi_env env, void *base, uint64_t size, size_t fault_unit) {
+  mapping *m = calloc(1, sizeof *m);
+  if (!m) {
+    munmap(base, (size_t)size);
+    return errno_thrown(env, "malloc", ENOMEM);
+  }
+  m->base = base;
+  m->size = size;
+  m->mapped = true;
+  m->guard = guard_register(base, (size_t)size, fault_unit);
+  if (m->guard < 0) {
+    munmap(base, (size_t)size);
+    free(m);
+    throw_plain(env, "ERR_MAPPING_LIMIT",
+                "mmap: this process already maps %d shared memory areas, the most its fault guard tracks",
+                GUARD_SLOTS);
+    return NULL;
+  }
+  addon_env *ae = get_addon_env(env);
+  napi_value ctor, ext, obj = NULL;
+  if (napi_get_reference_value(env, ae->mapping_ctor, &ctor) != napi_ok ||
+      napi_create_external(env, m, NULL, NULL, &ext) != napi_ok ||
+      napi_new_instance(env, ctor, 1, &ext, &obj) != napi_ok) {
+    if (!m->wrapped) { // otherwise the wrap's finalizer owns m
+      mapping_unguard(m);
+      munmap(base, (size_t)size);
+      free(m);
+    }
+    throw_napi(env, napi_generic_failure, "mmap: creating the Mapping object");
+    return NULL;
+  }
+  return obj;
+}
+
 static napi_value do_mmap(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int fd;
@@ -452,38 +489,178 @@ static napi_value do_mmap(napi_env env, napi_callback_info info) {
   if (guard_install_errno != 0) return errno_thrown(env, "sigaction(SIGBUS)", guard_install_errno);
   void *base = mmap(NULL, (size_t)size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, (off_t)off);
   if (base == MAP_FAILED) return errno_thrown(env, "mmap", errno);
-  mapping *m = calloc(1, sizeof *m);
-  if (!m) {
-    munmap(base, (size_t)size);
-    return errno_thrown(env, "malloc", ENOMEM);
-  }
-  m->base = base;
-  m->size = size;
-  m->mapped = true;
-  m->guard = guard_register(base, (size_t)size, fault_unit);
-  if (m->guard < 0) {
-    munmap(base, (size_t)size);
-    free(m);
-    throw_plain(env, "ERR_MAPPING_LIMIT",
-                "mmap: this process already maps %d shared memory areas, the most its fault guard tracks",
-                GUARD_SLOTS);
-    return NULL;
-  }
+  return adopt_mapping(env, base, size, fault_unit);
+}
 
-  addon_env *ae = get_addon_env(env);
-  napi_value ctor, ext, obj = NULL;
-  if (napi_get_reference_value(env, ae->mapping_ctor, &ctor) != napi_ok ||
-      napi_create_external(env, m, NULL, NULL, &ext) != napi_ok ||
-      napi_new_instance(env, ctor, 1, &ext, &obj) != napi_ok) {
-    if (!m->wrapped) { // otherwise the wrap's finalizer owns m
-      mapping_unguard(m);
-      munmap(base, (size_t)size);
-      free(m);
+// --- preallocPages: a memory disk's pages made off the main thread -------------------------
+//
+// fallocate(2) of a memfd and MADV_POPULATE_WRITE over its mapping cost ~1.3 s per GiB here (a
+// fresh tmpfs page is microseconds to make), and the daemon's one event loop serves every
+// tenant's vhost-user messages and management calls: done there, one tenant's prealloc=on disk
+// would stall all the others. So both run as N-API async work on libuv's threadpool.
+// Why not io_uring (uring.c): the ring is the I/O path's, owned by the thread that submits on it,
+// and has an IORING_OP_FALLOCATE but no populate of a mapping (IORING_OP_MADVISE goes to io-wq
+// and populate is not among the advice it is documented to take); a threadpool job does both
+// steps with plain system calls and reports one outcome. It holds one of the pool's threads
+// (4 by default) for the duration, which Node's own fs calls share: bounded by one job per disk
+// being added.
+//
+// The job owns what it touches until it ends: a dup of the memfd (the caller may close its fd
+// at any time, e.g. a device-del) and the mapping it makes itself, which becomes a Mapping
+// object only when the job is done (nobody can unmap it under the populate). The caller cancels
+// by storing non-zero into cell 0 of an Int32Array over a SharedArrayBuffer (a buffer that
+// cannot be detached, held by a reference until the job ends); the work checks it between
+// chunks, unmaps, and rejects with ECANCELED.
+#define PREALLOC_CHUNK ((uint64_t)64 << 20)
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref cancel_ref;
+  _Atomic int32_t *cancel;
+  int fd;
+  uint64_t size;
+  size_t fault_unit;
+  void *base; // set once mapped; NULL again if the work unmapped it
+  int err;    // 0, or the errno of the step that failed
+  const char *step;
+} prealloc_job;
+
+static bool prealloc_cancelled(prealloc_job *j) {
+  return atomic_load_explicit(j->cancel, memory_order_acquire) != 0;
+}
+
+static void prealloc_execute(napi_env env, void *data) {
+  prealloc_job *j = data;
+  for (uint64_t off = 0; off < j->size; off += PREALLOC_CHUNK) {
+    if (prealloc_cancelled(j)) {
+      j->err = ECANCELED, j->step = "fallocate";
+      return;
     }
-    throw_napi(env, napi_generic_failure, "mmap: creating the Mapping object");
+    uint64_t len = j->size - off < PREALLOC_CHUNK ? j->size - off : PREALLOC_CHUNK;
+    int r;
+    // mode 0: allocate, and grow nothing (the memfd is already SIZE bytes and sealed at that size).
+    do r = fallocate(j->fd, 0, (off_t)off, (off_t)len);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      j->err = errno, j->step = "fallocate";
+      return;
+    }
+  }
+  void *base = mmap(NULL, (size_t)j->size, PROT_READ | PROT_WRITE, MAP_SHARED, j->fd, 0);
+  if (base == MAP_FAILED) {
+    j->err = errno, j->step = "mmap";
+    return;
+  }
+  for (uint64_t off = 0; off < j->size; off += PREALLOC_CHUNK) {
+    uint64_t len = j->size - off < PREALLOC_CHUNK ? j->size - off : PREALLOC_CHUNK;
+    int r = 0;
+    if (prealloc_cancelled(j)) r = -1, errno = ECANCELED;
+    else {
+      do r = madvise((uint8_t *)base + off, (size_t)len, MADV_POPULATE_WRITE);
+      while (r < 0 && errno == EINTR);
+    }
+    if (r < 0) {
+      j->err = errno, j->step = "madvise(MADV_POPULATE_WRITE)";
+      munmap(base, (size_t)j->size);
+      return;
+    }
+  }
+  j->base = base;
+}
+
+static void prealloc_complete(napi_env env, napi_status status, void *data) {
+  prealloc_job *j = data;
+  close(j->fd);
+  napi_value result = NULL;
+  bool ok = false;
+  if (status != napi_ok && j->err == 0) j->err = ECANCELED, j->step = "preallocPages"; // the environment is going away
+  if (j->err != 0) {
+    if (j->base) munmap(j->base, (size_t)j->size);
+    throw_errno(env, j->step, j->err);
+  } else {
+    result = adopt_mapping(env, j->base, j->size, j->fault_unit); // unmaps on failure
+    ok = result != NULL;
+  }
+  if (!ok) napi_get_and_clear_last_exception(env, &result);
+  if (ok) napi_resolve_deferred(env, j->deferred, result);
+  else napi_reject_deferred(env, j->deferred, result);
+  napi_delete_reference(env, j->cancel_ref);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+// preallocPages(fd, size, cancel: Int32Array over a SharedArrayBuffer) -> Promise<Mapping>
+static napi_value prealloc_pages(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  uint64_t size;
+  if (!get_args(env, info, 3, 3, argv, NULL, "preallocPages") || !get_fd(env, argv[0], "preallocPages", "fd", &fd) ||
+      !get_u64(env, argv[1], "preallocPages", "size", &size))
+    return NULL;
+  if (size == 0 || size > (uint64_t)SAFE_INT_MAX) {
+    throw_range(env, "preallocPages: size %llu is out of range; it must be in [1, 2^53-1]", (unsigned long long)size);
     return NULL;
   }
-  return obj;
+  bool is_ta = false;
+  napi_typedarray_type ta_type;
+  size_t ta_len = 0;
+  void *ta_data = NULL;
+  napi_value ab;
+  bool is_sab = false;
+  if (napi_is_typedarray(env, argv[2], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, argv[2], &ta_type, &ta_len, &ta_data, &ab, NULL) != napi_ok ||
+      ta_type != napi_int32_array || ta_len < 1 || napi_is_arraybuffer(env, ab, &is_sab) != napi_ok || is_sab) {
+    // napi_is_arraybuffer is false for a SharedArrayBuffer: a plain (detachable) one is refused.
+    throw_type(env, "preallocPages: cancel must be an Int32Array over a SharedArrayBuffer (a buffer that cannot be detached)");
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) return errno_thrown(env, "fstat", errno);
+  if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < size) {
+    throw_plain(env, "ERR_MAPPING_BEYOND_FILE", "preallocPages: the fd is not a regular file of at least %llu bytes",
+                (unsigned long long)size);
+    return NULL;
+  }
+  size_t fault_unit = (size_t)sysconf(_SC_PAGESIZE);
+  struct statfs sf;
+  if (fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC) fault_unit = (size_t)sf.f_bsize;
+  pthread_once(&guard_once, guard_install);
+  if (guard_install_errno != 0) return errno_thrown(env, "sigaction(SIGBUS)", guard_install_errno);
+  prealloc_job *j = calloc(1, sizeof *j);
+  if (!j) return errno_thrown(env, "malloc", ENOMEM);
+  j->cancel = (_Atomic int32_t *)ta_data;
+  j->size = size;
+  j->fault_unit = fault_unit;
+  j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (j->fd < 0) {
+    int e = errno;
+    free(j);
+    return errno_thrown(env, "fcntl(F_DUPFD_CLOEXEC)", e);
+  }
+  napi_value promise, name;
+  if (napi_create_reference(env, argv[2], 1, &j->cancel_ref) != napi_ok) goto fail;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) goto fail_ref;
+  if (napi_create_string_utf8(env, "vhost-wasm:preallocPages", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, prealloc_execute, prealloc_complete, j, &j->work) != napi_ok)
+    goto fail_promise;
+  if (napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_delete_async_work(env, j->work);
+    goto fail_promise;
+  }
+  return promise;
+fail_promise : {
+  // The promise is returned to nobody: settle it so it is not left pending for ever.
+  napi_value u = make_undefined(env);
+  napi_reject_deferred(env, j->deferred, u);
+}
+fail_ref:
+  napi_delete_reference(env, j->cancel_ref);
+fail:
+  close(j->fd);
+  free(j);
+  throw_napi(env, napi_generic_failure, "preallocPages: queueing the work");
+  return NULL;
 }
 
 bool init_mapping(napi_env env, napi_value exports, addon_env *ae) {
@@ -503,5 +680,6 @@ bool init_mapping(napi_env env, napi_value exports, addon_env *ae) {
   };
   return napi_define_properties(env, exports, 1, props) == napi_ok && set_fn(env, exports, "mmap", do_mmap) &&
          set_fn(env, exports, "memoryFdInfo", memory_fd_info) && set_fn(env, exports, "memfdAddSeals", memfd_add_seals) &&
-         set_fn(env, exports, "mappingFaultCount", mapping_fault_count);
+         set_fn(env, exports, "mappingFaultCount", mapping_fault_count) &&
+         set_fn(env, exports, "preallocPages", prealloc_pages);
 }

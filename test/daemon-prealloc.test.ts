@@ -1,0 +1,151 @@
+// A prealloc=on memory disk added to a running daemon (`ctl add --storage memory:SIZE,prealloc=on`)
+// has its pages made off the main thread: while they are made, the device is listed as
+// "preparing" and has no socket, and every other device keeps being served (management calls
+// and an rng request are answered). Then it serves with all its pages there. A `ctl del` while
+// its pages are made stops the add cleanly: the add fails saying why, the daemon lives on, and
+// the disk's memfd and mapping are gone from the daemon (its memory given back).
+//
+// The disk is 2 GiB: making its pages takes seconds here (~1.3 s per GiB), many times a control
+// round trip, so "preparing" is seen; what is asserted are orderings (answered while still
+// preparing), never durations.
+import test from 'ava';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO } from './helpers/host-process.ts';
+import { randomFrom } from './helpers/device-checks.ts';
+import { ctl, startDaemonWith, type CtlResult, type DaemonProcess } from './helpers/daemon-process.ts';
+import { request } from '../host/cli/ctl.ts';
+import { BlkDevice } from '../host/frontend/blk.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1, FRONTEND_PROTOCOL_FEATURES } from '../host/frontend/driver.ts';
+import type { MethodResults } from '../host/daemon/methods.ts';
+
+const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
+const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const GIB = 2 ** 30;
+const SIZE = 2 * GIB;
+
+let dir: string;
+let daemon: DaemonProcess;
+const sock = (name: string) => join(dir, `${name}.sock`);
+const control = () => sock('control');
+
+test.before(async () => {
+  const avail = Number(/^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
+  if (avail < 2 * SIZE) throw new Error(`this test commits a ${SIZE / GIB} GiB disk and needs twice that available; MemAvailable is ${(avail / GIB).toFixed(1)} GiB`);
+  dir = mkdtempSync(join(tmpdir(), 'daemon-prealloc-'));
+  daemon = await startDaemonWith(dir, {
+    control: 'control.sock',
+    devices: [{ id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, start: 'eager', limits: { callDeadlineMs: 10_000 } }],
+  });
+});
+
+test.after.always(async () => {
+  if (daemon && daemon.child.exitCode === null) daemon.child.kill('SIGKILL');
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** One management call over the control socket (what ctl sends), its result. */
+async function call<M extends keyof MethodResults>(method: M, params: Record<string, unknown> = {}): Promise<MethodResults[M]> {
+  const r = await request(control(), method, params);
+  if ('error' in r) throw new Error(`${method}: ${r.error.message}`);
+  return r.result as MethodResults[M];
+}
+
+async function stateOf(id: string): Promise<string | undefined> {
+  return (await call('device-list')).devices.find((d) => d.id === id)?.state;
+}
+
+/** The daemon's memory disk memfds: [fd, bytes of pages it holds]. */
+function diskMemfds(): Array<[string, number]> {
+  const fdDir = `/proc/${daemon.child.pid}/fd`;
+  const out: Array<[string, number]> = [];
+  for (const fd of readdirSync(fdDir)) {
+    try {
+      if (readlinkSync(join(fdDir, fd)).startsWith('/memfd:vhost-wasm-memory-disk')) out.push([fd, statSync(join(fdDir, fd)).blocks * 512]);
+    } catch {
+      // closed while we looked
+    }
+  }
+  return out;
+}
+
+/** Mappings of a memory disk in the daemon (/proc/PID/maps lines). */
+function diskMappings(): string[] {
+  return readFileSync(`/proc/${daemon.child.pid}/maps`, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('memfd:vhost-wasm-memory-disk'));
+}
+
+/** `ctl add` of a blk device (its worker started at once, or on connect: both wait for the pages) with a 2 GiB prealloc=on disk, not awaited; resolves once the daemon lists it as preparing (or the add ended first). */
+async function addBig(id: string, start: 'eager' | 'on-connect'): Promise<{ added: Promise<CtlResult>; seenPreparing: boolean }> {
+  const added = ctl(['--control', control(), 'add', '--id', id, '--socket', sock(id), '--plugin', blk, '--storage', `memory:${SIZE},prealloc=on`, '--start', start]);
+  let ended = false;
+  void added.then(() => (ended = true));
+  for (;;) {
+    const state = await stateOf(id);
+    if (state === 'preparing') return { added, seenPreparing: true };
+    if (ended) return { added, seenPreparing: false };
+  }
+}
+
+test.serial('while a device\'s prealloc=on disk gets its pages, other devices are served and it has no socket; then it serves with every page made', async (t) => {
+  const { added, seenPreparing } = await addBig('big', 'eager');
+  t.true(seenPreparing, 'the daemon answered device-list while the big disk\'s pages were being made, listing it as preparing');
+  // Another tenant's management call and an rng request are answered meanwhile...
+  t.like((await call('device-stats', { id: 'r' })).devices[0], { id: 'r', state: 'idle' });
+  await randomFrom(sock('r'));
+  const listing = await ctl(['--control', control(), 'list']);
+  t.is(listing.code, 0, listing.stderr);
+  t.regex(listing.stdout, /^r\s.*\bidle\b/m);
+  t.regex(listing.stdout, /^big\s.*\bpreparing\b.*\(making its disk's pages\)/m);
+  // ... while the big device is still preparing, with no socket a front-end could reach.
+  t.is(await stateOf('big'), 'preparing', 'still preparing after the other device was served');
+  t.false(existsSync(sock('big')), 'no socket before the pages exist');
+
+  const r = await added;
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /added big/);
+  t.is(await stateOf('big'), 'idle');
+  const disks = diskMemfds();
+  t.is(disks.length, 1);
+  t.is(disks[0][1], SIZE, 'every page of the disk exists before anything was written');
+
+  const fe = await VhostUserFrontend.connect(sock('big'), {
+    memoryBytes: 4 << 20,
+    queues: [64],
+    features: 1n << BigInt(VIRTIO_F_VERSION_1),
+    protocolFeatures: FRONTEND_PROTOCOL_FEATURES,
+  });
+  try {
+    const dev = new BlkDevice(fe.queues[0]);
+    const last = SIZE / 512 - 8;
+    await dev.write(last, Buffer.alloc(4096, 'z'));
+    t.deepEqual(Buffer.from(await dev.read(last, 4096)), Buffer.alloc(4096, 'z'), 'the last 4 KiB of the disk read back');
+  } finally {
+    await fe.close();
+  }
+  const del = await ctl(['--control', control(), 'del', 'big']);
+  t.is(del.code, 0, del.stderr);
+  t.deepEqual(diskMemfds(), []);
+});
+
+test.serial('ctl del while the pages are being made: the add fails saying so, the daemon lives on, the disk\'s memory is given back', async (t) => {
+  const { added, seenPreparing } = await addBig('gone', 'on-connect');
+  t.true(seenPreparing, 'listed as preparing');
+  const del = await ctl(['--control', control(), 'del', 'gone']);
+  t.is(del.code, 0, del.stderr);
+  const r = await added;
+  t.is(r.code, 1, `the add is refused: ${r.stdout}`);
+  t.regex(r.stderr, /removed while its memory disk's pages were being made|page making stopped/);
+  // Nothing of it is left: no listing, no socket, no memfd and no mapping of its disk in the daemon.
+  t.is(await stateOf('gone'), undefined);
+  t.false(existsSync(sock('gone')));
+  t.deepEqual(diskMemfds(), [], 'the disk\'s memfd is closed');
+  t.deepEqual(diskMappings(), [], 'the disk is mapped nowhere in the daemon');
+  t.is(daemon.child.exitCode, null);
+  await randomFrom(sock('r'));
+  // The same id can be added again (nothing of the first attempt holds it).
+  const again = await ctl(['--control', control(), 'add', '--id', 'gone', '--socket', sock('gone'), '--plugin', blk, '--storage', 'memory:1M,prealloc=on']);
+  t.is(again.code, 0, again.stderr);
+});
