@@ -314,7 +314,11 @@ export interface Native extends NativeFs {
 
   // ---- io_uring (host/native/src/uring.c) ----
   /** A new ring for the calling thread with `entries` submission entries (1..4096). */
-  uringCreate(entries: number): Uring;
+  /**
+   * deferTaskrun (default true): try SINGLE_ISSUER + DEFER_TASKRUN (a kernel that refuses them
+   * gives a plain ring); false: a plain ring (host/io/uring-setup.ts decides by kernel release).
+   */
+  uringCreate(entries: number, deferTaskrun?: boolean): Uring;
   /** Size and O_DIRECT alignment of an open regular file or block device. */
   backingInfo(fd: number): BackingInfo;
   /** fallocate mode flags for Uring.fallocate (linux/falloc.h). */
