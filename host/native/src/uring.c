@@ -46,7 +46,6 @@ typedef struct uring {
   bool wrapped; // once wrapped, the wrap's finalizer owns the struct
   bool hook_registered;
   bool defer; // IORING_SETUP_DEFER_TASKRUN: completions are posted only when reap() enters the ring
-  bool posted; // defer: reap()'s last io_uring_enter posted completions (see reap)
   int event_fd;
   uint32_t entries, capacity, inflight;
   op *ops;
@@ -346,21 +345,13 @@ static napi_value uring_reap(napi_env env, napi_callback_info info) {
   // One io_uring_enter for both directions: hand over what is queued and, under DEFER_TASKRUN,
   // run the completions' task work so their CQEs are posted. Skipped when there is neither
   // (the kernel sets IORING_SQ_TASKRUN while work waits).
-  // Under DEFER_TASKRUN the eventfd says that task work was queued (kernel commit 21a091b970cd,
-  // "io_uring: signal registered eventfd to process deferred task work", merged with the flag
-  // itself for 6.1-rc1), and IORING_SQ_TASKRUN that some waits. Neither is relied on to say
-  // that work is still left after an enter: a kernel may run it in batches (IO_LOCAL_TW_DEFAULT_MAX
-  // in newer io_uring/tw.h), and the eventfd fires when the work list goes from empty to not
-  // empty, not for what a batch left. So an enter that posted completions while operations
-  // remain in flight is followed by another on the next reap() (the caller reaps until 0):
-  // one more io_uring_enter per wake-up, and no completion waits for a wake-up that never comes.
-  bool taskrun = u->defer && ((IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN) || (u->posted && u->inflight > 0));
-  u->posted = false;
-  if (io_uring_sq_ready(&u->ring) > 0 || taskrun) {
-    unsigned ready = io_uring_cq_ready(&u->ring);
+  // Under DEFER_TASKRUN the eventfd fires when task work is queued, not only when a completion
+  // is posted (kernel commit 21a091b970cd, "io_uring: signal registered eventfd to process
+  // deferred task work", merged with the flag itself for 6.1-rc1; host/io/uring-setup.ts asks
+  // for the flag only from 6.1 on), so a wake-up always finds the work this enter runs.
+  if (io_uring_sq_ready(&u->ring) > 0 || (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN))) {
     int r = io_uring_submit_and_get_events(&u->ring);
     if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return errno_thrown(env, "io_uring_enter", -r);
-    u->posted = u->defer && io_uring_cq_ready(&u->ring) > ready;
   }
   while (got < max) {
     struct io_uring_cqe *cqe;
