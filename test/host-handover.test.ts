@@ -7,7 +7,8 @@
 // in the middle leave the old host serving its front-end.
 // HANDOVER_PHASES=1 logs where each handover's time went (both hosts' log lines).
 import test from 'ava';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
@@ -22,6 +23,7 @@ import { RngPump } from './helpers/rng-pump.ts';
 import { FuseClient, fhOfOpen, nodeOf, O, LK, lkIn } from './helpers/fuse.ts';
 import { hostTryLock } from './helpers/host-lock.ts';
 import { sendFramed } from '../host/server/handover-wire.ts';
+import { MAX_CARRIED_LOCK_FDS } from '../host/session/lock-carry.ts';
 import { encodeRequest } from '../host/protocol/codec.ts';
 import { Req } from '../host/protocol/requests.ts';
 
@@ -571,6 +573,95 @@ test.serial('fs: the guest\'s file locks move with a live handover (their descri
   t.is((await c.req(32, data, lk(other, 8n, 0))).error, 0, 'then another owner gets it');
   t.is((await c.req(32, data, lk(fl, 9n, 2, true))).error, 0);
   t.is(hostTry('fl', 'flock'), 'locked', 'the flock let go on the new host');
+});
+
+/** A process's fds that name files under `dir`, as their targets (sorted): which descriptions it holds there. */
+function fdsUnder(pid: number, under: string): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const to = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      if (to.startsWith(`${under}/`)) out.push(to);
+    } catch {
+      // closed while reading
+    }
+  }
+  return out.sort();
+}
+
+/** Whether a flock through `fd` (handed to a python child as its fd 3) is granted at once. */
+function flockThrough(fd: number): 'locked' | 'busy' {
+  const code = `import fcntl\ntry:\n  fcntl.flock(3,fcntl.LOCK_EX|fcntl.LOCK_NB); print('locked')\nexcept OSError: print('busy')`;
+  return spawnSync('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'inherit', fd], encoding: 'utf8' }).stdout.trim() as 'locked' | 'busy';
+}
+
+test.serial('fs: the lock fds a handover sends are the lock-holding descriptions, owned by the handover: the old host holds no more fds after a failed handover, the new host no more than the old one after a successful one', async (t) => {
+  const share = realpathSync(mkdtempSync(join(dir, 'share-')));
+  writeFileSync(join(share, 'data'), 'locked');
+  writeFileSync(join(share, 'fl'), 'flocked');
+  const args = ['--plugin', fsPlugin, '--shared-dir', share];
+  const old = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0);
+  const data = nodeOf(await c.lookup(1n, 'data'));
+  const fh = fhOfOpen(await c.open(data, O.RDWR));
+  const fl = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'fl')), O.RDONLY));
+  t.is((await c.req(32, data, lkIn(fh, 7n, 0n, LK.END, 1, 42))).error, 0);
+  t.is((await c.req(32, data, lkIn(fl, 9n, 0n, LK.END, 1, 42, true))).error, 0);
+  const before = fdsUnder(old.child.pid!, share);
+  t.true(before.includes(join(share, 'data')) && before.includes(join(share, 'fl')), before.join(', '));
+
+  // This test process plays a new host that takes the stop message (state memfd, lock fds) and dies.
+  const fake = await fakeNewHost(join(dir, 'fake-new-host.sock'));
+  await fake.drain();
+  t.is(fake.say('session'), 8);
+  await fake.drain();
+  t.is(fake.say('stop'), 5);
+  const stopped = await fake.drain();
+  const lockFds = stopped.fds.slice(1);
+  const targets = lockFds.map((fd) => readlinkSync(`/proc/self/fd/${fd}`)).sort();
+  t.deepEqual([...new Set(targets)], [join(share, 'data'), join(share, 'fl')], 'the lock fds name the locked files');
+  t.is(hostTryLock(join(share, 'fl'), 'flock'), 'busy', 'a fresh open of fl is refused the flock');
+  const flFd = lockFds.find((fd) => readlinkSync(`/proc/self/fd/${fd}`) === join(share, 'fl'))!;
+  t.is(flockThrough(flFd), 'locked', 'the fd sent for fl is the description holding the flock');
+  fake.close();
+  const [a] = (await fake.answer) as { error?: { message: string } }[];
+  t.regex(a.error!.message, /the new host went away before it served the device/);
+  t.regex(old.log(), /host handover undone: the session runs on in this host/);
+  t.deepEqual(fdsUnder(old.child.pid!, share), before, 'the old host holds the same descriptions as before the failed handover (the duplicates it sent are closed)');
+
+  const next = await host([...args, '--take-over', '--take-over-mode', 'live']);
+  t.is(await exitOf(old), 0, old.log());
+  t.regex(next.log(), /the session carries on here without a reconnect/);
+  t.deepEqual(fdsUnder(next.child.pid!, share), before, 'the new host holds what the old one did (the fds that came with the stop message are closed)');
+  t.is(hostTryLock(join(share, 'fl'), 'flock'), 'busy', 'the flock is still held');
+});
+
+test.serial('fs: a guest holding locks through more descriptions than a handover carries is refused before its rings stop, with the reason', async (t) => {
+  const share = realpathSync(mkdtempSync(join(dir, 'share-')));
+  writeFileSync(join(share, 'data'), 'locked');
+  const args = ['--plugin', fsPlugin, '--shared-dir', share];
+  const old = await host(args);
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0);
+  const data = nodeOf(await c.lookup(1n, 'data'));
+  const fh = fhOfOpen(await c.open(data, O.RDONLY));
+  // A read lock per owner: one description each in the share; with the open file's own, one more than a handover carries.
+  for (let owner = 1n; owner <= BigInt(MAX_CARRIED_LOCK_FDS); owner++) {
+    const e = (await c.req(32, data, lkIn(fh, owner, 0n, LK.END, 0, 42))).error;
+    if (e !== 0) return t.fail(`owner ${owner}: SETLK answered ${e}`);
+  }
+  const r = await runCli(['--socket-path', sock, ...args, '--take-over', '--take-over-mode', 'live']);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, new RegExp(`held through ${MAX_CARRIED_LOCK_FDS + 1} host descriptions .*at most ${MAX_CARRIED_LOCK_FDS}`));
+  t.notRegex(old.log(), /restart where they stopped/, 'no ring stopped');
+  t.notRegex(old.log(), /session stopped for a host handover/);
+  t.is(old.child.exitCode, null);
+  t.is((await c.req(32, data, lkIn(fh, 1n, 0n, LK.END, 2, 42))).error, 0, 'the old host serves on');
 });
 
 test.serial('--take-over-mode: auto, live or socket, and only with --take-over', async (t) => {

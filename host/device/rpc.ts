@@ -2,6 +2,7 @@
 // request: ring setup, fd hand-offs, config access, stop, state transfer. Fds cross as numbers:
 // they are process-wide, and the main thread stays their owner (see worker-client.ts).
 
+import type { LockCarryWire } from '../fs/lock-carry-wire.ts';
 import type { NetInit } from '../net/link.ts';
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
@@ -146,6 +147,13 @@ export const deviceWorkerOps = {
   instanceBound: op<() => string | null>(),
   /** Rings stopped: the device's upgrade-only sections (a share's locks), whole, for a live plugin upgrade or host handover. */
   carrySections: op<() => CarriedSection[]>(),
+  /**
+   * A host handover, rings stopped: a share's locks in wire form (host/fs/lock-carry-wire.ts)
+   * with duplicates of their fds taken now, which the caller owns and must close; null without locks.
+   */
+  lockCarry: op<() => LockCarryWire | null>(),
+  /** Before a host handover's stop (rings paused): how many fds and bytes lockCarry would carry now. */
+  lockCarrySize: op<() => { fds: number; bytes: number }>(),
   /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */
   ringSnapshot: op<() => RingSnapshot[]>(),
   // Device-state transfer (SET_DEVICE_STATE_FD) and dirty logging (SET_LOG_BASE, LOG_ALL).

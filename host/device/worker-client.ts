@@ -15,6 +15,7 @@
 // device as a whole: the others are halted (or terminated, when a thread died), and the
 // front-end sees one NEEDS_RESET.
 
+import type { LockCarryWire } from '../fs/lock-carry-wire.ts';
 import type { DeviceInfo } from './device.ts';
 import type { CarriedSection, DeviceSource, DeviceWorkerApi, LogStatus, RegionMsg, RingSnapshot, StateBeginInfo, StateReadResult, VringAddrMsg, WorkerStatus } from './rpc.ts';
 import { ownCopy, type Remote } from './typed-rpc.ts';
@@ -301,6 +302,14 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
 
   carrySections(): Promise<CarriedSection[]> {
     return this.threads[0].carrySections();
+  }
+
+  lockCarry(): Promise<LockCarryWire | null> {
+    return this.threads[0].lockCarry();
+  }
+
+  lockCarrySize(): Promise<{ fds: number; bytes: number }> {
+    return this.threads[0].lockCarrySize();
   }
 
   async ringSnapshot(): Promise<RingSnapshot[]> {

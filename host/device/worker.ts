@@ -18,6 +18,9 @@ import { DeviceNet } from '../net/device-net.ts';
 import { warmUp } from './warm-up.ts';
 import { upgradeStart, upgradeStop, type UpgradeInflight, type UpgradeRingStart } from './upgrade-steps.ts';
 import { REQUEST_METER_BYTES } from '../metrics/request-meter.ts';
+import { native } from '../native/index.ts';
+import { LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
+import { lockCarryWire } from '../fs/lock-carry-wire.ts';
 
 // A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
 // booted before any device asked for it, gets it as its first message.
@@ -137,6 +140,18 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   ringSnapshot() { return this.runner.ringSnapshot(); }
   instanceBound() { return this.runner.instanceBound(); }
   carrySections() { return this.runner.upgradeCarry(); }
+  lockCarry() {
+    const s = this.runner.upgradeCarry().find((c) => c.id === LOCK_HANDOFF_SECTION_ID);
+    return s ? lockCarryWire(s.bytes, (fd) => native.dup(fd), (fds) => { for (const fd of fds) native.close(fd); }) : null;
+  }
+  lockCarrySize() {
+    // Rings paused, not stopped (sectionRead wants them stopped): the share's description read
+    // directly. Only counted: the authority is lockCarry's, after the stop.
+    const s = this.runner.device.upgradeSections?.().find((x) => x.id === LOCK_HANDOFF_SECTION_ID);
+    const size = s ? s.size() : 0;
+    const w = s && size > 0 ? lockCarryWire(s.read(0, size)) : null;
+    return w ? { fds: w.fds.length, bytes: w.handoff.length } : { fds: 0, bytes: 0 };
+  }
   upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
   upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) { return upgradeStart(this.runner, offset, chunk, rings, inflight, carried); }
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {

@@ -5,6 +5,7 @@
 // tmpfs; nothing -> SyncExecutor. Where io_uring is not
 // available (a kernel without it, io_uring_disabled, a seccomp filter) the file is served by
 // the SyncExecutor, and the log says so and why: one request at a time is a different product.
+import { release } from 'node:os';
 import { statfsSync } from 'node:fs';
 import { errnoCode, native } from '../native/index.ts';
 import type { Logger } from '../log/logger.ts';
@@ -75,7 +76,7 @@ export function chooseExecutor(table: BackingTable, log: Logger): ExecutorChoice
       const t = target(0) as UringTarget;
       log.debug(`storage I/O on ${storage.describe}: ${t.inline ? 'tmpfs: pread/pwrite in turn (io_uring would punt every read to a kernel thread)' : 'io_uring'}${storage.directAlign > 0 ? `, O_DIRECT (${storage.directAlign}-byte blocks)` : ''}`);
       // Not silent: the same results, but each completion interrupts the worker thread again.
-      if (!t.inline && !executor.deferTaskrun) log.info(`storage I/O on ${storage.describe}: this kernel refused io_uring's SINGLE_ISSUER/DEFER_TASKRUN (Linux 6.1 on): a plain ring, completions cost more CPU`);
+      if (!t.inline && !executor.deferTaskrun) log.info(`storage I/O on ${storage.describe}: io_uring's SINGLE_ISSUER/DEFER_TASKRUN not used (kernel ${release()}: before 6.1, or it refused them; see host/io/uring-setup.ts): a plain ring, completions cost more CPU`);
       return { executor, kind: 'io_uring' };
     } catch (e) {
       const why = `${errnoCode(e) ?? 'error'}: ${(e as Error).message}`;

@@ -22,7 +22,8 @@
 // instead. drain() waits everything out with real results (a ring stop or remap must not fail
 // I/O that would finish); close() cancels what is still in the kernel.
 import { fdatasyncSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
+import { constants as osConstants, release } from 'node:os';
+import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
@@ -316,7 +317,7 @@ export class UringExecutor implements IoExecutor {
   constructor(options: UringExecutorOptions) {
     this.target = options.target;
     this.logIoError = options.logIoError ?? (() => {});
-    this.ring = native.uringCreate(options.entries ?? 128);
+    this.ring = native.uringCreate(options.entries ?? 128, deferTaskrunFits(release()));
     this.reaped = new Float64Array(2 * this.ring.capacity);
     this.slots = new Array(this.ring.capacity);
     this.freeSlots = Array.from({ length: this.ring.capacity }, (_, i) => this.ring.capacity - 1 - i);

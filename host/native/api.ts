@@ -117,8 +117,8 @@ export interface Uring {
    */
   readonly eventFd: number;
   /**
-   * The kernel took SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1 on); false: it refused them and
-   * this is a plain ring (same results, completion work interrupts the thread), for the log.
+   * The kernel took SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1 on); false: they were not asked
+   * for (uringCreate's deferTaskrun) or the kernel refused them, and this is a plain ring (same results, completion work interrupts the thread), for the log.
    */
   readonly deferTaskrun: boolean;
   /** Operations queued and not yet reaped. */
@@ -322,8 +322,12 @@ export interface Native extends NativeFs {
   readonly crc32cImpl: 'sse4.2' | 'table';
 
   // ---- io_uring (host/native/src/uring.c) ----
-  /** A new ring for the calling thread with `entries` submission entries (1..4096). */
-  uringCreate(entries: number): Uring;
+  /**
+   * A new ring for the calling thread with `entries` submission entries (1..4096).
+   * deferTaskrun (default true): try SINGLE_ISSUER + DEFER_TASKRUN (a kernel that refuses them
+   * gives a plain ring); false: a plain ring (host/io/uring-setup.ts decides by kernel release).
+   */
+  uringCreate(entries: number, deferTaskrun?: boolean): Uring;
   /** Size and O_DIRECT alignment of an open regular file or block device. */
   backingInfo(fd: number): BackingInfo;
   /** fallocate mode flags for Uring.fallocate (linux/falloc.h). */

@@ -35,7 +35,7 @@ import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
 import { LIVE_RECORD_VERSION, type FdRef, type LiveSessionRecord, type LiveStop } from './handover-record.ts';
-import { carryLocks, takeLocks } from './lock-carry.ts';
+import { carryLocks, checkLockBounds, takeLocks } from './lock-carry.ts';
 import { LiveHandoverBusy, LiveHandoverRefused, loadStateFromMemfd, saveStateToMemfd, stateIdentity, stopForHandover, type LiveCapture } from './live-handover.ts';
 import type { FrontendRequest } from '../protocol/messages.ts';
 import { native } from '../native/index.ts';
@@ -351,6 +351,12 @@ export class BackendSession {
     };
     let stopped: Awaited<ReturnType<typeof stopForHandover>> | null = null;
     let stateFd: number | null = null;
+    // The worker's duplicates of the lock-holding fds (carryLocks): ours until resume or letGo.
+    let lockFds: number[] = [];
+    const closeLockFds = () => {
+      this.closeFds(lockFds);
+      lockFds = [];
+    };
     const capture: LiveCapture = {
       record,
       fds,
@@ -358,24 +364,27 @@ export class BackendSession {
       stop: async () => {
         const t0 = performance.now();
         capture.stoppedAt = t0;
-        const stop = await stopForHandover(worker, this.log);
+        // A guest over the carried-locks bounds is refused before its rings stop.
+        const stop = await stopForHandover(worker, this.log, () => checkLockBounds(worker));
         const tStopped = performance.now();
         let state: { fd: number; bytes: number } | null = null;
         let carried: Awaited<ReturnType<typeof carryLocks>> = null;
         try {
           state = await saveStateToMemfd(worker, identity, this.log);
           // A virtio-fs guest's locks: their descriptions go beside the state (the share keeps its fds).
-          carried = await carryLocks(worker);
+          carried = await carryLocks(worker, (fds) => this.closeFds(fds));
           // The back-end request channel moves too: nothing may be half sent on it, nor a reply awaited.
           await this.backend.hold(1000);
         } catch (e) {
           if (state) this.closeFds([state.fd]);
+          if (carried) this.closeFds(carried.fds);
           this.backend.release();
           await stop.resume();
           throw e;
         }
         stopped = stop;
         stateFd = state.fd;
+        lockFds = carried?.fds ?? [];
         this.log.info(
           `session stopped for a host handover: rings ${stop.paused.join(', ') || '(none running)'} stopped, ${state.bytes} state bytes saved ` +
             `(${(performance.now() - t0).toFixed(1)} ms: rings ${(tStopped - t0).toFixed(1)}, state ${(performance.now() - tStopped).toFixed(1)})`,
@@ -386,6 +395,7 @@ export class BackendSession {
       resume: async () => {
         this.closeFds([stateFd]);
         stateFd = null;
+        closeLockFds();
         this.backend.release();
         await stopped?.resume();
         stopped = null;
@@ -400,6 +410,7 @@ export class BackendSession {
         this.closed = true;
         this.closeFds([stateFd]);
         stateFd = null;
+        closeLockFds();
         this.backend.close();
         this.channel.close('handed over to a new host process');
         this.log.info('session handed over to the new host process');

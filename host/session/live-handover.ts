@@ -43,7 +43,7 @@ export interface LiveCapture {
    * stays the capture's. Throws LiveHandoverBusy (requests held: the rings run again, stop() may
    * be tried again) or another error (the rings run again).
    */
-  /** lockFds: a virtio-fs guest's lock-holding fds (the share's: not to be closed by the caller), sent after the state memfd. */
+  /** lockFds: a virtio-fs guest's lock-holding descriptions (duplicates the capture owns and closes on resume or letGo: not to be closed by the caller), sent after the state memfd. */
   stop(): Promise<{ stop: LiveStop; stateFd: number; lockFds?: number[] }>;
   /** performance.now() when the rings began to stop (null before stop()). */
   stoppedAt: number | null;
@@ -63,13 +63,21 @@ export interface StoppedRings {
   resume(): Promise<void>;
 }
 
-/** Pauses the rings, refuses if the device holds requests, stops them (see the top of this file). */
-export async function stopForHandover(worker: DeviceWorker, log: Logger): Promise<StoppedRings> {
+/**
+ * Pauses the rings, refuses if the device holds requests, stops them (see the top of this file).
+ * `check` runs with the rings paused, before they stop: what it throws refuses the handover with
+ * the rings running again, so a guest never pauses for a stop that is refused afterwards.
+ */
+export async function stopForHandover(worker: DeviceWorker, log: Logger, check?: () => Promise<void>): Promise<StoppedRings> {
   const before = await worker.ringSnapshot();
   const paused = before.flatMap((r, i) => (r.started && r.enabled ? [i] : []));
   const started = before.flatMap((r, i) => (r.started ? [i] : []));
   const stopped: number[] = [];
-  const resume = () => resumeOld(worker, before, paused, stopped, log);
+  const resume = async () => {
+    // Said when rings had stopped: the guest paused for a handover that did not go ahead.
+    if (stopped.length > 0) log.info(`rings ${stopped.join(', ')} restart where they stopped: the host handover did not go ahead`);
+    await resumeOld(worker, before, paused, stopped, log);
+  };
   try {
     const [, snap] = await Promise.all([Promise.all(paused.map((i) => worker.ringEnable(i, false))), worker.ringSnapshot()]);
     const held = snap.reduce((n, r) => n + r.held, 0);
@@ -78,6 +86,7 @@ export async function stopForHandover(worker: DeviceWorker, log: Logger): Promis
     // locks move (host/session/lock-carry.ts) unless the new instance could not match them up.
     const bound = await worker.instanceBound();
     if (bound !== null) throw new LiveHandoverBusy(bound);
+    await check?.();
     stopped.push(...started);
     const bases = await Promise.all(started.map((i) => worker.ringStop(i)));
     return { before, paused, bases: new Map(started.map((i, k) => [i, bases[k]])), resume };

@@ -2,14 +2,14 @@
 // upgrades, handovers, migrations and stops"). The locks live on open file descriptions of the
 // old host (host/fs/locks.ts), so the descriptions themselves move: the old host reads its
 // share's lock handoff (host/fs/lock-handoff.ts) after the rings stopped and sends the fds that
-// hold the locks beside the state memfd (SCM_RIGHTS); the new host's share duplicates them
+// hold the locks beside the state memfd (SCM_RIGHTS), as duplicates its device worker took; the new host's share duplicates them
 // after the state's finish-load, before the old host lets go, so the locks never drop. A
 // handoff names fds by number in the process that wrote it: on the wire they are indexes into
 // the fds that came with the stop message, and the new host puts its own numbers back.
 import { Buffer } from 'node:buffer';
 import type { DeviceWorker } from '../device/worker-client.ts';
 import { LiveHandoverBusy } from './live-handover.ts';
-import { decodeLockHandoff, encodeLockHandoff, LOCK_HANDOFF_SECTION_ID, type LockHandoff } from '../fs/lock-handoff.ts';
+import { decodeLockHandoff, encodeLockHandoff, LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
 
 /** Lock-holding fds one handover carries at most (the wire takes 4096 fds in all). */
 export const MAX_CARRIED_LOCK_FDS = 1024;
@@ -23,28 +23,37 @@ export interface CarriedLocks {
 }
 
 
+function overBound(fds: number, bytes: number): string | null {
+  if (fds <= MAX_CARRIED_LOCK_FDS && bytes <= MAX_CARRIED_BYTES) return null;
+  return `the guest's locks are held through ${fds} host descriptions (${bytes} bytes to describe): a handover carries at most ${MAX_CARRIED_LOCK_FDS} (${MAX_CARRIED_BYTES} bytes); retry once the guest released some`;
+}
+
 /**
- * Old host, rings stopped: the locks to send and this process's fds to send with them (the
- * share keeps owning them), or null when the guest holds none.
+ * Old host, rings paused, before they stop: refuses (LiveHandoverBusy) a guest whose locks are
+ * over the bounds now, so the guest does not pause for a handover carryLocks would refuse.
+ * carryLocks checks again after the stop and is the authority.
  */
-export async function carryLocks(worker: DeviceWorker): Promise<{ locks: CarriedLocks; fds: number[] } | null> {
-  const section = (await worker.carrySections()).find((c) => c.id === LOCK_HANDOFF_SECTION_ID);
-  if (!section || section.bytes.length === 0) return null;
-  const h = decodeLockHandoff(section.bytes);
-  if (h.owners.length === 0 && h.flocked.length === 0) return null;
-  const fds: number[] = [];
-  const at = new Map<number, number>();
-  const index = (fd: number) => {
-    let i = at.get(fd);
-    if (i === undefined) at.set(fd, (i = fds.push(fd) - 1));
-    return i;
-  };
-  const wire: LockHandoff = { ...h, files: h.files.map((f) => ({ ...f, fd: index(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: index(o.fd) })) };
-  const bytes = encodeLockHandoff(wire);
-  if (fds.length > MAX_CARRIED_LOCK_FDS || bytes.length > MAX_CARRIED_BYTES) {
-    throw new LiveHandoverBusy(`the guest's locks are held through ${fds.length} host descriptions (${bytes.length} bytes to describe): a handover carries at most ${MAX_CARRIED_LOCK_FDS} (${MAX_CARRIED_BYTES} bytes); retry once the guest released some`);
+export async function checkLockBounds(worker: DeviceWorker): Promise<void> {
+  const { fds, bytes } = await worker.lockCarrySize();
+  const why = overBound(fds, bytes);
+  if (why !== null) throw new LiveHandoverBusy(why);
+}
+
+/**
+ * Old host, rings stopped: the locks to send and the fds to send with them, or null when the
+ * guest holds none. The fds are duplicates the device's worker took as the share described
+ * its locks (host/fs/lock-carry-wire.ts): the caller owns them and closes them whether they
+ * were sent or not.
+ */
+export async function carryLocks(worker: DeviceWorker, close: (fds: number[]) => void): Promise<{ locks: CarriedLocks; fds: number[] } | null> {
+  const w = await worker.lockCarry();
+  if (w === null) return null;
+  const why = overBound(w.fds.length, w.handoff.length);
+  if (why !== null) {
+    close(w.fds);
+    throw new LiveHandoverBusy(why);
   }
-  return { locks: { handoff: Buffer.from(bytes).toString('base64'), fds: fds.length }, fds };
+  return { locks: { handoff: Buffer.from(w.handoff).toString('base64'), fds: w.fds.length }, fds: w.fds };
 }
 
 /**

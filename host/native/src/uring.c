@@ -345,6 +345,10 @@ static napi_value uring_reap(napi_env env, napi_callback_info info) {
   // One io_uring_enter for both directions: hand over what is queued and, under DEFER_TASKRUN,
   // run the completions' task work so their CQEs are posted. Skipped when there is neither
   // (the kernel sets IORING_SQ_TASKRUN while work waits).
+  // Under DEFER_TASKRUN the eventfd fires when task work is queued, not only when a completion
+  // is posted (kernel commit 21a091b970cd, "io_uring: signal registered eventfd to process
+  // deferred task work", merged with the flag itself for 6.1-rc1; host/io/uring-setup.ts asks
+  // for the flag only from 6.1 on), so a wake-up always finds the work this enter runs.
   if (io_uring_sq_ready(&u->ring) > 0 || (u->defer && (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN))) {
     int r = io_uring_submit_and_get_events(&u->ring);
     if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return errno_thrown(env, "io_uring_enter", -r);
@@ -445,10 +449,14 @@ static void free_uring_env(napi_env env, void *data, void *hint) {
 }
 
 static napi_value uring_create(napi_env env, napi_callback_info info) {
-  napi_value argv[1], fn_self;
+  napi_value argv[2], fn_self;
   uint64_t entries;
-  if (!get_args(env, info, 1, 1, argv, &fn_self, "uringCreate")) return NULL;
+  bool want_defer = true;
+  if (!get_args(env, info, 2, 1, argv, &fn_self, "uringCreate")) return NULL;
   if (!get_u64(env, argv[0], "uringCreate", "entries", &entries)) return NULL;
+  napi_valuetype dt;
+  napi_typeof(env, argv[1], &dt);
+  if (dt != napi_undefined && !get_bool(env, argv[1], "uringCreate", "deferTaskrun", &want_defer)) return NULL;
   if (entries < 1 || entries > MAX_ENTRIES) {
     throw_range(env, "uringCreate: entries must be in [1, %d], got %llu", MAX_ENTRIES, (unsigned long long)entries);
     return NULL;
@@ -463,11 +471,13 @@ static napi_value uring_create(napi_env env, napi_callback_info info) {
   // back-end CPU per O_DIRECT 4 KiB read and ~2 us per write, small against a loaded machine's
   // noise; the device worker no longer takes an interrupted epoll_wait per completion. The ring
   // is only ever entered by the thread that made it (its N-API environment's), which
-  // SINGLE_ISSUER requires. An older kernel refuses the flags (EINVAL): a plain ring then.
+  // SINGLE_ISSUER requires. An older kernel refuses the flags (EINVAL): a plain ring then. The
+  // caller may ask for a plain ring (deferTaskrun false: host/io/uring-setup.ts decides by the
+  // kernel's release).
   struct io_uring_params p = {
-      .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG};
+      .flags = want_defer ? IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG : 0};
   int r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
-  if (r == -EINVAL) {
+  if (r == -EINVAL && want_defer) {
     memset(&p, 0, sizeof p);
     r = io_uring_queue_init_params((unsigned)entries, &u->ring, &p);
   }
