@@ -49,7 +49,7 @@ test('usage errors say what was wrong and exit 2', (t) => {
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '0'], /--queue-threads: 0 must be at least 1/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', 'two'], /--queue-threads: "two" is not a whole number/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '65'], /--queue-threads: 65 is more than 64/],
-    [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns', '-1'], /--poll-max-ns: "-1" is not a whole number/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns=-1'], /--poll-max-ns: "-1" is not a whole number/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns', '32us'], /--poll-max-ns: "32us" is not a whole number/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns', '1000001'], /--poll-max-ns: must be an integer number of nanoseconds from 0 \(polling off\) to 1000000, got 1000001/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'a b'], /--network: "a b" is not a network name/],
