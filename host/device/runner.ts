@@ -1625,16 +1625,19 @@ export class DeviceRunner {
             }
           } while (found < 0 && nowNs() < end);
         }
-        // Before blocking: kicks back on everywhere, and one more look.
-        for (let i = 0; i < this.rings.length; i++) {
-          const r = this.rings[i];
-          index = i;
-          if (this.pollable(r) && r.queue.enableNotifications() && found < 0) found = i;
-        }
-        index = -1;
         if (found < 0) {
-          this.waitStart = start;
-          return;
+          // Before blocking: kicks back on everywhere, and one more look. (Work found while
+          // spinning leaves the other rings suppressed: the next pass ends here too.)
+          for (let i = 0; i < this.rings.length; i++) {
+            const r = this.rings[i];
+            index = i;
+            if (this.pollable(r) && r.queue.enableNotifications() && found < 0) found = i;
+          }
+          index = -1;
+          if (found < 0) {
+            this.waitStart = start;
+            return;
+          }
         }
         w.adjust(nowNs() - start);
         this.drain(found, this.rings[found]);
