@@ -10,7 +10,12 @@
 export const MAX_POLL_MAX_NS = 1_000_000;
 /** A window that starts growing starts here (QEMU's 4 us). */
 export const POLL_START_NS = 4000;
-/** The default of --poll-max-ns (0: off). Chosen by measurement, see docs/BENCHMARKS.md. */
+/**
+ * The default of --poll-max-ns: off. Measured on this 2-core VM (docs/BENCHMARKS.md, "Adaptive
+ * polling"): QEMU's 32768 gained nothing steady, larger windows lost badly when the cores were
+ * oversubscribed (the spin takes the CPU the guest or front-end needs to send the next request).
+ * A host whose device workers have cores of their own should start from 32768.
+ */
 export const DEFAULT_POLL_MAX_NS = 0;
 
 /** Whether `value` is a valid --poll-max-ns: an integer from 0 (off) to MAX_POLL_MAX_NS. */
