@@ -199,7 +199,10 @@ Threads:
                           QEMU's iothreads do (grow from 4 us when a wait was shorter
                           than N, drop to 0 when longer). Saves the wake-up and its cold
                           caches when a guest sends its next request soon; the spin is the
-                          device's CPU time. Default ${DEFAULT_POLL_MAX_NS}${DEFAULT_POLL_MAX_NS === 0 ? ' (off: on this 2-core machine the spin competes with the guest\'s vCPUs; docs/BENCHMARKS.md)' : ''}
+                          device's CPU time. Default ${DEFAULT_POLL_MAX_NS} (off): on a machine whose cores
+                          the guest's vCPUs and the front-end share, the spin takes the
+                          CPU they need (docs/BENCHMARKS.md); with cores to spare, start
+                          from 32768 (QEMU's default)
 
 Limits:
   --memory-limit SIZE     cap on all of the plugin's linear memory together, every core
