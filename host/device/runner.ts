@@ -1603,7 +1603,8 @@ export class DeviceRunner {
    * every ring re-checked before the worker blocks (a chain published in between would
    * otherwise wait for a kick the driver was told not to send). The spin runs in this worker's
    * thread, so its CPU time is the device's (cpu-share.ts's `running`). A failed device, a
-   * faulted memory table, a stopped ring or one the throttle holds back is never polled.
+   * faulted memory table, a stopped ring or one the throttle holds back is never polled. The
+   * executor's completion queue is not polled: with I/O in flight the worker does not spin.
    */
   private pollRings(): void {
     const w = this.pollWindow;
@@ -1615,7 +1616,9 @@ export class DeviceRunner {
         if (this.failed !== null || this.memoryFaulted !== null) return;
         const start = nowNs();
         let found = -1;
-        if (w.ns > 0) {
+        // Work that only the event loop delivers (I/O completions of an asynchronous executor,
+        // frames, timers, a scheduled flush) would wait out the spin: then no spin this time.
+        if (w.ns > 0 && this.executor.inflight === 0 && !this.eventsScheduled && !this.flushScheduled) {
           for (const r of this.rings) if (this.pollable(r)) r.queue.suppressNotifications();
           const end = start + w.ns;
           do {
