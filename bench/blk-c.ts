@@ -33,6 +33,7 @@ const DISK_BYTES = 256 * 2 ** 20;
 const { values: argv } = parseArgs({
   options: {
     seconds: { type: 'string', default: '2' },
+    'poll-max-ns': { type: 'string' },
     warmup: { type: 'string', default: '0.5' },
     reps: { type: 'string', default: '3' },
     modes: { type: 'string', default: 'poll,event' },
@@ -76,7 +77,7 @@ const qsd = (blockdev: string, socket: string) => ({
 const HOST_NODE_ARGS = (process.env.BENCH_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn'],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn', ...(argv['poll-max-ns'] !== undefined ? ['--poll-max-ns', argv['poll-max-ns']] : [])],
 });
 // The host core with the TypeScript null device. From source under tsx: the bundle's device
 // worker cannot load a .ts device module (workers it starts do not get the tsx loader).

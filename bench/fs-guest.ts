@@ -69,6 +69,7 @@ import { REPO, startHost } from '../test/helpers/host-process.ts';
 const { values: argv } = parseArgs({
   options: {
     backend: { type: 'string', default: 'both' },
+    'poll-max-ns': { type: 'string' },
     files: { type: 'string', default: '1000' },
     mib: { type: 'string', default: '64' },
     'rand-reads': { type: 'string', default: '4096' },
@@ -331,6 +332,7 @@ async function runWorkload(qemu: string, socket: string, pid: number, program: U
 /** Our host, the built binary; under `node --cpu-prof` when profiling. */
 async function withOurs<T>(dir: string, fn: (socket: string, pid: number, log: () => string) => Promise<T>): Promise<T> {
   const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', TAG, '--cache', 'auto', '--call-deadline', '5000'];
+  if (argv['poll-max-ns'] !== undefined) args.push('--poll-max-ns', argv['poll-max-ns']);
   // `exec` keeps the pid: the CPU read from /proc is node's.
   const wrap = argv.profile
     ? ['sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir=${resolve(argv.profile)} --cpu-prof-interval 200 "$@"`]

@@ -6,7 +6,7 @@
 //
 //   node build.mjs && node --import tsx bench/fs-host.ts [--count 3000] [--rounds 3] [--only PHASE,...]
 //        [--gap-us N] [--backend ours|virtiofsd] [--inode-file-handles never|prefer|mandatory]
-//        [--profile DIR] [--host-flags '...']
+//        [--profile DIR] [--host-flags '...'] [--poll-max-ns N]
 //
 // Per phase, the host process's CPU (every thread's time on a CPU, /proc/PID/task/*/schedstat, ns) per request,
 // median and best of the rounds (on a loaded machine the best is the steadier):
@@ -41,6 +41,7 @@ const { values: argv } = parseArgs({
     'inode-file-handles': { type: 'string' },
     'gap-us': { type: 'string', default: '0' },
     backend: { type: 'string', default: 'ours' },
+    'poll-max-ns': { type: 'string' },
   },
 });
 const COUNT = Number(argv.count);
@@ -55,7 +56,7 @@ for (let i = 0; i < ENTRIES; i++) writeFileSync(join(share, 'many', `f${i}`), `$
 writeFileSync(join(share, 'big'), Buffer.alloc(4 << 20, 1));
 mkdirSync(join(share, 'new'));
 const sock = join(top, 'fs.sock');
-const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
+const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), ...(argv['poll-max-ns'] !== undefined ? { pollMaxNs: Number(argv['poll-max-ns']) } : {}), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
 let host: { pid: number; stop(): Promise<unknown> };
 if (argv.backend === 'virtiofsd') {
   // The same requests against Rust virtiofsd 1.13 (Debian trixie's, as bench/fs-guest.ts runs

@@ -16,7 +16,7 @@ const feOpts = { memoryBytes: 4 << 20, queues: [16], features: 1n << BigInt(VIRT
 test('--help documents the back-end program conventions and exits 0', (t) => {
   const r = run(['--help']);
   t.is(r.status, 0);
-  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit', '--state-pipe-size', '--queue-threads']) {
+  for (const flag of ['--socket-path', '--fd', '--print-capabilities', '--plugin', '--log-level', '--call-deadline', '--memory-limit', '--state-pipe-size', '--queue-threads', '--poll-max-ns']) {
     t.true(r.stdout.includes(flag), `--help lacks ${flag}`);
   }
 });
@@ -49,6 +49,9 @@ test('usage errors say what was wrong and exit 2', (t) => {
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '0'], /--queue-threads: 0 must be at least 1/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', 'two'], /--queue-threads: "two" is not a whole number/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--queue-threads', '65'], /--queue-threads: 65 is more than 64/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns=-1'], /--poll-max-ns: "-1" is not a whole number/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns', '32us'], /--poll-max-ns: "32us" is not a whole number/],
+    [['--plugin', 'x.wasm', '--socket-path', 's', '--poll-max-ns', '1000001'], /--poll-max-ns: must be an integer number of nanoseconds from 0 \(polling off\) to 1000000, got 1000001/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'a b'], /--network: "a b" is not a network name/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'seg0', '--network', 'seg0'], /--network: seg0 is given twice/],
     [['--plugin', 'x.wasm', '--socket-path', 's', '--network', 'tap:a-very-long-interface'], /longer than 15 bytes/],

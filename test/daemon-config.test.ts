@@ -5,6 +5,7 @@ import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDaemonConfig, parseDeviceSpec, ConfigError } from '../host/daemon/config.ts';
+import { DEFAULT_POLL_MAX_NS } from '../host/device/poll-window.ts';
 import { CONFIG_SCHEMA_FILE, configSchemaText } from '../scripts/config-schema.ts';
 import { activatedSockets } from '../host/daemon/systemd.ts';
 import { REPO } from './helpers/host-process.ts';
@@ -49,6 +50,11 @@ test('defaults follow the single-device command line; relative paths are relativ
   t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', queueThreads: 2 }] }), '/d.json').devices[0].queueThreads, 2);
   t.throws(bad({ queueThreads: 0 }), { message: 'devices[0].queueThreads: 0 is out of range (1..64)' });
   t.throws(bad({ queueThreads: 1.5 }), { message: /devices\[0\]\.queueThreads: must be a whole number/ });
+  t.is(c.devices[0].pollMaxNs, DEFAULT_POLL_MAX_NS);
+  t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', pollMaxNs: 32768 }] }), '/d.json').devices[0].pollMaxNs, 32768);
+  t.throws(bad({ pollMaxNs: 1_000_001 }), { message: 'devices[0].pollMaxNs: 1000001 is out of range (0..1000000)' });
+  t.throws(bad({ pollMaxNs: -1 }), { message: 'devices[0].pollMaxNs: -1 is out of range (0..1000000)' });
+  t.throws(bad({ pollMaxNs: '32768' }), { message: /devices\[0\]\.pollMaxNs: must be a whole number/ });
   t.throws(bad({ limits: { cpuShare: 0 } }), { message: 'devices[0].limits.cpuShare: 0 is out of range (0.01..64 CPUs)' });
   t.throws(bad({ limits: { cpuShare: '1' } }), { message: /devices\[0\]\.limits\.cpuShare: must be a number of CPUs/ });
   t.is(parseDaemonConfig(JSON.stringify({ devices: [{ id: 'q', socket: 'q.sock', plugin: 'blk.wasm', limits: { cpuShare: 0.25 } }] }), '/d.json').devices[0].limits.cpuShare, 0.25);
@@ -231,5 +237,5 @@ test('docs/config.schema.json is the JSON Schema the code generates (node --impo
   t.deepEqual(schema.required, ['devices']);
   const device = schema.properties.devices.items!;
   t.false(device.additionalProperties, 'unknown fields are refused, as the parser refuses them');
-  t.deepEqual(Object.keys(device.properties), ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'throttleGroup', 'options', 'start']);
+  t.deepEqual(Object.keys(device.properties), ['id', 'tenant', 'socket', 'fd', 'systemd', 'plugin', 'module', 'grants', 'limits', 'migration', 'queueThreads', 'pollMaxNs', 'throttleGroup', 'options', 'start']);
 });

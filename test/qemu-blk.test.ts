@@ -134,7 +134,9 @@ guestTest('a guest uses a disk image served by the blk plugin: patterns, ext2, S
   writeFileSync(image, Buffer.alloc(0));
   execFileSync('truncate', ['-s', String(DISK), image]); // fresh, sparse, zero
   writeFileSync(roPath, roImage);
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK_PLUGIN, '--storage', image]);
+  // Adaptive polling on (off by default): a real Linux driver's kicks suppressed and re-enabled
+  // around every poll window, through patterns, ext2, a killed QEMU and a reboot.
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK_PLUGIN, '--storage', image, '--poll-max-ns', '32768']);
   let roHost: HostProcess | null = null;
   try {
     const baselineFds = host.fdCount();

@@ -15,6 +15,7 @@ import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { VhostWasmError } from '../errors.ts';
 import { parsePluginOptionFlags, type PluginOptions } from '../plugin/plugin-options.ts';
 import { checkNetworkName, MAX_GRANTS, NetworkConfigError } from '../net/switch.ts';
+import { DEFAULT_POLL_MAX_NS, MAX_POLL_MAX_NS, pollMaxNsError } from '../device/poll-window.ts';
 
 export interface CliOptions {
   help: boolean;
@@ -50,6 +51,8 @@ export interface CliOptions {
   pluginOptions: PluginOptions;
   /** --queue-threads: worker threads a device with independent queues runs in (default 1). */
   queueThreads: number;
+  /** --poll-max-ns: adaptive polling of the rings before the worker waits for a kick (0: off). */
+  pollMaxNs: number;
   /** --iops, --bps and their bursts, or null when none was given. */
   throttle: ThrottleLimits | null;
   /** --network NAME, repeated: the networks the device joins, in grant order. */
@@ -192,6 +195,16 @@ Threads:
                           (device-info queues-independent: blk yes, fs no); for any
                           other device the flag is ignored, with a log line saying so. More
                           threads than the device has queues are not started.
+  --poll-max-ns N         after serving a batch, spin on the device's rings for up to N
+                          nanoseconds (0 to ${MAX_POLL_MAX_NS}) before waiting for the next
+                          kick, the window adapting to the gaps between requests as
+                          QEMU's iothreads do (grow from 4 us when a wait was shorter
+                          than N, drop to 0 when longer). Saves the wake-up and its cold
+                          caches when a guest sends its next request soon; the spin is the
+                          device's CPU time. Default ${DEFAULT_POLL_MAX_NS} (off): on a machine whose cores
+                          the guest's vCPUs and the front-end share, the spin takes the
+                          CPU they need (docs/BENCHMARKS.md); with cores to spare, start
+                          from 32768 (QEMU's default)
 
 Limits:
   --memory-limit SIZE     cap on all of the plugin's linear memory together, every core
@@ -306,6 +319,13 @@ export function parseNetworks(names: readonly string[], where = '--network'): st
     if (e instanceof NetworkConfigError) throw new UsageError(e.message);
     throw e;
   }
+}
+
+export function parsePollMaxNs(text: string, where = '--poll-max-ns'): number {
+  const n = parseIntStrict(text, where, 0);
+  const error = pollMaxNsError(n);
+  if (error !== null) throw new UsageError(`${where}: ${error}`);
+  return n;
 }
 
 export function parseQueueThreads(text: string): number {
@@ -463,6 +483,7 @@ export function parseCli(argv: string[]): CliOptions {
         'translate-gid': { type: 'string', multiple: true },
         xattrmap: { type: 'string' },
         'queue-threads': { type: 'string' },
+        'poll-max-ns': { type: 'string' },
         iops: { type: 'string' },
         'iops-burst': { type: 'string' },
         bps: { type: 'string' },
@@ -509,6 +530,7 @@ export function parseCli(argv: string[]): CliOptions {
         }),
     pluginOptions: pluginOptionsOf(v['plugin-option'] ?? []),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
+    pollMaxNs: v['poll-max-ns'] === undefined ? DEFAULT_POLL_MAX_NS : parsePollMaxNs(v['poll-max-ns']),
     throttle: parseThrottleFlags(v),
     networks: parseNetworks(v.network ?? []),
     networkRate: v['network-rate'] === undefined ? null : parseNetworkRate(v['network-rate']),

@@ -95,6 +95,7 @@ async function serve(o: CliOptions): Promise<void> {
         source,
         callDeadlineMs: o.callDeadlineMs,
         queueThreads: o.queueThreads,
+        pollMaxNs: o.pollMaxNs,
         ...(o.throttle ? { throttle: TokenBucket.create(o.throttle) } : {}),
         ...(o.networks.length > 0 ? { networks: o.networks } : {}),
         ...(o.networkRate ? { networkRate: TokenBucket.create(o.networkRate) } : {}),

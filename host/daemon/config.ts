@@ -27,6 +27,7 @@ import { STATE_PIPE_SIZE } from '../migration/channel.ts';
 import { MetricsAddressError, parseMetricsAddress, type MetricsAddress } from '../metrics/address.ts';
 import { DEFAULT_CPU_SHARE, MAX_CPU_SHARE, MIN_CPU_SHARE } from '../limits/cpu-share.ts';
 import { defaultBurst, MAX_BYTES_PER_SECOND, MAX_IOPS, NO_THROTTLE, type ThrottleLimits } from '../limits/token-bucket.ts';
+import { DEFAULT_POLL_MAX_NS, MAX_POLL_MAX_NS } from '../device/poll-window.ts';
 
 export class ConfigError extends VhostWasmError {
   static override readonly code = 'ERR_CONFIG';
@@ -70,6 +71,8 @@ export interface DeviceSpec {
   migration: { stateReturnMemfd: boolean; experimentalRfcStateShm: boolean; statePipeBytes: number };
   /** --queue-threads: worker threads for a device with independent queues (1: one thread). */
   queueThreads: number;
+  /** --poll-max-ns: adaptive polling of the device's rings before its worker waits for a kick (0: off). */
+  pollMaxNs: number;
   /** "options": what the plugin's `options.get` answers (--plugin-option). */
   pluginOptions: PluginOptions;
   /** When its worker starts (null: the daemon's default, DaemonConfig.start). */
@@ -322,6 +325,7 @@ const DEVICE = fields({
   limits: LIMITS.optional(),
   migration: MIGRATION.optional(),
   queueThreads: int(1, MAX_QUEUE_THREADS).optional().describe('worker threads for a device with independent queues (--queue-threads)'),
+  pollMaxNs: int(0, MAX_POLL_MAX_NS).optional().describe(`ns the device's worker spins on its rings before waiting for a kick, adapting as QEMU's iothreads do (--poll-max-ns; 0: off, the default is ${DEFAULT_POLL_MAX_NS})`),
   throttleGroup: name().optional().describe('devices of one tenant naming the same group share one I/O budget'),
   options: PLUGIN_OPTIONS.optional(),
   start: oneOf(START_MODES, true).optional().describe('when its worker starts (default: the daemon\'s "start")'),
@@ -523,6 +527,7 @@ function buildDevice(o: DeviceInput, base: PathBase): DeviceSpec {
     throttleGroup: o.throttleGroup ?? null,
     migration,
     queueThreads: o.queueThreads ?? 1,
+    pollMaxNs: o.pollMaxNs ?? DEFAULT_POLL_MAX_NS,
     pluginOptions,
     start: o.start ?? null,
   };

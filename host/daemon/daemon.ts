@@ -189,6 +189,7 @@ export class Daemon {
         source: sourceFor(spec, handed?.memoryDiskFd),
         callDeadlineMs: spec.limits.callDeadlineMs,
         queueThreads: spec.queueThreads,
+        pollMaxNs: spec.pollMaxNs,
         throttle,
         ...(spec.grants.network.length > 0 ? { networks: spec.grants.network } : {}),
         ...(spec.limits.networkRate ? { networkRate: TokenBucket.create(spec.limits.networkRate) } : {}),

@@ -77,6 +77,8 @@ export interface WorkerInit {
   throttle?: SharedArrayBuffer;
   /** Pre-copy's auto-converge cell (host/migration/auto-converge.ts). */
   converge?: SharedArrayBuffer;
+  /** --poll-max-ns (runner.ts's adaptive polling); absent: off. */
+  pollMaxNs?: number;
   /** The device's network ports (--network): its grants and its end of the link to the switch. */
   net?: NetInit;
 }

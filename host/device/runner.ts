@@ -18,6 +18,7 @@ import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type RingSnapshot, type CarriedSection, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
+import { PollWindow } from './poll-window.ts';
 import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
 import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
@@ -154,6 +155,8 @@ export interface RunnerHooks {
   converge?: TokenBucket;
   /** The device's network ports (--network), when it was granted any. */
   net?: DeviceNet;
+  /** --poll-max-ns: the longest the worker spins on its rings before it waits for a kick (0 or absent: never). */
+  pollMaxNs?: number;
 }
 
 /** Frames handed to the device in one handle() call; the rest wait for the next. */
@@ -264,6 +267,13 @@ export class DeviceRunner {
   private firedTimers: bigint[] = [];
   private eventsScheduled = false;
 
+  // --- adaptive polling (poll-window.ts) ---------------------------------------------------
+  /** null: --poll-max-ns 0, the worker never spins. */
+  private readonly pollWindow: PollWindow | null;
+  /** When the last poll before a wait began (process.hrtime ns), 0 when none is pending: the next kick's block time starts there. */
+  private waitStart = 0;
+  private polling = false;
+
   constructor(
     /** Replaced only by replaceDevice (a reset after the device failed). */
     public device: VirtioDevice,
@@ -273,6 +283,7 @@ export class DeviceRunner {
     this.log = createLogger(`device ${label}`);
     this.rings = Array.from({ length: device.info.numQueues }, () => this.freshRing());
     this.maxBatch = Math.max(1, Math.min(256, device.info.maxQueueSize));
+    this.pollWindow = hooks.pollMaxNs ? new PollWindow(hooks.pollMaxNs) : null;
     this.backings = backingsOf(device);
     this.executor = this.makeExecutor(this.backings);
     device.setWaker?.((token) => this.wake(token));
@@ -1476,7 +1487,9 @@ export class DeviceRunner {
           this.breakRing(index, r, `reading kick fd ${fd} failed: ${errorText(e)}`);
           return;
         }
+        this.kicked();
         this.drain(index, r);
+        this.pollRings();
       });
     }
     // Buffers may have been queued before the kick fd arrived (or while disabled).
@@ -1568,6 +1581,75 @@ export class DeviceRunner {
       } catch (e2) {
         this.batchFailed(index, e2);
       }
+    }
+  }
+
+  /** A kick woke the worker: the wait since the last poll began tells the window how it did. */
+  private kicked(): void {
+    if (this.pollWindow === null || this.waitStart === 0) return;
+    this.pollWindow.adjust(nowNs() - this.waitStart);
+    this.waitStart = 0;
+  }
+
+  /** A ring the worker may poll: started, watched (a kick fd), intact, not held back by the throttle. */
+  private pollable(r: Vring): r is Vring & { queue: DeviceQueue } {
+    return r.queue !== null && !r.queue.broken && r.watcher !== null && r.throttleTimer === null;
+  }
+
+  /**
+   * Adaptive polling, after a kick's drain and before the worker goes back to the event loop:
+   * for up to the window, with the driver's kicks suppressed on every ring polled, look for new
+   * chains and drain the ring that has them. When the window ends, kicks are re-enabled and
+   * every ring re-checked before the worker blocks (a chain published in between would
+   * otherwise wait for a kick the driver was told not to send). The spin runs in this worker's
+   * thread, so its CPU time is the device's (cpu-share.ts's `running`). A failed device, a
+   * faulted memory table, a stopped ring or one the throttle holds back is never polled. The
+   * executor's completion queue is not polled: with I/O in flight the worker does not spin.
+   */
+  private pollRings(): void {
+    const w = this.pollWindow;
+    if (w === null || this.polling) return;
+    this.polling = true;
+    let index = -1;
+    try {
+      for (;;) {
+        if (this.failed !== null || this.memoryFaulted !== null) return;
+        const start = nowNs();
+        let found = -1;
+        // Work that only the event loop delivers (I/O completions of an asynchronous executor,
+        // frames, timers, a scheduled flush) would wait out the spin: then no spin this time.
+        if (w.ns > 0 && this.executor.inflight === 0 && !this.eventsScheduled && !this.flushScheduled) {
+          for (const r of this.rings) if (this.pollable(r)) r.queue.suppressNotifications();
+          const end = start + w.ns;
+          do {
+            for (let i = 0; i < this.rings.length && found < 0; i++) {
+              const r = this.rings[i];
+              if (this.pollable(r) && r.queue.hasAvailable()) found = i;
+            }
+          } while (found < 0 && nowNs() < end);
+        }
+        if (found < 0) {
+          // Before blocking: kicks back on everywhere, and one more look. (Work found while
+          // spinning leaves the other rings suppressed: the next pass ends here too.)
+          for (let i = 0; i < this.rings.length; i++) {
+            const r = this.rings[i];
+            index = i;
+            if (this.pollable(r) && r.queue.enableNotifications() && found < 0) found = i;
+          }
+          index = -1;
+          if (found < 0) {
+            this.waitStart = start;
+            return;
+          }
+        }
+        w.adjust(nowNs() - start);
+        this.drain(found, this.rings[found]);
+      }
+    } catch (e) {
+      // A guest's ring fault (a ring broken under us) breaks that ring, as in a drain.
+      this.batchFailed(index, e);
+    } finally {
+      this.polling = false;
     }
   }
 
@@ -1706,4 +1788,9 @@ export function sliceViews(buffers: readonly Uint8Array[], offset: number, len: 
     skip = 0;
   }
   return out;
+}
+
+/** A monotonic clock in ns (performance.now's fraction is sub-microsecond; no BigInt per call in the spin). */
+function nowNs(): number {
+  return performance.now() * 1e6;
 }

@@ -35,6 +35,8 @@ export interface DeviceWorkerOptions {
   queueThreads?: number;
   /** Which of the device's queue threads this is (0: the first). */
   queueThread?: number;
+  /** --poll-max-ns: how long each queue thread may spin on its rings before it waits for a kick (0 or absent: never). */
+  pollMaxNs?: number;
   /** The per-request counter cells of queue thread N (the device's DeviceMeter), when metrics are kept. */
   meterCells?: (queueThread: number) => SharedArrayBuffer;
   /** The I/O throttle cell every queue thread of the device draws from (host/limits/token-bucket.ts). */
@@ -269,7 +271,7 @@ export class WorkerThread {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const net = opts.net?.();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(opts.converge ? { converge: opts.converge } : {}), ...(net ? { net } : {}) };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(opts.pollMaxNs ? { pollMaxNs: opts.pollMaxNs } : {}), ...(opts.converge ? { converge: opts.converge } : {}), ...(net ? { net } : {}) };
     const transferList = net ? [net.port] : [];
     const spare = takeSpareWorker();
     const worker = spare ?? newWorker(init, transferList);

@@ -225,6 +225,7 @@ async function main(): Promise<void> {
     throttle,
     converge,
     net,
+    pollMaxNs: init.pollMaxNs,
   };
   const runner = new DeviceRunner(device, hooks, init.label);
   meter?.memory(memoryOf(device));

@@ -23,6 +23,11 @@ export interface QueueOptions {
 export interface SubmitOptions {
   /** Put the chain in an indirect table (requires indirectEntries > 0). */
   indirect?: boolean;
+  /**
+   * false: publish the chain but never kick for it (a device that polls its ring must find it
+   * alone; kick() sends one later). Default: kick when the device asks for kicks.
+   */
+  kick?: boolean;
 }
 
 export interface Completion {
@@ -39,6 +44,7 @@ interface Pending {
   readable: Readable[];
   writable: number[];
   indirect: boolean;
+  kick: boolean;
   resolve: (c: Completion) => void;
   reject: (e: Error) => void;
 }
@@ -118,7 +124,7 @@ export class DriverQueue {
     if (this.closed) return Promise.reject(new Error(`queue ${this.index} is closed`));
     const w = typeof writable === 'number' ? (writable > 0 ? [writable] : []) : writable;
     return new Promise<Completion>((resolve, reject) => {
-      const p: Pending = { readable, writable: w, indirect: opts.indirect ?? false, resolve, reject };
+      const p: Pending = { readable, writable: w, indirect: opts.indirect ?? false, kick: opts.kick ?? true, resolve, reject };
       if (this.waiting.length > 0 || !this.place(p)) this.waiting.push(p);
     });
   }
@@ -167,8 +173,15 @@ export class DriverQueue {
     }
     this.inflight[head] = { block, writableGpa, writableLen, resolve: p.resolve, reject: p.reject };
     this.added++;
-    this.scheduleKick();
+    if (p.kick) this.scheduleKick();
+    else this.ring.kickNeeded(); // marks it as kicked-for: a later submit's kick decision is its own
     return true;
+  }
+
+  /** Kicks the device whatever its suppression says (after submit with kick: false). */
+  kick(): void {
+    this.kicks++;
+    native.eventfdWrite(this.kickFd, 1);
   }
 
   private scheduleKick(): void {

@@ -47,6 +47,8 @@ export interface DeviceSlotOptions {
   loadDeadlineMs?: number;
   /** --queue-threads (see DeviceWorkerOptions.queueThreads). */
   queueThreads?: number;
+  /** --poll-max-ns (see DeviceWorkerOptions.pollMaxNs). */
+  pollMaxNs?: number;
   /** The I/O throttle (the device's own or its group's), kept across workers. */
   throttle?: TokenBucket;
   /** --network: the names of the networks the device joins, in grant order. */
@@ -296,6 +298,7 @@ export class DeviceSlot {
       callDeadlineMs: this.opts.callDeadlineMs,
       loadDeadlineMs: this.opts.loadDeadlineMs,
       queueThreads: this.opts.queueThreads,
+      pollMaxNs: this.opts.pollMaxNs,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
       ...(this.converge ? { converge: this.converge.buffer } : {}),

@@ -19,6 +19,8 @@ export interface DeviceConfig {
   loadDeadlineMs?: number;
   /** --queue-threads: threads for a device with independent queues (default 1; see worker-client.ts). */
   queueThreads?: number;
+  /** --poll-max-ns: adaptive polling of the device's rings (host/device/poll-window.ts); 0: off. */
+  pollMaxNs?: number;
   /** I/O throttling (host/limits/token-bucket.ts): the device's own bucket, or its group's. */
   throttle?: TokenBucket;
   /** Session settings (device-state channel options); unset ones take DEFAULT_SESSION_SETTINGS. */
@@ -102,6 +104,7 @@ export class Host {
       callDeadlineMs: config.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
       loadDeadlineMs: config.loadDeadlineMs,
       queueThreads: config.queueThreads,
+      pollMaxNs: config.pollMaxNs,
       throttle: config.throttle,
       networks: config.networks,
       networkRate: config.networkRate,

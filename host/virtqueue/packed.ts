@@ -350,6 +350,11 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     return this.isAvail(this.availPos);
   }
 
+  /** While the runner polls the ring: the same DISABLE flag (packed suppression has no "behind"). */
+  suppressNotifications(): void {
+    this.disableNotifications();
+  }
+
   /** Ask the driver not to kick while we drain (a hint the driver may ignore). */
   disableNotifications(): void {
     this.check();

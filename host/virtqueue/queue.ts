@@ -43,6 +43,8 @@ export interface DeviceQueue {
   /** Re-arm kicks; true when work arrived meanwhile (keep draining). */
   enableNotifications(): boolean;
   disableNotifications(): void;
+  /** No kicks at all until enableNotifications (EVENT_IDX included): the runner polls the ring meanwhile. */
+  suppressNotifications(): void;
   hasAvailable(): boolean;
   /** Heads (split) or buffer ids (packed) in flight. */
   inFlightHeads(): number[];

@@ -227,6 +227,23 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
     this.logUsedArea(0, 2);
   }
 
+  /**
+   * Ask the driver not to kick at all while we poll the ring (adaptive polling, runner.ts).
+   * Without EVENT_IDX that is NO_NOTIFY, as in disableNotifications. With EVENT_IDX, avail_event
+   * goes one behind our avail index: the driver kicks only when its new entries cross
+   * avail_event, which they then cannot (until 65535 more are published, and the poll window
+   * ends long before). enableNotifications moves it back and re-checks, so nothing is lost.
+   */
+  suppressNotifications(): void {
+    this.check();
+    if (!this.eventIdx) {
+      this.disableNotifications();
+      return;
+    }
+    Atomics.store(this.availEvent!, 0, (this.nextAvailIdx - 1) & 0xffff);
+    this.logUsedArea(4 + 8 * this.size, 2);
+  }
+
   /** Whether the driver has published chains not yet popped (no side effects). */
   hasAvailable(): boolean {
     this.check();

@@ -21,6 +21,8 @@ export interface DeviceSpec {
   options?: Record<string, unknown>;
   callDeadlineMs?: number;
   loadDeadlineMs?: number;
+  /** The device's pollMaxNs (--poll-max-ns). */
+  pollMaxNs?: number;
 }
 
 export interface MultiHost {
@@ -66,7 +68,7 @@ export function daemonConfig(specs: DeviceSpec[]): { config: object; cacheHome: 
     // The host's default deadline (DEFAULT_CALL_DEADLINE_MS) where the spec gives none; the config's differs for storage.
     const limits: Record<string, unknown> = { callDeadlineMs: s.callDeadlineMs ?? 100 };
     if (memoryLimitBytes !== undefined) limits.memory = memoryLimitBytes;
-    devices.push({ id: s.label, socket: s.socket, plugin: s.plugin, grants, limits });
+    devices.push({ id: s.label, socket: s.socket, plugin: s.plugin, grants, limits, ...(s.pollMaxNs !== undefined ? { pollMaxNs: s.pollMaxNs } : {}) });
   }
   const [cacheDir] = cacheDirs;
   // Started at once, as Host.start (the tsx fallback) starts them: these tests watch devices from start-up on.
