@@ -16,6 +16,9 @@
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   create        CREATE of a new file + RELEASE of its fh, per file
+//   file          the guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close() of a new file:
+//                 LOOKUP (ENOENT), CREATE, WRITE, FLUSH, RELEASE, per file (TMPDIR picks the
+//                 share's file system: /tmp is a disk here, io_uring; /dev/shm is tmpfs)
 // --profile DIR: the host runs with --cpu-prof into DIR (one profile per thread; the device
 // worker's is the largest). It samples wall time, so a call that blocks or is preempted (the
 // eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
@@ -178,6 +181,35 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
         const rel = Buffer.alloc(24);
         rel.writeBigUInt64LE(r.body.readBigUInt64LE(128), 0);
         ok(await fuse.req(18, nodeOf(r), rel), 'release');
+      }
+      return n;
+    },
+  },
+  // The guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close(), request for request as its
+  // kernel sends them (a negative LOOKUP, CREATE, WRITE, FLUSH, RELEASE), per file.
+  file: {
+    unit: 'file',
+    async run() {
+      const n = Math.max(1, Math.floor(COUNT / 5));
+      const data = Buffer.alloc(100, 0x61);
+      for (let i = 0; i < n; i++) {
+        const name = `w${created++}`;
+        const miss = await fuse.lookup(newDir, name);
+        if (miss.error !== 2) throw new Error(`lookup of a new name: errno ${miss.error}, not ENOENT`);
+        const r = ok(await fuse.create(newDir, name, 0o301 /* O_WRONLY|O_CREAT|O_EXCL */), 'create');
+        const node = nodeOf(r);
+        const fhNew = r.body.readBigUInt64LE(128);
+        const w = Buffer.alloc(40);
+        w.writeBigUInt64LE(fhNew, 0);
+        w.writeUInt32LE(data.length, 16);
+        const wrote = ok(await fuse.req(16, node, Buffer.concat([w, data])), 'write');
+        if (wrote.body.readUInt32LE(0) !== data.length) throw new Error(`write: ${wrote.body.readUInt32LE(0)} bytes, not ${data.length}`);
+        const fl = Buffer.alloc(24);
+        fl.writeBigUInt64LE(fhNew, 0);
+        ok(await fuse.req(25, node, fl), 'flush');
+        const rel = Buffer.alloc(24);
+        rel.writeBigUInt64LE(fhNew, 0);
+        ok(await fuse.req(18, node, rel), 'release');
       }
       return n;
     },
