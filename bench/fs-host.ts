@@ -14,6 +14,7 @@
 //                 stat after dropping its caches: a new node each time)
 //   getattr       GETATTR of a looked-up file
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
+//   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   create        CREATE of a new file + RELEASE of its fh, per file
 //   file          the guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close() of a new file:
@@ -142,6 +143,22 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       for (let i = 0; i < COUNT; i++) {
         b.writeBigUInt64LE(BigInt(Math.floor(Math.random() * 1024) * 4096), 8);
         ok(await fuse.req(15, big, b, 8192), 'read');
+      }
+      return COUNT;
+    },
+  },
+  // The guest's page-cache reads of a file (readahead: 128 KiB requests, the kernel's default
+  // max_readahead), sequential through the 4 MiB file; per request.
+  'read 128K': {
+    unit: 'read',
+    async run() {
+      const b = Buffer.alloc(40);
+      b.writeBigUInt64LE(fh, 0);
+      b.writeUInt32LE(128 << 10, 16);
+      for (let i = 0; i < COUNT; i++) {
+        b.writeBigUInt64LE(BigInt((i % 32) * (128 << 10)), 8);
+        const r = ok(await fuse.req(15, big, b, 16 + (128 << 10)), 'read');
+        if (r.body.length !== 128 << 10) throw new Error(`read: ${r.body.length} bytes, not 128 KiB`);
       }
       return COUNT;
     },
