@@ -15,6 +15,7 @@
 //   getattr       GETATTR of a looked-up file
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
 //   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
+//   write 100     WRITE of 100 bytes at offset 0 of an open file (the create's WRITE, page cached)
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   create        CREATE of a new file + RELEASE of its fh, per file
 //   file          the guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close() of a new file:
@@ -106,6 +107,9 @@ const many = nodeOf(ok(await fuse.lookup(1n, 'many'), 'lookup many'));
 const newDir = nodeOf(ok(await fuse.lookup(1n, 'new'), 'lookup new'));
 const big = nodeOf(ok(await fuse.lookup(1n, 'big'), 'lookup big'));
 const fh = fhOfOpen(ok(await fuse.open(big, 0), 'open big'));
+const scratchCreated = ok(await fuse.create(newDir, 'scratch', 0o101 /* O_WRONLY|O_CREAT */), 'create scratch');
+const scratch = nodeOf(scratchCreated);
+const wfh = scratchCreated.body.readBigUInt64LE(128);
 const forget = (node: bigint) => {
   // FORGET has no reply: send it with a BATCH_FORGET-free single FORGET and do not wait.
   const b = Buffer.alloc(8);
@@ -159,6 +163,22 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
         b.writeBigUInt64LE(BigInt((i % 32) * (128 << 10)), 8);
         const r = ok(await fuse.req(15, big, b, 16 + (128 << 10)), 'read');
         if (r.body.length !== 128 << 10) throw new Error(`read: ${r.body.length} bytes, not 128 KiB`);
+      }
+      return COUNT;
+    },
+  },
+  // The create's WRITE alone: 100 bytes at offset 0 of an open file, its page cached (on a disk
+  // share through io_uring, on tmpfs pwrite in turn: TMPDIR picks).
+  'write 100': {
+    unit: 'write',
+    async run() {
+      const w = Buffer.alloc(40);
+      w.writeBigUInt64LE(wfh, 0);
+      w.writeUInt32LE(100, 16);
+      const req = Buffer.concat([w, Buffer.alloc(100, 0x62)]);
+      for (let i = 0; i < COUNT; i++) {
+        const r = ok(await fuse.req(16, scratch, req), 'write');
+        if (r.body.readUInt32LE(0) !== 100) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 100`);
       }
       return COUNT;
     },
