@@ -14,6 +14,10 @@
 // in the guest's page cache while a file is open. `--backend both` (the default) runs each round
 // on both, alternating which goes first, so a drift in the machine's load hits both; each gets a
 // fresh directory (same content) per round. Every number is the median over the rounds.
+// The shares are made under TMPDIR (default /tmp): its file system's own cost is in both
+// back-ends' figures, and on ext4 a create's can be most of it (the output says how much:
+// filesystemFloor); TMPDIR=/dev/shm compares the back-ends without it (our host then serves
+// file I/O with pread/pwrite in turn instead of io_uring, as on any tmpfs share).
 //
 // Guest workload: a static C program (compiled here with gcc -static, put in the initrd) first
 // creates, stats and unlinks --warmup files untimed (a back-end in JavaScript compiles its hot
@@ -54,7 +58,7 @@
 // Bounded: each guest run has a 300 s timeout, the create phase stops after 20 s.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { SourceMap } from 'node:module';
@@ -109,6 +113,7 @@ process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 const FSBENCH_C = String.raw`
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -137,7 +142,8 @@ int main(int argc, char **argv) {
   char p[256];
   double t0, t;
   memset(buf, 'x', sizeof buf);
-  if (chdir(argv[1]) || mkdir("small", 0755)) die("setup");
+  /* small/ is made by the harness (its file system's own create cost is measured in it). */
+  if (chdir(argv[1]) || (mkdir("small", 0755) && errno != EEXIST)) die("setup");
   /* Warm-up, untimed: the same create, stat, unlink cycle on other names (a JIT warms up). */
   int warm = atoi(argv[9]);
   for (int i = 0; i < warm; i++) {
@@ -221,7 +227,8 @@ int main(int argc, char **argv) {
   end("randread");
   close(fd);
   result("randread", reads, t);
-  if (unlink("big") || rmdir("small")) die("cleanup");
+  /* small/ keeps the harness's floor-N files (filesystemFloor). */
+  if (unlink("big") || (rmdir("small") && errno != ENOTEMPTY)) die("cleanup");
 
   double spent = 0;
   long seen = 0;
@@ -275,10 +282,42 @@ function processCpu(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
+/**
+ * The share's file system's own CPU for the guest's create (open O_CREAT|O_EXCL + write 100
+ * bytes + close), by this process in the share's small/ (where the guest creates its files, so the same block
+ * group), before the guest runs, in us per file. On ext4
+ * this is not a constant: a new inode is looked for from the start of its parent's block group
+ * and every inode freed there in the last minutes is read and skipped (ext4's
+ * recently_deleted()), so it grows with what was unlinked there lately (this bench's earlier
+ * shares, other work on the same /tmp): 9 us on tmpfs, 700-900 us on this machine's /tmp
+ * (2026-12-07). The files are kept until the bench exits (unlinking them would make the next
+ * create dearer still).
+ */
+function filesystemFloor(dir: string, n = 200): number {
+  const data = Buffer.alloc(100, 0x61);
+  const t = process.cpuUsage();
+  for (let i = 0; i < n; i++) {
+    const fd = openSync(join(dir, `floor-${i}`), 'wx', 0o644);
+    writeSync(fd, data);
+    closeSync(fd);
+  }
+  const used = process.cpuUsage(t);
+  return (used.user + used.system) / n;
+}
+
+/** The file system type of `dir` (statfs f_type), by name where known. */
+function fsTypeOf(dir: string): string {
+  const t = statfsSync(dir).type;
+  return ({ 0x01021994: 'tmpfs', 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs' } as Record<number, string>)[t] ?? `f_type 0x${t.toString(16)}`;
+}
+
 /** A fresh share: an empty top and `many/` with DIR_ENTRIES empty files (the readdir phase). */
 function freshShare(who: Backend): string {
   const dir = mkdtempSync(join(work, `${who}-`));
   mkdirSync(join(dir, 'many'));
+  // The guest's creates go here: made now so that filesystemFloor measures in the same
+  // directory (on ext4 the cost depends on the directory's block group).
+  mkdirSync(join(dir, 'small'));
   for (let i = 0; i < DIR_ENTRIES; i++) writeFileSync(join(dir, 'many', `entry-${String(i).padStart(6, '0')}`), '');
   return dir;
 }
@@ -588,20 +627,25 @@ if (!argv['skip-guest']) {
   const program = compileGuestProgram();
   const runs: Record<Backend, Run[]> = { ours: [], virtiofsd: [] };
   const loads: number[] = [];
+  const floors: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     // Alternate the order so a drift in machine load does not favour one side.
     const order = round % 2 === 0 ? BACKENDS : [...BACKENDS].reverse();
     for (const who of order) {
       const dir = freshShare(who);
+      floors.push(filesystemFloor(join(dir, 'small')));
       const t = performance.now();
       loads.push(loadavg()[0]);
       const run = who === 'ours'
         ? await withOurs(dir, (s, pid, log) => runWorkload(qemu.binary, s, pid, program, 'fs plugin', log))
         : await withVirtiofsd(dir, (s, pid, log) => runWorkload(qemu.binary, s, pid, program, 'virtiofsd 1.13', log));
       runs[who].push(run);
-      console.error(`round ${round + 1}: ${who} done in ${Math.round(performance.now() - t)} ms: ` +
+      console.error(`round ${round + 1}: ${who} done in ${Math.round(performance.now() - t)} ms (file system's create ${floors[floors.length - 1].toFixed(0)} us/file): ` +
         PHASES.map((p) => `${p} ${num(run[p].rate)}`).join(', '));
-      rmSync(dir, { recursive: true, force: true });
+      // Its MIB-MiB file goes now; its 10,000 readdir entries stay until the bench exits:
+      // unlinking them here would make the next back-end's creates on ext4 skip every one of
+      // them (filesystemFloor above).
+      for (const f of readdirSync(dir, { withFileTypes: true })) if (f.isFile()) rmSync(join(dir, f.name));
     }
   }
   const median = (xs: number[]) => {
@@ -611,6 +655,9 @@ if (!argv['skip-guest']) {
   console.log(`\nGuest workload: ${qemu.version.replace(/ \(.*$/, '')} TCG, 1 vCPU, busybox guest, cache=auto on both; ${FILES} small files, ` +
     `${MIB} MiB sequential, ${RAND_READS} 4 KiB O_DIRECT random reads, readdir of ${DIR_ENTRIES} entries x ${READDIR_PASSES}; ` +
     `${WARMUP} files of warm-up; median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
+  console.log(`Shares in ${work} (${fsTypeOf(work)}, TMPDIR picks another). The file system's own CPU for a create + 100-byte write + close ` +
+    `(a plain loop of this process in the share's small/, before each run): ${floors.map((f) => f.toFixed(0)).join(', ')} us/file; ` +
+    'on ext4 it grows with the inodes unlinked there in the last minutes, and is part of both back-ends\' create figures.');
   const both = BACKENDS.length === 2;
   console.log(`| phase | unit | ${BACKENDS.map((b) => (b === 'ours' ? 'fs plugin' : 'virtiofsd 1.13')).join(' | ')} |${both ? ' ours/virtiofsd |' : ''} CPU/op ${BACKENDS.map((b) => (b === 'ours' ? 'ours' : 'virtiofsd')).join(' / ')} |`);
   console.log(`|---|---|${BACKENDS.map(() => '---|').join('')}${both ? '---|' : ''}---|`);

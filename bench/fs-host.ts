@@ -14,8 +14,13 @@
 //                 stat after dropping its caches: a new node each time)
 //   getattr       GETATTR of a looked-up file
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
+//   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
+//   write 100     WRITE of 100 bytes at offset 0 of an open file (the create's WRITE, page cached)
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   create        CREATE of a new file + RELEASE of its fh, per file
+//   file          the guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close() of a new file:
+//                 LOOKUP (ENOENT), CREATE, WRITE, FLUSH, RELEASE, per file (TMPDIR picks the
+//                 share's file system: /tmp is a disk here, io_uring; /dev/shm is tmpfs)
 // --profile DIR: the host runs with --cpu-prof into DIR (one profile per thread; the device
 // worker's is the largest). It samples wall time, so a call that blocks or is preempted (the
 // eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
@@ -102,6 +107,9 @@ const many = nodeOf(ok(await fuse.lookup(1n, 'many'), 'lookup many'));
 const newDir = nodeOf(ok(await fuse.lookup(1n, 'new'), 'lookup new'));
 const big = nodeOf(ok(await fuse.lookup(1n, 'big'), 'lookup big'));
 const fh = fhOfOpen(ok(await fuse.open(big, 0), 'open big'));
+const scratchCreated = ok(await fuse.create(newDir, 'scratch', 0o101 /* O_WRONLY|O_CREAT */), 'create scratch');
+const scratch = nodeOf(scratchCreated);
+const wfh = scratchCreated.body.readBigUInt64LE(128);
 const forget = (node: bigint) => {
   // FORGET has no reply: send it with a BATCH_FORGET-free single FORGET and do not wait.
   const b = Buffer.alloc(8);
@@ -143,6 +151,38 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       return COUNT;
     },
   },
+  // The guest's page-cache reads of a file (readahead: 128 KiB requests, the kernel's default
+  // max_readahead), sequential through the 4 MiB file; per request.
+  'read 128K': {
+    unit: 'read',
+    async run() {
+      const b = Buffer.alloc(40);
+      b.writeBigUInt64LE(fh, 0);
+      b.writeUInt32LE(128 << 10, 16);
+      for (let i = 0; i < COUNT; i++) {
+        b.writeBigUInt64LE(BigInt((i % 32) * (128 << 10)), 8);
+        const r = ok(await fuse.req(15, big, b, 16 + (128 << 10)), 'read');
+        if (r.body.length !== 128 << 10) throw new Error(`read: ${r.body.length} bytes, not 128 KiB`);
+      }
+      return COUNT;
+    },
+  },
+  // The create's WRITE alone: 100 bytes at offset 0 of an open file, its page cached (on a disk
+  // share through io_uring, on tmpfs pwrite in turn: TMPDIR picks).
+  'write 100': {
+    unit: 'write',
+    async run() {
+      const w = Buffer.alloc(40);
+      w.writeBigUInt64LE(wfh, 0);
+      w.writeUInt32LE(100, 16);
+      const req = Buffer.concat([w, Buffer.alloc(100, 0x62)]);
+      for (let i = 0; i < COUNT; i++) {
+        const r = ok(await fuse.req(16, scratch, req), 'write');
+        if (r.body.readUInt32LE(0) !== 100) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 100`);
+      }
+      return COUNT;
+    },
+  },
   readdirplus: {
     unit: 'entry',
     async run() {
@@ -178,6 +218,35 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
         const rel = Buffer.alloc(24);
         rel.writeBigUInt64LE(r.body.readBigUInt64LE(128), 0);
         ok(await fuse.req(18, nodeOf(r), rel), 'release');
+      }
+      return n;
+    },
+  },
+  // The guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close(), request for request as its
+  // kernel sends them (a negative LOOKUP, CREATE, WRITE, FLUSH, RELEASE), per file.
+  file: {
+    unit: 'file',
+    async run() {
+      const n = Math.max(1, Math.floor(COUNT / 5));
+      const data = Buffer.alloc(100, 0x61);
+      for (let i = 0; i < n; i++) {
+        const name = `w${created++}`;
+        const miss = await fuse.lookup(newDir, name);
+        if (miss.error !== 2) throw new Error(`lookup of a new name: errno ${miss.error}, not ENOENT`);
+        const r = ok(await fuse.create(newDir, name, 0o301 /* O_WRONLY|O_CREAT|O_EXCL */), 'create');
+        const node = nodeOf(r);
+        const fhNew = r.body.readBigUInt64LE(128);
+        const w = Buffer.alloc(40);
+        w.writeBigUInt64LE(fhNew, 0);
+        w.writeUInt32LE(data.length, 16);
+        const wrote = ok(await fuse.req(16, node, Buffer.concat([w, data])), 'write');
+        if (wrote.body.readUInt32LE(0) !== data.length) throw new Error(`write: ${wrote.body.readUInt32LE(0)} bytes, not ${data.length}`);
+        const fl = Buffer.alloc(24);
+        fl.writeBigUInt64LE(fhNew, 0);
+        ok(await fuse.req(25, node, fl), 'flush');
+        const rel = Buffer.alloc(24);
+        rel.writeBigUInt64LE(fhNew, 0);
+        ok(await fuse.req(18, node, rel), 'release');
       }
       return n;
     },

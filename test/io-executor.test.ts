@@ -185,6 +185,65 @@ test.serial('targets are looked up and pinned at submit, unpinned when done; set
   });
 });
 
+test.serial('a ring target with inlineWriteMax (an fs file on a disk): small writes done inside submit, larger writes and reads through the ring, pins balanced, a small write behind a barrier waits', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'small-writes.img');
+    writeFileSync(path, Buffer.alloc(64 * 1024));
+    const file = FileBacking.open(path, false);
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(1 << 20);
+    let pins = 0;
+    const target: UringTarget = { fd: file.fd, directAlign: 0, inlineWriteMax: 4096, pin: () => void pins++, unpin: () => void pins-- };
+    const ex = new UringExecutor({ target: fileTable(target, { fd: pr, directAlign: 0 }) });
+    const now = (ops: IoOp[], barrier = false): IoResult | undefined => {
+      let got: IoResult | undefined;
+      ex.submit(ops, barrier, (r) => (got = r));
+      return got;
+    };
+    try {
+      const small = pattern(4096, 31);
+      new Uint8Array(mem.buf, 0, small.length).set(small);
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 100, from: [mem.view(0, 1000), mem.view(1000, 3096)] }]), { errno: 0, lastReadBytes: 0 }, '4096 bytes in two views: done inside submit');
+      t.is(pins, 0);
+      t.true(readFileSync(path).subarray(100, 4196).equals(small));
+      const big = pattern(4097, 32);
+      new Uint8Array(mem.buf, 65536, big.length).set(big);
+      let bigDone: IoResult | undefined;
+      const bigWrite = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(65536, 4097)] }], false, (r) => resolve((bigDone = r))));
+      t.is(bigDone, undefined, 'one byte more goes through the ring');
+      t.is(pins, 1);
+      t.deepEqual(await bigWrite, { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(8192, 8192 + 4097).equals(big));
+      // A read of the pipe in the ring, a barrier behind it, a small write behind the barrier:
+      // the write waits its turn, then runs in its turn.
+      const order: string[] = [];
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(131072, 4)] }]).then((r) => (order.push('slow'), r));
+      const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
+      mem.view(196608, 100).fill(0x5a);
+      const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(196608, 100)] }]).then((r) => (order.push('after'), r));
+      t.is(ex.inflight, 3);
+      t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0), 'the write behind the barrier has not run');
+      n.write(pw, Buffer.from('wake'));
+      for (const r of await Promise.all([slow, flush, after])) t.is(r.errno, 0);
+      t.deepEqual(order, ['slow', 'flush', 'after']);
+      t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0x5a));
+      t.is(pins, 0, 'every pin undone');
+      // A failing small write answers its errno like a ring one (guest memory gone: EFAULT).
+      const gone = guestMemory(65536);
+      const from = [gone.view(0, 100)];
+      gone.close();
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from }]), { errno: 14, lastReadBytes: 0 });
+      t.is(ex.inflight, 0);
+    } finally {
+      ex.close();
+      file.close();
+      n.close(pr);
+      n.close(pw);
+      mem.close();
+    }
+  });
+});
+
 test.serial('a barrier (flush) starts only after everything before it completed, and holds back what comes after', async (t) => {
   await noLeak(t, async () => {
     const path = join(diskDir, 'barrier.img');

@@ -9,6 +9,14 @@ import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
 import { constants as os } from 'node:os';
 
+/**
+ * FUSE_WRITEs up to this size are written with pwrite in their turn instead of through io_uring
+ * (UringTarget.inlineWriteMax: on ext4 the ring hands every buffered write to a kernel thread).
+ * One page: the guest's small writes (a create's first bytes, a log line) without the ring's
+ * thread hand-off and second wake-up; larger writes stay asynchronous.
+ */
+const INLINE_WRITE_MAX = 4096;
+
 /** Linux's IOV_MAX: the most buffers one preadv/pwritev takes. */
 const IOV_MAX = 1024;
 const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -87,6 +95,7 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
     directAlign: 0,
     describe,
     inline: false,
+    inlineWriteMax: INLINE_WRITE_MAX,
     pin(write) {
       pins++;
       if (write) writePins++;

@@ -51,6 +51,17 @@ export interface UringTarget {
    */
   readonly inline?: boolean;
   /**
+   * Writes of at most this many bytes (not O_DIRECT) are done with pwrite in their turn, as on
+   * an inline target, the rest through the ring. A virtio-fs share's files on a disk
+   * (host/fs/file-io-backing.ts): a buffered write to ext4 through io_uring is punted to an
+   * io-wq kernel thread (ext4 has no non-blocking buffered write path) and its completion wakes
+   * the event loop a second time; a 100-byte FUSE_WRITE cost 34-43 µs of host CPU that way
+   * against 16 µs inline (bench/fs-host.ts --only 'write 100', /tmp against /dev/shm,
+   * docs/BENCHMARKS.md). A small write can still wait for the disk (a partial page not in the
+   * page cache is read first; dirty-page throttling), as every write of a synchronous server does.
+   */
+  readonly inlineWriteMax?: number;
+  /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
    * the errno (BackingError.errno, or a Node fs error). Absent: those ops fail with EOPNOTSUPP.
@@ -453,7 +464,7 @@ export class UringExecutor implements IoExecutor {
         req.at++;
         continue;
       }
-      if (t.inline === true) {
+      if (t.inline === true || (op.kind === 'write' && t.inlineWriteMax !== undefined && t.directAlign === 0 && viewBytes(op.from) <= t.inlineWriteMax)) {
         const errno = this.runInline(op, req.at === req.ops.length - 1, t);
         if (errno !== 0) return this.finish(req, errno);
         if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = this.inlineLastRead;
