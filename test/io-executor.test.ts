@@ -68,6 +68,15 @@ function run(ex: IoExecutor, ops: IoOp[], barrier = false): Promise<IoResult> {
 }
 
 /** A file target that is a FileBacking (fd, directAlign, discard, writeZeroes). */
+/** Submits to `ex` and returns the result if the request finished inside submit(), else undefined (still in flight). */
+function inSubmit(ex: UringExecutor): (ops: IoOp[], barrier?: boolean) => IoResult | undefined {
+  return (ops, barrier = false) => {
+    let got: IoResult | undefined;
+    ex.submit(ops, barrier, (r) => (got = r));
+    return got;
+  };
+}
+
 function fileTable(...targets: UringTarget[]): (i: number) => UringTarget | undefined {
   return (i) => targets[i];
 }
@@ -195,11 +204,7 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
     let pins = 0;
     const target: UringTarget = { fd: file.fd, directAlign: 0, inlineWriteMax: 4096, pin: () => void pins++, unpin: () => void pins-- };
     const ex = new UringExecutor({ target: fileTable(target, { fd: pr, directAlign: 0 }) });
-    const now = (ops: IoOp[], barrier = false): IoResult | undefined => {
-      let got: IoResult | undefined;
-      ex.submit(ops, barrier, (r) => (got = r));
-      return got;
-    };
+    const now = inSubmit(ex);
     try {
       const small = pattern(4096, 31);
       new Uint8Array(mem.buf, 0, small.length).set(small);
@@ -563,11 +568,7 @@ test.serial('an inline (tmpfs) target: one-op requests done inside submit, short
       const mem = guestMemory(4 << 20);
       const inline: UringTarget = { fd: file.fd, directAlign: 0, inline: true };
       const ex = new UringExecutor({ target: fileTable(inline, { fd: pr, directAlign: 0 }) });
-      const now = (ops: IoOp[], barrier = false): IoResult | undefined => {
-        let got: IoResult | undefined;
-        ex.submit(ops, barrier, (r) => (got = r));
-        return got;
-      };
+      const now = inSubmit(ex);
       try {
         const data = pattern(10000, 21);
         new Uint8Array(mem.buf, 0, data.length).set(data);
