@@ -6,7 +6,7 @@
 // take-over could not keep), and the failures: a bad handover record and a new host that dies
 // in the middle leave the old host serving its front-end.
 // HANDOVER_PHASES=1 logs where each handover's time went (both hosts' log lines).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -595,16 +595,21 @@ function flockThrough(fd: number): 'locked' | 'busy' {
   return spawnSync('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'inherit', fd], encoding: 'utf8' }).stdout.trim() as 'locked' | 'busy';
 }
 
-test.serial('fs: the lock fds a handover sends are the lock-holding descriptions, owned by the handover: the old host holds no more fds after a failed handover, the new host no more than the old one after a successful one', async (t) => {
+/** A share holding `files`, an old host serving it on `sock`, our front-end connected with INIT done. */
+async function fsLockSession(t: ExecutionContext, files: Record<string, string>) {
   const share = realpathSync(mkdtempSync(join(dir, 'share-')));
-  writeFileSync(join(share, 'data'), 'locked');
-  writeFileSync(join(share, 'fl'), 'flocked');
+  for (const [name, body] of Object.entries(files)) writeFileSync(join(share, name), body);
   const args = ['--plugin', fsPlugin, '--shared-dir', share];
   const old = await host(args);
   const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
   t.teardown(() => fe.close());
   const c = new FuseClient(fe);
   t.is((await c.init()).error, 0);
+  return { share, args, old, c };
+}
+
+test.serial('fs: the lock fds a handover sends are the lock-holding descriptions, owned by the handover: the old host holds no more fds after a failed handover, the new host no more than the old one after a successful one', async (t) => {
+  const { share, args, old, c } = await fsLockSession(t, { data: 'locked', fl: 'flocked' });
   const data = nodeOf(await c.lookup(1n, 'data'));
   const fh = fhOfOpen(await c.open(data, O.RDWR));
   const fl = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'fl')), O.RDONLY));
@@ -640,14 +645,7 @@ test.serial('fs: the lock fds a handover sends are the lock-holding descriptions
 });
 
 test.serial('fs: a guest holding locks through more descriptions than a handover carries is refused before its rings stop, with the reason', async (t) => {
-  const share = realpathSync(mkdtempSync(join(dir, 'share-')));
-  writeFileSync(join(share, 'data'), 'locked');
-  const args = ['--plugin', fsPlugin, '--shared-dir', share];
-  const old = await host(args);
-  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
-  t.teardown(() => fe.close());
-  const c = new FuseClient(fe);
-  t.is((await c.init()).error, 0);
+  const { share, args, old, c } = await fsLockSession(t, { data: 'locked' });
   const data = nodeOf(await c.lookup(1n, 'data'));
   const fh = fhOfOpen(await c.open(data, O.RDONLY));
   // A read lock per owner: one description each in the share; with the open file's own, one more than a handover carries.
