@@ -23,6 +23,7 @@ test.serial('page making leaves libuv threadpool threads to Node: a file stat is
   let finished = 0;
   const dones = disks.map((fd) => preallocateMemoryDisk(fd, 128 * MiB, null).done.then((m) => (finished++, m)));
   for (const fd of disks) n.close(fd);
+  await new Promise((r) => setImmediate(r)); // the jobs that may start have been queued on the pool
   // Queued on the pool behind the page making: with a job on every thread it would wait for a disk to be done.
   await stat('/proc/self');
   t.is(finished, 0, 'the stat was answered while every disk still had pages to make');
