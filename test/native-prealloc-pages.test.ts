@@ -5,14 +5,36 @@
 // stops it with ECANCELED and leaves no mapping; a failing step is named with its errno.
 import test from 'ava';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { native as n } from '../host/native/index.ts';
-import { PageMakingCancelled, preallocateMemoryDisk } from '../host/storage/prealloc.ts';
+import { PAGE_MAKING_JOBS, PageMakingCancelled, preallocateMemoryDisk } from '../host/storage/prealloc.ts';
 import { createMemoryDisk } from '../host/storage/memory-disk.ts';
 
 const MiB = 1 << 20;
 const cancelFlag = () => new Int32Array(new SharedArrayBuffer(4));
 const pagesOf = (fd: number) => fstatSync(fd).blocks * 512;
 const mapsOf = (name: string) => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`memfd:${name}`)).length;
+
+// Serial: run before the others, alone with the threadpool.
+test.serial('page making leaves libuv threadpool threads to Node: a file stat is answered while more disks than the pool has threads are made; callers may close their fds while their disks wait their turn', async (t) => {
+  const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  t.true(PAGE_MAKING_JOBS < poolThreads, `${PAGE_MAKING_JOBS} jobs at once, of ${poolThreads} threads`);
+  // A disk for every thread of the pool.
+  const disks = Array.from({ length: poolThreads }, () => createMemoryDisk(128 * MiB));
+  const probes = disks.map((fd) => openSync(`/proc/self/fd/${fd}`, 'r'));
+  let finished = 0;
+  const dones = disks.map((fd) => preallocateMemoryDisk(fd, 128 * MiB, null).done.then((m) => (finished++, m)));
+  for (const fd of disks) n.close(fd);
+  await new Promise((r) => setImmediate(r)); // the jobs that may start have been queued on the pool
+  // Queued on the pool behind the page making: with a job on every thread it would wait for a disk to be done.
+  await stat('/proc/self');
+  t.is(finished, 0, 'the stat was answered while every disk still had pages to make');
+  for (const d of dones) (await d).unmap();
+  for (const p of probes) {
+    t.is(pagesOf(p), 128 * MiB);
+    closeSync(p);
+  }
+});
 
 test('every page exists when it resolves, and the Mapping it gives is the memfd, writable', async (t) => {
   const fd = createMemoryDisk(8 * MiB);

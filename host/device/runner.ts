@@ -18,7 +18,7 @@ import { BackingTable } from '../io/backing-table.ts';
 import { chooseExecutor } from '../io/choose-executor.ts';
 import { WatchdogPhase, type LogStatus, type RegionMsg, type RingSnapshot, type CarriedSection, type StateBeginInfo, type StateReadResult, type VringAddrMsg, type WorkerStatus } from './rpc.ts';
 import { DirtyLog } from '../memory/dirty-log.ts';
-import { PollWindow } from './poll-window.ts';
+import { MAX_POLL_MAX_NS, PollWindow } from './poll-window.ts';
 import { INFLIGHT_DESC_NUM_OFFSET, INFLIGHT_VERSION_OFFSET, InflightAreaError, SplitInflightRegion, splitInflightRegionBytes } from '../virtqueue/inflight.ts';
 import { PackedInflightRegion, packedInflightRegionBytes } from '../virtqueue/inflight-packed.ts';
 import { SplitQueue } from '../virtqueue/split.ts';
@@ -273,6 +273,7 @@ export class DeviceRunner {
   /** When the last poll before a wait began (process.hrtime ns), 0 when none is pending: the next kick's block time starts there. */
   private waitStart = 0;
   private polling = false;
+  private pollResumeScheduled = false;
 
   constructor(
     /** Replaced only by replaceDevice (a reset after the device failed). */
@@ -1605,12 +1606,19 @@ export class DeviceRunner {
    * thread, so its CPU time is the device's (cpu-share.ts's `running`). A failed device, a
    * faulted memory table, a stopped ring or one the throttle holds back is never polled. The
    * executor's completion queue is not polled: with I/O in flight the worker does not spin.
+   *
+   * One call keeps the worker from its event loop for at most POLL_TURN_NS (plus the window and
+   * the drains that began inside it): a guest that always publishes its next request within the
+   * window would otherwise keep it here for good, and the main thread's messages (a ring stop,
+   * an upgrade, a reset), the device's timers and the throttle's would never be served. When
+   * the turn is over, kicks are asked for again and, if a ring has work, the rest of the poll
+   * goes on after the event loop had its turn (setImmediate).
    */
   private pollRings(): void {
     const w = this.pollWindow;
     if (w === null || this.polling) return;
     this.polling = true;
-    let index = -1;
+    const turnEnd = nowNs() + POLL_TURN_NS;
     try {
       for (;;) {
         if (this.failed !== null || this.memoryFaulted !== null) return;
@@ -1618,39 +1626,57 @@ export class DeviceRunner {
         let found = -1;
         // Work that only the event loop delivers (I/O completions of an asynchronous executor,
         // frames, timers, a scheduled flush) would wait out the spin: then no spin this time.
-        if (w.ns > 0 && this.executor.inflight === 0 && !this.eventsScheduled && !this.flushScheduled) {
-          for (const r of this.rings) if (this.pollable(r)) r.queue.suppressNotifications();
+        if (w.ns > 0 && start < turnEnd && this.executor.inflight === 0 && !this.eventsScheduled && !this.flushScheduled) {
+          for (let i = 0; i < this.rings.length; i++) this.pollRing(i, suppressKicks);
           const end = start + w.ns;
           do {
-            for (let i = 0; i < this.rings.length && found < 0; i++) {
-              const r = this.rings[i];
-              if (this.pollable(r) && r.queue.hasAvailable()) found = i;
-            }
+            for (let i = 0; i < this.rings.length && found < 0; i++) if (this.pollRing(i, hasWork)) found = i;
           } while (found < 0 && nowNs() < end);
         }
         if (found < 0) {
           // Before blocking: kicks back on everywhere, and one more look. (Work found while
-          // spinning leaves the other rings suppressed: the next pass ends here too.)
-          for (let i = 0; i < this.rings.length; i++) {
-            const r = this.rings[i];
-            index = i;
-            if (this.pollable(r) && r.queue.enableNotifications() && found < 0) found = i;
-          }
-          index = -1;
+          // spinning leaves the other rings suppressed: the next pass ends here too.) A ring
+          // that faults here breaks alone: the rings after it are still asked for kicks.
+          for (let i = 0; i < this.rings.length; i++) if (this.pollRing(i, askForKicks) && found < 0) found = i;
           if (found < 0) {
             this.waitStart = start;
+            return;
+          }
+          if (nowNs() >= turnEnd) {
+            // The turn is over: the event loop first, then the ring that has work (its kick
+            // may never come: the driver published it while told not to kick).
+            this.resumePollSoon();
             return;
           }
         }
         w.adjust(nowNs() - start);
         this.drain(found, this.rings[found]);
       }
-    } catch (e) {
-      // A guest's ring fault (a ring broken under us) breaks that ring, as in a drain.
-      this.batchFailed(index, e);
     } finally {
       this.polling = false;
     }
+  }
+
+  /** One ring's part of a poll, when the ring is pollable: a guest's fault there breaks that ring alone. */
+  private pollRing(index: number, step: (q: DeviceQueue) => boolean): boolean {
+    const r = this.rings[index];
+    if (!this.pollable(r)) return false;
+    try {
+      return step(r.queue);
+    } catch (e) {
+      this.batchFailed(index, e);
+      return false;
+    }
+  }
+
+  /** pollRings again after the event loop's turn (its turn ran out with work on a ring). */
+  private resumePollSoon(): void {
+    if (this.pollResumeScheduled) return;
+    this.pollResumeScheduled = true;
+    setImmediate(() => {
+      this.pollResumeScheduled = false;
+      this.pollRings();
+    });
   }
 
   private notify(index: number, r: Vring, q: DeviceQueue): void {
@@ -1789,6 +1815,20 @@ export function sliceViews(buffers: readonly Uint8Array[], offset: number, len: 
   }
   return out;
 }
+
+/**
+ * The longest one pollRings call keeps its worker from the event loop before it lets the loop
+ * run (the drains and the window begun before it ends come on top): twice the largest window.
+ */
+const POLL_TURN_NS = 2 * MAX_POLL_MAX_NS;
+
+// pollRings' steps on one ring (made once: the spin allocates nothing).
+const suppressKicks = (q: DeviceQueue): boolean => {
+  q.suppressNotifications();
+  return false;
+};
+const hasWork = (q: DeviceQueue): boolean => q.hasAvailable();
+const askForKicks = (q: DeviceQueue): boolean => q.enableNotifications();
 
 /** A monotonic clock in ns (performance.now's fraction is sub-microsecond; no BigInt per call in the spin). */
 function nowNs(): number {

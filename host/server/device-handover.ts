@@ -6,7 +6,7 @@
 
 import type { HostDevice } from './index.ts';
 import { HandoverLost, type HandoverFd, type HandoverOutcome, type HandoverSource, type SessionOffer } from './takeover.ts';
-import { LiveHandoverBusy, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
+import { LiveHandoverBusy, LiveHandoverOverBound, LiveHandoverRefused, type LiveCapture } from '../session/live-handover.ts';
 import { HOST_VERSION } from '../version.ts';
 import { errorText, type Logger } from '../log/logger.ts';
 
@@ -43,13 +43,18 @@ export function prepareDeviceHandover(
   const disk = d.slot.memoryDiskFd;
   d.listener.holdAccepting(true);
   let capture: LiveCapture | null = null;
-  /** Stops the held session's rings; requests the device holds are answered soon (an rng waiting for entropy): tried again. */
+  /**
+   * Stops the held session's rings; requests the device holds are answered soon (an rng waiting
+   * for entropy): tried again. Locks over what a handover carries are not: the guest would only
+   * pause again for the same refusal.
+   */
   const stopRings = async (c: LiveCapture) => {
     for (let attempt = 1; ; attempt++) {
       try {
         return await c.stop();
       } catch (e) {
-        if (!(e instanceof LiveHandoverBusy) || attempt >= BUSY_ATTEMPTS) throw e;
+        if (!(e instanceof LiveHandoverBusy) || e instanceof LiveHandoverOverBound || attempt >= BUSY_ATTEMPTS) throw e;
+        if (attempt === 1) o.log.info(`${prefix} the session's rings cannot stop yet (${e.message}): trying again every ${BUSY_RETRY_MS} ms, ${BUSY_ATTEMPTS} times at most`);
         await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
       }
     }

@@ -27,6 +27,13 @@ export class LiveHandoverBusy extends VhostWasmError {
   override readonly name = 'LiveHandoverBusy';
 }
 
+/**
+ * Busy for a reason that passes only when the guest does something (it holds more locks than a
+ * handover carries): refused at once, not tried again within the same handover, whose retries
+ * would only pause the guest's rings again and again for the same answer.
+ */
+export class LiveHandoverOverBound extends LiveHandoverBusy {}
+
 /** This session cannot move live at all (its state cannot be saved, the device needs a reset): the socket take-over is left. */
 export class LiveHandoverRefused extends VhostWasmError {
   static override readonly code = 'ERR_LIVE_HANDOVER_REFUSED';

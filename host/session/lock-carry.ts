@@ -8,7 +8,7 @@
 // the fds that came with the stop message, and the new host puts its own numbers back.
 import { Buffer } from 'node:buffer';
 import type { DeviceWorker } from '../device/worker-client.ts';
-import { LiveHandoverBusy } from './live-handover.ts';
+import { LiveHandoverOverBound } from './live-handover.ts';
 import { decodeLockHandoff, encodeLockHandoff, LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
 
 /** Lock-holding fds one handover carries at most (the wire takes 4096 fds in all). */
@@ -29,14 +29,14 @@ function overBound(fds: number, bytes: number): string | null {
 }
 
 /**
- * Old host, rings paused, before they stop: refuses (LiveHandoverBusy) a guest whose locks are
+ * Old host, rings paused, before they stop: refuses (LiveHandoverOverBound, not retried) a guest whose locks are
  * over the bounds now, so the guest does not pause for a handover carryLocks would refuse.
  * carryLocks checks again after the stop and is the authority.
  */
 export async function checkLockBounds(worker: DeviceWorker): Promise<void> {
   const { fds, bytes } = await worker.lockCarrySize();
   const why = overBound(fds, bytes);
-  if (why !== null) throw new LiveHandoverBusy(why);
+  if (why !== null) throw new LiveHandoverOverBound(why);
 }
 
 /**
@@ -51,7 +51,7 @@ export async function carryLocks(worker: DeviceWorker, close: (fds: number[]) =>
   const why = overBound(w.fds.length, w.handoff.length);
   if (why !== null) {
     close(w.fds);
-    throw new LiveHandoverBusy(why);
+    throw new LiveHandoverOverBound(why);
   }
   return { locks: { handoff: Buffer.from(w.handoff).toString('base64'), fds: w.fds.length }, fds: w.fds };
 }

@@ -82,24 +82,49 @@ export interface PageMaking {
 }
 
 /**
- * Page making under way in this process (its memfd and size) until it ends or is cancelled. The
- * memory check must count it: MemAvailable shows only the pages it has made so far, and two
- * device-adds side by side would otherwise each find room for its whole disk, and together
- * overcommit (an OOM kill, which the check exists to prevent).
+ * Page making under way or waiting its turn in this process (a dup of its memfd, this module's,
+ * and its size) until it ends or is cancelled. The memory check must count it: MemAvailable
+ * shows only the pages it has made so far, and two device-adds side by side would otherwise
+ * each find room for its whole disk, and together overcommit (an OOM kill, which the check
+ * exists to prevent).
  */
 const underWay = new Set<{ fd: number; size: number }>();
 
 /** Bytes that page making under way has still to take: each disk's size less the pages it holds now. */
 function stillToMake(): number {
   let n = 0;
-  for (const j of underWay) {
-    try {
-      n += Math.max(0, j.size - fstatSync(j.fd).blocks * 512);
-    } catch {
-      // Closed (its device removed): it takes nothing more.
-    }
-  }
+  for (const j of underWay) n += Math.max(0, j.size - fstatSync(j.fd).blocks * 512);
   return n;
+}
+
+/**
+ * Page-making jobs that run at once: half of libuv's threadpool (UV_THREADPOOL_SIZE, 4 by
+ * default), at least one. Each job holds a pool thread for seconds per GiB, and Node's own work
+ * waits for the same threads: the ES module loader's file reads (a device worker starting loads
+ * its plugin glue with them), async fs calls, dns.lookup. With a job per thread (four disks
+ * added together), every other device's start would wait for a disk to be done. More disks wait
+ * their turn, in the order they came.
+ */
+export const PAGE_MAKING_JOBS = Math.max(1, Math.floor((Number(process.env.UV_THREADPOOL_SIZE) || 4) / 2));
+let running = 0;
+const waiting: (() => void)[] = [];
+
+/** Resolves when a job may start; the job must call the release it gets, once, when it ends. */
+function jobTurn(): Promise<() => void> {
+  return new Promise((start) => {
+    const go = () => {
+      running++;
+      let released = false;
+      start(() => {
+        if (released) return;
+        released = true;
+        running--;
+        waiting.shift()?.();
+      });
+    };
+    if (running < PAGE_MAKING_JOBS) go();
+    else waiting.push(go);
+  });
 }
 
 /** The error `done` rejects with when cancel() stopped it. */
@@ -133,12 +158,24 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
     );
   }
   const flag = new Int32Array(new SharedArrayBuffer(4));
-  const job = { fd, size };
-  const done = native.preallocPages(fd, size, flag);
+  // Ours until the job ends: the caller may close its fd while the job waits its turn.
+  const job = { fd: native.dup(fd), size };
   underWay.add(job);
+  const done = jobTurn().then((release) => {
+    try {
+      // Cancelled while it waited: nothing was started.
+      if (Atomics.load(flag, 0) !== 0) throw Object.assign(new Error('cancelled before it began'), { code: 'ECANCELED' });
+      const making = native.preallocPages(job.fd, size, flag); // works on a dup of its own
+      void making.then(release, release);
+      return making;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  });
   void done.then(
-    () => underWay.delete(job),
-    () => underWay.delete(job),
+    () => forget(job),
+    () => forget(job),
   );
   const said = done.catch((e: unknown) => {
     const code = (e as NodeJS.ErrnoException).code;
@@ -154,8 +191,14 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
     done: said,
     cancel: () => {
       Atomics.store(flag, 0, 1);
-      // It stops at its next chunk and its memfd is closed by its owner: nothing more to count.
-      underWay.delete(job);
+      // It stops at its next chunk (or does not start) and its memfd is closed by its owner: nothing more to count.
+      forget(job);
     },
   };
+}
+
+/** A job that ended or was cancelled: no longer counted, its dup closed (the native work holds its own). */
+function forget(job: { fd: number; size: number }): void {
+  if (!underWay.delete(job)) return;
+  native.close(job.fd);
 }
