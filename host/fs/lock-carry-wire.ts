@@ -4,7 +4,7 @@
 // (F_DUPFD_CLOEXEC) so the main thread sends descriptions it owns. Sending the share's own
 // numbers a little later from the main thread would race with the share closing one: the
 // number could by then name another fd (another tenant's file) and that would leave the process.
-import { decodeLockHandoff, encodeLockHandoff, type LockHandoff } from './lock-handoff.ts';
+import { decodeLockHandoff, encodeLockHandoff, renumberFds } from './lock-handoff.ts';
 
 /** What one handover would carry: the wire handoff and, in index order, the fds it names. */
 export interface LockCarryWire {
@@ -30,8 +30,7 @@ export function lockCarryWire(section: Uint8Array, dup?: (fd: number) => number,
     if (i === undefined) at.set(fd, (i = fds.push(fd) - 1));
     return i;
   };
-  const wire: LockHandoff = { ...h, files: h.files.map((f) => ({ ...f, fd: index(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: index(o.fd) })) };
-  const handoff = encodeLockHandoff(wire);
+  const handoff = encodeLockHandoff(renumberFds(h, index));
   if (!dup) return { handoff, fds };
   const owned: number[] = [];
   try {

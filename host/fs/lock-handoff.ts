@@ -56,6 +56,11 @@ export function encodeLockHandoff(h: LockHandoff): Uint8Array {
   return out;
 }
 
+/** The handoff with every fd it names (open files' and owners') replaced by `fd(old)`: numbers on the wire are indexes, in a share they are fds. */
+export function renumberFds(h: LockHandoff, fd: (n: number) => number): LockHandoff {
+  return { ...h, files: h.files.map((f) => ({ ...f, fd: fd(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: fd(o.fd) })) };
+}
+
 /** Parses and checks a handoff; throws with what is wrong. */
 export function decodeLockHandoff(bytes: Uint8Array): LockHandoff {
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);

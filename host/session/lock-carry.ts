@@ -9,7 +9,7 @@
 import { Buffer } from 'node:buffer';
 import type { DeviceWorker } from '../device/worker-client.ts';
 import { LiveHandoverOverBound } from './live-handover.ts';
-import { decodeLockHandoff, encodeLockHandoff, LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
+import { decodeLockHandoff, encodeLockHandoff, renumberFds, LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
 
 /** Lock-holding fds one handover carries at most (the wire takes 4096 fds in all). */
 export const MAX_CARRIED_LOCK_FDS = 1024;
@@ -68,7 +68,7 @@ export async function takeLocks(worker: DeviceWorker, locks: CarriedLocks, fds: 
       if (i >= fds.length) throw new Error(`the lock handoff names fd ${i} of the ${fds.length} that came with it`);
       return fds[i];
     };
-    const local = encodeLockHandoff({ pid: process.pid, files: h.files.map((f) => ({ ...f, fd: fd(f.fd) })), owners: h.owners.map((o) => ({ ...o, fd: fd(o.fd) })), flocked: h.flocked });
+    const local = encodeLockHandoff({ ...renumberFds(h, fd), pid: process.pid });
     await worker.stateBeginLoad(LOCK_HANDOFF_SECTION_ID, local.length);
     await worker.stateWrite(0, local, LOCK_HANDOFF_SECTION_ID);
     const why = await worker.stateFinish(LOCK_HANDOFF_SECTION_ID);
