@@ -34,7 +34,7 @@ import { spawn } from 'node:child_process';
 import { BIN, REPO, assertBuilt } from '../test/helpers/host-process.ts';
 import { daemonConfig, startMultiHost } from '../test/helpers/multi-host.ts';
 import { startVirtiofsd } from '../test/guest/virtiofsd.ts';
-import { FuseClient, direntplus, nodeOf, fhOfOpen, u32s } from '../test/helpers/fuse.ts';
+import { FuseClient, direntplus, nodeOf, fhOfOpen, u32s, ioIn } from '../test/helpers/fuse.ts';
 
 const { values: argv } = parseArgs({
   options: {
@@ -141,9 +141,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
     async run() {
       // The node id in the header as the kernel sends it (FuseClient.read sends 0, which our
       // plugin ignores for a READ but virtiofsd looks the inode up by).
-      const b = Buffer.alloc(40);
-      b.writeBigUInt64LE(fh, 0);
-      b.writeUInt32LE(4096, 16);
+      const b = ioIn(fh, 0n, 4096);
       for (let i = 0; i < COUNT; i++) {
         b.writeBigUInt64LE(BigInt(Math.floor(Math.random() * 1024) * 4096), 8);
         ok(await fuse.req(15, big, b, 8192), 'read');
@@ -156,9 +154,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   'read 128K': {
     unit: 'read',
     async run() {
-      const b = Buffer.alloc(40);
-      b.writeBigUInt64LE(fh, 0);
-      b.writeUInt32LE(128 << 10, 16);
+      const b = ioIn(fh, 0n, 128 << 10);
       for (let i = 0; i < COUNT; i++) {
         b.writeBigUInt64LE(BigInt((i % 32) * (128 << 10)), 8);
         const r = ok(await fuse.req(15, big, b, 16 + (128 << 10)), 'read');
@@ -172,10 +168,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   'write 100': {
     unit: 'write',
     async run() {
-      const w = Buffer.alloc(40);
-      w.writeBigUInt64LE(wfh, 0);
-      w.writeUInt32LE(100, 16);
-      const req = Buffer.concat([w, Buffer.alloc(100, 0x62)]);
+      const req = Buffer.concat([ioIn(wfh, 0n, 100), Buffer.alloc(100, 0x62)]);
       for (let i = 0; i < COUNT; i++) {
         const r = ok(await fuse.req(16, scratch, req), 'write');
         if (r.body.readUInt32LE(0) !== 100) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 100`);
@@ -191,11 +184,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
         const dh = fhOfOpen(ok(await fuse.req(27, many, u32s(0, 0)), 'opendir'));
         let off = 0n;
         for (;;) {
-          const b = Buffer.alloc(40);
-          b.writeBigUInt64LE(dh, 0);
-          b.writeBigUInt64LE(off, 8);
-          b.writeUInt32LE(65536, 16);
-          const out = ok(await fuse.req(44, many, b, 65536 + 16), 'readdirplus').body;
+          const out = ok(await fuse.req(44, many, ioIn(dh, off, 65536), 65536 + 16), 'readdirplus').body;
           if (out.length === 0) break;
           const listed = direntplus(out);
           off = listed[listed.length - 1].off;
@@ -236,10 +225,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
         const r = ok(await fuse.create(newDir, name, 0o301 /* O_WRONLY|O_CREAT|O_EXCL */), 'create');
         const node = nodeOf(r);
         const fhNew = r.body.readBigUInt64LE(128);
-        const w = Buffer.alloc(40);
-        w.writeBigUInt64LE(fhNew, 0);
-        w.writeUInt32LE(data.length, 16);
-        const wrote = ok(await fuse.req(16, node, Buffer.concat([w, data])), 'write');
+        const wrote = ok(await fuse.req(16, node, Buffer.concat([ioIn(fhNew, 0n, data.length), data])), 'write');
         if (wrote.body.readUInt32LE(0) !== data.length) throw new Error(`write: ${wrote.body.readUInt32LE(0)} bytes, not ${data.length}`);
         const fl = Buffer.alloc(24);
         fl.writeBigUInt64LE(fhNew, 0);

@@ -44,16 +44,21 @@ export class FuseClient {
     return this.req(OP.GETATTR, node, Buffer.alloc(16));
   }
   read(fh: bigint, off: number, size: number): Promise<FuseReply> {
-    const b = Buffer.alloc(40);
-    b.writeBigUInt64LE(fh, 0);
-    b.writeBigUInt64LE(BigInt(off), 8);
-    b.writeUInt32LE(size, 16);
     // Room for the out header and all of `size`.
-    return this.req(OP.READ, 0n, b, Math.max(8192, 16 + size));
+    return this.req(OP.READ, 0n, ioIn(fh, BigInt(off), size), Math.max(8192, 16 + size));
   }
 }
 
 export const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
+
+/** struct fuse_read_in (READ, READDIR, READDIRPLUS) and the head of fuse_write_in: fh, offset, size at the same places; 40 bytes. */
+export function ioIn(fh: bigint, offset: bigint, size: number): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeBigUInt64LE(offset, 8);
+  b.writeUInt32LE(size, 16);
+  return b;
+}
 /** The node id of a LOOKUP/CREATE entry reply; the fh of an OPEN reply. */
 export const nodeOf = (r: FuseReply) => r.body.readBigUInt64LE(0);
 
