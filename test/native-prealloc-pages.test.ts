@@ -100,7 +100,7 @@ test('arguments are checked: a detachable cancel buffer, size 0, a file shorter 
   n.close(fd);
 });
 
-test('prealloc.ts: the memory check counts what page making under way has still to take', async (t) => {
+test.serial('prealloc.ts: the memory check counts what page making under way has still to take', async (t) => {
   const a = createMemoryDisk(512 * MiB);
   const b = createMemoryDisk(512 * MiB);
   const room = { bytes: 768 * MiB, from: 'a figure given by the test' };
@@ -119,7 +119,7 @@ test('prealloc.ts: the memory check counts what page making under way has still 
   n.close(b);
 });
 
-test('prealloc.ts: a memfd that already holds its pages (a disk an old host handed over) needs no room for them again; one that lacks pages does', async (t) => {
+test.serial('prealloc.ts: a memfd that already holds its pages (a disk an old host handed over) needs no room for them again; one that lacks pages does', async (t) => {
   const size = 4 * MiB;
   const fd = createMemoryDisk(size);
   t.teardown(() => n.close(fd));

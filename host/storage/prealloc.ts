@@ -148,7 +148,8 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
   const have = Math.min(size, fstatSync(fd).blocks * 512);
   const need = size - have;
   const promised = room === null ? 0 : stillToMake();
-  if (room !== null && room.bytes - promised < need) {
+  // A disk that holds all its pages already (handed over) commits nothing: never refused for what other disks still take.
+  if (room !== null && need > 0 && room.bytes - promised < need) {
     const free = Math.max(0, room.bytes - promised);
     const missing = have > 0 ? ` (${mib(need)} of its pages still to make)` : '';
     const others = promised > 0 ? `, ${mib(promised)} of it still to be taken by other disks whose pages are being made` : '';
