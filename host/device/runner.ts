@@ -52,6 +52,19 @@ const MAX_FAILURE_ROUNDS = 8;
 const NOTIFY_EVERY_BATCHES = 4;
 const NOTIFY_EVERY_REQUESTS = 32;
 
+/**
+ * One drain's turn: after this many batches or requests, whichever comes first, a ring the
+ * driver keeps from running dry is left for the event loop to have a turn (its other rings'
+ * kicks, the main thread's messages, completions, timers) and drained on from setImmediate,
+ * its kicks still suppressed: a guest that refills one ring as fast as the worker empties it
+ * would otherwise keep the worker in that ring for good (QEMU's virtio-net tx and rust-vmm's
+ * event loop bound their turns the same way). A full turn is 4 of the largest batches, so the
+ * turn's cost (one pass of the event loop, a few us) is lost in the work it ends; a drain that
+ * empties the ring first never yields.
+ */
+export const DRAIN_TURN_BATCHES = 16;
+export const DRAIN_TURN_REQUESTS = 1024;
+
 const EMPTY = new Uint8Array(0);
 const ZEROES = new Uint8Array(64 * 1024);
 
@@ -204,6 +217,8 @@ interface Vring {
   touched: boolean;
   /** Armed while the throttle holds the ring back: it drains the ring again when the budget allows. */
   throttleTimer: ReturnType<typeof setTimeout> | null;
+  /** Armed when a drain used up its turn with work left (DRAIN_TURN_*): it drains on after the event loop's turn. */
+  resume: ReturnType<typeof setImmediate> | null;
 }
 
 function regionSpec(r: RegionMsg): RegionSpec {
@@ -370,7 +385,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null, resume: null };
   }
 
   private ring(index: number): Vring {
@@ -1405,6 +1420,8 @@ export class DeviceRunner {
     r.watcher = null;
     if (r.throttleTimer !== null) clearTimeout(r.throttleTimer);
     r.throttleTimer = null;
+    if (r.resume !== null) clearImmediate(r.resume);
+    r.resume = null;
   }
 
   /**
@@ -1532,12 +1549,21 @@ export class DeviceRunner {
    * turn of the event loop, and never without the driver's used_event / NO_INTERRUPT saying it
    * wants one (needsNotification judges the whole span since the last notification, so skipping
    * a check in between loses nothing). test/ring-notifications.test.ts holds it to that.
+   * A drain that used up its turn (DRAIN_TURN_*) notifies and goes on after the event loop's
+   * turn (resumeDrain); test/drain-fairness.test.ts holds it to that.
    */
   private drain(index: number, r: Vring): void {
+    // This drain takes over from one that was waiting for its next turn.
+    if (r.resume !== null) {
+      clearImmediate(r.resume);
+      r.resume = null;
+    }
     const q = r.queue;
     if (!q || q.broken || this.failed || this.memoryFaulted) return;
     let unnotified = 0;
     let unnotifiedReqs = 0;
+    let turnBatches = 0;
+    let turnReqs = 0;
     try {
       for (;;) {
         q.disableNotifications();
@@ -1571,6 +1597,15 @@ export class DeviceRunner {
           this.notifyTouched();
           if (wait > 0) return;
         }
+        turnReqs += batch.length;
+        if (++turnBatches >= DRAIN_TURN_BATCHES || turnReqs >= DRAIN_TURN_REQUESTS) {
+          // The turn is used up with the ring maybe not dry: what completed is told now, kicks
+          // stay suppressed (the driver need not kick a ring we come back to), and the rest
+          // waits for the event loop's turn.
+          this.notifyTouched();
+          this.resumeDrain(index, r);
+          return;
+        }
       }
     } catch (e) {
       this.batchFailed(index, e);
@@ -1583,6 +1618,19 @@ export class DeviceRunner {
         this.batchFailed(index, e2);
       }
     }
+  }
+
+  /**
+   * Drains ring `index` again once the event loop had its turn. A stop, reset, disable or fault
+   * of the ring (stopWatching) disarms it; a drain that starts meanwhile (a kick) takes over.
+   */
+  private resumeDrain(index: number, r: Vring): void {
+    if (r.resume !== null) return;
+    r.resume = setImmediate(() => {
+      r.resume = null;
+      this.drain(index, r);
+      this.pollRings();
+    });
   }
 
   /** A kick woke the worker: the wait since the last poll began tells the window how it did. */
