@@ -7,7 +7,9 @@ import test from 'ava';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { native as n } from '../host/native/index.ts';
-import { PAGE_MAKING_JOBS, PageMakingCancelled, preallocateMemoryDisk } from '../host/storage/prealloc.ts';
+import { PAGE_MAKING_JOBS, PageMakingCancelled, makePages, preallocateMemoryDisk, resetPopulateWriteCheck, type PreallocPages } from '../host/storage/prealloc.ts';
+import { setLogSink } from '../host/log/logger.ts';
+import { constants as OS } from 'node:os';
 import { createMemoryDisk } from '../host/storage/memory-disk.ts';
 
 const MiB = 1 << 20;
@@ -131,4 +133,78 @@ test.serial('prealloc.ts: a memfd that already holds its pages (a disk an old ho
   t.notThrows(() => (again = preallocateMemoryDisk(fd, size, room)));
   (await again!.done).unmap();
   t.is(pagesOf(fd), size);
+});
+
+/** Resident kB of this process's mappings of memfd `name` (/proc/self/smaps): what a populated mapping has faulted in. */
+function residentKb(name: string): number {
+  let kb = 0;
+  let inside = false;
+  for (const l of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(l)) inside = l.includes(`memfd:${name}`);
+    else if (inside && l.startsWith('Rss:')) kb += Number(/(\d+) kB/.exec(l)![1]);
+  }
+  return kb;
+}
+
+test('touch mode (kernels before 5.14): every page exists and is mapped in, writable, and bytes already in the disk are kept', async (t) => {
+  const fd = n.memfdCreate('prealloc-touch-test', true);
+  n.ftruncate(fd, 8 * MiB);
+  t.teardown(() => n.close(fd));
+  // A disk with data (handed over by an old host): touching its pages must not change a byte.
+  const data = Buffer.alloc(4096, 0x5a);
+  n.pwrite(fd, data, 3 * MiB);
+  const m = await n.preallocPages(fd, 8 * MiB, cancelFlag(), true);
+  t.is(pagesOf(fd), 8 * MiB);
+  t.is(residentKb('prealloc-touch-test'), 8 * 1024, 'every page of the mapping is faulted in, as MADV_POPULATE_WRITE leaves it');
+  t.deepEqual(Buffer.from(m.window(3 * MiB, 4096)), data, 'the bytes there before are unchanged');
+  t.is(new Uint8Array(m.window(0, 1))[0], 0);
+  new Uint8Array(m.window(8 * MiB - 4096, 4096)).fill(7);
+  const again = n.mmap(fd, 8 * MiB, 0, false);
+  t.is(new Uint8Array(again.window(8 * MiB - 1, 1))[0], 7, 'a write through it is in the file');
+  again.unmap();
+  m.unmap();
+});
+
+// This machine's kernel (6.x) has MADV_POPULATE_WRITE, and no older one is at hand: the errno a
+// kernel before 5.14 gives (EINVAL from madvise with that advice, as native preallocPages reports
+// it) is injected in front of the real native call, which then does the fallback's work.
+test.serial('prealloc.ts: madvise refusing MADV_POPULATE_WRITE with EINVAL (a kernel before 5.14) falls back to touching each page, said once in the log; any other failure is not taken for it', async (t) => {
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
+  resetPopulateWriteCheck();
+  t.teardown(() => {
+    setLogSink(null);
+    resetPopulateWriteCheck();
+  });
+  const calls: string[] = [];
+  const oldKernel: PreallocPages = (fd, size, cancel, touch) => {
+    calls.push(touch ? 'touch' : 'populate');
+    if (touch) return n.preallocPages(fd, size, cancel, true);
+    const e = Object.assign(new Error('madvise(MADV_POPULATE_WRITE): EINVAL'), { code: 'EINVAL', errno: OS.errno.EINVAL, syscall: 'madvise(MADV_POPULATE_WRITE)' });
+    return Promise.reject(e);
+  };
+  for (const k of [0, 1]) {
+    const fd = createMemoryDisk(4 * MiB);
+    const m = await makePages(oldKernel, fd, 4 * MiB, cancelFlag());
+    t.is(pagesOf(fd), 4 * MiB, `disk ${k}: every page made`);
+    new Uint8Array(m.window(0, 4096)).fill(1);
+    m.unmap();
+    n.close(fd);
+  }
+  t.deepEqual(calls, ['populate', 'touch', 'touch'], 'the second disk touches its pages straight away');
+  const said = lines.filter((l) => /MADV_POPULATE_WRITE/.test(l));
+  t.is(said.length, 1, lines.join('\n'));
+  t.regex(said[0], /INFO .*this kernel does not know madvise MADV_POPULATE_WRITE \(Linux 5\.14 or later has it\).*touching each one instead/);
+
+  // EINVAL from another step, or another errno from madvise: the failure as it is, no fallback.
+  resetPopulateWriteCheck();
+  for (const [syscall, code] of [['fallocate', 'EINVAL'], ['madvise(MADV_POPULATE_WRITE)', 'ENOMEM']] as const) {
+    calls.length = 0;
+    const failing: PreallocPages = (_fd, _size, _cancel, touch) => {
+      calls.push(touch ? 'touch' : 'populate');
+      return Promise.reject(Object.assign(new Error(`${syscall}: ${code}`), { code, errno: OS.errno[code], syscall }));
+    };
+    await t.throwsAsync(makePages(failing, 0, MiB, cancelFlag()), { message: `${syscall}: ${code}` });
+    t.deepEqual(calls, ['populate'], `${syscall} ${code}: not retried`);
+  }
 });

@@ -278,9 +278,11 @@ export interface Native extends NativeFs {
    * with that (guarded) Mapping. The work holds a dup of fd and its own mapping until it ends,
    * so the caller may close fd meanwhile. Storing non-zero into cancel[0] (an Int32Array over a
    * SharedArrayBuffer) stops it between 64 MiB chunks. Rejects with an errno error (code
-   * 'ENOSPC', 'ENOMEM', 'ECANCELED', ...; syscall: the step that failed).
+   * 'ENOSPC', 'ENOMEM', 'ECANCELED', ...; syscall: the step that failed). `touch`: the mapping
+   * is populated by write-faulting each page in (an atomic add of 0: no byte changes) instead,
+   * for kernels before 5.14, whose madvise refuses MADV_POPULATE_WRITE with EINVAL.
    */
-  preallocPages(fd: number, size: number, cancel: Int32Array): Promise<Mapping>;
+  preallocPages(fd: number, size: number, cancel: Int32Array, touch?: boolean): Promise<Mapping>;
   /** fcntl(F_ADD_SEALS) on a memfd created with allowSealing (F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4). */
   memfdAddSeals(fd: number, seals: number): void;
   /** fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own. */

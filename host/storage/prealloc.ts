@@ -17,6 +17,9 @@ import { fstatSync, readFileSync } from 'node:fs';
 import { native, type Mapping } from '../native/index.ts';
 import { VhostWasmError } from '../errors.ts';
 import { constants as OS } from 'node:os';
+import { createLogger } from '../log/logger.ts';
+
+const log = createLogger('storage');
 
 /** Memory this host may still take, as the kernel and its memory cgroup say (bytes), with where the figure comes from. */
 export interface MemoryRoom {
@@ -136,7 +139,8 @@ export class PageMakingCancelled extends VhostWasmError {
 /**
  * Makes every page of the memory disk's memfd (fd, `size` bytes; pages it has already, e.g. a
  * disk handed over by an old host, cost nothing) with fallocate, and maps them in this thread
- * (a LOAD, a SAVE and pre-copy use that mapping) with MADV_POPULATE_WRITE, after checking that
+ * (a LOAD, a SAVE and pre-copy use that mapping) with MADV_POPULATE_WRITE (on kernels before
+ * 5.14, by touching each page: makePages), after checking that
  * the memory is there. The check throws at once; the page making itself (~1.3 s per GiB here)
  * runs on libuv's threadpool (native preallocPages), so the event loop that serves every other
  * device is never held by it. `done` rejects with a message saying what is short and what to do.
@@ -166,7 +170,7 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
     try {
       // Cancelled while it waited: nothing was started.
       if (Atomics.load(flag, 0) !== 0) throw Object.assign(new Error('cancelled before it began'), { code: 'ECANCELED' });
-      const making = native.preallocPages(job.fd, size, flag); // works on a dup of its own
+      const making = makePages(native.preallocPages, job.fd, size, flag); // works on a dup of its own
       void making.then(release, release);
       return making;
     } catch (e) {
@@ -196,6 +200,45 @@ export function preallocateMemoryDisk(fd: number, size: number, room: MemoryRoom
       forget(job);
     },
   };
+}
+
+/** native.preallocPages, or a stand-in with its contract (tests inject the errno of an older kernel). */
+export type PreallocPages = (fd: number, size: number, cancel: Int32Array, touch?: boolean) => Promise<Mapping>;
+
+/** Set once madvise refused MADV_POPULATE_WRITE in this process: later disks touch their pages straight away. */
+let populateWriteMissing = false;
+
+/** Whether `e` is madvise's EINVAL for MADV_POPULATE_WRITE: the advice this kernel does not know (it came in Linux 5.14). */
+export function populateWriteUnsupported(e: unknown): boolean {
+  const x = e as NodeJS.ErrnoException;
+  return x?.errno === OS.errno.EINVAL && typeof x.syscall === 'string' && x.syscall.includes('MADV_POPULATE_WRITE');
+}
+
+/**
+ * The pages made and mapped by `pages` (native.preallocPages) with MADV_POPULATE_WRITE, or, on
+ * a kernel before 5.14 that refuses that advice with EINVAL, by touching each page in (the same
+ * work on the same threadpool, one fault per page instead of one call per chunk), said once
+ * per process in the log. The fallocate that makes the pages is the same either way.
+ */
+export async function makePages(pages: PreallocPages, fd: number, size: number, cancel: Int32Array): Promise<Mapping> {
+  if (!populateWriteMissing) {
+    try {
+      return await pages(fd, size, cancel);
+    } catch (e) {
+      if (!populateWriteUnsupported(e)) throw e;
+      populateWriteMissing = true;
+      log.info(
+        'prealloc=on: this kernel does not know madvise MADV_POPULATE_WRITE (Linux 5.14 or later has it): ' +
+          "memory disks' pages are mapped by touching each one instead, which takes longer",
+      );
+    }
+  }
+  return pages(fd, size, cancel, true);
+}
+
+/** Forgets that MADV_POPULATE_WRITE was refused (tests of makePages). */
+export function resetPopulateWriteCheck(): void {
+  populateWriteMissing = false;
 }
 
 /** A job that ended or was cancelled: no longer counted, its dup closed (the native work holds its own). */

@@ -524,7 +524,17 @@ typedef struct {
   void *base; // set once mapped; NULL again if the work unmapped it
   int err;    // 0, or the errno of the step that failed
   const char *step;
+  // Map the pages by touching each one instead of MADV_POPULATE_WRITE, which kernels before
+  // 5.14 refuse with EINVAL (the caller decides, prealloc.ts, and says so in the log).
+  bool touch;
 } prealloc_job;
+
+// Write-faults every fault unit of [p, p+len) in without changing a byte: an atomic add of 0 is
+// a locked read-modify-write, so a write by anyone else sharing the memfd is never undone (a
+// plain `*p = *p` could put back a byte read before another writer's store).
+static void touch_pages(uint8_t *p, uint64_t len, size_t unit) {
+  for (uint64_t off = 0; off < len; off += unit) __atomic_fetch_add(p + off, 0, __ATOMIC_RELAXED);
+}
 
 static bool prealloc_cancelled(prealloc_job *j) {
   return atomic_load_explicit(j->cancel, memory_order_acquire) != 0;
@@ -556,12 +566,14 @@ static void prealloc_execute(napi_env env, void *data) {
     uint64_t len = j->size - off < PREALLOC_CHUNK ? j->size - off : PREALLOC_CHUNK;
     int r = 0;
     if (prealloc_cancelled(j)) r = -1, errno = ECANCELED;
+    else if (j->touch)
+      touch_pages((uint8_t *)base + off, len, j->fault_unit);
     else {
       do r = madvise((uint8_t *)base + off, (size_t)len, MADV_POPULATE_WRITE);
       while (r < 0 && errno == EINTR);
     }
     if (r < 0) {
-      j->err = errno, j->step = "madvise(MADV_POPULATE_WRITE)";
+      j->err = errno, j->step = j->touch ? "touching pages" : "madvise(MADV_POPULATE_WRITE)";
       munmap(base, (size_t)j->size);
       return;
     }
@@ -590,14 +602,18 @@ static void prealloc_complete(napi_env env, napi_status status, void *data) {
   free(j);
 }
 
-// preallocPages(fd, size, cancel: Int32Array over a SharedArrayBuffer) -> Promise<Mapping>
+// preallocPages(fd, size, cancel: Int32Array over a SharedArrayBuffer, touch?: boolean) -> Promise<Mapping>
 static napi_value prealloc_pages(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+  napi_value argv[4];
   int fd;
   uint64_t size;
-  if (!get_args(env, info, 3, 3, argv, NULL, "preallocPages") || !get_fd(env, argv[0], "preallocPages", "fd", &fd) ||
+  bool touch = false;
+  if (!get_args(env, info, 4, 3, argv, NULL, "preallocPages") || !get_fd(env, argv[0], "preallocPages", "fd", &fd) ||
       !get_u64(env, argv[1], "preallocPages", "size", &size))
     return NULL;
+  napi_valuetype touch_type;
+  napi_typeof(env, argv[3], &touch_type);
+  if (touch_type != napi_undefined && !get_bool(env, argv[3], "preallocPages", "touch", &touch)) return NULL;
   if (size == 0 || size > (uint64_t)SAFE_INT_MAX) {
     throw_range(env, "preallocPages: size %llu is out of range; it must be in [1, 2^53-1]", (unsigned long long)size);
     return NULL;
@@ -630,6 +646,7 @@ static napi_value prealloc_pages(napi_env env, napi_callback_info info) {
   prealloc_job *j = calloc(1, sizeof *j);
   if (!j) return errno_thrown(env, "malloc", ENOMEM);
   j->cancel = (_Atomic int32_t *)ta_data;
+  j->touch = touch;
   j->size = size;
   j->fault_unit = fault_unit;
   j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
