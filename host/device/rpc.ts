@@ -3,6 +3,7 @@
 // they are process-wide, and the main thread stays their owner (see worker-client.ts).
 
 import type { LockCarryWire } from '../fs/lock-carry-wire.ts';
+import type { FdCells } from './fd-ledger.ts';
 import type { NetInit } from '../net/link.ts';
 import type { DeviceInfo } from './device.ts';
 import type { LogLevel } from '../log/logger.ts';
@@ -152,8 +153,10 @@ export const deviceWorkerOps = {
   /**
    * A host handover, rings stopped: a share's locks in wire form (host/fs/lock-carry-wire.ts)
    * with duplicates of their fds taken now, which the caller owns and must close; null without locks.
+   * Each duplicate is written into `ledger` as it is made (fd-ledger.ts): if the worker dies
+   * before its reply, the main thread closes them.
    */
-  lockCarry: op<() => LockCarryWire | null>(),
+  lockCarry: op<(ledger: FdCells) => LockCarryWire | null>(),
   /** Before a host handover's stop (rings paused): how many fds and bytes lockCarry would carry now. */
   lockCarrySize: op<() => { fds: number; bytes: number }>(),
   /** What a live upgrade re-applies to a new instance: each ring's settings and fds (see RingSnapshot). */

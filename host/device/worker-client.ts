@@ -23,6 +23,8 @@ import type { WarmUpResult } from './warm-up.ts';
 import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
 import { DeviceLoadError } from './errors.ts';
+import { fdLedger, reclaim } from './fd-ledger.ts';
+import { MAX_FDS_TOTAL } from '../server/handover-wire.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 
 export { EXIT_GRACE_MS, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
@@ -304,8 +306,20 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     return this.threads[0].carrySections();
   }
 
-  lockCarry(): Promise<LockCarryWire | null> {
-    return this.threads[0].lockCarry();
+  /**
+   * The share's locks with duplicates of their fds (the caller's to close). The duplicates are
+   * made in the worker: one that dies before its reply (killed, crashed) leaves them in the
+   * ledger, and they are closed here once its thread is gone.
+   */
+  async lockCarry(): Promise<LockCarryWire | null> {
+    const t = this.threads[0];
+    const ledger = fdLedger(MAX_FDS_TOTAL);
+    try {
+      return await t.lockCarry(ledger);
+    } catch (e) {
+      await reclaim(t, ledger, this.log, 'the lock handoff');
+      throw e;
+    }
   }
 
   lockCarrySize(): Promise<{ fds: number; bytes: number }> {

@@ -21,6 +21,7 @@ import { REQUEST_METER_BYTES } from '../metrics/request-meter.ts';
 import { native } from '../native/index.ts';
 import { LOCK_HANDOFF_SECTION_ID } from '../fs/lock-handoff.ts';
 import { lockCarryWire } from '../fs/lock-carry-wire.ts';
+import { closeNoted, nextCell, type FdCells } from './fd-ledger.ts';
 
 // A worker started for a device gets its init as workerData; a spare one (spare-workers.ts),
 // booted before any device asked for it, gets it as its first message.
@@ -140,9 +141,15 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   ringSnapshot() { return this.runner.ringSnapshot(); }
   instanceBound() { return this.runner.instanceBound(); }
   carrySections() { return this.runner.upgradeCarry(); }
-  lockCarry() {
+  lockCarry(ledger: FdCells) {
     const s = this.runner.upgradeCarry().find((c) => c.id === LOCK_HANDOFF_SECTION_ID);
-    return s ? lockCarryWire(s.bytes, (fd) => native.dup(fd), (fds) => { for (const fd of fds) native.close(fd); }) : null;
+    if (!s) return null;
+    // Each duplicate is written down in the same expression that makes it (fd-ledger.ts).
+    const dup = (fd: number) => {
+      const at = nextCell(ledger, 'the lock handoff');
+      return (ledger[at] = native.dup(fd));
+    };
+    return lockCarryWire(s.bytes, dup, (fds) => { for (const fd of fds) closeNoted(ledger, fd); });
   }
   lockCarrySize() {
     // Rings paused, not stopped (sectionRead wants them stopped): the share's description read
