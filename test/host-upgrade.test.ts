@@ -5,11 +5,11 @@
 // the data, and which build serves afterwards.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readdirSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
-import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, eventually, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
@@ -27,6 +27,7 @@ const fixtures = join(REPO, 'dist', 'test-plugins');
 const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const rngHold = join(fixtures, 'upgrade-rng-hold.wasm');
 const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
+const blkSpin = join(fixtures, 'upgrade-blk-spin.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 type Outcome = MethodResults['plugin-upgrade'];
 
@@ -34,6 +35,7 @@ test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   const plugins = join(REPO, 'test', 'fixtures', 'plugins');
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blk030 });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkSpin, defines: ['UPGRADE_SPIN_HANDLE'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngHold, defines: ['UPGRADE_HOLD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
 });
@@ -86,6 +88,37 @@ test.serial('vhost-wasm upgrade --socket: blk 0.2.0 -> 0.3.0 under I/O; the cont
   t.like(back, { name: 'blk', fromVersion: '0.3.0', toVersion: '0.2.0', frontEnd: true, rings: [0], id: h.socketPath });
   await verifyAll(disk2, last);
   await fe2.close();
+});
+
+/** The host's fds on warm-up scratch memory (memfd "vhost-wasm warm-up"). */
+function warmUpMemfds(h: HostProcess): number {
+  const dir = `/proc/${h.child.pid}/fd`;
+  return readdirSync(dir).filter((fd) => {
+    try {
+      return readlinkSync(join(dir, fd)).startsWith('/memfd:vhost-wasm warm-up');
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+test.serial('a new build the watchdog kills in its warm-up (it loops on a request) is refused, the old instance serves on, and the killed worker\'s scratch memfd and eventfds are closed', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, 2);
+  const before = h.fdCount();
+  // The call deadline is the host's (10 s here): the new build's warm-up request runs into it.
+  const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blkSpin]);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /warm-up/);
+  t.truthy(await h.waitForLog(/the warm-up: closed \d+ fd\(s\) the worker made before it died in the call/));
+  t.is(warmUpMemfds(h), 0, 'no scratch memfd is left open');
+  t.true(await eventually(() => h.fdCount() <= before), `host fds: ${before} before the upgrade, ${h.fdCount()} after`);
+  await ioLoop([disk], last, () => true, 2);
+  await verifyAll(disk, last);
+  await fe.close();
 });
 
 test.serial('usage and reachability: no --plugin is a usage error (2); a socket with no host is unreachable (3); an unknown method on the control socket is refused', async (t) => {

@@ -136,7 +136,7 @@ export const deviceWorkerOps = {
    * A live upgrade's new instance, before the old one stops (warm-up.ts): its ring machinery run
    * once on a scratch ring with the features the front-end acked, then reset. Answers what it did.
    */
-  warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[]) => WarmUpResult>(),
+  warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) => WarmUpResult>(),
   /** A live upgrade's stop on the old instance, one call (upgrade-steps.ts): pause, held check, stop, first state bytes. */
   upgradeStop: op<(pause: number[], stop: number[], stateBytes: number) => UpgradeStopResult>({
     transferResult: (r) => (r.state ? [r.state.bytes.buffer as ArrayBuffer] : []),

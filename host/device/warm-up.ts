@@ -14,6 +14,7 @@
 // a name no guest uses). Other device types (a net device's tx would send a frame) get no
 // requests: their rings only start and stop. Metrics and the I/O throttle do not see any of it.
 
+import { closeNoted, nextCell, type FdCells } from './fd-ledger.ts';
 import { native } from '../native/index.ts';
 import type { Mapping } from '../native/api.ts';
 import { SplitDriverRing } from '../frontend/rings/split.ts';
@@ -110,7 +111,7 @@ interface DriverRing {
  * leaves it reset, with no memory table, as it found it. Throws when the device failed or a ring
  * broke on the way: a build that cannot serve a read is not one to upgrade to.
  */
-export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: bigint, protocolFeatures: boolean, rings: number[]): Promise<WarmUpResult> {
+export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells): Promise<WarmUpResult> {
   const t0 = performance.now();
   const which = [...new Set(rings)].filter((i) => Number.isInteger(i) && i >= 0 && i < info.numQueues).slice(0, MAX_RINGS);
   const result: WarmUpResult = { rings: which, requests: 0, completed: 0, stateRefusal: null, ms: 0 };
@@ -120,11 +121,17 @@ export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: b
   const packed = hasFeature(acked, VirtioFeature.RING_PACKED);
   const eventIdx = hasFeature(acked, VirtioFeature.RING_EVENT_IDX);
   const size = Math.min(RING_SIZE, info.maxQueueSize);
+  // Every fd made here is written into the caller's ledger in the expression that makes it
+  // (fd-ledger.ts): a worker the watchdog kills in the warm-up (a new build that loops on a
+  // request) cannot close them, and the main thread does once the thread is gone.
   const fds: number[] = [];
+  const made = (at: number) => fds.push(ledger[at]);
   let mapping: Mapping | null = null;
   try {
-    const memfd = native.memfdCreate('vhost-wasm warm-up', false);
-    fds.push(memfd);
+    let at = nextCell(ledger, 'the warm-up');
+    ledger[at] = native.memfdCreate('vhost-wasm warm-up', false);
+    made(at);
+    const memfd = ledger[at];
     native.ftruncate(memfd, SCRATCH_BYTES);
     mapping = native.mmap(memfd, SCRATCH_BYTES, 0, true);
     const mem = new Uint8Array(mapping.window(0, SCRATCH_BYTES));
@@ -154,10 +161,14 @@ export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: b
         ring = s;
         addr = { desc: s.descGpa, avail: s.availGpa, used: s.usedGpa };
       }
-      const kick = native.eventfd(0);
-      fds.push(kick);
-      const call = native.eventfd(0);
-      fds.push(call);
+      at = nextCell(ledger, 'the warm-up');
+      ledger[at] = native.eventfd(0);
+      made(at);
+      const kick = ledger[at];
+      at = nextCell(ledger, 'the warm-up');
+      ledger[at] = native.eventfd(0);
+      made(at);
+      const call = ledger[at];
       native.setNonBlocking(call, true);
       runner.ringNum(index, size);
       runner.ringBase(index, packed ? PACKED_INITIAL_VRING_BASE : 0);
@@ -209,7 +220,7 @@ export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: b
     throw e;
   } finally {
     mapping?.unmap();
-    for (const fd of fds) native.close(fd);
+    for (const fd of fds) closeNoted(ledger, fd);
     result.ms = performance.now() - t0;
   }
 }

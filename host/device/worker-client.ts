@@ -49,6 +49,9 @@ export function queueThreadCount(asked: number, info: DeviceInfo): { threads: nu
   return { threads: asked, note: null };
 }
 
+/** Fds a warm-up makes at most: a memfd, and a kick and a call eventfd for each of its (at most 4) rings; with room. */
+const WARM_UP_FDS = 16;
+
 export class DeviceWorker implements Remote<DeviceWorkerApi> {
   /** Why the device failed as a whole (reported once), until a reset. */
   private failedReason: string | null = null;
@@ -272,7 +275,18 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   /** Every thread warms the rings it will serve (warm-up.ts); the answers are summed up. */
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]): Promise<WarmUpResult> {
     const n = this.threads.length;
-    const each = await Promise.all(this.threads.map((t, k) => t.warmUp(features, protocolFeatures, rings.filter((i) => i % n === k))));
+    // The scratch memfd and eventfds each thread makes: closed here if the thread dies in the warm-up.
+    const each = await Promise.all(
+      this.threads.map(async (t, k) => {
+        const ledger = fdLedger(WARM_UP_FDS);
+        try {
+          return await t.warmUp(features, protocolFeatures, rings.filter((i) => i % n === k), ledger);
+        } catch (e) {
+          await reclaim(t, ledger, this.log, 'the warm-up');
+          throw e;
+        }
+      }),
+    );
     return {
       rings: each.flatMap((r) => r.rings).sort((a, b) => a - b),
       requests: each.reduce((s, r) => s + r.requests, 0),

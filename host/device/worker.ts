@@ -161,13 +161,13 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   }
   upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
   upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) { return upgradeStart(this.runner, offset, chunk, rings, inflight, carried); }
-  async warmUp(features: bigint, protocolFeatures: boolean, rings: number[]) {
+  async warmUp(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) {
     // Counted nowhere and throttled by nothing: scratch cells stand in for the device's own.
     const own = { meter, throttle: this.hooks.throttle };
     meter = this.hooks.meter = own.meter ? new RequestMeter(new SharedArrayBuffer(REQUEST_METER_BYTES)) : undefined;
     this.hooks.throttle = undefined;
     try {
-      return await warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings);
+      return await warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings, ledger);
     } finally {
       meter = this.hooks.meter = own.meter;
       this.hooks.throttle = own.throttle;
