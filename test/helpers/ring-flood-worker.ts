@@ -5,13 +5,15 @@
 import { workerData } from 'node:worker_threads';
 import { native } from '../../host/native/index.ts';
 import { SplitDriverRing } from '../../host/frontend/rings/split.ts';
+import { PackedDriverRing } from '../../host/frontend/rings/packed.ts';
 import { CTL_SERVED, CTL_STOP, type FloodInit } from './ring-flood.ts';
 
 const w = workerData as FloodInit;
 const ctl = new Int32Array(w.ctl);
 const mapping = native.mmap(w.fd, w.regionSize, w.mmapOffset, true);
 const ram = new Uint8Array(mapping.window(0, w.regionSize));
-const ring = new SplitDriverRing({ size: w.size, memory: ram.subarray(w.ringGpa - w.regionGpa), gpa: w.ringGpa, eventIdx: w.eventIdx, indirectEntries: 0 });
+const ringOpts = { size: w.size, memory: ram.subarray(w.ringGpa - w.regionGpa), gpa: w.ringGpa, eventIdx: w.eventIdx, indirectEntries: 0 };
+const ring = w.packed ? new PackedDriverRing(ringOpts) : new SplitDriverRing(ringOpts);
 let slot = 0;
 const add = () => {
   ring.add([], [{ gpa: w.bufGpa + 16 * slot, len: 12 }]);

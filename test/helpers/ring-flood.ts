@@ -4,9 +4,10 @@
 // as QEMU's vhost_virtqueue_start does (size, base, addresses, kick, call, enable); the
 // front-end's own DriverQueues are left alone.
 import { Worker } from 'node:worker_threads';
-import type { VhostUserFrontend } from '../../host/frontend/driver.ts';
-import { VIRTIO_F_EVENT_IDX } from '../../host/frontend/driver.ts';
+import type { VhostUserConnection } from '../../host/frontend/connection.ts';
+import type { GuestRam } from '../../host/frontend/driver-memory.ts';
 import { SplitDriverRing } from '../../host/frontend/rings/split.ts';
+import { PackedDriverRing } from '../../host/frontend/rings/packed.ts';
 import { native } from '../../host/native/index.ts';
 
 export interface FloodInit {
@@ -17,6 +18,8 @@ export interface FloodInit {
   ringGpa: number;
   size: number;
   eventIdx: boolean;
+  /** VIRTIO_F_RING_PACKED was negotiated: the ring is a packed one. */
+  packed: boolean;
   /** Writable buffers, one of 16 bytes per ring slot. */
   bufGpa: number;
   kickFd: number;
@@ -44,25 +47,32 @@ export class RingFlood {
     this.exited = new Promise((resolve) => worker.once('exit', resolve));
   }
 
-  /** Starts ring `index` of `fe`'s device (size `size`, a power of two) and floods it. */
-  static async start(fe: VhostUserFrontend, index: number, size: number): Promise<RingFlood> {
-    const layout = SplitDriverRing.layoutFor(size);
-    const ringGpa = fe.memory.alloc(layout.bytes, 4096);
+  /**
+   * Starts ring `index` (of `size` entries) on the front-end's connection, in its guest RAM,
+   * with the features it negotiated, and floods it.
+   */
+  static async start(fe: { conn: VhostUserConnection; memory: GuestRam; eventIdx: boolean; packed?: boolean }, index: number, size: number): Promise<RingFlood> {
+    const packed = fe.packed ?? false;
+    // Split: descriptor table, avail and used ring; packed: descriptor ring, driver and device event areas.
+    const [desc, avail, used, bytes] = packed
+      ? ((l) => [l.descOffset, l.driverEventOffset, l.deviceEventOffset, l.bytes])(PackedDriverRing.layoutFor(size))
+      : ((l) => [l.descOffset, l.availOffset, l.usedOffset, l.bytes])(SplitDriverRing.layoutFor(size));
+    const ringGpa = fe.memory.alloc(bytes, 4096);
     const bufGpa = fe.memory.alloc(16 * size, 16);
     const region = fe.memory.regionOf(ringGpa);
     if (region !== fe.memory.regionOf(bufGpa)) throw new Error('flood: ring and buffers landed in different regions');
     const kickFd = native.eventfd(0);
     const callFd = native.eventfd(0);
-    const eventIdx = fe.hasFeature(VIRTIO_F_EVENT_IDX);
+    const eventIdx = fe.eventIdx;
     const conn = fe.conn;
     await conn.setVringNum(index, size);
-    await conn.setVringBase(index, 0);
+    if (!packed) await conn.setVringBase(index, 0);
     await conn.setVringAddr({
       index,
       flags: 0,
-      descUserAddr: BigInt(fe.memory.uva(ringGpa + layout.descOffset)),
-      availUserAddr: BigInt(fe.memory.uva(ringGpa + layout.availOffset)),
-      usedUserAddr: BigInt(fe.memory.uva(ringGpa + layout.usedOffset)),
+      descUserAddr: BigInt(fe.memory.uva(ringGpa + desc)),
+      availUserAddr: BigInt(fe.memory.uva(ringGpa + avail)),
+      usedUserAddr: BigInt(fe.memory.uva(ringGpa + used)),
       logGuestAddr: 0n,
     });
     await conn.setVringKick(index, kickFd);
@@ -77,6 +87,7 @@ export class RingFlood {
       ringGpa,
       size,
       eventIdx,
+      packed,
       bufGpa,
       kickFd,
       ctl,
