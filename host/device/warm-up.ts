@@ -125,13 +125,12 @@ export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: b
   // (fd-ledger.ts): a worker the watchdog kills in the warm-up (a new build that loops on a
   // request) cannot close them, and the main thread does once the thread is gone.
   const fds: number[] = [];
-  const made = (at: number) => fds.push(ledger[at]);
+  const made = (at: number): number => (fds.push(ledger[at]), ledger[at]);
   let mapping: Mapping | null = null;
   try {
     let at = nextCell(ledger, 'the warm-up');
     ledger[at] = native.memfdCreate('vhost-wasm warm-up', false);
-    made(at);
-    const memfd = ledger[at];
+    const memfd = made(at);
     native.ftruncate(memfd, SCRATCH_BYTES);
     mapping = native.mmap(memfd, SCRATCH_BYTES, 0, true);
     const mem = new Uint8Array(mapping.window(0, SCRATCH_BYTES));
@@ -163,12 +162,10 @@ export async function warmUp(runner: DeviceRunner, info: DeviceInfo, features: b
       }
       at = nextCell(ledger, 'the warm-up');
       ledger[at] = native.eventfd(0);
-      made(at);
-      const kick = ledger[at];
+      const kick = made(at);
       at = nextCell(ledger, 'the warm-up');
       ledger[at] = native.eventfd(0);
-      made(at);
-      const call = ledger[at];
+      const call = made(at);
       native.setNonBlocking(call, true);
       runner.ringNum(index, size);
       runner.ringBase(index, packed ? PACKED_INITIAL_VRING_BASE : 0);
