@@ -248,14 +248,24 @@ export function human(method: string, result: unknown): string {
       const netText = ({ networks, counters: c }: NonNullable<DeviceStats['net']>) =>
         `  network ${networks.join(', ')}: sent ${c.txFrames} frame(s) (${c.txBytes} bytes), read ${c.rxFrames} (${c.rxBytes} bytes), ${c.rxQueuedFrames} queued; ` +
         `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left, ${c.txRateDrops} over its rate\n`;
-      const lines = devices.map(
-        (d: DeviceStats) =>
-          `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
+      const limitsText = (d: DeviceStats) =>
+        `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
+        `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n`;
+      const ioText = (d: DeviceStats) => `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}`;
+      // Nothing of a preparing device runs yet: what it waits for, and the limits it will have.
+      const preparingText = (d: DeviceStats, pages: NonNullable<DeviceStats['preparing']>) =>
+        `${d.id}: preparing, making its memory disk's pages (${mib(pages.madeBytes)} of ${mib(pages.diskBytes)} made, for ${d.uptimeSeconds} s); ` +
+        `no socket at ${d.listen} until they exist\n` +
+        limitsText(d) +
+        `${ioText(d)}\n`;
+      const lines = devices.map((d: DeviceStats) =>
+        d.preparing !== null
+          ? preparingText(d, d.preparing)
+          : `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}${d.startBackoff ? `; ${d.startBackoff.failures} failed start(s) in a row, next try ${d.startBackoff.retryInSeconds > 0 ? `in ${d.startBackoff.retryInSeconds} s` : 'on the next connection'}` : ''}\n` +
-          `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
-          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
-          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
+          limitsText(d) +
+          `${ioText(d)}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu
             ? `  CPU: its code ran in long calls for ${d.cpu.demand} (share ${d.cpu.limit}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
             : '') +
