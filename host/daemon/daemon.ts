@@ -70,6 +70,8 @@ export interface DeviceStats extends DeviceSummary {
   /** A worker that failed to start is retried only after a wait (device-slot.ts): failed starts in a row, seconds left. */
   startBackoff: { failures: number; retryInSeconds: number } | null;
   limits: DeviceSpec['limits'];
+  /** Its adaptive polling's longest spin (ns; 0: it does not poll), config pollMaxNs. */
+  pollMaxNs: number;
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
   throttled: ThrottleCounters;
@@ -224,7 +226,8 @@ export class Daemon {
       const entry: Entry = { spec: { ...spec, start: spec.start ?? this.defaultStart, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       added = true;
-      this.cpu.track(spec.id, () => device.slot.threadIds(), () => device.slot.meter.longCallSeconds(), spec.limits.cpuShare);
+      const meter = device.slot.meter;
+      this.cpu.track(spec.id, () => device.slot.threadIds(), () => ({ calls: meter.longCallSeconds(), spin: meter.pollSpinSeconds() }), spec.limits.cpuShare);
       const info = device.slot.info;
       const what = info
         ? `${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s))`
@@ -438,6 +441,7 @@ export class Daemon {
       lastFailure: null,
       startBackoff: null,
       limits: { ...a.spec.limits },
+      pollMaxNs: a.spec.pollMaxNs,
       throttleGroup: a.spec.throttleGroup,
       throttled: { passedOps: 0, passedBytes: 0, waits: 0 },
       cpu: null,
@@ -493,6 +497,7 @@ export class Daemon {
       lastFailure: s.failure,
       startBackoff: s.startBackoff,
       limits: { ...e.spec.limits },
+      pollMaxNs: e.spec.pollMaxNs,
       throttleGroup: e.spec.throttleGroup,
       throttled: e.throttle.counters(),
       cpu: this.cpu.stats(e.spec.id),
