@@ -8,14 +8,13 @@
 // with each device's reason.
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, heldConnection, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { acceptOne, readFramed, receiveDevice } from '../host/server/takeover.ts';
@@ -138,41 +137,6 @@ test.serial('serve --take-over: every device moves to the new daemon (two sessio
   await io.close();
   t.is(await fresh.stop(), 0);
 });
-
-/** A management connection kept open: requests sent on it, and every line it got until the daemon ended it. */
-function heldConnection(path: string) {
-  const s = createConnection(path);
-  s.setEncoding('utf8');
-  let buf = '';
-  const lines: unknown[] = [];
-  let waiter: (() => void) | null = null;
-  s.on('data', (d: string) => {
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      lines.push(JSON.parse(buf.slice(0, nl)));
-      buf = buf.slice(nl + 1);
-    }
-    waiter?.();
-  });
-  s.on('error', () => {});
-  const ended = new Promise<void>((resolve) => s.on('close', () => resolve()));
-  return {
-    /** Sends one request, resolves with the next line. */
-    async ask(id: number, method: string): Promise<unknown> {
-      const seen = lines.length;
-      s.write(JSON.stringify({ jsonrpc: '2.0', id, method, params: {} }) + '\n');
-      while (lines.length === seen) await new Promise<void>((r) => (waiter = r));
-      return lines[seen];
-    },
-    /** Every line after the first `from`, once the daemon closed the connection. */
-    async rest(from: number): Promise<unknown[]> {
-      await ended;
-      return lines.slice(from);
-    },
-    destroy: () => s.destroy(),
-  };
-}
 
 test.serial('from the handover\'s commit the old daemon takes no management connection: a client connected to it is told it handed over to the new pid, and ctl reaches the new daemon', async (t) => {
   const config = writeConfig();
