@@ -17,6 +17,7 @@ import { VhostWasmError } from '../errors.ts';
 import type { NetStats } from '../net/link.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 import { CpuShareGovernor, type CpuShareStats } from '../limits/cpu-share.ts';
+import { mib } from '../storage/prealloc.ts';
 
 const log = createLogger('daemon');
 
@@ -530,8 +531,4 @@ export class Daemon {
     this.cpu.close();
     await this.host.close(graceMs);
   }
-}
-
-function mib(n: number): string {
-  return `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
