@@ -445,7 +445,7 @@ test('serve and ctl document themselves; serve without --config is a usage error
   for (const flag of ['--config FILE', '--control PATH', '--log-level LEVEL', 'LISTEN_FDS']) t.true(help.includes(flag), flag);
   const c = await ctl(['--help']);
   t.is(c.code, 0);
-  for (const cmd of ['list', 'stats [ID]', 'add --id ID', 'del ID', 'log-level LEVEL', '--json']) t.true(c.stdout.includes(cmd), cmd);
+  for (const cmd of ['list', 'stats [ID]', 'add --id ID', '--poll-max-ns N', 'del ID', 'log-level LEVEL', '--json']) t.true(c.stdout.includes(cmd), cmd);
   const [, topHelp] = hostCommand(['--help']);
   t.regex(execFileSync(node, topHelp, { encoding: 'utf8' }), /vhost-wasm serve --config FILE/);
   const bare = spawnDaemon([]);
