@@ -154,7 +154,7 @@ async function cpu(): Promise<void> {
   await stopDaemon(daemon);
   for (const l of daemon.log().split('\n')) if (/terminated|error|lowest priority/.test(l)) console.error(`  daemon: ${l}`);
   console.error(`with ${hogs} hogs: ${withHogs.iops} IOPS, p50 ${withHogs.lat_p50_us} us, p99 ${withHogs.lat_p99_us} us, p99.9 ${withHogs.lat_p999_us} us`);
-  for (const s of stats) console.error(`  ${s.id}: code in long calls ${s.cpu.demand} CPU, threads ran ${s.cpu.running}, ${s.cpu.demoted ? 'demoted' : 'normal'} (${s.cpu.demotions} demotion(s))`);
+  for (const s of stats) console.error(`  ${s.id}: long calls and poll spin ${s.cpu.demand} CPU, threads ran ${s.cpu.running}, ${s.cpu.demoted ? 'demoted' : 'normal'} (${s.cpu.demotions} demotion(s))`);
   console.error(`load average after: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   console.log(JSON.stringify({ bench: 'tenancy-cpu', hogs, seconds, cpuShare: share.cpuShare ?? null, alone, withHogs, p99Ratio: withHogs.lat_p99_us / alone.lat_p99_us }));
 }

@@ -3,7 +3,9 @@
 // (test/devices/hog-blk-device.mjs) kept busy by a real front-end, and a well-behaved rng device
 // beside it. The hog is demoted (device-stats says so, and its worker thread runs at nice 19 in
 // /proc), the rng device is not; set-limits gives the hog a share it stays under and it gets its
-// priority back. What the demotion buys in latency is measured by bench/tenancy.ts cpu, not here
+// priority back. A device that polls its rings (pollMaxNs) spins between requests in no call at
+// all: that spin is counted as its demand too, so it is held to its share where the same device
+// not polling, under the same load, is not. What the demotion buys in latency is measured by bench/tenancy.ts cpu, not here
 // (no timing assertion).
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -152,6 +154,59 @@ test.serial('a device whose code spins in every call is demoted to nice 19; a ca
   t.notRegex(daemon.log(), /worker terminated/, 'the demoted hog was never killed for the time it waited for a CPU');
   t.regex(await scrape(), /^vhost_wasm_device_faults_total\{device="hog",tenant="",kind="device_failed"\} 0$/m);
   t.is((await ctl(['--control', control(), 'set-limits', 'hog', '--cpu-share', '0.5'])).code, 0);
+});
+
+test.serial('a device polling its rings (ctl add --poll-max-ns) is held to its share as a device whose code runs long calls is: its spin is counted and it is demoted for it; a non-polling one beside it under the same load claims no spin', async (t) => {
+  const add = (id: string, extra: string[]) => ctl(['--control', control(), 'add', '--id', id, '--socket', sock(id), '--plugin', rng, '--entropy', '--cpu-share', '0.1', '--call-deadline', '10000', ...extra]);
+  for (const r of await Promise.all([add('spinner', ['--poll-max-ns', '1000000']), add('still', [])])) t.is(r.code, 0, r.stderr);
+  t.teardown(async () => {
+    await ctl(['--control', control(), 'del', 'spinner']);
+    await ctl(['--control', control(), 'del', 'still']);
+  });
+  const spinFe = await VhostUserFrontend.connect(sock('spinner'), { memoryBytes: 1 << 20, queues: [64] });
+  const stillFe = await VhostUserFrontend.connect(sock('still'), { memoryBytes: 1 << 20, queues: [64] });
+  t.teardown(() => spinFe.close().catch(() => {}));
+  t.teardown(() => stillFe.close().catch(() => {}));
+
+  // The same load on both: one request at a time, the next sent as soon as one is answered.
+  // rng answers in microseconds, so neither runs a long call; between requests the polling
+  // worker spins (the next request comes well within its 1 ms window).
+  const load = keepBusy([spinFe, stillFe]);
+  const demoted = await until('the polling device being demoted', () => cpu('spinner'), (c) => c.demoted);
+  const still = await cpu('still');
+  t.log(`spinner: ${JSON.stringify(demoted)}; still: ${JSON.stringify(still)}; requests: spinner ${load.done[0]}, still ${load.done[1]}`);
+  t.is(demoted.limit, 0.1);
+  t.true(demoted.demotions >= 1);
+  t.true(demoted.pollSpin > 0, `its spin is counted (${demoted.pollSpin} CPU over the last second)`);
+  t.true(demoted.demand >= demoted.pollSpin, 'the spin is part of the demand its share limits');
+  // The same device under the same load, not polling, claims no spin. (Its demand is its long
+  // calls only: none by its code, but on a loaded machine a call preempted for 2 ms counts as
+  // one, wall clock; so it is not asserted undemoted, only never demoted for a spin.)
+  t.is(still.pollSpin, 0);
+  t.notRegex(daemon.log(), /still: .*spun polling/);
+  t.true(load.done[1] > 0, 'the non-polling device served meanwhile');
+
+  // What an operator sees: ctl stats, metrics and the log. (Demoted, the spinner polls less and
+  // may get its priority back and lose it again meanwhile: its demotions only grow.)
+  const text = await ctl(['--control', control(), 'stats', 'spinner']);
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /^ {2}polling: spins on its rings for up to 1000000 ns after a batch before it waits for a kick$/m);
+  t.regex(text.stdout, /^ {2}CPU: it claimed [\d.]+ \(share 0\.1: long calls, and [\d.]+ spinning on its rings\), its threads [\d.]+ CPU over the last second; .*demoted [1-9]\d* time\(s\)$/m);
+  const metrics = await scrape();
+  t.true(Number(/^vhost_wasm_device_poll_spin_seconds_total\{device="spinner",tenant=""\} (\S+)$/m.exec(metrics)?.[1]) > 0, 'its spin is in the metrics');
+  t.regex(metrics, /^vhost_wasm_device_poll_spin_seconds_total\{device="still",tenant=""\} 0$/m);
+  // Demoted with its spin counted: the log says what it claimed. (Its long calls are not 0 on a
+  // loaded machine either: a call preempted for 2 ms counts as one, wall clock.)
+  const why = /spinner: its code ran in long calls \(2 ms or more\) for ([\d.]+) and spun polling its rings for ([\d.]+) CPU's worth of the last 1000 ms, more than its share of 0\.1/.exec(daemon.log());
+  t.truthy(why, `the demotion is logged with the spin; the log:\n${daemon.log()}`);
+  t.log(`at its demotion: long calls ${why?.[1]}, spin ${why?.[2]} CPU`);
+  t.true(Number(why![2]) > 0, 'its spin was part of what took it over its share');
+
+  // Idle, it claims nothing: its priority comes back.
+  await load.stop();
+  const restored = await until('the polling device getting its priority back', () => cpu('spinner'), (c) => !c.demoted);
+  t.true(restored.demotions >= demoted.demotions);
+  t.deepEqual([...threadNice().values()].filter((n) => n === 19), [], 'no thread left at nice 19');
 });
 
 test.serial('a bad CPU share is refused naming the field, by set-limits and in a config file', async (t) => {

@@ -1,7 +1,9 @@
 // A prealloc=on memory disk added to a running daemon (`ctl add --storage memory:SIZE,prealloc=on`)
 // has its pages made off the main thread: while they are made, the device is listed as
 // "preparing" and has no socket, and every other device keeps being served (management calls
-// and an rng request are answered). Then it serves with all its pages there. A `ctl del` while
+// and an rng request are answered). Then it serves with all its pages there. `ctl stats` reports
+// it meanwhile (state preparing, the pages made so far), and methods that cannot act on it yet
+// (set-limits, plugin-upgrade) say it is preparing, not that there is no such device. A `ctl del` while
 // its pages are made stops the add cleanly: the add fails saying why, the daemon lives on, and
 // the disk's memfd and mapping are gone from the daemon (its memory given back).
 //
@@ -127,6 +129,53 @@ test.serial('while a device\'s prealloc=on disk gets its pages, other devices ar
   }
   const del = await ctl(['--control', control(), 'del', 'big']);
   t.is(del.code, 0, del.stderr);
+  t.deepEqual(diskMemfds(), []);
+});
+
+test.serial('a preparing device is reported by ctl stats with its state and pages made; ctl methods that cannot act on it yet say it is preparing, not that there is no such device', async (t) => {
+  const { added, seenPreparing } = await addBig('prep', 'eager');
+  t.true(seenPreparing, 'listed as preparing');
+  // All at once while its pages are made (each answer shows it was still preparing when asked).
+  const [one, all, limits, upgrade, text, limitsText] = await Promise.all([
+    request(control(), 'device-stats', { id: 'prep' }),
+    request(control(), 'device-stats', {}),
+    request(control(), 'set-limits', { id: 'prep', callDeadlineMs: 500 }),
+    request(control(), 'plugin-upgrade', { id: 'prep', plugin: blk }),
+    ctl(['--control', control(), 'stats', 'prep']),
+    ctl(['--control', control(), 'set-limits', 'prep', '--iops', '100']),
+  ]);
+  if (!('result' in one)) throw new Error(`device-stats prep was refused: ${JSON.stringify(one)}`);
+  const [stats] = (one.result as MethodResults['device-stats']).devices;
+  t.like(stats, { id: 'prep', state: 'preparing', listen: sock('prep'), frontEnd: false, workerStarts: 0, lastFailure: null });
+  t.is(stats.preparing?.diskBytes, SIZE);
+  t.true(stats.preparing!.madeBytes >= 0 && stats.preparing!.madeBytes <= SIZE, `pages made so far: ${stats.preparing!.madeBytes}`);
+  if (!('result' in all)) throw new Error(`device-stats was refused: ${JSON.stringify(all)}`);
+  t.deepEqual(
+    (all.result as MethodResults['device-stats']).devices.map((d) => [d.id, d.state]),
+    [['r', 'idle'], ['prep', 'preparing']],
+    'device-stats of every device lists the preparing one too, in device-add order',
+  );
+  for (const [what, r] of [['set-limits', limits], ['plugin-upgrade', upgrade]] as const) {
+    if (!('error' in r)) throw new Error(`${what} of a preparing device was done: ${JSON.stringify(r)}`);
+    t.regex(r.error.message, /^device prep is preparing its storage \(its memory disk's pages are being made: \d+ MiB of 2048 MiB\): it cannot be acted on until it is ready; retry once device-list shows it/, what);
+    t.notRegex(r.error.message, /no device/);
+    t.is(r.error.data?.code, 'ERR_DEVICE_PREPARING');
+  }
+  // What an operator reads.
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /^prep: preparing, making its memory disk's pages \(\d+\.\d MiB of 2048\.0 MiB made, for \d+ s\); no socket at \S+prep\.sock until they exist$/m);
+  t.regex(text.stdout, /^ {2}limits: memory /m);
+  t.is(limitsText.code, 1);
+  t.regex(limitsText.stderr, /set-limits refused: device prep is preparing its storage .*retry once device-list shows it.* \[ERR_DEVICE_PREPARING\]$/m);
+
+  const r = await added;
+  t.is(r.code, 0, r.stderr);
+  // Ready now: the same requests act on it.
+  const after = await ctl(['--control', control(), '--json', 'stats', 'prep']);
+  t.is(after.code, 0, after.stderr);
+  t.like(JSON.parse(after.stdout).devices[0], { id: 'prep', state: 'idle', preparing: null });
+  t.is((await ctl(['--control', control(), 'set-limits', 'prep', '--iops', '100'])).code, 0);
+  t.is((await ctl(['--control', control(), 'del', 'prep'])).code, 0);
   t.deepEqual(diskMemfds(), []);
 });
 

@@ -14,7 +14,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, heldConnection, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { acceptOne, readFramed, receiveDevice } from '../host/server/takeover.ts';
@@ -134,6 +134,40 @@ test.serial('serve --take-over: every device moves to the new daemon (two sessio
   await io.end();
   t.is(io.disconnected, 0, 'neither front-end lost its connection');
   t.is(io.feDisk.queues[0].inFlight, 0, 'every request answered, none twice');
+  await io.close();
+  t.is(await fresh.stop(), 0);
+});
+
+test.serial('from the handover\'s commit the old daemon takes no management connection: a client connected to it is told it handed over to the new pid, and ctl reaches the new daemon', async (t) => {
+  const config = writeConfig();
+  const old = await daemon(['--config', config]);
+  // An operator's client connected to the old daemon before the take-over, idle meanwhile.
+  const held = heldConnection(control());
+  t.teardown(() => held.destroy());
+  const first = (await held.ask(1, 'device-stats')) as { result: { process: { pid: number } } };
+  t.is(first.result.process.pid, old.child.pid!, 'the held connection is the old daemon\'s');
+  const io = await running(t);
+  await io.more();
+  const fresh = await daemon(['--config', config, '--take-over']);
+  const newPid = fresh.child.pid!;
+  // Told once, plainly, and disconnected: not answered with the old daemon's view of devices it let go.
+  t.deepEqual(await held.rest(1), [
+    { jsonrpc: '2.0', id: null, error: { code: -32000, message: `this daemon (pid ${old.child.pid}) has handed over to pid ${newPid}: connect again to reach it` } },
+  ]);
+  t.is(await old.exited, 0, old.log());
+  // It stopped taking connections at the commit, before it let go of its devices and exited.
+  const log = old.log();
+  const retired = log.indexOf(`management socket: this daemon (pid ${old.child.pid}) has handed over to pid ${newPid}: connect again to reach it; no more connections are taken here`);
+  const letGo = log.search(/pid \d+ serves every device now/);
+  t.true(retired >= 0, log);
+  t.true(letGo > retired, 'the management socket was given up before the devices were let go');
+  for (let i = 0; i < 3; i++) {
+    const stats = await ctl(['--control', control(), '--json', 'stats']);
+    t.is(stats.code, 0, stats.stderr);
+    t.is(JSON.parse(stats.stdout).process.pid, newPid, 'ctl reaches the new daemon');
+  }
+  await io.end();
+  t.is(io.disconnected, 0);
   await io.close();
   t.is(await fresh.stop(), 0);
 });

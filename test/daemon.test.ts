@@ -103,6 +103,41 @@ test.serial('device-add serves a new device; its stats count its front-end', asy
   t.deepEqual(await listIds(), ['a', 'b', 'c', 'disk']);
 });
 
+test.serial('ctl add --poll-max-ns: the device polls its rings (stats show it), checked as the single-device flag is', async (t) => {
+  for (const [bad, why] of [
+    ['=-1', /--poll-max-ns: "-1" is not a whole number/],
+    ['1000001', /--poll-max-ns: must be an integer number of nanoseconds from 0 \(polling off\) to 1000000, got 1000001/],
+    ['lots', /--poll-max-ns: "lots" is not a whole number/],
+  ] as const) {
+    const flag = bad.startsWith('=') ? [`--poll-max-ns${bad}`] : ['--poll-max-ns', bad];
+    const r = await ctl(['--control', control(), 'add', '--id', 'p', '--socket', sock('p'), '--plugin', rng, '--entropy', ...flag]);
+    t.is(r.code, 2, `--poll-max-ns${bad.startsWith('=') ? bad : ` ${bad}`} is a usage error`);
+    t.regex(r.stderr, why);
+  }
+  // What ctl would never send: the daemon checks the field itself, naming it.
+  const [answer] = (await rawRpc(control(), [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'device-add', params: { id: 'p', socket: sock('p'), plugin: rng, pollMaxNs: 2_000_000 } })], 1)) as {
+    error?: { message: string; data?: { field?: string } };
+  }[];
+  t.is(answer.error?.message, 'params.pollMaxNs: 2000000 is out of range (0..1000000)');
+  t.is(answer.error?.data?.field, 'params.pollMaxNs');
+  t.false(existsSync(sock('p')), 'nothing was added');
+
+  const add = await ctl(['--control', control(), 'add', '--id', 'p', '--socket', sock('p'), '--plugin', rng, '--entropy', '--call-deadline', '10000', '--poll-max-ns', '32768']);
+  t.is(add.code, 0, add.stderr);
+  t.teardown(() => ctl(['--control', control(), 'del', 'p']));
+  const fe = await VhostUserFrontend.connect(sock('p'), opts);
+  t.teardown(() => fe.close());
+  for (let i = 0; i < 8; i++) t.is((await fe.queues[0].submit([], 16)).len, 16);
+  const stats = await ctl(['--control', control(), '--json', 'stats', 'p']);
+  t.is(stats.code, 0, stats.stderr);
+  const p = (JSON.parse(stats.stdout) as { devices: { pollMaxNs: number }[] }).devices[0];
+  t.is(p.pollMaxNs, 32768);
+  const text = await ctl(['--control', control(), 'stats', 'p']);
+  t.regex(text.stdout, /^ {2}polling: spins on its rings for up to 32768 ns after a batch before it waits for a kick$/m);
+  // A device that does not poll says nothing of it.
+  t.notRegex((await ctl(['--control', control(), 'stats', 'a'])).stdout, /polling:/);
+});
+
 async function fdBudget(): Promise<number> {
   const r = await ctl(['--control', control(), '--json', 'stats']);
   if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
@@ -410,7 +445,7 @@ test('serve and ctl document themselves; serve without --config is a usage error
   for (const flag of ['--config FILE', '--control PATH', '--log-level LEVEL', 'LISTEN_FDS']) t.true(help.includes(flag), flag);
   const c = await ctl(['--help']);
   t.is(c.code, 0);
-  for (const cmd of ['list', 'stats [ID]', 'add --id ID', 'del ID', 'log-level LEVEL', '--json']) t.true(c.stdout.includes(cmd), cmd);
+  for (const cmd of ['list', 'stats [ID]', 'add --id ID', '--poll-max-ns N', 'del ID', 'log-level LEVEL', '--json']) t.true(c.stdout.includes(cmd), cmd);
   const [, topHelp] = hostCommand(['--help']);
   t.regex(execFileSync(node, topHelp, { encoding: 'utf8' }), /vhost-wasm serve --config FILE/);
   const bare = spawnDaemon([]);

@@ -14,7 +14,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { native } from '../host/native/index.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
-import { rawRpc } from './helpers/daemon-process.ts';
+import { heldConnection, rawRpc } from './helpers/daemon-process.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -102,6 +102,22 @@ test.serial('--take-over: the new host serves the device (memory disk included),
   t.is(await fresh.stop(), 0);
   t.false(existsSync(sock));
   t.false(existsSync(`${sock}.control`));
+});
+
+test.serial('from the handover the old host takes no control connection: a client connected to it is told it handed over to the new pid, then disconnected', async (t) => {
+  const { old, fe } = await served();
+  // An operator's client on the old host's control socket before the take-over, idle meanwhile.
+  const held = heldConnection(`${sock}.control`);
+  t.teardown(() => held.destroy());
+  const first = (await held.ask(1, 'device-list')) as { error?: { message: string } };
+  t.regex(first.error?.message ?? '', /no method "device-list" \(a single-device host has: /, 'the old host answers it');
+  const { fresh, oldExit } = await takeOver(old, fe);
+  t.is(oldExit, 0, old.log());
+  t.deepEqual(await held.rest(1), [
+    { jsonrpc: '2.0', id: null, error: { code: -32000, message: `this host (pid ${old.child.pid}) has handed over to pid ${fresh.child.pid}: connect again to reach it` } },
+  ]);
+  await fe.close();
+  t.is(await fresh.stop(), 0);
 });
 
 test.serial("a new host that cannot serve (another memory disk size; a plugin that does not load) is refused; the old host serves on, its front-end's I/O goes on throughout", async (t) => {

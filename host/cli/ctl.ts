@@ -8,7 +8,8 @@ import type { ThrottleLimits } from '../limits/token-bucket.ts';
 import { createConnection } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { UsageError } from './args.ts';
+import { parsePollMaxNs, UsageError } from './args.ts';
+import { MAX_POLL_MAX_NS } from '../device/poll-window.ts';
 import { JSONRPC, type RpcResponse } from '../daemon/jsonrpc.ts';
 import type { MethodResults } from '../daemon/methods.ts';
 import type { DeviceStats, DeviceSummary } from '../daemon/daemon.ts';
@@ -26,8 +27,9 @@ Commands:
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
                           --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
-                          --cpu-share CPUS,
-                          --queue-threads N, --open-files N (most fds the shared
+                          --cpu-share CPUS, --queue-threads N, --poll-max-ns N (spin on
+                          its rings for up to N ns, 0 to ${MAX_POLL_MAX_NS}, before waiting for
+                          a kick; default 0: off), --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
                           --throttle-group NAME (devices of a tenant naming the same group
                           share one budget), --plugin-option KEY=VALUE (repeatable),
@@ -131,6 +133,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'cpu-share': { type: 'string' },
       'open-files': { type: 'string' },
       'queue-threads': { type: 'string' },
+      'poll-max-ns': { type: 'string' },
       'throttle-group': { type: 'string' },
       'plugin-option': { type: 'string', multiple: true },
       start: { type: 'string' },
@@ -166,9 +169,12 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
     if (!/^\d+$/.test(values['queue-threads'])) throw new CtlUsageError(`--queue-threads: "${values['queue-threads']}" is not a whole number`);
     queueThreads = Number(values['queue-threads']);
   }
+  // The single-device host's own check and words (the daemon checks the field again).
+  const pollMaxNs = values['poll-max-ns'] === undefined ? undefined : parsePollMaxNs(values['poll-max-ns']);
   // Missing id, socket or plugin are the daemon's to name (it checks every field anyway).
   return {
     ...(queueThreads !== undefined ? { queueThreads } : {}),
+    ...(pollMaxNs !== undefined ? { pollMaxNs } : {}),
     ...(values.id !== undefined ? { id: values.id } : {}),
     ...(values.tenant !== undefined ? { tenant: values.tenant } : {}),
     ...(values['throttle-group'] !== undefined ? { throttleGroup: values['throttle-group'] } : {}),
@@ -248,16 +254,27 @@ export function human(method: string, result: unknown): string {
       const netText = ({ networks, counters: c }: NonNullable<DeviceStats['net']>) =>
         `  network ${networks.join(', ')}: sent ${c.txFrames} frame(s) (${c.txBytes} bytes), read ${c.rxFrames} (${c.rxBytes} bytes), ${c.rxQueuedFrames} queued; ` +
         `dropped ${c.rxQueueDrops} inbox full, ${c.rxUnread} unread, ${c.rxNotRunning} not running, ${c.txDrops} switch behind, ${c.txNoPort} to a port that left, ${c.txRateDrops} over its rate\n`;
-      const lines = devices.map(
-        (d: DeviceStats) =>
-          `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
+      const limitsText = (d: DeviceStats) =>
+        `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
+        `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
+        (d.pollMaxNs > 0 ? `  polling: spins on its rings for up to ${d.pollMaxNs} ns after a batch before it waits for a kick\n` : '');
+      const ioText = (d: DeviceStats) => `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}`;
+      // Nothing of a preparing device runs yet: what it waits for, and the limits it will have.
+      const preparingText = (d: DeviceStats, pages: NonNullable<DeviceStats['preparing']>) =>
+        `${d.id}: preparing, making its memory disk's pages (${mib(pages.madeBytes)} of ${mib(pages.diskBytes)} made, for ${d.uptimeSeconds} s); ` +
+        `no socket at ${d.listen} until they exist\n` +
+        limitsText(d) +
+        `${ioText(d)}\n`;
+      const lines = devices.map((d: DeviceStats) =>
+        d.preparing !== null
+          ? preparingText(d, d.preparing)
+          : `${d.id}: ${d.state}, ${virtio(d)} on ${d.listen}, up ${d.uptimeSeconds} s\n` +
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}${d.startBackoff ? `; ${d.startBackoff.failures} failed start(s) in a row, next try ${d.startBackoff.retryInSeconds > 0 ? `in ${d.startBackoff.retryInSeconds} s` : 'on the next connection'}` : ''}\n` +
-          `  limits: memory ${mib(d.limits.memoryLimitBytes)}, call deadline ${d.limits.callDeadlineMs} ms` +
-          `${d.limits.openFiles === null ? '' : `, ${d.limits.openFiles} open files`}\n` +
-          `  I/O: ${throttleText(d.limits.throttle)}${d.throttleGroup ? ` (throttle group ${d.throttleGroup})` : ''}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
+          limitsText(d) +
+          `${ioText(d)}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu
-            ? `  CPU: its code ran in long calls for ${d.cpu.demand} (share ${d.cpu.limit}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
+            ? `  CPU: it claimed ${d.cpu.demand} (share ${d.cpu.limit}: long calls${d.pollMaxNs > 0 || d.cpu.pollSpin > 0 ? `, and ${d.cpu.pollSpin} spinning on its rings` : ''}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
             : '') +
           (d.net ? netText(d.net) : ''),
       );

@@ -172,6 +172,8 @@ export async function runServe(argv: string[]): Promise<number> {
   // The old daemon (after it handed its devices to a new one): its sockets are the new daemon's (kept), it exits.
   const hooks = {
     control: () => control,
+    // From the handover's commit the management socket is the new daemon's: no ctl client reaches this one any more.
+    committed: (toPid: number) => control?.retire(`this daemon (pid ${process.pid}) has handed over to pid ${toPid}: connect again to reach it`, 'daemon-handover'),
     exitAfterHandover: () => {
       control?.close(true);
       Promise.all([daemon.close(), metrics?.close(), closeSpareWorkers()]).then(

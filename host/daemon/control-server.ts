@@ -40,10 +40,22 @@ export class ControlSocketError extends VhostWasmError {
 }
 
 
+/** One management connection being served: what it runs now, and how to wake it when idle. */
+interface Conn {
+  /** The method of the request being answered, or null while it waits for one. */
+  handling: string | null;
+  /** Wakes its loop while it waits for a line. */
+  wake: (() => void) | null;
+  /** Owed the retirement notice (it was not asking for what retired the server). */
+  notice: boolean;
+}
+
 export class ControlServer {
   private readonly watcher: Watcher;
-  private readonly connections = new Set<Socket>();
+  private readonly connections = new Map<Socket, Conn>();
   private closed = false;
+  /** Set by retire(): why every request from now on is refused (another process serves the socket). */
+  private retiredWith: string | null = null;
   /** uids allowed to manage the daemon: its own, and root's. */
   private readonly allowed: ReadonlySet<number>;
 
@@ -83,7 +95,7 @@ export class ControlServer {
   }
 
   private onAcceptable(): void {
-    for (let i = 0; i < 16 && !this.closed; i++) {
+    for (let i = 0; i < 16 && !this.closed && this.retiredWith === null; i++) {
       let conn: number;
       try {
         conn = native.accept(this.fd);
@@ -118,19 +130,20 @@ export class ControlServer {
       socket.on('error', () => {});
       return;
     }
-    this.connections.add(socket);
+    const state: Conn = { handling: null, wake: null, notice: true };
+    this.connections.set(socket, state);
     socket.on('close', () => this.connections.delete(socket));
     socket.on('error', (e) => log.debug(`control connection: ${errorText(e)}`));
-    void this.serve(socket, cred);
+    void this.serve(socket, state, cred);
   }
 
   /** Requests on one connection, answered in order. */
-  private async serve(socket: Socket, cred: { pid: number; uid: number }): Promise<void> {
+  private async serve(socket: Socket, conn: Conn, cred: { pid: number; uid: number }): Promise<void> {
     socket.setEncoding('utf8');
     let buffered = '';
     const lines: string[] = [];
-    let wake: (() => void) | null = null;
     let ended = false;
+    const wake = () => conn.wake?.();
     socket.on('data', (chunk: string) => {
       buffered += chunk;
       let nl;
@@ -144,26 +157,33 @@ export class ControlServer {
         ended = true;
         buffered = '';
       }
-      wake?.();
+      wake();
     });
     socket.on('end', () => {
       ended = true;
-      wake?.();
+      wake();
     });
     socket.on('close', () => {
       ended = true;
-      wake?.();
+      wake();
     });
     for (;;) {
+      if (this.retiredWith !== null) {
+        this.refuseRetired(socket, conn, lines);
+        return;
+      }
       const line = lines.shift();
       if (line === undefined) {
         if (ended) break;
-        await new Promise<void>((resolve) => (wake = resolve));
-        wake = null;
+        await new Promise<void>((resolve) => (conn.wake = resolve));
+        conn.wake = null;
         continue;
       }
       if (line.trim() === '') continue;
-      const { response, method } = await this.handle(line, cred);
+      const req = parseRequest(line);
+      conn.handling = 'error' in req ? null : req.method;
+      const { response, method } = await this.handle(req, cred);
+      conn.handling = null;
       const after = method !== null && this.methods.afterAnswer ? () => this.methods.afterAnswer!(method) : null;
       if (response && !socket.destroyed && socket.writable) socket.write(JSON.stringify(response) + '\n', () => after?.());
       else after?.();
@@ -172,8 +192,7 @@ export class ControlServer {
   }
 
   /** The answer (null for a notification) and, when the method succeeded, its name. */
-  private async handle(line: string, cred: { pid: number; uid: number }): Promise<{ response: RpcResponse | null; method: string | null }> {
-    const req = parseRequest(line);
+  private async handle(req: ReturnType<typeof parseRequest>, cred: { pid: number; uid: number }): Promise<{ response: RpcResponse | null; method: string | null }> {
     if ('error' in req) return { response: { jsonrpc: JSONRPC, id: req.id, error: req.error }, method: null };
     const id = req.id ?? null;
     const notification = req.id === undefined;
@@ -189,6 +208,45 @@ export class ControlServer {
     }
   }
 
+  /**
+   * Another process serves the management socket from now on (a handover committed): stop
+   * accepting at once (the listening socket is the other process's; its file stays), and answer
+   * every connection open here with `why` rather than with this process's view, then end it: a
+   * request waiting or sent later gets it as its error, an idle connection gets it as a notice
+   * (a JSON-RPC error with id null). A connection answering `keep` (the handover's own request)
+   * gets its answer first and no notice.
+   */
+  retire(why: string, keep: string): void {
+    if (this.closed || this.retiredWith !== null) return;
+    this.retiredWith = why;
+    this.watcher.close();
+    native.close(this.fd);
+    this.ownedPath = null;
+    log.info(`management socket: ${why}; no more connections are taken here`);
+    for (const conn of this.connections.values()) {
+      if (conn.handling === keep) conn.notice = false;
+      conn.wake?.();
+    }
+  }
+
+  /** A connection of a retired server: its requests answered with why, or the notice, then ended. */
+  private refuseRetired(socket: Socket, conn: Conn, lines: string[]): void {
+    const why = this.retiredWith!;
+    const answers: string[] = [];
+    for (const line of lines.splice(0)) {
+      if (line.trim() === '') continue;
+      const req = parseRequest(line);
+      // A notification gets no answer.
+      if (!('error' in req) && req.id === undefined) continue;
+      answers.push(JSON.stringify(errorResponse(req.id ?? null, RpcCode.requestFailed, why)));
+    }
+    if (answers.length === 0 && conn.notice) answers.push(JSON.stringify(errorResponse(null, RpcCode.requestFailed, why)));
+    conn.notice = false;
+    this.connections.delete(socket);
+    if (socket.destroyed) return;
+    socket.end(answers.map((a) => a + '\n').join(''));
+  }
+
   /** The socket file is this server's to remove from now on (one handed over by another host). */
   adoptPath(path: string): void {
     this.ownedPath = path;
@@ -199,9 +257,11 @@ export class ControlServer {
     if (keepPath) this.ownedPath = null;
     if (this.closed) return;
     this.closed = true;
-    this.watcher.close();
-    native.close(this.fd);
-    for (const s of this.connections) s.destroy();
+    if (this.retiredWith === null) {
+      this.watcher.close();
+      native.close(this.fd);
+    }
+    for (const s of this.connections.keys()) s.destroy();
     if (this.ownedPath) {
       try {
         unlinkSync(this.ownedPath);

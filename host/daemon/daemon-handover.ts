@@ -66,6 +66,11 @@ export interface DaemonHandoverResult {
 
 export interface DaemonHandoverHooks {
   control(): ControlServer | null;
+  /**
+   * Every device is the new daemon's (pid `toPid`), the management socket with them: from now on
+   * this daemon takes no management connection and answers the open ones with that.
+   */
+  committed(toPid: number): void;
 }
 
 /** Checks daemon-handover's params: `to` (the new daemon's private socket) and `live`. */
@@ -125,6 +130,9 @@ export async function handOverDaemon(daemon: Daemon, hooks: DaemonHandoverHooks,
       // session's start until all are ready, so they stop together.
       const moves = devices.map((d) => ({ d, h: prepareDeviceHandover(d.device, { live, extra: [], log, label: d.id }) }));
       const results = await Promise.allSettled(moves.map(({ h }) => sendHandover(to, peerPid, h.src, undefined, (why) => log.warn(why))));
+      // The new daemon serves every device now (it answered "serving" for each, after its
+      // commit): it is the one to manage them, before this daemon lets go of them below.
+      if (results.every((r) => r.status === 'fulfilled')) hooks.committed(peerPid);
       const out: DaemonHandoverResult['devices'] = [];
       const failures: string[] = [];
       for (const [i, r] of results.entries()) {

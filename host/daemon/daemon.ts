@@ -17,6 +17,7 @@ import { VhostWasmError } from '../errors.ts';
 import type { NetStats } from '../net/link.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
 import { CpuShareGovernor, type CpuShareStats } from '../limits/cpu-share.ts';
+import { mib } from '../storage/prealloc.ts';
 
 const log = createLogger('daemon');
 
@@ -24,6 +25,15 @@ const log = createLogger('daemon');
 export class DaemonRequestError extends VhostWasmError {
   static override readonly code = 'ERR_DAEMON_REQUEST';
   override name = 'DaemonRequestError';
+}
+
+/**
+ * A request for a device whose device-add still makes its prealloc=on memory disk's pages: it
+ * cannot act on it yet (retry once device-list shows it ready; device-del stops it).
+ */
+export class DevicePreparingError extends VhostWasmError {
+  static override readonly code = 'ERR_DEVICE_PREPARING';
+  override name = 'DevicePreparingError';
 }
 
 /** A device as device-list shows it. */
@@ -61,6 +71,8 @@ export interface DeviceStats extends DeviceSummary {
   /** A worker that failed to start is retried only after a wait (device-slot.ts): failed starts in a row, seconds left. */
   startBackoff: { failures: number; retryInSeconds: number } | null;
   limits: DeviceSpec['limits'];
+  /** Its adaptive polling's longest spin (ns; 0: it does not poll), config pollMaxNs. */
+  pollMaxNs: number;
   throttleGroup: string | null;
   /** What its throttle let through and how often a ring waited (the group's, for a device in one). */
   throttled: ThrottleCounters;
@@ -68,6 +80,8 @@ export interface DeviceStats extends DeviceSummary {
   cpu: CpuShareStats | null;
   /** Its networks (grant order) and what its ports carried; null without a network grant. */
   net: { networks: string[]; counters: NetStats } | null;
+  /** While it is `preparing`: its memory disk's size and the bytes of pages made so far; else null. */
+  preparing: { diskBytes: number; madeBytes: number } | null;
 }
 
 /** A device as a daemon handover moves it (daemon-handover.ts). */
@@ -114,6 +128,15 @@ function sourceFor(spec: DeviceSpec, memoryDiskFd?: number): DeviceSource {
   };
 }
 
+/** A device whose device-add runs. */
+interface Adding {
+  spec: DeviceSpec;
+  address: ListenAddress;
+  seq: number;
+  /** When its device-add began (performance.now()). */
+  at: number;
+}
+
 interface Entry {
   spec: DeviceSpec;
   address: ListenAddress;
@@ -130,7 +153,7 @@ export class Daemon {
   /** Ids being added or removed right now: a second request for the same id is refused, not raced. */
   private readonly busy = new Set<string>();
   /** Devices whose device-add runs, for listings while their memory disk's pages are made. */
-  private readonly adding = new Map<string, { spec: DeviceSpec; address: ListenAddress; seq: number }>();
+  private readonly adding = new Map<string, Adding>();
   private seq = 0;
   /** Throttle groups by tenant/name (config.ts throttleGroupKey). */
   private readonly groups = new Map<string, Group>();
@@ -170,7 +193,7 @@ export class Daemon {
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
     this.busy.add(spec.id);
     const seq = this.seq++;
-    this.adding.set(spec.id, { spec, address, seq });
+    this.adding.set(spec.id, { spec, address, seq, at: performance.now() });
     const key = throttleGroupKey(spec);
     // Joined before the device starts: devices of a config start side by side, and each of a
     // group must find the one bucket. Limits that clash with the group's were refused before
@@ -204,7 +227,8 @@ export class Daemon {
       const entry: Entry = { spec: { ...spec, start: spec.start ?? this.defaultStart, limits: { ...spec.limits, throttle: shown(throttle.limits()) } }, address, device, addedAt: performance.now(), seq, throttle };
       this.entries.set(spec.id, entry);
       added = true;
-      this.cpu.track(spec.id, () => device.slot.threadIds(), () => device.slot.meter.longCallSeconds(), spec.limits.cpuShare);
+      const meter = device.slot.meter;
+      this.cpu.track(spec.id, () => device.slot.threadIds(), () => ({ calls: meter.longCallSeconds(), spin: meter.pollSpinSeconds() }), spec.limits.cpuShare);
       const info = device.slot.info;
       const what = info
         ? `${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s))`
@@ -229,7 +253,7 @@ export class Daemon {
       return;
     }
     if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
-    if (!this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    if (!this.entries.has(id)) throw this.missing(id);
     this.busy.add(id);
     try {
       await this.forget(id);
@@ -252,7 +276,7 @@ export class Daemon {
   /** The throttle limits a device has now (set-limits builds on them). */
   throttleOf(id: string): ThrottleLimits {
     const e = this.entries.get(id);
-    if (!e) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    if (!e) throw this.missing(id);
     return e.throttle.limits();
   }
 
@@ -264,7 +288,8 @@ export class Daemon {
   setLimits(id: string, limits: { callDeadlineMs?: number; throttle?: ThrottleLimits; cpuShare?: number }): DeviceStats['limits'] {
     this.refuseWhileHandingOver();
     const e = this.entries.get(id);
-    if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    if (!e) throw this.missing(id);
+    if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
     // A device waiting to retry a failed start tries again on its next connection: the new limits may be what it needed.
     e.device.slot.endStartBackoff();
     if (limits.callDeadlineMs !== undefined) {
@@ -302,7 +327,8 @@ export class Daemon {
    */
   async upgrade(id: string, pluginPath: string): Promise<UpgradeOutcome & { id: string; plugin: string }> {
     const e = this.entries.get(id);
-    if (!e || this.busy.has(id)) throw new DaemonRequestError(e ? `device ${id} is being added or removed by another request` : `no device ${id} (device-list shows the devices)`);
+    if (!e) throw this.missing(id);
+    if (this.busy.has(id)) throw new DaemonRequestError(`device ${id} is being added or removed by another request`);
     if (!('plugin' in e.spec.device)) throw new DaemonRequestError(`device ${id} runs a module, not a plugin: nothing to upgrade`);
     this.refuseWhileHandingOver();
     this.upgrading.add(id);
@@ -314,6 +340,22 @@ export class Daemon {
     }
     e.spec = { ...e.spec, device: { ...e.spec.device, plugin: pluginPath } };
     return { id, plugin: pluginPath, ...r };
+  }
+
+  /**
+   * Why a request names a device that is not served: its device-add runs (its memory disk's
+   * pages are being made, or it is starting), or there is no such device.
+   */
+  private missing(id: string): VhostWasmError {
+    if (!this.adding.has(id)) return new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    const p = this.host.pageProgress(id);
+    if (p !== null) {
+      return new DevicePreparingError(
+        `device ${id} is preparing its storage (its memory disk's pages are being made: ${mib(p.madeBytes)} of ${mib(p.diskBytes)}): ` +
+          'it cannot be acted on until it is ready; retry once device-list shows it, or device-del it to stop',
+      );
+    }
+    return new DaemonRequestError(`device ${id} is being added (its device-add runs): retry once that request is answered`);
   }
 
   private refuseWhileHandingOver(): void {
@@ -348,7 +390,7 @@ export class Daemon {
   /** The running device `id` (a take-over adopts its session). */
   deviceOf(id: string): HostDevice {
     const e = this.entries.get(id);
-    if (!e) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
+    if (!e) throw this.missing(id);
     return e.device;
   }
 
@@ -378,10 +420,35 @@ export class Daemon {
   }
 
   list(): DeviceSummary[] {
-    const preparing = [...this.adding.values()]
-      .filter((a) => this.host.isPreparing(a.spec.id))
-      .map((a) => ({ seq: a.seq, summary: this.preparingSummary(a.spec, a.address) }));
+    const preparing = this.preparingAdds().map((a) => ({ seq: a.seq, summary: this.preparingSummary(a.spec, a.address) }));
     return [...this.ordered().map((e) => ({ seq: e.seq, summary: this.summary(e) })), ...preparing].sort((a, b) => a.seq - b.seq).map((x) => x.summary);
+  }
+
+  /** Devices whose device-add is making their memory disk's pages (listed as `preparing`). */
+  private preparingAdds(): Adding[] {
+    return [...this.adding.values()].filter((a) => this.host.isPreparing(a.spec.id));
+  }
+
+  /** device-stats of a preparing device: what it will be, and how far its pages are; nothing of it runs yet. */
+  private preparingStats(a: Adding): DeviceStats {
+    return {
+      ...this.preparingSummary(a.spec, a.address),
+      uptimeSeconds: Math.round((performance.now() - a.at) / 1000),
+      frontEnd: false,
+      waitingFrontEnds: 0,
+      connectionsAccepted: 0,
+      connectionsRefusedBusy: 0,
+      workerStarts: 0,
+      lastFailure: null,
+      startBackoff: null,
+      limits: { ...a.spec.limits },
+      pollMaxNs: a.spec.pollMaxNs,
+      throttleGroup: a.spec.throttleGroup,
+      throttled: { passedOps: 0, passedBytes: 0, waits: 0 },
+      cpu: null,
+      net: null,
+      preparing: this.host.pageProgress(a.spec.id),
+    };
   }
 
   /** A device whose device-add waits for its memory disk's pages: nothing of it serves yet. */
@@ -405,31 +472,42 @@ export class Daemon {
   }
 
   stats(id?: string): DeviceStats[] {
-    if (id !== undefined && !this.entries.has(id)) throw new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
-    const entries = id === undefined ? this.ordered() : [this.entries.get(id)!];
-    return entries.map((e) => {
-      const l = e.device.listener.stats();
-      const s = e.device.slot.stats();
-      return {
-        ...this.summary(e),
-        uptimeSeconds: Math.round((performance.now() - e.addedAt) / 1000),
-        frontEnd: l.frontEnd,
-        waitingFrontEnds: l.waiting,
-        connectionsAccepted: l.accepted,
-        connectionsRefusedBusy: l.refusedBusy,
-        workerStarts: s.workerStarts,
-        lastFailure: s.failure,
-        startBackoff: s.startBackoff,
-        limits: { ...e.spec.limits },
-        throttleGroup: e.spec.throttleGroup,
-        throttled: e.throttle.counters(),
-        cpu: this.cpu.stats(e.spec.id),
-        net: (() => {
-          const counters = e.device.slot.netStats();
-          return counters ? { networks: [...e.spec.grants.network], counters } : null;
-        })(),
-      };
-    });
+    if (id !== undefined && !this.entries.has(id)) {
+      const a = this.adding.get(id);
+      if (a !== undefined && this.host.isPreparing(id)) return [this.preparingStats(a)];
+      throw this.missing(id);
+    }
+    if (id === undefined) {
+      const all = [...this.ordered().map((e) => ({ seq: e.seq, stats: this.entryStats(e) })), ...this.preparingAdds().map((a) => ({ seq: a.seq, stats: this.preparingStats(a) }))];
+      return all.sort((a, b) => a.seq - b.seq).map((x) => x.stats);
+    }
+    return [this.entryStats(this.entries.get(id)!)];
+  }
+
+  private entryStats(e: Entry): DeviceStats {
+    const l = e.device.listener.stats();
+    const s = e.device.slot.stats();
+    return {
+      ...this.summary(e),
+      uptimeSeconds: Math.round((performance.now() - e.addedAt) / 1000),
+      frontEnd: l.frontEnd,
+      waitingFrontEnds: l.waiting,
+      connectionsAccepted: l.accepted,
+      connectionsRefusedBusy: l.refusedBusy,
+      workerStarts: s.workerStarts,
+      lastFailure: s.failure,
+      startBackoff: s.startBackoff,
+      limits: { ...e.spec.limits },
+      pollMaxNs: e.spec.pollMaxNs,
+      throttleGroup: e.spec.throttleGroup,
+      throttled: e.throttle.counters(),
+      cpu: this.cpu.stats(e.spec.id),
+      net: (() => {
+        const counters = e.device.slot.netStats();
+        return counters ? { networks: [...e.spec.grants.network], counters } : null;
+      })(),
+      preparing: null,
+    };
   }
 
   private summary(e: Entry): DeviceSummary {

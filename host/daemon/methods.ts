@@ -70,10 +70,11 @@ export interface DaemonControlHooks extends DaemonHandoverHooks {
 
 /** The daemon's methods on its management socket. */
 export function daemonMethods(daemon: Daemon, hooks?: DaemonControlHooks): ControlMethods {
-  let handedOver = false;
+  /** The new daemon's pid once a handover committed. */
+  let handedTo: number | null = null;
   return {
     call: async (m, p, peer) => {
-      if (handedOver) throw failed(new Error('this daemon has handed its devices over to another process and is exiting'));
+      if (handedTo !== null) throw failed(new Error(`this daemon has handed over to pid ${handedTo} and is exiting: connect again to reach it`));
       if (m !== 'daemon-handover') return callMethod(daemon, m, p);
       // Asked by `vhost-wasm serve --take-over` (take-over.ts), the new daemon's pid is the peer's.
       only(p, ['to', 'live']);
@@ -81,15 +82,19 @@ export function daemonMethods(daemon: Daemon, hooks?: DaemonControlHooks): Contr
       if (typeof params === 'string') throw new RpcError(RpcCode.invalidParams, params, { field: params.slice(0, params.indexOf(':')) });
       if (!hooks) throw failed(new Error('this daemon cannot hand its devices over (no management socket hooks)'));
       try {
-        const r = await handOverDaemon(daemon, hooks, params.to, peer.pid, params.live);
-        handedOver = true;
+        const committed = (toPid: number) => {
+          handedTo = toPid;
+          hooks.committed(toPid);
+        };
+        const r = await handOverDaemon(daemon, { ...hooks, committed }, params.to, peer.pid, params.live);
+        handedTo = peer.pid;
         return r satisfies MethodResults['daemon-handover'];
       } catch (e) {
         throw failed(e);
       }
     },
     afterAnswer(m) {
-      if (m === 'daemon-handover' && handedOver) hooks?.exitAfterHandover();
+      if (m === 'daemon-handover' && handedTo !== null) hooks?.exitAfterHandover();
     },
     quiet: new Set(['device-list', 'device-stats']),
     owner: 'this daemon',

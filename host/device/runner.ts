@@ -1651,7 +1651,8 @@ export class DeviceRunner {
    * chains and drain the ring that has them. When the window ends, kicks are re-enabled and
    * every ring re-checked before the worker blocks (a chain published in between would
    * otherwise wait for a kick the driver was told not to send). The spin runs in this worker's
-   * thread, so its CPU time is the device's (cpu-share.ts's `running`). A failed device, a
+   * thread, so its CPU time is the device's: metered (pollSpun) and held to the device's CPU share
+   * as its long calls are (cpu-share.ts). A failed device, a
    * faulted memory table, a stopped ring or one the throttle holds back is never polled. The
    * executor's completion queue is not polled: with I/O in flight the worker does not spin.
    *
@@ -1680,6 +1681,8 @@ export class DeviceRunner {
           do {
             for (let i = 0; i < this.rings.length && found < 0; i++) if (this.pollRing(i, hasWork)) found = i;
           } while (found < 0 && nowNs() < end);
+          // CPU the device takes with no call running: the CPU-share governor counts it as its demand.
+          this.hooks.meter?.pollSpun((nowNs() - start) / 1e9);
         }
         if (found < 0) {
           // Before blocking: kicks back on everywhere, and one more look. (Work found while

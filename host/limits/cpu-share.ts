@@ -16,6 +16,13 @@
 // ran many 1.9 ms calls would escape; it is also one whose front-end asks for that much work.
 // The threads' CPU time is shown beside it.
 //
+// Adaptive polling (--poll-max-ns, pollMaxNs) is the other way a device keeps a thread busy: its
+// worker spins on its rings between requests, in no call at all. That spin is CPU the device
+// claims as surely as a long call (a polling device with a guest that sends a request every
+// 100 us spins most of the time), so it is counted into the demand beside the long calls
+// (request-meter.ts pollSpun, wall clock as calls are): a device's share covers both, and a
+// polling device over it is demoted as a looping plugin is.
+//
 // Giving a priority back needs CAP_SYS_NICE (or an RLIMIT_NICE of 20): without it the device
 // stays demoted, and device-stats says so (restoreRefused).
 
@@ -43,8 +50,13 @@ export interface CpuShareOptions {
 export interface CpuShareStats {
   /** The share: CPUs' worth of time the device's code may run in long calls, on average, before it is demoted. */
   limit: number;
-  /** The time its code ran in long calls over the last window, in CPUs (0.8: 80% of the window, on one thread). */
+  /**
+   * What it claimed over the last window, in CPUs (0.8: 80% of the window, on one thread): the
+   * time its code ran in long calls plus the time its threads spun polling its rings (pollSpin).
+   */
   demand: number;
+  /** The part of `demand` its threads spent spinning on their rings (adaptive polling), in CPUs. */
+  pollSpin: number;
   /** CPUs its threads ran on over the last window (host work included). */
   running: number;
   /** Whether its threads run at the lowest priority now. */
@@ -59,13 +71,21 @@ interface Sample {
   at: number;
   runMs: number;
   callMs: number;
+  spinMs: number;
+}
+
+/** What a device has claimed ever, in seconds: time in long calls, and spinning on its rings. */
+export interface ClaimedSeconds {
+  calls: number;
+  spin: number;
 }
 
 interface Tracked {
   threads: () => number[];
-  /** Seconds the device's code has run in long calls, ever (DeviceMeter.longCallSeconds). */
-  callSeconds: () => number;
+  /** Seconds the device's code has run in long calls and its threads spun polling, ever (DeviceMeter). */
+  claimed: () => ClaimedSeconds;
   lastCallMs: number | null;
+  lastSpinMs: number | null;
   limit: number;
   /** Per thread: its CPU time at the last sample (a new thread's first sample is its baseline). */
   last: Map<number, number>;
@@ -90,8 +110,8 @@ export class CpuShareGovernor {
   }
 
   /** Starts watching a device; `threads` names its running worker threads each time it is asked. */
-  track(id: string, threads: () => number[], callSeconds: () => number, limit = DEFAULT_CPU_SHARE): void {
-    this.devices.set(id, { threads, callSeconds, lastCallMs: null, limit, last: new Map(), samples: [], demoted: false, lowered: new Set(), demotions: 0, restoreRefused: null });
+  track(id: string, threads: () => number[], claimed: () => ClaimedSeconds, limit = DEFAULT_CPU_SHARE): void {
+    this.devices.set(id, { threads, claimed, lastCallMs: null, lastSpinMs: null, limit, last: new Map(), samples: [], demoted: false, lowered: new Set(), demotions: 0, restoreRefused: null });
     if (this.timer === null) {
       this.timer = setInterval(() => this.sample(), this.periodMs);
       this.timer.unref();
@@ -114,8 +134,8 @@ export class CpuShareGovernor {
   stats(id: string): CpuShareStats | null {
     const d = this.devices.get(id);
     if (!d) return null;
-    const { run, calls } = this.window(d);
-    return { limit: d.limit, demand: round(calls), running: round(run), demoted: d.demoted, demotions: d.demotions, restoreRefused: d.restoreRefused };
+    const { run, calls, spin } = this.window(d);
+    return { limit: d.limit, demand: round(calls + spin), pollSpin: round(spin), running: round(run), demoted: d.demoted, demotions: d.demotions, restoreRefused: d.restoreRefused };
   }
 
   close(): void {
@@ -124,18 +144,20 @@ export class CpuShareGovernor {
     this.devices.clear();
   }
 
-  /** CPUs run on, and time in calls (in CPUs), over the window (0 until two samples exist). */
-  private window(d: Tracked): { run: number; calls: number } {
-    if (d.samples.length < 2) return { run: 0, calls: 0 };
+  /** CPUs run on, time in long calls and time spinning (in CPUs), over the window (0 until two samples exist). */
+  private window(d: Tracked): { run: number; calls: number; spin: number } {
+    if (d.samples.length < 2) return { run: 0, calls: 0, spin: 0 };
     const span = d.samples[d.samples.length - 1].at - d.samples[0].at;
-    if (span <= 0) return { run: 0, calls: 0 };
+    if (span <= 0) return { run: 0, calls: 0, spin: 0 };
     let run = 0;
     let calls = 0;
+    let spin = 0;
     for (let i = 1; i < d.samples.length; i++) {
       run += d.samples[i].runMs;
       calls += d.samples[i].callMs;
+      spin += d.samples[i].spinMs;
     }
-    return { run: run / span, calls: calls / span };
+    return { run: run / span, calls: calls / span, spin: spin / span };
   }
 
   private sample(): void {
@@ -153,26 +175,32 @@ export class CpuShareGovernor {
       }
       d.last = seen;
       for (const tid of d.lowered) if (!seen.has(tid)) d.lowered.delete(tid);
-      const callMs = d.callSeconds() * 1000;
+      const claimed = d.claimed();
+      const callMs = claimed.calls * 1000;
+      const spinMs = claimed.spin * 1000;
       // A restarted worker may start its cells from zero: never a negative time.
       const callDelta = d.lastCallMs === null ? 0 : Math.max(0, callMs - d.lastCallMs);
+      const spinDelta = d.lastSpinMs === null ? 0 : Math.max(0, spinMs - d.lastSpinMs);
       d.lastCallMs = callMs;
-      d.samples.push({ at: now, runMs, callMs: callDelta });
+      d.lastSpinMs = spinMs;
+      d.samples.push({ at: now, runMs, callMs: callDelta, spinMs: spinDelta });
       // The first sample kept is the window's start: its own counts came before the window.
       while (d.samples.length > 2 && now - d.samples[1].at >= this.windowMs) d.samples.shift();
       if (d.samples.length < 2 || now - d.samples[0].at < this.windowMs / 2) continue;
-      const { calls } = this.window(d);
-      if (!d.demoted && calls > d.limit) this.demote(id, d, calls);
-      else if (d.demoted && d.restoreRefused === null && calls < d.limit / 2) this.restore(id, d, calls);
+      const { calls, spin } = this.window(d);
+      const demand = calls + spin;
+      if (!d.demoted && demand > d.limit) this.demote(id, d, calls, spin);
+      else if (d.demoted && d.restoreRefused === null && demand < d.limit / 2) this.restore(id, d, demand);
     }
   }
 
-  private demote(id: string, d: Tracked, calls: number): void {
+  private demote(id: string, d: Tracked, calls: number, spin: number): void {
     d.demoted = true;
     d.demotions++;
     for (const tid of d.last.keys()) this.lower(id, d, tid);
+    const what = spin > 0 ? `ran in long calls (2 ms or more) for ${round(calls)} and spun polling its rings for ${round(spin)}` : `ran in long calls (2 ms or more) for ${round(calls)}`;
     log.warn(
-      `${id}: its code ran in long calls (2 ms or more) for ${round(calls)} CPU's worth of the last ${this.windowMs} ms, more than its share of ${d.limit}: ` +
+      `${id}: its code ${what} CPU's worth of the last ${this.windowMs} ms, more than its share of ${d.limit}: ` +
         `its threads run at the lowest priority (nice ${DEMOTED_NICE}) until it uses less than ${d.limit / 2}`,
     );
   }
@@ -187,7 +215,7 @@ export class CpuShareGovernor {
     }
   }
 
-  private restore(id: string, d: Tracked, calls: number): void {
+  private restore(id: string, d: Tracked, demand: number): void {
     for (const tid of d.lowered) {
       try {
         // Only what the governor lowered is raised back: a thread someone else reniced keeps its value.
@@ -201,7 +229,7 @@ export class CpuShareGovernor {
     }
     d.lowered.clear();
     d.demoted = false;
-    log.info(`${id}: its code ran in long calls for ${round(calls)} CPU's worth of the last ${this.windowMs} ms, under half its share of ${d.limit}: back to normal priority`);
+    log.info(`${id}: its long calls and polling took ${round(demand)} CPU's worth of the last ${this.windowMs} ms, under half its share of ${d.limit}: back to normal priority`);
   }
 }
 

@@ -4,7 +4,7 @@
 // device state transfers with their duration. Owned by the device's slot, so it outlives the
 // workers and the front-end connections of the device.
 
-import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
+import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readPollSpinSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
 
 export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault', 'start-failed'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
@@ -56,6 +56,11 @@ export class DeviceMeter {
   /** Seconds the device's code has run in long calls so far, every queue thread together (wall clock). */
   longCallSeconds(): number {
     return readLongCallSeconds(this.threadCells);
+  }
+
+  /** Seconds the device's worker threads spun on their rings so far (adaptive polling; wall clock, as long calls). */
+  pollSpinSeconds(): number {
+    return readPollSpinSeconds(this.threadCells);
   }
 
   reset(): void {

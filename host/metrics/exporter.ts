@@ -34,6 +34,7 @@ interface Row {
   running: boolean;
   s: DeviceMeterSnapshot;
   longCallSeconds: number;
+  pollSpinSeconds: number;
   cpuDemoted: boolean;
   net: NetStats | null;
 }
@@ -143,9 +144,15 @@ export class MetricsExporter {
     );
     counter(
       'vhost_wasm_device_long_call_seconds_total',
-      "Time the device's code spent in calls of 2 ms or more (what its CPU share limits).",
+      "Time the device's code spent in calls of 2 ms or more (with its poll spin, what its CPU share limits).",
       none,
       (c, r) => c.inc(r.labels, r.longCallSeconds),
+    );
+    counter(
+      'vhost_wasm_device_poll_spin_seconds_total',
+      "Time the device's worker threads spun on their rings between requests (adaptive polling, pollMaxNs); its CPU share limits it with the long calls.",
+      none,
+      (c, r) => c.inc(r.labels, r.pollSpinSeconds),
     );
     gauge('vhost_wasm_device_cpu_demoted', 'Whether the device runs at the lowest priority (nice 19) for using more than its CPU share.', none, (g, r) =>
       g.set(r.labels, r.cpuDemoted ? 1 : 0),
@@ -198,6 +205,7 @@ export class MetricsExporter {
       running: d.running,
       s: d.meter.snapshot(),
       longCallSeconds: d.meter.longCallSeconds(),
+      pollSpinSeconds: d.meter.pollSpinSeconds(),
       cpuDemoted: d.cpuDemoted ?? false,
       net: d.net ?? null,
     }));

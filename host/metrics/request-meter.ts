@@ -40,10 +40,12 @@ export const Cell = {
   memoryBytes: 8 + 2 * (NB + 1),
   /** Seconds of calls that ran LONG_CALL_SECONDS or more (the CPU-share governor's measure). */
   longCallSum: 9 + 2 * (NB + 1),
+  /** Seconds the thread spun on its rings (adaptive polling): CPU it claims with no device call running, counted by the CPU-share governor too. */
+  pollSpinSum: 10 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.longCallSum + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.pollSpinSum + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
  * A call this long holds its thread in device code: a blk or rng plugin answers a batch in
@@ -127,6 +129,11 @@ export class RequestMeter {
     }
     c[Cell.latencyCount] += n;
     this.pendingCount = 0;
+  }
+
+  /** The worker spun on its rings for `seconds` (one adaptive poll: runner.ts pollRings). */
+  pollSpun(seconds: number): void {
+    this.c[Cell.pollSpinSum] += seconds;
   }
 
   /** A request left the runner (completed, or dropped with its ring). */
@@ -224,7 +231,16 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
 
 /** Seconds the device's code has run in long calls (LONG_CALL_SECONDS or more), over every thread's cells. */
 export function readLongCallSeconds(all: readonly SharedArrayBuffer[]): number {
+  return sumCell(all, Cell.longCallSum);
+}
+
+/** Seconds the device's threads spun on their rings (adaptive polling), over every thread's cells. */
+export function readPollSpinSeconds(all: readonly SharedArrayBuffer[]): number {
+  return sumCell(all, Cell.pollSpinSum);
+}
+
+function sumCell(all: readonly SharedArrayBuffer[], cell: number): number {
   let sum = 0;
-  for (const buf of all) sum += new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT)[Cell.longCallSum];
+  for (const buf of all) sum += new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT)[cell];
   return sum;
 }

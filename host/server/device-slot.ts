@@ -3,6 +3,7 @@
 // front-end connects or resets the device, so one bad request costs a reset, not the daemon.
 // A memory:SIZE disk is the slot's too (a memfd every queue thread maps): it outlives workers.
 
+import { fstatSync } from 'node:fs';
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
 import { preallocateMemoryDisk, type PageMaking } from '../storage/prealloc.ts';
@@ -263,6 +264,22 @@ export class DeviceSlot {
   /** Its prealloc=on memory disk's pages are being made (the device does not serve yet). */
   get preparing(): boolean {
     return this.pageMaking !== null;
+  }
+
+  /**
+   * While its prealloc=on memory disk's pages are being made: the disk's size and the bytes of
+   * pages its memfd holds so far (what the kernel counts, read now), for device-stats; else null.
+   */
+  pageProgress(): { diskBytes: number; madeBytes: number } | null {
+    const disk = this.memoryDiskFd;
+    if (this.pageMaking === null || disk === null) return null;
+    let made = 0;
+    try {
+      made = fstatSync(disk.fd).blocks * 512;
+    } catch {
+      // closed by a removal meanwhile: nothing made that counts
+    }
+    return { diskBytes: disk.size, madeBytes: Math.min(made, disk.size) };
   }
 
   /** The first worker's queues and threads are kept out of the fd budget; later ones are the same device. */

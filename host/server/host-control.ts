@@ -50,9 +50,10 @@ export interface HostControlHooks {
 export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods {
   const log = createLogger('control');
   let running: string | null = null;
-  let handedOver = false;
+  /** The new host's pid once a handover committed. */
+  let handedTo: number | null = null;
   const exclusive = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    if (handedOver) throw failed(new Error('this host has handed its device over to another process and is exiting'));
+    if (handedTo !== null) throw failed(new Error(`this host has handed over to pid ${handedTo} and is exiting: connect again to reach it`));
     if (running !== null) throw failed(new Error(`an upgrade is already running (${running}); wait for its answer`));
     running = what;
     try {
@@ -105,7 +106,9 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
             await h.failed(e);
             throw failed(e);
           }
-          handedOver = true;
+          handedTo = peer.pid;
+          // The control socket is the new host's from now on: no client reaches this one any more.
+          control?.retire(`this host (pid ${process.pid}) has handed over to pid ${peer.pid}: connect again to reach it`, 'host-handover');
           const pauseMs = await h.succeeded(outcome, `handed over to the new host (pid ${peer.pid})`);
           log.info(`host-handover: pid ${peer.pid} serves the device now${pauseMs !== null ? ` with the session (rings stopped ${pauseMs.toFixed(1)} ms)` : ''}; this host exits`);
           return {
@@ -122,7 +125,7 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
       throw new RpcError(RpcCode.methodNotFound, `no method "${method}" (a single-device host has: ${HOST_METHODS.join(', ')})`);
     },
     afterAnswer(method) {
-      if (method === 'host-handover' && handedOver) hooks.exitAfterHandover();
+      if (method === 'host-handover' && handedTo !== null) hooks.exitAfterHandover();
     },
   };
 }

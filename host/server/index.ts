@@ -145,6 +145,11 @@ export class Host {
     return this.adding.get(label)?.slot.preparing ?? false;
   }
 
+  /** A preparing device's memory disk: its size and the bytes of pages made so far (null when not preparing). */
+  pageProgress(label: string): { diskBytes: number; madeBytes: number } | null {
+    return this.adding.get(label)?.slot.pageProgress() ?? null;
+  }
+
   /**
    * Stops serving one device: its socket is removed, its front-end disconnected (the session
    * ends as on a disconnect: rings stopped, memory unmapped, fds closed), then its worker is

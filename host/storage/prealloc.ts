@@ -72,7 +72,8 @@ function errnoText(n: number): string {
   return Object.entries(OS.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
 }
 
-function mib(n: number): string {
+/** A byte count in whole MiB, as page-making messages (and the daemon's about a preparing disk) give it. */
+export function mib(n: number): string {
   return `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
 

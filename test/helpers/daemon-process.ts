@@ -130,3 +130,48 @@ export function rawRpc(path: string, lines: string[], expect: number): Promise<u
     });
   });
 }
+
+/** A management connection kept open: requests sent on it, and every line it got until the server (a daemon's, a host's control socket) ended it. */
+export function heldConnection(path: string) {
+  const s = createConnection(path);
+  s.setEncoding('utf8');
+  let buf = '';
+  const lines: unknown[] = [];
+  let waiter: (() => void) | null = null;
+  s.on('data', (d: string) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      lines.push(JSON.parse(buf.slice(0, nl)));
+      buf = buf.slice(nl + 1);
+    }
+    waiter?.();
+  });
+  s.on('error', () => {});
+  let closed = false;
+  const ended = new Promise<void>((resolve) =>
+    s.on('close', () => {
+      closed = true;
+      waiter?.();
+      resolve();
+    }),
+  );
+  return {
+    /** Sends one request, resolves with the next line (rejects if the connection ends first). */
+    async ask(id: number, method: string): Promise<unknown> {
+      const seen = lines.length;
+      s.write(JSON.stringify({ jsonrpc: '2.0', id, method, params: {} }) + '\n');
+      while (lines.length === seen) {
+        if (closed) throw new Error(`${path}: the connection ended before an answer to ${method}`);
+        await new Promise<void>((r) => (waiter = r));
+      }
+      return lines[seen];
+    },
+    /** Every line after the first `from`, once the daemon closed the connection. */
+    async rest(from: number): Promise<unknown[]> {
+      await ended;
+      return lines.slice(from);
+    },
+    destroy: () => s.destroy(),
+  };
+}
