@@ -119,6 +119,38 @@ export class MappedViews {
 
 }
 
+/**
+ * What rounds on one disk reuse, kept as long as its mapping: its views, and the 8 MiB buffers
+ * small runs are gathered into. Made per round, each round added a 256 MiB window and 8 MiB
+ * buffers to what V8 counts as external memory, and V8 answers that growth with a full garbage
+ * collection (10-30 ms measured), which then fell into the round run with the rings stopped.
+ * One round at a time per disk (the device's transfer slot), so one set per mapping suffices.
+ */
+interface DiskScratch {
+  views: MappedViews;
+  buffers: Partial<Record<'save' | 'load', Buffer>>;
+}
+
+const scratchOf = new WeakMap<Mapping, DiskScratch>();
+
+function diskScratch(disk: MemoryDiskHandle): DiskScratch {
+  const m = disk.mapping();
+  let s = scratchOf.get(m);
+  if (s === undefined) scratchOf.set(m, (s = { views: new MappedViews(m), buffers: {} }));
+  return s;
+}
+
+/** The disk's views (made once per mapping: see DiskScratch). */
+export function diskViews(disk: MemoryDiskHandle): MappedViews {
+  return diskScratch(disk).views;
+}
+
+/** A WINDOW-byte buffer of this disk's for one direction, reused round after round. */
+function diskBuffer(disk: MemoryDiskHandle, dir: 'save' | 'load'): Buffer {
+  const s = diskScratch(disk);
+  return (s.buffers[dir] ??= Buffer.allocUnsafe(WINDOW));
+}
+
 /** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
 const SMALL_PIECE = 64 << 10;
 
@@ -310,7 +342,7 @@ export class PrecopySaveRound extends PipeRound {
   private async sendQuiet(): Promise<number> {
     let crc = 0;
     if (this.runs.length === 0) return crc;
-    const m = new MappedViews(this.disk.mapping());
+    const m = diskViews(this.disk);
     {
       for (const [off, len] of this.runs) {
         // Window by window: a window's checksum overlaps the destination's draining of the last.
@@ -335,7 +367,7 @@ export class PrecopySaveRound extends PipeRound {
   private async sendStaged(): Promise<number> {
     let crc = 0;
     // Small pieces are copied from a mapping of the disk (a system call each would cost more).
-    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(this.disk.mapping()) : null;
+    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? diskViews(this.disk) : null;
     return this.sendBatches(crc);
   }
 
@@ -364,15 +396,13 @@ export class PrecopySaveRound extends PipeRound {
     return crc;
   }
 
-  /** Where batches of small pieces are gathered (reused: fresh pages per batch cost more than the copy). */
-  private scratch: Buffer | null = null;
-
   /** Pieces of the disk, one after another: staged, checksummed, sent. Returns the CRC continued. */
   private async sendBatch(pieces: readonly [number, number][], total: number, crc: number): Promise<number> {
     if (this.diskViews && pieces.every(([, n]) => n < SMALL_PIECE)) {
       // Scattered blocks: gathered from the disk's mapping into one reused buffer and written.
       // Staging files would fault in, zero and free a fresh page per block.
-      const buf = (this.scratch ??= Buffer.allocUnsafe(WINDOW)).subarray(0, total);
+      // (The buffer is the disk's, reused: fresh pages per batch cost more than the copy.)
+      const buf = diskBuffer(this.disk, 'save').subarray(0, total);
       // Copied and checksummed in one pass over each block.
       let at = 0;
       for (const [off, n] of pieces) {
@@ -454,7 +484,7 @@ export class PrecopyLoadRound extends PipeRound {
     if (runs.count > 0) {
       // A destination's disk in the middle of a pre-copy: not served until the FINAL state applies.
       this.disk.condition.unusable = PRECOPY_UNFINISHED;
-      const m = new MappedViews(this.disk.mapping());
+      const m = diskViews(this.disk);
       {
         // Mostly small runs (the blocks written since the last round): the data is spliced in
         // big pieces into a staging file and copied run by run between mappings; a system call
@@ -502,7 +532,7 @@ export class PrecopyLoadRound extends PipeRound {
     let r = 0;
     let rAt = 0;
     // One reused buffer: read(2) from the pipe, then copied run by run into the disk's mapping.
-    const buf = Buffer.allocUnsafe(Math.min(WINDOW, total));
+    const buf = diskBuffer(this.disk, 'load');
     for (let base = 0; base < total; base += WINDOW) {
       const n = Math.min(WINDOW, total - base);
       const staged = buf.subarray(0, n);
@@ -614,7 +644,7 @@ function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, le
   const { backing, mapping } = mapFdRange(fd, len, fileOffset, toFile);
   try {
     mapping.populate(0, mapping.size, toFile);
-    const views = new MappedViews(disk.mapping());
+    const views = diskViews(disk);
     for (let at = 0; at < len; at += native.MAX_WINDOW) {
       const n = Math.min(native.MAX_WINDOW, len - at);
       const file = new Uint8Array(backing.window(at, n));
