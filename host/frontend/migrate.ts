@@ -11,7 +11,8 @@
 //   4. CHECK_DEVICE_STATE on both: source first (did it write everything), then destination
 //      (did it parse and apply it);
 //   5. start the destination: features, memory table (the same memfds: guest RAM stays where it
-//      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK;
+//      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK (with
+//      pre-copy, the features and memory table go before the first round, see migrate());
 //   6. close the source connection.
 //
 // Channel `rfc-shm` (experimental, both back-ends must offer protocol feature 63, host flag
@@ -359,15 +360,19 @@ async function initDestination(path: string, fe: VhostUserFrontend, mode: StateC
   }
 }
 
-/** vhost_dev_start on the destination: features, memory, rings at the migrated bases. */
-async function startDestination(fe: VhostUserFrontend, conn: VhostUserConnection, bases: number[]): Promise<void> {
+/** The first half of vhost_dev_start on the destination: status, features, memory table (no ring). */
+async function configureDestination(fe: VhostUserFrontend, conn: VhostUserConnection): Promise<void> {
   const status = conn.hasProtocol(ProtocolFeature.STATUS);
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
   await conn.setFeatures(fe.features);
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
   await conn.setMemTable(fe.memory.memTable());
+}
+
+/** The rest of vhost_dev_start on the destination: every ring at its migrated base, DRIVER_OK. */
+async function startDestinationRings(fe: VhostUserFrontend, conn: VhostUserConnection, bases: number[]): Promise<void> {
   for (let i = 0; i < fe.queues.length; i++) await fe.startQueue(i, bases[i], conn);
-  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+  if (conn.hasProtocol(ProtocolFeature.STATUS)) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
 }
 
 /**
@@ -425,6 +430,19 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   const dst = await initDestination(destPath, fe, mode, rounds > 0).catch((e: Error) => {
     throw new MigrationError(`destination: ${e.message}`, false);
   });
+  if (rounds > 0) {
+    // With pre-copy, what does not start a ring goes before the rounds: the features and
+    // memory table do not change across the stop (guest RAM stays where it is), and a
+    // vhost-wasm destination that has them when the first round arrives warms its rings'
+    // machinery up while the source still serves (host/session/dispatch.ts, warmForIncoming).
+    try {
+      await step('configure-destination');
+      await configureDestination(fe, dst);
+    } catch (e) {
+      dst.close();
+      throw new MigrationError(`destination: ${(e as Error).message}`, false);
+    }
+  }
   const precopyMs: number[] = [];
   // A round that took no less than the one before ends the live rounds only when the round
   // before it did not shrink either: a vhost-wasm source throttles the guest's writes when a
@@ -560,7 +578,8 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     }
     tTransfer = performance.now() - tx;
     await step('start-destination');
-    await startDestination(fe, dst, bases);
+    if (rounds === 0) await configureDestination(fe, dst);
+    await startDestinationRings(fe, dst, bases);
   } catch (e) {
     return resumeSource(`migration failed: ${(e as Error).message}`);
   }

@@ -48,6 +48,12 @@ export interface TransferHost {
   memoryDisk?(): MemoryDiskHandle | null;
   /** Whether the front-end negotiated the pre-copy extension (protocol/precopy.ts). */
   precopyNegotiated?(): boolean;
+  /**
+   * A pre-copy's first round is about to load: a migration is coming in, and the rings start
+   * once its FINAL state has. Whatever would make that start faster is done now, while the source
+   * still serves (dispatch.ts: the worker's warm-up). Throws when the device cannot serve.
+   */
+  incomingPrecopy?(): Promise<void>;
 }
 
 /** Whatever runs in the one transfer slot: a container transfer, an RFC shm transfer, a pre-copy round. */
@@ -341,6 +347,15 @@ export class DeviceStateTransfers {
         closeFds([fd], log);
         log.error(`SET_DEVICE_STATE_FD refused: a pre-copy round is not loaded into a disk being served: ring(s) ${started.join(', ')} run (stop them with GET_VRING_BASE first)`);
         return this.replyDeviceState(DeviceStateError.BUSY);
+      }
+    }
+    if (dir === 'load' && this.precopyHeld === null && this.host.incomingPrecopy) {
+      try {
+        await this.host.incomingPrecopy();
+      } catch (e) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
       }
     }
     await this.clearSlot('pre-copy round');
