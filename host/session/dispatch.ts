@@ -303,7 +303,8 @@ export class BackendSession {
       // Given back whatever the warm-up's outcome: the device as the front-end configured it.
       await w.setFeatures(this.ackedFeatures, protocolFeatures);
       await w.setLogAll(this.hasFeature(VirtioFeature.LOG_ALL));
-      if (this.memory.current.length > 0) await w.setMemTable(this.memory.current);
+      // Its windows mapped now, while the source serves (GuestMemory.mapWindows).
+      if (this.memory.current.length > 0) await w.setMemTable(this.memory.current, true);
     }
   }
 
