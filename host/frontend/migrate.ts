@@ -402,9 +402,23 @@ async function precopyRound(src: VhostUserConnection, dst: VhostUserConnection, 
   } finally {
     native.close(r);
   }
-  if (srcStarted) await src.checkDeviceState().catch((e: Error) => void errors.push(`source: ${e.message}`));
-  if (dstStarted) await dst.checkDeviceState().catch((e: Error) => void errors.push(`destination: ${e.message}`));
+  // Both at once (two connections): each answers when its own side is done.
+  const [s, d] = await Promise.allSettled([srcStarted ? src.checkDeviceState() : null, dstStarted ? dst.checkDeviceState() : null]);
+  if (s.status === 'rejected') errors.push(`source: ${(s.reason as Error).message}`);
+  if (d.status === 'rejected') errors.push(`destination: ${(d.reason as Error).message}`);
   if (errors.length > 0) throw new Error(errors.join('; '));
+}
+
+/**
+ * CHECK_DEVICE_STATE on both sides at once (two connections, each answers when its own side is
+ * done); the source's failure is the one reported when both fail (did it write everything?).
+ */
+async function checkBoth(src: VhostUserConnection, dst: VhostUserConnection, step: (s: string) => Promise<void>): Promise<void> {
+  await step('check-source');
+  await step('check-destination');
+  const [s, d] = await Promise.allSettled([src.checkDeviceState(), dst.checkDeviceState()]);
+  if (s.status === 'rejected') throw s.reason;
+  if (d.status === 'rejected') throw d.reason;
 }
 
 /** Moves the device behind `fe` from its current back-end to the one listening at destPath. */
@@ -510,25 +524,21 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       let readFd = sr;
       let writeFd = lw;
       try {
-        try {
-          const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, sw);
-          if (ret !== null) {
-            sourceReturnedFd = true;
-            readFd = ret;
-            native.close(sr);
-          }
-        } finally {
-          native.close(sw);
+        // Both sides at once (two connections); each may answer with a channel of its own.
+        const [s, d] = await Promise.allSettled([src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, sw), dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, lr)]);
+        native.close(sw);
+        native.close(lr);
+        if (s.status === 'fulfilled' && s.value !== null) {
+          sourceReturnedFd = true;
+          readFd = s.value;
+          native.close(sr);
         }
-        try {
-          const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, lr);
-          if (ret !== null) {
-            writeFd = ret;
-            native.close(lw);
-          }
-        } finally {
-          native.close(lr);
+        if (d.status === 'fulfilled' && d.value !== null) {
+          writeFd = d.value;
+          native.close(lw);
         }
+        if (s.status === 'rejected') throw s.reason;
+        if (d.status === 'rejected') throw d.reason;
         await step('pump');
         let pumpError: Error | null = null;
         bytes = await readToEnd(readFd, async (b) => {
@@ -545,10 +555,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
         native.close(readFd);
         native.close(writeFd);
       }
-      await step('check-source');
-      await src.checkDeviceState();
-      await step('check-destination');
-      await dst.checkDeviceState();
+      await checkBoth(src, dst, step);
     } else if (mode === 'rfc-shm') {
       bytes = await rfcPump(src, dst, opts.rfcAreaSize ?? MIGRATION_CHUNK, undefined, step);
     } else {
