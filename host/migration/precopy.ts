@@ -34,6 +34,7 @@ import { mapFdRange } from '../memory/fd-mapping.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { SectionId, type StateSection } from './section.ts';
+import { growPipe, STATE_PIPE_SIZE } from './channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
@@ -191,6 +192,7 @@ abstract class PipeRound {
       (e: unknown) => (this.abortReason ?? (e as Error)).message,
     ).finally(() => {
       this.settled = true;
+      this.cleanup();
       native.close(this.fd);
     });
   }
@@ -204,6 +206,9 @@ abstract class PipeRound {
   }
 
   protected aborted = (): Error | null => this.abortReason;
+
+  /** What the round holds beyond its fd, let go when it settles. */
+  protected cleanup(): void {}
 
   protected abstract run(): Promise<void>;
 
@@ -320,9 +325,15 @@ export class PrecopySaveRound extends PipeRound {
     private readonly runs: [number, number][],
     /** The rings are stopped: nothing writes the disk, so its pages go into the pipe as they are. */
     private readonly quiet: boolean,
+    /** The pipe's capacity to ask for (F_SETPIPE_SZ; the host's --state-pipe-size). */
+    pipeBytes: number = STATE_PIPE_SIZE,
   ) {
     super('save', fd);
+    const cap = quiet ? null : growPipe(fd, Math.min(pipeBytes, WINDOW));
+    this.stages = new Stages(cap !== null && cap <= WINDOW);
   }
+
+  private readonly stages: Stages;
 
   protected async run(): Promise<void> {
     await this.writeAll(encodeHeader(this.first, this.mark, this.disk.size, this.runs));
@@ -414,15 +425,13 @@ export class PrecopySaveRound extends PipeRound {
       await this.writeAll(buf);
       return crc;
     }
-    // A staging memfd of its own per batch: the pipe holds references to its pages until the
-    // destination reads them, so they are never reused; and what is checksummed is what goes,
-    // whatever the guest writes to the disk meanwhile (that block is marked again).
-    const stage = native.memfdCreate('vhost-wasm-precopy', false);
+    // A staging memfd: what is checksummed is what goes, whatever the guest writes to the disk
+    // meanwhile (that block is marked again). The pipe holds references to its pages until the
+    // destination reads them, so a staging file is written again only once they are out (Stages).
+    const { fd: stage, view, release } = this.stages.next(total);
     try {
-      native.ftruncate(stage, total);
-      const m = native.mmap(stage, total, 0, true);
-      try {
-        const staged = new Uint8Array(m.window(0, total));
+      {
+        const staged = view.subarray(0, total);
         let pos = 0;
         for (const [off, n] of pieces) {
           if (n < SMALL_PIECE && this.diskViews) {
@@ -441,8 +450,6 @@ export class PrecopySaveRound extends PipeRound {
           pos += n;
         }
         crc = crc32c(staged, crc);
-      } finally {
-        m.unmap();
       }
       for (let done = 0; done < total; ) {
         const s = native.splice(stage, done, this.fd, -1, total - done);
@@ -452,9 +459,62 @@ export class PrecopySaveRound extends PipeRound {
       }
       this.bytes += total;
     } finally {
-      native.close(stage);
+      release();
     }
     return crc;
+  }
+
+  /** Ended with the round (see PipeRound.done). */
+  protected override cleanup(): void {
+    this.stages.close();
+  }
+}
+
+/**
+ * The staging memfds of one save round. Two, written in turn, when the round's pipe holds at most
+ * one batch (its capacity, set here, is at most WINDOW): batches other than the last are WINDOW
+ * bytes, so once batch k+1 is all in the pipe none of batch k's pages are there any more, and
+ * batch k+2 may overwrite them. Made fresh per batch, each 8 MiB was 2048 pages faulted in,
+ * zeroed and freed, most of a full round's source-side time. A pipe whose capacity is not known
+ * to be that small (the addon cannot set it, or the front-end asked for more) gets a fresh
+ * staging memfd per batch. (Should the destination grow the pipe behind our back, pages it has
+ * not read yet may be overwritten: its own round then fails its checksum, nothing else.)
+ */
+class Stages {
+  private readonly pool: { fd: number; map: Mapping; view: Uint8Array }[] = [];
+  private turn = 0;
+
+  constructor(private readonly reuse: boolean) {}
+
+  next(total: number): { fd: number; view: Uint8Array; release: () => void } {
+    if (!this.reuse) {
+      const s = Stages.make(total);
+      return { fd: s.fd, view: s.view, release: () => Stages.drop(s) };
+    }
+    const k = this.turn++ % 2;
+    this.pool[k] ??= Stages.make(WINDOW);
+    return { fd: this.pool[k].fd, view: this.pool[k].view, release: () => {} };
+  }
+
+  close(): void {
+    for (const s of this.pool.splice(0)) Stages.drop(s);
+  }
+
+  private static make(bytes: number): { fd: number; map: Mapping; view: Uint8Array } {
+    const fd = native.memfdCreate('vhost-wasm-precopy', false);
+    try {
+      native.ftruncate(fd, bytes);
+      const map = native.mmap(fd, bytes, 0, true);
+      return { fd, map, view: new Uint8Array(map.window(0, bytes)) };
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  private static drop(s: { fd: number; map: Mapping }): void {
+    s.map.unmap();
+    native.close(s.fd);
   }
 }
 

@@ -383,7 +383,7 @@ export class DeviceStateTransfers {
         .then((b) => b.started.length === 0, () => false);
       // A live round that does not shrink enough throttles the guest's writes (auto-converge.ts).
       if (!first && !quiet) this.converge?.roundTaken(runs.reduce((n, [, len]) => n + len, 0));
-      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet);
+      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet, this.host.settings.statePipeBytes);
       round = r;
       void r.done.then((err) => {
         if (err === null) {
