@@ -26,8 +26,8 @@ const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
 const MIB = 1 << 20;
 const BLOCK = 64 << 10;
 
-function blkHost(storage: string): Promise<HostProcess> {
-  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage]);
+function blkHost(storage: string, extra: string[] = []): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, ...extra]);
 }
 
 function connect(h: HostProcess): Promise<VhostUserFrontend> {
@@ -160,8 +160,8 @@ interface Pair {
 }
 
 /** Two hosts with `disk` memory disks and a front-end on the first; everything stopped after `body`. */
-async function withPair(disk: string, body: (p: Pair) => Promise<void>): Promise<void> {
-  const [a, b] = await Promise.all([blkHost(disk), blkHost(disk)]);
+async function withPair(disk: string, body: (p: Pair) => Promise<void>, destinationArgs: string[] = []): Promise<void> {
+  const [a, b] = await Promise.all([blkHost(disk), blkHost(disk, destinationArgs)]);
   const fe = await connect(a);
   try {
     await body({ a, b, fe, blk: new BlkDevice(fe.queues[0]) });
@@ -328,10 +328,7 @@ maybe('pre-copy auto-converge: live rounds that do not shrink throttle the write
 
 maybe('pre-copy: the destination warms its rings up when the first round arrives, before the stop, and then serves with the features and memory table the front-end sent', async (t) => {
   t.timeout(120_000);
-  const [a, b] = await Promise.all([blkHost('memory:32M'), startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:32M', '--log-level', 'debug'])]);
-  const fe = await connect(a);
-  try {
-    const blk = new BlkDevice(fe.queues[0]);
+  await withPair('memory:32M', async ({ b, fe, blk }) => {
     const model = await fill(blk, 32 * MIB);
     // A writer through the rounds and the stop: the destination's warmed rings take its backlog.
     let running = true;
@@ -339,9 +336,13 @@ maybe('pre-copy: the destination warms its rings up when the first round arrives
       for (let v = 1; running; v++) await put(blk, model, ((v * 37) % 512) * BLOCK, Buffer.alloc(4096, `version ${v};`));
     })();
     const steps: string[] = [];
-    const report = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: 2, onStep: (s) => void steps.push(s) });
-    running = false;
-    await writer;
+    let report;
+    try {
+      report = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: 2, onStep: (s) => void steps.push(s) });
+    } finally {
+      running = false;
+      await writer;
+    }
     t.true(steps.indexOf('configure-destination') < steps.indexOf('precopy-0'), `steps: ${steps.join(', ')}`);
     const log = b.log();
     const warm = log.search(/incoming pre-copy: warm-up: ring\(s\) 0, 1, 2, 3, \d+ of \d+ request\(s\) answered/);
@@ -350,28 +351,19 @@ maybe('pre-copy: the destination warms its rings up when the first round arrives
     t.true(report.precopyMs.length >= 2);
     // The front-end now runs on the destination: its rings work on the memory table it sent.
     t.deepEqual(await readBack(blk, model), [], 'MiB(s) differing from the acknowledged writes');
-  } finally {
-    await fe.close();
-    await Promise.all([a.stop(), b.stop()]);
-  }
+  }, ['--log-level', 'debug']);
 });
 
 maybe('pre-copy: a destination given no features before its first round (another front-end\'s order) is not warmed up and loads the round as before', async (t) => {
   t.timeout(60_000);
-  const [a, b] = await Promise.all([blkHost('memory:16M'), startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', 'memory:16M', '--log-level', 'debug'])]);
-  const fe = await connect(a);
-  try {
-    const blk = new BlkDevice(fe.queues[0]);
+  await withPair('memory:16M', async ({ b, fe, blk }) => {
     await fill(blk, 16 * MIB);
     const dst = await rawDestination(b);
     t.is(await loadRound(dst, await saveRound(fe.conn, PrecopyPhase.START)), 'ok');
     t.truthy(await b.waitForLog(/pre-copy round 0 loaded/));
     t.notRegex(b.log(), /warm-up/);
     dst.close();
-  } finally {
-    await fe.close();
-    await Promise.all([a.stop(), b.stop()]);
-  }
+  }, ['--log-level', 'debug']);
 });
 
 maybe('pre-copy: a final state naming a round the destination lacks is refused; the source resumes', async (t) => {
