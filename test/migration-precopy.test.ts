@@ -26,8 +26,8 @@ const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
 const MIB = 1 << 20;
 const BLOCK = 64 << 10;
 
-function blkHost(storage: string): Promise<HostProcess> {
-  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage]);
+function blkHost(storage: string, extra: string[] = []): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, ...extra]);
 }
 
 function connect(h: HostProcess): Promise<VhostUserFrontend> {
@@ -160,8 +160,8 @@ interface Pair {
 }
 
 /** Two hosts with `disk` memory disks and a front-end on the first; everything stopped after `body`. */
-async function withPair(disk: string, body: (p: Pair) => Promise<void>): Promise<void> {
-  const [a, b] = await Promise.all([blkHost(disk), blkHost(disk)]);
+async function withPair(disk: string, body: (p: Pair) => Promise<void>, destinationArgs: string[] = []): Promise<void> {
+  const [a, b] = await Promise.all([blkHost(disk), blkHost(disk, destinationArgs)]);
   const fe = await connect(a);
   try {
     await body({ a, b, fe, blk: new BlkDevice(fe.queues[0]) });
@@ -324,6 +324,46 @@ maybe('pre-copy auto-converge: live rounds that do not shrink throttle the write
     await fe.close();
     await a.stop();
   }
+});
+
+maybe('pre-copy: the destination warms its rings up when the first round arrives, before the stop, and then serves with the features and memory table the front-end sent', async (t) => {
+  t.timeout(120_000);
+  await withPair('memory:32M', async ({ b, fe, blk }) => {
+    const model = await fill(blk, 32 * MIB);
+    // A writer through the rounds and the stop: the destination's warmed rings take its backlog.
+    let running = true;
+    const writer = (async () => {
+      for (let v = 1; running; v++) await put(blk, model, ((v * 37) % 512) * BLOCK, Buffer.alloc(4096, `version ${v};`));
+    })();
+    const steps: string[] = [];
+    let report;
+    try {
+      report = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: 2, onStep: (s) => void steps.push(s) });
+    } finally {
+      running = false;
+      await writer;
+    }
+    t.true(steps.indexOf('configure-destination') < steps.indexOf('precopy-0'), `steps: ${steps.join(', ')}`);
+    const log = b.log();
+    const warm = log.search(/incoming pre-copy: warm-up: ring\(s\) 0, 1, 2, 3, \d+ of \d+ request\(s\) answered/);
+    t.true(warm >= 0, `the destination logged its warm-up; its log:\n${log}`);
+    t.true(warm < log.search(/pre-copy round 0 loaded/), 'the warm-up ran before round 0 was loaded, while the source served');
+    t.true(report.precopyMs.length >= 2);
+    // The front-end now runs on the destination: its rings work on the memory table it sent.
+    t.deepEqual(await readBack(blk, model), [], 'MiB(s) differing from the acknowledged writes');
+  }, ['--log-level', 'debug']);
+});
+
+maybe('pre-copy: a destination given no features before its first round (another front-end\'s order) is not warmed up and loads the round as before', async (t) => {
+  t.timeout(60_000);
+  await withPair('memory:16M', async ({ b, fe, blk }) => {
+    await fill(blk, 16 * MIB);
+    const dst = await rawDestination(b);
+    t.is(await loadRound(dst, await saveRound(fe.conn, PrecopyPhase.START)), 'ok');
+    t.truthy(await b.waitForLog(/pre-copy round 0 loaded/));
+    t.notRegex(b.log(), /warm-up/);
+    dst.close();
+  }, ['--log-level', 'debug']);
 });
 
 maybe('pre-copy: a final state naming a round the destination lacks is refused; the source resumes', async (t) => {

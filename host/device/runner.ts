@@ -449,7 +449,8 @@ export class DeviceRunner {
 
   // --- memory ----------------------------------------------------------------------------
 
-  setMemTable(regions: RegionMsg[]): void {
+  /** `windowsNow`: every window mapped at once (GuestMemory.mapWindows), not on first access. */
+  setMemTable(regions: RegionMsg[], windowsNow = false): void {
     // Map everything first: a bad region leaves the old table in place.
     const specs: RegionSpec[] = [];
     try {
@@ -464,6 +465,7 @@ export class DeviceRunner {
     // Rings hold views into the old table; the queue re-resolves them on the next access.
     for (const old of [...this.memory.regions]) this.memory.removeRegion(old);
     for (const s of specs) this.memory.addRegion(s);
+    if (windowsNow) this.memory.mapWindows();
   }
 
   addMemRegion(r: RegionMsg): void {

@@ -193,8 +193,8 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     await this.every('the features', (t) => t.setFeatures(features, protocolFeatures));
   }
 
-  async setMemTable(regions: RegionMsg[]): Promise<void> {
-    await this.every('the memory table', (t) => t.setMemTable(regions));
+  async setMemTable(regions: RegionMsg[], windowsNow = false): Promise<void> {
+    await this.every('the memory table', (t) => t.setMemTable(regions, windowsNow));
   }
 
   async addMemRegion(region: RegionMsg): Promise<void> {

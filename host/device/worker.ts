@@ -116,7 +116,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   readConfig(offset: number, size: number) { return this.runner.readConfig(offset, size); }
   writeConfig(offset: number, data: Uint8Array) { this.runner.writeConfig(offset, data); }
   setFeatures(features: bigint, protocolFeatures: boolean) { this.runner.setFeatures(features, protocolFeatures); }
-  setMemTable(regions: RegionMsg[]) { this.runner.setMemTable(regions); }
+  setMemTable(regions: RegionMsg[], windowsNow?: boolean) { this.runner.setMemTable(regions, windowsNow); }
   addMemRegion(region: RegionMsg) { this.runner.addMemRegion(region); }
   removeMemRegion(guestPhysAddr: number, size: number, userspaceAddr: number) { this.runner.removeMemRegion({ guestPhysAddr, size, userspaceAddr }); }
   ringNum(index: number, num: number) { this.runner.ringNum(index, num); }

@@ -11,7 +11,8 @@
 //   4. CHECK_DEVICE_STATE on both: source first (did it write everything), then destination
 //      (did it parse and apply it);
 //   5. start the destination: features, memory table (the same memfds: guest RAM stays where it
-//      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK;
+//      is), every ring at the source's base with the same kick/call eventfds, DRIVER_OK (with
+//      pre-copy, the features and memory table go before the first round, see migrate());
 //   6. close the source connection.
 //
 // Channel `rfc-shm` (experimental, both back-ends must offer protocol feature 63, host flag
@@ -359,15 +360,19 @@ async function initDestination(path: string, fe: VhostUserFrontend, mode: StateC
   }
 }
 
-/** vhost_dev_start on the destination: features, memory, rings at the migrated bases. */
-async function startDestination(fe: VhostUserFrontend, conn: VhostUserConnection, bases: number[]): Promise<void> {
+/** The first half of vhost_dev_start on the destination: status, features, memory table (no ring). */
+async function configureDestination(fe: VhostUserFrontend, conn: VhostUserConnection): Promise<void> {
   const status = conn.hasProtocol(ProtocolFeature.STATUS);
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
   await conn.setFeatures(fe.features);
   if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
   await conn.setMemTable(fe.memory.memTable());
+}
+
+/** The rest of vhost_dev_start on the destination: every ring at its migrated base, DRIVER_OK. */
+async function startDestinationRings(fe: VhostUserFrontend, conn: VhostUserConnection, bases: number[]): Promise<void> {
   for (let i = 0; i < fe.queues.length; i++) await fe.startQueue(i, bases[i], conn);
-  if (status) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+  if (conn.hasProtocol(ProtocolFeature.STATUS)) await conn.setStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
 }
 
 /**
@@ -397,9 +402,23 @@ async function precopyRound(src: VhostUserConnection, dst: VhostUserConnection, 
   } finally {
     native.close(r);
   }
-  if (srcStarted) await src.checkDeviceState().catch((e: Error) => void errors.push(`source: ${e.message}`));
-  if (dstStarted) await dst.checkDeviceState().catch((e: Error) => void errors.push(`destination: ${e.message}`));
+  // Both at once (two connections): each answers when its own side is done.
+  const [s, d] = await Promise.allSettled([srcStarted ? src.checkDeviceState() : null, dstStarted ? dst.checkDeviceState() : null]);
+  if (s.status === 'rejected') errors.push(`source: ${(s.reason as Error).message}`);
+  if (d.status === 'rejected') errors.push(`destination: ${(d.reason as Error).message}`);
   if (errors.length > 0) throw new Error(errors.join('; '));
+}
+
+/**
+ * CHECK_DEVICE_STATE on both sides at once (two connections, each answers when its own side is
+ * done); the source's failure is the one reported when both fail (did it write everything?).
+ */
+async function checkBoth(src: VhostUserConnection, dst: VhostUserConnection, step: (s: string) => Promise<void>): Promise<void> {
+  await step('check-source');
+  await step('check-destination');
+  const [s, d] = await Promise.allSettled([src.checkDeviceState(), dst.checkDeviceState()]);
+  if (s.status === 'rejected') throw s.reason;
+  if (d.status === 'rejected') throw d.reason;
 }
 
 /** Moves the device behind `fe` from its current back-end to the one listening at destPath. */
@@ -425,6 +444,19 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   const dst = await initDestination(destPath, fe, mode, rounds > 0).catch((e: Error) => {
     throw new MigrationError(`destination: ${e.message}`, false);
   });
+  if (rounds > 0) {
+    // With pre-copy, what does not start a ring goes before the rounds: the features and
+    // memory table do not change across the stop (guest RAM stays where it is), and a
+    // vhost-wasm destination that has them when the first round arrives warms its rings'
+    // machinery up while the source still serves (host/session/dispatch.ts, warmForIncoming).
+    try {
+      await step('configure-destination');
+      await configureDestination(fe, dst);
+    } catch (e) {
+      dst.close();
+      throw new MigrationError(`destination: ${(e as Error).message}`, false);
+    }
+  }
   const precopyMs: number[] = [];
   // A round that took no less than the one before ends the live rounds only when the round
   // before it did not shrink either: a vhost-wasm source throttles the guest's writes when a
@@ -492,25 +524,21 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       let readFd = sr;
       let writeFd = lw;
       try {
-        try {
-          const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, sw);
-          if (ret !== null) {
-            sourceReturnedFd = true;
-            readFd = ret;
-            native.close(sr);
-          }
-        } finally {
-          native.close(sw);
+        // Both sides at once (two connections); each may answer with a channel of its own.
+        const [s, d] = await Promise.allSettled([src.setDeviceStateFd(DeviceStateDirection.SAVE, phase, sw), dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, lr)]);
+        native.close(sw);
+        native.close(lr);
+        if (s.status === 'fulfilled' && s.value !== null) {
+          sourceReturnedFd = true;
+          readFd = s.value;
+          native.close(sr);
         }
-        try {
-          const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, phase, lr);
-          if (ret !== null) {
-            writeFd = ret;
-            native.close(lw);
-          }
-        } finally {
-          native.close(lr);
+        if (d.status === 'fulfilled' && d.value !== null) {
+          writeFd = d.value;
+          native.close(lw);
         }
+        if (s.status === 'rejected') throw s.reason;
+        if (d.status === 'rejected') throw d.reason;
         await step('pump');
         let pumpError: Error | null = null;
         bytes = await readToEnd(readFd, async (b) => {
@@ -527,10 +555,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
         native.close(readFd);
         native.close(writeFd);
       }
-      await step('check-source');
-      await src.checkDeviceState();
-      await step('check-destination');
-      await dst.checkDeviceState();
+      await checkBoth(src, dst, step);
     } else if (mode === 'rfc-shm') {
       bytes = await rfcPump(src, dst, opts.rfcAreaSize ?? MIGRATION_CHUNK, undefined, step);
     } else {
@@ -560,7 +585,8 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     }
     tTransfer = performance.now() - tx;
     await step('start-destination');
-    await startDestination(fe, dst, bases);
+    if (rounds === 0) await configureDestination(fe, dst);
+    await startDestinationRings(fe, dst, bases);
   } catch (e) {
     return resumeSource(`migration failed: ${(e as Error).message}`);
   }

@@ -138,6 +138,15 @@ export class GuestMemory {
     return this.byGpa.map((r) => r.spec);
   }
 
+  /**
+   * Maps every window of every region now (they are otherwise mapped on first access). A window
+   * is external memory to V8, which answers its growth with collections: done ahead, they run
+   * now instead of at a ring's first access (an incoming migration's start, measured 3-9 ms).
+   */
+  mapWindows(): void {
+    for (const r of this.byGpa) for (let w = 0; w * r.windowSize < r.size; w++) r.window(w);
+  }
+
   /** ADD_MEM_REG. Validated against the whole table; on error nothing changes. */
   addRegion(spec: RegionSpec): void {
     validateSpec(spec);

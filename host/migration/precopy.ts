@@ -34,6 +34,7 @@ import { mapFdRange } from '../memory/fd-mapping.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { SectionId, type StateSection } from './section.ts';
+import { growPipe, STATE_PIPE_SIZE } from './channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
@@ -119,6 +120,38 @@ export class MappedViews {
 
 }
 
+/**
+ * What rounds on one disk reuse, kept as long as its mapping: its views, and the 8 MiB buffers
+ * small runs are gathered into. Made per round, each round added a 256 MiB window and 8 MiB
+ * buffers to what V8 counts as external memory, and V8 answers that growth with a full garbage
+ * collection (10-30 ms measured), which then fell into the round run with the rings stopped.
+ * One round at a time per disk (the device's transfer slot), so one set per mapping suffices.
+ */
+interface DiskScratch {
+  views: MappedViews;
+  buffers: Partial<Record<'save' | 'load', Buffer>>;
+}
+
+const scratchOf = new WeakMap<Mapping, DiskScratch>();
+
+function diskScratch(disk: MemoryDiskHandle): DiskScratch {
+  const m = disk.mapping();
+  let s = scratchOf.get(m);
+  if (s === undefined) scratchOf.set(m, (s = { views: new MappedViews(m), buffers: {} }));
+  return s;
+}
+
+/** The disk's views (made once per mapping: see DiskScratch). */
+export function diskViews(disk: MemoryDiskHandle): MappedViews {
+  return diskScratch(disk).views;
+}
+
+/** A WINDOW-byte buffer of this disk's for one direction, reused round after round. */
+function diskBuffer(disk: MemoryDiskHandle, dir: 'save' | 'load'): Buffer {
+  const s = diskScratch(disk);
+  return (s.buffers[dir] ??= Buffer.allocUnsafe(WINDOW));
+}
+
 /** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
 const SMALL_PIECE = 64 << 10;
 
@@ -159,6 +192,7 @@ abstract class PipeRound {
       (e: unknown) => (this.abortReason ?? (e as Error)).message,
     ).finally(() => {
       this.settled = true;
+      this.cleanup();
       native.close(this.fd);
     });
   }
@@ -172,6 +206,9 @@ abstract class PipeRound {
   }
 
   protected aborted = (): Error | null => this.abortReason;
+
+  /** What the round holds beyond its fd, let go when it settles. */
+  protected cleanup(): void {}
 
   protected abstract run(): Promise<void>;
 
@@ -288,9 +325,15 @@ export class PrecopySaveRound extends PipeRound {
     private readonly runs: [number, number][],
     /** The rings are stopped: nothing writes the disk, so its pages go into the pipe as they are. */
     private readonly quiet: boolean,
+    /** The pipe's capacity to ask for (F_SETPIPE_SZ; the host's --state-pipe-size). */
+    pipeBytes: number = STATE_PIPE_SIZE,
   ) {
     super('save', fd);
+    const cap = quiet ? null : growPipe(fd, Math.min(pipeBytes, WINDOW));
+    this.stages = new Stages(cap !== null && cap <= WINDOW);
   }
+
+  private readonly stages: Stages;
 
   protected async run(): Promise<void> {
     await this.writeAll(encodeHeader(this.first, this.mark, this.disk.size, this.runs));
@@ -310,7 +353,7 @@ export class PrecopySaveRound extends PipeRound {
   private async sendQuiet(): Promise<number> {
     let crc = 0;
     if (this.runs.length === 0) return crc;
-    const m = new MappedViews(this.disk.mapping());
+    const m = diskViews(this.disk);
     {
       for (const [off, len] of this.runs) {
         // Window by window: a window's checksum overlaps the destination's draining of the last.
@@ -335,7 +378,7 @@ export class PrecopySaveRound extends PipeRound {
   private async sendStaged(): Promise<number> {
     let crc = 0;
     // Small pieces are copied from a mapping of the disk (a system call each would cost more).
-    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? new MappedViews(this.disk.mapping()) : null;
+    this.diskViews = this.runs.some(([, len]) => len < SMALL_PIECE) ? diskViews(this.disk) : null;
     return this.sendBatches(crc);
   }
 
@@ -364,15 +407,13 @@ export class PrecopySaveRound extends PipeRound {
     return crc;
   }
 
-  /** Where batches of small pieces are gathered (reused: fresh pages per batch cost more than the copy). */
-  private scratch: Buffer | null = null;
-
   /** Pieces of the disk, one after another: staged, checksummed, sent. Returns the CRC continued. */
   private async sendBatch(pieces: readonly [number, number][], total: number, crc: number): Promise<number> {
     if (this.diskViews && pieces.every(([, n]) => n < SMALL_PIECE)) {
       // Scattered blocks: gathered from the disk's mapping into one reused buffer and written.
       // Staging files would fault in, zero and free a fresh page per block.
-      const buf = (this.scratch ??= Buffer.allocUnsafe(WINDOW)).subarray(0, total);
+      // (The buffer is the disk's, reused: fresh pages per batch cost more than the copy.)
+      const buf = diskBuffer(this.disk, 'save').subarray(0, total);
       // Copied and checksummed in one pass over each block.
       let at = 0;
       for (const [off, n] of pieces) {
@@ -384,15 +425,13 @@ export class PrecopySaveRound extends PipeRound {
       await this.writeAll(buf);
       return crc;
     }
-    // A staging memfd of its own per batch: the pipe holds references to its pages until the
-    // destination reads them, so they are never reused; and what is checksummed is what goes,
-    // whatever the guest writes to the disk meanwhile (that block is marked again).
-    const stage = native.memfdCreate('vhost-wasm-precopy', false);
+    // A staging memfd: what is checksummed is what goes, whatever the guest writes to the disk
+    // meanwhile (that block is marked again). The pipe holds references to its pages until the
+    // destination reads them, so a staging file is written again only once they are out (Stages).
+    const { fd: stage, view, release } = this.stages.next(total);
     try {
-      native.ftruncate(stage, total);
-      const m = native.mmap(stage, total, 0, true);
-      try {
-        const staged = new Uint8Array(m.window(0, total));
+      {
+        const staged = view.subarray(0, total);
         let pos = 0;
         for (const [off, n] of pieces) {
           if (n < SMALL_PIECE && this.diskViews) {
@@ -411,8 +450,6 @@ export class PrecopySaveRound extends PipeRound {
           pos += n;
         }
         crc = crc32c(staged, crc);
-      } finally {
-        m.unmap();
       }
       for (let done = 0; done < total; ) {
         const s = native.splice(stage, done, this.fd, -1, total - done);
@@ -422,9 +459,62 @@ export class PrecopySaveRound extends PipeRound {
       }
       this.bytes += total;
     } finally {
-      native.close(stage);
+      release();
     }
     return crc;
+  }
+
+  /** Ended with the round (see PipeRound.done). */
+  protected override cleanup(): void {
+    this.stages.close();
+  }
+}
+
+/**
+ * The staging memfds of one save round. Two, written in turn, when the round's pipe holds at most
+ * one batch (its capacity, set here, is at most WINDOW): batches other than the last are WINDOW
+ * bytes, so once batch k+1 is all in the pipe none of batch k's pages are there any more, and
+ * batch k+2 may overwrite them. Made fresh per batch, each 8 MiB was 2048 pages faulted in,
+ * zeroed and freed, most of a full round's source-side time. A pipe whose capacity is not known
+ * to be that small (the addon cannot set it, or the front-end asked for more) gets a fresh
+ * staging memfd per batch. (Should the destination grow the pipe behind our back, pages it has
+ * not read yet may be overwritten: its own round then fails its checksum, nothing else.)
+ */
+class Stages {
+  private readonly pool: { fd: number; map: Mapping; view: Uint8Array }[] = [];
+  private turn = 0;
+
+  constructor(private readonly reuse: boolean) {}
+
+  next(total: number): { fd: number; view: Uint8Array; release: () => void } {
+    if (!this.reuse) {
+      const s = Stages.make(total);
+      return { fd: s.fd, view: s.view, release: () => Stages.drop(s) };
+    }
+    const k = this.turn++ % 2;
+    this.pool[k] ??= Stages.make(WINDOW);
+    return { fd: this.pool[k].fd, view: this.pool[k].view, release: () => {} };
+  }
+
+  close(): void {
+    for (const s of this.pool.splice(0)) Stages.drop(s);
+  }
+
+  private static make(bytes: number): { fd: number; map: Mapping; view: Uint8Array } {
+    const fd = native.memfdCreate('vhost-wasm-precopy', false);
+    try {
+      native.ftruncate(fd, bytes);
+      const map = native.mmap(fd, bytes, 0, true);
+      return { fd, map, view: new Uint8Array(map.window(0, bytes)) };
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  private static drop(s: { fd: number; map: Mapping }): void {
+    s.map.unmap();
+    native.close(s.fd);
   }
 }
 
@@ -454,7 +544,7 @@ export class PrecopyLoadRound extends PipeRound {
     if (runs.count > 0) {
       // A destination's disk in the middle of a pre-copy: not served until the FINAL state applies.
       this.disk.condition.unusable = PRECOPY_UNFINISHED;
-      const m = new MappedViews(this.disk.mapping());
+      const m = diskViews(this.disk);
       {
         // Mostly small runs (the blocks written since the last round): the data is spliced in
         // big pieces into a staging file and copied run by run between mappings; a system call
@@ -502,7 +592,7 @@ export class PrecopyLoadRound extends PipeRound {
     let r = 0;
     let rAt = 0;
     // One reused buffer: read(2) from the pipe, then copied run by run into the disk's mapping.
-    const buf = Buffer.allocUnsafe(Math.min(WINDOW, total));
+    const buf = diskBuffer(this.disk, 'load');
     for (let base = 0; base < total; base += WINDOW) {
       const n = Math.min(WINDOW, total - base);
       const staged = buf.subarray(0, n);
@@ -614,7 +704,7 @@ function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, le
   const { backing, mapping } = mapFdRange(fd, len, fileOffset, toFile);
   try {
     mapping.populate(0, mapping.size, toFile);
-    const views = new MappedViews(disk.mapping());
+    const views = diskViews(disk);
     for (let at = 0; at < len; at += native.MAX_WINDOW) {
       const n = Math.min(native.MAX_WINDOW, len - at);
       const file = new Uint8Array(backing.window(at, n));

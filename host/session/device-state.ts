@@ -48,6 +48,12 @@ export interface TransferHost {
   memoryDisk?(): MemoryDiskHandle | null;
   /** Whether the front-end negotiated the pre-copy extension (protocol/precopy.ts). */
   precopyNegotiated?(): boolean;
+  /**
+   * A pre-copy's first round is about to load: a migration is coming in, and the rings start
+   * once its FINAL state has. Whatever would make that start faster is done now, while the source
+   * still serves (dispatch.ts: the worker's warm-up). Throws when the device cannot serve.
+   */
+  incomingPrecopy?(): Promise<void>;
 }
 
 /** Whatever runs in the one transfer slot: a container transfer, an RFC shm transfer, a pre-copy round. */
@@ -343,6 +349,15 @@ export class DeviceStateTransfers {
         return this.replyDeviceState(DeviceStateError.BUSY);
       }
     }
+    if (dir === 'load' && this.precopyHeld === null && this.host.incomingPrecopy) {
+      try {
+        await this.host.incomingPrecopy();
+      } catch (e) {
+        closeFds([fd], log);
+        log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+    }
     await this.clearSlot('pre-copy round');
     let round: PrecopySaveRound | PrecopyLoadRound;
     if (dir === 'save') {
@@ -368,7 +383,7 @@ export class DeviceStateTransfers {
         .then((b) => b.started.length === 0, () => false);
       // A live round that does not shrink enough throttles the guest's writes (auto-converge.ts).
       if (!first && !quiet) this.converge?.roundTaken(runs.reduce((n, [, len]) => n + len, 0));
-      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet);
+      const r = new PrecopySaveRound(fd, disk, mark, first, runs, quiet, this.host.settings.statePipeBytes);
       round = r;
       void r.done.then((err) => {
         if (err === null) {
