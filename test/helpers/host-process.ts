@@ -91,6 +91,8 @@ export interface HostProcess {
   /** Mappings of memfds in the host process (guest memory it still maps). */
   memfdMappings(): number;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Resolves with the exit code once the process ended (by itself or stopped) and its log is read. */
+  exited: Promise<number | null>;
 }
 
 export async function startHost(
@@ -134,6 +136,7 @@ export async function startHost(
     child,
     socketPath,
     dir,
+    exited,
     log: () => stderr,
     waitForLog(re, timeoutMs = 15_000) {
       const hit = stderr.split('\n').find((l) => re.test(l));
