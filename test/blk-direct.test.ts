@@ -13,6 +13,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { native } from '../host/native/index.ts';
 import { BackingError, FileBacking, openBacking, type Backing } from '../host/storage/index.ts';
 import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
 
 /** The open-file flags (octal, from /proc/PID/fdinfo) of every fd the host has on `path`. */
 function openFlags(host: HostProcess, path: string): number[] {
@@ -31,7 +32,13 @@ const SEEK_HOLE = 4;
 
 const dir = mkdtempSync('/var/tmp/vhost-wasm-direct-');
 const loops: string[] = [];
-const mounts: string[] = [];
+const mounts: Tmpfs[] = [];
+/** A tmpfs of `size` for this test, unmounted after the file's tests. */
+function tmpfs(size: string, prefix: string): string {
+  const m = mountTmpfs(size, { prefix });
+  mounts.push(m);
+  return m.path;
+}
 test.after.always(() => {
   const failures: string[] = [];
   const attempt = (fn: () => void) => {
@@ -43,7 +50,7 @@ test.after.always(() => {
   };
   for (const l of loops) attempt(() => execFileSync('losetup', ['-d', l]));
   // Lazy: a host that was killed mid-test may still hold a file there for a moment.
-  for (const m of mounts) attempt(() => (execFileSync('umount', ['-l', m]), rmSync(m, { recursive: true })));
+  for (const m of mounts) attempt(() => m.unmount({ lazy: true }));
   rmSync(dir, { recursive: true, force: true });
   if (failures.length) throw new Error(`cleanup: ${failures.join('; ')}`);
 });
@@ -136,9 +143,7 @@ test.serial('discard punches a hole in a file; write-zeroes reads back zero; nei
 });
 
 test.serial('a file system without ZERO_RANGE (tmpfs): write-zeroes punches holes instead, said once in the log', (t) => {
-  const mnt = mkdtempSync('/tmp/vhost-wasm-tmpfs-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('8M', 'vhost-wasm-tmpfs-');
   const path = join(mnt, 'z.img');
   const data = randomBytes(1 << 20);
   writeFileSync(path, data);
@@ -171,9 +176,7 @@ test.serial('discard and write-zeroes on a 4096-byte-block loop device: partial 
 });
 
 test.serial('ENOSPC on the backing: that write fails naming the cause, reads and later writes still work', (t) => {
-  const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('1M', 'vhost-wasm-full-');
   const path = join(mnt, 'sparse.img');
   writeFileSync(path, '');
   execFileSync('truncate', ['-s', '4M', path]);
@@ -266,9 +269,7 @@ test.serial('the C load generator --verify against --direct on a 4096-byte-block
 // it is not run until it is (closing note, issue 10). The file case covers the IOERR path.
 for (const kind of ['file'] as const) {
   test.serial(`the host on a full ${kind} (ENOSPC): the write gets IOERR, the device keeps serving`, async (t) => {
-    const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-    mounts.push(mnt);
+    const mnt = tmpfs('1M', 'vhost-wasm-full-');
     const file = join(mnt, 'disk.img');
     writeFileSync(file, '');
     execFileSync('truncate', ['-s', '8M', file]);
@@ -310,9 +311,7 @@ test.serial('--help describes --direct and block-device backings', async (t) => 
 test.serial('start-up: --direct needs a file that can take it', async (t) => {
   const sock = join(dir, 'never.sock');
   mkdirSync(join(dir, 'x'), { recursive: true });
-  const mnt = mkdtempSync('/tmp/vhost-wasm-nodirect-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('1M', 'vhost-wasm-nodirect-');
   writeFileSync(join(mnt, 't.img'), Buffer.alloc(65536));
   writeFileSync(join(dir, 'odd.img'), Buffer.alloc(1000));
   const cases: [string[], RegExp][] = [
