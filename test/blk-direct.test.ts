@@ -4,7 +4,7 @@
 // Needs root (loop devices, a tmpfs mount) and a disk file system under /var/tmp (tmpfs has no
 // O_DIRECT).
 import test from 'ava';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { native } from '../host/native/index.ts';
 import { BackingError, FileBacking, openBacking, type Backing } from '../host/storage/index.ts';
-import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
 
 /** The open-file flags (octal, from /proc/PID/fdinfo) of every fd the host has on `path`. */
@@ -190,17 +190,8 @@ test.serial('ENOSPC on the backing: that write fails naming the cause, reads and
   same(t, Buffer.from(backing.read(3 << 20, 4096)), data);
 });
 
-async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(...hostCommand(args), { cwd: REPO });
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const code = await new Promise<number | null>((r) => child.once('exit', r));
-  clearTimeout(timer);
-  return { code, stderr, stdout };
-}
+/** The host run to its exit (start-up refusals, --help): SIGKILLed after 20 s if it serves instead. */
+const runHost = (args: string[]) => runCli(args, { killAfterMs: 20_000 });
 
 async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string, host: HostProcess) => Promise<T>): Promise<T> {
   const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, ...storage]);
