@@ -15,10 +15,9 @@ import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
 import { randomFrom } from './helpers/device-checks.ts';
-import { ctl, scrapeMetrics, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, scrapeMetrics, startDaemon, type DaemonProcess, deviceStats } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
-import type { DeviceStats } from '../host/daemon/daemon.ts';
 import type { MethodResults } from '../host/daemon/methods.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
@@ -75,11 +74,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function stats(id: string): Promise<DeviceStats> {
-  const r = await ctl(['--control', control(), '--json', 'stats', id]);
-  if (r.code !== 0) throw new Error(`ctl stats ${id} failed (${r.code}): ${r.stderr}`);
-  return (JSON.parse(r.stdout) as MethodResults['device-stats']).devices[0];
-}
+const stats = (id: string) => deviceStats(control(), id);
 
 async function listed(): Promise<Map<string, string>> {
   const r = await ctl(['--control', control(), '--json', 'list']);

@@ -13,10 +13,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, startDaemon, type DaemonProcess, deviceStats } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
-import type { DeviceStats } from '../host/daemon/daemon.ts';
 import type { MethodResults } from '../host/daemon/methods.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
@@ -52,11 +51,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function stats(id: string): Promise<DeviceStats> {
-  const r = await ctl(['--control', control(), '--json', 'stats', id]);
-  if (r.code !== 0) throw new Error(`ctl stats ${id} failed (${r.code}): ${r.stderr}`);
-  return (JSON.parse(r.stdout) as MethodResults['device-stats']).devices[0];
-}
+const stats = (id: string) => deviceStats(control(), id);
 
 async function upgrade(id: string, plugin: string): Promise<MethodResults['plugin-upgrade']> {
   const r = await ctl(['--control', control(), '--json', 'upgrade', id, '--plugin', plugin]);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, startDaemon, type DaemonProcess, deviceStats } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, pattern, verifyAll } from './helpers/blk-rounds.ts';
@@ -104,7 +104,7 @@ test.serial('a refused upgrade (another plugin; a build that refuses the state; 
   const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
   const disk = new BlkDevice(fe.queues[0]);
   const last = new Map<number, number>();
-  const stats = async () => (JSON.parse((await ctl(['--control', control(), '--json', 'stats', 'disk'])).stdout) as MethodResults['device-stats']).devices[0];
+  const stats = () => deviceStats(control(), 'disk');
   const startsBefore = (await stats()).workerStarts;
 
   let done = false;
@@ -171,7 +171,7 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     await ioLoop(disk2, last, () => true, 2);
     await fe2.close();
   }
-  const s = (JSON.parse((await ctl(['--control', control(), '--json', 'stats', 'disk'])).stdout) as MethodResults['device-stats']).devices[0];
+  const s = await deviceStats(control(), 'disk');
   t.is(s.lastFailure, null);
 });
 
