@@ -20,6 +20,8 @@ import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { GuestRam } from '../host/frontend/driver-memory.ts';
 import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
 import { VirtioFeature, bit } from '../host/device/features.ts';
+import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
+import { readToEnd } from '../host/frontend/migrate.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -210,6 +212,49 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
   }
   t.log(outcomes.join('\n'));
   t.notRegex(h.log(), /ERROR/);
+});
+
+test.serial('an upgrade during a device-state transfer (a migration) is refused until CHECK_DEVICE_STATE collects it; the old build serves on; after it the upgrade goes through', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, 2);
+  const refusedDuring = async (when: string) => {
+    const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
+    t.is(r.code, 1, `${when}: ${r.stdout}${r.stderr}`);
+    t.regex(r.stderr, /a device state transfer \(migration\) is in progress or not yet collected \(CHECK_DEVICE_STATE\): retry after it/, when);
+  };
+  // As a migration's source: the ring stopped, SAVE into a pipe nobody has read yet.
+  const base = await fe.stopQueue(0);
+  const [r, w] = native.pipe2();
+  let src: number;
+  try {
+    const own = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w);
+    src = own ?? r;
+    if (own !== null) native.close(r);
+  } finally {
+    native.close(w);
+  }
+  await refusedDuring('while the state is being saved');
+  const state: Buffer[] = [];
+  try {
+    await readToEnd(src, (b) => void state.push(Buffer.from(b)));
+  } finally {
+    native.close(src);
+  }
+  t.true(Buffer.concat(state).length > 0, 'the state was saved');
+  await refusedDuring('saved, CHECK_DEVICE_STATE not yet asked');
+  await fe.conn.checkDeviceState();
+  // The migration is called off: the source runs its ring again, on the build it had.
+  await fe.startQueue(0, base);
+  await verifyAll(disk, last);
+  t.notRegex(h.log(), /plugin upgraded/);
+  const up = await upgrade(h, blk030);
+  t.like(up, { name: 'blk', fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true, rings: [0] });
+  await ioLoop([disk], last, () => true, 2);
+  await verifyAll(disk, last);
+  await fe.close();
 });
 
 test.serial('a packed ring moves to the new build: the new instance is warmed up on a packed scratch ring, and requests before, during and after are answered', async (t) => {
