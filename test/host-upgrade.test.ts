@@ -191,6 +191,8 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
   const last = new Map<number, number>();
   const outcomes: string[] = [];
+  // The build serving, by what each answer said: never half-applied means the next upgrade starts from it.
+  let serving = '0.2.0';
   // The disconnect comes at different points of the upgrade: before its request is read, while
   // the new build loads, while the rings move (the delays only spread the interleavings).
   for (const [i, delayMs] of [0, 5, 50, 200, 400].entries()) {
@@ -205,7 +207,11 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     ]);
     const a = answer as { result?: Outcome; error?: { message: string } };
     if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
-    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    else {
+      t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+      t.is(a.result!.fromVersion, serving, 'it started from the build the last answer left serving');
+      serving = a.result!.toVersion;
+    }
     outcomes.push(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
     const fe2 = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk2 = new BlkDevice(fe2.queues[0]);
@@ -214,6 +220,11 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     await fe2.close();
   }
   t.log(outcomes.join('\n'));
+  // Asked with no race: the build serving is the one the answers said.
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  t.is((await upgrade(h, serving === '0.2.0' ? blk030 : blk)).fromVersion, serving);
+  await verifyAll(new BlkDevice(fe.queues[0]), last);
+  await fe.close();
   t.notRegex(h.log(), /ERROR/);
 });
 
