@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { migrate, MigrationError } from '../host/frontend/migrate.ts';
-import { ioIn, u32s } from './helpers/fuse.ts';
+import { ioIn, u32s, writeIn } from './helpers/fuse.ts';
 import { fsMigrationPair } from './helpers/fs-test-host.ts';
 
 test('node ids and open files survive a live migration between two hosts', async (t) => {
@@ -28,7 +28,7 @@ test('node ids and open files survive a live migration between two hosts', async
 
   // The destination serves the same ids without a new INIT.
   t.is((await c.req(15, 0n, ioIn(fh, 10n, 100))).body.toString(), 'data', 'READ through the migrated fh');
-  const w = await c.req(16, 0n, Buffer.concat([ioIn(fh, 14n, 5), Buffer.from(' done')]));
+  const w = await c.req(16, 0n, writeIn(fh, 14n, Buffer.from(' done')));
   t.is(w.error, 0);
   t.is(readFileSync(join(dir, 'sub', 'data'), 'utf8'), 'migrating data done');
   const attr = await c.req(3, data, Buffer.alloc(16));
@@ -75,7 +75,7 @@ test('a file missing on the destination fails the migration (default abort); the
   t.notRegex(b.log(), /device state loaded/);
   // The source still serves the same fh, and its data is intact.
   t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).body.toString(), 'migrating data', 'READ on the source after the failure');
-  t.is((await c.req(16, 0n, Buffer.concat([ioIn(fh, 14n, 5), Buffer.from(' more')]))).error, 0);
+  t.is((await c.req(16, 0n, writeIn(fh, 14n, Buffer.from(' more')))).error, 0);
   t.is(readFileSync(join(srcDir, 'sub', 'data'), 'utf8'), 'migrating data more');
   t.notRegex(a.log(), / ERROR /, a.log());
 });
@@ -88,7 +88,7 @@ test('--migration-on-error guest-error: the migration succeeds, the lost file an
   t.regex(b.log(), /device state loaded/);
   const EIO = 5;
   t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).error, EIO, 'READ through the lost fh');
-  t.is((await c.req(16, 0n, Buffer.concat([ioIn(fh, 0n, 1), Buffer.from('x')]))).error, EIO, 'WRITE through the lost fh');
+  t.is((await c.req(16, 0n, writeIn(fh, 0n, Buffer.from('x')))).error, EIO, 'WRITE through the lost fh');
   t.is((await c.req(3, data, Buffer.alloc(16))).error, EIO, 'GETATTR of the lost node id');
   t.false(existsSync(join(dstDir, 'sub', 'data')), 'nothing recreated it');
   t.is((await c.req(15, 0n, ioIn(ofh, 0n, 100))).body.toString(), 'other file', 'the other open file works');

@@ -59,6 +59,10 @@ export function ioIn(fh: bigint, offset: bigint, size: number): Buffer {
   b.writeUInt32LE(size, 16);
   return b;
 }
+/** A WRITE's body: fuse_write_in for `data` at `offset` of `fh`, then the data. */
+export function writeIn(fh: bigint, offset: bigint, data: Uint8Array): Buffer {
+  return Buffer.concat([ioIn(fh, offset, data.length), data]);
+}
 /** The node id of a LOOKUP/CREATE entry reply; the fh of an OPEN reply. */
 export const nodeOf = (r: FuseReply) => r.body.readBigUInt64LE(0);
 
