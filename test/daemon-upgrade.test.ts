@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, startDaemon, type DaemonProcess, deviceStats } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, type DaemonProcess, deviceStats, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, pattern, verifyAll } from './helpers/blk-rounds.ts';
@@ -44,19 +44,15 @@ test.before(async () => {
     mkdirSync(join(dir, 'share', `d${d}`), { recursive: true });
     for (let f = 0; f < SHARE_FILES; f++) writeFileSync(join(dir, 'share', `d${d}`, `f${f}`), fileText(d, f));
   }
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: control(),
-      ...(process.env.UPGRADE_TEST_DEBUG ? { logLevel: 'debug' } : {}),
-      devices: [
-        { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'fs', socket: 'fs.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: control(),
+    ...(process.env.UPGRADE_TEST_DEBUG ? { logLevel: 'debug' } : {}),
+    devices: [
+      { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'fs', socket: 'fs.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
+    ],
+  });
 });
 
 test.after.always(async () => {
