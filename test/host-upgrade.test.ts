@@ -63,20 +63,32 @@ async function upgrade(h: HostProcess, plugin: string): Promise<Outcome> {
   return JSON.parse(r.stdout) as Outcome;
 }
 
+/** A blk front-end on `h` after `rounds` rounds of writes: its disk and each block's last round. */
+async function blkFrontEnd(h: HostProcess, rounds: number) {
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, rounds);
+  return { fe, disk, last };
+}
+
+/** `vhost-wasm upgrade ARGS` while rounds of writes and reads run on `disk`. */
+async function upgradeUnderIo(disk: BlkDevice, last: Map<number, number>, args: string[]) {
+  let done = false;
+  const io = ioLoop([disk], last, () => done, 3);
+  const r = await upgradeCmd(args);
+  done = true;
+  await io;
+  return r;
+}
+
 test.serial('vhost-wasm upgrade --socket: blk 0.2.0 -> 0.3.0 under I/O; the control socket is S.control, mode 0600; a later front-end is served by the new build and reads the data', async (t) => {
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
   const control = `${h.socketPath}.control`;
   t.is(statSync(control).mode & 0o777, 0o600);
   t.true(statSync(control).isSocket());
-  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  await ioLoop([disk], last, () => true, 3);
-  let upgraded = false;
-  const io = ioLoop([disk], last, () => upgraded, 3);
-  const human = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
-  upgraded = true;
-  await io;
+  const { fe, disk, last } = await blkFrontEnd(h, 3);
+  const human = await upgradeUnderIo(disk, last, ['--socket', h.socketPath, '--plugin', blk030]);
   t.is(human.code, 0, human.stderr);
   t.regex(human.stdout, /: blk 0\.2\.0 -> 0\.3\.0 \(.*upgrade-blk-0\.3\.0\.wasm\); rings 0 stopped [\d.]+ ms, 16 state bytes moved/);
   t.regex(h.log(), /plugin upgraded: blk 0\.2\.0 -> 0\.3\.0/);
@@ -230,15 +242,8 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
 
 test.serial('a new build that crashes after the rings stopped (a trap loading the old instance\'s state): refused, saying why; the old instance serves on from where its rings stopped', async (t) => {
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
-  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  await ioLoop([disk], last, () => true, 2);
-  let stop = false;
-  const io = ioLoop([disk], last, () => stop, 3);
-  const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blkTrapLoad]);
-  stop = true;
-  await io;
+  const { fe, disk, last } = await blkFrontEnd(h, 2);
+  const r = await upgradeUnderIo(disk, last, ['--socket', h.socketPath, '--plugin', blkTrapLoad]);
   t.is(r.code, 1, `${r.stdout}${r.stderr}`);
   t.regex(r.stderr, /refused: .*(trap|unreachable)/i, 'the command says the new build crashed');
   t.notRegex(h.log(), /plugin upgraded/);
@@ -254,10 +259,7 @@ test.serial('a new build that crashes after the rings stopped (a trap loading th
 
 test.serial('an upgrade during a device-state transfer (a migration) is refused until CHECK_DEVICE_STATE collects it; the old build serves on; after it the upgrade goes through', async (t) => {
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
-  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  await ioLoop([disk], last, () => true, 2);
+  const { fe, disk, last } = await blkFrontEnd(h, 2);
   const refusedDuring = async (when: string) => {
     const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
     t.is(r.code, 1, `${when}: ${r.stdout}${r.stderr}`);
