@@ -208,28 +208,31 @@ async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUser
   }
 }
 
-test.serial('the host with --direct on a 4096-byte-block loop device: blk_size says 4096, 512-byte sectors still work', async (t) => {
-  const l = loop('hostloop.img', 8 << 20, 4096);
-  await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
-    const flags = openFlags(host, l.dev);
-    t.is(flags.length, 1, 'the device worker holds the backing open');
-    t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
-    const cfg = parseBlkConfig(await fe.getConfig(0, 60));
-    t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
-    t.is(cfg.blkSize, 4096, 'storage.block-size: a guest aligns to it and skips the bounce buffer');
-    const data = randomBytes(3 * SECTOR);
-    await blk.write(1, data); // sectors 1-3: inside one 4096-byte block
-    const big = randomBytes(40 * SECTOR);
-    await blk.write(13, big, { segments: 3 });
-    await blk.flush();
-    same(t, Buffer.from(await blk.read(1, 3 * SECTOR)), data);
-    same(t, Buffer.from(await blk.read(13, 40 * SECTOR)), big);
-    data.copy(l.data, SECTOR);
-    big.copy(l.data, 13 * SECTOR);
-    same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
+// Through the host (io_uring on the device, opened O_DIRECT) on both logical block sizes.
+for (const sectorSize of [512, 4096] as const) {
+  test.serial(`the host with --direct on a ${sectorSize}-byte-block loop device: blk_size says ${sectorSize}, 512-byte sectors still work`, async (t) => {
+    const l = loop(`hostloop${sectorSize}.img`, 8 << 20, sectorSize);
+    await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
+      const flags = openFlags(host, l.dev);
+      t.is(flags.length, 1, 'the device worker holds the backing open');
+      t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
+      const cfg = parseBlkConfig(await fe.getConfig(0, 60));
+      t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
+      t.is(cfg.blkSize, sectorSize, 'storage.block-size: a guest aligns to it and skips the bounce buffer');
+      const data = randomBytes(3 * SECTOR);
+      await blk.write(1, data); // sectors 1-3: inside one block of either size
+      const big = randomBytes(40 * SECTOR);
+      await blk.write(13, big, { segments: 3 });
+      await blk.flush();
+      same(t, Buffer.from(await blk.read(1, 3 * SECTOR)), data);
+      same(t, Buffer.from(await blk.read(13, 40 * SECTOR)), big);
+      data.copy(l.data, SECTOR);
+      big.copy(l.data, 13 * SECTOR);
+      same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
+    });
+    same(t, readFileSync(l.dev), l.data);
   });
-  same(t, readFileSync(l.dev), l.data);
-});
+}
 
 test.serial('the C load generator --verify against --direct on a 4096-byte-block loop device: 1536-byte requests, 32 in flight', async (t) => {
   const loadgen = join(dir, 'vhost-blk-load');
