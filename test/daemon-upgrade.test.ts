@@ -150,6 +150,9 @@ test.serial('a second upgrade while one runs is refused; the first completes', a
 });
 
 test.serial('an upgrade racing a disconnect completes or is refused, never half-applied: the next front-end is served and sees the data', async (t) => {
+  const version = (plugin: string) => (plugin === blk ? '0.2.0' : '0.3.0');
+  // The build serving, by what each answer said: never half-applied means the daemon agrees.
+  let serving = (await deviceStats(control(), 'disk')).plugin;
   for (const target of [blk, blk030]) {
     const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk = new BlkDevice(fe.queues[0]);
@@ -160,7 +163,12 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     const a = answer as { result?: MethodResults['plugin-upgrade']; error?: { message: string } };
     t.log(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
     if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
-    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    else {
+      t.is(a.result!.toVersion, version(target));
+      t.is(a.result!.fromVersion, version(serving), 'it started from the build the last answer left serving');
+      serving = target;
+    }
+    t.is((await deviceStats(control(), 'disk')).plugin, serving, 'the daemon serves the build the answer says');
     const fe2 = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk2 = new BlkDevice(fe2.queues[0]);
     await verifyAll(disk2, last);
