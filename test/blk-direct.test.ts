@@ -4,7 +4,7 @@
 // Needs root (loop devices, a tmpfs mount) and a disk file system under /var/tmp (tmpfs has no
 // O_DIRECT).
 import test from 'ava';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +12,8 @@ import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { native } from '../host/native/index.ts';
 import { BackingError, FileBacking, openBacking, type Backing } from '../host/storage/index.ts';
-import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
+import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
 
 /** The open-file flags (octal, from /proc/PID/fdinfo) of every fd the host has on `path`. */
 function openFlags(host: HostProcess, path: string): number[] {
@@ -31,7 +32,13 @@ const SEEK_HOLE = 4;
 
 const dir = mkdtempSync('/var/tmp/vhost-wasm-direct-');
 const loops: string[] = [];
-const mounts: string[] = [];
+const mounts: Tmpfs[] = [];
+/** A tmpfs of `size` for this test, unmounted after the file's tests. */
+function tmpfs(size: string, prefix: string): string {
+  const m = mountTmpfs(size, { prefix });
+  mounts.push(m);
+  return m.path;
+}
 test.after.always(() => {
   const failures: string[] = [];
   const attempt = (fn: () => void) => {
@@ -43,7 +50,7 @@ test.after.always(() => {
   };
   for (const l of loops) attempt(() => execFileSync('losetup', ['-d', l]));
   // Lazy: a host that was killed mid-test may still hold a file there for a moment.
-  for (const m of mounts) attempt(() => (execFileSync('umount', ['-l', m]), rmSync(m, { recursive: true })));
+  for (const m of mounts) attempt(() => m.unmount({ lazy: true }));
   rmSync(dir, { recursive: true, force: true });
   if (failures.length) throw new Error(`cleanup: ${failures.join('; ')}`);
 });
@@ -136,9 +143,7 @@ test.serial('discard punches a hole in a file; write-zeroes reads back zero; nei
 });
 
 test.serial('a file system without ZERO_RANGE (tmpfs): write-zeroes punches holes instead, said once in the log', (t) => {
-  const mnt = mkdtempSync('/tmp/vhost-wasm-tmpfs-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('8M', 'vhost-wasm-tmpfs-');
   const path = join(mnt, 'z.img');
   const data = randomBytes(1 << 20);
   writeFileSync(path, data);
@@ -171,9 +176,7 @@ test.serial('discard and write-zeroes on a 4096-byte-block loop device: partial 
 });
 
 test.serial('ENOSPC on the backing: that write fails naming the cause, reads and later writes still work', (t) => {
-  const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('1M', 'vhost-wasm-full-');
   const path = join(mnt, 'sparse.img');
   writeFileSync(path, '');
   execFileSync('truncate', ['-s', '4M', path]);
@@ -187,17 +190,8 @@ test.serial('ENOSPC on the backing: that write fails naming the cause, reads and
   same(t, Buffer.from(backing.read(3 << 20, 4096)), data);
 });
 
-async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(...hostCommand(args), { cwd: REPO });
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const code = await new Promise<number | null>((r) => child.once('exit', r));
-  clearTimeout(timer);
-  return { code, stderr, stdout };
-}
+/** The host run to its exit (start-up refusals, --help): SIGKILLed after 20 s if it serves instead. */
+const runHost = (args: string[]) => runCli(args, { killAfterMs: 20_000 });
 
 async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUserFrontend, log: () => string, host: HostProcess) => Promise<T>): Promise<T> {
   const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, ...storage]);
@@ -214,28 +208,31 @@ async function withDisk<T>(storage: string[], fn: (blk: BlkDevice, fe: VhostUser
   }
 }
 
-test.serial('the host with --direct on a 4096-byte-block loop device: blk_size says 4096, 512-byte sectors still work', async (t) => {
-  const l = loop('hostloop.img', 8 << 20, 4096);
-  await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
-    const flags = openFlags(host, l.dev);
-    t.is(flags.length, 1, 'the device worker holds the backing open');
-    t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
-    const cfg = parseBlkConfig(await fe.getConfig(0, 60));
-    t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
-    t.is(cfg.blkSize, 4096, 'storage.block-size: a guest aligns to it and skips the bounce buffer');
-    const data = randomBytes(3 * SECTOR);
-    await blk.write(1, data); // sectors 1-3: inside one 4096-byte block
-    const big = randomBytes(40 * SECTOR);
-    await blk.write(13, big, { segments: 3 });
-    await blk.flush();
-    same(t, Buffer.from(await blk.read(1, 3 * SECTOR)), data);
-    same(t, Buffer.from(await blk.read(13, 40 * SECTOR)), big);
-    data.copy(l.data, SECTOR);
-    big.copy(l.data, 13 * SECTOR);
-    same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
+// Through the host (io_uring on the device, opened O_DIRECT) on both logical block sizes.
+for (const sectorSize of [512, 4096] as const) {
+  test.serial(`the host with --direct on a ${sectorSize}-byte-block loop device: blk_size says ${sectorSize}, 512-byte sectors still work`, async (t) => {
+    const l = loop(`hostloop${sectorSize}.img`, 8 << 20, sectorSize);
+    await withDisk(['--storage', l.dev, '--direct'], async (blk, fe, _log, host) => {
+      const flags = openFlags(host, l.dev);
+      t.is(flags.length, 1, 'the device worker holds the backing open');
+      t.true((flags[0] & O_DIRECT) !== 0, `opened O_DIRECT (flags ${flags[0].toString(8)})`);
+      const cfg = parseBlkConfig(await fe.getConfig(0, 60));
+      t.is(cfg.capacity, (8 << 20) / SECTOR, 'capacity from BLKGETSIZE64');
+      t.is(cfg.blkSize, sectorSize, 'storage.block-size: a guest aligns to it and skips the bounce buffer');
+      const data = randomBytes(3 * SECTOR);
+      await blk.write(1, data); // sectors 1-3: inside one block of either size
+      const big = randomBytes(40 * SECTOR);
+      await blk.write(13, big, { segments: 3 });
+      await blk.flush();
+      same(t, Buffer.from(await blk.read(1, 3 * SECTOR)), data);
+      same(t, Buffer.from(await blk.read(13, 40 * SECTOR)), big);
+      data.copy(l.data, SECTOR);
+      big.copy(l.data, 13 * SECTOR);
+      same(t, Buffer.from(await blk.read(0, 64 * SECTOR)), l.data.subarray(0, 64 * SECTOR));
+    });
+    same(t, readFileSync(l.dev), l.data);
   });
-  same(t, readFileSync(l.dev), l.data);
-});
+}
 
 test.serial('the C load generator --verify against --direct on a 4096-byte-block loop device: 1536-byte requests, 32 in flight', async (t) => {
   const loadgen = join(dir, 'vhost-blk-load');
@@ -266,9 +263,7 @@ test.serial('the C load generator --verify against --direct on a 4096-byte-block
 // it is not run until it is (closing note, issue 10). The file case covers the IOERR path.
 for (const kind of ['file'] as const) {
   test.serial(`the host on a full ${kind} (ENOSPC): the write gets IOERR, the device keeps serving`, async (t) => {
-    const mnt = mkdtempSync('/tmp/vhost-wasm-full-');
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-    mounts.push(mnt);
+    const mnt = tmpfs('1M', 'vhost-wasm-full-');
     const file = join(mnt, 'disk.img');
     writeFileSync(file, '');
     execFileSync('truncate', ['-s', '8M', file]);
@@ -310,9 +305,7 @@ test.serial('--help describes --direct and block-device backings', async (t) => 
 test.serial('start-up: --direct needs a file that can take it', async (t) => {
   const sock = join(dir, 'never.sock');
   mkdirSync(join(dir, 'x'), { recursive: true });
-  const mnt = mkdtempSync('/tmp/vhost-wasm-nodirect-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  mounts.push(mnt);
+  const mnt = tmpfs('1M', 'vhost-wasm-nodirect-');
   writeFileSync(join(mnt, 't.img'), Buffer.alloc(65536));
   writeFileSync(join(dir, 'odd.img'), Buffer.alloc(1000));
   const cases: [string[], RegExp][] = [

@@ -1,14 +1,14 @@
 // The virtio-blk plugin through the real host binary: a real socket, real memfd guest RAM,
 // a real image file the test reads behind the device's back.
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { loadPlugin } from '../host/plugin/index.ts';
 import { MemoryBacking } from '../host/storage/index.ts';
 import type { Answer, DeviceAction } from '../host/device/device.ts';
@@ -84,17 +84,8 @@ async function raw(d: Disk, readable: Uint8Array[], writable: number | number[],
   return { status: c.data[c.data.length - 1], data: c.data, len: c.len };
 }
 
-async function runHost(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(...hostCommand(args), { cwd: REPO });
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const code = await new Promise<number | null>((r) => child.once('exit', r));
-  clearTimeout(timer);
-  return { code, stderr, stdout };
-}
+/** The host run to its exit (start-up refusals, --help): SIGKILLed after 20 s if it serves instead. */
+const runHost = (args: string[]) => runCli(args, { killAfterMs: 20_000 });
 
 const both = [
   { name: 'file', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path] }) },

@@ -15,7 +15,7 @@ import { BlkDevice, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ } from '../host/frontend
 import { loadState, saveState } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ctl, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, spawnDaemon, startDaemon, type DaemonProcess, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildHostFixtures } from './fixtures/plugins/build-host-fixtures.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -30,23 +30,19 @@ test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   const faulty = await buildHostFixtures(REPO, join(REPO, 'dist', 'test-plugins'));
   dir = mkdtempSync(join(tmpdir(), 'daemon-metrics-'));
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      metrics: `unix:${sock('metrics')}`,
-      control: sock('control'),
-      // Started at once: the first scrape reads every device's running worker (its plugin's
-      // memory); test/daemon-on-connect.test.ts scrapes devices not started yet.
-      start: 'eager',
-      devices: [
-        { id: 'r', tenant: 'acme', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        // Two queue threads: each writes its own cells, a scrape sums them.
-        { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 }, queueThreads: 2 },
-        { id: 'trap', socket: 'trap.sock', plugin: faulty.trap, limits: { callDeadlineMs: 10_000 } },
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    metrics: `unix:${sock('metrics')}`,
+    control: sock('control'),
+    // Started at once: the first scrape reads every device's running worker (its plugin's
+    // memory); test/daemon-on-connect.test.ts scrapes devices not started yet.
+    start: 'eager',
+    devices: [
+      { id: 'r', tenant: 'acme', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+      // Two queue threads: each writes its own cells, a scrape sums them.
+      { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 }, queueThreads: 2 },
+      { id: 'trap', socket: 'trap.sock', plugin: faulty.trap, limits: { callDeadlineMs: 10_000 } },
+    ],
+  });
 });
 
 test.after.always(async () => {

@@ -15,10 +15,9 @@ import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { migrate } from '../host/frontend/migrate.ts';
 import { REPO } from './helpers/host-process.ts';
 import { randomFrom } from './helpers/device-checks.ts';
-import { ctl, scrapeMetrics, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, scrapeMetrics, startDaemon, type DaemonProcess, deviceStats, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
-import type { DeviceStats } from '../host/daemon/daemon.ts';
 import type { MethodResults } from '../host/daemon/methods.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
@@ -43,31 +42,27 @@ test.before(async () => {
   await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'bad.c')], outFile: startTrap, defines: ['BAD_START_TRAP'] });
   dir = mkdtempSync(join(tmpdir(), 'daemon-on-connect-'));
   const r = (id: string) => ({ id, socket: `${id}.sock`, plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } });
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: 'control.sock',
-      metrics: `unix:${sock('metrics')}`,
-      start: 'on-connect',
-      devices: [
-        r('r'),
-        r('dst'),
-        r('idle'),
-        r('gone'),
-        { ...r('e'), start: 'eager' },
-        { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 } },
-        // Instantiate, then trap in identity() / fail the identity check: only a start can tell.
-        { id: 'trapstart', socket: 'trapstart.sock', plugin: startTrap },
-        { id: 'badname', socket: 'badname.sock', plugin: bad.name },
-        // Can never load: refused at start, as an eager device would be.
-        { id: 'old', socket: 'old.sock', plugin: bad.version },
-        { id: 'core', socket: 'core.sock', plugin: bad['core-module'] },
-        { id: 'import', socket: 'import.sock', plugin: bad.import },
-        { id: 'unused', socket: 'unused.sock', plugin: rng, grants: { storage: 'memory:1M' } },
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: 'control.sock',
+    metrics: `unix:${sock('metrics')}`,
+    start: 'on-connect',
+    devices: [
+      r('r'),
+      r('dst'),
+      r('idle'),
+      r('gone'),
+      { ...r('e'), start: 'eager' },
+      { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { callDeadlineMs: 10_000 } },
+      // Instantiate, then trap in identity() / fail the identity check: only a start can tell.
+      { id: 'trapstart', socket: 'trapstart.sock', plugin: startTrap },
+      { id: 'badname', socket: 'badname.sock', plugin: bad.name },
+      // Can never load: refused at start, as an eager device would be.
+      { id: 'old', socket: 'old.sock', plugin: bad.version },
+      { id: 'core', socket: 'core.sock', plugin: bad['core-module'] },
+      { id: 'import', socket: 'import.sock', plugin: bad.import },
+      { id: 'unused', socket: 'unused.sock', plugin: rng, grants: { storage: 'memory:1M' } },
+    ],
+  });
 });
 
 test.after.always(async () => {
@@ -75,11 +70,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function stats(id: string): Promise<DeviceStats> {
-  const r = await ctl(['--control', control(), '--json', 'stats', id]);
-  if (r.code !== 0) throw new Error(`ctl stats ${id} failed (${r.code}): ${r.stderr}`);
-  return (JSON.parse(r.stdout) as MethodResults['device-stats']).devices[0];
-}
+const stats = (id: string) => deviceStats(control(), id);
 
 async function listed(): Promise<Map<string, string>> {
   const r = await ctl(['--control', control(), '--json', 'list']);

@@ -7,8 +7,8 @@
 // one serving every device; a config that does not describe the old daemon's devices is refused
 // with each device's reason.
 import test from 'ava';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
@@ -17,6 +17,7 @@ import { REPO } from './helpers/host-process.ts';
 import { ctl, heldConnection, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
+import { scratchEachTest } from './helpers/scratch-each-test.ts';
 import { acceptOne, readFramed, receiveDevice } from '../host/server/takeover.ts';
 import { FdReader, LineChannel } from '../host/server/handover-wire.ts';
 
@@ -26,32 +27,23 @@ const feBlk = { memoryBytes: 16 << 20, queues: [64], features: (1n << BigInt(VIR
 const feRng = { memoryBytes: 4 << 20, queues: [64], features: 1n << BigInt(VIRTIO_F_VERSION_1) };
 
 let dir: string;
-const daemons: DaemonProcess[] = [];
-test.beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'daemon-takeover-'));
-});
-test.afterEach.always(async () => {
-  for (const d of daemons.splice(0)) if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
-});
+const keep = scratchEachTest(test, 'daemon-takeover-', (d) => (dir = d));
 
 const control = () => join(dir, 'control.sock');
-/** The config: blk on a memory disk, two rng devices; `extra` devices appended. */
-function writeConfig(extra: object[] = []): string {
-  const file = join(dir, 'daemon.json');
-  const devices = [
-    { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10000 } },
-    { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: rng, grants: { entropy: true } },
-    { id: 'rng-idle', socket: join(dir, 'rng-idle.sock'), plugin: rng, grants: { entropy: true } },
-    ...extra,
-  ];
+/** The blk device on a memory disk (socket disk.sock). */
+const diskDevice = (storage = 'memory:4M', more: object = {}) => ({ id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage }, ...more });
+/** An rng device `id` (socket ID.sock). */
+const rngDevice = (id: string, plugin = rng) => ({ id, socket: join(dir, `${id}.sock`), plugin, grants: { entropy: true } });
+/** A config file `name` in the test's directory: these devices and the one management socket. */
+function configFile(name: string, devices: object[]): string {
+  const file = join(dir, name);
   writeFileSync(file, JSON.stringify({ control: control(), devices }));
   return file;
 }
+/** The config: blk on a memory disk, two rng devices. */
+const writeConfig = () => configFile('daemon.json', [diskDevice('memory:4M', { limits: { callDeadlineMs: 10000 } }), rngDevice('rng-busy'), rngDevice('rng-idle')]);
 async function daemon(args: string[]): Promise<DaemonProcess> {
-  const d = await startDaemon(args);
-  daemons.push(d);
-  return d;
+  return keep(await startDaemon(args));
 }
 
 /** Front-ends on the blk and the busy rng device, with I/O running on both. */
@@ -246,20 +238,9 @@ test.serial('all or nothing: a session refused by the new daemon after its rings
   await io.more();
   // rng-busy as another plugin (the TypeScript rng) in the new daemon: it starts, takes the
   // session's settings, has the rings stopped there, and refuses the old rng's state.
-  const other = join(dir, 'other-rng.json');
-  writeFileSync(
-    other,
-    JSON.stringify({
-      control: control(),
-      devices: [
-        { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:4M' } },
-        { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: join(REPO, 'dist', 'plugins', 'rng-ts.wasm'), grants: { entropy: true } },
-        { id: 'rng-idle', socket: join(dir, 'rng-idle.sock'), plugin: rng, grants: { entropy: true } },
-      ],
-    }),
-  );
+  const other = configFile('other-rng.json', [diskDevice(), rngDevice('rng-busy', join(REPO, 'dist', 'plugins', 'rng-ts.wasm')), rngDevice('rng-idle')]);
   const fresh = spawnDaemon(['--config', other, '--take-over']);
-  daemons.push(fresh);
+  keep(fresh);
   t.is(await fresh.exited, 1, fresh.log());
   t.regex(fresh.log(), /rng-busy: .*state/);
   // Both sessions were stopped in the old daemon and both run there again.
@@ -284,19 +265,9 @@ test.serial('serve --take-over with a config that does not describe the old daem
   const io = await running(t);
   await io.more();
   // Another file: the disk is a memory disk of another size, and rng-idle is missing.
-  const other = join(dir, 'other.json');
-  writeFileSync(
-    other,
-    JSON.stringify({
-      control: control(),
-      devices: [
-        { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:8M' } },
-        { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: rng, grants: { entropy: true } },
-      ],
-    }),
-  );
+  const other = configFile('other.json', [diskDevice('memory:8M'), rngDevice('rng-busy')]);
   const fresh = spawnDaemon(['--config', other, '--take-over']);
-  daemons.push(fresh);
+  keep(fresh);
   t.is(await fresh.exited, 1);
   t.regex(fresh.log(), /disk: its disk is a 4194304-byte memory disk there: give "storage": "memory:4194304"/);
   t.regex(fresh.log(), /rng-idle: not in the config file/);
@@ -309,20 +280,9 @@ test.serial('serve --take-over with a config that does not describe the old daem
   // socket files still there (the new daemon's cleanup closed its copies only).
   const bad = join(dir, 'bad.wasm');
   writeFileSync(bad, 'not a WebAssembly component');
-  const badConfig = join(dir, 'bad.json');
-  writeFileSync(
-    badConfig,
-    JSON.stringify({
-      control: control(),
-      devices: [
-        { id: 'disk', socket: join(dir, 'disk.sock'), plugin: blk, grants: { storage: 'memory:4M' } },
-        { id: 'rng-busy', socket: join(dir, 'rng-busy.sock'), plugin: rng, grants: { entropy: true } },
-        { id: 'rng-idle', socket: join(dir, 'rng-idle.sock'), plugin: bad, grants: { entropy: true } },
-      ],
-    }),
-  );
+  const badConfig = configFile('bad.json', [diskDevice(), rngDevice('rng-busy'), rngDevice('rng-idle', bad)]);
   const fresh2 = spawnDaemon(['--config', badConfig, '--take-over']);
-  daemons.push(fresh2);
+  keep(fresh2);
   t.is(await fresh2.exited, 1);
   t.regex(fresh2.log(), /take-over refused, nothing was taken \(an old daemon serves on\): .*rng-idle: /);
   t.regex(old.log(), /daemon-handover from pid \d+ refused: the new daemon took none of the devices.*disk: the new host did not take the device: not taken: all or nothing, and rng-idle was refused.*rng-idle: the new host did not take the device: .*not a WebAssembly component/);

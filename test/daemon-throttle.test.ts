@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, spawnDaemon, type DaemonProcess, deviceStats, startDaemonWith } from './helpers/daemon-process.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -25,20 +25,16 @@ test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   dir = mkdtempSync(join(tmpdir(), 'daemon-throttle-'));
   const dev = (id: string, extra: object = {}) => ({ id, tenant: 'acme', socket: `${id}.sock`, plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 }, ...extra });
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: 'control.sock',
-      devices: [
-        dev('slow', { limits: { callDeadlineMs: 10_000, iops: 1000 } }),
-        dev('free'),
-        dev('g1', { throttleGroup: 'pair', limits: { callDeadlineMs: 10_000, iops: 1000 } }),
-        // Takes the group's limits.
-        dev('g2', { throttleGroup: 'pair' }),
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: 'control.sock',
+    devices: [
+      dev('slow', { limits: { callDeadlineMs: 10_000, iops: 1000 } }),
+      dev('free'),
+      dev('g1', { throttleGroup: 'pair', limits: { callDeadlineMs: 10_000, iops: 1000 } }),
+      // Takes the group's limits.
+      dev('g2', { throttleGroup: 'pair' }),
+    ],
+  });
 });
 
 test.after.always(async () => {
@@ -70,11 +66,7 @@ async function connect(t: { teardown(fn: () => unknown): void }, id: string): Pr
   return fe;
 }
 
-async function stats(id: string): Promise<{ limits: { throttle: unknown }; throttleGroup: string | null; throttled: { passedOps: number; waits: number } }> {
-  const r = await ctl(['--control', control(), '--json', 'stats', id]);
-  if (r.code !== 0) throw new Error(`ctl stats failed (${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout).devices[0];
-}
+const stats = (id: string) => deviceStats(control(), id);
 
 test.serial('a device limited to 1000 IOPS does about 3000 requests in 3 s while an unthrottled bystander does far more', async (t) => {
   const [slow, free] = [await connect(t, 'slow'), await connect(t, 'free')];

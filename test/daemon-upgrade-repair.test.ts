@@ -6,17 +6,16 @@
 // passes serves (at once for an eager device, at the next connection for an on-connect one).
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserFrontend, type FrontendOptions } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, type DaemonProcess, deviceStats, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildFixtures } from './fixtures/plugins/build-fixtures.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
-import type { DeviceStats } from '../host/daemon/daemon.ts';
 import type { MethodResults } from '../host/daemon/methods.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
@@ -36,15 +35,11 @@ test.before(async () => {
   await buildPlugin({ root: REPO, sources: [join(REPO, 'test', 'fixtures', 'plugins', 'bad.c')], outFile: startTrap, defines: ['BAD_START_TRAP'] });
   dir = mkdtempSync(join(tmpdir(), 'daemon-upgrade-repair-'));
   const dev = (id: string, plugin: string) => ({ id, socket: `${id}.sock`, plugin, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } });
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: 'control.sock',
-      start: 'on-connect',
-      devices: [dev('r', rng), dev('trapstart', startTrap), dev('badname', bad.name), { ...dev('dies', bad.loop), limits: { callDeadlineMs: 200 }, start: 'eager' }],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: 'control.sock',
+    start: 'on-connect',
+    devices: [dev('r', rng), dev('trapstart', startTrap), dev('badname', bad.name), { ...dev('dies', bad.loop), limits: { callDeadlineMs: 200 }, start: 'eager' }],
+  });
 });
 
 test.after.always(async () => {
@@ -52,11 +47,7 @@ test.after.always(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function stats(id: string): Promise<DeviceStats> {
-  const r = await ctl(['--control', control(), '--json', 'stats', id]);
-  if (r.code !== 0) throw new Error(`ctl stats ${id} failed (${r.code}): ${r.stderr}`);
-  return (JSON.parse(r.stdout) as MethodResults['device-stats']).devices[0];
-}
+const stats = (id: string) => deviceStats(control(), id);
 
 async function upgrade(id: string, plugin: string): Promise<MethodResults['plugin-upgrade']> {
   const r = await ctl(['--control', control(), '--json', 'upgrade', id, '--plugin', plugin]);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
 import { REPO } from './helpers/host-process.ts';
-import { ctl, rawRpc, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, type DaemonProcess, deviceStats, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, pattern, verifyAll } from './helpers/blk-rounds.ts';
@@ -44,19 +44,15 @@ test.before(async () => {
     mkdirSync(join(dir, 'share', `d${d}`), { recursive: true });
     for (let f = 0; f < SHARE_FILES; f++) writeFileSync(join(dir, 'share', `d${d}`, `f${f}`), fileText(d, f));
   }
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: control(),
-      ...(process.env.UPGRADE_TEST_DEBUG ? { logLevel: 'debug' } : {}),
-      devices: [
-        { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'fs', socket: 'fs.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: control(),
+    ...(process.env.UPGRADE_TEST_DEBUG ? { logLevel: 'debug' } : {}),
+    devices: [
+      { id: 'disk', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'r', socket: 'r.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'fs', socket: 'fs.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
+    ],
+  });
 });
 
 test.after.always(async () => {
@@ -104,7 +100,7 @@ test.serial('a refused upgrade (another plugin; a build that refuses the state; 
   const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
   const disk = new BlkDevice(fe.queues[0]);
   const last = new Map<number, number>();
-  const stats = async () => (JSON.parse((await ctl(['--control', control(), '--json', 'stats', 'disk'])).stdout) as MethodResults['device-stats']).devices[0];
+  const stats = () => deviceStats(control(), 'disk');
   const startsBefore = (await stats()).workerStarts;
 
   let done = false;
@@ -154,6 +150,9 @@ test.serial('a second upgrade while one runs is refused; the first completes', a
 });
 
 test.serial('an upgrade racing a disconnect completes or is refused, never half-applied: the next front-end is served and sees the data', async (t) => {
+  const version = (plugin: string) => (plugin === blk ? '0.2.0' : '0.3.0');
+  // The build serving, by what each answer said: never half-applied means the daemon agrees.
+  let serving = (await deviceStats(control(), 'disk')).plugin;
   for (const target of [blk, blk030]) {
     const fe = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk = new BlkDevice(fe.queues[0]);
@@ -164,14 +163,19 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     const a = answer as { result?: MethodResults['plugin-upgrade']; error?: { message: string } };
     t.log(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
     if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
-    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    else {
+      t.is(a.result!.toVersion, version(target));
+      t.is(a.result!.fromVersion, version(serving), 'it started from the build the last answer left serving');
+      serving = target;
+    }
+    t.is((await deviceStats(control(), 'disk')).plugin, serving, 'the daemon serves the build the answer says');
     const fe2 = await VhostUserFrontend.connect(sock('disk'), { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk2 = new BlkDevice(fe2.queues[0]);
     await verifyAll(disk2, last);
     await ioLoop(disk2, last, () => true, 2);
     await fe2.close();
   }
-  const s = (JSON.parse((await ctl(['--control', control(), '--json', 'stats', 'disk'])).stdout) as MethodResults['device-stats']).devices[0];
+  const s = await deviceStats(control(), 'disk');
   t.is(s.lastFailure, null);
 });
 

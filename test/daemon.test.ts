@@ -18,7 +18,7 @@ import { hostCommand, REPO } from './helpers/host-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 import { randomFrom } from './helpers/device-checks.ts';
-import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess } from './helpers/daemon-process.ts';
+import { ctl, rawRpc, spawnDaemon, startDaemon, type DaemonProcess, startDaemonWith } from './helpers/daemon-process.ts';
 
 const opts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
@@ -35,19 +35,15 @@ test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'daemon-'));
   // Another back-end already listens where device "taken" wants its socket.
   taken = native.listenUnix(sock('taken'), 4);
-  writeFileSync(
-    join(dir, 'daemon.json'),
-    JSON.stringify({
-      control: 'control.sock',
-      devices: [
-        { id: 'a', tenant: 'acme', socket: 'a.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'b', tenant: 'acme', socket: 'b.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
-        { id: 'taken', socket: 'taken.sock', plugin: rng, grants: { entropy: true } },
-        { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { memory: '128M' } },
-      ],
-    }),
-  );
-  daemon = await startDaemon(['--config', join(dir, 'daemon.json')]);
+  daemon = await startDaemonWith(dir, {
+    control: 'control.sock',
+    devices: [
+      { id: 'a', tenant: 'acme', socket: 'a.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'b', tenant: 'acme', socket: 'b.sock', plugin: rng, grants: { entropy: true }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'taken', socket: 'taken.sock', plugin: rng, grants: { entropy: true } },
+      { id: 'disk', tenant: 'globex', socket: 'disk.sock', plugin: blk, grants: { storage: 'memory:1M' }, limits: { memory: '128M' } },
+    ],
+  });
 });
 
 test.after.always(async () => {

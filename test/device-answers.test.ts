@@ -5,7 +5,6 @@
 // answers it, and the used ring takes completions in completion order.
 // Needs root for a tiny tmpfs (a backing that fills up: ENOSPC).
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,11 +14,13 @@ import { Host } from '../host/server/index.ts';
 import { setLogSink } from '../host/log/logger.ts';
 import { BAD_RULES, PREFIX, STATUS_IOERR, STATUS_OK, command } from './devices/script-device.ts';
 import { Rule } from '../host/device/answer-check.ts';
+import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
 
 const STATUS_NEEDS_RESET = 0x40;
 const DISK_BYTES = 1 << 20;
 
 let dir: string;
+let fullFs: Tmpfs | undefined;
 let full: string;
 let disk: string;
 let host: Host;
@@ -31,8 +32,8 @@ test.before(async () => {
   writeFileSync(disk, Buffer.alloc(0));
   truncateSync(disk, DISK_BYTES);
   // A 64 KiB file system under a 1 MiB sparse image: the first large write runs out of space.
-  full = mkdtempSync('/tmp/vhost-wasm-answers-full-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', full]);
+  fullFs = mountTmpfs('64k', { prefix: 'vhost-wasm-answers-full-' });
+  full = fullFs.path;
   writeFileSync(join(full, 'sparse.raw'), Buffer.alloc(0));
   truncateSync(join(full, 'sparse.raw'), DISK_BYTES);
   const script = new URL('./devices/script-device.ts', import.meta.url).href;
@@ -47,14 +48,7 @@ test.before(async () => {
 test.after.always(async () => {
   setLogSink(null);
   await host?.close();
-  if (full) {
-    try {
-      execFileSync('umount', [full]);
-    } catch {
-      // not mounted
-    }
-    rmSync(full, { recursive: true, force: true });
-  }
+  fullFs?.unmount();
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -2,7 +2,7 @@
 // direct-handle.ts) against jco's generated glue for the same components: the same batches
 // through both paths give the same actions, for every kind of event and answer the in-tree
 // plugins produce (literal bytes, backing reads, transfers, ops, barriers, length-at).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,6 +26,24 @@ async function blk(handlePath: 'direct' | 'jco'): Promise<PluginDevice> {
   const dev = await loadPlugin(plugin('blk'), { grants: { storage: new MemoryBacking(1 << 20, false), log() {} }, cacheDir, handlePath });
   dev.activate(dev.info.features);
   return dev;
+}
+
+/** One batch through both paths: the actions must be equal; returns the direct path's. */
+function bothPaths(t: ExecutionContext, direct: PluginDevice, jco: PluginDevice, batch: DeviceEvent[]): ReturnType<PluginDevice['handle']> {
+  const a = direct.handle(batch);
+  t.deepEqual(a, jco.handle(batch));
+  return a;
+}
+
+/** The fs plugin on a share of `dir` through each path; each share goes into `shares` (for the caller to close). */
+async function fsBothPaths(dir: string, shares: { close(): void }[]): Promise<{ direct: PluginDevice; jco: PluginDevice }> {
+  const { FsShare } = await import('../host/fs/share.ts');
+  const load = async (handlePath: 'direct' | 'jco') => {
+    const share = new FsShare(dir, {});
+    shares.push(share);
+    return loadPlugin(plugin('fs'), { grants: { filesystem: share, log() {} }, cacheDir, handlePath });
+  };
+  return { direct: await load('direct'), jco: await load('jco') };
 }
 
 /** A virtio-blk request header (type, sector) as the prefix the plugin sees. */
@@ -55,11 +73,7 @@ test('blk: reads, writes, flush (barrier), discard, write-zeroes, get-id, bad ty
     [blkRequest(6, 99, 0, 16, 1), blkRequest(7, 0, 1 << 20, 16, 513), { kind: 'io-failed', id: 1, errno: 28 }],
     [],
   ];
-  for (const b of batches) {
-    const a = direct.handle(b);
-    const j = jco.handle(b);
-    t.deepEqual(a, j);
-  }
+  for (const b of batches) bothPaths(t, direct, jco, b);
   // And the shapes are what blk answers: a read is a backing-read piece then its status byte.
   const [read] = direct.handle([blkRequest(9, 0, 2, 16, 1024 + 1)]);
   t.like(read, { kind: 'answer', answer: { id: 9, reply: [{ kind: 'backing-read', extent: { backing: 0, offset: 1024, len: 1024 } }, { kind: 'bytes' }] } });
@@ -80,17 +94,10 @@ test('rng: the same shapes through both paths, and the direct path copes with th
 });
 
 test('fs: a FUSE_INIT answers the same through both paths', async (t) => {
-  const { FsShare } = await import('../host/fs/share.ts');
   const dir = mkdtempSync(join(tmpdir(), 'direct-handle-share-'));
   const shares: { close(): void }[] = [];
   try {
-    const load = async (handlePath: 'direct' | 'jco') => {
-      const share = new FsShare(dir, {});
-      shares.push(share);
-      return loadPlugin(plugin('fs'), { grants: { filesystem: share, log() {} }, cacheDir, handlePath });
-    };
-    const direct = await load('direct');
-    const jco = await load('jco');
+    const { direct, jco } = await fsBothPaths(dir, shares);
     // FUSE_INIT (opcode 26): in-header (40 bytes) + init_in (major 7, minor 31).
     const init = Buffer.alloc(40 + 64);
     init.writeUInt32LE(init.length, 0);
@@ -99,9 +106,7 @@ test('fs: a FUSE_INIT answers the same through both paths', async (t) => {
     init.writeUInt32LE(7, 40);
     init.writeUInt32LE(31, 44);
     const ev: DeviceEvent[] = [{ kind: 'request', request: { id: 0, queue: 1, prefix: init, readableLen: init.length, writableLen: 256 } }];
-    const a = direct.handle(ev);
-    t.deepEqual(a, jco.handle(ev));
-    t.is(a.length, 1);
+    t.is(bothPaths(t, direct, jco, ev).length, 1);
   } finally {
     for (const s of shares) s.close();
     rmSync(dir, { recursive: true, force: true });
@@ -134,12 +139,7 @@ test('net: frame events, frame-read pieces, sends (flood and to a port) and wake
     [frameEvent(0, 3, 60), frameEvent(1, 4, 1514), req(3, 1, 2, 60, 1), req(4, 1, 1, 1514, 1), { kind: 'timer', token: 7n }],
     [frameEvent(0, 9, 10)],
   ];
-  const results = [];
-  for (const b of batches) {
-    const a = direct.handle(b);
-    t.deepEqual(a, jco.handle(b));
-    results.push(a);
-  }
+  const results = batches.map((b) => bothPaths(t, direct, jco, b));
   const second = results[1];
   t.like(second.find((x) => x.kind === 'answer' && x.answer.id === 0), {
     answer: { reply: [{ kind: 'bytes' }, { kind: 'frame-read', slice: { frame: 0, offset: 0, len: 14 } }, { kind: 'frame-read', slice: { frame: 0, offset: 14, len: 46 } }] },
@@ -161,19 +161,12 @@ test('net: frame events, frame-read pieces, sends (flood and to a port) and wake
 });
 
 test('fs: the reply bytes of earlier calls stay intact while later calls answer (many calls share the lifting arena)', async (t) => {
-  const { FsShare } = await import('../host/fs/share.ts');
   const { writeFileSync } = await import('node:fs');
   const dir = mkdtempSync(join(tmpdir(), 'direct-handle-share-'));
   const shares: { close(): void }[] = [];
   try {
     for (let i = 0; i < 300; i++) writeFileSync(join(dir, `f${i}`), 'x'.repeat(i));
-    const load = async (handlePath: 'direct' | 'jco') => {
-      const share = new FsShare(dir, {});
-      shares.push(share);
-      return loadPlugin(plugin('fs'), { grants: { filesystem: share, log() {} }, cacheDir, handlePath });
-    };
-    const direct = await load('direct');
-    const jco = await load('jco');
+    const { direct, jco } = await fsBothPaths(dir, shares);
     const fuse = (id: number, opcode: number, body: Buffer, writableLen: number): DeviceEvent[] => {
       const p = Buffer.concat([Buffer.alloc(40), body]);
       p.writeUInt32LE(p.length, 0);
@@ -185,7 +178,7 @@ test('fs: the reply bytes of earlier calls stay intact while later calls answer 
     const init = Buffer.alloc(64);
     init.writeUInt32LE(7, 0);
     init.writeUInt32LE(31, 4);
-    t.deepEqual(direct.handle(fuse(0, 26, init, 256)), jco.handle(fuse(0, 26, init, 256)));
+    bothPaths(t, direct, jco, fuse(0, 26, init, 256));
     // One LOOKUP per call (a TCG guest's one request per batch), each reply (~144 bytes: each
     // file's own size and inode) held, as an answer is while its I/O runs: 300 calls fill
     // several arenas.

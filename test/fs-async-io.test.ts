@@ -11,7 +11,7 @@ import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, 
 import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { FuseClient, fhOfOpen, nodeOf, O, type FuseReply } from './helpers/fuse.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, releaseIn, writeIn, type FuseReply } from './helpers/fuse.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const TMPFS_MAGIC = 0x01021994;
@@ -39,20 +39,6 @@ function writeDurable(path: string, data: Buffer): void {
 /** Drops the file's pages from the host's page cache (posix_fadvise DONTNEED through dd): its next read goes to the disk. */
 function coldFile(path: string): void {
   execFileSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
-}
-
-const releaseIn = (fh: bigint) => {
-  const b = Buffer.alloc(24);
-  b.writeBigUInt64LE(fh, 0);
-  return b;
-};
-
-function writeIn(fh: bigint, off: number, data: Buffer): Buffer {
-  const b = Buffer.alloc(40);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(BigInt(off), 8);
-  b.writeUInt32LE(data.length, 16);
-  return Buffer.concat([b, data]);
 }
 
 /** The host process's fds that name `path`. */
@@ -113,7 +99,7 @@ test('a share on a disk: 96 FUSE_READs in flight at once through io_uring, every
   // Writes in flight too, then FSYNC (which waits for the writes already handed out), then read back.
   const wfh = await open('big', O.RDWR);
   const fresh = pattern(32 * 65536, 2);
-  const writes = Array.from({ length: 32 }, (_, i) => c.req(OP.WRITE, 0n, writeIn(wfh, i * 65536, fresh.subarray(i * 65536, (i + 1) * 65536))));
+  const writes = Array.from({ length: 32 }, (_, i) => c.req(OP.WRITE, 0n, writeIn(wfh, BigInt(i * 65536), fresh.subarray(i * 65536, (i + 1) * 65536))));
   const sync = Buffer.alloc(16);
   sync.writeBigUInt64LE(wfh, 0);
   // On the next kick: the writes are with io_uring by then (some maybe done).
@@ -177,7 +163,7 @@ test('RELEASE while reads of the file are in flight: they read that file, the fd
     // Same batch: one kick carries the reads and the RELEASE (the plugin answers the reads,
     // then closes the file, in one call). Next batch: the RELEASE comes on its own kick.
     if (when === 'next batch') await new Promise((r) => setImmediate(r));
-    const release = c.req(OP.RELEASE, 0n, releaseIn(fh));
+    const release = c.req(OP.RELEASE, 0n, releaseIn(fh, 0, 0n));
     // A file opened right after may get the same backing index: it must not see a's reads.
     const fhB = await open('b', O.RDONLY);
     const readsB = Array.from({ length: 8 }, (_, i) => c.read(fhB, i * 131072, 131072));
@@ -185,7 +171,7 @@ test('RELEASE while reads of the file are in flight: they read that file, the fd
     check(await Promise.all(reads), a, `${when}: read of a`);
     check(await Promise.all(readsB), b, `${when}: read of b`);
     t.is(fdsOn(host, join(dir, 'a')), 0, `${when}: a's fd is closed once its reads are done`);
-    t.is((await c.req(OP.RELEASE, 0n, releaseIn(fhB))).error, 0);
+    t.is((await c.req(OP.RELEASE, 0n, releaseIn(fhB, 0, 0n))).error, 0);
     // (b may have been given a's fh number: the plugin reuses free slots.)
     t.is((await c.read(fh, 0, 10)).error, EBADF, `${when}: the released fh is gone`);
   }
@@ -203,7 +189,7 @@ test('a read that fails in io_uring (a write-only fd: EBADF) answers with its er
   for (const r of await Promise.all(failing)) t.is(r.error, EBADF, 'READ through a write-only file');
   for (const r of await Promise.all(fine)) t.is(r.body.toString(), 'readable through another fh\n');
   await host.waitForLog(/backing I\/O failed: .*open file \d+: read of 4096 bytes at 0 failed: EBADF/);
-  t.is((await c.req(OP.WRITE, 0n, writeIn(wo, 0, Buffer.from('READABLE')))).error, 0, 'the write-only fh still writes');
+  t.is((await c.req(OP.WRITE, 0n, writeIn(wo, 0n, Buffer.from('READABLE')))).error, 0, 'the write-only fh still writes');
   t.is((await c.read(rd, 0, 8)).body.toString(), 'READABLE');
   t.notRegex(host.log(), / ERROR /, host.log());
 });
@@ -219,7 +205,7 @@ test('a share on tmpfs stays with pread/pwrite in turn (no io_uring), with the s
   const fh = await open('f', O.RDONLY);
   const reads = Array.from({ length: 16 }, (_, i) => c.read(fh, i * 65536, 65536));
   for (const [i, r] of (await Promise.all(reads)).entries()) t.true(r.body.equals(data.subarray(i * 65536, (i + 1) * 65536)));
-  const release = c.req(OP.RELEASE, 0n, releaseIn(fh));
+  const release = c.req(OP.RELEASE, 0n, releaseIn(fh, 0, 0n));
   t.is((await release).error, 0);
   t.is(fdsOn(host, join(dir, 'f')), 0);
 });

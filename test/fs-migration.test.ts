@@ -7,73 +7,34 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
-import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate, MigrationError } from '../host/frontend/migrate.ts';
-
-const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
-
-let unique = 1n;
-async function fuse(fe: VhostUserFrontend, opcode: number, nodeid: bigint, args: Buffer, writable = 8192) {
-  const h = Buffer.alloc(40);
-  h.writeUInt32LE(40 + args.length, 0);
-  h.writeUInt32LE(opcode, 4);
-  h.writeBigUInt64LE(unique++, 8);
-  h.writeBigUInt64LE(nodeid, 16);
-  const r = await fe.queues[1].submit([Buffer.concat([h, args])], writable);
-  const out = Buffer.from(r.data.subarray(0, r.len));
-  return { error: -out.readInt32LE(4) || 0, body: out.subarray(16) };
-}
-const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
-const ioIn = (fh: bigint, off: number, size: number) => {
-  const b = Buffer.alloc(40);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(BigInt(off), 8);
-  b.writeUInt32LE(size, 16);
-  return b;
-};
+import { ioIn, u32s, writeIn } from './helpers/fuse.ts';
+import { fsMigrationPair } from './helpers/fs-test-host.ts';
 
 test('node ids and open files survive a live migration between two hosts', async (t) => {
-  if (!existsSync(FS_PLUGIN)) return t.fail(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
   const dir = mkdtempSync(join(tmpdir(), 'fs-migration-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'sub'));
   writeFileSync(join(dir, 'sub', 'data'), 'migrating data');
-  const hosts: HostProcess[] = [];
-  t.teardown(async () => {
-    await Promise.all(hosts.map((h) => h.stop()));
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--call-deadline', '5000'];
-  const [a, b] = await Promise.all([startHost(args), startHost(args)]);
-  hosts.push(a, b);
-  const fe = await VhostUserFrontend.connect(a.socketPath, {
-    memoryBytes: 16 << 20,
-    queues: [64, 64],
-    features: 1n << BigInt(VIRTIO_F_VERSION_1),
-  });
-  try {
-    t.is((await fuse(fe, 26, 0n, u32s(7, 31, 65536, 0xffffffff))).error, 0, 'INIT');
-    const sub = (await fuse(fe, 1, 1n, Buffer.from('sub\0'))).body.readBigUInt64LE(0);
-    const data = (await fuse(fe, 1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0);
-    const fh = (await fuse(fe, 14, data, u32s(2, 0))).body.readBigUInt64LE(0);
-    t.is((await fuse(fe, 15, 0n, ioIn(fh, 0, 100))).body.toString(), 'migrating data');
+  const { b, fe, c } = await fsMigrationPair(t, dir);
+  const sub = (await c.req(1, 1n, Buffer.from('sub\0'))).body.readBigUInt64LE(0);
+  const data = (await c.req(1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0);
+  const fh = (await c.req(14, data, u32s(2, 0))).body.readBigUInt64LE(0);
+  t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).body.toString(), 'migrating data');
 
-    const report = await migrate(fe, b.socketPath, { channel: 'pipe' });
-    t.log(`state moved: ${report.bytes} bytes, downtime ${report.downtimeMs.toFixed(1)} ms`);
-    t.regex(b.log(), /device state loaded/);
+  const report = await migrate(fe, b.socketPath, { channel: 'pipe' });
+  t.log(`state moved: ${report.bytes} bytes, downtime ${report.downtimeMs.toFixed(1)} ms`);
+  t.regex(b.log(), /device state loaded/);
 
-    // The destination serves the same ids without a new INIT.
-    t.is((await fuse(fe, 15, 0n, ioIn(fh, 10, 100))).body.toString(), 'data', 'READ through the migrated fh');
-    const w = await fuse(fe, 16, 0n, Buffer.concat([ioIn(fh, 14, 5), Buffer.from(' done')]));
-    t.is(w.error, 0);
-    t.is(readFileSync(join(dir, 'sub', 'data'), 'utf8'), 'migrating data done');
-    const attr = await fuse(fe, 3, data, Buffer.alloc(16));
-    t.is(attr.body.readBigUInt64LE(16 + 8), 19n, 'GETATTR of the migrated node id');
-    t.is((await fuse(fe, 1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0), data, 'same node id on a new lookup');
-    t.notRegex(b.log(), / (ERROR|WARN) /, b.log());
-  } finally {
-    await fe.close();
-  }
+  // The destination serves the same ids without a new INIT.
+  t.is((await c.req(15, 0n, ioIn(fh, 10n, 100))).body.toString(), 'data', 'READ through the migrated fh');
+  const w = await c.req(16, 0n, writeIn(fh, 14n, Buffer.from(' done')));
+  t.is(w.error, 0);
+  t.is(readFileSync(join(dir, 'sub', 'data'), 'utf8'), 'migrating data done');
+  const attr = await c.req(3, data, Buffer.alloc(16));
+  t.is(attr.body.readBigUInt64LE(16 + 8), 19n, 'GETATTR of the migrated node id');
+  t.is((await c.req(1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0), data, 'same node id on a new lookup');
+  t.notRegex(b.log(), / (ERROR|WARN) /, b.log());
 });
 
 // --migration-on-error: the destination's share lacks a file the guest holds open (deleted
@@ -81,7 +42,6 @@ test('node ids and open files survive a live migration between two hosts', async
 // log line naming the path, the migration fails and the source resumes with its data intact.
 // guest-error: the migration succeeds and the guest gets EIO for that file only.
 async function lostFileMigration(t: import('ava').ExecutionContext, destPolicy: string[]) {
-  if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
   const srcDir = mkdtempSync(join(tmpdir(), 'fs-migration-src-'));
   const dstDir = mkdtempSync(join(tmpdir(), 'fs-migration-dst-'));
   for (const d of [srcDir, dstDir]) {
@@ -89,34 +49,23 @@ async function lostFileMigration(t: import('ava').ExecutionContext, destPolicy: 
     writeFileSync(join(d, 'sub', 'data'), 'migrating data');
     writeFileSync(join(d, 'other'), 'other file');
   }
-  const hosts: HostProcess[] = [];
-  t.teardown(async () => {
-    await Promise.all(hosts.map((h) => h.stop()));
+  t.teardown(() => {
     rmSync(srcDir, { recursive: true, force: true });
     rmSync(dstDir, { recursive: true, force: true });
   });
-  const args = (dir: string) => ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--call-deadline', '5000'];
-  const [a, b] = await Promise.all([startHost(args(srcDir)), startHost([...args(dstDir), ...destPolicy])]);
-  hosts.push(a, b);
-  const fe = await VhostUserFrontend.connect(a.socketPath, {
-    memoryBytes: 16 << 20,
-    queues: [64, 64],
-    features: 1n << BigInt(VIRTIO_F_VERSION_1),
-  });
-  t.teardown(() => fe.close());
-  t.is((await fuse(fe, 26, 0n, u32s(7, 31, 65536, 0xffffffff))).error, 0, 'INIT');
-  const sub = (await fuse(fe, 1, 1n, Buffer.from('sub\0'))).body.readBigUInt64LE(0);
-  const data = (await fuse(fe, 1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0);
-  const fh = (await fuse(fe, 14, data, u32s(2, 0))).body.readBigUInt64LE(0);
-  const other = (await fuse(fe, 1, 1n, Buffer.from('other\0'))).body.readBigUInt64LE(0);
-  const ofh = (await fuse(fe, 14, other, u32s(0, 0))).body.readBigUInt64LE(0);
-  t.is((await fuse(fe, 15, 0n, ioIn(fh, 0, 100))).body.toString(), 'migrating data');
+  const { a, b, fe, c } = await fsMigrationPair(t, srcDir, { dstDir, dstArgs: destPolicy });
+  const sub = (await c.req(1, 1n, Buffer.from('sub\0'))).body.readBigUInt64LE(0);
+  const data = (await c.req(1, sub, Buffer.from('data\0'))).body.readBigUInt64LE(0);
+  const fh = (await c.req(14, data, u32s(2, 0))).body.readBigUInt64LE(0);
+  const other = (await c.req(1, 1n, Buffer.from('other\0'))).body.readBigUInt64LE(0);
+  const ofh = (await c.req(14, other, u32s(0, 0))).body.readBigUInt64LE(0);
+  t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).body.toString(), 'migrating data');
   rmSync(join(dstDir, 'sub', 'data'));
-  return { fe, a, b, fh, ofh, data, srcDir, dstDir };
+  return { fe, c, a, b, fh, ofh, data, srcDir, dstDir };
 }
 
 test('a file missing on the destination fails the migration (default abort); the source keeps serving', async (t) => {
-  const { fe, a, b, fh, srcDir } = await lostFileMigration(t, []);
+  const { fe, c, a, b, fh, srcDir } = await lostFileMigration(t, []);
   const err = await t.throwsAsync(migrate(fe, b.socketPath, { channel: 'pipe' }), { instanceOf: MigrationError });
   t.log(err!.message);
   t.true((err as MigrationError).sourceResumed, err!.message);
@@ -125,22 +74,22 @@ test('a file missing on the destination fails the migration (default abort); the
   await b.waitForLog(/cannot find "sub\/data" \(node \d+\) in the destination's share: ENOENT \(--migration-on-error abort\)/, 5000);
   t.notRegex(b.log(), /device state loaded/);
   // The source still serves the same fh, and its data is intact.
-  t.is((await fuse(fe, 15, 0n, ioIn(fh, 0, 100))).body.toString(), 'migrating data', 'READ on the source after the failure');
-  t.is((await fuse(fe, 16, 0n, Buffer.concat([ioIn(fh, 14, 5), Buffer.from(' more')]))).error, 0);
+  t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).body.toString(), 'migrating data', 'READ on the source after the failure');
+  t.is((await c.req(16, 0n, writeIn(fh, 14n, Buffer.from(' more')))).error, 0);
   t.is(readFileSync(join(srcDir, 'sub', 'data'), 'utf8'), 'migrating data more');
   t.notRegex(a.log(), / ERROR /, a.log());
 });
 
 test('--migration-on-error guest-error: the migration succeeds, the lost file answers EIO, the rest works', async (t) => {
-  const { fe, b, fh, ofh, data, dstDir } = await lostFileMigration(t, ['--migration-on-error', 'guest-error']);
+  const { fe, c, b, fh, ofh, data, dstDir } = await lostFileMigration(t, ['--migration-on-error', 'guest-error']);
   const report = await migrate(fe, b.socketPath, { channel: 'pipe' });
   t.log(`state moved: ${report.bytes} bytes`);
   t.regex(b.log(), /cannot find "sub\/data" \(node \d+\) in the destination's share: ENOENT; the guest gets EIO for it/);
   t.regex(b.log(), /device state loaded/);
   const EIO = 5;
-  t.is((await fuse(fe, 15, 0n, ioIn(fh, 0, 100))).error, EIO, 'READ through the lost fh');
-  t.is((await fuse(fe, 16, 0n, Buffer.concat([ioIn(fh, 0, 1), Buffer.from('x')]))).error, EIO, 'WRITE through the lost fh');
-  t.is((await fuse(fe, 3, data, Buffer.alloc(16))).error, EIO, 'GETATTR of the lost node id');
+  t.is((await c.req(15, 0n, ioIn(fh, 0n, 100))).error, EIO, 'READ through the lost fh');
+  t.is((await c.req(16, 0n, writeIn(fh, 0n, Buffer.from('x')))).error, EIO, 'WRITE through the lost fh');
+  t.is((await c.req(3, data, Buffer.alloc(16))).error, EIO, 'GETATTR of the lost node id');
   t.false(existsSync(join(dstDir, 'sub', 'data')), 'nothing recreated it');
-  t.is((await fuse(fe, 15, 0n, ioIn(ofh, 0, 100))).body.toString(), 'other file', 'the other open file works');
+  t.is((await c.req(15, 0n, ioIn(ofh, 0n, 100))).body.toString(), 'other file', 'the other open file works');
 });

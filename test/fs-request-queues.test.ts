@@ -11,32 +11,12 @@ import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate } from '../host/frontend/migrate.ts';
-import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, LK, lkIn, writeIn } from './helpers/fuse.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const OP = { GETATTR: 3, READ: 15, WRITE: 16, SETLK: 32, SETLKW: 33 };
 const F_WRLCK = 1;
 const F_UNLCK = 2;
-const END = (1n << 63n) - 1n;
-
-function lkIn(fh: bigint, owner: bigint, type: number): Buffer {
-  const b = Buffer.alloc(48);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(owner, 8);
-  b.writeBigUInt64LE(0n, 16);
-  b.writeBigUInt64LE(END, 24);
-  b.writeUInt32LE(type, 32);
-  b.writeUInt32LE(100, 36);
-  return b;
-}
-
-function writeIn(fh: bigint, off: number, data: Buffer): Buffer {
-  const b = Buffer.alloc(40);
-  b.writeBigUInt64LE(fh, 0);
-  b.writeBigUInt64LE(BigInt(off), 8);
-  b.writeUInt32LE(data.length, 16);
-  return Buffer.concat([b, data]);
-}
 
 async function setup(t: import('ava').ExecutionContext, extra: string[] = []) {
   if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
@@ -76,7 +56,7 @@ test('request-queues=3: four queues reported and configured, one instance serves
   t.deepEqual(fe.queues.map((q) => q.inFlight), [0, 20, 20, 20], 'twenty in flight on each request ring');
   for (const { ring, r } of await Promise.all(all)) t.is(r.error, 0, `ring ${ring}`);
   t.deepEqual(fe.queues.map((q) => q.inFlight), [0, 0, 0, 0]);
-  t.is((await r2.req(OP.WRITE, 0n, writeIn(fh, 0, Buffer.from('SHARED')))).error, 0);
+  t.is((await r2.req(OP.WRITE, 0n, writeIn(fh, 0n, Buffer.from('SHARED')))).error, 0);
   t.is(readFileSync(join(dir, 'data'), 'utf8'), 'SHARED by every ring');
   t.notRegex(host.log(), / (ERROR|WARN) /, host.log());
 });
@@ -88,9 +68,9 @@ test('a SETLKW held on ring 1 does not stop rings 2 and 3, nor a stop and restar
   const node = nodeOf(await r1.lookup(1n, 'data'));
   const fhA = fhOfOpen(await r2.open(node, O.RDWR));
   const fhB = fhOfOpen(await r1.open(node, O.RDWR));
-  t.is((await r2.req(OP.SETLK, 0n, lkIn(fhA, 1n, F_WRLCK))).error, 0, 'owner 1 locks the file (ring 2)');
+  t.is((await r2.req(OP.SETLK, 0n, lkIn(fhA, 1n, 0n, LK.END, F_WRLCK, 100))).error, 0, 'owner 1 locks the file (ring 2)');
   let answered = false;
-  const waiting = r1.req(OP.SETLKW, 0n, lkIn(fhB, 2n, F_WRLCK)).then((r) => ((answered = true), r));
+  const waiting = r1.req(OP.SETLKW, 0n, lkIn(fhB, 2n, 0n, LK.END, F_WRLCK, 100)).then((r) => ((answered = true), r));
   // Ring 1's request waits; rings 2 and 3 go on (each round trip proves the device served them).
   for (let i = 0; i < 5; i++) {
     t.is((await r2.read(fhA, 0, 6)).body.toString(), 'shared');
@@ -103,7 +83,7 @@ test('a SETLKW held on ring 1 does not stop rings 2 and 3, nor a stop and restar
   await fe.startQueue(3, base);
   t.is((await r3.read(fhA, 7, 2)).body.toString(), 'by');
   t.false(answered);
-  t.is((await r2.req(OP.SETLK, 0n, lkIn(fhA, 1n, F_UNLCK))).error, 0, 'owner 1 unlocks (ring 2)');
+  t.is((await r2.req(OP.SETLK, 0n, lkIn(fhA, 1n, 0n, LK.END, F_UNLCK, 100))).error, 0, 'owner 1 unlocks (ring 2)');
   t.is((await waiting).error, 0, 'the held SETLKW is answered, on ring 1, once the lock is free');
   t.is(fe.queues[1].inFlight, 0);
   t.notRegex(host.log(), / (ERROR|WARN) /, host.log());
@@ -124,7 +104,7 @@ test('a device with four rings migrates: every ring serves the same fh and node 
     t.is((await c.read(fh, 10, 5)).body.toString(), 'every', `READ on ring ${i + 1} after the migration`);
     t.is((await c.getattr(node)).error, 0, `GETATTR on ring ${i + 1}`);
   }
-  t.is((await r2.req(OP.WRITE, 0n, writeIn(fh, 0, Buffer.from('MOVED!')))).error, 0);
+  t.is((await r2.req(OP.WRITE, 0n, writeIn(fh, 0n, Buffer.from('MOVED!')))).error, 0);
   t.is(readFileSync(join(dir, 'data'), 'utf8'), 'MOVED! by every ring');
   t.notRegex(dest.log(), / (ERROR|WARN) /, dest.log());
   t.notRegex(host.log(), / ERROR /, host.log());

@@ -9,7 +9,6 @@
 import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
@@ -20,6 +19,7 @@ import { rawRpc } from './helpers/daemon-process.ts';
 import { until } from './helpers/multi-host.ts';
 import { pattern, verifyAll } from './helpers/blk-rounds.ts';
 import { RngPump } from './helpers/rng-pump.ts';
+import { scratchEachTest } from './helpers/scratch-each-test.ts';
 import { FuseClient, fhOfOpen, nodeOf, O, LK, lkIn } from './helpers/fuse.ts';
 import { hostTryLock } from './helpers/host-lock.ts';
 import { sendFramed } from '../host/server/handover-wire.ts';
@@ -35,22 +35,14 @@ const feBlk = { memoryBytes: 16 << 20, queues: [64], features: blkFeatures, infl
 
 let dir: string;
 let sock: string;
-const hosts: HostProcess[] = [];
-test.beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'host-handover-'));
+const keep = scratchEachTest(test, 'host-handover-', (d) => {
+  dir = d;
   sock = join(dir, 'dev.sock');
-});
-test.afterEach.always(async () => {
-  for (const h of hosts.splice(0)) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
 });
 
 async function host(args: string[]): Promise<HostProcess> {
-  const h = await startHost(['--socket-path', sock, '--call-deadline', '10000', ...args]);
-  hosts.push(h);
-  return h;
+  return keep(await startHost(['--socket-path', sock, '--call-deadline', '10000', ...args]));
 }
-const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
 
 /** The longest time between two consecutive completions in [from, to]: what the front-end saw of the pause. */
 function longestGap(done: number[], from: number, to: number): number {
@@ -136,7 +128,7 @@ test.serial('blk with requests in flight is handed over twice with its connected
     await load.more();
     const from = performance.now();
     const next = await host([...args, '--take-over']);
-    t.is(await exitOf(current), 0, current.log());
+    t.is(await current.exited, 0, current.log());
     await load.more();
     t.log(`handover ${i + 1}: ${describeGaps(done, from, current.log())}`);
     if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(current.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
@@ -168,7 +160,7 @@ test.serial('rng: requests go on across a live handover on the same connection',
   await pump.more(20);
   const from = performance.now();
   const next = await host([...args, '--take-over']);
-  t.is(await exitOf(old), 0, old.log());
+  t.is(await old.exited, 0, old.log());
   await pump.waitFor(20, performance.now());
   t.log(describeGaps(pump.done, from, old.log()));
   if (process.env.HANDOVER_PHASES) t.log(`${/session stopped for a host handover.*/.exec(old.log())?.[0]}\n${/session taken over.*/.exec(next.log())?.[0]}`);
@@ -207,7 +199,7 @@ test.serial('fs: looked-up node ids and an open file keep working after a live h
   while (done.length < 20) await new Promise((r) => setTimeout(r, 5));
   const from = performance.now();
   const next = await host([...args, '--take-over']);
-  t.is(await exitOf(old), 0, old.log());
+  t.is(await old.exited, 0, old.log());
   const count = done.length;
   while (done.length < count + 20) await new Promise((r) => setTimeout(r, 5));
   stop = true;
@@ -310,7 +302,7 @@ test.serial('a new host that dies after it received the session, before or after
   }
 
   const next = await host([...args, '--take-over']);
-  t.is(await exitOf(old), 0, old.log());
+  t.is(await old.exited, 0, old.log());
   await load.end();
   t.false(load.disconnected);
   t.is(fe.queues[0].inFlight, 0);
@@ -562,7 +554,7 @@ test.serial('fs: the guest\'s file locks move with a live handover (their descri
   rel.writeBigUInt64LE(twin, 0);
   t.is((await c.req(18, data, rel)).error, 0);
   const next = await host([...args, '--take-over', '--take-over-mode', 'live']);
-  t.is(await exitOf(old), 0, old.log());
+  t.is(await old.exited, 0, old.log());
   t.regex(next.log(), /the session carries on here without a reconnect/);
   t.false(disconnected);
   t.is(hostTry('data', 'lockf'), 'busy', 'a host process is still refused the record lock');
@@ -638,7 +630,7 @@ test.serial('fs: the lock fds a handover sends are the lock-holding descriptions
   t.deepEqual(fdsUnder(old.child.pid!, share), before, 'the old host holds the same descriptions as before the failed handover (the duplicates it sent are closed)');
 
   const next = await host([...args, '--take-over', '--take-over-mode', 'live']);
-  t.is(await exitOf(old), 0, old.log());
+  t.is(await old.exited, 0, old.log());
   t.regex(next.log(), /the session carries on here without a reconnect/);
   t.deepEqual(fdsUnder(next.child.pid!, share), before, 'the new host holds what the old one did (the fds that came with the stop message are closed)');
   t.is(hostTryLock(join(share, 'fl'), 'flock'), 'busy', 'the flock is still held');

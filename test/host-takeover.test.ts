@@ -7,8 +7,7 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { connect as netConnect, type Socket } from 'node:net';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { BlkDevice, VIRTIO_BLK_F_FLUSH } from '../host/frontend/blk.ts';
@@ -16,6 +15,7 @@ import { native } from '../host/native/index.ts';
 import { REPO, runCli, startHost, type HostProcess } from './helpers/host-process.ts';
 import { heldConnection, rawRpc } from './helpers/daemon-process.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
+import { scratchEachTest } from './helpers/scratch-each-test.ts';
 
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
@@ -23,23 +23,15 @@ const feOpts = { memoryBytes: 16 << 20, queues: [64], features: blkFeatures, inf
 
 let dir: string;
 let sock: string;
-const hosts: HostProcess[] = [];
-test.beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'host-takeover-'));
+const keep = scratchEachTest(test, 'host-takeover-', (d) => {
+  dir = d;
   sock = join(dir, 'disk.sock');
-});
-test.afterEach.always(async () => {
-  for (const h of hosts.splice(0)) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
 });
 
 const args = (extra: string[] = []) => ['--socket-path', sock, '--plugin', blk, '--storage', 'memory:4M', '--call-deadline', '10000', ...extra];
 async function host(extra: string[] = []): Promise<HostProcess> {
-  const h = await startHost(args(extra));
-  hosts.push(h);
-  return h;
+  return keep(await startHost(args(extra)));
 }
-const exitOf = (h: HostProcess) => new Promise<number | null>((resolve) => (h.child.exitCode !== null ? resolve(h.child.exitCode) : h.child.once('exit', (c) => resolve(c))));
 
 /** The old host and a front-end on it (with an inflight area), its disk, and each block's last round. */
 async function served() {
@@ -66,7 +58,7 @@ function backgroundIo(disk: BlkDevice, last: Map<number, number>): () => Promise
 async function takeOver(old: HostProcess, fe: VhostUserFrontend): Promise<{ fresh: HostProcess; oldExit: number | null }> {
   const reconnected = fe.conn.closed.then(() => fe.reconnect(sock));
   const fresh = await host(['--take-over', '--take-over-mode', 'socket']);
-  const oldExit = await exitOf(old);
+  const oldExit = await old.exited;
   await reconnected;
   return { fresh, oldExit };
 }

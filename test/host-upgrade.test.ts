@@ -14,12 +14,15 @@ import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
+import { withTimeout } from './helpers/device-checks.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { GuestRam } from '../host/frontend/driver-memory.ts';
 import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
 import { VirtioFeature, bit } from '../host/device/features.ts';
+import { DeviceStateDirection, DeviceStatePhase } from '../host/protocol/constants.ts';
+import { readToEnd } from '../host/frontend/migrate.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -28,6 +31,7 @@ const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const rngHold = join(fixtures, 'upgrade-rng-hold.wasm');
 const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
 const blkSpin = join(fixtures, 'upgrade-blk-spin.wasm');
+const blkTrapLoad = join(fixtures, 'upgrade-blk-trap-load.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 type Outcome = MethodResults['plugin-upgrade'];
 
@@ -36,6 +40,7 @@ test.before(async () => {
   const plugins = join(REPO, 'test', 'fixtures', 'plugins');
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkSpin, defines: ['UPGRADE_SPIN_HANDLE'] });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkTrapLoad, defines: ['UPGRADE_TRAP_SECOND_LOAD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngHold, defines: ['UPGRADE_HOLD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
 });
@@ -60,20 +65,32 @@ async function upgrade(h: HostProcess, plugin: string): Promise<Outcome> {
   return JSON.parse(r.stdout) as Outcome;
 }
 
+/** A blk front-end on `h` after `rounds` rounds of writes: its disk and each block's last round. */
+async function blkFrontEnd(h: HostProcess, rounds: number) {
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, rounds);
+  return { fe, disk, last };
+}
+
+/** `vhost-wasm upgrade ARGS` while rounds of writes and reads run on `disk`. */
+async function upgradeUnderIo(disk: BlkDevice, last: Map<number, number>, args: string[]) {
+  let done = false;
+  const io = ioLoop([disk], last, () => done, 3);
+  const r = await upgradeCmd(args);
+  done = true;
+  await io;
+  return r;
+}
+
 test.serial('vhost-wasm upgrade --socket: blk 0.2.0 -> 0.3.0 under I/O; the control socket is S.control, mode 0600; a later front-end is served by the new build and reads the data', async (t) => {
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
   const control = `${h.socketPath}.control`;
   t.is(statSync(control).mode & 0o777, 0o600);
   t.true(statSync(control).isSocket());
-  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
-  const disk = new BlkDevice(fe.queues[0]);
-  const last = new Map<number, number>();
-  await ioLoop([disk], last, () => true, 3);
-  let upgraded = false;
-  const io = ioLoop([disk], last, () => upgraded, 3);
-  const human = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
-  upgraded = true;
-  await io;
+  const { fe, disk, last } = await blkFrontEnd(h, 3);
+  const human = await upgradeUnderIo(disk, last, ['--socket', h.socketPath, '--plugin', blk030]);
   t.is(human.code, 0, human.stderr);
   t.regex(human.stdout, /: blk 0\.2\.0 -> 0\.3\.0 \(.*upgrade-blk-0\.3\.0\.wasm\); rings 0 stopped [\d.]+ ms, 16 state bytes moved/);
   t.regex(h.log(), /plugin upgraded: blk 0\.2\.0 -> 0\.3\.0/);
@@ -219,6 +236,8 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
   const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
   const last = new Map<number, number>();
   const outcomes: string[] = [];
+  // The build serving, by what each answer said: never half-applied means the next upgrade starts from it.
+  let serving = '0.2.0';
   // The disconnect comes at different points of the upgrade: before its request is read, while
   // the new build loads, while the rings move (the delays only spread the interleavings).
   for (const [i, delayMs] of [0, 5, 50, 200, 400].entries()) {
@@ -233,7 +252,11 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     ]);
     const a = answer as { result?: Outcome; error?: { message: string } };
     if (a.error) t.regex(a.error.message, /disconnect|connecting|not running/, a.error.message);
-    else t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+    else {
+      t.is(a.result!.toVersion, target === blk ? '0.2.0' : '0.3.0');
+      t.is(a.result!.fromVersion, serving, 'it started from the build the last answer left serving');
+      serving = a.result!.toVersion;
+    }
     outcomes.push(a.error ? `refused: ${a.error.message}` : `completed (front-end connected: ${a.result!.frontEnd})`);
     const fe2 = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
     const disk2 = new BlkDevice(fe2.queues[0]);
@@ -242,7 +265,69 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
     await fe2.close();
   }
   t.log(outcomes.join('\n'));
+  // Asked with no race: the build serving is the one the answers said.
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  t.is((await upgrade(h, serving === '0.2.0' ? blk030 : blk)).fromVersion, serving);
+  await verifyAll(new BlkDevice(fe.queues[0]), last);
+  await fe.close();
   t.notRegex(h.log(), /ERROR/);
+});
+
+test.serial('a new build that crashes after the rings stopped (a trap loading the old instance\'s state): refused, saying why; the old instance serves on from where its rings stopped', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const { fe, disk, last } = await blkFrontEnd(h, 2);
+  const r = await upgradeUnderIo(disk, last, ['--socket', h.socketPath, '--plugin', blkTrapLoad]);
+  t.is(r.code, 1, `${r.stdout}${r.stderr}`);
+  t.regex(r.stderr, /refused: .*(trap|unreachable)/i, 'the command says the new build crashed');
+  t.notRegex(h.log(), /plugin upgraded/);
+  t.regex(r.stderr, /the new plugin failed while taking over/, 'the crash came after the rings stopped');
+  t.is((await withTimeout(fe.conn.getStatus(), 10_000, 'GET_STATUS')) & 0x40, 0, 'DEVICE_NEEDS_RESET is not set');
+  await withTimeout(ioLoop([disk], last, () => true, 2), 20_000, 'I/O after the refused upgrade');
+  await verifyAll(disk, last);
+  // Still the old build: the next upgrade starts from 0.2.0.
+  t.like(await upgrade(h, blk030), { fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true });
+  await verifyAll(disk, last);
+  await fe.close();
+});
+
+test.serial('an upgrade during a device-state transfer (a migration) is refused until CHECK_DEVICE_STATE collects it; the old build serves on; after it the upgrade goes through', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const { fe, disk, last } = await blkFrontEnd(h, 2);
+  const refusedDuring = async (when: string) => {
+    const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blk030]);
+    t.is(r.code, 1, `${when}: ${r.stdout}${r.stderr}`);
+    t.regex(r.stderr, /a device state transfer \(migration\) is in progress or not yet collected \(CHECK_DEVICE_STATE\): retry after it/, when);
+  };
+  // As a migration's source: the ring stopped, SAVE into a pipe nobody has read yet.
+  const base = await fe.stopQueue(0);
+  const [r, w] = native.pipe2();
+  let src: number;
+  try {
+    const own = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, w);
+    src = own ?? r;
+    if (own !== null) native.close(r);
+  } finally {
+    native.close(w);
+  }
+  await refusedDuring('while the state is being saved');
+  const state: Buffer[] = [];
+  try {
+    await readToEnd(src, (b) => void state.push(Buffer.from(b)));
+  } finally {
+    native.close(src);
+  }
+  t.true(Buffer.concat(state).length > 0, 'the state was saved');
+  await refusedDuring('saved, CHECK_DEVICE_STATE not yet asked');
+  await fe.conn.checkDeviceState();
+  // The migration is called off: the source runs its ring again, on the build it had.
+  await fe.startQueue(0, base);
+  await verifyAll(disk, last);
+  t.notRegex(h.log(), /plugin upgraded/);
+  const up = await upgrade(h, blk030);
+  t.like(up, { name: 'blk', fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true, rings: [0] });
+  await ioLoop([disk], last, () => true, 2);
+  await verifyAll(disk, last);
+  await fe.close();
 });
 
 test.serial('a packed ring moves to the new build: the new instance is warmed up on a packed scratch ring, and requests before, during and after are answered', async (t) => {

@@ -6,7 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { native as n } from '../host/native/index.ts';
 import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
@@ -18,6 +18,7 @@ import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
 import { chooseExecutor } from '../host/io/choose-executor.ts';
 import type { Logger } from '../host/log/logger.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
+import { withTmpfs } from './helpers/small-tmpfs.ts';
 
 const EIO = 5;
 const ENOSPC = 28;
@@ -292,11 +293,8 @@ test.serial('a barrier (flush) starts only after everything before it completed,
 });
 
 test.serial('errors come back as errno: EIO from the kernel, ENOSPC from a full tmpfs (after a short write), the rest of the request does not run', async (t) => {
-  const mnt = join(diskDir, 'small-tmpfs');
-  mkdirSync(mnt);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
-  try {
-    await noLeak(t, async () => {
+  await withTmpfs('1m', diskDir, (mnt) =>
+    noLeak(t, async () => {
       const path = join(mnt, 'full.img');
       writeFileSync(path, Buffer.alloc(0));
       const file = FileBacking.open(path, false);
@@ -323,10 +321,8 @@ test.serial('errors come back as errno: EIO from the kernel, ENOSPC from a full 
         closeSync(procMem);
         mem.close();
       }
-    });
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+    }),
+  );
 });
 
 test.serial('a short read at end of file: the last op reports the bytes it got; an earlier read is zero-filled past the end', async (t) => {
@@ -556,11 +552,8 @@ test.serial('discard and write-zeroes through the file backing (fallocate), in o
 });
 
 test.serial('an inline (tmpfs) target: one-op requests done inside submit, short reads, ENOSPC, EFAULT, a barrier behind ring I/O waits its turn', async (t) => {
-  const mnt = join(diskDir, 'inline-tmpfs');
-  mkdirSync(mnt);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
-  try {
-    await noLeak(t, async () => {
+  await withTmpfs('1m', diskDir, (mnt) =>
+    noLeak(t, async () => {
       const path = join(mnt, 'inline.img');
       writeFileSync(path, Buffer.alloc(0));
       const file = FileBacking.open(path, false);
@@ -618,10 +611,8 @@ test.serial('an inline (tmpfs) target: one-op requests done inside submit, short
         n.close(pw);
         mem.close();
       }
-    });
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+    }),
+  );
 });
 
 test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buffer that "succeeds"', async (t) => {

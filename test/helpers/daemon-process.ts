@@ -7,6 +7,8 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostCommand, REPO } from './host-process.ts';
+import type { DeviceStats } from '../../host/daemon/daemon.ts';
+import type { MethodResults } from '../../host/daemon/methods.ts';
 
 export interface DaemonProcess {
   child: ChildProcess;
@@ -81,6 +83,13 @@ export function ctl(args: string[], wrap: string[] = [], cwd = REPO): Promise<Ct
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** `ctl --json stats ID` against the management socket `control`: that device's stats (throws with ctl's stderr if it fails). */
+export async function deviceStats(control: string, id: string): Promise<DeviceStats> {
+  const r = await ctl(['--control', control, '--json', 'stats', id]);
+  if (r.code !== 0) throw new Error(`ctl stats ${id} failed (${r.code}): ${r.stderr}`);
+  return (JSON.parse(r.stdout) as MethodResults['device-stats']).devices[0];
 }
 
 /** GET /metrics from an exporter listening on a Unix socket: the Prometheus exposition's text. */

@@ -33,3 +33,30 @@ export async function fsTestHost(t: ExecutionContext, prefix: string, files: Rec
   t.is((await c.init()).error, 0, 'INIT');
   return { dir, host, fe, c };
 }
+
+export interface FsMigrationPair {
+  /** The source host: the front-end is on it. */
+  a: HostProcess;
+  /** The destination host. */
+  b: HostProcess;
+  fe: VhostUserFrontend;
+  c: FuseClient;
+}
+
+/**
+ * Two fs hosts for a migration from `a` to `b`, both with a 5 s call deadline: `a` on `srcDir`,
+ * `b` on `dstDir` (the same share unless given) with `dstArgs` added; our front-end on `a`, INIT
+ * done. The hosts are stopped and the front-end closed when the test ends; the shares are the
+ * caller's.
+ */
+export async function fsMigrationPair(t: ExecutionContext, srcDir: string, opts: { dstDir?: string; dstArgs?: string[] } = {}): Promise<FsMigrationPair> {
+  if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
+  const args = (dir: string) => ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--call-deadline', '5000'];
+  const [a, b] = await Promise.all([startHost(args(srcDir)), startHost([...args(opts.dstDir ?? srcDir), ...(opts.dstArgs ?? [])])]);
+  t.teardown(() => Promise.all([a.stop(), b.stop()]));
+  const fe = await VhostUserFrontend.connect(a.socketPath, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0, 'INIT');
+  return { a, b, fe, c };
+}

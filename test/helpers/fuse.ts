@@ -59,19 +59,24 @@ export function ioIn(fh: bigint, offset: bigint, size: number): Buffer {
   b.writeUInt32LE(size, 16);
   return b;
 }
+/** A WRITE's body: fuse_write_in for `data` at `offset` of `fh`, then the data. */
+export function writeIn(fh: bigint, offset: bigint, data: Uint8Array): Buffer {
+  return Buffer.concat([ioIn(fh, offset, data.length), data]);
+}
 /** The node id of a LOOKUP/CREATE entry reply; the fh of an OPEN reply. */
 export const nodeOf = (r: FuseReply) => r.body.readBigUInt64LE(0);
 
 /**
  * The entries of a READDIRPLUS reply: each fuse_direntplus is a 128-byte fuse_entry_out, then a
  * fuse_dirent (ino, off, namelen, type, name) padded to 8 bytes. `off` is where a listing
- * continues after that entry.
+ * continues after that entry; `node` the entry's node id (0: not looked up, the kernel asks
+ * LOOKUP itself).
  */
-export function direntplus(body: Buffer): { name: string; off: bigint }[] {
-  const out: { name: string; off: bigint }[] = [];
+export function direntplus(body: Buffer): { name: string; off: bigint; node: bigint }[] {
+  const out: { name: string; off: bigint; node: bigint }[] = [];
   for (let at = 0; at < body.length; ) {
     const namelen = body.readUInt32LE(at + 128 + 16);
-    out.push({ name: body.subarray(at + 128 + 24, at + 128 + 24 + namelen).toString(), off: body.readBigUInt64LE(at + 128 + 8) });
+    out.push({ name: body.subarray(at + 128 + 24, at + 128 + 24 + namelen).toString(), off: body.readBigUInt64LE(at + 128 + 8), node: body.readBigUInt64LE(at) });
     at += 128 + ((24 + namelen + 7) & ~7);
   }
   return out;

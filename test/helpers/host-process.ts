@@ -91,6 +91,8 @@ export interface HostProcess {
   /** Mappings of memfds in the host process (guest memory it still maps). */
   memfdMappings(): number;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Resolves with the exit code once the process ended (by itself or stopped) and its log is read. */
+  exited: Promise<number | null>;
 }
 
 export async function startHost(
@@ -134,6 +136,7 @@ export async function startHost(
     child,
     socketPath,
     dir,
+    exited,
     log: () => stderr,
     waitForLog(re, timeoutMs = 15_000) {
       const hit = stderr.split('\n').find((l) => re.test(l));
@@ -180,13 +183,23 @@ export async function eventually(fn: () => boolean, timeoutMs = 5000): Promise<b
   return fn();
 }
 
-/** The binary run once with `args` (a client subcommand: upgrade, ctl), as an operator runs it. */
-export function runCli(args: string[], cwd = REPO): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/**
+ * The binary run once with `args` (a client subcommand: upgrade, ctl; or a host expected to
+ * stop at start-up), as an operator runs it. `killAfterMs`: SIGKILLed after that long (a host
+ * that serves when it should have refused to start then exits with code null).
+ */
+export function runCli(args: string[], opts: { cwd?: string; killAfterMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const [node, argv] = hostCommand(args);
-  const child = spawn(node, argv, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(node, argv, { cwd: opts.cwd ?? REPO, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+  const timer = opts.killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs);
+  return new Promise((resolve) =>
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    }),
+  );
 }
