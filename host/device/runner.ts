@@ -53,7 +53,6 @@ const NOTIFY_EVERY_BATCHES = 4;
 const NOTIFY_EVERY_REQUESTS = 32;
 
 const EMPTY = new Uint8Array(0);
-const ZEROES = new Uint8Array(64 * 1024);
 
 /** Where a request stands between pop and used ring. */
 const enum ReqState {
@@ -1261,7 +1260,7 @@ export class DeviceRunner {
             at += p.bytes.length;
             break;
           case 'zeroes':
-            for (let done = 0; done < p.len; done += ZEROES.length) q.writeChain(c, ZEROES.subarray(0, Math.min(ZEROES.length, p.len - done)), at + done);
+            if (p.len > 0) q.zeroChain(c, at, p.len);
             at += p.len;
             break;
           case 'skip':

@@ -276,6 +276,24 @@ export class GuestMemory {
     return out;
   }
 
+  /**
+   * A view of [gpa, gpa+len) when the range lies inside one window of one region (the usual
+   * guest buffer), else null (it is split, or not all mapped: gpaSlices says which). Throws
+   * MemoryFault when the range is invalid or its first byte is not in any region.
+   */
+  view(gpa: number, len: number): Uint8Array | null {
+    if (!validRange(gpa, len)) throw new MemoryFault(gpa, len, 'address or length out of range');
+    const r = this.find(gpa);
+    if (r === undefined) throw new MemoryFault(gpa, len, `byte ${hex(gpa)} is not in any memory region`);
+    const off = gpa - r.gpa;
+    const w = Math.floor(off / r.windowSize);
+    const woff = off - w * r.windowSize;
+    // Window w's length (what window(w) checked the backing gave): never past the region's end.
+    // Computed, not read: ArrayBuffer's byteLength is a builtin call in optimized code.
+    if (len > Math.min(r.windowSize, r.size - w * r.windowSize) - woff) return null;
+    return new Uint8Array(r.window(w), woff, len);
+  }
+
   /** gpaSlices into an existing array (the virtqueue collects a whole chain into one list). */
   appendSlices(gpa: number, len: number, out: Uint8Array[]): void {
     if (!validRange(gpa, len)) throw new MemoryFault(gpa, len, 'address or length out of range');
