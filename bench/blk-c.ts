@@ -13,6 +13,7 @@
 // host-disk, ...), the same target run from DIR's dist/ (another checkout, built: the "before"),
 // interleaved with the rest in every rep: on a shared machine a before/after pair measured
 // seconds apart sees the same background load. Ratio columns compare each with its @base.
+// (host-null@base is DIR's host with this checkout's null device module: the host is compared.)
 // --profile DIR runs only our host (--profile-target host-mem (default), host-null, host-tmpfs or
 // host-disk; the first of --workloads, 4K randread QD64 by default; event mode) under `node --cpu-prof` and prints the device worker's CPU per
 // request by stage.
@@ -79,16 +80,25 @@ const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
   args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn', ...(argv['poll-max-ns'] !== undefined ? ['--poll-max-ns', argv['poll-max-ns']] : [])],
 });
-// The host core with the TypeScript null device. From source under tsx: the bundle's device
-// worker cannot load a .ts device module (workers it starts do not get the tsx loader).
-const NULL_DEVICE = join(REPO, 'bench', 'null-blk-device.ts');
+// The host core with the TypeScript null device: the built host (dist/vhost-wasm.mjs, as the
+// other targets) with bench/null-blk-device.ts bundled by esbuild into a JavaScript
+// --device-module (the bundle's device worker cannot load a .ts module). Until 2026-12-07 this
+// target ran the host from source under tsx, whose `__name` wrappers cost the ring path extra.
+const NULL_DEVICE_SRC = join(REPO, 'bench', 'null-blk-device.ts');
+let nullDevice = '';
 const SINGLE_QUEUE_TARGETS = ['host-null'];
+async function bundleNullDevice(dir: string): Promise<void> {
+  const { build } = await import('esbuild');
+  // Under a bench/ directory: the profile's stage rules find the device's frames by that path.
+  nullDevice = join(dir, 'bench', 'null-blk-device.mjs');
+  await build({ entryPoints: [NULL_DEVICE_SRC], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: nullDevice, logLevel: 'warning' });
+}
 const hostNullArgs = (socket: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...prof, '--import', 'tsx', join(REPO, 'host', 'cli', 'main.ts'), '--socket-path', socket, '--device-module', NULL_DEVICE, '--log-level', 'warn'],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--device-module', nullDevice, '--log-level', 'warn'],
 });
 const TARGETS: Target[] = [
-  { id: 'host-null', name: 'vhost-wasm host core alone (from source, tsx): TypeScript null device, bench/null-blk-device.ts', args: (s, _f, p) => hostNullArgs(s, p) },
+  { id: 'host-null', name: 'vhost-wasm host core alone: TypeScript null device, bench/null-blk-device.ts bundled as a --device-module', args: (s, _f, p) => hostNullArgs(s, p) },
   { id: 'host-mem', name: 'vhost-wasm blk.wasm --storage memory:256M', args: (s, _f, p) => hostArgs(s, 'memory:256M', p) },
   { id: 'host-mem-qt2', name: 'vhost-wasm blk.wasm --storage memory:256M --queue-threads 2', args: (s, _f, p) => { const a = hostArgs(s, 'memory:256M', p); return { ...a, args: [...a.args, '--queue-threads', '2'] }; } },
   { id: 'qsd-null', name: 'qemu-storage-daemon null-co,read-zeroes=on (256M)', args: (s) => qsd(`driver=null-co,node-name=n,read-zeroes=on,size=${DISK_BYTES}`, s) },
@@ -201,7 +211,7 @@ async function measureAll(): Promise<void> {
     const baseBlk = join(resolve(argv.base), 'dist', 'plugins', 'blk.wasm');
     for (const f of [baseHost, baseBlk]) if (!existsSync(f)) throw new Error(`--base: ${f} is missing; build that checkout first (node build.mjs)`);
     for (const t of [...targets]) {
-      if (!t.id.startsWith('host-') || t.id === 'host-null') continue;
+      if (!t.id.startsWith('host-')) continue;
       const id = `${t.id}@base`;
       targets.push({ id, name: `${t.name}, from ${argv.base}`, args: (sock, f, p) => {
         const a = t.args(sock, f, p);
@@ -212,6 +222,7 @@ async function measureAll(): Promise<void> {
   }
   const workloads = argv.workloads ? WORKLOADS.filter((w) => argv.workloads!.split(',').includes(w.name)) : WORKLOADS;
   const dir = mkdtempSync(join(tmpdir(), 'bench-blk-c-'));
+  if (targets.some((t) => t.id.startsWith('host-null'))) await bundleNullDevice(dir);
   const results = new Map<string, Cell>(); // key: target|workload|mode
   const load0 = loadavg()[0];
   const reps = Number(argv.reps);
@@ -230,7 +241,7 @@ async function measureAll(): Promise<void> {
         for (let rep = 0; rep < reps; rep++) {
           for (const t of targets) {
             // The TypeScript null device has one ring: a 2-queue workload cannot run on it.
-            if (w.queues > 1 && SINGLE_QUEUE_TARGETS.includes(t.id)) continue;
+            if (w.queues > 1 && SINGLE_QUEUE_TARGETS.includes(t.id.replace(/@base$/, ''))) continue;
             const socket = join(dir, `${t.id}.sock`);
             const pid = children.get(t.id)!.pid!;
             if (warmup > 0) loadgen(socket, w, mode, warmup);
@@ -401,6 +412,7 @@ async function profile(dir: string): Promise<void> {
   const prof = ['--cpu-prof', '--cpu-prof-dir', resolve(dir), '--cpu-prof-interval', '100'];
   const target = [...TARGETS, ...DISK_TARGETS].find((t) => t.id === argv['profile-target'] && t.id.startsWith('host'));
   if (!target) throw new Error(`--profile-target: '${argv['profile-target']}' is not one of our targets (host-null, host-mem, host-tmpfs, host-disk)`);
+  if (target.id === 'host-null') await bundleNullDevice(sockDir);
   if (target.id === 'host-tmpfs') fillFile(tmpfsFile);
   if (target.id === 'host-disk') fillFile(diskFile);
   const child = await start(target, sockDir, prof);

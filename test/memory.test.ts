@@ -205,6 +205,31 @@ test('add/remove regions in place; generation changes; release called', (t) => {
   t.throws(() => mem.gpaToView(0, 1), { instanceOf: MemoryFault });
 });
 
+test('view(): one window gives one view, a split range null; small views are kept until the table changes', (t) => {
+  const W = 4096;
+  const mem = new GuestMemory([region(0, 0x1000), region(0x100000, 2 * W, 0, recordingBacking(2 * W))], { windowSize: W });
+  const a = mem.view(0x100010, 16)!;
+  t.is(a.byteOffset, 0x10);
+  t.is(a.length, 16);
+  t.is(mem.view(0x100010, 16), a, 'a small range asked again: the same view');
+  t.not(mem.view(0x100010, 17), a, 'another length: another view');
+  t.is(mem.view(0x100010, 17)!.length, 17);
+  const big = mem.view(0x100000, 4096)!;
+  t.is(big.length, 4096);
+  t.not(mem.view(0x100000, 4096), big, 'large views are made anew');
+  t.is(mem.view(0x100000 + W - 4, 8), null, 'crosses a window');
+  t.is(mem.view(0xff8, 16), null, 'runs past its region');
+  t.throws(() => mem.view(0x2000, 1), { instanceOf: MemoryFault, message: /0x2000 is not in any memory region/ });
+  t.throws(() => mem.view(2 ** 53 - 1, 2), { instanceOf: MemoryFault, message: /out of range/ });
+  // The kept view's window belongs to the region: once the region leaves, nothing of it comes back.
+  mem.removeRegion({ guestPhysAddr: 0x100000, size: 2 * W });
+  t.throws(() => mem.view(0x100010, 16), { instanceOf: MemoryFault });
+  mem.addRegion(region(0x100000, 2 * W, 0x200000, recordingBacking(2 * W)));
+  const b = mem.view(0x100010, 16)!;
+  t.not(b, a, 'a new region at the same address: a view of its own memory');
+  t.not(b.buffer, a.buffer);
+});
+
 test('many regions: binary search finds each', (t) => {
   const specs: RegionSpec[] = [];
   for (let i = 0; i < 509; i++) specs.push(region(i * 0x2000, 0x1000, 0x100000000 + i * 0x1000));

@@ -494,3 +494,22 @@ test('dirty logging: written buffers and used ring (at log_guest_addr) are marke
   p.q.pushUsed(c2.head, 8);
   t.false(log.isDirty(page(DATA + 0x9000)), 'logging off');
 });
+
+test('zeroChain: zeros from an offset across the writable buffers, bounded by them, and logs what it wrote', (t) => {
+  const { log } = dirtyLog();
+  const p = pair({ log });
+  bytes(p, DATA + 0x1ffc, 8).fill(0xff);
+  bytes(p, DATA + 0x5000, 12).fill(0xff);
+  p.drv.add([{ gpa: DATA, len: 4 }], [{ gpa: DATA + 0x1ffe, len: 4 }, { gpa: DATA + 0x5000, len: 8 }]);
+  const c = p.q.pop()!;
+  t.is(p.q.zeroChain(c, 2, 7), 7);
+  t.deepEqual([...bytes(p, DATA + 0x1ffc, 8)], [0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff], 'the first buffer from its third byte');
+  t.deepEqual([...bytes(p, DATA + 0x5000, 12)], [0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 'then the second');
+  t.false(log.isDirty(page(DATA + 0x1ffe)), 'the skipped bytes are not logged');
+  t.true(log.isDirty(page(DATA + 0x2000)));
+  t.true(log.isDirty(page(DATA + 0x5000)));
+  t.is(p.q.zeroChain(c, 10, 100), 2, 'bounded by the writable bytes');
+  t.deepEqual([...bytes(p, DATA + 0x5000, 12)], [0, 0, 0, 0, 0, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff], 'the last 2 bytes of the second buffer, nothing past it');
+  t.is(p.q.zeroChain(c, 12, 5), 0, 'nothing past the end');
+  p.q.pushUsed(c.head, 12);
+});

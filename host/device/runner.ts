@@ -66,7 +66,6 @@ export const DRAIN_TURN_BATCHES = 16;
 export const DRAIN_TURN_REQUESTS = 1024;
 
 const EMPTY = new Uint8Array(0);
-const ZEROES = new Uint8Array(64 * 1024);
 
 /** Where a request stands between pop and used ring. */
 const enum ReqState {
@@ -106,7 +105,7 @@ interface Req {
  */
 class DueRound implements AnswerableTable {
   private round = 0;
-  private readonly ids: number[] = [];
+  private ids: number[] = [];
   private reqs: readonly (Req | undefined)[] = [];
 
   get size(): number {
@@ -115,7 +114,9 @@ class DueRound implements AnswerableTable {
 
   begin(reqs: readonly (Req | undefined)[]): void {
     this.round++;
-    this.ids.length = 0;
+    // A new list, not `length = 0`: that is a runtime call (the length setter) per round, and
+    // drops the list's store anyway.
+    this.ids = [];
     this.reqs = reqs;
   }
 
@@ -1278,7 +1279,7 @@ export class DeviceRunner {
             at += p.bytes.length;
             break;
           case 'zeroes':
-            for (let done = 0; done < p.len; done += ZEROES.length) q.writeChain(c, ZEROES.subarray(0, Math.min(ZEROES.length, p.len - done)), at + done);
+            if (p.len > 0) q.zeroChain(c, at, p.len);
             at += p.len;
             break;
           case 'skip':

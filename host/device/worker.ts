@@ -226,7 +226,8 @@ async function main(): Promise<void> {
     },
     leaveDevice: () => {
       leave();
-      meter?.callEnd(memoryOf(runner.device));
+      // Only a device call's end reads the device's memory (a notification's bracket has none).
+      if (meter?.inCall) meter.callEnd(memoryOf(runner.device));
     },
     meter,
     throttle,

@@ -10,6 +10,9 @@
 // before the next one). Several threads may pass the check at once and overdraw a little: that
 // debt is paid back like any other.
 
+// The module's `performance`: the global one is a getter call on every read in a worker thread.
+import { performance } from 'node:perf_hooks';
+
 /** Limits of one device or group. A rate of 0 means "no limit" for that bucket. */
 export interface ThrottleLimits {
   iops: number;

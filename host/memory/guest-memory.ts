@@ -107,11 +107,25 @@ export interface GuestMemoryOptions {
   maxRegions?: number;
 }
 
+/**
+ * view() keeps the views of small buffers it made, by address and length: a driver's request
+ * headers and status bytes live in per-slot (per-tag) structures it reuses for every request on
+ * that slot (Linux virtio-blk: in each tag's request), so the same few hundred small views come
+ * back again and again, and making a typed array is the largest single step of a chain's walk.
+ * Data buffers (page-cache pages) rarely repeat and are not kept.
+ */
+const SMALL_VIEW_MAX = 256;
+const SMALL_VIEW_SLOTS = 1024; // a power of two: direct-mapped by a hash of the address
+
 export class GuestMemory {
   private byGpa: Region[] = [];
   private byUva: Region[] = [];
   private last: Region | undefined;
   private gen = 0;
+  /** view()'s small views: slot -> view of [smallGpa[slot], +smallLen[slot]); emptied when the table changes. */
+  private small: (Uint8Array | undefined)[] = new Array(SMALL_VIEW_SLOTS).fill(undefined);
+  private readonly smallGpa = new Float64Array(SMALL_VIEW_SLOTS);
+  private readonly smallLen = new Int32Array(SMALL_VIEW_SLOTS);
   readonly windowSize: number;
   readonly maxRegions: number;
 
@@ -210,6 +224,8 @@ export class GuestMemory {
     this.byGpa = byGpa;
     this.byUva = byUva;
     this.last = undefined;
+    // Views of a region that left the table must never be handed out again.
+    this.small = new Array(SMALL_VIEW_SLOTS).fill(undefined);
     this.gen++;
   }
 
@@ -283,6 +299,36 @@ export class GuestMemory {
     const out: Uint8Array[] = [];
     this.appendSlices(gpa, len, out);
     return out;
+  }
+
+  /**
+   * A view of [gpa, gpa+len) when the range lies inside one window of one region (the usual
+   * guest buffer), else null (it is split, or not all mapped: gpaSlices says which). Throws
+   * MemoryFault when the range is invalid or its first byte is not in any region.
+   */
+  view(gpa: number, len: number): Uint8Array | null {
+    let slot = -1;
+    if (len <= SMALL_VIEW_MAX) {
+      slot = ((gpa >>> 4) ^ (gpa >>> 13)) & (SMALL_VIEW_SLOTS - 1);
+      const v = this.small[slot];
+      if (v !== undefined && this.smallGpa[slot] === gpa && this.smallLen[slot] === len) return v;
+    }
+    if (!validRange(gpa, len)) throw new MemoryFault(gpa, len, 'address or length out of range');
+    const r = this.find(gpa);
+    if (r === undefined) throw new MemoryFault(gpa, len, `byte ${hex(gpa)} is not in any memory region`);
+    const off = gpa - r.gpa;
+    const w = Math.floor(off / r.windowSize);
+    const woff = off - w * r.windowSize;
+    // Window w's length (what window(w) checked the backing gave): never past the region's end.
+    // Computed, not read: ArrayBuffer's byteLength is a builtin call in optimized code.
+    if (len > Math.min(r.windowSize, r.size - w * r.windowSize) - woff) return null;
+    const v = new Uint8Array(r.window(w), woff, len);
+    if (slot >= 0) {
+      this.small[slot] = v;
+      this.smallGpa[slot] = gpa;
+      this.smallLen[slot] = len;
+    }
+    return v;
   }
 
   /** gpaSlices into an existing array (the virtqueue collects a whole chain into one list). */

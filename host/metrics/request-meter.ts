@@ -11,6 +11,10 @@
 // The buffer belongs to the device (its DeviceMeter), not to the thread: a worker started after
 // a failure continues the counters of the one it replaces, so they only ever grow.
 
+// The module's `performance`, not the global one: in a worker thread the global is a lazy
+// accessor (node:internal/util's defineReplaceableLazyAttribute), a getter call on every read.
+import { performance } from 'node:perf_hooks';
+
 /** Upper bounds (seconds) of the latency histograms: request (pop to used ring) and plugin call. */
 export const LATENCY_BUCKETS = [
   0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -157,6 +161,11 @@ export class RequestMeter {
     // Pops after this call belong to the next batch.
     this.batchStart = -1;
     this.callStarted = performance.now();
+  }
+
+  /** Whether a device call is being timed (callStart without its callEnd yet). */
+  get inCall(): boolean {
+    return this.callStarted >= 0;
   }
 
   /** Device code returned (or threw); `memoryBytes` is the device's memory now. */

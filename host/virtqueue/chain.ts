@@ -88,25 +88,49 @@ export function appendBuffer(
   const addr = hi * 0x100000000 + lo;
   if (hi >= ADDR_HI_LIMIT) fail(`${descriptorName(slot, entry)}: address ${hex(addr)} outside guest memory`);
   if (write) {
-    appendSlices(memory, addr, len, chain.writable, slot, entry, fail);
+    if (len > 0) chain.writable = withSlices(memory, addr, len, chain.writable, slot, entry, fail);
     chain.writableLen += len;
     if (chain.writableLen > 0xffffffff) fail(`writable length of the chain overflows u32`);
-    chain.writableRanges.push({ gpa: addr, len });
+    chain.writableRanges = withOne(chain.writableRanges, { gpa: addr, len });
   } else {
     if (chain.writableRanges.length > 0) fail(`${descriptorName(slot, entry)} is device-readable after a writable descriptor`);
-    appendSlices(memory, addr, len, chain.readable, slot, entry, fail);
+    if (len > 0) chain.readable = withSlices(memory, addr, len, chain.readable, slot, entry, fail);
     chain.readableLen += len;
     if (chain.readableLen > 0xffffffff) fail(`readable length of the chain overflows u32`);
   }
 }
 
-function appendSlices(memory: GuestMemory, addr: number, len: number, out: Uint8Array[], slot: number, entry: number, fail: Fail): void {
-  if (len === 0) return;
+/** `list` with the views of [addr, addr+len) after it (the list itself, or a new one: see withOne). */
+function withSlices(memory: GuestMemory, addr: number, len: number, list: Uint8Array[], slot: number, entry: number, fail: Fail): Uint8Array[] {
   try {
-    memory.appendSlices(addr, len, out);
+    // The usual buffer lies in one window of one region: one view, no list of parts.
+    const v = memory.view(addr, len);
+    if (v !== null) return withOne(list, v);
+    for (const part of memory.gpaSlices(addr, len)) list = withOne(list, part);
+    return list;
   } catch (e) {
     if (e instanceof MemoryFault) fail(`${descriptorName(slot, entry)}: buffer [${hex(addr)}, +${len}) outside guest memory`);
     throw e;
+  }
+}
+
+/**
+ * `list` with `item` after it. A chain's lists start as `[]` and hold 1-3 entries (blk: a
+ * header, then data and status): a push onto `[]` grows a 17-slot store (~100 instructions,
+ * three per request, and most of the walk's garbage), so lists of up to 3 are made anew as
+ * literals of their exact length; longer ones grow by push.
+ */
+function withOne<T>(list: T[], item: T): T[] {
+  switch (list.length) {
+    case 0:
+      return [item];
+    case 1:
+      return [list[0], item];
+    case 2:
+      return [list[0], list[1], item];
+    default:
+      list.push(item);
+      return list;
   }
 }
 
@@ -160,6 +184,31 @@ export function writeChainLogged(chain: DescriptorChain, data: Uint8Array, offse
   }
   if (log !== null && src > 0) markRanges(log, chain.writableRanges, offset, src);
   return src;
+}
+
+/**
+ * Zeros `len` bytes of the chain's writable buffers from `offset` bytes in (a reply's `zeroes`
+ * piece), logging what was touched; returns the bytes zeroed. A fill in place: copying from a
+ * zero buffer took a view of it per request and read 4 KiB to write 4 KiB.
+ */
+export function zeroChainLogged(chain: DescriptorChain, offset: number, len: number, log: DirtyLog | null): number {
+  let skip = offset;
+  let left = len;
+  const bufs = chain.writable;
+  for (let i = 0; i < bufs.length && left > 0; i++) {
+    const buf = bufs[i];
+    if (skip >= buf.length) {
+      skip -= buf.length;
+      continue;
+    }
+    const n = Math.min(buf.length - skip, left);
+    buf.fill(0, skip, skip + n);
+    left -= n;
+    skip = 0;
+  }
+  const done = len - left;
+  if (log !== null && done > 0) markRanges(log, chain.writableRanges, offset, done);
+  return done;
 }
 
 /** Marks `len` bytes of `ranges` dirty, starting `offset` bytes into them (pushUsed: offset 0, the bytes the device wrote). */

@@ -6,7 +6,7 @@
 
 import { MemoryFault, hex, type GuestMemory } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
-import { QueueFault, QueueSetupError, markRanges, writeChainLogged, type DescriptorChain } from './chain.ts';
+import { QueueFault, QueueSetupError, markRanges, writeChainLogged, zeroChainLogged, type DescriptorChain } from './chain.ts';
 
 /**
  * Where a queue records pop and push for crash recovery (the inflight area, inflight.ts).
@@ -103,6 +103,11 @@ export abstract class QueueCore<C extends DescriptorChain> {
    */
   writeChain(chain: DescriptorChain, data: Uint8Array, offset = 0): number {
     return writeChainLogged(chain, data, offset, this.log);
+  }
+
+  /** Zeros `len` bytes of the chain's writable buffers from `offset` on, as writeChain would copy zeros; returns the bytes zeroed. */
+  zeroChain(chain: DescriptorChain, offset: number, len: number): number {
+    return zeroChainLogged(chain, offset, len, this.log);
   }
 
   /** Takes this layout's views of its rings in guest memory; `setup` says how to refuse (see setupFault). */

@@ -38,6 +38,8 @@ export interface DeviceQueue {
   /** Return chain `head` (split: head descriptor index; packed: buffer id; both are chain.head). */
   pushUsed(head: number, writtenLen: number): void;
   writeChain(chain: DescriptorChain, data: Uint8Array, offset?: number): number;
+  /** writeChain of `len` zero bytes at `offset`, without a source buffer. */
+  zeroChain(chain: DescriptorChain, offset: number, len: number): number;
   /** After a batch of pushUsed: whether to signal the call fd. */
   needsNotification(): boolean;
   /** Re-arm kicks; true when work arrived meanwhile (keep draining). */
