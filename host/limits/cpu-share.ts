@@ -6,7 +6,8 @@
 // the last window than its share, drops its threads to the lowest priority (nice 19, setpriority
 // on the thread id: on Linux the nice value is per thread). A well-behaved device woken by its
 // front-end then runs before the hogs; a demoted device still gets every CPU nobody else wants (a
-// lone busy device loses nothing). Once it uses less than half its share it gets its priority back.
+// lone busy device loses nothing). Once it claims less than half its share (measured a little
+// wider, below) it gets its priority back.
 //
 // Time in long calls, not CPU time, is the measure. On two busy cores a looping plugin gets as
 // little CPU as a busy well-behaved device (each ran ~0.1 CPU with 10 hogs in bench/tenancy.ts

@@ -65,13 +65,13 @@ export const LONG_CALL_SECONDS = 0.002;
 
 /**
  * How old (ms) the thread's CPU clock reading may be when a call starts. Reading it costs a
- * system call (~1 us here, more than the host's whole per-request cost), so it is not read per
+ * system call (~1 us here, more than the host core's whole cost per request), so it is not read per
  * call: a call that took LONG_CALL_SECONDS of wall clock reads it at its end, and what the thread
  * ran since the last reading, at most this long before the call began, bounds what the call ran
  * from above. A call counts as long when that bound reaches LONG_CALL_SECONDS: a looping call
  * always does; a call of microseconds preempted for milliseconds never does (its bound is at most
- * its own CPU plus this); one whose code ran 1.5-2 ms may. At most 1/CPU_MARK_MS readings a
- * second, whatever the call rate.
+ * its own CPU plus this); one whose code ran 1.5-2 ms may. Whatever the call rate, a thread
+ * reads it at most 1000 / CPU_MARK_MS times a second at call starts, and after each call of 2 ms.
  */
 export const CPU_MARK_MS = 0.5;
 
