@@ -274,7 +274,7 @@ export function human(method: string, result: unknown): string {
           limitsText(d) +
           `${ioText(d)}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu
-            ? `  CPU: it claimed ${d.cpu.demand} (share ${d.cpu.limit}: long calls${d.pollMaxNs > 0 || d.cpu.pollSpin > 0 ? `, and ${d.cpu.pollSpin} spinning on its rings` : ''}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ''}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
+            ? `  CPU: it claimed ${d.cpu.demand} (share ${d.cpu.limit}: long calls${d.pollMaxNs > 0 || d.cpu.pollSpin > 0 ? `, and ${d.cpu.pollSpin} spinning on its rings` : ''}), its threads ${d.cpu.running} CPU over the last second; ${d.cpu.demoted ? `demoted to the lowest priority${d.cpu.restoreRefused ? ` (${d.cpu.restoreRefused})` : ` until its calls of 2 ms or more (run or waiting for a CPU: ${d.cpu.slowCalls}) and its spin take under ${d.cpu.limit / 2}`}` : 'normal priority'}, demoted ${d.cpu.demotions} time(s)\n`
             : '') +
           (d.net ? netText(d.net) : ''),
       );

@@ -290,7 +290,7 @@ const LIMITS = fields({
   memory: size().optional().describe('the plugin\'s memory limit, a number or a size such as "64M" (--memory-limit)'),
   callDeadlineMs: CALL_DEADLINE.optional().describe('CPU deadline of one call into the plugin, ms (--call-deadline)'),
   openFiles: int(1, MAX_OPEN_FILES).optional().describe('most host fds a sharedDir device may hold'),
-  cpuShare: CPU_SHARE.optional().describe('CPUs\' worth of time in long calls and spinning on its rings (pollMaxNs) before the device is demoted (default 0.5)'),
+  cpuShare: CPU_SHARE.optional().describe('CPUs\' worth of time in long calls (2 ms or more of CPU) and spinning on its rings (pollMaxNs) before the device is demoted (default 0.5)'),
   networkRate: text().optional().describe('"FRAMES" or "FRAMES:BYTES" per second sent on its networks (--network-rate)'),
   iops: THROTTLE_LEAVES.iops.optional(),
   iopsBurst: THROTTLE_LEAVES.iopsBurst.optional(),

@@ -228,7 +228,7 @@ export class Daemon {
       this.entries.set(spec.id, entry);
       added = true;
       const meter = device.slot.meter;
-      this.cpu.track(spec.id, () => device.slot.threadIds(), () => ({ calls: meter.longCallSeconds(), spin: meter.pollSpinSeconds() }), spec.limits.cpuShare);
+      this.cpu.track(spec.id, () => device.slot.threadIds(), () => ({ calls: meter.longCallSeconds(), slowCalls: meter.slowCallSeconds(), spin: meter.pollSpinSeconds() }), spec.limits.cpuShare);
       const info = device.slot.info;
       const what = info
         ? `${info.name} (virtio device id ${info.deviceId}, ${info.numQueues} queue(s))`

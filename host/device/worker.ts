@@ -44,10 +44,13 @@ setLogLevel(init.logLevel);
 if (init.logLevelCell) useLogLevelCell(init.logLevelCell);
 const log = createLogger(`device ${init.label}`);
 const slot = new Int32Array(init.watchdog);
+const tid = ownThreadId();
 // The watchdog looks this thread up in /proc when a notification write overruns (worker-thread.ts).
-Atomics.store(slot, WATCHDOG_TID, ownThreadId());
+Atomics.store(slot, WATCHDOG_TID, tid);
+/** This thread's CPU clock: the meter tells a call that ran long from one that waited for a CPU. */
+const ownCpuNs = () => native.threadCpuNs(tid);
 // Replaced by a scratch one while an upgrade's warm-up runs (its requests are not the guest's).
-let meter = init.meter ? new RequestMeter(init.meter) : undefined;
+let meter = init.meter ? new RequestMeter(init.meter, ownCpuNs) : undefined;
 const throttle = init.throttle ? new TokenBucket(init.throttle) : undefined;
 const converge = init.converge ? new TokenBucket(init.converge) : undefined;
 const net = init.net ? new DeviceNet(init.net) : undefined;
@@ -164,7 +167,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) {
     // Counted nowhere and throttled by nothing: scratch cells stand in for the device's own.
     const own = { meter, throttle: this.hooks.throttle };
-    meter = this.hooks.meter = own.meter ? new RequestMeter(new SharedArrayBuffer(REQUEST_METER_BYTES)) : undefined;
+    meter = this.hooks.meter = own.meter ? new RequestMeter(new SharedArrayBuffer(REQUEST_METER_BYTES), ownCpuNs) : undefined;
     this.hooks.throttle = undefined;
     try {
       return await warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings, ledger);

@@ -4,7 +4,7 @@
 // device state transfers with their duration. Owned by the device's slot, so it outlives the
 // workers and the front-end connections of the device.
 
-import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readPollSpinSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
+import { REQUEST_METER_BYTES, emptyHistogram, observe, readLongCallSeconds, readPollSpinSeconds, readSlowCallSeconds, readRequestCells, type HistogramSnapshot, type RequestSnapshot } from './request-meter.ts';
 
 export const FAULT_KINDS = ['device-failed', 'ring-broken', 'memory-fault', 'start-failed'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
@@ -53,9 +53,14 @@ export class DeviceMeter {
     return this.threadCells[thread];
   }
 
-  /** Seconds the device's code has run in long calls so far, every queue thread together (wall clock). */
+  /** Seconds (wall clock) of the calls in which the device's code ran 2 ms or more of CPU so far, every queue thread together. */
   longCallSeconds(): number {
     return readLongCallSeconds(this.threadCells);
+  }
+
+  /** Seconds of the device's calls that took 2 ms or more of wall clock so far, run or waiting for a CPU. */
+  slowCallSeconds(): number {
+    return readSlowCallSeconds(this.threadCells);
   }
 
   /** Seconds the device's worker threads spun on their rings so far (adaptive polling; wall clock, as long calls). */

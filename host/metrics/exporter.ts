@@ -144,7 +144,7 @@ export class MetricsExporter {
     );
     counter(
       'vhost_wasm_device_long_call_seconds_total',
-      "Time the device's code spent in calls of 2 ms or more (with its poll spin, what its CPU share limits).",
+      "Time the device's code spent in calls in which it ran 2 ms or more of CPU (with its poll spin, what its CPU share limits).",
       none,
       (c, r) => c.inc(r.labels, r.longCallSeconds),
     );

@@ -6,7 +6,8 @@
 // The clock is read per batch, not per request (performance.now() costs ~150 ns here, a
 // quarter of the host core's whole cost per request): a request's start is the first pop of
 // its batch, and completions are timed together when the worker notifies the front-end or
-// finishes its turn (whichever comes first), which is when the guest can see them.
+// finishes its turn (whichever comes first), which is when the guest can see them. The thread's
+// CPU clock, a system call, is read at most every CPU_MARK_MS and after a call of 2 ms or more.
 //
 // The buffer belongs to the device (its DeviceMeter), not to the thread: a worker started after
 // a failure continues the counters of the one it replaces, so they only ever grow.
@@ -42,21 +43,41 @@ export const Cell = {
   callBuckets: 8 + NB + 1,
   /** Bytes of the device's linear memories after its last call (0 for a TypeScript device). */
   memoryBytes: 8 + 2 * (NB + 1),
-  /** Seconds of calls that ran LONG_CALL_SECONDS or more (the CPU-share governor's measure). */
+  /**
+   * Seconds (wall clock) of calls in which the thread ran LONG_CALL_SECONDS or more of CPU: the
+   * CPU-share governor's measure of a device's demand.
+   */
   longCallSum: 9 + 2 * (NB + 1),
   /** Seconds the thread spun on its rings (adaptive polling): CPU it claims with no device call running, counted by the CPU-share governor too. */
   pollSpinSum: 10 + 2 * (NB + 1),
+  /**
+   * Seconds of calls that took LONG_CALL_SECONDS or more of wall clock, whether their code ran
+   * that long or waited for a CPU: what keeps a demoted device demoted (host/limits/cpu-share.ts).
+   */
+  slowCallSum: 11 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.pollSpinSum + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.slowCallSum + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
- * A call this long holds its thread in device code: a blk or rng plugin answers a batch in
- * microseconds (4K blk: ~5-15 us), a looping plugin runs to its deadline. Time in such calls is
- * what the CPU share limits (host/limits/cpu-share.ts).
+ * A call whose code runs this long holds its thread in device code: a blk or rng plugin answers
+ * a batch in microseconds (4K blk: ~5-15 us of CPU), a looping plugin runs to its deadline. Time
+ * in such calls is what the CPU share limits (host/limits/cpu-share.ts).
  */
 export const LONG_CALL_SECONDS = 0.002;
+
+/**
+ * How old (ms) the thread's CPU clock reading may be when a call starts. Reading it costs a
+ * system call (~1 us here, more than the host core's whole cost per request), so it is not read per
+ * call: a call that took LONG_CALL_SECONDS of wall clock reads it at its end, and what the thread
+ * ran since the last reading, at most this long before the call began, bounds what the call ran
+ * from above. A call counts as long when that bound reaches LONG_CALL_SECONDS: a looping call
+ * always does; a call of microseconds preempted for milliseconds never does (its bound is at most
+ * its own CPU plus this); one whose code ran 1.5-2 ms may. Whatever the call rate, a thread
+ * reads it at most 1000 / CPU_MARK_MS times a second at call starts, and after each call of 2 ms.
+ */
+export const CPU_MARK_MS = 0.5;
 
 function bucketOf(seconds: number): number {
   let i = 0;
@@ -71,6 +92,9 @@ const PENDING = 1024;
 export class RequestMeter {
   private readonly c: Float64Array;
   private callStarted = -1;
+  /** The thread's CPU clock (ns) when last read, and when that was (performance.now()): CPU_MARK_MS. */
+  private cpuMark = 0;
+  private cpuMarkAt = -Infinity;
   /** Start time of the batch being popped, or -1 once the device was called (the batch is over). */
   private batchStart = -1;
   /** Start times of completions not yet timed. */
@@ -82,7 +106,11 @@ export class RequestMeter {
     this.flush();
   };
 
-  constructor(cells: SharedArrayBuffer) {
+  /** `threadCpuNs` reads the CPU clock of the thread that writes these cells (the worker's own). */
+  constructor(
+    cells: SharedArrayBuffer,
+    private readonly threadCpuNs: () => number,
+  ) {
     if (cells.byteLength < REQUEST_METER_BYTES) throw new RangeError(`request meter cells: ${cells.byteLength} bytes, ${REQUEST_METER_BYTES} needed`);
     this.c = new Float64Array(cells, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     // What a thread that died had in flight is gone with it: this one starts with nothing.
@@ -160,7 +188,12 @@ export class RequestMeter {
     this.flush();
     // Pops after this call belong to the next batch.
     this.batchStart = -1;
-    this.callStarted = performance.now();
+    const now = performance.now();
+    if (now - this.cpuMarkAt > CPU_MARK_MS) {
+      this.cpuMark = this.threadCpuNs();
+      this.cpuMarkAt = now;
+    }
+    this.callStarted = now;
   }
 
   /** Whether a device call is being timed (callStart without its callEnd yet). */
@@ -172,10 +205,18 @@ export class RequestMeter {
   callEnd(memoryBytes: number): void {
     if (this.callStarted < 0) return;
     const c = this.c;
-    const s = (performance.now() - this.callStarted) / 1000;
+    const end = performance.now();
+    const s = (end - this.callStarted) / 1000;
     this.callStarted = -1;
     c[Cell.callSum] += s;
-    if (s >= LONG_CALL_SECONDS) c[Cell.longCallSum] += s;
+    if (s >= LONG_CALL_SECONDS) {
+      c[Cell.slowCallSum] += s;
+      // Only a call that took this long can have run this long: the clock is read for it alone.
+      const cpu = this.threadCpuNs();
+      if ((cpu - this.cpuMark) / 1e9 >= LONG_CALL_SECONDS) c[Cell.longCallSum] += s;
+      this.cpuMark = cpu;
+      this.cpuMarkAt = end;
+    }
     c[Cell.callCount]++;
     c[Cell.callBuckets + bucketOf(s)]++;
     c[Cell.memoryBytes] = memoryBytes;
@@ -238,9 +279,14 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
   return s;
 }
 
-/** Seconds the device's code has run in long calls (LONG_CALL_SECONDS or more), over every thread's cells. */
+/** Seconds of calls whose code ran LONG_CALL_SECONDS or more of CPU, over every thread's cells. */
 export function readLongCallSeconds(all: readonly SharedArrayBuffer[]): number {
   return sumCell(all, Cell.longCallSum);
+}
+
+/** Seconds of calls that took LONG_CALL_SECONDS or more of wall clock, over every thread's cells. */
+export function readSlowCallSeconds(all: readonly SharedArrayBuffer[]): number {
+  return sumCell(all, Cell.slowCallSum);
 }
 
 /** Seconds the device's threads spun on their rings (adaptive polling), over every thread's cells. */
