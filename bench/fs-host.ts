@@ -17,6 +17,10 @@
 //   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
 //   write 100     WRITE of 100 bytes at offset 0 of an open file (the create's WRITE, page cached)
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
+//   readdir       READDIR of a 10,000-entry directory (bench/fs-guest's names), 4 KiB replies as
+//                 the guest kernel asks, per entry (a guest's readdir(3) after its first request)
+//   readdirplus 4K  READDIRPLUS of that directory, 4 KiB replies, per entry (the guest's first
+//                 request of a listing; its entries' inodes are known after the first round)
 //   create        CREATE of a new file + RELEASE of its fh, per file
 //   file          the guest's open(O_CREAT|O_EXCL) + write(100 bytes) + close() of a new file:
 //                 LOOKUP (ENOENT), CREATE, WRITE, FLUSH, RELEASE, per file (TMPDIR picks the
@@ -25,16 +29,20 @@
 // worker's is the largest). It samples wall time, so a call that blocks or is preempted (the
 // eventfd write that wakes the front-end, an ext4 create) looks dearer than its CPU: for CPU,
 // `perf record -g -- node --import tsx bench/fs-host.ts --host-flags=--perf-basic-prof`.
+// --callgrind DIR: the host runs under valgrind's callgrind (profiles kept in DIR) and each phase
+// reports instructions (Ir, every thread) per request instead of CPU time: a count this loaded
+// machine does not move. Round 0 (the JIT's warm-up) runs uninstrumented; valgrind slows the host
+// ~50x, so use a small --count. `callgrind_annotate DIR/cg.out.N-0M` names the functions.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { BIN, REPO, assertBuilt } from '../test/helpers/host-process.ts';
 import { daemonConfig, startMultiHost } from '../test/helpers/multi-host.ts';
 import { startVirtiofsd } from '../test/guest/virtiofsd.ts';
-import { FuseClient, direntplus, nodeOf, fhOfOpen, u32s, ioIn } from '../test/helpers/fuse.ts';
+import { FuseClient, dirents, direntplus, nodeOf, fhOfOpen, u32s, ioIn } from '../test/helpers/fuse.ts';
 
 const { values: argv } = parseArgs({
   options: {
@@ -47,21 +55,27 @@ const { values: argv } = parseArgs({
     'gap-us': { type: 'string', default: '0' },
     backend: { type: 'string', default: 'ours' },
     'poll-max-ns': { type: 'string' },
+    callgrind: { type: 'string' },
   },
 });
 const COUNT = Number(argv.count);
 const ROUNDS = Number(argv.rounds);
 const ENTRIES = 2000;
+/** The readdir phases' directory, as bench/fs-guest makes it. */
+const DIR_ENTRIES = 10_000;
 
 assertBuilt();
 const top = mkdtempSync(join(tmpdir(), 'bench-fs-host-'));
 const share = join(top, 'share');
 mkdirSync(join(share, 'many'), { recursive: true });
 for (let i = 0; i < ENTRIES; i++) writeFileSync(join(share, 'many', `f${i}`), `${i}`);
+mkdirSync(join(share, 'dir'));
+for (let i = 0; i < DIR_ENTRIES; i++) writeFileSync(join(share, 'dir', `entry-${String(i).padStart(6, '0')}`), '');
 writeFileSync(join(share, 'big'), Buffer.alloc(4 << 20, 1));
 mkdirSync(join(share, 'new'));
 const sock = join(top, 'fs.sock');
-const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), ...(argv['poll-max-ns'] !== undefined ? { pollMaxNs: Number(argv['poll-max-ns']) } : {}), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
+// Under valgrind a call runs ~50x slower: the plugin's CPU deadline must not fail the device.
+const spec = [{ label: 'fs', socket: sock, plugin: join(REPO, 'dist', 'plugins', 'fs.wasm'), ...(argv.callgrind ? { callDeadlineMs: 10_000 } : {}), ...(argv['poll-max-ns'] !== undefined ? { pollMaxNs: Number(argv['poll-max-ns']) } : {}), options: { filesystem: { dir: share, readOnly: false, ...(argv['inode-file-handles'] ? { inodeFileHandles: argv['inode-file-handles'] } : {}) } } }];
 let host: { pid: number; stop(): Promise<unknown> };
 if (argv.backend === 'virtiofsd') {
   // The same requests against Rust virtiofsd 1.13 (Debian trixie's, as bench/fs-guest.ts runs
@@ -70,7 +84,7 @@ if (argv.backend === 'virtiofsd') {
   host = await startVirtiofsd(share, sock, ['--cache', 'auto']);
 } else if (argv.backend !== 'ours') {
   throw new Error(`--backend is ours or virtiofsd, not "${argv.backend}"`);
-} else if (argv.profile || argv['host-flags']) {
+} else if (argv.profile || argv['host-flags'] || argv.callgrind) {
   // --cpu-prof (and --perf-basic-prof) are not allowed in NODE_OPTIONS: the host is started here with them.
   const flags = argv['host-flags']?.split(' ').filter(Boolean) ?? [];
   if (argv.profile) {
@@ -78,7 +92,13 @@ if (argv.backend === 'virtiofsd') {
     flags.push('--cpu-prof', `--cpu-prof-dir=${resolve(argv.profile)}`);
   }
   writeFileSync(join(top, 'daemon.json'), JSON.stringify(daemonConfig(spec)!.config));
-  const child = spawn(process.execPath, [...flags, BIN, 'serve', '--config', join(top, 'daemon.json')], { stdio: 'inherit' });
+  const cmd = [process.execPath, ...flags, BIN, 'serve', '--config', join(top, 'daemon.json')];
+  if (argv.callgrind) {
+    mkdirSync(resolve(argv.callgrind), { recursive: true });
+    for (const f of readdirSync(argv.callgrind)) if (f.startsWith('cg.out')) rmSync(join(argv.callgrind, f));
+    cmd.unshift('valgrind', '--tool=callgrind', '--instr-atstart=no', '--separate-threads=yes', '--smc-check=all-non-file', `--callgrind-out-file=${resolve(argv.callgrind)}/cg.out`);
+  }
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'inherit', argv.callgrind ? 'ignore' : 'inherit'] });
   while (!existsSync(sock)) await new Promise((r) => setTimeout(r, 50));
   const exited = new Promise((r) => child.once('close', r));
   host = { pid: child.pid!, stop: () => (child.kill('SIGTERM'), exited) };
@@ -105,6 +125,7 @@ const ok = (r: { error: number; body: Buffer }, what: string) => {
 
 const many = nodeOf(ok(await fuse.lookup(1n, 'many'), 'lookup many'));
 const newDir = nodeOf(ok(await fuse.lookup(1n, 'new'), 'lookup new'));
+const dir = nodeOf(ok(await fuse.lookup(1n, 'dir'), 'lookup dir'));
 const big = nodeOf(ok(await fuse.lookup(1n, 'big'), 'lookup big'));
 const fh = fhOfOpen(ok(await fuse.open(big, 0), 'open big'));
 const scratchCreated = ok(await fuse.create(newDir, 'scratch', 0o101 /* O_WRONLY|O_CREAT */), 'create scratch');
@@ -197,6 +218,14 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       return entries;
     },
   },
+  readdir: {
+    unit: 'entry',
+    run: () => listDir(28, 4096),
+  },
+  'readdirplus 4K': {
+    unit: 'entry',
+    run: () => listDir(44, 4096),
+  },
   create: {
     unit: 'file',
     async run() {
@@ -239,6 +268,25 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
   },
 };
 void forget;
+
+/** One listing of `dir/` (opendir, READDIR or READDIRPLUS replies of `size` bytes to the end, releasedir): its entries. */
+async function listDir(op: 28 | 44, size: number): Promise<number> {
+  const dh = fhOfOpen(ok(await fuse.req(27, dir, u32s(0, 0)), 'opendir'));
+  let off = 0n;
+  let entries = 0;
+  for (;;) {
+    const out = ok(await fuse.req(op, dir, ioIn(dh, off, size), size + 16), op === 28 ? 'readdir' : 'readdirplus').body;
+    if (out.length === 0) break;
+    const listed = op === 28 ? dirents(out) : direntplus(out);
+    off = listed[listed.length - 1].off;
+    entries += listed.length;
+  }
+  const rel = Buffer.alloc(24);
+  rel.writeBigUInt64LE(dh, 0);
+  ok(await fuse.req(29, dir, rel), 'releasedir');
+  if (entries !== DIR_ENTRIES + 2) throw new Error(`listing of dir/ saw ${entries} entries, not ${DIR_ENTRIES + 2}`);
+  return entries;
+}
 if (argv.only) {
   // One phase alone (a profile of one kind of request): --only getattr,lookup
   const keep = argv.only.split(',');
@@ -258,19 +306,40 @@ function cpuNs(): number {
   }
   return ns;
 }
+/** --callgrind: callgrind_control on the host (it waits for the host to reach valgrind's next sync point). */
+const callgrindControl = (...args: string[]) => execFileSync('callgrind_control', [...args, String(host.pid)], { stdio: 'ignore' });
+let dumps = 0;
+/** The instructions counted since the last zeroing, every thread's: dumps them and reads the totals. */
+function dumpedIr(): number {
+  callgrindControl('-d');
+  dumps++;
+  let ir = 0;
+  for (const f of readdirSync(argv.callgrind!)) {
+    if (!f.startsWith(`cg.out.${dumps}-`)) continue;
+    const m = /^(?:totals|summary): *(\d+)/m.exec(readFileSync(join(argv.callgrind!, f), 'utf8'));
+    if (m) ir += Number(m[1]);
+  }
+  return ir;
+}
+
 const results: Record<string, number[]> = {};
 for (let round = 0; round < ROUNDS + 1; round++) {
+  if (round === 1 && argv.callgrind) callgrindControl('-i', 'on');
   for (const [name, p] of Object.entries(phases)) {
+    if (round > 0 && argv.callgrind) callgrindControl('-z');
     const t0 = cpuNs();
     const n = await p.run();
-    const us = (cpuNs() - t0) / 1000 / n;
-    if (round > 0) (results[name] ??= []).push(us); // round 0 warms the JIT up
+    const per = round > 0 && argv.callgrind ? dumpedIr() / n : (cpuNs() - t0) / 1000 / n;
+    if (round > 0) (results[name] ??= []).push(per); // round 0 warms the JIT up
   }
 }
 const median = (v: number[]) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
-console.log(`host CPU per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight; host pid ${host.pid}, load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
+const what = argv.callgrind ? 'host instructions (callgrind Ir, every thread)' : 'host CPU';
+const unit = argv.callgrind ? 'Ir' : 'us';
+const fmt = (x: number) => (argv.callgrind ? x.toFixed(0) : x.toFixed(x < 10 ? 2 : 1));
+console.log(`${what} per request (median of ${ROUNDS} rounds, ${COUNT} requests per phase, one in flight; host pid ${host.pid}, load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
 for (const [name, v] of Object.entries(results)) {
-  console.log(`${name.padEnd(12)} ${median(v).toFixed(1).padStart(8)} us/${phases[name].unit}  best ${Math.min(...v).toFixed(1).padStart(6)}   (rounds: ${v.map((x) => x.toFixed(0)).join(', ')})`);
+  console.log(`${name.padEnd(12)} ${fmt(median(v)).padStart(8)} ${unit}/${phases[name].unit}  best ${fmt(Math.min(...v)).padStart(6)}   (rounds: ${v.map(fmt).join(', ')})`);
 }
 await fe.close();
 await host.stop();

@@ -179,6 +179,11 @@ const DIRENT_MIN = 1024;
 /** Bytes per record a readdir sizes its read by: a 19-byte head and a name of ~30 bytes, 8-aligned. */
 const DIRENT_GUESS = 56;
 
+/** Most bytes one readdirRecords answers (FUSE's largest READDIR reply); a record's head; the longest record (a 255-byte name). */
+const RECORDS_MAX = 1 << 20;
+const RECORD_HEAD = 24;
+const RECORD_LONGEST = 280;
+
 /** Entries one share's table may hold (nodes by handle cost no fd, so fds do not bound it). */
 const MAX_TABLE = 1 << 21;
 /** fsNameToHandle's record: 12 bytes of head and at most MAX_HANDLE_SZ (128) of handle. */
@@ -226,7 +231,12 @@ export class FsShare {
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
   /** getdents64 records, read into and parsed out of before each readdir returns. */
-  private readonly direntBuf = Buffer.alloc(DIRENT_BUF);
+  private readonly direntBuf = Buffer.from(new ArrayBuffer(DIRENT_BUF));
+  /** The same bytes as 32-bit words (records are 8-aligned): inos and positions copied without BigInts. */
+  private readonly direntWords = new Uint32Array(this.direntBuf.buffer, 0, DIRENT_BUF / 4);
+  /** readdirRecords' answer, grown to the largest asked for; lowered (copied) into the plugin before the next call. */
+  private records = new Uint8Array(0);
+  private recordWords = new Uint32Array(0);
   /** One value or name list (XATTR_MAX) at a time; results are copied out of it. */
   private xattrBuf: Uint8Array | null = null;
   private closed = false;
@@ -938,6 +948,68 @@ export class FsShare {
       }
     }
     return ok(out);
+  }
+
+  /**
+   * The entries of open directory `dir` from `offset` as FUSE's fuse_dirent records, as many
+   * whole ones as fit in `maxBytes` (wit/device.wit `readdir-records`): one buffer however many
+   * entries, where `readdir` makes an object, a BigInt pair and a name copy (and the plugin an
+   * allocation) per entry. The answer is a view of a buffer reused by the next call.
+   */
+  readdirRecords(dir: bigint, offset: bigint, maxBytes: number): FsResult<Uint8Array> {
+    const f = this.fileFd(dir);
+    if (f < 0) return fail(E.EBADF);
+    if (offset >= 2n ** 63n) return ok(new Uint8Array(0));
+    const cap = Math.min(maxBytes >>> 0, RECORDS_MAX) & ~7;
+    if (this.records.length < cap) {
+      this.records = new Uint8Array(Math.max(cap, 4096));
+      this.recordWords = new Uint32Array(this.records.buffer);
+    }
+    const out = this.records;
+    const words = this.recordWords;
+    const src = this.direntBuf;
+    const srcWords = this.direntWords;
+    // A getdents64 record (19-byte head, name, NUL, 8-aligned) is never longer than its
+    // fuse_dirent (24-byte head, name, 8-aligned), so reading `cap` bytes of them gives every
+    // entry that fits; the kernel seeks back to `pos` on the next call, as for readdir.
+    const buf = src.subarray(0, Math.min(DIRENT_BUF, Math.max(DIRENT_MIN, cap)));
+    let pos = offset;
+    let used = 0;
+    let last = 0;
+    for (;;) {
+      const n = native.fsGetdents(f, buf, pos);
+      if (n < 0) return fail(-n);
+      if (n === 0) return ok(out.subarray(0, used));
+      for (let at = 0; at < n; ) {
+        const reclen = src[at + 16] | (src[at + 17] << 8);
+        if (reclen < 20 || at + reclen > n || reclen & 7) return fail(E.EIO);
+        let len = 0;
+        const name = at + 19;
+        while (len < reclen - 19 && src[name + len] !== 0) len++;
+        const rec = (RECORD_HEAD + len + 7) & ~7;
+        if (len === 0 || len > 255) return fail(E.EIO);
+        if (used + rec > cap) return used === 0 ? fail(E.EINVAL) : ok(out.subarray(0, used));
+        const w = used >> 2;
+        const r = at >> 2;
+        words[w] = srcWords[r];
+        words[w + 1] = srcWords[r + 1];
+        // d_off: a negative position (never seen) reads as 0, as readdir answers it.
+        const negative = srcWords[r + 3] >= 0x80000000;
+        words[w + 2] = negative ? 0 : srcWords[r + 2];
+        words[w + 3] = negative ? 0 : srcWords[r + 3];
+        words[w + 4] = len;
+        words[w + 5] = src[at + 18];
+        const to = used + RECORD_HEAD;
+        for (let i = 0; i < len; i++) out[to + i] = src[name + i];
+        for (let i = to + len; i < used + rec; i++) out[i] = 0;
+        used += rec;
+        last = r;
+        at += reclen;
+      }
+      // Every record read fit: read on from the last one's position (an s64, as the kernel gave it).
+      if (used + RECORD_HEAD > cap) return ok(out.subarray(0, used));
+      pos = (BigInt(srcWords[last + 3] | 0) << 32n) | BigInt(srcWords[last + 2]);
+    }
   }
 
   fsync(file: bigint, datasync: boolean): FsResult<void> {
