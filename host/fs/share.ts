@@ -179,10 +179,11 @@ const DIRENT_MIN = 1024;
 /** Bytes per record a readdir sizes its read by: a 19-byte head and a name of ~30 bytes, 8-aligned. */
 const DIRENT_GUESS = 56;
 
-/** Most bytes one readdirRecords answers (FUSE's largest READDIR reply); a record's head; the longest record (a 255-byte name). */
+/** Most bytes one readdirRecords counts (FUSE's largest READDIR reply); a record's head. */
 const RECORDS_MAX = 1 << 20;
 const RECORD_HEAD = 24;
-const RECORD_LONGEST = 280;
+/** Most bytes a readdirRecords caller may add per entry (a READDIRPLUS entry adds 128). */
+const RECORD_EXTRA_MAX = 4096;
 
 /** Entries one share's table may hold (nodes by handle cost no fd, so fds do not bound it). */
 const MAX_TABLE = 1 << 21;
@@ -952,15 +953,24 @@ export class FsShare {
 
   /**
    * The entries of open directory `dir` from `offset` as FUSE's fuse_dirent records, as many
-   * whole ones as fit in `maxBytes` (wit/device.wit `readdir-records`): one buffer however many
-   * entries, where `readdir` makes an object, a BigInt pair and a name copy (and the plugin an
-   * allocation) per entry. The answer is a view of a buffer reused by the next call.
+   * whole ones as fit in `maxBytes` when each counts `perEntry` more (wit/device.wit
+   * `readdir-records`): one buffer however many entries, where `readdir` makes an object, a
+   * BigInt pair and a name copy (and the plugin an allocation) per entry. The answer is a view
+   * of a buffer reused by the next call.
+   *
+   * It never reads an entry it does not return: each getdents64 gets only as many bytes as
+   * surely fit once converted (a 24-byte record, the shortest, becomes 32 + perEntry), and the
+   * next read goes on from there. A listing then continues at the directory fd's own position,
+   * and ext4 keeps the hashed block it read instead of hashing it again on every request (it
+   * does so whenever the position asked for is not where the last getdents64 stopped).
    */
-  readdirRecords(dir: bigint, offset: bigint, maxBytes: number): FsResult<Uint8Array> {
+  readdirRecords(dir: bigint, offset: bigint, maxBytes: number, perEntry: number): FsResult<Uint8Array> {
     const f = this.fileFd(dir);
     if (f < 0) return fail(E.EBADF);
+    if (perEntry >>> 0 > RECORD_EXTRA_MAX) return fail(E.EINVAL);
     if (offset >= 2n ** 63n) return ok(new Uint8Array(0));
-    const cap = Math.min(maxBytes >>> 0, RECORDS_MAX) & ~7;
+    const cap = Math.min(maxBytes >>> 0, RECORDS_MAX);
+    const extra = perEntry >>> 0;
     if (this.records.length < cap) {
       this.records = new Uint8Array(Math.max(cap, 4096));
       this.recordWords = new Uint32Array(this.records.buffer);
@@ -969,26 +979,31 @@ export class FsShare {
     const words = this.recordWords;
     const src = this.direntBuf;
     const srcWords = this.direntWords;
-    // A getdents64 record (19-byte head, name, NUL, 8-aligned) is never longer than its
-    // fuse_dirent (24-byte head, name, 8-aligned), so reading `cap` bytes of them gives every
-    // entry that fits; the kernel seeks back to `pos` on the next call, as for readdir.
-    const buf = src.subarray(0, Math.min(DIRENT_BUF, Math.max(DIRENT_MIN, cap)));
     let pos = offset;
     let used = 0;
-    let last = 0;
+    let charged = 0;
     for (;;) {
-      const n = native.fsGetdents(f, buf, pos);
+      const want = Math.min(DIRENT_BUF, Math.floor(((cap - charged) * 24) / (32 + extra))) & ~7;
+      let n = want >= 24 ? native.fsGetdents(f, src.subarray(0, want), pos) : -E.EINVAL;
+      if (n === -E.EINVAL) {
+        // The next entry alone is longer than `want`: past the first, the reply ends here
+        // (the next call starts with it); as the first, read it whole and see if it fits.
+        if (used > 0) break;
+        n = native.fsGetdents(f, src.subarray(0, DIRENT_MIN), pos);
+      }
       if (n < 0) return fail(-n);
-      if (n === 0) return ok(out.subarray(0, used));
+      if (n === 0) break;
+      let last = 0;
       for (let at = 0; at < n; ) {
         const reclen = src[at + 16] | (src[at + 17] << 8);
-        if (reclen < 20 || at + reclen > n || reclen & 7) return fail(E.EIO);
+        if (reclen < 24 || at + reclen > n || reclen & 7) return fail(E.EIO);
         let len = 0;
         const name = at + 19;
         while (len < reclen - 19 && src[name + len] !== 0) len++;
-        const rec = (RECORD_HEAD + len + 7) & ~7;
         if (len === 0 || len > 255) return fail(E.EIO);
-        if (used + rec > cap) return used === 0 ? fail(E.EINVAL) : ok(out.subarray(0, used));
+        const rec = (RECORD_HEAD + len + 7) & ~7;
+        // Only after the DIRENT_MIN read above: the entries past this one were read for nothing.
+        if (charged + rec + extra > cap) return used === 0 ? fail(E.EINVAL) : ok(out.subarray(0, used));
         const w = used >> 2;
         const r = at >> 2;
         words[w] = srcWords[r];
@@ -1003,13 +1018,14 @@ export class FsShare {
         for (let i = 0; i < len; i++) out[to + i] = src[name + i];
         for (let i = to + len; i < used + rec; i++) out[i] = 0;
         used += rec;
+        charged += rec + extra;
         last = r;
         at += reclen;
       }
-      // Every record read fit: read on from the last one's position (an s64, as the kernel gave it).
-      if (used + RECORD_HEAD > cap) return ok(out.subarray(0, used));
+      // Read on from the last entry's position (an s64, as the kernel gave it): where the fd is now.
       pos = (BigInt(srcWords[last + 3] | 0) << 32n) | BigInt(srcWords[last + 2]);
     }
+    return ok(out.subarray(0, used));
   }
 
   fsync(file: bigint, datasync: boolean): FsResult<void> {

@@ -1231,11 +1231,10 @@ static void op_fsync(reply *r, args *a) {
 
 /*
  * READDIR and READDIRPLUS. The host answers with fuse_dirent records (readdir-records), so a
- * READDIR reply is the host's bytes once checked: no host call or allocation per entry.
- * A READDIRPLUS entry also needs its lookup, and its record grows by a fuse_entry_out: ask for
- * about as many records as fit (shortest names assumed) and again while room is left, so the
- * host does not read entries only to have them dropped. An entry that does not fit is left for
- * the next request, which starts at the `next` of the last one sent.
+ * READDIR reply is the host's bytes once checked: no host call or allocation per entry. A
+ * READDIRPLUS entry also needs its lookup, and the host counts the fuse_entry_out each of its
+ * records grows by: it returns exactly the entries that fit, and reads no others, so the next
+ * request continues the host's directory stream where it stopped.
  */
 static void op_readdir(reply *r, args *a, int plus) {
   TAKE(a, struct fuse_read_in, in);
@@ -1251,62 +1250,44 @@ static void op_readdir(reply *r, args *a, int plus) {
   uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
   uint32_t size = in.size < room ? in.size : room;
   if (size > 1024 * 1024) size = 1024 * 1024;
+  uint32_t extra = plus ? (uint32_t)sizeof(struct fuse_entry_out) : 0;
+  uint8_t *recs = NULL;
+  size_t len = 0;
+  uint32_t err = vfs_readdir_records(f->handle, in.offset, size, extra, &recs, &len);
+  if (err) return reply_error(r, err);
   uint8_t *o = reply_alloc(r, size);
-  if (!o) return reply_error(r, size ? ENOMEM : ERANGE);
-  uint32_t used = 0;
-  uint64_t pos = in.offset;
-  for (;;) {
-    uint32_t left = size - used;
-    uint32_t want = left;
-    if (plus) {
-      want = left / (sizeof(struct fuse_entry_out) + VFS_RECORD_HEAD + 8) * (VFS_RECORD_HEAD + 8);
-      if (want < VFS_RECORD_MAX) want = VFS_RECORD_MAX;
-    }
-    uint8_t *recs = NULL;
-    size_t len = 0;
-    uint32_t err = vfs_readdir_records(f->handle, pos, want, &recs, &len);
-    if (err) {
-      if (used) break; /* what was listed goes now; the next request asks again */
-      return reply_error(r, err);
-    }
-    size_t at = 0, rec;
-    vfs_dirent d;
-    int full = 0;
-    while ((rec = vfs_record_next(recs, len, at, &d)) != 0) {
-      uint32_t need = (uint32_t)rec + (plus ? (uint32_t)sizeof(struct fuse_entry_out) : 0);
-      if (need > size - used) {
-        full = 1;
-        break;
-      }
-      uint8_t *to = o + used;
-      if (plus) {
-        struct fuse_entry_out eo;
-        memset(&eo, 0, sizeof eo);
-        int dots = (d.name_len == 1 && d.name[0] == '.') || (d.name_len == 2 && d.name[0] == '.' && d.name[1] == '.');
-        vfs_entry e;
-        if (!dots && vfs_lookup(dir_handle, d.name, d.name_len, &e) == 0) {
-          uint32_t id = inode_take(&e, dir_id, d.name, d.name_len);
-          if (id) fill_entry(&eo, id, &e.attr);
-        }
-        if (!eo.nodeid) eo.attr.ino = d.ino, eo.attr.mode = (uint32_t)d.kind << 12;
-        memcpy(to, &eo, sizeof eo);
-        to += sizeof eo;
-      }
-      /* The host's record is the reply's fuse_dirent, checked by vfs_record_next. */
-      memcpy(to, recs + at, rec);
-      used += need;
-      pos = d.next;
-      at += rec;
-    }
-    int malformed = at < len && !full;
+  if (!o) {
     free(recs);
-    if (malformed) {
-      vd_log(VD_LOG_ERROR, "fs: the host's readdir-records answer is malformed (a host bug)");
-      if (!used) return reply_error(r, EIO);
-      break;
+    return reply_error(r, size ? ENOMEM : ERANGE);
+  }
+  uint32_t used = 0;
+  size_t at = 0, rec;
+  vfs_dirent d;
+  while ((rec = vfs_record_next(recs, len, at, &d)) != 0 && rec + extra <= size - used) {
+    uint8_t *to = o + used;
+    if (plus) {
+      struct fuse_entry_out eo;
+      memset(&eo, 0, sizeof eo);
+      int dots = (d.name_len == 1 && d.name[0] == '.') || (d.name_len == 2 && d.name[0] == '.' && d.name[1] == '.');
+      vfs_entry e;
+      if (!dots && vfs_lookup(dir_handle, d.name, d.name_len, &e) == 0) {
+        uint32_t id = inode_take(&e, dir_id, d.name, d.name_len);
+        if (id) fill_entry(&eo, id, &e.attr);
+      }
+      if (!eo.nodeid) eo.attr.ino = d.ino, eo.attr.mode = (uint32_t)d.kind << 12;
+      memcpy(to, &eo, sizeof eo);
+      to += sizeof eo;
     }
-    /* The end of the directory, a reply full, or READDIR (one call asks for all that fits). */
-    if (len == 0 || full || !plus) break;
+    /* The host's record is the reply's fuse_dirent, checked by vfs_record_next. */
+    memcpy(to, recs + at, rec);
+    used += (uint32_t)(rec + extra);
+    at += rec;
+  }
+  free(recs);
+  if (at < len) {
+    /* A record malformed or past the room asked for: the host broke its word. */
+    vd_log(VD_LOG_ERROR, "fs: the host's readdir-records answer is malformed (a host bug)");
+    return reply_error(r, EIO);
   }
   r->len = (uint32_t)sizeof(struct fuse_out_header) + used;
 }

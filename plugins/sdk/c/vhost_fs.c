@@ -77,7 +77,7 @@ VFS_IMPORT("readlink") void imp_readlink(int64_t node, R ret);
 VFS_IMPORT("backing") void imp_backing(int64_t file, R ret);
 VFS_IMPORT("readdir") void imp_readdir(int64_t dir, int64_t off, int32_t max, R ret);
 /* Added to 0.2.0 after its first release. */
-VFS_IMPORT("readdir-records") void imp_readdir_records(int64_t dir, int64_t off, int32_t max_bytes, R ret);
+VFS_IMPORT("readdir-records") void imp_readdir_records(int64_t dir, int64_t off, int32_t max_bytes, int32_t per_entry, R ret);
 VFS_IMPORT("fsync") void imp_fsync(int64_t file, int32_t datasync, R ret);
 VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t off, int64_t len, R ret);
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
@@ -252,8 +252,9 @@ void vfs_dirents_free(vfs_dirent *entries, size_t n) {
   free(entries);
 }
 
-uint32_t vfs_readdir_records(vfs_handle dir, uint64_t offset, uint32_t max_bytes, uint8_t **records, size_t *len) {
-  imp_readdir_records((int64_t)dir, (int64_t)offset, (int32_t)max_bytes, ret_area);
+uint32_t vfs_readdir_records(vfs_handle dir, uint64_t offset, uint32_t max_bytes, uint32_t per_entry, uint8_t **records,
+                             size_t *len) {
+  imp_readdir_records((int64_t)dir, (int64_t)offset, (int32_t)max_bytes, (int32_t)per_entry, ret_area);
   if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_ERR);
   *records = (uint8_t *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_OK);
   *len = u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_OK + VD_ABI_LIST_LEN);
