@@ -166,6 +166,11 @@ interface Slot {
   dir?: boolean;
   /** An open file: the O_ACCMODE bits it was opened with (host/fs/lock-handoff.ts matches by them). */
   acc?: number;
+  /**
+   * An open directory: where its fd stands after readdirRecords' last getdents64, so a listing
+   * that goes on from there reads without a seek (which on ext4 re-hashes a block).
+   */
+  dirPos?: bigint;
 }
 
 /** Directory fds opened by handle kept between calls (a guest works in a few directories at a time). */
@@ -919,8 +924,10 @@ export class FsShare {
   }
 
   readdir(dir: bigint, offset: bigint, max: number): FsResult<DirEntry[]> {
-    const f = this.fileFd(dir);
-    if (f < 0) return fail(E.EBADF);
+    const slot = this.slot(dir, 'file');
+    if (!slot) return fail(E.EBADF);
+    const f = slot.fd;
+    slot.dirPos = undefined;
     if (offset >= 2n ** 63n) return ok([]);
     const want = Math.max(0, Math.min(max, 4096));
     const out: DirEntry[] = [];
@@ -965,8 +972,9 @@ export class FsShare {
    * does so whenever the position asked for is not where the last getdents64 stopped).
    */
   readdirRecords(dir: bigint, offset: bigint, maxBytes: number, perEntry: number): FsResult<Uint8Array> {
-    const f = this.fileFd(dir);
-    if (f < 0) return fail(E.EBADF);
+    const slot = this.slot(dir, 'file');
+    if (!slot) return fail(E.EBADF);
+    const f = slot.fd;
     if (perEntry >>> 0 > RECORD_EXTRA_MAX) return fail(E.EINVAL);
     if (offset >= 2n ** 63n) return ok(new Uint8Array(0));
     const cap = Math.min(maxBytes >>> 0, RECORDS_MAX);
@@ -984,15 +992,20 @@ export class FsShare {
     let charged = 0;
     for (;;) {
       const want = Math.min(DIRENT_BUF, Math.floor(((cap - charged) * 24) / (32 + extra))) & ~7;
-      let n = want >= 24 ? native.fsGetdents(f, src.subarray(0, want), pos) : -E.EINVAL;
+      let n = want >= 24 ? native.fsGetdents(f, src.subarray(0, want), slot.dirPos === pos ? null : pos) : -E.EINVAL;
       if (n === -E.EINVAL) {
         // The next entry alone is longer than `want`: past the first, the reply ends here
         // (the next call starts with it); as the first, read it whole and see if it fits.
         if (used > 0) break;
-        n = native.fsGetdents(f, src.subarray(0, DIRENT_MIN), pos);
+        n = native.fsGetdents(f, src.subarray(0, DIRENT_MIN), slot.dirPos === pos ? null : pos);
       }
+      // From here until the position is known again the fd stands who knows where.
+      slot.dirPos = undefined;
       if (n < 0) return fail(-n);
-      if (n === 0) break;
+      if (n === 0) {
+        slot.dirPos = pos;
+        break;
+      }
       let last = 0;
       for (let at = 0; at < n; ) {
         const reclen = src[at + 16] | (src[at + 17] << 8);
@@ -1002,7 +1015,8 @@ export class FsShare {
         while (len < reclen - 19 && src[name + len] !== 0) len++;
         if (len === 0 || len > 255) return fail(E.EIO);
         const rec = (RECORD_HEAD + len + 7) & ~7;
-        // Only after the DIRENT_MIN read above: the entries past this one were read for nothing.
+        // Only after the DIRENT_MIN read above: the entries past this one were read for nothing
+        // (and the fd stands past them: the next call seeks).
         if (charged + rec + extra > cap) return used === 0 ? fail(E.EINVAL) : ok(out.subarray(0, used));
         const w = used >> 2;
         const r = at >> 2;
@@ -1024,6 +1038,7 @@ export class FsShare {
       }
       // Read on from the last entry's position (an s64, as the kernel gave it): where the fd is now.
       pos = (BigInt(srcWords[last + 3] | 0) << 32n) | BigInt(srcWords[last + 2]);
+      slot.dirPos = pos;
     }
     return ok(out.subarray(0, used));
   }
