@@ -959,8 +959,8 @@ export class FsShare {
   }
 
   /**
-   * The entries of open directory `dir` from `offset` as FUSE's fuse_dirent records, as many
-   * whole ones as fit in `maxBytes` when each counts `perEntry` more (wit/device.wit
+   * The entries of open directory `dir` from `offset` as FUSE's fuse_dirent records, whole ones
+   * that fit in `maxBytes` when each counts `perEntry` more, near full (wit/device.wit
    * `readdir-records`): one buffer however many entries, where `readdir` makes an object, a
    * BigInt pair and a name copy (and the plugin an allocation) per entry. The answer is a view
    * of a buffer reused by the next call.

@@ -1233,7 +1233,7 @@ static void op_fsync(reply *r, args *a) {
  * READDIR and READDIRPLUS. The host answers with fuse_dirent records (readdir-records), so a
  * READDIR reply is the host's bytes once checked: no host call or allocation per entry. A
  * READDIRPLUS entry also needs its lookup, and the host counts the fuse_entry_out each of its
- * records grows by: it returns exactly the entries that fit, and reads no others, so the next
+ * records grows by: it returns entries that fit (near full) and reads no others, so the next
  * request continues the host's directory stream where it stopped.
  */
 static void op_readdir(reply *r, args *a, int plus) {
