@@ -10,6 +10,11 @@
 //   write 128K       WRITE to an open file
 //   readdirplus      READDIRPLUS of a 1000-entry directory, 64 KiB replies, per listing
 //   share lookup     FsShare.lookup + closeHandle directly (the host side alone)
+//   readdir 10000    READDIR of a 10,000-entry directory (bench/fs-guest's names), 4 KiB replies as
+//                    the guest kernel asks, per listing (10,002 entries)
+//   share readdir / share records   the host side of that listing alone: FsShare.readdir as the
+//                    plugin called it before readdir-records (129 entries asked per 4 KiB, 102 used),
+//                    and FsShare.readdirRecords, per listing
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,11 +23,13 @@ import { loadPlugin } from '../host/plugin/index.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from '../test/helpers/plugin-requests.ts';
-import { direntplus } from '../test/helpers/fuse.ts';
+import { dirents, direntplus, ioIn } from '../test/helpers/fuse.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bench-fs-'));
 mkdirSync(join(dir, 'many'));
 for (let i = 0; i < 1000; i++) writeFileSync(join(dir, 'many', `f${i}`), `${i}`);
+mkdirSync(join(dir, 'dir10k'));
+for (let i = 0; i < 10_000; i++) writeFileSync(join(dir, 'dir10k', `entry-${String(i).padStart(6, '0')}`), '');
 writeFileSync(join(dir, 'big'), Buffer.alloc(1 << 20, 1));
 const share = new FsShare(dir);
 const backings = new BackingTable();
@@ -105,6 +112,45 @@ bench('share lookup', 20000, () => {
   const e = share.lookup(root.val.node, name);
   if (e.ok) share.closeHandle(e.val.node);
 });
+
+const dir10k = req(1, 1n, Buffer.from('dir10k\0')).readBigUInt64LE(0);
+bench('readdir 10000', 20, () => {
+  const dh = req(27, dir10k, u32s(0, 0)).readBigUInt64LE(0);
+  let off = 0n;
+  let n = 0;
+  for (;;) {
+    const out = req(28, 0n, ioIn(dh, off, 4096), 4096 + 16);
+    if (out.length === 0) break;
+    const listed = dirents(out);
+    off = listed[listed.length - 1].off;
+    n += listed.length;
+  }
+  const rel = Buffer.alloc(24);
+  rel.writeBigUInt64LE(dh, 0);
+  req(29, 0n, rel);
+  if (n !== 10_002) throw new Error(`readdir 10000 listed ${n} entries`);
+});
+const node10k = share.lookup(root.val.node, Buffer.from('dir10k'));
+if (!node10k.ok) throw new Error('dir10k');
+/** One listing of dir10k through the share alone, `next(handle, offset)` returning the offset to go on from, or null at the end. */
+const shareListing = (next: (h: bigint, off: bigint) => bigint | null) => () => {
+  const h = share.open(node10k.val.node, 0o200000 /* O_DIRECTORY */);
+  if (!h.ok) throw new Error('open dir10k');
+  for (let off: bigint | null = 0n; off !== null; ) off = next(h.val, off);
+  share.closeHandle(h.val);
+};
+bench('share readdir', 20, shareListing((h, off) => {
+  const r = share.readdir(h, off, 129);
+  if (!r.ok) throw new Error('readdir');
+  return r.val.length ? r.val[Math.min(r.val.length, 102) - 1].next : null;
+}));
+bench('share records', 20, shareListing((h, off) => {
+  const r = share.readdirRecords(h, off, 4096, 0);
+  if (!r.ok) throw new Error('readdirRecords');
+  if (r.val.length === 0) return null;
+  const listed = dirents(Buffer.from(r.val.buffer, r.val.byteOffset, r.val.length));
+  return listed[listed.length - 1].off;
+}));
 
 share.close();
 rmSync(dir, { recursive: true, force: true });

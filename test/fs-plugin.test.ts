@@ -4,7 +4,7 @@
 // handles, names without NUL, huge forget counts, random bytes) can trap the plugin.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
@@ -108,7 +108,7 @@ class Client {
   write(fh: bigint, off: number, data: Buffer): Reply {
     return this.req(OP.WRITE, 0, new W().u64(fh).u64(off).u32(data.length).u32(0).u64(0).u32(0).u32(0).raw(data).done());
   }
-  read(fh: bigint, off: number, size: number, op: number = OP.READ): Reply {
+  read(fh: bigint, off: number | bigint, size: number, op: number = OP.READ): Reply {
     return this.req(op, 0, new W().u64(fh).u64(off).u32(size).u32(0).u64(0).u32(0).u32(0).done());
   }
 }
@@ -619,4 +619,123 @@ test('COPY_FILE_RANGE copies inside the host between two open files; SYNCFS sync
   t.is(cfr(src, 0, 999n, 0, 10).error, ERR.EBADF);
   t.is(cfr(dst, 0, src, 0, 10).error, ERR.EBADF, 'the destination was opened read-only');
   t.is(c.req(50, 1, new W().u64(0).done()).error, 0, 'SYNCFS');
+});
+
+/** Every entry of a listing of directory node `node` in replies of `size` bytes (READDIR or READDIRPLUS), with each reply's length. */
+function listAll(c: Client, node: bigint, op: number, size: number, between: (listed: { name: Buffer }[]) => void = () => {}) {
+  const dh = c.req(OP.OPENDIR, node, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  const entries: { name: Buffer; ino: bigint; type: number; nodeid: bigint; attrIno: bigint; size: bigint }[] = [];
+  const replies: number[] = [];
+  let off = 0n;
+  for (;;) {
+    const r = c.read(dh, off, size, op);
+    if (r.error) throw new Error(`${op === OP.READDIR ? 'READDIR' : 'READDIRPLUS'} at ${off}: errno ${r.error}`);
+    if (r.body.length === 0) break;
+    replies.push(r.body.length);
+    for (let at = 0; at < r.body.length; ) {
+      const plus = op === OP.READDIRPLUS ? 128 : 0;
+      const d = at + plus;
+      const namelen = r.body.readUInt32LE(d + 16);
+      entries.push({
+        name: Buffer.from(r.body.subarray(d + 24, d + 24 + namelen)),
+        ino: r.body.readBigUInt64LE(d),
+        type: r.body.readUInt32LE(d + 20),
+        nodeid: plus ? r.body.readBigUInt64LE(at) : 0n,
+        attrIno: plus ? r.body.readBigUInt64LE(at + 40) : 0n,
+        size: plus ? r.body.readBigUInt64LE(at + 48) : 0n,
+      });
+      off = r.body.readBigUInt64LE(d + 8);
+      at = d + ((24 + namelen + 7) & ~7);
+    }
+    between(entries);
+  }
+  c.req(OP.RELEASEDIR, node, new W().u64(dh).u32(0).u32(0).u64(0).done());
+  return { entries, replies };
+}
+
+/** Names a shell or a parser of replies could get wrong: spaces, control bytes, quotes, bytes that are no UTF-8, the longest. */
+const AWKWARD_NAMES = [
+  'with space',
+  'new\nline',
+  'tab\there',
+  'back\\slash',
+  'quote"\'',
+  '-dash',
+  'é😀',
+  'x'.repeat(255),
+  'y',
+].map((n) => Buffer.from(n)).concat([Buffer.from([0xff, 0xfe, 0x41]), Buffer.from([0x80])]);
+
+test('READDIR and READDIRPLUS page through a directory larger than a reply: every entry once, names byte for byte', async (t) => {
+  const { c, dir } = await setup(t);
+  c.init();
+  mkdirSync(join(dir, 'big'));
+  const onDisk = new Map<string, bigint>();
+  const add = (name: Buffer, data: string) => {
+    const path = Buffer.concat([Buffer.from(`${join(dir, 'big')}/`), name]);
+    writeFileSync(path, data);
+    onDisk.set(name.toString('hex'), BigInt(statSync(path).ino));
+  };
+  for (let i = 0; i < 700; i++) add(Buffer.from(`entry-${String(i).padStart(6, '0')}`), 'x'.repeat(i % 7));
+  for (const n of AWKWARD_NAMES) add(n, 'awkward');
+  const big = nodeOf(c.lookup(1, 'big'));
+  const want = [...onDisk.keys(), Buffer.from('.').toString('hex'), Buffer.from('..').toString('hex')].sort();
+
+  for (const op of [OP.READDIR, OP.READDIRPLUS]) {
+    const what = op === OP.READDIR ? 'READDIR' : 'READDIRPLUS';
+    const { entries, replies } = listAll(c, big, op, 4096);
+    t.true(replies.length > (op === OP.READDIR ? 5 : 20), `${what}: many replies (${replies.length})`);
+    t.true(replies.every((n) => n <= 4096), `${what}: no reply past the 4096 bytes asked for`);
+    t.deepEqual(entries.map((e) => e.name.toString('hex')).sort(), want, `${what}: every entry exactly once, names byte for byte`);
+    for (const e of entries) {
+      const dots = e.name.equals(Buffer.from('.')) || e.name.equals(Buffer.from('..'));
+      if (dots) {
+        t.is(e.type, 4, `${what}: ${e.name} is a directory`);
+        continue;
+      }
+      if (e.ino !== onDisk.get(e.name.toString('hex')) || e.type !== 8) t.fail(`${what}: ${JSON.stringify(e.name.toString())}: ino ${e.ino} type ${e.type}`);
+      if (op === OP.READDIRPLUS && (e.nodeid === 0n || e.attrIno !== e.ino)) t.fail(`${what}: ${JSON.stringify(e.name.toString())} has no entry (node ${e.nodeid}, attr ino ${e.attrIno})`);
+    }
+    // Replies of a different size list the same entries (positions are the host's d_off, not counts).
+    t.deepEqual(listAll(c, big, op, 65536).entries.map((e) => e.name.toString('hex')).sort(), want, `${what}, 64 KiB replies`);
+  }
+  // The awkward names' entries in READDIRPLUS carry their own attributes.
+  const plus = listAll(c, big, OP.READDIRPLUS, 4096).entries;
+  t.is(plus.find((e) => e.name.equals(Buffer.from('x'.repeat(255))))?.size, 7n, 'the 255-byte name: its file of 7 bytes');
+  t.is(plus.find((e) => e.name.equals(Buffer.from([0xff, 0xfe, 0x41])))?.size, 7n, 'a name that is no UTF-8');
+});
+
+test('READDIR after entries were removed between requests lists every other entry once; a reply too small for one entry is EINVAL', async (t) => {
+  const { c, dir } = await setup(t);
+  c.init();
+  mkdirSync(join(dir, 'shrinking'));
+  for (let i = 0; i < 400; i++) writeFileSync(join(dir, 'shrinking', `f${i}`), '');
+  const node = nodeOf(c.lookup(1, 'shrinking'));
+  for (const op of [OP.READDIR, OP.READDIRPLUS]) {
+    let removed: string[] = [];
+    const { entries } = listAll(c, node, op, 4096, (listed) => {
+      if (removed.length) return;
+      // After the first reply: every name not listed yet whose number is even goes.
+      const seen = new Set(listed.map((e) => e.name.toString()));
+      removed = readdirSync(join(dir, 'shrinking')).filter((n) => !seen.has(n) && Number(n.slice(1)) % 2 === 0);
+      for (const n of removed) rmSync(join(dir, 'shrinking', n));
+    });
+    const names = entries.map((e) => e.name.toString());
+    t.true(removed.length > 50, `${op}: entries were removed mid-listing (${removed.length})`);
+    t.is(new Set(names).size, names.length, `${op}: no entry twice`);
+    // POSIX leaves it open whether an entry removed mid-listing still shows (ext4 lists on
+    // from the block it hashed); every entry there throughout shows, once.
+    const left = readdirSync(join(dir, 'shrinking')).sort();
+    t.deepEqual(names.filter((n) => n !== '.' && n !== '..' && !removed.includes(n)).sort(), left, `${op}: every entry left, once`);
+    if (op === OP.READDIRPLUS) {
+      const ghosts = entries.filter((e) => removed.includes(e.name.toString()) && e.nodeid !== 0n);
+      t.deepEqual(ghosts.map((e) => e.name.toString()), [], 'a removed entry that still shows has no node');
+    }
+    // Put the directory back for the next kind of listing.
+    for (const n of removed) writeFileSync(join(dir, 'shrinking', n), '');
+  }
+  // 16 bytes hold no fuse_dirent: an error, not an empty reply (which a kernel reads as the end).
+  const dh = c.req(OP.OPENDIR, node, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
+  t.is(c.read(dh, 0, 16, OP.READDIR).error, ERR.EINVAL);
+  t.is(c.read(dh, 0, 4096, OP.READDIR).error, 0, 'the same position with room: entries');
 });

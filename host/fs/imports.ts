@@ -62,6 +62,8 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
       return wit(files.backing(file));
     },
     readdir: (dir: bigint, offset: bigint, max: number) => wit(s().readdir(dir, offset, max)),
+    readdirRecords: (dir: bigint, offset: bigint, maxBytes: number, perEntry: number) =>
+      wit(s().readdirRecords(dir, offset, maxBytes, perEntry)),
     fsync: (file: bigint, datasync: boolean) => {
       const sh = s();
       files?.settleWrites(file);

@@ -166,6 +166,11 @@ interface Slot {
   dir?: boolean;
   /** An open file: the O_ACCMODE bits it was opened with (host/fs/lock-handoff.ts matches by them). */
   acc?: number;
+  /**
+   * An open directory: where its fd stands after readdirRecords' last getdents64, so a listing
+   * that goes on from there reads without a seek (which on ext4 re-hashes a block).
+   */
+  dirPos?: bigint;
 }
 
 /** Directory fds opened by handle kept between calls (a guest works in a few directories at a time). */
@@ -178,6 +183,12 @@ const DIRENT_BUF = 32768;
 const DIRENT_MIN = 1024;
 /** Bytes per record a readdir sizes its read by: a 19-byte head and a name of ~30 bytes, 8-aligned. */
 const DIRENT_GUESS = 56;
+
+/** Most bytes one readdirRecords counts (FUSE's largest READDIR reply); a record's head. */
+const RECORDS_MAX = 1 << 20;
+const RECORD_HEAD = 24;
+/** Most bytes a readdirRecords caller may add per entry (a READDIRPLUS entry adds 128). */
+const RECORD_EXTRA_MAX = 4096;
 
 /** Entries one share's table may hold (nodes by handle cost no fd, so fds do not bound it). */
 const MAX_TABLE = 1 << 21;
@@ -226,7 +237,12 @@ export class FsShare {
   private readonly maxHandles: number;
   private readonly statBuf = new Float64Array(16);
   /** getdents64 records, read into and parsed out of before each readdir returns. */
-  private readonly direntBuf = Buffer.alloc(DIRENT_BUF);
+  private readonly direntBuf = Buffer.from(new ArrayBuffer(DIRENT_BUF));
+  /** The same bytes as 32-bit words (records are 8-aligned): inos and positions copied without BigInts. */
+  private readonly direntWords = new Uint32Array(this.direntBuf.buffer, 0, DIRENT_BUF / 4);
+  /** readdirRecords' answer, grown to the largest asked for; lowered (copied) into the plugin before the next call. */
+  private records = new Uint8Array(0);
+  private recordWords = new Uint32Array(0);
   /** One value or name list (XATTR_MAX) at a time; results are copied out of it. */
   private xattrBuf: Uint8Array | null = null;
   private closed = false;
@@ -908,8 +924,10 @@ export class FsShare {
   }
 
   readdir(dir: bigint, offset: bigint, max: number): FsResult<DirEntry[]> {
-    const f = this.fileFd(dir);
-    if (f < 0) return fail(E.EBADF);
+    const slot = this.slot(dir, 'file');
+    if (!slot) return fail(E.EBADF);
+    const f = slot.fd;
+    slot.dirPos = undefined;
     if (offset >= 2n ** 63n) return ok([]);
     const want = Math.max(0, Math.min(max, 4096));
     const out: DirEntry[] = [];
@@ -938,6 +956,91 @@ export class FsShare {
       }
     }
     return ok(out);
+  }
+
+  /**
+   * The entries of open directory `dir` from `offset` as FUSE's fuse_dirent records, whole ones
+   * that fit in `maxBytes` when each counts `perEntry` more, near full (wit/device.wit
+   * `readdir-records`): one buffer however many entries, where `readdir` makes an object, a
+   * BigInt pair and a name copy (and the plugin an allocation) per entry. The answer is a view
+   * of a buffer reused by the next call.
+   *
+   * It never reads an entry it does not return: each getdents64 gets only as many bytes as
+   * surely fit once converted (a 24-byte record, the shortest, becomes 32 + perEntry), and the
+   * next read goes on from there. A listing then continues at the directory fd's own position,
+   * and ext4 keeps the hashed block it read instead of hashing it again on every request (it
+   * does so whenever the position asked for is not where the last getdents64 stopped).
+   */
+  readdirRecords(dir: bigint, offset: bigint, maxBytes: number, perEntry: number): FsResult<Uint8Array> {
+    const slot = this.slot(dir, 'file');
+    if (!slot) return fail(E.EBADF);
+    const f = slot.fd;
+    if (perEntry >>> 0 > RECORD_EXTRA_MAX) return fail(E.EINVAL);
+    if (offset >= 2n ** 63n) return ok(new Uint8Array(0));
+    const cap = Math.min(maxBytes >>> 0, RECORDS_MAX);
+    const extra = perEntry >>> 0;
+    if (this.records.length < cap) {
+      this.records = new Uint8Array(Math.max(cap, 4096));
+      this.recordWords = new Uint32Array(this.records.buffer);
+    }
+    const out = this.records;
+    const words = this.recordWords;
+    const src = this.direntBuf;
+    const srcWords = this.direntWords;
+    let pos = offset;
+    let used = 0;
+    let charged = 0;
+    for (;;) {
+      const want = Math.min(DIRENT_BUF, Math.floor(((cap - charged) * 24) / (32 + extra))) & ~7;
+      let n = want >= 24 ? native.fsGetdents(f, src.subarray(0, want), slot.dirPos === pos ? null : pos) : -E.EINVAL;
+      if (n === -E.EINVAL) {
+        // The next entry alone is longer than `want`: past the first, the reply ends here
+        // (the next call starts with it); as the first, read it whole and see if it fits.
+        if (used > 0) break;
+        n = native.fsGetdents(f, src.subarray(0, DIRENT_MIN), slot.dirPos === pos ? null : pos);
+      }
+      // From here until the position is known again the fd stands who knows where.
+      slot.dirPos = undefined;
+      if (n < 0) return fail(-n);
+      if (n === 0) {
+        slot.dirPos = pos;
+        break;
+      }
+      let last = 0;
+      for (let at = 0; at < n; ) {
+        const reclen = src[at + 16] | (src[at + 17] << 8);
+        if (reclen < 24 || at + reclen > n || reclen & 7) return fail(E.EIO);
+        let len = 0;
+        const name = at + 19;
+        while (len < reclen - 19 && src[name + len] !== 0) len++;
+        if (len === 0 || len > 255) return fail(E.EIO);
+        const rec = (RECORD_HEAD + len + 7) & ~7;
+        // Only after the DIRENT_MIN read above: the entries past this one were read for nothing
+        // (and the fd stands past them: the next call seeks).
+        if (charged + rec + extra > cap) return used === 0 ? fail(E.EINVAL) : ok(out.subarray(0, used));
+        const w = used >> 2;
+        const r = at >> 2;
+        words[w] = srcWords[r];
+        words[w + 1] = srcWords[r + 1];
+        // d_off: a negative position (never seen) reads as 0, as readdir answers it.
+        const negative = srcWords[r + 3] >= 0x80000000;
+        words[w + 2] = negative ? 0 : srcWords[r + 2];
+        words[w + 3] = negative ? 0 : srcWords[r + 3];
+        words[w + 4] = len;
+        words[w + 5] = src[at + 18];
+        const to = used + RECORD_HEAD;
+        for (let i = 0; i < len; i++) out[to + i] = src[name + i];
+        for (let i = to + len; i < used + rec; i++) out[i] = 0;
+        used += rec;
+        charged += rec + extra;
+        last = r;
+        at += reclen;
+      }
+      // Read on from the last entry's position (an s64, as the kernel gave it): where the fd is now.
+      pos = (BigInt(srcWords[last + 3] | 0) << 32n) | BigInt(srcWords[last + 2]);
+      slot.dirPos = pos;
+    }
+    return ok(out.subarray(0, used));
   }
 
   fsync(file: bigint, datasync: boolean): FsResult<void> {

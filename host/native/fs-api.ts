@@ -41,8 +41,8 @@ export interface NativeFs {
   /** preadv/pwritev over 1..IOV_MAX buffers in one call; bytes moved (may be short) or -errno. */
   fsPreadv(fd: number, bufs: readonly Uint8Array[], offset: number): number;
   fsPwritev(fd: number, bufs: readonly Uint8Array[], offset: number): number;
-  /** linux_dirent64 records from directory position `offset`. */
-  fsGetdents(fd: number, buf: Uint8Array, offset: bigint): number;
+  /** linux_dirent64 records from directory position `offset` (null: from where the fd is, no lseek). */
+  fsGetdents(fd: number, buf: Uint8Array, offset: bigint | null): number;
   /** blocks bfree bavail files ffree bsize namelen frsize. */
   fsStatfs(fd: number, out: Float64Array): number;
   fsFsync(fd: number, datasync: boolean): number;

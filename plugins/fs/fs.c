@@ -1229,8 +1229,13 @@ static void op_fsync(reply *r, args *a) {
   reply_alloc(r, 0);
 }
 
-static uint32_t align8(uint32_t n) { return (n + 7) & ~7u; }
-
+/*
+ * READDIR and READDIRPLUS. The host answers with fuse_dirent records (readdir-records), so a
+ * READDIR reply is the host's bytes once checked: no host call or allocation per entry. A
+ * READDIRPLUS entry also needs its lookup, and the host counts the fuse_entry_out each of its
+ * records grows by: it returns entries that fit (near full) and reads no others, so the next
+ * request continues the host's directory stream where it stopped.
+ */
 static void op_readdir(reply *r, args *a, int plus) {
   TAKE(a, struct fuse_read_in, in);
   fs_file *f = file_get(in.fh);
@@ -1245,43 +1250,45 @@ static void op_readdir(reply *r, args *a, int plus) {
   uint32_t room = r->cap < sizeof(struct fuse_out_header) ? 0 : r->cap - (uint32_t)sizeof(struct fuse_out_header);
   uint32_t size = in.size < room ? in.size : room;
   if (size > 1024 * 1024) size = 1024 * 1024;
-  uint32_t per = plus ? sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) + 8 : sizeof(struct fuse_dirent) + 8;
-  uint32_t max = size / per + 1;
-  vfs_dirent *ents = NULL;
-  size_t n = 0;
-  uint32_t err = vfs_readdir(f->handle, in.offset, max, &ents, &n);
+  uint32_t extra = plus ? (uint32_t)sizeof(struct fuse_entry_out) : 0;
+  uint8_t *recs = NULL;
+  size_t len = 0;
+  uint32_t err = vfs_readdir_records(f->handle, in.offset, size, extra, &recs, &len);
   if (err) return reply_error(r, err);
   uint8_t *o = reply_alloc(r, size);
   if (!o) {
-    vfs_dirents_free(ents, n);
+    free(recs);
     return reply_error(r, size ? ENOMEM : ERANGE);
   }
   uint32_t used = 0;
-  for (size_t i = 0; i < n; i++) {
-    vfs_dirent *d = &ents[i];
-    uint32_t rec = align8((uint32_t)(sizeof(struct fuse_dirent) + d->name_len));
-    if (plus) rec += sizeof(struct fuse_entry_out);
-    if (used + rec > size) break;
-    uint8_t *at = o + used;
-    struct fuse_dirent de = {.ino = d->ino, .off = d->next, .namelen = (uint32_t)d->name_len, .type = d->kind};
+  size_t at = 0, rec;
+  vfs_dirent d;
+  while ((rec = vfs_record_next(recs, len, at, &d)) != 0 && rec + extra <= size - used) {
+    uint8_t *to = o + used;
     if (plus) {
       struct fuse_entry_out eo;
       memset(&eo, 0, sizeof eo);
-      int dots = (d->name_len == 1 && d->name[0] == '.') || (d->name_len == 2 && d->name[0] == '.' && d->name[1] == '.');
+      int dots = (d.name_len == 1 && d.name[0] == '.') || (d.name_len == 2 && d.name[0] == '.' && d.name[1] == '.');
       vfs_entry e;
-      if (!dots && vfs_lookup(dir_handle, d->name, d->name_len, &e) == 0) {
-        uint32_t id = inode_take(&e, dir_id, d->name, d->name_len);
+      if (!dots && vfs_lookup(dir_handle, d.name, d.name_len, &e) == 0) {
+        uint32_t id = inode_take(&e, dir_id, d.name, d.name_len);
         if (id) fill_entry(&eo, id, &e.attr);
       }
-      if (!eo.nodeid) eo.attr.ino = d->ino, eo.attr.mode = (uint32_t)d->kind << 12;
-      memcpy(at, &eo, sizeof eo);
-      at += sizeof eo;
+      if (!eo.nodeid) eo.attr.ino = d.ino, eo.attr.mode = (uint32_t)d.kind << 12;
+      memcpy(to, &eo, sizeof eo);
+      to += sizeof eo;
     }
-    memcpy(at, &de, sizeof de);
-    memcpy(at + sizeof de, d->name, d->name_len);
-    used += rec;
+    /* The host's record is the reply's fuse_dirent, checked by vfs_record_next. */
+    memcpy(to, recs + at, rec);
+    used += (uint32_t)(rec + extra);
+    at += rec;
   }
-  vfs_dirents_free(ents, n);
+  free(recs);
+  if (at < len) {
+    /* A record malformed or past the room asked for: the host broke its word. */
+    vd_log(VD_LOG_ERROR, "fs: the host's readdir-records answer is malformed (a host bug)");
+    return reply_error(r, EIO);
+  }
   r->len = (uint32_t)sizeof(struct fuse_out_header) + used;
 }
 

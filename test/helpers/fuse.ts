@@ -81,6 +81,16 @@ export function direntplus(body: Buffer): { name: string; off: bigint; node: big
   }
   return out;
 }
+/** The entries of a READDIR reply: fuse_dirent records (ino, off, namelen, type, name) padded to 8 bytes. */
+export function dirents(body: Buffer): { ino: bigint; name: string; off: bigint; type: number }[] {
+  const out: { ino: bigint; name: string; off: bigint; type: number }[] = [];
+  for (let at = 0; at < body.length; ) {
+    const namelen = body.readUInt32LE(at + 16);
+    out.push({ ino: body.readBigUInt64LE(at), name: body.subarray(at + 24, at + 24 + namelen).toString('latin1'), off: body.readBigUInt64LE(at + 8), type: body.readUInt32LE(at + 20) });
+    at += (24 + namelen + 7) & ~7;
+  }
+  return out;
+}
 export const fhOfOpen = (r: FuseReply) => r.body.readBigUInt64LE(0);
 export const ERRNO = { ENOENT: 2, EBADF: 9, EEXIST: 17, ENXIO: 6, EISDIR: 21, ENFILE: 23, ELOOP: 40 } as const;
 

@@ -76,6 +76,8 @@ VFS_IMPORT("rename") void imp_rename(int64_t od, const uint8_t *on, size_t ol, i
 VFS_IMPORT("readlink") void imp_readlink(int64_t node, R ret);
 VFS_IMPORT("backing") void imp_backing(int64_t file, R ret);
 VFS_IMPORT("readdir") void imp_readdir(int64_t dir, int64_t off, int32_t max, R ret);
+/* Added to 0.2.0 after its first release. */
+VFS_IMPORT("readdir-records") void imp_readdir_records(int64_t dir, int64_t off, int32_t max_bytes, int32_t per_entry, R ret);
 VFS_IMPORT("fsync") void imp_fsync(int64_t file, int32_t datasync, R ret);
 VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t off, int64_t len, R ret);
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
@@ -248,6 +250,30 @@ uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent *
 void vfs_dirents_free(vfs_dirent *entries, size_t n) {
   for (size_t i = 0; i < n; i++) free(entries[i].name);
   free(entries);
+}
+
+uint32_t vfs_readdir_records(vfs_handle dir, uint64_t offset, uint32_t max_bytes, uint32_t per_entry, uint8_t **records,
+                             size_t *len) {
+  imp_readdir_records((int64_t)dir, (int64_t)offset, (int32_t)max_bytes, (int32_t)per_entry, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_ERR);
+  *records = (uint8_t *)(uintptr_t)u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_OK);
+  *len = u32_at(ret_area + VD_ABI_FILESYSTEM_READDIR_RECORDS_RET_OK + VD_ABI_LIST_LEN);
+  return 0;
+}
+
+size_t vfs_record_next(const uint8_t *records, size_t len, size_t at, vfs_dirent *out) {
+  if (at >= len || len - at < VFS_RECORD_HEAD) return 0;
+  const uint8_t *p = records + at;
+  uint32_t name_len = u32_at(p + 16);
+  if (name_len == 0 || name_len > 255) return 0;
+  size_t rec = (VFS_RECORD_HEAD + name_len + 7) & ~(size_t)7;
+  if (rec > len - at) return 0;
+  memcpy(&out->ino, p, 8);
+  memcpy(&out->next, p + 8, 8);
+  out->kind = (uint8_t)u32_at(p + 20);
+  out->name = (uint8_t *)(uintptr_t)(p + VFS_RECORD_HEAD);
+  out->name_len = name_len;
+  return rec;
 }
 
 uint32_t vfs_fsync(vfs_handle file, int datasync) {

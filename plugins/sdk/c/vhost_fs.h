@@ -93,6 +93,23 @@ uint32_t vfs_backing(vfs_handle file, uint32_t *out);
 /* *entries is malloc'd (names too): release with vfs_dirents_free. */
 uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent **entries, size_t *n);
 void vfs_dirents_free(vfs_dirent *entries, size_t n);
+/*
+ * The same entries packed as FUSE's fuse_dirent records (ino u64, next u64, name length u32,
+ * d_type u32, name, zeros to a multiple of 8): as many whole records as fit in max_bytes when
+ * each counts per_entry bytes more (a READDIRPLUS entry's fuse_entry_out). *records is
+ * malloc'd (free it; NULL when *len is 0). A host's bytes are still checked before use:
+ * vfs_record_next walks them.
+ */
+#define VFS_RECORD_HEAD 24
+#define VFS_RECORD_MAX 280 /* a 255-byte name's record */
+uint32_t vfs_readdir_records(vfs_handle dir, uint64_t offset, uint32_t max_bytes, uint32_t per_entry, uint8_t **records,
+                             size_t *len);
+/*
+ * The record at `at` of `records` (len bytes) into *out (its name points into records) and
+ * its length; 0 at the end or for a record that is malformed (a name of 0 or more than 255
+ * bytes, or running past len).
+ */
+size_t vfs_record_next(const uint8_t *records, size_t len, size_t at, vfs_dirent *out);
 uint32_t vfs_fsync(vfs_handle file, int datasync);
 uint32_t vfs_fallocate(vfs_handle file, uint32_t mode, uint64_t offset, uint64_t len);
 uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *out);

@@ -63,6 +63,22 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * Entries of open directory `dir` from position `offset` (0 = start), at most `max`.
    */
   export function readdir(dir: Handle, offset: bigint, max: number): Array<DirEntry>;
+  /**
+   * Entries of open directory `dir` from position `offset` (0 = start), packed: as many
+   * whole records as fit in `max-bytes` (at most 1 MiB counts) when each counts `per-entry`
+   * bytes more (room the caller adds to each, at most 4096). A record is 8-byte aligned and
+   * little-endian: ino u64, next u64 (the position to continue after it), name length u32
+   * (1-255), d_type u32, the name's bytes, zeros to the next multiple of 8 (FUSE's
+   * fuse_dirent). Empty only at the end of the directory; EINVAL when not even the next
+   * entry fits (280 + `per-entry` bytes always do). The host reads no entry it does not
+   * return, so a listing continued from the last record's `next` continues the directory
+   * stream where it stopped (ext4 then keeps its hashed block between calls); for that an
+   * answer may end short of full, by less than (the next record + 8) x (32 + `per-entry`) / 24
+   * bytes (a directory's own records are 0-8 bytes shorter, 24 at least). The same entries as
+   * `readdir` without a list element and an allocation per entry. Added to 0.2.0 after its
+   * first release: a plugin that calls it needs a host that has it (docs/plugin-abi.md).
+   */
+  export function readdirRecords(dir: Handle, offset: bigint, maxBytes: number, perEntry: number): Uint8Array;
   export function fsync(file: Handle, datasync: boolean): void;
   export function fallocate(file: Handle, mode: number, offset: bigint, len: bigint): void;
   /**
