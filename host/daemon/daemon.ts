@@ -16,6 +16,7 @@ import { isThrottled, NO_THROTTLE, TokenBucket, type ThrottleCounters, type Thro
 import { VhostWasmError } from '../errors.ts';
 import type { NetStats } from '../net/link.ts';
 import type { MeteredDevice } from '../metrics/exporter.ts';
+import type { DeviceWork } from '../metrics/device-meter.ts';
 import { CpuShareGovernor, type CpuShareStats } from '../limits/cpu-share.ts';
 import { mib } from '../storage/prealloc.ts';
 
@@ -82,6 +83,8 @@ export interface DeviceStats extends DeviceSummary {
   net: { networks: string[]; counters: NetStats } | null;
   /** While it is `preparing`: its memory disk's size and the bytes of pages made so far; else null. */
   preparing: { diskBytes: number; madeBytes: number } | null;
+  /** What it served since it was added: the same counts as its metrics. */
+  work: DeviceWork;
 }
 
 /** A device as a daemon handover moves it (daemon-handover.ts). */
@@ -448,6 +451,7 @@ export class Daemon {
       cpu: null,
       net: null,
       preparing: this.host.pageProgress(a.spec.id),
+      work: { requests: 0, batches: 0, handleCalls: 0, otherCalls: 0 },
     };
   }
 
@@ -507,6 +511,7 @@ export class Daemon {
         return counters ? { networks: [...e.spec.grants.network], counters } : null;
       })(),
       preparing: null,
+      work: e.device.slot.meter.work(),
     };
   }
 

@@ -1018,6 +1018,7 @@ export class DeviceRunner {
    * contained memory fault halted every ring.
    */
   private runBatch(batch: Req[], notify = true): boolean {
+    if (batch.length > 0) this.hooks.meter?.batch();
     this.inBatch++;
     try {
       this.handleRound(batch);
@@ -1207,6 +1208,8 @@ export class DeviceRunner {
       throw new DeviceError(`${this.device.info.name}: handle() failed: ${errorText(e)}`);
     } finally {
       this.hooks.leaveDevice();
+      // Counted with the call's end (leaveDevice), as every call is: a call the watchdog cut short counts in neither.
+      this.hooks.meter?.handleCall();
     }
   }
 

@@ -34,6 +34,20 @@ export interface MeteredTransfer {
   readonly done: Promise<string | null>;
 }
 
+/**
+ * Requests a device was handed, the batches they came in, and the calls into its code, for
+ * device-stats: one handle() call per batch is the data path's promise (nothing per request
+ * crosses into the plugin).
+ */
+export interface DeviceWork {
+  requests: number;
+  batches: number;
+  /** handle() calls: one per batch, plus rounds that hand failed I/O, timers or frames back. */
+  handleCalls: number;
+  /** Every other call into its code: config, activate, reset, state and sections. */
+  otherCalls: number;
+}
+
 function transferStats(): TransferStats {
   return { ok: 0, failed: 0, running: 0, duration: emptyHistogram() };
 }
@@ -93,6 +107,13 @@ export class DeviceMeter {
     if (ok) stats.ok++;
     else stats.failed++;
     observe(stats.duration, (performance.now() - start) / 1000);
+  }
+
+  /** The counts of DeviceWork now, every queue thread together. */
+  work(): DeviceWork {
+    const s = readRequestCells(this.threadCells);
+    // The cells are read one by one while the workers write them: never shown below zero.
+    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls) };
   }
 
   snapshot(): DeviceMeterSnapshot {

@@ -131,6 +131,22 @@ export class MetricsExporter {
     histogram('vhost_wasm_device_plugin_call_duration_seconds', "Time in the device's own code per call (handle, config, state, reset), as the watchdog times it.", none, (r) => [
       { labels: {}, h: r.s.calls },
     ]);
+    counter(
+      'vhost_wasm_device_request_batches_total',
+      'Batches of requests handed to the device: requests popped from a ring together and given to it in one handle() call. Requests per batch is vhost_wasm_device_requests_total over this.',
+      none,
+      (c, r) => c.inc(r.labels, r.s.batches),
+    );
+    counter(
+      'vhost_wasm_device_plugin_calls_total',
+      'Calls into the device\'s own code: call "handle" (one per batch of requests, plus one per round of failed I/O handed back, timer or frames), "other" (config, activate, reset, state and section calls). The host promises one handle() call per batch, nothing per request.',
+      ['call'],
+      (c, r) => {
+        c.inc({ ...r.labels, call: 'handle' }, r.s.handleCalls);
+        // The cells are read one by one while the worker writes them: never shown below zero.
+        c.inc({ ...r.labels, call: 'other' }, Math.max(0, r.s.calls.count - r.s.handleCalls));
+      },
+    );
     gauge('vhost_wasm_device_plugin_memory_bytes', "The plugin's linear memory (all instances, all queue threads) after its last call.", none, (g, r) =>
       g.set(r.labels, r.s.memoryBytes),
     );

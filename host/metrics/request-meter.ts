@@ -55,10 +55,18 @@ export const Cell = {
    * that long or waited for a CPU: what keeps a demoted device demoted (host/limits/cpu-share.ts).
    */
   slowCallSum: 11 + 2 * (NB + 1),
+  /**
+   * Batches: groups of requests popped together and handed to the device in one handle() call
+   * (with the failure rounds that call may need). What the calls are held to: one call into the
+   * plugin per batch, nothing per request (test/daemon-metrics.test.ts).
+   */
+  batches: 12 + 2 * (NB + 1),
+  /** handle() calls among the calls counted in callCount (the others: config, activate, state, reset, sections). */
+  handleCalls: 13 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.slowCallSum + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.handleCalls + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
  * A call whose code runs this long holds its thread in device code: a blk or rng plugin answers
@@ -126,6 +134,16 @@ export class RequestMeter {
     c[Cell.inFlight]++;
     if (this.batchStart < 0) this.batchStart = performance.now();
     return this.batchStart;
+  }
+
+  /** A batch of popped requests goes to the device (runner.ts runBatch). */
+  batch(): void {
+    this.c[Cell.batches]++;
+  }
+
+  /** The call that just ended (callEnd) was handle(): it is in callCount too, as every call is. */
+  handleCall(): void {
+    this.c[Cell.handleCalls]++;
   }
 
   /** A request in the used ring, `used` bytes written back, `start` from popped(): timed at the next flush(). */
@@ -238,6 +256,10 @@ export interface RequestSnapshot {
   inFlight: number;
   latency: HistogramSnapshot;
   calls: HistogramSnapshot;
+  /** Batches of requests handed to the device (Cell.batches). */
+  batches: number;
+  /** handle() calls among `calls.count` (every call into the device's code). */
+  handleCalls: number;
   memoryBytes: number;
 }
 
@@ -264,7 +286,7 @@ function addHistogram(into: HistogramSnapshot, c: Float64Array, sum: number, cou
 
 /** The sum over every thread's cells of one device (main thread, at scrape time). */
 export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnapshot {
-  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), memoryBytes: 0 };
+  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryBytes: 0 };
   for (const buf of all) {
     const c = new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     s.requests += c[Cell.requests];
@@ -273,6 +295,8 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
     // A gauge read while the worker moves it: never shown below zero.
     s.inFlight += Math.max(0, c[Cell.inFlight]);
     s.memoryBytes += c[Cell.memoryBytes];
+    s.batches += c[Cell.batches];
+    s.handleCalls += c[Cell.handleCalls];
     addHistogram(s.latency, c, Cell.latencySum, Cell.latencyCount, Cell.latencyBuckets);
     addHistogram(s.calls, c, Cell.callSum, Cell.callCount, Cell.callBuckets);
   }
