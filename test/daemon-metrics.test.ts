@@ -7,7 +7,7 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
@@ -17,9 +17,13 @@ import { REPO } from './helpers/host-process.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ctl, deviceStats, spawnDaemon, startDaemon, type DaemonProcess, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildHostFixtures } from './fixtures/plugins/build-host-fixtures.ts';
+import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
+const fsPlugin = join(REPO, 'dist', 'plugins', 'fs.wasm');
+/** The file the fs device shares (share/data): 64 KiB of a pattern. */
+const SHARED_DATA = new Uint8Array(64 << 10).map((_, i) => (i * 5 + (i >> 12)) & 0xff);
 const rngOpts: FrontendOptions = { memoryBytes: 4 << 20, queues: [64] };
 
 let dir: string;
@@ -30,6 +34,8 @@ test.before(async () => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'ignore' });
   const faulty = await buildHostFixtures(REPO, join(REPO, 'dist', 'test-plugins'));
   dir = mkdtempSync(join(tmpdir(), 'daemon-metrics-'));
+  mkdirSync(join(dir, 'share'));
+  writeFileSync(join(dir, 'share', 'data'), SHARED_DATA);
   daemon = await startDaemonWith(dir, {
     metrics: `unix:${sock('metrics')}`,
     control: sock('control'),
@@ -43,6 +49,7 @@ test.before(async () => {
       { id: 'trap', socket: 'trap.sock', plugin: faulty.trap, limits: { callDeadlineMs: 10_000 } },
       // One queue thread, driven deep: the calls-per-batch test below.
       { id: 'deep', socket: 'deep.sock', plugin: blk, grants: { storage: 'memory:4M' }, limits: { callDeadlineMs: 10_000 } },
+      { id: 'share', socket: 'share.sock', plugin: fsPlugin, grants: { sharedDir: join(dir, 'share') }, limits: { callDeadlineMs: 10_000 } },
     ],
   });
 });
@@ -211,6 +218,36 @@ test.serial('blk at queue depth 64: one plugin call per batch, batches far fewer
   t.is(value(s, 'vhost_wasm_device_plugin_calls_total', { ...d, call: 'other' }), stats.otherCalls);
   t.is(value(s, 'vhost_wasm_device_plugin_call_duration_seconds_count', d), calls);
   t.regex(await get({ socketPath: sock('metrics') }).then((r) => r.body), /^# HELP vhost_wasm_device_plugin_calls_total Calls into the device's own code/m);
+});
+
+test.serial('fs with 32 FUSE requests in flight at a time: one plugin call per batch', async (t) => {
+  const fe = await VhostUserFrontend.connect(sock('share'), { memoryBytes: 16 << 20, queues: [64, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0, 'INIT');
+  const node = nodeOf(await c.lookup(1n, 'data'));
+  const open = await c.open(node, O.RDONLY);
+  t.is(open.error, 0, 'OPEN');
+  const fh = fhOfOpen(open);
+  const before = (await deviceStats(sock('control'), 'share')).work;
+  const depth = 32;
+  const waves = 16;
+  for (let w = 0; w < waves; w++) {
+    // Reads of the file's 4 KiB blocks (the host fills the guest's buffers from the file) and
+    // GETATTRs, all queued before the kick.
+    const replies = await Promise.all(Array.from({ length: depth }, (_, k) => (k % 4 === 3 ? c.getattr(node) : c.read(fh, ((w + k) % 16) * 4096, 4096))));
+    replies.forEach((r, k) => {
+      t.is(r.error, 0);
+      if (k % 4 !== 3) t.deepEqual(new Uint8Array(r.body), SHARED_DATA.subarray(((w + k) % 16) * 4096, ((w + k) % 16 + 1) * 4096));
+    });
+  }
+  const after = (await deviceStats(sock('control'), 'share')).work;
+  const n = depth * waves;
+  const d = { requests: after.requests - before.requests, batches: after.batches - before.batches, handle: after.handleCalls - before.handleCalls, other: after.otherCalls - before.otherCalls };
+  t.log(`${n} FUSE requests in ${d.batches} batches; ${d.handle} handle() and ${d.other} other calls`);
+  t.is(d.requests, n);
+  t.true(d.handle + d.other <= d.batches, `${d.handle + d.other} calls into the plugin for ${d.batches} batches`);
+  t.true(d.batches >= waves && d.batches <= n / 4, `${d.batches} batches for ${n} requests in ${waves} waves`);
 });
 
 test.serial('a plugin fault, the reset after it, and state transfers are counted', async (t) => {
