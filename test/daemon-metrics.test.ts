@@ -159,6 +159,8 @@ test.serial('requests, bytes and latencies of known I/O through real front-ends'
   t.is(value(s, 'vhost_wasm_device_requests_total', d), 2);
   t.is(value(s, 'vhost_wasm_device_bytes_total', { ...d, direction: 'out' }), 16 + 4096 + 16);
   t.is(value(s, 'vhost_wasm_device_bytes_total', { ...d, direction: 'in' }), 1 + 4096 + 1);
+  // The 4 KiB written and read back, each copied once (each queue thread counts its own).
+  t.is(value(s, 'vhost_wasm_device_memory_disk_copied_bytes_total', d), 2 * 4096);
   t.is(value(s, 'vhost_wasm_device_request_duration_seconds_count', d), 2);
   t.is(value(s, 'vhost_wasm_device_requests_in_flight', d), 0);
   // Buckets are cumulative and end at the count.
@@ -202,6 +204,9 @@ test.serial('blk at queue depth 64: one plugin call per batch, batches far fewer
   const s = await scrape();
   await fe.close();
   t.is(stats.requests, n);
+  // One copy each way between guest memory and the disk's pages: every byte read or written
+  // copied once, counted where the copies are made (host/storage/memory.ts).
+  t.is(stats.memoryDiskCopiedBytes, n * 4096);
   const calls = stats.handleCalls + stats.otherCalls;
   t.log(`${n} requests in ${stats.batches} batches; ${stats.handleCalls} handle() and ${stats.otherCalls} other calls`);
   // Every batch is one handle() call; any other call is set-up, a few in all.
@@ -217,6 +222,7 @@ test.serial('blk at queue depth 64: one plugin call per batch, batches far fewer
   t.is(value(s, 'vhost_wasm_device_plugin_calls_total', { ...d, call: 'handle' }), stats.handleCalls);
   t.is(value(s, 'vhost_wasm_device_plugin_calls_total', { ...d, call: 'other' }), stats.otherCalls);
   t.is(value(s, 'vhost_wasm_device_plugin_call_duration_seconds_count', d), calls);
+  t.is(value(s, 'vhost_wasm_device_memory_disk_copied_bytes_total', d), n * 4096);
   t.regex(await get({ socketPath: sock('metrics') }).then((r) => r.body), /^# HELP vhost_wasm_device_plugin_calls_total Calls into the device's own code/m);
 });
 
@@ -246,6 +252,7 @@ test.serial('fs with 32 FUSE requests in flight at a time: one plugin call per b
   const d = { requests: after.requests - before.requests, batches: after.batches - before.batches, handle: after.handleCalls - before.handleCalls, other: after.otherCalls - before.otherCalls };
   t.log(`${n} FUSE requests in ${d.batches} batches; ${d.handle} handle() and ${d.other} other calls`);
   t.is(d.requests, n);
+  t.is(after.memoryDiskCopiedBytes, 0, 'no memory disk');
   t.true(d.handle + d.other <= d.batches, `${d.handle + d.other} calls into the plugin for ${d.batches} batches`);
   t.true(d.batches >= waves && d.batches <= n / 4, `${d.batches} batches for ${n} requests in ${waves} waves`);
 });
@@ -293,7 +300,9 @@ test.serial("a live plugin upgrade counts the guest's requests only, not those t
   const data = new Uint8Array(4096).map((_, i) => (i * 7) & 0xff);
   await new BlkDevice(dfe.queues[0]).write(16, data);
   const d = { device: 'disk', tenant: 'globex' };
-  const before = value(await scrape(), 'vhost_wasm_device_requests_total', d);
+  const s0 = await scrape();
+  const before = value(s0, 'vhost_wasm_device_requests_total', d);
+  const copiedBefore = value(s0, 'vhost_wasm_device_memory_disk_copied_bytes_total', d);
   // Both queue threads' new instances serve read requests on a scratch ring before the switch.
   const up = await ctl(['--control', sock('control'), 'upgrade', 'disk', '--plugin', blk]);
   t.is(up.code, 0, up.stderr);
@@ -301,6 +310,7 @@ test.serial("a live plugin upgrade counts the guest's requests only, not those t
   await dfe.close();
   const s = await scrape();
   t.is(value(s, 'vhost_wasm_device_requests_total', d), before + 1, 'the one read after the upgrade');
+  t.is(value(s, 'vhost_wasm_device_memory_disk_copied_bytes_total', d), copiedBefore + 4096, "the warm-up's reads copy into its scratch meter");
   t.is(value(s, 'vhost_wasm_device_requests_in_flight', d), 0);
 });
 

@@ -488,7 +488,13 @@ test.serial('close with I/O in flight cancels it in the kernel: done (ECANCELED)
 test.serial('memory executor: one copy each way, holes read as zeroes, across a chunk boundary, done before submit returns', (t) => {
   const disk = new MemoryBacking(128 << 20, false);
   const mem = guestMemory(1 << 20);
-  const ex = new MemoryExecutor((i) => (i === 0 ? storageIoBacking(disk) : undefined));
+  // What the disk copied (counted where each copy is made) and what the executor reported of it.
+  let reported = 0;
+  const ex = new MemoryExecutor((i) => (i === 0 ? storageIoBacking(disk) : undefined), undefined, (n) => (reported += n));
+  const copies = (): number => {
+    t.is(reported, disk.copied, 'the executor reports every copy the disk made');
+    return disk.copied;
+  };
   try {
     const boundary = 64 << 20;
     const data = pattern(12288, 11);
@@ -496,15 +502,20 @@ test.serial('memory executor: one copy each way, holes read as zeroes, across a 
     let r: IoResult | undefined;
     ex.submit([{ kind: 'write', backing: 0, offset: boundary - 5000, from: [mem.view(0, 5000), mem.view(5000, 7288)] }], false, (x) => (r = x));
     t.deepEqual(r, { errno: 0, lastReadBytes: 0 }, 'done fired inside submit');
+    // Two views across the chunk boundary: each byte copied once, straight into the chunks.
+    t.is(copies(), 12288);
     mem.view(65536, 20000).fill(0xcc);
     ex.submit([{ kind: 'read', backing: 0, offset: boundary - 9000, into: [mem.view(65536, 20000)] }], false, (x) => (r = x));
     t.deepEqual(r, { errno: 0, lastReadBytes: 20000 });
+    // Across the boundary too: straight into the guest's view, no assembly buffer in between.
+    t.is(copies(), 12288 + 20000);
     const got = Buffer.from(mem.buf, 65536, 20000);
     t.true(got.subarray(0, 4000).every((b) => b === 0), 'the hole before the write reads as zeroes');
     t.true(got.subarray(4000, 4000 + 12288).equals(data));
     t.true(got.subarray(16288).every((b) => b === 0));
     ex.submit([{ kind: 'write-zeroes', backing: 0, offset: boundary - 100, len: 200 }, { kind: 'read', backing: 0, offset: boundary - 5000, into: [mem.view(0, 5100)] }], false, (x) => (r = x));
     t.deepEqual(r, { errno: 0, lastReadBytes: 5100 });
+    t.is(copies(), 12288 + 20000 + 5100, 'zeroing copies nothing; the read copies each byte once');
     const expect = Buffer.from(data.subarray(0, 5100));
     expect.fill(0, 4900);
     t.true(Buffer.from(mem.buf, 0, 5100).equals(expect));
@@ -512,6 +523,13 @@ test.serial('memory executor: one copy each way, holes read as zeroes, across a 
     t.is(r?.errno, 22, 'past the end: EINVAL, nothing read');
     ex.submit([{ kind: 'flush', backing: 3 }], true, (x) => (r = x));
     t.is(r?.errno, 9, 'no such backing: EBADF');
+    t.is(copies(), 12288 + 20000 + 5100, 'refused requests copy nothing');
+    // A hole (this thread's own disk: the second chunk discarded whole, given back) reads as
+    // zeroes: filled, not copied.
+    ex.submit([{ kind: 'discard', backing: 0, offset: boundary, len: 64 << 20 }, { kind: 'read', backing: 0, offset: 100 << 20, into: [mem.view(0, 4096)] }], false, (x) => (r = x));
+    t.deepEqual(r, { errno: 0, lastReadBytes: 4096 });
+    t.true(Buffer.from(mem.buf, 0, 4096).every((b) => b === 0));
+    t.is(copies(), 12288 + 20000 + 5100);
     t.is(ex.inflight, 0);
   } finally {
     ex.close();

@@ -362,10 +362,13 @@ export class DeviceRunner {
     this.firedTimers = [];
   }
 
+  private readonly countCopied = (bytes: number): void => this.hooks.meter?.copied(bytes);
+
   private makeExecutor(table: BackingTable): IoExecutor {
     // io_uring for files and block devices and a disk share's files, one copy for memory disks
     // (host/io/choose-executor.ts).
-    const executor = chooseExecutor(table, this.log).executor;
+    // The meter is read at each copy: a warm-up's scratch meter counts its own (worker.ts warmUp).
+    const executor = chooseExecutor(table, this.log, this.countCopied).executor;
     // Answers are started after each device call: an index the call gives up stays until then.
     table.useRounds();
     const settle = executor.settle?.bind(executor);

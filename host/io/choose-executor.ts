@@ -56,10 +56,11 @@ export interface ExecutorChoice {
   kind: 'memory' | 'io_uring' | 'sync';
 }
 
-export function chooseExecutor(table: BackingTable, log: Logger): ExecutorChoice {
+/** `onCopied`: bytes a memory disk's reads and writes copied (MemoryExecutor), for the request meter. */
+export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (bytes: number) => void): ExecutorChoice {
   const logIoError = (message: string) => log.warn(`backing I/O failed: ${message}`);
   const storage = table.get(0)?.storage;
-  if (storage instanceof MemoryBacking) return { executor: new MemoryExecutor((i) => table.get(i), logIoError), kind: 'memory' };
+  if (storage instanceof MemoryBacking) return { executor: new MemoryExecutor((i) => table.get(i), logIoError, onCopied), kind: 'memory' };
   if (storage instanceof FileBacking) {
     const targets = new WeakMap<FileBacking, UringTarget>();
     const target = (i: number): UringTarget | SyncTarget | undefined => {

@@ -33,6 +33,12 @@ export class MemoryExecutor implements IoExecutor {
     private readonly backing: (index: number) => IoBacking | undefined,
     /** Failures of other backings, for the operator's log (the device hears the errno). */
     private readonly logIoError: (message: string) => void = () => {},
+    /**
+     * Bytes a read or write copied between guest memory and a memory disk (MemoryBacking.copied,
+     * counted where the copies are made): the request meter's, so a test through the host can
+     * hold the memory disk to one copy per byte requested.
+     */
+    private readonly onCopied: (bytes: number) => void = () => {},
   ) {}
 
   submit<T>(ops: readonly IoOp[], _barrier: boolean, done: (result: IoResult, token: T) => void, token?: T): void {
@@ -70,12 +76,18 @@ export class MemoryExecutor implements IoExecutor {
     if (!Number.isSafeInteger(op.offset) || op.offset < 0 || !Number.isSafeInteger(len) || op.offset + len > disk.size) return -EINVAL;
     if (op.kind !== 'read' && disk.readOnly) return -EROFS;
     switch (op.kind) {
-      case 'read':
+      case 'read': {
+        const before = disk.copied;
         disk.readInto(op.offset, op.into);
+        this.onCopied(disk.copied - before);
         return len;
-      case 'write':
+      }
+      case 'write': {
+        const before = disk.copied;
         disk.writeFrom(op.offset, op.from);
+        this.onCopied(disk.copied - before);
         return 0;
+      }
       case 'discard':
         disk.discard(op.offset, op.len);
         return 0;

@@ -46,6 +46,8 @@ export interface DeviceWork {
   handleCalls: number;
   /** Every other call into its code: config, activate, reset, state and sections. */
   otherCalls: number;
+  /** Bytes its reads and writes copied between guest memory and its memory disk (--storage memory:SIZE): one copy, so the bytes read and written. */
+  memoryDiskCopiedBytes: number;
 }
 
 function transferStats(): TransferStats {
@@ -113,7 +115,7 @@ export class DeviceMeter {
   work(): DeviceWork {
     const s = readRequestCells(this.threadCells);
     // The cells are read one by one while the workers write them: never shown below zero.
-    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls) };
+    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied };
   }
 
   snapshot(): DeviceMeterSnapshot {

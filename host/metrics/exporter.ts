@@ -147,6 +147,12 @@ export class MetricsExporter {
         c.inc({ ...r.labels, call: 'other' }, Math.max(0, r.s.calls.count - r.s.handleCalls));
       },
     );
+    counter(
+      'vhost_wasm_device_memory_disk_copied_bytes_total',
+      'Bytes copied between guest memory and the device\'s memory disk (--storage memory:SIZE) by its reads and writes, counted where the copies are made: one copy each way, so the bytes read and written.',
+      none,
+      (c, r) => c.inc(r.labels, r.s.memoryDiskCopied),
+    );
     gauge('vhost_wasm_device_plugin_memory_bytes', "The plugin's linear memory (all instances, all queue threads) after its last call.", none, (g, r) =>
       g.set(r.labels, r.s.memoryBytes),
     );

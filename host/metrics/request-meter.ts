@@ -63,10 +63,12 @@ export const Cell = {
   batches: 12 + 2 * (NB + 1),
   /** handle() calls among the calls counted in callCount (the others: config, activate, state, reset, sections). */
   handleCalls: 13 + 2 * (NB + 1),
+  /** Bytes a memory disk's reads and writes copied between guest memory and its pages (one copy each way: the bytes read and written). */
+  memoryDiskCopied: 14 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.handleCalls + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.memoryDiskCopied + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
  * A call whose code runs this long holds its thread in device code: a blk or rng plugin answers
@@ -144,6 +146,11 @@ export class RequestMeter {
   /** The call that just ended (callEnd) was handle(): it is in callCount too, as every call is. */
   handleCall(): void {
     this.c[Cell.handleCalls]++;
+  }
+
+  /** A memory disk's read or write copied `bytes` (host/io/memory-executor.ts). */
+  copied(bytes: number): void {
+    this.c[Cell.memoryDiskCopied] += bytes;
   }
 
   /** A request in the used ring, `used` bytes written back, `start` from popped(): timed at the next flush(). */
@@ -260,6 +267,8 @@ export interface RequestSnapshot {
   batches: number;
   /** handle() calls among `calls.count` (every call into the device's code). */
   handleCalls: number;
+  /** Bytes copied between guest memory and a memory disk (Cell.memoryDiskCopied). */
+  memoryDiskCopied: number;
   memoryBytes: number;
 }
 
@@ -286,7 +295,7 @@ function addHistogram(into: HistogramSnapshot, c: Float64Array, sum: number, cou
 
 /** The sum over every thread's cells of one device (main thread, at scrape time). */
 export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnapshot {
-  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryBytes: 0 };
+  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryDiskCopied: 0, memoryBytes: 0 };
   for (const buf of all) {
     const c = new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     s.requests += c[Cell.requests];
@@ -297,6 +306,7 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
     s.memoryBytes += c[Cell.memoryBytes];
     s.batches += c[Cell.batches];
     s.handleCalls += c[Cell.handleCalls];
+    s.memoryDiskCopied += c[Cell.memoryDiskCopied];
     addHistogram(s.latency, c, Cell.latencySum, Cell.latencyCount, Cell.latencyBuckets);
     addHistogram(s.calls, c, Cell.callSum, Cell.callCount, Cell.callBuckets);
   }

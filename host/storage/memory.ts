@@ -37,6 +37,11 @@ export class MemoryBacking implements Backing {
   private readonly chunks: (Uint8Array | undefined)[];
   /** Reads that cross a chunk boundary (or hit holes) are assembled here. */
   private scratch = Buffer.alloc(0);
+  /**
+   * Bytes copied into or out of the disk's pages so far, counted where each copy is made (zeroes
+   * for holes are not copies). The memory executor holds it to one copy per byte requested.
+   */
+  copied = 0;
 
   /** `shared`: the device's memory disk mapped here (it must hold `size` bytes); absent: a disk of this thread's own. */
   constructor(
@@ -86,7 +91,10 @@ export class MemoryBacking implements Backing {
     this.each(offset, out.length, (ci, at, n, done) => {
       const chunk = this.readable(ci);
       if (chunk === undefined) out.fill(0, done, done + n);
-      else out.set(chunk.subarray(at, at + n), done);
+      else {
+        out.set(chunk.subarray(at, at + n), done);
+        this.copied += n;
+      }
     });
   }
 
@@ -103,6 +111,7 @@ export class MemoryBacking implements Backing {
 
   write(offset: number, data: Uint8Array): void {
     this.each(offset, data.length, (ci, at, n, done) => this.writable(ci).set(data.subarray(done, done + n), at));
+    this.copied += data.length;
     this.dirty?.mark(offset, data.length);
   }
 
@@ -119,8 +128,10 @@ export class MemoryBacking implements Backing {
       const i = Math.floor(pos / CHUNK);
       const at = pos - i * CHUNK;
       const c = at + n <= CHUNK ? this.readable(i) : undefined;
-      if (c !== undefined) v.set(c.subarray(at, at + n));
-      else this.copyOut(pos, v);
+      if (c !== undefined) {
+        v.set(c.subarray(at, at + n));
+        this.copied += n;
+      } else this.copyOut(pos, v);
       pos += n;
     }
   }
@@ -133,8 +144,10 @@ export class MemoryBacking implements Backing {
       const n = v.length;
       const i = Math.floor(pos / CHUNK);
       const at = pos - i * CHUNK;
-      if (at + n <= CHUNK) this.writable(i).set(v, at);
-      else this.write(pos, v);
+      if (at + n <= CHUNK) {
+        this.writable(i).set(v, at);
+        this.copied += n;
+      } else this.write(pos, v);
       pos += n;
     }
     this.dirty?.mark(offset, pos - offset);
