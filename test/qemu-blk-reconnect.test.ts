@@ -116,6 +116,8 @@ guestTest(`${qemu.name} vhost-user-blk${qemu.packed ? ' (packed ring)' : ''}, ${
     const overtakenBeforeKill = hosts.slice(0, -1).map((h) => [...h.log().matchAll(FIRST_OVERTAKE)].map((m) => Number(m[1])));
     t.log(`rings that completed out of order before each kill: ${overtakenBeforeKill.map((rings, k) => `kill ${k + 1}: [${rings.join(', ')}]`).join('; ')}`);
     // Every host but the last lived through at least two rounds of writes beside the reader.
+    // The last host stopped its rings when the guest shut down: how often they completed out of order.
+    t.log(`the last host's rings, out-of-order completions: ${[...current().log().matchAll(/ring (\d+) stopped: (\d+) completion/g)].map((m) => `ring ${m[1]}: ${m[2]}`).join(', ') || 'none logged'}`);
     const why = explain(r, hosts);
     overtakenBeforeKill.forEach((rings, k) => t.true(rings.length > 0, `no ring completed a request out of order before kill ${k + 1}\n${why}`));
   } finally {
