@@ -78,6 +78,7 @@ test('out-of-order completions across wraps, then a crash: the successor resubmi
   first.q.pushUsed(ids[1], 0);
   first.q.pushUsed(ids[3], 0);
   t.deepEqual(s.used(), [ids[1], ids[3]]);
+  t.is(first.q.overtaken, 2, 'b and d each overtook a, still in flight (the warm-up laps, in order, overtook nothing)');
   t.deepEqual(first.region.inflightIds(), [ids[0], ids[2]].sort((a, b) => a - b));
   // The driver refills the slots the used descriptors freed: the ring no longer holds a's descriptors in order.
   const e = s.add('e', 1);
@@ -93,6 +94,7 @@ test('out-of-order completions across wraps, then a crash: the successor resubmi
   t.is(s.text(popped), 'e.0');
   next.q.pushUsed(e, 0);
   t.is(next.q.pop(), null);
+  t.is(next.q.overtaken, 0, 'resubmitted and new requests completed in the order they were taken');
   t.deepEqual(s.used(), [ids[0], ids[2], e], 'each request completed exactly once');
   t.deepEqual(next.region.inflightIds(), []);
 });

@@ -36,7 +36,9 @@ test('out-of-order completions, then a crash: the successor resubmits the two st
   t.deepEqual(first.region.inflightHeads(), [...heads].sort((a, b) => a - b));
   // The third and the first complete; the second and fourth are still running when we "crash".
   first.q.pushUsed(heads[2], 0);
+  t.is(first.q.overtaken, 1, 'the third overtook the first and second: one overtaking completion');
   first.q.pushUsed(heads[0], 0);
+  t.is(first.q.overtaken, 1, 'the oldest in flight completing overtakes nothing');
   t.deepEqual(first.region.inflightHeads(), [heads[1], heads[3]].sort((a, b) => a - b));
   t.is(first.region.usedIdx, 2);
 
@@ -46,8 +48,11 @@ test('out-of-order completions, then a crash: the successor resubmits the two st
   t.is(next.restored.recovery.nextAvail, 4);
   t.is(next.q.nextAvail, 4);
   t.is(next.q.pop(), null, 'nothing new: the resubmitted ones are not popped again');
-  for (const c of next.restored.chains) next.q.pushUsed(c.head, 0);
-  t.deepEqual(s.drv.getUsed().map((u) => u.head), [heads[2], heads[0], heads[1], heads[3]], 'each request completed exactly once');
+  // The newer resubmitted request first: it overtakes the older one, as the queue that popped them would have counted.
+  next.q.pushUsed(next.restored.chains[1].head, 0);
+  next.q.pushUsed(next.restored.chains[0].head, 0);
+  t.is(next.q.overtaken, 1);
+  t.deepEqual(s.drv.getUsed().map((u) => u.head), [heads[2], heads[0], heads[3], heads[1]], 'each request completed exactly once');
   t.deepEqual(next.region.inflightHeads(), []);
   t.is(next.region.usedIdx, 4);
 });

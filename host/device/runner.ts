@@ -216,6 +216,8 @@ interface Vring {
   gen: number;
   /** A request of this ring completed since its last notification decision. */
   touched: boolean;
+  /** Its queue has completed a request out of order (logged once per ring start). */
+  overtook: boolean;
   /** Armed while the throttle holds the ring back: it drains the ring again when the budget allows. */
   throttleTimer: ReturnType<typeof setTimeout> | null;
   /** Armed when a drain used up its turn with work left (DRAIN_TURN_*): it drains on after the event loop's turn. */
@@ -389,7 +391,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, throttleTimer: null, resume: null };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, overtook: false, throttleTimer: null, resume: null };
   }
 
   private ring(index: number): Vring {
@@ -613,6 +615,7 @@ export class DeviceRunner {
       );
     }
     r.gen++;
+    if (r.queue) this.log.debug(`ring ${index} stopped: ${r.queue.overtaken} completion(s) since it started overtook an earlier request still in flight`);
     const base = r.queue ? r.queue.vringBase : (r.base ?? this.freshBase());
     r.queue = null;
     r.kickFd = -1;
@@ -1350,7 +1353,14 @@ export class DeviceRunner {
       const r = this.rings[i];
       if (!r.touched) continue;
       r.touched = false;
-      if (r.queue && !r.queue.broken) this.notify(i, r, r.queue);
+      if (r.queue && !r.queue.broken) {
+        // One comparison per ring and batch; the count itself is kept by the queue.
+        if (!r.overtook && r.queue.overtaken > 0) {
+          r.overtook = true;
+          this.log.debug(`ring ${i}: first out-of-order completion since the ring started (a request completed while one made available before it was still in flight)`);
+        }
+        this.notify(i, r, r.queue);
+      }
     }
   }
 
@@ -1467,6 +1477,7 @@ export class DeviceRunner {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
       }
       const a = r.addr;
+      r.overtook = false;
       r.queue = createDeviceQueue({
         index,
         packed: this.packed,

@@ -45,6 +45,15 @@ export abstract class QueueCore<C extends DescriptorChain> {
   /** Indexed by head (split) or buffer id (packed); both are below the queue size. */
   private readonly inflight: (C | undefined)[];
   private inflightCount = 0;
+  /**
+   * The ids in flight as a list in the order they were popped (the order the driver made them
+   * available; resubmitted ones in their recorded order): a completion of any id but the first
+   * overtook an older request still in flight. Two stores per pop and per completion.
+   */
+  private readonly olderOf: Int32Array;
+  private readonly newerOf: Int32Array;
+  private newest = -1;
+  private overtakes = 0;
   private faultErr: QueueFault | undefined;
   private log: DirtyLog | null;
   private usedLogGpa: number;
@@ -64,6 +73,8 @@ export abstract class QueueCore<C extends DescriptorChain> {
     this.eventIdx = cfg.eventIdx;
     this.indirectDesc = cfg.indirectDesc;
     this.inflight = new Array(cfg.size);
+    this.olderOf = new Int32Array(cfg.size);
+    this.newerOf = new Int32Array(cfg.size);
     this.log = cfg.log ?? null;
     this.defaultUsedLogGpa = usedAreaGpa;
     this.usedLogGpa = cfg.usedLogGpa ?? usedAreaGpa;
@@ -75,6 +86,13 @@ export abstract class QueueCore<C extends DescriptorChain> {
   /** Chains popped and not yet returned with pushUsed. */
   get inFlight(): number {
     return this.inflightCount;
+  }
+  /**
+   * Completions so far that overtook a request made available before them and still in flight
+   * (out-of-order completion: what the inflight area's counters and last batch list exist for).
+   */
+  get overtaken(): number {
+    return this.overtakes;
   }
   get broken(): boolean {
     return this.faultErr !== undefined;
@@ -163,6 +181,10 @@ export abstract class QueueCore<C extends DescriptorChain> {
   protected track(id: number, chain: C): void {
     this.inflight[id] = chain;
     this.inflightCount++;
+    this.olderOf[id] = this.newest;
+    this.newerOf[id] = -1;
+    if (this.newest >= 0) this.newerOf[this.newest] = id;
+    this.newest = id;
     if (this.recorder !== null) this.recorder.popped(id);
   }
 
@@ -181,6 +203,14 @@ export abstract class QueueCore<C extends DescriptorChain> {
     }
     this.inflight[id] = undefined;
     this.inflightCount--;
+    const older = this.olderOf[id];
+    const newer = this.newerOf[id];
+    if (older >= 0) {
+      this.overtakes++;
+      this.newerOf[older] = newer;
+    }
+    if (newer >= 0) this.olderOf[newer] = older;
+    else this.newest = older;
     if (this.recorder !== null) this.recorder.usedBegin(id);
     if (this.log !== null) markRanges(this.log, chain.writableRanges, 0, writtenLen);
     return chain;

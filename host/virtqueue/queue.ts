@@ -31,6 +31,8 @@ export interface DeviceQueue {
   readonly vringBase: number;
   /** Chains popped and not yet returned with pushUsed. */
   readonly inFlight: number;
+  /** Completions that overtook a request made available before them and still in flight. */
+  readonly overtaken: number;
   readonly broken: boolean;
   readonly fault: QueueFault | undefined;
   /** Next available chain or null; QueueFault on a guest violation (and on every call once broken). */

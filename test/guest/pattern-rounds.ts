@@ -17,6 +17,11 @@ export interface PatternScriptOptions {
   startMarker?: string;
   /** Beside the rounds, single direct 4 KiB writes to this block, one after another, "T n" after each. */
   tickBlock?: number;
+  /**
+   * Beside the rounds, direct 4 KiB reads of this block, one after another: reads on the ring
+   * while the round's writes are in flight (a backing with slow writes answers them first).
+   */
+  readBlock?: number;
 }
 
 /**
@@ -30,11 +35,15 @@ export function patternRoundsScript(o: PatternScriptOptions): string {
   const n = o.patterns.length;
   const first = SLOT_BASE / (16 * KiB);
   const ticker = o.tickBlock !== undefined;
+  const reader = o.readBlock !== undefined;
   return [
     ...o.patterns.map((_, p) => `m${p}=$(md5sum < /guest/p${p} | cut -d' ' -f1)`),
     ...(o.startMarker ? [`echo ${o.startMarker}`] : []),
     ...(ticker
       ? [`( i=0; while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/dev/vda bs=4k seek=${o.tickBlock} count=1 oflag=direct 2>/dev/null || echo "ERR tick $i"; echo "T $i"; i=$((i+1)); done ) &`, 'ticker=$!']
+      : []),
+    ...(reader
+      ? [`( i=0; while [ ! -e /tmp/stop ]; do dd if=/dev/vda of=/dev/null bs=4k skip=${o.readBlock} count=1 iflag=direct 2>/dev/null || echo "ERR read $i"; i=$((i+1)); done ) &`, 'reader=$!']
       : []),
     'r=0',
     `while [ $r -lt ${o.rounds} ]; do`,
@@ -59,7 +68,9 @@ export function patternRoundsScript(o: PatternScriptOptions): string {
     '  wait $pids; pids=',
     '  echo "ACK $r"',
     'done',
-    ...(ticker ? ['touch /tmp/stop', 'wait $ticker'] : []),
+    ...(ticker || reader ? ['touch /tmp/stop'] : []),
+    ...(ticker ? ['wait $ticker'] : []),
+    ...(reader ? ['wait $reader'] : []),
     'echo "DONE $r"',
   ].join('\n');
 }
