@@ -14,6 +14,7 @@ import { rawRpc } from './helpers/daemon-process.ts';
 import { buildPlugin } from '../plugins/build-plugins.mjs';
 import type { MethodResults } from '../host/daemon/methods.ts';
 import { ioLoop, verifyAll } from './helpers/blk-rounds.ts';
+import { withTimeout } from './helpers/device-checks.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../host/native/index.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
@@ -28,6 +29,7 @@ const blk030 = join(fixtures, 'upgrade-blk-0.3.0.wasm');
 const rngHold = join(fixtures, 'upgrade-rng-hold.wasm');
 const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
 const blkSpin = join(fixtures, 'upgrade-blk-spin.wasm');
+const blkTrapLoad = join(fixtures, 'upgrade-blk-trap-load.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 type Outcome = MethodResults['plugin-upgrade'];
 
@@ -36,6 +38,7 @@ test.before(async () => {
   const plugins = join(REPO, 'test', 'fixtures', 'plugins');
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkSpin, defines: ['UPGRADE_SPIN_HANDLE'] });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkTrapLoad, defines: ['UPGRADE_TRAP_SECOND_LOAD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngHold, defines: ['UPGRADE_HOLD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
 });
@@ -243,6 +246,30 @@ test.serial('an upgrade racing a disconnect completes or is refused, never half-
   }
   t.log(outcomes.join('\n'));
   t.notRegex(h.log(), /ERROR/);
+});
+
+test.serial('a new build that crashes after the rings stopped (a trap loading the old instance\'s state): refused, saying why; the old instance serves on from where its rings stopped', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const fe = await VhostUserFrontend.connect(h.socketPath, { memoryBytes: 16 << 20, queues: [64], features: blkFeatures });
+  const disk = new BlkDevice(fe.queues[0]);
+  const last = new Map<number, number>();
+  await ioLoop([disk], last, () => true, 2);
+  let stop = false;
+  const io = ioLoop([disk], last, () => stop, 3);
+  const r = await upgradeCmd(['--socket', h.socketPath, '--plugin', blkTrapLoad]);
+  stop = true;
+  await io;
+  t.is(r.code, 1, `${r.stdout}${r.stderr}`);
+  t.regex(r.stderr, /refused: .*(trap|unreachable)/i, 'the command says the new build crashed');
+  t.notRegex(h.log(), /plugin upgraded/);
+  t.regex(r.stderr, /the new plugin failed while taking over/, 'the crash came after the rings stopped');
+  t.is((await withTimeout(fe.conn.getStatus(), 10_000, 'GET_STATUS')) & 0x40, 0, 'DEVICE_NEEDS_RESET is not set');
+  await withTimeout(ioLoop([disk], last, () => true, 2), 20_000, 'I/O after the refused upgrade');
+  await verifyAll(disk, last);
+  // Still the old build: the next upgrade starts from 0.2.0.
+  t.like(await upgrade(h, blk030), { fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true });
+  await verifyAll(disk, last);
+  await fe.close();
 });
 
 test.serial('a packed ring moves to the new build: the new instance is warmed up on a packed scratch ring, and requests before, during and after are answered', async (t) => {
