@@ -5,7 +5,7 @@
 // Only what the kernel asks of a mounted file holding a disk image is answered; anything else
 // gets ENOSYS. The file is opened FOPEN_DIRECT_IO: no page cache, every request reaches here.
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 const OP = {
@@ -32,6 +32,8 @@ export interface FaultyFuse {
 
 /** Mounts the file system (root needed) with one file `name` of `data.length` bytes; [badStart, badEnd) fails with EIO. */
 export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number): Promise<FaultyFuse> {
+  // A fuse built as a module (Debian's) loads on first use; a machine without /dev/fuse loads it.
+  if (!existsSync('/dev/fuse')) spawnSync('modprobe', ['fuse']);
   const dir = mkdtempSync('/tmp/vhost-wasm-fuse-');
   const fd = openSync('/dev/fuse', 'r+');
   // -i: no mount.fuse helper; the kernel takes the fd it serves over from the options.
