@@ -6,7 +6,7 @@
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlkDevice, BlkError, BlkStatus, parseBlkConfig, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
@@ -258,15 +258,27 @@ test.serial('the C load generator --verify against --direct on a 4096-byte-block
   }
 });
 
-// The same on a full loop device under --direct passed in most runs and once wrote 2 MiB onto
-// the 1 MiB file system without an error (a fresh-clone run, 2026-12-06): not understood yet, so
-// it is not run until it is (closing note, issue 10). The file case covers the IOERR path.
-for (const kind of ['file'] as const) {
+// The file system under the disk is full before the first request and the 2 MiB write goes
+// into holes only, so every piece of it fails at its first byte. With room left (the set-up
+// before: an empty 1 MiB tmpfs) a loop device is not deterministic: its driver completes a
+// write request that the backing file took only in part (a short write) as a success (the
+// kernel's lo_complete_rq retries short reads only) and drops the rest without a word. Checked
+// on Linux 6.18: pwrite O_DIRECT of 512 KiB onto a loop device whose tmpfs had 256 KiB free
+// returned 524288, and the last 256 KiB read back as zeroes. The 2 MiB write reaches the loop
+// driver as several requests (max_sectors_kb 1280, 128 segments of at most 64 KiB); when the
+// one that crossed the point where the space ran out was the last one served, none failed, and
+// 2 MiB were "written" onto 1 MiB (the run of 2026-12-06; not reproduced in 40 tries of the
+// same write with pwrite here). The host cannot see that loss: the kernel reports the whole
+// write done (README: a loop device over a file system that can fill up).
+for (const kind of ['file', 'loop device'] as const) {
   test.serial(`the host on a full ${kind} (ENOSPC): the write gets IOERR, the device keeps serving`, async (t) => {
     const mnt = tmpfs('1M', 'vhost-wasm-full-');
     const file = join(mnt, 'disk.img');
-    writeFileSync(file, '');
+    // Sectors 0-2047 fill the 1 MiB file system; the rest of the 8 MiB is a hole.
+    const first = randomBytes(1 << 20);
+    writeFileSync(file, first);
     execFileSync('truncate', ['-s', '8M', file]);
+    t.is(statfsSync(mnt).bavail, 0, 'the file system is full before the first request');
     let path = file;
     if (kind !== 'file') {
       // The loop device is 8 MiB; what lies under it holds 1 MiB.
@@ -275,10 +287,11 @@ for (const kind of ['file'] as const) {
     }
     const name = kind === 'file' ? 'disk\\.img' : path.replace('/dev/', '');
     await withDisk(['--storage', path, ...(kind === 'file' ? [] : ['--direct'])], async (blk, fe, log) => {
-      const err = await blk.write(0, randomBytes(2 << 20)).then(() => null, (e: unknown) => e);
-      t.true(err instanceof BlkError && err.status === BlkStatus.IOERR, `2 MiB on a 1 MiB file system: ${String(err)}`);
+      const err = await blk.write(2048, randomBytes(2 << 20)).then(() => null, (e: unknown) => e);
+      t.true(err instanceof BlkError && err.status === BlkStatus.IOERR, `2 MiB into the holes of a full file system: ${String(err)}`);
       t.regex(log(), new RegExp(`${name}: write of \\d+ bytes at \\d+ failed: ENOSPC`));
-      same(t, await blk.read(4096, 4096), Buffer.alloc(4096), 'reads still served');
+      same(t, await blk.read(0, 4096), first.subarray(0, 4096), 'reads still served');
+      same(t, await blk.read(4096, 4096), Buffer.alloc(4096), 'the failed write left nothing');
       await blk.flush();
       // Give the space back (discard sectors 0-2047), then the same kind of write succeeds.
       const seg = Buffer.alloc(16);

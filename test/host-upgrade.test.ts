@@ -281,6 +281,9 @@ test.serial('a new build that crashes after the rings stopped (a trap loading th
   t.regex(r.stderr, /refused: .*(trap|unreachable)/i, 'the command says the new build crashed');
   t.notRegex(h.log(), /plugin upgraded/);
   t.regex(r.stderr, /the new plugin failed while taking over/, 'the crash came after the rings stopped');
+  // The host's log says whose failure it was: the new build's; the device itself was not halted.
+  t.regex(h.log(), /ERROR device \S+: the new plugin build failed during the upgrade: .*(trap|unreachable).*; nothing was halted, the old instance serves on/i);
+  t.notRegex(h.log(), /every ring halted/);
   t.is((await withTimeout(fe.conn.getStatus(), 10_000, 'GET_STATUS')) & 0x40, 0, 'DEVICE_NEEDS_RESET is not set');
   await withTimeout(ioLoop([disk], last, () => true, 2), 20_000, 'I/O after the refused upgrade');
   await verifyAll(disk, last);

@@ -242,6 +242,8 @@ export class DeviceRunner {
   private features = 0n;
   private protocolFeatures = false;
   private failed: string | null = null;
+  /** Inside asNewBuild: this instance is an upgrade's new build, the guest's rings are the old one's. */
+  private newBuild = false;
   private readonly log: Logger;
   /** Requests handed to the device per call: bounded so one kick cannot monopolise the worker. */
   private readonly maxBatch: number;
@@ -1803,9 +1805,33 @@ export class DeviceRunner {
     if (this.failed) return;
     this.failed = reason;
     for (const r of this.rings) this.stopWatching(r);
-    // The session logs the reason with NEEDS_RESET: a plugin's error text is logged once.
-    this.log.error('device failed, every ring halted until the front-end resets it');
+    if (this.newBuild) {
+      // Nothing of the guest's ran here: the upgrade's caller refuses it with this reason, ends
+      // this instance and resumes the old one, which serves on (host/session/upgrade.ts).
+      this.log.error(`the new plugin build failed during the upgrade: ${reason}; nothing was halted, the old instance serves on`);
+    } else {
+      // The session logs the reason with NEEDS_RESET: a plugin's error text is logged once.
+      this.log.error('device failed, every ring halted until the front-end resets it');
+    }
     this.hooks.deviceFailed(reason);
+  }
+
+  /**
+   * Runs `fn` as a live upgrade's new instance before it owns any ring (its warm-up on scratch
+   * rings, its load of the old instance's state): a failure there is the new build's alone.
+   */
+  asNewBuild<T>(fn: () => T): T {
+    this.newBuild = true;
+    let r: T;
+    try {
+      r = fn();
+    } catch (e) {
+      this.newBuild = false;
+      throw e;
+    }
+    if (r instanceof Promise) return r.finally(() => (this.newBuild = false)) as T;
+    this.newBuild = false;
+    return r;
   }
 }
 

@@ -59,10 +59,11 @@ export function upgradeStop(runner: DeviceRunner, pause: number[], stop: number[
 export function upgradeStart(runner: DeviceRunner, offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]): string | null {
   let refusal: string | null;
   try {
-    runner.stateWrite(offset, chunk);
-    refusal = runner.stateFinish();
-    // After the finish-load (the share's locks match the files it reopened), before the rings run.
-    if (refusal === null) refusal = runner.upgradeTake(carried);
+    refusal = runner.asNewBuild(() => {
+      runner.stateWrite(offset, chunk);
+      // After the finish-load (the share's locks match the files it reopened), before the rings run.
+      return runner.stateFinish() ?? runner.upgradeTake(carried);
+    });
   } catch (e) {
     throw new Error(`it did not take the state: ${errorText(e)}`);
   }

@@ -170,7 +170,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
     meter = this.hooks.meter = own.meter ? new RequestMeter(new SharedArrayBuffer(REQUEST_METER_BYTES), ownCpuNs) : undefined;
     this.hooks.throttle = undefined;
     try {
-      return await warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings, ledger);
+      return await this.runner.asNewBuild(() => warmUp(this.runner, this.runner.device.info, features, protocolFeatures, rings, ledger));
     } finally {
       meter = this.hooks.meter = own.meter;
       this.hooks.throttle = own.throttle;

@@ -1,0 +1,166 @@
+// A one-file FUSE file system served from this process over /dev/fuse, whose file answers
+// EIO for reads and writes that touch a chosen byte range: a real backing I/O error (the kernel
+// hands the host's pread/pwrite/io_uring request the errno) where device-mapper's `error`
+// target is not available (a kernel without device-mapper, as in the test container).
+// Only what the kernel asks of a mounted file holding a disk image is answered; anything else
+// gets ENOSYS. The file is opened FOPEN_DIRECT_IO: no page cache, every request reaches here.
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+
+const OP = {
+  LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17, RELEASE: 18,
+  FSYNC: 20, FLUSH: 25, INIT: 26, OPENDIR: 27, RELEASEDIR: 29, INTERRUPT: 36, DESTROY: 38, BATCH_FORGET: 42,
+} as const;
+const EIO = 5;
+const ENOENT = 2;
+const ENOSYS = 38;
+const ROOT = 1n;
+const FILE = 2n;
+const MAX_WRITE = 128 << 10;
+const FOPEN_DIRECT_IO = 1;
+
+export interface FaultyFuse {
+  /** The file's path on the mount. */
+  path: string;
+  /** Its contents (what a read outside the bad range answers, what writes outside it change). */
+  data: Buffer;
+  /** Requests answered with EIO, by kind. */
+  failed: { read: number; write: number };
+  unmount(): Promise<void>;
+}
+
+/** Mounts the file system (root needed) with one file `name` of `data.length` bytes; [badStart, badEnd) fails with EIO. */
+export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number): Promise<FaultyFuse> {
+  // A fuse built as a module (Debian's) loads on first use; a machine without /dev/fuse loads it.
+  if (!existsSync('/dev/fuse')) spawnSync('modprobe', ['fuse']);
+  const dir = mkdtempSync('/tmp/vhost-wasm-fuse-');
+  const fd = openSync('/dev/fuse', 'r+');
+  // -i: no mount.fuse helper; the kernel takes the fd it serves over from the options.
+  const m = spawnSync('mount', ['-i', '-t', 'fuse.vhost-wasm-faulty', '-o', 'fd=3,rootmode=40000,user_id=0,group_id=0,allow_other', 'faulty', dir], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8' });
+  if (m.status !== 0) {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`mounting the FUSE file system failed: ${m.stderr}`);
+  }
+  const failed = { read: 0, write: 0 };
+  const bad = (off: number, len: number) => off < badEnd && off + len > badStart;
+  const buf = Buffer.alloc(MAX_WRITE + 4096);
+  const reply = (unique: bigint, error: number, body: Buffer = Buffer.alloc(0)) => {
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(16 + body.length, 0);
+    h.writeInt32LE(-error, 4);
+    h.writeBigUInt64LE(unique, 8);
+    try {
+      writeSync(fd, Buffer.concat([h, body]));
+    } catch {
+      // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
+    }
+  };
+  const attr = (node: bigint): Buffer => {
+    const a = Buffer.alloc(88);
+    a.writeBigUInt64LE(node, 0);
+    a.writeBigUInt64LE(node === FILE ? BigInt(data.length) : 0n, 8);
+    a.writeBigUInt64LE(node === FILE ? BigInt(data.length / 512) : 0n, 16);
+    a.writeUInt32LE(node === FILE ? 0o100644 : 0o40755, 60);
+    a.writeUInt32LE(node === FILE ? 1 : 2, 64);
+    a.writeUInt32LE(4096, 80);
+    return a;
+  };
+  const handle = (req: Buffer): void => {
+    const opcode = req.readUInt32LE(4);
+    const unique = req.readBigUInt64LE(8);
+    const node = req.readBigUInt64LE(16);
+    const arg = req.subarray(40);
+    switch (opcode) {
+      case OP.INIT: {
+        const out = Buffer.alloc(64);
+        out.writeUInt32LE(7, 0);
+        out.writeUInt32LE(31, 4);
+        out.writeUInt32LE(0, 8); // no read-ahead
+        out.writeUInt16LE(16, 16);
+        out.writeUInt16LE(12, 18);
+        out.writeUInt32LE(MAX_WRITE, 20);
+        out.writeUInt32LE(1, 24);
+        out.writeUInt16LE(MAX_WRITE / 4096, 28);
+        return reply(unique, 0, out);
+      }
+      case OP.LOOKUP: {
+        const wanted = arg.subarray(0, arg.indexOf(0)).toString();
+        if (node !== ROOT || wanted !== name) return reply(unique, ENOENT);
+        const out = Buffer.alloc(40);
+        out.writeBigUInt64LE(FILE, 0);
+        return reply(unique, 0, Buffer.concat([out, attr(FILE)]));
+      }
+      case OP.GETATTR:
+      case OP.SETATTR:
+        return reply(unique, 0, Buffer.concat([Buffer.alloc(16), attr(node)]));
+      case OP.OPEN:
+      case OP.OPENDIR: {
+        const out = Buffer.alloc(16);
+        out.writeUInt32LE(opcode === OP.OPEN ? FOPEN_DIRECT_IO : 0, 8);
+        return reply(unique, 0, out);
+      }
+      case OP.READ: {
+        const off = Number(arg.readBigUInt64LE(8));
+        const size = arg.readUInt32LE(16);
+        if (bad(off, size)) return (failed.read++, reply(unique, EIO));
+        return reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
+      }
+      case OP.WRITE: {
+        const off = Number(arg.readBigUInt64LE(8));
+        const size = arg.readUInt32LE(16);
+        if (bad(off, size)) return (failed.write++, reply(unique, EIO));
+        const n = Math.max(0, Math.min(size, data.length - off));
+        arg.copy(data, off, 40, 40 + n);
+        const out = Buffer.alloc(8);
+        out.writeUInt32LE(n, 0);
+        return reply(unique, 0, out);
+      }
+      case OP.STATFS: {
+        const out = Buffer.alloc(80);
+        out.writeUInt32LE(4096, 40);
+        out.writeUInt32LE(255, 44);
+        return reply(unique, 0, out);
+      }
+      case OP.RELEASE:
+      case OP.RELEASEDIR:
+      case OP.FSYNC:
+      case OP.FLUSH:
+      case OP.DESTROY:
+        return reply(unique, 0);
+      case OP.FORGET:
+      case OP.BATCH_FORGET:
+      case OP.INTERRUPT:
+        return; // no answer
+      default:
+        return reply(unique, ENOSYS);
+    }
+  };
+  // One request per read(2) of /dev/fuse, on the thread pool: the serving never blocks this
+  // thread, so a test may wait on the host while the host waits on this file system.
+  const served = new Promise<void>((resolve) => {
+    const next = () =>
+      read(fd, buf, 0, buf.length, null, (err, n) => {
+        if (err) {
+          // ENODEV: unmounted, the end of the serving.
+          resolve();
+          return;
+        }
+        handle(buf.subarray(0, n));
+        next();
+      });
+    next();
+  });
+  return {
+    path: join(dir, name),
+    data,
+    failed,
+    async unmount() {
+      spawnSync('umount', ['-l', dir]);
+      await served;
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
