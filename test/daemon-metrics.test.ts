@@ -1,7 +1,7 @@
 // The daemon's Prometheus metrics (issue 13 item 3) as an operator scrapes them: the built
 // binary, `serve --config` with "metrics" on a Unix socket (and `--metrics 127.0.0.1:0` on TCP),
 // real front-ends doing known I/O, and the counts read back from the exposition: requests,
-// bytes both ways, latency and plugin-call histograms, batches and calls per batch, in flight, plugin memory, a plugin fault,
+// bytes both ways, latency and plugin-call histograms, batches and calls per batch, in flight, out-of-order completions, plugin memory, a plugin fault,
 // a reset, worker starts, state transfers; process fds and memory from prom-client's defaults.
 // A malformed address is refused at start with a clear error.
 import test from 'ava';
@@ -17,7 +17,7 @@ import { REPO } from './helpers/host-process.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ctl, deviceStats, spawnDaemon, startDaemon, type DaemonProcess, startDaemonWith } from './helpers/daemon-process.ts';
 import { buildHostFixtures } from './fixtures/plugins/build-host-fixtures.ts';
-import { FuseClient, fhOfOpen, nodeOf, O } from './helpers/fuse.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, LK, lkIn } from './helpers/fuse.ts';
 
 const rng = join(REPO, 'dist', 'plugins', 'rng.wasm');
 const blk = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -255,6 +255,41 @@ test.serial('fs with 32 FUSE requests in flight at a time: one plugin call per b
   t.is(after.memoryDiskCopiedBytes, 0, 'no memory disk');
   t.true(d.handle + d.other <= d.batches, `${d.handle + d.other} calls into the plugin for ${d.batches} batches`);
   t.true(d.batches >= waves && d.batches <= n / 4, `${d.batches} batches for ${n} requests in ${waves} waves`);
+});
+
+// Out-of-order completion, arranged: a SETLKW that must wait is held by the fs plugin while
+// requests made available after it on the same ring complete; each of those overtook it.
+test.serial('completions out of order: an fs SETLKW held while GETATTRs on its ring complete is counted, an in-order device counts none', async (t) => {
+  const SETLK = 32;
+  const SETLKW = 33;
+  const fe = await VhostUserFrontend.connect(sock('share'), { memoryBytes: 16 << 20, queues: [64, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  t.is((await c.init()).error, 0, 'INIT');
+  const node = nodeOf(await c.lookup(1n, 'data'));
+  const fhA = fhOfOpen(await c.open(node, O.RDWR));
+  const fhB = fhOfOpen(await c.open(node, O.RDWR));
+  const before = (await deviceStats(sock('control'), 'share')).work.completionsOutOfOrder;
+  const s0 = await scrape();
+  t.is(value(s0, 'vhost_wasm_device_completions_out_of_order_total', { device: 'share' }), before, 'the exposition and device-stats agree');
+  t.is((await c.req(SETLK, 0n, lkIn(fhA, 1n, 0n, LK.END, LK.WRLCK, 100))).error, 0, 'owner 1 locks the file');
+  let answered = false;
+  const waiting = c.req(SETLKW, 0n, lkIn(fhB, 2n, 0n, LK.END, LK.WRLCK, 100)).then((r) => ((answered = true), r));
+  const GETATTRS = 5;
+  for (let i = 0; i < GETATTRS; i++) t.is((await c.getattr(node)).error, 0);
+  t.false(answered, 'the SETLKW waits for the lock');
+  // The unlock completes ahead of the SETLKW too; the SETLKW itself overtakes nothing.
+  t.is((await c.req(SETLK, 0n, lkIn(fhA, 1n, 0n, LK.END, LK.UNLCK, 100))).error, 0, 'owner 1 unlocks');
+  t.is((await waiting).error, 0, 'the held SETLKW is answered once the lock is free');
+  const after = (await deviceStats(sock('control'), 'share')).work.completionsOutOfOrder;
+  t.is(after - before, GETATTRS + 1, 'each GETATTR and the unlock overtook the held SETLKW');
+  const s = await scrape();
+  t.is(value(s, 'vhost_wasm_device_completions_out_of_order_total', { device: 'share', tenant: '' }), after);
+  t.regex((await get({ socketPath: sock('metrics') })).body, /^# HELP vhost_wasm_device_completions_out_of_order_total Completions that overtook a request/m);
+  // rng answers every request as it comes; the memory disk (64-deep waves above) completes each batch in the order it was popped.
+  t.is(value(s, 'vhost_wasm_device_completions_out_of_order_total', { device: 'r' }), 0);
+  t.is(value(s, 'vhost_wasm_device_completions_out_of_order_total', { device: 'deep' }), 0);
+  t.is((await deviceStats(sock('control'), 'deep')).work.completionsOutOfOrder, 0);
 });
 
 test.serial('a plugin fault, the reset after it, and state transfers are counted', async (t) => {

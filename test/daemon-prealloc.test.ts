@@ -3,7 +3,8 @@
 // "preparing" and has no socket, and every other device keeps being served (management calls
 // and an rng request are answered). Then it serves with all its pages there. `ctl stats` reports
 // it meanwhile (state preparing, the pages made so far), and methods that cannot act on it yet
-// (set-limits, plugin-upgrade) say it is preparing, not that there is no such device. A `ctl del` while
+// (set-limits, plugin-upgrade) say it is preparing, not that there is no such device; a second
+// `ctl add` of its id says the id is taken by a device preparing its storage. A `ctl del` while
 // its pages are made stops the add cleanly: the add fails saying why, the daemon lives on, and
 // the disk's memfd and mapping are gone from the daemon (its memory given back).
 //
@@ -132,17 +133,19 @@ test.serial('while a device\'s prealloc=on disk gets its pages, other devices ar
   t.deepEqual(diskMemfds(), []);
 });
 
-test.serial('a preparing device is reported by ctl stats with its state and pages made; ctl methods that cannot act on it yet say it is preparing, not that there is no such device', async (t) => {
+test.serial('a preparing device is reported by ctl stats with its state and pages made; ctl methods that cannot act on it yet say it is preparing, not that there is no such device; adding its id again says so too', async (t) => {
   const { added, seenPreparing } = await addBig('prep', 'eager');
   t.true(seenPreparing, 'listed as preparing');
   // All at once while its pages are made (each answer shows it was still preparing when asked).
-  const [one, all, limits, upgrade, text, limitsText] = await Promise.all([
+  const [one, all, limits, upgrade, text, limitsText, again] = await Promise.all([
     request(control(), 'device-stats', { id: 'prep' }),
     request(control(), 'device-stats', {}),
     request(control(), 'set-limits', { id: 'prep', callDeadlineMs: 500 }),
     request(control(), 'plugin-upgrade', { id: 'prep', plugin: blk }),
     ctl(['--control', control(), 'stats', 'prep']),
     ctl(['--control', control(), 'set-limits', 'prep', '--iops', '100']),
+    // The same add again (an operator retrying it): the id is taken by the preparing device.
+    ctl(['--control', control(), 'add', '--id', 'prep', '--socket', sock('prep'), '--plugin', blk, '--storage', `memory:${SIZE},prealloc=on`]),
   ]);
   if (!('result' in one)) throw new Error(`device-stats prep was refused: ${JSON.stringify(one)}`);
   const [stats] = (one.result as MethodResults['device-stats']).devices;
@@ -167,6 +170,9 @@ test.serial('a preparing device is reported by ctl stats with its state and page
   t.regex(text.stdout, /^ {2}limits: memory /m);
   t.is(limitsText.code, 1);
   t.regex(limitsText.stderr, /set-limits refused: device prep is preparing its storage .*retry once device-list shows it.* \[ERR_DEVICE_PREPARING\]$/m);
+  t.is(again.code, 1);
+  t.regex(again.stderr, /device prep already exists and is preparing its storage \(its memory disk's pages are being made: \d+ MiB of 2048 MiB\): choose another id, or device-del it to stop it \[ERR_DAEMON_REQUEST\]$/m);
+  t.notRegex(again.stderr, /being added or removed by another request/);
 
   const r = await added;
   t.is(r.code, 0, r.stderr);

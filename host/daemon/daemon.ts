@@ -37,6 +37,11 @@ export class DevicePreparingError extends VhostWasmError {
   override name = 'DevicePreparingError';
 }
 
+/** What a device whose memory disk's pages are being made is doing, for the errors that name it. */
+function preparing(p: { diskBytes: number; madeBytes: number }): string {
+  return `is preparing its storage (its memory disk's pages are being made: ${mib(p.madeBytes)} of ${mib(p.diskBytes)})`;
+}
+
 /** A device as device-list shows it. */
 export interface DeviceSummary {
   id: string;
@@ -190,7 +195,7 @@ export class Daemon {
    */
   async add(spec: DeviceSpec, address: ListenAddress, handed?: { listenFd: number; memoryDiskFd?: number }): Promise<DeviceSummary> {
     this.refuseWhileHandingOver();
-    if (this.busy.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} is being added or removed by another request`);
+    if (this.busy.has(spec.id)) throw this.idTaken(spec.id);
     if (this.entries.has(spec.id)) throw new DaemonRequestError(`device ${spec.id} already exists: remove it first or choose another id`);
     const clash = [...this.entries.values()].find((e) => listenText(e.address) === listenText(address));
     if (clash) throw new DaemonRequestError(`${listenText(address)} is already served by device ${clash.spec.id}`);
@@ -352,13 +357,19 @@ export class Daemon {
   private missing(id: string): VhostWasmError {
     if (!this.adding.has(id)) return new DaemonRequestError(`no device ${id} (device-list shows the devices)`);
     const p = this.host.pageProgress(id);
-    if (p !== null) {
-      return new DevicePreparingError(
-        `device ${id} is preparing its storage (its memory disk's pages are being made: ${mib(p.madeBytes)} of ${mib(p.diskBytes)}): ` +
-          'it cannot be acted on until it is ready; retry once device-list shows it, or device-del it to stop',
-      );
-    }
+    if (p !== null) return new DevicePreparingError(`device ${id} ${preparing(p)}: it cannot be acted on until it is ready; retry once device-list shows it, or device-del it to stop`);
     return new DaemonRequestError(`device ${id} is being added (its device-add runs): retry once that request is answered`);
+  }
+
+  /**
+   * Why a device-add of an id that another request is adding or removing is refused. A device
+   * preparing its storage already has the id (device-list shows it): the id is taken, which no
+   * retry changes, so this is the duplicate-id error, not ERR_DEVICE_PREPARING's "retry".
+   */
+  private idTaken(id: string): DaemonRequestError {
+    const p = this.adding.has(id) ? this.host.pageProgress(id) : null;
+    if (p !== null) return new DaemonRequestError(`device ${id} already exists and ${preparing(p)}: choose another id, or device-del it to stop it`);
+    return new DaemonRequestError(`device ${id} is being added or removed by another request`);
   }
 
   private refuseWhileHandingOver(): void {
@@ -451,7 +462,7 @@ export class Daemon {
       cpu: null,
       net: null,
       preparing: this.host.pageProgress(a.spec.id),
-      work: { requests: 0, batches: 0, handleCalls: 0, otherCalls: 0, memoryDiskCopiedBytes: 0 },
+      work: { requests: 0, batches: 0, handleCalls: 0, otherCalls: 0, memoryDiskCopiedBytes: 0, completionsOutOfOrder: 0 },
     };
   }
 

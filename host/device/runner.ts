@@ -216,8 +216,8 @@ interface Vring {
   gen: number;
   /** A request of this ring completed since its last notification decision. */
   touched: boolean;
-  /** Its queue has completed a request out of order (logged once per ring start). */
-  overtook: boolean;
+  /** Its queue's out-of-order completions (DeviceQueue.overtaken) counted into the meter so far; the first is logged once per ring start. */
+  overtakenSeen: number;
   /** Armed while the throttle holds the ring back: it drains the ring again when the budget allows. */
   throttleTimer: ReturnType<typeof setTimeout> | null;
   /** Armed when a drain used up its turn with work left (DRAIN_TURN_*): it drains on after the event loop's turn. */
@@ -393,7 +393,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, overtook: false, throttleTimer: null, resume: null };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, overtakenSeen: 0, throttleTimer: null, resume: null };
   }
 
   private ring(index: number): Vring {
@@ -617,7 +617,10 @@ export class DeviceRunner {
       );
     }
     r.gen++;
-    if (r.queue) this.log.debug(`ring ${index} stopped: ${r.queue.overtaken} completion(s) since it started overtook an earlier request still in flight`);
+    if (r.queue) {
+      this.countOvertaken(index, r, r.queue);
+      this.log.debug(`ring ${index} stopped: ${r.queue.overtaken} completion(s) since it started overtook an earlier request still in flight`);
+    }
     const base = r.queue ? r.queue.vringBase : (r.base ?? this.freshBase());
     r.queue = null;
     r.kickFd = -1;
@@ -662,8 +665,10 @@ export class DeviceRunner {
     this.clearTimers();
     this.hooks.net?.dropAll();
     for (let i = 0; i < this.rings.length; i++) {
-      this.stopWatching(this.rings[i]);
-      this.rings[i] = { ...this.freshRing(), gen: this.rings[i].gen + 1 };
+      const r = this.rings[i];
+      this.stopWatching(r);
+      if (r.queue) this.countOvertaken(i, r, r.queue);
+      this.rings[i] = { ...this.freshRing(), gen: r.gen + 1 };
     }
     this.features = 0n;
     this.failed = null;
@@ -1355,15 +1360,21 @@ export class DeviceRunner {
       const r = this.rings[i];
       if (!r.touched) continue;
       r.touched = false;
-      if (r.queue && !r.queue.broken) {
-        // One comparison per ring and batch; the count itself is kept by the queue.
-        if (!r.overtook && r.queue.overtaken > 0) {
-          r.overtook = true;
-          this.log.debug(`ring ${i}: first out-of-order completion since the ring started (a request completed while one made available before it was still in flight)`);
-        }
-        this.notify(i, r, r.queue);
-      }
+      if (r.queue) this.countOvertaken(i, r, r.queue);
+      if (r.queue && !r.queue.broken) this.notify(i, r, r.queue);
     }
+  }
+
+  /**
+   * Moves the queue's new out-of-order completions into the meter: one comparison per ring and
+   * batch, the count itself kept by the queue (nothing per request here).
+   */
+  private countOvertaken(i: number, r: Vring, q: DeviceQueue): void {
+    const n = q.overtaken;
+    if (n === r.overtakenSeen) return;
+    if (r.overtakenSeen === 0) this.log.debug(`ring ${i}: first out-of-order completion since the ring started (a request completed while one made available before it was still in flight)`);
+    this.hooks.meter?.outOfOrder(n - r.overtakenSeen);
+    r.overtakenSeen = n;
   }
 
   /**
@@ -1479,7 +1490,7 @@ export class DeviceRunner {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
       }
       const a = r.addr;
-      r.overtook = false;
+      r.overtakenSeen = 0;
       r.queue = createDeviceQueue({
         index,
         packed: this.packed,

@@ -48,6 +48,8 @@ export interface DeviceWork {
   otherCalls: number;
   /** Bytes its reads and writes copied between guest memory and its memory disk (--storage memory:SIZE): one copy, so the bytes read and written. */
   memoryDiskCopiedBytes: number;
+  /** Completions that overtook a request made available before them and still in flight: out-of-order completion, which a device that holds or runs requests concurrently allows. */
+  completionsOutOfOrder: number;
 }
 
 function transferStats(): TransferStats {
@@ -115,7 +117,7 @@ export class DeviceMeter {
   work(): DeviceWork {
     const s = readRequestCells(this.threadCells);
     // The cells are read one by one while the workers write them: never shown below zero.
-    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied };
+    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied, completionsOutOfOrder: s.outOfOrder };
   }
 
   snapshot(): DeviceMeterSnapshot {

@@ -153,6 +153,12 @@ export class MetricsExporter {
       none,
       (c, r) => c.inc(r.labels, r.s.memoryDiskCopied),
     );
+    counter(
+      'vhost_wasm_device_completions_out_of_order_total',
+      'Completions that overtook a request made available before them and still in flight (out-of-order completion: a device that holds requests or runs their I/O concurrently answers a later one first). Counted when the host decides whether to notify the front-end.',
+      none,
+      (c, r) => c.inc(r.labels, r.s.outOfOrder),
+    );
     gauge('vhost_wasm_device_plugin_memory_bytes', "The plugin's linear memory (all instances, all queue threads) after its last call.", none, (g, r) =>
       g.set(r.labels, r.s.memoryBytes),
     );

@@ -65,10 +65,15 @@ export const Cell = {
   handleCalls: 13 + 2 * (NB + 1),
   /** Bytes a memory disk's reads and writes copied between guest memory and its pages (one copy each way: the bytes read and written). */
   memoryDiskCopied: 14 + 2 * (NB + 1),
+  /**
+   * Completions that overtook a request made available before them and still in flight
+   * (DeviceQueue.overtaken, added up per ring by the runner when it decides on a notification).
+   */
+  outOfOrder: 15 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.memoryDiskCopied + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.outOfOrder + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
  * A call whose code runs this long holds its thread in device code: a blk or rng plugin answers
@@ -151,6 +156,11 @@ export class RequestMeter {
   /** A memory disk's read or write copied `bytes` (host/io/memory-executor.ts). */
   copied(bytes: number): void {
     this.c[Cell.memoryDiskCopied] += bytes;
+  }
+
+  /** `n` more completions went to a used ring out of order (runner.ts countOvertaken). */
+  outOfOrder(n: number): void {
+    this.c[Cell.outOfOrder] += n;
   }
 
   /** A request in the used ring, `used` bytes written back, `start` from popped(): timed at the next flush(). */
@@ -269,6 +279,8 @@ export interface RequestSnapshot {
   handleCalls: number;
   /** Bytes copied between guest memory and a memory disk (Cell.memoryDiskCopied). */
   memoryDiskCopied: number;
+  /** Completions that overtook an earlier request still in flight (Cell.outOfOrder). */
+  outOfOrder: number;
   memoryBytes: number;
 }
 
@@ -295,7 +307,7 @@ function addHistogram(into: HistogramSnapshot, c: Float64Array, sum: number, cou
 
 /** The sum over every thread's cells of one device (main thread, at scrape time). */
 export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnapshot {
-  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryDiskCopied: 0, memoryBytes: 0 };
+  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryDiskCopied: 0, outOfOrder: 0, memoryBytes: 0 };
   for (const buf of all) {
     const c = new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     s.requests += c[Cell.requests];
@@ -307,6 +319,7 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
     s.batches += c[Cell.batches];
     s.handleCalls += c[Cell.handleCalls];
     s.memoryDiskCopied += c[Cell.memoryDiskCopied];
+    s.outOfOrder += c[Cell.outOfOrder];
     addHistogram(s.latency, c, Cell.latencySum, Cell.latencyCount, Cell.latencyBuckets);
     addHistogram(s.calls, c, Cell.callSum, Cell.callCount, Cell.callBuckets);
   }
