@@ -4,7 +4,7 @@
 // handles, names without NUL, huge forget counts, random bytes) can trap the plugin.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
@@ -703,6 +703,48 @@ test('READDIR and READDIRPLUS page through a directory larger than a reply: ever
   const plus = listAll(c, big, OP.READDIRPLUS, 4096).entries;
   t.is(plus.find((e) => e.name.equals(Buffer.from('x'.repeat(255))))?.size, 7n, 'the 255-byte name: its file of 7 bytes');
   t.is(plus.find((e) => e.name.equals(Buffer.from([0xff, 0xfe, 0x41])))?.size, 7n, 'a name that is no UTF-8');
+});
+
+test('a warm LOOKUP or READDIRPLUS entry makes no host handle and no close; a name replaced behind its back is the new inode', async (t) => {
+  const { c, dir, share } = await setup(t);
+  c.init();
+  mkdirSync(join(dir, 'd'));
+  for (const n of ['a', 'b', 'c']) writeFileSync(join(dir, 'd', n), n);
+  const calls = { lookup: 0, lookupKnown: 0, closeHandle: 0 };
+  for (const k of Object.keys(calls) as (keyof typeof calls)[]) {
+    const real = share[k].bind(share) as (...a: unknown[]) => unknown;
+    (share as unknown as Record<string, unknown>)[k] = (...a: unknown[]) => (calls[k]++, real(...a));
+  }
+  const d = nodeOf(c.lookup(1, 'd'));
+  const a = c.lookup(d, 'a');
+  t.is(a.error, 0);
+  t.deepEqual(calls, { lookup: 2, lookupKnown: 0, closeHandle: 0 }, 'cold: a lookup each, nothing closed');
+  const held = share.openHandles;
+  writeFileSync(join(dir, 'd', 'a'), 'grown');
+  const again = c.lookup(d, 'a');
+  t.is(nodeOf(again), nodeOf(a), 'the same nodeid');
+  t.is(again.body.readBigUInt64LE(40 + 8), 5n, 'with the size it has now');
+  t.deepEqual(calls, { lookup: 2, lookupKnown: 1, closeHandle: 0 }, 'warm: one lookup-known, no close');
+  t.is(share.openHandles, held, 'no handle made');
+
+  listAll(c, d, OP.READDIRPLUS, 4096);
+  const cold = { ...calls };
+  t.is(cold.lookup, 2 + 2, 'READDIRPLUS looked up b and c afresh');
+  t.is(cold.lookupKnown, 1 + 1, 'and a, held, by lookup-known');
+  const warm = listAll(c, d, OP.READDIRPLUS, 4096).entries.filter((e) => e.nodeid !== 0n);
+  t.is(warm.length, 3);
+  t.is(cold.closeHandle, 1, 'the listing closed only its open directory (RELEASEDIR)');
+  t.deepEqual(calls, { ...cold, lookupKnown: cold.lookupKnown + 3, closeHandle: 2 }, 'a second listing: lookup-known per entry, only its directory closed');
+  t.is(share.openHandles, held + 2);
+
+  // 'b' replaced by another file: the name is that file now, under a new nodeid.
+  const bOld = warm.find((e) => e.name.toString() === 'b')!;
+  writeFileSync(join(dir, 'd', 'new'), 'replacement');
+  renameSync(join(dir, 'd', 'new'), join(dir, 'd', 'b'));
+  const b = c.lookup(d, 'b');
+  t.not(nodeOf(b), bOld.nodeid);
+  t.is(b.body.readBigUInt64LE(40), BigInt(statSync(join(dir, 'd', 'b')).ino), 'the new inode');
+  t.is(b.body.readBigUInt64LE(48), 11n);
 });
 
 test('READDIR after entries were removed between requests lists every other entry once; a reply too small for one entry is EINVAL', async (t) => {

@@ -26,6 +26,7 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     cache: (): string => s().cache,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
+    lookupKnown: (dir: bigint, name: Uint8Array, dev: bigint, ino: bigint) => wit(s().lookupKnown(dir, name, dev, ino)),
     close: (h: bigint): void => {
       const sh = s();
       if (files) files.close(h);

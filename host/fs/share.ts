@@ -649,21 +649,24 @@ export class FsShare {
     });
   }
 
-  /** A node handle for O_PATH fd `fd` (consumed) with its attributes. */
-  private entryOf(fd: number): FsResult<Entry> {
+  /**
+   * A node handle for O_PATH fd `fd` (consumed) with its attributes; node 0 and no handle
+   * (the fd closed) when it is inode (knownDev, knownIno), which the plugin already holds.
+   */
+  private entryOf(fd: number, knownDev?: bigint, knownIno?: bigint): FsResult<Entry> {
     const a = this.stat(fd);
-    if (!a.ok) {
+    if (!a.ok || (a.val.ino === knownIno && a.val.dev === knownDev)) {
       native.fsClose(fd);
-      return a;
+      return a.ok ? ok({ node: 0n, attr: a.val }) : a;
     }
     const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR);
     if (!h.ok) return h;
     return ok({ node: h.val, attr: a.val });
   }
 
-  private lookupFd(dirFd: number, name: Uint8Array): FsResult<Entry> {
+  private lookupFd(dirFd: number, name: Uint8Array, knownDev?: bigint, knownIno?: bigint): FsResult<Entry> {
     const fd = this.budgeted(native.fsLookup(dirFd, name));
-    return fd < 0 ? fail(-fd) : this.entryOf(fd);
+    return fd < 0 ? fail(-fd) : this.entryOf(fd, knownDev, knownIno);
   }
 
   // ---- the capability ----
@@ -675,6 +678,16 @@ export class FsShare {
 
   lookup(dir: bigint, name: Uint8Array): FsResult<Entry> {
     return this.using(dir, 'node', (d) => this.lookupFd(d, name));
+  }
+
+  /**
+   * lookup-known: as lookup, for a name the plugin believes is inode (dev, ino), which it
+   * holds. When it is, no handle is made (node 0): a warm LOOKUP or READDIRPLUS entry then
+   * costs no name_to_handle_at, table slot or close call. The name resolves exactly as
+   * lookup's (fsLookup: beneath the directory, no symlink followed).
+   */
+  lookupKnown(dir: bigint, name: Uint8Array, dev: bigint, ino: bigint): FsResult<Entry> {
+    return this.using(dir, 'node', (d) => this.lookupFd(d, name, dev, ino));
   }
 
   closeHandle(h: bigint): void {

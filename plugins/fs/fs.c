@@ -265,6 +265,11 @@ static int inode_adopt(uint32_t id, const vfs_entry *e);
 
 static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *name, size_t len) {
   uint32_t id = hash_find(e->attr.dev, e->attr.ino);
+  if (!id && !e->node) {
+    /* lookup-known's "the inode you hold" (no handle) for one this table does not hold. */
+    vd_log(VD_LOG_ERROR, "fs: the host answered lookup-known with no handle for an inode not held (a host bug)");
+    return 0;
+  }
   if (!id && name) {
     /* A migration's pending inode the guest holds under this very name: this is it. */
     uint32_t p = name_find(parent, name, len);
@@ -274,7 +279,7 @@ static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *n
     }
   }
   if (id) {
-    vfs_close(e->node);
+    if (e->node) vfs_close(e->node);
     INODE_AT(id).nlookup++;
     if (name) set_name(id, parent, name, len);
     return id;
@@ -872,7 +877,7 @@ static void reply_new_entry(reply *r, uint32_t err, const vfs_entry *e, uint64_t
   struct fuse_entry_out *o = reply_alloc(r, sizeof *o);
   if (!o) {
     /* Do not count a lookup the kernel will never hear about. */
-    vfs_close(e->node);
+    if (e->node) vfs_close(e->node);
     return reply_error(r, ERANGE);
   }
   uint32_t id = inode_take(e, parent, name, len);
@@ -967,11 +972,23 @@ static void op_destroy(reply *r) {
   reply_alloc(r, 0);
 }
 
+/*
+ * Look `name` up in directory `dir` (inode `parent`). When the table holds an inode under
+ * that name, the host is told its (dev, ino) (lookup-known): if the name is still it, the
+ * host makes no handle (e->node 0), which inode_take would only close again, a host call
+ * more per warm LOOKUP and READDIRPLUS entry.
+ */
+static uint32_t lookup_name(vfs_handle dir, uint64_t parent, const uint8_t *name, size_t len, vfs_entry *e) {
+  uint32_t known = name_find(parent, name, len);
+  if (!known || INODE_AT(known).pending) return vfs_lookup(dir, name, len, e);
+  return vfs_lookup_known(dir, name, len, INODE_AT(known).dev, INODE_AT(known).ino, e);
+}
+
 static void op_lookup(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   NAME(a, name, len);
   vfs_entry e;
-  uint32_t err = vfs_lookup(dir->handle, name, len, &e);
+  uint32_t err = lookup_name(dir->handle, nodeid, name, len, &e);
   reply_new_entry(r, err, &e, nodeid, name, len);
 }
 
@@ -1270,7 +1287,7 @@ static void op_readdir(reply *r, args *a, int plus) {
       memset(&eo, 0, sizeof eo);
       int dots = (d.name_len == 1 && d.name[0] == '.') || (d.name_len == 2 && d.name[0] == '.' && d.name[1] == '.');
       vfs_entry e;
-      if (!dots && vfs_lookup(dir_handle, d.name, d.name_len, &e) == 0) {
+      if (!dots && lookup_name(dir_handle, dir_id, d.name, d.name_len, &e) == 0) {
         uint32_t id = inode_take(&e, dir_id, d.name, d.name_len);
         if (id) fill_entry(&eo, id, &e.attr);
       }

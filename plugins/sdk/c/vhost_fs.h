@@ -67,6 +67,11 @@ enum { VFS_CACHE_NEVER = 0, VFS_CACHE_METADATA = 1, VFS_CACHE_AUTO = 2, VFS_CACH
 int vfs_cache_policy(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
+/*
+ * As vfs_lookup for a name believed to be inode (dev, ino), which the caller holds: out->node
+ * is 0 (no handle to close) when it is, else a new handle as vfs_lookup's.
+ */
+uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, uint64_t dev, uint64_t ino, vfs_entry *out);
 void vfs_close(vfs_handle h);
 uint32_t vfs_getattr(vfs_handle h, vfs_attr *out);
 uint32_t vfs_setattr(vfs_handle h, uint32_t valid, uint32_t mode, uint32_t uid, uint32_t gid, uint64_t size,

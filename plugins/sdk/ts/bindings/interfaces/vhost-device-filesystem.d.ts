@@ -16,6 +16,13 @@ declare module 'vhost:device/filesystem@0.2.0' {
    */
   export function lookup(dir: Handle, name: Uint8Array): Entry;
   /**
+   * As `lookup`, for a name the plugin believes is inode (`dev`, `ino`), which it already
+   * holds: when the name is that inode the entry's `node` is 0 and no handle is made (nothing
+   * to close), otherwise a new node handle as `lookup` gives. Added to 0.2.0 after its first
+   * release: a plugin that calls it needs a host that has it (docs/plugin-abi.md).
+   */
+  export function lookupKnown(dir: Handle, name: Uint8Array, dev: bigint, ino: bigint): Entry;
+  /**
    * Release a node or open-file handle.
    */
   export function close(h: Handle): void;
