@@ -98,12 +98,13 @@ test('lookup-known resolves as lookup does: no ".." or path, no symlink followed
   t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
   const root = val(s.root()).node;
   const secretDev = BigInt(statSync(join(f.outside, 'secret')).dev);
+  const held = val(s.lookup(root, enc('file'))).node;
   for (const bad of ['..', '.', '../outside/secret', 'sub/inner', '/etc']) {
-    t.not(errno(s.lookupKnown(root, enc(bad), secretDev, f.secretIno)), 0, bad);
+    t.not(errno(s.lookupKnown(root, enc(bad), held, secretDev, f.secretIno)), 0, bad);
   }
   // A symlink to the outside file, claimed to be that file: the link itself, a new handle.
   for (const name of ['abs', 'rel']) {
-    const e = val(s.lookupKnown(root, enc(name), secretDev, f.secretIno));
+    const e = val(s.lookupKnown(root, enc(name), held, secretDev, f.secretIno));
     t.is(e.attr.mode & S_IFMT, S_IFLNK, `${name} is looked up as the link itself`);
     t.not(e.node, 0n, `${name}: not the inode claimed, so a handle`);
     t.is(errno(s.open(e.node, 0)), E.ELOOP);
@@ -111,17 +112,17 @@ test('lookup-known resolves as lookup does: no ".." or path, no symlink followed
   }
   const file = statSync(join(f.share, 'file'));
   const before = s.openHandles;
-  const known = val(s.lookupKnown(root, enc('file'), BigInt(file.dev), BigInt(file.ino)));
+  const known = val(s.lookupKnown(root, enc('file'), held, BigInt(file.dev), BigInt(file.ino)));
   t.is(known.node, 0n, 'the inode named: no handle');
   t.is(known.attr.ino, BigInt(file.ino));
   t.is(known.attr.size, 6n, 'with its attributes now');
   t.is(s.openHandles, before, 'nothing held');
   // The same name claimed as another inode (it was replaced): a handle on what it is now.
-  const other = val(s.lookupKnown(root, enc('file'), BigInt(file.dev), BigInt(file.ino) + 1n));
+  const other = val(s.lookupKnown(root, enc('file'), held, BigInt(file.dev), BigInt(file.ino) + 1n));
   t.not(other.node, 0n);
   t.is(other.attr.ino, BigInt(file.ino));
   t.is(s.openHandles, before + 1);
-  t.is(errno(s.lookupKnown(999n, enc('file'), BigInt(file.dev), BigInt(file.ino))), E.EBADF, 'an unknown directory handle');
+  t.is(errno(s.lookupKnown(999n, enc('file'), held, BigInt(file.dev), BigInt(file.ino))), E.EBADF, 'an unknown directory handle');
 });
 
 test('a symlink swapped in for a held directory does not redirect the handle', (t) => {

@@ -747,6 +747,82 @@ test('a warm LOOKUP or READDIRPLUS entry makes no host handle and no close; a na
   t.is(b.body.readBigUInt64LE(48), 11n);
 });
 
+/**
+ * Makes a file in `dir` that ext4 gives inode number `ino` (freed just before): files are
+ * made until one gets it (bounded; the misses stay, so a lower free number is used up), and
+ * that one is renamed to `name` with `content`. The misses are removed again.
+ */
+function reuseIno(dir: string, name: string, ino: bigint, content: string): boolean {
+  const misses: string[] = [];
+  try {
+    for (let i = 0; i < 500; i++) {
+      const p = join(dir, `.reuse${i}`);
+      writeFileSync(p, content);
+      if (BigInt(statSync(p).ino) === ino) {
+        renameSync(p, join(dir, name));
+        return true;
+      }
+      misses.push(p);
+    }
+    return false;
+  } finally {
+    for (const p of misses) rmSync(p);
+  }
+}
+
+test('a held file deleted on the host and its inode number given to a new file: a new nodeid, the old one never reaches it', async (t) => {
+  const { c, dir, share } = await setup(t);
+  t.is(share.nodesBy, 'handles', 'inodes held by file handle (nothing pins them)');
+  c.init();
+  writeFileSync(join(dir, 'f'), 'old');
+  const old = c.lookup(1, 'f');
+  t.is(old.error, 0);
+  const oldId = nodeOf(old);
+  const ino = old.body.readBigUInt64LE(40);
+  rmSync(join(dir, 'f'));
+  t.true(reuseIno(dir, 'f', ino, 'the new file'), 'the new file has the old inode number');
+
+  // The name the plugin knows as the old inode (lookup-known), same (dev, ino), another generation.
+  const fresh = c.lookup(1, 'f');
+  t.is(fresh.error, 0);
+  const newId = nodeOf(fresh);
+  t.not(newId, oldId, 'a new nodeid for the new file');
+  t.is(fresh.body.readBigUInt64LE(40), ino);
+  t.is(fresh.body.readBigUInt64LE(48), 12n, "the new file's size");
+  const attr = c.req(OP.GETATTR, newId, new W().u32(0).u32(0).u64(0).done());
+  t.is(attr.error, 0);
+  t.is(attr.body.readBigUInt64LE(16 + 8), 12n);
+  const open = c.req(OP.OPEN, newId, new W().u32(0).u32(0).done());
+  t.is(open.error, 0);
+  t.is(c.read(open.body.readBigUInt64LE(0), 0, 100).body.toString(), 'the new file');
+
+  // The old nodeid is the deleted file: never the new one's attributes or data.
+  t.true([ERR.ENOENT, 116].includes(c.req(OP.GETATTR, oldId, new W().u32(0).u32(0).u64(0).done()).error), 'old: ESTALE');
+  t.true([ERR.ENOENT, 116].includes(c.req(OP.OPEN, oldId, new W().u32(0).u32(0).done()).error), 'old: no open');
+  // Looked up again: the new one, warm.
+  t.is(nodeOf(c.lookup(1, 'f')), newId);
+  // FORGET of the old one leaves the new one be.
+  t.is(c.req(OP.FORGET, oldId, new W().u64(1).done()).len, 0);
+  t.is(c.req(OP.GETATTR, newId, new W().u32(0).u32(0).u64(0).done()).error, 0);
+  t.is(nodeOf(c.lookup(1, 'f')), newId, 'still found by its (dev, ino)');
+
+  // The same when the guest itself makes the file that gets a held, deleted inode's number.
+  writeFileSync(join(dir, 'g'), 'gone');
+  const g = c.lookup(1, 'g');
+  const gIno = g.body.readBigUInt64LE(40);
+  rmSync(join(dir, 'g'));
+  let made: Reply | undefined;
+  for (let i = 0; i < 200 && !made; i++) {
+    const r = c.create(1, `c${i}`, 0o102);
+    t.is(r.error, 0);
+    if (r.body.readBigUInt64LE(40) === gIno) made = r;
+  }
+  t.truthy(made, 'a CREATE got the deleted inode number');
+  t.not(nodeOf(made!), nodeOf(g), 'a new nodeid for the created file');
+  t.is(c.req(OP.GETATTR, nodeOf(made!), new W().u32(0).u32(0).u64(0).done()).error, 0);
+  t.true([ERR.ENOENT, 116].includes(c.req(OP.GETATTR, nodeOf(g), new W().u32(0).u32(0).u64(0).done()).error));
+});
+
 test('READDIR after entries were removed between requests lists every other entry once; a reply too small for one entry is EINVAL', async (t) => {
   const { c, dir } = await setup(t);
   c.init();

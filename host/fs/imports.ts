@@ -26,7 +26,8 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     cache: (): string => s().cache,
     root: () => wit(s().root()),
     lookup: (dir: bigint, name: Uint8Array) => wit(s().lookup(dir, name)),
-    lookupKnown: (dir: bigint, name: Uint8Array, dev: bigint, ino: bigint) => wit(s().lookupKnown(dir, name, dev, ino)),
+    lookupKnown: (dir: bigint, name: Uint8Array, known: bigint, dev: bigint, ino: bigint) => wit(s().lookupKnown(dir, name, known, dev, ino)),
+    sameNode: (a: bigint, b: bigint): boolean => s().sameNode(a, b),
     close: (h: bigint): void => {
       const sh = s();
       if (files) files.close(h);

@@ -410,10 +410,11 @@ export class FsShare {
    * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
    * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
    */
-  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number): FsResult<bigint> {
+  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number, fhLen?: number): FsResult<bigint> {
     let slot: Slot = acc === undefined ? { fd, kind } : { fd, kind, acc };
     if (kind === 'node' && this.nodesBy === 'handles') {
-      const n = native.fsNameToHandle(fd, this.fhBuf);
+      // fhLen: fd's record is in fhBuf already (entryOf made it to compare).
+      const n = fhLen ?? native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
         native.fsClose(fd);
         slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)), dir };
@@ -651,22 +652,42 @@ export class FsShare {
 
   /**
    * A node handle for O_PATH fd `fd` (consumed) with its attributes; node 0 and no handle
-   * (the fd closed) when it is inode (knownDev, knownIno), which the plugin already holds.
+   * (the fd closed) when it is the very inode of the plugin's node handle `known.node`.
+   * (dev, ino) alone is not that: a node held by file handle does not pin its inode, so a new
+   * file may have its number; the file handle (which holds the generation) is compared too,
+   * and then serves the new handle if it differs. A node held by O_PATH fd pins its inode:
+   * its number cannot be reused while it is held.
    */
-  private entryOf(fd: number, knownDev?: bigint, knownIno?: bigint): FsResult<Entry> {
+  private entryOf(fd: number, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
     const a = this.stat(fd);
-    if (!a.ok || (a.val.ino === knownIno && a.val.dev === knownDev)) {
+    if (!a.ok) {
       native.fsClose(fd);
-      return a.ok ? ok({ node: 0n, attr: a.val }) : a;
+      return a;
     }
-    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR);
+    let fhLen: number | undefined;
+    if (known && a.val.ino === known.ino && a.val.dev === known.dev) {
+      const k = this.slot(known.node, 'node');
+      if (k && !k.fh) {
+        native.fsClose(fd);
+        return ok({ node: 0n, attr: a.val });
+      }
+      if (k?.fh) {
+        const n = native.fsNameToHandle(fd, this.fhBuf);
+        if (n >= 0 && Buffer.compare(k.fh, this.fhBuf.subarray(0, n)) === 0) {
+          native.fsClose(fd);
+          return ok({ node: 0n, attr: a.val });
+        }
+        fhLen = n;
+      }
+    }
+    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR, undefined, fhLen);
     if (!h.ok) return h;
     return ok({ node: h.val, attr: a.val });
   }
 
-  private lookupFd(dirFd: number, name: Uint8Array, knownDev?: bigint, knownIno?: bigint): FsResult<Entry> {
+  private lookupFd(dirFd: number, name: Uint8Array, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
     const fd = this.budgeted(native.fsLookup(dirFd, name));
-    return fd < 0 ? fail(-fd) : this.entryOf(fd, knownDev, knownIno);
+    return fd < 0 ? fail(-fd) : this.entryOf(fd, known);
   }
 
   // ---- the capability ----
@@ -681,13 +702,27 @@ export class FsShare {
   }
 
   /**
-   * lookup-known: as lookup, for a name the plugin believes is inode (dev, ino), which it
-   * holds. When it is, no handle is made (node 0): a warm LOOKUP or READDIRPLUS entry then
-   * costs no name_to_handle_at, table slot or close call. The name resolves exactly as
-   * lookup's (fsLookup: beneath the directory, no symlink followed).
+   * lookup-known: as lookup, for a name the plugin believes is the inode of its node handle
+   * `known`, (dev, ino). When it is that very inode (entryOf), no handle is made (node 0): a
+   * warm LOOKUP or READDIRPLUS entry then costs no table slot or close call. The name
+   * resolves exactly as lookup's (fsLookup: beneath the directory, no symlink followed).
    */
-  lookupKnown(dir: bigint, name: Uint8Array, dev: bigint, ino: bigint): FsResult<Entry> {
-    return this.using(dir, 'node', (d) => this.lookupFd(d, name, dev, ino));
+  lookupKnown(dir: bigint, name: Uint8Array, known: bigint, dev: bigint, ino: bigint): FsResult<Entry> {
+    return this.using(dir, 'node', (d) => this.lookupFd(d, name, { node: known, dev, ino }));
+  }
+
+  /**
+   * same-node: for node handles a and b whose entries had the same (dev, ino), whether they
+   * are one inode. Two file handles are compared (they include the generation, which a new
+   * file given a deleted one's number does not share); a node held by O_PATH fd pins its
+   * inode, so its number was not reused. No system call.
+   */
+  sameNode(a: bigint, b: bigint): boolean {
+    const sa = this.slot(a, 'node');
+    const sb = this.slot(b, 'node');
+    if (!sa || !sb) return false;
+    if (!sa.fh || !sb.fh) return true;
+    return Buffer.compare(sa.fh, sb.fh) === 0;
   }
 
   closeHandle(h: bigint): void {

@@ -133,6 +133,24 @@ static uint32_t hash_find(uint64_t dev, uint64_t ino) {
 }
 
 /*
+ * The inode the table holds for host entry e, or 0. (dev, ino) alone is not an inode's
+ * identity: with file handles nothing holds a looked-up inode open, so the host side may
+ * delete it and give its number to a new file (another generation). So a fresh handle
+ * (e->node) whose (dev, ino) the table holds is checked with the host (same-node, a compare
+ * of stored handles); when it is another inode, the held one leaves the index (the guest
+ * keeps it until FORGET, its handle answering ESTALE) and the new one takes its place: never
+ * two inodes under one (dev, ino), never the old node id for the new file.
+ */
+static uint32_t hash_find_entry(const vfs_entry *e) {
+  uint32_t id = hash_find(e->attr.dev, e->attr.ino);
+  if (id && e->node && !vfs_same_node(INODE_AT(id).handle, e->node)) {
+    hash_remove(id); /* inode_free's and inode_kill's hash_remove then find nothing to take */
+    id = 0;
+  }
+  return id;
+}
+
+/*
  * The (parent, name) index: which inode was last looked up by that name. It keeps the names a
  * migration carries in step with renames and unlinks without scanning the table, and lets a
  * lookup on a migration destination find the pending inode the guest already holds for that
@@ -264,7 +282,7 @@ static void inode_init(uint32_t id, const vfs_entry *e) {
 static int inode_adopt(uint32_t id, const vfs_entry *e);
 
 static uint32_t inode_take(const vfs_entry *e, uint64_t parent, const uint8_t *name, size_t len) {
-  uint32_t id = hash_find(e->attr.dev, e->attr.ino);
+  uint32_t id = hash_find_entry(e);
   if (!id && !e->node) {
     /* lookup-known's "the inode you hold" (no handle) for one this table does not hold. */
     vd_log(VD_LOG_ERROR, "fs: the host answered lookup-known with no handle for an inode not held (a host bug)");
@@ -546,7 +564,7 @@ static void inode_lose_name(uint32_t id) {
  * another kind of file or an inode already known under another id. */
 static int inode_adopt(uint32_t id, const vfs_entry *e) {
   fs_inode *in = &INODE_AT(id);
-  if ((e->attr.mode & 0170000) != (in->mode & 0170000) || hash_find(e->attr.dev, e->attr.ino)) return 0;
+  if ((e->attr.mode & 0170000) != (in->mode & 0170000) || hash_find_entry(e)) return 0;
   in->pending = 0;
   in->handle = e->node;
   in->dev = e->attr.dev;
@@ -974,14 +992,14 @@ static void op_destroy(reply *r) {
 
 /*
  * Look `name` up in directory `dir` (inode `parent`). When the table holds an inode under
- * that name, the host is told its (dev, ino) (lookup-known): if the name is still it, the
- * host makes no handle (e->node 0), which inode_take would only close again, a host call
- * more per warm LOOKUP and READDIRPLUS entry.
+ * that name, the host is told its handle and (dev, ino) (lookup-known): if the name is still
+ * that inode (generation included), the host makes no handle (e->node 0), which inode_take
+ * would only close again, a host call more per warm LOOKUP and READDIRPLUS entry.
  */
 static uint32_t lookup_name(vfs_handle dir, uint64_t parent, const uint8_t *name, size_t len, vfs_entry *e) {
   uint32_t known = name_find(parent, name, len);
-  if (!known || INODE_AT(known).pending) return vfs_lookup(dir, name, len, e);
-  return vfs_lookup_known(dir, name, len, INODE_AT(known).dev, INODE_AT(known).ino, e);
+  if (!known || INODE_AT(known).pending || !INODE_AT(known).handle) return vfs_lookup(dir, name, len, e);
+  return vfs_lookup_known(dir, name, len, INODE_AT(known).handle, INODE_AT(known).dev, INODE_AT(known).ino, e);
 }
 
 static void op_lookup(reply *r, uint64_t nodeid, args *a) {

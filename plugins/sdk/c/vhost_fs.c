@@ -60,8 +60,9 @@ VFS_IMPORT("cache") int32_t imp_cache(void);
 VFS_IMPORT("root") void imp_root(R ret);
 VFS_IMPORT("lookup") void imp_lookup(int64_t dir, const uint8_t *name, size_t len, R ret);
 /* Added to 0.2.0 after its first release. */
-VFS_IMPORT("lookup-known") void imp_lookup_known(int64_t dir, const uint8_t *name, size_t len, int64_t dev, int64_t ino,
-                                                 R ret);
+VFS_IMPORT("lookup-known") void imp_lookup_known(int64_t dir, const uint8_t *name, size_t len, int64_t known, int64_t dev,
+                                                 int64_t ino, R ret);
+VFS_IMPORT("same-node") int32_t imp_same_node(int64_t a, int64_t b);
 VFS_IMPORT("close") void imp_close(int64_t h);
 VFS_IMPORT("getattr") void imp_getattr(int64_t h, R ret);
 VFS_IMPORT("setattr") void imp_setattr(int64_t h, int32_t valid, int32_t mode, int32_t uid, int32_t gid, int64_t size,
@@ -153,10 +154,13 @@ uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *
   return entry_result(out, VD_ABI_FILESYSTEM_LOOKUP_RET_OK, VD_ABI_FILESYSTEM_LOOKUP_RET_ERR);
 }
 
-uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, uint64_t dev, uint64_t ino, vfs_entry *out) {
-  imp_lookup_known((int64_t)dir, name, len, (int64_t)dev, (int64_t)ino, ret_area);
+uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, vfs_handle known, uint64_t dev, uint64_t ino,
+                          vfs_entry *out) {
+  imp_lookup_known((int64_t)dir, name, len, (int64_t)known, (int64_t)dev, (int64_t)ino, ret_area);
   return entry_result(out, VD_ABI_FILESYSTEM_LOOKUP_KNOWN_RET_OK, VD_ABI_FILESYSTEM_LOOKUP_KNOWN_RET_ERR);
 }
+
+int vfs_same_node(vfs_handle a, vfs_handle b) { return imp_same_node((int64_t)a, (int64_t)b) != 0; }
 
 void vfs_close(vfs_handle h) { imp_close((int64_t)h); }
 

@@ -68,10 +68,18 @@ int vfs_cache_policy(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 /*
- * As vfs_lookup for a name believed to be inode (dev, ino), which the caller holds: out->node
- * is 0 (no handle to close) when it is, else a new handle as vfs_lookup's.
+ * As vfs_lookup for a name believed to be the inode of node handle `known`, (dev, ino), which
+ * the caller holds: out->node is 0 (no handle to close) when it is that very inode (a new
+ * file that reuses the inode number is not), else a new handle as vfs_lookup's.
  */
-uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, uint64_t dev, uint64_t ino, vfs_entry *out);
+uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, vfs_handle known, uint64_t dev, uint64_t ino,
+                          vfs_entry *out);
+/*
+ * For node handles a and b whose entries had the same (dev, ino): 1 when they are the same
+ * inode, 0 when one is a new file that reuses the other's inode number (or either handle is
+ * no node). Costs no system call.
+ */
+int vfs_same_node(vfs_handle a, vfs_handle b);
 void vfs_close(vfs_handle h);
 uint32_t vfs_getattr(vfs_handle h, vfs_attr *out);
 uint32_t vfs_setattr(vfs_handle h, uint32_t valid, uint32_t mode, uint32_t uid, uint32_t gid, uint64_t size,

@@ -16,12 +16,19 @@ declare module 'vhost:device/filesystem@0.2.0' {
    */
   export function lookup(dir: Handle, name: Uint8Array): Entry;
   /**
-   * As `lookup`, for a name the plugin believes is inode (`dev`, `ino`), which it already
-   * holds: when the name is that inode the entry's `node` is 0 and no handle is made (nothing
-   * to close), otherwise a new node handle as `lookup` gives. Added to 0.2.0 after its first
-   * release: a plugin that calls it needs a host that has it (docs/plugin-abi.md).
+   * As `lookup`, for a name the plugin believes is the inode of its node handle `known`,
+   * (`dev`, `ino`): when the name is that very inode the entry's `node` is 0 and no handle is
+   * made (nothing to close), otherwise (another inode, also a new file that reuses the inode
+   * number) a new node handle as `lookup` gives. Added to 0.2.0 after its first release: a
+   * plugin that calls it needs a host that has it (docs/plugin-abi.md).
    */
-  export function lookupKnown(dir: Handle, name: Uint8Array, dev: bigint, ino: bigint): Entry;
+  export function lookupKnown(dir: Handle, name: Uint8Array, known: Handle, dev: bigint, ino: bigint): Entry;
+  /**
+   * For node handles `a` and `b` whose entries had the same (dev, ino): true when they are the
+   * same inode, false when one is a new file that was given the other's inode number after it
+   * was deleted (or either is no node handle). Added to 0.2.0 with `lookup-known`.
+   */
+  export function sameNode(a: Handle, b: Handle): boolean;
   /**
    * Release a node or open-file handle.
    */
