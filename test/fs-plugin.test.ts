@@ -491,6 +491,30 @@ test('state: a file gone from the destination fails the load (abort), or answers
   t.true(existsSync(join(dstDir, 'sub', 'kept.txt')));
 });
 
+test('state: after a load, a held file deleted on the host and its inode number reused is a new nodeid on the destination', async (t) => {
+  const src = await setup(t);
+  src.c.init();
+  writeFileSync(join(src.dir, 'f'), 'old');
+  const old = src.c.lookup(1, 'f');
+  const oldId = nodeOf(old);
+  const ino = old.body.readBigUInt64LE(40);
+  const state = saveState(src.dev);
+  const dstShare = new FsShare(src.dir, { tag: 'mytag' });
+  t.teardown(() => dstShare.close());
+  const { dev: dst, c: d } = await loadOn(dstShare);
+  t.is(loadState(dst, state), null);
+  t.is(d.req(OP.GETATTR, oldId, new W().u32(0).u32(0).u64(0).done()).error, 0, 'resolved by its name: in the index again');
+  rmSync(join(src.dir, 'f'));
+  t.true(reuseIno(src.dir, 'f', ino, 'the new file'), 'the new file has the old inode number');
+  const fresh = d.lookup(1, 'f');
+  t.is(fresh.error, 0);
+  t.not(nodeOf(fresh), oldId);
+  t.is(fresh.body.readBigUInt64LE(48), 12n);
+  const open = d.req(OP.OPEN, nodeOf(fresh), new W().u32(0).u32(0).done());
+  t.is(d.read(open.body.readBigUInt64LE(0), 0, 100).body.toString(), 'the new file');
+  t.true([ERR.ENOENT, 116].includes(d.req(OP.GETATTR, oldId, new W().u32(0).u32(0).u64(0).done()).error), 'old: ESTALE');
+});
+
 test('state: foreign, truncated and newer states are refused', async (t) => {
   const { c, dev } = await setup(t);
   c.init();
