@@ -13,8 +13,8 @@
  * callback return an error, so the device is never marked broken by a guest.
  *
  * Tables: nodeids index `inodes` (1 = the share root); each holds a host node handle and
- * the kernel's lookup count; the same host inode (dev, ino) is always the same nodeid (a
- * hard link looked up twice is one inode). FUSE file handles index `files`, each an open
+ * the kernel's lookup count; the same host inode (dev, ino, and the generation: see
+ * hash_find_entry) is always the same nodeid (a hard link looked up twice is one inode). FUSE file handles index `files`, each an open
  * host handle. Both are capped, so a guest cannot exhaust our memory; the host caps fds.
  *
  * Extended attributes (GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR) go to the host's xattr
