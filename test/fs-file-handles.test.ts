@@ -5,7 +5,7 @@
 // the fs plugin in a real host process whose hard fd limit is 4,096.
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare, type FsResult } from '../host/fs/index.ts';
@@ -145,6 +145,44 @@ test('a file the guest unlinked while it holds it open keeps its attributes thro
   t.is(Buffer.from(val(s.read(fh, 0n, 16))).toString(), 'inside');
   s.closeHandle(fh);
   t.is(errno(s.getattr(node)), E.ESTALE);
+});
+
+test('lookup-known and same-node tell a new file that reuses a held inode number from the inode held; with fds the number is pinned', (t) => {
+  const f = fixture();
+  const s = new FsShare(f.share);
+  t.teardown(() => (s.close(), rmSync(f.top, { recursive: true, force: true })));
+  t.is(s.nodesBy, 'handles');
+  const root = val(s.root()).node;
+  const held = val(s.lookup(root, enc('file')));
+  const { dev, ino } = held.attr;
+  t.is(val(s.lookupKnown(root, enc('file'), held.node, dev, ino)).node, 0n, 'the same inode: no handle');
+  rmSync(join(f.share, 'file'));
+  let reused = false;
+  for (let i = 0; i < 500 && !reused; i++) {
+    writeFileSync(join(f.share, `n${i}`), 'new');
+    if (BigInt(statSync(join(f.share, `n${i}`)).ino) === ino) {
+      renameSync(join(f.share, `n${i}`), join(f.share, 'file'));
+      reused = true;
+    }
+  }
+  t.true(reused, 'ext4 gave a new file the held inode number');
+  const fresh = val(s.lookupKnown(root, enc('file'), held.node, dev, ino));
+  t.not(fresh.node, 0n, 'same (dev, ino), another generation: a new handle');
+  t.is(fresh.attr.ino, ino);
+  t.false(s.sameNode(held.node, fresh.node));
+  const again = val(s.lookup(root, enc('file')));
+  t.true(s.sameNode(fresh.node, again.node), 'one inode looked up twice');
+  t.is(val(s.lookupKnown(root, enc('file'), fresh.node, dev, ino)).node, 0n);
+  t.is(errno(s.getattr(held.node)), E.ESTALE, 'the held one is the deleted file');
+  t.false(s.sameNode(held.node, 999n), 'an unknown handle is no node');
+
+  const byFd = new FsShare(f.share, { inodeFileHandles: 'never' });
+  t.teardown(() => byFd.close());
+  const r = val(byFd.root()).node;
+  const a = val(byFd.lookup(r, enc('file')));
+  t.is(val(byFd.lookupKnown(r, enc('file'), a.node, a.attr.dev, a.attr.ino)).node, 0n, 'an fd-held inode: (dev, ino) suffices');
+  const b = val(byFd.lookup(r, enc('file')));
+  t.true(byFd.sameNode(a.node, b.node));
 });
 
 test('with handles, fds are spent only by open files: past the cap an OPEN answers ENFILE, lookups go on', (t) => {
