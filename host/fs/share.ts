@@ -195,6 +195,13 @@ const MAX_TABLE = 1 << 21;
 /** fsNameToHandle's record: 12 bytes of head and at most MAX_HANDLE_SZ (128) of handle. */
 const FH_RECORD_MAX = 140;
 
+/** Whether `a` is the first `n` bytes of `b` (a loop: a file handle is ~20 bytes, less than a native call costs). */
+function sameBytes(a: Uint8Array, b: Uint8Array, n: number): boolean {
+  if (a.length !== n) return false;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
 const fail = (errno: Errno): FsResult<never> => ({ ok: false, errno });
 
@@ -673,7 +680,7 @@ export class FsShare {
       }
       if (k?.fh) {
         const n = native.fsNameToHandle(fd, this.fhBuf);
-        if (n >= 0 && Buffer.compare(k.fh, this.fhBuf.subarray(0, n)) === 0) {
+        if (n >= 0 && sameBytes(k.fh, this.fhBuf, n)) {
           native.fsClose(fd);
           return ok({ node: 0n, attr: a.val });
         }
@@ -722,7 +729,7 @@ export class FsShare {
     const sb = this.slot(b, 'node');
     if (!sa || !sb) return false;
     if (!sa.fh || !sb.fh) return true;
-    return Buffer.compare(sa.fh, sb.fh) === 0;
+    return sameBytes(sa.fh, sb.fh, sb.fh.length);
   }
 
   closeHandle(h: bigint): void {
