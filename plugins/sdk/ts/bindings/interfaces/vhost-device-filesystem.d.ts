@@ -19,8 +19,9 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * As `lookup`, for a name the plugin believes is the inode of its node handle `known`,
    * (`dev`, `ino`): when the name is that very inode the entry's `node` is 0 and no handle is
    * made (nothing to close), otherwise (another inode, also a new file that reuses the inode
-   * number) a new node handle as `lookup` gives. Added to 0.2.0 after its first release: a
-   * plugin that calls it needs a host that has it (docs/plugin-abi.md).
+   * number) a new node handle as `lookup` gives. The same resolution as `lookup` (never
+   * outside the share, no symlink followed). Added to 0.2.0 after its first release: a plugin
+   * that calls it needs a host that has it (docs/plugin-abi.md).
    */
   export function lookupKnown(dir: Handle, name: Uint8Array, known: Handle, dev: bigint, ino: bigint): Entry;
   /**
