@@ -13,6 +13,7 @@ import { BackingTable } from '../host/io/backing-table.ts';
 import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index.ts';
 import { runRequest } from './helpers/plugin-requests.ts';
 import { direntplus } from './helpers/fuse.ts';
+import { fillInodes, mountSmallExt4 } from './helpers/small-ext4.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-plugin-test-'));
@@ -116,8 +117,8 @@ class Client {
 const nodeOf = (r: Reply) => r.body.readBigUInt64LE(0);
 const fhOfCreate = (r: Reply) => r.body.readBigUInt64LE(128);
 
-function fixture(readOnly = false) {
-  const dir = mkdtempSync(join(tmpdir(), 'fs-plugin-share-'));
+function fixture(readOnly = false, parent = tmpdir()) {
+  const dir = mkdtempSync(join(parent, 'fs-plugin-share-'));
   mkdirSync(join(dir, 'sub'));
   writeFileSync(join(dir, 'hello.txt'), 'hello\n');
   const share = new FsShare(dir, { readOnly, tag: 'mytag' });
@@ -132,8 +133,8 @@ async function loadOn(share: FsShare | undefined, log: (l: string, m: string) =>
   return { dev, c: new Client(dev, backings) };
 }
 
-async function setup(t: import('ava').ExecutionContext, readOnly = false) {
-  const f = fixture(readOnly);
+async function setup(t: import('ava').ExecutionContext, readOnly = false, parent?: string) {
+  const f = fixture(readOnly, parent);
   const logs: string[] = [];
   const backings = new BackingTable();
   const fsFiles = new FsFileBackings(f.share, backings);
@@ -492,7 +493,7 @@ test('state: a file gone from the destination fails the load (abort), or answers
 });
 
 test('state: after a load, a held file deleted on the host and its inode number reused is a new nodeid on the destination', async (t) => {
-  const src = await setup(t);
+  const src = await setup(t, false, ext4For(t));
   src.c.init();
   writeFileSync(join(src.dir, 'f'), 'old');
   const old = src.c.lookup(1, 'f');
@@ -504,8 +505,9 @@ test('state: after a load, a held file deleted on the host and its inode number 
   const { dev: dst, c: d } = await loadOn(dstShare);
   t.is(loadState(dst, state), null);
   t.is(d.req(OP.GETATTR, oldId, new W().u32(0).u32(0).u64(0).done()).error, 0, 'resolved by its name: in the index again');
+  const fillers = fillInodes(src.dir);
   rmSync(join(src.dir, 'f'));
-  t.true(reuseIno(src.dir, 'f', ino, 'the new file'), 'the new file has the old inode number');
+  t.true(reuseIno(src.dir, 'f', ino, 'the new file', fillers), 'the new file has the old inode number');
   const fresh = d.lookup(1, 'f');
   t.is(fresh.error, 0);
   t.not(nodeOf(fresh), oldId);
@@ -776,26 +778,29 @@ test('a warm LOOKUP or READDIRPLUS entry makes no host handle and no close; a na
  * made until one gets it (bounded; the misses stay, so a lower free number is used up), and
  * that one is renamed to `name` with `content`. The misses are removed again.
  */
-function reuseIno(dir: string, name: string, ino: bigint, content: string): boolean {
-  const misses: string[] = [];
+/**
+ * Gives `ino` (just freed) to a new file `name` holding `content`: on a small ext4 with every
+ * other inode taken (test/helpers/small-ext4.ts) the next file must get it; the filler files
+ * go afterwards. Returns whether it did.
+ */
+function reuseIno(dir: string, name: string, ino: bigint, content: string, fillers: string[]): boolean {
   try {
-    for (let i = 0; i < 500; i++) {
-      const p = join(dir, `.reuse${i}`);
-      writeFileSync(p, content);
-      if (BigInt(statSync(p).ino) === ino) {
-        renameSync(p, join(dir, name));
-        return true;
-      }
-      misses.push(p);
-    }
-    return false;
+    writeFileSync(join(dir, name), content);
+    return BigInt(statSync(join(dir, name)).ino) === ino;
   } finally {
-    for (const p of misses) rmSync(p);
+    for (const p of fillers) rmSync(p);
   }
 }
 
+/** A small ext4 (its inode numbers come back deterministically) for this test, unmounted after it. */
+function ext4For(t: import('ava').ExecutionContext): string {
+  const e4 = mountSmallExt4();
+  t.teardown(() => e4.unmount());
+  return e4.path;
+}
+
 test('a held file deleted on the host and its inode number given to a new file: a new nodeid, the old one never reaches it', async (t) => {
-  const { c, dir, share } = await setup(t);
+  const { c, dir, share } = await setup(t, false, ext4For(t));
   t.is(share.nodesBy, 'handles', 'inodes held by file handle (nothing pins them)');
   c.init();
   writeFileSync(join(dir, 'f'), 'old');
@@ -803,8 +808,9 @@ test('a held file deleted on the host and its inode number given to a new file: 
   t.is(old.error, 0);
   const oldId = nodeOf(old);
   const ino = old.body.readBigUInt64LE(40);
+  const fillers = fillInodes(dir);
   rmSync(join(dir, 'f'));
-  t.true(reuseIno(dir, 'f', ino, 'the new file'), 'the new file has the old inode number');
+  t.true(reuseIno(dir, 'f', ino, 'the new file', fillers), 'the new file has the old inode number');
 
   // The name the plugin knows as the old inode (lookup-known), same (dev, ino), another generation.
   const fresh = c.lookup(1, 'f');
@@ -834,13 +840,14 @@ test('a held file deleted on the host and its inode number given to a new file: 
   writeFileSync(join(dir, 'g'), 'gone');
   const g = c.lookup(1, 'g');
   const gIno = g.body.readBigUInt64LE(40);
+  const gFillers = fillInodes(dir);
+  t.teardown(() => gFillers.forEach((p) => rmSync(p, { force: true })));
   rmSync(join(dir, 'g'));
-  let made: Reply | undefined;
-  for (let i = 0; i < 200 && !made; i++) {
-    const r = c.create(1, `c${i}`, 0o102);
-    t.is(r.error, 0);
-    if (r.body.readBigUInt64LE(40) === gIno) made = r;
-  }
+  // The only free inode is g's: the guest's CREATE gets it.
+  const r = c.create(1, 'c0', 0o102);
+  t.is(r.error, 0);
+  t.is(r.body.readBigUInt64LE(40), gIno, "the CREATE got the deleted file's inode number");
+  const made: Reply | undefined = r;
   t.truthy(made, 'a CREATE got the deleted inode number');
   t.not(nodeOf(made!), nodeOf(g), 'a new nodeid for the created file');
   t.is(c.req(OP.GETATTR, nodeOf(made!), new W().u32(0).u32(0).u64(0).done()).error, 0);
