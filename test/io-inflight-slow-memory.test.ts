@@ -63,12 +63,19 @@ function heldReads(blk: BlkDevice, disk: FaultyFuse): Promise<(string | null)[]>
 
 async function setup(name: string, extra: object = {}) {
   const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug']);
-  const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 32 << 20, memory: { name }, queues: [128], features: FEATURES, indirect: 128, ...extra });
-  const blk = new BlkDevice(fe.queues[0]);
-  // Warm: the worker, its ring and the file are there; these pages are below the held ones.
-  for (let i = 0; i < 4; i++) await blk.read(i * 8, 4096);
-  return { disk, host, fe, blk };
+  let host: HostProcess | undefined;
+  try {
+    host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug']);
+    const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 32 << 20, memory: { name }, queues: [128], features: FEATURES, indirect: 128, ...extra });
+    const blk = new BlkDevice(fe.queues[0]);
+    // Warm: the worker, its ring and the file are there; these pages are below the held ones.
+    for (let i = 0; i < 4; i++) await blk.read(i * 8, 4096);
+    return { disk, host, fe, blk };
+  } catch (e) {
+    await host?.stop();
+    await disk.unmount();
+    throw e;
+  }
 }
 
 /** No memory fault and no failed read in the host's log. */
@@ -89,9 +96,12 @@ test.serial('SET_MEM_TABLE while buffered reads wait on a slow file: the old map
     // The same memory again with new fds, as QEMU re-sends it: the host maps it anew and must
     // keep the old mapping, where the held reads' buffers are, until they are answered.
     const sent = fe.conn.setMemTable(fe.memory.memTable());
+    sent.catch(() => {}); // awaited below; a failed test closes the connection first
     await host.waitForLog(/<- SET_MEM_TABLE/);
-    t.true(await eventually(() => hostMaps(host, name) > maps, 10_000), 'the worker mapped the new table');
-    t.true(hostMaps(host, name) >= 2 * maps && disk.held === HELD, 'the old mapping is still there while the reads are held');
+    // The worker maps the new table first: while the reads are held, both are mapped (a host
+    // that unmapped first never shows both).
+    t.true(await eventually(() => hostMaps(host, name) >= 2 * maps, 10_000), `the new table is mapped and the old one kept while the reads are held (${hostMaps(host, name)} mappings, ${maps} per table)`);
+    t.is(disk.held, HELD, 'the reads are still held');
     disk.open();
     t.deepEqual((await withTimeout(reads, 20_000, 'the held reads')).filter((e) => e !== null), [], 'every held read completed with the right bytes');
     await withTimeout(sent, 10_000, 'SET_MEM_TABLE');
@@ -101,6 +111,7 @@ test.serial('SET_MEM_TABLE while buffered reads wait on a slow file: the old map
     t.deepEqual((await heldReads(blk, disk)).filter((e) => e !== null), [], 'reads after the remap');
     assertCleanLog(t, host);
   } finally {
+    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
     disk.open();
     await fe.close();
     t.is(await host.stop(), 0, host.log());
@@ -133,6 +144,7 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     t.true(await eventually(() => host.fdCount() <= fdsBefore, 10_000), `no fd left behind (${host.fdCount()}, ${fdsBefore} before)`);
     assertCleanLog(t, host);
   } finally {
+    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
     disk.open();
     await fe.close();
     t.is(await host.stop(), 0, host.log());
