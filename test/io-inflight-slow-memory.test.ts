@@ -155,3 +155,41 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     await disk.unmount();
   }
 });
+
+test.serial('REM_MEM_REG of the region the buffers are in while buffered reads wait on a slow file: it stays mapped until they are answered, they land there, then it goes', async (t) => {
+  const name = `iofs-remreg-${process.pid}`;
+  // Two regions, one memfd each (name-0, name-1), described with ADD_MEM_REG: the ring is in
+  // region 0, which is then filled up, so every held request's buffers are in region 1.
+  const { disk, host, fe, blk } = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true });
+  try {
+    const r0 = fe.memory.regions[0];
+    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+    const region1 = fe.memory.memTable()[1];
+    t.true(hostMaps(host, `${name}-1`) > 0 && hostFds(host, `${name}-1`) === 1, 'the host maps region 1 and holds its fd');
+    const maps0 = hostMaps(host, `${name}-0`);
+    const fdsBefore = host.fdCount();
+    disk.hold();
+    const reads = heldReads(blk, disk);
+    t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
+    const sent = fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
+    sent.catch(() => {}); // awaited below; a failed test closes the connection first
+    await host.waitForLog(/<- REM_MEM_REG/);
+    // As for a disconnect, nothing says "I would unmap now": watched for a while.
+    t.false(await eventually(() => hostMaps(host, `${name}-1`) === 0, 1500), 'region 1 stays mapped while the reads are held');
+    t.is(disk.held, HELD, 'the reads are still held');
+    disk.open();
+    t.deepEqual((await withTimeout(reads, 20_000, 'the held reads')).filter((e) => e !== null), [], 'every held read completed into region 1 with the right bytes');
+    await withTimeout(sent, 10_000, 'REM_MEM_REG');
+    t.true(await eventually(() => hostMaps(host, `${name}-1`) === 0, 10_000), 'then region 1 is unmapped');
+    t.is(hostFds(host, `${name}-1`), 0, 'and its fd closed');
+    t.is(hostMaps(host, `${name}-0`), maps0, 'region 0 stays mapped');
+    t.is(host.fdCount(), fdsBefore - 1, 'no other fd left behind or lost');
+    assertCleanLog(t, host);
+  } finally {
+    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
+    disk.open();
+    await fe.close();
+    t.is(await host.stop(), 0, host.log());
+    await disk.unmount();
+  }
+});
