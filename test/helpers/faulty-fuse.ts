@@ -169,6 +169,11 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       });
     next();
   });
+  function open(): void {
+    const waiting = gate ?? [];
+    gate = null;
+    for (const answer of waiting) answer();
+  }
   return {
     path: join(dir, name),
     data,
@@ -179,13 +184,9 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     hold() {
       gate ??= [];
     },
-    open() {
-      const waiting = gate ?? [];
-      gate = null;
-      for (const answer of waiting) answer();
-    },
+    open,
     async unmount() {
-      this.open();
+      open();
       spawnSync('umount', ['-l', dir]);
       await served;
       closeSync(fd);
