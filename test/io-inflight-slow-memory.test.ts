@@ -12,15 +12,15 @@
 // The executor's count of requests in flight is not exposed outside the device's worker, so
 // "nothing left in the ring" is checked as: every request answered, and the host stops cleanly.
 // Needs root (the mount).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { BlkDevice, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
+import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 8 << 20;
@@ -28,20 +28,6 @@ const FEATURES = [VIRTIO_F_VERSION_1, 2 /* SEG_MAX */, 9 /* FLUSH */].reduce((m,
 /** Reads held at once: each one page, on a page no earlier read brought into the page cache. */
 const HELD = 16;
 
-function hostMaps(host: HostProcess, name: string): number {
-  return readFileSync(`/proc/${host.child.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(`/memfd:${name}`)).length;
-}
-
-function hostFds(host: HostProcess, name: string): number {
-  const pid = host.child.pid!;
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-    try {
-      return readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`/memfd:${name}`);
-    } catch {
-      return false;
-    }
-  }).length;
-}
 
 /** Sector of the i-th held read: 64 KiB apart from 1 MiB on, never read before in the test. */
 const heldSector = (i: number) => (1 << 11) + i * 128;
@@ -79,8 +65,17 @@ async function setup(name: string, extra: object = {}) {
 }
 
 /** No memory fault and no failed read in the host's log. */
-function assertCleanLog(t: import('ava').ExecutionContext, host: HostProcess): void {
+function assertCleanLog(t: ExecutionContext, host: HostProcess): void {
   t.notRegex(host.log(), /EFAULT|fault|read of \d+ bytes at \d+ failed|ERROR/i, 'no EFAULT, memory fault or failed read in the host log');
+}
+
+/** The host's warnings shown on a failure, the gate opened, everything closed; the host must exit 0. */
+async function teardown(t: ExecutionContext, { disk, host, fe }: { disk: FaultyFuse; host: HostProcess; fe: VhostUserFrontend }): Promise<void> {
+  t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
+  disk.open();
+  await fe.close();
+  t.is(await host.stop(), 0, host.log());
+  await disk.unmount();
 }
 
 test.serial('SET_MEM_TABLE while buffered reads wait on a slow file: the old mapping stays until they are answered, they land with the right bytes, then it goes', async (t) => {
@@ -111,11 +106,7 @@ test.serial('SET_MEM_TABLE while buffered reads wait on a slow file: the old map
     t.deepEqual((await heldReads(blk, disk)).filter((e) => e !== null), [], 'reads after the remap');
     assertCleanLog(t, host);
   } finally {
-    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
-    disk.open();
-    await fe.close();
-    t.is(await host.stop(), 0, host.log());
-    await disk.unmount();
+    await teardown(t, { disk, host, fe });
   }
 });
 
@@ -148,11 +139,7 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     t.true(await eventually(() => host.fdCount() <= fdsBefore, 10_000), `no fd left behind (${host.fdCount()}, ${fdsBefore} before)`);
     assertCleanLog(t, host);
   } finally {
-    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
-    disk.open();
-    await fe.close();
-    t.is(await host.stop(), 0, host.log());
-    await disk.unmount();
+    await teardown(t, { disk, host, fe });
   }
 });
 
@@ -186,10 +173,6 @@ test.serial('REM_MEM_REG of the region the buffers are in while buffered reads w
     t.is(host.fdCount(), fdsBefore - 1, 'no other fd left behind or lost');
     assertCleanLog(t, host);
   } finally {
-    t.log(host.log().split('\n').filter((l) => /EFAULT|fault|fail|error|warn/i.test(l)).slice(-8).join('\n'));
-    disk.open();
-    await fe.close();
-    t.is(await host.stop(), 0, host.log());
-    await disk.unmount();
+    await teardown(t, { disk, host, fe });
   }
 });
