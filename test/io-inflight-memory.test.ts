@@ -6,15 +6,17 @@
 // and the host goes on serving. (With O_DIRECT the kernel pins the buffers' pages at submission, so
 // on this kernel a read would land right even in a mapping unmapped too early: what these tests
 // hold the host to is that every request completes, nothing is unmapped under a request not yet
-// taken, and no fd or mapping is left behind.)
+// taken, and no fd or mapping is left behind. io-inflight-slow-memory.test.ts makes the order
+// observable: buffered reads from a slow FUSE file, copied into guest memory only on completion.)
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
+import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 16 << 20;
@@ -22,23 +24,6 @@ const F = { SIZE_MAX: 1, SEG_MAX: 2, BLK_SIZE: 6, FLUSH: 9 };
 const FEATURES = [VIRTIO_F_VERSION_1, ...Object.values(F)].reduce((m, b) => m | (1n << BigInt(b)), 0n);
 const dir = mkdtempSync('/var/tmp/vhost-wasm-io-inflight-');
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
-
-/** Lines of the host's /proc/PID/maps that map the named memfd (guest RAM). */
-function hostMaps(host: HostProcess, name: string): number {
-  return readFileSync(`/proc/${host.child.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(`/memfd:${name}`)).length;
-}
-
-/** The host's fds on the named memfd. */
-function hostFds(host: HostProcess, name: string): number {
-  const pid = host.child.pid!;
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-    try {
-      return readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`/memfd:${name}`);
-    } catch {
-      return false;
-    }
-  }).length;
-}
 
 async function setup(name: string): Promise<{ host: HostProcess; fe: VhostUserFrontend; blk: BlkDevice; data: Buffer }> {
   const data = randomBytes(IMAGE_BYTES);

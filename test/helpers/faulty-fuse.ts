@@ -3,7 +3,11 @@
 // hands the host's pread/pwrite/io_uring request the errno) where device-mapper's `error`
 // target is not available (a kernel without device-mapper, as in the test container).
 // Only what the kernel asks of a mounted file holding a disk image is answered; anything else
-// gets ENOSYS. The file is opened FOPEN_DIRECT_IO: no page cache, every request reaches here.
+// gets ENOSYS. The file is opened FOPEN_DIRECT_IO (no page cache, every request reaches here)
+// unless `cached`: then reads go through the page cache, and the kernel copies a read's bytes
+// into the reader's buffer only once this process answered it (no pinned pages, as O_DIRECT
+// has), so a buffer unmapped under a slow read shows (EFAULT). Between hold() and open(),
+// reads wait unanswered: the test decides when the slow file answers.
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +23,7 @@ const ROOT = 1n;
 const FILE = 2n;
 const MAX_WRITE = 128 << 10;
 const FOPEN_DIRECT_IO = 1;
+const FUSE_ASYNC_READ = 1;
 
 export interface FaultyFuse {
   /** The file's path on the mount. */
@@ -27,11 +32,17 @@ export interface FaultyFuse {
   data: Buffer;
   /** Requests answered with EIO, by kind. */
   failed: { read: number; write: number };
+  /** Reads held since hold(), not yet answered. */
+  readonly held: number;
+  /** From now on, reads wait unanswered until open(). */
+  hold(): void;
+  /** Answers the held reads and lets every later one through. */
+  open(): void;
   unmount(): Promise<void>;
 }
 
 /** Mounts the file system (root needed) with one file `name` of `data.length` bytes; [badStart, badEnd) fails with EIO. */
-export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number): Promise<FaultyFuse> {
+export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number, opts: { cached?: boolean } = {}): Promise<FaultyFuse> {
   // A fuse built as a module (Debian's) loads on first use; a machine without /dev/fuse loads it.
   if (!existsSync('/dev/fuse')) spawnSync('modprobe', ['fuse']);
   const dir = mkdtempSync('/tmp/vhost-wasm-fuse-');
@@ -44,6 +55,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     throw new Error(`mounting the FUSE file system failed: ${m.stderr}`);
   }
   const failed = { read: 0, write: 0 };
+  let gate: (() => void)[] | null = null;
   const bad = (off: number, len: number) => off < badEnd && off + len > badStart;
   const buf = Buffer.alloc(MAX_WRITE + 4096);
   const reply = (unique: bigint, error: number, body: Buffer = Buffer.alloc(0)) => {
@@ -78,6 +90,9 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
         out.writeUInt32LE(7, 0);
         out.writeUInt32LE(31, 4);
         out.writeUInt32LE(0, 8); // no read-ahead
+        // FUSE_ASYNC_READ when cached: page-cache reads of one file run side by side (else the
+        // kernel sends them one at a time, and only one could be held).
+        out.writeUInt32LE(opts.cached ? FUSE_ASYNC_READ : 0, 12);
         out.writeUInt16LE(16, 16);
         out.writeUInt16LE(12, 18);
         out.writeUInt32LE(MAX_WRITE, 20);
@@ -98,14 +113,16 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       case OP.OPEN:
       case OP.OPENDIR: {
         const out = Buffer.alloc(16);
-        out.writeUInt32LE(opcode === OP.OPEN ? FOPEN_DIRECT_IO : 0, 8);
+        out.writeUInt32LE(opcode === OP.OPEN && !opts.cached ? FOPEN_DIRECT_IO : 0, 8);
         return reply(unique, 0, out);
       }
       case OP.READ: {
         const off = Number(arg.readBigUInt64LE(8));
         const size = arg.readUInt32LE(16);
         if (bad(off, size)) return (failed.read++, reply(unique, EIO));
-        return reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
+        const answer = () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
+        if (gate) return void gate.push(answer);
+        return answer();
       }
       case OP.WRITE: {
         const off = Number(arg.readBigUInt64LE(8));
@@ -152,11 +169,24 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       });
     next();
   });
+  function open(): void {
+    const waiting = gate ?? [];
+    gate = null;
+    for (const answer of waiting) answer();
+  }
   return {
     path: join(dir, name),
     data,
     failed,
+    get held() {
+      return gate?.length ?? 0;
+    },
+    hold() {
+      gate ??= [];
+    },
+    open,
     async unmount() {
+      open();
       spawnSync('umount', ['-l', dir]);
       await served;
       closeSync(fd);
