@@ -58,6 +58,14 @@ function guestMemory(bytes: number): { buf: ArrayBuffer; view(off: number, len: 
   };
 }
 
+/** A view of `len` bytes of guest memory that was unmapped since (its window detached: length 0), as a request into memory the front-end took away holds. */
+function unmappedView(len: number): Uint8Array {
+  const gone = guestMemory(65536);
+  const v = gone.view(0, len);
+  gone.close();
+  return v;
+}
+
 function pattern(bytes: number, seed: number): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < bytes; i++) b[i] = (i * 31 + seed * 7 + (i >> 9)) & 0xff;
@@ -235,9 +243,7 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
       t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0x5a));
       t.is(pins, 0, 'every pin undone');
       // A failing small write answers its errno like a ring one (guest memory gone: EFAULT).
-      const gone = guestMemory(65536);
-      const from = [gone.view(0, 100)];
-      gone.close();
+      const from = [unmappedView(100)];
       t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from }]), { errno: 14, lastReadBytes: 0 });
       t.is(ex.inflight, 0);
     } finally {
@@ -616,9 +622,7 @@ test.serial('an inline (tmpfs) target: one-op requests done inside submit, short
         t.deepEqual(order, ['slow', 'flush', 'after']);
         t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x17));
         // Guest memory gone under a request: EFAULT, not a write of nothing.
-        const gone = guestMemory(65536);
-        const into = [gone.view(0, 4096)];
-        gone.close();
+        const into = [unmappedView(4096)];
         t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
         t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
         t.is(ex.inflight, 0);
