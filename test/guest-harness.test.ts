@@ -8,6 +8,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, type BootResult } from './guest/qemu.ts';
+import { START_MARKER } from './guest/protocol.ts';
+import { qemuAbortBeforeScript } from './guest/qemu-abort.ts';
 import { startStorageDaemon } from './guest/storage-daemon.ts';
 
 // Serial: each guest takes a whole emulated CPU and the machine has two.
@@ -88,4 +90,16 @@ guestTest('the guest reads and writes a vhost-user-blk disk served by qemu-stora
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a QEMU abort in its own code is worth one more boot only before the guest script began', (t) => {
+  const msix = "qemu-system-x86_64: hw/pci/msix.c:228: msix_table_mmio_write: Assertion `addr + size <= dev->msix_entries_nr * PCI_MSIX_ENTRY_SIZE' failed.";
+  const firmware = 'SeaBIOS (version 1.16.3-debian-1.16.3-2)\nBooting from ROM..\n';
+  // What CI saw: QEMU died in the firmware-to-kernel phase.
+  t.is(qemuAbortBeforeScript(`${msix}\n`, firmware), msix);
+  // Once the script began, whatever happened is the test's business, not the harness's.
+  t.is(qemuAbortBeforeScript(`${msix}\n`, `${firmware}\n${START_MARKER}\nhello\n`), undefined);
+  // QEMU refusing its command line or a back-end is not an abort in QEMU's code: never retried.
+  t.is(qemuAbortBeforeScript("qemu-system-x86_64: -device vhost-user-blk-pci,chardev=d0: Failed to connect to '/tmp/x.sock': No such file or directory\n", ''), undefined);
+  t.is(qemuAbortBeforeScript('qemu-system-x86_64: Failed to read from slave.\n', firmware), undefined);
 });

@@ -29,6 +29,7 @@ import { guestImage, writeBootInitrd, type GuestImageOptions } from './image.ts'
 import { assertGuestPrerequisites } from './prerequisites.ts';
 import { EXIT_MARKER, parseConsole } from './protocol.ts';
 import { Qmp, type QmpEvent } from './qmp.ts';
+import { qemuAbortBeforeScript } from './qemu-abort.ts';
 import { qemuCommandLine } from './qemu.ts';
 import { ensureQemu10 } from './qemu10.ts';
 import { track } from './reaper.ts';
@@ -137,6 +138,8 @@ export interface MigrationResult {
     ackMs?: number;
     totalMs: number;
   };
+  /** Set when QEMU aborted in its own code before the guest script began and this is the second try: the first one's assertion. */
+  qemuAbortRetried?: string;
 }
 
 const SEEN = 'MIGRATION-SEEN';
@@ -237,8 +240,21 @@ async function sendLine(path: string, line: string): Promise<void> {
   });
 }
 
-/** Runs one live migration; always stops both QEMUs. Throws only for harness errors (bad setup). */
+/**
+ * Runs one live migration; always stops both QEMUs. Throws only for harness errors (bad setup).
+ * A QEMU that aborts in its own code before the guest script began (qemu-abort.ts) gets one
+ * more try, recorded in `qemuAbortRetried`.
+ */
 export async function runMigration(opts: MigrationOptions): Promise<MigrationResult> {
+  const first = await migrateOnce(opts);
+  if (first.migrateStatus !== 'not-started') return first;
+  const abort = qemuAbortBeforeScript(first.sourceStderr, first.sourceOutput) ?? qemuAbortBeforeScript(first.destStderr, first.sourceOutput);
+  if (abort === undefined) return first;
+  process.stderr.write(`migration: QEMU aborted in its own code before the guest script began (${abort}); trying once more\n`);
+  return { ...(await migrateOnce(opts)), qemuAbortRetried: abort };
+}
+
+async function migrateOnce(opts: MigrationOptions): Promise<MigrationResult> {
   assertGuestPrerequisites();
   const started = performance.now();
   const binary = await resolveBinary(opts.qemu ?? 'qemu10');
@@ -473,5 +489,6 @@ export function describeMigration(r: MigrationResult): string {
     `--- destination console ---\n${tail(r.destOutput)}`,
     r.sourceStderr && `--- source stderr ---\n${tail(r.sourceStderr)}`,
     r.destStderr && `--- destination stderr ---\n${tail(r.destStderr)}`,
+    r.qemuAbortRetried && `--- a first try ended with QEMU aborting before the guest script began ---\n${r.qemuAbortRetried}`,
   ].filter(Boolean).join('\n');
 }

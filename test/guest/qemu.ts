@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { guestImage, writeBootInitrd, type GuestImageOptions } from './image.ts';
 import { assertGuestPrerequisites } from './prerequisites.ts';
 import { parseConsole } from './protocol.ts';
+import { qemuAbortBeforeScript } from './qemu-abort.ts';
 import { track } from './reaper.ts';
 
 export { hasQemu, hasStorageDaemon, missingGuestPackages } from './prerequisites.ts';
@@ -55,6 +56,8 @@ export interface BootResult {
   /** QEMU was killed because `signal` fired. */
   aborted: boolean;
   durationMs: number;
+  /** Set when QEMU aborted in its own code before the script began and this is the second boot: the first one's assertion. */
+  qemuAbortRetried?: string;
 }
 
 export function qemuCommandLine(opts: {
@@ -119,7 +122,12 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       qemuArgs: opts.qemuArgs,
       firmware: opts.firmware ?? defaultFirmware(),
     });
-    return await runQemu(opts.qemuBinary ?? 'qemu-system-x86_64', args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal);
+    const binary = opts.qemuBinary ?? 'qemu-system-x86_64';
+    const first = await runQemu(binary, args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal);
+    const abort = first.aborted ? undefined : qemuAbortBeforeScript(first.qemuStderr, first.output);
+    if (abort === undefined) return first;
+    process.stderr.write(`guest boot: QEMU aborted in its own code before the guest script began (${abort}); booting once more\n`);
+    return { ...(await runQemu(binary, args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal)), qemuAbortRetried: abort };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
