@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../host/native/index.ts';
-import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
+import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { ProtocolFeature, featureBit } from '../host/protocol/constants.ts';
 import { INFLIGHT_VERSION, SplitInflightRegion, splitInflightAreaBytes } from '../host/virtqueue/inflight.ts';
@@ -285,6 +285,46 @@ test('corrupted or truncated areas are refused with the reason in the log', asyn
     t.is(await setInflight(h.socketPath, zeros, size), null);
   } finally {
     await h.stop();
+  }
+});
+
+test('a corrupted area after a crash is refused and the device starts empty: nothing resubmitted from it, the ring serves from the front-end base', async (t) => {
+  // QEMU sends SET_INFLIGHT_FD without NEED_REPLY, so a refusal never stops its device start:
+  // this front-end does the same (no REPLY_ACK), and the host must then serve the ring as if
+  // it had no area, never from what it refused.
+  const noAck = { ...opts, protocolFeatures: FRONTEND_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.REPLY_ACK) };
+  const sock = socketPath();
+  const h1 = await host(sock, true);
+  const fe = await VhostUserFrontend.connect(sock, noAck);
+  let h2: HostProcess | null = null;
+  try {
+    const q = fe.queues[0];
+    const p1 = q.submit([enc('hang-1')], 16);
+    const p2 = q.submit([enc('hang-2')], 16);
+    const r = region(fe);
+    t.true(await eventually(() => r.inflightHeads().length === 2, 10_000), 'both requests marked in flight');
+    await h1.stop('SIGKILL');
+    // The crash left a region the successor cannot trust: a flag that is neither 0 nor 1.
+    const spare = [...Array(QSIZE).keys()].find((head) => !r.inflightHeads().includes(head))!;
+    fe.inflight!.bytes[16 + 16 * spare] = 2;
+    h2 = await host(sock);
+    await fe.reconnect(sock);
+    await logged(t, h2, new RegExp(`SET_INFLIGHT_FD \\(32\\) failed: .*inflight flag of descriptor ${spare} is 2, not 0 or 1`));
+    // The ring restarts at the front-end's base (the used index, 0): the two requests are popped
+    // from the avail ring like new ones, each answered once, and nothing came from the area.
+    const [c1, c2] = await Promise.all([p1, p2]);
+    t.is(dec(c1.data.subarray(0, c1.len)), 'hang-1');
+    t.is(dec(c2.data.subarray(0, c2.len)), 'hang-2');
+    const after = await q.submit([enc('after')], 16);
+    t.is(dec(after.data.subarray(0, after.len)), 'after');
+    t.is(usedIdx(fe), 3);
+    t.notRegex(h2.log(), /resubmitting \d/);
+    t.notRegex(h2.log(), /continuing at avail index/);
+    t.is(q.inFlight, 0);
+  } finally {
+    await fe.close();
+    await h1.stop();
+    await h2?.stop();
   }
 });
 
