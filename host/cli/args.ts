@@ -388,7 +388,7 @@ export function parseSharedDir(
   const posixAcl = more.posixAcl ?? false;
   if (posixAcl) xattr = true;
   if (posixAcl && (more.translateUid?.length || more.translateGid?.length)) {
-    throw new UsageError('--posix-acl cannot go with --translate-uid or --translate-gid: ACL entries name host ids, which the guest would check untranslated (virtiofsd refuses the same)');
+    throw new UsageError('--posix-acl: cannot go with --translate-uid or --translate-gid: ACL entries name host ids, which the guest would check untranslated (virtiofsd refuses the same)');
   }
   if (more.cache !== undefined && !CACHE_POLICIES.includes(more.cache as CachePolicy)) {
     throw new UsageError(`--cache: "${more.cache}" is not one of ${CACHE_POLICIES.join(', ')}`);
