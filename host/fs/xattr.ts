@@ -22,17 +22,26 @@ export function isPosixAclName(name: Uint8Array): boolean {
   return ACL_NAMES.some((n) => n.equals(name));
 }
 
-/** A name list (each NUL-terminated) without the POSIX ACL names. */
-export function withoutPosixAcl(list: Uint8Array): Uint8Array {
-  if (Buffer.from(list.buffer, list.byteOffset, list.length).indexOf(ACL_PREFIX) < 0) return list;
+/**
+ * A listxattr result (names, each NUL-terminated) with each name through `map`: its new
+ * name, or null (or an empty one) to leave it out.
+ */
+export function mapNameList(list: Uint8Array, map: (name: Uint8Array) => Uint8Array | null): Uint8Array {
   const kept: Uint8Array[] = [];
   let at = 0;
   while (at < list.length) {
     let end = list.indexOf(0, at);
     if (end < 0) end = list.length;
     const name = list.subarray(at, end);
-    if (name.length > 0 && !isPosixAclName(name)) kept.push(name, new Uint8Array(1));
+    const g = name.length > 0 ? map(name) : null;
+    if (g !== null && g.length > 0) kept.push(g, new Uint8Array(1));
     at = end + 1;
   }
   return Buffer.concat(kept);
+}
+
+/** A name list without the POSIX ACL names. */
+export function withoutPosixAcl(list: Uint8Array): Uint8Array {
+  if (Buffer.from(list.buffer, list.byteOffset, list.length).indexOf(ACL_PREFIX) < 0) return list;
+  return mapNameList(list, (name) => (isPosixAclName(name) ? null : name));
 }
