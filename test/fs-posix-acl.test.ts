@@ -246,7 +246,11 @@ test('a migration destination without --posix-acl refuses the state of a guest t
     }
     return Buffer.concat(all);
   };
+  // Version 3, readable by 3 and later only: a plugin from before --posix-acl (version 2 at
+  // most) refuses it rather than serve unmasked creates without a umask.
+  t.deepEqual([...state(withAcl.dev).subarray(4, 6)], [3, 3]);
   const noAcl = await setup(t, { posixAcl: false });
+  t.deepEqual([...state(noAcl.dev).subarray(4, 6)], [2, 1], 'a session without ACLs stays version 2');
   const into = await loadPlugin(bytes, { grants: noAcl.grants, cacheDir });
   into.setState(0, state(withAcl.dev));
   t.regex(into.finishLoad() ?? '', /mounted with POSIX ACLs \(--posix-acl\): start this destination with --posix-acl too/);
