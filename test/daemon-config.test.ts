@@ -128,9 +128,15 @@ test('a sharedDir device takes the fs options of the command line under their ow
   t.throws(() => parse({ translateUid: 'map:1000:2000:1' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.translateUid: must be a list of rules/ });
   t.throws(() => parse({ translateUid: ['nonsense'] }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.translateUid: / });
   t.throws(() => parse({ xattrmap: ':prefix:all::user.virtiofs.:' }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.xattrmap: .*--xattr/ });
+  t.like(parse({ posixAcl: true }).devices[0].grants.filesystem, { xattr: true, posixAcl: true }, 'posixAcl implies xattr, as --posix-acl');
+  t.throws(() => parse({ posixAcl: true, translateUid: ['map:0:1000:1'] }), { instanceOf: ConfigError, message: /devices\[0\]\.grants\.posixAcl: cannot go with/ });
   t.throws(
     () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'b', socket: 'b.sock', plugin: 'blk.wasm', grants: { storage: 'memory:1M', cache: 'never' } }] }), '/d.json'),
     { instanceOf: ConfigError, message: /devices\[0\]\.grants\.cache: applies to "sharedDir"/ },
+  );
+  t.throws(
+    () => parseDaemonConfig(JSON.stringify({ devices: [{ id: 'b', socket: 'b.sock', plugin: 'blk.wasm', grants: { storage: 'memory:1M', posixAcl: true } }] }), '/d.json'),
+    { instanceOf: ConfigError, message: /devices\[0\]\.grants\.posixAcl: applies to "sharedDir"/ },
   );
 });
 

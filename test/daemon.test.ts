@@ -223,6 +223,46 @@ test.serial('device-del in the middle of a state transfer ends it cleanly: the f
   await randomFrom(sock('a'));
 });
 
+test.serial('ctl add --posix-acl: the fs device offers POSIX ACLs, and a file made under a default ACL inherits it instead of taking the guest\'s umask', async (t) => {
+  const share = join(dir, 'acl-share');
+  mkdirSync(share);
+  mkdirSync(join(share, 'inherit'));
+  // A default ACL of user::rwx group::r-x mask::r-x other::--- (kernel xattr form, version 2).
+  const acl = Buffer.alloc(4 + 4 * 8);
+  acl.writeUInt32LE(2, 0);
+  [[1, 7], [4, 5], [0x10, 5], [0x20, 0]].forEach(([tag, perm], i) => {
+    acl.writeUInt16LE(tag, 4 + i * 8);
+    acl.writeUInt16LE(perm, 6 + i * 8);
+    acl.writeUInt32LE(0xffffffff, 8 + i * 8);
+  });
+  execFileSync('python3', ['-c', 'import os,sys; os.setxattr(sys.argv[1], "system.posix_acl_default", bytes.fromhex(sys.argv[2]))', join(share, 'inherit'), acl.toString('hex')]);
+  const fs = join(REPO, 'dist', 'plugins', 'fs.wasm');
+  for (const [id, extra] of [['acl', ['--posix-acl']], ['noacl', ['--xattr']]] as const) {
+    const r = await ctl(['--control', control(), 'add', '--id', id, '--socket', sock(id), '--plugin', fs, '--shared-dir', share, '--call-deadline', '10000', ...extra]);
+    t.is(r.code, 0, r.stderr);
+  }
+  const POSIX_ACL = 1 << 20;
+  const made = async (id: string, name: string): Promise<number> => {
+    const fe = await VhostUserFrontend.connect(sock(id), { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    try {
+      const fuse = new FuseClient(fe);
+      const init = await fuse.init(); // offers every flag
+      t.is(init.error, 0, 'INIT');
+      t.is((init.body.readUInt32LE(12) & POSIX_ACL) !== 0, id === 'acl', `${id}: FUSE_POSIX_ACL offered back`);
+      const dirNode = nodeOf(await fuse.lookup(1n, 'inherit'));
+      // fuse_create_in: flags, mode 0666, umask 077 (sent unmasked only under FUSE_DONT_MASK).
+      const c = await fuse.req(35, dirNode, Buffer.concat([Buffer.from(new Uint32Array([O.WRONLY, 0o666, 0o077, 0]).buffer), Buffer.from(`${name}\0`)]));
+      t.is(c.error, 0, `${id}: CREATE`);
+      return statSync(join(share, 'inherit', name)).mode & 0o7777;
+    } finally {
+      await fe.close();
+    }
+  };
+  t.is(await made('acl', 'a'), 0o640, 'the default ACL decides (mode 0666 & mask r-x), not the umask 077');
+  t.is(await made('noacl', 'b'), 0o666, 'without --posix-acl the guest masked the mode itself: exactly what it sent');
+  for (const id of ['acl', 'noacl']) t.is((await ctl(['--control', control(), 'del', id])).code, 0);
+});
+
 test.serial('limits.openFiles caps one fs device\'s open fds (ENFILE to its guest) and not another\'s', async (t) => {
   const share = join(dir, 'share');
   mkdirSync(share);

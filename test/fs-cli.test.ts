@@ -44,6 +44,20 @@ test('--xattr (virtiofsd\'s spelling) needs --shared-dir; off by default', (t) =
   t.regex(HELP, /--xattr .*\n.*trusted\. and security\. are refused/s);
 });
 
+test('--posix-acl (virtiofsd\'s spelling) implies --xattr, needs --shared-dir and refuses --translate-uid/--translate-gid as virtiofsd does', (t) => {
+  t.like(parseCli([...base, '--shared-dir', '/s', '--posix-acl']).filesystem, { dir: '/s', xattr: true, posixAcl: true });
+  t.like(parseCli([...base, '--shared-dir', '/s', '--posix-acl', '--xattr']).filesystem, { xattr: true, posixAcl: true });
+  t.is(parseCli([...base, '--shared-dir', '/s', '--xattr']).filesystem?.posixAcl, undefined, 'unset: the ACL names are EOPNOTSUPP');
+  t.throws(() => parseCli([...base, '--posix-acl']), { instanceOf: UsageError, message: /--posix-acl applies to --shared-dir/ });
+  for (const flag of ['--translate-uid', '--translate-gid']) {
+    t.throws(() => parseCli([...base, '--shared-dir', '/s', '--posix-acl', flag, 'map:0:1000:1']), {
+      instanceOf: UsageError,
+      message: /--posix-acl: cannot go with --translate-uid or --translate-gid: ACL entries name host ids/,
+    });
+  }
+  t.regex(HELP, /--posix-acl .*implies --xattr/s);
+});
+
 test('--inode-file-handles never|prefer|mandatory (virtiofsd\'s spelling, default prefer) needs --shared-dir', (t) => {
   t.like(parseCli([...base, '--shared-dir', '/s', '--inode-file-handles', 'mandatory']).filesystem, { dir: '/s', inodeFileHandles: 'mandatory' });
   t.like(parseCli([...base, '--shared-dir', '/s', '--inode-file-handles=never']).filesystem, { inodeFileHandles: 'never' });

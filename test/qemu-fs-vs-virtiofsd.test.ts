@@ -1,7 +1,7 @@
 // The fs plugin against its peer, Rust virtiofsd 1.13 (Debian trixie's, scripts/virtiofsd.sh),
 // both under QEMU 10 (scripts/qemu10.sh): one busybox guest script runs against each on its own
 // copy of the same starting tree, and the outputs must be identical line for line. The script
-// runs a static C probe (test/fixtures/guest/fs-probe.c: xattrs, record locks, flock,
+// runs a static C probe (test/fixtures/guest/fs-probe.c: xattrs, POSIX ACLs, record locks, flock,
 // SEEK_DATA/HOLE, fallocate modes, copy_file_range, O_TMPFILE, renameat2 flags, syncfs, statx,
 // utimensat, chown/chmod, special files, errno of refused operations) and then lists the
 // result with ls -l and stat. Nothing printed depends on inode numbers, pids, the clock or
@@ -9,7 +9,8 @@
 //
 // Both serve with extended attributes on and `trusted.`/`security.` refused: ours with
 // `--xattr` (which refuses them by design), virtiofsd with `--xattr` and the `--xattrmap`
-// rules that do the same. Known, deliberate differences are in docs/virtio-fs.md ("Compared
+// rules that do the same; both with `--posix-acl` (the probe's `acl` section: ACLs set and read
+// as xattrs, inherited from default ACLs, enforced on other uids). Known, deliberate differences are in docs/virtio-fs.md ("Compared
 // with virtiofsd 1.13"); the script avoids none of them silently: each is printed and the
 // expected difference is asserted below.
 
@@ -28,7 +29,7 @@ const PROBE_SRC = join(REPO, 'test', 'fixtures', 'guest', 'fs-probe.c');
 const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !hasQemu();
 const guestTest = skip ? test.serial.skip : test.serial;
 const TAG = 'cmpfs';
-const SECTIONS = ['xattr', 'locks', 'seek', 'fallocate', 'copy', 'tmpfile', 'rename', 'special', 'times', 'owners', 'misc'];
+const SECTIONS = ['xattr', 'locks', 'seek', 'fallocate', 'copy', 'tmpfile', 'rename', 'special', 'times', 'owners', 'misc', 'acl'];
 
 const SCRIPT = String.raw`
 set -e
@@ -107,7 +108,7 @@ guestTest('one guest script gives the same output line for line on the fs plugin
   writeFileSync(join(ours, 'seed', 'sub', 'data'), Buffer.alloc(5000, 7));
   cpSync(ours, theirs, { recursive: true });
 
-  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', ours, '--tag', TAG, '--xattr', '--call-deadline', '2000']);
+  const host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', ours, '--tag', TAG, '--xattr', '--posix-acl', '--call-deadline', '2000']);
   let ourOut: string;
   try {
     ourOut = await runGuest(t, qemu, probe, host.socketPath, () => host.log(), 'vhost-wasm fs plugin');
@@ -115,7 +116,7 @@ guestTest('one guest script gives the same output line for line on the fs plugin
     await host.stop();
   }
   const vsock = join(top, 'virtiofsd.sock');
-  const vfsd = await startVirtiofsd(theirs, vsock, ['--xattr', '--xattrmap', ':bad:all:trusted.:trusted.::bad:all:security.:security.::ok:all:::']);
+  const vfsd = await startVirtiofsd(theirs, vsock, ['--xattr', '--posix-acl', '--xattrmap', ':bad:all:trusted.:trusted.::bad:all:security.:security.::ok:all:::']);
   let theirOut: string;
   try {
     theirOut = await runGuest(t, qemu, probe, vsock, vfsd.log, 'virtiofsd 1.13');

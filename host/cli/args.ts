@@ -148,6 +148,10 @@ Capabilities granted to the plugin (it sees nothing else):
                           --shared-dir (off: the guest is told they are not supported). Names
                           in trusted. and security. are refused (EPERM) and hidden unless
                           --xattrmap says otherwise
+  --posix-acl             POSIX ACLs for the guest (virtiofsd's option; implies --xattr): its
+                          kernel enforces the share's ACLs (system.posix_acl_access/_default
+                          pass through) and default ACLs decide new files' modes instead of
+                          the umask. Not with --translate-uid/--translate-gid
   --xattrmap MAP          translate xattr names between guest and host, virtiofsd's syntax:
                           rules :type:scope:key:prepend: (type prefix|ok|bad|unsupported,
                           scope client|server|all), e.g. :prefix:all:trusted.:user.virtiofs.:
@@ -378,8 +382,14 @@ export function parseSharedDir(
   onError?: string,
   xattr = false,
   inodeFileHandles?: string,
-  more: { cache?: string; translateUid?: string[]; translateGid?: string[]; xattrmap?: string } = {},
+  more: { cache?: string; translateUid?: string[]; translateGid?: string[]; xattrmap?: string; posixAcl?: boolean } = {},
 ): FilesystemSpec {
+  // virtiofsd's --posix-acl implies --xattr (ACLs are extended attributes), and so does ours.
+  const posixAcl = more.posixAcl ?? false;
+  if (posixAcl) xattr = true;
+  if (posixAcl && (more.translateUid?.length || more.translateGid?.length)) {
+    throw new UsageError('--posix-acl: cannot go with --translate-uid or --translate-gid: ACL entries name host ids, which the guest would check untranslated (virtiofsd refuses the same)');
+  }
   if (more.cache !== undefined && !CACHE_POLICIES.includes(more.cache as CachePolicy)) {
     throw new UsageError(`--cache: "${more.cache}" is not one of ${CACHE_POLICIES.join(', ')}`);
   }
@@ -427,6 +437,7 @@ export function parseSharedDir(
     ...(tag === undefined ? {} : { tag }),
     ...(onError === undefined ? {} : { migrationOnError: onError }),
     ...(xattr ? { xattr } : {}),
+    ...(posixAcl ? { posixAcl } : {}),
     ...(inodeFileHandles === undefined ? {} : { inodeFileHandles: inodeFileHandles as InodeFileHandles }),
     ...(more.cache === undefined ? {} : { cache: more.cache as CachePolicy }),
     ...(translateUid ? { translateUid } : {}),
@@ -477,6 +488,7 @@ export function parseCli(argv: string[]): CliOptions {
         tag: { type: 'string' },
         'migration-on-error': { type: 'string' },
         xattr: { type: 'boolean' },
+        'posix-acl': { type: 'boolean' },
         'inode-file-handles': { type: 'string' },
         cache: { type: 'string' },
         'translate-uid': { type: 'string', multiple: true },
@@ -527,6 +539,7 @@ export function parseCli(argv: string[]): CliOptions {
           translateUid: v['translate-uid'],
           translateGid: v['translate-gid'],
           xattrmap: v.xattrmap,
+          posixAcl: v['posix-acl'],
         }),
     pluginOptions: pluginOptionsOf(v['plugin-option'] ?? []),
     queueThreads: v['queue-threads'] === undefined ? 1 : parseQueueThreads(v['queue-threads']),
@@ -542,7 +555,7 @@ export function parseCli(argv: string[]): CliOptions {
     throw new UsageError('--inode-file-handles applies to --shared-dir: give --shared-dir DIR too');
   }
   if (v.xattr && opts.filesystem === null) throw new UsageError('--xattr applies to --shared-dir: give --shared-dir DIR too');
-  for (const flag of ['cache', 'translate-uid', 'translate-gid', 'xattrmap'] as const) {
+  for (const flag of ['cache', 'translate-uid', 'translate-gid', 'xattrmap', 'posix-acl'] as const) {
     if (v[flag] !== undefined && opts.filesystem === null) throw new UsageError(`--${flag} applies to --shared-dir: give --shared-dir DIR too`);
   }
   if (v.tag !== undefined && opts.filesystem === null) throw new UsageError('--tag names a --shared-dir: give --shared-dir DIR too');

@@ -26,8 +26,9 @@ Commands:
                           start serving one more device; the device options are those of
                           the single-device command line: --tenant NAME, --entropy,
                           --storage PATH|memory:SIZE, --direct, --read-only, --shared-dir DIR,
-                          --tag NAME, --xattr, --memory-limit SIZE, --call-deadline MS,
-                          --cpu-share CPUS, --queue-threads N, --poll-max-ns N (spin on
+                          --tag NAME, --xattr, --posix-acl, --memory-limit SIZE,
+                          --call-deadline MS, --cpu-share CPUS, --queue-threads N,
+                          --poll-max-ns N (spin on
                           its rings for up to N ns, 0 to ${MAX_POLL_MAX_NS}, before waiting for
                           a kick; default 0: off), --open-files N (most fds the shared
                           directory may hold), the I/O throttle's flags below, and
@@ -128,6 +129,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
       'shared-dir': { type: 'string' },
       tag: { type: 'string' },
       xattr: { type: 'boolean' },
+      'posix-acl': { type: 'boolean' },
       'memory-limit': { type: 'string' },
       'call-deadline': { type: 'string' },
       'cpu-share': { type: 'string' },
@@ -152,6 +154,7 @@ function deviceFromFlags(args: string[]): Record<string, unknown> {
   if (values['shared-dir'] !== undefined) grants.sharedDir = abs(values['shared-dir']);
   if (values.tag !== undefined) grants.tag = values.tag;
   if (values.xattr) grants.xattr = true;
+  if (values['posix-acl']) grants.posixAcl = true;
   const limits: Record<string, unknown> = {};
   if (values['memory-limit'] !== undefined) limits.memory = values['memory-limit'];
   if (values['call-deadline'] !== undefined) {

@@ -273,6 +273,7 @@ const GRANTS = fields({
   sharedDir: text().optional().describe('a directory shared with the guest (--shared-dir)'),
   tag: text().optional().describe('the virtio-fs mount tag (--tag)'),
   xattr: bool().optional().describe('extended attributes (--xattr)'),
+  posixAcl: bool().optional().describe('POSIX ACLs, implies xattr (--posix-acl)'),
   readOnly: bool().optional().describe('the storage or shared directory read-only (--read-only)'),
   migrationOnError: text().optional().describe('"abort" or "guest-error" (--migration-on-error)'),
   network: z
@@ -451,6 +452,7 @@ function buildDevice(o: DeviceInput, base: PathBase): DeviceSpec {
       '--translate-uid': 'translateUid',
       '--translate-gid': 'translateGid',
       '--xattrmap': 'xattrmap',
+      '--posix-acl': 'posixAcl',
     };
     try {
       filesystem = parseSharedDir(dir, readOnly, g.tag, g.migrationOnError, g.xattr ?? false, g.inodeFileHandles, {
@@ -458,13 +460,14 @@ function buildDevice(o: DeviceInput, base: PathBase): DeviceSpec {
         translateUid: g.translateUid,
         translateGid: g.translateGid,
         xattrmap: g.xattrmap,
+        posixAcl: g.posixAcl,
       });
     } catch (e) {
       if (e instanceof UsageError) throw new FieldIssue(gp(byOption[/^--[a-z-]+/.exec(e.message)?.[0] ?? ''] ?? 'sharedDir'), e.message.replace(FLAG_PREFIX, ''));
       throw e;
     }
   } else {
-    for (const k of ['tag', 'xattr', 'migrationOnError', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const) {
+    for (const k of ['tag', 'xattr', 'posixAcl', 'migrationOnError', 'inodeFileHandles', 'cache', 'translateUid', 'translateGid', 'xattrmap'] as const) {
       if (g[k] !== undefined) throw new FieldIssue(gp(k), 'applies to "sharedDir": give grants.sharedDir too');
     }
   }

@@ -15,6 +15,8 @@ export interface FilesystemSpec {
   migrationOnError?: MigrationOnError;
   /** --xattr: extended attributes reach the share. */
   xattr?: boolean;
+  /** --posix-acl (comes with xattr): the guest gets POSIX ACLs. */
+  posixAcl?: boolean;
   /** The daemon's limits.openFiles: most host fds this device's share may hold (its own fd budget). */
   maxHandles?: number;
   /** --inode-file-handles (default prefer). */
@@ -34,6 +36,7 @@ export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
   return typeof o.dir === 'string' && typeof o.readOnly === 'boolean' && (o.tag === undefined || typeof o.tag === 'string') &&
     (o.migrationOnError === undefined || MIGRATION_ON_ERROR.includes(o.migrationOnError as MigrationOnError)) &&
     (o.xattr === undefined || typeof o.xattr === 'boolean') &&
+    (o.posixAcl === undefined || typeof o.posixAcl === 'boolean') &&
     (o.maxHandles === undefined || (Number.isSafeInteger(o.maxHandles) && (o.maxHandles as number) > 0)) &&
     (o.inodeFileHandles === undefined || INODE_FILE_HANDLES.includes(o.inodeFileHandles as InodeFileHandles)) &&
     (o.cache === undefined || CACHE_POLICIES.includes(o.cache as CachePolicy)) &&
@@ -45,12 +48,13 @@ export function isFilesystemSpec(v: unknown): v is FilesystemSpec {
 /** Open the share named by a worker option, or undefined when none was granted. */
 export function openShareOption(v: unknown, label?: string): FsShare | undefined {
   if (v === undefined) return undefined;
-  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?, xattr?, maxHandles?, inodeFileHandles?}, not ${JSON.stringify(v)}`);
+  if (!isFilesystemSpec(v)) throw new TypeError(`filesystem must be {dir, readOnly, tag?, migrationOnError?, xattr?, posixAcl?, maxHandles?, inodeFileHandles?, ...}, not ${JSON.stringify(v)}`);
   return new FsShare(v.dir, {
     readOnly: v.readOnly,
     tag: v.tag,
     migrationOnError: v.migrationOnError,
     xattr: v.xattr,
+    posixAcl: v.posixAcl,
     maxHandles: v.maxHandles,
     inodeFileHandles: v.inodeFileHandles,
     cache: v.cache,

@@ -30,7 +30,7 @@ import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
 import { INODE_FILE_HANDLES, type InodeFileHandles } from './inode-handles.ts';
-import { XATTR_MAX } from './xattr.ts';
+import { XATTR_MAX, isPosixAclName, withoutPosixAcl } from './xattr.ts';
 import { XattrMap, type XattrRule } from './xattr-map.ts';
 import { IdMap, type IdMapRule } from './id-map.ts';
 import { CACHE_POLICIES, type CachePolicy } from './cache-policy.ts';
@@ -98,6 +98,11 @@ export interface ShareOptions {
   migrationOnError?: MigrationOnError;
   /** --xattr: extended attributes reach the share (otherwise every xattr call is ENOSYS). */
   xattr?: boolean;
+  /**
+   * --posix-acl (needs xattr, excludes translateUid/translateGid): the POSIX ACL xattrs pass
+   * through and the plugin may offer FUSE_POSIX_ACL; without it they are EOPNOTSUPP.
+   */
+  posixAcl?: boolean;
   /** Most fds one device may hold at once; past it calls fail with ENFILE. */
   maxHandles?: number;
   /** Names the device in log lines. */
@@ -150,6 +155,23 @@ const O_EXCL = 0o200;
  */
 function exactMode(fd: number, mode: number): boolean {
   return native.fsSetattr(fd, 'mode', mode) === 0;
+}
+
+/**
+ * `call` (a create) under this thread's umask `mask` (native fsUmask), or under the host's
+ * own when `mask` is undefined. With FUSE_DONT_MASK (POSIX ACLs) the guest kernel leaves the
+ * umask to the file system: the host kernel applies it where the parent has no default ACL
+ * and lets the default ACL decide where it has one, in the same step as the create.
+ */
+function withUmask(mask: number | undefined, call: () => number): number {
+  if (mask === undefined) return call();
+  const prev = native.fsUmask(mask & 0o777);
+  if (prev < 0) return prev;
+  try {
+    return call();
+  } finally {
+    native.fsUmask(prev);
+  }
 }
 
 const UTIME_NOW = (1 << 30) - 1;
@@ -215,6 +237,7 @@ export class FsShare {
   readonly tag: string;
   readonly migrationOnError: MigrationOnError;
   readonly xattr: boolean;
+  readonly posixAcl: boolean;
   readonly cache: CachePolicy;
   private readonly uids: IdMap;
   private readonly gids: IdMap;
@@ -274,6 +297,12 @@ export class FsShare {
   constructor(readonly dir: string, opts: ShareOptions = {}) {
     this.readOnly = opts.readOnly ?? false;
     this.xattr = opts.xattr ?? false;
+    this.posixAcl = opts.posixAcl ?? false;
+    if (this.posixAcl && !this.xattr) throw new FsShareError('posix-acl needs xattr: POSIX ACLs are extended attributes');
+    // An ACL entry names host ids, which the guest kernel checks against its own.
+    if (this.posixAcl && (opts.translateUid?.length || opts.translateGid?.length)) {
+      throw new FsShareError('posix-acl cannot go with translate-uid/translate-gid: ACL entries would name untranslated ids');
+    }
     this.cache = opts.cache ?? 'auto';
     if (!CACHE_POLICIES.includes(this.cache)) throw new FsShareError(`cache must be ${CACHE_POLICIES.join(', ')}, not "${String(this.cache)}"`);
     try {
@@ -837,16 +866,20 @@ export class FsShare {
     });
   }
 
-  create(dir: bigint, name: Uint8Array, flags: number, mode: number): FsResult<[Entry, bigint]> {
+  /**
+   * `umask`: create under it (withUmask), the mode not yet masked (FUSE_DONT_MASK); without
+   * it the guest already masked `mode`, which the new file then gets exactly.
+   */
+  create(dir: bigint, name: Uint8Array, flags: number, mode: number, umask?: number): FsResult<[Entry, bigint]> {
     if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
-    return this.using(dir, 'node', (d) => this.createIn(d, name, flags, mode));
+    return this.using(dir, 'node', (d) => this.createIn(d, name, flags, mode, umask));
   }
 
-  private createIn(d: number, name: Uint8Array, flags: number, mode: number): FsResult<[Entry, bigint]> {
+  private createIn(d: number, name: Uint8Array, flags: number, mode: number, umask?: number): FsResult<[Entry, bigint]> {
     // Exclusive first, so we know whether we made the file (and may set its mode).
     const want = safeMode(S_IFREG, mode);
-    let fd = this.budgeted(native.fsCreate(d, name, flags | O_EXCL, want));
+    let fd = this.budgeted(withUmask(umask, () => native.fsCreate(d, name, flags | O_EXCL, want)));
     const made = fd >= 0;
     if (fd === -E.EEXIST && !(flags & O_EXCL)) {
       // An existing entry: fsCreate opens it only if it is a regular file (never a FIFO,
@@ -865,8 +898,9 @@ export class FsShare {
       native.fsClose(fd);
       return e;
     }
-    // Only when the host's umask took bits off (a chmod per create costs an inode update).
-    if (made && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
+    // Only when the host's umask took bits off (a chmod per create costs an inode update);
+    // under the guest's umask the kernel's mode (umask or default ACL) is the one wanted.
+    if (made && umask === undefined && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
     const f = this.add(fd, 'file', false, flags & O_ACCMODE);
     if (!f.ok) {
       this.closeHandle(e.val.node);
@@ -875,33 +909,35 @@ export class FsShare {
     return ok([e.val, f.val]);
   }
 
-  private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
+  private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array, umask?: number): FsResult<Entry> {
     if (!this.slot(dir, 'node')) return fail(E.EBADF);
     if (this.readOnly) return fail(E.EROFS);
     const e = this.using(dir, 'node', (d) => {
-      const r = native.fsMake(kind, d, name, mode, target);
+      const r = withUmask(umask, () => native.fsMake(kind, d, name, mode, target));
       return r < 0 ? fail(-r) : this.lookupFd(d, name);
     });
-    if (e.ok && kind !== 'l' && (e.val.attr.mode & 0o7777) !== mode) {
+    if (e.ok && kind !== 'l' && umask === undefined && (e.val.attr.mode & 0o7777) !== mode) {
       const set = this.using(e.val.node, 'node', (fd) => ok(exactMode(fd, mode)));
       if (set.ok && set.val) return ok({ node: e.val.node, attr: { ...e.val.attr, mode: (e.val.attr.mode & S_IFMT) | mode } });
     }
     return e;
   }
 
-  mknod(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
+  /** `umask`: as for create. */
+  mknod(dir: bigint, name: Uint8Array, mode: number, umask?: number): FsResult<Entry> {
     // FIFOs and sockets are inert in the share: OPEN of either is ENXIO here (the guest
     // kernel serves them itself and never asks). Device nodes are refused: a guest's root
     // could otherwise plant a node for a host disk where the host's users can open it.
     const type = mode & 0o170000;
-    if (type === 0o010000) return this.make('p', dir, name, mode & 0o777);
-    if (type === 0o140000) return this.make('s', dir, name, mode & 0o777);
+    if (type === 0o010000) return this.make('p', dir, name, mode & 0o777, undefined, umask);
+    if (type === 0o140000) return this.make('s', dir, name, mode & 0o777, undefined, umask);
     if (type !== 0 && type !== 0o100000) return fail(E.EPERM);
-    return this.make('f', dir, name, safeMode(S_IFREG, mode));
+    return this.make('f', dir, name, safeMode(S_IFREG, mode), undefined, umask);
   }
 
-  mkdir(dir: bigint, name: Uint8Array, mode: number): FsResult<Entry> {
-    return this.make('d', dir, name, safeMode(S_IFDIR, mode));
+  /** `umask`: as for create. */
+  mkdir(dir: bigint, name: Uint8Array, mode: number, umask?: number): FsResult<Entry> {
+    return this.make('d', dir, name, safeMode(S_IFDIR, mode), undefined, umask);
   }
 
   symlink(dir: bigint, name: Uint8Array, target: Uint8Array): FsResult<Entry> {
@@ -1169,8 +1205,12 @@ export class FsShare {
     return 0;
   }
 
-  /** The host's name for a guest's xattr name (--xattrmap), or the errno refusing it. */
+  /**
+   * The host's name for a guest's xattr name (--xattrmap), or the errno refusing it. The
+   * POSIX ACL names are EOPNOTSUPP without --posix-acl (host/fs/xattr.ts), before any mapping.
+   */
   private hostXattrName(name: Uint8Array, change: boolean): Uint8Array | number {
+    if (!this.posixAcl && isPosixAclName(name)) return E.EOPNOTSUPP;
     const n = this.xattrNames.toHost(name);
     // Reading a refused name finds nothing (it is hidden from lists too); changing it is refused.
     if (typeof n === 'number') return change || n !== E.EPERM ? n : E.ENODATA;
@@ -1195,7 +1235,9 @@ export class FsShare {
     return this.using(h, undefined, (fd) => {
       const buf = (this.xattrBuf ??= new Uint8Array(XATTR_MAX));
       const r = native.fsListxattr(fd, buf);
-      return r < 0 ? fail(-r) : ok(this.xattrNames.listToGuest(buf.subarray(0, r)));
+      if (r < 0) return fail(-r);
+      const names = this.xattrNames.listToGuest(buf.subarray(0, r));
+      return ok(this.posixAcl ? names : withoutPosixAcl(names));
     });
   }
 

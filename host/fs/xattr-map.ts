@@ -14,6 +14,8 @@
 //   :bad:all:trusted.:trusted.::bad:all:security.:security.::ok:all:::
 // (host/fs/xattr.ts says why those two namespaces stay on the host).
 
+import { mapNameList } from './xattr.ts';
+
 export type XattrRuleType = 'prefix' | 'ok' | 'bad' | 'unsupported';
 
 export interface XattrRule {
@@ -120,16 +122,6 @@ export class XattrMap {
 
   /** A listxattr result (names, each NUL-terminated) as the guest sees it. */
   listToGuest(list: Uint8Array): Uint8Array {
-    const kept: Uint8Array[] = [];
-    let at = 0;
-    while (at < list.length) {
-      let end = list.indexOf(0, at);
-      if (end < 0) end = list.length;
-      const name = list.subarray(at, end);
-      const g = name.length > 0 ? this.toGuest(name) : null;
-      if (g !== null && g.length > 0) kept.push(g, new Uint8Array(1));
-      at = end + 1;
-    }
-    return Buffer.concat(kept);
+    return mapNameList(list, (name) => this.toGuest(name));
   }
 }

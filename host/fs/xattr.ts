@@ -4,7 +4,44 @@
 // labels, file capabilities), so a guest that could set them would change what the host
 // enforces, and one that could read them would see the host's policy. They are refused (EPERM)
 // to set or remove, read as absent (ENODATA) and hidden from lists, as virtiofsd's "bad" rule
-// does. `user.` and `system.` (POSIX ACLs) pass through.
+// does. `user.` and the rest of `system.` pass through.
+//
+// POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) pass only with
+// --posix-acl, when the guest kernel treats them as ACLs (FUSE_POSIX_ACL): without it a guest
+// kernel would store them raw on the host and enforce nothing of them itself, so they are
+// EOPNOTSUPP and left out of lists, as virtiofsd 1.13 does.
 
 /** Longest value or name list (XATTR_SIZE_MAX, XATTR_LIST_MAX). */
 export const XATTR_MAX = 65536;
+
+const ACL_NAMES = ['system.posix_acl_access', 'system.posix_acl_default'].map((n) => Buffer.from(n));
+const ACL_PREFIX = Buffer.from('system.posix_acl_');
+
+/** Whether a (guest's) xattr name is one of the two POSIX ACL names. */
+export function isPosixAclName(name: Uint8Array): boolean {
+  return ACL_NAMES.some((n) => n.equals(name));
+}
+
+/**
+ * A listxattr result (names, each NUL-terminated) with each name through `map`: its new
+ * name, or null (or an empty one) to leave it out.
+ */
+export function mapNameList(list: Uint8Array, map: (name: Uint8Array) => Uint8Array | null): Uint8Array {
+  const kept: Uint8Array[] = [];
+  let at = 0;
+  while (at < list.length) {
+    let end = list.indexOf(0, at);
+    if (end < 0) end = list.length;
+    const name = list.subarray(at, end);
+    const g = name.length > 0 ? map(name) : null;
+    if (g !== null && g.length > 0) kept.push(g, new Uint8Array(1));
+    at = end + 1;
+  }
+  return Buffer.concat(kept);
+}
+
+/** A name list without the POSIX ACL names. */
+export function withoutPosixAcl(list: Uint8Array): Uint8Array {
+  if (Buffer.from(list.buffer, list.byteOffset, list.length).indexOf(ACL_PREFIX) < 0) return list;
+  return mapNameList(list, (name) => (isPosixAclName(name) ? null : name));
+}

@@ -31,6 +31,11 @@ export interface NativeFs {
   fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
   /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
   fsMake(kind: 'f' | 'p' | 's' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
+  /**
+   * Sets the calling thread's own umask (the first call unshares the thread's fs attributes,
+   * so no other thread sees it) -> the previous one | -errno. For creates under POSIX ACLs.
+   */
+  fsUmask(mask: number): number;
   fsLink(fd: number, dirfd: number, name: Uint8Array): number;
   fsUnlink(dirfd: number, name: Uint8Array, isDir: boolean): number;
   fsRename(olddirfd: number, oldname: Uint8Array, newdirfd: number, newname: Uint8Array, flags: number): number;

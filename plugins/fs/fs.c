@@ -22,6 +22,11 @@
  * that and stops asking (getfattr then fails with EOPNOTSUPP). A size of 0 asks for the
  * length only; a value or list longer than the guest's size is ERANGE.
  *
+ * POSIX ACLs (--posix-acl, "POSIX ACLs" below): INIT offers FUSE_POSIX_ACL with FUSE_DONT_MASK
+ * and FUSE_SETXATTR_EXT, and refuses a kernel that lacks any of them (EPROTO), as virtiofsd
+ * 1.13 does; the guest kernel then enforces the ACLs it reads through GETXATTR, and leaves the
+ * umask to us: creates go to the host with the request's umask (the *-with-umask calls).
+ *
  * Locks (GETLK/SETLK/SETLKW, flock) are the host's (host/fs/locks.ts); a SETLKW that must
  * wait is held and answered from a timer event ("Locks" below).
  *
@@ -55,6 +60,7 @@
 #define EAGAIN 11
 #define ENOLCK 37
 #define EINPROGRESS 115
+#define EOPNOTSUPP 95
 
 #define O_ACCMODE 3
 #define O_CREAT 0100
@@ -369,6 +375,8 @@ static fs_file *file_get(uint64_t fh) {
 #define FOPEN_KEEP_CACHE (1u << 1)
 #define FOPEN_CACHE_DIR (1u << 3)
 static int cache_policy = VFS_CACHE_AUTO;
+/* --posix-acl, asked once per INIT (or load): the host passes the ACL names through. */
+static int acl_granted;
 
 static uint64_t cache_timeout(void) {
   switch (cache_policy) {
@@ -745,6 +753,7 @@ static const char *restore_file(uint64_t fh, uint64_t nodeid, uint32_t flags) {
 /* The session, and the free list if the ids came out of order (see fs_load_inode). */
 static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahead) {
   cache_policy = vfs_cache_policy(); /* no INIT on a migration destination */
+  acl_granted = vfs_posix_acl();
   if (load_unordered) {
     free_inode = 0;
     for (uint32_t i = n_inodes; i-- > 2;) {
@@ -763,6 +772,13 @@ static void restore_finish(uint32_t minor, uint32_t flags, uint32_t max_readahea
 /* The end of a load: the root, the open files (`count` saved records of 16 bytes, see state.c). */
 const char *fs_load_finish(const uint8_t *saved_files, uint32_t count, uint32_t minor, uint32_t flags,
                            uint32_t max_readahead) {
+  /* The guest enforces ACLs it reads from us and sends creates unmasked: a share without
+   * them would hand it raw ACL xattrs and files made without any umask. */
+  if ((flags & FUSE_POSIX_ACL) && !vfs_posix_acl()) {
+    fs_tables_clear();
+    return "fs state: the source's guest mounted with POSIX ACLs (--posix-acl): start this destination with "
+           "--posix-acl too";
+  }
   vfs_entry e;
   if (vfs_root(&e)) {
     fs_tables_clear();
@@ -967,6 +983,19 @@ static void op_init(reply *r, args *a) {
   }
   uint32_t ours = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
                   FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS | FUSE_MAX_PAGES;
+  acl_granted = vfs_posix_acl();
+  if (acl_granted) {
+    /* All three or none: ACLs without DONT_MASK would have the kernel apply the umask even
+     * under a default ACL, and without SETXATTR_EXT we could not clear set-group-id when the
+     * kernel asks. The operator asked for ACLs: a mount without them is refused, not degraded. */
+    const uint32_t acl = FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT;
+    if ((in.flags & acl) != acl) {
+      vd_log(VD_LOG_ERROR, "fs: --posix-acl, but the guest kernel does not offer FUSE_POSIX_ACL, FUSE_DONT_MASK and "
+                           "FUSE_SETXATTR_EXT (Linux 5.15 or later does): mount refused (EPROTO)");
+      return reply_error(r, EPROTO);
+    }
+    ours |= acl;
+  }
   o->minor = in.minor < OUR_MINOR ? in.minor : OUR_MINOR;
   o->max_readahead = in.max_readahead;
   o->flags = in.flags & ours;
@@ -1056,6 +1085,16 @@ static void op_open(reply *r, uint64_t nodeid, args *a, int dir) {
   reply_open(r, h, flags, nodeid);
 }
 
+/* With FUSE_DONT_MASK (POSIX ACLs) the kernel sends the mode unmasked and its umask beside it:
+ * the host creates under that umask, so a default ACL on the directory decides instead. */
+static int umask_is_ours(void) { return (session.flags & FUSE_DONT_MASK) != 0; }
+
+static uint32_t create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t flags, const struct fuse_create_in *c,
+                       vfs_entry *e, vfs_handle *h) {
+  if (umask_is_ours()) return vfs_create_umask(dir, name, len, flags, c->mode, c->umask, e, h);
+  return vfs_create(dir, name, len, flags, c->mode, e, h);
+}
+
 static void op_create(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_create_in, c);
@@ -1065,9 +1104,9 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   uint32_t flags = c.flags & ~(uint32_t)(O_CREAT | O_NOCTTY);
   /* Exclusive first: only a file this request made is given to the requester (O_CREAT
    * without O_EXCL may open someone else's file, which must keep its owner). */
-  uint32_t err = vfs_create(dir->handle, name, len, flags | O_EXCL, c.mode, &e, &h);
+  uint32_t err = create(dir->handle, name, len, flags | O_EXCL, &c, &e, &h);
   if (!err) own_new(&e, dir);
-  else if (err == EEXIST && !(flags & O_EXCL)) err = vfs_create(dir->handle, name, len, flags, c.mode, &e, &h);
+  else if (err == EEXIST && !(flags & O_EXCL)) err = create(dir->handle, name, len, flags, &c, &e, &h);
   if (err) return reply_error(r, err);
   uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
   if (!o) {
@@ -1098,7 +1137,8 @@ static void op_mknod(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_mknod_in, m);
   NAME(a, name, len);
   vfs_entry e; /* regular files, FIFOs and sockets; the host refuses device nodes (EPERM) */
-  uint32_t err = vfs_mknod(dir->handle, name, len, m.mode, &e);
+  uint32_t err = umask_is_ours() ? vfs_mknod_umask(dir->handle, name, len, m.mode, m.umask, &e)
+                                 : vfs_mknod(dir->handle, name, len, m.mode, &e);
   if (!err) own_new(&e, dir);
   reply_new_entry(r, err, &e, nodeid, name, len);
 }
@@ -1108,7 +1148,8 @@ static void op_mkdir(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_mkdir_in, m);
   NAME(a, name, len);
   vfs_entry e;
-  uint32_t err = vfs_mkdir(dir->handle, name, len, m.mode, &e);
+  uint32_t err = umask_is_ours() ? vfs_mkdir_umask(dir->handle, name, len, m.mode, m.umask, &e)
+                                 : vfs_mkdir(dir->handle, name, len, m.mode, &e);
   if (!err) own_new(&e, dir);
   reply_new_entry(r, err, &e, nodeid, name, len);
 }
@@ -1386,10 +1427,56 @@ static void reply_xattr(reply *r, uint32_t size, const uint8_t *p, size_t n) {
   if (o && n) memcpy(o, p, n);
 }
 
+/* ---- POSIX ACLs ----
+ * The ACL names reach the host only in a session that negotiated FUSE_POSIX_ACL. The host
+ * refuses them itself without --posix-acl; with it, a session without ACLs (a guest migrated
+ * in from a source without --posix-acl, which kept its INIT) must not have them either:
+ * EOPNOTSUPP and left out of lists, what virtiofsd 1.13 answers. */
+static const char ACL_ACCESS[] = "system.posix_acl_access", ACL_DEFAULT[] = "system.posix_acl_default";
+
+static int is_name(const uint8_t *name, size_t len, const char *what, size_t wlen) {
+  return len == wlen && memcmp(name, what, len) == 0;
+}
+
+static int acl_name(const uint8_t *name, size_t len) {
+  return is_name(name, len, ACL_ACCESS, sizeof ACL_ACCESS - 1) || is_name(name, len, ACL_DEFAULT, sizeof ACL_DEFAULT - 1);
+}
+
+static int acl_refused(const uint8_t *name, size_t len) {
+  return acl_granted && !(session.flags & FUSE_POSIX_ACL) && acl_name(name, len);
+}
+
+/* Drops the ACL names from a list of NUL-terminated names in place; its new length. */
+static size_t list_without_acls(uint8_t *buf, size_t n) {
+  size_t out = 0;
+  for (size_t at = 0; at < n;) {
+    const uint8_t *end = memchr(buf + at, 0, n - at);
+    size_t l = end ? (size_t)(end - (buf + at)) : n - at;
+    if (!acl_name(buf + at, l)) {
+      memmove(buf + out, buf + at, l);
+      out += l;
+      if (end) buf[out++] = 0;
+    }
+    at += l + 1;
+  }
+  return out;
+}
+
+/* FUSE_SETXATTR_ACL_KILL_SGID: the guest kernel asks, for an access ACL set by someone who is
+ * not in the file's group and lacks CAP_FSETID, that set-group-id go (the host kernel would
+ * not clear it: the host sets the ACL with its own credentials). */
+static uint32_t kill_sgid(vfs_handle h) {
+  vfs_attr at;
+  uint32_t err = vfs_getattr(h, &at);
+  if (err || !(at.mode & 02000)) return err;
+  return vfs_setattr(h, VFS_SET_MODE, at.mode & 05777, 0, 0, 0, 0, 0, 0, 0, &at);
+}
+
 static void op_getxattr(reply *r, uint64_t nodeid, args *a) {
   TAKE(a, struct fuse_getxattr_in, in);
   NAME(a, name, len);
   INODE(nodeid, node);
+  if (acl_refused(name, len)) return reply_error(r, EOPNOTSUPP);
   uint8_t *buf = malloc(VFS_XATTR_MAX);
   if (!buf) return reply_error(r, ENOMEM);
   size_t n = 0;
@@ -1409,17 +1496,31 @@ static void op_listxattr(reply *r, uint64_t nodeid, args *a) {
   uint32_t err = vfs_listxattr(node->handle, buf, VFS_XATTR_MAX, &n);
   if (err) reply_error(r, err);
   else if (n > VFS_XATTR_MAX) reply_error(r, E2BIG);
-  else reply_xattr(r, in.size, buf, n);
+  else reply_xattr(r, in.size, buf, acl_granted && !(session.flags & FUSE_POSIX_ACL) ? list_without_acls(buf, n) : n);
   free(buf);
 }
 
 static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
-  TAKE(a, struct fuse_setxattr_in, in);
+  struct fuse_setxattr_ext_in in = {0};
+  if (session.flags & FUSE_SETXATTR_EXT) {
+    TAKE(a, struct fuse_setxattr_ext_in, ext);
+    in = ext;
+  } else {
+    TAKE(a, struct fuse_setxattr_in, old);
+    in.size = old.size;
+    in.flags = old.flags;
+  }
   NAME(a, name, len);
   INODE(nodeid, node);
+  if (acl_refused(name, len)) return reply_error(r, EOPNOTSUPP);
   if (in.size > VFS_XATTR_MAX) return reply_error(r, E2BIG);
   /* A value past the prefix never reaches us (FS_PREFIX_LEN). */
   if (in.size > a->len) return reply_error(r, in.size <= a->len + a->more ? E2BIG : EINVAL);
+  if ((in.setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && (session.flags & FUSE_POSIX_ACL) &&
+      is_name(name, len, ACL_ACCESS, sizeof ACL_ACCESS - 1)) {
+    uint32_t err = kill_sgid(node->handle);
+    if (err) return reply_error(r, err);
+  }
   uint32_t err = vfs_setxattr(node->handle, name, len, a->p, in.size, in.flags);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);
@@ -1428,6 +1529,7 @@ static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
 static void op_removexattr(reply *r, uint64_t nodeid, args *a) {
   NAME(a, name, len);
   INODE(nodeid, node);
+  if (acl_refused(name, len)) return reply_error(r, EOPNOTSUPP);
   uint32_t err = vfs_removexattr(node->handle, name, len);
   if (err) return reply_error(r, err);
   reply_alloc(r, 0);

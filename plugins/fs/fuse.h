@@ -63,6 +63,11 @@ enum fuse_opcode {
 #define FUSE_DO_READDIRPLUS (1u << 13)
 #define FUSE_READDIRPLUS_AUTO (1u << 14)
 #define FUSE_MAX_PAGES (1u << 22)
+/* POSIX ACLs (--posix-acl): offered only together, as virtiofsd does. */
+#define FUSE_DONT_MASK (1u << 6)
+#define FUSE_POSIX_ACL (1u << 20)
+#define FUSE_SETXATTR_EXT (1u << 29)
+#define FUSE_SETXATTR_ACL_KILL_SGID 1u
 
 #define FUSE_GETATTR_FH 1u
 #define FUSE_FSYNC_FDATASYNC 1u
@@ -193,9 +198,12 @@ struct fuse_init_out {
   uint16_t max_pages, map_alignment;
   uint32_t flags2, unused[7];
 };
-/* Without FUSE_SETXATTR_EXT (we never offer it) setxattr_in is the 8-byte form. */
+/* Without FUSE_SETXATTR_EXT setxattr_in is the 8-byte form; with it (POSIX ACLs) the 16-byte one. */
 struct fuse_setxattr_in {
   uint32_t size, flags;
+};
+struct fuse_setxattr_ext_in {
+  uint32_t size, flags, setxattr_flags, padding;
 };
 struct fuse_getxattr_in {
   uint32_t size, padding;
@@ -233,7 +241,7 @@ _Static_assert(sizeof(struct fuse_write_in) == 40, "write_in");
 _Static_assert(sizeof(struct fuse_kstatfs) == 80, "kstatfs");
 _Static_assert(sizeof(struct fuse_init_out) == 64, "init_out");
 _Static_assert(sizeof(struct fuse_dirent) == 24, "dirent");
-_Static_assert(sizeof(struct fuse_setxattr_in) == 8 && sizeof(struct fuse_getxattr_in) == 8 &&
+_Static_assert(sizeof(struct fuse_setxattr_in) == 8 && sizeof(struct fuse_setxattr_ext_in) == 16 && sizeof(struct fuse_getxattr_in) == 8 &&
                    sizeof(struct fuse_getxattr_out) == 8,
                "xattr structs");
 _Static_assert(sizeof(struct fuse_fallocate_in) == 32, "fallocate_in");

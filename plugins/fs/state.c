@@ -6,14 +6,18 @@
  * and resolves them on first use, and reopens the files during the load (never with
  * O_TRUNC) (fs.c, "Migration").
  *
- * Format, little-endian (version 2; version 1 is the same with bytes 6-7 zero, and still loads):
+ * Format, little-endian (version 2; version 1 is the same with bytes 6-7 zero, and still loads;
+ * version 3 is version 2 written for a session that negotiated POSIX ACLs, see below):
  *   0  "VFSS"                        magic
  *   4  u8 version = 2, u8 oldest version that can read it, u8 session lock flags, u8 zero
  *      lock flags bit 0: the guest has asked for record locks (session.record_locks), so a
  *      FLUSH must drop the closing process's locks on the host. The locks themselves are the
  *      host's (host/fs/lock-handoff.ts moves them in a live plugin upgrade). With the bit set
  *      the oldest reader is 2: a version-1 reader would ignore it and leave a closed process's
- *      locks held; without it 1.
+ *      locks held; without it 1. A session with FUSE_POSIX_ACL in its flags is saved as
+ *      version 3, oldest reader 3, the layout unchanged: its guest sends creates unmasked
+ *      (FUSE_DONT_MASK), and a reader from before --posix-acl would make them without any
+ *      umask, so it must refuse the state.
  *   8  u32 session initialized (0/1), u32 FUSE minor, u32 FUSE flags, u32 max_readahead
  *  24  u32 inode count, u32 file count
  *  32  inodes: u32 id, u32 parent id, u64 nlookup, u32 mode, u32 name length
@@ -32,10 +36,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuse.h"
 #include "state.h"
 #include "vhost_device.h"
 
-#define STATE_VERSION 2
+#define STATE_VERSION 3
 #define HEADER 32
 #define INODE_HEAD 24
 #define FILE_REC 16
@@ -60,8 +65,9 @@ static size_t inode_record_len(const fs_inode *in) { return INODE_HEAD + (in->na
 static void put_header(uint8_t *h, uint32_t ni, uint32_t nf) {
   memset(h, 0, HEADER);
   memcpy(h, "VFSS", 4);
-  h[4] = STATE_VERSION;
-  h[5] = session.record_locks ? 2 : 1;
+  int acl = (session.flags & FUSE_POSIX_ACL) != 0;
+  h[4] = acl ? 3 : 2;
+  h[5] = acl ? 3 : session.record_locks ? 2 : 1;
   h[6] = session.record_locks ? 1 : 0;
   vd_put_u32(h + 8, session.initialized);
   vd_put_u32(h + 12, session.minor);

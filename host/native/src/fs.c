@@ -44,6 +44,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <limits.h>
 #include <linux/openat2.h>
 #include <stdio.h>
@@ -447,6 +448,28 @@ static napi_value fs_make(napi_env env, napi_callback_info info) {
     default: throw_type(env, "fsMake: kind must be 'f', 'd' or 'l'"); return NULL;
   }
   return r < 0 ? neg(env, errno) : num(env, 0);
+}
+
+// fsUmask(mask) -> the calling thread's previous umask | -errno. The umask is a process-wide
+// attribute shared by every thread (CLONE_FS) unless a thread unshares it: the first call
+// in a thread does (unshare(CLONE_FS), which a multi-threaded process may do), so a device
+// worker can create under the guest's umask (POSIX ACLs: the kernel applies it only where the
+// parent has no default ACL) without another thread's creates seeing it. The thread's cwd
+// and root stay what they were; nothing here uses them.
+static __thread bool own_fs_attrs;
+static napi_value fs_umask(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t mask = 0;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsUmask") || !arg_int(env, argv[0], "fsUmask", "mask", &mask)) return NULL;
+  if (mask < 0 || mask > 0777) {
+    throw_type(env, "fsUmask: mask must be 0-0777");
+    return NULL;
+  }
+  if (!own_fs_attrs) {
+    if (unshare(CLONE_FS) != 0) return neg(env, errno);
+    own_fs_attrs = true;
+  }
+  return num(env, umask((mode_t)mask));
 }
 
 // fsLink(fd, newdirfd, name) -> 0 | -errno: a new name for the inode fd pins.
@@ -936,7 +959,8 @@ fs_env *init_fs(napi_env env, napi_value exports) {
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
          fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&
          fs_set_fn(env, exports, "fsClose", fs_close, fe) &&
-         set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsLink", fs_link) &&
+         set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsUmask", fs_umask) &&
+         set_fn(env, exports, "fsLink", fs_link) &&
          set_fn(env, exports, "fsUnlink", fs_unlink) && set_fn(env, exports, "fsRename", fs_rename) &&
          set_fn(env, exports, "fsReadlink", fs_readlink) && set_fn(env, exports, "fsSetattr", fs_setattr) &&
          set_fn(env, exports, "fsPread", fs_pread) && set_fn(env, exports, "fsPwrite", fs_pwrite) &&

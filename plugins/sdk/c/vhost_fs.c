@@ -71,6 +71,14 @@ VFS_IMPORT("open") void imp_open(int64_t node, int32_t flags, R ret);
 VFS_IMPORT("create") void imp_create(int64_t dir, const uint8_t *name, size_t len, int32_t flags, int32_t mode, R ret);
 VFS_IMPORT("mknod") void imp_mknod(int64_t dir, const uint8_t *name, size_t len, int32_t mode, R ret);
 VFS_IMPORT("mkdir") void imp_mkdir(int64_t dir, const uint8_t *name, size_t len, int32_t mode, R ret);
+/* Added to 0.2.0 after its first release (POSIX ACLs). */
+VFS_IMPORT("posix-acl") int32_t imp_posix_acl(void);
+VFS_IMPORT("create-with-umask") void imp_create_with_umask(int64_t dir, const uint8_t *name, size_t len, int32_t flags,
+                                                           int32_t mode, int32_t umask, R ret);
+VFS_IMPORT("mknod-with-umask") void imp_mknod_with_umask(int64_t dir, const uint8_t *name, size_t len, int32_t mode,
+                                                         int32_t umask, R ret);
+VFS_IMPORT("mkdir-with-umask") void imp_mkdir_with_umask(int64_t dir, const uint8_t *name, size_t len, int32_t mode,
+                                                         int32_t umask, R ret);
 VFS_IMPORT("symlink") void imp_symlink(int64_t dir, const uint8_t *name, size_t len, const uint8_t *t, size_t tl, R ret);
 VFS_IMPORT("link") void imp_link(int64_t node, int64_t dir, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("unlink") void imp_unlink(int64_t dir, const uint8_t *name, size_t len, R ret);
@@ -133,6 +141,8 @@ int vfs_read_only(void) { return imp_read_only() != 0; }
 int vfs_migration_guest_error(void) { return imp_migration_on_error() == VD_ABI_MIGRATION_ERROR_POLICY_GUEST_ERROR; }
 
 int vfs_cache_policy(void) { return imp_cache(); }
+
+int vfs_posix_acl(void) { return imp_posix_acl() != 0; }
 
 /* result<entry, errno>, with the payload offsets of the call that filled ret_area. */
 static uint32_t entry_result(vfs_entry *out, size_t ok, size_t err) {
@@ -204,6 +214,25 @@ uint32_t vfs_mknod(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mod
 uint32_t vfs_mkdir(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out) {
   imp_mkdir((int64_t)dir, name, len, (int32_t)mode, ret_area);
   return entry_result(out, VD_ABI_FILESYSTEM_MKDIR_RET_OK, VD_ABI_FILESYSTEM_MKDIR_RET_ERR);
+}
+
+uint32_t vfs_create_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t flags, uint32_t mode, uint32_t umask,
+                          vfs_entry *out, vfs_handle *file) {
+  imp_create_with_umask((int64_t)dir, name, len, (int32_t)flags, (int32_t)mode, (int32_t)umask, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_CREATE_WITH_UMASK_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_CREATE_WITH_UMASK_RET_OK_0, sizeof *out);
+  memcpy(file, ret_area + VD_ABI_FILESYSTEM_CREATE_WITH_UMASK_RET_OK_1, 8);
+  return 0;
+}
+
+uint32_t vfs_mknod_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out) {
+  imp_mknod_with_umask((int64_t)dir, name, len, (int32_t)mode, (int32_t)umask, ret_area);
+  return entry_result(out, VD_ABI_FILESYSTEM_MKNOD_WITH_UMASK_RET_OK, VD_ABI_FILESYSTEM_MKNOD_WITH_UMASK_RET_ERR);
+}
+
+uint32_t vfs_mkdir_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out) {
+  imp_mkdir_with_umask((int64_t)dir, name, len, (int32_t)mode, (int32_t)umask, ret_area);
+  return entry_result(out, VD_ABI_FILESYSTEM_MKDIR_WITH_UMASK_RET_OK, VD_ABI_FILESYSTEM_MKDIR_WITH_UMASK_RET_ERR);
 }
 
 uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,

@@ -65,6 +65,8 @@ int vfs_migration_guest_error(void);
 /* --cache: VFS_CACHE_NEVER, _METADATA, _AUTO (the default) or _ALWAYS. */
 enum { VFS_CACHE_NEVER = 0, VFS_CACHE_METADATA = 1, VFS_CACHE_AUTO = 2, VFS_CACHE_ALWAYS = 3 };
 int vfs_cache_policy(void);
+/* --posix-acl: 1 when the guest may have POSIX ACLs (offer FUSE_POSIX_ACL); it comes with --xattr. */
+int vfs_posix_acl(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 /*
@@ -89,6 +91,15 @@ uint32_t vfs_create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t fl
                     vfs_handle *file);
 uint32_t vfs_mknod(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
 uint32_t vfs_mkdir(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
+/*
+ * As vfs_create, vfs_mknod and vfs_mkdir for a guest that leaves the umask to the file system
+ * (FUSE_DONT_MASK): `mode` unmasked, the host creates under `umask`, which the kernel applies
+ * only where `dir` has no default ACL (the default ACL decides where it has one).
+ */
+uint32_t vfs_create_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t flags, uint32_t mode, uint32_t umask,
+                          vfs_entry *out, vfs_handle *file);
+uint32_t vfs_mknod_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out);
+uint32_t vfs_mkdir_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out);
 uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,
                      vfs_entry *out);
 uint32_t vfs_link(vfs_handle node, vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
