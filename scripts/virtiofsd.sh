@@ -16,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-BASE=${VHOST_WASM_VIRTIOFSD_DIR:-$REPO/.cache/virtiofsd}
+# Physical path: a worktree whose .cache is a link to another checkout's must find (and keep)
+# the wrappers that copy wrote, not rewrite them, or fetch it all again, under its own name.
+BASE=$(realpath -m "${VHOST_WASM_VIRTIOFSD_DIR:-$REPO/.cache/virtiofsd}")
 ROOT=$BASE/root
 BIN=$BASE/bin
 LIBDIR=$ROOT/usr/lib/x86_64-linux-gnu
