@@ -9,6 +9,8 @@
 // address been reused, writes into something else. What must hold: every read completes with
 // the right bytes (or, after a disconnect, completes or is cancelled without a fault), the old
 // mapping stays while the reads are held and is gone after, no fd or mapping is left behind.
+// Reads that fail (EIO) get the device's second answer (IOERR) written before the region goes:
+// a status byte written after the unmap would land nowhere while the used ring said written.
 // The executor's count of requests in flight is not exposed outside the device's worker, so
 // "nothing left in the ring" is checked as: every request answered, and the host stops cleanly.
 // Needs root (the mount).
@@ -47,8 +49,9 @@ function heldReads(blk: BlkDevice, disk: FaultyFuse): Promise<(string | null)[]>
   );
 }
 
-async function setup(name: string, extra: object = {}) {
-  const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
+/** `bad`: a byte range of the image that answers EIO (default none). */
+async function setup(name: string, extra: object = {}, bad: [number, number] = [IMAGE_BYTES, IMAGE_BYTES]) {
+  const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), bad[0], bad[1], { cached: true });
   let host: HostProcess | undefined;
   try {
     host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug']);
@@ -172,6 +175,40 @@ test.serial('REM_MEM_REG of the region the buffers are in while buffered reads w
     t.is(hostMaps(host, `${name}-0`), maps0, 'region 0 stays mapped');
     t.is(host.fdCount(), fdsBefore - 1, 'no other fd left behind or lost');
     assertCleanLog(t, host);
+  } finally {
+    await teardown(t, { disk, host, fe });
+  }
+});
+
+test.serial('REM_MEM_REG while buffered reads wait on a slow file and half of them then fail (EIO): the failed ones reach the guest as IOERR, written before the region goes; the device serves on', async (t) => {
+  const name = `iofs-remreg-eio-${process.pid}`;
+  // Reads HELD/2 .. HELD-1 fail: the device hears io-failed and answers IOERR, a status byte
+  // in the region being removed. Written after the unmap it would land nowhere while the used
+  // ring reported it written (the guest reading the OK it left there).
+  const badFrom = heldSector(HELD / 2) * SECTOR;
+  const { disk, host, fe, blk } = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true }, [badFrom, heldSector(HELD) * SECTOR]);
+  try {
+    const r0 = fe.memory.regions[0];
+    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+    const region1 = fe.memory.memTable()[1];
+    disk.hold();
+    const reads = heldReads(blk, disk);
+    t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
+    const sent = fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
+    sent.catch(() => {}); // awaited below; a failed test closes the connection first
+    await host.waitForLog(/<- REM_MEM_REG/);
+    disk.open();
+    const errors = await withTimeout(reads, 20_000, 'the held reads');
+    t.deepEqual(
+      errors,
+      Array.from({ length: HELD }, (_, i) => (i < HELD / 2 ? null : `read ${i}: read of 4096 bytes at sector ${heldSector(i)} failed: IOERR`)),
+      'the good half lands with the right bytes, the failing half is IOERR',
+    );
+    await withTimeout(sent, 10_000, 'REM_MEM_REG');
+    t.true(await eventually(() => hostMaps(host, `${name}-1`) === 0, 10_000), 'then region 1 is unmapped');
+    t.is((await fe.conn.getStatus()) & 0x40, 0, 'the device does not need a reset');
+    t.notRegex(host.log(), /EFAULT|fault|needs a reset/i, 'no memory fault, no device failure');
+    t.regex(host.log(), /disk\.img: read of \d+ bytes at \d+ failed: EIO/, 'the host logs the EIO');
   } finally {
     await teardown(t, { disk, host, fe });
   }
