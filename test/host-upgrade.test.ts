@@ -147,7 +147,7 @@ test.serial('usage and reachability: no --plugin is a usage error (2); a socket 
   t.is(away.code, 3);
   t.regex(away.stderr, /cannot reach the host at .*nobody\.sock\.control/);
   const [answer] = (await rawRpc(`${h.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'device-del', params: {} })], 1)) as { error?: { message: string } }[];
-  t.regex(answer.error!.message, /no method "device-del" \(a single-device host has: plugin-upgrade, host-handover\)/);
+  t.regex(answer.error!.message, /no method "device-del" \(a single-device host has: device-stats, plugin-upgrade, host-handover\)/);
 });
 
 test.serial('a new plugin with another name is refused, and the old instance serves on', async (t) => {

@@ -11,8 +11,8 @@
 // mapping stays while the reads are held and is gone after, no fd or mapping is left behind.
 // Reads that fail (EIO) get the device's second answer (IOERR) written before the region goes:
 // a status byte written after the unmap would land nowhere while the used ring said written.
-// The executor's count of requests in flight is not exposed outside the device's worker, so
-// "nothing left in the ring" is checked as: every request answered, and the host stops cleanly.
+// "Nothing left in flight" is the host's own count (device-stats over its control socket):
+// the held reads are counted as storage I/O in flight while held, and none is left after.
 // Needs root (the mount).
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -22,6 +22,7 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
+import { hostWork } from './helpers/host-stats.ts';
 import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -121,6 +122,9 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     disk.hold();
     void heldReads(blk, disk); // the front-end leaves: its waiters may never settle
     t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
+    const held = await hostWork(host);
+    t.is(held.ioInFlight, HELD, 'the host counts the held reads as storage I/O in flight');
+    t.is(held.requestsInFlight, HELD, 'and as requests taken from the ring');
     fe.conn.close();
     await fe.conn.closed;
     await host.waitForLog(/front-end disconnected/);
@@ -132,6 +136,9 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     disk.open();
     t.true(await eventually(() => hostMaps(host, name) === 0, 20_000), 'then unmapped');
     t.true(await eventually(() => hostFds(host, name) === 0, 10_000), 'and its fds closed');
+    const after = await hostWork(host);
+    t.is(after.ioInFlight, 0, 'no storage I/O left in flight');
+    t.is(after.requestsInFlight, 0, 'no request left taken from the ring');
     // The next front-end is served (the same slow file, answering now).
     const fe2 = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, memory: { name: `${name}-next` }, queues: [128], features: FEATURES, indirect: 128 });
     try {

@@ -663,6 +663,7 @@ export class DeviceRunner {
 
   reset(): void {
     this.executor.drain();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     this.dropRequests();
     // Frames and timers were for the device as it was: a reset device starts without them.
     this.activated = false;
@@ -748,6 +749,7 @@ export class DeviceRunner {
     for (const r of this.rings) this.stopWatching(r);
     this.executor.drain();
     this.executor.close();
+    this.hooks.meter?.ioInFlight(0);
     this.dropRequests();
     this.memory.close();
     this.logMapping?.unmap();
@@ -1044,6 +1046,7 @@ export class DeviceRunner {
       this.inBatch--;
     }
     if (this.pendingEvents.length > 0) this.scheduleFlush();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     // Zero pages stood in for a shrunk file: what the batch read or wrote is not what the
     // guest has, so the guest is not told about it.
     if (this.checkMemoryFaults()) return false;
@@ -1379,6 +1382,7 @@ export class DeviceRunner {
     this.flushScheduled = true;
     queueMicrotask(() => {
       this.flushScheduled = false;
+      this.hooks.meter?.ioInFlight(this.executor.inflight);
       if (this.memoryFaulted !== null) return;
       try {
         if (this.pendingEvents.length > 0 && !this.failed) {
@@ -1428,6 +1432,7 @@ export class DeviceRunner {
    */
   private settle(): void {
     this.executor.drain();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     if (this.failed || this.memoryFaulted) return;
     try {
       this.inBatch++;
