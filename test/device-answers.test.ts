@@ -272,6 +272,23 @@ test.serial('REM_MEM_REG of the region a held request writes into: its answer ca
   }
 });
 
+test.serial('the host meters the most CPU one call into a device ran (what a state transfer\'s chunks are held to): a 30 ms call shows, the bystander\'s quick calls do not', async (t) => {
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
+  const bystander = await VhostUserFrontend.connect(join(dir, 'bystander.sock'), opts);
+  try {
+    t.is(text(await bystander.queues[0].submit([Buffer.from('quick')], 32)), 'quick');
+    t.is(text(await fe.queues[0].submit([command('burn 30')], 16)), 'burnt');
+    const work = (label: string) => host.devices.find((d) => d.config.label === label)!.slot.meter.work();
+    const longest = work('victim').longestCallCpuSeconds;
+    t.true(longest >= 0.03, `the 30 ms call is metered (${(longest * 1000).toFixed(1)} ms of CPU)`);
+    const quick = work('bystander').longestCallCpuSeconds;
+    t.true(quick < 0.01, `the bystander's quick calls are not (${(quick * 1000).toFixed(1)} ms; 0 when every one took under 2 ms)`);
+  } finally {
+    await bystander.close();
+    await fe.close();
+  }
+});
+
 test.serial('a front-end that goes away while the device holds a request: the next connection is served', async (t) => {
   const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
   fe.queues[0].submit([command('hold')], 8).catch(() => {});

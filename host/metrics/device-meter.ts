@@ -54,6 +54,12 @@ export interface DeviceWork {
   requestsInFlight: number;
   /** Now: requests whose storage I/O is submitted (io_uring) and not finished. 0 once a disconnect, remap or ring stop drained it. */
   ioInFlight: number;
+  /**
+   * The most CPU (seconds) one call into its code ran so far (a state chunk, a batch): read for
+   * calls of 2 ms or more of wall clock, so 0 while every call took less. Its calls' deadline
+   * counts wall clock; this is what a call costs whatever the machine's load.
+   */
+  longestCallCpuSeconds: number;
 }
 
 function transferStats(): TransferStats {
@@ -121,7 +127,7 @@ export class DeviceMeter {
   work(): DeviceWork {
     const s = readRequestCells(this.threadCells);
     // The cells are read one by one while the workers write them: never shown below zero.
-    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied, completionsOutOfOrder: s.outOfOrder, requestsInFlight: s.inFlight, ioInFlight: s.ioInFlight };
+    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied, completionsOutOfOrder: s.outOfOrder, requestsInFlight: s.inFlight, ioInFlight: s.ioInFlight, longestCallCpuSeconds: s.longestCallCpu };
   }
 
   snapshot(): DeviceMeterSnapshot {
