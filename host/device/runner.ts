@@ -247,6 +247,13 @@ export class DeviceRunner {
   private failed: string | null = null;
   /** Inside asNewBuild: this instance is an upgrade's new build, the guest's rings are the old one's. */
   private newBuild = false;
+  /**
+   * markUpgradeCandidate was called and no ring of the guest's has started here yet: a live
+   * upgrade's new build being given the session's settings (features, memory table, rings'
+   * addresses) while the old one serves. A failure now is the new build's alone, as inside
+   * asNewBuild.
+   */
+  private candidate = false;
   private readonly log: Logger;
   /** Requests handed to the device per call: bounded so one kick cannot monopolise the worker. */
   private readonly maxBatch: number;
@@ -1535,6 +1542,8 @@ export class DeviceRunner {
     // Without F_PROTOCOL_FEATURES a ring is enabled as soon as it has a kick fd (spec).
     if (!this.protocolFeatures) r.enabled = true;
     if (!r.enabled || this.failed || this.memoryFaulted) return;
+    // One of the guest's rings runs here now (a warm-up's scratch ring runs inside asNewBuild).
+    if (!this.newBuild) this.candidate = false;
     if (!r.queue) {
       if (r.num === 0 || r.addr === null) {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
@@ -1866,7 +1875,7 @@ export class DeviceRunner {
     if (this.failed) return;
     this.failed = reason;
     for (const r of this.rings) this.stopWatching(r);
-    if (this.newBuild) {
+    if (this.newBuild || this.candidate) {
       // Nothing of the guest's ran here: the upgrade's caller refuses it with this reason, ends
       // this instance and resumes the old one, which serves on (host/session/upgrade.ts).
       this.log.error(`the new plugin build failed during the upgrade: ${reason}; nothing was halted, the old instance serves on`);
@@ -1875,6 +1884,14 @@ export class DeviceRunner {
       this.log.error('device failed, every ring halted until the front-end resets it');
     }
     this.hooks.deviceFailed(reason);
+  }
+
+  /**
+   * This instance is a live upgrade's new build until one of the guest's rings starts on it (the
+   * old instance's rings restarting here): failures until then are the new build's (see fail).
+   */
+  markUpgradeCandidate(): void {
+    this.candidate = true;
   }
 
   /**
