@@ -24,6 +24,7 @@ import { withTimeout } from './helpers/device-checks.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 import { hostWork } from './helpers/host-stats.ts';
 import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
+import type { MemoryRegion } from '../host/protocol/messages.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 8 << 20;
@@ -66,6 +67,26 @@ async function setup(name: string, extra: object = {}, bad: [number, number] = [
     await disk.unmount();
     throw e;
   }
+}
+
+/**
+ * setup() with guest RAM in two regions, one memfd each (name-0, name-1), described with
+ * ADD_MEM_REG: the ring is in region 0, which is then filled up, so every later request's
+ * buffers are in region 1.
+ */
+async function setupInRegion1(name: string, bad?: [number, number]) {
+  const s = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true }, bad);
+  const r0 = s.fe.memory.regions[0];
+  for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+  return { ...s, region1: s.fe.memory.memTable()[1] };
+}
+
+/** REM_MEM_REG of `region`, once the host has it: `sent` settles with its reply (awaited by the caller). */
+async function removeRegion(fe: VhostUserFrontend, host: HostProcess, region: MemoryRegion): Promise<{ sent: Promise<void> }> {
+  const sent = fe.conn.remMemReg({ guestPhysAddr: region.guestPhysAddr, memorySize: region.memorySize, userspaceAddr: region.userspaceAddr, mmapOffset: region.mmapOffset });
+  sent.catch(() => {}); // awaited by the caller; a failed test closes the connection first
+  await host.waitForLog(/<- REM_MEM_REG/);
+  return { sent };
 }
 
 /** No memory fault and no failed read in the host's log. */
@@ -155,22 +176,15 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
 
 test.serial('REM_MEM_REG of the region the buffers are in while buffered reads wait on a slow file: it stays mapped until they are answered, they land there, then it goes', async (t) => {
   const name = `iofs-remreg-${process.pid}`;
-  // Two regions, one memfd each (name-0, name-1), described with ADD_MEM_REG: the ring is in
-  // region 0, which is then filled up, so every held request's buffers are in region 1.
-  const { disk, host, fe, blk } = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true });
+  const { disk, host, fe, blk, region1 } = await setupInRegion1(name);
   try {
-    const r0 = fe.memory.regions[0];
-    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
-    const region1 = fe.memory.memTable()[1];
     t.true(hostMaps(host, `${name}-1`) > 0 && hostFds(host, `${name}-1`) === 1, 'the host maps region 1 and holds its fd');
     const maps0 = hostMaps(host, `${name}-0`);
     const fdsBefore = host.fdCount();
     disk.hold();
     const reads = heldReads(blk, disk);
     t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
-    const sent = fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
-    sent.catch(() => {}); // awaited below; a failed test closes the connection first
-    await host.waitForLog(/<- REM_MEM_REG/);
+    const { sent } = await removeRegion(fe, host, region1);
     // As for a disconnect, nothing says "I would unmap now": watched for a while.
     t.false(await eventually(() => hostMaps(host, `${name}-1`) === 0, 1500), 'region 1 stays mapped while the reads are held');
     t.is(disk.held, HELD, 'the reads are still held');
@@ -193,17 +207,12 @@ test.serial('REM_MEM_REG while buffered reads wait on a slow file and half of th
   // in the region being removed. Written after the unmap it would land nowhere while the used
   // ring reported it written (the guest reading the OK it left there).
   const badFrom = heldSector(HELD / 2) * SECTOR;
-  const { disk, host, fe, blk } = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true }, [badFrom, heldSector(HELD) * SECTOR]);
+  const { disk, host, fe, blk, region1 } = await setupInRegion1(name, [badFrom, heldSector(HELD) * SECTOR]);
   try {
-    const r0 = fe.memory.regions[0];
-    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
-    const region1 = fe.memory.memTable()[1];
     disk.hold();
     const reads = heldReads(blk, disk);
     t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
-    const sent = fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
-    sent.catch(() => {}); // awaited below; a failed test closes the connection first
-    await host.waitForLog(/<- REM_MEM_REG/);
+    const { sent } = await removeRegion(fe, host, region1);
     disk.open();
     const errors = await withTimeout(reads, 20_000, 'the held reads');
     t.deepEqual(
