@@ -163,6 +163,7 @@ test.serial('requests, bytes and latencies of known I/O through real front-ends'
   t.is(value(s, 'vhost_wasm_device_memory_disk_copied_bytes_total', d), 2 * 4096);
   t.is(value(s, 'vhost_wasm_device_request_duration_seconds_count', d), 2);
   t.is(value(s, 'vhost_wasm_device_requests_in_flight', d), 0);
+  t.is(value(s, 'vhost_wasm_device_io_in_flight', d), 0, 'the storage I/O in-flight gauge is exported');
   // Buckets are cumulative and end at the count.
   const buckets = s.filter((x) => x.name === 'vhost_wasm_device_request_duration_seconds_bucket' && x.labels.device === 'disk').map((x) => x.value);
   t.deepEqual([...buckets].sort((a, b) => a - b), buckets);

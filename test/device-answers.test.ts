@@ -2,7 +2,9 @@
 // moves (a hostile answer fails only that device, naming the action and the rule, and nothing
 // of its batch is written), a failed backing write comes back to the device as io-failed and
 // its second answer is what the guest sees, a held request completes when a later call
-// answers it, and the used ring takes completions in completion order.
+// answers it, and the used ring takes completions in completion order. A request held across
+// a memory-table change is answered where its guest addresses are now; when they are gone, the
+// device fails naming the request (never a reply reported written that went nowhere).
 // Needs root for a tiny tmpfs (a backing that fills up: ENOSPC).
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
@@ -15,6 +17,7 @@ import { setLogSink } from '../host/log/logger.ts';
 import { BAD_RULES, PREFIX, STATUS_IOERR, STATUS_OK, command } from './devices/script-device.ts';
 import { Rule } from '../host/device/answer-check.ts';
 import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
+import { withTimeout } from './helpers/device-checks.ts';
 
 const STATUS_NEEDS_RESET = 0x40;
 const DISK_BYTES = 1 << 20;
@@ -209,6 +212,79 @@ test.serial('GET_VRING_BASE while the device holds a request: its later answer i
     t.deepEqual(usedElements(fe).map((e) => e.len), ['echo before stop'.length, 'released'.length]);
     t.is((await fe.conn.getStatus()) & STATUS_NEEDS_RESET, 0, 'the device keeps serving');
   } finally {
+    await fe.close();
+  }
+});
+
+test.serial('SET_MEM_TABLE while the device holds a request: its later answer lands in the guest memory the new table maps there', async (t) => {
+  // A fresh connection: fresh (zeroed) guest RAM, so the held reply's buffer holds no "R" unless the host writes it.
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
+  try {
+    const q = fe.queues[0];
+    const held = q.submit([command('hold')], 8);
+    t.is(text(await q.submit([command('echo before remap')], 32)), 'echo before remap');
+    // The same RAM again (new fds): the host maps it anew and unmaps the mapping the held request's views are in.
+    await fe.conn.setMemTable(fe.memory.memTable());
+    t.is(text(await q.submit([command('release')], 16)), 'released');
+    const c = await withTimeout(held, 10_000, 'the held request');
+    t.is(c.len, 1);
+    t.is(text(c), 'R', 'the reply is in the guest buffer the used ring reports written');
+    t.is((await fe.conn.getStatus()) & STATUS_NEEDS_RESET, 0, 'the device keeps serving');
+  } finally {
+    await fe.close();
+  }
+});
+
+test.serial('REM_MEM_REG of the region a held request writes into: its answer cannot land, the device fails naming the request, ring and guest address; nothing is reported written; the bystander serves', async (t) => {
+  lines.length = 0;
+  // Two regions described with ADD_MEM_REG; region 0 (the ring's) is filled so the held request's buffers go to region 1.
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), { ...opts, memoryBytes: 8 << 20, memory: { regionBytes: 4 << 20 }, addMemReg: true });
+  const bystander = await VhostUserFrontend.connect(join(dir, 'bystander.sock'), opts);
+  try {
+    const q = fe.queues[0];
+    const r0 = fe.memory.regions[0];
+    const filler: number[] = [];
+    for (let len = r0.size; len >= 16; ) {
+      const a = r0.alloc.alloc(len, 16);
+      if (a < 0) len >>= 1;
+      else filler.push(a);
+    }
+    const held = q.submit([command('hold')], 8);
+    held.catch(() => {});
+    t.is(text(await q.submit([command('echo in region 1')], 32)), 'echo in region 1');
+    const usedBefore = usedElements(fe).length;
+    // Room in region 0 again: the release's buffers are there, only the held request's are in region 1.
+    for (const a of filler) r0.alloc.free(a);
+    const region1 = fe.memory.memTable()[1];
+    await fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
+    q.submit([command('release')], 16).catch(() => {});
+    const line = await waitFor(/device needs a reset/);
+    const m = /request \d+ \(descriptor head \d+\) on ring 0: its writable buffer at guest address (0x[0-9a-f]+) \(\+8\) is no longer in guest memory/.exec(line);
+    t.truthy(m, line);
+    const gpa = Number(m![1]);
+    t.true(gpa >= Number(region1.guestPhysAddr) && gpa < Number(region1.guestPhysAddr + region1.memorySize), `the address named (${m![1]}) is in the removed region`);
+    t.is((await fe.conn.getStatus()) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+    t.is(usedElements(fe).length, usedBefore, 'neither the held request nor the release reached the used ring');
+    t.is(text(await bystander.queues[0].submit([Buffer.from('still here')], 32)), 'still here');
+  } finally {
+    await bystander.close();
+    await fe.close();
+  }
+});
+
+test.serial('the host meters the most CPU one call into a device ran (what a state transfer\'s chunks are held to): a 30 ms call shows, the bystander\'s quick calls do not', async (t) => {
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
+  const bystander = await VhostUserFrontend.connect(join(dir, 'bystander.sock'), opts);
+  try {
+    t.is(text(await bystander.queues[0].submit([Buffer.from('quick')], 32)), 'quick');
+    t.is(text(await fe.queues[0].submit([command('burn 30')], 16)), 'burnt');
+    const work = (label: string) => host.devices.find((d) => d.config.label === label)!.slot.meter.work();
+    const longest = work('victim').longestCallCpuSeconds;
+    t.true(longest >= 0.03, `the 30 ms call is metered (${(longest * 1000).toFixed(1)} ms of CPU)`);
+    const quick = work('bystander').longestCallCpuSeconds;
+    t.true(quick < 0.01, `the bystander's quick calls are not (${(quick * 1000).toFixed(1)} ms; 0 when every one took under 2 ms)`);
+  } finally {
+    await bystander.close();
     await fe.close();
   }
 });

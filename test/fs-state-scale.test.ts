@@ -11,7 +11,10 @@
 // not the default 100 ms: a call that normally takes ~1 ms was descheduled past 100 ms more
 // than once on this 2-core machine shared with other work (the QEMU tests use 2000 ms for the
 // same reason). It still tells a streaming plugin from one that handles the table in one call
-// (the old load took 544 ms for 100,000 inodes in one call: seconds for a million).
+// (the old load took 544 ms for 100,000 inodes in one call: seconds for a million). What the
+// issue asks ("no single plugin call close to the deadline") is checked on each call's own
+// cost, which the machine's load does not stretch: the host meters the most CPU one call ran
+// (device-stats longestCallCpuSeconds), held to a quarter of the default 100 ms deadline.
 // bench/fs-guest.ts reports the slowest single call (~5 ms for 100,000 inodes when quiet).
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -26,12 +29,16 @@ import { loadState, saveState } from '../host/frontend/migrate.ts';
 import { decodeHeader, encodeHeader, encodeTrailer, peekHeaderLength, TRAILER_SIZE } from '../host/migration/container.ts';
 import { STATE_CALL_BYTES } from '../host/device/runner.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { hostWork } from './helpers/host-stats.ts';
+import { DEFAULT_CALL_DEADLINE_MS } from '../host/server/index.ts';
 import { FuseClient, nodeOf } from './helpers/fuse.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from './helpers/plugin-requests.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
+/** What one state call may cost (CPU): a quarter of the default deadline, whatever the inode count. */
+const CALL_CPU_BOUND_MS = DEFAULT_CALL_DEADLINE_MS / 4;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const EIO = 5;
@@ -232,6 +239,12 @@ test('1,000,000 inodes through real host processes: SAVE and LOAD stream in boun
   const h2 = peekHeaderLength(again);
   t.true(again.subarray(h2, again.length - TRAILER_SIZE).equals(synth), 'the destination saves exactly the state it loaded');
   t.notRegex(b.log(), /deadline|NEEDS_RESET|cannot find/, 'no call overran, and nothing was looked up during the load');
+  // Each call's own cost, which the machine's load does not stretch: the most CPU any one call
+  // into the destination's plugin ran (every set-state and get-state chunk, finish-load), as the
+  // host meters it. Well under the default deadline, so the state streams at any inode count.
+  const longest = (await hostWork(b)).longestCallCpuSeconds * 1000;
+  t.log(`longest plugin call on the destination: ${longest > 0 ? `${longest.toFixed(1)} ms of CPU` : 'under 2 ms'} (default deadline ${DEFAULT_CALL_DEADLINE_MS} ms)`);
+  t.true(longest < CALL_CPU_BOUND_MS, `no call into the plugin ran ${CALL_CPU_BOUND_MS} ms of CPU or more (longest: ${longest.toFixed(1)} ms)`);
 
   for (let i = 0; i < fb.queues.length; i++) await fb.startQueue(i, bases[i]);
   const fuse = new FuseClient(fb);

@@ -32,6 +32,7 @@ const rngHold = join(fixtures, 'upgrade-rng-hold.wasm');
 const rngFork = join(fixtures, 'upgrade-rng-fork.wasm');
 const blkSpin = join(fixtures, 'upgrade-blk-spin.wasm');
 const blkTrapLoad = join(fixtures, 'upgrade-blk-trap-load.wasm');
+const blkTrapSettings = join(fixtures, 'upgrade-blk-trap-settings.wasm');
 const blkFeatures = (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 type Outcome = MethodResults['plugin-upgrade'];
 
@@ -41,6 +42,7 @@ test.before(async () => {
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blk030 });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkSpin, defines: ['UPGRADE_SPIN_HANDLE'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkTrapLoad, defines: ['UPGRADE_TRAP_SECOND_LOAD'] });
+  await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-blk.c')], outFile: blkTrapSettings, defines: ['UPGRADE_TRAP_THIRD_ACTIVATE'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngHold, defines: ['UPGRADE_HOLD'] });
   await buildPlugin({ root: REPO, sources: [join(plugins, 'upgrade-rng.c')], outFile: rngFork, defines: ['UPGRADE_OTHER_NAME'] });
 });
@@ -147,7 +149,7 @@ test.serial('usage and reachability: no --plugin is a usage error (2); a socket 
   t.is(away.code, 3);
   t.regex(away.stderr, /cannot reach the host at .*nobody\.sock\.control/);
   const [answer] = (await rawRpc(`${h.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'device-del', params: {} })], 1)) as { error?: { message: string } }[];
-  t.regex(answer.error!.message, /no method "device-del" \(a single-device host has: plugin-upgrade, host-handover\)/);
+  t.regex(answer.error!.message, /no method "device-del" \(a single-device host has: device-stats, plugin-upgrade, host-handover\)/);
 });
 
 test.serial('a new plugin with another name is refused, and the old instance serves on', async (t) => {
@@ -283,12 +285,30 @@ test.serial('a new build that crashes after the rings stopped (a trap loading th
   t.regex(r.stderr, /the new plugin failed while taking over/, 'the crash came after the rings stopped');
   // The host's log says whose failure it was: the new build's; the device itself was not halted.
   t.regex(h.log(), /ERROR device \S+: the new plugin build failed during the upgrade: .*(trap|unreachable).*; nothing was halted, the old instance serves on/i);
+  t.regex(h.log(), /WARN .*upgrade abandoned: the new plugin failed while taking over: .*; ring\(s\) 0 resumed on the old build where they stopped/);
   t.notRegex(h.log(), /every ring halted/);
   t.is((await withTimeout(fe.conn.getStatus(), 10_000, 'GET_STATUS')) & 0x40, 0, 'DEVICE_NEEDS_RESET is not set');
   await withTimeout(ioLoop([disk], last, () => true, 2), 20_000, 'I/O after the refused upgrade');
   await verifyAll(disk, last);
   // Still the old build: the next upgrade starts from 0.2.0.
   t.like(await upgrade(h, blk030), { fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true });
+  await verifyAll(disk, last);
+  await fe.close();
+});
+
+test.serial('a new build that crashes while given the device\'s settings (after its warm-up, before the old instance stops): refused, and the host logs it as the new build\'s failure with the old build serving on, not as the device halted', async (t) => {
+  const h = await host(['--plugin', blk, '--storage', 'memory:4M']);
+  const { fe, disk, last } = await blkFrontEnd(h, 2);
+  const r = await upgradeUnderIo(disk, last, ['--socket', h.socketPath, '--plugin', blkTrapSettings]);
+  t.is(r.code, 1, `${r.stdout}${r.stderr}`);
+  t.regex(r.stderr, /the new plugin refused the device's settings: .*(trap|unreachable)/i, 'the command says where the new build crashed');
+  t.regex(h.log(), /ERROR device \S+: the new plugin build failed during the upgrade: .*(trap|unreachable).*; nothing was halted, the old instance serves on/i);
+  t.regex(h.log(), /WARN .*upgrade refused: the new plugin refused the device's settings: .*; no ring had stopped, the old build serves on/);
+  t.notRegex(h.log(), /every ring halted/, 'the device is not said to be halted');
+  t.is((await withTimeout(fe.conn.getStatus(), 10_000, 'GET_STATUS')) & 0x40, 0, 'DEVICE_NEEDS_RESET is not set');
+  await withTimeout(ioLoop([disk], last, () => true, 2), 20_000, 'I/O after the refused upgrade');
+  await verifyAll(disk, last);
+  t.like(await upgrade(h, blk030), { fromVersion: '0.2.0', toVersion: '0.3.0', frontEnd: true }, 'still the old build');
   await verifyAll(disk, last);
   await fe.close();
 });

@@ -6,17 +6,20 @@
 // and the host goes on serving. (With O_DIRECT the kernel pins the buffers' pages at submission, so
 // on this kernel a read would land right even in a mapping unmapped too early: what these tests
 // hold the host to is that every request completes, nothing is unmapped under a request not yet
-// taken, and no fd or mapping is left behind. io-inflight-slow-memory.test.ts makes the order
+// taken, and no fd, mapping or request in flight (the host's device-stats) is left behind.
+// io-inflight-slow-memory.test.ts makes the order
 // observable: buffered reads from a slow FUSE file, copied into guest memory only on completion.)
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
+import { hostWork } from './helpers/host-stats.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 16 << 20;
@@ -73,6 +76,10 @@ test.serial('the front-end disconnects with 64 direct reads in flight: the host 
     await Promise.all(reads(blk, data, 8));
     // Answered or cut off: either is fine for a front-end that left (its waiters may never settle).
     for (const p of reads(blk, data, 64)) p.catch(() => {});
+    // Taken by the host before the front-end leaves (else the disconnect finds nothing in flight).
+    let taken = 0;
+    for (const end = Date.now() + 10_000; taken < 8 + 64 && Date.now() < end; await sleep(10)) taken = (await hostWork(host)).requests;
+    t.is(taken, 8 + 64, 'the host took the 64 reads from the ring');
     fe.conn.close();
     await fe.conn.closed;
     // The next front-end (new memory): the old RAM's mappings and fds are gone.
@@ -81,6 +88,11 @@ test.serial('the front-end disconnects with 64 direct reads in flight: the host 
       await Promise.all(reads(new BlkDevice(fe2.queues[0]), data, 64));
       t.is(hostMaps(host, name), 0, 'the first front-end\'s RAM is unmapped');
       t.is(hostFds(host, name), 0, 'and its fds closed');
+      // Nothing of the first front-end's 64 is left with the executor or counted as taken from a ring.
+      const work = await hostWork(host);
+      t.is(work.ioInFlight, 0, 'no storage I/O left in flight (io_uring)');
+      t.is(work.requestsInFlight, 0, 'no request left between the avail and the used ring');
+      t.is(work.requests, 8 + 64 + 64, 'every request was counted');
     } finally {
       await fe2.close();
     }

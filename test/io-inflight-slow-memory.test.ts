@@ -9,8 +9,10 @@
 // address been reused, writes into something else. What must hold: every read completes with
 // the right bytes (or, after a disconnect, completes or is cancelled without a fault), the old
 // mapping stays while the reads are held and is gone after, no fd or mapping is left behind.
-// The executor's count of requests in flight is not exposed outside the device's worker, so
-// "nothing left in the ring" is checked as: every request answered, and the host stops cleanly.
+// Reads that fail (EIO) get the device's second answer (IOERR) written before the region goes:
+// a status byte written after the unmap would land nowhere while the used ring said written.
+// "Nothing left in flight" is the host's own count (device-stats over its control socket):
+// the held reads are counted as storage I/O in flight while held, and none is left after.
 // Needs root (the mount).
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -20,7 +22,9 @@ import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.t
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
+import { hostWork } from './helpers/host-stats.ts';
 import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
+import type { MemoryRegion } from '../host/protocol/messages.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 8 << 20;
@@ -47,8 +51,9 @@ function heldReads(blk: BlkDevice, disk: FaultyFuse): Promise<(string | null)[]>
   );
 }
 
-async function setup(name: string, extra: object = {}) {
-  const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
+/** `bad`: a byte range of the image that answers EIO (default none). */
+async function setup(name: string, extra: object = {}, bad: [number, number] = [IMAGE_BYTES, IMAGE_BYTES]) {
+  const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), bad[0], bad[1], { cached: true });
   let host: HostProcess | undefined;
   try {
     host = await startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug']);
@@ -62,6 +67,26 @@ async function setup(name: string, extra: object = {}) {
     await disk.unmount();
     throw e;
   }
+}
+
+/**
+ * setup() with guest RAM in two regions, one memfd each (name-0, name-1), described with
+ * ADD_MEM_REG: the ring is in region 0, which is then filled up, so every later request's
+ * buffers are in region 1.
+ */
+async function setupInRegion1(name: string, bad?: [number, number]) {
+  const s = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true }, bad);
+  const r0 = s.fe.memory.regions[0];
+  for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+  return { ...s, region1: s.fe.memory.memTable()[1] };
+}
+
+/** REM_MEM_REG of `region`, once the host has it: `sent` settles with its reply (awaited by the caller). */
+async function removeRegion(fe: VhostUserFrontend, host: HostProcess, region: MemoryRegion): Promise<{ sent: Promise<void> }> {
+  const sent = fe.conn.remMemReg({ guestPhysAddr: region.guestPhysAddr, memorySize: region.memorySize, userspaceAddr: region.userspaceAddr, mmapOffset: region.mmapOffset });
+  sent.catch(() => {}); // awaited by the caller; a failed test closes the connection first
+  await host.waitForLog(/<- REM_MEM_REG/);
+  return { sent };
 }
 
 /** No memory fault and no failed read in the host's log. */
@@ -118,6 +143,9 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     disk.hold();
     void heldReads(blk, disk); // the front-end leaves: its waiters may never settle
     t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
+    const held = await hostWork(host);
+    t.is(held.ioInFlight, HELD, 'the host counts the held reads as storage I/O in flight');
+    t.is(held.requestsInFlight, HELD, 'and as requests taken from the ring');
     fe.conn.close();
     await fe.conn.closed;
     await host.waitForLog(/front-end disconnected/);
@@ -129,6 +157,9 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
     disk.open();
     t.true(await eventually(() => hostMaps(host, name) === 0, 20_000), 'then unmapped');
     t.true(await eventually(() => hostFds(host, name) === 0, 10_000), 'and its fds closed');
+    const after = await hostWork(host);
+    t.is(after.ioInFlight, 0, 'no storage I/O left in flight');
+    t.is(after.requestsInFlight, 0, 'no request left taken from the ring');
     // The next front-end is served (the same slow file, answering now).
     const fe2 = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, memory: { name: `${name}-next` }, queues: [128], features: FEATURES, indirect: 128 });
     try {
@@ -145,22 +176,15 @@ test.serial('the front-end disconnects while buffered reads wait on a slow file:
 
 test.serial('REM_MEM_REG of the region the buffers are in while buffered reads wait on a slow file: it stays mapped until they are answered, they land there, then it goes', async (t) => {
   const name = `iofs-remreg-${process.pid}`;
-  // Two regions, one memfd each (name-0, name-1), described with ADD_MEM_REG: the ring is in
-  // region 0, which is then filled up, so every held request's buffers are in region 1.
-  const { disk, host, fe, blk } = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true });
+  const { disk, host, fe, blk, region1 } = await setupInRegion1(name);
   try {
-    const r0 = fe.memory.regions[0];
-    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
-    const region1 = fe.memory.memTable()[1];
     t.true(hostMaps(host, `${name}-1`) > 0 && hostFds(host, `${name}-1`) === 1, 'the host maps region 1 and holds its fd');
     const maps0 = hostMaps(host, `${name}-0`);
     const fdsBefore = host.fdCount();
     disk.hold();
     const reads = heldReads(blk, disk);
     t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
-    const sent = fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
-    sent.catch(() => {}); // awaited below; a failed test closes the connection first
-    await host.waitForLog(/<- REM_MEM_REG/);
+    const { sent } = await removeRegion(fe, host, region1);
     // As for a disconnect, nothing says "I would unmap now": watched for a while.
     t.false(await eventually(() => hostMaps(host, `${name}-1`) === 0, 1500), 'region 1 stays mapped while the reads are held');
     t.is(disk.held, HELD, 'the reads are still held');
@@ -172,6 +196,35 @@ test.serial('REM_MEM_REG of the region the buffers are in while buffered reads w
     t.is(hostMaps(host, `${name}-0`), maps0, 'region 0 stays mapped');
     t.is(host.fdCount(), fdsBefore - 1, 'no other fd left behind or lost');
     assertCleanLog(t, host);
+  } finally {
+    await teardown(t, { disk, host, fe });
+  }
+});
+
+test.serial('REM_MEM_REG while buffered reads wait on a slow file and half of them then fail (EIO): the failed ones reach the guest as IOERR, written before the region goes; the device serves on', async (t) => {
+  const name = `iofs-remreg-eio-${process.pid}`;
+  // Reads HELD/2 .. HELD-1 fail: the device hears io-failed and answers IOERR, a status byte
+  // in the region being removed. Written after the unmap it would land nowhere while the used
+  // ring reported it written (the guest reading the OK it left there).
+  const badFrom = heldSector(HELD / 2) * SECTOR;
+  const { disk, host, fe, blk, region1 } = await setupInRegion1(name, [badFrom, heldSector(HELD) * SECTOR]);
+  try {
+    disk.hold();
+    const reads = heldReads(blk, disk);
+    t.true(await eventually(() => disk.held === HELD, 10_000), `every read reached the file system and waits there (${disk.held} of ${HELD})`);
+    const { sent } = await removeRegion(fe, host, region1);
+    disk.open();
+    const errors = await withTimeout(reads, 20_000, 'the held reads');
+    t.deepEqual(
+      errors,
+      Array.from({ length: HELD }, (_, i) => (i < HELD / 2 ? null : `read ${i}: read of 4096 bytes at sector ${heldSector(i)} failed: IOERR`)),
+      'the good half lands with the right bytes, the failing half is IOERR',
+    );
+    await withTimeout(sent, 10_000, 'REM_MEM_REG');
+    t.true(await eventually(() => hostMaps(host, `${name}-1`) === 0, 10_000), 'then region 1 is unmapped');
+    t.is((await fe.conn.getStatus()) & 0x40, 0, 'the device does not need a reset');
+    t.notRegex(host.log(), /EFAULT|fault|needs a reset/i, 'no memory fault, no device failure');
+    t.regex(host.log(), /disk\.img: read of \d+ bytes at \d+ failed: EIO/, 'the host logs the EIO');
   } finally {
     await teardown(t, { disk, host, fe });
   }

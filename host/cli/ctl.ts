@@ -275,6 +275,7 @@ export function human(method: string, result: unknown): string {
           `  front-end ${d.frontEnd ? 'connected' : 'none'}, ${d.waitingFrontEnds} waiting; ${d.connectionsAccepted} connection(s) accepted, ${d.connectionsRefusedBusy} refused busy\n` +
           `  worker started ${d.workerStarts} time(s)${d.lastFailure ? `; last failure: ${d.lastFailure}` : ''}${d.startBackoff ? `; ${d.startBackoff.failures} failed start(s) in a row, next try ${d.startBackoff.retryInSeconds > 0 ? `in ${d.startBackoff.retryInSeconds} s` : 'on the next connection'}` : ''}\n` +
           `  served ${d.work.requests} request(s) in ${d.work.batches} batch(es): ${d.work.handleCalls} handle() call(s), ${d.work.otherCalls} other call(s) into its code${d.work.memoryDiskCopiedBytes > 0 ? `; ${d.work.memoryDiskCopiedBytes} bytes copied to and from its memory disk` : ''}${d.work.completionsOutOfOrder > 0 ? `; ${d.work.completionsOutOfOrder} completion(s) out of order` : ''}\n` +
+          `  in flight now: ${d.work.requestsInFlight} request(s) popped and not completed, ${d.work.ioInFlight} with storage I/O running; longest call ${d.work.longestCallCpuSeconds > 0 ? `${(d.work.longestCallCpuSeconds * 1000).toFixed(1)} ms of CPU` : 'under 2 ms'}\n` +
           limitsText(d) +
           `${ioText(d)}; ${d.throttled.passedOps} request(s), ${d.throttled.passedBytes} bytes let through, ${d.throttled.waits} wait(s)\n` +
           (d.cpu

@@ -462,7 +462,7 @@ export class Daemon {
       cpu: null,
       net: null,
       preparing: this.host.pageProgress(a.spec.id),
-      work: { requests: 0, batches: 0, handleCalls: 0, otherCalls: 0, memoryDiskCopiedBytes: 0, completionsOutOfOrder: 0 },
+      work: { requests: 0, batches: 0, handleCalls: 0, otherCalls: 0, memoryDiskCopiedBytes: 0, completionsOutOfOrder: 0, requestsInFlight: 0, ioInFlight: 0, longestCallCpuSeconds: 0 },
     };
   }
 

@@ -137,6 +137,11 @@ export const deviceWorkerOps = {
    * once on a scratch ring with the features the front-end acked, then reset. Answers what it did.
    */
   warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) => WarmUpResult>(),
+  /**
+   * A live upgrade's new instance, first of all: until one of the guest's rings starts on it, a
+   * failure is the new build's (logged so: the old instance keeps the device), not the device's.
+   */
+  upgradeCandidate: op<() => void>(),
   /** A live upgrade's stop on the old instance, one call (upgrade-steps.ts): pause, held check, stop, first state bytes. */
   upgradeStop: op<(pause: number[], stop: number[], stateBytes: number) => UpgradeStopResult>({
     transferResult: (r) => (r.state ? [r.state.bytes.buffer as ArrayBuffer] : []),

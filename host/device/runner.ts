@@ -5,7 +5,7 @@
 
 import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
-import { GuestMemory, type RegionSpec } from '../memory/guest-memory.ts';
+import { GuestMemory, hex, type RegionSpec } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, readChain, type DescriptorChain } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
@@ -28,6 +28,7 @@ import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
+import { rebindChain } from './chain-rebind.ts';
 import { ownCopy } from './typed-rpc.ts';
 import type { RequestMeter } from '../metrics/request-meter.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
@@ -96,6 +97,8 @@ interface Req {
   answer: Answer | null;
   /** The handle() call (DueRound) that last had it due. */
   dueRound: number;
+  /** GuestMemory.generation its chain's views were made in (chain-rebind.ts when it moved). */
+  memGen: number;
 }
 
 /**
@@ -244,6 +247,13 @@ export class DeviceRunner {
   private failed: string | null = null;
   /** Inside asNewBuild: this instance is an upgrade's new build, the guest's rings are the old one's. */
   private newBuild = false;
+  /**
+   * markUpgradeCandidate was called and no ring of the guest's has started here yet: a live
+   * upgrade's new build being given the session's settings (features, memory table, rings'
+   * addresses) while the old one serves. A failure now is the new build's alone, as inside
+   * asNewBuild.
+   */
+  private candidate = false;
   private readonly log: Logger;
   /** Requests handed to the device per call: bounded so one kick cannot monopolise the worker. */
   private readonly maxBatch: number;
@@ -468,8 +478,9 @@ export class DeviceRunner {
       for (const s of specs) s.release?.();
       throw e;
     }
-    // In-flight I/O targets the old mappings: it completes before they go.
-    this.executor.drain();
+    // In-flight I/O targets the old mappings: it completes before they go, and failed I/O gets
+    // its second answer (the status the guest reads) while they are still there.
+    this.settle();
     // Rings hold views into the old table; the queue re-resolves them on the next access.
     for (const old of [...this.memory.regions]) this.memory.removeRegion(old);
     for (const s of specs) this.memory.addRegion(s);
@@ -487,7 +498,7 @@ export class DeviceRunner {
   }
 
   removeMemRegion(m: { guestPhysAddr: number; size: number; userspaceAddr: number }): void {
-    this.executor.drain();
+    this.settle();
     this.memory.removeRegion(m);
   }
 
@@ -659,6 +670,7 @@ export class DeviceRunner {
 
   reset(): void {
     this.executor.drain();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     this.dropRequests();
     // Frames and timers were for the device as it was: a reset device starts without them.
     this.activated = false;
@@ -744,6 +756,7 @@ export class DeviceRunner {
     for (const r of this.rings) this.stopWatching(r);
     this.executor.drain();
     this.executor.close();
+    this.hooks.meter?.ioInFlight(0);
     this.dropRequests();
     this.memory.close();
     this.logMapping?.unmap();
@@ -1040,6 +1053,7 @@ export class DeviceRunner {
       this.inBatch--;
     }
     if (this.pendingEvents.length > 0) this.scheduleFlush();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     // Zero pages stood in for a shrunk file: what the batch read or wrote is not what the
     // guest has, so the guest is not told about it.
     if (this.checkMemoryFaults()) return false;
@@ -1058,7 +1072,7 @@ export class DeviceRunner {
 
   private newReq(ring: number, r: Vring, q: DeviceQueue, chain: DescriptorChain): Req {
     const id = this.freeIds.length > 0 ? this.freeIds.pop()! : this.reqs.length;
-    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0 };
+    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0, memGen: this.memory.generation };
     this.reqs[id] = req;
     return req;
   }
@@ -1156,6 +1170,7 @@ export class DeviceRunner {
       if (frames.length > 0) this.hooks.net!.delivered(0, 0, frames.length);
       throw new DeviceError(`${this.device.info.name}: handle() returned an answer the host refuses: ${describeViolation(violation, actions)}; nothing of the batch was carried out`);
     }
+    this.rebindStale(actions);
     let sends: TxFrame[] | null = null;
     for (const a of actions) {
       if (a.kind === 'hold') {
@@ -1182,6 +1197,25 @@ export class DeviceRunner {
         bytes += frames[i].bytes.length;
       }
       this.hooks.net!.delivered(n, bytes, frames.length - n);
+    }
+  }
+
+  /**
+   * Answers and sends to requests popped before the memory table last changed: their buffers
+   * where their guest addresses are now, or the device fails before anything of the batch is
+   * carried out (a reply that cannot land must not be reported as written).
+   */
+  private rebindStale(actions: readonly DeviceAction[]): void {
+    const gen = this.memory.generation;
+    for (let i = 0; i < actions.length; i++) {
+      const a = actions[i];
+      const id = a.kind === 'answer' ? a.answer.id : a.kind === 'send' ? a.send.request : -1;
+      if (id < 0) continue;
+      const req = this.reqs[id]!;
+      if (req.memGen === gen || req.state === ReqState.Orphan) continue;
+      const why = rebindChain(this.memory, req.chain, a.kind === 'send' || (a.kind === 'answer' && a.answer.transfers.length > 0));
+      if (why !== null) throw this.deviceFault(`request ${id} (descriptor head ${req.chain.head}) on ring ${req.ring}: ${why}`);
+      req.memGen = gen;
     }
   }
 
@@ -1291,11 +1325,11 @@ export class DeviceRunner {
         switch (p.kind) {
           case 'bytes':
             // Literal pieces are small (headers, status bytes): copied into the chain.
-            if (p.bytes.length > 0) q.writeChain(c, p.bytes, at);
+            if (p.bytes.length > 0 && q.writeChain(c, p.bytes, at) !== p.bytes.length) throw this.replyLost(req, at, p.bytes.length);
             at += p.bytes.length;
             break;
           case 'zeroes':
-            if (p.len > 0) q.zeroChain(c, at, p.len);
+            if (p.len > 0 && q.zeroChain(c, at, p.len) !== p.len) throw this.replyLost(req, at, p.len);
             at += p.len;
             break;
           case 'skip':
@@ -1329,12 +1363,33 @@ export class DeviceRunner {
     if (this.inBatch === 0) this.scheduleFlush();
   }
 
+  /**
+   * A reply piece landed short: a writable view went dead under the request (the checks made
+   * sure every piece fits the chain). Never reported as written: the device fails.
+   */
+  private replyLost(req: Req, at: number, len: number): DeviceError {
+    let gpa = -1;
+    let skip = at;
+    for (const r of req.chain.writableRanges) {
+      if (skip < r.len) {
+        gpa = r.gpa + skip;
+        break;
+      }
+      skip -= r.len;
+    }
+    return this.deviceFault(
+      `request ${req.id} (descriptor head ${req.chain.head}) on ring ${req.ring}: ${len} reply bytes at offset ${at} (guest address ${gpa < 0 ? 'unknown' : hex(gpa)}) ` +
+        `could not be written: that guest memory is no longer mapped`,
+    );
+  }
+
   /** Completions outside a batch (an asynchronous executor): notify and hand failures back once the reaping is done. */
   private scheduleFlush(): void {
     if (this.inBatch > 0 || this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => {
       this.flushScheduled = false;
+      this.hooks.meter?.ioInFlight(this.executor.inflight);
       if (this.memoryFaulted !== null) return;
       try {
         if (this.pendingEvents.length > 0 && !this.failed) {
@@ -1378,11 +1433,13 @@ export class DeviceRunner {
   }
 
   /**
-   * Before a ring stops: everything answered completes, and failed I/O gets its second answer
-   * (a few rounds at most), so nothing the device answered is left half done.
+   * Before a ring stops or guest memory is unmapped: everything answered completes, and failed
+   * I/O gets its second answer (a few rounds at most), so nothing the device answered is left
+   * half done.
    */
   private settle(): void {
     this.executor.drain();
+    this.hooks.meter?.ioInFlight(this.executor.inflight);
     if (this.failed || this.memoryFaulted) return;
     try {
       this.inBatch++;
@@ -1485,6 +1542,8 @@ export class DeviceRunner {
     // Without F_PROTOCOL_FEATURES a ring is enabled as soon as it has a kick fd (spec).
     if (!this.protocolFeatures) r.enabled = true;
     if (!r.enabled || this.failed || this.memoryFaulted) return;
+    // One of the guest's rings runs here now (a warm-up's scratch ring runs inside asNewBuild).
+    if (!this.newBuild) this.candidate = false;
     if (!r.queue) {
       if (r.num === 0 || r.addr === null) {
         throw new Error(`ring ${index} cannot start: ${r.num === 0 ? 'SET_VRING_NUM' : 'SET_VRING_ADDR'} was not sent`);
@@ -1816,7 +1875,7 @@ export class DeviceRunner {
     if (this.failed) return;
     this.failed = reason;
     for (const r of this.rings) this.stopWatching(r);
-    if (this.newBuild) {
+    if (this.newBuild || this.candidate) {
       // Nothing of the guest's ran here: the upgrade's caller refuses it with this reason, ends
       // this instance and resumes the old one, which serves on (host/session/upgrade.ts).
       this.log.error(`the new plugin build failed during the upgrade: ${reason}; nothing was halted, the old instance serves on`);
@@ -1825,6 +1884,14 @@ export class DeviceRunner {
       this.log.error('device failed, every ring halted until the front-end resets it');
     }
     this.hooks.deviceFailed(reason);
+  }
+
+  /**
+   * This instance is a live upgrade's new build until one of the guest's rings starts on it (the
+   * old instance's rings restarting here): failures until then are the new build's (see fail).
+   */
+  markUpgradeCandidate(): void {
+    this.candidate = true;
   }
 
   /**

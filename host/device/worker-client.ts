@@ -296,6 +296,11 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     };
   }
 
+  /** A live upgrade's new instance: failures are the new build's until a ring of the guest's starts on it (every thread). */
+  async upgradeCandidate(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.upgradeCandidate()));
+  }
+
   /** upgrade-steps.ts; a device on one thread only (on several, the session takes the steps one by one). */
   async upgradeStop(pause: number[], stop: number[], stateBytes: number): Promise<UpgradeStopResult> {
     return this.oneThread('upgradeStop').upgradeStop(pause, stop, stateBytes);

@@ -50,6 +50,16 @@ export interface DeviceWork {
   memoryDiskCopiedBytes: number;
   /** Completions that overtook a request made available before them and still in flight: out-of-order completion, which a device that holds or runs requests concurrently allows. */
   completionsOutOfOrder: number;
+  /** Now: requests popped from its rings and not yet in a used ring (nor dropped with a ring or a reset). */
+  requestsInFlight: number;
+  /** Now: requests whose storage I/O is submitted (io_uring) and not finished. 0 once a disconnect, remap or ring stop drained it. */
+  ioInFlight: number;
+  /**
+   * The most CPU (seconds) one call into its code ran so far (a state chunk, a batch): read for
+   * calls of 2 ms or more of wall clock, so 0 while every call took less. Its calls' deadline
+   * counts wall clock; this is what a call costs whatever the machine's load.
+   */
+  longestCallCpuSeconds: number;
 }
 
 function transferStats(): TransferStats {
@@ -117,7 +127,7 @@ export class DeviceMeter {
   work(): DeviceWork {
     const s = readRequestCells(this.threadCells);
     // The cells are read one by one while the workers write them: never shown below zero.
-    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied, completionsOutOfOrder: s.outOfOrder };
+    return { requests: s.requests, batches: s.batches, handleCalls: s.handleCalls, otherCalls: Math.max(0, s.calls.count - s.handleCalls), memoryDiskCopiedBytes: s.memoryDiskCopied, completionsOutOfOrder: s.outOfOrder, requestsInFlight: s.inFlight, ioInFlight: s.ioInFlight, longestCallCpuSeconds: s.longestCallCpu };
   }
 
   snapshot(): DeviceMeterSnapshot {

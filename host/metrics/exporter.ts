@@ -127,6 +127,12 @@ export class MetricsExporter {
       },
     );
     gauge('vhost_wasm_device_requests_in_flight', 'Requests popped and not yet in the used ring.', none, (g, r) => g.set(r.labels, r.s.inFlight));
+    gauge(
+      'vhost_wasm_device_io_in_flight',
+      'Requests whose storage I/O the host submitted (io_uring) and that has not finished. Returns to 0 when a disconnect, memory-table change or ring stop drained it.',
+      none,
+      (g, r) => g.set(r.labels, r.s.ioInFlight),
+    );
     histogram('vhost_wasm_device_request_duration_seconds', 'Time from a request leaving the avail ring (the first pop of its batch) to its completion in the used ring (when the front-end is notified).', none, (r) => [{ labels: {}, h: r.s.latency }]);
     histogram('vhost_wasm_device_plugin_call_duration_seconds', "Time in the device's own code per call (handle, config, state, reset), as the watchdog times it.", none, (r) => [
       { labels: {}, h: r.s.calls },

@@ -70,10 +70,23 @@ export const Cell = {
    * (DeviceQueue.overtaken, added up per ring by the runner when it decides on a notification).
    */
   outOfOrder: 15 + 2 * (NB + 1),
+  /**
+   * Requests whose storage I/O the executor has submitted and not finished (io_uring: in the
+   * kernel's rings): a gauge the runner stores after each batch, each turn of completions, a
+   * drain and a reset, so that what a disconnect or a remap leaves behind is seen from outside.
+   */
+  ioInFlight: 16 + 2 * (NB + 1),
+  /**
+   * The most CPU (seconds) one call into the device's code ran, of the calls that took
+   * LONG_CALL_SECONDS or more of wall clock (an upper bound: CPU_MARK_MS); 0 while every call
+   * took less. What a call costs on its own, whatever the machine's load: the measure to hold a
+   * streaming state transfer's calls to, beside the deadline (which counts wall clock).
+   */
+  longestCallCpu: 17 + 2 * (NB + 1),
 } as const;
 
 /** Bytes of one thread's cells. */
-export const REQUEST_METER_BYTES = (Cell.outOfOrder + 1) * Float64Array.BYTES_PER_ELEMENT;
+export const REQUEST_METER_BYTES = (Cell.longestCallCpu + 1) * Float64Array.BYTES_PER_ELEMENT;
 
 /**
  * A call whose code runs this long holds its thread in device code: a blk or rng plugin answers
@@ -130,6 +143,7 @@ export class RequestMeter {
     this.c = new Float64Array(cells, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     // What a thread that died had in flight is gone with it: this one starts with nothing.
     this.c[Cell.inFlight] = 0;
+    this.c[Cell.ioInFlight] = 0;
     this.c[Cell.memoryBytes] = 0;
   }
 
@@ -213,6 +227,11 @@ export class RequestMeter {
     this.c[Cell.inFlight] = 0;
   }
 
+  /** Requests with storage I/O in flight now (IoExecutor.inflight). */
+  ioInFlight(n: number): void {
+    this.c[Cell.ioInFlight] = n;
+  }
+
   /** The device's memory now (after it was built, before any call). */
   memory(bytes: number): void {
     this.c[Cell.memoryBytes] = bytes;
@@ -248,7 +267,9 @@ export class RequestMeter {
       c[Cell.slowCallSum] += s;
       // Only a call that took this long can have run this long: the clock is read for it alone.
       const cpu = this.threadCpuNs();
-      if ((cpu - this.cpuMark) / 1e9 >= LONG_CALL_SECONDS) c[Cell.longCallSum] += s;
+      const ran = (cpu - this.cpuMark) / 1e9;
+      if (ran >= LONG_CALL_SECONDS) c[Cell.longCallSum] += s;
+      if (ran > c[Cell.longestCallCpu]) c[Cell.longestCallCpu] = ran;
       this.cpuMark = cpu;
       this.cpuMarkAt = end;
     }
@@ -281,6 +302,10 @@ export interface RequestSnapshot {
   memoryDiskCopied: number;
   /** Completions that overtook an earlier request still in flight (Cell.outOfOrder). */
   outOfOrder: number;
+  /** Requests with storage I/O submitted and not finished (Cell.ioInFlight). */
+  ioInFlight: number;
+  /** The most CPU one call ran, the largest of any thread's (Cell.longestCallCpu). */
+  longestCallCpu: number;
   memoryBytes: number;
 }
 
@@ -307,7 +332,7 @@ function addHistogram(into: HistogramSnapshot, c: Float64Array, sum: number, cou
 
 /** The sum over every thread's cells of one device (main thread, at scrape time). */
 export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnapshot {
-  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryDiskCopied: 0, outOfOrder: 0, memoryBytes: 0 };
+  const s: RequestSnapshot = { requests: 0, bytesOut: 0, bytesIn: 0, inFlight: 0, latency: emptyHistogram(), calls: emptyHistogram(), batches: 0, handleCalls: 0, memoryDiskCopied: 0, outOfOrder: 0, ioInFlight: 0, longestCallCpu: 0, memoryBytes: 0 };
   for (const buf of all) {
     const c = new Float64Array(buf, 0, REQUEST_METER_BYTES / Float64Array.BYTES_PER_ELEMENT);
     s.requests += c[Cell.requests];
@@ -315,6 +340,8 @@ export function readRequestCells(all: readonly SharedArrayBuffer[]): RequestSnap
     s.bytesIn += c[Cell.bytesIn];
     // A gauge read while the worker moves it: never shown below zero.
     s.inFlight += Math.max(0, c[Cell.inFlight]);
+    s.ioInFlight += c[Cell.ioInFlight];
+    s.longestCallCpu = Math.max(s.longestCallCpu, c[Cell.longestCallCpu]);
     s.memoryBytes += c[Cell.memoryBytes];
     s.batches += c[Cell.batches];
     s.handleCalls += c[Cell.handleCalls];

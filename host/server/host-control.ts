@@ -2,6 +2,7 @@
 // S.control unless --control says otherwise): the daemon's management socket
 // (host/daemon/control-server.ts: mode 0600, SO_PEERCRED, JSON-RPC one message per line) with
 // the methods such a host has:
+// - device-stats: the device's counts and what it has in flight now (the daemon's `work`);
 // - plugin-upgrade, run by the same code as the daemon's (Listener.upgrade ->
 //   host/server/plugin-upgrade.ts); `vhost-wasm upgrade --socket S` is its client;
 // - host-handover, asked by a new host process started with --take-over (takeover.ts): this
@@ -17,13 +18,20 @@ import { sendHandover, type HandoverOutcome } from './takeover.ts';
 import { handoverRefusal, prepareDeviceHandover } from './device-handover.ts';
 import { HOST_VERSION } from '../version.ts';
 import { createLogger } from '../log/logger.ts';
+import type { DeviceWork } from '../metrics/device-meter.ts';
 
 /** Where the host's control socket is when only its device socket is known. */
 export function controlPathFor(socketPath: string): string {
   return `${socketPath}.control`;
 }
 
-export const HOST_METHODS = ['plugin-upgrade', 'host-handover'] as const;
+export const HOST_METHODS = ['device-stats', 'plugin-upgrade', 'host-handover'] as const;
+
+/** device-stats of a single-device host: the daemon's `work` counts of its one device. */
+export interface HostDeviceStats {
+  id: string;
+  work: DeviceWork;
+}
 
 /** host-handover's answer: the old host is letting go. */
 export interface HandoverResult {
@@ -67,6 +75,11 @@ export function hostMethods(host: Host, hooks: HostControlHooks): ControlMethods
     rival: 'another host',
     async call(method, params, peer) {
       const d = host.devices[0];
+      if (method === 'device-stats') {
+        // Read from the workers' shared counters: answered while an upgrade or a drain runs too.
+        only(params, []);
+        return { id: d.config.label, work: d.slot.meter.work() } satisfies HostDeviceStats;
+      }
       if (method === 'plugin-upgrade') {
         // id is optional: the host has one device, named by its socket.
         only(params, ['plugin', 'id']);

@@ -107,6 +107,9 @@ async function moveState(from: DeviceWorker, to: DeviceWorker): Promise<number> 
 export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup: SessionSetup, log: Logger): Promise<SwitchResult> {
   const before = await old.ringSnapshot();
   try {
+    // From here until one of the guest's rings runs on it, a failure of the new build is its
+    // own: its worker logs it so, not as the device halted (runner.ts fail).
+    await fresh.upgradeCandidate();
     checkCompatible(old.info, fresh.info, setup.features);
     for (const [i, r] of before.entries()) {
       if (r.num > fresh.info.maxQueueSize) throw new UpgradeRefused(`ring ${i} has ${r.num} entries; the new plugin allows ${fresh.info.maxQueueSize}`);
@@ -134,7 +137,9 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     }
   } catch (e) {
     await fresh.terminate();
-    throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin refused the device's settings: ${errorText(e)}`);
+    const refused = e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin refused the device's settings: ${errorText(e)}`);
+    log.warn(`upgrade refused: ${refused.message}; no ring had stopped, the old build serves on`);
+    throw refused;
   }
 
   const paused = before.flatMap((r, i) => (r.started && r.enabled ? [i] : []));
@@ -156,8 +161,13 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     return { stoppedMs: r.t3 - t0, stateBytes: r.stateBytes, rings: paused, phases: { pauseMs: r.t1 - t0, stopAndStateMs: r.t2 - r.t1, startMs: r.t3 - r.t2 } };
   } catch (e) {
     await fresh.terminate();
-    await resumeOld(old, before, paused, stopped, log);
-    throw e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin failed while taking over: ${errorText(e)}`);
+    const resumed = await resumeOld(old, before, paused, stopped, log);
+    const refused = e instanceof UpgradeRefused ? e : new UpgradeRefused(`the new plugin failed while taking over: ${errorText(e)}`);
+    if (resumed) {
+      const rings = stopped.length > 0 ? stopped : paused;
+      log.warn(`upgrade abandoned: ${refused.message}; ${rings.length > 0 ? `ring(s) ${rings.join(', ')} resumed on the old build where they stopped` : 'no ring had stopped, the old build serves on'}`);
+    }
+    throw refused;
   }
 }
 
@@ -260,8 +270,11 @@ async function stopAndStartStepwise(
   return { t1, t2, t3: performance.now(), stateBytes, looks: lookAt(fresh, paused) };
 }
 
-/** The old instance serves again: stopped rings restart where they stopped, paused ones are re-enabled. */
-export async function resumeOld(old: DeviceWorker, before: RingSnapshot[], paused: number[], stopped: number[], log: Logger): Promise<void> {
+/**
+ * The old instance serves again: stopped rings restart where they stopped, paused ones are
+ * re-enabled. False when it could not (logged, and the device fails).
+ */
+export async function resumeOld(old: DeviceWorker, before: RingSnapshot[], paused: number[], stopped: number[], log: Logger): Promise<boolean> {
   try {
     for (const i of paused) await old.ringEnable(i, true);
     for (const i of stopped) {
@@ -270,9 +283,11 @@ export async function resumeOld(old: DeviceWorker, before: RingSnapshot[], pause
       if (k !== -1) await old.ringKick(i, k);
       if (paused.includes(i)) await old.ringInbandKick(i);
     }
+    return true;
   } catch (e) {
     // The old instance cannot take its rings back: the device needs a reset (the worker fails it).
     log.error(`upgrade abandoned, and the old instance could not restart its rings: ${errorText(e)}`);
     await old.halt(`rings could not restart after an abandoned upgrade: ${errorText(e)}`).catch(() => {});
+    return false;
   }
 }

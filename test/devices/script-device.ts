@@ -10,6 +10,7 @@
 //                        reply: status byte 0 (OK), or 0xEE when the write failed (io-failed)
 //   read OFFSET LEN      LEN bytes of backing 0 at OFFSET into the writable area
 //   bad RULE             an answer breaking RULE (see BAD below); the host must fail the device
+//   burn MS              runs MS ms of its thread's CPU in this call, then answers "burnt"
 //
 // Backing 0 is options.file (a raw file, opened read-write) or a 1 MiB memory disk; backing 1
 // is a 64 KiB read-only memory disk.
@@ -17,6 +18,8 @@ import type { Answer, DeviceAction, DeviceEvent, DeviceFactory, DeviceRequest, P
 import { BackingTable, storageIoBacking } from '../../host/io/backing-table.ts';
 import { MemoryBacking } from '../../host/storage/memory.ts';
 import { FileBacking } from '../../host/storage/file.ts';
+import { native } from '../../host/native/index.ts';
+import { ownThreadId } from '../../host/device/thread-state.ts';
 
 export const PREFIX = 32;
 export const STATUS_OK = 0x00;
@@ -75,6 +78,14 @@ const factory: DeviceFactory = (raw) => {
         return [answer(r.id, [bytes([STATUS_OK])], [{ source: PREFIX, to: { backing: 0, offset: Number(args[0]), len: r.readableLen - PREFIX } }])];
       case 'read':
         return [answer(r.id, [{ kind: 'backing-read', extent: { backing: 0, offset: Number(args[0]), len: Number(args[1]) } }])];
+      case 'burn': {
+        const tid = ownThreadId();
+        const until = native.threadCpuNs(tid) + Number(args[0]) * 1e6;
+        while (native.threadCpuNs(tid) < until) {
+          // CPU, not wall clock: what the host's meter reads for a long call
+        }
+        return [answer(r.id, [bytes('burnt')])];
+      }
       case 'bad': {
         const make = BAD[args[0]];
         if (!make) throw new Error(`script device: no bad answer ${args[0]}`);

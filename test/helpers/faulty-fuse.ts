@@ -7,7 +7,7 @@
 // unless `cached`: then reads go through the page cache, and the kernel copies a read's bytes
 // into the reader's buffer only once this process answered it (no pinned pages, as O_DIRECT
 // has), so a buffer unmapped under a slow read shows (EFAULT). Between hold() and open(),
-// reads wait unanswered: the test decides when the slow file answers.
+// reads wait unanswered (failing ones too): the test decides when the slow file answers.
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -119,8 +119,9 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       case OP.READ: {
         const off = Number(arg.readBigUInt64LE(8));
         const size = arg.readUInt32LE(16);
-        if (bad(off, size)) return (failed.read++, reply(unique, EIO));
-        const answer = () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
+        const answer = bad(off, size)
+          ? () => (failed.read++, reply(unique, EIO))
+          : () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
         if (gate) return void gate.push(answer);
         return answer();
       }
