@@ -237,6 +237,7 @@ async function main(): Promise<void> {
     converge,
     net,
     pollMaxNs: init.pollMaxNs,
+    threadCpuNs: ownCpuNs,
   };
   const runner = new DeviceRunner(device, hooks, init.label);
   meter?.memory(memoryOf(device));
