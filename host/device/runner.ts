@@ -53,22 +53,6 @@ const NOTIFY_EVERY_BATCHES = 4;
 const NOTIFY_EVERY_REQUESTS = 32;
 
 /**
- * Early calls, for a driver that sleeps on its call fd on another CPU (docs/BENCHMARKS.md, "Event
- * mode's wake-ups"). Called once per ring-full, such a driver wakes tens of microseconds later on
- * this VM, refills, and kicks a worker that has meanwhile gone to sleep: a sleep, a kick and two
- * cross-CPU wake-ups per ring-full, on both sides. A ring in early-call mode (Vring.callEarly)
- * is drained in batches of EARLY_CALL_BATCH, each followed by its notification decision, so the
- * driver wakes while the worker processes the rest and its refill is in the ring before it runs
- * dry. The mode starts when a call made as the ring ran dry found no refill when the worker
- * re-armed kicks (the worker is about to sleep for it), and ends when the driver turns out to
- * run on the worker's CPU: its refill there before kicks are re-armed, or a call during which the
- * worker was off its CPU for more than CALL_PREEMPTED_NS (the woken driver preempted it). On the
- * same CPU, batches of 16 would only make the driver preempt the worker four times per ring-full.
- */
-const EARLY_CALL_BATCH = 16;
-const CALL_PREEMPTED_NS = 2000;
-
-/**
  * One drain's turn: after this many batches or requests, whichever comes first, a ring the
  * driver keeps from running dry is left for the event loop to have a turn (its other rings'
  * kicks, the main thread's messages, completions, timers) and drained on from setImmediate,
@@ -187,8 +171,6 @@ export interface RunnerHooks {
   net?: DeviceNet;
   /** --poll-max-ns: the longest the worker spins on its rings before it waits for a kick (0 or absent: never). */
   pollMaxNs?: number;
-  /** This thread's CPU clock (ns): without it a ring's early-call mode ends only at the ring's dry points (EARLY_CALL_BATCH). */
-  threadCpuNs?: () => number;
 }
 
 /** Frames handed to the device in one handle() call; the rest wait for the next. */
@@ -240,10 +222,6 @@ interface Vring {
   throttleTimer: ReturnType<typeof setTimeout> | null;
   /** Armed when a drain used up its turn with work left (DRAIN_TURN_*): it drains on after the event loop's turn. */
   resume: ReturnType<typeof setImmediate> | null;
-  /** Early-call mode (EARLY_CALL_BATCH): batches of 16, each followed by its notification decision. */
-  callEarly: boolean;
-  /** Calls signalled on this ring (signalCall): a drain compares it before and after a notification decision. */
-  calls: number;
 }
 
 function regionSpec(r: RegionMsg): RegionSpec {
@@ -415,7 +393,7 @@ export class DeviceRunner {
   }
 
   private freshRing(): Vring {
-    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, overtakenSeen: 0, throttleTimer: null, resume: null, callEarly: false, calls: 0 };
+    return { num: 0, addr: null, base: undefined, kickFd: -1, callFd: null, callNonBlocking: false, errFd: null, enabled: false, queue: null, watcher: null, gen: 0, touched: false, overtakenSeen: 0, throttleTimer: null, resume: null };
   }
 
   private ring(index: number): Vring {
@@ -1619,20 +1597,16 @@ export class DeviceRunner {
     let unnotifiedReqs = 0;
     let turnBatches = 0;
     let turnReqs = 0;
-    // r.calls before the last notification decision: did it, or the dry point's, call the driver?
-    let callsBefore = r.calls;
     try {
       for (;;) {
         q.disableNotifications();
-        const early = r.callEarly;
-        const limit = early ? EARLY_CALL_BATCH : this.maxBatch;
         const batch: Req[] = [];
         let chain: DescriptorChain | null;
         const throttle = this.hooks.throttle;
         // Auto-converge's bucket is unlimited unless a pre-copy is being outrun: only then charged.
         const converge = this.hooks.converge?.limited ? this.hooks.converge : undefined;
         let wait = 0;
-        while (batch.length < limit) {
+        while (batch.length < this.maxBatch) {
           if (throttle && (wait = throttle.waitMs()) > 0) break;
           if (converge && (wait = converge.waitMs()) > 0) break;
           if ((chain = q.pop()) === null) break;
@@ -1646,23 +1620,14 @@ export class DeviceRunner {
           this.notifyTouched();
           // Held back: notifications stay off, the timer comes back for what is queued.
           if (wait > 0) return;
-          const called = r.calls !== callsBefore;
-          if (q.enableNotifications()) {
-            // Called, and refilled before kicks were re-armed: the driver runs on this CPU.
-            if (called) r.callEarly = false;
-            continue;
-          }
-          // Called, and the worker now sleeps until the driver wakes elsewhere and kicks.
-          if (called) r.callEarly = true;
+          if (q.enableNotifications()) continue;
           return;
         }
         if (!this.runBatch(batch, false)) return;
-        callsBefore = r.calls;
         unnotifiedReqs += batch.length;
-        if (early || wait > 0 || ++unnotified >= NOTIFY_EVERY_BATCHES || unnotifiedReqs >= NOTIFY_EVERY_REQUESTS) {
+        if (wait > 0 || ++unnotified >= NOTIFY_EVERY_BATCHES || unnotifiedReqs >= NOTIFY_EVERY_REQUESTS) {
           unnotified = unnotifiedReqs = 0;
-          if (early) this.notifyEarly(r);
-          else this.notifyTouched();
+          this.notifyTouched();
           if (wait > 0) return;
         }
         turnReqs += batch.length;
@@ -1686,23 +1651,6 @@ export class DeviceRunner {
         this.batchFailed(index, e2);
       }
     }
-  }
-
-  /**
-   * notifyTouched for a ring in early-call mode: a call during which this thread was off its CPU
-   * (the driver it woke ran here, on the worker's CPU) ends the mode (EARLY_CALL_BATCH).
-   */
-  private notifyEarly(r: Vring): void {
-    const cpuNs = this.hooks.threadCpuNs;
-    if (cpuNs === undefined) {
-      this.notifyTouched();
-      return;
-    }
-    const calls = r.calls;
-    const wall0 = nowNs();
-    const cpu0 = cpuNs();
-    this.notifyTouched();
-    if (r.calls !== calls && nowNs() - wall0 - (cpuNs() - cpu0) > CALL_PREEMPTED_NS) r.callEarly = false;
   }
 
   /**
@@ -1831,7 +1779,6 @@ export class DeviceRunner {
     // polled first (eventfdWrite), twice the syscalls. Still bracketed: a front-end that makes
     // its fd blocking after SET_VRING_CALL, or fills a blocking one between poll and write,
     // could make the write block, and the watchdog then fails this device only.
-    r.calls++;
     this.hooks.enterDevice(WatchdogPhase.notify);
     try {
       if (r.callNonBlocking) native.eventfdSignal(r.callFd);

@@ -237,7 +237,6 @@ async function main(): Promise<void> {
     converge,
     net,
     pollMaxNs: init.pollMaxNs,
-    threadCpuNs: ownCpuNs,
   };
   const runner = new DeviceRunner(device, hooks, init.label);
   meter?.memory(memoryOf(device));
