@@ -5,7 +5,7 @@
 //
 //   node build.mjs && npx tsx bench/blk-c.ts [--seconds 2] [--warmup 0.5] [--reps 3] [--modes poll,event]
 //        [--only host-mem,qsd-null,...] [--workloads "4K randread QD64",...] [--disk]
-//        [--profile DIR] [--base DIR]
+//        [--profile DIR] [--base DIR] [--pin cross|same]
 //
 // --disk adds a real-disk file in /var/tmp: our host with --direct (O_DIRECT, io_uring through
 // host/io/uring-executor.ts) against qemu-storage-daemon aio=io_uring,cache.direct=on on the same file.
@@ -14,6 +14,11 @@
 // interleaved with the rest in every rep: on a shared machine a before/after pair measured
 // seconds apart sees the same background load. Ratio columns compare each with its @base.
 // (host-null@base is DIR's host with this checkout's null device module: the host is compared.)
+// --pin cross puts every back-end on CPU 0 and the front-end on CPU 1 (taskset); --pin same puts
+// both on CPU 0. Unpinned, event mode is bimodal on this 2-CPU VM: a back-end the scheduler puts
+// on the front-end's CPU is preempted by the front-end at each call and finds the refill without
+// sleeping, one on the other CPU sleeps and is kicked once per ring-full (docs/BENCHMARKS.md,
+// "Event mode's wake-ups"); pinning measures one case at a time.
 // --profile DIR runs only our host (--profile-target host-mem (default), host-null, host-tmpfs or
 // host-disk; the first of --workloads, 4K randread QD64 by default; event mode) under `node --cpu-prof` and prints the device worker's CPU per
 // request by stage.
@@ -44,8 +49,15 @@ const { values: argv } = parseArgs({
     profile: { type: 'string' },
     base: { type: 'string' },
     'profile-target': { type: 'string', default: 'host-mem' },
+    pin: { type: 'string' },
   },
 });
+if (argv.pin !== undefined && argv.pin !== 'cross' && argv.pin !== 'same') throw new Error(`--pin: '${argv.pin}' is not cross or same`);
+/** The CPUs of the back-ends and of the front-end under --pin, or null. */
+const PIN = argv.pin === undefined ? null : { backend: '0', frontend: argv.pin === 'cross' ? '1' : '0' };
+/** cmd/args run on `cpu` through taskset when pinning. */
+const pinned = (cpu: string | undefined, cmd: string, args: string[]): [string, string[]] =>
+  cpu === undefined ? [cmd, args] : ['taskset', ['-c', cpu, cmd, ...args]];
 
 interface Workload {
   name: string;
@@ -118,6 +130,9 @@ interface LoadResult {
   errors: number;
   client_cpu_s: number;
   ios: number;
+  /** The front-end's kicks, and its waits on the call fd (event mode: one per call that woke it). */
+  kicks: number;
+  waits: number;
 }
 
 /** CPU seconds (user+system, every thread) a process has used so far. */
@@ -155,8 +170,9 @@ function threadCpu(pid: number): Map<string, number> {
 }
 
 function loadgen(socket: string, w: Workload, mode: string, seconds: number): LoadResult {
-  const out = execFileSync(LOADGEN, ['--socket', socket, '--rw', w.rw, '--bs', String(w.bs), '--depth', String(w.depth),
-    '--queues', String(w.queues), '--mode', mode, '--seconds', String(seconds), '--warmup', '0', '--size', String(DISK_BYTES)],
+  const [cmd, args] = pinned(PIN?.frontend, LOADGEN, ['--socket', socket, '--rw', w.rw, '--bs', String(w.bs), '--depth', String(w.depth),
+    '--queues', String(w.queues), '--mode', mode, '--seconds', String(seconds), '--warmup', '0', '--size', String(DISK_BYTES)]);
+  const out = execFileSync(cmd, args,
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: (seconds + 30) * 1000 });
   const r = JSON.parse(out.trim().split('\n').pop()!) as LoadResult;
   if (r.errors) throw new Error(`${w.name}: the back-end answered ${r.errors} requests with an error status`);
@@ -165,7 +181,8 @@ function loadgen(socket: string, w: Workload, mode: string, seconds: number): Lo
 
 async function start(t: Target, dir: string, prof: string[] = []): Promise<ChildProcess> {
   const socket = join(dir, `${t.id}.sock`);
-  const { cmd, args } = t.args(socket, tmpfsFile, prof);
+  const target = t.args(socket, tmpfsFile, prof);
+  const [cmd, args] = pinned(PIN?.backend, target.cmd, target.args);
   const child = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
   running.add(child);
   child.once('exit', () => running.delete(child));
@@ -256,7 +273,8 @@ async function measureAll(): Promise<void> {
           if (cells.length === 0) continue;
           const median = cells[Math.floor(cells.length / 2)];
           results.set(`${t.id}|${w.name}|${mode}`, median);
-          process.stderr.write(`  ${t.id} ${w.name} ${mode}: ${cells.map((c) => `${Math.round(c.iops)} [${c.backendUsPerIo.toFixed(1)}]`).join(' ')} IOPS [us/request]\n`);
+          const per1000 = (n: number, c: Cell) => ((n * 1000) / c.ios).toFixed(1);
+          process.stderr.write(`  ${t.id} ${w.name} ${mode}: ${cells.map((c) => `${Math.round(c.iops)} [${c.backendUsPerIo.toFixed(2)}; ${per1000(c.kicks, c)}k ${per1000(c.waits, c)}w]`).join(' ')} IOPS [us/request; kicks, waits per 1000 requests]\n`);
         }
       }
     }
@@ -269,7 +287,7 @@ async function measureAll(): Promise<void> {
 
   console.log(`bench/blk-c: C front-end (dist/vhost-blk-load), median of ${argv.reps} interleaved runs of ${seconds} s ` +
     `(each after ${warmup} s warm-up), one queue unless the workload says 2, ` +
-    `EVENT_IDX on; ${cpus().length} CPUs, load average ${load0.toFixed(1)} at start; node ${process.version}`);
+    `EVENT_IDX on; ${cpus().length} CPUs${PIN ? `, back-ends on CPU ${PIN.backend} and the front-end on CPU ${PIN.frontend} (--pin ${argv.pin})` : ''}, load average ${load0.toFixed(1)} at start; node ${process.version}`);
   console.log('IOPS (MB/s for 128K); in brackets: back-end CPU us per request');
   const ids = targets.map((t) => t.id);
   const ratios = ratioPairs.filter(([a, b]) => ids.includes(a) && ids.includes(b));
