@@ -204,3 +204,21 @@ test.serial('ctl del while the pages are being made: the add fails saying so, th
   const again = await ctl(['--control', control(), 'add', '--id', 'gone', '--socket', sock('gone'), '--plugin', blk, '--storage', 'memory:1M,prealloc=on']);
   t.is(again.code, 0, again.stderr);
 });
+
+test.serial('ctl add waits for the pages however long they take; with --timeout shorter than that it says the daemon may still be adding, and it does', async (t) => {
+  // No limit by default: under a loaded machine a 2 GiB disk's pages took more than the 30 s
+  // other ctl commands wait, and ctl reported a failure for an add that then succeeded.
+  const late = await ctl(['--control', control(), '--timeout', '0.1', 'add', '--id', 'late', '--socket', sock('late'), '--plugin', blk, '--storage', `memory:${SIZE},prealloc=on`, '--start', 'eager']);
+  t.is(late.code, 3, late.stderr);
+  t.regex(late.stderr, /^vhost-wasm ctl: no answer from \S+control\.sock within 0\.1 s; the daemon may still be doing it: see `vhost-wasm ctl list`$/m);
+  // The daemon went on: the device becomes idle with every page made.
+  for (let state = await stateOf('late'); state !== 'idle'; state = await stateOf('late')) {
+    t.true(state === 'preparing' || state === undefined, `late is ${state}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.is(diskMemfds().filter(([, bytes]) => bytes === SIZE).length, 1, 'its disk, every page made');
+  t.is((await ctl(['--control', control(), 'del', 'late'])).code, 0);
+  const bad = await ctl(['--control', control(), '--timeout', 'soon', 'list']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--timeout: "soon" is not a number of seconds/);
+});

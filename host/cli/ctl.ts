@@ -66,10 +66,29 @@ Commands:
 Options:
   --control PATH          the daemon's management socket
   --json                  print the JSON-RPC result (or error) instead of text
+  --timeout SECONDS       give up waiting for the daemon's answer after this long (0: wait
+                          as long as the daemon keeps the connection open). Default: 30 s,
+                          except for add and upgrade, which wait for the daemon however
+                          long their work takes (making a prealloc=on disk's pages,
+                          transpiling and warming a new build)
   -h, --help              this text
 
 Exit status: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable.
 `;
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+/**
+ * Methods whose work has no bound the client could know: device-add makes a prealloc=on disk's
+ * pages (~1.3 s per GiB here) and may transpile a plugin; plugin-upgrade warms a new build. A
+ * fixed limit would report a failure for an add that then succeeds.
+ */
+const UNBOUNDED_METHODS = new Set(['device-add', 'plugin-upgrade']);
+
+/** --timeout SECONDS: a non-negative number (0: no limit), in ms. */
+function timeoutFlag(v: string): number {
+  if (!/^\d+(\.\d+)?$/.test(v)) throw new CtlUsageError(`--timeout: "${v}" is not a number of seconds (0: wait as long as the daemon keeps the connection)`);
+  return Math.round(Number(v) * 1000);
+}
 
 /** A ctl command line that is wrong (exit status 2). */
 class CtlUsageError extends UsageError {
@@ -78,14 +97,17 @@ class CtlUsageError extends UsageError {
 
 /** Sends one request, resolves with the one response line, parsed. */
 /** `who` names the server in messages (the daemon, the host). */
+/** `timeoutMs` 0: no limit (the answer, or the daemon closing the connection, ends the wait). */
 export function request(path: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000, who = 'the daemon'): Promise<RpcResponse> {
   return new Promise((resolve, reject) => {
     const sock = createConnection(path);
     let buf = '';
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error(`no answer from ${path} within ${timeoutMs / 1000} s`));
-    }, timeoutMs);
+    const timer = timeoutMs > 0
+      ? setTimeout(() => {
+          sock.destroy();
+          reject(new Error(`no answer from ${path} within ${timeoutMs / 1000} s`));
+        }, timeoutMs)
+      : undefined;
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(JSON.stringify({ jsonrpc: JSONRPC, id: 1, method, params }) + '\n'));
     sock.on('data', (d: string) => {
@@ -369,18 +391,19 @@ function parseCommand(rest: string[]): { method: string; params: Record<string, 
 
 export async function runCtl(argv: string[]): Promise<number> {
   // Options before the command are ctl's own; everything after it belongs to the command.
-  const first = argv.findIndex((a, i) => !a.startsWith('-') && argv[i - 1] !== '--control');
+  const first = argv.findIndex((a, i) => !a.startsWith('-') && argv[i - 1] !== '--control' && argv[i - 1] !== '--timeout');
   const own = first < 0 ? argv : argv.slice(0, first);
   const rest = first < 0 ? [] : argv.slice(first);
   let path: string;
   let json: boolean;
   let call: { method: string; params: Record<string, unknown> };
+  let timeoutMs: number;
   try {
     const { values } = parseArgs({
       args: own,
       strict: true,
       allowPositionals: false,
-      options: { control: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { control: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help) {
       process.stdout.write(CTL_HELP);
@@ -391,15 +414,18 @@ export async function runCtl(argv: string[]): Promise<number> {
     if (!p) throw new CtlUsageError('give --control PATH (the daemon\'s management socket) or set VHOST_WASM_CONTROL');
     path = p;
     call = parseCommand(rest);
+    timeoutMs = values.timeout === undefined ? (UNBOUNDED_METHODS.has(call.method) ? 0 : DEFAULT_TIMEOUT_MS) : timeoutFlag(values.timeout);
   } catch (e) {
     process.stderr.write(`vhost-wasm ctl: ${(e as Error).message.replace(/\. To specify.*$/, '')}\n`);
     return 2;
   }
   let response: RpcResponse;
   try {
-    response = await request(path, call.method, call.params);
+    response = await request(path, call.method, call.params, timeoutMs);
   } catch (e) {
-    process.stderr.write(`vhost-wasm ctl: ${(e as Error).message}\n`);
+    // The daemon goes on with what it was asked: say where to see how it ended.
+    const after = timeoutMs > 0 && UNBOUNDED_METHODS.has(call.method) ? '; the daemon may still be doing it: see `vhost-wasm ctl list`' : '';
+    process.stderr.write(`vhost-wasm ctl: ${(e as Error).message}${after}\n`);
     return 3;
   }
   if ('error' in response) {
