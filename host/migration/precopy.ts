@@ -527,10 +527,16 @@ class Stages {
   }
 }
 
-/** The destination's side of one round: checks the stream and splices its runs into the disk. */
+/** How a LOAD took a disk's bytes out of a pipe (logged: which path a migration took). */
+export const DISK_READ_IN = 'read into its resident pages';
+export const DISK_SPLICED_IN = 'spliced into its memfd';
+
+/** The destination's side of one round: checks the stream and reads or splices its runs into the disk. */
 export class PrecopyLoadRound extends PipeRound {
   /** The round this stream turned out to be, once its trailer checked out. */
   applied: { first: boolean; mark: PrecopyMark } | null = null;
+  /** How its big runs came in (DISK_READ_IN, DISK_SPLICED_IN), or null: none, or only small ones. */
+  took: string | null = null;
 
   constructor(
     fd: number,
@@ -581,6 +587,7 @@ export class PrecopyLoadRound extends PipeRound {
     for (let i = 0; i < runs.count; i++) {
       const off = runs.at[2 * i];
       const len = runs.at[2 * i + 1];
+      this.took = this.disk.resident ? DISK_READ_IN : DISK_SPLICED_IN;
       if (this.disk.resident) {
         // Pages made and mapped at start: read straight into them (see loadDiskFromPipe).
         for (const v of disk.views(off, len)) {
