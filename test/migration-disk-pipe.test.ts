@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
-import { migrate } from '../host/frontend/migrate.ts';
+import { loadState, migrate, saveState } from '../host/frontend/migrate.ts';
 import { featureBit } from '../host/protocol/constants.ts';
 import { PRECOPY_PROTOCOL_FEATURE } from '../host/protocol/precopy.ts';
 
@@ -98,3 +98,37 @@ for (const c of CASES) {
     }
   });
 }
+
+maybe('into a resident disk, a state with a byte of the disk section flipped, or cut inside it, is refused; the good one then loads byte for byte', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:4M'), blkHost('memory:4M,prealloc=on')]);
+  try {
+    const fe = await connect(a);
+    await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 4);
+    await fe.stopQueue(0);
+    const good = await saveState(fe.conn, 'pipe');
+    await fe.close();
+    const dfe = await connect(b);
+    try {
+      const base = await dfe.stopQueue(0);
+      // The device's own bytes are small: the middle of the container is inside the 4 MiB disk.
+      const flipped = Buffer.from(good);
+      flipped[flipped.length >> 1] ^= 0x01;
+      await t.throwsAsync(loadState(dfe.conn, flipped, 'pipe'), undefined, 'the flipped state loads');
+      t.truthy(await b.waitForLog(/memory disk section loaded from the pipe: read into its resident pages/));
+      t.truthy(await b.waitForLog(/checksum mismatch \(stored 0x[0-9a-f]+, computed 0x[0-9a-f]+\): the state is corrupt/));
+      await t.throwsAsync(loadState(dfe.conn, good.subarray(0, good.length >> 1), 'pipe'), undefined, 'the cut state loads');
+      t.truthy(await b.waitForLog(/truncated state: the stream ended \d+ bytes before the end of a section/));
+      // Not served meanwhile (docs/migration.md, "A LOAD that fails after it began writing").
+      await t.throwsAsync(dfe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+      await loadState(dfe.conn, good, 'pipe');
+      await dfe.startQueue(0, base);
+      const blk = new BlkDevice(dfe.queues[0]);
+      for (let m = 0; m < 4; m++) t.true(Buffer.from(await blk.read((m * MIB) / 512, MIB)).equals(pattern('source', m)), `MiB ${m}`);
+    } finally {
+      await dfe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
