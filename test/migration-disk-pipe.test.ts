@@ -14,10 +14,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
-import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { loadState, migrate, saveState } from '../host/frontend/migrate.ts';
-import { featureBit } from '../host/protocol/constants.ts';
-import { PRECOPY_PROTOCOL_FEATURE } from '../host/protocol/precopy.ts';
+import { connectPrecopy, parallel } from './helpers/precopy-frontend.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -29,21 +27,7 @@ function blkHost(storage: string): Promise<HostProcess> {
   return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage]);
 }
 
-function connect(h: HostProcess): Promise<VhostUserFrontend> {
-  return VhostUserFrontend.connect(h.socketPath, {
-    memoryBytes: 16 << 20,
-    queues: [128],
-    features: 1n << BigInt(VIRTIO_F_VERSION_1),
-    protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE),
-  });
-}
-
-async function parallel(n: number, lanes: number, job: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: lanes }, async () => {
-    while (next < n) await job(next++);
-  }));
-}
+const connect = (h: HostProcess) => connectPrecopy(h, 16 << 20);
 
 /** MiB m of the pattern `tag`: every 4 KiB block names itself, so a block landing elsewhere shows. */
 function pattern(tag: string, m: number): Buffer {
