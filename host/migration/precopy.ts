@@ -749,15 +749,13 @@ function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, le
 /** CRC-32C of the disk's bytes [at, at + len) (whole by default), from its mapping populated in one call first, continued from `crc`. */
 export function diskCrc(disk: MemoryDiskHandle, crc: number, at = 0, len = disk.size - at): number {
   if (len === 0) return crc;
-  const m = disk.mapping();
-  m.populate(at, len, false);
-  // Windows of just this range: a window is external memory to V8, and a 1 GiB window made per
-  // 8 MiB call (MappedViews) had V8 collecting garbage over and over.
-  for (let done = 0; done < len; ) {
-    const n = Math.min(native.MAX_WINDOW, len - done);
-    crc = crc32c(new Uint8Array(m.window(at + done, n)), crc);
-    done += n;
-  }
+  // A resident disk is mapped already; otherwise its range is mapped in one call, not a fault per 4 KiB.
+  if (!disk.resident) disk.mapping().populate(at, len, false);
+  // The disk's views, made once per mapping (DiskScratch): a window made per call is external
+  // memory to V8, which answers its growth with collections.
+  diskViews(disk).each(at, len, (v) => {
+    crc = crc32c(v, crc);
+  });
   return crc;
 }
 
