@@ -5,6 +5,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { native } from '../host/native/index.ts';
 import { copyCrc32c, crc32c } from '../host/migration/checksum.ts';
 
@@ -54,4 +55,35 @@ test('copyCrc32c copies and checksums in one pass; it refuses a short dst and ov
   const one = Buffer.alloc(100);
   t.throws(() => copyCrc32c(one.subarray(10), one.subarray(0, 50)), { message: /overlap/ });
   t.throws(() => native.crc32c(Buffer.alloc(1), 2 ** 32), { message: /not a 32-bit CRC/ });
+});
+
+test('copyCrc32c checksums the bytes it copied even while another thread writes src (a pre-copy stages a disk the guest is writing)', async (t) => {
+  // Another thread keeps rewriting src, as a guest's writes land in a memory disk while a live
+  // pre-copy round copies it out: whatever mix of old and new bytes dst gets, the CRC returned
+  // must be dst's, or the destination refuses a round whose bytes are all there.
+  const shared = new SharedArrayBuffer(64 << 10);
+  const src = new Uint8Array(shared);
+  const stop = new Int32Array(new SharedArrayBuffer(4));
+  const writer = new Worker(
+    `const { workerData: { shared, stop } } = require('node:worker_threads');
+     const b = new Uint32Array(shared); const s = new Int32Array(stop);
+     for (let v = 1; Atomics.load(s, 0) === 0; v++) b.fill(v * 2654435761);`,
+    { eval: true, workerData: { shared, stop } },
+  );
+  try {
+    await new Promise((r) => setTimeout(r, 50));
+    let torn = 0;
+    const dst = Buffer.alloc(shared.byteLength);
+    // Lengths below and above the 3 x 8 KiB blocks (the tail), at odd offsets.
+    for (let i = 0; i < 20_000; i++) {
+      const len = [4096, 4096 + 5, 3 * 8192 + 4096, 40_000][i % 4];
+      const at = (i * 8) % 1024;
+      const c = copyCrc32c(dst, src.subarray(at, at + len));
+      if (c !== crc32c(dst.subarray(0, len))) torn++;
+    }
+    t.is(torn, 0, `${torn} of 20,000 copies returned a CRC of other bytes than the ones copied`);
+  } finally {
+    Atomics.store(stop, 0, 1);
+    await writer.terminate();
+  }
 });

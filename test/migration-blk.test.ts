@@ -14,6 +14,7 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { parallel } from './helpers/precopy-frontend.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { migrate, MigrationError, type StateChannelMode } from '../host/frontend/migrate.ts';
@@ -88,13 +89,6 @@ function connect(h: HostProcess, rfc = false): Promise<VhostUserFrontend> {
   });
 }
 
-/** Runs `lanes` workers over jobs [0, n) in order. */
-async function parallel(n: number, lanes: number, job: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: lanes }, async () => {
-    while (next < n) await job(next++);
-  }));
-}
 
 for (const ch of CHANNELS) {
   maybe(`blk, 256 MiB memory disk, over a ${ch.name}: byte-identical, every acked write present, rings continuous`, async (t) => {

@@ -10,8 +10,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
+import { connectPrecopy, parallel } from './helpers/precopy-frontend.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
-import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { FRONTEND_PROTOCOL_FEATURES, type VhostUserFrontend } from '../host/frontend/driver.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
 import { loadState, migrate, MigrationError, readToEnd, saveState, writeAll } from '../host/frontend/migrate.ts';
 import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
@@ -30,21 +31,7 @@ function blkHost(storage: string, extra: string[] = []): Promise<HostProcess> {
   return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, ...extra]);
 }
 
-function connect(h: HostProcess): Promise<VhostUserFrontend> {
-  return VhostUserFrontend.connect(h.socketPath, {
-    memoryBytes: 64 << 20,
-    queues: [128],
-    features: 1n << BigInt(VIRTIO_F_VERSION_1),
-    protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE),
-  });
-}
-
-async function parallel(n: number, lanes: number, job: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: lanes }, async () => {
-    while (next < n) await job(next++);
-  }));
-}
+const connect = (h: HostProcess) => connectPrecopy(h);
 
 /** Writes a pattern into every MiB of the disk through the rings; returns the model. */
 async function fill(blk: BlkDevice, size: number): Promise<Buffer> {

@@ -12,6 +12,35 @@
 import { native } from '../native/index.ts';
 import type { Watcher } from '../native/api.ts';
 import type { ByteSink } from './container.ts';
+import type { PipeSource } from './section.ts';
+import { crc32c } from './checksum.ts';
+
+/**
+ * Bytes read from a pipe into their place and checksummed at a time (readPipeCrc): a piece is
+ * still in this core's cache (1 MiB of L2 here) when the checksum reads it, so the bytes are
+ * fetched from memory once, by the copy out of the pipe.
+ */
+export const READ_PIECE = 256 << 10;
+
+/**
+ * Exactly dst.length bytes from the non-blocking pipe `fd` into dst, each read checksummed
+ * (CRC-32C) right after it landed. `wait` waits for the pipe to be readable; `ended(got)` is
+ * the error for an end of stream after `got` bytes. Returns the CRC continued from `crc`.
+ */
+export async function readPipeCrc(fd: number, dst: Uint8Array, crc: number, wait: () => Promise<void>, ended: (got: number) => Error): Promise<number> {
+  for (let got = 0; got < dst.length; ) {
+    const piece = dst.subarray(got, Math.min(dst.length, got + READ_PIECE));
+    const k = native.read(fd, piece);
+    if (k === 0) throw ended(got);
+    if (k < 0) {
+      await wait();
+      continue;
+    }
+    crc = crc32c(piece.subarray(0, k), crc);
+    got += k;
+  }
+  return crc;
+}
 
 export type ChannelKind = 'pipe' | 'file';
 
@@ -183,7 +212,7 @@ export class StateWriter extends Closable implements ByteSink {
 }
 
 /** LOAD: the back-end reads. */
-export class StateReader extends Closable {
+export class StateReader extends Closable implements PipeSource {
   readonly kind: ChannelKind;
   private offset = 0;
   private readonly size: number;
@@ -232,6 +261,18 @@ export class StateReader extends Closable {
         this.offset += n;
       }
     }
+  }
+
+  /**
+   * A pipe: the next dst.length bytes read straight into dst (a memory disk's mapping),
+   * checksummed piece by piece as they land (readPipeCrc). Nothing may have been read past them.
+   */
+  async readCrc(dst: Uint8Array, crc: number): Promise<number> {
+    if (this.kind !== 'pipe') throw new Error('readCrc: the state channel is not a pipe');
+    if (this.closed) throw new Error('state channel closed');
+    const c = await readPipeCrc(this.fd, dst, crc, () => this.wait('r'), (got) => new Error(`truncated state: the stream ended ${dst.length - got} bytes before the end of a section`));
+    this.offset += dst.length;
+    return c;
   }
 
   /**

@@ -41,7 +41,7 @@
 // byte reaches the device.
 
 import { crc32c, crc32Ieee, type Checksum } from './checksum.ts';
-import type { StateSection } from './section.ts';
+import type { PipeSource, StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const MAGIC = Buffer.from('VHWSTATE', 'ascii');
@@ -455,7 +455,7 @@ export class ContainerLoader {
    * The section directSection() named takes its bytes from the file at fileOffset (the caller
    * skips them), or, given a pipe, splices them from it.
    */
-  async takeDirect(from: number | { spliceTo(out: number, outOffset: number, len: number): Promise<void> }, fileOffset = 0): Promise<void> {
+  async takeDirect(from: number | PipeSource, fileOffset = 0): Promise<void> {
     const d = this.directSection(typeof from === 'number' ? 'file' : 'pipe');
     if (d === null) throw new Error('takeDirect: no section can take its bytes from the channel here');
     try {

@@ -10,10 +10,12 @@
 // last round in place of the disk: the destination applies it only if it holds every round of
 // that pre-copy, so a lost, truncated or corrupted round fails the migration (the source goes on).
 //
-// The disk's bytes never enter JavaScript. The source copies each window of a run from the disk's
-// memfd into a staging memfd of its own (copy_file_range: a snapshot the guest cannot change under
-// the checksum), checksums the staging mapping, and splices its pages into the pipe; the
-// destination splices the pipe straight into its disk's memfd and checksums what landed.
+// The disk's bytes are never copied into JavaScript's heap. The source copies each window of a run
+// from the disk's mapping into a staging memfd of its own, checksumming in the same pass (a
+// snapshot the guest cannot change under the checksum), and splices the staged pages into the
+// pipe; the destination reads the pipe straight into its disk's mapping when that is resident
+// (prealloc=on), checksumming each piece while it is in the cache, or else splices it into the
+// disk's memfd and checksums what landed.
 //
 // Checksums are CRC-32C (host/migration/checksum.ts) since version 2; version 1 carried CRC-32.
 // Both hosts of one migration run the same vhost-wasm, so a round of another version is refused
@@ -33,8 +35,8 @@ import { native, type Mapping } from '../native/index.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
-import { SectionId, type StateSection } from './section.ts';
-import { growPipe, STATE_PIPE_SIZE } from './channel.ts';
+import { SectionId, type PipeSource, type StateSection } from './section.ts';
+import { growPipe, readPipeCrc, STATE_PIPE_SIZE } from './channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
@@ -81,6 +83,14 @@ export interface MemoryDiskHandle {
   /** The disk mapped writable in this thread, kept by its owner between rounds (borrowed: never unmapped here). */
   mapping(): Mapping;
   /**
+   * mapping() has every page of the disk made and mapped writable already (prealloc=on): a LOAD
+   * from a pipe then reads into it directly, one copy into pages that exist, each piece
+   * checksummed while it is still in the cache. Otherwise the pipe is spliced into the memfd
+   * (the kernel makes the pages without mapping them: reading into the mapping would fault each
+   * 4 KiB page in, about twice the CPU measured here).
+   */
+  resident?: boolean;
+  /**
    * The device's auto-converge throttle (auto-converge.ts), which its runner charges with the
    * bytes guest requests carry to the device; absent: a pre-copy never throttles the guest.
    */
@@ -103,6 +113,13 @@ export class MappedViews {
 
   constructor(private readonly mapping: Mapping) {
     this.span = native.MAX_WINDOW;
+  }
+
+  /** The views of [off, off + len): one, or two across a GiB boundary. */
+  views(off: number, len: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    this.each(off, len, (v) => out.push(v));
+    return out;
   }
 
   each(off: number, len: number, fn: (view: Uint8Array) => void): void {
@@ -152,7 +169,7 @@ function diskBuffer(disk: MemoryDiskHandle, dir: 'save' | 'load'): Buffer {
   return (s.buffers[dir] ??= Buffer.allocUnsafe(WINDOW));
 }
 
-/** Pieces smaller than this are copied between mappings; larger ones by the kernel (copy_file_range, splice). */
+/** Pieces smaller than this are gathered into one buffer and written; larger ones staged in a memfd and spliced. */
 const SMALL_PIECE = 64 << 10;
 
 /** A pre-copy round that is not what it claims (truncated, corrupted, out of order): the round is refused, the source serves on. */
@@ -430,26 +447,18 @@ export class PrecopySaveRound extends PipeRound {
     // destination reads them, so a staging file is written again only once they are out (Stages).
     const { fd: stage, view, release } = this.stages.next(total);
     try {
-      {
-        const staged = view.subarray(0, total);
-        let pos = 0;
-        for (const [off, n] of pieces) {
-          if (n < SMALL_PIECE && this.diskViews) {
-            let at = pos;
-            this.diskViews.each(off, n, (v) => {
-              staged.set(v, at);
-              at += v.length;
-            });
-          } else {
-            for (let done = 0; done < n; ) {
-              const c = native.copyFileRange(this.disk.fd, off + done, stage, pos + done, n - done);
-              if (c <= 0) throw new Error(`the disk's memfd ended at ${off + done} while copying`);
-              done += c;
-            }
-          }
-          pos += n;
-        }
-        crc = crc32c(staged, crc);
+      // Copied from the disk's mapping and checksummed in one pass (each byte read once; a
+      // kernel copy, then a checksum of the staged pages, read them twice).
+      const staged = view.subarray(0, total);
+      const views = (this.diskViews ??= diskViews(this.disk));
+      let pos = 0;
+      for (const [off, n] of pieces) {
+        // Mapped in one call, not a fault per 4 KiB (a no-op once mapped: the mapping is kept).
+        if (n >= SMALL_PIECE) this.disk.mapping().populate(off, n, false);
+        views.each(off, n, (v) => {
+          crc = copyCrc32c(staged.subarray(pos), v, crc);
+          pos += v.length;
+        });
       }
       for (let done = 0; done < total; ) {
         const s = native.splice(stage, done, this.fd, -1, total - done);
@@ -518,10 +527,16 @@ class Stages {
   }
 }
 
-/** The destination's side of one round: checks the stream and splices its runs into the disk. */
+/** How a LOAD took a disk's bytes out of a pipe (logged: which path a migration took). */
+export const DISK_READ_IN = 'read into its resident pages';
+export const DISK_SPLICED_IN = 'spliced into its memfd';
+
+/** The destination's side of one round: checks the stream and reads or splices its runs into the disk. */
 export class PrecopyLoadRound extends PipeRound {
   /** The round this stream turned out to be, once its trailer checked out. */
   applied: { first: boolean; mark: PrecopyMark } | null = null;
+  /** How its big runs came in (DISK_READ_IN, DISK_SPLICED_IN), or null: none, or only small ones. */
+  took: string | null = null;
 
   constructor(
     fd: number,
@@ -572,6 +587,15 @@ export class PrecopyLoadRound extends PipeRound {
     for (let i = 0; i < runs.count; i++) {
       const off = runs.at[2 * i];
       const len = runs.at[2 * i + 1];
+      this.took = this.disk.resident ? DISK_READ_IN : DISK_SPLICED_IN;
+      if (this.disk.resident) {
+        // Pages made and mapped at start: read straight into them (see loadDiskFromPipe).
+        for (const v of disk.views(off, len)) {
+          crc = await readPipeCrc(this.fd, v, crc, this.pipe.wait, (got) => new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${got} of ${v.length} bytes)`));
+          this.bytes += v.length;
+        }
+        continue;
+      }
       // Window by window (round 0 is one 256 MiB run): a window's checksum overlaps the source's
       // filling of the pipe with the next; its pages are mapped here in one call.
       for (let at = 0; at < len; at += SPLICE_WINDOW) {
@@ -725,15 +749,13 @@ function copyDiskFile(disk: MemoryDiskHandle, fd: number, fileOffset: number, le
 /** CRC-32C of the disk's bytes [at, at + len) (whole by default), from its mapping populated in one call first, continued from `crc`. */
 export function diskCrc(disk: MemoryDiskHandle, crc: number, at = 0, len = disk.size - at): number {
   if (len === 0) return crc;
-  const m = disk.mapping();
-  m.populate(at, len, false);
-  // Windows of just this range: a window is external memory to V8, and a 1 GiB window made per
-  // 8 MiB call (MappedViews) had V8 collecting garbage over and over.
-  for (let done = 0; done < len; ) {
-    const n = Math.min(native.MAX_WINDOW, len - done);
-    crc = crc32c(new Uint8Array(m.window(at + done, n)), crc);
-    done += n;
-  }
+  // A resident disk is mapped already; otherwise its range is mapped in one call, not a fault per 4 KiB.
+  if (!disk.resident) disk.mapping().populate(at, len, false);
+  // The disk's views, made once per mapping (DiskScratch): a window made per call is external
+  // memory to V8, which answers its growth with collections.
+  diskViews(disk).each(at, len, (v) => {
+    crc = crc32c(v, crc);
+  });
   return crc;
 }
 
@@ -751,21 +773,21 @@ export function loadDiskFromFile(disk: MemoryDiskHandle, fd: number, fileOffset:
   return copyDiskFile(disk, fd, fileOffset, len, crc, false);
 }
 
-/** Where a section can splice its bytes from (the LOAD's pipe): `len` bytes into `out` at `outOffset`, waiting as needed. */
-export interface PipeSource {
-  spliceTo(out: number, outOffset: number, len: number): Promise<void>;
-}
-
 /**
- * A full (STOPPED) LOAD of the disk from a pipe: spliced into the disk's memfd by the kernel
- * (one copy, into pages made beforehand), then checksummed from this thread's mapping. Returns
- * the CRC-32C continued from `crc`. Marks the disk unusable (DiskCondition): the caller clears
- * that once the container's trailer checked out.
+ * A full (STOPPED) LOAD of the disk from a pipe, one kernel copy of each byte: into a resident
+ * disk (prealloc=on) read straight into its mapping, each piece checksummed while it is in the
+ * cache; otherwise spliced into the disk's memfd (the kernel makes the pages) and checksummed
+ * from this thread's mapping. Returns the CRC-32C continued from `crc`. Marks the disk unusable
+ * (DiskCondition): the caller clears that once the container's trailer checked out.
  */
 export async function loadDiskFromPipe(disk: MemoryDiskHandle, pipe: PipeSource, len: number, crc: number): Promise<number> {
   if (len !== disk.size) throw new Error(`storage section: ${len} bytes for a ${disk.size}-byte disk`);
   // Written before the trailer is checked (DiskCondition): not served until it checks out.
   disk.condition.unusable = DISK_LOAD_UNFINISHED;
+  if (disk.resident) {
+    for (const v of diskViews(disk).views(0, len)) crc = await pipe.readCrc(v, crc);
+    return crc;
+  }
   // Window by window: each window's checksum overlaps the source's filling of the pipe with the
   // next (the pages are made by the splice itself: making them all first would hold the
   // pipe's reader up for as long as that takes).

@@ -4,6 +4,17 @@
 // each implementing this interface where the resource lives. The container never holds a whole
 // section in memory: it pulls or pushes chunks of at most the size it asks for.
 
+/** The LOAD's pipe as a section taking its bytes straight from it sees it (StateReader). Nothing may have been read past what is asked. */
+export interface PipeSource {
+  /** The next `len` bytes go by splice(2) into the file `out` at outOffset. */
+  spliceTo(out: number, outOffset: number, len: number): Promise<void>;
+  /**
+   * The next dst.length bytes are read into dst, each read checksummed (CRC-32C) right after it
+   * landed, while it is still in the cache; returns the CRC continued from `crc`.
+   */
+  readCrc(dst: Uint8Array, crc: number): Promise<number>;
+}
+
 export interface StateSection {
   /** Stable numeric id written in the container (1 = device bytes, 0x100+ = host resources). */
   readonly id: number;
@@ -39,9 +50,10 @@ export interface StateSection {
   copyFromFile?(fd: number, fileOffset: number, len: number, crc: number): Promise<number>;
   /**
    * LOAD, optional: takes the whole section from the state pipe (after beginLoad), splicing it
-   * where it belongs, and returns the CRC-32C continued from `crc`, instead of write() calls.
+   * or reading it where it belongs, and returns the CRC-32C continued from `crc`, instead of
+   * write() calls.
    */
-  copyFromPipe?(pipe: { spliceTo(out: number, outOffset: number, len: number): Promise<void> }, len: number, crc: number): Promise<number>;
+  copyFromPipe?(pipe: PipeSource, len: number, crc: number): Promise<number>;
   /** LOAD: the section will receive `size` bytes (called before the first write). */
   beginLoad(size: number): Promise<void>;
   /** LOAD: append bytes at offset (in order, contiguous, starting at 0). Ownership of chunk passes. */

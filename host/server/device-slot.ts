@@ -85,6 +85,8 @@ export class DeviceSlot {
   private converge: TokenBucket | null = null;
   /** The disk mapped in this (the main) thread, made on first use by a pre-copy and kept: a mapping per round would fault every page in again. */
   private memoryDiskMapping: Mapping | null = null;
+  /** memoryDiskMapping is prealloc=on's, populated writable at start (a LOAD from a pipe may read straight into it). */
+  private memoryDiskResident = false;
   /** prealloc=on page making under way (prealloc.ts), or null. */
   private pageMaking: PageMaking | null = null;
   /** Settles when the memory disk's pages exist (at once without prealloc=on); rejects in words. */
@@ -139,7 +141,10 @@ export class DeviceSlot {
             this.pageMaking = null;
             // Removed while its pages were made: the work's mapping is nobody's.
             if (this.closed) mapping.unmap();
-            else this.memoryDiskMapping = mapping;
+            else {
+              this.memoryDiskMapping = mapping;
+              this.memoryDiskResident = true;
+            }
           },
           (e: unknown) => {
             this.pageMaking = null;
@@ -177,6 +182,7 @@ export class DeviceSlot {
       size: dirty.diskSize,
       dirty,
       mapping: () => (this.memoryDiskMapping ??= native.mmap(fd, dirty.diskSize, 0, true)),
+      resident: this.memoryDiskResident,
       ...(this.converge ? { converge: this.converge } : {}),
     };
   }
@@ -483,6 +489,7 @@ export class DeviceSlot {
     // A mapping keeps the pages of a worker that has not exited; the fd is no longer needed.
     this.memoryDiskMapping?.unmap();
     this.memoryDiskMapping = null;
+    this.memoryDiskResident = false;
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;
     this.memoryDiskDirty = null;

@@ -10,7 +10,7 @@ import { DeviceStateDirection, DeviceStatePhase } from '../protocol/constants.ts
 import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
-import { DISK_LOAD_UNFINISHED, PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
+import { DISK_LOAD_UNFINISHED, DISK_READ_IN, DISK_SPLICED_IN, PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
 import { PrecopyPhase } from '../protocol/precopy.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import { AutoConverge } from '../migration/auto-converge.ts';
@@ -188,6 +188,7 @@ export class DeviceStateTransfers {
       };
       proxy.copyFromPipe = async (pipe, len, crc) => {
         const c = await loadDiskFromPipe(disk, pipe, len, crc);
+        this.host.log.info(`memory disk section loaded from the pipe: ${disk.resident ? DISK_READ_IN : DISK_SPLICED_IN}`);
         loadedHere = true;
         return c;
       };
@@ -402,7 +403,7 @@ export class DeviceStateTransfers {
       void r.done.then((err) => {
         if (err === null && r.applied) {
           this.precopyHeld = r.applied.mark;
-          log.info(`pre-copy round ${r.applied.mark.round} loaded: ${r.bytes} bytes`);
+          log.info(`pre-copy round ${r.applied.mark.round} loaded: ${r.bytes} bytes${r.took ? ` (${r.took})` : ''}`);
         } else log.error(`pre-copy round (load) failed: ${err}`);
       });
     }

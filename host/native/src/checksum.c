@@ -7,7 +7,10 @@
 // (crc32cImpl says which), never per call.
 //
 // copyCrc32c copies and checksums in one pass: each byte is read once, where a copy followed by
-// a checksum reads every byte twice.
+// a checksum reads every byte twice. The CRC is always that of the bytes dst received, even
+// when another thread writes src meanwhile (a live pre-copy round staging a disk the guest
+// writes): each word is loaded once and both stored and checksummed, and the tail is
+// checksummed from dst.
 //
 // Convention (as zlib's crc32 and node:zlib's): crc = crc32c(bytes, seed) continues a CRC whose
 // value so far is `seed` (0 to start), so crc32c(a ‖ b) === crc32c(b, crc32c(a)).
@@ -109,7 +112,12 @@ __attribute__((target("sse4.2"))) static uint32_t raw_hw(uint32_t crc, const uin
     p += 3 * LANE;
     n -= 3 * LANE;
   }
-  if (dst && n > 0) memcpy(dst, p, n);
+  // The tail is checksummed from dst: src may be memory another thread writes (a memory disk a
+  // live pre-copy round copies out), and the CRC must be of the bytes copied, not of a second read.
+  if (dst && n > 0) {
+    memcpy(dst, p, n);
+    p = dst;
+  }
   return raw_hw_tail(crc, p, n);
 }
 #endif
@@ -143,7 +151,10 @@ static uint32_t crc32c_raw(uint32_t crc, const uint8_t *p, uint8_t *dst, size_t 
 #if defined(__x86_64__)
   if (have_sse42 && !portable) return raw_hw(crc, p, dst, n);
 #endif
-  if (dst) memcpy(dst, p, n);
+  if (dst) {
+    memcpy(dst, p, n);
+    p = dst; // the bytes copied, not a second read of src (see raw_hw's tail)
+  }
   return raw_table(crc, p, n);
 }
 
