@@ -262,6 +262,70 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   t.is(native.fsOpenByHandle(mountA, long), -E.EINVAL, 'a size past MAX_HANDLE_SZ');
 });
 
+test('fsLookupEntry and fsStatByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
+  ensureFdBudget();
+  const a = fixture();
+  const b = fixture('/dev/shm');
+  t.teardown(() => (rmSync(a.top, { recursive: true, force: true }), rmSync(b.top, { recursive: true, force: true })));
+  const rootA = native.fsOpenRoot(a.share);
+  const mountA = native.fsReopen(rootA, O_DIRECTORY);
+  const rootB = native.fsOpenRoot(b.share);
+  const mountB = native.fsReopen(rootB, O_DIRECTORY);
+  t.teardown(() => [rootA, mountA, rootB, mountB].forEach((fd) => native.fsClose(fd)));
+  const out = new Float64Array(18);
+  const fh = new Uint8Array(140);
+  const heldBefore = ownFds();
+
+  // With a record asked for: the stat, the record, and no fd left open.
+  t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
+  t.is(out[1], statSync(join(a.share, 'file')).ino);
+  t.is(out[16], -1, 'no fd kept');
+  const want = new Uint8Array(140);
+  const fd = native.fsLookup(rootA, enc('file'));
+  const n = native.fsNameToHandle(fd, want);
+  native.fsClose(fd);
+  t.is(out[17], n);
+  t.deepEqual(fh.subarray(0, n), want.subarray(0, n), "fsNameToHandle's record");
+  t.is(ownFds(), heldBefore);
+  // Without: the O_PATH fd is kept, budgeted and owned (fsClose takes it back).
+  t.is(native.fsLookupEntry(rootA, enc('sub'), out, null), 0);
+  t.is(out[17], 0);
+  t.true(out[16] >= 0);
+  t.is(out[2] & 0o170000, 0o040000);
+  t.is(native.fsClose(out[16]), 0);
+  // Resolved as fsLookup: a symlink is itself, never followed; no "..", no path.
+  t.is(native.fsLookupEntry(rootA, enc('link'), out, fh), 0);
+  t.is(out[2] & 0o170000, 0o120000, 'the symlink itself');
+  t.is(native.fsLookupEntry(rootA, enc('..'), out, fh), -E.EINVAL);
+  t.is(native.fsLookupEntry(rootA, enc('sub/x'), out, fh), -E.EINVAL);
+  t.is(native.fsLookupEntry(rootA, enc('nope'), out, fh), -E.ENOENT);
+  t.is(ownFds(), heldBefore, 'nothing left open by any of them');
+
+  // fsStatByHandle: the record's inode, EXDEV for another mount's record, EINVAL for a bad one.
+  t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
+  const recA = Uint8Array.from(fh.subarray(0, out[17]));
+  t.is(native.fsLookupEntry(rootB, enc('file'), out, fh), 0);
+  const recB = Uint8Array.from(fh.subarray(0, out[17]));
+  const st = new Float64Array(16);
+  t.is(native.fsStatByHandle(mountA, recA, st), 0);
+  t.is(st[1], statSync(join(a.share, 'file')).ino);
+  t.is(native.fsStatByHandle(mountA, recB, st), -E.EXDEV);
+  t.is(native.fsStatByHandle(mountA, recA.subarray(0, 11), st), -E.EINVAL);
+  // The mount id of mountA is remembered between calls; once mountA's number refers to B's
+  // directory (dup3 onto it), A's records are refused against it and B's accepted.
+  t.is(native.fsDup(mountB, mountA), mountA);
+  t.is(native.fsStatByHandle(mountA, recA, st), -E.EXDEV, "A's record against what is now B's mount");
+  t.is(native.fsStatByHandle(mountA, recB, st), 0);
+  t.is(st[1], statSync(join(b.share, 'file')).ino);
+  // A deleted file's record: ESTALE, never another file.
+  rmSync(join(a.share, 'file'));
+  t.is(native.fsStatByHandle(mountB, recA, st), -E.EXDEV);
+  const mountA2 = native.fsReopen(rootA, O_DIRECTORY);
+  t.teardown(() => native.fsClose(mountA2));
+  t.is(native.fsStatByHandle(mountA2, recA, st), -E.ESTALE);
+  t.is(ownFds(), heldBefore + 1, 'only the new mount fd');
+});
+
 test('mandatory refuses a filesystem without file handles; prefer falls back to an fd per inode; never always uses fds', (t) => {
   t.throws(() => new FsShare('/proc', { readOnly: true, inodeFileHandles: 'mandatory' }), {
     message: /--inode-file-handles=mandatory, but file handles do not work on \/proc: name_to_handle_at: (ENOTSUP|EOPNOTSUPP) \(the filesystem has no file handles\)/,

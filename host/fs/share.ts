@@ -242,7 +242,8 @@ export class FsShare {
   private readonly deferredClose: number[] = [];
   private nextId = 1;
   private readonly maxHandles: number;
-  private readonly statBuf = new Float64Array(16);
+  /** fsStat's 16 numbers; fsLookupEntry adds the fd it kept and the record's length. */
+  private readonly statBuf = new Float64Array(18);
   /** getdents64 records, read into and parsed out of before each readdir returns. */
   private readonly direntBuf = Buffer.from(new ArrayBuffer(DIRENT_BUF));
   /** The same bytes as 32-bit words (records are 8-aligned): inos and positions copied without BigInts. */
@@ -417,11 +418,10 @@ export class FsShare {
    * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
    * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
    */
-  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number, fhLen?: number): FsResult<bigint> {
+  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number): FsResult<bigint> {
     let slot: Slot = acc === undefined ? { fd, kind } : { fd, kind, acc };
     if (kind === 'node' && this.nodesBy === 'handles') {
-      // fhLen: fd's record is in fhBuf already (entryOf made it to compare).
-      const n = fhLen ?? native.fsNameToHandle(fd, this.fhBuf);
+      const n = native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
         native.fsClose(fd);
         slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)), dir };
@@ -430,6 +430,11 @@ export class FsShare {
         return fail(-n);
       }
     }
+    return this.insert(slot);
+  }
+
+  /** A new handle for slot (its fd, if any, consumed: closed when the table is full). */
+  private insert(slot: Slot): FsResult<bigint> {
     // The share's cap counts the cached directory fds too; held fds come first.
     if (slot.fd >= 0 && this.heldFds + this.dirFds.size >= this.maxHandles) this.dropDirFds();
     if (this.handles.size >= MAX_TABLE || (slot.fd >= 0 && this.heldFds >= this.maxHandles)) {
@@ -634,10 +639,13 @@ export class FsShare {
   }
 
   private stat(fd: number): FsResult<Attr> {
-    const b = this.statBuf;
-    const r = native.fsStat(fd, b);
-    if (r < 0) return fail(-r);
-    return ok({
+    const r = native.fsStat(fd, this.statBuf);
+    return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+  }
+
+  /** The Attr of fsStat's numbers in b. */
+  private attrOf(b: Float64Array): Attr {
+    return {
       dev: BigInt(b[0]),
       ino: BigInt(b[1]),
       mode: b[2],
@@ -654,47 +662,55 @@ export class FsShare {
       mtimeNsec: b[13],
       ctime: BigInt(b[14]),
       ctimeNsec: b[15],
-    });
+    };
   }
 
-  /**
-   * A node handle for O_PATH fd `fd` (consumed) with its attributes; node 0 and no handle
-   * (the fd closed) when it is the very inode of the plugin's node handle `known.node`.
-   * (dev, ino) alone is not that: a node held by file handle does not pin its inode, so a new
-   * file may have its number; the file handle (which holds the generation) is compared too,
-   * and then serves the new handle if it differs. A node held by O_PATH fd pins its inode:
-   * its number cannot be reused while it is held.
-   */
-  private entryOf(fd: number, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
+  /** A node handle for O_PATH fd `fd` (consumed) with its attributes. */
+  private entryOf(fd: number): FsResult<Entry> {
     const a = this.stat(fd);
     if (!a.ok) {
       native.fsClose(fd);
       return a;
     }
-    let fhLen: number | undefined;
-    if (known && a.val.ino === known.ino && a.val.dev === known.dev) {
-      const k = this.slot(known.node, 'node');
-      if (k && !k.fh) {
-        native.fsClose(fd);
-        return ok({ node: 0n, attr: a.val });
-      }
-      if (k?.fh) {
-        const n = native.fsNameToHandle(fd, this.fhBuf);
-        if (n >= 0 && sameBytes(k.fh, this.fhBuf, n)) {
-          native.fsClose(fd);
-          return ok({ node: 0n, attr: a.val });
-        }
-        fhLen = n;
-      }
-    }
-    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR, undefined, fhLen);
+    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR);
     if (!h.ok) return h;
     return ok({ node: h.val, attr: a.val });
   }
 
+  /**
+   * A node handle for `name` in directory fd `dirFd` with its attributes, in one native call
+   * (fsLookupEntry: the lookup, its stat and its file handle; the fd closed when the handle is
+   * had). Node 0 and no handle when it is the very inode of the plugin's node handle
+   * `known.node`. (dev, ino) alone is not that: a node held by file handle does not pin its
+   * inode, so a new file may have its number; the file handle (which holds the generation) is
+   * compared too. A node held by O_PATH fd pins its inode: its number cannot be reused while
+   * it is held.
+   */
   private lookupFd(dirFd: number, name: Uint8Array, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
-    const fd = this.budgeted(native.fsLookup(dirFd, name));
-    return fd < 0 ? fail(-fd) : this.entryOf(fd, known);
+    const b = this.statBuf;
+    const r = this.budgeted(native.fsLookupEntry(dirFd, name, b, this.nodesBy === 'handles' ? this.fhBuf : null));
+    if (r < 0) return fail(-r);
+    const fd = b[16];
+    const fhLen = b[17];
+    const attr = this.attrOf(b);
+    if (known && attr.ino === known.ino && attr.dev === known.dev) {
+      const k = this.slot(known.node, 'node');
+      if (k && (!k.fh || (fhLen > 0 && sameBytes(k.fh, this.fhBuf, fhLen)))) {
+        if (fd >= 0) native.fsClose(fd);
+        return ok({ node: 0n, attr });
+      }
+    }
+    let slot: Slot;
+    if (fhLen > 0) {
+      slot = { fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, fhLen)), dir: (attr.mode & S_IFMT) === S_IFDIR };
+    } else if (this.nodesBy === 'handles' && this.inodeFileHandles === 'mandatory') {
+      native.fsClose(fd);
+      return fail(-fhLen);
+    } else {
+      slot = { fd, kind: 'node' };
+    }
+    const h = this.insert(slot);
+    return h.ok ? ok({ node: h.val, attr }) : h;
   }
 
   // ---- the capability ----
@@ -763,6 +779,13 @@ export class FsShare {
   }
 
   getattr(h: bigint): FsResult<Attr> {
+    const s = this.slot(h);
+    if (!s) return fail(E.EBADF);
+    // A node held by handle (not a cached directory): opened, stat'ed and closed in one call.
+    if (s.fd < 0 && !s.dir) {
+      const r = this.budgeted(native.fsStatByHandle(this.mountFd, s.fh!, this.statBuf));
+      return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+    }
     return this.using(h, undefined, (fd) => this.stat(fd));
   }
 

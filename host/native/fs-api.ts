@@ -17,6 +17,13 @@ export interface NativeFs {
   fsLookup(dirfd: number, name: Uint8Array): number;
   /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
   fsStat(fd: number, out: Float64Array): number;
+  /**
+   * fsLookup + fsStat + fsNameToHandle (+ fsClose) in one call: 0 | -errno (the lookup or the
+   * stat failed; nothing held). out (18): fsStat's 16, then the O_PATH fd kept (budgeted and
+   * owned as fsLookup's) or -1, then the record's length in fh (the fd was closed), -errno when
+   * name_to_handle_at failed (the fd is kept), or 0 for fh null (no handle asked; fd kept).
+   */
+  fsLookupEntry(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
   /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
   fsReopen(fd: number, flags: number): number;
   /**
@@ -72,6 +79,8 @@ export interface NativeFs {
   fsNameToHandle(fd: number, out: Uint8Array): number;
   /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted), EXDEV (made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
   fsOpenByHandle(mountFd: number, record: Uint8Array): number;
+  /** fsStat (out: 16) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
+  fsStatByHandle(mountFd: number, record: Uint8Array, out: Float64Array): number;
   /** The mount id of fd's mount, as a record carries it | -errno. */
   fsMountId(fd: number): number;
 

@@ -35,6 +35,7 @@
 
 #define RECORD_HEAD 12
 #define RECORD_MAX (RECORD_HEAD + MAX_HANDLE_SZ)
+_Static_assert(RECORD_MAX == FS_FH_RECORD_MAX, "fs_env.h's record size");
 
 static bool arg_fd(napi_env env, napi_value v, const char *fn, int *fd) {
   return get_fd(env, v, fn, "fd", fd);
@@ -46,6 +47,25 @@ static int64_t mount_of(int fd) {
   if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &sx) < 0) return -errno;
   if (!(sx.stx_mask & STATX_MNT_ID)) return -EOPNOTSUPP;
   return (int64_t)sx.stx_mnt_id;
+}
+
+int fs_fh_record(int fd, uint8_t *o) {
+  union {
+    struct file_handle fh;
+    uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  } u;
+  memset(&u, 0, sizeof u);
+  u.fh.handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  if (name_to_handle_at(fd, "", &u.fh, &mount_id, AT_EMPTY_PATH) < 0) return -errno;
+  if (u.fh.handle_bytes > MAX_HANDLE_SZ) return -EOVERFLOW;
+  uint32_t mid = (uint32_t)mount_id, hb = u.fh.handle_bytes;
+  int32_t type = u.fh.handle_type;
+  memcpy(o, &mid, 4);
+  memcpy(o + 4, &hb, 4);
+  memcpy(o + 8, &type, 4);
+  memcpy(o + RECORD_HEAD, u.fh.f_handle, hb);
+  return RECORD_HEAD + (int)hb;
 }
 
 // fsNameToHandle(fd, out: Uint8Array(>= 140)) -> record length | -errno. EOPNOTSUPP: the
@@ -62,26 +82,10 @@ static napi_value fs_name_to_handle(napi_env env, napi_callback_info info) {
     throw_range(env, "fsNameToHandle: out must hold %d bytes, not %zu", RECORD_MAX, cap);
     return NULL;
   }
-  union {
-    struct file_handle fh;
-    uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
-  } u;
-  memset(&u, 0, sizeof u);
-  u.fh.handle_bytes = MAX_HANDLE_SZ;
-  int mount_id = 0;
-  if (name_to_handle_at(fd, "", &u.fh, &mount_id, AT_EMPTY_PATH) < 0) return make_number(env, -(double)errno);
-  if (u.fh.handle_bytes > MAX_HANDLE_SZ) return make_number(env, -(double)EOVERFLOW);
-  uint32_t mid = (uint32_t)mount_id, hb = u.fh.handle_bytes;
-  int32_t type = u.fh.handle_type;
-  uint8_t *o = out;
-  memcpy(o, &mid, 4);
-  memcpy(o + 4, &hb, 4);
-  memcpy(o + 8, &type, 4);
-  memcpy(o + RECORD_HEAD, u.fh.f_handle, hb);
-  return make_number(env, RECORD_HEAD + (double)hb);
+  return make_number(env, fs_fh_record(fd, out));
 }
 
-static int open_by_record(int mount_fd, const uint8_t *rec, size_t len, int flags) {
+static int open_by_record(fs_env *fe, int mount_fd, const uint8_t *rec, size_t len, int flags) {
   if (len < RECORD_HEAD) return -EINVAL;
   uint32_t mid, hb;
   int32_t type;
@@ -89,7 +93,7 @@ static int open_by_record(int mount_fd, const uint8_t *rec, size_t len, int flag
   memcpy(&hb, rec + 4, 4);
   memcpy(&type, rec + 8, 4);
   if (hb == 0 || hb > MAX_HANDLE_SZ || len != RECORD_HEAD + (size_t)hb) return -EINVAL;
-  int64_t m = mount_of(mount_fd);
+  int64_t m = fs_mount_id_of(fe, mount_fd, mount_of);
   if (m < 0) return (int)m;
   if ((uint64_t)m != mid) return -EXDEV;
   union {
@@ -118,8 +122,38 @@ static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
     return NULL;
   int fd;
   if (!fs_take_budget(env, &fd)) return NULL;
-  if (fd == 0) fd = fs_keep(fs_env_of(env, info), open_by_record(mount_fd, rec, len, O_PATH | O_CLOEXEC));
+  fs_env *fe = fs_env_of(env, info);
+  if (fd == 0) fd = fs_keep(fe, open_by_record(fe, mount_fd, rec, len, O_PATH | O_CLOEXEC));
   return make_number(env, fd);
+}
+
+// fsStatByHandle(mountFd, record, out: Float64Array(16)) -> 0 | -errno: fsStat of the record's
+// inode, which fsOpenByHandle + fsStat + fsClose did in three calls (a GETATTR of a node held by
+// handle). The fd it opens for the stat is budgeted (ENFILE when spent) and closed before it
+// returns; errors as fsOpenByHandle's.
+static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int mount_fd;
+  void *rec;
+  size_t len;
+  double *o = NULL;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsStatByHandle") || !arg_fd(env, argv[0], "fsStatByHandle", &mount_fd) ||
+      !get_bytes(env, argv[1], "fsStatByHandle", "record", &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", 16, &o))
+    return NULL;
+  int r;
+  if (!fs_take_budget(env, &r)) return NULL;
+  if (r < 0) return make_number(env, r);
+  int fd = open_by_record(fs_env_of(env, info), mount_fd, rec, len, O_PATH | O_CLOEXEC);
+  if (fd >= 0) {
+    struct stat st;
+    if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) r = -errno;
+    else fs_fill_stat(&st, o);
+    close(fd);
+  } else {
+    r = fd;
+  }
+  fd_budget_give(1);
+  return make_number(env, r);
 }
 
 // fsMountId(fd) -> the mount id of fd's mount (as in a record) | -errno.
@@ -131,5 +165,6 @@ static napi_value fs_mount_id(napi_env env, napi_callback_info info) {
 
 bool init_fhandle(napi_env env, napi_value exports, fs_env *fe) {
   return fs_set_fn(env, exports, "fsNameToHandle", fs_name_to_handle, fe) &&
-         fs_set_fn(env, exports, "fsOpenByHandle", fs_open_by_handle, fe) && set_fn(env, exports, "fsMountId", fs_mount_id);
+         fs_set_fn(env, exports, "fsOpenByHandle", fs_open_by_handle, fe) &&
+         fs_set_fn(env, exports, "fsStatByHandle", fs_stat_by_handle, fe) && set_fn(env, exports, "fsMountId", fs_mount_id);
 }

@@ -65,6 +65,10 @@
 struct fs_env {
   uint8_t *owned;
   size_t cap;
+  // fsStatByHandle's last mount fd and its mount id (fs_mount_id_of): the id of an open fd's
+  // mount never changes, and fsClose of that fd forgets it (the number may be reused).
+  int mount_fd;
+  int64_t mount_id;
 };
 
 static bool own(fs_env *fe, int fd) {
@@ -83,7 +87,22 @@ static bool own(fs_env *fe, int fd) {
 
 static bool owns(fs_env *fe, int fd) { return fd >= 0 && (size_t)fd < fe->cap && fe->owned[fd]; }
 
-static void disown(fs_env *fe, int fd) { fe->owned[fd] = 0; }
+static void disown(fs_env *fe, int fd) {
+  fe->owned[fd] = 0;
+  if (fe->mount_fd == fd) fe->mount_fd = -1;
+}
+
+int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int)) {
+  // Only an fd this environment owns is remembered: it cannot be closed behind our back
+  // (fsClose forgets it), so its number cannot come to mean another mount.
+  if (fe->mount_fd == fd && fd >= 0) return fe->mount_id;
+  int64_t m = mount_of(fd);
+  if (m >= 0 && owns(fe, fd)) {
+    fe->mount_fd = fd;
+    fe->mount_id = m;
+  }
+  return m;
+}
 
 static void fs_env_teardown(void *arg) {
   fs_env *fe = arg;
@@ -126,6 +145,15 @@ int fs_keep(fs_env *fe, int r) {
 }
 
 static napi_value num(napi_env env, double d) { return make_number(env, d); }
+
+void fs_fill_stat(const struct stat *st, double *o) {
+  o[0] = (double)st->st_dev, o[1] = (double)st->st_ino, o[2] = st->st_mode, o[3] = (double)st->st_nlink;
+  o[4] = st->st_uid, o[5] = st->st_gid, o[6] = (double)st->st_rdev, o[7] = (double)st->st_size;
+  o[8] = (double)st->st_blksize, o[9] = (double)st->st_blocks;
+  o[10] = (double)st->st_atim.tv_sec, o[11] = (double)st->st_atim.tv_nsec;
+  o[12] = (double)st->st_mtim.tv_sec, o[13] = (double)st->st_mtim.tv_nsec;
+  o[14] = (double)st->st_ctim.tv_sec, o[15] = (double)st->st_ctim.tv_nsec;
+}
 static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
 
 static bool arg_int(napi_env env, napi_value v, const char *fn, const char *name, int64_t *out) {
@@ -272,13 +300,70 @@ static napi_value fs_stat(napi_env env, napi_callback_info info) {
   struct stat st;
   int r = fstat_fd(fd, &st);
   if (r < 0) return neg(env, -r);
-  double *o = data;
-  o[0] = (double)st.st_dev, o[1] = (double)st.st_ino, o[2] = st.st_mode, o[3] = (double)st.st_nlink;
-  o[4] = st.st_uid, o[5] = st.st_gid, o[6] = (double)st.st_rdev, o[7] = (double)st.st_size;
-  o[8] = (double)st.st_blksize, o[9] = (double)st.st_blocks;
-  o[10] = (double)st.st_atim.tv_sec, o[11] = (double)st.st_atim.tv_nsec;
-  o[12] = (double)st.st_mtim.tv_sec, o[13] = (double)st.st_mtim.tv_nsec;
-  o[14] = (double)st.st_ctim.tv_sec, o[15] = (double)st.st_ctim.tv_nsec;
+  fs_fill_stat(&st, data);
+  return num(env, 0);
+}
+
+bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out) {
+  void *data;
+  size_t len;
+  if (!get_bytes(env, v, fn, "out", &data, &len)) return false;
+  if (len < n * sizeof(double) || ((uintptr_t)data & 7)) return throw_range(env, "%s: out must be an aligned Float64Array of %zu", fn, n);
+  *out = data;
+  return true;
+}
+
+// fsLookupEntry(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// a LOOKUP's host side in one call, where fsLookup + fsStat + fsNameToHandle + fsClose took
+// four (each crossing into native code costs about as much as the syscall it makes). The
+// name resolves exactly as fsLookup's. out[0..15] as fsStat's; out[16] the O_PATH fd kept
+// (budgeted and owned as fsLookup's) or -1; out[17] the file-handle record's length in fh,
+// -errno when name_to_handle_at failed (the fd is then kept), 0 when fh is null (no handle
+// asked for: the fd is kept). With a record the fd is closed here: nothing pins the inode.
+static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int dirfd;
+  char name[NAME_MAX + 1];
+  bool threw;
+  double *o = NULL;
+  void *fh = NULL;
+  size_t fhcap = 0;
+  napi_valuetype t;
+  if (!get_args(env, info, 4, 4, argv, NULL, "fsLookupEntry") || !arg_fd(env, argv[0], "fsLookupEntry", &dirfd) ||
+      !fs_stat_out(env, argv[2], "fsLookupEntry", 18, &o) || napi_typeof(env, argv[3], &t) != napi_ok)
+    return NULL;
+  if (t != napi_null) {
+    if (!get_bytes(env, argv[3], "fsLookupEntry", "fh", &fh, &fhcap)) return NULL;
+    if (fhcap < FS_FH_RECORD_MAX) {
+      throw_range(env, "fsLookupEntry: fh must hold %d bytes, not %zu", FS_FH_RECORD_MAX, fhcap);
+      return NULL;
+    }
+  }
+  int r = take_name(env, argv[1], "fsLookupEntry", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  fs_env *fe = fs_env_of(env, info);
+  int fd;
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd < 0) return neg(env, -fd);
+  fd = fs_keep(fe, openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  if (fd < 0) return neg(env, -fd);
+  struct stat st;
+  r = fstat_fd(fd, &st);
+  int n = 0;
+  if (r == 0) {
+    fs_fill_stat(&st, o);
+    if (fh) n = fs_fh_record(fd, fh);
+  }
+  if (r < 0 || n > 0) {
+    disown(fe, fd);
+    close(fd);
+    fd_budget_give(1);
+    fd = -1;
+  }
+  if (r < 0) return neg(env, -r);
+  o[16] = fd;
+  o[17] = n;
   return num(env, 0);
 }
 
@@ -326,6 +411,8 @@ static napi_value fs_dup(napi_env env, napi_callback_info info) {
     int ofl = fcntl((int)onto, F_GETFL);
     if (ofl < 0) return neg(env, errno);
     if ((ofl & (O_ACCMODE | O_PATH)) != (fl & O_ACCMODE)) return neg(env, EACCES);
+    // `onto` may now be another mount: forget its remembered mount id.
+    if (fe->mount_fd == (int)onto) fe->mount_fd = -1;
     return dup3(fd, (int)onto, O_CLOEXEC) < 0 ? neg(env, errno) : num(env, (double)onto);
   }
   int nfd;
@@ -926,12 +1013,14 @@ bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb,
 fs_env *init_fs(napi_env env, napi_value exports) {
   fs_env *fe = calloc(1, sizeof *fe);
   if (!fe) return NULL;
+  fe->mount_fd = -1;
   if (napi_add_env_cleanup_hook(env, fs_env_teardown, fe) != napi_ok) {
     free(fe);
     return NULL;
   }
   // The calls that hand out (or take back) share fds carry this environment's record.
   bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
+         fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
          fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&
