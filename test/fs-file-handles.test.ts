@@ -262,7 +262,7 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   t.is(native.fsOpenByHandle(mountA, long), -E.EINVAL, 'a size past MAX_HANDLE_SZ');
 });
 
-test('fsLookupEntry and fsStatByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
+test('fsLookupEntry, fsStatName and fsStatByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
   ensureFdBudget();
   const a = fixture();
   const b = fixture('/dev/shm');
@@ -299,6 +299,21 @@ test('fsLookupEntry and fsStatByHandle answer as the calls they stand for; a mou
   t.is(native.fsLookupEntry(rootA, enc('..'), out, fh), -E.EINVAL);
   t.is(native.fsLookupEntry(rootA, enc('sub/x'), out, fh), -E.EINVAL);
   t.is(native.fsLookupEntry(rootA, enc('nope'), out, fh), -E.ENOENT);
+  // fsStatName: the same stat and record without opening anything, and the mount id it is on.
+  t.is(native.fsLookupEntry(rootA, enc('sub'), out, fh), 0);
+  const named = new Float64Array(18);
+  const fh2 = new Uint8Array(140);
+  t.is(native.fsStatName(rootA, enc('sub'), named, fh2), 0);
+  t.deepEqual(named.subarray(0, 16), out.subarray(0, 16), "fsLookupEntry's stat");
+  t.is(named[16], native.fsMountId(rootA));
+  t.is(named[17], out[17]);
+  t.deepEqual(fh2.subarray(0, out[17]), fh.subarray(0, out[17]), "fsLookupEntry's record");
+  t.is(native.fsStatName(rootA, enc('link'), named, null), 0);
+  t.is(named[2] & 0o170000, 0o120000, 'the symlink itself');
+  t.is(named[17], 0, 'no record asked for');
+  t.is(native.fsStatName(rootA, enc('..'), named, fh2), -E.EINVAL);
+  t.is(native.fsStatName(rootA, enc('sub/x'), named, fh2), -E.EINVAL);
+  t.is(native.fsStatName(rootA, enc('nope'), named, fh2), -E.ENOENT);
   t.is(ownFds(), heldBefore, 'nothing left open by any of them');
 
   // fsStatByHandle: the record's inode, EXDEV for another mount's record, EINVAL for a bad one.

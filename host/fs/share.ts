@@ -223,6 +223,8 @@ export class FsShare {
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
   private readonly rootFd: number;
+  /** The root's mount id (fsMountId): lookupKnown's quick check sees a mount point by it; -errno if unknown. */
+  private readonly mountId: number;
   /** The root opened O_RDONLY: open_by_handle_at decodes against it (it refuses O_PATH fds); -1 without handles. */
   private mountFd = -1;
   /** Fds the table holds now (nodes by handle hold none). */
@@ -306,6 +308,7 @@ export class FsShare {
       throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
     }
     this.rootFd = fd;
+    this.mountId = native.fsMountId(fd);
     // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
     // /proc every open would fail later, so refuse now with the reason.
     const probe = native.fsPathOf(fd);
@@ -731,7 +734,24 @@ export class FsShare {
    * resolves exactly as lookup's (fsLookup: beneath the directory, no symlink followed).
    */
   lookupKnown(dir: bigint, name: Uint8Array, known: bigint, dev: bigint, ino: bigint): FsResult<Entry> {
-    return this.using(dir, 'node', (d) => this.lookupFd(d, name, { node: known, dev, ino }));
+    return this.using(dir, 'node', (d) => this.stillKnown(d, name, known, dev, ino) ?? this.lookupFd(d, name, { node: known, dev, ino }));
+  }
+
+  /**
+   * lookupKnown's quick way: the name's stat and file handle without opening it (fsStatName,
+   * which says why that is the held inode's stat when the checks below pass). Node 0 and the
+   * attributes when the name is still the inode of node handle `known`: (dev, ino) as held, on
+   * the share's own mount (not a mount point), and for a node held by file handle the same
+   * record. Otherwise (a changed name, any error) undefined: lookupFd answers it.
+   */
+  private stillKnown(d: number, name: Uint8Array, known: bigint, dev: bigint, ino: bigint): FsResult<Entry> | undefined {
+    const k = this.slot(known, 'node');
+    if (!k) return undefined;
+    const b = this.statBuf;
+    if (native.fsStatName(d, name, b, k.fh ? this.fhBuf : null) !== 0 || b[16] !== this.mountId) return undefined;
+    if (k.fh && !(b[17] > 0 && sameBytes(k.fh, this.fhBuf, b[17]))) return undefined;
+    const attr = this.attrOf(b);
+    return attr.ino === ino && attr.dev === dev ? ok({ node: 0n, attr }) : undefined;
   }
 
   /**

@@ -24,6 +24,12 @@ export interface NativeFs {
    * name_to_handle_at failed (the fd is kept), or 0 for fh null (no handle asked; fd kept).
    */
   fsLookupEntry(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
+  /**
+   * Entry `name` of dirfd without opening it (nothing budgeted): 0 | -errno. out (18): fsStat's
+   * 16 (no symlink followed), the mount id it is on, its record's length in fh (or -errno; 0 for
+   * fh null). The stat is made before the record: see host/native/src/fs.c for what a match proves.
+   */
+  fsStatName(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
   /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
   fsReopen(fd: number, flags: number): number;
   /**

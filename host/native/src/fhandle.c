@@ -49,7 +49,7 @@ static int64_t mount_of(int fd) {
   return (int64_t)sx.stx_mnt_id;
 }
 
-int fs_fh_record(int fd, uint8_t *o) {
+int fs_fh_record(int fd, const char *name, uint8_t *o) {
   union {
     struct file_handle fh;
     uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
@@ -57,7 +57,8 @@ int fs_fh_record(int fd, uint8_t *o) {
   memset(&u, 0, sizeof u);
   u.fh.handle_bytes = MAX_HANDLE_SZ;
   int mount_id = 0;
-  if (name_to_handle_at(fd, "", &u.fh, &mount_id, AT_EMPTY_PATH) < 0) return -errno;
+  // With a name: that entry itself (a symlink is not followed, nor an automount triggered).
+  if (name_to_handle_at(fd, name, &u.fh, &mount_id, name[0] ? 0 : AT_EMPTY_PATH) < 0) return -errno;
   if (u.fh.handle_bytes > MAX_HANDLE_SZ) return -EOVERFLOW;
   uint32_t mid = (uint32_t)mount_id, hb = u.fh.handle_bytes;
   int32_t type = u.fh.handle_type;
@@ -82,7 +83,7 @@ static napi_value fs_name_to_handle(napi_env env, napi_callback_info info) {
     throw_range(env, "fsNameToHandle: out must hold %d bytes, not %zu", RECORD_MAX, cap);
     return NULL;
   }
-  return make_number(env, fs_fh_record(fd, out));
+  return make_number(env, fs_fh_record(fd, "", out));
 }
 
 static int open_by_record(fs_env *fe, int mount_fd, const uint8_t *rec, size_t len, int flags) {

@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/file.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -353,7 +354,7 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
   int n = 0;
   if (r == 0) {
     fs_fill_stat(&st, o);
-    if (fh) n = fs_fh_record(fd, fh);
+    if (fh) n = fs_fh_record(fd, "", fh);
   }
   if (r < 0 || n > 0) {
     disown(fe, fd);
@@ -364,6 +365,57 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
   if (r < 0) return neg(env, -r);
   o[16] = fd;
   o[17] = n;
+  return num(env, 0);
+}
+
+// fsStatName(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// entry `name` of dirfd as it is now, without opening it: out[0..15] as fsStat's (statx of the
+// entry itself: no symlink followed, no automount), out[16] the mount id it is on (a mount point
+// in the directory shows the mounted root: another id), out[17] its file-handle record's length
+// in fh (-errno when name_to_handle_at failed; 0 for fh null).
+//
+// For a warm LOOKUP: whether a name is still the inode the caller holds, in two syscalls where
+// fsLookupEntry makes four (openat2, fstat, name_to_handle_at, close). The name is one validated
+// component as fsLookup's, resolved beneath dirfd. The two calls resolve it separately, the stat
+// first: if the record then equals the one of a held inode X (a record names one inode, its
+// generation included) X still existed when the record was made, so it also existed at the stat,
+// when no other live inode of the filesystem can have had X's number; so a stat that shows X's
+// (dev, ino) on the share's mount was a stat of X. The caller checks all three; anything else
+// goes the fsLookupEntry way. Nothing is opened here, so nothing is budgeted.
+static napi_value fs_stat_name(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int dirfd;
+  char name[NAME_MAX + 1];
+  bool threw;
+  double *o = NULL;
+  void *fh = NULL;
+  size_t fhcap = 0;
+  napi_valuetype t;
+  if (!get_args(env, info, 4, 4, argv, NULL, "fsStatName") || !arg_fd(env, argv[0], "fsStatName", &dirfd) ||
+      !fs_stat_out(env, argv[2], "fsStatName", 18, &o) || napi_typeof(env, argv[3], &t) != napi_ok)
+    return NULL;
+  if (t != napi_null) {
+    if (!get_bytes(env, argv[3], "fsStatName", "fh", &fh, &fhcap)) return NULL;
+    if (fhcap < FS_FH_RECORD_MAX) {
+      throw_range(env, "fsStatName: fh must hold %d bytes, not %zu", FS_FH_RECORD_MAX, fhcap);
+      return NULL;
+    }
+  }
+  int r = take_name(env, argv[1], "fsStatName", name, &threw);
+  if (threw) return NULL;
+  if (r < 0) return neg(env, -r);
+  struct statx sx;
+  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_MNT_ID, &sx) < 0) return neg(env, errno);
+  if (!(sx.stx_mask & STATX_MNT_ID)) return neg(env, EOPNOTSUPP);
+  o[0] = (double)makedev(sx.stx_dev_major, sx.stx_dev_minor), o[1] = (double)sx.stx_ino, o[2] = sx.stx_mode;
+  o[3] = sx.stx_nlink, o[4] = sx.stx_uid, o[5] = sx.stx_gid;
+  o[6] = (double)makedev(sx.stx_rdev_major, sx.stx_rdev_minor), o[7] = (double)sx.stx_size;
+  o[8] = sx.stx_blksize, o[9] = (double)sx.stx_blocks;
+  o[10] = (double)sx.stx_atime.tv_sec, o[11] = sx.stx_atime.tv_nsec;
+  o[12] = (double)sx.stx_mtime.tv_sec, o[13] = sx.stx_mtime.tv_nsec;
+  o[14] = (double)sx.stx_ctime.tv_sec, o[15] = sx.stx_ctime.tv_nsec;
+  o[16] = (double)sx.stx_mnt_id;
+  o[17] = fh ? fs_fh_record(dirfd, name, fh) : 0;
   return num(env, 0);
 }
 
@@ -1020,7 +1072,7 @@ fs_env *init_fs(napi_env env, napi_value exports) {
   }
   // The calls that hand out (or take back) share fds carry this environment's record.
   bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
-         fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) &&
+         fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) && set_fn(env, exports, "fsStatName", fs_stat_name) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
          fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&

@@ -29,8 +29,9 @@ void fs_fill_stat(const struct stat *st, double *o);
 bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out);
 // The mount id of fd (mount_of(fd)), remembered for an fd fe owns until fsClose closes it.
 int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int));
-// fd's file-handle record into out (FS_FH_RECORD_MAX bytes): its length | -errno (fhandle.c).
-int fs_fh_record(int fd, uint8_t *out);
+// The file-handle record of entry `name` of directory fd (name "": of fd itself) into out
+// (FS_FH_RECORD_MAX bytes): its length | -errno (fhandle.c).
+int fs_fh_record(int fd, const char *name, uint8_t *out);
 // A function whose calls carry fe.
 bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe);
 
