@@ -897,13 +897,7 @@ export class FsShare {
       fd = this.budgeted(native.fsCreate(d, name, flags, want));
     }
     if (fd < 0) return fail(-fd);
-    // The node handle pins the very inode just opened (no second lookup by name to race).
-    const p = this.budgeted(native.fsPathOf(fd));
-    if (p < 0) {
-      native.fsClose(fd);
-      return fail(-p);
-    }
-    const e = this.entryOf(p);
+    const e = this.nodeOfOpen(fd);
     if (!e.ok) {
       native.fsClose(fd);
       return e;
@@ -916,6 +910,27 @@ export class FsShare {
       return f;
     }
     return ok([e.val, f.val]);
+  }
+
+  /**
+   * A node handle for the very inode open file `fd` is (no second lookup by name to race),
+   * with its attributes; fd stays open. By the file handle made from fd itself where nodes go
+   * by handle (a stat and name_to_handle_at: no O_PATH fd through /proc to open and close),
+   * else a new O_PATH fd on it.
+   */
+  private nodeOfOpen(fd: number): FsResult<Entry> {
+    if (this.nodesBy === 'handles') {
+      const a = this.stat(fd);
+      if (!a.ok) return a;
+      const n = native.fsNameToHandle(fd, this.fhBuf);
+      if (n >= 0) {
+        const h = this.insert({ fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, n)), dir: (a.val.mode & S_IFMT) === S_IFDIR });
+        return h.ok ? ok({ node: h.val, attr: a.val }) : h;
+      }
+      if (this.inodeFileHandles === 'mandatory') return fail(-n);
+    }
+    const p = this.budgeted(native.fsPathOf(fd));
+    return p < 0 ? fail(-p) : this.entryOf(p);
   }
 
   private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array): FsResult<Entry> {
