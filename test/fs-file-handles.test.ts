@@ -3,7 +3,7 @@
 // reaches another file, a handle made on another filesystem is refused, and the modes do what
 // --help says. The last test is the point of it all: a guest looks up 100,000 files through
 // the fs plugin in a real host process whose hard fd limit is 4,096.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -233,7 +233,8 @@ for (const [fsName, smallExt4] of [['ext4', true], ['tmpfs (/dev/shm)', false]] 
   });
 }
 
-test('a handle record made on another filesystem is refused (EXDEV); forged records never open anything', (t) => {
+/** Two shares on two mounts (/tmp's and tmpfs), each root's O_PATH fd and O_RDONLY (mount) fd, closed and removed at teardown. */
+function twoMounts(t: ExecutionContext) {
   ensureFdBudget();
   const a = fixture();
   const b = fixture('/dev/shm');
@@ -241,7 +242,13 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   const rootA = native.fsOpenRoot(a.share);
   const mountA = native.fsReopen(rootA, O_DIRECTORY);
   const rootB = native.fsOpenRoot(b.share);
-  t.teardown(() => [rootA, mountA, rootB].forEach((fd) => native.fsClose(fd)));
+  const mountB = native.fsReopen(rootB, O_DIRECTORY);
+  t.teardown(() => [rootA, mountA, rootB, mountB].forEach((fd) => native.fsClose(fd)));
+  return { a, b, rootA, mountA, rootB, mountB };
+}
+
+test('a handle record made on another filesystem is refused (EXDEV); forged records never open anything', (t) => {
+  const { rootA, mountA, rootB } = twoMounts(t);
   t.not(native.fsMountId(rootA), native.fsMountId(rootB), 'two mounts');
   const rec = new Uint8Array(140);
   const n = native.fsNameToHandle(rootB, rec);
@@ -263,15 +270,7 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
 });
 
 test('fsLookupEntry, fsStatName and fsStatByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
-  ensureFdBudget();
-  const a = fixture();
-  const b = fixture('/dev/shm');
-  t.teardown(() => (rmSync(a.top, { recursive: true, force: true }), rmSync(b.top, { recursive: true, force: true })));
-  const rootA = native.fsOpenRoot(a.share);
-  const mountA = native.fsReopen(rootA, O_DIRECTORY);
-  const rootB = native.fsOpenRoot(b.share);
-  const mountB = native.fsReopen(rootB, O_DIRECTORY);
-  t.teardown(() => [rootA, mountA, rootB, mountB].forEach((fd) => native.fsClose(fd)));
+  const { a, b, rootA, mountA, rootB, mountB } = twoMounts(t);
   const out = new Float64Array(18);
   const fh = new Uint8Array(140);
   const heldBefore = ownFds();

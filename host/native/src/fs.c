@@ -314,6 +314,26 @@ bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **
   return true;
 }
 
+// The arguments fsLookupEntry and fsStatName share: (dirfd, name, out: Float64Array(18),
+// fh: Uint8Array(>= FS_FH_RECORD_MAX) | null). false: an exception is pending. Otherwise *r is 0,
+// or -errno for a name that is no single valid component (the call answers it).
+static bool entry_args(napi_env env, napi_callback_info info, const char *fn, int *dirfd, char *name, double **o, void **fh, int *r) {
+  napi_value argv[4];
+  size_t fhcap = 0;
+  napi_valuetype t;
+  bool threw;
+  *fh = NULL;
+  if (!get_args(env, info, 4, 4, argv, NULL, fn) || !arg_fd(env, argv[0], fn, dirfd) || !fs_stat_out(env, argv[2], fn, 18, o) ||
+      napi_typeof(env, argv[3], &t) != napi_ok)
+    return false;
+  if (t != napi_null) {
+    if (!get_bytes(env, argv[3], fn, "fh", fh, &fhcap)) return false;
+    if (fhcap < FS_FH_RECORD_MAX) return throw_range(env, "%s: fh must hold %d bytes, not %zu", fn, FS_FH_RECORD_MAX, fhcap);
+  }
+  *r = take_name(env, argv[1], fn, name, &threw);
+  return !threw;
+}
+
 // fsLookupEntry(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
 // a LOOKUP's host side in one call, where fsLookup + fsStat + fsNameToHandle + fsClose took
 // four (each crossing into native code costs about as much as the syscall it makes). The
@@ -322,26 +342,11 @@ bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **
 // -errno when name_to_handle_at failed (the fd is then kept), 0 when fh is null (no handle
 // asked for: the fd is kept). With a record the fd is closed here: nothing pins the inode.
 static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  int dirfd;
+  int dirfd, r = 0;
   char name[NAME_MAX + 1];
-  bool threw;
   double *o = NULL;
-  void *fh = NULL;
-  size_t fhcap = 0;
-  napi_valuetype t;
-  if (!get_args(env, info, 4, 4, argv, NULL, "fsLookupEntry") || !arg_fd(env, argv[0], "fsLookupEntry", &dirfd) ||
-      !fs_stat_out(env, argv[2], "fsLookupEntry", 18, &o) || napi_typeof(env, argv[3], &t) != napi_ok)
-    return NULL;
-  if (t != napi_null) {
-    if (!get_bytes(env, argv[3], "fsLookupEntry", "fh", &fh, &fhcap)) return NULL;
-    if (fhcap < FS_FH_RECORD_MAX) {
-      throw_range(env, "fsLookupEntry: fh must hold %d bytes, not %zu", FS_FH_RECORD_MAX, fhcap);
-      return NULL;
-    }
-  }
-  int r = take_name(env, argv[1], "fsLookupEntry", name, &threw);
-  if (threw) return NULL;
+  void *fh;
+  if (!entry_args(env, info, "fsLookupEntry", &dirfd, name, &o, &fh, &r)) return NULL;
   if (r < 0) return neg(env, -r);
   fs_env *fe = fs_env_of(env, info);
   int fd;
@@ -383,26 +388,11 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
 // (dev, ino) on the share's mount was a stat of X. The caller checks all three; anything else
 // goes the fsLookupEntry way. Nothing is opened here, so nothing is budgeted.
 static napi_value fs_stat_name(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  int dirfd;
+  int dirfd, r = 0;
   char name[NAME_MAX + 1];
-  bool threw;
   double *o = NULL;
-  void *fh = NULL;
-  size_t fhcap = 0;
-  napi_valuetype t;
-  if (!get_args(env, info, 4, 4, argv, NULL, "fsStatName") || !arg_fd(env, argv[0], "fsStatName", &dirfd) ||
-      !fs_stat_out(env, argv[2], "fsStatName", 18, &o) || napi_typeof(env, argv[3], &t) != napi_ok)
-    return NULL;
-  if (t != napi_null) {
-    if (!get_bytes(env, argv[3], "fsStatName", "fh", &fh, &fhcap)) return NULL;
-    if (fhcap < FS_FH_RECORD_MAX) {
-      throw_range(env, "fsStatName: fh must hold %d bytes, not %zu", FS_FH_RECORD_MAX, fhcap);
-      return NULL;
-    }
-  }
-  int r = take_name(env, argv[1], "fsStatName", name, &threw);
-  if (threw) return NULL;
+  void *fh;
+  if (!entry_args(env, info, "fsStatName", &dirfd, name, &o, &fh, &r)) return NULL;
   if (r < 0) return neg(env, -r);
   struct statx sx;
   if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_MNT_ID, &sx) < 0) return neg(env, errno);
