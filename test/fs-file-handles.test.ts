@@ -269,7 +269,7 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   t.is(native.fsOpenByHandle(mountA, long), -E.EINVAL, 'a size past MAX_HANDLE_SZ');
 });
 
-test('fsLookupEntry, fsStatName and fsStatByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
+test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
   const { a, b, rootA, mountA, rootB, mountB } = twoMounts(t);
   const out = new Float64Array(18);
   const fh = new Uint8Array(140);
@@ -331,12 +331,34 @@ test('fsLookupEntry, fsStatName and fsStatByHandle answer as the calls they stan
   t.is(native.fsStatByHandle(mountA, recA, st), -E.EXDEV, "A's record against what is now B's mount");
   t.is(native.fsStatByHandle(mountA, recB, st), 0);
   t.is(st[1], statSync(join(b.share, 'file')).ino);
+  // fsOpenFileByHandle: a regular file's record opens it for I/O; anything else is refused and
+  // never blocks (a FIFO without a writer), whatever the access mode.
+  const mA = native.fsReopen(rootA, O_DIRECTORY);
+  const io = native.fsOpenFileByHandle(mA, recA, 0);
+  t.true(io >= 0);
+  const got = new Uint8Array(16);
+  t.is(Buffer.from(got.subarray(0, native.fsPread(io, got, 0))).toString(), 'inside');
+  t.is(native.fsClose(io), 0);
+  execFileSync('mkfifo', [join(a.share, 'fifo')]);
+  for (const name of ['fifo', 'sub', 'link']) {
+    t.is(native.fsLookupEntry(rootA, enc(name), out, fh), 0);
+    for (const acc of [0, 1, 2]) {
+      const r = native.fsOpenFileByHandle(mA, fh.subarray(0, out[17]), acc);
+      // The kernel's own answer for a directory opened to write (EISDIR) or a symlink (ELOOP) comes first.
+      t.true([E.ENXIO, E.EISDIR, E.ELOOP].includes(-r), `${name}, access ${acc}: ${r}`);
+      if (name === 'fifo') t.is(r, -E.ENXIO);
+    }
+  }
+  t.is(native.fsOpenFileByHandle(mA, recB, 0), -E.EXDEV);
+  native.fsClose(mA);
+  t.is(ownFds(), heldBefore, 'nothing left open');
   // A deleted file's record: ESTALE, never another file.
   rmSync(join(a.share, 'file'));
   t.is(native.fsStatByHandle(mountB, recA, st), -E.EXDEV);
   const mountA2 = native.fsReopen(rootA, O_DIRECTORY);
   t.teardown(() => native.fsClose(mountA2));
   t.is(native.fsStatByHandle(mountA2, recA, st), -E.ESTALE);
+  t.is(native.fsOpenFileByHandle(mountA2, recA, 0), -E.ESTALE);
   t.is(ownFds(), heldBefore + 1, 'only the new mount fd');
 });
 

@@ -164,6 +164,8 @@ interface Slot {
   fh?: Uint8Array;
   /** A directory: its fd opened by handle may be kept in the share's dirFds. */
   dir?: boolean;
+  /** A regular file held by handle (its type at lookup; an inode's never changes): OPEN opens it by handle directly. */
+  reg?: boolean;
   /** An open file: the O_ACCMODE bits it was opened with (host/fs/lock-handoff.ts matches by them). */
   acc?: number;
   /**
@@ -705,7 +707,8 @@ export class FsShare {
     }
     let slot: Slot;
     if (fhLen > 0) {
-      slot = { fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, fhLen)), dir: (attr.mode & S_IFMT) === S_IFDIR };
+      const type = attr.mode & S_IFMT;
+      slot = { fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, fhLen)), dir: type === S_IFDIR, reg: type === S_IFREG };
     } else if (this.nodesBy === 'handles' && this.inodeFileHandles === 'mandatory') {
       native.fsClose(fd);
       return fail(-fhLen);
@@ -872,8 +875,14 @@ export class FsShare {
   }
 
   open(node: bigint, flags: number): FsResult<bigint> {
-    if (!this.slot(node, 'node')) return fail(E.EBADF);
+    const s = this.slot(node, 'node');
+    if (!s) return fail(E.EBADF);
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
+    if (s.reg && s.fd < 0) {
+      // Opened for I/O by its handle in one step (no O_PATH fd, no reopen through /proc).
+      const fd = this.budgeted(native.fsOpenFileByHandle(this.mountFd, s.fh!, flags >>> 0));
+      return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
+    }
     return this.using(node, 'node', (n) => {
       const fd = this.budgeted(native.fsReopen(n, flags));
       return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
@@ -924,7 +933,8 @@ export class FsShare {
       if (!a.ok) return a;
       const n = native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
-        const h = this.insert({ fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, n)), dir: (a.val.mode & S_IFMT) === S_IFDIR });
+        const type = a.val.mode & S_IFMT;
+        const h = this.insert({ fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, n)), dir: type === S_IFDIR, reg: type === S_IFREG });
         return h.ok ? ok({ node: h.val, attr: a.val }) : h;
       }
       if (this.inodeFileHandles === 'mandatory') return fail(-n);

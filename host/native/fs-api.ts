@@ -87,6 +87,8 @@ export interface NativeFs {
   fsOpenByHandle(mountFd: number, record: Uint8Array): number;
   /** fsStat (out: 16) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
   fsStatByHandle(mountFd: number, record: Uint8Array, out: Float64Array): number;
+  /** An fd open for I/O (fsReopen's flags) on a record's inode known to be a regular file (ENXIO, closed, if it is not); budgeted and owned | -errno as fsOpenByHandle's. */
+  fsOpenFileByHandle(mountFd: number, record: Uint8Array, flags: number): number;
   /** The mount id of fd's mount, as a record carries it | -errno. */
   fsMountId(fd: number): number;
 

@@ -157,6 +157,36 @@ static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
   return make_number(env, r);
 }
 
+// fsOpenFileByHandle(mountFd, record, flags) -> an fd open for I/O on the record's inode, which
+// the caller knows to be a regular file (its type at lookup: an inode's type never changes, and
+// a record names one inode, generation included), budgeted and owned as fsReopen's | -errno as
+// fsOpenByHandle's, ENXIO if it is no regular file after all (it is closed again). Where OPEN
+// took fsOpenByHandle (O_PATH), fsReopen (fstat, open of /proc/self/fd/N) and fsClose. Opened
+// O_NONBLOCK like every open for I/O here (a lease answers EWOULDBLOCK), then made blocking.
+static napi_value fs_open_file_by_handle(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int mount_fd;
+  void *rec;
+  size_t len;
+  double d;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsOpenFileByHandle") || !arg_fd(env, argv[0], "fsOpenFileByHandle", &mount_fd) ||
+      !get_bytes(env, argv[1], "fsOpenFileByHandle", "record", &rec, &len))
+    return NULL;
+  if (napi_get_value_double(env, argv[2], &d) != napi_ok || d != d || d < 0 || d > 0xffffffff || d != (double)(int64_t)d) {
+    throw_type(env, "fsOpenFileByHandle: flags must be an unsigned 32-bit integer");
+    return NULL;
+  }
+  int fd;
+  if (!fs_take_budget(env, &fd)) return NULL;
+  fs_env *fe = fs_env_of(env, info);
+  if (fd == 0) {
+    fd = open_by_record(fe, mount_fd, rec, len, fs_io_open_flags((int)(uint32_t)d));
+    if (fd >= 0) fd = fs_io_regular(fd);
+    fd = fs_keep(fe, fd);
+  }
+  return make_number(env, fd);
+}
+
 // fsMountId(fd) -> the mount id of fd's mount (as in a record) | -errno.
 static napi_value fs_mount_id(napi_env env, napi_callback_info info) {
   int fd;
@@ -167,5 +197,6 @@ static napi_value fs_mount_id(napi_env env, napi_callback_info info) {
 bool init_fhandle(napi_env env, napi_value exports, fs_env *fe) {
   return fs_set_fn(env, exports, "fsNameToHandle", fs_name_to_handle, fe) &&
          fs_set_fn(env, exports, "fsOpenByHandle", fs_open_by_handle, fe) &&
-         fs_set_fn(env, exports, "fsStatByHandle", fs_stat_by_handle, fe) && set_fn(env, exports, "fsMountId", fs_mount_id);
+         fs_set_fn(env, exports, "fsStatByHandle", fs_stat_by_handle, fe) &&
+         fs_set_fn(env, exports, "fsOpenFileByHandle", fs_open_file_by_handle, fe) && set_fn(env, exports, "fsMountId", fs_mount_id);
 }

@@ -231,6 +231,19 @@ static int io_type_check(const struct stat *st, int flags) {
   return 0;
 }
 
+int fs_io_open_flags(int flags) { return (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK; }
+
+int fs_io_regular(int fd) {
+  struct stat st;
+  int r = fstat_fd(fd, &st);
+  if (r == 0 && !S_ISREG(st.st_mode)) r = -ENXIO;
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  return clear_nonblock(fd);
+}
+
 // Reopen the inode an O_PATH fd pins, for I/O (see the top of the file for why via /proc).
 static int reopen_fd(int fd, int flags) {
   struct stat st;
@@ -239,7 +252,7 @@ static int reopen_fd(int fd, int flags) {
   if ((r = io_type_check(&st, flags)) < 0) return r;
   char path[64];
   proc_path(path, sizeof path, fd);
-  int f = (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  int f = fs_io_open_flags(flags);
   int nfd;
   do nfd = open(path, f);
   while (nfd < 0 && errno == EINTR);

@@ -32,6 +32,11 @@ int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int));
 // The file-handle record of entry `name` of directory fd (name "": of fd itself) into out
 // (FS_FH_RECORD_MAX bytes): its length | -errno (fhandle.c).
 int fs_fh_record(int fd, const char *name, uint8_t *out);
+// The flags an open for I/O of a regular file uses (fsReopen's, O_NONBLOCK for the open itself).
+int fs_io_open_flags(int flags);
+// fd (just opened with those flags) checked to be a regular file and made blocking again -> fd |
+// -errno (fd closed).
+int fs_io_regular(int fd);
 // A function whose calls carry fe.
 bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe);
 
