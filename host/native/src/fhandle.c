@@ -110,6 +110,12 @@ static int open_by_record(fs_env *fe, int mount_fd, const uint8_t *rec, size_t l
   return fd < 0 ? -errno : fd;
 }
 
+// The (mountFd, record, ...) arguments of the calls below; argv gets all n. false: an exception is pending.
+static bool handle_args(napi_env env, napi_callback_info info, const char *fn, size_t n, napi_value *argv, int *mount_fd, void **rec,
+                        size_t *len) {
+  return get_args(env, info, n, n, argv, NULL, fn) && arg_fd(env, argv[0], fn, mount_fd) && get_bytes(env, argv[1], fn, "record", rec, len);
+}
+
 // fsOpenByHandle(mountFd, record) -> O_PATH fd on the handle's inode (taken from the budget,
 // owned by this thread until fsClose) | -errno: ESTALE (the inode is gone), EXDEV (the record
 // was made on another mount than mountFd's), EPERM (no CAP_DAC_READ_SEARCH), ENFILE (budget).
@@ -118,9 +124,7 @@ static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
   int mount_fd;
   void *rec;
   size_t len;
-  if (!get_args(env, info, 2, 2, argv, NULL, "fsOpenByHandle") || !arg_fd(env, argv[0], "fsOpenByHandle", &mount_fd) ||
-      !get_bytes(env, argv[1], "fsOpenByHandle", "record", &rec, &len))
-    return NULL;
+  if (!handle_args(env, info, "fsOpenByHandle", 2, argv, &mount_fd, &rec, &len)) return NULL;
   int fd;
   if (!fs_take_budget(env, &fd)) return NULL;
   fs_env *fe = fs_env_of(env, info);
@@ -138,8 +142,7 @@ static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
   void *rec;
   size_t len;
   double *o = NULL;
-  if (!get_args(env, info, 3, 3, argv, NULL, "fsStatByHandle") || !arg_fd(env, argv[0], "fsStatByHandle", &mount_fd) ||
-      !get_bytes(env, argv[1], "fsStatByHandle", "record", &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", 16, &o))
+  if (!handle_args(env, info, "fsStatByHandle", 3, argv, &mount_fd, &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", 16, &o))
     return NULL;
   int r;
   if (!fs_take_budget(env, &r)) return NULL;
@@ -169,9 +172,7 @@ static napi_value fs_open_file_by_handle(napi_env env, napi_callback_info info) 
   void *rec;
   size_t len;
   double d;
-  if (!get_args(env, info, 3, 3, argv, NULL, "fsOpenFileByHandle") || !arg_fd(env, argv[0], "fsOpenFileByHandle", &mount_fd) ||
-      !get_bytes(env, argv[1], "fsOpenFileByHandle", "record", &rec, &len))
-    return NULL;
+  if (!handle_args(env, info, "fsOpenFileByHandle", 3, argv, &mount_fd, &rec, &len)) return NULL;
   if (napi_get_value_double(env, argv[2], &d) != napi_ok || d != d || d < 0 || d > 0xffffffff || d != (double)(int64_t)d) {
     throw_type(env, "fsOpenFileByHandle: flags must be an unsigned 32-bit integer");
     return NULL;
