@@ -2,6 +2,7 @@
 // (jco glue + C FUSE server + filesystem import + native fd syscalls), against the same
 // syscalls made directly through FsShare. Run: node --import tsx bench/fs.ts
 // Prints wall and CPU time per op of this process (no worker, no rings: see bench/fs-host.ts for those).
+// --only NAME,...: just those (the setup runs anyway); --repeat N: each N times.
 //
 //   lookup+getattr   LOOKUP of an existing name (deduplicated onto one nodeid) + GETATTR, per pair
 //   getattr          GETATTR of a node held by file handle
@@ -10,6 +11,8 @@
 //   write 128K       WRITE to an open file
 //   readdirplus      READDIRPLUS of a 1000-entry directory, 64 KiB replies, per listing
 //   share lookup     FsShare.lookup + closeHandle directly (the host side alone)
+//   share lookup-known  FsShare.lookupKnown of a name the caller holds (a warm LOOKUP's host side)
+//   share getattr    FsShare.getattr of a file node held by file handle (a GETATTR's host side)
 //   readdir 10000    READDIR of a 10,000-entry directory (bench/fs-guest's names), 4 KiB replies as
 //                    the guest kernel asks, per listing (10,002 entries)
 //   share readdir / share records   the host side of that listing alone: FsShare.readdir as the
@@ -18,6 +21,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { FsShare } from '../host/fs/index.ts';
 import { loadPlugin } from '../host/plugin/index.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
@@ -25,6 +29,8 @@ import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from '../test/helpers/plugin-requests.ts';
 import { dirents, direntplus, ioIn } from '../test/helpers/fuse.ts';
 
+const { values: argv } = parseArgs({ options: { only: { type: 'string' }, repeat: { type: 'string', default: '1' } } });
+const only = argv.only ? new Set(argv.only.split(',')) : null;
 const dir = mkdtempSync(join(tmpdir(), 'bench-fs-'));
 mkdirSync(join(dir, 'many'));
 for (let i = 0; i < 1000; i++) writeFileSync(join(dir, 'many', `f${i}`), `${i}`);
@@ -68,6 +74,10 @@ const many = req(1, 1n, Buffer.from('many\0')).readBigUInt64LE(0);
 // Per op: wall time, and this process's CPU time (user+system, all threads) — the figure
 // docs/BENCHMARKS.md compares with virtiofsd's CPU per guest operation.
 function bench(name: string, n: number, fn: () => void, bytesPer = 0): void {
+  if (only && !only.has(name)) return;
+  for (let r = 0; r < Number(argv.repeat); r++) benchOnce(name, n, fn, bytesPer);
+}
+function benchOnce(name: string, n: number, fn: () => void, bytesPer: number): void {
   for (let i = 0; i < Math.min(n, 200); i++) fn();
   const c0 = process.cpuUsage();
   const t0 = performance.now();
@@ -111,6 +121,15 @@ const name = Buffer.from('big');
 bench('share lookup', 20000, () => {
   const e = share.lookup(root.val.node, name);
   if (e.ok) share.closeHandle(e.val.node);
+});
+const held = share.lookup(root.val.node, name);
+if (!held.ok) throw new Error('big');
+bench('share lookup-known', 20000, () => {
+  const e = share.lookupKnown(root.val.node, name, held.val.node, held.val.attr.dev, held.val.attr.ino);
+  if (!e.ok || e.val.node !== 0n) throw new Error('share lookup-known: not the inode held');
+});
+bench('share getattr', 20000, () => {
+  if (!share.getattr(held.val.node).ok) throw new Error('share getattr');
 });
 
 const dir10k = req(1, 1n, Buffer.from('dir10k\0')).readBigUInt64LE(0);

@@ -111,6 +111,12 @@ test('lookup-known resolves as lookup does: no ".." or path, no symlink followed
     s.closeHandle(e.node);
   }
   const file = statSync(join(f.share, 'file'));
+  // A symlink to the held file itself, claimed to be it: still the link, a new handle.
+  symlinkSync('file', join(f.share, 'to-file'));
+  const link = val(s.lookupKnown(root, enc('to-file'), held, BigInt(file.dev), BigInt(file.ino)));
+  t.is(link.attr.mode & S_IFMT, S_IFLNK, 'a link to the held file is the link');
+  t.not(link.node, 0n);
+  s.closeHandle(link.node);
   const before = s.openHandles;
   const known = val(s.lookupKnown(root, enc('file'), held, BigInt(file.dev), BigInt(file.ino)));
   t.is(known.node, 0n, 'the inode named: no handle');

@@ -3,7 +3,7 @@
 // reaches another file, a handle made on another filesystem is refused, and the modes do what
 // --help says. The last test is the point of it all: a guest looks up 100,000 files through
 // the fs plugin in a real host process whose hard fd limit is 4,096.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -233,7 +233,8 @@ for (const [fsName, smallExt4] of [['ext4', true], ['tmpfs (/dev/shm)', false]] 
   });
 }
 
-test('a handle record made on another filesystem is refused (EXDEV); forged records never open anything', (t) => {
+/** Two shares on two mounts (/tmp's and tmpfs), each root's O_PATH fd and O_RDONLY (mount) fd, closed and removed at teardown. */
+function twoMounts(t: ExecutionContext) {
   ensureFdBudget();
   const a = fixture();
   const b = fixture('/dev/shm');
@@ -241,7 +242,13 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   const rootA = native.fsOpenRoot(a.share);
   const mountA = native.fsReopen(rootA, O_DIRECTORY);
   const rootB = native.fsOpenRoot(b.share);
-  t.teardown(() => [rootA, mountA, rootB].forEach((fd) => native.fsClose(fd)));
+  const mountB = native.fsReopen(rootB, O_DIRECTORY);
+  t.teardown(() => [rootA, mountA, rootB, mountB].forEach((fd) => native.fsClose(fd)));
+  return { a, b, rootA, mountA, rootB, mountB };
+}
+
+test('a handle record made on another filesystem is refused (EXDEV); forged records never open anything', (t) => {
+  const { rootA, mountA, rootB } = twoMounts(t);
   t.not(native.fsMountId(rootA), native.fsMountId(rootB), 'two mounts');
   const rec = new Uint8Array(140);
   const n = native.fsNameToHandle(rootB, rec);
@@ -260,6 +267,99 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
   const long = Uint8Array.from(own.subarray(0, 12 + 8));
   new DataView(long.buffer).setUint32(4, 200, true);
   t.is(native.fsOpenByHandle(mountA, long), -E.EINVAL, 'a size past MAX_HANDLE_SZ');
+});
+
+test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
+  const { a, b, rootA, mountA, rootB, mountB } = twoMounts(t);
+  const out = new Float64Array(18);
+  const fh = new Uint8Array(140);
+  const heldBefore = ownFds();
+
+  // With a record asked for: the stat, the record, and no fd left open.
+  t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
+  t.is(out[1], statSync(join(a.share, 'file')).ino);
+  t.is(out[16], -1, 'no fd kept');
+  const want = new Uint8Array(140);
+  const fd = native.fsLookup(rootA, enc('file'));
+  const n = native.fsNameToHandle(fd, want);
+  native.fsClose(fd);
+  t.is(out[17], n);
+  t.deepEqual(fh.subarray(0, n), want.subarray(0, n), "fsNameToHandle's record");
+  t.is(ownFds(), heldBefore);
+  // Without: the O_PATH fd is kept, budgeted and owned (fsClose takes it back).
+  t.is(native.fsLookupEntry(rootA, enc('sub'), out, null), 0);
+  t.is(out[17], 0);
+  t.true(out[16] >= 0);
+  t.is(out[2] & 0o170000, 0o040000);
+  t.is(native.fsClose(out[16]), 0);
+  // Resolved as fsLookup: a symlink is itself, never followed; no "..", no path.
+  t.is(native.fsLookupEntry(rootA, enc('link'), out, fh), 0);
+  t.is(out[2] & 0o170000, 0o120000, 'the symlink itself');
+  t.is(native.fsLookupEntry(rootA, enc('..'), out, fh), -E.EINVAL);
+  t.is(native.fsLookupEntry(rootA, enc('sub/x'), out, fh), -E.EINVAL);
+  t.is(native.fsLookupEntry(rootA, enc('nope'), out, fh), -E.ENOENT);
+  // fsStatName: the same stat and record without opening anything, and the mount id it is on.
+  t.is(native.fsLookupEntry(rootA, enc('sub'), out, fh), 0);
+  const named = new Float64Array(18);
+  const fh2 = new Uint8Array(140);
+  t.is(native.fsStatName(rootA, enc('sub'), named, fh2), 0);
+  t.deepEqual(named.subarray(0, 16), out.subarray(0, 16), "fsLookupEntry's stat");
+  t.is(named[16], native.fsMountId(rootA));
+  t.is(named[17], out[17]);
+  t.deepEqual(fh2.subarray(0, out[17]), fh.subarray(0, out[17]), "fsLookupEntry's record");
+  t.is(native.fsStatName(rootA, enc('link'), named, null), 0);
+  t.is(named[2] & 0o170000, 0o120000, 'the symlink itself');
+  t.is(named[17], 0, 'no record asked for');
+  t.is(native.fsStatName(rootA, enc('..'), named, fh2), -E.EINVAL);
+  t.is(native.fsStatName(rootA, enc('sub/x'), named, fh2), -E.EINVAL);
+  t.is(native.fsStatName(rootA, enc('nope'), named, fh2), -E.ENOENT);
+  t.is(ownFds(), heldBefore, 'nothing left open by any of them');
+
+  // fsStatByHandle: the record's inode, EXDEV for another mount's record, EINVAL for a bad one.
+  t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
+  const recA = Uint8Array.from(fh.subarray(0, out[17]));
+  t.is(native.fsLookupEntry(rootB, enc('file'), out, fh), 0);
+  const recB = Uint8Array.from(fh.subarray(0, out[17]));
+  const st = new Float64Array(16);
+  t.is(native.fsStatByHandle(mountA, recA, st), 0);
+  t.is(st[1], statSync(join(a.share, 'file')).ino);
+  t.is(native.fsStatByHandle(mountA, recB, st), -E.EXDEV);
+  t.is(native.fsStatByHandle(mountA, recA.subarray(0, 11), st), -E.EINVAL);
+  // The mount id of mountA is remembered between calls; once mountA's number refers to B's
+  // directory (dup3 onto it), A's records are refused against it and B's accepted.
+  t.is(native.fsDup(mountB, mountA), mountA);
+  t.is(native.fsStatByHandle(mountA, recA, st), -E.EXDEV, "A's record against what is now B's mount");
+  t.is(native.fsStatByHandle(mountA, recB, st), 0);
+  t.is(st[1], statSync(join(b.share, 'file')).ino);
+  // fsOpenFileByHandle: a regular file's record opens it for I/O; anything else is refused and
+  // never blocks (a FIFO without a writer), whatever the access mode.
+  const mA = native.fsReopen(rootA, O_DIRECTORY);
+  const io = native.fsOpenFileByHandle(mA, recA, 0);
+  t.true(io >= 0);
+  const got = new Uint8Array(16);
+  t.is(Buffer.from(got.subarray(0, native.fsPread(io, got, 0))).toString(), 'inside');
+  t.is(native.fsClose(io), 0);
+  execFileSync('mkfifo', [join(a.share, 'fifo')]);
+  for (const name of ['fifo', 'sub', 'link']) {
+    t.is(native.fsLookupEntry(rootA, enc(name), out, fh), 0);
+    for (const acc of [0, 1, 2]) {
+      const r = native.fsOpenFileByHandle(mA, fh.subarray(0, out[17]), acc);
+      // The kernel's own answer for a directory opened to write (EISDIR) or a symlink (ELOOP) comes first.
+      t.true([E.ENXIO, E.EISDIR, E.ELOOP].includes(-r), `${name}, access ${acc}: ${r}`);
+      if (name === 'fifo') t.is(r, -E.ENXIO);
+    }
+  }
+  t.is(native.fsOpenFileByHandle(mA, recB, 0), -E.EXDEV);
+  native.fsClose(mA);
+  t.is(ownFds(), heldBefore, 'nothing left open');
+  // A deleted file's record: ESTALE, never another file.
+  rmSync(join(a.share, 'file'));
+  t.is(native.fsStatByHandle(mountB, recA, st), -E.EXDEV);
+  const mountA2 = native.fsReopen(rootA, O_DIRECTORY);
+  t.teardown(() => native.fsClose(mountA2));
+  t.is(native.fsStatByHandle(mountA2, recA, st), -E.ESTALE);
+  t.is(native.fsOpenFileByHandle(mountA2, recA, 0), -E.ESTALE);
+  t.is(ownFds(), heldBefore + 1, 'only the new mount fd');
 });
 
 test('mandatory refuses a filesystem without file handles; prefer falls back to an fd per inode; never always uses fds', (t) => {

@@ -4,8 +4,10 @@
 // nothing of the mounted file system is reachable, not even through a node the guest looked up
 // before the mount appeared, and the rest of the share is served. Needs root (mount).
 import test from 'ava';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FsShare } from '../host/fs/index.ts';
 import { execFileSync } from 'node:child_process';
 import { nodeOf, fhOfOpen, ioIn, u32s, direntplus, O } from './helpers/fuse.ts';
 import { fsTestHost } from './helpers/fs-test-host.ts';
@@ -37,3 +39,26 @@ test('a mount point inside the share: LOOKUP is EXDEV, READDIRPLUS lists it with
   t.is((await c.read(fh, 0, 100)).body.toString(), 'served');
   t.notRegex(host.log(), / ERROR /, host.log());
 });
+
+// lookup-known first checks a held name without opening it (its stat and file handle by name):
+// a directory bind-mounted onto itself has the very (dev, ino) and file handle it had, so only
+// the mount id shows the mount point. It must answer EXDEV as LOOKUP does, never "the inode held".
+for (const inodeFileHandles of ['prefer', 'never'] as const) {
+  test(`${inodeFileHandles}: lookup-known of a held directory bind-mounted onto itself is EXDEV`, (t) => {
+    const top = mkdtempSync(join(tmpdir(), 'fs-submounts-'));
+    const dir = join(top, 'share');
+    mkdirSync(join(dir, 'sub'), { recursive: true });
+    const s = new FsShare(dir, { inodeFileHandles });
+    t.teardown(() => (s.close(), rmSync(top, { recursive: true, force: true })));
+    const root = s.root();
+    const sub = root.ok ? s.lookup(root.val.node, Buffer.from('sub')) : root;
+    if (!root.ok || !sub.ok) return t.fail('lookup');
+    const { node, attr } = sub.val;
+    const known = s.lookupKnown(root.val.node, Buffer.from('sub'), node, attr.dev, attr.ino);
+    t.true(known.ok && known.val.node === 0n, 'before the mount: the inode held');
+    execFileSync('mount', ['--bind', join(dir, 'sub'), join(dir, 'sub')]);
+    t.teardown(() => execFileSync('umount', [join(dir, 'sub')]));
+    const after = s.lookupKnown(root.val.node, Buffer.from('sub'), node, attr.dev, attr.ino);
+    t.deepEqual(after.ok ? 'ok' : after.errno, E.EXDEV);
+  });
+}

@@ -186,6 +186,8 @@ interface Slot {
   fh?: Uint8Array;
   /** A directory: its fd opened by handle may be kept in the share's dirFds. */
   dir?: boolean;
+  /** A regular file held by handle (its type at lookup; an inode's never changes): OPEN opens it by handle directly. */
+  reg?: boolean;
   /** An open file: the O_ACCMODE bits it was opened with (host/fs/lock-handoff.ts matches by them). */
   acc?: number;
   /**
@@ -246,6 +248,8 @@ export class FsShare {
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
   private readonly rootFd: number;
+  /** The root's mount id (fsMountId): lookupKnown's quick check sees a mount point by it; -errno if unknown. */
+  private readonly mountId: number;
   /** The root opened O_RDONLY: open_by_handle_at decodes against it (it refuses O_PATH fds); -1 without handles. */
   private mountFd = -1;
   /** Fds the table holds now (nodes by handle hold none). */
@@ -265,7 +269,8 @@ export class FsShare {
   private readonly deferredClose: number[] = [];
   private nextId = 1;
   private readonly maxHandles: number;
-  private readonly statBuf = new Float64Array(16);
+  /** fsStat's 16 numbers; fsLookupEntry adds the fd it kept and the record's length. */
+  private readonly statBuf = new Float64Array(18);
   /** getdents64 records, read into and parsed out of before each readdir returns. */
   private readonly direntBuf = Buffer.from(new ArrayBuffer(DIRENT_BUF));
   /** The same bytes as 32-bit words (records are 8-aligned): inos and positions copied without BigInts. */
@@ -334,6 +339,7 @@ export class FsShare {
       throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
     }
     this.rootFd = fd;
+    this.mountId = native.fsMountId(fd);
     // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
     // /proc every open would fail later, so refuse now with the reason.
     const probe = native.fsPathOf(fd);
@@ -446,11 +452,10 @@ export class FsShare {
    * A new handle for fd (consumed). A node on a share whose nodes go by file handle keeps
    * only its handle and the fd is closed (with prefer, an inode without a handle keeps its fd).
    */
-  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number, fhLen?: number): FsResult<bigint> {
+  private add(fd: number, kind: Slot['kind'], dir = false, acc?: number): FsResult<bigint> {
     let slot: Slot = acc === undefined ? { fd, kind } : { fd, kind, acc };
     if (kind === 'node' && this.nodesBy === 'handles') {
-      // fhLen: fd's record is in fhBuf already (entryOf made it to compare).
-      const n = fhLen ?? native.fsNameToHandle(fd, this.fhBuf);
+      const n = native.fsNameToHandle(fd, this.fhBuf);
       if (n >= 0) {
         native.fsClose(fd);
         slot = { fd: -1, kind, fh: Buffer.from(this.fhBuf.subarray(0, n)), dir };
@@ -459,6 +464,11 @@ export class FsShare {
         return fail(-n);
       }
     }
+    return this.insert(slot);
+  }
+
+  /** A new handle for slot (its fd, if any, consumed: closed when the table is full). */
+  private insert(slot: Slot): FsResult<bigint> {
     // The share's cap counts the cached directory fds too; held fds come first.
     if (slot.fd >= 0 && this.heldFds + this.dirFds.size >= this.maxHandles) this.dropDirFds();
     if (this.handles.size >= MAX_TABLE || (slot.fd >= 0 && this.heldFds >= this.maxHandles)) {
@@ -663,10 +673,13 @@ export class FsShare {
   }
 
   private stat(fd: number): FsResult<Attr> {
-    const b = this.statBuf;
-    const r = native.fsStat(fd, b);
-    if (r < 0) return fail(-r);
-    return ok({
+    const r = native.fsStat(fd, this.statBuf);
+    return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+  }
+
+  /** The Attr of fsStat's numbers in b. */
+  private attrOf(b: Float64Array): Attr {
+    return {
       dev: BigInt(b[0]),
       ino: BigInt(b[1]),
       mode: b[2],
@@ -683,47 +696,56 @@ export class FsShare {
       mtimeNsec: b[13],
       ctime: BigInt(b[14]),
       ctimeNsec: b[15],
-    });
+    };
   }
 
-  /**
-   * A node handle for O_PATH fd `fd` (consumed) with its attributes; node 0 and no handle
-   * (the fd closed) when it is the very inode of the plugin's node handle `known.node`.
-   * (dev, ino) alone is not that: a node held by file handle does not pin its inode, so a new
-   * file may have its number; the file handle (which holds the generation) is compared too,
-   * and then serves the new handle if it differs. A node held by O_PATH fd pins its inode:
-   * its number cannot be reused while it is held.
-   */
-  private entryOf(fd: number, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
+  /** A node handle for O_PATH fd `fd` (consumed) with its attributes. */
+  private entryOf(fd: number): FsResult<Entry> {
     const a = this.stat(fd);
     if (!a.ok) {
       native.fsClose(fd);
       return a;
     }
-    let fhLen: number | undefined;
-    if (known && a.val.ino === known.ino && a.val.dev === known.dev) {
-      const k = this.slot(known.node, 'node');
-      if (k && !k.fh) {
-        native.fsClose(fd);
-        return ok({ node: 0n, attr: a.val });
-      }
-      if (k?.fh) {
-        const n = native.fsNameToHandle(fd, this.fhBuf);
-        if (n >= 0 && sameBytes(k.fh, this.fhBuf, n)) {
-          native.fsClose(fd);
-          return ok({ node: 0n, attr: a.val });
-        }
-        fhLen = n;
-      }
-    }
-    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR, undefined, fhLen);
+    const h = this.add(fd, 'node', (a.val.mode & S_IFMT) === S_IFDIR);
     if (!h.ok) return h;
     return ok({ node: h.val, attr: a.val });
   }
 
+  /**
+   * A node handle for `name` in directory fd `dirFd` with its attributes, in one native call
+   * (fsLookupEntry: the lookup, its stat and its file handle; the fd closed when the handle is
+   * had). Node 0 and no handle when it is the very inode of the plugin's node handle
+   * `known.node`. (dev, ino) alone is not that: a node held by file handle does not pin its
+   * inode, so a new file may have its number; the file handle (which holds the generation) is
+   * compared too. A node held by O_PATH fd pins its inode: its number cannot be reused while
+   * it is held.
+   */
   private lookupFd(dirFd: number, name: Uint8Array, known?: { node: bigint; dev: bigint; ino: bigint }): FsResult<Entry> {
-    const fd = this.budgeted(native.fsLookup(dirFd, name));
-    return fd < 0 ? fail(-fd) : this.entryOf(fd, known);
+    const b = this.statBuf;
+    const r = this.budgeted(native.fsLookupEntry(dirFd, name, b, this.nodesBy === 'handles' ? this.fhBuf : null));
+    if (r < 0) return fail(-r);
+    const fd = b[16];
+    const fhLen = b[17];
+    const attr = this.attrOf(b);
+    if (known && attr.ino === known.ino && attr.dev === known.dev) {
+      const k = this.slot(known.node, 'node');
+      if (k && (!k.fh || (fhLen > 0 && sameBytes(k.fh, this.fhBuf, fhLen)))) {
+        if (fd >= 0) native.fsClose(fd);
+        return ok({ node: 0n, attr });
+      }
+    }
+    let slot: Slot;
+    if (fhLen > 0) {
+      const type = attr.mode & S_IFMT;
+      slot = { fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, fhLen)), dir: type === S_IFDIR, reg: type === S_IFREG };
+    } else if (this.nodesBy === 'handles' && this.inodeFileHandles === 'mandatory') {
+      native.fsClose(fd);
+      return fail(-fhLen);
+    } else {
+      slot = { fd, kind: 'node' };
+    }
+    const h = this.insert(slot);
+    return h.ok ? ok({ node: h.val, attr }) : h;
   }
 
   // ---- the capability ----
@@ -744,7 +766,24 @@ export class FsShare {
    * resolves exactly as lookup's (fsLookup: beneath the directory, no symlink followed).
    */
   lookupKnown(dir: bigint, name: Uint8Array, known: bigint, dev: bigint, ino: bigint): FsResult<Entry> {
-    return this.using(dir, 'node', (d) => this.lookupFd(d, name, { node: known, dev, ino }));
+    return this.using(dir, 'node', (d) => this.stillKnown(d, name, known, dev, ino) ?? this.lookupFd(d, name, { node: known, dev, ino }));
+  }
+
+  /**
+   * lookupKnown's quick way: the name's stat and file handle without opening it (fsStatName,
+   * which says why that is the held inode's stat when the checks below pass). Node 0 and the
+   * attributes when the name is still the inode of node handle `known`: (dev, ino) as held, on
+   * the share's own mount (not a mount point), and for a node held by file handle the same
+   * record. Otherwise (a changed name, any error) undefined: lookupFd answers it.
+   */
+  private stillKnown(d: number, name: Uint8Array, known: bigint, dev: bigint, ino: bigint): FsResult<Entry> | undefined {
+    const k = this.slot(known, 'node');
+    if (!k) return undefined;
+    const b = this.statBuf;
+    if (native.fsStatName(d, name, b, k.fh ? this.fhBuf : null) !== 0 || b[16] !== this.mountId) return undefined;
+    if (k.fh && !(b[17] > 0 && sameBytes(k.fh, this.fhBuf, b[17]))) return undefined;
+    const attr = this.attrOf(b);
+    return attr.ino === ino && attr.dev === dev ? ok({ node: 0n, attr }) : undefined;
   }
 
   /**
@@ -792,6 +831,13 @@ export class FsShare {
   }
 
   getattr(h: bigint): FsResult<Attr> {
+    const s = this.slot(h);
+    if (!s) return fail(E.EBADF);
+    // A node held by handle (not a cached directory): opened, stat'ed and closed in one call.
+    if (s.fd < 0 && !s.dir) {
+      const r = this.budgeted(native.fsStatByHandle(this.mountFd, s.fh!, this.statBuf));
+      return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+    }
     return this.using(h, undefined, (fd) => this.stat(fd));
   }
 
@@ -858,8 +904,14 @@ export class FsShare {
   }
 
   open(node: bigint, flags: number): FsResult<bigint> {
-    if (!this.slot(node, 'node')) return fail(E.EBADF);
+    const s = this.slot(node, 'node');
+    if (!s) return fail(E.EBADF);
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
+    if (s.reg && s.fd < 0) {
+      // Opened for I/O by its handle in one step (no O_PATH fd, no reopen through /proc).
+      const fd = this.budgeted(native.fsOpenFileByHandle(this.mountFd, s.fh!, flags >>> 0));
+      return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
+    }
     return this.using(node, 'node', (n) => {
       const fd = this.budgeted(native.fsReopen(n, flags));
       return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
@@ -887,13 +939,7 @@ export class FsShare {
       fd = this.budgeted(native.fsCreate(d, name, flags, want));
     }
     if (fd < 0) return fail(-fd);
-    // The node handle pins the very inode just opened (no second lookup by name to race).
-    const p = this.budgeted(native.fsPathOf(fd));
-    if (p < 0) {
-      native.fsClose(fd);
-      return fail(-p);
-    }
-    const e = this.entryOf(p);
+    const e = this.nodeOfOpen(fd);
     if (!e.ok) {
       native.fsClose(fd);
       return e;
@@ -907,6 +953,28 @@ export class FsShare {
       return f;
     }
     return ok([e.val, f.val]);
+  }
+
+  /**
+   * A node handle for the very inode open file `fd` is (no second lookup by name to race),
+   * with its attributes; fd stays open. By the file handle made from fd itself where nodes go
+   * by handle (a stat and name_to_handle_at: no O_PATH fd through /proc to open and close),
+   * else a new O_PATH fd on it.
+   */
+  private nodeOfOpen(fd: number): FsResult<Entry> {
+    if (this.nodesBy === 'handles') {
+      const a = this.stat(fd);
+      if (!a.ok) return a;
+      const n = native.fsNameToHandle(fd, this.fhBuf);
+      if (n >= 0) {
+        const type = a.val.mode & S_IFMT;
+        const h = this.insert({ fd: -1, kind: 'node', fh: Buffer.from(this.fhBuf.subarray(0, n)), dir: type === S_IFDIR, reg: type === S_IFREG });
+        return h.ok ? ok({ node: h.val, attr: a.val }) : h;
+      }
+      if (this.inodeFileHandles === 'mandatory') return fail(-n);
+    }
+    const p = this.budgeted(native.fsPathOf(fd));
+    return p < 0 ? fail(-p) : this.entryOf(p);
   }
 
   private make(kind: 'f' | 'p' | 's' | 'd' | 'l', dir: bigint, name: Uint8Array, mode: number, target?: Uint8Array, umask?: number): FsResult<Entry> {

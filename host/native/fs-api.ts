@@ -17,6 +17,19 @@ export interface NativeFs {
   fsLookup(dirfd: number, name: Uint8Array): number;
   /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
   fsStat(fd: number, out: Float64Array): number;
+  /**
+   * fsLookup + fsStat + fsNameToHandle (+ fsClose) in one call: 0 | -errno (the lookup or the
+   * stat failed; nothing held). out (18): fsStat's 16, then the O_PATH fd kept (budgeted and
+   * owned as fsLookup's) or -1, then the record's length in fh (the fd was closed), -errno when
+   * name_to_handle_at failed (the fd is kept), or 0 for fh null (no handle asked; fd kept).
+   */
+  fsLookupEntry(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
+  /**
+   * Entry `name` of dirfd without opening it (nothing budgeted): 0 | -errno. out (18): fsStat's
+   * 16 (no symlink followed), the mount id it is on, its record's length in fh (or -errno; 0 for
+   * fh null). The stat is made before the record: see host/native/src/fs.c for what a match proves.
+   */
+  fsStatName(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
   /** An fd open for I/O on the inode an O_PATH fd pins (regular files and directories only). */
   fsReopen(fd: number, flags: number): number;
   /**
@@ -77,6 +90,10 @@ export interface NativeFs {
   fsNameToHandle(fd: number, out: Uint8Array): number;
   /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted), EXDEV (made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
   fsOpenByHandle(mountFd: number, record: Uint8Array): number;
+  /** fsStat (out: 16) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
+  fsStatByHandle(mountFd: number, record: Uint8Array, out: Float64Array): number;
+  /** An fd open for I/O (fsReopen's flags) on a record's inode known to be a regular file (ENXIO, closed, if it is not); budgeted and owned | -errno as fsOpenByHandle's. */
+  fsOpenFileByHandle(mountFd: number, record: Uint8Array, flags: number): number;
   /** The mount id of fd's mount, as a record carries it | -errno. */
   fsMountId(fd: number): number;
 

@@ -6,7 +6,7 @@
 //   startStorageDaemon({ binary: q.storageDaemon, ... });
 
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from './image.ts';
 
@@ -30,7 +30,10 @@ export interface Qemu10 {
 export const QEMU10_SCRIPT = join(REPO_ROOT, 'scripts/qemu10.sh');
 
 function baseDir(): string {
-  return process.env.VHOST_WASM_QEMU10_DIR ?? join(REPO_ROOT, '.cache/qemu10');
+  const dir = process.env.VHOST_WASM_QEMU10_DIR ?? join(REPO_ROOT, '.cache/qemu10');
+  // Physically, as scripts/qemu10.sh writes the wrappers: a worktree whose .cache links to
+  // another checkout's then finds them (its own path is in no wrapper, so it saw no QEMU 10).
+  return existsSync(dir) ? realpathSync(dir) : dir;
 }
 
 /** QEMU 10 if scripts/qemu10.sh already fetched it, else null (no network, no process started). */

@@ -51,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/file.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -66,6 +67,10 @@
 struct fs_env {
   uint8_t *owned;
   size_t cap;
+  // fsStatByHandle's last mount fd and its mount id (fs_mount_id_of): the id of an open fd's
+  // mount never changes, and fsClose of that fd forgets it (the number may be reused).
+  int mount_fd;
+  int64_t mount_id;
 };
 
 static bool own(fs_env *fe, int fd) {
@@ -84,7 +89,22 @@ static bool own(fs_env *fe, int fd) {
 
 static bool owns(fs_env *fe, int fd) { return fd >= 0 && (size_t)fd < fe->cap && fe->owned[fd]; }
 
-static void disown(fs_env *fe, int fd) { fe->owned[fd] = 0; }
+static void disown(fs_env *fe, int fd) {
+  fe->owned[fd] = 0;
+  if (fe->mount_fd == fd) fe->mount_fd = -1;
+}
+
+int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int)) {
+  // Only an fd this environment owns is remembered: it cannot be closed behind our back
+  // (fsClose forgets it), so its number cannot come to mean another mount.
+  if (fe->mount_fd == fd && fd >= 0) return fe->mount_id;
+  int64_t m = mount_of(fd);
+  if (m >= 0 && owns(fe, fd)) {
+    fe->mount_fd = fd;
+    fe->mount_id = m;
+  }
+  return m;
+}
 
 static void fs_env_teardown(void *arg) {
   fs_env *fe = arg;
@@ -127,6 +147,15 @@ int fs_keep(fs_env *fe, int r) {
 }
 
 static napi_value num(napi_env env, double d) { return make_number(env, d); }
+
+void fs_fill_stat(const struct stat *st, double *o) {
+  o[0] = (double)st->st_dev, o[1] = (double)st->st_ino, o[2] = st->st_mode, o[3] = (double)st->st_nlink;
+  o[4] = st->st_uid, o[5] = st->st_gid, o[6] = (double)st->st_rdev, o[7] = (double)st->st_size;
+  o[8] = (double)st->st_blksize, o[9] = (double)st->st_blocks;
+  o[10] = (double)st->st_atim.tv_sec, o[11] = (double)st->st_atim.tv_nsec;
+  o[12] = (double)st->st_mtim.tv_sec, o[13] = (double)st->st_mtim.tv_nsec;
+  o[14] = (double)st->st_ctim.tv_sec, o[15] = (double)st->st_ctim.tv_nsec;
+}
 static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
 
 static bool arg_int(napi_env env, napi_value v, const char *fn, const char *name, int64_t *out) {
@@ -203,6 +232,19 @@ static int io_type_check(const struct stat *st, int flags) {
   return 0;
 }
 
+int fs_io_open_flags(int flags) { return (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK; }
+
+int fs_io_regular(int fd) {
+  struct stat st;
+  int r = fstat_fd(fd, &st);
+  if (r == 0 && !S_ISREG(st.st_mode)) r = -ENXIO;
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  return clear_nonblock(fd);
+}
+
 // Reopen the inode an O_PATH fd pins, for I/O (see the top of the file for why via /proc).
 static int reopen_fd(int fd, int flags) {
   struct stat st;
@@ -211,7 +253,7 @@ static int reopen_fd(int fd, int flags) {
   if ((r = io_type_check(&st, flags)) < 0) return r;
   char path[64];
   proc_path(path, sizeof path, fd);
-  int f = (flags & OPEN_ALLOWED & ~O_NOATIME) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  int f = fs_io_open_flags(flags);
   int nfd;
   do nfd = open(path, f);
   while (nfd < 0 && errno == EINTR);
@@ -273,13 +315,111 @@ static napi_value fs_stat(napi_env env, napi_callback_info info) {
   struct stat st;
   int r = fstat_fd(fd, &st);
   if (r < 0) return neg(env, -r);
-  double *o = data;
-  o[0] = (double)st.st_dev, o[1] = (double)st.st_ino, o[2] = st.st_mode, o[3] = (double)st.st_nlink;
-  o[4] = st.st_uid, o[5] = st.st_gid, o[6] = (double)st.st_rdev, o[7] = (double)st.st_size;
-  o[8] = (double)st.st_blksize, o[9] = (double)st.st_blocks;
-  o[10] = (double)st.st_atim.tv_sec, o[11] = (double)st.st_atim.tv_nsec;
-  o[12] = (double)st.st_mtim.tv_sec, o[13] = (double)st.st_mtim.tv_nsec;
-  o[14] = (double)st.st_ctim.tv_sec, o[15] = (double)st.st_ctim.tv_nsec;
+  fs_fill_stat(&st, data);
+  return num(env, 0);
+}
+
+bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out) {
+  void *data;
+  size_t len;
+  if (!get_bytes(env, v, fn, "out", &data, &len)) return false;
+  if (len < n * sizeof(double) || ((uintptr_t)data & 7)) return throw_range(env, "%s: out must be an aligned Float64Array of %zu", fn, n);
+  *out = data;
+  return true;
+}
+
+// The arguments fsLookupEntry and fsStatName share: (dirfd, name, out: Float64Array(18),
+// fh: Uint8Array(>= FS_FH_RECORD_MAX) | null). false: an exception is pending. Otherwise *r is 0,
+// or -errno for a name that is no single valid component (the call answers it).
+static bool entry_args(napi_env env, napi_callback_info info, const char *fn, int *dirfd, char *name, double **o, void **fh, int *r) {
+  napi_value argv[4];
+  size_t fhcap = 0;
+  napi_valuetype t;
+  bool threw;
+  *fh = NULL;
+  if (!get_args(env, info, 4, 4, argv, NULL, fn) || !arg_fd(env, argv[0], fn, dirfd) || !fs_stat_out(env, argv[2], fn, 18, o) ||
+      napi_typeof(env, argv[3], &t) != napi_ok)
+    return false;
+  if (t != napi_null) {
+    if (!get_bytes(env, argv[3], fn, "fh", fh, &fhcap)) return false;
+    if (fhcap < FS_FH_RECORD_MAX) return throw_range(env, "%s: fh must hold %d bytes, not %zu", fn, FS_FH_RECORD_MAX, fhcap);
+  }
+  *r = take_name(env, argv[1], fn, name, &threw);
+  return !threw;
+}
+
+// fsLookupEntry(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// a LOOKUP's host side in one call, where fsLookup + fsStat + fsNameToHandle + fsClose took
+// four (each crossing into native code costs about as much as the syscall it makes). The
+// name resolves exactly as fsLookup's. out[0..15] as fsStat's; out[16] the O_PATH fd kept
+// (budgeted and owned as fsLookup's) or -1; out[17] the file-handle record's length in fh,
+// -errno when name_to_handle_at failed (the fd is then kept), 0 when fh is null (no handle
+// asked for: the fd is kept). With a record the fd is closed here: nothing pins the inode.
+static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
+  int dirfd, r = 0;
+  char name[NAME_MAX + 1];
+  double *o = NULL;
+  void *fh;
+  if (!entry_args(env, info, "fsLookupEntry", &dirfd, name, &o, &fh, &r)) return NULL;
+  if (r < 0) return neg(env, -r);
+  fs_env *fe = fs_env_of(env, info);
+  int fd;
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd < 0) return neg(env, -fd);
+  fd = fs_keep(fe, openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
+  if (fd < 0) return neg(env, -fd);
+  struct stat st;
+  r = fstat_fd(fd, &st);
+  int n = 0;
+  if (r == 0) {
+    fs_fill_stat(&st, o);
+    if (fh) n = fs_fh_record(fd, "", fh);
+  }
+  if (r < 0 || n > 0) {
+    disown(fe, fd);
+    close(fd);
+    fd_budget_give(1);
+    fd = -1;
+  }
+  if (r < 0) return neg(env, -r);
+  o[16] = fd;
+  o[17] = n;
+  return num(env, 0);
+}
+
+// fsStatName(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// entry `name` of dirfd as it is now, without opening it: out[0..15] as fsStat's (statx of the
+// entry itself: no symlink followed, no automount), out[16] the mount id it is on (a mount point
+// in the directory shows the mounted root: another id), out[17] its file-handle record's length
+// in fh (-errno when name_to_handle_at failed; 0 for fh null).
+//
+// For a warm LOOKUP: whether a name is still the inode the caller holds, in two syscalls where
+// fsLookupEntry makes four (openat2, fstat, name_to_handle_at, close). The name is one validated
+// component as fsLookup's, resolved beneath dirfd. The two calls resolve it separately, the stat
+// first: if the record then equals the one of a held inode X (a record names one inode, its
+// generation included) X still existed when the record was made, so it also existed at the stat,
+// when no other live inode of the filesystem can have had X's number; so a stat that shows X's
+// (dev, ino) on the share's mount was a stat of X. The caller checks all three; anything else
+// goes the fsLookupEntry way. Nothing is opened here, so nothing is budgeted.
+static napi_value fs_stat_name(napi_env env, napi_callback_info info) {
+  int dirfd, r = 0;
+  char name[NAME_MAX + 1];
+  double *o = NULL;
+  void *fh;
+  if (!entry_args(env, info, "fsStatName", &dirfd, name, &o, &fh, &r)) return NULL;
+  if (r < 0) return neg(env, -r);
+  struct statx sx;
+  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_MNT_ID, &sx) < 0) return neg(env, errno);
+  if (!(sx.stx_mask & STATX_MNT_ID)) return neg(env, EOPNOTSUPP);
+  o[0] = (double)makedev(sx.stx_dev_major, sx.stx_dev_minor), o[1] = (double)sx.stx_ino, o[2] = sx.stx_mode;
+  o[3] = sx.stx_nlink, o[4] = sx.stx_uid, o[5] = sx.stx_gid;
+  o[6] = (double)makedev(sx.stx_rdev_major, sx.stx_rdev_minor), o[7] = (double)sx.stx_size;
+  o[8] = sx.stx_blksize, o[9] = (double)sx.stx_blocks;
+  o[10] = (double)sx.stx_atime.tv_sec, o[11] = sx.stx_atime.tv_nsec;
+  o[12] = (double)sx.stx_mtime.tv_sec, o[13] = sx.stx_mtime.tv_nsec;
+  o[14] = (double)sx.stx_ctime.tv_sec, o[15] = sx.stx_ctime.tv_nsec;
+  o[16] = (double)sx.stx_mnt_id;
+  o[17] = fh ? fs_fh_record(dirfd, name, fh) : 0;
   return num(env, 0);
 }
 
@@ -327,6 +467,8 @@ static napi_value fs_dup(napi_env env, napi_callback_info info) {
     int ofl = fcntl((int)onto, F_GETFL);
     if (ofl < 0) return neg(env, errno);
     if ((ofl & (O_ACCMODE | O_PATH)) != (fl & O_ACCMODE)) return neg(env, EACCES);
+    // `onto` may now be another mount: forget its remembered mount id.
+    if (fe->mount_fd == (int)onto) fe->mount_fd = -1;
     return dup3(fd, (int)onto, O_CLOEXEC) < 0 ? neg(env, errno) : num(env, (double)onto);
   }
   int nfd;
@@ -949,12 +1091,14 @@ bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb,
 fs_env *init_fs(napi_env env, napi_value exports) {
   fs_env *fe = calloc(1, sizeof *fe);
   if (!fe) return NULL;
+  fe->mount_fd = -1;
   if (napi_add_env_cleanup_hook(env, fs_env_teardown, fe) != napi_ok) {
     free(fe);
     return NULL;
   }
   // The calls that hand out (or take back) share fds carry this environment's record.
   bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
+         fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) && set_fn(env, exports, "fsStatName", fs_stat_name) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
          fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&

@@ -6,6 +6,11 @@
 
 #include <node_api.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+// A file-handle record's largest size (fhandle.c): 12 bytes of head and MAX_HANDLE_SZ (128).
+#define FS_FH_RECORD_MAX 140
 
 typedef struct fs_env fs_env;
 
@@ -18,6 +23,20 @@ fs_env *fs_env_of(napi_env env, napi_callback_info info);
 bool fs_take_budget(napi_env env, int *r);
 // After it: r (an fd) is owned by fe; on failure (r < 0) the budget taken is given back.
 int fs_keep(fs_env *fe, int r);
+// fsStat's 16 numbers of st into o.
+void fs_fill_stat(const struct stat *st, double *o);
+// v as an aligned Float64Array of at least n (false, exception pending, if it is not).
+bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out);
+// The mount id of fd (mount_of(fd)), remembered for an fd fe owns until fsClose closes it.
+int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int));
+// The file-handle record of entry `name` of directory fd (name "": of fd itself) into out
+// (FS_FH_RECORD_MAX bytes): its length | -errno (fhandle.c).
+int fs_fh_record(int fd, const char *name, uint8_t *out);
+// The flags an open for I/O of a regular file uses (fsReopen's, O_NONBLOCK for the open itself).
+int fs_io_open_flags(int flags);
+// fd (just opened with those flags) checked to be a regular file and made blocking again -> fd |
+// -errno (fd closed).
+int fs_io_regular(int fd);
 // A function whose calls carry fe.
 bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe);
 
