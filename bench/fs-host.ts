@@ -16,6 +16,8 @@
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
 //   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
 //   write 100     WRITE of 100 bytes at offset 0 of an open file (the create's WRITE, page cached)
+//   write 1M      WRITE of 1 MiB, sequential through the first 16 MiB of that file (the guest's
+//                 write phase: 1 MiB writes, one in flight, no writeback cache), per request
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   readdir       READDIR of a 10,000-entry directory (bench/fs-guest's names), 4 KiB replies as
 //                 the guest kernel asks, per entry (a guest's readdir(3) after its first request)
@@ -182,6 +184,20 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       for (let i = 0; i < COUNT; i++) {
         const r = ok(await fuse.req(16, scratch, req), 'write');
         if (r.body.readUInt32LE(0) !== 100) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 100`);
+      }
+      return COUNT;
+    },
+  },
+  // The guest's sequential write phase: 1 MiB FUSE_WRITEs (max_write), one in flight, through
+  // the first 16 MiB of the scratch file (page cached after the first round).
+  'write 1M': {
+    unit: 'write',
+    async run() {
+      const req = Buffer.concat([ioIn(wfh, 0n, 1 << 20), Buffer.alloc(1 << 20, 0x63)]);
+      for (let i = 0; i < COUNT; i++) {
+        req.writeBigUInt64LE(BigInt((i % 16) << 20), 8);
+        const r = ok(await fuse.req(16, scratch, req), 'write');
+        if (r.body.readUInt32LE(0) !== 1 << 20) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 1 MiB`);
       }
       return COUNT;
     },

@@ -6,7 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { native as n } from '../host/native/index.ts';
 import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
@@ -249,6 +249,71 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
     } finally {
       ex.close();
       file.close();
+      n.close(pr);
+      n.close(pw);
+      mem.close();
+    }
+  });
+});
+
+test.serial('a ring target with nowaitReads (an fs file on a disk): page-cache hits done inside submit, the end of the file, pages not cached through the ring, a target the kernel refuses through the ring', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'cached-reads.img');
+    const size = 256 * 1024;
+    const data = pattern(size, 41);
+    writeFileSync(path, data); // in the page cache from here on
+    const fd = openSync(path, 'r+');
+    const directFd = openSync(path, constants.O_RDWR | constants.O_DIRECT);
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(1 << 20);
+    let pins = 0;
+    const pin = () => void pins++;
+    const unpin = () => void pins--;
+    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, nowaitReads: true, pin, unpin }, { fd: pr, directAlign: 0, nowaitReads: true }) });
+    const now = inSubmit(ex);
+    try {
+      mem.view(0, 1 << 20).fill(0xff);
+      // Three views, the middle one crossing no page boundary of the file: all of it, now.
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 1000, into: [mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)] }]), { errno: 0, lastReadBytes: 12288 });
+      t.true(Buffer.concat([mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)]).equals(data.subarray(1000, 1000 + 12288)));
+      t.is(pins, 0, 'nothing was in flight');
+      t.is(ex.inflight, 0);
+      // The end of the file: the bytes up to it, or none.
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size - 100, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 100 });
+      t.true(Buffer.from(mem.view(32768, 100)).equals(data.subarray(size - 100)));
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size + 4096, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+      // Two reads in one request: the first ends at the end of the file (zeroes after), the second is whole.
+      t.deepEqual(now([
+        { kind: 'read', backing: 0, offset: size - 8, into: [mem.view(40960, 16)] },
+        { kind: 'read', backing: 0, offset: 0, into: [mem.view(49152, 64)] },
+      ]), { errno: 0, lastReadBytes: 64 });
+      t.true(Buffer.from(mem.view(40960, 8)).equals(data.subarray(size - 8)));
+      t.true(mem.view(40968, 8).every((b) => b === 0), 'zeroes past the end');
+      t.true(Buffer.from(mem.view(49152, 64)).equals(data.subarray(0, 64)));
+      // An O_DIRECT write of [128K, 192K) drops those pages from the page cache: a read across
+      // them copies what is cached and the ring reads the rest (or all of it is cached again by
+      // the time it asks: the bytes are what counts).
+      const fresh = pattern(65536, 42);
+      mem.view(524288, 65536).set(fresh);
+      t.is(n.pwrite(directFd, mem.view(524288, 65536), 131072), 65536);
+      const r = await run(ex, [{ kind: 'read', backing: 0, offset: 120 * 1024, into: [mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)] }]);
+      t.deepEqual(r, { errno: 0, lastReadBytes: 80 * 1024 });
+      const want = Buffer.concat([data.subarray(120 * 1024, 128 * 1024), fresh, data.subarray(192 * 1024, 200 * 1024)]);
+      t.true(Buffer.concat([mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)]).equals(want));
+      t.is(pins, 0, 'every pin undone');
+      // A pipe has no page cache to try (ESPIPE): the read goes through the ring and waits there.
+      let piped: IoResult | undefined;
+      const slow = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'read', backing: 1, offset: 0, into: [mem.view(196608, 4)] }], false, (res) => resolve((piped = res))));
+      t.is(piped, undefined, 'in the ring, not done inside submit');
+      n.write(pw, Buffer.from('wake'));
+      t.deepEqual(await slow, { errno: 0, lastReadBytes: 4 });
+      t.is(Buffer.from(mem.view(196608, 4)).toString(), 'wake');
+      // Guest memory gone under a read: EFAULT from the ring, not a read that "succeeds".
+      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(100)] }]), { errno: 14, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      closeSync(fd);
+      closeSync(directFd);
       n.close(pr);
       n.close(pw);
       mem.close();

@@ -96,6 +96,7 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
     describe,
     inline: false,
     inlineWriteMax: INLINE_WRITE_MAX,
+    nowaitReads: true,
     pin(write) {
       pins++;
       if (write) writePins++;

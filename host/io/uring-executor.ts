@@ -62,6 +62,16 @@ export interface UringTarget {
    */
   readonly inlineWriteMax?: number;
   /**
+   * Reads try the page cache first, in their turn (preadv2 with RWF_NOWAIT into the views): a
+   * hit is done there, with no SQE, no completion to reap and no second wake-up of the event
+   * loop; what is not cached (EAGAIN, or the rest after a short copy) goes through the ring as
+   * before. A virtio-fs share's files (host/fs/file-io-backing.ts): a guest re-reads what the
+   * host's page cache holds far more often than not, and a 4 KiB FUSE_READ through the ring cost
+   * ~6 µs more host CPU than its copy (docs/BENCHMARKS.md, 2026-12-07 10:30 UTC). Not for
+   * O_DIRECT targets (no page cache to try).
+   */
+  readonly nowaitReads?: boolean;
+  /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
    * the errno (BackingError.errno, or a Node fs error). Absent: those ops fail with EOPNOTSUPP.
@@ -352,13 +362,52 @@ export class UringExecutor implements IoExecutor {
       return;
     }
     if (ops.length === 1 && this.runAtOnce(ops[0]!, barrier, done, token)) return;
+    this.submitRequest(ops, barrier, done, token, 0);
+  }
+
+  /** submit() the usual way: a Request, queued in order; `moved`: bytes of its first op already done. */
+  private submitRequest<T>(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult, token: T) => void, token: T | undefined, moved: number): void {
     const o = ordered(ops);
     const targets: Target[] = new Array(o.length);
     for (let i = 0; i < o.length; i++) targets[i] = this.target(o[i]!.backing);
     const req = new Request(o, targets, barrier || this.needsReadModifyWrite(o, targets), done as (result: IoResult, token: unknown) => void, token);
+    req.moved = moved;
     this.count++;
     this.waiting.push(req);
     this.pump();
+  }
+
+  /** Set by readCached(): the copy stopped at the end of the file (not at a page the cache lacks). */
+  private cachedEof = false;
+
+  /**
+   * Copies what the page cache holds of the views' bytes (preadv2 RWF_NOWAIT, again after a
+   * short copy, until the views are full, the file ends or a page is not cached): the bytes
+   * copied (cachedEof says whether the file ended there), or -1 when nothing was copied this way
+   * (views detached or too many, the first page not cached, the kernel refused: the ring serves
+   * the read and reports any error as it always does).
+   */
+  private readCached(fd: number, views: readonly Uint8Array[], offset: number): number {
+    this.cachedEof = false;
+    if (views.length === 0 || views.length > MAX_SEGMENTS) return -1;
+    for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return -1;
+    let moved = 0;
+    let rest = views;
+    for (;;) {
+      const r = native.fsPreadv(fd, rest, offset + moved, true);
+      if (r === 0) {
+        this.cachedEof = true;
+        return moved;
+      }
+      if (r < 0) return moved > 0 ? moved : -1;
+      moved += r;
+      // The next call starts where this one stopped: in the view it stopped in, or after it.
+      let left = r;
+      let k = 0;
+      while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
+      if (k === rest.length) return moved;
+      rest = [rest[k]!.subarray(left), ...rest.slice(k + 1)];
+    }
   }
 
   /**
@@ -373,7 +422,21 @@ export class UringExecutor implements IoExecutor {
     if (this.pumping || this.waiting.length > 0 || this.aloneRunning || (barrier && this.running > 0)) return false;
     if (op.kind !== 'read' && op.kind !== 'write' && op.kind !== 'flush') return false;
     const t = this.target(op.backing);
-    if (t === undefined || !('fd' in t) || t.inline !== true || t.pin !== undefined) return false;
+    if (t === undefined || !('fd' in t)) return false;
+    if (op.kind === 'read' && t.nowaitReads === true && t.directAlign === 0 && t.inline !== true) {
+      // Synchronous, so nothing is in flight to pin the target for.
+      const got = this.readCached(t.fd, op.into, op.offset);
+      if (got < 0) return false;
+      const total = viewBytes(op.into);
+      if (got < total && !this.cachedEof) {
+        // Part was cached: the ring reads the rest, from where the copy stopped.
+        this.submitRequest([op], false, done, token, got);
+        return true;
+      }
+      done(got === 0 ? NO_RESULT : { errno: 0, lastReadBytes: got }, token as T);
+      return true;
+    }
+    if (t.inline !== true || t.pin !== undefined) return false;
     const errno = this.runInline(op, true, t);
     const read = this.inlineLastRead;
     done(errno !== 0 ? { errno, lastReadBytes: 0 } : read === 0 || op.kind !== 'read' ? NO_RESULT : { errno: 0, lastReadBytes: read }, token as T);
@@ -474,6 +537,20 @@ export class UringExecutor implements IoExecutor {
       if (op.kind === 'flush') {
         req.stage = 'flush';
         return this.queue(req, SQE_FSYNC, t.fd, 0, null);
+      }
+      if (op.kind === 'read' && req.moved === 0 && t.nowaitReads === true && t.directAlign === 0) {
+        // What the page cache holds is copied now; only the rest needs the ring.
+        const got = this.readCached(t.fd, op.into, op.offset);
+        if (got >= 0) {
+          const last = req.at === req.ops.length - 1;
+          if (this.cachedEof || got === viewBytes(op.into)) {
+            if (last) req.lastReadBytes = got;
+            else if (this.cachedEof) zeroViews(op.into, got); // past the end reads as zeroes
+            req.at++;
+            continue;
+          }
+          req.moved = got;
+        }
       }
       const rw = op as ReadWriteOp;
       const views = rw.kind === 'read' ? rw.into : rw.from;
