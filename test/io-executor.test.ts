@@ -256,6 +256,56 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
   });
 });
 
+test.serial('a ring target with inlineWritesAlone (an fs file on a disk): any write done inside submit while nothing else is in flight, through the ring beside ring I/O; 1100 views in one write', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'writes-alone.img');
+    writeFileSync(path, Buffer.alloc(0));
+    const fd = openSync(path, 'r+');
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(2 << 20);
+    let pins = 0;
+    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, inlineWriteMax: 4096, inlineWritesAlone: true, pin: () => void pins++, unpin: () => void pins-- }, { fd: pr, directAlign: 0 }) });
+    const now = inSubmit(ex);
+    try {
+      // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives: one pwritev, now.
+      const big = pattern(1 << 20, 51);
+      mem.view(0, 1 << 20).set(big);
+      const pages = Array.from({ length: 256 }, (_, i) => mem.view(i * 4096, 4096));
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: pages }]), { errno: 0, lastReadBytes: 0 });
+      t.is(pins, 0);
+      t.true(readFileSync(path).equals(big));
+      // More views than one pwritev takes (IOV_MAX 1024): the rest in a second call.
+      const small = pattern(110_000, 52);
+      mem.view(1 << 20, small.length).set(small);
+      const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 100, 100));
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 4096, from: views }]), { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(4096, 4096 + small.length).equals(small));
+      // A read of the pipe in flight in the ring: a write of more than a page goes through the
+      // ring beside it (and completes first), a page-sized one is still done now.
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(1900000, 4)] }]);
+      mem.view(0, 8192).fill(0x33);
+      let beside: IoResult | undefined;
+      const besideDone = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] }], false, (r) => resolve((beside = r))));
+      t.is(beside, undefined, 'through the ring');
+      t.deepEqual(await besideDone, { errno: 0, lastReadBytes: 0 });
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(0, 12288).every((b) => b === 0x33));
+      t.is(ex.inflight, 1, 'the pipe read is still in flight');
+      n.write(pw, Buffer.from('done'));
+      t.is((await slow).errno, 0);
+      t.is(pins, 0, 'every pin undone');
+      // A write whose guest memory is gone: EFAULT, done now like any other.
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4096), unmappedView(8192)] }]), { errno: 14, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      closeSync(fd);
+      n.close(pr);
+      n.close(pw);
+      mem.close();
+    }
+  });
+});
+
 test.serial('a ring target with nowaitReads (an fs file on a disk): page-cache hits done inside submit, the end of the file, pages not cached through the ring, a target the kernel refuses through the ring', async (t) => {
   await noLeak(t, async () => {
     const path = join(diskDir, 'cached-reads.img');

@@ -13,7 +13,9 @@ import { constants as os } from 'node:os';
  * FUSE_WRITEs up to this size are written with pwrite in their turn instead of through io_uring
  * (UringTarget.inlineWriteMax: on ext4 the ring hands every buffered write to a kernel thread).
  * One page: the guest's small writes (a create's first bytes, a log line) without the ring's
- * thread hand-off and second wake-up; larger writes stay asynchronous.
+ * thread hand-off and second wake-up. Larger writes too when nothing else is in flight
+ * (inlineWritesAlone: a guest writing a file sequentially); beside other requests they stay
+ * asynchronous. Reads try the page cache first (nowaitReads).
  */
 const INLINE_WRITE_MAX = 4096;
 
@@ -96,6 +98,7 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
     describe,
     inline: false,
     inlineWriteMax: INLINE_WRITE_MAX,
+    inlineWritesAlone: true,
     nowaitReads: true,
     pin(write) {
       pins++;

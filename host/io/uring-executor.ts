@@ -62,6 +62,17 @@ export interface UringTarget {
    */
   readonly inlineWriteMax?: number;
   /**
+   * Writes of any size (not O_DIRECT) are done with pwritev in their turn when no other request
+   * of this executor is in flight or waiting: with nothing to overlap, the ring's hand-off to an
+   * io-wq thread and the completion's second wake-up are pure cost (a guest writing a file
+   * sequentially sends one FUSE_WRITE at a time; a 1 MiB one cost ~25% more host CPU through the
+   * ring: docs/BENCHMARKS.md, 2026-12-07 10:30-11:30 UTC). The runner submits a batch's requests
+   * one after another, so a batch of writes runs this way one by one (as a server without a
+   * thread pool, virtiofsd's default, does); while ring I/O is in flight (a read of pages not
+   * cached, an fsync) writes larger than inlineWriteMax go through the ring beside it.
+   */
+  readonly inlineWritesAlone?: boolean;
+  /**
    * Reads try the page cache first, in their turn (preadv2 with RWF_NOWAIT into the views): a
    * hit is done there, with no SQE, no completion to reap and no second wake-up of the event
    * loop; what is not cached (EAGAIN, or the rest after a short copy) goes through the ring as
@@ -527,7 +538,7 @@ export class UringExecutor implements IoExecutor {
         req.at++;
         continue;
       }
-      if (t.inline === true || (op.kind === 'write' && t.inlineWriteMax !== undefined && t.directAlign === 0 && viewBytes(op.from) <= t.inlineWriteMax)) {
+      if (t.inline === true || (op.kind === 'write' && t.directAlign === 0 && this.writesInline(t, op.from))) {
         const errno = this.runInline(op, req.at === req.ops.length - 1, t);
         if (errno !== 0) return this.finish(req, errno);
         if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = this.inlineLastRead;
@@ -573,6 +584,12 @@ export class UringExecutor implements IoExecutor {
     }
   }
 
+  /** A write to ring target `t` is done with pwritev in its turn (inlineWriteMax, inlineWritesAlone). */
+  private writesInline(t: UringTarget, from: readonly Uint8Array[]): boolean {
+    if (t.inlineWritesAlone === true && this.running === 1 && this.waiting.length === 0) return true;
+    return t.inlineWriteMax !== undefined && viewBytes(from) <= t.inlineWriteMax;
+  }
+
   /**
    * One read, write or flush with plain system calls straight into/from the views; 0 or the
    * errno. A read that is the request's last op leaves the bytes it moved in inlineLastRead.
@@ -585,34 +602,47 @@ export class UringExecutor implements IoExecutor {
         return 0;
       }
       if (op.kind !== 'read' && op.kind !== 'write') return EINVAL;
-      const views = op.kind === 'read' ? op.into : op.from;
-      let pos = op.offset;
+      const read = op.kind === 'read';
+      const views = read ? op.into : op.from;
+      for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
+      const total = viewBytes(views);
       let moved = 0;
-      for (const v of views) {
-        if (v.length === 0 && v.buffer.byteLength === 0) return EFAULT;
-        for (let done = 0; done < v.length; ) {
-          const part = done === 0 ? v : v.subarray(done);
-          const n = op.kind === 'read' ? native.pread(t.fd, part, pos) : native.pwrite(t.fd, part, pos);
-          if (n === 0) {
-            if (op.kind === 'write') return EIO; // a write that moves nothing would loop
-            // End of file: the last op reports how far it got; an earlier one reads as zeroes.
-            if (last) this.inlineLastRead = moved;
-            else zeroViews(views, moved);
-            return 0;
-          }
-          done += n;
-          pos += n;
-          moved += n;
+      let rest = views;
+      // One system call for all the views (a 1 MiB FUSE_WRITE is up to 256 guest pages), again
+      // from where a short transfer stopped.
+      while (moved < total) {
+        const pos = op.offset + moved;
+        let n: number;
+        if (rest.length === 1) n = read ? native.pread(t.fd, rest[0]!, pos) : native.pwrite(t.fd, rest[0]!, pos);
+        else {
+          const iov = rest.length > MAX_SEGMENTS ? rest.slice(0, MAX_SEGMENTS) : rest;
+          n = read ? native.fsPreadv(t.fd, iov, pos) : native.fsPwritev(t.fd, iov, pos);
+          if (n < 0) return this.inlineFailed(op, t, -n);
         }
+        if (n === 0) {
+          if (!read) return EIO; // a write that moves nothing would loop
+          // End of file: the last op reports how far it got; an earlier one reads as zeroes.
+          if (last) this.inlineLastRead = moved;
+          else zeroViews(views, moved);
+          return 0;
+        }
+        moved += n;
+        let left = n;
+        let k = 0;
+        while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
+        if (k < rest.length) rest = k === 0 && left === 0 ? rest : [rest[k]!.subarray(left), ...rest.slice(k + 1)];
       }
       if (last) this.inlineLastRead = moved;
       return 0;
     } catch (e) {
-      const errno = errnoOf(e);
-      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
-      this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
-      return errno;
+      return this.inlineFailed(op, t, errnoOf(e));
     }
+  }
+
+  private inlineFailed(op: IoOp, t: UringTarget, errno: number): number {
+    const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+    this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
+    return errno;
   }
 
   /** One op through a backing's own synchronous methods; 0 or the errno. */
