@@ -16,6 +16,7 @@ import { FileBacking } from '../host/storage/file.ts';
 import { MemoryBacking } from '../host/storage/memory.ts';
 import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
 import { chooseExecutor } from '../host/io/choose-executor.ts';
+import { coalesceViews } from '../host/io/coalesce-views.ts';
 import type { Logger } from '../host/log/logger.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 import { withTmpfs } from './helpers/small-tmpfs.ts';
@@ -256,6 +257,29 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
   });
 });
 
+test.serial('coalesceViews: neighbours in one mapping become one view, in order; views of other mappings, with gaps, empty or detached stay as they are', (t) => {
+  const a = guestMemory(65536);
+  const b = guestMemory(65536);
+  try {
+    const pages = [a.view(0, 4096), a.view(4096, 4096), a.view(8192, 100)];
+    const joined = coalesceViews(pages);
+    t.is(joined.length, 1);
+    t.is(joined[0]!.byteOffset, 0);
+    t.is(joined[0]!.length, 8292);
+    t.is(joined[0]!.buffer, a.buf, 'a view of the same mapping, not a copy');
+    const none = [a.view(0, 100), a.view(200, 100), b.view(300, 100)];
+    t.is(coalesceViews(none), none, 'nothing joins: the same array');
+    const gone = unmappedView(100);
+    const mixed = [a.view(0, 10), a.view(10, 0), a.view(10, 10), b.view(0, 4096), b.view(4096, 4096), gone, a.view(20, 5), a.view(25, 5)];
+    t.deepEqual(coalesceViews(mixed).map((v) => [v.buffer === a.buf ? 'a' : v.buffer === b.buf ? 'b' : 'gone', v.byteOffset, v.length]), [
+      ['a', 0, 10], ['a', 10, 0], ['a', 10, 10], ['b', 0, 8192], ['gone', 0, 0], ['a', 20, 10],
+    ]);
+  } finally {
+    a.close();
+    b.close();
+  }
+});
+
 test.serial('a ring target with inlineWritesAlone (an fs file on a disk): any write done inside submit while nothing else is in flight, through the ring beside ring I/O; 1100 views in one write', async (t) => {
   await noLeak(t, async () => {
     const path = join(diskDir, 'writes-alone.img');
@@ -267,17 +291,18 @@ test.serial('a ring target with inlineWritesAlone (an fs file on a disk): any wr
     const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, inlineWriteMax: 4096, inlineWritesAlone: true, pin: () => void pins++, unpin: () => void pins-- }, { fd: pr, directAlign: 0 }) });
     const now = inSubmit(ex);
     try {
-      // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives: one pwritev, now.
+      // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives (neighbours: one iovec), now.
       const big = pattern(1 << 20, 51);
       mem.view(0, 1 << 20).set(big);
       const pages = Array.from({ length: 256 }, (_, i) => mem.view(i * 4096, 4096));
       t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: pages }]), { errno: 0, lastReadBytes: 0 });
       t.is(pins, 0);
       t.true(readFileSync(path).equals(big));
-      // More views than one pwritev takes (IOV_MAX 1024): the rest in a second call.
+      // More views than one pwritev takes (IOV_MAX 1024), none next to another (neighbours are
+      // joined into one iovec): the rest in a second call.
       const small = pattern(110_000, 52);
-      mem.view(1 << 20, small.length).set(small);
-      const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 100, 100));
+      const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 128, 100));
+      views.forEach((v, i) => v.set(small.subarray(i * 100, (i + 1) * 100)));
       t.deepEqual(now([{ kind: 'write', backing: 0, offset: 4096, from: views }]), { errno: 0, lastReadBytes: 0 });
       t.true(readFileSync(path).subarray(4096, 4096 + small.length).equals(small));
       // A read of the pipe in flight in the ring: a write of more than a page goes through the

@@ -7,6 +7,7 @@ import { BackingError } from '../storage/backing.ts';
 import type { IoBacking } from '../io/backing-table.ts';
 import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
+import { coalesceViews } from '../io/coalesce-views.ts';
 import { constants as os } from 'node:os';
 
 /**
@@ -138,7 +139,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       const r = native.fsStat(fd, stat);
       return r < 0 ? 0 : stat[7];
     },
-    readInto(offset, into) {
+    readInto(offset, into0) {
+      const into = coalesceViews(into0);
       const { moved, rest } = vectored(into, (v) => native.fsPreadv(fd, v, offset), (errno) => fail(describe, 'read', lengthOf(into), offset, errno));
       let at = offset + moved;
       let total = moved;
@@ -165,7 +167,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       }
       return total;
     },
-    writeFrom(offset, from) {
+    writeFrom(offset, from0) {
+      const from = coalesceViews(from0);
       const { moved, rest } = vectored(from, (v) => native.fsPwritev(fd, v, offset), (errno) => fail(describe, 'write', lengthOf(from), offset, errno));
       let at = offset + moved;
       for (const v of rest) {

@@ -26,6 +26,7 @@ import { constants as osConstants, release } from 'node:os';
 import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
+import { coalesceViews } from './coalesce-views.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -400,10 +401,11 @@ export class UringExecutor implements IoExecutor {
    */
   private readCached(fd: number, views: readonly Uint8Array[], offset: number): number {
     this.cachedEof = false;
-    if (views.length === 0 || views.length > MAX_SEGMENTS) return -1;
+    if (views.length === 0) return -1;
     for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return -1;
+    let rest = coalesceViews(views);
+    if (rest.length > MAX_SEGMENTS) return -1;
     let moved = 0;
-    let rest = views;
     for (;;) {
       const r = native.fsPreadv(fd, rest, offset + moved, true);
       if (r === 0) {
@@ -607,7 +609,7 @@ export class UringExecutor implements IoExecutor {
       for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
       const total = viewBytes(views);
       let moved = 0;
-      let rest = views;
+      let rest = coalesceViews(views);
       // One system call for all the views (a 1 MiB FUSE_WRITE is up to 256 guest pages), again
       // from where a short transfer stopped.
       while (moved < total) {
