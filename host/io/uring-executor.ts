@@ -66,7 +66,7 @@ export interface UringTarget {
    * Writes of any size (not O_DIRECT) are done with pwritev in their turn when no other request
    * of this executor is in flight or waiting: with nothing to overlap, the ring's hand-off to an
    * io-wq thread and the completion's second wake-up are pure cost (a guest writing a file
-   * sequentially sends one FUSE_WRITE at a time; a 1 MiB one cost ~25% more host CPU through the
+   * sequentially sends one FUSE_WRITE at a time; a 1 MiB one cost 25-45% more host CPU through the
    * ring: docs/BENCHMARKS.md, 2026-12-07 10:30-11:30 UTC). The runner submits a batch's requests
    * one after another, so a batch of writes runs this way one by one (as a server without a
    * thread pool, virtiofsd's default, does); while ring I/O is in flight (a read of pages not
