@@ -4,7 +4,7 @@
 //
 //   node --import tsx bench/fs-guest.ts [--backend ours|virtiofsd|both] [--rounds 3]
 //        [--files 1000] [--mib 64] [--rand-reads 4096] [--dir-entries 10000] [--readdir-passes 3]
-//        [--warmup 200] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
+//        [--warmup 200] [--warmup-mib 8] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
 //
 // Back-ends: ours is the built binary users run (dist/vhost-wasm.mjs with dist/plugins/fs.wasm,
 // `--cache auto --call-deadline 5000`, its default `--inode-file-handles prefer`); virtiofsd is
@@ -21,7 +21,10 @@
 //
 // Guest workload: a static C program (compiled here with gcc -static, put in the initrd) first
 // creates, stats and unlinks --warmup files untimed (a back-end in JavaScript compiles its hot
-// paths while it serves its first requests; a long-running host has done so long before), then
+// paths while it serves its first requests; a long-running host has done so long before), and
+// writes, reads back and randomly reads a --warmup-mib file the same way as the timed phases
+// below (the data path's code: without it the 64 MiB phases paid our host's JIT compiling its
+// read/write path, ~20-30% of their CPU at 64 MiB; 0 skips it, as runs before 2026-12-07 11:30 did), then
 // times each phase with CLOCK_MONOTONIC inside the guest:
 //   create   N small files (open O_CREAT|O_EXCL, write 100 bytes, close)          files/s
 //   stat     each of them, after dropping the guest's caches (LOOKUP+GETATTR)       files/s
@@ -35,8 +38,8 @@
 //            before the boot), the guest's caches dropped before each pass (so the
 //            kernel asks READDIRPLUS again and each entry is looked up)             entries/s
 // The guest's own cost (TCG) is in every number: the ratio says how much slower the whole path
-// is with us. Beside each phase: the back-end process's CPU (utime+stime of /proc/PID/stat, all
-// its threads; 10 ms ticks) between the guest's BEGIN and END lines for that phase, per
+// is with us. Beside each phase: the back-end process's CPU (every thread's run time,
+// /proc/PID/task/*/schedstat, ns; before 2026-12-07 11:30 utime+stime in 10 ms ticks) between the guest's BEGIN and END lines for that phase, per
 // operation (file, MiB, read, entry). The guest prints BEGIN, waits 100 ms (the line reaches
 // the harness before any request of the phase), runs the phase, prints END; only the readdir
 // passes themselves are inside BEGIN/END (the FORGETs after each drop are not).
@@ -80,6 +83,7 @@ const { values: argv } = parseArgs({
     'dir-entries': { type: 'string', default: '10000' },
     'readdir-passes': { type: 'string', default: '3' },
     warmup: { type: 'string', default: '200' },
+    'warmup-mib': { type: 'string', default: '8' },
     inodes: { type: 'string', default: '100000' },
     'real-inodes': { type: 'string', default: '100000' },
     rounds: { type: 'string', default: '3' },
@@ -94,10 +98,12 @@ const RAND_READS = Number(argv['rand-reads']);
 const DIR_ENTRIES = Number(argv['dir-entries']);
 const READDIR_PASSES = Number(argv['readdir-passes']);
 const WARMUP = Number(argv.warmup);
+const WARMUP_MIB = Number(argv['warmup-mib']);
 const INODES = Number(argv.inodes);
 const REAL_INODES = Number(argv['real-inodes']);
 const ROUNDS = Number(argv.rounds);
 if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error(`--warmup must be a count of files, not "${argv.warmup}"`);
+if (!Number.isInteger(WARMUP_MIB) || WARMUP_MIB < 0) throw new Error(`--warmup-mib must be a number of MiB, not "${argv['warmup-mib']}"`);
 if (!['ours', 'virtiofsd', 'both'].includes(argv.backend!)) throw new Error(`--backend is ours, virtiofsd or both, not "${argv.backend}"`);
 for (const [k, v] of Object.entries({ files: FILES, mib: MIB, 'rand-reads': RAND_READS, 'dir-entries': DIR_ENTRIES, 'readdir-passes': READDIR_PASSES, rounds: ROUNDS })) {
   if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer, not "${v}"`);
@@ -130,7 +136,7 @@ static void begin(const char *p) { printf("BEGIN %s\n", p); fflush(stdout); usle
 static void end(const char *p) { printf("END %s\n", p); fflush(stdout); }
 static void result(const char *p, long n, double secs) { printf("RESULT %s %ld %.6f\n", p, n, secs); fflush(stdout); }
 int main(int argc, char **argv) {
-  if (argc < 10) return 2;
+  if (argc < 11) return 2;
   struct stat st;
   int n = atoi(argv[2]), mib = atoi(argv[3]);
   double budget = atof(argv[4]);
@@ -150,6 +156,28 @@ int main(int argc, char **argv) {
     snprintf(p, sizeof p, "small/w%d", i);
     int fd = open(p, O_CREAT | O_EXCL | O_WRONLY, 0644);
     if (fd < 0 || write(fd, buf, 100) != 100 || close(fd) || stat(p, &st) || unlink(p)) die("warm-up");
+  }
+  /* ... and the data path: a file written in 1 MiB writes, read back cold, 4 KiB O_DIRECT reads. */
+  int warm_mib = atoi(argv[10]);
+  if (warm_mib > 0) {
+    int wfd = open("warm", O_CREAT | O_TRUNC | O_RDWR, 0644);
+    if (wfd < 0) die("warm-up data");
+    for (int i = 0; i < warm_mib; i++) if (write(wfd, buf, sizeof buf) != (ssize_t)sizeof buf) die("warm-up write");
+    if (fsync(wfd) || close(wfd)) die("warm-up fsync");
+    drop();
+    wfd = open("warm", O_RDONLY);
+    if (wfd < 0) die("warm-up read");
+    while (read(wfd, buf, sizeof buf) > 0) {}
+    close(wfd);
+    void *wpage;
+    if (posix_memalign(&wpage, 4096, 4096)) die("posix_memalign");
+    wfd = open("warm", O_RDONLY | O_DIRECT);
+    if (wfd < 0) die("warm-up O_DIRECT");
+    for (long i = 0; i < (long)warm_mib * 64; i++) if (pread(wfd, wpage, 4096, (off_t)((i * 7919) % ((long)warm_mib * 256)) * 4096) != 4096) die("warm-up randread");
+    close(wfd);
+    free(wpage);
+    memset(buf, 'x', sizeof buf);
+    if (unlink("warm")) die("warm-up unlink");
   }
 
   begin("create");
@@ -275,11 +303,21 @@ function compileGuestProgram(): Uint8Array {
   return readFileSync(bin);
 }
 
-/** utime + stime of every thread of `pid`, in seconds (clock ticks are 1/100 s here). */
+/**
+ * Seconds every live thread of `pid` has run (/proc/PID/task/TID/schedstat, ns), as bench/fs-host
+ * reads it: utime + stime came in 10 ms ticks, ~20% of a 64 MiB phase's CPU. A thread that ends
+ * between two reads is lost (io_uring's workers outlive a phase: they idle 5 s before exiting).
+ */
 function processCpu(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread ended
+    }
+  }
+  return ns / 1e9;
 }
 
 /**
@@ -348,7 +386,7 @@ async function runWorkload(qemu: string, socket: string, pid: number, program: U
     memMiB: 512,
     qemuArgs: ['-chardev', `socket,id=fs0,path=${socket}`, '-device', `vhost-user-fs-pci,chardev=fs0,tag=${TAG}`],
     files: { 'bin/fsbench': program },
-    script: `set -e\nmount -t virtiofs ${TAG} /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20 ${RAND_READS} /mnt/many ${DIR_ENTRIES} ${READDIR_PASSES} ${WARMUP}\numount /mnt\n`,
+    script: `set -e\nmount -t virtiofs ${TAG} /mnt\n/bin/fsbench /mnt ${FILES} ${MIB} 20 ${RAND_READS} /mnt/many ${DIR_ENTRIES} ${READDIR_PASSES} ${WARMUP} ${WARMUP_MIB}\numount /mnt\n`,
     onOutput,
   });
   const out = r.scriptOutput.replace(/\r/g, '');
@@ -654,7 +692,7 @@ if (!argv['skip-guest']) {
   };
   console.log(`\nGuest workload: ${qemu.version.replace(/ \(.*$/, '')} TCG, 1 vCPU, busybox guest, cache=auto on both; ${FILES} small files, ` +
     `${MIB} MiB sequential, ${RAND_READS} 4 KiB O_DIRECT random reads, readdir of ${DIR_ENTRIES} entries x ${READDIR_PASSES}; ` +
-    `${WARMUP} files of warm-up; median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
+    `${WARMUP} files and ${WARMUP_MIB} MiB of warm-up; median of ${ROUNDS} round(s); load average ${loads.map((l) => l.toFixed(1)).join(' ')}`);
   console.log(`Shares in ${work} (${fsTypeOf(work)}, TMPDIR picks another). The file system's own CPU for a create + 100-byte write + close ` +
     `(a plain loop of this process in the share's small/, before each run): ${floors.map((f) => f.toFixed(0)).join(', ')} us/file; ` +
     'on ext4 it grows with the inodes unlinked there in the last minutes, and is part of both back-ends\' create figures.');
@@ -666,7 +704,7 @@ if (!argv['skip-guest']) {
     const rate = BACKENDS.map((b) => median(runs[b].map((r) => r[p].rate)));
     const cpu = BACKENDS.map((b) => median(runs[b].map((r) => r[p].cpuPerOp)) * u.cpuScale);
     const ratio = both ? ` ${num(rate[0] / rate[1], 2)} |` : '';
-    console.log(`| ${p} | ${u.rate} | ${rate.map((r) => num(r)).join(' | ')} |${ratio} ${cpu.map((c) => num(c, u.cpuScale === 1e3 ? 2 : 0)).join(' / ')} ${u.cpuUnit} |`);
+    console.log(`| ${p} | ${u.rate} | ${rate.map((r) => num(r)).join(' | ')} |${ratio} ${cpu.map((c) => num(c, u.cpuScale === 1e3 ? 2 : 1)).join(' / ')} ${u.cpuUnit} |`);
   }
   if (argv.profile && BACKENDS.includes('ours')) summariseProfile(argv.profile);
 }

@@ -16,6 +16,10 @@
 //   read 4K       READ of 4 KiB at a random offset of an open 64 MiB... (4 MiB) file
 //   read 128K     READ of 128 KiB, sequential through that file (the guest's readahead requests)
 //   write 100     WRITE of 100 bytes at offset 0 of an open file (the create's WRITE, page cached)
+//   write 1M      WRITE of 1 MiB, sequential through the first 16 MiB of that file (the guest's
+//                 write phase: 1 MiB writes, one in flight, no writeback cache), per request
+//   read 128K pages, write 1M pages   the same, laid out as a Linux guest sends them: the data
+//                 one 4 KiB page per descriptor (32 and 256 of them), through an indirect table
 //   readdirplus   READDIRPLUS of the 2000-entry directory, 64 KiB replies, per entry
 //   readdir       READDIR of a 10,000-entry directory (bench/fs-guest's names), 4 KiB replies as
 //                 the guest kernel asks, per entry (a guest's readdir(3) after its first request)
@@ -94,7 +98,8 @@ if (argv.backend === 'virtiofsd') {
 } else {
   host = await startMultiHost(spec);
 }
-const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 64 << 20, queues: [64, 256], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+// Indirect tables of up to 300 entries: the '... pages' phases send a guest's page-per-descriptor layout.
+const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 64 << 20, queues: [64, 256], features: 1n << BigInt(VIRTIO_F_VERSION_1), indirect: 300 });
 const fuse = new FuseClient(fe);
 // virtiofsd reads fuse_init_in's 48-byte extension when FUSE_INIT_EXT is among the flags (as the
 // kernel sends it since 7.36); FuseClient.init() sends the 16-byte form our plugin takes too.
@@ -127,6 +132,29 @@ const forget = (node: bigint) => {
   return fuse.req(2, node, b, 0).catch(() => undefined);
 };
 
+/**
+ * A request laid out as a Linux guest's virtio-fs driver sends READ and WRITE: the in header and
+ * the op's arguments in one buffer, then the WRITE's data one page per descriptor; the reply's
+ * out header (and a WRITE's fuse_write_out) in one buffer, then the READ's data one page per
+ * descriptor; through an indirect table.
+ */
+let pagedUnique = 1n << 40n;
+async function pagedReq(opcode: number, nodeid: bigint, args: Buffer, data: Buffer | null, outArgs: number, readPages: number): Promise<{ error: number; len: number }> {
+  const h = Buffer.alloc(40);
+  h.writeUInt32LE(40 + args.length + (data?.length ?? 0), 0);
+  h.writeUInt32LE(opcode, 4);
+  h.writeBigUInt64LE(pagedUnique++, 8);
+  h.writeBigUInt64LE(nodeid, 16);
+  const readable: Buffer[] = [Buffer.concat([h, args])];
+  if (data !== null) for (let at = 0; at < data.length; at += 4096) readable.push(data.subarray(at, at + 4096));
+  const c = await fe.queues[1].submit(readable, [16 + outArgs, ...new Array<number>(readPages).fill(4096)], { indirect: true });
+  const out = Buffer.from(c.data.subarray(0, c.len));
+  const error = -out.readInt32LE(4) || 0;
+  if (error) throw new Error(`op ${opcode}: errno ${error}`);
+  if (GAP_MS > 0) Atomics.wait(gapCell, 0, 0, GAP_MS);
+  return { error, len: c.len };
+}
+
 let created = 0;
 let lookedUp = 0;
 const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
@@ -154,7 +182,7 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       const b = ioIn(fh, 0n, 4096);
       for (let i = 0; i < COUNT; i++) {
         b.writeBigUInt64LE(BigInt(Math.floor(Math.random() * 1024) * 4096), 8);
-        ok(await fuse.req(15, big, b, 8192), 'read');
+        ok(await fuse.req(15, big, b, 16 + 4096), 'read');
       }
       return COUNT;
     },
@@ -173,6 +201,19 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       return COUNT;
     },
   },
+  // The same, laid out as a guest sends it: the reply's data one page per descriptor.
+  'read 128K pages': {
+    unit: 'read',
+    async run() {
+      const b = ioIn(fh, 0n, 128 << 10);
+      for (let i = 0; i < COUNT; i++) {
+        b.writeBigUInt64LE(BigInt((i % 32) * (128 << 10)), 8);
+        const r = await pagedReq(15, big, b, null, 0, 32);
+        if (r.len !== 16 + (128 << 10)) throw new Error(`read: ${r.len - 16} bytes, not 128 KiB`);
+      }
+      return COUNT;
+    },
+  },
   // The create's WRITE alone: 100 bytes at offset 0 of an open file, its page cached (on a disk
   // share through io_uring, on tmpfs pwrite in turn: TMPDIR picks).
   'write 100': {
@@ -182,6 +223,33 @@ const phases: Record<string, { unit: string; run: () => Promise<number> }> = {
       for (let i = 0; i < COUNT; i++) {
         const r = ok(await fuse.req(16, scratch, req), 'write');
         if (r.body.readUInt32LE(0) !== 100) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 100`);
+      }
+      return COUNT;
+    },
+  },
+  // The guest's sequential write phase: 1 MiB FUSE_WRITEs (max_write), one in flight, through
+  // the first 16 MiB of the scratch file (page cached after the first round).
+  'write 1M': {
+    unit: 'write',
+    async run() {
+      const req = Buffer.concat([ioIn(wfh, 0n, 1 << 20), Buffer.alloc(1 << 20, 0x63)]);
+      for (let i = 0; i < COUNT; i++) {
+        req.writeBigUInt64LE(BigInt((i % 16) << 20), 8);
+        const r = ok(await fuse.req(16, scratch, req), 'write');
+        if (r.body.readUInt32LE(0) !== 1 << 20) throw new Error(`write: ${r.body.readUInt32LE(0)} bytes, not 1 MiB`);
+      }
+      return COUNT;
+    },
+  },
+  // The same, laid out as a guest sends it: the data one page per descriptor (256 of them).
+  'write 1M pages': {
+    unit: 'write',
+    async run() {
+      const args = ioIn(wfh, 0n, 1 << 20);
+      const data = Buffer.alloc(1 << 20, 0x64);
+      for (let i = 0; i < COUNT; i++) {
+        args.writeBigUInt64LE(BigInt((i % 16) << 20), 8);
+        await pagedReq(16, scratch, args, data, 8 /* fuse_write_out */, 0);
       }
       return COUNT;
     },

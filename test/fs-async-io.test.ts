@@ -105,12 +105,14 @@ function onDisk(): string {
   return parent;
 }
 
-test('a share on a disk: 96 FUSE_READs in flight at once through io_uring, every byte right, short reads at the end of the file', async (t) => {
+test('a share on a disk: 96 FUSE_READs of an uncached file in flight at once through io_uring, every byte right, short reads at the end of the file', async (t) => {
   const { dir, host, c, open } = await serve(t, onDisk());
   await host.waitForLog(/shared directory .*: file I\/O through io_uring/);
   const size = 8 * MiB + 1000;
   const data = pattern(size, 1);
   writeDurable(join(dir, 'big'), data);
+  // Not in the page cache: a cached page is copied as the read is submitted, the rest waits in io_uring.
+  coldFile(join(dir, 'big'));
   const fh = await open('big', O.RDONLY);
   const at = (i: number) => ((i * 7919) % 64) * 131072 + (i % 3) * 512;
   const reads = Array.from({ length: 96 }, (_, i) => c.read(fh, at(i), 131072));
@@ -125,9 +127,15 @@ test('a share on a disk: 96 FUSE_READs in flight at once through io_uring, every
   t.is(tr.body.length, 300, 'a read across the end of the file is short');
   t.true(tr.body.equals(data.subarray(size - 300)));
   t.is((await beyond).body.length, 0, 'a read past the end is empty');
-  // Writes in flight too, then FSYNC (which waits for the writes already handed out), then read back.
+  // Writes in flight too, then FSYNC (which waits for the writes already handed out), then read
+  // back. Behind a read of an uncached file in the same batch: while it waits in io_uring, the
+  // writes go there too (with nothing else in flight each would be written as it comes).
+  writeDurable(join(dir, 'cold'), pattern(MiB, 7));
+  coldFile(join(dir, 'cold'));
+  const coldFh = await open('cold', O.RDONLY);
   const wfh = await open('big', O.RDWR);
   const fresh = pattern(32 * 65536, 2);
+  const coldRead = c.read(coldFh, 0, MiB);
   const writes = Array.from({ length: 32 }, (_, i) => c.req(OP.WRITE, 0n, writeIn(wfh, BigInt(i * 65536), fresh.subarray(i * 65536, (i + 1) * 65536))));
   const sync = Buffer.alloc(16);
   sync.writeBigUInt64LE(wfh, 0);
@@ -136,6 +144,7 @@ test('a share on a disk: 96 FUSE_READs in flight at once through io_uring, every
   const fsync = c.req(OP.FSYNC, 0n, sync);
   for (const w of await Promise.all(writes)) t.is(w.error, 0);
   t.is((await fsync).error, 0, 'FSYNC');
+  t.true((await coldRead).body.equals(pattern(MiB, 7)), 'the uncached read beside them');
   t.true(readFileSync(join(dir, 'big')).subarray(0, fresh.length).equals(fresh), 'the host file holds every write');
   t.true((await c.read(fh, 65536 * 31, 65536)).body.equals(fresh.subarray(65536 * 31)), 'and reads see them');
   t.notRegex(host.log(), / (ERROR|WARN) /, host.log());

@@ -6,7 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { native as n } from '../host/native/index.ts';
 import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
@@ -16,6 +16,7 @@ import { FileBacking } from '../host/storage/file.ts';
 import { MemoryBacking } from '../host/storage/memory.ts';
 import { BackingTable, storageIoBacking } from '../host/io/backing-table.ts';
 import { chooseExecutor } from '../host/io/choose-executor.ts';
+import { coalesceViews } from '../host/io/coalesce-views.ts';
 import type { Logger } from '../host/log/logger.ts';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 import { withTmpfs } from './helpers/small-tmpfs.ts';
@@ -249,6 +250,145 @@ test.serial('a ring target with inlineWriteMax (an fs file on a disk): small wri
     } finally {
       ex.close();
       file.close();
+      n.close(pr);
+      n.close(pw);
+      mem.close();
+    }
+  });
+});
+
+test.serial('coalesceViews: neighbours in one mapping become one view, in order; views of other mappings, with gaps, empty or detached stay as they are', (t) => {
+  const a = guestMemory(65536);
+  const b = guestMemory(65536);
+  try {
+    const pages = [a.view(0, 4096), a.view(4096, 4096), a.view(8192, 100)];
+    const joined = coalesceViews(pages);
+    t.is(joined.length, 1);
+    t.is(joined[0]!.byteOffset, 0);
+    t.is(joined[0]!.length, 8292);
+    t.is(joined[0]!.buffer, a.buf, 'a view of the same mapping, not a copy');
+    const none = [a.view(0, 100), a.view(200, 100), b.view(300, 100)];
+    t.is(coalesceViews(none), none, 'nothing joins: the same array');
+    const gone = unmappedView(100);
+    const mixed = [a.view(0, 10), a.view(10, 0), a.view(10, 10), b.view(0, 4096), b.view(4096, 4096), gone, a.view(20, 5), a.view(25, 5)];
+    t.deepEqual(coalesceViews(mixed).map((v) => [v.buffer === a.buf ? 'a' : v.buffer === b.buf ? 'b' : 'gone', v.byteOffset, v.length]), [
+      ['a', 0, 10], ['a', 10, 0], ['a', 10, 10], ['b', 0, 8192], ['gone', 0, 0], ['a', 20, 10],
+    ]);
+  } finally {
+    a.close();
+    b.close();
+  }
+});
+
+test.serial('a ring target with inlineWritesAlone (an fs file on a disk): any write done inside submit while nothing else is in flight, through the ring beside ring I/O; 1100 views in one write', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'writes-alone.img');
+    writeFileSync(path, Buffer.alloc(0));
+    const fd = openSync(path, 'r+');
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(2 << 20);
+    let pins = 0;
+    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, inlineWriteMax: 4096, inlineWritesAlone: true, pin: () => void pins++, unpin: () => void pins-- }, { fd: pr, directAlign: 0 }) });
+    const now = inSubmit(ex);
+    try {
+      // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives (neighbours: one iovec), now.
+      const big = pattern(1 << 20, 51);
+      mem.view(0, 1 << 20).set(big);
+      const pages = Array.from({ length: 256 }, (_, i) => mem.view(i * 4096, 4096));
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: pages }]), { errno: 0, lastReadBytes: 0 });
+      t.is(pins, 0);
+      t.true(readFileSync(path).equals(big));
+      // More views than one pwritev takes (IOV_MAX 1024), none next to another (neighbours are
+      // joined into one iovec): the rest in a second call.
+      const small = pattern(110_000, 52);
+      const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 128, 100));
+      views.forEach((v, i) => v.set(small.subarray(i * 100, (i + 1) * 100)));
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 4096, from: views }]), { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(4096, 4096 + small.length).equals(small));
+      // A read of the pipe in flight in the ring: a write of more than a page goes through the
+      // ring beside it (and completes first), a page-sized one is still done now.
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(1900000, 4)] }]);
+      mem.view(0, 8192).fill(0x33);
+      let beside: IoResult | undefined;
+      const besideDone = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] }], false, (r) => resolve((beside = r))));
+      t.is(beside, undefined, 'through the ring');
+      t.deepEqual(await besideDone, { errno: 0, lastReadBytes: 0 });
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(0, 12288).every((b) => b === 0x33));
+      t.is(ex.inflight, 1, 'the pipe read is still in flight');
+      n.write(pw, Buffer.from('done'));
+      t.is((await slow).errno, 0);
+      t.is(pins, 0, 'every pin undone');
+      // A write whose guest memory is gone: EFAULT, done now like any other.
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4096), unmappedView(8192)] }]), { errno: 14, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      closeSync(fd);
+      n.close(pr);
+      n.close(pw);
+      mem.close();
+    }
+  });
+});
+
+test.serial('a ring target with nowaitReads (an fs file on a disk): page-cache hits done inside submit, the end of the file, pages not cached through the ring, a target the kernel refuses through the ring', async (t) => {
+  await noLeak(t, async () => {
+    const path = join(diskDir, 'cached-reads.img');
+    const size = 256 * 1024;
+    const data = pattern(size, 41);
+    writeFileSync(path, data); // in the page cache from here on
+    const fd = openSync(path, 'r+');
+    const directFd = openSync(path, constants.O_RDWR | constants.O_DIRECT);
+    const [pr, pw] = n.pipe2();
+    const mem = guestMemory(1 << 20);
+    let pins = 0;
+    const pin = () => void pins++;
+    const unpin = () => void pins--;
+    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, nowaitReads: true, pin, unpin }, { fd: pr, directAlign: 0, nowaitReads: true }) });
+    const now = inSubmit(ex);
+    try {
+      mem.view(0, 1 << 20).fill(0xff);
+      // Three views, the middle one crossing no page boundary of the file: all of it, now.
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 1000, into: [mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)] }]), { errno: 0, lastReadBytes: 12288 });
+      t.true(Buffer.concat([mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)]).equals(data.subarray(1000, 1000 + 12288)));
+      t.is(pins, 0, 'nothing was in flight');
+      t.is(ex.inflight, 0);
+      // The end of the file: the bytes up to it, or none.
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size - 100, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 100 });
+      t.true(Buffer.from(mem.view(32768, 100)).equals(data.subarray(size - 100)));
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size + 4096, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+      // Two reads in one request: the first ends at the end of the file (zeroes after), the second is whole.
+      t.deepEqual(now([
+        { kind: 'read', backing: 0, offset: size - 8, into: [mem.view(40960, 16)] },
+        { kind: 'read', backing: 0, offset: 0, into: [mem.view(49152, 64)] },
+      ]), { errno: 0, lastReadBytes: 64 });
+      t.true(Buffer.from(mem.view(40960, 8)).equals(data.subarray(size - 8)));
+      t.true(mem.view(40968, 8).every((b) => b === 0), 'zeroes past the end');
+      t.true(Buffer.from(mem.view(49152, 64)).equals(data.subarray(0, 64)));
+      // An O_DIRECT write of [128K, 192K) drops those pages from the page cache: a read across
+      // them copies what is cached and the ring reads the rest (or all of it is cached again by
+      // the time it asks: the bytes are what counts).
+      const fresh = pattern(65536, 42);
+      mem.view(524288, 65536).set(fresh);
+      t.is(n.pwrite(directFd, mem.view(524288, 65536), 131072), 65536);
+      const r = await run(ex, [{ kind: 'read', backing: 0, offset: 120 * 1024, into: [mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)] }]);
+      t.deepEqual(r, { errno: 0, lastReadBytes: 80 * 1024 });
+      const want = Buffer.concat([data.subarray(120 * 1024, 128 * 1024), fresh, data.subarray(192 * 1024, 200 * 1024)]);
+      t.true(Buffer.concat([mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)]).equals(want));
+      t.is(pins, 0, 'every pin undone');
+      // A pipe has no page cache to try (ESPIPE): the read goes through the ring and waits there.
+      let piped: IoResult | undefined;
+      const slow = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'read', backing: 1, offset: 0, into: [mem.view(196608, 4)] }], false, (res) => resolve((piped = res))));
+      t.is(piped, undefined, 'in the ring, not done inside submit');
+      n.write(pw, Buffer.from('wake'));
+      t.deepEqual(await slow, { errno: 0, lastReadBytes: 4 });
+      t.is(Buffer.from(mem.view(196608, 4)).toString(), 'wake');
+      // Guest memory gone under a read: EFAULT from the ring, not a read that "succeeds".
+      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(100)] }]), { errno: 14, lastReadBytes: 0 });
+    } finally {
+      ex.close();
+      closeSync(fd);
+      closeSync(directFd);
       n.close(pr);
       n.close(pw);
       mem.close();

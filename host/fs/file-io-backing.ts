@@ -7,13 +7,16 @@ import { BackingError } from '../storage/backing.ts';
 import type { IoBacking } from '../io/backing-table.ts';
 import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
+import { coalesceViews } from '../io/coalesce-views.ts';
 import { constants as os } from 'node:os';
 
 /**
  * FUSE_WRITEs up to this size are written with pwrite in their turn instead of through io_uring
  * (UringTarget.inlineWriteMax: on ext4 the ring hands every buffered write to a kernel thread).
  * One page: the guest's small writes (a create's first bytes, a log line) without the ring's
- * thread hand-off and second wake-up; larger writes stay asynchronous.
+ * thread hand-off and second wake-up. Larger writes too when nothing else is in flight
+ * (inlineWritesAlone: a guest writing a file sequentially); beside other requests they stay
+ * asynchronous. Reads try the page cache first (nowaitReads).
  */
 const INLINE_WRITE_MAX = 4096;
 
@@ -96,6 +99,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
     describe,
     inline: false,
     inlineWriteMax: INLINE_WRITE_MAX,
+    inlineWritesAlone: true,
+    nowaitReads: true,
     pin(write) {
       pins++;
       if (write) writePins++;
@@ -134,7 +139,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       const r = native.fsStat(fd, stat);
       return r < 0 ? 0 : stat[7];
     },
-    readInto(offset, into) {
+    readInto(offset, into0) {
+      const into = coalesceViews(into0);
       const { moved, rest } = vectored(into, (v) => native.fsPreadv(fd, v, offset), (errno) => fail(describe, 'read', lengthOf(into), offset, errno));
       let at = offset + moved;
       let total = moved;
@@ -161,7 +167,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       }
       return total;
     },
-    writeFrom(offset, from) {
+    writeFrom(offset, from0) {
+      const from = coalesceViews(from0);
       const { moved, rest } = vectored(from, (v) => native.fsPwritev(fd, v, offset), (errno) => fail(describe, 'write', lengthOf(from), offset, errno));
       let at = offset + moved;
       for (const v of rest) {

@@ -26,6 +26,7 @@ import { constants as osConstants, release } from 'node:os';
 import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
+import { coalesceViews } from './coalesce-views.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -61,6 +62,27 @@ export interface UringTarget {
    * page cache is read first; dirty-page throttling), as every write of a synchronous server does.
    */
   readonly inlineWriteMax?: number;
+  /**
+   * Writes of any size (not O_DIRECT) are done with pwritev in their turn when no other request
+   * of this executor is in flight or waiting: with nothing to overlap, the ring's hand-off to an
+   * io-wq thread and the completion's second wake-up are pure cost (a guest writing a file
+   * sequentially sends one FUSE_WRITE at a time; a 1 MiB one cost 25-45% more host CPU through the
+   * ring: docs/BENCHMARKS.md, 2026-12-07 10:30-11:30 UTC). The runner submits a batch's requests
+   * one after another, so a batch of writes runs this way one by one (as a server without a
+   * thread pool, virtiofsd's default, does); while ring I/O is in flight (a read of pages not
+   * cached, an fsync) writes larger than inlineWriteMax go through the ring beside it.
+   */
+  readonly inlineWritesAlone?: boolean;
+  /**
+   * Reads try the page cache first, in their turn (preadv2 with RWF_NOWAIT into the views): a
+   * hit is done there, with no SQE, no completion to reap and no second wake-up of the event
+   * loop; what is not cached (EAGAIN, or the rest after a short copy) goes through the ring as
+   * before. A virtio-fs share's files (host/fs/file-io-backing.ts): a guest re-reads what the
+   * host's page cache holds far more often than not, and a 4 KiB FUSE_READ through the ring cost
+   * ~6 µs more host CPU than its copy (docs/BENCHMARKS.md, 2026-12-07 10:30 UTC). Not for
+   * O_DIRECT targets (no page cache to try).
+   */
+  readonly nowaitReads?: boolean;
   /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
@@ -352,13 +374,53 @@ export class UringExecutor implements IoExecutor {
       return;
     }
     if (ops.length === 1 && this.runAtOnce(ops[0]!, barrier, done, token)) return;
+    this.submitRequest(ops, barrier, done, token, 0);
+  }
+
+  /** submit() the usual way: a Request, queued in order; `moved`: bytes of its first op already done. */
+  private submitRequest<T>(ops: readonly IoOp[], barrier: boolean, done: (result: IoResult, token: T) => void, token: T | undefined, moved: number): void {
     const o = ordered(ops);
     const targets: Target[] = new Array(o.length);
     for (let i = 0; i < o.length; i++) targets[i] = this.target(o[i]!.backing);
     const req = new Request(o, targets, barrier || this.needsReadModifyWrite(o, targets), done as (result: IoResult, token: unknown) => void, token);
+    req.moved = moved;
     this.count++;
     this.waiting.push(req);
     this.pump();
+  }
+
+  /** Set by readCached(): the copy stopped at the end of the file (not at a page the cache lacks). */
+  private cachedEof = false;
+
+  /**
+   * Copies what the page cache holds of the views' bytes (preadv2 RWF_NOWAIT, again after a
+   * short copy, until the views are full, the file ends or a page is not cached): the bytes
+   * copied (cachedEof says whether the file ended there), or -1 when nothing was copied this way
+   * (views detached or too many, the first page not cached, the kernel refused: the ring serves
+   * the read and reports any error as it always does).
+   */
+  private readCached(fd: number, views: readonly Uint8Array[], offset: number): number {
+    this.cachedEof = false;
+    if (views.length === 0) return -1;
+    for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return -1;
+    let rest = coalesceViews(views);
+    if (rest.length > MAX_SEGMENTS) return -1;
+    let moved = 0;
+    for (;;) {
+      const r = native.fsPreadv(fd, rest, offset + moved, true);
+      if (r === 0) {
+        this.cachedEof = true;
+        return moved;
+      }
+      if (r < 0) return moved > 0 ? moved : -1;
+      moved += r;
+      // The next call starts where this one stopped: in the view it stopped in, or after it.
+      let left = r;
+      let k = 0;
+      while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
+      if (k === rest.length) return moved;
+      rest = [rest[k]!.subarray(left), ...rest.slice(k + 1)];
+    }
   }
 
   /**
@@ -373,7 +435,21 @@ export class UringExecutor implements IoExecutor {
     if (this.pumping || this.waiting.length > 0 || this.aloneRunning || (barrier && this.running > 0)) return false;
     if (op.kind !== 'read' && op.kind !== 'write' && op.kind !== 'flush') return false;
     const t = this.target(op.backing);
-    if (t === undefined || !('fd' in t) || t.inline !== true || t.pin !== undefined) return false;
+    if (t === undefined || !('fd' in t)) return false;
+    if (op.kind === 'read' && t.nowaitReads === true && t.directAlign === 0 && t.inline !== true) {
+      // Synchronous, so nothing is in flight to pin the target for.
+      const got = this.readCached(t.fd, op.into, op.offset);
+      if (got < 0) return false;
+      const total = viewBytes(op.into);
+      if (got < total && !this.cachedEof) {
+        // Part was cached: the ring reads the rest, from where the copy stopped.
+        this.submitRequest([op], false, done, token, got);
+        return true;
+      }
+      done(got === 0 ? NO_RESULT : { errno: 0, lastReadBytes: got }, token as T);
+      return true;
+    }
+    if (t.inline !== true || t.pin !== undefined) return false;
     const errno = this.runInline(op, true, t);
     const read = this.inlineLastRead;
     done(errno !== 0 ? { errno, lastReadBytes: 0 } : read === 0 || op.kind !== 'read' ? NO_RESULT : { errno: 0, lastReadBytes: read }, token as T);
@@ -464,7 +540,7 @@ export class UringExecutor implements IoExecutor {
         req.at++;
         continue;
       }
-      if (t.inline === true || (op.kind === 'write' && t.inlineWriteMax !== undefined && t.directAlign === 0 && viewBytes(op.from) <= t.inlineWriteMax)) {
+      if (t.inline === true || (op.kind === 'write' && t.directAlign === 0 && this.writesInline(t, op.from))) {
         const errno = this.runInline(op, req.at === req.ops.length - 1, t);
         if (errno !== 0) return this.finish(req, errno);
         if (op.kind === 'read' && req.at === req.ops.length - 1) req.lastReadBytes = this.inlineLastRead;
@@ -474,6 +550,20 @@ export class UringExecutor implements IoExecutor {
       if (op.kind === 'flush') {
         req.stage = 'flush';
         return this.queue(req, SQE_FSYNC, t.fd, 0, null);
+      }
+      if (op.kind === 'read' && req.moved === 0 && t.nowaitReads === true && t.directAlign === 0) {
+        // What the page cache holds is copied now; only the rest needs the ring.
+        const got = this.readCached(t.fd, op.into, op.offset);
+        if (got >= 0) {
+          const last = req.at === req.ops.length - 1;
+          if (this.cachedEof || got === viewBytes(op.into)) {
+            if (last) req.lastReadBytes = got;
+            else if (this.cachedEof) zeroViews(op.into, got); // past the end reads as zeroes
+            req.at++;
+            continue;
+          }
+          req.moved = got;
+        }
       }
       const rw = op as ReadWriteOp;
       const views = rw.kind === 'read' ? rw.into : rw.from;
@@ -496,6 +586,12 @@ export class UringExecutor implements IoExecutor {
     }
   }
 
+  /** A write to ring target `t` is done with pwritev in its turn (inlineWriteMax, inlineWritesAlone). */
+  private writesInline(t: UringTarget, from: readonly Uint8Array[]): boolean {
+    if (t.inlineWritesAlone === true && this.running === 1 && this.waiting.length === 0) return true;
+    return t.inlineWriteMax !== undefined && viewBytes(from) <= t.inlineWriteMax;
+  }
+
   /**
    * One read, write or flush with plain system calls straight into/from the views; 0 or the
    * errno. A read that is the request's last op leaves the bytes it moved in inlineLastRead.
@@ -508,34 +604,47 @@ export class UringExecutor implements IoExecutor {
         return 0;
       }
       if (op.kind !== 'read' && op.kind !== 'write') return EINVAL;
-      const views = op.kind === 'read' ? op.into : op.from;
-      let pos = op.offset;
+      const read = op.kind === 'read';
+      const views = read ? op.into : op.from;
+      for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
+      const total = viewBytes(views);
       let moved = 0;
-      for (const v of views) {
-        if (v.length === 0 && v.buffer.byteLength === 0) return EFAULT;
-        for (let done = 0; done < v.length; ) {
-          const part = done === 0 ? v : v.subarray(done);
-          const n = op.kind === 'read' ? native.pread(t.fd, part, pos) : native.pwrite(t.fd, part, pos);
-          if (n === 0) {
-            if (op.kind === 'write') return EIO; // a write that moves nothing would loop
-            // End of file: the last op reports how far it got; an earlier one reads as zeroes.
-            if (last) this.inlineLastRead = moved;
-            else zeroViews(views, moved);
-            return 0;
-          }
-          done += n;
-          pos += n;
-          moved += n;
+      let rest = coalesceViews(views);
+      // One system call for all the views (a 1 MiB FUSE_WRITE is up to 256 guest pages), again
+      // from where a short transfer stopped.
+      while (moved < total) {
+        const pos = op.offset + moved;
+        let n: number;
+        if (rest.length === 1) n = read ? native.pread(t.fd, rest[0]!, pos) : native.pwrite(t.fd, rest[0]!, pos);
+        else {
+          const iov = rest.length > MAX_SEGMENTS ? rest.slice(0, MAX_SEGMENTS) : rest;
+          n = read ? native.fsPreadv(t.fd, iov, pos) : native.fsPwritev(t.fd, iov, pos);
+          if (n < 0) return this.inlineFailed(op, t, -n);
         }
+        if (n === 0) {
+          if (!read) return EIO; // a write that moves nothing would loop
+          // End of file: the last op reports how far it got; an earlier one reads as zeroes.
+          if (last) this.inlineLastRead = moved;
+          else zeroViews(views, moved);
+          return 0;
+        }
+        moved += n;
+        let left = n;
+        let k = 0;
+        while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
+        if (k < rest.length) rest = k === 0 && left === 0 ? rest : [rest[k]!.subarray(left), ...rest.slice(k + 1)];
       }
       if (last) this.inlineLastRead = moved;
       return 0;
     } catch (e) {
-      const errno = errnoOf(e);
-      const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
-      this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
-      return errno;
+      return this.inlineFailed(op, t, errnoOf(e));
     }
+  }
+
+  private inlineFailed(op: IoOp, t: UringTarget, errno: number): number {
+    const what = op.kind === 'read' || op.kind === 'write' ? `${op.kind} of ${viewBytes(op.kind === 'read' ? op.into : op.from)} bytes at ${op.offset}` : op.kind;
+    this.logIoError(`${t.describe ?? `backing ${op.backing}`}: ${what} failed: ${errnoName(errno)}`);
+    return errno;
   }
 
   /** One op through a backing's own synchronous methods; 0 or the errno. */

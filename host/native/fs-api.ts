@@ -56,8 +56,12 @@ export interface NativeFs {
   fsSetattr(fd: number, what: 'mode' | 'owner' | 'size' | 'times', a: number, b?: number, c?: number, d?: number): number;
   fsPread(fd: number, buf: Uint8Array, offset: number): number;
   fsPwrite(fd: number, buf: Uint8Array, offset: number): number;
-  /** preadv/pwritev over 1..IOV_MAX buffers in one call; bytes moved (may be short) or -errno. */
-  fsPreadv(fd: number, bufs: readonly Uint8Array[], offset: number): number;
+  /**
+   * preadv/pwritev over 1..IOV_MAX buffers in one call; bytes moved (may be short) or -errno.
+   * `nowait`: preadv2(RWF_NOWAIT), only what the page cache holds: -EAGAIN when the first byte
+   * is not cached, short when a later one is not, -EOPNOTSUPP where the file system cannot.
+   */
+  fsPreadv(fd: number, bufs: readonly Uint8Array[], offset: number, nowait?: boolean): number;
   fsPwritev(fd: number, bufs: readonly Uint8Array[], offset: number): number;
   /** linux_dirent64 records from directory position `offset` (null: from where the fd is, no lseek). */
   fsGetdents(fd: number, buf: Uint8Array, offset: bigint | null): number;

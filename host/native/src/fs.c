@@ -780,16 +780,26 @@ static napi_value fs_pwrite(napi_env env, napi_callback_info info) {
 // fsPreadv/fsPwritev(fd, bufs: Uint8Array[], offset) -> bytes | -errno: one system call for a
 // request scattered over many guest pages (a 1 MiB FUSE_READ is up to 256 of them) where a
 // pread each would cost 256. At most IOV_MAX buffers; the caller goes on after a short transfer.
+// fsPreadv(fd, bufs, offset, true): preadv2 with RWF_NOWAIT, which copies what the page cache
+// holds and never waits for the device: -EAGAIN when the first byte is not cached, a short
+// count when a later one is not (or at end of file), -EOPNOTSUPP where the file system has no
+// non-blocking reads. The io_uring executor serves page-cache hits this way, in their turn.
 static napi_value fs_rwv(napi_env env, napi_callback_info info, bool write) {
   const char *fn = write ? "fsPwritev" : "fsPreadv";
-  napi_value argv[3];
+  napi_value argv[4];
   int fd;
   int64_t off = 0;
   bool is_array = false;
+  bool nowait = false;
   uint32_t n = 0;
-  if (!get_args(env, info, 3, 3, argv, NULL, fn) || !arg_fd(env, argv[0], fn, &fd) ||
+  if (!get_args(env, info, write ? 3 : 4, 3, argv, NULL, fn) || !arg_fd(env, argv[0], fn, &fd) ||
       !arg_int(env, argv[2], fn, "offset", &off))
     return NULL;
+  if (!write) {
+    napi_valuetype t = napi_undefined;
+    if (napi_typeof(env, argv[3], &t) != napi_ok) return NULL;
+    if (t != napi_undefined && !get_bool(env, argv[3], fn, "nowait", &nowait)) return NULL;
+  }
   if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, argv[1], &n) != napi_ok) {
     throw_type(env, "%s: bufs must be an array of Uint8Array", fn);
@@ -810,7 +820,7 @@ static napi_value fs_rwv(napi_env env, napi_callback_info info, bool write) {
     if (!get_bytes(env, b, fn, "bufs[i]", &iov[i].iov_base, &iov[i].iov_len)) return NULL;
   }
   ssize_t r;
-  do r = write ? pwritev(fd, iov, (int)n, off) : preadv(fd, iov, (int)n, off);
+  do r = write ? pwritev(fd, iov, (int)n, off) : preadv2(fd, iov, (int)n, off, nowait ? RWF_NOWAIT : 0);
   while (r < 0 && errno == EINTR);
   return r < 0 ? neg(env, errno) : num(env, (double)r);
 }
