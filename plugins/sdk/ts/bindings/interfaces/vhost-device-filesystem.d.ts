@@ -55,6 +55,17 @@ declare module 'vhost:device/filesystem@0.2.0' {
    */
   export function mknod(dir: Handle, name: Uint8Array, mode: number): Entry;
   export function mkdir(dir: Handle, name: Uint8Array, mode: number): Entry;
+  /**
+   * As `create`, `mknod` and `mkdir`, for a guest kernel that leaves the umask to the file
+   * system (FUSE_DONT_MASK, which comes with FUSE_POSIX_ACL): `mode` is not masked yet, and
+   * the host creates under `umask` (its low 9 bits), so the kernel applies it where `dir` has
+   * no default ACL and the default ACL decides the mode (and the new inode's ACLs) where it
+   * has one, as for a local process. Added to 0.2.0 after its first release: a plugin that
+   * calls these needs a host that has them (docs/plugin-abi.md).
+   */
+  export function createWithUmask(dir: Handle, name: Uint8Array, oflags: number, mode: number, umask: number): [Entry, Handle];
+  export function mknodWithUmask(dir: Handle, name: Uint8Array, mode: number, umask: number): Entry;
+  export function mkdirWithUmask(dir: Handle, name: Uint8Array, mode: number, umask: number): Entry;
   export function symlink(dir: Handle, name: Uint8Array, target: Uint8Array): Entry;
   /**
    * A new name in `dir` for the inode of node `node`.
@@ -105,7 +116,9 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * Extended attributes of node or open file `h` (of a symlink: the link's own, never its
    * target's). Only when the operator allowed them (--xattr); otherwise every call answers
    * ENOSYS. Names in the `trusted.` and `security.` namespaces are refused with EPERM and
-   * left out of `listxattr` (there is no mapping of them yet). Values and lists are at most
+   * left out of `listxattr` (there is no mapping of them yet); the POSIX ACL names
+   * (`system.posix_acl_access`, `system.posix_acl_default`) are EOPNOTSUPP and left out
+   * unless the operator gave --posix-acl (`posix-acl`). Values and lists are at most
    * 65536 bytes (XATTR_SIZE_MAX). Added to 0.1.0 after its first release: a plugin that
    * calls these needs a host that has them (docs/plugin-abi.md).
    * The whole value of attribute `name`.
@@ -150,6 +163,14 @@ declare module 'vhost:device/filesystem@0.2.0' {
   export function syncfs(h: Handle): void;
   export function migrationOnError(): MigrationErrorPolicy;
   export function cache(): CachePolicy;
+  /**
+   * True when the operator gave --posix-acl (which comes with --xattr): the plugin should
+   * offer FUSE_POSIX_ACL (with FUSE_DONT_MASK and FUSE_SETXATTR_EXT), and the
+   * `system.posix_acl_access` / `system.posix_acl_default` attributes pass through; without
+   * it they answer EOPNOTSUPP and are left out of `listxattr`. Added to 0.2.0 after its
+   * first release.
+   */
+  export function posixAcl(): boolean;
   /**
    * A node (an inode the host holds open with O_PATH) or an open file or directory.
    * Never 0. Each is released with `close` exactly once.
