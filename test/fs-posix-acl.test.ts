@@ -274,3 +274,32 @@ test('a migration destination without --posix-acl refuses the state of a guest t
   t.is(ask(OP.SETXATTR, node, Buffer.concat([u32(FILE_ACCESS.length, 0), cstr(ACCESS), FILE_ACCESS])).error, E.EOPNOTSUPP);
   t.is(ask(OP.LISTXATTR, node, u32(256, 0)).body.toString('latin1'), '', 'and the host\'s ACL is not listed');
 });
+
+test('fsUmask sets the umask of the calling thread only: another thread\'s creates keep the process umask', async (t) => {
+  // The addon loaded plainly in a worker thread (as a device worker has it), which sets 077 and
+  // creates a file; this thread's umask and its own creates are not touched.
+  const addon = join(process.cwd(), 'host', 'native', 'build', 'Release', 'vhost_native.node');
+  const dir = mkdtempSync(join(tmpdir(), 'fs-umask-thread-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const before = process.umask();
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const native = require(workerData.addon);
+    const prev = native.fsUmask(0o077);
+    fs.writeFileSync(workerData.dir + '/worker', '');
+    parentPort.postMessage({ prev, mode: fs.statSync(workerData.dir + '/worker').mode & 0o777 });
+  `;
+  const { Worker } = await import('node:worker_threads');
+  const w = new Worker(code, { eval: true, workerData: { addon, dir } });
+  const got = await new Promise<{ prev: number; mode: number }>((resolve, reject) => {
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+  await w.terminate();
+  t.is(got.prev, before, 'the worker started with the process umask');
+  t.is(got.mode, 0o600, 'the worker\'s create was under its 077');
+  t.is(process.umask(), before, 'this thread\'s umask is unchanged');
+  writeFileSync(join(dir, 'main'), '');
+  t.is(statSync(join(dir, 'main')).mode & 0o777, 0o666 & ~before, 'this thread\'s creates use the process umask');
+});

@@ -308,6 +308,19 @@ export class FsShare {
     if (this.posixAcl && (opts.translateUid?.length || opts.translateGid?.length)) {
       throw new FsShareError('posix-acl cannot go with translate-uid/translate-gid: ACL entries would name untranslated ids');
     }
+    if (this.posixAcl) {
+      // Creates run under the guest's umask in this thread only (fsUmask unshares CLONE_FS on
+      // first use): find out now, not as every guest create failing with EPERM, when a seccomp
+      // profile (Docker's default, without CAP_SYS_ADMIN) refuses unshare.
+      const prev = native.fsUmask(0o022);
+      if (prev < 0) {
+        throw new FsShareError(
+          `posix-acl needs a umask of this device's own thread (unshare(CLONE_FS)), which this system refused: ${errnoName(-prev)}; ` +
+            'allow unshare in the seccomp profile, or serve without --posix-acl',
+        );
+      }
+      native.fsUmask(prev);
+    }
     this.cache = opts.cache ?? 'auto';
     if (!CACHE_POLICIES.includes(this.cache)) throw new FsShareError(`cache must be ${CACHE_POLICIES.join(', ')}, not "${String(this.cache)}"`);
     try {
@@ -936,7 +949,8 @@ export class FsShare {
     if (fd === -E.EEXIST && !(flags & O_EXCL)) {
       // An existing entry: fsCreate opens it only if it is a regular file (never a FIFO,
       // socket or device: ENXIO), through the inode it pinned, so this cannot block.
-      fd = this.budgeted(native.fsCreate(d, name, flags, want));
+      // Under the guest's umask too: the entry may be gone again by now and made by this call.
+      fd = this.budgeted(withUmask(umask, () => native.fsCreate(d, name, flags, want)));
     }
     if (fd < 0) return fail(-fd);
     const e = this.nodeOfOpen(fd);
