@@ -138,10 +138,11 @@ export const deviceWorkerOps = {
    */
   warmUp: op<(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) => WarmUpResult>(),
   /**
-   * A live upgrade's new instance, first of all: until one of the guest's rings starts on it, a
-   * failure is the new build's (logged so: the old instance keeps the device), not the device's.
+   * A live upgrade's new instance, first of all (true): until one of the guest's rings starts on
+   * it, or the switch commits (false), a failure is the new build's (logged so: the old instance
+   * keeps the device), not the device's.
    */
-  upgradeCandidate: op<() => void>(),
+  upgradeCandidate: op<(on: boolean) => void>(),
   /** A live upgrade's stop on the old instance, one call (upgrade-steps.ts): pause, held check, stop, first state bytes. */
   upgradeStop: op<(pause: number[], stop: number[], stateBytes: number) => UpgradeStopResult>({
     transferResult: (r) => (r.state ? [r.state.bytes.buffer as ArrayBuffer] : []),

@@ -1888,10 +1888,13 @@ export class DeviceRunner {
 
   /**
    * This instance is a live upgrade's new build until one of the guest's rings starts on it (the
-   * old instance's rings restarting here): failures until then are the new build's (see fail).
+   * old instance's rings restarting here) or the switch commits (`on` false: a thread none of
+   * whose rings started, or a guest with no ring running, must not keep calling its later
+   * failures the new build's while the old instance is gone): until then failures are the new
+   * build's (see fail).
    */
-  markUpgradeCandidate(): void {
-    this.candidate = true;
+  markUpgradeCandidate(on: boolean): void {
+    this.candidate = on;
   }
 
   /**

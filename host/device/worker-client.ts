@@ -296,9 +296,9 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
     };
   }
 
-  /** A live upgrade's new instance: failures are the new build's until a ring of the guest's starts on it (every thread). */
-  async upgradeCandidate(): Promise<void> {
-    await Promise.all(this.threads.map((t) => t.upgradeCandidate()));
+  /** A live upgrade's new instance (on: every thread): failures are the new build's until a ring of the guest's starts on it or the switch commits (off). */
+  async upgradeCandidate(on: boolean): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.upgradeCandidate(on)));
   }
 
   /** upgrade-steps.ts; a device on one thread only (on several, the session takes the steps one by one). */

@@ -162,7 +162,7 @@ class WorkerOperations implements Implementation<DeviceWorkerApi> {
     const w = s && size > 0 ? lockCarryWire(s.read(0, size)) : null;
     return w ? { fds: w.fds.length, bytes: w.handoff.length } : { fds: 0, bytes: 0 };
   }
-  upgradeCandidate() { this.runner.markUpgradeCandidate(); }
+  upgradeCandidate(on: boolean) { this.runner.markUpgradeCandidate(on); }
   upgradeStop(pause: number[], stop: number[], stateBytes: number) { return upgradeStop(this.runner, pause, stop, stateBytes); }
   upgradeStart(offset: number, chunk: Uint8Array, rings: UpgradeRingStart[], inflight: UpgradeInflight | null, carried: CarriedSection[]) { return upgradeStart(this.runner, offset, chunk, rings, inflight, carried); }
   async warmUp(features: bigint, protocolFeatures: boolean, rings: number[], ledger: FdCells) {

@@ -109,7 +109,7 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
   try {
     // From here until one of the guest's rings runs on it, a failure of the new build is its
     // own: its worker logs it so, not as the device halted (runner.ts fail).
-    await fresh.upgradeCandidate();
+    await fresh.upgradeCandidate(true);
     checkCompatible(old.info, fresh.info, setup.features);
     for (const [i, r] of before.entries()) {
       if (r.num > fresh.info.maxQueueSize) throw new UpgradeRefused(`ring ${i} has ${r.num} entries; the new plugin allows ${fresh.info.maxQueueSize}`);
@@ -158,6 +158,9 @@ export async function switchWorker(old: DeviceWorker, fresh: DeviceWorker, setup
     // The rings run (their kick fds are watched): the stop ended at t3. What the looks find is
     // the backlog of the pause, served by the new instance.
     await r.looks;
+    // Committed: the old instance is about to end; what fails from now on is the device's. (A
+    // worker gone by now is the device's failure, reported by its exit: not undone here.)
+    await fresh.upgradeCandidate(false).catch(() => {});
     return { stoppedMs: r.t3 - t0, stateBytes: r.stateBytes, rings: paused, phases: { pauseMs: r.t1 - t0, stopAndStateMs: r.t2 - r.t1, startMs: r.t3 - r.t2 } };
   } catch (e) {
     await fresh.terminate();
