@@ -221,4 +221,9 @@ test.serial('ctl add waits for the pages however long they take; with --timeout 
   const bad = await ctl(['--control', control(), '--timeout', 'soon', 'list']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /--timeout: "soon" is not a number of seconds/);
+  for (const [v, why] of [['0.0001', /under a millisecond \(0 means no limit\)/], ['9999999', /is more than 2147483 s/]] as const) {
+    const r = await ctl(['--control', control(), '--timeout', v, 'list']);
+    t.is(r.code, 2, v);
+    t.regex(r.stderr, why);
+  }
 });

@@ -102,4 +102,7 @@ test('a QEMU abort in its own code is worth one more boot only before the guest 
   // QEMU refusing its command line or a back-end is not an abort in QEMU's code: never retried.
   t.is(qemuAbortBeforeScript("qemu-system-x86_64: -device vhost-user-blk-pci,chardev=d0: Failed to connect to '/tmp/x.sock': No such file or directory\n", ''), undefined);
   t.is(qemuAbortBeforeScript('qemu-system-x86_64: Failed to read from slave.\n', firmware), undefined);
+  // An assertion our back-end's replies can reach is the test's failure, never booted past.
+  t.is(qemuAbortBeforeScript("qemu-system-x86_64: ../hw/virtio/vhost.c:1234: vhost_virtqueue_start: Assertion `r >= 0' failed.\n", firmware), undefined);
+  t.is(qemuAbortBeforeScript("qemu-system-x86_64: ../hw/block/vhost-user-blk.c:321: vhost_user_blk_start: Assertion `x' failed.\n", firmware), undefined);
 });

@@ -87,8 +87,13 @@ const UNBOUNDED_METHODS = new Set(['device-add', 'plugin-upgrade']);
 /** --timeout SECONDS: a non-negative number (0: no limit), in ms. */
 function timeoutFlag(v: string): number {
   if (!/^\d+(\.\d+)?$/.test(v)) throw new CtlUsageError(`--timeout: "${v}" is not a number of seconds (0: wait as long as the daemon keeps the connection)`);
-  return Math.round(Number(v) * 1000);
+  const ms = Math.round(Number(v) * 1000);
+  // Not 0 by rounding (that would mean "no limit"), and within what a timer holds (~24.8 days).
+  if (ms === 0 && Number(v) > 0) throw new CtlUsageError(`--timeout: ${v} s is under a millisecond (0 means no limit)`);
+  if (ms > MAX_TIMEOUT_MS) throw new CtlUsageError(`--timeout: ${v} s is more than ${MAX_TIMEOUT_MS / 1000} s (0 means no limit)`);
+  return ms;
 }
+const MAX_TIMEOUT_MS = 2_147_483_000;
 
 /** A ctl command line that is wrong (exit status 2). */
 class CtlUsageError extends UsageError {

@@ -8,13 +8,22 @@
 import { START_MARKER } from './protocol.ts';
 
 /** An assert() in QEMU's own source, as glibc prints it: `qemu-system-x86_64: FILE:LINE: FUNC: Assertion `...' failed.` */
-const QEMU_ASSERT = /^qemu-system-[\w-]+: [^\n]+?\.c:\d+: [^\n]*Assertion `[^\n]*' failed\.$/m;
+const QEMU_ASSERT = /^qemu-system-[\w-]+: ([^\n:]+?\.c):\d+: [^\n]*Assertion `[^\n]*' failed\.$/m;
+/**
+ * Source files whose assertions a back-end's replies can reach (virtio and vhost devices, the
+ * vhost-user protocol, the chardev the socket is): such an abort may be our host's doing and is
+ * never retried.
+ */
+const REACHABLE_BY_BACKEND = /virtio|vhost|chardev/;
 
 /**
- * The assertion line when QEMU aborted in its own code before the guest script started (the
- * console has no start marker), else undefined: only then is a boot worth making again.
+ * The assertion line when QEMU aborted in its own code, in a file no back-end reaches, before
+ * the guest script started (the console has no start marker), else undefined: only then is a
+ * boot worth making again.
  */
 export function qemuAbortBeforeScript(stderr: string, console: string): string | undefined {
   if (console.includes(`\n${START_MARKER}\n`)) return undefined;
-  return QEMU_ASSERT.exec(stderr)?.[0];
+  const m = QEMU_ASSERT.exec(stderr);
+  if (m === null || REACHABLE_BY_BACKEND.test(m[1])) return undefined;
+  return m[0];
 }
