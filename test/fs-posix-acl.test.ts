@@ -210,6 +210,11 @@ test('FUSE_SETXATTR_ACL_KILL_SGID clears set-group-id as the access ACL is set; 
   const dirAcl = acl([TAG.USER_OBJ, 7], [TAG.USER, 5, 1000], [TAG.GROUP_OBJ, 5], [TAG.MASK, 7], [TAG.OTHER, 5]);
   t.is(x.set(d, ACCESS, dirAcl), 0);
   t.is(mode(join(dir, 'plain')), 0o2775, 'no flag: set-group-id kept');
+  // An ACL the host refuses (a version it does not read) changes nothing, set-group-id included.
+  const bad = Buffer.from(dirAcl);
+  bad.writeUInt32LE(99, 0);
+  t.not(x.set(d, ACCESS, bad, FUSE.ACL_KILL_SGID), 0);
+  t.is(mode(join(dir, 'plain')), 0o2775, 'a refused ACL: set-group-id kept');
   t.is(x.set(d, ACCESS, dirAcl, FUSE.ACL_KILL_SGID), 0);
   t.is(mode(join(dir, 'plain')), 0o775, 'flag: set-group-id cleared, the rest as the ACL says');
   t.deepEqual(hostGetxattr(dir, 'plain', ACCESS), dirAcl);

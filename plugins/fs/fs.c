@@ -1516,13 +1516,15 @@ static void op_setxattr(reply *r, uint64_t nodeid, args *a) {
   if (in.size > VFS_XATTR_MAX) return reply_error(r, E2BIG);
   /* A value past the prefix never reaches us (FS_PREFIX_LEN). */
   if (in.size > a->len) return reply_error(r, in.size <= a->len + a->more ? E2BIG : EINVAL);
-  if ((in.setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && (session.flags & FUSE_POSIX_ACL) &&
-      is_name(name, len, ACL_ACCESS, sizeof ACL_ACCESS - 1)) {
-    uint32_t err = kill_sgid(node->handle);
-    if (err) return reply_error(r, err);
-  }
   uint32_t err = vfs_setxattr(node->handle, name, len, a->p, in.size, in.flags);
   if (err) return reply_error(r, err);
+  /* After the ACL is set, as the kernel clears it for a local setxattr: an ACL refused leaves
+   * set-group-id as it was. (chmod keeps the new ACL: the group bits read back are its mask.) */
+  if ((in.setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && (session.flags & FUSE_POSIX_ACL) &&
+      is_name(name, len, ACL_ACCESS, sizeof ACL_ACCESS - 1)) {
+    err = kill_sgid(node->handle);
+    if (err) return reply_error(r, err);
+  }
   reply_alloc(r, 0);
 }
 
