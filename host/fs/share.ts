@@ -163,6 +163,16 @@ function exactMode(fd: number, mode: number): boolean {
  * umask to the file system: the host kernel applies it where the parent has no default ACL
  * and lets the default ACL decide where it has one, in the same step as the create.
  */
+/**
+ * File handle types whose handles include the inode's generation (include/linux/exportfs.h:
+ * FILEID_INO32_GEN and _PARENT, the 64-bit ones, btrfs's three; ext4, tmpfs, xfs and btrfs
+ * make these), read from a record (host/native/src/fhandle.c: s32 handle_type at byte 8).
+ */
+const GENERATION_HANDLE_TYPES = new Set([0x1, 0x2, 0x81, 0x82, 0x4d, 0x4e, 0x4f]);
+function handleHasGeneration(record: Uint8Array): boolean {
+  return record.length >= 12 && GENERATION_HANDLE_TYPES.has(new DataView(record.buffer, record.byteOffset, record.byteLength).getInt32(8, true));
+}
+
 function withUmask(mask: number | undefined, call: () => number): number {
   if (mask === undefined) return call();
   const prev = native.fsUmask(mask & 0o777);
@@ -920,8 +930,11 @@ export class FsShare {
     const s = this.slot(node, 'node');
     if (!s) return fail(E.EBADF);
     if (this.readOnly && ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC)) return fail(E.EROFS);
-    if (s.reg && s.fd < 0) {
-      // Opened for I/O by its handle in one step (no O_PATH fd, no reopen through /proc).
+    if (s.reg && s.fd < 0 && handleHasGeneration(s.fh!)) {
+      // Opened for I/O by its handle in one step (no O_PATH fd, no reopen through /proc): only
+      // where the handle carries a generation, so that it cannot name a newer inode of the
+      // same number (a FIFO or a device node, which opening for I/O would act on); others
+      // take the O_PATH way, whose type check comes before any open for I/O.
       const fd = this.budgeted(native.fsOpenFileByHandle(this.mountFd, s.fh!, flags >>> 0));
       return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
     }
