@@ -63,15 +63,17 @@ test('copyCrc32c checksums the bytes it copied even while another thread writes 
   // must be dst's, or the destination refuses a round whose bytes are all there.
   const shared = new SharedArrayBuffer(64 << 10);
   const src = new Uint8Array(shared);
-  const stop = new Int32Array(new SharedArrayBuffer(4));
+  // [0]: stop; [1]: rounds the writer made (it has started once it is above 0).
+  const stop = new Int32Array(new SharedArrayBuffer(8));
   const writer = new Worker(
     `const { workerData: { shared, stop } } = require('node:worker_threads');
-     const b = new Uint32Array(shared); const s = new Int32Array(stop);
-     for (let v = 1; Atomics.load(s, 0) === 0; v++) b.fill(v * 2654435761);`,
+     const b = new Uint32Array(shared); const s = new Int32Array(stop.buffer);
+     for (let v = 1; Atomics.load(s, 0) === 0; v++) { b.fill(v * 2654435761); Atomics.add(s, 1, 1); }`,
     { eval: true, workerData: { shared, stop } },
   );
   try {
-    await new Promise((r) => setTimeout(r, 50));
+    while (Atomics.load(stop, 1) === 0) await new Promise((r) => setTimeout(r, 5));
+    const roundsBefore = Atomics.load(stop, 1);
     let torn = 0;
     const dst = Buffer.alloc(shared.byteLength);
     // Lengths below and above the 3 x 8 KiB blocks (the tail), at odd offsets.
@@ -82,6 +84,8 @@ test('copyCrc32c checksums the bytes it copied even while another thread writes 
       if (c !== crc32c(dst.subarray(0, len))) torn++;
     }
     t.is(torn, 0, `${torn} of 20,000 copies returned a CRC of other bytes than the ones copied`);
+    // The race was there to be lost: the writer kept rewriting src while the copies ran.
+    t.true(Atomics.load(stop, 1) > roundsBefore, 'the writer rewrote src during the copies');
   } finally {
     Atomics.store(stop, 0, 1);
     await writer.terminate();
