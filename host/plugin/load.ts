@@ -18,7 +18,7 @@ import { planAllocations, type AllocationPlan } from './limits.ts';
 import { LiftGuard } from './lift-guard.ts';
 import { adaptDevice, type PluginDevice, type RawDevice } from './adapter.ts';
 import { DirectHandle } from './direct-handle.ts';
-import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, WIT_PACKAGE, WIT_VERSION } from './world.ts';
+import { DEVICE_FUNCTIONS, DEVICE_INTERFACE, DEVICE_INTERFACES, WIT_PACKAGE, WIT_VERSION } from './world.ts';
 
 const STORAGE_IMPORT = `${WIT_PACKAGE}/storage`;
 const FILESYSTEM_IMPORT = `${WIT_PACKAGE}/filesystem`;
@@ -158,7 +158,10 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
 
   const unused = unusedGrant(options.grants, (name) => imported.has(name));
   if (unused !== null) throw loadError(unused);
-  const device = (exported[DEVICE_INTERFACE] ?? exported.device) as Record<string, unknown> | undefined;
+  // The glue names the export by the version the component was built for (world-check.ts let
+  // only accepted ones through).
+  const exportName = DEVICE_INTERFACES.find((name) => name in exported);
+  const device = (exportName ? exported[exportName] : exported.device) as Record<string, unknown> | undefined;
   const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');
   if (!device || missing.length) {
     throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);

@@ -2,8 +2,17 @@
 // in jco's generated glue. Kept in one place so a WIT version bump is one edit here.
 
 export const WIT_PACKAGE = 'vhost:device';
-export const WIT_VERSION = '0.2.0';
+/**
+ * Every version a plugin may be built for, oldest first; the last is this host's own. 0.2.x
+ * releases only add (each addition marked `@since` in wit/device.wit), so what a 0.2.0
+ * component imports is a subset of what this host provides; a plugin of a newer 0.2.x may
+ * import what this host lacks, and is refused (docs/plugin-abi.md, "Versioning").
+ */
+export const WIT_ACCEPTED = ['0.2.0', '0.2.1'] as const;
+export const WIT_VERSION = WIT_ACCEPTED[WIT_ACCEPTED.length - 1];
 export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
+/** The device export's name for each accepted version. */
+export const DEVICE_INTERFACES: readonly string[] = WIT_ACCEPTED.map((v) => `${WIT_PACKAGE}/device@${v}`);
 
 /** Interfaces a plugin may import; each is granted (or stubbed to trap) per device. */
 export const IMPORTABLE = ['log', 'entropy', 'storage', 'filesystem', 'network', 'options'] as const;

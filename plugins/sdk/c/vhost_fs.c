@@ -1,5 +1,5 @@
 /*
- * Canonical ABI glue for the `filesystem` import of vhost:device@0.2.0 (wasm32).
+ * Canonical ABI glue for the `filesystem` import of vhost:device@0.2.1 (wasm32).
  *
  * Results wider than one core value come back through a return area we pass (`ret_area`):
  * a result's tag u8 at 0, its payload (or the errno) where vhost_abi.h says. Lists the host
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #ifndef VD_WIT_VERSION
-#define VD_WIT_VERSION "0.2.0"
+#define VD_WIT_VERSION "0.2.1"
 #endif
 #define VFS_IMPORT(name) \
   __attribute__((import_module("vhost:device/filesystem@" VD_WIT_VERSION), import_name(name))) extern
@@ -59,7 +59,7 @@ VFS_IMPORT("migration-on-error") int32_t imp_migration_on_error(void);
 VFS_IMPORT("cache") int32_t imp_cache(void);
 VFS_IMPORT("root") void imp_root(R ret);
 VFS_IMPORT("lookup") void imp_lookup(int64_t dir, const uint8_t *name, size_t len, R ret);
-/* Added to 0.2.0 after its first release. */
+/* Added in 0.2.1. */
 VFS_IMPORT("lookup-known") void imp_lookup_known(int64_t dir, const uint8_t *name, size_t len, int64_t known, int64_t dev,
                                                  int64_t ino, R ret);
 VFS_IMPORT("same-node") int32_t imp_same_node(int64_t a, int64_t b);
@@ -71,7 +71,7 @@ VFS_IMPORT("open") void imp_open(int64_t node, int32_t flags, R ret);
 VFS_IMPORT("create") void imp_create(int64_t dir, const uint8_t *name, size_t len, int32_t flags, int32_t mode, R ret);
 VFS_IMPORT("mknod") void imp_mknod(int64_t dir, const uint8_t *name, size_t len, int32_t mode, R ret);
 VFS_IMPORT("mkdir") void imp_mkdir(int64_t dir, const uint8_t *name, size_t len, int32_t mode, R ret);
-/* Added to 0.2.0 after its first release (POSIX ACLs). */
+/* Added in 0.2.1 (POSIX ACLs). */
 VFS_IMPORT("posix-acl") int32_t imp_posix_acl(void);
 VFS_IMPORT("create-with-umask") void imp_create_with_umask(int64_t dir, const uint8_t *name, size_t len, int32_t flags,
                                                            int32_t mode, int32_t umask, R ret);
@@ -88,13 +88,13 @@ VFS_IMPORT("rename") void imp_rename(int64_t od, const uint8_t *on, size_t ol, i
 VFS_IMPORT("readlink") void imp_readlink(int64_t node, R ret);
 VFS_IMPORT("backing") void imp_backing(int64_t file, R ret);
 VFS_IMPORT("readdir") void imp_readdir(int64_t dir, int64_t off, int32_t max, R ret);
-/* Added to 0.2.0 after its first release. */
+/* Added in 0.2.1. */
 VFS_IMPORT("readdir-records") void imp_readdir_records(int64_t dir, int64_t off, int32_t max_bytes, int32_t per_entry, R ret);
 VFS_IMPORT("fsync") void imp_fsync(int64_t file, int32_t datasync, R ret);
 VFS_IMPORT("fallocate") void imp_fallocate(int64_t file, int32_t mode, int64_t off, int64_t len, R ret);
 VFS_IMPORT("lseek") void imp_lseek(int64_t file, int64_t off, int32_t whence, R ret);
 VFS_IMPORT("statfs") void imp_statfs(int64_t h, R ret);
-/* Added to 0.1.0 after its first release; part of 0.2.0 from the start. */
+/* In 0.2.0 from the start. */
 VFS_IMPORT("getxattr") void imp_getxattr(int64_t h, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("listxattr") void imp_listxattr(int64_t h, R ret);
 VFS_IMPORT("setxattr") void imp_setxattr(int64_t h, const uint8_t *name, size_t len, const uint8_t *v, size_t vl,

@@ -6,6 +6,10 @@
  * shared directory (--shared-dir).
  *
  * plugins/build-plugins.mjs links vhost_fs.c (with every SDK .c) into each plugin.
+ *
+ * Calls marked (0.2.1) were added in vhost:device@0.2.1 (`@since` in the WIT): a plugin built
+ * with this SDK names 0.2.1 in its imports, so a 0.2.0 host refuses it with a version error
+ * rather than a missing-function link error (docs/plugin-abi.md, "Versioning").
  */
 #ifndef VHOST_FS_H
 #define VHOST_FS_H
@@ -65,19 +69,19 @@ int vfs_migration_guest_error(void);
 /* --cache: VFS_CACHE_NEVER, _METADATA, _AUTO (the default) or _ALWAYS. */
 enum { VFS_CACHE_NEVER = 0, VFS_CACHE_METADATA = 1, VFS_CACHE_AUTO = 2, VFS_CACHE_ALWAYS = 3 };
 int vfs_cache_policy(void);
-/* --posix-acl: 1 when the guest may have POSIX ACLs (offer FUSE_POSIX_ACL); it comes with --xattr. */
+/* (0.2.1) --posix-acl: 1 when the guest may have POSIX ACLs (offer FUSE_POSIX_ACL); it comes with --xattr. */
 int vfs_posix_acl(void);
 uint32_t vfs_root(vfs_entry *out);
 uint32_t vfs_lookup(vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);
 /*
- * As vfs_lookup for a name believed to be the inode of node handle `known`, (dev, ino), which
+ * (0.2.1) As vfs_lookup for a name believed to be the inode of node handle `known`, (dev, ino), which
  * the caller holds: out->node is 0 (no handle to close) when it is that very inode (a new
  * file that reuses the inode number is not), else a new handle as vfs_lookup's.
  */
 uint32_t vfs_lookup_known(vfs_handle dir, const uint8_t *name, size_t len, vfs_handle known, uint64_t dev, uint64_t ino,
                           vfs_entry *out);
 /*
- * For node handles a and b whose entries had the same (dev, ino): 1 when they are the same
+ * (0.2.1) For node handles a and b whose entries had the same (dev, ino): 1 when they are the same
  * inode, 0 when one is a new file that reuses the other's inode number (or either handle is
  * no node). Costs no system call.
  */
@@ -92,7 +96,7 @@ uint32_t vfs_create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t fl
 uint32_t vfs_mknod(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
 uint32_t vfs_mkdir(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, vfs_entry *out);
 /*
- * As vfs_create, vfs_mknod and vfs_mkdir for a guest that leaves the umask to the file system
+ * (0.2.1) As vfs_create, vfs_mknod and vfs_mkdir for a guest that leaves the umask to the file system
  * (FUSE_DONT_MASK): `mode` unmasked, the host creates under `umask`, which the kernel applies
  * only where `dir` has no default ACL (the default ACL decides where it has one).
  */
@@ -118,7 +122,7 @@ uint32_t vfs_backing(vfs_handle file, uint32_t *out);
 uint32_t vfs_readdir(vfs_handle dir, uint64_t offset, uint32_t max, vfs_dirent **entries, size_t *n);
 void vfs_dirents_free(vfs_dirent *entries, size_t n);
 /*
- * The same entries packed as FUSE's fuse_dirent records (ino u64, next u64, name length u32,
+ * (0.2.1) The same entries packed as FUSE's fuse_dirent records (ino u64, next u64, name length u32,
  * d_type u32, name, zeros to a multiple of 8): as many whole records as fit in max_bytes when
  * each counts per_entry bytes more (a READDIRPLUS entry's fuse_entry_out). *records is
  * malloc'd (free it; NULL when *len is 0). A host's bytes are still checked before use:
@@ -140,8 +144,7 @@ uint32_t vfs_lseek(vfs_handle file, int64_t offset, uint32_t whence, uint64_t *o
 uint32_t vfs_statfs(vfs_handle h, vfs_fsstats *out);
 
 /* Extended attributes (of a symlink: the link's own). ENOSYS unless the operator gave --xattr;
- * `trusted.` and `security.` names EPERM (and absent from lists). Added to 0.1.0 after its first
- * release: importing them needs a host that has them (docs/plugin-abi.md).
+ * `trusted.` and `security.` names EPERM (and absent from lists). In 0.2.0 from the start.
  * getxattr/listxattr copy at most `cap` bytes into dst (NULL with cap 0 asks only the size)
  * and set *len to the full length; a list is names each followed by a NUL byte.
  * setxattr flags: 1 XATTR_CREATE, 2 XATTR_REPLACE. */
