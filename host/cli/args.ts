@@ -106,7 +106,7 @@ Upgrades (docs/upgrade.md):
                           socket: only the sockets move, the front-end reconnects
 
 The device:
-  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.0)
+  --plugin FILE.wasm      the device plugin (a component implementing vhost:device@0.2.x)
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
   --plugin-option KEY=VALUE
                           a setting the plugin reads (its options.get), repeatable; each

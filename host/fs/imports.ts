@@ -1,6 +1,6 @@
 // The `filesystem` import object handed to jco's glue: FsShare results become WIT
 // result values ({tag, val}); an ungranted capability traps on every call. File data does
-// not pass here (vhost:device@0.2.0): `backing` hands the plugin an index for answers.
+// not pass here (vhost:device@0.2.1): `backing` hands the plugin an index for answers.
 import type { FsFileBackings } from './file-backings.ts';
 import type { FsResult, FsShare } from './share.ts';
 import type { FileLock } from './locks.ts';

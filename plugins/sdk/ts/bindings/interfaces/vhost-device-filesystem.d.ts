@@ -1,4 +1,4 @@
-declare module 'vhost:device/filesystem@0.2.0' {
+declare module 'vhost:device/filesystem@0.2.1' {
   /**
    * The mount tag the operator chose (--tag), for the device's config space.
    */
@@ -20,14 +20,14 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * (`dev`, `ino`): when the name is that very inode the entry's `node` is 0 and no handle is
    * made (nothing to close), otherwise (another inode, also a new file that reuses the inode
    * number) a new node handle as `lookup` gives. The same resolution as `lookup` (never
-   * outside the share, no symlink followed). Added to 0.2.0 after its first release: a plugin
-   * that calls it needs a host that has it (docs/plugin-abi.md).
+   * outside the share, no symlink followed). Added in 0.2.1: a plugin that calls
+   * it needs a 0.2.1 host (docs/plugin-abi.md).
    */
   export function lookupKnown(dir: Handle, name: Uint8Array, known: Handle, dev: bigint, ino: bigint): Entry;
   /**
    * For node handles `a` and `b` whose entries had the same (dev, ino): true when they are the
    * same inode, false when one is a new file that was given the other's inode number after it
-   * was deleted (or either is no node handle). Added to 0.2.0 with `lookup-known`.
+   * was deleted (or either is no node handle). Added in 0.2.1 with `lookup-known`.
    */
   export function sameNode(a: Handle, b: Handle): boolean;
   /**
@@ -60,8 +60,8 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * system (FUSE_DONT_MASK, which comes with FUSE_POSIX_ACL): `mode` is not masked yet, and
    * the host creates under `umask` (its low 9 bits), so the kernel applies it where `dir` has
    * no default ACL and the default ACL decides the mode (and the new inode's ACLs) where it
-   * has one, as for a local process. Added to 0.2.0 after its first release: a plugin that
-   * calls these needs a host that has them (docs/plugin-abi.md).
+   * has one, as for a local process. Added in 0.2.1: a plugin that calls
+   * these needs a 0.2.1 host (docs/plugin-abi.md).
    */
   export function createWithUmask(dir: Handle, name: Uint8Array, oflags: number, mode: number, umask: number): [Entry, Handle];
   export function mknodWithUmask(dir: Handle, name: Uint8Array, mode: number, umask: number): Entry;
@@ -101,8 +101,8 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * stream where it stopped (ext4 then keeps its hashed block between calls); for that an
    * answer may end short of full, by less than (the next record + 8) x (32 + `per-entry`) / 24
    * bytes (a directory's own records are 0-8 bytes shorter, 24 at least). The same entries as
-   * `readdir` without a list element and an allocation per entry. Added to 0.2.0 after its
-   * first release: a plugin that calls it needs a host that has it (docs/plugin-abi.md).
+   * `readdir` without a list element and an allocation per entry. Added in 0.2.1: a
+   * plugin that calls it needs a 0.2.1 host (docs/plugin-abi.md).
    */
   export function readdirRecords(dir: Handle, offset: bigint, maxBytes: number, perEntry: number): Uint8Array;
   export function fsync(file: Handle, datasync: boolean): void;
@@ -119,8 +119,7 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * left out of `listxattr` (there is no mapping of them yet); the POSIX ACL names
    * (`system.posix_acl_access`, `system.posix_acl_default`) are EOPNOTSUPP and left out
    * unless the operator gave --posix-acl (`posix-acl`). Values and lists are at most
-   * 65536 bytes (XATTR_SIZE_MAX). Added to 0.1.0 after its first release: a plugin that
-   * calls these needs a host that has them (docs/plugin-abi.md).
+   * 65536 bytes (XATTR_SIZE_MAX). In 0.2.0 from the start.
    * The whole value of attribute `name`.
    */
   export function getxattr(h: Handle, name: Uint8Array): Uint8Array;
@@ -167,8 +166,7 @@ declare module 'vhost:device/filesystem@0.2.0' {
    * True when the operator gave --posix-acl (which comes with --xattr): the plugin should
    * offer FUSE_POSIX_ACL (with FUSE_DONT_MASK and FUSE_SETXATTR_EXT), and the
    * `system.posix_acl_access` / `system.posix_acl_default` attributes pass through; without
-   * it they answer EOPNOTSUPP and are left out of `listxattr`. Added to 0.2.0 after its
-   * first release.
+   * it they answer EOPNOTSUPP and are left out of `listxattr`. Added in 0.2.1.
    */
   export function posixAcl(): boolean;
   /**

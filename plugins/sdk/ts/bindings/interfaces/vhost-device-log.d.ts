@@ -1,4 +1,4 @@
-declare module 'vhost:device/log@0.2.0' {
+declare module 'vhost:device/log@0.2.1' {
   export function write(level: Level, message: string): void;
   /**
    * # Variants
