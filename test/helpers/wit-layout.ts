@@ -152,7 +152,13 @@ function parseInterface(p: Parser, name: string, earlier: Map<string, WitInterfa
   p.expect('{');
   while (!p.eat('}')) {
     const tok = p.next();
-    if (tok === 'use') {
+    if (tok === '@') {
+      // `@since(version = X)`: the item below exists from X on; its layout is the same.
+      const gate = p.next();
+      if (gate !== 'since') throw new Error(`WIT: "@${gate}" in interface ${name} is outside what test/helpers/wit-layout.ts understands: extend it`);
+      p.expect('(');
+      while (!p.eat(')')) p.next();
+    } else if (tok === 'use') {
       const from = p.next();
       const src = earlier.get(from);
       if (!src) throw new Error(`WIT: interface ${name} uses interface ${from}, which is not declared before it (or not at all)`);
