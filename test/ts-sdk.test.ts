@@ -12,6 +12,7 @@ import type { DeviceEvent } from '../host/device/device.ts';
 import { buildTsPlugin, DISABLED_FEATURES } from '../plugins/sdk/ts/build.mjs';
 import type { ComponentizeOptions } from '@bytecodealliance/componentize-js';
 import { hostCommand, REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { serving as servingHost } from './helpers/serving.ts';
 
 const RNG_TS = join(REPO, 'dist', 'plugins', 'rng-ts.wasm');
 const CONSOLE_TS = join(REPO, 'dist', 'plugins', 'console-ts.wasm');
@@ -36,25 +37,12 @@ async function worldOf(file: string): Promise<{ imports: string[]; exports: stri
 // SpiderMonkey plugin's first calls are slow; the deadline itself is tested elsewhere.
 const DEADLINE = ['--call-deadline', '10000'];
 
-async function serving(
+function serving(
   args: string[],
   run: (fe: VhostUserFrontend, host: HostProcess) => Promise<void>,
   frontend: FrontendOptions = opts,
 ): Promise<HostProcess> {
-  const host = await startHost(['--socket-path', '{socket}', ...DEADLINE, ...args]);
-  try {
-    const fe = await VhostUserFrontend.connect(host.socketPath, frontend);
-    try {
-      await run(fe, host);
-    } finally {
-      await fe.close();
-    }
-  } catch (e) {
-    throw new Error(`${(e as Error).message}\nhost log:\n${host.log()}`, { cause: e });
-  } finally {
-    await host.stop();
-  }
-  return host;
+  return servingHost([...DEADLINE, ...args], frontend, run);
 }
 
 const events = (...writable: number[]): DeviceEvent[] =>
