@@ -164,7 +164,7 @@ export function instantiatePrepared(prepared: PreparedPlugin, options: LoadOptio
   const device = (exportName ? exported[exportName] : exported.device) as Record<string, unknown> | undefined;
   const missing = DEVICE_FUNCTIONS.filter((f) => typeof device?.[f] !== 'function');
   if (!device || missing.length) {
-    throw loadError(`${DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
+    throw loadError(`${exportName ?? DEVICE_INTERFACE} lacks ${missing.join(', ')}`);
   }
   // The glue routes handle's core call through guard.hot when patchGlue found it (glue.ts).
   const hooked = options.handlePath !== 'jco' && prepared.glue.includes('_vhLift.hot !== null');
