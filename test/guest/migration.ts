@@ -29,7 +29,7 @@ import { guestImage, writeBootInitrd, type GuestImageOptions } from './image.ts'
 import { assertGuestPrerequisites } from './prerequisites.ts';
 import { EXIT_MARKER, parseConsole } from './protocol.ts';
 import { Qmp, type QmpEvent } from './qmp.ts';
-import { qemuAbortBeforeScript } from './qemu-abort.ts';
+import { onceMoreAfterQemuAbort, qemuAbortBeforeScript } from './qemu-abort.ts';
 import { qemuCommandLine } from './qemu.ts';
 import { ensureQemu10 } from './qemu10.ts';
 import { track } from './reaper.ts';
@@ -246,12 +246,10 @@ async function sendLine(path: string, line: string): Promise<void> {
  * more try, recorded in `qemuAbortRetried`.
  */
 export async function runMigration(opts: MigrationOptions): Promise<MigrationResult> {
-  const first = await migrateOnce(opts);
-  if (first.migrateStatus !== 'not-started') return first;
-  const abort = qemuAbortBeforeScript(first.sourceStderr, first.sourceOutput) ?? qemuAbortBeforeScript(first.destStderr, first.sourceOutput);
-  if (abort === undefined) return first;
-  process.stderr.write(`migration: QEMU aborted in its own code before the guest script began (${abort}); trying once more\n`);
-  return { ...(await migrateOnce(opts)), qemuAbortRetried: abort };
+  return onceMoreAfterQemuAbort('migration', () => migrateOnce(opts), (r) =>
+    r.migrateStatus !== 'not-started'
+      ? undefined
+      : (qemuAbortBeforeScript(r.sourceStderr, r.sourceOutput) ?? qemuAbortBeforeScript(r.destStderr, r.sourceOutput)));
 }
 
 async function migrateOnce(opts: MigrationOptions): Promise<MigrationResult> {

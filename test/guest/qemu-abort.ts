@@ -27,3 +27,20 @@ export function qemuAbortBeforeScript(stderr: string, console: string): string |
   if (m === null || REACHABLE_BY_BACKEND.test(m[1])) return undefined;
   return m[0];
 }
+
+/**
+ * The harness's one retry: runs `attempt`; when `abortOf` finds QEMU's own abort before the
+ * script in its result, says so on stderr (`what` names the run) and runs it once more, the
+ * first abort recorded in the second result's `qemuAbortRetried`.
+ */
+export async function onceMoreAfterQemuAbort<R extends { qemuAbortRetried?: string }>(
+  what: string,
+  attempt: () => Promise<R>,
+  abortOf: (r: R) => string | undefined,
+): Promise<R> {
+  const first = await attempt();
+  const abort = abortOf(first);
+  if (abort === undefined) return first;
+  process.stderr.write(`${what}: QEMU aborted in its own code before the guest script began (${abort}); running it once more\n`);
+  return { ...(await attempt()), qemuAbortRetried: abort };
+}

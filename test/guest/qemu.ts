@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { guestImage, writeBootInitrd, type GuestImageOptions } from './image.ts';
 import { assertGuestPrerequisites } from './prerequisites.ts';
 import { parseConsole } from './protocol.ts';
-import { qemuAbortBeforeScript } from './qemu-abort.ts';
+import { onceMoreAfterQemuAbort, qemuAbortBeforeScript } from './qemu-abort.ts';
 import { track } from './reaper.ts';
 
 export { hasQemu, hasStorageDaemon, missingGuestPackages } from './prerequisites.ts';
@@ -123,11 +123,11 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       firmware: opts.firmware ?? defaultFirmware(),
     });
     const binary = opts.qemuBinary ?? 'qemu-system-x86_64';
-    const first = await runQemu(binary, args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal);
-    const abort = first.aborted ? undefined : qemuAbortBeforeScript(first.qemuStderr, first.output);
-    if (abort === undefined) return first;
-    process.stderr.write(`guest boot: QEMU aborted in its own code before the guest script began (${abort}); booting once more\n`);
-    return { ...(await runQemu(binary, args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal)), qemuAbortRetried: abort };
+    return await onceMoreAfterQemuAbort(
+      'guest boot',
+      () => runQemu(binary, args, opts.timeoutMs ?? 60_000, opts.onOutput, opts.signal),
+      (r) => (r.aborted ? undefined : qemuAbortBeforeScript(r.qemuStderr, r.output)),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
