@@ -9,6 +9,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsShare } from '../host/fs/index.ts';
+import { parseXattrMap } from '../host/fs/xattr-map.ts';
 import { native } from '../host/native/index.ts';
 import { loadPlugin } from '../host/plugin/index.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
@@ -81,13 +82,13 @@ function hostSetxattr(dir: string, file: string, name: string, value: Buffer): v
   }
 }
 
-async function setup(t: ExecutionContext, opts: { posixAcl?: boolean; initFlags?: number } = {}) {
+async function setup(t: ExecutionContext, opts: { posixAcl?: boolean; initFlags?: number; xattrmap?: string } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'fs-acl-share-'));
   writeFileSync(join(dir, 'file'), 'data\n');
   mkdirSync(join(dir, 'inherit'));
   mkdirSync(join(dir, 'plain'));
   const posixAcl = opts.posixAcl ?? true;
-  const share = new FsShare(dir, { xattr: true, posixAcl });
+  const share = new FsShare(dir, { xattr: true, posixAcl, xattrmap: opts.xattrmap === undefined ? undefined : parseXattrMap(opts.xattrmap) });
   hostSetxattr(dir, 'inherit', DEFAULT, DIR_DEFAULT); // (the share set up the fd budget the native calls draw from)
   const backings = new BackingTable();
   const fsFiles = new FsFileBackings(share, backings);
@@ -239,6 +240,41 @@ test('without --posix-acl the ACL names are EOPNOTSUPP and hidden from lists, as
   t.is(mode(join(dir, 'inherit', 'masked')), 0o604);
 });
 
+// virtiofsd 1.13 refuses, with the ACL names, every name that begins one, before its
+// --xattrmap: a map that puts `user.g.` before every guest name shows it (without the refusal
+// `system.posix_acl_acc` would be stored as `user.g.system.posix_acl_acc`).
+const PREFIX_ALL = ':prefix:all::user.g.:';
+const ACL_STARTS = ['system.posix_acl', 'system.posix_acl_acc', 'system.posix_acl_', 'system.posix_acl_defaul', 'system.', 'system', 's'];
+
+test('without --posix-acl the names that begin an ACL name are EOPNOTSUPP before any --xattrmap rule and hidden from lists, as virtiofsd 1.13 answers', async (t) => {
+  const { dir, lookup, x } = await setup(t, { posixAcl: false, xattrmap: PREFIX_ALL });
+  hostSetxattr(dir, 'file', 'user.g.system.posix_acl', Buffer.from('1'));
+  hostSetxattr(dir, 'file', 'user.g.system.', Buffer.from('2'));
+  hostSetxattr(dir, 'file', 'user.g.user.kept', Buffer.from('3'));
+  const f = lookup('file');
+  for (const name of ACL_STARTS) {
+    t.is(x.get(f, name).error, E.EOPNOTSUPP, `get ${name}`);
+    t.is(x.set(f, name, Buffer.from('v')), E.EOPNOTSUPP, `set ${name}`);
+    t.is(x.remove(f, name), E.EOPNOTSUPP, `remove ${name}`);
+    t.is(hostGetxattr(dir, 'file', `user.g.${name}`)?.toString() ?? null, name === 'system.posix_acl' ? '1' : name === 'system.' ? '2' : null, `${name}: nothing stored or removed on the host`);
+  }
+  t.deepEqual(x.list(f), ['user.kept'], 'a host name that maps back to the start of an ACL name is not listed');
+  // A longer name, or one that only shares a start with them, is an ordinary name.
+  for (const name of ['system.posix_acl_other', 'system.posix_acl_accessx', 'sys.other']) {
+    t.is(x.set(f, name, Buffer.from('v')), 0, name);
+    t.deepEqual(hostGetxattr(dir, 'file', `user.g.${name}`), Buffer.from('v'), name);
+  }
+});
+
+test('with --posix-acl the names that begin an ACL name are ordinary names, as in virtiofsd 1.13', async (t) => {
+  const { dir, lookup, x } = await setup(t, { xattrmap: PREFIX_ALL });
+  const f = lookup('file');
+  t.is(x.set(f, 'system.posix_acl_acc', Buffer.from('v')), 0);
+  t.deepEqual(hostGetxattr(dir, 'file', 'user.g.system.posix_acl_acc'), Buffer.from('v'));
+  t.deepEqual(x.get(f, 'system.posix_acl_acc').body, Buffer.from('v'));
+  t.deepEqual(x.list(f), ['system.posix_acl_acc']);
+});
+
 test('a migration destination without --posix-acl refuses the state of a guest that mounted with ACLs; one with it loads a guest without them and keeps refusing their names', async (t) => {
   const withAcl = await setup(t);
   const state = (dev: typeof withAcl.dev) => {
@@ -263,21 +299,37 @@ test('a migration destination without --posix-acl refuses the state of a guest t
   // The other way: the session goes on without ACLs, so their names stay refused.
   const plain = await setup(t, { posixAcl: false });
   plain.lookup('file');
-  const dest = await setup(t);
-  const fresh = await loadPlugin(bytes, { grants: dest.grants, cacheDir });
-  fresh.setState(0, state(plain.dev));
-  t.is(fresh.finishLoad(), null);
-  hostSetxattr(dest.dir, 'file', ACCESS, FILE_ACCESS);
-  const backings = dest.grants.backings;
-  const ask = (opcode: number, nodeid: bigint, args: Buffer) => {
-    const hdr = Buffer.concat([u32(40 + args.length, opcode), u64(99), u64(nodeid), u32(0, 0, 0, 0)]);
-    const out = Buffer.from(runRequest(fresh, backings, Buffer.concat([hdr, args]), 65536).data);
-    return { error: -out.readInt32LE(4) || 0, body: out.subarray(16) };
+  /** A destination (setup's options) that loaded the plain session, and a FUSE request to it. */
+  const migrated = async (opts: Parameters<typeof setup>[1]) => {
+    const dest = await setup(t, opts);
+    const fresh = await loadPlugin(bytes, { grants: dest.grants, cacheDir });
+    fresh.setState(0, state(plain.dev));
+    t.is(fresh.finishLoad(), null);
+    const ask = (opcode: number, nodeid: bigint, args: Buffer) => {
+      const hdr = Buffer.concat([u32(40 + args.length, opcode), u64(99), u64(nodeid), u32(0, 0, 0, 0)]);
+      const out = Buffer.from(runRequest(fresh, dest.grants.backings, Buffer.concat([hdr, args]), 65536).data);
+      return { error: -out.readInt32LE(4) || 0, body: out.subarray(16) };
+    };
+    const node = ask(OP.LOOKUP, 1n, cstr('file')).body.readBigUInt64LE(0);
+    return { dir: dest.dir, ask, node };
   };
-  const node = ask(OP.LOOKUP, 1n, cstr('file')).body.readBigUInt64LE(0);
+  const { dir, ask, node } = await migrated({});
+  hostSetxattr(dir, 'file', ACCESS, FILE_ACCESS);
   t.is(ask(OP.GETXATTR, node, Buffer.concat([u32(256, 0), cstr(ACCESS)])).error, E.EOPNOTSUPP);
   t.is(ask(OP.SETXATTR, node, Buffer.concat([u32(FILE_ACCESS.length, 0), cstr(ACCESS), FILE_ACCESS])).error, E.EOPNOTSUPP);
   t.is(ask(OP.LISTXATTR, node, u32(256, 0)).body.toString('latin1'), '', 'and the host\'s ACL is not listed');
+  // So are the names that begin them (the destination's share passes them: it has --posix-acl).
+  const m = await migrated({ xattrmap: PREFIX_ALL });
+  hostSetxattr(m.dir, 'file', 'user.g.system.posix_acl', Buffer.from('1'));
+  for (const name of ACL_STARTS) {
+    t.is(m.ask(OP.GETXATTR, m.node, Buffer.concat([u32(256, 0), cstr(name)])).error, E.EOPNOTSUPP, `get ${name}`);
+    t.is(m.ask(OP.SETXATTR, m.node, Buffer.concat([u32(1, 0), cstr(name), Buffer.from('v')])).error, E.EOPNOTSUPP, `set ${name}`);
+    t.is(m.ask(OP.REMOVEXATTR, m.node, cstr(name)).error, E.EOPNOTSUPP, `remove ${name}`);
+  }
+  t.deepEqual(hostGetxattr(m.dir, 'file', 'user.g.system.posix_acl'), Buffer.from('1'), 'not removed');
+  t.is(hostGetxattr(m.dir, 'file', 'user.g.system.posix_acl_acc'), null, 'nothing stored');
+  t.is(m.ask(OP.LISTXATTR, m.node, u32(256, 0)).body.toString('latin1'), '', 'a name that begins an ACL name is not listed');
+  t.is(m.ask(OP.SETXATTR, m.node, Buffer.concat([u32(1, 0), cstr('system.posix_acl_other'), Buffer.from('v')])).error, 0, 'a longer name is ordinary');
 });
 
 test('fsUmask sets the umask of the calling thread only: another thread\'s creates keep the process umask', async (t) => {

@@ -1302,7 +1302,8 @@ export class FsShare {
 
   /**
    * The host's name for a guest's xattr name (--xattrmap), or the errno refusing it. The
-   * POSIX ACL names are EOPNOTSUPP without --posix-acl (host/fs/xattr.ts), before any mapping.
+   * POSIX ACL names and the starts of them are EOPNOTSUPP without --posix-acl
+   * (host/fs/xattr.ts), before any mapping.
    */
   private hostXattrName(name: Uint8Array, change: boolean): Uint8Array | number {
     if (!this.posixAcl && isPosixAclName(name)) return E.EOPNOTSUPP;

@@ -9,17 +9,23 @@
 // POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) pass only with
 // --posix-acl, when the guest kernel treats them as ACLs (FUSE_POSIX_ACL): without it a guest
 // kernel would store them raw on the host and enforce nothing of them itself, so they are
-// EOPNOTSUPP and left out of lists, as virtiofsd 1.13 does.
+// EOPNOTSUPP and left out of lists, as virtiofsd 1.13 does. Like virtiofsd 1.13, every name
+// that begins one of them (`system.posix_acl`, `system.posix_acl_acc`, `system.`) is refused
+// the same way, before any --xattrmap rule: no mapping can give a guest a name that reads as
+// the start of an ACL's.
 
 /** Longest value or name list (XATTR_SIZE_MAX, XATTR_LIST_MAX). */
 export const XATTR_MAX = 65536;
 
 const ACL_NAMES = ['system.posix_acl_access', 'system.posix_acl_default'].map((n) => Buffer.from(n));
-const ACL_PREFIX = Buffer.from('system.posix_acl_');
 
-/** Whether a (guest's) xattr name is one of the two POSIX ACL names. */
+/**
+ * Whether a (guest's) xattr name is one of the two POSIX ACL names or the start of one
+ * (`system.posix_acl`, `system.`): the names refused without --posix-acl. An empty name is
+ * none (it is malformed: EINVAL).
+ */
 export function isPosixAclName(name: Uint8Array): boolean {
-  return ACL_NAMES.some((n) => n.equals(name));
+  return name.length > 0 && ACL_NAMES.some((n) => name.length <= n.length && n.subarray(0, name.length).equals(name));
 }
 
 /**
@@ -40,8 +46,14 @@ export function mapNameList(list: Uint8Array, map: (name: Uint8Array) => Uint8Ar
   return Buffer.concat(kept);
 }
 
-/** A name list without the POSIX ACL names. */
+/** A name list without the POSIX ACL names (and the starts of them, isPosixAclName). */
 export function withoutPosixAcl(list: Uint8Array): Uint8Array {
-  if (Buffer.from(list.buffer, list.byteOffset, list.length).indexOf(ACL_PREFIX) < 0) return list;
-  return mapNameList(list, (name) => (isPosixAclName(name) ? null : name));
+  let at = 0;
+  while (at < list.length) {
+    let end = list.indexOf(0, at);
+    if (end < 0) end = list.length;
+    if (end > at && isPosixAclName(list.subarray(at, end))) return mapNameList(list, (name) => (isPosixAclName(name) ? null : name));
+    at = end + 1;
+  }
+  return list;
 }

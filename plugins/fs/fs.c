@@ -1431,22 +1431,25 @@ static void reply_xattr(reply *r, uint32_t size, const uint8_t *p, size_t n) {
  * The ACL names reach the host only in a session that negotiated FUSE_POSIX_ACL. The host
  * refuses them itself without --posix-acl; with it, a session without ACLs (a guest migrated
  * in from a source without --posix-acl, which kept its INIT) must not have them either:
- * EOPNOTSUPP and left out of lists, what virtiofsd 1.13 answers. */
+ * EOPNOTSUPP and left out of lists, what virtiofsd 1.13 answers. As there, a name that is the
+ * start of one (`system.posix_acl`, `system.posix_acl_acc`, `system.`) goes with them. */
 static const char ACL_ACCESS[] = "system.posix_acl_access", ACL_DEFAULT[] = "system.posix_acl_default";
 
 static int is_name(const uint8_t *name, size_t len, const char *what, size_t wlen) {
   return len == wlen && memcmp(name, what, len) == 0;
 }
 
+/* One of the two ACL names, or the start of one (not an empty name: that is malformed). */
 static int acl_name(const uint8_t *name, size_t len) {
-  return is_name(name, len, ACL_ACCESS, sizeof ACL_ACCESS - 1) || is_name(name, len, ACL_DEFAULT, sizeof ACL_DEFAULT - 1);
+  return len > 0 && ((len <= sizeof ACL_ACCESS - 1 && memcmp(name, ACL_ACCESS, len) == 0) ||
+                     (len <= sizeof ACL_DEFAULT - 1 && memcmp(name, ACL_DEFAULT, len) == 0));
 }
 
 static int acl_refused(const uint8_t *name, size_t len) {
   return acl_granted && !(session.flags & FUSE_POSIX_ACL) && acl_name(name, len);
 }
 
-/* Drops the ACL names from a list of NUL-terminated names in place; its new length. */
+/* Drops the ACL names (and starts of them) from a list of NUL-terminated names in place; its new length. */
 static size_t list_without_acls(uint8_t *buf, size_t n) {
   size_t out = 0;
   for (size_t at = 0; at < n;) {
