@@ -2,11 +2,16 @@
 // vhost-user-fs back-end state through SET_DEVICE_STATE_FD): the fs plugin's state carries the
 // node ids and FUSE file handles the guest kernel holds, and the destination back-end
 // reopens them. fd 3 (read) and fd 4 (append) are opened on the source, used on both sides;
-// the shell's working directory is inside the mount.
+// the shell's working directory is inside the mount. Both back-ends serve with --posix-acl
+// (the migrated session is an ACL session, state version 3): ACLs set on the source read the
+// same on the destination, a create there inherits a default ACL, and the guest kernel still
+// enforces them on other uids.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { compileFsProbe } from './guest/fs-probe.ts';
 import { describeMigration, runMigration } from './guest/migration.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -15,9 +20,17 @@ const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !existsSync(FS_PLUGIN);
 const guestTest = skip ? test.serial.skip : test.serial;
 
+// The ACL part runs the fs probe (test/fixtures/guest/fs-probe.c, its acl-mig-* sections); the
+// source's output is kept in the guest's RAM (which migrates) and printed with the
+// destination's at the end: B (before) and A (after, read with the guest's inode cache
+// dropped, so from the destination back-end) must be the same, CS and CD (creates on the
+// source and the destination) the same but for the name.
 const SCRIPT = `set -e
 mount -t virtiofs mig /mnt
-mkdir -p /mnt/dir/sub
+mkdir -p /mnt/dir/sub /mnt/acl
+fs-probe /mnt/acl acl-mig-set > /acl-set
+fs-probe /mnt/acl acl-mig-show > /acl-before
+fs-probe /mnt/acl acl-mig-create src > /acl-create-src
 echo "kept open" > /mnt/dir/sub/keep
 exec 3< /mnt/dir/sub/keep
 exec 4>> /mnt/dir/log
@@ -34,21 +47,68 @@ echo "cwd: $(cat keep) $(pwd)"
 echo "made after: $(echo new > made-after && cat /mnt/dir/sub/made-after)"
 echo "log: $(wc -l < /mnt/dir/log) lines of $i"
 exec 3<&- 4>&-
+# Evict the guest's cached inodes (and their cached ACLs): the destination back-end answers.
+sync; echo 3 > /proc/sys/vm/drop_caches
+fs-probe /mnt/acl acl-mig-show > /acl-after
+fs-probe /mnt/acl acl-mig-create dst > /acl-create-dst
+sed 's/^/S /' /acl-set; sed 's/^/B /' /acl-before; sed 's/^/A /' /acl-after
+sed 's/^/CS /' /acl-create-src; sed 's/^/CD /' /acl-create-dst
 cd /
 umount /mnt
 echo "FS-MIG-DONE $i"
 `;
 
-guestTest('files opened before a QEMU 10 live migration keep working on the destination back-end', async (t) => {
+/** What acl-mig-show prints on either side (the guest's root made the files). */
+const ACL_SHOW = [
+  'mode md: 40775 uid=0 gid=0',
+  'md default: v2 u::rwx u:1000:rwx g::r-x m::rwx o::---',
+  'md access: v2 u::rwx u:1000:rwx g::r-x m::rwx o::r-x',
+  'mode ms: 100640 uid=0 gid=0',
+  'ms access: v2 u::rw- u:1000:r-- g::--- m::r-- o::---',
+  'ms default: ENODATA',
+  'uid 1000 read ms: ok',
+  'uid 1000 write ms: EACCES',
+  'uid 1001 read ms: EACCES',
+];
+
+/** What acl-mig-create NAME prints: what md's default ACL gave each new file and directory. */
+const aclCreate = (name: string) => [
+  'create in md (umask 077): ok',
+  `mode md/${name}: 100660 uid=0 gid=0`,
+  `md/${name} access: v2 u::rw- u:1000:rwx g::r-x m::rw- o::---`,
+  'mkdir in md: ok',
+  `mode md/${name}.d: 40770 uid=0 gid=0`,
+  `md/${name}.d access: v2 u::rwx u:1000:rwx g::r-x m::rwx o::---`,
+  `md/${name}.d default: v2 u::rwx u:1000:rwx g::r-x m::rwx o::---`,
+  `uid 1000 create md/${name}.1000: ok`,
+  `mode md/${name}.1000: 100640 uid=1000 gid=1000`,
+  `md/${name}.1000 access: v2 u::rw- u:1000:rwx g::r-x m::r-- o::---`,
+  `uid 1001 create md/${name}.1001: EACCES`,
+];
+
+/** The console lines that start with `tag `, without it. */
+const tagged = (out: string, tag: string) => out.replace(/\r/g, '').split('\n').filter((l) => l.startsWith(`${tag} `)).map((l) => l.slice(tag.length + 1));
+
+/** A host file's xattr, hex ('' when absent). */
+const hostXattr = (path: string, name: string) =>
+  execFileSync('python3', ['-c', 'import os,sys\ntry: print(os.getxattr(sys.argv[1], sys.argv[2]).hex())\nexcept OSError: print("")', path, name], { encoding: 'utf8' }).trim();
+
+guestTest('files opened before a QEMU 10 live migration keep working on the destination back-end; POSIX ACLs read and act the same there', async (t) => {
   t.timeout(240_000);
   const dir = mkdtempSync(join(tmpdir(), 'qemu-fs-mig-'));
   const hosts: HostProcess[] = [];
   try {
-    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--call-deadline', '2000'];
+    const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', 'mig', '--posix-acl', '--call-deadline', '2000'];
     hosts.push(...(await Promise.all([startHost(args, { socketName: 'src.sock' }), startHost(args, { socketName: 'dst.sock' })])));
     const [src, dst] = hosts;
     const fsArgs = (sock: string) => ['-chardev', `socket,id=fs0,path=${sock}`, '-device', 'vhost-user-fs-pci,id=vfs0,chardev=fs0,tag=mig'];
-    const r = await runMigration({ script: SCRIPT, sourceArgs: fsArgs(src.socketPath), destArgs: fsArgs(dst.socketPath), migrateWhen: '\nMIG 3 src\n' });
+    const r = await runMigration({
+      script: SCRIPT,
+      files: { 'bin/fs-probe': compileFsProbe() },
+      sourceArgs: fsArgs(src.socketPath),
+      destArgs: fsArgs(dst.socketPath),
+      migrateWhen: '\nMIG 3 src\n',
+    });
     await new Promise((res) => setTimeout(res, 300));
     const why = `${describeMigration(r)}\n--- source host ---\n${src.log().slice(-3000)}\n--- destination host ---\n${dst.log().slice(-3000)}`;
     t.log(`QEMU ${r.qemuVersion}: ${r.verdict}; migrate ${r.migrateStatus} in ${r.timings.migrateMs} ms, QEMU downtime ${r.downtimeMs} ms`);
@@ -64,6 +124,20 @@ guestTest('files opened before a QEMU 10 live migration keep working on the dest
     t.regex(r.destOutput, new RegExp(`\\nlog: ${n} lines of ${n}\\n`), why);
     // The host-side file got every line, in order, from both back-ends.
     t.is(readFileSync(join(dir, 'dir', 'log'), 'utf8'), Array.from({ length: n }, (_, i) => `w ${i + 1}\n`).join(''));
+    // POSIX ACLs: set on the source, read the same on the destination (and enforced the same
+    // on uids 1000 and 1001); a create on the destination inherits md's default ACL as one on
+    // the source did.
+    t.deepEqual(tagged(r.destOutput, 'S'), ['set md default: ok', 'set md access: ok', 'set ms access: ok'], why);
+    t.deepEqual(tagged(r.destOutput, 'B'), ACL_SHOW, why);
+    t.deepEqual(tagged(r.destOutput, 'A'), ACL_SHOW, why);
+    t.deepEqual(tagged(r.destOutput, 'CS'), aclCreate('src'), why);
+    t.deepEqual(tagged(r.destOutput, 'CD'), aclCreate('dst'), why);
+    // They are the host's ACLs: what a guest kernel wrote reached the share's files.
+    const md = join(dir, 'acl', 'md');
+    t.is(hostXattr(md, 'system.posix_acl_default'), '0200000001000700ffffffff02000700e803000004000500ffffffff10000700ffffffff20000000ffffffff');
+    t.is(hostXattr(join(md, 'dst'), 'system.posix_acl_access'), hostXattr(join(md, 'src'), 'system.posix_acl_access'));
+    t.not(hostXattr(join(md, 'dst'), 'system.posix_acl_access'), '');
+    t.is(hostXattr(join(dir, 'dir', 'log'), 'system.posix_acl_access'), '', 'no ACL where none was set or inherited');
     // QEMU exiting at the end sometimes resets the socket: the session logs that ECONNRESET at
     // ERROR level, which says nothing about the device.
     const problems = dst.log().split('\n').filter((l) => / (ERROR|WARN) /.test(l) && !/ECONNRESET/.test(l));

@@ -15,17 +15,16 @@
 // expected difference is asserted below.
 
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, hasQemu, type BootResult } from './guest/qemu.ts';
+import { compileFsProbe } from './guest/fs-probe.ts';
 import { ensureQemu10 } from './guest/qemu10.ts';
 import { startVirtiofsd } from './guest/virtiofsd.ts';
 import { REPO, startHost } from './helpers/host-process.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
-const PROBE_SRC = join(REPO, 'test', 'fixtures', 'guest', 'fs-probe.c');
 const skip = process.env.VHOST_WASM_SKIP_GUEST === '1' || !hasQemu();
 const guestTest = skip ? test.serial.skip : test.serial;
 const TAG = 'cmpfs';
@@ -69,12 +68,6 @@ const KNOWN: { ours: string; virtiofsd: string; why: string }[] = [
   },
 ];
 
-function compileProbe(dir: string): Uint8Array {
-  const bin = join(dir, 'fs-probe');
-  execFileSync('gcc', ['-static', '-O2', '-o', bin, PROBE_SRC], { stdio: 'pipe' });
-  return readFileSync(bin);
-}
-
 function explain(r: BootResult, log: string): string {
   return `exit=${r.exitCode} timedOut=${r.timedOut} qemu=${r.qemuExitCode} ${r.durationMs} ms\n` +
     `--- console ---\n${r.output.slice(-6000)}\n--- qemu stderr ---\n${r.qemuStderr}\n--- back-end log ---\n${log.slice(-4000)}`;
@@ -100,7 +93,7 @@ guestTest('one guest script gives the same output line for line on the fs plugin
   const qemu = (await ensureQemu10()).binary;
   const top = mkdtempSync(join(tmpdir(), 'qemu-fs-cmp-'));
   t.teardown(() => rmSync(top, { recursive: true, force: true }));
-  const probe = compileProbe(top);
+  const probe = compileFsProbe();
   const ours = join(top, 'ours');
   const theirs = join(top, 'theirs');
   mkdirSync(join(ours, 'seed', 'sub'), { recursive: true });
