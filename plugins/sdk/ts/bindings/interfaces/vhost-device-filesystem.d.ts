@@ -117,8 +117,9 @@ declare module 'vhost:device/filesystem@0.2.1' {
    * target's). Only when the operator allowed them (--xattr); otherwise every call answers
    * ENOSYS. Names in the `trusted.` and `security.` namespaces are refused with EPERM and
    * left out of `listxattr` (there is no mapping of them yet); the POSIX ACL names
-   * (`system.posix_acl_access`, `system.posix_acl_default`) are EOPNOTSUPP and left out
-   * unless the operator gave --posix-acl (`posix-acl`). Values and lists are at most
+   * (`system.posix_acl_access`, `system.posix_acl_default`) and the names that begin them
+   * (`system.posix_acl`, `system.`) are EOPNOTSUPP and left out unless the operator gave
+   * --posix-acl (`posix-acl`). Values and lists are at most
    * 65536 bytes (XATTR_SIZE_MAX). In 0.2.0 from the start.
    * The whole value of attribute `name`.
    */
