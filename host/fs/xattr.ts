@@ -11,8 +11,7 @@
 // kernel would store them raw on the host and enforce nothing of them itself, so they are
 // EOPNOTSUPP and left out of lists, as virtiofsd 1.13 does. Like virtiofsd 1.13, every name
 // that begins one of them (`system.posix_acl`, `system.posix_acl_acc`, `system.`) is refused
-// the same way, before any --xattrmap rule: no mapping can give a guest a name that reads as
-// the start of an ACL's.
+// the same way, and before any --xattrmap rule, so a map cannot store one under another name.
 
 /** Longest value or name list (XATTR_SIZE_MAX, XATTR_LIST_MAX). */
 export const XATTR_MAX = 65536;
