@@ -4,8 +4,11 @@
 // waits for the device's second answer is answered later, after the old mapping was unmapped:
 // its views are detached then (length 0), and a reply copied into them would land nowhere
 // while the used ring reported it written (a status byte never set reads as the guest left it:
-// OK, for blk). The guest named its buffers by guest-physical address, so the reply goes where
-// those addresses are now; an address no longer in guest memory is a fault the caller reports.
+// OK, for blk), and a payload read from them (a held write's transfer, a send) would be lost.
+// The guest named its buffers by guest-physical address, so the reply goes, and the payload is
+// read, where those addresses are now; an address no longer in guest memory is a fault the
+// caller reports. Writable ranges are kept at pop (dirty logging needs them); readable ones
+// are taken only when a table change finds the request waiting (readableRanges).
 
 import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
 import type { DescriptorChain, GuestRange } from '../virtqueue/chain.ts';
