@@ -20,6 +20,7 @@ import { startMultiHost, type MultiHost } from './helpers/multi-host.ts';
 import { eventually, REPO } from './helpers/host-process.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 import { command, STATUS_OK } from './devices/script-device.ts';
+import { fillRegion } from './helpers/fill-region.ts';
 
 const STATUS_NEEDS_RESET = 0x40;
 const DISK_BYTES = 1 << 20;
@@ -92,17 +93,12 @@ test.serial('REM_MEM_REG of the region a held write\'s payload is in: the device
   const after = host.lines(/device needs a reset/).length;
   try {
     const q = fe.queues[0];
-    const r0 = fe.memory.regions[0];
-    const filler: number[] = [];
-    for (let len = r0.size; len >= 16; ) {
-      const a = r0.alloc.alloc(len, 16);
-      if (a < 0) len >>= 1;
-      else filler.push(a);
-    }
+    const freeRegion0 = fillRegion(fe);
     const held = q.submit([command(`hold-write ${OFFSET}`), randomBytes(4096)], 1);
     held.catch(() => {});
     t.is(text(await q.submit([command('echo in region 1')], 32)), 'echo in region 1');
-    for (const a of filler) r0.alloc.free(a);
+    // Room in region 0 again: the release's buffers are there, only the held write's are in region 1.
+    freeRegion0();
     const region1 = fe.memory.memTable()[1];
     await fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
     q.submit([command('release')], 16).catch(() => {});
