@@ -17,7 +17,8 @@ import { setLogSink } from '../host/log/logger.ts';
 import { BAD_RULES, PREFIX, STATUS_IOERR, STATUS_OK, command } from './devices/script-device.ts';
 import { Rule } from '../host/device/answer-check.ts';
 import { mountTmpfs, type Tmpfs } from './helpers/small-tmpfs.ts';
-import { withTimeout } from './helpers/device-checks.ts';
+import { scriptDeviceServes, withTimeout } from './helpers/device-checks.ts';
+import { fillRegion } from './helpers/fill-region.ts';
 
 const STATUS_NEEDS_RESET = 0x40;
 const DISK_BYTES = 1 << 20;
@@ -123,13 +124,7 @@ for (const rule of BAD_RULES) {
       await victim.close();
     }
     // A new connection gets a fresh device that serves again.
-    const again = await VhostUserFrontend.connect(join(dir, 'victim.sock'), opts);
-    try {
-      t.is((await again.conn.getStatus()) & STATUS_NEEDS_RESET, 0);
-      t.is(text(await again.queues[0].submit([command('echo after')], 32)), 'echo after');
-    } finally {
-      await again.close();
-    }
+    await scriptDeviceServes(t, join(dir, 'victim.sock'), opts);
   });
 }
 
@@ -242,19 +237,13 @@ test.serial('REM_MEM_REG of the region a held request writes into: its answer ca
   const bystander = await VhostUserFrontend.connect(join(dir, 'bystander.sock'), opts);
   try {
     const q = fe.queues[0];
-    const r0 = fe.memory.regions[0];
-    const filler: number[] = [];
-    for (let len = r0.size; len >= 16; ) {
-      const a = r0.alloc.alloc(len, 16);
-      if (a < 0) len >>= 1;
-      else filler.push(a);
-    }
+    const freeRegion0 = fillRegion(fe);
     const held = q.submit([command('hold')], 8);
     held.catch(() => {});
     t.is(text(await q.submit([command('echo in region 1')], 32)), 'echo in region 1');
     const usedBefore = usedElements(fe).length;
     // Room in region 0 again: the release's buffers are there, only the held request's are in region 1.
-    for (const a of filler) r0.alloc.free(a);
+    freeRegion0();
     const region1 = fe.memory.memTable()[1];
     await fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
     q.submit([command('release')], 16).catch(() => {});

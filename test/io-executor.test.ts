@@ -59,6 +59,48 @@ function guestMemory(bytes: number): { buf: ArrayBuffer; view(off: number, len: 
   };
 }
 
+/** What a scenario opens through, closed after it in reverse order: an executor before the files, pipes and memory it uses, so nothing of its I/O is in the kernel when they go. */
+interface Scenario {
+  /** The scenario's guest memory (guestMemory). */
+  mem: ReturnType<typeof guestMemory>;
+  /** A pipe (the "slow backing": a read of it waits until the test writes). */
+  pipe(): [readFd: number, writeFd: number];
+  /** openSync(path, flags). */
+  open(path: string, flags: string | number): number;
+  /** `x` (an executor, a backing). */
+  own<T extends { close(): void }>(x: T): T;
+}
+
+/** `body` under noLeak with `memBytes` of guest memory; whatever it opened through the Scenario is closed after it, whatever it did. */
+async function scenario(t: ExecutionContext, memBytes: number, body: (s: Scenario) => Promise<void>): Promise<void> {
+  await noLeak(t, async () => {
+    const mem = guestMemory(memBytes);
+    const closers: (() => void)[] = [() => mem.close()];
+    const s: Scenario = {
+      mem,
+      pipe() {
+        const p = n.pipe2();
+        closers.push(() => n.close(p[0]), () => n.close(p[1]));
+        return p;
+      },
+      open(path, flags) {
+        const fd = openSync(path, flags);
+        closers.push(() => closeSync(fd));
+        return fd;
+      },
+      own(x) {
+        closers.push(() => x.close());
+        return x;
+      },
+    };
+    try {
+      await body(s);
+    } finally {
+      for (const close of closers.reverse()) close();
+    }
+  });
+}
+
 /** A view of `len` bytes of guest memory that was unmapped since (its window detached: length 0), as a request into memory the front-end took away holds. */
 function unmappedView(len: number): Uint8Array {
   const gone = guestMemory(65536);
@@ -93,82 +135,65 @@ function fileTable(...targets: UringTarget[]): (i: number) => UringTarget | unde
 
 for (const [where, dir] of [['tmpfs', shmDir], ['the real disk', diskDir]] as const) {
   test.serial(`${where}: 64 requests in flight, multi-segment iovecs into guest memory, every byte where it belongs`, async (t) => {
-    await noLeak(t, async () => {
+    await scenario(t, 2 << 20, async ({ mem, own }) => {
       const path = join(dir, 'rw.img');
       const initial = pattern(1 << 20, 1);
       writeFileSync(path, initial);
-      const backing = FileBacking.open(path, false);
-      const mem = guestMemory(2 << 20);
-      const ex = new UringExecutor({ target: fileTable(backing), entries: 32 });
-      try {
-        // Writes: 64 x 8 KiB, each from two 4 KiB views far apart in guest memory.
-        const data = pattern(64 * 8192, 2);
-        new Uint8Array(mem.buf, 0, data.length).set(data);
-        const writes = Array.from({ length: 64 }, (_, i) =>
-          run(ex, [{ kind: 'write', backing: 0, offset: i * 8192, from: [mem.view(i * 8192, 4096), mem.view(i * 8192 + 4096, 4096)] }]));
-        t.true(ex.inflight > 0, 'requests are in flight after submit');
-        for (const r of await Promise.all(writes)) t.deepEqual(r, { errno: 0, lastReadBytes: 0 });
-        t.true(readFileSync(path).subarray(0, data.length).equals(data), 'the file holds what the views held');
-        // Reads back, scattered: each into three views of unequal size.
-        const reads = Array.from({ length: 64 }, (_, i) => {
-          const at = (1 << 20) + i * 8192;
-          return run(ex, [{ kind: 'read', backing: 0, offset: ((i * 37) % 64) * 8192, into: [mem.view(at, 1000), mem.view(at + 1000, 5000), mem.view(at + 6000, 2192)] }]);
-        });
-        for (const r of await Promise.all(reads)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
-        for (let i = 0; i < 64; i++) {
-          const src = ((i * 37) % 64) * 8192;
-          t.true(Buffer.from(mem.buf, (1 << 20) + i * 8192, 8192).equals(data.subarray(src, src + 8192)), `read ${i}`);
-        }
-        t.is(ex.inflight, 0);
-      } finally {
-        ex.close();
-        backing.close();
-        mem.close();
+      const backing = own(FileBacking.open(path, false));
+      const ex = own(new UringExecutor({ target: fileTable(backing), entries: 32 }));
+      // Writes: 64 x 8 KiB, each from two 4 KiB views far apart in guest memory.
+      const data = pattern(64 * 8192, 2);
+      new Uint8Array(mem.buf, 0, data.length).set(data);
+      const writes = Array.from({ length: 64 }, (_, i) =>
+        run(ex, [{ kind: 'write', backing: 0, offset: i * 8192, from: [mem.view(i * 8192, 4096), mem.view(i * 8192 + 4096, 4096)] }]));
+      t.true(ex.inflight > 0, 'requests are in flight after submit');
+      for (const r of await Promise.all(writes)) t.deepEqual(r, { errno: 0, lastReadBytes: 0 });
+      t.true(readFileSync(path).subarray(0, data.length).equals(data), 'the file holds what the views held');
+      // Reads back, scattered: each into three views of unequal size.
+      const reads = Array.from({ length: 64 }, (_, i) => {
+        const at = (1 << 20) + i * 8192;
+        return run(ex, [{ kind: 'read', backing: 0, offset: ((i * 37) % 64) * 8192, into: [mem.view(at, 1000), mem.view(at + 1000, 5000), mem.view(at + 6000, 2192)] }]);
+      });
+      for (const r of await Promise.all(reads)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
+      for (let i = 0; i < 64; i++) {
+        const src = ((i * 37) % 64) * 8192;
+        t.true(Buffer.from(mem.buf, (1 << 20) + i * 8192, 8192).equals(data.subarray(src, src + 8192)), `read ${i}`);
       }
+      t.is(ex.inflight, 0);
     });
   });
 }
 
 test.serial('completions out of order: a read stuck on a slow backing does not hold back the others, and fires last', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, pipe, own }) => {
     const path = join(shmDir, 'ooo.img');
     const data = pattern(256 * 1024, 3);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, true);
-    const [pr, pw] = n.pipe2();
-    const mem = guestMemory(1 << 20);
-    const ex = new UringExecutor({ target: fileTable(file, { fd: pr, directAlign: 0 }) });
-    try {
-      const order: string[] = [];
-      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
-      const fast = Array.from({ length: 32 }, (_, i) =>
-        run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]).then((r) => (order.push(`fast${i}`), r)));
-      for (const r of await Promise.all(fast)) t.is(r.errno, 0);
-      t.is(ex.inflight, 1, 'only the slow read is left');
-      t.false(order.includes('slow'));
-      n.write(pw, Buffer.from('0123456789abcdef'));
-      t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
-      t.is(order.at(-1), 'slow');
-      t.is(Buffer.from(mem.buf, 0, 16).toString(), '0123456789abcdef');
-      t.true(Buffer.from(mem.buf, 4096, 32 * 8192).equals(data.subarray(0, 32 * 8192)));
-    } finally {
-      ex.close();
-      file.close();
-      mem.close();
-      n.close(pr);
-      n.close(pw);
-    }
+    const file = own(FileBacking.open(path, true));
+    const [pr, pw] = pipe();
+    const ex = own(new UringExecutor({ target: fileTable(file, { fd: pr, directAlign: 0 }) }));
+    const order: string[] = [];
+    const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
+    const fast = Array.from({ length: 32 }, (_, i) =>
+      run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]).then((r) => (order.push(`fast${i}`), r)));
+    for (const r of await Promise.all(fast)) t.is(r.errno, 0);
+    t.is(ex.inflight, 1, 'only the slow read is left');
+    t.false(order.includes('slow'));
+    n.write(pw, Buffer.from('0123456789abcdef'));
+    t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
+    t.is(order.at(-1), 'slow');
+    t.is(Buffer.from(mem.buf, 0, 16).toString(), '0123456789abcdef');
+    t.true(Buffer.from(mem.buf, 4096, 32 * 8192).equals(data.subarray(0, 32 * 8192)));
   });
 });
 
 test.serial('targets are looked up and pinned at submit, unpinned when done; settle(until) returns once until() holds, leaving the rest in flight', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, pipe, own }) => {
     const path = join(shmDir, 'pins.img');
     const data = pattern(64 * 1024, 9);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, true);
-    const [pr, pw] = n.pipe2();
-    const mem = guestMemory(1 << 20);
+    const file = own(FileBacking.open(path, true));
+    const [pr, pw] = pipe();
     const pins = { file: 0, pipe: 0 };
     const counted = (fd: number, which: 'file' | 'pipe'): UringTarget => ({
       fd,
@@ -177,83 +202,66 @@ test.serial('targets are looked up and pinned at submit, unpinned when done; set
       unpin: () => void pins[which]--,
     });
     let table: (UringTarget | undefined)[] = [counted(file.fd, 'file'), counted(pr, 'pipe')];
-    const ex = new UringExecutor({ target: (i) => table[i] });
-    try {
-      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 8)] }]);
-      const fast = Array.from({ length: 8 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]));
-      t.deepEqual(pins, { file: 8, pipe: 1 }, 'every submitted op pins its target');
-      // The table changes after submit (an fs file closed, its index given to another file):
-      // what was submitted keeps the target it was submitted with.
-      table = [undefined, undefined];
-      ex.settle(() => pins.file === 0);
-      t.deepEqual(pins, { file: 0, pipe: 1 }, 'settle returned once the file reads were done; the pipe read is still in flight');
-      t.is(ex.inflight, 1);
-      for (const r of await Promise.all(fast)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
-      t.true(Buffer.from(mem.buf, 4096, 8 * 8192).equals(data.subarray(0, 8 * 8192)), 'read from the file they were submitted to');
-      n.write(pw, Buffer.from('unpinned'));
-      t.deepEqual(await slow, { errno: 0, lastReadBytes: 8 });
-      t.deepEqual(pins, { file: 0, pipe: 0 });
-      t.is((await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 8)] }])).errno, 9, 'a later request naming the dropped index: EBADF');
-    } finally {
-      ex.close();
-      file.close();
-      mem.close();
-      n.close(pr);
-      n.close(pw);
-    }
+    const ex = own(new UringExecutor({ target: (i) => table[i] }));
+    const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 8)] }]);
+    const fast = Array.from({ length: 8 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 8192, into: [mem.view(4096 + i * 8192, 8192)] }]));
+    t.deepEqual(pins, { file: 8, pipe: 1 }, 'every submitted op pins its target');
+    // The table changes after submit (an fs file closed, its index given to another file):
+    // what was submitted keeps the target it was submitted with.
+    table = [undefined, undefined];
+    ex.settle(() => pins.file === 0);
+    t.deepEqual(pins, { file: 0, pipe: 1 }, 'settle returned once the file reads were done; the pipe read is still in flight');
+    t.is(ex.inflight, 1);
+    for (const r of await Promise.all(fast)) t.deepEqual(r, { errno: 0, lastReadBytes: 8192 });
+    t.true(Buffer.from(mem.buf, 4096, 8 * 8192).equals(data.subarray(0, 8 * 8192)), 'read from the file they were submitted to');
+    n.write(pw, Buffer.from('unpinned'));
+    t.deepEqual(await slow, { errno: 0, lastReadBytes: 8 });
+    t.deepEqual(pins, { file: 0, pipe: 0 });
+    t.is((await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 8)] }])).errno, 9, 'a later request naming the dropped index: EBADF');
   });
 });
 
 test.serial('a ring target with inlineWriteMax (an fs file on a disk): small writes done inside submit, larger writes and reads through the ring, pins balanced, a small write behind a barrier waits', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, pipe, own }) => {
     const path = join(diskDir, 'small-writes.img');
     writeFileSync(path, Buffer.alloc(64 * 1024));
-    const file = FileBacking.open(path, false);
-    const [pr, pw] = n.pipe2();
-    const mem = guestMemory(1 << 20);
+    const file = own(FileBacking.open(path, false));
+    const [pr, pw] = pipe();
     let pins = 0;
     const target: UringTarget = { fd: file.fd, directAlign: 0, inlineWriteMax: 4096, pin: () => void pins++, unpin: () => void pins-- };
-    const ex = new UringExecutor({ target: fileTable(target, { fd: pr, directAlign: 0 }) });
+    const ex = own(new UringExecutor({ target: fileTable(target, { fd: pr, directAlign: 0 }) }));
     const now = inSubmit(ex);
-    try {
-      const small = pattern(4096, 31);
-      new Uint8Array(mem.buf, 0, small.length).set(small);
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 100, from: [mem.view(0, 1000), mem.view(1000, 3096)] }]), { errno: 0, lastReadBytes: 0 }, '4096 bytes in two views: done inside submit');
-      t.is(pins, 0);
-      t.true(readFileSync(path).subarray(100, 4196).equals(small));
-      const big = pattern(4097, 32);
-      new Uint8Array(mem.buf, 65536, big.length).set(big);
-      let bigDone: IoResult | undefined;
-      const bigWrite = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(65536, 4097)] }], false, (r) => resolve((bigDone = r))));
-      t.is(bigDone, undefined, 'one byte more goes through the ring');
-      t.is(pins, 1);
-      t.deepEqual(await bigWrite, { errno: 0, lastReadBytes: 0 });
-      t.true(readFileSync(path).subarray(8192, 8192 + 4097).equals(big));
-      // A read of the pipe in the ring, a barrier behind it, a small write behind the barrier:
-      // the write waits its turn, then runs in its turn.
-      const order: string[] = [];
-      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(131072, 4)] }]).then((r) => (order.push('slow'), r));
-      const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
-      mem.view(196608, 100).fill(0x5a);
-      const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(196608, 100)] }]).then((r) => (order.push('after'), r));
-      t.is(ex.inflight, 3);
-      t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0), 'the write behind the barrier has not run');
-      n.write(pw, Buffer.from('wake'));
-      for (const r of await Promise.all([slow, flush, after])) t.is(r.errno, 0);
-      t.deepEqual(order, ['slow', 'flush', 'after']);
-      t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0x5a));
-      t.is(pins, 0, 'every pin undone');
-      // A failing small write answers its errno like a ring one (guest memory gone: EFAULT).
-      const from = [unmappedView(100)];
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from }]), { errno: 14, lastReadBytes: 0 });
-      t.is(ex.inflight, 0);
-    } finally {
-      ex.close();
-      file.close();
-      n.close(pr);
-      n.close(pw);
-      mem.close();
-    }
+    const small = pattern(4096, 31);
+    new Uint8Array(mem.buf, 0, small.length).set(small);
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 100, from: [mem.view(0, 1000), mem.view(1000, 3096)] }]), { errno: 0, lastReadBytes: 0 }, '4096 bytes in two views: done inside submit');
+    t.is(pins, 0);
+    t.true(readFileSync(path).subarray(100, 4196).equals(small));
+    const big = pattern(4097, 32);
+    new Uint8Array(mem.buf, 65536, big.length).set(big);
+    let bigDone: IoResult | undefined;
+    const bigWrite = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(65536, 4097)] }], false, (r) => resolve((bigDone = r))));
+    t.is(bigDone, undefined, 'one byte more goes through the ring');
+    t.is(pins, 1);
+    t.deepEqual(await bigWrite, { errno: 0, lastReadBytes: 0 });
+    t.true(readFileSync(path).subarray(8192, 8192 + 4097).equals(big));
+    // A read of the pipe in the ring, a barrier behind it, a small write behind the barrier:
+    // the write waits its turn, then runs in its turn.
+    const order: string[] = [];
+    const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(131072, 4)] }]).then((r) => (order.push('slow'), r));
+    const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
+    mem.view(196608, 100).fill(0x5a);
+    const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(196608, 100)] }]).then((r) => (order.push('after'), r));
+    t.is(ex.inflight, 3);
+    t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0), 'the write behind the barrier has not run');
+    n.write(pw, Buffer.from('wake'));
+    for (const r of await Promise.all([slow, flush, after])) t.is(r.errno, 0);
+    t.deepEqual(order, ['slow', 'flush', 'after']);
+    t.true(readFileSync(path).subarray(0, 100).every((b) => b === 0x5a));
+    t.is(pins, 0, 'every pin undone');
+    // A failing small write answers its errno like a ring one (guest memory gone: EFAULT).
+    const from = [unmappedView(100)];
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from }]), { errno: 14, lastReadBytes: 0 });
+    t.is(ex.inflight, 0);
   });
 });
 
@@ -281,241 +289,191 @@ test.serial('coalesceViews: neighbours in one mapping become one view, in order;
 });
 
 test.serial('a ring target with inlineWritesAlone (an fs file on a disk): any write done inside submit while nothing else is in flight, through the ring beside ring I/O; 1100 views in one write', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 2 << 20, async ({ mem, pipe, open, own }) => {
     const path = join(diskDir, 'writes-alone.img');
     writeFileSync(path, Buffer.alloc(0));
-    const fd = openSync(path, 'r+');
-    const [pr, pw] = n.pipe2();
-    const mem = guestMemory(2 << 20);
+    const fd = open(path, 'r+');
+    const [pr, pw] = pipe();
     let pins = 0;
-    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, inlineWriteMax: 4096, inlineWritesAlone: true, pin: () => void pins++, unpin: () => void pins-- }, { fd: pr, directAlign: 0 }) });
+    const ex = own(new UringExecutor({ target: fileTable({ fd, directAlign: 0, inlineWriteMax: 4096, inlineWritesAlone: true, pin: () => void pins++, unpin: () => void pins-- }, { fd: pr, directAlign: 0 }) }));
     const now = inSubmit(ex);
-    try {
-      // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives (neighbours: one iovec), now.
-      const big = pattern(1 << 20, 51);
-      mem.view(0, 1 << 20).set(big);
-      const pages = Array.from({ length: 256 }, (_, i) => mem.view(i * 4096, 4096));
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: pages }]), { errno: 0, lastReadBytes: 0 });
-      t.is(pins, 0);
-      t.true(readFileSync(path).equals(big));
-      // More views than one pwritev takes (IOV_MAX 1024), none next to another (neighbours are
-      // joined into one iovec): the rest in a second call.
-      const small = pattern(110_000, 52);
-      const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 128, 100));
-      views.forEach((v, i) => v.set(small.subarray(i * 100, (i + 1) * 100)));
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 4096, from: views }]), { errno: 0, lastReadBytes: 0 });
-      t.true(readFileSync(path).subarray(4096, 4096 + small.length).equals(small));
-      // A read of the pipe in flight in the ring: a write of more than a page goes through the
-      // ring beside it (and completes first), a page-sized one is still done now.
-      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(1900000, 4)] }]);
-      mem.view(0, 8192).fill(0x33);
-      let beside: IoResult | undefined;
-      const besideDone = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] }], false, (r) => resolve((beside = r))));
-      t.is(beside, undefined, 'through the ring');
-      t.deepEqual(await besideDone, { errno: 0, lastReadBytes: 0 });
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
-      t.true(readFileSync(path).subarray(0, 12288).every((b) => b === 0x33));
-      t.is(ex.inflight, 1, 'the pipe read is still in flight');
-      n.write(pw, Buffer.from('done'));
-      t.is((await slow).errno, 0);
-      t.is(pins, 0, 'every pin undone');
-      // A write whose guest memory is gone: EFAULT, done now like any other.
-      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4096), unmappedView(8192)] }]), { errno: 14, lastReadBytes: 0 });
-    } finally {
-      ex.close();
-      closeSync(fd);
-      n.close(pr);
-      n.close(pw);
-      mem.close();
-    }
+    // 1 MiB in 256 page-sized views, as a guest's FUSE_WRITE arrives (neighbours: one iovec), now.
+    const big = pattern(1 << 20, 51);
+    mem.view(0, 1 << 20).set(big);
+    const pages = Array.from({ length: 256 }, (_, i) => mem.view(i * 4096, 4096));
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: pages }]), { errno: 0, lastReadBytes: 0 });
+    t.is(pins, 0);
+    t.true(readFileSync(path).equals(big));
+    // More views than one pwritev takes (IOV_MAX 1024), none next to another (neighbours are
+    // joined into one iovec): the rest in a second call.
+    const small = pattern(110_000, 52);
+    const views = Array.from({ length: 1100 }, (_, i) => mem.view((1 << 20) + i * 128, 100));
+    views.forEach((v, i) => v.set(small.subarray(i * 100, (i + 1) * 100)));
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 4096, from: views }]), { errno: 0, lastReadBytes: 0 });
+    t.true(readFileSync(path).subarray(4096, 4096 + small.length).equals(small));
+    // A read of the pipe in flight in the ring: a write of more than a page goes through the
+    // ring beside it (and completes first), a page-sized one is still done now.
+    const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(1900000, 4)] }]);
+    mem.view(0, 8192).fill(0x33);
+    let beside: IoResult | undefined;
+    const besideDone = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] }], false, (r) => resolve((beside = r))));
+    t.is(beside, undefined, 'through the ring');
+    t.deepEqual(await besideDone, { errno: 0, lastReadBytes: 0 });
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 8192, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+    t.true(readFileSync(path).subarray(0, 12288).every((b) => b === 0x33));
+    t.is(ex.inflight, 1, 'the pipe read is still in flight');
+    n.write(pw, Buffer.from('done'));
+    t.is((await slow).errno, 0);
+    t.is(pins, 0, 'every pin undone');
+    // A write whose guest memory is gone: EFAULT, done now like any other.
+    t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4096), unmappedView(8192)] }]), { errno: 14, lastReadBytes: 0 });
   });
 });
 
 test.serial('a ring target with nowaitReads (an fs file on a disk): page-cache hits done inside submit, the end of the file, pages not cached through the ring, a target the kernel refuses through the ring', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, pipe, open, own }) => {
     const path = join(diskDir, 'cached-reads.img');
     const size = 256 * 1024;
     const data = pattern(size, 41);
     writeFileSync(path, data); // in the page cache from here on
-    const fd = openSync(path, 'r+');
-    const directFd = openSync(path, constants.O_RDWR | constants.O_DIRECT);
-    const [pr, pw] = n.pipe2();
-    const mem = guestMemory(1 << 20);
+    const fd = open(path, 'r+');
+    const directFd = open(path, constants.O_RDWR | constants.O_DIRECT);
+    const [pr, pw] = pipe();
     let pins = 0;
     const pin = () => void pins++;
     const unpin = () => void pins--;
-    const ex = new UringExecutor({ target: fileTable({ fd, directAlign: 0, nowaitReads: true, pin, unpin }, { fd: pr, directAlign: 0, nowaitReads: true }) });
+    const ex = own(new UringExecutor({ target: fileTable({ fd, directAlign: 0, nowaitReads: true, pin, unpin }, { fd: pr, directAlign: 0, nowaitReads: true }) }));
     const now = inSubmit(ex);
-    try {
-      mem.view(0, 1 << 20).fill(0xff);
-      // Three views, the middle one crossing no page boundary of the file: all of it, now.
-      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 1000, into: [mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)] }]), { errno: 0, lastReadBytes: 12288 });
-      t.true(Buffer.concat([mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)]).equals(data.subarray(1000, 1000 + 12288)));
-      t.is(pins, 0, 'nothing was in flight');
-      t.is(ex.inflight, 0);
-      // The end of the file: the bytes up to it, or none.
-      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size - 100, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 100 });
-      t.true(Buffer.from(mem.view(32768, 100)).equals(data.subarray(size - 100)));
-      t.deepEqual(now([{ kind: 'read', backing: 0, offset: size + 4096, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 0 });
-      // Two reads in one request: the first ends at the end of the file (zeroes after), the second is whole.
-      t.deepEqual(now([
-        { kind: 'read', backing: 0, offset: size - 8, into: [mem.view(40960, 16)] },
-        { kind: 'read', backing: 0, offset: 0, into: [mem.view(49152, 64)] },
-      ]), { errno: 0, lastReadBytes: 64 });
-      t.true(Buffer.from(mem.view(40960, 8)).equals(data.subarray(size - 8)));
-      t.true(mem.view(40968, 8).every((b) => b === 0), 'zeroes past the end');
-      t.true(Buffer.from(mem.view(49152, 64)).equals(data.subarray(0, 64)));
-      // An O_DIRECT write of [128K, 192K) drops those pages from the page cache: a read across
-      // them copies what is cached and the ring reads the rest (or all of it is cached again by
-      // the time it asks: the bytes are what counts).
-      const fresh = pattern(65536, 42);
-      mem.view(524288, 65536).set(fresh);
-      t.is(n.pwrite(directFd, mem.view(524288, 65536), 131072), 65536);
-      const r = await run(ex, [{ kind: 'read', backing: 0, offset: 120 * 1024, into: [mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)] }]);
-      t.deepEqual(r, { errno: 0, lastReadBytes: 80 * 1024 });
-      const want = Buffer.concat([data.subarray(120 * 1024, 128 * 1024), fresh, data.subarray(192 * 1024, 200 * 1024)]);
-      t.true(Buffer.concat([mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)]).equals(want));
-      t.is(pins, 0, 'every pin undone');
-      // A pipe has no page cache to try (ESPIPE): the read goes through the ring and waits there.
-      let piped: IoResult | undefined;
-      const slow = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'read', backing: 1, offset: 0, into: [mem.view(196608, 4)] }], false, (res) => resolve((piped = res))));
-      t.is(piped, undefined, 'in the ring, not done inside submit');
-      n.write(pw, Buffer.from('wake'));
-      t.deepEqual(await slow, { errno: 0, lastReadBytes: 4 });
-      t.is(Buffer.from(mem.view(196608, 4)).toString(), 'wake');
-      // Guest memory gone under a read: EFAULT from the ring, not a read that "succeeds".
-      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(100)] }]), { errno: 14, lastReadBytes: 0 });
-    } finally {
-      ex.close();
-      closeSync(fd);
-      closeSync(directFd);
-      n.close(pr);
-      n.close(pw);
-      mem.close();
-    }
+    mem.view(0, 1 << 20).fill(0xff);
+    // Three views, the middle one crossing no page boundary of the file: all of it, now.
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 1000, into: [mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)] }]), { errno: 0, lastReadBytes: 12288 });
+    t.true(Buffer.concat([mem.view(0, 4096), mem.view(8192, 100), mem.view(16384, 8092)]).equals(data.subarray(1000, 1000 + 12288)));
+    t.is(pins, 0, 'nothing was in flight');
+    t.is(ex.inflight, 0);
+    // The end of the file: the bytes up to it, or none.
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: size - 100, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 100 });
+    t.true(Buffer.from(mem.view(32768, 100)).equals(data.subarray(size - 100)));
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: size + 4096, into: [mem.view(32768, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+    // Two reads in one request: the first ends at the end of the file (zeroes after), the second is whole.
+    t.deepEqual(now([
+      { kind: 'read', backing: 0, offset: size - 8, into: [mem.view(40960, 16)] },
+      { kind: 'read', backing: 0, offset: 0, into: [mem.view(49152, 64)] },
+    ]), { errno: 0, lastReadBytes: 64 });
+    t.true(Buffer.from(mem.view(40960, 8)).equals(data.subarray(size - 8)));
+    t.true(mem.view(40968, 8).every((b) => b === 0), 'zeroes past the end');
+    t.true(Buffer.from(mem.view(49152, 64)).equals(data.subarray(0, 64)));
+    // An O_DIRECT write of [128K, 192K) drops those pages from the page cache: a read across
+    // them copies what is cached and the ring reads the rest (or all of it is cached again by
+    // the time it asks: the bytes are what counts).
+    const fresh = pattern(65536, 42);
+    mem.view(524288, 65536).set(fresh);
+    t.is(n.pwrite(directFd, mem.view(524288, 65536), 131072), 65536);
+    const r = await run(ex, [{ kind: 'read', backing: 0, offset: 120 * 1024, into: [mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)] }]);
+    t.deepEqual(r, { errno: 0, lastReadBytes: 80 * 1024 });
+    const want = Buffer.concat([data.subarray(120 * 1024, 128 * 1024), fresh, data.subarray(192 * 1024, 200 * 1024)]);
+    t.true(Buffer.concat([mem.view(65536, 40 * 1024), mem.view(131072, 40 * 1024)]).equals(want));
+    t.is(pins, 0, 'every pin undone');
+    // A pipe has no page cache to try (ESPIPE): the read goes through the ring and waits there.
+    let piped: IoResult | undefined;
+    const slow = new Promise<IoResult>((resolve) => ex.submit([{ kind: 'read', backing: 1, offset: 0, into: [mem.view(196608, 4)] }], false, (res) => resolve((piped = res))));
+    t.is(piped, undefined, 'in the ring, not done inside submit');
+    n.write(pw, Buffer.from('wake'));
+    t.deepEqual(await slow, { errno: 0, lastReadBytes: 4 });
+    t.is(Buffer.from(mem.view(196608, 4)).toString(), 'wake');
+    // Guest memory gone under a read: EFAULT from the ring, not a read that "succeeds".
+    t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(100)] }]), { errno: 14, lastReadBytes: 0 });
   });
 });
 
 test.serial('a barrier (flush) starts only after everything before it completed, and holds back what comes after', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, pipe, own }) => {
     const path = join(diskDir, 'barrier.img');
     writeFileSync(path, Buffer.alloc(1 << 20));
-    const file = FileBacking.open(path, false);
+    const file = own(FileBacking.open(path, false));
     // The "slow write": a pipe whose buffer is full, so a write to it waits for a reader.
-    const [pr, pw] = n.pipe2();
+    const [pr, pw] = pipe();
     const filler = Buffer.alloc(1 << 20, 1);
     while (n.write(pw, filler) > 0) { /* fill the pipe */ }
-    const mem = guestMemory(1 << 20);
-    const ex = new UringExecutor({ target: fileTable(file, { fd: pw, directAlign: 0 }) });
-    try {
-      const order: string[] = [];
-      const note = (name: string) => (r: IoResult) => (order.push(name), r);
-      mem.view(0, 4096).fill(0x77);
-      const slowWrite = run(ex, [{ kind: 'write', backing: 1, offset: 0, from: [mem.view(0, 4096)] }]).then(note('slow-write'));
-      const fileWrite = run(ex, [{ kind: 'write', backing: 0, offset: 65536, from: [mem.view(0, 4096)] }]).then(note('file-write'));
-      const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then(note('flush'));
-      const after = run(ex, [{ kind: 'read', backing: 0, offset: 65536, into: [mem.view(8192, 4096)] }]).then(note('read-after'));
-      await fileWrite;
-      // The file write is done (the ring runs); the flush waits for the slow write, the read for the flush.
-      t.deepEqual(order, ['file-write']);
-      t.is(ex.inflight, 3);
-      // Let the slow write through: drain the pipe.
-      const sink = Buffer.alloc(1 << 20);
-      while (order.length < 4) {
-        n.read(pr, sink);
-        await new Promise((r) => setImmediate(r));
-      }
-      t.deepEqual(order, ['file-write', 'slow-write', 'flush', 'read-after']);
-      for (const r of await Promise.all([slowWrite, flush, after])) t.is(r.errno, 0);
-      t.true(Buffer.from(mem.buf, 8192, 4096).every((b) => b === 0x77), 'the read after the barrier saw the write before it');
-    } finally {
-      ex.close();
-      file.close();
-      mem.close();
-      n.close(pr);
-      n.close(pw);
+    const ex = own(new UringExecutor({ target: fileTable(file, { fd: pw, directAlign: 0 }) }));
+    const order: string[] = [];
+    const note = (name: string) => (r: IoResult) => (order.push(name), r);
+    mem.view(0, 4096).fill(0x77);
+    const slowWrite = run(ex, [{ kind: 'write', backing: 1, offset: 0, from: [mem.view(0, 4096)] }]).then(note('slow-write'));
+    const fileWrite = run(ex, [{ kind: 'write', backing: 0, offset: 65536, from: [mem.view(0, 4096)] }]).then(note('file-write'));
+    const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then(note('flush'));
+    const after = run(ex, [{ kind: 'read', backing: 0, offset: 65536, into: [mem.view(8192, 4096)] }]).then(note('read-after'));
+    await fileWrite;
+    // The file write is done (the ring runs); the flush waits for the slow write, the read for the flush.
+    t.deepEqual(order, ['file-write']);
+    t.is(ex.inflight, 3);
+    // Let the slow write through: drain the pipe.
+    const sink = Buffer.alloc(1 << 20);
+    while (order.length < 4) {
+      n.read(pr, sink);
+      await new Promise((r) => setImmediate(r));
     }
+    t.deepEqual(order, ['file-write', 'slow-write', 'flush', 'read-after']);
+    for (const r of await Promise.all([slowWrite, flush, after])) t.is(r.errno, 0);
+    t.true(Buffer.from(mem.buf, 8192, 4096).every((b) => b === 0x77), 'the read after the barrier saw the write before it');
   });
 });
 
 test.serial('errors come back as errno: EIO from the kernel, ENOSPC from a full tmpfs (after a short write), the rest of the request does not run', async (t) => {
   await withTmpfs('1m', diskDir, (mnt) =>
-    noLeak(t, async () => {
+    scenario(t, 4 << 20, async ({ mem, open, own }) => {
       const path = join(mnt, 'full.img');
       writeFileSync(path, Buffer.alloc(0));
-      const file = FileBacking.open(path, false);
-      const procMem = openSync('/proc/self/mem', 'r');
-      const mem = guestMemory(4 << 20);
-      const ex = new UringExecutor({ target: fileTable(file, { fd: procMem, directAlign: 0 }) });
-      try {
-        // /proc/self/mem at address 0 (never mapped): EIO. The read after it must not run.
-        mem.view(65536, 4096).fill(0xee);
-        t.deepEqual(await run(ex, [
-          { kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 4096)] },
-          { kind: 'read', backing: 0, offset: 0, into: [mem.view(65536, 4096)] },
-        ]), { errno: EIO, lastReadBytes: 0 });
-        t.true(mem.view(65536, 4096).every((b) => b === 0xee), 'the op after the failed one did not run');
-        // 2 MiB into a 1 MiB file system: the kernel writes what fits, then says ENOSPC.
-        mem.view(0, 2 << 20).fill(0x42);
-        t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 1 << 20), mem.view(1 << 20, 1 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
-        // The executor goes on serving.
-        t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
-        t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
-      } finally {
-        ex.close();
-        file.close();
-        closeSync(procMem);
-        mem.close();
-      }
+      const file = own(FileBacking.open(path, false));
+      const procMem = open('/proc/self/mem', 'r');
+      const ex = own(new UringExecutor({ target: fileTable(file, { fd: procMem, directAlign: 0 }) }));
+      // /proc/self/mem at address 0 (never mapped): EIO. The read after it must not run.
+      mem.view(65536, 4096).fill(0xee);
+      t.deepEqual(await run(ex, [
+        { kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 4096)] },
+        { kind: 'read', backing: 0, offset: 0, into: [mem.view(65536, 4096)] },
+      ]), { errno: EIO, lastReadBytes: 0 });
+      t.true(mem.view(65536, 4096).every((b) => b === 0xee), 'the op after the failed one did not run');
+      // 2 MiB into a 1 MiB file system: the kernel writes what fits, then says ENOSPC.
+      mem.view(0, 2 << 20).fill(0x42);
+      t.deepEqual(await run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 1 << 20), mem.view(1 << 20, 1 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
+      // The executor goes on serving.
+      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+      t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
     }),
   );
 });
 
 test.serial('a short read at end of file: the last op reports the bytes it got; an earlier read is zero-filled past the end', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 65536, async ({ mem, own }) => {
     const path = join(shmDir, 'short.img');
     const data = pattern(10000, 4);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, true);
-    const mem = guestMemory(65536);
-    const ex = new UringExecutor({ target: fileTable(file) });
-    try {
-      mem.view(0, 65536).fill(0xff);
-      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 });
-      t.true(Buffer.from(mem.buf, 0, 10000 - 8192).equals(data.subarray(8192)));
-      t.deepEqual(await run(ex, [
-        { kind: 'read', backing: 0, offset: 8192, into: [mem.view(16384, 4096)] },
-        { kind: 'read', backing: 0, offset: 0, into: [mem.view(32768, 100)] },
-      ]), { errno: 0, lastReadBytes: 100 });
-      t.true(Buffer.from(mem.buf, 16384, 1808).equals(data.subarray(8192)));
-      t.true(mem.view(16384 + 1808, 4096 - 1808).every((b) => b === 0), 'zeroes past the end');
-      t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(0, 512)] }]), { errno: 0, lastReadBytes: 0 });
-    } finally {
-      ex.close();
-      file.close();
-      mem.close();
-    }
+    const file = own(FileBacking.open(path, true));
+    const ex = own(new UringExecutor({ target: fileTable(file) }));
+    mem.view(0, 65536).fill(0xff);
+    t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 });
+    t.true(Buffer.from(mem.buf, 0, 10000 - 8192).equals(data.subarray(8192)));
+    t.deepEqual(await run(ex, [
+      { kind: 'read', backing: 0, offset: 8192, into: [mem.view(16384, 4096)] },
+      { kind: 'read', backing: 0, offset: 0, into: [mem.view(32768, 100)] },
+    ]), { errno: 0, lastReadBytes: 100 });
+    t.true(Buffer.from(mem.buf, 16384, 1808).equals(data.subarray(8192)));
+    t.true(mem.view(16384 + 1808, 4096 - 1808).every((b) => b === 0), 'zeroes past the end');
+    t.deepEqual(await run(ex, [{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(0, 512)] }]), { errno: 0, lastReadBytes: 0 });
   });
 });
 
 test.serial('more requests than the ring holds: the rest wait their turn and all complete', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 1 << 20, async ({ mem, own }) => {
     const path = join(shmDir, 'capacity.img');
     const data = pattern(1 << 20, 5);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, true);
-    const mem = guestMemory(1 << 20);
-    const ex = new UringExecutor({ target: fileTable(file), entries: 2 });
-    try {
-      const all = Array.from({ length: 256 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]));
-      t.is(ex.inflight, 256);
-      for (const r of await Promise.all(all)) t.is(r.errno, 0);
-      t.true(Buffer.from(mem.buf).equals(data));
-    } finally {
-      ex.close();
-      file.close();
-      mem.close();
-    }
+    const file = own(FileBacking.open(path, true));
+    const ex = own(new UringExecutor({ target: fileTable(file), entries: 2 }));
+    const all = Array.from({ length: 256 }, (_, i) => run(ex, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]));
+    t.is(ex.inflight, 256);
+    for (const r of await Promise.all(all)) t.is(r.errno, 0);
+    t.true(Buffer.from(mem.buf).equals(data));
   });
 });
 
@@ -582,34 +540,26 @@ for (const kind of ['file', 'loop512', 'loop4096'] as const) {
 }
 
 test.serial('drain with I/O in flight: everything in the kernel and everything queued (behind a barrier, or for ring space) completes with its real result before it returns', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 2 << 20, async ({ mem, own }) => {
     const path = join(diskDir, 'drain.img');
     const data = pattern(1 << 20, 10);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, false);
-    const mem = guestMemory(2 << 20);
-    const ex = new UringExecutor({ target: fileTable(file), entries: 4 });
-    try {
-      const results = new Map<string, IoResult>();
-      const submit = (name: string, ops: IoOp[], barrier = false) => ex.submit(ops, barrier, (r) => results.set(name, r));
-      for (let i = 0; i < 64; i++) submit(`read${i}`, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]);
-      mem.view(1 << 20, 8192).fill(0x5c);
-      submit('flush', [{ kind: 'flush', backing: 0 }], true);
-      submit('behind', [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(1 << 20, 8192)] }]);
-      t.is(ex.inflight, 66);
-      t.is(results.size, 0, 'nothing completed yet (no reap has run)');
-      ex.drain();
-      t.is(ex.inflight, 0);
-      t.is(results.size, 66);
-      for (const [name, r] of results) t.is(r.errno, 0, name);
-      t.true(Buffer.from(mem.buf, 0, 64 * 4096).equals(data.subarray(0, 64 * 4096)), 'every read landed before drain returned');
-      t.true(readFileSync(path).subarray(0, 8192).every((b) => b === 0x5c), 'the write queued behind the barrier ran too');
-    } finally {
-      ex.close();
-      // Nothing of ours is in the kernel any more: unmapping now is safe.
-      mem.close();
-      file.close();
-    }
+    const file = own(FileBacking.open(path, false));
+    const ex = own(new UringExecutor({ target: fileTable(file), entries: 4 }));
+    const results = new Map<string, IoResult>();
+    const submit = (name: string, ops: IoOp[], barrier = false) => ex.submit(ops, barrier, (r) => results.set(name, r));
+    for (let i = 0; i < 64; i++) submit(`read${i}`, [{ kind: 'read', backing: 0, offset: i * 4096, into: [mem.view(i * 4096, 4096)] }]);
+    mem.view(1 << 20, 8192).fill(0x5c);
+    submit('flush', [{ kind: 'flush', backing: 0 }], true);
+    submit('behind', [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(1 << 20, 8192)] }]);
+    t.is(ex.inflight, 66);
+    t.is(results.size, 0, 'nothing completed yet (no reap has run)');
+    ex.drain();
+    t.is(ex.inflight, 0);
+    t.is(results.size, 66);
+    for (const [name, r] of results) t.is(r.errno, 0, name);
+    t.true(Buffer.from(mem.buf, 0, 64 * 4096).equals(data.subarray(0, 64 * 4096)), 'every read landed before drain returned');
+    t.true(readFileSync(path).subarray(0, 8192).every((b) => b === 0x5c), 'the write queued behind the barrier ran too');
   });
 });
 
@@ -684,95 +634,78 @@ test.serial('memory executor: one copy each way, holes read as zeroes, across a 
 });
 
 test.serial('discard and write-zeroes through the file backing (fallocate), in order with the writes; a failing one gives its errno', async (t) => {
-  await noLeak(t, async () => {
+  await scenario(t, 65536, async ({ mem, own }) => {
     const path = join(diskDir, 'falloc.img');
     const data = pattern(1 << 20, 12);
     writeFileSync(path, data);
-    const file = FileBacking.open(path, false);
-    const readOnly = FileBacking.open(path, true);
-    const mem = guestMemory(65536);
-    const ex = new UringExecutor({ target: fileTable(file, readOnly) });
-    try {
-      mem.view(0, 8192).fill(0x11);
-      t.deepEqual(await run(ex, [
-        { kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] },
-        { kind: 'write-zeroes', backing: 0, offset: 4096, len: 65536 },
-        { kind: 'discard', backing: 0, offset: 524288, len: 131072 },
-      ]), { errno: 0, lastReadBytes: 0 });
-      const expect = Buffer.from(data);
-      expect.fill(0x11, 0, 4096);
-      expect.fill(0, 4096, 4096 + 65536);
-      expect.fill(0, 524288, 524288 + 131072);
-      t.true(readFileSync(path).equals(expect), 'the write, then the zeroing over its second half, then the hole');
-      // fallocate on a read-only fd: EBADF, carried from the backing's error.
-      t.deepEqual(await run(ex, [{ kind: 'write-zeroes', backing: 1, offset: 0, len: 4096 }]), { errno: 9, lastReadBytes: 0 });
-    } finally {
-      ex.close();
-      file.close();
-      readOnly.close();
-      mem.close();
-    }
+    const file = own(FileBacking.open(path, false));
+    const readOnly = own(FileBacking.open(path, true));
+    const ex = own(new UringExecutor({ target: fileTable(file, readOnly) }));
+    mem.view(0, 8192).fill(0x11);
+    t.deepEqual(await run(ex, [
+      { kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 8192)] },
+      { kind: 'write-zeroes', backing: 0, offset: 4096, len: 65536 },
+      { kind: 'discard', backing: 0, offset: 524288, len: 131072 },
+    ]), { errno: 0, lastReadBytes: 0 });
+    const expect = Buffer.from(data);
+    expect.fill(0x11, 0, 4096);
+    expect.fill(0, 4096, 4096 + 65536);
+    expect.fill(0, 524288, 524288 + 131072);
+    t.true(readFileSync(path).equals(expect), 'the write, then the zeroing over its second half, then the hole');
+    // fallocate on a read-only fd: EBADF, carried from the backing's error.
+    t.deepEqual(await run(ex, [{ kind: 'write-zeroes', backing: 1, offset: 0, len: 4096 }]), { errno: 9, lastReadBytes: 0 });
   });
 });
 
 test.serial('an inline (tmpfs) target: one-op requests done inside submit, short reads, ENOSPC, EFAULT, a barrier behind ring I/O waits its turn', async (t) => {
   await withTmpfs('1m', diskDir, (mnt) =>
-    noLeak(t, async () => {
+    scenario(t, 4 << 20, async ({ mem, pipe, own }) => {
       const path = join(mnt, 'inline.img');
       writeFileSync(path, Buffer.alloc(0));
-      const file = FileBacking.open(path, false);
-      const [pr, pw] = n.pipe2();
-      const mem = guestMemory(4 << 20);
+      const file = own(FileBacking.open(path, false));
+      const [pr, pw] = pipe();
       const inline: UringTarget = { fd: file.fd, directAlign: 0, inline: true };
-      const ex = new UringExecutor({ target: fileTable(inline, { fd: pr, directAlign: 0 }) });
+      const ex = own(new UringExecutor({ target: fileTable(inline, { fd: pr, directAlign: 0 }) }));
       const now = inSubmit(ex);
-      try {
-        const data = pattern(10000, 21);
-        new Uint8Array(mem.buf, 0, data.length).set(data);
-        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4000), mem.view(4000, 6000)] }]), { errno: 0, lastReadBytes: 0 }, 'a write is done inside submit');
-        t.true(readFileSync(path).equals(data));
-        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(65536, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 }, 'a short read at the end says how far it got');
-        t.true(Buffer.from(mem.buf, 65536, 1808).equals(data.subarray(8192)));
-        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(65536, 512)] }]), { errno: 0, lastReadBytes: 0 });
-        mem.view(131072, 4096).fill(0xff);
-        t.deepEqual(now([
-          { kind: 'read', backing: 0, offset: 8192, into: [mem.view(131072, 4096)] },
-          { kind: 'read', backing: 0, offset: 0, into: [mem.view(196608, 100)] },
-        ]), { errno: 0, lastReadBytes: 100 }, 'two ops: the earlier read is zero-filled past the end');
-        t.true(mem.view(131072 + 1808, 4096 - 1808).every((b) => b === 0));
-        t.deepEqual(now([{ kind: 'flush', backing: 0 }], true), { errno: 0, lastReadBytes: 0 }, 'a flush with nothing in flight runs at once');
-        // 2 MiB into a 1 MiB file system: ENOSPC; the executor goes on serving.
-        mem.view(0, 2 << 20).fill(0x42);
-        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 2 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
-        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
-        t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
-        // A read on the pipe stays in the ring: a barrier flush of the tmpfs file waits for it,
-        // and a write submitted after the barrier waits for the barrier.
-        const order: string[] = [];
-        const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
-        const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
-        mem.view(65536, 4096).fill(0x17);
-        const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(65536, 4096)] }]).then((r) => (order.push('after'), r));
-        t.is(ex.inflight, 3, 'the flush and the write behind it wait for the ring');
-        t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x42), 'the write behind the barrier has not run');
-        n.write(pw, Buffer.from('0123456789abcdef'));
-        t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
-        t.deepEqual(await flush, { errno: 0, lastReadBytes: 0 });
-        t.deepEqual(await after, { errno: 0, lastReadBytes: 0 });
-        t.deepEqual(order, ['slow', 'flush', 'after']);
-        t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x17));
-        // Guest memory gone under a request: EFAULT, not a write of nothing.
-        const into = [unmappedView(4096)];
-        t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
-        t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
-        t.is(ex.inflight, 0);
-      } finally {
-        ex.close();
-        file.close();
-        n.close(pr);
-        n.close(pw);
-        mem.close();
-      }
+      const data = pattern(10000, 21);
+      new Uint8Array(mem.buf, 0, data.length).set(data);
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 4000), mem.view(4000, 6000)] }]), { errno: 0, lastReadBytes: 0 }, 'a write is done inside submit');
+      t.true(readFileSync(path).equals(data));
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(65536, 4096)] }]), { errno: 0, lastReadBytes: 10000 - 8192 }, 'a short read at the end says how far it got');
+      t.true(Buffer.from(mem.buf, 65536, 1808).equals(data.subarray(8192)));
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 20000, into: [mem.view(65536, 512)] }]), { errno: 0, lastReadBytes: 0 });
+      mem.view(131072, 4096).fill(0xff);
+      t.deepEqual(now([
+        { kind: 'read', backing: 0, offset: 8192, into: [mem.view(131072, 4096)] },
+        { kind: 'read', backing: 0, offset: 0, into: [mem.view(196608, 100)] },
+      ]), { errno: 0, lastReadBytes: 100 }, 'two ops: the earlier read is zero-filled past the end');
+      t.true(mem.view(131072 + 1808, 4096 - 1808).every((b) => b === 0));
+      t.deepEqual(now([{ kind: 'flush', backing: 0 }], true), { errno: 0, lastReadBytes: 0 }, 'a flush with nothing in flight runs at once');
+      // 2 MiB into a 1 MiB file system: ENOSPC; the executor goes on serving.
+      mem.view(0, 2 << 20).fill(0x42);
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: [mem.view(0, 2 << 20)] }]), { errno: ENOSPC, lastReadBytes: 0 });
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(3 << 20, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+      t.true(mem.view(3 << 20, 4096).every((b) => b === 0x42));
+      // A read on the pipe stays in the ring: a barrier flush of the tmpfs file waits for it,
+      // and a write submitted after the barrier waits for the barrier.
+      const order: string[] = [];
+      const slow = run(ex, [{ kind: 'read', backing: 1, offset: 0, into: [mem.view(0, 16)] }]).then((r) => (order.push('slow'), r));
+      const flush = run(ex, [{ kind: 'flush', backing: 0 }], true).then((r) => (order.push('flush'), r));
+      mem.view(65536, 4096).fill(0x17);
+      const after = run(ex, [{ kind: 'write', backing: 0, offset: 0, from: [mem.view(65536, 4096)] }]).then((r) => (order.push('after'), r));
+      t.is(ex.inflight, 3, 'the flush and the write behind it wait for the ring');
+      t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x42), 'the write behind the barrier has not run');
+      n.write(pw, Buffer.from('0123456789abcdef'));
+      t.deepEqual(await slow, { errno: 0, lastReadBytes: 16 });
+      t.deepEqual(await flush, { errno: 0, lastReadBytes: 0 });
+      t.deepEqual(await after, { errno: 0, lastReadBytes: 0 });
+      t.deepEqual(order, ['slow', 'flush', 'after']);
+      t.true(readFileSync(path).subarray(0, 4096).every((b) => b === 0x17));
+      // Guest memory gone under a request: EFAULT, not a write of nothing.
+      const into = [unmappedView(4096)];
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into }]), { errno: 14, lastReadBytes: 0 });
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 0, from: into }]), { errno: 14, lastReadBytes: 0 });
+      t.is(ex.inflight, 0);
     }),
   );
 });

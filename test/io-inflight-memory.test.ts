@@ -20,6 +20,7 @@ import { REPO, eventually, startHost, type HostProcess } from './helpers/host-pr
 import { withTimeout } from './helpers/device-checks.ts';
 import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 import { hostWork } from './helpers/host-stats.ts';
+import { fillRegion } from './helpers/fill-region.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 16 << 20;
@@ -114,8 +115,7 @@ test.serial('REM_MEM_REG of the region the buffers are in, with 64 direct reads 
   // region 1, which is removed while its reads are in flight.
   const fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 96 << 20, memory: { name, regionBytes: 48 << 20 }, addMemReg: true, queues: [128], features: FEATURES, indirect: 128, eventIdx: true });
   try {
-    const r0 = fe.memory.regions[0];
-    for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+    fillRegion(fe);
     const blk = new BlkDevice(fe.queues[0]);
     await Promise.all(reads(blk, data, 8));
     const ring = fe.queues[0].ring;

@@ -25,6 +25,7 @@ import { hostFds, hostMaps } from './helpers/host-memfds.ts';
 import { hostWork } from './helpers/host-stats.ts';
 import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
 import type { MemoryRegion } from '../host/protocol/messages.ts';
+import { fillRegion } from './helpers/fill-region.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const IMAGE_BYTES = 8 << 20;
@@ -76,8 +77,7 @@ async function setup(name: string, extra: object = {}, bad: [number, number] = [
  */
 async function setupInRegion1(name: string, bad?: [number, number]) {
   const s = await setup(name, { memoryBytes: 64 << 20, memory: { name, regionBytes: 32 << 20 }, addMemReg: true }, bad);
-  const r0 = s.fe.memory.regions[0];
-  for (let len = r0.size; len >= 16; ) if (r0.alloc.alloc(len, 16) < 0) len >>= 1;
+  fillRegion(s.fe);
   return { ...s, region1: s.fe.memory.memTable()[1] };
 }
 

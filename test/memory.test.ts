@@ -230,6 +230,23 @@ test('view(): one window gives one view, a split range null; small views are kep
   t.not(b.buffer, a.buffer);
 });
 
+test('rangesOf(): the guest ranges views of this table cover, across windows and regions, adjacent ones merged; a view of another table is null', (t) => {
+  const W = 4096;
+  const mem = new GuestMemory([region(0, 2 * W, 0x10000, recordingBacking(2 * W)), region(2 * W, W, 0x20000, recordingBacking(W)), region(0x100000, W, 0x30000, recordingBacking(W))], { windowSize: W });
+  // A buffer from window 0 of region 0 into region 1: three views, one guest range.
+  const split = mem.gpaSlices(W - 16, 16 + W + 32);
+  t.is(split.length, 3);
+  const far = mem.view(0x100100, 64)!;
+  t.deepEqual(mem.rangesOf([...split, far]), [
+    { gpa: W - 16, len: 16 + W + 32 },
+    { gpa: 0x100100, len: 64 },
+  ]);
+  t.deepEqual(mem.rangesOf([]), []);
+  t.is(mem.rangesOf([new Uint8Array(16)]), null, 'not a view of guest memory');
+  mem.removeRegion({ guestPhysAddr: 0x100000, size: W });
+  t.is(mem.rangesOf([far]), null, 'its region left the table');
+});
+
 test('many regions: binary search finds each', (t) => {
   const specs: RegionSpec[] = [];
   for (let i = 0; i < 509; i++) specs.push(region(i * 0x2000, 0x1000, 0x100000000 + i * 0x1000));

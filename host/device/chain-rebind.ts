@@ -4,11 +4,14 @@
 // waits for the device's second answer is answered later, after the old mapping was unmapped:
 // its views are detached then (length 0), and a reply copied into them would land nowhere
 // while the used ring reported it written (a status byte never set reads as the guest left it:
-// OK, for blk). The guest named its buffers by guest-physical address, so the reply goes where
-// those addresses are now; an address no longer in guest memory is a fault the caller reports.
+// OK, for blk), and a payload read from them (a held write's transfer, a send) would be lost.
+// The guest named its buffers by guest-physical address, so the reply goes, and the payload is
+// read, where those addresses are now; an address no longer in guest memory is a fault the
+// caller reports. Writable ranges are kept at pop (dirty logging needs them); readable ones
+// are taken only when a table change finds the request waiting (readableRanges).
 
 import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
-import type { DescriptorChain } from '../virtqueue/chain.ts';
+import type { DescriptorChain, GuestRange } from '../virtqueue/chain.ts';
 
 /** A view whose mapping was unmapped (native Mapping.unmap detaches its windows). */
 function detached(v: Uint8Array): boolean {
@@ -16,31 +19,55 @@ function detached(v: Uint8Array): boolean {
 }
 
 /**
+ * The guest ranges of `chain`'s readable buffers, taken before the table change that unmaps
+ * their views (GuestMemory.rangesOf): a chain keeps no guest addresses for them, so a request
+ * popped cheaply (no range list per request) gets them only when it outlives a mapping.
+ * Null when a view is not of `memory` as it is now (taken too late): the payload is then lost.
+ */
+export function readableRanges(memory: GuestMemory, chain: DescriptorChain): GuestRange[] | null {
+  return chain.readable.length === 0 ? [] : memory.rangesOf(chain.readable);
+}
+
+/**
  * Makes `chain`'s writable views views of its guest ranges in `memory` as it is now (the old
  * ones may be of an unmapped table). `readsPayload`: the answer reads the readable buffers
- * (transfers, a send), whose guest addresses are not kept: they must still be mapped.
+ * (transfers, a send): they are made anew from `readable` (readableRanges, taken before the
+ * change), or, when none were taken, must still be mapped.
  * Returns null, or why the chain's buffers cannot be reached (with the guest address).
  */
-export function rebindChain(memory: GuestMemory, chain: DescriptorChain, readsPayload: boolean): string | null {
+export function rebindChain(memory: GuestMemory, chain: DescriptorChain, readable: readonly GuestRange[] | null, readsPayload: boolean): string | null {
   if (readsPayload) {
-    for (const v of chain.readable) {
-      if (detached(v)) return 'its device-readable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it, so its payload cannot be read';
+    if (readable !== null) {
+      const views = resolve(memory, readable);
+      if (typeof views === 'string') return `its device-readable buffer at guest address ${views}, so its payload cannot be read`;
+      chain.readable = views;
+    } else {
+      for (const v of chain.readable) {
+        if (detached(v)) return 'its device-readable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it and their guest addresses were not kept, so its payload cannot be read';
+      }
     }
   }
   if (chain.writableRanges.length === 0) return null;
-  const writable: Uint8Array[] = [];
-  for (const r of chain.writableRanges) {
+  const writable = resolve(memory, chain.writableRanges);
+  if (typeof writable === 'string') return `its writable buffer at guest address ${writable}, so its reply cannot be written`;
+  chain.writable = writable;
+  return null;
+}
+
+/** Views of `ranges` in `memory` now, or the first range gone, worded for the caller's sentence. */
+function resolve(memory: GuestMemory, ranges: readonly GuestRange[]): Uint8Array[] | string {
+  const out: Uint8Array[] = [];
+  for (const r of ranges) {
     if (r.len === 0) continue;
     try {
-      memory.appendSlices(r.gpa, r.len, writable);
+      memory.appendSlices(r.gpa, r.len, out);
     } catch (e) {
       if (!(e instanceof MemoryFault)) throw e;
       return (
-        `its writable buffer at guest address ${hex(r.gpa)} (+${r.len}) is no longer in guest memory ` +
-        `(the front-end removed it with REM_MEM_REG or SET_MEM_TABLE before the device answered the request), so its reply cannot be written`
+        `${hex(r.gpa)} (+${r.len}) is no longer in guest memory ` +
+        `(the front-end removed it with REM_MEM_REG or SET_MEM_TABLE before the device answered the request)`
       );
     }
   }
-  chain.writable = writable;
-  return null;
+  return out;
 }

@@ -7,7 +7,7 @@ import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
 import { GuestMemory, hex, type RegionSpec } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
-import { QueueFault, readChain, type DescriptorChain } from '../virtqueue/split.ts';
+import { QueueFault, readChain, type DescriptorChain, type GuestRange } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
 import type { Answer, DeviceAction, DeviceEvent, Piece, Send, VirtioDevice } from './device.ts';
 import { checkActions, describeViolation, MAX_TIMERS, type Answerable, type AnswerableTable, type CheckContext } from './answer-check.ts';
@@ -28,7 +28,7 @@ import { copyFileToSection, copySectionToFile } from '../migration/section-fd.ts
 import { VirtioFeature, hasFeature } from './features.ts';
 import { createLogger, errorText, type Logger } from '../log/logger.ts';
 import { DeviceError } from './errors.ts';
-import { rebindChain } from './chain-rebind.ts';
+import { readableRanges, rebindChain } from './chain-rebind.ts';
 import { ownCopy } from './typed-rpc.ts';
 import type { RequestMeter } from '../metrics/request-meter.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
@@ -99,6 +99,12 @@ interface Req {
   dueRound: number;
   /** GuestMemory.generation its chain's views were made in (chain-rebind.ts when it moved). */
   memGen: number;
+  /**
+   * Its readable buffers' guest ranges, taken at the first table change that unmaps memory
+   * while it waits (null until then): its views of the old mapping are then detached, and an
+   * answer that reads the payload reads it where these ranges are now.
+   */
+  readRanges: GuestRange[] | null;
 }
 
 /**
@@ -481,6 +487,7 @@ export class DeviceRunner {
     // In-flight I/O targets the old mappings: it completes before they go, and failed I/O gets
     // its second answer (the status the guest reads) while they are still there.
     this.settle();
+    this.keepReadableRanges();
     // Rings hold views into the old table; the queue re-resolves them on the next access.
     for (const old of [...this.memory.regions]) this.memory.removeRegion(old);
     for (const s of specs) this.memory.addRegion(s);
@@ -499,7 +506,20 @@ export class DeviceRunner {
 
   removeMemRegion(m: { guestPhysAddr: number; size: number; userspaceAddr: number }): void {
     this.settle();
+    this.keepReadableRanges();
     this.memory.removeRegion(m);
+  }
+
+  /**
+   * Before mappings go: the guest ranges of what the waiting requests' views read, while the
+   * views still say where they are (chain-rebind.ts). Paid here, at a table change, not by
+   * every request's walk.
+   */
+  private keepReadableRanges(): void {
+    for (const req of this.reqs) {
+      if (req === undefined || req.readRanges !== null || req.state === ReqState.Orphan) continue;
+      req.readRanges = readableRanges(this.memory, req.chain);
+    }
   }
 
   // --- rings -------------------------------------------------------------------------------
@@ -1072,7 +1092,7 @@ export class DeviceRunner {
 
   private newReq(ring: number, r: Vring, q: DeviceQueue, chain: DescriptorChain): Req {
     const id = this.freeIds.length > 0 ? this.freeIds.pop()! : this.reqs.length;
-    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0, memGen: this.memory.generation };
+    const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0, memGen: this.memory.generation, readRanges: null };
     this.reqs[id] = req;
     return req;
   }
@@ -1213,9 +1233,11 @@ export class DeviceRunner {
       if (id < 0) continue;
       const req = this.reqs[id]!;
       if (req.memGen === gen || req.state === ReqState.Orphan) continue;
-      const why = rebindChain(this.memory, req.chain, a.kind === 'send' || (a.kind === 'answer' && a.answer.transfers.length > 0));
+      const reads = a.kind === 'send' || (a.kind === 'answer' && a.answer.transfers.length > 0);
+      const why = rebindChain(this.memory, req.chain, req.readRanges, reads);
       if (why !== null) throw this.deviceFault(`request ${id} (descriptor head ${req.chain.head}) on ring ${req.ring}: ${why}`);
-      req.memGen = gen;
+      // Readable views left as they were (not read by this action) are rebound by a later one.
+      if (reads || req.chain.readable.length === 0) req.memGen = gen;
     }
   }
 

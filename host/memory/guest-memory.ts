@@ -85,6 +85,13 @@ class Region {
     this.uva = spec.userspaceAddr;
   }
 
+  /** Each window mapped so far, with its number. */
+  eachWindow(f: (w: number, ab: ArrayBuffer) => void): void {
+    this.windows.forEach((ab, w) => {
+      if (ab !== undefined) f(w, ab);
+    });
+  }
+
   /** Window number `w`, mapped lazily and cached for the region's lifetime. */
   window(w: number): ArrayBuffer {
     let ab = this.windows[w];
@@ -350,6 +357,27 @@ export class GuestMemory {
       cur += n;
       left -= n;
     }
+  }
+
+  /**
+   * The guest ranges `views` (made by this table: view, gpaSlices, appendSlices) cover, in
+   * order, adjacent ones merged; null when one is not a view of a window this table mapped
+   * (or was detached). For requests held across a table change, read before the old mappings
+   * go: a view keeps no guest address, and an unmapped one keeps no offset either.
+   */
+  rangesOf(views: readonly Uint8Array[]): { gpa: number; len: number }[] | null {
+    const base = new Map<ArrayBufferLike, number>();
+    for (const r of this.byGpa) r.eachWindow((w, ab) => base.set(ab, r.gpa + w * r.windowSize));
+    const out: { gpa: number; len: number }[] = [];
+    for (const v of views) {
+      const b = base.get(v.buffer);
+      if (b === undefined) return null;
+      const gpa = b + v.byteOffset;
+      const last = out.length > 0 ? out[out.length - 1] : undefined;
+      if (last !== undefined && last.gpa + last.len === gpa) last.len += v.length;
+      else out.push({ gpa, len: v.length });
+    }
+    return out;
   }
 
   /** Front-end virtual address -> GPA (vring addresses). Throws MemoryFault if unmapped. */

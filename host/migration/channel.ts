@@ -26,8 +26,13 @@ export const READ_PIECE = 256 << 10;
  * Exactly dst.length bytes from the non-blocking pipe `fd` into dst, each read checksummed
  * (CRC-32C) right after it landed. `wait` waits for the pipe to be readable; `ended(got)` is
  * the error for an end of stream after `got` bytes. Returns the CRC continued from `crc`.
+ * An empty dst (an empty section or run) is a no-op returning `crc`: the pipe is not read, so
+ * its next bytes stay for the next reader, and the stream's end, if it came, is reported by
+ * the next read that wants bytes, never by this one.
  */
 export async function readPipeCrc(fd: number, dst: Uint8Array, crc: number, wait: () => Promise<void>, ended: (got: number) => Error): Promise<number> {
+  // Not even a read(2) of 0 bytes: it returns 0, which is how the stream's end reads.
+  if (dst.length === 0) return crc;
   for (let got = 0; got < dst.length; ) {
     const piece = dst.subarray(got, Math.min(dst.length, got + READ_PIECE));
     const k = native.read(fd, piece);

@@ -5,7 +5,9 @@
 //
 //   echo ...             the command bytes back, as one literal piece
 //   hold                 held; answered by a later `release`
-//   release              every held request answered with "R" (in hold order), then this one with "released"
+//   hold-write OFFSET    held; `release` answers it as `write OFFSET` (the payload read only then)
+//   release              every held request answered (in hold order): "R", or a hold-write's
+//                        write; then this one with "released"
 //   write OFFSET         the payload (readable bytes from PREFIX on) to backing 0 at OFFSET;
 //                        reply: status byte 0 (OK), or 0xEE when the write failed (io-failed)
 //   read OFFSET LEN      LEN bytes of backing 0 at OFFSET into the writable area
@@ -59,23 +61,28 @@ const factory: DeviceFactory = (raw) => {
   const disk = o.file ? FileBacking.open(o.file, false) : new MemoryBacking(1 << 20, false);
   const backings = new BackingTable(storageIoBacking(disk));
   backings.register(storageIoBacking(new MemoryBacking(64 * 1024, true)));
-  let held: number[] = [];
+  /** Held requests in hold order: a plain hold, or a write of its payload (readable bytes past PREFIX) to backing 0. */
+  let held: { id: number; write: { offset: number; len: number } | null }[] = [];
+  const write = (id: number, offset: number, len: number): DeviceAction => answer(id, [bytes([STATUS_OK])], [{ source: PREFIX, to: { backing: 0, offset, len } }]);
 
   const one = (r: DeviceRequest): DeviceAction[] => {
     const text = Buffer.from(r.prefix).toString('latin1').replace(/\0+$/, '');
     const [cmd, ...args] = text.split(' ');
     switch (cmd) {
       case 'hold':
-        held.push(r.id);
+        held.push({ id: r.id, write: null });
+        return [{ kind: 'hold', id: r.id }];
+      case 'hold-write':
+        held.push({ id: r.id, write: { offset: Number(args[0]), len: r.readableLen - PREFIX } });
         return [{ kind: 'hold', id: r.id }];
       case 'release': {
-        const out = held.map((id) => answer(id, [bytes('R')]));
+        const out = held.map((h) => (h.write === null ? answer(h.id, [bytes('R')]) : write(h.id, h.write.offset, h.write.len)));
         held = [];
         out.push(answer(r.id, [bytes('released')]));
         return out;
       }
       case 'write':
-        return [answer(r.id, [bytes([STATUS_OK])], [{ source: PREFIX, to: { backing: 0, offset: Number(args[0]), len: r.readableLen - PREFIX } }])];
+        return [write(r.id, Number(args[0]), r.readableLen - PREFIX)];
       case 'read':
         return [answer(r.id, [{ kind: 'backing-read', extent: { backing: 0, offset: Number(args[0]), len: Number(args[1]) } }])];
       case 'burn': {

@@ -3,9 +3,10 @@
 // after RESET_DEVICE. Shared by tests that run test/fixtures/plugins/multi-device-host.ts
 // (helpers/multi-host.ts).
 import type { ExecutionContext } from 'ava';
-import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus } from '../../host/frontend/driver.ts';
+import { VhostUserFrontend, VIRTIO_F_EVENT_IDX, VirtioStatus, type FrontendOptions } from '../../host/frontend/driver.ts';
 import { DriverQueue } from '../../host/frontend/queue.ts';
 import { ProtocolFeature } from '../../host/protocol/constants.ts';
+import { command } from '../devices/script-device.ts';
 
 /** 64 random-looking bytes from the rng device at `path`, through a real front-end (one ring of 64). */
 export async function randomFrom(path: string): Promise<void> {
@@ -55,4 +56,16 @@ export async function servesAgain(t: ExecutionContext, fe: VhostUserFrontend, wh
   const r = await withTimeout(fe.queues[0].submit([Buffer.from('ping')], 8), 5000, what);
   t.is(r.len, 8, what);
   t.deepEqual([...r.data], new Array(8).fill(0x5a), what);
+}
+
+/** A new connection to the script test device (test/devices/script-device.ts) at `path` gets a device that serves: no NEEDS_RESET, an echo comes back. */
+export async function scriptDeviceServes(t: ExecutionContext, path: string, opts: FrontendOptions): Promise<void> {
+  const fe = await VhostUserFrontend.connect(path, opts);
+  try {
+    t.is((await fe.conn.getStatus()) & 0x40 /* DEVICE_NEEDS_RESET */, 0, 'a fresh device, not the failed one');
+    const r = await withTimeout(fe.queues[0].submit([command('echo after')], 32), 5000, 'an echo on a new connection');
+    t.is(Buffer.from(r.data.subarray(0, r.len)).toString('latin1'), 'echo after');
+  } finally {
+    await fe.close();
+  }
 }
