@@ -158,11 +158,15 @@ export class StateWriter extends Closable implements ByteSink {
   /**
    * A pipe: `len` bytes of the file `from` at `offset` go into it by splice(2), without passing
    * through this process (a memory disk's memfd). False when this channel is not a pipe.
+   * `between`, when given, is offered a turn before each splice and whenever the pipe is full
+   * (told how far the splice got): it does a piece of other work and returns true, or false
+   * when it has none for now (then the splice goes on, or waits for the reader when full).
    */
-  async spliceFrom(from: number, offset: number, len: number): Promise<boolean> {
+  async spliceFrom(from: number, offset: number, len: number, between?: (spliced: number, full: boolean) => boolean): Promise<boolean> {
     if (this.kind !== 'pipe') return false;
     for (let done = 0; done < len; ) {
       if (this.closed) throw new Error('state channel closed');
+      if (between?.(done, false)) continue;
       let n: number;
       try {
         n = native.splice(from, offset + done, this.fd, -1, len - done);
@@ -170,8 +174,9 @@ export class StateWriter extends Closable implements ByteSink {
         if ((e as NodeJS.ErrnoException).code === 'EPIPE') throw new Error('the front-end closed its end of the state channel (EPIPE)');
         throw e;
       }
-      if (n < 0) await this.wait('w');
-      else if (n === 0) throw new Error(`the file spliced into the state pipe ended at ${offset + done}`);
+      if (n < 0) {
+        if (!between?.(done, true)) await this.wait('w');
+      } else if (n === 0) throw new Error(`the file spliced into the state pipe ended at ${offset + done}`);
       else {
         done += n;
         this.offset += n;
