@@ -43,6 +43,7 @@
 import { crc32c, crc32Ieee, type Checksum } from './checksum.ts';
 import type { PipeSource, StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
+import { TURN_BYTES } from './channel.ts';
 
 export const MAGIC = Buffer.from('VHWSTATE', 'ascii');
 export const TRAILER_MAGIC = Buffer.from('VHWSTEND', 'ascii');
@@ -315,13 +316,21 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
       // whatever is left once the last byte went into the pipe.
       if (src !== null && (await sink.spliceFrom(src.fd, src.offset, 0))) {
         let summed = 0;
+        // Checksummed since the event loop last turned: past TURN_BYTES, a full pipe is waited
+        // for (the loop turns) rather than filled with more checksum work.
+        let run = 0;
         const sumPiece = () => {
           const n = Math.min(SPLICE_CRC_PIECE, len - summed);
           crc = src.crc(crc, summed, n);
           summed += n;
+          run += n;
         };
         await sink.spliceFrom(src.fd, src.offset, len, (spliced, full) => {
           if (summed >= len || (!full && spliced - summed < SPLICE_CRC_LAG)) return false;
+          if (full && run >= TURN_BYTES) {
+            run = 0;
+            return false;
+          }
           sumPiece();
           return true;
         });
