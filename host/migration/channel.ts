@@ -179,15 +179,19 @@ export class StateWriter extends Closable implements ByteSink {
   /**
    * A pipe: `len` bytes of the file `from` at `offset` go into it by splice(2), without passing
    * through this process (a memory disk's memfd). False when this channel is not a pipe.
-   * `between`, when given, is offered a turn before each splice and whenever the pipe is full
-   * (told how far the splice got): it does a piece of other work and returns true, or false
-   * when it has none for now (then the splice goes on, or waits for the reader when full).
+   * `aside(spliced, full)`, when given, does a bounded piece of other work before each splice
+   * (full false) and once each time the pipe is found full (full true), after which we wait for
+   * the reader through the event loop: its wake-up comes once the reader's read has released the
+   * pipe. Splicing again at once instead would spin on the pipe's lock for as long as the
+   * reader's copy holds it (measured: as much CPU as the checksum, docs/BENCHMARKS.md
+   * 2026-12-07 "direct15"). The loop turns at least every TURN_BYTES.
    */
-  async spliceFrom(from: number, offset: number, len: number, between?: (spliced: number, full: boolean) => boolean): Promise<boolean> {
+  async spliceFrom(from: number, offset: number, len: number, aside?: (spliced: number, full: boolean) => void): Promise<boolean> {
     if (this.kind !== 'pipe') return false;
+    let run = 0;
     for (let done = 0; done < len; ) {
       if (this.closed) throw new Error('state channel closed');
-      if (between?.(done, false)) continue;
+      aside?.(done, false);
       let n: number;
       try {
         n = native.splice(from, offset + done, this.fd, -1, len - done);
@@ -196,11 +200,18 @@ export class StateWriter extends Closable implements ByteSink {
         throw e;
       }
       if (n < 0) {
-        if (!between?.(done, true)) await this.wait('w');
+        aside?.(done, true);
+        run = 0;
+        await this.wait('w');
       } else if (n === 0) throw new Error(`the file spliced into the state pipe ended at ${offset + done}`);
       else {
         done += n;
         this.offset += n;
+        run += n;
+        if (run >= TURN_BYTES) {
+          run = 0;
+          await loopTurn();
+        }
       }
     }
     return true;

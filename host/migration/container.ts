@@ -43,7 +43,6 @@
 import { crc32c, crc32Ieee, type Checksum } from './checksum.ts';
 import type { PipeSource, StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
-import { TURN_BYTES } from './channel.ts';
 
 export const MAGIC = Buffer.from('VHWSTATE', 'ascii');
 export const TRAILER_MAGIC = Buffer.from('VHWSTEND', 'ascii');
@@ -244,10 +243,10 @@ export interface ByteSink {
   reserve?(len: number): { fd: number; offset: number } | null;
   /**
    * A pipe sink: splices `len` bytes of the file `from` at `offset` into it; false when it cannot.
-   * `between(spliced, full)` is offered a turn before each splice and when the pipe is full: it
-   * does a piece of other work and returns true, or false (then the splice goes on, or waits).
+   * `aside(spliced, full)` does a bounded piece of other work before each splice and each time
+   * the pipe is full (then the sink waits for the reader).
    */
-  spliceFrom?(from: number, offset: number, len: number, between?: (spliced: number, full: boolean) => boolean): Promise<boolean>;
+  spliceFrom?(from: number, offset: number, len: number, aside?: (spliced: number, full: boolean) => void): Promise<boolean>;
   /**
    * Told the container's whole length before the first byte: a file sink makes its pages exist
    * in one call (prefault) rather than one page fault per 4 KiB as they are written.
@@ -273,12 +272,12 @@ export interface SaveOptions {
 }
 
 /**
- * A spliced section's checksum: bytes checksummed at a time (one piece is a few tens of
- * microseconds, well under the time the reader takes to drain a 1 MiB pipe), and how far the
- * splice may run ahead of the checksum before a piece is checksummed even with room in the pipe
- * (so the checksum's tail after the last splice stays short when the reader is the faster side).
+ * A spliced section's checksum: bytes checksummed each time the pipe is full (about what the
+ * reader copies and checksums while we wait: one pipe), and how far the splice may run ahead of
+ * the checksum before a piece is checksummed even with room in the pipe (so the checksum's tail
+ * after the last splice stays short when the reader is the faster side).
  */
-const SPLICE_CRC_PIECE = 256 << 10;
+const SPLICE_CRC_PIECE = 1 << 20;
 const SPLICE_CRC_LAG = 4 << 20;
 
 /** Writes a whole container to sink, pulling section bytes chunk by chunk (one read ahead). */
@@ -316,23 +315,14 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
       // whatever is left once the last byte went into the pipe.
       if (src !== null && (await sink.spliceFrom(src.fd, src.offset, 0))) {
         let summed = 0;
-        // Checksummed since the event loop last turned: past TURN_BYTES, a full pipe is waited
-        // for (the loop turns) rather than filled with more checksum work.
-        let run = 0;
         const sumPiece = () => {
           const n = Math.min(SPLICE_CRC_PIECE, len - summed);
           crc = src.crc(crc, summed, n);
           summed += n;
-          run += n;
         };
         await sink.spliceFrom(src.fd, src.offset, len, (spliced, full) => {
-          if (summed >= len || (!full && spliced - summed < SPLICE_CRC_LAG)) return false;
-          if (full && run >= TURN_BYTES) {
-            run = 0;
-            return false;
-          }
-          sumPiece();
-          return true;
+          if (full && summed < len) sumPiece();
+          while (spliced - summed >= SPLICE_CRC_LAG) sumPiece();
         });
         while (summed < len) sumPiece();
         continue;
