@@ -9,6 +9,7 @@
 //   load/pipe       SET_DEVICE_STATE_FD(LOAD, pipe) -> write 1 MiB chunks -> close -> CHECK
 //   load/memfd      SET_DEVICE_STATE_FD(LOAD, memfd already holding the state) -> CHECK
 //   migrate/pipe    the whole migration: stop, SAVE source -> pump -> LOAD destination, CHECK both, restart
+//   (blk) direct-pipe  the same with one pipe from the source host to the destination host (no relay)
 //   migrate/memfd   the same with one memfd handed from source to destination
 //   save/rfc-shm    EXPERIMENTAL RFC extension: RFC_SET_STATE_AREA(SAVE, 1 MiB memfd) -> GET_STATE
 //                   chunk by chunk, copying each out of the area -> detach (= the final check)
@@ -44,6 +45,9 @@ const onlyPrecopy = args.includes('--only-precopy');
 const DISK_ARG = args.includes('--prealloc') ? 'memory:256M,prealloc=on' : 'memory:256M';
 /** The load average now (the machine is shared: figures are read next to it). */
 const load = () => `load ${loadavg().map((n) => n.toFixed(2)).join(' ')}`;
+// --final=direct-pipe: the pre-copy migrations' last transfer (the state without the disk) over
+// one pipe host to host instead of the relayed pipe.
+const FINAL_CHANNEL = (args.find((a) => a.startsWith('--final='))?.slice('--final='.length) ?? 'pipe') as StateChannelMode;
 const sizes = args.map(Number).filter((n) => n > 0);
 if (sizes.length === 0 && !onlyBlk) sizes.push(64);
 
@@ -218,6 +222,7 @@ async function benchBlk(): Promise<void> {
   const DISK = 256 << 20;
   const runs: { name: string; channel: StateChannelMode; srcFlags?: string[] }[] = [
     { name: 'pipe', channel: 'pipe' },
+    { name: 'direct-pipe', channel: 'direct-pipe' },
     { name: 'front-end memfd', channel: 'memfd' },
     { name: 'back-end memfd', channel: 'pipe', srcFlags: ['--state-return-memfd'] },
     { name: 'rfc-shm (1 MiB area)', channel: 'rfc-shm' },
@@ -246,9 +251,11 @@ async function benchBlk(): Promise<void> {
       const r = await migrate(fe, b.socketPath, { channel: run.channel });
       const [aCpu, bCpu] = [cpuMs(a) - a0, cpuMs(b) - b0];
       const cpu = aCpu + bCpu;
-      const rate = r.bytes / (r.transferMs / 1000);
+      // Over direct-pipe no byte passes through this script: the source's log counts them.
+      const bytes = run.channel === 'direct-pipe' ? Number(a.log().match(/device state saved: (\d+) bytes/)?.[1]) : r.bytes;
+      const rate = bytes / (r.transferMs / 1000);
       console.log(
-        run.name.padEnd(24) + String(r.bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
+        run.name.padEnd(24) + String(bytes).padStart(12) + r.transferMs.toFixed(1).padStart(13) + r.downtimeMs.toFixed(1).padStart(17) +
           (rate / 2 ** 20).toFixed(0).padStart(8) + (rate / mem).toFixed(3).padStart(10) + (rate / pipe).toFixed(2).padStart(8) + String(cpu).padStart(13) +
           // Each side's own time, from its log (the SAVE and the LOAD overlap on a pipe).
           `   (save ${a.log().match(/device state saved: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms, load ${b.log().match(/device state loaded: .* in ([\d.]+) ms/)?.[1] ?? '?'} ms; ` +
@@ -379,6 +386,7 @@ async function benchPrecopy(): Promise<void> {
   }
   // --rounds-only: the full rounds and scattered-block rounds above, not the migrations under writers.
   if (args.includes('--rounds-only')) return;
+  console.log(`the state without the disk after the stopped round goes over: ${FINAL_CHANNEL}`);
   console.log('writers'.padEnd(30) + 'rounds ms (last: rings stopped)'.padEnd(34) + 'stop->resume ms'.padStart(16) + 'writes'.padStart(8) + '  auto-converge');
   for (const writers of [0, 1, 8]) {
     for (let rep = 0; rep < 2; rep++) {
@@ -397,7 +405,7 @@ async function benchPrecopy(): Promise<void> {
           }
         });
         const marks: [string, number][] = [];
-        const r = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: 5, onStep: (st) => void marks.push([st, performance.now()]) });
+        const r = await migrate(fe, b.socketPath, { channel: FINAL_CHANNEL, precopyRounds: 5, onStep: (st) => void marks.push([st, performance.now()]) });
         running = false;
         await Promise.all(lanes);
         // Where the stopped time went: from each step to the next, from stop-source on.

@@ -2,8 +2,8 @@
 // out of it (docs/migration.md, "What travels"): read straight into a resident disk's pages
 // (`prealloc=on`, each piece checksummed as it lands) or spliced into a disk's memfd (no
 // prealloc: the kernel makes the pages). Both with the disk moved at the stop over a pipe the
-// front-end relays by read/write (what QEMU does), and with pre-copy, where the source's pipe is
-// the destination's.
+// front-end relays by read/write (what QEMU does), with one pipe from the source host straight to
+// the destination host (`direct-pipe`), and with pre-copy, whose rounds go that way too.
 //
 // Each run: the destination's disk is first filled with other bytes through a connection of its
 // own (so a byte the LOAD missed shows), the source's disk gets a distinct pattern in every 4 KiB
@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
-import { loadState, migrate, saveState } from '../host/frontend/migrate.ts';
+import { loadState, migrate, MigrationError, saveState } from '../host/frontend/migrate.ts';
 import { connectPrecopy, parallel } from './helpers/precopy-frontend.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
@@ -40,15 +40,18 @@ async function writeMiBs(blk: BlkDevice, tag: string, mibs: number): Promise<voi
   await parallel(mibs, 8, (m) => blk.write((m * MIB) / 512, pattern(tag, m)));
 }
 
-const CASES = [
-  { dst: 'memory:64M,prealloc=on', rounds: 0, path: 'read into its resident pages' },
-  { dst: 'memory:64M', rounds: 0, path: 'spliced into its memfd' },
-  { dst: 'memory:64M,prealloc=on', rounds: 2, path: 'read into its resident pages' },
-  { dst: 'memory:64M', rounds: 2, path: 'spliced into its memfd' },
+const CASES: { dst: string; rounds: number; path: string; channel: 'pipe' | 'direct-pipe' }[] = [
+  { dst: 'memory:64M,prealloc=on', rounds: 0, path: 'read into its resident pages', channel: 'pipe' },
+  { dst: 'memory:64M', rounds: 0, path: 'spliced into its memfd', channel: 'pipe' },
+  { dst: 'memory:64M,prealloc=on', rounds: 0, path: 'read into its resident pages', channel: 'direct-pipe' },
+  { dst: 'memory:64M', rounds: 0, path: 'spliced into its memfd', channel: 'direct-pipe' },
+  { dst: 'memory:64M,prealloc=on', rounds: 2, path: 'read into its resident pages', channel: 'pipe' },
+  { dst: 'memory:64M', rounds: 2, path: 'spliced into its memfd', channel: 'pipe' },
 ];
 
 for (const c of CASES) {
-  const how = c.rounds === 0 ? 'at the stop over a pipe the front-end relays' : 'by pre-copy over one pipe host to host';
+  const how =
+    c.rounds > 0 ? 'by pre-copy over one pipe host to host' : c.channel === 'pipe' ? 'at the stop over a pipe the front-end relays' : 'at the stop over one pipe host to host (direct-pipe)';
   maybe(`the memory disk migrates ${how} into a destination disk ${c.dst}, byte for byte (${c.path})`, async (t) => {
     t.timeout(120_000);
     const [a, b] = await Promise.all([blkHost('memory:64M'), blkHost(c.dst)]);
@@ -62,8 +65,10 @@ for (const c of CASES) {
       try {
         const blk = new BlkDevice(fe.queues[0]);
         await writeMiBs(blk, 'source', (SIZE - UNWRITTEN) / MIB);
-        const report = await migrate(fe, b.socketPath, { channel: 'pipe', precopyRounds: c.rounds });
-        t.true(report.bytes > 0);
+        const report = await migrate(fe, b.socketPath, { channel: c.channel, precopyRounds: c.rounds });
+        // Over direct-pipe the bytes never pass through the front-end: the hosts count them.
+        if (c.channel === 'pipe') t.true(report.bytes > 0);
+        else t.regex(a.log(), /device state saved: \d{8,} bytes/);
         const bad: number[] = [];
         await parallel(SIZE / MIB, 8, async (m) => {
           const want = m < (SIZE - UNWRITTEN) / MIB ? pattern('source', m) : Buffer.alloc(MIB);
@@ -111,6 +116,31 @@ maybe('into a resident disk, a state with a byte of the disk section flipped, or
       for (let m = 0; m < 4; m++) t.true(Buffer.from(await blk.read((m * MIB) / 512, MIB)).equals(pattern('source', m)), `MiB ${m}`);
     } finally {
       await dfe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('over direct-pipe, a destination that refuses mid-stream (a disk of another size) fails the migration and the source resumes with its disk', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:64M'), blkHost('memory:32M,prealloc=on')]);
+  try {
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      const err = await t.throwsAsync(migrate(fe, b.socketPath, { channel: 'direct-pipe' }), { instanceOf: MigrationError });
+      t.true(err?.sourceResumed, err?.message);
+      // The destination's refusal is named first: it is why the source's write ended early.
+      t.regex(err?.message ?? '', /migration failed: destination: CHECK_DEVICE_STATE failed.*; the source resumed$/);
+      t.truthy(await b.waitForLog(/storage is 33554432 bytes here .*, the state's disk is 67108864 bytes/));
+      // The source serves its own disk again, every byte of it as written.
+      for (let m = 0; m < 8; m++) t.true(Buffer.from(await blk.read((m * MIB) / 512, MIB)).equals(pattern('source', m)), `MiB ${m}`);
+      await blk.write(0, pattern('after', 0));
+      t.true(Buffer.from(await blk.read(0, MIB)).equals(pattern('after', 0)));
+    } finally {
+      await fe.close();
     }
   } finally {
     await Promise.all([a.stop(), b.stop()]);

@@ -1,5 +1,5 @@
 // Device-state migration between two real host processes running the large-state TS device:
-// SAVE on one, LOAD on the other, through a pipe and through a memfd, with the rings' indexes
+// SAVE on one, LOAD on the other, through a relayed pipe, one pipe host to host and a memfd, with the rings' indexes
 // and the device's own counter carrying over.
 import test from 'ava';
 import { spawn } from 'node:child_process';
@@ -18,7 +18,7 @@ async function pair(opts: Parameters<typeof startBigHost>[0] = {}): Promise<[Hos
   return [a, b];
 }
 
-for (const channel of ['pipe', 'memfd'] as const) {
+for (const channel of ['pipe', 'direct-pipe', 'memfd'] as const) {
   test(`migrate over a ${channel}: 16 MiB of state, indexes and requests continuous`, async (t) => {
     const [a, b] = await pair({ stateBytes: 16 << 20 });
     const fe = await connect(a, { startIndex: 0xfff0 });
@@ -30,7 +30,9 @@ for (const channel of ['pipe', 'memfd'] as const) {
       const inFlight = Array.from({ length: 20 }, (_, i) => ask(fe, `straddle ${i}`));
       const report = await migrate(fe, b.socketPath, { channel });
       t.is(report.channel, channel);
-      t.true(report.bytes > 16 << 20, `moved ${report.bytes} bytes`);
+      // Over direct-pipe the bytes never pass through the front-end: the source's log counts them.
+      const moved = channel === 'direct-pipe' ? Number(/device state saved: (\d+) bytes/.exec(a.log())?.[1]) : report.bytes;
+      t.true(moved > 16 << 20, `moved ${moved} bytes`);
       const straddle = await Promise.all(inFlight);
       straddle.forEach((r, i) => t.deepEqual(r, { seq: 10 + i, echo: `straddle ${i}` }));
       // After: served by the destination, which continues the source's count; the ring crosses
@@ -46,7 +48,7 @@ for (const channel of ['pipe', 'memfd'] as const) {
   });
 }
 
-test('the source can return its own memfd (bit 8 clear); the migration uses it', async (t) => {
+test('the source can return its own memfd (bit 8 clear); the migration uses it, relayed or handed to the destination', async (t) => {
   const [a, b] = await pair({ stateBytes: 2 << 20, returnMemfd: true });
   const fe = await connect(a);
   try {
@@ -54,12 +56,16 @@ test('the source can return its own memfd (bit 8 clear); the migration uses it',
     const r = await migrate(fe, b.socketPath, { channel: 'pipe' });
     t.true(r.sourceReturnedFd);
     t.is((await ask(fe, 'y')).seq, 1);
+    // Back over direct-pipe: the source's own memfd goes to the destination in place of the pipe.
+    const back = await migrate(fe, a.socketPath, { channel: 'direct-pipe' });
+    t.true(back.sourceReturnedFd);
+    t.is((await ask(fe, 'z')).seq, 2);
   } finally {
     await fe.close();
   }
 });
 
-test('the migrate CLI moves a device between two running hosts; a refused migration exits 1', async (t) => {
+test('the migrate CLI moves a device between two running hosts, relayed and direct-pipe; a refused migration exits 1', async (t) => {
   const [a, b] = await pair({ stateBytes: 2 << 20 });
   const other = await startBigHost({ name: 'other-plugin' });
   hosts.push(other);
@@ -82,6 +88,20 @@ test('the migrate CLI moves a device between two running hosts; a refused migrat
   const bad = await run(['--from', a.socketPath, '--to', other.socketPath, '--before', '1']);
   t.is(bad.code, 1, bad.stderr);
   t.regex(bad.stderr, /CHECK_DEVICE_STATE failed.*the source resumed/);
+  // One pipe host to host: the tool carries no byte (so it reports none), the destination
+  // continues the source's count; refused, the source resumes (exit 1) as with a relayed pipe.
+  const loaded = b.log().length;
+  const direct = await run(['--from', a.socketPath, '--to', b.socketPath, '--before', '3', '--after', '2', '--json', '--channel', 'direct-pipe']);
+  t.is(direct.code, 0, direct.stderr);
+  const drep = JSON.parse(direct.stdout);
+  t.is(drep.channel, 'direct-pipe');
+  t.is(drep.stateBytes, null);
+  t.deepEqual(drep.ringBases, [3]);
+  t.deepEqual(drep.nextAvail, [5]);
+  t.regex(b.log().slice(loaded), /device state loaded: \d+ bytes/);
+  const badDirect = await run(['--from', a.socketPath, '--to', other.socketPath, '--before', '1', '--channel', 'direct-pipe']);
+  t.is(badDirect.code, 1, badDirect.stderr);
+  t.regex(badDirect.stderr, /destination: CHECK_DEVICE_STATE failed.*the source resumed/);
   const usage = await run(['--from', a.socketPath]);
   t.is(usage.code, 2);
 });

@@ -31,13 +31,16 @@ indexes on the destination), and reports. A device a QEMU is driving cannot be t
 Options:
   --from PATH            the source host's socket
   --to PATH              the destination host's socket
-  --channel pipe|memfd|rfc-shm
-                         state channel (default pipe, as QEMU; memfd: the destination reads
-                         the same memfd the source wrote, no copy through this tool;
-                         rfc-shm: EXPERIMENTAL, the 2023 RFC's shared-memory chunks, both
-                         hosts need --experimental-rfc-state-shm)
-  --state-pipe-size SIZE with --channel pipe: grow the state pipes to SIZE (default 1M; 0
-                         leaves them at the kernel's 64 KiB)
+  --channel pipe|direct-pipe|memfd|rfc-shm
+                         state channel (default pipe: this tool reads every byte from the
+                         source's pipe and writes it to the destination's, as QEMU does;
+                         direct-pipe: one pipe, its write end to the source and its read end
+                         to the destination, both hosts on this machine, this tool carries no
+                         byte; memfd: the destination reads the same memfd the source wrote,
+                         no copy through this tool; rfc-shm: EXPERIMENTAL, the 2023 RFC's
+                         shared-memory chunks, both hosts need --experimental-rfc-state-shm)
+  --state-pipe-size SIZE with --channel pipe or direct-pipe and pre-copy rounds: grow the
+                         state pipes to SIZE (default 1M; 0 leaves them at the kernel's 64 KiB)
   --precopy-rounds N     at most N pre-copy rounds of a memory disk while the rings still run
                          (default 5 when the source offers it: a vhost-wasm host with a memory
                          disk; 0: none). Rounds end early once one takes <= 20 ms or two in a
@@ -112,7 +115,9 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
   if (v.help) return 'help';
   if (!v.from || !v.to) throw new MigrateUsageError('give both --from SOURCE.sock and --to DEST.sock');
   const channel = v.channel ?? 'pipe';
-  if (channel !== 'pipe' && channel !== 'memfd' && channel !== 'rfc-shm') throw new MigrateUsageError(`--channel: "${channel}" is not pipe, memfd or rfc-shm`);
+  if (channel !== 'pipe' && channel !== 'direct-pipe' && channel !== 'memfd' && channel !== 'rfc-shm') {
+    throw new MigrateUsageError(`--channel: "${channel}" is not pipe, direct-pipe, memfd or rfc-shm`);
+  }
   let memoryBytes = 64 << 20;
   if (v.memory !== undefined) {
     try {
@@ -209,7 +214,8 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       from: o.from,
       to: o.to,
       channel: report.channel,
-      stateBytes: report.bytes,
+      // null over direct-pipe: the bytes never passed through this tool.
+      stateBytes: report.channel === 'direct-pipe' ? null : report.bytes,
       ringBases: report.bases,
       sourceReturnedFd: report.sourceReturnedFd,
       transferMs: Number(report.transferMs.toFixed(2)),
@@ -222,7 +228,8 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
     if (o.json) out(JSON.stringify(summary) + '\n');
     else {
       out(
-        `migrated ${summary.stateBytes} bytes of device state from ${o.from} to ${o.to} over a ${summary.channel} ` +
+        // Over direct-pipe the bytes never passed through here: the hosts' logs count them.
+        `migrated ${summary.channel === 'direct-pipe' ? 'the' : `${summary.stateBytes} bytes of`} device state from ${o.from} to ${o.to} over a ${summary.channel} ` +
           `in ${summary.transferMs} ms (rings stopped for ${summary.downtimeMs} ms); ring bases ${summary.ringBases.join(', ')}; ` +
           `${summary.requestsBefore} request(s) before, ${summary.requestsAfter} after\n`,
       );

@@ -6,8 +6,10 @@
 //      owner) without starting it;
 //   2. stop every ring on the source (GET_VRING_BASE), remembering the bases;
 //   3. SAVE on the source and LOAD on the destination through the state channel, in 1 MiB
-//      chunks (pipe: streamed source -> us -> destination; memfd: the source fills it, the
-//      destination reads the very same memfd, nothing is copied here);
+//      chunks (pipe: streamed source -> us -> destination; direct-pipe: one pipe, its write
+//      end to the source and its read end to the destination, both hosts on this machine,
+//      nothing passes through here; memfd: the source fills it, the destination reads the
+//      very same memfd, nothing is copied here);
 //   4. CHECK_DEVICE_STATE on both: source first (did it write everything), then destination
 //      (did it parse and apply it);
 //   5. start the destination: features, memory table (the same memfds: guest RAM stays where it
@@ -34,18 +36,22 @@ import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
 import { VhostWasmError } from '../errors.ts';
 
-export type StateChannelMode = 'pipe' | 'memfd' | 'rfc-shm';
+export type StateChannelMode = 'pipe' | 'direct-pipe' | 'memfd' | 'rfc-shm';
 
 /** QEMU moves back-end state through a 1 MiB buffer; so do we. */
 export const MIGRATION_CHUNK = 1 << 20;
 
 export interface MigrateOptions {
-  /** The SET_DEVICE_STATE_FD channel: a pipe (default, what QEMU uses) or a memfd. */
+  /**
+   * The SET_DEVICE_STATE_FD channel: a pipe this process relays (default, what QEMU does), one
+   * pipe from the source host straight to the destination host (`direct-pipe`: both hosts on
+   * this machine, this process carries no byte), or a memfd.
+   */
   channel?: StateChannelMode;
   chunkSize?: number;
   /** rfc-shm: size of the shared state area, i.e. the bytes moved per GET_STATE/SET_STATE (default 1 MiB). */
   rfcAreaSize?: number;
-  /** pipe: capacity asked for the state pipes (F_SETPIPE_SZ; 0 leaves them alone; default 1 MiB). */
+  /** pipe, direct-pipe and pre-copy rounds: capacity asked for the state pipes (F_SETPIPE_SZ; 0 leaves them alone; default 1 MiB). */
   pipeBytes?: number;
   /**
    * At most this many pre-copy rounds while the rings still run (vhost-wasm hosts with a memory
@@ -66,7 +72,10 @@ export interface MigrateOptions {
 
 export interface MigrateReport {
   channel: StateChannelMode;
-  /** Container bytes moved. */
+  /**
+   * Container bytes moved; 0 over `direct-pipe`, where they never pass through this process
+   * (each host logs what it saved or loaded: "device state saved: N bytes").
+   */
   bytes: number;
   bases: number[];
   /** Whether the source back-end returned its own fd instead of using ours. */
@@ -376,37 +385,49 @@ async function startDestinationRings(fe: VhostUserFrontend, conn: VhostUserConne
 }
 
 /**
- * One pre-copy round: a pipe whose write end goes to the source (SAVE) and read end to the
- * destination (LOAD); the bytes flow between the two hosts, not through this process. Both CHECKs
- * are collected whatever happens, so neither side keeps the round in its transfer slot.
+ * One transfer straight from host to host: a pipe whose write end goes to the source (SAVE) and
+ * read end to the destination (LOAD); the bytes flow between the two hosts, not through this
+ * process (a pre-copy round, and the `direct-pipe` channel). A channel the source answers with
+ * (its own pipe or memfd holding the state) goes to the destination in place of our read end; a
+ * destination that answers LOAD with a channel of its own would need this process to write the
+ * bytes into it, which is the relayed `pipe` channel's job: refused. Both CHECKs are collected
+ * whatever happens, so neither side keeps the transfer in its slot; an error names each side
+ * that failed, the destination first (its refusal is why a source's write ended early).
  */
-async function precopyRound(src: VhostUserConnection, dst: VhostUserConnection, pipeBytes: number | undefined, first: boolean): Promise<void> {
+async function hostToHost(src: VhostUserConnection, dst: VhostUserConnection, savePhase: number, loadPhase: number, pipeBytes: number | undefined): Promise<{ sourceReturnedFd: boolean }> {
   const [r, w] = native.pipe2();
   growPipe(w, pipeBytes);
   let srcStarted = false;
   let dstStarted = false;
+  let srcFd: number | null = null;
   const errors: string[] = [];
   try {
     try {
-      const ret = await src.setDeviceStateFd(DeviceStateDirection.SAVE, first ? PrecopyPhase.START : PrecopyPhase.ROUND, w);
-      if (ret !== null) native.close(ret);
+      srcFd = await src.setDeviceStateFd(DeviceStateDirection.SAVE, savePhase, w);
       srcStarted = true;
     } finally {
       native.close(w);
     }
-    const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, PrecopyPhase.ROUND, r);
-    if (ret !== null) native.close(ret);
+    const ret = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, loadPhase, srcFd ?? r);
     dstStarted = true;
+    if (ret !== null) {
+      native.close(ret);
+      throw new Error('it answered LOAD with a channel of its own, which only a front-end that carries the bytes can feed (use the relayed pipe channel)');
+    }
   } catch (e) {
     errors.push(`${srcStarted ? 'destination' : 'source'}: ${(e as Error).message}`);
   } finally {
+    // The destination holds its own copy of the read end now; ours would keep the pipe open
+    // after the destination stopped reading and leave the source blocked instead of failing.
     native.close(r);
+    if (srcFd !== null) native.close(srcFd);
   }
   // Both at once (two connections): each answers when its own side is done.
   const [s, d] = await Promise.allSettled([srcStarted ? src.checkDeviceState() : null, dstStarted ? dst.checkDeviceState() : null]);
-  if (s.status === 'rejected') errors.push(`source: ${(s.reason as Error).message}`);
   if (d.status === 'rejected') errors.push(`destination: ${(d.reason as Error).message}`);
+  if (s.status === 'rejected') errors.push(`source: ${(s.reason as Error).message}`);
   if (errors.length > 0) throw new Error(errors.join('; '));
+  return { sourceReturnedFd: srcFd !== null };
 }
 
 /**
@@ -438,7 +459,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     if (!src.hasProtocol(PRECOPY_PROTOCOL_FEATURE)) {
       throw new MigrationError('the source did not negotiate pre-copy (protocol feature 62: a vhost-wasm host with a memory disk)', false);
     }
-    if (mode === 'rfc-shm') throw new MigrationError('pre-copy goes with the pipe or memfd channel, not rfc-shm', false);
+    if (mode === 'rfc-shm') throw new MigrationError('pre-copy goes with the pipe, direct-pipe or memfd channel, not rfc-shm', false);
   }
   await step('init-destination');
   const dst = await initDestination(destPath, fe, mode, rounds > 0).catch((e: Error) => {
@@ -466,7 +487,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     await step(`precopy-${i}`);
     const t = performance.now();
     try {
-      await precopyRound(src, dst, opts.pipeBytes, i === 0);
+      await hostToHost(src, dst, i === 0 ? PrecopyPhase.START : PrecopyPhase.ROUND, PrecopyPhase.ROUND, opts.pipeBytes);
     } catch (e) {
       dst.close();
       // The rings never stopped: the device kept running on the source all along.
@@ -510,7 +531,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       // The blocks written since the last round, with nothing writing any more.
       await step('precopy-stopped');
       const t = performance.now();
-      await precopyRound(src, dst, opts.pipeBytes, false);
+      await hostToHost(src, dst, PrecopyPhase.ROUND, PrecopyPhase.ROUND, opts.pipeBytes);
       precopyMs.push(performance.now() - t);
     }
     await step('transfer');
@@ -556,6 +577,9 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
         native.close(writeFd);
       }
       await checkBoth(src, dst, step);
+    } else if (mode === 'direct-pipe') {
+      await step('pump');
+      ({ sourceReturnedFd } = await hostToHost(src, dst, phase, phase, opts.pipeBytes));
     } else if (mode === 'rfc-shm') {
       bytes = await rfcPump(src, dst, opts.rfcAreaSize ?? MIGRATION_CHUNK, undefined, step);
     } else {

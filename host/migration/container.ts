@@ -241,8 +241,12 @@ export interface ByteSink {
    * that writes them itself (StateSection.copyToFile). Null when the sink is a stream.
    */
   reserve?(len: number): { fd: number; offset: number } | null;
-  /** A pipe sink: splices `len` bytes of the file `from` at `offset` into it; false when it cannot. */
-  spliceFrom?(from: number, offset: number, len: number): Promise<boolean>;
+  /**
+   * A pipe sink: splices `len` bytes of the file `from` at `offset` into it; false when it cannot.
+   * `aside(spliced, full)` does a bounded piece of other work before each splice and each time
+   * the pipe is full (then the sink waits for the reader).
+   */
+  spliceFrom?(from: number, offset: number, len: number, aside?: (spliced: number, full: boolean) => void): Promise<boolean>;
   /**
    * Told the container's whole length before the first byte: a file sink makes its pages exist
    * in one call (prefault) rather than one page fault per 4 KiB as they are written.
@@ -267,8 +271,14 @@ export interface SaveOptions {
   format?: number;
 }
 
-/** Bytes of a spliced section checksummed, then spliced, at a time. */
-const SPLICE_WINDOW = 8 << 20;
+/**
+ * A spliced section's checksum: bytes checksummed each time the pipe is full (about what the
+ * reader copies and checksums while we wait: one pipe), and how far the splice may run ahead of
+ * the checksum before a piece is checksummed even with room in the pipe (so the checksum's tail
+ * after the last splice stays short when the reader is the faster side).
+ */
+const SPLICE_CRC_PIECE = 1 << 20;
+const SPLICE_CRC_LAG = 4 << 20;
 
 /** Writes a whole container to sink, pulling section bytes chunk by chunk (one read ahead). */
 export async function saveContainer(sink: ByteSink, identity: StateIdentity, sections: readonly StateSection[], opts: SaveOptions = {}): Promise<SaveResult> {
@@ -298,15 +308,23 @@ export async function saveContainer(sink: ByteSink, identity: StateIdentity, sec
     }
     if (direct && len > 0 && s.spliceSource && sink.spliceFrom) {
       const src = s.spliceSource();
-      // Window by window, each checksummed and then spliced (the source guarantees the bytes do
-      // not change between): the checksum of one window overlaps the reader's draining of the
-      // one before, instead of a whole-section checksum before the first byte goes.
+      // The source guarantees the bytes do not change until the transfer ends, so the checksum
+      // need not go before the splice: it is done piece by piece while the pipe is full (the
+      // reader copies each byte and checksums it too: it is the slower side, and this keeps
+      // its pipe full instead of leaving it empty while a window is checksummed here), and
+      // whatever is left once the last byte went into the pipe.
       if (src !== null && (await sink.spliceFrom(src.fd, src.offset, 0))) {
-        for (let at = 0; at < len; at += SPLICE_WINDOW) {
-          const n = Math.min(SPLICE_WINDOW, len - at);
-          crc = src.crc(crc, at, n);
-          await sink.spliceFrom(src.fd, src.offset + at, n);
-        }
+        let summed = 0;
+        const sumPiece = () => {
+          const n = Math.min(SPLICE_CRC_PIECE, len - summed);
+          crc = src.crc(crc, summed, n);
+          summed += n;
+        };
+        await sink.spliceFrom(src.fd, src.offset, len, (spliced, full) => {
+          if (full && summed < len) sumPiece();
+          while (spliced - summed >= SPLICE_CRC_LAG) sumPiece();
+        });
+        while (summed < len) sumPiece();
         continue;
       }
     }

@@ -158,6 +158,18 @@ function diskScratch(disk: MemoryDiskHandle): DiskScratch {
   return s;
 }
 
+/**
+ * Makes the views of a disk's mapping now, for a mapping made at start (a resident disk): made in
+ * the first transfer instead, their 256 MiB (per 256 MiB of disk) of new external memory had V8
+ * run a full collection in the middle of it (DiskScratch), 10-30 ms more on each side of the
+ * first migration a host takes part in (docs/BENCHMARKS.md, 2026-12-07 "direct15").
+ */
+export function makeDiskViews(m: Mapping): void {
+  let s = scratchOf.get(m);
+  if (s === undefined) scratchOf.set(m, (s = { views: new MappedViews(m), buffers: {} }));
+  s.views.each(0, m.size, () => {});
+}
+
 /** The disk's views (made once per mapping: see DiskScratch). */
 export function diskViews(disk: MemoryDiskHandle): MappedViews {
   return diskScratch(disk).views;

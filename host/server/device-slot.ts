@@ -19,7 +19,7 @@ import { hostSwitch, type DeviceLink } from '../net/switch.ts';
 import type { NetStats } from '../net/link.ts';
 import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
-import type { DiskCondition, MemoryDiskHandle } from '../migration/precopy.ts';
+import { makeDiskViews, type DiskCondition, type MemoryDiskHandle } from '../migration/precopy.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -144,6 +144,7 @@ export class DeviceSlot {
             else {
               this.memoryDiskMapping = mapping;
               this.memoryDiskResident = true;
+              makeDiskViews(mapping);
             }
           },
           (e: unknown) => {
