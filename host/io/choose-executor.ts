@@ -31,6 +31,8 @@ const TMPFS_MAGIC = 0x01021994;
  * included): pread 1.43 us; io_uring at depth 64 2.9-3.1 us with or without DEFER_TASKRUN or
  * COOP_TASKRUN, 2.7-2.9 with registered buffers. tmpfs reads still go to an io-wq worker thread,
  * so the ring costs twice the CPU of the system call; docs/BENCHMARKS.md, "the storage side".
+ * Its reads are copied out of a mapping of the file when every block is allocated
+ * (host/io/mapped-reads.ts: half the CPU of the pread again).
  */
 function fileTarget(f: FileBacking, mapped: MappedReads[]): UringTarget {
   let inline = false;
