@@ -799,9 +799,15 @@ test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buff
   }
 });
 
+/** A Logger that keeps every line in `lines`. */
+function quietLog(lines: string[]): Logger {
+  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  return log;
+}
+
 test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs file is served inline; a real-disk file through the ring', async (t) => {
   const lines: string[] = [];
-  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  const log = quietLog(lines);
   const mem = guestMemory(65536);
   t.is(chooseExecutor(new BackingTable(storageIoBacking(new MemoryBacking(1 << 20, false))), log).kind, 'memory');
   for (const [dir, inline] of [[shmDir, true], [diskDir, false]] as const) {
@@ -825,21 +831,34 @@ test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs fil
   t.true(lines.some((l) => /tmpfs: reads copied from a mapping of the file, writes with pwrite in turn/.test(l)), 'the choice is in the log');
 });
 
-function quietLog(lines: string[]): Logger {
-  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
-  return log;
+/** A 1 MiB tmpfs image of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
+function servedTmpfsImage(name: string, seed: number) {
+  const path = join(shmDir, name);
+  const data = pattern(1 << 20, seed);
+  writeFileSync(path, data);
+  const file = FileBacking.open(path, false);
+  const mem = guestMemory(1 << 20);
+  const lines: string[] = [];
+  const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
+  return {
+    path,
+    data,
+    file,
+    mem,
+    lines,
+    executor,
+    now: inSubmit(executor as UringExecutor),
+    close() {
+      executor.close();
+      file.close();
+      mem.close();
+    },
+  };
 }
 
 test.serial('a fully allocated tmpfs file is read through a mapping: the same bytes as pread, writes seen at once, past the end by pread, EFAULT, unmapped on close', async (t) => {
   await noLeak(t, async () => {
-    const path = join(shmDir, 'mapped.img');
-    const data = pattern(1 << 20, 31);
-    writeFileSync(path, data);
-    const file = FileBacking.open(path, false);
-    const mem = guestMemory(1 << 20);
-    const lines: string[] = [];
-    const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
-    const now = inSubmit(executor as UringExecutor);
+    const { path, data, file, mem, lines, now, close } = servedTmpfsImage('mapped.img', 31);
     try {
       t.true(mapsNamed(path) > 0, 'the file is mapped');
       t.true(lines.some((l) => /reads copied from a mapping/.test(l)));
@@ -855,25 +874,25 @@ test.serial('a fully allocated tmpfs file is read through a mapping: the same by
       t.true(mem.view(65536, 4096).every((b, i) => b === data[8192 + i]) && mem.view(65536 + 4096, 4096).every((b) => b === 0x5c), 'a write is read back at once');
       t.deepEqual(now([{ kind: 'read', backing: 0, offset: (1 << 20) - 1000, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 1000 }, 'a read across the end: short, as pread says');
       t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(4096)] }]), { errno: 14, lastReadBytes: 0 }, 'guest memory gone: EFAULT');
-    } finally {
-      executor.close();
       file.close();
-      mem.close();
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }]), { errno: 9, lastReadBytes: 0 }, 'a closed backing: EBADF, not bytes from the mapping');
+    } finally {
+      close();
     }
     t.is(mapsNamed(path), 0, 'close() unmapped the file');
   });
 });
 
 test.serial('a tmpfs file is not mapped when sparse, and stops being mapped at a discard: reads of holes do not fill them in', async (t) => {
-  const mem = guestMemory(1 << 20);
   const blocks = (p: string): number => statSync(p).blocks;
   // Sparse: 64 KiB written of 1 MiB.
   const sparse = join(shmDir, 'sparse.img');
   writeFileSync(sparse, pattern(65536, 32));
   truncateSync(sparse, 1 << 20);
   const before = blocks(sparse);
+  const mem = guestMemory(1 << 20);
   const file = FileBacking.open(sparse, false);
-  let { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog([]));
+  const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog([]));
   try {
     t.is(mapsNamed(sparse), 0, 'a sparse file is not mapped');
     const now = inSubmit(executor as UringExecutor);
@@ -883,42 +902,31 @@ test.serial('a tmpfs file is not mapped when sparse, and stops being mapped at a
   } finally {
     executor.close();
     file.close();
+    mem.close();
   }
   // Allocated, then a discard punches a hole: from then on reads leave it a hole.
-  const full = join(shmDir, 'full.img');
-  writeFileSync(full, pattern(1 << 20, 33));
-  const file2 = FileBacking.open(full, false);
-  ({ executor } = chooseExecutor(new BackingTable(storageIoBacking(file2)), quietLog([])));
+  const full = servedTmpfsImage('full.img', 33);
+  const { now } = full;
   try {
-    const now = inSubmit(executor as UringExecutor);
-    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
-    t.true(mapsNamed(full) > 0);
-    const allocated = blocks(full);
-    t.deepEqual(await run(executor, [{ kind: 'discard', backing: 0, offset: 0, len: 512 << 10 }]), { errno: 0, lastReadBytes: 0 });
-    const punched = blocks(full);
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [full.mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    t.true(mapsNamed(full.path) > 0);
+    const allocated = blocks(full.path);
+    t.deepEqual(await run(full.executor, [{ kind: 'discard', backing: 0, offset: 0, len: 512 << 10 }]), { errno: 0, lastReadBytes: 0 });
+    const punched = blocks(full.path);
     t.true(punched <= allocated - 1024, 'the discard punched a 512 KiB hole');
-    t.is(mapsNamed(full), 0, 'the discard stopped the mapping');
-    for (let off = 0; off < 512 << 10; off += 65536) t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
-    t.true(mem.view(0, 65536).every((b) => b === 0));
-    t.is(blocks(full), punched, 'reading the discarded range allocated nothing');
-    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 600 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
-    t.true(Buffer.from(mem.buf, 0, 4096).equals(pattern(1 << 20, 33).subarray(600 << 10, (600 << 10) + 4096)));
+    t.is(mapsNamed(full.path), 0, 'the discard stopped the mapping');
+    for (let off = 0; off < 512 << 10; off += 65536) t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [full.mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+    t.true(full.mem.view(0, 65536).every((b) => b === 0));
+    t.is(blocks(full.path), punched, 'reading the discarded range allocated nothing');
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 600 << 10, into: [full.mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    t.true(Buffer.from(full.mem.buf, 0, 4096).equals(full.data.subarray(600 << 10, (600 << 10) + 4096)));
   } finally {
-    executor.close();
-    file2.close();
-    mem.close();
+    full.close();
   }
 });
 
 test.serial('a mapped tmpfs file shrunk behind our back: the read that faults fails with EIO (the host lives), later reads see the file as it is through pread', async (t) => {
-  const path = join(shmDir, 'shrunk.img');
-  const data = pattern(1 << 20, 34);
-  writeFileSync(path, data);
-  const file = FileBacking.open(path, false);
-  const mem = guestMemory(1 << 20);
-  const lines: string[] = [];
-  const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
-  const now = inSubmit(executor as UringExecutor);
+  const { path, data, mem, lines, now, close } = servedTmpfsImage('shrunk.img', 34);
   try {
     t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
     truncateSync(path, 512 << 10);
@@ -929,9 +937,7 @@ test.serial('a mapped tmpfs file shrunk behind our back: the read that faults fa
     t.deepEqual(now([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
     t.true(Buffer.from(mem.buf, 0, 4096).equals(data.subarray(4096, 8192)));
   } finally {
-    executor.close();
-    file.close();
-    mem.close();
+    close();
   }
 });
 
