@@ -620,7 +620,7 @@ export class UringExecutor implements IoExecutor {
       for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
       const total = viewBytes(views);
       const mapped = read ? t.mappedReads : null;
-      // A closed backing (fd -1) answers EBADF through pread, as it always did.
+      // A closed backing (fd -1) fails through pread, as it always did, rather than reading on.
       if (mapped != null && mapped.active && t.fd >= 0) {
         const got = mapped.read(views, op.offset, total);
         if (got !== NOT_MAPPED) {
