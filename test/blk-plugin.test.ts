@@ -22,14 +22,20 @@ const bit = (b: number) => 1n << BigInt(b);
 const FEATURES = [VIRTIO_F_VERSION_1, ...Object.values(F)].reduce((m, b) => m | bit(b), 0n);
 
 let dir: string;
+/** tmpfs: the host reads a fully written image there through a mapping of it (host/io/mapped-reads.ts). */
+let shmDir: string;
 test.before(() => {
   execFileSync(process.execPath, ['build.mjs', '--only', 'plugins'], { cwd: REPO, stdio: 'inherit' });
   dir = mkdtempSync(join(tmpdir(), 'blk-plugin-'));
+  shmDir = mkdtempSync('/dev/shm/blk-plugin-');
 });
-test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+test.after.always(() => {
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(shmDir, { recursive: true, force: true });
+});
 
-function image(name: string, bytes = IMAGE_BYTES): { path: string; data: Buffer } {
-  const path = join(dir, name);
+function image(name: string, bytes = IMAGE_BYTES, inDir = dir): { path: string; data: Buffer } {
+  const path = join(inDir, name);
   const data = randomBytes(bytes);
   writeFileSync(path, data);
   return { path, data };
@@ -90,6 +96,8 @@ const runHost = (args: string[]) => runCli(args, { killAfterMs: 20_000 });
 const both = [
   { name: 'file', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path] }) },
   { name: 'memory:16M', storage: () => ({ args: ['--storage', 'memory:16M'] }) },
+  { name: 'file on tmpfs', storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`, IMAGE_BYTES, shmDir).path] }) },
+  { name: 'file on tmpfs, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`, IMAGE_BYTES, shmDir).path, '--queue-threads', '2'] }) },
   // Two queue threads, each with its own instance: what one queue wrote, the other reads.
   { name: 'file, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', image(`disk-${Math.random()}.img`).path, '--queue-threads', '2'] }) },
   { name: 'memory:16M, --queue-threads 2', threads: 2, storage: () => ({ args: ['--storage', 'memory:16M', '--queue-threads', '2'] }) },
@@ -171,8 +179,8 @@ for (const kind of both) {
   });
 }
 
-test.serial('file: flushed writes are in the file; discard and write-zeroes zero it; GET_ID', async (t) => {
-  const img = image('durable.img');
+for (const [where, inDir] of [['file', () => dir], ['file on tmpfs', () => shmDir]] as const) test.serial(`${where}: flushed writes are in the file; discard and write-zeroes zero it; GET_ID`, async (t) => {
+  const img = image('durable.img', IMAGE_BYTES, inDir());
   const d = await open(['--storage', img.path]);
   try {
     const data = randomBytes(64 * SECTOR);
@@ -192,6 +200,9 @@ test.serial('file: flushed writes are in the file; discard and write-zeroes zero
     t.true(file.subarray(2000 * SECTOR, 2016 * SECTOR).every((b) => b === 0), 'discard punches a hole: reads back zeroes');
     t.deepEqual(file.subarray(1999 * SECTOR, 2000 * SECTOR), img.data.subarray(1999 * SECTOR, 2000 * SECTOR));
     t.true(Buffer.from(await d.blk.read(100, 8 * SECTOR)).every((b) => b === 0));
+    const blocks = statSync(img.path).blocks;
+    t.true(Buffer.from(await d.blk.read(1992, 32 * SECTOR)).subarray(8 * SECTOR, 24 * SECTOR).every((b) => b === 0), 'the device reads the discarded sectors as zeroes');
+    t.is(statSync(img.path).blocks, blocks, 'reading the hole did not fill it in');
 
     // Discard with UNMAP (only write-zeroes may carry it), unknown flags, too many segments.
     t.is((await raw(d, [header(T.DISCARD, 0), segment(0, 1, 1)], 1)).status, BlkStatus.UNSUPP);

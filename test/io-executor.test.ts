@@ -6,7 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { native as n } from '../host/native/index.ts';
 import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
@@ -732,9 +732,15 @@ test.serial('a view whose guest memory was unmapped is EFAULT, not an empty buff
   }
 });
 
+/** A Logger that keeps every line in `lines`. */
+function quietLog(lines: string[]): Logger {
+  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  return log;
+}
+
 test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs file is served inline; a real-disk file through the ring', async (t) => {
   const lines: string[] = [];
-  const log = { error: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), info: (m: string) => lines.push(m), debug: (m: string) => lines.push(m), enabled: () => true, child: () => log } as unknown as Logger;
+  const log = quietLog(lines);
   const mem = guestMemory(65536);
   t.is(chooseExecutor(new BackingTable(storageIoBacking(new MemoryBacking(1 << 20, false))), log).kind, 'memory');
   for (const [dir, inline] of [[shmDir, true], [diskDir, false]] as const) {
@@ -755,7 +761,117 @@ test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs fil
     }
   }
   mem.close();
-  t.true(lines.some((l) => /tmpfs: pread\/pwrite in turn/.test(l)), 'the choice is in the log');
+  t.true(lines.some((l) => /tmpfs: reads copied from a mapping of the file, writes with pwrite in turn/.test(l)), 'the choice is in the log');
+});
+
+/** A 1 MiB tmpfs image of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
+function servedTmpfsImage(name: string, seed: number) {
+  const path = join(shmDir, name);
+  const data = pattern(1 << 20, seed);
+  writeFileSync(path, data);
+  const file = FileBacking.open(path, false);
+  const mem = guestMemory(1 << 20);
+  const lines: string[] = [];
+  const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
+  return {
+    path,
+    data,
+    file,
+    mem,
+    lines,
+    executor,
+    now: inSubmit(executor as UringExecutor),
+    close() {
+      executor.close();
+      file.close();
+      mem.close();
+    },
+  };
+}
+
+test.serial('a fully allocated tmpfs file is read through a mapping: the same bytes as pread, writes seen at once, past the end by pread, EFAULT, unmapped on close', async (t) => {
+  await noLeak(t, async () => {
+    const { path, data, file, mem, lines, now, close } = servedTmpfsImage('mapped.img', 31);
+    try {
+      t.true(mapsNamed(path) > 0, 'the file is mapped');
+      t.true(lines.some((l) => /reads copied from a mapping/.test(l)));
+      for (let i = 0; i < 200; i++) {
+        const off = ((i * 7919) % 250) * 4096 + (i % 3) * 512;
+        const at = (i % 16) * 65536;
+        t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [mem.view(at, 1000), mem.view(at + 8192, 3096)] }]), { errno: 0, lastReadBytes: 4096 });
+        t.true(Buffer.from(mem.buf, at, 1000).equals(data.subarray(off, off + 1000)) && Buffer.from(mem.buf, at + 8192, 3096).equals(data.subarray(off + 1000, off + 4096)), `read ${i} at ${off}`);
+      }
+      mem.view(0, 4096).fill(0x5c);
+      t.deepEqual(now([{ kind: 'write', backing: 0, offset: 12288, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 8192, into: [mem.view(65536, 8192)] }]), { errno: 0, lastReadBytes: 8192 });
+      t.true(mem.view(65536, 4096).every((b, i) => b === data[8192 + i]) && mem.view(65536 + 4096, 4096).every((b) => b === 0x5c), 'a write is read back at once');
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: (1 << 20) - 1000, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 1000 }, 'a read across the end: short, as pread says');
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [unmappedView(4096)] }]), { errno: 14, lastReadBytes: 0 }, 'guest memory gone: EFAULT');
+      file.close();
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }]), { errno: EIO, lastReadBytes: 0 }, 'a closed backing: the error pread gives it, not bytes from the mapping');
+    } finally {
+      close();
+    }
+    t.is(mapsNamed(path), 0, 'close() unmapped the file');
+  });
+});
+
+test.serial('a tmpfs file is not mapped when sparse, and stops being mapped at a discard: reads of holes do not fill them in', async (t) => {
+  const blocks = (p: string): number => statSync(p).blocks;
+  // Sparse: 64 KiB written of 1 MiB.
+  const sparse = join(shmDir, 'sparse.img');
+  writeFileSync(sparse, pattern(65536, 32));
+  truncateSync(sparse, 1 << 20);
+  const before = blocks(sparse);
+  const mem = guestMemory(1 << 20);
+  const file = FileBacking.open(sparse, false);
+  const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog([]));
+  try {
+    t.is(mapsNamed(sparse), 0, 'a sparse file is not mapped');
+    const now = inSubmit(executor as UringExecutor);
+    for (let off = 0; off < 1 << 20; off += 65536) t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+    t.true(mem.view(0, 65536).every((b) => b === 0), 'the last hole reads as zeroes');
+    t.is(blocks(sparse), before, 'reading the holes allocated nothing');
+  } finally {
+    executor.close();
+    file.close();
+    mem.close();
+  }
+  // Allocated, then a discard punches a hole: from then on reads leave it a hole.
+  const full = servedTmpfsImage('full.img', 33);
+  const { now } = full;
+  try {
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [full.mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    t.true(mapsNamed(full.path) > 0);
+    const allocated = blocks(full.path);
+    t.deepEqual(await run(full.executor, [{ kind: 'discard', backing: 0, offset: 0, len: 512 << 10 }]), { errno: 0, lastReadBytes: 0 });
+    const punched = blocks(full.path);
+    t.true(punched <= allocated - 1024, 'the discard punched a 512 KiB hole');
+    t.is(mapsNamed(full.path), 0, 'the discard stopped the mapping');
+    for (let off = 0; off < 512 << 10; off += 65536) t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [full.mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+    t.true(full.mem.view(0, 65536).every((b) => b === 0));
+    t.is(blocks(full.path), punched, 'reading the discarded range allocated nothing');
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 600 << 10, into: [full.mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    t.true(Buffer.from(full.mem.buf, 0, 4096).equals(full.data.subarray(600 << 10, (600 << 10) + 4096)));
+  } finally {
+    full.close();
+  }
+});
+
+test.serial('a mapped tmpfs file shrunk behind our back: the read that faults fails with EIO (the host lives), later reads see the file as it is through pread', async (t) => {
+  const { path, data, mem, lines, now, close } = servedTmpfsImage('shrunk.img', 34);
+  try {
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    truncateSync(path, 512 << 10);
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: EIO, lastReadBytes: 0 }, 'the faulting read: EIO');
+    t.true(lines.some((l) => /shrank under its mapping/.test(l)), 'the log says why');
+    t.is(mapsNamed(path), 0, 'the mapping is gone');
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 }, 'past the new end: nothing, as pread says');
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+    t.true(Buffer.from(mem.buf, 0, 4096).equals(data.subarray(4096, 8192)));
+  } finally {
+    close();
+  }
 });
 
 test.serial('a done() that drains or closes the executor: every request still gets exactly one done', async (t) => {

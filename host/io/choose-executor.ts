@@ -13,6 +13,7 @@ import { FileBacking } from '../storage/file.ts';
 import { MemoryBacking } from '../storage/memory.ts';
 import type { BackingTable } from './backing-table.ts';
 import type { IoExecutor } from './executor.ts';
+import { mappedReadsFor, type MappedReads } from './mapped-reads.ts';
 import { MemoryExecutor } from './memory-executor.ts';
 import { SyncExecutor } from './sync-executor.ts';
 import { UringExecutor, type SyncTarget, type UringTarget } from './uring-executor.ts';
@@ -30,14 +31,19 @@ const TMPFS_MAGIC = 0x01021994;
  * included): pread 1.43 us; io_uring at depth 64 2.9-3.1 us with or without DEFER_TASKRUN or
  * COOP_TASKRUN, 2.7-2.9 with registered buffers. tmpfs reads still go to an io-wq worker thread,
  * so the ring costs twice the CPU of the system call; docs/BENCHMARKS.md, "the storage side".
+ * Its reads are copied out of a mapping of the file when every block is allocated
+ * (host/io/mapped-reads.ts: half the CPU of the pread again).
  */
-function fileTarget(f: FileBacking): UringTarget {
+function fileTarget(f: FileBacking, mapped: MappedReads[]): UringTarget {
   let inline = false;
   try {
     inline = f.directAlign === 0 && !native.backingInfo(f.fd).blockDevice && statfsSync(f.describe).type === TMPFS_MAGIC;
   } catch {
     // Not knowing only costs speed: the ring serves it.
   }
+  // Punched holes would be filled in again by reads through the mapping: it stops at the first.
+  const mappedReads = inline ? mappedReadsFor(f.fd, f.size) : null;
+  if (mappedReads !== null) mapped.push(mappedReads);
   return {
     // Read at each use: a closed backing says -1 (EBADF), never a number since reused.
     get fd() {
@@ -46,8 +52,15 @@ function fileTarget(f: FileBacking): UringTarget {
     directAlign: f.directAlign,
     describe: f.describe,
     inline,
-    discard: (offset, len) => f.discard(offset, len),
-    writeZeroes: (offset, len) => f.writeZeroes(offset, len),
+    mappedReads,
+    discard: (offset, len) => {
+      mappedReads?.stop();
+      f.discard(offset, len);
+    },
+    writeZeroes: (offset, len) => {
+      mappedReads?.stop();
+      f.writeZeroes(offset, len);
+    },
   };
 }
 
@@ -63,19 +76,20 @@ export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (byt
   if (storage instanceof MemoryBacking) return { executor: new MemoryExecutor((i) => table.get(i), logIoError, onCopied), kind: 'memory' };
   if (storage instanceof FileBacking) {
     const targets = new WeakMap<FileBacking, UringTarget>();
+    const mapped: MappedReads[] = [];
     const target = (i: number): UringTarget | SyncTarget | undefined => {
       const b = table.get(i);
       if (b === undefined) return undefined;
       const f = b.storage;
       if (!(f instanceof FileBacking)) return { sync: b };
       let t = targets.get(f);
-      if (t === undefined) targets.set(f, (t = fileTarget(f)));
+      if (t === undefined) targets.set(f, (t = fileTarget(f, mapped)));
       return t;
     };
     try {
-      const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError });
+      const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError, onClose: () => mapped.forEach((m) => m.stop()) });
       const t = target(0) as UringTarget;
-      log.debug(`storage I/O on ${storage.describe}: ${t.inline ? 'tmpfs: pread/pwrite in turn (io_uring would punt every read to a kernel thread)' : 'io_uring'}${storage.directAlign > 0 ? `, O_DIRECT (${storage.directAlign}-byte blocks)` : ''}`);
+      log.debug(`storage I/O on ${storage.describe}: ${t.inline ? `tmpfs: ${t.mappedReads ? 'reads copied from a mapping of the file, writes with pwrite' : 'pread/pwrite'} in turn (io_uring would punt every read to a kernel thread)` : 'io_uring'}${storage.directAlign > 0 ? `, O_DIRECT (${storage.directAlign}-byte blocks)` : ''}`);
       // Not silent: the same results, but each completion interrupts the worker thread again.
       if (!t.inline && !executor.deferTaskrun) log.info(`storage I/O on ${storage.describe}: io_uring's SINGLE_ISSUER/DEFER_TASKRUN not used (kernel ${release()}: before 6.1, or it refused them; see host/io/uring-setup.ts): a plain ring, completions cost more CPU`);
       return { executor, kind: 'io_uring' };

@@ -27,6 +27,7 @@ import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import { coalesceViews } from './coalesce-views.ts';
+import { NOT_MAPPED, type MappedReads } from './mapped-reads.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -51,6 +52,12 @@ export interface UringTarget {
    * path), which costs a thread hand-off per request and measured 3x slower.
    */
   readonly inline?: boolean;
+  /**
+   * An inline target's reads are copied out of a read-only mapping of the file while it is
+   * active (host/io/mapped-reads.ts: half the CPU of a pread on tmpfs); what it does not serve
+   * (past its end, stopped) is pread as before.
+   */
+  readonly mappedReads?: MappedReads | null;
   /**
    * Writes of at most this many bytes (not O_DIRECT) are done with pwrite in their turn, as on
    * an inline target, the rest through the ring. A virtio-fs share's files on a disk
@@ -115,6 +122,8 @@ export interface UringExecutorOptions {
   entries?: number;
   /** A failed op, for the operator's log (the device hears the errno). */
   logIoError?(message: string): void;
+  /** Called once by close(), after the ring is gone: release what the targets hold (mappings). */
+  onClose?(): void;
 }
 
 type ReadWriteOp = Extract<IoOp, { kind: 'read' | 'write' }>;
@@ -324,6 +333,7 @@ export class UringExecutor implements IoExecutor {
   private readonly watcher: Watcher;
   private readonly target: (index: number) => UringTarget | SyncTarget | undefined;
   private readonly logIoError: (message: string) => void;
+  private readonly onClose: (() => void) | undefined;
   private readonly bounces = new BouncePool();
   private readonly reaped: Float64Array;
   /** Reaped completions (userData, result pairs) not yet handled, from cqHead on. */
@@ -350,6 +360,7 @@ export class UringExecutor implements IoExecutor {
   constructor(options: UringExecutorOptions) {
     this.target = options.target;
     this.logIoError = options.logIoError ?? (() => {});
+    this.onClose = options.onClose;
     this.ring = native.uringCreate(options.entries ?? 128, deferTaskrunFits(release()));
     this.reaped = new Float64Array(2 * this.ring.capacity);
     this.slots = new Array(this.ring.capacity);
@@ -608,6 +619,19 @@ export class UringExecutor implements IoExecutor {
       const views = read ? op.into : op.from;
       for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
       const total = viewBytes(views);
+      const mapped = read ? t.mappedReads : null;
+      // A closed backing (fd -1) fails through pread, as it always did, rather than reading on.
+      if (mapped != null && mapped.active && t.fd >= 0) {
+        const got = mapped.read(views, op.offset, total);
+        if (got !== NOT_MAPPED) {
+          if (got < 0) {
+            this.logIoError(`${t.describe ?? `backing ${op.backing}`}: read of ${total} bytes at ${op.offset}: the file shrank under its mapping (the fault was contained; the guest hears EIO); its reads use pread from now on`);
+            return -got;
+          }
+          if (last) this.inlineLastRead = got;
+          return 0;
+        }
+      }
       let moved = 0;
       let rest = coalesceViews(views);
       // One system call for all the views (a 1 MiB FUSE_WRITE is up to 256 guest pages), again
@@ -967,6 +991,7 @@ export class UringExecutor implements IoExecutor {
       this.watcher.close();
       this.ring.close();
       this.bounces.release();
+      if (this.onClose !== undefined) call(this.onClose);
     }
     if (failure !== null) throw failure;
   }

@@ -1,0 +1,95 @@
+// Reads of a tmpfs --storage file copied out of a read-only shared mapping of it instead of one
+// pread each. A 4 KiB pread of a tmpfs file is ~85% the page-cache lookup (an xarray walk with a
+// cache miss per level) and the copy; through a mapping, the lookup is the MMU's and the system
+// call and the N-API crossing are gone: 0.84-0.90 us per 4 KiB read from JS against 1.70-1.78 us
+// for native.pread (docs/BENCHMARKS.md, "tmpfs reads through a mapping"). io_uring does not help
+// here: tmpfs has no non-blocking read (preadv2 RWF_NOWAIT answers EOPNOTSUPP), so every SQE is
+// punted to an io-wq thread, 3.4-4.0 us per read.
+//
+// Two kernel behaviours bound where it is used:
+// - A read fault on a hole of a tmpfs file allocates the page (pread of a hole does not), so a
+//   mapping would fill in a sparse image as the guest reads it. Only a file with every block
+//   allocated when the device starts is mapped (mappedReadsFor), and the first discard or
+//   write-zeroes on it (which punch holes) stops the mapping for good (stop()).
+// - A file made shorter behind our back raises SIGBUS on the pages past its new end. The
+//   addon's guard (host/native/src/mapping.c) maps zero pages there and counts the fault; the
+//   count is read after every copy (one N-API call, ~0.02 us), and a read that faulted fails
+//   with EIO and stops the mapping, so later reads go to pread and see the file as it is.
+import { fstatSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { native, type Mapping } from '../native/index.ts';
+
+const { EIO } = osConstants.errno;
+
+/** read()'s answer when the mapping does not serve this read (past its end, across a window, stopped): pread it. */
+export const NOT_MAPPED = -1;
+
+export class MappedReads {
+  private mapping: Mapping | null;
+  private readonly windows: Uint8Array[] = [];
+  private readonly windowBytes = native.MAX_WINDOW;
+  private seenFaults = native.mappingFaultCount();
+
+  /** `size`: bytes of the file to map (its size when the device started). */
+  constructor(fd: number, readonly size: number) {
+    this.mapping = native.mmap(fd, size, 0, false);
+    for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(this.mapping.window(at, Math.min(this.windowBytes, size - at))));
+  }
+
+  /** Still serving reads (not stopped, no fault seen). */
+  get active(): boolean {
+    return this.mapping !== null;
+  }
+
+  /**
+   * Copies [offset, offset + total bytes of views) of the file into the views: the bytes copied
+   * (all of them), NOT_MAPPED when the range is not wholly inside one window of the mapping (the
+   * caller preads it), or -EIO when the file shrank under the copy (the views hold zeroes for
+   * what was past its end; the mapping is stopped). Views must not be detached (the caller's
+   * EFAULT check comes first).
+   */
+  read(views: readonly Uint8Array[], offset: number, total: number): number {
+    if (this.mapping === null || offset + total > this.size) return NOT_MAPPED;
+    const w = Math.floor(offset / this.windowBytes);
+    const at = offset - w * this.windowBytes;
+    const win = this.windows[w]!;
+    if (at + total > win.length) return NOT_MAPPED;
+    let from = at;
+    for (let i = 0; i < views.length; i++) {
+      const v = views[i]!;
+      v.set(win.subarray(from, from + v.length));
+      from += v.length;
+    }
+    const faults = native.mappingFaultCount();
+    if (faults !== this.seenFaults) {
+      this.seenFaults = faults; // any mapping of the process: ours only if it counts one
+      if (this.mapping.faults() > 0) {
+        this.stop();
+        return -EIO;
+      }
+    }
+    return total;
+  }
+
+  /** Reads go to pread from now on (a hole was punched, the device is closing, a fault). */
+  stop(): void {
+    this.windows.length = 0;
+    this.mapping?.unmap();
+    this.mapping = null;
+  }
+}
+
+/**
+ * A MappedReads for a tmpfs file of `size` bytes whose every block is allocated, else null
+ * (sparse, empty, or the stat or the mapping failed: pread serves it as before).
+ */
+export function mappedReadsFor(fd: number, size: number): MappedReads | null {
+  try {
+    if (size <= 0) return null;
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size < size || st.blocks * 512 < size) return null;
+    return new MappedReads(fd, size);
+  } catch {
+    return null;
+  }
+}
