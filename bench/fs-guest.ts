@@ -508,7 +508,7 @@ class SyntheticShare {
   private readonly byPath = new Map<string, bigint>();
   private attr(ino: bigint, dir: boolean): Attr {
     return {
-      dev: 1n, ino, size: 100n, blocks: 1n, atime: 0n, mtime: 0n, ctime: 0n, atimeNsec: 0, mtimeNsec: 0, ctimeNsec: 0,
+      dev: 1, ino: Number(ino), size: 100, blocks: 1, atime: 0, mtime: 0, ctime: 0, atimeNsec: 0, mtimeNsec: 0, ctimeNsec: 0,
       mode: dir ? 0o40755 : 0o100644, nlink: 1, uid: 0, gid: 0, rdev: 0, blksize: 4096,
     };
   }

@@ -124,8 +124,10 @@ bench('share lookup', 20000, () => {
 });
 const held = share.lookup(root.val.node, name);
 if (!held.ok) throw new Error('big');
+// As the plugin passes them: u64s, BigInts.
+const [heldDev, heldIno] = [BigInt(held.val.attr.dev), BigInt(held.val.attr.ino)];
 bench('share lookup-known', 20000, () => {
-  const e = share.lookupKnown(root.val.node, name, held.val.node, held.val.attr.dev, held.val.attr.ino);
+  const e = share.lookupKnown(root.val.node, name, held.val.node, heldDev, heldIno);
   if (!e.ok || e.val.node !== 0n) throw new Error('share lookup-known: not the inode held');
 });
 bench('share getattr', 20000, () => {

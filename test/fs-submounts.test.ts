@@ -54,11 +54,13 @@ for (const inodeFileHandles of ['prefer', 'never'] as const) {
     const sub = root.ok ? s.lookup(root.val.node, Buffer.from('sub')) : root;
     if (!root.ok || !sub.ok) return t.fail('lookup');
     const { node, attr } = sub.val;
-    const known = s.lookupKnown(root.val.node, Buffer.from('sub'), node, attr.dev, attr.ino);
+    // As the plugin passes them: u64s, BigInts.
+    const [dev, ino] = [BigInt(attr.dev), BigInt(attr.ino)];
+    const known = s.lookupKnown(root.val.node, Buffer.from('sub'), node, dev, ino);
     t.true(known.ok && known.val.node === 0n, 'before the mount: the inode held');
     execFileSync('mount', ['--bind', join(dir, 'sub'), join(dir, 'sub')]);
     t.teardown(() => execFileSync('umount', [join(dir, 'sub')]));
-    const after = s.lookupKnown(root.val.node, Buffer.from('sub'), node, attr.dev, attr.ino);
+    const after = s.lookupKnown(root.val.node, Buffer.from('sub'), node, dev, ino);
     t.deepEqual(after.ok ? 'ok' : after.errno, E.EXDEV);
   });
 }

@@ -61,6 +61,48 @@ test('host imports are called straight, without jco\'s per-call task bookkeeping
   });
 });
 
+test('64-bit lowers take safe-integer numbers without a BigInt and write what jco writes for every value', async (t) => {
+  const fs = readFileSync(join(root, 'dist', 'plugins', 'fs.wasm'));
+  const prepared = await preparePlugin(fs, cacheDir);
+  t.false(/setBigInt64\([^;]*toU?[Ii]nt64\(/.test(prepared.glue.replace(/^const _vhSet64 = .*$/m, '')), 'every u64/s64 lower of the fs glue goes through _vhSet64');
+  // jco's shape, one u64 and one s64 lower, evaluated before and after the rewrite.
+  const jco = [
+    'function instantiate(memory0) {',
+    '  let dv = new DataView(new ArrayBuffer());',
+    '  const dataView = mem => dv.buffer === mem.buffer ? dv : dv = new DataView(mem.buffer);',
+    '  function toInt64(val) { const converted = BigInt(val)\n return BigInt.asIntN(64, converted); }',
+    '  function toUint64(val) { const converted = BigInt(val)\n return BigInt.asUintN(64, converted); }',
+    '  return (arg1, v1_0, v1_1) => {',
+    '    dataView(memory0).setBigInt64(arg1 + 0, toUint64(v1_0), true);',
+    '    dataView(memory0).setBigInt64(arg1 + 8, toInt64(v1_1), true);',
+    '  };',
+    '}',
+  ].join('\n');
+  const patched = patchGlue(jco);
+  t.is(patched.u64LowersRewritten, 2);
+  type Lower = (at: number, u: unknown, s: unknown) => void;
+  const make = (src: string): [Lower, Uint8Array] => {
+    const mem = { buffer: new ArrayBuffer(24) };
+    return [new Function(`${src}\nreturn instantiate;`)()(mem) as Lower, new Uint8Array(mem.buffer)];
+  };
+  const outcome = (src: string, at: number, u: unknown, s: unknown): string => {
+    const [lower, bytes] = make(src);
+    bytes.fill(0xaa);
+    try {
+      lower(at, u, s);
+      return Buffer.from(bytes).toString('hex');
+    } catch (e) {
+      return `${(e as Error).constructor.name} ${Buffer.from(bytes).toString('hex')}`;
+    }
+  };
+  const cases: [number, unknown, unknown][] = [
+    [0, 0, 0], [0, 1, -1], [0, 2 ** 32 - 1, 2 ** 32], [0, 2 ** 53 - 1, 1.7e9], [0, 2 ** 53, 2 ** 53 + 2], [0, -0, -0],
+    [0, -1, -(2 ** 53)], [0, 123n, -5n], [0, 2n ** 64n - 1n, 2n ** 63n], [0, 1.5, 0], [0, 0, NaN], [0, Infinity, 0],
+    [0, '7', 0], [12, 5, 0], [16, 5, 0], [20, 5, 0],
+  ];
+  for (const [at, u, s] of cases) t.is(outcome(patched.source, at, u, s), outcome(jco, at, u, s), `at ${at}: ${String(u)}, ${String(s)}`);
+});
+
 /** The literal reply bytes of each answer, in order. */
 function replies(actions: DeviceAction[]): Uint8Array[] {
   return actions.map((a) => (a.kind === 'answer' && a.answer.reply[0]?.kind === 'bytes' ? a.answer.reply[0].bytes : new Uint8Array(0)));

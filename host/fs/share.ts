@@ -40,14 +40,20 @@ import type { HandoffFile, LockHandoff } from './lock-handoff.ts';
 export const E = OS.errno;
 
 export type Errno = number;
+/**
+ * A node's attributes. The 64-bit fields (WIT u64/s64) are numbers, not BigInts: the native
+ * stat hands doubles (a value past 2^53 was never exact here, as a BigInt of it was not either),
+ * and the glue lowers a safe integer into plugin memory without a BigInt (host/plugin/glue.ts,
+ * `_vhSet64`). Seven BigInts were ~170 of a GETATTR's ~1.5 KB of fresh objects in the worker.
+ */
 export interface Attr {
-  dev: bigint;
-  ino: bigint;
-  size: bigint;
-  blocks: bigint;
-  atime: bigint;
-  mtime: bigint;
-  ctime: bigint;
+  dev: number;
+  ino: number;
+  size: number;
+  blocks: number;
+  atime: number;
+  mtime: number;
+  ctime: number;
   atimeNsec: number;
   mtimeNsec: number;
   ctimeNsec: number;
@@ -234,6 +240,15 @@ function sameBytes(a: Uint8Array, b: Uint8Array, n: number): boolean {
   if (a.length !== n) return false;
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/**
+ * Whether attribute `n` (a number: Attr) is the plugin's u64 `b`, exactly: a safe integer
+ * equals a BigInt only when the BigInt converts to it (nothing at or past 2^53 rounds below
+ * it); a larger number is compared as the BigInt it is.
+ */
+function sameU64(n: number, b: bigint): boolean {
+  return Number.isSafeInteger(n) ? Number(b) === n : BigInt(n) === b;
 }
 
 const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
@@ -703,21 +718,21 @@ export class FsShare {
   /** The Attr of fsStat's numbers in b. */
   private attrOf(b: Float64Array): Attr {
     return {
-      dev: BigInt(b[0]),
-      ino: BigInt(b[1]),
+      dev: b[0],
+      ino: b[1],
       mode: b[2],
       nlink: Math.min(b[3], 0xffffffff),
       uid: this.uids.toGuest(b[4]),
       gid: this.gids.toGuest(b[5]),
       rdev: b[6] > 0xffffffff ? 0 : b[6],
-      size: BigInt(b[7]),
+      size: b[7],
       blksize: b[8],
-      blocks: BigInt(b[9]),
-      atime: BigInt(b[10]),
+      blocks: b[9],
+      atime: b[10],
       atimeNsec: b[11],
-      mtime: BigInt(b[12]),
+      mtime: b[12],
       mtimeNsec: b[13],
-      ctime: BigInt(b[14]),
+      ctime: b[14],
       ctimeNsec: b[15],
     };
   }
@@ -750,7 +765,7 @@ export class FsShare {
     const fd = b[16];
     const fhLen = b[17];
     const attr = this.attrOf(b);
-    if (known && attr.ino === known.ino && attr.dev === known.dev) {
+    if (known && sameU64(attr.ino, known.ino) && sameU64(attr.dev, known.dev)) {
       const k = this.slot(known.node, 'node');
       if (k && (!k.fh || (fhLen > 0 && sameBytes(k.fh, this.fhBuf, fhLen)))) {
         if (fd >= 0) native.fsClose(fd);
@@ -806,7 +821,7 @@ export class FsShare {
     if (native.fsStatName(d, name, b, k.fh ? this.fhBuf : null) !== 0 || b[16] !== this.mountId) return undefined;
     if (k.fh && !(b[17] > 0 && sameBytes(k.fh, this.fhBuf, b[17]))) return undefined;
     const attr = this.attrOf(b);
-    return attr.ino === ino && attr.dev === dev ? ok({ node: 0n, attr }) : undefined;
+    return sameU64(attr.ino, ino) && sameU64(attr.dev, dev) ? ok({ node: 0n, attr }) : undefined;
   }
 
   /**

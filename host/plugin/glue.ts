@@ -40,6 +40,8 @@ const LOWER_BYTES =
 
 export interface PatchedGlue {
   source: string;
+  /** How many u64/s64 lowers take a safe-integer number without a BigInt (0: pattern not found, still correct). */
+  u64LowersRewritten: number;
   /** Host imports called straight, without jco's per-call task bookkeeping (see directImports). */
   importsDirect: number;
   /** The handle export's core call goes through the LiftGuard's `hot` hook (direct-handle.ts). */
@@ -52,6 +54,30 @@ export interface PatchedGlue {
   bytesCopiesRewritten: number;
   /** How many lifts out of plugin memory now go through the LiftGuard. */
   liftsGuarded: number;
+}
+
+// u64/s64 lowers. jco writes every 64-bit integer as `setBigInt64(p, toUint64(v))` (or
+// toInt64), where toUint64 is BigInt.asUintN(64, BigInt(v)): it takes a number too, but makes
+// a BigInt of it, and a host function must then hand BigInts or have them made. The fs share's
+// attributes (seven 64-bit fields per GETATTR, LOOKUP and READDIRPLUS entry) come from the
+// native stat as doubles: as BigInts they were ~170 B of a GETATTR's ~1.5 KB of fresh objects.
+// A non-negative safe-integer number is written as the two 32-bit halves of the same
+// little-endian value (the high one first, so an out-of-bounds pointer throws RangeError
+// before any byte is written, as setBigInt64 does); anything else goes jco's way unchanged.
+const SET_64 = /dataView\((memory\d+)\)\.setBigInt64\(([^;()]+), (toUint64|toInt64)\(([\w$]+)\), true\);/g;
+const SET_64_HELPER = [
+  '// vhost-wasm: 64-bit lowers of safe-integer numbers without a BigInt (host/plugin/glue.ts).',
+  'const _vhSet64 = (view, at, v, wide) => { if (typeof v === \'number\' && v >= 0 && Number.isSafeInteger(v)) { view.setUint32(at + 4, Math.floor(v / 4294967296), true); view.setUint32(at, v >>> 0, true); } else view.setBigInt64(at, wide(v), true); };',
+  '',
+].join('\n');
+
+function numberLowers(source: string): { source: string; rewritten: number } {
+  let rewritten = 0;
+  const out = source.replace(SET_64, (_m, mem: string, at: string, wide: string, v: string) => {
+    rewritten++;
+    return `_vhSet64(dataView(${mem}), ${at}, ${v}, ${wide});`;
+  });
+  return rewritten === 0 ? { source, rewritten } : { source: SET_64_HELPER + out, rewritten };
 }
 
 // Lifts: every read of a list or string out of plugin memory becomes a LiftGuard call
@@ -258,6 +284,8 @@ export function patchGlue(moduleSource: string): PatchedGlue {
       return `if (${val} instanceof Uint8Array) u8View(${mem}).set(${val}, ${ptr}); else { ${m} }`;
     });
   }
+  const lowers = numberLowers(source);
+  source = lowers.source;
   const lifts = guardLifts(source);
   source = lifts.source;
   const direct = hookHandle(source);
@@ -272,7 +300,7 @@ export function patchGlue(moduleSource: string): PatchedGlue {
   if (/^export /m.test(source) || /^import /m.test(source)) {
     throw new Error(`unexpected glue shape: ${exportsSeen} exports, imports present`);
   }
-  return { source, directHandle: direct.hooked, handleUntracked: handleExport.direct, importsDirect: imports.direct, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
+  return { source, u64LowersRewritten: lowers.rewritten, directHandle: direct.hooked, handleUntracked: handleExport.direct, importsDirect: imports.direct, debugHookRemoved, bytesCopiesRewritten, liftsGuarded: lifts.guarded };
 }
 
 export function evaluateGlue(patchedSource: string, filename: string, guard: LiftGuard): Instantiate {

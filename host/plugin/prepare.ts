@@ -15,7 +15,7 @@ import { createLogger, errorText } from '../log/logger.ts';
 export { defaultCacheDir } from './cache-dir.ts';
 
 /** Bump when what we store or how we patch changes, so old cache entries are ignored. */
-const CACHE_FORMAT = 10;
+const CACHE_FORMAT = 11;
 /** The host release whose glue patches wrote an entry (keep in step with package.json). */
 export { HOST_VERSION } from '../version.ts';
 import { HOST_VERSION } from '../version.ts';
