@@ -40,7 +40,9 @@ Options:
                          no copy through this tool; rfc-shm: EXPERIMENTAL, the 2023 RFC's
                          shared-memory chunks, both hosts need --experimental-rfc-state-shm)
   --state-pipe-size SIZE with --channel pipe or direct-pipe and pre-copy rounds: grow the
-                         state pipes to SIZE (default 1M; 0 leaves them at the kernel's 64 KiB)
+                         state pipes this tool makes to SIZE (default 1M; 0: this tool leaves
+                         them at the kernel's 64 KiB, but each host still grows the end it is
+                         given to its own --state-pipe-size)
   --precopy-rounds N     at most N pre-copy rounds of a memory disk while the rings still run
                          (default 5 when the source offers it: a vhost-wasm host with a memory
                          disk; 0: none). Rounds end early once one takes <= 20 ms or two in a

@@ -40,11 +40,20 @@ export const loopTurn = (): Promise<void> => new Promise((resolve) => setImmedia
  * Exactly dst.length bytes from the non-blocking pipe `fd` into dst, each read checksummed
  * (CRC-32C) right after it landed. `wait` waits for the pipe to be readable; `ended(got)` is
  * the error for an end of stream after `got` bytes. Returns the CRC continued from `crc`.
- * An empty dst (an empty section or run) is a no-op returning `crc`: the pipe is not read, so
- * its next bytes stay for the next reader, and the stream's end, if it came, is reported by
- * the next read that wants bytes, never by this one.
+ * An empty dst (an empty section or run) is a no-op returning `crc`: the pipe is not read.
+ * Every TURN_BYTES it lets the event loop turn through `turn`, which must reject once the
+ * channel was closed meanwhile: a closed fd's number can be taken by the next accept or
+ * SCM_RIGHTS fd during that turn, and reading it would take another connection's bytes.
  */
-export async function readPipeCrc(fd: number, dst: Uint8Array, crc: number, wait: () => Promise<void>, ended: (got: number) => Error): Promise<number> {
+export async function readPipeCrc(
+  fd: number,
+  dst: Uint8Array,
+  crc: number,
+  wait: () => Promise<void>,
+  ended: (got: number) => Error,
+  turn: () => Promise<void>,
+  turnBytes = TURN_BYTES,
+): Promise<number> {
   // Not even a read(2) of 0 bytes: it returns 0, which is how the stream's end reads.
   if (dst.length === 0) return crc;
   let run = 0;
@@ -60,13 +69,16 @@ export async function readPipeCrc(fd: number, dst: Uint8Array, crc: number, wait
     crc = crc32c(piece.subarray(0, k), crc);
     got += k;
     run += k;
-    if (run >= TURN_BYTES) {
+    if (run >= turnBytes) {
       run = 0;
-      await loopTurn();
+      await turn();
     }
   }
   return crc;
 }
+
+/** A write to a state pipe whose reader is gone. */
+const READER_GONE = 'the reader closed its end of the state channel (EPIPE): the front-end, or over a direct pipe the destination host';
 
 export type ChannelKind = 'pipe' | 'file';
 
@@ -98,6 +110,7 @@ export function growPipe(fd: number, bytes = STATE_PIPE_SIZE): number | null {
 
 class Closable {
   protected closed = false;
+  private closeReason: Error | null = null;
   protected watcher: Watcher | null = null;
   protected waiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
 
@@ -120,6 +133,15 @@ class Closable {
     });
   }
 
+  /**
+   * One turn of the event loop, then a rejection if the channel was closed meanwhile (its fd
+   * number may already be someone else's): use it between reads or writes of the fd.
+   */
+  protected readonly turn = async (): Promise<void> => {
+    await loopTurn();
+    if (this.closed) throw this.closeReason ?? new Error('state channel closed');
+  };
+
   private stopWatching(): void {
     this.watcher?.close();
     this.watcher = null;
@@ -129,6 +151,7 @@ class Closable {
   close(reason: Error | null = null): void {
     if (this.closed) return;
     this.closed = true;
+    this.closeReason = reason;
     this.stopWatching();
     const w = this.waiter;
     this.waiter = null;
@@ -169,7 +192,7 @@ export class StateWriter extends Closable implements ByteSink {
         n = this.kind === 'file' ? native.pwrite(this.fd, part, this.offset) : native.write(this.fd, part);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EPIPE') throw new Error('the front-end closed its end of the state channel (EPIPE)');
+        if (code === 'EPIPE') throw new Error(READER_GONE);
         throw e;
       }
       if (n < 0) {
@@ -201,7 +224,7 @@ export class StateWriter extends Closable implements ByteSink {
       try {
         n = native.splice(from, offset + done, this.fd, -1, len - done);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EPIPE') throw new Error('the front-end closed its end of the state channel (EPIPE)');
+        if ((e as NodeJS.ErrnoException).code === 'EPIPE') throw new Error(READER_GONE);
         throw e;
       }
       if (n < 0) {
@@ -215,7 +238,7 @@ export class StateWriter extends Closable implements ByteSink {
         run += n;
         if (run >= TURN_BYTES) {
           run = 0;
-          await loopTurn();
+          await this.turn();
         }
       }
     }
@@ -261,7 +284,8 @@ export class StateReader extends Closable implements PipeSource {
   private slab = Buffer.alloc(0);
   private slabUsed = 0;
 
-  constructor(fd: number, private readonly chunkSize = 1 << 20, pipeBytes = STATE_PIPE_SIZE) {
+  /** `turnBytes`: see readPipeCrc (smaller in tests, to reach a turn with a pipe of normal size). */
+  constructor(fd: number, private readonly chunkSize = 1 << 20, pipeBytes = STATE_PIPE_SIZE, private readonly turnBytes = TURN_BYTES) {
     super(fd);
     this.kind = channelKind(fd);
     this.size = this.kind === 'file' ? native.fstat(fd).size : -1;
@@ -312,7 +336,7 @@ export class StateReader extends Closable implements PipeSource {
   async readCrc(dst: Uint8Array, crc: number): Promise<number> {
     if (this.kind !== 'pipe') throw new Error('readCrc: the state channel is not a pipe');
     if (this.closed) throw new Error('state channel closed');
-    const c = await readPipeCrc(this.fd, dst, crc, () => this.wait('r'), (got) => new Error(`truncated state: the stream ended ${dst.length - got} bytes before the end of a section`));
+    const c = await readPipeCrc(this.fd, dst, crc, () => this.wait('r'), (got) => new Error(`truncated state: the stream ended ${dst.length - got} bytes before the end of a section`), this.turn, this.turnBytes);
     this.offset += dst.length;
     return c;
   }

@@ -36,7 +36,7 @@ import { mapFdRange } from '../memory/fd-mapping.ts';
 import { DIRTY_BLOCK, type DirtyBlocks } from '../storage/dirty-blocks.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { SectionId, type PipeSource, type StateSection } from './section.ts';
-import { growPipe, readPipeCrc, STATE_PIPE_SIZE } from './channel.ts';
+import { growPipe, loopTurn, readPipeCrc, STATE_PIPE_SIZE } from './channel.ts';
 import { VhostWasmError } from '../errors.ts';
 
 export const PRECOPY_MAGIC = Buffer.from('VHWPRECP');
@@ -603,7 +603,7 @@ export class PrecopyLoadRound extends PipeRound {
       if (this.disk.resident) {
         // Pages made and mapped at start: read straight into them (see loadDiskFromPipe).
         for (const v of disk.views(off, len)) {
-          crc = await readPipeCrc(this.fd, v, crc, this.pipe.wait, (got) => new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${got} of ${v.length} bytes)`));
+          crc = await readPipeCrc(this.fd, v, crc, this.pipe.wait, (got) => new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${got} of ${v.length} bytes)`), loopTurn);
           this.bytes += v.length;
         }
         continue;

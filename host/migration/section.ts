@@ -39,8 +39,10 @@ export interface StateSection {
   /**
    * SAVE, optional: the section's bytes are [offset, offset + size) of the file `fd`, unchanging
    * until the transfer ends, so a pipe sink may splice them instead of read() calls; `crc` is
-   * the CRC-32C of the section's bytes [at, at + len) continued from a seed (asked window by
-   * window, in order, each just before that window is spliced). Null: not now.
+   * the CRC-32C of the section's bytes [at, at + len) continued from a seed (asked piece by
+   * piece, in order, while the pipe is full: after the piece was spliced, which is sound only
+   * because the bytes do not change until the transfer ends: the rings stay stopped until both
+   * CHECKs answer). Null: not now.
    */
   spliceSource?(): { fd: number; offset: number; crc(seed: number, at: number, len: number): number } | null;
   /**
