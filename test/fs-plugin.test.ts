@@ -978,11 +978,24 @@ test('overlayfs with xino (inode numbers past 2^63): the share and the guest get
   t.is(entryAttr(a).ino, inoOf('a'), 'LOOKUP');
   t.is(entryAttr(c.lookup(1, 'a')).ino, inoOf('a'), 'warm LOOKUP');
   t.is(getattrOf(c.req(OP.GETATTR, nodeOf(a), Buffer.alloc(16))).ino, inoOf('a'), 'GETATTR');
+  // 'a' and 'c' swapped on the host: the guest's warm LOOKUP of 'a' is c's inode, a new nodeid.
+  const [inoA, inoC] = [inoOf('a'), inoOf('c')];
+  renameSync(join(o.merged, 'a'), join(o.merged, 'tmp'));
+  renameSync(join(o.merged, 'c'), join(o.merged, 'a'));
+  renameSync(join(o.merged, 'tmp'), join(o.merged, 'c'));
+  t.deepEqual([inoOf('a'), inoOf('c')], [inoC, inoA], 'copied up, the numbers went with the files');
+  const swapped = c.lookup(1, 'a');
+  t.not(nodeOf(swapped), nodeOf(a), "the name 'a' is another inode now");
+  t.is(entryAttr(swapped).ino, inoC);
   const dir = c.lookup(1, 'dir');
   t.is(entryAttr(c.lookup(nodeOf(dir), 'x')).ino, inoOf('dir/x'), 'LOOKUP in a lower directory');
   for (const op of [OP.READDIR, OP.READDIRPLUS]) {
     const listed = listAll(c, 1n, op, 4096).entries.filter((e) => e.name.toString() !== '.' && e.name.toString() !== '..');
-    t.deepEqual(listed.map((e) => [e.name.toString(), e.ino]).sort(), ['a', 'c', 'dir'].map((n) => [n, inoOf(n)]), `${op === OP.READDIR ? 'READDIR' : 'READDIRPLUS'}: dirent inos`);
+    t.deepEqual(
+      listed.map((e) => [e.name.toString(), e.ino]).sort(),
+      ['a', 'c', 'dir'].map((n) => [n, inoOf(n)]),
+      `${op === OP.READDIR ? 'READDIR' : 'READDIRPLUS'}: dirent inos`,
+    );
     if (op === OP.READDIRPLUS) for (const e of listed) t.is(e.attrIno, inoOf(e.name.toString()), `READDIRPLUS ${e.name}: entry attr ino`);
   }
 });
