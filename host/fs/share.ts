@@ -1400,6 +1400,8 @@ export class FsShare {
 
   statfs(h: bigint): FsResult<FsStats> {
     return this.using(h, undefined, (fd) => {
+      // Doubles, left so: a block or inode count past 2^53 (an exabyte file system) rounded in
+      // its last bits misleads no df; exact bits as the stat's would buy nothing.
       const b = new Float64Array(8);
       const r = native.fsStatfs(fd, b);
       if (r < 0) return fail(-r);
