@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { FsShare, type FsResult } from '../host/fs/index.ts';
 import { E } from '../host/fs/share.ts';
 import { native } from '../host/native/index.ts';
+import { ENTRY_SLOTS, STAT_SLOTS } from '../host/native/fs-api.ts';
 import { ensureFdBudget } from '../host/resources/fd-budget.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1, type FrontendOptions } from '../host/frontend/driver.ts';
 import { assertBuilt, BIN, REPO } from './helpers/host-process.ts';
@@ -272,27 +273,27 @@ test('a handle record made on another filesystem is refused (EXDEV); forged reco
 
 test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as the calls they stand for; a mount fd made another mount is not taken for the old one', (t) => {
   const { a, b, rootA, mountA, rootB, mountB } = twoMounts(t);
-  const out = new Float64Array(18);
+  const out = new Float64Array(ENTRY_SLOTS);
   const fh = new Uint8Array(140);
   const heldBefore = ownFds();
 
   // With a record asked for: the stat, the record, and no fd left open.
   t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
   t.is(out[1], statSync(join(a.share, 'file')).ino);
-  t.is(out[16], -1, 'no fd kept');
+  t.is(out[STAT_SLOTS], -1, 'no fd kept');
   const want = new Uint8Array(140);
   const fd = native.fsLookup(rootA, enc('file'));
   const n = native.fsNameToHandle(fd, want);
   native.fsClose(fd);
-  t.is(out[17], n);
+  t.is(out[STAT_SLOTS + 1], n);
   t.deepEqual(fh.subarray(0, n), want.subarray(0, n), "fsNameToHandle's record");
   t.is(ownFds(), heldBefore);
   // Without: the O_PATH fd is kept, budgeted and owned (fsClose takes it back).
   t.is(native.fsLookupEntry(rootA, enc('sub'), out, null), 0);
-  t.is(out[17], 0);
-  t.true(out[16] >= 0);
+  t.is(out[STAT_SLOTS + 1], 0);
+  t.true(out[STAT_SLOTS] >= 0);
   t.is(out[2] & 0o170000, 0o040000);
-  t.is(native.fsClose(out[16]), 0);
+  t.is(native.fsClose(out[STAT_SLOTS]), 0);
   // Resolved as fsLookup: a symlink is itself, never followed; no "..", no path.
   t.is(native.fsLookupEntry(rootA, enc('link'), out, fh), 0);
   t.is(out[2] & 0o170000, 0o120000, 'the symlink itself');
@@ -301,16 +302,16 @@ test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as
   t.is(native.fsLookupEntry(rootA, enc('nope'), out, fh), -E.ENOENT);
   // fsStatName: the same stat and record without opening anything, and the mount id it is on.
   t.is(native.fsLookupEntry(rootA, enc('sub'), out, fh), 0);
-  const named = new Float64Array(18);
+  const named = new Float64Array(ENTRY_SLOTS);
   const fh2 = new Uint8Array(140);
   t.is(native.fsStatName(rootA, enc('sub'), named, fh2), 0);
-  t.deepEqual(named.subarray(0, 16), out.subarray(0, 16), "fsLookupEntry's stat");
-  t.is(named[16], native.fsMountId(rootA));
-  t.is(named[17], out[17]);
-  t.deepEqual(fh2.subarray(0, out[17]), fh.subarray(0, out[17]), "fsLookupEntry's record");
+  t.deepEqual(named.subarray(0, STAT_SLOTS), out.subarray(0, STAT_SLOTS), "fsLookupEntry's stat, its exact bits too");
+  t.is(named[STAT_SLOTS], native.fsMountId(rootA));
+  t.is(named[STAT_SLOTS + 1], out[STAT_SLOTS + 1]);
+  t.deepEqual(fh2.subarray(0, out[STAT_SLOTS + 1]), fh.subarray(0, out[STAT_SLOTS + 1]), "fsLookupEntry's record");
   t.is(native.fsStatName(rootA, enc('link'), named, null), 0);
   t.is(named[2] & 0o170000, 0o120000, 'the symlink itself');
-  t.is(named[17], 0, 'no record asked for');
+  t.is(named[STAT_SLOTS + 1], 0, 'no record asked for');
   t.is(native.fsStatName(rootA, enc('..'), named, fh2), -E.EINVAL);
   t.is(native.fsStatName(rootA, enc('sub/x'), named, fh2), -E.EINVAL);
   t.is(native.fsStatName(rootA, enc('nope'), named, fh2), -E.ENOENT);
@@ -318,10 +319,10 @@ test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as
 
   // fsStatByHandle: the record's inode, EXDEV for another mount's record, EINVAL for a bad one.
   t.is(native.fsLookupEntry(rootA, enc('file'), out, fh), 0);
-  const recA = Uint8Array.from(fh.subarray(0, out[17]));
+  const recA = Uint8Array.from(fh.subarray(0, out[STAT_SLOTS + 1]));
   t.is(native.fsLookupEntry(rootB, enc('file'), out, fh), 0);
-  const recB = Uint8Array.from(fh.subarray(0, out[17]));
-  const st = new Float64Array(16);
+  const recB = Uint8Array.from(fh.subarray(0, out[STAT_SLOTS + 1]));
+  const st = new Float64Array(STAT_SLOTS);
   t.is(native.fsStatByHandle(mountA, recA, st), 0);
   t.is(st[1], statSync(join(a.share, 'file')).ino);
   t.is(native.fsStatByHandle(mountA, recB, st), -E.EXDEV);
@@ -344,7 +345,7 @@ test('fsLookupEntry, fsStatName, fsStatByHandle and fsOpenFileByHandle answer as
   for (const name of ['fifo', 'sub', 'link']) {
     t.is(native.fsLookupEntry(rootA, enc(name), out, fh), 0);
     for (const acc of [0, 1, 2]) {
-      const r = native.fsOpenFileByHandle(mA, fh.subarray(0, out[17]), acc);
+      const r = native.fsOpenFileByHandle(mA, fh.subarray(0, out[STAT_SLOTS + 1]), acc);
       // The kernel's own answer for a directory opened to write (EISDIR) or a symlink (ELOOP) comes first.
       t.true([E.ENXIO, E.EISDIR, E.ELOOP].includes(-r), `${name}, access ${acc}: ${r}`);
       if (name === 'fifo') t.is(r, -E.ENXIO);

@@ -201,6 +201,20 @@ test('the locks are the host\'s: a host process and the guest see each other\'s'
   t.is(g.setlk(other, 9n, 0n, END, F_RDLCK, 100, true), 0);
 });
 
+test("GETLK names a host process's lock past 2^53 exactly (issue 12: the kernel's answer was a double)", async (t) => {
+  const { g, dir } = await setup(t);
+  const fh = g.open('f');
+  // 2^53 + 1 and 2^60 + 3: the first of each a double rounds.
+  const start = 2n ** 53n + 1n;
+  const len = 2n ** 60n + 3n;
+  const stop = await hostLock(join(dir, 'f'), 'lockf', { start, len });
+  try {
+    t.like(g.getlk(fh, 1n, 0n, END, F_RDLCK), { type: F_WRLCK, start, end: start + len - 1n });
+  } finally {
+    await stop();
+  }
+});
+
 test('a SETLKW that must wait is held, other requests go on, and it is answered once the lock is free', async (t) => {
   const { g } = await setup(t);
   const a = g.open('f');

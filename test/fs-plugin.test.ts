@@ -14,6 +14,7 @@ import { loadPlugin, PluginError, type PluginDevice } from '../host/plugin/index
 import { runRequest } from './helpers/plugin-requests.ts';
 import { direntplus } from './helpers/fuse.ts';
 import { fillInodes, mountSmallExt4 } from './helpers/small-ext4.ts';
+import { mountXinoOverlay } from './helpers/xino-overlay.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-plugin-test-'));
@@ -887,4 +888,114 @@ test('READDIR after entries were removed between requests lists every other entr
   const dh = c.req(OP.OPENDIR, node, new W().u32(0).u32(0).done()).body.readBigUInt64LE(0);
   t.is(c.read(dh, 0, 16, OP.READDIR).error, ERR.EINVAL);
   t.is(c.read(dh, 0, 4096, OP.READDIR).error, 0, 'the same position with room: entries');
+});
+
+// ---- 64-bit attributes past 2^53 (issue 12): exact on the share and as the guest sees them ----
+
+const enc = (s: string) => Buffer.from(s);
+function ok<T>(r: import('../host/fs/index.ts').FsResult<T>): T {
+  if (!r.ok) throw new Error(`errno ${r.errno}`);
+  return r.val;
+}
+/** fuse_attr's u64s in a LOOKUP/CREATE reply (fuse_entry_out) and a GETATTR reply (fuse_attr_out). */
+const entryAttr = (r: Reply) => ({ ino: r.body.readBigUInt64LE(40), size: r.body.readBigUInt64LE(48), mtime: r.body.readBigInt64LE(72) });
+const getattrOf = (r: Reply) => ({ ino: r.body.readBigUInt64LE(16), size: r.body.readBigUInt64LE(24), mtime: r.body.readBigInt64LE(48) });
+
+test('sparse files past 2^53 bytes (tmpfs): the share and the guest get the exact size and mtime in LOOKUP, warm LOOKUP, GETATTR and READDIRPLUS', async (t) => {
+  const { c, dir, share } = await setup(t, false, '/dev/shm');
+  c.init();
+  mkdirSync(join(dir, 'd'));
+  // 2^53 + 1 is the first size a double rounds (to 2^53); 2^63 - 1 the largest tmpfs allows.
+  const sizes: Record<string, bigint> = { odd: 2n ** 53n + 1n, max: 2n ** 63n - 1n, small: 6n };
+  for (const [n, s] of Object.entries(sizes)) execFileSync('truncate', ['-s', String(s), join(dir, 'd', n)]);
+  const mtime = 2n ** 53n + 1n;
+  execFileSync('touch', ['-m', '-d', `@${mtime}`, join(dir, 'd', 'odd')]);
+  // (stat(1): node's BigIntStats makes its times of doubles.)
+  t.is(execFileSync('stat', ['-c', '%Y', join(dir, 'd', 'odd')]).toString().trim(), String(mtime), 'tmpfs keeps the mtime');
+
+  // The share: bigints exactly where a number would have been rounded, numbers elsewhere.
+  const d = ok(share.lookup(ok(share.root()).node, enc('d'))).node;
+  for (const [n, size] of Object.entries(sizes)) {
+    const e = ok(share.lookup(d, enc(n)));
+    t.is(e.attr.size, size < 2n ** 53n ? Number(size) : size, `${n}: lookup`);
+    t.is(ok(share.getattr(e.node)).size, e.attr.size, `${n}: getattr`);
+    const known = ok(share.lookupKnown(d, enc(n), e.node, BigInt(e.attr.dev), BigInt(e.attr.ino)));
+    t.is(known.node, 0n, `${n}: still the inode held`);
+    t.is(known.attr.size, e.attr.size, `${n}: lookup-known`);
+  }
+  t.is(ok(share.lookup(d, enc('odd'))).attr.mtime, mtime);
+  t.is(typeof ok(share.lookup(d, enc('small'))).attr.mtime, 'number', 'an ordinary time stays a number');
+  // FUSE_LSEEK past 2^53: SEEK_DATA (3) finds data written at 2^60 + 4096.
+  const far = 2n ** 60n + 4096n;
+  execFileSync('dd', ['if=/dev/zero', `of=${join(dir, 'd', 'data')}`, 'bs=4096', `seek=${far / 4096n}`, 'count=1', 'status=none']);
+  const fh = ok(share.open(ok(share.lookup(d, enc('data'))).node, 0));
+  t.is(ok(share.lseek(fh, 0n, 3)), far);
+
+  // The guest: every reply that carries a fuse_attr.
+  const dn = nodeOf(c.lookup(1, 'd'));
+  for (const [n, size] of Object.entries(sizes)) {
+    const cold = c.lookup(dn, n);
+    t.is(cold.error, 0);
+    t.is(entryAttr(cold).size, size, `${n}: LOOKUP`);
+    t.is(entryAttr(c.lookup(dn, n)).size, size, `${n}: warm LOOKUP`);
+    t.is(getattrOf(c.req(OP.GETATTR, nodeOf(cold), Buffer.alloc(16))).size, size, `${n}: GETATTR`);
+  }
+  t.is(entryAttr(c.lookup(dn, 'odd')).mtime, mtime, 'LOOKUP mtime');
+  const listed = listAll(c, dn, OP.READDIRPLUS, 4096).entries;
+  for (const [n, size] of Object.entries(sizes)) t.is(listed.find((e) => e.name.toString() === n)?.size, size, `${n}: READDIRPLUS`);
+});
+
+test('overlayfs with xino (inode numbers past 2^63): the share and the guest get them exact, and two lower files are never taken for one inode', async (t) => {
+  const files = { a: 'a', c: 'c', 'dir/x': 'x' };
+  const o = mountXinoOverlay(files);
+  t.teardown(() => o.unmount());
+  // (node's BigIntStats hands ino as a signed 64-bit integer.)
+  const inoOf = (p: string) => BigInt.asUintN(64, statSync(join(o.merged, p), { bigint: true }).ino);
+  t.true(inoOf('a') > 2n ** 63n, `xino in effect: the lower layer's numbers carry it (a: ${inoOf('a')})`);
+  // Before: both were the double 2^63; a held 'a' compared equal to whatever 'c' is.
+  t.is(Number(inoOf('a')), Number(inoOf('c')), 'two inode numbers a double cannot tell apart');
+
+  for (const inodeFileHandles of ['never', 'prefer'] as const) {
+    const share = new FsShare(o.merged, { inodeFileHandles });
+    t.teardown(() => share.close());
+    const root = ok(share.root()).node;
+    const a = ok(share.lookup(root, enc('a')));
+    t.is(a.attr.ino, inoOf('a'), `${inodeFileHandles}: lookup`);
+    t.is(ok(share.getattr(a.node)).ino, inoOf('a'), `${inodeFileHandles}: getattr`);
+    const dev = BigInt(a.attr.dev);
+    t.is(ok(share.lookupKnown(root, enc('a'), a.node, dev, inoOf('a'))).node, 0n, `${inodeFileHandles}: 'a' is still the inode held`);
+    // The plugin believes 'c' is 'a' (a rename on the host swapped them): 'c' is another inode.
+    const c = ok(share.lookupKnown(root, enc('c'), a.node, dev, inoOf('a')));
+    t.not(c.node, 0n, `${inodeFileHandles}: 'c' is not taken for 'a'`);
+    t.is(c.attr.ino, inoOf('c'));
+  }
+
+  const share = new FsShare(o.merged, {});
+  t.teardown(() => share.close());
+  const { dev, c } = await loadOn(share);
+  c.init();
+  const a = c.lookup(1, 'a');
+  t.is(entryAttr(a).ino, inoOf('a'), 'LOOKUP');
+  t.is(entryAttr(c.lookup(1, 'a')).ino, inoOf('a'), 'warm LOOKUP');
+  t.is(getattrOf(c.req(OP.GETATTR, nodeOf(a), Buffer.alloc(16))).ino, inoOf('a'), 'GETATTR');
+  // 'a' and 'c' swapped on the host: the guest's warm LOOKUP of 'a' is c's inode, a new nodeid.
+  const [inoA, inoC] = [inoOf('a'), inoOf('c')];
+  renameSync(join(o.merged, 'a'), join(o.merged, 'tmp'));
+  renameSync(join(o.merged, 'c'), join(o.merged, 'a'));
+  renameSync(join(o.merged, 'tmp'), join(o.merged, 'c'));
+  t.deepEqual([inoOf('a'), inoOf('c')], [inoC, inoA], 'copied up, the numbers went with the files');
+  const swapped = c.lookup(1, 'a');
+  t.not(nodeOf(swapped), nodeOf(a), "the name 'a' is another inode now");
+  t.is(entryAttr(swapped).ino, inoC);
+  const dir = c.lookup(1, 'dir');
+  t.is(entryAttr(c.lookup(nodeOf(dir), 'x')).ino, inoOf('dir/x'), 'LOOKUP in a lower directory');
+  for (const op of [OP.READDIR, OP.READDIRPLUS]) {
+    const listed = listAll(c, 1n, op, 4096).entries.filter((e) => e.name.toString() !== '.' && e.name.toString() !== '..');
+    t.deepEqual(
+      listed.map((e) => [e.name.toString(), e.ino]).sort(),
+      ['a', 'c', 'dir'].map((n) => [n, inoOf(n)]),
+      `${op === OP.READDIR ? 'READDIR' : 'READDIRPLUS'}: dirent inos`,
+    );
+    if (op === OP.READDIRPLUS) for (const e of listed) t.is(e.attrIno, inoOf(e.name.toString()), `READDIRPLUS ${e.name}: entry attr ino`);
+  }
 });

@@ -7,6 +7,7 @@ import { BackingError } from '../storage/backing.ts';
 import type { IoBacking } from '../io/backing-table.ts';
 import type { UringTarget } from '../io/uring-executor.ts';
 import { native } from '../native/index.ts';
+import { STAT_SLOTS } from '../native/fs-api.ts';
 import { coalesceViews } from '../io/coalesce-views.ts';
 import { constants as os } from 'node:os';
 
@@ -82,7 +83,7 @@ function vectored(
 }
 
 export function fileIoBacking(fd0: number, readOnly: boolean, describe: string): FsFileIo {
-  const stat = new Float64Array(16);
+  const stat = new Float64Array(STAT_SLOTS);
   let fd = fd0;
   let pins = 0;
   let writePins = 0;
@@ -135,6 +136,8 @@ export function fileIoBacking(fd0: number, readOnly: boolean, describe: string):
       fd = -1;
       closer = null;
     },
+    // A number, rounded past 2^53: a growable backing is never addressed that far (answer-check.ts,
+    // MAX_FILE_OFFSET), so a rounded size still says "past anything addressable".
     get size(): number {
       const r = native.fsStat(fd, stat);
       return r < 0 ? 0 : stat[7];

@@ -119,7 +119,8 @@ export class FsLocks {
   private readonly waits = new Map<bigint, Wait>();
   /** Open files with a flock taken through them (only to say a session holds locks: heldLocks). */
   private readonly flocked = new Set<bigint>();
-  private readonly out = new Float64Array(4);
+  /** fsLock's answer: type, start, len, pid as the kernel's 64-bit integers (another process's lock may lie past 2^53). */
+  private readonly out = new BigInt64Array(4);
   private waker: ((token: bigint) => void) | null = null;
   /** A ring is stopping: no new wait starts (ENOLCK instead). */
   private stopping = false;
@@ -144,10 +145,10 @@ export class FsLocks {
     // (which holds no record locks) every owner's do.
     const r = native.fsLock(mine?.fd ?? fd, 0, lock.kind, span[0], span[1], this.out);
     if (r < 0) return { ok: false, errno: -r };
-    const kind = this.out[0];
+    const kind = Number(this.out[0]);
     if (kind === F_UNLCK) return { ok: true, val: { ...lock, kind: F_UNLCK, pid: 0 } };
-    const start = BigInt(this.out[1]);
-    const end = this.out[2] === 0 ? LOCK_END_MAX : start + BigInt(this.out[2]) - 1n;
+    const start = this.out[1];
+    const end = this.out[2] === 0n ? LOCK_END_MAX : start + this.out[2] - 1n;
     return { ok: true, val: { start, end, kind, pid: this.pidOf(inode, owner, start, end) } };
   }
 

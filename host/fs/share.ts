@@ -25,6 +25,7 @@
 // when it runs short.
 import { constants as OS } from 'node:os';
 import { native } from '../native/index.ts';
+import { ENTRY_SLOTS, STAT_BITS, STAT_SLOTS } from '../native/fs-api.ts';
 import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
@@ -41,19 +42,26 @@ export const E = OS.errno;
 
 export type Errno = number;
 /**
- * A node's attributes. The 64-bit fields (WIT u64/s64) are numbers, not BigInts: the native
- * stat hands doubles (a value past 2^53 was never exact here, as a BigInt of it was not either),
- * and the glue lowers a safe integer into plugin memory without a BigInt (host/plugin/glue.ts,
- * `_vhSet64`). Seven BigInts were ~170 of a GETATTR's ~1.5 KB of fresh objects in the worker.
+ * A WIT u64/s64 attribute: a number when it is a safe integer (nearly always), a bigint past
+ * that (an overlayfs xino inode number, a sparse file past 2^53 bytes). The glue lowers both
+ * (host/plugin/glue.ts, `_vhSet64`: a safe integer without making a BigInt; jco's own
+ * BigInt path for the rest). Code doing arithmetic on one must handle both.
+ */
+export type Wide = number | bigint;
+/**
+ * A node's attributes. The 64-bit fields are numbers, not BigInts, whenever they are safe
+ * integers: seven BigInts were ~170 of a GETATTR's ~1.5 KB of fresh objects in the worker.
+ * Past 2^53 they are exact bigints (the native stat's exact bits, attrOf). dev stays a number:
+ * the kernel's dev_t is 32 bits.
  */
 export interface Attr {
   dev: number;
-  ino: number;
-  size: number;
-  blocks: number;
-  atime: number;
-  mtime: number;
-  ctime: number;
+  ino: Wide;
+  size: Wide;
+  blocks: Wide;
+  atime: Wide;
+  mtime: Wide;
+  ctime: Wide;
   atimeNsec: number;
   mtimeNsec: number;
   ctimeNsec: number;
@@ -243,13 +251,17 @@ function sameBytes(a: Uint8Array, b: Uint8Array, n: number): boolean {
 }
 
 /**
- * Whether attribute `n` (a number: Attr) is the plugin's u64 `b`, exactly: a safe integer
- * equals a BigInt only when the BigInt converts to it (nothing at or past 2^53 rounds below
- * it); a larger number is compared as the BigInt it is.
+ * Whether attribute `n` (Attr's: a safe-integer number, or the exact bigint past that) is the
+ * plugin's u64 `b`. A safe integer equals a BigInt only when the BigInt converts to it (nothing
+ * at or past 2^53 rounds below it). A number that is no safe integer was rounded somewhere: it
+ * is the same as nothing (the caller then looks the name up afresh).
  */
-function sameU64(n: number, b: bigint): boolean {
-  return Number.isSafeInteger(n) ? Number(b) === n : BigInt(n) === b;
+function sameU64(n: Wide, b: bigint): boolean {
+  return typeof n === 'bigint' ? n === b : Number.isSafeInteger(n) && Number(b) === n;
 }
+
+/** 2^53: a u64/s64 the native stat converted to a double is exact when its magnitude is below this. */
+const EXACT = 2 ** 53;
 
 const ok = <T>(val: T): FsResult<T> => ({ ok: true, val });
 const fail = (errno: Errno): FsResult<never> => ({ ok: false, errno });
@@ -294,8 +306,11 @@ export class FsShare {
   private readonly deferredClose: number[] = [];
   private nextId = 1;
   private readonly maxHandles: number;
-  /** fsStat's 16 numbers; fsLookupEntry adds the fd it kept and the record's length. */
-  private readonly statBuf = new Float64Array(18);
+  /** A native stat (STAT_SLOTS); fsLookupEntry adds the fd it kept and the record's length. */
+  private readonly statBuf = new Float64Array(ENTRY_SLOTS);
+  /** The same slots as 64-bit integers: the exact values of fields past 2^53 (attrOf). */
+  private readonly statU64 = new BigUint64Array(this.statBuf.buffer);
+  private readonly statS64 = new BigInt64Array(this.statBuf.buffer);
   /** getdents64 records, read into and parsed out of before each readdir returns. */
   private readonly direntBuf = Buffer.from(new ArrayBuffer(DIRENT_BUF));
   /** The same bytes as 32-bit words (records are 8-aligned): inos and positions copied without BigInts. */
@@ -712,27 +727,34 @@ export class FsShare {
 
   private stat(fd: number): FsResult<Attr> {
     const r = native.fsStat(fd, this.statBuf);
-    return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+    return r < 0 ? fail(-r) : ok(this.attrOf());
   }
 
-  /** The Attr of fsStat's numbers in b. */
-  private attrOf(b: Float64Array): Attr {
+  /**
+   * The Attr of the native stat in statBuf. A u64/s64 field is its double when that is below
+   * 2^53 in magnitude (exact: the common case costs a comparison), else the exact bits the
+   * native side stored beside it (STAT_BITS) as a bigint.
+   */
+  private attrOf(): Attr {
+    const b = this.statBuf;
+    const u = this.statU64;
+    const i = this.statS64;
     return {
       dev: b[0],
-      ino: b[1],
+      ino: b[1] < EXACT ? b[1] : u[STAT_BITS],
       mode: b[2],
       nlink: Math.min(b[3], 0xffffffff),
       uid: this.uids.toGuest(b[4]),
       gid: this.gids.toGuest(b[5]),
       rdev: b[6] > 0xffffffff ? 0 : b[6],
-      size: b[7],
+      size: b[7] < EXACT ? b[7] : u[STAT_BITS + 1],
       blksize: b[8],
-      blocks: b[9],
-      atime: b[10],
+      blocks: b[9] < EXACT ? b[9] : u[STAT_BITS + 2],
+      atime: b[10] < EXACT && b[10] > -EXACT ? b[10] : i[STAT_BITS + 3],
       atimeNsec: b[11],
-      mtime: b[12],
+      mtime: b[12] < EXACT && b[12] > -EXACT ? b[12] : i[STAT_BITS + 4],
       mtimeNsec: b[13],
-      ctime: b[14],
+      ctime: b[14] < EXACT && b[14] > -EXACT ? b[14] : i[STAT_BITS + 5],
       ctimeNsec: b[15],
     };
   }
@@ -762,9 +784,9 @@ export class FsShare {
     const b = this.statBuf;
     const r = this.budgeted(native.fsLookupEntry(dirFd, name, b, this.nodesBy === 'handles' ? this.fhBuf : null));
     if (r < 0) return fail(-r);
-    const fd = b[16];
-    const fhLen = b[17];
-    const attr = this.attrOf(b);
+    const fd = b[STAT_SLOTS];
+    const fhLen = b[STAT_SLOTS + 1];
+    const attr = this.attrOf();
     if (known && sameU64(attr.ino, known.ino) && sameU64(attr.dev, known.dev)) {
       const k = this.slot(known.node, 'node');
       if (k && (!k.fh || (fhLen > 0 && sameBytes(k.fh, this.fhBuf, fhLen)))) {
@@ -818,9 +840,10 @@ export class FsShare {
     const k = this.slot(known, 'node');
     if (!k) return undefined;
     const b = this.statBuf;
-    if (native.fsStatName(d, name, b, k.fh ? this.fhBuf : null) !== 0 || b[16] !== this.mountId) return undefined;
-    if (k.fh && !(b[17] > 0 && sameBytes(k.fh, this.fhBuf, b[17]))) return undefined;
-    const attr = this.attrOf(b);
+    if (native.fsStatName(d, name, b, k.fh ? this.fhBuf : null) !== 0 || b[STAT_SLOTS] !== this.mountId) return undefined;
+    const fhLen = b[STAT_SLOTS + 1];
+    if (k.fh && !(fhLen > 0 && sameBytes(k.fh, this.fhBuf, fhLen))) return undefined;
+    const attr = this.attrOf();
     return sameU64(attr.ino, ino) && sameU64(attr.dev, dev) ? ok({ node: 0n, attr }) : undefined;
   }
 
@@ -874,7 +897,7 @@ export class FsShare {
     // A node held by handle (not a cached directory): opened, stat'ed and closed in one call.
     if (s.fd < 0 && !s.dir) {
       const r = this.budgeted(native.fsStatByHandle(this.mountFd, s.fh!, this.statBuf));
-      return r < 0 ? fail(-r) : ok(this.attrOf(this.statBuf));
+      return r < 0 ? fail(-r) : ok(this.attrOf());
     }
     return this.using(h, undefined, (fd) => this.stat(fd));
   }
@@ -1267,7 +1290,7 @@ export class FsShare {
     const max = BigInt(Number.MAX_SAFE_INTEGER);
     if (offset > max || offset < -max) return fail(E.EINVAL);
     const r = native.fsLseek(f, Number(offset), whence);
-    return r < 0 ? fail(-r) : ok(BigInt(r));
+    return typeof r === 'bigint' ? ok(r) : r < 0 ? fail(-r) : ok(BigInt(r));
   }
 
   /** copy_file_range(2) between two open files of the share: the bytes copied (at most 1 GiB a call). */
@@ -1377,6 +1400,8 @@ export class FsShare {
 
   statfs(h: bigint): FsResult<FsStats> {
     return this.using(h, undefined, (fd) => {
+      // Doubles, left so: a block or inode count past 2^53 (an exabyte file system) rounded in
+      // its last bits misleads no df; exact bits as the stat's would buy nothing.
       const b = new Float64Array(8);
       const r = native.fsStatfs(fd, b);
       if (r < 0) return fail(-r);

@@ -7,6 +7,18 @@
 // Errors: these return a result >= 0 or -errno (failures are the normal case for a file server),
 // except fdBudget*, which throw like the rest of the addon.
 
+/**
+ * A stat's slots in the Float64Array fsStat, fsStatByHandle, fsLookupEntry and fsStatName fill
+ * (host/native/src/fs_env.h, FS_STAT_N): dev ino mode nlink uid gid rdev size blksize blocks atime
+ * atimeNsec mtime mtimeNsec ctime ctimeNsec as numbers, then from STAT_BITS the exact 64 bits of
+ * ino, size, blocks (u64) and atime, mtime, ctime (s64), read through a BigUint64Array or
+ * BigInt64Array of the same buffer only when the number is not a safe integer (it was rounded).
+ */
+export const STAT_SLOTS = 22;
+export const STAT_BITS = 16;
+/** fsLookupEntry's and fsStatName's out: a stat, then two more at STAT_SLOTS and STAT_SLOTS + 1. */
+export const ENTRY_SLOTS = STAT_SLOTS + 2;
+
 export interface NativeFs {
   // Every fd fsOpenRoot/fsLookup/fsReopen/fsPathOf/fsCreate return is taken from the
   // process-wide fd budget first (-ENFILE when it is spent) and owned by the calling thread
@@ -15,18 +27,18 @@ export interface NativeFs {
   fsOpenRoot(path: string): number;
   /** O_PATH|O_NOFOLLOW fd of `name` in dirfd (RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS|NO_XDEV). */
   fsLookup(dirfd: number, name: Uint8Array): number;
-  /** dev ino mode nlink uid gid rdev size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec. */
+  /** A stat into out (STAT_SLOTS, aligned; RangeError naming the length otherwise). */
   fsStat(fd: number, out: Float64Array): number;
   /**
    * fsLookup + fsStat + fsNameToHandle (+ fsClose) in one call: 0 | -errno (the lookup or the
-   * stat failed; nothing held). out (18): fsStat's 16, then the O_PATH fd kept (budgeted and
+   * stat failed; nothing held). out (ENTRY_SLOTS): fsStat's, then the O_PATH fd kept (budgeted and
    * owned as fsLookup's) or -1, then the record's length in fh (the fd was closed), -errno when
    * name_to_handle_at failed (the fd is kept), or 0 for fh null (no handle asked; fd kept).
    */
   fsLookupEntry(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
   /**
-   * Entry `name` of dirfd without opening it (nothing budgeted): 0 | -errno. out (18): fsStat's
-   * 16 (no symlink followed), the mount id it is on, its record's length in fh (or -errno; 0 for
+   * Entry `name` of dirfd without opening it (nothing budgeted): 0 | -errno. out (ENTRY_SLOTS): fsStat's
+   * (no symlink followed), the mount id it is on, its record's length in fh (or -errno; 0 for
    * fh null). The stat is made before the record: see host/native/src/fs.c for what a match proves.
    */
   fsStatName(dirfd: number, name: Uint8Array, out: Float64Array, fh: Uint8Array | null): number;
@@ -69,9 +81,10 @@ export interface NativeFs {
   fsStatfs(fd: number, out: Float64Array): number;
   fsFsync(fd: number, datasync: boolean): number;
   fsFallocate(fd: number, mode: number, offset: number, len: number): number;
-  fsLseek(fd: number, offset: number, whence: number): number;
-  /** OFD record lock: set 0 = F_OFD_GETLK (out: type, start, len, pid), 1 = F_OFD_SETLK; type F_RDLCK 0 / F_WRLCK 1 / F_UNLCK 2; len 0 = to EOF. */
-  fsLock(fd: number, set: number, type: number, start: number, len: number, out: Float64Array): number;
+  /** The new offset (a bigint past 2^53 - 1: SEEK_HOLE at the end of a huge sparse file) | -errno. */
+  fsLseek(fd: number, offset: number, whence: number): number | bigint;
+  /** OFD record lock: set 0 = F_OFD_GETLK (out, as 64-bit integers: type, start, len, pid), 1 = F_OFD_SETLK; type F_RDLCK 0 / F_WRLCK 1 / F_UNLCK 2; len 0 = to EOF. */
+  fsLock(fd: number, set: number, type: number, start: number, len: number, out: BigInt64Array): number;
   /** flock(2) with LOCK_NB: op LOCK_SH 1, LOCK_EX 2, LOCK_UN 8. */
   fsFlock(fd: number, op: number): number;
   /** copy_file_range(2) with explicit offsets: bytes copied (at most 1 GiB) or -errno. */
@@ -94,7 +107,7 @@ export interface NativeFs {
   fsNameToHandle(fd: number, out: Uint8Array): number;
   /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted), EXDEV (made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
   fsOpenByHandle(mountFd: number, record: Uint8Array): number;
-  /** fsStat (out: 16) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
+  /** fsStat (out: STAT_SLOTS) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
   fsStatByHandle(mountFd: number, record: Uint8Array, out: Float64Array): number;
   /** An fd open for I/O (fsReopen's flags) on a record's inode known to be a regular file (ENXIO, closed, if it is not); budgeted and owned | -errno as fsOpenByHandle's. */
   fsOpenFileByHandle(mountFd: number, record: Uint8Array, flags: number): number;

@@ -132,7 +132,7 @@ static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
   return make_number(env, fd);
 }
 
-// fsStatByHandle(mountFd, record, out: Float64Array(16)) -> 0 | -errno: fsStat of the record's
+// fsStatByHandle(mountFd, record, out: Float64Array(FS_STAT_N)) -> 0 | -errno: fsStat of the record's
 // inode, which fsOpenByHandle + fsStat + fsClose did in three calls (a GETATTR of a node held by
 // handle). The fd it opens for the stat is budgeted (ENFILE when spent) and closed before it
 // returns; errors as fsOpenByHandle's.
@@ -142,7 +142,7 @@ static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
   void *rec;
   size_t len;
   double *o = NULL;
-  if (!handle_args(env, info, "fsStatByHandle", 3, argv, &mount_fd, &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", 16, &o))
+  if (!handle_args(env, info, "fsStatByHandle", 3, argv, &mount_fd, &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", FS_STAT_N, &o))
     return NULL;
   int r;
   if (!fs_take_budget(env, &r)) return NULL;

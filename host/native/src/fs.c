@@ -148,6 +148,12 @@ int fs_keep(fs_env *fe, int r) {
 
 static napi_value num(napi_env env, double d) { return make_number(env, d); }
 
+void fs_fill_bits(double *o, uint64_t ino, uint64_t size, uint64_t blocks, int64_t atime, int64_t mtime, int64_t ctime) {
+  // memcpy: the bits as they are into a double's slot (a store through a uint64_t * would alias).
+  uint64_t bits[FS_STAT_N - FS_STAT_BITS] = {ino, size, blocks, (uint64_t)atime, (uint64_t)mtime, (uint64_t)ctime};
+  memcpy(o + FS_STAT_BITS, bits, sizeof bits);
+}
+
 void fs_fill_stat(const struct stat *st, double *o) {
   o[0] = (double)st->st_dev, o[1] = (double)st->st_ino, o[2] = st->st_mode, o[3] = (double)st->st_nlink;
   o[4] = st->st_uid, o[5] = st->st_gid, o[6] = (double)st->st_rdev, o[7] = (double)st->st_size;
@@ -155,6 +161,7 @@ void fs_fill_stat(const struct stat *st, double *o) {
   o[10] = (double)st->st_atim.tv_sec, o[11] = (double)st->st_atim.tv_nsec;
   o[12] = (double)st->st_mtim.tv_sec, o[13] = (double)st->st_mtim.tv_nsec;
   o[14] = (double)st->st_ctim.tv_sec, o[15] = (double)st->st_ctim.tv_nsec;
+  fs_fill_bits(o, st->st_ino, (uint64_t)st->st_size, (uint64_t)st->st_blocks, st->st_atim.tv_sec, st->st_mtim.tv_sec, st->st_ctim.tv_sec);
 }
 static napi_value neg(napi_env env, int err) { return make_number(env, -(double)err); }
 
@@ -298,20 +305,14 @@ static napi_value fs_lookup(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
-// fsStat(fd, out: Float64Array(16)) -> 0 | -errno. Layout: dev ino mode nlink uid gid rdev
-// size blksize blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec.
+// fsStat(fd, out: Float64Array(FS_STAT_N)) -> 0 | -errno. Layout: fs_env.h's FS_STAT_N.
 static napi_value fs_stat(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd;
-  void *data;
-  size_t len;
+  double *data = NULL;
   if (!get_args(env, info, 2, 2, argv, NULL, "fsStat") || !arg_fd(env, argv[0], "fsStat", &fd) ||
-      !get_bytes(env, argv[1], "fsStat", "out", &data, &len))
+      !fs_stat_out(env, argv[1], "fsStat", FS_STAT_N, &data))
     return NULL;
-  if (len < 16 * sizeof(double) || ((uintptr_t)data & 7)) {
-    throw_range(env, "fsStat: out must be an aligned Float64Array of 16");
-    return NULL;
-  }
   struct stat st;
   int r = fstat_fd(fd, &st);
   if (r < 0) return neg(env, -r);
@@ -323,12 +324,13 @@ bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **
   void *data;
   size_t len;
   if (!get_bytes(env, v, fn, "out", &data, &len)) return false;
-  if (len < n * sizeof(double) || ((uintptr_t)data & 7)) return throw_range(env, "%s: out must be an aligned Float64Array of %zu", fn, n);
+  if (len < n * sizeof(double) || ((uintptr_t)data & 7))
+    return throw_range(env, "%s: out must be an aligned Float64Array of at least %zu (%zu bytes), not %zu bytes", fn, n, n * sizeof(double), len);
   *out = data;
   return true;
 }
 
-// The arguments fsLookupEntry and fsStatName share: (dirfd, name, out: Float64Array(18),
+// The arguments fsLookupEntry and fsStatName share: (dirfd, name, out: Float64Array(FS_ENTRY_N),
 // fh: Uint8Array(>= FS_FH_RECORD_MAX) | null). false: an exception is pending. Otherwise *r is 0,
 // or -errno for a name that is no single valid component (the call answers it).
 static bool entry_args(napi_env env, napi_callback_info info, const char *fn, int *dirfd, char *name, double **o, void **fh, int *r) {
@@ -337,7 +339,7 @@ static bool entry_args(napi_env env, napi_callback_info info, const char *fn, in
   napi_valuetype t;
   bool threw;
   *fh = NULL;
-  if (!get_args(env, info, 4, 4, argv, NULL, fn) || !arg_fd(env, argv[0], fn, dirfd) || !fs_stat_out(env, argv[2], fn, 18, o) ||
+  if (!get_args(env, info, 4, 4, argv, NULL, fn) || !arg_fd(env, argv[0], fn, dirfd) || !fs_stat_out(env, argv[2], fn, FS_ENTRY_N, o) ||
       napi_typeof(env, argv[3], &t) != napi_ok)
     return false;
   if (t != napi_null) {
@@ -348,11 +350,11 @@ static bool entry_args(napi_env env, napi_callback_info info, const char *fn, in
   return !threw;
 }
 
-// fsLookupEntry(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// fsLookupEntry(dirfd, name, out: Float64Array(FS_ENTRY_N), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
 // a LOOKUP's host side in one call, where fsLookup + fsStat + fsNameToHandle + fsClose took
 // four (each crossing into native code costs about as much as the syscall it makes). The
-// name resolves exactly as fsLookup's. out[0..15] as fsStat's; out[16] the O_PATH fd kept
-// (budgeted and owned as fsLookup's) or -1; out[17] the file-handle record's length in fh,
+// name resolves exactly as fsLookup's. out[0..FS_STAT_N) as fsStat's; out[FS_STAT_N] the O_PATH fd kept
+// (budgeted and owned as fsLookup's) or -1; out[FS_STAT_N + 1] the file-handle record's length in fh,
 // -errno when name_to_handle_at failed (the fd is then kept), 0 when fh is null (no handle
 // asked for: the fd is kept). With a record the fd is closed here: nothing pins the inode.
 static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
@@ -382,15 +384,15 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
     fd = -1;
   }
   if (r < 0) return neg(env, -r);
-  o[16] = fd;
-  o[17] = n;
+  o[FS_STAT_N] = fd;
+  o[FS_STAT_N + 1] = n;
   return num(env, 0);
 }
 
-// fsStatName(dirfd, name, out: Float64Array(18), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
-// entry `name` of dirfd as it is now, without opening it: out[0..15] as fsStat's (statx of the
-// entry itself: no symlink followed, no automount), out[16] the mount id it is on (a mount point
-// in the directory shows the mounted root: another id), out[17] its file-handle record's length
+// fsStatName(dirfd, name, out: Float64Array(FS_ENTRY_N), fh: Uint8Array(>= 140) | null) -> 0 | -errno:
+// entry `name` of dirfd as it is now, without opening it: out[0..FS_STAT_N) as fsStat's (statx of the
+// entry itself: no symlink followed, no automount), out[FS_STAT_N] the mount id it is on (a mount point
+// in the directory shows the mounted root: another id), out[FS_STAT_N + 1] its file-handle record's length
 // in fh (-errno when name_to_handle_at failed; 0 for fh null).
 //
 // For a warm LOOKUP: whether a name is still the inode the caller holds, in two syscalls where
@@ -418,8 +420,9 @@ static napi_value fs_stat_name(napi_env env, napi_callback_info info) {
   o[10] = (double)sx.stx_atime.tv_sec, o[11] = sx.stx_atime.tv_nsec;
   o[12] = (double)sx.stx_mtime.tv_sec, o[13] = sx.stx_mtime.tv_nsec;
   o[14] = (double)sx.stx_ctime.tv_sec, o[15] = sx.stx_ctime.tv_nsec;
-  o[16] = (double)sx.stx_mnt_id;
-  o[17] = fh ? fs_fh_record(dirfd, name, fh) : 0;
+  fs_fill_bits(o, sx.stx_ino, sx.stx_size, sx.stx_blocks, sx.stx_atime.tv_sec, sx.stx_mtime.tv_sec, sx.stx_ctime.tv_sec);
+  o[FS_STAT_N] = (double)sx.stx_mnt_id;
+  o[FS_STAT_N + 1] = fh ? fs_fh_record(dirfd, name, fh) : 0;
   return num(env, 0);
 }
 
@@ -898,7 +901,9 @@ static napi_value fs_fallocate(napi_env env, napi_callback_info info) {
   return fallocate(fd, (int)mode, off, len) < 0 ? neg(env, errno) : num(env, 0);
 }
 
-// fsLseek(fd, offset, whence) -> new offset | -errno (SEEK_DATA/SEEK_HOLE for FUSE_LSEEK).
+// fsLseek(fd, offset, whence) -> new offset | -errno (SEEK_DATA/SEEK_HOLE for FUSE_LSEEK). An
+// offset past 2^53 - 1 comes back as a bigint: SEEK_HOLE past a sparse file's last data answers
+// its size, which a double would round.
 static napi_value fs_lseek(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   int fd;
@@ -907,7 +912,14 @@ static napi_value fs_lseek(napi_env env, napi_callback_info info) {
       !arg_int(env, argv[1], "fsLseek", "offset", &off) || !arg_int(env, argv[2], "fsLseek", "whence", &whence))
     return NULL;
   off_t r = lseek(fd, off, (int)whence);
-  return r < 0 ? neg(env, errno) : num(env, (double)r);
+  if (r < 0) return neg(env, errno);
+  if (r <= (off_t)SAFE_INT_MAX) return num(env, (double)r);
+  napi_value big;
+  if (napi_create_bigint_int64(env, r, &big) != napi_ok) {
+    throw_napi(env, napi_generic_failure, "fsLseek");
+    return NULL;
+  }
+  return big;
 }
 
 // fsClose(fd) -> 0 | -EBADF: closes a share fd this thread's calls handed out and gives it
@@ -1009,8 +1021,9 @@ static napi_value fs_removexattr(napi_env env, napi_callback_info info) {
 // fsLock(fd, set, type, start, len, out) -> 0 | -errno: an open-file-description record lock
 // (F_OFD_GETLK when set is 0, F_OFD_SETLK otherwise; never F_OFD_SETLKW: a wait would block
 // the worker, host/fs/locks.ts retries instead). type: F_RDLCK 0, F_WRLCK 1, F_UNLCK 2;
-// len 0: to the end of any file. out (Float64Array of 4) gets what F_OFD_GETLK reports:
-// type, start, len, pid (-1 for an OFD lock).
+// len 0: to the end of any file. out (BigInt64Array of 4) gets what F_OFD_GETLK reports:
+// type, start, len, pid (-1 for an OFD lock). 64-bit integers, not doubles: a conflicting lock
+// another process took may start or run past 2^53.
 static napi_value fs_lock(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   int fd;
@@ -1022,17 +1035,17 @@ static napi_value fs_lock(napi_env env, napi_callback_info info) {
       !arg_int(env, argv[3], "fsLock", "start", &start) || !arg_int(env, argv[4], "fsLock", "len", &len) ||
       !get_bytes(env, argv[5], "fsLock", "out", &out, &outlen))
     return NULL;
-  if (outlen < 4 * sizeof(double)) {
-    throw_type(env, "fsLock: out must hold 4 doubles");
+  if (outlen < 4 * sizeof(int64_t) || ((uintptr_t)out & 7)) {
+    throw_range(env, "fsLock: out must be an aligned BigInt64Array of at least 4 (32 bytes), not %zu bytes", outlen);
     return NULL;
   }
   if ((type != F_RDLCK && type != F_WRLCK && type != F_UNLCK) || start < 0 || len < 0) return neg(env, EINVAL);
   struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = len, .l_pid = 0};
   if (fcntl(fd, set ? F_OFD_SETLK : F_OFD_GETLK, &fl) < 0) return neg(env, errno);
-  double *o = out;
+  int64_t *o = out;
   o[0] = fl.l_type;
-  o[1] = (double)fl.l_start;
-  o[2] = (double)fl.l_len;
+  o[1] = fl.l_start;
+  o[2] = fl.l_len;
   o[3] = fl.l_pid;
   return num(env, 0);
 }

@@ -23,9 +23,22 @@ fs_env *fs_env_of(napi_env env, napi_callback_info info);
 bool fs_take_budget(napi_env env, int *r);
 // After it: r (an fd) is owned by fe; on failure (r < 0) the budget taken is given back.
 int fs_keep(fs_env *fe, int r);
-// fsStat's 16 numbers of st into o.
+// A stat's slots in an out Float64Array: 16 numbers (dev ino mode nlink uid gid rdev size blksize
+// blocks atime atimeNsec mtime mtimeNsec ctime ctimeNsec), then the exact 64 bits of the fields a
+// double may round (FS_STAT_BITS on, as u64 or s64 in those 8 bytes): ino, size, blocks, atime,
+// mtime, ctime. A reader takes a number as it is when it is a safe integer and these bits only
+// when it is not (an overlayfs xino inode, a sparse file past 2^53 bytes). dev and rdev need no
+// bits: the kernel's dev_t is 32 bits (12 major, 20 minor), so their doubles are exact.
+#define FS_STAT_NUMBERS 16
+#define FS_STAT_BITS 16
+#define FS_STAT_N 22
+// fsLookupEntry's and fsStatName's out: a stat, then two more (see each).
+#define FS_ENTRY_N (FS_STAT_N + 2)
+// fsStat's FS_STAT_N slots of st into o.
 void fs_fill_stat(const struct stat *st, double *o);
-// v as an aligned Float64Array of at least n (false, exception pending, if it is not).
+// The exact-bits slots of a stat (o[FS_STAT_BITS..]).
+void fs_fill_bits(double *o, uint64_t ino, uint64_t size, uint64_t blocks, int64_t atime, int64_t mtime, int64_t ctime);
+// v as an aligned Float64Array of at least n slots (false, RangeError naming n pending, if it is not).
 bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out);
 // The mount id of fd (mount_of(fd)), remembered for an fd fe owns until fsClose closes it.
 int64_t fs_mount_id_of(fs_env *fe, int fd, int64_t (*mount_of)(int));
