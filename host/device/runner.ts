@@ -180,6 +180,8 @@ export interface RunnerHooks {
   net?: DeviceNet;
   /** --poll-max-ns: the longest the worker spins on its rings before it waits for a kick (0 or absent: never). */
   pollMaxNs?: number;
+  /** The device's mapped-reads stop cell (host/io/mapped-reads.ts), shared by its queue threads. */
+  mappedReadsStop?: SharedArrayBuffer;
 }
 
 /** Frames handed to the device in one handle() call; the rest wait for the next. */
@@ -388,7 +390,7 @@ export class DeviceRunner {
     // io_uring for files and block devices and a disk share's files, one copy for memory disks
     // (host/io/choose-executor.ts).
     // The meter is read at each copy: a warm-up's scratch meter counts its own (worker.ts warmUp).
-    const executor = chooseExecutor(table, this.log, this.countCopied).executor;
+    const executor = chooseExecutor(table, this.log, this.countCopied, this.hooks.mappedReadsStop).executor;
     // Answers are started after each device call: an index the call gives up stays until then.
     table.useRounds();
     const settle = executor.settle?.bind(executor);
