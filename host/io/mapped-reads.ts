@@ -17,15 +17,14 @@
 //   read (a plain load: no system call, no atomic read-modify-write). A read through another
 //   thread that already passed that load while the hole is punched, of the very range, can
 //   still fault a page of it back in: the guest raced its own discard.
-// - A file made shorter behind our back raises SIGBUS on the pages past its new end. The
-//   addon's guard (host/native/src/mapping.c) maps zero pages there and counts the fault; the
-//   count is read after every copy (one N-API call, ~0.02 us), and a read that faulted fails
-//   with EIO and stops the mapping, so later reads go to pread and see the file as it is.
+// - A file made shorter behind our back raises SIGBUS on the pages past its new end (so does
+//   a hole on a full tmpfs, where the fault cannot allocate the page). The addon's guard
+//   (host/native/src/mapping.c) maps zero pages there and counts the fault; the count is read
+//   after every copy (one N-API call, ~0.02 us), and a read that faulted stops the mapping and
+//   is done again with pread (FAULTED), as are all later reads: every answer is what pread
+//   gives for the file as it is (short past the new end, zeroes for a hole).
 import { fstatSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { native, type Mapping } from '../native/index.ts';
-
-const { EIO } = osConstants.errno;
 
 /**
  * The stop cell every queue thread of one device shares: an Int32 over a SharedArrayBuffer,
@@ -42,6 +41,8 @@ export function stopMappedReads(cell: Int32Array): void {
 
 /** read()'s answer when the mapping does not serve this read (past its end, across a window, stopped): pread it. */
 export const NOT_MAPPED = -1;
+/** read()'s answer when the copy faulted (the file shrank, or a hole on a full tmpfs): the mapping is stopped; pread it. */
+export const FAULTED = -2;
 
 export class MappedReads {
   private mapping: Mapping | null;
@@ -55,8 +56,14 @@ export class MappedReads {
     readonly size: number,
     private readonly stopCell: Int32Array,
   ) {
-    this.mapping = native.mmap(fd, size, 0, false);
-    for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(this.mapping.window(at, Math.min(this.windowBytes, size - at))));
+    const mapping = native.mmap(fd, size, 0, false);
+    try {
+      for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(mapping.window(at, Math.min(this.windowBytes, size - at))));
+    } catch (e) {
+      mapping.unmap(); // the caller falls back to pread: nothing of it may stay mapped
+      throw e;
+    }
+    this.mapping = mapping;
   }
 
   /** Still serving reads (not stopped, no fault seen). */
@@ -67,9 +74,9 @@ export class MappedReads {
   /**
    * Copies [offset, offset + total bytes of views) of the file into the views: the bytes copied
    * (all of them), NOT_MAPPED when the range is not wholly inside one window of the mapping (the
-   * caller preads it), or -EIO when the file shrank under the copy (the views hold zeroes for
-   * what was past its end; the mapping is stopped). Views must not be detached (the caller's
-   * EFAULT check comes first).
+   * caller preads it), or FAULTED when the copy touched a page the file no longer backs (the
+   * mapping is stopped; the caller preads it, overwriting the zeroes the guard left in the
+   * views). Views must not be detached (the caller's EFAULT check comes first).
    */
   read(views: readonly Uint8Array[], offset: number, total: number): number {
     if (this.mapping === null || offset + total > this.size) return NOT_MAPPED;
@@ -92,7 +99,7 @@ export class MappedReads {
       this.seenFaults = faults; // any mapping of the process: ours only if it counts one
       if (this.mapping.faults() > 0) {
         this.stop();
-        return -EIO;
+        return FAULTED;
       }
     }
     return total;
