@@ -5,7 +5,7 @@
 
 import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
-import { GuestMemory, hex, type RegionSpec } from '../memory/guest-memory.ts';
+import { GuestMemory, hex, type RegionSpec, type WindowBases } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, readChain, type DescriptorChain, type GuestRange } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
@@ -518,9 +518,10 @@ export class DeviceRunner {
    * every request's walk.
    */
   private keepReadableRanges(): void {
+    let bases: WindowBases | null = null; // one walk of the windows for all the requests, if any waits
     for (const req of this.reqs) {
       if (req === undefined || req.readRanges !== null || req.state === ReqState.Orphan) continue;
-      req.readRanges = readableRanges(this.memory, req.chain);
+      req.readRanges = readableRanges(this.memory, req.chain, (bases ??= this.memory.windowBases()));
     }
   }
 
