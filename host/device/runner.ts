@@ -1236,6 +1236,9 @@ export class DeviceRunner {
       if (id < 0) continue;
       const req = this.reqs[id]!;
       if (req.memGen === gen || req.state === ReqState.Orphan) continue;
+      // Only these read the request's readable bytes: a transfer always goes from them to a
+      // backing (a write's payload; WIT `transfer`), a send from them to the switch. A read's
+      // data comes in backing-read pieces, into writable buffers: its header may be gone.
       const reads = a.kind === 'send' || (a.kind === 'answer' && a.answer.transfers.length > 0);
       const why = rebindChain(this.memory, req.chain, req.readRanges, reads);
       if (why !== null) throw this.deviceFault(`request ${id} (descriptor head ${req.chain.head}) on ring ${req.ring}: ${why}`);
