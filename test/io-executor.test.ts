@@ -764,10 +764,10 @@ test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs fil
   t.true(lines.some((l) => /tmpfs: reads copied from a mapping of the file, writes with pwrite in turn/.test(l)), 'the choice is in the log');
 });
 
-/** A 1 MiB tmpfs image of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
-function servedTmpfsImage(name: string, seed: number) {
-  const path = join(shmDir, name);
-  const data = pattern(1 << 20, seed);
+/** A tmpfs image (1 MiB, in shmDir by default) of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
+function servedTmpfsImage(name: string, seed: number, bytes = 1 << 20, inDir = shmDir) {
+  const path = join(inDir, name);
+  const data = pattern(bytes, seed);
   writeFileSync(path, data);
   const file = FileBacking.open(path, false);
   const mem = guestMemory(1 << 20);
@@ -879,15 +879,8 @@ test.serial('a mapped tmpfs file shrunk behind our back: the read that faults is
 
 test.serial('a hole punched behind our back in a mapped image on a full tmpfs: the read that faults is done again with pread and reads zeroes, not EIO', async (t) => {
   await withTmpfs('1m', diskDir, async (mnt) => {
-    const path = join(mnt, 'holed.img');
-    const data = pattern(256 << 10, 35);
-    writeFileSync(path, data);
-    const file = FileBacking.open(path, false);
-    const mem = guestMemory(1 << 20);
-    const lines: string[] = [];
-    const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
+    const { path, data, mem, lines, now, close } = servedTmpfsImage('holed.img', 35, 256 << 10, mnt);
     try {
-      const now = inSubmit(executor as UringExecutor);
       t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
       t.true(mapsNamed(path) > 0, 'the image is mapped');
       // Someone else punches a hole and fills the file system: a fault cannot allocate the page.
@@ -907,9 +900,7 @@ test.serial('a hole punched behind our back in a mapped image on a full tmpfs: t
       t.true(lines.some((l) => /copy from its mapping faulted/.test(l)), 'the log says why');
       t.is(mapsNamed(path), 0, 'the mapping is gone');
     } finally {
-      executor.close();
-      file.close();
-      mem.close();
+      close();
     }
   });
 });
