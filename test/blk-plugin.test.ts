@@ -220,6 +220,28 @@ for (const [where, inDir] of [['file', () => dir], ['file on tmpfs', () => shmDi
   }
 });
 
+// Each queue thread maps the tmpfs image in its own executor: a hole punched through one ring
+// must stop the mapping in the others too, or their reads fault the hole's pages back in.
+test.serial('file on tmpfs, --queue-threads 2: after a discard through ring 0, ring 1 reads zeroes and the hole stays a hole', async (t) => {
+  const img = image('threads-discard.img', IMAGE_BYTES, shmDir);
+  const d = await open(['--storage', img.path, '--queue-threads', '2'], [128, 128]);
+  try {
+    const blk1 = new BlkDevice(d.fe.queues[1]);
+    // Ring 1's thread has its executor, and its mapping of the image, before the discard.
+    t.deepEqual(Buffer.from(await blk1.read(2048, 2048 * SECTOR)), img.data.subarray(2048 * SECTOR, 4096 * SECTOR));
+    const allocated = statSync(img.path).blocks;
+    t.is((await raw(d, [header(T.DISCARD, 0), segment(2048, 2048)], 1, 0)).status, BlkStatus.OK, 'a 1 MiB discard through ring 0');
+    const punched = statSync(img.path).blocks;
+    t.true(punched <= allocated - 2048, `the discard punched a 1 MiB hole (${allocated} -> ${punched} blocks)`);
+    t.true(Buffer.from(await blk1.read(2048, 2048 * SECTOR)).every((b) => b === 0), 'ring 1 reads the discarded sectors as zeroes');
+    t.is(statSync(img.path).blocks, punched, 'reading the hole through ring 1 did not fill it in');
+    t.deepEqual(Buffer.from(await blk1.read(4096, 8 * SECTOR)), img.data.subarray(4096 * SECTOR, 4104 * SECTOR), 'past the hole: the image');
+    t.regex(d.host.log(), /blk runs in 2 queue threads/);
+  } finally {
+    await d.close();
+  }
+});
+
 test.serial('malformed requests are answered without breaking the device', async (t) => {
   const d = await open(['--storage', 'memory:1M']);
   try {

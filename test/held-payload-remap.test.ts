@@ -8,7 +8,9 @@
 //     the guest's bytes on the disk;
 //   - REM_MEM_REG of the region the payload is in: the device fails (NEEDS_RESET) naming the
 //     request and the payload's guest address, nothing reaches the disk; the bystander and a
-//     new connection to the same socket serve on.
+//     new connection to the same socket serve on;
+//   - REM_MEM_REG of the region only a held read's header is in (its writable buffer stays):
+//     a read never reads its readable part again, so it completes with the disk's bytes.
 // After the front-end goes, the host holds no fd and no mapping of the guest's RAM.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -117,4 +119,40 @@ test.serial('REM_MEM_REG of the region a held write\'s payload is in: the device
   }
   t.true(await released(name), `the host still holds guest RAM: ${hostMaps(host, name)} mappings, ${hostFds(host, name)} fds`);
   await scriptDeviceServes(t, join(dir, 'victim.sock'), opts);
+});
+
+test.serial('REM_MEM_REG of the region a held read\'s header is in, its writable buffer in a region that stays: the read completes with the disk\'s bytes and the device serves on', async (t) => {
+  const name = `held-read-remove-${process.pid}`;
+  const data = randomBytes(8192);
+  const file = Buffer.alloc(DISK_BYTES);
+  data.copy(file, OFFSET);
+  writeFileSync(disk, file);
+  // Three regions (ADD_MEM_REG): the ring in region 0; the held read's 32-byte header at the
+  // very end of region 1, its writable buffer from the start of region 2.
+  const fe = await VhostUserFrontend.connect(join(dir, 'victim.sock'), { ...opts, memoryBytes: 12 << 20, memory: { name, regionBytes: 4 << 20 }, addMemReg: true });
+  const after = host.lines(/device needs a reset/).length;
+  try {
+    const q = fe.queues[0];
+    const [, region1, region2] = fe.memory.memTable();
+    t.is(Number(region1.guestPhysAddr + region1.memorySize), Number(region2.guestPhysAddr), 'regions 1 and 2 are adjacent');
+    // The test front-end puts a request's buffers in one block: this one, across the boundary.
+    const mem = fe.memory;
+    const block = Number(region2.guestPhysAddr) - 32;
+    const tryAlloc = mem.tryAlloc.bind(mem);
+    const free = mem.free.bind(mem);
+    mem.tryAlloc = () => ((mem.tryAlloc = tryAlloc), block);
+    mem.free = (gpa) => (gpa === block ? undefined : free(gpa));
+    const held = q.submit([command(`hold-read ${OFFSET} ${data.length}`)], data.length);
+    t.is(text(await q.submit([command('echo held')], 32)), 'echo held');
+    await fe.conn.remMemReg({ guestPhysAddr: region1.guestPhysAddr, memorySize: region1.memorySize, userspaceAddr: region1.userspaceAddr, mmapOffset: region1.mmapOffset });
+    t.is(text(await host.within(q.submit([command('release')], 16), 'the release', 8000)), 'released');
+    const c = await host.within(held, 'the held read', 8000);
+    t.is(c.len, data.length);
+    t.true(Buffer.from(c.data.subarray(0, c.len)).equals(data), 'the disk\'s bytes, in the buffer that stayed');
+    t.is((await fe.conn.getStatus()) & STATUS_NEEDS_RESET, 0, 'the device keeps serving');
+    t.is(host.lines(/device needs a reset/).length, after);
+  } finally {
+    await fe.close();
+  }
+  t.true(await released(name), `the host still holds guest RAM: ${hostMaps(host, name)} mappings, ${hostFds(host, name)} fds`);
 });

@@ -764,10 +764,10 @@ test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs fil
   t.true(lines.some((l) => /tmpfs: reads copied from a mapping of the file, writes with pwrite in turn/.test(l)), 'the choice is in the log');
 });
 
-/** A 1 MiB tmpfs image of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
-function servedTmpfsImage(name: string, seed: number) {
-  const path = join(shmDir, name);
-  const data = pattern(1 << 20, seed);
+/** A tmpfs image (1 MiB, in shmDir by default) of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */
+function servedTmpfsImage(name: string, seed: number, bytes = 1 << 20, inDir = shmDir) {
+  const path = join(inDir, name);
+  const data = pattern(bytes, seed);
   writeFileSync(path, data);
   const file = FileBacking.open(path, false);
   const mem = guestMemory(1 << 20);
@@ -858,13 +858,16 @@ test.serial('a tmpfs file is not mapped when sparse, and stops being mapped at a
   }
 });
 
-test.serial('a mapped tmpfs file shrunk behind our back: the read that faults fails with EIO (the host lives), later reads see the file as it is through pread', async (t) => {
+test.serial('a mapped tmpfs file shrunk behind our back: the read that faults is done again with pread (the host lives), as are later reads: the answers are pread\'s', async (t) => {
   const { path, data, mem, lines, now, close } = servedTmpfsImage('shrunk.img', 34);
   try {
     t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
-    truncateSync(path, 512 << 10);
-    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: EIO, lastReadBytes: 0 }, 'the faulting read: EIO');
-    t.true(lines.some((l) => /shrank under its mapping/.test(l)), 'the log says why');
+    truncateSync(path, (512 << 10) + 1000);
+    mem.view(0, 8192).fill(0xee);
+    // The last op of its request, across the new end: pread says 1000 bytes, and they are the file's.
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 512 << 10, into: [mem.view(0, 8192)] }]), { errno: 0, lastReadBytes: 1000 }, 'the faulting read: what pread gives');
+    t.true(Buffer.from(mem.buf, 0, 1000).equals(data.subarray(512 << 10, (512 << 10) + 1000)), 'the bytes before the new end');
+    t.true(lines.some((l) => /copy from its mapping faulted.*read again with pread/.test(l)), 'the log says why');
     t.is(mapsNamed(path), 0, 'the mapping is gone');
     t.deepEqual(now([{ kind: 'read', backing: 0, offset: 800 << 10, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 }, 'past the new end: nothing, as pread says');
     t.deepEqual(now([{ kind: 'read', backing: 0, offset: 4096, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
@@ -872,6 +875,34 @@ test.serial('a mapped tmpfs file shrunk behind our back: the read that faults fa
   } finally {
     close();
   }
+});
+
+test.serial('a hole punched behind our back in a mapped image on a full tmpfs: the read that faults is done again with pread and reads zeroes, not EIO', async (t) => {
+  await withTmpfs('1m', diskDir, async (mnt) => {
+    const { path, data, mem, lines, now, close } = servedTmpfsImage('holed.img', 35, 256 << 10, mnt);
+    try {
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 4096 });
+      t.true(mapsNamed(path) > 0, 'the image is mapped');
+      // Someone else punches a hole and fills the file system: a fault cannot allocate the page.
+      execFileSync('fallocate', ['--punch-hole', '--offset', String(64 << 10), '--length', String(64 << 10), path]);
+      const filler = openSync(join(mnt, 'filler'), 'w');
+      try {
+        const chunk = Buffer.alloc(64 << 10, 1);
+        for (;;) writeFileSync(filler, chunk);
+      } catch (e) {
+        t.is((e as NodeJS.ErrnoException).code, 'ENOSPC', 'the file system is full');
+      } finally {
+        closeSync(filler);
+      }
+      mem.view(0, 8192).fill(0xee);
+      t.deepEqual(now([{ kind: 'read', backing: 0, offset: (64 << 10) - 4096, into: [mem.view(0, 8192)] }]), { errno: 0, lastReadBytes: 8192 }, 'the faulting read: what pread gives');
+      t.true(Buffer.from(mem.buf, 0, 4096).equals(data.subarray((64 << 10) - 4096, 64 << 10)) && mem.view(4096, 4096).every((b) => b === 0), 'the bytes before the hole, then zeroes');
+      t.true(lines.some((l) => /copy from its mapping faulted/.test(l)), 'the log says why');
+      t.is(mapsNamed(path), 0, 'the mapping is gone');
+    } finally {
+      close();
+    }
+  });
 });
 
 test.serial('a done() that drains or closes the executor: every request still gets exactly one done', async (t) => {

@@ -247,6 +247,20 @@ test('rangesOf(): the guest ranges views of this table cover, across windows and
   t.is(mem.rangesOf([far]), null, 'its region left the table');
 });
 
+test('rangesOf() with windowBases() built once: the same ranges for every view it knows; a window mapped after it was built is not in it', (t) => {
+  const W = 4096;
+  const mem = new GuestMemory([region(0, 4 * W, 0x10000, recordingBacking(4 * W))], { windowSize: W });
+  const a = mem.view(0x100, 32)!;
+  const b = mem.view(W + 0x40, 16)!;
+  const bases = mem.windowBases();
+  t.is(bases.size, 2, 'the two windows mapped so far');
+  t.deepEqual(mem.rangesOf([a], bases), [{ gpa: 0x100, len: 32 }]);
+  t.deepEqual(mem.rangesOf([b, a], bases), mem.rangesOf([b, a]));
+  const later = mem.view(3 * W, 8)!;
+  t.is(mem.rangesOf([later], bases), null, 'the map passed in is the one used');
+  t.deepEqual(mem.rangesOf([later]), [{ gpa: 3 * W, len: 8 }]);
+});
+
 test('many regions: binary search finds each', (t) => {
   const specs: RegionSpec[] = [];
   for (let i = 0; i < 509; i++) specs.push(region(i * 0x2000, 0x1000, 0x100000000 + i * 0x1000));

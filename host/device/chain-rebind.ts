@@ -10,7 +10,7 @@
 // caller reports. Writable ranges are kept at pop (dirty logging needs them); readable ones
 // are taken only when a table change finds the request waiting (readableRanges).
 
-import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import { GuestMemory, MemoryFault, hex, type WindowBases } from '../memory/guest-memory.ts';
 import type { DescriptorChain, GuestRange } from '../virtqueue/chain.ts';
 
 /** A view whose mapping was unmapped (native Mapping.unmap detaches its windows). */
@@ -23,9 +23,10 @@ function detached(v: Uint8Array): boolean {
  * their views (GuestMemory.rangesOf): a chain keeps no guest addresses for them, so a request
  * popped cheaply (no range list per request) gets them only when it outlives a mapping.
  * Null when a view is not of `memory` as it is now (taken too late): the payload is then lost.
+ * `bases`: memory.windowBases(), built once for every request of the change.
  */
-export function readableRanges(memory: GuestMemory, chain: DescriptorChain): GuestRange[] | null {
-  return chain.readable.length === 0 ? [] : memory.rangesOf(chain.readable);
+export function readableRanges(memory: GuestMemory, chain: DescriptorChain, bases: WindowBases): GuestRange[] | null {
+  return chain.readable.length === 0 ? [] : memory.rangesOf(chain.readable, bases);
 }
 
 /**

@@ -80,6 +80,8 @@ export interface WorkerInit {
   converge?: SharedArrayBuffer;
   /** --poll-max-ns (runner.ts's adaptive polling); absent: off. */
   pollMaxNs?: number;
+  /** The device's mapped-reads stop cell (host/io/mapped-reads.ts), shared by its queue threads. */
+  mappedReadsStop?: SharedArrayBuffer;
   /** The device's network ports (--network): its grants and its end of the link to the switch. */
   net?: NetInit;
 }

@@ -5,7 +5,7 @@
 
 import { native } from '../native/index.ts';
 import type { Mapping, Watcher } from '../native/api.ts';
-import { GuestMemory, hex, type RegionSpec } from '../memory/guest-memory.ts';
+import { GuestMemory, hex, type RegionSpec, type WindowBases } from '../memory/guest-memory.ts';
 import { mapFdRange } from '../memory/fd-mapping.ts';
 import { QueueFault, readChain, type DescriptorChain, type GuestRange } from '../virtqueue/split.ts';
 import { createDeviceQueue, isValidRingSize, vringBaseError, PACKED_INITIAL_VRING_BASE, type DeviceQueue } from '../virtqueue/queue.ts';
@@ -180,6 +180,8 @@ export interface RunnerHooks {
   net?: DeviceNet;
   /** --poll-max-ns: the longest the worker spins on its rings before it waits for a kick (0 or absent: never). */
   pollMaxNs?: number;
+  /** The device's mapped-reads stop cell (host/io/mapped-reads.ts), shared by its queue threads. */
+  mappedReadsStop?: SharedArrayBuffer;
 }
 
 /** Frames handed to the device in one handle() call; the rest wait for the next. */
@@ -388,7 +390,7 @@ export class DeviceRunner {
     // io_uring for files and block devices and a disk share's files, one copy for memory disks
     // (host/io/choose-executor.ts).
     // The meter is read at each copy: a warm-up's scratch meter counts its own (worker.ts warmUp).
-    const executor = chooseExecutor(table, this.log, this.countCopied).executor;
+    const executor = chooseExecutor(table, this.log, this.countCopied, this.hooks.mappedReadsStop).executor;
     // Answers are started after each device call: an index the call gives up stays until then.
     table.useRounds();
     const settle = executor.settle?.bind(executor);
@@ -516,9 +518,10 @@ export class DeviceRunner {
    * every request's walk.
    */
   private keepReadableRanges(): void {
+    let bases: WindowBases | null = null; // one walk of the windows for all the requests, if any waits
     for (const req of this.reqs) {
       if (req === undefined || req.readRanges !== null || req.state === ReqState.Orphan) continue;
-      req.readRanges = readableRanges(this.memory, req.chain);
+      req.readRanges = readableRanges(this.memory, req.chain, (bases ??= this.memory.windowBases()));
     }
   }
 
@@ -1233,6 +1236,9 @@ export class DeviceRunner {
       if (id < 0) continue;
       const req = this.reqs[id]!;
       if (req.memGen === gen || req.state === ReqState.Orphan) continue;
+      // Only these read the request's readable bytes: a transfer always goes from them to a
+      // backing (a write's payload; WIT `transfer`), a send from them to the switch. A read's
+      // data comes in backing-read pieces, into writable buffers: its header may be gone.
       const reads = a.kind === 'send' || (a.kind === 'answer' && a.answer.transfers.length > 0);
       const why = rebindChain(this.memory, req.chain, req.readRanges, reads);
       if (why !== null) throw this.deviceFault(`request ${id} (descriptor head ${req.chain.head}) on ring ${req.ring}: ${why}`);

@@ -22,6 +22,7 @@ import { ownCopy, type Remote } from './typed-rpc.ts';
 import type { WarmUpResult } from './warm-up.ts';
 import type { UpgradeInflight, UpgradeRingStart, UpgradeStopResult } from './upgrade-steps.ts';
 import { WorkerThread, type DeviceEvent, type DeviceWorkerOptions } from './worker-thread.ts';
+import { newMappedReadsStop } from '../io/mapped-reads.ts';
 import { DeviceLoadError } from './errors.ts';
 import { fdLedger, reclaim } from './fd-ledger.ts';
 import { MAX_FDS_TOTAL } from '../server/handover-wire.ts';
@@ -72,7 +73,9 @@ export class DeviceWorker implements Remote<DeviceWorkerApi> {
   }
 
   /** Starts the device's thread 0, and with --queue-threads (and a device that allows it) the others. */
-  static async start(source: DeviceSource, opts: DeviceWorkerOptions): Promise<DeviceWorker> {
+  static async start(source: DeviceSource, given: DeviceWorkerOptions): Promise<DeviceWorker> {
+    // One stop cell for the device's mapped reads, whatever thread punches a hole.
+    const opts: DeviceWorkerOptions = { ...given, mappedReadsStop: given.mappedReadsStop ?? newMappedReadsStop() };
     const first = await WorkerThread.start(source, opts);
     const log = createLogger(`device ${opts.label}`);
     // A device on a network has one port per network, served by one instance: its forwarding

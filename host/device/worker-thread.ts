@@ -43,6 +43,11 @@ export interface DeviceWorkerOptions {
   throttle?: SharedArrayBuffer;
   /** Pre-copy's auto-converge cell (host/migration/auto-converge.ts): charged with the bytes each request carries to the device. */
   converge?: SharedArrayBuffer;
+  /**
+   * The device's mapped-reads stop cell (host/io/mapped-reads.ts): a hole punched through one
+   * queue thread stops every thread's mapping of the file. DeviceWorker.start makes it.
+   */
+  mappedReadsStop?: SharedArrayBuffer;
   /** The device's link to the switch (host/net), made afresh for each worker started: its ports stay. */
   net?: () => NetInit;
 }
@@ -271,7 +276,7 @@ export class WorkerThread {
     const sab = new SharedArrayBuffer(WATCHDOG_SLOT_INTS * Int32Array.BYTES_PER_ELEMENT); // see WorkerInit.watchdog
     const epoch = Date.now();
     const net = opts.net?.();
-    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(opts.pollMaxNs ? { pollMaxNs: opts.pollMaxNs } : {}), ...(opts.converge ? { converge: opts.converge } : {}), ...(net ? { net } : {}) };
+    const init: WorkerInit = { source, logLevel: getLogLevel(), logLevelCell: logLevelCell(), label: opts.label, watchdog: sab, epoch, meter: opts.meterCells?.(opts.queueThread ?? 0), throttle: opts.throttle, ...(opts.pollMaxNs ? { pollMaxNs: opts.pollMaxNs } : {}), ...(opts.converge ? { converge: opts.converge } : {}), ...(opts.mappedReadsStop ? { mappedReadsStop: opts.mappedReadsStop } : {}), ...(net ? { net } : {}) };
     const transferList = net ? [net.port] : [];
     const spare = takeSpareWorker();
     const worker = spare ?? newWorker(init, transferList);

@@ -238,6 +238,7 @@ async function main(): Promise<void> {
     converge,
     net,
     pollMaxNs: init.pollMaxNs,
+    mappedReadsStop: init.mappedReadsStop,
   };
   const runner = new DeviceRunner(device, hooks, init.label);
   meter?.memory(memoryOf(device));

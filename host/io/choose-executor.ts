@@ -13,7 +13,7 @@ import { FileBacking } from '../storage/file.ts';
 import { MemoryBacking } from '../storage/memory.ts';
 import type { BackingTable } from './backing-table.ts';
 import type { IoExecutor } from './executor.ts';
-import { mappedReadsFor, type MappedReads } from './mapped-reads.ts';
+import { mappedReadsFor, newMappedReadsStop, stopMappedReads, type MappedReads } from './mapped-reads.ts';
 import { MemoryExecutor } from './memory-executor.ts';
 import { SyncExecutor } from './sync-executor.ts';
 import { UringExecutor, type SyncTarget, type UringTarget } from './uring-executor.ts';
@@ -34,15 +34,16 @@ const TMPFS_MAGIC = 0x01021994;
  * Its reads are copied out of a mapping of the file when every block is allocated
  * (host/io/mapped-reads.ts: half the CPU of the pread again).
  */
-function fileTarget(f: FileBacking, mapped: MappedReads[]): UringTarget {
+function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Array): UringTarget {
   let inline = false;
   try {
     inline = f.directAlign === 0 && !native.backingInfo(f.fd).blockDevice && statfsSync(f.describe).type === TMPFS_MAGIC;
   } catch {
     // Not knowing only costs speed: the ring serves it.
   }
-  // Punched holes would be filled in again by reads through the mapping: it stops at the first.
-  const mappedReads = inline ? mappedReadsFor(f.fd, f.size) : null;
+  // Punched holes would be filled in again by reads through the mapping: it stops at the first,
+  // in every queue thread of the device (the cell is theirs).
+  const mappedReads = inline ? mappedReadsFor(f.fd, f.size, mappedStop) : null;
   if (mappedReads !== null) mapped.push(mappedReads);
   return {
     // Read at each use: a closed backing says -1 (EBADF), never a number since reused.
@@ -54,10 +55,12 @@ function fileTarget(f: FileBacking, mapped: MappedReads[]): UringTarget {
     inline,
     mappedReads,
     discard: (offset, len) => {
+      stopMappedReads(mappedStop);
       mappedReads?.stop();
       f.discard(offset, len);
     },
     writeZeroes: (offset, len) => {
+      stopMappedReads(mappedStop);
       mappedReads?.stop();
       f.writeZeroes(offset, len);
     },
@@ -69,21 +72,26 @@ export interface ExecutorChoice {
   kind: 'memory' | 'io_uring' | 'sync';
 }
 
-/** `onCopied`: bytes a memory disk's reads and writes copied (MemoryExecutor), for the request meter. */
-export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (bytes: number) => void): ExecutorChoice {
+/**
+ * `onCopied`: bytes a memory disk's reads and writes copied (MemoryExecutor), for the request
+ * meter. `mappedStop`: the device's mapped-reads stop cell, shared by its queue threads
+ * (newMappedReadsStop); absent: this executor's own.
+ */
+export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (bytes: number) => void, mappedStop: SharedArrayBuffer = newMappedReadsStop()): ExecutorChoice {
   const logIoError = (message: string) => log.warn(`backing I/O failed: ${message}`);
   const storage = table.get(0)?.storage;
   if (storage instanceof MemoryBacking) return { executor: new MemoryExecutor((i) => table.get(i), logIoError, onCopied), kind: 'memory' };
   if (storage instanceof FileBacking) {
     const targets = new WeakMap<FileBacking, UringTarget>();
     const mapped: MappedReads[] = [];
+    const stopCell = new Int32Array(mappedStop);
     const target = (i: number): UringTarget | SyncTarget | undefined => {
       const b = table.get(i);
       if (b === undefined) return undefined;
       const f = b.storage;
       if (!(f instanceof FileBacking)) return { sync: b };
       let t = targets.get(f);
-      if (t === undefined) targets.set(f, (t = fileTarget(f, mapped)));
+      if (t === undefined) targets.set(f, (t = fileTarget(f, mapped, stopCell)));
       return t;
     };
     try {

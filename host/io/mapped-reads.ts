@@ -10,19 +10,39 @@
 // - A read fault on a hole of a tmpfs file allocates the page (pread of a hole does not), so a
 //   mapping would fill in a sparse image as the guest reads it. Only a file with every block
 //   allocated when the device starts is mapped (mappedReadsFor), and the first discard or
-//   write-zeroes on it (which punch holes) stops the mapping for good (stop()).
-// - A file made shorter behind our back raises SIGBUS on the pages past its new end. The
-//   addon's guard (host/native/src/mapping.c) maps zero pages there and counts the fault; the
-//   count is read after every copy (one N-API call, ~0.02 us), and a read that faulted fails
-//   with EIO and stops the mapping, so later reads go to pread and see the file as it is.
+//   write-zeroes on it (which punch holes) stops the mapping for good. A device's queue threads
+//   (--queue-threads) each map the file in their own executor, and a hole punched through one
+//   ring may be read through another: the stop is one cell per device shared by all of its
+//   threads (newMappedReadsStop), set before the hole is punched and loaded before every mapped
+//   read (a plain load: no system call, no atomic read-modify-write). A read through another
+//   thread that already passed that load while the hole is punched, of the very range, can
+//   still fault a page of it back in: the guest raced its own discard.
+// - A file made shorter behind our back raises SIGBUS on the pages past its new end (so does
+//   a hole on a full tmpfs, where the fault cannot allocate the page). The addon's guard
+//   (host/native/src/mapping.c) maps zero pages there and counts the fault; the count is read
+//   after every copy (one N-API call, ~0.02 us), and a read that faulted stops the mapping and
+//   is done again with pread (FAULTED), as are all later reads: every answer is what pread
+//   gives for the file as it is (short past the new end, zeroes for a hole).
 import { fstatSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { native, type Mapping } from '../native/index.ts';
 
-const { EIO } = osConstants.errno;
+/**
+ * The stop cell every queue thread of one device shares: an Int32 over a SharedArrayBuffer,
+ * nonzero once any of them punched a hole in a file it maps (stopMappedReads).
+ */
+export function newMappedReadsStop(): SharedArrayBuffer {
+  return new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT);
+}
+
+/** Sets a device's stop cell: its threads' mappings stop at their next read. Before the hole is punched. */
+export function stopMappedReads(cell: Int32Array): void {
+  Atomics.store(cell, 0, 1);
+}
 
 /** read()'s answer when the mapping does not serve this read (past its end, across a window, stopped): pread it. */
 export const NOT_MAPPED = -1;
+/** read()'s answer when the copy faulted (the file shrank, or a hole on a full tmpfs): the mapping is stopped; pread it. */
+export const FAULTED = -2;
 
 export class MappedReads {
   private mapping: Mapping | null;
@@ -30,10 +50,20 @@ export class MappedReads {
   private readonly windowBytes = native.MAX_WINDOW;
   private seenFaults = native.mappingFaultCount();
 
-  /** `size`: bytes of the file to map (its size when the device started). */
-  constructor(fd: number, readonly size: number) {
-    this.mapping = native.mmap(fd, size, 0, false);
-    for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(this.mapping.window(at, Math.min(this.windowBytes, size - at))));
+  /** `size`: bytes of the file to map (its size when the device started); `stopCell`: the device's (newMappedReadsStop). */
+  constructor(
+    fd: number,
+    readonly size: number,
+    private readonly stopCell: Int32Array,
+  ) {
+    const mapping = native.mmap(fd, size, 0, false);
+    try {
+      for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(mapping.window(at, Math.min(this.windowBytes, size - at))));
+    } catch (e) {
+      mapping.unmap(); // the caller falls back to pread: nothing of it may stay mapped
+      throw e;
+    }
+    this.mapping = mapping;
   }
 
   /** Still serving reads (not stopped, no fault seen). */
@@ -44,12 +74,16 @@ export class MappedReads {
   /**
    * Copies [offset, offset + total bytes of views) of the file into the views: the bytes copied
    * (all of them), NOT_MAPPED when the range is not wholly inside one window of the mapping (the
-   * caller preads it), or -EIO when the file shrank under the copy (the views hold zeroes for
-   * what was past its end; the mapping is stopped). Views must not be detached (the caller's
-   * EFAULT check comes first).
+   * caller preads it), or FAULTED when the copy touched a page the file no longer backs (the
+   * mapping is stopped; the caller preads it, overwriting the zeroes the guard left in the
+   * views). Views must not be detached (the caller's EFAULT check comes first).
    */
   read(views: readonly Uint8Array[], offset: number, total: number): number {
     if (this.mapping === null || offset + total > this.size) return NOT_MAPPED;
+    if (this.stopCell[0] !== 0) {
+      this.stop(); // another queue thread of the device punched a hole
+      return NOT_MAPPED;
+    }
     const w = Math.floor(offset / this.windowBytes);
     const at = offset - w * this.windowBytes;
     const win = this.windows[w]!;
@@ -65,13 +99,13 @@ export class MappedReads {
       this.seenFaults = faults; // any mapping of the process: ours only if it counts one
       if (this.mapping.faults() > 0) {
         this.stop();
-        return -EIO;
+        return FAULTED;
       }
     }
     return total;
   }
 
-  /** Reads go to pread from now on (a hole was punched, the device is closing, a fault). */
+  /** Reads go to pread from now on (a hole was punched, here or in another queue thread; the device is closing; a fault). */
   stop(): void {
     this.windows.length = 0;
     this.mapping?.unmap();
@@ -81,14 +115,15 @@ export class MappedReads {
 
 /**
  * A MappedReads for a tmpfs file of `size` bytes whose every block is allocated, else null
- * (sparse, empty, or the stat or the mapping failed: pread serves it as before).
+ * (sparse, empty, a hole punched by the device already (`stopCell`), or the stat or the
+ * mapping failed: pread serves it as before).
  */
-export function mappedReadsFor(fd: number, size: number): MappedReads | null {
+export function mappedReadsFor(fd: number, size: number, stopCell: Int32Array): MappedReads | null {
   try {
-    if (size <= 0) return null;
+    if (size <= 0 || stopCell[0] !== 0) return null;
     const st = fstatSync(fd);
     if (!st.isFile() || st.size < size || st.blocks * 512 < size) return null;
-    return new MappedReads(fd, size);
+    return new MappedReads(fd, size, stopCell);
   } catch {
     return null;
   }

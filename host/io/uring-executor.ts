@@ -27,7 +27,7 @@ import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import { coalesceViews } from './coalesce-views.ts';
-import { NOT_MAPPED, type MappedReads } from './mapped-reads.ts';
+import { FAULTED, NOT_MAPPED, type MappedReads } from './mapped-reads.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
 const { EBADF, ECANCELED, EFAULT, EINTR, EINVAL, EIO, EOPNOTSUPP } = osConstants.errno;
@@ -623,11 +623,10 @@ export class UringExecutor implements IoExecutor {
       // A closed backing (fd -1) fails through pread, as it always did, rather than reading on.
       if (mapped != null && mapped.active && t.fd >= 0) {
         const got = mapped.read(views, op.offset, total);
-        if (got !== NOT_MAPPED) {
-          if (got < 0) {
-            this.logIoError(`${t.describe ?? `backing ${op.backing}`}: read of ${total} bytes at ${op.offset}: the file shrank under its mapping (the fault was contained; the guest hears EIO); its reads use pread from now on`);
-            return -got;
-          }
+        if (got === FAULTED) {
+          // Read again below with pread: the answer is what pread gives for the file as it is now.
+          this.logIoError(`${t.describe ?? `backing ${op.backing}`}: read of ${total} bytes at ${op.offset}: the copy from its mapping faulted (the file shrank, or a hole on a full tmpfs; the fault was contained): read again with pread, as are all its later reads`);
+        } else if (got !== NOT_MAPPED) {
           if (last) this.inlineLastRead = got;
           return 0;
         }

@@ -363,14 +363,14 @@ export class GuestMemory {
    * The guest ranges `views` (made by this table: view, gpaSlices, appendSlices) cover, in
    * order, adjacent ones merged; null when one is not a view of a window this table mapped
    * (or was detached). For requests held across a table change, read before the old mappings
-   * go: a view keeps no guest address, and an unmapped one keeps no offset either.
+   * go: a view keeps no guest address, and an unmapped one keeps no offset either. `bases`:
+   * windowBases() of this table, built once for all the requests of one change (by default
+   * built for this call: a walk of every mapped window).
    */
-  rangesOf(views: readonly Uint8Array[]): { gpa: number; len: number }[] | null {
-    const base = new Map<ArrayBufferLike, number>();
-    for (const r of this.byGpa) r.eachWindow((w, ab) => base.set(ab, r.gpa + w * r.windowSize));
+  rangesOf(views: readonly Uint8Array[], bases: WindowBases = this.windowBases()): { gpa: number; len: number }[] | null {
     const out: { gpa: number; len: number }[] = [];
     for (const v of views) {
-      const b = base.get(v.buffer);
+      const b = bases.get(v.buffer);
       if (b === undefined) return null;
       const gpa = b + v.byteOffset;
       const last = out.length > 0 ? out[out.length - 1] : undefined;
@@ -378,6 +378,13 @@ export class GuestMemory {
       else out.push({ gpa, len: v.length });
     }
     return out;
+  }
+
+  /** Each window mapped now -> the GPA it starts at (for rangesOf); windows mapped later are not in it. */
+  windowBases(): WindowBases {
+    const bases = new Map<ArrayBufferLike, number>();
+    for (const r of this.byGpa) r.eachWindow((w, ab) => bases.set(ab, r.gpa + w * r.windowSize));
+    return bases;
   }
 
   /** Front-end virtual address -> GPA (vring addresses). Throws MemoryFault if unmapped. */
@@ -396,6 +403,9 @@ export class GuestMemory {
     throw new MemoryFault(uva, 0, 'userspace address not in any memory region');
   }
 }
+
+/** A table's mapped windows -> the guest-physical address each starts at (GuestMemory.windowBases). */
+export type WindowBases = ReadonlyMap<ArrayBufferLike, number>;
 
 function validRange(gpa: number, len: number): boolean {
   return Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0 && gpa <= ADDR_LIMIT - len;

@@ -6,8 +6,9 @@
 //   echo ...             the command bytes back, as one literal piece
 //   hold                 held; answered by a later `release`
 //   hold-write OFFSET    held; `release` answers it as `write OFFSET` (the payload read only then)
+//   hold-read OFFSET LEN held; `release` answers it as `read OFFSET LEN` (its readable part not read again)
 //   release              every held request answered (in hold order): "R", or a hold-write's
-//                        write; then this one with "released"
+//                        write, or a hold-read's read; then this one with "released"
 //   write OFFSET         the payload (readable bytes from PREFIX on) to backing 0 at OFFSET;
 //                        reply: status byte 0 (OK), or 0xEE when the write failed (io-failed)
 //   read OFFSET LEN      LEN bytes of backing 0 at OFFSET into the writable area
@@ -61,9 +62,10 @@ const factory: DeviceFactory = (raw) => {
   const disk = o.file ? FileBacking.open(o.file, false) : new MemoryBacking(1 << 20, false);
   const backings = new BackingTable(storageIoBacking(disk));
   backings.register(storageIoBacking(new MemoryBacking(64 * 1024, true)));
-  /** Held requests in hold order: a plain hold, or a write of its payload (readable bytes past PREFIX) to backing 0. */
-  let held: { id: number; write: { offset: number; len: number } | null }[] = [];
+  /** Held requests in hold order: a plain hold, a write of its payload (readable bytes past PREFIX) to backing 0, or a read of backing 0. */
+  let held: { id: number; write: { offset: number; len: number } | null; read?: { offset: number; len: number } }[] = [];
   const write = (id: number, offset: number, len: number): DeviceAction => answer(id, [bytes([STATUS_OK])], [{ source: PREFIX, to: { backing: 0, offset, len } }]);
+  const read = (id: number, offset: number, len: number): DeviceAction => answer(id, [{ kind: 'backing-read', extent: { backing: 0, offset, len } }]);
 
   const one = (r: DeviceRequest): DeviceAction[] => {
     const text = Buffer.from(r.prefix).toString('latin1').replace(/\0+$/, '');
@@ -75,8 +77,11 @@ const factory: DeviceFactory = (raw) => {
       case 'hold-write':
         held.push({ id: r.id, write: { offset: Number(args[0]), len: r.readableLen - PREFIX } });
         return [{ kind: 'hold', id: r.id }];
+      case 'hold-read':
+        held.push({ id: r.id, write: null, read: { offset: Number(args[0]), len: Number(args[1]) } });
+        return [{ kind: 'hold', id: r.id }];
       case 'release': {
-        const out = held.map((h) => (h.write === null ? answer(h.id, [bytes('R')]) : write(h.id, h.write.offset, h.write.len)));
+        const out = held.map((h) => (h.read ? read(h.id, h.read.offset, h.read.len) : h.write === null ? answer(h.id, [bytes('R')]) : write(h.id, h.write.offset, h.write.len)));
         held = [];
         out.push(answer(r.id, [bytes('released')]));
         return out;
@@ -84,7 +89,7 @@ const factory: DeviceFactory = (raw) => {
       case 'write':
         return [write(r.id, Number(args[0]), r.readableLen - PREFIX)];
       case 'read':
-        return [answer(r.id, [{ kind: 'backing-read', extent: { backing: 0, offset: Number(args[0]), len: Number(args[1]) } }])];
+        return [read(r.id, Number(args[0]), Number(args[1]))];
       case 'burn': {
         const tid = ownThreadId();
         const until = native.threadCpuNs(tid) + Number(args[0]) * 1e6;
