@@ -793,13 +793,14 @@ test.serial('a fully allocated tmpfs file is read through a mapping: the same by
   await noLeak(t, async () => {
     const { path, data, file, mem, lines, now, close } = servedTmpfsImage('mapped.img', 31);
     try {
-      t.true(mapsNamed(path) > 0, 'the file is mapped');
       t.true(lines.some((l) => /reads copied from a mapping/.test(l)));
+      t.is(mapsNamed(path), 0, 'nothing mapped before the first read (a new instance may start while the old one punches holes)');
       for (let i = 0; i < 200; i++) {
         const off = ((i * 7919) % 250) * 4096 + (i % 3) * 512;
         const at = (i % 16) * 65536;
         t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [mem.view(at, 1000), mem.view(at + 8192, 3096)] }]), { errno: 0, lastReadBytes: 4096 });
         t.true(Buffer.from(mem.buf, at, 1000).equals(data.subarray(off, off + 1000)) && Buffer.from(mem.buf, at + 8192, 3096).equals(data.subarray(off + 1000, off + 4096)), `read ${i} at ${off}`);
+        if (i === 0) t.true(mapsNamed(path) > 0, 'the first read mapped the file');
       }
       mem.view(0, 4096).fill(0x5c);
       t.deepEqual(now([{ kind: 'write', backing: 0, offset: 12288, from: [mem.view(0, 4096)] }]), { errno: 0, lastReadBytes: 0 });
@@ -855,6 +856,23 @@ test.serial('a tmpfs file is not mapped when sparse, and stops being mapped at a
     t.true(Buffer.from(full.mem.buf, 0, 4096).equals(full.data.subarray(600 << 10, (600 << 10) + 4096)));
   } finally {
     full.close();
+  }
+});
+
+test.serial('a hole punched in a tmpfs image after its executor was made but before its first read: never mapped, the hole stays a hole', async (t) => {
+  // A plugin upgrade's or a host take-over's new instance makes its executor while the old one
+  // still serves; a discard by the old one in that window must keep the new one on pread.
+  const { path, mem, now, close } = servedTmpfsImage('late-hole.img', 36);
+  try {
+    execFileSync('fallocate', ['--punch-hole', '--offset', String(128 << 10), '--length', String(128 << 10), path]);
+    const holed = statSync(path).blocks;
+    for (let off = 0; off < 512 << 10; off += 65536) t.deepEqual(now([{ kind: 'read', backing: 0, offset: off, into: [mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+    t.is(mapsNamed(path), 0, 'not mapped: the file was sparse at the first read');
+    t.is(statSync(path).blocks, holed, 'reading the hole allocated nothing');
+    t.deepEqual(now([{ kind: 'read', backing: 0, offset: 128 << 10, into: [mem.view(0, 65536)] }]), { errno: 0, lastReadBytes: 65536 });
+    t.true(mem.view(0, 65536).every((b) => b === 0), 'the hole reads as zeroes');
+  } finally {
+    close();
   }
 });
 

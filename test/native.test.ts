@@ -5,7 +5,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { constants as fsc, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsc, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -13,6 +13,7 @@ import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { fdSnapshot, fdsOpenedSince } from './helpers/fd-snapshot.ts';
 import { addonCandidates, errnoCode, native as n } from '../host/native/index.ts';
+import { STAT_SLOTS } from '../host/native/fs-api.ts';
 
 const GiB = 2 ** 30;
 const addonPath = addonCandidates.find((p) => p.endsWith('/build/Release/vhost_native.node'))!;
@@ -560,4 +561,23 @@ test('an unref\'d watcher lets the process end while it is open; a ref\'d one ke
   t.is(unrefd.signal, null);
   t.is(unrefd.stdout.trim(), 'exiting');
   t.is(refd.signal, 'SIGTERM', 'killed by the timeout: the watcher kept it alive');
+});
+
+test('the fs out buffers must be of the type their layout is read as: a Float64Array for stats, a BigInt64Array for locks', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vw-native-out-'));
+  const fd = openSync(join(dir, 'f'), 'w+');
+  try {
+    // Same byte length, other element type: refused, never filled with bits read back as garbage.
+    t.throws(() => n.fsStat(fd, new BigUint64Array(STAT_SLOTS) as unknown as Float64Array), { instanceOf: TypeError, message: /fsStat: out must be a Float64Array/ });
+    t.throws(() => n.fsStat(fd, new Uint8Array(STAT_SLOTS * 8) as unknown as Float64Array), { instanceOf: TypeError, message: /must be a Float64Array/ });
+    t.throws(() => n.fsStat(fd, new Float64Array(STAT_SLOTS - 1)), { instanceOf: RangeError, message: new RegExp(`at least ${STAT_SLOTS}`) });
+    t.is(n.fsStat(fd, new Float64Array(STAT_SLOTS)), 0);
+    t.throws(() => n.fsLock(fd, 0, 1, 0, 10, new Float64Array(4) as unknown as BigInt64Array), { instanceOf: TypeError, message: /fsLock: out must be a BigInt64Array/ });
+    const out = new BigInt64Array(4);
+    t.is(n.fsLock(fd, 0, 1, 0, 10, out), 0, 'GETLK of a free range');
+    t.is(out[0], 2n, 'F_UNLCK: nobody holds it');
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

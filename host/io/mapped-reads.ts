@@ -9,7 +9,9 @@
 // Two kernel behaviours bound where it is used:
 // - A read fault on a hole of a tmpfs file allocates the page (pread of a hole does not), so a
 //   mapping would fill in a sparse image as the guest reads it. Only a file with every block
-//   allocated when the device starts is mapped (mappedReadsFor), and the first discard or
+//   allocated at the device's first read is mapped (MappedReads.mapAtFirstRead: not when the
+//   device starts, since a plugin upgrade's or a host take-over's new instance starts while the
+//   old one may still punch holes), and the first discard or
 //   write-zeroes on it (which punch holes) stops the mapping for good. A device's queue threads
 //   (--queue-threads) each map the file in their own executor, and a hole punched through one
 //   ring may be read through another: the stop is one cell per device shared by all of its
@@ -45,30 +47,49 @@ export const NOT_MAPPED = -1;
 export const FAULTED = -2;
 
 export class MappedReads {
-  private mapping: Mapping | null;
+  /** undefined: not tried yet (the first read maps, see mapAtFirstRead); null: pread serves. */
+  private mapping: Mapping | null | undefined = undefined;
   private readonly windows: Uint8Array[] = [];
   private readonly windowBytes = native.MAX_WINDOW;
   private seenFaults = native.mappingFaultCount();
 
-  /** `size`: bytes of the file to map (its size when the device started); `stopCell`: the device's (newMappedReadsStop). */
+  /**
+   * `size`: bytes of the file to map (its size when the device started); `stopCell`: the
+   * device's (newMappedReadsStop). Nothing is mapped before the first read: a new instance
+   * (a plugin upgrade's, a host take-over's) starts while the old one still serves, and a hole
+   * the old one punches meanwhile must be seen by the allocation check, which runs then.
+   */
   constructor(
-    fd: number,
+    private readonly fd: number,
     readonly size: number,
     private readonly stopCell: Int32Array,
-  ) {
-    const mapping = native.mmap(fd, size, 0, false);
-    try {
-      for (let at = 0; at < size; at += this.windowBytes) this.windows.push(new Uint8Array(mapping.window(at, Math.min(this.windowBytes, size - at))));
-    } catch (e) {
-      mapping.unmap(); // the caller falls back to pread: nothing of it may stay mapped
-      throw e;
-    }
-    this.mapping = mapping;
-  }
+  ) {}
 
-  /** Still serving reads (not stopped, no fault seen). */
+  /** Still serving reads, or not yet tried (not stopped, no fault seen). */
   get active(): boolean {
     return this.mapping !== null;
+  }
+
+  /** Maps the file if every block of it is allocated now and no hole was punched by the device; else pread serves from now on. */
+  private mapAtFirstRead(): Mapping | null {
+    this.mapping = null;
+    try {
+      if (this.stopCell[0] !== 0) return null;
+      const st = fstatSync(this.fd);
+      if (!st.isFile() || st.size < this.size || st.blocks * 512 < this.size) return null;
+      const mapping = native.mmap(this.fd, this.size, 0, false);
+      try {
+        for (let at = 0; at < this.size; at += this.windowBytes) this.windows.push(new Uint8Array(mapping.window(at, Math.min(this.windowBytes, this.size - at))));
+      } catch (e) {
+        this.windows.length = 0;
+        mapping.unmap(); // pread serves it: nothing of it may stay mapped
+        throw e;
+      }
+      this.mapping = mapping;
+    } catch {
+      // Not mapped only costs speed: pread serves it as before.
+    }
+    return this.mapping;
   }
 
   /**
@@ -79,7 +100,8 @@ export class MappedReads {
    * views). Views must not be detached (the caller's EFAULT check comes first).
    */
   read(views: readonly Uint8Array[], offset: number, total: number): number {
-    if (this.mapping === null || offset + total > this.size) return NOT_MAPPED;
+    const mapping = this.mapping === undefined ? this.mapAtFirstRead() : this.mapping;
+    if (mapping === null || offset + total > this.size) return NOT_MAPPED;
     if (this.stopCell[0] !== 0) {
       this.stop(); // another queue thread of the device punched a hole
       return NOT_MAPPED;
@@ -97,7 +119,7 @@ export class MappedReads {
     const faults = native.mappingFaultCount();
     if (faults !== this.seenFaults) {
       this.seenFaults = faults; // any mapping of the process: ours only if it counts one
-      if (this.mapping.faults() > 0) {
+      if (mapping.faults() > 0) {
         this.stop();
         return FAULTED;
       }
@@ -114,15 +136,15 @@ export class MappedReads {
 }
 
 /**
- * A MappedReads for a tmpfs file of `size` bytes whose every block is allocated, else null
- * (sparse, empty, a hole punched by the device already (`stopCell`), or the stat or the
- * mapping failed: pread serves it as before).
+ * A MappedReads for a tmpfs file of `size` bytes, mapped at its first read if every block is
+ * allocated then; null when it cannot be (empty, not a regular file, a hole punched by the
+ * device already (`stopCell`), or the stat failed: pread serves it as before).
  */
 export function mappedReadsFor(fd: number, size: number, stopCell: Int32Array): MappedReads | null {
   try {
     if (size <= 0 || stopCell[0] !== 0) return null;
     const st = fstatSync(fd);
-    if (!st.isFile() || st.size < size || st.blocks * 512 < size) return null;
+    if (!st.isFile() || st.size < size) return null;
     return new MappedReads(fd, size, stopCell);
   } catch {
     return null;

@@ -120,7 +120,7 @@ class Closable {
   protected wait(events: 'r' | 'w'): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       if (this.closed) {
-        reject(new Error('state channel closed'));
+        reject(this.closedError());
         return;
       }
       this.waiter = { resolve, reject };
@@ -139,8 +139,13 @@ class Closable {
    */
   protected readonly turn = async (): Promise<void> => {
     await loopTurn();
-    if (this.closed) throw this.closeReason ?? new Error('state channel closed');
+    if (this.closed) throw this.closedError();
   };
+
+  /** What an operation on the closed channel fails with: the close's reason (an abort's) if it gave one. */
+  protected closedError(): Error {
+    return this.closeReason ?? new Error('state channel closed');
+  }
 
   private stopWatching(): void {
     this.watcher?.close();
@@ -185,7 +190,7 @@ export class StateWriter extends Closable implements ByteSink {
   async write(bytes: Uint8Array): Promise<void> {
     let done = 0;
     while (done < bytes.length) {
-      if (this.closed) throw new Error('state channel closed');
+      if (this.closed) throw this.closedError();
       const part = done === 0 ? bytes : bytes.subarray(done);
       let n: number;
       try {
@@ -218,7 +223,7 @@ export class StateWriter extends Closable implements ByteSink {
     if (this.kind !== 'pipe') return false;
     let run = 0;
     for (let done = 0; done < len; ) {
-      if (this.closed) throw new Error('state channel closed');
+      if (this.closed) throw this.closedError();
       aside?.(done, false);
       let n: number;
       try {
@@ -318,7 +323,7 @@ export class StateReader extends Closable implements PipeSource {
   async spliceTo(out: number, outOffset: number, len: number): Promise<void> {
     if (this.kind !== 'pipe') throw new Error('spliceTo: the state channel is not a pipe');
     for (let done = 0; done < len; ) {
-      if (this.closed) throw new Error('state channel closed');
+      if (this.closed) throw this.closedError();
       const n = native.splice(this.fd, -1, out, outOffset + done, len - done);
       if (n === 0) throw new Error(`truncated state: the stream ended ${len - done} bytes before the end of a section`);
       if (n < 0) await this.wait('r');
@@ -335,7 +340,7 @@ export class StateReader extends Closable implements PipeSource {
    */
   async readCrc(dst: Uint8Array, crc: number): Promise<number> {
     if (this.kind !== 'pipe') throw new Error('readCrc: the state channel is not a pipe');
-    if (this.closed) throw new Error('state channel closed');
+    if (this.closed) throw this.closedError();
     const c = await readPipeCrc(this.fd, dst, crc, () => this.wait('r'), (got) => new Error(`truncated state: the stream ended ${dst.length - got} bytes before the end of a section`), this.turn, this.turnBytes);
     this.offset += dst.length;
     return c;
@@ -347,7 +352,7 @@ export class StateReader extends Closable implements PipeSource {
    */
   async read(max = this.chunkSize): Promise<Uint8Array | null> {
     for (;;) {
-      if (this.closed) throw new Error('state channel closed');
+      if (this.closed) throw this.closedError();
       if (this.kind === 'file') {
         const left = this.size - this.offset;
         if (left <= 0) return null;

@@ -592,7 +592,16 @@ export class PrecopyLoadRound extends PipeRound {
     this.applied = { first: h.first, mark: h.mark };
   }
 
-  private readonly pipe = { fd: this.fd, wait: () => waitFd(this.fd, 'r', this.aborted) };
+  private readonly pipe = {
+    fd: this.fd,
+    wait: () => waitFd(this.fd, 'r', this.aborted),
+    // The fd stays open until the round settles, but an abort is noticed at the turn, not only at the next wait.
+    turn: async () => {
+      await loopTurn();
+      const e = this.aborted();
+      if (e) throw e;
+    },
+  };
 
   private async takeDirect(runs: RunTable, disk: MappedViews): Promise<number> {
     let crc = 0;
@@ -603,7 +612,7 @@ export class PrecopyLoadRound extends PipeRound {
       if (this.disk.resident) {
         // Pages made and mapped at start: read straight into them (see loadDiskFromPipe).
         for (const v of disk.views(off, len)) {
-          crc = await readPipeCrc(this.fd, v, crc, this.pipe.wait, (got) => new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${got} of ${v.length} bytes)`), loopTurn);
+          crc = await readPipeCrc(this.fd, v, crc, this.pipe.wait, (got) => new PrecopyStreamError(`the pre-copy stream ends inside the run at ${off} (${got} of ${v.length} bytes)`), this.pipe.turn);
           this.bytes += v.length;
         }
         continue;

@@ -20,6 +20,7 @@ import type { NetStats } from '../net/link.ts';
 import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
 import { makeDiskViews, type DiskCondition, type MemoryDiskHandle } from '../migration/precopy.ts';
+import { newMappedReadsStop } from '../io/mapped-reads.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -95,6 +96,8 @@ export class DeviceSlot {
   private readonly memoryDiskCondition: DiskCondition = { unusable: null };
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
+  /** The tmpfs mapped reads' stop cell of every worker this device runs (startWorker). */
+  private readonly mappedReadsStop = newMappedReadsStop();
   /** Its ports on the host's switch (--network), kept across its workers: port numbers stay. */
   private readonly link: DeviceLink | null;
   /**
@@ -323,6 +326,9 @@ export class DeviceSlot {
       loadDeadlineMs: this.opts.loadDeadlineMs,
       queueThreads: this.opts.queueThreads,
       pollMaxNs: this.opts.pollMaxNs,
+      // One for the device, not per worker: a plugin upgrade's new instance must see a hole
+      // the old one punched (host/io/mapped-reads.ts).
+      mappedReadsStop: this.mappedReadsStop,
       meterCells: (thread) => this.meter.cellsFor(thread),
       throttle: this.opts.throttle?.buffer,
       ...(this.converge ? { converge: this.converge.buffer } : {}),

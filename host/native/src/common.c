@@ -210,6 +210,22 @@ bool get_bytes(napi_env env, napi_value v, const char *fn, const char *name, voi
                     type_name(env, v));
 }
 
+// A typed array of exactly `want` elements' kind: an out buffer whose layout the caller reads
+// as that type (a Float64Array where int64 bits were written would read garbage, silently).
+bool get_typed(napi_env env, napi_value v, const char *fn, const char *name, napi_typedarray_type want,
+               const char *want_name, void **data, size_t *len) {
+  bool is = false;
+  napi_typedarray_type t;
+  size_t n = 0;
+  void *p = NULL;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &t, &n, &p, NULL, NULL) != napi_ok ||
+      t != want)
+    return throw_type(env, "%s: %s must be a %s, got %s", fn, name, want_name, type_name(env, v));
+  *data = p;
+  *len = n * element_size(t);
+  return true;
+}
+
 bool get_string(napi_env env, napi_value v, const char *fn, const char *name, size_t max_len, char **out) {
   size_t n = 0;
   if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok)

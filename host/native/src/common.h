@@ -53,6 +53,8 @@ bool one_fd_stat(napi_env env, napi_callback_info info, const char *fn, int *fd,
 bool get_u64(napi_env env, napi_value v, const char *fn, const char *name, uint64_t *out);
 bool get_bool(napi_env env, napi_value v, const char *fn, const char *name, bool *out);
 bool get_bytes(napi_env env, napi_value v, const char *fn, const char *name, void **data, size_t *len);
+bool get_typed(napi_env env, napi_value v, const char *fn, const char *name, napi_typedarray_type want,
+               const char *want_name, void **data, size_t *len);
 // Returns a malloc'd NUL-terminated string; rejects embedded NULs and strings over max_len.
 bool get_string(napi_env env, napi_value v, const char *fn, const char *name, size_t max_len, char **out);
 

@@ -323,7 +323,7 @@ static napi_value fs_stat(napi_env env, napi_callback_info info) {
 bool fs_stat_out(napi_env env, napi_value v, const char *fn, size_t n, double **out) {
   void *data;
   size_t len;
-  if (!get_bytes(env, v, fn, "out", &data, &len)) return false;
+  if (!get_typed(env, v, fn, "out", napi_float64_array, "Float64Array", &data, &len)) return false;
   if (len < n * sizeof(double) || ((uintptr_t)data & 7))
     return throw_range(env, "%s: out must be an aligned Float64Array of at least %zu (%zu bytes), not %zu bytes", fn, n, n * sizeof(double), len);
   *out = data;
@@ -1033,7 +1033,7 @@ static napi_value fs_lock(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 6, 6, argv, NULL, "fsLock") || !arg_fd(env, argv[0], "fsLock", &fd) ||
       !arg_int(env, argv[1], "fsLock", "set", &set) || !arg_int(env, argv[2], "fsLock", "type", &type) ||
       !arg_int(env, argv[3], "fsLock", "start", &start) || !arg_int(env, argv[4], "fsLock", "len", &len) ||
-      !get_bytes(env, argv[5], "fsLock", "out", &out, &outlen))
+      !get_typed(env, argv[5], "fsLock", "out", napi_bigint64_array, "BigInt64Array", &out, &outlen))
     return NULL;
   if (outlen < 4 * sizeof(int64_t) || ((uintptr_t)out & 7)) {
     throw_range(env, "fsLock: out must be an aligned BigInt64Array of at least 4 (32 bytes), not %zu bytes", outlen);
