@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 #   e2fsprogs                                                   host-side checks of guest filesystems
 #   liburing-dev                                                io_uring for the addon's asynchronous storage I/O
 #                                                               (host/native/src/uring.c links -luring)
+#   libisal-dev                                                 Intel ISA-L's CRC-32C for the state and pre-copy
+#                                                               checksums (host/native/src/checksum.c links -lisal)
 APT_PACKAGES=(qemu-system-x86 qemu-system-common qemu-utils qemu-block-extra linux-image-amd64 kmod
-  busybox-static xz-utils cpio clang-16 lld-16 wasi-libc e2fsprogs liburing-dev)
+  busybox-static xz-utils cpio clang-16 lld-16 wasi-libc e2fsprogs liburing-dev libisal-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

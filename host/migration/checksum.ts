@@ -1,6 +1,6 @@
 // The checksums of the device-state container and the pre-copy rounds. Container format 1 used
 // CRC-32 (node:zlib, ~4.4 GB/s here); format 2 and pre-copy version 2 use CRC-32C from the addon
-// (the SSE4.2 instruction, or its portable table where the CPU lacks it: native.crc32cImpl),
+// (Intel ISA-L's crc32_iscsi, which picks its code for the CPU: native.crc32cImpl),
 // which is several times faster and can be fused with a copy (copyCrc32c). Either is a
 // corruption check, not an authenticity check.
 

@@ -314,14 +314,14 @@ export interface Native extends NativeFs {
   // ---- CRC-32C (host/native/src/checksum.c) ----
   /**
    * CRC-32C (Castagnoli) of bytes, continued from seed (a CRC so far; 0 to start), as zlib's
-   * crc32 continues CRC-32: crc32c(b, crc32c(a)) === crc32c(a ‖ b). `portable` runs the table
-   * code even where the SSE4.2 instruction exists (tests compare the two).
+   * crc32 continues CRC-32: crc32c(b, crc32c(a)) === crc32c(a ‖ b). `portable` runs the addon's
+   * slicing-by-8 table instead of ISA-L's code (tests compare the two).
    */
   crc32c(bytes: Uint8Array, seed?: number, portable?: boolean): number;
   /** Copies all of src to the start of dst (they must not overlap) and returns src's CRC-32C continued from seed: one pass over the bytes. */
   copyCrc32c(dst: Uint8Array, src: Uint8Array, seed?: number): number;
-  /** Which CRC-32C code this CPU runs, chosen once at load: 'sse4.2' (the crc32 instruction, 3 streams) or 'table' (portable slicing-by-8). */
-  readonly crc32cImpl: 'sse4.2' | 'table';
+  /** Which CRC-32C code runs: 'isa-l' (Intel ISA-L's crc32_iscsi, which picks its code for the CPU once at load: VPCLMULQDQ folding where there is AVX-512). */
+  readonly crc32cImpl: 'isa-l';
 
   // ---- io_uring (host/native/src/uring.c) ----
   /**

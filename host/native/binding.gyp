@@ -18,7 +18,7 @@
         "src/tap.c",
         "src/checksum.c"
       ],
-      "libraries": ["-luring"],
+      "libraries": ["-luring", "-lisal"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "cflags!": ["-fno-exceptions"],
