@@ -1,5 +1,5 @@
 // The pieces of a state transfer's CPU cost, per 256 MiB, in this process: CRC-32 (node:zlib,
-// container format 1) against CRC-32C from the addon (SSE4.2 and the portable table), memcpy,
+// container format 1) against CRC-32C from the addon (ISA-L and the portable table), memcpy,
 // the copy fused with CRC-32C, and making 256 MiB of fresh memfd pages by touching them versus
 // one fallocate / MADV_POPULATE_WRITE. Run: node --import tsx bench/checksum.ts
 import { crc32 } from 'node:zlib';
