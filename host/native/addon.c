@@ -17,7 +17,7 @@ bool init_uring(napi_env env, napi_value exports);
 bool init_peercred(napi_env env, napi_value exports);
 // host/native/src/tap.c: TAP interfaces for the switch's TAP ports (--network tap:IFNAME).
 bool init_tap(napi_env env, napi_value exports);
-// host/native/src/checksum.c: CRC-32C (SSE4.2 or a table) for the state container and pre-copy.
+// host/native/src/checksum.c: CRC-32C (Intel ISA-L) for the state container and pre-copy.
 bool init_checksum(napi_env env, napi_value exports);
 
 static void free_addon_env(napi_env env, void *data, void *hint) {
