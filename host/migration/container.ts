@@ -29,8 +29,9 @@
 //   1  CRC-32 (the zlib/IEEE 802.3 polynomial) through node:zlib, ~4.4 GB/s on this machine: a
 //      fifth of a transfer's CPU time on each side (docs/BENCHMARKS.md, bench/state).
 //   2  CRC-32C (Castagnoli) from the addon (host/native/src/checksum.c), through Intel ISA-L's
-//      crc32_iscsi (folding with VPCLMULQDQ where the CPU has it); it can be fused with a copy, so a section copied into a state file is read once. Written with compat 2:
-//      a format-1 reader cannot check it, and says so by the versions (it refuses a compat it
+//      crc32_iscsi (folding with VPCLMULQDQ where the CPU has it); it can be fused with a
+//      copy, so a section copied into a state file is read once. Written with compat 2: a
+//      format-1 reader cannot check it, and says so by the versions (it refuses a compat it
 //      does not know) instead of calling the state corrupt.
 // This reader reads both (READ_VERSIONS); a format it does not know is refused naming both
 // versions, as virtiofsd refuses a serialized state of a version it does not implement.
