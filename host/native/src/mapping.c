@@ -618,6 +618,11 @@ static void prealloc_execute(napi_env env, void *data) {
     }
   }
   activate_pages(j);
+  if (prealloc_cancelled(j)) {
+    j->err = ECANCELED, j->step = "marking pages accessed";
+    munmap(base, (size_t)j->size);
+    return;
+  }
   j->base = base;
 }
 
