@@ -540,6 +540,45 @@ static bool prealloc_cancelled(prealloc_job *j) {
   return atomic_load_explicit(j->cancel, memory_order_acquire) != 0;
 }
 
+// Marks every page of the memfd accessed, through the same path a SAVE into a pipe takes
+// (splice: filemap's page look-up and folio_mark_accessed), into a pipe drained into /dev/null:
+// no byte is copied. A fresh tmpfs page is on the inactive LRU list; the first SAVE's splices
+// otherwise move each one to the active list, under the LRU lock with interrupts off, ~10 ms of
+// the source's CPU per 256 MiB measured in the first migration a host serves as source
+// (docs/BENCHMARKS.md, 2026-12-07 "direct15b"). A page is activated on its second access, so
+// two passes. Best effort: it changes no byte, and a failure only leaves that cost to the SAVE.
+#define ACTIVATE_PASSES 2
+static void activate_pages(prealloc_job *j) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return;
+  int sink = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (sink >= 0) {
+    (void)fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    for (int pass = 0; pass < ACTIVATE_PASSES; pass++) {
+      loff_t off = 0;
+      while ((uint64_t)off < j->size && !prealloc_cancelled(j)) {
+        ssize_t n = splice(j->fd, &off, p[1], NULL, (size_t)(j->size - (uint64_t)off), 0);
+        if (n <= 0) {
+          if (n < 0 && errno == EINTR) continue;
+          goto done;
+        }
+        for (ssize_t left = n; left > 0;) {
+          ssize_t m = splice(p[0], NULL, sink, NULL, (size_t)left, 0);
+          if (m <= 0) {
+            if (m < 0 && errno == EINTR) continue;
+            goto done;
+          }
+          left -= m;
+        }
+      }
+    }
+  done:
+    close(sink);
+  }
+  close(p[0]);
+  close(p[1]);
+}
+
 static void prealloc_execute(napi_env env, void *data) {
   prealloc_job *j = data;
   for (uint64_t off = 0; off < j->size; off += PREALLOC_CHUNK) {
@@ -577,6 +616,12 @@ static void prealloc_execute(napi_env env, void *data) {
       munmap(base, (size_t)j->size);
       return;
     }
+  }
+  activate_pages(j);
+  if (prealloc_cancelled(j)) {
+    j->err = ECANCELED, j->step = "marking pages accessed";
+    munmap(base, (size_t)j->size);
+    return;
   }
   j->base = base;
 }
