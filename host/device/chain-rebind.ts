@@ -10,13 +10,8 @@
 // caller reports. Writable ranges are kept at pop (dirty logging needs them); readable ones
 // are taken only when a table change finds the request waiting (readableRanges).
 
-import { GuestMemory, MemoryFault, hex, type WindowBases } from '../memory/guest-memory.ts';
+import { GuestMemory, MemoryFault, hex, isDetached, type WindowBases } from '../memory/guest-memory.ts';
 import type { DescriptorChain, GuestRange } from '../virtqueue/chain.ts';
-
-/** A view whose mapping was unmapped (native Mapping.unmap detaches its windows). */
-function detached(v: Uint8Array): boolean {
-  return v.length === 0 && v.buffer.byteLength === 0;
-}
 
 /**
  * The guest ranges of `chain`'s readable buffers, taken before the table change that unmaps
@@ -44,7 +39,7 @@ export function rebindChain(memory: GuestMemory, chain: DescriptorChain, readabl
       chain.readable = views;
     } else {
       for (const v of chain.readable) {
-        if (detached(v)) return 'its device-readable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it and their guest addresses were not kept, so its payload cannot be read';
+        if (isDetached(v)) return 'its device-readable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it and their guest addresses were not kept, so its payload cannot be read';
       }
     }
   }

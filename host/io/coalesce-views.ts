@@ -35,3 +35,16 @@ export function coalesceViews(views: readonly Uint8Array[]): readonly Uint8Array
 function joins(a: Uint8Array, b: Uint8Array): boolean {
   return a.length > 0 && b.length > 0 && a.buffer === b.buffer && a.byteOffset + a.length === b.byteOffset;
 }
+
+/**
+ * `views` past their first `n` bytes (n at most their total): the views wholly moved are
+ * dropped and the one the count stopped in starts where it stopped; the same array when `n`
+ * is 0. For a transfer that went short (preadv, pwritev) and goes on from there.
+ */
+export function advanceViews(views: readonly Uint8Array[], n: number): readonly Uint8Array[] {
+  let left = n;
+  let k = 0;
+  while (k < views.length && left >= views[k]!.length) left -= views[k++]!.length;
+  if (k === 0 && left === 0) return views;
+  return k < views.length ? [views[k]!.subarray(left), ...views.slice(k + 1)] : [];
+}

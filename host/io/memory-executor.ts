@@ -5,6 +5,7 @@
 // table (an fs file) is served through its own synchronous methods.
 import { constants as osConstants } from 'node:os';
 import { MemoryBacking } from '../storage/memory.ts';
+import { isDetached } from '../memory/guest-memory.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
@@ -15,7 +16,7 @@ function viewBytes(views: readonly Uint8Array[]): number {
   let n = 0;
   for (let k = 0; k < views.length; k++) {
     const v = views[k];
-    if (v.length === 0 && v.buffer.byteLength === 0) return -1;
+    if (isDetached(v)) return -1;
     n += v.length;
   }
   return n;

@@ -26,7 +26,8 @@ import { constants as osConstants, release } from 'node:os';
 import { deferTaskrunFits } from './uring-setup.ts';
 import { native, type Mapping, type Uring, type UringIov, type Watcher } from '../native/index.ts';
 import { errnoOf, runOnBacking, type IoBacking } from './backing-table.ts';
-import { coalesceViews } from './coalesce-views.ts';
+import { advanceViews, coalesceViews } from './coalesce-views.ts';
+import { anyDetached, isDetached } from '../memory/guest-memory.ts';
 import { FAULTED, NOT_MAPPED, type MappedReads } from './mapped-reads.ts';
 import type { IoExecutor, IoOp, IoResult } from './executor.ts';
 
@@ -270,7 +271,7 @@ function iovFrom(views: readonly Uint8Array[], skip: number, align: number): { i
   let bytes = 0;
   let aligned = true;
   for (const v of views) {
-    if (v.length === 0 && v.buffer.byteLength === 0) return null;
+    if (isDetached(v)) return null;
     if (skip >= v.length) {
       skip -= v.length;
       continue;
@@ -413,7 +414,7 @@ export class UringExecutor implements IoExecutor {
   private readCached(fd: number, views: readonly Uint8Array[], offset: number): number {
     this.cachedEof = false;
     if (views.length === 0) return -1;
-    for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return -1;
+    if (anyDetached(views)) return -1;
     let rest = coalesceViews(views);
     if (rest.length > MAX_SEGMENTS) return -1;
     let moved = 0;
@@ -426,11 +427,8 @@ export class UringExecutor implements IoExecutor {
       if (r < 0) return moved > 0 ? moved : -1;
       moved += r;
       // The next call starts where this one stopped: in the view it stopped in, or after it.
-      let left = r;
-      let k = 0;
-      while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
-      if (k === rest.length) return moved;
-      rest = [rest[k]!.subarray(left), ...rest.slice(k + 1)];
+      rest = advanceViews(rest, r);
+      if (rest.length === 0) return moved;
     }
   }
 
@@ -617,7 +615,7 @@ export class UringExecutor implements IoExecutor {
       if (op.kind !== 'read' && op.kind !== 'write') return EINVAL;
       const read = op.kind === 'read';
       const views = read ? op.into : op.from;
-      for (let i = 0; i < views.length; i++) if (views[i]!.length === 0 && views[i]!.buffer.byteLength === 0) return EFAULT;
+      if (anyDetached(views)) return EFAULT;
       const total = viewBytes(views);
       const mapped = read ? t.mappedReads : null;
       // A closed backing (fd -1) fails through pread, as it always did, rather than reading on.
@@ -652,10 +650,7 @@ export class UringExecutor implements IoExecutor {
           return 0;
         }
         moved += n;
-        let left = n;
-        let k = 0;
-        while (k < rest.length && left >= rest[k]!.length) left -= rest[k++]!.length;
-        if (k < rest.length) rest = k === 0 && left === 0 ? rest : [rest[k]!.subarray(left), ...rest.slice(k + 1)];
+        rest = advanceViews(rest, n);
       }
       if (last) this.inlineLastRead = moved;
       return 0;

@@ -8,6 +8,20 @@
 
 import { VhostWasmError } from '../errors.ts';
 
+/**
+ * A view of guest memory whose mapping was unmapped (native Mapping.unmap detaches its windows):
+ * it reads as empty, and must not pass for an empty buffer.
+ */
+export function isDetached(v: Uint8Array): boolean {
+  return v.length === 0 && v.buffer.byteLength === 0;
+}
+
+/** Whether any of the views is detached (isDetached). */
+export function anyDetached(views: readonly Uint8Array[]): boolean {
+  for (let i = 0; i < views.length; i++) if (isDetached(views[i]!)) return true;
+  return false;
+}
+
 /** Anything that can expose windows of a mapping: a native `Mapping`, or a test fake. */
 export interface Backing {
   readonly size: number;
