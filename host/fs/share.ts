@@ -172,12 +172,6 @@ function exactMode(fd: number, mode: number): boolean {
 }
 
 /**
- * `call` (a create) under this thread's umask `mask` (native fsUmask), or under the host's
- * own when `mask` is undefined. With FUSE_DONT_MASK (POSIX ACLs) the guest kernel leaves the
- * umask to the file system: the host kernel applies it where the parent has no default ACL
- * and lets the default ACL decide where it has one, in the same step as the create.
- */
-/**
  * File handle types whose handles include the inode's generation (include/linux/exportfs.h:
  * FILEID_INO32_GEN and _PARENT, the 64-bit ones, btrfs's three; ext4, tmpfs, xfs and btrfs
  * make these), read from a record (host/native/src/fhandle.c: s32 handle_type at byte 8).
@@ -187,6 +181,12 @@ function handleHasGeneration(record: Uint8Array): boolean {
   return record.length >= 12 && GENERATION_HANDLE_TYPES.has(new DataView(record.buffer, record.byteOffset, record.byteLength).getInt32(8, true));
 }
 
+/**
+ * `call` (a create) under this thread's umask `mask` (native fsUmask), or under the host's
+ * own when `mask` is undefined. With FUSE_DONT_MASK (POSIX ACLs) the guest kernel leaves the
+ * umask to the file system: the host kernel applies it where the parent has no default ACL
+ * and lets the default ACL decide where it has one, in the same step as the create.
+ */
 function withUmask(mask: number | undefined, call: () => number): number {
   if (mask === undefined) return call();
   const prev = native.fsUmask(mask & 0o777);

@@ -151,11 +151,14 @@ interface DiskScratch {
 
 const scratchOf = new WeakMap<Mapping, DiskScratch>();
 
-function diskScratch(disk: MemoryDiskHandle): DiskScratch {
-  const m = disk.mapping();
+function scratchFor(m: Mapping): DiskScratch {
   let s = scratchOf.get(m);
   if (s === undefined) scratchOf.set(m, (s = { views: new MappedViews(m), buffers: {} }));
   return s;
+}
+
+function diskScratch(disk: MemoryDiskHandle): DiskScratch {
+  return scratchFor(disk.mapping());
 }
 
 /**
@@ -165,9 +168,7 @@ function diskScratch(disk: MemoryDiskHandle): DiskScratch {
  * first migration a host takes part in (docs/BENCHMARKS.md, 2026-12-07 "direct15").
  */
 export function makeDiskViews(m: Mapping): void {
-  let s = scratchOf.get(m);
-  if (s === undefined) scratchOf.set(m, (s = { views: new MappedViews(m), buffers: {} }));
-  s.views.each(0, m.size, () => {});
+  scratchFor(m).views.each(0, m.size, () => {});
 }
 
 /** The disk's views (made once per mapping: see DiskScratch). */
