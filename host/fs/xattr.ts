@@ -33,26 +33,30 @@ export function isPosixAclName(name: Uint8Array): boolean {
  */
 export function mapNameList(list: Uint8Array, map: (name: Uint8Array) => Uint8Array | null): Uint8Array {
   const kept: Uint8Array[] = [];
-  let at = 0;
-  while (at < list.length) {
-    let end = list.indexOf(0, at);
-    if (end < 0) end = list.length;
-    const name = list.subarray(at, end);
-    const g = name.length > 0 ? map(name) : null;
+  someName(list, (name) => {
+    const g = map(name);
     if (g !== null && g.length > 0) kept.push(g, new Uint8Array(1));
-    at = end + 1;
-  }
+    return false;
+  });
   return Buffer.concat(kept);
 }
 
-/** A name list without the POSIX ACL names (and the starts of them, isPosixAclName). */
-export function withoutPosixAcl(list: Uint8Array): Uint8Array {
+/**
+ * Calls `f` with each non-empty name of a listxattr result (NUL-terminated names), in order,
+ * until it returns true; whether one did.
+ */
+function someName(list: Uint8Array, f: (name: Uint8Array) => boolean): boolean {
   let at = 0;
   while (at < list.length) {
     let end = list.indexOf(0, at);
     if (end < 0) end = list.length;
-    if (end > at && isPosixAclName(list.subarray(at, end))) return mapNameList(list, (name) => (isPosixAclName(name) ? null : name));
+    if (end > at && f(list.subarray(at, end))) return true;
     at = end + 1;
   }
-  return list;
+  return false;
+}
+
+/** A name list without the POSIX ACL names (and the starts of them, isPosixAclName); the same list when it has none. */
+export function withoutPosixAcl(list: Uint8Array): Uint8Array {
+  return someName(list, isPosixAclName) ? mapNameList(list, (name) => (isPosixAclName(name) ? null : name)) : list;
 }

@@ -45,6 +45,11 @@ function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Arra
   // in every queue thread of the device (the cell is theirs).
   const mappedReads = inline ? mappedReadsFor(f.fd, f.size, mappedStop) : null;
   if (mappedReads !== null) mapped.push(mappedReads);
+  // Before a hole is punched (discard, write-zeroes): every thread's mapping stops, this one's now.
+  const stopMapping = (): void => {
+    stopMappedReads(mappedStop);
+    mappedReads?.stop();
+  };
   return {
     // Read at each use: a closed backing says -1 (EBADF), never a number since reused.
     get fd() {
@@ -55,13 +60,11 @@ function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Arra
     inline,
     mappedReads,
     discard: (offset, len) => {
-      stopMappedReads(mappedStop);
-      mappedReads?.stop();
+      stopMapping();
       f.discard(offset, len);
     },
     writeZeroes: (offset, len) => {
-      stopMappedReads(mappedStop);
-      mappedReads?.stop();
+      stopMapping();
       f.writeZeroes(offset, len);
     },
   };
