@@ -860,18 +860,12 @@ static napi_value fs_getdents(napi_env env, napi_callback_info info) {
 static napi_value fs_statfs(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd;
-  void *data;
-  size_t len;
+  double *o = NULL;
   if (!get_args(env, info, 2, 2, argv, NULL, "fsStatfs") || !arg_fd(env, argv[0], "fsStatfs", &fd) ||
-      !get_bytes(env, argv[1], "fsStatfs", "out", &data, &len))
+      !fs_stat_out(env, argv[1], "fsStatfs", 8, &o))
     return NULL;
-  if (len < 8 * sizeof(double) || ((uintptr_t)data & 7)) {
-    throw_range(env, "fsStatfs: out must be an aligned Float64Array of 8");
-    return NULL;
-  }
   struct statfs s;
   if (fstatfs(fd, &s) < 0) return neg(env, errno);
-  double *o = data;
   o[0] = (double)s.f_blocks, o[1] = (double)s.f_bfree, o[2] = (double)s.f_bavail, o[3] = (double)s.f_files;
   o[4] = (double)s.f_ffree, o[5] = (double)s.f_bsize, o[6] = (double)s.f_namelen, o[7] = (double)s.f_frsize;
   return num(env, 0);
