@@ -25,6 +25,13 @@ const MAX_WRITE = 128 << 10;
 const FOPEN_DIRECT_IO = 1;
 const FUSE_ASYNC_READ = 1;
 
+/** A READ or WRITE of the file as the kernel sent it (byte offset and size). */
+export interface FuseIo {
+  kind: 'read' | 'write';
+  off: number;
+  size: number;
+}
+
 export interface FaultyFuse {
   /** The file's path on the mount. */
   path: string;
@@ -32,6 +39,8 @@ export interface FaultyFuse {
   data: Buffer;
   /** Requests answered with EIO, by kind. */
   failed: { read: number; write: number };
+  /** Every READ and WRITE the kernel sent, in arrival order (a test may empty it to start a count). */
+  ops: FuseIo[];
   /** Reads held since hold(), not yet answered. */
   readonly held: number;
   /** From now on, reads wait unanswered until open(). */
@@ -55,6 +64,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     throw new Error(`mounting the FUSE file system failed: ${m.stderr}`);
   }
   const failed = { read: 0, write: 0 };
+  const ops: FuseIo[] = [];
   let gate: (() => void)[] | null = null;
   const bad = (off: number, len: number) => off < badEnd && off + len > badStart;
   const buf = Buffer.alloc(MAX_WRITE + 4096);
@@ -119,6 +129,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       case OP.READ: {
         const off = Number(arg.readBigUInt64LE(8));
         const size = arg.readUInt32LE(16);
+        ops.push({ kind: 'read', off, size });
         const answer = bad(off, size)
           ? () => (failed.read++, reply(unique, EIO))
           : () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
@@ -128,6 +139,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
       case OP.WRITE: {
         const off = Number(arg.readBigUInt64LE(8));
         const size = arg.readUInt32LE(16);
+        ops.push({ kind: 'write', off, size });
         if (bad(off, size)) return (failed.write++, reply(unique, EIO));
         const n = Math.max(0, Math.min(size, data.length - off));
         arg.copy(data, off, 40, 40 + n);
@@ -179,6 +191,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     path: join(dir, name),
     data,
     failed,
+    ops,
     get held() {
       return gate?.length ?? 0;
     },
