@@ -14,6 +14,7 @@ import { BlkDevice, BlkError, BlkStatus, SECTOR } from '../host/frontend/blk.ts'
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, startHost } from './helpers/host-process.ts';
 import { mountFaultyFuse } from './helpers/faulty-fuse.ts';
+import { withTimeout } from './helpers/device-checks.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const FEATURES = [VIRTIO_F_VERSION_1, 2 /* SEG_MAX */, 9 /* FLUSH */].reduce((m, b) => m | (1n << BigInt(b)), 0n);
@@ -34,14 +35,15 @@ test('EIO from the backing: requests into the failing range get IOERR with a log
       const status = (p: Promise<unknown>) => p.then(() => BlkStatus.OK, (e: unknown) => (e instanceof BlkError ? e.status : e));
       // All in flight at once: good writes and reads around failing ones, one of them straddling.
       const after = { sector: BAD + BAD_SECTORS, data: randomBytes(8 * SECTOR) }; // the first good sector past the range
-      const batch = await Promise.all([
+      // Bounded: a host that failed the device over an I/O error would answer none of them.
+      const batch = await withTimeout(Promise.all([
         ...good.map((g) => status(blk.write(g.sector, g.data, { segments: 2 }))),
         status(blk.write(BAD + 8, randomBytes(16 * SECTOR))),
         status(blk.read(BAD, 8 * SECTOR)),
         status(blk.read(BAD - 8, 16 * SECTOR)), // straddles the start of the range
         status(blk.write(after.sector, after.data)),
         status(blk.read(BAD - 64, 64 * SECTOR)), // ends where the range begins
-      ]);
+      ]), 20_000, 'the requests in flight beside the failing ones');
       t.deepEqual(batch, [...good.map(() => BlkStatus.OK), BlkStatus.IOERR, BlkStatus.IOERR, BlkStatus.IOERR, BlkStatus.OK, BlkStatus.OK]);
       const log = host.log();
       t.regex(log, /disk\.img: write of \d+ bytes at \d+ failed: EIO/);
