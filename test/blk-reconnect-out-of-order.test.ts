@@ -10,13 +10,25 @@
 // system sees those two READs and no WRITE), each completes once with what the file holds now,
 // the writes are not run again (the second write to one sector stays the last), and new
 // requests go on after them. A host that restarted from the front-end's base would run the
-// last write again and never answer the first read. Needs root (the mount).
+// last write again and never answer the first read. Both ring layouts: split (our front-end
+// driver) and packed (a packed ring wired by hand, whose buffer ids are reused by the writes
+// while the reads hold theirs). Needs root (the mount).
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlkDevice, SECTOR } from '../host/frontend/blk.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { native } from '../host/native/index.ts';
+import type { Mapping } from '../host/native/api.ts';
+import { VhostUserConnection } from '../host/frontend/connection.ts';
+import { GuestRam } from '../host/frontend/driver-memory.ts';
+import { PackedDriverRing } from '../host/frontend/rings/packed.ts';
+import { encodePackedVringBase } from '../host/virtqueue/packed.ts';
+import { VirtioFeature, bit } from '../host/device/features.ts';
+import { ProtocolFeature, featureBit } from '../host/protocol/constants.ts';
+import { PackedInflightRegion } from '../host/virtqueue/inflight-packed.ts';
+import { BlkDevice, BlkStatus, BlkType, SECTOR } from '../host/frontend/blk.ts';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { SplitInflightRegion } from '../host/virtqueue/inflight.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -146,3 +158,194 @@ function threadsStopped(pid: number): boolean {
     }
   });
 }
+
+// The same on a packed ring (VIRTIO_F_RING_PACKED, as QEMU's `packed=on`): used descriptors go
+// into the descriptor ring at the device's used position, so completions out of order leave
+// that position past the three writes' slots while the two reads' slots are still the driver's;
+// the packed inflight area (its used index and per-id marks) is what tells the next host where
+// the ring stands. The guest side is wired by hand (the front-end driver's rings are split).
+
+const PACKED_SIZE = 32;
+const PACKED_FEATURES = bit(VirtioFeature.VERSION_1) | bit(VirtioFeature.RING_PACKED) | bit(VirtioFeature.PROTOCOL_FEATURES);
+
+/** A request made available: its buffer id, and the guest addresses of its data block and status byte. */
+interface SentBlk {
+  id: number;
+  data: number;
+  status: number;
+}
+
+/** A blk driver on one packed ring: guest memory, the ring, eventfds and the inflight area outlive the back-ends. */
+class PackedBlkGuest {
+  readonly ram = GuestRam.create({ bytes: 4 << 20 });
+  readonly kick = native.eventfd(0);
+  readonly call = native.eventfd(0);
+  readonly ring: PackedDriverRing;
+  area: { fd: number; size: number; mapping: Mapping; bytes: Uint8Array } | null = null;
+  conn: VhostUserConnection | null = null;
+
+  constructor() {
+    const layout = PackedDriverRing.layoutFor(PACKED_SIZE);
+    const gpa = this.ram.alloc(layout.bytes, 4096);
+    this.ring = new PackedDriverRing({ size: PACKED_SIZE, memory: this.ram.view(gpa, layout.bytes), gpa, eventIdx: false, indirectEntries: 0 });
+  }
+
+  region(): PackedInflightRegion {
+    return new PackedInflightRegion(this.area!.bytes, new DataView(this.area!.bytes.buffer, this.area!.bytes.byteOffset).getUint16(10, true), 0);
+  }
+
+  /** As QEMU's vhost-user-blk start: features, the inflight area (got once, handed again after a crash), memory, the ring at `base`. */
+  async connect(sock: string, base?: number): Promise<void> {
+    const conn = VhostUserConnection.connect(sock);
+    this.conn = conn;
+    await conn.getFeatures();
+    const offered = await conn.getProtocolFeatures();
+    await conn.setProtocolFeatures(offered & (featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.INFLIGHT_SHMFD)));
+    await conn.setOwner();
+    await conn.setFeatures(PACKED_FEATURES);
+    if (this.area === null) {
+      const got = await conn.getInflightFd(1, PACKED_SIZE);
+      if (got.fd === null) throw new Error('no inflight area');
+      const mapping = native.mmap(got.fd, got.size, got.offset, true);
+      this.area = { fd: got.fd, size: got.size, mapping, bytes: new Uint8Array(mapping.window(0, got.size)) };
+    }
+    await conn.setInflightFd(this.area.fd, this.area.size, 0, 1, PACKED_SIZE);
+    await conn.setMemTable(this.ram.memTable());
+    await conn.setVringNum(0, PACKED_SIZE);
+    if (base !== undefined) await conn.setVringBase(0, base);
+    const r = this.ring;
+    await conn.setVringAddr({ index: 0, flags: 0, descUserAddr: BigInt(this.ram.uva(r.descGpa)), availUserAddr: BigInt(this.ram.uva(r.driverEventGpa)), usedUserAddr: BigInt(this.ram.uva(r.deviceEventGpa)), logGuestAddr: 0n });
+    await conn.setVringCall(0, this.call);
+    await conn.setVringKick(0, this.kick);
+    await conn.setVringEnable(0, true);
+  }
+
+  /** After the back-end died: QEMU restarts the ring at its used position (avail = used). */
+  baseAfterCrash(): number {
+    const r = this.ring;
+    return encodePackedVringBase({ availIdx: r.usedIndex, availWrap: r.usedWrapCounter, usedIdx: r.usedIndex, usedWrap: r.usedWrapCounter });
+  }
+
+  /**
+   * Makes a read (into guest memory) or a write (of `data`) of one block available and kicks:
+   * its buffer id (free again once used, so a later request may get it) and buffers.
+   */
+  send(kind: 'read' | 'write', sector: number, data?: Uint8Array): SentBlk {
+    const hdr = this.ram.alloc(16);
+    const dv = new DataView(this.ram.view(hdr, 16).buffer, this.ram.view(hdr, 16).byteOffset, 16);
+    dv.setUint32(0, kind === 'read' ? BlkType.IN : BlkType.OUT, true);
+    dv.setBigUint64(8, BigInt(sector), true);
+    const buf = this.ram.alloc(BLOCK, 512);
+    if (data) this.ram.view(buf, BLOCK).set(data);
+    const status = this.ram.alloc(1);
+    this.ram.view(status, 1)[0] = 0xff;
+    const id = kind === 'read'
+      ? this.ring.add([{ gpa: hdr, len: 16 }], [{ gpa: buf, len: BLOCK }, { gpa: status, len: 1 }])
+      : this.ring.add([{ gpa: hdr, len: 16 }, { gpa: buf, len: BLOCK }], [{ gpa: status, len: 1 }]);
+    if (id === null) throw new Error('packed ring full');
+    native.eventfdWrite(this.kick);
+    return { id, data: buf, status };
+  }
+
+  /** Waits (bounded) for `count` more used buffers; getUsed throws on an id not in flight (a completion twice). */
+  async used(count: number): Promise<number[]> {
+    const out: number[] = [];
+    for (let i = 0; i < 2000 && out.length < count; i++) {
+      out.push(...this.ring.getUsed().map((u) => u.head));
+      if (out.length < count) await sleep(5);
+    }
+    if (out.length < count) throw new Error(`only ${out.length} of ${count} used buffers came back`);
+    return out;
+  }
+
+  status(r: SentBlk): number {
+    return this.ram.view(r.status, 1)[0];
+  }
+
+  data(r: SentBlk): Buffer {
+    return Buffer.from(this.ram.view(r.data, BLOCK));
+  }
+
+  async disconnect(): Promise<void> {
+    if (this.conn) {
+      this.conn.close();
+      await this.conn.closed;
+      this.conn = null;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.disconnect();
+    if (this.area) {
+      this.area.mapping.unmap();
+      native.close(this.area.fd);
+    }
+    this.ram.close();
+    native.close(this.kick);
+    native.close(this.call);
+  }
+}
+
+test('a packed ring: the host SIGKILLed after later requests completed ahead of earlier ones; its successor runs exactly the two that had not completed, each completes once', async (t) => {
+  const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
+  const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-ooo-packed-'));
+  const args = ['--socket-path', join(dir, 'blk.sock'), '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug'];
+  const hosts: HostProcess[] = [await startHost(args)];
+  const g = new PackedBlkGuest();
+  try {
+    await g.connect(hosts[0].socketPath);
+    const [a, b, c] = [randomBytes(BLOCK), randomBytes(BLOCK), randomBytes(BLOCK)];
+    disk.hold();
+    const r1 = g.send('read', R1);
+    t.true(await eventually(() => disk.held === 1, 10_000), 'the first read reached the file system and is held');
+    const w2 = g.send('write', W, a);
+    t.deepEqual(await g.used(1), [w2.id], 'the first write completed ahead of the held read');
+    const w3 = g.send('write', W, b);
+    t.deepEqual(await g.used(1), [w3.id]);
+    const r4 = g.send('read', R4);
+    t.true(await eventually(() => disk.held === 2, 10_000), 'the second read reached the file system and is held');
+    const w5 = g.send('write', W5, c);
+    t.deepEqual(await g.used(1), [w5.id]);
+    for (const id of [w2, w3, w5]) t.is(g.status(id), BlkStatus.OK);
+    t.is(g.status(r1), 0xff, 'the first read is not answered');
+    t.deepEqual(g.region().inflightIds(), [r1.id, r4.id].sort((x, y) => x - y), 'the inflight area marks the two reads, nothing else');
+    await hosts[0].waitForLog(/ring 0: first out-of-order completion/);
+
+    hosts[0].child.kill('SIGKILL');
+    t.true(await eventually(() => threadsStopped(hosts[0].child.pid!), 10_000), 'the killed host runs no more user code');
+    disk.open();
+    await hosts[0].exited;
+    await g.disconnect();
+    const [r1Now, r4Now] = [randomBytes(BLOCK), randomBytes(BLOCK)];
+    r1Now.copy(disk.data, R1 * SECTOR);
+    r4Now.copy(disk.data, R4 * SECTOR);
+    disk.ops.length = 0;
+
+    hosts.push(await startHost(args));
+    await g.connect(hosts[1].socketPath, g.baseAfterCrash());
+    const again = await g.used(2);
+    t.deepEqual([...again].sort((x, y) => x - y), [r1.id, r4.id].sort((x, y) => x - y), 'the two reads completed, once each');
+    t.is(g.status(r1), BlkStatus.OK);
+    t.is(g.status(r4), BlkStatus.OK);
+    t.true(g.data(r1).equals(r1Now), 'the first read answers what the file holds now');
+    t.true(g.data(r4).equals(r4Now), 'the second read too');
+    t.deepEqual([...disk.ops].sort(byOffset), [io('read', R1), io('read', R4)], 'the new host ran exactly the two reads, no write');
+    t.regex(await hosts[1].waitForLog(/resubmitting/), /ring 0: resubmitting 2 in-flight request\(s\) from the inflight area/);
+    t.deepEqual(g.region().inflightIds(), []);
+
+    // New requests go on after the resubmitted ones; nothing else comes back.
+    const r6 = g.send('read', W);
+    t.deepEqual(await g.used(1), [r6.id]);
+    t.is(g.status(r6), BlkStatus.OK);
+    t.true(g.data(r6).equals(b), 'the sector written twice holds the second write');
+    t.true(disk.data.subarray(W * SECTOR, W * SECTOR + BLOCK).equals(b));
+    await sleep(100);
+    t.deepEqual(g.ring.getUsed(), [], 'no further used buffer');
+  } finally {
+    disk.open();
+    await g.close();
+    for (const h of hosts) await h.stop('SIGKILL');
+    await disk.unmount();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
