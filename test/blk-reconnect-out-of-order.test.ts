@@ -73,9 +73,10 @@ test('the host SIGKILLed after later requests completed ahead of earlier ones: i
   // A socket path of our own: it outlives the host killed on it. Debug: the runner logs a ring's
   // first out-of-order completion.
   const args = ['--socket-path', join(dir, 'blk.sock'), '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug'];
-  const hosts: HostProcess[] = [await startHost(args)];
+  const hosts: HostProcess[] = [];
   let fe: VhostUserFrontend | undefined;
   try {
+    hosts.push(await startHost(args));
     fe = await VhostUserFrontend.connect(hosts[0].socketPath, { memoryBytes: 32 << 20, queues: [128], features: FEATURES, inflight: true });
     const blk = new BlkDevice(fe.queues[0]);
     const [a, b, c] = [randomBytes(BLOCK), randomBytes(BLOCK), randomBytes(BLOCK)];
@@ -290,9 +291,10 @@ test('a packed ring: the host SIGKILLed after later requests completed ahead of 
   const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-ooo-packed-'));
   const args = ['--socket-path', join(dir, 'blk.sock'), '--plugin', BLK, '--storage', disk.path, '--log-level', 'debug'];
-  const hosts: HostProcess[] = [await startHost(args)];
+  const hosts: HostProcess[] = [];
   const g = new PackedBlkGuest();
   try {
+    hosts.push(await startHost(args));
     await g.connect(hosts[0].socketPath);
     const [a, b, c] = [randomBytes(BLOCK), randomBytes(BLOCK), randomBytes(BLOCK)];
     disk.hold();
