@@ -61,6 +61,7 @@ function region(fe: VhostUserFrontend): SplitInflightRegion {
   return new SplitInflightRegion(a.bytes.subarray(0, a.size), new DataView(a.bytes.buffer, a.bytes.byteOffset).getUint16(10, true), 0);
 }
 const io = (kind: FuseIo['kind'], sector: number): FuseIo => ({ kind, off: sector * SECTOR, size: BLOCK });
+const num = (x: number, y: number) => x - y;
 const byOffset = (a: FuseIo, b: FuseIo) => a.off - b.off || a.kind.localeCompare(b.kind);
 
 test('the host SIGKILLed after later requests completed ahead of earlier ones: its successor runs exactly the two that had not completed, each completes once, no write runs again', async (t) => {
@@ -94,7 +95,7 @@ test('the host SIGKILLed after later requests completed ahead of earlier ones: i
     // Before the kill: the writes overtook the reads made available before them.
     const heads = Array.from({ length: 5 }, (_, i) => availHead(fe!, i));
     t.deepEqual(used(fe).heads, [heads[1], heads[2], heads[4]], 'the used ring: the three writes, ahead of the first read');
-    t.deepEqual(region(fe).inflightHeads().sort(), [heads[0], heads[3]].sort(), 'the inflight area marks the two reads, nothing else');
+    t.deepEqual([...region(fe).inflightHeads()].sort(num), [heads[0], heads[3]].sort(num), 'the inflight area marks the two reads, nothing else');
     t.is(region(fe).usedIdx, 3);
     await hosts[0].waitForLog(/ring 0: first out-of-order completion/);
     t.true(disk.data.subarray(W * SECTOR, W * SECTOR + BLOCK).equals(b) && disk.data.subarray(W5 * SECTOR, W5 * SECTOR + BLOCK).equals(c), 'the writes are on the disk');
@@ -121,7 +122,7 @@ test('the host SIGKILLed after later requests completed ahead of earlier ones: i
     t.regex(await hosts[1].waitForLog(/resubmitting/), /ring 0: resubmitting 2 in-flight request\(s\) from the inflight area/);
     const after = used(fe);
     t.is(after.idx, 5, 'five requests, five completions');
-    t.deepEqual(after.heads.slice(3).sort(), [heads[0], heads[3]].sort(), 'the two reads completed once each, after the writes');
+    t.deepEqual(after.heads.slice(3).sort(num), [heads[0], heads[3]].sort(num), 'the two reads completed once each, after the writes');
     t.deepEqual(region(fe).inflightHeads(), []);
 
     // New requests go on after the resubmitted ones; the second write is still the last one.
@@ -310,7 +311,7 @@ test('a packed ring: the host SIGKILLed after later requests completed ahead of 
     t.deepEqual(await g.used(1), [w5.id]);
     for (const id of [w2, w3, w5]) t.is(g.status(id), BlkStatus.OK);
     t.is(g.status(r1), 0xff, 'the first read is not answered');
-    t.deepEqual(g.region().inflightIds(), [r1.id, r4.id].sort((x, y) => x - y), 'the inflight area marks the two reads, nothing else');
+    t.deepEqual(g.region().inflightIds(), [r1.id, r4.id].sort(num), 'the inflight area marks the two reads, nothing else');
     await hosts[0].waitForLog(/ring 0: first out-of-order completion/);
 
     hosts[0].child.kill('SIGKILL');
@@ -326,7 +327,7 @@ test('a packed ring: the host SIGKILLed after later requests completed ahead of 
     hosts.push(await startHost(args));
     await g.connect(hosts[1].socketPath, g.baseAfterCrash());
     const again = await g.used(2);
-    t.deepEqual([...again].sort((x, y) => x - y), [r1.id, r4.id].sort((x, y) => x - y), 'the two reads completed, once each');
+    t.deepEqual([...again].sort(num), [r1.id, r4.id].sort(num), 'the two reads completed, once each');
     t.is(g.status(r1), BlkStatus.OK);
     t.is(g.status(r4), BlkStatus.OK);
     t.true(g.data(r1).equals(r1Now), 'the first read answers what the file holds now');
