@@ -23,6 +23,8 @@ const RING_ENTRIES = 128;
 
 /** statfs f_type of tmpfs (and of devtmpfs, which only holds device nodes). */
 const TMPFS_MAGIC = 0x01021994;
+/** statfs f_type of a FUSE file system: its reads and writes go to io-wq at once (UringTarget.punt). */
+const FUSE_SUPER_MAGIC = 0x65735546;
 
 /**
  * A file backing as the ring sees it; a regular file on tmpfs goes inline (UringTarget.inline).
@@ -36,8 +38,11 @@ const TMPFS_MAGIC = 0x01021994;
  */
 function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Array): UringTarget {
   let inline = false;
+  let punt = false;
   try {
-    inline = f.directAlign === 0 && !native.backingInfo(f.fd).blockDevice && statfsSync(f.describe).type === TMPFS_MAGIC;
+    const fsType = native.backingInfo(f.fd).blockDevice ? 0 : statfsSync(f.describe).type;
+    inline = f.directAlign === 0 && fsType === TMPFS_MAGIC;
+    punt = fsType === FUSE_SUPER_MAGIC;
   } catch {
     // Not knowing only costs speed: the ring serves it.
   }
@@ -58,6 +63,7 @@ function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Arra
     directAlign: f.directAlign,
     describe: f.describe,
     inline,
+    punt,
     mappedReads,
     discard: (offset, len) => {
       stopMapping();

@@ -92,6 +92,13 @@ export interface UringTarget {
    */
   readonly nowaitReads?: boolean;
   /**
+   * Reads and writes go to an io-wq worker at once (IOSQE_ASYNC) instead of being tried inline
+   * in io_uring_enter first. A file on FUSE: a FOPEN_DIRECT_IO read there waits for the FUSE
+   * server inside io_uring_enter (kernel 6.18), so one slow or stuck request would hold the
+   * device's thread and every request behind it (found by test/blk-reconnect-out-of-order).
+   */
+  readonly punt?: boolean;
+  /**
    * Discard and write-zeroes, done synchronously by the backing (fallocate with its fallbacks
    * for block devices and file systems without PUNCH_HOLE/ZERO_RANGE). Throws an error carrying
    * the errno (BackingError.errno, or a Node fs error). Absent: those ops fail with EOPNOTSUPP.
@@ -686,7 +693,9 @@ export class UringExecutor implements IoExecutor {
     if (this.cancelling) return this.finish(req, ECANCELED);
     let ok: boolean;
     try {
-      ok = kind === SQE_READV ? this.ring.readv(fd, pos, req.slot, iov!) : kind === SQE_WRITEV ? this.ring.writev(fd, pos, req.slot, iov!) : this.ring.fsync(fd, req.slot, true, false);
+      const t = req.targets[req.at];
+      const punt = t !== undefined && 'punt' in t && t.punt === true;
+      ok = kind === SQE_READV ? this.ring.readv(fd, pos, req.slot, iov!, punt) : kind === SQE_WRITEV ? this.ring.writev(fd, pos, req.slot, iov!, punt) : this.ring.fsync(fd, req.slot, true, false);
     } catch (e) {
       // The addon refused the iovecs: a view detached (its memory was unmapped) or out of range.
       return this.finish(req, /detached/.test((e as Error).message) ? EFAULT : EINVAL);

@@ -123,10 +123,13 @@ export interface Uring {
   readonly deferTaskrun: boolean;
   /** Operations queued and not yet reaped. */
   readonly inflight: number;
-  /** Queue a preadv at `position` into the segments; false when `capacity` ops are in flight (reap first). */
-  readv(fd: number, position: number, userData: number, iov: UringIov): boolean;
-  /** Queue a pwritev at `position` from the segments; false at capacity. */
-  writev(fd: number, position: number, userData: number, iov: UringIov): boolean;
+  /**
+   * Queue a preadv at `position` into the segments; false when `capacity` ops are in flight
+   * (reap first). `punt` (IOSQE_ASYNC): straight to a kernel worker, never tried inline.
+   */
+  readv(fd: number, position: number, userData: number, iov: UringIov, punt?: boolean): boolean;
+  /** Queue a pwritev at `position` from the segments; false at capacity. `punt` as readv's. */
+  writev(fd: number, position: number, userData: number, iov: UringIov, punt?: boolean): boolean;
   /**
    * Queue fsync/fdatasync. `drain` (IOSQE_IO_DRAIN): it starts only after every operation
    * submitted before it on this ring has completed, the ordering a virtio flush needs.

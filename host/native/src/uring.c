@@ -229,15 +229,19 @@ static bool take_iov(napi_env env, napi_value arr, op *o, const char *fn, uint64
 
 static napi_value rw(napi_env env, napi_callback_info info, bool write) {
   const char *fn = write ? "Uring.writev" : "Uring.readv";
-  napi_value argv[4], self;
+  napi_value argv[5], self;
   int fd;
   uint64_t pos;
-  if (!get_args(env, info, 4, 4, argv, &self, fn)) return NULL;
+  if (!get_args(env, info, 5, 4, argv, &self, fn)) return NULL;
   uring *u = this_uring(env, self, fn);
   if (!u) return NULL;
   if (!get_fd(env, argv[0], fn, "fd", &fd) || !get_u64(env, argv[1], fn, "position", &pos)) return NULL;
   uint64_t udi;
   if (!get_u64(env, argv[2], fn, "userData", &udi)) return NULL;
+  bool punt = false;
+  napi_valuetype pt = napi_undefined;
+  napi_typeof(env, argv[4], &pt);
+  if (pt != napi_undefined && !get_bool(env, argv[4], fn, "punt", &punt)) return NULL;
   uint32_t id;
   bool failed;
   struct io_uring_sqe *sqe = reserve(env, u, (double)udi, &id, fn, &failed);
@@ -253,6 +257,10 @@ static napi_value rw(napi_env env, napi_callback_info info, bool write) {
   }
   if (write) io_uring_prep_writev(sqe, fd, o->iov, o->niov, pos);
   else io_uring_prep_readv(sqe, fd, o->iov, o->niov, pos);
+  // IOSQE_ASYNC: straight to an io-wq worker, never tried inline in io_uring_enter. For files
+  // whose "non-blocking" attempt can still wait (a FUSE file opened FOPEN_DIRECT_IO waits for
+  // its server inside io_uring_enter on kernel 6.18), which would stall the device's thread.
+  if (punt) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
   io_uring_sqe_set_data64(sqe, id);
   return make_bool(env, true);
 }
