@@ -66,8 +66,9 @@ const byOffset = (a: FuseIo, b: FuseIo) => a.off - b.off || a.kind.localeCompare
 
 test('the host SIGKILLed after later requests completed ahead of earlier ones: its successor runs exactly the two that had not completed, each completes once, no write runs again', async (t) => {
   // Cached (page-cache reads, which io_uring hands to its worker threads when the page is not
-  // there), which the kill below needs: the killed host's reads are parked in the page cache's
-  // wait, not in a direct-I/O request (test/blk-fuse-backing covers FOPEN_DIRECT_IO). The file is opened without
+  // there): chosen when a FOPEN_DIRECT_IO read still blocked the device's thread inside
+  // io_uring_enter (fixed since, test/blk-fuse-backing), and the mode this test was checked to
+  // fail in with recovery switched off. The file is opened without
   // FOPEN_KEEP_CACHE: the restarted host's open drops what the killed one's reads cached.
   const disk = await mountFaultyFuse('disk.img', randomBytes(IMAGE_BYTES), IMAGE_BYTES, IMAGE_BYTES, { cached: true });
   const dir = mkdtempSync(join(tmpdir(), 'vhost-wasm-ooo-'));
