@@ -5,6 +5,7 @@
 //   node --import tsx bench/fs-guest.ts [--backend ours|virtiofsd|both] [--rounds 3]
 //        [--files 1000] [--mib 64] [--rand-reads 4096] [--dir-entries 10000] [--readdir-passes 3]
 //        [--warmup 200] [--warmup-mib 8] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
+//        [--host-flags '...']
 //
 // Back-ends: ours is the built binary users run (dist/vhost-wasm.mjs with dist/plugins/fs.wasm,
 // `--cache auto --call-deadline 5000`, its default `--inode-file-handles prefer`); virtiofsd is
@@ -90,6 +91,7 @@ const { values: argv } = parseArgs({
     'skip-guest': { type: 'boolean', default: false },
     'skip-state': { type: 'boolean', default: false },
     profile: { type: 'string' },
+    'host-flags': { type: 'string' },
   },
 });
 const FILES = Number(argv.files);
@@ -411,9 +413,9 @@ async function withOurs<T>(dir: string, fn: (socket: string, pid: number, log: (
   const args = ['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dir, '--tag', TAG, '--cache', 'auto', '--call-deadline', '5000'];
   if (argv['poll-max-ns'] !== undefined) args.push('--poll-max-ns', argv['poll-max-ns']);
   // `exec` keeps the pid: the CPU read from /proc is node's.
-  const wrap = argv.profile
-    ? ['sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir=${resolve(argv.profile)} --cpu-prof-interval 200 "$@"`]
-    : undefined;
+  // --host-flags: node/V8 flags for our host (V8's are per process: they reach the device worker).
+  const flags = [...(argv.profile ? [`--cpu-prof --cpu-prof-dir=${resolve(argv.profile)} --cpu-prof-interval 200`] : []), ...(argv['host-flags'] ? [argv['host-flags']] : [])];
+  const wrap = flags.length > 0 ? ['sh', '-c', `exec "$0" ${flags.join(' ')} "$@"`] : undefined;
   const host = await startHost(args, { wrap });
   try {
     return await fn(host.socketPath, host.child.pid!, () => host.log());

@@ -65,7 +65,8 @@ for (const line of readFileSync(file, 'utf8').split('\n')) {
   if (!line.trim()) {
     if (cur) samples.push(cur);
     cur = null;
-  } else if (!/^\s/.test(line)) {
+  } else if (!/^\s/.test(line) || /^\s*\d+\/\d+\s*$/.test(line)) {
+    // A sample's pid/tid line (this perf pads it with a leading space); its frames are indented.
     cur = { who: line.trim(), stack: [] };
   } else if (cur) {
     cur.stack.push(line.trim().split(' ').slice(1).join(' ').replace(/\+0x[0-9a-f]+$/, ''));

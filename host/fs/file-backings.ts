@@ -51,7 +51,9 @@ export class FsFileBackings {
     if (known !== undefined) return { ok: true, val: known };
     // O_RDONLY, or a --read-only share: the answer checks refuse transfers to it.
     const readOnly = this.share.readOnly || (flags & O_ACCMODE) === O_RDONLY;
-    const io = fileIoBacking(fd, readOnly, `${this.share.dir}: open file ${h}`);
+    // The description is made only for a message (a bigint's text per open was a conversion per create).
+    const dir = this.share.dir;
+    const io = fileIoBacking(fd, readOnly, () => `${dir}: open file ${h}`);
     let index: number;
     try {
       index = this.table.register(io);

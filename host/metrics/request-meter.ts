@@ -113,6 +113,9 @@ function bucketOf(seconds: number): number {
   return i;
 }
 
+/** What completed() chains flushTask to: a microtask without queueMicrotask's per-call objects. */
+const SETTLED = Promise.resolve();
+
 /** The worker's writer (given to the runner through RunnerHooks.meter). */
 /** Completions waiting to be timed (more are timed at once). */
 const PENDING = 1024;
@@ -184,7 +187,11 @@ export class RequestMeter {
     this.pending[this.pendingCount++] = start;
     if (!this.flushQueued) {
       this.flushQueued = true;
-      queueMicrotask(this.flushTask);
+      // A reaction of a settled promise, not queueMicrotask: the same microtask queue, but
+      // Node's queueMicrotask makes an AsyncResource and a bound function per call (~0.4 us
+      // here, once per request from a guest that sends one at a time; this ~15 ns). flushTask
+      // cannot throw (arithmetic on the cells), so no rejection can come of it.
+      SETTLED.then(this.flushTask);
     }
   }
 
