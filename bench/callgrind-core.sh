@@ -13,6 +13,9 @@
 # TREE: another checkout with its own dist/ (node build.mjs there), for the "before" of a pair;
 # this checkout's bench/host-core.ts and bench/null-blk-device.ts are bundled against TREE's
 # host/. DEPTH (default 64) and WARM (warm-up rounds, default 20000) go to host-core.ts.
+# KEEP=DIR keeps the profiles, the perf map and the bench's stdout; VG_FLAGS and NODE_FLAGS add
+# valgrind's and node's flags (e.g. VG_FLAGS=--dump-instr=yes with NODE_FLAGS="--print-opt-code
+# --print-opt-code-filter=walk": instruction counts beside the optimized code's listing).
 # GLIBC_TUNABLES as in callgrind-host.sh (memset/memcpy counted as they run, not per rep-byte).
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,8 +32,8 @@ out="$tree/dist/bench-host-core.mjs"
     --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" --outfile="$out"; rm -rf .bench-core)
 mkfifo "$dir/fifo"
 GLIBC_TUNABLES=glibc.cpu.x86_rep_stosb_threshold=0x100000:glibc.cpu.x86_rep_movsb_threshold=0x100000 CALLGRIND_FIFO="$dir/fifo" \
-  valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes --smc-check=all-non-file --callgrind-out-file="$dir/cg.out" \
-  node --perf-basic-prof "$out" "$rounds" >"$dir/out.log" 2>"$dir/vg.log" &
+  valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes --smc-check=all-non-file --callgrind-out-file="$dir/cg.out" ${VG_FLAGS:-} \
+  node --perf-basic-prof ${NODE_FLAGS:-} "$out" "$rounds" >"$dir/out.log" 2>"$dir/vg.log" &
 vg=$!
 i=0
 until grep -q '^warm' "$dir/out.log" 2>/dev/null; do sleep 1; i=$((i + 1)); [ $i -lt 1800 ] || { cat "$dir/out.log" "$dir/vg.log" >&2; exit 1; }; kill -0 $vg 2>/dev/null || { cat "$dir/out.log" "$dir/vg.log" >&2; exit 1; }; done
@@ -63,5 +66,5 @@ callgrind_annotate "$main" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | head -${TOP:-
     if (hex) { const a = parseInt(hex[1], 16); const e = map.find(([s, len]) => a >= s && a < s + len); if (e) name = e[2]; }
     console.log(`  ${String(Math.round(Number(m[1].replace(/,/g, "")) / n)).padStart(6)} Ir/req ${m[2].padStart(5)}%  ${name.replace(/file:\/\/\S*\//, "").slice(0, 100)}`);
   }' "/tmp/perf-$vg.map" "$reqs" || true
-if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dir"/cg.out* "$KEEP"/; cp "/tmp/perf-$vg.map" "$KEEP/perf.map"; echo "profiles kept in $KEEP"; fi
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dir"/cg.out* "$dir/out.log" "$out" "$KEEP"/; cp "/tmp/perf-$vg.map" "$KEEP/perf.map"; echo "profiles kept in $KEEP"; fi
 rm -f "/tmp/perf-$vg.map" "$out"
