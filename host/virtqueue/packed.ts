@@ -227,11 +227,11 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     const chain: PackedDescriptorChain = {
       head: 0,
       availIndex: first,
-      readable: [],
-      writable: [],
+      readable: NO_VIEWS,
+      writable: NO_VIEWS,
       readableLen: 0,
       writableLen: 0,
-      writableRanges: [],
+      writableRanges: NO_RANGES,
       descCount: 0,
     };
     const dv = this.desc;
