@@ -22,7 +22,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tree=$(cd "${1:-$repo}" && pwd)
 rounds=${2:-3000}
 dir=$(mktemp -d /tmp/callgrind-core.XXXXXX)
-trap 'kill $vg 2>/dev/null || true; [ -n "${KEEPDIR:-}" ] || rm -rf "$dir"' EXIT
+vg=""
+trap '[ -z "$vg" ] || kill $vg 2>/dev/null || true; [ -n "${KEEPDIR:-}" ] || rm -rf "$dir"' EXIT
 mkdir -p "$dir/bench"
 cp "$repo/bench/host-core.ts" "$repo/bench/null-blk-device.ts" "$dir/bench/"
 # Bundled from TREE (its host/, test/devices/), into TREE/dist beside its addon.
