@@ -90,8 +90,10 @@ const qsd = (blockdev: string, socket: string) => ({
 const HOST_NODE_ARGS = (process.env.BENCH_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const hostArgs = (socket: string, storage: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn', ...(argv['poll-max-ns'] !== undefined ? ['--poll-max-ns', argv['poll-max-ns']] : [])],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--plugin', BLK, '--storage', storage, '--log-level', 'warn', ...pollArgs()],
 });
+/** --poll-max-ns for every host of ours (host-null too), when given. */
+const pollArgs = (): string[] => (argv['poll-max-ns'] !== undefined ? ['--poll-max-ns', argv['poll-max-ns']] : []);
 // The host core with the TypeScript null device: the built host (dist/vhost-wasm.mjs, as the
 // other targets) with bench/null-blk-device.ts bundled by esbuild into a JavaScript
 // --device-module (the bundle's device worker cannot load a .ts module). Until 2026-12-07 this
@@ -107,7 +109,7 @@ async function bundleNullDevice(dir: string): Promise<void> {
 }
 const hostNullArgs = (socket: string, prof: string[]) => ({
   cmd: process.execPath,
-  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--device-module', nullDevice, '--log-level', 'warn'],
+  args: [...HOST_NODE_ARGS, ...prof, HOST, '--socket-path', socket, '--device-module', nullDevice, '--log-level', 'warn', ...pollArgs()],
 });
 const TARGETS: Target[] = [
   { id: 'host-null', name: 'vhost-wasm host core alone: TypeScript null device, bench/null-blk-device.ts bundled as a --device-module', args: (s, _f, p) => hostNullArgs(s, p) },

@@ -281,6 +281,12 @@ export class DeviceRunner {
   /** By request id; an id is reused only after its request completed. */
   private reqs: (Req | undefined)[] = [];
   private freeIds: number[] = [];
+  /**
+   * A memory generation under which every request alive was popped (set when a request is
+   * made with none alive; -1: unknown), so rebindStale need not look at each answer's request
+   * until the table changes under a request. Ids are dense: alive = reqs.length - freeIds.length.
+   */
+  private freshGen = -1;
   /** Requests the device holds (and orphans of stopped rings), by id. */
   private readonly held = new Map<number, Req>();
   /** io-failed events for the next handle() call. */
@@ -1094,6 +1100,8 @@ export class DeviceRunner {
   }
 
   private newReq(ring: number, r: Vring, q: DeviceQueue, chain: DescriptorChain): Req {
+    // No request alive: from this one on, until the table changes, none is stale (rebindStale).
+    if (this.freeIds.length === this.reqs.length) this.freshGen = this.memory.generation;
     const id = this.freeIds.length > 0 ? this.freeIds.pop()! : this.reqs.length;
     const req: Req = { id, ring, gen: r.gen, queue: q, chain, state: ReqState.Due, popped: this.hooks.meter?.popped(chain.readableLen) ?? 0, answer: null, dueRound: 0, memGen: this.memory.generation, readRanges: null };
     this.reqs[id] = req;
@@ -1230,6 +1238,8 @@ export class DeviceRunner {
    */
   private rebindStale(actions: readonly DeviceAction[]): void {
     const gen = this.memory.generation;
+    // Every request alive was popped under this table (freshGen): none can be stale.
+    if (gen === this.freshGen) return;
     for (let i = 0; i < actions.length; i++) {
       const a = actions[i];
       const id = a.kind === 'answer' ? a.answer.id : a.kind === 'send' ? a.send.request : -1;

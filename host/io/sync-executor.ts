@@ -10,6 +10,8 @@ import { BackingError } from '../storage/backing.ts';
 import { constants as osConstants } from 'node:os';
 
 const EBADF = osConstants.errno.EBADF;
+/** The result of every request that read nothing (no ops, writes, flushes): one object, not one per request. */
+const NO_RESULT: IoResult = { errno: 0, lastReadBytes: 0 };
 
 export class SyncExecutor implements IoExecutor {
   private closed = false;
@@ -53,7 +55,7 @@ export class SyncExecutor implements IoExecutor {
         return { errno: errnoOf(e), lastReadBytes: 0 };
       }
     }
-    return { errno: 0, lastReadBytes };
+    return lastReadBytes === 0 ? NO_RESULT : { errno: 0, lastReadBytes };
   }
 
   drain(): void {

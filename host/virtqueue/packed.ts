@@ -30,7 +30,7 @@ import {
   packedPosition,
   positionToOffWrap,
 } from './layout.ts';
-import { QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { NO_RANGES, NO_VIEWS, QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
 import type { PackedInflightRecovery, PackedInflightRegion, RecordedDescriptor } from './inflight-packed.ts';
 import { InflightAreaError } from './inflight.ts';
@@ -227,11 +227,11 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     const chain: PackedDescriptorChain = {
       head: 0,
       availIndex: first,
-      readable: [],
-      writable: [],
+      readable: NO_VIEWS,
+      writable: NO_VIEWS,
       readableLen: 0,
       writableLen: 0,
-      writableRanges: [],
+      writableRanges: NO_RANGES,
       descCount: 0,
     };
     const dv = this.desc;
@@ -399,7 +399,7 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
 
   /** A chain from descriptors the inflight region recorded (availIndex -1: its slots are unknown now). */
   private rebuild(id: number, descs: RecordedDescriptor[]): PackedDescriptorChain {
-    const chain: PackedDescriptorChain = { head: id, availIndex: -1, readable: [], writable: [], readableLen: 0, writableLen: 0, writableRanges: [], descCount: descs.length };
+    const chain: PackedDescriptorChain = { head: id, availIndex: -1, readable: NO_VIEWS, writable: NO_VIEWS, readableLen: 0, writableLen: 0, writableRanges: NO_RANGES, descCount: descs.length };
     const fail = this.walkFail;
     this.walkFirst = -1;
     for (let k = 0; k < descs.length; k++) {

@@ -16,7 +16,7 @@ import {
   usedBytes,
   vringNeedEvent,
 } from './layout.ts';
-import { QueueSetupError, appendBuffer, descriptorName, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { NO_RANGES, NO_VIEWS, QueueSetupError, appendBuffer, descriptorName, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
 import type { InflightRecovery, SplitInflightRegion } from './inflight.ts';
 
@@ -123,7 +123,7 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
   }
 
   private walk(head: number, availIndex: number): DescriptorChain {
-    const chain: DescriptorChain = { head, availIndex, readable: [], writable: [], readableLen: 0, writableLen: 0, writableRanges: [] };
+    const chain: DescriptorChain = { head, availIndex, readable: NO_VIEWS, writable: NO_VIEWS, readableLen: 0, writableLen: 0, writableRanges: NO_RANGES };
     const memory = this.memory;
     let table = this.desc;
     let tableSize = this.size;
