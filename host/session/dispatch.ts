@@ -1076,7 +1076,10 @@ export class BackendSession {
     this.setInflightCopy(null);
     // Disk hand-over: a source whose disk went away serves it no more; a destination whose
     // migration did not complete goes back to its own disk.
-    if (this.state.diskGivenAway) this.slot.giveAwayMemoryDisk();
+    if (this.state.diskGivenAway) {
+      this.slot.giveAwayMemoryDisk();
+      this.log.info('memory disk handed over to another host by a migration: this device serves, saves or loads it no more (device-del, or restart the host)');
+    }
     if (this.slot.adoptingDisk) {
       await this.slot.revertAdoptedDisk();
       this.log.info('disk hand-over not completed: the adopted memfd is let go, the device\'s own memory disk is back');
