@@ -502,10 +502,12 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     // nothing before the DISK_FINAL state, so nothing here waits for the stop.
     const t = performance.now();
     try {
-      await step('handover-disk');
-      await handOverDisk(src, dst);
+      // Features and memory table first: the destination's fresh worker on the adopted disk is
+      // given them and warmed up with them while the source still serves.
       await step('configure-destination');
       await configureDestination(fe, dst);
+      await step('handover-disk');
+      await handOverDisk(src, dst);
     } catch (e) {
       dst.close();
       throw new MigrationError(`disk hand-over failed: ${(e as Error).message}; the source keeps serving (its rings never stopped)`, true);

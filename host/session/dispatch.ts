@@ -32,6 +32,7 @@ import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
 import { DISK_HANDOVER_PROTOCOL_FEATURE, PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { checkHandedDisk } from '../migration/disk-handover.ts';
+import { DeviceStateSection } from '../migration/transfer.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
@@ -361,7 +362,32 @@ export class BackendSession {
     old.onEvent = () => {};
     // No ring, log or inflight fd of ours is its: ending it closes nothing of the session's.
     await old.terminate();
+    const t0 = performance.now();
+    await this.warmAdopted(fresh);
+    this.log.debug(`adopted disk: the fresh worker warmed up in ${(performance.now() - t0).toFixed(1)} ms`);
     this.log.info(`memory disk handed over: adopted a ${disk!.size}-byte memfd; served once its DISK_FINAL state applies`);
+  }
+
+  /**
+   * A fresh worker's first state LOAD took ~40 ms measured (its code cold), inside the stopped
+   * rings; it is run once here instead, while the source still serves: the fresh device's own
+   * (initial) state saved and loaded back into it, which changes nothing. Then, with the
+   * features set, its ring machinery on scratch rings (warmForIncoming).
+   */
+  private async warmAdopted(w: DeviceWorker): Promise<void> {
+    const s = new DeviceStateSection(w);
+    try {
+      const n = await s.size();
+      const bytes = n > 0 ? await s.read(0, n) : new Uint8Array(0);
+      await s.beginLoad(n);
+      if (n > 0) await s.write(0, bytes);
+      const err = await s.finish();
+      if (err !== null) throw new Error(err);
+    } catch (e) {
+      await s.abort().catch(() => {});
+      this.log.warn(`adopted disk: the fresh worker's state warm-up failed (${errorText(e)}); its first LOAD runs cold`);
+    }
+    await this.warmForIncoming();
   }
 
   // --- live host handover (live-handover.ts, handover-record.ts) -------------------------------
