@@ -10,7 +10,8 @@ import test from 'ava';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { spawn } from 'node:child_process';
+import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
 import { migrate, MigrationError } from '../host/frontend/migrate.ts';
 import { parallel } from './helpers/precopy-frontend.ts';
@@ -276,5 +277,41 @@ maybe('hand-over needs protocol feature 61 on both hosts: a destination on a fil
     }
   } finally {
     await Promise.all([mem.stop(), file.stop()]);
+  }
+});
+
+maybe('vhost-wasm migrate --channel handover: the disk reads back on the destination; the JSON report says no state bytes passed through the tool', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:16M'), blkHost('memory:16M')]);
+  const run = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const p = spawn(...hostCommand(['migrate', ...args]), { cwd: REPO });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+  try {
+    let fe = await connect(a);
+    await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 16);
+    await fe.close();
+    const r = await run(['--from', a.socketPath, '--to', b.socketPath, '--channel', 'handover', '--json']);
+    t.is(r.code, 0, r.stderr);
+    const rep = JSON.parse(r.stdout);
+    t.is(rep.channel, 'handover');
+    t.is(rep.stateBytes, null);
+    t.deepEqual(rep.precopyMs, []);
+    t.is(typeof rep.handoverMs, 'number');
+    fe = await connect(b);
+    try {
+      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'source', 16), []);
+    } finally {
+      await fe.close();
+    }
+    const help = await run(['--help']);
+    t.regex(help.stdout, /--channel pipe\|direct-pipe\|memfd\|rfc-shm\|handover/);
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
   }
 });
