@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { REPO, hostCommand, startHost, type HostProcess } from './helpers/host-process.ts';
 import { BlkDevice } from '../host/frontend/blk.ts';
-import { migrate, MigrationError } from '../host/frontend/migrate.ts';
+import { loadState, migrate, MigrationError, saveState } from '../host/frontend/migrate.ts';
 import { parallel } from './helpers/precopy-frontend.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
@@ -311,6 +311,53 @@ maybe('vhost-wasm migrate --channel handover: the disk reads back on the destina
     }
     const help = await run(['--help']);
     t.regex(help.stdout, /--channel pipe\|direct-pipe\|memfd\|rfc-shm\|handover/);
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('while an adopted disk waits for its DISK_FINAL state, no ring starts and no other LOAD is taken on the destination: the memfd it was given stays as it was', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    await fillOwn(b, 8);
+    // A full state of another device (the source's), which would overwrite the disk it loads into.
+    const src = await connect(a);
+    await writeMiBs(new BlkDevice(src.queues[0]), 'source', 8);
+    await src.stopQueue(0);
+    const full = await saveState(src.conn, 'pipe');
+    await src.close();
+
+    const given = diskLike(8 * MIB);
+    const view = native.mmap(given, 8 * MIB, 0, false);
+    try {
+      const fe = await connect(b);
+      try {
+        const base = await fe.stopQueue(0);
+        // A disk is handed over before any ring fd: as a fresh destination, after a reset.
+        await fe.conn.resetDevice();
+        t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, given), null);
+        t.truthy(await b.waitForLog(/memory disk handed over: adopted a 8388608-byte memfd/));
+        await t.throwsAsync(loadState(fe.conn, full, 'pipe'), undefined, 'a STOPPED LOAD into the adopted disk');
+        t.truthy(await b.waitForLog(/a disk hand-over waits for its DISK_FINAL state: only that LOAD is taken now/));
+        await t.throwsAsync(fe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+        t.truthy(await b.waitForLog(/ring 0 cannot start: the memory disk is not served: the memory disk is a memfd handed over by a migration that has not completed/));
+      } finally {
+        await fe.close();
+      }
+      t.truthy(await b.waitForLog(/disk hand-over not completed: the adopted memfd is let go/));
+      // Not a byte of the memfd it was given was written.
+      t.true(Buffer.from(view.window(0, 8 * MIB)).equals(Buffer.alloc(8 * MIB)));
+    } finally {
+      view.unmap();
+      native.close(given);
+    }
+    const fe = await connect(b);
+    try {
+      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'destination own', 8), []);
+    } finally {
+      await fe.close();
+    }
   } finally {
     await Promise.all([a.stop(), b.stop()]);
   }
