@@ -205,7 +205,8 @@ maybe('a hand-over to a destination with a disk of another size is refused befor
   }
 });
 
-maybe('a hand-over that fails after the destination adopted the disk: the source resumes with it, the destination goes back to its own and never wrote the source\'s', async (t) => {
+for (const at of ['transfer', 'start-destination']) {
+maybe(`a hand-over that fails after the destination adopted the disk (at ${at}): the source resumes with it and keeps it, the destination goes back to its own and never wrote the source's`, async (t) => {
   t.timeout(60_000);
   const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
   try {
@@ -218,8 +219,9 @@ maybe('a hand-over that fails after the destination adopted the disk: the source
         migrate(fe, b.socketPath, {
           channel: 'handover',
           onStep: (s) => {
-            // The disk is adopted; the state has not moved yet.
-            if (s === 'transfer') throw new Error('stopped by the test after the stop');
+            // transfer: the disk is adopted, the state has not moved; start-destination: the
+            // source saved its DISK_FINAL state and the destination loaded it.
+            if (s === at) throw new Error('stopped by the test after the stop');
           },
         }),
         { instanceOf: MigrationError },
@@ -245,10 +247,20 @@ maybe('a hand-over that fails after the destination adopted the disk: the source
     } finally {
       await fe.close();
     }
+    // The source kept its disk: a new front-end starts a ring there and reads it.
+    t.truthy(await a.waitForLog(/front-end disconnected/));
+    const again = await connect(a);
+    try {
+      t.deepEqual(await differing(new BlkDevice(again.queues[0]), 'source after', 2), []);
+    } finally {
+      await again.close();
+    }
+    t.notRegex(a.log(), /handed over to another host/);
   } finally {
     await Promise.all([a.stop(), b.stop()]);
   }
 });
+}
 
 maybe('hand-over needs protocol feature 61 on both hosts: a destination on a file disk, or a source on one, gets a clear refusal', async (t) => {
   t.timeout(60_000);

@@ -422,8 +422,18 @@ export class DeviceSlot {
   }
 
   /**
-   * The DISK_FINAL state applied: the adopted memfd is the disk, served from now on; the slot's
-   * own disk is closed (the caller ended the worker that mapped it).
+   * The DISK_FINAL state applied: the adopted disk may be served (rings may start), but the
+   * adoption stays undoable until one does (commitAdoptedDisk): a migration that fails after
+   * the LOAD (the destination's ring start) resumes the source on the same memfd, and this
+   * host must not keep serving it then.
+   */
+  adoptedDiskLoaded(): void {
+    if (this.ownDisk !== null) this.memoryDiskCondition.unusable = null;
+  }
+
+  /**
+   * A ring starts on the adopted disk: it is this device's for good; the slot's own disk is
+   * closed (the worker that mapped it was ended at the adoption).
    */
   commitAdoptedDisk(): void {
     if (this.ownDisk === null) return;

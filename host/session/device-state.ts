@@ -59,7 +59,7 @@ export interface TransferHost {
   handoverNegotiated?(): boolean;
   /** Destination: makes `fd` (taken: closed on refusal) the memory disk, not yet served; throws why not. */
   adoptDisk?(fd: number): Promise<void>;
-  /** Destination: the DISK_FINAL state applied: the adopted disk is served from now on. */
+  /** Destination: the DISK_FINAL state applied: the adopted disk may be served (final once a ring starts). */
   adoptedDiskApplied?(): void;
   /** Destination: an adopted disk waits for its DISK_FINAL state (no other LOAD may write it). */
   diskAdoptionPending?(): boolean;

@@ -131,7 +131,7 @@ export class BackendSession {
       incomingPrecopy: () => this.warmForIncoming(),
       handoverNegotiated: () => this.hasProtocol(DISK_HANDOVER_PROTOCOL_FEATURE),
       adoptDisk: (fd) => this.adoptDisk(fd),
-      adoptedDiskApplied: () => slot.commitAdoptedDisk(),
+      adoptedDiskApplied: () => slot.adoptedDiskLoaded(),
       diskAdoptionPending: () => slot.adoptingDisk,
     };
     this.state = new DeviceStateTransfers(transferHost);
@@ -865,8 +865,10 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start: the memory disk is not served: ${this.slot.memoryDiskUnusable}; LOAD a state that checks out, or restart the host on a fresh disk`);
         }
-        // A source that saved a DISK_FINAL state serves on: the migration did not happen.
+        // A source that saved a DISK_FINAL state serves on: the migration did not happen. A
+        // destination that loaded one serves the adopted disk for good from its first ring.
         this.state.ringStarting();
+        this.slot.commitAdoptedDisk();
         return this.setRingFd('kick', req.index, req.fd);
       case Req.SET_VRING_CALL:
         return this.setRingFd('call', req.index, req.fd);
