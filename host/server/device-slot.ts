@@ -32,6 +32,9 @@ import { DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover
  * end the wait.
  */
 export const START_BACKOFF_FIRST_MS = 1000;
+
+/** How long after a disk hand-over became final the destination's own disk is closed (commitAdoptedDisk). */
+const RETIRE_DISK_AFTER_MS = 1000;
 export const START_BACKOFF_MAX_MS = 60_000;
 
 /** A device whose worker failed to start and is not started again before `until` (performance.now()). */
@@ -101,6 +104,8 @@ export class DeviceSlot {
    * does not complete.
    */
   private ownDisk: { fd: number; unusable: string | null } | null = null;
+  /** The own disk a completed hand-over replaced, until it is closed (commitAdoptedDisk). */
+  private retiredDisk: number | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
   /** The tmpfs mapped reads' stop cell of every worker this device runs (startWorker). */
@@ -437,12 +442,19 @@ export class DeviceSlot {
    */
   commitAdoptedDisk(): void {
     if (this.ownDisk === null) return;
-    // Off this thread (libuv's pool): the last reference to a disk whose pages exist frees them
-    // all in close(2), ~40 ms for 256 MiB measured, which here fell inside the stopped rings.
+    // The last reference to a disk whose pages exist frees them all in close(2), ~40 ms of CPU
+    // for 256 MiB measured: on this thread it fell inside the stopped rings, and in libuv's pool
+    // right away it took a core from the ring start (two cores here). So a second later, off
+    // this thread.
     const own = this.ownDisk.fd;
-    close(own, (e) => {
-      if (e) native.close(own);
-    });
+    this.retiredDisk = own;
+    setTimeout(() => {
+      if (this.retiredDisk !== own) return;
+      this.retiredDisk = null;
+      close(own, (e) => {
+        if (e) native.close(own);
+      });
+    }, RETIRE_DISK_AFTER_MS).unref();
     this.ownDisk = null;
     this.memoryDiskCondition.unusable = null;
   }
@@ -600,6 +612,8 @@ export class DeviceSlot {
     this.memoryDisk = null;
     if (this.ownDisk !== null) native.close(this.ownDisk.fd);
     this.ownDisk = null;
+    if (this.retiredDisk !== null) native.close(this.retiredDisk);
+    this.retiredDisk = null;
     this.memoryDiskDirty = null;
   }
 }
