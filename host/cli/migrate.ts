@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../frontend/driver.ts';
 import { featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
-import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
+import { DISK_HANDOVER_PROTOCOL_FEATURE, PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
 import { migrate, MigrationError, type MigrateReport, type StateChannelMode } from '../frontend/migrate.ts';
 import { parsePipeSize, parseSize, UsageError } from './args.ts';
 
@@ -31,14 +31,17 @@ indexes on the destination), and reports. A device a QEMU is driving cannot be t
 Options:
   --from PATH            the source host's socket
   --to PATH              the destination host's socket
-  --channel pipe|direct-pipe|memfd|rfc-shm
+  --channel pipe|direct-pipe|memfd|rfc-shm|handover
                          state channel (default pipe: this tool reads every byte from the
                          source's pipe and writes it to the destination's, as QEMU does;
                          direct-pipe: one pipe, its write end to the source and its read end
                          to the destination, both hosts on this machine, this tool carries no
                          byte; memfd: the destination reads the same memfd the source wrote,
                          no copy through this tool; rfc-shm: EXPERIMENTAL, the 2023 RFC's
-                         shared-memory chunks, both hosts need --experimental-rfc-state-shm)
+                         shared-memory chunks, both hosts need --experimental-rfc-state-shm;
+                         handover: both hosts on this machine with a memory disk of the same
+                         size: the source's disk memfd goes to the destination by reference
+                         (its bytes are not copied), the rest as direct-pipe; no pre-copy)
   --state-pipe-size SIZE with --channel pipe or direct-pipe and pre-copy rounds: grow the
                          state pipes this tool makes to SIZE (default 1M; 0: this tool leaves
                          them at the kernel's 64 KiB, but each host still grows the end it is
@@ -117,8 +120,8 @@ export function parseMigrateArgs(argv: string[]): MigrateCliOptions | 'help' {
   if (v.help) return 'help';
   if (!v.from || !v.to) throw new MigrateUsageError('give both --from SOURCE.sock and --to DEST.sock');
   const channel = v.channel ?? 'pipe';
-  if (channel !== 'pipe' && channel !== 'direct-pipe' && channel !== 'memfd' && channel !== 'rfc-shm') {
-    throw new MigrateUsageError(`--channel: "${channel}" is not pipe, direct-pipe, memfd or rfc-shm`);
+  if (channel !== 'pipe' && channel !== 'direct-pipe' && channel !== 'memfd' && channel !== 'rfc-shm' && channel !== 'handover') {
+    throw new MigrateUsageError(`--channel: "${channel}" is not pipe, direct-pipe, memfd, rfc-shm or handover`);
   }
   let memoryBytes = 64 << 20;
   if (v.memory !== undefined) {
@@ -183,7 +186,8 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       protocolFeatures:
         FRONTEND_PROTOCOL_FEATURES |
         (o.channel === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n) |
-        (o.precopyRounds !== 0 && o.channel !== 'rfc-shm' ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n),
+        (o.precopyRounds !== 0 && o.channel !== 'rfc-shm' && o.channel !== 'handover' ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n) |
+        (o.channel === 'handover' ? featureBit(DISK_HANDOVER_PROTOCOL_FEATURE) : 0n),
     });
   } catch (e) {
     process.stderr.write(`vhost-wasm migrate: cannot bring up the device on ${o.from}: ${(e as Error).message}\n`);
@@ -196,7 +200,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       report = await migrate(fe, o.to, {
         channel: o.channel,
         pipeBytes: o.pipeBytes,
-        precopyRounds: o.precopyRounds ?? (fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE) ? 5 : 0),
+        precopyRounds: o.precopyRounds ?? (o.channel !== 'handover' && fe.conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE) ? 5 : 0),
         onStep: (s) => {
           if (!o.json) process.stderr.write(`migrate: ${s}\n`);
         },
@@ -217,12 +221,13 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
       to: o.to,
       channel: report.channel,
       // null over direct-pipe: the bytes never passed through this tool.
-      stateBytes: report.channel === 'direct-pipe' ? null : report.bytes,
+      stateBytes: report.channel === 'direct-pipe' || report.channel === 'handover' ? null : report.bytes,
       ringBases: report.bases,
       sourceReturnedFd: report.sourceReturnedFd,
       transferMs: Number(report.transferMs.toFixed(2)),
       downtimeMs: Number(report.downtimeMs.toFixed(2)),
       precopyMs: report.precopyMs.map((m) => Number(m.toFixed(2))),
+      ...(report.handoverMs !== undefined ? { handoverMs: Number(report.handoverMs.toFixed(2)) } : {}),
       requestsBefore: before.length,
       requestsAfter: after.length,
       nextAvail: await Promise.all(fe.queues.map((_, i) => fe.stopQueue(i))),
@@ -231,7 +236,7 @@ export async function runMigrateCli(argv: string[], out: (s: string) => void = (
     else {
       out(
         // Over direct-pipe the bytes never passed through here: the hosts' logs count them.
-        `migrated ${summary.channel === 'direct-pipe' ? 'the' : `${summary.stateBytes} bytes of`} device state from ${o.from} to ${o.to} over a ${summary.channel} ` +
+        `migrated ${summary.stateBytes === null ? 'the' : `${summary.stateBytes} bytes of`} device state from ${o.from} to ${o.to} over a ${summary.channel} ` +
           `in ${summary.transferMs} ms (rings stopped for ${summary.downtimeMs} ms); ring bases ${summary.ringBases.join(', ')}; ` +
           `${summary.requestsBefore} request(s) before, ${summary.requestsAfter} after\n`,
       );

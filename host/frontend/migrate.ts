@@ -24,19 +24,26 @@
 // chunk by chunk, until the source answers remaining = 0; step 4 is detaching the area on both
 // (its reply is the final check). The front-end never copies a byte: both map the same memfd.
 //
+// Channel `handover` (vhost-wasm hosts with a memory disk on one machine, protocol feature 61,
+// host/migration/disk-handover.ts): before step 2, while the source still serves, the source
+// answers SET_DEVICE_STATE_FD phase DISK_FD with its disk's memfd and the destination adopts it
+// (phase DISK_FD LOAD: checked, then a fresh worker that maps it); step 3 is phase DISK_FINAL
+// through one pipe from host to host: the container without the disk, which names the memfd.
+// The disk's bytes are never copied: both hosts map the same pages.
+//
 // Abort path: any failure before step 5 completes closes the destination connection and
 // restarts the source's rings at their bases, so the "guest" goes on with the source.
 
 import { native } from '../native/index.ts';
 import { DeviceStateDirection, DeviceStatePhase, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../protocol/constants.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../protocol/rfc-state-shm.ts';
-import { PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../protocol/precopy.ts';
+import { DISK_HANDOVER_PROTOCOL_FEATURE, HandoverPhase, PRECOPY_PROTOCOL_FEATURE, PrecopyPhase } from '../protocol/precopy.ts';
 import { VhostUserConnection } from './connection.ts';
 import { growPipe } from '../migration/channel.ts';
 import { FRONTEND_PROTOCOL_FEATURES, VirtioStatus, type VhostUserFrontend } from './driver.ts';
 import { VhostWasmError } from '../errors.ts';
 
-export type StateChannelMode = 'pipe' | 'direct-pipe' | 'memfd' | 'rfc-shm';
+export type StateChannelMode = 'pipe' | 'direct-pipe' | 'memfd' | 'rfc-shm' | 'handover';
 
 /** QEMU moves back-end state through a 1 MiB buffer; so do we. */
 export const MIGRATION_CHUNK = 1 << 20;
@@ -45,7 +52,8 @@ export interface MigrateOptions {
   /**
    * The SET_DEVICE_STATE_FD channel: a pipe this process relays (default, what QEMU does), one
    * pipe from the source host straight to the destination host (`direct-pipe`: both hosts on
-   * this machine, this process carries no byte), or a memfd.
+   * this machine, this process carries no byte), a memfd, or `handover` (both hosts on this
+   * machine: the memory disk's memfd goes to the destination, the rest as `direct-pipe`).
    */
   channel?: StateChannelMode;
   chunkSize?: number;
@@ -86,6 +94,8 @@ export interface MigrateReport {
   transferMs: number;
   /** Pre-copy rounds run (the last with the rings stopped), and their wall times in ms; empty without. */
   precopyMs: number[];
+  /** `handover`: the disk's memfd from the source to the destination, rings running (DISK_FD on both), in ms. */
+  handoverMs?: number;
 }
 
 export class MigrationError extends VhostWasmError {
@@ -348,7 +358,11 @@ async function initDestination(path: string, fe: VhostUserFrontend, mode: StateC
     const prot = await conn.getProtocolFeatures();
     const rfc = mode === 'rfc-shm' ? featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE) : 0n;
     const pre = precopy ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n;
-    await conn.setProtocolFeatures(prot & fe.protocolFeatures & (FRONTEND_PROTOCOL_FEATURES | rfc | pre));
+    const hand = mode === 'handover' ? featureBit(DISK_HANDOVER_PROTOCOL_FEATURE) : 0n;
+    await conn.setProtocolFeatures(prot & fe.protocolFeatures & (FRONTEND_PROTOCOL_FEATURES | rfc | pre | hand));
+    if (hand !== 0n && !conn.hasProtocol(DISK_HANDOVER_PROTOCOL_FEATURE)) {
+      throw new Error('the destination does not offer the disk hand-over (protocol feature 61: a vhost-wasm host with a writable memory disk); migrate over direct-pipe instead');
+    }
     if (precopy && !conn.hasProtocol(PRECOPY_PROTOCOL_FEATURE)) {
       throw new Error('the destination does not offer pre-copy (protocol feature 62: a vhost-wasm host with a memory disk)');
     }
@@ -460,6 +474,10 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       throw new MigrationError('the source did not negotiate pre-copy (protocol feature 62: a vhost-wasm host with a memory disk)', false);
     }
     if (mode === 'rfc-shm') throw new MigrationError('pre-copy goes with the pipe, direct-pipe or memfd channel, not rfc-shm', false);
+    if (mode === 'handover') throw new MigrationError('pre-copy and the handover channel do not go together: a handed-over disk is not copied at all', false);
+  }
+  if (mode === 'handover' && !src.hasProtocol(DISK_HANDOVER_PROTOCOL_FEATURE)) {
+    throw new MigrationError('the source did not negotiate the disk hand-over (protocol feature 61: a vhost-wasm host with a writable memory disk); migrate over direct-pipe instead', false);
   }
   await step('init-destination');
   const dst = await initDestination(destPath, fe, mode, rounds > 0).catch((e: Error) => {
@@ -477,6 +495,24 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       dst.close();
       throw new MigrationError(`destination: ${(e as Error).message}`, false);
     }
+  }
+  let handoverMs: number | undefined;
+  if (mode === 'handover') {
+    // While the source still serves: both hosts map the same pages, and the destination serves
+    // nothing before the DISK_FINAL state, so nothing here waits for the stop.
+    const t = performance.now();
+    try {
+      // Features and memory table first: the destination's fresh worker on the adopted disk is
+      // given them and warmed up with them while the source still serves.
+      await step('configure-destination');
+      await configureDestination(fe, dst);
+      await step('handover-disk');
+      await handOverDisk(src, dst);
+    } catch (e) {
+      dst.close();
+      throw new MigrationError(`disk hand-over failed: ${(e as Error).message}; the source keeps serving (its rings never stopped)`, true);
+    }
+    handoverMs = performance.now() - t;
   }
   const precopyMs: number[] = [];
   // A round that took no less than the one before ends the live rounds only when the round
@@ -501,7 +537,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
       stalled = true;
     } else stalled = false;
   }
-  const phase = rounds > 0 ? PrecopyPhase.FINAL : DeviceStatePhase.STOPPED;
+  const phase = rounds > 0 ? PrecopyPhase.FINAL : mode === 'handover' ? HandoverPhase.DISK_FINAL : DeviceStatePhase.STOPPED;
 
   const t0 = performance.now();
   const bases: number[] = [];
@@ -577,7 +613,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
         native.close(writeFd);
       }
       await checkBoth(src, dst, step);
-    } else if (mode === 'direct-pipe') {
+    } else if (mode === 'direct-pipe' || mode === 'handover') {
       await step('pump');
       ({ sourceReturnedFd } = await hostToHost(src, dst, phase, phase, opts.pipeBytes));
     } else if (mode === 'rfc-shm') {
@@ -609,7 +645,7 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
     }
     tTransfer = performance.now() - tx;
     await step('start-destination');
-    if (rounds === 0) await configureDestination(fe, dst);
+    if (rounds === 0 && mode !== 'handover') await configureDestination(fe, dst);
     await startDestinationRings(fe, dst, bases);
   } catch (e) {
     return resumeSource(`migration failed: ${(e as Error).message}`);
@@ -617,5 +653,32 @@ export async function migrate(fe: VhostUserFrontend, destPath: string, opts: Mig
   const downtimeMs = performance.now() - t0;
   fe.adoptConnection(dst).close();
   await step('done');
-  return { channel: mode, bytes, bases, sourceReturnedFd, downtimeMs, transferMs: tTransfer, precopyMs };
+  return { channel: mode, bytes, bases, sourceReturnedFd, downtimeMs, transferMs: tTransfer, precopyMs, ...(handoverMs !== undefined ? { handoverMs } : {}) };
+}
+
+/**
+ * Phase DISK_FD: the source answers with its memory disk's memfd, which goes to the destination
+ * as is (this process holds a copy only until it is sent). The message needs an fd of ours; the
+ * source does not use it. Errors name the side.
+ */
+async function handOverDisk(src: VhostUserConnection, dst: VhostUserConnection): Promise<void> {
+  const [r, w] = native.pipe2();
+  let disk: number | null;
+  try {
+    disk = await src.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FD, w).catch((e: Error) => {
+      throw new Error(`source: ${e.message}`);
+    });
+  } finally {
+    native.close(r);
+    native.close(w);
+  }
+  if (disk === null) throw new Error('source: it answered DISK_FD without its disk\'s memfd');
+  try {
+    const back = await dst.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, disk).catch((e: Error) => {
+      throw new Error(`destination: ${e.message} (it refused the source's disk; its log says why)`);
+    });
+    if (back !== null) native.close(back);
+  } finally {
+    native.close(disk);
+  }
 }

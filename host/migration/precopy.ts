@@ -63,6 +63,8 @@ const MARKER_BYTES = 24;
  */
 export interface DiskCondition {
   unusable: string | null;
+  /** Its memfd went to another host by a disk hand-over (disk-handover.ts): not even a LOAD may write it. */
+  givenAway?: boolean;
 }
 
 /** What `unusable` says once a LOAD began writing the disk (cleared only if it checks out). */

@@ -21,3 +21,24 @@ export const PrecopyPhase = {
   /** Rings stopped: the container, with the disk replaced by the pre-copy's last round. */
   FINAL: 0x5657_0002,
 } as const;
+
+/**
+ * Protocol feature bit of the disk hand-over (docs/migration.md, "Disk hand-over"): two hosts on
+ * one machine, the memory disk's memfd goes from the source to the destination by reference
+ * instead of its bytes through a pipe. Ours, next below pre-copy's; offered only by a device with
+ * a writable memory disk; QEMU masks it off like bit 62.
+ */
+export const DISK_HANDOVER_PROTOCOL_FEATURE = 61;
+
+/** SET_DEVICE_STATE_FD phases of the disk hand-over. */
+export const HandoverPhase = {
+  /**
+   * SAVE: the source answers with its disk's memfd (the message's own fd is not used). LOAD: the
+   * message's fd is that memfd; the destination checks it and serves it in place of its own
+   * disk once a DISK_FINAL state naming it applied. Rings may run on the source meanwhile (the
+   * two hosts share the very pages); none may on the destination.
+   */
+  DISK_FD: 0x5657_0004,
+  /** Rings stopped: the container, with the disk replaced by the identity of the memfd handed over. */
+  DISK_FINAL: 0x5657_0005,
+} as const;

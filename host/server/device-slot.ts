@@ -3,7 +3,7 @@
 // front-end connects or resets the device, so one bad request costs a reset, not the daemon.
 // A memory:SIZE disk is the slot's too (a memfd every queue thread maps): it outlives workers.
 
-import { fstatSync } from 'node:fs';
+import { close, fstatSync } from 'node:fs';
 import { DeviceWorker } from '../device/worker-client.ts';
 import { createMemoryDisk, isStorageSpec } from '../storage/index.ts';
 import { preallocateMemoryDisk, type PageMaking } from '../storage/prealloc.ts';
@@ -21,6 +21,7 @@ import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
 import { makeDiskViews, type DiskCondition, type MemoryDiskHandle } from '../migration/precopy.ts';
 import { newMappedReadsStop } from '../io/mapped-reads.ts';
+import { DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -31,6 +32,9 @@ import { newMappedReadsStop } from '../io/mapped-reads.ts';
  * end the wait.
  */
 export const START_BACKOFF_FIRST_MS = 1000;
+
+/** How long after a disk hand-over became final the destination's own disk is closed (commitAdoptedDisk). */
+const RETIRE_DISK_AFTER_MS = 1000;
 export const START_BACKOFF_MAX_MS = 60_000;
 
 /** A device whose worker failed to start and is not started again before `until` (performance.now()). */
@@ -94,6 +98,14 @@ export class DeviceSlot {
   private pagesReady: Promise<void> = Promise.resolve();
   /** Whether the memory disk's bytes may be served (a LOAD that failed after it wrote them: not). */
   private readonly memoryDiskCondition: DiskCondition = { unusable: null };
+  /**
+   * Disk hand-over (destination, disk-handover.ts): while an adopted memfd waits for its
+   * DISK_FINAL state, the slot's own disk and its condition then, to go back to if the migration
+   * does not complete.
+   */
+  private ownDisk: { fd: number; unusable: string | null } | null = null;
+  /** The own disk a completed hand-over replaced, until it is closed (commitAdoptedDisk). */
+  private retiredDisk: number | null = null;
   /** What the device has done (metrics): kept across its workers and connections. */
   readonly meter = new DeviceMeter();
   /** The tmpfs mapped reads' stop cell of every worker this device runs (startWorker). */
@@ -393,6 +405,105 @@ export class DeviceSlot {
     return isStorageSpec(st) && st.kind === 'memory' ? { fd: this.memoryDisk, size: st.size } : null;
   }
 
+  /**
+   * Disk hand-over, destination: `fd` (checked by the caller, owned by the slot from now on)
+   * becomes the memory disk, not served until commitAdoptedDisk; the slot's own is kept for
+   * revertAdoptedDisk. Workers started from now on map `fd`; the caller ends the one that maps
+   * the old disk. The main thread's mapping of the old disk (and the views made of it) goes:
+   * the new one is mapped when first used.
+   */
+  adoptMemoryDisk(fd: number): void {
+    if (this.memoryDisk === null || this.memoryDiskDirty === null) throw new Error(`device ${this.opts.label} has no writable memory disk to replace`);
+    if (this.ownDisk !== null) throw new Error('a disk hand-over is already waiting for its DISK_FINAL state');
+    if (this.pageMaking !== null) throw new Error('the memory disk\'s pages are still being made (prealloc=on): retry once the device serves');
+    this.ownDisk = { fd: this.memoryDisk, unusable: this.memoryDiskCondition.unusable };
+    this.installDisk(fd);
+    this.memoryDiskCondition.unusable = HANDOVER_UNFINISHED;
+  }
+
+  /** A disk hand-over waits for its DISK_FINAL state. */
+  get adoptingDisk(): boolean {
+    return this.ownDisk !== null;
+  }
+
+  /**
+   * The DISK_FINAL state applied: the adopted disk may be served (rings may start), but the
+   * adoption stays undoable until one does (commitAdoptedDisk): a migration that fails after
+   * the LOAD (the destination's ring start) resumes the source on the same memfd, and this
+   * host must not keep serving it then.
+   */
+  adoptedDiskLoaded(): void {
+    if (this.ownDisk !== null) this.memoryDiskCondition.unusable = null;
+  }
+
+  /**
+   * A ring starts on the adopted disk: it is this device's for good; the slot's own disk is
+   * closed (the worker that mapped it was ended at the adoption).
+   */
+  commitAdoptedDisk(): void {
+    if (this.ownDisk === null) return;
+    // The last reference to a disk whose pages exist frees them all in close(2), ~40 ms of CPU
+    // for 256 MiB measured: on this thread it fell inside the stopped rings, and in libuv's pool
+    // right away it took a core from the ring start (two cores here). So a second later, off
+    // this thread.
+    const own = this.ownDisk.fd;
+    this.retiredDisk = own;
+    setTimeout(() => {
+      if (this.retiredDisk !== own) return;
+      this.retiredDisk = null;
+      close(own, (e) => {
+        if (e) native.close(own);
+      });
+    }, RETIRE_DISK_AFTER_MS).unref();
+    this.ownDisk = null;
+    this.memoryDiskCondition.unusable = null;
+  }
+
+  /**
+   * The migration did not complete (its front-end went away): the worker that maps the adopted
+   * memfd is ended, the slot's own disk comes back as it was, and the adopted memfd is closed
+   * (it stays the source's: nothing here wrote it, no ring started on it). The next connection
+   * starts a worker on the own disk. `endWorker` false: the slot's worker still maps the own
+   * disk (the adoption failed before a worker on the new one served).
+   */
+  async revertAdoptedDisk(endWorker = true): Promise<void> {
+    const own = this.ownDisk;
+    if (own === null) return;
+    if (endWorker) {
+      const w = this.worker;
+      this.worker = null;
+      if (w !== null) await w.terminate();
+    }
+    const adopted = this.memoryDisk;
+    this.installDisk(own.fd);
+    this.ownDisk = null;
+    this.memoryDiskCondition.unusable = own.unusable;
+    if (adopted !== null) native.close(adopted);
+  }
+
+  /**
+   * Disk hand-over, source: the disk went to another host (a DISK_FINAL state was saved and its
+   * front-end left without restarting a ring here). Its memfd is that host's now: nothing here
+   * may serve, save, load or hand it over again.
+   */
+  giveAwayMemoryDisk(): void {
+    this.memoryDiskCondition.unusable = DISK_GIVEN_AWAY;
+    this.memoryDiskCondition.givenAway = true;
+  }
+
+  /** `fd` is the memory disk from now on (the previous one is the caller's). */
+  private installDisk(fd: number): void {
+    this.memoryDiskMapping?.unmap();
+    this.memoryDiskMapping = null;
+    // Its pages are the source's; mapped here on first use, not populated at start.
+    this.memoryDiskResident = false;
+    this.memoryDisk = fd;
+    if (this.source.kind === 'plugin') {
+      const storage = this.source.options?.storage;
+      if (isStorageSpec(storage) && storage.kind === 'memory') this.source = { ...this.source, options: { ...this.source.options, storage: { ...storage, fd } } };
+    }
+  }
+
   /** The worker serving now, if it runs (an idle upgrade replaces it). */
   get current(): DeviceWorker | null {
     return this.worker && !this.worker.dead ? this.worker : null;
@@ -499,6 +610,10 @@ export class DeviceSlot {
     this.memoryDiskResident = false;
     if (this.memoryDisk !== null) native.close(this.memoryDisk);
     this.memoryDisk = null;
+    if (this.ownDisk !== null) native.close(this.ownDisk.fd);
+    this.ownDisk = null;
+    if (this.retiredDisk !== null) native.close(this.retiredDisk);
+    this.retiredDisk = null;
     this.memoryDiskDirty = null;
   }
 }

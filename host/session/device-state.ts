@@ -11,7 +11,8 @@ import { Req } from '../protocol/requests.ts';
 import { StateTransfer, WorkerSectionProxy, type TransferContext } from '../migration/transfer.ts';
 import { RfcShmTransfer } from '../migration/rfc-shm.ts';
 import { DISK_LOAD_UNFINISHED, DISK_READ_IN, DISK_SPLICED_IN, PrecopyLoadRound, PrecopySaveRound, copyDiskToFile, diskCrc, loadDiskFromFile, loadDiskFromPipe, newPrecopyMark, precopyMarkerSection, type MemoryDiskHandle, type PrecopyMark } from '../migration/precopy.ts';
-import { PrecopyPhase } from '../protocol/precopy.ts';
+import { HandoverPhase, PrecopyPhase } from '../protocol/precopy.ts';
+import { diskIdentity, handoverSection, type DiskIdentity } from '../migration/disk-handover.ts';
 import { STORAGE_SECTION_ID } from '../migration/storage-section.ts';
 import { AutoConverge } from '../migration/auto-converge.ts';
 import type { DeviceWorker } from '../device/worker-client.ts';
@@ -54,6 +55,14 @@ export interface TransferHost {
    * still serves (dispatch.ts: the worker's warm-up). Throws when the device cannot serve.
    */
   incomingPrecopy?(): Promise<void>;
+  /** Whether the front-end negotiated the disk hand-over (protocol/precopy.ts, bit 61). */
+  handoverNegotiated?(): boolean;
+  /** Destination: makes `fd` (taken: closed on refusal) the memory disk, not yet served; throws why not. */
+  adoptDisk?(fd: number): Promise<void>;
+  /** Destination: the DISK_FINAL state applied: the adopted disk may be served (final once a ring starts). */
+  adoptedDiskApplied?(): void;
+  /** Destination: an adopted disk waits for its DISK_FINAL state (no other LOAD may write it). */
+  diskAdoptionPending?(): boolean;
 }
 
 /** Whatever runs in the one transfer slot: a container transfer, an RFC shm transfer, a pre-copy round. */
@@ -71,8 +80,24 @@ export class DeviceStateTransfers {
   private precopyHeld: PrecopyMark | null = null;
   /** Source: throttles the guest's writes while live rounds do not shrink (made on the first pre-copy of a disk that has the bucket). */
   private converge: AutoConverge | null = null;
+  /** Source of a disk hand-over: the disk's memfd went out with a DISK_FD answer (null: not). */
+  private lent: DiskIdentity | null = null;
+  /** Source: a DISK_FINAL state naming it was saved and no ring started since: the disk is the destination's. */
+  private lentSaved = false;
+  /** Destination: the memfd a DISK_FD LOAD adopted, until a DISK_FINAL state applied. */
+  private adopted: DiskIdentity | null = null;
 
   constructor(private readonly host: TransferHost) {}
+
+  /** A ring starts: a source that saved a DISK_FINAL state serves its disk on (the migration did not complete). */
+  ringStarting(): void {
+    this.lentSaved = false;
+  }
+
+  /** Source: a DISK_FINAL state went out and no ring started after it: the disk is another host's now. */
+  get diskGivenAway(): boolean {
+    return this.lentSaved;
+  }
 
   get current(): AnyTransfer | null {
     return this.transfer;
@@ -236,6 +261,10 @@ export class DeviceStateTransfers {
       return refuse(DeviceStateError.UNSUPPORTED, `direction ${direction} is neither SAVE (0) nor LOAD (1)`);
     }
     const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
+    if (phase === HandoverPhase.DISK_FD || phase === HandoverPhase.DISK_FINAL) return this.handover(dir, phase, fd, refuse);
+    if (dir === 'load' && this.host.memoryDisk?.()?.condition.givenAway) return refuse(DeviceStateError.FAILED, this.host.memoryDisk!()!.condition.unusable ?? 'the memory disk was handed over');
+    // The adopted memfd is the source's until DISK_FINAL: no other LOAD writes it.
+    if (dir === 'load' && this.host.diskAdoptionPending?.()) return refuse(DeviceStateError.BUSY, 'a disk hand-over waits for its DISK_FINAL state: only that LOAD is taken now (disconnect to give the adopted disk back)');
     const unusable = this.host.memoryDisk?.()?.condition.unusable ?? null;
     if (dir === 'save' && unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not saved: ${unusable}; LOAD a state that checks out first`);
     const precopy = phase === PrecopyPhase.ROUND || phase === PrecopyPhase.START || phase === PrecopyPhase.FINAL;
@@ -321,6 +350,81 @@ export class DeviceStateTransfers {
       if (err !== null) log.error(`device state ${dir} failed: ${err}`);
     });
     log.info(`device state ${dir} started (${ctx.identity.name} ${ctx.identity.version})`);
+    return this.replyDeviceState(0);
+  }
+
+  /**
+   * SET_DEVICE_STATE_FD phases DISK_FD and DISK_FINAL (disk-handover.ts). DISK_FD SAVE answers
+   * with the disk's memfd (rings may run: the destination serves nothing until DISK_FINAL);
+   * DISK_FD LOAD adopts the message's memfd. DISK_FINAL moves the container with the disk's
+   * identity in place of its bytes, like a pre-copy's FINAL.
+   */
+  private async handover(dir: 'save' | 'load', phase: number, fd: number, refuse: (code: number, why: string) => Promise<void>): Promise<void> {
+    const { log } = this.host;
+    if (!this.host.handoverNegotiated?.()) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (disk hand-over) needs protocol feature 61, not negotiated`);
+    const disk = this.host.memoryDisk?.() ?? null;
+    if (disk === null) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (disk hand-over) needs a writable memory disk; this device has none`);
+    if (disk.condition.givenAway) return refuse(DeviceStateError.FAILED, disk.condition.unusable ?? 'the memory disk was handed over');
+    if (phase === HandoverPhase.DISK_FD) {
+      await this.clearSlot('disk hand-over');
+      if (dir === 'save') {
+        closeFds([fd], log);
+        if (disk.condition.unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not handed over: ${disk.condition.unusable}`);
+        let mine: number;
+        try {
+          mine = native.dup(disk.fd);
+          this.lent = diskIdentity(mine);
+        } catch (e) {
+          return refuse(DeviceStateError.FAILED, errorText(e));
+        }
+        log.info('memory disk lent for a hand-over: its memfd goes to the destination (this host serves it until a DISK_FINAL state goes out)');
+        return this.replyDeviceState(0, mine);
+      }
+      let started: number[];
+      try {
+        started = (await this.host.worker().stateBegin()).started;
+      } catch (e) {
+        return refuse(DeviceStateError.FAILED, `the device is not available: ${errorText(e)}`);
+      }
+      if (started.length > 0) return refuse(DeviceStateError.BUSY, `ring(s) ${started.join(', ')} run on this device: a disk is not handed over under a guest`);
+      if (!this.host.adoptDisk) return refuse(DeviceStateError.UNSUPPORTED, 'this host cannot adopt a disk');
+      try {
+        const id = diskIdentity(fd);
+        // Takes fd: the slot's from now on, or closed with the refusal.
+        await this.host.adoptDisk(fd);
+        this.adopted = id;
+      } catch (e) {
+        log.error(`SET_DEVICE_STATE_FD refused: disk hand-over: ${errorText(e)}; this device's own disk is untouched`);
+        return this.replyDeviceState(DeviceStateError.FAILED);
+      }
+      return this.replyDeviceState(0);
+    }
+    // DISK_FINAL.
+    if (dir === 'save' && disk.condition.unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not saved: ${disk.condition.unusable}`);
+    if (dir === 'save' && this.lent === null) return refuse(DeviceStateError.FAILED, 'no DISK_FD answer lent the disk: it has to go in full (phase STOPPED)');
+    if (dir === 'load' && this.adopted === null) return refuse(DeviceStateError.FAILED, 'this host adopted no disk (DISK_FD LOAD first): the disk has to come in full (phase STOPPED)');
+    const ctx = await this.begin('SET_DEVICE_STATE_FD');
+    if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
+    ctx.extraSections = [
+      ...(ctx.extraSections ?? []).filter((s) => s.id !== STORAGE_SECTION_ID),
+      handoverSection(this.lent, this.adopted, () => {
+        this.adopted = null;
+        this.host.adoptedDiskApplied?.();
+      }),
+    ];
+    let transfer: StateTransfer;
+    try {
+      transfer = dir === 'save' ? StateTransfer.save(fd, ctx) : StateTransfer.load(fd, ctx);
+    } catch (e) {
+      log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
+      return this.replyDeviceState(DeviceStateError.FAILED);
+    }
+    this.adopt(transfer);
+    void transfer.done.then((err) => {
+      if (err !== null) log.error(`device state ${dir} (disk hand-over final) failed: ${err}`);
+      else if (dir === 'save') this.lentSaved = true;
+    });
+    log.info(`device state ${dir} started (disk hand-over final: the disk's bytes are not in it)`);
     return this.replyDeviceState(0);
   }
 

@@ -30,7 +30,9 @@ import { MemoryTable } from './memory-table.ts';
 import { RingFdTable, type RingFdKind } from './rings.ts';
 import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
-import { PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
+import { DISK_HANDOVER_PROTOCOL_FEATURE, PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
+import { checkHandedDisk } from '../migration/disk-handover.ts';
+import { DeviceStateSection } from '../migration/transfer.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
 import { switchWorker, UpgradeRefused, type SessionSetup, type SwitchResult } from './upgrade.ts';
@@ -127,6 +129,10 @@ export class BackendSession {
       memoryDisk: () => slot.memoryDiskHandle,
       precopyNegotiated: () => this.hasProtocol(PRECOPY_PROTOCOL_FEATURE),
       incomingPrecopy: () => this.warmForIncoming(),
+      handoverNegotiated: () => this.hasProtocol(DISK_HANDOVER_PROTOCOL_FEATURE),
+      adoptDisk: (fd) => this.adoptDisk(fd),
+      adoptedDiskApplied: () => slot.adoptedDiskLoaded(),
+      diskAdoptionPending: () => slot.adoptingDisk,
     };
     this.state = new DeviceStateTransfers(transferHost);
     this.rfcState = new RfcStateShmChannel(transferHost, this.state);
@@ -144,7 +150,7 @@ export class BackendSession {
   /** CONFIG only for a device that has a config space: QEMU warns about it otherwise. */
   get offeredProtocolFeatures(): bigint {
     const base = this.worker.info.configSize > 0 ? SUPPORTED_PROTOCOL_FEATURES : SUPPORTED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
-    const precopy = this.slot.memoryDiskHandle !== null ? featureBit(PRECOPY_PROTOCOL_FEATURE) : 0n;
+    const precopy = this.slot.memoryDiskHandle !== null ? featureBit(PRECOPY_PROTOCOL_FEATURE) | featureBit(DISK_HANDOVER_PROTOCOL_FEATURE) : 0n;
     return (this.opts.experimentalRfcStateShm ? base | RFC_STATE_SHM_FEATURE : base) | precopy;
   }
 
@@ -306,6 +312,82 @@ export class BackendSession {
       // Its windows mapped now, while the source serves (GuestMemory.mapWindows).
       if (this.memory.current.length > 0) await w.setMemTable(this.memory.current, true);
     }
+  }
+
+  // --- an incoming disk hand-over (disk-handover.ts, TransferHost.adoptDisk) ---------------------
+
+  /**
+   * Destination of a disk hand-over: `fd` (ours) is checked as hostile input, becomes the slot's
+   * memory disk, and a fresh worker that maps it replaces the one that maps the old disk (a
+   * worker's queue threads, disk views and mapped reads all belong to the disk it started
+   * with), given the features and memory table the front-end sent. Refused (fd closed, nothing
+   * changed) once a ring, log or inflight area was given: migrate sends DISK_FD before them.
+   */
+  private async adoptDisk(fd: number): Promise<void> {
+    const disk = this.slot.memoryDiskHandle;
+    const old = this.worker;
+    try {
+      if (disk === null) throw new Error('this device has no writable memory disk');
+      checkHandedDisk(fd, disk.size);
+      if (this.rings.anySet || this.logArea !== null || this.inflightArea !== null) {
+        throw new Error('a ring fd, dirty log or inflight area was given already: a disk is handed over before them (reset the device first)');
+      }
+      if ((await old.ringSnapshot()).some((r) => r.started || r.num > 0)) throw new Error('a ring was set up already: a disk is handed over before the rings');
+      this.slot.adoptMemoryDisk(fd);
+    } catch (e) {
+      this.closeFds([fd]);
+      throw e;
+    }
+    let fresh: DeviceWorker;
+    try {
+      fresh = await this.slot.startWorker(this.slot.source);
+    } catch (e) {
+      await this.slot.revertAdoptedDisk(false);
+      throw new Error(`a worker on the handed-over disk did not start: ${errorText(e)}`);
+    }
+    try {
+      if (this.featuresSet) {
+        await fresh.setFeatures(this.ackedFeatures, this.hasFeature(VirtioFeature.PROTOCOL_FEATURES));
+        await fresh.setLogAll(this.hasFeature(VirtioFeature.LOG_ALL));
+      }
+      if (this.memory.current.length > 0) await fresh.setMemTable(this.memory.current, true);
+    } catch (e) {
+      void fresh.terminate();
+      await this.slot.revertAdoptedDisk(false);
+      throw new Error(`the worker on the handed-over disk refused the device's setup: ${errorText(e)}`);
+    }
+    this.slot.replaceWorker(fresh, this.slot.source);
+    this.worker = fresh;
+    fresh.onEvent = (e) => this.onDeviceEvent(e);
+    old.onEvent = () => {};
+    // No ring, log or inflight fd of ours is its: ending it closes nothing of the session's.
+    await old.terminate();
+    const t0 = performance.now();
+    await this.warmAdopted(fresh);
+    this.log.debug(`adopted disk: the fresh worker warmed up in ${(performance.now() - t0).toFixed(1)} ms`);
+    this.log.info(`memory disk handed over: adopted a ${disk!.size}-byte memfd; served once its DISK_FINAL state applies`);
+  }
+
+  /**
+   * A fresh worker's first state LOAD took ~40 ms measured (its code cold), inside the stopped
+   * rings; it is run once here instead, while the source still serves: the fresh device's own
+   * (initial) state saved and loaded back into it, which changes nothing. Then, with the
+   * features set, its ring machinery on scratch rings (warmForIncoming).
+   */
+  private async warmAdopted(w: DeviceWorker): Promise<void> {
+    const s = new DeviceStateSection(w);
+    try {
+      const n = await s.size();
+      const bytes = n > 0 ? await s.read(0, n) : new Uint8Array(0);
+      await s.beginLoad(n);
+      if (n > 0) await s.write(0, bytes);
+      const err = await s.finish();
+      if (err !== null) throw new Error(err);
+    } catch (e) {
+      await s.abort().catch(() => {});
+      this.log.warn(`adopted disk: the fresh worker's state warm-up failed (${errorText(e)}); its first LOAD runs cold`);
+    }
+    await this.warmForIncoming();
   }
 
   // --- live host handover (live-handover.ts, handover-record.ts) -------------------------------
@@ -783,6 +865,10 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start: the memory disk is not served: ${this.slot.memoryDiskUnusable}; LOAD a state that checks out, or restart the host on a fresh disk`);
         }
+        // A source that saved a DISK_FINAL state serves on: the migration did not happen. A
+        // destination that loaded one serves the adopted disk for good from its first ring.
+        this.state.ringStarting();
+        this.slot.commitAdoptedDisk();
         return this.setRingFd('kick', req.index, req.fd);
       case Req.SET_VRING_CALL:
         return this.setRingFd('call', req.index, req.fd);
@@ -1016,6 +1102,16 @@ export class BackendSession {
     this.memory.closeRegions();
     this.setLogArea(null);
     this.setInflightCopy(null);
+    // Disk hand-over: a source whose disk went away serves it no more; a destination whose
+    // migration did not complete goes back to its own disk.
+    if (this.state.diskGivenAway) {
+      this.slot.giveAwayMemoryDisk();
+      this.log.info('memory disk handed over to another host by a migration: this device serves, saves or loads it no more (device-del, or restart the host)');
+    }
+    if (this.slot.adoptingDisk) {
+      await this.slot.revertAdoptedDisk();
+      this.log.info('disk hand-over not completed: the adopted memfd is let go, the device\'s own memory disk is back');
+    }
   }
 }
 

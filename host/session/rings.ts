@@ -76,6 +76,11 @@ export class RingFdTable {
     if (old !== null && old !== fd) closeFds([old], this.log);
   }
 
+  /** Whether the front-end gave any ring an fd (a worker replaced now would not have it). */
+  get anySet(): boolean {
+    return this.rings.some((r) => KINDS.some((k) => r[k] !== null));
+  }
+
   /** Closes every ring fd; the worker must no longer use them (reset, or its thread is gone). */
   closeAll(): void {
     for (let i = 0; i < this.rings.length; i++) {
