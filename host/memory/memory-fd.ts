@@ -10,6 +10,9 @@ import { VhostWasmError } from '../errors.ts';
 
 /** F_SEAL_SHRINK (linux/fcntl.h): the memfd can no longer be made smaller. */
 export const F_SEAL_SHRINK = 0x2;
+/** F_SEAL_WRITE, F_SEAL_FUTURE_WRITE (linux/fcntl.h): the memfd's contents can no longer (or from now on no longer) be written. */
+export const F_SEAL_WRITE = 0x8;
+export const F_SEAL_FUTURE_WRITE = 0x10;
 
 export class MemoryFdError extends VhostWasmError {
   static override readonly code = 'ERR_MEMORY_FD';

@@ -10,15 +10,12 @@ import { fstatSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { SectionId, type StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
+import { F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE } from '../memory/memory-fd.ts';
 
 /** The container section that stands for the disk after a hand-over. */
 export const HANDOVER_SECTION_ID = SectionId.HOST_BASE + 2;
 const IDENTITY_BYTES = 24;
 
-/** F_SEAL_SHRINK, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE. */
-const SEAL_SHRINK = 0x2;
-const SEAL_WRITE = 0x8;
-const SEAL_FUTURE_WRITE = 0x10;
 
 /** A memfd offered as a disk that this host will not serve; its own disk stays as it was. */
 export class DiskHandoverRefused extends VhostWasmError {
@@ -50,8 +47,8 @@ export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   const info = native.memoryFdInfo(fd);
   if (info.type !== 'file') throw new DiskHandoverRefused(`the disk handed over is not a regular file (${info.type})`);
   if (info.size !== size) throw new DiskHandoverRefused(`the disk handed over is ${info.size} bytes; this device's memory disk is ${size}: give both hosts the same memory:SIZE`);
-  if (info.seals < 0 || (info.seals & SEAL_SHRINK) === 0) throw new DiskHandoverRefused('the disk handed over is not sealed against shrinking (every vhost-wasm memory disk is): its pages could be pulled from under the guest');
-  if ((info.seals & (SEAL_WRITE | SEAL_FUTURE_WRITE)) !== 0) throw new DiskHandoverRefused(`the disk handed over is sealed against writes (seals 0x${info.seals.toString(16)}): the guest could not write it`);
+  if (info.seals < 0 || (info.seals & F_SEAL_SHRINK) === 0) throw new DiskHandoverRefused('the disk handed over is not sealed against shrinking (every vhost-wasm memory disk is): its pages could be pulled from under the guest');
+  if ((info.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) throw new DiskHandoverRefused(`the disk handed over is sealed against writes (seals 0x${info.seals.toString(16)}): the guest could not write it`);
   return diskIdentity(fd);
 }
 

@@ -337,6 +337,12 @@ export class DeviceStateTransfers {
       }
       return this.replyDeviceState(0, memfd);
     }
+    return this.startTransfer(dir, fd, ctx, `${ctx.identity.name} ${ctx.identity.version}`);
+  }
+
+  /** A container SAVE or LOAD through fd, collected by CHECK_DEVICE_STATE; `onSaved` after a SAVE that went through. */
+  private startTransfer(dir: 'save' | 'load', fd: number, ctx: TransferContext, about: string, onSaved?: () => void): Promise<void> {
+    const { log } = this.host;
     let transfer: StateTransfer;
     try {
       transfer = dir === 'save' ? StateTransfer.save(fd, ctx) : StateTransfer.load(fd, ctx);
@@ -347,9 +353,10 @@ export class DeviceStateTransfers {
     }
     this.adopt(transfer);
     void transfer.done.then((err) => {
-      if (err !== null) log.error(`device state ${dir} failed: ${err}`);
+      if (err !== null) log.error(`device state ${dir} failed: ${err} (${about})`);
+      else if (dir === 'save') onSaved?.();
     });
-    log.info(`device state ${dir} started (${ctx.identity.name} ${ctx.identity.version})`);
+    log.info(`device state ${dir} started (${about})`);
     return this.replyDeviceState(0);
   }
 
@@ -412,20 +419,9 @@ export class DeviceStateTransfers {
         this.host.adoptedDiskApplied?.();
       }),
     ];
-    let transfer: StateTransfer;
-    try {
-      transfer = dir === 'save' ? StateTransfer.save(fd, ctx) : StateTransfer.load(fd, ctx);
-    } catch (e) {
-      log.error(`SET_DEVICE_STATE_FD refused: ${errorText(e)}`);
-      return this.replyDeviceState(DeviceStateError.FAILED);
-    }
-    this.adopt(transfer);
-    void transfer.done.then((err) => {
-      if (err !== null) log.error(`device state ${dir} (disk hand-over final) failed: ${err}`);
-      else if (dir === 'save') this.lentSaved = true;
+    return this.startTransfer(dir, fd, ctx, "disk hand-over final: the disk's bytes are not in it", () => {
+      this.lentSaved = true;
     });
-    log.info(`device state ${dir} started (disk hand-over final: the disk's bytes are not in it)`);
-    return this.replyDeviceState(0);
   }
 
   /** SET_DEVICE_STATE_FD phase ROUND: one pre-copy round through a pipe, rings running or not. */
