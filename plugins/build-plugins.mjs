@@ -54,6 +54,32 @@ function checkToolchain() {
   }
 }
 
+/**
+ * clang's wasm driver runs `wasm-opt` on the linked module when it finds one in PATH (at -O1
+ * and above), so the same sources gave two different plugins: `npm test` (PATH has
+ * node_modules/.bin, where jco-transpile's binaryen puts wasm-opt) merged identical functions and
+ * made blk 29,490 bytes; `node build.mjs` (no wasm-opt in PATH) made 33,020. Every build now gets
+ * the project's own wasm-opt first in PATH, and its version is part of the inputs.
+ */
+function clangEnv(root) {
+  const bin = join(root, 'node_modules', '.bin');
+  return { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` };
+}
+
+const wasmOptVersions = new Map();
+function wasmOptVersion(root) {
+  if (!wasmOptVersions.has(root)) {
+    let v = 'none';
+    try {
+      v = execFileSync('wasm-opt', ['--version'], { env: clangEnv(root), encoding: 'utf8' }).trim();
+    } catch {
+      // None in PATH: clang links without it, and the stamp says so.
+    }
+    wasmOptVersions.set(root, v);
+  }
+  return wasmOptVersions.get(root);
+}
+
 function inputsHash(parts) {
   const h = createHash('sha256');
   for (const [name, data] of parts) h.update(`${name}\0${data.length}\0`).update(data);
@@ -113,7 +139,7 @@ export async function buildPlugin({
   const flags = [...CFLAGS, `-I${sdkDir}`, ...defines.map((d) => `-D${d}`)];
   const stampFile = `${outFile}.inputs`;
   const parts = [
-    ['flags', Buffer.from(JSON.stringify({ flags, world, coreOnly, clang: CLANG }))],
+    ['flags', Buffer.from(JSON.stringify({ flags, world, coreOnly, clang: CLANG, wasmOpt: wasmOptVersion(root) }))],
     ['wit', Buffer.from(wit)],
     ['build-plugins.mjs', readFileSync(fileURLToPath(import.meta.url))],
     ...allSources.map((f) => [relative(root, f), readFileSync(f)]),
@@ -133,7 +159,7 @@ export async function buildPlugin({
   checkToolchain();
   mkdirSync(dirname(outFile), { recursive: true });
   const coreFile = `${outFile}.core.tmp-${process.pid}`;
-  execFileSync(CLANG, [...flags, ...allSources, '-lc', '-o', coreFile], { stdio: ['ignore', 'inherit', 'inherit'] });
+  execFileSync(CLANG, [...flags, ...allSources, '-lc', '-o', coreFile], { stdio: ['ignore', 'inherit', 'inherit'], env: clangEnv(root) });
   const core = readFileSync(coreFile);
   unlinkSync(coreFile);
 

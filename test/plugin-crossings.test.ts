@@ -95,7 +95,10 @@ for (const path of ['direct', 'jco'] as const) {
     sizes.forEach((n, i) => {
       const b = got[i].byName;
       t.is(b[handle!], 1, `${n} request(s): one core call of handle`);
-      t.is(b[`export cabi_post_${handle!.slice('export '.length)}`], 1, `${n} request(s): one post-return`);
+      // By any name: wasm-opt (which clang runs on the plugin) merges identical post-return
+      // functions, and the component's lift of handle then names another export's (activate's).
+      const posts = Object.entries(b).filter(([k]) => k.startsWith('export cabi_post_')).reduce((sum, [, v]) => sum + v, 0);
+      t.is(posts, 1, `${n} request(s): one post-return`);
       t.is(b[realloc], n + fixed, `${n} request(s): one cabi_realloc per request's prefix, ${fixed} per batch`);
       t.deepEqual(Object.keys(b).sort(), Object.keys(got[0].byName).sort(), `${n} request(s): nothing else crosses`);
       t.is(got[i].total, got[0].total + n - 1);
