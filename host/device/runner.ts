@@ -1181,7 +1181,13 @@ export class DeviceRunner {
       // A header descriptor of exactly the prefix (blk's 16 bytes) is handed over as it is: no view.
       const first = n === 0 ? EMPTY : c.readable[0];
       const prefix = n === 0 ? EMPTY : first.length === n ? first : first.length > n ? first.subarray(0, n) : readChain(c, n);
-      events.push({ kind: 'request', request: { id: req.id, queue: req.ring, prefix, readableLen: c.readableLen, writableLen: c.writableLen } });
+      const ev: DeviceEvent = { kind: 'request', request: { id: req.id, queue: req.ring, prefix, readableLen: c.readableLen, writableLen: c.writableLen } };
+      // A list of none yet (the usual round: no timers, failures or frames) is begun as a literal
+      // holding an object: the empty lists it would be pushed onto come from several sites, some
+      // still of small-integer elements, and a push that must change an array's elements kind
+      // is not inlined (the worker called the push builtin once per request).
+      if (events.length === 0) events = [ev];
+      else events.push(ev);
       due.add(req);
     }
     if (events.length === 0) return;
