@@ -407,6 +407,14 @@ test('fault: readable after writable', (t) => {
   faults(t, r, /descriptor 1 is device-readable after a writable descriptor/);
 });
 
+test('fault: readable after a zero-length writable descriptor (no view, and no range kept while not logging)', (t) => {
+  const r = raw();
+  r.desc(0, DATA, 0, WRITE | NEXT, 1);
+  r.desc(1, DATA, 4, 0);
+  r.publish(0);
+  faults(t, r, /descriptor 1 is device-readable after a writable descriptor/);
+});
+
 test('fault: avail idx jumps more than the queue size ahead (or backwards)', (t) => {
   const r = raw();
   r.setAvailIdx(9);
@@ -493,6 +501,41 @@ test('dirty logging: written buffers and used ring (at log_guest_addr) are marke
   p.q.writeChain(c2, new Uint8Array(8));
   p.q.pushUsed(c2.head, 8);
   t.false(log.isDirty(page(DATA + 0x9000)), 'logging off');
+});
+
+test('dirty logging switched on while chains are in flight: what they write is marked', (t) => {
+  const { log } = dirtyLog();
+  const p = pair();
+  p.drv.add([{ gpa: DATA, len: 4 }], [{ gpa: DATA + 0x3000, len: 8 }, { gpa: DATA + 0x6ffe, len: 4 }]);
+  p.drv.add([], [{ gpa: DATA + 0xa000, len: 0 }, { gpa: DATA + 0xb000, len: 2 }]);
+  const c = p.q.pop()!;
+  const c2 = p.q.pop()!;
+  t.is(c.ranges, null, 'popped while not logging: no ranges kept');
+  p.q.setLog(log);
+  // Taken at setLog from the views (zero-length descriptors have none and are left out).
+  t.deepEqual(c.ranges, [
+    { gpa: DATA + 0x3000, len: 8 },
+    { gpa: DATA + 0x6ffe, len: 4 },
+  ]);
+  t.deepEqual(c2.ranges, [{ gpa: DATA + 0xb000, len: 2 }]);
+  p.q.writeChain(c, new Uint8Array(10));
+  t.true(log.isDirty(page(DATA + 0x3000)));
+  t.true(log.isDirty(page(DATA + 0x6ffe)));
+  t.false(log.isDirty(page(DATA + 0x7000)), 'only the bytes written');
+  p.q.pushUsed(c.head, 12);
+  t.true(log.isDirty(page(DATA + 0x7000)), 'pushUsed marks the used length');
+  p.q.pushUsed(c2.head, 2);
+  t.true(log.isDirty(page(DATA + 0xb000)));
+  t.false(log.isDirty(page(DATA + 0xa000)));
+  // Popped while logging: kept at pop, zero-length descriptors included (as the walk saw them).
+  p.drv.add([], [{ gpa: DATA + 0xc000, len: 0 }, { gpa: DATA + 0xd000, len: 2 }]);
+  const c3 = p.q.pop()!;
+  t.deepEqual(c3.writableRanges, [
+    { gpa: DATA + 0xc000, len: 0 },
+    { gpa: DATA + 0xd000, len: 2 },
+  ]);
+  p.q.pushUsed(c3.head, 2);
+  t.true(log.isDirty(page(DATA + 0xd000)));
 });
 
 test('zeroChain: zeros from an offset across the writable buffers, bounded by them, and logs what it wrote', (t) => {

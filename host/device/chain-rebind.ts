@@ -7,8 +7,9 @@
 // OK, for blk), and a payload read from them (a held write's transfer, a send) would be lost.
 // The guest named its buffers by guest-physical address, so the reply goes, and the payload is
 // read, where those addresses are now; an address no longer in guest memory is a fault the
-// caller reports. Writable ranges are kept at pop (dirty logging needs them); readable ones
-// are taken only when a table change finds the request waiting (readableRanges).
+// caller reports. Writable ranges are kept at pop only while logging (DescriptorChain), readable
+// ones never: both are taken when a table change finds the request waiting (readableRanges,
+// DescriptorChain.keepRanges).
 
 import { GuestMemory, MemoryFault, hex, isDetached, type WindowBases } from '../memory/guest-memory.ts';
 import type { DescriptorChain, GuestRange } from '../virtqueue/chain.ts';
@@ -43,8 +44,15 @@ export function rebindChain(memory: GuestMemory, chain: DescriptorChain, readabl
       }
     }
   }
-  if (chain.writableRanges.length === 0) return null;
-  const writable = resolve(memory, chain.writableRanges);
+  // Zero-length writable descriptors only, or none: no view to rebind.
+  if (chain.writable.length === 0 && chain.ranges === null) return null;
+  // Kept at pop (logging) or before the change (keepRequestRanges); found now if no table went since.
+  const ranges = chain.ranges ?? chain.keepRanges(memory.windowBases());
+  if (ranges === null) {
+    return 'its writable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it and their guest addresses were not kept, so its reply cannot be written';
+  }
+  if (ranges.length === 0) return null;
+  const writable = resolve(memory, ranges);
   if (typeof writable === 'string') return `its writable buffer at guest address ${writable}, so its reply cannot be written`;
   chain.writable = writable;
   return null;

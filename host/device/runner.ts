@@ -495,7 +495,7 @@ export class DeviceRunner {
     // In-flight I/O targets the old mappings: it completes before they go, and failed I/O gets
     // its second answer (the status the guest reads) while they are still there.
     this.settle();
-    this.keepReadableRanges();
+    this.keepRequestRanges();
     // Rings hold views into the old table; the queue re-resolves them on the next access.
     for (const old of [...this.memory.regions]) this.memory.removeRegion(old);
     for (const s of specs) this.memory.addRegion(s);
@@ -514,19 +514,23 @@ export class DeviceRunner {
 
   removeMemRegion(m: { guestPhysAddr: number; size: number; userspaceAddr: number }): void {
     this.settle();
-    this.keepReadableRanges();
+    this.keepRequestRanges();
     this.memory.removeRegion(m);
   }
 
   /**
-   * Before mappings go: the guest ranges of what the waiting requests' views read, while the
-   * views still say where they are (chain-rebind.ts). Paid here, at a table change, not by
+   * Before mappings go: the guest ranges of the waiting requests' views, while the views still
+   * say where they are (chain-rebind.ts). Paid here, at a table change, not by
    * every request's walk.
    */
-  private keepReadableRanges(): void {
+  private keepRequestRanges(): void {
     let bases: WindowBases | null = null; // one walk of the windows for all the requests, if any waits
     for (const req of this.reqs) {
-      if (req === undefined || req.readRanges !== null || req.state === ReqState.Orphan) continue;
+      if (req === undefined) continue;
+      // Writable ranges of any request alive (not kept at pop unless logging): its reply is
+      // rebound to them (rebindStale), and a lost one is named by them (replyLost).
+      if (req.chain.ranges === null && req.chain.writable.length > 0) req.chain.keepRanges((bases ??= this.memory.windowBases()));
+      if (req.readRanges !== null || req.state === ReqState.Orphan) continue;
       req.readRanges = readableRanges(this.memory, req.chain, (bases ??= this.memory.windowBases()));
     }
   }
@@ -1177,7 +1181,13 @@ export class DeviceRunner {
       // A header descriptor of exactly the prefix (blk's 16 bytes) is handed over as it is: no view.
       const first = n === 0 ? EMPTY : c.readable[0];
       const prefix = n === 0 ? EMPTY : first.length === n ? first : first.length > n ? first.subarray(0, n) : readChain(c, n);
-      events.push({ kind: 'request', request: { id: req.id, queue: req.ring, prefix, readableLen: c.readableLen, writableLen: c.writableLen } });
+      const ev: DeviceEvent = { kind: 'request', request: { id: req.id, queue: req.ring, prefix, readableLen: c.readableLen, writableLen: c.writableLen } };
+      // A list of none yet (the usual round: no timers, failures or frames) is begun as a literal
+      // holding an object: the empty lists it would be pushed onto come from several sites, some
+      // still of small-integer elements, and a push that must change an array's elements kind
+      // is not inlined (the worker called the push builtin once per request).
+      if (events.length === 0) events = [ev];
+      else events.push(ev);
       due.add(req);
     }
     if (events.length === 0) return;
@@ -1408,7 +1418,8 @@ export class DeviceRunner {
   private replyLost(req: Req, at: number, len: number): DeviceError {
     let gpa = -1;
     let skip = at;
-    for (const r of req.chain.writableRanges) {
+    // Taken before the table change that unmapped the views (keepRequestRanges), or found now.
+    for (const r of req.chain.ranges ?? req.chain.keepRanges(this.memory.windowBases()) ?? []) {
       if (skip < r.len) {
         gpa = r.gpa + skip;
         break;

@@ -4,7 +4,7 @@
 // the same in both, so they are checked (and worded) in one place. Every helper that rejects
 // guest input does so through the caller's `fail`, which breaks that queue.
 
-import { GuestMemory, MemoryFault, hex } from '../memory/guest-memory.ts';
+import { GuestMemory, MemoryFault, hex, type WindowBases } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import { DESC_SIZE, MAX_INDIRECT_ENTRIES } from './layout.ts';
 import { VhostWasmError } from '../errors.ts';
@@ -45,17 +45,73 @@ export interface GuestRange {
   len: number;
 }
 
-export interface DescriptorChain {
-  head: number;
-  /** The avail ring index this chain was taken from. */
-  availIndex: number;
+/**
+ * A chain popped from a queue: its buffers as host views, in chain order.
+ *
+ * The writable descriptors' guest ranges (dirty logging, and rebinding the views after a memory
+ * table change) are kept at pop only while the queue logs; otherwise they are found from the
+ * views when first asked for (`writableRanges`, `keepRanges`), which saves every request two
+ * `{gpa, len}` objects and their lists. The views say where they are only while their mappings
+ * stand: whoever keeps a chain across a table change asks before it (the runner's
+ * keepRequestRanges, the queue's setLog for chains in flight when logging starts).
+ */
+export class DescriptorChain {
   /** Device-readable buffers in chain order, split at mapping boundaries; zero-length ones omitted. */
-  readable: Uint8Array[];
-  writable: Uint8Array[];
-  readableLen: number;
-  writableLen: number;
-  /** The writable descriptors as guest ranges, in order (dirty logging). */
-  writableRanges: GuestRange[];
+  readable: Uint8Array[] = NO_VIEWS;
+  writable: Uint8Array[] = NO_VIEWS;
+  readableLen = 0;
+  writableLen = 0;
+  /** A device-writable descriptor was seen (a zero-length one has no view, and maybe no range). */
+  sawWritable = false;
+  /**
+   * The writable descriptors as guest ranges, in order, once taken: at pop when the queue logs
+   * (zero-length ones included), or from the views (keepRanges). Null: not taken yet.
+   */
+  ranges: GuestRange[] | null;
+
+  constructor(
+    public head: number,
+    /** The avail ring index this chain was taken from. */
+    readonly availIndex: number,
+    /** What the views are of; it stays the same object across table changes. */
+    private readonly memory: GuestMemory,
+    /** The queue logs: keep the ranges at pop (appendBuffer) instead of finding them later. */
+    keepAtPop: boolean,
+  ) {
+    this.ranges = keepAtPop ? NO_RANGES : null;
+  }
+
+  /**
+   * The writable descriptors as guest ranges, in order (dirty logging, rebinding). Found from the
+   * views if not taken yet; throws if the views' mappings went before they were taken (a caller
+   * that keeps chains across a table change missed keepRanges).
+   */
+  get writableRanges(): GuestRange[] {
+    const r = this.ranges ?? this.keepRanges(this.memory.windowBases());
+    if (r === null) {
+      throw new Error(`descriptor head ${this.head}: the guest ranges of its writable buffers were asked for after their mapping went, and were not kept before`);
+    }
+    return r;
+  }
+
+  /**
+   * Takes (once) and returns the writable ranges from the views, `bases` being
+   * memory.windowBases() now (one for all the chains of a table change). Null when a view is
+   * not of a window mapped now (its mapping went: too late to say where it was).
+   */
+  keepRanges(bases: WindowBases): GuestRange[] | null {
+    if (this.ranges !== null) return this.ranges;
+    const views = this.writable;
+    const out: GuestRange[] = [];
+    for (let i = 0; i < views.length; i++) {
+      const v = views[i];
+      const b = bases.get(v.buffer);
+      if (b === undefined) return null;
+      out.push({ gpa: b + v.byteOffset, len: v.length });
+    }
+    this.ranges = out;
+    return out;
+  }
 }
 
 /**
@@ -98,9 +154,11 @@ export function appendBuffer(
     if (len > 0) chain.writable = withSlices(memory, addr, len, chain.writable, slot, entry, fail);
     chain.writableLen += len;
     if (chain.writableLen > 0xffffffff) fail(`writable length of the chain overflows u32`);
-    chain.writableRanges = withOne(chain.writableRanges, { gpa: addr, len });
+    chain.sawWritable = true;
+    // Kept here only while the queue logs (see DescriptorChain): found from the views otherwise.
+    if (chain.ranges !== null) chain.ranges = withOne(chain.ranges, { gpa: addr, len });
   } else {
-    if (chain.writableRanges.length > 0) fail(`${descriptorName(slot, entry)} is device-readable after a writable descriptor`);
+    if (chain.sawWritable) fail(`${descriptorName(slot, entry)} is device-readable after a writable descriptor`);
     if (len > 0) chain.readable = withSlices(memory, addr, len, chain.readable, slot, entry, fail);
     chain.readableLen += len;
     if (chain.readableLen > 0xffffffff) fail(`readable length of the chain overflows u32`);

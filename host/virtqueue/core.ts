@@ -4,7 +4,7 @@
 // when the memory table changes. SplitQueue and PackedQueue extend it with how their layout
 // finds available descriptors and publishes used ones; nothing here knows a ring's layout.
 
-import { MemoryFault, hex, type GuestMemory } from '../memory/guest-memory.ts';
+import { MemoryFault, hex, type GuestMemory, type WindowBases } from '../memory/guest-memory.ts';
 import type { DirtyLog } from '../memory/dirty-log.ts';
 import { QueueFault, QueueSetupError, markRanges, writeChainLogged, zeroChainLogged, type DescriptorChain } from './chain.ts';
 
@@ -104,8 +104,19 @@ export abstract class QueueCore<C extends DescriptorChain> {
 
   /** VHOST_F_LOG_ALL switched on/off, or a new log area (SET_LOG_BASE). */
   setLog(log: DirtyLog | null, usedLogGpa: number = this.defaultUsedLogGpa): void {
+    // Chains popped while nothing was logged kept no writable ranges: their writes from now on
+    // are logged by range, taken here while their views still say where they are.
+    if (log !== null && this.inflightCount > 0) {
+      let bases: WindowBases | null = null;
+      for (const c of this.inflight) if (c !== undefined && c.ranges === null) c.keepRanges((bases ??= this.memory.windowBases()));
+    }
     this.log = log;
     this.usedLogGpa = usedLogGpa;
+  }
+
+  /** Whether chains popped now keep their writable ranges at pop (DescriptorChain): while logging. */
+  protected get logging(): boolean {
+    return this.log !== null;
   }
 
   /** Heads (split) or buffer ids (packed) currently in flight. */

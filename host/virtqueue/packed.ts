@@ -30,7 +30,7 @@ import {
   packedPosition,
   positionToOffWrap,
 } from './layout.ts';
-import { NO_RANGES, NO_VIEWS, QueueSetupError, appendBuffer, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { DescriptorChain, QueueSetupError, appendBuffer, indirectTable, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
 import type { PackedInflightRecovery, PackedInflightRegion, RecordedDescriptor } from './inflight-packed.ts';
 import { InflightAreaError } from './inflight.ts';
@@ -78,9 +78,9 @@ export function decodePackedVringBase(num: number, size: number): PackedVringBas
 }
 
 /** `head` is the buffer id (from the chain's last descriptor); `availIndex` the ring slot of its first descriptor. */
-export interface PackedDescriptorChain extends DescriptorChain {
+export class PackedDescriptorChain extends DescriptorChain {
   /** Ring slots the chain occupies (1 for an indirect descriptor): how far its used descriptor moves the used index. */
-  descCount: number;
+  descCount = 0;
 }
 
 export interface PackedQueueConfig extends QueueCoreConfig {
@@ -224,18 +224,9 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
     const size = this.size;
     const first = pos < size ? pos : pos - size;
     const room = size - this.ownedSlots();
-    const chain: PackedDescriptorChain = {
-      head: 0,
-      availIndex: first,
-      readable: NO_VIEWS,
-      writable: NO_VIEWS,
-      readableLen: 0,
-      writableLen: 0,
-      writableRanges: NO_RANGES,
-      descCount: 0,
-    };
-    const dv = this.desc;
     const memory = this.memory;
+    const chain = new PackedDescriptorChain(0, first, memory, this.logging);
+    const dv = this.desc;
     let slot = first;
     let wrap = pos < size;
     let n = 0;
@@ -399,7 +390,8 @@ export class PackedQueue extends QueueCore<PackedDescriptorChain> {
 
   /** A chain from descriptors the inflight region recorded (availIndex -1: its slots are unknown now). */
   private rebuild(id: number, descs: RecordedDescriptor[]): PackedDescriptorChain {
-    const chain: PackedDescriptorChain = { head: id, availIndex: -1, readable: NO_VIEWS, writable: NO_VIEWS, readableLen: 0, writableLen: 0, writableRanges: NO_RANGES, descCount: descs.length };
+    const chain = new PackedDescriptorChain(id, -1, this.memory, this.logging);
+    chain.descCount = descs.length;
     const fail = this.walkFail;
     this.walkFirst = -1;
     for (let k = 0; k < descs.length; k++) {

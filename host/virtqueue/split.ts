@@ -16,12 +16,12 @@ import {
   usedBytes,
   vringNeedEvent,
 } from './layout.ts';
-import { NO_RANGES, NO_VIEWS, QueueSetupError, appendBuffer, descriptorName, indirectTable, type DescriptorChain, type Fail } from './chain.ts';
+import { DescriptorChain, QueueSetupError, appendBuffer, descriptorName, indirectTable, type Fail } from './chain.ts';
 import { QueueCore, type QueueCoreConfig } from './core.ts';
 import type { InflightRecovery, SplitInflightRegion } from './inflight.ts';
 
 // They moved to chain.ts (shared with the packed queue); importers of this module keep working.
-export { QueueFault, QueueSetupError, type DescriptorChain, type GuestRange } from './chain.ts';
+export { QueueFault, QueueSetupError, DescriptorChain, type GuestRange } from './chain.ts';
 
 export interface SplitQueueConfig extends QueueCoreConfig {
   descGpa: number;
@@ -123,8 +123,8 @@ export class SplitQueue extends QueueCore<DescriptorChain> {
   }
 
   private walk(head: number, availIndex: number): DescriptorChain {
-    const chain: DescriptorChain = { head, availIndex, readable: NO_VIEWS, writable: NO_VIEWS, readableLen: 0, writableLen: 0, writableRanges: NO_RANGES };
     const memory = this.memory;
+    const chain = new DescriptorChain(head, availIndex, memory, this.logging);
     let table = this.desc;
     let tableSize = this.size;
     let inIndirect = false;
