@@ -19,6 +19,8 @@ import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } fro
 import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
 import { DISK_HANDOVER_PROTOCOL_FEATURE, HandoverPhase, PRECOPY_PROTOCOL_FEATURE } from '../host/protocol/precopy.ts';
 import { native } from '../host/native/index.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
+import { VhostUserConnection } from '../host/frontend/connection.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -367,6 +369,90 @@ maybe('while an adopted disk waits for its DISK_FINAL state, no ring starts and 
     const fe = await connect(b);
     try {
       t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'destination own', 8), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+/** A host that also offers the RFC shm state channel (protocol feature 63). */
+function rfcHost(storage: string): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, '--experimental-rfc-state-shm']);
+}
+
+function connectRfc(h: HostProcess): Promise<VhostUserFrontend> {
+  return VhostUserFrontend.connect(h.socketPath, {
+    memoryBytes: 16 << 20,
+    queues: [128],
+    features: 1n << BigInt(VIRTIO_F_VERSION_1),
+    protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE) | featureBit(DISK_HANDOVER_PROTOCOL_FEATURE) | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE),
+  });
+}
+
+/** A full state (RFC shm) of a third device whose disk is 8 MiB of `tag`. */
+async function rfcState(tag: string): Promise<Uint8Array> {
+  const o = await rfcHost('memory:8M');
+  try {
+    const fe = await connectRfc(o);
+    await writeMiBs(new BlkDevice(fe.queues[0]), tag, 8);
+    await fe.stopQueue(0);
+    const full = await saveState(fe.conn, 'rfc-shm');
+    await fe.close();
+    return full;
+  } finally {
+    await o.stop();
+  }
+}
+
+maybe('the RFC shm channel takes the hand-over guards too: no RFC LOAD into an adopted disk waiting for DISK_FINAL (the memfd stays as given, no ring starts), none into a source whose disk was handed over', async (t) => {
+  t.timeout(90_000);
+  const full = await rfcState('third');
+  const [a, b] = await Promise.all([rfcHost('memory:8M'), rfcHost('memory:8M')]);
+  try {
+    // Destination: an adopted disk waits for its DISK_FINAL state.
+    const given = diskLike(8 * MIB);
+    const view = native.mmap(given, 8 * MIB, 0, false);
+    try {
+      const fe = await connectRfc(b);
+      try {
+        const base = await fe.stopQueue(0);
+        await fe.conn.resetDevice();
+        t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, given), null);
+        await t.throwsAsync(loadState(fe.conn, full, 'rfc-shm'), { message: /RFC_SET_STATE_AREA failed/ }, 'an RFC LOAD into the adopted disk');
+        t.truthy(await b.waitForLog(/RFC_SET_STATE_AREA refused: a disk hand-over waits for its DISK_FINAL state/));
+        await t.throwsAsync(fe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+      } finally {
+        await fe.close();
+      }
+      t.truthy(await b.waitForLog(/disk hand-over not completed: the adopted memfd is let go/));
+      t.true(Buffer.from(view.window(0, 8 * MIB)).equals(Buffer.alloc(8 * MIB)), 'the memfd it was given was written');
+    } finally {
+      view.unmap();
+      native.close(given);
+    }
+
+    // Source: its disk went to b by a hand-over.
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      await migrate(fe, b.socketPath, { channel: 'handover' });
+      t.truthy(await a.waitForLog(/memory disk handed over to another host by a migration/));
+      const conn = VhostUserConnection.connect(a.socketPath);
+      try {
+        await conn.setOwner();
+        await conn.setFeatures((await conn.getFeatures()) & ((1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << 30n)));
+        await conn.setProtocolFeatures((await conn.getProtocolFeatures()) & (FRONTEND_PROTOCOL_FEATURES | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE)));
+        await t.throwsAsync(loadState(conn, full, 'rfc-shm'), { message: /RFC_SET_STATE_AREA failed/ }, 'an RFC LOAD into the given-away disk');
+        t.truthy(await a.waitForLog(/RFC_SET_STATE_AREA refused: this device's memory disk was handed over to another host/));
+      } finally {
+        conn.close();
+      }
+      // No ring starts on the given-away source, and the destination serves the source's bytes.
+      await t.throwsAsync(connect(a));
+      t.deepEqual(await differing(blk, 'source', 8), []);
     } finally {
       await fe.close();
     }

@@ -398,6 +398,11 @@ export class DeviceSlot {
     return this.memoryDiskCondition.unusable;
   }
 
+  /** The memory disk went to another host by a disk hand-over: nothing here may serve, save or load it. */
+  get memoryDiskGivenAway(): boolean {
+    return this.memoryDiskCondition.givenAway === true;
+  }
+
   /** The memory disk (--storage memory:SIZE) this slot made: its memfd and size, for a host handover. */
   get memoryDiskFd(): { fd: number; size: number } | null {
     if (this.memoryDisk === null) return null;

@@ -860,6 +860,10 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
         }
+        if (this.slot.memoryDiskGivenAway) {
+          this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start: ${this.slot.memoryDiskUnusable ?? 'the memory disk was handed over to another host'}`);
+        }
         if (this.slot.memoryDiskUnusable !== null) {
           // Never a half-loaded disk served as if good (precopy.ts, DiskCondition).
           this.closeFds([req.fd]);
