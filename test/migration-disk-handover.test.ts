@@ -460,3 +460,58 @@ maybe('the RFC shm channel takes the hand-over guards too: no RFC LOAD into an a
     await Promise.all([a.stop(), b.stop()]);
   }
 });
+
+maybe('a hand-over whose destination start fails after its ring started: the source resumes, and the destination never serves the adopted disk to a later front-end; one whose rings were stopped in order does', async (t) => {
+  t.timeout(90_000);
+  const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      // The destination's ring starts whole (its SET_VRING_KICK ran), then the start fails (as a
+      // SET_VRING_ENABLE or another queue could): migrate resumes the source on the same memfd.
+      const orig = fe.startQueue.bind(fe);
+      fe.startQueue = async (i: number, base: number, conn?: VhostUserConnection) => {
+        await orig(i, base, conn);
+        if (conn !== undefined && conn !== fe.conn) throw new Error('the destination start failed after its ring started (test)');
+      };
+      const err = await t.throwsAsync(migrate(fe, b.socketPath, { channel: 'handover' }), { instanceOf: MigrationError });
+      fe.startQueue = orig;
+      t.true(err?.sourceResumed, err?.message);
+      await writeMiBs(blk, 'source after', 2);
+      t.truthy(await b.waitForLog(/disk hand-over: the front-end went away with the adopted disk's rings started and never stopped in order/));
+      // A later front-end on the destination gets no ring on the source's live disk.
+      const x = await connect(b).catch((e: Error) => e);
+      if (!(x instanceof Error)) {
+        await x.close();
+        t.fail('the destination served the adopted disk to a later front-end while the source serves it');
+      } else t.regex(x.message, /SET_VRING_KICK/);
+      t.truthy(await b.waitForLog(/ring 0 cannot start: this device's memory disk is a memfd adopted by a disk hand-over whose front-end went away/));
+      t.deepEqual(await differing(blk, 'source after', 2), []);
+      t.deepEqual(await differing(blk, 'source', 6, 2), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+  // A completed hand-over whose front-end stops the rings in order (as QEMU does on shutdown, and
+  // the migrate CLI at its end) leaves a destination that serves the disk to the next front-end.
+  const [c, d] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(c);
+    await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 8);
+    await migrate(fe, d.socketPath, { channel: 'handover' });
+    await fe.stopQueue(0);
+    await fe.close();
+    const again = await connect(d);
+    try {
+      t.deepEqual(await differing(new BlkDevice(again.queues[0]), 'source', 8), []);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await Promise.all([c.stop(), d.stop()]);
+  }
+});

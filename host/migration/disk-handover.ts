@@ -99,3 +99,11 @@ export const HANDOVER_UNFINISHED =
 /** What a source's disk condition says once its disk went to another host. */
 export const DISK_GIVEN_AWAY =
   'this device\'s memory disk was handed over to another host by a migration (its memfd is that host\'s now): remove the device (device-del) or restart the host';
+
+/** What an operator does with a destination whose adopted disk is not trusted (ADOPTION_UNCONFIRMED). */
+export const ADOPTION_UNCONFIRMED_ADVICE =
+  'see the source host\'s log: without "memory disk handed over to another host" the source serves the disk on; with it, neither host serves it (docs/migration.md, "Not covered")';
+
+/** What a destination's disk condition says once a front-end left it with rings started and not stopped in order. */
+export const ADOPTION_UNCONFIRMED =
+  'this device\'s memory disk is a memfd adopted by a disk hand-over whose front-end went away while the destination\'s rings were started and not stopped in order: the migration may have failed and its source resumed on the same memfd, so this host serves it no more: remove the device (device-del) or restart the host';

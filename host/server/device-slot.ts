@@ -21,7 +21,7 @@ import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
 import { makeDiskViews, type DiskCondition, type MemoryDiskHandle } from '../migration/precopy.ts';
 import { newMappedReadsStop } from '../io/mapped-reads.ts';
-import { DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover.ts';
+import { ADOPTION_UNCONFIRMED, DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -493,6 +493,16 @@ export class DeviceSlot {
    */
   giveAwayMemoryDisk(): void {
     this.memoryDiskCondition.unusable = DISK_GIVEN_AWAY;
+    this.memoryDiskCondition.givenAway = true;
+  }
+
+  /**
+   * Disk hand-over, destination: the adopting front-end went away with the adopted disk's rings
+   * started and not stopped in order (dispatch.ts, release()): its source may serve the same
+   * memfd again, so nothing here serves, saves, loads or hands it over any more.
+   */
+  distrustAdoptedDisk(): void {
+    this.memoryDiskCondition.unusable = ADOPTION_UNCONFIRMED;
     this.memoryDiskCondition.givenAway = true;
   }
 
