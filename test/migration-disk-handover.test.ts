@@ -515,3 +515,45 @@ maybe('a hand-over whose destination start fails after its ring started: the sou
     await Promise.all([c.stop(), d.stop()]);
   }
 });
+
+maybe('a source that saved its DISK_FINAL state takes no LOAD on that connection (STOPPED, DISK_FD) until a ring restarts there; then it serves its disk on', async (t) => {
+  t.timeout(60_000);
+  const a = await blkHost('memory:8M');
+  try {
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      const base = await fe.stopQueue(0);
+      const full = await saveState(fe.conn, 'pipe');
+      // Lend the disk, then save the DISK_FINAL state (the container without the disk).
+      const [r0, w0] = native.pipe2();
+      const lent = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FD, w0);
+      native.close(r0);
+      native.close(w0);
+      t.not(lent, null);
+      native.close(lent!);
+      const [r, w] = native.pipe2();
+      t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FINAL, w), null);
+      native.close(w);
+      await fe.conn.checkDeviceState();
+      native.close(r);
+      await t.throwsAsync(loadState(fe.conn, full, 'pipe'), undefined, 'a STOPPED LOAD after the DISK_FINAL SAVE');
+      t.truthy(await a.waitForLog(/this host saved a DISK_FINAL state: its disk is the destination's unless a ring restarts here/));
+      const given = diskLike(8 * MIB);
+      try {
+        await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, given), { message: /error 2/ }, 'a DISK_FD LOAD after the DISK_FINAL SAVE');
+      } finally {
+        native.close(given);
+      }
+      // The migration did not happen: a ring restarts, and the source serves its own bytes.
+      await fe.startQueue(0, base);
+      t.deepEqual(await differing(blk, 'source', 8), []);
+    } finally {
+      await fe.close();
+    }
+    t.notRegex(a.log(), /handed over to another host/);
+  } finally {
+    await a.stop();
+  }
+});
