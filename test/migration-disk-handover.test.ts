@@ -21,6 +21,7 @@ import { DISK_HANDOVER_PROTOCOL_FEATURE, HandoverPhase, PRECOPY_PROTOCOL_FEATURE
 import { native } from '../host/native/index.ts';
 import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
 import { VhostUserConnection } from '../host/frontend/connection.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -555,5 +556,45 @@ maybe('a source that saved its DISK_FINAL state takes no LOAD on that connection
     t.notRegex(a.log(), /handed over to another host/);
   } finally {
     await a.stop();
+  }
+});
+
+/** A control request's error message (or "ok" when it succeeded). */
+async function control(h: HostProcess, method: string, params: object): Promise<string> {
+  const [a] = (await rawRpc(`${h.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method, params })], 1)) as { error?: { message: string; data?: unknown } }[];
+  return a.error === undefined ? 'ok' : `${a.error.message} ${JSON.stringify(a.error.data ?? '')}`;
+}
+
+maybe('no plugin-upgrade and no host take-over during a disk hand-over: not on a source that lent its disk, not on a destination that adopted one', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(a);
+    const d = await connect(b);
+    try {
+      await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 1);
+      const [r0, w0] = native.pipe2();
+      const lent = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FD, w0);
+      native.close(r0);
+      native.close(w0);
+      t.regex(await control(a, 'plugin-upgrade', { plugin: BLK }), /disk hand-over out of this device is under way/);
+      t.regex(await control(a, 'host-handover', { to: '/nonexistent/handover.sock' }), /disk hand-over out of this device is under way/);
+      await d.stopQueue(0);
+      await d.conn.resetDevice();
+      t.is(await d.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, lent!), null);
+      native.close(lent!);
+      t.regex(await control(b, 'plugin-upgrade', { plugin: BLK }), /disk hand-over into this device is under way/);
+      t.regex(await control(b, 'host-handover', { to: '/nonexistent/handover.sock' }), /disk hand-over into this device is under way/);
+    } finally {
+      await d.close();
+      await fe.close();
+    }
+    t.truthy(await b.waitForLog(/disk hand-over not completed: the adopted memfd is let go/));
+    t.truthy(await a.waitForLog(/front-end disconnected/));
+    // The hand-over ended with its connections: both upgrade again.
+    t.is(await control(a, 'plugin-upgrade', { plugin: BLK }), 'ok');
+    t.is(await control(b, 'plugin-upgrade', { plugin: BLK }), 'ok');
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
   }
 });

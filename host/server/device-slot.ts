@@ -77,6 +77,8 @@ export class DeviceSlot {
   source: DeviceSource;
   /** A plugin-upgrade in progress: a second one is refused. */
   private upgrading = false;
+  /** Sessions that lent the memory disk to another host (DISK_FD SAVE) and have not ended. */
+  private diskLends = 0;
   /** An upgrade with no front-end connected: a front-end arriving meanwhile waits for its outcome. */
   private idleUpgrade: Promise<unknown> | null = null;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
@@ -382,6 +384,8 @@ export class DeviceSlot {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     if (this.upgrading) throw new Error(`device ${this.opts.label}: an upgrade is already running; wait for its answer`);
     if (this.starting) throw new Error(`device ${this.opts.label}: its worker is being started; retry in a moment`);
+    const handover = this.diskHandoverUnderWay;
+    if (handover !== null) throw new Error(`device ${this.opts.label}: ${handover}; upgrade once it has ended`);
     this.upgrading = true;
     const p = run();
     if (idle) this.idleUpgrade = p;
@@ -391,6 +395,32 @@ export class DeviceSlot {
       this.upgrading = false;
       if (idle) this.idleUpgrade = null;
     }
+  }
+
+  /** A plugin-upgrade runs: a disk hand-over into this device waits for its answer. */
+  get upgradeRunning(): boolean {
+    return this.upgrading;
+  }
+
+  /** A session lent the memory disk to another host (DISK_FD SAVE); the returned call ends that (the session ended). */
+  lendDisk(): () => void {
+    this.diskLends++;
+    let done = false;
+    return () => {
+      if (!done) this.diskLends--;
+      done = true;
+    };
+  }
+
+  /**
+   * Why a plugin-upgrade or a host take-over must wait (null: neither waits): a disk hand-over
+   * into this device (an adopted memfd not yet final), or out of it (its memfd lent to another
+   * host by a connection still open): either would move or restart the worker under it.
+   */
+  get diskHandoverUnderWay(): string | null {
+    if (this.ownDisk !== null) return 'a disk hand-over into this device is under way (an adopted memfd waits for its migration to complete)';
+    if (this.diskLends > 0) return 'a disk hand-over out of this device is under way (its memory disk was lent to another host by the connected front-end; it ends with that connection)';
+    return null;
   }
 
   /** Why the memory disk must not be served (a LOAD failed after it began writing it), or null. */

@@ -61,6 +61,8 @@ export interface TransferHost {
   adoptDisk?(fd: number): Promise<void>;
   /** Destination: the DISK_FINAL state applied: the adopted disk may be served (final once a ring starts). */
   adoptedDiskApplied?(): void;
+  /** Source: the disk's memfd goes out with a DISK_FD answer (no upgrade or host take-over until the connection ends). */
+  diskLent?(): void;
   /** Destination: an adopted disk waits for its DISK_FINAL state (no other LOAD may write it). */
   diskAdoptionPending?(): boolean;
 }
@@ -415,6 +417,7 @@ export class DeviceStateTransfers {
         } catch (e) {
           return refuse(DeviceStateError.FAILED, errorText(e));
         }
+        this.host.diskLent?.();
         log.info('memory disk lent for a hand-over: its memfd goes to the destination (this host serves it until a DISK_FINAL state goes out)');
         return this.replyDeviceState(0, mine);
       }

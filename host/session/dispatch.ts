@@ -113,6 +113,8 @@ export class BackendSession {
    * failed and whose source resumed on the same memfd: the disk is not served again (release()).
    */
   private adoptionUnconfirmed = false;
+  /** Ends this session's lend of the memory disk (DeviceSlot.lendDisk), once it lent it. */
+  private endDiskLend: (() => void) | null = null;
   /** Copies of the dirty log and inflight area fds the worker mapped: a new worker (upgrade) maps them too. */
   private logArea: SessionSetup['logArea'] = null;
   private inflightArea: SessionSetup['inflightArea'] = null;
@@ -141,6 +143,9 @@ export class BackendSession {
       adoptDisk: (fd) => this.adoptDisk(fd),
       adoptedDiskApplied: () => slot.adoptedDiskLoaded(),
       diskAdoptionPending: () => slot.adoptingDisk,
+      diskLent: () => {
+        this.endDiskLend ??= slot.lendDisk();
+      },
     };
     this.state = new DeviceStateTransfers(transferHost);
     this.rfcState = new RfcStateShmChannel(transferHost, this.state);
@@ -334,6 +339,10 @@ export class BackendSession {
   private async adoptDisk(fd: number): Promise<void> {
     const disk = this.slot.memoryDiskHandle;
     const old = this.worker;
+    // Neither an upgrade nor a disconnect may come between the steps below: an upgrade would
+    // replace the worker (and its source) under the adoption; after a disconnect no session
+    // would ever revert it. Checked after every wait.
+    const interrupted = () => (this.closed ? 'the front-end disconnected meanwhile' : this.slot.upgradeRunning ? 'a plugin-upgrade is running on this device (retry once it answered)' : null);
     try {
       if (disk === null) throw new Error('this device has no writable memory disk');
       checkHandedDisk(fd, disk.size);
@@ -341,6 +350,8 @@ export class BackendSession {
         throw new Error('a ring fd, dirty log or inflight area was given already: a disk is handed over before them (reset the device first)');
       }
       if ((await old.ringSnapshot()).some((r) => r.started || r.num > 0)) throw new Error('a ring was set up already: a disk is handed over before the rings');
+      const why = interrupted();
+      if (why !== null) throw new Error(why);
       this.slot.adoptMemoryDisk(fd);
     } catch (e) {
       this.closeFds([fd]);
@@ -359,10 +370,12 @@ export class BackendSession {
         await fresh.setLogAll(this.hasFeature(VirtioFeature.LOG_ALL));
       }
       if (this.memory.current.length > 0) await fresh.setMemTable(this.memory.current, true);
+      const why = interrupted();
+      if (why !== null) throw new Error(why);
     } catch (e) {
-      void fresh.terminate();
+      await fresh.terminate();
       await this.slot.revertAdoptedDisk(false);
-      throw new Error(`the worker on the handed-over disk refused the device's setup: ${errorText(e)}`);
+      throw new Error(`the worker on the handed-over disk was not taken: ${errorText(e)}`);
     }
     this.slot.replaceWorker(fresh, this.slot.source);
     this.worker = fresh;
@@ -1132,6 +1145,7 @@ export class BackendSession {
       this.slot.giveAwayMemoryDisk();
       this.log.info('memory disk handed over to another host by a migration: this device serves, saves or loads it no more (device-del, or restart the host)');
     }
+    this.endDiskLend?.();
     if (this.adoptionUnconfirmed) {
       this.slot.distrustAdoptedDisk();
       this.log.error(`disk hand-over: the front-end went away with the adopted disk's rings started and never stopped in order; the migration may have failed and its source resumed on the same memfd, so this device serves, saves or loads it no more (${ADOPTION_UNCONFIRMED_ADVICE})`);
