@@ -7,7 +7,7 @@
 // migration that fails after the destination adopted the disk leaves the source serving its disk
 // and the destination back on its own; hosts without the extension get a clear refusal.
 import test from 'ava';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -123,7 +123,7 @@ function diskLike(size: number, extraSeals = 0): number {
   return fd;
 }
 
-maybe('a destination refuses a memfd of another size, a pipe, a write-sealed or an unsealed memfd, and keeps its own disk untouched', async (t) => {
+maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an unsealed or a read-only memfd, and keeps its own disk untouched', async (t) => {
   t.timeout(60_000);
   const b = await blkHost('memory:8M');
   try {
@@ -148,6 +148,19 @@ maybe('a destination refuses a memfd of another size, a pipe, a write-sealed or 
           return fd;
         },
         log: /not sealed against shrinking/,
+      },
+      {
+        // The right memfd, opened again read-only: refused before anything of the own disk changes.
+        what: 'a read-only reopen',
+        fd: () => {
+          const rw = diskLike(8 * MIB);
+          try {
+            return openSync(`/proc/self/fd/${rw}`, constants.O_RDONLY);
+          } finally {
+            native.close(rw);
+          }
+        },
+        log: /the disk handed over is open read-only, not read-write/,
       },
     ];
     for (const o of offers) {
