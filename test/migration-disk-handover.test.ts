@@ -611,3 +611,32 @@ maybe('no plugin-upgrade and no host take-over during a disk hand-over: not on a
     await Promise.all([a.stop(), b.stop()]);
   }
 });
+
+maybe('two hand-overs into one destination in a row: the disks they replaced are both closed (the second does not leak the first)', async (t) => {
+  t.timeout(60_000);
+  const [a, b, c] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    await fillOwn(b, 1);
+    const DISK = 'memfd:vhost-wasm-memory-disk';
+    t.is(b.fdsNamed(DISK), 1);
+    for (const [h, tag] of [[a, 'first'], [c, 'second']] as const) {
+      const fe = await connect(h);
+      await writeMiBs(new BlkDevice(fe.queues[0]), tag, 1);
+      await migrate(fe, b.socketPath, { channel: 'handover' });
+      await fe.stopQueue(0);
+      await fe.close();
+    }
+    // The retired disks close a second after their hand-over: b ends with c's disk only.
+    const deadline = Date.now() + 20_000;
+    while (b.fdsNamed(DISK) > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.is(b.fdsNamed(DISK), 1, 'memory-disk memfds the destination holds');
+    const fe = await connect(b);
+    try {
+      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'second', 1), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
+  }
+});

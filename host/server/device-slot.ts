@@ -475,20 +475,24 @@ export class DeviceSlot {
    * A ring starts on the adopted disk: it is this device's for good; the slot's own disk is
    * closed (the worker that mapped it was ended at the adoption).
    */
-  commitAdoptedDisk(): void {
+  commitAdoptedDisk(warn: (message: string) => void): void {
     if (this.ownDisk === null) return;
     // The last reference to a disk whose pages exist frees them all in close(2), ~40 ms of CPU
     // for 256 MiB measured: on this thread it fell inside the stopped rings, and in libuv's pool
     // right away it took a core from the ring start (two cores here). So a second later, off
-    // this thread.
+    // this thread. One still waiting (a second hand-over within that second) goes now.
+    const retire = (fd: number) =>
+      close(fd, (e) => {
+        // Not closed again another way: by now the number may be another fd's.
+        if (e) warn(`the memory disk a hand-over replaced (fd ${fd}) did not close: ${errorText(e)}`);
+      });
+    if (this.retiredDisk !== null) retire(this.retiredDisk);
     const own = this.ownDisk.fd;
     this.retiredDisk = own;
     setTimeout(() => {
       if (this.retiredDisk !== own) return;
       this.retiredDisk = null;
-      close(own, (e) => {
-        if (e) native.close(own);
-      });
+      retire(own);
     }, RETIRE_DISK_AFTER_MS).unref();
     this.ownDisk = null;
     this.memoryDiskCondition.unusable = null;

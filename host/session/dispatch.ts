@@ -902,7 +902,7 @@ export class BackendSession {
         // (release()).
         this.state.ringStarting();
         if (this.slot.adoptingDisk) {
-          this.slot.commitAdoptedDisk();
+          this.slot.commitAdoptedDisk((m) => this.log.warn(m));
           this.adoptionUnconfirmed = true;
         }
         this.kickedRings.add(req.index);
