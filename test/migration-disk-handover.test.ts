@@ -7,7 +7,7 @@
 // migration that fails after the destination adopted the disk leaves the source serving its disk
 // and the destination back on its own; hosts without the extension get a clear refusal.
 import test from 'ava';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -19,6 +19,9 @@ import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend, VIRTIO_F_VERSION_1 } fro
 import { DeviceStateDirection, featureBit } from '../host/protocol/constants.ts';
 import { DISK_HANDOVER_PROTOCOL_FEATURE, HandoverPhase, PRECOPY_PROTOCOL_FEATURE } from '../host/protocol/precopy.ts';
 import { native } from '../host/native/index.ts';
+import { RFC_STATE_SHM_PROTOCOL_FEATURE } from '../host/protocol/rfc-state-shm.ts';
+import { VhostUserConnection } from '../host/frontend/connection.ts';
+import { rawRpc } from './helpers/daemon-process.ts';
 
 const BLK = join(REPO, 'dist', 'plugins', 'blk.wasm');
 const maybe = existsSync(BLK) ? test.serial : test.serial.skip;
@@ -120,7 +123,7 @@ function diskLike(size: number, extraSeals = 0): number {
   return fd;
 }
 
-maybe('a destination refuses a memfd of another size, a pipe, a write-sealed or an unsealed memfd, and keeps its own disk untouched', async (t) => {
+maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an unsealed or a read-only memfd, and keeps its own disk untouched', async (t) => {
   t.timeout(60_000);
   const b = await blkHost('memory:8M');
   try {
@@ -145,6 +148,19 @@ maybe('a destination refuses a memfd of another size, a pipe, a write-sealed or 
           return fd;
         },
         log: /not sealed against shrinking/,
+      },
+      {
+        // The right memfd, opened again read-only: refused before anything of the own disk changes.
+        what: 'a read-only reopen',
+        fd: () => {
+          const rw = diskLike(8 * MIB);
+          try {
+            return openSync(`/proc/self/fd/${rw}`, constants.O_RDONLY);
+          } finally {
+            native.close(rw);
+          }
+        },
+        log: /the disk handed over is open read-only, not read-write/,
       },
     ];
     for (const o of offers) {
@@ -372,5 +388,255 @@ maybe('while an adopted disk waits for its DISK_FINAL state, no ring starts and 
     }
   } finally {
     await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+/** A host that also offers the RFC shm state channel (protocol feature 63). */
+function rfcHost(storage: string): Promise<HostProcess> {
+  return startHost(['--socket-path', '{socket}', '--plugin', BLK, '--storage', storage, '--experimental-rfc-state-shm']);
+}
+
+function connectRfc(h: HostProcess): Promise<VhostUserFrontend> {
+  return VhostUserFrontend.connect(h.socketPath, {
+    memoryBytes: 16 << 20,
+    queues: [128],
+    features: 1n << BigInt(VIRTIO_F_VERSION_1),
+    protocolFeatures: FRONTEND_PROTOCOL_FEATURES | featureBit(PRECOPY_PROTOCOL_FEATURE) | featureBit(DISK_HANDOVER_PROTOCOL_FEATURE) | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE),
+  });
+}
+
+/** A full state (RFC shm) of a third device whose disk is 8 MiB of `tag`. */
+async function rfcState(tag: string): Promise<Uint8Array> {
+  const o = await rfcHost('memory:8M');
+  try {
+    const fe = await connectRfc(o);
+    await writeMiBs(new BlkDevice(fe.queues[0]), tag, 8);
+    await fe.stopQueue(0);
+    const full = await saveState(fe.conn, 'rfc-shm');
+    await fe.close();
+    return full;
+  } finally {
+    await o.stop();
+  }
+}
+
+maybe('the RFC shm channel takes the hand-over guards too: no RFC LOAD into an adopted disk waiting for DISK_FINAL (the memfd stays as given, no ring starts), none into a source whose disk was handed over', async (t) => {
+  t.timeout(90_000);
+  const full = await rfcState('third');
+  const [a, b] = await Promise.all([rfcHost('memory:8M'), rfcHost('memory:8M')]);
+  try {
+    // Destination: an adopted disk waits for its DISK_FINAL state.
+    const given = diskLike(8 * MIB);
+    const view = native.mmap(given, 8 * MIB, 0, false);
+    try {
+      const fe = await connectRfc(b);
+      try {
+        const base = await fe.stopQueue(0);
+        await fe.conn.resetDevice();
+        t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, given), null);
+        await t.throwsAsync(loadState(fe.conn, full, 'rfc-shm'), { message: /RFC_SET_STATE_AREA failed/ }, 'an RFC LOAD into the adopted disk');
+        t.truthy(await b.waitForLog(/RFC_SET_STATE_AREA refused: a disk hand-over waits for its DISK_FINAL state/));
+        await t.throwsAsync(fe.startQueue(0, base), { message: /SET_VRING_KICK \(12\) failed/ });
+      } finally {
+        await fe.close();
+      }
+      t.truthy(await b.waitForLog(/disk hand-over not completed: the adopted memfd is let go/));
+      t.true(Buffer.from(view.window(0, 8 * MIB)).equals(Buffer.alloc(8 * MIB)), 'the memfd it was given was written');
+    } finally {
+      view.unmap();
+      native.close(given);
+    }
+
+    // Source: its disk went to b by a hand-over.
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      await migrate(fe, b.socketPath, { channel: 'handover' });
+      t.truthy(await a.waitForLog(/memory disk handed over to another host by a migration/));
+      const conn = VhostUserConnection.connect(a.socketPath);
+      try {
+        await conn.setOwner();
+        await conn.setFeatures((await conn.getFeatures()) & ((1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << 30n)));
+        await conn.setProtocolFeatures((await conn.getProtocolFeatures()) & (FRONTEND_PROTOCOL_FEATURES | featureBit(RFC_STATE_SHM_PROTOCOL_FEATURE)));
+        await t.throwsAsync(loadState(conn, full, 'rfc-shm'), { message: /RFC_SET_STATE_AREA failed/ }, 'an RFC LOAD into the given-away disk');
+        t.truthy(await a.waitForLog(/RFC_SET_STATE_AREA refused: this device's memory disk was handed over to another host/));
+      } finally {
+        conn.close();
+      }
+      // No ring starts on the given-away source, and the destination serves the source's bytes.
+      await t.throwsAsync(connect(a));
+      t.deepEqual(await differing(blk, 'source', 8), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('a hand-over whose destination start fails after its ring started: the source resumes, and the destination never serves the adopted disk to a later front-end; one whose rings were stopped in order does', async (t) => {
+  t.timeout(90_000);
+  const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      // The destination's ring starts whole (its SET_VRING_KICK ran), then the start fails (as a
+      // SET_VRING_ENABLE or another queue could): migrate resumes the source on the same memfd.
+      const orig = fe.startQueue.bind(fe);
+      fe.startQueue = async (i: number, base: number, conn?: VhostUserConnection) => {
+        await orig(i, base, conn);
+        if (conn !== undefined && conn !== fe.conn) throw new Error('the destination start failed after its ring started (test)');
+      };
+      const err = await t.throwsAsync(migrate(fe, b.socketPath, { channel: 'handover' }), { instanceOf: MigrationError });
+      fe.startQueue = orig;
+      t.true(err?.sourceResumed, err?.message);
+      await writeMiBs(blk, 'source after', 2);
+      t.truthy(await b.waitForLog(/disk hand-over: the front-end went away with the adopted disk's rings started and never stopped in order/));
+      // A later front-end on the destination gets no ring on the source's live disk.
+      const x = await connect(b).catch((e: Error) => e);
+      if (!(x instanceof Error)) {
+        await x.close();
+        t.fail('the destination served the adopted disk to a later front-end while the source serves it');
+      } else t.regex(x.message, /SET_VRING_KICK/);
+      t.truthy(await b.waitForLog(/ring 0 cannot start: this device's memory disk is a memfd adopted by a disk hand-over whose front-end went away/));
+      t.deepEqual(await differing(blk, 'source after', 2), []);
+      t.deepEqual(await differing(blk, 'source', 6, 2), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+  // A completed hand-over whose front-end stops the rings in order (as QEMU does on shutdown, and
+  // the migrate CLI at its end) leaves a destination that serves the disk to the next front-end.
+  const [c, d] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(c);
+    await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 8);
+    await migrate(fe, d.socketPath, { channel: 'handover' });
+    await fe.stopQueue(0);
+    await fe.close();
+    const again = await connect(d);
+    try {
+      t.deepEqual(await differing(new BlkDevice(again.queues[0]), 'source', 8), []);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await Promise.all([c.stop(), d.stop()]);
+  }
+});
+
+maybe('a source that saved its DISK_FINAL state takes no LOAD on that connection (STOPPED, DISK_FD) until a ring restarts there; then it serves its disk on', async (t) => {
+  t.timeout(60_000);
+  const a = await blkHost('memory:8M');
+  try {
+    const fe = await connect(a);
+    try {
+      const blk = new BlkDevice(fe.queues[0]);
+      await writeMiBs(blk, 'source', 8);
+      const base = await fe.stopQueue(0);
+      const full = await saveState(fe.conn, 'pipe');
+      // Lend the disk, then save the DISK_FINAL state (the container without the disk).
+      const [r0, w0] = native.pipe2();
+      const lent = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FD, w0);
+      native.close(r0);
+      native.close(w0);
+      t.not(lent, null);
+      native.close(lent!);
+      const [r, w] = native.pipe2();
+      t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FINAL, w), null);
+      native.close(w);
+      await fe.conn.checkDeviceState();
+      native.close(r);
+      await t.throwsAsync(loadState(fe.conn, full, 'pipe'), undefined, 'a STOPPED LOAD after the DISK_FINAL SAVE');
+      t.truthy(await a.waitForLog(/this host saved a DISK_FINAL state: its disk is the destination's unless a ring restarts here/));
+      const given = diskLike(8 * MIB);
+      try {
+        await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, given), { message: /error 2/ }, 'a DISK_FD LOAD after the DISK_FINAL SAVE');
+      } finally {
+        native.close(given);
+      }
+      // The migration did not happen: a ring restarts, and the source serves its own bytes.
+      await fe.startQueue(0, base);
+      t.deepEqual(await differing(blk, 'source', 8), []);
+    } finally {
+      await fe.close();
+    }
+    t.notRegex(a.log(), /handed over to another host/);
+  } finally {
+    await a.stop();
+  }
+});
+
+/** A control request's error message (or "ok" when it succeeded). */
+async function control(h: HostProcess, method: string, params: object): Promise<string> {
+  const [a] = (await rawRpc(`${h.socketPath}.control`, [JSON.stringify({ jsonrpc: '2.0', id: 1, method, params })], 1)) as { error?: { message: string; data?: unknown } }[];
+  return a.error === undefined ? 'ok' : `${a.error.message} ${JSON.stringify(a.error.data ?? '')}`;
+}
+
+maybe('no plugin-upgrade and no host take-over during a disk hand-over: not on a source that lent its disk, not on a destination that adopted one', async (t) => {
+  t.timeout(60_000);
+  const [a, b] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    const fe = await connect(a);
+    const d = await connect(b);
+    try {
+      await writeMiBs(new BlkDevice(fe.queues[0]), 'source', 1);
+      const [r0, w0] = native.pipe2();
+      const lent = await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FD, w0);
+      native.close(r0);
+      native.close(w0);
+      t.regex(await control(a, 'plugin-upgrade', { plugin: BLK }), /disk hand-over out of this device is under way/);
+      t.regex(await control(a, 'host-handover', { to: '/nonexistent/handover.sock' }), /disk hand-over out of this device is under way/);
+      await d.stopQueue(0);
+      await d.conn.resetDevice();
+      t.is(await d.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, lent!), null);
+      native.close(lent!);
+      t.regex(await control(b, 'plugin-upgrade', { plugin: BLK }), /disk hand-over into this device is under way/);
+      t.regex(await control(b, 'host-handover', { to: '/nonexistent/handover.sock' }), /disk hand-over into this device is under way/);
+    } finally {
+      await d.close();
+      await fe.close();
+    }
+    t.truthy(await b.waitForLog(/disk hand-over not completed: the adopted memfd is let go/));
+    t.truthy(await a.waitForLog(/front-end disconnected/));
+    // The hand-over ended with its connections: both upgrade again.
+    t.is(await control(a, 'plugin-upgrade', { plugin: BLK }), 'ok');
+    t.is(await control(b, 'plugin-upgrade', { plugin: BLK }), 'ok');
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+maybe('two hand-overs into one destination in a row: the disks they replaced are both closed (the second does not leak the first)', async (t) => {
+  t.timeout(60_000);
+  const [a, b, c] = await Promise.all([blkHost('memory:8M'), blkHost('memory:8M'), blkHost('memory:8M')]);
+  try {
+    await fillOwn(b, 1);
+    const DISK = 'memfd:vhost-wasm-memory-disk';
+    t.is(b.fdsNamed(DISK), 1);
+    for (const [h, tag] of [[a, 'first'], [c, 'second']] as const) {
+      const fe = await connect(h);
+      await writeMiBs(new BlkDevice(fe.queues[0]), tag, 1);
+      await migrate(fe, b.socketPath, { channel: 'handover' });
+      await fe.stopQueue(0);
+      await fe.close();
+    }
+    // The retired disks close a second after their hand-over: b ends with c's disk only.
+    const deadline = Date.now() + 20_000;
+    while (b.fdsNamed(DISK) > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.is(b.fdsNamed(DISK), 1, 'memory-disk memfds the destination holds');
+    const fe = await connect(b);
+    try {
+      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'second', 1), []);
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
 });

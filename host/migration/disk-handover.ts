@@ -6,7 +6,7 @@
 // the container section that names the memfd the state goes with, so that a destination
 // refuses a state whose disk is not the one it adopted.
 
-import { fstatSync } from 'node:fs';
+import { fstatSync, readFileSync, statfsSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { SectionId, type StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
@@ -44,12 +44,30 @@ export function diskIdentity(fd: number): DiskIdentity {
 export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   const kind = native.fdKind(fd);
   if (kind !== 'memfd') throw new DiskHandoverRefused(`the disk handed over is a ${kind}, not a memfd (a memory disk of a vhost-wasm host on this machine)`);
+  // Shmem (a memfd's filesystem reports tmpfs): a hugetlbfs memfd is not a memory disk here.
+  const fsType = statfsSync(`/proc/self/fd/${fd}`).type;
+  if (fsType !== TMPFS_MAGIC) throw new DiskHandoverRefused(`the disk handed over is a memfd on another filesystem (type 0x${fsType.toString(16)}, not tmpfs/shmem; a hugetlbfs memfd is not a vhost-wasm memory disk)`);
+  // Opened read-write: the guest writes it, and a read-only one would fail only once the worker
+  // maps it, after the own disk's mapping was already let go.
+  const access = accessMode(fd);
+  if (access !== O_RDWR) throw new DiskHandoverRefused(`the disk handed over is open ${access === 0 ? 'read-only' : access === 1 ? 'write-only' : `with access mode ${access}`}, not read-write: the guest could not write it`);
   const info = native.memoryFdInfo(fd);
   if (info.type !== 'file') throw new DiskHandoverRefused(`the disk handed over is not a regular file (${info.type})`);
   if (info.size !== size) throw new DiskHandoverRefused(`the disk handed over is ${info.size} bytes; this device's memory disk is ${size}: give both hosts the same memory:SIZE`);
   if (info.seals < 0 || (info.seals & F_SEAL_SHRINK) === 0) throw new DiskHandoverRefused('the disk handed over is not sealed against shrinking (every vhost-wasm memory disk is): its pages could be pulled from under the guest');
   if ((info.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) throw new DiskHandoverRefused(`the disk handed over is sealed against writes (seals 0x${info.seals.toString(16)}): the guest could not write it`);
   return diskIdentity(fd);
+}
+
+const TMPFS_MAGIC = 0x01021994;
+const O_ACCMODE = 3;
+const O_RDWR = 2;
+
+/** fcntl(F_GETFL) & O_ACCMODE of fd, as the kernel shows it in /proc/self/fdinfo (octal "flags:"). */
+function accessMode(fd: number): number {
+  const m = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (m === null) throw new DiskHandoverRefused(`cannot tell how the disk handed over was opened (/proc/self/fdinfo/${fd} has no flags)`);
+  return parseInt(m[1], 8) & O_ACCMODE;
 }
 
 function encodeIdentity(d: DiskIdentity): Buffer {
@@ -99,3 +117,11 @@ export const HANDOVER_UNFINISHED =
 /** What a source's disk condition says once its disk went to another host. */
 export const DISK_GIVEN_AWAY =
   'this device\'s memory disk was handed over to another host by a migration (its memfd is that host\'s now): remove the device (device-del) or restart the host';
+
+/** What an operator does with a destination whose adopted disk is not trusted (ADOPTION_UNCONFIRMED). */
+export const ADOPTION_UNCONFIRMED_ADVICE =
+  'see the source host\'s log: without "memory disk handed over to another host" the source serves the disk on; with it, neither host serves it (docs/migration.md, "Not covered")';
+
+/** What a destination's disk condition says once a front-end left it with rings started and not stopped in order. */
+export const ADOPTION_UNCONFIRMED =
+  'this device\'s memory disk is a memfd adopted by a disk hand-over whose front-end went away while the destination\'s rings were started and not stopped in order: the migration may have failed and its source resumed on the same memfd, so this host serves it no more: remove the device (device-del) or restart the host';

@@ -17,6 +17,8 @@ const BUSY_RETRY_MS = 25;
 /** Why this device cannot be handed over at all now (null: it can). Asked before anything is held. */
 export function handoverRefusal(d: HostDevice): string | null {
   // The new host could not know the disk's bytes are not to be served: it would serve them.
+  const handover = d.slot.diskHandoverUnderWay;
+  if (handover !== null) return `${handover}; hand the host over once it has ended`;
   const unusable = d.slot.memoryDiskUnusable;
   return unusable === null ? null : `the memory disk is not handed over: ${unusable}; LOAD a state that checks out first`;
 }

@@ -21,7 +21,7 @@ import { releaseForDevice, reserveForDevice } from '../resources/fd-budget.ts';
 import { errorText } from '../log/logger.ts';
 import { makeDiskViews, type DiskCondition, type MemoryDiskHandle } from '../migration/precopy.ts';
 import { newMappedReadsStop } from '../io/mapped-reads.ts';
-import { DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover.ts';
+import { ADOPTION_UNCONFIRMED, DISK_GIVEN_AWAY, HANDOVER_UNFINISHED } from '../migration/disk-handover.ts';
 
 /**
  * A worker that failed to start is not started again before this wait, doubling per failure in
@@ -77,6 +77,8 @@ export class DeviceSlot {
   source: DeviceSource;
   /** A plugin-upgrade in progress: a second one is refused. */
   private upgrading = false;
+  /** Sessions that lent the memory disk to another host (DISK_FD SAVE) and have not ended. */
+  private diskLends = 0;
   /** An upgrade with no front-end connected: a front-end arriving meanwhile waits for its outcome. */
   private idleUpgrade: Promise<unknown> | null = null;
   /** The memory disk's memfd (--storage memory:SIZE), or null. */
@@ -382,6 +384,8 @@ export class DeviceSlot {
     if (this.closed) throw new Error(`device ${this.opts.label}: the host is shutting down`);
     if (this.upgrading) throw new Error(`device ${this.opts.label}: an upgrade is already running; wait for its answer`);
     if (this.starting) throw new Error(`device ${this.opts.label}: its worker is being started; retry in a moment`);
+    const handover = this.diskHandoverUnderWay;
+    if (handover !== null) throw new Error(`device ${this.opts.label}: ${handover}; upgrade once it has ended`);
     this.upgrading = true;
     const p = run();
     if (idle) this.idleUpgrade = p;
@@ -393,9 +397,40 @@ export class DeviceSlot {
     }
   }
 
+  /** A plugin-upgrade runs: a disk hand-over into this device waits for its answer. */
+  get upgradeRunning(): boolean {
+    return this.upgrading;
+  }
+
+  /** A session lent the memory disk to another host (DISK_FD SAVE); the returned call ends that (the session ended). */
+  lendDisk(): () => void {
+    this.diskLends++;
+    let done = false;
+    return () => {
+      if (!done) this.diskLends--;
+      done = true;
+    };
+  }
+
+  /**
+   * Why a plugin-upgrade or a host take-over must wait (null: neither waits): a disk hand-over
+   * into this device (an adopted memfd not yet final), or out of it (its memfd lent to another
+   * host by a connection still open): either would move or restart the worker under it.
+   */
+  get diskHandoverUnderWay(): string | null {
+    if (this.ownDisk !== null) return 'a disk hand-over into this device is under way (an adopted memfd waits for its migration to complete)';
+    if (this.diskLends > 0) return 'a disk hand-over out of this device is under way (its memory disk was lent to another host by the connected front-end; it ends with that connection)';
+    return null;
+  }
+
   /** Why the memory disk must not be served (a LOAD failed after it began writing it), or null. */
   get memoryDiskUnusable(): string | null {
     return this.memoryDiskCondition.unusable;
+  }
+
+  /** The memory disk went to another host by a disk hand-over: nothing here may serve, save or load it. */
+  get memoryDiskGivenAway(): boolean {
+    return this.memoryDiskCondition.givenAway === true;
   }
 
   /** The memory disk (--storage memory:SIZE) this slot made: its memfd and size, for a host handover. */
@@ -440,20 +475,24 @@ export class DeviceSlot {
    * A ring starts on the adopted disk: it is this device's for good; the slot's own disk is
    * closed (the worker that mapped it was ended at the adoption).
    */
-  commitAdoptedDisk(): void {
+  commitAdoptedDisk(warn: (message: string) => void): void {
     if (this.ownDisk === null) return;
     // The last reference to a disk whose pages exist frees them all in close(2), ~40 ms of CPU
     // for 256 MiB measured: on this thread it fell inside the stopped rings, and in libuv's pool
     // right away it took a core from the ring start (two cores here). So a second later, off
-    // this thread.
+    // this thread. One still waiting (a second hand-over within that second) goes now.
+    const retire = (fd: number) =>
+      close(fd, (e) => {
+        // Not closed again another way: by now the number may be another fd's.
+        if (e) warn(`the memory disk a hand-over replaced (fd ${fd}) did not close: ${errorText(e)}`);
+      });
+    if (this.retiredDisk !== null) retire(this.retiredDisk);
     const own = this.ownDisk.fd;
     this.retiredDisk = own;
     setTimeout(() => {
       if (this.retiredDisk !== own) return;
       this.retiredDisk = null;
-      close(own, (e) => {
-        if (e) native.close(own);
-      });
+      retire(own);
     }, RETIRE_DISK_AFTER_MS).unref();
     this.ownDisk = null;
     this.memoryDiskCondition.unusable = null;
@@ -488,6 +527,16 @@ export class DeviceSlot {
    */
   giveAwayMemoryDisk(): void {
     this.memoryDiskCondition.unusable = DISK_GIVEN_AWAY;
+    this.memoryDiskCondition.givenAway = true;
+  }
+
+  /**
+   * Disk hand-over, destination: the adopting front-end went away with the adopted disk's rings
+   * started and not stopped in order (dispatch.ts, release()): its source may serve the same
+   * memfd again, so nothing here serves, saves, loads or hands it over any more.
+   */
+  distrustAdoptedDisk(): void {
+    this.memoryDiskCondition.unusable = ADOPTION_UNCONFIRMED;
     this.memoryDiskCondition.givenAway = true;
   }
 

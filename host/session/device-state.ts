@@ -61,6 +61,8 @@ export interface TransferHost {
   adoptDisk?(fd: number): Promise<void>;
   /** Destination: the DISK_FINAL state applied: the adopted disk may be served (final once a ring starts). */
   adoptedDiskApplied?(): void;
+  /** Source: the disk's memfd goes out with a DISK_FD answer (no upgrade or host take-over until the connection ends). */
+  diskLent?(): void;
   /** Destination: an adopted disk waits for its DISK_FINAL state (no other LOAD may write it). */
   diskAdoptionPending?(): boolean;
 }
@@ -140,10 +142,43 @@ export class DeviceStateTransfers {
     this.transfer = null;
   }
 
-  /** Checks and the transfer context shared by both channels, or why it cannot start. */
-  async begin(what = 'transfer'): Promise<TransferContext | Refusal> {
+  /**
+   * Checks and the transfer context shared by every channel (SET_DEVICE_STATE_FD, the RFC shm
+   * area), or why it cannot start. `handoverFinal`: the DISK_FINAL LOAD, the one LOAD an adoption
+   * waiting for its final state takes.
+   */
+  async begin(what: string, dir: 'save' | 'load', handoverFinal = false): Promise<TransferContext | Refusal> {
+    const early = this.handoverRefusal(dir, handoverFinal);
+    if (early !== null) return early;
     await this.clearSlot(what);
-    return this.context();
+    // Checked again: the slot's old transfer settled meanwhile, and a disconnect may have moved on.
+    return this.handoverRefusal(dir, handoverFinal) ?? this.context();
+  }
+
+  /**
+   * What no channel may do to a disk that is not this host's to write or serve: LOAD into a disk
+   * handed over (the other host's now) or into one whose adoption waits for its DISK_FINAL state
+   * (still the source's), or SAVE a disk that is not served (its bytes are not the device's).
+   */
+  private handoverRefusal(dir: 'save' | 'load', handoverFinal: boolean): Refusal | null {
+    const disk = this.host.memoryDisk?.() ?? null;
+    if (disk?.condition.givenAway) return { refuse: DeviceStateError.FAILED, why: disk.condition.unusable ?? 'the memory disk was handed over' };
+    if (dir === 'load' && this.lentSaved) {
+      return { refuse: DeviceStateError.BUSY, why: 'this host saved a DISK_FINAL state: its disk is the destination\'s unless a ring restarts here (start a ring to resume this host, or disconnect)' };
+    }
+    if (dir === 'load' && !handoverFinal && this.host.diskAdoptionPending?.()) {
+      return { refuse: DeviceStateError.BUSY, why: 'a disk hand-over waits for its DISK_FINAL state: only that LOAD is taken now (disconnect to give the adopted disk back)' };
+    }
+    if (dir === 'save' && disk !== null && disk.condition.unusable !== null) {
+      return { refuse: DeviceStateError.FAILED, why: `the memory disk is not saved: ${disk.condition.unusable}; LOAD a state that checks out first` };
+    }
+    return null;
+  }
+
+  /** A LOAD that checked out makes the disk servable again, unless it is not this host's (handed over, or an adoption unfinished). */
+  private loadedWhole(disk: MemoryDiskHandle): void {
+    if (disk.condition.givenAway || this.host.diskAdoptionPending?.()) return;
+    disk.condition.unusable = null;
   }
 
   /** A transfer that was never collected gives way to a new one. */
@@ -225,13 +260,12 @@ export class DeviceStateTransfers {
       // DiskCondition.
       const beginLoad = proxy.beginLoad.bind(proxy);
       proxy.beginLoad = async (size) => {
+        if (disk.condition.givenAway || this.host.diskAdoptionPending?.()) throw new Error(disk.condition.unusable ?? 'the memory disk is not this host\'s to write');
         await beginLoad(size);
         disk.condition.unusable = DISK_LOAD_UNFINISHED;
       };
       proxy.finish = async () => (loadedHere ? null : await finish());
-      proxy.commit = () => {
-        disk.condition.unusable = null;
-      };
+      proxy.commit = () => this.loadedWhole(disk);
       proxy.abort = async () => {
         loadedHere = false;
         await abort();
@@ -262,11 +296,9 @@ export class DeviceStateTransfers {
     }
     const dir = direction === DeviceStateDirection.SAVE ? 'save' : 'load';
     if (phase === HandoverPhase.DISK_FD || phase === HandoverPhase.DISK_FINAL) return this.handover(dir, phase, fd, refuse);
-    if (dir === 'load' && this.host.memoryDisk?.()?.condition.givenAway) return refuse(DeviceStateError.FAILED, this.host.memoryDisk!()!.condition.unusable ?? 'the memory disk was handed over');
-    // The adopted memfd is the source's until DISK_FINAL: no other LOAD writes it.
-    if (dir === 'load' && this.host.diskAdoptionPending?.()) return refuse(DeviceStateError.BUSY, 'a disk hand-over waits for its DISK_FINAL state: only that LOAD is taken now (disconnect to give the adopted disk back)');
-    const unusable = this.host.memoryDisk?.()?.condition.unusable ?? null;
-    if (dir === 'save' && unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not saved: ${unusable}; LOAD a state that checks out first`);
+    // Checked here too (begin() checks again) because a pre-copy round does not go through begin().
+    const early = this.handoverRefusal(dir, false);
+    if (early !== null) return refuse(early.refuse, early.why);
     const precopy = phase === PrecopyPhase.ROUND || phase === PrecopyPhase.START || phase === PrecopyPhase.FINAL;
     if (phase !== DeviceStatePhase.STOPPED && !(precopy && this.host.precopyNegotiated?.())) {
       return refuse(DeviceStateError.UNSUPPORTED, `phase ${phase} is not STOPPED (0), the only phase this back-end implements`);
@@ -274,7 +306,7 @@ export class DeviceStateTransfers {
     const disk = precopy ? (this.host.memoryDisk?.() ?? null) : null;
     if (precopy && disk === null) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (pre-copy) needs a memory disk; this device has none`);
     if (phase !== PrecopyPhase.FINAL && precopy) return this.precopyRound(dir, fd, disk!, phase === PrecopyPhase.START);
-    const ctx = await this.begin('SET_DEVICE_STATE_FD');
+    const ctx = await this.begin('SET_DEVICE_STATE_FD', dir);
     if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
     if (phase === PrecopyPhase.FINAL) {
       // The disk arrived in the rounds: the container carries a marker naming the last one instead.
@@ -290,7 +322,7 @@ export class DeviceStateTransfers {
           this.precopyHeld = null;
           // Every block came in the rounds (the first one is the whole disk) and checked out,
           // and every section of this FINAL state applied (called at its commit).
-          disk!.condition.unusable = null;
+          this.loadedWhole(disk!);
         }),
       ];
       if (dir === 'save') {
@@ -372,6 +404,7 @@ export class DeviceStateTransfers {
     const disk = this.host.memoryDisk?.() ?? null;
     if (disk === null) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (disk hand-over) needs a writable memory disk; this device has none`);
     if (disk.condition.givenAway) return refuse(DeviceStateError.FAILED, disk.condition.unusable ?? 'the memory disk was handed over');
+    if (dir === 'load' && this.lentSaved) return refuse(DeviceStateError.BUSY, 'this host saved a DISK_FINAL state: its disk is the destination\'s unless a ring restarts here (start a ring to resume this host, or disconnect)');
     if (phase === HandoverPhase.DISK_FD) {
       await this.clearSlot('disk hand-over');
       if (dir === 'save') {
@@ -384,6 +417,7 @@ export class DeviceStateTransfers {
         } catch (e) {
           return refuse(DeviceStateError.FAILED, errorText(e));
         }
+        this.host.diskLent?.();
         log.info('memory disk lent for a hand-over: its memfd goes to the destination (this host serves it until a DISK_FINAL state goes out)');
         return this.replyDeviceState(0, mine);
       }
@@ -410,7 +444,7 @@ export class DeviceStateTransfers {
     if (dir === 'save' && disk.condition.unusable !== null) return refuse(DeviceStateError.FAILED, `the memory disk is not saved: ${disk.condition.unusable}`);
     if (dir === 'save' && this.lent === null) return refuse(DeviceStateError.FAILED, 'no DISK_FD answer lent the disk: it has to go in full (phase STOPPED)');
     if (dir === 'load' && this.adopted === null) return refuse(DeviceStateError.FAILED, 'this host adopted no disk (DISK_FD LOAD first): the disk has to come in full (phase STOPPED)');
-    const ctx = await this.begin('SET_DEVICE_STATE_FD');
+    const ctx = await this.begin('SET_DEVICE_STATE_FD', dir, dir === 'load');
     if ('refuse' in ctx) return refuse(ctx.refuse, ctx.why);
     ctx.extraSections = [
       ...(ctx.extraSections ?? []).filter((s) => s.id !== STORAGE_SECTION_ID),

@@ -31,7 +31,7 @@ import { RingFdTable, type RingFdKind } from './rings.ts';
 import { DeviceStateTransfers, type TransferHost } from './device-state.ts';
 import { RFC_STATE_SHM_FEATURE, RfcStateShmChannel } from './rfc-state-shm.ts';
 import { DISK_HANDOVER_PROTOCOL_FEATURE, PRECOPY_PROTOCOL_FEATURE } from '../protocol/precopy.ts';
-import { checkHandedDisk } from '../migration/disk-handover.ts';
+import { ADOPTION_UNCONFIRMED_ADVICE, checkHandedDisk } from '../migration/disk-handover.ts';
 import { DeviceStateSection } from '../migration/transfer.ts';
 import { BackendChannel } from './backend-channel.ts';
 import { createInflightArea, setInflightArea } from './inflight.ts';
@@ -105,6 +105,16 @@ export class BackendSession {
   private turn: Promise<unknown> = Promise.resolve();
   /** The upgrade in progress, which a disconnect lets finish (or undo itself) before releasing. */
   private upgrading: Promise<unknown> | null = null;
+  /** Rings started by SET_VRING_KICK and not stopped by GET_VRING_BASE since. */
+  private readonly kickedRings = new Set<number>();
+  /**
+   * Destination of a disk hand-over: a ring started on the adopted disk, and the rings have not
+   * all been stopped in order since. A connection that ends so may be a migration whose start
+   * failed and whose source resumed on the same memfd: the disk is not served again (release()).
+   */
+  private adoptionUnconfirmed = false;
+  /** Ends this session's lend of the memory disk (DeviceSlot.lendDisk), once it lent it. */
+  private endDiskLend: (() => void) | null = null;
   /** Copies of the dirty log and inflight area fds the worker mapped: a new worker (upgrade) maps them too. */
   private logArea: SessionSetup['logArea'] = null;
   private inflightArea: SessionSetup['inflightArea'] = null;
@@ -133,6 +143,9 @@ export class BackendSession {
       adoptDisk: (fd) => this.adoptDisk(fd),
       adoptedDiskApplied: () => slot.adoptedDiskLoaded(),
       diskAdoptionPending: () => slot.adoptingDisk,
+      diskLent: () => {
+        this.endDiskLend ??= slot.lendDisk();
+      },
     };
     this.state = new DeviceStateTransfers(transferHost);
     this.rfcState = new RfcStateShmChannel(transferHost, this.state);
@@ -326,6 +339,10 @@ export class BackendSession {
   private async adoptDisk(fd: number): Promise<void> {
     const disk = this.slot.memoryDiskHandle;
     const old = this.worker;
+    // Neither an upgrade nor a disconnect may come between the steps below: an upgrade would
+    // replace the worker (and its source) under the adoption; after a disconnect no session
+    // would ever revert it. Checked after every wait.
+    const interrupted = () => (this.closed ? 'the front-end disconnected meanwhile' : this.slot.upgradeRunning ? 'a plugin-upgrade is running on this device (retry once it answered)' : null);
     try {
       if (disk === null) throw new Error('this device has no writable memory disk');
       checkHandedDisk(fd, disk.size);
@@ -333,6 +350,8 @@ export class BackendSession {
         throw new Error('a ring fd, dirty log or inflight area was given already: a disk is handed over before them (reset the device first)');
       }
       if ((await old.ringSnapshot()).some((r) => r.started || r.num > 0)) throw new Error('a ring was set up already: a disk is handed over before the rings');
+      const why = interrupted();
+      if (why !== null) throw new Error(why);
       this.slot.adoptMemoryDisk(fd);
     } catch (e) {
       this.closeFds([fd]);
@@ -351,10 +370,12 @@ export class BackendSession {
         await fresh.setLogAll(this.hasFeature(VirtioFeature.LOG_ALL));
       }
       if (this.memory.current.length > 0) await fresh.setMemTable(this.memory.current, true);
+      const why = interrupted();
+      if (why !== null) throw new Error(why);
     } catch (e) {
-      void fresh.terminate();
+      await fresh.terminate();
       await this.slot.revertAdoptedDisk(false);
-      throw new Error(`the worker on the handed-over disk refused the device's setup: ${errorText(e)}`);
+      throw new Error(`the worker on the handed-over disk was not taken: ${errorText(e)}`);
     }
     this.slot.replaceWorker(fresh, this.slot.source);
     this.worker = fresh;
@@ -853,6 +874,10 @@ export class BackendSession {
         const base = await this.worker.ringStop(index);
         // The kick fd is spent: a restart comes with a new SET_VRING_KICK.
         this.rings.replace(index, 'kick', null);
+        this.kickedRings.delete(index);
+        // Every ring stopped in order: a front-end that stops the device after a hand-over is
+        // one whose migration completed (a failed one closes the connection and resumes the source).
+        if (this.kickedRings.size === 0) this.adoptionUnconfirmed = false;
         return this.reply(encodeVringStateReply({ index, num: base }));
       }
       case Req.SET_VRING_KICK:
@@ -860,16 +885,28 @@ export class BackendSession {
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start while a device state transfer runs (answer CHECK_DEVICE_STATE first)`);
         }
+        if (this.slot.memoryDiskGivenAway) {
+          this.closeFds([req.fd]);
+          throw new RequestError(`ring ${req.index} cannot start: ${this.slot.memoryDiskUnusable ?? 'the memory disk was handed over to another host'}`);
+        }
         if (this.slot.memoryDiskUnusable !== null) {
           // Never a half-loaded disk served as if good (precopy.ts, DiskCondition).
           this.closeFds([req.fd]);
           throw new RequestError(`ring ${req.index} cannot start: the memory disk is not served: ${this.slot.memoryDiskUnusable}; LOAD a state that checks out, or restart the host on a fresh disk`);
         }
-        // A source that saved a DISK_FINAL state serves on: the migration did not happen. A
-        // destination that loaded one serves the adopted disk for good from its first ring.
+        await this.setRingFd('kick', req.index, req.fd);
+        // Only once the ring runs (a kick refused changes nothing): a source that saved a
+        // DISK_FINAL state serves on (the migration did not happen); a destination that loaded
+        // one serves the adopted disk from now on, and until this connection has stopped its
+        // rings in order (GET_VRING_BASE) the start may still fail and the source resume
+        // (release()).
         this.state.ringStarting();
-        this.slot.commitAdoptedDisk();
-        return this.setRingFd('kick', req.index, req.fd);
+        if (this.slot.adoptingDisk) {
+          this.slot.commitAdoptedDisk((m) => this.log.warn(m));
+          this.adoptionUnconfirmed = true;
+        }
+        this.kickedRings.add(req.index);
+        return;
       case Req.SET_VRING_CALL:
         return this.setRingFd('call', req.index, req.fd);
       case Req.SET_VRING_ERR:
@@ -1107,6 +1144,11 @@ export class BackendSession {
     if (this.state.diskGivenAway) {
       this.slot.giveAwayMemoryDisk();
       this.log.info('memory disk handed over to another host by a migration: this device serves, saves or loads it no more (device-del, or restart the host)');
+    }
+    this.endDiskLend?.();
+    if (this.adoptionUnconfirmed) {
+      this.slot.distrustAdoptedDisk();
+      this.log.error(`disk hand-over: the front-end went away with the adopted disk's rings started and never stopped in order; the migration may have failed and its source resumed on the same memfd, so this device serves, saves or loads it no more (${ADOPTION_UNCONFIRMED_ADVICE})`);
     }
     if (this.slot.adoptingDisk) {
       await this.slot.revertAdoptedDisk();

@@ -37,7 +37,7 @@ export class RfcStateShmChannel {
         closeFds([fd], log);
         return refuse(DeviceStateError.UNSUPPORTED, `direction ${req.direction} is neither SAVE (0) nor LOAD (1)`);
       }
-      const ctx = await this.transfers.begin();
+      const ctx = await this.transfers.begin('RFC shm transfer', req.direction === DeviceStateDirection.SAVE ? 'save' : 'load');
       if ('refuse' in ctx) {
         closeFds([fd], log);
         return refuse(ctx.refuse, ctx.why);

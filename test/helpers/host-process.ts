@@ -3,7 +3,7 @@
 // and inspect its real fd table. Test devices written in TypeScript are bundled to plain ES
 // modules first, because that is what --device-module takes from a user.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join, dirname, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -88,6 +88,8 @@ export interface HostProcess {
   waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
   /** Open fds of the host process (count of /proc/PID/fd). */
   fdCount(): number;
+  /** The host's open fds whose target (readlink of /proc/PID/fd/N) contains `name`. */
+  fdsNamed(name: string): number;
   /** Mappings of memfds in the host process (guest memory it still maps). */
   memfdMappings(): number;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
@@ -151,6 +153,14 @@ export async function startHost(
       });
     },
     fdCount: () => readdirSync(`/proc/${child.pid}/fd`).length,
+    fdsNamed: (name: string) =>
+      readdirSync(`/proc/${child.pid}/fd`).filter((n) => {
+        try {
+          return readlinkSync(`/proc/${child.pid}/fd/${n}`).includes(name);
+        } catch {
+          return false; // closed meanwhile
+        }
+      }).length,
     memfdMappings: () => readFileSync(`/proc/${child.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('/memfd:')).length,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
