@@ -64,6 +64,16 @@ async function differing(blk: BlkDevice, tag: string | null, mibs: number, from 
   return bad.sort((x, y) => x - y);
 }
 
+/** differing() through a connection of its own to `h` (closed after). */
+async function differingOn(h: HostProcess, tag: string | null, mibs: number, from = 0): Promise<number[]> {
+  const fe = await connect(h);
+  try {
+    return await differing(new BlkDevice(fe.queues[0]), tag, mibs, from);
+  } finally {
+    await fe.close();
+  }
+}
+
 /** Fills the destination's own disk through a connection of its own (then gone), so that a byte it lost shows. */
 async function fillOwn(h: HostProcess, mibs: number): Promise<void> {
   const fe = await connect(h);
@@ -187,12 +197,7 @@ maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an
       }
     }
     // Its own disk serves on, every byte as it was.
-    const fe = await connect(b);
-    try {
-      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'destination own', 8), []);
-    } finally {
-      await fe.close();
-    }
+    t.deepEqual(await differingOn(b, 'destination own', 8), []);
   } finally {
     await b.stop();
   }
@@ -265,12 +270,7 @@ maybe(`a hand-over that fails after the destination adopted the disk (at ${at}):
     }
     // The source kept its disk: a new front-end starts a ring there and reads it.
     t.truthy(await a.waitForLog(/front-end disconnected/));
-    const again = await connect(a);
-    try {
-      t.deepEqual(await differing(new BlkDevice(again.queues[0]), 'source after', 2), []);
-    } finally {
-      await again.close();
-    }
+    t.deepEqual(await differingOn(a, 'source after', 2), []);
     t.notRegex(a.log(), /handed over to another host/);
   } finally {
     await Promise.all([a.stop(), b.stop()]);
@@ -380,12 +380,7 @@ maybe('while an adopted disk waits for its DISK_FINAL state, no ring starts and 
       view.unmap();
       native.close(given);
     }
-    const fe = await connect(b);
-    try {
-      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'destination own', 8), []);
-    } finally {
-      await fe.close();
-    }
+    t.deepEqual(await differingOn(b, 'destination own', 8), []);
   } finally {
     await Promise.all([a.stop(), b.stop()]);
   }
@@ -519,12 +514,7 @@ maybe('a hand-over whose destination start fails after its ring started: the sou
     await migrate(fe, d.socketPath, { channel: 'handover' });
     await fe.stopQueue(0);
     await fe.close();
-    const again = await connect(d);
-    try {
-      t.deepEqual(await differing(new BlkDevice(again.queues[0]), 'source', 8), []);
-    } finally {
-      await again.close();
-    }
+    t.deepEqual(await differingOn(d, 'source', 8), []);
   } finally {
     await Promise.all([c.stop(), d.stop()]);
   }
@@ -630,12 +620,7 @@ maybe('two hand-overs into one destination in a row: the disks they replaced are
     const deadline = Date.now() + 20_000;
     while (b.fdsNamed(DISK) > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     t.is(b.fdsNamed(DISK), 1, 'memory-disk memfds the destination holds');
-    const fe = await connect(b);
-    try {
-      t.deepEqual(await differing(new BlkDevice(fe.queues[0]), 'second', 1), []);
-    } finally {
-      await fe.close();
-    }
+    t.deepEqual(await differingOn(b, 'second', 1), []);
   } finally {
     await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
