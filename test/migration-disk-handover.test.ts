@@ -536,6 +536,8 @@ maybe('a source that saved its DISK_FINAL state takes no LOAD on that connection
       native.close(r0);
       native.close(w0);
       t.not(lent, null);
+      // The lent fd cannot seal the disk against writes (F_SEAL_SEAL on every memory disk).
+      t.throws(() => native.memfdAddSeals(lent!, 0x10 /* F_SEAL_FUTURE_WRITE */), { message: /EPERM/ });
       native.close(lent!);
       const [r, w] = native.pipe2();
       t.is(await fe.conn.setDeviceStateFd(DeviceStateDirection.SAVE, HandoverPhase.DISK_FINAL, w), null);

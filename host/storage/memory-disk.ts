@@ -9,8 +9,11 @@ export function createMemoryDisk(size: number): number {
   const fd = native.memfdCreate('vhost-wasm-memory-disk', true);
   try {
     native.ftruncate(fd, size);
-    // F_SEAL_SHRINK | F_SEAL_GROW: nobody can pull pages from under a mapping of it.
-    native.memfdAddSeals(fd, 0x2 | 0x4);
+    // F_SEAL_SHRINK | F_SEAL_GROW: nobody can pull pages from under a mapping of it. F_SEAL_SEAL:
+    // nobody adds a seal later either; a holder of the fd (a front-end it was lent to by a disk
+    // hand-over, docs/security.md) could otherwise add F_SEAL_FUTURE_WRITE and make every later
+    // writable mapping of the disk fail (a new worker, an upgrade).
+    native.memfdAddSeals(fd, 0x1 | 0x2 | 0x4);
   } catch (e) {
     native.close(fd);
     throw e;
