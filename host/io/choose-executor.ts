@@ -11,6 +11,7 @@ import { errnoCode, native } from '../native/index.ts';
 import type { Logger } from '../log/logger.ts';
 import { FileBacking } from '../storage/file.ts';
 import { MemoryBacking } from '../storage/memory.ts';
+import { TMPFS_MAGIC } from '../memory/memory-fd.ts';
 import type { BackingTable } from './backing-table.ts';
 import type { IoExecutor } from './executor.ts';
 import { mappedReadsFor, newMappedReadsStop, stopMappedReads, type MappedReads } from './mapped-reads.ts';
@@ -21,8 +22,6 @@ import { UringExecutor, type SyncTarget, type UringTarget } from './uring-execut
 /** Submission entries per device ring: 256 requests in flight, more than QEMU's 128-entry virtqueue. */
 const RING_ENTRIES = 128;
 
-/** statfs f_type of tmpfs (and of devtmpfs, which only holds device nodes). */
-const TMPFS_MAGIC = 0x01021994;
 /** statfs f_type of a FUSE file system: its reads and writes go to io-wq at once (UringTarget.punt). */
 const FUSE_SUPER_MAGIC = 0x65735546;
 

@@ -10,7 +10,7 @@ import { fstatSync, readFileSync, statfsSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { SectionId, type StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
-import { F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE } from '../memory/memory-fd.ts';
+import { F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE, TMPFS_MAGIC } from '../memory/memory-fd.ts';
 
 /** The container section that stands for the disk after a hand-over. */
 export const HANDOVER_SECTION_ID = SectionId.HOST_BASE + 2;
@@ -59,7 +59,6 @@ export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   return diskIdentity(fd);
 }
 
-const TMPFS_MAGIC = 0x01021994;
 const O_ACCMODE = 3;
 const O_RDWR = 2;
 

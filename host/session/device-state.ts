@@ -162,15 +162,22 @@ export class DeviceStateTransfers {
    */
   private handoverRefusal(dir: 'save' | 'load', handoverFinal: boolean): Refusal | null {
     const disk = this.host.memoryDisk?.() ?? null;
-    if (disk?.condition.givenAway) return { refuse: DeviceStateError.FAILED, why: disk.condition.unusable ?? 'the memory disk was handed over' };
-    if (dir === 'load' && this.lentSaved) {
-      return { refuse: DeviceStateError.BUSY, why: 'this host saved a DISK_FINAL state: its disk is the destination\'s unless a ring restarts here (start a ring to resume this host, or disconnect)' };
-    }
+    const gone = this.diskGoneRefusal(dir, disk);
+    if (gone !== null) return gone;
     if (dir === 'load' && !handoverFinal && this.host.diskAdoptionPending?.()) {
       return { refuse: DeviceStateError.BUSY, why: 'a disk hand-over waits for its DISK_FINAL state: only that LOAD is taken now (disconnect to give the adopted disk back)' };
     }
     if (dir === 'save' && disk !== null && disk.condition.unusable !== null) {
       return { refuse: DeviceStateError.FAILED, why: `the memory disk is not saved: ${disk.condition.unusable}; LOAD a state that checks out first` };
+    }
+    return null;
+  }
+
+  /** The disk went to another host (given away), or is about to (a DISK_FINAL SAVE went out): a LOAD would write the other host's disk. */
+  private diskGoneRefusal(dir: 'save' | 'load', disk: MemoryDiskHandle | null): Refusal | null {
+    if (disk?.condition.givenAway) return { refuse: DeviceStateError.FAILED, why: disk.condition.unusable ?? 'the memory disk was handed over' };
+    if (dir === 'load' && this.lentSaved) {
+      return { refuse: DeviceStateError.BUSY, why: 'this host saved a DISK_FINAL state: its disk is the destination\'s unless a ring restarts here (start a ring to resume this host, or disconnect)' };
     }
     return null;
   }
@@ -403,8 +410,8 @@ export class DeviceStateTransfers {
     if (!this.host.handoverNegotiated?.()) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (disk hand-over) needs protocol feature 61, not negotiated`);
     const disk = this.host.memoryDisk?.() ?? null;
     if (disk === null) return refuse(DeviceStateError.UNSUPPORTED, `phase 0x${phase.toString(16)} (disk hand-over) needs a writable memory disk; this device has none`);
-    if (disk.condition.givenAway) return refuse(DeviceStateError.FAILED, disk.condition.unusable ?? 'the memory disk was handed over');
-    if (dir === 'load' && this.lentSaved) return refuse(DeviceStateError.BUSY, 'this host saved a DISK_FINAL state: its disk is the destination\'s unless a ring restarts here (start a ring to resume this host, or disconnect)');
+    const gone = this.diskGoneRefusal(dir, disk);
+    if (gone !== null) return refuse(gone.refuse, gone.why);
     if (phase === HandoverPhase.DISK_FD) {
       await this.clearSlot('disk hand-over');
       if (dir === 'save') {
