@@ -5,7 +5,7 @@
 //   node --import tsx bench/fs-guest.ts [--backend ours|virtiofsd|both] [--rounds 3]
 //        [--files 1000] [--mib 64] [--rand-reads 4096] [--dir-entries 10000] [--readdir-passes 3]
 //        [--warmup 200] [--warmup-mib 8] [--skip-guest] [--skip-state] [--inodes N] [--real-inodes N] [--profile DIR]
-//        [--host-flags '...']
+//        [--host-flags '...'] [--phase-log FILE]
 //
 // Back-ends: ours is the built binary users run (dist/vhost-wasm.mjs with dist/plugins/fs.wasm,
 // `--cache auto --call-deadline 5000`, its default `--inode-file-handles prefer`); virtiofsd is
@@ -92,6 +92,7 @@ const { values: argv } = parseArgs({
     'skip-state': { type: 'boolean', default: false },
     profile: { type: 'string' },
     'host-flags': { type: 'string' },
+    'phase-log': { type: 'string' },
   },
 });
 const FILES = Number(argv.files);
@@ -362,9 +363,22 @@ function freshShare(who: Backend): string {
   return dir;
 }
 
+/**
+ * --phase-log FILE: each run's back-end pid and every timed phase's window on CLOCK_MONOTONIC
+ * (ns, from the END of the guest's 100 ms pause after BEGIN to END), one JSON line per run, for
+ * bench/fs-cycle.ts to cut a `perf sched record -k mono` trace of the same run into phases.
+ */
+function logPhases(label: string, pid: number, windows: Map<string, [bigint, bigint]>): void {
+  if (!argv['phase-log']) return;
+  const phases = Object.fromEntries([...windows].map(([p, [a, b]]) => [p, [String(a), String(b)]]));
+  writeFileSync(argv['phase-log'], JSON.stringify({ label, pid, phases }) + '\n', { flag: 'a' });
+}
+
 async function runWorkload(qemu: string, socket: string, pid: number, program: Uint8Array, label: string, log: () => string): Promise<Run> {
   const cpu = new Map<string, number>();
   const began = new Map<string, number>();
+  const windows = new Map<string, [bigint, bigint]>();
+  const beganAt = new Map<string, bigint>();
   let pending = '';
   const onOutput = (chunk: string) => {
     pending += chunk;
@@ -375,6 +389,9 @@ async function runWorkload(qemu: string, socket: string, pid: number, program: U
       const m = /^(BEGIN|END) (\w+)$/.exec(line);
       if (!m) continue;
       const c = processCpu(pid);
+      const at = process.hrtime.bigint();
+      if (m[1] === 'BEGIN') beganAt.set(m[2], at + 100_000_000n);
+      else if (beganAt.has(m[2])) windows.set(m[2], [beganAt.get(m[2])!, at]);
       if (m[1] === 'BEGIN') began.set(m[2], c);
       else if (began.has(m[2])) {
         cpu.set(m[2], (cpu.get(m[2]) ?? 0) + c - began.get(m[2])!);
@@ -395,6 +412,7 @@ async function runWorkload(qemu: string, socket: string, pid: number, program: U
   if (r.exitCode !== 0 || !out.includes('FSBENCH-DONE')) {
     throw new Error(`${label}: guest run failed (exit ${r.exitCode}, timedOut ${r.timedOut})\n${out.slice(-3000)}\n${r.qemuStderr}\n--- server ---\n${log().slice(-3000)}`);
   }
+  logPhases(label, pid, windows);
   const run = {} as Run;
   for (const m of out.matchAll(/^RESULT (\w+) (\d+) ([\d.]+)$/gm)) {
     const phase = m[1] as Phase;
