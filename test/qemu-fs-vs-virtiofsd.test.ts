@@ -17,6 +17,7 @@
 // expected difference is asserted below.
 
 import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -170,3 +171,91 @@ for (const cache of ['never', 'metadata', 'always']) {
     }
   });
 }
+
+// A file system mounted inside the share (issue 12 item 4: submounts announced or refused
+// consistently). Ours refuses it the same way on every path a guest takes (EXDEV: docs/virtio-fs.md,
+// Confinement), and nothing of the mounted file system shows (busybox's ls and find leave the
+// name out, say why on stderr and exit 1); virtiofsd 1.13 announces it by
+// default (--announce-submounts) and the guest kernel mounts it as a virtiofs of its own. Both
+// are asserted, so a change on either side shows. Needs root (mount), as test/fs-submounts.
+const SUBMOUNT_SCRIPT = String.raw`
+mount -t virtiofs ${TAG} /mnt || exit 1
+cd /mnt
+echo "ls: $(ls 2>/dev/null | tr '\n' ' ')"
+ls >/dev/null 2>&1; echo "ls status: $?"
+stat -c '%n %F' m 2>&1 | sed 's/^/stat m: /'
+ls m 2>&1 | sed 's/^/ls m: /'
+cat m/inside 2>&1 | sed 's/^/cat m\/inside: /'
+echo "find: $(find . 2>/dev/null | sort | tr '\n' ' ')"
+find . >/dev/null 2>&1; echo "find status: $?"
+cat plain; echo
+grep ' virtiofs ' /proc/mounts | awk '{print "mount:", $2}'
+cd /
+umount /mnt
+echo "== done"
+`;
+
+guestTest('a mount point inside the share: refused (EXDEV) on every path by ours, announced as a submount by virtiofsd 1.13 (QEMU 10)', async (t) => {
+  t.timeout(300_000);
+  const qemu = (await ensureQemu10()).binary;
+  const top = mkdtempSync(join(tmpdir(), 'qemu-fs-submount-'));
+  t.teardown(() => rmSync(top, { recursive: true, force: true }));
+  const out: Record<'ours' | 'theirs', string> = { ours: '', theirs: '' };
+  for (const which of ['ours', 'theirs'] as const) {
+    const d = join(top, which);
+    mkdirSync(join(d, 'm'), { recursive: true });
+    writeFileSync(join(d, 'm', 'under'), 'the directory under the mount\n');
+    writeFileSync(join(d, 'plain'), 'served');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(d, 'm')]);
+    try {
+      writeFileSync(join(d, 'm', 'inside'), 'on the mounted file system\n');
+      const sock = join(top, `${which}.sock`);
+      const be = which === 'ours'
+        ? await startHost(['--socket-path', sock, '--plugin', FS_PLUGIN, '--shared-dir', d, '--tag', TAG, '--call-deadline', '2000'])
+        : await startVirtiofsd(d, sock, []);
+      try {
+        const r = await bootGuest({
+          qemuBinary: qemu,
+          timeoutMs: 180_000,
+          qemuArgs: ['-chardev', `socket,id=fs0,path=${sock}`, '-device', `vhost-user-fs-pci,chardev=fs0,tag=${TAG}`],
+          script: SUBMOUNT_SCRIPT,
+        });
+        t.is(r.exitCode, 0, explain(r, be.log()));
+        out[which] = r.scriptOutput.replace(/\r/g, '');
+      } finally {
+        await be.stop();
+      }
+    } finally {
+      execFileSync('umount', [join(d, 'm')]);
+    }
+  }
+  t.log(`--- ours ---\n${out.ours}--- virtiofsd 1.13 ---\n${out.theirs}`);
+  const xdev = 'Invalid cross-device link';
+  t.is(out.ours, [
+    'ls: plain ',
+    'ls status: 1',
+    `stat m: stat: can't stat 'm': ${xdev}`,
+    `ls m: ls: m: ${xdev}`,
+    `cat m/inside: cat: can't open 'm/inside': ${xdev}`,
+    'find: . ./plain ',
+    'find status: 1',
+    'served',
+    'mount: /mnt',
+    '== done',
+    '',
+  ].join('\n'), 'ours: every way into the mount point is EXDEV (so ls and find leave it out and exit 1), the rest is served');
+  t.is(out.theirs, [
+    'ls: m plain ',
+    'ls status: 0',
+    'stat m: m directory',
+    'ls m: inside',
+    'cat m/inside: on the mounted file system',
+    'find: . ./m ./m/inside ./plain ',
+    'find status: 0',
+    'served',
+    'mount: /mnt',
+    'mount: /mnt/m',
+    '== done',
+    '',
+  ].join('\n'), 'virtiofsd 1.13: announced, the guest mounts it');
+});
