@@ -110,8 +110,10 @@ The device:
   --device-module FILE    a TypeScript/JavaScript device module instead (development)
   --plugin-option KEY=VALUE
                           a setting the plugin reads (its options.get), repeatable; each
-                          plugin documents its keys (net: mac, policy). Keys are 1-64 of
-                          a-z 0-9 . _ -, values at most 4096 bytes, at most 64 options
+                          plugin documents its keys (net: mac, policy; fs: request-queues=N,
+                          1-64, as many as QEMU's num-request-queues=N: docs/virtio-fs.md).
+                          Keys are 1-64 of a-z 0-9 . _ -, values at most 4096 bytes, at
+                          most 64 options
 
 Capabilities granted to the plugin (it sees nothing else):
   --entropy               random bytes from the host (virtio-rng needs this)
