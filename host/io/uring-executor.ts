@@ -565,7 +565,7 @@ export class UringExecutor implements IoExecutor {
       }
       if (op.kind === 'flush') {
         req.stage = 'flush';
-        return this.queue(req, SQE_FSYNC, t.fd, 0, null);
+        return this.queue(req, SQE_FSYNC, t, 0, null);
       }
       if (op.kind === 'read' && req.moved === 0 && t.nowaitReads === true && t.directAlign === 0) {
         // What the page cache holds is copied now; only the rest needs the ring.
@@ -598,7 +598,7 @@ export class UringExecutor implements IoExecutor {
       }
       req.stage = 'direct';
       req.sqeBytes = bytes;
-      return this.queue(req, op.kind === 'read' ? SQE_READV : SQE_WRITEV, t.fd, op.offset + req.moved, iov);
+      return this.queue(req, op.kind === 'read' ? SQE_READV : SQE_WRITEV, t, op.offset + req.moved, iov);
     }
   }
 
@@ -687,14 +687,16 @@ export class UringExecutor implements IoExecutor {
   /**
    * Queues one SQE for req (a kind and its arguments rather than a closure: no allocation per
    * request); at capacity the request waits for a reap (stalled), and its SQE is made again then.
+   * `t` is the current op's ring target, which every caller has already told from a SyncTarget:
+   * its fd and punt are read off it here, with no second lookup or `in` test per SQE.
    */
-  private queue(req: Request, kind: SqeKind, fd: number, pos: number, iov: UringIov | null): void {
+  private queue(req: Request, kind: SqeKind, t: UringTarget, pos: number, iov: UringIov | null): void {
     // close() waits for what is in the kernel; nothing new goes in meanwhile.
     if (this.cancelling) return this.finish(req, ECANCELED);
     let ok: boolean;
     try {
-      const t = req.targets[req.at];
-      const punt = t !== undefined && 'punt' in t && t.punt === true;
+      const fd = t.fd;
+      const punt = t.punt === true;
       ok = kind === SQE_READV ? this.ring.readv(fd, pos, req.slot, iov!, punt) : kind === SQE_WRITEV ? this.ring.writev(fd, pos, req.slot, iov!, punt) : this.ring.fsync(fd, req.slot, true, false);
     } catch (e) {
       // The addon refused the iovecs: a view detached (its memory was unmapped) or out of range.
@@ -767,7 +769,7 @@ export class UringExecutor implements IoExecutor {
   private queueBounce(req: Request, t: UringTarget, write: boolean, pos: number, at: number, len: number): void {
     req.sqeBytes = len;
     const iov: UringIov = [req.bounce!.view, at, len];
-    this.queue(req, write ? SQE_WRITEV : SQE_READV, t.fd, pos, iov);
+    this.queue(req, write ? SQE_WRITEV : SQE_READV, t, pos, iov);
   }
 
   // ---- completions ----
@@ -877,7 +879,7 @@ export class UringExecutor implements IoExecutor {
           req.sqeBytes = req.bLen - req.bDone;
           const iov: UringIov = [bounce, req.bDone, req.bLen - req.bDone];
           const pos = req.bStart + req.bDone;
-          return this.queue(req, SQE_WRITEV, t.fd, pos, iov);
+          return this.queue(req, SQE_WRITEV, t, pos, iov);
         }
         return this.opComplete(req, false, total);
       }
