@@ -39,7 +39,11 @@ function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Arra
   let inline = false;
   let punt = false;
   try {
-    const fsType = native.backingInfo(f.fd).blockDevice ? 0 : statfsSync(f.describe).type;
+    // The file system of the open file, not of the operator's path: that may name another file
+    // by now (renamed or replaced after the open). A block device's node is on devtmpfs, which
+    // says TMPFS_MAGIC: its I/O is the device's, through the ring.
+    const info = native.memoryFdInfo(f.fd);
+    const fsType = info.type === 'block' ? 0 : info.fsType;
     inline = f.directAlign === 0 && fsType === TMPFS_MAGIC;
     punt = fsType === FUSE_SUPER_MAGIC;
   } catch {
