@@ -95,7 +95,9 @@ export interface UringTarget {
    * Reads and writes go to an io-wq worker at once (IOSQE_ASYNC) instead of being tried inline
    * in io_uring_enter first. A file on FUSE: a FOPEN_DIRECT_IO read there waits for the FUSE
    * server inside io_uring_enter (kernel 6.18), so one slow or stuck request would hold the
-   * device's thread and every request behind it (found by test/blk-reconnect-out-of-order).
+   * device's thread and every request behind it (found by test/blk-reconnect-out-of-order). A
+   * --storage file on FUSE (host/io/choose-executor.ts) and a virtio-fs share's files when the
+   * share is on FUSE (host/fs/file-io-backing.ts, which then writes nothing inline either).
    */
   readonly punt?: boolean;
   /**
