@@ -6,7 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { native as n } from '../host/native/index.ts';
 import type { IoExecutor, IoOp, IoResult } from '../host/io/executor.ts';
@@ -762,6 +762,36 @@ test.serial('chooseExecutor: a memory disk gets the memory executor; a tmpfs fil
   }
   mem.close();
   t.true(lines.some((l) => /tmpfs: reads copied from a mapping of the file, writes with pwrite in turn/.test(l)), 'the choice is in the log');
+});
+
+test.serial('chooseExecutor decides by the file system of the file it opened, not of what its path names by then (replaced by a link to a file on the other one)', async (t) => {
+  const mem = guestMemory(65536);
+  for (const [dir, other, inline] of [[shmDir, diskDir, true], [diskDir, shmDir, false]] as const) {
+    const path = join(dir, 'swapped.img');
+    const elsewhere = join(other, 'swapped-other.img');
+    writeFileSync(path, pattern(65536, 15));
+    writeFileSync(elsewhere, pattern(65536, 16));
+    const file = FileBacking.open(path, false);
+    // Between the open and the choice, the operator's path comes to name a file on the other file system.
+    unlinkSync(path);
+    symlinkSync(elsewhere, path);
+    const lines: string[] = [];
+    const { executor } = chooseExecutor(new BackingTable(storageIoBacking(file)), quietLog(lines));
+    try {
+      let result: IoResult | undefined;
+      const done = new Promise<IoResult>((resolve) => executor.submit([{ kind: 'read', backing: 0, offset: 0, into: [mem.view(0, 4096)] }], false, (r) => resolve((result = r))));
+      t.is(result !== undefined, inline, inline ? 'the open file is on tmpfs: done inside submit' : 'the open file is on a disk: done later, from the ring');
+      t.deepEqual(await done, { errno: 0, lastReadBytes: 4096 });
+      t.true(Buffer.from(mem.buf, 0, 4096).equals(pattern(65536, 15).subarray(0, 4096)), 'the bytes of the file opened');
+      t.is(lines.some((l) => /tmpfs:/.test(l)), inline, lines.join('\n'));
+    } finally {
+      executor.close();
+      file.close();
+      unlinkSync(path);
+      unlinkSync(elsewhere);
+    }
+  }
+  mem.close();
 });
 
 /** A tmpfs image (1 MiB, in shmDir by default) of pattern(seed), fully written (so mapped), its executor as chooseExecutor makes it, and 1 MiB of guest memory. */

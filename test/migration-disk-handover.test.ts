@@ -133,12 +133,30 @@ function diskLike(size: number, extraSeals = 0): number {
   return fd;
 }
 
-maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an unsealed or a read-only memfd, and keeps its own disk untouched', async (t) => {
+/**
+ * A memfd on hugetlbfs (MFD_HUGETLB), 8 MiB and sealed like a disk, opened read-write through
+ * the python child that made it (no huge page is touched: nothing maps it before the refusal).
+ */
+async function hugetlbMemfd(): Promise<number> {
+  const code = 'import os,sys\nfd=os.memfd_create("test-disk",os.MFD_HUGETLB|os.MFD_ALLOW_SEALING)\nos.ftruncate(fd,8<<20)\nimport fcntl\nfcntl.fcntl(fd,fcntl.F_ADD_SEALS,fcntl.F_SEAL_SHRINK|fcntl.F_SEAL_GROW)\nprint(fd,flush=True)\nsys.stdin.read()';
+  const p = spawn('python3', ['-c', code], { stdio: ['pipe', 'pipe', 'inherit'] });
+  try {
+    const childFd = await new Promise<string>((resolve, reject) => {
+      p.stdout.once('data', (d) => resolve(String(d).trim()));
+      p.once('exit', (c) => reject(new Error(`python exited ${c} before making the hugetlbfs memfd`)));
+    });
+    return openSync(`/proc/${p.pid}/fd/${childFd}`, constants.O_RDWR);
+  } finally {
+    p.stdin.end();
+  }
+}
+
+maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an unsealed, a read-only or a hugetlbfs memfd, and keeps its own disk untouched', async (t) => {
   t.timeout(60_000);
   const b = await blkHost('memory:8M');
   try {
     await fillOwn(b, 8);
-    const offers: { what: string; fd: () => number; log: RegExp }[] = [
+    const offers: { what: string; fd: () => number | Promise<number>; log: RegExp }[] = [
       { what: 'another size', fd: () => diskLike(4 * MIB), log: /the disk handed over is 4194304 bytes; this device's memory disk is 8388608/ },
       {
         what: 'a pipe',
@@ -172,12 +190,19 @@ maybe('a destination refuses a memfd of another size, a pipe, a write-sealed, an
         },
         log: /the disk handed over is open read-only, not read-write/,
       },
+      {
+        // A memfd on hugetlbfs (the addon makes none, a python child does): a memfd, read-write,
+        // but not shmem (the fsType memoryFdInfo reads with fstatfs).
+        what: 'a hugetlbfs memfd',
+        fd: hugetlbMemfd,
+        log: /the disk handed over is a memfd on another filesystem \(type 0x958458f6, not tmpfs\/shmem/,
+      },
     ];
     for (const o of offers) {
       const fe = await connect(b);
       try {
         await fe.stopQueue(0);
-        const fd = o.fd();
+        const fd = await o.fd();
         try {
           await t.throwsAsync(fe.conn.setDeviceStateFd(DeviceStateDirection.LOAD, HandoverPhase.DISK_FD, fd), { message: /SET_DEVICE_STATE_FD failed: error 3/ }, o.what);
         } finally {

@@ -4,7 +4,7 @@
 // the process, while a SIGBUS from anywhere else still takes the default action.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { constants, existsSync, openSync, closeSync, statfsSync } from 'node:fs';
 import { addonCandidates, errnoCode, native as n } from '../host/native/index.ts';
 
 const F_SEAL_SHRINK = 0x2;
@@ -31,8 +31,15 @@ test('memoryFdInfo names the type, size and seals of a memory fd', (t) => {
   const [r, w] = n.pipe2();
   t.is(n.memoryFdInfo(r).type, 'fifo');
   t.is(n.memoryFdInfo(r).seals, -1);
+  // The file system of the open file (fstatfs): shmem says TMPFS_MAGIC; a directory opened
+  // is told too, the same as a statfs of its path while nothing renamed it.
+  t.is(n.memoryFdInfo(plain).fsType, 0x01021994);
+  const root = openSync('/', constants.O_RDONLY | constants.O_DIRECTORY);
+  t.is(n.memoryFdInfo(root).fsType, statfsSync('/').type);
+  t.is(n.memoryFdInfo(root).type, 'directory');
   for (const fd of [plain, sealed, r, w]) n.close(fd);
   closeSync(zero);
+  closeSync(root);
 });
 
 test('mmap refuses a range past the end of the file and anything that is not a file', (t) => {

@@ -58,6 +58,19 @@ test('simple readable chain round trip', (t) => {
   t.is(p.q.nextUsed, 1);
 });
 
+test('a chain without writable buffers shares the one empty list, frozen: a stray push throws instead of reaching every later chain', (t) => {
+  const p = pair();
+  p.drv.add([{ gpa: DATA, len: 4 }], []);
+  p.drv.add([{ gpa: DATA, len: 4 }], []);
+  const a = p.q.pop()!;
+  const b = p.q.pop()!;
+  t.is(a.writable, b.writable, 'one shared empty list');
+  t.true(Object.isFrozen(a.writable));
+  t.throws(() => (a.writable as Uint8Array[]).push(new Uint8Array(1)), { instanceOf: TypeError });
+  t.is(b.writable.length, 0, 'the other chain still has no writable buffer');
+  t.is(b.writableLen, 0);
+});
+
 test('readable + writable chain: scatter, used len, driver sees bytes', (t) => {
   const p = pair();
   bytes(p, DATA, 3).set([9, 8, 7]);

@@ -17,6 +17,7 @@ import type { BackingTable } from '../io/backing-table.ts';
 import { BackingError } from '../storage/backing.ts';
 import { native } from '../native/index.ts';
 import { fileIoBacking, type FsFileIo } from './file-io-backing.ts';
+import { FUSE_SUPER_MAGIC } from '../memory/memory-fd.ts';
 import { E, type FsResult, type FsShare } from './share.ts';
 
 const O_ACCMODE = 3;
@@ -27,6 +28,8 @@ export class FsFileBackings {
   private readonly ioOf = new Map<bigint, FsFileIo>();
   /** open(2) flags of each open-file handle, as the plugin opened it. */
   private readonly flagsOf = new Map<bigint, number>();
+  /** The share is on FUSE: its files' I/O goes to io-wq at once (fileIoBacking's onFuse). */
+  private readonly onFuse: boolean;
 
   constructor(
     private readonly share: FsShare,
@@ -34,6 +37,8 @@ export class FsFileBackings {
   ) {
     // The executor is chosen by the share's filesystem (host/io/choose-executor.ts).
     table.shareDir = share.dir;
+    table.shareFsType = share.fsType;
+    this.onFuse = share.fsType === FUSE_SUPER_MAGIC;
   }
 
   /** A handle from open/create, with the flags it was opened with. */
@@ -53,7 +58,7 @@ export class FsFileBackings {
     const readOnly = this.share.readOnly || (flags & O_ACCMODE) === O_RDONLY;
     // The description is made only for a message (a bigint's text per open was a conversion per create).
     const dir = this.share.dir;
-    const io = fileIoBacking(fd, readOnly, () => `${dir}: open file ${h}`);
+    const io = fileIoBacking(fd, readOnly, () => `${dir}: open file ${h}`, this.onFuse);
     let index: number;
     try {
       index = this.table.register(io);

@@ -106,18 +106,27 @@ class FileIo implements FsFileIo, UringTarget {
   // UringTarget's settings for a share's file (see INLINE_WRITE_MAX).
   readonly directAlign = 0;
   readonly inline = false;
-  readonly inlineWriteMax = INLINE_WRITE_MAX;
-  readonly inlineWritesAlone = true;
+  readonly inlineWriteMax: number | undefined;
+  readonly inlineWritesAlone: boolean;
   readonly nowaitReads = true;
+  readonly punt: boolean;
   readonly growable = true;
 
   constructor(
     fd: number,
     readonly readOnly: boolean,
     describe: string | (() => string),
+    onFuse: boolean,
   ) {
     this.fdNow = fd;
     this.text = describe;
+    // A share on FUSE: a read or write there waits for the FUSE server, which may be slow or
+    // stuck. Through the ring with IOSQE_ASYNC it waits in an io-wq thread (the rule for blk
+    // backings on FUSE, UringTarget.punt), never in io_uring_enter or a pwrite on the device's
+    // thread, where it would hold every other request of the device behind it.
+    this.punt = onFuse;
+    this.inlineWriteMax = onFuse ? undefined : INLINE_WRITE_MAX;
+    this.inlineWritesAlone = !onFuse;
   }
 
   get uring(): UringTarget {
@@ -246,7 +255,11 @@ class FileIo implements FsFileIo, UringTarget {
   }
 }
 
-/** `describe`: the file's text for messages, or what makes it when one is needed. */
-export function fileIoBacking(fd: number, readOnly: boolean, describe: string | (() => string)): FsFileIo {
-  return new FileIo(fd, readOnly, describe);
+/**
+ * `describe`: the file's text for messages, or what makes it when one is needed. `onFuse`: the
+ * share is on a FUSE file system (FsShare.fsType, fstatfs of its root once): the file's reads
+ * and writes never wait on the device's thread.
+ */
+export function fileIoBacking(fd: number, readOnly: boolean, describe: string | (() => string), onFuse = false): FsFileIo {
+  return new FileIo(fd, readOnly, describe, onFuse);
 }

@@ -285,6 +285,12 @@ export class FsShare {
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
   private readonly rootFd: number;
+  /**
+   * fstatfs f_type of the root as opened (-1 if unknown): every file's, since lookups never
+   * cross into a submount (RESOLVE_NO_XDEV). Read once, of the fd, not of `dir` (which may name
+   * another directory by the time anyone asks).
+   */
+  readonly fsType: number;
   /** The root's mount id (fsMountId): lookupKnown's quick check sees a mount point by it; -errno if unknown. */
   private readonly mountId: number;
   /** The root opened O_RDONLY: open_by_handle_at decodes against it (it refuses O_PATH fds); -1 without handles. */
@@ -392,6 +398,7 @@ export class FsShare {
       throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
     }
     this.rootFd = fd;
+    this.fsType = native.memoryFdInfo(fd).fsType;
     this.mountId = native.fsMountId(fd);
     // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
     // /proc every open would fail later, so refuse now with the reason.

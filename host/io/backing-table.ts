@@ -142,6 +142,8 @@ export class BackingTable {
   private retired: [number, (() => void) | undefined][] = [];
   /** The directory whose files this table's registered entries are (virtio-fs), for chooseExecutor. */
   shareDir: string | undefined;
+  /** fstatfs f_type of that directory as the share opened it (FsShare.fsType); -1 when unknown. */
+  shareFsType = -1;
   /**
    * Set by the runner when its executor can have I/O in flight: runs the executor until `until()`
    * holds (an fs file's in-flight writes done before an fsync). Null: nothing is ever in flight.

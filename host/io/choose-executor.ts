@@ -6,12 +6,11 @@
 // available (a kernel without it, io_uring_disabled, a seccomp filter) the file is served by
 // the SyncExecutor, and the log says so and why: one request at a time is a different product.
 import { release } from 'node:os';
-import { statfsSync } from 'node:fs';
 import { errnoCode, native } from '../native/index.ts';
 import type { Logger } from '../log/logger.ts';
 import { FileBacking } from '../storage/file.ts';
 import { MemoryBacking } from '../storage/memory.ts';
-import { TMPFS_MAGIC } from '../memory/memory-fd.ts';
+import { FUSE_SUPER_MAGIC, TMPFS_MAGIC } from '../memory/memory-fd.ts';
 import type { BackingTable } from './backing-table.ts';
 import type { IoExecutor } from './executor.ts';
 import { mappedReadsFor, newMappedReadsStop, stopMappedReads, type MappedReads } from './mapped-reads.ts';
@@ -21,9 +20,6 @@ import { UringExecutor, type SyncTarget, type UringTarget } from './uring-execut
 
 /** Submission entries per device ring: 256 requests in flight, more than QEMU's 128-entry virtqueue. */
 const RING_ENTRIES = 128;
-
-/** statfs f_type of a FUSE file system: its reads and writes go to io-wq at once (UringTarget.punt). */
-const FUSE_SUPER_MAGIC = 0x65735546;
 
 /**
  * A file backing as the ring sees it; a regular file on tmpfs goes inline (UringTarget.inline).
@@ -39,7 +35,11 @@ function fileTarget(f: FileBacking, mapped: MappedReads[], mappedStop: Int32Arra
   let inline = false;
   let punt = false;
   try {
-    const fsType = native.backingInfo(f.fd).blockDevice ? 0 : statfsSync(f.describe).type;
+    // The file system of the open file, not of the operator's path: that may name another file
+    // by now (renamed or replaced after the open). A block device's node is on devtmpfs, which
+    // says TMPFS_MAGIC: its I/O is the device's, through the ring.
+    const info = native.memoryFdInfo(f.fd);
+    const fsType = info.type === 'block' ? 0 : info.fsType;
     inline = f.directAlign === 0 && fsType === TMPFS_MAGIC;
     punt = fsType === FUSE_SUPER_MAGIC;
   } catch {
@@ -115,7 +115,7 @@ export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (byt
     }
   }
   if (storage === undefined && table.shareDir !== undefined) {
-    const fs = fsShareExecutor(table, table.shareDir, log, logIoError);
+    const fs = fsShareExecutor(table, table.shareDir, table.shareFsType, log, logIoError);
     if (fs !== null) return fs;
   }
   return { executor: new SyncExecutor(table, logIoError), kind: 'sync' };
@@ -128,14 +128,10 @@ export function chooseExecutor(table: BackingTable, log: Logger, onCopied?: (byt
  * to a kernel worker: bench/uring). Submounts are never crossed (host/native/src/fs.c:
  * RESOLVE_NO_XDEV), so the share root's file system is every file's. Null: the SyncExecutor.
  */
-function fsShareExecutor(table: BackingTable, dir: string, log: Logger, logIoError: (message: string) => void): ExecutorChoice | null {
-  let tmpfs = false;
-  try {
-    tmpfs = statfsSync(dir).type === TMPFS_MAGIC;
-  } catch {
-    // Not knowing only costs speed: the ring serves it.
-  }
-  if (tmpfs) {
+function fsShareExecutor(table: BackingTable, dir: string, fsType: number, log: Logger, logIoError: (message: string) => void): ExecutorChoice | null {
+  // The share's root fd's file system (FsShare.fsType), not a statfs of `dir`, which may name
+  // another directory by now; unknown (-1): the ring serves it, which only costs speed.
+  if (fsType === TMPFS_MAGIC) {
     log.debug(`shared directory ${dir} is on tmpfs: file I/O with pread/pwrite in turn`);
     return null;
   }
@@ -146,7 +142,7 @@ function fsShareExecutor(table: BackingTable, dir: string, log: Logger, logIoErr
   };
   try {
     const executor = new UringExecutor({ target, entries: RING_ENTRIES, logIoError });
-    log.debug(`shared directory ${dir}: file I/O through io_uring`);
+    log.debug(`shared directory ${dir}: file I/O through io_uring${fsType === FUSE_SUPER_MAGIC ? ' (on FUSE: every read and write handed to a kernel worker at once, IOSQE_ASYNC)' : ''}`);
     return { executor, kind: 'io_uring' };
   } catch (e) {
     const why = `${errnoCode(e) ?? 'error'}: ${(e as Error).message}`;

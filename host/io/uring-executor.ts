@@ -95,7 +95,9 @@ export interface UringTarget {
    * Reads and writes go to an io-wq worker at once (IOSQE_ASYNC) instead of being tried inline
    * in io_uring_enter first. A file on FUSE: a FOPEN_DIRECT_IO read there waits for the FUSE
    * server inside io_uring_enter (kernel 6.18), so one slow or stuck request would hold the
-   * device's thread and every request behind it (found by test/blk-reconnect-out-of-order).
+   * device's thread and every request behind it (found by test/blk-reconnect-out-of-order). A
+   * --storage file on FUSE (host/io/choose-executor.ts) and a virtio-fs share's files when the
+   * share is on FUSE (host/fs/file-io-backing.ts, which then writes nothing inline either).
    */
   readonly punt?: boolean;
   /**
@@ -565,7 +567,7 @@ export class UringExecutor implements IoExecutor {
       }
       if (op.kind === 'flush') {
         req.stage = 'flush';
-        return this.queue(req, SQE_FSYNC, t.fd, 0, null);
+        return this.queue(req, SQE_FSYNC, t, 0, null);
       }
       if (op.kind === 'read' && req.moved === 0 && t.nowaitReads === true && t.directAlign === 0) {
         // What the page cache holds is copied now; only the rest needs the ring.
@@ -598,7 +600,7 @@ export class UringExecutor implements IoExecutor {
       }
       req.stage = 'direct';
       req.sqeBytes = bytes;
-      return this.queue(req, op.kind === 'read' ? SQE_READV : SQE_WRITEV, t.fd, op.offset + req.moved, iov);
+      return this.queue(req, op.kind === 'read' ? SQE_READV : SQE_WRITEV, t, op.offset + req.moved, iov);
     }
   }
 
@@ -687,14 +689,16 @@ export class UringExecutor implements IoExecutor {
   /**
    * Queues one SQE for req (a kind and its arguments rather than a closure: no allocation per
    * request); at capacity the request waits for a reap (stalled), and its SQE is made again then.
+   * `t` is the current op's ring target, which every caller has already told from a SyncTarget:
+   * its fd and punt are read off it here, with no second lookup or `in` test per SQE.
    */
-  private queue(req: Request, kind: SqeKind, fd: number, pos: number, iov: UringIov | null): void {
+  private queue(req: Request, kind: SqeKind, t: UringTarget, pos: number, iov: UringIov | null): void {
     // close() waits for what is in the kernel; nothing new goes in meanwhile.
     if (this.cancelling) return this.finish(req, ECANCELED);
     let ok: boolean;
     try {
-      const t = req.targets[req.at];
-      const punt = t !== undefined && 'punt' in t && t.punt === true;
+      const fd = t.fd;
+      const punt = t.punt === true;
       ok = kind === SQE_READV ? this.ring.readv(fd, pos, req.slot, iov!, punt) : kind === SQE_WRITEV ? this.ring.writev(fd, pos, req.slot, iov!, punt) : this.ring.fsync(fd, req.slot, true, false);
     } catch (e) {
       // The addon refused the iovecs: a view detached (its memory was unmapped) or out of range.
@@ -767,7 +771,7 @@ export class UringExecutor implements IoExecutor {
   private queueBounce(req: Request, t: UringTarget, write: boolean, pos: number, at: number, len: number): void {
     req.sqeBytes = len;
     const iov: UringIov = [req.bounce!.view, at, len];
-    this.queue(req, write ? SQE_WRITEV : SQE_READV, t.fd, pos, iov);
+    this.queue(req, write ? SQE_WRITEV : SQE_READV, t, pos, iov);
   }
 
   // ---- completions ----
@@ -877,7 +881,7 @@ export class UringExecutor implements IoExecutor {
           req.sqeBytes = req.bLen - req.bDone;
           const iov: UringIov = [bounce, req.bDone, req.bLen - req.bDone];
           const pos = req.bStart + req.bDone;
-          return this.queue(req, SQE_WRITEV, t.fd, pos, iov);
+          return this.queue(req, SQE_WRITEV, t, pos, iov);
         }
         return this.opComplete(req, false, total);
       }

@@ -12,6 +12,8 @@ import { VhostWasmError } from '../errors.ts';
 export const F_SEAL_SHRINK = 0x2;
 /** statfs f_type of tmpfs and shmem (a memfd's file system; devtmpfs reports it too). */
 export const TMPFS_MAGIC = 0x01021994;
+/** statfs f_type of a FUSE file system: its reads and writes wait for the FUSE server (UringTarget.punt). */
+export const FUSE_SUPER_MAGIC = 0x65735546;
 /** F_SEAL_WRITE, F_SEAL_FUTURE_WRITE (linux/fcntl.h): the memfd's contents can no longer (or from now on no longer) be written. */
 export const F_SEAL_WRITE = 0x8;
 export const F_SEAL_FUTURE_WRITE = 0x10;

@@ -6,7 +6,7 @@
 // the container section that names the memfd the state goes with, so that a destination
 // refuses a state whose disk is not the one it adopted.
 
-import { fstatSync, readFileSync, statfsSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { native } from '../native/index.ts';
 import { SectionId, type StateSection } from './section.ts';
 import { VhostWasmError } from '../errors.ts';
@@ -44,14 +44,14 @@ export function diskIdentity(fd: number): DiskIdentity {
 export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   const kind = native.fdKind(fd);
   if (kind !== 'memfd') throw new DiskHandoverRefused(`the disk handed over is a ${kind}, not a memfd (a memory disk of a vhost-wasm host on this machine)`);
+  // One fstat + F_GET_SEALS + fstatfs of the fd for the checks below.
+  const info = native.memoryFdInfo(fd);
   // Shmem (a memfd's filesystem reports tmpfs): a hugetlbfs memfd is not a memory disk here.
-  const fsType = statfsSync(`/proc/self/fd/${fd}`).type;
-  if (fsType !== TMPFS_MAGIC) throw new DiskHandoverRefused(`the disk handed over is a memfd on another filesystem (type 0x${fsType.toString(16)}, not tmpfs/shmem; a hugetlbfs memfd is not a vhost-wasm memory disk)`);
+  if (info.fsType !== TMPFS_MAGIC) throw new DiskHandoverRefused(`the disk handed over is a memfd on another filesystem (type 0x${info.fsType.toString(16)}, not tmpfs/shmem; a hugetlbfs memfd is not a vhost-wasm memory disk)`);
   // Opened read-write: the guest writes it, and a read-only one would fail only once the worker
   // maps it, after the own disk's mapping was already let go.
   const access = accessMode(fd);
   if (access !== O_RDWR) throw new DiskHandoverRefused(`the disk handed over is open ${access === 0 ? 'read-only' : access === 1 ? 'write-only' : `with access mode ${access}`}, not read-write: the guest could not write it`);
-  const info = native.memoryFdInfo(fd);
   if (info.type !== 'file') throw new DiskHandoverRefused(`the disk handed over is not a regular file (${info.type})`);
   if (info.size !== size) throw new DiskHandoverRefused(`the disk handed over is ${info.size} bytes; this device's memory disk is ${size}: give both hosts the same memory:SIZE`);
   if (info.seals < 0 || (info.seals & F_SEAL_SHRINK) === 0) throw new DiskHandoverRefused('the disk handed over is not sealed against shrinking (every vhost-wasm memory disk is): its pages could be pulled from under the guest');

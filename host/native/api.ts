@@ -58,6 +58,12 @@ export interface MemoryFdInfo {
   seals: number;
   /** The unit a contained fault replaces: the page size, or a hugetlbfs file's huge page size. */
   pageSize: number;
+  /**
+   * fstatfs f_type of the file system the open file is on (TMPFS_MAGIC for a memfd or a block
+   * device's devtmpfs node, FUSE_SUPER_MAGIC, ...); -1 when fstatfs failed. The fd's own, which a
+   * statfs of a path can differ from (renamed or replaced since it was opened).
+   */
+  fsType: number;
 }
 
 export interface Watcher {
@@ -288,7 +294,11 @@ export interface Native extends NativeFs {
   preallocPages(fd: number, size: number, cancel: Int32Array, touch?: boolean): Promise<Mapping>;
   /** fcntl(F_ADD_SEALS) on a memfd created with allowSealing (F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4). */
   memfdAddSeals(fd: number, seals: number): void;
-  /** fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own. */
+  /**
+   * fstat + F_GET_SEALS + fstatfs of a memory fd, for checks with messages of our own; any fd
+   * works (a backing file, a directory, an O_PATH fd: seals -1), so it is also where the host
+   * learns which file system an open file is on (fsType).
+   */
   memoryFdInfo(fd: number): MemoryFdInfo;
   /** Faults contained in any guarded mapping of this process so far (cheap: poll it per batch). */
   mappingFaultCount(): number;

@@ -57,8 +57,8 @@ export interface GuestRange {
  */
 export class DescriptorChain {
   /** Device-readable buffers in chain order, split at mapping boundaries; zero-length ones omitted. */
-  readable: Uint8Array[] = NO_VIEWS;
-  writable: Uint8Array[] = NO_VIEWS;
+  readable: readonly Uint8Array[] = NO_VIEWS;
+  writable: readonly Uint8Array[] = NO_VIEWS;
   readableLen = 0;
   writableLen = 0;
   /** A device-writable descriptor was seen (a zero-length one has no view, and maybe no range). */
@@ -67,7 +67,7 @@ export class DescriptorChain {
    * The writable descriptors as guest ranges, in order, once taken: at pop when the queue logs
    * (zero-length ones included), or from the views (keepRanges). Null: not taken yet.
    */
-  ranges: GuestRange[] | null;
+  ranges: readonly GuestRange[] | null;
 
   constructor(
     public head: number,
@@ -86,7 +86,7 @@ export class DescriptorChain {
    * views if not taken yet; throws if the views' mappings went before they were taken (a caller
    * that keeps chains across a table change missed keepRanges).
    */
-  get writableRanges(): GuestRange[] {
+  get writableRanges(): readonly GuestRange[] {
     const r = this.ranges ?? this.keepRanges(this.memory.windowBases());
     if (r === null) {
       throw new Error(`descriptor head ${this.head}: the guest ranges of its writable buffers were asked for after their mapping went, and were not kept before`);
@@ -99,7 +99,7 @@ export class DescriptorChain {
    * memory.windowBases() now (one for all the chains of a table change). Null when a view is
    * not of a window mapped now (its mapping went: too late to say where it was).
    */
-  keepRanges(bases: WindowBases): GuestRange[] | null {
+  keepRanges(bases: WindowBases): readonly GuestRange[] | null {
     if (this.ranges !== null) return this.ranges;
     const views = this.writable;
     const out: GuestRange[] = [];
@@ -116,10 +116,11 @@ export class DescriptorChain {
 
 /**
  * What a new chain's lists start as: one empty list for every chain, never written (withOne
- * makes a new list for a list's first entry), instead of three empty arrays per request.
+ * makes a new list for a list's first entry), instead of three empty arrays per request. Frozen
+ * and readonly: a push onto one would put an entry into every chain made after it.
  */
-export const NO_VIEWS: Uint8Array[] = [];
-export const NO_RANGES: GuestRange[] = [];
+export const NO_VIEWS: readonly Uint8Array[] = Object.freeze([]);
+export const NO_RANGES: readonly GuestRange[] = Object.freeze([]);
 
 /** Breaks the queue with `reason` (the caller adds where in the ring it happened). */
 export type Fail = (reason: string) => never;
@@ -166,7 +167,7 @@ export function appendBuffer(
 }
 
 /** `list` with the views of [addr, addr+len) after it (the list itself, or a new one: see withOne). */
-function withSlices(memory: GuestMemory, addr: number, len: number, list: Uint8Array[], slot: number, entry: number, fail: Fail): Uint8Array[] {
+function withSlices(memory: GuestMemory, addr: number, len: number, list: readonly Uint8Array[], slot: number, entry: number, fail: Fail): readonly Uint8Array[] {
   try {
     // The usual buffer lies in one window of one region: one view, no list of parts.
     const v = memory.view(addr, len);
@@ -186,7 +187,7 @@ function withSlices(memory: GuestMemory, addr: number, len: number, list: Uint8A
  * are made anew as literals of their exact length (the shared empty ones are never written);
  * longer ones, made here, grow by push.
  */
-function withOne<T>(list: T[], item: T): T[] {
+function withOne<T>(list: readonly T[], item: T): readonly T[] {
   switch (list.length) {
     case 0:
       return [item];
@@ -195,7 +196,8 @@ function withOne<T>(list: T[], item: T): T[] {
     case 2:
       return [list[0], list[1], item];
     default:
-      list.push(item);
+      // 3 or more: a list made by the cases above (never a shared empty one), this chain's own.
+      (list as T[]).push(item);
       return list;
   }
 }
@@ -287,7 +289,7 @@ export function zeroChainLogged(chain: DescriptorChain, offset: number, len: num
 }
 
 /** Marks `len` bytes of `ranges` dirty, starting `offset` bytes into them (pushUsed: offset 0, the bytes the device wrote). */
-export function markRanges(log: DirtyLog, ranges: GuestRange[], offset: number, len: number): void {
+export function markRanges(log: DirtyLog, ranges: readonly GuestRange[], offset: number, len: number): void {
   let skip = offset;
   let left = len;
   for (const r of ranges) {

@@ -364,8 +364,14 @@ static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) seals = -1; // not a memfd (EINVAL): nothing stops a shrink
   double page = (double)sysconf(_SC_PAGESIZE);
+  // The file system's f_type, of the open file itself: a check made by path (statfs) could see
+  // another file than the fd's once the path was renamed or replaced.
+  double fs_type = -1;
   struct statfs sf;
-  if (fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC) page = (double)sf.f_bsize;
+  if (fstatfs(fd, &sf) == 0) {
+    fs_type = (double)(unsigned long)sf.f_type;
+    if (sf.f_type == HUGETLBFS_MAGIC) page = (double)sf.f_bsize;
+  }
   napi_value obj, type;
   if (napi_create_object(env, &obj) != napi_ok ||
       napi_create_string_utf8(env, file_type_name(st.st_mode), NAPI_AUTO_LENGTH, &type) != napi_ok) {
@@ -377,8 +383,9 @@ static napi_value memory_fd_info(napi_env env, napi_callback_info info) {
       {"size", NULL, NULL, NULL, NULL, make_number(env, (double)st.st_size), napi_enumerable, NULL},
       {"seals", NULL, NULL, NULL, NULL, make_number(env, (double)seals), napi_enumerable, NULL},
       {"pageSize", NULL, NULL, NULL, NULL, make_number(env, page), napi_enumerable, NULL},
+      {"fsType", NULL, NULL, NULL, NULL, make_number(env, fs_type), napi_enumerable, NULL},
   };
-  if (napi_define_properties(env, obj, 4, props) != napi_ok) {
+  if (napi_define_properties(env, obj, 5, props) != napi_ok) {
     throw_napi(env, napi_generic_failure, "memoryFdInfo");
     return NULL;
   }

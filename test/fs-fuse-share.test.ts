@@ -1,0 +1,63 @@
+// A virtio-fs share whose directory is on a FUSE file system with a slow server: one held
+// request must not hold the device. The real host binary serves the fs plugin over the root of
+// a FUSE mount this test serves (helpers/faulty-fuse.ts: one file, opened FOPEN_DIRECT_IO, so
+// every read reaches the server). On kernel 6.18 io_uring tries such a read inline in
+// io_uring_enter and waits there for the server, so without IOSQE_ASYNC for a FUSE share's
+// files (host/fs/file-io-backing.ts, FsShare.fsType from fstatfs of the share's root) the
+// device's thread sleeps in the kernel until the held read is answered, and nothing made
+// available after it is served. The same rule as a --storage file on FUSE
+// (test/blk-fuse-backing.test.ts). Needs root (the mount).
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
+import { withTimeout } from './helpers/device-checks.ts';
+import { mountFaultyFuse } from './helpers/faulty-fuse.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, writeIn } from './helpers/fuse.ts';
+
+const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
+const FILE_BYTES = 1 << 20;
+const WRITE = 16;
+
+test('a share on FUSE: a read held by the slow FUSE server does not hold the device; a write and a read made after it are served first', async (t) => {
+  if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
+  const image = randomBytes(FILE_BYTES);
+  // No failing range: every request is answered, reads only once open() lets them through.
+  const share = await mountFaultyFuse('file', image, FILE_BYTES, FILE_BYTES);
+  let host: HostProcess | undefined;
+  let fe: VhostUserFrontend | undefined;
+  try {
+    host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dirname(share.path), '--log-level', 'debug']);
+    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    const c = new FuseClient(fe);
+    t.is((await c.init()).error, 0, 'INIT');
+    const fh = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'file')), O.RDWR));
+    t.truthy(await host.waitForLog(/shared directory .*: file I\/O through io_uring \(on FUSE: every read and write handed to a kernel worker at once/), 'the share is known to be on FUSE');
+
+    share.hold();
+    const held = c.read(fh, 0, 4096);
+    t.true(await eventually(() => share.held === 1, 10_000), 'the first read reached the FUSE server and is held');
+    const data = randomBytes(4096);
+    const wrote = await withTimeout(c.req(WRITE, 0n, writeIn(fh, 65536n, data)), 10_000, 'a write made available after the held read');
+    t.is(wrote.error, 0, 'WRITE');
+    t.true(share.data.subarray(65536, 65536 + 4096).equals(data), 'the write is on the file');
+    t.is(share.held, 1, 'the first read is still held');
+    // A second read is held too (the server holds every read), beside the first: both in flight.
+    const second = c.read(fh, 131072, 4096);
+    t.true(await eventually(() => share.held === 2, 10_000), 'a second read reached the FUSE server while the first is held');
+
+    share.open();
+    const [a, b] = await withTimeout(Promise.all([held, second]), 10_000, 'the held reads, once the server answers');
+    t.is(a.error, 0);
+    t.true(a.body.equals(image.subarray(0, 4096)));
+    t.is(b.error, 0);
+    t.true(b.body.equals(image.subarray(131072, 131072 + 4096)));
+  } finally {
+    share.open();
+    await fe?.close();
+    await host?.stop('SIGKILL');
+    await share.unmount();
+  }
+});
