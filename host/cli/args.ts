@@ -157,7 +157,8 @@ Capabilities granted to the plugin (it sees nothing else):
   --xattrmap MAP          translate xattr names between guest and host, virtiofsd's syntax:
                           rules :type:scope:key:prepend: (type prefix|ok|bad|unsupported,
                           scope client|server|all), e.g. :prefix:all:trusted.:user.virtiofs.:
-                          followed by :ok:all::: (see docs/virtio-fs.md)
+                          followed by :ok:all:::, and virtiofsd's shorthand :map:key:prepend:
+                          as the last rule, e.g. :map::user.virtiofs.: (see docs/virtio-fs.md)
   --cache never|metadata|auto|always
                           how much the guest caches (virtiofsd's option): never (direct I/O,
                           no attribute cache), metadata (attributes for a day, direct I/O),

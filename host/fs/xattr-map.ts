@@ -4,6 +4,15 @@
 // where <sep> is the rule's first character (any one character) and rules simply follow one
 // another. type: prefix | ok | bad | unsupported; scope: client | server | all.
 //
+// The last rule may instead be virtiofsd's shorthand <sep>map<sep>key<sep>prepend<sep>, which
+// stands for the rules virtiofsd 1.13 expands it to (src/passthrough/xattrmap.rs there):
+//   key empty:  :prefix:all::prepend:  :bad:all:::
+//     (every guest name goes under prepend; host names without it are hidden)
+//   key given:  :prefix:all:key:prepend:  :bad:all:prepend:key:  :ok:all:::
+//     (key names go under prepend; the guest may not use prepend names itself, host names
+//     in key that are not under prepend are hidden; everything else passes)
+// Only one map rule, and only last: virtiofsd refuses anything after it.
+//
 // A name from the guest (get, set, remove) is checked against the client-scope rules in order;
 // the first whose `key` starts the name decides: prefix: `prepend` is put in front of it;
 // ok: it passes as is; bad: EPERM; unsupported: EOPNOTSUPP. A name from the host (list) is
@@ -37,16 +46,26 @@ export function parseXattrMap(text: string): XattrRule[] {
   while (at < text.length) {
     const n = rules.length + 1;
     const sep = text[at];
-    if (text.startsWith(`map${sep}`, at + 1)) throw new Error(`--xattrmap: rule ${n}: the "map" shorthand is not supported here; write it out as prefix/ok/bad rules`);
+    const isMap = text.startsWith(`map${sep}`, at + 1);
     const fields: string[] = [];
     let p = at + 1;
-    while (fields.length < 4) {
+    while (fields.length < (isMap ? 3 : 4)) {
       const e = text.indexOf(sep, p);
-      if (e < 0) throw new Error(`--xattrmap: rule ${n} is incomplete (each rule is ${sep}type${sep}scope${sep}key${sep}prepend${sep})`);
+      if (e < 0) {
+        const form = isMap ? `${sep}map${sep}key${sep}prepend${sep}` : `${sep}type${sep}scope${sep}key${sep}prepend${sep}`;
+        throw new Error(`--xattrmap: rule ${n} is incomplete (it should read ${form})`);
+      }
       fields.push(text.slice(p, e));
       p = e + 1;
     }
     at = p;
+    if (isMap) {
+      const [, key, prepend] = fields;
+      if (at < text.length) throw new Error(`--xattrmap: rule ${n}: a "map" rule must be the last rule (virtiofsd refuses rules after it); move it to the end`);
+      if (prepend === '') throw new Error(`--xattrmap: rule ${n}: a map rule needs something to prepend`);
+      rules.push(...expandMap(key, prepend));
+      break;
+    }
     const [type, scope, key, prepend] = fields;
     if (!TYPES.includes(type as XattrRuleType)) throw new Error(`--xattrmap: rule ${n}: "${type}" is not one of ${TYPES.join(', ')}`);
     if (scope !== 'client' && scope !== 'server' && scope !== 'all') throw new Error(`--xattrmap: rule ${n}: scope "${scope}" is not one of client, server, all`);
@@ -55,6 +74,14 @@ export function parseXattrMap(text: string): XattrRule[] {
   }
   if (rules.length === 0) throw new Error('--xattrmap: no rules');
   return rules;
+}
+
+/** The rules virtiofsd 1.13 puts in place of `:map:key:prepend:` (see the top of this file). */
+function expandMap(key: string, prepend: string): XattrRule[] {
+  const all = { client: true, server: true };
+  const prefix: XattrRule = { type: 'prefix', ...all, key, prepend };
+  if (key === '') return [prefix, { type: 'bad', ...all, key: '', prepend: '' }];
+  return [prefix, { type: 'bad', ...all, key: prepend, prepend: key }, { type: 'ok', ...all, key: '', prepend: '' }];
 }
 
 export const DEFAULT_XATTR_RULES: readonly XattrRule[] = [
