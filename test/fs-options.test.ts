@@ -178,6 +178,20 @@ test('--xattrmap: virtiofsd\'s "map" shorthand stands for the rules virtiofsd 1.
   t.throws(() => parseXattrMap(':map:trusted.::'), { message: /rule 1: a map rule needs something to prepend/ });
 });
 
+test('--xattrmap: white space before and after rules is skipped, as virtiofsd 1.13 does (its documented one-rule-a-line map parses)', (t) => {
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap('\n  /prefix/all/trusted./user.virtiofs./\n  /bad/server//trusted./\n  /bad/client/user.virtiofs.//\n  /ok/all///\n'), [
+    { type: 'prefix', ...all, key: 'trusted.', prepend: 'user.virtiofs.' },
+    { type: 'bad', client: false, server: true, key: '', prepend: 'trusted.' },
+    { type: 'bad', client: true, server: false, key: 'user.virtiofs.', prepend: '' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ]);
+  t.is(parseXattrMap(' :map::user.virtiofs.:\n').length, 2, 'a map rule followed by white space is still the last');
+  t.deepEqual(parseXattrMap(':ok:all::: '), [{ type: 'ok', ...all, key: '', prepend: '' }]);
+  t.throws(() => parseXattrMap(' \t\n'), { message: /--xattrmap: no rules/ });
+  t.throws(() => parseXattrMap(':map:a.:b.: :ok:all:::'), { message: /rule 1: a "map" rule must be the last/ });
+});
+
 test('--xattrmap :map:trusted.:user.virtiofs.: on a real share: trusted. names stored under user.virtiofs., the guest kept out of user.virtiofs., host trusted. names hidden', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'fs-xattrmap-map-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

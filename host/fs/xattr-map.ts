@@ -1,8 +1,9 @@
 // --xattrmap, in virtiofsd's syntax: how extended attribute names are translated between the
 // guest ("client") and the host ("server"). A map is a list of rules, each written
 //   <sep>type<sep>scope<sep>key<sep>prepend<sep>
-// where <sep> is the rule's first character (any one character) and rules simply follow one
-// another. type: prefix | ok | bad | unsupported; scope: client | server | all.
+// where <sep> is the rule's first character (any one but white space) and rules follow one
+// another, with or without white space between them (virtiofsd's README writes one a line).
+// type: prefix | ok | bad | unsupported; scope: client | server | all.
 //
 // The last rule may instead be virtiofsd's shorthand <sep>map<sep>key<sep>prepend<sep>, which
 // stands for the rules virtiofsd 1.13 expands it to (src/passthrough/xattrmap.rs there):
@@ -35,6 +36,7 @@ export interface XattrRule {
   prepend: string;
 }
 
+const ASCII_SPACE = new Set([' ', '\t', '\n', '\f', '\r']);
 const TYPES: readonly XattrRuleType[] = ['prefix', 'ok', 'bad', 'unsupported'];
 const EPERM = 1;
 const EOPNOTSUPP = 95;
@@ -43,7 +45,12 @@ const EOPNOTSUPP = 95;
 export function parseXattrMap(text: string): XattrRule[] {
   const rules: XattrRule[] = [];
   let at = 0;
-  while (at < text.length) {
+  // White space may come before and after each rule, as virtiofsd allows (a map written one
+  // rule per line); the separator is each rule's first other character.
+  const skipSpace = () => {
+    while (at < text.length && ASCII_SPACE.has(text[at])) at++;
+  };
+  for (skipSpace(); at < text.length; skipSpace()) {
     const n = rules.length + 1;
     const sep = text[at];
     const isMap = text.startsWith(`map${sep}`, at + 1);
@@ -61,6 +68,7 @@ export function parseXattrMap(text: string): XattrRule[] {
     at = p;
     if (isMap) {
       const [, key, prepend] = fields;
+      skipSpace();
       if (at < text.length) throw new Error(`--xattrmap: rule ${n}: a "map" rule must be the last rule (virtiofsd refuses rules after it); move it to the end`);
       if (prepend === '') throw new Error(`--xattrmap: rule ${n}: a map rule needs something to prepend`);
       rules.push(...expandMap(key, prepend));
