@@ -1,4 +1,4 @@
-// The filesystem grant's command line: --shared-dir DIR [--read-only] [--tag NAME].
+// The filesystem grant's command line: --shared-dir DIR [--read-only | --readonly] [--tag NAME].
 import test from 'ava';
 import { HELP, parseCli, UsageError } from '../host/cli/args.ts';
 
@@ -68,4 +68,16 @@ test('--inode-file-handles never|prefer|mandatory (virtiofsd\'s spelling, defaul
   });
   t.throws(() => parseCli([...base, '--inode-file-handles', 'never']), { instanceOf: UsageError, message: /applies to --shared-dir/ });
   t.regex(HELP, /--inode-file-handles never\|prefer\|mandatory\n.*CAP_DAC_READ_SEARCH/s);
+});
+
+test('--readonly (virtiofsd\'s spelling, which libvirt 11 passes for <readonly/>) is --read-only for --shared-dir only', (t) => {
+  t.deepEqual(parseCli([...base, '--shared-dir', '/s', '--readonly']).filesystem, { dir: '/s', readOnly: true });
+  t.deepEqual(parseCli([...base, '--shared-dir', '/s', '--read-only', '--readonly']).filesystem, { dir: '/s', readOnly: true }, 'both spellings at once');
+  t.deepEqual(parseCli([...base, '--shared-dir', '/s', '--read-only']).filesystem, { dir: '/s', readOnly: true }, 'ours still works');
+  t.throws(() => parseCli([...base, '--readonly']), { instanceOf: UsageError, message: /--readonly is virtiofsd's spelling for --shared-dir: give --shared-dir DIR too$/ });
+  t.throws(() => parseCli([...base, '--storage', '/tmp/disk.img', '--readonly']), {
+    instanceOf: UsageError,
+    message: /--readonly is virtiofsd's spelling for --shared-dir: .*\(for --storage, write --read-only\)/,
+  });
+  t.regex(HELP, /--readonly +virtiofsd's spelling of --read-only for --shared-dir/);
 });

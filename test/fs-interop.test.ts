@@ -3,7 +3,7 @@
 // 'separate-options' (`--fd=N --shared-dir DIR`, its other options only on request).
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../host/native/index.ts';
@@ -29,6 +29,25 @@ test('the libvirt fs descriptor follows vhost-user.json', (t) => {
   t.deepEqual(Object.keys(d).sort(), ['binary', 'description', 'type'], 'only fields the schema defines');
 });
 
+// libvirt 11.0 on appends `--readonly` (virtiofsd's spelling) for a <filesystem> with <readonly/>
+// (qemuVirtioFSBuildCommandLine, after every other option); ours is --read-only.
+test("libvirt's command line for <readonly/> (--readonly last) serves the share read-only: CREATE is EROFS, nothing made", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-interop-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const share = mkdtempSync(join(dir, 'share-'));
+  ensureFdBudget();
+  for (const [flags, errno] of [[['--readonly'], 30], [[], 0]] as const) {
+    const h = await libvirtStyle(dir, ['--shared-dir', share, ...flags]);
+    try {
+      t.regex(h.stderr(), /serving .* on fd 3/, h.stderr());
+      t.is(await createInRoot(h.sock, `made${flags.length}`), errno, flags.length ? '--readonly: EROFS' : 'without it the file is made');
+    } finally {
+      await h.stop();
+    }
+  }
+  t.deepEqual(readdirSync(share), ['made0'], 'only the read-write run made its file');
+});
+
 /** The back-end as libvirt starts it: an inherited listening socket as --fd=3, then `extra`. */
 async function libvirtStyle(dir: string, extra: string[]) {
   const sock = join(dir, `fs-${Math.random()}.sock`);
@@ -43,6 +62,19 @@ async function libvirtStyle(dir: string, extra: string[]) {
     if (child.exitCode === null) await new Promise((r) => child.once('exit', r));
   };
   return { sock, stderr: () => stderr, stop };
+}
+
+/** CREATE `name` in the share root through a real front-end; the reply's errno (0: made). */
+async function createInRoot(sock: string, name: string): Promise<number> {
+  const fe = await VhostUserFrontend.connect(sock, { memoryBytes: 16 << 20, queues: [64, 64], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+  try {
+    const c = new FuseClient(fe);
+    const init = await c.init();
+    if (init.error) throw new Error(`INIT: errno ${init.error}`);
+    return (await c.create(1n, name, 0o101 /* O_WRONLY | O_CREAT */)).error;
+  } finally {
+    await fe.close();
+  }
 }
 
 /** SETXATTR user.libvirt=on on the share root, through a real front-end and the device's ring. */

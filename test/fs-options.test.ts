@@ -160,12 +160,67 @@ test('--xattrmap: prefix rules move guest names under a host prefix and back; ba
   t.deepEqual(hostXattrs(join(dir, 'f')), ['security.hostonly=z', 'user.plain=1']);
 });
 
+test('--xattrmap: virtiofsd\'s "map" shorthand stands for the rules virtiofsd 1.13 expands it to, and only as the last rule', (t) => {
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap(':map::user.virtiofs.:'), [
+    { type: 'prefix', ...all, key: '', prepend: 'user.virtiofs.' },
+    { type: 'bad', ...all, key: '', prepend: '' },
+  ], 'empty key: everything under the prefix, the rest hidden and refused');
+  t.deepEqual(parseXattrMap('/bad/all/security./security./' + '/map/trusted./user.virtiofs./'), [
+    { type: 'bad', ...all, key: 'security.', prepend: 'security.' },
+    { type: 'prefix', ...all, key: 'trusted.', prepend: 'user.virtiofs.' },
+    { type: 'bad', ...all, key: 'user.virtiofs.', prepend: 'trusted.' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ], 'a key: its names under the prefix, the prefix itself refused to the guest, the rest passes');
+  t.throws(() => parseXattrMap(':map::user.virtiofs.::ok:all:::'), { message: /rule 1: a "map" rule must be the last rule/ });
+  t.throws(() => parseXattrMap(':map:a.:b.::map:a.:b.:'), { message: /rule 1: a "map" rule must be the last/ });
+  t.throws(() => parseXattrMap(':map:trusted.:'), { message: /rule 1 is incomplete \(it should read :map:key:prepend:\)/ });
+  t.throws(() => parseXattrMap(':map:trusted.::'), { message: /rule 1: a map rule needs something to prepend/ });
+});
+
+test('--xattrmap: white space before and after rules is skipped, as virtiofsd 1.13 does (its documented one-rule-a-line map parses)', (t) => {
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap('\n  /prefix/all/trusted./user.virtiofs./\n  /bad/server//trusted./\n  /bad/client/user.virtiofs.//\n  /ok/all///\n'), [
+    { type: 'prefix', ...all, key: 'trusted.', prepend: 'user.virtiofs.' },
+    { type: 'bad', client: false, server: true, key: '', prepend: 'trusted.' },
+    { type: 'bad', client: true, server: false, key: 'user.virtiofs.', prepend: '' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ]);
+  t.is(parseXattrMap(' :map::user.virtiofs.:\n').length, 2, 'a map rule followed by white space is still the last');
+  t.deepEqual(parseXattrMap(':ok:all::: '), [{ type: 'ok', ...all, key: '', prepend: '' }]);
+  t.throws(() => parseXattrMap(' \t\n'), { message: /--xattrmap: no rules/ });
+  t.throws(() => parseXattrMap(':map:a.:b.: :ok:all:::'), { message: /rule 1: a "map" rule must be the last/ });
+});
+
+test('--xattrmap :map:trusted.:user.virtiofs.: on a real share: trusted. names stored under user.virtiofs., the guest kept out of user.virtiofs., host trusted. names hidden', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-xattrmap-map-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'f'), 'x');
+  const share = new FsShare(dir, { xattr: true, xattrmap: parseXattrMap(':map:trusted.:user.virtiofs.:') });
+  t.teardown(() => share.close());
+  const f = share.root();
+  if (!f.ok) return t.fail();
+  const h = share.lookup(f.val.node, Buffer.from('f'));
+  if (!h.ok) return t.fail();
+  const n = h.val.node;
+  const b = (s: string) => Buffer.from(s);
+  t.true(share.setxattr(n, b('trusted.overlay.opaque'), b('y'), 0).ok);
+  t.true(share.setxattr(n, b('user.plain'), b('1'), 0).ok, 'a name outside key passes as is');
+  t.like(share.setxattr(n, b('user.virtiofs.sneak'), b('1'), 0), { ok: false, errno: 1 }, 'the prefix itself: EPERM');
+  execFileSync('python3', ['-c', `import os; os.setxattr(${JSON.stringify(join(dir, 'f'))}, 'trusted.hostonly', b'z')`]);
+  t.deepEqual(hostXattrs(join(dir, 'f')), ['trusted.hostonly=z', 'user.plain=1', 'user.virtiofs.trusted.overlay.opaque=y']);
+  const list = share.listxattr(n);
+  t.true(list.ok);
+  if (list.ok) t.deepEqual(Buffer.from(list.val).toString().split('\0').filter(Boolean).sort(), ['trusted.overlay.opaque', 'user.plain'], 'the host\'s own trusted. name hidden');
+});
+
 test('the command line: --cache, --translate-uid/gid (repeatable) and --xattrmap in virtiofsd\'s syntax, bad values refused', (t) => {
   const base = ['--socket-path', '/tmp/x.sock', '--plugin', 'p.wasm', '--shared-dir', '/srv'];
   const o = parseCli([...base, '--cache', 'always', '--translate-uid', 'map:0:1000:1', '--translate-uid', 'forbid-guest:1:99', '--translate-gid', 'squash-host:0:0:4294967295', '--xattr', '--xattrmap', ':ok:all:::']);
   t.like(o.filesystem, { cache: 'always', xattr: true });
   t.deepEqual(o.filesystem?.translateUid, [{ kind: 'map', from: 0, to: 1000, count: 1 }, { kind: 'forbid-guest', from: 1, to: 0, count: 99 }]);
   t.deepEqual(o.filesystem?.xattrmap, [{ type: 'ok', client: true, server: true, key: '', prepend: '' }]);
+  t.is(parseCli([...base, '--xattr', '--xattrmap', ':map::user.virtiofs.:']).filesystem?.xattrmap?.length, 2, 'the map shorthand, expanded');
   const bad: [string[], RegExp][] = [
     [['--cache', 'sometimes'], /--cache: "sometimes" is not one of never, metadata, auto, always/],
     [['--translate-uid', 'map:1:2'], /--translate-uid: "map:1:2": map takes/],
@@ -175,7 +230,7 @@ test('the command line: --cache, --translate-uid/gid (repeatable) and --xattrmap
     [['--xattrmap', ':ok:all:::'], /--xattrmap applies to --xattr/],
     [['--xattr', '--xattrmap', ':ok:all::'], /rule 1 is incomplete/],
     [['--xattr', '--xattrmap', ':ok:some:::'], /scope "some"/],
-    [['--xattr', '--xattrmap', ':map:trusted.:user.virtiofs.:'], /"map" shorthand is not supported/],
+    [['--xattr', '--xattrmap', ':map::user.virtiofs.::ok:all:::'], /"map" rule must be the last rule/],
   ];
   for (const [extra, re] of bad) t.throws(() => parseCli([...base, ...extra]), { message: re }, extra.join(' '));
   t.throws(() => parseCli(['--socket-path', '/tmp/x.sock', '--plugin', 'p.wasm', '--cache', 'never']), { message: /--cache applies to --shared-dir/ });

@@ -145,6 +145,8 @@ Capabilities granted to the plugin (it sees nothing else):
                           opaque handles, never paths; every lookup stays beneath DIR
                           (openat2 RESOLVE_BENEATH, symlinks never followed, no submounts).
                           With --read-only every change is refused with EROFS.
+  --readonly              virtiofsd's spelling of --read-only for --shared-dir (libvirt 11
+                          passes it for <readonly/>); not for --storage
   --tag NAME              the virtio-fs mount tag (1-36 bytes, default vhost-wasm)
   --xattr                 let the guest get, set, list and remove extended attributes of the
                           --shared-dir (off: the guest is told they are not supported). Names
@@ -157,7 +159,8 @@ Capabilities granted to the plugin (it sees nothing else):
   --xattrmap MAP          translate xattr names between guest and host, virtiofsd's syntax:
                           rules :type:scope:key:prepend: (type prefix|ok|bad|unsupported,
                           scope client|server|all), e.g. :prefix:all:trusted.:user.virtiofs.:
-                          followed by :ok:all::: (see docs/virtio-fs.md)
+                          followed by :ok:all:::, and virtiofsd's shorthand :map:key:prepend:
+                          as the last rule, e.g. :map::user.virtiofs.: (see docs/virtio-fs.md)
   --cache never|metadata|auto|always
                           how much the guest caches (virtiofsd's option): never (direct I/O,
                           no attribute cache), metadata (attributes for a day, direct I/O),
@@ -485,6 +488,8 @@ export function parseCli(argv: string[]): CliOptions {
         entropy: { type: 'boolean' },
         storage: { type: 'string' },
         'read-only': { type: 'boolean' },
+        // virtiofsd's spelling, which libvirt (11.0 on) appends for a <filesystem> with <readonly/>.
+        readonly: { type: 'boolean' },
         direct: { type: 'boolean' },
         'shared-dir': { type: 'string' },
         tag: { type: 'string' },
@@ -536,7 +541,7 @@ export function parseCli(argv: string[]): CliOptions {
     statePipeBytes: parsePipeSize(v['state-pipe-size'], '--state-pipe-size', UsageError),
     entropy: v.entropy ?? false,
     storage: v.storage === undefined ? null : parseStorage(v.storage, v['read-only'] ?? false, v.direct ?? false),
-    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], v['read-only'] ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles'], {
+    filesystem: v['shared-dir'] === undefined ? null : parseSharedDir(v['shared-dir'], (v['read-only'] || v.readonly) ?? false, v.tag, v['migration-on-error'], v.xattr ?? false, v['inode-file-handles'], {
           cache: v.cache,
           translateUid: v['translate-uid'],
           translateGid: v['translate-gid'],
@@ -564,6 +569,9 @@ export function parseCli(argv: string[]): CliOptions {
   if (v.direct && opts.storage === null) throw new UsageError('--direct applies to --storage: give --storage FILE too');
   if (v['read-only'] && opts.storage === null && opts.filesystem === null) {
     throw new UsageError('--read-only applies to --storage or --shared-dir: give one of them too');
+  }
+  if (v.readonly && opts.filesystem === null) {
+    throw new UsageError(`--readonly is virtiofsd's spelling for --shared-dir: give --shared-dir DIR too${opts.storage ? ' (for --storage, write --read-only)' : ''}`);
   }
   if (opts.help || opts.version) return opts;
   if (opts.plugin && opts.deviceModule) throw new UsageError('--plugin and --device-module are exclusive: give one device');

@@ -1,8 +1,18 @@
 // --xattrmap, in virtiofsd's syntax: how extended attribute names are translated between the
 // guest ("client") and the host ("server"). A map is a list of rules, each written
 //   <sep>type<sep>scope<sep>key<sep>prepend<sep>
-// where <sep> is the rule's first character (any one character) and rules simply follow one
-// another. type: prefix | ok | bad | unsupported; scope: client | server | all.
+// where <sep> is the rule's first character (any one but white space) and rules follow one
+// another, with or without white space between them (virtiofsd's README writes one a line).
+// type: prefix | ok | bad | unsupported; scope: client | server | all.
+//
+// The last rule may instead be virtiofsd's shorthand <sep>map<sep>key<sep>prepend<sep>, which
+// stands for the rules virtiofsd 1.13 expands it to (src/passthrough/xattrmap.rs there):
+//   key empty:  :prefix:all::prepend:  :bad:all:::
+//     (every guest name goes under prepend; host names without it are hidden)
+//   key given:  :prefix:all:key:prepend:  :bad:all:prepend:key:  :ok:all:::
+//     (key names go under prepend; the guest may not use prepend names itself, host names
+//     in key that are not under prepend are hidden; everything else passes)
+// Only one map rule, and only last: virtiofsd refuses anything after it.
 //
 // A name from the guest (get, set, remove) is checked against the client-scope rules in order;
 // the first whose `key` starts the name decides: prefix: `prepend` is put in front of it;
@@ -26,6 +36,7 @@ export interface XattrRule {
   prepend: string;
 }
 
+const ASCII_SPACE = new Set([' ', '\t', '\n', '\f', '\r']);
 const TYPES: readonly XattrRuleType[] = ['prefix', 'ok', 'bad', 'unsupported'];
 const EPERM = 1;
 const EOPNOTSUPP = 95;
@@ -34,19 +45,35 @@ const EOPNOTSUPP = 95;
 export function parseXattrMap(text: string): XattrRule[] {
   const rules: XattrRule[] = [];
   let at = 0;
-  while (at < text.length) {
+  // White space may come before and after each rule, as virtiofsd allows (a map written one
+  // rule per line); the separator is each rule's first other character.
+  const skipSpace = () => {
+    while (at < text.length && ASCII_SPACE.has(text[at])) at++;
+  };
+  for (skipSpace(); at < text.length; skipSpace()) {
     const n = rules.length + 1;
     const sep = text[at];
-    if (text.startsWith(`map${sep}`, at + 1)) throw new Error(`--xattrmap: rule ${n}: the "map" shorthand is not supported here; write it out as prefix/ok/bad rules`);
+    const isMap = text.startsWith(`map${sep}`, at + 1);
     const fields: string[] = [];
     let p = at + 1;
-    while (fields.length < 4) {
+    while (fields.length < (isMap ? 3 : 4)) {
       const e = text.indexOf(sep, p);
-      if (e < 0) throw new Error(`--xattrmap: rule ${n} is incomplete (each rule is ${sep}type${sep}scope${sep}key${sep}prepend${sep})`);
+      if (e < 0) {
+        const form = isMap ? `${sep}map${sep}key${sep}prepend${sep}` : `${sep}type${sep}scope${sep}key${sep}prepend${sep}`;
+        throw new Error(`--xattrmap: rule ${n} is incomplete (it should read ${form})`);
+      }
       fields.push(text.slice(p, e));
       p = e + 1;
     }
     at = p;
+    if (isMap) {
+      const [, key, prepend] = fields;
+      skipSpace();
+      if (at < text.length) throw new Error(`--xattrmap: rule ${n}: a "map" rule must be the last rule (virtiofsd refuses rules after it); move it to the end`);
+      if (prepend === '') throw new Error(`--xattrmap: rule ${n}: a map rule needs something to prepend`);
+      rules.push(...expandMap(key, prepend));
+      break;
+    }
     const [type, scope, key, prepend] = fields;
     if (!TYPES.includes(type as XattrRuleType)) throw new Error(`--xattrmap: rule ${n}: "${type}" is not one of ${TYPES.join(', ')}`);
     if (scope !== 'client' && scope !== 'server' && scope !== 'all') throw new Error(`--xattrmap: rule ${n}: scope "${scope}" is not one of client, server, all`);
@@ -55,6 +82,14 @@ export function parseXattrMap(text: string): XattrRule[] {
   }
   if (rules.length === 0) throw new Error('--xattrmap: no rules');
   return rules;
+}
+
+/** The rules virtiofsd 1.13 puts in place of `:map:key:prepend:` (see the top of this file). */
+function expandMap(key: string, prepend: string): XattrRule[] {
+  const all = { client: true, server: true };
+  const prefix: XattrRule = { type: 'prefix', ...all, key, prepend };
+  if (key === '') return [prefix, { type: 'bad', ...all, key: '', prepend: '' }];
+  return [prefix, { type: 'bad', ...all, key: prepend, prepend: key }, { type: 'ok', ...all, key: '', prepend: '' }];
 }
 
 export const DEFAULT_XATTR_RULES: readonly XattrRule[] = [

@@ -105,7 +105,7 @@ export interface NativeFs {
   // of an fd. Records never leave the host (a forged one could open any inode of the filesystem).
   /** The file handle of the inode fd pins, as a record (u32 mount id, u32 size, s32 type, bytes) in out (>= 140 bytes): its length | -errno (EOPNOTSUPP: no handles on this filesystem). */
   fsNameToHandle(fd: number, out: Uint8Array): number;
-  /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted), EXDEV (made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
+  /** An O_PATH fd on a record's inode, decoded against mountFd's filesystem (budgeted like fsLookup) | -errno: ESTALE (deleted, or made on another mount), EPERM (no CAP_DAC_READ_SEARCH). */
   fsOpenByHandle(mountFd: number, record: Uint8Array): number;
   /** fsStat (out: STAT_SLOTS) of a record's inode, opened by handle and closed again in the call | -errno as fsOpenByHandle's. */
   fsStatByHandle(mountFd: number, record: Uint8Array, out: Float64Array): number;

@@ -14,11 +14,13 @@
 // reach any inode of the filesystem, outside the share. Handles therefore never leave the
 // host process's share table (the plugin sees only handle numbers; migration state carries
 // names, not handles), and every record is made here from an fd that a confined lookup
-// returned. On top of that, fsOpenByHandle refuses (EXDEV) a record whose mount is not the
-// mount of the fd it decodes against, so a handle made on another filesystem is never
-// decoded by this one's rules. A handle whose inode was deleted (and, on filesystems with
-// generation numbers, whose inode number was reused) answers ESTALE from the kernel: never
-// another file. open_by_handle_at needs CAP_DAC_READ_SEARCH; without it, EPERM.
+// returned. On top of that, fsOpenByHandle refuses a record whose mount is not the mount of
+// the fd it decodes against, so a handle made on another filesystem is never decoded by this
+// one's rules. It answers ESTALE, as the kernel does for a handle whose inode was deleted
+// (and, on filesystems with generation numbers, whose inode number was reused): to this
+// filesystem such a handle names no inode (issue 12: a foreign or stale handle is
+// ESTALE/ENOENT, never another file). open_by_handle_at needs CAP_DAC_READ_SEARCH; without
+// it, EPERM.
 #include "common.h"
 #include "fd_budget.h"
 #include "fs_env.h"
@@ -96,7 +98,7 @@ static int open_by_record(fs_env *fe, int mount_fd, const uint8_t *rec, size_t l
   if (hb == 0 || hb > MAX_HANDLE_SZ || len != RECORD_HEAD + (size_t)hb) return -EINVAL;
   int64_t m = fs_mount_id_of(fe, mount_fd, mount_of);
   if (m < 0) return (int)m;
-  if ((uint64_t)m != mid) return -EXDEV;
+  if ((uint64_t)m != mid) return -ESTALE; // another filesystem's handle: none of this one's inodes
   union {
     struct file_handle fh;
     uint8_t bytes[sizeof(struct file_handle) + MAX_HANDLE_SZ];
@@ -117,8 +119,8 @@ static bool handle_args(napi_env env, napi_callback_info info, const char *fn, s
 }
 
 // fsOpenByHandle(mountFd, record) -> O_PATH fd on the handle's inode (taken from the budget,
-// owned by this thread until fsClose) | -errno: ESTALE (the inode is gone), EXDEV (the record
-// was made on another mount than mountFd's), EPERM (no CAP_DAC_READ_SEARCH), ENFILE (budget).
+// owned by this thread until fsClose) | -errno: ESTALE (the inode is gone, or the record was
+// made on another mount than mountFd's), EPERM (no CAP_DAC_READ_SEARCH), ENFILE (budget).
 static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int mount_fd;
