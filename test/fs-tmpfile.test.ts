@@ -128,74 +128,78 @@ async function setup(t: ExecutionContext, opts: ShareOptions = {}): Promise<{ di
   return { dir, share, c, logs };
 }
 
-test('TMPFILE makes an unnamed host file: written and read through its fh, then LINK names it and the host sees its bytes', async (t) => {
-  const { dir, c } = await setup(t);
-  const tf = c.tmpfile(1);
-  t.is(tf.error, 0, 'TMPFILE');
-  const node = nodeOf(tf);
-  const fh = fhOf(tf);
-  const a = attrOfEntry(tf);
-  t.is(a.mode, 0o100600, 'a regular file with the mode asked for');
-  t.is(a.nlink, 0, 'no name anywhere');
-  t.deepEqual(readdirSync(dir), [], 'nothing in the share yet');
-  t.is(c.write(fh, 0, Buffer.from('temporary data\n')).error, 0, 'WRITE through the fh');
-  t.is(c.read(fh, 0, 100).body.toString(), 'temporary data\n', 'READ back');
-  t.is(c.getattr(node).body.readBigUInt64LE(16 + 8), 15n, 'GETATTR of the node: its size');
-  t.deepEqual(readdirSync(dir), [], 'still nothing by name');
+// Nodes held by file handle (nothing pinned) and by O_PATH fd (the fd pins the unnamed inode until FORGET).
+for (const nodes of ['handles', 'fds'] as const) {
+  test(`nodes by ${nodes}: TMPFILE makes an unnamed host file, written and read through its fh, then LINK names it and the host sees its bytes`, async (t) => {
+    const { dir, share, c } = await setup(t, { inodeFileHandles: nodes === 'handles' ? 'mandatory' : 'never' });
+    t.is(share.nodesBy, nodes);
+    const tf = c.tmpfile(1);
+    t.is(tf.error, 0, 'TMPFILE');
+    const node = nodeOf(tf);
+    const fh = fhOf(tf);
+    const a = attrOfEntry(tf);
+    t.is(a.mode, 0o100600, 'a regular file with the mode asked for');
+    t.is(a.nlink, 0, 'no name anywhere');
+    t.deepEqual(readdirSync(dir), [], 'nothing in the share yet');
+    t.is(c.write(fh, 0, Buffer.from('temporary data\n')).error, 0, 'WRITE through the fh');
+    t.is(c.read(fh, 0, 100).body.toString(), 'temporary data\n', 'READ back');
+    t.is(c.getattr(node).body.readBigUInt64LE(16 + 8), 15n, 'GETATTR of the node: its size');
+    t.deepEqual(readdirSync(dir), [], 'still nothing by name');
 
-  // linkat(fd, "", dir, "kept", AT_EMPTY_PATH) in the guest: FUSE_LINK of the tmpfile's node.
-  const ln = c.link(node, 1, 'kept');
-  t.is(ln.error, 0, 'LINK');
-  t.is(nodeOf(ln), node, 'the entry is the tmpfile node itself');
-  t.is(attrOfEntry(ln).nlink, 1, 'one name now');
-  t.deepEqual(readdirSync(dir), ['kept']);
-  t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\n', 'the host reads what the guest wrote');
-  t.is(c.write(fh, 15, Buffer.from('more\n')).error, 0, 'the fh keeps writing the linked file');
-  t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\nmore\n');
-  t.is(nodeOf(c.req(OP.LOOKUP, 1, Buffer.from('kept\0'))), node, 'a LOOKUP of the name finds the same node');
-  t.is(c.release(fh).error, 0);
-  t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\nmore\n', 'kept after RELEASE');
+    // linkat(fd, "", dir, "kept", AT_EMPTY_PATH) in the guest: FUSE_LINK of the tmpfile's node.
+    const ln = c.link(node, 1, 'kept');
+    t.is(ln.error, 0, 'LINK');
+    t.is(nodeOf(ln), node, 'the entry is the tmpfile node itself');
+    t.is(attrOfEntry(ln).nlink, 1, 'one name now');
+    t.deepEqual(readdirSync(dir), ['kept']);
+    t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\n', 'the host reads what the guest wrote');
+    t.is(c.write(fh, 15, Buffer.from('more\n')).error, 0, 'the fh keeps writing the linked file');
+    t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\nmore\n');
+    t.is(nodeOf(c.req(OP.LOOKUP, 1, Buffer.from('kept\0'))), node, 'a LOOKUP of the name finds the same node');
+    t.is(c.release(fh).error, 0);
+    t.is(readFileSync(join(dir, 'kept'), 'utf8'), 'temporary data\nmore\n', 'kept after RELEASE');
 
-  // Linked in a subdirectory too, and twice (two names, one inode).
-  t.is(c.req(9 /* MKDIR */, 1, Buffer.concat([u32s(0o755, 0), Buffer.from('sub\0')])).error, 0);
-  const sub = nodeOf(c.req(OP.LOOKUP, 1, Buffer.from('sub\0')));
-  const t2 = c.tmpfile(sub, O_TMPFILE | O.WRONLY, 0o100640);
-  t.is(t2.error, 0, 'TMPFILE in a subdirectory, write-only');
-  t.is(c.write(fhOf(t2), 0, Buffer.from('two')).error, 0);
-  t.is(c.link(nodeOf(t2), sub, 'a').error, 0);
-  t.is(c.link(nodeOf(t2), 1, 'b').error, 0);
-  t.is(readFileSync(join(dir, 'sub', 'a'), 'utf8'), 'two');
-  t.is(statSync(join(dir, 'b')).ino, statSync(join(dir, 'sub', 'a')).ino, 'both names are the one file');
-  t.is(statSync(join(dir, 'sub', 'a')).mode & 0o7777, 0o640, 'the mode asked for (the host umask does not apply again)');
-});
+    // Linked in a subdirectory too, and twice (two names, one inode).
+    t.is(c.req(9 /* MKDIR */, 1, Buffer.concat([u32s(0o755, 0), Buffer.from('sub\0')])).error, 0);
+    const sub = nodeOf(c.req(OP.LOOKUP, 1, Buffer.from('sub\0')));
+    const t2 = c.tmpfile(sub, O_TMPFILE | O.WRONLY, 0o100640);
+    t.is(t2.error, 0, 'TMPFILE in a subdirectory, write-only');
+    t.is(c.write(fhOf(t2), 0, Buffer.from('two')).error, 0);
+    t.is(c.link(nodeOf(t2), sub, 'a').error, 0);
+    t.is(c.link(nodeOf(t2), 1, 'b').error, 0);
+    t.is(readFileSync(join(dir, 'sub', 'a'), 'utf8'), 'two');
+    t.is(statSync(join(dir, 'b')).ino, statSync(join(dir, 'sub', 'a')).ino, 'both names are the one file');
+    t.is(statSync(join(dir, 'sub', 'a')).mode & 0o7777, 0o640, 'the mode asked for (the host umask does not apply again)');
+  });
 
-test('a tmpfile closed without a link leaves nothing on the host; O_EXCL makes one that LINK refuses', async (t) => {
-  const { dir, share, c } = await setup(t);
-  const before = share.openFds;
-  const tf = c.tmpfile(1);
-  t.is(tf.error, 0);
-  t.is(c.write(fhOf(tf), 0, Buffer.alloc(100_000, 7)).error, 0);
-  t.is(c.release(fhOf(tf)).error, 0, 'RELEASE');
-  c.req(OP.FORGET, nodeOf(tf), u32s(1, 0));
-  t.deepEqual(readdirSync(dir), [], 'no name was made');
-  t.is(share.openFds, before, 'no fd is left holding it');
-  if (share.nodesBy === 'handles') {
-    // Held by file handle (nothing pins it): the inode itself is gone with the last fd.
-    const again = c.tmpfile(1);
-    t.is(c.release(fhOf(again)).error, 0);
-    t.not(c.getattr(nodeOf(again)).error, 0, 'the node of a closed unlinked tmpfile answers an error (ESTALE), not another file');
-  }
+  test(`nodes by ${nodes}: a tmpfile closed without a link leaves nothing on the host (no name, no fd after FORGET); O_EXCL makes one that LINK refuses`, async (t) => {
+    const { dir, share, c } = await setup(t, { inodeFileHandles: nodes === 'handles' ? 'mandatory' : 'never' });
+    const before = share.openFds;
+    const tf = c.tmpfile(1);
+    t.is(tf.error, 0);
+    t.is(c.write(fhOf(tf), 0, Buffer.alloc(100_000, 7)).error, 0);
+    t.is(c.release(fhOf(tf)).error, 0, 'RELEASE');
+    c.req(OP.FORGET, nodeOf(tf), u32s(1, 0));
+    t.deepEqual(readdirSync(dir), [], 'no name was made');
+    t.is(share.openFds, before, 'no fd is left holding it');
+    if (share.nodesBy === 'handles') {
+      // Held by file handle (nothing pins it): the inode itself is gone with the last fd.
+      const again = c.tmpfile(1);
+      t.is(c.release(fhOf(again)).error, 0);
+      t.not(c.getattr(nodeOf(again)).error, 0, 'the node of a closed unlinked tmpfile answers an error (ESTALE), not another file');
+    }
 
-  // O_TMPFILE | O_EXCL: the guest kernel never links it; a guest that asks anyway is refused by the host's kernel.
-  const ex = c.tmpfile(1, O_TMPFILE | O.RDWR | O.EXCL);
-  t.is(ex.error, 0, 'TMPFILE with O_EXCL');
-  t.is(c.link(nodeOf(ex), 1, 'never').error, ERR.ENOENT, 'not linkable');
-  t.deepEqual(readdirSync(dir), []);
-  // O_RDONLY is no tmpfile (the kernel refuses it before asking us): the host's EINVAL.
-  t.is(c.tmpfile(1, O_TMPFILE | O.RDONLY).error, ERR.EINVAL);
-  t.is(c.tmpfile(99).error, ERR.ENOENT, 'an unknown directory');
-  t.is(c.req(OP.TMPFILE, 1, u32s(O_TMPFILE | O.RDWR)).error, ERR.EINVAL, 'a request too short for fuse_create_in');
-});
+    // O_TMPFILE | O_EXCL: the guest kernel never links it; a guest that asks anyway is refused by the host's kernel.
+    const ex = c.tmpfile(1, O_TMPFILE | O.RDWR | O.EXCL);
+    t.is(ex.error, 0, 'TMPFILE with O_EXCL');
+    t.is(c.link(nodeOf(ex), 1, 'never').error, ERR.ENOENT, 'not linkable');
+    t.deepEqual(readdirSync(dir), []);
+    // O_RDONLY is no tmpfile (the kernel refuses it before asking us): the host's EINVAL.
+    t.is(c.tmpfile(1, O_TMPFILE | O.RDONLY).error, ERR.EINVAL);
+    t.is(c.tmpfile(99).error, ERR.ENOENT, 'an unknown directory');
+    t.is(c.req(OP.TMPFILE, 1, u32s(O_TMPFILE | O.RDWR)).error, ERR.EINVAL, 'a request too short for fuse_create_in');
+  });
+}
 
 test('a share whose filesystem has no O_TMPFILE answers EOPNOTSUPP, as a local open(O_TMPFILE) there does', async (t) => {
   // A private devpts instance: a directory whose filesystem has no ->tmpfile (needs root, as

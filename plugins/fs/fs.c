@@ -471,7 +471,7 @@ static uint32_t setup_root(void) {
  * is logged (guest-error); on first use after the load it is logged. Either way the inode
  * keeps its id with no host handle and the guest's requests on it answer EIO instead of
  * reaching another file. Inodes unlinked through this server while held (saved without a
- * name), under a lost directory, or resolving to an inode already known under another id
+ * name), unnamed files (TMPFILE) not linked yet (no name either), under a lost directory, or resolving to an inode already known under another id
  * are lost the same way without a message of their own.
  */
 
