@@ -471,8 +471,9 @@ static uint32_t setup_root(void) {
  * is logged (guest-error); on first use after the load it is logged. Either way the inode
  * keeps its id with no host handle and the guest's requests on it answer EIO instead of
  * reaching another file. Inodes unlinked through this server while held (saved without a
- * name), unnamed files (TMPFILE) not linked yet (no name either), under a lost directory, or resolving to an inode already known under another id
- * are lost the same way without a message of their own.
+ * name), unnamed files (TMPFILE) not linked yet (no name either), under a lost directory, or
+ * resolving to an inode already known under another id are lost the same way without a
+ * message of their own.
  */
 
 /* Longest chain of pending directories resolved for one inode (a cycle in a hostile state ends here). */
@@ -1145,7 +1146,6 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
  * (linkat(fd, "", ..., AT_EMPTY_PATH), or through /proc/self/fd) gives it a name as any link
  * does. Closed without a link, nothing of it is left on the host.
  */
-#define O_TMPFILE_BITS (020000000 | O_DIRECTORY)
 #define O_APPEND 02000
 #define O_DSYNC 010000
 #define O_SYNC 04010000
@@ -1153,8 +1153,8 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
 static void op_tmpfile(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_create_in, c);
-  /* The name that follows ("/", the kernel's placeholder dentry) names nothing: not read. */
-  /* What the host's open may carry: O_EXCL keeps the file from ever being linked, as on a local fs. */
+  /* The name that follows ("/", the kernel's placeholder dentry) names nothing: not read. What
+   * the host's open may carry: O_EXCL keeps the file from ever being linked, as on a local fs. */
   uint32_t flags = c.flags & (uint32_t)(O_ACCMODE | O_APPEND | O_SYNC | O_DSYNC | O_EXCL);
   vfs_entry e;
   vfs_handle h;
