@@ -1,5 +1,5 @@
 // vhost:device versions: a plugin built for 0.2.0 (before the 0.2.1 additions) still loads and
-// serves on this 0.2.1 host; one built for a version newer than the host is refused at load
+// serves on this host (0.2.2); one built for a version newer than the host is refused at load
 // with a message naming both versions and what to do, not with a missing-function link error.
 import test from 'ava';
 import { join } from 'node:path';
@@ -40,7 +40,7 @@ for (const version of ['0.2.9', '0.3.0']) {
     const plugin = await buildRngAt(REPO, OUT, version);
     const escaped = version.replaceAll('.', '\\.');
     const expected = new RegExp(
-      `this plugin is built for vhost:device@${escaped}, newer than this host \\(vhost:device@0\\.2\\.0 to @0\\.2\\.1\\): run a newer vhost-wasm, or build the plugin against vhost:device@0\\.2\\.1 \\(docs/plugin-abi\\.md, "Versioning"\\)`,
+      `this plugin is built for vhost:device@${escaped}, newer than this host \\(vhost:device@0\\.2\\.0 to @0\\.2\\.2\\): run a newer vhost-wasm, or build the plugin against vhost:device@0\\.2\\.2 \\(docs/plugin-abi\\.md, "Versioning"\\)`,
     );
     t.deepEqual(checkWorld(await worldOf(plugin)).length, 1, 'one reason, not one per import');
     const dir = mkdtempSync(join(tmpdir(), 'wit-versions-'));

@@ -57,7 +57,7 @@ test.serial('the SDK bindings are the ones jco generates from wit/device.wit tod
 test.serial('rng-ts imports only vhost:device/* (no WASI) and passes the host world check', async (t) => {
   const world = await worldOf(RNG_TS);
   t.deepEqual(world.imports.filter((i) => !i.startsWith('vhost:device/')), []);
-  t.true(world.exports.includes('vhost:device/device@0.2.1'));
+  t.true(world.exports.includes('vhost:device/device@0.2.2'));
   t.deepEqual(checkWorld(world), []);
 });
 

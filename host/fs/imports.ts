@@ -1,6 +1,6 @@
 // The `filesystem` import object handed to jco's glue: FsShare results become WIT
 // result values ({tag, val}); an ungranted capability traps on every call. File data does
-// not pass here (vhost:device@0.2.1): `backing` hands the plugin an index for answers.
+// not pass here (vhost:device@0.2.2): `backing` hands the plugin an index for answers.
 import type { FsFileBackings } from './file-backings.ts';
 import type { FsResult, FsShare } from './share.ts';
 import type { FileLock } from './locks.ts';
@@ -54,6 +54,8 @@ export function filesystemImports(share: FsShare | undefined, refuse: () => neve
     mkdir: (dir: bigint, name: Uint8Array, mode: number) => wit(s().mkdir(dir, name, mode)),
     createWithUmask: (dir: bigint, name: Uint8Array, flags: number, mode: number, umask: number) =>
       wit(opened(s().create(dir, name, flags, mode, umask), ([, h]) => h, flags)),
+    tmpfile: (dir: bigint, flags: number, mode: number, umask: number | undefined) =>
+      wit(opened(s().tmpfile(dir, flags, mode, umask ?? undefined), ([, h]) => h, flags)),
     mknodWithUmask: (dir: bigint, name: Uint8Array, mode: number, umask: number) => wit(s().mknod(dir, name, mode, umask)),
     mkdirWithUmask: (dir: bigint, name: Uint8Array, mode: number, umask: number) => wit(s().mkdir(dir, name, mode, umask)),
     symlink: (dir: bigint, name: Uint8Array, target: Uint8Array) => wit(s().symlink(dir, name, target)),

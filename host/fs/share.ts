@@ -1028,6 +1028,35 @@ export class FsShare {
   }
 
   /**
+   * tmpfile (O_TMPFILE): an unnamed regular file in `dir`, its node and an open-file handle.
+   * `umask` as for create. The node has no name until `link` gives it one; held by file handle
+   * (nodeOfOpen) it pins nothing, so once the guest closes it unlinked the inode is gone from
+   * the host with the last fd, as a local tmpfile is.
+   */
+  tmpfile(dir: bigint, flags: number, mode: number, umask?: number): FsResult<[Entry, bigint]> {
+    if (!this.slot(dir, 'node')) return fail(E.EBADF);
+    if (this.readOnly) return fail(E.EROFS);
+    const want = safeMode(S_IFREG, mode);
+    return this.using(dir, 'node', (d) => {
+      const fd = this.budgeted(withUmask(umask, () => native.fsTmpfile(d, flags, want)));
+      if (fd < 0) return fail(-fd);
+      const e = this.nodeOfOpen(fd);
+      if (!e.ok) {
+        native.fsClose(fd);
+        return e;
+      }
+      // As createIn: the host's own umask must not apply a second time.
+      if (umask === undefined && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
+      const f = this.add(fd, 'file', false, flags & O_ACCMODE);
+      if (!f.ok) {
+        this.closeHandle(e.val.node);
+        return f;
+      }
+      return ok([e.val, f.val]);
+    });
+  }
+
+  /**
    * A node handle for the very inode open file `fd` is (no second lookup by name to race),
    * with its attributes; fd stays open. By the file handle made from fd itself where nodes go
    * by handle (a stat and name_to_handle_at: no O_PATH fd through /proc to open and close),

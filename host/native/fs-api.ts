@@ -54,6 +54,8 @@ export interface NativeFs {
   fsPathOf(fd: number): number;
   /** openat2(O_CREAT|flags) of a regular file in dirfd; the fd is open for I/O. */
   fsCreate(dirfd: number, name: Uint8Array, flags: number, mode: number): number;
+  /** An unnamed regular file in dirfd (O_TMPFILE), open for I/O; flags: access mode, O_APPEND/O_SYNC/O_DSYNC, O_EXCL. EOPNOTSUPP where the filesystem has none. */
+  fsTmpfile(dirfd: number, flags: number, mode: number): number;
   /** mknod (regular file 'f'), mkdir ('d') or symlink ('l', to target) in dirfd. */
   fsMake(kind: 'f' | 'p' | 's' | 'd' | 'l', dirfd: number, name: Uint8Array, mode: number, target?: Uint8Array): number;
   /**

@@ -1,4 +1,4 @@
-// The `storage` import: what a plugin may know of its disk (vhost:device@0.2.1). The bytes
+// The `storage` import: what a plugin may know of its disk (vhost:device@0.2.2). The bytes
 // never pass through the plugin: it names ranges of backing 0 in its answers, and the host
 // checks them (host/device/answer-check.ts) and moves them (host/io). Without the grant
 // every call traps, like every refused capability.

@@ -8,7 +8,7 @@ export const WIT_PACKAGE = 'vhost:device';
  * component imports is a subset of what this host provides; a plugin of a newer 0.2.x may
  * import what this host lacks, and is refused (docs/plugin-abi.md, "Versioning").
  */
-export const WIT_ACCEPTED = ['0.2.0', '0.2.1'] as const;
+export const WIT_ACCEPTED = ['0.2.0', '0.2.1', '0.2.2'] as const;
 export const WIT_VERSION = WIT_ACCEPTED[WIT_ACCEPTED.length - 1];
 export const DEVICE_INTERFACE = `${WIT_PACKAGE}/device@${WIT_VERSION}`;
 /** The device export's name for each accepted version. */

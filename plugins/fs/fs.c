@@ -30,9 +30,11 @@
  * Locks (GETLK/SETLK/SETLKW, flock) are the host's (host/fs/locks.ts); a SETLKW that must
  * wait is held and answered from a timer event ("Locks" below).
  *
- * Not implemented (answered ENOSYS, which the kernel remembers): TMPFILE (as Rust virtiofsd
- * 1.13: the guest then answers open(O_TMPFILE) with EOPNOTSUPP), IOCTL, POLL, DAX mappings. What a request creates is given to the
- * request's uid/gid afterwards (own_new); permission checks are the guest kernel's.
+ * TMPFILE (open(dir, O_TMPFILE)) makes an unnamed file on the host ("Unnamed files" below).
+ *
+ * Not implemented (answered ENOSYS, which the kernel remembers): IOCTL, POLL, DAX mappings.
+ * What a request creates is given to the request's uid/gid afterwards (own_new); permission
+ * checks are the guest kernel's.
  */
 #include "fuse.h"
 #include "state.h"
@@ -469,8 +471,9 @@ static uint32_t setup_root(void) {
  * is logged (guest-error); on first use after the load it is logged. Either way the inode
  * keeps its id with no host handle and the guest's requests on it answer EIO instead of
  * reaching another file. Inodes unlinked through this server while held (saved without a
- * name), under a lost directory, or resolving to an inode already known under another id
- * are lost the same way without a message of their own.
+ * name), unnamed files (TMPFILE) not linked yet (no name either), under a lost directory, or
+ * resolving to an inode already known under another id are lost the same way without a
+ * message of their own.
  */
 
 /* Longest chain of pending directories resolved for one inode (a cycle in a hostile state ends here). */
@@ -1132,6 +1135,56 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   memcpy(o + sizeof eo, &oo, sizeof oo);
 }
 
+/*
+ * ---- Unnamed files (FUSE_TMPFILE) ----
+ *
+ * The guest's open(dir, O_TMPFILE): the host makes an unnamed file in that directory and
+ * answers as CREATE does (entry and open file). Its inode joins the table like any other (found
+ * by (dev, ino), so a later LINK's entry is this very node id) but with no (parent, name): it
+ * has none, and a migration saves it as it saves a file unlinked while held (no name: lost on
+ * the destination, the guest's requests on it and on its open file answer EIO). A LINK of it
+ * (linkat(fd, "", ..., AT_EMPTY_PATH), or through /proc/self/fd) gives it a name as any link
+ * does. Closed without a link, nothing of it is left on the host.
+ */
+#define O_APPEND 02000
+#define O_DSYNC 010000
+#define O_SYNC 04010000
+
+static void op_tmpfile(reply *r, uint64_t nodeid, args *a) {
+  INODE(nodeid, dir);
+  TAKE(a, struct fuse_create_in, c);
+  /* The name that follows ("/", the kernel's placeholder dentry) names nothing: not read. What
+   * the host's open may carry: O_EXCL keeps the file from ever being linked, as on a local fs. */
+  uint32_t flags = c.flags & (uint32_t)(O_ACCMODE | O_APPEND | O_SYNC | O_DSYNC | O_EXCL);
+  vfs_entry e;
+  vfs_handle h;
+  uint32_t err = vfs_tmpfile(dir->handle, flags, c.mode & 07777, umask_is_ours(), c.umask, &e, &h);
+  if (err) return reply_error(r, err);
+  own_new(&e, dir);
+  uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
+  if (!o) {
+    vfs_close(e.node);
+    vfs_close(h);
+    return reply_error(r, ERANGE);
+  }
+  uint32_t id = inode_take(&e, nodeid, NULL, 0);
+  if (!id) {
+    vfs_close(h);
+    return reply_error(r, ENFILE);
+  }
+  uint64_t fh = file_alloc(h, flags & ~(uint32_t)O_EXCL, id);
+  if (!fh) {
+    vfs_close(h);
+    forget(id, 1);
+    return reply_error(r, ENFILE);
+  }
+  struct fuse_entry_out eo;
+  fill_entry(&eo, id, &e.attr);
+  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
+  memcpy(o, &eo, sizeof eo);
+  memcpy(o + sizeof eo, &oo, sizeof oo);
+}
+
 static void op_mknod(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_mknod_in, m);
@@ -1752,6 +1805,7 @@ static void handle(const vd_request *req) {
     case FUSE_GETLK: op_getlk(&r, &a); break;
     case FUSE_COPY_FILE_RANGE: op_copy_file_range(&r, &a); break;
     case FUSE_SYNCFS: op_syncfs(&r, h.nodeid); break;
+    case FUSE_TMPFILE: op_tmpfile(&r, h.nodeid, &a); break;
     case FUSE_SETLK: op_setlk(&r, &a, 0, req->id); break;
     case FUSE_SETLKW: op_setlk(&r, &a, 1, req->id); break;
     default: reply_error(&r, ENOSYS); break;

@@ -51,6 +51,7 @@ enum fuse_opcode {
   FUSE_LSEEK = 46,
   FUSE_COPY_FILE_RANGE = 47,
   FUSE_SYNCFS = 50,
+  FUSE_TMPFILE = 51, /* fuse_create_in and a name ("/"), answered as CREATE */
 };
 
 /* INIT flags this server may accept. */

@@ -555,6 +555,29 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
+// fsTmpfile(dirfd, flags, mode) -> fd open for I/O on a new unnamed regular file in dirfd
+// (O_TMPFILE) | -errno. Opened through openat2 of "." beneath dirfd, so it is made in exactly
+// the directory the share holds; flags: the access mode, O_APPEND/O_SYNC/O_DSYNC, and O_EXCL
+// (the kernel then never lets it be linked). Nothing existing is opened, so it cannot block.
+// A filesystem without O_TMPFILE answers EOPNOTSUPP (older kernels: EISDIR, said the same way).
+static napi_value fs_tmpfile(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int dirfd;
+  int64_t flags = 0, mode = 0;
+  if (!get_args(env, info, 3, 3, argv, NULL, "fsTmpfile") || !arg_fd(env, argv[0], "fsTmpfile", &dirfd) ||
+      !arg_int(env, argv[1], "fsTmpfile", "flags", &flags) || !arg_int(env, argv[2], "fsTmpfile", "mode", &mode))
+    return NULL;
+  int io = (int)flags & (O_ACCMODE | O_APPEND | O_SYNC | O_DSYNC | O_EXCL);
+  int fd;
+  if (!fs_take_budget(env, &fd)) return NULL;
+  if (fd == 0) {
+    int r = openat2_beneath(dirfd, ".", io | O_TMPFILE | O_CLOEXEC | O_NOCTTY, (mode_t)mode & 07777);
+    if (r == -EISDIR) r = -EOPNOTSUPP;
+    fd = fs_keep(fs_env_of(env, info), r);
+  }
+  return num(env, fd);
+}
+
 // fsMake(kind, dirfd, name, mode, target?) -> 0 | -errno. kind: 'f' regular file (mknod),
 // 'p' FIFO, 's' socket (mknod: inert until opened, and the share never opens either),
 // 'd' directory, 'l' symlink to target (bytes; never followed by us). No device nodes.
@@ -1122,7 +1145,7 @@ fs_env *init_fs(napi_env env, napi_value exports) {
          fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) && set_fn(env, exports, "fsStatName", fs_stat_name) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&
-         fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) &&
+         fs_set_fn(env, exports, "fsPathOf", fs_path_of, fe) && fs_set_fn(env, exports, "fsCreate", fs_create, fe) && fs_set_fn(env, exports, "fsTmpfile", fs_tmpfile, fe) &&
          fs_set_fn(env, exports, "fsClose", fs_close, fe) &&
          set_fn(env, exports, "fsMake", fs_make) && set_fn(env, exports, "fsUmask", fs_umask) &&
          set_fn(env, exports, "fsLink", fs_link) &&

@@ -1,5 +1,5 @@
 /*
- * Canonical ABI glue for the vhost:device@0.2.1 world (wasm32, one linear memory).
+ * Canonical ABI glue for the vhost:device@0.2.2 world (wasm32, one linear memory).
  *
  * Ownership rules this file follows (Component Model canonical ABI):
  *  - Lists and strings the host passes in were allocated in our memory through
@@ -21,7 +21,7 @@
 /* Overridable only so tests can build a plugin for another version (an older one the host still
  * accepts, or one it refuses). */
 #ifndef VD_WIT_VERSION
-#define VD_WIT_VERSION "0.2.1"
+#define VD_WIT_VERSION "0.2.2"
 #endif
 #define VD_IFACE(name) "vhost:device/" name "@" VD_WIT_VERSION
 #define VD_EXPORT(fn) __attribute__((export_name(VD_IFACE("device") "#" fn)))

@@ -1,7 +1,7 @@
 /*
  * vhost_device.h: write a vhost-wasm device plugin in plain C.
  *
- * vhost_device.c implements the canonical ABI of the `vhost:device@0.2.1` world
+ * vhost_device.c implements the canonical ABI of the `vhost:device@0.2.2` world
  * (wit/device.wit) by hand: it owns every allocation that crosses the boundary, so a
  * device author never sees pointers into lifted/lowered buffers, only the callbacks and
  * the answer builder below. Build with clang --target=wasm32-wasi -mexec-model=reactor and

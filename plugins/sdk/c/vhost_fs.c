@@ -1,5 +1,5 @@
 /*
- * Canonical ABI glue for the `filesystem` import of vhost:device@0.2.1 (wasm32).
+ * Canonical ABI glue for the `filesystem` import of vhost:device@0.2.2 (wasm32).
  *
  * Results wider than one core value come back through a return area we pass (`ret_area`):
  * a result's tag u8 at 0, its payload (or the errno) where vhost_abi.h says. Lists the host
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #ifndef VD_WIT_VERSION
-#define VD_WIT_VERSION "0.2.1"
+#define VD_WIT_VERSION "0.2.2"
 #endif
 #define VFS_IMPORT(name) \
   __attribute__((import_module("vhost:device/filesystem@" VD_WIT_VERSION), import_name(name))) extern
@@ -79,6 +79,8 @@ VFS_IMPORT("mknod-with-umask") void imp_mknod_with_umask(int64_t dir, const uint
                                                          int32_t umask, R ret);
 VFS_IMPORT("mkdir-with-umask") void imp_mkdir_with_umask(int64_t dir, const uint8_t *name, size_t len, int32_t mode,
                                                          int32_t umask, R ret);
+/* Added in 0.2.2. option<u32> umask: its case (0 none, 1 some) and value. */
+VFS_IMPORT("tmpfile") void imp_tmpfile(int64_t dir, int32_t flags, int32_t mode, int32_t has_umask, int32_t umask, R ret);
 VFS_IMPORT("symlink") void imp_symlink(int64_t dir, const uint8_t *name, size_t len, const uint8_t *t, size_t tl, R ret);
 VFS_IMPORT("link") void imp_link(int64_t node, int64_t dir, const uint8_t *name, size_t len, R ret);
 VFS_IMPORT("unlink") void imp_unlink(int64_t dir, const uint8_t *name, size_t len, R ret);
@@ -113,7 +115,8 @@ _Static_assert(VD_ABI_SIZEOF_FILESYSTEM_ROOT_RET <= sizeof ret_area && VD_ABI_SI
                    VD_ABI_SIZEOF_FILESYSTEM_GETATTR_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_GETXATTR_RET <= sizeof ret_area &&
                    VD_ABI_SIZEOF_FILESYSTEM_LISTXATTR_RET <= sizeof ret_area &&
-                   VD_ABI_SIZEOF_FILESYSTEM_GETLK_RET <= sizeof ret_area,
+                   VD_ABI_SIZEOF_FILESYSTEM_GETLK_RET <= sizeof ret_area &&
+                   VD_ABI_SIZEOF_FILESYSTEM_TMPFILE_RET <= sizeof ret_area,
                "ret_area holds every filesystem return area");
 
 static uint32_t u32_at(const uint8_t *p) {
@@ -233,6 +236,15 @@ uint32_t vfs_mknod_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32
 uint32_t vfs_mkdir_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out) {
   imp_mkdir_with_umask((int64_t)dir, name, len, (int32_t)mode, (int32_t)umask, ret_area);
   return entry_result(out, VD_ABI_FILESYSTEM_MKDIR_WITH_UMASK_RET_OK, VD_ABI_FILESYSTEM_MKDIR_WITH_UMASK_RET_ERR);
+}
+
+uint32_t vfs_tmpfile(vfs_handle dir, uint32_t flags, uint32_t mode, int has_umask, uint32_t umask, vfs_entry *out,
+                     vfs_handle *file) {
+  imp_tmpfile((int64_t)dir, (int32_t)flags, (int32_t)mode, has_umask ? 1 : 0, has_umask ? (int32_t)umask : 0, ret_area);
+  if (ret_area[0]) return err_at(ret_area + VD_ABI_FILESYSTEM_TMPFILE_RET_ERR);
+  memcpy(out, ret_area + VD_ABI_FILESYSTEM_TMPFILE_RET_OK_0, sizeof *out);
+  memcpy(file, ret_area + VD_ABI_FILESYSTEM_TMPFILE_RET_OK_1, 8);
+  return 0;
 }
 
 uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,

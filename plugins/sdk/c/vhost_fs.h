@@ -7,9 +7,9 @@
  *
  * plugins/build-plugins.mjs links vhost_fs.c (with every SDK .c) into each plugin.
  *
- * Calls marked (0.2.1) were added in vhost:device@0.2.1 (`@since` in the WIT): a plugin built
- * with this SDK names 0.2.1 in its imports, so a 0.2.0 host refuses it with a version error
- * rather than a missing-function link error (docs/plugin-abi.md, "Versioning").
+ * Calls marked (0.2.1) were added in vhost:device@0.2.1, (0.2.2) in 0.2.2 (`@since` in the WIT):
+ * a plugin built with this SDK names 0.2.2 in its imports, so an older host refuses it with a
+ * version error rather than a missing-function link error (docs/plugin-abi.md, "Versioning").
  */
 #ifndef VHOST_FS_H
 #define VHOST_FS_H
@@ -104,6 +104,14 @@ uint32_t vfs_create_umask(vfs_handle dir, const uint8_t *name, size_t len, uint3
                           vfs_entry *out, vfs_handle *file);
 uint32_t vfs_mknod_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out);
 uint32_t vfs_mkdir_umask(vfs_handle dir, const uint8_t *name, size_t len, uint32_t mode, uint32_t umask, vfs_entry *out);
+/*
+ * (0.2.2) An unnamed regular file in `dir` (O_TMPFILE): its entry (nlink 0) and an open-file
+ * handle. flags: the access mode, O_APPEND/O_SYNC/O_DSYNC, and O_EXCL (never linkable).
+ * has_umask: create under `umask` as vfs_create_umask; 0: `mode` is already masked. A later
+ * vfs_link of the node names it. EOPNOTSUPP where the share's filesystem has no O_TMPFILE.
+ */
+uint32_t vfs_tmpfile(vfs_handle dir, uint32_t flags, uint32_t mode, int has_umask, uint32_t umask, vfs_entry *out,
+                     vfs_handle *file);
 uint32_t vfs_symlink(vfs_handle dir, const uint8_t *name, size_t len, const uint8_t *target, size_t target_len,
                      vfs_entry *out);
 uint32_t vfs_link(vfs_handle node, vfs_handle dir, const uint8_t *name, size_t len, vfs_entry *out);

@@ -1,4 +1,4 @@
-// Builds a TypeScript device into a vhost:device@0.2.1 component:
+// Builds a TypeScript device into a vhost:device@0.2.2 component:
 //   type check (tsc, strict, the plugin's own globals only) -> one ES module (esbuild, the SDK
 //   bundled in, the world's imports left as imports) -> componentize-js with every WASI
 //   feature disabled -> a check that the component imports nothing but vhost:device/*.

@@ -2,12 +2,12 @@
 // capability traps in the call that used it (the host's rule), so a device that needs one
 // fails loudly at its first use: the operator grants it with --entropy, --storage or
 // --shared-dir.
-import * as witLog from 'vhost:device/log@0.2.1';
-import * as witEntropy from 'vhost:device/entropy@0.2.1';
-import * as witStorage from 'vhost:device/storage@0.2.1';
-import * as witFs from 'vhost:device/filesystem@0.2.1';
-import * as witNetwork from 'vhost:device/network@0.2.1';
-import * as witOptions from 'vhost:device/options@0.2.1';
+import * as witLog from 'vhost:device/log@0.2.2';
+import * as witEntropy from 'vhost:device/entropy@0.2.2';
+import * as witStorage from 'vhost:device/storage@0.2.2';
+import * as witFs from 'vhost:device/filesystem@0.2.2';
+import * as witNetwork from 'vhost:device/network@0.2.2';
+import * as witOptions from 'vhost:device/options@0.2.2';
 
 type Level = witLog.Level;
 

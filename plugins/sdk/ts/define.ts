@@ -4,7 +4,7 @@
 // byte array, and every uncaught error reported through the log before the call traps, so
 // the host's log says what went wrong instead of a bare `unreachable`.
 import './globals.ts';
-import * as witLog from 'vhost:device/log@0.2.1';
+import * as witLog from 'vhost:device/log@0.2.2';
 import type { Action, DeviceInfo, Event, Frame, IoFailure, PluginIdentity, Request, StateChunk } from './wit.ts';
 
 /** Where a batch's extra actions go: answers to requests held earlier, timers, frames. */

@@ -1,5 +1,5 @@
 // Regenerates bindings/: the TypeScript declarations of the vhost:device world as a guest sees
-// it (`declare module 'vhost:device/log@0.2.1'` ...), generated from wit/device.wit by jco's own
+// it (`declare module 'vhost:device/log@0.2.2'` ...), generated from wit/device.wit by jco's own
 // type generator, so the SDK's types cannot drift from the WIT by hand-editing.
 // Usage: node plugins/sdk/ts/gen-bindings.mjs [--check]  (--check: exit 1 when out of date)
 import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';

@@ -5,8 +5,8 @@
 // generator is seeded when the component is built), Date.now() the build's time,
 // performance.now() would trap with a bare `unreachable`, console.* would print nowhere.
 // Installed once, when the device module is evaluated (at build time, in the snapshot).
-import * as witLog from 'vhost:device/log@0.2.1';
-import * as witEntropy from 'vhost:device/entropy@0.2.1';
+import * as witLog from 'vhost:device/log@0.2.2';
+import * as witEntropy from 'vhost:device/entropy@0.2.2';
 
 type Level = witLog.Level;
 

@@ -1,4 +1,4 @@
-// The vhost-wasm TypeScript plugin SDK (vhost:device@0.2.1). A device module does
+// The vhost-wasm TypeScript plugin SDK (vhost:device@0.2.2). A device module does
 //   import { defineDevice, answer, bytes } from '@vhost-wasm/sdk';
 //   export const device = defineDevice({ ... });
 // and plugins/sdk/ts/build.mjs turns it into a component. docs/writing-a-ts-plugin.md.

@@ -2,9 +2,9 @@
 // componentize-js glue lowers and lifts (variants as {tag, val}, u64 as bigint, option as
 // value-or-undefined); bindings/ holds them as jco generated them from wit/device.wit.
 /// <reference path="./bindings/virtio-device.d.ts" />
-import type * as Types from 'vhost:device/types@0.2.1';
-import type * as Device from 'vhost:device/device@0.2.1';
-import type * as Fs from 'vhost:device/filesystem@0.2.1';
+import type * as Types from 'vhost:device/types@0.2.2';
+import type * as Device from 'vhost:device/device@0.2.2';
+import type * as Fs from 'vhost:device/filesystem@0.2.2';
 
 export type Request = Types.Request;
 export type RequestId = Types.RequestId;

@@ -4,7 +4,7 @@
  * reversed, counts the requests it served, exposes that count in its config space and
  * carries it across a live migration as its state.
  *
- * The C SDK (plugins/sdk/c/vhost_device.h) does the canonical-ABI work (vhost:device@0.2.1):
+ * The C SDK (plugins/sdk/c/vhost_device.h) does the canonical-ABI work (vhost:device@0.2.2):
  * you implement the vd_* callbacks below and never see a pointer the host owns. Rules that matter:
  *  - a request shows you its first PREFIX_LEN readable bytes and its lengths, never more:
  *    a device that moves data names backing ranges in its answer (vd_answer_backing_read,

@@ -1,5 +1,5 @@
 /// <reference path="./vhost-device-types.d.ts" />
-declare module 'vhost:device/device@0.2.1' {
+declare module 'vhost:device/device@0.2.2' {
   export function identity(): PluginIdentity;
   export function info(): DeviceInfo;
   /**
@@ -38,8 +38,8 @@ declare module 'vhost:device/device@0.2.1' {
    * All chunks delivered: validate and apply, or say why not (the device is then reset).
    */
   export function finishLoad(): void;
-  export type Event = import('vhost:device/types@0.2.1').Event;
-  export type Action = import('vhost:device/types@0.2.1').Action;
+  export type Event = import('vhost:device/types@0.2.2').Event;
+  export type Action = import('vhost:device/types@0.2.2').Action;
   /**
    * Who wrote the state: the host tags saved state with it and refuses to load state
    * from another plugin name.

@@ -1,4 +1,4 @@
-declare module 'vhost:device/entropy@0.2.1' {
+declare module 'vhost:device/entropy@0.2.2' {
   /**
    * Exactly `len` random bytes.
    */

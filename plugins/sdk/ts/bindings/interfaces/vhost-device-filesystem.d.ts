@@ -1,4 +1,4 @@
-declare module 'vhost:device/filesystem@0.2.1' {
+declare module 'vhost:device/filesystem@0.2.2' {
   /**
    * The mount tag the operator chose (--tag), for the device's config space.
    */
@@ -66,6 +66,16 @@ declare module 'vhost:device/filesystem@0.2.1' {
   export function createWithUmask(dir: Handle, name: Uint8Array, oflags: number, mode: number, umask: number): [Entry, Handle];
   export function mknodWithUmask(dir: Handle, name: Uint8Array, mode: number, umask: number): Entry;
   export function mkdirWithUmask(dir: Handle, name: Uint8Array, mode: number, umask: number): Entry;
+  /**
+   * An unnamed regular file in directory `dir` (open(2)'s O_TMPFILE): its entry (nlink 0,
+   * no name anywhere) and an open-file handle. oflags: O_ACCMODE (O_WRONLY or O_RDWR),
+   * O_APPEND, O_SYNC, O_DSYNC, and O_EXCL, which makes it never linkable; others are ignored.
+   * `umask` as for `create-with-umask` (none: `mode` is already masked and the file gets it
+   * exactly). `link` of its node gives it a name; closed unlinked, nothing of it is left.
+   * EOPNOTSUPP where the share's filesystem has no O_TMPFILE, EROFS on a read-only share.
+   * Added in 0.2.2: a plugin that calls it needs a 0.2.2 host (docs/plugin-abi.md).
+   */
+  export function tmpfile(dir: Handle, oflags: number, mode: number, umask: number | undefined): [Entry, Handle];
   export function symlink(dir: Handle, name: Uint8Array, target: Uint8Array): Entry;
   /**
    * A new name in `dir` for the inode of node `node`.

@@ -1,4 +1,4 @@
-declare module 'vhost:device/log@0.2.1' {
+declare module 'vhost:device/log@0.2.2' {
   export function write(level: Level, message: string): void;
   /**
    * # Variants

@@ -1,4 +1,4 @@
-declare module 'vhost:device/network@0.2.1' {
+declare module 'vhost:device/network@0.2.2' {
   /**
    * How many networks the device was granted.
    */

@@ -1,4 +1,4 @@
-declare module 'vhost:device/options@0.2.1' {
+declare module 'vhost:device/options@0.2.2' {
   /**
    * The value given for `key`, or none.
    */

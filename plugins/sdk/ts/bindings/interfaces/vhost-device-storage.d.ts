@@ -1,4 +1,4 @@
-declare module 'vhost:device/storage@0.2.1' {
+declare module 'vhost:device/storage@0.2.2' {
   /**
    * Bytes in the store; fixed while the device exists.
    */

@@ -1,4 +1,4 @@
-declare module 'vhost:device/types@0.2.1' {
+declare module 'vhost:device/types@0.2.2' {
   /**
    * Host-chosen; unique among the device instance's requests that are not yet completed
    * (the host reuses an id only after its request completed).
