@@ -1098,6 +1098,33 @@ static uint32_t create(vfs_handle dir, const uint8_t *name, size_t len, uint32_t
   return vfs_create(dir, name, len, flags, c->mode, e, h);
 }
 
+/* CREATE's and TMPFILE's answer: the new node (named, or NULL for an unnamed file) and its open
+ * file; on any failure both host handles are closed and nothing is left in the tables. */
+static void reply_created(reply *r, uint64_t parent, const uint8_t *name, size_t len, vfs_entry *e, vfs_handle h, uint32_t flags) {
+  uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
+  if (!o) {
+    vfs_close(e->node);
+    vfs_close(h);
+    return reply_error(r, ERANGE);
+  }
+  uint32_t id = inode_take(e, parent, name, len);
+  if (!id) {
+    vfs_close(h);
+    return reply_error(r, ENFILE);
+  }
+  uint64_t fh = file_alloc(h, flags, id);
+  if (!fh) {
+    vfs_close(h);
+    forget(id, 1);
+    return reply_error(r, ENFILE);
+  }
+  struct fuse_entry_out eo;
+  fill_entry(&eo, id, &e->attr);
+  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
+  memcpy(o, &eo, sizeof eo);
+  memcpy(o + sizeof eo, &oo, sizeof oo);
+}
+
 static void op_create(reply *r, uint64_t nodeid, args *a) {
   INODE(nodeid, dir);
   TAKE(a, struct fuse_create_in, c);
@@ -1111,28 +1138,7 @@ static void op_create(reply *r, uint64_t nodeid, args *a) {
   if (!err) own_new(&e, dir);
   else if (err == EEXIST && !(flags & O_EXCL)) err = create(dir->handle, name, len, flags, &c, &e, &h);
   if (err) return reply_error(r, err);
-  uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
-  if (!o) {
-    vfs_close(e.node);
-    vfs_close(h);
-    return reply_error(r, ERANGE);
-  }
-  uint32_t id = inode_take(&e, nodeid, name, len);
-  if (!id) {
-    vfs_close(h);
-    return reply_error(r, ENFILE);
-  }
-  uint64_t fh = file_alloc(h, flags, id);
-  if (!fh) {
-    vfs_close(h);
-    forget(id, 1);
-    return reply_error(r, ENFILE);
-  }
-  struct fuse_entry_out eo;
-  fill_entry(&eo, id, &e.attr);
-  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
-  memcpy(o, &eo, sizeof eo);
-  memcpy(o + sizeof eo, &oo, sizeof oo);
+  reply_created(r, nodeid, name, len, &e, h, flags);
 }
 
 /*
@@ -1161,28 +1167,7 @@ static void op_tmpfile(reply *r, uint64_t nodeid, args *a) {
   uint32_t err = vfs_tmpfile(dir->handle, flags, c.mode & 07777, umask_is_ours(), c.umask, &e, &h);
   if (err) return reply_error(r, err);
   own_new(&e, dir);
-  uint8_t *o = reply_alloc(r, sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out));
-  if (!o) {
-    vfs_close(e.node);
-    vfs_close(h);
-    return reply_error(r, ERANGE);
-  }
-  uint32_t id = inode_take(&e, nodeid, NULL, 0);
-  if (!id) {
-    vfs_close(h);
-    return reply_error(r, ENFILE);
-  }
-  uint64_t fh = file_alloc(h, flags & ~(uint32_t)O_EXCL, id);
-  if (!fh) {
-    vfs_close(h);
-    forget(id, 1);
-    return reply_error(r, ENFILE);
-  }
-  struct fuse_entry_out eo;
-  fill_entry(&eo, id, &e.attr);
-  struct fuse_open_out oo = {.fh = fh, .open_flags = cache_open_flags(0)};
-  memcpy(o, &eo, sizeof eo);
-  memcpy(o + sizeof eo, &oo, sizeof oo);
+  reply_created(r, nodeid, NULL, 0, &e, h, flags & ~(uint32_t)O_EXCL);
 }
 
 static void op_mknod(reply *r, uint64_t nodeid, args *a) {
