@@ -102,7 +102,8 @@ function chainOf(sw: Switch[], backendPid: number, windowMs: number): Chain {
     return [...m].sort((a, b) => b[1] - a[1]);
   };
   const backend = sw.filter((s) => s.pid === backendPid);
-  const workerTid = runBy((s) => s.tid, backend)[0]?.[0];
+  // io_uring's kernel workers belong to the back-end's process but are not the thread the guest wakes.
+  const workerTid = runBy((s) => s.tid, backend.filter((s) => !s.comm.startsWith('iou-')))[0]?.[0];
   const qemuPid = runBy((s) => s.pid, sw.filter((s) => s.pid !== backendPid && s.pid !== 0 && /^(ld-linux|qemu)/.test(s.comm)))[0]?.[0];
   const qemu = sw.filter((s) => s.pid === qemuPid);
   const vcpuTid = runBy((s) => s.tid, qemu.filter((s) => s.tid !== qemuPid))[0]?.[0];
