@@ -111,14 +111,18 @@ class FileIo implements FsFileIo, UringTarget {
   readonly nowaitReads = true;
   readonly punt: boolean;
   readonly growable = true;
+  readonly beforeWrite: (() => number) | undefined;
 
   constructor(
     fd: number,
     readonly readOnly: boolean,
     describe: string | (() => string),
     onFuse: boolean,
+    dropCapability: ((fd: number) => number) | null,
   ) {
     this.fdNow = fd;
+    // Only on a share whose --xattrmap renames security.capability: a write drops it first.
+    this.beforeWrite = dropCapability === null ? undefined : () => (this.fdNow < 0 ? 0 : dropCapability(this.fdNow));
     this.text = describe;
     // A share on FUSE: a read or write there waits for the FUSE server, which may be slow or
     // stuck. Through the ring with IOSQE_ASYNC it waits in an io-wq thread (the rule for blk
@@ -258,8 +262,15 @@ class FileIo implements FsFileIo, UringTarget {
 /**
  * `describe`: the file's text for messages, or what makes it when one is needed. `onFuse`: the
  * share is on a FUSE file system (FsShare.fsType, fstatfs of its root once): the file's reads
- * and writes never wait on the device's thread.
+ * and writes never wait on the device's thread. `dropCapability`: run before each write
+ * (beforeWrite), when the share renames security.capability.
  */
-export function fileIoBacking(fd: number, readOnly: boolean, describe: string | (() => string), onFuse = false): FsFileIo {
-  return new FileIo(fd, readOnly, describe, onFuse);
+export function fileIoBacking(
+  fd: number,
+  readOnly: boolean,
+  describe: string | (() => string),
+  onFuse = false,
+  dropCapability: ((fd: number) => number) | null = null,
+): FsFileIo {
+  return new FileIo(fd, readOnly, describe, onFuse, dropCapability);
 }

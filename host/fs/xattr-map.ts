@@ -155,6 +155,20 @@ export class XattrMap {
     return null;
   }
 
+  /**
+   * The host name `security.capability` is stored under when the map renames it, else null.
+   * The host kernel drops a file's real security.capability when the file is written,
+   * truncated or given to another owner; it knows nothing of a renamed one, which the share
+   * must then drop itself on the same events (FsShare.dropCapability), as virtiofsd 1.13 does
+   * (its xattr_security_capability). A refused name (bad, unsupported) cannot be set by the
+   * guest: nothing to drop.
+   */
+  capabilityHostName(): Uint8Array | null {
+    const name = bytes('security.capability');
+    const n = this.toHost(name);
+    return typeof n === 'number' || Buffer.compare(n, name) === 0 ? null : n;
+  }
+
   /** A listxattr result (names, each NUL-terminated) as the guest sees it. */
   listToGuest(list: Uint8Array): Uint8Array {
     return mapNameList(list, (name) => this.toGuest(name));
