@@ -7,7 +7,8 @@
 // unless `cached`: then reads go through the page cache, and the kernel copies a read's bytes
 // into the reader's buffer only once this process answered it (no pinned pages, as O_DIRECT
 // has), so a buffer unmapped under a slow read shows (EFAULT). Between hold() and open(),
-// reads wait unanswered (failing ones too): the test decides when the slow file answers.
+// reads wait unanswered (failing ones too), or writes with hold('writes'), or both: the test
+// decides when the slow file answers. A held write changes `data` when it is answered.
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -41,11 +42,11 @@ export interface FaultyFuse {
   failed: { read: number; write: number };
   /** Every READ and WRITE the kernel sent, in arrival order (a test may empty it to start a count). */
   ops: FuseIo[];
-  /** Reads held since hold(), not yet answered. */
+  /** Requests held since hold(), not yet answered. */
   readonly held: number;
-  /** From now on, reads wait unanswered until open(). */
-  hold(): void;
-  /** Answers the held reads and lets every later one through. */
+  /** From now on, reads (or writes, or both) wait unanswered until open(). */
+  hold(what?: 'reads' | 'writes' | 'all'): void;
+  /** Answers the held requests and lets every later one through. */
   open(): void;
   unmount(): Promise<void>;
 }
@@ -66,6 +67,8 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
   const failed = { read: 0, write: 0 };
   const ops: FuseIo[] = [];
   let gate: (() => void)[] | null = null;
+  let holdReads = true;
+  let holdWrites = false;
   const bad = (off: number, len: number) => off < badEnd && off + len > badStart;
   const buf = Buffer.alloc(MAX_WRITE + 4096);
   const reply = (unique: bigint, error: number, body: Buffer = Buffer.alloc(0)) => {
@@ -133,7 +136,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
         const answer = bad(off, size)
           ? () => (failed.read++, reply(unique, EIO))
           : () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
-        if (gate) return void gate.push(answer);
+        if (gate && holdReads) return void gate.push(answer);
         return answer();
       }
       case OP.WRITE: {
@@ -142,10 +145,16 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
         ops.push({ kind: 'write', off, size });
         if (bad(off, size)) return (failed.write++, reply(unique, EIO));
         const n = Math.max(0, Math.min(size, data.length - off));
-        arg.copy(data, off, 40, 40 + n);
-        const out = Buffer.alloc(8);
-        out.writeUInt32LE(n, 0);
-        return reply(unique, 0, out);
+        // A copy: `arg` is the read buffer, which the next request overwrites.
+        const payload = Buffer.from(arg.subarray(40, 40 + n));
+        const answer = () => {
+          payload.copy(data, off);
+          const out = Buffer.alloc(8);
+          out.writeUInt32LE(n, 0);
+          reply(unique, 0, out);
+        };
+        if (gate && holdWrites) return void gate.push(answer);
+        return answer();
       }
       case OP.STATFS: {
         const out = Buffer.alloc(80);
@@ -185,6 +194,8 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
   function open(): void {
     const waiting = gate ?? [];
     gate = null;
+    holdReads = true;
+    holdWrites = false;
     for (const answer of waiting) answer();
   }
   return {
@@ -195,8 +206,10 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     get held() {
       return gate?.length ?? 0;
     },
-    hold() {
+    hold(what: 'reads' | 'writes' | 'all' = 'reads') {
       gate ??= [];
+      holdReads = what !== 'writes';
+      holdWrites = what !== 'reads';
     },
     open,
     async unmount() {
