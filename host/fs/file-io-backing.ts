@@ -17,7 +17,7 @@ import { constants as os } from 'node:os';
  * One page: the guest's small writes (a create's first bytes, a log line) without the ring's
  * thread hand-off and second wake-up. Larger writes too when nothing else is in flight
  * (inlineWritesAlone: a guest writing a file sequentially); beside other requests they stay
- * asynchronous. Reads try the page cache first (nowaitReads).
+ * asynchronous. Reads try the page cache first (nowaitReads). None of the three on FUSE.
  */
 const INLINE_WRITE_MAX = 4096;
 
@@ -108,7 +108,7 @@ class FileIo implements FsFileIo, UringTarget {
   readonly inline = false;
   readonly inlineWriteMax: number | undefined;
   readonly inlineWritesAlone: boolean;
-  readonly nowaitReads = true;
+  readonly nowaitReads: boolean;
   readonly punt: boolean;
   readonly growable = true;
   readonly beforeWrite: (() => number) | undefined;
@@ -131,6 +131,11 @@ class FileIo implements FsFileIo, UringTarget {
     this.punt = onFuse;
     this.inlineWriteMax = onFuse ? undefined : INLINE_WRITE_MAX;
     this.inlineWritesAlone = !onFuse;
+    // Nor the page-cache try (preadv2 RWF_NOWAIT) on the device's thread: FUSE
+    // refuses it today (no FMODE_NOWAIT: EOPNOTSUPP), but a kernel that gives FUSE nowait reads could,
+    // on a cached FUSE file, still wait there in fuse_update_attributes (a GETATTR to the
+    // server) before looking at the cache: a stuck server would hold the device.
+    this.nowaitReads = !onFuse;
   }
 
   get uring(): UringTarget {
