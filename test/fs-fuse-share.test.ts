@@ -9,7 +9,8 @@
 // (test/blk-fuse-backing.test.ts). Needs root (the mount).
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -101,3 +102,44 @@ test('a share on FUSE: a small write held by the slow FUSE server (one page, alo
     await share.unmount();
   }
 });
+
+// A test process killed before its finally ran leaves its FUSE mount behind, every access
+// "Transport endpoint is not connected". The helper's next mount takes such leftovers away
+// (only its own: its directory prefix, its file-system type, a server that is gone).
+test('the FUSE helper removes the mounts a killed test process left behind, and only those', async (t) => {
+  const child = spawn(process.execPath, ['--import=tsx', '-e', `
+    const { mountFaultyFuse } = await import(${JSON.stringify(join(REPO, 'test', 'helpers', 'faulty-fuse.ts'))});
+    const m = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+    console.log(m.path);
+    setInterval(() => {}, 1000);
+  `], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+  const path = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.on('exit', (code) => reject(new Error(`the child exited (${code}) before mounting`)));
+  });
+  const stale = dirname(path);
+  t.regex(stale, new RegExp(`^/tmp/vhost-wasm-fuse-${child.pid}-`), 'the mount is named with its server\'s pid');
+  const live = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+  try {
+    t.true(mountedAt(stale), 'a live server\'s mount (another process) is left alone');
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    // (Not asserted that it is stale now: a FUSE test in another process may already have taken it.)
+    const next = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+    await next.unmount();
+    t.false(mountedAt(stale), 'the next mount took the stale one away');
+    t.false(existsSync(stale), '...and its directory');
+    t.true(mountedAt(dirname(live.path)), 'this process\'s own live mount stays');
+  } finally {
+    child.kill('SIGKILL');
+    await live.unmount();
+  }
+});
+
+function mountedAt(dir: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+}
