@@ -13,6 +13,9 @@ import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from './helpers/plugin-requests.ts';
 import { parseXattrMap } from '../host/fs/xattr-map.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, writeIn } from './helpers/fuse.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-xattr-test-'));
@@ -24,7 +27,7 @@ test.before(() => {
 });
 test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
 
-const OP = { LOOKUP: 1, SETATTR: 4, OPEN: 14, WRITE: 16, RELEASE: 18, CREATE: 35, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, INIT: 26 } as const;
+const OP = { LOOKUP: 1, SETATTR: 4, OPEN: 14, WRITE: 16, RELEASE: 18, CREATE: 35, FALLOCATE: 43, COPY_FILE_RANGE: 47, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, INIT: 26 } as const;
 const E = { EPERM: 1, ENODATA: 61, EEXIST: 17, EROFS: 30, ERANGE: 34, ENOSYS: 38, EINVAL: 22 };
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
@@ -285,6 +288,18 @@ test('--xattrmap renaming security.capability: truncate, write and chown drop th
   t.is(setattr(2 | 4 /* uid, gid */, { uid: process.getuid!(), gid: process.getgid!() }), 0);
   t.deepEqual(hostNames(host), [], 'SETATTR of the owner drops it');
 
+  // Beyond virtiofsd 1.13 (which leaves these two alone): the host kernel drops a real
+  // capability on fallocate and on copy_file_range's destination too, so the share does.
+  plant('fallocate');
+  const rw = open(2 /* O_RDWR */);
+  t.is(req(OP.FALLOCATE, f, Buffer.concat([u64(rw), u64(0), u64(4096), u32(0, 0)])).error, 0);
+  t.deepEqual(hostNames(host), [], 'FALLOCATE drops it');
+  plant('copy_file_range');
+  const cfr = req(OP.COPY_FILE_RANGE, f, Buffer.concat([u64(rw), u64(0), u64(f), u64(rw), u64(8192), u64(16), u64(0)]));
+  t.is(cfr.error, 0);
+  t.deepEqual(hostNames(host), [], 'COPY_FILE_RANGE drops the destination\'s');
+  release(rw);
+
   t.is(x.set(f, 'user.other', 'kept'), 0);
   t.is(setattr(8, { size: 0 }), 0);
   t.deepEqual(names(x.list(f)), ['user.other'], 'other names stay');
@@ -298,4 +313,31 @@ test('without a map that renames it, security.capability is the host kernel\'s t
   t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.trusted.x']);
   const { share: plain } = await setup(t);
   t.is(plain.capabilityName, null, 'the default map refuses security. names: nothing to drop');
+});
+
+// The WRITE path through the real host: the runner runs the write's backing's beforeWrite (the
+// renamed capability dropped) before it hands the write to the executor.
+test('the real host: a guest WRITE drops a renamed security.capability before the data is written', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-xattr-cap-host-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'file'), 'data\n');
+  // Through python3, not the addon (whose fd budget only an FsShare in this process sets up).
+  const py = 'import os,sys\nfor n in sys.argv[2:]: os.setxattr(sys.argv[1], n, b"v")';
+  execFileSync('python3', ['-c', py, join(dir, 'file'), 'user.virtiofs.security.capability', 'user.virtiofs.user.kept']);
+  let host: HostProcess | undefined;
+  let fe: VhostUserFrontend | undefined;
+  try {
+    host = await startHost(['--socket-path', '{socket}', '--plugin', join(REPO, 'dist', 'plugins', 'fs.wasm'), '--shared-dir', dir, '--xattr', '--xattrmap', ':map::user.virtiofs.:']);
+    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    const c = new FuseClient(fe);
+    t.is((await c.init()).error, 0, 'INIT');
+    const fh = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'file')), O.RDWR));
+    t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.security.capability', 'user.virtiofs.user.kept'], 'opening keeps it');
+    t.is((await c.req(OP.WRITE, 0n, writeIn(fh, 0n, Buffer.from('DATA')))).error, 0, 'WRITE');
+    t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.user.kept'], 'the WRITE dropped the renamed capability, nothing else');
+    t.is(readFileSync(join(dir, 'file'), 'utf8'), 'DATA\n');
+  } finally {
+    await fe?.close();
+    await host?.stop('SIGKILL');
+  }
 });

@@ -1350,6 +1350,9 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     const max = BigInt(Number.MAX_SAFE_INTEGER);
     if (offset > max || len > max) return fail(E.EFBIG);
+    // The host kernel drops a real capability here too (file_modified): so the renamed one.
+    const no = this.dropCapability(f);
+    if (no) return fail(no);
     const r = native.fsFallocate(f, mode, Number(offset), Number(len));
     return r < 0 ? fail(-r) : ok(undefined);
   }
@@ -1371,6 +1374,9 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     const max = BigInt(Number.MAX_SAFE_INTEGER);
     if (srcOffset > max || dstOffset > max) return fail(E.EINVAL);
+    // The destination is written: its renamed capability goes, as the kernel's real one does.
+    const no = this.dropCapability(o);
+    if (no) return fail(no);
     const n = native.fsCopyFileRange(i, Number(srcOffset), o, Number(dstOffset), Number(len > 1n << 30n ? 1n << 30n : len));
     return n < 0 ? fail(-n) : ok(BigInt(n));
   }
