@@ -9,7 +9,8 @@
 // (test/blk-fuse-backing.test.ts). Needs root (the mount).
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
@@ -61,3 +62,84 @@ test('a share on FUSE: a read held by the slow FUSE server does not hold the dev
     await share.unmount();
   }
 });
+
+// The other half of the rule: no write to a FUSE share's file is made inline (pwrite on the
+// device's thread), not even a small one with nothing else in flight, which on a local file
+// system is written in its turn (file-io-backing.ts: inlineWriteMax, inlineWritesAlone).
+test('a share on FUSE: a small write held by the slow FUSE server (one page, alone in flight) does not hold the device; a READ and a GETATTR made after it are answered', async (t) => {
+  if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
+  const image = randomBytes(FILE_BYTES);
+  const share = await mountFaultyFuse('file', image, FILE_BYTES, FILE_BYTES);
+  let host: HostProcess | undefined;
+  let fe: VhostUserFrontend | undefined;
+  try {
+    host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dirname(share.path), '--log-level', 'debug']);
+    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    const c = new FuseClient(fe);
+    t.is((await c.init()).error, 0, 'INIT');
+    const node = nodeOf(await c.lookup(1n, 'file'));
+    const fh = fhOfOpen(await c.open(node, O.RDWR));
+
+    share.hold('writes');
+    const data = randomBytes(4096);
+    const wrote = c.req(WRITE, 0n, writeIn(fh, 65536n, data));
+    t.true(await eventually(() => share.held === 1, 10_000), 'the write reached the FUSE server and is held');
+    const read = await withTimeout(c.read(fh, 131072, 4096), 10_000, 'a READ made available after the held write');
+    t.is(read.error, 0, 'READ');
+    t.true(read.body.equals(image.subarray(131072, 131072 + 4096)));
+    const attr = await withTimeout(c.getattr(node), 10_000, 'a GETATTR made available after the held write');
+    t.is(attr.error, 0, 'GETATTR');
+    t.is(share.held, 1, 'the write is still held');
+
+    share.open();
+    const w = await withTimeout(wrote, 10_000, 'the held write, once the server answers');
+    t.is(w.error, 0, 'WRITE');
+    t.true(share.data.subarray(65536, 65536 + 4096).equals(data), 'the write is on the file');
+  } finally {
+    share.open();
+    await fe?.close();
+    await host?.stop('SIGKILL');
+    await share.unmount();
+  }
+});
+
+// A test process killed before its finally ran leaves its FUSE mount behind, every access
+// "Transport endpoint is not connected". The helper's next mount takes such leftovers away
+// (only its own: its directory prefix, its file-system type, a server that is gone).
+test('the FUSE helper removes the mounts a killed test process left behind, and only those', async (t) => {
+  const child = spawn(process.execPath, ['--import=tsx', '-e', `
+    const { mountFaultyFuse } = await import(${JSON.stringify(join(REPO, 'test', 'helpers', 'faulty-fuse.ts'))});
+    const m = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+    console.log(m.path);
+    setInterval(() => {}, 1000);
+  `], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+  const path = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.on('exit', (code) => reject(new Error(`the child exited (${code}) before mounting`)));
+  });
+  const stale = dirname(path);
+  t.regex(stale, new RegExp(`^/tmp/vhost-wasm-fuse-${child.pid}-`), 'the mount is named with its server\'s pid');
+  const live = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+  try {
+    t.true(mountedAt(stale), 'a live server\'s mount (another process) is left alone');
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    // (Not asserted that it is stale now: a FUSE test in another process may already have taken it.)
+    const next = await mountFaultyFuse('file', Buffer.alloc(4096), 4096, 4096);
+    await next.unmount();
+    t.false(mountedAt(stale), 'the next mount took the stale one away');
+    t.false(existsSync(stale), '...and its directory');
+    t.true(mountedAt(dirname(live.path)), 'this process\'s own live mount stays');
+  } finally {
+    child.kill('SIGKILL');
+    await live.unmount();
+  }
+});
+
+function mountedAt(dir: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+}

@@ -13,7 +13,7 @@ import { BackingTable } from '../host/io/backing-table.ts';
 import { loadPlugin, type PluginDevice } from '../host/plugin/index.ts';
 import { parseCli } from '../host/cli/args.ts';
 import { parseIdMapRule } from '../host/fs/id-map.ts';
-import { parseXattrMap } from '../host/fs/xattr-map.ts';
+import { parseXattrMap, XattrMap } from '../host/fs/xattr-map.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-options-test-'));
@@ -175,7 +175,45 @@ test('--xattrmap: virtiofsd\'s "map" shorthand stands for the rules virtiofsd 1.
   t.throws(() => parseXattrMap(':map::user.virtiofs.::ok:all:::'), { message: /rule 1: a "map" rule must be the last rule/ });
   t.throws(() => parseXattrMap(':map:a.:b.::map:a.:b.:'), { message: /rule 1: a "map" rule must be the last/ });
   t.throws(() => parseXattrMap(':map:trusted.:'), { message: /rule 1 is incomplete \(it should read :map:key:prepend:\)/ });
-  t.throws(() => parseXattrMap(':map:trusted.::'), { message: /rule 1: a map rule needs something to prepend/ });
+});
+
+test('--xattrmap: an empty prepend is accepted, as virtiofsd 1.13 accepts it', (t) => {
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap(':map:a.::'), [
+    { type: 'prefix', ...all, key: 'a.', prepend: '' },
+    { type: 'bad', ...all, key: '', prepend: 'a.' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ], 'map with an empty prepend: expanded as virtiofsd expands it');
+  t.deepEqual(parseXattrMap(':prefix:all:a.::'), [{ type: 'prefix', ...all, key: 'a.', prepend: '' }]);
+  // What it means (virtiofsd's lookup): a.'s names pass unchanged, every other guest name is
+  // refused (the bad rule's empty key), every host name shows (the prefix rule's empty prepend).
+  const m = new XattrMap(parseXattrMap(':map:a.::'));
+  t.deepEqual(m.toHost(Buffer.from('a.x')), Buffer.from('a.x'));
+  t.is(m.toHost(Buffer.from('user.x')), 1);
+  t.deepEqual(m.toGuest(Buffer.from('user.y')), Buffer.from('user.y'));
+});
+
+test('--xattrmap: the type field is read first, so a separator that is a letter of "map" does not shift the fields (virtiofsd 1.13 refuses these too)', (t) => {
+  t.throws(() => parseXattrMap('amapaxa'), { message: /rule 1: "m" is not one of prefix, ok, bad, unsupported, map/ });
+  t.throws(() => parseXattrMap('mmapmxm'), { message: /rule 1: "" is not one of/ });
+  t.throws(() => parseXattrMap('pmappxp'), { message: /rule 1: "ma" is not one of/ });
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap('xmapxa.xb.x'), [
+    { type: 'prefix', ...all, key: 'a.', prepend: 'b.' },
+    { type: 'bad', ...all, key: 'b.', prepend: 'a.' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ], 'a map rule with a separator that is no letter of it');
+});
+
+test('--xattrmap: the whole map is trimmed first (Unicode white space too, as str::trim), ASCII white space skipped between rules', (t) => {
+  const all = { client: true, server: true };
+  t.deepEqual(parseXattrMap('\u00a0\u2003:ok:all:::\u3000'), [{ type: 'ok', ...all, key: '', prepend: '' }], 'no-break and em spaces around the map');
+  t.deepEqual(parseXattrMap('\u00a0:bad:all:trusted.:trusted.:\n :ok:all:::\u00a0'), [
+    { type: 'bad', ...all, key: 'trusted.', prepend: 'trusted.' },
+    { type: 'ok', ...all, key: '', prepend: '' },
+  ]);
+  t.deepEqual(parseXattrMap(':map::user.virtiofs.:\u2003').length, 2, 'a map rule followed by Unicode white space at the end is still the last');
+  t.throws(() => parseXattrMap(':ok:all:::\u00a0:ok:all:::'), { message: /rule 2 is incomplete/ }, 'between rules only ASCII white space is skipped (a no-break space there starts a rule)');
 });
 
 test('--xattrmap: white space before and after rules is skipped, as virtiofsd 1.13 does (its documented one-rule-a-line map parses)', (t) => {

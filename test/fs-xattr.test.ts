@@ -12,6 +12,10 @@ import { loadPlugin } from '../host/plugin/index.ts';
 import { FsFileBackings } from '../host/fs/file-backings.ts';
 import { BackingTable } from '../host/io/backing-table.ts';
 import { runRequest } from './helpers/plugin-requests.ts';
+import { parseXattrMap } from '../host/fs/xattr-map.ts';
+import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
+import { REPO, startHost, type HostProcess } from './helpers/host-process.ts';
+import { FuseClient, fhOfOpen, nodeOf, O, writeIn } from './helpers/fuse.ts';
 
 const root = join(import.meta.dirname, '..');
 const cacheDir = mkdtempSync(join(tmpdir(), 'fs-xattr-test-'));
@@ -23,7 +27,7 @@ test.before(() => {
 });
 test.after.always(() => rmSync(cacheDir, { recursive: true, force: true }));
 
-const OP = { LOOKUP: 1, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, INIT: 26 } as const;
+const OP = { LOOKUP: 1, SETATTR: 4, OPEN: 14, WRITE: 16, RELEASE: 18, CREATE: 35, FALLOCATE: 43, COPY_FILE_RANGE: 47, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, INIT: 26 } as const;
 const E = { EPERM: 1, ENODATA: 61, EEXIST: 17, EROFS: 30, ERANGE: 34, ENOSYS: 38, EINVAL: 22 };
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
@@ -34,11 +38,15 @@ const cstr = (s: string) => Buffer.from(`${s}\0`);
 
 interface Reply { error: number; body: Buffer }
 
-async function setup(t: ExecutionContext, opts: { readOnly?: boolean; xattr?: boolean } = {}) {
+async function setup(t: ExecutionContext, opts: { readOnly?: boolean; xattr?: boolean; xattrmap?: string } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'fs-xattr-share-'));
   writeFileSync(join(dir, 'file'), 'data\n');
   symlinkSync('file', join(dir, 'link'));
-  const share = new FsShare(dir, { readOnly: opts.readOnly ?? false, xattr: opts.xattr ?? true });
+  const share = new FsShare(dir, {
+    readOnly: opts.readOnly ?? false,
+    xattr: opts.xattr ?? true,
+    ...(opts.xattrmap === undefined ? {} : { xattrmap: parseXattrMap(opts.xattrmap) }),
+  });
   const backings = new BackingTable();
   const fsFiles = new FsFileBackings(share, backings);
   const dev = await loadPlugin(bytes, { grants: { filesystem: share, backings, fsFiles, log: () => {} }, cacheDir });
@@ -212,4 +220,124 @@ test('random and mutated xattr requests never trap the plugin', async (t) => {
   t.is(answered, 2000);
   t.is(x.set(f, 'user.after', 'ok'), 0, 'still serving');
   t.is(x.get(f, 'user.after').body.toString(), 'ok');
+});
+
+/** The host's xattr names of a share's file (not through the guest). */
+function hostNames(path: string): string[] {
+  const py = 'import os,sys\nfor n in sorted(os.listxattr(sys.argv[1])): print(n)';
+  return execFileSync('python3', ['-c', py, path], { encoding: 'utf8' }).split('\n').filter(Boolean);
+}
+
+test('--xattrmap renaming security.capability: truncate, write and chown drop the renamed name (the host kernel drops only the real one), as virtiofsd 1.13 does', async (t) => {
+  const { dir, req, lookup, x } = await setup(t, { xattrmap: ':map::user.virtiofs.:' });
+  const f = lookup('file');
+  const host = join(dir, 'file');
+  const CAP = 'user.virtiofs.security.capability';
+  const O_WRONLY = 1;
+  const O_TRUNC = 0o1000;
+  // A version 2 capability set (cap_net_raw+ep); the host stores it as an ordinary user. value.
+  const caps = Buffer.from('0000000201000000002000000000000000000000', 'hex');
+  const plant = (what: string) => {
+    t.is(x.set(f, 'security.capability', caps), 0, `${what}: the guest sets security.capability`);
+    t.deepEqual(hostNames(host), [CAP], `${what}: stored under the map's prefix`);
+  };
+  const open = (flags: number) => {
+    const r = req(OP.OPEN, f, u32(flags, 0));
+    if (r.error) throw new Error(`open: errno ${r.error}`);
+    return r.body.readBigUInt64LE(0);
+  };
+  const release = (fh: bigint) => req(OP.RELEASE, f, Buffer.concat([u64(fh), u32(0, 0), u64(0)]));
+  const setattr = (valid: number, fields: { size?: number; mode?: number; uid?: number; gid?: number }) => {
+    const a = Buffer.alloc(88);
+    a.writeUInt32LE(valid, 0);
+    a.writeBigUInt64LE(BigInt(fields.size ?? 0), 16);
+    a.writeUInt32LE(fields.mode ?? 0, 68);
+    a.writeUInt32LE(fields.uid ?? 0, 76);
+    a.writeUInt32LE(fields.gid ?? 0, 80);
+    return req(OP.SETATTR, f, a).error;
+  };
+
+  plant('open without O_TRUNC');
+  release(open(O_WRONLY));
+  t.deepEqual(hostNames(host), [CAP], 'an open that truncates nothing keeps it');
+  t.is(setattr(1 /* mode */, { mode: 0o100644 }), 0);
+  t.deepEqual(hostNames(host), [CAP], 'a chmod keeps it (the guest kernel clears set-id bits itself)');
+
+  const fh = open(O_WRONLY);
+  const data = Buffer.from('new contents');
+  const w = req(OP.WRITE, f, Buffer.concat([u64(fh), u64(0), u32(data.length, 0), u64(0), u32(0, 0), data]));
+  t.is(w.error, 0);
+  t.deepEqual(hostNames(host), [], 'a WRITE drops it');
+  release(fh);
+
+  plant('open with O_TRUNC');
+  release(open(O_WRONLY | O_TRUNC));
+  t.deepEqual(hostNames(host), [], 'OPEN with O_TRUNC drops it');
+
+  plant('create of an existing file with O_TRUNC');
+  const c = req(OP.CREATE, 1, Buffer.concat([u32(O_WRONLY | O_TRUNC, 0o644, 0, 0), cstr('file')]));
+  t.is(c.error, 0);
+  t.deepEqual(hostNames(host), [], 'CREATE opening the existing file with O_TRUNC drops it');
+  release(c.body.readBigUInt64LE(128));
+
+  plant('truncate');
+  t.is(setattr(8 /* size */, { size: 2 }), 0);
+  t.deepEqual(hostNames(host), [], 'SETATTR of the size drops it');
+
+  plant('chown');
+  t.is(setattr(2 | 4 /* uid, gid */, { uid: process.getuid!(), gid: process.getgid!() }), 0);
+  t.deepEqual(hostNames(host), [], 'SETATTR of the owner drops it');
+
+  // Beyond virtiofsd 1.13 (which leaves these two alone): the host kernel drops a real
+  // capability on fallocate and on copy_file_range's destination too, so the share does.
+  plant('fallocate');
+  const rw = open(2 /* O_RDWR */);
+  t.is(req(OP.FALLOCATE, f, Buffer.concat([u64(rw), u64(0), u64(4096), u32(0, 0)])).error, 0);
+  t.deepEqual(hostNames(host), [], 'FALLOCATE drops it');
+  plant('copy_file_range');
+  const cfr = req(OP.COPY_FILE_RANGE, f, Buffer.concat([u64(rw), u64(0), u64(f), u64(rw), u64(8192), u64(16), u64(0)]));
+  t.is(cfr.error, 0);
+  t.deepEqual(hostNames(host), [], 'COPY_FILE_RANGE drops the destination\'s');
+  release(rw);
+
+  t.is(x.set(f, 'user.other', 'kept'), 0);
+  t.is(setattr(8, { size: 0 }), 0);
+  t.deepEqual(names(x.list(f)), ['user.other'], 'other names stay');
+});
+
+test('without a map that renames it, security.capability is the host kernel\'s to drop: the share drops nothing', async (t) => {
+  const { dir, share, lookup, x } = await setup(t, { xattrmap: ':prefix:all:trusted.:user.virtiofs.::ok:all:::' });
+  t.is(share.capabilityName, null, 'security.capability passes under its own name');
+  const f = lookup('file');
+  t.is(x.set(f, 'user.virtiofs.trusted.x', 'y'), 0);
+  t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.trusted.x']);
+  const { share: plain } = await setup(t);
+  t.is(plain.capabilityName, null, 'the default map refuses security. names: nothing to drop');
+});
+
+// The WRITE path through the real host: the runner runs the write's backing's beforeWrite (the
+// renamed capability dropped) before it hands the write to the executor.
+test('the real host: a guest WRITE drops a renamed security.capability before the data is written', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-xattr-cap-host-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'file'), 'data\n');
+  // Through python3, not the addon (whose fd budget only an FsShare in this process sets up).
+  const py = 'import os,sys\nfor n in sys.argv[2:]: os.setxattr(sys.argv[1], n, b"v")';
+  execFileSync('python3', ['-c', py, join(dir, 'file'), 'user.virtiofs.security.capability', 'user.virtiofs.user.kept']);
+  let host: HostProcess | undefined;
+  let fe: VhostUserFrontend | undefined;
+  try {
+    host = await startHost(['--socket-path', '{socket}', '--plugin', join(REPO, 'dist', 'plugins', 'fs.wasm'), '--shared-dir', dir, '--xattr', '--xattrmap', ':map::user.virtiofs.:']);
+    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
+    const c = new FuseClient(fe);
+    t.is((await c.init()).error, 0, 'INIT');
+    const fh = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'file')), O.RDWR));
+    t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.security.capability', 'user.virtiofs.user.kept'], 'opening keeps it');
+    t.is((await c.req(OP.WRITE, 0n, writeIn(fh, 0n, Buffer.from('DATA')))).error, 0, 'WRITE');
+    t.deepEqual(hostNames(join(dir, 'file')), ['user.virtiofs.user.kept'], 'the WRITE dropped the renamed capability, nothing else');
+    t.is(readFileSync(join(dir, 'file'), 'utf8'), 'DATA\n');
+  } finally {
+    await fe?.close();
+    await host?.stop('SIGKILL');
+  }
 });

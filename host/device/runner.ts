@@ -1324,6 +1324,14 @@ export class DeviceRunner {
     for (let i = 0; i < transfers.length; i++) {
       const t = transfers[i];
       if (t.to.len === 0) continue;
+      const before = this.backings.get(t.to.backing)?.beforeWrite;
+      const no = before === undefined ? 0 : before();
+      if (no !== 0) {
+        // Fails as a failed write would: io-failed, and the plugin answers the guest's request.
+        req.answer = answer;
+        this.completed(req, answer, { errno: no, lastReadBytes: 0 });
+        return;
+      }
       ops = more(ops, { kind: 'write', backing: t.to.backing, offset: t.to.offset, from: sliceViews(c.readable, t.source, t.to.len) });
     }
     const bops = answer.ops;

@@ -58,7 +58,9 @@ export class FsFileBackings {
     const readOnly = this.share.readOnly || (flags & O_ACCMODE) === O_RDONLY;
     // The description is made only for a message (a bigint's text per open was a conversion per create).
     const dir = this.share.dir;
-    const io = fileIoBacking(fd, readOnly, () => `${dir}: open file ${h}`, this.onFuse);
+    const share = this.share;
+    const drop = !readOnly && share.capabilityName !== null ? (f: number) => share.dropCapability(f) : null;
+    const io = fileIoBacking(fd, readOnly, () => `${dir}: open file ${h}`, this.onFuse, drop);
     let index: number;
     try {
       index = this.table.register(io);

@@ -17,7 +17,7 @@ import { constants as os } from 'node:os';
  * One page: the guest's small writes (a create's first bytes, a log line) without the ring's
  * thread hand-off and second wake-up. Larger writes too when nothing else is in flight
  * (inlineWritesAlone: a guest writing a file sequentially); beside other requests they stay
- * asynchronous. Reads try the page cache first (nowaitReads).
+ * asynchronous. Reads try the page cache first (nowaitReads). None of the three on FUSE.
  */
 const INLINE_WRITE_MAX = 4096;
 
@@ -108,17 +108,21 @@ class FileIo implements FsFileIo, UringTarget {
   readonly inline = false;
   readonly inlineWriteMax: number | undefined;
   readonly inlineWritesAlone: boolean;
-  readonly nowaitReads = true;
+  readonly nowaitReads: boolean;
   readonly punt: boolean;
   readonly growable = true;
+  readonly beforeWrite: (() => number) | undefined;
 
   constructor(
     fd: number,
     readonly readOnly: boolean,
     describe: string | (() => string),
     onFuse: boolean,
+    dropCapability: ((fd: number) => number) | null,
   ) {
     this.fdNow = fd;
+    // Only on a share whose --xattrmap renames security.capability: a write drops it first.
+    this.beforeWrite = dropCapability === null ? undefined : () => (this.fdNow < 0 ? 0 : dropCapability(this.fdNow));
     this.text = describe;
     // A share on FUSE: a read or write there waits for the FUSE server, which may be slow or
     // stuck. Through the ring with IOSQE_ASYNC it waits in an io-wq thread (the rule for blk
@@ -127,6 +131,11 @@ class FileIo implements FsFileIo, UringTarget {
     this.punt = onFuse;
     this.inlineWriteMax = onFuse ? undefined : INLINE_WRITE_MAX;
     this.inlineWritesAlone = !onFuse;
+    // Nor the page-cache try (preadv2 RWF_NOWAIT) on the device's thread: FUSE
+    // refuses it today (no FMODE_NOWAIT: EOPNOTSUPP), but a kernel that gives FUSE nowait reads could,
+    // on a cached FUSE file, still wait there in fuse_update_attributes (a GETATTR to the
+    // server) before looking at the cache: a stuck server would hold the device.
+    this.nowaitReads = !onFuse;
   }
 
   get uring(): UringTarget {
@@ -258,8 +267,15 @@ class FileIo implements FsFileIo, UringTarget {
 /**
  * `describe`: the file's text for messages, or what makes it when one is needed. `onFuse`: the
  * share is on a FUSE file system (FsShare.fsType, fstatfs of its root once): the file's reads
- * and writes never wait on the device's thread.
+ * and writes never wait on the device's thread. `dropCapability`: run before each write
+ * (beforeWrite), when the share renames security.capability.
  */
-export function fileIoBacking(fd: number, readOnly: boolean, describe: string | (() => string), onFuse = false): FsFileIo {
-  return new FileIo(fd, readOnly, describe, onFuse);
+export function fileIoBacking(
+  fd: number,
+  readOnly: boolean,
+  describe: string | (() => string),
+  onFuse = false,
+  dropCapability: ((fd: number) => number) | null = null,
+): FsFileIo {
+  return new FileIo(fd, readOnly, describe, onFuse, dropCapability);
 }

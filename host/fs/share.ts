@@ -281,6 +281,12 @@ export class FsShare {
   private readonly uids: IdMap;
   private readonly gids: IdMap;
   private readonly xattrNames: XattrMap;
+  /**
+   * The host name of the guest's security.capability when --xattrmap renames it (else null):
+   * dropped by the share on truncate, chown and write (dropCapability), which the host kernel
+   * does only for the real name.
+   */
+  readonly capabilityName: Uint8Array | null;
   /** How nodes are held: 'handles' (file handles) or 'fds' (an O_PATH fd each). */
   readonly nodesBy: 'handles' | 'fds';
   readonly inodeFileHandles: InodeFileHandles;
@@ -376,6 +382,7 @@ export class FsShare {
       throw new FsShareError((e as Error).message);
     }
     this.xattrNames = new XattrMap(opts.xattrmap);
+    this.capabilityName = this.xattr ? this.xattrNames.capabilityHostName() : null;
     this.tag = opts.tag ?? DEFAULT_TAG;
     this.migrationOnError = opts.migrationOnError ?? 'abort';
     if (!MIGRATION_ON_ERROR.includes(this.migrationOnError)) {
@@ -950,11 +957,12 @@ export class FsShare {
       // --translate-uid/gid: the guest's ids become the host's; a forbidden one is EPERM.
       const hu = valid & FATTR.UID ? this.uids.toHost(uid) : -1;
       const hg = valid & FATTR.GID ? this.gids.toHost(gid) : -1;
-      r = (valid & FATTR.UID && hu < 0) || (valid & FATTR.GID && hg < 0) ? -E.EPERM : native.fsSetattr(fd, 'owner', hu, hg);
+      if ((valid & FATTR.UID && hu < 0) || (valid & FATTR.GID && hg < 0)) r = -E.EPERM;
+      else r = -this.dropCapability(fd) || native.fsSetattr(fd, 'owner', hu, hg);
     }
     if (r >= 0 && valid & FATTR.SIZE) {
       if (size > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
-      r = native.fsSetattr(fd, 'size', Number(size));
+      r = -this.dropCapability(fd) || native.fsSetattr(fd, 'size', Number(size));
     }
     if (r >= 0 && valid & (FATTR.ATIME | FATTR.MTIME)) {
       const t = (set: number, now: number, sec: bigint, nsec: number): [number, number] => {
@@ -981,12 +989,34 @@ export class FsShare {
       // same number (a FIFO or a device node, which opening for I/O would act on); others
       // take the O_PATH way, whose type check comes before any open for I/O.
       const fd = this.budgeted(native.fsOpenFileByHandle(this.mountFd, s.fh!, flags >>> 0));
-      return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
+      return this.addOpened(fd, flags);
     }
-    return this.using(node, 'node', (n) => {
-      const fd = this.budgeted(native.fsReopen(n, flags));
-      return fd < 0 ? fail(-fd) : this.add(fd, 'file', false, flags & O_ACCMODE);
-    });
+    return this.using(node, 'node', (n) => this.addOpened(this.budgeted(native.fsReopen(n, flags)), flags));
+  }
+
+  /** An fd open() made (or -errno): O_TRUNC drops a renamed capability first (dropCapability). */
+  private addOpened(fd: number, flags: number): FsResult<bigint> {
+    if (fd < 0) return fail(-fd);
+    const no = flags & O_TRUNC ? this.dropCapability(fd) : 0;
+    if (no) {
+      native.fsClose(fd);
+      return fail(no);
+    }
+    return this.add(fd, 'file', false, flags & O_ACCMODE);
+  }
+
+  /**
+   * Drops the renamed security.capability (capabilityName) of the inode `fd` names: what the
+   * host kernel does for the real name when a file is truncated, written or chowned, so that a
+   * guest who rewrites a file with capabilities does not keep them (virtiofsd 1.13 likewise, on
+   * open with O_TRUNC, every write, chown and truncate). Nothing to drop (ENODATA) or no xattrs
+   * there (EOPNOTSUPP) is fine; 0 or the errno that stops the call.
+   */
+  dropCapability(fd: number): number {
+    const name = this.capabilityName;
+    if (name === null) return 0;
+    const r = native.fsRemovexattr(fd, name);
+    return r >= 0 || r === -E.ENODATA || r === -E.EOPNOTSUPP ? 0 : -r;
   }
 
   /**
@@ -1011,7 +1041,9 @@ export class FsShare {
       fd = this.budgeted(withUmask(umask, () => native.fsCreate(d, name, flags, want)));
     }
     if (fd < 0) return fail(-fd);
-    const e = this.nodeOfOpen(fd);
+    // An existing file opened with O_TRUNC is truncated: as open() (a new one has nothing to drop).
+    const no = !made && flags & O_TRUNC ? this.dropCapability(fd) : 0;
+    const e: FsResult<Entry> = no ? fail(no) : this.nodeOfOpen(fd);
     if (!e.ok) {
       native.fsClose(fd);
       return e;
@@ -1179,6 +1211,8 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     if (data.length > MAX_FS_IO) return fail(E.EINVAL);
     if (offset > BigInt(Number.MAX_SAFE_INTEGER)) return fail(E.EFBIG);
+    const no = this.dropCapability(f);
+    if (no) return fail(no);
     const r = native.fsPwrite(f, data, Number(offset));
     return r < 0 ? fail(-r) : ok(r);
   }
@@ -1316,6 +1350,9 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     const max = BigInt(Number.MAX_SAFE_INTEGER);
     if (offset > max || len > max) return fail(E.EFBIG);
+    // The host kernel drops a real capability here too (file_modified): so the renamed one.
+    const no = this.dropCapability(f);
+    if (no) return fail(no);
     const r = native.fsFallocate(f, mode, Number(offset), Number(len));
     return r < 0 ? fail(-r) : ok(undefined);
   }
@@ -1337,6 +1374,9 @@ export class FsShare {
     if (this.readOnly) return fail(E.EROFS);
     const max = BigInt(Number.MAX_SAFE_INTEGER);
     if (srcOffset > max || dstOffset > max) return fail(E.EINVAL);
+    // The destination is written: its renamed capability goes, as the kernel's real one does.
+    const no = this.dropCapability(o);
+    if (no) return fail(no);
     const n = native.fsCopyFileRange(i, Number(srcOffset), o, Number(dstOffset), Number(len > 1n << 30n ? 1n << 30n : len));
     return n < 0 ? fail(-n) : ok(BigInt(n));
   }

@@ -3,6 +3,8 @@
 //   <sep>type<sep>scope<sep>key<sep>prepend<sep>
 // where <sep> is the rule's first character (any one but white space) and rules follow one
 // another, with or without white space between them (virtiofsd's README writes one a line).
+// Parsed as virtiofsd 1.13's xattrmap.rs parses it: the map trimmed, ASCII white space skipped
+// between rules, each rule's type read first; an empty prepend accepted.
 // type: prefix | ok | bad | unsupported; scope: client | server | all.
 //
 // The last rule may instead be virtiofsd's shorthand <sep>map<sep>key<sep>prepend<sep>, which
@@ -42,42 +44,44 @@ const EPERM = 1;
 const EOPNOTSUPP = 95;
 
 /** Parses a --xattrmap value; throws an Error naming the rule that is wrong. */
-export function parseXattrMap(text: string): XattrRule[] {
+export function parseXattrMap(input: string): XattrRule[] {
   const rules: XattrRule[] = [];
+  // As virtiofsd 1.13: the whole map trimmed first (str::trim: Unicode white space too), then
+  // ASCII white space skipped between rules (a map written one rule a line); the separator is
+  // each rule's first other character.
+  const text = input.trim();
   let at = 0;
-  // White space may come before and after each rule, as virtiofsd allows (a map written one
-  // rule per line); the separator is each rule's first other character.
   const skipSpace = () => {
     while (at < text.length && ASCII_SPACE.has(text[at])) at++;
   };
   for (skipSpace(); at < text.length; skipSpace()) {
     const n = rules.length + 1;
-    const sep = text[at];
-    const isMap = text.startsWith(`map${sep}`, at + 1);
-    const fields: string[] = [];
-    let p = at + 1;
-    while (fields.length < (isMap ? 3 : 4)) {
-      const e = text.indexOf(sep, p);
-      if (e < 0) {
-        const form = isMap ? `${sep}map${sep}key${sep}prepend${sep}` : `${sep}type${sep}scope${sep}key${sep}prepend${sep}`;
-        throw new Error(`--xattrmap: rule ${n} is incomplete (it should read ${form})`);
-      }
-      fields.push(text.slice(p, e));
-      p = e + 1;
-    }
-    at = p;
-    if (isMap) {
-      const [, key, prepend] = fields;
-      skipSpace();
+    const sep = text[at++];
+    // Field by field, the type first: only it says how many fields follow (a separator that is
+    // a letter of "map" must not make a rule look like a map rule, or the reverse).
+    const field = (form: string): string => {
+      const e = text.indexOf(sep, at);
+      if (e < 0) throw new Error(`--xattrmap: rule ${n} is incomplete (it should read ${form.replaceAll(':', () => sep)})`);
+      const f = text.slice(at, e);
+      at = e + 1;
+      return f;
+    };
+    const type = field(':type:scope:key:prepend:');
+    if (type === 'map') {
+      const key = field(':map:key:prepend:');
+      const prepend = field(':map:key:prepend:');
       if (at < text.length) throw new Error(`--xattrmap: rule ${n}: a "map" rule must be the last rule (virtiofsd refuses rules after it); move it to the end`);
-      if (prepend === '') throw new Error(`--xattrmap: rule ${n}: a map rule needs something to prepend`);
       rules.push(...expandMap(key, prepend));
       break;
     }
-    const [type, scope, key, prepend] = fields;
-    if (!TYPES.includes(type as XattrRuleType)) throw new Error(`--xattrmap: rule ${n}: "${type}" is not one of ${TYPES.join(', ')}`);
+    if (!TYPES.includes(type as XattrRuleType)) throw new Error(`--xattrmap: rule ${n}: "${type}" is not one of ${TYPES.join(', ')}, map`);
+    const form = `:${type}:scope:key:prepend:`;
+    const scope = field(form);
     if (scope !== 'client' && scope !== 'server' && scope !== 'all') throw new Error(`--xattrmap: rule ${n}: scope "${scope}" is not one of client, server, all`);
-    if (type === 'prefix' && prepend === '') throw new Error(`--xattrmap: rule ${n}: a prefix rule needs something to prepend`);
+    const key = field(form);
+    const prepend = field(form);
+    // An empty prepend is accepted, as virtiofsd accepts it: a prefix rule then passes its
+    // client names unchanged and, on the server side, matches (and shows) every host name.
     rules.push({ type: type as XattrRuleType, client: scope !== 'server', server: scope !== 'client', key, prepend });
   }
   if (rules.length === 0) throw new Error('--xattrmap: no rules');
@@ -153,6 +157,20 @@ export class XattrMap {
       }
     }
     return null;
+  }
+
+  /**
+   * The host name `security.capability` is stored under when the map renames it, else null.
+   * The host kernel drops a file's real security.capability when the file is written,
+   * truncated or given to another owner; it knows nothing of a renamed one, which the share
+   * must then drop itself on the same events (FsShare.dropCapability), as virtiofsd 1.13 does
+   * (its xattr_security_capability). A refused name (bad, unsupported) cannot be set by the
+   * guest: nothing to drop.
+   */
+  capabilityHostName(): Uint8Array | null {
+    const name = bytes('security.capability');
+    const n = this.toHost(name);
+    return typeof n === 'number' || Buffer.compare(n, name) === 0 ? null : n;
   }
 
   /** A listxattr result (names, each NUL-terminated) as the guest sees it. */

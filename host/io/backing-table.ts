@@ -58,6 +58,13 @@ export interface IoBacking {
   writeZeroes(offset: number, len: number): void;
   /** The host/storage object behind a --storage grant (executors with their own I/O paths read its kind). */
   readonly storage?: Backing;
+  /**
+   * Run by the runner on the device's thread before a transfer to this backing is handed to the
+   * executor: 0, or the errno that fails the request (its I/O does not start). An fs file
+   * whose share renames security.capability drops it here (FsShare.dropCapability); absent
+   * for every other backing.
+   */
+  readonly beforeWrite?: () => number;
   /** How io_uring reaches it (an fs file: its fd, and pins that keep the fd open while I/O is in flight). */
   readonly uring?: UringTarget;
 }

@@ -47,7 +47,7 @@ export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   // One fstat + F_GET_SEALS + fstatfs of the fd for the checks below.
   const info = native.memoryFdInfo(fd);
   // Shmem (a memfd's filesystem reports tmpfs): a hugetlbfs memfd is not a memory disk here.
-  if (info.fsType !== TMPFS_MAGIC) throw new DiskHandoverRefused(`the disk handed over is a memfd on another filesystem (type 0x${info.fsType.toString(16)}, not tmpfs/shmem; a hugetlbfs memfd is not a vhost-wasm memory disk)`);
+  if (info.fsType !== TMPFS_MAGIC) throw new DiskHandoverRefused(notShmemText(info.fsType));
   // Opened read-write: the guest writes it, and a read-only one would fail only once the worker
   // maps it, after the own disk's mapping was already let go.
   const access = accessMode(fd);
@@ -57,6 +57,16 @@ export function checkHandedDisk(fd: number, size: number): DiskIdentity {
   if (info.seals < 0 || (info.seals & F_SEAL_SHRINK) === 0) throw new DiskHandoverRefused('the disk handed over is not sealed against shrinking (every vhost-wasm memory disk is): its pages could be pulled from under the guest');
   if ((info.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) throw new DiskHandoverRefused(`the disk handed over is sealed against writes (seals 0x${info.seals.toString(16)}): the guest could not write it`);
   return diskIdentity(fd);
+}
+
+/**
+ * Why a handed memfd whose fstatfs type (memoryFdInfo's fsType, -1 when fstatfs failed) is not
+ * tmpfs/shmem is refused: the type in hex, or that it could not be read ("type 0x-1" said
+ * neither).
+ */
+export function notShmemText(fsType: number): string {
+  if (fsType < 0) return 'the disk handed over is a memfd whose filesystem type could not be read (fstatfs failed), so it cannot be told to be tmpfs/shmem';
+  return `the disk handed over is a memfd on another filesystem (type 0x${fsType.toString(16)}, not tmpfs/shmem; a hugetlbfs memfd is not a vhost-wasm memory disk)`;
 }
 
 const O_ACCMODE = 3;

@@ -7,9 +7,10 @@
 // unless `cached`: then reads go through the page cache, and the kernel copies a read's bytes
 // into the reader's buffer only once this process answered it (no pinned pages, as O_DIRECT
 // has), so a buffer unmapped under a slow read shows (EFAULT). Between hold() and open(),
-// reads wait unanswered (failing ones too): the test decides when the slow file answers.
+// reads wait unanswered (failing ones too), or writes with hold('writes'), or both: the test
+// decides when the slow file answers. A held write changes `data` when it is answered.
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, read, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, read, readFileSync, readdirSync, rmdirSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 const OP = {
@@ -41,20 +42,78 @@ export interface FaultyFuse {
   failed: { read: number; write: number };
   /** Every READ and WRITE the kernel sent, in arrival order (a test may empty it to start a count). */
   ops: FuseIo[];
-  /** Reads held since hold(), not yet answered. */
+  /** Requests held since hold(), not yet answered. */
   readonly held: number;
-  /** From now on, reads wait unanswered until open(). */
-  hold(): void;
-  /** Answers the held reads and lets every later one through. */
+  /** From now on, reads (or writes, or both) wait unanswered until open(). */
+  hold(what?: 'reads' | 'writes' | 'all'): void;
+  /** Answers the held requests and lets every later one through. */
   open(): void;
   unmount(): Promise<void>;
+}
+
+/** Where the mounts go: /tmp/vhost-wasm-fuse-<pid of the serving process>-XXXXXX. */
+const MOUNT_DIR = '/tmp';
+const MOUNT_NAME = 'vhost-wasm-fuse-';
+const FSTYPE = 'fuse.vhost-wasm-faulty';
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Mounts of this helper left by a test process killed before its unmount ran (the server gone,
+ * every access "Transport endpoint is not connected"), and their directories: lazily unmounted
+ * and removed. Only this helper's own: a directory under /tmp named with its prefix, and a mount
+ * there of its file-system type. One named with a live process's pid is that process's and left
+ * alone; one from before names carried the pid is taken only if a stat of it (in a child with a
+ * deadline, so a live but stuck server cannot hang this process) says the server is gone.
+ */
+function removeStaleMounts(): void {
+  const mounted = new Map<string, string>();
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    const dash = f.indexOf('-');
+    if (dash < 0) continue;
+    mounted.set(f[4].replace(/\\040/g, ' '), f[dash + 1]);
+  }
+  let names: string[];
+  try {
+    names = readdirSync(MOUNT_DIR).filter((n) => n.startsWith(MOUNT_NAME));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const dir = `${MOUNT_DIR}/${name}`;
+    const fstype = mounted.get(dir);
+    if (fstype !== undefined && fstype !== FSTYPE) continue; // not ours: never touched
+    const pid = /^vhost-wasm-fuse-(\d+)-/.exec(name)?.[1];
+    if (pid !== undefined) {
+      if (Number(pid) === process.pid || processAlive(Number(pid))) continue;
+    } else if (fstype !== undefined) {
+      const st = spawnSync('stat', ['-c', '%i', dir], { encoding: 'utf8', timeout: 2000, killSignal: 'SIGKILL' });
+      if (!/not connected/i.test(st.stderr ?? '')) continue;
+    } else continue; // an old-style name, not mounted: whose it is cannot be told
+    if (fstype !== undefined) spawnSync('umount', ['-l', dir]);
+    try {
+      rmdirSync(dir); // empty once unmounted; never a recursive removal through a mount
+    } catch {
+      // still mounted (umount failed) or not empty: left as it is
+    }
+  }
 }
 
 /** Mounts the file system (root needed) with one file `name` of `data.length` bytes; [badStart, badEnd) fails with EIO. */
 export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number, opts: { cached?: boolean } = {}): Promise<FaultyFuse> {
   // A fuse built as a module (Debian's) loads on first use; a machine without /dev/fuse loads it.
   if (!existsSync('/dev/fuse')) spawnSync('modprobe', ['fuse']);
-  const dir = mkdtempSync('/tmp/vhost-wasm-fuse-');
+  removeStaleMounts();
+  // The pid in the name: a later run can tell whether the server of a mount left behind is gone.
+  const dir = mkdtempSync(`${MOUNT_DIR}/${MOUNT_NAME}${process.pid}-`);
   const fd = openSync('/dev/fuse', 'r+');
   // -i: no mount.fuse helper; the kernel takes the fd it serves over from the options.
   const m = spawnSync('mount', ['-i', '-t', 'fuse.vhost-wasm-faulty', '-o', 'fd=3,rootmode=40000,user_id=0,group_id=0,allow_other', 'faulty', dir], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8' });
@@ -66,6 +125,8 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
   const failed = { read: 0, write: 0 };
   const ops: FuseIo[] = [];
   let gate: (() => void)[] | null = null;
+  let holdReads = true;
+  let holdWrites = false;
   const bad = (off: number, len: number) => off < badEnd && off + len > badStart;
   const buf = Buffer.alloc(MAX_WRITE + 4096);
   const reply = (unique: bigint, error: number, body: Buffer = Buffer.alloc(0)) => {
@@ -133,7 +194,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
         const answer = bad(off, size)
           ? () => (failed.read++, reply(unique, EIO))
           : () => reply(unique, 0, Buffer.from(data.subarray(off, Math.min(data.length, off + size))));
-        if (gate) return void gate.push(answer);
+        if (gate && holdReads) return void gate.push(answer);
         return answer();
       }
       case OP.WRITE: {
@@ -142,10 +203,16 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
         ops.push({ kind: 'write', off, size });
         if (bad(off, size)) return (failed.write++, reply(unique, EIO));
         const n = Math.max(0, Math.min(size, data.length - off));
-        arg.copy(data, off, 40, 40 + n);
-        const out = Buffer.alloc(8);
-        out.writeUInt32LE(n, 0);
-        return reply(unique, 0, out);
+        // A copy: `arg` is the read buffer, which the next request overwrites.
+        const payload = Buffer.from(arg.subarray(40, 40 + n));
+        const answer = () => {
+          payload.copy(data, off);
+          const out = Buffer.alloc(8);
+          out.writeUInt32LE(n, 0);
+          reply(unique, 0, out);
+        };
+        if (gate && holdWrites) return void gate.push(answer);
+        return answer();
       }
       case OP.STATFS: {
         const out = Buffer.alloc(80);
@@ -185,6 +252,8 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
   function open(): void {
     const waiting = gate ?? [];
     gate = null;
+    holdReads = true;
+    holdWrites = false;
     for (const answer of waiting) answer();
   }
   return {
@@ -195,8 +264,10 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     get held() {
       return gate?.length ?? 0;
     },
-    hold() {
+    hold(what: 'reads' | 'writes' | 'all' = 'reads') {
       gate ??= [];
+      holdReads = what !== 'writes';
+      holdWrites = what !== 'reads';
     },
     open,
     async unmount() {

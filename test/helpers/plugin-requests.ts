@@ -66,10 +66,18 @@ export function runRequest(dev: VirtioDevice, table: BackingTable, readable: Uin
   }
   let used = at;
   let errno = 0;
-  new SyncExecutor(table).submit(ops, answer.barrier, (r) => {
-    errno = r.errno;
-    if (!errno && lastRead && lastRead.end === at && r.lastReadBytes < lastRead.end - lastRead.start) used = lastRead.start + r.lastReadBytes;
-  });
+  // The runner's step before a request's I/O starts (runner.ts start): a transfer's backing
+  // may drop a renamed security.capability first, its errno failing the request.
+  for (const tr of answer.transfers) {
+    if (tr.to.len === 0 || errno) continue;
+    errno = table.get(tr.to.backing)?.beforeWrite?.() ?? 0;
+  }
+  if (!errno) {
+    new SyncExecutor(table).submit(ops, answer.barrier, (r) => {
+      errno = r.errno;
+      if (!errno && lastRead && lastRead.end === at && r.lastReadBytes < lastRead.end - lastRead.start) used = lastRead.start + r.lastReadBytes;
+    });
+  }
   if (errno) {
     // Nothing of the first answer is written; the device answers again.
     const again = dev.handle([{ kind: 'io-failed', id, errno }]);
