@@ -7,7 +7,7 @@
 // device's thread sleeps in the kernel until the held read is answered, and nothing made
 // available after it is served. The same rule as a --storage file on FUSE
 // (test/blk-fuse-backing.test.ts). Needs root (the mount).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -15,17 +15,25 @@ import { dirname, join } from 'node:path';
 import { VhostUserFrontend, VIRTIO_F_VERSION_1 } from '../host/frontend/driver.ts';
 import { REPO, eventually, startHost, type HostProcess } from './helpers/host-process.ts';
 import { withTimeout } from './helpers/device-checks.ts';
-import { mountFaultyFuse } from './helpers/faulty-fuse.ts';
+import { mountFaultyFuse, type FaultyFuse } from './helpers/faulty-fuse.ts';
 import { FuseClient, fhOfOpen, nodeOf, O, writeIn } from './helpers/fuse.ts';
 
 const FS_PLUGIN = join(REPO, 'dist', 'plugins', 'fs.wasm');
 const FILE_BYTES = 1 << 20;
 const WRITE = 16;
 
-test('a share on FUSE: a read held by the slow FUSE server does not hold the device; a write and a read made after it are served first', async (t) => {
+/**
+ * The real host serving the fs plugin over the root of a fresh slow-FUSE mount holding one
+ * `file` (FILE_BYTES of random data), a front-end INIT'ed on it and `file` looked up and open
+ * read-write; everything is taken down (the server answering again first) after `body`.
+ */
+async function withFuseShare(
+  t: ExecutionContext,
+  body: (s: { share: FaultyFuse; host: HostProcess; c: FuseClient; node: bigint; fh: bigint; image: Buffer }) => Promise<void>,
+): Promise<void> {
   if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
   const image = randomBytes(FILE_BYTES);
-  // No failing range: every request is answered, reads only once open() lets them through.
+  // No failing range: every request is answered, held ones once open() lets them through.
   const share = await mountFaultyFuse('file', image, FILE_BYTES, FILE_BYTES);
   let host: HostProcess | undefined;
   let fe: VhostUserFrontend | undefined;
@@ -34,7 +42,19 @@ test('a share on FUSE: a read held by the slow FUSE server does not hold the dev
     fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
     const c = new FuseClient(fe);
     t.is((await c.init()).error, 0, 'INIT');
-    const fh = fhOfOpen(await c.open(nodeOf(await c.lookup(1n, 'file')), O.RDWR));
+    const node = nodeOf(await c.lookup(1n, 'file'));
+    const fh = fhOfOpen(await c.open(node, O.RDWR));
+    await body({ share, host, c, node, fh, image });
+  } finally {
+    share.open();
+    await fe?.close();
+    await host?.stop('SIGKILL');
+    await share.unmount();
+  }
+}
+
+test('a share on FUSE: a read held by the slow FUSE server does not hold the device; a write and a read made after it are served first', async (t) => {
+  await withFuseShare(t, async ({ share, host, c, fh, image }) => {
     t.truthy(await host.waitForLog(/shared directory .*: file I\/O through io_uring \(on FUSE: every read and write handed to a kernel worker at once/), 'the share is known to be on FUSE');
 
     share.hold();
@@ -55,31 +75,14 @@ test('a share on FUSE: a read held by the slow FUSE server does not hold the dev
     t.true(a.body.equals(image.subarray(0, 4096)));
     t.is(b.error, 0);
     t.true(b.body.equals(image.subarray(131072, 131072 + 4096)));
-  } finally {
-    share.open();
-    await fe?.close();
-    await host?.stop('SIGKILL');
-    await share.unmount();
-  }
+  });
 });
 
 // The other half of the rule: no write to a FUSE share's file is made inline (pwrite on the
 // device's thread), not even a small one with nothing else in flight, which on a local file
 // system is written in its turn (file-io-backing.ts: inlineWriteMax, inlineWritesAlone).
 test('a share on FUSE: a small write held by the slow FUSE server (one page, alone in flight) does not hold the device; a READ and a GETATTR made after it are answered', async (t) => {
-  if (!existsSync(FS_PLUGIN)) throw new Error(`${FS_PLUGIN} is missing: run \`node build.mjs --only plugins\``);
-  const image = randomBytes(FILE_BYTES);
-  const share = await mountFaultyFuse('file', image, FILE_BYTES, FILE_BYTES);
-  let host: HostProcess | undefined;
-  let fe: VhostUserFrontend | undefined;
-  try {
-    host = await startHost(['--socket-path', '{socket}', '--plugin', FS_PLUGIN, '--shared-dir', dirname(share.path), '--log-level', 'debug']);
-    fe = await VhostUserFrontend.connect(host.socketPath, { memoryBytes: 16 << 20, queues: [128, 128], features: 1n << BigInt(VIRTIO_F_VERSION_1) });
-    const c = new FuseClient(fe);
-    t.is((await c.init()).error, 0, 'INIT');
-    const node = nodeOf(await c.lookup(1n, 'file'));
-    const fh = fhOfOpen(await c.open(node, O.RDWR));
-
+  await withFuseShare(t, async ({ share, c, node, fh, image }) => {
     share.hold('writes');
     const data = randomBytes(4096);
     const wrote = c.req(WRITE, 0n, writeIn(fh, 65536n, data));
@@ -95,12 +98,7 @@ test('a share on FUSE: a small write held by the slow FUSE server (one page, alo
     const w = await withTimeout(wrote, 10_000, 'the held write, once the server answers');
     t.is(w.error, 0, 'WRITE');
     t.true(share.data.subarray(65536, 65536 + 4096).equals(data), 'the write is on the file');
-  } finally {
-    share.open();
-    await fe?.close();
-    await host?.stop('SIGKILL');
-    await share.unmount();
-  }
+  });
 });
 
 // A test process killed before its finally ran leaves its FUSE mount behind, every access

@@ -135,7 +135,8 @@ export interface HandoverOutcome {
  * take the device (nothing of it runs there), HandoverLost when it went away after this host
  * let go of a live session.
  */
-function processAlive(pid: number): boolean {
+/** Whether `pid` is a live process (one we may not signal still counts). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -12,6 +12,7 @@
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, read, readFileSync, readdirSync, rmdirSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { processAlive } from '../../host/server/takeover.ts';
 
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17, RELEASE: 18,
@@ -56,14 +57,6 @@ const MOUNT_DIR = '/tmp';
 const MOUNT_NAME = 'vhost-wasm-fuse-';
 const FSTYPE = 'fuse.vhost-wasm-faulty';
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Mounts of this helper left by a test process killed before its unmount ran (the server gone,
