@@ -88,10 +88,10 @@ function sample(body: string, name: string, labels: string): number {
 
 test.serial('serve start: plugins that can never load are refused with the loader\'s own error; the others wait for a front-end', async (t) => {
   const log = daemon.log();
-  t.regex(log, /device old not started: plugin component [0-9a-f]{12}: load: this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.1/);
+  t.regex(log, /device old not started: plugin component [0-9a-f]{12}: load: this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.\d+/);
   t.regex(log, /device core not started: .*this is a core wasm module, not a component/);
-  t.regex(log, /device import not started: .*imports vhost:device\/clock@0\.2\.1, which this host .* does not provide/);
-  t.regex(log, /device unused not started: .*was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.1/);
+  t.regex(log, /device import not started: .*imports vhost:device\/clock@0\.2\.\d+, which this host .* does not provide/);
+  t.regex(log, /device unused not started: .*was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.\d+/);
   t.regex(log, /serving 8 of 12 device\(s\); not started: old, core, import, unused/);
   t.regex(log, /serving r: .*rng\.wasm, started when a front-end connects on /);
   const states = await listed();
@@ -127,10 +127,10 @@ test.serial('device-add of a plugin that can never load is refused at once, with
   for (const start of ['on-connect', 'eager']) {
     const r = await ctl(['--control', control(), 'add', '--id', `v-${start}`, '--socket', sock(`v-${start}`), '--plugin', bad.version, '--start', start]);
     t.is(r.code, 1, r.stdout);
-    t.regex(r.stderr, /plugin component [0-9a-f]{12}: load: this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.1: rebuild it against wit\//);
+    t.regex(r.stderr, /plugin component [0-9a-f]{12}: load: this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.\d+: rebuild it against wit\//);
     const u = await ctl(['--control', control(), 'add', '--id', `u-${start}`, '--socket', sock(`u-${start}`), '--plugin', rng, '--storage', 'memory:1M', '--start', start]);
     t.is(u.code, 1, u.stdout);
-    t.regex(u.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.1: it is not a block device/);
+    t.regex(u.stderr, /was granted storage \(memory:1048576\) but does not import vhost:device\/storage@0\.2\.\d+: it is not a block device/);
     t.false(existsSync(sock(`v-${start}`)) || existsSync(sock(`u-${start}`)), 'no socket is left');
   }
   const typo = await ctl(['--control', control(), 'add', '--id', 'x', '--socket', sock('x'), '--plugin', rng, '--start', 'lazy']);

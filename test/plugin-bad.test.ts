@@ -67,7 +67,7 @@ test('a core module is told to become a component', async (t) => {
 test('a plugin built for vhost:device@0.1.0 is refused at load, naming the version it needs and the migration notes', async (t) => {
   const err = await loadError('version');
   t.is(err.kind, 'load');
-  t.regex(err.message, /this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.1: rebuild it against wit\/ \(docs\/plugin-abi\.md, "Migrating from 0\.1\.0"\)/);
+  t.regex(err.message, /this plugin is built for vhost:device@0\.1\.0; this host speaks vhost:device@0\.2\.0 to @0\.2\.\d+: rebuild it against wit\/ \(docs\/plugin-abi\.md, "Migrating from 0\.1\.0"\)/);
   // One reason, not one per import of the old version.
   t.notRegex(err.message, /imports vhost:device\/\w+@0\.1\.0/);
 });
@@ -75,12 +75,12 @@ test('a plugin built for vhost:device@0.1.0 is refused at load, naming the versi
 test('an import the host does not provide is refused by name', async (t) => {
   const err = await loadError('import');
   t.is(err.kind, 'load');
-  t.regex(err.message, /imports vhost:device\/clock@0\.2\.1, which this host \(vhost:device@0\.2\.0 to @0\.2\.1\) does not provide/);
+  t.regex(err.message, /imports vhost:device\/clock@0\.2\.\d+, which this host \(vhost:device@0\.2\.0 to @0\.2\.\d+\) does not provide/);
 });
 
 test('a component of another world is refused, naming what it exports', async (t) => {
   const err = await loadError('other-world');
-  t.regex(err.message, /does not export vhost:device\/device@0\.2\.1 \(exports: run/);
+  t.regex(err.message, /does not export vhost:device\/device@0\.2\.\d+ \(exports: run/);
 });
 
 test('a malformed identity or transport feature bits fail the load', async (t) => {
