@@ -10,7 +10,7 @@
 // reads wait unanswered (failing ones too), or writes with hold('writes'), or both: the test
 // decides when the slow file answers. A held write changes `data` when it is answered.
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, read, readFileSync, readdirSync, rmdirSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, read, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { processAlive } from '../../host/server/takeover.ts';
 
@@ -100,6 +100,35 @@ function removeStaleMounts(): void {
   }
 }
 
+/**
+ * The mount's FUSE connection, as /sys/fs/fuse/connections names it: the minor of the
+ * superblock's device (major 0, an anonymous device). Read from /proc/self/mountinfo, not by
+ * stat of the mount point, which would ask this very process's server before it serves.
+ */
+function connectionOf(dir: string): number {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f[4] === dir) return Number(f[2].split(':')[1]);
+  }
+  throw new Error(`${dir} is not in /proc/self/mountinfo right after its mount`);
+}
+
+/** Writes `abort` of a FUSE connection: every read of its /dev/fuse fd ends with ENODEV. fusectl is mounted if it is not. */
+function abortConnection(connection: number): void {
+  const ctl = '/sys/fs/fuse/connections';
+  if (!existsSync(`${ctl}/${connection}`)) spawnSync('mount', ['-t', 'fusectl', 'fusectl', ctl]);
+  try {
+    writeFileSync(`${ctl}/${connection}/abort`, '1');
+  } catch {
+    // Gone meanwhile: the connection ended on its own.
+  }
+}
+
+function settlesWithin(p: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]).finally(() => clearTimeout(timer));
+}
+
 /** Mounts the file system (root needed) with one file `name` of `data.length` bytes; [badStart, badEnd) fails with EIO. */
 export async function mountFaultyFuse(name: string, data: Buffer, badStart: number, badEnd: number, opts: { cached?: boolean } = {}): Promise<FaultyFuse> {
   // A fuse built as a module (Debian's) loads on first use; a machine without /dev/fuse loads it.
@@ -115,6 +144,7 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`mounting the FUSE file system failed: ${m.stderr}`);
   }
+  const connection = connectionOf(dir);
   const failed = { read: 0, write: 0 };
   const ops: FuseIo[] = [];
   let gate: (() => void)[] | null = null;
@@ -266,7 +296,12 @@ export async function mountFaultyFuse(name: string, data: Buffer, badStart: numb
     async unmount() {
       open();
       spawnSync('umount', ['-l', dir]);
-      await served;
+      // A lazy unmount ends the serving (ENODEV) only once nothing uses the file system any
+      // more; a reference left anywhere (an io_uring worker, a process a test did not reap)
+      // would keep the read on /dev/fuse, and with it this test process, waiting for ever.
+      // So the connection is aborted if the serving has not ended within a second.
+      if (!(await settlesWithin(served, 1000))) abortConnection(connection);
+      if (!(await settlesWithin(served, 10_000))) throw new Error(`the FUSE server of ${dir} did not end after its unmount and an abort of connection ${connection}`);
       closeSync(fd);
       rmSync(dir, { recursive: true, force: true });
     },
