@@ -506,9 +506,10 @@ export class FsShare {
   /** A budgeted native call's result: a spent budget is logged (once per episode). */
   private budgeted(fd: number): number {
     if (fd === -E.ENFILE) {
-      // Short of fds: the cache gives its own back first, so the guest's retry finds them.
-      this.dropDirFds();
+      // Said while the budget is as the refusal found it; then, short of fds, the cache gives
+      // its own back, so the guest's retry finds them.
       this.noteSpent();
+      this.dropDirFds();
     }
     return fd;
   }
