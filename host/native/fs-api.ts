@@ -136,6 +136,10 @@ export interface NativeFs {
   fdBudgetReserve(n: number): FdBudgetInfo;
   /** Gives n reserved fds back to the budget (a device removed while the host runs). */
   fdBudgetRelease(n: number): FdBudgetInfo;
+  /** Keeps n fds of the common pool for the host (memory regions), if it has n free; the fs devices' reserves stay as they were. */
+  fdBudgetTakePool(n: number): boolean;
+  /** Gives back what fdBudgetTakePool kept. */
+  fdBudgetGivePool(n: number): FdBudgetInfo;
   fdBudgetInfo(): FdBudgetInfo;
 }
 

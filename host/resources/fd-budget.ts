@@ -80,21 +80,18 @@ export function releaseForDevice(numQueues: number, threads = 1): FdBudgetInfo {
 /**
  * Keeps n more fds for memory regions past MEM_REGIONS_RESERVED (they have arrived with the
  * front-end's message: the fds are ours already, and must not be counted as free share
- * handles). False, taking nothing, when fewer than n are free. Only the main thread reserves,
- * so check-then-reserve does not race another reserve; a share handle taken in between makes
- * `used` pass the budget by that much, and shares then get ENFILE until it comes back.
+ * handles). They come from the common pool only, never from an fs device's reserve, and the
+ * reserves are not shrunk by them. False, taking nothing, when the pool has fewer than n free
+ * (checked and taken in one step, in native code).
  */
 export function takeMemoryRegionFds(n: number): boolean {
-  const b = ensureFdBudget();
-  // The common pool only: the reserves of fs devices stay theirs.
-  if (b.pool < n) return false;
-  native.fdBudgetReserve(n);
-  return true;
+  ensureFdBudget();
+  return native.fdBudgetTakePool(n);
 }
 
 /** Gives back what takeMemoryRegionFds kept (regions removed, table replaced, connection gone). */
 export function giveMemoryRegionFds(n: number): void {
-  if (n > 0) native.fdBudgetRelease(n);
+  if (n > 0) native.fdBudgetGivePool(n);
 }
 
 /** This thread's share opened: it holds a reserve of the budget until leaveFdBudget (see the top). */

@@ -38,6 +38,10 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long budget = -1;
 static long used = 0;
 static long limit_now, limit_before, limit_hard, reserve_total;
+// Of reserve_total, the fds memory regions past a device's own took from the common pool
+// (fdBudgetTakePool): the reserves are computed as if the budget still held them, so regions
+// that shrink the budget do not shrink the fs devices' reserves with it.
+static long pool_taken = 0;
 // The joined accounts (a circular list through a sentinel), how many, and the sum over them
 // of max(0, reserve - used): fds promised to an account that it does not hold.
 static fd_account accounts = {&accounts, &accounts, 0, 0, 0, 0};
@@ -48,7 +52,8 @@ static long unspent_of(const fd_account *a) { return a->joins > 0 && a->reserve 
 
 // Lock held: every account's reserve for the current budget and account count.
 static void recompute(void) {
-  long share = n_accounts > 0 && budget > 0 ? budget / (2 * n_accounts) : 0;
+  long base = budget + pool_taken;
+  long share = n_accounts > 0 && base > 0 ? base / (2 * n_accounts) : 0;
   unspent = 0;
   for (fd_account *a = accounts.next; a != &accounts; a = a->next) {
     a->reserve = a->cap < share ? a->cap : share;
@@ -245,10 +250,46 @@ static napi_value fd_budget_release(napi_env env, napi_callback_info info) {
   return describe(env);
 }
 
+// fdBudgetTakePool(n) -> bool: n fds of the common pool kept for the host (memory regions that
+// arrived), only if the pool has n free: the check and the take are one step under the lock.
+static napi_value fd_budget_take_pool(napi_env env, napi_callback_info info) {
+  long n = 0;
+  if (!arg_count(env, info, "fdBudgetTakePool", &n)) return NULL;
+  pthread_mutex_lock(&lock);
+  bool ok = budget >= 0 && room_of(NULL) >= n;
+  if (ok) {
+    budget -= n;
+    reserve_total += n;
+    pool_taken += n;
+  }
+  pthread_mutex_unlock(&lock);
+  napi_value r;
+  return napi_get_boolean(env, ok, &r) == napi_ok ? r : NULL;
+}
+
+// fdBudgetGivePool(n) -> describe(): what fdBudgetTakePool kept goes back to the pool.
+static napi_value fd_budget_give_pool(napi_env env, napi_callback_info info) {
+  long n = 0;
+  if (!arg_count(env, info, "fdBudgetGivePool", &n)) return NULL;
+  pthread_mutex_lock(&lock);
+  if (n > pool_taken) {
+    long have = pool_taken;
+    pthread_mutex_unlock(&lock);
+    throw_range(env, "fdBudgetGivePool: %ld fds were never taken (the pool gave out %ld)", n, have);
+    return NULL;
+  }
+  budget += n;
+  reserve_total -= n;
+  pool_taken -= n;
+  pthread_mutex_unlock(&lock);
+  return describe(env);
+}
+
 static napi_value fd_budget_info(napi_env env, napi_callback_info info) { return describe(env); }
 
 bool init_fd_budget(napi_env env, napi_value exports) {
   return set_fn(env, exports, "fdBudgetInit", fd_budget_init) && set_fn(env, exports, "fdBudgetReserve", fd_budget_reserve) &&
-         set_fn(env, exports, "fdBudgetRelease", fd_budget_release) &&
+         set_fn(env, exports, "fdBudgetRelease", fd_budget_release) && set_fn(env, exports, "fdBudgetTakePool", fd_budget_take_pool) &&
+         set_fn(env, exports, "fdBudgetGivePool", fd_budget_give_pool) &&
          set_fn(env, exports, "fdBudgetInfo", fd_budget_info);
 }
