@@ -17,7 +17,7 @@ import { native } from '../host/native/index.ts';
 import { deviceReserve, MEM_REGIONS_RESERVED, RESERVE_BASE } from '../host/resources/fd-budget.ts';
 import { REPO } from './helpers/host-process.ts';
 import { startMultiHost, type DeviceSpec, type MultiHost } from './helpers/multi-host.ts';
-import { ERRNO, FuseClient } from './helpers/fuse.ts';
+import { FuseClient } from './helpers/fuse.ts';
 import { RngPump } from './helpers/rng-pump.ts';
 
 const LIMIT = 1024;
