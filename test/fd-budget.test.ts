@@ -2,9 +2,11 @@
 // in one process, RLIMIT_NOFILE 1024 soft / 4096 hard set by prlimit; the fs devices hold an fd
 // per inode, --inode-file-handles=never, so a guest's lookups can spend the budget):
 //  - the soft limit is raised to the hard one and the share budget derived from it;
-//  - a guest that looks up more files than the budget gets ENFILE from its own device, with
+//  - a guest that looks up more files than it may hold gets ENFILE from its own device, with
 //    one log line, while the rng device keeps serving and can still accept a new front-end;
-//    the other fs device shares the budget (ENFILE too until the first gives fds back);
+//    it gets the budget less the reserves of the other two fs devices (fd-budget.ts: each
+//    device with a share keeps floor(budget / (2 * 3)) no other device can take), so the
+//    second fs device still looks up;
 //  - RESET_DEVICE gives every share fd back (/proc/PID/fd at its baseline) although the
 //    first fs device runs a plugin that never closes a handle on reset (the host does), and
 //    a disconnect does the same for the second;
@@ -106,7 +108,10 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   t.log(`${ok} lookups succeeded, ${enfile} answered ENFILE; host fds ${host.fdCount()} (limit ${HARD})`);
   t.is(ok + enfile, files, 'every lookup either worked or got ENFILE');
   // The budget less the root fds and root handles of the shares.
-  t.true(ok >= budget - 10 && ok <= budget - 5, `the share got (about) the whole budget of ${budget}, not more`);
+  // The budget less the other two fs devices' reserves (less the root each of them holds), less
+  // this share's own root fd.
+  const reserve = Math.floor(budget / 6);
+  t.true(ok >= budget - 2 * reserve - 10 && ok <= budget - 2 * reserve + 5, `the share got (about) the budget of ${budget} less the two other reserves of ${reserve}, not more`);
   t.true(enfile >= 60, 'the lookups past the budget were refused');
   // Share handles stop at the budget: what the process holds besides them stays inside the reserve
   // (RLIMIT_NOFILE - budget), so fds are left for listeners, connections and memory regions.
@@ -114,7 +119,9 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   t.true(host.fdCount() < HARD - 100, 'fds are left under the limit');
   t.is(host.lines(/fd budget spent/).length, 1, 'one log line for the whole episode');
   t.regex(host.lines(/fd budget spent/)[0], /WARN .*fs fs: fd budget spent: .*the guest gets ENFILE/);
-  t.is((await fuse2.lookup(1n, 'f1')).error, ERRNO.ENFILE, 'the budget is shared: the second fs device gets ENFILE too');
+  // The second fs device's reserve is its own: it still looks up (and holds that node's fd until its disconnect).
+  t.is((await fuse2.lookup(1n, 'f1')).error, 0, 'the second fs device still looks up');
+  const fs2Held = 1;
 
   // The other device still serves, and still accepts a new front-end.
   await pump.more(5);
@@ -128,7 +135,7 @@ test.serial('one fs device cannot take the fds of the process: ENFILE to its gue
   // RESET_DEVICE: every handle the guest held is released by the host, although this plugin
   // keeps them all (its stale ids now answer EBADF).
   await fe.conn.resetDevice();
-  await until(() => host.fdCount() <= baseline, `fd count back to ${baseline} after RESET_DEVICE (now ${host.fdCount()})`);
+  await until(() => host.fdCount() <= baseline + fs2Held, `fd count back to ${baseline} (+${fs2Held} of fs2) after RESET_DEVICE (now ${host.fdCount()})`);
   await restartQueues(fe, fsOpts.queues!);
   const stale = await fuse.lookup(nodeOf(replies[0]), 'x');
   t.is(stale.error, ERRNO.EBADF, 'the handle the plugin kept across the reset is gone');

@@ -15,9 +15,11 @@
 // node holds an O_PATH fd, as before. Handles never leave this class.
 //
 // Every fd the share holds is taken from the process-wide fd budget (host/resources/
-// fd-budget.ts), shared with every other device of the process: past it (or past this
-// share's own maxHandles) lookups, opens and creates answer ENFILE, with one log line per
-// episode. releaseAll() gives every handle back (device reset), close() also the root.
+// fd-budget.ts), shared with every other device of the process: the share's thread holds a
+// reserve of it while the share is open (joinFdBudget), and takes past that reserve only
+// while the other devices' reserves stay free. Past what it may take (or past this share's
+// own maxHandles) lookups, opens and creates answer ENFILE, with one log line per episode.
+// releaseAll() gives every handle back (device reset), close() also the root and the reserve.
 //
 // Directories held by handle keep a few fds open between calls (dirFds below): every
 // LOOKUP and CREATE in a directory otherwise opens it by handle and closes it again, 2 of a
@@ -26,7 +28,7 @@
 import { constants as OS } from 'node:os';
 import { native } from '../native/index.ts';
 import { ENTRY_SLOTS, STAT_BITS, STAT_SLOTS } from '../native/fs-api.ts';
-import { ensureFdBudget, fdBudgetInfo } from '../resources/fd-budget.ts';
+import { fdBudgetAccount, fdBudgetInfo, joinFdBudget, leaveFdBudget } from '../resources/fd-budget.ts';
 import { createLogger } from '../log/logger.ts';
 import { LogThrottle } from '../log/throttle.ts';
 import { VhostWasmError } from '../errors.ts';
@@ -223,7 +225,7 @@ interface Slot {
 
 /** Directory fds opened by handle kept between calls (a guest works in a few directories at a time). */
 const DIR_FD_CACHE = 16;
-/** Cache nothing while fewer than this many fds of the process-wide budget are free. */
+/** Cache nothing while this device may take fewer than this many more fds from the process-wide budget. */
 const DIR_FD_HEADROOM = 4 * DIR_FD_CACHE;
 
 /** Most bytes of getdents64 records one readdir reads at once; at least DIRENT_MIN (one longest name fits). */
@@ -398,37 +400,44 @@ export class FsShare {
     this.maxHandles = opts.maxHandles ?? 65536;
     const log = createLogger(`fs ${opts.label ?? dir}`);
     this.spentLog = new LogThrottle(log, 'warn', SPENT_LOG_INTERVAL_MS);
-    ensureFdBudget();
-    const fd = native.fsOpenRoot(dir);
-    if (fd < 0) {
-      const why = fd === -E.ENFILE ? ' (the process-wide fd budget for shared directories is spent)' : '';
-      throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
-    }
-    this.rootFd = fd;
-    this.fsType = native.memoryFdInfo(fd).fsType;
-    this.mountId = native.fsMountId(fd);
-    // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
-    // /proc every open would fail later, so refuse now with the reason.
-    const probe = native.fsPathOf(fd);
-    if (probe < 0) {
-      native.fsClose(fd);
-      throw new FsShareError(`the filesystem grant needs /proc mounted (reopening through /proc/self/fd failed: ${errnoName(-probe)})`);
-    }
-    native.fsClose(probe);
-    this.nodesBy = 'fds';
-    if (this.inodeFileHandles !== 'never') {
-      const why = this.probeHandles();
-      if (why === null) {
-        this.nodesBy = 'handles';
-      } else if (this.inodeFileHandles === 'mandatory') {
-        native.fsClose(fd);
-        throw new FsShareError(
-          `--inode-file-handles=mandatory, but file handles do not work on ${dir}: ${why} ` +
-            '(use --inode-file-handles=prefer or never: then every looked-up inode holds an fd)',
-        );
-      } else {
-        log.warn(`file handles do not work on ${dir} (${why}): every looked-up inode holds an fd, so the process's fd limit bounds how many files the guest can hold`);
+    // This thread's reserve of the fd budget from now (fd-budget.ts: the fairness rule), so
+    // the root itself comes out of it; every throw below leaves again.
+    joinFdBudget(this.maxHandles);
+    try {
+      const fd = native.fsOpenRoot(dir);
+      if (fd < 0) {
+        const why = fd === -E.ENFILE ? ' (the process-wide fd budget for shared directories is spent)' : '';
+        throw new FsShareError(`cannot open the shared directory ${dir}: ${errnoName(-fd)}${why}`);
       }
+      this.rootFd = fd;
+      this.fsType = native.memoryFdInfo(fd).fsType;
+      this.mountId = native.fsMountId(fd);
+      // Reopening held inodes goes through /proc/self/fd (see host/native/src/fs.c): without
+      // /proc every open would fail later, so refuse now with the reason.
+      const probe = native.fsPathOf(fd);
+      if (probe < 0) {
+        native.fsClose(fd);
+        throw new FsShareError(`the filesystem grant needs /proc mounted (reopening through /proc/self/fd failed: ${errnoName(-probe)})`);
+      }
+      native.fsClose(probe);
+      this.nodesBy = 'fds';
+      if (this.inodeFileHandles !== 'never') {
+        const why = this.probeHandles();
+        if (why === null) {
+          this.nodesBy = 'handles';
+        } else if (this.inodeFileHandles === 'mandatory') {
+          native.fsClose(fd);
+          throw new FsShareError(
+            `--inode-file-handles=mandatory, but file handles do not work on ${dir}: ${why} ` +
+              '(use --inode-file-handles=prefer or never: then every looked-up inode holds an fd)',
+          );
+        } else {
+          log.warn(`file handles do not work on ${dir} (${why}): every looked-up inode holds an fd, so the process's fd limit bounds how many files the guest can hold`);
+        }
+      }
+    } catch (e) {
+      leaveFdBudget();
+      throw e;
     }
   }
 
@@ -491,24 +500,31 @@ export class FsShare {
     this.releaseAll();
     native.fsClose(this.rootFd);
     if (this.mountFd >= 0) native.fsClose(this.mountFd);
+    leaveFdBudget();
   }
 
   /** A budgeted native call's result: a spent budget is logged (once per episode). */
   private budgeted(fd: number): number {
     if (fd === -E.ENFILE) {
-      // Short of fds: the cache gives its own back first, so the guest's retry finds them.
-      this.dropDirFds();
+      // Said while the budget is as the refusal found it; then, short of fds, the cache gives
+      // its own back, so the guest's retry finds them.
       this.noteSpent();
+      this.dropDirFds();
     }
     return fd;
   }
 
   private noteSpent(): void {
     const b = fdBudgetInfo();
+    const mine = fdBudgetAccount();
     // ENFILE also comes from the kernel when the whole system's file table is full.
-    const what = this.heldFds >= this.maxHandles || b.used >= b.budget || this.handles.size >= MAX_TABLE ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
+    const what = this.heldFds >= this.maxHandles || mine.room < 1 || this.handles.size >= MAX_TABLE ? 'fd budget spent' : "the system's file table is full (ENFILE from the kernel)";
+    // Who holds what: this device (against its reserve), all devices, and what is kept free
+    // for the other devices' reserves (fd-budget.ts: the fairness rule).
     this.spentLog.hit(
-      `${what}: this share holds ${this.heldFds} fds (at most ${this.maxHandles}) for ${this.handles.size} handles (at most ${MAX_TABLE}), all devices ${b.used} of ${b.budget}; ` +
+      `${what}: this share holds ${this.heldFds} fds (at most ${this.maxHandles}) for ${this.handles.size} handles (at most ${MAX_TABLE}); ` +
+        `this device ${mine.held} of the budget (its reserve ${mine.reserve}), all devices ${b.used} of ${b.budget}, ` +
+        `${b.unspentReserves} kept free for the reserves of the other ${Math.max(0, b.accounts - 1)} device(s) with a share; ` +
         'the guest gets ENFILE for new lookups, opens and creates until it releases some (or the device is reset)',
     );
   }
@@ -607,8 +623,9 @@ export class FsShare {
       this.closeCached(oldFd);
     }
     if (this.heldFds + this.dirFds.size >= this.maxHandles) return fd;
-    const b = fdBudgetInfo();
-    if (b.budget - b.used < DIR_FD_HEADROOM) {
+    // What this device may still take (its unspent reserve and what the pool allows it), not
+    // the whole budget's free fds: those may be other devices' reserves.
+    if (fdBudgetAccount().room < DIR_FD_HEADROOM) {
       this.dropDirFds();
       return fd;
     }

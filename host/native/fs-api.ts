@@ -118,6 +118,15 @@ export interface NativeFs {
 
   /** Closes a share fd this thread got from the calls above and returns it to the budget; -EBADF (nothing closed) for any other fd. */
   fsClose(fd: number): number;
+  /**
+   * A share opened in this thread: the thread holds a reserve of the fd budget (at most
+   * maxHandles) until every share that joined has left (host/native/src/fd_budget.c: the rule).
+   */
+  fsBudgetJoin(maxHandles: number): number;
+  /** A share that joined closed. */
+  fsBudgetLeave(): number;
+  /** This thread's part of the budget now. */
+  fsBudgetAccount(): FdBudgetAccount;
 
   // The process-wide fd budget for share handles (host/native/src/fd_budget.c), one for
   // every thread. host/resources/fd-budget.ts is the policy; these are the mechanism.
@@ -127,7 +136,20 @@ export interface NativeFs {
   fdBudgetReserve(n: number): FdBudgetInfo;
   /** Gives n reserved fds back to the budget (a device removed while the host runs). */
   fdBudgetRelease(n: number): FdBudgetInfo;
+  /** Keeps n fds of the common pool for the host (memory regions), if it has n free; the fs devices' reserves stay as they were. */
+  fdBudgetTakePool(n: number): boolean;
+  /** Gives back what fdBudgetTakePool kept. */
+  fdBudgetGivePool(n: number): FdBudgetInfo;
   fdBudgetInfo(): FdBudgetInfo;
+}
+
+export interface FdBudgetAccount {
+  /** How many more fds this thread may take now (its unspent reserve and what the common pool allows). */
+  room: number;
+  /** Its reserve (0 with no share open). */
+  reserve: number;
+  /** Fds it holds from the budget. */
+  held: number;
 }
 
 export interface FdBudgetInfo {
@@ -141,4 +163,10 @@ export interface FdBudgetInfo {
   hardLimit: number;
   /** Fds kept out of the budget for the host itself. */
   reserve: number;
+  /** Threads (devices) holding a reserve of the budget: those with a share open. */
+  accounts: number;
+  /** Fds of those reserves their devices do not hold: nobody else may take them. */
+  unspentReserves: number;
+  /** Fds free to anyone now (the common pool: budget - used - unspentReserves, at least 0). */
+  pool: number;
 }

@@ -27,11 +27,23 @@
 // With RLIMIT_NOFILE at 20,000 and an rng and an fs device that leaves about 19,800 share
 // handles. When the budget is spent the share answers ENFILE (the guest sees "too many open
 // files in system"), never EMFILE somewhere else.
+//
+// Fair shares between devices (host/native/src/fd_budget.c has the mechanism): every device
+// with a share open (its worker joined the budget, FsShare) is guaranteed a reserve,
+//   min(its maxHandles, floor(budget / (2 * devices with a share)))
+// fds no other device can take; the other half of the budget is a common pool that any device
+// takes from only while every other live device's unspent reserve stays free. So a guest that
+// opens files until ENFILE leaves each other fs device its reserve (with 2 fs devices under
+// RLIMIT_NOFILE 20,000: ~4,900 each, the greedy one up to ~14,700). The reserve lasts as long
+// as the device's share (worker start to device removal or worker death): a reset or a
+// disconnect gives the device's fds back, and its next guest finds its reserve still there.
+// Memory regions past MEM_REGIONS_RESERVED come from the common pool only (takeMemoryRegionFds):
+// a front-end adding regions cannot take an fs device's reserve either.
 import { native } from '../native/index.ts';
-import type { FdBudgetInfo } from '../native/fs-api.ts';
+import type { FdBudgetAccount, FdBudgetInfo } from '../native/fs-api.ts';
 import { MAX_MEM_TABLE_REGIONS } from '../protocol/constants.ts';
 
-export type { FdBudgetInfo } from '../native/fs-api.ts';
+export type { FdBudgetAccount, FdBudgetInfo } from '../native/fs-api.ts';
 
 export const RESERVE_BASE = 128;
 /** Accepted connections a busy device keeps waiting for it (host/server/listener.ts). */
@@ -68,20 +80,34 @@ export function releaseForDevice(numQueues: number, threads = 1): FdBudgetInfo {
 /**
  * Keeps n more fds for memory regions past MEM_REGIONS_RESERVED (they have arrived with the
  * front-end's message: the fds are ours already, and must not be counted as free share
- * handles). False, taking nothing, when fewer than n are free. Only the main thread reserves,
- * so check-then-reserve does not race another reserve; a share handle taken in between makes
- * `used` pass the budget by that much, and shares then get ENFILE until it comes back.
+ * handles). They come from the common pool only, never from an fs device's reserve, and the
+ * reserves are not shrunk by them. False, taking nothing, when the pool has fewer than n free
+ * (checked and taken in one step, in native code).
  */
 export function takeMemoryRegionFds(n: number): boolean {
-  const b = ensureFdBudget();
-  if (b.budget - b.used < n) return false;
-  native.fdBudgetReserve(n);
-  return true;
+  ensureFdBudget();
+  return native.fdBudgetTakePool(n);
 }
 
 /** Gives back what takeMemoryRegionFds kept (regions removed, table replaced, connection gone). */
 export function giveMemoryRegionFds(n: number): void {
-  if (n > 0) native.fdBudgetRelease(n);
+  if (n > 0) native.fdBudgetGivePool(n);
+}
+
+/** This thread's share opened: it holds a reserve of the budget until leaveFdBudget (see the top). */
+export function joinFdBudget(maxHandles: number): void {
+  ensureFdBudget();
+  native.fsBudgetJoin(maxHandles);
+}
+
+/** A share that joined closed: with the thread's last one its reserve goes back to the others. */
+export function leaveFdBudget(): void {
+  native.fsBudgetLeave();
+}
+
+/** What this thread holds of the budget, its reserve, and how many more fds it may take now. */
+export function fdBudgetAccount(): FdBudgetAccount {
+  return native.fsBudgetAccount();
 }
 
 export function fdBudgetInfo(): FdBudgetInfo {
@@ -91,5 +117,7 @@ export function fdBudgetInfo(): FdBudgetInfo {
 /** One line for the log: what the budget is and where it comes from. */
 export function describeFdBudget(b: FdBudgetInfo): string {
   const raised = b.limitBefore !== b.limit ? `, raised from ${b.limitBefore}` : '';
-  return `fd budget: ${b.budget} share handles for all devices (RLIMIT_NOFILE ${b.limit}${raised}; ${b.reserve} kept for the host's own fds)`;
+  // The fair share (see the top): what each device with a share keeps for itself now.
+  const fair = b.accounts > 0 ? `; each of the ${b.accounts} device(s) with a share keeps a reserve of about ${Math.floor(b.budget / (2 * b.accounts))}` : '';
+  return `fd budget: ${b.budget} share handles for all devices (RLIMIT_NOFILE ${b.limit}${raised}; ${b.reserve} kept for the host's own fds${fair})`;
 }

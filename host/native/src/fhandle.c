@@ -128,7 +128,7 @@ static napi_value fs_open_by_handle(napi_env env, napi_callback_info info) {
   size_t len;
   if (!handle_args(env, info, "fsOpenByHandle", 2, argv, &mount_fd, &rec, &len)) return NULL;
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   fs_env *fe = fs_env_of(env, info);
   if (fd == 0) fd = fs_keep(fe, open_by_record(fe, mount_fd, rec, len, O_PATH | O_CLOEXEC));
   return make_number(env, fd);
@@ -147,7 +147,7 @@ static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
   if (!handle_args(env, info, "fsStatByHandle", 3, argv, &mount_fd, &rec, &len) || !fs_stat_out(env, argv[2], "fsStatByHandle", FS_STAT_N, &o))
     return NULL;
   int r;
-  if (!fs_take_budget(env, &r)) return NULL;
+  if (!fs_take_budget(env, info, &r)) return NULL;
   if (r < 0) return make_number(env, r);
   int fd = open_by_record(fs_env_of(env, info), mount_fd, rec, len, O_PATH | O_CLOEXEC);
   if (fd >= 0) {
@@ -158,7 +158,7 @@ static napi_value fs_stat_by_handle(napi_env env, napi_callback_info info) {
   } else {
     r = fd;
   }
-  fd_budget_give(1);
+  fs_give_budget(fs_env_of(env, info), 1);
   return make_number(env, r);
 }
 
@@ -180,7 +180,7 @@ static napi_value fs_open_file_by_handle(napi_env env, napi_callback_info info) 
     return NULL;
   }
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   fs_env *fe = fs_env_of(env, info);
   if (fd == 0) {
     fd = open_by_record(fe, mount_fd, rec, len, fs_io_open_flags((int)(uint32_t)d));

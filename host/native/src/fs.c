@@ -71,6 +71,8 @@ struct fs_env {
   // mount never changes, and fsClose of that fd forgets it (the number may be reused).
   int mount_fd;
   int64_t mount_id;
+  // This thread's share of the fd budget (fd_budget.h): what it holds, its reserve.
+  fd_account acct;
 };
 
 static bool own(fs_env *fe, int fd) {
@@ -114,7 +116,7 @@ static void fs_env_teardown(void *arg) {
     close((int)fd);
     n++;
   }
-  fd_budget_give(n);
+  fd_budget_drop(&fe->acct, n);
   free(fe->owned);
   free(fe);
 }
@@ -127,14 +129,16 @@ fs_env *fs_env_of(napi_env env, napi_callback_info info) {
 
 // Before a call that hands out a share fd: one fd from the budget. false (exception pending)
 // if the budget was never set up, a bug; otherwise *r is 0, or -ENFILE when it is spent.
-bool fs_take_budget(napi_env env, int *r) {
+bool fs_take_budget(napi_env env, napi_callback_info info, int *r) {
   *r = 0;
-  switch (fd_budget_take()) {
+  switch (fd_budget_take(&fs_env_of(env, info)->acct)) {
     case FD_BUDGET_OK: return true;
     case FD_BUDGET_SPENT: *r = -ENFILE; return true;
     default: return throw_plain(env, "ERR_FD_BUDGET_UNSET", "the fd budget was never set up (fdBudgetInit)");
   }
 }
+
+void fs_give_budget(fs_env *fe, long n) { fd_budget_give(&fe->acct, n); }
 
 // After it: the fd it opened is owned by fe; on failure the budget taken is given back.
 int fs_keep(fs_env *fe, int r) {
@@ -142,7 +146,7 @@ int fs_keep(fs_env *fe, int r) {
     close(r);
     r = -ENOMEM;
   }
-  if (r < 0) fd_budget_give(1);
+  if (r < 0) fd_budget_give(&fe->acct, 1);
   return r;
 }
 
@@ -280,7 +284,7 @@ static napi_value fs_open_root(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 1, 1, argv, NULL, "fsOpenRoot")) return NULL;
   if (!get_string(env, argv[0], "fsOpenRoot", "path", PATH_MAX, &path)) return NULL;
   int fd;
-  if (!fs_take_budget(env, &fd)) {
+  if (!fs_take_budget(env, info, &fd)) {
     free(path);
     return NULL;
   }
@@ -300,7 +304,7 @@ static napi_value fs_lookup(napi_env env, napi_callback_info info) {
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   if (fd == 0) fd = fs_keep(fs_env_of(env, info), openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
   return num(env, fd);
 }
@@ -366,7 +370,7 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
   if (r < 0) return neg(env, -r);
   fs_env *fe = fs_env_of(env, info);
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   if (fd < 0) return neg(env, -fd);
   fd = fs_keep(fe, openat2_beneath(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
   if (fd < 0) return neg(env, -fd);
@@ -380,7 +384,7 @@ static napi_value fs_lookup_entry(napi_env env, napi_callback_info info) {
   if (r < 0 || n > 0) {
     disown(fe, fd);
     close(fd);
-    fd_budget_give(1);
+    fd_budget_give(&fe->acct, 1);
     fd = -1;
   }
   if (r < 0) return neg(env, -r);
@@ -435,7 +439,7 @@ static napi_value fs_reopen(napi_env env, napi_callback_info info) {
       !arg_int(env, argv[1], "fsReopen", "flags", &flags))
     return NULL;
   int nfd;
-  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (!fs_take_budget(env, info, &nfd)) return NULL;
   if (nfd == 0) nfd = fs_keep(fs_env_of(env, info), reopen_fd(fd, (int)flags));
   return num(env, nfd);
 }
@@ -475,7 +479,7 @@ static napi_value fs_dup(napi_env env, napi_callback_info info) {
     return dup3(fd, (int)onto, O_CLOEXEC) < 0 ? neg(env, errno) : num(env, (double)onto);
   }
   int nfd;
-  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (!fs_take_budget(env, info, &nfd)) return NULL;
   if (nfd == 0) {
     int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     nfd = fs_keep(fe, d < 0 ? -errno : d);
@@ -496,7 +500,7 @@ static napi_value fs_path_of(napi_env env, napi_callback_info info) {
   int fd;
   if (!get_args(env, info, 1, 1, argv, NULL, "fsPathOf") || !arg_fd(env, argv[0], "fsPathOf", &fd)) return NULL;
   int nfd;
-  if (!fs_take_budget(env, &nfd)) return NULL;
+  if (!fs_take_budget(env, info, &nfd)) return NULL;
   if (nfd == 0) nfd = fs_keep(fs_env_of(env, info), path_of(fd));
   return num(env, nfd);
 }
@@ -550,7 +554,7 @@ static napi_value fs_create(napi_env env, napi_callback_info info) {
   if (threw) return NULL;
   if (r < 0) return neg(env, -r);
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   if (fd == 0) fd = fs_keep(fs_env_of(env, info), create_at(dirfd, name, (int)flags, (mode_t)mode & 07777));
   return num(env, fd);
 }
@@ -569,7 +573,7 @@ static napi_value fs_tmpfile(napi_env env, napi_callback_info info) {
     return NULL;
   int io = (int)flags & (O_ACCMODE | O_APPEND | O_SYNC | O_DSYNC | O_EXCL);
   int fd;
-  if (!fs_take_budget(env, &fd)) return NULL;
+  if (!fs_take_budget(env, info, &fd)) return NULL;
   if (fd == 0) {
     int r = openat2_beneath(dirfd, ".", io | O_TMPFILE | O_CLOEXEC | O_NOCTTY, (mode_t)mode & 07777);
     if (r == -EISDIR) r = -EOPNOTSUPP;
@@ -1122,8 +1126,37 @@ static napi_value fs_close(napi_env env, napi_callback_info info) {
   if (!owns(fe, fd)) return neg(env, EBADF);
   disown(fe, fd);
   close(fd);
-  fd_budget_give(1);
+  fd_budget_give(&fe->acct, 1);
   return num(env, 0);
+}
+
+// fsBudgetJoin(maxHandles) -> 0: a share opened in this thread; the thread holds a reserve of
+// the fd budget (at most maxHandles) until every share that joined has left (fd_budget.c).
+static napi_value fs_budget_join(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint64_t cap = 0;
+  if (!get_args(env, info, 1, 1, argv, NULL, "fsBudgetJoin") || !get_u64(env, argv[0], "fsBudgetJoin", "maxHandles", &cap)) return NULL;
+  fd_budget_join(&fs_env_of(env, info)->acct, cap > (1u << 30) ? (1L << 30) : (long)cap);
+  return num(env, 0);
+}
+
+// fsBudgetLeave() -> 0: a share that joined closed.
+static napi_value fs_budget_leave(napi_env env, napi_callback_info info) {
+  fd_budget_leave(&fs_env_of(env, info)->acct);
+  return num(env, 0);
+}
+
+// fsBudgetAccount() -> {room, reserve, held}: this thread's share of the budget now.
+static napi_value fs_budget_account(napi_env env, napi_callback_info info) {
+  long v[3];
+  fd_budget_account_info(&fs_env_of(env, info)->acct, v);
+  napi_value o;
+  if (napi_create_object(env, &o) != napi_ok) return NULL;
+  if (napi_set_named_property(env, o, "room", num(env, (double)v[0])) != napi_ok ||
+      napi_set_named_property(env, o, "reserve", num(env, (double)v[1])) != napi_ok ||
+      napi_set_named_property(env, o, "held", num(env, (double)v[2])) != napi_ok)
+    return NULL;
+  return o;
 }
 
 bool fs_set_fn(napi_env env, napi_value obj, const char *name, napi_callback cb, fs_env *fe) {
@@ -1141,7 +1174,8 @@ fs_env *init_fs(napi_env env, napi_value exports) {
     return NULL;
   }
   // The calls that hand out (or take back) share fds carry this environment's record.
-  bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
+  bool ok = fs_set_fn(env, exports, "fsOpenRoot", fs_open_root, fe) && fs_set_fn(env, exports, "fsBudgetJoin", fs_budget_join, fe) &&
+         fs_set_fn(env, exports, "fsBudgetLeave", fs_budget_leave, fe) && fs_set_fn(env, exports, "fsBudgetAccount", fs_budget_account, fe) && fs_set_fn(env, exports, "fsLookup", fs_lookup, fe) &&
          fs_set_fn(env, exports, "fsLookupEntry", fs_lookup_entry, fe) && set_fn(env, exports, "fsStatName", fs_stat_name) &&
          set_fn(env, exports, "fsStat", fs_stat) && fs_set_fn(env, exports, "fsReopen", fs_reopen, fe) &&
          fs_set_fn(env, exports, "fsDup", fs_dup, fe) &&

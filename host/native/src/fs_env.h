@@ -20,7 +20,9 @@ fs_env *init_fs(napi_env env, napi_value exports);
 fs_env *fs_env_of(napi_env env, napi_callback_info info);
 // Before a call that hands out a share fd: false (exception pending) if the budget was never
 // set up; otherwise *r is 0, or -ENFILE when the budget is spent.
-bool fs_take_budget(napi_env env, int *r);
+bool fs_take_budget(napi_env env, napi_callback_info info, int *r);
+// Gives n fds taken by fs_take_budget back (a transient fd, closed again).
+void fs_give_budget(fs_env *fe, long n);
 // After it: r (an fd) is owned by fe; on failure (r < 0) the budget taken is given back.
 int fs_keep(fs_env *fe, int r);
 // A stat's slots in an out Float64Array: 16 numbers (dev ino mode nlink uid gid rdev size blksize
