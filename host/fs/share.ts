@@ -1033,7 +1033,15 @@ export class FsShare {
     const name = this.capabilityName;
     if (name === null) return 0;
     const r = native.fsRemovexattr(fd, name);
-    return r >= 0 || r === -E.ENODATA || r === -E.EOPNOTSUPP ? 0 : -r;
+    if (r >= 0 || r === -E.ENODATA || r === -E.EOPNOTSUPP) return 0;
+    // Only a regular file can carry capabilities, and the kernel refuses user.* names on a
+    // symlink or device node with EPERM: that refusal must not stop their chown (virtiofsd 1.13
+    // lets it, and fails an lchown of a symlink under such a map; docs/virtio-fs.md).
+    if (r === -E.EPERM) {
+      const st = this.stat(fd);
+      if (st.ok && (st.val.mode & S_IFMT) !== S_IFREG) return 0;
+    }
+    return -r;
   }
 
   /**
