@@ -1068,7 +1068,19 @@ export class FsShare {
     if (fd < 0) return fail(-fd);
     // An existing file opened with O_TRUNC is truncated: as open() (a new one has nothing to drop).
     const no = !made && flags & O_TRUNC ? this.dropCapability(fd) : 0;
-    const e: FsResult<Entry> = no ? fail(no) : this.nodeOfOpen(fd);
+    if (no) {
+      native.fsClose(fd);
+      return fail(no);
+    }
+    return this.entryAndFile(fd, made, flags, want, umask);
+  }
+
+  /**
+   * A file create or tmpfile opened (fd; `made`: by this call, so its mode is ours to set) as
+   * its node and an open-file handle; on failure fd is closed and nothing of it stays.
+   */
+  private entryAndFile(fd: number, made: boolean, flags: number, want: number, umask: number | undefined): FsResult<[Entry, bigint]> {
+    const e = this.nodeOfOpen(fd);
     if (!e.ok) {
       native.fsClose(fd);
       return e;
@@ -1096,20 +1108,8 @@ export class FsShare {
     const want = safeMode(S_IFREG, mode);
     return this.using(dir, 'node', (d) => {
       const fd = this.budgeted(withUmask(umask, () => native.fsTmpfile(d, flags, want)));
-      if (fd < 0) return fail(-fd);
-      const e = this.nodeOfOpen(fd);
-      if (!e.ok) {
-        native.fsClose(fd);
-        return e;
-      }
-      // As createIn: the host's own umask must not apply a second time.
-      if (umask === undefined && (e.val.attr.mode & 0o7777) !== want && exactMode(fd, want)) e.val.attr.mode = (e.val.attr.mode & S_IFMT) | want;
-      const f = this.add(fd, 'file', false, flags & O_ACCMODE);
-      if (!f.ok) {
-        this.closeHandle(e.val.node);
-        return f;
-      }
-      return ok([e.val, f.val]);
+      // Always made by this call: as createIn, the host's own umask must not apply a second time.
+      return fd < 0 ? fail(-fd) : this.entryAndFile(fd, true, flags, want, umask);
     });
   }
 
