@@ -47,7 +47,7 @@ export function rebindChain(memory: GuestMemory, chain: DescriptorChain, readabl
   // Zero-length writable descriptors only, or none: no view to rebind.
   if (chain.writable.length === 0 && chain.ranges === null) return null;
   // Kept at pop (logging) or before the change (keepRequestRanges); found now if no table went since.
-  const ranges = chain.ranges ?? chain.keepRanges(memory.windowBases());
+  const ranges = chain.rangesNow();
   if (ranges === null) {
     return 'its writable buffers were unmapped (REM_MEM_REG or SET_MEM_TABLE) before the device answered it and their guest addresses were not kept, so its reply cannot be written';
   }

@@ -1427,7 +1427,7 @@ export class DeviceRunner {
     let gpa = -1;
     let skip = at;
     // Taken before the table change that unmapped the views (keepRequestRanges), or found now.
-    for (const r of req.chain.ranges ?? req.chain.keepRanges(this.memory.windowBases()) ?? []) {
+    for (const r of req.chain.rangesNow() ?? []) {
       if (skip < r.len) {
         gpa = r.gpa + skip;
         break;

@@ -87,11 +87,19 @@ export class DescriptorChain {
    * that keeps chains across a table change missed keepRanges).
    */
   get writableRanges(): readonly GuestRange[] {
-    const r = this.ranges ?? this.keepRanges(this.memory.windowBases());
+    const r = this.rangesNow();
     if (r === null) {
       throw new Error(`descriptor head ${this.head}: the guest ranges of its writable buffers were asked for after their mapping went, and were not kept before`);
     }
     return r;
+  }
+
+  /**
+   * The writable ranges, taken now from the views if they were not kept (the windows looked up
+   * only then); null when their mappings went before they were taken.
+   */
+  rangesNow(): readonly GuestRange[] | null {
+    return this.ranges ?? this.keepRanges(this.memory.windowBases());
   }
 
   /**
