@@ -8,8 +8,12 @@ import { native } from '../native/index.ts';
 import { hex } from './guest-memory.ts';
 import { VhostWasmError } from '../errors.ts';
 
+/** F_SEAL_SEAL (linux/fcntl.h): no seal can be added any more. */
+export const F_SEAL_SEAL = 0x1;
 /** F_SEAL_SHRINK (linux/fcntl.h): the memfd can no longer be made smaller. */
 export const F_SEAL_SHRINK = 0x2;
+/** F_SEAL_GROW (linux/fcntl.h): the memfd can no longer be made larger. */
+export const F_SEAL_GROW = 0x4;
 /** statfs f_type of tmpfs and shmem (a memfd's file system; devtmpfs reports it too). */
 export const TMPFS_MAGIC = 0x01021994;
 /** statfs f_type of a FUSE file system: its reads and writes wait for the FUSE server (UringTarget.punt). */

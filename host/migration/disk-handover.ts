@@ -16,7 +16,6 @@ import { F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE, TMPFS_MAGIC } from '.
 export const HANDOVER_SECTION_ID = SectionId.HOST_BASE + 2;
 const IDENTITY_BYTES = 24;
 
-
 /** A memfd offered as a disk that this host will not serve; its own disk stays as it was. */
 export class DiskHandoverRefused extends VhostWasmError {
   static override readonly code = 'ERR_DISK_HANDOVER_REFUSED';

@@ -4,7 +4,7 @@
 // which maps it, checks it and records every request's pop and push there (inflight.ts).
 
 import { native } from '../native/index.ts';
-import { checkMemoryFd } from '../memory/memory-fd.ts';
+import { F_SEAL_GROW, F_SEAL_SHRINK, checkMemoryFd } from '../memory/memory-fd.ts';
 import { encodeInflightReply } from '../protocol/codec.ts';
 import type { InflightDescription } from '../protocol/messages.ts';
 import { formatSplitInflightArea, splitInflightAreaBytes } from '../virtqueue/inflight.ts';
@@ -15,8 +15,8 @@ import type { Logger } from '../log/logger.ts';
 import { closeFds } from './fds.ts';
 import { RequestError, toNumber } from './request-error.ts';
 
-/** F_SEAL_SHRINK | F_SEAL_GROW: the area keeps the size both sides mapped. */
-const SEAL_SIZE = 0x2 | 0x4;
+/** The area keeps the size both sides mapped. */
+const SEAL_SIZE = F_SEAL_SHRINK | F_SEAL_GROW;
 
 /** Checks the ring geometry of a GET/SET_INFLIGHT_FD payload against the device. */
 function checkGeometry(d: InflightDescription, deviceQueues: number, packed: boolean): void {

@@ -2,6 +2,7 @@
 // holds the disk's logic; this module is its native side, kept apart so that memory.ts needs
 // no addon).
 import { native } from '../native/index.ts';
+import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK } from '../memory/memory-fd.ts';
 import type { SharedPages } from './memory.ts';
 
 /** A zeroed memfd of `size` bytes for a memory disk, sealed at that size (the caller closes it). */
@@ -13,7 +14,7 @@ export function createMemoryDisk(size: number): number {
     // nobody adds a seal later either; a holder of the fd (a front-end it was lent to by a disk
     // hand-over, docs/security.md) could otherwise add F_SEAL_FUTURE_WRITE and make every later
     // writable mapping of the disk fail (a new worker, an upgrade).
-    native.memfdAddSeals(fd, 0x1 | 0x2 | 0x4);
+    native.memfdAddSeals(fd, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW);
   } catch (e) {
     native.close(fd);
     throw e;
