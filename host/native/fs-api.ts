@@ -169,4 +169,6 @@ export interface FdBudgetInfo {
   unspentReserves: number;
   /** Fds free to anyone now (the common pool: budget - used - unspentReserves, at least 0). */
   pool: number;
+  /** The fair share each account's reserve is now (before its own maxHandles caps it); 0 without accounts. */
+  fairReserve: number;
 }

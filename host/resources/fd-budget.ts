@@ -117,7 +117,7 @@ export function fdBudgetInfo(): FdBudgetInfo {
 /** One line for the log: what the budget is and where it comes from. */
 export function describeFdBudget(b: FdBudgetInfo): string {
   const raised = b.limitBefore !== b.limit ? `, raised from ${b.limitBefore}` : '';
-  // The fair share (see the top): what each device with a share keeps for itself now.
-  const fair = b.accounts > 0 ? `; each of the ${b.accounts} device(s) with a share keeps a reserve of about ${Math.floor(b.budget / (2 * b.accounts))}` : '';
+  // The fair share (see the top, computed by the native side): what each device with a share keeps for itself now.
+  const fair = b.accounts > 0 ? `; each of the ${b.accounts} device(s) with a share keeps a reserve of about ${b.fairReserve}` : '';
   return `fd budget: ${b.budget} share handles for all devices (RLIMIT_NOFILE ${b.limit}${raised}; ${b.reserve} kept for the host's own fds${fair})`;
 }

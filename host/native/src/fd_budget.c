@@ -47,6 +47,8 @@ static long pool_taken = 0;
 static fd_account accounts = {&accounts, &accounts, 0, 0, 0, 0};
 static long n_accounts = 0;
 static long unspent = 0;
+// The fair share recompute() last gave every account (before its cap): for describe().
+static long fair_share = 0;
 
 static long unspent_of(const fd_account *a) { return a->joins > 0 && a->reserve > a->used ? a->reserve - a->used : 0; }
 
@@ -54,6 +56,7 @@ static long unspent_of(const fd_account *a) { return a->joins > 0 && a->reserve 
 static void recompute(void) {
   long base = budget + pool_taken;
   long share = n_accounts > 0 && base > 0 ? base / (2 * n_accounts) : 0;
+  fair_share = share;
   unspent = 0;
   for (fd_account *a = accounts.next; a != &accounts; a = a->next) {
     a->reserve = a->cap < share ? a->cap : share;
@@ -152,20 +155,20 @@ static bool set_num(napi_env env, napi_value obj, const char *key, double v) {
   return napi_create_double(env, v, &x) == napi_ok && napi_set_named_property(env, obj, key, x) == napi_ok;
 }
 
-// {budget, used, limit, limitBefore, hardLimit, reserve, accounts, unspentReserves, pool}
+// {budget, used, limit, limitBefore, hardLimit, reserve, accounts, unspentReserves, pool, fairReserve}
 static napi_value describe(napi_env env) {
   napi_value o;
   if (napi_create_object(env, &o) != napi_ok) return NULL;
   pthread_mutex_lock(&lock);
   long b = budget, u = used;
   long now = limit_now, before = limit_before, hard = limit_hard, res = reserve_total;
-  long n = n_accounts, un = unspent, pool = room_of(NULL);
+  long n = n_accounts, un = unspent, pool = room_of(NULL), fair = fair_share;
   pthread_mutex_unlock(&lock);
   if (!set_num(env, o, "budget", (double)b) || !set_num(env, o, "used", (double)u) ||
       !set_num(env, o, "limit", (double)now) || !set_num(env, o, "limitBefore", (double)before) ||
       !set_num(env, o, "hardLimit", (double)hard) || !set_num(env, o, "reserve", (double)res) ||
       !set_num(env, o, "accounts", (double)n) || !set_num(env, o, "unspentReserves", (double)un) ||
-      !set_num(env, o, "pool", (double)pool))
+      !set_num(env, o, "pool", (double)pool) || !set_num(env, o, "fairReserve", (double)fair))
     return NULL;
   return o;
 }
